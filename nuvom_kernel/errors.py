@@ -1,0 +1,101 @@
+"""One exception hierarchy: every message says what was wrong, where, and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendCapabilityError",
+    "BackendNotFoundError",
+    "ConfigError",
+    "DuplicateBackendError",
+    "JobFailedError",
+    "JobTimeoutError",
+    "LeaseLostError",
+    "NuvomError",
+    "PluginConfigError",
+    "PluginLoadError",
+    "SerializationError",
+    "TaskRegistrationError",
+    "UnknownJobError",
+    "UnknownTaskError",
+]
+
+
+class NuvomError(Exception):
+    """Base of every error Nuvom raises on purpose."""
+
+
+class ConfigError(NuvomError):
+    """A setting has a value Nuvom cannot use (environment variable or settings table)."""
+
+
+class PluginConfigError(ConfigError):
+    """``.nuvom_plugins.toml`` cannot be read or lists something invalid."""
+
+
+class PluginLoadError(NuvomError):
+    """A plugin could not be imported, registered or configured; the message names it."""
+
+
+class BackendNotFoundError(NuvomError):
+    """No installed plugin provides the backend name the configuration asks for."""
+
+
+class DuplicateBackendError(NuvomError):
+    """Two plugins register a backend under the same name."""
+
+
+class BackendCapabilityError(NuvomError):
+    """A job asks for something its backend declared it cannot do (e.g. a delay)."""
+
+
+class SerializationError(NuvomError):
+    """A value cannot be encoded or a payload cannot be decoded."""
+
+
+class TaskRegistrationError(NuvomError):
+    """A task name is registered twice without ``force``."""
+
+
+class UnknownTaskError(NuvomError):
+    """A job names a task this worker cannot find or import."""
+
+
+class UnknownJobError(NuvomError):
+    """No backend has ever seen this job id."""
+
+
+class LeaseLostError(NuvomError):
+    """The worker's lease expired and another worker now owns the job."""
+
+
+class JobTimeoutError(NuvomError):
+    """A job ran past its ``timeout_secs`` (recorded as a failure kind, retried per policy)."""
+
+
+class JobFailedError(NuvomError):
+    """A job ended FAILED; carries the remote exception's type, message and traceback.
+
+    :param job_id: the failed job.
+    :param error_type: the qualified name of the exception raised in the worker.
+    :param error_message: ``str()`` of that exception.
+    :param remote_traceback: the formatted traceback from the worker's last attempt.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        error_type: str | None,
+        error_message: str | None,
+        remote_traceback: str | None,
+    ) -> None:
+        self.job_id = job_id
+        self.error_type = error_type
+        self.error_message = error_message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"job {job_id} failed: {error_type}: {error_message}")
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text

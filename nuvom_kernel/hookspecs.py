@@ -1,0 +1,230 @@
+"""Every hook Nuvom calls, in one place. Plugins implement them with ``@nuvom_kernel.hookimpl``.
+
+Call modes (pluggy): *1:N* calls every implementation and collects the non-``None`` results;
+*firstresult* stops at the first non-``None`` result; *historic* is replayed to plugins
+registered later. Lifecycle hooks are observers: one that raises is logged and never fails a
+job. Hooks are called with keyword arguments; an implementation may accept fewer arguments
+than its spec.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from nuvom_kernel.backends import QueueBackend, ResultBackend
+    from nuvom_kernel.config import Config
+    from nuvom_kernel.discovery import Discoverer
+    from nuvom_kernel.models import Job
+    from nuvom_kernel.serialization import Serializer
+    from nuvom_kernel.worker import Worker
+
+hookspec = pluggy.HookspecMarker("nuvom")
+
+# --- bootstrap --------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def nuvom_configure(config: Config) -> None:
+    """Called once after every plugin is loaded, with the effective configuration.
+
+    Call mode: historic (a plugin registered later still receives it). Per-plugin settings
+    are ``config.plugin_settings(name)``. A plugin that raises here is named in the error.
+
+    :param config: the effective :class:`~nuvom_kernel.config.Config`.
+
+    .. versionadded:: 0.1
+    """
+
+
+# --- registration -----------------------------------------------------------------------
+
+
+@hookspec
+def nuvom_register_queue_backends() -> list[type[QueueBackend]]:
+    """Contribute queue backend classes, each keyed by its ``name`` class attribute.
+
+    Call mode: 1:N (the kernel merges every list; two classes with one name is an error
+    naming both providers).
+
+    :returns: a list of :class:`~nuvom_kernel.backends.QueueBackend` subclasses.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_register_result_backends() -> list[type[ResultBackend]]:
+    """Contribute result backend classes, each keyed by its ``name`` class attribute.
+
+    Call mode: 1:N.
+
+    :returns: a list of :class:`~nuvom_kernel.backends.ResultBackend` subclasses.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_register_discoverers() -> list[type[Discoverer]]:
+    """Contribute task discoverer classes, each keyed by its ``name`` class attribute.
+
+    Call mode: 1:N (``nuvom discover tasks`` runs every discoverer and merges their tasks).
+
+    :returns: a list of :class:`~nuvom_kernel.discovery.Discoverer` subclasses.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_register_serializers() -> list[type[Serializer]]:
+    """Contribute payload codecs, each keyed by its ``name`` class attribute.
+
+    Call mode: 1:N. The ``serializer`` setting picks one by name (default ``json``).
+
+    :returns: a list of :class:`~nuvom_kernel.serialization.Serializer` subclasses.
+
+    .. versionadded:: 0.1
+    """
+
+
+# --- lifecycle --------------------------------------------------------------------------
+
+
+@hookspec
+def nuvom_before_enqueue(job: Job) -> None:
+    """Before a job is handed to the queue backend (once per job, also in ``.map()``).
+
+    Call mode: 1:N observer; an exception is logged, the job is still enqueued.
+
+    :param job: the job about to be enqueued.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_after_enqueue(job: Job) -> None:
+    """After the queue backend accepted the job.
+
+    Call mode: 1:N observer.
+
+    :param job: the enqueued job.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_before_execute(job: Job) -> None:
+    """In the worker thread, right before the task function runs.
+
+    Call mode: 1:N observer. ``job.attempts`` is already the number of this attempt.
+
+    :param job: the job about to run.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_after_execute(job: Job, result: Any) -> None:
+    """After the task returned and its outcome was recorded.
+
+    Call mode: 1:N observer.
+
+    :param job: the job that ran.
+    :param result: the task's return value.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_on_execute_error(job: Job, error: BaseException) -> None:
+    """After an attempt failed (an exception, an unknown task or a timeout).
+
+    Call mode: 1:N observer. Called for every failed attempt, before the retry decision.
+
+    :param job: the job whose attempt failed.
+    :param error: the exception (a :class:`~nuvom_kernel.errors.JobTimeoutError` on timeout).
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_on_retry(job: Job, error: BaseException, delay_secs: float) -> None:
+    """After a failed attempt was scheduled to run again.
+
+    Call mode: 1:N observer.
+
+    :param job: the job that will run again.
+    :param error: the exception of the failed attempt.
+    :param delay_secs: how long until the next attempt becomes available.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_worker_startup(worker: Worker) -> None:
+    """When a worker pool has started its threads, before it leases the first job.
+
+    Call mode: 1:N observer.
+
+    :param worker: the starting :class:`~nuvom_kernel.worker.Worker`.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_worker_shutdown(worker: Worker) -> None:
+    """When a worker pool has stopped and returned its unstarted leases.
+
+    Call mode: 1:N observer.
+
+    :param worker: the stopping :class:`~nuvom_kernel.worker.Worker`.
+
+    .. versionadded:: 0.1
+    """
+
+
+# --- CLI --------------------------------------------------------------------------------
+
+
+@hookspec
+def nuvom_register_commands(cli: click.Group) -> None:
+    """Add commands or groups to the ``nuvom`` command line.
+
+    Call mode: 1:N. The kernel's own commands are registered through this hook too.
+
+    :param cli: the root ``nuvom`` click group.
+
+    .. versionadded:: 0.1
+    """
+
+
+__all__ = [
+    "hookspec",
+    "nuvom_after_enqueue",
+    "nuvom_after_execute",
+    "nuvom_before_enqueue",
+    "nuvom_before_execute",
+    "nuvom_configure",
+    "nuvom_on_execute_error",
+    "nuvom_on_retry",
+    "nuvom_register_commands",
+    "nuvom_register_discoverers",
+    "nuvom_register_queue_backends",
+    "nuvom_register_result_backends",
+    "nuvom_register_serializers",
+    "nuvom_worker_shutdown",
+    "nuvom_worker_startup",
+]

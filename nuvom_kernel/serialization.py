@@ -1,0 +1,131 @@
+"""Safe payload encoding: JSON with typed extensions, never pickle.
+
+Job payloads are data, not code. The default codec is JSON plus a small set of tagged types
+that JSON would otherwise flatten or reject (datetime, date, time, timedelta, UUID, Decimal,
+bytes, tuple, set, and dicts whose keys are not strings). A tagged value is a one-key dict
+``{"__nuvom__": [tag, payload]}``; a user dict that happens to use that key is escaped, so
+every value round-trips exactly.
+
+Other codecs come from plugins through ``nuvom_register_serializers``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from nuvom_kernel.errors import SerializationError
+
+__all__ = ["JsonSerializer", "Serializer", "from_wire", "to_wire"]
+
+TAG = "__nuvom__"
+_PLAIN = (str, int, float, bool, type(None))
+
+_ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
+    dt.datetime: ("datetime", lambda v: v.isoformat()),
+    dt.date: ("date", lambda v: v.isoformat()),
+    dt.time: ("time", lambda v: v.isoformat()),
+    dt.timedelta: ("timedelta", lambda v: [v.days, v.seconds, v.microseconds]),
+    uuid.UUID: ("uuid", str),
+    decimal.Decimal: ("decimal", str),
+    bytes: ("bytes", lambda v: base64.b64encode(v).decode("ascii")),
+}
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "datetime": dt.datetime.fromisoformat,
+    "date": dt.date.fromisoformat,
+    "time": dt.time.fromisoformat,
+    "timedelta": lambda v: dt.timedelta(days=v[0], seconds=v[1], microseconds=v[2]),
+    "uuid": uuid.UUID,
+    "decimal": decimal.Decimal,
+    "bytes": lambda v: base64.b64decode(v.encode("ascii")),
+}
+
+
+def to_wire(value: Any, path: str = "value") -> Any:
+    """Turn ``value`` into JSON-native data; ``path`` names it in the error if it can't be."""
+    kind = type(value)
+    if kind in _PLAIN:
+        if kind is float and value != value:  # NaN is not JSON; say so instead of corrupting
+            raise SerializationError(f"{path} is NaN, which JSON cannot carry")
+        return value
+    if kind is list:
+        return [to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if kind is dict:
+        if all(type(k) is str for k in value) and TAG not in value:
+            return {k: to_wire(v, f"{path}[{k!r}]") for k, v in value.items()}
+        items = [[to_wire(k, f"{path}<key>"), to_wire(v, f"{path}[{k!r}]")]
+                 for k, v in value.items()]
+        return {TAG: ["dict", items]}
+    if kind is tuple:
+        return {TAG: ["tuple", [to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]]}
+    if kind in (set, frozenset):
+        return {TAG: ["set", [to_wire(v, f"{path}<item>") for v in value]]}
+    encoder = _ENCODERS.get(kind)
+    if encoder is None:  # subclasses (e.g. a datetime subclass) encode as their base type
+        encoder = next((e for t, e in _ENCODERS.items() if isinstance(value, t)), None)
+    if encoder is not None:
+        tag, encode = encoder
+        return {TAG: [tag, encode(value)]}
+    raise SerializationError(
+        f"{path} has type {kind.__module__}.{kind.__qualname__}, which Nuvom cannot encode "
+        "as job data. Pass plain data (str, int, float, bool, None, list, dict, tuple, set, "
+        "datetime, date, time, timedelta, UUID, Decimal, bytes) — for example an id instead "
+        "of the object — or register a serializer plugin."
+    )
+
+
+def from_wire(value: Any) -> Any:
+    """Inverse of :func:`to_wire`."""
+    kind = type(value)
+    if kind is list:
+        return [from_wire(v) for v in value]
+    if kind is dict:
+        if len(value) == 1 and TAG in value:
+            tag, payload = value[TAG]
+            if tag == "tuple":
+                return tuple(from_wire(v) for v in payload)
+            if tag == "set":
+                return {from_wire(v) for v in payload}
+            if tag == "dict":
+                return {from_wire(k): from_wire(v) for k, v in payload}
+            decoder = _DECODERS.get(tag)
+            if decoder is None:
+                raise SerializationError(f"unknown tagged type {tag!r} in payload")
+            return decoder(payload)
+        return {k: from_wire(v) for k, v in value.items()}
+    return value
+
+
+class Serializer:
+    """Turns a job's data into bytes and back. Registered classes are keyed by ``name``."""
+
+    name: ClassVar[str]
+
+    def dumps(self, data: dict[str, Any]) -> bytes:
+        raise NotImplementedError
+
+    def loads(self, payload: bytes) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class JsonSerializer(Serializer):
+    """The default: compact UTF-8 JSON of already wire-safe data."""
+
+    name = "json"
+
+    def dumps(self, data: dict[str, Any]) -> bytes:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+    def loads(self, payload: bytes) -> dict[str, Any]:
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise SerializationError(f"payload is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise SerializationError(f"payload is JSON {type(data).__name__}, not an object")
+        return data
