@@ -13,4 +13,26 @@ hookimpl = pluggy.HookimplMarker("nuvom")
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "hookimpl"]
+from nuvom_kernel.errors import JobFailedError, NuvomError  # noqa: E402
+from nuvom_kernel.kernel import Kernel, get_job, get_kernel, set_kernel, use_kernel  # noqa: E402
+from nuvom_kernel.models import Job, JobStatus  # noqa: E402
+from nuvom_kernel.task import Task, task  # noqa: E402
+from nuvom_kernel.worker import Worker, current_job  # noqa: E402
+
+__all__ = [
+    "Job",
+    "JobFailedError",
+    "JobStatus",
+    "Kernel",
+    "NuvomError",
+    "Task",
+    "Worker",
+    "__version__",
+    "current_job",
+    "get_job",
+    "get_kernel",
+    "hookimpl",
+    "set_kernel",
+    "task",
+    "use_kernel",
+]

@@ -19,8 +19,8 @@ import attrs
 
 __all__ = [
     "MANIFEST_VERSION",
-    "DiscoveryReport",
     "Discoverer",
+    "DiscoveryReport",
     "TaskRef",
     "read_manifest",
     "write_manifest",

@@ -17,6 +17,7 @@ import attrs
 __all__ = [
     "TERMINAL_STATES",
     "Backoff",
+    "Job",
     "JobRecord",
     "JobStatus",
     "Lease",
@@ -136,6 +137,8 @@ class JobRecord:
     queue: str = "default"
     args: list[Any] = attrs.field(factory=list)
     kwargs: dict[str, Any] = attrs.field(factory=dict)
+    module: str | None = None  # where the task lives; lets `nuvom retry job` re-enqueue it
+    options: dict[str, Any] = attrs.field(factory=dict)  # the job's TaskOptions, wire form
     result: Any = None
     error_type: str | None = None
     error_message: str | None = None
@@ -161,3 +164,67 @@ class JobRecord:
         values = {k: v for k, v in data.items() if k in fields}
         values["status"] = JobStatus(values["status"])
         return cls(**values)
+
+
+@attrs.define(eq=False)
+class Job:
+    """A job: one call of a task, from ``.delay()`` to its outcome.
+
+    The producer gets one back from ``.delay()``; the worker builds one from each message.
+    ``refresh()`` and ``get()`` read the current state from the configured backends, so a
+    handle works from any process (``nuvom_kernel.get_job(job_id)``).
+    """
+
+    id: str
+    func_name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    module: str | None = None
+    options: TaskOptions = attrs.field(factory=TaskOptions)
+    created_at: float = attrs.field(factory=time.time)
+    enqueued_by: str = ""  # "host:pid"
+    trace_id: str = ""
+    failures: int = 0  # attempts that ended in an error (drives the retry policy)
+    history: list[dict[str, Any]] = attrs.field(factory=list)
+    attempts: int = 0  # deliveries so far, this one included (crash re-runs count)
+    status: JobStatus = JobStatus.QUEUED
+    result: Any = None
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    deadline: float | None = None  # monotonic; set while running with a timeout
+    _kernel: Any = attrs.field(default=None, repr=False, alias="kernel")
+
+    @property
+    def queue(self) -> str:
+        return self.options.queue
+
+    @property
+    def priority(self) -> int:
+        return self.options.priority
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before this attempt's timeout (``None`` without a timeout)."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def refresh(self) -> Job:
+        """Reload status, result, error and attempts from the backends; returns ``self``."""
+        from nuvom_kernel.kernel import get_kernel
+
+        kernel = self._kernel or get_kernel()
+        kernel.refresh_job(self)
+        return self
+
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+        """Wait for the outcome and return the task's value.
+
+        :raises nuvom_kernel.errors.JobFailedError: the job ended FAILED (carries the remote
+            exception's type, message and traceback).
+        :raises TimeoutError: no outcome within ``timeout`` seconds.
+        """
+        from nuvom_kernel.kernel import get_kernel
+
+        kernel = self._kernel or get_kernel()
+        return kernel.wait_for(self, timeout=timeout, poll_secs=poll_secs)

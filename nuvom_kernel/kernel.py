@@ -1,0 +1,201 @@
+"""The kernel object: config + plugin manager + backends, built once per process on demand.
+
+Nothing here runs at import. The first ``.delay()``, ``get_job()`` or CLI command calls
+:func:`get_kernel`, which reads the configuration and loads plugins exactly once. Tests and
+embedding applications build their own :class:`Kernel` and install it with :func:`use_kernel`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from nuvom_kernel.backends import BackendContext, QueueBackend, ResultBackend
+from nuvom_kernel.config import Config, load_config
+from nuvom_kernel.errors import JobFailedError, NuvomError
+from nuvom_kernel.models import TERMINAL_STATES, Job, JobRecord, JobStatus
+from nuvom_kernel.plugins import NuvomPluginManager
+from nuvom_kernel.registry import REGISTRY, TaskRegistry
+from nuvom_kernel.serialization import Serializer, from_wire
+
+__all__ = ["Kernel", "get_job", "get_kernel", "set_kernel", "use_kernel"]
+
+log = logging.getLogger("nuvom")
+
+
+class Kernel:
+    """Owns one process's configuration, plugin manager, backends and task registry.
+
+    :param config: a ready configuration; default: :func:`load_config` of ``root``.
+    :param plugins: extra plugin objects to register before loading (tests, embedding).
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        root: Path | str | None = None,
+        environ: Mapping[str, str] | None = None,
+        plugins: Mapping[str, Any] | None = None,
+        registry: TaskRegistry | None = None,
+    ) -> None:
+        self.config = config or load_config(root, environ)
+        self.pm = NuvomPluginManager()
+        for name, plugin in (plugins or {}).items():
+            self.pm.register(plugin, name=name)
+            self.pm.sources[name] = ("embedded", None, None)
+        self.pm.load(self.config, environ)
+        self.registry = registry or REGISTRY
+        self._lock = threading.Lock()
+        self._queue: QueueBackend | None = None
+        self._results: ResultBackend | None = None
+        self._serializer: Serializer | None = None
+
+    @property
+    def settings(self) -> Any:
+        return self.config.settings
+
+    @property
+    def data_dir(self) -> Path:
+        path = self.settings.data_dir
+        return path if path.is_absolute() else self.config.root / path
+
+    def _context(self) -> BackendContext:
+        return BackendContext(data_dir=self.data_dir,
+                              visibility_timeout_secs=self.settings.visibility_timeout_secs)
+
+    @property
+    def queue(self) -> QueueBackend:
+        if self._queue is None:
+            with self._lock:
+                if self._queue is None:
+                    name = self.settings.queue_backend
+                    cls = self.pm.lookup("nuvom_register_queue_backends", name, "queue backend")
+                    self._queue = cls.from_settings(self.config.plugin_settings(name),
+                                                    self._context())
+        return self._queue
+
+    @property
+    def results(self) -> ResultBackend:
+        if self._results is None:
+            with self._lock:
+                if self._results is None:
+                    name = self.settings.result_backend
+                    cls = self.pm.lookup("nuvom_register_result_backends", name,
+                                         "result backend")
+                    self._results = cls.from_settings(self.config.plugin_settings(name),
+                                                      self._context())
+        return self._results
+
+    @property
+    def serializer(self) -> Serializer:
+        if self._serializer is None:
+            cls = self.pm.lookup("nuvom_register_serializers", self.settings.serializer,
+                                 "serializer")
+            self._serializer = cls()
+        return self._serializer
+
+    def close(self) -> None:
+        for backend in (self._queue, self._results):
+            if backend is not None:
+                backend.close()
+        self._queue = self._results = None
+
+    # --- job state ----------------------------------------------------------------------
+
+    def refresh_job(self, job: Job) -> Job:
+        """Fill ``job`` with its current state: a terminal record wins, then what the queue
+        says (queued, delayed for retry, leased), then any stored record, else UNKNOWN."""
+        record = self.results.get(job.id)
+        status: JobStatus | None = None
+        if record is None or record.status not in TERMINAL_STATES:
+            status = self.queue.peek_state(job.id)
+        if record is not None:
+            _apply_record(job, record)
+        if status is not None:
+            job.status = status
+        elif record is None:
+            job.status = JobStatus.UNKNOWN
+        return job
+
+    def wait_for(self, job: Job, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+        if not job.options.store_result:
+            raise NuvomError(
+                f"job {job.id} ({job.func_name}) has store_result=False, so no result will "
+                "be stored to wait for; set store_result=True on the task to use .get()"
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.002
+        while True:
+            self.refresh_job(job)
+            if job.status is JobStatus.SUCCEEDED:
+                return job.result
+            if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise JobFailedError(job.id, job.error_type, job.error, job.traceback)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {job.id} ({job.func_name}) is still {job.status} after {timeout} s; "
+                    "is a worker running (`nuvom runworker`) on the same backend?"
+                )
+            wait = interval if deadline is None else min(interval, deadline - time.monotonic())
+            time.sleep(max(wait, 0.0))
+            interval = min(interval * 2, poll_secs)
+
+
+def _apply_record(job: Job, record: JobRecord) -> None:
+    job.func_name = job.func_name or record.func_name
+    if not job.args and record.args:
+        job.args = tuple(from_wire(record.args))
+    if not job.kwargs and record.kwargs:
+        job.kwargs = from_wire(record.kwargs)
+    job.status = record.status
+    job.attempts = record.attempts
+    job.history = list(record.history)
+    job.result = from_wire(record.result) if record.status is JobStatus.SUCCEEDED else None
+    job.error_type, job.error, job.traceback = (record.error_type, record.error_message,
+                                                record.traceback)
+
+
+_default: Kernel | None = None
+_default_lock = threading.Lock()
+
+
+def get_kernel() -> Kernel:
+    """This process's kernel, built from the working directory's config on first use."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Kernel()
+    return _default
+
+
+def set_kernel(kernel: Kernel | None) -> Kernel | None:
+    """Install ``kernel`` as this process's kernel; returns the previous one."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, kernel
+    return previous
+
+
+@contextlib.contextmanager
+def use_kernel(kernel: Kernel) -> Iterator[Kernel]:
+    """Use ``kernel`` inside the block, restoring the previous one after."""
+    previous = set_kernel(kernel)
+    try:
+        yield kernel
+    finally:
+        set_kernel(previous)
+
+
+def get_job(job_id: str) -> Job:
+    """The current state of any job by id, from any process; ``status`` is UNKNOWN for an id
+    no backend has seen."""
+    kernel = get_kernel()
+    job = Job(id=job_id, func_name="", kernel=kernel)
+    return kernel.refresh_job(job)

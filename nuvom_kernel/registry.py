@@ -1,0 +1,123 @@
+"""Thread-safe task registry: name → task, filled lazily from the manifest and job metadata.
+
+A worker does not import the project up front: ``.nuvom/manifest.json`` says which module
+holds which task, and the module is imported when the first job for it arrives. A job also
+carries its task's module path, so a worker started in the project directory runs it even
+before any manifest exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from nuvom_kernel.discovery import read_manifest
+from nuvom_kernel.errors import TaskRegistrationError, UnknownTaskError
+
+__all__ = ["REGISTRY", "TaskRegistry"]
+
+log = logging.getLogger("nuvom.registry")
+
+
+class TaskRegistry:
+    """Name → callable, with the original Nuvom's ``register(name, fn, force, silent)``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._tasks: dict[str, Any] = {}
+        self._modules: dict[str, str] = {}  # from the manifest: name -> module
+
+    def register(self, name: str, fn: Any, *, force: bool = False, silent: bool = False
+                 ) -> None:
+        """Add ``fn`` under ``name``.
+
+        A second registration of the same name is an error unless ``force`` (replace) or
+        ``silent`` (keep the first). Re-registering the same function (a module imported
+        twice) is not a duplicate.
+        """
+        with self._lock:
+            existing = self._tasks.get(name)
+            if existing is None or force or _same_function(existing, fn):
+                self._tasks[name] = fn
+                return
+            if silent:
+                return
+            raise TaskRegistrationError(
+                f"task name {name!r} is already registered by {_where(existing)}; "
+                f"{_where(fn)} cannot use it too. Give one of them another name with "
+                f"@task(name=...)."
+            )
+
+    def get(self, name: str) -> Any | None:
+        with self._lock:
+            return self._tasks.get(name)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(set(self._tasks) | set(self._modules))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tasks.clear()
+            self._modules.clear()
+
+    def load_manifest(self, data_dir: Path) -> int:
+        """Remember where each task of the manifest lives; imports nothing. Returns count."""
+        try:
+            manifest = read_manifest(data_dir)
+        except ValueError as exc:
+            log.warning("ignoring manifest: %s", exc)
+            return 0
+        if manifest is None:
+            return 0
+        with self._lock:
+            for entry in manifest.get("tasks", []):
+                self._modules[entry["name"]] = entry["module"]
+        return len(manifest.get("tasks", []))
+
+    def resolve(self, name: str, module: str | None = None) -> Any:
+        """The task for ``name``, importing its module (manifest first, then the job's hint).
+
+        :raises UnknownTaskError: with what was tried and how to fix it.
+        """
+        fn = self.get(name)
+        if fn is not None:
+            return fn
+        tried: list[str] = []
+        for candidate in dict.fromkeys(m for m in (self._modules.get(name), module) if m):
+            try:
+                importlib.import_module(candidate)
+            except Exception as exc:
+                tried.append(f"importing {candidate!r} failed: {exc!r}")
+                continue
+            fn = self.get(name)
+            if fn is not None:
+                return fn
+            tried.append(f"module {candidate!r} has no task named {name!r}")
+        detail = "; ".join(tried) or "no manifest entry and no module recorded in the job"
+        raise UnknownTaskError(
+            f"unknown task {name!r} ({detail}). Run the worker from the project directory "
+            f"(cwd: {Path.cwd()}, on sys.path: {'' in sys.path or str(Path.cwd()) in sys.path})"
+            f" and run `nuvom discover tasks` to refresh .nuvom/manifest.json."
+        )
+
+
+def _same_function(a: Any, b: Any) -> bool:
+    fa, fb = getattr(a, "fn", a), getattr(b, "fn", b)
+    return fa is fb or (
+        getattr(fa, "__module__", None) == getattr(fb, "__module__", None)
+        and getattr(fa, "__qualname__", None) == getattr(fb, "__qualname__", None)
+    )
+
+
+def _where(fn: Any) -> str:
+    fn = getattr(fn, "fn", fn)
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+#: The process-wide registry ``@task`` fills when a module defining tasks is imported.
+REGISTRY = TaskRegistry()

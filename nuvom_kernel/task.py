@@ -1,0 +1,145 @@
+"""``@task``: turns a function into a job template with ``.delay()`` and ``.map()``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import attrs
+
+from nuvom_kernel.dispatcher import build_job, enqueue_jobs, importable_module
+from nuvom_kernel.models import Backoff, Job, TaskOptions
+from nuvom_kernel.registry import REGISTRY
+
+__all__ = ["Task", "task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Task(Generic[P, R]):
+    """A registered task. Calling it runs the function inline; ``.delay()`` enqueues a job."""
+
+    def __init__(self, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.module = importable_module(fn)
+        self._params = [
+            p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        functools.update_wrapper(self, fn)  # keeps __name__, __doc__, __wrapped__ (signature)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} ({self.module}.{self.fn.__qualname__})>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def _kernel(self) -> Any:
+        from nuvom_kernel.kernel import get_kernel
+
+        return get_kernel()
+
+    def _build(self, args: Sequence[Any], kwargs: dict[str, Any], options: TaskOptions
+               ) -> tuple[Job, dict[str, Any]]:
+        return build_job(self.name, self.module, options, args, kwargs, self._params)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle."""
+        return enqueue_jobs(self._kernel(), [self._build(args, kwargs, self.options)])[0]
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        delay_secs: float = 0.0,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Job:
+        """Like :meth:`delay`, with per-call routing: a start delay, a queue, a priority."""
+        options = self.options
+        if queue is not None or priority is not None:
+            options = attrs.evolve(options, queue=queue or options.queue,
+                                   priority=options.priority if priority is None else priority)
+        item = self._build(tuple(args), dict(kwargs or {}), options)
+        return enqueue_jobs(self._kernel(), [item], delay_secs=delay_secs)[0]
+
+    def map(self, arguments: Iterable[Any]) -> list[Job]:
+        """Enqueue one job per item in one backend call (one transaction where supported).
+
+        Each item is a tuple of positional arguments, a dict of keyword arguments, or a
+        single non-tuple value passed as the only argument. Every item is encoded before
+        anything is enqueued, so one bad argument enqueues nothing.
+        """
+        items = []
+        for item in arguments:
+            if isinstance(item, tuple):
+                items.append(self._build(item, {}, self.options))
+            elif isinstance(item, dict):
+                items.append(self._build((), item, self.options))
+            else:
+                items.append(self._build((item,), {}, self.options))
+        return enqueue_jobs(self._kernel(), items)
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_secs: float | None = None,
+    backoff: str | Backoff = Backoff.FIXED,
+    backoff_max_secs: float = 3600.0,
+    jitter: bool = True,
+    timeout_secs: float | None = None,
+    store_result: bool = True,
+    queue: str = "default",
+    priority: int = 0,
+    description: str | None = None,
+    tags: Iterable[str] = (),
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+         **options: Any) -> Any:
+    """Register ``fn`` as a task; works as ``@task`` and as ``@task(...)``.
+
+    :param name: registry name (default: the function's name).
+    :param retries: extra attempts after a failure (0: run once).
+    :param retry_delay_secs: base delay before a retry (default: the configured one).
+    :param backoff: ``"fixed"`` or ``"exponential"`` (doubling, capped at
+        ``backoff_max_secs``, with full jitter when ``jitter``).
+    :param timeout_secs: per-attempt timeout; a timed-out attempt is a failure kind.
+    :param store_result: keep the return value (``job.get()`` needs it).
+    :param queue: the named queue jobs go to; ``priority``: higher runs first.
+    :param description: shown by ``nuvom list tasks`` (default: docstring's first line).
+    """
+    if "backoff" in options:
+        options["backoff"] = Backoff(options["backoff"])
+    if "tags" in options:
+        options["tags"] = tuple(options["tags"])
+
+    def wrap(func: Callable[..., Any]) -> Task[Any, Any]:
+        if isinstance(func, Task):
+            raise TypeError(f"{func!r} is already a task; apply @task once")
+        task_name = name or func.__name__
+        doc = (func.__doc__ or "").strip().splitlines()
+        opts = TaskOptions(**options)
+        if opts.description is None and doc:
+            opts = attrs.evolve(opts, description=doc[0])
+        registered: Task[Any, Any] = Task(func, task_name, opts)
+        REGISTRY.register(task_name, registered)
+        return registered
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap

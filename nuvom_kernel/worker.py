@@ -1,0 +1,473 @@
+"""The worker pool: lease → execute → record → ack, with retries, timeouts, hooks, signals.
+
+Three kinds of thread:
+
+* one **dispatcher** leases jobs with ``pop_batch`` — never more than there are idle
+  executors, so jobs are not hoarded while other workers sit idle — and hands them over;
+* **executors** (``workers`` of them) run one job at a time;
+* one **monitor** extends the leases of running jobs and enforces timeouts. A thread cannot be
+  killed, so a timed-out job is recorded as timed out, its executor is abandoned (its eventual
+  return value is ignored) and a fresh executor takes its slot, keeping the pool's capacity.
+
+Delivery is at least once: a job is acked only after its outcome is recorded. A retry goes back
+to the queue with a delay (``queue.retry``), so it never blocks the jobs behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue as stdqueue
+import random
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from nuvom_kernel import events
+from nuvom_kernel.dispatcher import decode_message, origin
+from nuvom_kernel.errors import JobTimeoutError, NuvomError, SerializationError, UnknownTaskError
+from nuvom_kernel.models import Backoff, Job, JobRecord, JobStatus, Lease
+from nuvom_kernel.serialization import to_wire
+
+if TYPE_CHECKING:
+    from nuvom_kernel.kernel import Kernel
+
+__all__ = ["Worker", "current_job"]
+
+log = logging.getLogger("nuvom.worker")
+_local = threading.local()
+
+
+def current_job() -> Job | None:
+    """The job the calling task is running as (``None`` outside a worker); use
+    ``current_job().time_remaining()`` to stop cooperatively before a timeout."""
+    return getattr(_local, "job", None)
+
+
+@attrs.define(eq=False)
+class _Running:
+    job: Job
+    lease: Lease
+    envelope: dict[str, Any]
+    started_at: float
+    started_mono: float
+    deadline: float | None
+    extended_at: float
+    settled: bool = False
+    abandoned: bool = False
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+
+class Worker:
+    """A pool of executor threads serving one kernel's queue backend.
+
+    :param workers: executor threads (default: the ``max_workers`` setting).
+    :param queues: named queues to serve (default: every queue).
+    :param batch_size: most jobs leased per ``pop_batch`` (default: ``batch_size`` setting).
+    :param grace_period_secs: how long a graceful stop waits for running jobs.
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        *,
+        workers: int | None = None,
+        queues: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        grace_period_secs: float | None = None,
+        poll_timeout_secs: float = 1.0,
+    ) -> None:
+        settings = kernel.settings
+        self.kernel = kernel
+        self.workers = workers or settings.max_workers
+        self.queues = list(queues) if queues else None
+        self.batch_size = batch_size or settings.batch_size
+        self.grace_period_secs = (settings.grace_period_secs if grace_period_secs is None
+                                  else grace_period_secs)
+        self.poll_timeout_secs = poll_timeout_secs
+        self.queue = kernel.queue
+        self.results = kernel.results
+        self.serializer = kernel.serializer
+        self.visibility = self.queue.visibility_timeout_secs
+        self.origin = origin()
+        self.processed = 0
+        self.failed = 0
+        self._cv = threading.Condition()
+        self._free = 0
+        self._handoff: stdqueue.SimpleQueue[Lease | None] = stdqueue.SimpleQueue()
+        self._running: dict[str, _Running] = {}
+        self._monitor_cv = threading.Condition()
+        self._stopping = threading.Event()
+        self._forced = threading.Event()
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._signals = 0
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the threads and return; :meth:`stop` and :meth:`join` end them."""
+        self.kernel.registry.load_manifest(self.kernel.data_dir)
+        for _ in range(self.workers):
+            self._spawn_executor()
+        for target, name in ((self._dispatch_loop, "nuvom-dispatcher"),
+                             (self._monitor_loop, "nuvom-monitor")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        events.emit(self.kernel.pm, "nuvom_worker_startup", worker=self)
+        log.info("worker %s started: %d threads, queues=%s, backend=%s", self.origin,
+                 self.workers, ",".join(self.queues or ["*"]), self.queue.name)
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop leasing; a graceful stop lets running jobs finish, a forced one does not."""
+        self._stopping.set()
+        if not graceful:
+            self._forced.set()
+        self.queue.notify()
+        with self._cv:
+            self._cv.notify_all()
+        with self._monitor_cv:
+            self._monitor_cv.notify_all()
+
+    def run(self, install_signals: bool = True) -> int:
+        """Run until stopped (by signal or :meth:`stop`); returns the process exit code:
+        0 after a clean drain, 1 if running jobs had to be abandoned."""
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._on_signal)
+        self.start()
+        while not self._stopping.wait(0.5):
+            pass
+        return self.join()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.warning("received %s: finishing running jobs (up to %.0f s); signal again to "
+                        "stop at once", signal.Signals(signum).name, self.grace_period_secs)
+            self.stop(graceful=True)
+        else:
+            log.warning("received %s again: stopping now", signal.Signals(signum).name)
+            self.stop(graceful=False)
+
+    def join(self) -> int:
+        """Finish a stop: return unstarted leases, wait for running jobs, emit shutdown."""
+        self._release_unstarted()
+        deadline = time.monotonic() + self.grace_period_secs
+        while self._running and not self._forced.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._forced.wait(min(0.05, remaining))
+            self._release_unstarted()
+        clean = not self._running
+        for running in list(self._running.values()):  # grace expired or forced
+            with running.lock:
+                if running.settled:
+                    continue
+                running.settled = True
+            self.queue.retry(running.lease, delay_secs=0)  # runs again; attempt counted
+            log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
+                        running.job.id, running.job.func_name)
+        self._running.clear()
+        for _ in range(len(self._threads)):
+            self._handoff.put(None)
+        self._stopped.set()
+        events.emit(self.kernel.pm, "nuvom_worker_shutdown", worker=self)
+        log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
+                 self.processed, self.failed, "" if clean else ", running jobs abandoned")
+        return 0 if clean else 1
+
+    def _release_unstarted(self) -> None:
+        while True:
+            try:
+                lease = self._handoff.get_nowait()
+            except stdqueue.Empty:
+                return
+            if lease is not None:
+                self.queue.release(lease)
+                with self._cv:
+                    self._free += 1
+
+    # --- dispatcher ---------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            with self._cv:
+                while self._free <= 0 and not self._stopping.is_set():
+                    self._cv.wait()
+                wanted = min(self._free, self.batch_size)
+            if self._stopping.is_set():
+                return
+            try:
+                leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)
+                failures = 0
+            except Exception:
+                failures += 1
+                backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
+                log.exception("queue backend %r failed to lease jobs; retrying in %.2f s",
+                              self.queue.name, backoff)
+                self._stopping.wait(backoff)
+                continue
+            with self._cv:
+                self._free -= len(leases)
+            for lease in leases:
+                if self._stopping.is_set():
+                    self.queue.release(lease)
+                    with self._cv:
+                        self._free += 1
+                else:
+                    self._handoff.put(lease)
+
+    # --- executors ----------------------------------------------------------------------
+
+    def _spawn_executor(self) -> None:
+        thread = threading.Thread(target=self._executor_loop, name="nuvom-executor",
+                                  daemon=True)
+        with self._cv:
+            self._free += 1
+            self._cv.notify()
+        thread.start()
+        self._threads.append(thread)
+
+    def _executor_loop(self) -> None:
+        while True:
+            lease = self._handoff.get()
+            if lease is None:
+                return
+            if self._stopping.is_set():  # leased but not started: straight back
+                self.queue.release(lease)
+            elif self._execute(lease):
+                return  # this thread was abandoned after a timeout; a new one replaced it
+            with self._cv:
+                self._free += 1
+                self._cv.notify()
+
+    def _execute(self, lease: Lease) -> bool:
+        """Run one lease to its outcome; ``True`` if the thread was abandoned meanwhile."""
+        started_at, started_mono = time.time(), time.monotonic()
+        try:
+            job, envelope = decode_message(lease.message, self.serializer)
+        except SerializationError as exc:
+            self._fail_undecodable(lease, exc)
+            return False
+        job.attempts = lease.deliveries
+        job._kernel = self.kernel
+        if lease.deliveries > self.kernel.settings.max_deliveries:
+            error = NuvomError(
+                f"job was delivered {lease.deliveries} times without an outcome (a worker "
+                f"crashed or was killed each time); raise NUVOM_MAX_DELIVERIES to allow more")
+            self._finish_failed(job, lease, envelope, error, "", started_at, kind="dead")
+            return False
+        timeout = job.options.timeout_secs or self.kernel.settings.job_timeout_secs
+        deadline = started_mono + timeout if timeout else None
+        job.deadline = deadline
+        running = _Running(job, lease, envelope, started_at, started_mono, deadline,
+                           extended_at=started_mono)
+        self._running[job.id] = running
+        if deadline is not None:
+            with self._monitor_cv:
+                self._monitor_cv.notify()
+        _local.job = job
+        try:
+            fn = self.kernel.registry.resolve(job.func_name, job.module)
+            events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
+            func = getattr(fn, "fn", fn)
+            if inspect.iscoroutinefunction(func):
+                result = asyncio.run(func(*job.args, **job.kwargs))
+            else:
+                result = func(*job.args, **job.kwargs)
+        except (Exception, SystemExit) as exc:  # a task's failure is data, not a crash
+            self._settle_failure(running, exc, traceback.format_exc())
+        else:
+            self._settle_success(running, result)
+        finally:
+            _local.job = None
+        return running.abandoned
+
+    def _claim_settlement(self, running: _Running) -> bool:
+        with running.lock:
+            if running.settled:
+                return False
+            running.settled = True
+        self._running.pop(running.job.id, None)
+        return True
+
+    def _settle_success(self, running: _Running, result: Any) -> None:
+        job, lease = running.job, running.lease
+        try:
+            wire = (to_wire(result, f"{job.func_name}() return value")
+                    if job.options.store_result else None)
+        except SerializationError as exc:
+            self._settle_failure(running, exc, "".join(traceback.format_exception(exc)))
+            return
+        if not self._claim_settlement(running):
+            return
+        finished = time.time()
+        job.status, job.result = JobStatus.SUCCEEDED, result
+        if job.options.store_result:
+            record = self._record(job, running.envelope, JobStatus.SUCCEEDED,
+                                  running.started_at, finished)
+            record.result = wire
+            if not self._store(record, lease):
+                return
+        self._ack(lease, job)
+        self.processed += 1
+        log.info("job=%s task=%s status=SUCCEEDED attempt=%d duration_ms=%.1f", job.id,
+                 job.func_name, job.attempts, (finished - running.started_at) * 1000)
+        events.emit(self.kernel.pm, "nuvom_after_execute", job=job, result=result)
+
+    def _settle_failure(self, running: _Running, exc: BaseException, tb: str,
+                        kind: str = "error") -> None:
+        if not self._claim_settlement(running):
+            return
+        job, lease, envelope = running.job, running.lease, running.envelope
+        finished = time.time()
+        job.failures += 1
+        job.history.append({
+            "attempt": job.attempts, "kind": kind, "error_type": _qualname(exc),
+            "error_message": str(exc), "started_at": running.started_at,
+            "finished_at": finished, "worker": self.origin,
+        })
+        job.error_type, job.error, job.traceback = _qualname(exc), str(exc), tb
+        events.emit(self.kernel.pm, "nuvom_on_execute_error", job=job, error=exc)
+        retryable = not isinstance(exc, UnknownTaskError | SerializationError)
+        if retryable and job.failures <= job.options.retries:
+            delay = self._retry_delay(job)
+            job.status = JobStatus.RETRYING
+            record = self._record(job, envelope, JobStatus.RETRYING, running.started_at,
+                                  finished)
+            if not self._store(record, lease):
+                return
+            envelope["failures"], envelope["history"] = job.failures, job.history
+            if not self.queue.retry(lease, delay_secs=delay,
+                                    body=self.serializer.dumps(envelope)):
+                log.warning("job=%s lost its lease before the retry was queued; the worker "
+                            "that now holds it decides", job.id)
+            log.info("job=%s task=%s status=RETRYING attempt=%d error=%s retry_in_s=%.2f",
+                     job.id, job.func_name, job.attempts, _qualname(exc), delay)
+            events.emit(self.kernel.pm, "nuvom_on_retry", job=job, error=exc, delay_secs=delay)
+            return
+        self._finish_failed(job, lease, envelope, exc, tb, running.started_at, kind=kind,
+                            recorded_history=True)
+
+    def _finish_failed(self, job: Job, lease: Lease, envelope: dict[str, Any],
+                       exc: BaseException, tb: str, started_at: float, *, kind: str,
+                       recorded_history: bool = False) -> None:
+        finished = time.time()
+        if not recorded_history:
+            job.history.append({"attempt": job.attempts, "kind": kind,
+                                "error_type": _qualname(exc), "error_message": str(exc),
+                                "started_at": started_at, "finished_at": finished,
+                                "worker": self.origin})
+        job.status = JobStatus.FAILED
+        job.error_type, job.error, job.traceback = _qualname(exc), str(exc), tb
+        record = self._record(job, envelope, JobStatus.FAILED, started_at, finished)
+        if not self._store(record, lease):
+            return
+        self._ack(lease, job)
+        self.failed += 1
+        self.processed += 1
+        log.info("job=%s task=%s status=FAILED attempt=%d error=%s: %s", job.id,
+                 job.func_name, job.attempts, job.error_type, job.error)
+
+    def _fail_undecodable(self, lease: Lease, exc: Exception) -> None:
+        now = time.time()
+        record = JobRecord(job_id=lease.id, func_name="<undecodable>", status=JobStatus.FAILED,
+                           queue=lease.message.queue, error_type=_qualname(exc),
+                           error_message=str(exc), attempts=lease.deliveries,
+                           created_at=lease.message.created_at, started_at=now,
+                           finished_at=now, updated_at=now, worker=self.origin)
+        if self._store(record, lease):
+            self._ack(lease, None)
+            self.failed += 1
+        log.error("job=%s status=FAILED error=%s: %s", lease.id, _qualname(exc), exc)
+
+    def _record(self, job: Job, envelope: dict[str, Any], status: JobStatus,
+                started_at: float, finished_at: float) -> JobRecord:
+        return JobRecord(
+            job_id=job.id, func_name=job.func_name, status=status, queue=job.queue,
+            args=envelope["args"], kwargs=envelope["kwargs"], module=job.module,
+            options=envelope["opts"],
+            error_type=job.error_type if status is not JobStatus.SUCCEEDED else None,
+            error_message=job.error if status is not JobStatus.SUCCEEDED else None,
+            traceback=job.traceback if status is not JobStatus.SUCCEEDED else None,
+            attempts=job.attempts, max_retries=job.options.retries, history=list(job.history),
+            created_at=job.created_at, started_at=started_at,
+            finished_at=finished_at if status is not JobStatus.RETRYING else None,
+            updated_at=finished_at, worker=self.origin, trace_id=job.trace_id,
+        )
+
+    def _store(self, record: JobRecord, lease: Lease) -> bool:
+        """Write the outcome; on failure leave the lease to expire so the job runs again."""
+        try:
+            self.results.put(record)
+            return True
+        except Exception as exc:
+            log.error("job=%s could not record its outcome (%r); not acked, it will run again "
+                      "after the visibility timeout", record.job_id, exc)
+            return False
+
+    def _ack(self, lease: Lease, job: Job | None) -> None:
+        if not self.queue.ack(lease):
+            log.warning("job=%s lost its lease before the ack (it ran past the visibility "
+                        "timeout without extension); another worker may run it again",
+                        lease.id)
+
+    def _retry_delay(self, job: Job) -> float:
+        opts = job.options
+        base = (opts.retry_delay_secs if opts.retry_delay_secs is not None
+                else self.kernel.settings.retry_delay_secs)
+        if opts.backoff is Backoff.EXPONENTIAL:
+            delay = min(base * 2 ** (job.failures - 1), opts.backoff_max_secs)
+            return delay / 2 + random.uniform(0, delay / 2) if opts.jitter else delay
+        return base
+
+    # --- monitor ------------------------------------------------------------------------
+
+    def _monitor_loop(self) -> None:
+        extend_every = self.visibility / 3
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            wake = now + min(extend_every, 1.0)
+            for running in list(self._running.values()):
+                if running.settled:
+                    continue
+                if running.deadline is not None:
+                    if now >= running.deadline:
+                        self._time_out(running)
+                        continue
+                    wake = min(wake, running.deadline)
+                if now - running.extended_at >= extend_every:
+                    running.extended_at = now
+                    if not self.queue.extend(running.lease, self.visibility):
+                        log.warning("job=%s lost its lease while running", running.job.id)
+            with self._monitor_cv:
+                self._monitor_cv.wait(max(0.0, wake - time.monotonic()))
+
+    def _time_out(self, running: _Running) -> None:
+        job = running.job
+        error = JobTimeoutError(
+            f"job {job.id} ({job.func_name}) exceeded its timeout of "
+            f"{running.deadline - running.started_mono:.3g} s")  # type: ignore[operator]
+        with running.lock:
+            if running.settled:
+                return
+            running.abandoned = True  # its thread exits whenever the task returns
+        self._spawn_executor()  # keep capacity: the stuck thread never returns to the pool
+        self._settle_failure(running, error, "", kind="timeout")
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,278 @@
+"""Settings, connections and write transactions shared by the queue and the result backend.
+
+Why one connection per thread: a ``sqlite3.Connection`` is not safe to share between threads
+mid-transaction, and a connection per thread lets WAL readers run in parallel. Connections
+are opened lazily, re-opened in a forked child (a connection must never cross ``fork()``),
+and closed when their thread ends or the backend is closed.
+
+Why an in-process write lock on top of SQLite's own: SQLite serialises writers with a busy
+handler that *sleeps* (1, 2, 5, 10 ms ...) when the lock is taken, so two threads of one
+worker racing for the write lock lose milliseconds per collision. Threads of one process
+queue on a ``threading.Lock`` instead (cheap, FIFO-ish, no sleeping); only writers in other
+processes ever meet SQLite's busy handler.
+
+Why writes retry on ``SQLITE_BUSY`` with a warning: another process may hold the write lock
+for seconds (a backup, a long ``purge``). The caller waits up to ``busy_timeout_secs``,
+logging a warning each second it is still blocked, instead of failing the job at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.errors import ConfigError, NuvomError
+
+from nuvom_plugins_sqlite.schema import migrate
+
+__all__ = ["Database", "DatabaseBusyError", "SQLiteSettings"]
+
+log = logging.getLogger("nuvom.sqlite")
+
+T = TypeVar("T")
+
+_SYNCHRONOUS = ("NORMAL", "FULL")
+_MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
+_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
+_BUSY_STEP_SECS = 1.0  # how long SQLite's own handler waits before we log and retry
+
+
+class DatabaseBusyError(NuvomError):
+    """Another process held the database's write lock longer than ``busy_timeout_secs``."""
+
+
+@attrs.frozen
+class SQLiteSettings:
+    """The ``[plugins.sqlite]`` table, shared by the queue and the result backend.
+
+    :param path: the database file; default ``<data_dir>/nuvom.db``.
+    :param synchronous: ``NORMAL`` (default: WAL commits survive a crash of the process,
+        the last few may be lost on power loss) or ``FULL`` (fsync every commit).
+    :param busy_timeout_secs: longest wait for another process's write lock before an
+        operation fails with :class:`DatabaseBusyError`.
+    :param visibility_timeout_secs: lease length for the queue; default from the kernel.
+    """
+
+    path: Path
+    synchronous: str = "NORMAL"
+    busy_timeout_secs: float = 30.0
+    visibility_timeout_secs: float = 30.0
+
+    @classmethod
+    def parse(cls, settings: Mapping[str, Any], context: BackendContext) -> SQLiteSettings:
+        """Validate a settings table; every error names the key and what it accepts."""
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(
+                f"[plugins.sqlite] has unknown key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}."
+            )
+        path = Path(settings.get("path") or Path(context.data_dir) / "nuvom.db")
+        sync = str(settings.get("synchronous", "NORMAL")).strip().upper()
+        if sync not in _SYNCHRONOUS:
+            raise ConfigError(
+                f"[plugins.sqlite] synchronous={settings['synchronous']!r} is invalid: "
+                f"use NORMAL (default) or FULL."
+            )
+        numbers = {}
+        for key, default in (("busy_timeout_secs", 30.0),
+                             ("visibility_timeout_secs", context.visibility_timeout_secs)):
+            raw = settings.get(key, default)
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                value = -1.0
+            if not value > 0:
+                raise ConfigError(
+                    f"[plugins.sqlite] {key}={raw!r} is invalid: it must be a number of "
+                    f"seconds > 0."
+                )
+            numbers[key] = value
+        return cls(path=path, synchronous=sync, **numbers)
+
+
+class _Handle:
+    """A thread's connection plus the pid that opened it (weak-referenceable, unlike the
+    connection itself, so :meth:`Database.close` can reach every thread's connection)."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+    def __del__(self) -> None:  # the owning thread ended: close its connection
+        if self.pid == os.getpid():
+            try:
+                self.conn.close()
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _reset_locks_after_fork() -> None:
+    # A lock held by another thread at fork time would stay held forever in the child.
+    global _locks_guard
+    _locks.clear()
+    _locks_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_locks_after_fork)
+
+
+def _process_lock(path: Path) -> threading.Lock:
+    key = os.path.realpath(path)
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _BUSY_CODES
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+class Database:
+    """Thread-local connections to one SQLite file, and its write discipline."""
+
+    def __init__(self, settings: SQLiteSettings) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise ConfigError(
+                f"nuvom-plugins-sqlite needs SQLite >= 3.35 (for RETURNING); this Python "
+                f"links SQLite {sqlite3.sqlite_version}. Use a newer Python build."
+            )
+        self.settings = settings
+        self.path = settings.path
+        self._local = threading.local()
+        self._handles: weakref.WeakSet[_Handle] = weakref.WeakSet()
+        self._ready_pid: int | None = None
+        self._init_lock = threading.Lock()
+        self._write_lock = _process_lock(self.path)
+        self._write_lock_pid = os.getpid()
+
+    # --- connections ------------------------------------------------------------------
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the schema checked) on first use."""
+        handle = getattr(self._local, "handle", None)
+        if handle is not None and handle.pid == os.getpid():
+            conn: sqlite3.Connection = handle.conn
+            return conn
+        return self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        pid = os.getpid()
+        if self._ready_pid != pid:
+            with self._init_lock:
+                if self._ready_pid != pid:
+                    self._initialise()
+                    self._ready_pid = pid
+        conn = self._connect()
+        handle = _Handle(conn)
+        self._local.handle = handle
+        self._handles.add(handle)
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=min(self.settings.busy_timeout_secs, _BUSY_STEP_SECS),
+            isolation_level=None,  # autocommit: we issue BEGIN IMMEDIATE ourselves
+            check_same_thread=False,  # only close() touches another thread's connection
+            cached_statements=256,
+        )
+        conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+        return conn
+
+    def _initialise(self) -> None:
+        """Create the directory, switch to WAL and migrate; once per process."""
+        if os.getpid() != self._write_lock_pid:
+            self._write_lock = _process_lock(self.path)
+            self._write_lock_pid = os.getpid()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            mode = self._retry_busy(
+                lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            )
+            if str(mode).lower() != "wal":
+                log.warning("%s: journal_mode is %s, not WAL (a network or read-only file "
+                            "system?); concurrent workers will block each other", self.path,
+                            mode)
+            self._retry_busy(lambda: migrate(conn, self.path))
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every thread's connection; the next use opens fresh ones."""
+        for handle in list(self._handles):
+            if handle.pid == os.getpid():
+                handle.conn.close()
+        self._handles = weakref.WeakSet()
+        self._local = threading.local()
+
+    # --- writes -----------------------------------------------------------------------
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run one autocommit write statement (``fn(conn)``) under the write discipline."""
+        conn = self.conn()
+        with self._write_lock:
+            return self._retry_busy(lambda: fn(conn))
+
+    def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one ``BEGIN IMMEDIATE`` transaction, all or nothing."""
+        conn = self.conn()
+
+        def attempt() -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return value
+
+        with self._write_lock:
+            return self._retry_busy(attempt)
+
+    def _retry_busy(self, attempt: Callable[[], T]) -> T:
+        started = time.monotonic()
+        limit = self.settings.busy_timeout_secs
+        while True:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                waited = time.monotonic() - started
+                if waited >= limit:
+                    raise DatabaseBusyError(
+                        f"{self.path}: another process has held the write lock for "
+                        f"{waited:.1f} s (busy_timeout_secs={limit:g}). Find the process "
+                        f"holding it (a long transaction, a backup) or raise "
+                        f"[plugins.sqlite] busy_timeout_secs."
+                    ) from exc
+                if waited < _BUSY_STEP_SECS / 2:
+                    # SQLite gave up at once (e.g. a stale WAL snapshot), not after its
+                    # handler's wait: back off briefly instead of spinning.
+                    time.sleep(0.005)
+                    continue
+                log.warning("%s: database locked by another writer for %.1f s; still "
+                            "waiting (up to %g s)", self.path, waited, limit)

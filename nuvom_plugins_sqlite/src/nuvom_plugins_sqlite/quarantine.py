@@ -1,0 +1,97 @@
+"""Rows that cannot become a :class:`~nuvom_kernel.models.Message` are moved aside, not fatal.
+
+The schema's ``CHECK`` constraints stop bad rows at write time, but a file edited by another
+tool (or written with ``PRAGMA ignore_check_constraints``) can still hold one. Such a row must
+never crash a claim and stall every job behind it (DESIGN.md §5): it moves to
+``nuvom_quarantine`` with the reason, ``stats().quarantined`` reports it, and the queue keeps
+flowing. The row keeps its values exactly, so an operator can repair and re-insert it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["INVALID_ROW_SQL", "describe", "move", "problem", "sweep"]
+
+#: SQL predicate true for a queue row that violates the schema's type checks.
+INVALID_ROW_SQL = """NOT (
+    typeof(id) = 'text' AND id <> '' AND typeof(queue) = 'text'
+    AND typeof(priority) = 'integer' AND typeof(deliveries) = 'integer'
+    AND typeof(created_at) IN ('real', 'integer') AND typeof(available_at) IN ('real', 'integer')
+    AND typeof(visible_at) IN ('real', 'integer') AND typeof(body) = 'blob'
+)"""
+
+_COLUMNS = "seq, id, queue, priority, created_at, available_at, visible_at, deliveries, body"
+
+_EXPECTED: tuple[tuple[str, tuple[type, ...]], ...] = (
+    ("id", (str,)),
+    ("queue", (str,)),
+    ("priority", (int,)),
+    ("created_at", (float, int)),
+    ("available_at", (float, int)),
+    ("visible_at", (float, int)),
+    ("deliveries", (int,)),
+    ("body", (bytes,)),
+)
+
+_SQL_TYPE = {str: "text", int: "integer", float: "real", bytes: "blob", type(None): "NULL"}
+
+
+def problem(values: dict[str, Any]) -> str | None:
+    """Why this row cannot be delivered, or ``None`` if it is well formed."""
+    for column, types in _EXPECTED:
+        if column not in values:
+            continue
+        value = values[column]
+        if type(value) not in types:
+            wanted = " or ".join(_SQL_TYPE[t] for t in types)
+            return f"column {column} holds {_SQL_TYPE.get(type(value), '?')}, expected {wanted}"
+    if values.get("id") == "":
+        return "column id is empty"
+    return None
+
+
+def move(conn: sqlite3.Connection, seq: int, reason: str) -> None:
+    """Move queue row ``seq`` into the quarantine table; call inside a write transaction."""
+    conn.execute(
+        "INSERT INTO nuvom_quarantine (id, queue, priority, created_at, available_at, "
+        "deliveries, body, reason, quarantined_at) SELECT id, queue, priority, created_at, "
+        "available_at, deliveries, body, ?, ? FROM nuvom_queue WHERE seq = ?",
+        (reason, time.time(), seq),
+    )
+    conn.execute("DELETE FROM nuvom_queue WHERE seq = ?", (seq,))
+
+
+def sweep(conn: sqlite3.Connection) -> int:
+    """Quarantine every queue row that breaks the type checks (a full scan: call rarely,
+    inside a write transaction). Returns how many rows moved."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM nuvom_queue WHERE {INVALID_ROW_SQL}"
+    ).fetchall()
+    names = _COLUMNS.split(", ")
+    for row in rows:
+        values = dict(zip(names, row, strict=True))
+        move(conn, row[0], problem(values) or "row failed the schema's type checks")
+    return len(rows)
+
+
+def describe(conn: sqlite3.Connection, limit: int = 100) -> list[str]:
+    """One line per quarantined row, oldest first, for ``nuvom status``."""
+    rows: Sequence[tuple[Any, ...]] = conn.execute(
+        "SELECT seq, id, queue, reason, quarantined_at FROM nuvom_quarantine "
+        "ORDER BY seq LIMIT ?", (limit + 1,)
+    ).fetchall()
+    lines = []
+    for seq, job_id, queue, reason, at in rows[:limit]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+        lines.append(
+            f"job {job_id!r} (queue {queue!r}) quarantined {when}: {reason}; the row is kept "
+            f"as nuvom_quarantine.seq={seq}"
+        )
+    if len(rows) > limit:
+        total = conn.execute("SELECT count(*) FROM nuvom_quarantine").fetchone()[0]
+        lines.append(f"... and {total - limit} more rows in nuvom_quarantine")
+    return lines

@@ -1,0 +1,148 @@
+"""The database layout, versioned with ``PRAGMA user_version`` and migrated forward in place.
+
+One file holds the queue, the quarantine and the job records, so the queue backend and the
+result backend can share ``.nuvom/nuvom.db`` and one version number covers all three tables.
+Whichever backend opens the file first creates or upgrades every table.
+
+Adding a change: append a list of statements to :data:`MIGRATIONS`. Each step runs in one
+immediate transaction with the version bump, so a crash mid-migration leaves the old version,
+and two processes opening the file at once migrate it exactly once.
+
+Why ``CHECK`` constraints instead of ``STRICT`` tables: ``STRICT`` needs SQLite 3.37 to even
+open the file, while checks give the same write-time type safety on every SQLite that has
+``RETURNING`` (3.35). Rows that got past them anyway (an external tool with
+``ignore_check_constraints``, a hand edit) are quarantined on read, never crash a claim.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from nuvom_kernel.errors import ConfigError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaVersionError", "migrate"]
+
+_QUEUE_V1 = """
+CREATE TABLE nuvom_queue (
+    seq          INTEGER PRIMARY KEY,           -- insertion order, the last FIFO tie-break
+    id           TEXT    NOT NULL UNIQUE CHECK (typeof(id) = 'text' AND id <> ''),
+    queue        TEXT    NOT NULL CHECK (typeof(queue) = 'text'),
+    priority     INTEGER NOT NULL CHECK (typeof(priority) = 'integer'),
+    created_at   REAL    NOT NULL CHECK (typeof(created_at) IN ('real', 'integer')),
+    available_at REAL    NOT NULL CHECK (typeof(available_at) IN ('real', 'integer')),
+    -- when the row may be claimed next: available_at for a waiting message, the lease
+    -- expiry for a leased one (so an expired lease is claimable with no reaper), now+delay
+    -- after a retry
+    visible_at   REAL    NOT NULL CHECK (typeof(visible_at) IN ('real', 'integer')),
+    token        TEXT,                          -- fencing token of the current lease
+    deliveries   INTEGER NOT NULL DEFAULT 0 CHECK (typeof(deliveries) = 'integer'),
+    body         BLOB    NOT NULL CHECK (typeof(body) = 'blob')
+)
+"""
+
+# The claim query walks this index in its ORDER BY order and filters on the covered
+# visible_at/queue columns, so rows that are delayed or leased cost an index step each,
+# never a table lookup or a sort.
+_CLAIM_INDEX_V1 = """
+CREATE INDEX nuvom_queue_claim
+    ON nuvom_queue (priority DESC, created_at, seq, visible_at, queue)
+"""
+
+_QUARANTINE_V1 = """
+CREATE TABLE nuvom_quarantine (
+    seq            INTEGER PRIMARY KEY,
+    -- untyped columns (no affinity): the bad values are kept exactly as found
+    id,
+    queue,
+    priority,
+    created_at,
+    available_at,
+    deliveries,
+    body,
+    reason         TEXT NOT NULL,
+    quarantined_at REAL NOT NULL
+)
+"""
+
+_RESULTS_V1 = """
+CREATE TABLE nuvom_results (
+    job_id        TEXT PRIMARY KEY,
+    func_name     TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    queue         TEXT NOT NULL,
+    args          TEXT NOT NULL,                -- JSON
+    kwargs        TEXT NOT NULL,                -- JSON
+    result        TEXT,                         -- JSON (wire-safe form)
+    error_type    TEXT,
+    error_message TEXT,
+    traceback     TEXT,
+    attempts      INTEGER NOT NULL,
+    max_retries   INTEGER NOT NULL,
+    history       TEXT NOT NULL,                -- JSON list of attempt dicts
+    created_at    REAL,
+    started_at    REAL,
+    finished_at   REAL,
+    updated_at    REAL NOT NULL,
+    worker        TEXT,
+    trace_id      TEXT
+)
+"""
+
+#: ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``.
+MIGRATIONS: list[list[str]] = [
+    [
+        _QUEUE_V1,
+        _CLAIM_INDEX_V1,
+        _QUARANTINE_V1,
+        _RESULTS_V1,
+        "CREATE INDEX nuvom_results_status ON nuvom_results (status, updated_at)",
+        "CREATE INDEX nuvom_results_func ON nuvom_results (func_name, updated_at)",
+        "CREATE INDEX nuvom_results_updated ON nuvom_results (updated_at)",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaVersionError(ConfigError):
+    """The database was written by a newer nuvom-plugins-sqlite than the one installed."""
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _check_not_newer(version: int, path: Path | str) -> None:
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{path}: the database has schema version {version}, but this "
+            f"nuvom-plugins-sqlite understands versions up to {SCHEMA_VERSION}. A newer "
+            f"release wrote it; upgrade with `pip install -U nuvom-plugins-sqlite` (or point "
+            f"[plugins.sqlite] path at another file)."
+        )
+
+
+def migrate(conn: sqlite3.Connection, path: Path | str) -> int:
+    """Bring the database behind ``conn`` (autocommit mode) to :data:`SCHEMA_VERSION`.
+
+    :returns: the version found before migrating (0 for a new file).
+    :raises SchemaVersionError: the file has a newer version than this package knows.
+    """
+    found = _version(conn)
+    _check_not_newer(found, path)
+    if found == SCHEMA_VERSION:
+        return found
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = _version(conn)  # another process may have migrated while we waited
+        _check_not_newer(current, path)
+        for step in range(current, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found
