@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import ConfigError, NuvomError
-
 from nuvom_plugins_sqlite.schema import migrate
 
 __all__ = ["Database", "DatabaseBusyError", "SQLiteSettings"]

@@ -1,0 +1,26 @@
+"""SQLite queue and result backends for Nuvom: the embedded default, no server needed.
+
+Installed, they register under the name ``sqlite`` (``queue_backend = "sqlite"``,
+``result_backend = "sqlite"``) and share ``.nuvom/nuvom.db`` unless ``[plugins.sqlite] path``
+says otherwise.
+"""
+
+from __future__ import annotations
+
+from nuvom_plugins_sqlite.connection import DatabaseBusyError, SQLiteSettings
+from nuvom_plugins_sqlite.queue import DuplicateMessageError, SQLiteJobQueue
+from nuvom_plugins_sqlite.results import SQLiteResultBackend
+from nuvom_plugins_sqlite.schema import SCHEMA_VERSION, SchemaVersionError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DatabaseBusyError",
+    "DuplicateMessageError",
+    "SQLiteJobQueue",
+    "SQLiteResultBackend",
+    "SQLiteSettings",
+    "SchemaVersionError",
+    "__version__",
+]
