@@ -50,9 +50,12 @@ CAPABILITIES: dict[str, str | None] = {
 
 
 def _positive_int(name: str, value: Any) -> int:
-    number = _int(name, value)
+    try:
+        number = _int(name, value)
+    except ValueError:
+        number = 0
     if number < 1:
-        raise ValueError("must be a whole number >= 1")
+        raise ValueError("must be a whole number >= 1 (e.g. 4)")
     return number
 
 

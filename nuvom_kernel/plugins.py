@@ -128,18 +128,25 @@ class NuvomPluginManager(pluggy.PluginManager):
         self.sources[name] = source
 
     def _load_entry_points(self) -> None:
+        seen: set[str] = set()
         for dist in importlib.metadata.distributions():
+            if dist.metadata["name"] in seen:  # a dist can be listed twice on sys.path
+                continue
+            seen.add(dist.metadata["name"])
             for ep in dist.entry_points:
                 if ep.group != "nuvom" or self.get_plugin(ep.name) or self.is_blocked(ep.name):
                     continue
                 try:
                     plugin = ep.load()
-                except Exception as exc:
-                    raise PluginLoadError(
+                except Exception as exc:  # one broken install must not stop the others
+                    message = (
                         f"plugin {ep.name!r} (entry point {ep.value!r} of distribution "
                         f"{dist.metadata['name']}) failed to import: {exc!r}. Reinstall it, "
-                        f"or disable it with NUVOM_DISABLE_PLUGINS={ep.name}."
-                    ) from exc
+                        f"or disable it with NUVOM_DISABLE_PLUGINS={ep.name}"
+                    )
+                    log.error("%s", message)
+                    self.failures[ep.name] = message
+                    continue
                 self._register(plugin, ep.name,
                                ("entry point", dist.metadata["name"], dist.version))
 

@@ -1,0 +1,77 @@
+"""The ``nuvom`` command line: a click group whose commands all arrive through
+``nuvom_register_commands`` — the kernel's own (internal plugins) and any plugin's."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+import click
+
+from nuvom_kernel import __version__
+from nuvom_kernel.errors import NuvomError, PluginConfigError
+
+__all__ = ["main", "make_cli"]
+
+
+def make_cli(kernel: object) -> click.Group:
+    """A fresh root group with every plugin's commands (a new group per call, so tests and
+    embedders never see commands leak between kernels)."""
+
+    @click.group(name="nuvom", context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="nuvom")
+    def cli() -> None:
+        """Nuvom: a plugin-first background task queue."""
+
+    pm = kernel.pm  # type: ignore[attr-defined]
+    # Registration order: the kernel's groups exist before plugins extend them.
+    for impl in pm.hook.nuvom_register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            raise NuvomError(
+                f"plugin {impl.plugin_name!r} failed to add its commands: {exc!r}") from exc
+    return cli
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: load config and plugins once, then run the command.
+
+    Configuration errors exit with status 2 (like a usage error) and say what to fix.
+    """
+    from nuvom_kernel.kernel import get_kernel
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        kernel = get_kernel()
+    except NuvomError as exc:
+        if args[:1] == ["--version"]:
+            click.echo(f"nuvom, version {__version__}")
+            sys.exit(0)
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, PluginConfigError) else 1)
+    _setup_logging(kernel.settings.log_level)
+    try:
+        cli = make_cli(kernel)
+    except NuvomError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    try:
+        cli.main(args=args, prog_name="nuvom", obj=kernel, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    except NuvomError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

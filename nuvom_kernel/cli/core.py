@@ -1,0 +1,107 @@
+"""Internal plugin: ``nuvom config``, ``nuvom plugin list`` and ``nuvom runworker``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import attrs
+import click
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.config import Settings
+
+
+@hookimpl
+def nuvom_register_commands(cli: click.Group) -> None:
+    cli.add_command(config_cmd)
+    cli.add_command(plugin_group)
+    cli.add_command(runworker)
+
+
+def _kernel() -> Any:
+    return click.get_current_context().find_root().obj
+
+
+@click.command(name="config")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def config_cmd(as_json: bool) -> None:
+    """Show each effective setting, its environment variable and where it came from."""
+    config = _kernel().config
+    rows = []
+    for field in attrs.fields(Settings):
+        value = getattr(config.settings, field.name)
+        rows.append({"setting": field.name, "value": None if value is None else str(value),
+                     "env": field.metadata["env"], "source": config.sources[field.name]})
+    if as_json:
+        click.echo(json.dumps({"file": str(config.path) if config.path else None,
+                               "settings": rows}, indent=2))
+        return
+    click.echo(f"config file: {config.path or '(none: .nuvom_plugins.toml not found)'}")
+    print_table(rows, ["setting", "value", "env", "source"])
+
+
+@click.group(name="plugin")
+def plugin_group() -> None:
+    """Inspect installed plugins."""
+
+
+@plugin_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--all", "show_all", is_flag=True, help="Include the kernel's internal plugins.")
+def plugin_list(as_json: bool, show_all: bool) -> None:
+    """List plugins: name, distribution, version, what they provide, where they came from."""
+    kernel = _kernel()
+    rows = []
+    for info in kernel.pm.plugin_infos():
+        if info.source == "internal" and not show_all:
+            continue
+        rows.append({
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "provides": {k: list(v) for k, v in info.provides.items()},
+            "hooks": list(info.hooks),
+            "source": info.source,
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No plugins installed. Install the built-in backends with: "
+                   "pip install nuvom-plugins nuvom-plugins-sqlite")
+        return
+    table = [{**r, "provides": "; ".join(f"{k}: {', '.join(v)}"
+                                         for k, v in r["provides"].items()) or "hooks only"}
+             for r in rows]
+    print_table(table, ["name", "distribution", "version", "provides", "source"])
+    for name, message in kernel.pm.failures.items():
+        click.echo(f"disabled: {name}: {message}", err=True)
+
+
+@click.command()
+@click.option("--workers", "-w", type=click.IntRange(min=1), default=None,
+              help="Worker threads (default: NUVOM_MAX_WORKERS).")
+@click.option("--queue", "-q", "queues", multiple=True,
+              help="Serve only this named queue (repeatable; default: all).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Most jobs leased at once (default: NUVOM_BATCH_SIZE).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+                                               case_sensitive=False), default=None)
+@click.option("--grace-period", type=click.FloatRange(min=0), default=None,
+              help="Seconds the first SIGINT/SIGTERM waits for running jobs.")
+def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | None,
+              log_level: str | None, grace_period: float | None) -> None:
+    """Run a worker pool until SIGINT/SIGTERM (first drains, second stops at once)."""
+    from nuvom_kernel.worker import Worker
+
+    if log_level:
+        logging.getLogger().setLevel(log_level.upper())
+    if "" not in sys.path:  # the project directory holds the task modules
+        sys.path.insert(0, "")
+    worker = Worker(_kernel(), workers=workers, queues=queues or None, batch_size=batch_size,
+                    grace_period_secs=grace_period)
+    sys.exit(worker.run())

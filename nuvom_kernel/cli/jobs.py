@@ -1,0 +1,205 @@
+"""Internal plugin: job commands that work on any queue and result backend.
+
+``nuvom inspect job``, ``nuvom history recent``, ``nuvom retry job``, ``nuvom status`` and
+``nuvom purge results``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+from typing import Any
+
+import click
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.dispatcher import ENVELOPE_VERSION, encode_job, origin
+from nuvom_kernel.models import JobRecord, JobStatus
+
+
+@hookimpl
+def nuvom_register_commands(cli: click.Group) -> None:
+    for command in (inspect_group, history_group, retry_group, status, purge_group):
+        cli.add_command(command)
+
+
+def _kernel() -> Any:
+    return click.get_current_context().find_root().obj
+
+
+def _when(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
+
+
+def _duration(record: JobRecord) -> str | None:
+    if record.started_at is None or record.finished_at is None:
+        return None
+    return f"{(record.finished_at - record.started_at) * 1000:.1f} ms"
+
+
+@click.group(name="inspect")
+def inspect_group() -> None:
+    """Show one job in detail."""
+
+
+@inspect_group.command(name="job")
+@click.argument("job_id")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def inspect_job(job_id: str, fmt: str) -> None:
+    """Everything known about JOB_ID: state, result or error, attempts and their history."""
+    from nuvom_kernel.kernel import get_job
+
+    kernel = _kernel()
+    record = kernel.results.get(job_id)
+    job = get_job(job_id)
+    if record is None:
+        data: dict[str, Any] = {"job_id": job_id, "status": job.status.value}
+    else:
+        data = record.to_dict()
+        data["status"] = job.status.value
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, default=str))
+        if job.status is JobStatus.UNKNOWN:
+            raise SystemExit(1)
+        return
+    if job.status is JobStatus.UNKNOWN:
+        raise click.ClickException(f"unknown job id {job_id!r}: no backend has seen it")
+    for key in ("job_id", "func_name", "status", "queue", "attempts", "max_retries", "args",
+                "kwargs", "result", "error_type", "error_message", "worker", "trace_id"):
+        if key in data and data[key] not in (None, [], {}):
+            click.echo(f"{key:>14}: {data[key]}")
+    for key in ("created_at", "started_at", "finished_at"):
+        if data.get(key) is not None:
+            click.echo(f"{key:>14}: {_when(data[key])}")
+    if record is not None and _duration(record):
+        click.echo(f"{'duration':>14}: {_duration(record)}")
+    for entry in data.get("history") or []:
+        click.echo(f"{'attempt ' + str(entry.get('attempt')):>14}: {entry.get('kind')} "
+                   f"{entry.get('error_type')}: {entry.get('error_message')}")
+    if data.get("traceback"):
+        click.echo("\n" + data["traceback"].rstrip())
+
+
+@click.group(name="history")
+def history_group() -> None:
+    """Browse recent job outcomes."""
+
+
+@history_group.command(name="recent")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--status", type=click.Choice([s.value for s in JobStatus
+                                             if s is not JobStatus.UNKNOWN],
+                                            case_sensitive=False), default=None)
+@click.option("--task", default=None, help="Only jobs of this task name.")
+@click.option("--json", "as_json", is_flag=True)
+def history_recent(limit: int, status: str | None, task: str | None, as_json: bool) -> None:
+    """The newest job records first."""
+    records = _kernel().results.query(status=JobStatus(status.upper()) if status else None,
+                                      func_name=task, limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in records], indent=2, default=str))
+        return
+    if not records:
+        click.echo("No job records match.")
+        return
+    print_table([{"job_id": r.job_id, "task": r.func_name, "status": r.status.value,
+                  "attempts": r.attempts, "duration": _duration(r), "updated": _when(r.updated_at),
+                  "error": r.error_type} for r in records],
+                ["job_id", "task", "status", "attempts", "duration", "updated", "error"])
+
+
+@click.group(name="retry")
+def retry_group() -> None:
+    """Run failed jobs again."""
+
+
+@retry_group.command(name="job")
+@click.argument("job_id")
+def retry_job(job_id: str) -> None:
+    """Re-enqueue a FAILED or CANCELLED job with the same arguments (attempts start over)."""
+    kernel = _kernel()
+    record = kernel.results.get(job_id)
+    if record is None:
+        raise click.ClickException(f"unknown job id {job_id!r}: no stored record")
+    if record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise click.ClickException(
+            f"job {job_id} is {record.status.value}; only FAILED or CANCELLED jobs can be "
+            "retried")
+    if not record.options:
+        raise click.ClickException(f"job {job_id} has no stored task options; enqueue it anew")
+    envelope = {
+        "v": ENVELOPE_VERSION, "id": record.job_id, "task": record.func_name,
+        "module": record.module, "args": record.args, "kwargs": record.kwargs,
+        "opts": record.options, "created_at": time.time(), "enqueued_by": origin(),
+        "trace_id": record.trace_id or "", "failures": 0, "history": record.history,
+    }
+    kernel.queue.enqueue(encode_job(envelope, kernel.serializer))
+    record.status = JobStatus.QUEUED
+    record.updated_at = time.time()
+    kernel.results.put(record)
+    click.echo(f"re-enqueued job {job_id} ({record.func_name}) on queue "
+               f"{record.options.get('queue', 'default')!r}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Queue depth per queue, jobs per state, leases in flight, oldest job, quarantine."""
+    kernel = _kernel()
+    stats = kernel.queue.stats()
+    data = {
+        "queue_backend": kernel.queue.name,
+        "result_backend": kernel.results.name,
+        "depth": stats.depth,
+        "delayed": stats.delayed,
+        "in_flight": stats.in_flight,
+        "oldest_age_secs": stats.oldest_age_secs,
+        "quarantined": stats.quarantined,
+        "states": kernel.results.counts(),
+    }
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"queue backend: {data['queue_backend']}   result backend: "
+               f"{data['result_backend']}")
+    depth = ", ".join(f"{q}={n}" for q, n in sorted(stats.depth.items())) or "empty"
+    click.echo(f"waiting: {depth}   delayed: {stats.delayed}   in flight: {stats.in_flight}")
+    oldest = stats.oldest_age_secs
+    click.echo(f"oldest waiting job: {'-' if oldest is None else f'{oldest:.1f} s'}")
+    states = ", ".join(f"{k}={v}" for k, v in sorted(data["states"].items())) or "none"
+    click.echo(f"job records: {states}")
+    if stats.quarantined:
+        click.echo(f"quarantined entries: {len(stats.quarantined)}")
+        for line in stats.quarantined:
+            click.echo(f"  {line}")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not an age; use a number and a unit "
+                                 "s, m, h, d or w (e.g. 7d, 12h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@click.group(name="purge")
+def purge_group() -> None:
+    """Delete old data."""
+
+
+@purge_group.command(name="results")
+@click.option("--older-than", "older_than", required=True,
+              help="Age such as 7d, 12h, 30m: finished records older than this are deleted.")
+def purge_results(older_than: str) -> None:
+    """Delete finished job records (SUCCEEDED, FAILED, CANCELLED) older than an age."""
+    cutoff = time.time() - parse_age(older_than)
+    removed = _kernel().results.purge(cutoff)
+    click.echo(f"purged {removed} job record(s) finished before {_when(cutoff)}")
