@@ -1,0 +1,157 @@
+"""Low-level helpers shared by the file backends: atomic writes, safe names, message files.
+
+Everything here exists for one reason: a reader must never see half of anything. New files
+are written under a dot-prefixed temporary name in the destination directory (listings skip
+dot files), fsynced, then renamed into place, and a checksum in the header catches damage
+that happens later (a bad disk, a hand edit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any
+
+from nuvom_kernel.models import Message
+
+__all__ = [
+    "CorruptEntry",
+    "decode_message",
+    "encode_message",
+    "encode_name",
+    "fsync_dir",
+    "write_new_file",
+]
+
+_MAGIC = b"NVQ1 "
+_SAFE = re.compile(r"[A-Za-z0-9_-]*")
+_MAX_NAME_PART = 96
+TMP_PREFIX = ".tmp-"
+
+
+class CorruptEntry(ValueError):
+    """A queue file whose name or content cannot be decoded; it goes to quarantine."""
+
+
+def encode_name(text: str) -> str:
+    """A file-name-safe form of a job id or queue name that never contains ``.``.
+
+    Plain ids (uuid hex, slugs) pass through unchanged so a directory listing stays readable;
+    anything else is %-escaped per UTF-8 byte; very long values become a hash (``~`` prefix,
+    which escaping never produces) to respect the 255-byte name limit.
+    """
+    if _SAFE.fullmatch(text):
+        encoded = text
+    else:
+        encoded = "".join(
+            ch if _SAFE.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode("utf-8"))
+            for ch in text
+        )
+    if len(encoded) > _MAX_NAME_PART:
+        return "~" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:40]
+    return encoded
+
+
+def decode_name(encoded: str) -> str:
+    """Inverse of :func:`encode_name` (a hashed value comes back as its hash)."""
+    if "%" not in encoded:
+        return encoded
+    raw = bytearray()
+    i = 0
+    while i < len(encoded):
+        if encoded[i] == "%" and i + 3 <= len(encoded):
+            try:
+                raw += bytes.fromhex(encoded[i + 1:i + 3])
+            except ValueError:
+                raw += b"%"
+                i += 1
+                continue
+            i += 3
+        else:
+            raw += encoded[i].encode("utf-8")
+            i += 1
+    return raw.decode("utf-8", errors="replace")
+
+
+def encode_message(message: Message) -> bytes:
+    """Header line (JSON, with body length and CRC-32) followed by the raw body bytes."""
+    header = {
+        "id": message.id,
+        "queue": message.queue,
+        "priority": message.priority,
+        "available_at": message.available_at,
+        "created_at": message.created_at,
+        "len": len(message.body),
+        "crc": zlib.crc32(message.body),
+    }
+    return _MAGIC + json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + \
+        message.body
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse :func:`encode_message` output; raise :class:`CorruptEntry` saying what is wrong."""
+    if not data.startswith(_MAGIC):
+        raise CorruptEntry("not a Nuvom queue file (bad magic)" if data else "empty file")
+    end = data.find(b"\n")
+    if end < 0:
+        raise CorruptEntry("header line is not terminated")
+    try:
+        header: dict[str, Any] = json.loads(data[len(_MAGIC):end])
+        body = data[end + 1:]
+        if len(body) != header["len"]:
+            raise CorruptEntry(f"body is {len(body)} bytes, header says {header['len']}")
+        if zlib.crc32(body) != header["crc"]:
+            raise CorruptEntry("body checksum mismatch")
+        return Message(
+            id=str(header["id"]),
+            body=bytes(body),
+            queue=str(header["queue"]),
+            priority=int(header["priority"]),
+            available_at=float(header["available_at"]),
+            created_at=float(header["created_at"]),
+        )
+    except CorruptEntry:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptEntry(f"undecodable header: {exc}") from None
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def write_new_file(directory: Path, data: bytes, *, fsync: bool) -> Path:
+    """Write ``data`` to a fresh hidden temp file in ``directory`` and return its path.
+
+    The caller renames it into place; until then every listing ignores it, so a writer
+    killed half-way leaves only an invisible temp file (swept later by age).
+    """
+    tmp = directory / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        write_all(fd, data)
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames into ``directory`` durable (the entry lives in the directory's inode)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,551 @@
+"""FileJobQueue: one file per message, ``rename(2)`` as the only arbiter between processes.
+
+Layout under ``path`` (default ``<data_dir>/queue``)::
+
+    ready/       <sortkey>.<queue>.<id>.<deliveries>                  claimable now
+    delayed/     <available_us>.<sortkey>.<queue>.<id>.<deliveries>   retry delays, schedules
+    leased/      <expires_us>.<token>.<sortkey>.<queue>.<id>.<deliveries>
+    quarantine/  <when_us>-<original name>  (+ ``.reason``)           undecodable entries
+    .ready-marker, .delayed-marker   mtimes bumped after anything enters ready/ or delayed/
+
+``sortkey`` is ``(2**31 - priority)`` (10 digits), ``created_at`` in microseconds (17 digits)
+and a 6-hex-digit sequence, so a plain sorted listing of ``ready/`` *is* the claim order:
+higher priority first, FIFO within a priority.
+
+Why it is safe with several processes on one directory (local filesystems; not NFS):
+
+* **Writes are atomic**: a message is written to a dot-prefixed temp file in the target
+  directory, fsynced, then renamed into place. Listings skip dot files, so a writer killed
+  mid-write leaves nothing a reader can pick up.
+* **Claim is a rename** ``ready/X -> leased/<expiry>.<token>.X'``. Exactly one process's
+  rename succeeds; the others get ``ENOENT`` and move to the next name. The new name carries
+  the fencing token, the lease expiry and the incremented delivery count in one atomic step.
+* **Ack, extend, release and retry rename or unlink the lease file by its exact name**, which
+  includes the token; once the lease was recovered by another process that name is gone, so
+  the call fails (``False``) instead of touching the new holder's work.
+* **Expired leases are recovered by whoever claims next**: ``leased/`` is listed only when
+  the earliest expiry seen in it is due (it is small: in-flight messages only) and expired
+  files are renamed back to ``ready/``, keeping their delivery count.
+
+Polling cost: ``ready/`` is listed once and kept as a sorted in-memory cache. A poll costs
+one ``stat`` of ``.ready-marker`` (plus one of ``.delayed-marker``); the directory is listed
+again only when another process added something (marker changed) or every
+``relist_interval_secs`` as a safety net, so an idle worker on a huge queue does not re-list
+it on every poll. Claimed names that another process took first just fail their rename.
+
+Undecodable entries (bad name, bad header, checksum mismatch) are moved to ``quarantine/``
+with a ``.reason`` file, logged, and listed in :meth:`FileJobQueue.stats`; they never stop a
+claim and are never deleted by the backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import attrs
+
+from nuvom_kernel.backends import BackendContext, Capabilities, QueueBackend, QueueStats
+from nuvom_kernel.errors import PluginConfigError
+from nuvom_kernel.models import JobStatus, Lease, Message
+from nuvom_plugins.file._fs import (
+    TMP_PREFIX,
+    CorruptEntry,
+    decode_message,
+    decode_name,
+    encode_message,
+    encode_name,
+    fsync_dir,
+    write_new_file,
+)
+
+__all__ = ["FileJobQueue"]
+
+log = logging.getLogger("nuvom.file.queue")
+
+_SEQ = itertools.count(random.getrandbits(20))
+_US = 1_000_000
+_QUEUE_KEYS = {"path", "queue_path", "visibility_timeout_secs", "fsync", "relist_interval_secs"}
+#: Keys of the same ``[plugins.file]`` table that belong to the result backend.
+RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
+
+
+class _Name(NamedTuple):
+    """The fields encoded in a ready/delayed/leased file name."""
+
+    sortkey: str
+    queue: str  # encoded
+    id: str  # encoded
+    deliveries: int
+    when_us: int = 0  # available_at (delayed) or expiry (leased)
+    token: str = ""
+
+    @property
+    def core(self) -> str:
+        return f"{self.sortkey}.{self.queue}.{self.id}"
+
+    def ready(self, deliveries: int | None = None) -> str:
+        return f"{self.core}.{self.deliveries if deliveries is None else deliveries}"
+
+
+def _us(seconds: float) -> int:
+    return min(max(int(seconds * _US), 0), 10**17 - 1)
+
+
+def _sortkey(priority: int, created_at: float, seq: int) -> str:
+    pk = min(max(2**31 - priority, 0), 2**32 - 1)
+    return f"{pk:010d}{_us(created_at):017d}{seq & 0xFFFFFF:06x}"
+
+
+def _parse(name: str, kind: str) -> _Name | None:
+    """Split a file name of ``kind`` (ready/delayed/leased); ``None`` if it is malformed."""
+    parts = name.split(".")
+    try:
+        if kind == "ready" and len(parts) == 4:
+            when, token, (sortkey, queue, job, d) = 0, "", parts
+        elif kind == "delayed" and len(parts) == 5:
+            when, token, (sortkey, queue, job, d) = int(parts[0]), "", parts[1:]
+        elif kind == "leased" and len(parts) == 6:
+            when, token, (sortkey, queue, job, d) = int(parts[0]), parts[1], parts[2:]
+        else:
+            return None
+        if len(sortkey) != 33 or not sortkey[:27].isdigit():
+            return None
+        return _Name(sortkey, queue, job, int(d), when, token)
+    except ValueError:
+        return None
+
+
+def _bump(marker: Path) -> None:
+    """Give ``marker`` a fresh mtime we pick ourselves: a kernel timestamp is too coarse
+    (two pushes in one clock tick would look like none), a random low part is not."""
+    value = time.time_ns() + random.getrandbits(20)
+    try:
+        os.utime(marker, ns=(value, value))
+    except FileNotFoundError:
+        marker.touch()
+        os.utime(marker, ns=(value, value))
+
+
+def _mark(marker: Path) -> int:
+    try:
+        return os.stat(marker).st_mtime_ns
+    except FileNotFoundError:
+        return -1
+
+
+def _listdir(directory: Path) -> list[str]:
+    return [n for n in os.listdir(directory) if not n.startswith(".")]
+
+
+@attrs.define
+class _Cache:
+    """A sorted listing of one directory, smallest name last (so ``pop()`` is the next)."""
+
+    names: list[str] = attrs.field(factory=list)
+    mark: int | None = None
+    listed_at: float = 0.0
+
+
+class FileJobQueue(QueueBackend):
+    """Persistent, multi-process-safe queue in a directory of files (see module docs).
+
+    :param path: the queue directory (created if missing).
+    :param fsync: fsync message files and directories on push and retry (durable across
+        power loss); turn off for throwaway queues and tests.
+    :param relist_interval_secs: longest time a cached listing of ``ready/`` is trusted
+        without a marker change; bounds pickup after a pusher crashed between its rename
+        and its marker bump.
+    """
+
+    name = "file"
+    capabilities = Capabilities(persistent=True, multiprocess_safe=True, priorities=True,
+                                delayed=True)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        visibility_timeout_secs: float = 30.0,
+        fsync: bool = True,
+        relist_interval_secs: float = 2.0,
+    ) -> None:
+        super().__init__(visibility_timeout_secs=visibility_timeout_secs)
+        self.path = Path(path)
+        self.fsync = fsync
+        self.relist_interval_secs = relist_interval_secs
+        self._dirs = {k: self.path / k for k in ("ready", "delayed", "leased", "quarantine")}
+        for directory in self._dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+        self._markers = {"ready": self.path / ".ready-marker",
+                         "delayed": self.path / ".delayed-marker"}
+        for marker in self._markers.values():
+            marker.touch(exist_ok=True)
+        self._caches = {"ready": _Cache(), "delayed": _Cache()}
+        self._lock = threading.RLock()  # caches and the lease-scan clock
+        self._held: dict[str, str] = {}  # token -> current lease file name (this instance)
+        self._held_lock = threading.Lock()
+        self._next_lease_scan = 0.0
+        self._swept_at = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
+        """``[plugins.file]``: ``path`` (or ``queue_path``), ``fsync``,
+        ``relist_interval_secs``, ``visibility_timeout_secs``; the result backend's keys in
+        the same table are ignored here."""
+        unknown = set(settings) - _QUEUE_KEYS - RESULT_KEYS
+        if unknown:
+            raise PluginConfigError(
+                f"[plugins.file] has unknown key(s) {', '.join(sorted(unknown))}; the file "
+                f"queue knows {', '.join(sorted(_QUEUE_KEYS))} and the file result backend "
+                f"{', '.join(sorted(RESULT_KEYS))}")
+        params = {k: v for k, v in settings.items() if k in _QUEUE_KEYS}
+        path = params.pop("queue_path", None) or params.pop("path", None)
+        params.pop("path", None)
+        params.setdefault("visibility_timeout_secs", context.visibility_timeout_secs)
+        return cls(path if path is not None else context.data_dir / "queue", **params)
+
+    # --- push ---------------------------------------------------------------------------
+
+    def push(self, messages: Sequence[Message]) -> None:
+        """Write every message to a temp file first, then rename them all into place, so a
+        failure while writing (disk full) leaves none of them visible."""
+        now = time.time()
+        staged: list[tuple[Path, Path]] = []
+        used: set[str] = set()
+        try:
+            for message in messages:
+                core = (f"{_sortkey(message.priority, message.created_at, next(_SEQ))}."
+                        f"{encode_name(message.queue)}.{encode_name(message.id)}")
+                kind = "delayed" if message.available_at > now else "ready"
+                final = f"{_us(message.available_at):017d}.{core}.0" if kind == "delayed" \
+                    else f"{core}.0"
+                tmp = write_new_file(self._dirs[kind], encode_message(message),
+                                     fsync=self.fsync)
+                staged.append((tmp, self._dirs[kind] / final))
+                used.add(kind)
+        except BaseException:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+            raise
+        for tmp, final in staged:
+            os.rename(tmp, final)
+        for kind in used:
+            if self.fsync:
+                fsync_dir(self._dirs[kind])
+            _bump(self._markers[kind])
+
+    # --- claim --------------------------------------------------------------------------
+
+    def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
+        if n <= 0:
+            return []
+        wanted = None if queues is None else {encode_name(q) for q in queues}
+        leases: list[Lease] = []
+        with self._lock:
+            now = time.time()
+            self._recover_expired(now)
+            self._promote_due(now)
+            names = self._refreshed("ready", now).names
+            expires_at = now + self.visibility_timeout_secs
+            expiry = _us(expires_at)
+            i = len(names) - 1
+            while i >= 0 and len(leases) < n:
+                name = names[i]
+                parsed = _parse(name, "ready")
+                if parsed is not None and wanted is not None and parsed.queue not in wanted:
+                    i -= 1
+                    continue
+                del names[i]
+                i -= 1
+                source = self._dirs["ready"] / name
+                if parsed is None:
+                    self._quarantine(source, "unparseable file name in ready/")
+                    continue
+                token = uuid.uuid4().hex
+                leased = f"{expiry:017d}.{token}.{parsed.ready(parsed.deliveries + 1)}"
+                target = self._dirs["leased"] / leased
+                try:
+                    os.rename(source, target)
+                except FileNotFoundError:
+                    continue  # another process claimed it first
+                lease = self._open_lease(target, parsed, token, expires_at)
+                if lease is not None:
+                    leases.append(lease)
+        return leases
+
+    def _open_lease(self, target: Path, parsed: _Name, token: str,
+                    expires_at: float) -> Lease | None:
+        try:
+            message = decode_message(target.read_bytes())
+            if encode_name(message.id) != parsed.id or \
+                    encode_name(message.queue) != parsed.queue:
+                raise CorruptEntry("file name does not match its header (renamed by hand?)")
+        except CorruptEntry as exc:
+            self._quarantine(target, str(exc))
+            return None
+        with self._held_lock:
+            self._held[token] = target.name
+        return Lease(message=message, token=token, deliveries=parsed.deliveries + 1,
+                     expires_at=expires_at)
+
+    def _refreshed(self, kind: str, now: float) -> _Cache:
+        """The cached listing of ``kind``, re-listed only if its marker moved or it is old."""
+        cache = self._caches[kind]
+        mark = _mark(self._markers[kind])  # read before listing: a later push bumps it again
+        if mark != cache.mark or now - cache.listed_at >= self.relist_interval_secs:
+            names = os.listdir(self._dirs[kind])
+            if now - self._swept_at > 60.0:
+                self._sweep_tmp(kind, names, now)
+            cache.names = sorted((n for n in names if not n.startswith(".")), reverse=True)
+            cache.mark, cache.listed_at = mark, now
+        return cache
+
+    def _sweep_tmp(self, kind: str, names: list[str], now: float) -> None:
+        """Delete temp files of writers that died more than an hour ago."""
+        self._swept_at = now
+        for name in names:
+            if name.startswith(TMP_PREFIX):
+                path = self._dirs[kind] / name
+                with contextlib.suppress(OSError):
+                    if now - path.stat().st_mtime > 3600:
+                        path.unlink()
+
+    def _promote_due(self, now: float) -> None:
+        """Move delayed messages whose time has come into ``ready/``."""
+        names = self._refreshed("delayed", now).names
+        moved = False
+        while names:
+            parsed = _parse(names[-1], "delayed")
+            source = self._dirs["delayed"] / names[-1]
+            if parsed is None:
+                names.pop()
+                self._quarantine(source, "unparseable file name in delayed/")
+                continue
+            if parsed.when_us > _us(now):
+                break
+            names.pop()
+            with contextlib.suppress(FileNotFoundError):  # someone else promoted it
+                os.rename(source, self._dirs["ready"] / parsed.ready())
+                moved = True
+        if moved:
+            _bump(self._markers["ready"])
+
+    def _recover_expired(self, now: float, force: bool = False) -> None:
+        """Rename expired leases back to ``ready/``; runs only when an expiry is due."""
+        if not force and now < self._next_lease_scan:
+            return
+        next_scan = now + self.visibility_timeout_secs
+        recovered = 0
+        for name in _listdir(self._dirs["leased"]):
+            parsed = _parse(name, "leased")
+            if parsed is None:
+                self._quarantine(self._dirs["leased"] / name, "unparseable file name in "
+                                 "leased/")
+                continue
+            if parsed.when_us > _us(now):
+                next_scan = min(next_scan, parsed.when_us / _US)
+                continue
+            try:
+                os.rename(self._dirs["leased"] / name, self._dirs["ready"] / parsed.ready())
+            except FileNotFoundError:
+                continue  # acked, extended or recovered meanwhile
+            recovered += 1
+            log.info("file queue %s: lease on job %s expired; it is available again "
+                     "(delivery %d)", self.path, decode_name(parsed.id), parsed.deliveries)
+        self._next_lease_scan = next_scan
+        if recovered:
+            _bump(self._markers["ready"])
+
+    # --- lease operations -----------------------------------------------------------------
+
+    def _lease_name(self, lease: Lease) -> str | None:
+        with self._held_lock:
+            name = self._held.get(lease.token)
+        if name is not None:
+            return name
+        for candidate in _listdir(self._dirs["leased"]):  # a lease from another instance
+            parsed = _parse(candidate, "leased")
+            if parsed is not None and parsed.token == lease.token:
+                return candidate
+        return None
+
+    def _forget(self, token: str) -> None:
+        with self._held_lock:
+            self._held.pop(token, None)
+
+    def _move_lease(self, lease: Lease, target: Path | None) -> str | None:
+        """Rename (or, for ``None``, unlink) the lease file; the lease file's name if that
+        succeeded, ``None`` if the lease was lost."""
+        name = self._lease_name(lease)
+        if name is None:
+            return None
+        source = self._dirs["leased"] / name
+        try:
+            if target is None:
+                os.unlink(source)
+            else:
+                os.rename(source, target)
+        except FileNotFoundError:
+            self._forget(lease.token)
+            return None
+        return name
+
+    def ack(self, lease: Lease) -> bool:
+        done = self._move_lease(lease, None) is not None
+        self._forget(lease.token)
+        return done
+
+    def extend(self, lease: Lease, secs: float) -> bool:
+        name = self._lease_name(lease)
+        parsed = _parse(name, "leased") if name else None
+        if parsed is None:
+            return False
+        new = f"{_us(time.time() + secs):017d}.{parsed.token}.{parsed.ready()}"
+        if self._move_lease(lease, self._dirs["leased"] / new) is None:
+            return False
+        with self._held_lock:
+            self._held[lease.token] = new
+        return True
+
+    def release(self, lease: Lease) -> bool:
+        name = self._lease_name(lease)
+        parsed = _parse(name, "leased") if name else None
+        if parsed is None:
+            return False
+        target = self._dirs["ready"] / parsed.ready(max(parsed.deliveries - 1, 0))
+        if self._move_lease(lease, target) is None:
+            return False
+        self._forget(lease.token)
+        _bump(self._markers["ready"])
+        self.notify()
+        return True
+
+    def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
+        """Move the message back (to ``delayed/`` if ``delay_secs > 0``); with a new body,
+        the lease is first extended (fencing) and its file replaced atomically in place."""
+        if body is not None:
+            if not self.extend(lease, self.visibility_timeout_secs):
+                return False
+            name = self._lease_name(lease)
+            if name is None:
+                return False
+            available_at = time.time() + max(delay_secs, 0.0)
+            message = attrs.evolve(lease.message, body=body, available_at=available_at)
+            tmp = write_new_file(self._dirs["leased"], encode_message(message),
+                                 fsync=self.fsync)
+            os.replace(tmp, self._dirs["leased"] / name)
+        name = self._lease_name(lease)
+        parsed = _parse(name, "leased") if name else None
+        if parsed is None:
+            return False
+        kind = "delayed" if delay_secs > 0 else "ready"
+        final = parsed.ready() if kind == "ready" else \
+            f"{_us(time.time() + delay_secs):017d}.{parsed.ready()}"
+        if self._move_lease(lease, self._dirs[kind] / final) is None:
+            return False
+        self._forget(lease.token)
+        if self.fsync:
+            fsync_dir(self._dirs[kind])
+        _bump(self._markers[kind])
+        self.notify()
+        return True
+
+    # --- inspection -----------------------------------------------------------------------
+
+    def _matching(self, kind: str, queues: Sequence[str] | None) -> list[tuple[str, _Name]]:
+        wanted = None if queues is None else {encode_name(q) for q in queues}
+        found = []
+        for name in _listdir(self._dirs[kind]):
+            parsed = _parse(name, kind)
+            if parsed is not None and (wanted is None or parsed.queue in wanted):
+                found.append((name, parsed))
+        return found
+
+    def qsize(self, queues: Sequence[str] | None = None) -> int:
+        with self._lock:
+            self._recover_expired(time.time())
+        return len(self._matching("ready", queues)) + len(self._matching("delayed", queues))
+
+    def clear(self, queues: Sequence[str] | None = None) -> int:
+        removed = 0
+        for kind in ("ready", "delayed", "leased"):
+            for name, _ in self._matching(kind, queues):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._dirs[kind] / name)
+                    removed += 1
+        with self._lock:
+            for cache in self._caches.values():
+                cache.mark = None
+        return removed
+
+    def peek_state(self, job_id: str) -> JobStatus | None:
+        """Best effort, from fresh listings (cost grows with the queue's size); a message
+        moving between directories during the look is found on the second pass."""
+        wanted = encode_name(job_id)
+        with self._lock:
+            self._recover_expired(time.time())
+        for _ in range(2):
+            for kind, state in (("ready", JobStatus.QUEUED), ("delayed", JobStatus.RETRYING),
+                                ("leased", JobStatus.RUNNING)):
+                if any(p.id == wanted for _, p in self._matching(kind, None)):
+                    return state
+        return None
+
+    def stats(self) -> QueueStats:
+        now = time.time()
+        with self._lock:
+            self._recover_expired(now)
+        stats = QueueStats()
+        oldest_us: int | None = None
+        for kind in ("ready", "delayed"):
+            for _, parsed in self._matching(kind, None):
+                queue = decode_name(parsed.queue)
+                stats.depth[queue] = stats.depth.get(queue, 0) + 1
+                created = int(parsed.sortkey[10:27])
+                oldest_us = created if oldest_us is None else min(oldest_us, created)
+                stats.delayed += kind == "delayed"
+        stats.in_flight = len(self._matching("leased", None))
+        if oldest_us is not None:
+            stats.oldest_age_secs = max(now - oldest_us / _US, 0.0)
+        stats.quarantined = self.quarantined()
+        return stats
+
+    # --- quarantine -----------------------------------------------------------------------
+
+    def quarantined(self) -> list[str]:
+        """One line per quarantined entry: ``<file>: <reason>``."""
+        directory = self._dirs["quarantine"]
+        lines = []
+        for name in sorted(_listdir(directory)):
+            if name.endswith(".reason"):
+                continue
+            try:
+                reason = (directory / f"{name}.reason").read_text(encoding="utf-8").strip()
+            except OSError:
+                reason = "reason unknown"
+            lines.append(f"{directory / name}: {reason}")
+        return lines
+
+    def _quarantine(self, source: Path, reason: str) -> None:
+        """Move ``source`` aside (never delete it) and say why, once, in the log and beside
+        the file; a concurrent quarantine of the same file by another process is a no-op."""
+        target = self._dirs["quarantine"] / f"{_us(time.time())}-{source.name}"
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            return
+        tmp = write_new_file(self._dirs["quarantine"], reason.encode("utf-8") + b"\n",
+                             fsync=False)
+        os.replace(tmp, target.with_name(target.name + ".reason"))
+        log.warning("file queue %s: quarantined %s: %s (kept in %s; inspect or delete it)",
+                    self.path, source.name, reason, target)

@@ -1,0 +1,445 @@
+"""FileResultBackend: job records as JSON lines in append-only segment files.
+
+Layout under ``path`` (default ``<data_dir>/results``)::
+
+    results-00000001.jsonl   sealed segment (a newer one exists)
+    results-00000002.jsonl   active segment: every process appends here
+    .lock                    flock: shared while appending, exclusive to rotate or purge
+
+Every :meth:`~FileResultBackend.put` appends one full record line,
+``{"_nv":1,"op":"put","rec":{...}}``, with ``O_APPEND`` and a single ``write(2)``; Linux
+serialises appends to one file, so lines from several processes never interleave. Purging
+appends ``{"_nv":1,"op":"del","id":...}`` tombstones. The latest line for an id wins.
+
+**Lookup cost.** Each backend instance keeps an in-memory index ``job_id -> (segment,
+offset, length, updated_at, status, func_name)`` and a read position (the tail). Every call
+first *catches up*: it reads only the bytes appended since its previous call (by any
+process), so keeping the index current costs O(new bytes), amortised O(1) per record
+written. ``get`` is then one ``pread`` of one line: O(1) in the size of the history.
+``query`` filters the index in memory, O(live ids), and reads only the page it returns. The
+one O(history) cost is the first call of a process, which reads every live segment once
+(measured ~ 0.6 s for 100,000 records, see the plugin's tests/notes). Memory is ~200 bytes
+per live id. Purging keeps the history bounded: tombstones drop ids from the index, and
+sealed segments that are mostly dead are compacted (their live lines copied to the active
+segment, then the file deleted, oldest first so a deleted tombstone can never resurrect an
+older line).
+
+**Crash tolerance.** A writer killed mid-``write`` can leave a torn line. The reader never
+consumes an unterminated last line of the active segment (it may be a write in progress);
+a process opening the segment for writing takes the exclusive lock and terminates such a
+tail with a newline, after which the torn line is skipped and reported; a record glued to a
+torn prefix (another process appended after it) is recovered by finding its ``{"_nv":1,``
+start. Skipped bytes are logged and listed by :meth:`FileResultBackend.problems`; the rest
+of the file stays readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import heapq
+import json
+import logging
+import os
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend
+from nuvom_kernel.errors import PluginConfigError, SerializationError
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_plugins.file._fs import write_all
+
+__all__ = ["FileResultBackend"]
+
+log = logging.getLogger("nuvom.file.results")
+
+_PREFIX = b'{"_nv":1,'
+_SEGMENT = re.compile(r"results-(\d{8})\.jsonl")
+_CHUNK = 4 * 1024 * 1024
+_RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
+_TERMINAL = {s.value for s in TERMINAL_STATES}
+
+
+class _Loc(NamedTuple):
+    """Where the latest line of one job lives, plus the fields ``query`` filters on."""
+
+    seg: int
+    offset: int
+    length: int  # without the newline
+    updated_at: float
+    status: str
+    func_name: str
+
+
+def _encode(obj: dict[str, Any], job_id: str) -> bytes:
+    try:
+        text = json.dumps({"_nv": 1, **obj}, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"record of job {job_id} is not JSON-native ({exc}); store results in wire form "
+            f"(nuvom_kernel.serialization.to_wire)") from None
+    return text.encode("utf-8") + b"\n"
+
+
+class FileResultBackend(ResultBackend):
+    """Durable job records in JSON-lines segments, safe for many processes (module docs).
+
+    :param path: the results directory (created if missing).
+    :param segment_max_bytes: size at which the active segment is sealed and a new one begun.
+    :param fsync: fsync after every record (survives power loss; costs a disk flush per put).
+    """
+
+    name = "file"
+    capabilities = Capabilities(persistent=True, multiprocess_safe=True)
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        segment_max_bytes: int = 64 * 1024 * 1024,
+        fsync: bool = False,
+    ) -> None:
+        super().__init__()
+        if segment_max_bytes < 1024:
+            raise ValueError(f"segment_max_bytes must be >= 1024, got {segment_max_bytes}")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.segment_max_bytes = segment_max_bytes
+        self.fsync = fsync
+        self._lock = threading.RLock()
+        self._lock_fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._exclusive = False
+        self._index: dict[str, _Loc] = {}
+        self._tail_seg = 0  # 0: not started
+        self._tail_pos = 0
+        self._fds: dict[int, int] = {}
+        self._wseg = 0
+        self._wfd: int | None = None
+        self._problems: list[str] = []
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
+        """``[plugins.file]``: ``results_path``, ``segment_max_bytes``, ``results_fsync``;
+        the queue's keys in the same table are ignored here."""
+        from nuvom_plugins.file.queue import _QUEUE_KEYS
+
+        unknown = set(settings) - _RESULT_KEYS - _QUEUE_KEYS
+        if unknown:
+            raise PluginConfigError(
+                f"[plugins.file] has unknown key(s) {', '.join(sorted(unknown))}; the file "
+                f"result backend knows {', '.join(sorted(_RESULT_KEYS))}")
+        path = settings.get("results_path") or context.data_dir / "results"
+        kwargs: dict[str, Any] = {}
+        if "segment_max_bytes" in settings:
+            kwargs["segment_max_bytes"] = int(settings["segment_max_bytes"])
+        if "results_fsync" in settings:
+            kwargs["fsync"] = bool(settings["results_fsync"])
+        return cls(path, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in [*self._fds.values(), self._wfd, self._lock_fd]:
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._fds.clear()
+            self._wfd = None
+
+    # --- files and locks ------------------------------------------------------------------
+
+    def _seg_path(self, seg: int) -> Path:
+        return self.path / f"results-{seg:08d}.jsonl"
+
+    def _segments(self) -> list[int]:
+        return sorted(int(m.group(1)) for n in os.listdir(self.path)
+                      if (m := _SEGMENT.fullmatch(n)))
+
+    @contextlib.contextmanager
+    def _flock(self, exclusive: bool) -> Iterator[None]:
+        if self._exclusive:  # already exclusive (purge appends tombstones)
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        self._exclusive = exclusive
+        try:
+            yield
+        finally:
+            self._exclusive = False
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _read_fd(self, seg: int) -> int | None:
+        fd = self._fds.get(seg)
+        if fd is None:
+            try:
+                fd = os.open(self._seg_path(seg), os.O_RDONLY)
+            except FileNotFoundError:
+                return None
+            self._fds[seg] = fd
+        return fd
+
+    def _writer(self, seal: bool) -> tuple[int, int]:
+        """The append fd of the active segment (the highest-numbered one), switching when a
+        rotation or a purge moved on. Call with the lock file held."""
+        while True:
+            if self._wfd is not None:
+                if os.fstat(self._wfd).st_nlink > 0 and \
+                        not self._seg_path(self._wseg + 1).exists():
+                    return self._wfd, self._wseg
+                os.close(self._wfd)
+                self._wfd = None
+            segments = self._segments()
+            seg = segments[-1] if segments else 1
+            fd = os.open(self._seg_path(seg), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._wfd, self._wseg = fd, seg
+            if seal:
+                self._seal_tail(fd, seg)
+
+    def _seal_tail(self, fd: int, seg: int) -> None:
+        """Terminate a torn last line left by a crashed writer (exclusive lock held, so no
+        write is in progress), turning it into a complete line the reader skips."""
+        size = os.fstat(fd).st_size
+        if size and os.pread(self._read_fd(seg) or fd, 1, size - 1) != b"\n":
+            log.warning("file results %s: segment %s ends in a torn line at byte %d "
+                        "(a writer crashed mid-write); sealing it, the line will be skipped",
+                        self.path, self._seg_path(seg).name, size)
+            os.write(fd, b"\n")
+
+    def _append(self, data: bytes) -> None:
+        with self._lock:
+            if self._wfd is None:
+                with self._flock(exclusive=True):
+                    self._writer(seal=True)
+            with self._flock(exclusive=False):
+                fd, seg = self._writer(seal=False)
+                write_all(fd, data)  # one write(2) unless the disk is full
+                if self.fsync:
+                    os.fsync(fd)
+                size = os.fstat(fd).st_size
+            if size >= self.segment_max_bytes:
+                self._rotate(seg)
+
+    def _rotate(self, seg: int) -> None:
+        with self._flock(exclusive=True):
+            segments = self._segments()
+            if segments and segments[-1] == seg and \
+                    self._seg_path(seg).stat().st_size >= self.segment_max_bytes:
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(self._seg_path(seg + 1),
+                                     os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        """Index every line appended since the last call, across segment switches."""
+        while True:
+            if self._tail_seg == 0:
+                segments = self._segments()
+                if not segments:
+                    return
+                self._tail_seg, self._tail_pos = segments[0], 0
+            seg = self._tail_seg
+            fd = self._read_fd(seg)
+            if fd is not None:
+                self._consume(fd, seg, sealed=False)
+                if not self._seg_path(seg + 1).exists():
+                    return
+            later = [s for s in self._segments() if s > seg]
+            if not later:
+                return
+            if fd is not None:  # sealed: every write to it finished before the rotation
+                self._consume(fd, seg, sealed=True)
+            self._tail_seg, self._tail_pos = later[0], 0
+            present = set(self._segments())
+            for gone in [s for s in self._fds if s not in present]:
+                os.close(self._fds.pop(gone))  # deleted by a purge: free its disk space
+
+    def _consume(self, fd: int, seg: int, *, sealed: bool) -> None:
+        size = os.fstat(fd).st_size
+        base = pos = self._tail_pos
+        buf = b""
+        while pos < size:
+            data = os.pread(fd, min(size - pos, _CHUNK), pos)
+            if not data:
+                break
+            pos += len(data)
+            buf += data
+            last = buf.rfind(b"\n")
+            if last < 0:
+                continue
+            offset = base
+            for line in buf[:last].split(b"\n"):
+                self._index_line(seg, offset, line)
+                offset += len(line) + 1
+            base += last + 1
+            buf = buf[last + 1:]
+        if sealed and buf:
+            self._problem(seg, base, f"torn last line ({len(buf)} bytes) skipped")
+            base += len(buf)
+        self._tail_pos = base
+
+    def _index_line(self, seg: int, offset: int, line: bytes) -> None:
+        if not line:
+            return
+        obj = _decode(line)
+        if obj is None:  # a torn prefix with a whole record glued after it?
+            start = line.find(_PREFIX, 1)
+            while start > 0 and (obj := _decode(line[start:])) is None:
+                start = line.find(_PREFIX, start + 1)
+            if obj is None:
+                self._problem(seg, offset, f"undecodable line ({len(line)} bytes) skipped")
+                return
+            self._problem(seg, offset, f"torn line ({start} bytes) skipped before a record")
+            offset, line = offset + start, line[start:]
+        try:
+            if obj.get("op") == "put":
+                rec = obj["rec"]
+                self._index[str(rec["job_id"])] = _Loc(
+                    seg, offset, len(line), float(rec.get("updated_at") or 0.0),
+                    str(rec.get("status")), str(rec.get("func_name")))
+            elif obj.get("op") == "del":
+                self._index.pop(str(obj["id"]), None)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._problem(seg, offset, f"malformed record skipped ({exc!r})")
+
+    def _problem(self, seg: int, offset: int, what: str) -> None:
+        text = f"{self._seg_path(seg)}:{offset}: {what}"
+        self._problems.append(text)
+        log.warning("file results: %s; the other records are unaffected", text)
+
+    def _read(self, loc: _Loc) -> dict[str, Any] | None:
+        fd = self._read_fd(loc.seg)
+        if fd is None:
+            return None
+        obj = _decode(os.pread(fd, loc.length, loc.offset))
+        return obj["rec"] if obj is not None else None
+
+    def _load(self, job_id: str, *, caught_up: bool = False) -> JobRecord | None:
+        for attempt in range(2):
+            if attempt or not caught_up:
+                self._catch_up()
+            loc = self._index.get(job_id)
+            if loc is None:
+                return None
+            rec = self._read(loc)
+            if rec is not None:
+                return JobRecord.from_dict(rec)
+            if attempt == 0:  # our view predates a compaction we could not follow: rebuild
+                self._reset()
+        return None
+
+    def _reset(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        self._index.clear()
+        self._tail_seg, self._tail_pos = 0, 0
+
+    # --- primitives -----------------------------------------------------------------------
+
+    def put(self, record: JobRecord) -> None:
+        self._append(_encode({"op": "put", "rec": record.to_dict()}, record.job_id))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._load(job_id)
+
+    def query(
+        self,
+        *,
+        status: JobStatus | None = None,
+        func_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[JobRecord]:
+        if limit <= 0:
+            return []
+        wanted = None if status is None else JobStatus(status).value
+        with self._lock:
+            self._catch_up()
+            rows = ((loc.updated_at, loc.seg, loc.offset, job_id)
+                    for job_id, loc in self._index.items()
+                    if (wanted is None or loc.status == wanted)
+                    and (func_name is None or loc.func_name == func_name))
+            page = heapq.nlargest(offset + limit, rows)[offset:]
+            records = [self._load(job_id, caught_up=True) for *_, job_id in page]
+        return [r for r in records if r is not None]
+
+    def purge(self, older_than: float) -> int:
+        """Tombstone terminal records last updated before ``older_than``, then compact."""
+        with self._lock, self._flock(exclusive=True):
+            self._catch_up()  # no writer is active: this view is complete
+            doomed = [job_id for job_id, loc in self._index.items()
+                      if loc.status in _TERMINAL and loc.updated_at < older_than]
+            batch: list[bytes] = []
+            for job_id in doomed:
+                batch.append(_encode({"op": "del", "id": job_id}, job_id))
+                if len(batch) >= 10_000:
+                    self._append(b"".join(batch))
+                    batch.clear()
+            if batch:
+                self._append(b"".join(batch))
+            self._catch_up()
+            self._compact()
+        return len(doomed)
+
+    def _compact(self) -> None:
+        """Delete sealed segments oldest first, copying their few live lines forward; stop
+        at the first mostly-live one (deleting out of order could resurrect purged ids)."""
+        segments = self._segments()
+        if not segments:
+            return
+        live: dict[int, list[_Loc]] = defaultdict(list)
+        for loc in self._index.values():
+            live[loc.seg].append(loc)
+        active = segments[-1]
+        size = self._seg_path(active).stat().st_size
+        if size >= 1024 * 1024 and 2 * sum(x.length + 1 for x in live[active]) < size:
+            self._rotate_now(active)
+            segments.append(active + 1)
+        for seg in segments[:-1]:
+            size = self._seg_path(seg).stat().st_size
+            if 2 * sum(x.length + 1 for x in live[seg]) > size:
+                break
+            fd = self._read_fd(seg)
+            lines = [os.pread(fd, x.length, x.offset) + b"\n"
+                     for x in sorted(live[seg], key=lambda x: x.offset)] if fd else []
+            for i in range(0, len(lines), 10_000):
+                self._append(b"".join(lines[i:i + 10_000]))
+            self._catch_up()
+            os.unlink(self._seg_path(seg))
+            fd = self._fds.pop(seg, None)
+            if fd is not None:
+                os.close(fd)
+
+    def _rotate_now(self, seg: int) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self._seg_path(seg + 1), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o644))
+
+    # --- health ---------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Skipped lines seen by this instance, plus an unterminated last line if any."""
+        with self._lock:
+            self._catch_up()
+            found = list(self._problems)
+            fd = self._read_fd(self._tail_seg) if self._tail_seg else None
+            if fd is not None and os.fstat(fd).st_size > self._tail_pos:
+                found.append(f"{self._seg_path(self._tail_seg)}:{self._tail_pos}: "
+                             f"unterminated last line (a write in progress, or a writer "
+                             f"crashed mid-line; sealed when a writer next opens the file)")
+            return found
+
+
+def _decode(line: bytes) -> dict[str, Any] | None:
+    if not line.startswith(_PREFIX):
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
