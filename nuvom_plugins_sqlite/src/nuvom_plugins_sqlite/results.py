@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
+
 from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
@@ -24,40 +26,51 @@ __all__ = ["SQLiteResultBackend"]
 log = logging.getLogger("nuvom.sqlite")
 
 _COLUMNS = (
-    "job_id", "func_name", "status", "queue", "args", "kwargs", "result", "error_type",
-    "error_message", "traceback", "attempts", "max_retries", "history", "created_at",
-    "started_at", "finished_at", "updated_at", "worker", "trace_id",
+    "job_id", "func_name", "status", "queue", "args", "kwargs", "module", "options", "result",
+    "error_type", "error_message", "traceback", "attempts", "max_retries", "history",
+    "created_at", "started_at", "finished_at", "updated_at", "worker", "trace_id",
 )
-_JSON = frozenset({"args", "kwargs", "result", "history"})
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM nuvom_results"
-_PUT = (f"INSERT OR REPLACE INTO nuvom_results ({', '.join(_COLUMNS)}) "
-        f"VALUES ({', '.join('?' * len(_COLUMNS))})")
+_JSON = frozenset({"args", "kwargs", "options", "result", "history"})
+_ALL = (*_COLUMNS, "extra")
+_SELECT = f"SELECT {', '.join(_ALL)} FROM nuvom_results"
+_PUT = (f"INSERT OR REPLACE INTO nuvom_results ({', '.join(_ALL)}) "
+        f"VALUES ({', '.join('?' * len(_ALL))})")
 _TERMINAL = tuple(sorted(s.value for s in TERMINAL_STATES))
 
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
+def _json(record: JobRecord, column: str, value: Any) -> str:
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(
+            f"job {record.job_id}: {column} is not JSON-native ({exc}); result backends "
+            f"store wire-safe values (see nuvom_kernel.serialization)."
+        ) from exc
+
+
+def _extra_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in attrs.fields(JobRecord) if f.name not in _COLUMNS)
+
+
 def _encode(record: JobRecord) -> tuple[Any, ...]:
-    values = []
+    values: list[Any] = []
     for column in _COLUMNS:
         value = getattr(record, column)
         if column in _JSON:
-            try:
-                value = _dumps(value)
-            except (TypeError, ValueError) as exc:
-                raise SerializationError(
-                    f"job {record.job_id}: {column} is not JSON-native ({exc}); result "
-                    f"backends store wire-safe values (see nuvom_kernel.serialization)."
-                ) from exc
+            value = _json(record, column, value)
         elif column == "status":
             value = JobStatus(value).value
         values.append(value)
+    extra = {name: getattr(record, name) for name in _EXTRA}
+    values.append(_json(record, "extra", extra) if extra else None)
     return tuple(values)
 
 
 def _decode(row: tuple[Any, ...]) -> JobRecord:
-    data = dict(zip(_COLUMNS, row, strict=True))
-    for column in _JSON:
+    data = dict(zip(_ALL, row, strict=True))
+    for column in (*_JSON, "extra"):
         if data[column] is not None:
             try:
                 data[column] = json.loads(data[column])
@@ -65,11 +78,15 @@ def _decode(row: tuple[Any, ...]) -> JobRecord:
                 raise SerializationError(
                     f"job {data['job_id']}: stored {column} is not valid JSON ({exc})"
                 ) from exc
+    data.update(data.pop("extra") or {})
     try:
         return JobRecord.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"job {data['job_id']}: stored record is invalid ({exc})") \
             from exc
+
+
+_EXTRA = _extra_fields()
 
 
 class SQLiteResultBackend(ResultBackend):
@@ -148,6 +165,12 @@ class SQLiteResultBackend(ResultBackend):
             except SerializationError as exc:
                 log.warning("%s: skipping unreadable job record: %s", self.path, exc)
         return records
+
+    def counts(self) -> dict[str, int]:
+        """Records per status in one indexed query (for ``nuvom status``)."""
+        rows = self._db.conn().execute(
+            "SELECT status, count(*) FROM nuvom_results GROUP BY status").fetchall()
+        return {status: int(n) for status, n in rows if n}
 
     def purge(self, older_than: float) -> int:
         """Delete SUCCEEDED, FAILED and CANCELLED records last updated before ``older_than``

@@ -73,6 +73,8 @@ CREATE TABLE nuvom_results (
     queue         TEXT NOT NULL,
     args          TEXT NOT NULL,                -- JSON
     kwargs        TEXT NOT NULL,                -- JSON
+    module        TEXT,
+    options       TEXT NOT NULL,                -- JSON (the job's TaskOptions, wire form)
     result        TEXT,                         -- JSON (wire-safe form)
     error_type    TEXT,
     error_message TEXT,
@@ -85,7 +87,10 @@ CREATE TABLE nuvom_results (
     finished_at   REAL,
     updated_at    REAL NOT NULL,
     worker        TEXT,
-    trace_id      TEXT
+    trace_id      TEXT,
+    -- JSON object of JobRecord fields newer than this schema, so a newer kernel's records
+    -- round-trip before a migration gives them a column
+    extra         TEXT
 )
 """
 

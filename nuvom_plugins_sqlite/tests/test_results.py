@@ -1,0 +1,146 @@
+"""SQLiteResultBackend: full records, filters, paging, purge, counts, sharing the file."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlite_helpers import msg
+
+from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_plugins_sqlite import SQLiteJobQueue, SQLiteResultBackend
+
+
+def record(job_id: str, status: JobStatus = JobStatus.SUCCEEDED, func: str = "add",
+           updated_at: float | None = None) -> JobRecord:
+    return JobRecord(job_id=job_id, func_name=func, status=status,
+                     updated_at=time.time() if updated_at is None else updated_at)
+
+
+def test_round_trip_keeps_every_field(results: SQLiteResultBackend) -> None:
+    full = JobRecord(
+        job_id="j1", func_name="pkg.add", status=JobStatus.FAILED, queue="mail",
+        args=[1, "two", [3.5, None]], kwargs={"k": {"nested": True}}, module="pkg",
+        options={"retries": 2, "tags": ["a"]}, result={"partial": [1, 2]},
+        error_type="ValueError", error_message="bad ünïcode", traceback="Traceback...\n",
+        attempts=3, max_retries=2,
+        history=[{"attempt": 1, "error_type": "ValueError", "started_at": 1.5}],
+        created_at=10.0, started_at=11.0, finished_at=12.0, updated_at=12.5,
+        worker="host:123", trace_id="abc",
+    )
+    results.put(full)
+    assert results.get("j1") == full
+    assert results.get("missing") is None
+
+
+def test_put_replaces(results: SQLiteResultBackend) -> None:
+    results.put(record("j", JobStatus.RUNNING))
+    results.put(record("j", JobStatus.SUCCEEDED))
+    got = results.get("j")
+    assert got is not None and got.status is JobStatus.SUCCEEDED
+    assert len(results.query()) == 1
+
+
+def test_conveniences_work_on_top(results: SQLiteResultBackend) -> None:
+    results.set_result("ok", 42, func_name="add")
+    results.set_error("bad", "ValueError", "boom", "tb", func_name="add")
+    assert results.get_result("ok") == 42
+    assert results.get_error("bad") == {"type": "ValueError", "message": "boom",
+                                        "traceback": "tb"}
+    assert [d["job_id"] for d in results.list_jobs(status="FAILED")] == ["bad"]
+
+
+def test_query_filters_and_pages_newest_first(results: SQLiteResultBackend) -> None:
+    t = 1000.0
+    for i in range(30):
+        status = JobStatus.SUCCEEDED if i % 3 else JobStatus.FAILED
+        results.put(record(f"j{i:02d}", status, "add" if i % 2 else "mul", t + i))
+    newest = results.query(limit=5)
+    assert [r.job_id for r in newest] == ["j29", "j28", "j27", "j26", "j25"]
+    page2 = results.query(limit=5, offset=5)
+    assert [r.job_id for r in page2] == ["j24", "j23", "j22", "j21", "j20"]
+    failed = results.query(status=JobStatus.FAILED, limit=100)
+    assert [r.job_id for r in failed] == [f"j{i:02d}" for i in range(27, -1, -3)]
+    failed_mul = results.query(status=JobStatus.FAILED, func_name="mul", limit=100)
+    assert [r.job_id for r in failed_mul] == ["j24", "j18", "j12", "j06", "j00"]
+    assert results.query(func_name="nope") == []
+    assert len(results.query(limit=100, offset=25)) == 5
+    assert results.counts() == {"SUCCEEDED": 20, "FAILED": 10}
+
+
+def test_purge_deletes_only_old_terminal_records(results: SQLiteResultBackend) -> None:
+    old, new = 1000.0, time.time()
+    for status in JobStatus:
+        if status is JobStatus.UNKNOWN:
+            continue
+        results.put(record(f"old-{status.value}", status, updated_at=old))
+        results.put(record(f"new-{status.value}", status, updated_at=new))
+    assert results.purge(older_than=new - 60) == 3
+    left = {r.job_id for r in results.query(limit=100)}
+    assert left == {"old-QUEUED", "old-RUNNING", "old-RETRYING", "new-QUEUED", "new-RUNNING",
+                    "new-RETRYING", "new-SUCCEEDED", "new-FAILED", "new-CANCELLED"}
+    assert results.purge(older_than=new - 60) == 0
+
+
+def test_non_json_value_is_refused_clearly(results: SQLiteResultBackend) -> None:
+    bad = record("j")
+    bad.result = object()
+    with pytest.raises(SerializationError, match="job j: result is not JSON-native"):
+        results.put(bad)
+    assert results.get("j") is None
+
+
+def test_unreadable_row_is_skipped_in_lists_and_named_on_get(
+    results: SQLiteResultBackend,
+) -> None:
+    results.put(record("good"))
+    results.put(record("bad"))
+    conn = sqlite3.connect(results.path)
+    conn.execute("UPDATE nuvom_results SET args = '{oops' WHERE job_id = 'bad'")
+    conn.commit()
+    assert [r.job_id for r in results.query()] == ["good"]
+    with pytest.raises(SerializationError, match="job bad: stored args"):
+        results.get("bad")
+
+
+def test_from_settings_shares_the_queue_file(tmp_path: Path) -> None:
+    ctx = BackendContext(data_dir=tmp_path)
+    settings = {"synchronous": "FULL", "visibility_timeout_secs": 5}  # queue-only key ignored
+    q = SQLiteJobQueue.from_settings(settings, ctx)
+    r = SQLiteResultBackend.from_settings(settings, ctx)
+    assert q.path == r.path == tmp_path / "nuvom.db"
+    assert r.settings.synchronous == "FULL"
+    q.enqueue(msg("a"))
+    r.put(record("a"))
+    assert q.qsize() == 1 and r.get("a") is not None
+    q.close()
+    r.close()
+
+
+def test_threads_write_queue_and_results_in_one_file(db_path: Path) -> None:
+    q, r = SQLiteJobQueue(db_path), SQLiteResultBackend(db_path)
+    q.enqueue_many([msg(f"j{i}") for i in range(400)])
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while leases := q.claim(2):
+                for lease in leases:
+                    r.put(record(lease.id))
+                    assert q.ack(lease)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert q.qsize() == 0
+    assert r.counts() == {"SUCCEEDED": 400}
