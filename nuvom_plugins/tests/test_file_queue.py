@@ -1,0 +1,215 @@
+"""FileJobQueue in one process: ordering, delays, fencing, quarantine, settings, polling cost."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from nuvom_plugins.file import FileJobQueue, plugin
+
+from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.errors import PluginConfigError
+from nuvom_kernel.models import JobStatus, Message
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:
+    """Poll ``predicate`` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> FileJobQueue:
+    return FileJobQueue(tmp_path / "q", visibility_timeout_secs=0.3, fsync=False)
+
+
+def msg(job_id: str, **kw: object) -> Message:
+    return Message(id=job_id, body=f"body-{job_id}".encode(), **kw)  # type: ignore[arg-type]
+
+
+def test_priority_first_then_fifo(queue: FileJobQueue) -> None:
+    t = time.time()
+    queue.enqueue_many([msg("a", created_at=t), msg("b", priority=5, created_at=t + 1),
+                        msg("c", created_at=t + 2), msg("d", priority=5, created_at=t + 3),
+                        msg("e", priority=-3, created_at=t - 10)])
+    assert [lease.id for lease in queue.claim(10)] == ["b", "d", "a", "c", "e"]
+
+
+def test_same_created_at_keeps_push_order(queue: FileJobQueue) -> None:
+    queue.enqueue_many([msg(f"m{i}", created_at=1000.0) for i in range(50)])
+    assert [lease.id for lease in queue.claim(50)] == [f"m{i}" for i in range(50)]
+
+
+def test_delayed_message_waits_then_runs(queue: FileJobQueue) -> None:
+    queue.enqueue(msg("later", available_at=time.time() + 0.2))
+    queue.enqueue(msg("now"))
+    assert [lease.id for lease in queue.claim(5)] == ["now"]
+    assert queue.qsize() == 1
+    assert queue.peek_state("later") is JobStatus.RETRYING
+    lease = wait_for(lambda: queue.claim(1))[0]  # type: ignore[index]
+    assert lease.id == "later" and lease.deliveries == 1
+
+
+def test_ack_deletes_and_stale_token_is_refused(queue: FileJobQueue, tmp_path: Path) -> None:
+    queue.enqueue(msg("x"))
+    first = queue.claim(1)[0]
+    assert queue.peek_state("x") is JobStatus.RUNNING
+    other = FileJobQueue(tmp_path / "q", visibility_timeout_secs=0.3, fsync=False)
+    second = wait_for(lambda: other.claim(1))[0]  # type: ignore[index]
+    assert second.deliveries == 2 and second.token != first.token
+    # the first holder lost the lease: every operation is a no-op that says so
+    assert not queue.extend(first, 10)
+    assert not queue.release(first)
+    assert not queue.retry(first, delay_secs=0, body=b"overwrite")
+    assert not queue.ack(first)
+    assert other.ack(second)
+    assert queue.qsize() == 0 and queue.peek_state("x") is None
+
+
+def test_extend_keeps_the_lease(queue: FileJobQueue, tmp_path: Path) -> None:
+    queue.enqueue(msg("x"))
+    lease = queue.claim(1)[0]
+    other = FileJobQueue(tmp_path / "q", visibility_timeout_secs=0.3, fsync=False)
+    deadline = time.monotonic() + 0.9  # three visibility timeouts
+    while time.monotonic() < deadline:
+        assert queue.extend(lease, 0.3)
+        assert other.claim(1) == []
+        time.sleep(0.05)
+    assert queue.ack(lease)
+
+
+def test_release_restores_delivery_count(queue: FileJobQueue) -> None:
+    queue.enqueue(msg("x"))
+    lease = queue.claim(1)[0]
+    assert queue.release(lease)
+    again = queue.claim(1)[0]
+    assert again.deliveries == 1 and again.message.body == b"body-x"
+
+
+def test_retry_with_delay_and_new_body(queue: FileJobQueue) -> None:
+    queue.enqueue(msg("x"))
+    lease = queue.claim(1)[0]
+    assert queue.retry(lease, delay_secs=0.15, body=b"attempt-2")
+    assert queue.claim(1) == []
+    assert queue.peek_state("x") is JobStatus.RETRYING
+    again = wait_for(lambda: queue.claim(1))[0]  # type: ignore[index]
+    assert again.message.body == b"attempt-2" and again.deliveries == 2
+    assert queue.retry(again, delay_secs=0)  # immediate retry keeps the old body
+    third = queue.claim(1)[0]
+    assert third.message.body == b"attempt-2" and third.deliveries == 3
+
+
+def test_delayed_retry_does_not_block_others(queue: FileJobQueue) -> None:
+    queue.enqueue_many([msg("slow", priority=9), msg("b"), msg("c")])
+    lease = queue.claim(1)[0]
+    assert queue.retry(lease, delay_secs=30)
+    assert [x.id for x in queue.claim(5)] == ["b", "c"]
+
+
+def test_queues_are_filtered(queue: FileJobQueue) -> None:
+    queue.enqueue_many([msg("a", queue="mail"), msg("b", queue="default"),
+                        msg("c", queue="odd.name/é")])
+    assert queue.qsize(["mail"]) == 1
+    assert [x.id for x in queue.claim(5, ["odd.name/é"])] == ["c"]
+    assert [x.id for x in queue.claim(5, ["mail"])] == ["a"]
+    assert queue.stats().depth == {"default": 1}
+
+
+def test_odd_ids_round_trip(queue: FileJobQueue) -> None:
+    ids = ["a.b", "../etc/passwd", "x" * 300, "ünï cödé", "%41"]
+    queue.enqueue_many([msg(i) for i in ids])
+    leases = queue.claim(10)
+    assert sorted(x.id for x in leases) == sorted(ids)
+    assert all(queue.ack(x) for x in leases)
+
+
+def test_clear_counts_leased_too(queue: FileJobQueue) -> None:
+    queue.enqueue_many([msg("a"), msg("b", available_at=time.time() + 60), msg("c")])
+    queue.claim(1)
+    assert queue.clear() == 3
+    assert queue.qsize() == 0 and queue.claim(5) == []
+
+
+def test_stats(queue: FileJobQueue) -> None:
+    queue.enqueue_many([msg("a", created_at=time.time() - 5), msg("b", queue="q2"),
+                        msg("c", available_at=time.time() + 60)])
+    queue.claim(1, ["q2"])
+    stats = queue.stats()
+    assert stats.depth == {"default": 2} and stats.delayed == 1 and stats.in_flight == 1
+    assert stats.oldest_age_secs is not None and stats.oldest_age_secs >= 5
+    assert stats.quarantined == []
+
+
+def test_corrupt_entries_are_quarantined_not_dropped(queue: FileJobQueue,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    queue.enqueue_many([msg("good1"), msg("bad-body"), msg("good2")])
+    ready = queue.path / "ready"
+    [victim] = [n for n in os.listdir(ready) if "bad-body" in n]
+    data = (ready / victim).read_bytes()
+    (ready / victim).write_bytes(data[:-3] + b"XYZ")  # checksum no longer matches
+    (ready / "not-a-queue-file.txt").write_bytes(b"hello")
+    (ready / f"{'0' * 33}.default.garbage.0").write_bytes(b"\x00\x01 random bytes")
+    leases = queue.claim(10)
+    assert sorted(x.id for x in leases) == ["good1", "good2"]
+    quarantined = queue.stats().quarantined
+    assert len(quarantined) == 3
+    assert any("checksum" in line for line in quarantined)
+    assert any("unparseable file name" in line for line in quarantined)
+    assert any("bad magic" in line for line in quarantined)
+    kept = [n for n in os.listdir(queue.path / "quarantine") if not n.endswith(".reason")]
+    assert len(kept) == 3  # the bytes are kept for inspection
+    assert "quarantined" in caplog.text
+
+
+def test_idle_polling_does_not_relist_ready(queue: FileJobQueue,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    queue.enqueue_many([msg(f"m{i}", queue="other") for i in range(300)])
+    queue.claim(1, ["default"])  # lists once
+    calls: list[str] = []
+    real = os.listdir
+
+    def counting(path: object = ".") -> list[str]:
+        calls.append(str(path))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "listdir", counting)
+    for _ in range(50):
+        assert queue.claim(1, ["default"]) == []
+    assert not any(c.endswith("ready") for c in calls), calls
+    queue.enqueue(msg("new"))  # a push bumps the marker: the next poll sees it
+    assert [x.id for x in queue.claim(1, ["default"])] == ["new"]
+
+
+def test_push_from_another_instance_is_seen(tmp_path: Path) -> None:
+    a = FileJobQueue(tmp_path / "q", fsync=False, relist_interval_secs=3600)
+    b = FileJobQueue(tmp_path / "q", fsync=False, relist_interval_secs=3600)
+    assert a.claim(1) == []
+    b.enqueue(msg("x", priority=1))
+    assert [x.id for x in a.claim(1)] == ["x"]
+
+
+def test_from_settings_defaults_and_errors(tmp_path: Path) -> None:
+    ctx = BackendContext(data_dir=tmp_path / ".nuvom", visibility_timeout_secs=7.0)
+    q = FileJobQueue.from_settings({}, ctx)
+    assert q.path == tmp_path / ".nuvom" / "queue" and q.visibility_timeout_secs == 7.0
+    q = FileJobQueue.from_settings({"path": str(tmp_path / "elsewhere"), "fsync": False,
+                                    "results_path": "ignored-here"}, ctx)
+    assert q.path == tmp_path / "elsewhere" and not q.fsync
+    with pytest.raises(PluginConfigError, match="unknown key"):
+        FileJobQueue.from_settings({"pth": "x"}, ctx)
+
+
+def test_plugin_registers_both_backends() -> None:
+    assert [c.name for c in plugin.nuvom_register_queue_backends()] == ["file"]
+    assert [c.name for c in plugin.nuvom_register_result_backends()] == ["file"]
+    assert FileJobQueue.capabilities.as_list() == ["persistent", "multiprocess_safe",
+                                                   "priorities", "delayed"]

@@ -1,0 +1,218 @@
+"""FileResultBackend: latest-line-wins records, paging, purge/compaction, torn lines, and
+several processes appending to one directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from nuvom_plugins.file import FileResultBackend
+
+from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.models import JobRecord, JobStatus
+
+
+def rec(job_id: str, status: JobStatus = JobStatus.SUCCEEDED, **kw: object) -> JobRecord:
+    kw.setdefault("func_name", "add")
+    return JobRecord(job_id=job_id, status=status, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> FileResultBackend:
+    return FileResultBackend(tmp_path / "r")
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted(path.glob("results-*.jsonl"))
+
+
+def test_latest_line_wins_and_unknown_is_none(backend: FileResultBackend) -> None:
+    backend.put(rec("a", JobStatus.RUNNING, attempts=1))
+    backend.put(rec("a", JobStatus.FAILED, attempts=2, error_type="ValueError",
+                    error_message="bad", traceback="Traceback..."))
+    got = backend.get("a")
+    assert got is not None and got.status is JobStatus.FAILED and got.attempts == 2
+    assert backend.get_error("a") == {"type": "ValueError", "message": "bad",
+                                      "traceback": "Traceback..."}
+    assert backend.get("never-seen") is None
+    backend.set_result("b", {"x": [1, 2]}, func_name="mul")
+    assert backend.get_result("b") == {"x": [1, 2]}
+    assert backend.get_full("b")["func_name"] == "mul"  # type: ignore[index]
+
+
+def test_other_instance_sees_new_records(tmp_path: Path) -> None:
+    a, b = FileResultBackend(tmp_path / "r"), FileResultBackend(tmp_path / "r")
+    a.put(rec("x", JobStatus.QUEUED))
+    assert b.get("x").status is JobStatus.QUEUED  # type: ignore[union-attr]
+    a.put(rec("x", JobStatus.SUCCEEDED, result=42))
+    assert b.get_result("x") == 42
+
+
+def test_query_filters_and_pages_newest_first(backend: FileResultBackend) -> None:
+    for i in range(30):
+        backend.put(rec(f"j{i:02d}", JobStatus.SUCCEEDED if i % 3 else JobStatus.FAILED,
+                        func_name="even" if i % 2 == 0 else "odd", updated_at=1000.0 + i))
+    page1 = backend.list_jobs(limit=5)
+    assert [r["job_id"] for r in page1] == ["j29", "j28", "j27", "j26", "j25"]
+    page2 = backend.list_jobs(limit=5, offset=5)
+    assert [r["job_id"] for r in page2] == ["j24", "j23", "j22", "j21", "j20"]
+    failed = backend.query(status=JobStatus.FAILED)
+    assert [r.job_id for r in failed] == [f"j{i:02d}" for i in range(27, -1, -3)]
+    assert [r["job_id"] for r in backend.list_jobs(status="FAILED", task="even", limit=3)] \
+        == ["j24", "j18", "j12"]
+    assert backend.query(func_name="nope") == []
+
+
+def test_purge_removes_old_terminal_records_only(tmp_path: Path) -> None:
+    backend = FileResultBackend(tmp_path / "r")
+    backend.put(rec("old-done", updated_at=100.0))
+    backend.put(rec("old-running", JobStatus.RUNNING, updated_at=100.0))
+    backend.put(rec("new-done", updated_at=time.time()))
+    other = FileResultBackend(tmp_path / "r")
+    assert other.get("old-done") is not None
+    assert backend.purge(older_than=1000.0) == 1
+    assert backend.get("old-done") is None and other.get("old-done") is None
+    assert other.get("old-running") is not None and other.get("new-done") is not None
+    assert FileResultBackend(tmp_path / "r").get("old-done") is None  # cold reader too
+
+
+def test_purge_compacts_segments_without_resurrecting(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    backend = FileResultBackend(path, segment_max_bytes=4096)
+    watcher = FileResultBackend(path, segment_max_bytes=4096)
+    for i in range(200):
+        backend.put(rec(f"j{i}", result="x" * 50, updated_at=100.0 + i))
+    backend.put(rec("keeper", JobStatus.RUNNING, updated_at=1.0))
+    assert watcher.get("j0") is not None  # the watcher's index points into old segments
+    before = len(segments(path))
+    assert before > 5
+    assert backend.purge(older_than=250.0) == 150
+    after = len(segments(path))
+    assert after < before, (before, after)
+    for reader in (backend, watcher, FileResultBackend(path)):
+        assert reader.get("j10") is None and reader.get("j149") is None
+        assert reader.get("j150").result == "x" * 50  # type: ignore[union-attr]
+        assert reader.get("keeper").status is JobStatus.RUNNING  # type: ignore[union-attr]
+        assert len(reader.query(limit=1000)) == 51
+        assert reader.problems() == []
+
+
+def test_non_json_record_is_refused_with_a_clear_error(backend: FileResultBackend) -> None:
+    with pytest.raises(SerializationError, match="job bad"):
+        backend.put(rec("bad", result=object()))
+    backend.put(rec("fine"))
+    assert backend.get("fine") is not None
+
+
+def test_torn_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    writer = FileResultBackend(path)
+    for i in range(5):
+        writer.put(rec(f"j{i}", result=i))
+    writer.close()
+    [seg] = segments(path)
+    torn = json.dumps({"_nv": 1, "op": "put", "rec": rec("torn").to_dict()})[:40]
+    with seg.open("ab") as fh:  # what a writer killed inside write() leaves behind
+        fh.write(torn.encode())
+    reader = FileResultBackend(path)
+    assert [reader.get_result(f"j{i}") for i in range(5)] == [0, 1, 2, 3, 4]
+    assert reader.get("torn") is None
+    assert any("unterminated last line" in p for p in reader.problems())
+    reader.put(rec("after", result="ok"))  # opening for write seals the torn tail
+    assert reader.get_result("after") == "ok"
+    fresh = FileResultBackend(path)
+    assert fresh.get_result("after") == "ok" and fresh.get_result("j4") == 4
+    assert any("undecodable line" in p for p in fresh.problems())
+
+
+def test_record_glued_to_a_torn_prefix_is_recovered(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    writer = FileResultBackend(path)
+    writer.put(rec("first"))
+    [seg] = segments(path)
+    with seg.open("ab") as fh:  # a torn write, then a live writer appending after it
+        fh.write(b'{"_nv":1,"op":"put","rec":{"job_id":"tor')
+    writer.put(rec("second", result=2))
+    reader = FileResultBackend(path)
+    assert reader.get_result("second") == 2 and reader.get("first") is not None
+    assert any("torn line" in p for p in reader.problems())
+
+
+def test_get_reads_one_line_not_the_history(backend: FileResultBackend,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(2000):
+        backend.put(rec(f"j{i}", result="y" * 100))
+    assert backend.get("j0") is not None  # warm the index
+    reads: list[int] = []
+    real = os.pread
+
+    def counting(fd: int, n: int, offset: int) -> bytes:
+        reads.append(n)
+        return real(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", counting)
+    for i in (5, 1500, 1999):
+        assert backend.get(f"j{i}").result == "y" * 100  # type: ignore[union-attr]
+    assert len(reads) == 3 and max(reads) < 500, reads
+
+
+def test_from_settings(tmp_path: Path) -> None:
+    ctx = BackendContext(data_dir=tmp_path / ".nuvom")
+    backend = FileResultBackend.from_settings({"path": "the-queue's-key"}, ctx)
+    assert backend.path == tmp_path / ".nuvom" / "results"
+    backend = FileResultBackend.from_settings(
+        {"results_path": str(tmp_path / "res"), "segment_max_bytes": 4096}, ctx)
+    assert backend.path == tmp_path / "res" and backend.segment_max_bytes == 4096
+
+
+APPENDER = """
+import sys
+from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_plugins.file import FileResultBackend
+b = FileResultBackend(sys.argv[1], segment_max_bytes=256 * 1024)
+who, n = sys.argv[2], int(sys.argv[3])
+print("go", flush=True)
+sys.stdin.readline()
+for i in range(n):
+    size = (i * 7919) % 40000  # lines from ~300 bytes to ~40 KB
+    b.put(JobRecord(job_id=f"{who}-{i}", func_name=who, status=JobStatus.SUCCEEDED,
+                    result=who[0] * size))
+"""
+
+
+def test_concurrent_appenders_never_interleave(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    path.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(APPENDER), str(path),
+                               who, "300"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for who in ("alpha", "bravo", "charlie", "delta")]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "go"
+    for proc in procs:
+        proc.stdin.write("\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    lines = 0
+    for seg in segments(path):
+        data = seg.read_bytes()
+        assert data == b"" or data.endswith(b"\n")
+        for line in data.splitlines():
+            obj = json.loads(line)  # any interleaving would break a line
+            rec_ = obj["rec"]
+            assert rec_["result"] == rec_["func_name"][0] * len(rec_["result"])
+            lines += 1
+    assert lines == 1200
+    assert len(segments(path)) > 3  # rotation happened while all four were writing
+    reader = FileResultBackend(path)
+    assert len(reader.query(limit=5000)) == 1200 and reader.problems() == []
+    assert len(reader.query(func_name="charlie", limit=5000)) == 300
