@@ -111,8 +111,9 @@ class NuvomPluginManager(pluggy.PluginManager):
         try:
             self.check_pending()
         except pluggy.PluginValidationError as exc:
+            name = self.get_name(exc.plugin) or repr(exc.plugin)
             raise PluginLoadError(
-                f"plugin {exc.plugin!r} does not match the hook specs: {exc}. "
+                f"plugin {name!r} does not match the hook specs: {exc.args[0]}. "
                 "Check the hook name for typos against docs/plugin_hooks.md "
                 "(every hook starts with 'nuvom_')."
             ) from exc

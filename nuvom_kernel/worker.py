@@ -55,6 +55,7 @@ class _Running:
     job: Job
     lease: Lease
     envelope: dict[str, Any]
+    thread: threading.Thread
     started_at: float
     started_mono: float
     deadline: float | None
@@ -107,6 +108,7 @@ class Worker:
         self._forced = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._abandoned: set[threading.Thread] = set()
         self._signals = 0
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -180,6 +182,14 @@ class Worker:
         for _ in range(len(self._threads)):
             self._handoff.put(None)
         self._stopped.set()
+        with self._monitor_cv:
+            self._monitor_cv.notify_all()
+        # Wait for our threads to leave the backend before anyone closes it; a thread stuck
+        # in a timed-out task is abandoned and never joined.
+        join_deadline = time.monotonic() + self.poll_timeout_secs + 5.0
+        for thread in self._threads:
+            if thread is not threading.current_thread() and thread not in self._abandoned:
+                thread.join(max(0.0, join_deadline - time.monotonic()))
         events.emit(self.kernel.pm, "nuvom_worker_shutdown", worker=self)
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned")
@@ -270,8 +280,8 @@ class Worker:
         timeout = job.options.timeout_secs or self.kernel.settings.job_timeout_secs
         deadline = started_mono + timeout if timeout else None
         job.deadline = deadline
-        running = _Running(job, lease, envelope, started_at, started_mono, deadline,
-                           extended_at=started_mono)
+        running = _Running(job, lease, envelope, threading.current_thread(), started_at,
+                           started_mono, deadline, extended_at=started_mono)
         self._running[job.id] = running
         if deadline is not None:
             with self._monitor_cv:
@@ -462,6 +472,7 @@ class Worker:
             if running.settled:
                 return
             running.abandoned = True  # its thread exits whenever the task returns
+            self._abandoned.add(running.thread)
         self._spawn_executor()  # keep capacity: the stuck thread never returns to the pool
         self._settle_failure(running, error, "", kind="timeout")
 

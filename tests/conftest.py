@@ -1,0 +1,61 @@
+"""Kernel test fixtures: isolated kernels on real backends, a project directory per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel.kernel import Kernel, use_kernel
+from tests.helpers import E2E_BACKENDS
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project directory as cwd, importable, with task modules written by tests."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for key in list(os.environ):
+        if key.startswith("NUVOM_"):
+            monkeypatch.delenv(key)
+    return tmp_path
+
+
+@pytest.fixture
+def make_kernel(project: Path) -> Iterator[Callable[..., Kernel]]:
+    kernels: list[Kernel] = []
+
+    def make(backend: str = "memory", result_backend: str | None = None, **env: str) -> Kernel:
+        environ = {"NUVOM_QUEUE_BACKEND": backend,
+                   "NUVOM_RESULT_BACKEND": result_backend or backend,
+                   "NUVOM_RETRY_DELAY_SECS": "0.05", **env}
+        kernel = Kernel(root=project, environ=environ)
+        kernels.append(kernel)
+        return kernel
+
+    yield make
+    for kernel in kernels:
+        kernel.close()
+
+
+@pytest.fixture(params=E2E_BACKENDS)
+def kernel(request: pytest.FixtureRequest, make_kernel: Callable[..., Kernel]
+           ) -> Iterator[Kernel]:
+    """A kernel on each installed backend, installed as this process's kernel."""
+    k = make_kernel(request.param)
+    with use_kernel(k):
+        yield k
+
+
+@pytest.fixture(autouse=True)
+def _clean_registry() -> Iterator[None]:
+    from nuvom_kernel.registry import REGISTRY
+
+    REGISTRY.clear()
+    yield
+    REGISTRY.clear()

@@ -1,0 +1,48 @@
+"""Helpers shared by the kernel's tests."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nuvom_kernel.plugins import NuvomPluginManager
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def installed_backends(hook: str = "nuvom_register_queue_backends") -> set[str]:
+    pm = NuvomPluginManager()
+    from nuvom_kernel.config import load_config
+
+    pm.load(load_config(FIXTURES / "empty"), environ={})
+    return set(pm.collect(hook))
+
+
+#: Backends the end-to-end tests run on: every installed one of these joins automatically.
+E2E_BACKENDS = [b for b in ("memory", "sqlite", "file", "redis", "postgres")
+                if b in installed_backends()]
+PERSISTENT_BACKENDS = [b for b in E2E_BACKENDS if b != "memory"]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+               ) -> object:
+    """Poll ``predicate`` until truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+
+
+def write_module(project: Path, name: str, source: str) -> str:
+    """Write ``name``.py into the project and forget any stale import of it."""
+    (project / f"{name}.py").write_text(source)
+    sys.modules.pop(name, None)
+    return name

@@ -1,0 +1,113 @@
+"""Settings sources, provenance and errors for malformed values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel.config import Settings, load_config
+from nuvom_kernel.errors import ConfigError, PluginConfigError
+
+
+def test_defaults(tmp_path: Path):
+    config = load_config(tmp_path, environ={})
+    s = config.settings
+    assert (s.queue_backend, s.result_backend) == ("sqlite", "sqlite")
+    assert s.job_timeout_secs is None
+    assert s.data_dir == Path(".nuvom")
+    assert set(config.sources.values()) == {"default"}
+    assert config.path is None
+
+
+def test_file_then_env_precedence_and_provenance(tmp_path: Path):
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        "[settings]\nmax_workers = 8\nbatch_size = 3\nqueue_backend = 'memory'\n")
+    config = load_config(tmp_path, environ={"NUVOM_MAX_WORKERS": "2",
+                                            "NUVOM_JOB_TIMEOUT_SECS": "2.5"})
+    s = config.settings
+    assert s.max_workers == 2 and config.sources["max_workers"] == "env NUVOM_MAX_WORKERS"
+    assert s.batch_size == 3 and config.sources["batch_size"] == ".nuvom_plugins.toml [settings]"
+    assert s.queue_backend == "memory"
+    assert s.job_timeout_secs == 2.5
+    assert config.sources["log_level"] == "default"
+
+
+@pytest.mark.parametrize(("var", "value", "expected"), [
+    ("NUVOM_MAX_WORKERS", "abc", "NUVOM_MAX_WORKERS='abc' is invalid: max_workers must be a "
+                                 "whole number >= 1"),
+    ("NUVOM_BATCH_SIZE", "0", "NUVOM_BATCH_SIZE='0'"),
+    ("NUVOM_JOB_TIMEOUT_SECS", "soon", "number of seconds"),
+    ("NUVOM_RETRY_DELAY_SECS", "-1", "number of seconds >= 0"),
+    ("NUVOM_VISIBILITY_TIMEOUT_SECS", "0", "number of seconds > 0"),
+    ("NUVOM_LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+])
+def test_malformed_env_names_variable_and_accepted_values(tmp_path: Path, var: str,
+                                                          value: str, expected: str):
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, environ={var: value})
+    assert expected in str(info.value)
+    assert var in str(info.value)
+
+
+def test_invalid_toml_names_file_and_line(tmp_path: Path):
+    (tmp_path / ".nuvom_plugins.toml").write_text("[plugins]\nqueue_backend = [\n\n= broken\n")
+    with pytest.raises(PluginConfigError) as info:
+        load_config(tmp_path, environ={})
+    text = str(info.value)
+    assert ".nuvom_plugins.toml" in text and "line 4" in text
+
+
+def test_invalid_toml_exits_2_from_cli(tmp_path: Path):
+    (tmp_path / ".nuvom_plugins.toml").write_text("[settings\n")
+    proc = subprocess.run([sys.executable, "-m", "nuvom_kernel", "config"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert ".nuvom_plugins.toml" in proc.stderr and "line 1" in proc.stderr
+
+
+def test_unknown_settings_key_and_plugins_key(tmp_path: Path):
+    (tmp_path / ".nuvom_plugins.toml").write_text("[settings]\nmax_worker = 3\n")
+    with pytest.raises(PluginConfigError, match="max_worker"):
+        load_config(tmp_path, environ={})
+    (tmp_path / ".nuvom_plugins.toml").write_text("[plugins]\nqueue = ['x:y']\n")
+    with pytest.raises(PluginConfigError, match="unknown key 'queue'.*queue_backend"):
+        load_config(tmp_path, environ={})
+
+
+def test_plugins_table_shape(tmp_path: Path):
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        "[plugins]\nqueue_backend = ['a:B']\nresult_backend = 'c:D'\ndisable = ['file']\n"
+        "[plugins.sqlite]\npath = 'x.db'\n")
+    config = load_config(tmp_path, environ={})
+    assert config.plugins.targets == {"queue_backend": ("a:B",), "result_backend": ("c:D",)}
+    assert config.plugins.disable == ("file",)
+    assert config.plugin_settings("sqlite") == {"path": "x.db"}
+    assert config.plugin_settings("other") == {}
+
+
+def test_importing_nuvom_touches_no_environment_and_reads_no_file(tmp_path: Path):
+    (tmp_path / ".nuvom_plugins.toml").write_text("[settings\n")  # would raise if read
+    code = (
+        "import os, sys\n"
+        "before = dict(os.environ)\n"
+        "import nuvom_kernel, nuvom_kernel.worker, nuvom_kernel.cli\n"
+        "assert dict(os.environ) == before\n"
+        "assert nuvom_kernel.kernel._default is None\n"
+        "print('clean')\n"
+    )
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "NUVOM_MAX_WORKERS": "abc"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "clean"
+
+
+def test_every_setting_has_an_env_var_named_after_it():
+    import attrs
+
+    for field in attrs.fields(Settings):
+        assert field.metadata["env"] == "NUVOM_" + field.name.upper()

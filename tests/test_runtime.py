@@ -1,0 +1,396 @@
+"""End to end: @task → .delay()/.map() → a real Worker's threads → results, on every backend."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import inspect
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel import JobFailedError, JobStatus, Worker, current_job, get_job, hookimpl, task
+from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.models import Message
+from tests.helpers import wait_until, write_module
+
+
+@pytest.fixture
+def worker(kernel: Kernel):
+    started: list[Worker] = []
+
+    def start(**kwargs: object) -> Worker:
+        w = Worker(kernel, poll_timeout_secs=0.2, **kwargs)  # type: ignore[arg-type]
+        w.start()
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+        w.join()
+
+
+def test_delay_get_roundtrip_with_typed_arguments(kernel: Kernel, worker, project: Path):
+    write_module(project, "t_echo", (
+        "from nuvom_kernel import task\n"
+        "@task\n"
+        "def echo(*args, **kwargs):\n"
+        "    return [args, kwargs]\n"))
+    from t_echo import echo
+
+    worker(workers=2)
+    when = dt.datetime(2026, 11, 27, 12, 30, tzinfo=dt.timezone.utc)
+    value = [when, dt.date(2026, 1, 2), uuid.UUID(int=7), decimal.Decimal("1.10"), b"\x00\xff",
+             (1, 2), {1: "int key"}, {"__nuvom__": "user key"}, None, 1.5, "x"]
+    job = echo.delay(*value, flag=True)
+    assert isinstance(job.id, str) and job.func_name == "echo"
+    args, kwargs = job.get(timeout=15)
+    assert args == tuple(value)
+    assert kwargs == {"flag": True}
+    assert get_job(job.id).status is JobStatus.SUCCEEDED
+    assert get_job(job.id).attempts == 1
+
+
+def test_plain_call_runs_inline_and_keeps_metadata(project: Path):
+    @task(retries=2)
+    def mul(x: int, y: int = 2) -> int:
+        """Multiply two numbers."""
+        return x * y
+
+    assert mul(3) == 6
+    assert mul.__name__ == "mul"
+    assert mul.__doc__ == "Multiply two numbers."
+    assert inspect.signature(mul) == inspect.signature(mul.fn)
+    assert list(inspect.signature(mul).parameters) == ["x", "y"]
+    assert mul.options.description == "Multiply two numbers."
+    assert mul.options.retries == 2
+
+
+def test_non_serializable_argument_names_argument_and_enqueues_nothing(kernel: Kernel,
+                                                                       project: Path):
+    @task
+    def store(key: str, value: object) -> None: ...
+
+    before = kernel.queue.qsize()
+    with pytest.raises(SerializationError) as info:
+        store.delay("k", threading.Lock())
+    text = str(info.value)
+    assert "argument 'value'" in text and "lock" in text.lower()
+    with pytest.raises(SerializationError, match="argument 'value'"):
+        store.map([("a", 1), ("b", object())])
+    assert kernel.queue.qsize() == before
+
+
+def test_map_of_10000_jobs_enqueues_one_batch_and_all_run(kernel: Kernel, worker,
+                                                          project: Path):
+    write_module(project, "t_sq", (
+        "from nuvom_kernel import task\n"
+        "@task\n"
+        "def sq(x):\n"
+        "    return x * x\n"))
+    from t_sq import sq
+
+    calls: list[int] = []
+    original = kernel.queue.enqueue_many
+
+    def counting(messages):
+        calls.append(len(messages))
+        return original(messages)
+
+    kernel.queue.enqueue_many = counting  # type: ignore[method-assign]
+    jobs = sq.map(range(10_000))
+    assert calls == [10_000]
+    assert kernel.queue.qsize() == 10_000
+    worker(workers=4, batch_size=64)
+    assert jobs[-1].get(timeout=120) == 9999 * 9999
+    wait_until(lambda: kernel.queue.qsize() == 0 and kernel.queue.stats().in_flight == 0,
+               timeout=120, what="queue drained")
+    sample = [jobs[0], jobs[4999], jobs[9998]]
+    assert [j.get(timeout=5) for j in sample] == [0, 4999 ** 2, 9998 ** 2]
+    assert kernel.results.counts().get("SUCCEEDED") == 10_000
+
+
+def test_retry_with_delay_does_not_block_other_jobs(kernel: Kernel, worker, project: Path):
+    write_module(project, "t_flaky", (
+        "from nuvom_kernel import task\n"
+        "import time\n"
+        "@task(retries=2, retry_delay_secs=1.0)\n"
+        "def flaky(marker):\n"
+        "    import pathlib\n"
+        "    p = pathlib.Path(marker)\n"
+        "    n = int(p.read_text()) if p.exists() else 0\n"
+        "    p.write_text(str(n + 1))\n"
+        "    if n < 2:\n"
+        "        raise RuntimeError(f'attempt {n + 1} fails')\n"
+        "    return n + 1\n"
+        "@task\n"
+        "def quick(i):\n"
+        "    return time.time()\n"))
+    from t_flaky import flaky, quick
+
+    worker(workers=1)  # one thread: a blocking retry would stall everything behind it
+    job = flaky.delay(str(project / "marker"))
+    wait_until(lambda: get_job(job.id).status is JobStatus.RETRYING, what="first failure")
+    failed_at = time.time()
+    quick_jobs = quick.map(range(20))
+    finished = [j.get(timeout=10) for j in quick_jobs]
+    assert max(finished) - failed_at < 1.0, "quick jobs waited behind the retry delay"
+    assert job.get(timeout=15) == 3
+    record = kernel.results.get(job.id)
+    assert record is not None and record.attempts == 3
+    assert [h["attempt"] for h in record.history] == [1, 2]
+    assert record.history[0]["error_message"] == "attempt 1 fails"
+
+
+def test_final_failure_keeps_traceback_and_history(kernel: Kernel, worker, project: Path):
+    write_module(project, "t_bad", (
+        "from nuvom_kernel import task\n"
+        "@task(retries=1, retry_delay_secs=0)\n"
+        "def bad(x):\n"
+        "    raise KeyError(x)\n"))
+    from t_bad import bad
+
+    worker(workers=2)
+    job = bad.delay("missing")
+    with pytest.raises(JobFailedError) as info:
+        job.get(timeout=15)
+    err = info.value
+    assert err.error_type == "KeyError" and "missing" in (err.error_message or "")
+    assert "raise KeyError(x)" in (err.remote_traceback or "")
+    fetched = get_job(job.id)
+    assert fetched.status is JobStatus.FAILED and fetched.attempts == 2
+    assert [h["attempt"] for h in fetched.history] == [1, 2]
+
+
+def test_timeout_is_recorded_and_slot_is_replaced(kernel: Kernel, worker, project: Path):
+    write_module(project, "t_slow", (
+        "import threading\n"
+        "from nuvom_kernel import task, current_job\n"
+        "release = threading.Event()\n"
+        "seen = {}\n"
+        "@task(timeout_secs=0.3)\n"
+        "def stuck():\n"
+        "    seen['remaining'] = current_job().time_remaining()\n"
+        "    release.wait(30)\n"
+        "@task\n"
+        "def ok():\n"
+        "    return 'ok'\n"))
+    import t_slow
+
+    w = worker(workers=1)
+    try:
+        job = t_slow.stuck.delay()
+        with pytest.raises(JobFailedError) as info:
+            job.get(timeout=10)
+        assert info.value.error_type.endswith("JobTimeoutError")
+        assert 0 < t_slow.seen["remaining"] <= 0.3
+        # The only executor is still stuck in the task, yet new jobs run: its slot was replaced.
+        assert t_slow.ok.delay().get(timeout=10) == "ok"
+        assert sum(t.name == "nuvom-executor" and t.is_alive() for t in w._threads) == 2
+    finally:
+        t_slow.release.set()
+    assert current_job() is None
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    @hookimpl
+    def nuvom_before_enqueue(self, job):
+        self.events.append(("before_enqueue", job.func_name))
+
+    @hookimpl
+    def nuvom_after_enqueue(self, job):
+        self.events.append(("after_enqueue", job.func_name))
+
+    @hookimpl
+    def nuvom_before_execute(self, job):
+        self.events.append(("before_execute", job.func_name))
+
+    @hookimpl
+    def nuvom_after_execute(self, job, result):
+        self.events.append(("after_execute", repr(result)))
+
+    @hookimpl
+    def nuvom_on_execute_error(self, job, error):
+        self.events.append(("on_execute_error", type(error).__name__))
+
+    @hookimpl
+    def nuvom_on_retry(self, job, error, delay_secs):
+        self.events.append(("on_retry", job.func_name))
+
+    @hookimpl
+    def nuvom_worker_startup(self, worker):
+        self.events.append(("worker_startup", ""))
+
+    @hookimpl
+    def nuvom_worker_shutdown(self, worker):
+        self.events.append(("worker_shutdown", ""))
+
+
+class Exploding:
+    @hookimpl
+    def nuvom_before_execute(self, job):
+        raise RuntimeError("observer bug")
+
+    @hookimpl
+    def nuvom_after_enqueue(self, job):
+        raise RuntimeError("observer bug")
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b) for b in ("memory",)])
+def test_lifecycle_hooks_fire_in_order_and_raising_observers_never_fail_jobs(
+        backend: str, make_kernel, project: Path):
+    write_module(project, "t_hooks", (
+        "from nuvom_kernel import task\n"
+        "@task(retries=1, retry_delay_secs=0)\n"
+        "def once_bad(path):\n"
+        "    import pathlib\n"
+        "    p = pathlib.Path(path)\n"
+        "    if not p.exists():\n"
+        "        p.write_text('x')\n"
+        "        raise ValueError('first')\n"
+        "    return 'second'\n"))
+    from nuvom_kernel.kernel import use_kernel
+
+    kernel = make_kernel(backend)
+    recorder = Recorder()
+    kernel.pm.register(recorder, name="recorder")
+    kernel.pm.register(Exploding(), name="exploding")
+    with use_kernel(kernel):
+        from t_hooks import once_bad
+
+        w = Worker(kernel, workers=1)
+        w.start()
+        assert once_bad.delay(str(project / "m")).get(timeout=10) == "second"
+        w.stop()
+        assert w.join() == 0
+    assert recorder.events == [
+        ("worker_startup", ""),
+        ("before_enqueue", "once_bad"), ("after_enqueue", "once_bad"),
+        ("before_execute", "once_bad"), ("on_execute_error", "ValueError"),
+        ("on_retry", "once_bad"),
+        ("before_execute", "once_bad"), ("after_execute", "'second'"),
+        ("worker_shutdown", ""),
+    ]
+
+
+def test_bad_payload_unknown_task_and_import_error_fail_only_that_job(
+        kernel: Kernel, worker, project: Path):
+    write_module(project, "t_good", (
+        "from nuvom_kernel import task\n"
+        "@task\n"
+        "def good():\n"
+        "    return 1\n"))
+    write_module(project, "t_broken", "raise ImportError('broken module')\n")
+    from t_good import good
+
+    kernel.queue.enqueue(Message(id="garbage1", body=b"\x80not json"))
+    kernel.queue.enqueue(Message(id="garbage2", body=b'{"v": 1, "id": "garbage2"}'))
+    from nuvom_kernel.dispatcher import build_job, encode_job
+
+    _, env = build_job("no_such_task", "t_good", good.options, (), {})
+    _, env2 = build_job("whatever", "t_broken", good.options, (), {})
+    kernel.queue.enqueue_many([encode_job(env, kernel.serializer),
+                               encode_job(env2, kernel.serializer)])
+    worker(workers=2)
+    assert good.delay().get(timeout=10) == 1
+    for job_id in ("garbage1", "garbage2", env["id"], env2["id"]):
+        wait_until(lambda j=job_id: get_job(j).status is JobStatus.FAILED, what=job_id)
+    assert "not valid JSON" in (get_job("garbage1").error or "")
+    assert "malformed envelope" in (get_job("garbage2").error or "")
+    unknown = get_job(env["id"])
+    assert unknown.error_type.endswith("UnknownTaskError")
+    assert "no_such_task" in unknown.error and "nuvom discover tasks" in unknown.error
+    assert "broken module" in (get_job(env2["id"]).error or "")
+    assert good.delay().get(timeout=10) == 1  # the worker is still serving
+
+
+def test_unknown_job_id_says_unknown(kernel: Kernel):
+    assert get_job("never-seen").status is JobStatus.UNKNOWN
+
+
+def test_store_result_false_runs_but_stores_nothing(kernel: Kernel, worker, project: Path):
+    write_module(project, "t_nostore", (
+        "from nuvom_kernel import task\n"
+        "@task(store_result=False)\n"
+        "def fire(path):\n"
+        "    open(path, 'w').write('done')\n"))
+    from t_nostore import fire
+
+    worker(workers=1)
+    job = fire.delay(str(project / "out"))
+    wait_until(lambda: (project / "out").exists(), what="task ran")
+    wait_until(lambda: kernel.queue.stats().in_flight == 0 and kernel.queue.qsize() == 0,
+               what="job acked")
+    assert kernel.results.get(job.id) is None
+    with pytest.raises(Exception, match="store_result=False"):
+        job.get(timeout=1)
+
+
+def test_exponential_backoff_grows_and_is_capped(make_kernel, project: Path):
+    kernel = make_kernel("memory")
+    from nuvom_kernel.models import Backoff, Job, TaskOptions
+
+    w = Worker(kernel, workers=1)
+    opts = TaskOptions(retries=10, retry_delay_secs=1, backoff=Backoff.EXPONENTIAL,
+                       backoff_max_secs=5, jitter=False)
+    delays = [w._retry_delay(Job(id="x", func_name="f", options=opts, failures=n))
+              for n in range(1, 6)]
+    assert delays == [1, 2, 4, 5, 5]
+    jittered = TaskOptions(retries=10, retry_delay_secs=4, backoff=Backoff.EXPONENTIAL)
+    values = {w._retry_delay(Job(id="x", func_name="f", options=jittered, failures=1))
+              for _ in range(50)}
+    assert all(2 <= v <= 4 for v in values) and len(values) > 1
+
+
+def test_registry_duplicate_semantics(project: Path):
+    from nuvom_kernel.errors import TaskRegistrationError
+    from nuvom_kernel.registry import TaskRegistry
+
+    reg = TaskRegistry()
+
+    def a() -> None: ...
+
+    def b() -> None: ...
+
+    reg.register("x", a)
+    reg.register("x", a)  # same function again: fine
+    with pytest.raises(TaskRegistrationError, match="already registered"):
+        reg.register("x", b)
+    reg.register("x", b, silent=True)
+    assert reg.get("x") is a
+    reg.register("x", b, force=True)
+    assert reg.get("x") is b
+
+
+def test_worker_imports_task_module_lazily_from_manifest(kernel: Kernel, worker,
+                                                         project: Path):
+    import json
+    import sys
+
+    pkg = project / "app"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "jobs.py").write_text(
+        "from nuvom_kernel import task\n@task(name='app.hello')\ndef hello(n):\n"
+        "    return f'hi {n}'\n")
+    data_dir = kernel.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "manifest.json").write_text(json.dumps({"version": 1, "tasks": [
+        {"name": "app.hello", "module": "app.jobs", "file": "app/jobs.py", "line": 2}]}))
+    from nuvom_kernel.dispatcher import build_job, encode_job
+    from nuvom_kernel.models import TaskOptions
+
+    _, env = build_job("app.hello", None, TaskOptions(), (5,), {})  # no module hint at all
+    kernel.queue.enqueue(encode_job(env, kernel.serializer))
+    sys.modules.pop("app.jobs", None)
+    worker(workers=1)
+    wait_until(lambda: get_job(env["id"]).status is JobStatus.SUCCEEDED, what="lazy import")
+    assert get_job(env["id"]).result == "hi 5"
