@@ -74,7 +74,7 @@ def test_unknown_settings_key_and_plugins_key(tmp_path: Path):
     with pytest.raises(PluginConfigError, match="max_worker"):
         load_config(tmp_path, environ={})
     (tmp_path / ".nuvom_plugins.toml").write_text("[plugins]\nqueue = ['x:y']\n")
-    with pytest.raises(PluginConfigError, match="unknown key 'queue'.*queue_backend"):
+    with pytest.raises(PluginConfigError, match=r"unknown key 'queue'.*queue_backend"):
         load_config(tmp_path, environ={})
 
 
