@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from nuvom_plugins.file import FileJobQueue
 
 from nuvom_kernel.models import Message
+from nuvom_plugins.file import FileJobQueue
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX rename semantics")
 

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from nuvom_plugins.file import FileJobQueue, plugin
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.models import JobStatus, Message
+from nuvom_plugins.file import FileJobQueue, plugin
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from nuvom_plugins.file import FileResultBackend
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_plugins.file import FileResultBackend
 
 
 def rec(job_id: str, status: JobStatus = JobStatus.SUCCEEDED, **kw: object) -> JobRecord:

@@ -1,0 +1,188 @@
+"""Internal plugin: ``nuvom discover tasks`` and ``nuvom list tasks``.
+
+Discovery itself lives in discoverer plugins (``nuvom_register_discoverers``; the built-in
+AST scanner ships in ``nuvom-plugins``). This module only runs every registered discoverer,
+merges what they found, writes ``.nuvom/manifest.json`` (with each discoverer's incremental
+state, so the next run re-parses only changed files) and shows what changed, so a user sees
+at a glance whether the worker will find the task they just wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.discovery import TaskRef, manifest_path, read_manifest, write_manifest
+
+__all__ = ["nuvom_register_commands"]
+
+
+@hookimpl
+def nuvom_register_commands(cli: click.Group) -> None:
+    _group(cli, "discover", "Find tasks in the project and record them for workers.") \
+        .add_command(discover_tasks)
+    _group(cli, "list", "List what Nuvom knows about.").add_command(list_tasks)
+
+
+def _group(cli: click.Group, name: str, help_text: str) -> click.Group:
+    """The root's subgroup ``name``, created if no plugin made it yet (others may extend)."""
+    existing = cli.commands.get(name)
+    if isinstance(existing, click.Group):
+        return existing
+    group = click.Group(name=name, help=help_text)
+    cli.add_command(group)
+    return group
+
+
+def _kernel() -> Any:
+    return click.get_current_context().find_root().obj
+
+
+def _read_previous(data_dir: Path) -> dict[str, Any]:
+    try:
+        return read_manifest(data_dir) or {}
+    except (ValueError, OSError) as exc:
+        click.echo(f"warning: previous manifest unreadable ({exc}); starting fresh", err=True)
+        return {}
+
+
+def _location(task: dict[str, Any]) -> str:
+    return f"{task.get('file')}:{task.get('line')}"
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two manifest entries of one task, briefly."""
+    parts = []
+    if (old.get("module"), old.get("func_name")) != (new.get("module"), new.get("func_name")):
+        parts.append(f"moved from {old.get('module')}.{old.get('func_name')}")
+    elif old.get("line") != new.get("line") or old.get("file") != new.get("file"):
+        parts.append(f"line {old.get('line')} -> {new.get('line')}")
+    old_opts, new_opts = old.get("options") or {}, new.get("options") or {}
+    for key in sorted(set(old_opts) | set(new_opts)):
+        if old_opts.get(key) != new_opts.get(key):
+            parts.append(f"{key}: {old_opts.get(key, '-')} -> {new_opts.get(key, '-')}")
+    for key in ("description", "is_async"):
+        if old.get(key) != new.get(key):
+            parts.append(f"{key} changed")
+    return "; ".join(parts)
+
+
+@click.command(name="tasks")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Project root to scan (default: the directory holding "
+                                 ".nuvom_plugins.toml, else the current one).")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only scan files matching GLOB (gitignore syntax; repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Skip files and directories matching GLOB (gitignore syntax; repeatable).")
+def discover_tasks(root: Path | None, include: tuple[str, ...],
+                   exclude: tuple[str, ...]) -> None:
+    """Scan the project for @task functions and write .nuvom/manifest.json.
+
+    Prints the tasks added, removed and changed since the previous manifest, then any
+    errors (files skipped, e.g. syntax errors) and warnings. Exits with status 1 if there
+    were errors; the manifest is written either way.
+    """
+    kernel = _kernel()
+    root = (root or kernel.config.root).resolve()
+    data_dir = Path(kernel.data_dir)
+    discoverers = kernel.pm.collect("nuvom_register_discoverers")
+    if not discoverers:
+        raise click.ClickException(
+            "no task discoverer is installed. Install the built-in one with "
+            "`pip install nuvom-plugins` (it provides the 'ast' discoverer).")
+    previous = _read_previous(data_dir)
+    old_states = previous.get("state") or {}
+    started = time.perf_counter()
+    tasks: dict[str, TaskRef] = {}
+    states: dict[str, Any] = {}
+    errors: list[str] = []
+    warnings: list[str] = []
+    scanned = parsed = 0
+    for name, (cls, provider) in sorted(discoverers.items()):
+        try:
+            report, state = cls().discover(root, include=include, exclude=exclude,
+                                           state=old_states.get(name))
+        except Exception as exc:
+            errors.append(f"discoverer {name!r} (plugin {provider!r}) failed: {exc!r}")
+            continue
+        states[name] = state
+        errors += report.errors
+        warnings += report.warnings
+        scanned, parsed = max(scanned, report.files_scanned), parsed + report.files_parsed
+        for ref in report.tasks:
+            first = tasks.setdefault(ref.name, ref)
+            if first is not ref and (first.module, first.func_name) != (ref.module,
+                                                                        ref.func_name):
+                warnings.append(f"{ref.file}:{ref.line}: task {ref.name!r} found by "
+                                f"{name!r} is already at {first.file}:{first.line}; "
+                                f"the first one is kept")
+    elapsed = time.perf_counter() - started
+    path = write_manifest(data_dir, tasks.values(), states)
+
+    old = {t["name"]: t for t in previous.get("tasks", []) if isinstance(t, dict)}
+    new = {n: t.to_dict() for n, t in tasks.items()}
+    rows = []
+    for task_name in sorted(set(old) | set(new)):
+        before, after = old.get(task_name), new.get(task_name)
+        if before is None and after is not None:
+            rows.append({"change": "added", "task": task_name, "module": after["module"],
+                         "location": _location(after), "detail": after.get("description")})
+        elif after is None and before is not None:
+            rows.append({"change": "removed", "task": task_name,
+                         "module": before.get("module"), "location": _location(before),
+                         "detail": None})
+        elif before is not None and after is not None and (detail := _changes(before, after)):
+            rows.append({"change": "changed", "task": task_name, "module": after["module"],
+                         "location": _location(after), "detail": detail})
+    if rows:
+        print_table(rows, ["change", "task", "module", "location", "detail"])
+    else:
+        click.echo("No changes to tasks.")
+    counts = {c: sum(r["change"] == c for r in rows) for c in ("added", "removed", "changed")}
+    click.echo(f"{len(tasks)} task(s): {counts['added']} added, {counts['removed']} removed, "
+               f"{counts['changed']} changed. Scanned {scanned} file(s), parsed {parsed}, "
+               f"in {elapsed:.2f}s. Manifest: {path}")
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
+    for line in errors:
+        click.echo(f"error: {line}", err=True)
+    if errors:
+        raise click.exceptions.Exit(1)
+
+
+@click.command(name="tasks")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_tasks(as_json: bool) -> None:
+    """List the tasks in .nuvom/manifest.json (run `nuvom discover tasks` to refresh it)."""
+    data_dir = Path(_kernel().data_dir)
+    try:
+        manifest = read_manifest(data_dir)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if manifest is None:
+        raise click.ClickException(
+            f"no manifest at {manifest_path(data_dir)}; run `nuvom discover tasks` first")
+    rows = []
+    for task in manifest.get("tasks", []):
+        options = task.get("options") or {}
+        rows.append({
+            "name": task.get("name"), "module": task.get("module"),
+            "location": _location(task), "retries": options.get("retries", 0),
+            "timeout": options.get("timeout_secs"), "async": bool(task.get("is_async")),
+            "description": task.get("description"),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("The manifest lists no tasks. Decorate functions with @task and run "
+                   "`nuvom discover tasks`.")
+        return
+    print_table(rows, ["name", "module", "location", "retries", "timeout", "description"])

@@ -1,0 +1,209 @@
+"""Find Nuvom tasks in one module's AST by resolving each decorator through the imports.
+
+Matching the bare name ``task`` (what the original did) picks up Celery's ``@app.task`` and
+any local helper called ``task``, and misses ``from nuvom_kernel import task as job``. Here a
+decorator counts only if its dotted name, followed through the module's own import and
+assignment bindings *in source order*, ends at Nuvom's decorator (``nuvom_kernel.task``).
+Nothing is imported or executed.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+__all__ = ["DEFAULT_DECORATORS", "ModuleScan", "scan_module"]
+
+#: Fully qualified names of Nuvom's task decorator (the function, wherever it is exported).
+DEFAULT_DECORATORS: frozenset[str] = frozenset({"nuvom_kernel.task", "nuvom_kernel.task.task"})
+
+_TRY: tuple[type[Any], ...] = (ast.Try, *([ast.TryStar] if hasattr(ast, "TryStar") else []))
+_Bindings = dict[str, "str | None"]  # local name -> dotted origin (None: local/unknown)
+
+
+@attrs.define
+class FoundTask:
+    """A decorated function before it becomes a TaskRef (module/file are added later)."""
+
+    name: str
+    func_name: str
+    line: int
+    options: dict[str, Any]
+    description: str | None
+    is_async: bool
+
+
+@attrs.define
+class ModuleScan:
+    tasks: list[FoundTask] = attrs.field(factory=list)
+    warnings: list[str] = attrs.field(factory=list)  # "line: message" (file added later)
+
+
+def _dotted(node: ast.expr) -> list[str] | None:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    parts.append(node.id)
+    return parts[::-1]
+
+
+def _resolve(node: ast.expr, bindings: _Bindings) -> str | None:
+    """The fully qualified name ``node`` refers to, or ``None`` if it is local/unknown."""
+    parts = _dotted(node)
+    if not parts:
+        return None
+    origin = bindings.get(parts[0])
+    if origin is None:
+        return None
+    return ".".join([origin, *parts[1:]])
+
+
+def _jsonable(value: Any) -> tuple[bool, Any]:
+    """Literal values the manifest can carry as JSON (tuples/sets become lists)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True, value
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        converted = [_jsonable(v) for v in items]
+        return all(ok for ok, _ in converted), [v for _, v in converted]
+    if isinstance(value, dict):
+        converted_d = {k: _jsonable(v) for k, v in value.items()}
+        ok = all(isinstance(k, str) for k in value) and all(o for o, _ in converted_d.values())
+        return ok, {k: v for k, (_, v) in converted_d.items()}
+    return False, None
+
+
+class _Scanner:
+    def __init__(self, decorators: frozenset[str]) -> None:
+        self.decorators = decorators
+        self.bindings: _Bindings = {}
+        self.result = ModuleScan()
+
+    # --- bindings, in source order -------------------------------------------------------
+
+    def bind_import(self, node: ast.Import | ast.ImportFrom) -> None:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    self.bindings[alias.asname] = alias.name
+                else:  # `import a.b.c` binds `a`
+                    top = alias.name.split(".")[0]
+                    self.bindings[top] = top
+            return
+        base = "." * node.level + (node.module or "")
+        for alias in node.names:
+            if alias.name == "*":
+                if node.level == 0 and any(d.rsplit(".", 1)[0] == base
+                                           for d in self.decorators):
+                    self.bindings["task"] = f"{base}.task"
+                continue
+            self.bindings[alias.asname or alias.name] = f"{base}.{alias.name}"
+
+    def bind_targets(self, targets: Iterable[ast.expr], value: ast.expr | None) -> None:
+        origin = _resolve(value, self.bindings) if value is not None else None
+        for target in targets:
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name):
+                    self.bindings[name.id] = origin if isinstance(target, ast.Name) else None
+
+    # --- decorators ----------------------------------------------------------------------
+
+    def task_decorator(self, node: ast.FunctionDef | ast.AsyncFunctionDef
+                       ) -> ast.expr | None:
+        for deco in node.decorator_list:
+            target = deco.func if isinstance(deco, ast.Call) else deco
+            if _resolve(target, self.bindings) in self.decorators:
+                return deco
+        return None
+
+    def record(self, node: ast.FunctionDef | ast.AsyncFunctionDef, deco: ast.expr) -> None:
+        options: dict[str, Any] = {}
+        if isinstance(deco, ast.Call):
+            for kw in deco.keywords:
+                if kw.arg is None:
+                    self.warn(deco.lineno, f"task {node.name!r}: **options in the decorator "
+                                           f"cannot be read statically; they are ignored "
+                                           f"in the manifest")
+                    continue
+                try:
+                    ok, value = _jsonable(ast.literal_eval(kw.value))
+                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                    ok, value = False, None
+                if ok:
+                    options[kw.arg] = value
+            if deco.args:
+                self.warn(deco.lineno, f"task {node.name!r}: positional decorator arguments "
+                                       f"are ignored; pass options by keyword")
+        doc = ast.get_docstring(node)
+        description = options.get("description")
+        if not isinstance(description, str):
+            description = doc.strip().splitlines()[0].strip() if doc and doc.strip() else None
+        name = options.get("name")
+        self.result.tasks.append(FoundTask(
+            name=name if isinstance(name, str) and name else node.name,
+            func_name=node.name, line=node.lineno, options=options,
+            description=description, is_async=isinstance(node, ast.AsyncFunctionDef)))
+
+    def warn(self, line: int, message: str) -> None:
+        self.result.warnings.append(f"{line}: {message}")
+
+    # --- walking -------------------------------------------------------------------------
+
+    def module(self, body: list[ast.stmt]) -> None:
+        for stmt in body:
+            self.statement(stmt)
+
+    def statement(self, stmt: ast.stmt) -> None:
+        if isinstance(stmt, ast.Import | ast.ImportFrom):
+            self.bind_import(stmt)
+        elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+            deco = self.task_decorator(stmt)  # decorators run before the name is bound
+            if deco is not None:
+                self.record(stmt, deco)
+            self.bindings[stmt.name] = None
+            self.nested(stmt.body, f"function {stmt.name!r}")
+        elif isinstance(stmt, ast.ClassDef):
+            self.nested(stmt.body, f"class {stmt.name!r}", methods=True)
+            self.bindings[stmt.name] = None
+        elif isinstance(stmt, ast.Assign):
+            self.bind_targets(stmt.targets, stmt.value)
+        elif isinstance(stmt, ast.AnnAssign | ast.AugAssign):
+            self.bind_targets([stmt.target], getattr(stmt, "value", None)
+                              if isinstance(stmt, ast.AnnAssign) else None)
+        elif isinstance(stmt, ast.If | ast.For | ast.AsyncFor | ast.While | ast.With
+                        | ast.AsyncWith):
+            self.module(stmt.body)
+            self.module(getattr(stmt, "orelse", []))
+        elif isinstance(stmt, _TRY):
+            for block in (stmt.body, *(h.body for h in stmt.handlers), stmt.orelse,
+                          stmt.finalbody):
+                self.module(block)
+
+    def nested(self, body: list[ast.stmt], where: str, methods: bool = False) -> None:
+        """Decorated functions that are not importable by module path: warn, never record."""
+        for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and \
+                    self.task_decorator(node) is not None:
+                if methods and node in body:
+                    why = (f"method {node.name!r} of {where} is decorated with @task; methods "
+                           f"cannot be tasks (a worker has no instance to call them on). "
+                           f"Move it to module level")
+                else:
+                    why = (f"{node.name!r} inside {where} is decorated with @task but is not "
+                           f"at module level, so workers cannot import it; it is skipped")
+                self.warn(node.lineno, why)
+
+
+def scan_module(tree: ast.Module, decorators: frozenset[str] = DEFAULT_DECORATORS
+                ) -> ModuleScan:
+    """Tasks and warnings of one parsed module."""
+    scanner = _Scanner(decorators)
+    scanner.module(tree.body)
+    return scanner.result
+

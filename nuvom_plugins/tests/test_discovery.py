@@ -1,0 +1,237 @@
+"""The AST discoverer on small real trees written into tmp_path."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel.discovery import DiscoveryReport, TaskRef
+from nuvom_plugins.discovery import AstDiscoverer, plugin
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+
+
+def run(root: Path, **kw: object) -> tuple[DiscoveryReport, dict[str, object]]:
+    return AstDiscoverer().discover(root, **kw)  # type: ignore[arg-type]
+
+
+def by_name(report: DiscoveryReport) -> dict[str, TaskRef]:
+    return {t.name: t for t in report.tasks}
+
+
+def test_every_spelling_of_nuvoms_decorator(tmp_path: Path) -> None:
+    write(tmp_path, {
+        "app/__init__.py": "",
+        "app/plain.py": """
+            from nuvom_kernel import task
+
+            @task
+            def add(a, b):
+                '''Add two numbers.
+
+                More text.'''
+                return a + b
+
+            @task(retries=3, timeout_secs=2.5, name="mul.v2", tags=("math", "fast"))
+            async def mul(a, b):
+                return a * b
+        """,
+        "app/aliases.py": """
+            import nuvom_kernel
+            import nuvom_kernel as nv
+            from nuvom_kernel import task as job
+            from nuvom_kernel.task import task as deep
+            later = nv.task
+
+            @nuvom_kernel.task
+            def f1(): ...
+
+            @nv.task(queue="mail")
+            def f2(): ...
+
+            @job
+            def f3(): ...
+
+            @deep()
+            def f4(): ...
+
+            @later
+            def f5(): ...
+        """,
+        "app/__init__extra.py": "from nuvom_kernel import *\n@task\ndef star(): ...\n",
+    })
+    report, _ = run(tmp_path)
+    tasks = by_name(report)
+    assert sorted(tasks) == ["add", "f1", "f2", "f3", "f4", "f5", "mul.v2", "star"]
+    add = tasks["add"]
+    assert (add.module, add.file, add.line, add.func_name) == ("app.plain", "app/plain.py",
+                                                               5, "add")
+    assert add.description == "Add two numbers." and not add.is_async and add.options == {}
+    mul = tasks["mul.v2"]
+    assert mul.is_async and mul.func_name == "mul" and mul.line == 12
+    assert dict(mul.options) == {"retries": 3, "timeout_secs": 2.5, "name": "mul.v2",
+                                 "tags": ["math", "fast"]}
+    assert dict(tasks["f2"].options) == {"queue": "mail"}
+    assert report.errors == [] and report.warnings == []
+
+
+def test_other_libraries_task_is_not_picked_up(tmp_path: Path) -> None:
+    write(tmp_path, {
+        "celery_app.py": """
+            from celery import Celery, task
+            import nuvom_kernel  # mentioned, but not used for these
+            app = Celery()
+
+            @app.task
+            def c1(): ...
+
+            @app.task(bind=True)
+            def c2(self): ...
+
+            @task
+            def c3(): ...
+        """,
+        "local.py": """
+            from nuvom_kernel import task
+            def task(fn):  # shadows the import from here on
+                return fn
+
+            @task
+            def not_nuvom(): ...
+        """,
+        "rebound.py": """
+            from nuvom_kernel import task
+            task = lambda f: f
+
+            @task
+            def also_not(): ...
+        """,
+        "nameonly.py": """
+            def task(f):
+                return f
+
+            @task
+            def plain(): ...
+        """,
+    })
+    report, _ = run(tmp_path)
+    assert report.tasks == []
+
+
+def test_methods_and_nested_functions_are_rejected_with_warnings(tmp_path: Path) -> None:
+    write(tmp_path, {"m.py": """
+        from nuvom_kernel import task
+
+        class Service:
+            @task
+            def method(self): ...
+
+        def outer():
+            @task
+            def inner(): ...
+
+        @task
+        def ok(): ...
+    """})
+    report, _ = run(tmp_path)
+    assert [t.name for t in report.tasks] == ["ok"]
+    assert any(w.startswith("m.py:6:") and "method 'method'" in w for w in report.warnings)
+    assert any(w.startswith("m.py:10:") and "'inner'" in w for w in report.warnings)
+
+
+def test_non_literal_options_are_skipped(tmp_path: Path) -> None:
+    write(tmp_path, {"t.py": """
+        from nuvom_kernel import task
+        QUEUE = "x"
+        opts = {}
+
+        @task(retries=2, queue=QUEUE, timeout_secs=1 + 1, description="From option", **opts)
+        def t():
+            '''From docstring.'''
+    """})
+    report, _ = run(tmp_path)
+    [ref] = report.tasks
+    assert dict(ref.options) == {"retries": 2, "description": "From option"}
+    assert ref.description == "From option"
+    assert any("**options" in w for w in report.warnings)
+
+
+def test_syntax_error_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path, {
+        "good.py": "from nuvom_kernel import task\n@task\ndef g(): ...\n",
+        "pkg/broken.py": "from nuvom_kernel import task\n\n@task\ndef b(:\n    pass\n",
+    })
+    report, _ = run(tmp_path)
+    assert [t.name for t in report.tasks] == ["g"]
+    assert len(report.errors) == 1
+    assert report.errors[0].startswith("pkg/broken.py:4: syntax error")
+
+
+def test_ignore_rules_and_default_skips(tmp_path: Path) -> None:
+    one = "from nuvom_kernel import task\n@task\ndef {}(): ...\n"
+    write(tmp_path, {
+        "keep.py": one.format("keep"),
+        "scripts/skipme.py": one.format("ignored_dir"),
+        "gen/a_gen.py": one.format("ignored_glob"),
+        "gen/b.py": one.format("kept_in_gen"),
+        "gen/keep_gen.py": one.format("negated"),
+        ".venv/lib/t.py": one.format("venv"),
+        "myenv/lib/t.py": one.format("custom_venv"),
+        "myenv/pyvenv.cfg": "home = /usr\n",
+        "node_modules/x/t.py": one.format("node"),
+        ".git/hooks/t.py": one.format("git"),
+        "__pycache__/t.py": one.format("cache"),
+        "tests/test_x.py": one.format("excluded_by_flag"),
+        ".nuvomignore": "# comment\nscripts/\n*_gen.py\n!keep_gen.py\n",
+    })
+    report, _ = run(tmp_path, exclude=["tests"])
+    assert sorted(t.name for t in report.tasks) == ["keep", "kept_in_gen", "negated"]
+    report, _ = run(tmp_path, include=["gen/**"])
+    assert sorted(t.name for t in report.tasks) == ["kept_in_gen", "negated"]
+
+
+def test_incremental_runs_reparse_only_changed_files(tmp_path: Path) -> None:
+    one = "from nuvom_kernel import task\n@task\ndef {}(): ...\n"
+    write(tmp_path, {f"m{i}.py": one.format(f"t{i}") for i in range(5)})
+    write(tmp_path, {"plain.py": "x = 1\n"})
+    first, state = run(tmp_path)
+    assert (first.files_scanned, first.files_parsed, len(first.tasks)) == (6, 5, 5)
+    state = json.loads(json.dumps(state))  # it must survive the manifest's JSON
+    second, state = run(tmp_path, state=state)
+    assert second.files_parsed == 0 and len(second.tasks) == 5
+    (tmp_path / "m2.py").write_text(one.format("renamed"))
+    (tmp_path / "m4.py").unlink()
+    third, state = run(tmp_path, state=state)
+    assert third.files_parsed == 1
+    assert sorted(t.name for t in third.tasks) == ["renamed", "t0", "t1", "t3"]
+
+
+def test_errors_of_unchanged_files_are_still_reported(tmp_path: Path) -> None:
+    write(tmp_path, {"bad.py": "import nuvom_kernel\ndef (\n"})
+    _, state = run(tmp_path)
+    report, _ = run(tmp_path, state=state)
+    assert report.files_parsed == 0 and report.errors[0].startswith("bad.py:2:")
+
+
+def test_duplicate_task_names_warn(tmp_path: Path) -> None:
+    one = "from nuvom_kernel import task\n@task\ndef send(): ...\n"
+    write(tmp_path, {"a.py": one, "b.py": one})
+    report, _ = run(tmp_path)
+    assert any("'send' is also defined at a.py:3" in w for w in report.warnings)
+
+
+def test_root_must_be_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        run(tmp_path / "missing")
+
+
+def test_plugin_registers_the_ast_discoverer() -> None:
+    assert [c.name for c in plugin.nuvom_register_discoverers()] == ["ast"]
