@@ -16,7 +16,7 @@ from nuvom_kernel import JobFailedError, JobStatus, Worker, current_job, get_job
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import Message
-from tests.helpers import wait_until, write_module
+from tests.helpers import E2E_BACKENDS, wait_until, write_module
 
 
 @pytest.fixture
@@ -244,7 +244,7 @@ class Exploding:
         raise RuntimeError("observer bug")
 
 
-@pytest.mark.parametrize("backend", [pytest.param(b) for b in ("memory",)])
+@pytest.mark.parametrize("backend", E2E_BACKENDS)
 def test_lifecycle_hooks_fire_in_order_and_raising_observers_never_fail_jobs(
         backend: str, make_kernel, project: Path):
     write_module(project, "t_hooks", (
