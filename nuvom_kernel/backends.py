@@ -173,6 +173,11 @@ class QueueBackend(_Backend):
         (delayed) or RUNNING (leased); ``None`` if absent or unknown."""
         return None
 
+    def cancel(self, job_id: str) -> bool:
+        """Delete a message that is waiting (ready or delayed, not leased); ``True`` if it
+        was removed. A leased message is not touched: its worker decides its outcome."""
+        raise NotImplementedError(f"queue backend {self.name!r} cannot cancel jobs")
+
     def stats(self) -> QueueStats:
         """Depth and health for ``nuvom status``; override to report more."""
         return QueueStats(depth={"*": self.qsize()})

@@ -123,6 +123,24 @@ class Kernel:
             job.status = JobStatus.UNKNOWN
         return job
 
+    def cancel(self, job: Job) -> bool:
+        """Cancel a job that has not started: QUEUED (or waiting for a retry) → CANCELLED.
+
+        Returns ``False`` when the job is running, finished or unknown; a running job cannot
+        be stopped from outside its thread.
+        """
+        if not self.queue.cancel(job.id):
+            return False
+        now = time.time()
+        record = self.results.get(job.id) or JobRecord(
+            job_id=job.id, func_name=job.func_name, status=JobStatus.CANCELLED,
+            queue=job.queue, created_at=job.created_at, max_retries=job.options.retries)
+        record.status = JobStatus.CANCELLED
+        record.finished_at = record.updated_at = now
+        self.results.put(record)
+        job.status = JobStatus.CANCELLED
+        return True
+
     def wait_for(self, job: Job, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
         if not job.options.store_result:
             raise NuvomError(

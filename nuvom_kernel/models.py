@@ -217,6 +217,12 @@ class Job:
         kernel.refresh_job(self)
         return self
 
+    def cancel(self) -> bool:
+        """Cancel this job if it has not started; ``True`` if it is now CANCELLED."""
+        from nuvom_kernel.kernel import get_kernel
+
+        return bool((self._kernel or get_kernel()).cancel(self))
+
     def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
         """Wait for the outcome and return the task's value.
 

@@ -394,3 +394,22 @@ def test_worker_imports_task_module_lazily_from_manifest(kernel: Kernel, worker,
     worker(workers=1)
     wait_until(lambda: get_job(env["id"]).status is JobStatus.SUCCEEDED, what="lazy import")
     assert get_job(env["id"]).result == "hi 5"
+
+
+def test_cancel_a_queued_job(make_kernel, project: Path):
+    from nuvom_kernel.kernel import use_kernel
+
+    kernel = make_kernel("memory")
+    with use_kernel(kernel):
+        @task
+        def later() -> str:
+            return "ran"
+
+        job = later.delay()
+        assert get_job(job.id).status is JobStatus.QUEUED
+        assert job.cancel() is True
+        assert get_job(job.id).status is JobStatus.CANCELLED
+        assert kernel.queue.qsize() == 0
+        assert job.cancel() is False
+        with pytest.raises(JobFailedError):
+            job.get(timeout=1)

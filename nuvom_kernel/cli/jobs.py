@@ -22,7 +22,8 @@ from nuvom_kernel.models import JobRecord, JobStatus
 
 @hookimpl
 def nuvom_register_commands(cli: click.Group) -> None:
-    for command in (inspect_group, history_group, retry_group, status, purge_group):
+    for command in (inspect_group, history_group, retry_group, cancel_group, status,
+                    purge_group):
         cli.add_command(command)
 
 
@@ -144,6 +145,25 @@ def retry_job(job_id: str) -> None:
     kernel.results.put(record)
     click.echo(f"re-enqueued job {job_id} ({record.func_name}) on queue "
                f"{record.options.get('queue', 'default')!r}")
+
+
+@click.group(name="cancel")
+def cancel_group() -> None:
+    """Cancel jobs that have not started."""
+
+
+@cancel_group.command(name="job")
+@click.argument("job_id")
+def cancel_job(job_id: str) -> None:
+    """Remove a waiting job from its queue and record it CANCELLED."""
+    from nuvom_kernel.kernel import get_job
+
+    job = get_job(job_id)
+    if not _kernel().cancel(job):
+        raise click.ClickException(
+            f"job {job_id} is {job.status.value}; only a job that has not started can be "
+            "cancelled")
+    click.echo(f"cancelled job {job_id}")
 
 
 @click.command()

@@ -167,6 +167,14 @@ class MemoryJobQueue(QueueBackend):
                 self._leased.pop(job_id, None)
             return len(doomed)
 
+    def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(job_id)
+            if entry is None or entry.token is not None:
+                return False
+            del self._entries[job_id]
+            return True
+
     def peek_state(self, job_id: str) -> JobStatus | None:
         with self._lock:
             entry = self._entries.get(job_id)
