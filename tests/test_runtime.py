@@ -413,3 +413,52 @@ def test_cancel_a_queued_job(make_kernel, project: Path):
         assert job.cancel() is False
         with pytest.raises(JobFailedError):
             job.get(timeout=1)
+
+
+def test_named_queues_priorities_and_async_tasks(kernel: Kernel, worker, project: Path):
+    write_module(project, "t_route", (
+        "import asyncio\n"
+        "from nuvom_kernel import task\n"
+        "order = []\n"
+        "@task(queue='emails')\n"
+        "def send(n):\n"
+        "    order.append(('send', n))\n"
+        "    return n\n"
+        "@task\n"
+        "def log(n):\n"
+        "    order.append(('log', n))\n"
+        "    return n\n"
+        "@task\n"
+        "async def fetch(n):\n"
+        "    await asyncio.sleep(0)\n"
+        "    return n * 10\n"))
+    import t_route
+
+    low = t_route.log.apply_async((1,), priority=0)
+    high = t_route.log.apply_async((2,), priority=5)
+    mail = t_route.send.delay(3)
+    w = worker(workers=1, queues=["default"])
+    assert [low.get(timeout=10), high.get(timeout=10)] == [1, 2]
+    assert t_route.order == [("log", 2), ("log", 1)]  # higher priority first
+    assert t_route.fetch.delay(4).get(timeout=10) == 40
+    assert get_job(mail.id).status is JobStatus.QUEUED  # not served by a default-only worker
+    w.stop()
+    w.join()
+    worker(workers=1, queues=["emails"])
+    assert mail.get(timeout=10) == 3
+
+
+def test_delay_secs_hides_job_until_due(kernel: Kernel, worker, project: Path):
+    write_module(project, "t_later", (
+        "import time\n"
+        "from nuvom_kernel import task\n"
+        "@task\n"
+        "def stamp():\n"
+        "    return time.time()\n"))
+    from t_later import stamp
+
+    worker(workers=1)
+    t0 = time.time()
+    job = stamp.apply_async(delay_secs=0.8)
+    assert get_job(job.id).status in (JobStatus.RETRYING, JobStatus.QUEUED)
+    assert job.get(timeout=10) - t0 >= 0.8
