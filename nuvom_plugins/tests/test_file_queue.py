@@ -213,3 +213,16 @@ def test_plugin_registers_both_backends() -> None:
     assert [c.name for c in plugin.nuvom_register_result_backends()] == ["file"]
     assert FileJobQueue.capabilities.as_list() == ["persistent", "multiprocess_safe",
                                                    "priorities", "delayed"]
+
+
+def test_peek_state_follows_other_instances(tmp_path: Path) -> None:
+    a = FileJobQueue(tmp_path / "q", visibility_timeout_secs=0.3, fsync=False)
+    b = FileJobQueue(tmp_path / "q", visibility_timeout_secs=0.3, fsync=False)
+    assert a.peek_state("x") is None
+    b.enqueue_many([msg("x"), msg("y", available_at=time.time() + 60)])
+    assert a.peek_state("x") is JobStatus.QUEUED
+    assert a.peek_state("y") is JobStatus.RETRYING
+    lease = b.claim(1)[0]
+    assert a.peek_state("x") is JobStatus.RUNNING
+    assert b.ack(lease)
+    assert a.peek_state("x") is None

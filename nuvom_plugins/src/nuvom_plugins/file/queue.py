@@ -149,11 +149,16 @@ def _listdir(directory: Path) -> list[str]:
 
 @attrs.define
 class _Cache:
-    """A sorted listing of one directory, smallest name last (so ``pop()`` is the next)."""
+    """A sorted listing of one directory, smallest name last (so ``pop()`` is the next);
+    for ``ready/`` also split per queue, so a worker serving a few queues never walks the
+    names of the others."""
 
     names: list[str] = attrs.field(factory=list)
     mark: int | None = None
     listed_at: float = 0.0
+    ids: dict[str, list[str]] | None = None  # encoded id -> names, built by peek_state
+    by_queue: dict[str, list[str]] = attrs.field(factory=dict)  # ready/ only, per queue
+    bad: list[str] = attrs.field(factory=list)  # unparseable names, quarantined by claim
 
 
 class FileJobQueue(QueueBackend):
@@ -255,21 +260,24 @@ class FileJobQueue(QueueBackend):
             now = time.time()
             self._recover_expired(now)
             self._promote_due(now)
-            names = self._refreshed("ready", now).names
+            cache = self._refreshed("ready", now)
+            for name in cache.bad:
+                self._quarantine(self._dirs["ready"] / name, "unparseable file name in ready/")
+            cache.bad.clear()
             expires_at = now + self.visibility_timeout_secs
             expiry = _us(expires_at)
-            i = len(names) - 1
-            while i >= 0 and len(leases) < n:
-                name = names[i]
-                parsed = _parse(name, "ready")
-                if parsed is not None and wanted is not None and parsed.queue not in wanted:
-                    i -= 1
-                    continue
-                del names[i]
-                i -= 1
+            while len(leases) < n:
+                best: list[str] | None = None  # the wanted queue whose next name sorts first
+                for queue, names in cache.by_queue.items():
+                    if names and (wanted is None or queue in wanted) and \
+                            (best is None or names[-1] < best[-1]):
+                        best = names
+                if best is None:
+                    break
+                name = best.pop()
                 source = self._dirs["ready"] / name
-                if parsed is None:
-                    self._quarantine(source, "unparseable file name in ready/")
+                parsed = _parse(name, "ready")
+                if parsed is None:  # cannot happen: only parsed names are grouped
                     continue
                 token = uuid.uuid4().hex
                 leased = f"{expiry:017d}.{token}.{parsed.ready(parsed.deliveries + 1)}"
@@ -307,7 +315,15 @@ class FileJobQueue(QueueBackend):
             if now - self._swept_at > 60.0:
                 self._sweep_tmp(kind, names, now)
             cache.names = sorted((n for n in names if not n.startswith(".")), reverse=True)
-            cache.mark, cache.listed_at = mark, now
+            cache.mark, cache.listed_at, cache.ids = mark, now, None
+            if kind == "ready":
+                cache.by_queue, cache.bad = {}, []
+                for name in cache.names:  # descending, so each group stays descending
+                    parsed = _parse(name, "ready")
+                    if parsed is None:
+                        cache.bad.append(name)
+                    else:
+                        cache.by_queue.setdefault(parsed.queue, []).append(name)
         return cache
 
     def _sweep_tmp(self, kind: str, names: list[str], now: float) -> None:
@@ -489,16 +505,28 @@ class FileJobQueue(QueueBackend):
         return removed
 
     def peek_state(self, job_id: str) -> JobStatus | None:
-        """Best effort, from fresh listings (cost grows with the queue's size); a message
-        moving between directories during the look is found on the second pass."""
+        """Leased files are listed (in-flight only); ready and delayed names come from the
+        cached listings, indexed by id on first use, and are confirmed with one ``stat``. A
+        message moving between directories during the look is found on the second pass."""
         wanted = encode_name(job_id)
-        with self._lock:
-            self._recover_expired(time.time())
         for _ in range(2):
-            for kind, state in (("ready", JobStatus.QUEUED), ("delayed", JobStatus.RETRYING),
-                                ("leased", JobStatus.RUNNING)):
-                if any(p.id == wanted for _, p in self._matching(kind, None)):
-                    return state
+            with self._lock:
+                now = time.time()
+                self._recover_expired(now)
+                if any(p.id == wanted for _, p in self._matching("leased", None)):
+                    return JobStatus.RUNNING
+                for kind, state in (("delayed", JobStatus.RETRYING),
+                                    ("ready", JobStatus.QUEUED)):
+                    cache = self._refreshed(kind, now)
+                    if cache.ids is None:
+                        cache.ids = {}
+                        for name in cache.names:
+                            parsed = _parse(name, kind)
+                            if parsed is not None:
+                                cache.ids.setdefault(parsed.id, []).append(name)
+                    if any(os.path.exists(self._dirs[kind] / name)
+                           for name in cache.ids.get(wanted, ())):
+                        return state
         return None
 
     def stats(self) -> QueueStats:

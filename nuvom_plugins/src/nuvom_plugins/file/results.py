@@ -58,6 +58,9 @@ __all__ = ["FileResultBackend"]
 log = logging.getLogger("nuvom.file.results")
 
 _PREFIX = b'{"_nv":1,'
+_JSTR = rb'("(?:[^"\\]|\\.)*")'
+_FAST = re.compile(rb'\{"_nv":1,"op":"put","id":' + _JSTR + rb',"st":' + _JSTR + rb',"fn":'
+                   + _JSTR + rb',"ts":(-?[0-9][0-9.eE+-]*),"rec":\{')
 _SEGMENT = re.compile(r"results-(\d{8})\.jsonl")
 _CHUNK = 4 * 1024 * 1024
 _RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
@@ -284,6 +287,12 @@ class FileResultBackend(ResultBackend):
     def _index_line(self, seg: int, offset: int, line: bytes) -> None:
         if not line:
             return
+        fast = _FAST.match(line)
+        if fast and line.endswith(b"}}") and line.find(_PREFIX, 1) < 0:
+            job_id, status, func_name = (_str(fast.group(i)) for i in (1, 2, 3))
+            self._index[job_id] = _Loc(seg, offset, len(line), float(fast.group(4)), status,
+                                       func_name)
+            return
         obj = _decode(line)
         if obj is None:  # a torn prefix with a whole record glued after it?
             start = line.find(_PREFIX, 1)
@@ -341,7 +350,11 @@ class FileResultBackend(ResultBackend):
     # --- primitives -----------------------------------------------------------------------
 
     def put(self, record: JobRecord) -> None:
-        self._append(_encode({"op": "put", "rec": record.to_dict()}, record.job_id))
+        # id/st/fn/ts repeat the fields the index needs ahead of the record, so indexing a
+        # line is a regex match on its first bytes instead of parsing the whole result.
+        self._append(_encode({"op": "put", "id": record.job_id, "st": record.status.value,
+                              "fn": record.func_name, "ts": record.updated_at,
+                              "rec": record.to_dict()}, record.job_id))
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -443,3 +456,8 @@ def _decode(line: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def _str(raw: bytes) -> str:
+    """A JSON string literal's value; most ids need no unescaping."""
+    return raw[1:-1].decode("utf-8") if b"\\" not in raw else str(json.loads(raw))
