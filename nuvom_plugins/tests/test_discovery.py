@@ -77,8 +77,7 @@ def test_every_spelling_of_nuvoms_decorator(tmp_path: Path) -> None:
     assert add.description == "Add two numbers." and not add.is_async and add.options == {}
     mul = tasks["mul.v2"]
     assert mul.is_async and mul.func_name == "mul" and mul.line == 12
-    assert dict(mul.options) == {"retries": 3, "timeout_secs": 2.5, "name": "mul.v2",
-                                 "tags": ["math", "fast"]}
+    assert dict(mul.options) == {"retries": 3, "timeout_secs": 2.5, "tags": ["math", "fast"]}
     assert dict(tasks["f2"].options) == {"queue": "mail"}
     assert report.errors == [] and report.warnings == []
 
@@ -203,7 +202,7 @@ def test_incremental_runs_reparse_only_changed_files(tmp_path: Path) -> None:
     write(tmp_path, {f"m{i}.py": one.format(f"t{i}") for i in range(5)})
     write(tmp_path, {"plain.py": "x = 1\n"})
     first, state = run(tmp_path)
-    assert (first.files_scanned, first.files_parsed, len(first.tasks)) == (6, 5, 5)
+    assert (first.files_scanned, first.files_parsed, len(first.tasks)) == (6, 6, 5)
     state = json.loads(json.dumps(state))  # it must survive the manifest's JSON
     second, state = run(tmp_path, state=state)
     assert second.files_parsed == 0 and len(second.tasks) == 5
@@ -212,6 +211,16 @@ def test_incremental_runs_reparse_only_changed_files(tmp_path: Path) -> None:
     third, state = run(tmp_path, state=state)
     assert third.files_parsed == 1
     assert sorted(t.name for t in third.tasks) == ["renamed", "t0", "t1", "t3"]
+
+
+def test_fast_mode_parses_only_files_that_mention_nuvom(tmp_path: Path) -> None:
+    write(tmp_path, {"t.py": "from nuvom_kernel import task\n@task\ndef t(): ...\n",
+                     "plain.py": "x = 1\n", "broken_other.py": "def (\n"})
+    report, _ = AstDiscoverer(parse_all=False).discover(tmp_path)
+    assert (report.files_scanned, report.files_parsed) == (3, 1)
+    assert [t.name for t in report.tasks] == ["t"] and report.errors == []
+    report, _ = AstDiscoverer().discover(tmp_path)
+    assert report.files_parsed == 3 and report.errors[0].startswith("broken_other.py:1:")
 
 
 def test_errors_of_unchanged_files_are_still_reported(tmp_path: Path) -> None:

@@ -144,7 +144,7 @@ class _Scanner:
         description = options.get("description")
         if not isinstance(description, str):
             description = doc.strip().splitlines()[0].strip() if doc and doc.strip() else None
-        name = options.get("name")
+        name = options.pop("name", None)  # the registry name, not an option
         self.result.tasks.append(FoundTask(
             name=name if isinstance(name, str) and name else node.name,
             func_name=node.name, line=node.lineno, options=options,

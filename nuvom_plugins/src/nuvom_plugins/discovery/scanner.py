@@ -1,12 +1,13 @@
-"""The ``ast`` discoverer: walk a project, parse what may hold tasks, never import anything.
+"""The ``ast`` discoverer: walk a project, parse its sources, never import anything.
 
 Cost model, and why: a warm run (nothing changed) reads and hashes every candidate file but
 parses none, because the previous run's per-file results are kept in the manifest's state
-keyed by content hash. A cold run parses only files whose bytes mention the module of Nuvom's
-decorator (``nuvom_kernel``): a decorator can only resolve to Nuvom through an import in the
-same module, so a file without that text cannot hold a task, and skipping ``ast.parse`` for
-it is what makes a 2,000-file tree take well under a second. The flip side: a syntax error is
-reported only for files that mention ``nuvom_kernel`` (the only files that could hold tasks).
+keyed by content hash. A cold run parses every file so that any syntax error is reported
+(the discoverer contract asks for it); ``ast.parse`` is the whole cost of a cold run.
+``parse_all=False`` trades that for speed: only files whose bytes mention the module of
+Nuvom's decorator (``nuvom_kernel``) are parsed — a decorator can only resolve to Nuvom
+through an import in the same module, so no task is missed, but a syntax error in a file
+that never mentions ``nuvom_kernel`` goes unreported.
 
 Which files: ``*.py`` under ``root``, minus directories that are never project code
 (``.git``, ``__pycache__``, ``node_modules``, virtual environments — any directory holding a
@@ -59,6 +60,8 @@ class AstDiscoverer(Discoverer):
 
     :param decorators: fully qualified names that count as Nuvom's task decorator.
     :param skip_dirs: directory names never entered.
+    :param parse_all: parse every changed file (report every syntax error) rather than only
+        files that mention ``nuvom_kernel`` (much faster on big trees; see module docs).
     """
 
     name: ClassVar[str] = "ast"
@@ -68,8 +71,10 @@ class AstDiscoverer(Discoverer):
         *,
         decorators: frozenset[str] = DEFAULT_DECORATORS,
         skip_dirs: frozenset[str] = DEFAULT_SKIP_DIRS,
+        parse_all: bool = True,
     ) -> None:
         self.decorators = frozenset(decorators)
+        self.parse_all = parse_all
         self.skip_dirs = frozenset(skip_dirs)
         self._markers = tuple(sorted({d.split(".")[0].encode() for d in self.decorators}))
 
@@ -84,7 +89,7 @@ class AstDiscoverer(Discoverer):
         root = Path(root)
         if not root.is_dir():
             raise NotADirectoryError(f"discovery root {root} is not a directory")
-        key = ",".join(sorted(self.decorators))
+        key = ",".join(sorted(self.decorators)) + f";all={self.parse_all}"
         previous: dict[str, Any] = {}
         if state and state.get("version") == _STATE_VERSION and state.get("key") == key:
             previous = state.get("files") or {}
@@ -149,7 +154,7 @@ class AstDiscoverer(Discoverer):
     def _examine(self, rel: str, data: bytes, digest: str,
                  report: DiscoveryReport) -> str | dict[str, Any]:
         """Parse one changed file; the state entry is just the hash when it has nothing."""
-        if not any(marker in data for marker in self._markers):
+        if not self.parse_all and not any(marker in data for marker in self._markers):
             return digest  # cannot import Nuvom's decorator, so cannot hold a task
         report.files_parsed += 1
         try:
