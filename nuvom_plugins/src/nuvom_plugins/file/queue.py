@@ -41,16 +41,14 @@ claim and are never deleted by the backend.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
-import random
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import attrs
 
@@ -67,98 +65,26 @@ from nuvom_plugins.file._fs import (
     fsync_dir,
     write_new_file,
 )
+from nuvom_plugins.file._names import (
+    SEQ,
+    US,
+    Cache,
+    Name,
+    bump,
+    listdir,
+    parse,
+    read_mark,
+    sortkey,
+    us,
+)
 
 __all__ = ["FileJobQueue"]
 
 log = logging.getLogger("nuvom.file.queue")
 
-_SEQ = itertools.count(random.getrandbits(20))
-_US = 1_000_000
 _QUEUE_KEYS = {"path", "queue_path", "visibility_timeout_secs", "fsync", "relist_interval_secs"}
 #: Keys of the same ``[plugins.file]`` table that belong to the result backend.
 RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
-
-
-class _Name(NamedTuple):
-    """The fields encoded in a ready/delayed/leased file name."""
-
-    sortkey: str
-    queue: str  # encoded
-    id: str  # encoded
-    deliveries: int
-    when_us: int = 0  # available_at (delayed) or expiry (leased)
-    token: str = ""
-
-    @property
-    def core(self) -> str:
-        return f"{self.sortkey}.{self.queue}.{self.id}"
-
-    def ready(self, deliveries: int | None = None) -> str:
-        return f"{self.core}.{self.deliveries if deliveries is None else deliveries}"
-
-
-def _us(seconds: float) -> int:
-    return min(max(int(seconds * _US), 0), 10**17 - 1)
-
-
-def _sortkey(priority: int, created_at: float, seq: int) -> str:
-    pk = min(max(2**31 - priority, 0), 2**32 - 1)
-    return f"{pk:010d}{_us(created_at):017d}{seq & 0xFFFFFF:06x}"
-
-
-def _parse(name: str, kind: str) -> _Name | None:
-    """Split a file name of ``kind`` (ready/delayed/leased); ``None`` if it is malformed."""
-    parts = name.split(".")
-    try:
-        if kind == "ready" and len(parts) == 4:
-            when, token, (sortkey, queue, job, d) = 0, "", parts
-        elif kind == "delayed" and len(parts) == 5:
-            when, token, (sortkey, queue, job, d) = int(parts[0]), "", parts[1:]
-        elif kind == "leased" and len(parts) == 6:
-            when, token, (sortkey, queue, job, d) = int(parts[0]), parts[1], parts[2:]
-        else:
-            return None
-        if len(sortkey) != 33 or not sortkey[:27].isdigit():
-            return None
-        return _Name(sortkey, queue, job, int(d), when, token)
-    except ValueError:
-        return None
-
-
-def _bump(marker: Path) -> None:
-    """Give ``marker`` a fresh mtime we pick ourselves: a kernel timestamp is too coarse
-    (two pushes in one clock tick would look like none), a random low part is not."""
-    value = time.time_ns() + random.getrandbits(20)
-    try:
-        os.utime(marker, ns=(value, value))
-    except FileNotFoundError:
-        marker.touch()
-        os.utime(marker, ns=(value, value))
-
-
-def _mark(marker: Path) -> int:
-    try:
-        return os.stat(marker).st_mtime_ns
-    except FileNotFoundError:
-        return -1
-
-
-def _listdir(directory: Path) -> list[str]:
-    return [n for n in os.listdir(directory) if not n.startswith(".")]
-
-
-@attrs.define
-class _Cache:
-    """A sorted listing of one directory, smallest name last (so ``pop()`` is the next);
-    for ``ready/`` also split per queue, so a worker serving a few queues never walks the
-    names of the others."""
-
-    names: list[str] = attrs.field(factory=list)
-    mark: int | None = None
-    listed_at: float = 0.0
-    ids: dict[str, list[str]] | None = None  # encoded id -> names, built by peek_state
-    by_queue: dict[str, list[str]] = attrs.field(factory=dict)  # ready/ only, per queue
-    bad: list[str] = attrs.field(factory=list)  # unparseable names, quarantined by claim
 
 
 class FileJobQueue(QueueBackend):
@@ -195,7 +121,7 @@ class FileJobQueue(QueueBackend):
                          "delayed": self.path / ".delayed-marker"}
         for marker in self._markers.values():
             marker.touch(exist_ok=True)
-        self._caches = {"ready": _Cache(), "delayed": _Cache()}
+        self._caches = {"ready": Cache(), "delayed": Cache()}
         self._lock = threading.RLock()  # caches and the lease-scan clock
         self._held: dict[str, str] = {}  # token -> current lease file name (this instance)
         self._held_lock = threading.Lock()
@@ -229,10 +155,10 @@ class FileJobQueue(QueueBackend):
         used: set[str] = set()
         try:
             for message in messages:
-                core = (f"{_sortkey(message.priority, message.created_at, next(_SEQ))}."
+                core = (f"{sortkey(message.priority, message.created_at, next(SEQ))}."
                         f"{encode_name(message.queue)}.{encode_name(message.id)}")
                 kind = "delayed" if message.available_at > now else "ready"
-                final = f"{_us(message.available_at):017d}.{core}.0" if kind == "delayed" \
+                final = f"{us(message.available_at):017d}.{core}.0" if kind == "delayed" \
                     else f"{core}.0"
                 tmp = write_new_file(self._dirs[kind], encode_message(message),
                                      fsync=self.fsync)
@@ -247,7 +173,7 @@ class FileJobQueue(QueueBackend):
         for kind in used:
             if self.fsync:
                 fsync_dir(self._dirs[kind])
-            _bump(self._markers[kind])
+            bump(self._markers[kind])
 
     # --- claim --------------------------------------------------------------------------
 
@@ -265,7 +191,7 @@ class FileJobQueue(QueueBackend):
                 self._quarantine(self._dirs["ready"] / name, "unparseable file name in ready/")
             cache.bad.clear()
             expires_at = now + self.visibility_timeout_secs
-            expiry = _us(expires_at)
+            expiry = us(expires_at)
             while len(leases) < n:
                 best: list[str] | None = None  # the wanted queue whose next name sorts first
                 for queue, names in cache.by_queue.items():
@@ -276,7 +202,7 @@ class FileJobQueue(QueueBackend):
                     break
                 name = best.pop()
                 source = self._dirs["ready"] / name
-                parsed = _parse(name, "ready")
+                parsed = parse(name, "ready")
                 if parsed is None:  # cannot happen: only parsed names are grouped
                     continue
                 token = uuid.uuid4().hex
@@ -291,7 +217,7 @@ class FileJobQueue(QueueBackend):
                     leases.append(lease)
         return leases
 
-    def _open_lease(self, target: Path, parsed: _Name, token: str,
+    def _open_lease(self, target: Path, parsed: Name, token: str,
                     expires_at: float) -> Lease | None:
         try:
             message = decode_message(target.read_bytes())
@@ -306,10 +232,10 @@ class FileJobQueue(QueueBackend):
         return Lease(message=message, token=token, deliveries=parsed.deliveries + 1,
                      expires_at=expires_at)
 
-    def _refreshed(self, kind: str, now: float) -> _Cache:
+    def _refreshed(self, kind: str, now: float) -> Cache:
         """The cached listing of ``kind``, re-listed only if its marker moved or it is old."""
         cache = self._caches[kind]
-        mark = _mark(self._markers[kind])  # read before listing: a later push bumps it again
+        mark = read_mark(self._markers[kind])  # read before listing: a later push bumps it again
         if mark != cache.mark or now - cache.listed_at >= self.relist_interval_secs:
             names = os.listdir(self._dirs[kind])
             if now - self._swept_at > 60.0:
@@ -319,7 +245,7 @@ class FileJobQueue(QueueBackend):
             if kind == "ready":
                 cache.by_queue, cache.bad = {}, []
                 for name in cache.names:  # descending, so each group stays descending
-                    parsed = _parse(name, "ready")
+                    parsed = parse(name, "ready")
                     if parsed is None:
                         cache.bad.append(name)
                     else:
@@ -341,20 +267,20 @@ class FileJobQueue(QueueBackend):
         names = self._refreshed("delayed", now).names
         moved = False
         while names:
-            parsed = _parse(names[-1], "delayed")
+            parsed = parse(names[-1], "delayed")
             source = self._dirs["delayed"] / names[-1]
             if parsed is None:
                 names.pop()
                 self._quarantine(source, "unparseable file name in delayed/")
                 continue
-            if parsed.when_us > _us(now):
+            if parsed.when_us > us(now):
                 break
             names.pop()
             with contextlib.suppress(FileNotFoundError):  # someone else promoted it
                 os.rename(source, self._dirs["ready"] / parsed.ready())
                 moved = True
         if moved:
-            _bump(self._markers["ready"])
+            bump(self._markers["ready"])
 
     def _recover_expired(self, now: float, force: bool = False) -> None:
         """Rename expired leases back to ``ready/``; runs only when an expiry is due."""
@@ -362,14 +288,14 @@ class FileJobQueue(QueueBackend):
             return
         next_scan = now + self.visibility_timeout_secs
         recovered = 0
-        for name in _listdir(self._dirs["leased"]):
-            parsed = _parse(name, "leased")
+        for name in listdir(self._dirs["leased"]):
+            parsed = parse(name, "leased")
             if parsed is None:
                 self._quarantine(self._dirs["leased"] / name, "unparseable file name in "
                                  "leased/")
                 continue
-            if parsed.when_us > _us(now):
-                next_scan = min(next_scan, parsed.when_us / _US)
+            if parsed.when_us > us(now):
+                next_scan = min(next_scan, parsed.when_us / US)
                 continue
             try:
                 os.rename(self._dirs["leased"] / name, self._dirs["ready"] / parsed.ready())
@@ -380,7 +306,7 @@ class FileJobQueue(QueueBackend):
                      "(delivery %d)", self.path, decode_name(parsed.id), parsed.deliveries)
         self._next_lease_scan = next_scan
         if recovered:
-            _bump(self._markers["ready"])
+            bump(self._markers["ready"])
 
     # --- lease operations -----------------------------------------------------------------
 
@@ -389,8 +315,8 @@ class FileJobQueue(QueueBackend):
             name = self._held.get(lease.token)
         if name is not None:
             return name
-        for candidate in _listdir(self._dirs["leased"]):  # a lease from another instance
-            parsed = _parse(candidate, "leased")
+        for candidate in listdir(self._dirs["leased"]):  # a lease from another instance
+            parsed = parse(candidate, "leased")
             if parsed is not None and parsed.token == lease.token:
                 return candidate
         return None
@@ -423,10 +349,10 @@ class FileJobQueue(QueueBackend):
 
     def extend(self, lease: Lease, secs: float) -> bool:
         name = self._lease_name(lease)
-        parsed = _parse(name, "leased") if name else None
+        parsed = parse(name, "leased") if name else None
         if parsed is None:
             return False
-        new = f"{_us(time.time() + secs):017d}.{parsed.token}.{parsed.ready()}"
+        new = f"{us(time.time() + secs):017d}.{parsed.token}.{parsed.ready()}"
         if self._move_lease(lease, self._dirs["leased"] / new) is None:
             return False
         with self._held_lock:
@@ -435,14 +361,14 @@ class FileJobQueue(QueueBackend):
 
     def release(self, lease: Lease) -> bool:
         name = self._lease_name(lease)
-        parsed = _parse(name, "leased") if name else None
+        parsed = parse(name, "leased") if name else None
         if parsed is None:
             return False
         target = self._dirs["ready"] / parsed.ready(max(parsed.deliveries - 1, 0))
         if self._move_lease(lease, target) is None:
             return False
         self._forget(lease.token)
-        _bump(self._markers["ready"])
+        bump(self._markers["ready"])
         self.notify()
         return True
 
@@ -461,28 +387,28 @@ class FileJobQueue(QueueBackend):
                                  fsync=self.fsync)
             os.replace(tmp, self._dirs["leased"] / name)
         name = self._lease_name(lease)
-        parsed = _parse(name, "leased") if name else None
+        parsed = parse(name, "leased") if name else None
         if parsed is None:
             return False
         kind = "delayed" if delay_secs > 0 else "ready"
         final = parsed.ready() if kind == "ready" else \
-            f"{_us(time.time() + delay_secs):017d}.{parsed.ready()}"
+            f"{us(time.time() + delay_secs):017d}.{parsed.ready()}"
         if self._move_lease(lease, self._dirs[kind] / final) is None:
             return False
         self._forget(lease.token)
         if self.fsync:
             fsync_dir(self._dirs[kind])
-        _bump(self._markers[kind])
+        bump(self._markers[kind])
         self.notify()
         return True
 
     # --- inspection -----------------------------------------------------------------------
 
-    def _matching(self, kind: str, queues: Sequence[str] | None) -> list[tuple[str, _Name]]:
+    def _matching(self, kind: str, queues: Sequence[str] | None) -> list[tuple[str, Name]]:
         wanted = None if queues is None else {encode_name(q) for q in queues}
         found = []
-        for name in _listdir(self._dirs[kind]):
-            parsed = _parse(name, kind)
+        for name in listdir(self._dirs[kind]):
+            parsed = parse(name, kind)
             if parsed is not None and (wanted is None or parsed.queue in wanted):
                 found.append((name, parsed))
         return found
@@ -521,7 +447,7 @@ class FileJobQueue(QueueBackend):
                     if cache.ids is None:
                         cache.ids = {}
                         for name in cache.names:
-                            parsed = _parse(name, kind)
+                            parsed = parse(name, kind)
                             if parsed is not None:
                                 cache.ids.setdefault(parsed.id, []).append(name)
                     if any(os.path.exists(self._dirs[kind] / name)
@@ -544,7 +470,7 @@ class FileJobQueue(QueueBackend):
                 stats.delayed += kind == "delayed"
         stats.in_flight = len(self._matching("leased", None))
         if oldest_us is not None:
-            stats.oldest_age_secs = max(now - oldest_us / _US, 0.0)
+            stats.oldest_age_secs = max(now - oldest_us / US, 0.0)
         stats.quarantined = self.quarantined()
         return stats
 
@@ -554,7 +480,7 @@ class FileJobQueue(QueueBackend):
         """One line per quarantined entry: ``<file>: <reason>``."""
         directory = self._dirs["quarantine"]
         lines = []
-        for name in sorted(_listdir(directory)):
+        for name in sorted(listdir(directory)):
             if name.endswith(".reason"):
                 continue
             try:
@@ -567,7 +493,7 @@ class FileJobQueue(QueueBackend):
     def _quarantine(self, source: Path, reason: str) -> None:
         """Move ``source`` aside (never delete it) and say why, once, in the log and beside
         the file; a concurrent quarantine of the same file by another process is a no-op."""
-        target = self._dirs["quarantine"] / f"{_us(time.time())}-{source.name}"
+        target = self._dirs["quarantine"] / f"{us(time.time())}-{source.name}"
         try:
             os.rename(source, target)
         except FileNotFoundError:
