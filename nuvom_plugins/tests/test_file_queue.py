@@ -226,3 +226,16 @@ def test_peek_state_follows_other_instances(tmp_path: Path) -> None:
     assert a.peek_state("x") is JobStatus.RUNNING
     assert b.ack(lease)
     assert a.peek_state("x") is None
+
+
+def test_cancel_removes_waiting_messages_only(queue: FileJobQueue, tmp_path: Path) -> None:
+    queue.enqueue_many([msg("ready"), msg("later", available_at=time.time() + 60),
+                        msg("busy", priority=9)])
+    lease = queue.claim(1)[0]
+    assert lease.id == "busy"
+    other = FileJobQueue(tmp_path / "q", fsync=False)
+    assert other.cancel("ready") and other.cancel("later")
+    assert not other.cancel("busy")  # leased: its worker decides
+    assert not other.cancel("never-seen")
+    assert queue.claim(5) == [] and queue.qsize() == 0
+    assert queue.ack(lease)

@@ -430,30 +430,52 @@ class FileJobQueue(QueueBackend):
                 cache.mark = None
         return removed
 
+    def _waiting(self, wanted: str, now: float) -> list[tuple[str, str]]:
+        """(kind, name) of the delayed and ready files that may hold encoded id ``wanted``,
+        from the cached listings (indexed by id on first use); callers confirm each one."""
+        found = []
+        for kind in ("delayed", "ready"):
+            cache = self._refreshed(kind, now)
+            if cache.ids is None:
+                cache.ids = {}
+                for name in cache.names:
+                    parsed = parse(name, kind)
+                    if parsed is not None:
+                        cache.ids.setdefault(parsed.id, []).append(name)
+            found += [(kind, name) for name in cache.ids.get(wanted, ())]
+        return found
+
     def peek_state(self, job_id: str) -> JobStatus | None:
         """Leased files are listed (in-flight only); ready and delayed names come from the
-        cached listings, indexed by id on first use, and are confirmed with one ``stat``. A
-        message moving between directories during the look is found on the second pass."""
+        cached listings and are confirmed with one ``stat``. A message moving between
+        directories during the look is found on the second pass."""
         wanted = encode_name(job_id)
+        states = {"delayed": JobStatus.RETRYING, "ready": JobStatus.QUEUED}
         for _ in range(2):
             with self._lock:
                 now = time.time()
                 self._recover_expired(now)
                 if any(p.id == wanted for _, p in self._matching("leased", None)):
                     return JobStatus.RUNNING
-                for kind, state in (("delayed", JobStatus.RETRYING),
-                                    ("ready", JobStatus.QUEUED)):
-                    cache = self._refreshed(kind, now)
-                    if cache.ids is None:
-                        cache.ids = {}
-                        for name in cache.names:
-                            parsed = parse(name, kind)
-                            if parsed is not None:
-                                cache.ids.setdefault(parsed.id, []).append(name)
-                    if any(os.path.exists(self._dirs[kind] / name)
-                           for name in cache.ids.get(wanted, ())):
-                        return state
+                for kind, name in self._waiting(wanted, now):
+                    if os.path.exists(self._dirs[kind] / name):
+                        return states[kind]
         return None
+
+    def cancel(self, job_id: str) -> bool:
+        """Unlink the waiting file; a claim racing with it loses its rename (or we lose our
+        unlink, and the job is left to its worker), so a job never both runs and vanishes."""
+        wanted = encode_name(job_id)
+        removed = False
+        for _ in range(2):
+            with self._lock:
+                for kind, name in self._waiting(wanted, time.time()):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self._dirs[kind] / name)
+                        removed = True
+            if removed:
+                return True
+        return False
 
     def stats(self) -> QueueStats:
         now = time.time()
