@@ -248,11 +248,14 @@ def test_many_threads_share_one_backend_without_double_claims(
     assert queue.qsize() == 0
 
 
-def test_wait_is_woken_by_a_push_from_another_connection(db_path: Path) -> None:
-    """A waiter in one backend instance (its own connections, as in another process) sees
-    pushes through another instance within milliseconds, not at the base class's polls
-    (up to 0.1 s apart): the median of pushes at varied moments proves it."""
+@pytest.mark.parametrize("wakeups", [True, False], ids=["wake-sockets", "data-version"])
+def test_wait_is_woken_by_a_push_from_another_connection(db_path: Path, wakeups: bool) -> None:
+    """A waiter in one backend instance (its own connections and sockets, as in another
+    process) sees pushes through another instance within milliseconds, not at the base
+    class's polls (up to 0.1 s apart): the median of pushes at varied moments proves it.
+    Without wake-up sockets (non-Linux), ``PRAGMA data_version`` polling does the job."""
     consumer = SQLiteJobQueue(db_path)
+    consumer._waker.enabled = wakeups
     producer = SQLiteJobQueue(db_path)
     n = 6
     latencies: list[float] = []
@@ -275,8 +278,49 @@ def test_wait_is_woken_by_a_push_from_another_connection(db_path: Path) -> None:
     thread.join(10)
     assert len(latencies) == n
     assert sorted(latencies)[n // 2] < 0.025, latencies
+    assert (consumer._waker.dir.exists() and any(consumer._waker.dir.iterdir())) == wakeups
     consumer.close()
     producer.close()
+
+
+def test_wake_registration_of_a_dead_waiter_is_removed(queue: SQLiteJobQueue) -> None:
+    if not queue._waker.enabled:
+        pytest.skip("wake-up sockets are Linux-only")
+    queue._waker.dir.mkdir(parents=True)
+    stale = queue._waker.dir / "0123456789abcdef"  # registered, but no socket bound
+    stale.touch()
+    queue.enqueue(msg("a"))
+    assert not stale.exists()
+
+
+def test_close_unregisters_the_waiters_socket(queue: SQLiteJobQueue) -> None:
+    queue.pop_batch(1, timeout=0.05)
+    registered = list(queue._waker.dir.iterdir()) if queue._waker.dir.exists() else []
+    assert len(registered) == (1 if queue._waker.enabled else 0)
+    queue.close()
+    assert not any(p.exists() for p in registered)
+
+
+def test_release_and_immediate_retry_wake_waiters(db_path: Path) -> None:
+    q = SQLiteJobQueue(db_path)
+    q.enqueue(msg("a"))
+    [lease] = q.claim(1)
+    got: list[str] = []
+    ready = threading.Event()
+
+    def wait() -> None:
+        q.pop_batch(1, timeout=0.05)
+        ready.set()
+        lease = q.dequeue(timeout=10)
+        got.append(lease.id if lease else "")
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    assert ready.wait(5)
+    assert q.retry(lease, delay_secs=0)
+    thread.join(10)
+    assert got == ["a"]
+    q.close()
 
 
 def test_from_settings_uses_context_and_validates(tmp_path: Path) -> None:

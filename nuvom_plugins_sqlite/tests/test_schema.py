@@ -6,7 +6,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from nuvom_plugins_sqlite.schema import migrate
 from sqlite_helpers import msg
 
 from nuvom_kernel.errors import ConfigError
@@ -16,6 +15,7 @@ from nuvom_plugins_sqlite import (
     SQLiteJobQueue,
     SQLiteResultBackend,
 )
+from nuvom_plugins_sqlite.schema import migrate
 
 
 def test_new_file_gets_current_version_wal_and_every_table(db_path: Path) -> None:

@@ -27,6 +27,7 @@ from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_plugins_sqlite import quarantine
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
+from nuvom_plugins_sqlite.wakeup import Waker
 
 __all__ = ["DuplicateMessageError", "SQLiteJobQueue"]
 
@@ -89,6 +90,7 @@ class SQLiteJobQueue(QueueBackend):
         )
         self.path = self.settings.path
         self._db = Database(self.settings)
+        self._waker = Waker(self.path)
         self._seen = threading.local()  # last PRAGMA data_version this thread saw
         self._claim_sql: dict[int | None, str] = {}
 
@@ -103,7 +105,13 @@ class SQLiteJobQueue(QueueBackend):
         return f"SQLiteJobQueue({str(self.path)!r}, synchronous={self.settings.synchronous!r})"
 
     def close(self) -> None:
+        self._waker.close()
         self._db.close()
+
+    def notify(self) -> None:
+        """Wake waiters in this process and, through ``<database>-wake/``, in others."""
+        super().notify()
+        self._waker.notify()
 
     # --- primitives -----------------------------------------------------------------------
 
@@ -157,14 +165,20 @@ class SQLiteJobQueue(QueueBackend):
         at = time.time() + max(delay_secs, 0.0)
         if body is not None:
             body = bytes(body)
-        return self._fenced(
+        done = self._fenced(
             "UPDATE nuvom_queue SET token = NULL, available_at = ?, visible_at = ?, "
             "body = coalesce(?, body) WHERE id = ? AND token = ?", (at, at, body), lease)
+        if done and delay_secs <= 0:
+            self.notify()
+        return done
 
     def release(self, lease: Lease) -> bool:
-        return self._fenced(
+        done = self._fenced(
             "UPDATE nuvom_queue SET token = NULL, visible_at = available_at, "
             "deliveries = max(deliveries - 1, 0) WHERE id = ? AND token = ?", (), lease)
+        if done:
+            self.notify()
+        return done
 
     def extend(self, lease: Lease, secs: float) -> bool:
         return self._fenced("UPDATE nuvom_queue SET visible_at = ? WHERE id = ? AND token = ?",
@@ -233,9 +247,25 @@ class SQLiteJobQueue(QueueBackend):
         return stats
 
     def wait_for_messages(self, timeout: float, generation: int) -> None:
-        """Wait until this process pushes (``notify``), another connection commits to the
-        file (``PRAGMA data_version`` changes: checked every ``data_version_poll_secs``),
-        or ``timeout`` passes. A commit is only a hint: the caller claims to find out."""
+        """Wait until something may have become claimable, or ``timeout`` passes.
+
+        Wake-ups come from this process's pushes (``notify``) and, on Linux, from any
+        process's pushes through the wake-up sockets of :mod:`.wakeup` (no polling at all).
+        Elsewhere the waiter polls ``PRAGMA data_version`` (it changes when another
+        connection commits) every ``data_version_poll_secs``. A wake-up is only a hint: the
+        caller claims to find out, and claims after every timeout anyway.
+        """
+        if self._generation != generation:
+            return
+        listener = self._waker.listener()
+        if listener is not None:
+            sock, new = listener
+            if not new:  # a new socket heard nothing yet: re-check for work first
+                self._waker.wait(sock, timeout)
+            return
+        self._poll_data_version(timeout, generation)
+
+    def _poll_data_version(self, timeout: float, generation: int) -> None:
         deadline = time.monotonic() + timeout
         conn = self._db.conn()
         seen = getattr(self._seen, "value", None)
