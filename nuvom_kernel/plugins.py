@@ -41,6 +41,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "nuvom_kernel.builtin",
     "nuvom_kernel.cli.core",
     "nuvom_kernel.cli.jobs",
+    "nuvom_kernel.cli.plugin_dev",
 )
 #: Internal plugins that ``disable`` cannot remove.
 ESSENTIAL_PLUGINS: frozenset[str] = frozenset({"nuvom_kernel.builtin", "nuvom_kernel.cli.core"})

@@ -1,0 +1,239 @@
+"""Internal plugin: ``nuvom plugin test`` and ``nuvom plugin new`` (tools for plugin authors).
+
+``test`` checks registration in this process (hooks match specs, names unique, toml keys
+match) and runs the contract suites in a child pytest process, so a crashing backend cannot
+take the CLI down and no state leaks between the suites and the kernel that resolved them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nuvom_kernel import __version__, hookimpl
+from nuvom_kernel.cli.output import print_table
+
+__all__ = ["SCAFFOLD", "render_scaffold"]
+
+
+@hookimpl
+def nuvom_register_commands(cli: click.Group) -> None:
+    group = cli.commands.get("plugin")
+    if not isinstance(group, click.Group):  # the kernel's group is registered first
+        raise click.ClickException("the 'plugin' command group is missing")
+    group.add_command(plugin_test)
+    group.add_command(plugin_new)
+
+
+def _kernel() -> Any:
+    return click.get_current_context().find_root().obj
+
+
+# --- nuvom plugin test ----------------------------------------------------------------------
+
+
+@click.command(name="test")
+@click.argument("targets", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Test every installed plugin.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="A setting handed to each backend's from_settings (repeatable).")
+@click.option("-k", "keyword", default=None, metavar="EXPR",
+              help="Only run contract tests matching EXPR (pytest -k).")
+@click.option("-x", "--exitfirst", is_flag=True, help="Stop at the first failure.")
+@click.option("-v", "--verbose", is_flag=True, help="Show pytest's own output as it runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def plugin_test(targets: tuple[str, ...], all_: bool, settings: tuple[str, ...],
+                keyword: str | None, exitfirst: bool, verbose: bool, as_json: bool) -> None:
+    """Run the backend contract suites against TARGETS.
+
+    A target is a plugin name (an entry point such as `memory` or `sqlite`), a backend name,
+    or `module:attr` (a backend class or plugin module, e.g. one listed in
+    .nuvom_plugins.toml). Backends are built with from_settings in a temporary data
+    directory: the suite clears what it tests, so never point --set at production data.
+    Exit status is 0 only if every check and contract test passed.
+    """
+    from nuvom_kernel.testing.contracts.targets import TargetError, resolve
+
+    if not targets and not all_:
+        raise click.UsageError("name a plugin, a backend or module:attr to test, or use --all")
+    kernel = _kernel()
+    try:
+        found, checks = resolve(kernel.pm, kernel.config, targets, all_)
+    except TargetError as exc:
+        raise click.ClickException(str(exc)) from exc
+    report: dict[str, Any] = {"exitstatus": 0, "targets": [], "tests": []}
+    if found:
+        report = _run_contracts(targets, all_, settings, keyword, exitfirst, verbose)
+    elif not checks:
+        raise click.ClickException("nothing to test: the target registers no backend")
+    failed = _show(report, [c.to_dict() for c in checks], as_json)
+    if failed:
+        sys.exit(1)
+
+
+def _run_contracts(targets: Sequence[str], all_: bool, settings: Sequence[str],
+                   keyword: str | None, exitfirst: bool, verbose: bool) -> dict[str, Any]:
+    from nuvom_kernel.testing.contracts import run_installed
+
+    with tempfile.TemporaryDirectory(prefix="nuvom-plugin-test-") as tmp:
+        ini = Path(tmp, "pytest.ini")
+        ini.write_text("[pytest]\n")
+        out = Path(tmp, "report.json")
+        cmd = [sys.executable, "-m", "pytest", run_installed.__file__,
+               "-p", "nuvom_kernel.testing.contracts.runner", "-p", "no:cacheprovider",
+               "--noconftest", "--rootdir", tmp, "-c", str(ini), f"--nuvom-report={out}",
+               "-v" if verbose else "-q", "--tb=short" if verbose else "--tb=no",
+               *(f"--nuvom-plugin={t}" for t in targets),
+               *(f"--nuvom-setting={s}" for s in settings)]
+        if all_:
+            cmd.append("--nuvom-all")
+        if keyword:
+            cmd += ["-k", keyword]
+        if exitfirst:
+            cmd.append("-x")
+        # Only the runner plugin: the user's pytest plugins must not change the contract.
+        env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        proc = subprocess.run(cmd, env=env, text=True,
+                              stdout=None if verbose else subprocess.PIPE,
+                              stderr=None if verbose else subprocess.STDOUT, check=False)
+        if not out.exists():
+            if proc.stdout:
+                click.echo(proc.stdout, err=True)
+            raise click.ClickException(
+                f"the contract run did not complete (pytest exit status {proc.returncode})")
+        report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+def _show(report: dict[str, Any], checks: list[dict[str, Any]], as_json: bool) -> bool:
+    """Print the report; return whether anything failed."""
+    tests = report["tests"]
+    failed = any(not c["ok"] for c in checks) or any(
+        t["outcome"] in ("failed", "error") for t in tests) or report["exitstatus"] not in (0, 5)
+    if as_json:
+        click.echo(json.dumps({**report, "checks": checks, "ok": not failed}, indent=2))
+        return failed
+    if checks:
+        click.echo("Registration")
+        print_table([{**c, "result": "ok" if c["ok"] else "FAIL"} for c in checks],
+                    ["plugin", "check", "result", "detail"])
+    rows = []
+    for target in report["targets"]:
+        mine = [t for t in tests if t["target"] == target["id"]]
+        counts = {o: sum(1 for t in mine if t["outcome"] == o)
+                  for o in ("passed", "failed", "error", "skipped")}
+        bad = counts["failed"] + counts["error"]
+        rows.append({"plugin": target["provider"], "kind": target["kind"],
+                     "backend": target["name"], "passed": counts["passed"], "failed": bad,
+                     "skipped": counts["skipped"],
+                     "result": "FAIL" if bad else "PASS" if counts["passed"] else "-"})
+    if rows:
+        click.echo("\nContracts" if checks else "Contracts")
+        print_table(rows, ["plugin", "kind", "backend", "passed", "failed", "skipped",
+                           "result"])
+    failures = [t for t in tests if t["outcome"] in ("failed", "error")]
+    if failures:
+        click.echo("\nFailures")
+        for t in failures:
+            click.echo(f"  {t['target']}: {t['test']}: {t['message'] or t['outcome']}")
+    click.echo(f"\n{'FAILED' if failed else 'PASSED'}: {len(checks)} registration check(s), "
+               f"{len(tests)} contract test(s), {len(failures)} failure(s)")
+    return failed
+
+
+# --- nuvom plugin new -----------------------------------------------------------------------
+
+#: kind -> {output path: template path}, both relative; "{package}" is the import package.
+SCAFFOLD: dict[str, dict[str, str]] = {
+    kind: {
+        "pyproject.toml": "pyproject.toml.tmpl",
+        "README.md": "README.md.tmpl",
+        ".gitignore": "gitignore.tmpl",
+        "src/{package}/__init__.py": f"src/__init__{suffix}.py.tmpl",
+        "src/{package}/plugin.py": f"src/plugin{suffix}.py.tmpl",
+        f"src/{{package}}/{module}.py": f"src/{module}.py.tmpl",
+        "src/{package}/py.typed": "src/py.typed.tmpl",
+        "tests/test_contract.py": f"tests/test_contract{suffix}.py.tmpl",
+        "tests/test_installed.py": "tests/test_installed.py.tmpl",
+    }
+    for kind, suffix, module in (("queue", "_queue", "queue"), ("result", "_result", "results"))
+}
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def render_scaffold(name: str, kind: str, dest: Path) -> list[Path]:
+    """Write the plugin distribution for ``name`` under ``dest``; return the files written.
+
+    :raises click.BadParameter: an invalid name.
+    :raises click.ClickException: ``dest`` exists and is not empty.
+    """
+    if not _NAME.match(name):
+        raise click.BadParameter(
+            f"{name!r} is not a valid plugin name: use lowercase letters, digits and "
+            "underscores, starting with a letter (e.g. 'redis' or 'my_queue')",
+            param_hint="NAME")
+    if dest.exists() and any(dest.iterdir()):
+        raise click.ClickException(f"{dest} already exists and is not empty")
+    package = f"nuvom_plugins_{name}"
+    camel = "".join(part.capitalize() for part in name.split("_"))
+    values = {
+        "name": name,
+        "package": package,
+        "dist": f"nuvom-plugins-{name.replace('_', '-')}",
+        "class_name": camel + ("Queue" if kind == "queue" else "Results"),
+        "kernel_version": __version__,
+    }
+    root = resources.files("nuvom_kernel") / "templates" / "plugin"
+    written = []
+    for out, template in SCAFFOLD[kind].items():
+        text = (root / template).read_text(encoding="utf-8")
+        for key, value in values.items():
+            text = text.replace("{{" + key + "}}", value)
+        path = dest / out.format(package=package)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+@click.command(name="new")
+@click.argument("name")
+@click.option("--kind", type=click.Choice(["queue", "result"]), default="queue",
+              show_default=True, help="Which backend the stub implements.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where to create it (default: ./nuvom-plugins-NAME).")
+def plugin_new(name: str, kind: str, directory: Path | None) -> None:
+    """Scaffold an installable plugin distribution for a backend named NAME.
+
+    Creates pyproject.toml (with the `nuvom` entry point), a src-layout package whose
+    backend methods raise NotImplementedError pointing at docs/writing_plugins.md, a
+    contract test and a README. Then: pip install -e ., and run `nuvom plugin test NAME`.
+    """
+    kernel = _kernel()
+    from nuvom_kernel.testing.contracts.targets import KINDS
+
+    for hook, _ in KINDS.values():
+        taken = kernel.pm.collect(hook)
+        if name in taken:
+            raise click.ClickException(
+                f"the name {name!r} is already used by plugin {taken[name][1]!r}; "
+                "backend names must be unique, choose another")
+    dest = directory or Path.cwd() / f"nuvom-plugins-{name.replace('_', '-')}"
+    files = render_scaffold(name, kind, dest)
+    click.echo(f"Created {dest} ({len(files)} files):")
+    for path in files:
+        click.echo(f"  {path.relative_to(dest).as_posix()}")
+    click.echo(f"\nNext:\n  cd {dest}\n  pip install -e .\n  nuvom plugin test {name}\n"
+               "Then implement each method until the contract passes "
+               "(docs/writing_plugins.md walks through it).")

@@ -1,0 +1,331 @@
+"""``QueueBackendContract``: the semantics every queue backend must have, as pytest tests.
+
+Subclass it in a module whose name pytest collects, and give it the one fixture it lacks::
+
+    from nuvom_kernel.testing.contracts import BackendFactory, QueueBackendContract
+
+    class TestMyQueue(QueueBackendContract):
+        @pytest.fixture
+        def make_queue_backend(self):
+            return BackendFactory(MyQueue, {"url": "..."})
+
+``make_queue_backend`` returns a callable ``(BackendContext) -> QueueBackend``. The contract
+calls it with the context it needs (a short visibility timeout for the lease tests, the same
+``data_dir`` every time so two instances share storage), and child processes call it again
+to rebuild the backend — which is why :class:`BackendFactory` (picklable) is the usual answer.
+Tests of promises a backend does not declare in ``capabilities`` are skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import attrs
+import pytest
+
+from nuvom_kernel.backends import QueueBackend
+from nuvom_kernel.models import JobStatus
+from nuvom_kernel.testing.contracts._support import make_message, requires, wait_until
+from nuvom_kernel.testing.contracts.queue_concurrency import QueueConcurrencyTests
+
+__all__ = ["QueueBackendContract"]
+
+_ROUND_TRIP = {
+    "plain": {},
+    "empty-body": {"body": b""},
+    "binary-body": {"body": bytes(range(256)) * 4},
+    "large-body": {"body": b"x" * (256 * 1024)},
+    "unicode-id": {"job_id": "jöb id/with:odd chars ✓"},
+    "named-queue": {"queue": "emails.high-volume"},
+    "past-available-at": {"available_at": 1_600_000_000.0},
+    "priority": {"priority": 7},
+    "negative-priority": {"priority": -3},
+}
+
+
+class QueueBackendContract(QueueConcurrencyTests):
+    """Contract tests for :class:`~nuvom_kernel.backends.QueueBackend` implementations.
+
+    Timing knobs (``short_visibility_secs``, ``delay_secs``, ``patience_secs`` …) are class
+    attributes so a backend with coarse timers can widen them in its subclass.
+    """
+
+    # --- storage and order ----------------------------------------------------------------
+
+    @pytest.mark.parametrize("case", list(_ROUND_TRIP))
+    def test_round_trip_preserves_every_field(self, queue_backend: QueueBackend,
+                                              case: str) -> None:
+        if "priority" in case and not type(queue_backend).capabilities.priorities:
+            pytest.skip("backend does not declare priorities")
+        sent = make_message(**_ROUND_TRIP[case])
+        queue_backend.enqueue(sent)
+        got = self._claim_one(queue_backend).message
+        assert got.id == sent.id
+        assert got.body == sent.body, "the body must come back byte for byte"
+        assert isinstance(got.body, bytes)
+        assert (got.queue, got.priority) == (sent.queue, sent.priority)
+        assert got.created_at == pytest.approx(sent.created_at, abs=1e-3)
+        assert got.available_at <= time.time()
+
+    def test_lease_fields(self, queue_backend: QueueBackend) -> None:
+        queue_backend.enqueue_many([make_message(), make_message()])
+        before = time.time()
+        leases = queue_backend.claim(2)
+        after = time.time()
+        vis = queue_backend.visibility_timeout_secs
+        assert len(leases) == 2
+        assert all(isinstance(le.token, str) and le.token for le in leases)
+        assert leases[0].token != leases[1].token, "every claim needs its own fencing token"
+        assert all(le.deliveries == 1 for le in leases), "first delivery counts as 1"
+        for lease in leases:
+            assert before + vis - 1 <= lease.expires_at <= after + vis + 1
+
+    def test_claim_filters_by_queue(self, queue_backend: QueueBackend) -> None:
+        a, b = make_message(queue="a"), make_message(queue="b")
+        queue_backend.enqueue_many([a, b])
+        assert queue_backend.claim(10, []) == [], "queues=[] means no queue"
+        assert [le.id for le in queue_backend.claim(10, ["b"])] == [b.id]
+        assert queue_backend.claim(10, ["b", "c"]) == []
+        assert [le.id for le in queue_backend.claim(10, None)] == [a.id]
+
+    def test_fifo_within_a_priority(self, queue_backend: QueueBackend) -> None:
+        sent = [make_message() for _ in range(12)]
+        queue_backend.enqueue_many(sent[:6])
+        for message in sent[6:]:
+            queue_backend.enqueue(message)
+        got = [le.id for le in queue_backend.claim(5)]
+        got += [self._claim_one(queue_backend).id for _ in range(3)]
+        got += [le.id for le in queue_backend.pop_batch(10)]
+        assert got == [m.id for m in sent], "messages of one priority come out oldest first"
+
+    @requires("priorities")
+    def test_higher_priority_first(self, queue_backend: QueueBackend) -> None:
+        low = [make_message(priority=0) for _ in range(3)]
+        high = [make_message(priority=5) for _ in range(3)]
+        queue_backend.enqueue_many([low[0], high[0], low[1], high[1], low[2], high[2]])
+        got = [le.id for le in queue_backend.claim(6)]
+        assert got == [m.id for m in high + low]
+
+    def test_pop_batch_bounds(self, queue_backend: QueueBackend) -> None:
+        queue_backend.enqueue_many([make_message() for _ in range(5)])
+        assert queue_backend.pop_batch(0) == []
+        first = queue_backend.pop_batch(3)
+        assert len(first) == 3, f"pop_batch(3) of 5 returned {len(first)}"
+        rest = queue_backend.pop_batch(10)
+        assert len(rest) == 2, f"pop_batch(10) of the remaining 2 returned {len(rest)}"
+        assert len({le.id for le in first + rest}) == 5
+        assert queue_backend.pop_batch(10) == []
+
+    def test_enqueue_many_stores_all(self, queue_backend: QueueBackend) -> None:
+        queue_backend.enqueue_many([])
+        assert queue_backend.qsize() == 0
+        sent = [make_message() for _ in range(50)]
+        queue_backend.enqueue_many(sent)
+        assert queue_backend.qsize() == 50
+        assert sorted(le.id for le in queue_backend.claim(100)) == sorted(m.id for m in sent)
+
+    # --- waiting --------------------------------------------------------------------------
+
+    def test_dequeue_without_timeout_returns_at_once(self, queue_backend: QueueBackend) -> None:
+        start = time.monotonic()
+        assert queue_backend.dequeue() is None
+        assert queue_backend.dequeue(timeout=0) is None
+        assert time.monotonic() - start < 1.0, "dequeue() on an empty queue must not wait"
+
+    def test_dequeue_timeout_really_waits(self, queue_backend: QueueBackend) -> None:
+        wait = self.delay_secs
+        start = time.monotonic()
+        assert queue_backend.dequeue(timeout=wait) is None
+        elapsed = time.monotonic() - start
+        assert elapsed >= wait * 0.9, f"dequeue(timeout={wait}) returned after {elapsed:.3f} s"
+        assert elapsed < wait + self.patience_secs
+
+    def test_dequeue_returns_early_when_a_job_arrives(self, queue_backend: QueueBackend
+                                                      ) -> None:
+        _, pushed_at, picked_at = self._dequeue_in_thread(queue_backend, queue_backend)
+        assert picked_at >= pushed_at
+
+    @requires("blocking_dequeue")
+    def test_blocking_dequeue_wakes_without_polling(self, queue_backend: QueueBackend) -> None:
+        # With polling stretched to 30 s, only a real wake-up can deliver in time.
+        queue_backend.poll_interval_min = queue_backend.poll_interval_max = 30.0  # type: ignore[misc]
+        _, pushed_at, picked_at = self._dequeue_in_thread(queue_backend, queue_backend)
+        assert picked_at - pushed_at < 1.0, "a blocking dequeue must wake when a job arrives"
+
+    # --- the lease protocol ---------------------------------------------------------------
+
+    def test_ack_removes(self, queue_backend: QueueBackend) -> None:
+        message = make_message()
+        queue_backend.enqueue(message)
+        lease = self._claim_one(queue_backend)
+        assert queue_backend.ack(lease) is True
+        assert queue_backend.qsize() == 0
+        self._nothing_claimable(queue_backend, "an acked message is gone")
+        assert queue_backend.ack(lease) is False, "a second ack must report the lease is gone"
+        assert queue_backend.peek_state(message.id) is None
+
+    def test_retry_makes_visible_again_with_count_kept(self, queue_backend: QueueBackend
+                                                       ) -> None:
+        queue_backend.enqueue(make_message(body=b"v1"))
+        first = self._claim_one(queue_backend)
+        assert queue_backend.retry(first, delay_secs=0, body=b"v2") is True
+        second = wait_until(lambda: queue_backend.claim(1), self.patience_secs,
+                            "a retry without delay never became visible again")[0]
+        assert second.id == first.id and second.message.body == b"v2"
+        assert second.deliveries == 2, "retry keeps counting deliveries"
+        assert queue_backend.retry(second, delay_secs=0) is True
+        third = wait_until(lambda: queue_backend.claim(1), self.patience_secs, "lost")[0]
+        assert third.message.body == b"v2", "retry without a body keeps the current body"
+        assert third.deliveries == 3
+
+    @requires("delayed")
+    def test_retry_with_delay_hides_until_due(self, queue_backend: QueueBackend) -> None:
+        queue_backend.enqueue(make_message(body=b"v1"))
+        first = self._claim_one(queue_backend)
+        start = time.monotonic()
+        assert queue_backend.retry(first, delay_secs=self.delay_secs, body=b"v2") is True
+        self._hidden_until(queue_backend, start + self.delay_secs,
+                           "a retried message waits out its delay")
+        assert queue_backend.qsize() == 1, "a delayed message still counts as waiting"
+        second = wait_until(lambda: queue_backend.claim(1), self.patience_secs,
+                            "a delayed retry never became visible")[0]
+        assert time.monotonic() - start >= self.delay_secs * 0.9
+        assert (second.id, second.message.body, second.deliveries) == (first.id, b"v2", 2)
+
+    @requires("delayed")
+    def test_delayed_message_waits_for_available_at(self, queue_backend: QueueBackend) -> None:
+        start = time.monotonic()
+        queue_backend.enqueue(make_message(available_at=time.time() + self.delay_secs))
+        self._hidden_until(queue_backend, start + self.delay_secs,
+                           "a message is hidden until its available_at")
+        assert queue_backend.qsize() == 1
+        wait_until(lambda: queue_backend.claim(1), self.patience_secs,
+                   "a delayed message never became available")
+        assert time.monotonic() - start >= self.delay_secs * 0.9
+
+    @requires("delayed")
+    def test_delayed_message_does_not_block_others(self, queue_backend: QueueBackend) -> None:
+        later = make_message(available_at=time.time() + 60)
+        now = make_message()
+        queue_backend.enqueue_many([later, now])
+        assert [le.id for le in queue_backend.claim(10)] == [now.id]
+
+    def test_release_returns_at_once_with_count_restored(self, queue_backend: QueueBackend
+                                                         ) -> None:
+        queue_backend.enqueue(make_message())
+        first = self._claim_one(queue_backend)
+        assert queue_backend.release(first) is True
+        second = self._claim_one(queue_backend)  # no waiting: release is immediate
+        assert second.id == first.id
+        assert second.deliveries == 1, "a released claim does not count as a delivery"
+        assert queue_backend.release(first) is False, "the first lease is stale"
+        assert queue_backend.retry(second, delay_secs=0) is True
+        third = wait_until(lambda: queue_backend.claim(1), self.patience_secs, "lost")[0]
+        assert third.deliveries == 2
+        assert queue_backend.release(third) is True
+        assert self._claim_one(queue_backend).deliveries == 2
+
+    def test_unacked_lease_becomes_visible_after_visibility_timeout(
+        self, build_queue: Callable[..., QueueBackend]
+    ) -> None:
+        backend = build_queue(visibility_timeout_secs=self.short_visibility_secs)
+        backend.enqueue(make_message(body=b"payload"))
+        start = time.monotonic()
+        first = self._claim_one(backend)
+        self._hidden_until(backend, start + self.short_visibility_secs,
+                           "a leased message is invisible")
+        second = wait_until(lambda: backend.claim(1), self.patience_secs,
+                            "an un-acked lease never became visible again")[0]
+        assert time.monotonic() - start >= self.short_visibility_secs * 0.8
+        assert second.id == first.id and second.message.body == b"payload"
+        assert second.deliveries == 2, "recovered leases keep counting deliveries"
+        assert second.token != first.token, "a new claim needs a new fencing token"
+
+    def test_stale_lease_is_fenced(self, build_queue: Callable[..., QueueBackend]) -> None:
+        backend = build_queue(visibility_timeout_secs=self.short_visibility_secs)
+        backend.enqueue(make_message(body=b"v1"))
+        stale = self._claim_one(backend)
+        current = wait_until(lambda: backend.claim(1), self.patience_secs,
+                             "the lease never expired")[0]
+        assert backend.extend(current, 30) is True, "the new holder can extend its lease"
+        assert backend.ack(stale) is False
+        assert backend.extend(stale, 30) is False
+        assert backend.retry(stale, delay_secs=0, body=b"stale") is False
+        assert backend.release(stale) is False
+        self._nothing_claimable(backend, "stale calls must leave the current lease alone")
+        assert backend.qsize() == 0
+        assert backend.ack(current) is True, "the current holder still owns the message"
+
+    def test_forged_token_changes_nothing(self, queue_backend: QueueBackend) -> None:
+        queue_backend.enqueue(make_message())
+        real = self._claim_one(queue_backend)
+        forged = attrs.evolve(real, token=uuid.uuid4().hex)
+        assert queue_backend.ack(forged) is False
+        assert queue_backend.release(forged) is False
+        assert queue_backend.retry(forged, delay_secs=0) is False
+        assert queue_backend.extend(forged, 30) is False
+        self._nothing_claimable(queue_backend, "a forged token must not free the message")
+        assert queue_backend.ack(real) is True
+
+    def test_extend_keeps_lease_alive(self, build_queue: Callable[..., QueueBackend]) -> None:
+        vis = self.extend_visibility_secs
+        backend = build_queue(visibility_timeout_secs=vis)
+        backend.enqueue(make_message())
+        lease = self._claim_one(backend)
+        until = time.monotonic() + 2 * vis
+        while time.monotonic() < until:
+            extended_at = time.monotonic()
+            assert backend.extend(lease, vis) is True
+            self._hidden_until(backend, extended_at + vis, "an extended lease stays invisible")
+            time.sleep(vis / 5)
+        assert backend.ack(lease) is True, "the lease outlived its original timeout"
+
+    # --- counting and clearing ------------------------------------------------------------
+
+    def test_qsize_counts_waiting_not_leased(self, queue_backend: QueueBackend) -> None:
+        delayed = type(queue_backend).capabilities.delayed
+        queue_backend.enqueue_many([make_message(queue="a") for _ in range(3)]
+                                   + [make_message(queue="b") for _ in range(2)])
+        if delayed:
+            queue_backend.enqueue(make_message(queue="a", available_at=time.time() + 60))
+        extra = 1 if delayed else 0
+        assert queue_backend.qsize() == 5 + extra
+        assert queue_backend.qsize(["a"]) == 3 + extra
+        assert queue_backend.qsize(["b"]) == 2
+        lease = self._claim_one(queue_backend, ["b"])
+        assert queue_backend.qsize() == 4 + extra, "a leased message is not waiting"
+        assert queue_backend.qsize(["b"]) == 1
+        assert queue_backend.ack(lease)
+        assert queue_backend.qsize(["b"]) == 1
+
+    def test_clear_removes_everything_including_leased(self, queue_backend: QueueBackend
+                                                       ) -> None:
+        queue_backend.enqueue_many([make_message(queue="a") for _ in range(3)]
+                                   + [make_message(queue="b") for _ in range(2)])
+        leased = self._claim_one(queue_backend, ["a"])
+        assert queue_backend.clear(["a"]) == 3, "clear counts leased messages too"
+        assert queue_backend.qsize(["a"]) == 0 and queue_backend.qsize(["b"]) == 2
+        assert queue_backend.ack(leased) is False, "a cleared lease is gone"
+        assert queue_backend.claim(10, ["a"]) == []
+        assert queue_backend.clear() == 2
+        assert queue_backend.qsize() == 0 and queue_backend.claim(10) == []
+        assert queue_backend.clear() == 0
+
+    def test_peek_state(self, queue_backend: QueueBackend) -> None:
+        message = make_message()
+        queue_backend.enqueue(message)
+        if queue_backend.peek_state(message.id) is None:
+            pytest.skip("peek_state is not implemented (optional)")
+        assert queue_backend.peek_state(message.id) is JobStatus.QUEUED
+        lease = self._claim_one(queue_backend)
+        assert queue_backend.peek_state(message.id) is JobStatus.RUNNING
+        if type(queue_backend).capabilities.delayed:
+            assert queue_backend.retry(lease, delay_secs=60)
+            assert queue_backend.peek_state(message.id) is JobStatus.RETRYING
+            queue_backend.clear()
+        else:
+            assert queue_backend.ack(lease)
+        assert queue_backend.peek_state(message.id) is None
+        assert queue_backend.peek_state("never-seen-" + uuid.uuid4().hex) is None

@@ -1,0 +1,260 @@
+"""``ResultBackendContract``: what every result backend must do, as pytest tests.
+
+Subclass it and override one fixture::
+
+    class TestMyResults(ResultBackendContract):
+        @pytest.fixture
+        def make_result_backend(self):
+            return BackendFactory(MyResults, {"path": "..."})
+
+The factory must return an *empty* backend for the context it is given (the context's
+``data_dir`` is a fresh temporary directory per test). Result backends have no ``clear``
+primitive, so isolation is the factory's job — for a server-backed store, use a unique
+namespace per call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+import pytest
+
+from nuvom_kernel.backends import BackendContext, ResultBackend
+from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_kernel.testing.contracts._support import make_record, requires, skip_unless_capable
+
+__all__ = ["ResultBackendContract"]
+
+ResultFactory = Callable[[BackendContext], ResultBackend]
+
+
+class ResultBackendContract:
+    """Contract tests for :class:`~nuvom_kernel.backends.ResultBackend` implementations."""
+
+    concurrent_writers: ClassVar[int] = 4
+    records_per_writer: ClassVar[int] = 50
+
+    @pytest.fixture
+    def make_result_backend(self) -> ResultFactory:
+        """Override: return ``(BackendContext) -> ResultBackend``, usually a BackendFactory."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must override the make_result_backend fixture: return "
+            "BackendFactory(YourResults, settings) (see docs/writing_plugins.md)")
+
+    @pytest.fixture
+    def backend_context(self, tmp_path: Path) -> BackendContext:
+        return BackendContext(data_dir=tmp_path / "nuvom-data", visibility_timeout_secs=30.0)
+
+    @pytest.fixture
+    def build_results(
+        self, make_result_backend: ResultFactory, backend_context: BackendContext
+    ) -> Iterator[Callable[..., ResultBackend]]:
+        built: list[ResultBackend] = []
+
+        def build(**context_changes: Any) -> ResultBackend:
+            backend = make_result_backend(attrs.evolve(backend_context, **context_changes))
+            built.append(backend)
+            return backend
+
+        yield build
+        if built:
+            try:
+                built[-1].purge(float("inf"))
+            finally:
+                for backend in reversed(built):
+                    backend.close()
+
+    @pytest.fixture
+    def result_backend(self, build_results: Callable[..., ResultBackend]) -> ResultBackend:
+        backend = build_results()
+        backend.purge(float("inf"))
+        return backend
+
+    @pytest.fixture(autouse=True)
+    def _capability_gate(self, request: pytest.FixtureRequest,
+                         result_backend: ResultBackend) -> None:
+        skip_unless_capable(request, result_backend)
+
+    # --- records --------------------------------------------------------------------------
+
+    def test_unknown_ids(self, result_backend: ResultBackend) -> None:
+        job_id = "never-seen-" + uuid.uuid4().hex
+        assert result_backend.get(job_id) is None, "an unknown id is None, not a pending job"
+        assert result_backend.get_result(job_id) is None
+        assert result_backend.get_error(job_id) is None
+        assert result_backend.get_full(job_id) is None
+
+    @pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                        JobStatus.RETRYING, JobStatus.QUEUED])
+    def test_put_get_round_trip(self, result_backend: ResultBackend, status: JobStatus
+                                ) -> None:
+        record = make_record(status=status)
+        result_backend.put(record)
+        got = result_backend.get(record.job_id)
+        assert got is not None
+        assert got.to_dict() == record.to_dict(), "every field must round-trip unchanged"
+        assert got.status is status
+
+    def test_put_replaces(self, result_backend: ResultBackend) -> None:
+        record = make_record(status=JobStatus.RETRYING, func_name="tasks.flaky")
+        result_backend.put(record)
+        result_backend.put(attrs.evolve(record, status=JobStatus.SUCCEEDED, attempts=2,
+                                        updated_at=record.updated_at + 1))
+        got = result_backend.get(record.job_id)
+        assert got is not None and (got.status, got.attempts) == (JobStatus.SUCCEEDED, 2)
+        assert len(result_backend.query(func_name="tasks.flaky")) == 1
+
+    def test_records_are_copies(self, result_backend: ResultBackend) -> None:
+        record = make_record()
+        result_backend.put(record)
+        record.history.append({"attempt": 99})
+        record.kwargs["added"] = 1
+        got = result_backend.get(record.job_id)
+        assert got is not None and len(got.history) == 1 and "added" not in got.kwargs, \
+            "changing a record after put() must not change what is stored"
+        got.result["total"] = -1
+        again = result_backend.get(record.job_id)
+        assert again is not None and again.result["total"] == 3, \
+            "changing a returned record must not change what is stored"
+
+    def test_set_result(self, result_backend: ResultBackend) -> None:
+        result_backend.set_result("new-job", {"sum": [1, 2]}, func_name="tasks.add")
+        got = result_backend.get("new-job")
+        assert got is not None and got.status is JobStatus.SUCCEEDED
+        assert got.func_name == "tasks.add"
+        assert result_backend.get_result("new-job") == {"sum": [1, 2]}
+        assert result_backend.get_error("new-job") is None
+        running = make_record(status=JobStatus.RUNNING, func_name="tasks.mul")
+        result_backend.put(running)
+        result_backend.set_result(running.job_id, 42)
+        got = result_backend.get(running.job_id)
+        assert got is not None and (got.status, got.result) == (JobStatus.SUCCEEDED, 42)
+        assert got.func_name == "tasks.mul" and got.args == running.args, \
+            "set_result keeps what the record already held"
+
+    def test_set_error(self, result_backend: ResultBackend) -> None:
+        result_backend.set_error("bad-job", "builtins.ValueError", "no", "Traceback ...",
+                                 func_name="tasks.div")
+        assert result_backend.get_error("bad-job") == {
+            "type": "builtins.ValueError", "message": "no", "traceback": "Traceback ..."}
+        assert result_backend.get_result("bad-job") is None
+        got = result_backend.get("bad-job")
+        assert got is not None and got.status is JobStatus.FAILED
+
+    def test_get_full(self, result_backend: ResultBackend) -> None:
+        record = make_record(status=JobStatus.FAILED)
+        result_backend.put(record)
+        full = result_backend.get_full(record.job_id)
+        assert full == record.to_dict()
+        assert full is not None and full["status"] == "FAILED"
+
+    # --- queries --------------------------------------------------------------------------
+
+    def _populate(self, backend: ResultBackend) -> list[JobRecord]:
+        base = time.time() - 1000
+        shapes = [(JobStatus.SUCCEEDED, "tasks.add")] * 4 + [(JobStatus.FAILED, "tasks.add")] \
+            + [(JobStatus.SUCCEEDED, "tasks.mul")] * 2 + [(JobStatus.RETRYING, "tasks.mul")]
+        records = [make_record(status=s, func_name=f, updated_at=base + i)
+                   for i, (s, f) in enumerate(shapes)]
+        for record in reversed(records):  # insertion order must not decide the order
+            backend.put(record)
+        return records
+
+    def test_query_filters(self, result_backend: ResultBackend) -> None:
+        records = self._populate(result_backend)
+
+        def ids(rows: list[JobRecord]) -> set[str]:
+            return {r.job_id for r in rows}
+
+        def expected(**match: Any) -> set[str]:
+            return {r.job_id for r in records
+                    if all(getattr(r, k) == v for k, v in match.items())}
+
+        assert ids(result_backend.query(limit=100)) == expected()
+        assert ids(result_backend.query(status=JobStatus.SUCCEEDED, limit=100)) == \
+            expected(status=JobStatus.SUCCEEDED)
+        assert ids(result_backend.query(func_name="tasks.mul", limit=100)) == \
+            expected(func_name="tasks.mul")
+        assert ids(result_backend.query(status=JobStatus.SUCCEEDED, func_name="tasks.add",
+                                        limit=100)) == \
+            expected(status=JobStatus.SUCCEEDED, func_name="tasks.add")
+        assert result_backend.query(status=JobStatus.CANCELLED) == []
+        assert result_backend.query(func_name="tasks.nope") == []
+
+    def test_query_newest_updated_first_and_paging(self, result_backend: ResultBackend
+                                                   ) -> None:
+        base = time.time() - 1000
+        records = [make_record(updated_at=base + i) for i in range(25)]
+        for record in records[::2] + records[1::2]:
+            result_backend.put(record)
+        newest_first = [r.job_id for r in reversed(records)]
+        pages = [result_backend.query(limit=10, offset=o) for o in (0, 10, 20, 30)]
+        assert [len(p) for p in pages] == [10, 10, 5, 0]
+        assert [r.job_id for p in pages for r in p] == newest_first, \
+            "query() pages through records newest updated_at first"
+
+    def test_list_jobs(self, result_backend: ResultBackend) -> None:
+        records = self._populate(result_backend)
+        rows = result_backend.list_jobs(status="FAILED")
+        assert [r["job_id"] for r in rows] == [r.job_id for r in records
+                                               if r.status is JobStatus.FAILED]
+        assert rows[0]["status"] == "FAILED"
+        by_task = result_backend.list_jobs(status=JobStatus.SUCCEEDED, task="tasks.mul")
+        assert len(by_task) == 2 and all(r["func_name"] == "tasks.mul" for r in by_task)
+        assert len(result_backend.list_jobs(limit=3, offset=6)) == 2
+
+    def test_counts(self, result_backend: ResultBackend) -> None:
+        self._populate(result_backend)
+        counts = {k: v for k, v in result_backend.counts().items() if v}
+        assert counts == {"SUCCEEDED": 6, "FAILED": 1, "RETRYING": 1}
+
+    def test_purge_removes_only_old_terminal_records(self, result_backend: ResultBackend
+                                                     ) -> None:
+        now = time.time()
+        old_done = [make_record(status=s, updated_at=now - 500)
+                    for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)]
+        old_live = [make_record(status=s, updated_at=now - 500)
+                    for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING)]
+        new_done = make_record(status=JobStatus.SUCCEEDED, updated_at=now)
+        for record in [*old_done, *old_live, new_done]:
+            result_backend.put(record)
+        assert result_backend.purge(now - 100) == 3
+        assert all(result_backend.get(r.job_id) is None for r in old_done)
+        assert all(result_backend.get(r.job_id) is not None for r in old_live), \
+            "purge never deletes a job that has not finished"
+        assert result_backend.get(new_done.job_id) is not None
+
+    # --- concurrency and durability -------------------------------------------------------
+
+    def test_concurrent_writers_lose_nothing(self, result_backend: ResultBackend) -> None:
+        batches = [[make_record() for _ in range(self.records_per_writer)]
+                   for _ in range(self.concurrent_writers)]
+        barrier = threading.Barrier(len(batches))
+
+        def write(batch: list[JobRecord]) -> None:
+            barrier.wait()
+            for record in batch:
+                result_backend.put(record)
+
+        threads = [threading.Thread(target=write, args=(b,)) for b in batches]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        missing = [r.job_id for b in batches for r in b if result_backend.get(r.job_id) is None]
+        assert not missing, f"{len(missing)} records written concurrently were lost"
+
+    @requires("persistent")
+    def test_records_survive_reopen(self, build_results: Callable[..., ResultBackend]) -> None:
+        first = build_results()
+        record = make_record(status=JobStatus.FAILED)
+        first.put(record)
+        first.close()
+        got = build_results().get(record.job_id)
+        assert got is not None and got.to_dict() == record.to_dict()

@@ -1,0 +1,146 @@
+"""pytest plugin behind ``nuvom plugin test``: parametrizes ``run_installed.py`` by target.
+
+Usable without the CLI too (``FILE`` being the path of ``run_installed.py``)::
+
+    pytest FILE -p nuvom_kernel.testing.contracts.runner --nuvom-plugin=sqlite
+
+Options: ``--nuvom-plugin NAME`` (repeatable: plugin name, backend name or ``module:attr``),
+``--nuvom-all``, ``--nuvom-setting KEY=VALUE`` (a value parsed as JSON when it can be, handed
+to ``from_settings``), ``--nuvom-report PATH`` (a JSON report the CLI turns into its table).
+The kernel is built from the working directory's configuration, as the CLI builds it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nuvom_kernel.testing.contracts.targets import Target, TargetError, resolve
+
+__all__ = ["TARGET_PARAMS"]
+
+#: parametrized argument of run_installed.py -> target kind
+TARGET_PARAMS = {"nuvom_queue_target": "queue", "nuvom_result_target": "result",
+                 "nuvom_discoverer_target": "discoverer"}
+_targets_key = pytest.StashKey[list[Target]]()
+_settings_key = pytest.StashKey[dict[str, Any]]()
+_results_key = pytest.StashKey[dict[str, dict[str, Any]]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nuvom", "Nuvom contract runner")
+    group.addoption("--nuvom-plugin", action="append", default=[], metavar="NAME",
+                    help="plugin name, backend name or module:attr to test (repeatable)")
+    group.addoption("--nuvom-all", action="store_true", help="test every installed plugin")
+    group.addoption("--nuvom-setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting handed to each backend's from_settings (repeatable)")
+    group.addoption("--nuvom-report", default=None, metavar="PATH",
+                    help="write a JSON report of every test outcome to PATH")
+
+
+def parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a value that parses as JSON is used as such (numbers, booleans)."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise pytest.UsageError(f"--nuvom-setting expects KEY=VALUE, got {pair!r}")
+        try:
+            settings[key.strip()] = json.loads(raw)
+        except ValueError:
+            settings[key.strip()] = raw
+    return settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    names = config.getoption("nuvom_plugin")
+    all_ = config.getoption("nuvom_all")
+    targets: list[Target] = []
+    if names or all_:
+        from nuvom_kernel.kernel import Kernel
+
+        try:
+            kernel = Kernel()
+            targets, _ = resolve(kernel.pm, kernel.config, names, all_)
+        except (TargetError, Exception) as exc:
+            raise pytest.UsageError(f"nuvom: {exc}") from exc
+    config.stash[_targets_key] = targets
+    config.stash[_settings_key] = parse_settings(config.getoption("nuvom_setting"))
+    config.stash[_results_key] = {}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for param, kind in TARGET_PARAMS.items():
+        if param in metafunc.fixturenames:
+            wanted = [t for t in metafunc.config.stash[_targets_key] if t.kind == kind]
+            metafunc.parametrize(param, wanted, ids=[t.id for t in wanted])
+
+
+@pytest.fixture
+def nuvom_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The ``--nuvom-setting`` values, for the contract fixtures in run_installed.py."""
+    return dict(request.config.stash[_settings_key])
+
+
+def _target_of(item: pytest.Item) -> Target | None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    for param in TARGET_PARAMS:
+        if isinstance(params.get(param), Target):
+            return params[param]
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the placeholder items pytest makes for a kind with no targets."""
+    keep = [i for i in items if _target_of(i) is not None]
+    dropped = [i for i in items if _target_of(i) is None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def _test_name(item: pytest.Item) -> str:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    extra = [str(v.value if hasattr(v, "value") else v)
+             for k, v in params.items() if k not in TARGET_PARAMS]
+    base = getattr(item, "originalname", item.name)
+    return f"{base}[{'-'.join(extra)}]" if extra else base
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Any:
+    report = yield
+    target = _target_of(item)
+    if target is None:
+        return report
+    results = item.config.stash[_results_key]
+    entry = results.setdefault(item.nodeid, {"target": target.id, "kind": target.kind,
+                                             "test": _test_name(item), "outcome": "passed",
+                                             "message": ""})
+    if report.skipped and entry["outcome"] == "passed":
+        entry["outcome"] = "skipped"
+        longrepr = report.longrepr
+        entry["message"] = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    elif report.failed:
+        entry["outcome"] = "failed" if report.when == "call" else "error"
+        crash = getattr(report.longrepr, "reprcrash", None)
+        message = crash.message if crash is not None else str(report.longrepr)
+        entry["message"] = message.strip().splitlines()[0][:300] if message.strip() else ""
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    path = session.config.getoption("nuvom_report")
+    if not path:
+        return
+    targets = session.config.stash.get(_targets_key, [])
+    payload = {
+        "exitstatus": int(exitstatus),
+        "targets": [t.to_dict() for t in targets],
+        "tests": list(session.config.stash.get(_results_key, {}).values()),
+    }
+    Path(path).write_text(json.dumps(payload, indent=2))

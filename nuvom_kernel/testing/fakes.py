@@ -1,0 +1,323 @@
+"""Deliberately broken backends: each breaks one promise of the stubs it subclasses.
+
+They prove the contract suites can fail, and fail precisely: ``tests/test_contracts_meta.py``
+runs every contract against every fake and checks that exactly the tests listed in
+:data:`EXPECTED_FAILURES` fail. A contract test that passes against a fake that breaks its
+promise is a test that checks nothing.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from nuvom_kernel.discovery import DiscoveryReport
+from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message
+from nuvom_kernel.testing.stubs import StubDiscoverer, StubQueue, StubResults
+
+__all__ = ["EXPECTED_FAILURES"]
+
+
+# --- queue backends -------------------------------------------------------------------------
+
+
+class LifoQueue(StubQueue):
+    """Hands out the newest message first within a priority."""
+
+    name = "fake-lifo"
+
+    def _order(self, entry: Any) -> tuple[int, float, int]:
+        return (-entry.message.priority, -entry.message.created_at, -entry.seq)
+
+
+class UnfencedQueue(StubQueue):
+    """Ignores fencing tokens: anyone holding any lease on the id may ack/retry/extend."""
+
+    name = "fake-unfenced"
+
+    def _held(self, lease: Lease) -> Any:
+        return self._entries.get(lease.id)
+
+
+class NoVisibilityTimeoutQueue(StubQueue):
+    """Never recovers an un-acked lease: a crashed worker's job is lost forever."""
+
+    name = "fake-no-visibility"
+
+    def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
+        with self._lock:
+            for entry in self._entries.values():
+                if entry.token is not None:
+                    entry.expires_at = float("inf")
+        return super().claim(n, queues)
+
+
+class NoopExtendQueue(StubQueue):
+    """Says it extended the lease but did not: long jobs get run twice."""
+
+    name = "fake-noop-extend"
+
+    def extend(self, lease: Lease, secs: float) -> bool:
+        with self._lock:
+            return self._held(lease) is not None
+
+
+class ImpatientRetryQueue(StubQueue):
+    """Ignores the retry delay: a failing job is retried immediately, in a hot loop."""
+
+    name = "fake-impatient-retry"
+
+    def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
+        return super().retry(lease, delay_secs=0, body=body)
+
+
+class CountingReleaseQueue(StubQueue):
+    """Release counts as a delivery (so released jobs drift toward the dead-letter limit)."""
+
+    name = "fake-counting-release"
+
+    def release(self, lease: Lease) -> bool:
+        with self._lock:
+            entry = self._held(lease)
+            if entry is None:
+                return False
+            entry.token = None
+        self.notify()
+        return True
+
+
+class RacyClaimQueue(StubQueue):
+    """Picks messages and marks them leased in two steps: concurrent consumers collide."""
+
+    name = "fake-racy-claim"
+
+    def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
+        now = time.time()
+        with self._lock:
+            picked = sorted((e for e in self._entries.values()
+                             if e.claimable(now) and (queues is None or e.message.queue in queues)),
+                            key=self._order)[:max(n, 0)]
+        time.sleep(0.002)  # the window another consumer walks through
+        with self._lock:
+            return [self._lease(entry, now) for entry in picked]
+
+
+class GreedyBatchQueue(StubQueue):
+    """Returns every available message from a batch claim, whatever ``n`` says."""
+
+    name = "fake-greedy-batch"
+
+    def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
+        return super().claim(n if n <= 1 else 1 << 30, queues)
+
+
+class NonWaitingQueue(StubQueue):
+    """``dequeue(timeout)`` never waits: callers spin on an empty queue."""
+
+    name = "fake-non-waiting"
+
+    def pop_batch(self, n: int, timeout: float = 0.0,
+                  queues: Sequence[str] | None = None) -> list[Lease]:
+        return super().pop_batch(n, 0.0, queues)
+
+
+class DeafQueue(StubQueue):
+    """Declares ``blocking_dequeue`` but only polls: in-process pushes wake nobody."""
+
+    name = "fake-deaf"
+
+    def notify(self) -> None:
+        pass
+
+
+class LeakyQsizeQueue(StubQueue):
+    """Counts leased messages as waiting."""
+
+    name = "fake-leaky-qsize"
+
+    def qsize(self, queues: Sequence[str] | None = None) -> int:
+        with self._lock:
+            return sum(1 for e in self._entries.values()
+                       if queues is None or e.message.queue in queues)
+
+
+class TextBodyQueue(StubQueue):
+    """Stores bodies as text, mangling anything that is not UTF-8."""
+
+    name = "fake-text-body"
+
+    def push(self, messages: Sequence[Message]) -> None:
+        super().push([attrs.evolve(m, body=m.body.decode("utf-8", "replace").encode())
+                      for m in messages])
+
+
+# --- result backends ------------------------------------------------------------------------
+
+
+class OldestFirstResults(StubResults):
+    """Pages oldest first."""
+
+    name = "fake-oldest-first"
+
+    def query(self, **kwargs: Any) -> list[JobRecord]:
+        limit, offset = kwargs.pop("limit", 50), kwargs.pop("offset", 0)
+        rows = super().query(limit=1 << 30, offset=0, **kwargs)
+        return rows[::-1][offset:offset + limit]
+
+
+class NoTaskFilterResults(StubResults):
+    """Ignores the ``func_name`` filter."""
+
+    name = "fake-no-task-filter"
+
+    def query(self, *, func_name: str | None = None, **kwargs: Any) -> list[JobRecord]:
+        return super().query(**kwargs)
+
+
+class PurgeEverythingResults(StubResults):
+    """Purges unfinished jobs too."""
+
+    name = "fake-purge-everything"
+
+    def purge(self, older_than: float) -> int:
+        with self._lock:
+            doomed = [i for i, r in self._records.items() if r.updated_at < older_than]
+            for job_id in doomed:
+                del self._records[job_id]
+            return len(doomed)
+
+
+class AliasingResults(StubResults):
+    """Stores and returns the caller's objects instead of copies."""
+
+    name = "fake-aliasing"
+
+    def put(self, record: JobRecord) -> None:
+        with self._lock:
+            self._records[record.job_id] = record
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._records.get(job_id)
+
+
+class PendingUnknownResults(StubResults):
+    """Reports an id it never saw as a queued job (the original Nuvom's "pending" bug)."""
+
+    name = "fake-pending-unknown"
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return super().get(job_id) or JobRecord(job_id=job_id, func_name="",
+                                                status=JobStatus.QUEUED)
+
+
+# --- discoverers ----------------------------------------------------------------------------
+
+
+class ImportingDiscoverer(StubDiscoverer):
+    """Imports every module it scans (side effects run; a module that exits stops the scan
+    for that file only)."""
+
+    name = "fake-importing"
+
+    def discover(self, root: Path, **kwargs: Any) -> tuple[DiscoveryReport, dict[str, Any]]:
+        for path in sorted(Path(root).rglob("*.py")):
+            spec = importlib.util.spec_from_file_location(f"_nuvom_fake_{id(path)}", path)
+            if spec is None or spec.loader is None:
+                continue
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:  # the fake must survive whatever the module does
+                pass
+            finally:
+                sys.modules.pop(spec.name, None)
+        return super().discover(root, **kwargs)
+
+
+class NameBlindDiscoverer(StubDiscoverer):
+    """Ignores ``name=`` and reports the function name (and leaves it in the options)."""
+
+    name = "fake-name-blind"
+
+    def discover(self, root: Path, **kwargs: Any) -> tuple[DiscoveryReport, dict[str, Any]]:
+        report, state = super().discover(root, **kwargs)
+        report.tasks = [attrs.evolve(t, name=t.func_name,
+                                     options={**t.options, "name": t.name})
+                        if t.name != t.func_name else t for t in report.tasks]
+        return report, state
+
+
+class FragileDiscoverer(StubDiscoverer):
+    """Lets a syntax error in one file abort the whole scan."""
+
+    name = "fake-fragile"
+
+    def discover(self, root: Path, **kwargs: Any) -> tuple[DiscoveryReport, dict[str, Any]]:
+        for path in sorted(Path(root).rglob("*.py")):
+            ast.parse(path.read_bytes(), filename=str(path))
+        return super().discover(root, **kwargs)
+
+
+class StaleCacheDiscoverer(StubDiscoverer):
+    """Trusts its cache by file name alone: edits and deletions go unnoticed."""
+
+    name = "fake-stale-cache"
+
+    def discover(self, root: Path, *, state: dict[str, Any] | None = None, **kwargs: Any
+                 ) -> tuple[DiscoveryReport, dict[str, Any]]:
+        if state:
+            report = DiscoveryReport()
+            for cached in state["files"].values():
+                report.tasks.extend(_refs(cached["tasks"]))
+            return report, state
+        return super().discover(root, state=state, **kwargs)
+
+
+def _refs(items: list[dict[str, Any]]) -> list[Any]:
+    from nuvom_kernel.discovery import TaskRef
+
+    return [TaskRef.from_dict(t) for t in items]
+
+
+#: fake class name -> the contract tests it must fail (and no others). Parametrized tests are
+#: listed with their parameter, exactly as pytest names them.
+EXPECTED_FAILURES: dict[str, set[str]] = {
+    "LifoQueue": {"test_fifo_within_a_priority", "test_higher_priority_first"},
+    "UnfencedQueue": {"test_stale_lease_is_fenced", "test_forged_token_changes_nothing",
+                      "test_release_returns_at_once_with_count_restored"},
+    "NoVisibilityTimeoutQueue": {
+        "test_unacked_lease_becomes_visible_after_visibility_timeout",
+        "test_stale_lease_is_fenced"},
+    "NoopExtendQueue": {"test_extend_keeps_lease_alive"},
+    "ImpatientRetryQueue": {"test_retry_with_delay_hides_until_due", "test_peek_state"},
+    "CountingReleaseQueue": {"test_release_returns_at_once_with_count_restored"},
+    "RacyClaimQueue": {"test_concurrent_consumers_threads_never_share_a_message"},
+    "GreedyBatchQueue": {"test_pop_batch_bounds", "test_fifo_within_a_priority"},
+    "NonWaitingQueue": {"test_dequeue_timeout_really_waits",
+                        "test_dequeue_returns_early_when_a_job_arrives",
+                        "test_blocking_dequeue_wakes_without_polling"},
+    "DeafQueue": {"test_blocking_dequeue_wakes_without_polling"},
+    "LeakyQsizeQueue": {"test_qsize_counts_waiting_not_leased",
+                        "test_stale_lease_is_fenced"},
+    "TextBodyQueue": {"test_round_trip_preserves_every_field[binary-body]"},
+    "OldestFirstResults": {"test_query_newest_updated_first_and_paging"},
+    "NoTaskFilterResults": {"test_query_filters", "test_list_jobs"},
+    "PurgeEverythingResults": {"test_purge_removes_only_old_terminal_records"},
+    "AliasingResults": {"test_records_are_copies"},
+    "PendingUnknownResults": {"test_unknown_ids", "test_set_result",
+                              "test_purge_removes_only_old_terminal_records"},
+    "ImportingDiscoverer": {"test_does_not_import_code"},
+    "NameBlindDiscoverer": {"test_finds_tasks_with_their_location",
+                            "test_custom_name_and_literal_options",
+                            "test_async_tasks_are_flagged"},
+    "FragileDiscoverer": {"test_unparsable_file_is_reported_not_fatal"},
+    "StaleCacheDiscoverer": {"test_state_never_hides_a_change"},
+}
