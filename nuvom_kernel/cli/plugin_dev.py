@@ -146,8 +146,11 @@ def _show(report: dict[str, Any], checks: list[dict[str, Any]], as_json: bool) -
         click.echo("\nFailures")
         for t in failures:
             click.echo(f"  {t['target']}: {t['test']}: {t['message'] or t['outcome']}")
-    click.echo(f"\n{'FAILED' if failed else 'PASSED'}: {len(checks)} registration check(s), "
-               f"{len(tests)} contract test(s), {len(failures)} failure(s)")
+    outcomes = [t["outcome"] for t in tests]
+    click.echo(f"\n{'FAILED' if failed else 'PASSED'}: registration checks "
+               f"{sum(c['ok'] for c in checks)}/{len(checks)} ok; contract tests "
+               f"{outcomes.count('passed')} passed, {len(failures)} failed, "
+               f"{outcomes.count('skipped')} skipped")
     return failed
 
 

@@ -106,7 +106,8 @@ class QueueBackendContract(QueueConcurrencyTests):
         high = [make_message(priority=5) for _ in range(3)]
         queue_backend.enqueue_many([low[0], high[0], low[1], high[1], low[2], high[2]])
         got = [le.id for le in queue_backend.claim(6)]
-        assert got == [m.id for m in high + low]
+        assert got == [m.id for m in high + low], \
+            "higher priority comes first, and FIFO within each priority"
 
     def test_pop_batch_bounds(self, queue_backend: QueueBackend) -> None:
         queue_backend.enqueue_many([make_message() for _ in range(5)])
@@ -139,7 +140,8 @@ class QueueBackendContract(QueueConcurrencyTests):
         start = time.monotonic()
         assert queue_backend.dequeue(timeout=wait) is None
         elapsed = time.monotonic() - start
-        assert elapsed >= wait * 0.9, f"dequeue(timeout={wait}) returned after {elapsed:.3f} s"
+        assert elapsed >= wait * 0.9, \
+            f"dequeue(timeout={wait}) on an empty queue returned after {elapsed:.3f} s"
         assert elapsed < wait + self.patience_secs
 
     def test_dequeue_returns_early_when_a_job_arrives(self, queue_backend: QueueBackend
@@ -160,8 +162,8 @@ class QueueBackendContract(QueueConcurrencyTests):
         message = make_message()
         queue_backend.enqueue(message)
         lease = self._claim_one(queue_backend)
-        assert queue_backend.ack(lease) is True
-        assert queue_backend.qsize() == 0
+        assert queue_backend.ack(lease) is True, "ack with the current lease succeeds"
+        assert queue_backend.qsize() == 0, "an acked message is gone"
         self._nothing_claimable(queue_backend, "an acked message is gone")
         assert queue_backend.ack(lease) is False, "a second ack must report the lease is gone"
         assert queue_backend.peek_state(message.id) is None
@@ -250,10 +252,11 @@ class QueueBackendContract(QueueConcurrencyTests):
         current = wait_until(lambda: backend.claim(1), self.patience_secs,
                              "the lease never expired")[0]
         assert backend.extend(current, 30) is True, "the new holder can extend its lease"
-        assert backend.ack(stale) is False
-        assert backend.extend(stale, 30) is False
-        assert backend.retry(stale, delay_secs=0, body=b"stale") is False
-        assert backend.release(stale) is False
+        assert backend.ack(stale) is False, "ack with a stale token must be refused"
+        assert backend.extend(stale, 30) is False, "extend with a stale token must be refused"
+        assert backend.retry(stale, delay_secs=0, body=b"stale") is False, \
+            "retry with a stale token must be refused"
+        assert backend.release(stale) is False, "release with a stale token must be refused"
         self._nothing_claimable(backend, "stale calls must leave the current lease alone")
         assert backend.qsize() == 0
         assert backend.ack(current) is True, "the current holder still owns the message"
@@ -262,10 +265,10 @@ class QueueBackendContract(QueueConcurrencyTests):
         queue_backend.enqueue(make_message())
         real = self._claim_one(queue_backend)
         forged = attrs.evolve(real, token=uuid.uuid4().hex)
-        assert queue_backend.ack(forged) is False
-        assert queue_backend.release(forged) is False
-        assert queue_backend.retry(forged, delay_secs=0) is False
-        assert queue_backend.extend(forged, 30) is False
+        assert queue_backend.ack(forged) is False, "ack checks the fencing token"
+        assert queue_backend.release(forged) is False, "release checks the fencing token"
+        assert queue_backend.retry(forged, delay_secs=0) is False, "retry checks the token"
+        assert queue_backend.extend(forged, 30) is False, "extend checks the fencing token"
         self._nothing_claimable(queue_backend, "a forged token must not free the message")
         assert queue_backend.ack(real) is True
 

@@ -9,12 +9,14 @@ A target is named in one of three ways:
 * a plugin name (``memory``, ``sqlite``, an entry point name, or a ``module:attr`` that
   ``.nuvom_plugins.toml`` registered under that name) — every backend it registers;
 * a backend name (``sqlite``) — the queue, result backend or discoverer of that name;
-* ``module:attr`` — a backend class, or a plugin object/module with hook implementations.
+* ``module:attr`` — a backend class, or a plugin object/module with hook implementations;
+  a bare importable ``module`` (no ``:attr``) is the module itself, as in the toml.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -97,12 +99,16 @@ def resolve(pm: NuvomPluginManager, config: Config, names: Sequence[str], all_: 
             checks.append(Check(name, "import", False, pm.failures[name]))
         elif pm.get_plugin(name) is not None:
             plugins.append(name)
-        elif ":" in name:
+        elif ":" not in name and (by_name := _by_backend_name(pm, name)):
+            targets += by_name
+        elif ":" in name or _importable(name):
             found, found_checks = _from_target(name, config)
             targets += found
             checks += found_checks
         else:
-            targets += _by_backend_name(pm, name)
+            raise TargetError(
+                f"no installed plugin or backend is named {name!r} ({_installed(pm)}). Give a "
+                "plugin name, a backend name, or module:attr of a backend class or plugin.")
     for plugin in dict.fromkeys(plugins):
         found, plugin_checks = _from_plugin(pm, plugin, config)
         targets += found
@@ -128,14 +134,17 @@ def _safe_collect(pm: NuvomPluginManager, hook: str) -> dict[str, tuple[type, st
 
 
 def _by_backend_name(pm: NuvomPluginManager, name: str) -> list[Target]:
-    found = [Target(kind, name, classes[name][0], classes[name][1])
-             for kind, (hook, _) in KINDS.items()
-             if name in (classes := _safe_collect(pm, hook))]
-    if not found:
-        raise TargetError(
-            f"no installed plugin or backend is named {name!r} ({_installed(pm)}). Give a "
-            "plugin name, a backend name, or module:attr of a backend class or plugin.")
-    return found
+    return [Target(kind, name, classes[name][0], classes[name][1])
+            for kind, (hook, _) in KINDS.items()
+            if name in (classes := _safe_collect(pm, hook))]
+
+
+def _importable(module_name: str) -> bool:
+    """A bare module name (a plugin module with hookimpls, as .nuvom_plugins.toml allows)."""
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _from_plugin(pm: NuvomPluginManager, plugin_name: str, config: Config
@@ -197,7 +206,7 @@ def _from_target(target: str, config: Config) -> tuple[list[Target], list[Check]
         pm.register(obj() if inspect.isclass(obj) else obj, name=target)
         pm.check_pending()
     except (ValueError, TypeError, pluggy.PluginValidationError) as exc:
-        checks.append(Check(target, "hooks match specs", False, str(exc)))
+        checks.append(Check(target, "pluggy validation", False, str(exc)))
         return [], checks
     targets, more = _from_plugin(pm, target, config)
     return targets, checks + [c for c in more if c.check != "hooks match specs"]

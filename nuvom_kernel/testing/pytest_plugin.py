@@ -1,0 +1,228 @@
+"""Opt-in pytest plugin for testing your own tasks: isolated kernels, eager mode, a worker.
+
+Enable it in a ``conftest.py`` (or with ``-p nuvom_kernel.testing.pytest_plugin``)::
+
+    pytest_plugins = ["nuvom_kernel.testing.pytest_plugin"]
+
+Fixtures:
+
+* ``nuvom_test_kernel`` — a :class:`~nuvom_kernel.Kernel` with in-memory queue and result
+  backends, installed as the current kernel for the test (so ``.delay()`` uses it), reading
+  no ``.nuvom_plugins.toml`` and loading no installed plugin; ``nuvom_queue`` and
+  ``nuvom_results`` are its backends.
+* ``nuvom_eager`` — ``.delay()`` runs the job inline, through the real worker code path
+  (serialization, result recording, retries without their delay), and records it.
+* ``nuvom_worker`` — a real :class:`~nuvom_kernel.Worker` thread pool on
+  ``nuvom_test_kernel``; ``nuvom_worker.drain()`` waits until every job has finished.
+
+Override ``nuvom_environ`` (``NUVOM_*`` settings) or ``nuvom_extra_plugins`` (plugin
+objects to register, e.g. an observer) in your own conftest to change the kernel. It is
+opt-in on purpose: installing Nuvom never changes how anyone's test suite runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.backends import QueueBackend, ResultBackend
+from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.models import Job, Message
+from nuvom_kernel.testing.stubs import StubQueue, StubResults
+from nuvom_kernel.worker import Worker
+
+__all__ = ["EagerMode", "EagerQueue", "WorkerHarness", "build_test_kernel"]
+
+
+class EagerQueue(StubQueue):
+    """A stub queue that runs what is pushed at once, in the caller's thread.
+
+    Start delays and retry delays are dropped (a test should not wait for them), so a task
+    with ``retries=2`` that keeps failing runs three times inside one ``.delay()``.
+    """
+
+    name = "stub-eager"
+    runner: Worker | None = None
+
+    def push(self, messages: Sequence[Message]) -> None:
+        super().push([attrs.evolve(m, available_at=0.0) for m in messages])
+
+    def retry(self, lease: Any, *, delay_secs: float, body: bytes | None = None) -> bool:
+        return super().retry(lease, delay_secs=0.0, body=body)
+
+    def enqueue_many(self, messages: Sequence[Message]) -> None:
+        super().enqueue_many(messages)
+        runner = self.runner
+        if runner is None:
+            return
+        from nuvom_kernel import worker as worker_module
+
+        outer = getattr(worker_module._local, "job", None)  # a task calling .delay()
+        try:
+            while leases := self.claim(1):
+                runner._execute(leases[0])
+        finally:
+            worker_module._local.job = outer
+
+
+class _StubPlugin:
+    """Registers the stub backends (the kernel never imports a plugin distribution)."""
+
+    @hookimpl
+    def nuvom_register_queue_backends(self) -> list[type[QueueBackend]]:
+        return [StubQueue, EagerQueue]
+
+    @hookimpl
+    def nuvom_register_result_backends(self) -> list[type[ResultBackend]]:
+        return [StubResults]
+
+
+def build_test_kernel(
+    root: Path,
+    environ: Mapping[str, str] | None = None,
+    plugins: Mapping[str, Any] | None = None,
+    *,
+    eager: bool = False,
+) -> Kernel:
+    """A kernel on the stub backends, reading nothing from the user's project.
+
+    :param root: its project root and (under ``.nuvom``) data directory; use ``tmp_path``.
+    :param environ: ``NUVOM_*`` settings that win over the test defaults.
+    """
+    env = {
+        "NUVOM_QUEUE_BACKEND": EagerQueue.name if eager else StubQueue.name,
+        "NUVOM_RESULT_BACKEND": StubResults.name,
+        "NUVOM_DISABLE_PLUGIN_AUTOLOAD": "1",
+        "NUVOM_DATA_DIR": str(root / ".nuvom"),
+        "NUVOM_RETRY_DELAY_SECS": "0",
+        **(environ or {}),
+    }
+    return Kernel(root=root, environ=env, plugins={"nuvom-testing": _StubPlugin(),
+                                                   **(plugins or {})})
+
+
+@pytest.fixture
+def nuvom_environ() -> dict[str, str]:
+    """``NUVOM_*`` settings for the test kernels; override to change them."""
+    return {}
+
+
+@pytest.fixture
+def nuvom_extra_plugins() -> dict[str, Any]:
+    """Plugin objects (name -> object) registered in the test kernels; override to add."""
+    return {}
+
+
+@pytest.fixture
+def nuvom_test_kernel(tmp_path: Path, nuvom_environ: dict[str, str],
+                      nuvom_extra_plugins: dict[str, Any]) -> Iterator[Kernel]:
+    """An isolated in-memory kernel, installed as the current one for the test."""
+    kernel = build_test_kernel(tmp_path, nuvom_environ, nuvom_extra_plugins)
+    with use_kernel(kernel):
+        yield kernel
+    kernel.close()
+
+
+@pytest.fixture
+def nuvom_queue(nuvom_test_kernel: Kernel) -> QueueBackend:
+    return nuvom_test_kernel.queue
+
+
+@pytest.fixture
+def nuvom_results(nuvom_test_kernel: Kernel) -> ResultBackend:
+    return nuvom_test_kernel.results
+
+
+class EagerMode:
+    """What ``nuvom_eager`` gives a test: every job ``.delay()`` ran, in call order.
+
+    Each recorded :class:`~nuvom_kernel.Job` is refreshed once it has run, so
+    ``job.status`` and ``job.result`` are already final when ``.delay()`` returns
+    (``job.get()`` also works, and raises ``JobFailedError`` for a failed job).
+    """
+
+    def __init__(self, kernel: Kernel | None = None) -> None:
+        self.kernel = kernel
+        self.jobs: list[Job] = []
+
+    def calls(self, task_name: str) -> list[Job]:
+        """The recorded jobs of one task (by registry name)."""
+        return [job for job in self.jobs if job.func_name == task_name]
+
+    def clear(self) -> None:
+        self.jobs.clear()
+
+    @hookimpl
+    def nuvom_before_enqueue(self, job: Job) -> None:
+        self.jobs.append(job)
+
+    @hookimpl
+    def nuvom_after_enqueue(self, job: Job) -> None:
+        if self.kernel is not None:
+            self.kernel.refresh_job(job)
+
+
+@pytest.fixture
+def nuvom_eager(tmp_path: Path, nuvom_environ: dict[str, str],
+                nuvom_extra_plugins: dict[str, Any]) -> Iterator[EagerMode]:
+    """Eager mode: ``.delay()`` runs the job inline on a kernel of its own and records it."""
+    mode = EagerMode()
+    kernel = build_test_kernel(tmp_path, nuvom_environ,
+                               {**nuvom_extra_plugins, "nuvom-eager": mode}, eager=True)
+    mode.kernel = kernel
+    queue = kernel.queue
+    if isinstance(queue, EagerQueue):  # unless nuvom_environ chose another backend
+        queue.runner = Worker(kernel, workers=1)
+    with use_kernel(kernel):
+        yield mode
+    kernel.close()
+
+
+class WorkerHarness:
+    """A started :class:`~nuvom_kernel.Worker` on a test kernel, and a way to wait for it."""
+
+    def __init__(self, kernel: Kernel, workers: int = 2) -> None:
+        self.kernel = kernel
+        self.worker = Worker(kernel, workers=workers, grace_period_secs=5.0,
+                             poll_timeout_secs=0.1)
+        self.worker.start()
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Block until no job is waiting (delayed retries included) or running.
+
+        :raises TimeoutError: saying how many jobs are still waiting or running.
+        """
+        queue = self.kernel.queue
+        deadline = time.monotonic() + timeout
+        interval = 0.002
+        while True:
+            waiting, running = queue.qsize(), queue.stats().in_flight
+            if waiting == 0 and running == 0:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"the worker did not drain the queue in {timeout} s: {waiting} job(s) "
+                    f"waiting, {running} running. A task may hang, or a retry delay may be "
+                    "long (set NUVOM_RETRY_DELAY_SECS via the nuvom_environ fixture)")
+            time.sleep(interval)
+            interval = min(interval * 2, 0.05)
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.worker.join()
+
+
+@pytest.fixture
+def nuvom_worker(nuvom_test_kernel: Kernel) -> Iterator[WorkerHarness]:
+    """A real worker pool (two threads) serving ``nuvom_test_kernel`` until the test ends."""
+    harness = WorkerHarness(nuvom_test_kernel)
+    try:
+        yield harness
+    finally:
+        harness.stop()

@@ -1,0 +1,127 @@
+"""``nuvom plugin test``: by plugin name, ``--all``, ``module:attr``; table, JSON, exit status.
+
+Each test runs the real ``nuvom`` entry point in a subprocess from an empty project
+directory, as a plugin author would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel.testing.fakes import EXPECTED_FAILURES
+
+
+def nuvom(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(cwd), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.run(
+        [sys.executable, "-c", "from nuvom_kernel.cli import main; main()", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def rows(output: str, first: str) -> list[list[str]]:
+    """Table rows (split on runs of spaces) whose first cell is ``first``."""
+    return [line.split() for line in output.splitlines() if line.split()[:1] == [first]]
+
+
+@pytest.mark.slow
+def test_plugin_test_memory_passes_with_a_table(tmp_path: Path) -> None:
+    result = nuvom(["plugin", "test", "memory"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Registration" in out and "Contracts" in out
+    contract_rows = {(r[1], r[2]): r for r in rows(out, "memory") if r[1] in ("queue", "result")}
+    assert set(contract_rows) == {("queue", "memory"), ("result", "memory")}
+    for row in contract_rows.values():
+        passed, failed, _skipped, verdict = row[3:7]
+        assert int(passed) > 10 and failed == "0" and verdict == "PASS"
+    checks = [r for r in rows(out, "memory") if r[1] not in ("queue", "result")]
+    assert checks and all("ok" in r for r in checks)
+    assert out.rstrip().splitlines()[-1].startswith("PASSED")
+
+
+def test_plugin_test_all_covers_every_installed_backend(tmp_path: Path) -> None:
+    result = nuvom(["plugin", "test", "--all", "--json", "-k", "fifo or unknown_ids or empty"],
+                   tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    tested = {(t["kind"], t["name"]) for t in report["targets"]}
+    assert {("queue", "memory"), ("result", "memory")} <= tested
+    assert report["ok"] is True
+    for target in report["targets"]:
+        mine = [t for t in report["tests"] if t["target"] == target["id"]]
+        assert mine and all(t["outcome"] == "passed" for t in mine), target
+
+
+def test_module_attr_of_a_broken_backend_fails_with_its_tests_named(tmp_path: Path) -> None:
+    result = nuvom(["plugin", "test", "nuvom_kernel.testing.fakes:LifoQueue",
+                    "-k", "fifo or priority or ack_removes"], tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    [row] = [r for r in rows(out, "nuvom_kernel.testing.fakes:LifoQueue") if r[1] == "queue"]
+    assert row[2] == "fake-lifo" and row[-1] == "FAIL" and int(row[4]) >= 2
+    failures = out.split("Failures", 1)[1]
+    for name in EXPECTED_FAILURES["LifoQueue"]:
+        assert name in failures
+    assert "test_ack_removes" not in failures
+    assert out.rstrip().splitlines()[-1].startswith("FAILED")
+
+
+def test_toml_listed_target_is_checked_against_its_capability_key(tmp_path: Path) -> None:
+    (tmp_path / "myqueue.py").write_text(textwrap.dedent("""
+        from nuvom_kernel.testing.stubs import StubQueue
+
+        class GoodQueue(StubQueue):
+            name = "goodq"
+        """))
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[plugins]\nqueue_backend = ["myqueue:GoodQueue"]\n')
+    result = nuvom(["plugin", "test", "myqueue:GoodQueue", "-k", "fifo", "--json"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    checks = {c["check"]: c for c in report["checks"]}
+    assert checks["toml key 'queue_backend'"]["ok"] is True
+    assert [(t["kind"], t["name"]) for t in report["targets"]] == [("queue", "goodq")]
+    by_backend_name = nuvom(["plugin", "test", "goodq", "-k", "fifo"], tmp_path)
+    assert by_backend_name.returncode == 0, by_backend_name.stdout + by_backend_name.stderr
+
+
+def test_registration_problems_fail_without_running_anything(tmp_path: Path) -> None:
+    (tmp_path / "sloppy.py").write_text(textwrap.dedent("""
+        from nuvom_kernel import hookimpl
+        from nuvom_kernel.backends import QueueBackend
+
+        class HalfQueue(QueueBackend):
+            name = "half"
+            def push(self, messages): ...
+
+        @hookimpl
+        def nuvom_register_queue_backend():  # typo: the hook ends in "backends"
+            return [HalfQueue]
+
+        def nuvom_register_result_backends():  # not marked @hookimpl
+            return []
+        """))
+    result = nuvom(["plugin", "test", "sloppy", "sloppy:HalfQueue"], tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "nuvom_register_queue_backend is not a Nuvom hook" in out
+    assert "nuvom_register_result_backends is not marked @nuvom_kernel.hookimpl" in out
+    assert "HalfQueue does not implement: ack, claim, clear, extend, qsize, release, retry" in out
+    assert "FAIL" in out and "Contracts" not in out
+
+
+def test_unknown_name_and_missing_arguments(tmp_path: Path) -> None:
+    unknown = nuvom(["plugin", "test", "no-such-thing"], tmp_path)
+    assert unknown.returncode == 1
+    assert "no installed plugin or backend is named 'no-such-thing'" in unknown.stderr
+    assert "memory" in unknown.stderr, "the error lists what is installed"
+    nothing = nuvom(["plugin", "test"], tmp_path)
+    assert nothing.returncode == 2 and "--all" in nothing.stderr

@@ -1,0 +1,173 @@
+"""The opt-in user pytest plugin: isolated kernels, eager mode, a real worker thread."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from nuvom_kernel import JobFailedError, JobStatus, current_job, get_kernel, hookimpl, task
+from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.registry import REGISTRY
+from nuvom_kernel.testing.stubs import StubQueue, StubResults
+
+if TYPE_CHECKING:  # imported by pytest_plugins below; importing it first defeats rewriting
+    from nuvom_kernel.testing.pytest_plugin import EagerMode, WorkerHarness
+
+pytest_plugins = ["nuvom_kernel.testing.pytest_plugin", "pytester"]
+
+_attempts: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+@task(name="pp_tests.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(name="pp_tests.flaky", retries=2)
+def flaky(key: str, failures: int) -> str:
+    """Fails ``failures`` times for ``key``, then succeeds."""
+    with _lock:
+        _attempts[key] = _attempts.get(key, 0) + 1
+        n = _attempts[key]
+    if n <= failures:
+        raise ValueError(f"attempt {n} fails")
+    return f"ok after {n}"
+
+
+@task(name="pp_tests.parent")
+def parent(n: int) -> dict[str, Any]:
+    child = add.delay(n, n)
+    job = current_job()
+    return {"child": child.get(timeout=5), "me": job.id if job else None}
+
+
+@pytest.fixture(autouse=True)
+def _register_tasks() -> Iterator[None]:
+    """tests/conftest.py empties the registry before each test; put this module's back."""
+    for fn in (add, flaky, parent):
+        REGISTRY.register(fn.name, fn, force=True)
+    yield
+
+
+def test_test_kernel_is_isolated_and_current(nuvom_test_kernel: Kernel) -> None:
+    assert get_kernel() is nuvom_test_kernel
+    assert isinstance(nuvom_test_kernel.queue, StubQueue)
+    assert isinstance(nuvom_test_kernel.results, StubResults)
+    assert nuvom_test_kernel.config.path is None, "the project's toml is never read"
+    assert not [i for i in nuvom_test_kernel.pm.plugin_infos() if i.source == "entry point"]
+
+
+def test_delay_enqueues_on_the_test_queue(nuvom_queue: Any) -> None:
+    job = add.delay(2, 3)
+    assert nuvom_queue.qsize() == 1
+    assert nuvom_queue.peek_state(job.id) is JobStatus.QUEUED
+
+
+def test_eager_runs_inline_and_records(nuvom_eager: EagerMode) -> None:
+    job = add.delay(2, 3)
+    assert job.status is JobStatus.SUCCEEDED and job.result == 5
+    assert job.get() == 5
+    jobs = add.map([(1, 1), (2, 2)])
+    assert [j.result for j in jobs] == [2, 4]
+    assert [j.id for j in nuvom_eager.jobs] == [job.id] + [j.id for j in jobs]
+    assert nuvom_eager.calls("pp_tests.add") == nuvom_eager.jobs
+    assert nuvom_eager.kernel is not None and nuvom_eager.kernel.queue.qsize() == 0
+
+
+def test_eager_retries_inline_and_reports_failure(nuvom_eager: EagerMode) -> None:
+    ok = flaky.delay("eager-ok", 2)
+    assert ok.status is JobStatus.SUCCEEDED and ok.result == "ok after 3"
+    assert ok.attempts == 3
+    bad = flaky.delay("eager-bad", 5)
+    assert bad.status is JobStatus.FAILED
+    with pytest.raises(JobFailedError, match="attempt 3 fails"):
+        bad.get()
+
+
+def test_eager_nested_delay_runs_child_first(nuvom_eager: EagerMode) -> None:
+    job = parent.delay(4)
+    assert job.result == {"child": 8, "me": job.id}, "current_job() survives a nested run"
+    assert [j.func_name for j in nuvom_eager.jobs] == ["pp_tests.parent", "pp_tests.add"]
+
+
+def test_eager_drops_start_delay(nuvom_eager: EagerMode) -> None:
+    job = add.apply_async((1, 2), delay_secs=60)
+    assert job.result == 3
+
+
+def test_worker_drains_real_jobs(nuvom_worker: WorkerHarness) -> None:
+    jobs = [*add.map([(i, i) for i in range(20)]), flaky.delay("worker", 1)]
+    nuvom_worker.drain(timeout=10)
+    assert [j.get(timeout=1) for j in jobs[:20]] == [2 * i for i in range(20)]
+    assert jobs[-1].get(timeout=1) == "ok after 2"
+    assert nuvom_worker.worker.processed == 21
+
+
+def test_drain_times_out_with_a_reason(nuvom_worker: WorkerHarness) -> None:
+    add.apply_async((1, 1), delay_secs=30)
+    with pytest.raises(TimeoutError, match=r"1 job\(s\) waiting"):
+        nuvom_worker.drain(timeout=0.2)
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    @hookimpl
+    def nuvom_after_execute(self, job: Any, result: Any) -> None:
+        self.seen.append(job.func_name)
+
+
+_observer = _Observer()
+
+
+@pytest.fixture
+def nuvom_extra_plugins() -> dict[str, Any]:
+    return {"test-observer": _observer}
+
+
+@pytest.fixture
+def nuvom_environ() -> dict[str, str]:
+    return {"NUVOM_MAX_DELIVERIES": "7"}
+
+
+def test_overrides_reach_the_kernel(nuvom_eager: EagerMode) -> None:
+    assert nuvom_eager.kernel is not None
+    assert nuvom_eager.kernel.settings.max_deliveries == 7
+    _observer.seen.clear()
+    add.delay(1, 1)
+    assert _observer.seen == ["pp_tests.add"]
+
+
+def test_documented_example_runs(pytester: pytest.Pytester) -> None:
+    """The example of docs/testing.md, as a user would write it."""
+    pytester.makeconftest('pytest_plugins = ["nuvom_kernel.testing.pytest_plugin"]\n')
+    pytester.makepyfile(tasks=textwrap.dedent("""
+        from nuvom_kernel import task
+
+        @task(name="docs_example.send_welcome", retries=1)
+        def send_welcome(user_id):
+            return f"sent to {user_id}"
+        """))
+    pytester.makepyfile(test_tasks=textwrap.dedent("""
+        from nuvom_kernel import JobStatus
+        from tasks import send_welcome
+
+        def test_send_welcome_eagerly(nuvom_eager):
+            job = send_welcome.delay(42)
+            assert job.status is JobStatus.SUCCEEDED
+            assert job.result == "sent to 42"
+            assert len(nuvom_eager.calls("docs_example.send_welcome")) == 1
+
+        def test_send_welcome_on_a_worker(nuvom_worker):
+            job = send_welcome.delay(7)
+            nuvom_worker.drain()
+            assert job.get(timeout=1) == "sent to 7"
+        """))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
