@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -215,6 +216,17 @@ def test_qsize_and_stats(queue: SQLiteJobQueue) -> None:
     assert queue.qsize(["mail"]) == 1
 
 
+def test_cancel_removes_waiting_messages_only(queue: SQLiteJobQueue) -> None:
+    queue.enqueue_many([msg("a"), msg("b"), msg("later", available_at=time.time() + 60)])
+    [lease] = queue.claim(1)
+    assert queue.cancel("a") is False  # leased: its worker decides
+    assert queue.cancel("b") is True
+    assert queue.cancel("b") is False
+    assert queue.cancel("later") is True
+    assert queue.ack(lease)
+    assert queue.qsize() == 0
+
+
 def test_peek_state_of_unknown_id_is_none(queue: SQLiteJobQueue) -> None:
     assert queue.peek_state("never-seen") is None
 
@@ -294,7 +306,7 @@ def test_wake_registration_of_a_dead_waiter_is_removed(queue: SQLiteJobQueue) ->
 
 
 def test_close_unregisters_the_waiters_socket(queue: SQLiteJobQueue) -> None:
-    queue.pop_batch(1, timeout=0.05)
+    queue.wait_for_messages(0.01, queue._generation)  # registers this thread as a waiter
     registered = list(queue._waker.dir.iterdir()) if queue._waker.dir.exists() else []
     assert len(registered) == (1 if queue._waker.enabled else 0)
     queue.close()
@@ -346,11 +358,26 @@ def test_from_settings_uses_context_and_validates(tmp_path: Path) -> None:
         SQLiteJobQueue.from_settings({"busy_timeout_secs": "soon"}, ctx)
 
 
+def test_full_sync_fsyncs_jobs_but_not_lease_bookkeeping(db_path: Path) -> None:
+    """At FULL, push/retry commit with fsync; claim/ack/extend/release do not (losing them to
+    a power cut only re-runs a job, which at-least-once delivery allows)."""
+    q = SQLiteJobQueue(db_path, synchronous="FULL")
+    q.enqueue(msg("a"))
+    assert q._db.conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert q._lease_db.conn().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    [lease] = q.claim(1)
+    assert q.ack(lease)
+    q.close()
+    normal = SQLiteJobQueue(db_path)
+    assert normal._lease_db is normal._db
+    normal.close()
+
+
 def test_capabilities_and_name() -> None:
     caps = SQLiteJobQueue.capabilities
     assert SQLiteJobQueue.name == "sqlite"
     assert caps.persistent and caps.multiprocess_safe and caps.priorities and caps.delayed
-    assert not caps.blocking_dequeue
+    assert caps.blocking_dequeue == sys.platform.startswith("linux")
 
 
 def test_close_then_use_again_reopens(queue: SQLiteJobQueue) -> None:

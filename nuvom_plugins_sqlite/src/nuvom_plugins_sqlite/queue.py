@@ -22,12 +22,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
+
 from nuvom_kernel.backends import BackendContext, Capabilities, QueueBackend, QueueStats
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_plugins_sqlite import quarantine
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
-from nuvom_plugins_sqlite.wakeup import Waker
+from nuvom_plugins_sqlite.wakeup import WAKEUPS_SUPPORTED, Waker
 
 __all__ = ["DuplicateMessageError", "SQLiteJobQueue"]
 
@@ -44,6 +46,10 @@ WHERE seq IN (
     LIMIT ?
 )
 RETURNING """ + _RETURNING + ", token"
+
+
+_INSERT = ("INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at, visible_at,"
+           " body) VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
 class DuplicateMessageError(NuvomError, ValueError):
@@ -67,8 +73,11 @@ class SQLiteJobQueue(QueueBackend):
     """
 
     name: ClassVar[str] = "sqlite"
+    #: ``blocking_dequeue`` where the wake-up sockets exist (Linux): an idle waiter blocks in
+    #: ``select()`` until a push from any process wakes it. Elsewhere it polls.
     capabilities: ClassVar[Capabilities] = Capabilities(
-        persistent=True, multiprocess_safe=True, priorities=True, delayed=True
+        persistent=True, multiprocess_safe=True, priorities=True, delayed=True,
+        blocking_dequeue=WAKEUPS_SUPPORTED,
     )
     #: How often an idle waiter asks SQLite whether another connection committed
     #: (``PRAGMA data_version``): bounds cross-process pickup latency at a few µs of CPU each.
@@ -90,6 +99,11 @@ class SQLiteJobQueue(QueueBackend):
         )
         self.path = self.settings.path
         self._db = Database(self.settings)
+        # Lease bookkeeping (claim, ack, extend, release) never fsyncs: losing it to a power
+        # cut can only make a job run again, which at-least-once delivery allows. What would
+        # lose a job or its progress (push, retry, clear) commits at the configured level.
+        self._lease_db = (self._db if self.settings.synchronous == "NORMAL" else
+                          Database(attrs.evolve(self.settings, synchronous="NORMAL")))
         self._waker = Waker(self.path)
         self._seen = threading.local()  # last PRAGMA data_version this thread saw
         self._claim_sql: dict[int | None, str] = {}
@@ -106,6 +120,7 @@ class SQLiteJobQueue(QueueBackend):
 
     def close(self) -> None:
         self._waker.close()
+        self._lease_db.close()
         self._db.close()
 
     def notify(self) -> None:
@@ -122,12 +137,13 @@ class SQLiteJobQueue(QueueBackend):
         rows = [_row(m) for m in messages]
 
         def insert(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at, "
-                "visible_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany(_INSERT, rows)
 
         try:
-            self._db.transaction(insert)
+            if len(rows) == 1:  # one autocommit statement: no BEGIN/COMMIT round trips
+                self._db.write(lambda conn: conn.execute(_INSERT, rows[0]))
+            else:
+                self._db.transaction(insert)
         except sqlite3.IntegrityError as exc:
             if "UNIQUE" not in str(exc):
                 raise
@@ -150,7 +166,7 @@ class SQLiteJobQueue(QueueBackend):
         now = time.time()
         params = (now + self.visibility_timeout_secs, now, *names, n)
         try:
-            rows = self._db.write(lambda conn: conn.execute(sql, params).fetchall())
+            rows = self._lease_db.write(lambda conn: conn.execute(sql, params).fetchall())
         except sqlite3.IntegrityError:
             # A row broke a CHECK on the columns the claim updates: move every bad row
             # aside and claim again, so one corrupt row never stalls the queue.
@@ -159,7 +175,8 @@ class SQLiteJobQueue(QueueBackend):
         return self._leases(rows)
 
     def ack(self, lease: Lease) -> bool:
-        return self._fenced("DELETE FROM nuvom_queue WHERE id = ? AND token = ?", (), lease)
+        return self._fenced_lease("DELETE FROM nuvom_queue WHERE id = ? AND token = ?", (),
+                                  lease)
 
     def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
         at = time.time() + max(delay_secs, 0.0)
@@ -173,7 +190,7 @@ class SQLiteJobQueue(QueueBackend):
         return done
 
     def release(self, lease: Lease) -> bool:
-        done = self._fenced(
+        done = self._fenced_lease(
             "UPDATE nuvom_queue SET token = NULL, visible_at = available_at, "
             "deliveries = max(deliveries - 1, 0) WHERE id = ? AND token = ?", (), lease)
         if done:
@@ -181,8 +198,9 @@ class SQLiteJobQueue(QueueBackend):
         return done
 
     def extend(self, lease: Lease, secs: float) -> bool:
-        return self._fenced("UPDATE nuvom_queue SET visible_at = ? WHERE id = ? AND token = ?",
-                            (time.time() + secs,), lease)
+        return self._fenced_lease(
+            "UPDATE nuvom_queue SET visible_at = ? WHERE id = ? AND token = ?",
+            (time.time() + secs,), lease)
 
     def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
         """Extend many leases in one transaction (a busy worker's heartbeat is one commit)."""
@@ -195,7 +213,7 @@ class SQLiteJobQueue(QueueBackend):
             return [conn.execute(sql, (at, lease.id, lease.token)).rowcount == 1
                     for lease in leases]
 
-        return self._db.transaction(run)
+        return self._lease_db.transaction(run)
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         where, names = _queue_filter(queues)
@@ -209,6 +227,13 @@ class SQLiteJobQueue(QueueBackend):
         return int(self._db.write(lambda conn: conn.execute(sql, names).rowcount))
 
     # --- optional primitives --------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> bool:
+        """Delete the message if it is waiting (ready or delayed). A leased message, even one
+        whose lease has expired, is left to whichever worker holds or reclaims it."""
+        return bool(self._db.write(lambda conn: conn.execute(
+            "DELETE FROM nuvom_queue WHERE id = ? AND token IS NULL", (job_id,)
+        ).rowcount == 1))
 
     def peek_state(self, job_id: str) -> JobStatus | None:
         row = self._db.conn().execute(
@@ -292,9 +317,14 @@ class SQLiteJobQueue(QueueBackend):
 
     # --- helpers --------------------------------------------------------------------------
 
-    def _fenced(self, sql: str, params: tuple[Any, ...], lease: Lease) -> bool:
+    def _fenced(self, sql: str, params: tuple[Any, ...], lease: Lease,
+                db: Database | None = None) -> bool:
         full = (*params, lease.id, lease.token)
-        return bool(self._db.write(lambda conn: conn.execute(sql, full).rowcount == 1))
+        db = db or self._db
+        return bool(db.write(lambda conn: conn.execute(sql, full).rowcount == 1))
+
+    def _fenced_lease(self, sql: str, params: tuple[Any, ...], lease: Lease) -> bool:
+        return self._fenced(sql, params, lease, self._lease_db)
 
     def _present(self, ids: Sequence[str]) -> list[str]:
         conn = self._db.conn()

@@ -30,11 +30,14 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["Waker"]
+__all__ = ["WAKEUPS_SUPPORTED", "Waker"]
 
 log = logging.getLogger("nuvom.sqlite")
 
 _PREFIX = b"\0nuvom-wake-"
+
+#: Abstract-namespace Unix sockets are a Linux feature.
+WAKEUPS_SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "AF_UNIX")
 
 
 class Waker:
@@ -42,7 +45,7 @@ class Waker:
 
     def __init__(self, db_path: Path) -> None:
         self.dir = Path(f"{db_path}-wake")
-        self.enabled = sys.platform.startswith("linux") and hasattr(socket, "AF_UNIX")
+        self.enabled = WAKEUPS_SUPPORTED
         self._local = threading.local()
         self._lock = threading.Lock()
         self._owned: list[tuple[Path, socket.socket, int]] = []
