@@ -140,6 +140,14 @@ class StubQueue(QueueBackend):
                 del self._entries[job_id]
             return len(doomed)
 
+    def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(job_id)
+            if entry is None or entry.token is not None:
+                return False  # a leased job belongs to its worker
+            del self._entries[job_id]
+            return True
+
     def peek_state(self, job_id: str) -> JobStatus | None:
         with self._lock:
             entry = self._entries.get(job_id)

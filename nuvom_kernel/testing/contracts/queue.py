@@ -316,6 +316,26 @@ class QueueBackendContract(QueueConcurrencyTests):
         assert queue_backend.qsize() == 0 and queue_backend.claim(10) == []
         assert queue_backend.clear() == 0
 
+    def test_cancel_removes_only_waiting_messages(self, queue_backend: QueueBackend) -> None:
+        leased, waiting = make_message(), make_message()  # FIFO: "leased" is claimed
+        queue_backend.enqueue_many([leased, waiting])
+        lease = self._claim_one(queue_backend)
+        try:
+            cancelled = queue_backend.cancel(waiting.id)
+        except NotImplementedError:
+            pytest.skip("cancel is not implemented (optional)")
+        assert cancelled is True
+        assert queue_backend.qsize() == 0 and queue_backend.peek_state(waiting.id) is None
+        assert queue_backend.cancel(waiting.id) is False, "a second cancel finds nothing"
+        assert queue_backend.cancel(lease.id) is False, "a leased job belongs to its worker"
+        assert queue_backend.ack(lease) is True, "cancel must not touch a leased message"
+        assert queue_backend.cancel("never-seen-" + uuid.uuid4().hex) is False
+        if type(queue_backend).capabilities.delayed:
+            later = make_message(available_at=time.time() + 60)
+            queue_backend.enqueue(later)
+            assert queue_backend.cancel(later.id) is True, "a delayed message is waiting too"
+            assert queue_backend.qsize() == 0
+
     def test_peek_state(self, queue_backend: QueueBackend) -> None:
         message = make_message()
         queue_backend.enqueue(message)
