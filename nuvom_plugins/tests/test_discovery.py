@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
 from nuvom_kernel.discovery import DiscoveryReport, TaskRef
-from nuvom_plugins.discovery import AstDiscoverer, plugin
+from nuvom_plugins.discovery import AstDiscoverer, plugin, scanner
 
 
 def write(root: Path, files: dict[str, str]) -> None:
@@ -139,11 +140,30 @@ def test_methods_and_nested_functions_are_rejected_with_warnings(tmp_path: Path)
 
         @task
         def ok(): ...
+
+        class Conditional:
+            if True:
+                @task
+                async def guarded(self): ...
+
+                def helper(self):
+                    @task
+                    def deeper(): ...
+
+        match 1:
+            case 1:
+                def in_match():
+                    @task
+                    def matched(): ...
     """})
     report, _ = run(tmp_path)
     assert [t.name for t in report.tasks] == ["ok"]
     assert any(w.startswith("m.py:6:") and "method 'method'" in w for w in report.warnings)
     assert any(w.startswith("m.py:10:") and "'inner'" in w for w in report.warnings)
+    assert any("method 'guarded' of class 'Conditional'" in w for w in report.warnings)
+    assert any("'deeper' inside class 'Conditional'" in w for w in report.warnings)
+    assert any("'matched' inside function 'in_match'" in w for w in report.warnings)
+    assert len(report.warnings) == 5
 
 
 def test_non_literal_options_are_skipped(tmp_path: Path) -> None:
@@ -244,3 +264,25 @@ def test_root_must_be_a_directory(tmp_path: Path) -> None:
 
 def test_plugin_registers_the_ast_discoverer() -> None:
     assert [c.name for c in plugin.nuvom_register_discoverers()] == ["ast"]
+
+
+def test_parallel_parse_matches_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    one = "from nuvom_kernel import task\n@task(retries={0})\ndef t{0}():\n    '''T{0}.'''\n"
+    write(tmp_path, {f"pkg/m{i}.py": one.format(i) for i in range(12)})
+    write(tmp_path, {"pkg/bad.py": "def (\n", "pkg/plain.py": "x = 1\n"})
+    serial, serial_state = AstDiscoverer(workers=1).discover(tmp_path)
+    pools: list[object] = []
+    real = scanner.ProcessPoolExecutor
+
+    def recording(*args: object, **kwargs: object) -> object:
+        pools.append(args)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scanner, "ProcessPoolExecutor", recording)
+    pooled, pooled_state = AstDiscoverer(workers=2, parallel_min_files=1).discover(tmp_path)
+    if threading.active_count() == 1:
+        assert pools, "a single-threaded process should parse in a pool"
+    assert pooled.tasks == serial.tasks and pooled.errors == serial.errors
+    assert pooled.files_parsed == serial.files_parsed == 14
+    assert pooled_state == serial_state

@@ -10,7 +10,7 @@ Nothing is imported or executed.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -180,6 +180,9 @@ class _Scanner:
                         | ast.AsyncWith):
             self.module(stmt.body)
             self.module(getattr(stmt, "orelse", []))
+        elif isinstance(stmt, ast.Match):
+            for case in stmt.cases:
+                self.module(case.body)
         elif isinstance(stmt, _TRY):
             for block in (stmt.body, *(h.body for h in stmt.handlers), stmt.orelse,
                           stmt.finalbody):
@@ -187,17 +190,37 @@ class _Scanner:
 
     def nested(self, body: list[ast.stmt], where: str, methods: bool = False) -> None:
         """Decorated functions that are not importable by module path: warn, never record."""
-        for node in ast.walk(ast.Module(body=body, type_ignores=[])):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and \
-                    self.task_decorator(node) is not None:
-                if methods and node in body:
-                    why = (f"method {node.name!r} of {where} is decorated with @task; methods "
-                           f"cannot be tasks (a worker has no instance to call them on). "
-                           f"Move it to module level")
-                else:
-                    why = (f"{node.name!r} inside {where} is decorated with @task but is not "
-                           f"at module level, so workers cannot import it; it is skipped")
-                self.warn(node.lineno, why)
+        for node, direct in _defs(body):
+            if self.task_decorator(node) is None:
+                continue
+            if methods and direct:
+                why = (f"method {node.name!r} of {where} is decorated with @task; methods "
+                       f"cannot be tasks (a worker has no instance to call them on). "
+                       f"Move it to module level")
+            else:
+                why = (f"{node.name!r} inside {where} is decorated with @task but is not "
+                       f"at module level, so workers cannot import it; it is skipped")
+            self.warn(node.lineno, why)
+
+
+def _defs(body: list[ast.stmt]) -> Iterator[tuple[ast.FunctionDef | ast.AsyncFunctionDef,
+                                                  bool]]:
+    """Every ``def`` among ``body``'s statements, at any depth, and whether it is *direct*
+    (not inside another def or class). Only statement lists are followed, never expressions,
+    which is most of a tree's nodes: ``ast.walk`` here cost more than parsing."""
+    stack: list[tuple[Any, bool]] = [(stmt, True) for stmt in reversed(body)]
+    while stack:
+        node, direct = stack.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield node, direct
+        inner = direct and not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef
+                                          | ast.ClassDef)
+        for field in ("cases", "handlers", "finalbody", "orelse", "body"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                stack.extend((child, inner) for child in reversed(children)
+                             if isinstance(child, ast.stmt | ast.excepthandler
+                                           | ast.match_case))
 
 
 def scan_module(tree: ast.Module, decorators: frozenset[str] = DEFAULT_DECORATORS

@@ -3,7 +3,8 @@
 Cost model, and why: a warm run (nothing changed) reads and hashes every candidate file but
 parses none, because the previous run's per-file results are kept in the manifest's state
 keyed by content hash. A cold run parses every file so that any syntax error is reported
-(the discoverer contract asks for it); ``ast.parse`` is the whole cost of a cold run.
+(the discoverer contract asks for it); ``ast.parse`` is the whole cost of a cold run, so when
+many files changed they are parsed in a pool of forked worker processes.
 ``parse_all=False`` trades that for speed: only files whose bytes mention the module of
 Nuvom's decorator (``nuvom_kernel``) are parsed — a decorator can only resolve to Nuvom
 through an import in the same module, so no task is missed, but a syntax error in a file
@@ -21,8 +22,14 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import logging
+import multiprocessing
 import os
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from itertools import repeat
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +38,9 @@ import pathspec
 from nuvom_kernel.discovery import Discoverer, DiscoveryReport, TaskRef
 from nuvom_plugins.discovery.resolve import DEFAULT_DECORATORS, scan_module
 
-__all__ = ["DEFAULT_SKIP_DIRS", "AstDiscoverer"]
+__all__ = ["DEFAULT_SKIP_DIRS", "AstDiscoverer", "examine"]
+
+log = logging.getLogger("nuvom.discovery")
 
 DEFAULT_SKIP_DIRS: frozenset[str] = frozenset({
     ".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "venv", ".tox", ".nox",
@@ -62,6 +71,8 @@ class AstDiscoverer(Discoverer):
     :param skip_dirs: directory names never entered.
     :param parse_all: parse every changed file (report every syntax error) rather than only
         files that mention ``nuvom_kernel`` (much faster on big trees; see module docs).
+    :param workers: processes used to parse when at least ``parallel_min_files`` files
+        changed (default: the CPU count, at most 8; ``1`` never starts a pool).
     """
 
     name: ClassVar[str] = "ast"
@@ -72,11 +83,14 @@ class AstDiscoverer(Discoverer):
         decorators: frozenset[str] = DEFAULT_DECORATORS,
         skip_dirs: frozenset[str] = DEFAULT_SKIP_DIRS,
         parse_all: bool = True,
+        workers: int | None = None,
+        parallel_min_files: int = 200,
     ) -> None:
         self.decorators = frozenset(decorators)
         self.parse_all = parse_all
         self.skip_dirs = frozenset(skip_dirs)
-        self._markers = tuple(sorted({d.split(".")[0].encode() for d in self.decorators}))
+        self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+        self.parallel_min_files = parallel_min_files
 
     def discover(
         self,
@@ -96,6 +110,7 @@ class AstDiscoverer(Discoverer):
         report = DiscoveryReport()
         ignore = self._ignore_spec(root, report)
         files: dict[str, Any] = {}
+        changed: dict[str, bytes | None] = {}  # bytes kept only while a serial parse is likely
         for rel in self._walk(root, ignore, _spec(exclude), _spec(include)):
             report.files_scanned += 1
             try:
@@ -104,16 +119,46 @@ class AstDiscoverer(Discoverer):
                 report.errors.append(f"{rel}: cannot read: {exc.strerror or exc}")
                 continue
             digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-            entry = previous.get(rel)
-            if _hash_of(entry) != digest:
-                entry = self._examine(rel, data, digest, report)
+            files[rel] = previous.get(rel)
+            if _hash_of(files[rel]) != digest:
+                changed[rel] = data if len(changed) < self.parallel_min_files else None
+        for rel, entry, parsed in self._examine_all(root, changed):
             files[rel] = entry
+            report.files_parsed += parsed
+        for entry in files.values():
             if isinstance(entry, dict):
                 report.tasks += [TaskRef.from_dict(t) for t in entry.get("tasks", [])]
                 report.errors += entry.get("errors", [])
                 report.warnings += entry.get("warnings", [])
         self._check_duplicates(report)
         return report, {"version": _STATE_VERSION, "key": key, "files": files}
+
+    def _examine_all(self, root: Path, changed: dict[str, bytes | None]
+                     ) -> Iterator[tuple[str, Any, bool]]:
+        """Parse changed files: in forked worker processes when there are many (``ast.parse``
+        is the whole cost of a cold run and it scales with cores), serially otherwise.
+
+        Forking is only safe in a single-threaded process, and ``spawn`` would re-run an
+        unguarded ``__main__`` script, so a process with threads parses serially.
+        """
+        args = (self.decorators, self.parse_all)
+        if len(changed) >= self.parallel_min_files and self.workers > 1 and \
+                threading.active_count() == 1 and \
+                "fork" in multiprocessing.get_all_start_methods():
+            try:
+                ctx = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
+                    results = list(pool.map(examine_path, repeat(str(root)), changed,
+                                            repeat(args), chunksize=32))
+                yield from results
+                return
+            except (OSError, BrokenProcessPool) as exc:
+                log.warning("discovery: parsing serially, no process pool (%s)", exc)
+        for rel, data in changed.items():
+            if data is None:
+                yield examine_path(str(root), rel, args)
+            else:
+                yield (rel, *examine(rel, data, *args))
 
     # --- files ---------------------------------------------------------------------------
 
@@ -151,31 +196,6 @@ class AstDiscoverer(Discoverer):
                     continue
                 yield rel
 
-    def _examine(self, rel: str, data: bytes, digest: str,
-                 report: DiscoveryReport) -> str | dict[str, Any]:
-        """Parse one changed file; the state entry is just the hash when it has nothing."""
-        if not self.parse_all and not any(marker in data for marker in self._markers):
-            return digest  # cannot import Nuvom's decorator, so cannot hold a task
-        report.files_parsed += 1
-        try:
-            tree = ast.parse(data, filename=rel)
-        except SyntaxError as exc:
-            where = f"{rel}:{exc.lineno or 0}"
-            return {"hash": digest, "tasks": [], "warnings": [],
-                    "errors": [f"{where}: syntax error: {exc.msg}; file skipped"]}
-        except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as exc:
-            return {"hash": digest, "tasks": [], "warnings": [],
-                    "errors": [f"{rel}:0: cannot parse: {exc}; file skipped"]}
-        scan = scan_module(tree, self.decorators)
-        module = module_name(rel)
-        tasks = [TaskRef(name=t.name, module=module, file=rel, line=t.line,
-                         func_name=t.func_name, options=t.options, description=t.description,
-                         is_async=t.is_async).to_dict() for t in scan.tasks]
-        warnings = [f"{rel}:{w}" for w in scan.warnings]
-        if not tasks and not warnings:
-            return digest
-        return {"hash": digest, "tasks": tasks, "warnings": warnings, "errors": []}
-
     @staticmethod
     def _check_duplicates(report: DiscoveryReport) -> None:
         seen: dict[str, TaskRef] = {}
@@ -185,6 +205,46 @@ class AstDiscoverer(Discoverer):
                 report.warnings.append(
                     f"{ref.file}:{ref.line}: task name {ref.name!r} is also defined at "
                     f"{first.file}:{first.line}; give one of them name=... to keep both")
+
+
+def examine(rel: str, data: bytes, decorators: frozenset[str], parse_all: bool
+            ) -> tuple[str | dict[str, Any], bool]:
+    """The state entry of one changed file (just its hash when it holds nothing to report)
+    and whether it was parsed."""
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    relevant = any(d.split(".")[0].encode() in data for d in decorators)
+    if not relevant and not parse_all:
+        return digest, False  # cannot import Nuvom's decorator, so cannot hold a task
+    try:
+        tree = ast.parse(data, filename=rel)
+    except SyntaxError as exc:
+        return {"hash": digest, "tasks": [], "warnings": [], "errors": [
+            f"{rel}:{exc.lineno or 0}: syntax error: {exc.msg}; file skipped"]}, True
+    except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as exc:
+        return {"hash": digest, "tasks": [], "warnings": [],
+                "errors": [f"{rel}:0: cannot parse: {exc}; file skipped"]}, True
+    if not relevant:  # parsed for its syntax errors only: it cannot hold a task
+        return digest, True
+    scan = scan_module(tree, decorators)
+    module = module_name(rel)
+    tasks = [TaskRef(name=t.name, module=module, file=rel, line=t.line, func_name=t.func_name,
+                     options=t.options, description=t.description,
+                     is_async=t.is_async).to_dict() for t in scan.tasks]
+    warnings = [f"{rel}:{w}" for w in scan.warnings]
+    if not tasks and not warnings:
+        return digest, True
+    return {"hash": digest, "tasks": tasks, "warnings": warnings, "errors": []}, True
+
+
+def examine_path(root: str, rel: str, args: tuple[frozenset[str], bool]
+                 ) -> tuple[str, Any, bool]:
+    """:func:`examine` reading the file itself (runs in pool workers)."""
+    try:
+        data = (Path(root) / rel).read_bytes()
+    except OSError as exc:
+        return rel, {"hash": None, "tasks": [], "warnings": [],
+                     "errors": [f"{rel}: cannot read: {exc.strerror or exc}"]}, False
+    return (rel, *examine(rel, data, *args))
 
 
 def _hash_of(entry: Any) -> str | None:
