@@ -216,3 +216,40 @@ def test_concurrent_appenders_never_interleave(tmp_path: Path) -> None:
     reader = FileResultBackend(path)
     assert len(reader.query(limit=5000)) == 1200 and reader.problems() == []
     assert len(reader.query(func_name="charlie", limit=5000)) == 300
+
+
+UPDATER = """
+import sys, time
+from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_plugins.file import FileResultBackend
+b = FileResultBackend(sys.argv[1], segment_max_bytes=32 * 1024)
+who, n = sys.argv[2], int(sys.argv[3])
+for i in range(n):
+    job = f"{who}-{i}"
+    b.put(JobRecord(job_id=job, func_name=who, status=JobStatus.RUNNING, result="r" * 200))
+    b.put(JobRecord(job_id=job, func_name=who, status=JobStatus.SUCCEEDED, result=i))
+"""
+
+
+def test_purge_while_other_processes_write(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    backend = FileResultBackend(path, segment_max_bytes=32 * 1024)
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(UPDATER), str(path),
+                               who, "400"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for who in ("a", "b", "c")]
+    purged = 0
+    while any(p.poll() is None for p in procs):
+        purged += backend.purge(older_than=time.time())  # compacts under the writers' feet
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    survivors = {r.job_id: r for r in backend.query(limit=5000)}
+    fresh = FileResultBackend(path, segment_max_bytes=32 * 1024)
+    assert {r.job_id for r in fresh.query(limit=5000)} == set(survivors)
+    assert all(r.status is JobStatus.SUCCEEDED and r.result == int(r.job_id.split("-")[1])
+               for r in survivors.values())
+    assert purged + len(survivors) == 1200  # every job purged once or still there, finished
+    assert backend.purge(older_than=time.time() + 1) == len(survivors)
+    for reader in (backend, fresh, FileResultBackend(path)):
+        assert reader.query(limit=5000) == [] and reader.problems() == []
+    assert len(segments(path)) <= 2  # dead segments were deleted
