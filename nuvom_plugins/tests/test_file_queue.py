@@ -239,3 +239,13 @@ def test_cancel_removes_waiting_messages_only(queue: FileJobQueue, tmp_path: Pat
     assert not other.cancel("never-seen")
     assert queue.claim(5) == [] and queue.qsize() == 0
     assert queue.ack(lease)
+
+
+def test_stale_temp_files_of_dead_writers_are_swept(queue: FileJobQueue) -> None:
+    stale = queue.path / "ready" / ".tmp-999-dead"
+    fresh = queue.path / "leased" / ".tmp-998-writing"
+    stale.write_bytes(b"half a job")
+    fresh.write_bytes(b"being written")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    assert queue.claim(1) == []  # the first claim of an instance sweeps
+    assert not stale.exists() and fresh.exists()

@@ -184,6 +184,7 @@ class FileJobQueue(QueueBackend):
         leases: list[Lease] = []
         with self._lock:
             now = time.time()
+            self._sweep_tmp(now)
             self._recover_expired(now)
             self._promote_due(now)
             cache = self._refreshed("ready", now)
@@ -238,8 +239,6 @@ class FileJobQueue(QueueBackend):
         mark = read_mark(self._markers[kind])  # read before listing: a later push bumps it again
         if mark != cache.mark or now - cache.listed_at >= self.relist_interval_secs:
             names = os.listdir(self._dirs[kind])
-            if now - self._swept_at > 60.0:
-                self._sweep_tmp(kind, names, now)
             cache.names = sorted((n for n in names if not n.startswith(".")), reverse=True)
             cache.mark, cache.listed_at, cache.ids = mark, now, None
             if kind == "ready":
@@ -252,15 +251,18 @@ class FileJobQueue(QueueBackend):
                         cache.by_queue.setdefault(parsed.queue, []).append(name)
         return cache
 
-    def _sweep_tmp(self, kind: str, names: list[str], now: float) -> None:
-        """Delete temp files of writers that died more than an hour ago."""
+    def _sweep_tmp(self, now: float) -> None:
+        """Every ten minutes, delete temp files of writers that died over an hour ago."""
+        if now - self._swept_at < 600.0:
+            return
         self._swept_at = now
-        for name in names:
-            if name.startswith(TMP_PREFIX):
-                path = self._dirs[kind] / name
-                with contextlib.suppress(OSError):
-                    if now - path.stat().st_mtime > 3600:
-                        path.unlink()
+        for kind in ("ready", "delayed", "leased", "quarantine"):
+            with os.scandir(self._dirs[kind]) as entries:
+                for entry in entries:
+                    if entry.name.startswith(TMP_PREFIX):
+                        with contextlib.suppress(OSError):
+                            if now - entry.stat().st_mtime > 3600:
+                                os.unlink(entry.path)
 
     def _promote_due(self, now: float) -> None:
         """Move delayed messages whose time has come into ``ready/``."""
