@@ -253,3 +253,23 @@ def test_purge_while_other_processes_write(tmp_path: Path) -> None:
     for reader in (backend, fresh, FileResultBackend(path)):
         assert reader.query(limit=5000) == [] and reader.problems() == []
     assert len(segments(path)) <= 2  # dead segments were deleted
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_instance_inherited_by_a_forked_child_keeps_working(tmp_path: Path) -> None:
+    backend = FileResultBackend(tmp_path / "r", segment_max_bytes=8192)
+    backend.put(rec("before-fork"))
+    pid = os.fork()
+    if pid == 0:  # child: its own lock, same files
+        try:
+            for i in range(200):
+                backend.put(rec(f"child-{i}", result="c" * 100))
+        finally:
+            os._exit(0)
+    for i in range(200):
+        backend.put(rec(f"parent-{i}", result="p" * 100))
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    ids = {r.job_id for r in FileResultBackend(tmp_path / "r").query(limit=1000)}
+    assert len(ids) == 401 and backend.get("child-199") is not None
+    assert backend.problems() == []

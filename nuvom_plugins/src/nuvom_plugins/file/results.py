@@ -115,6 +115,7 @@ class FileResultBackend(ResultBackend):
         self.fsync = fsync
         self._lock = threading.RLock()
         self._lock_fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._pid = os.getpid()
         self._exclusive = False
         self._index: dict[str, _Loc] = {}
         self._tail_seg = 0  # 0: not started
@@ -166,6 +167,10 @@ class FileResultBackend(ResultBackend):
         if self._exclusive:  # already exclusive (purge appends tombstones)
             yield
             return
+        if self._pid != os.getpid():  # forked: an inherited flock fd is shared with the parent
+            os.close(self._lock_fd)
+            self._lock_fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            self._pid = os.getpid()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         self._exclusive = exclusive
         try:
