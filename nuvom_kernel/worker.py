@@ -175,6 +175,9 @@ class Worker:
                 if running.settled:
                     continue
                 running.settled = True
+                # Its thread is still inside the task: never join it below, or a forced
+                # stop would wait out the whole join deadline for a job already given up.
+                self._abandoned.add(running.thread)
             self.queue.retry(running.lease, delay_secs=0)  # runs again; attempt counted
             log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
                         running.job.id, running.job.func_name)
