@@ -34,8 +34,9 @@ def _contract(cls: type) -> str:
 
 #: Tighter timing than the defaults: the stubs are in-memory and exact, and this module runs
 #: the queue contract a dozen times.
-QUEUE_KNOBS = {"short_visibility_secs": 0.2, "delay_secs": 0.2, "extend_visibility_secs": 0.4,
-               "settle_secs": 0.1, "patience_secs": 2.0}
+QUEUE_KNOBS = {"short_visibility_secs": 0.15, "delay_secs": 0.15,
+               "extend_visibility_secs": 0.25, "settle_secs": 0.05, "patience_secs": 1.5,
+               "concurrency_messages": 100}
 
 
 def _test_class(cls: type) -> str:
@@ -96,7 +97,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
     queue = [c for c in fake_classes if _contract(c) == "QueueBackendContract"]
     other = [c for c in fake_classes if _contract(c) != "QueueBackendContract"]
     groups = [[StubQueue, StubResults, StubDiscoverer, *other]]
-    groups += [queue[i::5] for i in range(5)]
+    groups += [queue[i::4] for i in range(4)]
     return _run_groups(tmp_path_factory.mktemp("meta"), groups)
 
 
