@@ -1,0 +1,923 @@
+"""Fault injection for Nuvom's "never lose a job" promise (DESIGN.md §3), on real processes.
+
+This module is the one chaos engine: ``tests/test_chaos.py`` runs every scenario here at CI
+size on each persistent backend, and the same code runs longer soaks from the repo root::
+
+    python -m benchmarks.chaos --backend sqlite --jobs 20000
+    python -m benchmarks.chaos --backend all --scenario storm --scenario crash
+
+Why real processes and signals: the promise is about what survives ``kill -9``, a full disk
+and a second Ctrl-C, which no in-process fake reproduces. Every scenario builds a fresh
+project directory, starts ``python -m nuvom_kernel runworker`` subprocesses in it, hurts them,
+and judges the outcome from two independent witnesses:
+
+* the **result backend** (``get_job``/``JobRecord``): status, attempts, which worker recorded;
+* the **execution log** ``chaos.log``: every task attempt appends ``start``/``end`` lines with
+  its pid, one ``O_APPEND`` ``write(2)`` each, so lines from many processes never interleave
+  and a killed process leaves only whole lines. Duplicated executions are counted from it and
+  must be explained by a worker that was killed while holding the job.
+
+Waits are deadlines on observed state (log lines, records, exit codes), never bare sleeps.
+A scenario returns an :class:`Outcome`; a broken promise is a ``failures`` entry, so a soak
+run reports every problem instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from nuvom_kernel.dispatcher import build_job, enqueue_jobs
+from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.models import JobRecord, JobStatus, TaskOptions
+
+__all__ = [
+    "SCENARIOS",
+    "ExecLog",
+    "Outcome",
+    "Project",
+    "Sizes",
+    "WorkerProc",
+    "persistent_backends",
+    "run_scenario",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS_MODULE = "chaos_tasks"
+LOG_NAME = "chaos.log"
+
+#: Per-backend ``[plugins.<name>]`` settings for chaos projects. The file queue's fsync only
+#: matters for power loss, which no scenario simulates (a killed process's writes survive in
+#: the page cache); turning it off keeps a 10,000-job ``.map()`` within the CI budget.
+BACKEND_SETTINGS: dict[str, dict[str, Any]] = {"file": {"fsync": False}}
+
+#: Backends whose ``push`` is one transaction (a killed producer leaves all or none of a
+#: ``.map()``). Unknown backends are held to that, the strict reading of ``QueueBackend.push``;
+#: list a backend here as ``False`` only if it documents otherwise.
+ATOMIC_PUSH: dict[str, bool] = {"file": False}
+
+TASKS_SOURCE = '''\
+"""Chaos tasks: each attempt appends whole lines to the execution log (O_APPEND)."""
+
+import os
+import time
+
+from nuvom_kernel import current_job, task
+
+LOG = os.path.abspath(os.environ.get("CHAOS_LOG", "chaos.log"))
+
+
+def mark(kind):
+    job = current_job()
+    jid, attempt = (job.id, job.attempts) if job is not None else ("-", 0)
+    line = f"{kind} {jid} {os.getpid()} {attempt} {time.time():.6f}\\n".encode()
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+@task(name="chaos_work")
+def work(i, secs=0.0):
+    mark("start")
+    if secs > 0:
+        time.sleep(secs)
+    mark("end")
+    return i
+
+
+@task(name="chaos_gated")
+def gated(i, gate="gate", limit=120.0):
+    mark("start")
+    deadline = time.monotonic() + limit
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    mark("end")
+    return i
+'''
+
+
+class ChaosTimeout(AssertionError):
+    """A deadline passed before the awaited state was observed."""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until truthy; raise :class:`ChaosTimeout` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise ChaosTimeout(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- sizes and outcomes -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario runs. The defaults are the CI size (the whole suite in a few
+    minutes on 2 cores); :meth:`scaled` grows them for soak runs."""
+
+    crash_jobs: int = 500
+    crash_secs: float = 0.02
+    storm_jobs: int = 2000
+    storm_kills: int = 20
+    graceful_jobs: int = 300
+    graceful_interrupts: int = 3
+    producer_jobs: int = 10_000
+    producer_trials: int = 4
+    flow_jobs: int = 200
+    seed: int = 7
+
+    @classmethod
+    def scaled(cls, jobs: int, seed: int = 7) -> Sizes:
+        """Soak sizes: ``jobs`` for the crash storm, the rest in proportion."""
+        return cls(crash_jobs=max(50, jobs // 4), storm_jobs=jobs,
+                   storm_kills=max(5, jobs // 100), graceful_jobs=max(100, jobs // 6),
+                   graceful_interrupts=max(3, jobs // 700),
+                   producer_jobs=max(10_000, jobs), producer_trials=max(4, jobs // 2500),
+                   flow_jobs=max(200, jobs // 10), seed=seed)
+
+
+@dataclass
+class Outcome:
+    """What one scenario did on one backend; ``failures`` lists every broken promise."""
+
+    scenario: str
+    backend: str
+    submitted: int = 0
+    completed: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures and self.lost == 0
+
+    def check(self, ok: object, message: str) -> bool:
+        """Record ``message`` as a failure unless ``ok``; returns ``bool(ok)``."""
+        if not ok:
+            self.failures.append(message)
+        return bool(ok)
+
+    def merge(self, other: Outcome) -> None:
+        """Add a sub-scenario's counts, failures and notes to this one."""
+        for attr in ("submitted", "completed", "lost", "duplicated"):
+            setattr(self, attr, getattr(self, attr) + getattr(other, attr))
+        self.failures += [f"{other.scenario}: {f}" for f in other.failures]
+        self.notes += other.notes
+
+    def report(self) -> str:
+        lines = [f"{self.scenario} on {self.backend}: submitted={self.submitted} "
+                 f"completed={self.completed} lost={self.lost} duplicated={self.duplicated}"]
+        lines += [f"  FAIL: {f}" for f in self.failures]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# --- the execution log ------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One attempt of one job as the execution log saw it."""
+
+    pid: int
+    attempt: int
+    started: float
+    ended: float | None = None
+
+
+class ExecLog:
+    """Parses ``chaos.log`` incrementally: ``start``/``end`` lines from the tasks and
+    ``ack`` lines from instrumented backends, in the order the kernel appended them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+        self.runs: dict[str, list[Run]] = {}
+        self.acks: list[tuple[str, int]] = []
+        self.ended = 0
+        self.problems: list[str] = []
+
+    def refresh(self) -> ExecLog:
+        """Read the lines appended since the last call."""
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return self
+        self._offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        for raw in lines:
+            self._line(raw.decode("utf-8", "replace"))
+        return self
+
+    def _line(self, text: str) -> None:
+        parts = text.split()
+        try:
+            kind, job_id, pid = parts[0], parts[1], int(parts[2])
+            if kind == "ack":
+                self.acks.append((job_id, pid))
+                return
+            attempt, at = int(parts[3]), float(parts[4])
+        except (IndexError, ValueError):
+            self.problems.append(f"malformed log line {text!r}")
+            return
+        runs = self.runs.setdefault(job_id, [])
+        if kind == "start":
+            runs.append(Run(pid, attempt, at))
+        elif kind == "end":
+            for run in reversed(runs):
+                if run.pid == pid and run.ended is None:
+                    run.ended = at
+                    self.ended += 1
+                    break
+            else:
+                self.problems.append(f"end without start: {text!r}")
+
+    def executions(self, job_id: str) -> int:
+        return len(self.runs.get(job_id, ()))
+
+    def in_flight(self, pid: int) -> set[str]:
+        """Jobs ``pid`` has started and not finished."""
+        return {job_id for job_id, runs in self.runs.items()
+                if any(r.pid == pid and r.ended is None for r in runs)}
+
+    def started_by(self, pids: set[int]) -> set[str]:
+        return {job_id for job_id, runs in self.runs.items()
+                if any(r.pid in pids for r in runs)}
+
+
+# --- worker processes -------------------------------------------------------------------
+
+
+class WorkerProc:
+    """One ``python -m nuvom_kernel runworker`` subprocess with its output in a file (a
+    pipe nobody reads would block a chatty worker)."""
+
+    def __init__(self, project: Project, threads: int, args: Sequence[str],
+                 env: dict[str, str], name: str) -> None:
+        self.project = project
+        self.name = name
+        self.log_path = project.root / "logs" / f"{name}.log"
+        self.log_path.parent.mkdir(exist_ok=True)
+        self._out = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nuvom_kernel", "runworker", "--workers", str(threads),
+             *args], cwd=project.root, env=env, stdout=self._out, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+        self.signalled_at: float | None = None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")  # the child writes it directly
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def started(self) -> bool:
+        return " started: " in self.output()
+
+    def signal(self, sig: int) -> None:
+        if self.signalled_at is None:
+            self.signalled_at = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL and reap: no handler runs, nothing is released or acked."""
+        self.signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self._out.close()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.returncode is not None:
+                self._out.close()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGINT (graceful drain) and wait; SIGKILL if it does not exit in time."""
+        if self.alive():
+            self.signal(signal.SIGINT)
+            try:
+                return self.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return -9
+        return self.wait(1)
+
+
+# --- a project ------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+class Project:
+    """A throwaway project directory on one backend: config, task module, workers.
+
+    :param root: an empty directory; it becomes the workers' cwd.
+    :param backend: queue and result backend name (``sqlite``, ``file``, ...).
+    :param visibility: lease length; short, so crash recovery fits in a test.
+    :param queue_backend: a different queue backend name for the workers (a wrapper
+        registered through ``.nuvom_plugins.toml``); the result backend stays ``backend``.
+    :param targets: extra ``[plugins]`` targets, ``{"hooks": ["module:attr"]}``.
+    :param env: extra environment for every worker (``NUVOM_*`` settings).
+    """
+
+    def __init__(self, root: Path, backend: str, *, visibility: float = 2.0,
+                 queue_backend: str | None = None,
+                 targets: dict[str, list[str]] | None = None,
+                 env: dict[str, str] | None = None, data_dir: Path | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.backend = backend
+        self.queue_backend = queue_backend or backend
+        self.log_path = self.root / LOG_NAME
+        self.log = ExecLog(self.log_path)
+        self.workers: list[WorkerProc] = []
+        self.killed: set[int] = set()
+        self._kernel: Kernel | None = None
+        self._tasks: ModuleType | None = None
+        self._counter = 0
+        self.env = {
+            "NUVOM_QUEUE_BACKEND": self.queue_backend,
+            "NUVOM_RESULT_BACKEND": backend,
+            "NUVOM_VISIBILITY_TIMEOUT_SECS": str(visibility),
+            "NUVOM_RETRY_DELAY_SECS": "0.05",
+            "NUVOM_LOG_LEVEL": "INFO",
+            "CHAOS_LOG": str(self.log_path),
+            **({"NUVOM_DATA_DIR": str(data_dir)} if data_dir is not None else {}),
+            **(env or {}),
+        }
+        (self.root / f"{TASKS_MODULE}.py").write_text(TASKS_SOURCE)
+        self.write_config(targets or {})
+
+    # -- files ------------------------------------------------------------------------
+
+    def write_config(self, targets: dict[str, list[str]]) -> None:
+        lines = []
+        if targets:
+            lines.append("[plugins]")
+            lines += [f"{key} = {_toml_value(list(v))}" for key, v in targets.items()]
+        names = {self.backend, self.queue_backend}
+        for name in sorted(names):
+            base = name.removeprefix("flaky_")
+            settings = BACKEND_SETTINGS.get(base)
+            if settings:
+                lines.append(f"\n[plugins.{name}]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
+        (self.root / ".nuvom_plugins.toml").write_text("\n".join(lines) + "\n")
+
+    def write(self, name: str, source: str) -> Path:
+        """Write a module into the project (workers import it from their cwd) and forget
+        any stale import of that name in this process."""
+        path = self.root / name
+        path.write_text(source)
+        sys.modules.pop(name.removesuffix(".py"), None)
+        return path
+
+    @property
+    def data_dir(self) -> Path:
+        raw = self.env.get("NUVOM_DATA_DIR")
+        return Path(raw) if raw else self.root / ".nuvom"
+
+    # -- this process's view ----------------------------------------------------------
+
+    def kernel(self) -> Kernel:
+        """A kernel in this process on the *plain* backend (never a fault-injecting
+        wrapper), for producing and judging."""
+        if self._kernel is None:
+            if str(self.root) not in sys.path:
+                sys.path.insert(0, str(self.root))  # .nuvom_plugins.toml targets live here
+            environ = {**self.env, "NUVOM_QUEUE_BACKEND": self.backend}
+            self._kernel = Kernel(root=self.root, environ=environ)
+        return self._kernel
+
+    def tasks(self) -> ModuleType:
+        """The chaos task module, loaded from the project file under its real name (so the
+        jobs it enqueues name a module the workers can import)."""
+        if self._tasks is None:
+            spec = importlib.util.spec_from_file_location(
+                TASKS_MODULE, self.root / f"{TASKS_MODULE}.py")
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            self._tasks = module
+        return self._tasks
+
+    def enqueue(self, task_name: str, items: Sequence[tuple[Any, ...]]) -> list[str]:
+        """``.map()`` the task over ``items`` (one backend call); returns the job ids."""
+        task = getattr(self.tasks(), task_name)
+        with use_kernel(self.kernel()):
+            return [job.id for job in task.map(list(items))]
+
+    def enqueue_raw(self, func_name: str, args: Sequence[Any], module: str | None = None
+                    ) -> str:
+        """Enqueue a job by task name through the dispatcher, without the task existing."""
+        item = build_job(func_name, module, TaskOptions(), list(args), {})
+        return enqueue_jobs(self.kernel(), [item])[0].id
+
+    def record(self, job_id: str) -> JobRecord | None:
+        try:
+            return self.kernel().results.get(job_id)
+        except Exception as exc:  # a corrupt record is reported, not fatal to the judge
+            return JobRecord(job_id=job_id, func_name="<unreadable>",
+                             status=JobStatus.UNKNOWN, error_message=repr(exc))
+
+    def count(self, status: JobStatus = JobStatus.SUCCEEDED) -> int:
+        return int(self.kernel().results.counts().get(status.value, 0))
+
+    # -- workers ----------------------------------------------------------------------
+
+    def worker_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
+                                                           env.get("PYTHONPATH")]))
+        env.update(self.env)
+        env.update(extra or {})
+        return env
+
+    def start_worker(self, threads: int = 4, *args: str,
+                     env: dict[str, str] | None = None) -> WorkerProc:
+        self._counter += 1
+        worker = WorkerProc(self, threads, args, self.worker_env(env), f"w{self._counter}")
+        self.workers.append(worker)
+        return worker
+
+    def kill(self, worker: WorkerProc) -> None:
+        worker.kill()
+        self.killed.add(worker.pid)
+
+    def live(self) -> list[WorkerProc]:
+        return [w for w in self.workers if w.alive()]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.name} (pid {w.pid}) ---\n{w.output()}" for w in self.workers)
+
+    def close(self) -> None:
+        """Stop every worker still running (SIGKILL: the judging is over) and let go."""
+        for worker in self.workers:
+            if worker.alive():
+                worker.kill()
+        if self._kernel is not None:
+            self._kernel.close()
+            self._kernel = None
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(self.root))
+
+    # -- judging ----------------------------------------------------------------------
+
+    def wait_succeeded(self, n: int, timeout: float, what: str = "") -> None:
+        """Wait until ``n`` records are SUCCEEDED; the timeout names where things stand."""
+        try:
+            wait_for(lambda: self.count() >= n, timeout, what or f"{n} jobs SUCCEEDED",
+                     interval=0.05)
+        except ChaosTimeout as exc:
+            counts = self.kernel().results.counts()
+            raise ChaosTimeout(f"{exc}; records: {counts}; queue: {self.kernel().queue.stats()}"
+                               ) from None
+
+    def judge(self, out: Outcome, job_ids: Sequence[str], *,
+              expect: JobStatus = JobStatus.SUCCEEDED) -> dict[str, JobRecord | None]:
+        """Fill ``out`` from the records and the execution log: completed, lost,
+        duplicated, and every duplicate that no kill explains."""
+        self.log.refresh()
+        records = {job_id: self.record(job_id) for job_id in job_ids}
+        out.submitted += len(job_ids)
+        lost = [j for j, r in records.items() if r is None or r.status is not expect]
+        out.completed += len(job_ids) - len(lost)
+        out.lost += len(lost)
+        out.check(not lost, f"{len(lost)} job(s) did not end {expect.value}: "
+                  + ", ".join(f"{j}={getattr(records[j], 'status', None)}" for j in lost[:5]))
+        dups = [j for j in job_ids if self.log.executions(j) > 1]
+        out.duplicated += len(dups)
+        unexplained = []
+        for job_id in dups:
+            runs = self.log.runs[job_id]
+            if any(run.pid not in self.killed for run in runs[:-1]):
+                unexplained.append(job_id)
+        out.check(not unexplained,
+                  f"{len(unexplained)} job(s) ran more than once although no killed worker "
+                  f"held them: {[(j, self.log.runs[j]) for j in unexplained[:3]]}")
+        low = [j for j, r in records.items()
+               if r is not None and r.attempts < self.log.executions(j)]
+        out.check(not low, f"{len(low)} record(s) count fewer attempts than executions: "
+                  f"{[(j, records[j].attempts, self.log.executions(j)) for j in low[:3]]}")
+        never = [j for j in job_ids if expect is JobStatus.SUCCEEDED
+                 and not any(r.ended for r in self.log.runs.get(j, ()))]
+        out.check(not never, f"{len(never)} SUCCEEDED job(s) never finished a run in the "
+                  f"execution log: {never[:5]}")
+        out.check(not self.log.problems, f"execution log problems: {self.log.problems[:3]}")
+        return records
+
+
+def _pid_of(record: JobRecord | None) -> int | None:
+    worker = record.worker if record is not None else None
+    try:
+        return int(worker.rsplit(":", 1)[1]) if worker else None
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def project_for(base: Path, backend: str, name: str, **kwargs: Any) -> Iterator[Project]:
+    project = Project(base / f"{backend}-{name}", backend, **kwargs)
+    try:
+        yield project
+    finally:
+        project.close()
+
+
+# --- scenario 1: crash mid-job ----------------------------------------------------------
+
+
+def scenario_crash(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """SIGKILL one of two workers while slow-ish jobs run, restart it: every job SUCCEEDED,
+    the jobs it held show ``attempts >= 2``."""
+    out = Outcome("crash", backend)
+    with project_for(base, backend, "crash") as project:
+        n = sizes.crash_jobs
+        ids = project.enqueue("work", [(i, sizes.crash_secs) for i in range(n)])
+        victim = project.start_worker(4)
+        project.start_worker(4)
+        log = project.log
+
+        def victim_busy() -> bool:
+            log.refresh()
+            return log.ended >= n // 5 and len(log.in_flight(victim.pid)) >= 2
+
+        wait_for(victim_busy, 60, "the victim worker to run jobs a fifth of the way in")
+        project.kill(victim)
+        held = log.refresh().in_flight(victim.pid)
+        out.notes.append(f"killed pid {victim.pid} holding {len(held)} running job(s)")
+        project.start_worker(4)
+        project.wait_succeeded(n, 60 + n * sizes.crash_secs)
+        records = project.judge(out, ids)
+        out.check(held, "the victim held no running job when killed (nothing was tested)")
+        for job_id in held:
+            from nuvom_kernel.kernel import get_job
+
+            with use_kernel(project.kernel()):
+                attempts = get_job(job_id).attempts
+            out.check(attempts >= 2 and log.executions(job_id) >= 2,
+                      f"job {job_id} was running in the killed worker but shows "
+                      f"attempts={attempts}, executions={log.executions(job_id)}")
+            out.check(_pid_of(records[job_id]) != victim.pid,
+                      f"job {job_id}: the killed worker is named as the one that recorded it")
+        _stop_all(project, out)
+    return out
+
+
+def _stop_all(project: Project, out: Outcome, grace: float = 30.0) -> None:
+    """Stop the live workers gracefully; each must exit 0.
+
+    A worker still importing has no signal handler yet (a SIGINT there is a plain
+    KeyboardInterrupt, harmless because it holds no lease), so wait for it to be serving.
+    """
+    for worker in project.live():
+        with contextlib.suppress(ChaosTimeout):
+            wait_for(lambda w=worker: w.started() or not w.alive(), 30, "worker start-up")
+    for worker in project.live():
+        worker.signal(signal.SIGINT)
+    for worker in project.workers:
+        if worker.pid in project.killed or worker.proc.returncode is not None:
+            continue
+        try:
+            code = worker.wait(grace)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            code = -9
+        out.check(code == 0, f"worker {worker.name} exited {code} after SIGINT:\n"
+                             f"{worker.tail()}")
+
+
+# --- scenario 2: crash storm ------------------------------------------------------------
+
+
+def scenario_storm(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """Kill and restart workers at random points during a large run; every job completes
+    and every duplicate run belongs to a job a killed worker held."""
+    out = Outcome("storm", backend)
+    rng = random.Random(sizes.seed)
+    with project_for(base, backend, "storm") as project:
+        n, kills = sizes.storm_jobs, sizes.storm_kills
+        # 2..20 ms per job: workers nearly always hold running jobs when the kill lands.
+        ids = project.enqueue("work", [(i, (2 + (i * 7919) % 19) / 1000) for i in range(n)])
+        for _ in range(2):
+            project.start_worker(4)
+        points = sorted(rng.sample(range(n // 20, n * 9 // 10), kills))
+        log = project.log
+        mid_job = 0
+        deadline = time.monotonic() + 120 + n * 0.05
+        for point in points:
+            wait_for(lambda p=point: log.refresh().ended >= p,
+                     max(1.0, deadline - time.monotonic()),
+                     f"{point} jobs finished (kill {len(project.killed) + 1} of {kills})",
+                     interval=0.005)
+            victim = rng.choice(project.live())
+            project.kill(victim)
+            mid_job += len(log.refresh().in_flight(victim.pid))
+            project.start_worker(4)
+        project.wait_succeeded(n, max(30.0, deadline - time.monotonic()))
+        records = project.judge(out, ids)
+        wrong = [j for j in ids if _pid_of(records[j]) in project.killed
+                 and log.runs.get(j) and log.runs[j][-1].pid not in project.killed]
+        out.check(not wrong, f"{len(wrong)} record(s) were written by a killed worker although "
+                             f"a later run finished them: {wrong[:5]}")
+        out.notes.append(f"{kills} kills caught {mid_job} job(s) mid-run; "
+                         f"{out.duplicated} duplicate execution(s), all by killed workers")
+        _stop_all(project, out)
+    return out
+
+
+# --- scenario 3: graceful shutdown -------------------------------------------------------
+
+
+def scenario_graceful(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """SIGINT drains: running jobs finish and are recorded by the interrupted worker, leased
+    but unstarted ones go back at once (a 60 s visibility timeout would stall them), exit 0
+    within the grace period, and no job ever runs twice."""
+    out = Outcome("graceful", backend)
+    grace = 20.0
+    with project_for(base, backend, "graceful", visibility=60.0) as project:
+        n = sizes.graceful_jobs
+        ids = project.enqueue("work", [(i, 0.03) for i in range(n)])
+        steady = project.start_worker(2, "--grace-period", str(grace))
+        victim = project.start_worker(4, "--grace-period", str(grace))
+        log = project.log
+        finishing: dict[str, int] = {}
+        for k in range(sizes.graceful_interrupts):
+            floor = (k + 1) * n // (sizes.graceful_interrupts + 2)
+            wait_for(lambda v=victim, f=floor: log.refresh().ended >= f
+                     and len(log.in_flight(v.pid)) >= 2, 60,
+                     f"worker {victim.name} busy past {floor} jobs")
+            victim.signal(signal.SIGINT)
+            running = log.refresh().in_flight(victim.pid)
+            t0 = time.monotonic()
+            code = victim.wait(grace + 10)
+            elapsed = time.monotonic() - t0
+            out.check(code == 0, f"interrupted worker exited {code}:\n{victim.tail()}")
+            out.check(elapsed < grace, f"drain took {elapsed:.1f} s, grace is {grace} s")
+            out.check("finishing running jobs" in victim.output(),
+                      "the first SIGINT was not logged as a drain")
+            finishing.update(dict.fromkeys(running, victim.pid))
+            victim = project.start_worker(4, "--grace-period", str(grace))
+        # 30 s < the 60 s visibility timeout: a lease the drain failed to return would
+        # leave its job invisible past this deadline.
+        project.wait_succeeded(n, 30, f"{n} jobs SUCCEEDED before any lease could expire")
+        records = project.judge(out, ids)
+        log.refresh()
+        unfinished = [j for j, pid in finishing.items()
+                      if not any(r.pid == pid and r.ended for r in log.runs.get(j, ()))]
+        out.check(not unfinished, f"{len(unfinished)} job(s) running at SIGINT were not "
+                                  f"finished by their worker: {unfinished[:5]}")
+        out.check(out.duplicated == 0, f"{out.duplicated} job(s) ran twice across graceful "
+                                       "shutdowns (a drain must never cause a re-run)")
+        recounted = [j for j, r in records.items() if r is not None and r.attempts != 1]
+        out.check(not recounted, f"{len(recounted)} job(s) show attempts != 1 after graceful "
+                                 f"shutdowns (a returned lease must not count a delivery)")
+        out.notes.append(f"{sizes.graceful_interrupts} drains finished "
+                         f"{len(finishing)} running job(s) in place")
+        _stop_all(project, out)
+        del steady
+    out.merge(_graceful_forced(base, backend, sizes))
+    return out
+
+
+def _graceful_forced(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """A second SIGINT ends at once (exit 1), and an expired grace period likewise; both
+    return the running jobs to the queue at once, and nothing is lost."""
+    out = Outcome("graceful-forced", backend)
+    with project_for(base, backend, "forced", visibility=60.0) as project:
+        ids = project.enqueue("gated", [(i,) for i in range(6)])
+        kernel = project.kernel()
+        log = project.log
+        abandoned: dict[str, int] = {}
+        for label, args, second in (("second SIGINT", ("--grace-period", "60"), True),
+                                    ("grace expired", ("--grace-period", "1"), False)):
+            worker = project.start_worker(2, *args)
+            running = wait_for(lambda w=worker: len(log.refresh().in_flight(w.pid)) == 2
+                               and log.in_flight(w.pid), 60, f"2 gated jobs running ({label})")
+            for job_id in running:
+                abandoned[job_id] = abandoned.get(job_id, 0) + 1
+            worker.signal(signal.SIGINT)
+            if second:
+                wait_for(lambda w=worker: "finishing running jobs" in w.output(), 10,
+                         "the first SIGINT to be handled")
+            t0 = time.monotonic()
+            if second:
+                worker.signal(signal.SIGINT)
+            code = worker.wait(20)
+            elapsed = time.monotonic() - t0
+            limit = 3.0 if second else 1.0 + 3.0  # "at once" / the grace period, plus exit
+            out.check(code == 1, f"{label}: worker exited {code}, expected 1:\n{worker.tail()}")
+            out.check(elapsed < limit, f"{label}: stopping took {elapsed:.1f} s "
+                                       f"(limit {limit:.0f} s)")
+            out.check("abandoned at shutdown" in worker.output(),
+                      f"{label}: the abandoned jobs were not logged")
+            stats = kernel.queue.stats()
+            out.check(stats.in_flight == 0 and kernel.queue.qsize() == len(ids),
+                      f"{label}: after exit {stats.in_flight} lease(s) in flight and "
+                      f"{kernel.queue.qsize()} of {len(ids)} job(s) waiting: running jobs were "
+                      "not returned at once")
+            project.killed.add(worker.pid)  # it gave its runs up: re-runs are expected
+        (project.root / "gate").touch()
+        project.start_worker(4)
+        project.wait_succeeded(len(ids), 30, "every job SUCCEEDED before any lease expired")
+        records = project.judge(out, ids)
+        for job_id, times in abandoned.items():
+            record = records[job_id]
+            out.check(log.executions(job_id) == times + 1 and record is not None
+                      and record.attempts == times + 1,
+                      f"job {job_id} was abandoned {times} time(s): expected {times + 1} "
+                      f"runs and attempts, got {log.executions(job_id)} and "
+                      f"{getattr(record, 'attempts', None)}")
+        out.notes.append(f"forced stops returned {sum(abandoned.values())} running job(s) "
+                         "to the queue at once")
+        _stop_all(project, out)
+    return out
+
+
+# --- scenario 8: long job vs visibility timeout -----------------------------------------
+
+
+def scenario_long_job(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """Jobs running 3.5x the visibility timeout are never handed to a second worker: the
+    lease extension keeps them, while an idle second worker polls all along."""
+    out = Outcome("long-job", backend)
+    visibility = 1.0
+    with project_for(base, backend, "long", visibility=visibility) as project:
+        long_ids = project.enqueue("work", [(i, 3.5 * visibility) for i in range(3)])
+        short_ids = project.enqueue("work", [(100 + i, 0.01) for i in range(20)])
+        project.start_worker(2)
+        project.start_worker(2)
+        project.wait_succeeded(len(long_ids) + len(short_ids), 60)
+        project.judge(out, long_ids + short_ids)
+        for job_id in long_ids:
+            record = project.record(job_id)
+            out.check(project.log.executions(job_id) == 1 and record is not None
+                      and record.attempts == 1,
+                      f"long job {job_id} ran {project.log.executions(job_id)} time(s), "
+                      f"attempts={getattr(record, 'attempts', None)}: the lease was not "
+                      "extended")
+        logs = project.logs()
+        out.check("lost its lease" not in logs, "a worker lost a lease while running:\n"
+                  + "\n".join(line for line in logs.splitlines() if "lost its lease" in line))
+        _stop_all(project, out)
+    return out
+
+
+# --- driver -----------------------------------------------------------------------------
+
+SCENARIOS: dict[str, Callable[[Path, str, Sizes], Outcome]] = {
+    "crash": scenario_crash,
+    "storm": scenario_storm,
+    "graceful": scenario_graceful,
+    "long-job": scenario_long_job,
+}
+
+
+def run_scenario(name: str, base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """Run one scenario; an exception (a deadline, a crash of the engine) becomes a
+    failure of that scenario with the workers' last words attached."""
+    t0 = time.monotonic()
+    try:
+        out = SCENARIOS[name](base, backend, sizes)
+    except Exception as exc:
+        out = Outcome(name, backend)
+        out.failures.append(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}"
+                            + _last_words(base / f"{backend}-{name}"))
+    out.seconds = time.monotonic() - t0
+    return out
+
+
+def _last_words(root: Path) -> str:
+    logs = sorted((root / "logs").glob("*.log")) if (root / "logs").exists() else []
+    return "".join(f"\n--- {p.name} ---\n" + "\n".join(p.read_text(errors="replace")
+                                                       .splitlines()[-15:]) for p in logs)
+
+
+def persistent_backends() -> list[str]:
+    """Installed queue backends that are persistent and shared between processes (the ones
+    a crash can be survived on), in the order the tests list them."""
+    from nuvom_kernel.config import load_config
+    from nuvom_kernel.plugins import NuvomPluginManager
+
+    pm = NuvomPluginManager()
+    with tempfile.TemporaryDirectory() as empty:
+        pm.load(load_config(empty, {}), environ={})
+    found = {name: cls for name, (cls, _) in pm.collect("nuvom_register_queue_backends").items()
+             if cls.capabilities.persistent and cls.capabilities.multiprocess_safe}
+    order = ["sqlite", "file", "redis", "postgres"]
+    return sorted(found, key=lambda b: (order.index(b) if b in order else len(order), b))
+
+
+def summary_table(outcomes: Sequence[Outcome]) -> str:
+    """Per backend: jobs submitted, completed, lost, duplicated, scenarios passed."""
+    rows = [("backend", "submitted", "completed", "lost", "duplicated", "scenarios passed",
+             "seconds")]
+    for backend in dict.fromkeys(o.backend for o in outcomes):
+        mine = [o for o in outcomes if o.backend == backend]
+        passed = [o.scenario for o in mine if o.passed]
+        rows.append((backend, str(sum(o.submitted for o in mine)),
+                     str(sum(o.completed for o in mine)), str(sum(o.lost for o in mine)),
+                     str(sum(o.duplicated for o in mine)),
+                     f"{len(passed)}/{len(mine)}"
+                     + ("" if len(passed) == len(mine) else
+                        " (failed: " + ", ".join(o.scenario for o in mine if not o.passed)
+                        + ")"),
+                     f"{sum(o.seconds for o in mine):.0f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.chaos",
+        description="Fault-injection soak: every scenario on real worker processes.")
+    parser.add_argument("--backend", action="append", default=None,
+                        help="backend name (repeatable) or 'all' (default: all persistent)")
+    parser.add_argument("--jobs", type=int, default=2000,
+                        help="jobs in the crash storm; other scenarios scale with it")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+                        help="run only these (repeatable; default: all)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep project directories here (default: a temp dir, deleted)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print every scenario's notes, not only failures")
+    args = parser.parse_args(argv)
+    installed = persistent_backends()
+    backends = [b for name in (args.backend or ["all"])
+                for b in (installed if name == "all" else [name])]
+    sizes = Sizes() if args.jobs == 2000 else Sizes.scaled(args.jobs, args.seed)
+    if args.seed != sizes.seed:
+        sizes = Sizes.scaled(args.jobs, args.seed)
+    base = args.workdir or Path(tempfile.mkdtemp(prefix="nuvom-chaos-"))
+    base.mkdir(parents=True, exist_ok=True)
+    outcomes: list[Outcome] = []
+    try:
+        for backend in backends:
+            for name in args.scenario or list(SCENARIOS):
+                out = run_scenario(name, base, backend, sizes)
+                outcomes.append(out)
+                status = "ok  " if out.passed else "FAIL"
+                print(f"{status} {backend:<8} {name:<10} {out.seconds:6.1f} s  "
+                      f"submitted={out.submitted} lost={out.lost} "
+                      f"duplicated={out.duplicated}", flush=True)
+                if not out.passed or args.verbose:
+                    print(out.report(), flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    print()
+    print(summary_table(outcomes))
+    return 0 if all(o.passed for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
