@@ -12,13 +12,16 @@ from typing import Any
 from nuvom_plugins_sqlite import SQLiteJobQueue
 
 
-def claim_loop(path: Path, start: Event, pushed: Event, out: Any, seed: int) -> None:
-    """Open the (fresh) file as soon as ``start`` fires, then claim and ack until the queue
-    stays empty after ``pushed``; send back every id claimed and any failed ack."""
+def claim_loop(path: Path, start: Event, ready: Event, pushed: Event, out: Any,
+               seed: int) -> None:
+    """Open the (fresh) file as soon as ``start`` fires, say ``ready``, then claim and ack
+    until the queue stays empty after ``pushed``; send back every id claimed and any failed
+    ack."""
     rng = random.Random(seed)
     start.wait(30)
     q = SQLiteJobQueue(path)
     q.qsize()  # both children migrate the new file at the same moment
+    ready.set()
     claimed: list[str] = []
     bad_acks: list[str] = []
     while True:

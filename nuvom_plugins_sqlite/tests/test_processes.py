@@ -22,12 +22,15 @@ ctx = multiprocessing.get_context("spawn")  # fresh interpreters, like separate 
 def test_two_processes_never_claim_the_same_job(db_path: Path) -> None:
     total = 2000
     start, pushed = ctx.Event(), ctx.Event()
+    ready = [ctx.Event() for _ in range(2)]
     out = ctx.Queue()
-    procs = [ctx.Process(target=sqlite_procs.claim_loop, args=(db_path, start, pushed, out, i))
+    procs = [ctx.Process(target=sqlite_procs.claim_loop,
+                         args=(db_path, start, ready[i], pushed, out, i))
              for i in range(2)]
     for p in procs:
         p.start()
     start.set()  # the file does not exist yet: the children create and migrate it together
+    assert all(r.wait(60) for r in ready)
     producer = SQLiteJobQueue(db_path)
     for first in range(0, total, 100):  # pushed while the children are already claiming
         producer.enqueue_many([msg(f"j{i}") for i in range(first, first + 100)])

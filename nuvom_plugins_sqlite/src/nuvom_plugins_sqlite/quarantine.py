@@ -18,16 +18,17 @@ __all__ = ["INVALID_ROW_SQL", "describe", "move", "problem", "sweep"]
 
 #: SQL predicate true for a queue row that violates the schema's type checks.
 INVALID_ROW_SQL = """NOT (
-    typeof(id) = 'text' AND id <> '' AND typeof(queue) = 'text'
+    typeof(id) = 'text' AND id <> '' AND typeof(seq) = 'integer' AND typeof(queue) = 'text'
     AND typeof(priority) = 'integer' AND typeof(deliveries) = 'integer'
     AND typeof(created_at) IN ('real', 'integer') AND typeof(available_at) IN ('real', 'integer')
     AND typeof(visible_at) IN ('real', 'integer') AND typeof(body) = 'blob'
 )"""
 
-_COLUMNS = "seq, id, queue, priority, created_at, available_at, visible_at, deliveries, body"
+_COLUMNS = "id, seq, queue, priority, created_at, available_at, visible_at, deliveries, body"
 
 _EXPECTED: tuple[tuple[str, tuple[type, ...]], ...] = (
     ("id", (str,)),
+    ("seq", (int,)),
     ("queue", (str,)),
     ("priority", (int,)),
     ("created_at", (float, int)),
@@ -54,15 +55,16 @@ def problem(values: dict[str, Any]) -> str | None:
     return None
 
 
-def move(conn: sqlite3.Connection, seq: int, reason: str) -> None:
-    """Move queue row ``seq`` into the quarantine table; call inside a write transaction."""
+def move(conn: sqlite3.Connection, job_id: Any, reason: str) -> None:
+    """Move the queue row keyed ``job_id`` into the quarantine table; call inside a write
+    transaction. (The id is the row's key even when it has the wrong type.)"""
     conn.execute(
         "INSERT INTO nuvom_quarantine (id, queue, priority, created_at, available_at, "
         "deliveries, body, reason, quarantined_at) SELECT id, queue, priority, created_at, "
-        "available_at, deliveries, body, ?, ? FROM nuvom_queue WHERE seq = ?",
-        (reason, time.time(), seq),
+        "available_at, deliveries, body, ?, ? FROM nuvom_queue WHERE id = ?",
+        (reason, time.time(), job_id),
     )
-    conn.execute("DELETE FROM nuvom_queue WHERE seq = ?", (seq,))
+    conn.execute("DELETE FROM nuvom_queue WHERE id = ?", (job_id,))
 
 
 def sweep(conn: sqlite3.Connection) -> int:

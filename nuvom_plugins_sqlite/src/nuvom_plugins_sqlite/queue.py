@@ -1,7 +1,7 @@
 """``SQLiteJobQueue``: a durable queue that several worker processes share through one file.
 
 How a message moves: ``push`` inserts rows; ``claim`` leases the best ready rows in one
-``UPDATE ... WHERE seq IN (SELECT ... LIMIT n) RETURNING`` statement, so two processes can
+``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING`` statement, so two processes can
 never lease the same row; ``ack`` deletes, ``retry``/``release`` put it back, ``extend``
 pushes the lease's expiry. A leased row's ``visible_at`` *is* its lease expiry, so a lease
 that expires (a worker killed with ``-9``) is simply claimable again: no reaper process, the
@@ -33,14 +33,14 @@ from nuvom_plugins_sqlite.wakeup import WAKEUPS_SUPPORTED, Waker
 
 __all__ = ["DuplicateMessageError", "SQLiteJobQueue"]
 
-_RETURNING = "seq, id, queue, priority, created_at, available_at, visible_at, deliveries, body"
+_RETURNING = "id, seq, queue, priority, created_at, available_at, visible_at, deliveries, body"
 _NAMES = [*_RETURNING.split(", "), "token"]
 
 _CLAIM = """
 UPDATE nuvom_queue
 SET token = lower(hex(randomblob(12))), deliveries = deliveries + 1, visible_at = ?
-WHERE seq IN (
-    SELECT seq FROM nuvom_queue INDEXED BY nuvom_queue_claim
+WHERE id IN (
+    SELECT id FROM nuvom_queue INDEXED BY nuvom_queue_claim
     WHERE visible_at <= ?{where}
     ORDER BY priority DESC, created_at, seq
     LIMIT ?
@@ -48,8 +48,28 @@ WHERE seq IN (
 RETURNING """ + _RETURNING + ", token"
 
 
-_INSERT = ("INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at, visible_at,"
-           " body) VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT = ("INSERT INTO nuvom_queue (id, seq, queue, priority, created_at, available_at, "
+           "visible_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+_seq_lock = threading.Lock()
+_last_seq = 0
+
+
+def _next_seq() -> int:
+    """Insertion order: wall-clock nanoseconds, strictly increasing within this process
+    (so a batch keeps its order), roughly ordered across processes."""
+    global _last_seq
+    with _seq_lock:
+        _last_seq = max(_last_seq + 1, time.time_ns())
+        return _last_seq
+
+
+def _reset_seq_lock() -> None:
+    global _seq_lock
+    _seq_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_seq_lock)
 
 
 class DuplicateMessageError(NuvomError, ValueError):
@@ -342,14 +362,14 @@ class SQLiteJobQueue(QueueBackend):
                 bad.append((row[0], reason))
         if bad:
             def move(conn: sqlite3.Connection) -> None:
-                for seq, reason in bad:
-                    quarantine.move(conn, seq, reason)
+                for job_id, reason in bad:
+                    quarantine.move(conn, job_id, reason)
             self._db.transaction(move)
         # RETURNING has no defined order: restore priority DESC, created_at, insertion.
-        good.sort(key=lambda r: (-r[3], r[4], r[0]))
+        good.sort(key=lambda r: (-r[3], r[4], r[1]))
         return [
             Lease(
-                message=Message(id=row[1], body=row[8], queue=row[2], priority=row[3],
+                message=Message(id=row[0], body=row[8], queue=row[2], priority=row[3],
                                 available_at=row[5], created_at=row[4]),
                 token=row[9], deliveries=row[7], expires_at=row[6],
             )
@@ -366,5 +386,5 @@ def _row(m: Message) -> tuple[Any, ...]:
     if not isinstance(m.id, str) or not m.id:
         raise ValueError(f"message id must be a non-empty string, got {m.id!r}")
     available = float(m.available_at)
-    return (m.id, str(m.queue), int(m.priority), float(m.created_at), available, available,
-            body)
+    return (m.id, _next_seq(), str(m.queue), int(m.priority), float(m.created_at), available,
+            available, body)
