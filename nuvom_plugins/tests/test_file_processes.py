@@ -181,3 +181,34 @@ def test_three_processes_claim_2000_messages_exactly_once(tmp_path: Path) -> Non
     assert queue.qsize() == 0 and queue.stats().in_flight == 0
     print(f"push 2000: {push_secs:.2f}s; 3 claimers drained in {drain_secs:.2f}s "
           f"({2000 / drain_secs:.0f} claims+acks/s); per process {results}")
+
+
+PRODUCER = """
+import sys
+from nuvom_kernel.models import Message
+from nuvom_plugins.file import FileJobQueue
+q = FileJobQueue(sys.argv[1], fsync=True)
+print("ready", flush=True)
+batch = 0
+while True:
+    q.enqueue_many([Message(id=f"b{batch}-{i}", body=b"z" * 20000, queue=f"batch{batch}")
+                    for i in range(200)])
+    batch += 1
+"""
+
+
+def test_producer_killed_mid_batch_leaves_all_or_none(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    reader = FileJobQueue(path, fsync=False)
+    for delay in (0.05, 0.2, 0.4):
+        proc = spawn(PRODUCER, str(path))
+        read_line(proc)
+        time.sleep(delay)  # not synchronisation: only varies where in a batch the kill lands
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+        depth = reader.stats().depth
+        assert all(count == 200 for count in depth.values()), depth
+        reader.clear()
+    assert reader.stats().quarantined == []

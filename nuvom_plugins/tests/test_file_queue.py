@@ -249,3 +249,37 @@ def test_stale_temp_files_of_dead_writers_are_swept(queue: FileJobQueue) -> None
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     assert queue.claim(1) == []  # the first claim of an instance sweeps
     assert not stale.exists() and fresh.exists()
+
+
+def test_batch_committed_by_a_pusher_that_died_is_finished_by_others(
+        queue: FileJobQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(batch: str) -> None:
+        raise KeyboardInterrupt("killed right after the commit rename")
+
+    monkeypatch.setattr(queue, "_drain", crash)
+    with pytest.raises(KeyboardInterrupt):
+        queue.enqueue_many([msg(f"m{i}") for i in range(5)])
+    other = FileJobQueue(tmp_path / "q", fsync=False)
+    assert other.qsize() == 5 and other.peek_state("m3") is JobStatus.QUEUED
+    assert sorted(x.id for x in other.claim(10)) == [f"m{i}" for i in range(5)]
+    assert os.listdir(tmp_path / "q" / "batches") == []
+
+
+def test_batch_that_failed_before_its_commit_stays_invisible(
+        queue: FileJobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nuvom_plugins.file.queue as queue_module
+
+    real = queue_module.encode_message
+    calls: list[int] = []
+
+    def failing(message: Message) -> bytes:
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(message)
+
+    monkeypatch.setattr(queue_module, "encode_message", failing)
+    with pytest.raises(OSError):
+        queue.enqueue_many([msg(f"m{i}") for i in range(5)])
+    assert queue.qsize() == 0 and queue.claim(10) == []
+    assert os.listdir(queue.path / "staging") == []  # cleaned up on the way out

@@ -6,6 +6,8 @@ Layout under ``path`` (default ``<data_dir>/queue``)::
     delayed/     <available_us>.<sortkey>.<queue>.<id>.<deliveries>   retry delays, schedules
     leased/      <expires_us>.<token>.<sortkey>.<queue>.<id>.<deliveries>
     quarantine/  <when_us>-<original name>  (+ ``.reason``)           undecodable entries
+    staging/<batch>/{ready,delayed}/   a batch being written (invisible, swept after 1 h)
+    batches/<batch>/{ready,delayed}/   a committed batch whose files are being moved in
     .ready-marker, .delayed-marker   mtimes bumped after anything enters ready/ or delayed/
 
 ``sortkey`` is ``(2**31 - priority)`` (10 digits), ``created_at`` in microseconds (17 digits)
@@ -16,7 +18,9 @@ Why it is safe with several processes on one directory (local filesystems; not N
 
 * **Writes are atomic**: a message is written to a dot-prefixed temp file in the target
   directory, fsynced, then renamed into place. Listings skip dot files, so a writer killed
-  mid-write leaves nothing a reader can pick up.
+  mid-write leaves nothing a reader can pick up. A batch (``.map()``) is all or none: it is
+  written under ``staging/``, committed by one directory rename into ``batches/``, and its
+  files are then moved into place by the pusher or, if it died, by the next claim.
 * **Claim is a rename** ``ready/X -> leased/<expiry>.<token>.X'``. Exactly one process's
   rename succeeds; the others get ``ENOENT`` and move to the next name. The new name carries
   the fencing token, the lease expiry and the incremented delivery count in one atomic step.
@@ -48,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -119,7 +124,8 @@ class FileJobQueue(QueueBackend):
         self.path = Path(path)
         self.fsync = fsync
         self.relist_interval_secs = relist_interval_secs
-        self._dirs = {k: self.path / k for k in ("ready", "delayed", "leased", "quarantine")}
+        self._dirs = {k: self.path / k for k in ("ready", "delayed", "leased", "quarantine",
+                                                  "staging", "batches")}
         for directory in self._dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
         self._markers = {"ready": self.path / ".ready-marker",
@@ -153,29 +159,72 @@ class FileJobQueue(QueueBackend):
     # --- push ---------------------------------------------------------------------------
 
     def push(self, messages: Sequence[Message]) -> None:
-        """Write every message to a temp file first, then rename them all into place, so a
-        failure while writing (disk full) leaves none of them visible."""
+        """All or none: one message is one rename; a batch is written into a private staging
+        directory and committed by renaming that directory into ``batches/``, after which
+        its files are moved into place by the pusher (or, if it died, by the next claim)."""
+        if not messages:
+            return
         now = time.time()
-        staged: list[tuple[Path, Path]] = []
-        used: set[str] = set()
+        named = []
+        for message in messages:
+            core = (f"{sortkey(message.priority, message.created_at, next(SEQ))}."
+                    f"{encode_name(message.queue)}.{encode_name(message.id)}")
+            kind = "delayed" if message.available_at > now else "ready"
+            final = f"{us(message.available_at):017d}.{core}.0" if kind == "delayed" \
+                else f"{core}.0"
+            named.append((kind, final, message))
+        if len(named) == 1:
+            kind, final, message = named[0]
+            tmp = write_new_file(self._dirs[kind], encode_message(message), fsync=self.fsync)
+            os.rename(tmp, self._dirs[kind] / final)
+            self._published({kind})
+            return
+        batch = f"{os.getpid()}-{uuid.uuid4().hex}"
+        staging = self._dirs["staging"] / batch
         try:
-            for message in messages:
-                core = (f"{sortkey(message.priority, message.created_at, next(SEQ))}."
-                        f"{encode_name(message.queue)}.{encode_name(message.id)}")
-                kind = "delayed" if message.available_at > now else "ready"
-                final = f"{us(message.available_at):017d}.{core}.0" if kind == "delayed" \
-                    else f"{core}.0"
-                tmp = write_new_file(self._dirs[kind], encode_message(message),
-                                     fsync=self.fsync)
-                staged.append((tmp, self._dirs[kind] / final))
-                used.add(kind)
+            for kind in ("ready", "delayed"):
+                (staging / kind).mkdir(parents=True)
+            for kind, final, message in named:
+                tmp = write_new_file(staging / kind, encode_message(message), fsync=self.fsync)
+                os.rename(tmp, staging / kind / final)
+            if self.fsync:
+                for directory in (staging / "ready", staging / "delayed", staging):
+                    fsync_dir(directory)
+            os.rename(staging, self._dirs["batches"] / batch)  # the commit point
         except BaseException:
-            for tmp, _ in staged:
-                tmp.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
             raise
-        for tmp, final in staged:
-            os.rename(tmp, final)
-        for kind in used:
+        if self.fsync:
+            fsync_dir(self._dirs["batches"])
+        self._drain(batch)
+
+    def _drain(self, batch: str) -> None:
+        """Move a committed batch's files into ``ready/`` and ``delayed/``; idempotent and
+        safe to run from several processes at once (each file moves exactly once)."""
+        root = self._dirs["batches"] / batch
+        used = set()
+        for kind in ("ready", "delayed"):
+            try:
+                names = os.listdir(root / kind)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(root / kind / name, self._dirs[kind] / name)
+                    used.add(kind)
+            with contextlib.suppress(OSError):
+                os.rmdir(root / kind)
+        with contextlib.suppress(OSError):
+            os.rmdir(root)
+        self._published(used)
+
+    def _drain_committed(self) -> None:
+        """Finish batches whose pusher died between its commit and its moves."""
+        for batch in listdir(self._dirs["batches"]):
+            self._drain(batch)
+
+    def _published(self, kinds: set[str]) -> None:
+        for kind in kinds:
             if self.fsync:
                 fsync_dir(self._dirs[kind])
             bump(self._markers[kind])
@@ -243,6 +292,9 @@ class FileJobQueue(QueueBackend):
         cache = self._caches[kind]
         mark = read_mark(self._markers[kind])  # read before listing: a later push bumps it again
         if mark != cache.mark or now - cache.listed_at >= self.relist_interval_secs:
+            if kind == "ready":
+                self._drain_committed()
+                mark = read_mark(self._markers[kind])
             names = os.listdir(self._dirs[kind])
             cache.names = sorted((n for n in names if not n.startswith(".")), reverse=True)
             cache.mark, cache.listed_at, cache.ids = mark, now, None
@@ -261,6 +313,11 @@ class FileJobQueue(QueueBackend):
         if now - self._swept_at < 600.0:
             return
         self._swept_at = now
+        with os.scandir(self._dirs["staging"]) as entries:  # batches never committed
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if now - entry.stat().st_mtime > 3600:
+                        shutil.rmtree(entry.path)
         for kind in ("ready", "delayed", "leased", "quarantine"):
             with os.scandir(self._dirs[kind]) as entries:
                 for entry in entries:
@@ -420,9 +477,15 @@ class FileJobQueue(QueueBackend):
                 found.append((name, parsed))
         return found
 
-    def qsize(self, queues: Sequence[str] | None = None) -> int:
+    def _settle(self, now: float) -> None:
+        """Bring the directories up to date before a look: finish committed batches and
+        recover expired leases (both cheap when there is nothing to do)."""
         with self._lock:
-            self._recover_expired(time.time())
+            self._drain_committed()
+            self._recover_expired(now)
+
+    def qsize(self, queues: Sequence[str] | None = None) -> int:
+        self._settle(time.time())
         return len(self._matching("ready", queues)) + len(self._matching("delayed", queues))
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
@@ -459,9 +522,9 @@ class FileJobQueue(QueueBackend):
         wanted = encode_name(job_id)
         states = {"delayed": JobStatus.RETRYING, "ready": JobStatus.QUEUED}
         for _ in range(2):
+            now = time.time()
+            self._settle(now)
             with self._lock:
-                now = time.time()
-                self._recover_expired(now)
                 if any(p.id == wanted for _, p in self._matching("leased", None)):
                     return JobStatus.RUNNING
                 for kind, name in self._waiting(wanted, now):
@@ -475,6 +538,7 @@ class FileJobQueue(QueueBackend):
         wanted = encode_name(job_id)
         removed = False
         for _ in range(2):
+            self._settle(time.time())
             with self._lock:
                 for kind, name in self._waiting(wanted, time.time()):
                     with contextlib.suppress(FileNotFoundError):
@@ -486,8 +550,7 @@ class FileJobQueue(QueueBackend):
 
     def stats(self) -> QueueStats:
         now = time.time()
-        with self._lock:
-            self._recover_expired(now)
+        self._settle(now)
         stats = QueueStats()
         oldest_us: int | None = None
         for kind in ("ready", "delayed"):
