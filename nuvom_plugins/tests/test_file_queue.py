@@ -256,7 +256,7 @@ def test_batch_committed_by_a_pusher_that_died_is_finished_by_others(
     def crash(batch: str) -> None:
         raise KeyboardInterrupt("killed right after the commit rename")
 
-    monkeypatch.setattr(queue, "_drain", crash)
+    monkeypatch.setattr(queue._fs, "drain", crash)
     with pytest.raises(KeyboardInterrupt):
         queue.enqueue_many([msg(f"m{i}") for i in range(5)])
     other = FileJobQueue(tmp_path / "q", fsync=False)
@@ -267,9 +267,9 @@ def test_batch_committed_by_a_pusher_that_died_is_finished_by_others(
 
 def test_batch_that_failed_before_its_commit_stays_invisible(
         queue: FileJobQueue, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nuvom_plugins.file.queue as queue_module
+    import nuvom_plugins.file._layout as layout_module
 
-    real = queue_module.encode_message
+    real = layout_module.encode_message
     calls: list[int] = []
 
     def failing(message: Message) -> bytes:
@@ -278,7 +278,7 @@ def test_batch_that_failed_before_its_commit_stays_invisible(
             raise OSError(28, "No space left on device")
         return real(message)
 
-    monkeypatch.setattr(queue_module, "encode_message", failing)
+    monkeypatch.setattr(layout_module, "encode_message", failing)
     with pytest.raises(OSError):
         queue.enqueue_many([msg(f"m{i}") for i in range(5)])
     assert queue.qsize() == 0 and queue.claim(10) == []

@@ -52,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -66,7 +65,6 @@ from nuvom_kernel.backends import BackendContext, Capabilities, QueueBackend, Qu
 from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_plugins.file._fs import (
-    TMP_PREFIX,
     CorruptEntry,
     decode_message,
     decode_name,
@@ -75,8 +73,8 @@ from nuvom_plugins.file._fs import (
     fsync_dir,
     write_new_file,
 )
+from nuvom_plugins.file._layout import Layout
 from nuvom_plugins.file._names import (
-    SEQ,
     US,
     Cache,
     Name,
@@ -84,7 +82,6 @@ from nuvom_plugins.file._names import (
     listdir,
     parse,
     read_mark,
-    sortkey,
     us,
 )
 
@@ -124,20 +121,13 @@ class FileJobQueue(QueueBackend):
         self.path = Path(path)
         self.fsync = fsync
         self.relist_interval_secs = relist_interval_secs
-        self._dirs = {k: self.path / k for k in ("ready", "delayed", "leased", "quarantine",
-                                                  "staging", "batches")}
-        for directory in self._dirs.values():
-            directory.mkdir(parents=True, exist_ok=True)
-        self._markers = {"ready": self.path / ".ready-marker",
-                         "delayed": self.path / ".delayed-marker"}
-        for marker in self._markers.values():
-            marker.touch(exist_ok=True)
+        self._fs = Layout(self.path, fsync=fsync)
+        self._dirs, self._markers = self._fs.dirs, self._fs.markers
         self._caches = {"ready": Cache(), "delayed": Cache()}
         self._lock = threading.RLock()  # caches and the lease-scan clock
         self._held: dict[str, str] = {}  # token -> current lease file name (this instance)
         self._held_lock = threading.Lock()
         self._next_lease_scan = 0.0
-        self._swept_at = 0.0
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -162,72 +152,12 @@ class FileJobQueue(QueueBackend):
         """All or none: one message is one rename; a batch is written into a private staging
         directory and committed by renaming that directory into ``batches/``, after which
         its files are moved into place by the pusher (or, if it died, by the next claim)."""
-        if not messages:
-            return
-        now = time.time()
-        named = []
-        for message in messages:
-            core = (f"{sortkey(message.priority, message.created_at, next(SEQ))}."
-                    f"{encode_name(message.queue)}.{encode_name(message.id)}")
-            kind = "delayed" if message.available_at > now else "ready"
-            final = f"{us(message.available_at):017d}.{core}.0" if kind == "delayed" \
-                else f"{core}.0"
-            named.append((kind, final, message))
-        if len(named) == 1:
-            kind, final, message = named[0]
-            tmp = write_new_file(self._dirs[kind], encode_message(message), fsync=self.fsync)
-            os.rename(tmp, self._dirs[kind] / final)
-            self._published({kind})
-            return
-        batch = f"{os.getpid()}-{uuid.uuid4().hex}"
-        staging = self._dirs["staging"] / batch
-        try:
-            for kind in ("ready", "delayed"):
-                (staging / kind).mkdir(parents=True)
-            for kind, final, message in named:
-                tmp = write_new_file(staging / kind, encode_message(message), fsync=self.fsync)
-                os.rename(tmp, staging / kind / final)
-            if self.fsync:
-                for directory in (staging / "ready", staging / "delayed", staging):
-                    fsync_dir(directory)
-            os.rename(staging, self._dirs["batches"] / batch)  # the commit point
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        if self.fsync:
-            fsync_dir(self._dirs["batches"])
-        self._drain(batch)
+        if messages:
+            self._fs.publish(messages)
 
-    def _drain(self, batch: str) -> None:
-        """Move a committed batch's files into ``ready/`` and ``delayed/``; idempotent and
-        safe to run from several processes at once (each file moves exactly once)."""
-        root = self._dirs["batches"] / batch
-        used = set()
-        for kind in ("ready", "delayed"):
-            try:
-                names = os.listdir(root / kind)
-            except FileNotFoundError:
-                continue
-            for name in names:
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(root / kind / name, self._dirs[kind] / name)
-                    used.add(kind)
-            with contextlib.suppress(OSError):
-                os.rmdir(root / kind)
-        with contextlib.suppress(OSError):
-            os.rmdir(root)
-        self._published(used)
-
-    def _drain_committed(self) -> None:
-        """Finish batches whose pusher died between its commit and its moves."""
-        for batch in listdir(self._dirs["batches"]):
-            self._drain(batch)
-
-    def _published(self, kinds: set[str]) -> None:
-        for kind in kinds:
-            if self.fsync:
-                fsync_dir(self._dirs[kind])
-            bump(self._markers[kind])
+    def quarantined(self) -> list[str]:
+        """One line per quarantined entry: ``<file>: <reason>``."""
+        return self._fs.quarantined()
 
     # --- claim --------------------------------------------------------------------------
 
@@ -238,12 +168,12 @@ class FileJobQueue(QueueBackend):
         leases: list[Lease] = []
         with self._lock:
             now = time.time()
-            self._sweep_tmp(now)
+            self._fs.sweep(now)
             self._recover_expired(now)
             self._promote_due(now)
             cache = self._refreshed("ready", now)
             for name in cache.bad:
-                self._quarantine(self._dirs["ready"] / name, "unparseable file name in ready/")
+                self._fs.quarantine(self._dirs["ready"] / name, "unparseable file name in ready/")
             cache.bad.clear()
             expires_at = now + self.visibility_timeout_secs
             expiry = us(expires_at)
@@ -280,7 +210,7 @@ class FileJobQueue(QueueBackend):
                     encode_name(message.queue) != parsed.queue:
                 raise CorruptEntry("file name does not match its header (renamed by hand?)")
         except CorruptEntry as exc:
-            self._quarantine(target, str(exc))
+            self._fs.quarantine(target, str(exc))
             return None
         with self._held_lock:
             self._held[token] = target.name
@@ -293,7 +223,7 @@ class FileJobQueue(QueueBackend):
         mark = read_mark(self._markers[kind])  # read before listing: a later push bumps it again
         if mark != cache.mark or now - cache.listed_at >= self.relist_interval_secs:
             if kind == "ready":
-                self._drain_committed()
+                self._fs.drain_committed()
                 mark = read_mark(self._markers[kind])
             names = os.listdir(self._dirs[kind])
             cache.names = sorted((n for n in names if not n.startswith(".")), reverse=True)
@@ -308,24 +238,6 @@ class FileJobQueue(QueueBackend):
                         cache.by_queue.setdefault(parsed.queue, []).append(name)
         return cache
 
-    def _sweep_tmp(self, now: float) -> None:
-        """Every ten minutes, delete temp files of writers that died over an hour ago."""
-        if now - self._swept_at < 600.0:
-            return
-        self._swept_at = now
-        with os.scandir(self._dirs["staging"]) as entries:  # batches never committed
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    if now - entry.stat().st_mtime > 3600:
-                        shutil.rmtree(entry.path)
-        for kind in ("ready", "delayed", "leased", "quarantine"):
-            with os.scandir(self._dirs[kind]) as entries:
-                for entry in entries:
-                    if entry.name.startswith(TMP_PREFIX):
-                        with contextlib.suppress(OSError):
-                            if now - entry.stat().st_mtime > 3600:
-                                os.unlink(entry.path)
-
     def _promote_due(self, now: float) -> None:
         """Move delayed messages whose time has come into ``ready/``."""
         names = self._refreshed("delayed", now).names
@@ -335,7 +247,7 @@ class FileJobQueue(QueueBackend):
             source = self._dirs["delayed"] / names[-1]
             if parsed is None:
                 names.pop()
-                self._quarantine(source, "unparseable file name in delayed/")
+                self._fs.quarantine(source, "unparseable file name in delayed/")
                 continue
             if parsed.when_us > us(now):
                 break
@@ -355,7 +267,7 @@ class FileJobQueue(QueueBackend):
         for name in listdir(self._dirs["leased"]):
             parsed = parse(name, "leased")
             if parsed is None:
-                self._quarantine(self._dirs["leased"] / name, "unparseable file name in "
+                self._fs.quarantine(self._dirs["leased"] / name, "unparseable file name in "
                                  "leased/")
                 continue
             if parsed.when_us > us(now):
@@ -468,30 +380,21 @@ class FileJobQueue(QueueBackend):
 
     # --- inspection -----------------------------------------------------------------------
 
-    def _matching(self, kind: str, queues: Sequence[str] | None) -> list[tuple[str, Name]]:
-        wanted = None if queues is None else {encode_name(q) for q in queues}
-        found = []
-        for name in listdir(self._dirs[kind]):
-            parsed = parse(name, kind)
-            if parsed is not None and (wanted is None or parsed.queue in wanted):
-                found.append((name, parsed))
-        return found
-
     def _settle(self, now: float) -> None:
         """Bring the directories up to date before a look: finish committed batches and
         recover expired leases (both cheap when there is nothing to do)."""
         with self._lock:
-            self._drain_committed()
+            self._fs.drain_committed()
             self._recover_expired(now)
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         self._settle(time.time())
-        return len(self._matching("ready", queues)) + len(self._matching("delayed", queues))
+        return len(self._fs.matching("ready", queues)) + len(self._fs.matching("delayed", queues))
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
         removed = 0
         for kind in ("ready", "delayed", "leased"):
-            for name, _ in self._matching(kind, queues):
+            for name, _ in self._fs.matching(kind, queues):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._dirs[kind] / name)
                     removed += 1
@@ -525,7 +428,7 @@ class FileJobQueue(QueueBackend):
             now = time.time()
             self._settle(now)
             with self._lock:
-                if any(p.id == wanted for _, p in self._matching("leased", None)):
+                if any(p.id == wanted for _, p in self._fs.matching("leased", None)):
                     return JobStatus.RUNNING
                 for kind, name in self._waiting(wanted, now):
                     if os.path.exists(self._dirs[kind] / name):
@@ -554,44 +457,14 @@ class FileJobQueue(QueueBackend):
         stats = QueueStats()
         oldest_us: int | None = None
         for kind in ("ready", "delayed"):
-            for _, parsed in self._matching(kind, None):
+            for _, parsed in self._fs.matching(kind, None):
                 queue = decode_name(parsed.queue)
                 stats.depth[queue] = stats.depth.get(queue, 0) + 1
                 created = int(parsed.sortkey[10:27])
                 oldest_us = created if oldest_us is None else min(oldest_us, created)
                 stats.delayed += kind == "delayed"
-        stats.in_flight = len(self._matching("leased", None))
+        stats.in_flight = len(self._fs.matching("leased", None))
         if oldest_us is not None:
             stats.oldest_age_secs = max(now - oldest_us / US, 0.0)
         stats.quarantined = self.quarantined()
         return stats
-
-    # --- quarantine -----------------------------------------------------------------------
-
-    def quarantined(self) -> list[str]:
-        """One line per quarantined entry: ``<file>: <reason>``."""
-        directory = self._dirs["quarantine"]
-        lines = []
-        for name in sorted(listdir(directory)):
-            if name.endswith(".reason"):
-                continue
-            try:
-                reason = (directory / f"{name}.reason").read_text(encoding="utf-8").strip()
-            except OSError:
-                reason = "reason unknown"
-            lines.append(f"{directory / name}: {reason}")
-        return lines
-
-    def _quarantine(self, source: Path, reason: str) -> None:
-        """Move ``source`` aside (never delete it) and say why, once, in the log and beside
-        the file; a concurrent quarantine of the same file by another process is a no-op."""
-        target = self._dirs["quarantine"] / f"{us(time.time())}-{source.name}"
-        try:
-            os.rename(source, target)
-        except FileNotFoundError:
-            return
-        tmp = write_new_file(self._dirs["quarantine"], reason.encode("utf-8") + b"\n",
-                             fsync=False)
-        os.replace(tmp, target.with_name(target.name + ".reason"))
-        log.warning("file queue %s: quarantined %s: %s (kept in %s; inspect or delete it)",
-                    self.path, source.name, reason, target)
