@@ -69,15 +69,17 @@ class Kernel:
         return BackendContext(data_dir=self.data_dir,
                               visibility_timeout_secs=self.settings.visibility_timeout_secs)
 
+    def _build(self, hook: str, name: str, what: str) -> Any:
+        cls = self.pm.lookup(hook, name, what)
+        return cls.from_settings(self.config.plugin_settings(name), self._context())
+
     @property
     def queue(self) -> QueueBackend:
         if self._queue is None:
             with self._lock:
                 if self._queue is None:
-                    name = self.settings.queue_backend
-                    cls = self.pm.lookup("nuvom_register_queue_backends", name, "queue backend")
-                    self._queue = cls.from_settings(self.config.plugin_settings(name),
-                                                    self._context())
+                    self._queue = self._build("nuvom_register_queue_backends",
+                                              self.settings.queue_backend, "queue backend")
         return self._queue
 
     @property
@@ -85,11 +87,8 @@ class Kernel:
         if self._results is None:
             with self._lock:
                 if self._results is None:
-                    name = self.settings.result_backend
-                    cls = self.pm.lookup("nuvom_register_result_backends", name,
-                                         "result backend")
-                    self._results = cls.from_settings(self.config.plugin_settings(name),
-                                                      self._context())
+                    self._results = self._build("nuvom_register_result_backends",
+                                                self.settings.result_backend, "result backend")
         return self._results
 
     @property
