@@ -7,6 +7,7 @@ take the CLI down and no state leaks between the suites and the kernel that reso
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -83,6 +84,10 @@ def plugin_test(targets: tuple[str, ...], all_: bool, settings: tuple[str, ...],
 
 def _run_contracts(targets: Sequence[str], all_: bool, settings: Sequence[str],
                    keyword: str | None, exitfirst: bool, verbose: bool) -> dict[str, Any]:
+    if importlib.util.find_spec("pytest") is None:
+        raise click.ClickException(
+            "`nuvom plugin test` runs the contract suites with pytest, which is not installed "
+            "here: pip install 'nuvom[test]' (or pytest)")
     from nuvom_kernel.testing.contracts import run_installed
 
     with tempfile.TemporaryDirectory(prefix="nuvom-plugin-test-") as tmp:

@@ -110,18 +110,19 @@ class QueueContractBase:
 
     def _dequeue_in_thread(self, consumer: QueueBackend, producer: QueueBackend
                            ) -> tuple[Lease | None, float, float]:
-        """Start a consumer blocked in ``dequeue(timeout=30)``, enqueue from another
+        """Start a consumer blocked in ``dequeue(timeout=...)``, enqueue from another
         instance or thread, and return (lease, enqueue time, pickup time)."""
         got: dict[str, Any] = {}
+        timeout = max(self.patience_secs * 2, 1.0)  # long enough never to be what ends it
 
         def consume() -> None:
-            got["lease"] = consumer.dequeue(timeout=30)
+            got["lease"] = consumer.dequeue(timeout=timeout)
             got["at"] = time.monotonic()
 
         thread = threading.Thread(target=consume, daemon=True)
         thread.start()
         time.sleep(self.settle_secs)  # let it reach its wait; correctness does not need it
-        assert "at" not in got, "dequeue(timeout=30) returned before anything was enqueued"
+        assert "at" not in got, f"dequeue(timeout={timeout}) returned before anything was enqueued"
         message = make_message()
         pushed_at = time.monotonic()
         producer.enqueue(message)

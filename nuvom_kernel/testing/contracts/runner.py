@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from nuvom_kernel.testing.contracts.targets import Target, TargetError, resolve
+from nuvom_kernel.testing.contracts.targets import Target, resolve
 
 __all__ = ["TARGET_PARAMS"]
 
@@ -65,7 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
         try:
             kernel = Kernel()
             targets, _ = resolve(kernel.pm, kernel.config, names, all_)
-        except (TargetError, Exception) as exc:
+        except Exception as exc:  # a config or import error: say it as a usage error
             raise pytest.UsageError(f"nuvom: {exc}") from exc
     config.stash[_targets_key] = targets
     config.stash[_settings_key] = parse_settings(config.getoption("nuvom_setting"))
