@@ -12,10 +12,12 @@ return ``x + y``) with 2 worker threads in a separate worker process, at SQLite
 * **enqueue**: one producer, ``--jobs`` jobs one call at a time (and ``.map()`` for Nuvom);
 * **drain**: the worker starts after the enqueue; jobs/s from the first job seen done to the
   last (worker start-up excluded), with results stored and not stored;
-* **pickup latency**: an idle worker gets ``--latency-jobs`` jobs enqueued one at a time,
-  20 ms apart, after 1 s of idling; latency = the job's start minus the time taken just
-  before the enqueue call (so it includes the enqueue itself);
-* **idle CPU**: the waiting worker process's CPU time over ``--idle-secs``, in % of a core.
+* **pickup latency**: a worker idle for 1 s gets ``--latency-jobs`` jobs enqueued one at a
+  time, 20 ms apart; latency = the job's start minus the time taken just before the enqueue
+  call (so it includes the enqueue itself);
+* **idle CPU**: then, after 1 s more, the waiting worker process's CPU time over
+  ``--idle-secs``, in % of one core (Linux ``/proc``; 10 ms clock ticks, so ~0.3 % is the
+  resolution over 3 s).
 
 Numbers are only comparable within one run on one machine: quote the ratios.
 """
@@ -236,29 +238,30 @@ def measure_map(system: System, jobs: int) -> float:
 
 
 def measure_idle_and_latency(system: System, jobs: int, idle_secs: float) -> dict[str, float]:
-    """Idle CPU of a waiting worker, then pickup latency of jobs sent 20 ms apart."""
+    """Pickup latency of jobs sent 20 ms apart to a worker idle for 1 s (the peer study's
+    method), then the idle worker's CPU use."""
     proc = system.worker()
     try:
         for i in range(4):  # warm-up: imports done, connections open
             system.enqueue_stamp()
             _wait_for(lambda i=i: len(_stamps(system.stamps)) > i, 60, "warm-up", proc)
         time.sleep(1.0)
-        cpu0, wall0 = _cpu_secs(proc.pid), time.perf_counter()
-        time.sleep(idle_secs)
-        idle_cpu = (_cpu_secs(proc.pid) - cpu0) / (time.perf_counter() - wall0) * 100
-        time.sleep(1.0 - idle_secs % 1.0)  # land the first job at an arbitrary poll phase
         next_at = time.perf_counter()
         for _ in range(jobs):
             next_at += 0.020
             system.enqueue_stamp()
             time.sleep(max(0.0, next_at - time.perf_counter()))
         _wait_for(lambda: len(_stamps(system.stamps)) >= jobs + 4, 60, "latency jobs", proc)
+        time.sleep(1.0)
+        cpu0, wall0 = _cpu_secs(proc.pid), time.perf_counter()
+        time.sleep(idle_secs)
+        idle_cpu = (_cpu_secs(proc.pid) - cpu0) / (time.perf_counter() - wall0) * 100
     finally:
         _stop(proc)
-    lat = sorted(_stamps(system.stamps)[4:])
-    first = _stamps(system.stamps)[4]
+    stamps = _stamps(system.stamps)[4:]
+    lat = sorted(stamps)
     return {"idle_cpu_pct": idle_cpu, "latency_p50_ms": _pct(lat, 50) * 1000,
-            "latency_p99_ms": _pct(lat, 99) * 1000, "first_after_idle_ms": first * 1000}
+            "latency_p99_ms": _pct(lat, 99) * 1000, "first_after_idle_ms": stamps[0] * 1000}
 
 
 def _pct(values: list[float], p: float) -> float:

@@ -156,7 +156,7 @@ class SQLiteResultBackend(ResultBackend):
             clauses.append("func_name = ?")
             params.append(func_name)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"{_SELECT}{where} ORDER BY updated_at DESC, rowid DESC LIMIT ? OFFSET ?"
+        sql = f"{_SELECT}{where} ORDER BY updated_at DESC, job_id DESC LIMIT ? OFFSET ?"
         rows = self._db.conn().execute(sql, (*params, max(limit, 0), max(offset, 0)))
         records = []
         for row in rows.fetchall():

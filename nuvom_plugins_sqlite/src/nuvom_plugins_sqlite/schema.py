@@ -69,6 +69,8 @@ CREATE TABLE nuvom_quarantine (
 )
 """
 
+# Keyed by job id without a rowid: one b-tree fewer to write per record than a rowid table
+# with a unique job_id index.
 _RESULTS_V1 = """
 CREATE TABLE nuvom_results (
     job_id        TEXT PRIMARY KEY,
@@ -95,7 +97,7 @@ CREATE TABLE nuvom_results (
     -- JSON object of JobRecord fields newer than this schema, so a newer kernel's records
     -- round-trip before a migration gives them a column
     extra         TEXT
-)
+) WITHOUT ROWID
 """
 
 #: ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``.

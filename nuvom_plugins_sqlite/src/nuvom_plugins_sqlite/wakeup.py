@@ -28,6 +28,7 @@ import select
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 __all__ = ["WAKEUPS_SUPPORTED", "Waker"]
@@ -35,6 +36,9 @@ __all__ = ["WAKEUPS_SUPPORTED", "Waker"]
 log = logging.getLogger("nuvom.sqlite")
 
 _PREFIX = b"\0nuvom-wake-"
+# How long a producer trusts its cached list of waiters before it stat()s the directory again:
+# a waiter registered meanwhile is found by its own timed claims (<= 0.1 s) until then.
+_RELIST_SECS = 0.25
 
 #: Abstract-namespace Unix sockets are a Linux feature.
 WAKEUPS_SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "AF_UNIX")
@@ -53,6 +57,7 @@ class Waker:
         self._sender_pid = 0
         self._peers: list[tuple[str, bytes]] = []
         self._peers_key: tuple[int, int] | None = None
+        self._peers_checked = 0.0
 
     # --- waiting side -------------------------------------------------------------------
 
@@ -121,6 +126,10 @@ class Waker:
         return self._sender
 
     def _current_peers(self) -> list[tuple[str, bytes]]:
+        now = time.monotonic()
+        if self._peers_key is not None and now - self._peers_checked < _RELIST_SECS:
+            return self._peers
+        self._peers_checked = now
         try:
             st = os.stat(self.dir)
         except FileNotFoundError:
