@@ -178,9 +178,10 @@ class Worker:
                 # Its thread is still inside the task: never join it below, or a forced
                 # stop would wait out the whole join deadline for a job already given up.
                 self._abandoned.add(running.thread)
-            self.queue.retry(running.lease, delay_secs=0)  # runs again; attempt counted
-            log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
-                        running.job.id, running.job.func_name)
+            if self._safely("return it to the queue", running.job.id, self.queue.retry,
+                            running.lease, delay_secs=0):  # runs again; attempt counted
+                log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
+                            running.job.id, running.job.func_name)
         self._running.clear()
         for _ in range(len(self._threads)):
             self._handoff.put(None)
@@ -205,7 +206,7 @@ class Worker:
             except stdqueue.Empty:
                 return
             if lease is not None:
-                self.queue.release(lease)
+                self._safely("release it", lease.id, self.queue.release, lease)
                 with self._cv:
                     self._free += 1
 
@@ -234,7 +235,7 @@ class Worker:
                 self._free -= len(leases)
             for lease in leases:
                 if self._stopping.is_set():
-                    self.queue.release(lease)
+                    self._safely("release it", lease.id, self.queue.release, lease)
                     with self._cv:
                         self._free += 1
                 else:
@@ -257,9 +258,17 @@ class Worker:
             if lease is None:
                 return
             if self._stopping.is_set():  # leased but not started: straight back
-                self.queue.release(lease)
-            elif self._execute(lease):
-                return  # this thread was abandoned after a timeout; a new one replaced it
+                self._safely("release it", lease.id, self.queue.release, lease)
+            else:
+                try:
+                    if self._execute(lease):
+                        return  # abandoned after a timeout; a new thread took its slot
+                except Exception:
+                    # A backend error after the task ran (ack, retry): the lease expires and
+                    # the job runs again; this thread keeps its slot in the pool.
+                    self._running.pop(lease.id, None)
+                    log.exception("job=%s: unexpected error while settling; not acked, it "
+                                  "will run again after the visibility timeout", lease.id)
             with self._cv:
                 self._free += 1
                 self._cv.notify()
@@ -361,8 +370,9 @@ class Worker:
             if not self._store(record, lease):
                 return
             envelope["failures"], envelope["history"] = job.failures, job.history
-            if not self.queue.retry(lease, delay_secs=delay,
-                                    body=self.serializer.dumps(envelope)):
+            retried = self._safely("queue its retry", job.id, self.queue.retry, lease,
+                                   delay_secs=delay, body=self.serializer.dumps(envelope))
+            if retried is False:
                 log.warning("job=%s lost its lease before the retry was queued; the worker "
                             "that now holds it decides", job.id)
             log.info("job=%s task=%s status=RETRYING attempt=%d error=%s retry_in_s=%.2f",
@@ -429,8 +439,24 @@ class Worker:
                       "after the visibility timeout", record.job_id, exc)
             return False
 
+    def _safely(self, what: str, job_id: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call a queue backend operation; an exception is logged and returns ``None``.
+
+        Why: a backend that fails now and then (a dropped connection, a locked file) must
+        not kill the thread that called it. Every caller is safe with a lost call: the lease
+        expires and the job runs again (at least once).
+        """
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            log.error("job=%s: queue backend %r failed to %s (%r); its lease will expire and "
+                      "the job run again", job_id, self.queue.name, what, exc)
+            return None
+
     def _ack(self, lease: Lease, job: Job | None) -> None:
-        if not self.queue.ack(lease):
+        acked = self._safely("ack it after its outcome was recorded", lease.id,
+                             self.queue.ack, lease)
+        if acked is False:
             log.warning("job=%s lost its lease before the ack (it ran past the visibility "
                         "timeout without extension); another worker may run it again",
                         lease.id)
@@ -460,8 +486,14 @@ class Worker:
                         continue
                     wake = min(wake, running.deadline)
                 if now - running.extended_at >= extend_every:
+                    try:
+                        extended = self.queue.extend(running.lease, self.visibility)
+                    except Exception as exc:  # retried on the next tick, well before expiry
+                        log.error("job=%s: queue backend %r failed to extend its lease (%r); "
+                                  "retrying", running.job.id, self.queue.name, exc)
+                        continue
                     running.extended_at = now
-                    if not self.queue.extend(running.lease, self.visibility):
+                    if not extended:
                         log.warning("job=%s lost its lease while running", running.job.id)
             with self._monitor_cv:
                 self._monitor_cv.wait(max(0.0, wake - time.monotonic()))
