@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -45,7 +46,7 @@ from typing import Any
 
 from nuvom_kernel.dispatcher import build_job, decode_message, enqueue_jobs
 from nuvom_kernel.kernel import Kernel, use_kernel
-from nuvom_kernel.models import JobRecord, JobStatus, TaskOptions
+from nuvom_kernel.models import JobRecord, JobStatus, Message, TaskOptions
 
 __all__ = [
     "SCENARIOS",
@@ -224,6 +225,8 @@ class ExecLog:
         self._partial = b""
         self.runs: dict[str, list[Run]] = {}
         self.acks: list[tuple[str, int]] = []
+        self.premature_acks: list[tuple[str, int]] = []  # acked before that pid's run ended
+        self.faulted: set[str] = set()  # jobs whose ack/extend an injected fault broke
         self.ended = 0
         self.problems: list[str] = []
 
@@ -247,8 +250,13 @@ class ExecLog:
         parts = text.split()
         try:
             kind, job_id, pid = parts[0], parts[1], int(parts[2])
+            if kind == "fault":
+                self.faulted.add(job_id)
+                return
             if kind == "ack":
                 self.acks.append((job_id, pid))
+                if not any(r.pid == pid and r.ended for r in self.runs.get(job_id, ())):
+                    self.premature_acks.append((job_id, pid))
                 return
             attempt, at = int(parts[3]), float(parts[4])
         except (IndexError, ValueError):
@@ -539,11 +547,13 @@ class Project:
         unexplained = []
         for job_id in dups:
             runs = self.log.runs[job_id]
-            if any(run.pid not in self.killed for run in runs[:-1]):
+            if job_id not in self.log.faulted and \
+                    any(run.pid not in self.killed for run in runs[:-1]):
                 unexplained.append(job_id)
         out.check(not unexplained,
                   f"{len(unexplained)} job(s) ran more than once although no killed worker "
-                  f"held them: {[(j, self.log.runs[j]) for j in unexplained[:3]]}")
+                  f"held them and no injected fault hit them: "
+                  f"{[(j, self.log.runs[j]) for j in unexplained[:3]]}")
         low = [j for j, r in records.items()
                if r is not None and r.attempts < self.log.executions(j)]
         out.check(not low, f"{len(low)} record(s) count fewer attempts than executions: "
@@ -949,6 +959,354 @@ def _hidden_files(directory: Path) -> int:
                and p.name != ".lock")
 
 
+# --- scenario 6: corrupt data -----------------------------------------------------------
+
+
+@dataclass
+class Corruption:
+    """What a backend-specific corruptor did and what the system must make of it."""
+
+    quarantined: int = 0  # queue entries that must be moved aside (and listed by status)
+    failed: list[str] = field(default_factory=list)  # job ids that must end FAILED
+    notes: list[str] = field(default_factory=list)
+
+
+def _corrupt_sqlite(project: Project, victim: str) -> Corruption:
+    """Rows another tool could have written: wrong column types (possible only with
+    ``ignore_check_constraints``), a real job's body cut in half, an unreadable record."""
+    done = Corruption()
+    conn = sqlite3.connect(project.data_dir / "nuvom.db", timeout=30, isolation_level=None)
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(nuvom_queue)")}
+        now = time.time()
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        for k, override in enumerate(({"body": "a text body"}, {"priority": "high"},
+                                      {"created_at": "yesterday"})):
+            row = {"id": f"corrupt-row-{k}", "seq": time.time_ns() + k, "queue": "default",
+                   "priority": 0, "created_at": now, "available_at": now, "visible_at": now,
+                   "deliveries": 0, "body": b"{}", **override}
+            names = [c for c in row if c in columns]
+            conn.execute(f"INSERT INTO nuvom_queue ({', '.join(names)}) VALUES "
+                         f"({', '.join('?' * len(names))})", [row[c] for c in names])
+            done.quarantined += 1
+        conn.execute("PRAGMA ignore_check_constraints = OFF")
+        changed = conn.execute("UPDATE nuvom_queue SET body = substr(body, 1, length(body) / 2)"
+                               " WHERE id = ?", (victim,)).rowcount
+        if changed == 1:
+            done.failed.append(victim)  # a well-typed row whose payload no longer decodes
+        result_columns = [row[1] for row in conn.execute("PRAGMA table_info(nuvom_results)")]
+        record = JobRecord(job_id="corrupt-record", func_name="chaos_work",
+                           status=JobStatus.FAILED).to_dict()
+        values = {k: json.dumps(v) if k in ("args", "kwargs", "options", "result", "history")
+                  else v for k, v in record.items()}
+        values["history"] = '[{"attempt": 1, "kind": '  # torn JSON
+        names = [c for c in result_columns if c in values]
+        conn.execute(f"INSERT INTO nuvom_results ({', '.join(names)}) VALUES "
+                     f"({', '.join('?' * len(names))})", [values[c] for c in names])
+        done.notes.append("3 mistyped queue rows, 1 truncated payload, 1 torn result record")
+    finally:
+        conn.close()
+    return done
+
+
+def _corrupt_file(project: Project, victim: str) -> Corruption:
+    """Files another tool could have left: a stray name, garbage under a valid name, a real
+    job cut in half, a garbage line and a torn last line in the results log."""
+    done = Corruption()
+    ready = project.data_dir / "queue" / "ready"
+    (ready / "garbage.txt").write_bytes(b"not a job\n")
+    now_us = int(time.time() * 1_000_000)
+    (ready / f"{2**31:010d}{now_us:017d}000000.default.corruptfile1.0").write_bytes(
+        b"\x00\xff random bytes")
+    done.quarantined += 2
+    for path in ready.iterdir():
+        if f".{victim}." in path.name:
+            os.truncate(path, path.stat().st_size // 2)
+            done.quarantined += 1  # a checksummed file cut short is moved aside, no record
+    results = project.data_dir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    segments = sorted(results.glob("results-*.jsonl")) or [results / "results-00000001.jsonl"]
+    with segments[-1].open("ab") as fh:
+        fh.write(b"this line is not json\n")
+        fh.write(b'{"_nv":1,"op":"put","rec":{"job_id":"torn-rec')  # a writer died here
+    done.notes.append("2 bad files, 1 truncated job file, 2 bad result lines")
+    return done
+
+
+#: Backend-specific corruption; a backend without one still gets every generic corruption.
+CORRUPTORS: dict[str, Callable[[Project, str], Corruption]] = {
+    "sqlite": _corrupt_sqlite,
+    "file": _corrupt_file,
+}
+
+
+def _generic_corruption(project: Project) -> dict[str, str]:
+    """Messages pushed through the backend SPI that no worker can run; returns job id ->
+    the error type its FAILED record must name."""
+    kernel = project.kernel()
+    expected: dict[str, str] = {}
+    bad = "nuvom_kernel.errors.SerializationError"
+    missing = "nuvom_kernel.errors.UnknownTaskError"
+
+    def push(body: bytes) -> None:
+        job_id = f"corrupt{len(expected)}x{random.getrandbits(32):08x}"
+        kernel.queue.enqueue(Message(id=job_id, body=body, queue="default"))
+        expected[job_id] = bad
+
+    _, envelope = build_job("chaos_work", TASKS_MODULE, TaskOptions(), [1], {})
+    whole = kernel.serializer.dumps(envelope)
+    push(b"\xff\xfe\x00 not even text")  # undecodable payload
+    push(whole[: len(whole) // 2])  # truncated envelope
+    push(kernel.serializer.dumps({**envelope, "v": 99}))  # a future kernel's envelope
+    push(kernel.serializer.dumps({**envelope, "args": "not a list", "opts": 5}))
+    expected[project.enqueue_raw("chaos_removed_task", [1], TASKS_MODULE)] = missing
+    expected[project.enqueue_raw("chaos_moved_task", [1], "chaos_module_gone")] = missing
+    return expected
+
+
+def _brief(record: JobRecord | None) -> object:
+    if record is None:
+        return None
+    return (record.status.value, record.error_type, record.attempts, record.error_message)
+
+
+def _cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nuvom_kernel", *args], cwd=project.root,
+                          env=project.worker_env({"NUVOM_QUEUE_BACKEND": project.backend}),
+                          capture_output=True, text=True, timeout=120)
+
+
+def scenario_corrupt(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """Garbage entries, truncated payloads, missing tasks, unreadable records: each ends
+    as a clear FAILED record or in quarantine, every good job still runs, and ``nuvom
+    status`` reports the damage."""
+    out = Outcome("corrupt", backend)
+    with project_for(base, backend, "corrupt") as project:
+        half = sizes.flow_jobs // 2
+        ids = project.enqueue("work", [(i, 0.0) for i in range(half)])
+        victim = project.enqueue("work", [(-1, 0.0)])[0]
+        expected = _generic_corruption(project)
+        corruptor = CORRUPTORS.get(backend)
+        damage = corruptor(project, victim) if corruptor else Corruption()
+        if victim not in damage.failed:
+            out.notes.append("the truncated job was quarantined (no record expected)")
+        for job_id in damage.failed:
+            expected[job_id] = "nuvom_kernel.errors.SerializationError"
+        out.notes += damage.notes
+        ids += project.enqueue("work", [(i, 0.0) for i in range(half, sizes.flow_jobs)])
+        project.start_worker(2)
+        project.start_worker(2)
+        kernel = project.kernel()
+        project.wait_succeeded(len(ids), 60)
+
+        def settled() -> bool:
+            records = [project.record(j) for j in expected]
+            return all(r is not None and r.status is JobStatus.FAILED for r in records)
+
+        with contextlib.suppress(ChaosTimeout):
+            wait_for(settled, 30, "every corrupt job to be recorded FAILED", interval=0.1)
+        project.judge(out, ids)
+        for job_id, error_type in expected.items():
+            record = project.record(job_id)
+            out.completed += out.check(
+                record is not None and record.status is JobStatus.FAILED
+                and record.error_type == error_type and bool(record.error_message)
+                and record.attempts == 1,
+                f"corrupt job {job_id}: expected one FAILED attempt with {error_type}, "
+                f"got {_brief(record)}")
+        out.submitted += len(expected)
+        wait_for(lambda: kernel.queue.qsize() == 0 and kernel.queue.stats().in_flight == 0,
+                 30, "the queue to drain around the corrupt entries")
+        stats = kernel.queue.stats()
+        out.check(len(stats.quarantined) >= damage.quarantined,
+                  f"{damage.quarantined} corrupt entries should be quarantined, stats lists "
+                  f"{stats.quarantined}")
+        out.check(all(w.alive() for w in project.workers), "a worker died on corrupt data")
+        status = _cli(project, "status", "--json")
+        out.check(status.returncode == 0, f"nuvom status failed:\n{status.stderr[-2000:]}")
+        if status.returncode == 0:
+            data = json.loads(status.stdout)
+            out.check(len(data["quarantined"]) >= damage.quarantined,
+                      f"nuvom status lists {len(data['quarantined'])} quarantined entries, "
+                      f"expected {damage.quarantined}")
+            out.check(data["states"].get("FAILED", 0) >= len(expected),
+                      f"nuvom status counts {data['states'].get('FAILED', 0)} FAILED, "
+                      f"expected {len(expected)}")
+            out.check(data["states"].get("SUCCEEDED", 0) == len(ids),
+                      f"nuvom status counts {data['states']} for {len(ids)} good jobs")
+        history = _cli(project, "history", "recent", "--status", "FAILED", "--json",
+                       "--limit", "100")
+        out.check(history.returncode == 0,
+                  f"nuvom history fails on corrupt records:\n{history.stderr[-2000:]}")
+        out.notes.append(f"{len(expected)} corrupt jobs recorded FAILED, "
+                         f"{len(stats.quarantined)} entries quarantined")
+        _stop_all(project, out)
+    return out
+
+
+# --- scenario 7: hostile and broken plugins ---------------------------------------------
+
+HOSTILE_SOURCE = '''\
+"""Chaos hooks: every lifecycle hook raises, and before_execute hangs for some jobs."""
+
+import time
+
+from nuvom_kernel import hookimpl
+
+HANG = {3, 7}
+
+
+def _index(job):
+    return job.args[0] if job.args and isinstance(job.args[0], int) else -1
+
+
+@hookimpl
+def nuvom_worker_startup(worker):
+    raise RuntimeError("hostile worker_startup hook")
+
+
+@hookimpl
+def nuvom_before_execute(job):
+    i = _index(job)
+    if i in HANG:
+        time.sleep(3600)  # hangs: only the job timeout frees the slot
+    if i % 5 == 1:
+        raise RuntimeError("hostile before_execute hook")
+
+
+@hookimpl
+def nuvom_after_execute(job, result):
+    if _index(job) % 5 == 2:
+        raise RuntimeError("hostile after_execute hook")
+
+
+@hookimpl
+def nuvom_on_execute_error(job, error):
+    raise RuntimeError("hostile on_execute_error hook")
+
+
+@hookimpl
+def nuvom_worker_shutdown(worker):
+    raise RuntimeError("hostile worker_shutdown hook")
+'''
+
+FLAKY_SOURCE = '''\
+"""Chaos backend: the real {backend} queue, failing at random (CHAOS_FLAKY="claim=0.3,...")
+and logging each successful ack to the execution log."""
+
+import os
+import random
+
+from {module} import {qualname} as _Base
+
+_RNG = random.Random(os.getpid())
+RATES = dict((k, float(v)) for k, _, v in
+             (p.partition("=") for p in os.environ.get("CHAOS_FLAKY", "").split(",") if p))
+LOG = os.environ.get("CHAOS_LOG", "chaos.log")
+
+
+def _log(line):
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _maybe_fail(op, lease=None):
+    if _RNG.random() < RATES.get(op, 0.0):
+        if lease is not None:  # the job may run again: say why, for the judge
+            _log(f"fault {{lease.id}} {{os.getpid()}} {{op}}\\n")
+        raise ConnectionError(f"injected {{op}} failure")
+
+
+class FlakyQueue(_Base):
+    name = "flaky_{backend}"
+
+    def claim(self, n, queues=None):
+        _maybe_fail("claim")
+        return super().claim(n, queues)
+
+    def extend(self, lease, secs):
+        _maybe_fail("extend", lease)
+        return super().extend(lease, secs)
+
+    def ack(self, lease):
+        _maybe_fail("ack", lease)
+        done = super().ack(lease)
+        if done:
+            _log(f"ack {{lease.id}} {{os.getpid()}}\\n")
+        return done
+'''
+
+
+def scenario_plugins(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """Lifecycle hooks that raise or hang, and a queue backend failing at random: the
+    worker logs, backs off, keeps serving, and never acks a job it did not finish."""
+    out = Outcome("plugins", backend)
+    with project_for(base, backend, "hooks", targets={"hooks": ["chaos_hostile"]},
+                     env={"NUVOM_JOB_TIMEOUT_SECS": "2"}) as project:
+        project.write("chaos_hostile.py", HOSTILE_SOURCE)
+        n = sizes.flow_jobs
+        ids = project.enqueue("work", [(i, 0.005) for i in range(n)])
+        hung = [ids[i] for i in (3, 7)]
+        project.start_worker(2)
+        project.start_worker(2)
+        project.wait_succeeded(n - len(hung), 60)
+        wait_for(lambda: all(getattr(project.record(j), "status", None) is JobStatus.FAILED
+                             for j in hung), 30, "the hung jobs to time out")
+        project.judge(out, [j for j in ids if j not in hung])
+        for job_id in hung:
+            record = project.record(job_id)
+            out.completed += out.check(
+                record is not None
+                and record.error_type == "nuvom_kernel.errors.JobTimeoutError",
+                f"job {job_id} hung in a hook: expected a JobTimeoutError record, got "
+                f"{getattr(record, 'error_type', None)}")
+        logs = project.logs()
+        for hook in ("nuvom_worker_startup", "nuvom_before_execute", "nuvom_after_execute",
+                     "nuvom_on_execute_error"):
+            out.check(f"raised in {hook}" in logs, f"a raising {hook} hook was not logged")
+        out.submitted += len(hung)
+        _stop_all(project, out)
+        out.check("raised in nuvom_worker_shutdown" in project.logs(),
+                  "a raising nuvom_worker_shutdown hook was not logged")
+    out.merge(_flaky_backend(base, backend, sizes))
+    return out
+
+
+def _flaky_backend(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    out = Outcome("flaky-backend", backend)
+    kernel_cls = None
+    with project_for(base, backend, "flaky-probe") as probe:
+        kernel_cls = type(probe.kernel().queue)
+    flaky = f"flaky_{backend}"
+    with project_for(base, backend, "flaky", queue_backend=flaky, visibility=1.0,
+                     targets={"queue_backend": ["chaos_flaky:FlakyQueue"]},
+                     env={"CHAOS_FLAKY": "claim=0.3,extend=0.1,ack=0.05"}) as project:
+        project.write("chaos_flaky.py", FLAKY_SOURCE.format(
+            backend=backend, module=kernel_cls.__module__, qualname=kernel_cls.__qualname__))
+        n = sizes.flow_jobs
+        # a few jobs outlive the 1 s lease, so extend failures matter
+        ids = project.enqueue("work", [(i, 2.5 if i % 50 == 0 else 0.01) for i in range(n)])
+        workers = [project.start_worker(2), project.start_worker(2)]
+        project.wait_succeeded(n, 120)
+        records = project.judge(out, ids)
+        log = project.log.refresh()
+        out.check(not log.premature_acks, f"{len(log.premature_acks)} ack(s) of jobs the "
+                  f"acking worker had not finished: {log.premature_acks[:3]}")
+        logs = project.logs()
+        out.check("failed to lease jobs; retrying in" in logs,
+                  "claim failures were not logged with a back-off")
+        out.check(all(w.alive() for w in workers), "a worker died of backend failures")
+        del records
+        out.notes.append(f"{logs.count('injected claim failure')} claim, "
+                         f"{logs.count('injected extend failure')} extend and "
+                         f"{logs.count('injected ack failure')} ack failures injected")
+        _stop_all(project, out)
+    return out
+
+
 # --- scenario 8: long job vs visibility timeout -----------------------------------------
 
 
@@ -985,6 +1343,8 @@ SCENARIOS: dict[str, Callable[[Path, str, Sizes], Outcome]] = {
     "storm": scenario_storm,
     "graceful": scenario_graceful,
     "producer": scenario_producer_crash,
+    "corrupt": scenario_corrupt,
+    "plugins": scenario_plugins,
     "long-job": scenario_long_job,
 }
 
