@@ -17,12 +17,14 @@ first *catches up*: it reads only the bytes appended since its previous call (by
 process), so keeping the index current costs O(new bytes), amortised O(1) per record
 written. ``get`` is then one ``pread`` of one line: O(1) in the size of the history.
 ``query`` filters the index in memory, O(live ids), and reads only the page it returns. The
-one O(history) cost is the first call of a process, which reads every live segment once
-(measured ~ 0.6 s for 100,000 records, see the plugin's tests/notes). Memory is ~200 bytes
-per live id. Purging keeps the history bounded: tombstones drop ids from the index, and
-sealed segments that are mostly dead are compacted (their live lines copied to the active
-segment, then the file deleted, oldest first so a deleted tombstone can never resurrect an
-older line).
+one O(history) cost is the first call of a process, which reads every live segment once;
+lines start with the indexed fields so that pass is a regex match per line, not a JSON parse
+(measured on 2 cores: 10,000 records / 5.6 MB in ~60 ms, 100,000 / 56 MB in ~0.9 s; a warm
+``get`` stays ~25-40 µs at both sizes). Memory is ~200 bytes per live id.
+
+Purging keeps the history bounded: tombstones drop ids from the index, and sealed segments
+that are mostly dead are compacted (their live lines copied to the active segment, then the
+file deleted, oldest first so a deleted tombstone can never resurrect an older line).
 
 **Crash tolerance.** A writer killed mid-``write`` can leave a torn line. The reader never
 consumes an unterminated last line of the active segment (it may be a write in progress);
