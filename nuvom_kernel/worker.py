@@ -110,6 +110,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
         self._signals = 0
+        self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class Worker:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        events.emit(self.kernel.pm, "nuvom_worker_startup", worker=self)
+        self._emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %d threads, queues=%s, backend=%s", self.origin,
                  self.workers, ",".join(self.queues or ["*"]), self.queue.name)
 
@@ -158,6 +159,23 @@ class Worker:
         else:
             log.warning("received %s again: stopping now", signal.Signals(signum).name)
             self.stop(graceful=False)
+        if self._in_lifecycle_hook and threading.current_thread() is threading.main_thread():
+            # A startup/shutdown hook is holding the main thread (maybe forever): leave it,
+            # or run() could never reach the drain and the signal would change nothing.
+            raise _HookInterrupted
+
+    def _emit_lifecycle(self, hook_name: str) -> None:
+        """Emit a worker lifecycle hook; a signal may interrupt it (see ``_on_signal``)."""
+        main = threading.current_thread() is threading.main_thread()
+        try:
+            self._in_lifecycle_hook = main
+            events.emit(self.kernel.pm, hook_name, worker=self)
+        except _HookInterrupted:
+            log.error("a plugin's %s hook was still running when the worker was signalled; "
+                      "it was interrupted", hook_name)
+        finally:
+            if main:
+                self._in_lifecycle_hook = False
 
     def join(self) -> int:
         """Finish a stop: return unstarted leases, wait for running jobs, emit shutdown."""
@@ -194,7 +212,7 @@ class Worker:
         for thread in self._threads:
             if thread is not threading.current_thread() and thread not in self._abandoned:
                 thread.join(max(0.0, join_deadline - time.monotonic()))
-        events.emit(self.kernel.pm, "nuvom_worker_shutdown", worker=self)
+        self._emit_lifecycle("nuvom_worker_shutdown")
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned")
         return 0 if clean else 1
@@ -510,6 +528,11 @@ class Worker:
             self._abandoned.add(running.thread)
         self._spawn_executor()  # keep capacity: the stuck thread never returns to the pool
         self._settle_failure(running, error, "", kind="timeout")
+
+
+class _HookInterrupted(BaseException):
+    """Raised by the signal handler to pull the main thread out of a hung lifecycle hook
+    (a BaseException, so the observer isolation in :func:`events.emit` does not catch it)."""
 
 
 def _qualname(exc: BaseException) -> str:
