@@ -1240,6 +1240,67 @@ class FlakyQueue(_Base):
 '''
 
 
+HANGING_SOURCE = '''\
+"""Chaos hooks: the worker's startup or shutdown hook hangs (CHAOS_HANG=startup|shutdown)."""
+
+import os
+import time
+
+from nuvom_kernel import hookimpl
+
+WHERE = os.environ.get("CHAOS_HANG", "")
+
+
+def _hang(where):
+    if WHERE == where:
+        os.close(os.open(f"hung-{where}", os.O_WRONLY | os.O_CREAT, 0o644))
+        time.sleep(3600)
+
+
+@hookimpl
+def nuvom_worker_startup(worker):
+    _hang("startup")
+
+
+@hookimpl
+def nuvom_worker_shutdown(worker):
+    _hang("shutdown")
+'''
+
+
+def _hung_lifecycle(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """A startup hook that never returns must not stop the worker serving nor make it deaf
+    to SIGINT; a shutdown hook that never returns yields to the second signal."""
+    out = Outcome("hung-hooks", backend)
+    with project_for(base, backend, "hung", targets={"hooks": ["chaos_hanging"]}) as project:
+        project.write("chaos_hanging.py", HANGING_SOURCE)
+        for where, signals in (("startup", 1), ("shutdown", 2)):
+            ids = project.enqueue("work", [(i, 0.0) for i in range(20)])
+            worker = project.start_worker(2, env={"CHAOS_HANG": where})
+            project.wait_succeeded(out.submitted + len(ids), 60,
+                                   f"jobs served despite a hung {where} hook")
+            project.judge(out, ids)
+            if where == "startup":
+                out.check((project.root / "hung-startup").exists(), "the hook never hung")
+            worker.signal(signal.SIGINT)
+            if signals == 2:
+                wait_for(lambda: (project.root / "hung-shutdown").exists(), 30,
+                         "the drain to reach the hung shutdown hook")
+                worker.signal(signal.SIGINT)
+            try:
+                code: int | None = worker.wait(10)
+            except subprocess.TimeoutExpired:
+                code = None
+            out.check(code == 0, f"hung {where} hook: after {signals} SIGINT(s) the worker "
+                                 f"{'is still running' if code is None else f'exited {code}'}"
+                                 f":\n{worker.tail()}")
+            out.check("was interrupted" in worker.output(),
+                      f"the interrupted {where} hook was not logged")
+            if worker.alive():
+                worker.kill()
+    return out
+
+
 def scenario_plugins(base: Path, backend: str, sizes: Sizes) -> Outcome:
     """Lifecycle hooks that raise or hang, and a queue backend failing at random: the
     worker logs, backs off, keeps serving, and never acks a job it did not finish."""
@@ -1271,6 +1332,7 @@ def scenario_plugins(base: Path, backend: str, sizes: Sizes) -> Outcome:
         _stop_all(project, out)
         out.check("raised in nuvom_worker_shutdown" in project.logs(),
                   "a raising nuvom_worker_shutdown hook was not logged")
+    out.merge(_hung_lifecycle(base, backend, sizes))
     out.merge(_flaky_backend(base, backend, sizes))
     return out
 
