@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from nuvom_kernel import events
-from nuvom_kernel.errors import BackendCapabilityError, SerializationError
+from nuvom_kernel.errors import (
+    BackendCapabilityError,
+    EnqueueError,
+    NuvomError,
+    SerializationError,
+)
 from nuvom_kernel.models import Backoff, Job, JobStatus, Message, TaskOptions
 from nuvom_kernel.serialization import Serializer, from_wire, to_wire
 
@@ -176,13 +181,33 @@ def check_capabilities(kernel: Kernel, options: TaskOptions, delay_secs: float) 
         )
 
 
+def _enqueue_error(kernel: Kernel, items: Sequence[tuple[Job, dict[str, Any]]],
+                   exc: Exception) -> EnqueueError:
+    """A backend's raw storage error (``OSError: No space left on device``, ``sqlite3
+    OperationalError: unable to open database file``) names neither the backend nor the
+    task; say both, and what to check."""
+    tasks = ", ".join(repr(name) for name in sorted({job.func_name for job, _ in items}))
+    return EnqueueError(
+        f"queue backend {kernel.settings.queue_backend!r} could not store {len(items)} "
+        f"job(s) of task {tasks}: {type(exc).__name__}: {exc}. Nothing was enqueued if the "
+        f"backend stores a batch atomically. Check its storage (free space and write "
+        f"permission; the built-in backends keep their data under {kernel.data_dir}) and "
+        f"enqueue again."
+    )
+
+
 def enqueue_jobs(
     kernel: Kernel, items: Sequence[tuple[Job, dict[str, Any]]], delay_secs: float = 0.0
 ) -> list[Job]:
     """Hand jobs to the queue backend in one call (one transaction where it has them)."""
     if not items:
         return []
-    check_capabilities(kernel, items[0][0].options, delay_secs)
+    try:
+        check_capabilities(kernel, items[0][0].options, delay_secs)
+    except NuvomError:
+        raise
+    except Exception as exc:  # the backend could not even be opened (read-only, missing)
+        raise _enqueue_error(kernel, items, exc) from exc
     pm, serializer = kernel.pm, kernel.serializer
     observed = bool(pm.hook.nuvom_before_enqueue.get_hookimpls()
                     or pm.hook.nuvom_after_enqueue.get_hookimpls())
@@ -191,7 +216,12 @@ def enqueue_jobs(
             events.emit(pm, "nuvom_before_enqueue", job=job)
     available_at = (items[0][0].created_at + delay_secs) if delay_secs > 0 else 0.0
     messages = [encode_job(env, serializer, available_at) for _, env in items]
-    kernel.queue.enqueue_many(messages)
+    try:
+        kernel.queue.enqueue_many(messages)
+    except NuvomError:
+        raise
+    except Exception as exc:  # a storage failure must say where and what to do (DESIGN §5)
+        raise _enqueue_error(kernel, items, exc) from exc
     jobs = []
     for job, _ in items:
         job._kernel = kernel

@@ -7,6 +7,7 @@ __all__ = [
     "BackendNotFoundError",
     "ConfigError",
     "DuplicateBackendError",
+    "EnqueueError",
     "JobFailedError",
     "JobTimeoutError",
     "LeaseLostError",
@@ -46,6 +47,11 @@ class DuplicateBackendError(NuvomError):
 
 class BackendCapabilityError(NuvomError):
     """A job asks for something its backend declared it cannot do (e.g. a delay)."""
+
+
+class EnqueueError(NuvomError):
+    """The queue backend failed to store jobs (disk full, read-only, connection lost); the
+    backend's own exception is the ``__cause__``."""
 
 
 class SerializationError(NuvomError):
