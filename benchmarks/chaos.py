@@ -68,10 +68,11 @@ LOG_NAME = "chaos.log"
 #: the page cache); turning it off keeps a 10,000-job ``.map()`` within the CI budget.
 BACKEND_SETTINGS: dict[str, dict[str, Any]] = {"file": {"fsync": False}}
 
-#: Backends whose ``push`` is one transaction (a killed producer leaves all or none of a
-#: ``.map()``). Unknown backends are held to that, the strict reading of ``QueueBackend.push``;
-#: list a backend here as ``False`` only if it documents otherwise.
-ATOMIC_PUSH: dict[str, bool] = {"file": False}
+#: Whether a backend's ``push`` is all or none (a killed producer leaves all or none of a
+#: ``.map()``). Every backend is held to that, the strict reading of ``QueueBackend.push``;
+#: list one here as ``False`` only if it documents otherwise (then a killed ``.map()`` may
+#: leave part of its batch, but still never a half-written job).
+ATOMIC_PUSH: dict[str, bool] = {}
 
 TASKS_SOURCE = '''\
 """Chaos tasks: each attempt appends whole lines to the execution log (O_APPEND)."""
@@ -959,6 +960,275 @@ def _hidden_files(directory: Path) -> int:
                and p.name != ".lock")
 
 
+# --- scenario 5: disk full / read-only data dir ------------------------------------------
+
+#: Backends that keep everything under ``data_dir``, so a small tmpfs mounted there can run
+#: out of space for real. Others (a server's storage) get the fault-hook variant.
+DISK_BACKENDS = frozenset({"sqlite", "file"})
+
+
+def _squeeze_sqlite(data_dir: Path) -> None:
+    """Empty the WAL into the database and truncate it: a WAL that was reset keeps its old
+    blocks, and writes into those would succeed on a full disk."""
+    conn = sqlite3.connect(data_dir / "nuvom.db", timeout=30)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.close()
+
+
+def _squeeze_file(data_dir: Path) -> None:
+    """Pad each result segment to the end of its last allocated block with blank lines
+    (the reader skips them): an append into that slack would succeed on a full disk."""
+    for segment in (data_dir / "results").glob("results-*.jsonl"):
+        st = segment.stat()
+        slack = st.st_blocks * 512 - st.st_size
+        if slack > 0:
+            with segment.open("ab") as fh:
+                fh.write(b"\n" * slack)
+
+
+#: Per backend: make every later write need new blocks before the disk is filled.
+SQUEEZERS: dict[str, Callable[[Path], None]] = {"sqlite": _squeeze_sqlite,
+                                                 "file": _squeeze_file}
+
+
+def _fill(directory: Path) -> Path:
+    """Fill the file system holding ``directory`` to the last byte; returns the filler."""
+    path = directory / "chaos-filler"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for chunk in (1 << 20, 1 << 16, 4096, 512, 1):
+            block = b"\0" * chunk
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, block)
+    finally:
+        os.close(fd)
+    return path
+
+
+@contextlib.contextmanager
+def _mounted(*command: str, target: Path) -> Iterator[bool]:
+    """Run a ``mount`` command; yields whether it worked, unmounts (lazily) after."""
+    done = subprocess.run(["mount", *command, str(target)], capture_output=True)
+    try:
+        yield done.returncode == 0
+    finally:
+        if done.returncode == 0:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def _can_mount() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+_STORAGE_WORDS = ("no space", "disk is full", "read-only", "readonly", "unable to open",
+                  "permission", "injected")
+
+
+def _check_enqueue_refused(out: Outcome, project: Project, kernel: Kernel, label: str,
+                           before: int | None) -> None:
+    """``.delay()`` and ``.map()`` must raise a clear NuvomError and store nothing (counted
+    here unless ``before`` is ``None``: the caller counts once the storage is readable)."""
+    from nuvom_kernel.errors import NuvomError
+
+    tasks = project.tasks()
+    for what, call in (("delay", lambda: tasks.work.delay(1, 0.0)),
+                       ("map", lambda: tasks.work.map([(i, 0.0) for i in range(200)]))):
+        with use_kernel(kernel):
+            try:
+                call()
+            except Exception as exc:
+                text = f"{exc} {exc.__cause__ or ''}".lower()
+                out.check(isinstance(exc, NuvomError) and backend_named(exc, project)
+                          and any(w in text for w in _STORAGE_WORDS),
+                          f"{label}: .{what}() raised {type(exc).__module__}."
+                          f"{type(exc).__name__}: {exc} -- expected a NuvomError naming the "
+                          "backend and the storage problem")
+            else:
+                out.check(False, f"{label}: .{what}() succeeded")
+    if before is not None:
+        after = _visible(project)
+        out.check(after == before, f"{label}: {after - before} job(s) of refused calls were "
+                                   "stored")
+
+
+def backend_named(exc: Exception, project: Project) -> bool:
+    return repr(project.queue_backend) in str(exc) or repr(project.backend) in str(exc)
+
+
+def _visible(project: Project) -> int:
+    """Jobs waiting, counted by a fresh kernel (a full disk may have broken the old one's
+    view, and the count must come from what is stored)."""
+    with contextlib.suppress(Exception):
+        project.kernel().close()
+    project._kernel = None
+    return project.kernel().queue.qsize()
+
+
+def scenario_disk(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """A full disk and a read-only data dir: ``.delay()`` raises a clear error and stores
+    nothing; a worker that cannot record an outcome does not ack (the job runs again once
+    there is room) and logs why. Real tmpfs and read-only bind mounts where the backend keeps
+    its data locally and we may mount; a fault-injecting backend wrapper otherwise."""
+    if backend in DISK_BACKENDS and _can_mount() and os.environ.get("CHAOS_DISK") != "hook":
+        return _disk_for_real(base, backend, sizes)
+    return _disk_by_hook(base, backend, sizes)
+
+
+def _disk_for_real(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    out = Outcome("disk", backend)
+    root = base / f"{backend}-disk"
+    data = root / "data"
+    data.mkdir(parents=True)
+    squeeze = SQUEEZERS.get(backend, lambda path: None)
+    with _mounted("-t", "tmpfs", "-o", "size=16m", "tmpfs", target=data) as ok:
+        if not ok:
+            return _disk_by_hook(base, backend, sizes)
+        out.notes.append("real faults: a 16 MB tmpfs filled to the last byte, then a "
+                         "read-only bind mount")
+        project = Project(root, backend, data_dir=data)
+        try:
+            ids = project.enqueue("work", [(i, 0.0) for i in range(30)])
+            before = _visible(project)
+            squeeze(data)
+            filler = _fill(data)
+            _check_enqueue_refused(out, project, project.kernel(), "disk full", before)
+            filler.unlink()
+            # A worker whose result cannot be written: the gated job is running when the
+            # disk fills, finishes while it is full, and must stay unacked until there is
+            # room again.
+            gated = project.enqueue("gated", [(0, "gate-disk")])[0]
+            worker = project.start_worker(2)
+            project.wait_succeeded(len(ids), 60)
+            wait_for(lambda: project.log.refresh().executions(gated) == 1, 30,
+                     "the gated job to start")
+            squeeze(data)
+            filler = _fill(data)
+            (project.root / "gate-disk").touch()
+            wait_for(lambda: f"job={gated} could not record its outcome" in worker.output(),
+                     30, "the worker to report the outcome it could not record")
+            out.check(project.log.refresh().executions(gated) == 1,
+                      "the job ran again while its first outcome was unrecorded and unacked")
+            filler.unlink()
+            project.killed.add(worker.pid)  # its unrecorded run is expected to be repeated
+            project.wait_succeeded(len(ids) + 1, 60, "the unrecorded job to run again")
+            records = project.judge(out, [*ids, gated])
+            record = records[gated]
+            out.check(record is not None and record.attempts >= 2
+                      and project.log.executions(gated) >= 2,
+                      f"the job whose outcome could not be recorded shows attempts="
+                      f"{getattr(record, 'attempts', None)}, runs="
+                      f"{project.log.executions(gated)}; expected a second delivery")
+            line = next((x for x in worker.output().splitlines()
+                         if f"job={gated} could not record" in x), "")
+            out.check(any(w in line.lower() for w in _STORAGE_WORDS),
+                      f"the worker's log does not say why the outcome was lost: {line!r}")
+            _stop_all(project, out)
+            out.check(not project.kernel().queue.stats().quarantined,
+                      "a half-written entry was quarantined after the disk filled")
+            # Read-only data dir: bind it onto itself read-only.
+            before = _visible(project)
+            project.close()
+            with _mounted("--bind", str(data), target=data) as bound:
+                ro = bound and subprocess.run(
+                    ["mount", "-o", "remount,bind,ro", str(data)], capture_output=True
+                ).returncode == 0
+                if ro:
+                    _check_enqueue_refused(out, project, project.kernel(), "read-only",
+                                           None)
+                    project.close()
+                else:
+                    out.notes.append("read-only bind mount refused here; not tested")
+            out.check(_visible(project) == before, "the read-only phase changed the queue")
+        finally:
+            project.close()
+    return out
+
+
+FAULTY_SOURCE = '''\
+"""Chaos storage faults: the real {backend} backends, failing with ENOSPC while the flag
+file exists (for backends whose storage a local tmpfs cannot fill)."""
+
+import errno
+import os
+
+from {qmodule} import {qname} as _Queue
+from {rmodule} import {rname} as _Results
+
+FLAG = os.environ.get("CHAOS_DISK_FLAG", "disk-full")
+
+
+def _full(what):
+    if os.path.exists(FLAG):
+        raise OSError(errno.ENOSPC, f"No space left on device (injected into {{what}})")
+
+
+class FaultyQueue(_Queue):
+    name = "faulty_{backend}"
+
+    def push(self, messages):
+        _full("push")
+        return super().push(messages)
+
+
+class FaultyResults(_Results):
+    name = "faulty_{backend}"
+
+    def put(self, record):
+        _full("put")
+        return super().put(record)
+'''
+
+
+def _disk_by_hook(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    out = Outcome("disk", backend)
+    out.notes.append("simulated faults: backend wrappers raising ENOSPC (no tmpfs here)")
+    with project_for(base, backend, "probe-disk") as probe:
+        qcls, rcls = type(probe.kernel().queue), type(probe.kernel().results)
+    faulty = f"faulty_{backend}"
+    root = base / f"{backend}-disk-hook"
+    flag = root / "disk-full"
+    with project_for(base, backend, "disk-hook", queue_backend=faulty,
+                     targets={"queue_backend": ["chaos_faulty:FaultyQueue"],
+                              "result_backend": ["chaos_faulty:FaultyResults"]},
+                     env={"NUVOM_RESULT_BACKEND": faulty,
+                          "CHAOS_DISK_FLAG": str(flag)}) as project:
+        project.write("chaos_faulty.py", FAULTY_SOURCE.format(
+            backend=backend, qmodule=qcls.__module__, qname=qcls.__qualname__,
+            rmodule=rcls.__module__, rname=rcls.__qualname__))
+        os.environ["CHAOS_DISK_FLAG"] = str(flag)  # the in-process producer's wrapper too
+        try:
+            ids = project.enqueue("work", [(i, 0.0) for i in range(30)])
+            producer = Kernel(root=project.root, environ=project.env)
+            try:
+                flag.touch()
+                _check_enqueue_refused(out, project, producer, "ENOSPC", len(ids))
+                flag.unlink()
+            finally:
+                producer.close()
+            gated = project.enqueue("gated", [(0, "gate-disk")])[0]
+            worker = project.start_worker(2)
+            project.wait_succeeded(len(ids), 60)
+            wait_for(lambda: project.log.refresh().executions(gated) == 1, 30,
+                     "the gated job to start")
+            flag.touch()
+            (project.root / "gate-disk").touch()
+            wait_for(lambda: f"job={gated} could not record its outcome" in worker.output(),
+                     30, "the worker to report the outcome it could not record")
+            flag.unlink()
+            project.killed.add(worker.pid)
+            project.wait_succeeded(len(ids) + 1, 60, "the unrecorded job to run again")
+            records = project.judge(out, [*ids, gated])
+            out.check(getattr(records[gated], "attempts", 0) >= 2,
+                      "the job whose outcome could not be recorded did not run again")
+            _stop_all(project, out)
+        finally:
+            os.environ.pop("CHAOS_DISK_FLAG", None)
+    return out
+
+
 # --- scenario 6: corrupt data -----------------------------------------------------------
 
 
@@ -1405,6 +1675,7 @@ SCENARIOS: dict[str, Callable[[Path, str, Sizes], Outcome]] = {
     "storm": scenario_storm,
     "graceful": scenario_graceful,
     "producer": scenario_producer_crash,
+    "disk": scenario_disk,
     "corrupt": scenario_corrupt,
     "plugins": scenario_plugins,
     "long-job": scenario_long_job,
