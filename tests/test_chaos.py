@@ -11,6 +11,7 @@ scenarios passed) is written to the terminal, so a CI log shows the numbers.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,13 +37,16 @@ def _summary(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if not _outcomes:
         return
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    text = "\n" + summary_table(_outcomes) + "\n"
-    if reporter is not None:
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
+    if reporter is None:  # pragma: no cover - terminal reporting disabled (-p no:terminal)
+        return
+    # Teardown output is captured at the fd level; write past the capture to the terminal.
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        reporter.ensure_newline()
         reporter.write_sep("-", "chaos: jobs per backend")
-        reporter.write_line(text)
-    else:  # pragma: no cover - terminal reporting disabled
-        print(text)
+        reporter.write_line(summary_table(_outcomes))
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
