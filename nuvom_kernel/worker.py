@@ -522,12 +522,19 @@ class Worker:
             f"job {job.id} ({job.func_name}) exceeded its timeout of "
             f"{running.deadline - running.started_mono:.3g} s")  # type: ignore[operator]
         with running.lock:
-            if running.settled:
+            if running.settled or running.abandoned:
                 return
             running.abandoned = True  # its thread exits whenever the task returns
             self._abandoned.add(running.thread)
         self._spawn_executor()  # keep capacity: the stuck thread never returns to the pool
-        self._settle_failure(running, error, "", kind="timeout")
+        # Settle on a thread of its own: settling runs plugin observers (on_execute_error,
+        # on_retry), and one that blocks must not stop this monitor from extending the
+        # leases of every other running job.
+        thread = threading.Thread(target=self._settle_failure, args=(running, error, ""),
+                                  kwargs={"kind": "timeout"}, name="nuvom-timeout",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
 
 class _HookInterrupted(BaseException):
