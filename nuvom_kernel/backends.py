@@ -237,6 +237,11 @@ class QueueBackend(_Backend):
         leases = self.pop_batch(1, timeout or 0.0, queues)
         return leases[0] if leases else None
 
+    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
+        """Ack several leases; override to do it in one transaction (the worker settles
+        finished jobs in batches, so this is the drain rate's hot path)."""
+        return [self.ack(lease) for lease in leases]
+
     def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
         return [self.extend(lease, secs) for lease in leases]
 
@@ -287,6 +292,11 @@ class ResultBackend(_Backend):
                     break
                 offset += page
         return {k: v for k, v in totals.items() if v}
+
+    def put_many(self, records: Sequence[JobRecord]) -> None:
+        """Store several records; override to do it in one transaction (all or none)."""
+        for record in records:
+            self.put(record)
 
     # --- conveniences ---------------------------------------------------------------------
 

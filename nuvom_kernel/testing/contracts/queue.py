@@ -168,6 +168,19 @@ class QueueBackendContract(QueueConcurrencyTests):
         assert queue_backend.ack(lease) is False, "a second ack must report the lease is gone"
         assert queue_backend.peek_state(message.id) is None
 
+    def test_ack_many_acks_held_leases_and_reports_lost_ones(
+            self, queue_backend: QueueBackend) -> None:
+        queue_backend.enqueue_many([make_message() for _ in range(3)])
+        leases = wait_until(lambda: queue_backend.claim(3) or None, self.patience_secs,
+                            "three messages were never claimable")
+        while len(leases) < 3:
+            leases += queue_backend.claim(3 - len(leases))
+        assert queue_backend.ack(leases[0]) is True
+        assert queue_backend.ack_many(leases) == [False, True, True], \
+            "ack_many acks what the caller holds and reports the stale lease as lost"
+        assert queue_backend.qsize() == 0
+        self._nothing_claimable(queue_backend, "acked messages are gone")
+
     def test_retry_makes_visible_again_with_count_kept(self, queue_backend: QueueBackend
                                                        ) -> None:
         queue_backend.enqueue(make_message(body=b"v1"))

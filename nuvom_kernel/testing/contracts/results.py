@@ -101,6 +101,13 @@ class ResultBackendContract:
         assert got.to_dict() == record.to_dict(), "every field must round-trip unchanged"
         assert got.status is status
 
+    def test_put_many_stores_every_record(self, result_backend: ResultBackend) -> None:
+        records = [make_record(status=JobStatus.SUCCEEDED) for _ in range(5)]
+        result_backend.put_many(records)
+        for record in records:
+            got = result_backend.get(record.job_id)
+            assert got is not None and got.to_dict() == record.to_dict()
+
     def test_put_replaces(self, result_backend: ResultBackend) -> None:
         record = make_record(status=JobStatus.RETRYING, func_name="tasks.flaky")
         result_backend.put(record)

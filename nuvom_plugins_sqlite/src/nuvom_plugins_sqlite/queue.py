@@ -198,6 +198,17 @@ class SQLiteJobQueue(QueueBackend):
         return self._fenced_lease("DELETE FROM nuvom_queue WHERE id = ? AND token = ?", (),
                                   lease)
 
+    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
+        """One transaction for a batch of acks: the worker settles finished jobs in batches."""
+        if len(leases) <= 1:
+            return [self.ack(lease) for lease in leases]
+
+        def run(conn: sqlite3.Connection) -> list[bool]:
+            return [conn.execute("DELETE FROM nuvom_queue WHERE id = ? AND token = ?",
+                                 (lease.id, lease.token)).rowcount == 1 for lease in leases]
+
+        return self._lease_db.transaction(run)
+
     def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
         at = time.time() + max(delay_secs, 0.0)
         if body is not None:

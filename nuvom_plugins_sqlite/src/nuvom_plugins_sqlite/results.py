@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -133,6 +133,11 @@ class SQLiteResultBackend(ResultBackend):
     def put(self, record: JobRecord) -> None:
         values = _encode(record)
         self._db.write(lambda conn: conn.execute(_PUT, values))
+
+    def put_many(self, records: Sequence[JobRecord]) -> None:
+        """All records in one transaction (the worker's batched settlement)."""
+        rows = [_encode(record) for record in records]
+        self._db.transaction(lambda conn: conn.executemany(_PUT, rows))
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db.conn().execute(f"{_SELECT} WHERE job_id = ?", (job_id,)).fetchone()
