@@ -105,6 +105,14 @@ def work(i, secs=0.0):
     return i
 
 
+@task(name="chaos_timed", timeout_secs=1.0)
+def timed(i, secs=0.0):
+    mark("start")
+    time.sleep(secs)
+    mark("end")
+    return i
+
+
 @task(name="chaos_gated")
 def gated(i, gate="gate", limit=120.0):
     mark("start")
@@ -1571,6 +1579,51 @@ def _hung_lifecycle(base: Path, backend: str, sizes: Sizes) -> Outcome:
     return out
 
 
+SLOW_OBSERVER_SOURCE = '''\
+"""Chaos hooks: the error observer blocks on the first timeout of every job."""
+
+import time
+
+from nuvom_kernel import hookimpl
+
+
+@hookimpl
+def nuvom_on_execute_error(job, error):
+    if job.attempts == 1 and type(error).__name__ == "JobTimeoutError":
+        time.sleep(3600)
+'''
+
+
+def _slow_observer(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """An error observer that blocks on a timed-out job must not stop lease extension for
+    the other jobs of that worker (a long job keeps its lease), and the timed-out job is
+    still recorded once its lease comes back."""
+    out = Outcome("slow-observer", backend)
+    with project_for(base, backend, "observer", visibility=1.0,
+                     targets={"hooks": ["chaos_observer"]}) as project:
+        project.write("chaos_observer.py", SLOW_OBSERVER_SOURCE)
+        timed = project.enqueue("timed", [(0, 30.0)])[0]  # its timeout is 1 s
+        long_job = project.enqueue("work", [(1, 4.0)])[0]  # 4x the lease, no timeout
+        project.start_worker(2)
+        project.start_worker(2)
+        project.wait_succeeded(1, 60, "the long job")
+        wait_for(lambda: getattr(project.record(timed), "status", None) is JobStatus.FAILED,
+                 60, "the timed-out job to be recorded on its next delivery")
+        records = project.judge(out, [long_job])
+        out.check(project.log.executions(long_job) == 1 and records[long_job] is not None
+                  and records[long_job].attempts == 1,
+                  f"the long job ran {project.log.executions(long_job)} time(s): a blocked "
+                  "observer stopped its lease extension")
+        record = project.record(timed)
+        out.submitted += 1
+        out.completed += out.check(
+            record is not None and record.status is JobStatus.FAILED
+            and record.error_type == "nuvom_kernel.errors.JobTimeoutError",
+            f"the timed-out job: {_brief(record)}")
+        _stop_all(project, out)
+    return out
+
+
 def scenario_plugins(base: Path, backend: str, sizes: Sizes) -> Outcome:
     """Lifecycle hooks that raise or hang, and a queue backend failing at random: the
     worker logs, backs off, keeps serving, and never acks a job it did not finish."""
@@ -1603,6 +1656,7 @@ def scenario_plugins(base: Path, backend: str, sizes: Sizes) -> Outcome:
         out.check("raised in nuvom_worker_shutdown" in project.logs(),
                   "a raising nuvom_worker_shutdown hook was not logged")
     out.merge(_hung_lifecycle(base, backend, sizes))
+    out.merge(_slow_observer(base, backend, sizes))
     out.merge(_flaky_backend(base, backend, sizes))
     return out
 
