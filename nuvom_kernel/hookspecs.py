@@ -134,7 +134,10 @@ def nuvom_before_execute(job: Job) -> None:
 
 @hookspec
 def nuvom_after_execute(job: Job, result: Any) -> None:
-    """After the task returned and its outcome was recorded.
+    """After the task returned successfully, in the worker thread.
+
+    The outcome is then recorded and acked by the worker's settler, in a batch with other
+    finished jobs; an observer that needs the stored record should not assume it is there yet.
 
     Call mode: 1:N observer.
 
