@@ -1062,6 +1062,12 @@ def _check_enqueue_refused(out: Outcome, project: Project, kernel: Kernel, label
                                    "stored")
 
 
+def _unrecorded_line(worker: WorkerProc, job_id: str) -> str:
+    """The worker's log line saying ``job_id``'s outcome could not be recorded, if any."""
+    return next((line for line in worker.output().splitlines()
+                 if job_id in line and "could not" in line and "record" in line), "")
+
+
 def backend_named(exc: Exception, project: Project) -> bool:
     return repr(project.queue_backend) in str(exc) or repr(project.backend) in str(exc)
 
@@ -1115,8 +1121,8 @@ def _disk_for_real(base: Path, backend: str, sizes: Sizes) -> Outcome:
             squeeze(data)
             filler = _fill(data)
             (project.root / "gate-disk").touch()
-            wait_for(lambda: f"job={gated} could not record its outcome" in worker.output(),
-                     30, "the worker to report the outcome it could not record")
+            wait_for(lambda: _unrecorded_line(worker, gated), 30,
+                     "the worker to report the outcome it could not record")
             out.check(project.log.refresh().executions(gated) == 1,
                       "the job ran again while its first outcome was unrecorded and unacked")
             filler.unlink()
@@ -1129,8 +1135,7 @@ def _disk_for_real(base: Path, backend: str, sizes: Sizes) -> Outcome:
                       f"the job whose outcome could not be recorded shows attempts="
                       f"{getattr(record, 'attempts', None)}, runs="
                       f"{project.log.executions(gated)}; expected a second delivery")
-            line = next((x for x in worker.output().splitlines()
-                         if f"job={gated} could not record" in x), "")
+            line = _unrecorded_line(worker, gated)
             out.check(any(w in line.lower() for w in _STORAGE_WORDS),
                       f"the worker's log does not say why the outcome was lost: {line!r}")
             _stop_all(project, out)
@@ -1223,8 +1228,8 @@ def _disk_by_hook(base: Path, backend: str, sizes: Sizes) -> Outcome:
                      "the gated job to start")
             flag.touch()
             (project.root / "gate-disk").touch()
-            wait_for(lambda: f"job={gated} could not record its outcome" in worker.output(),
-                     30, "the worker to report the outcome it could not record")
+            wait_for(lambda: _unrecorded_line(worker, gated), 30,
+                     "the worker to report the outcome it could not record")
             flag.unlink()
             project.killed.add(worker.pid)
             project.wait_succeeded(len(ids) + 1, 60, "the unrecorded job to run again")
@@ -1474,10 +1479,12 @@ and logging each successful ack to the execution log."""
 
 import os
 import random
+import threading
 
 from {module} import {qualname} as _Base
 
 _RNG = random.Random(os.getpid())
+_LOCAL = threading.local()  # inside ack_many: the base class may call ack() per lease
 RATES = dict((k, float(v)) for k, _, v in
              (p.partition("=") for p in os.environ.get("CHAOS_FLAKY", "").split(",") if p))
 LOG = os.environ.get("CHAOS_LOG", "chaos.log")
@@ -1491,9 +1498,9 @@ def _log(line):
         os.close(fd)
 
 
-def _maybe_fail(op, lease=None):
+def _maybe_fail(op, leases=()):
     if _RNG.random() < RATES.get(op, 0.0):
-        if lease is not None:  # the job may run again: say why, for the judge
+        for lease in leases:  # these jobs may run again: say why, for the judge
             _log(f"fault {{lease.id}} {{os.getpid()}} {{op}}\\n")
         raise ConnectionError(f"injected {{op}} failure")
 
@@ -1506,14 +1513,28 @@ class FlakyQueue(_Base):
         return super().claim(n, queues)
 
     def extend(self, lease, secs):
-        _maybe_fail("extend", lease)
+        _maybe_fail("extend", [lease])
         return super().extend(lease, secs)
 
     def ack(self, lease):
-        _maybe_fail("ack", lease)
+        if getattr(_LOCAL, "batch", False):
+            return super().ack(lease)
+        _maybe_fail("ack", [lease])
         done = super().ack(lease)
         if done:
             _log(f"ack {{lease.id}} {{os.getpid()}}\\n")
+        return done
+
+    def ack_many(self, leases):
+        _maybe_fail("ack", leases)
+        _LOCAL.batch = True
+        try:
+            done = super().ack_many(leases)
+        finally:
+            _LOCAL.batch = False
+        for lease, ok in zip(leases, done):
+            if ok:
+                _log(f"ack {{lease.id}} {{os.getpid()}}\\n")
         return done
 '''
 
