@@ -485,6 +485,9 @@ class Worker:
                 self._settle_batch(batch)
 
     def _settle_batch(self, batch: list[tuple[Lease, JobRecord | None]]) -> None:
+        batch = [(lease, record) for lease, record in batch if self._holds(lease)]
+        if not batch:
+            return
         records = [record for _, record in batch if record is not None]
         if records:
             try:
@@ -503,8 +506,30 @@ class Worker:
                 log.warning("job=%s lost its lease before the ack; another worker may run it "
                             "again", lease.id)
 
+    def _holds(self, lease: Lease) -> bool:
+        """Whether this worker still holds ``lease``, checked before writing an outcome.
+
+        Why: fencing tokens stop a worker that lost its lease (frozen by SIGSTOP, stalled
+        past the visibility timeout) from acking, but the result backend has no token: its
+        outcome would overwrite the one recorded by the worker that took the job over
+        (DESIGN.md §3). A lease well inside its known expiry is held (nobody else can claim
+        it yet), which is every normal job; only a job near or past expiry pays for one
+        ``extend``, whose success also renews the lease for the write that follows.
+        """
+        if time.time() < lease.expires_at - min(1.0, self.visibility / 4):
+            return True
+        if self._safely("confirm it still holds the lease", lease.id, self.queue.extend,
+                        lease, self.visibility):
+            return True
+        log.warning("job=%s lost its lease before its outcome was recorded (the worker was "
+                    "paused or stalled past the visibility timeout); not recording it: the "
+                    "worker that took the job over records the outcome", lease.id)
+        return False
+
     def _store(self, record: JobRecord, lease: Lease) -> bool:
         """Write the outcome; on failure leave the lease to expire so the job runs again."""
+        if not self._holds(lease):
+            return False
         try:
             self.results.put(record)
             return True
@@ -560,6 +585,7 @@ class Worker:
                         continue
                     wake = min(wake, running.deadline)
                 if now - running.extended_at >= extend_every:
+                    expiry = time.time() + self.visibility  # taken before: an underestimate
                     try:
                         extended = self.queue.extend(running.lease, self.visibility)
                     except Exception as exc:  # retried on the next tick, well before expiry
@@ -567,7 +593,9 @@ class Worker:
                                   "retrying", running.job.id, self.queue.name, exc)
                         continue
                     running.extended_at = now
-                    if not extended:
+                    if extended:
+                        running.lease = attrs.evolve(running.lease, expires_at=expiry)
+                    else:
                         log.warning("job=%s lost its lease while running", running.job.id)
             with self._monitor_cv:
                 self._monitor_cv.wait(max(0.0, wake - time.monotonic()))
