@@ -138,6 +138,17 @@ def timed(i, secs=0.0):
     return i
 
 
+@task(name="chaos_flip")
+def flip(i, secs=0.0):
+    mark("start")
+    attempt = current_job().attempts
+    time.sleep(secs)
+    mark("end")
+    if attempt == 1:
+        raise RuntimeError("the first attempt fails")
+    return i
+
+
 @task(name="chaos_gated")
 def gated(i, gate="gate", limit=120.0):
     mark("start")
@@ -536,11 +547,20 @@ class Project:
 
     # -- judging ----------------------------------------------------------------------
 
-    def wait_succeeded(self, n: int, timeout: float, what: str = "") -> None:
-        """Wait until ``n`` records are SUCCEEDED; the timeout names where things stand."""
+    def wait_succeeded(self, n: int, timeout: float, what: str = "", *,
+                       settled: bool = True) -> None:
+        """Wait until ``n`` records are SUCCEEDED and (``settled``) nothing is waiting or
+        leased any more: a record can be SUCCEEDED while its job runs again (its ack was
+        lost), and judging then would read an outcome about to be replaced."""
+        queue = self.kernel().queue
+
+        def done() -> bool:
+            if self.count() < n:
+                return False
+            return not settled or (queue.qsize() == 0 and queue.stats().in_flight == 0)
+
         try:
-            wait_for(lambda: self.count() >= n, timeout, what or f"{n} jobs SUCCEEDED",
-                     interval=0.05)
+            wait_for(done, timeout, what or f"{n} jobs SUCCEEDED", interval=0.05)
         except ChaosTimeout as exc:
             counts = self.kernel().results.counts()
             raise ChaosTimeout(f"{exc}; records: {counts}; queue: {self.kernel().queue.stats()}"
@@ -1102,7 +1122,7 @@ def _disk_for_real(base: Path, backend: str, sizes: Sizes) -> Outcome:
     out = Outcome("disk", backend)
     root = base / f"{backend}-disk"
     data = root / "data"
-    data.mkdir(parents=True)
+    data.mkdir(parents=True, exist_ok=True)
     squeeze = SQUEEZERS.get(backend, lambda path: None)
     with _mounted("-t", "tmpfs", "-o", "size=16m", "tmpfs", target=data) as ok:
         if not ok:
@@ -1122,7 +1142,7 @@ def _disk_for_real(base: Path, backend: str, sizes: Sizes) -> Outcome:
             # room again.
             gated = project.enqueue("gated", [(0, "gate-disk")])[0]
             worker = project.start_worker(2)
-            project.wait_succeeded(len(ids), 60)
+            project.wait_succeeded(len(ids), 60, settled=False)
             wait_for(lambda: project.log.refresh().executions(gated) == 1, 30,
                      "the gated job to start")
             squeeze(data)
@@ -1230,7 +1250,7 @@ def _disk_by_hook(base: Path, backend: str, sizes: Sizes) -> Outcome:
                 producer.close()
             gated = project.enqueue("gated", [(0, "gate-disk")])[0]
             worker = project.start_worker(2)
-            project.wait_succeeded(len(ids), 60)
+            project.wait_succeeded(len(ids), 60, settled=False)
             wait_for(lambda: project.log.refresh().executions(gated) == 1, 30,
                      "the gated job to start")
             flag.touch()
@@ -1634,7 +1654,7 @@ def _slow_observer(base: Path, backend: str, sizes: Sizes) -> Outcome:
         long_job = project.enqueue("work", [(1, 4.0)])[0]  # 4x the lease, no timeout
         project.start_worker(2)
         project.start_worker(2)
-        project.wait_succeeded(1, 60, "the long job")
+        project.wait_succeeded(1, 60, "the long job", settled=False)
         wait_for(lambda: getattr(project.record(timed), "status", None) is JobStatus.FAILED,
                  60, "the timed-out job to be recorded on its next delivery")
         records = project.judge(out, [long_job])
@@ -1721,6 +1741,47 @@ def _flaky_backend(base: Path, backend: str, sizes: Sizes) -> Outcome:
     return out
 
 
+# --- scenario 9: a paused worker past its lease (fencing) ---------------------------------
+
+
+def scenario_paused(base: Path, backend: str, sizes: Sizes) -> Outcome:
+    """A worker frozen (SIGSTOP) past its lease while running a job must not overwrite the
+    outcome of the worker that took the job over, once it wakes (DESIGN.md §3, fencing).
+    The frozen run fails and the take-over succeeds, so an overwrite would turn a job that
+    succeeded into FAILED."""
+    out = Outcome("paused", backend)
+    with project_for(base, backend, "paused", visibility=1.0) as project:
+        job_id = project.enqueue("flip", [(0, 2.0)])[0]
+        frozen = project.start_worker(1)
+        log = project.log
+        wait_for(lambda: job_id in log.refresh().in_flight(frozen.pid), 60,
+                 "the first worker to start the job")
+        frozen.signal(signal.SIGSTOP)
+        try:
+            taker = project.start_worker(1)
+            project.wait_succeeded(1, 60, "the job taken over and finished by a second worker")
+            taken = project.record(job_id)
+            frozen.signal(signal.SIGCONT)
+            wait_for(lambda: not log.refresh().in_flight(frozen.pid), 30,
+                     "the woken worker to finish its stale run")
+            wait_for(lambda: "lost its lease" in frozen.output(), 30,
+                     "the woken worker to notice it lost the lease")
+        finally:
+            frozen.signal(signal.SIGCONT)
+        project.killed.add(frozen.pid)  # its run was given up (by the lease), not finished
+        records = project.judge(out, [job_id])
+        record = records[job_id]
+        out.check(taken is not None and _pid_of(taken) == taker.pid,
+                  f"the take-over's record: {_brief(taken)}")
+        out.check(record is not None and record.status is JobStatus.SUCCEEDED
+                  and _pid_of(record) == taker.pid and record.attempts == 2,
+                  f"after the frozen worker woke, the record is {_brief(record)} from pid "
+                  f"{_pid_of(record)} (frozen {frozen.pid}, take-over {taker.pid}): a worker "
+                  "that lost its lease overwrote the outcome of the one that took over")
+        _stop_all(project, out)
+    return out
+
+
 # --- scenario 8: long job vs visibility timeout -----------------------------------------
 
 
@@ -1761,6 +1822,7 @@ SCENARIOS: dict[str, Callable[[Path, str, Sizes], Outcome]] = {
     "corrupt": scenario_corrupt,
     "plugins": scenario_plugins,
     "long-job": scenario_long_job,
+    "paused": scenario_paused,
 }
 
 
