@@ -913,9 +913,9 @@ def scenario_producer_crash(base: Path, backend: str, sizes: Sizes) -> Outcome:
                     proc.stdout.close()
 
         def inspect(label: str) -> int:
-            """Claim everything visible, decode every message, then empty the queue."""
+            """Claim everything there is (a claim also finishes publishing a batch whose
+            producer died after its commit), decode every message, then empty the queue."""
             queue = kernel.queue
-            visible = queue.qsize()
             decoded, bad = 0, []
             while True:
                 leases = queue.claim(1000)
@@ -933,16 +933,20 @@ def scenario_producer_crash(base: Path, backend: str, sizes: Sizes) -> Outcome:
             out.check(not bad, f"{label}: {len(bad)} visible job(s) do not decode: {bad[:3]}")
             out.check(not stats.quarantined,
                       f"{label}: half-written entries were quarantined: {stats.quarantined[:3]}")
-            out.check(decoded == visible, f"{label}: qsize said {visible}, {decoded} decoded")
             queue.clear()
             return decoded
 
+        def took() -> float:
+            """How long the last uncrashed producer spent in its backend call."""
+            return float(done.read_text().split()[1])
+
         produce(None)
-        calibrated = float(done.read_text().split()[1])
+        calibrated = took()
         out.check(inspect("uncrashed run") == n, "an uncrashed .map() did not enqueue its batch")
         results: list[tuple[str, bool, int]] = []
 
-        def trial(label: str, kill_after: float | None, on_visible: bool = False) -> None:
+        def trial(label: str, kill_after: float | None, on_visible: bool = False) -> bool:
+            """One killed producer, judged; returns whether the kill landed mid-call."""
             mid, finished = produce(kill_after, on_visible)
             count = inspect(f"kill at {label}")
             if atomic:
@@ -951,6 +955,7 @@ def scenario_producer_crash(base: Path, backend: str, sizes: Sizes) -> Outcome:
             if finished:
                 out.check(count == n, f"the producer finished but {count} of {n} are queued")
             results.append((label, mid, count))
+            return mid
 
         # A slow backend call gets fewer timed kills (the CI budget), never fewer than one.
         timed = max(1, min(sizes.producer_trials, int(sizes.producer_budget_secs / calibrated)))
@@ -958,8 +963,15 @@ def scenario_producer_crash(base: Path, backend: str, sizes: Sizes) -> Outcome:
             # Spread the kills over the backend call, denser towards its end, where a
             # non-transactional backend makes its writes visible.
             fraction = 0.05 + 0.93 * (k / (timed - 1)) ** 0.5 if timed > 1 else 0.5
-            delay = calibrated * fraction
-            trial(f"+{delay * 1000:.0f} ms", delay)
+            if not trial(f"+{fraction * calibrated * 1000:.0f} ms", fraction * calibrated) \
+                    and done.exists():
+                calibrated = min(calibrated, took())  # the first run was slow (cold caches)
+        for _ in range(3):  # make sure at least one kill lands inside the call
+            if any(mid for _, mid, _ in results):
+                break
+            trial(f"+{calibrated * 300:.0f} ms", calibrated * 0.3)
+            if done.exists():
+                calibrated = min(calibrated, took())
         # One more kill the moment the batch starts to show: mid-publication for a backend
         # that makes jobs visible one by one, just after the commit for a transactional one.
         trial("first visible job", None, on_visible=True)
