@@ -177,7 +177,7 @@ def nuvom_on_retry(job: Job, error: BaseException, delay_secs: float) -> None:
 
 @hookspec
 def nuvom_worker_startup(worker: Worker) -> None:
-    """When a worker pool has started its threads, before it leases the first job.
+    """When a worker pool has started its threads (it may already be leasing jobs).
 
     Call mode: 1:N observer.
 
