@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -203,6 +204,12 @@ class MemoryJobQueue(QueueBackend):
         return stats
 
 
+def _copy(record: JobRecord) -> JobRecord:
+    """A deep copy through JSON (records are JSON-native by contract): what is stored never
+    shares a list or dict with the caller, as on a real backend."""
+    return JobRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+
+
 class MemoryResultBackend(ResultBackend):
     """A dict of records guarded by a lock; records are copied in and out, never shared."""
 
@@ -215,13 +222,14 @@ class MemoryResultBackend(ResultBackend):
         self._records: dict[str, JobRecord] = {}
 
     def put(self, record: JobRecord) -> None:
+        copy = _copy(record)
         with self._lock:
-            self._records[record.job_id] = JobRecord.from_dict(record.to_dict())
+            self._records[record.job_id] = copy
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             record = self._records.get(job_id)
-            return JobRecord.from_dict(record.to_dict()) if record else None
+        return _copy(record) if record else None
 
     def query(
         self,
@@ -236,7 +244,7 @@ class MemoryResultBackend(ResultBackend):
                     if (status is None or r.status is status)
                     and (func_name is None or r.func_name == func_name)]
         rows.sort(key=lambda r: r.updated_at, reverse=True)
-        return [JobRecord.from_dict(r.to_dict()) for r in rows[offset:offset + limit]]
+        return [_copy(r) for r in rows[offset:offset + limit]]
 
     def purge(self, older_than: float) -> int:
         with self._lock:
