@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from nuvom_kernel.plugins import NuvomPluginManager
+from nuvom_kernel.testing.contracts._support import wait_until as _wait_until
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -29,14 +29,7 @@ PERSISTENT_BACKENDS = [b for b in E2E_BACKENDS if b != "memory"]
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
                ) -> object:
     """Poll ``predicate`` until truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+    return _wait_until(predicate, timeout, f"timed out waiting for {what}")
 
 
 

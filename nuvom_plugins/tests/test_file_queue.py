@@ -12,19 +12,13 @@ import pytest
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.models import JobStatus, Message
+from nuvom_kernel.testing.contracts._support import wait_until
 from nuvom_plugins.file import FileJobQueue, plugin
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:
     """Poll ``predicate`` until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.005)
+    return wait_until(predicate, timeout, "condition not met")
 
 
 @pytest.fixture
