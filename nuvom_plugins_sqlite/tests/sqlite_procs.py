@@ -16,7 +16,8 @@ def claim_loop(path: Path, start: Event, ready: Event, pushed: Event, out: Any,
                seed: int) -> None:
     """Open the (fresh) file as soon as ``start`` fires, say ``ready``, then claim and ack
     until the queue stays empty after ``pushed``; send back every id claimed and any failed
-    ack."""
+    ack. Each job 'runs' for 0.3 ms, as real ones take time: a consumer acking back to back
+    can otherwise starve the other process, whose SQLite busy handler sleeps between tries."""
     rng = random.Random(seed)
     start.wait(30)
     q = SQLiteJobQueue(path)
@@ -28,6 +29,7 @@ def claim_loop(path: Path, start: Event, ready: Event, pushed: Event, out: Any,
         leases = q.pop_batch(rng.randint(1, 8), timeout=0.2)
         for lease in leases:
             claimed.append(lease.id)
+            time.sleep(0.0003)
             if not q.ack(lease):
                 bad_acks.append(lease.id)
         if not leases and pushed.is_set() and q.qsize() == 0:

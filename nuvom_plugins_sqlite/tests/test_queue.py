@@ -360,13 +360,24 @@ def test_from_settings_uses_context_and_validates(tmp_path: Path) -> None:
 
 def test_full_sync_fsyncs_jobs_but_not_lease_bookkeeping(db_path: Path) -> None:
     """At FULL, push/retry commit with fsync; claim/ack/extend/release do not (losing them to
-    a power cut only re-runs a job, which at-least-once delivery allows)."""
+    a power cut only re-runs a job, which at-least-once delivery allows). Every write goes
+    through the process's one write connection, switched to the caller's level."""
     q = SQLiteJobQueue(db_path, synchronous="FULL")
+
+    def level() -> int:
+        writer = q._db._writer
+        assert writer is q._lease_db._writer and writer.conn is not None
+        return int(writer.conn.execute("PRAGMA synchronous").fetchone()[0])
+
     q.enqueue(msg("a"))
-    assert q._db.conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert q._lease_db.conn().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert level() == 2  # FULL
+    [lease] = q.claim(1)
+    assert level() == 1  # NORMAL
+    assert q.retry(lease, delay_secs=0)
+    assert level() == 2
     [lease] = q.claim(1)
     assert q.ack(lease)
+    assert level() == 1
     q.close()
     normal = SQLiteJobQueue(db_path)
     assert normal._lease_db is normal._db

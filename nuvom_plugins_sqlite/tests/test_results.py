@@ -95,6 +95,25 @@ def test_non_json_value_is_refused_clearly(results: SQLiteResultBackend) -> None
     assert results.get("j") is None
 
 
+def test_put_many_big_batches_last_record_of_a_job_wins(results: SQLiteResultBackend
+                                                        ) -> None:
+    """Batches span several multi-row statements in one transaction; a job listed twice
+    keeps the later record; one record that cannot be encoded stores none of the batch."""
+    batch = [record(f"j{i:03d}", updated_at=1000.0 + i) for i in range(100)]
+    batch.append(record("j005", JobStatus.FAILED, updated_at=5000.0))
+    results.put_many(batch)
+    assert results.counts() == {"SUCCEEDED": 99, "FAILED": 1}
+    got = results.get("j005")
+    assert got is not None and got.status is JobStatus.FAILED and got.updated_at == 5000.0
+    bad = record("x-bad")
+    bad.result = object()
+    with pytest.raises(SerializationError):
+        results.put_many([record("x-good"), bad])
+    assert results.get("x-good") is None
+    results.put_many([])
+    assert len(results.query(limit=1000)) == 100
+
+
 def test_unreadable_row_is_skipped_in_lists_and_named_on_get(
     results: SQLiteResultBackend,
 ) -> None:

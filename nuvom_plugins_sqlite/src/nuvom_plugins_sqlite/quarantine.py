@@ -21,7 +21,7 @@ INVALID_ROW_SQL = """NOT (
     typeof(id) = 'text' AND id <> '' AND typeof(seq) = 'integer' AND typeof(queue) = 'text'
     AND typeof(priority) = 'integer' AND typeof(deliveries) = 'integer'
     AND typeof(created_at) IN ('real', 'integer') AND typeof(available_at) IN ('real', 'integer')
-    AND typeof(visible_at) IN ('real', 'integer') AND typeof(body) = 'blob'
+    AND typeof(visible_at) IN ('real', 'integer', 'null') AND typeof(body) = 'blob'
 )"""
 
 _COLUMNS = "id, seq, queue, priority, created_at, available_at, visible_at, deliveries, body"
@@ -33,7 +33,7 @@ _EXPECTED: tuple[tuple[str, tuple[type, ...]], ...] = (
     ("priority", (int,)),
     ("created_at", (float, int)),
     ("available_at", (float, int)),
-    ("visible_at", (float, int)),
+    ("visible_at", (float, int, type(None))),
     ("deliveries", (int,)),
     ("body", (bytes,)),
 )
@@ -48,7 +48,7 @@ def problem(values: dict[str, Any]) -> str | None:
             continue
         value = values[column]
         if type(value) not in types:
-            wanted = " or ".join(_SQL_TYPE[t] for t in types)
+            wanted = " or ".join(_SQL_TYPE[t] for t in types if t is not type(None))
             return f"column {column} holds {_SQL_TYPE.get(type(value), '?')}, expected {wanted}"
     if values.get("id") == "":
         return "column id is empty"

@@ -1,11 +1,13 @@
 """``SQLiteJobQueue``: a durable queue that several worker processes share through one file.
 
-How a message moves: ``push`` inserts rows; ``claim`` leases the best ready rows in one
-``UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING`` statement, so two processes can
-never lease the same row; ``ack`` deletes, ``retry``/``release`` put it back, ``extend``
-pushes the lease's expiry. A leased row's ``visible_at`` *is* its lease expiry, so a lease
-that expires (a worker killed with ``-9``) is simply claimable again: no reaper process, the
-next claim recovers it and its ``deliveries`` keeps counting.
+How a message moves: ``push`` inserts rows (ready, or waiting until ``available_at``);
+``claim`` leases the best ready rows in one ``UPDATE ... WHERE seq IN (SELECT ... LIMIT n)
+RETURNING`` statement, so two processes can never lease the same row; ``ack`` deletes,
+``retry``/``release`` put it back, ``extend`` pushes the lease's expiry. A leased row waits
+with its lease expiry as ``visible_at``, like a delayed row waits for its time; a claim first
+moves every due row (a delayed job whose time came, a lease that expired because its worker
+was killed with ``-9``) back to ready: no reaper process, and the re-claimed row's
+``deliveries`` keeps counting. See :mod:`.schema` for the two indexes this relies on.
 
 Every claim writes a fresh random token into the row; ack, retry, release and extend match
 ``id`` *and* ``token``, so a worker whose lease expired and was taken over changes nothing
@@ -38,38 +40,63 @@ _NAMES = [*_RETURNING.split(", "), "token"]
 
 _CLAIM = """
 UPDATE nuvom_queue
-SET token = lower(hex(randomblob(12))), deliveries = deliveries + 1, visible_at = ?
-WHERE id IN (
-    SELECT id FROM nuvom_queue INDEXED BY nuvom_queue_claim
-    WHERE visible_at <= ?{where}
+SET token = lower(hex(randomblob(8))), deliveries = deliveries + 1, visible_at = ?
+WHERE seq IN (
+    SELECT seq FROM nuvom_queue INDEXED BY nuvom_queue_ready
+    WHERE visible_at IS NULL{where}
     ORDER BY priority DESC, created_at, seq
     LIMIT ?
 )
-RETURNING """ + _RETURNING + ", token"
+RETURNING """ + _RETURNING + """, token,
+    (SELECT visible_at FROM nuvom_queue INDEXED BY nuvom_queue_waiting
+     WHERE visible_at IS NOT NULL ORDER BY visible_at LIMIT 1)"""
+
+# Is a waiting row due, is a row ready? A step into each index, outside the write lock. Each
+# claim that leases rows also returns when the next waiting row is due (the RETURNING
+# subquery above), so this read runs only when that time has come or is unknown (the first
+# claim, or after a claim found nothing: an idle poll then costs a read, not a write).
+_PEEK = """
+SELECT (SELECT 1 FROM nuvom_queue INDEXED BY nuvom_queue_waiting WHERE visible_at <= ?
+        LIMIT 1),
+       (SELECT 1 FROM nuvom_queue INDEXED BY nuvom_queue_ready WHERE visible_at IS NULL{where}
+        LIMIT 1)"""
+# Due rows back to ready, earliest first; bounded so a burst of thousands of due rows holds
+# the write lock for one short statement at a time (the next claim promotes the rest).
+_PROMOTE = """
+UPDATE nuvom_queue SET visible_at = NULL WHERE seq IN (
+    SELECT seq FROM nuvom_queue INDEXED BY nuvom_queue_waiting WHERE visible_at <= ?
+    ORDER BY visible_at LIMIT 1000
+)"""
+
+_INSERT = ("INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at, "
+           "visible_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+#: Most leases matched by one ``(id = ? AND token = ?) OR ...`` statement (ack_many,
+#: extend_many); a bigger batch runs as several statements in one transaction.
+_FENCED_CHUNK = 64
+_FENCED_SQL: dict[tuple[str, int, bool], str] = {}
 
 
-_INSERT = ("INSERT INTO nuvom_queue (id, seq, queue, priority, created_at, available_at, "
-           "visible_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+def _fenced_sql(head: str, n: int, *, all_or_none: bool = False) -> str:
+    """``head`` plus a WHERE clause matching ``n`` (id, token) pairs (bound in that order),
+    returning the (id, token) pairs hit. Every term is an index lookup on ``id`` (SQLite's
+    multi-index OR).
 
-_seq_lock = threading.Lock()
-_last_seq = 0
-
-
-def _next_seq() -> int:
-    """Insertion order: wall-clock nanoseconds, strictly increasing within this process
-    (so a batch keeps its order), roughly ordered across processes."""
-    global _last_seq
-    with _seq_lock:
-        _last_seq = max(_last_seq + 1, time.time_ns())
-        return _last_seq
-
-
-def _reset_seq_lock() -> None:
-    global _seq_lock
-    _seq_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_seq_lock)
+    ``all_or_none``: no RETURNING, and a change only if all ``n`` leases still hold (the
+    pairs are bound twice). It is the usual case, and one step of the statement instead of
+    one per row: each step releases and retakes the GIL while the write lock is held.
+    """
+    key = (head, n, all_or_none)
+    sql = _FENCED_SQL.get(key)
+    if sql is None:
+        terms = " OR ".join(["(id = ? AND token = ?)"] * n)
+        if all_or_none:
+            sql = (f"{head} WHERE ({terms}) AND "
+                   f"(SELECT count(*) FROM nuvom_queue WHERE {terms}) = {n}")
+        else:
+            sql = f"{head} WHERE {terms} RETURNING id, token"
+        _FENCED_SQL[key] = sql
+    return sql
 
 
 class DuplicateMessageError(NuvomError, ValueError):
@@ -126,7 +153,8 @@ class SQLiteJobQueue(QueueBackend):
                           Database(attrs.evolve(self.settings, synchronous="NORMAL")))
         self._waker = Waker(self.path)
         self._seen = threading.local()  # last PRAGMA data_version this thread saw
-        self._claim_sql: dict[int | None, str] = {}
+        self._claim_sql: dict[tuple[bool | None, int | None], str] = {}  # and peeks
+        self._next_due: float | None = None  # see claim()
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -154,7 +182,8 @@ class SQLiteJobQueue(QueueBackend):
         """Insert every message in one transaction (a ``.map()`` costs one commit)."""
         if not messages:
             return
-        rows = [_row(m) for m in messages]
+        now = time.time()
+        rows = [_row(m, now) for m in messages]
 
         def insert(conn: sqlite3.Connection) -> None:
             conn.executemany(_INSERT, rows)
@@ -176,15 +205,28 @@ class SQLiteJobQueue(QueueBackend):
             ) from exc
 
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
-        if n <= 0:
+        if n <= 0 or (queues is not None and not queues):
             return []
         where, names = _queue_filter(queues)
-        key = None if queues is None else len(names)
+        key = (n == 1, None if queues is None else len(names))
         sql = self._claim_sql.get(key)
         if sql is None:
-            sql = self._claim_sql[key] = _CLAIM.format(where=where)
+            sql = _CLAIM.format(where=where)
+            if n == 1:  # a scalar subquery: no temporary table of row ids (measured ~10 %)
+                sql = sql.replace("WHERE seq IN (", "WHERE seq = (")
+            self._claim_sql[key] = sql
+            self._claim_sql[(None, key[1])] = _PEEK.format(where=where)
         now = time.time()
-        params = (now + self.visibility_timeout_secs, now, *names, n)
+        params = (now + self.visibility_timeout_secs, *names, n)
+        next_due = self._next_due
+        if next_due is None or next_due <= now:
+            peek = self._claim_sql[(None, key[1])]
+            due, ready = self._lease_db.conn().execute(peek, (now, *names)).fetchone()
+            if due:
+                self._promote(now)
+            elif not ready:
+                self._next_due = None
+                return []
         try:
             rows = self._lease_db.write(lambda conn: conn.execute(sql, params).fetchall())
         except sqlite3.IntegrityError:
@@ -192,22 +234,35 @@ class SQLiteJobQueue(QueueBackend):
             # aside and claim again, so one corrupt row never stalls the queue.
             self._db.transaction(quarantine.sweep)
             rows = self._db.write(lambda conn: conn.execute(sql, params).fetchall())
+        # When the earliest waiting row is due, as of this claim (None: look next time). A
+        # row another process makes wait meanwhile is seen by the next claim that leases.
+        if not rows:
+            self._next_due = None
+        else:
+            hint = rows[-1][-1]  # None: nothing waits; not a number: a corrupt row, look
+            self._next_due = (float("inf") if hint is None else
+                              hint if type(hint) in _NUMBER else None)
         return self._leases(rows)
+
+    def _promote(self, now: float) -> None:
+        """Make due rows ready: delayed jobs whose time came and expired leases."""
+        def run(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(_PROMOTE, (now,)).rowcount)
+
+        try:
+            self._lease_db.write(run)
+        except sqlite3.IntegrityError:
+            self._db.transaction(quarantine.sweep)
+            self._lease_db.write(run)
 
     def ack(self, lease: Lease) -> bool:
         return self._fenced_lease("DELETE FROM nuvom_queue WHERE id = ? AND token = ?", (),
                                   lease)
 
     def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
-        """One transaction for a batch of acks: the worker settles finished jobs in batches."""
-        if len(leases) <= 1:
-            return [self.ack(lease) for lease in leases]
-
-        def run(conn: sqlite3.Connection) -> list[bool]:
-            return [conn.execute("DELETE FROM nuvom_queue WHERE id = ? AND token = ?",
-                                 (lease.id, lease.token)).rowcount == 1 for lease in leases]
-
-        return self._lease_db.transaction(run)
+        """One statement (one commit) for a batch of acks: the worker settles finished jobs
+        in batches, so this is the drain rate's hot path."""
+        return self._fenced_many("DELETE FROM nuvom_queue", (), leases)
 
     def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
         at = time.time() + max(delay_secs, 0.0)
@@ -215,14 +270,15 @@ class SQLiteJobQueue(QueueBackend):
             body = bytes(body)
         done = self._fenced(
             "UPDATE nuvom_queue SET token = NULL, available_at = ?, visible_at = ?, "
-            "body = coalesce(?, body) WHERE id = ? AND token = ?", (at, at, body), lease)
+            "body = coalesce(?, body) WHERE id = ? AND token = ?",
+            (at, at if delay_secs > 0 else None, body), lease)
         if done and delay_secs <= 0:
             self.notify()
         return done
 
     def release(self, lease: Lease) -> bool:
         done = self._fenced_lease(
-            "UPDATE nuvom_queue SET token = NULL, visible_at = available_at, "
+            "UPDATE nuvom_queue SET token = NULL, visible_at = NULL, "
             "deliveries = max(deliveries - 1, 0) WHERE id = ? AND token = ?", (), lease)
         if done:
             self.notify()
@@ -234,22 +290,14 @@ class SQLiteJobQueue(QueueBackend):
             (time.time() + secs,), lease)
 
     def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
-        """Extend many leases in one transaction (a busy worker's heartbeat is one commit)."""
-        if not leases:
-            return []
-        at = time.time() + secs
-
-        def run(conn: sqlite3.Connection) -> list[bool]:
-            sql = "UPDATE nuvom_queue SET visible_at = ? WHERE id = ? AND token = ?"
-            return [conn.execute(sql, (at, lease.id, lease.token)).rowcount == 1
-                    for lease in leases]
-
-        return self._lease_db.transaction(run)
+        """Extend many leases in one commit (a busy worker's heartbeat)."""
+        return self._fenced_many("UPDATE nuvom_queue SET visible_at = ?",
+                                 (time.time() + secs,), leases)
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         where, names = _queue_filter(queues)
-        sql = ("SELECT count(*) FROM nuvom_queue WHERE (token IS NULL OR visible_at <= ?)"
-               + where)
+        sql = ("SELECT count(*) FROM nuvom_queue "
+               "WHERE (visible_at IS NULL OR token IS NULL OR visible_at <= ?)" + where)
         return int(self._db.conn().execute(sql, (time.time(), *names)).fetchone()[0])
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
@@ -285,9 +333,10 @@ class SQLiteJobQueue(QueueBackend):
         self._db.transaction(quarantine.sweep)
         now = time.time()
         rows = self._db.conn().execute(
-            "SELECT queue, sum(visible_at <= ?1), "
-            "sum(token IS NULL AND visible_at > ?1), sum(token IS NOT NULL AND visible_at > ?1),"
-            " min(CASE WHEN visible_at <= ?1 THEN created_at END) "
+            "SELECT queue, total(visible_at IS NULL OR visible_at <= ?1), "
+            "total(token IS NULL AND visible_at IS NOT NULL AND visible_at > ?1), "
+            "total(token IS NOT NULL AND visible_at IS NOT NULL AND visible_at > ?1), "
+            "min(CASE WHEN visible_at IS NULL OR visible_at <= ?1 THEN created_at END) "
             "FROM nuvom_queue GROUP BY queue ORDER BY queue", (now,)
         ).fetchall()
         stats = QueueStats()
@@ -357,6 +406,35 @@ class SQLiteJobQueue(QueueBackend):
     def _fenced_lease(self, sql: str, params: tuple[Any, ...], lease: Lease) -> bool:
         return self._fenced(sql, params, lease, self._lease_db)
 
+    def _fenced_many(self, head: str, params: tuple[Any, ...],
+                     leases: Sequence[Lease]) -> list[bool]:
+        """Run ``head`` (a DELETE or UPDATE of lease bookkeeping) for every lease whose
+        token still holds, in one statement per :data:`_FENCED_CHUNK` leases and one commit;
+        which leases held, in order."""
+        if len(leases) <= 1:
+            return [self._fenced_lease(f"{head} WHERE id = ? AND token = ?", params, lease)
+                    for lease in leases]
+        chunks = [leases[i:i + _FENCED_CHUNK] for i in range(0, len(leases), _FENCED_CHUNK)]
+
+        def run(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+            hit: set[tuple[str, str]] = set()
+            for chunk in chunks:
+                pairs = [(lease.id, lease.token) for lease in chunk]
+                flat = [value for pair in pairs for value in pair]
+                n = len(chunk)
+                if conn.execute(_fenced_sql(head, n, all_or_none=True),
+                                [*params, *flat, *flat]).rowcount == n:
+                    hit.update(pairs)
+                else:  # a lease was lost (or listed twice): find out which still hold
+                    hit.update(conn.execute(_fenced_sql(head, n), [*params, *flat]))
+            return hit
+
+        if len(chunks) == 1:
+            hit = self._lease_db.write(run)
+        else:
+            hit = self._lease_db.transaction(run)
+        return [(lease.id, lease.token) in hit for lease in leases]
+
     def _present(self, ids: Sequence[str]) -> list[str]:
         conn = self._db.conn()
         return [i for i in ids
@@ -366,7 +444,10 @@ class SQLiteJobQueue(QueueBackend):
         good: list[tuple[Any, ...]] = []
         bad: list[tuple[int, str]] = []
         for row in rows:
-            reason = quarantine.problem(dict(zip(_NAMES, row, strict=True)))
+            if _well_formed(row):
+                good.append(row)
+                continue
+            reason = quarantine.problem(dict(zip(_NAMES, row[:10], strict=True)))
             if reason is None:
                 good.append(row)
             else:
@@ -377,7 +458,8 @@ class SQLiteJobQueue(QueueBackend):
                     quarantine.move(conn, job_id, reason)
             self._db.transaction(move)
         # RETURNING has no defined order: restore priority DESC, created_at, insertion.
-        good.sort(key=lambda r: (-r[3], r[4], r[1]))
+        if len(good) > 1:
+            good.sort(key=lambda r: (-r[3], r[4], r[1]))
         return [
             Lease(
                 message=Message(id=row[0], body=row[8], queue=row[2], priority=row[3],
@@ -388,7 +470,17 @@ class SQLiteJobQueue(QueueBackend):
         ]
 
 
-def _row(m: Message) -> tuple[Any, ...]:
+_NUMBER = (float, int)  # SQLite stores integral REAL values as integers, RETURNING shows it
+
+
+def _well_formed(row: tuple[Any, ...]) -> bool:
+    """The common case of :func:`quarantine.problem`, in one expression."""
+    return (type(row[0]) is str and row[0] != "" and type(row[2]) is str
+            and type(row[3]) is int and type(row[4]) in _NUMBER
+            and type(row[5]) in _NUMBER and type(row[7]) is int and type(row[8]) is bytes)
+
+
+def _row(m: Message, now: float) -> tuple[Any, ...]:
     body = m.body
     if not isinstance(body, bytes):
         if not isinstance(body, bytearray | memoryview):
@@ -397,5 +489,6 @@ def _row(m: Message) -> tuple[Any, ...]:
     if not isinstance(m.id, str) or not m.id:
         raise ValueError(f"message id must be a non-empty string, got {m.id!r}")
     available = float(m.available_at)
-    return (m.id, _next_seq(), str(m.queue), int(m.priority), float(m.created_at), available,
-            available, body)
+    # Ready at once (NULL), or waiting in the waiting index until it is due.
+    return (m.id, str(m.queue), int(m.priority), float(m.created_at), available,
+            available if available > now else None, body)

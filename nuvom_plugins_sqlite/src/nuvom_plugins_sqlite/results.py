@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,17 +33,53 @@ _COLUMNS = (
 _JSON = frozenset({"args", "kwargs", "options", "result", "history"})
 _ALL = (*_COLUMNS, "extra")
 _SELECT = f"SELECT {', '.join(_ALL)} FROM nuvom_results"
-_PUT = (f"INSERT OR REPLACE INTO nuvom_results ({', '.join(_ALL)}) "
-        f"VALUES ({', '.join('?' * len(_ALL))})")
+# An upsert keeps the row (and its place in the table) when a job's record is rewritten.
+_ROW = f"({', '.join('?' * len(_ALL))})"
+_UPSERT = "ON CONFLICT (job_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}"
+                                                           for c in _ALL[1:])
+_PUT = f"INSERT INTO nuvom_results ({', '.join(_ALL)}) VALUES {_ROW} {_UPSERT}"
+#: Most records per multi-row INSERT: a batch is one statement (one step, one commit)
+#: instead of BEGIN, one step per record and COMMIT; bigger batches run as several.
+_PUT_CHUNK = 32
+_PUT_MANY = {n: f"INSERT INTO nuvom_results ({', '.join(_ALL)}) VALUES "
+                f"{', '.join([_ROW] * n)} {_UPSERT}" for n in range(1, _PUT_CHUNK + 1)}
 _TERMINAL = tuple(sorted(s.value for s in TERMINAL_STATES))
 
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_dumps() -> Callable[[Any], str]:
+    """Compact JSON, NaN refused: the C encoder built once (``json.dumps`` with separators
+    builds a new encoder per call, a third of a record's encoding time)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - a Python without the _json accelerator
+        return json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    # No circular-reference markers: a shared markers dict would keep stale entries after a
+    # failed call; the values are wire-safe (from ``to_wire``), so they cannot be cyclic.
+    encode = make(None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",",
+                  False, False, False)
+    basestring = json.encoder.encode_basestring_ascii
+
+    def dumps(value: Any) -> str:
+        if type(value) is str:
+            return basestring(value)
+        return "".join(encode(value, 0))
+
+    return dumps
+
+
+_dumps = _make_dumps()
+_EMPTY: dict[type, str] = {list: "[]", dict: "{}"}
 
 
 def _json(record: JobRecord, column: str, value: Any) -> str:
+    if not value and type(value) in _EMPTY:  # most kwargs and histories
+        return _EMPTY[type(value)]
     try:
         return _dumps(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(
             f"job {record.job_id}: {column} is not JSON-native ({exc}); result backends "
             f"store wire-safe values (see nuvom_kernel.serialization)."
@@ -55,17 +91,17 @@ def _extra_fields() -> tuple[str, ...]:
 
 
 def _encode(record: JobRecord) -> tuple[Any, ...]:
-    values: list[Any] = []
-    for column in _COLUMNS:
-        value = getattr(record, column)
-        if column in _JSON:
-            value = _json(record, column, value)
-        elif column == "status":
-            value = JobStatus(value).value
-        values.append(value)
-    extra = {name: getattr(record, name) for name in _EXTRA}
-    values.append(_json(record, "extra", extra) if extra else None)
-    return tuple(values)
+    r = record
+    status = r.status.value if type(r.status) is JobStatus else JobStatus(r.status).value
+    extra = {name: getattr(r, name) for name in _EXTRA} if _EXTRA else None
+    return (
+        r.job_id, r.func_name, status, r.queue, _json(r, "args", r.args),
+        _json(r, "kwargs", r.kwargs), r.module, _json(r, "options", r.options),
+        _json(r, "result", r.result), r.error_type, r.error_message, r.traceback, r.attempts,
+        r.max_retries, _json(r, "history", r.history), r.created_at, r.started_at,
+        r.finished_at, r.updated_at, r.worker, r.trace_id,
+        _json(r, "extra", extra) if extra else None,
+    )
 
 
 def _decode(row: tuple[Any, ...]) -> JobRecord:
@@ -120,7 +156,7 @@ class SQLiteResultBackend(ResultBackend):
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
         """Read the shared ``[plugins.sqlite]`` table (its queue-only keys are ignored)."""
         parsed = SQLiteSettings.parse(settings, context)
-        return cls(parsed.path, synchronous=parsed.synchronous,
+        return cls(parsed.results_path or parsed.path, synchronous=parsed.synchronous,
                    busy_timeout_secs=parsed.busy_timeout_secs)
 
     def __repr__(self) -> str:
@@ -136,8 +172,19 @@ class SQLiteResultBackend(ResultBackend):
 
     def put_many(self, records: Sequence[JobRecord]) -> None:
         """All records in one transaction (the worker's batched settlement)."""
+        if not records:
+            return
         rows = [_encode(record) for record in records]
-        self._db.transaction(lambda conn: conn.executemany(_PUT, rows))
+        chunks = [rows[i:i + _PUT_CHUNK] for i in range(0, len(rows), _PUT_CHUNK)]
+
+        def run(conn: sqlite3.Connection) -> None:
+            for chunk in chunks:
+                conn.execute(_PUT_MANY[len(chunk)], [v for row in chunk for v in row])
+
+        if len(chunks) == 1:  # one autocommit statement
+            self._db.write(run)
+        else:
+            self._db.transaction(run)
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db.conn().execute(f"{_SELECT} WHERE job_id = ?", (job_id,)).fetchone()

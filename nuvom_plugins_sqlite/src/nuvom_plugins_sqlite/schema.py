@@ -23,34 +23,44 @@ from nuvom_kernel.errors import ConfigError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaVersionError", "migrate"]
 
-# WITHOUT ROWID, keyed by the job id: every write touches two b-trees (this table and the
-# claim index) instead of three with a rowid table plus a unique id index. In WAL mode each
-# touched page is a 4 KB frame per commit, so this is most of an enqueue's or an ack's cost.
+# A rowid table: ``seq`` (the rowid) grows with every insert, so pushes append to the last
+# page and a claim's rows sit side by side, instead of landing on random pages of a table
+# keyed by the random job id (each touched page is a 4 KB WAL frame per commit: that, not the
+# SQL, is most of an enqueue's, claim's or ack's cost). The hot columns come first and the body
+# last. ``id`` is UNIQUE (duplicate pushes are refused; ack, cancel and peek_state look it up).
+#
+# ``visible_at`` says which of two partial indexes holds the row:
+#   NULL      ready now: in nuvom_queue_ready, in claim order;
+#   a time    waiting until then: a delayed job (future available_at, retry delay) or a lease
+#             (its expiry), in nuvom_queue_waiting. A claim first moves due rows (delayed jobs
+#             whose time has come, expired leases) back to ready: no reaper process.
+# So a claim reads the head of the ready index and never steps over delayed or leased rows,
+# however many there are.
 _QUEUE_V1 = """
 CREATE TABLE nuvom_queue (
-    id           TEXT    NOT NULL PRIMARY KEY CHECK (typeof(id) = 'text' AND id <> ''),
-    -- insertion order, the last FIFO tie-break (monotonic per producer process)
-    seq          INTEGER NOT NULL CHECK (typeof(seq) = 'integer'),
+    seq          INTEGER PRIMARY KEY,           -- insertion order, the last FIFO tie-break
+    id           TEXT    NOT NULL UNIQUE CHECK (typeof(id) = 'text' AND id <> ''),
     queue        TEXT    NOT NULL CHECK (typeof(queue) = 'text'),
     priority     INTEGER NOT NULL CHECK (typeof(priority) = 'integer'),
     created_at   REAL    NOT NULL CHECK (typeof(created_at) IN ('real', 'integer')),
     available_at REAL    NOT NULL CHECK (typeof(available_at) IN ('real', 'integer')),
-    -- when the row may be claimed next: available_at for a waiting message, the lease
-    -- expiry for a leased one (so an expired lease is claimable with no reaper), now+delay
-    -- after a retry
-    visible_at   REAL    NOT NULL CHECK (typeof(visible_at) IN ('real', 'integer')),
+    -- NULL: ready; else when the row may be claimed next (see above)
+    visible_at   REAL    CHECK (typeof(visible_at) IN ('real', 'integer', 'null')),
     token        TEXT,                          -- fencing token of the current lease
     deliveries   INTEGER NOT NULL DEFAULT 0 CHECK (typeof(deliveries) = 'integer'),
     body         BLOB    NOT NULL CHECK (typeof(body) = 'blob')
-) WITHOUT ROWID
+)
 """
 
-# The claim query walks this index in its ORDER BY order and filters on the covered
-# visible_at/queue columns, so rows that are delayed or leased cost an index step each,
-# never a table lookup or a sort.
-_CLAIM_INDEX_V1 = """
-CREATE INDEX nuvom_queue_claim
-    ON nuvom_queue (priority DESC, created_at, seq, visible_at, queue)
+# Ready rows in claim order (queue covered, so a named-queue filter needs no table lookup).
+_READY_INDEX_V1 = """
+CREATE INDEX nuvom_queue_ready ON nuvom_queue (priority DESC, created_at, seq, queue)
+    WHERE visible_at IS NULL
+"""
+
+# Delayed and leased rows by the time they become claimable (the earliest first).
+_WAITING_INDEX_V1 = """
+CREATE INDEX nuvom_queue_waiting ON nuvom_queue (visible_at) WHERE visible_at IS NOT NULL
 """
 
 _QUARANTINE_V1 = """
@@ -69,11 +79,13 @@ CREATE TABLE nuvom_quarantine (
 )
 """
 
-# Keyed by job id without a rowid: one b-tree fewer to write per record than a rowid table
-# with a unique job_id index.
+# A rowid table with a unique job_id index, for the same reason as the queue: records append to
+# the last page instead of splitting random pages of a table keyed by the random job id
+# (measured: ~40 % less time per record). The JSON columns hold the record's wire-safe values.
 _RESULTS_V1 = """
 CREATE TABLE nuvom_results (
-    job_id        TEXT PRIMARY KEY,
+    seq           INTEGER PRIMARY KEY,
+    job_id        TEXT NOT NULL UNIQUE,
     func_name     TEXT NOT NULL,
     status        TEXT NOT NULL,
     queue         TEXT NOT NULL,
@@ -97,14 +109,15 @@ CREATE TABLE nuvom_results (
     -- JSON object of JobRecord fields newer than this schema, so a newer kernel's records
     -- round-trip before a migration gives them a column
     extra         TEXT
-) WITHOUT ROWID
+)
 """
 
 #: ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``.
 MIGRATIONS: list[list[str]] = [
     [
         _QUEUE_V1,
-        _CLAIM_INDEX_V1,
+        _READY_INDEX_V1,
+        _WAITING_INDEX_V1,
         _QUARANTINE_V1,
         _RESULTS_V1,
         "CREATE INDEX nuvom_results_status ON nuvom_results (status, updated_at)",

@@ -132,8 +132,9 @@ class Waker:
         self._peers_checked = now
         try:
             st = os.stat(self.dir)
-        except FileNotFoundError:
-            return []
+        except FileNotFoundError:  # nobody ever waited: trust that for _RELIST_SECS too
+            self._peers, self._peers_key = [], (0, 0)
+            return self._peers
         key = (st.st_mtime_ns, st.st_ino)
         if key != self._peers_key:
             try:
