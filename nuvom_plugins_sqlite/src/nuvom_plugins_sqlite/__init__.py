@@ -2,7 +2,7 @@
 
 Installed, they register under the name ``sqlite`` (``queue_backend = "sqlite"``,
 ``result_backend = "sqlite"``) and share ``.nuvom/nuvom.db`` unless ``[plugins.sqlite] path``
-says otherwise.
+(or ``results_path``, for the job records) says otherwise.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``SQLiteResultBackend``: job records in the same file as the queue, one row per job.
+"""``SQLiteResultBackend``: job records, one row per job, by default in the queue's file.
 
 Every :class:`~nuvom_kernel.models.JobRecord` field has its own column (JSON text for args,
 kwargs, result and history) so ``nuvom history`` and ``nuvom status`` filter and page with
@@ -128,7 +128,8 @@ _EXTRA = _extra_fields()
 class SQLiteResultBackend(ResultBackend):
     """The embedded default result backend (``result_backend = "sqlite"``).
 
-    :param path: the database file; the queue's file by default, in its own table.
+    :param path: the database file (``from_settings``: ``results_path``, by default the
+        queue's file; the records have their own table).
     :param synchronous: ``"NORMAL"`` (default) or ``"FULL"``.
     :param busy_timeout_secs: longest wait for another process's write lock.
     """

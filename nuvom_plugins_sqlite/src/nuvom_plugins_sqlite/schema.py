@@ -2,7 +2,8 @@
 
 One file holds the queue, the quarantine and the job records, so the queue backend and the
 result backend can share ``.nuvom/nuvom.db`` and one version number covers all three tables.
-Whichever backend opens the file first creates or upgrades every table.
+Whichever backend opens the file first creates or upgrades every table (so a separate
+``results_path`` file has an empty queue table, and the queue's file an empty results one).
 
 Adding a change: append a list of statements to :data:`MIGRATIONS`. Each step runs in one
 immediate transaction with the version bump, so a crash mid-migration leaves the old version,
