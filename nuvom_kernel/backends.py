@@ -1,9 +1,13 @@
-"""The backend SPI: a few abstract primitives per backend, every convenience built on top.
+"""The backend SPI (version :data:`SPI_VERSION`): a few primitives per backend, conveniences
+built on top.
 
-A plugin author implements the primitives (huey's storage shape); the kernel, the CLI and the
-contract suite only ever call the conveniences, so a backend written against this module works
-everywhere. Backends move :class:`~nuvom_kernel.models.Message` and
-:class:`~nuvom_kernel.models.JobRecord` values; they never import user code.
+A plugin author implements the abstract primitives (huey's storage shape) and may override
+the optional ones for speed; the kernel calls the primitives and the optional calls, and the
+seed's conveniences (``enqueue``, ``dequeue``, ``pop_batch``, ``set_result``, ``get_full`` …)
+stay on the base classes for users and tools. Backends move
+:class:`~nuvom_kernel.models.Message` and :class:`~nuvom_kernel.models.JobRecord` values;
+they never import user code. The promises are checked by the contract suites in
+:mod:`nuvom_kernel.testing.contracts`; ``docs/writing_plugins.md`` walks through one backend.
 
 A minimal queue plugin (``my_queue/plugin.py``)::
 
@@ -17,8 +21,9 @@ A minimal queue plugin (``my_queue/plugin.py``)::
         def claim(self, n, queues=None): ...
         def ack(self, lease): ...
         def retry(self, lease, *, delay_secs, body=None): ...
-        def release(self, lease): ...
+        def release(self, lease, *, delay_secs=0.0): ...
         def extend(self, lease, secs): ...
+        def peek_state(self, job_id): ...
         def qsize(self, queues=None): ...
         def clear(self, queues=None): ...
 
@@ -38,15 +43,29 @@ from typing import Any, ClassVar
 
 import attrs
 
-from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message
+from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement, supersedes
 
 __all__ = [
+    "SPI_VERSION",
     "BackendContext",
     "Capabilities",
     "QueueBackend",
+    "QueueCounts",
     "QueueStats",
     "ResultBackend",
+    "Settlement",
+    "newer_first",
+    "page_cursor",
+    "parse_cursor",
+    "supersedes",
 ]
+
+#: The version of the promises in this module. SPI 1: idempotent push (per job id), fenced
+#: result writes (:func:`~nuvom_kernel.models.supersedes`), ``peek_state`` required,
+#: ``release`` with a delay, per-queue stats, keyset paging, the optional ``settle_many``.
+#: A backend written against version 1 keeps working for every kernel with ``SPI_VERSION``
+#: 1; a change that breaks a backend raises the number.
+SPI_VERSION = 1
 
 
 @attrs.frozen
@@ -66,21 +85,64 @@ class Capabilities:
 
 @attrs.frozen
 class BackendContext:
-    """Kernel settings a backend may need when it is built (paths, lease length)."""
+    """Kernel settings a backend may need when it is built (paths, lease length).
+
+    :param namespace: a prefix for every key, table or channel the backend creates, empty
+        by default. The contract suite hands each test a fresh one, so a server-backed
+        store (Redis, PostgreSQL) runs the suite on a shared server without collisions;
+        file-based backends get a fresh ``data_dir`` per test instead and may ignore it.
+    """
 
     data_dir: Path = Path(".nuvom")
     visibility_timeout_secs: float = 30.0
+    namespace: str = ""
+
+
+@attrs.define
+class QueueCounts:
+    """One named queue: ``ready`` (claimable now), ``delayed`` (waiting for their time: a
+    retry delay or ``delay_secs``), ``running`` (leased) and the age of the oldest ready
+    message (``None`` when none is ready)."""
+
+    ready: int = 0
+    delayed: int = 0
+    running: int = 0
+    oldest_ready_age_secs: float | None = None
 
 
 @attrs.define
 class QueueStats:
-    """What ``nuvom status`` shows about a queue backend; backends fill what they know."""
+    """What ``nuvom status`` (and later metrics and the dashboard) show about a queue
+    backend: counts per named queue, and one line per quarantined entry."""
 
-    depth: dict[str, int] = attrs.field(factory=dict)  # waiting messages per queue name
-    delayed: int = 0
-    in_flight: int = 0
-    oldest_age_secs: float | None = None
-    quarantined: list[str] = attrs.field(factory=list)  # one line per quarantined entry
+    queues: dict[str, QueueCounts] = attrs.field(factory=dict)
+    quarantined: list[str] = attrs.field(factory=list)
+
+    def of(self, queue: str) -> QueueCounts:
+        """The counts of ``queue``, created empty on first use (for backends filling in)."""
+        counts = self.queues.get(queue)
+        if counts is None:
+            counts = self.queues[queue] = QueueCounts()
+        return counts
+
+    @property
+    def depth(self) -> dict[str, int]:
+        """Waiting messages (ready or delayed) per queue."""
+        return {q: c.ready + c.delayed for q, c in self.queues.items() if c.ready + c.delayed}
+
+    @property
+    def delayed(self) -> int:
+        return sum(c.delayed for c in self.queues.values())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(c.running for c in self.queues.values())
+
+    @property
+    def oldest_age_secs(self) -> float | None:
+        ages = [c.oldest_ready_age_secs for c in self.queues.values()
+                if c.oldest_ready_age_secs is not None]
+        return max(ages) if ages else None
 
 
 class _Backend(abc.ABC):
@@ -103,10 +165,13 @@ class _Backend(abc.ABC):
 class QueueBackend(_Backend):
     """A queue with at-least-once delivery: claimed messages are leases until acked.
 
-    Primitives to implement: :meth:`push`, :meth:`claim`, :meth:`ack`, :meth:`retry`,
-    :meth:`release`, :meth:`extend`, :meth:`qsize`, :meth:`clear`. A backend that cannot
-    block on new work gets adaptive polling from :meth:`wait_for_messages` for free; one that
-    can (a condition, BLPOP, LISTEN) overrides it and declares ``blocking_dequeue``.
+    Required primitives: :meth:`push`, :meth:`claim`, :meth:`ack`, :meth:`retry`,
+    :meth:`release`, :meth:`extend`, :meth:`peek_state`, :meth:`qsize`, :meth:`clear`.
+    Optional (the kernel works without them, more slowly or with a feature refused):
+    :meth:`ack_many`, :meth:`extend_many`, :meth:`settle_many`, :meth:`cancel`,
+    :meth:`stats`, :meth:`wait_for_messages`. A backend that cannot block on new work gets
+    adaptive polling from :meth:`wait_for_messages` for free; one that can (a condition,
+    BLPOP, LISTEN) overrides it and declares ``blocking_dequeue``.
     """
 
     #: Longest sleep between two polls of an idle queue (seconds); bounds cross-process pickup
@@ -131,8 +196,14 @@ class QueueBackend(_Backend):
     # --- primitives -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def push(self, messages: Sequence[Message]) -> None:
-        """Store every message atomically where the backend can (all or none)."""
+    def push(self, messages: Sequence[Message]) -> list[bool]:
+        """Store every message atomically where the backend can (all or none); return, per
+        message, whether it was stored.
+
+        Idempotent per job id: a message whose id is already in the queue (waiting, delayed
+        or leased) stores nothing and leaves the existing one untouched (``False``); so does
+        a repeat of an id earlier in the same batch. A job id names one job for its life.
+        """
 
     @abc.abstractmethod
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
@@ -146,17 +217,29 @@ class QueueBackend(_Backend):
 
     @abc.abstractmethod
     def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
-        """Put the message back, invisible for ``delay_secs``, optionally with a new body;
-        its delivery count is kept. ``False`` if the lease was lost."""
+        """Put the message back after a failed attempt, invisible for ``delay_secs``,
+        optionally with a new body; its delivery count is kept and its ``failures`` grows by
+        one. ``False`` (and no change) if the lease was lost."""
 
     @abc.abstractmethod
-    def release(self, lease: Lease) -> bool:
-        """Return a message that was claimed but never started, visible at once and with its
-        delivery count as before the claim. ``False`` if the lease was lost."""
+    def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
+        """Return a message that was claimed but never started, visible after
+        ``delay_secs`` (at once by default), with its delivery count as before the claim.
+        ``False`` if the lease was lost."""
 
     @abc.abstractmethod
     def extend(self, lease: Lease, secs: float) -> bool:
-        """Push the lease's expiry to ``now + secs``. ``False`` if the lease was lost."""
+        """Push the lease's expiry to ``now + secs`` (``secs=0`` expires it now: the
+        message is claimable at once and the delivery stays counted). ``False`` if the lease
+        was lost."""
+
+    @abc.abstractmethod
+    def peek_state(self, job_id: str) -> JobStatus | None:
+        """Where the message stands, from the queue alone, so any process can tell a job's
+        state before it has a record: RUNNING (leased, even if the lease has expired and
+        nobody claimed it again yet), RETRYING (waiting for its time after a failed attempt:
+        ``failures > 0``), QUEUED (ready, or waiting for a first run's ``available_at``);
+        ``None`` if the id is not in the queue."""
 
     @abc.abstractmethod
     def qsize(self, queues: Sequence[str] | None = None) -> int:
@@ -168,9 +251,26 @@ class QueueBackend(_Backend):
 
     # --- optional primitives --------------------------------------------------------------
 
-    def peek_state(self, job_id: str) -> JobStatus | None:
-        """Where the message stands, if the backend can tell cheaply: QUEUED, RETRYING
-        (delayed) or RUNNING (leased); ``None`` if absent or unknown."""
+    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
+        """Ack several leases; override to do it in one transaction (the worker settles
+        finished jobs in batches, so this is the drain rate's hot path)."""
+        return [self.ack(lease) for lease in leases]
+
+    def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
+        """Extend several leases; override to do it in one round trip (the worker's
+        monitor extends every running job's lease at once)."""
+        return [self.extend(lease, secs) for lease in leases]
+
+    def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
+                    ) -> list[bool] | None:
+        """Store every settlement's record in ``results`` and ack or retry its lease, each
+        one in the same transaction as its record, refusing stale tokens and records that do
+        not supersede the stored one; return per settlement whether it landed.
+
+        Only a backend that shares one store with ``results`` can (SQLite in one file,
+        PostgreSQL); it returns ``None`` for any other result backend, and the kernel then
+        stores with ``results.put_many`` and acks or retries what was stored.
+        """
         return None
 
     def cancel(self, job_id: str) -> bool:
@@ -179,8 +279,9 @@ class QueueBackend(_Backend):
         raise NotImplementedError(f"queue backend {self.name!r} cannot cancel jobs")
 
     def stats(self) -> QueueStats:
-        """Depth and health for ``nuvom status``; override to report more."""
-        return QueueStats(depth={"*": self.qsize()})
+        """Counts per named queue for ``nuvom status``; override to report per queue (the
+        default can only say how many wait in all, under the name ``*``)."""
+        return QueueStats(queues={"*": QueueCounts(ready=self.qsize())})
 
     def wait_for_messages(self, timeout: float, generation: int) -> None:
         """Block up to ``timeout`` seconds or until a push in this process bumps the
@@ -191,14 +292,17 @@ class QueueBackend(_Backend):
 
     # --- conveniences ---------------------------------------------------------------------
 
-    def enqueue(self, message: Message) -> None:
-        self.enqueue_many([message])
+    def enqueue(self, message: Message) -> bool:
+        """Push one message and wake waiters; ``False`` if its id was already queued."""
+        return self.enqueue_many([message])[0]
 
-    def enqueue_many(self, messages: Sequence[Message]) -> None:
+    def enqueue_many(self, messages: Sequence[Message]) -> list[bool]:
+        """Push messages (one transaction where the backend has them) and wake waiters."""
         if not messages:
-            return
-        self.push(messages)
+            return []
+        stored = self.push(messages)
         self.notify()
+        return stored
 
     def notify(self) -> None:
         """Wake this process's waiters; call after anything that makes a message available."""
@@ -237,19 +341,13 @@ class QueueBackend(_Backend):
         leases = self.pop_batch(1, timeout or 0.0, queues)
         return leases[0] if leases else None
 
-    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
-        """Ack several leases; override to do it in one transaction (the worker settles
-        finished jobs in batches, so this is the drain rate's hot path)."""
-        return [self.ack(lease) for lease in leases]
-
-    def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
-        return [self.extend(lease, secs) for lease in leases]
 
 
 class ResultBackend(_Backend):
     """Durable job records: state, result, error and attempt history.
 
-    Primitives to implement: :meth:`put`, :meth:`get`, :meth:`query`, :meth:`purge`.
+    Required primitives: :meth:`put`, :meth:`get`, :meth:`query`, :meth:`purge`. Optional:
+    :meth:`put_many` (one transaction for a batch of outcomes) and :meth:`counts`.
     """
 
     def __init__(self) -> None:
@@ -258,8 +356,11 @@ class ResultBackend(_Backend):
     # --- primitives -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    def put(self, record: JobRecord) -> None:
-        """Insert or replace the record with this ``job_id``."""
+    def put(self, record: JobRecord) -> bool:
+        """Store the record if it :func:`~nuvom_kernel.models.supersedes` the one stored
+        under its ``job_id`` (or none is), atomically with that check; ``False`` and no
+        change otherwise. This is what keeps a worker that lost its lease from overwriting
+        the outcome of the worker that took the job over."""
 
     @abc.abstractmethod
     def get(self, job_id: str) -> JobRecord | None:
@@ -272,42 +373,48 @@ class ResultBackend(_Backend):
         status: JobStatus | None = None,
         func_name: str | None = None,
         limit: int = 50,
-        offset: int = 0,
+        after: str | None = None,
     ) -> list[JobRecord]:
-        """Records matching the filters, newest ``updated_at`` first."""
+        """Records matching the filters, newest first: by ``updated_at``, then ``job_id``,
+        both descending. ``after`` is the :func:`page_cursor` of the last record of the
+        previous page (keyset paging: a page costs the same on page 1 and page 10,000)."""
 
     @abc.abstractmethod
     def purge(self, older_than: float) -> int:
         """Delete terminal records whose ``updated_at`` is before the epoch ``older_than``."""
 
+    # --- optional primitives --------------------------------------------------------------
+
+    def put_many(self, records: Sequence[JobRecord]) -> list[bool]:
+        """Store several records, each fenced as in :meth:`put`; override to do it in one
+        transaction (all or none)."""
+        return [self.put(record) for record in records]
+
     def counts(self) -> dict[str, int]:
         """Records per status, for ``nuvom status``; override with one indexed query."""
         totals: dict[str, int] = {}
         for status in JobStatus:
-            offset, page = 0, 1000
+            after = None
             while True:
-                got = len(self.query(status=status, limit=page, offset=offset))
-                totals[status.value] = totals.get(status.value, 0) + got
-                if got < page:
+                page = self.query(status=status, limit=1000, after=after)
+                if page:
+                    totals[status.value] = totals.get(status.value, 0) + len(page)
+                if len(page) < 1000:
                     break
-                offset += page
-        return {k: v for k, v in totals.items() if v}
-
-    def put_many(self, records: Sequence[JobRecord]) -> None:
-        """Store several records; override to do it in one transaction (all or none)."""
-        for record in records:
-            self.put(record)
+                after = page_cursor(page[-1])
+        return totals
 
     # --- conveniences ---------------------------------------------------------------------
 
-    def set_result(self, job_id: str, result: Any, *, func_name: str = "") -> None:
-        """Record success; ``result`` must already be in wire-safe form."""
+    def set_result(self, job_id: str, result: Any, *, func_name: str = "") -> bool:
+        """Record success of the stored run and attempt; ``result`` must already be in
+        wire-safe form."""
         record = self.get(job_id) or JobRecord(job_id=job_id, func_name=func_name,
                                                status=JobStatus.SUCCEEDED)
         record.status = JobStatus.SUCCEEDED
         record.result = result
         record.finished_at = record.updated_at = time.time()
-        self.put(record)
+        return self.put(record)
 
     def set_error(
         self,
@@ -317,13 +424,14 @@ class ResultBackend(_Backend):
         traceback: str | None = None,
         *,
         func_name: str = "",
-    ) -> None:
+    ) -> bool:
+        """Record failure of the stored run and attempt."""
         record = self.get(job_id) or JobRecord(job_id=job_id, func_name=func_name,
                                                status=JobStatus.FAILED)
         record.status = JobStatus.FAILED
         record.error_type, record.error_message, record.traceback = error_type, message, traceback
         record.finished_at = record.updated_at = time.time()
-        self.put(record)
+        return self.put(record)
 
     def get_result(self, job_id: str) -> Any:
         """The wire-safe result of a succeeded job, else ``None``."""
@@ -347,8 +455,44 @@ class ResultBackend(_Backend):
         status: JobStatus | str | None = None,
         task: str | None = None,
         limit: int = 50,
-        offset: int = 0,
+        after: str | None = None,
     ) -> list[dict[str, Any]]:
+        """Records as dicts, newest first; page on with ``after=page_cursor(last)``."""
         wanted = JobStatus(status) if status is not None else None
-        records = self.query(status=wanted, func_name=task, limit=limit, offset=offset)
+        records = self.query(status=wanted, func_name=task, limit=limit, after=after)
         return [r.to_dict() for r in records]
+
+
+def page_cursor(record: JobRecord | Mapping[str, Any]) -> str:
+    """The keyset cursor after ``record`` in newest-first order: ``"<updated_at>|<job_id>"``
+    (``repr`` of the float round-trips exactly)."""
+    if isinstance(record, JobRecord):
+        return f"{record.updated_at!r}|{record.job_id}"
+    return f"{float(record['updated_at'])!r}|{record['job_id']}"
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """``(updated_at, job_id)`` of a :func:`page_cursor`; records strictly *older* than it
+    (smaller ``updated_at``, or equal and smaller ``job_id``) form the next page.
+
+    :raises ValueError: naming the malformed cursor.
+    """
+    head, sep, job_id = cursor.partition("|")
+    try:
+        if not sep:
+            raise ValueError
+        return float(head), job_id
+    except ValueError:
+        raise ValueError(f"malformed page cursor {cursor!r}: expected '<updated_at>|<job_id>' "
+                         "as returned by page_cursor()") from None
+
+
+def newer_first(records: Sequence[JobRecord], after: str | None, limit: int
+                ) -> list[JobRecord]:
+    """One page of ``records`` in query order: for backends that filter in Python (memory,
+    files), so every one pages exactly the same way."""
+    ordered = sorted(records, key=lambda r: (r.updated_at, r.job_id), reverse=True)
+    if after is not None:
+        key = parse_cursor(after)
+        ordered = [r for r in ordered if (r.updated_at, r.job_id) < key]
+    return ordered[:max(limit, 0)]

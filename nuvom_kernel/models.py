@@ -3,7 +3,7 @@
 Backends never see user objects: a queue backend moves :class:`Message` values (an id, a few
 routing fields and an opaque ``body``), and a result backend stores :class:`JobRecord` values
 whose fields are all JSON-native. Keeping both shapes here, in one module, is what lets every
-backend report the same states (DESIGN.md §3).
+backend report the same states (see ``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ __all__ = [
     "JobStatus",
     "Lease",
     "Message",
+    "Settlement",
     "TaskOptions",
+    "supersedes",
 ]
 
 
@@ -92,6 +94,12 @@ class Message:
     :param available_at: epoch seconds before which the message must not be handed out
         (retry delays, scheduling). ``0`` means now.
     :param created_at: epoch seconds of the first enqueue; FIFO order within a priority.
+    :param task: the task's name, readable without decoding the body (claim-time limits,
+        stats per task). Backends store and return it; they need not index it.
+    :param failures: attempts of this message that ended in an exception or a timeout.
+        The backend keeps it: ``0`` on push, one more on every ``retry``. With the lease's
+        ``deliveries`` it tells, before the body is decoded, how many deliveries produced no
+        outcome at all (a worker crashed or was killed), which ``max_deliveries`` bounds.
     """
 
     id: str
@@ -100,6 +108,8 @@ class Message:
     priority: int = 0
     available_at: float = 0.0
     created_at: float = attrs.field(factory=time.time)
+    task: str = ""
+    failures: int = 0
 
 
 @attrs.frozen
@@ -108,8 +118,10 @@ class Lease:
 
     :param token: the fencing token of this claim. Backends compare it on ack, retry, extend
         and release, so a worker that lost its lease cannot overwrite the next holder's work.
-    :param deliveries: how many times this message has been claimed, this claim included;
-        it keeps counting across retries and crash recoveries.
+    :param deliveries: how many times this message has been claimed since it was pushed,
+        this claim included (a ``release`` takes its claim back). It keeps counting across
+        retries and crash recoveries, and is the job's *attempt* number in its current run:
+        result writes are fenced by ``(run, attempt)``.
     """
 
     message: Message
@@ -129,6 +141,11 @@ class JobRecord:
     ``result`` holds the value in its wire-safe form (see :mod:`nuvom_kernel.serialization`);
     ``history`` holds one dict per finished attempt (attempt, status, error, started_at,
     finished_at) so the final failure keeps every earlier one.
+
+    ``run`` (1 for the first; ``nuvom retry job`` starts the next), ``attempts`` (the lease's
+    delivery count, so the attempt that wrote the record) and ``token`` (the lease's fencing
+    token) fence writes: a result backend never lets a record replace one it does not
+    :func:`supersede`.
     """
 
     job_id: str
@@ -152,6 +169,8 @@ class JobRecord:
     updated_at: float = attrs.field(factory=time.time)  # ordering key for newest-first lists
     worker: str | None = None  # "host:pid"
     trace_id: str | None = None
+    run: int = 1
+    token: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A shallow dict (nested lists and dicts are shared, not copied): backends encode it
@@ -168,6 +187,37 @@ class JobRecord:
 
 
 _RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(JobRecord))
+
+
+def supersedes(new: JobRecord, old: JobRecord | None) -> bool:
+    """Whether a result backend may replace ``old`` with ``new`` (the fencing rule).
+
+    Why: a worker that lost its lease (paused, stalled past the visibility timeout) still
+    finishes its attempt and tries to record it, possibly after the worker that took the job
+    over recorded a newer outcome. Records are ordered by ``(run, attempts)``: a later run or
+    a later attempt of the same run replaces an earlier one, never the reverse; within one
+    attempt, a terminal record is never replaced by a non-terminal one (a RETRYING written
+    late must not undo a SUCCEEDED). Every backend applies this rule atomically with its
+    write (under its lock, in its transaction, in its script).
+    """
+    if old is None:
+        return True
+    if (new.run, new.attempts) != (old.run, old.attempts):
+        return (new.run, new.attempts) > (old.run, old.attempts)
+    return not (old.status in TERMINAL_STATES and new.status not in TERMINAL_STATES)
+
+
+@attrs.frozen
+class Settlement:
+    """One outcome to settle: store ``record``, then ack ``lease`` — or, with ``retry_in``
+    set, put the message back for another attempt after that many seconds (with ``body``,
+    the re-encoded envelope, when given). The record is fenced (:func:`supersedes`) and the
+    ack or retry by the lease's token; nothing is acked whose record was refused."""
+
+    lease: Lease
+    record: JobRecord
+    retry_in: float | None = None
+    body: bytes | None = None
 
 
 @attrs.define(eq=False)
@@ -188,9 +238,12 @@ class Job:
     created_at: float = attrs.field(factory=time.time)
     enqueued_by: str = ""  # "host:pid"
     trace_id: str = ""
-    failures: int = 0  # attempts that ended in an error (drives the retry policy)
+    failures: int = 0  # attempts of this run that ended in an error (drives the retry policy)
     history: list[dict[str, Any]] = attrs.field(factory=list)
-    attempts: int = 0  # deliveries so far, this one included (crash re-runs count)
+    attempts: int = 0  # starts of the function in this run, this one included (a start
+    #                    whose worker was killed counts)
+    run: int = 1  # 1 for the first run; `nuvom retry job` starts the next one
+    headers: dict[str, Any] = attrs.field(factory=dict)  # schedule tick, trace context, links
     status: JobStatus = JobStatus.QUEUED
     result: Any = None
     error_type: str | None = None

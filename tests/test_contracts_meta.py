@@ -45,6 +45,9 @@ def _test_class(cls: type) -> str:
              else f"BackendFactory({cls.__name__})")
     knobs = "".join(f"    {k} = {v!r}\n" for k, v in QUEUE_KNOBS.items()
                     if contract == "QueueBackendContract")
+    if contract == "QueueBackendContract":  # the stubs settle together with StubResults
+        knobs += ("    @pytest.fixture\n    def settle_results(self):\n"
+                  "        return StubResults()\n")
     return (f"\n\nclass Test{cls.__name__}({contract}):\n{knobs}"
             f"    @pytest.fixture\n    def {FIXTURE_OF[contract]}(self):\n"
             f"        return {build}\n")
@@ -56,6 +59,7 @@ def _write_suite(path: Path, classes: list[type]) -> None:
         import pytest
         from nuvom_kernel.testing.contracts import (
             BackendFactory, DiscovererContract, QueueBackendContract, ResultBackendContract)
+        from nuvom_kernel.testing.stubs import StubResults
         """) + imports
     path.write_text(header + "".join(_test_class(c) for c in classes))
 

@@ -26,9 +26,23 @@ from typing import Any
 
 import attrs
 
-from nuvom_kernel.backends import Capabilities, QueueBackend, QueueStats, ResultBackend
+from nuvom_kernel.backends import (
+    Capabilities,
+    QueueBackend,
+    QueueStats,
+    ResultBackend,
+    newer_first,
+)
 from nuvom_kernel.discovery import Discoverer, DiscoveryReport, TaskRef
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Lease, Message
+from nuvom_kernel.models import (
+    TERMINAL_STATES,
+    JobRecord,
+    JobStatus,
+    Lease,
+    Message,
+    Settlement,
+    supersedes,
+)
 
 __all__ = ["StubDiscoverer", "StubQueue", "StubResults"]
 
@@ -59,10 +73,15 @@ class StubQueue(QueueBackend):
         self._entries: dict[str, _Entry] = {}
         self._seq = itertools.count()
 
-    def push(self, messages: Sequence[Message]) -> None:
+    def push(self, messages: Sequence[Message]) -> list[bool]:
+        stored = []
         with self._lock:
             for message in messages:
-                self._entries[message.id] = _Entry(message, next(self._seq))
+                new = message.id not in self._entries
+                if new:
+                    self._entries[message.id] = _Entry(message, next(self._seq))
+                stored.append(new)
+        return stored
 
     def _order(self, entry: _Entry) -> tuple[int, float, int]:
         return (-entry.message.priority, entry.message.created_at, entry.seq)
@@ -105,17 +124,21 @@ class StubQueue(QueueBackend):
             entry.token = None
             entry.message = attrs.evolve(
                 entry.message, body=entry.message.body if body is None else body,
-                available_at=time.time() + max(delay_secs, 0.0))
+                available_at=time.time() + max(delay_secs, 0.0),
+                failures=entry.message.failures + 1)
         self.notify()
         return True
 
-    def release(self, lease: Lease) -> bool:
+    def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
         with self._lock:
             entry = self._held(lease)
             if entry is None:
                 return False
             entry.token = None
             entry.deliveries = max(0, entry.deliveries - 1)
+            if delay_secs > 0:
+                entry.message = attrs.evolve(entry.message,
+                                             available_at=time.time() + delay_secs)
         self.notify()
         return True
 
@@ -126,6 +149,24 @@ class StubQueue(QueueBackend):
                 return False
             entry.expires_at = time.time() + secs
             return True
+
+    def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
+                    ) -> list[bool] | None:
+        """Settle with a :class:`StubResults` (the stubs' "shared store"): a record is stored
+        only while the lease holds, and the lease is acked or retried only once stored."""
+        if not isinstance(results, StubResults):
+            return None
+        landed = []
+        for item in settlements:
+            with self._lock:
+                held = self._held(item.lease) is not None
+            if not held or not results.put(item.record):
+                landed.append(False)
+            elif item.retry_in is None:
+                landed.append(self.ack(item.lease))
+            else:
+                landed.append(self.retry(item.lease, delay_secs=item.retry_in, body=item.body))
+        return landed
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         with self._lock:
@@ -155,7 +196,7 @@ class StubQueue(QueueBackend):
                 return None
             if entry.token is not None:
                 return JobStatus.RUNNING
-            if entry.message.available_at > time.time():
+            if entry.message.available_at > time.time() and entry.message.failures:
                 return JobStatus.RETRYING
             return JobStatus.QUEUED
 
@@ -164,15 +205,15 @@ class StubQueue(QueueBackend):
         stats = QueueStats()
         with self._lock:
             for entry in self._entries.values():
+                counts = stats.of(entry.message.queue)
                 if entry.token is not None:
-                    stats.in_flight += 1
-                    continue
-                queue = entry.message.queue
-                stats.depth[queue] = stats.depth.get(queue, 0) + 1
-                if entry.message.available_at > now:
-                    stats.delayed += 1
-                age = now - entry.message.created_at
-                stats.oldest_age_secs = max(stats.oldest_age_secs or 0.0, age)
+                    counts.running += 1
+                elif entry.message.available_at > now:
+                    counts.delayed += 1
+                else:
+                    counts.ready += 1
+                    age = now - entry.message.created_at
+                    counts.oldest_ready_age_secs = max(counts.oldest_ready_age_secs or 0.0, age)
         return stats
 
 
@@ -186,9 +227,12 @@ class StubResults(ResultBackend):
         self._lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}
 
-    def put(self, record: JobRecord) -> None:
+    def put(self, record: JobRecord) -> bool:
         with self._lock:
+            if not supersedes(record, self._records.get(record.job_id)):
+                return False
             self._records[record.job_id] = copy.deepcopy(record)
+            return True
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -196,13 +240,12 @@ class StubResults(ResultBackend):
             return copy.deepcopy(record) if record is not None else None
 
     def query(self, *, status: JobStatus | None = None, func_name: str | None = None,
-              limit: int = 50, offset: int = 0) -> list[JobRecord]:
+              limit: int = 50, after: str | None = None) -> list[JobRecord]:
         with self._lock:
             rows = [r for r in self._records.values()
                     if (status is None or r.status is status)
                     and (func_name is None or r.func_name == func_name)]
-            rows.sort(key=lambda r: r.updated_at, reverse=True)
-            return copy.deepcopy(rows[offset:offset + limit])
+            return copy.deepcopy(newer_first(rows, after, limit))
 
     def purge(self, older_than: float) -> int:
         with self._lock:

@@ -93,6 +93,7 @@ def make_message(
     priority: int = 0,
     available_at: float = 0.0,
     created_at: float | None = None,
+    task: str = "tasks.add",
 ) -> Message:
     """A message with a unique id and a strictly increasing ``created_at`` (FIFO is defined
     by ``created_at``, so tests never depend on clock resolution)."""
@@ -104,6 +105,7 @@ def make_message(
         priority=priority,
         available_at=available_at,
         created_at=created_at if created_at is not None else 1_700_000_000.0 + n * 1e-3,
+        task=task,
     )
 
 
@@ -136,6 +138,8 @@ def make_record(
         "updated_at": now if updated_at is None else updated_at,
         "worker": "host:123",
         "trace_id": "abcdef0123456789",
+        "run": 1,
+        "token": "0123456789abcdef",
     }
     if status is JobStatus.FAILED:
         values.update(error_type="builtins.ValueError", error_message="bad input",

@@ -21,13 +21,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pytest
 
 from nuvom_kernel.backends import QueueBackend
-from nuvom_kernel.models import JobStatus
-from nuvom_kernel.testing.contracts._support import make_message, requires, wait_until
+from nuvom_kernel.models import JobRecord, JobStatus, Settlement
+from nuvom_kernel.testing.contracts._support import (
+    make_message,
+    make_record,
+    requires,
+    wait_until,
+)
 from nuvom_kernel.testing.contracts.queue_concurrency import QueueConcurrencyTests
 
 __all__ = ["QueueBackendContract"]
@@ -42,6 +48,7 @@ _ROUND_TRIP = {
     "past-available-at": {"available_at": 1_600_000_000.0},
     "priority": {"priority": 7},
     "negative-priority": {"priority": -3},
+    "task-name": {"task": "reports.daily_summary"},
 }
 
 
@@ -66,6 +73,8 @@ class QueueBackendContract(QueueConcurrencyTests):
         assert got.body == sent.body, "the body must come back byte for byte"
         assert isinstance(got.body, bytes)
         assert (got.queue, got.priority) == (sent.queue, sent.priority)
+        assert got.task == sent.task, "the task name must come back with the message"
+        assert got.failures == 0, "a pushed message has no failed attempts yet"
         assert got.created_at == pytest.approx(sent.created_at, abs=1e-3)
         assert got.available_at <= time.time()
 
@@ -120,12 +129,30 @@ class QueueBackendContract(QueueConcurrencyTests):
         assert queue_backend.pop_batch(10) == []
 
     def test_enqueue_many_stores_all(self, queue_backend: QueueBackend) -> None:
-        queue_backend.enqueue_many([])
+        assert queue_backend.enqueue_many([]) == []
         assert queue_backend.qsize() == 0
         sent = [make_message() for _ in range(50)]
-        queue_backend.enqueue_many(sent)
+        assert queue_backend.enqueue_many(sent) == [True] * 50, \
+            "push reports every new message as stored"
         assert queue_backend.qsize() == 50
         assert sorted(le.id for le in queue_backend.claim(100)) == sorted(m.id for m in sent)
+
+    def test_push_is_idempotent_per_job_id(self, queue_backend: QueueBackend) -> None:
+        first = make_message(body=b"original")
+        assert queue_backend.push([first]) == [True]
+        again = attrs.evolve(first, body=b"impostor")
+        other = make_message()
+        assert queue_backend.push([again, other, attrs.evolve(other, body=b"twin")]) == \
+            [False, True, False], \
+            "a pushed id that is already queued (or earlier in the batch) stores nothing"
+        assert queue_backend.qsize() == 2, "a repeated id must not add a second message"
+        leases = {le.id: le for le in queue_backend.claim(10)}
+        assert leases[first.id].message.body == b"original", \
+            "a repeated push must leave the existing message untouched"
+        assert queue_backend.push([again]) == [False], "a leased id is still in the queue"
+        assert queue_backend.ack(leases[first.id]) is True
+        assert queue_backend.push([again]) == [True], \
+            "once acked, the id is free for the next run of the job"
 
     # --- waiting --------------------------------------------------------------------------
 
@@ -226,6 +253,37 @@ class QueueBackendContract(QueueConcurrencyTests):
         now = make_message()
         queue_backend.enqueue_many([later, now])
         assert [le.id for le in queue_backend.claim(10)] == [now.id]
+
+    def test_retry_counts_failures_release_does_not(self, queue_backend: QueueBackend
+                                                     ) -> None:
+        queue_backend.enqueue(make_message())
+        first = self._claim_one(queue_backend)
+        assert first.message.failures == 0
+        assert queue_backend.retry(first, delay_secs=0) is True
+        second = wait_until(lambda: queue_backend.claim(1), self.patience_secs, "lost")[0]
+        assert second.message.failures == 1, "every retry records one failed attempt"
+        assert queue_backend.release(second) is True
+        third = self._claim_one(queue_backend)
+        assert (third.deliveries, third.message.failures) == (2, 1), \
+            "a release is neither a delivery nor a failure"
+        assert queue_backend.extend(third, 0) is True
+        fourth = wait_until(lambda: queue_backend.claim(1), self.patience_secs,
+                            "extend(lease, 0) must make the message claimable at once")[0]
+        assert (fourth.deliveries, fourth.message.failures) == (3, 1), \
+            "an expired delivery counts, but is no failure"
+
+    @requires("delayed")
+    def test_release_with_delay_hides_until_due(self, queue_backend: QueueBackend) -> None:
+        queue_backend.enqueue(make_message())
+        first = self._claim_one(queue_backend)
+        start = time.monotonic()
+        assert queue_backend.release(first, delay_secs=self.delay_secs) is True
+        self._hidden_until(queue_backend, start + self.delay_secs,
+                           "a message released with a delay waits it out")
+        second = wait_until(lambda: queue_backend.claim(1), self.patience_secs,
+                            "a message released with a delay never came back")[0]
+        assert time.monotonic() - start >= self.delay_secs * 0.9
+        assert second.deliveries == 1, "a released claim does not count as a delivery"
 
     def test_release_returns_at_once_with_count_restored(self, queue_backend: QueueBackend
                                                          ) -> None:
@@ -353,16 +411,77 @@ class QueueBackendContract(QueueConcurrencyTests):
     def test_peek_state(self, queue_backend: QueueBackend) -> None:
         message = make_message()
         queue_backend.enqueue(message)
-        if queue_backend.peek_state(message.id) is None:
-            pytest.skip("peek_state is not implemented (optional)")
-        assert queue_backend.peek_state(message.id) is JobStatus.QUEUED
+        assert queue_backend.peek_state(message.id) is JobStatus.QUEUED, \
+            "peek_state must report a waiting message as QUEUED"
         lease = self._claim_one(queue_backend)
-        assert queue_backend.peek_state(message.id) is JobStatus.RUNNING
+        assert queue_backend.peek_state(message.id) is JobStatus.RUNNING, \
+            "peek_state must report a leased message as RUNNING"
         if type(queue_backend).capabilities.delayed:
             assert queue_backend.retry(lease, delay_secs=60)
-            assert queue_backend.peek_state(message.id) is JobStatus.RETRYING
+            assert queue_backend.peek_state(message.id) is JobStatus.RETRYING, \
+                "a message waiting out its retry delay is RETRYING"
+            later = make_message(available_at=time.time() + 60)
+            queue_backend.enqueue(later)
+            assert queue_backend.peek_state(later.id) is JobStatus.QUEUED, \
+                "a first run waiting for its available_at is QUEUED, not RETRYING"
             queue_backend.clear()
         else:
             assert queue_backend.ack(lease)
-        assert queue_backend.peek_state(message.id) is None
+        assert queue_backend.peek_state(message.id) is None, "a finished message is gone"
         assert queue_backend.peek_state("never-seen-" + uuid.uuid4().hex) is None
+
+    def test_stats_per_queue(self, queue_backend: QueueBackend) -> None:
+        delayed = type(queue_backend).capabilities.delayed
+        queue_backend.enqueue_many([make_message(queue="a") for _ in range(3)]
+                                   + [make_message(queue="b") for _ in range(2)])
+        if delayed:
+            queue_backend.enqueue(make_message(queue="b", available_at=time.time() + 60))
+        self._claim_one(queue_backend, ["a"])
+        stats = queue_backend.stats()
+        a, b = stats.queues.get("a"), stats.queues.get("b")
+        assert a is not None and b is not None, \
+            f"stats() must report each named queue, got {sorted(stats.queues)}"
+        assert (a.ready, a.delayed, a.running) == (2, 0, 1), \
+            f"queue 'a' holds 2 ready and 1 leased message, stats() said {a}"
+        assert (b.ready, b.delayed, b.running) == (2, 1 if delayed else 0, 0), \
+            f"queue 'b' holds 2 ready{' and 1 delayed' if delayed else ''}, stats() said {b}"
+        assert a.oldest_ready_age_secs is not None and a.oldest_ready_age_secs > 0, \
+            "the oldest ready message's age is reported"
+
+    @pytest.fixture
+    def settle_results(self, queue_backend: QueueBackend) -> Any:
+        """Override with a result backend that shares ``queue_backend``'s store, to run the
+        ``settle_many`` contract (an optional call; the default skips it)."""
+        return None
+
+    def test_settle_many_is_fenced_and_atomic(self, queue_backend: QueueBackend,
+                                              settle_results: Any) -> None:
+        if settle_results is None:
+            pytest.skip("settle_many is optional; override settle_results to check it")
+        done, again, stale = make_message(), make_message(), make_message()
+        queue_backend.enqueue_many([done, again, stale])
+        leases = {le.id: le for le in queue_backend.claim(3)}
+        forged = attrs.evolve(leases[stale.id], token=uuid.uuid4().hex)
+
+        def record(lease: Any, status: JobStatus) -> JobRecord:
+            return make_record(lease.id, status=status, attempts=lease.deliveries,
+                               token=lease.token)
+
+        outcome = queue_backend.settle_many([
+            Settlement(leases[done.id], record(leases[done.id], JobStatus.SUCCEEDED)),
+            Settlement(leases[again.id], record(leases[again.id], JobStatus.RETRYING),
+                       retry_in=0.0, body=b"v2"),
+            Settlement(forged, record(forged, JobStatus.SUCCEEDED)),
+        ], settle_results)
+        assert outcome == [True, True, False], \
+            "settle_many must land held leases and refuse a stale token"
+        assert settle_results.get(stale.id) is None, \
+            "a refused settlement must not store its record"
+        assert queue_backend.peek_state(stale.id) is JobStatus.RUNNING
+        assert queue_backend.peek_state(done.id) is None, "a settled success is acked"
+        got = settle_results.get(done.id)
+        assert got is not None and got.status is JobStatus.SUCCEEDED
+        retried = wait_until(lambda: queue_backend.claim(1), self.patience_secs,
+                             "a settled retry never came back")[0]
+        assert (retried.id, retried.message.body, retried.message.failures) == \
+            (again.id, b"v2", 1)

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from nuvom_kernel.backends import BackendContext, ResultBackend
+from nuvom_kernel.backends import BackendContext, ResultBackend, page_cursor
 from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_kernel.testing.contracts._support import make_record, requires, skip_unless_capable
 
@@ -103,19 +103,49 @@ class ResultBackendContract:
 
     def test_put_many_stores_every_record(self, result_backend: ResultBackend) -> None:
         records = [make_record(status=JobStatus.SUCCEEDED) for _ in range(5)]
-        result_backend.put_many(records)
+        assert result_backend.put_many(records) == [True] * 5
         for record in records:
             got = result_backend.get(record.job_id)
             assert got is not None and got.to_dict() == record.to_dict()
 
     def test_put_replaces(self, result_backend: ResultBackend) -> None:
         record = make_record(status=JobStatus.RETRYING, func_name="tasks.flaky")
-        result_backend.put(record)
-        result_backend.put(attrs.evolve(record, status=JobStatus.SUCCEEDED, attempts=2,
-                                        updated_at=record.updated_at + 1))
+        assert result_backend.put(record) is True
+        assert result_backend.put(attrs.evolve(record, status=JobStatus.SUCCEEDED, attempts=2,
+                                               updated_at=record.updated_at + 1)) is True
         got = result_backend.get(record.job_id)
         assert got is not None and (got.status, got.attempts) == (JobStatus.SUCCEEDED, 2)
         assert len(result_backend.query(func_name="tasks.flaky")) == 1
+
+    def test_put_is_fenced_by_run_and_attempt(self, result_backend: ResultBackend) -> None:
+        taken_over = make_record(status=JobStatus.SUCCEEDED, attempts=2, token="b")
+        assert result_backend.put(taken_over) is True
+
+        def refused(record: JobRecord, why: str) -> None:
+            assert result_backend.put(record) is False, why
+            got = result_backend.get(taken_over.job_id)
+            assert got is not None and got.to_dict() == taken_over.to_dict(), \
+                f"a refused write must change nothing ({why})"
+
+        refused(attrs.evolve(taken_over, status=JobStatus.RETRYING, attempts=1, token="a",
+                             updated_at=taken_over.updated_at + 5),
+                "a write from an earlier attempt must not replace a later one")
+        refused(attrs.evolve(taken_over, status=JobStatus.FAILED, attempts=1, token="a"),
+                "not even a terminal one")
+        refused(attrs.evolve(taken_over, status=JobStatus.RETRYING, token="b2"),
+                "a non-terminal record must not replace a terminal one of the same attempt")
+        refused(attrs.evolve(taken_over, run=0, attempts=9),
+                "a write from an earlier run must not replace a later run's")
+        rerun = attrs.evolve(taken_over, status=JobStatus.QUEUED, run=2, attempts=0,
+                             token=None, result=None)
+        assert result_backend.put(rerun) is True, "a new run replaces the finished one"
+        late = attrs.evolve(taken_over, status=JobStatus.FAILED, attempts=3, run=1)
+        assert result_backend.put_many([late, attrs.evolve(rerun, status=JobStatus.SUCCEEDED,
+                                                           attempts=1)]) == [False, True], \
+            "put_many fences each record like put"
+        got = result_backend.get(taken_over.job_id)
+        assert got is not None and (got.run, got.attempts, got.status) == \
+            (2, 1, JobStatus.SUCCEEDED)
 
     def test_records_are_copies(self, result_backend: ResultBackend) -> None:
         record = make_record()
@@ -194,17 +224,26 @@ class ResultBackendContract:
         assert result_backend.query(status=JobStatus.CANCELLED) == []
         assert result_backend.query(func_name="tasks.nope") == []
 
-    def test_query_newest_updated_first_and_paging(self, result_backend: ResultBackend
-                                                   ) -> None:
+    def test_query_newest_updated_first_and_keyset_paging(self, result_backend: ResultBackend
+                                                          ) -> None:
         base = time.time() - 1000
         records = [make_record(updated_at=base + i) for i in range(25)]
-        for record in records[::2] + records[1::2]:
+        twins = [make_record(job_id=f"twin-{c}", updated_at=base + 30) for c in "bca"]
+        for record in records[::2] + twins + records[1::2]:
             result_backend.put(record)
-        newest_first = [r.job_id for r in reversed(records)]
-        pages = [result_backend.query(limit=10, offset=o) for o in (0, 10, 20, 30)]
-        assert [len(p) for p in pages] == [10, 10, 5, 0]
+        newest_first = [f"twin-{c}" for c in "cba"] + [r.job_id for r in reversed(records)]
+        pages: list[list[JobRecord]] = []
+        after = None
+        for _ in range(5):
+            page = result_backend.query(limit=10, after=after)
+            pages.append(page)
+            if not page:
+                break
+            after = page_cursor(page[-1])
+        assert [len(p) for p in pages] == [10, 10, 8, 0], \
+            "query(after=cursor) pages through every record once"
         assert [r.job_id for p in pages for r in p] == newest_first, \
-            "query() pages through records newest updated_at first"
+            "query() orders newest updated_at first, then job_id descending, across pages"
 
     def test_list_jobs(self, result_backend: ResultBackend) -> None:
         records = self._populate(result_backend)
@@ -214,7 +253,8 @@ class ResultBackendContract:
         assert rows[0]["status"] == "FAILED"
         by_task = result_backend.list_jobs(status=JobStatus.SUCCEEDED, task="tasks.mul")
         assert len(by_task) == 2 and all(r["func_name"] == "tasks.mul" for r in by_task)
-        assert len(result_backend.list_jobs(limit=3, offset=6)) == 2
+        first = result_backend.list_jobs(limit=6)
+        assert len(result_backend.list_jobs(limit=3, after=page_cursor(first[-1]))) == 2
 
     def test_counts(self, result_backend: ResultBackend) -> None:
         self._populate(result_backend)

@@ -16,8 +16,21 @@ from collections.abc import Sequence
 
 import attrs
 
-from nuvom_kernel.backends import Capabilities, QueueBackend, QueueStats, ResultBackend
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Lease, Message
+from nuvom_kernel.backends import (
+    Capabilities,
+    QueueBackend,
+    QueueStats,
+    ResultBackend,
+    newer_first,
+)
+from nuvom_kernel.models import (
+    TERMINAL_STATES,
+    JobRecord,
+    JobStatus,
+    Lease,
+    Message,
+    supersedes,
+)
 
 __all__ = ["MemoryJobQueue", "MemoryResultBackend"]
 
@@ -72,12 +85,16 @@ class MemoryJobQueue(QueueBackend):
         entry.token = None
         self._leased.pop(entry.message.id, None)
 
-    def push(self, messages: Sequence[Message]) -> None:
+    def push(self, messages: Sequence[Message]) -> list[bool]:
+        stored = []
         with self._lock:
             for msg in messages:
-                entry = _Entry(message=msg, seq=0)
-                self._entries[msg.id] = entry
-                self._schedule(entry)
+                new = msg.id not in self._entries
+                if new:
+                    entry = self._entries[msg.id] = _Entry(message=msg, seq=0)
+                    self._schedule(entry)
+                stored.append(new)
+        return stored
 
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
         now = time.time()
@@ -127,18 +144,22 @@ class MemoryJobQueue(QueueBackend):
                 entry.message,
                 body=entry.message.body if body is None else body,
                 available_at=time.time() + delay_secs,
+                failures=entry.message.failures + 1,
             )
             self._schedule(entry)
         self.notify()
         return True
 
-    def release(self, lease: Lease) -> bool:
+    def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
         with self._lock:
             entry = self._held(lease)
             if entry is None:
                 return False
             self._unlease(entry)
             entry.deliveries = max(0, entry.deliveries - 1)
+            if delay_secs > 0:
+                entry.message = attrs.evolve(entry.message,
+                                             available_at=time.time() + delay_secs)
             self._schedule(entry)
         self.notify()
         return True
@@ -149,7 +170,30 @@ class MemoryJobQueue(QueueBackend):
             if entry is None:
                 return False
             entry.expires_at = time.time() + secs
-            return True
+        if secs <= 0:
+            self.notify()
+        return True
+
+    def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
+        """One lock round for every running job's lease (the monitor's heartbeat)."""
+        expires_at = time.time() + secs
+        with self._lock:
+            held = [self._held(lease) for lease in leases]
+            for entry in held:
+                if entry is not None:
+                    entry.expires_at = expires_at
+        return [entry is not None for entry in held]
+
+    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
+        with self._lock:
+            done = []
+            for lease in leases:
+                ok = self._held(lease) is not None
+                if ok:
+                    del self._entries[lease.id]
+                    self._leased.pop(lease.id, None)
+                done.append(ok)
+        return done
 
     def _waiting(self, queues: Sequence[str] | None) -> list[_Entry]:
         return [e for e in self._entries.values()
@@ -183,7 +227,7 @@ class MemoryJobQueue(QueueBackend):
                 return None
             if entry.token is not None:
                 return JobStatus.RUNNING
-            if entry.message.available_at > time.time():
+            if entry.message.available_at > time.time() and entry.message.failures:
                 return JobStatus.RETRYING
             return JobStatus.QUEUED
 
@@ -193,14 +237,15 @@ class MemoryJobQueue(QueueBackend):
         with self._lock:
             for entry in self._entries.values():
                 msg = entry.message
+                counts = stats.of(msg.queue)
                 if entry.token is not None:
-                    stats.in_flight += 1
-                    continue
-                stats.depth[msg.queue] = stats.depth.get(msg.queue, 0) + 1
-                if msg.available_at > now:
-                    stats.delayed += 1
-                age = now - msg.created_at
-                stats.oldest_age_secs = max(stats.oldest_age_secs or 0.0, age)
+                    counts.running += 1
+                elif msg.available_at > now:
+                    counts.delayed += 1
+                else:
+                    counts.ready += 1
+                    age = now - msg.created_at
+                    counts.oldest_ready_age_secs = max(counts.oldest_ready_age_secs or 0.0, age)
         return stats
 
 
@@ -221,10 +266,13 @@ class MemoryResultBackend(ResultBackend):
         self._lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}
 
-    def put(self, record: JobRecord) -> None:
+    def put(self, record: JobRecord) -> bool:
         copy = _copy(record)
         with self._lock:
+            if not supersedes(copy, self._records.get(record.job_id)):
+                return False
             self._records[record.job_id] = copy
+            return True
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
@@ -237,14 +285,13 @@ class MemoryResultBackend(ResultBackend):
         status: JobStatus | None = None,
         func_name: str | None = None,
         limit: int = 50,
-        offset: int = 0,
+        after: str | None = None,
     ) -> list[JobRecord]:
         with self._lock:
             rows = [r for r in self._records.values()
                     if (status is None or r.status is status)
                     and (func_name is None or r.func_name == func_name)]
-        rows.sort(key=lambda r: r.updated_at, reverse=True)
-        return [_copy(r) for r in rows[offset:offset + limit]]
+        return [_copy(r) for r in newer_first(rows, after, limit)]
 
     def purge(self, older_than: float) -> int:
         with self._lock:
