@@ -70,6 +70,18 @@ def _int(name: str, value: Any) -> int:
         raise ValueError("must be a whole number") from None
 
 
+def _optional_non_negative_int(name: str, value: Any) -> int | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    try:
+        number = _int(name, value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ValueError("must be a whole number >= 0 (e.g. 4), or empty for the default")
+    return number
+
+
 def _non_negative_float(name: str, value: Any) -> float:
     try:
         number = float(str(value).strip()) if isinstance(value, str) else float(value)
@@ -144,7 +156,16 @@ class Settings:
         "How long the first SIGINT/SIGTERM waits for running jobs before stopping.")
     max_deliveries: int = _setting(
         20, "NUVOM_MAX_DELIVERIES", _positive_int,
-        "A job delivered this many times without an outcome (crash loop) is failed.")
+        "A job delivered this many times without an outcome (its worker crashed or was "
+        "killed each time) is failed; attempts that raised or timed out do not count.")
+    max_abandoned_threads: int | None = _setting(
+        None, "NUVOM_MAX_ABANDONED_THREADS", _optional_non_negative_int,
+        "Most threads a worker leaves behind in timed-out tasks before it stops leasing "
+        "until one returns; unset means as many as worker threads.")
+    unknown_task_grace_secs: float = _setting(
+        0.0, "NUVOM_UNKNOWN_TASK_GRACE_SECS", _non_negative_float,
+        "How long after enqueue a job whose task this worker's module lacks is handed back "
+        "for a newer worker (a rolling deploy); 0 fails such a job at once.")
     data_dir: Path = _setting(Path(".nuvom"), "NUVOM_DATA_DIR", _path,
                               "Where built-in backends keep their files; relative to the "
                               "working directory.")
