@@ -8,6 +8,7 @@ __all__ = [
     "ConfigError",
     "DuplicateBackendError",
     "EnqueueError",
+    "JobCancelledError",
     "JobFailedError",
     "JobTimeoutError",
     "LeaseLostError",
@@ -63,7 +64,16 @@ class TaskRegistrationError(NuvomError):
 
 
 class UnknownTaskError(NuvomError):
-    """A job names a task this worker cannot find or import."""
+    """A job names a task this worker cannot find or import.
+
+    ``import_failed`` tells the two cases apart: a module that cannot be imported fails the
+    job at once, while a module that imports but lacks the task may be a rolling deploy
+    (this worker is older than the producer) and the job may be handed back.
+    """
+
+    def __init__(self, message: str, *, import_failed: bool = True) -> None:
+        super().__init__(message)
+        self.import_failed = import_failed
 
 
 class UnknownJobError(NuvomError):
@@ -105,3 +115,15 @@ class JobFailedError(NuvomError):
         if self.remote_traceback:
             text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
         return text
+
+
+class JobCancelledError(JobFailedError):
+    """``Job.get()`` on a job that was cancelled before it ran: there is no result."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id, None, None, None)
+        self.args = (f"job {job_id} was cancelled before it ran; it has no result "
+                     "(re-enqueue it with `nuvom retry job ID` to run it)",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -17,7 +17,7 @@ from typing import Any
 
 from nuvom_kernel.backends import BackendContext, QueueBackend, ResultBackend
 from nuvom_kernel.config import Config, load_config
-from nuvom_kernel.errors import JobFailedError, NuvomError
+from nuvom_kernel.errors import JobCancelledError, JobFailedError, UnknownJobError
 from nuvom_kernel.models import TERMINAL_STATES, Job, JobRecord, JobStatus
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import REGISTRY, TaskRegistry
@@ -108,15 +108,19 @@ class Kernel:
     # --- job state ----------------------------------------------------------------------
 
     def refresh_job(self, job: Job) -> Job:
-        """Fill ``job`` with its current state: a terminal record wins, then what the queue
-        says (queued, delayed for retry, leased), then any stored record, else UNKNOWN."""
+        """Fill ``job`` with its current state, from the queue *then* the results.
+
+        That order is what keeps a known job from ever reading UNKNOWN: a worker stores the
+        record before it acks, so a job the queue no longer holds has its record stored by
+        the time the results are read. A terminal record wins over what the queue says (the
+        ack may still be on its way); else the queue's state (queued, waiting for a retry,
+        running); else the stored record; else UNKNOWN — an id no backend knows.
+        """
+        status = self.queue.peek_state(job.id)
         record = self.results.get(job.id)
-        status: JobStatus | None = None
-        if record is None or record.status not in TERMINAL_STATES:
-            status = self.queue.peek_state(job.id)
         if record is not None:
             _apply_record(job, record)
-        if status is not None:
+        if status is not None and (record is None or record.status not in TERMINAL_STATES):
             job.status = status
         elif record is None:
             job.status = JobStatus.UNKNOWN
@@ -131,29 +135,41 @@ class Kernel:
         if not self.queue.cancel(job.id):
             return False
         now = time.time()
-        record = self.results.get(job.id) or JobRecord(
+        stored = self.results.get(job.id)
+        record = stored or JobRecord(
             job_id=job.id, func_name=job.func_name, status=JobStatus.CANCELLED,
             queue=job.queue, created_at=job.created_at, max_retries=job.options.retries)
         record.status = JobStatus.CANCELLED
         record.finished_at = record.updated_at = now
-        self.results.put(record)
+        self.results.put(record)  # same run and attempt: terminal over non-terminal lands
         job.status = JobStatus.CANCELLED
         return True
 
     def wait_for(self, job: Job, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
-        if not job.options.store_result:
-            raise NuvomError(
-                f"job {job.id} ({job.func_name}) has store_result=False, so no result will "
-                "be stored to wait for; set store_result=True on the task to use .get()"
-            )
+        """Poll the backends until ``job`` is finished; its value (``None`` for a task with
+        ``store_result=False``).
+
+        :raises JobCancelledError: it was cancelled before it ran.
+        :raises JobFailedError: it ended FAILED.
+        :raises UnknownJobError: no backend knows the id (it would never finish).
+        :raises TimeoutError: not finished within ``timeout`` seconds.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
         while True:
             self.refresh_job(job)
             if job.status is JobStatus.SUCCEEDED:
                 return job.result
-            if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            if job.status is JobStatus.CANCELLED:
+                raise JobCancelledError(job.id)
+            if job.status is JobStatus.FAILED:
                 raise JobFailedError(job.id, job.error_type, job.error, job.traceback)
+            if job.status is JobStatus.UNKNOWN:
+                raise UnknownJobError(
+                    f"job {job.id!r} is unknown to queue backend {self.queue.name!r} and "
+                    f"result backend {self.results.name!r}: never enqueued there, or its "
+                    "record was purged. Check the id and that this process uses the same "
+                    "backends and data directory as the producer.")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"job {job.id} ({job.func_name}) is still {job.status} after {timeout} s; "
@@ -172,6 +188,7 @@ def _apply_record(job: Job, record: JobRecord) -> None:
         job.kwargs = from_wire(record.kwargs)
     job.status = record.status
     job.attempts = record.attempts
+    job.run = record.run
     job.history = list(record.history)
     job.result = from_wire(record.result) if record.status is JobStatus.SUCCEEDED else None
     job.error_type, job.error, job.traceback = (record.error_type, record.error_message,

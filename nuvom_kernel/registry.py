@@ -88,11 +88,13 @@ class TaskRegistry:
         if fn is not None:
             return fn
         tried: list[str] = []
+        import_failed = False
         for candidate in dict.fromkeys(m for m in (self._modules.get(name), module) if m):
             try:
                 importlib.import_module(candidate)
             except Exception as exc:
                 tried.append(f"importing {candidate!r} failed: {exc!r}")
+                import_failed = True
                 continue
             fn = self.get(name)
             if fn is not None:
@@ -102,7 +104,8 @@ class TaskRegistry:
         raise UnknownTaskError(
             f"unknown task {name!r} ({detail}). Run the worker from the project directory "
             f"(cwd: {Path.cwd()}, on sys.path: {'' in sys.path or str(Path.cwd()) in sys.path})"
-            f" and run `nuvom discover tasks` to refresh .nuvom/manifest.json."
+            f" and run `nuvom discover tasks` to refresh .nuvom/manifest.json.",
+            import_failed=import_failed or not tried,
         )
 
 

@@ -9,7 +9,8 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
-from nuvom_kernel.dispatcher import build_job, enqueue_jobs, importable_module
+from nuvom_kernel.dispatcher import enqueue, importable_module
+from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.models import Backoff, Job, TaskOptions
 from nuvom_kernel.registry import REGISTRY
 
@@ -44,13 +45,18 @@ class Task(Generic[P, R]):
 
         return get_kernel()
 
-    def _build(self, args: Sequence[Any], kwargs: dict[str, Any], options: TaskOptions
-               ) -> tuple[Job, dict[str, Any]]:
-        return build_job(self.name, self.module, options, args, kwargs, self._params)
+    def _call(self, args: Sequence[Any], kwargs: dict[str, Any], options: TaskOptions,
+              job_id: str | None = None) -> tuple[Envelope, Job]:
+        envelope = Envelope.for_call(self.name, self.module, options, args, kwargs,
+                                     self._params, job_id=job_id)
+        job = Job(id=envelope.id, func_name=self.name, args=tuple(args), kwargs=dict(kwargs),
+                  module=self.module, options=options, created_at=envelope.created_at,
+                  enqueued_by=envelope.enqueued_by, trace_id=envelope.trace_id)
+        return envelope, job
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle."""
-        return enqueue_jobs(self._kernel(), [self._build(args, kwargs, self.options)])[0]
+        return enqueue(self._kernel(), [self._call(args, kwargs, self.options)])[0]
 
     def apply_async(
         self,
@@ -60,31 +66,52 @@ class Task(Generic[P, R]):
         delay_secs: float = 0.0,
         queue: str | None = None,
         priority: int | None = None,
+        job_id: str | None = None,
     ) -> Job:
-        """Like :meth:`delay`, with per-call routing: a start delay, a queue, a priority."""
+        """Like :meth:`delay`, with per-call routing (a start delay, a queue, a priority) and
+        an optional ``job_id`` of your own: a job id names one job for its life, so enqueuing
+        an id that is queued, running or finished (and still recorded) creates nothing and
+        returns a handle to that job — safe to call again after a crash or a timeout."""
         options = self.options
         if queue is not None or priority is not None:
             options = attrs.evolve(options, queue=queue or options.queue,
                                    priority=options.priority if priority is None else priority)
-        item = self._build(tuple(args), dict(kwargs or {}), options)
-        return enqueue_jobs(self._kernel(), [item], delay_secs=delay_secs)[0]
+        call = self._call(tuple(args), dict(kwargs or {}), options, _check_id(job_id))
+        return enqueue(self._kernel(), [call], delay_secs=delay_secs,
+                       known_ids=job_id is not None)[0]
 
-    def map(self, arguments: Iterable[Any]) -> list[Job]:
+    def map(self, arguments: Iterable[Any], *, job_ids: Sequence[str] | None = None
+            ) -> list[Job]:
         """Enqueue one job per item in one backend call (one transaction where supported).
 
         Each item is a tuple of positional arguments, a dict of keyword arguments, or a
         single non-tuple value passed as the only argument. Every item is encoded before
-        anything is enqueued, so one bad argument enqueues nothing.
+        anything is enqueued, so one bad argument enqueues nothing. ``job_ids`` (one per
+        item) makes the batch idempotent like ``apply_async(job_id=...)``: items whose id
+        exists are not enqueued again, and every item gets a handle.
         """
-        items = []
-        for item in arguments:
+        items = list(arguments)
+        ids: list[str | None] = [None] * len(items)
+        if job_ids is not None:
+            ids = [_check_id(i) for i in job_ids]
+            if len(ids) != len(items):
+                raise ValueError(f"map() got {len(items)} items but {len(ids)} job_ids; give "
+                                 "one id per item")
+        calls = []
+        for item, job_id in zip(items, ids, strict=True):
             if isinstance(item, tuple):
-                items.append(self._build(item, {}, self.options))
+                calls.append(self._call(item, {}, self.options, job_id))
             elif isinstance(item, dict):
-                items.append(self._build((), item, self.options))
+                calls.append(self._call((), item, self.options, job_id))
             else:
-                items.append(self._build((item,), {}, self.options))
-        return enqueue_jobs(self._kernel(), items)
+                calls.append(self._call((item,), {}, self.options, job_id))
+        return enqueue(self._kernel(), calls, known_ids=job_ids is not None)
+
+
+def _check_id(job_id: str | None) -> str | None:
+    if job_id is not None and (not isinstance(job_id, str) or not job_id):
+        raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+    return job_id
 
 
 @overload

@@ -1,16 +1,24 @@
-"""The worker pool: lease → execute → record → ack, with retries, timeouts, hooks, signals.
+"""The worker pool: claim → run → settle, with retries, timeouts, hooks and signals.
 
-Three kinds of thread:
+Four kinds of thread:
 
-* one **dispatcher** leases jobs with ``pop_batch`` — never more than there are idle
+* one **dispatcher** claims jobs with ``pop_batch`` — never more than there are idle
   executors, so jobs are not hoarded while other workers sit idle — and hands them over;
-* **executors** (``workers`` of them) run one job at a time;
-* one **monitor** extends the leases of running jobs and enforces timeouts. A thread cannot be
-  killed, so a timed-out job is recorded as timed out, its executor is abandoned (its eventual
-  return value is ignored) and a fresh executor takes its slot, keeping the pool's capacity.
+* **executors** (``workers`` of them) run one job at a time and decide its outcome;
+* one **settler** (:mod:`nuvom_kernel.settle`) stores outcomes and acks or retries leases,
+  in batches, for every outcome alike;
+* one **monitor** extends the leases of running and settling jobs in one ``extend_many``
+  and enforces timeouts. A thread cannot be killed, so a timed-out job is recorded as timed
+  out and its executor is abandoned (its eventual return value is ignored); a fresh executor
+  takes its slot while fewer than ``max_abandoned_threads`` are abandoned. Past that the
+  worker stops claiming (and says so) until an abandoned thread returns and takes its slot
+  back: a runaway task cannot make a worker start threads without bound.
 
-Delivery is at least once: a job is acked only after its outcome is recorded. A retry goes back
-to the queue with a delay (``queue.retry``), so it never blocks the jobs behind it.
+Delivery is at least once: a job is acked only after its outcome is recorded. Definitions:
+``Job.attempts`` counts every start of the function in the current run (a start whose worker
+was killed counts); ``retries=N`` allows N + 1 attempts that ended in an exception or a
+timeout; ``max_deliveries`` bounds deliveries that produced no outcome at all (checked before
+the message is decoded, so a message that kills its worker cannot loop forever).
 """
 
 from __future__ import annotations
@@ -29,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from nuvom_kernel import events
-from nuvom_kernel.dispatcher import decode_message, origin
-from nuvom_kernel.errors import JobTimeoutError, NuvomError, SerializationError
-from nuvom_kernel.models import Job, Lease
-from nuvom_kernel.outcomes import OutcomeRecorder, Running, Success
+from nuvom_kernel.envelope import Envelope, origin
+from nuvom_kernel.errors import JobTimeoutError, NuvomError, SerializationError, UnknownTaskError
+from nuvom_kernel.models import Job, JobStatus, Lease, Settlement
+from nuvom_kernel.settle import Running, Settler
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -49,12 +57,12 @@ def current_job() -> Job | None:
     return getattr(_local, "job", None)
 
 
-class Worker(OutcomeRecorder):
+class Worker:
     """A pool of executor threads serving one kernel's queue backend.
 
     :param workers: executor threads (default: the ``max_workers`` setting).
     :param queues: named queues to serve (default: every queue).
-    :param batch_size: most jobs leased per ``pop_batch`` (default: ``batch_size`` setting).
+    :param batch_size: most jobs claimed per ``pop_batch`` (default: ``batch_size`` setting).
     :param grace_period_secs: how long a graceful stop waits for running jobs.
     """
 
@@ -75,19 +83,22 @@ class Worker(OutcomeRecorder):
         self.batch_size = batch_size or settings.batch_size
         self.grace_period_secs = (settings.grace_period_secs if grace_period_secs is None
                                   else grace_period_secs)
+        self.max_abandoned = (self.workers if settings.max_abandoned_threads is None
+                              else settings.max_abandoned_threads)
         self.poll_timeout_secs = poll_timeout_secs
         self.queue = kernel.queue
-        self.results = kernel.results
         self.serializer = kernel.serializer
         self.visibility = self.queue.visibility_timeout_secs
         self.origin = origin()
+        self.settler = Settler(kernel, self.queue, kernel.results, self.origin,
+                               self._on_settled)
         self.processed = 0
         self.failed = 0
         self._cv = threading.Condition()
         self._free = 0
+        self._abandoned_alive = 0  # abandoned threads still inside their task
+        self._owed = 0  # slots whose replacement thread was not started
         self._handoff: stdqueue.SimpleQueue[Lease | None] = stdqueue.SimpleQueue()
-        self._settle_q: stdqueue.SimpleQueue[Success | None] = stdqueue.SimpleQueue()
-        self._settler: threading.Thread | None = None
         self._running: dict[str, Running] = {}
         self._monitor_cv = threading.Condition()
         self._stopping = threading.Event()
@@ -103,6 +114,7 @@ class Worker(OutcomeRecorder):
     def start(self) -> None:
         """Start the threads and return; :meth:`stop` and :meth:`join` end them."""
         self.kernel.registry.load_manifest(self.kernel.data_dir)
+        self.settler.start()
         for _ in range(self.workers):
             self._spawn_executor()
         for target, name in ((self._dispatch_loop, "nuvom-dispatcher"),
@@ -110,9 +122,6 @@ class Worker(OutcomeRecorder):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        self._settler = threading.Thread(target=self._settle_loop, name="nuvom-settler",
-                                         daemon=True)
-        self._settler.start()
         self._emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %d threads, queues=%s, backend=%s", self.origin,
                  self.workers, ",".join(self.queues or ["*"]), self.queue.name)
@@ -167,47 +176,48 @@ class Worker(OutcomeRecorder):
                 self._in_lifecycle_hook = False
 
     def join(self) -> int:
-        """Finish a stop: return unstarted leases, wait for running jobs, emit shutdown."""
+        """Finish a stop: return unstarted leases, wait for running jobs, settle what
+        finished, emit shutdown."""
         self._release_unstarted()
         deadline = time.monotonic() + self.grace_period_secs
-        while self._running and not self._forced.is_set():
+        while self._unfinished() and not self._forced.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             self._forced.wait(min(0.05, remaining))
             self._release_unstarted()
-        clean = not self._running
-        for running in list(self._running.values()):  # grace expired or forced
-            with running.lock:
-                if running.settled:
-                    continue
-                running.settled = True
-                # Its thread is still inside the task: never join it below, or a forced
-                # stop would wait out the whole join deadline for a job already given up.
-                self._abandoned.add(running.thread)
-            if self._safely("return it to the queue", running.job.id, self.queue.retry,
-                            running.lease, delay_secs=0):  # runs again; attempt counted
+        clean = not self._unfinished()
+        for running in self._unfinished():  # grace expired or forced
+            if not running.decide():
+                continue
+            # Its thread is still inside the task: never join it below, or a forced stop
+            # would wait out the whole join deadline for a job already given up.
+            self._abandoned.add(running.thread)
+            self._running.pop(running.job.id, None)
+            # No outcome: expire the lease now, so the job runs again at once elsewhere and
+            # the delivery counts as one without an outcome (as a crash would).
+            if self._safely("return it to the queue", running.lease, self.queue.extend,
+                            running.lease, 0):
                 log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
                             running.job.id, running.job.func_name)
-        self._running.clear()
         for _ in range(len(self._threads)):
             self._handoff.put(None)
-        self._stopped.set()
-        with self._monitor_cv:
-            self._monitor_cv.notify_all()
-        # Wait for our threads to leave the backend before anyone closes it; a thread stuck
-        # in a timed-out task is abandoned and never joined.
         join_deadline = time.monotonic() + self.poll_timeout_secs + 5.0
         for thread in self._threads:
             if thread is not threading.current_thread() and thread not in self._abandoned:
                 thread.join(max(0.0, join_deadline - time.monotonic()))
-        if self._settler is not None:  # record and ack what finished, before shutdown
-            self._settle_q.put(None)
-            self._settler.join(max(5.0, join_deadline - time.monotonic()))
+        self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
+        self._stopped.set()
+        with self._monitor_cv:
+            self._monitor_cv.notify_all()
         self._emit_lifecycle("nuvom_worker_shutdown")
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned")
         return 0 if clean else 1
+
+    def _unfinished(self) -> list[Running]:
+        """Jobs whose function has not returned (settling ones finish on their own)."""
+        return [r for r in list(self._running.values()) if not r.decided]
 
     def _release_unstarted(self) -> None:
         while True:
@@ -216,9 +226,12 @@ class Worker(OutcomeRecorder):
             except stdqueue.Empty:
                 return
             if lease is not None:
-                self._safely("release it", lease.id, self.queue.release, lease)
+                self._safely("release it", lease, self.queue.release, lease)
                 with self._cv:
                     self._free += 1
+
+    def _safely(self, what: str, lease: Lease, call: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.settler._safely(what, lease, call, *args, **kwargs)
 
     # --- dispatcher ---------------------------------------------------------------------
 
@@ -237,7 +250,7 @@ class Worker(OutcomeRecorder):
             except Exception:
                 failures += 1
                 backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
-                log.exception("queue backend %r failed to lease jobs; retrying in %.2f s",
+                log.exception("queue backend %r failed to claim jobs; retrying in %.2f s",
                               self.queue.name, backoff)
                 self._stopping.wait(backoff)
                 continue
@@ -245,7 +258,7 @@ class Worker(OutcomeRecorder):
                 self._free -= len(leases)
             for lease in leases:
                 if self._stopping.is_set():
-                    self._safely("release it", lease.id, self.queue.release, lease)
+                    self._safely("release it", lease, self.queue.release, lease)
                     with self._cv:
                         self._free += 1
                 else:
@@ -256,59 +269,87 @@ class Worker(OutcomeRecorder):
     def _spawn_executor(self) -> None:
         thread = threading.Thread(target=self._executor_loop, name="nuvom-executor",
                                   daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # "can't start new thread": keep the slot owed
+            with self._cv:
+                self._owed += 1
+            log.error("could not start an executor thread (%s); running with one fewer "
+                      "until an abandoned thread returns", exc)
+            return
+        self._threads.append(thread)
         with self._cv:
             self._free += 1
             self._cv.notify()
-        thread.start()
-        self._threads.append(thread)
 
     def _executor_loop(self) -> None:
         while True:
             lease = self._handoff.get()
             if lease is None:
                 return
-            if self._stopping.is_set():  # leased but not started: straight back
-                self._safely("release it", lease.id, self.queue.release, lease)
-            else:
-                try:
-                    if self._execute(lease):
-                        return  # abandoned after a timeout; a new thread took its slot
-                except Exception:
-                    # A backend error after the task ran (ack, retry): the lease expires and
-                    # the job runs again; this thread keeps its slot in the pool.
-                    self._running.pop(lease.id, None)
-                    log.exception("job=%s: unexpected error while settling; not acked, it "
-                                  "will run again after the visibility timeout", lease.id)
+            if self._stopping.is_set():  # claimed but not started: straight back
+                self._safely("release it", lease, self.queue.release, lease)
+            elif not self.run_one(lease):
+                return  # abandoned after a timeout, and its slot was filled meanwhile
             with self._cv:
                 self._free += 1
                 self._cv.notify()
 
-    def _execute(self, lease: Lease) -> bool:
-        """Run one lease to its outcome; ``True`` if the thread was abandoned meanwhile."""
-        started_at, started_mono = time.time(), time.monotonic()
+    def run_one(self, lease: Lease) -> bool:
+        """Run one claimed lease to its outcome and settle it (on the settler thread when
+        the pool is started, else right here — how eager/test mode runs a job).
+
+        Returns ``False`` when the calling thread was abandoned after a timeout and must
+        leave the pool (another thread holds its slot). Never raises for what a task does.
+        """
         try:
-            job, envelope = decode_message(lease.message, self.serializer)
-        except SerializationError as exc:
-            self._fail_undecodable(lease, exc)
-            return False
-        job.attempts = lease.deliveries
-        job._kernel = self.kernel
-        if lease.deliveries > self.kernel.settings.max_deliveries:
+            running = self._begin(lease)
+            if running is None:
+                return True
+            return self._run(running)
+        except Exception:  # a bug or a backend error outside the task: the lease expires
+            self._running.pop(lease.id, None)
+            log.exception("job=%s: unexpected error in the worker; not acked, it will run "
+                          "again after the visibility timeout", lease.id)
+            return True
+
+    def _begin(self, lease: Lease) -> Running | None:
+        """Check the delivery limit, decode, resolve the task; a Running job or ``None``
+        when the lease was settled or handed back instead."""
+        started_at, started_mono = time.time(), time.monotonic()
+        message = lease.message
+        settings = self.kernel.settings
+        without_outcome = lease.deliveries - 1 - message.failures
+        if without_outcome >= settings.max_deliveries:
             error = NuvomError(
-                f"job was delivered {lease.deliveries} times without an outcome (a worker "
-                f"crashed or was killed each time); raise NUVOM_MAX_DELIVERIES to allow more")
-            self._finish_failed(job, lease, envelope, error, "", started_at, kind="dead")
-            return False
-        timeout = job.options.timeout_secs or self.kernel.settings.job_timeout_secs
+                f"job was delivered {without_outcome} times without an outcome (a worker "
+                f"crashed or was killed each time, e.g. out of memory); raise "
+                f"NUVOM_MAX_DELIVERIES (now {settings.max_deliveries}) to allow more")
+            self.settler.submit(self.settler.without_envelope(lease, error, "dead"))
+            return None
+        try:
+            envelope = Envelope.from_message(message, self.serializer)
+            job = envelope.job(JobStatus.RUNNING)
+        except SerializationError as exc:
+            self.settler.submit(self.settler.without_envelope(lease, exc, "undecodable"))
+            return None
+        job.attempts = lease.deliveries
+        job.failures = max(message.failures, envelope.legacy_failures)
+        job._kernel = self.kernel
+        timeout = job.options.timeout_secs or settings.job_timeout_secs
         deadline = started_mono + timeout if timeout else None
         job.deadline = deadline
         running = Running(job, lease, envelope, threading.current_thread(), started_at,
-                           started_mono, deadline, extended_at=started_mono)
+                          started_mono, deadline, extended_at=started_mono)
         self._running[job.id] = running
         if deadline is not None:
             with self._monitor_cv:
                 self._monitor_cv.notify()
-        _local.job = job
+        return running
+
+    def _run(self, running: Running) -> bool:
+        job = running.job
+        outer, _local.job = current_job(), job  # outer: a task that enqueued in eager mode
         try:
             fn = self.kernel.registry.resolve(job.func_name, job.module)
             events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
@@ -317,61 +358,150 @@ class Worker(OutcomeRecorder):
                 result = asyncio.run(func(*job.args, **job.kwargs))
             else:
                 result = func(*job.args, **job.kwargs)
-        except (Exception, SystemExit) as exc:  # a task's failure is data, not a crash
-            self._settle_failure(running, exc, traceback.format_exc())
+        except _HookInterrupted:
+            raise
+        except UnknownTaskError as exc:
+            if not self._hand_back(running, exc):
+                self._fail(running, exc, traceback.format_exc())
+        except BaseException as exc:  # a task's failure is data, whatever it raised
+            self._fail(running, exc, traceback.format_exc())
         else:
-            self._settle_success(running, result)
+            self._succeed(running, result)
         finally:
-            _local.job = None
-        return running.abandoned
+            _local.job = outer
+        return self._still_in_pool(running)
+
+    def _succeed(self, running: Running, result: Any) -> None:
+        try:
+            settlement = self.settler.success(running, result)
+        except SerializationError as exc:
+            self._fail(running, exc, "".join(traceback.format_exception(exc)))
+            return
+        if not running.decide():
+            return
+        running.job.status, running.job.result = JobStatus.SUCCEEDED, result
+        self.settler.submit(settlement)
+        events.emit(self.kernel.pm, "nuvom_after_execute", job=running.job, result=result)
+
+    def _fail(self, running: Running, exc: BaseException, tb: str, kind: str = "error",
+              decided: bool = False) -> None:
+        if not decided and not running.decide():
+            return
+        settlement = self.settler.failure(running, exc, tb, kind)
+        job = running.job
+        events.emit(self.kernel.pm, "nuvom_on_execute_error", job=job, error=exc)
+        self.settler.submit(settlement)
+        if settlement.retry_in is not None:
+            events.emit(self.kernel.pm, "nuvom_on_retry", job=job, error=exc,
+                        delay_secs=settlement.retry_in)
+
+    def _hand_back(self, running: Running, exc: UnknownTaskError) -> bool:
+        """During a rolling deploy, give a job whose task this (older) worker lacks back to
+        the queue for ``unknown_task_grace_secs`` after enqueue; ``True`` if handed back."""
+        grace = self.kernel.settings.unknown_task_grace_secs
+        left = running.envelope.created_at + grace - time.time()
+        if exc.import_failed or left <= 0 or not running.decide():
+            return False
+        self._running.pop(running.job.id, None)
+        if self._safely("hand it back", running.lease, self.queue.release, running.lease,
+                        delay_secs=min(1.0, left)):
+            log.warning("job=%s: this worker has no task %r (an older deploy?); handed back "
+                        "for another worker (%.0f s of unknown_task_grace_secs left)",
+                        running.job.id, running.job.func_name, left)
+        return True
+
+    def _still_in_pool(self, running: Running) -> bool:
+        """After the function returned: an abandoned thread takes its slot back only if no
+        replacement was started for it."""
+        if not running.abandoned:
+            return True
+        with self._cv:
+            self._abandoned_alive -= 1
+            self._abandoned.discard(running.thread)
+            if self._owed > 0:
+                self._owed -= 1
+                log.info("an abandoned thread returned from job=%s; claiming again",
+                         running.job.id)
+                return True
+        return False
+
+    def _on_settled(self, settlement: Settlement, landed: bool) -> None:
+        self._running.pop(settlement.lease.id, None)
+        if landed and settlement.retry_in is None:
+            self.processed += 1
+            if settlement.record.status is not JobStatus.SUCCEEDED:
+                self.failed += 1
+
+    # --- monitor ------------------------------------------------------------------------
 
     def _monitor_loop(self) -> None:
-        extend_every = self.visibility / 3
         while not self._stopped.is_set():
-            now = time.monotonic()
-            wake = now + min(extend_every, 1.0)
-            for running in list(self._running.values()):
-                if running.settled:
-                    continue
-                if running.deadline is not None:
-                    if now >= running.deadline:
-                        self._time_out(running)
-                        continue
-                    wake = min(wake, running.deadline)
-                if now - running.extended_at >= extend_every:
-                    expiry = time.time() + self.visibility  # taken before: an underestimate
-                    try:
-                        extended = self.queue.extend(running.lease, self.visibility)
-                    except Exception as exc:  # retried on the next tick, well before expiry
-                        log.error("job=%s: queue backend %r failed to extend its lease (%r); "
-                                  "retrying", running.job.id, self.queue.name, exc)
-                        continue
-                    running.extended_at = now
-                    if extended:
-                        running.lease = attrs.evolve(running.lease, expires_at=expiry)
-                    else:
-                        log.warning("job=%s lost its lease while running", running.job.id)
+            wake = time.monotonic() + min(self.visibility / 3, 1.0)
+            try:
+                wake = min(wake, self._monitor_tick())
+            except Exception:  # the monitor never dies: leases would expire under jobs
+                log.exception("the lease monitor failed a round; trying again")
             with self._monitor_cv:
                 self._monitor_cv.wait(max(0.0, wake - time.monotonic()))
 
+    def _monitor_tick(self) -> float:
+        """Time out what is due, extend every lease due for it in one call; returns when
+        the next deadline falls."""
+        now = time.monotonic()
+        wake = float("inf")
+        extend_every = self.visibility / 3
+        due: list[Running] = []
+        for running in list(self._running.values()):
+            if running.deadline is not None and not running.decided:
+                if now >= running.deadline:
+                    self._time_out(running)
+                else:
+                    wake = min(wake, running.deadline)
+            if now - running.extended_at >= extend_every:
+                due.append(running)
+        if due:
+            expiry = time.time() + self.visibility  # taken before the call: an underestimate
+            try:
+                held = self.queue.extend_many([r.lease for r in due], self.visibility)
+            except Exception as exc:  # retried next round, well before the leases expire
+                log.error("queue backend %r failed to extend %d lease(s) (%r); retrying",
+                          self.queue.name, len(due), exc)
+                return min(wake, now + 0.5)
+            for running, ok in zip(due, held, strict=True):
+                running.extended_at = now
+                if ok:
+                    running.lease = attrs.evolve(running.lease, expires_at=expiry)
+                else:
+                    log.warning("job=%s lost its lease while running", running.job.id)
+        return wake
+
     def _time_out(self, running: Running) -> None:
         job = running.job
+        if not running.decide():
+            return
+        with running.lock:
+            running.abandoned = True  # its thread exits (or takes its slot back) on return
         error = JobTimeoutError(
             f"job {job.id} ({job.func_name}) exceeded its timeout of "
             f"{running.deadline - running.started_mono:.3g} s")  # type: ignore[operator]
-        with running.lock:
-            if running.settled or running.abandoned:
-                return
-            running.abandoned = True  # its thread exits whenever the task returns
+        with self._cv:
+            self._abandoned_alive += 1
             self._abandoned.add(running.thread)
-        self._spawn_executor()  # keep capacity: the stuck thread never returns to the pool
+            replace = self._abandoned_alive <= self.max_abandoned
+            if not replace:
+                self._owed += 1
+        if replace:
+            self._spawn_executor()  # keep capacity: the stuck thread may never return
+        else:
+            log.warning("%d threads are stuck in timed-out jobs (max_abandoned_threads=%d): "
+                        "this worker claims fewer jobs until one returns", self._abandoned_alive,
+                        self.max_abandoned)
         # Settle on a thread of its own: settling runs plugin observers (on_execute_error,
         # on_retry), and one that blocks must not stop this monitor from extending the
         # leases of every other running job.
-        thread = threading.Thread(target=self._settle_failure, args=(running, error, ""),
-                                  kwargs={"kind": "timeout"}, name="nuvom-timeout",
-                                  daemon=True)
-        self._threads.append(thread)
+        thread = threading.Thread(target=self._fail, args=(running, error, ""),
+                                  kwargs={"kind": "timeout", "decided": True},
+                                  name="nuvom-timeout", daemon=True)
         thread.start()
 
 

@@ -299,22 +299,22 @@ def test_bad_payload_unknown_task_and_import_error_fail_only_that_job(
 
     kernel.queue.enqueue(Message(id="garbage1", body=b"\x80not json"))
     kernel.queue.enqueue(Message(id="garbage2", body=b'{"v": 1, "id": "garbage2"}'))
-    from nuvom_kernel.dispatcher import build_job, encode_job
+    from nuvom_kernel.envelope import Envelope
 
-    _, env = build_job("no_such_task", "t_good", good.options, (), {})
-    _, env2 = build_job("whatever", "t_broken", good.options, (), {})
-    kernel.queue.enqueue_many([encode_job(env, kernel.serializer),
-                               encode_job(env2, kernel.serializer)])
+    env = Envelope.for_call("no_such_task", "t_good", good.options, (), {})
+    env2 = Envelope.for_call("whatever", "t_broken", good.options, (), {})
+    kernel.queue.enqueue_many([env.to_message(kernel.serializer),
+                               env2.to_message(kernel.serializer)])
     worker(workers=2)
     assert good.delay().get(timeout=10) == 1
-    for job_id in ("garbage1", "garbage2", env["id"], env2["id"]):
+    for job_id in ("garbage1", "garbage2", env.id, env2.id):
         wait_until(lambda j=job_id: get_job(j).status is JobStatus.FAILED, what=job_id)
     assert "not valid JSON" in (get_job("garbage1").error or "")
     assert "malformed envelope" in (get_job("garbage2").error or "")
-    unknown = get_job(env["id"])
+    unknown = get_job(env.id)
     assert unknown.error_type.endswith("UnknownTaskError")
     assert "no_such_task" in unknown.error and "nuvom discover tasks" in unknown.error
-    assert "broken module" in (get_job(env2["id"]).error or "")
+    assert "broken module" in (get_job(env2.id).error or "")
     assert good.delay().get(timeout=10) == 1  # the worker is still serving
 
 
@@ -322,7 +322,8 @@ def test_unknown_job_id_says_unknown(kernel: Kernel):
     assert get_job("never-seen").status is JobStatus.UNKNOWN
 
 
-def test_store_result_false_runs_but_stores_nothing(kernel: Kernel, worker, project: Path):
+def test_store_result_false_records_the_state_but_not_the_value(kernel: Kernel, worker,
+                                                                 project: Path):
     write_module(project, "t_nostore", (
         "from nuvom_kernel import task\n"
         "@task(store_result=False)\n"
@@ -335,9 +336,10 @@ def test_store_result_false_runs_but_stores_nothing(kernel: Kernel, worker, proj
     wait_until(lambda: (project / "out").exists(), what="task ran")
     wait_until(lambda: kernel.queue.stats().in_flight == 0 and kernel.queue.qsize() == 0,
                what="job acked")
-    assert kernel.results.get(job.id) is None
-    with pytest.raises(Exception, match="store_result=False"):
-        job.get(timeout=1)
+    record = kernel.results.get(job.id)
+    assert record is not None and record.status is JobStatus.SUCCEEDED
+    assert record.result is None, "store_result=False keeps the state, not the value"
+    assert job.get(timeout=5) is None
 
 
 def test_exponential_backoff_grows_and_is_capped(make_kernel, project: Path):
@@ -347,11 +349,11 @@ def test_exponential_backoff_grows_and_is_capped(make_kernel, project: Path):
     w = Worker(kernel, workers=1)
     opts = TaskOptions(retries=10, retry_delay_secs=1, backoff=Backoff.EXPONENTIAL,
                        backoff_max_secs=5, jitter=False)
-    delays = [w._retry_delay(Job(id="x", func_name="f", options=opts, failures=n))
+    delays = [w.settler.retry_delay(Job(id="x", func_name="f", options=opts, failures=n))
               for n in range(1, 6)]
     assert delays == [1, 2, 4, 5, 5]
     jittered = TaskOptions(retries=10, retry_delay_secs=4, backoff=Backoff.EXPONENTIAL)
-    values = {w._retry_delay(Job(id="x", func_name="f", options=jittered, failures=1))
+    values = {w.settler.retry_delay(Job(id="x", func_name="f", options=jittered, failures=1))
               for _ in range(50)}
     assert all(2 <= v <= 4 for v in values) and len(values) > 1
 
@@ -391,15 +393,15 @@ def test_worker_imports_task_module_lazily_from_manifest(kernel: Kernel, worker,
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "manifest.json").write_text(json.dumps({"version": 1, "tasks": [
         {"name": "app.hello", "module": "app.jobs", "file": "app/jobs.py", "line": 2}]}))
-    from nuvom_kernel.dispatcher import build_job, encode_job
+    from nuvom_kernel.envelope import Envelope
     from nuvom_kernel.models import TaskOptions
 
-    _, env = build_job("app.hello", None, TaskOptions(), (5,), {})  # no module hint at all
-    kernel.queue.enqueue(encode_job(env, kernel.serializer))
+    env = Envelope.for_call("app.hello", None, TaskOptions(), (5,), {})  # no module hint
+    kernel.queue.enqueue(env.to_message(kernel.serializer))
     sys.modules.pop("app.jobs", None)
     worker(workers=1)
-    wait_until(lambda: get_job(env["id"]).status is JobStatus.SUCCEEDED, what="lazy import")
-    assert get_job(env["id"]).result == "hi 5"
+    wait_until(lambda: get_job(env.id).status is JobStatus.SUCCEEDED, what="lazy import")
+    assert get_job(env.id).result == "hi 5"
 
 
 def test_cancel_a_queued_job(make_kernel, project: Path):

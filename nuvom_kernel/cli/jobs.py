@@ -12,11 +12,13 @@ import re
 import time
 from typing import Any
 
+import attrs
 import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table
-from nuvom_kernel.dispatcher import ENVELOPE_VERSION, encode_job, origin
+from nuvom_kernel.dispatcher import rerun
+from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobRecord, JobStatus
 
 
@@ -122,29 +124,15 @@ def retry_group() -> None:
 @retry_group.command(name="job")
 @click.argument("job_id")
 def retry_job(job_id: str) -> None:
-    """Re-enqueue a FAILED or CANCELLED job with the same arguments (attempts start over)."""
+    """Run a FAILED or CANCELLED job again with the same id and arguments (its next run;
+    attempts start over)."""
     kernel = _kernel()
-    record = kernel.results.get(job_id)
-    if record is None:
-        raise click.ClickException(f"unknown job id {job_id!r}: no stored record")
-    if record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-        raise click.ClickException(
-            f"job {job_id} is {record.status.value}; only FAILED or CANCELLED jobs can be "
-            "retried")
-    if not record.options:
-        raise click.ClickException(f"job {job_id} has no stored task options; enqueue it anew")
-    envelope = {
-        "v": ENVELOPE_VERSION, "id": record.job_id, "task": record.func_name,
-        "module": record.module, "args": record.args, "kwargs": record.kwargs,
-        "opts": record.options, "created_at": time.time(), "enqueued_by": origin(),
-        "trace_id": record.trace_id or "", "failures": 0, "history": record.history,
-    }
-    kernel.queue.enqueue(encode_job(envelope, kernel.serializer))
-    record.status = JobStatus.QUEUED
-    record.updated_at = time.time()
-    kernel.results.put(record)
-    click.echo(f"re-enqueued job {job_id} ({record.func_name}) on queue "
-               f"{record.options.get('queue', 'default')!r}")
+    try:
+        job = rerun(kernel, job_id)
+    except NuvomError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"re-enqueued job {job_id} ({job.func_name}) on queue {job.queue!r} "
+               f"(run {job.run})")
 
 
 @click.group(name="cancel")
@@ -175,6 +163,7 @@ def status(as_json: bool) -> None:
     data = {
         "queue_backend": kernel.queue.name,
         "result_backend": kernel.results.name,
+        "queues": {name: attrs.asdict(counts) for name, counts in sorted(stats.queues.items())},
         "depth": stats.depth,
         "delayed": stats.delayed,
         "in_flight": stats.in_flight,

@@ -50,25 +50,18 @@ class EagerQueue(StubQueue):
     name = "stub-eager"
     runner: Worker | None = None
 
-    def push(self, messages: Sequence[Message]) -> None:
-        super().push([attrs.evolve(m, available_at=0.0) for m in messages])
+    def push(self, messages: Sequence[Message]) -> list[bool]:
+        return super().push([attrs.evolve(m, available_at=0.0) for m in messages])
 
     def retry(self, lease: Any, *, delay_secs: float, body: bytes | None = None) -> bool:
         return super().retry(lease, delay_secs=0.0, body=body)
 
-    def enqueue_many(self, messages: Sequence[Message]) -> None:
-        super().enqueue_many(messages)
-        runner = self.runner
-        if runner is None:
-            return
-        from nuvom_kernel import worker as worker_module
-
-        outer = getattr(worker_module._local, "job", None)  # a task calling .delay()
-        try:
+    def enqueue_many(self, messages: Sequence[Message]) -> list[bool]:
+        stored = super().enqueue_many(messages)
+        if self.runner is not None:
             while leases := self.claim(1):
-                runner._execute(leases[0])
-        finally:
-            worker_module._local.job = outer
+                self.runner.run_one(leases[0])
+        return stored
 
 
 class _StubPlugin:

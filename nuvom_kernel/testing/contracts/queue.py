@@ -431,6 +431,8 @@ class QueueBackendContract(QueueConcurrencyTests):
         assert queue_backend.peek_state("never-seen-" + uuid.uuid4().hex) is None
 
     def test_stats_per_queue(self, queue_backend: QueueBackend) -> None:
+        if type(queue_backend).stats is QueueBackend.stats:
+            pytest.skip("stats() is optional and not overridden (nuvom status shows totals)")
         delayed = type(queue_backend).capabilities.delayed
         queue_backend.enqueue_many([make_message(queue="a") for _ in range(3)]
                                    + [make_message(queue="b") for _ in range(2)])

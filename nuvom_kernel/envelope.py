@@ -1,0 +1,202 @@
+"""The wire format of a job: one versioned :class:`Envelope`, the only code that knows it.
+
+A queue backend stores a :class:`~nuvom_kernel.models.Message` whose body is an encoded
+envelope and never parses it; the producer (``.delay()``, ``.map()``, ``nuvom retry job``)
+builds envelopes, the worker decodes them, re-encodes them for a retry and turns them into
+:class:`~nuvom_kernel.models.JobRecord` values. Arguments are wire-safe data from the moment
+the envelope is built (:mod:`nuvom_kernel.serialization`), so a value JSON cannot carry fails
+at ``.delay()`` and nothing is enqueued.
+
+Version 1, as a JSON object: ``v``, ``id``, ``task``, ``module``, ``args``, ``kwargs``,
+``opts`` (the :class:`~nuvom_kernel.models.TaskOptions`), ``created_at``, ``enqueued_by``,
+``trace_id``, ``history``, and since kernel v1 ``run`` and ``headers`` (absent in older
+envelopes: run 1, no headers). Older envelopes also carry ``failures``, which the queue
+now counts on the message itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.models import Backoff, Job, JobRecord, JobStatus, Message, TaskOptions
+from nuvom_kernel.serialization import Serializer, from_wire, to_wire
+
+__all__ = ["ENVELOPE_VERSION", "Envelope", "options_from_wire", "options_to_wire", "origin"]
+
+ENVELOPE_VERSION = 1
+_HOST = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def origin() -> str:
+    """``host:pid`` of this process (recomputed after fork)."""
+    global _HOST
+    pid = os.getpid()
+    if not _HOST.endswith(f":{pid}"):
+        _HOST = f"{socket.gethostname()}:{pid}"
+    return _HOST
+
+
+@functools.lru_cache(maxsize=1024)
+def options_to_wire(options: TaskOptions) -> dict[str, Any]:
+    """The options as envelope data; cached because a task's options rarely change and
+    ``attrs.asdict`` is a measurable share of an enqueue. Callers must not mutate it."""
+    data = attrs.asdict(options)
+    data["backoff"] = options.backoff.value
+    data["tags"] = list(options.tags)
+    return data
+
+
+_OPTION_NAMES = frozenset(f.name for f in attrs.fields(TaskOptions))
+
+
+def options_from_wire(data: Mapping[str, Any]) -> TaskOptions:
+    """The options of an envelope or a record; keys this kernel does not know are ignored
+    (a newer producer may send more)."""
+    raw = {k: v for k, v in data.items() if k in _OPTION_NAMES}
+    raw["backoff"] = Backoff(raw.get("backoff", "fixed"))
+    raw["tags"] = tuple(raw.get("tags", ()))
+    return TaskOptions(**raw)
+
+
+@attrs.define(eq=False)
+class Envelope:
+    """One job on the wire. ``args``, ``kwargs`` and ``options`` hold wire-safe data."""
+
+    id: str
+    task: str
+    module: str | None
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    created_at: float
+    enqueued_by: str = ""
+    trace_id: str = ""
+    run: int = 1
+    history: list[dict[str, Any]] = attrs.field(factory=list)
+    headers: dict[str, Any] = attrs.field(factory=dict)
+    legacy_failures: int = 0  # ``failures`` of an envelope written before kernel v1
+
+    # --- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def for_call(
+        cls,
+        task: str,
+        module: str | None,
+        options: TaskOptions,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        param_names: Sequence[str] = (),
+        *,
+        job_id: str | None = None,
+    ) -> Envelope:
+        """The envelope of a new job for ``task(*args, **kwargs)``.
+
+        :raises SerializationError: naming the argument (by parameter name where known).
+        """
+        wire_args = []
+        for i, value in enumerate(args):
+            label = f"argument {param_names[i]!r}" if i < len(param_names) else f"argument #{i}"
+            wire_args.append(to_wire(value, f"{task}(): {label}"))
+        wire_kwargs = {k: to_wire(v, f"{task}(): argument {k!r}") for k, v in kwargs.items()}
+        return cls(id=job_id or uuid.uuid4().hex, task=task, module=module, args=wire_args,
+                   kwargs=wire_kwargs, options=options_to_wire(options),
+                   created_at=time.time(), enqueued_by=origin(),
+                   trace_id=os.urandom(8).hex())
+
+    @classmethod
+    def for_rerun(cls, record: JobRecord) -> Envelope:
+        """The next run of a finished job: same id, task and arguments, ``run + 1``."""
+        return cls(id=record.job_id, task=record.func_name, module=record.module,
+                   args=list(record.args), kwargs=dict(record.kwargs),
+                   options=dict(record.options), created_at=time.time(),
+                   enqueued_by=origin(), trace_id=record.trace_id or os.urandom(8).hex(),
+                   run=record.run + 1)
+
+    # --- the wire ---------------------------------------------------------------------------
+
+    def to_message(self, serializer: Serializer, available_at: float = 0.0) -> Message:
+        opts = self.options
+        return Message(id=self.id, body=self.to_body(serializer), queue=opts["queue"],
+                       priority=opts["priority"], available_at=available_at,
+                       created_at=self.created_at, task=self.task)
+
+    def to_body(self, serializer: Serializer) -> bytes:
+        data: dict[str, Any] = {
+            "v": ENVELOPE_VERSION, "id": self.id, "task": self.task, "module": self.module,
+            "args": self.args, "kwargs": self.kwargs, "opts": self.options,
+            "created_at": self.created_at, "enqueued_by": self.enqueued_by,
+            "trace_id": self.trace_id, "run": self.run, "history": self.history,
+        }
+        if self.headers:
+            data["headers"] = self.headers
+        return serializer.dumps(data)
+
+    @classmethod
+    def from_message(cls, message: Message, serializer: Serializer) -> Envelope:
+        """Decode a message's body.
+
+        :raises SerializationError: for *any* failure to decode — a poison message must fail
+            its job, never loop or kill the thread that read it.
+        """
+        try:
+            data = serializer.loads(message.body)
+            version = data.get("v")
+        except Exception as exc:
+            raise SerializationError(
+                f"job {message.id}: the message body cannot be decoded "
+                f"({type(exc).__name__}: {exc})") from exc
+        if version != ENVELOPE_VERSION:
+            raise SerializationError(
+                f"job {message.id}: envelope version {version!r} is not supported by this "
+                f"worker (expects {ENVELOPE_VERSION}); upgrade nuvom on the worker")
+        try:
+            return cls(id=data["id"], task=data["task"], module=data.get("module"),
+                       args=list(data["args"]), kwargs=dict(data["kwargs"]),
+                       options=dict(data["opts"]), created_at=float(data["created_at"]),
+                       enqueued_by=data.get("enqueued_by", ""),
+                       trace_id=data.get("trace_id", ""), run=int(data.get("run", 1)),
+                       history=list(data.get("history", [])),
+                       headers=dict(data.get("headers") or {}),
+                       legacy_failures=int(data.get("failures", 0)))
+        except Exception as exc:
+            raise SerializationError(
+                f"job {message.id}: malformed envelope ({type(exc).__name__}: {exc})") from exc
+
+    # --- what it describes ------------------------------------------------------------------
+
+    def job(self, status: JobStatus = JobStatus.QUEUED) -> Job:
+        """The :class:`Job` this envelope carries, arguments decoded.
+
+        :raises SerializationError: an argument or option does not decode.
+        """
+        try:
+            return Job(id=self.id, func_name=self.task, args=tuple(from_wire(self.args)),
+                       kwargs=from_wire(self.kwargs), module=self.module,
+                       options=options_from_wire(self.options), created_at=self.created_at,
+                       enqueued_by=self.enqueued_by, trace_id=self.trace_id,
+                       history=list(self.history), run=self.run, headers=dict(self.headers),
+                       status=status)
+        except Exception as exc:
+            raise SerializationError(
+                f"job {self.id} ({self.task}): its arguments or options cannot be decoded "
+                f"({type(exc).__name__}: {exc})") from exc
+
+    def record(self, status: JobStatus, **fields: Any) -> JobRecord:
+        """A :class:`JobRecord` of this job in ``status``; ``fields`` fill the rest
+        (attempts, token, times, result or error)."""
+        return JobRecord(job_id=self.id, func_name=self.task, status=status,
+                         queue=self.options.get("queue", "default"), args=self.args,
+                         kwargs=self.kwargs, module=self.module, options=self.options,
+                         max_retries=int(self.options.get("retries", 0)),
+                         history=list(self.history), created_at=self.created_at,
+                         trace_id=self.trace_id, run=self.run, **fields)

@@ -1,0 +1,293 @@
+"""Settling: deciding a job's outcome, then storing it and acking or retrying its lease.
+
+Every outcome — success, a failure to retry, a final failure, a message that cannot even be
+decoded — becomes one :class:`~nuvom_kernel.models.Settlement` and goes the same way: into
+a batch that is stored first and acked or retried after, never the other way round. Two
+rules hold everywhere here:
+
+* nothing is acked before its outcome is stored: a store that fails leaves the lease to
+  expire, so the job runs again (at least once);
+* a worker that lost its lease changes nothing: its record is fenced out by the result
+  backend (``supersedes``: an earlier run or attempt never replaces a later one) and its ack
+  or retry by the queue's token. Where the queue and the results share one store
+  (``settle_many``: SQLite in one file), both happen in one transaction.
+
+Batching (group commit) is why a lone job is written at once but a busy worker writes
+hundreds of outcomes per commit: two commits per job were most of a job's cost on SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as stdqueue
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import SerializationError, UnknownTaskError
+from nuvom_kernel.models import Backoff, Job, JobRecord, JobStatus, Lease, Settlement
+from nuvom_kernel.serialization import to_wire
+
+if TYPE_CHECKING:
+    from nuvom_kernel.backends import QueueBackend, ResultBackend
+    from nuvom_kernel.kernel import Kernel
+
+__all__ = ["Running", "Settler", "qualname"]
+
+log = logging.getLogger("nuvom.worker")
+
+#: Most outcomes settled in one batch (one or two commits).
+BATCH = 512
+
+
+@attrs.define(eq=False)
+class Running:
+    """One job from its start to its settlement. The monitor keeps its lease alive until
+    ``done`` (settled), so a slow settle never lets the lease expire under a finished job."""
+
+    job: Job
+    lease: Lease
+    envelope: Envelope
+    thread: threading.Thread
+    started_at: float
+    started_mono: float
+    deadline: float | None
+    extended_at: float
+    decided: bool = False  # an outcome was chosen (by the executor or the timeout)
+    abandoned: bool = False  # timed out: its thread is left to finish on its own
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def decide(self) -> bool:
+        """Claim the right to choose the outcome; ``False`` if someone else already did."""
+        with self.lock:
+            if self.decided:
+                return False
+            self.decided = True
+            return True
+
+
+class Settler:
+    """Builds settlements and settles them in batches on a thread of its own.
+
+    :param on_settled: called with each settlement and whether it landed, after its batch.
+    """
+
+    def __init__(self, kernel: Kernel, queue: QueueBackend, results: ResultBackend,
+                 origin: str, on_settled: Callable[[Settlement, bool], None]) -> None:
+        self.kernel = kernel
+        self.queue = queue
+        self.results = results
+        self.serializer = kernel.serializer
+        self.origin = origin
+        self.on_settled = on_settled
+        self._inbox: stdqueue.SimpleQueue[Settlement | None] = stdqueue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    # --- the thread -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="nuvom-settler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Settle what was submitted, then end the thread."""
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join(timeout)
+
+    def submit(self, settlement: Settlement) -> None:
+        """Settle soon on the settler thread — or right here when it is not running (one job
+        run on its own: ``Worker.run_one``)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(settlement)
+        else:
+            self.settle([settlement])
+
+    def _loop(self) -> None:
+        done = False
+        while not done:
+            first = self._inbox.get()
+            batch = [] if first is None else [first]
+            done = first is None
+            while len(batch) < BATCH:
+                try:
+                    item = self._inbox.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            if batch:
+                try:
+                    self.settle(batch)
+                except Exception:  # never lose the thread: those leases expire, jobs re-run
+                    log.exception("settling a batch of %d failed; its jobs will run again "
+                                  "after the visibility timeout", len(batch))
+
+    # --- settling ---------------------------------------------------------------------------
+
+    def settle(self, batch: Sequence[Settlement]) -> list[bool]:
+        """Store every record, then ack or retry what was stored; per settlement, whether
+        it landed (``False``: the lease was lost or the store failed)."""
+        landed = self.queue.settle_many(batch, self.results)
+        if landed is None:
+            landed = self._store_then_settle(batch)
+        for item, ok in zip(batch, landed, strict=True):
+            self._log(item, ok)
+            self.on_settled(item, ok)
+        return landed
+
+    def _store_then_settle(self, batch: Sequence[Settlement]) -> list[bool]:
+        try:
+            stored = self.results.put_many([item.record for item in batch])
+        except Exception as exc:
+            log.error("%d job outcome(s) could not be recorded (%r); not acked, they will run "
+                      "again after the visibility timeout: %s", len(batch), exc,
+                      " ".join(f"job={item.lease.id}" for item in batch))
+            return [False] * len(batch)
+        landed = list(stored)
+        acks = [i for i, item in enumerate(batch) if stored[i] and item.retry_in is None]
+        if acks:
+            leases = [batch[i].lease for i in acks]
+            try:
+                acked = self.queue.ack_many(leases)
+            except Exception as exc:  # one bad ack must not re-run the whole batch
+                log.warning("queue backend %r failed to ack a batch of %d (%r); acking one by "
+                            "one", self.queue.name, len(leases), exc)
+                acked = [bool(self._safely("ack it", lease, self.queue.ack, lease))
+                         for lease in leases]
+            for i, ok in zip(acks, acked, strict=True):
+                landed[i] = ok
+        for i, item in enumerate(batch):
+            if stored[i] and item.retry_in is not None:
+                landed[i] = bool(self._safely("queue its retry", item.lease, self.queue.retry,
+                                              item.lease, delay_secs=item.retry_in,
+                                              body=item.body))
+        return landed
+
+    def _safely(self, what: str, lease: Lease, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """A queue call whose exception is logged, not raised: every caller is safe with a
+        lost call (the lease expires and the job runs again)."""
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            log.error("job=%s: queue backend %r failed to %s (%r); its lease will expire and "
+                      "the job run again", lease.id, self.queue.name, what, exc)
+            return None
+
+    def _log(self, item: Settlement, ok: bool) -> None:
+        record = item.record
+        if not ok:
+            log.warning("job=%s task=%s attempt=%d lost its lease before its outcome (%s) was "
+                        "recorded (the worker was paused or stalled past the visibility "
+                        "timeout, or the store failed); the worker that holds it now decides",
+                        record.job_id, record.func_name, record.attempts, record.status)
+        elif not log.isEnabledFor(logging.INFO):
+            return
+        elif record.status is JobStatus.SUCCEEDED:
+            log.info("job=%s task=%s status=SUCCEEDED attempt=%d duration_ms=%.1f",
+                     record.job_id, record.func_name, record.attempts,
+                     ((record.finished_at or 0.0) - (record.started_at or 0.0)) * 1000)
+        elif record.status is JobStatus.RETRYING:
+            log.info("job=%s task=%s status=RETRYING attempt=%d error=%s retry_in_s=%.2f",
+                     record.job_id, record.func_name, record.attempts, record.error_type,
+                     item.retry_in or 0.0)
+        else:
+            log.info("job=%s task=%s status=%s attempt=%d error=%s: %s", record.job_id,
+                     record.func_name, record.status, record.attempts, record.error_type,
+                     record.error_message)
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def success(self, running: Running, result: Any) -> Settlement:
+        """The settlement of a returned value (stored only with ``store_result``).
+
+        :raises SerializationError: the value cannot be stored; the caller fails the job.
+        """
+        job = running.job
+        wire = (to_wire(result, f"{job.func_name}() return value")
+                if job.options.store_result else None)
+        finished = time.time()
+        record = running.envelope.record(
+            JobStatus.SUCCEEDED, result=wire, attempts=job.attempts, token=running.lease.token,
+            started_at=running.started_at, finished_at=finished, updated_at=finished,
+            worker=self.origin)
+        return Settlement(running.lease, record)
+
+    def failure(self, running: Running, exc: BaseException, tb: str, kind: str = "error"
+                ) -> Settlement:
+        """A failed attempt: RETRYING (message back with a delay) while the task's
+        ``retries`` allow and the error is one a retry can fix, else FAILED."""
+        job, envelope = running.job, running.envelope
+        finished = time.time()
+        job.failures += 1
+        entry = {"attempt": job.attempts, "run": job.run, "kind": kind,
+                 "error_type": qualname(exc), "error_message": str(exc),
+                 "started_at": running.started_at, "finished_at": finished,
+                 "worker": self.origin}
+        envelope.history.append(entry)
+        job.history = list(envelope.history)
+        job.error_type, job.error, job.traceback = qualname(exc), str(exc), tb
+        retryable = not isinstance(exc, UnknownTaskError | SerializationError)
+        status = (JobStatus.RETRYING if retryable and job.failures <= job.options.retries
+                  else JobStatus.FAILED)
+        job.status = status
+        record = envelope.record(
+            status, attempts=job.attempts, token=running.lease.token,
+            error_type=job.error_type, error_message=job.error, traceback=tb,
+            started_at=running.started_at,
+            finished_at=finished if status is JobStatus.FAILED else None,
+            updated_at=finished, worker=self.origin)
+        if status is JobStatus.FAILED:
+            return Settlement(running.lease, record)
+        return Settlement(running.lease, record, retry_in=self.retry_delay(job),
+                          body=envelope.to_body(self.serializer))
+
+    def without_envelope(self, lease: Lease, error: Exception, kind: str) -> Settlement:
+        """FAILED for a message never run: it does not decode, or it was delivered too
+        often without an outcome. The stored record (if any) gives the run and arguments."""
+        now = time.time()
+        stored = self._stored(lease.id)
+        base = stored or JobRecord(job_id=lease.id, func_name=lease.message.task or
+                                   "<undecodable>", status=JobStatus.FAILED,
+                                   queue=lease.message.queue,
+                                   created_at=lease.message.created_at)
+        history = [*base.history, {"attempt": lease.deliveries, "run": base.run, "kind": kind,
+                                   "error_type": qualname(error), "error_message": str(error),
+                                   "started_at": now, "finished_at": now,
+                                   "worker": self.origin}]
+        record = attrs.evolve(base, status=JobStatus.FAILED, error_type=qualname(error),
+                              error_message=str(error), traceback=None,
+                              attempts=lease.deliveries, token=lease.token, history=history,
+                              result=None, started_at=now, finished_at=now, updated_at=now,
+                              worker=self.origin)
+        return Settlement(lease, record)
+
+    def _stored(self, job_id: str) -> JobRecord | None:
+        try:
+            return self.results.get(job_id)
+        except Exception as exc:  # an unreadable record must not stop failing the job
+            log.warning("job=%s: its stored record could not be read (%r)", job_id, exc)
+            return None
+
+    def retry_delay(self, job: Job) -> float:
+        opts = job.options
+        base = (opts.retry_delay_secs if opts.retry_delay_secs is not None
+                else self.kernel.settings.retry_delay_secs)
+        if opts.backoff is Backoff.EXPONENTIAL:
+            delay = min(base * 2 ** (job.failures - 1), opts.backoff_max_secs)
+            return delay / 2 + random.uniform(0, delay / 2) if opts.jitter else delay
+        return base
+
+
+def qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
