@@ -4,10 +4,11 @@ claim, ack or result write costs in SQLite and the plugin's own Python.
     python -m benchmarks.bench_sqlite_raw                  # NORMAL, results in their own file
     python -m benchmarks.bench_sqlite_raw --sync FULL --shared
 
-One thread, real files in a temporary directory, realistic messages and job records (built by
-the kernel's own ``build_job``). Each figure is the median of ``--rounds`` rounds (the minimum
-in brackets: on a shared machine the minimum is the better estimate of the intrinsic cost);
-CPU time unless ``--wall`` (FULL's fsyncs are waiting, not CPU: use ``--wall`` there).
+One thread, real files in a temporary directory, realistic messages and job records (built
+by the kernel's own ``Envelope.for_call``). Each figure is the median of ``--rounds`` rounds
+(the minimum in brackets: on a shared machine the minimum is the better estimate of the
+intrinsic cost); CPU time unless ``--wall`` (FULL's fsyncs are waiting, not CPU: use
+``--wall`` there).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from nuvom_kernel.dispatcher import build_job, encode_job
+from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.models import JobRecord, JobStatus, Message, TaskOptions
 from nuvom_kernel.serialization import JsonSerializer
 from nuvom_plugins_sqlite import SQLiteJobQueue, SQLiteResultBackend
@@ -28,23 +28,19 @@ from nuvom_plugins_sqlite import SQLiteJobQueue, SQLiteResultBackend
 _SERIALIZER = JsonSerializer()
 
 
-def _jobs(n: int) -> list[tuple[Message, dict[str, Any]]]:
+def _jobs(n: int) -> list[tuple[Message, Envelope]]:
     out = []
     for _ in range(n):
-        _, envelope = build_job("benchmarks.bench_tasks.add", "benchmarks.bench_tasks",
-                                TaskOptions(), [1, 2], {})
-        out.append((encode_job(envelope, _SERIALIZER), envelope))
+        envelope = Envelope.for_call("benchmarks.bench_tasks.add", "benchmarks.bench_tasks",
+                                     TaskOptions(), [1, 2], {})
+        out.append((envelope.to_message(_SERIALIZER), envelope))
     return out
 
 
-def _record(envelope: dict[str, Any]) -> JobRecord:
+def _record(envelope: Envelope) -> JobRecord:
     now = time.time()
-    return JobRecord(job_id=envelope["id"], func_name=envelope["task"],
-                     status=JobStatus.SUCCEEDED, args=envelope["args"],
-                     kwargs=envelope["kwargs"], module=envelope["module"],
-                     options=envelope["opts"], result=3, attempts=1,
-                     created_at=envelope["created_at"], started_at=now, finished_at=now,
-                     updated_at=now, worker="bench:1", trace_id=envelope["trace_id"])
+    return envelope.record(JobStatus.SUCCEEDED, result=3, attempts=1, started_at=now,
+                           finished_at=now, updated_at=now, worker="bench:1")
 
 
 def one_round(base: Path, args: argparse.Namespace, clock: Callable[[], float]

@@ -65,7 +65,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from nuvom_kernel.dispatcher import build_job, decode_message, enqueue_jobs
+from nuvom_kernel.dispatcher import enqueue
+from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.kernel import Kernel, get_job, use_kernel
 from nuvom_kernel.models import JobRecord, JobStatus, Message, TaskOptions
 
@@ -494,8 +495,8 @@ class Project:
     def enqueue_raw(self, func_name: str, args: Sequence[Any], module: str | None = None
                     ) -> str:
         """Enqueue a job by task name through the dispatcher, without the task existing."""
-        item = build_job(func_name, module, TaskOptions(), list(args), {})
-        return enqueue_jobs(self.kernel(), [item])[0].id
+        envelope = Envelope.for_call(func_name, module, TaskOptions(), list(args), {})
+        return enqueue(self.kernel(), [(envelope, envelope.job())])[0].id
 
     def record(self, job_id: str) -> JobRecord | None:
         try:
@@ -923,7 +924,7 @@ def scenario_producer_crash(base: Path, backend: str, sizes: Sizes) -> Outcome:
                     break
                 for lease in leases:
                     try:
-                        job, _ = decode_message(lease.message, kernel.serializer)
+                        job = Envelope.from_message(lease.message, kernel.serializer).job()
                         if job.func_name != "chaos_work":
                             raise ValueError(f"task {job.func_name!r}")
                         decoded += 1
@@ -1372,7 +1373,9 @@ def _generic_corruption(project: Project) -> dict[str, str]:
         kernel.queue.enqueue(Message(id=job_id, body=body, queue="default"))
         expected[job_id] = bad
 
-    _, envelope = build_job("chaos_work", TASKS_MODULE, TaskOptions(), [1], {})
+    envelope = kernel.serializer.loads(
+        Envelope.for_call("chaos_work", TASKS_MODULE, TaskOptions(), [1], {})
+        .to_body(kernel.serializer))
     whole = kernel.serializer.dumps(envelope)
     push(b"\xff\xfe\x00 not even text")  # undecodable payload
     push(whole[: len(whole) // 2])  # truncated envelope

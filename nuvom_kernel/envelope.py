@@ -160,9 +160,13 @@ class Envelope:
                 f"job {message.id}: envelope version {version!r} is not supported by this "
                 f"worker (expects {ENVELOPE_VERSION}); upgrade nuvom on the worker")
         try:
+            args, kwargs, opts = data["args"], data["kwargs"], data["opts"]
+            if not (isinstance(args, list) and isinstance(kwargs, dict)
+                    and isinstance(opts, dict)):
+                raise TypeError("args must be a list, kwargs and opts objects")
             return cls(id=data["id"], task=data["task"], module=data.get("module"),
-                       args=list(data["args"]), kwargs=dict(data["kwargs"]),
-                       options=dict(data["opts"]), created_at=float(data["created_at"]),
+                       args=args, kwargs=kwargs, options=opts,
+                       created_at=float(data["created_at"]),
                        enqueued_by=data.get("enqueued_by", ""),
                        trace_id=data.get("trace_id", ""), run=int(data.get("run", 1)),
                        history=list(data.get("history", [])),
