@@ -426,7 +426,10 @@ class Worker:
         return False
 
     def _on_settled(self, settlement: Settlement, landed: bool) -> None:
-        self._running.pop(settlement.lease.id, None)
+        lease = settlement.lease
+        running = self._running.get(lease.id)
+        if running is not None and running.lease.token == lease.token:  # not its next claim
+            self._running.pop(lease.id, None)
         if landed and settlement.retry_in is None:
             self.processed += 1
             if settlement.record.status is not JobStatus.SUCCEEDED:
