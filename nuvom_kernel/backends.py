@@ -148,6 +148,12 @@ class QueueStats:
 class _Backend(abc.ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: ``True`` for a server-backed store that prefixes everything it creates with
+    #: ``context.namespace``. ``nuvom plugin test`` then builds it from the project's own
+    #: ``[plugins.<name>]`` settings (its server URL) with a fresh namespace per test; other
+    #: backends get a fresh ``data_dir`` per test and never see the project's settings (a
+    #: configured path must not be cleared by a test run).
+    namespaced: ClassVar[bool] = False
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:

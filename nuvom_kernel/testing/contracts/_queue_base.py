@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,7 +57,8 @@ class QueueContractBase:
     def backend_context(self, tmp_path: Path) -> BackendContext:
         """The context backends are built with; one ``data_dir`` per test, shared by every
         instance the test builds (so they see the same storage)."""
-        return BackendContext(data_dir=tmp_path / "nuvom-data", visibility_timeout_secs=30.0)
+        return BackendContext(data_dir=tmp_path / "nuvom-data", visibility_timeout_secs=30.0,
+                              namespace=f"nuvom-test-{uuid.uuid4().hex[:12]}")
 
     @pytest.fixture
     def build_queue(

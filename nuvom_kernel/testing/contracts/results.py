@@ -49,7 +49,8 @@ class ResultBackendContract:
 
     @pytest.fixture
     def backend_context(self, tmp_path: Path) -> BackendContext:
-        return BackendContext(data_dir=tmp_path / "nuvom-data", visibility_timeout_secs=30.0)
+        return BackendContext(data_dir=tmp_path / "nuvom-data", visibility_timeout_secs=30.0,
+                              namespace=f"nuvom-test-{uuid.uuid4().hex[:12]}")
 
     @pytest.fixture
     def build_results(

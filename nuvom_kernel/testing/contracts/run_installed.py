@@ -23,16 +23,16 @@ from nuvom_kernel.testing.contracts.targets import Target
 
 class TestInstalledQueue(QueueBackendContract):
     @pytest.fixture
-    def make_queue_backend(self, nuvom_queue_target: Target, nuvom_settings: dict[str, Any]
+    def make_queue_backend(self, nuvom_queue_target: Target, nuvom_settings: Any
                            ) -> BackendFactory:
-        return BackendFactory(nuvom_queue_target.cls, nuvom_settings)
+        return BackendFactory(nuvom_queue_target.cls, nuvom_settings(nuvom_queue_target))
 
 
 class TestInstalledResults(ResultBackendContract):
     @pytest.fixture
     def make_result_backend(self, nuvom_result_target: Target,
-                            nuvom_settings: dict[str, Any]) -> BackendFactory:
-        return BackendFactory(nuvom_result_target.cls, nuvom_settings)
+                            nuvom_settings: Any) -> BackendFactory:
+        return BackendFactory(nuvom_result_target.cls, nuvom_settings(nuvom_result_target))
 
 
 class TestInstalledDiscoverer(DiscovererContract):

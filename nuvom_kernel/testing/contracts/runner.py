@@ -27,6 +27,7 @@ TARGET_PARAMS = {"nuvom_queue_target": "queue", "nuvom_result_target": "result",
                  "nuvom_discoverer_target": "discoverer"}
 _targets_key = pytest.StashKey[list[Target]]()
 _settings_key = pytest.StashKey[dict[str, Any]]()
+_configured_key = pytest.StashKey[dict[str, dict[str, Any]]]()
 _results_key = pytest.StashKey[dict[str, dict[str, Any]]]()
 
 
@@ -68,6 +69,11 @@ def pytest_configure(config: pytest.Config) -> None:
         except Exception as exc:  # a config or import error: say it as a usage error
             raise pytest.UsageError(f"nuvom: {exc}") from exc
     config.stash[_targets_key] = targets
+    # A namespaced (server) backend runs on the project's configured server, isolated by the
+    # fresh namespace each test's context carries; --nuvom-setting values override.
+    configured = {t.name: kernel.config.plugin_settings(t.name) for t in targets
+                  if getattr(t.cls, "namespaced", False)} if targets else {}
+    config.stash[_configured_key] = configured
     config.stash[_settings_key] = parse_settings(config.getoption("nuvom_setting"))
     config.stash[_results_key] = {}
 
@@ -80,9 +86,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def nuvom_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The ``--nuvom-setting`` values, for the contract fixtures in run_installed.py."""
-    return dict(request.config.stash[_settings_key])
+def nuvom_settings(request: pytest.FixtureRequest) -> Any:
+    """``settings(target)``: what the contract fixtures in run_installed.py build a target's
+    backend with — the project's ``[plugins.<name>]`` table for a namespaced backend, then
+    the ``--nuvom-setting`` values."""
+    stash = request.config.stash
+
+    def settings(target: Target) -> dict[str, Any]:
+        return {**stash[_configured_key].get(target.name, {}), **stash[_settings_key]}
+
+    return settings
 
 
 def _target_of(item: pytest.Item) -> Target | None:
