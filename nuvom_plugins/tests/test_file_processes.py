@@ -212,3 +212,75 @@ def test_producer_killed_mid_batch_leaves_all_or_none(tmp_path: Path) -> None:
         assert all(count == 200 for count in depth.values()), depth
         reader.clear()
     assert reader.stats().quarantined == []
+
+
+PUSHER = """
+import sys, json, random
+from nuvom_kernel.models import Message
+from nuvom_plugins.file import FileJobQueue
+q = FileJobQueue(sys.argv[1], fsync=False)
+who = sys.argv[2]
+ids = [f"job-{i:03d}" for i in range(300)]
+random.Random(who).shuffle(ids)
+print("go", flush=True)
+sys.stdin.readline()
+stored = []
+for k in range(0, len(ids), 7):  # batches of 7, and every fifth id pushed alone as well
+    chunk = ids[k:k + 7]
+    for message_id, ok in zip(chunk, q.push([Message(id=i, body=who.encode()) for i in chunk])):
+        if ok:
+            stored.append(message_id)
+    if q.push([Message(id=chunk[0], body=who.encode())])[0]:
+        stored.append(chunk[0])
+print(json.dumps(stored), flush=True)
+"""
+
+
+def test_processes_pushing_the_same_ids_store_each_once(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    queue = FileJobQueue(path, fsync=False)
+    procs = [spawn(PUSHER, str(path), f"p{k}", stdin=subprocess.PIPE) for k in range(4)]
+    for proc in procs:
+        assert read_line(proc) == "go"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("start\n")
+        proc.stdin.flush()
+    stored: list[str] = []
+    winners: dict[str, str] = {}
+    for k, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        mine = json.loads(out.strip().splitlines()[-1])
+        stored += mine
+        winners.update({i: f"p{k}" for i in mine})
+    assert sorted(stored) == [f"job-{i:03d}" for i in range(300)], \
+        "every id must be reported stored by exactly one push"
+    assert queue.qsize() == 300
+    leases = queue.claim(1000)
+    assert len(leases) == 300
+    assert all(le.message.body.decode() == winners[le.id] for le in leases), \
+        "the stored message is the one whose push reported True"
+
+
+def test_ids_of_a_batch_killed_before_its_commit_can_be_pushed_again(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    reader = FileJobQueue(path, fsync=False)
+    for delay in (0.05, 0.2):
+        proc = spawn(PRODUCER, str(path))
+        read_line(proc)
+        time.sleep(delay)  # not synchronisation: only varies where in a batch the kill lands
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+        present = {q for q, n in reader.stats().depth.items() if n}
+        batches = {int(q[len("batch"):]) for q in present}
+        last = max(batches, default=-1)
+        for batch in range(last + 2):  # every committed batch, and the one being written
+            again = [Message(id=f"b{batch}-{i}", body=b"again") for i in range(200)]
+            assert reader.push(again) == [f"batch{batch}" not in present] * 200, batch
+        assert reader.qsize() == 200 * (last + 2)
+        reader.clear()
+        assert os.listdir(path / "staging") == []
+        assert [n for n in os.listdir(path / "ids") if not n.startswith(".")] == []

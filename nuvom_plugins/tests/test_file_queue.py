@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def test_delayed_message_waits_then_runs(queue: FileJobQueue) -> None:
     queue.enqueue(msg("now"))
     assert [lease.id for lease in queue.claim(5)] == ["now"]
     assert queue.qsize() == 1
-    assert queue.peek_state("later") is JobStatus.RETRYING
+    assert queue.peek_state("later") is JobStatus.QUEUED, "a first run waiting is QUEUED"
     lease = wait_for(lambda: queue.claim(1))[0]  # type: ignore[index]
     assert lease.id == "later" and lease.deliveries == 1
 
@@ -215,10 +217,12 @@ def test_peek_state_follows_other_instances(tmp_path: Path) -> None:
     assert a.peek_state("x") is None
     b.enqueue_many([msg("x"), msg("y", available_at=time.time() + 60)])
     assert a.peek_state("x") is JobStatus.QUEUED
-    assert a.peek_state("y") is JobStatus.RETRYING
+    assert a.peek_state("y") is JobStatus.QUEUED  # delayed, but it has not failed yet
     lease = b.claim(1)[0]
     assert a.peek_state("x") is JobStatus.RUNNING
-    assert b.ack(lease)
+    assert b.retry(lease, delay_secs=60)
+    assert a.peek_state("x") is JobStatus.RETRYING
+    assert b.clear() == 2
     assert a.peek_state("x") is None
 
 
@@ -277,3 +281,126 @@ def test_batch_that_failed_before_its_commit_stays_invisible(
         queue.enqueue_many([msg(f"m{i}") for i in range(5)])
     assert queue.qsize() == 0 and queue.claim(10) == []
     assert os.listdir(queue.path / "staging") == []  # cleaned up on the way out
+
+
+# --- SPI v1: idempotent push, failures, extend(0), the previous layout ----------------------
+
+
+def ids_dir(queue: FileJobQueue) -> list[str]:
+    return sorted(n for n in os.listdir(queue.path / "ids") if not n.startswith("."))
+
+
+def test_push_is_idempotent_across_instances_and_frees_the_id_on_ack(
+        queue: FileJobQueue, tmp_path: Path) -> None:
+    other = FileJobQueue(tmp_path / "q", fsync=False)
+    assert queue.push([msg("x", priority=3)]) == [True]
+    assert other.push([msg("x"), msg("y"), msg("y")]) == [False, True, False]
+    lease = queue.claim(1)[0]
+    assert lease.id == "x" and lease.message.body == b"body-x"
+    assert other.push([msg("x")]) == [False], "a leased id is still queued"
+    assert queue.ack(lease)
+    assert ids_dir(queue) == ["y"], "ack frees the id (and the bytes its marker held)"
+    assert other.push([msg("x")]) == [True]
+
+
+def test_retry_with_a_new_body_keeps_the_id_taken(queue: FileJobQueue) -> None:
+    queue.enqueue(msg("x"))
+    lease = queue.claim(1)[0]
+    assert queue.retry(lease, delay_secs=30, body=b"attempt-2")
+    assert queue.push([msg("x")]) == [False], "the rewritten file still holds the id"
+    assert queue.peek_state("x") is JobStatus.RETRYING
+    assert queue.cancel("x")
+    assert ids_dir(queue) == [] and queue.push([msg("x")]) == [True]
+
+
+def test_failures_live_in_the_name_and_survive_recovery(tmp_path: Path) -> None:
+    a = FileJobQueue(tmp_path / "q", visibility_timeout_secs=30, fsync=False)
+    b = FileJobQueue(tmp_path / "q", visibility_timeout_secs=30, fsync=False)
+    a.enqueue(msg("x", task="tasks.add"))
+    first = a.claim(1)[0]
+    assert a.retry(first, delay_secs=0)
+    second = b.claim(1)[0]
+    assert (second.message.failures, second.message.task, second.deliveries) == \
+        (1, "tasks.add", 2)
+    assert b.claim(1) == []
+    assert b.extend(second, 0)
+    assert a.peek_state("x") is JobStatus.RUNNING, "expired but not re-claimed: RUNNING"
+    third = a.claim(1)  # another instance, whose lease-scan clock is not due: at once
+    assert [le.id for le in third] == ["x"]
+    assert (third[0].deliveries, third[0].message.failures) == (3, 1)
+    assert b.ack(second) is False and a.ack(third[0])
+
+
+def test_quarantined_message_frees_its_id(queue: FileJobQueue) -> None:
+    queue.enqueue(msg("bad"))
+    [name] = os.listdir(queue.path / "ready")
+    path = queue.path / "ready" / name
+    data = path.read_bytes()
+    with open(path, "r+b") as fh:  # damage in place: the inode (and its marker) stay
+        fh.seek(len(data) - 1)
+        fh.write(b"!")
+    assert queue.push([msg("bad")]) == [False]
+    assert queue.claim(1) == []
+    assert len(queue.stats().quarantined) == 1
+    assert queue.push([msg("bad")]) == [True], "a quarantined job is no longer queued"
+    assert queue.claim(1)[0].message.body == b"body-bad"
+
+
+def _old_file(message: Message) -> bytes:
+    """A message file as the layout before SPI 1 wrote it (no ``task`` in the header)."""
+    header = {"id": message.id, "queue": message.queue, "priority": message.priority,
+              "available_at": message.available_at, "created_at": message.created_at,
+              "len": len(message.body), "crc": zlib.crc32(message.body)}
+    return b"NVQ1 " + json.dumps(header).encode() + b"\n" + message.body
+
+
+def test_a_queue_written_by_the_previous_layout_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    for kind in ("ready", "delayed", "leased", "quarantine", "staging", "batches"):
+        (path / kind).mkdir(parents=True)
+    sk = "2147483648" + f"{1_700_000_000 * 10**6:017d}" + "000001"
+    (path / "ready" / f"{sk}.default.old1.0").write_bytes(_old_file(msg("old1")))
+    sk2 = sk[:-1] + "2"
+    due = f"{int((time.time() + 60) * 10**6):017d}"
+    (path / "delayed" / f"{due}.{sk2}.default.old2.1").write_bytes(_old_file(msg("old2")))
+    queue = FileJobQueue(path, fsync=False)
+    assert ids_dir(queue) == ["old1", "old2"], "ids/ is built from the messages present"
+    assert queue.push([msg("old1"), msg("old2"), msg("new")]) == [False, False, True]
+    assert queue.peek_state("old2") is JobStatus.QUEUED
+    lease = queue.claim(1)[0]
+    assert (lease.id, lease.message.task, lease.message.failures, lease.deliveries) == \
+        ("old1", "", 0, 1)
+    assert queue.retry(lease, delay_secs=0)
+    again = next(le for le in queue.claim(5) if le.id == "old1")
+    assert (again.message.failures, again.deliveries) == (1, 2)
+
+
+def test_push_that_died_before_its_commit_frees_its_ids(
+        queue: FileJobQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nuvom_plugins.file._layout as layout_module
+
+    real = layout_module.os.rename
+    root = queue.path
+
+    def die_at_commit(src: Path, dst: Path) -> None:
+        if Path(dst).parent in (root / "batches", root / "ready"):
+            raise SystemExit("killed at the commit rename")
+        real(src, dst)
+
+    monkeypatch.setattr(layout_module.os, "rename", die_at_commit)
+    monkeypatch.setattr(layout_module.shutil, "rmtree", lambda *a, **k: None)  # as if killed
+    monkeypatch.setattr(layout_module.Path, "unlink", lambda *a, **k: None)
+    with pytest.raises(SystemExit):
+        queue.enqueue_many([msg(f"m{i}") for i in range(3)])
+    with pytest.raises(SystemExit):
+        queue.enqueue(msg("single"))
+    monkeypatch.undo()
+    assert len(os.listdir(queue.path / "staging")) == 2, "the dead pushes left their files"
+    assert ids_dir(queue) == ["m0", "m1", "m2", "single"]
+    assert all(os.stat(queue.path / "ids" / n).st_nlink == 2 for n in ids_dir(queue)), \
+        "the markers still point at the staged files"
+    other = FileJobQueue(tmp_path / "q", fsync=False)
+    assert other.qsize() == 0, "nothing uncommitted is visible"
+    assert other.push([msg("m0"), msg("m1"), msg("m2"), msg("single")]) == [True] * 4
+    assert os.listdir(queue.path / "staging") == []
+    assert sorted(le.id for le in other.claim(10)) == ["m0", "m1", "m2", "single"]

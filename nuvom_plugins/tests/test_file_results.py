@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.backends import BackendContext, page_cursor
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_plugins.file import FileResultBackend
@@ -61,7 +61,7 @@ def test_query_filters_and_pages_newest_first(backend: FileResultBackend) -> Non
                         func_name="even" if i % 2 == 0 else "odd", updated_at=1000.0 + i))
     page1 = backend.list_jobs(limit=5)
     assert [r["job_id"] for r in page1] == ["j29", "j28", "j27", "j26", "j25"]
-    page2 = backend.list_jobs(limit=5, offset=5)
+    page2 = backend.list_jobs(limit=5, after=page_cursor(page1[-1]))
     assert [r["job_id"] for r in page2] == ["j24", "j23", "j22", "j21", "j20"]
     failed = backend.query(status=JobStatus.FAILED)
     assert [r.job_id for r in failed] == [f"j{i:02d}" for i in range(27, -1, -3)]
@@ -273,3 +273,77 @@ def test_instance_inherited_by_a_forked_child_keeps_working(tmp_path: Path) -> N
     ids = {r.job_id for r in FileResultBackend(tmp_path / "r").query(limit=1000)}
     assert len(ids) == 401 and backend.get("child-199") is not None
     assert backend.problems() == []
+
+
+# --- SPI v1: fenced writes, run/token, records written before them ------------------------
+
+
+def test_records_written_before_run_and_token_load_and_are_fenced(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    path.mkdir()
+    old = rec("old", JobStatus.SUCCEEDED, attempts=2, result=5).to_dict()
+    del old["run"], old["token"]
+    line = {"_nv": 1, "op": "put", "id": "old", "st": "SUCCEEDED", "fn": "add",
+            "ts": old["updated_at"], "rec": old}  # the previous line layout: no ru/at
+    (path / "results-00000001.jsonl").write_text(json.dumps(line, separators=(",", ":")) + "\n")
+    backend = FileResultBackend(path)
+    got = backend.get("old")
+    assert got is not None and (got.run, got.token, got.attempts, got.result) == \
+        (1, None, 2, 5)
+    assert backend.put(rec("old", JobStatus.FAILED, attempts=1)) is False
+    assert backend.put(rec("old", JobStatus.RETRYING, attempts=2)) is False
+    assert backend.put(rec("old", JobStatus.QUEUED, run=2, token="t")) is True
+    assert FileResultBackend(path).get("old").run == 2  # type: ignore[union-attr]
+
+
+def test_put_many_fences_within_the_batch(backend: FileResultBackend) -> None:
+    first = rec("a", JobStatus.RUNNING, attempts=1)
+    assert backend.put_many([first, rec("a", JobStatus.SUCCEEDED, attempts=1),
+                             rec("a", JobStatus.RUNNING, attempts=1), rec("b")]) == \
+        [True, True, False, True]
+    assert backend.get("a").status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+FENCED_WRITER = """
+import sys, random
+from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_plugins.file import FileResultBackend
+b = FileResultBackend(sys.argv[1], segment_max_bytes=64 * 1024)
+k, writers = int(sys.argv[2]), int(sys.argv[3])
+print("go", flush=True)
+sys.stdin.readline()
+rng = random.Random(k)
+for attempt in range(1 + k, 200, writers):  # each writer owns different attempt numbers
+    for job in rng.sample(range(20), 20):
+        b.put(JobRecord(job_id=f"j{job}", func_name="f", status=JobStatus.RUNNING,
+                        attempts=attempt, worker=str(k)))
+"""
+
+
+def test_fenced_puts_from_several_processes_keep_the_latest_attempt(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    path.mkdir()
+    writers = 4
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(FENCED_WRITER),
+                               str(path), str(k), str(writers)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in range(writers)]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "go"
+    for proc in procs:
+        proc.stdin.write("\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    reader = FileResultBackend(path)
+    final = {r.job_id: r.attempts for r in reader.query(limit=100)}
+    assert final == {f"j{j}": 199 for j in range(20)}, \
+        "an earlier attempt must never replace a later one, whoever writes last"
+    # and no line of the history ever went backwards for a job
+    seen: dict[str, int] = {}
+    for seg in segments(path):
+        for raw in seg.read_bytes().splitlines():
+            obj = json.loads(raw)
+            assert obj["at"] > seen.get(obj["id"], 0), (obj["id"], obj["at"], seen)
+            seen[obj["id"]] = obj["at"]

@@ -79,9 +79,14 @@ def decode_name(encoded: str) -> str:
 
 
 def encode_message(message: Message) -> bytes:
-    """Header line (JSON, with body length and CRC-32) followed by the raw body bytes."""
+    """Header line (JSON, with body length and CRC-32) followed by the raw body bytes.
+
+    ``failures`` is not in the header: it changes on every retry, so it lives in the file
+    name (see :mod:`nuvom_plugins.file._names`) and a retry stays one rename.
+    """
     header = {
         "id": message.id,
+        "task": message.task,
         "queue": message.queue,
         "priority": message.priority,
         "available_at": message.available_at,
@@ -94,7 +99,9 @@ def encode_message(message: Message) -> bytes:
 
 
 def decode_message(data: bytes) -> Message:
-    """Parse :func:`encode_message` output; raise :class:`CorruptEntry` saying what is wrong."""
+    """Parse :func:`encode_message` output (``failures`` is 0: the caller takes it from the
+    file name); raise :class:`CorruptEntry` saying what is wrong. Headers written before
+    ``task`` existed read as ``task=""``."""
     if not data.startswith(_MAGIC):
         raise CorruptEntry("not a Nuvom queue file (bad magic)" if data else "empty file")
     end = data.find(b"\n")
@@ -114,6 +121,7 @@ def decode_message(data: bytes) -> Message:
             priority=int(header["priority"]),
             available_at=float(header["available_at"]),
             created_at=float(header["created_at"]),
+            task=str(header.get("task", "")),
         )
     except CorruptEntry:
         raise

@@ -1,16 +1,30 @@
-"""The file queue's directory: sub-directories, change markers, publishing new files all
-or none, quarantine and cleanup. Lease semantics live in :mod:`nuvom_plugins.file.queue`;
-this module only knows how files get into and out of the layout safely."""
+"""The file queue's directory: sub-directories, change markers, the id registry, publishing
+new files all or none, quarantine and cleanup. Lease semantics live in
+:mod:`nuvom_plugins.file.queue`; this module only knows how files get into and out of the
+layout safely.
+
+**The id registry** (``ids/<encoded id>``) makes push idempotent across processes. Each
+marker is a *hard link* to its message file: the message keeps its inode through every
+rename (claim, recovery, retry, promotion), so the marker's link count says whether the
+message still exists, with no listing. A marker with ``st_nlink > 1`` is a queued id; one
+with ``st_nlink == 1`` is an orphan (the message was acked, cleared or cancelled, or its
+pusher died before the commit) and frees the id. Pushes check and create markers under one
+``flock`` (``.push-lock``), so two pushers never both take a free id; everything else (claim,
+ack, retry …) stays lock-free, because no other operation can turn an orphan back into a
+live marker.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from nuvom_kernel.models import Message
@@ -39,40 +53,179 @@ class Layout:
         self.dirs = {kind: path / kind for kind in KINDS}
         for directory in self.dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
+        self.ids = path / "ids"
         self.markers = {"ready": path / ".ready-marker", "delayed": path / ".delayed-marker"}
         for marker in self.markers.values():
             marker.touch(exist_ok=True)
         self._swept_at = 0.0
+        self._unfreed: set[str] = set()  # encoded ids whose markers may be orphans
+        self._unfreed_lock = threading.Lock()
+        self._thread_lock = threading.Lock()  # flock does not exclude threads sharing an fd
+        self._lock_fd = os.open(path / ".push-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_pid = os.getpid()
+        if not self.ids.is_dir():
+            self._register_existing()
 
-    def publish(self, messages: Sequence[Message]) -> None:
-        """All or none: one message is one rename; a batch is written into a private staging
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+
+    # --- the id registry ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def push_lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the queue's push lock (threads and processes); yields ``False`` without it
+        when ``wait`` is false and someone else holds it. A holder that dies releases it."""
+        if not self._thread_lock.acquire(blocking=wait):
+            yield False
+            return
+        try:
+            if self._lock_pid != os.getpid():  # forked: the inherited fd is the parent's lock
+                self._lock_fd = os.open(self.path / ".push-lock", os.O_RDWR | os.O_CREAT,
+                                        0o644)
+                self._lock_pid = os.getpid()
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _taken(self, key: str) -> bool:
+        """Whether encoded id ``key`` is queued; an orphan marker is removed (push lock held,
+        so nobody can be creating it)."""
+        marker = self.ids / key
+        try:
+            if os.stat(marker).st_nlink > 1:
+                return True
+        except FileNotFoundError:
+            return False
+        marker.unlink(missing_ok=True)
+        return False
+
+    def free_ids(self, keys: Iterable[str], *, wait: bool = False) -> None:
+        """Delete the orphan markers among ``keys`` (their messages are gone; an orphan is
+        the last link to the message's bytes, so this is what frees the disk space).
+        Without ``wait`` it does not queue behind a push holding the lock: the keys are kept
+        and tried again on the next call (and by the sweep). A leftover orphan never costs
+        correctness: a push treats it as a free id."""
+        with self._unfreed_lock:
+            self._unfreed.update(keys)
+        with self.push_lock(wait=wait) as locked:
+            if locked:
+                with self._unfreed_lock:
+                    pending, self._unfreed = self._unfreed, set()
+                for key in pending:
+                    self._taken(key)
+
+    def _link_marker(self, message_file: Path, key: str) -> None:
+        """Point ``ids/key`` at ``message_file`` (replacing any marker: push lock held, or
+        the message is leased and so its marker is live and ours)."""
+        link = self.ids / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        os.link(message_file, link)
+        os.replace(link, self.ids / key)
+
+    def _register_existing(self) -> None:
+        """A queue directory from before the id registry: link every message it holds, so
+        ids already queued stay protected. The registry is built aside and renamed into
+        place under the push lock, so no pusher ever sees half of it (a message claimed or
+        moved during the pass may be missed: it is then only unprotected, never lost)."""
+        with self.push_lock():
+            if self.ids.is_dir():  # another instance did it first
+                return
+            building = self.path / f".ids-{os.getpid()}-{uuid.uuid4().hex}"
+            building.mkdir()
+            try:
+                self.drain_committed()
+                for kind in ("ready", "delayed", "leased"):
+                    for name, parsed in self.matching(kind, None):
+                        with contextlib.suppress(FileNotFoundError, FileExistsError):
+                            os.link(self.dirs[kind] / name, building / parsed.id)
+                os.rename(building, self.ids)
+            finally:
+                shutil.rmtree(building, ignore_errors=True)
+
+    # --- publishing -----------------------------------------------------------------------
+
+    def publish(self, messages: Sequence[Message]) -> list[bool]:
+        """Store the messages whose ids are not queued yet (nor earlier in ``messages``);
+        ``True`` per message stored.
+
+        All or none: one message is one rename; a batch is written into a private staging
         directory and committed by renaming that directory into ``batches/``, after which
-        its files are moved into place by the pusher (or, if it died, by the next claim)."""
+        its files are moved into place by the pusher (or, if it died, by the next claim).
+        Markers are linked to the staged files before the commit; a pusher that dies
+        before it leaves them orphaned once the next push clears ``staging/``.
+        """
+        stored: list[bool] = []
+        with self.push_lock():
+            self._clear_staging()
+            fresh: list[tuple[str, Message]] = []
+            seen: set[str] = set()
+            for message in messages:
+                key = encode_name(message.id)
+                ok = key not in seen and not self._taken(key)
+                seen.add(key)
+                stored.append(ok)
+                if ok:
+                    fresh.append((key, message))
+            batch = self._write(fresh) if fresh else None
+        if batch is not None:
+            self.drain(batch)
+        return stored
+
+    def _clear_staging(self) -> None:
+        """Whatever is in ``staging/`` while we hold the push lock belongs to a pusher that
+        died before its commit: delete it, which orphans (frees) its ids."""
+        with os.scandir(self.dirs["staging"]) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    def _write(self, fresh: list[tuple[str, Message]]) -> str | None:
+        """Write and commit ``fresh`` (push lock held); the batch to drain, if any."""
         now = time.time()
         named = []
-        for message in messages:
+        for key, message in fresh:
             core = (f"{sortkey(message.priority, message.created_at, next(SEQ))}."
-                    f"{encode_name(message.queue)}.{encode_name(message.id)}")
+                    f"{encode_name(message.queue)}.{key}")
             kind = "delayed" if message.available_at > now else "ready"
-            final = f"{us(message.available_at):017d}.{core}.0" if kind == "delayed" \
-                else f"{core}.0"
-            named.append((kind, final, message))
+            final = f"{us(message.available_at):017d}.{core}.0.0" if kind == "delayed" \
+                else f"{core}.0.0"
+            named.append((kind, final, key, message))
         if len(named) == 1:
-            kind, final, message = named[0]
-            tmp = write_new_file(self.dirs[kind], encode_message(message), fsync=self.fsync)
-            os.rename(tmp, self.dirs[kind] / final)
+            kind, final, key, message = named[0]
+            tmp = write_new_file(self.dirs["staging"], encode_message(message),
+                                 fsync=self.fsync)
+            try:
+                self._link_marker(tmp, key)
+                if self.fsync:
+                    fsync_dir(self.ids)
+                os.rename(tmp, self.dirs[kind] / final)  # the commit point
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # its marker is an orphan now: the id is free
+                raise
             self.published({kind})
-            return
+            return None
         batch = f"{os.getpid()}-{uuid.uuid4().hex}"
         staging = self.dirs["staging"] / batch
         try:
             for kind in ("ready", "delayed"):
                 (staging / kind).mkdir(parents=True)
-            for kind, final, message in named:
+            for kind, final, key, message in named:
                 tmp = write_new_file(staging / kind, encode_message(message), fsync=self.fsync)
                 os.rename(tmp, staging / kind / final)
+                self._link_marker(staging / kind / final, key)
             if self.fsync:
-                for directory in (staging / "ready", staging / "delayed", staging):
+                for directory in (staging / "ready", staging / "delayed", staging, self.ids):
                     fsync_dir(directory)
             os.rename(staging, self.dirs["batches"] / batch)  # the commit point
         except BaseException:
@@ -80,7 +233,21 @@ class Layout:
             raise
         if self.fsync:
             fsync_dir(self.dirs["batches"])
-        self.drain(batch)
+        return batch
+
+    def rewrite(self, target: Path, message: Message, key: str) -> None:
+        """Replace the content of message file ``target`` (encoded id ``key``) atomically.
+        Its marker moves to the new file first, so the id never looks free while the message
+        exists."""
+        tmp = write_new_file(target.parent, encode_message(message), fsync=self.fsync)
+        try:
+            self._link_marker(tmp, key)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._link_marker(target, key)  # back to the file that still holds the job
+            tmp.unlink(missing_ok=True)
+            raise
 
     def drain(self, batch: str) -> None:
         """Move a committed batch's files into ``ready/`` and ``delayed/``; idempotent and
@@ -114,17 +281,22 @@ class Layout:
             bump(self.markers[kind])
 
     def sweep(self, now: float) -> None:
-        """Every ten minutes, delete temp files of writers that died over an hour ago."""
+        """Every ten minutes, delete temp files of writers that died over an hour ago and
+        the markers of ids whose messages are gone (if no push holds the lock)."""
         if now - self._swept_at < 600.0:
             return
         self._swept_at = now
         with os.scandir(self.dirs["staging"]) as entries:  # batches never committed
             for entry in entries:
                 with contextlib.suppress(OSError):
-                    if now - entry.stat().st_mtime > 3600:
-                        shutil.rmtree(entry.path)
-        for kind in ("ready", "delayed", "leased", "quarantine"):
-            with os.scandir(self.dirs[kind]) as entries:
+                    if now - entry.stat(follow_symlinks=False).st_mtime > 3600:
+                        if entry.is_dir(follow_symlinks=False):
+                            shutil.rmtree(entry.path)
+                        else:
+                            os.unlink(entry.path)
+        self.free_ids(listdir(self.ids), wait=True)
+        for kind in ("ready", "delayed", "leased", "quarantine", "ids"):
+            with os.scandir(self.ids if kind == "ids" else self.dirs[kind]) as entries:
                 for entry in entries:
                     if entry.name.startswith(TMP_PREFIX):
                         with contextlib.suppress(OSError):
@@ -154,14 +326,21 @@ class Layout:
             lines.append(f"{directory / name}: {reason}")
         return lines
 
-    def quarantine(self, source: Path, reason: str) -> None:
+    def quarantine(self, source: Path, reason: str, key: str | None = None) -> None:
         """Move ``source`` aside (never delete it) and say why, once, in the log and beside
-        the file; a concurrent quarantine of the same file by another process is a no-op."""
+        the file; a concurrent quarantine of the same file by another process is a no-op.
+        With ``key`` (the encoded id its name gives), the id is freed: a quarantined job is
+        no longer queued, so it may be pushed again."""
         target = self.dirs["quarantine"] / f"{us(time.time())}-{source.name}"
         try:
             os.rename(source, target)
         except FileNotFoundError:
             return
+        if key is not None:
+            marker = self.ids / key
+            with contextlib.suppress(FileNotFoundError):  # a live marker: no pusher moves it
+                if os.path.samestat(os.stat(marker), os.stat(target)):
+                    marker.unlink()
         tmp = write_new_file(self.dirs["quarantine"], reason.encode("utf-8") + b"\n",
                              fsync=False)
         os.replace(tmp, target.with_name(target.name + ".reason"))

@@ -1,7 +1,8 @@
 """File names of the file queue: the naming scheme *is* the data structure.
 
 A sorted listing of ``ready/`` is the claim order, and a lease's name carries its token,
-expiry and delivery count, so one ``rename(2)`` both claims a message and records the lease.
+expiry, delivery count and failure count, so one ``rename(2)`` both claims a message and
+records the lease (and one more ``rename(2)`` puts it back with a failure counted).
 See :mod:`nuvom_plugins.file.queue` for the layout.
 """
 
@@ -23,7 +24,11 @@ US = 1_000_000
 
 
 class Name(NamedTuple):
-    """The fields encoded in a ready/delayed/leased file name."""
+    """The fields encoded in a ready/delayed/leased file name.
+
+    ``failures`` (attempts that ended in ``retry``) is the last part; names written before it
+    existed have one part less and read as ``failures=0``.
+    """
 
     sortkey: str
     queue: str  # encoded
@@ -31,13 +36,18 @@ class Name(NamedTuple):
     deliveries: int
     when_us: int = 0  # available_at (delayed) or expiry (leased)
     token: str = ""
+    failures: int = 0
 
     @property
     def core(self) -> str:
         return f"{self.sortkey}.{self.queue}.{self.id}"
 
-    def ready(self, deliveries: int | None = None) -> str:
-        return f"{self.core}.{self.deliveries if deliveries is None else deliveries}"
+    def ready(self, deliveries: int | None = None, failures: int | None = None) -> str:
+        """The name in ``ready/`` (and, behind a time prefix, in ``delayed/`` and
+        ``leased/``), with the counts changed where given."""
+        d = self.deliveries if deliveries is None else deliveries
+        f = self.failures if failures is None else failures
+        return f"{self.core}.{d}.{f}"
 
 
 def us(seconds: float) -> int:
@@ -52,18 +62,16 @@ def sortkey(priority: int, created_at: float, seq: int) -> str:
 def parse(name: str, kind: str) -> Name | None:
     """Split a file name of ``kind`` (ready/delayed/leased); ``None`` if it is malformed."""
     parts = name.split(".")
+    prefix = {"ready": 0, "delayed": 1, "leased": 2}.get(kind)
+    if prefix is None or len(parts) - prefix not in (4, 5):
+        return None
     try:
-        if kind == "ready" and len(parts) == 4:
-            when, token, (sortkey, queue, job, d) = 0, "", parts
-        elif kind == "delayed" and len(parts) == 5:
-            when, token, (sortkey, queue, job, d) = int(parts[0]), "", parts[1:]
-        elif kind == "leased" and len(parts) == 6:
-            when, token, (sortkey, queue, job, d) = int(parts[0]), parts[1], parts[2:]
-        else:
-            return None
+        when = int(parts[0]) if prefix else 0
+        token = parts[1] if prefix == 2 else ""
+        sortkey, queue, job, d, *f = parts[prefix:]
         if len(sortkey) != 33 or not sortkey[:27].isdigit():
             return None
-        return Name(sortkey, queue, job, int(d), when, token)
+        return Name(sortkey, queue, job, int(d), when, token, int(f[0]) if f else 0)
     except ValueError:
         return None
 

@@ -2,13 +2,20 @@
 
 Layout under ``path`` (default ``<data_dir>/queue``)::
 
-    ready/       <sortkey>.<queue>.<id>.<deliveries>                  claimable now
-    delayed/     <available_us>.<sortkey>.<queue>.<id>.<deliveries>   retry delays, schedules
-    leased/      <expires_us>.<token>.<sortkey>.<queue>.<id>.<deliveries>
+    ready/       <sortkey>.<queue>.<id>.<deliveries>.<failures>                claimable now
+    delayed/     <available_us>.<sortkey>.<queue>.<id>.<deliveries>.<failures> waiting for a time
+    leased/      <expires_us>.<token>.<sortkey>.<queue>.<id>.<deliveries>.<failures>
+    ids/         <id>   a hard link to the message file of every queued id (idempotent push)
     quarantine/  <when_us>-<original name>  (+ ``.reason``)           undecodable entries
-    staging/<batch>/{ready,delayed}/   a batch being written (invisible, swept after 1 h)
+    staging/     a push being written (invisible; cleared by the next push, see below)
     batches/<batch>/{ready,delayed}/   a committed batch whose files are being moved in
     .ready-marker, .delayed-marker   mtimes bumped after anything enters ready/ or delayed/
+    .leased-marker                   bumped by ``extend(lease, 0)``: rescan leases now
+    .push-lock                       flock held by a push while it checks and stores ids
+
+Names written before ``<failures>`` existed (one part shorter) read as ``failures=0``, and
+message headers without ``task`` as ``task=""``; ``ids/`` is built from the messages present
+the first time a queue directory from before it is opened.
 
 ``sortkey`` is ``(2**31 - priority)`` (10 digits), ``created_at`` in microseconds (17 digits)
 and a 6-hex-digit sequence, so a plain sorted listing of ``ready/`` *is* the claim order:
@@ -28,23 +35,43 @@ Why it is safe with several processes on one directory (local filesystems; not N
   includes the token; once the lease was recovered by another process that name is gone, so
   the call fails (``False``) instead of touching the new holder's work.
 * **Expired leases are recovered by whoever claims next**: ``leased/`` is listed only when
-  the earliest expiry seen in it is due (it is small: in-flight messages only) and expired
-  files are renamed back to ``ready/``, keeping their delivery count.
+  the earliest expiry seen in it is due or ``.leased-marker`` moved (it is small: in-flight
+  messages only) and expired files are renamed back to ``ready/``, keeping their delivery
+  count. ``retry`` renames the lease back with ``<failures>`` one higher.
+* **Push is idempotent per job id, across processes.** ``ids/<id>`` is a hard link to the
+  message file; renames keep the inode, so ``st_nlink > 1`` means the id is queued
+  (waiting, delayed or leased) and ``1`` means its message is gone (an orphan marker, which
+  frees the id). A push checks and links markers under the ``flock`` on ``.push-lock``, so
+  two processes never both take one id; claims and retries need no lock, since only a push
+  can make a free id taken. An orphan is the last link to its message's bytes, so ack,
+  cancel and clear delete it under the lock (ack only if the lock is free at once; else
+  later, or by the ten-minute sweep). A batch's markers are linked to its staged files before
+  the commit rename; a pusher that dies before committing leaves its staged files behind,
+  and the next push (which holds the lock, so nobody else can be mid-push) deletes them,
+  which frees those ids. A new body on ``retry`` moves the marker to the new file before it
+  replaces the old one.
 
 * **A lease holds while its file exists.** Expiry only makes it recoverable: a holder that
   acks after its expiry but before anyone recovered it still succeeds.
 
 Polling cost: ``ready/`` is listed once and kept in memory, sorted and split per queue (a
 worker serving some queues never walks the names of the others). A poll costs one ``stat``
-of ``.ready-marker`` (plus one of ``.delayed-marker``); the directory is listed again only
+of ``.ready-marker`` (plus one each of ``.delayed-marker`` and ``.leased-marker``); the
+directory is listed again only
 when another process added something (marker changed) or every ``relist_interval_secs`` as
 a safety net, so an idle worker on a huge queue does not re-list it on every poll (measured:
-~12 µs per idle poll beside 50,000 waiting messages). Names another process claimed first
-just fail their rename. Pushing an id twice stores two messages (no lookup on push).
+~12 µs per idle poll beside 50,000 waiting messages, before ``.leased-marker`` was added).
+Names another process claimed first just fail their rename. A push costs one ``stat`` and
+one ``link`` per message beside the file writes, and holds ``.push-lock`` while it writes,
+so pushes from several processes take turns.
 
 Undecodable entries (bad name, bad header, checksum mismatch) are moved to ``quarantine/``
 with a ``.reason`` file, logged, and listed in :meth:`FileJobQueue.stats`; they never stop a
-claim and are never deleted by the backend.
+claim and are never deleted by the backend. A quarantined file whose name gives its id frees
+that id (the job is no longer queued); one whose name does not keeps the id taken until the
+file is deleted from ``quarantine/``.
+
+Limits: local POSIX filesystems with hard links and ``flock`` (not NFS, not Windows).
 """
 
 from __future__ import annotations
@@ -68,10 +95,8 @@ from nuvom_plugins.file._fs import (
     CorruptEntry,
     decode_message,
     decode_name,
-    encode_message,
     encode_name,
     fsync_dir,
-    write_new_file,
 )
 from nuvom_plugins.file._layout import Layout
 from nuvom_plugins.file._names import (
@@ -123,6 +148,9 @@ class FileJobQueue(QueueBackend):
         self.relist_interval_secs = relist_interval_secs
         self._fs = Layout(self.path, fsync=fsync)
         self._dirs, self._markers = self._fs.dirs, self._fs.markers
+        self._leased_marker = self.path / ".leased-marker"
+        self._leased_marker.touch(exist_ok=True)
+        self._leased_mark: int | None = None
         self._caches = {"ready": Cache(), "delayed": Cache()}
         self._lock = threading.RLock()  # caches and the lease-scan clock
         self._held: dict[str, str] = {}  # token -> current lease file name (this instance)
@@ -146,14 +174,18 @@ class FileJobQueue(QueueBackend):
         params.setdefault("visibility_timeout_secs", context.visibility_timeout_secs)
         return cls(path if path is not None else context.data_dir / "queue", **params)
 
+    def close(self) -> None:
+        self._fs.close()
+
     # --- push ---------------------------------------------------------------------------
 
-    def push(self, messages: Sequence[Message]) -> None:
-        """All or none: one message is one rename; a batch is written into a private staging
+    def push(self, messages: Sequence[Message]) -> list[bool]:
+        """Store the messages whose ids are not queued yet (see the module docs), all or
+        none: one message is one rename; a batch is written into a private staging
         directory and committed by renaming that directory into ``batches/``, after which
-        its files are moved into place by the pusher (or, if it died, by the next claim)."""
-        if messages:
-            self._fs.publish(messages)
+        its files are moved into place by the pusher (or, if it died, by the next claim).
+        ``failures`` starts at 0 whatever the message says."""
+        return self._fs.publish(messages) if messages else []
 
     def quarantined(self) -> list[str]:
         """One line per quarantined entry: ``<file>: <reason>``."""
@@ -210,12 +242,12 @@ class FileJobQueue(QueueBackend):
                     encode_name(message.queue) != parsed.queue:
                 raise CorruptEntry("file name does not match its header (renamed by hand?)")
         except CorruptEntry as exc:
-            self._fs.quarantine(target, str(exc))
+            self._fs.quarantine(target, str(exc), parsed.id)
             return None
         with self._held_lock:
             self._held[token] = target.name
-        return Lease(message=message, token=token, deliveries=parsed.deliveries + 1,
-                     expires_at=expires_at)
+        return Lease(message=attrs.evolve(message, failures=parsed.failures), token=token,
+                     deliveries=parsed.deliveries + 1, expires_at=expires_at)
 
     def _refreshed(self, kind: str, now: float) -> Cache:
         """The cached listing of ``kind``, re-listed only if its marker moved or it is old."""
@@ -258,10 +290,13 @@ class FileJobQueue(QueueBackend):
         if moved:
             bump(self._markers["ready"])
 
-    def _recover_expired(self, now: float, force: bool = False) -> None:
-        """Rename expired leases back to ``ready/``; runs only when an expiry is due."""
-        if not force and now < self._next_lease_scan:
+    def _recover_expired(self, now: float) -> None:
+        """Rename expired leases back to ``ready/``; runs only when an expiry is due or a
+        lease was expired on purpose (``extend(lease, 0)`` bumps ``.leased-marker``)."""
+        mark = read_mark(self._leased_marker)
+        if now < self._next_lease_scan and mark == self._leased_mark:
             return
+        self._leased_mark = mark
         next_scan = now + self.visibility_timeout_secs
         recovered = 0
         for name in listdir(self._dirs["leased"]):
@@ -318,57 +353,43 @@ class FileJobQueue(QueueBackend):
             return None
         return name
 
+    def _parsed_lease(self, lease: Lease) -> Name | None:
+        name = self._lease_name(lease)
+        return parse(name, "leased") if name else None
+
     def ack(self, lease: Lease) -> bool:
-        done = self._move_lease(lease, None) is not None
+        name = self._move_lease(lease, None)
         self._forget(lease.token)
-        return done
+        parsed = parse(name, "leased") if name else None
+        if parsed is not None:
+            self._fs.free_ids([parsed.id])
+        return name is not None
 
     def extend(self, lease: Lease, secs: float) -> bool:
-        name = self._lease_name(lease)
-        parsed = parse(name, "leased") if name else None
+        """Rename the lease file to its new expiry. ``secs <= 0`` expires it now and bumps
+        ``.leased-marker``, so the next claim of any instance recovers it (until then it is
+        still leased: RUNNING, and its holder may still ack it)."""
+        parsed = self._parsed_lease(lease)
         if parsed is None:
             return False
-        new = f"{us(time.time() + secs):017d}.{parsed.token}.{parsed.ready()}"
+        now = time.time()
+        new = f"{us(now + secs):017d}.{parsed.token}.{parsed.ready()}"
         if self._move_lease(lease, self._dirs["leased"] / new) is None:
             return False
         with self._held_lock:
             self._held[lease.token] = new
+        if secs <= 0:
+            bump(self._leased_marker)
+            self.notify()
         return True
 
-    def release(self, lease: Lease) -> bool:
-        name = self._lease_name(lease)
-        parsed = parse(name, "leased") if name else None
-        if parsed is None:
-            return False
-        target = self._dirs["ready"] / parsed.ready(max(parsed.deliveries - 1, 0))
-        if self._move_lease(lease, target) is None:
-            return False
-        self._forget(lease.token)
-        bump(self._markers["ready"])
-        self.notify()
-        return True
-
-    def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
-        """Move the message back (to ``delayed/`` if ``delay_secs > 0``); with a new body,
-        the lease is first extended (fencing) and its file replaced atomically in place."""
-        if body is not None:
-            if not self.extend(lease, self.visibility_timeout_secs):
-                return False
-            name = self._lease_name(lease)
-            if name is None:
-                return False
-            available_at = time.time() + max(delay_secs, 0.0)
-            message = attrs.evolve(lease.message, body=body, available_at=available_at)
-            tmp = write_new_file(self._dirs["leased"], encode_message(message),
-                                 fsync=self.fsync)
-            os.replace(tmp, self._dirs["leased"] / name)
-        name = self._lease_name(lease)
-        parsed = parse(name, "leased") if name else None
-        if parsed is None:
-            return False
+    def _put_back(self, lease: Lease, parsed: Name, delay_secs: float, *,
+                  deliveries: int, failures: int) -> bool:
+        """Move the lease file to ``ready/``, or to ``delayed/`` when ``delay_secs > 0``."""
         kind = "delayed" if delay_secs > 0 else "ready"
-        final = parsed.ready() if kind == "ready" else \
-            f"{us(time.time() + delay_secs):017d}.{parsed.ready()}"
+        final = parsed.ready(deliveries, failures)
+        if kind == "delayed":
+            final = f"{us(time.time() + delay_secs):017d}.{final}"
         if self._move_lease(lease, self._dirs[kind] / final) is None:
             return False
         self._forget(lease.token)
@@ -378,14 +399,44 @@ class FileJobQueue(QueueBackend):
         self.notify()
         return True
 
+    def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
+        """Back to ``ready/`` (or ``delayed/``) with the claim's delivery taken back."""
+        parsed = self._parsed_lease(lease)
+        if parsed is None:
+            return False
+        return self._put_back(lease, parsed, delay_secs,
+                              deliveries=max(parsed.deliveries - 1, 0),
+                              failures=parsed.failures)
+
+    def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
+        """Move the message back (to ``delayed/`` if ``delay_secs > 0``) with one more
+        failure in its name; with a new body, the lease is first extended (fencing) and its
+        file replaced atomically in place."""
+        if body is not None:
+            if not self.extend(lease, self.visibility_timeout_secs):
+                return False
+            name = self._lease_name(lease)
+            parsed = parse(name, "leased") if name else None
+            if name is None or parsed is None:
+                return False
+            available_at = time.time() + max(delay_secs, 0.0)
+            message = attrs.evolve(lease.message, body=body, available_at=available_at,
+                                   failures=0)
+            self._fs.rewrite(self._dirs["leased"] / name, message, parsed.id)
+        parsed = self._parsed_lease(lease)
+        if parsed is None:
+            return False
+        return self._put_back(lease, parsed, delay_secs, deliveries=parsed.deliveries,
+                              failures=parsed.failures + 1)
+
     # --- inspection -----------------------------------------------------------------------
 
     def _settle(self, now: float) -> None:
-        """Bring the directories up to date before a look: finish committed batches and
-        recover expired leases (both cheap when there is nothing to do)."""
+        """Bring the directories up to date before a look: finish committed batches (cheap
+        when there are none). Expired leases are left to the next claim: until someone
+        claims the message again it is still leased (RUNNING, not waiting)."""
         with self._lock:
             self._fs.drain_committed()
-            self._recover_expired(now)
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         self._settle(time.time())
@@ -393,11 +444,14 @@ class FileJobQueue(QueueBackend):
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
         removed = 0
+        freed = []
         for kind in ("ready", "delayed", "leased"):
-            for name, _ in self._fs.matching(kind, queues):
+            for name, parsed in self._fs.matching(kind, queues):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._dirs[kind] / name)
                     removed += 1
+                    freed.append(parsed.id)
+        self._fs.free_ids(freed, wait=True)
         with self._lock:
             for cache in self._caches.values():
                 cache.mark = None
@@ -421,9 +475,10 @@ class FileJobQueue(QueueBackend):
     def peek_state(self, job_id: str) -> JobStatus | None:
         """Leased files are listed (in-flight only); ready and delayed names come from the
         cached listings and are confirmed with one ``stat``. A message moving between
-        directories during the look is found on the second pass."""
+        directories during the look is found on the second pass. A delayed message is
+        RETRYING only once it has failed (its name counts failures); a first run waiting
+        for its ``available_at`` is QUEUED."""
         wanted = encode_name(job_id)
-        states = {"delayed": JobStatus.RETRYING, "ready": JobStatus.QUEUED}
         for _ in range(2):
             now = time.time()
             self._settle(now)
@@ -432,7 +487,10 @@ class FileJobQueue(QueueBackend):
                     return JobStatus.RUNNING
                 for kind, name in self._waiting(wanted, now):
                     if os.path.exists(self._dirs[kind] / name):
-                        return states[kind]
+                        parsed = parse(name, kind)
+                        if kind == "delayed" and parsed is not None and parsed.failures:
+                            return JobStatus.RETRYING
+                        return JobStatus.QUEUED
         return None
 
     def cancel(self, job_id: str) -> bool:
@@ -448,23 +506,29 @@ class FileJobQueue(QueueBackend):
                         os.unlink(self._dirs[kind] / name)
                         removed = True
             if removed:
+                self._fs.free_ids([wanted], wait=True)
                 return True
         return False
 
     def stats(self) -> QueueStats:
+        """Ready, delayed and leased files per queue, from one listing of each directory."""
         now = time.time()
         self._settle(now)
         stats = QueueStats()
-        oldest_us: int | None = None
-        for kind in ("ready", "delayed"):
+        oldest_us: dict[str, int] = {}
+        for kind in ("ready", "delayed", "leased"):
             for _, parsed in self._fs.matching(kind, None):
                 queue = decode_name(parsed.queue)
-                stats.depth[queue] = stats.depth.get(queue, 0) + 1
-                created = int(parsed.sortkey[10:27])
-                oldest_us = created if oldest_us is None else min(oldest_us, created)
-                stats.delayed += kind == "delayed"
-        stats.in_flight = len(self._fs.matching("leased", None))
-        if oldest_us is not None:
-            stats.oldest_age_secs = max(now - oldest_us / US, 0.0)
+                counts = stats.of(queue)
+                if kind == "leased":
+                    counts.running += 1
+                elif kind == "delayed":
+                    counts.delayed += 1
+                else:
+                    counts.ready += 1
+                    created = int(parsed.sortkey[10:27])
+                    oldest_us[queue] = min(oldest_us.get(queue, created), created)
+        for queue, created in oldest_us.items():
+            stats.queues[queue].oldest_ready_age_secs = max(now - created / US, 0.0)
         stats.quarantined = self.quarantined()
         return stats
