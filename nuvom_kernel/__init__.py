@@ -1,29 +1,39 @@
-"""Nuvom's microkernel: models, hook specs, plugin manager, config, dispatcher, worker, CLI.
+"""Nuvom's microkernel: models, hook specs, plugin manager, config, producer, worker, CLI.
 
 Importing this package has no side effects: it loads no plugin, reads no file and touches no
 environment variable. The kernel is built on first use (``.delay()``, ``get_job()``, the CLI).
+Names are imported on first access, so a plugin's ``from nuvom_kernel import hookimpl``
+loads the markers only, not the worker.
 """
 
 from __future__ import annotations
 
-import pluggy
+import importlib
+from typing import TYPE_CHECKING, Any
 
-hookimpl = pluggy.HookimplMarker("nuvom")
-"""Marker for hook implementations, in plugins and in the kernel's own modules."""
+from nuvom_kernel.markers import hookimpl
 
 __version__ = "0.1.0"
 
-from nuvom_kernel.backends import SPI_VERSION  # noqa: E402
-from nuvom_kernel.errors import (  # noqa: E402
-    JobCancelledError,
-    JobFailedError,
-    NuvomError,
-    UnknownJobError,
-)
-from nuvom_kernel.kernel import Kernel, get_job, get_kernel, set_kernel, use_kernel  # noqa: E402
-from nuvom_kernel.models import Job, JobStatus  # noqa: E402
-from nuvom_kernel.task import Task, task  # noqa: E402
-from nuvom_kernel.worker import Worker, current_job  # noqa: E402
+#: public name -> the module that defines it
+_EXPORTS = {
+    "SPI_VERSION": "backends",
+    "Job": "models",
+    "JobStatus": "models",
+    "JobCancelledError": "errors",
+    "JobFailedError": "errors",
+    "NuvomError": "errors",
+    "UnknownJobError": "errors",
+    "Kernel": "kernel",
+    "get_job": "kernel",
+    "get_kernel": "kernel",
+    "set_kernel": "kernel",
+    "use_kernel": "kernel",
+    "Task": "task",
+    "task": "task",
+    "Worker": "worker",
+    "current_job": "worker",
+}
 
 __all__ = [
     "SPI_VERSION",
@@ -45,3 +55,30 @@ __all__ = [
     "task",
     "use_kernel",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nuvom_kernel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"nuvom_kernel.{module}"), name)
+    globals()[name] = value  # the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
+    from nuvom_kernel.backends import SPI_VERSION
+    from nuvom_kernel.errors import (
+        JobCancelledError,
+        JobFailedError,
+        NuvomError,
+        UnknownJobError,
+    )
+    from nuvom_kernel.kernel import Kernel, get_job, get_kernel, set_kernel, use_kernel
+    from nuvom_kernel.models import Job, JobStatus
+    from nuvom_kernel.task import Task, task
+    from nuvom_kernel.worker import Worker, current_job

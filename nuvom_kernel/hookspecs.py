@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pluggy
+from nuvom_kernel.markers import hookspec
 
 if TYPE_CHECKING:
     import click
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from nuvom_kernel.serialization import Serializer
     from nuvom_kernel.worker import Worker
 
-hookspec = pluggy.HookspecMarker("nuvom")
 
 # --- bootstrap --------------------------------------------------------------------------
 

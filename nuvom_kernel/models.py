@@ -14,6 +14,8 @@ from typing import Any
 
 import attrs
 
+from nuvom_kernel.errors import NuvomError
+
 __all__ = [
     "TERMINAL_STATES",
     "Backoff",
@@ -266,28 +268,33 @@ class Job:
             return None
         return max(0.0, self.deadline - time.monotonic())
 
+    def _bound(self) -> Any:
+        """The kernel this handle reads through. ``.delay()``, ``.map()``, ``get_job()`` and
+        the worker bind every handle they make (models import nothing above them, so a
+        handle cannot find the process's kernel by itself)."""
+        if self._kernel is None:
+            raise NuvomError(
+                f"this Job handle ({self.id}) is not bound to a kernel: get handles from "
+                "task.delay(), task.map() or nuvom_kernel.get_job(job_id)")
+        return self._kernel
+
     def refresh(self) -> Job:
         """Reload status, result, error and attempts from the backends; returns ``self``."""
-        from nuvom_kernel.kernel import get_kernel
-
-        kernel = self._kernel or get_kernel()
-        kernel.refresh_job(self)
+        self._bound().refresh_job(self)
         return self
 
     def cancel(self) -> bool:
         """Cancel this job if it has not started; ``True`` if it is now CANCELLED."""
-        from nuvom_kernel.kernel import get_kernel
-
-        return bool((self._kernel or get_kernel()).cancel(self))
+        return bool(self._bound().cancel(self))
 
     def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
-        """Wait for the outcome and return the task's value.
+        """Wait for the outcome and return the task's value (``None`` when the task has
+        ``store_result=False``).
 
-        :raises nuvom_kernel.errors.JobFailedError: the job ended FAILED (carries the remote
+        :raises nuvom_kernel.JobFailedError: the job ended FAILED (carries the remote
             exception's type, message and traceback).
+        :raises nuvom_kernel.JobCancelledError: it was cancelled before it ran.
+        :raises nuvom_kernel.UnknownJobError: no backend knows the id.
         :raises TimeoutError: no outcome within ``timeout`` seconds.
         """
-        from nuvom_kernel.kernel import get_kernel
-
-        kernel = self._kernel or get_kernel()
-        return kernel.wait_for(self, timeout=timeout, poll_secs=poll_secs)
+        return self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs)
