@@ -95,20 +95,21 @@ def enqueue(
     jobs = [job for _, job in calls]
     try:
         check_capabilities(kernel, jobs[0].options, delay_secs)
-        if known_ids:
-            calls = [(env, job) for env, job in calls if kernel.results.get(env.id) is None]
+        existing = ({env.id for env, _ in calls if kernel.results.get(env.id) is not None}
+                    if known_ids else set())
     except NuvomError:
         raise
     except Exception as exc:  # the backend could not even be opened (read-only, missing)
         raise _enqueue_error(kernel, jobs, exc) from exc
+    fresh = [(env, job) for env, job in calls if env.id not in existing]
     pm, serializer = kernel.pm, kernel.serializer
     observed = bool(pm.hook.nuvom_before_enqueue.get_hookimpls()
                     or pm.hook.nuvom_after_enqueue.get_hookimpls())
     if observed:
-        for _, job in calls:
+        for _, job in fresh:
             events.emit(pm, "nuvom_before_enqueue", job=job)
     available_at = (time.time() + delay_secs) if delay_secs > 0 else 0.0
-    messages = [env.to_message(serializer, available_at) for env, _ in calls]
+    messages = [env.to_message(serializer, available_at) for env, _ in fresh]
     try:
         stored = kernel.queue.enqueue_many(messages) if messages else []
     except NuvomError:
@@ -117,10 +118,12 @@ def enqueue(
         raise _enqueue_error(kernel, jobs, exc) from exc
     for job in jobs:
         job._kernel = kernel
-    if observed:
-        for (_, job), new in zip(calls, stored, strict=True):
-            if new:
-                events.emit(pm, "nuvom_after_enqueue", job=job)
+    created = {job.id for (_, job), new in zip(fresh, stored, strict=True) if new}
+    for job in jobs:
+        if job.id not in created:  # the existing job's handle: its state, not a new one's
+            kernel.refresh_job(job)
+        elif observed:
+            events.emit(pm, "nuvom_after_enqueue", job=job)
     return jobs
 
 
