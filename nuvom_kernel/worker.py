@@ -105,6 +105,7 @@ class Worker:
         self._forced = threading.Event()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._monitor: threading.Thread | None = None
         self._abandoned: set[threading.Thread] = set()
         self._signals = 0
         self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
@@ -117,11 +118,13 @@ class Worker:
         self.settler.start()
         for _ in range(self.workers):
             self._spawn_executor()
-        for target, name in ((self._dispatch_loop, "nuvom-dispatcher"),
-                             (self._monitor_loop, "nuvom-monitor")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        dispatcher = threading.Thread(target=self._dispatch_loop, name="nuvom-dispatcher",
+                                      daemon=True)
+        dispatcher.start()
+        self._threads.append(dispatcher)
+        self._monitor = threading.Thread(target=self._monitor_loop, name="nuvom-monitor",
+                                         daemon=True)
+        self._monitor.start()
         self._emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %d threads, queues=%s, backend=%s", self.origin,
                  self.workers, ",".join(self.queues or ["*"]), self.queue.name)
@@ -207,9 +210,11 @@ class Worker:
             if thread is not threading.current_thread() and thread not in self._abandoned:
                 thread.join(max(0.0, join_deadline - time.monotonic()))
         self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
-        self._stopped.set()
+        self._stopped.set()  # the monitor kept extending leases until everything settled
         with self._monitor_cv:
             self._monitor_cv.notify_all()
+        if self._monitor is not None:
+            self._monitor.join(5.0)
         self._emit_lifecycle("nuvom_worker_shutdown")
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned")
