@@ -248,17 +248,13 @@ def _to_path(value: Any) -> Path:
     raise ValueError("must be a non-empty path")
 
 
-_CONVERTERS: dict[Any, tuple[Callable[[Any], Any], str]] = {
-    str: (_to_str, "a string"),
-    int: (_to_int, "a whole number"),
-    float: (_to_float, "a number"),
-    bool: (_to_bool, "true or false"),
-    Path: (_to_path, "a path"),
-    Any: (lambda value: value, "any value"),
+_CONVERTERS: dict[Any, Callable[[Any], Any]] = {
+    str: _to_str, int: _to_int, float: _to_float, bool: _to_bool, Path: _to_path,
+    Any: lambda value: value,
 }
 
 
-def _converter(hint: Any) -> tuple[Callable[[Any], Any], str] | None:
+def _converter(hint: Any) -> Callable[[Any], Any] | None:
     """How to convert a value to ``hint``: the scalar types above, or ``X | None`` of one
     (where an empty string or ``none`` in the environment means ``None``)."""
     if hint in _CONVERTERS:
@@ -266,18 +262,20 @@ def _converter(hint: Any) -> tuple[Callable[[Any], Any], str] | None:
     args = typing.get_args(hint)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
-        inner = _converter(next(a for a in args if a is not type(None)))
-        if inner is None:
+        convert = _converter(next(a for a in args if a is not type(None)))
+        if convert is None:
             return None
-        convert, label = inner
 
         def optional(value: Any) -> Any:
             if value is None or (isinstance(value, str) and
                                  value.strip().lower() in ("", "none")):
                 return None
-            return convert(value)
+            try:
+                return convert(value)
+            except ValueError as exc:
+                raise ValueError(f"{exc}, or none") from None
 
-        return optional, f"{label} or none"
+        return optional
     return None
 
 
@@ -292,7 +290,7 @@ class PluginSchema:
 
     name: str
     source: type
-    fields: dict[str, tuple[Callable[[Any], Any], str]]
+    fields: dict[str, Callable[[Any], Any]]
 
     @classmethod
     def from_class(cls, name: str, source: type) -> PluginSchema:
@@ -329,13 +327,12 @@ class PluginSchema:
             raise PluginConfigError(
                 f"{where}: {key!r} is not a setting of plugin {self.name!r}. Valid keys: "
                 f"{valid}.")
-        convert, label = self.fields[key]
         try:
-            return convert(value)
+            return self.fields[key](value)
         except ValueError as exc:
             raise PluginConfigError(
-                f"{where}: {key}={value!r} is invalid: it {exc}; {key} is {label}. Valid "
-                f"keys of [plugins.{self.name}]: {valid}.") from None
+                f"{where}: {key}={value!r} is invalid: it {exc}. Valid keys of "
+                f"[plugins.{self.name}]: {valid}.") from None
 
 
 _SECRET_KEY = re.compile(r"(password|passwd|pwd|secret|token|api_?key)", re.I)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,3 +41,24 @@ def write_module(project: Path, name: str, source: str) -> str:
     (project / f"{name}.py").write_text(source)
     sys.modules.pop(name, None)
     return name
+
+
+#: The ``nuvom`` console script of the environment running the tests (``pip install``
+#: puts it next to the interpreter): what a user types, with its own ``sys.path``.
+NUVOM = Path(sys.executable).parent / ("nuvom.exe" if os.name == "nt" else "nuvom")
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no ``NUVOM_*`` left over from the test run and no
+    ``PYTHONPATH`` (which would hide whether the project folder is importable on its own)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NUVOM_") and k != "PYTHONPATH"}
+    return {**env, **extra}
+
+
+def run_nuvom(args: list[str], cwd: Path, timeout: float = 120, **env: str
+              ) -> subprocess.CompletedProcess[str]:
+    """Run the real ``nuvom`` command from ``cwd``, as a user would from a terminal."""
+    assert NUVOM.exists(), f"{NUVOM} is missing: install the kernel (pip install -e .)"
+    return subprocess.run([str(NUVOM), *args], cwd=cwd, env=user_env(**env),
+                          capture_output=True, text=True, timeout=timeout, check=False)

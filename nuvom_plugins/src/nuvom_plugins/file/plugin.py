@@ -31,7 +31,7 @@ class FileSettings:
     queue_path: Path | None = None
     fsync: bool = True
     relist_interval_secs: float = 2.0
-    visibility_timeout_secs: float | None = None
+    visibility_timeout_secs: float = 30.0
     results_path: Path | None = None
     segment_max_bytes: int = 64 * 1024 * 1024
     results_fsync: bool = False
