@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -62,3 +64,32 @@ def run_nuvom(args: list[str], cwd: Path, timeout: float = 120, **env: str
     assert NUVOM.exists(), f"{NUVOM} is missing: install the kernel (pip install -e .)"
     return subprocess.run([str(NUVOM), *args], cwd=cwd, env=user_env(**env),
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def stop_worker(worker: subprocess.Popen[str]) -> str:
+    """SIGINT a ``nuvom runworker`` process (a clean drain) and return its output; kill it
+    if it has not stopped after 30 s, so a hung worker fails the test instead of hanging."""
+    worker.send_signal(signal.SIGINT)
+    try:
+        out, _ = worker.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        out, _ = worker.communicate()
+    return out
+
+
+#: The plugin author's guide; its marked code blocks are what the tests run.
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "writing_plugins.md"
+
+
+def guide_block(marker: str, lang: str = "python") -> str:
+    """The fenced block right after ``<!-- scaffold-test: marker -->`` in the guide."""
+    match = re.search(rf"<!-- scaffold-test: {re.escape(marker)} -->\n```{lang}\n(.*?)\n```",
+                      GUIDE.read_text(), re.S)
+    assert match, f"docs/writing_plugins.md has no {lang or 'plain'} block marked {marker!r}"
+    return match.group(1) + "\n"
+
+
+def guide_code(path: str) -> str:
+    """The guide's code for the file ``path`` of a scaffolded distribution."""
+    return guide_block(path)

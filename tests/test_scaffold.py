@@ -13,9 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shlex
-import signal
 import site
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from click.testing import CliRunner
 
 from nuvom_kernel.cli import make_cli
 from nuvom_kernel.kernel import Kernel
-from tests.helpers import run_nuvom
+from tests.helpers import GUIDE, guide_block, guide_code, run_nuvom, stop_worker
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,7 +32,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-GUIDE = ROOT / "docs" / "writing_plugins.md"
 
 QUEUE_TREE = {
     ".gitignore", "README.md", "pyproject.toml",
@@ -115,21 +112,9 @@ def test_stub_methods_raise_with_a_pointer_to_the_guide(tmp_path: Path) -> None:
         assert f"\n### {method}\n" in guide
 
 
-def _guide_block(marker: str, lang: str = "python") -> str:
-    """The fenced block right after ``<!-- scaffold-test: marker -->`` in the guide."""
-    match = re.search(rf"<!-- scaffold-test: {re.escape(marker)} -->\n```{lang}\n(.*?)\n```",
-                      GUIDE.read_text(), re.S)
-    assert match, f"docs/writing_plugins.md has no {lang} block marked {marker!r}"
-    return match.group(1) + "\n"
-
-
-def _guide_code(path: str) -> str:
-    return _guide_block(path)
-
-
 def _guide_commands(marker: str) -> list[list[str]]:
     """The commands of a marked bash block, comments dropped, split as a shell would."""
-    return [shlex.split(line, comments=True) for line in _guide_block(marker, "bash").splitlines()
+    return [shlex.split(line, comments=True) for line in guide_block(marker, "bash").splitlines()
             if line.strip() and not line.startswith("#")]
 
 
@@ -208,14 +193,14 @@ def test_following_the_guide_ends_with_a_plugin_serving_a_worker(tmp_path: Path)
     assert stub.returncode == 1, stub.stdout + stub.stderr
     failures = [line for line in stub.stdout.splitlines() if line.startswith("  listq/")]
     assert len(failures) > 30
-    first_failure = _guide_block("stub-failure", "").strip()
+    first_failure = guide_block("stub-failure", "").strip()
     assert all(line.endswith(first_failure) for line in failures), failures[0]
 
-    (dest / "src/nuvom_plugins_listq/queue.py").write_text(_guide_code(
+    (dest / "src/nuvom_plugins_listq/queue.py").write_text(guide_code(
         "src/nuvom_plugins_listq/queue.py"))
     tested = _nuvom(python, ["plugin", "test", "listq"], project)
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    assert tested.stdout.rstrip() + "\n" == _guide_block("plugin-test-output", ""), \
+    assert tested.stdout.rstrip() + "\n" == guide_block("plugin-test-output", ""), \
         "the guide's sample output of `nuvom plugin test listq` is not what it prints"
 
     (project / "tasks.py").write_text(
@@ -237,12 +222,7 @@ def test_following_the_guide_ends_with_a_plugin_serving_a_worker(tmp_path: Path)
         assert result == "5"
         assert (project / ".nuvom" / "listq.json").exists()
     finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            out, _ = worker.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            out, _ = worker.communicate()
+        out = stop_worker(worker)
     assert worker.returncode == 0, out
     assert "backend=listq" in out and job_id in out and "SUCCEEDED" in out
     inspected = _nuvom(python, ["inspect", "job", job_id, "--format", "json"], project)
@@ -252,9 +232,9 @@ def test_following_the_guide_ends_with_a_plugin_serving_a_worker(tmp_path: Path)
     # installed distribution. It does, and the error says so.
     local = tmp_path / "toml-project"
     local.mkdir()
-    (local / "my_queues.py").write_text(_guide_code("src/nuvom_plugins_listq/queue.py"))
+    (local / "my_queues.py").write_text(guide_code("src/nuvom_plugins_listq/queue.py"))
     (local / ".nuvom_plugins.toml").write_text(
-        _guide_block("toml-project/.nuvom_plugins.toml", "toml"))
+        guide_block("toml-project/.nuvom_plugins.toml", "toml"))
     clash = _nuvom(python, ["status"], local)
     assert clash.returncode == 1
     assert "two plugins register queue_backend 'listq'" in clash.stderr

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_nuvom, user_env
-from tests.test_scaffold import _guide_block, _guide_code
+from tests.helpers import GUIDE, guide_block, guide_code, run_nuvom, stop_worker, user_env
 
 TASKS = "from nuvom_kernel import task\n\n\n@task\ndef add(x, y):\n    return x + y\n"
 
@@ -29,15 +27,15 @@ TASKS = "from nuvom_kernel import task\n\n\n@task\ndef add(x, y):\n    return x 
 def toml_project(tmp_path: Path) -> Path:
     """The guide's project: tasks.py, my_queues.py (the guide's queue) and its toml."""
     (tmp_path / "tasks.py").write_text(TASKS)
-    (tmp_path / "my_queues.py").write_text(_guide_code("src/nuvom_plugins_listq/queue.py"))
+    (tmp_path / "my_queues.py").write_text(guide_code("src/nuvom_plugins_listq/queue.py"))
     (tmp_path / ".nuvom_plugins.toml").write_text(
-        _guide_block("toml-project/.nuvom_plugins.toml", "toml"))
+        guide_block("toml-project/.nuvom_plugins.toml", "toml"))
     return tmp_path
 
 
 def _guide_steps() -> list[list[str]]:
     steps = [shlex.split(line, comments=True)
-             for line in _guide_block("toml-project commands", "bash").splitlines()]
+             for line in guide_block("toml-project commands", "bash").splitlines()]
     assert [s[:3] for s in steps] == [["nuvom", "plugin", "list"], ["nuvom", "plugin", "test"],
                                       ["nuvom", "runworker", "--workers"]], steps
     return steps
@@ -79,12 +77,7 @@ def test_the_guides_commands_pass_the_contract_and_serve_a_worker(toml_project: 
         assert producer.returncode == 0, producer.stderr
         assert producer.stdout.strip() == "5"
     finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            out, _ = worker.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            out, _ = worker.communicate()
+        out = stop_worker(worker)
     assert worker.returncode == 0, out
     assert "backend=listq" in out
     assert (toml_project / ".nuvom" / "listq.json").exists()
@@ -113,19 +106,13 @@ def test_the_guides_result_backend_passes_its_contract(tmp_path: Path) -> None:
     assert stub.returncode == 1
     sections = {line.rsplit("section '", 1)[1].split("'")[0]
                 for line in stub.stdout.splitlines() if "section '" in line}
-    assert sections and all(f"\n### {s}\n" in _guide_block_text() for s in sections)
+    assert sections and all(f"\n### {s}\n" in GUIDE.read_text() for s in sections)
 
     (src / "nuvom_plugins_jsondir" / "results.py").write_text(
-        _guide_code("src/nuvom_plugins_jsondir/results.py"))
+        guide_code("src/nuvom_plugins_jsondir/results.py"))
     tested = run_nuvom(["plugin", "test", target], src, timeout=300)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "\nPASSED: " in tested.stdout and ", 0 failed, 0 skipped" in tested.stdout
-
-
-def _guide_block_text() -> str:
-    from tests.test_scaffold import GUIDE
-
-    return GUIDE.read_text()
 
 
 BROKEN_FILTER = '''
