@@ -15,15 +15,26 @@ prints.
 
     [plugins.sqlite]           # per-plugin settings, handed to that plugin / backend
     path = ".nuvom/nuvom.db"
+
+A ``[plugins.<name>] <key>`` is overridden by ``NUVOM_PLUGINS__<NAME>__<KEY>`` (the 12-factor
+way to hand a worker its DSN without writing it into a file). Environment values are strings;
+a plugin that declares its settings (hook ``nuvom_plugin_settings``) has them converted to the
+declared types and checked, so ``NUVOM_PLUGINS__SQLITE__BUSY_TIMEOUT_SECS=5`` reaches the
+backend as ``5.0`` and a typo in a key fails at startup instead of being ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import sys
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -34,9 +45,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["CAPABILITIES", "Config", "PluginsTable", "Settings", "load_config"]
+__all__ = [
+    "CAPABILITIES",
+    "PLUGIN_ENV_PREFIX",
+    "Config",
+    "PluginSchema",
+    "PluginsTable",
+    "Settings",
+    "load_config",
+    "mask_secret",
+]
 
 PLUGINS_FILE = ".nuvom_plugins.toml"
+#: ``NUVOM_PLUGINS__<NAME>__<KEY>`` overrides ``[plugins.<name>] <key>``.
+PLUGIN_ENV_PREFIX = "NUVOM_PLUGINS__"
 
 #: ``[plugins]`` keys that name a capability, and the registration hook a target listed under
 #: that key must implement (``None``: any hook will do).
@@ -181,26 +203,260 @@ class Settings:
 
 @attrs.frozen
 class PluginsTable:
-    """The ``[plugins]`` table: targets per capability, disabled names, per-plugin settings."""
+    """The ``[plugins]`` table: targets per capability, disabled names, per-plugin settings.
+
+    :param settings: the ``[plugins.<name>]`` tables as written in the file.
+    :param env: ``NUVOM_PLUGINS__<NAME>__<KEY>`` overrides: name -> key -> (variable, value).
+    """
 
     targets: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
     disable: tuple[str, ...] = ()
     settings: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    env: dict[str, dict[str, tuple[str, str]]] = attrs.field(factory=dict)
+
+
+def plugin_env_var(name: str, key: str) -> str:
+    """The variable that overrides ``[plugins.<name>] <key>``."""
+    return f"{PLUGIN_ENV_PREFIX}{name.upper()}__{key.upper()}"
+
+
+# --- typed plugin settings ----------------------------------------------------------------
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError("must be a whole number (e.g. 3)")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ValueError("must be a number (e.g. 2.5)")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("must be true or false (in the environment: 1/0, true/false, yes/no, "
+                     "on/off)")
+
+
+def _to_path(value: Any) -> Path:
+    if isinstance(value, str | os.PathLike) and str(value).strip():
+        return Path(value)
+    raise ValueError("must be a non-empty path")
+
+
+_CONVERTERS: dict[Any, Callable[[Any], Any]] = {
+    str: _to_str, int: _to_int, float: _to_float, bool: _to_bool, Path: _to_path,
+    Any: lambda value: value,
+}
+
+
+def _converter(hint: Any) -> Callable[[Any], Any] | None:
+    """How to convert a value to ``hint``: the scalar types above, or ``X | None`` of one
+    (where an empty string or ``none`` in the environment means ``None``)."""
+    if hint in _CONVERTERS:
+        return _CONVERTERS[hint]
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        convert = _converter(next(a for a in args if a is not type(None)))
+        if convert is None:
+            return None
+
+        def optional(value: Any) -> Any:
+            if value is None or (isinstance(value, str) and
+                                 value.strip().lower() in ("", "none")):
+                return None
+            try:
+                return convert(value)
+            except ValueError as exc:
+                raise ValueError(f"{exc}, or none") from None
+
+        return optional
+    return None
+
+
+@attrs.frozen
+class PluginSchema:
+    """The typed keys of one ``[plugins.<name>]`` table, read from an attrs class or a
+    dataclass (its fields' annotations; defaults stay the plugin's business).
+
+    One schema covers every backend a plugin registers under that name, so a key the queue
+    and the result backend share (``path``) is declared once.
+    """
+
+    name: str
+    source: type
+    fields: dict[str, Callable[[Any], Any]]
+
+    @classmethod
+    def from_class(cls, name: str, source: type) -> PluginSchema:
+        """:raises PluginConfigError: ``source`` is not an attrs class or dataclass, or a
+        field has a type the kernel cannot convert an environment string to."""
+        if attrs.has(source):
+            names = [f.name for f in attrs.fields(source)]
+        elif dataclasses.is_dataclass(source):
+            names = [f.name for f in dataclasses.fields(source)]
+        else:
+            raise PluginConfigError(
+                f"the settings schema of [plugins.{name}] must be an attrs class or a "
+                f"dataclass with typed fields, got {source!r}")
+        hints = typing.get_type_hints(source)
+        fields = {}
+        for field in names:
+            converter = _converter(hints.get(field, Any))
+            if converter is None:
+                raise PluginConfigError(
+                    f"the settings schema of [plugins.{name}] ({source.__qualname__}) gives "
+                    f"{field!r} the type {hints[field]!r}; use str, int, float, bool, Path, "
+                    f"Any, or one of them | None")
+            fields[field] = converter
+        return cls(name=name, source=source, fields=fields)
+
+    def convert(self, key: str, value: Any, where: str) -> Any:
+        """``value`` as the declared type of ``key``.
+
+        :param where: the table or variable it came from, for the error message.
+        :raises PluginConfigError: an unknown key or a value of the wrong type.
+        """
+        valid = ", ".join(sorted(self.fields)) or "none (this plugin takes no settings)"
+        if key not in self.fields:
+            raise PluginConfigError(
+                f"{where}: {key!r} is not a setting of plugin {self.name!r}. Valid keys: "
+                f"{valid}.")
+        try:
+            return self.fields[key](value)
+        except ValueError as exc:
+            raise PluginConfigError(
+                f"{where}: {key}={value!r} is invalid: it {exc}. Valid keys of "
+                f"[plugins.{self.name}]: {valid}.") from None
+
+
+_SECRET_KEY = re.compile(r"(password|passwd|pwd|secret|token|api_?key)", re.I)
+_DSN_PASSWORD = re.compile(r"(\b(?:password|passwd|pwd)\s*=\s*)('[^']*'|\S+)", re.I)
+
+
+def mask_secret(key: str, value: Any) -> Any:
+    """``value`` fit to print: the password of a URL or key=value DSN replaced by ``***``,
+    and the whole value of a key that names a secret (``password``, ``token``, ...)."""
+    if value is None:
+        return None
+    if _SECRET_KEY.search(key):
+        return "***"
+    text = str(value)
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+            password = parts.password
+        except ValueError:
+            return text
+        if password is None:
+            return text
+        user, _, host = parts.netloc.rpartition("@")
+        username = user.partition(":")[0]
+        return urlunsplit(parts._replace(netloc=f"{username}:***@{host}"))
+    return _DSN_PASSWORD.sub(r"\1***", text)
+
+
+@attrs.frozen
+class PluginSetting:
+    """One effective ``[plugins.<name>]`` value and where it came from (``nuvom config``)."""
+
+    plugin: str
+    key: str
+    value: Any
+    env: str
+    source: str  # "env NUVOM_PLUGINS__...", "<file> [plugins.<name>]" or "default"
 
 
 @attrs.frozen
 class Config:
-    """Effective configuration: settings, where each came from, and the plugins table."""
+    """Effective configuration: settings, where each came from, and the plugins table.
+
+    ``schemas`` starts empty: plugins declare their settings when they are loaded, after
+    the file and the environment were read, and the plugin manager adds them with
+    :meth:`declare_plugin_settings` (the same Config object is already shared with the
+    kernel, so it is filled in place, once, before any backend is built).
+    """
 
     settings: Settings
     sources: dict[str, str]
     plugins: PluginsTable
     path: Path | None  # the .nuvom_plugins.toml read, if any
     root: Path
+    schemas: dict[str, PluginSchema] = attrs.field(factory=dict, eq=False)
+
+    def _raw_plugin_settings(self, name: str) -> dict[str, tuple[Any, str, str]]:
+        """key -> (value, env variable, source): the file's table, then the environment."""
+        table = f"{self.path or PLUGINS_FILE} [plugins.{name}]"
+        merged = {key: (value, plugin_env_var(name, key), table)
+                  for key, value in self.plugins.settings.get(name, {}).items()}
+        for key, (var, value) in self.plugins.env.get(name, {}).items():
+            merged[key] = (value, var, f"env {var}")
+        return merged
 
     def plugin_settings(self, name: str) -> dict[str, Any]:
-        """The ``[plugins.<name>]`` table (empty if absent)."""
-        return dict(self.plugins.settings.get(name, {}))
+        """The ``[plugins.<name>]`` table with ``NUVOM_PLUGINS__<NAME>__*`` overrides (empty
+        if neither is set); converted to the declared types when the plugin has a schema.
+
+        :raises PluginConfigError: a key or value its schema refuses.
+        """
+        schema = self.schemas.get(name)
+        return {key: value if schema is None else schema.convert(key, value, where)
+                for key, (value, _, where) in self._raw_plugin_settings(name).items()}
+
+    def declare_plugin_settings(self, schemas: Mapping[str, type]) -> None:
+        """Add plugins' settings schemas and check every table and variable against them.
+
+        :raises PluginConfigError: naming the table or variable, the key and the valid keys.
+        """
+        for name, source in schemas.items():
+            self.schemas[name] = PluginSchema.from_class(name, source)
+        for name in schemas:
+            self.plugin_settings(name)
+
+    def plugin_setting_rows(self) -> list[PluginSetting]:
+        """Every plugin setting that is set, and every declared one that is not (source
+        ``default``: the plugin chooses), with secrets masked for printing."""
+        rows = []
+        for name in sorted(set(self.plugins.settings) | set(self.plugins.env)
+                           | set(self.schemas)):
+            raw = self._raw_plugin_settings(name)
+            typed = self.plugin_settings(name)
+            schema = self.schemas.get(name)
+            for key in sorted(set(raw) | set(schema.fields if schema else ())):
+                if key in raw:
+                    _, var, source = raw[key]
+                    rows.append(PluginSetting(name, key, mask_secret(key, typed[key]), var,
+                                              source))
+                else:
+                    rows.append(PluginSetting(name, key, None, plugin_env_var(name, key),
+                                              "default"))
+        return rows
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -248,8 +504,13 @@ def load_config(
 ) -> Config:
     """Read ``.nuvom_plugins.toml`` under ``root`` (default: cwd) and ``NUVOM_*`` variables.
 
+    Plugin settings (``[plugins.<name>]`` and ``NUVOM_PLUGINS__<NAME>__<KEY>``) are only
+    collected here; they are typed and checked when the plugins that declare them are loaded
+    (:meth:`Config.declare_plugin_settings`).
+
     :raises ConfigError: naming the variable or key and what it accepts.
-    :raises PluginConfigError: for a file that is not valid TOML (with its line).
+    :raises PluginConfigError: for a file that is not valid TOML (with its line), or a
+        ``NUVOM_PLUGINS__`` variable that does not have the ``<NAME>__<KEY>`` form.
     """
     root = Path(root) if root is not None else Path.cwd()
     env = os.environ if environ is None else environ
@@ -285,6 +546,25 @@ def load_config(
                 else f"{var}={raw!r} is invalid: {field.name} {exc}."
             ) from None
         sources[field.name] = where
-    plugins = _parse_plugins(path, data.get("plugins", {}))
+    plugins = attrs.evolve(_parse_plugins(path, data.get("plugins", {})),
+                           env=_plugin_env(env))
     return Config(settings=Settings(**values), sources=sources, plugins=plugins,
                   path=path if path.is_file() else None, root=root)
+
+
+def _plugin_env(env: Mapping[str, str]) -> dict[str, dict[str, tuple[str, str]]]:
+    """``NUVOM_PLUGINS__<NAME>__<KEY>`` variables: name -> key -> (variable, value), both
+    lower-cased; whether the key exists is checked once the plugin declared its settings."""
+    found: dict[str, dict[str, tuple[str, str]]] = {}
+    for var in sorted(env):
+        if not var.upper().startswith(PLUGIN_ENV_PREFIX):
+            continue
+        name, sep, key = var[len(PLUGIN_ENV_PREFIX):].partition("__")
+        if not sep or not name or not key or "__" in key:
+            raise PluginConfigError(
+                f"environment variable {var} is not a plugin setting: the form is "
+                f"{PLUGIN_ENV_PREFIX}<NAME>__<KEY> with two underscores before each part, "
+                f"e.g. {PLUGIN_ENV_PREFIX}SQLITE__PATH=/data/q.db for [plugins.sqlite] path. "
+                f"Rename or unset it.")
+        found.setdefault(name.lower(), {})[key.lower()] = (var, env[var])
+    return found

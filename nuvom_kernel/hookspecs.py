@@ -92,6 +92,28 @@ def nuvom_register_serializers() -> list[type[Serializer]]:
     """
 
 
+@hookspec
+def nuvom_plugin_settings() -> dict[str, type]:
+    """Declare the typed settings of ``[plugins.<name>]`` tables: one schema per table name.
+
+    A schema is an attrs class or a dataclass whose annotated fields are the valid keys
+    (``str``, ``int``, ``float``, ``bool``, ``Path``, ``Any`` or one of them ``| None``).
+    The kernel converts ``NUVOM_PLUGINS__<NAME>__<KEY>`` strings and checks the file's values
+    through it before any backend is built, so an unknown key or a bad value stops startup
+    with an error naming the table or variable, the key and the valid keys. One schema
+    covers every backend registered under that name (a queue and a result backend sharing
+    ``path`` declare it once). A plugin that declares nothing gets its table as written and
+    environment values as strings.
+
+    Call mode: 1:N (the kernel merges every mapping; two plugins declaring one table name is
+    an error naming both).
+
+    :returns: ``{table name: schema class}``, e.g. ``{"sqlite": SQLiteSettings}``.
+
+    .. versionadded:: 0.1
+    """
+
+
 # --- lifecycle --------------------------------------------------------------------------
 
 
@@ -222,6 +244,7 @@ __all__ = [
     "nuvom_configure",
     "nuvom_on_execute_error",
     "nuvom_on_retry",
+    "nuvom_plugin_settings",
     "nuvom_register_commands",
     "nuvom_register_discoverers",
     "nuvom_register_queue_backends",

@@ -15,8 +15,10 @@ import importlib.metadata
 import inspect
 import logging
 import os
+import sys
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -32,7 +34,8 @@ from nuvom_kernel.errors import (
     PluginLoadError,
 )
 
-__all__ = ["DEFAULT_PLUGINS", "ESSENTIAL_PLUGINS", "NuvomPluginManager", "PluginInfo"]
+__all__ = ["DEFAULT_PLUGINS", "ESSENTIAL_PLUGINS", "NuvomPluginManager", "PluginInfo",
+           "make_importable"]
 
 log = logging.getLogger("nuvom.plugins")
 
@@ -107,6 +110,8 @@ class NuvomPluginManager(pluggy.PluginManager):
                                ("internal", "nuvom", None))
         if not env.get("NUVOM_DISABLE_PLUGIN_AUTOLOAD"):
             self._load_entry_points()
+        if config.plugins.targets:
+            make_importable(config.root)
         for capability, targets in config.plugins.targets.items():
             for target in targets:
                 self._load_target(capability, target, config)
@@ -120,7 +125,24 @@ class NuvomPluginManager(pluggy.PluginManager):
                 "(every hook starts with 'nuvom_')."
             ) from exc
         self._loaded = True
+        config.declare_plugin_settings(self.plugin_settings_schemas())
         self._configure(config)
+
+    def plugin_settings_schemas(self) -> dict[str, type]:
+        """``nuvom_plugin_settings`` of every plugin, merged.
+
+        :raises PluginLoadError: two plugins declare the same table (both named).
+        """
+        found: dict[str, tuple[type, str]] = {}
+        for impl in reversed(self.hook.nuvom_plugin_settings.get_hookimpls()):
+            for name, schema in (impl.function() or {}).items():
+                if name in found and found[name][0] is not schema:
+                    raise PluginLoadError(
+                        f"plugins {found[name][1]!r} and {impl.plugin_name!r} both declare the "
+                        f"settings of [plugins.{name}]; disable one with [plugins] disable = "
+                        f"[...] in .nuvom_plugins.toml.")
+                found[name] = (schema, impl.plugin_name)
+        return {name: schema for name, (schema, _) in found.items()}
 
     def _register(self, plugin: Any, name: str, source: tuple[str, str | None, str | None]
                   ) -> None:
@@ -161,7 +183,8 @@ class NuvomPluginManager(pluggy.PluginManager):
         except Exception as exc:
             raise PluginConfigError(
                 f"{where}: target {target!r} cannot be imported: {exc!r}. Check the module "
-                "path and that the project directory is on sys.path."
+                f"path: it is imported from the project folder {config.root} (the folder "
+                "holding .nuvom_plugins.toml) or from the installed packages."
             ) from exc
         for part in filter(None, attr.split(".")):
             if not hasattr(obj, part):
@@ -180,14 +203,21 @@ class NuvomPluginManager(pluggy.PluginManager):
         if self.get_plugin(target) is None and not self.is_blocked(target):
             self._register(plugin, target, (".nuvom_plugins.toml", None, None))
         hook_name = CAPABILITIES[capability]
-        if hook_name is not None and not any(
-            impl.plugin_name == target for impl in getattr(self.hook, hook_name).get_hookimpls()
-        ):
+        if hook_name is not None and not self._implements(target, hook_name):
+            provided = [key for key, hook in CAPABILITIES.items()
+                        if hook is not None and self._implements(target, hook)]
+            fix = (f"It provides {' and '.join(provided)}: list it under that key instead, "
+                   f"e.g. {provided[0]} = [\"{target}\"]" if provided else
+                   "It registers no backend, discoverer or serializer: list it under hooks "
+                   f"instead (hooks = [\"{target}\"]) if it only observes jobs or adds commands")
             raise PluginConfigError(
                 f"{where}: target {target!r} is listed as a {capability} but does not "
-                f"implement {hook_name}(). List it under the key that matches what it "
-                f"provides ({', '.join(sorted(CAPABILITIES))})."
+                f"implement {hook_name}(). {fix}."
             )
+
+    def _implements(self, plugin_name: str, hook_name: str) -> bool:
+        return any(impl.plugin_name == plugin_name
+                   for impl in getattr(self.hook, hook_name).get_hookimpls())
 
     def _configure(self, config: Config) -> None:
         """Historic configure: every plugin now, and (see :meth:`register`) any later one.
@@ -274,6 +304,19 @@ class NuvomPluginManager(pluggy.PluginManager):
             provides = {k: tuple(v) for k, v in provided.get(name, {}).items() if v}
             infos.append(PluginInfo(name, source, dist, version, hooks, provides))
         return sorted(infos, key=lambda i: (i.source != "entry point", i.name))
+
+
+def make_importable(folder: Path) -> None:
+    """Put the project folder first on ``sys.path``, as ``python script.py`` does for the
+    script's folder.
+
+    Why: the ``nuvom`` console script starts with its own folder (the environment's ``bin/``)
+    as ``sys.path[0]``, not the working directory, so the project's modules — the targets of
+    ``.nuvom_plugins.toml``, the tasks — would not import unless the user set PYTHONPATH.
+    """
+    path = str(Path(folder).resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 def _qual(cls: type) -> str:

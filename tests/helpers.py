@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,3 +43,53 @@ def write_module(project: Path, name: str, source: str) -> str:
     (project / f"{name}.py").write_text(source)
     sys.modules.pop(name, None)
     return name
+
+
+#: The ``nuvom`` console script of the environment running the tests (``pip install``
+#: puts it next to the interpreter): what a user types, with its own ``sys.path``.
+NUVOM = Path(sys.executable).parent / ("nuvom.exe" if os.name == "nt" else "nuvom")
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no ``NUVOM_*`` left over from the test run and no
+    ``PYTHONPATH`` (which would hide whether the project folder is importable on its own)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NUVOM_") and k != "PYTHONPATH"}
+    return {**env, **extra}
+
+
+def run_nuvom(args: list[str], cwd: Path, timeout: float = 120, **env: str
+              ) -> subprocess.CompletedProcess[str]:
+    """Run the real ``nuvom`` command from ``cwd``, as a user would from a terminal."""
+    assert NUVOM.exists(), f"{NUVOM} is missing: install the kernel (pip install -e .)"
+    return subprocess.run([str(NUVOM), *args], cwd=cwd, env=user_env(**env),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def stop_worker(worker: subprocess.Popen[str]) -> str:
+    """SIGINT a ``nuvom runworker`` process (a clean drain) and return its output; kill it
+    if it has not stopped after 30 s, so a hung worker fails the test instead of hanging."""
+    worker.send_signal(signal.SIGINT)
+    try:
+        out, _ = worker.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        out, _ = worker.communicate()
+    return out
+
+
+#: The plugin author's guide; its marked code blocks are what the tests run.
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "writing_plugins.md"
+
+
+def guide_block(marker: str, lang: str = "python") -> str:
+    """The fenced block right after ``<!-- scaffold-test: marker -->`` in the guide."""
+    match = re.search(rf"<!-- scaffold-test: {re.escape(marker)} -->\n```{lang}\n(.*?)\n```",
+                      GUIDE.read_text(), re.S)
+    assert match, f"docs/writing_plugins.md has no {lang or 'plain'} block marked {marker!r}"
+    return match.group(1) + "\n"
+
+
+def guide_code(path: str) -> str:
+    """The guide's code for the file ``path`` of a scaffolded distribution."""
+    return guide_block(path)

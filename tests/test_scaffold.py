@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
-import signal
+import shlex
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from nuvom_kernel.cli import make_cli
 from nuvom_kernel.kernel import Kernel
+from tests.helpers import GUIDE, guide_block, guide_code, run_nuvom, stop_worker
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +32,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-GUIDE = ROOT / "docs" / "writing_plugins.md"
 
 QUEUE_TREE = {
     ".gitignore", "README.md", "pyproject.toml",
@@ -71,7 +71,7 @@ def test_queue_scaffold_renders_an_installable_distribution(tmp_path: Path) -> N
     assert 'name = "listq"' in queue and "class ListqQueue(QueueBackend)" in queue
     contract = (dest / "tests/test_contract.py").read_text()
     assert "class TestListqQueue(QueueBackendContract)" in contract
-    assert "pip install -e ." in output and "nuvom plugin test listq" in output
+    assert 'pip install -e ".[test]"' in output and "nuvom plugin test listq" in output
     for path in dest.rglob("*"):
         if path.is_file():
             assert "{{" not in path.read_text(), f"unrendered placeholder in {path}"
@@ -112,11 +112,46 @@ def test_stub_methods_raise_with_a_pointer_to_the_guide(tmp_path: Path) -> None:
         assert f"\n### {method}\n" in guide
 
 
-def _guide_code(path: str) -> str:
-    match = re.search(rf"<!-- scaffold-test: {re.escape(path)} -->\n```python\n(.*?)\n```",
-                      GUIDE.read_text(), re.S)
-    assert match, f"docs/writing_plugins.md has no code block marked for {path}"
-    return match.group(1) + "\n"
+def _guide_commands(marker: str) -> list[list[str]]:
+    """The commands of a marked bash block, comments dropped, split as a shell would."""
+    return [shlex.split(line, comments=True) for line in guide_block(marker, "bash").splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def nested_venv(path: Path) -> Path:
+    """A throwaway virtualenv that also sees this environment's packages; its python.
+
+    ``--system-site-packages`` is not that: run from inside a virtualenv, it links the *base*
+    interpreter's site-packages, where nothing of this environment is (the README installs
+    into a virtualenv, so that is where this test usually runs). A ``.pth`` line that adds
+    this environment's site directories (with their own ``.pth`` files, which editable
+    installs need) gives the new venv the kernel and pytest, while whatever is installed
+    into it stays in it and comes first.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True,
+                   timeout=60)
+    python = path / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
+                              "print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    outer = [*site.getsitepackages(), *([site.getusersitepackages()]
+                                        if site.ENABLE_USER_SITE else [])]
+    Path(purelib.strip(), "_nuvom_outer_env.pth").write_text(
+        f"import site; list(map(site.addsitedir, {outer!r}))\n")
+    return python
+
+
+def _pip(python: Path, args: list[str], cwd: Path) -> None:
+    """``pip <args>`` of the guide, into the venv of ``python`` (pip runs from this
+    environment: the throwaway venv has none, and nothing is downloaded)."""
+    assert args[0] == "pip", args
+    cmd = [sys.executable, "-m", "pip", "--python", str(python), *args[1:2], "--quiet",
+           *args[2:]]
+    if importlib.util.find_spec("wheel") is not None:  # else pip builds in isolation
+        cmd.insert(cmd.index("--quiet"), "--no-build-isolation")
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def _nuvom(python: Path, args: list[str], cwd: Path, **kwargs: object
@@ -126,23 +161,25 @@ def _nuvom(python: Path, args: list[str], cwd: Path, **kwargs: object
                           timeout=180, check=False, **kwargs)  # type: ignore[call-overload]
 
 
+def test_scaffold_prints_the_guides_commands(tmp_path: Path) -> None:
+    new, cd, install = _guide_commands("scaffold-commands")
+    assert new == ["nuvom", "plugin", "new", "listq"] and cd == ["cd", "nuvom-plugins-listq"]
+    done = run_nuvom(new[1:], tmp_path)
+    assert done.returncode == 0, done.stderr
+    steps = done.stdout.split("Next:\n", 1)[1].splitlines()
+    assert [shlex.split(line) for line in steps[:3]] == [
+        ["cd", str(tmp_path / "nuvom-plugins-listq")], install, ["nuvom", "plugin", "test",
+                                                                  "listq"]]
+
+
 @pytest.mark.slow
 def test_following_the_guide_ends_with_a_plugin_serving_a_worker(tmp_path: Path) -> None:
-    code, output, dest = _new(tmp_path, "listq")
-    assert code == 0, output
-    (dest / "src/nuvom_plugins_listq/queue.py").write_text(_guide_code(
-        "src/nuvom_plugins_listq/queue.py"))
-
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(venv)], check=True, timeout=60)
-    python = venv / "bin" / "python"
-    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-               "--quiet", str(dest)]
-    if importlib.util.find_spec("wheel") is not None:  # else pip builds in isolation
-        install.insert(-1, "--no-build-isolation")
-    done = subprocess.run(install, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    new, _cd, install = _guide_commands("scaffold-commands")
+    scaffolded = run_nuvom(new[1:], tmp_path)
+    assert scaffolded.returncode == 0, scaffolded.stderr
+    dest = tmp_path / "nuvom-plugins-listq"
+    python = nested_venv(tmp_path / "venv")
+    _pip(python, install, dest)
 
     project = tmp_path / "project"
     project.mkdir()
@@ -152,11 +189,19 @@ def test_following_the_guide_ends_with_a_plugin_serving_a_worker(tmp_path: Path)
     assert plugins["listq"]["distribution"] == "nuvom-plugins-listq"
     assert plugins["listq"]["provides"] == {"queue_backend": ["listq"]}
 
+    stub = _nuvom(python, ["plugin", "test", "listq"], project)
+    assert stub.returncode == 1, stub.stdout + stub.stderr
+    failures = [line for line in stub.stdout.splitlines() if line.startswith("  listq/")]
+    assert len(failures) > 30
+    first_failure = guide_block("stub-failure", "").strip()
+    assert all(line.endswith(first_failure) for line in failures), failures[0]
+
+    (dest / "src/nuvom_plugins_listq/queue.py").write_text(guide_code(
+        "src/nuvom_plugins_listq/queue.py"))
     tested = _nuvom(python, ["plugin", "test", "listq"], project)
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    [row] = [line.split() for line in tested.stdout.splitlines()
-             if line.split()[:3] == ["listq", "queue", "listq"]]
-    assert row[4] == "0" and row[-1] == "PASS" and int(row[3]) > 30
+    assert tested.stdout.rstrip() + "\n" == guide_block("plugin-test-output", ""), \
+        "the guide's sample output of `nuvom plugin test listq` is not what it prints"
 
     (project / "tasks.py").write_text(
         "from nuvom_kernel import task\n\n\n@task\ndef add(x, y):\n    return x + y\n")
@@ -177,13 +222,19 @@ def test_following_the_guide_ends_with_a_plugin_serving_a_worker(tmp_path: Path)
         assert result == "5"
         assert (project / ".nuvom" / "listq.json").exists()
     finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            out, _ = worker.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            out, _ = worker.communicate()
+        out = stop_worker(worker)
     assert worker.returncode == 0, out
     assert "backend=listq" in out and job_id in out and "SUCCEEDED" in out
     inspected = _nuvom(python, ["inspect", "job", job_id, "--format", "json"], project)
     assert json.loads(inspected.stdout)["status"] == "SUCCEEDED"
+
+    # The guide's last section warns: a project copy listed in the toml collides with the
+    # installed distribution. It does, and the error says so.
+    local = tmp_path / "toml-project"
+    local.mkdir()
+    (local / "my_queues.py").write_text(guide_code("src/nuvom_plugins_listq/queue.py"))
+    (local / ".nuvom_plugins.toml").write_text(
+        guide_block("toml-project/.nuvom_plugins.toml", "toml"))
+    clash = _nuvom(python, ["status"], local)
+    assert clash.returncode == 1
+    assert "two plugins register queue_backend 'listq'" in clash.stderr

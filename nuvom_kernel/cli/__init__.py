@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
@@ -43,11 +44,16 @@ def _setup_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: load config and plugins once, then run the command.
 
+    The working directory (where ``.nuvom_plugins.toml`` is read) is importable for every
+    command, however ``nuvom`` was started.
+
     Configuration errors exit with status 2 (like a usage error) and say what to fix.
     """
     from nuvom_kernel.kernel import get_kernel
+    from nuvom_kernel.plugins import make_importable
 
     args = list(sys.argv[1:] if argv is None else argv)
+    make_importable(Path.cwd())  # the project folder: toml targets and tasks import from it
     try:
         kernel = get_kernel()
     except NuvomError as exc:

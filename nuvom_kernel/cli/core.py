@@ -29,19 +29,30 @@ def _kernel() -> Any:
 @click.command(name="config")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def config_cmd(as_json: bool) -> None:
-    """Show each effective setting, its environment variable and where it came from."""
+    """Show each effective setting, its environment variable and where it came from.
+
+    Plugin settings follow: every key set in a [plugins.<name>] table or a
+    NUVOM_PLUGINS__<NAME>__<KEY> variable, and every key a plugin declares (source
+    "default" when unset). Passwords in URLs and DSNs are shown as ***.
+    """
     config = _kernel().config
     rows = []
     for field in attrs.fields(Settings):
         value = getattr(config.settings, field.name)
         rows.append({"setting": field.name, "value": None if value is None else str(value),
                      "env": field.metadata["env"], "source": config.sources[field.name]})
+    plugin_rows = [{"plugin": r.plugin, "key": r.key,
+                    "value": None if r.value is None else str(r.value), "env": r.env,
+                    "source": r.source} for r in config.plugin_setting_rows()]
     if as_json:
         click.echo(json.dumps({"file": str(config.path) if config.path else None,
-                               "settings": rows}, indent=2))
+                               "settings": rows, "plugins": plugin_rows}, indent=2))
         return
     click.echo(f"config file: {config.path or '(none: .nuvom_plugins.toml not found)'}")
     print_table(rows, ["setting", "value", "env", "source"])
+    if plugin_rows:
+        click.echo("\nplugin settings ([plugins.<name>] tables, NUVOM_PLUGINS__<NAME>__<KEY>):")
+        print_table(plugin_rows, ["plugin", "key", "value", "env", "source"])
 
 
 @click.group(name="plugin")

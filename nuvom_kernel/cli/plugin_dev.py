@@ -24,7 +24,7 @@ import click
 from nuvom_kernel import __version__, hookimpl
 from nuvom_kernel.cli.output import print_table
 
-__all__ = ["SCAFFOLD", "render_scaffold"]
+__all__ = ["INSTALL_COMMAND", "SCAFFOLD", "render_scaffold"]
 
 
 @hookimpl
@@ -178,6 +178,9 @@ SCAFFOLD: dict[str, dict[str, str]] = {
 }
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+#: What ``nuvom plugin new`` tells the author to run next, exactly as docs/writing_plugins.md
+#: says it (a test keeps them equal): editable, with the test extra the contract needs.
+INSTALL_COMMAND = 'pip install -e ".[test]"'
 
 
 def render_scaffold(name: str, kind: str, dest: Path) -> list[Path]:
@@ -226,7 +229,8 @@ def plugin_new(name: str, kind: str, directory: Path | None) -> None:
 
     Creates pyproject.toml (with the `nuvom` entry point), a src-layout package whose
     backend methods raise NotImplementedError pointing at docs/writing_plugins.md, a
-    contract test and a README. Then: pip install -e ., and run `nuvom plugin test NAME`.
+    contract test and a README. Then: pip install -e ".[test]" (the distribution and pytest,
+    which the contract runs on), and run `nuvom plugin test NAME`.
     """
     kernel = _kernel()
     from nuvom_kernel.testing.contracts.targets import KINDS
@@ -242,6 +246,6 @@ def plugin_new(name: str, kind: str, directory: Path | None) -> None:
     click.echo(f"Created {dest} ({len(files)} files):")
     for path in files:
         click.echo(f"  {path.relative_to(dest).as_posix()}")
-    click.echo(f"\nNext:\n  cd {dest}\n  pip install -e .\n  nuvom plugin test {name}\n"
+    click.echo(f"\nNext:\n  cd {dest}\n  {INSTALL_COMMAND}\n  nuvom plugin test {name}\n"
                "Then implement each method until the contract passes "
                "(docs/writing_plugins.md walks through it).")

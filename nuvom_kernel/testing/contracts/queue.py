@@ -95,9 +95,12 @@ class QueueBackendContract(QueueConcurrencyTests):
         a, b = make_message(queue="a"), make_message(queue="b")
         queue_backend.enqueue_many([a, b])
         assert queue_backend.claim(10, []) == [], "queues=[] means no queue"
-        assert [le.id for le in queue_backend.claim(10, ["b"])] == [b.id]
-        assert queue_backend.claim(10, ["b", "c"]) == []
-        assert [le.id for le in queue_backend.claim(10, None)] == [a.id]
+        assert [le.id for le in queue_backend.claim(10, ["b"])] == [b.id], \
+            "claim(n, queues) leases messages of the named queues only"
+        assert queue_backend.claim(10, ["b", "c"]) == [], \
+            "a leased message is not claimable again, and an unknown queue has no messages"
+        assert [le.id for le in queue_backend.claim(10, None)] == [a.id], \
+            "queues=None means every queue"
 
     def test_fifo_within_a_priority(self, queue_backend: QueueBackend) -> None:
         sent = [make_message() for _ in range(12)]

@@ -131,10 +131,12 @@ class QueueConcurrencyTests(QueueContractBase):
         first.close()
         reopened = build_queue(visibility_timeout_secs=self.short_visibility_secs)
         assert reopened.qsize() == 1, "the waiting message survives; the leased one is out"
-        assert self._claim_one(reopened).message.body == b"b"
+        assert self._claim_one(reopened).message.body == b"b", \
+            "a message waiting before close() is claimable after reopening, body intact"
         recovered = wait_until(lambda: reopened.claim(1), self.patience_secs,
                                "a lease held before reopening never expired")[0]
-        assert (recovered.id, recovered.deliveries) == (leased.id, 2)
+        assert (recovered.id, recovered.deliveries) == (leased.id, 2), \
+            "a lease held before close() expires after reopening, delivery count kept (2)"
 
 
 def consume_in_child(factory: QueueFactory, context: BackendContext, barrier: Any,

@@ -101,6 +101,7 @@ def resolve(pm: NuvomPluginManager, config: Config, names: Sequence[str], all_: 
             plugins.append(name)
         elif ":" not in name and (by_name := _by_backend_name(pm, name)):
             targets += by_name
+            plugins += [t.provider for t in by_name]  # its provider's registration checks
         elif ":" in name or _importable(name):
             found, found_checks = _from_target(name, config)
             targets += found

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
+from nuvom_plugins_sqlite.connection import SQLiteSettings
 from nuvom_plugins_sqlite.queue import SQLiteJobQueue
 from nuvom_plugins_sqlite.results import SQLiteResultBackend
 
-__all__ = ["nuvom_register_queue_backends", "nuvom_register_result_backends"]
+__all__ = ["nuvom_plugin_settings", "nuvom_register_queue_backends",
+           "nuvom_register_result_backends"]
 
 
 @hookimpl
@@ -18,3 +20,10 @@ def nuvom_register_queue_backends() -> list[type[QueueBackend]]:
 @hookimpl
 def nuvom_register_result_backends() -> list[type[ResultBackend]]:
     return [SQLiteResultBackend]
+
+
+@hookimpl
+def nuvom_plugin_settings() -> dict[str, type]:
+    """``[plugins.sqlite]`` (and ``NUVOM_PLUGINS__SQLITE__*``): the same class both backends
+    parse their table with, so the kernel's key check and theirs cannot disagree."""
+    return {"sqlite": SQLiteSettings}

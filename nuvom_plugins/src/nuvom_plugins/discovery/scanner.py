@@ -16,6 +16,10 @@ Which files: ``*.py`` under ``root``, minus directories that are never project c
 syntax, at the root) and ``exclude`` globs match; when ``include`` globs are given, a file must
 match one of them. Globs use gitignore semantics too (``tests`` matches that directory at
 any depth, ``app/**/*.py`` a subtree).
+
+Module names follow the project's packaging, not the folder tree: the ``pyproject.toml``
+files met on the walk say where packages live (``src/`` layouts, monorepos with a project
+per folder; see :mod:`.roots`), so the manifest names each module as Python imports it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import pathspec
 
 from nuvom_kernel.discovery import Discoverer, DiscoveryReport, TaskRef
 from nuvom_plugins.discovery.resolve import DEFAULT_DECORATORS, scan_module
+from nuvom_plugins.discovery.roots import ImportRoots
 
 __all__ = ["DEFAULT_SKIP_DIRS", "AstDiscoverer", "examine"]
 
@@ -111,7 +116,8 @@ class AstDiscoverer(Discoverer):
         ignore = self._ignore_spec(root, report)
         files: dict[str, Any] = {}
         changed: dict[str, bytes | None] = {}  # bytes kept only while a serial parse is likely
-        for rel in self._walk(root, ignore, _spec(exclude), _spec(include)):
+        projects: list[str] = []  # folders holding a pyproject.toml
+        for rel in self._walk(root, ignore, _spec(exclude), _spec(include), projects):
             report.files_scanned += 1
             try:
                 data = (root / rel).read_bytes()
@@ -125,9 +131,14 @@ class AstDiscoverer(Discoverer):
         for rel, entry, parsed in self._examine_all(root, changed):
             files[rel] = entry
             report.files_parsed += parsed
+        # Names are given here, not cached per file: editing pyproject.toml renames modules
+        # whose own bytes did not change.
+        roots = ImportRoots.find(root, projects)
+        report.warnings += roots.warnings
         for entry in files.values():
             if isinstance(entry, dict):
-                report.tasks += [TaskRef.from_dict(t) for t in entry.get("tasks", [])]
+                report.tasks += [TaskRef.from_dict({**t, "module": roots.module(t["file"])})
+                                 for t in entry.get("tasks", [])]
                 report.errors += entry.get("errors", [])
                 report.warnings += entry.get("warnings", [])
         self._check_duplicates(report)
@@ -174,8 +185,10 @@ class AstDiscoverer(Discoverer):
 
     def _walk(self, root: Path, ignore: pathspec.PathSpec | None,
               exclude: pathspec.PathSpec | None,
-              include: pathspec.PathSpec | None) -> Iterator[str]:
-        """Relative POSIX paths of candidate files, in a stable (sorted) order."""
+              include: pathspec.PathSpec | None, projects: list[str] | None = None
+              ) -> Iterator[str]:
+        """Relative POSIX paths of candidate files, in a stable (sorted) order; the folders
+        holding a ``pyproject.toml`` are appended to ``projects`` on the way."""
         def skipped(rel: str) -> bool:
             return bool((ignore and ignore.match_file(rel)) or
                         (exclude and exclude.match_file(rel)))
@@ -188,6 +201,8 @@ class AstDiscoverer(Discoverer):
                 if d not in self.skip_dirs and not d.endswith(".egg-info")
                 and not os.path.exists(os.path.join(dirpath, d, "pyvenv.cfg"))
                 and not skipped(f"{prefix}{d}/"))
+            if projects is not None and "pyproject.toml" in filenames:
+                projects.append(reldir if prefix else "")
             for name in sorted(filenames):
                 if not name.endswith(".py"):
                     continue

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import attrs
+
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
 from nuvom_plugins.memory.backend import MemoryJobQueue, MemoryResultBackend
+
+
+@attrs.frozen
+class MemorySettings:
+    """``[plugins.memory]``: the queue's lease length (default: the kernel's setting); the
+    result backend takes no settings."""
+
+    visibility_timeout_secs: float = 30.0
 
 
 @hookimpl
@@ -15,3 +25,8 @@ def nuvom_register_queue_backends() -> list[type[QueueBackend]]:
 @hookimpl
 def nuvom_register_result_backends() -> list[type[ResultBackend]]:
     return [MemoryResultBackend]
+
+
+@hookimpl
+def nuvom_plugin_settings() -> dict[str, type]:
+    return {"memory": MemorySettings}
