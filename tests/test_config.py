@@ -94,7 +94,7 @@ def test_importing_nuvom_touches_no_environment_and_reads_no_file(tmp_path: Path
     code = (
         "import os, sys\n"
         "before = dict(os.environ)\n"
-        "import nuvom_kernel, nuvom_kernel.worker, nuvom_kernel.cli\n"
+        "import nuvom_kernel, nuvom_kernel.kernel, nuvom_kernel.worker, nuvom_kernel.cli\n"
         "assert dict(os.environ) == before\n"
         "assert nuvom_kernel.kernel._default is None\n"
         "print('clean')\n"
