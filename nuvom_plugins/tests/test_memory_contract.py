@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.testing.contracts import (
     BackendFactory,
     QueueBackendContract,
@@ -22,3 +23,11 @@ class TestMemoryResults(ResultBackendContract):
     @pytest.fixture
     def make_result_backend(self) -> BackendFactory:
         return BackendFactory(MemoryResultBackend)
+
+
+def test_result_backend_ignores_the_queues_settings() -> None:
+    """``[plugins.memory]`` is one table for both backends: a lease length set for the
+    queue must not break building the result backend."""
+    built = MemoryResultBackend.from_settings({"visibility_timeout_secs": 5.0},
+                                              BackendContext())
+    assert isinstance(built, MemoryResultBackend)

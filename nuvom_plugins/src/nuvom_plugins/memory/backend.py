@@ -12,11 +12,13 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 
 from nuvom_kernel.backends import (
+    BackendContext,
     Capabilities,
     QueueBackend,
     QueueStats,
@@ -265,6 +267,12 @@ class MemoryResultBackend(ResultBackend):
         super().__init__()
         self._lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
+        """Takes no settings: ``[plugins.memory]`` is shared with the queue, whose
+        ``visibility_timeout_secs`` means nothing here."""
+        return cls()
 
     def put(self, record: JobRecord) -> bool:
         copy = _copy(record)
