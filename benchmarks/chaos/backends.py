@@ -1,0 +1,202 @@
+"""Everything the chaos engine knows per backend, in one table: :data:`PROFILES`.
+
+A backend joins the suite by being installed: :func:`persistent_backends` lists every queue
+backend whose capabilities say persistent and multiprocess-safe, and every scenario runs on
+it with the generic faults (ENOSPC from a wrapper instead of a real full disk, corruption
+pushed through the SPI). A :class:`BackendProfile` adds what only that backend allows: its
+``[plugins.<name>]`` settings for chaos projects, whether its data lives under ``data_dir``
+(then a real tmpfs is filled), a squeezer, and backend-specific garbage.
+
+Adding a backend is one entry in :data:`PROFILES` (plus, if it has them, its squeezer and
+corruptor above the table), for example once a Redis plugin needs a database URL::
+
+    "redis": BackendProfile(settings={"url": "redis://localhost:6379/15"}),
+
+``redis`` and ``postgres`` are listed already, with the default profile, for their place in
+the order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nuvom_kernel.models import JobRecord, JobStatus
+
+if TYPE_CHECKING:
+    from .project import Project
+
+__all__ = ["PROFILES", "BackendProfile", "Corruption", "persistent_backends", "profile"]
+
+#: Name prefixes of the fault-injecting backend wrappers; they share their backend's
+#: profile (and so its ``[plugins.<backend>]`` settings).
+WRAPPER_PREFIXES = ("flaky_", "faulty_")
+
+
+@dataclass
+class Corruption:
+    """What a backend-specific corruptor did and what the system must make of it."""
+
+    quarantined: int = 0  # queue entries that must be moved aside (and listed by status)
+    failed: list[str] = field(default_factory=list)  # job ids that must end FAILED
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BackendProfile:
+    """What the chaos engine knows about one backend beyond its SPI.
+
+    :param settings: ``[plugins.<name>]`` settings for chaos projects.
+    :param atomic_push: whether ``push`` is all or none (a killed producer leaves all or none
+        of a ``.map()``). Every backend is held to that, the strict reading of
+        ``QueueBackend.push``; set ``False`` only if the backend documents otherwise (then a
+        killed ``.map()`` may leave part of its batch, but still never a half-written job).
+    :param local_disk: the backend keeps everything under ``data_dir``, so a small tmpfs
+        mounted there can run out of space for real. Others (a server's storage) get ENOSPC
+        from a wrapper.
+    :param squeeze: make every later write need new blocks before the disk is filled.
+    :param corrupt: backend-specific garbage, given the project and a queued job to damage;
+        every backend also gets the generic corruption through the SPI.
+    """
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    atomic_push: bool = True
+    local_disk: bool = False
+    squeeze: Callable[[Path], None] | None = None
+    corrupt: Callable[[Project, str], Corruption] | None = None
+
+
+# --- sqlite ---------------------------------------------------------------------------
+
+
+def _squeeze_sqlite(data_dir: Path) -> None:
+    """Empty the WAL into the database and truncate it: a WAL that was reset keeps its old
+    blocks, and writes into those would succeed on a full disk."""
+    conn = sqlite3.connect(data_dir / "nuvom.db", timeout=30)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        conn.close()
+
+
+def _corrupt_sqlite(project: Project, victim: str) -> Corruption:
+    """Rows another tool could have written: wrong column types (possible only with
+    ``ignore_check_constraints``), a real job's body cut in half, an unreadable record."""
+    done = Corruption()
+    conn = sqlite3.connect(project.data_dir / "nuvom.db", timeout=30, isolation_level=None)
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(nuvom_queue)")}
+        now = time.time()
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        for k, override in enumerate(({"body": "a text body"}, {"priority": "high"},
+                                      {"created_at": "yesterday"})):
+            row = {"id": f"corrupt-row-{k}", "seq": time.time_ns() + k, "queue": "default",
+                   "priority": 0, "created_at": now, "available_at": now, "visible_at": now,
+                   "deliveries": 0, "body": b"{}", **override}
+            names = [c for c in row if c in columns]
+            conn.execute(f"INSERT INTO nuvom_queue ({', '.join(names)}) VALUES "
+                         f"({', '.join('?' * len(names))})", [row[c] for c in names])
+            done.quarantined += 1
+        conn.execute("PRAGMA ignore_check_constraints = OFF")
+        changed = conn.execute("UPDATE nuvom_queue SET body = substr(body, 1, length(body) / 2)"
+                               " WHERE id = ?", (victim,)).rowcount
+        if changed == 1:
+            done.failed.append(victim)  # a well-typed row whose payload no longer decodes
+        result_columns = [row[1] for row in conn.execute("PRAGMA table_info(nuvom_results)")]
+        record = JobRecord(job_id="corrupt-record", func_name="chaos_work",
+                           status=JobStatus.FAILED).to_dict()
+        values = {k: json.dumps(v) if k in ("args", "kwargs", "options", "result", "history")
+                  else v for k, v in record.items()}
+        values["history"] = '[{"attempt": 1, "kind": '  # torn JSON
+        names = [c for c in result_columns if c in values]
+        conn.execute(f"INSERT INTO nuvom_results ({', '.join(names)}) VALUES "
+                     f"({', '.join('?' * len(names))})", [values[c] for c in names])
+        done.notes.append("3 mistyped queue rows, 1 truncated payload, 1 torn result record")
+    finally:
+        conn.close()
+    return done
+
+
+# --- file -----------------------------------------------------------------------------
+
+
+def _squeeze_file(data_dir: Path) -> None:
+    """Pad each result segment to the end of its last allocated block with blank lines
+    (the reader skips them): an append into that slack would succeed on a full disk."""
+    for segment in (data_dir / "results").glob("results-*.jsonl"):
+        st = segment.stat()
+        slack = st.st_blocks * 512 - st.st_size
+        if slack > 0:
+            with segment.open("ab") as fh:
+                fh.write(b"\n" * slack)
+
+
+def _corrupt_file(project: Project, victim: str) -> Corruption:
+    """Files another tool could have left: a stray name, garbage under a valid name, a real
+    job cut in half, a garbage line and a torn last line in the results log."""
+    done = Corruption()
+    ready = project.data_dir / "queue" / "ready"
+    (ready / "garbage.txt").write_bytes(b"not a job\n")
+    now_us = int(time.time() * 1_000_000)
+    (ready / f"{2**31:010d}{now_us:017d}000000.default.corruptfile1.0").write_bytes(
+        b"\x00\xff random bytes")
+    done.quarantined += 2
+    for path in ready.iterdir():
+        if f".{victim}." in path.name:
+            os.truncate(path, path.stat().st_size // 2)
+            done.quarantined += 1  # a checksummed file cut short is moved aside, no record
+    results = project.data_dir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    segments = sorted(results.glob("results-*.jsonl")) or [results / "results-00000001.jsonl"]
+    with segments[-1].open("ab") as fh:
+        fh.write(b"this line is not json\n")
+        fh.write(b'{"_nv":1,"op":"put","rec":{"job_id":"torn-rec')  # a writer died here
+    done.notes.append("2 bad files, 1 truncated job file, 2 bad result lines")
+    return done
+
+
+# --- the table ------------------------------------------------------------------------
+
+#: Per backend, in the order the tests and the report list them; a backend not named here
+#: gets the default profile (generic faults only) and is listed after these, by name.
+PROFILES: dict[str, BackendProfile] = {
+    "sqlite": BackendProfile(local_disk=True, squeeze=_squeeze_sqlite,
+                             corrupt=_corrupt_sqlite),
+    # The file queue's fsync only matters for power loss, which no scenario simulates (a
+    # killed process's writes survive in the page cache); turning it off keeps a
+    # 10,000-job ``.map()`` within the CI budget.
+    "file": BackendProfile(settings={"fsync": False}, local_disk=True, squeeze=_squeeze_file,
+                           corrupt=_corrupt_file),
+    "redis": BackendProfile(),
+    "postgres": BackendProfile(),
+}
+
+
+def profile(name: str) -> BackendProfile:
+    """The profile of backend ``name`` (or of the backend a fault-injecting wrapper named
+    ``flaky_<name>``/``faulty_<name>`` wraps)."""
+    base = name.split("_", 1)[1] if name.startswith(WRAPPER_PREFIXES) else name
+    return PROFILES.get(base, BackendProfile())
+
+
+def persistent_backends() -> list[str]:
+    """Installed queue backends that are persistent and shared between processes (the ones
+    a crash can be survived on), in the order the tests list them."""
+    from nuvom_kernel.config import load_config
+    from nuvom_kernel.plugins import NuvomPluginManager
+
+    pm = NuvomPluginManager()
+    with tempfile.TemporaryDirectory() as empty:
+        pm.load(load_config(empty, {}), environ={})
+    found = {name: cls for name, (cls, _) in pm.collect("nuvom_register_queue_backends").items()
+             if cls.capabilities.persistent and cls.capabilities.multiprocess_safe}
+    order = list(PROFILES)
+    return sorted(found, key=lambda b: (order.index(b) if b in order else len(order), b))
+
