@@ -5,14 +5,14 @@ Four kinds of thread:
 * one **dispatcher** claims jobs with ``pop_batch`` — never more than there are idle
   executors, so jobs are not hoarded while other workers sit idle — and hands them over;
 * **executors** (``workers`` of them) run one job at a time and decide its outcome;
-* one **settler** (:mod:`nuvom_kernel.settle`) stores outcomes and acks or retries leases,
+* one **settler** (:mod:`.settle`) stores outcomes and acks or retries leases,
   in batches, for every outcome alike;
-* one **monitor** extends the leases of running and settling jobs in one ``extend_many``
-  and enforces timeouts. A thread cannot be killed, so a timed-out job is recorded as timed
-  out and its executor is abandoned (its eventual return value is ignored); a fresh executor
-  takes its slot while fewer than ``max_abandoned_threads`` are abandoned. Past that the
-  worker stops claiming (and says so) until an abandoned thread returns and takes its slot
-  back: a runaway task cannot make a worker start threads without bound.
+* one **monitor** (:mod:`.monitor`) extends the leases of running and settling jobs in one
+  ``extend_many`` and enforces timeouts. A thread cannot be killed, so a timed-out job is
+  recorded as timed out and its executor abandoned (its eventual return value is ignored);
+  a fresh executor takes its slot while fewer than ``max_abandoned_threads`` are abandoned.
+  Past that the worker claims fewer jobs (and says so) until an abandoned thread returns
+  and takes its slot back: a runaway task cannot make a worker start threads without bound.
 
 Delivery is at least once: a job is acked only after its outcome is recorded. Definitions:
 ``Job.attempts`` counts every start of the function in the current run (a start whose worker
@@ -23,24 +23,21 @@ the message is decoded, so a message that kills its worker cannot loop forever).
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 import queue as stdqueue
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from nuvom_kernel import events
-from nuvom_kernel.envelope import Envelope, origin
-from nuvom_kernel.errors import JobTimeoutError, NuvomError, SerializationError, UnknownTaskError
-from nuvom_kernel.models import Job, JobStatus, Lease, Settlement
-from nuvom_kernel.settle import Running, Settler
+from nuvom_kernel.envelope import origin
+from nuvom_kernel.errors import JobTimeoutError
+from nuvom_kernel.models import JobStatus, Lease, Settlement
+from nuvom_kernel.worker.monitor import LeaseMonitor
+from nuvom_kernel.worker.run import HookInterrupted, JobRunner, current_job
+from nuvom_kernel.worker.settle import Running, Settler
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -48,13 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["Worker", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
-_local = threading.local()
-
-
-def current_job() -> Job | None:
-    """The job the calling task is running as (``None`` outside a worker); use
-    ``current_job().time_remaining()`` to stop cooperatively before a timeout."""
-    return getattr(_local, "job", None)
 
 
 class Worker:
@@ -100,12 +90,12 @@ class Worker:
         self._owed = 0  # slots whose replacement thread was not started
         self._handoff: stdqueue.SimpleQueue[Lease | None] = stdqueue.SimpleQueue()
         self._running: dict[str, Running] = {}
-        self._monitor_cv = threading.Condition()
+        self.monitor = LeaseMonitor(self.queue, self._running, self._time_out)
+        self.runner = JobRunner(kernel, self.settler, self._running, self.monitor,
+                                self._slot_back)
         self._stopping = threading.Event()
         self._forced = threading.Event()
-        self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._monitor: threading.Thread | None = None
         self._abandoned: set[threading.Thread] = set()
         self._signals = 0
         self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
@@ -122,9 +112,7 @@ class Worker:
                                       daemon=True)
         dispatcher.start()
         self._threads.append(dispatcher)
-        self._monitor = threading.Thread(target=self._monitor_loop, name="nuvom-monitor",
-                                         daemon=True)
-        self._monitor.start()
+        self.monitor.start()
         self._emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %d threads, queues=%s, backend=%s", self.origin,
                  self.workers, ",".join(self.queues or ["*"]), self.queue.name)
@@ -137,8 +125,7 @@ class Worker:
         self.queue.notify()
         with self._cv:
             self._cv.notify_all()
-        with self._monitor_cv:
-            self._monitor_cv.notify_all()
+        self.monitor.wake()
 
     def run(self, install_signals: bool = True) -> int:
         """Run until stopped (by signal or :meth:`stop`); returns the process exit code:
@@ -163,7 +150,7 @@ class Worker:
         if self._in_lifecycle_hook and threading.current_thread() is threading.main_thread():
             # A startup/shutdown hook is holding the main thread (maybe forever): leave it,
             # or run() could never reach the drain and the signal would change nothing.
-            raise _HookInterrupted
+            raise HookInterrupted
 
     def _emit_lifecycle(self, hook_name: str) -> None:
         """Emit a worker lifecycle hook; a signal may interrupt it (see ``_on_signal``)."""
@@ -171,7 +158,7 @@ class Worker:
         try:
             self._in_lifecycle_hook = main
             events.emit(self.kernel.pm, hook_name, worker=self)
-        except _HookInterrupted:
+        except HookInterrupted:
             log.error("a plugin's %s hook was still running when the worker was signalled; "
                       "it was interrupted", hook_name)
         finally:
@@ -210,11 +197,7 @@ class Worker:
             if thread is not threading.current_thread() and thread not in self._abandoned:
                 thread.join(max(0.0, join_deadline - time.monotonic()))
         self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
-        self._stopped.set()  # the monitor kept extending leases until everything settled
-        with self._monitor_cv:
-            self._monitor_cv.notify_all()
-        if self._monitor is not None:
-            self._monitor.join(5.0)
+        self.monitor.stop()  # it kept extending leases until everything settled
         self._emit_lifecycle("nuvom_worker_shutdown")
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned")
@@ -294,7 +277,7 @@ class Worker:
                 return
             if self._stopping.is_set():  # claimed but not started: straight back
                 self._safely("release it", lease, self.queue.release, lease)
-            elif not self.run_one(lease):
+            elif not self.runner.run_one(lease):
                 return  # abandoned after a timeout, and its slot was filled meanwhile
             with self._cv:
                 self._free += 1
@@ -307,119 +290,11 @@ class Worker:
         Returns ``False`` when the calling thread was abandoned after a timeout and must
         leave the pool (another thread holds its slot). Never raises for what a task does.
         """
-        try:
-            running = self._begin(lease)
-            if running is None:
-                return True
-            return self._run(running)
-        except Exception:  # a bug or a backend error outside the task: the lease expires
-            self._running.pop(lease.id, None)
-            log.exception("job=%s: unexpected error in the worker; not acked, it will run "
-                          "again after the visibility timeout", lease.id)
-            return True
+        return self.runner.run_one(lease)
 
-    def _begin(self, lease: Lease) -> Running | None:
-        """Check the delivery limit, decode, resolve the task; a Running job or ``None``
-        when the lease was settled or handed back instead."""
-        started_at, started_mono = time.time(), time.monotonic()
-        message = lease.message
-        settings = self.kernel.settings
-        without_outcome = lease.deliveries - 1 - message.failures
-        if without_outcome >= settings.max_deliveries:
-            error = NuvomError(
-                f"job was delivered {without_outcome} times without an outcome (a worker "
-                f"crashed or was killed each time, e.g. out of memory); raise "
-                f"NUVOM_MAX_DELIVERIES (now {settings.max_deliveries}) to allow more")
-            self.settler.submit(self.settler.without_envelope(lease, error, "dead"))
-            return None
-        try:
-            envelope = Envelope.from_message(message, self.serializer)
-            job = envelope.job(JobStatus.RUNNING)
-        except SerializationError as exc:
-            self.settler.submit(self.settler.without_envelope(lease, exc, "undecodable"))
-            return None
-        job.attempts = lease.deliveries
-        job.failures = max(message.failures, envelope.legacy_failures)
-        job._kernel = self.kernel
-        timeout = job.options.timeout_secs or settings.job_timeout_secs
-        deadline = started_mono + timeout if timeout else None
-        job.deadline = deadline
-        running = Running(job, lease, envelope, threading.current_thread(), started_at,
-                          started_mono, deadline, extended_at=started_mono)
-        self._running[job.id] = running
-        if deadline is not None:
-            with self._monitor_cv:
-                self._monitor_cv.notify()
-        return running
-
-    def _run(self, running: Running) -> bool:
-        job = running.job
-        outer, _local.job = current_job(), job  # outer: a task that enqueued in eager mode
-        try:
-            fn = self.kernel.registry.resolve(job.func_name, job.module)
-            events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
-            func = getattr(fn, "fn", fn)
-            if inspect.iscoroutinefunction(func):
-                result = asyncio.run(func(*job.args, **job.kwargs))
-            else:
-                result = func(*job.args, **job.kwargs)
-        except _HookInterrupted:
-            raise
-        except UnknownTaskError as exc:
-            if not self._hand_back(running, exc):
-                self._fail(running, exc, traceback.format_exc())
-        except BaseException as exc:  # a task's failure is data, whatever it raised
-            self._fail(running, exc, traceback.format_exc())
-        else:
-            self._succeed(running, result)
-        finally:
-            _local.job = outer
-        return self._still_in_pool(running)
-
-    def _succeed(self, running: Running, result: Any) -> None:
-        try:
-            settlement = self.settler.success(running, result)
-        except SerializationError as exc:
-            self._fail(running, exc, "".join(traceback.format_exception(exc)))
-            return
-        if not running.decide():
-            return
-        running.job.status, running.job.result = JobStatus.SUCCEEDED, result
-        self.settler.submit(settlement)
-        events.emit(self.kernel.pm, "nuvom_after_execute", job=running.job, result=result)
-
-    def _fail(self, running: Running, exc: BaseException, tb: str, kind: str = "error",
-              decided: bool = False) -> None:
-        if not decided and not running.decide():
-            return
-        settlement = self.settler.failure(running, exc, tb, kind)
-        job = running.job
-        events.emit(self.kernel.pm, "nuvom_on_execute_error", job=job, error=exc)
-        self.settler.submit(settlement)
-        if settlement.retry_in is not None:
-            events.emit(self.kernel.pm, "nuvom_on_retry", job=job, error=exc,
-                        delay_secs=settlement.retry_in)
-
-    def _hand_back(self, running: Running, exc: UnknownTaskError) -> bool:
-        """During a rolling deploy, give a job whose task this (older) worker lacks back to
-        the queue for ``unknown_task_grace_secs`` after enqueue; ``True`` if handed back."""
-        grace = self.kernel.settings.unknown_task_grace_secs
-        left = running.envelope.created_at + grace - time.time()
-        if exc.import_failed or left <= 0 or not running.decide():
-            return False
-        self._running.pop(running.job.id, None)
-        if self._safely("hand it back", running.lease, self.queue.release, running.lease,
-                        delay_secs=min(1.0, left)):
-            log.warning("job=%s: this worker has no task %r (an older deploy?); handed back "
-                        "for another worker (%.0f s of unknown_task_grace_secs left)",
-                        running.job.id, running.job.func_name, left)
-        return True
-
-    def _still_in_pool(self, running: Running) -> bool:
-        """After the function returned: an abandoned thread takes its slot back only if no
+    def _slot_back(self, running: Running) -> bool:
+        """An abandoned thread's task returned: it takes its slot back only if no
         replacement was started for it."""
-        if not running.abandoned:
-            return True
         with self._cv:
             self._abandoned_alive -= 1
             self._abandoned.discard(running.thread)
@@ -440,50 +315,13 @@ class Worker:
             if settlement.record.status is not JobStatus.SUCCEEDED:
                 self.failed += 1
 
-    # --- monitor ------------------------------------------------------------------------
-
-    def _monitor_loop(self) -> None:
-        while not self._stopped.is_set():
-            wake = time.monotonic() + min(self.visibility / 3, 1.0)
-            try:
-                wake = min(wake, self._monitor_tick())
-            except Exception:  # the monitor never dies: leases would expire under jobs
-                log.exception("the lease monitor failed a round; trying again")
-            with self._monitor_cv:
-                self._monitor_cv.wait(max(0.0, wake - time.monotonic()))
-
-    def _monitor_tick(self) -> float:
-        """Time out what is due, extend every lease due for it in one call; returns when
-        the next deadline falls."""
-        now = time.monotonic()
-        wake = float("inf")
-        extend_every = self.visibility / 3
-        due: list[Running] = []
-        for running in list(self._running.values()):
-            if running.deadline is not None and not running.decided:
-                if now >= running.deadline:
-                    self._time_out(running)
-                else:
-                    wake = min(wake, running.deadline)
-            if now - running.extended_at >= extend_every:
-                due.append(running)
-        if due:
-            expiry = time.time() + self.visibility  # taken before the call: an underestimate
-            try:
-                held = self.queue.extend_many([r.lease for r in due], self.visibility)
-            except Exception as exc:  # retried next round, well before the leases expire
-                log.error("queue backend %r failed to extend %d lease(s) (%r); retrying",
-                          self.queue.name, len(due), exc)
-                return min(wake, now + 0.5)
-            for running, ok in zip(due, held, strict=True):
-                running.extended_at = now
-                if ok:
-                    running.lease = attrs.evolve(running.lease, expires_at=expiry)
-                else:
-                    log.warning("job=%s lost its lease while running", running.job.id)
-        return wake
+    # --- timeouts ------------------------------------------------------------------------
 
     def _time_out(self, running: Running) -> None:
+        """Called by the monitor for a job past its deadline: abandon its thread, keep the
+        pool's capacity within ``max_abandoned_threads``, and settle the attempt as timed
+        out on a thread of its own (settling runs plugin observers: one that blocks must not
+        stop the monitor from extending every other job's lease)."""
         job = running.job
         if not running.decide():
             return
@@ -504,15 +342,6 @@ class Worker:
             log.warning("%d threads are stuck in timed-out jobs (max_abandoned_threads=%d): "
                         "this worker claims fewer jobs until one returns", self._abandoned_alive,
                         self.max_abandoned)
-        # Settle on a thread of its own: settling runs plugin observers (on_execute_error,
-        # on_retry), and one that blocks must not stop this monitor from extending the
-        # leases of every other running job.
-        thread = threading.Thread(target=self._fail, args=(running, error, ""),
-                                  kwargs={"kind": "timeout", "decided": True},
-                                  name="nuvom-timeout", daemon=True)
-        thread.start()
-
-
-class _HookInterrupted(BaseException):
-    """Raised by the signal handler to pull the main thread out of a hung lifecycle hook
-    (a BaseException, so the observer isolation in :func:`events.emit` does not catch it)."""
+        threading.Thread(target=self.runner.fail, args=(running, error, ""),
+                         kwargs={"kind": "timeout", "decided": True}, name="nuvom-timeout",
+                         daemon=True).start()

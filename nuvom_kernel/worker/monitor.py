@@ -1,0 +1,103 @@
+"""The lease monitor: keeps every held lease alive and notices deadlines.
+
+Why a thread of its own: leases are extended by time, not by progress, so a job stuck in a
+long call (or a finished job waiting for its batch to settle) keeps its lease; and a
+deadline is noticed even while every executor is busy. All due leases are extended in one
+``extend_many`` call (one round trip, one commit on SQLite). A round that fails is logged and
+retried: the monitor never stops, or leases would expire under running jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import attrs
+
+from nuvom_kernel.backends import QueueBackend
+from nuvom_kernel.worker.settle import Running
+
+__all__ = ["LeaseMonitor"]
+
+log = logging.getLogger("nuvom.worker")
+
+
+class LeaseMonitor:
+    """Watches ``running`` (the pool's table of started, not yet settled jobs).
+
+    :param on_deadline: called (on the monitor thread, so it must not block) for a job
+        whose deadline passed and whose outcome is not decided yet.
+    """
+
+    def __init__(self, queue: QueueBackend, running: dict[str, Running],
+                 on_deadline: Callable[[Running], None]) -> None:
+        self.queue = queue
+        self.running = running
+        self.on_deadline = on_deadline
+        self.visibility = queue.visibility_timeout_secs
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="nuvom-monitor", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look again now (a job with a deadline started)."""
+        with self._cv:
+            self._cv.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            wake = time.monotonic() + min(self.visibility / 3, 1.0)
+            try:
+                wake = min(wake, self.tick())
+            except Exception:
+                log.exception("the lease monitor failed a round; trying again")
+            with self._cv:
+                if self._stopped:
+                    return
+                self._cv.wait(max(0.0, wake - time.monotonic()))
+                if self._stopped:
+                    return
+
+    def tick(self) -> float:
+        """Act on due deadlines and extend every lease due for it; returns the monotonic
+        time of the next deadline (``inf`` if none)."""
+        now = time.monotonic()
+        wake = float("inf")
+        extend_every = self.visibility / 3
+        due: list[Running] = []
+        for running in list(self.running.values()):
+            if running.deadline is not None and not running.decided:
+                if now >= running.deadline:
+                    self.on_deadline(running)
+                else:
+                    wake = min(wake, running.deadline)
+            if now - running.extended_at >= extend_every:
+                due.append(running)
+        if due:
+            expiry = time.time() + self.visibility  # taken before the call: an underestimate
+            try:
+                held = self.queue.extend_many([r.lease for r in due], self.visibility)
+            except Exception as exc:  # retried next round, well before the leases expire
+                log.error("queue backend %r failed to extend %d lease(s) (%r); retrying",
+                          self.queue.name, len(due), exc)
+                return min(wake, now + 0.5)
+            for running, ok in zip(due, held, strict=True):
+                running.extended_at = now
+                if ok:
+                    running.lease = attrs.evolve(running.lease, expires_at=expiry)
+                else:
+                    log.warning("job=%s lost its lease while running", running.job.id)
+        return wake

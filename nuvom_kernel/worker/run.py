@@ -1,0 +1,172 @@
+"""Running one job: delivery limit → decode → resolve → call → decide the outcome → settle.
+
+Kept apart from the pool's threads so the same path serves a started pool and a single
+job run on its own (eager/test mode, ``Worker.run_one``). Whatever the task raises —
+``BaseException`` subclasses included — is a failed attempt, never a dead thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from nuvom_kernel import events
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import NuvomError, SerializationError, UnknownTaskError
+from nuvom_kernel.models import Job, JobStatus, Lease
+from nuvom_kernel.worker.monitor import LeaseMonitor
+from nuvom_kernel.worker.settle import Running, Settler
+
+if TYPE_CHECKING:
+    from nuvom_kernel.kernel import Kernel
+
+__all__ = ["HookInterrupted", "JobRunner", "current_job"]
+
+log = logging.getLogger("nuvom.worker")
+_local = threading.local()
+
+
+def current_job() -> Job | None:
+    """The job the calling task is running as (``None`` outside a worker); use
+    ``current_job().time_remaining()`` to stop cooperatively before a timeout."""
+    return getattr(_local, "job", None)
+
+
+class HookInterrupted(BaseException):
+    """Raised by the worker's signal handler to pull the main thread out of a hung lifecycle
+    hook (a BaseException, so the observer isolation in :func:`events.emit` does not catch
+    it); the one BaseException a task's call lets through."""
+
+
+class JobRunner:
+    """Runs leases to a settlement.
+
+    :param running: the pool's table of started, unsettled jobs (the monitor reads it).
+    :param slot_back: called when an abandoned (timed-out) job's function finally returns;
+        ``True`` if the calling thread may go on serving the pool.
+    """
+
+    def __init__(self, kernel: Kernel, settler: Settler, running: dict[str, Running],
+                 monitor: LeaseMonitor, slot_back: Callable[[Running], bool]) -> None:
+        self.kernel = kernel
+        self.settler = settler
+        self.running = running
+        self.monitor = monitor
+        self.slot_back = slot_back
+        self.serializer = kernel.serializer
+
+    def run_one(self, lease: Lease) -> bool:
+        """Run ``lease`` to its settlement; ``False`` if the calling thread was abandoned
+        after a timeout and must leave the pool. Never raises for what a task does."""
+        try:
+            running = self._begin(lease)
+            if running is None:
+                return True
+            return self._run(running)
+        except Exception:  # a bug or a backend error outside the task: the lease expires
+            self.running.pop(lease.id, None)
+            log.exception("job=%s: unexpected error in the worker; not acked, it will run "
+                          "again after the visibility timeout", lease.id)
+            return True
+
+    def _begin(self, lease: Lease) -> Running | None:
+        """Check the delivery limit, decode, resolve the task; a Running job or ``None``
+        when the lease was settled or handed back instead."""
+        started_at, started_mono = time.time(), time.monotonic()
+        message = lease.message
+        settings = self.kernel.settings
+        without_outcome = lease.deliveries - 1 - message.failures
+        if without_outcome >= settings.max_deliveries:
+            error = NuvomError(
+                f"job was delivered {without_outcome} times without an outcome (a worker "
+                f"crashed or was killed each time, e.g. out of memory); raise "
+                f"NUVOM_MAX_DELIVERIES (now {settings.max_deliveries}) to allow more")
+            self.settler.submit(self.settler.without_envelope(lease, error, "dead"))
+            return None
+        try:
+            envelope = Envelope.from_message(message, self.serializer)
+            job = envelope.job(JobStatus.RUNNING)
+        except SerializationError as exc:
+            self.settler.submit(self.settler.without_envelope(lease, exc, "undecodable"))
+            return None
+        job.attempts = lease.deliveries
+        job.failures = max(message.failures, envelope.legacy_failures)
+        job._kernel = self.kernel
+        timeout = job.options.timeout_secs or settings.job_timeout_secs
+        deadline = started_mono + timeout if timeout else None
+        job.deadline = deadline
+        running = Running(job, lease, envelope, threading.current_thread(), started_at,
+                          started_mono, deadline, extended_at=started_mono)
+        self.running[job.id] = running
+        if deadline is not None:
+            self.monitor.wake()
+        return running
+
+    def _run(self, running: Running) -> bool:
+        job = running.job
+        outer, _local.job = current_job(), job  # outer: a task that enqueued in eager mode
+        try:
+            fn = self.kernel.registry.resolve(job.func_name, job.module)
+            events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
+            func = getattr(fn, "fn", fn)
+            if inspect.iscoroutinefunction(func):
+                result = asyncio.run(func(*job.args, **job.kwargs))
+            else:
+                result = func(*job.args, **job.kwargs)
+        except HookInterrupted:
+            raise
+        except UnknownTaskError as exc:
+            if not self._hand_back(running, exc):
+                self.fail(running, exc, traceback.format_exc())
+        except BaseException as exc:  # a task's failure is data, whatever it raised
+            self.fail(running, exc, traceback.format_exc())
+        else:
+            self._succeed(running, result)
+        finally:
+            _local.job = outer
+        return not running.abandoned or self.slot_back(running)
+
+    def _succeed(self, running: Running, result: Any) -> None:
+        try:
+            settlement = self.settler.success(running, result)
+        except SerializationError as exc:
+            self.fail(running, exc, "".join(traceback.format_exception(exc)))
+            return
+        if not running.decide():
+            return
+        running.job.status, running.job.result = JobStatus.SUCCEEDED, result
+        self.settler.submit(settlement)
+        events.emit(self.kernel.pm, "nuvom_after_execute", job=running.job, result=result)
+
+    def fail(self, running: Running, exc: BaseException, tb: str, kind: str = "error",
+              decided: bool = False) -> None:
+        if not decided and not running.decide():
+            return
+        settlement = self.settler.failure(running, exc, tb, kind)
+        job = running.job
+        events.emit(self.kernel.pm, "nuvom_on_execute_error", job=job, error=exc)
+        self.settler.submit(settlement)
+        if settlement.retry_in is not None:
+            events.emit(self.kernel.pm, "nuvom_on_retry", job=job, error=exc,
+                        delay_secs=settlement.retry_in)
+
+    def _hand_back(self, running: Running, exc: UnknownTaskError) -> bool:
+        """During a rolling deploy, give a job whose task this (older) worker lacks back to
+        the queue for ``unknown_task_grace_secs`` after enqueue; ``True`` if handed back."""
+        grace = self.kernel.settings.unknown_task_grace_secs
+        left = running.envelope.created_at + grace - time.time()
+        if exc.import_failed or left <= 0 or not running.decide():
+            return False
+        self.running.pop(running.job.id, None)
+        if self.settler._safely("hand it back", running.lease, self.queue.release, running.lease,
+                        delay_secs=min(1.0, left)):
+            log.warning("job=%s: this worker has no task %r (an older deploy?); handed back "
+                        "for another worker (%.0f s of unknown_task_grace_secs left)",
+                        running.job.id, running.job.func_name, left)
+        return True
