@@ -150,8 +150,10 @@ class JobRunner:
             return
         settlement = self.settler.failure(running, exc, tb, kind)
         job = running.job
-        events.emit(self.kernel.pm, "nuvom_on_execute_error", job=job, error=exc)
+        # Settle first, observe after: an observer that blocks (or is slow) must not hold
+        # the outcome back, or the monitor would keep the job's lease alive forever.
         self.settler.submit(settlement)
+        events.emit(self.kernel.pm, "nuvom_on_execute_error", job=job, error=exc)
         if settlement.retry_in is not None:
             events.emit(self.kernel.pm, "nuvom_on_retry", job=job, error=exc,
                         delay_secs=settlement.retry_in)

@@ -135,7 +135,11 @@ class Settler:
     def settle(self, batch: Sequence[Settlement]) -> list[bool]:
         """Store every record, then ack or retry what was stored; per settlement, whether
         it landed (``False``: the lease was lost or the store failed)."""
-        landed = self.queue.settle_many(batch, self.results)
+        try:
+            landed = self.queue.settle_many(batch, self.results)
+        except Exception as exc:
+            self._unrecorded(batch, exc)
+            landed = [False] * len(batch)
         if landed is None:
             landed = self._store_then_settle(batch)
         for item, ok in zip(batch, landed, strict=True):
@@ -147,9 +151,7 @@ class Settler:
         try:
             stored = self.results.put_many([item.record for item in batch])
         except Exception as exc:
-            log.error("%d job outcome(s) could not be recorded (%r); not acked, they will run "
-                      "again after the visibility timeout: %s", len(batch), exc,
-                      " ".join(f"job={item.lease.id}" for item in batch))
+            self._unrecorded(batch, exc)
             return [False] * len(batch)
         landed = list(stored)
         acks = [i for i, item in enumerate(batch) if stored[i] and item.retry_in is None]
@@ -170,6 +172,12 @@ class Settler:
                                               item.lease, delay_secs=item.retry_in,
                                               body=item.body))
         return landed
+
+    @staticmethod
+    def _unrecorded(batch: Sequence[Settlement], exc: Exception) -> None:
+        log.error("%d job outcome(s) could not be recorded (%r); not acked, they will run "
+                  "again after the visibility timeout: %s", len(batch), exc,
+                  " ".join(f"job={item.lease.id}" for item in batch))
 
     def _safely(self, what: str, lease: Lease, call: Any, *args: Any, **kwargs: Any) -> Any:
         """A queue call whose exception is logged, not raised: every caller is safe with a
