@@ -87,9 +87,6 @@ class ResultBackendContract:
     def test_unknown_ids(self, result_backend: ResultBackend) -> None:
         job_id = "never-seen-" + uuid.uuid4().hex
         assert result_backend.get(job_id) is None, "an unknown id is None, not a pending job"
-        assert result_backend.get_result(job_id) is None
-        assert result_backend.get_error(job_id) is None
-        assert result_backend.get_full(job_id) is None
 
     @pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.FAILED,
                                         JobStatus.RETRYING, JobStatus.QUEUED])
@@ -161,37 +158,6 @@ class ResultBackendContract:
         assert again is not None and again.result["total"] == 3, \
             "changing a returned record must not change what is stored"
 
-    def test_set_result(self, result_backend: ResultBackend) -> None:
-        result_backend.set_result("new-job", {"sum": [1, 2]}, func_name="tasks.add")
-        got = result_backend.get("new-job")
-        assert got is not None and got.status is JobStatus.SUCCEEDED
-        assert got.func_name == "tasks.add"
-        assert result_backend.get_result("new-job") == {"sum": [1, 2]}
-        assert result_backend.get_error("new-job") is None
-        running = make_record(status=JobStatus.RUNNING, func_name="tasks.mul")
-        result_backend.put(running)
-        result_backend.set_result(running.job_id, 42)
-        got = result_backend.get(running.job_id)
-        assert got is not None and (got.status, got.result) == (JobStatus.SUCCEEDED, 42)
-        assert got.func_name == "tasks.mul" and got.args == running.args, \
-            "set_result keeps what the record already held"
-
-    def test_set_error(self, result_backend: ResultBackend) -> None:
-        result_backend.set_error("bad-job", "builtins.ValueError", "no", "Traceback ...",
-                                 func_name="tasks.div")
-        assert result_backend.get_error("bad-job") == {
-            "type": "builtins.ValueError", "message": "no", "traceback": "Traceback ..."}
-        assert result_backend.get_result("bad-job") is None
-        got = result_backend.get("bad-job")
-        assert got is not None and got.status is JobStatus.FAILED
-
-    def test_get_full(self, result_backend: ResultBackend) -> None:
-        record = make_record(status=JobStatus.FAILED)
-        result_backend.put(record)
-        full = result_backend.get_full(record.job_id)
-        assert full == record.to_dict()
-        assert full is not None and full["status"] == "FAILED"
-
     # --- queries --------------------------------------------------------------------------
 
     def _populate(self, backend: ResultBackend) -> list[JobRecord]:
@@ -245,17 +211,6 @@ class ResultBackendContract:
             "query(after=cursor) pages through every record once"
         assert [r.job_id for p in pages for r in p] == newest_first, \
             "query() orders newest updated_at first, then job_id descending, across pages"
-
-    def test_list_jobs(self, result_backend: ResultBackend) -> None:
-        records = self._populate(result_backend)
-        rows = result_backend.list_jobs(status="FAILED")
-        assert [r["job_id"] for r in rows] == [r.job_id for r in records
-                                               if r.status is JobStatus.FAILED]
-        assert rows[0]["status"] == "FAILED"
-        by_task = result_backend.list_jobs(status=JobStatus.SUCCEEDED, task="tasks.mul")
-        assert len(by_task) == 2 and all(r["func_name"] == "tasks.mul" for r in by_task)
-        first = result_backend.list_jobs(limit=6)
-        assert len(result_backend.list_jobs(limit=3, after=page_cursor(first[-1]))) == 2
 
     def test_counts(self, result_backend: ResultBackend) -> None:
         self._populate(result_backend)

@@ -1,0 +1,89 @@
+"""The seed's result conveniences (``set_result``, ``set_error``, ``get_result``,
+``get_error``, ``get_full``, ``list_jobs``), tested once on the base class.
+
+They are built on the primitives every backend passes the contract for, so a plugin never
+writes them and the contract suite does not test them again per backend. The stub result
+backend (the kernel's in-memory reference) stands in for any backend here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nuvom_kernel.backends import page_cursor
+from nuvom_kernel.models import JobStatus
+from nuvom_kernel.testing.contracts._support import make_record
+from nuvom_kernel.testing.stubs import StubResults
+
+
+@pytest.fixture
+def results() -> StubResults:
+    return StubResults()
+
+
+def test_set_result(results: StubResults) -> None:
+    results.set_result("new-job", {"sum": [1, 2]}, func_name="tasks.add")
+    got = results.get("new-job")
+    assert got is not None and got.status is JobStatus.SUCCEEDED
+    assert got.func_name == "tasks.add"
+    assert results.get_result("new-job") == {"sum": [1, 2]}
+    assert results.get_error("new-job") is None
+    running = make_record(status=JobStatus.RUNNING, func_name="tasks.mul")
+    results.put(running)
+    assert results.set_result(running.job_id, 42) is True
+    got = results.get(running.job_id)
+    assert got is not None and (got.status, got.result) == (JobStatus.SUCCEEDED, 42)
+    assert got.func_name == "tasks.mul" and got.args == running.args, \
+        "set_result keeps what the record already held"
+
+
+def test_set_error(results: StubResults) -> None:
+    results.set_error("bad-job", "builtins.ValueError", "no", "Traceback ...",
+                      func_name="tasks.div")
+    assert results.get_error("bad-job") == {
+        "type": "builtins.ValueError", "message": "no", "traceback": "Traceback ..."}
+    assert results.get_result("bad-job") is None
+    got = results.get("bad-job")
+    assert got is not None and got.status is JobStatus.FAILED
+
+
+def test_unknown_ids_are_none_everywhere(results: StubResults) -> None:
+    assert results.get_result("never-seen") is None
+    assert results.get_error("never-seen") is None
+    assert results.get_full("never-seen") is None
+
+
+def test_get_full(results: StubResults) -> None:
+    record = make_record(status=JobStatus.FAILED)
+    results.put(record)
+    full = results.get_full(record.job_id)
+    assert full == record.to_dict()
+    assert full is not None and full["status"] == "FAILED"
+
+
+def test_list_jobs_filters_and_pages(results: StubResults) -> None:
+    base = time.time() - 1000
+    shapes = [(JobStatus.SUCCEEDED, "tasks.add")] * 4 + [(JobStatus.FAILED, "tasks.add")] \
+        + [(JobStatus.SUCCEEDED, "tasks.mul")] * 2 + [(JobStatus.RETRYING, "tasks.mul")]
+    records = [make_record(status=s, func_name=f, updated_at=base + i)
+               for i, (s, f) in enumerate(shapes)]
+    for record in records:
+        results.put(record)
+    rows = results.list_jobs(status="FAILED")
+    assert [r["job_id"] for r in rows] == [r.job_id for r in records
+                                           if r.status is JobStatus.FAILED]
+    assert rows[0]["status"] == "FAILED"
+    by_task = results.list_jobs(status=JobStatus.SUCCEEDED, task="tasks.mul")
+    assert len(by_task) == 2 and all(r["func_name"] == "tasks.mul" for r in by_task)
+    first = results.list_jobs(limit=6)
+    assert [r["job_id"] for r in first] == [r.job_id for r in reversed(records)][:6]
+    rest = results.list_jobs(limit=6, after=page_cursor(first[-1]))
+    assert [r["job_id"] for r in rest] == [r.job_id for r in reversed(records)][6:]
+
+
+def test_counts_default_pages_through_every_status(results: StubResults) -> None:
+    for i in range(1005):
+        results.put(make_record(status=JobStatus.SUCCEEDED if i % 5 else JobStatus.FAILED))
+    assert results.counts() == {"SUCCEEDED": 804, "FAILED": 201}
