@@ -287,7 +287,7 @@ def _flaky_backend(base: Path, backend: str, sizes: Sizes) -> Outcome:
         out.check(not log.premature_acks, f"{len(log.premature_acks)} ack(s) of jobs the "
                   f"acking worker had not finished: {log.premature_acks[:3]}")
         logs = project.logs()
-        out.check("failed to lease jobs; retrying in" in logs,
+        out.check("failed to claim jobs; retrying in" in logs,
                   "claim failures were not logged with a back-off")
         out.check(all(w.alive() for w in workers), "a worker died of backend failures")
         out.notes.append(f"{logs.count('injected claim failure')} claim, "
