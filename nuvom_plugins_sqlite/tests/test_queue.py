@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlite_helpers import msg, wait_until
 
-from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.backends import BackendContext, QueueCounts
 from nuvom_kernel.errors import ConfigError
 from nuvom_kernel.models import JobStatus, Message
-from nuvom_plugins_sqlite import DuplicateMessageError, SQLiteJobQueue
+from nuvom_plugins_sqlite import SQLiteJobQueue
 
 
 def ids(leases: list) -> list[str]:
@@ -161,6 +161,65 @@ def test_retry_body_is_stored(queue: SQLiteJobQueue) -> None:
     assert again.message.body == b"v2"
 
 
+def test_failures_count_retries_and_survive_expiry(db_path: Path) -> None:
+    q = SQLiteJobQueue(db_path, visibility_timeout_secs=0.2)
+    q.enqueue(Message(id="a", body=b"x", task="tasks.flaky"))
+    [lease] = q.claim(1)
+    assert (lease.message.task, lease.message.failures) == ("tasks.flaky", 0)
+    assert q.retry(lease, delay_secs=0)
+    [lease] = q.claim(1)
+    assert lease.message.failures == 1
+    assert q.retry(lease, delay_secs=0, body=b"y")
+    [lease] = q.claim(1)  # ... and its lease expires: a delivery, not a failure
+    again = wait_until(lambda: q.claim(1))[0]
+    assert (again.message.failures, again.deliveries, again.message.body) == (2, 4, b"y")
+    assert q.ack(lease) is False, "an expired lease taken over is lost"
+    q.close()
+
+
+def test_release_with_delay_waits_and_is_retrying_only_after_a_failure(
+        queue: SQLiteJobQueue) -> None:
+    queue.enqueue_many([msg("first"), msg("failed")])
+    leases = {le.id: le for le in queue.claim(2)}
+    assert queue.retry(leases["failed"], delay_secs=0)
+    [failed] = queue.claim(1)
+    assert queue.release(leases["first"], delay_secs=60)
+    assert queue.release(failed, delay_secs=60)
+    assert queue.peek_state("first") is JobStatus.QUEUED
+    assert queue.peek_state("failed") is JobStatus.RETRYING
+    assert queue.claim(5) == []
+    assert queue.stats().queues["default"] == QueueCounts(delayed=2)
+
+
+def test_extend_to_zero_is_claimable_by_the_next_claim(queue: SQLiteJobQueue) -> None:
+    """The claim caches when the next waiting row is due (the lease's expiry, 30 s away);
+    expiring the lease now must not wait for that hint."""
+    queue.enqueue_many([msg("a"), msg("b")])
+    [lease] = queue.claim(1)
+    assert ids(queue.claim(1)) == ["b"]  # a claim that leased: the hint is a's expiry
+    assert queue.extend(lease, 0)
+    [again] = queue.claim(1)
+    assert (again.id, again.deliveries) == ("a", 2)
+    assert queue.peek_state("a") is JobStatus.RUNNING
+
+
+@pytest.mark.parametrize("how", ["push", "retry", "release"])
+def test_a_row_due_before_the_cached_hint_is_claimed_when_due(queue: SQLiteJobQueue,
+                                                              how: str) -> None:
+    queue.enqueue_many([msg("a"), msg("b")])
+    a, _ = queue.claim(2)  # a claim that leased: the hint is their expiry, 30 s away
+    if how == "push":
+        queue.enqueue(msg("soon", available_at=time.time() + 0.05))
+    elif how == "retry":
+        assert queue.retry(a, delay_secs=0.05)
+    else:
+        assert queue.release(a, delay_secs=0.05)
+    due = time.time() + 0.05
+    wait_until(lambda: time.time() > due, timeout=5.0)
+    assert ids(queue.claim(5)) == ["soon" if how == "push" else "a"], \
+        "the first claim after the row is due takes it"
+
+
 def test_release_restores_delivery_count(queue: SQLiteJobQueue) -> None:
     queue.enqueue(msg("a"))
     [lease] = queue.claim(1)
@@ -191,13 +250,28 @@ def test_clear_counts_leased_messages_too(queue: SQLiteJobQueue) -> None:
     assert queue.clear() == 0
 
 
-def test_push_is_all_or_nothing_and_rejects_duplicate_ids(queue: SQLiteJobQueue) -> None:
-    queue.enqueue(msg("dup"))
-    with pytest.raises(DuplicateMessageError, match="'dup'"):
-        queue.enqueue_many([msg("new-1"), msg("dup"), msg("new-2")])
-    assert queue.qsize() == 1
+def test_push_skips_queued_ids_and_reports_each(queue: SQLiteJobQueue) -> None:
+    """Duplicates anywhere in a batch (queued before, leased, repeated within the batch,
+    several of them) are skipped and reported, and the batch is still one transaction."""
+    queue.enqueue_many([msg("dup"), msg("leased")])
+    [lease] = queue.claim(1)
+    assert lease.id == "dup"
+    batch = [msg("new-1"), Message(id="dup", body=b"impostor"), msg("new-2"),
+             Message(id="new-1", body=b"twin"), msg("leased"), msg("new-3")]
+    assert queue.push(batch) == [True, False, True, False, False, True]
+    assert queue.qsize() == 4  # leased, new-1, new-2, new-3
+    bodies = {le.id: le.message.body for le in queue.claim(10)}
+    assert bodies == {"leased": b"body-leased", "new-1": b"body-new-1",
+                      "new-2": b"body-new-2", "new-3": b"body-new-3"}
+    assert queue.push([msg("dup")]) == [False]  # one message: the autocommit path
+    assert queue.ack(lease)
+    assert queue.push([msg("dup")]) == [True]
+
+
+def test_push_refuses_a_bad_message_before_storing_any(queue: SQLiteJobQueue) -> None:
+    queue.enqueue(msg("a"))
     with pytest.raises(TypeError, match="body must be bytes"):
-        queue.push([Message(id="x", body="text")])  # type: ignore[arg-type]
+        queue.push([msg("b"), Message(id="x", body="text")])  # type: ignore[arg-type]
     assert queue.qsize() == 1
 
 
@@ -207,10 +281,11 @@ def test_qsize_and_stats(queue: SQLiteJobQueue) -> None:
                         msg("d", available_at=now + 60)])
     queue.claim(1)  # leases "a"
     stats = queue.stats()
-    assert stats.depth == {"default": 1, "mail": 1}
-    assert stats.delayed == 1
-    assert stats.in_flight == 1
-    assert stats.oldest_age_secs is not None and 0 <= stats.oldest_age_secs < 5
+    assert stats.queues == {
+        "default": QueueCounts(ready=1, delayed=1, running=1,
+                               oldest_ready_age_secs=pytest.approx(0, abs=5)),
+        "mail": QueueCounts(ready=1, oldest_ready_age_secs=pytest.approx(0, abs=5)),
+    }
     assert stats.quarantined == []
     assert queue.qsize() == 3
     assert queue.qsize(["mail"]) == 1

@@ -7,10 +7,11 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 from sqlite_helpers import msg
 
-from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.backends import BackendContext, page_cursor
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_plugins_sqlite import SQLiteJobQueue, SQLiteResultBackend
@@ -62,14 +63,20 @@ def test_query_filters_and_pages_newest_first(results: SQLiteResultBackend) -> N
         results.put(record(f"j{i:02d}", status, "add" if i % 2 else "mul", t + i))
     newest = results.query(limit=5)
     assert [r.job_id for r in newest] == ["j29", "j28", "j27", "j26", "j25"]
-    page2 = results.query(limit=5, offset=5)
+    page2 = results.query(limit=5, after=page_cursor(newest[-1]))
     assert [r.job_id for r in page2] == ["j24", "j23", "j22", "j21", "j20"]
     failed = results.query(status=JobStatus.FAILED, limit=100)
     assert [r.job_id for r in failed] == [f"j{i:02d}" for i in range(27, -1, -3)]
     failed_mul = results.query(status=JobStatus.FAILED, func_name="mul", limit=100)
     assert [r.job_id for r in failed_mul] == ["j24", "j18", "j12", "j06", "j00"]
     assert results.query(func_name="nope") == []
-    assert len(results.query(limit=100, offset=25)) == 5
+    failed_page = results.query(status=JobStatus.FAILED, limit=3,
+                                after=page_cursor(failed[1]))
+    assert [r.job_id for r in failed_page] == ["j21", "j18", "j15"]
+    assert [r.job_id for r in results.query(limit=100, after="1005.0|j05")] == \
+        ["j04", "j03", "j02", "j01", "j00"]
+    with pytest.raises(ValueError, match="malformed page cursor"):
+        results.query(after="yesterday")
     assert results.counts() == {"SUCCEEDED": 20, "FAILED": 10}
 
 
@@ -101,7 +108,7 @@ def test_put_many_big_batches_last_record_of_a_job_wins(results: SQLiteResultBac
     keeps the later record; one record that cannot be encoded stores none of the batch."""
     batch = [record(f"j{i:03d}", updated_at=1000.0 + i) for i in range(100)]
     batch.append(record("j005", JobStatus.FAILED, updated_at=5000.0))
-    results.put_many(batch)
+    assert results.put_many(batch) == [True] * 101
     assert results.counts() == {"SUCCEEDED": 99, "FAILED": 1}
     got = results.get("j005")
     assert got is not None and got.status is JobStatus.FAILED and got.updated_at == 5000.0
@@ -110,8 +117,23 @@ def test_put_many_big_batches_last_record_of_a_job_wins(results: SQLiteResultBac
     with pytest.raises(SerializationError):
         results.put_many([record("x-good"), bad])
     assert results.get("x-good") is None
-    results.put_many([])
+    assert results.put_many([]) == []
     assert len(results.query(limit=1000)) == 100
+
+
+def test_put_many_fences_a_job_listed_twice_against_its_earlier_record(
+        results: SQLiteResultBackend) -> None:
+    """As if put one after the other: a later attempt lands, then an earlier one of the
+    same batch is refused; a non-terminal record never undoes a terminal one."""
+    first = attrs.evolve(record("j", JobStatus.RUNNING), attempts=1)
+    done = attrs.evolve(first, status=JobStatus.SUCCEEDED)
+    late = attrs.evolve(first, status=JobStatus.RETRYING)
+    second = attrs.evolve(first, status=JobStatus.FAILED, attempts=2)
+    assert results.put_many([first, done, late, second, done]) == \
+        [True, True, False, True, False]
+    got = results.get("j")
+    assert got is not None and (got.status, got.attempts) == (JobStatus.FAILED, 2)
+    assert results.put_many([attrs.evolve(first, job_id="k"), late]) == [True, False]
 
 
 def test_unreadable_row_is_skipped_in_lists_and_named_on_get(

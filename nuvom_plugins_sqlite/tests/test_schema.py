@@ -5,17 +5,19 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import attrs
 import pytest
 from sqlite_helpers import msg
 
 from nuvom_kernel.errors import ConfigError
+from nuvom_kernel.models import Message
 from nuvom_plugins_sqlite import (
     SCHEMA_VERSION,
     SchemaVersionError,
     SQLiteJobQueue,
     SQLiteResultBackend,
 )
-from nuvom_plugins_sqlite.schema import migrate
+from nuvom_plugins_sqlite.schema import MIGRATIONS, migrate
 
 
 def test_new_file_gets_current_version_wal_and_every_table(db_path: Path) -> None:
@@ -92,3 +94,69 @@ def test_check_constraints_refuse_bad_rows_at_write_time(queue: SQLiteJobQueue) 
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at,"
                      " visible_at, body) VALUES ('x', 'default', 0, 1, 1, 1, 'text')")
+
+
+def _v1_file(path: Path) -> None:
+    """A file as version 1 left it, with a row in every table."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at, "
+                 "visible_at, body) VALUES ('old', 'mail', 3, 1.5, 1.5, NULL, x'00ff')")
+    conn.execute("INSERT INTO nuvom_quarantine (id, queue, priority, created_at, available_at,"
+                 " deliveries, body, reason, quarantined_at) "
+                 "VALUES ('bad', 'default', 'high', 1, 1, 0, x'00', 'priority holds text', 2)")
+    columns = ("job_id, func_name, status, queue, args, kwargs, options, attempts, "
+               "max_retries, history, updated_at, extra")
+    conn.execute(f"INSERT INTO nuvom_results ({columns}) VALUES ('plain', 'add', 'SUCCEEDED',"
+                 " 'default', '[]', '{}', '{}', 1, 0, '[]', 10.0, NULL)")
+    # a record a v1 plugin stored for an SPI 1 kernel: the new fields went to ``extra``
+    conn.execute(f"INSERT INTO nuvom_results ({columns}) VALUES ('rerun', 'add', 'QUEUED',"
+                 " 'default', '[]', '{}', '{}', 0, 0, '[]', 11.0, "
+                 "'{\"run\":2,\"token\":\"t2\",\"future\":1}')")
+    conn.close()
+
+
+def test_version_1_file_is_migrated_in_place(db_path: Path) -> None:
+    _v1_file(db_path)
+    queue, results = SQLiteJobQueue(db_path), SQLiteResultBackend(db_path)
+    [lease] = queue.claim(1)
+    assert lease.message == Message(id="old", body=b"\x00\xff", queue="mail", priority=3,
+                                    available_at=1.5, created_at=1.5, task="", failures=0)
+    assert queue.retry(lease, delay_secs=0)
+    [lease] = queue.claim(1)
+    assert lease.message.failures == 1
+    plain, rerun = results.get("plain"), results.get("rerun")
+    assert plain is not None and (plain.run, plain.token) == (1, None)
+    assert rerun is not None and (rerun.run, rerun.token) == (2, "t2")
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT run, token, extra FROM nuvom_results WHERE job_id = 'rerun'"
+                        ).fetchone() == (2, "t2", '{"future":1}')
+    # the fence reads the migrated column: run 1 may not replace run 2
+    assert results.put(attrs.evolve(rerun, run=1, attempts=5)) is False
+    assert conn.execute("SELECT id, priority, task, failures FROM nuvom_quarantine"
+                        ).fetchall() == [("bad", "high", None, None)]
+    indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                                "AND tbl_name = 'nuvom_results' AND sql IS NOT NULL"))
+    assert all(sql.endswith("updated_at, job_id)") for sql in indexes.values()), indexes
+    queue.close()
+    results.close()
+
+
+def test_quarantine_keeps_the_task_and_failures(queue: SQLiteJobQueue) -> None:
+    queue.enqueue_many([msg("good"), Message(id="bad", body=b"x", task="tasks.report")])
+    [lease] = queue.claim(1)
+    queue.release(lease)
+    assert queue.retry(queue.claim(1)[0], delay_secs=0)  # "good": one failure
+    _corrupt(queue.path, "UPDATE nuvom_queue SET failures = 'many' WHERE id = 'bad'")
+    _corrupt(queue.path, "UPDATE nuvom_queue SET task = x'07' WHERE id = 'good'")
+    assert queue.claim(10) == []
+    lines = queue.stats().quarantined
+    assert len(lines) == 2 and "failures holds text" in lines[1] and "task holds blob" in \
+        lines[0]
+    conn = sqlite3.connect(queue.path)
+    assert conn.execute("SELECT id, task, failures FROM nuvom_quarantine ORDER BY id"
+                        ).fetchall() == [("bad", "tasks.report", "many"), ("good", b"\x07", 1)]

@@ -8,7 +8,7 @@ Installed, they register under the name ``sqlite`` (``queue_backend = "sqlite"``
 from __future__ import annotations
 
 from nuvom_plugins_sqlite.connection import DatabaseBusyError, SQLiteSettings
-from nuvom_plugins_sqlite.queue import DuplicateMessageError, SQLiteJobQueue
+from nuvom_plugins_sqlite.queue import SQLiteJobQueue
 from nuvom_plugins_sqlite.results import SQLiteResultBackend
 from nuvom_plugins_sqlite.schema import SCHEMA_VERSION, SchemaVersionError
 
@@ -17,7 +17,6 @@ __version__ = "0.1.0"
 __all__ = [
     "SCHEMA_VERSION",
     "DatabaseBusyError",
-    "DuplicateMessageError",
     "SQLiteJobQueue",
     "SQLiteResultBackend",
     "SQLiteSettings",

@@ -159,6 +159,7 @@ class Database:
         self._ready_pid: int | None = None
         self._init_lock = threading.Lock()
         self._writer = writer_for(self.path)
+        self.real_path = self._writer.path  # the file's real path (symlinks resolved)
         self._mode = (settings.synchronous, _busy_ms(settings))
         self._background_checkpoints = settings.synchronous == "NORMAL"  # see .writer
 
@@ -253,6 +254,7 @@ class Database:
     def _lock(self) -> threading.Lock:
         if self._writer.pid != os.getpid():  # forked: this process has its own writer
             self._writer = writer_for(self.path)
+        self.real_path = self._writer.path  # the file's real path (symlinks resolved)
         return self._writer.lock
 
     # --- writes -----------------------------------------------------------------------

@@ -2,9 +2,9 @@
 
 The schema's ``CHECK`` constraints stop bad rows at write time, but a file edited by another
 tool (or written with ``PRAGMA ignore_check_constraints``) can still hold one. Such a row must
-never crash a claim and stall every job behind it (DESIGN.md §5): it moves to
-``nuvom_quarantine`` with the reason, ``stats().quarantined`` reports it, and the queue keeps
-flowing. The row keeps its values exactly, so an operator can repair and re-insert it.
+never crash a claim and stall every job behind it: it moves to ``nuvom_quarantine`` with the
+reason, ``stats().quarantined`` reports it, and the queue keeps flowing. The row keeps its
+values exactly (task name and failures included), so an operator can repair and re-insert it.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ INVALID_ROW_SQL = """NOT (
     AND typeof(priority) = 'integer' AND typeof(deliveries) = 'integer'
     AND typeof(created_at) IN ('real', 'integer') AND typeof(available_at) IN ('real', 'integer')
     AND typeof(visible_at) IN ('real', 'integer', 'null') AND typeof(body) = 'blob'
+    AND typeof(task) = 'text' AND typeof(failures) = 'integer'
 )"""
 
-_COLUMNS = "id, seq, queue, priority, created_at, available_at, visible_at, deliveries, body"
+_COLUMNS = ("id, seq, queue, priority, created_at, available_at, visible_at, deliveries, body, "
+            "task, failures")
 
 _EXPECTED: tuple[tuple[str, tuple[type, ...]], ...] = (
     ("id", (str,)),
@@ -36,6 +38,8 @@ _EXPECTED: tuple[tuple[str, tuple[type, ...]], ...] = (
     ("visible_at", (float, int, type(None))),
     ("deliveries", (int,)),
     ("body", (bytes,)),
+    ("task", (str,)),
+    ("failures", (int,)),
 )
 
 _SQL_TYPE = {str: "text", int: "integer", float: "real", bytes: "blob", type(None): "NULL"}
@@ -60,8 +64,9 @@ def move(conn: sqlite3.Connection, job_id: Any, reason: str) -> None:
     transaction. (The id is the row's key even when it has the wrong type.)"""
     conn.execute(
         "INSERT INTO nuvom_quarantine (id, queue, priority, created_at, available_at, "
-        "deliveries, body, reason, quarantined_at) SELECT id, queue, priority, created_at, "
-        "available_at, deliveries, body, ?, ? FROM nuvom_queue WHERE id = ?",
+        "deliveries, body, task, failures, reason, quarantined_at) SELECT id, queue, "
+        "priority, created_at, available_at, deliveries, body, task, failures, ?, ? "
+        "FROM nuvom_queue WHERE id = ?",
         (reason, time.time(), job_id),
     )
     conn.execute("DELETE FROM nuvom_queue WHERE id = ?", (job_id,))

@@ -1,6 +1,7 @@
 """``SQLiteJobQueue``: a durable queue that several worker processes share through one file.
 
-How a message moves: ``push`` inserts rows (ready, or waiting until ``available_at``);
+How a message moves: ``push`` inserts rows (ready, or waiting until ``available_at``; an id
+already queued is skipped, so a push is idempotent per job id);
 ``claim`` leases the best ready rows in one ``UPDATE ... WHERE seq IN (SELECT ... LIMIT n)
 RETURNING`` statement, so two processes can never lease the same row; ``ack`` deletes,
 ``retry``/``release`` put it back, ``extend`` pushes the lease's expiry. A leased row waits
@@ -11,7 +12,15 @@ was killed with ``-9``) back to ready: no reaper process, and the re-claimed row
 
 Every claim writes a fresh random token into the row; ack, retry, release and extend match
 ``id`` *and* ``token``, so a worker whose lease expired and was taken over changes nothing
-and gets ``False`` (the fencing of DESIGN.md §3).
+and gets ``False`` (``docs/architecture.md``, "Leases and fencing"). A row keeps its token
+until it is acked, put back or claimed again: a lease that expired and was promoted to ready
+can still be acked by its holder until another claim takes it (one run fewer), so
+``peek_state`` and ``stats`` count a row with a token as running.
+
+When the result backend is a :class:`~nuvom_plugins_sqlite.results.SQLiteResultBackend` on
+the same file, :meth:`SQLiteJobQueue.settle_many` stores a batch of outcomes and acks or
+retries their leases in one transaction: no window in which a job is recorded finished but
+still queued, and one commit for the whole batch.
 """
 
 from __future__ import annotations
@@ -26,16 +35,31 @@ from typing import Any, ClassVar
 
 import attrs
 
-from nuvom_kernel.backends import BackendContext, Capabilities, QueueBackend, QueueStats
-from nuvom_kernel.errors import NuvomError
-from nuvom_kernel.models import JobStatus, Lease, Message
+from nuvom_kernel.backends import (
+    BackendContext,
+    Capabilities,
+    QueueBackend,
+    QueueCounts,
+    QueueStats,
+    ResultBackend,
+)
+from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
 from nuvom_plugins_sqlite import quarantine
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
+from nuvom_plugins_sqlite.results import (
+    PUT_CHUNK,
+    SQLiteResultBackend,
+    encode,
+    fence_key,
+    fence_sql,
+    upsert_sql,
+)
 from nuvom_plugins_sqlite.wakeup import WAKEUPS_SUPPORTED, Waker
 
-__all__ = ["DuplicateMessageError", "SQLiteJobQueue"]
+__all__ = ["SQLiteJobQueue"]
 
-_RETURNING = "id, seq, queue, priority, created_at, available_at, visible_at, deliveries, body"
+_RETURNING = ("id, seq, queue, priority, created_at, available_at, visible_at, deliveries, "
+              "body, task, failures")
 _NAMES = [*_RETURNING.split(", "), "token"]
 
 _CLAIM = """
@@ -68,8 +92,34 @@ UPDATE nuvom_queue SET visible_at = NULL WHERE seq IN (
     ORDER BY visible_at LIMIT 1000
 )"""
 
+# An id already queued (or earlier in the batch) is skipped: push is idempotent per job id.
 _INSERT = ("INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at, "
-           "visible_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)")
+           "visible_at, body, task) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+           "ON CONFLICT (id) DO NOTHING")
+# After a batch insert that skipped some ids: the rows it stored are the newest ones (a rowid
+# table gives each insert max(seq) + 1, and the batch's transaction holds the write lock).
+_NEWEST = "SELECT id FROM nuvom_queue ORDER BY seq DESC LIMIT ?"
+_RETRY = ("UPDATE nuvom_queue SET token = NULL, available_at = ?, visible_at = ?, "
+          "body = coalesce(?, body), failures = failures + 1 WHERE id = ? AND token = ?")
+
+# settle_many, per chunk of n settlements with distinct ids. Which are refused, as one row:
+# the lease's token no longer holds, or the stored record supersedes the new one. Values:
+# (index, lease id, lease token, record job id, run, attempts, status).
+_SETTLE_REFUSED = {n: "SELECT group_concat(v.column1) FROM (VALUES "
+                      + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n)
+                      + ") AS v LEFT JOIN nuvom_queue AS q ON q.id = v.column2 "
+                      "LEFT JOIN nuvom_results AS r ON r.job_id = v.column4 "
+                      "WHERE q.token IS NOT v.column3 OR (r.job_id IS NOT NULL AND NOT "
+                      + fence_sql("v.column5", "v.column6", "v.column7", "r") + ")"
+                   for n in range(1, PUT_CHUNK + 1)}
+_SETTLE_ACK = {n: f"DELETE FROM nuvom_queue WHERE id IN ({', '.join('?' * n)})"
+               for n in range(1, PUT_CHUNK + 1)}
+# (id, available_at, visible_at, body or NULL) per retried lease.
+_SETTLE_RETRY = {n: "UPDATE nuvom_queue SET token = NULL, available_at = v.column2, "
+                    "visible_at = v.column3, body = coalesce(v.column4, body), "
+                    "failures = failures + 1 FROM (VALUES "
+                    + ", ".join(["(?, ?, ?, ?)"] * n) + ") AS v WHERE nuvom_queue.id = v.column1"
+                 for n in range(1, PUT_CHUNK + 1)}
 
 #: Most leases matched by one ``(id = ? AND token = ?) OR ...`` statement (ack_many,
 #: extend_many); a bigger batch runs as several statements in one transaction.
@@ -97,10 +147,6 @@ def _fenced_sql(head: str, n: int, *, all_or_none: bool = False) -> str:
             sql = f"{head} WHERE {terms} RETURNING id, token"
         _FENCED_SQL[key] = sql
     return sql
-
-
-class DuplicateMessageError(NuvomError, ValueError):
-    """A pushed message has the id of one already in the queue (nothing was stored)."""
 
 
 def _queue_filter(queues: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
@@ -178,31 +224,22 @@ class SQLiteJobQueue(QueueBackend):
 
     # --- primitives -----------------------------------------------------------------------
 
-    def push(self, messages: Sequence[Message]) -> None:
-        """Insert every message in one transaction (a ``.map()`` costs one commit)."""
+    def push(self, messages: Sequence[Message]) -> list[bool]:
+        """Insert every message in one transaction (a ``.map()`` costs one commit); an id
+        already queued, or earlier in the batch, stores nothing (``False``)."""
         if not messages:
-            return
+            return []
         now = time.time()
         rows = [_row(m, now) for m in messages]
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.executemany(_INSERT, rows)
-
-        try:
-            if len(rows) == 1:  # one autocommit statement: no BEGIN/COMMIT round trips
-                self._db.write(lambda conn: conn.execute(_INSERT, rows[0]))
-            else:
-                self._db.transaction(insert)
-        except sqlite3.IntegrityError as exc:
-            if "UNIQUE" not in str(exc):
-                raise
-            ids = [m.id for m in messages]
-            present = self._present(ids)
-            raise DuplicateMessageError(
-                f"{self.path}: job id(s) {', '.join(map(repr, present[:5])) or '?'} already "
-                f"queued; none of the {len(messages)} message(s) was stored. Job ids must be "
-                f"unique while queued."
-            ) from exc
+        if len(rows) == 1:  # one autocommit statement: no BEGIN/COMMIT round trips
+            stored = [self._db.write(lambda conn: conn.execute(_INSERT, rows[0]).rowcount) == 1]
+        else:
+            stored = self._db.transaction(lambda conn: _insert_many(conn, rows))
+        waits = [row[5] for row, new in zip(rows, stored, strict=True)
+                 if new and row[5] is not None]
+        if waits:
+            self._waits_until(min(waits))
+        return stored
 
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
         if n <= 0 or (queues is not None and not queues):
@@ -268,31 +305,48 @@ class SQLiteJobQueue(QueueBackend):
         at = time.time() + max(delay_secs, 0.0)
         if body is not None:
             body = bytes(body)
-        done = self._fenced(
-            "UPDATE nuvom_queue SET token = NULL, available_at = ?, visible_at = ?, "
-            "body = coalesce(?, body) WHERE id = ? AND token = ?",
-            (at, at if delay_secs > 0 else None, body), lease)
-        if done and delay_secs <= 0:
-            self.notify()
+        visible = at if delay_secs > 0 else None
+        done = self._fenced(_RETRY, (at, visible, body), lease)
+        if done:
+            self._became_waiting(visible)
         return done
 
-    def release(self, lease: Lease) -> bool:
-        done = self._fenced_lease(
-            "UPDATE nuvom_queue SET token = NULL, visible_at = NULL, "
-            "deliveries = max(deliveries - 1, 0) WHERE id = ? AND token = ?", (), lease)
+    def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
+        """Unlease a message that never started, its delivery taken back; visible at once,
+        or after ``delay_secs`` (then ``available_at`` moves too: it waits like a delayed
+        job, and ``peek_state`` tells a first run from a retry by ``failures``)."""
+        if delay_secs > 0:
+            at = time.time() + delay_secs
+            done = self._fenced_lease(
+                "UPDATE nuvom_queue SET token = NULL, visible_at = ?, available_at = ?, "
+                "deliveries = max(deliveries - 1, 0) WHERE id = ? AND token = ?", (at, at),
+                lease)
+        else:
+            at = None
+            done = self._fenced_lease(
+                "UPDATE nuvom_queue SET token = NULL, visible_at = NULL, "
+                "deliveries = max(deliveries - 1, 0) WHERE id = ? AND token = ?", (), lease)
         if done:
-            self.notify()
+            self._became_waiting(at)
         return done
 
     def extend(self, lease: Lease, secs: float) -> bool:
-        return self._fenced_lease(
-            "UPDATE nuvom_queue SET visible_at = ? WHERE id = ? AND token = ?",
-            (time.time() + secs,), lease)
+        """Move the lease's expiry to ``now + secs``. ``secs <= 0`` expires it: the next
+        claim promotes the row (its delivery stays counted) and waiters are woken."""
+        at = time.time() + secs
+        done = self._fenced_lease("UPDATE nuvom_queue SET visible_at = ? WHERE id = ? AND "
+                                  "token = ?", (at,), lease)
+        if done:
+            self._lease_moved(at, secs)
+        return done
 
     def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
         """Extend many leases in one commit (a busy worker's heartbeat)."""
-        return self._fenced_many("UPDATE nuvom_queue SET visible_at = ?",
-                                 (time.time() + secs,), leases)
+        at = time.time() + secs
+        done = self._fenced_many("UPDATE nuvom_queue SET visible_at = ?", (at,), leases)
+        if any(done):
+            self._lease_moved(at, secs)
+        return done
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         where, names = _queue_filter(queues)
@@ -315,41 +369,107 @@ class SQLiteJobQueue(QueueBackend):
         ).rowcount == 1))
 
     def peek_state(self, job_id: str) -> JobStatus | None:
+        """RUNNING while leased (a token, even past its expiry, until a claim takes it over),
+        RETRYING while a message with failed attempts waits for its time, else
+        QUEUED; ``None`` if the id is not queued."""
         row = self._db.conn().execute(
-            "SELECT token, visible_at, deliveries FROM nuvom_queue WHERE id = ?", (job_id,)
+            "SELECT token, visible_at, failures FROM nuvom_queue WHERE id = ?", (job_id,)
         ).fetchone()
         if row is None:
             return None
-        token, visible_at, deliveries = row
-        if not isinstance(visible_at, int | float) or visible_at <= time.time():
-            return JobStatus.QUEUED
+        token, visible_at, failures = row
         if token is not None:
             return JobStatus.RUNNING
-        return JobStatus.RETRYING if deliveries else JobStatus.QUEUED
+        waiting = type(visible_at) in _NUMBER and visible_at > time.time()
+        return JobStatus.RETRYING if waiting and failures else JobStatus.QUEUED
 
     def stats(self) -> QueueStats:
-        """Ready depth per queue, delayed and leased counts, the oldest ready job's age and
-        the quarantined rows (sweeping any new bad row into quarantine first)."""
-        self._db.transaction(quarantine.sweep)
+        """Ready, delayed and leased counts and the oldest ready message's age per queue, in
+        one scan, and the quarantined rows. A row that breaks the schema is swept into
+        quarantine first (the same scan counts them, so the sweep's write is rare)."""
         now = time.time()
-        rows = self._db.conn().execute(
-            "SELECT queue, total(visible_at IS NULL OR visible_at <= ?1), "
-            "total(token IS NULL AND visible_at IS NOT NULL AND visible_at > ?1), "
-            "total(token IS NOT NULL AND visible_at IS NOT NULL AND visible_at > ?1), "
-            "min(CASE WHEN visible_at IS NULL OR visible_at <= ?1 THEN created_at END) "
-            "FROM nuvom_queue GROUP BY queue ORDER BY queue", (now,)
-        ).fetchall()
+        sql = ("SELECT queue, "
+               "total(token IS NULL AND (visible_at IS NULL OR visible_at <= ?1)), "
+               "total(token IS NULL AND visible_at > ?1), "
+               "total(token IS NOT NULL), "
+               "min(CASE WHEN token IS NULL AND (visible_at IS NULL OR visible_at <= ?1) "
+               "THEN created_at END), "
+               f"total({quarantine.INVALID_ROW_SQL}) "
+               "FROM nuvom_queue GROUP BY queue ORDER BY queue")
+        conn = self._db.conn()
+        rows = conn.execute(sql, (now,)).fetchall()
+        if any(row[-1] for row in rows):
+            self._db.transaction(quarantine.sweep)
+            rows = conn.execute(sql, (now,)).fetchall()
         stats = QueueStats()
-        oldest: float | None = None
-        for queue, ready, delayed, in_flight, created in rows:
-            stats.depth[queue] = int(ready)
-            stats.delayed += int(delayed)
-            stats.in_flight += int(in_flight)
-            if created is not None and (oldest is None or created < oldest):
-                oldest = created
-        stats.oldest_age_secs = None if oldest is None else max(0.0, now - oldest)
-        stats.quarantined = quarantine.describe(self._db.conn())
+        for queue, ready, delayed, running, oldest, _ in rows:
+            stats.queues[queue] = QueueCounts(
+                ready=int(ready), delayed=int(delayed), running=int(running),
+                oldest_ready_age_secs=None if oldest is None else max(0.0, now - oldest))
+        stats.quarantined = quarantine.describe(conn)
         return stats
+
+    def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
+                    ) -> list[bool] | None:
+        """Store each settlement's record and ack or retry its lease, all in one
+        transaction, when ``results`` keeps its records in this file; ``None`` otherwise.
+
+        A settlement lands if its lease's token still holds and its record supersedes the
+        stored one; else nothing of it is written (``False``). Per chunk of
+        :data:`~nuvom_plugins_sqlite.results.PUT_CHUNK` settlements: one query finds the
+        refused ones, then one multi-row upsert, one delete (acks) and one update
+        (retries): a batch of 512 is one commit of about seventy statement steps.
+        """
+        # Each Database's writer is keyed by the file's real path (resolved once, at init:
+        # realpath's lstat calls would cost more than settling one job).
+        if not isinstance(results, SQLiteResultBackend) or \
+                results._db.real_path != self._db.real_path:
+            return None
+        if not settlements:
+            return []
+        rows = [encode(s.record) for s in settlements]  # a bad record refuses the batch
+        now = time.time()
+        retried = [s.retry_in is not None for s in settlements]
+        if results.settings.synchronous == "FULL":
+            db = results._db  # records (and lease bookkeeping with them) at their level
+        elif any(retried):
+            db = self._db  # a retry is progress: the queue's level
+        else:
+            db = self._lease_db
+
+        def run(conn: sqlite3.Connection) -> set[int]:
+            refused: set[int] = set()
+            for chunk in _distinct_chunks(settlements):
+                params: list[Any] = []
+                for i in chunk:
+                    lease = settlements[i].lease
+                    params += (i, lease.id, lease.token, *fence_key(rows[i]))
+                found = conn.execute(_SETTLE_REFUSED[len(chunk)], params).fetchone()[0]
+                if found is not None:
+                    refused.update(int(i) for i in str(found).split(","))
+                landing = [i for i in chunk if i not in refused]
+                if not landing:
+                    continue
+                conn.execute(upsert_sql(len(landing)),
+                             [v for i in landing for v in rows[i]])
+                acks = [settlements[i].lease.id for i in landing if not retried[i]]
+                if acks:
+                    conn.execute(_SETTLE_ACK[len(acks)], acks)
+                again = [_retry_values(settlements[i], now) for i in landing if retried[i]]
+                if again:
+                    conn.execute(_SETTLE_RETRY[len(again)], [v for r in again for v in r])
+            return refused
+
+        refused = db.transaction(run)
+        landed = [i not in refused for i in range(len(settlements))]
+        visible = [_retry_values(s, now)[2] for s, ok, again in
+                   zip(settlements, landed, retried, strict=True) if ok and again]
+        if None in visible:
+            self.notify()
+        delayed = [at for at in visible if at is not None]
+        if delayed:
+            self._waits_until(min(delayed))
+        return landed
 
     def wait_for_messages(self, timeout: float, generation: int) -> None:
         """Wait until something may have become claimable, or ``timeout`` passes.
@@ -397,6 +517,26 @@ class SQLiteJobQueue(QueueBackend):
 
     # --- helpers --------------------------------------------------------------------------
 
+    def _waits_until(self, at: float) -> None:
+        """A row now waits until ``at``: make the next claim that needs it look for due rows
+        by then (the claim's cached hint may name a later time)."""
+        due = self._next_due
+        if due is not None and at < due:
+            self._next_due = at
+
+    def _became_waiting(self, visible_at: float | None) -> None:
+        """An unleased row is claimable at once (``None``: wake waiters) or from then on."""
+        if visible_at is None:
+            self.notify()
+        else:
+            self._waits_until(visible_at)
+
+    def _lease_moved(self, at: float, secs: float) -> None:
+        """Leases now expire at ``at``; an expiry brought forward must be seen by claims."""
+        self._waits_until(at)
+        if secs <= 0:
+            self.notify()
+
     def _fenced(self, sql: str, params: tuple[Any, ...], lease: Lease,
                 db: Database | None = None) -> bool:
         full = (*params, lease.id, lease.token)
@@ -435,11 +575,6 @@ class SQLiteJobQueue(QueueBackend):
             hit = self._lease_db.transaction(run)
         return [(lease.id, lease.token) in hit for lease in leases]
 
-    def _present(self, ids: Sequence[str]) -> list[str]:
-        conn = self._db.conn()
-        return [i for i in ids
-                if conn.execute("SELECT 1 FROM nuvom_queue WHERE id = ?", (i,)).fetchone()]
-
     def _leases(self, rows: list[tuple[Any, ...]]) -> list[Lease]:
         good: list[tuple[Any, ...]] = []
         bad: list[tuple[int, str]] = []
@@ -447,7 +582,7 @@ class SQLiteJobQueue(QueueBackend):
             if _well_formed(row):
                 good.append(row)
                 continue
-            reason = quarantine.problem(dict(zip(_NAMES, row[:10], strict=True)))
+            reason = quarantine.problem(dict(zip(_NAMES, row[:12], strict=True)))
             if reason is None:
                 good.append(row)
             else:
@@ -463,8 +598,9 @@ class SQLiteJobQueue(QueueBackend):
         return [
             Lease(
                 message=Message(id=row[0], body=row[8], queue=row[2], priority=row[3],
-                                available_at=row[5], created_at=row[4]),
-                token=row[9], deliveries=row[7], expires_at=row[6],
+                                available_at=row[5], created_at=row[4], task=row[9],
+                                failures=row[10]),
+                token=row[11], deliveries=row[7], expires_at=row[6],
             )
             for row in good
         ]
@@ -477,7 +613,8 @@ def _well_formed(row: tuple[Any, ...]) -> bool:
     """The common case of :func:`quarantine.problem`, in one expression."""
     return (type(row[0]) is str and row[0] != "" and type(row[2]) is str
             and type(row[3]) is int and type(row[4]) in _NUMBER
-            and type(row[5]) in _NUMBER and type(row[7]) is int and type(row[8]) is bytes)
+            and type(row[5]) in _NUMBER and type(row[7]) is int and type(row[8]) is bytes
+            and type(row[9]) is str and type(row[10]) is int)
 
 
 def _row(m: Message, now: float) -> tuple[Any, ...]:
@@ -489,6 +626,48 @@ def _row(m: Message, now: float) -> tuple[Any, ...]:
     if not isinstance(m.id, str) or not m.id:
         raise ValueError(f"message id must be a non-empty string, got {m.id!r}")
     available = float(m.available_at)
-    # Ready at once (NULL), or waiting in the waiting index until it is due.
+    # Ready at once (NULL), or waiting in the waiting index until it is due. ``failures``
+    # starts at 0 (the column default): the queue counts them from the push on.
     return (m.id, str(m.queue), int(m.priority), float(m.created_at), available,
-            available if available > now else None, body)
+            available if available > now else None, body, str(m.task))
+
+
+def _insert_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
+    """Insert ``rows`` (inside a transaction); which were stored, in order."""
+    stored = conn.executemany(_INSERT, rows).rowcount
+    if stored == len(rows):
+        return [True] * len(rows)
+    new = {job_id for (job_id,) in conn.execute(_NEWEST, (stored,))}
+    seen: set[str] = set()
+    result = []
+    for row in rows:  # the first of a repeated id is the one stored
+        result.append(row[0] in new and row[0] not in seen)
+        seen.add(row[0])
+    return result
+
+
+def _distinct_chunks(settlements: Sequence[Settlement]) -> list[list[int]]:
+    """Indexes of ``settlements`` cut into chunks of at most ``PUT_CHUNK`` in which no lease
+    id or job id repeats: a repeat starts the next chunk, which sees the earlier one's
+    writes (its lease acked, its record stored), as if settled one after the other."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    ids: set[str] = set()
+    for i, s in enumerate(settlements):
+        keys = (s.lease.id, s.record.job_id)
+        if len(chunk) == PUT_CHUNK or keys[0] in ids or keys[1] in ids:
+            chunks.append(chunk)
+            chunk, ids = [], set()
+        chunk.append(i)
+        ids.update(keys)
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def _retry_values(s: Settlement, now: float) -> tuple[Any, ...]:
+    """(id, available_at, visible_at, body) of a settled retry, as :meth:`retry` sets them."""
+    delay = max(s.retry_in or 0.0, 0.0)
+    at = now + delay
+    return (s.lease.id, at, at if delay > 0 else None,
+            None if s.body is None else bytes(s.body))

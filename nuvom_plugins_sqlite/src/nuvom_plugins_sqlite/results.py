@@ -2,13 +2,20 @@
 
 Every :class:`~nuvom_kernel.models.JobRecord` field has its own column (JSON text for args,
 kwargs, result and history) so ``nuvom history`` and ``nuvom status`` filter and page with
-indexes (status, task name, ``updated_at``) instead of decoding every record.
+indexes (status, task name, ``updated_at``, ``job_id``) instead of decoding every record.
+
+Writes are fenced (:func:`~nuvom_kernel.models.supersedes`) inside SQLite: an upsert whose
+``DO UPDATE`` has a ``WHERE`` clause comparing ``(run, attempts)`` and the terminal states,
+so the check and the write are one atomic statement. :func:`store_fenced` is the batched form,
+shared with :meth:`SQLiteJobQueue.settle_many <nuvom_plugins_sqlite.queue.SQLiteJobQueue.
+settle_many>`, which stores records and settles their leases in one transaction.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import operator
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +23,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend
+from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
@@ -28,22 +35,50 @@ log = logging.getLogger("nuvom.sqlite")
 _COLUMNS = (
     "job_id", "func_name", "status", "queue", "args", "kwargs", "module", "options", "result",
     "error_type", "error_message", "traceback", "attempts", "max_retries", "history",
-    "created_at", "started_at", "finished_at", "updated_at", "worker", "trace_id",
+    "created_at", "started_at", "finished_at", "updated_at", "worker", "trace_id", "run",
+    "token",
 )
 _JSON = frozenset({"args", "kwargs", "options", "result", "history"})
 _ALL = (*_COLUMNS, "extra")
 _SELECT = f"SELECT {', '.join(_ALL)} FROM nuvom_results"
-# An upsert keeps the row (and its place in the table) when a job's record is rewritten.
-_ROW = f"({', '.join('?' * len(_ALL))})"
-_UPSERT = "ON CONFLICT (job_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}"
-                                                           for c in _ALL[1:])
-_PUT = f"INSERT INTO nuvom_results ({', '.join(_ALL)}) VALUES {_ROW} {_UPSERT}"
-#: Most records per multi-row INSERT: a batch is one statement (one step, one commit)
-#: instead of BEGIN, one step per record and COMMIT; bigger batches run as several.
-_PUT_CHUNK = 32
-_PUT_MANY = {n: f"INSERT INTO nuvom_results ({', '.join(_ALL)}) VALUES "
-                f"{', '.join([_ROW] * n)} {_UPSERT}" for n in range(1, _PUT_CHUNK + 1)}
 _TERMINAL = tuple(sorted(s.value for s in TERMINAL_STATES))
+_TERMINAL_SQL = f"({', '.join(repr(s) for s in _TERMINAL)})"
+
+
+def fence_sql(run: str, attempts: str, status: str, old: str = "nuvom_results") -> str:
+    """SQL true when a record with these ``run``, ``attempts`` and ``status`` expressions
+    supersedes the stored row ``old`` (:func:`~nuvom_kernel.models.supersedes`, in SQL)."""
+    new_key, old_key = f"({run}, {attempts})", f"({old}.run, {old}.attempts)"
+    return (f"({new_key} > {old_key} OR ({new_key} = {old_key} AND NOT "
+            f"({old}.status IN {_TERMINAL_SQL} AND {status} NOT IN {_TERMINAL_SQL})))")
+
+
+# An upsert keeps the row (and its place in the table) when a job's record is rewritten, and
+# its WHERE clause is the fence: a refused record changes nothing and counts no change.
+_ROW = f"({', '.join('?' * len(_ALL))})"
+_UPSERT = ("ON CONFLICT (job_id) DO UPDATE SET "
+           + ", ".join(f"{c} = excluded.{c}" for c in _ALL[1:])
+           + " WHERE " + fence_sql("excluded.run", "excluded.attempts", "excluded.status"))
+_PUT = f"INSERT INTO nuvom_results ({', '.join(_ALL)}) VALUES {_ROW} {_UPSERT}"
+#: Most records per multi-row INSERT (and per fence check): a batch is one statement (one
+#: step) instead of one per record; bigger batches run as several in one transaction.
+PUT_CHUNK = 32
+_PUT_MANY = {n: f"INSERT INTO nuvom_results ({', '.join(_ALL)}) VALUES "
+                f"{', '.join([_ROW] * n)} {_UPSERT}" for n in range(1, PUT_CHUNK + 1)}
+
+
+def upsert_sql(n: int) -> str:
+    """The fenced upsert of ``n`` encoded rows (``n`` <= :data:`PUT_CHUNK`)."""
+    return _PUT_MANY[n]
+
+
+# Which of n records (index, job_id, run, attempts, status) the fence refuses: one row
+# (one step), NULL when none is, whatever the batch size.
+_REFUSED = {n: "SELECT group_concat(v.column1) FROM (VALUES "
+               + ", ".join(["(?, ?, ?, ?, ?)"] * n)
+               + ") AS v JOIN nuvom_results AS r ON r.job_id = v.column2 WHERE NOT "
+               + fence_sql("v.column3", "v.column4", "v.column5", "r")
+            for n in range(1, PUT_CHUNK + 1)}
 
 
 def _not_json(value: Any) -> Any:
@@ -90,7 +125,8 @@ def _extra_fields() -> tuple[str, ...]:
     return tuple(f.name for f in attrs.fields(JobRecord) if f.name not in _COLUMNS)
 
 
-def _encode(record: JobRecord) -> tuple[Any, ...]:
+def encode(record: JobRecord) -> tuple[Any, ...]:
+    """The row of ``record``, in :data:`_ALL` order (raises ``SerializationError``)."""
     r = record
     status = r.status.value if type(r.status) is JobStatus else JobStatus(r.status).value
     extra = {name: getattr(r, name) for name in _EXTRA} if _EXTRA else None
@@ -99,7 +135,7 @@ def _encode(record: JobRecord) -> tuple[Any, ...]:
         _json(r, "kwargs", r.kwargs), r.module, _json(r, "options", r.options),
         _json(r, "result", r.result), r.error_type, r.error_message, r.traceback, r.attempts,
         r.max_retries, _json(r, "history", r.history), r.created_at, r.started_at,
-        r.finished_at, r.updated_at, r.worker, r.trace_id,
+        r.finished_at, r.updated_at, r.worker, r.trace_id, r.run, r.token,
         _json(r, "extra", extra) if extra else None,
     )
 
@@ -114,7 +150,9 @@ def _decode(row: tuple[Any, ...]) -> JobRecord:
                 raise SerializationError(
                     f"job {data['job_id']}: stored {column} is not valid JSON ({exc})"
                 ) from exc
-    data.update(data.pop("extra") or {})
+    extra = data.pop("extra")
+    if extra:  # fields newer than the columns; a column always wins
+        data = {**extra, **data}
     try:
         return JobRecord.from_dict(data)
     except (TypeError, ValueError) as exc:
@@ -167,25 +205,20 @@ class SQLiteResultBackend(ResultBackend):
     def close(self) -> None:
         self._db.close()
 
-    def put(self, record: JobRecord) -> None:
-        values = _encode(record)
-        self._db.write(lambda conn: conn.execute(_PUT, values))
+    def put(self, record: JobRecord) -> bool:
+        """Store ``record`` unless the stored one supersedes it (one fenced upsert)."""
+        values = encode(record)
+        return bool(self._db.write(lambda conn: conn.execute(_PUT, values).rowcount == 1))
 
-    def put_many(self, records: Sequence[JobRecord]) -> None:
-        """All records in one transaction (the worker's batched settlement)."""
+    def put_many(self, records: Sequence[JobRecord]) -> list[bool]:
+        """All records in one transaction, each fenced as in :meth:`put` (the worker's
+        batched settlement when the queue is elsewhere)."""
         if not records:
-            return
-        rows = [_encode(record) for record in records]
-        chunks = [rows[i:i + _PUT_CHUNK] for i in range(0, len(rows), _PUT_CHUNK)]
-
-        def run(conn: sqlite3.Connection) -> None:
-            for chunk in chunks:
-                conn.execute(_PUT_MANY[len(chunk)], [v for row in chunk for v in row])
-
-        if len(chunks) == 1:  # one autocommit statement
-            self._db.write(run)
-        else:
-            self._db.transaction(run)
+            return []
+        if len(records) == 1:
+            return [self.put(records[0])]
+        rows = [encode(record) for record in records]
+        return self._db.transaction(lambda conn: store_fenced(conn, rows))
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db.conn().execute(f"{_SELECT} WHERE job_id = ?", (job_id,)).fetchone()
@@ -197,20 +230,26 @@ class SQLiteResultBackend(ResultBackend):
         status: JobStatus | None = None,
         func_name: str | None = None,
         limit: int = 50,
-        offset: int = 0,
+        after: str | None = None,
     ) -> list[JobRecord]:
-        """Newest ``updated_at`` first; a row that no longer decodes is logged and skipped
-        (one bad record must not hide every other from ``nuvom history``)."""
-        clauses, params = [], []
+        """Newest first (``updated_at``, then ``job_id``, both descending), the page after
+        the cursor ``after`` (keyset paging: each list index ends in ``updated_at, job_id``,
+        so any page is a range scan). A row that no longer decodes is logged and skipped (one
+        bad record must not hide every other from ``nuvom history``)."""
+        clauses: list[str] = []
+        params: list[Any] = []
         if status is not None:
             clauses.append("status = ?")
             params.append(JobStatus(status).value)
         if func_name is not None:
             clauses.append("func_name = ?")
             params.append(func_name)
+        if after is not None:
+            clauses.append("(updated_at, job_id) < (?, ?)")
+            params.extend(parse_cursor(after))
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"{_SELECT}{where} ORDER BY updated_at DESC, job_id DESC LIMIT ? OFFSET ?"
-        rows = self._db.conn().execute(sql, (*params, max(limit, 0), max(offset, 0)))
+        sql = f"{_SELECT}{where} ORDER BY updated_at DESC, job_id DESC LIMIT ?"
+        rows = self._db.conn().execute(sql, (*params, max(limit, 0)))
         records = []
         for row in rows.fetchall():
             try:
@@ -236,3 +275,59 @@ class SQLiteResultBackend(ResultBackend):
             return int(conn.execute(sql, params).rowcount)
 
         return self._db.write(run)
+
+
+def store_fenced(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]],
+                 refused: set[int] | None = None) -> list[bool]:
+    """Upsert the encoded ``rows`` whose record supersedes the stored one; which landed.
+    Call inside a write transaction (the check and the writes must not be interleaved).
+
+    ``refused``: indexes to skip anyway (``settle_many``: leases that no longer hold); the
+    indexes the fence refuses are added to it. Per chunk, one query finds what the fence
+    refuses and one multi-row upsert stores the rest: two statement steps, however many
+    records (``RETURNING`` would cost a step per row, each releasing and retaking the GIL
+    while the write lock is held). A job listed twice is checked against its earlier
+    record of the batch, as if put one after the other.
+    """
+    refused = set() if refused is None else refused
+    for chunk in _rounds(rows, refused):
+        params: list[Any] = []
+        for i in chunk:
+            params += (i, *fence_key(rows[i]))
+        found = conn.execute(_REFUSED[len(chunk)], params).fetchone()[0]
+        if found is not None:
+            refused.update(int(i) for i in str(found).split(","))
+        landing = [rows[i] for i in chunk if i not in refused]
+        if landing:
+            conn.execute(_PUT_MANY[len(landing)], [v for row in landing for v in row])
+    return [i not in refused for i in range(len(rows))]
+
+
+
+_FENCE_KEY = operator.itemgetter(0, _ALL.index("run"), _ALL.index("attempts"),
+                                 _ALL.index("status"))
+
+
+def fence_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``(job_id, run, attempts, status)`` of an encoded row: what the fence compares."""
+    return _FENCE_KEY(row)  # type: ignore[no-any-return]
+
+
+def _rounds(rows: Sequence[tuple[Any, ...]], skip: set[int]) -> list[list[int]]:
+    """Indexes of ``rows`` (but ``skip``) in batch order, cut into chunks of at most
+    :data:`PUT_CHUNK` where no job id repeats (a repeat starts the next chunk, so it is
+    fenced against the record before it)."""
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    ids: set[str] = set()
+    for i, row in enumerate(rows):
+        if i in skip:
+            continue
+        if len(chunk) == PUT_CHUNK or row[0] in ids:
+            chunks.append(chunk)
+            chunk, ids = [], set()
+        chunk.append(i)
+        ids.add(row[0])
+    if chunk:
+        chunks.append(chunk)
+    return chunks

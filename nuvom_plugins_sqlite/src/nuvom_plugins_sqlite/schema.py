@@ -5,9 +5,10 @@ result backend can share ``.nuvom/nuvom.db`` and one version number covers all t
 Whichever backend opens the file first creates or upgrades every table (so a separate
 ``results_path`` file has an empty queue table, and the queue's file an empty results one).
 
-Adding a change: append a list of statements to :data:`MIGRATIONS`. Each step runs in one
-immediate transaction with the version bump, so a crash mid-migration leaves the old version,
-and two processes opening the file at once migrate it exactly once.
+Adding a change: append a list of statements (or functions of the connection) to
+:data:`MIGRATIONS`. Pending steps run in one immediate transaction with the version bump, so
+a crash mid-migration leaves the old version, and two processes opening the file at once
+migrate it exactly once.
 
 Why ``CHECK`` constraints instead of ``STRICT`` tables: ``STRICT`` needs SQLite 3.37 to even
 open the file, while checks give the same write-time type safety on every SQLite that has
@@ -17,7 +18,9 @@ open the file, while checks give the same write-time type safety on every SQLite
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from nuvom_kernel.errors import ConfigError
@@ -28,7 +31,8 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaVersionError", "migrate"]
 # page and a claim's rows sit side by side, instead of landing on random pages of a table
 # keyed by the random job id (each touched page is a 4 KB WAL frame per commit: that, not the
 # SQL, is most of an enqueue's, claim's or ack's cost). The hot columns come first and the body
-# last. ``id`` is UNIQUE (duplicate pushes are refused; ack, cancel and peek_state look it up).
+# last. ``id`` is UNIQUE (a push of a queued id stores nothing; ack, cancel and peek_state
+# look it up). Version 2 adds ``task`` and ``failures`` (see MIGRATIONS).
 #
 # ``visible_at`` says which of two partial indexes holds the row:
 #   NULL      ready now: in nuvom_queue_ready, in claim order;
@@ -113,8 +117,31 @@ CREATE TABLE nuvom_results (
 )
 """
 
+def _records_fields_out_of_extra(conn: sqlite3.Connection) -> None:
+    """Version 1 kept ``JobRecord`` fields it had no column for in ``extra`` (JSON): move
+    ``run`` and ``token`` into their new columns (in Python: no JSON1 needed)."""
+    rows = conn.execute("SELECT seq, extra FROM nuvom_results WHERE extra IS NOT NULL "
+                        "AND (extra LIKE '%\"run\"%' OR extra LIKE '%\"token\"%')").fetchall()
+    for seq, text in rows:
+        try:
+            extra = json.loads(text)
+        except ValueError:
+            continue  # left as found: get() names the bad row
+        if not isinstance(extra, dict):
+            continue
+        run = extra.pop("run", 1)
+        token = extra.pop("token", None)
+        conn.execute("UPDATE nuvom_results SET run = ?, token = ?, extra = ? WHERE seq = ?",
+                     (run if type(run) is int else 1, token if isinstance(token, str) else None,
+                      json.dumps(extra, separators=(",", ":")) if extra else None, seq))
+
+
+#: A migration step: SQL statements, or a function run on the connection in the step's
+#: transaction (for changes SQL alone cannot make portably).
+Step = str | Callable[[sqlite3.Connection], None]
+
 #: ``MIGRATIONS[i]`` takes a database from version ``i`` to ``i + 1``.
-MIGRATIONS: list[list[str]] = [
+MIGRATIONS: list[list[Step]] = [
     [
         _QUEUE_V1,
         _READY_INDEX_V1,
@@ -124,6 +151,28 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX nuvom_results_status ON nuvom_results (status, updated_at)",
         "CREATE INDEX nuvom_results_func ON nuvom_results (func_name, updated_at)",
         "CREATE INDEX nuvom_results_updated ON nuvom_results (updated_at)",
+    ],
+    # SPI 1. Queue: the task name and the failed attempts travel with the message. Added
+    # columns go after ``body``; no hot path reads them without the body (a claim returns
+    # both, a retry rewrites the row), so the table is not rebuilt.
+    # Results: ``run`` and ``token`` get columns (the write fence compares ``run``), and the
+    # three list indexes end in ``job_id`` for keyset paging (newest first, ties by id).
+    [
+        "ALTER TABLE nuvom_queue ADD COLUMN task TEXT NOT NULL DEFAULT '' "
+        "CHECK (typeof(task) = 'text')",
+        "ALTER TABLE nuvom_queue ADD COLUMN failures INTEGER NOT NULL DEFAULT 0 "
+        "CHECK (typeof(failures) = 'integer')",
+        "ALTER TABLE nuvom_quarantine ADD COLUMN task",
+        "ALTER TABLE nuvom_quarantine ADD COLUMN failures",
+        "ALTER TABLE nuvom_results ADD COLUMN run INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE nuvom_results ADD COLUMN token TEXT",
+        _records_fields_out_of_extra,
+        "DROP INDEX nuvom_results_status",
+        "DROP INDEX nuvom_results_func",
+        "DROP INDEX nuvom_results_updated",
+        "CREATE INDEX nuvom_results_status ON nuvom_results (status, updated_at, job_id)",
+        "CREATE INDEX nuvom_results_func ON nuvom_results (func_name, updated_at, job_id)",
+        "CREATE INDEX nuvom_results_updated ON nuvom_results (updated_at, job_id)",
     ],
 ]
 
@@ -164,7 +213,10 @@ def migrate(conn: sqlite3.Connection, path: Path | str) -> int:
         _check_not_newer(current, path)
         for step in range(current, SCHEMA_VERSION):
             for statement in MIGRATIONS[step]:
-                conn.execute(statement)
+                if callable(statement):
+                    statement(conn)
+                else:
+                    conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
