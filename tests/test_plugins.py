@@ -101,7 +101,7 @@ def test_duplicate_backend_names_both_providers(proj: Path):
         pm.collect("nuvom_register_queue_backends")
     text = str(info.value)
     assert "'memory'" in text and "local_plugins:DuplicateMemory" in text
-    assert "nuvom_plugins.memory.backend.MemoryJobQueue" in text
+    assert "nuvom_kernel.testing.memory.MemoryJobQueue" in text
 
 
 def test_disable_by_name_and_env(proj: Path):

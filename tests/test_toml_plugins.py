@@ -116,7 +116,7 @@ def test_the_guides_result_backend_passes_its_contract(tmp_path: Path) -> None:
 
 
 BROKEN_FILTER = '''
-from nuvom_plugins.memory.backend import MemoryJobQueue
+from nuvom_plugins.memory import MemoryJobQueue
 
 
 class AnyQueue(MemoryJobQueue):

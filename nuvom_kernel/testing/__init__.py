@@ -5,7 +5,8 @@
   pytest checks the semantics every Nuvom backend must have (docs/writing_plugins.md).
 * :mod:`nuvom_kernel.testing.pytest_plugin` — opt-in fixtures for testing your tasks: an
   isolated in-memory kernel, an eager mode and a real worker thread (docs/testing.md).
-* :mod:`nuvom_kernel.testing.stubs` — small, correct in-memory backends the two above use;
+* :mod:`nuvom_kernel.testing.memory` — the in-memory reference store (the `memory` plugin
+  registers it); :mod:`nuvom_kernel.testing.stubs` — the same under the name `stub`;
   :mod:`nuvom_kernel.testing.fakes` — deliberately broken ones that prove the contracts fail.
 
 Nothing here is imported by the kernel at run time; it needs pytest.

@@ -33,8 +33,8 @@ class LifoQueue(StubQueue):
 
     name = "fake-lifo"
 
-    def _order(self, entry: Any) -> tuple[int, float, int]:
-        return (-entry.message.priority, -entry.message.created_at, -entry.seq)
+    def _order(self, entry: Any) -> tuple[int, float]:
+        return (-entry.message.priority, -entry.message.created_at)
 
 
 class UnfencedQueue(StubQueue):
@@ -84,12 +84,10 @@ class CountingReleaseQueue(StubQueue):
     name = "fake-counting-release"
 
     def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
+        if not super().release(lease, delay_secs=delay_secs):
+            return False
         with self._lock:
-            entry = self._held(lease)
-            if entry is None:
-                return False
-            entry.token = None
-        self.notify()
+            self._entries[lease.id].deliveries += 1  # undo the undo
         return True
 
 
@@ -103,7 +101,7 @@ class RacyClaimQueue(StubQueue):
         with self._lock:
             picked = sorted((e for e in self._entries.values()
                              if e.claimable(now) and (queues is None or e.message.queue in queues)),
-                            key=self._order)[:max(n, 0)]
+                            key=lambda e: (*self._order(e), e.seq))[:max(n, 0)]
         time.sleep(0.002)  # the window another consumer walks through
         with self._lock:
             return [self._lease(entry, now) for entry in picked]

@@ -6,7 +6,7 @@ import attrs
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
-from nuvom_plugins.memory.backend import MemoryJobQueue, MemoryResultBackend
+from nuvom_plugins.memory import MemoryJobQueue, MemoryResultBackend
 
 
 @attrs.frozen

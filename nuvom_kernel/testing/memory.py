@@ -1,7 +1,15 @@
-"""Memory backends: the full lease protocol in one process, nothing persisted.
+"""The in-memory reference store: the full lease protocol in one process, nothing persisted.
+
+One implementation serves three users: the ``memory`` plugin (``nuvom-plugins``) registers
+these classes for single-process apps and tests; the user pytest plugin and the contract
+meta-tests use them as the kernel's own reference (:mod:`.stubs`); and the broken backends
+of :mod:`.fakes` each change one method of them. It passes every contract test, so a fake
+that fails one proves that test can fail.
 
 The queue still stores encoded bodies (bytes), so code tested on it goes through the same
 serialization path as on a persistent backend — the original Nuvom skipped it and hid bugs.
+Ready messages sit in a heap in claim order, delayed ones in a heap by due time, leases in a
+dict scanned for expiry (bounded by the jobs in flight): a claim costs O(log n).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from nuvom_kernel.models import (
     JobStatus,
     Lease,
     Message,
+    Settlement,
     supersedes,
 )
 
@@ -45,9 +54,14 @@ class _Entry:
     token: str | None = None  # set while leased
     expires_at: float = 0.0
 
+    def claimable(self, now: float) -> bool:
+        if self.token is not None:
+            return self.expires_at <= now  # an expired lease is available again
+        return self.message.available_at <= now
+
 
 class MemoryJobQueue(QueueBackend):
-    """Priority heap of ready messages, a heap of delayed ones, a dict of leases."""
+    """Priorities, delays, visibility timeouts and fencing, under one lock."""
 
     name = "memory"
     capabilities = Capabilities(priorities=True, delayed=True, blocking_dequeue=True)
@@ -56,36 +70,62 @@ class MemoryJobQueue(QueueBackend):
         super().__init__(visibility_timeout_secs=visibility_timeout_secs)
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
-        self._ready: list[tuple[int, float, int, str]] = []
+        self._ready: list[tuple[Any, ...]] = []  # (*_order(entry), seq, job id)
         self._delayed: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
-        self._leased: dict[str, _Entry] = {}  # scanned for expiry; bounded by in-flight jobs
+        self._leased: dict[str, _Entry] = {}
+
+    # --- internals (the fakes override some) ------------------------------------------------
+
+    def _order(self, entry: _Entry) -> tuple[Any, ...]:
+        """Claim order: higher priority first, then FIFO by ``created_at`` (then insertion)."""
+        return (-entry.message.priority, entry.message.created_at)
+
+    def _ready_push(self, entry: _Entry) -> None:
+        heapq.heappush(self._ready, (*self._order(entry), entry.seq, entry.message.id))
 
     def _schedule(self, entry: _Entry) -> None:
-        msg = entry.message
         entry.seq = next(self._seq)
-        if msg.available_at > time.time():
-            heapq.heappush(self._delayed, (msg.available_at, entry.seq, msg.id))
+        if entry.message.available_at > time.time():
+            heapq.heappush(self._delayed, (entry.message.available_at, entry.seq,
+                                           entry.message.id))
         else:
-            heapq.heappush(self._ready, (-msg.priority, msg.created_at, entry.seq, msg.id))
+            self._ready_push(entry)
 
     def _promote(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
             _, seq, job_id = heapq.heappop(self._delayed)
             entry = self._entries.get(job_id)
             if entry is not None and entry.seq == seq and entry.token is None:
-                msg = entry.message
-                heapq.heappush(self._ready, (-msg.priority, msg.created_at, seq, job_id))
-        expired = [e for e in self._leased.values() if e.expires_at <= now]
-        for entry in expired:  # expired leases come back, delivery count kept
-            self._unlease(entry)
+                self._ready_push(entry)
+        for entry in [e for e in self._leased.values() if e.expires_at <= now]:
+            self._unlease(entry)  # an expired lease comes back, its delivery counted
             entry.seq = next(self._seq)
-            msg = entry.message
-            heapq.heappush(self._ready, (-msg.priority, msg.created_at, entry.seq, msg.id))
+            self._ready_push(entry)
 
     def _unlease(self, entry: _Entry) -> None:
         entry.token = None
         self._leased.pop(entry.message.id, None)
+
+    def _lease(self, entry: _Entry, now: float) -> Lease:
+        entry.token = uuid.uuid4().hex
+        entry.deliveries += 1
+        entry.expires_at = now + self.visibility_timeout_secs
+        self._leased[entry.message.id] = entry
+        return Lease(entry.message, entry.token, entry.deliveries, entry.expires_at)
+
+    def _held(self, lease: Lease) -> _Entry | None:
+        """The entry if ``lease`` still holds it (its token was not replaced by a new claim)."""
+        entry = self._entries.get(lease.id)
+        if entry is None or entry.token != lease.token:
+            return None
+        return entry
+
+    def _delete(self, job_id: str) -> None:
+        del self._entries[job_id]
+        self._leased.pop(job_id, None)
+
+    # --- primitives -------------------------------------------------------------------------
 
     def push(self, messages: Sequence[Message]) -> list[bool]:
         stored = []
@@ -101,40 +141,32 @@ class MemoryJobQueue(QueueBackend):
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
         now = time.time()
         leases: list[Lease] = []
-        skipped: list[tuple[int, float, int, str]] = []
+        skipped: list[tuple[Any, ...]] = []
         with self._lock:
             self._promote(now)
             while self._ready and len(leases) < n:
                 item = heapq.heappop(self._ready)
-                entry = self._entries.get(item[3])
-                if entry is None or entry.seq != item[2] or entry.token is not None:
+                entry = self._entries.get(item[-1])
+                if entry is None or entry.seq != item[-2] or entry.token is not None:
                     continue  # stale heap item
                 if queues is not None and entry.message.queue not in queues:
                     skipped.append(item)
                     continue
-                entry.token = uuid.uuid4().hex
-                entry.deliveries += 1
-                entry.expires_at = now + self.visibility_timeout_secs
-                self._leased[entry.message.id] = entry
-                leases.append(Lease(entry.message, entry.token, entry.deliveries,
-                                    entry.expires_at))
+                leases.append(self._lease(entry, now))
             for item in skipped:
                 heapq.heappush(self._ready, item)
         return leases
 
-    def _held(self, lease: Lease) -> _Entry | None:
-        entry = self._entries.get(lease.id)
-        if entry is None or entry.token != lease.token:
-            return None
-        return entry
-
     def ack(self, lease: Lease) -> bool:
+        return self.ack_many([lease])[0]
+
+    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
         with self._lock:
-            if self._held(lease) is None:
-                return False
-            del self._entries[lease.id]
-            self._leased.pop(lease.id, None)
-            return True
+            held = [self._held(lease) is not None for lease in leases]
+            for lease, ok in zip(leases, held, strict=True):
+                if ok:
+                    self._delete(lease.id)
+        return held
 
     def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
         with self._lock:
@@ -143,11 +175,9 @@ class MemoryJobQueue(QueueBackend):
                 return False
             self._unlease(entry)
             entry.message = attrs.evolve(
-                entry.message,
-                body=entry.message.body if body is None else body,
-                available_at=time.time() + delay_secs,
-                failures=entry.message.failures + 1,
-            )
+                entry.message, body=entry.message.body if body is None else body,
+                available_at=time.time() + max(delay_secs, 0.0),
+                failures=entry.message.failures + 1)
             self._schedule(entry)
         self.notify()
         return True
@@ -167,17 +197,12 @@ class MemoryJobQueue(QueueBackend):
         return True
 
     def extend(self, lease: Lease, secs: float) -> bool:
-        with self._lock:
-            entry = self._held(lease)
-            if entry is None:
-                return False
-            entry.expires_at = time.time() + secs
-        if secs <= 0:
-            self.notify()
-        return True
+        held = self.extend_many([lease], secs)[0]
+        if held and secs <= 0:
+            self.notify()  # claimable now
+        return held
 
     def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
-        """One lock round for every running job's lease (the monitor's heartbeat)."""
         expires_at = time.time() + secs
         with self._lock:
             held = [self._held(lease) for lease in leases]
@@ -185,42 +210,6 @@ class MemoryJobQueue(QueueBackend):
                 if entry is not None:
                     entry.expires_at = expires_at
         return [entry is not None for entry in held]
-
-    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
-        with self._lock:
-            done = []
-            for lease in leases:
-                ok = self._held(lease) is not None
-                if ok:
-                    del self._entries[lease.id]
-                    self._leased.pop(lease.id, None)
-                done.append(ok)
-        return done
-
-    def _waiting(self, queues: Sequence[str] | None) -> list[_Entry]:
-        return [e for e in self._entries.values()
-                if e.token is None and (queues is None or e.message.queue in queues)]
-
-    def qsize(self, queues: Sequence[str] | None = None) -> int:
-        with self._lock:
-            return len(self._waiting(queues))
-
-    def clear(self, queues: Sequence[str] | None = None) -> int:
-        with self._lock:
-            doomed = [i for i, e in self._entries.items()
-                      if queues is None or e.message.queue in queues]
-            for job_id in doomed:
-                del self._entries[job_id]
-                self._leased.pop(job_id, None)
-            return len(doomed)
-
-    def cancel(self, job_id: str) -> bool:
-        with self._lock:
-            entry = self._entries.get(job_id)
-            if entry is None or entry.token is not None:
-                return False
-            del self._entries[job_id]
-            return True
 
     def peek_state(self, job_id: str) -> JobStatus | None:
         with self._lock:
@@ -232,6 +221,47 @@ class MemoryJobQueue(QueueBackend):
             if entry.message.available_at > time.time() and entry.message.failures:
                 return JobStatus.RETRYING
             return JobStatus.QUEUED
+
+    def qsize(self, queues: Sequence[str] | None = None) -> int:
+        with self._lock:
+            return sum(1 for e in self._entries.values()
+                       if e.token is None and (queues is None or e.message.queue in queues))
+
+    def clear(self, queues: Sequence[str] | None = None) -> int:
+        with self._lock:
+            doomed = [i for i, e in self._entries.items()
+                      if queues is None or e.message.queue in queues]
+            for job_id in doomed:
+                self._delete(job_id)
+            return len(doomed)
+
+    # --- optional ---------------------------------------------------------------------------
+
+    def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
+                    ) -> list[bool] | None:
+        """With a :class:`MemoryResultBackend` (one process, one "store"): each record is
+        stored only while its lease holds, and the lease acked or retried only once stored,
+        under this queue's lock."""
+        if not isinstance(results, MemoryResultBackend):
+            return None
+        landed = []
+        for item in settlements:
+            with self._lock:
+                ok = self._held(item.lease) is not None and results.put(item.record)
+            if ok and item.retry_in is None:
+                ok = self.ack(item.lease)
+            elif ok:
+                ok = self.retry(item.lease, delay_secs=item.retry_in, body=item.body)
+            landed.append(ok)
+        return landed
+
+    def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(job_id)
+            if entry is None or entry.token is not None:
+                return False  # a leased job belongs to its worker
+            self._delete(job_id)
+            return True
 
     def stats(self) -> QueueStats:
         now = time.time()
@@ -258,7 +288,7 @@ def _copy(record: JobRecord) -> JobRecord:
 
 
 class MemoryResultBackend(ResultBackend):
-    """A dict of records guarded by a lock; records are copied in and out, never shared."""
+    """A dict of records under a lock; records are copied in and out, never shared."""
 
     name = "memory"
     capabilities = Capabilities()
