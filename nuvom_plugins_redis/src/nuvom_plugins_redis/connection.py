@@ -1,0 +1,220 @@
+"""Settings, the client, errors that name the server, and the startup checks.
+
+Why one :class:`Store` per backend instance and not a module-level client: a queue and a
+result backend built from the same settings must be able to tell they share a server and a
+key prefix (``settle_many`` writes both in one script), and a fork must not share sockets
+(redis-py's pool re-opens its connections in a child on first use).
+
+Why errors are :class:`~nuvom_kernel.errors.EnqueueError`: an unreachable server or a wrong
+password is what ``.delay()`` reports (the kernel passes a ``NuvomError`` through unchanged,
+so the message is ours: the URL with its password masked and what to check), and
+``nuvom runworker`` prints a ``NuvomError`` as one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.config import mask_secret
+from nuvom_kernel.errors import ConfigError, EnqueueError
+
+__all__ = ["RedisSettings", "RedisUnavailableError", "Store"]
+
+log = logging.getLogger("nuvom.redis")
+
+T = TypeVar("T")
+_WEEK = 7 * 24 * 3600.0
+_checked: set[tuple[str, str]] = set()  # (url, prefix) whose server was checked here
+_checked_lock = threading.Lock()
+
+
+class RedisUnavailableError(EnqueueError):
+    """The Redis server could not be reached, refused the password, or ran out of memory."""
+
+
+@attrs.frozen
+class RedisSettings:
+    """The ``[plugins.redis]`` table (each key overridable by ``NUVOM_PLUGINS__REDIS__<KEY>``).
+
+    :param url: ``redis://[:password@]host:port/db`` (``rediss://`` for TLS,
+        ``unix:///path?db=0`` for a socket).
+    :param key_prefix: first part of every key: two apps on one server never see each
+        other's jobs.
+    :param result_ttl_secs: how long a finished job's record is kept (0: until purged).
+    :param visibility_timeout_secs: lease length; default the kernel's setting.
+    :param socket_timeout_secs: longest wait for a reply (a dead link is noticed by then).
+    :param socket_connect_timeout_secs: longest wait to connect.
+    :param health_check_interval_secs: an idle connection is PINGed before reuse after this.
+    :param block_secs: longest blocking wait for a wake-up: what a lost wake-up can cost.
+    :param reap_interval_secs: how often a worker process recovers expired leases and due
+        delayed jobs when nothing claims (under a lock, so one process per tick does it).
+    """
+
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "nuvom"
+    result_ttl_secs: float = _WEEK
+    visibility_timeout_secs: float | None = None
+    socket_timeout_secs: float = 10.0
+    socket_connect_timeout_secs: float = 5.0
+    health_check_interval_secs: float = 15.0
+    block_secs: float = 5.0
+    reap_interval_secs: float = 1.0
+
+    @classmethod
+    def parse(cls, settings: Mapping[str, Any]) -> RedisSettings:
+        """Validate a settings table; every error names the key and what it accepts."""
+        known = {f.name for f in attrs.fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"[plugins.redis] has unknown key(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}.")
+        values = {k: v for k, v in settings.items() if v is not None}
+        parsed = cls(**values)
+        if not str(parsed.url).startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"[plugins.redis] url={mask_secret('url', parsed.url)!r} is "
+                              "invalid: use redis://host:port/db (or rediss://, unix://).")
+        if not parsed.key_prefix or any(c.isspace() for c in parsed.key_prefix):
+            raise ConfigError(f"[plugins.redis] key_prefix={parsed.key_prefix!r} is invalid: "
+                              "use a non-empty name without spaces, such as 'nuvom'.")
+        for key in ("result_ttl_secs", "socket_timeout_secs", "socket_connect_timeout_secs",
+                    "health_check_interval_secs", "block_secs", "reap_interval_secs",
+                    "visibility_timeout_secs"):
+            value = getattr(parsed, key)
+            if value is None:
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = -1.0
+            zero_ok = key in ("result_ttl_secs", "health_check_interval_secs")
+            if number < 0 or (number == 0 and not zero_ok):
+                raise ConfigError(f"[plugins.redis] {key}={value!r} is invalid: it must be a "
+                                  f"number of seconds > 0{' (or 0)' if zero_ok else ''}.")
+        return parsed
+
+
+class Store:
+    """One server and one key prefix: the clients (a normal one, and one for blocking
+    waits, whose socket timeout must outlast the block) and the prefix of every key."""
+
+    def __init__(self, settings: RedisSettings, context: BackendContext) -> None:
+        self.settings = settings
+        self.url = settings.url
+        self.masked_url = mask_secret("url", settings.url)
+        ns = context.namespace
+        self.prefix = f"{settings.key_prefix}:{ns}:" if ns else f"{settings.key_prefix}:"
+        common: dict[str, Any] = {
+            "socket_connect_timeout": settings.socket_connect_timeout_secs,
+            "health_check_interval": settings.health_check_interval_secs,
+            "socket_keepalive": True,
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 4),
+            "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        }
+        self.client = redis.Redis.from_url(
+            settings.url, socket_timeout=settings.socket_timeout_secs, **common)
+        self.blocking = redis.Redis.from_url(
+            settings.url, socket_timeout=settings.block_secs + settings.socket_timeout_secs,
+            **common)
+        self.epoch: str | None = None
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """What two stores share exactly when they are one server, database and prefix."""
+        kw = self.client.connection_pool.connection_kwargs
+        return (kw.get("host"), kw.get("port"), kw.get("path"), kw.get("db"), self.prefix)
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """Run ``fn``, turning a connection failure into an error naming the server."""
+        try:
+            return fn()
+        except redis.AuthenticationError as exc:
+            raise RedisUnavailableError(
+                f"Redis at {self.masked_url} refused the credentials while {what} ({exc}). "
+                "Check the password in [plugins.redis] url (or NUVOM_PLUGINS__REDIS__URL)."
+            ) from exc
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise RedisUnavailableError(
+                f"cannot reach Redis at {self.masked_url} while {what} "
+                f"({type(exc).__name__}: {exc}). Check that redis-server runs there and "
+                "the host, port and password in [plugins.redis] url (or "
+                "NUVOM_PLUGINS__REDIS__URL), and the network between."
+            ) from exc
+        except redis.ResponseError as exc:
+            if str(exc).startswith(("NOAUTH", "WRONGPASS")):
+                raise RedisUnavailableError(
+                    f"Redis at {self.masked_url} needs a password ({exc}); put it in "
+                    "[plugins.redis] url as redis://:PASSWORD@host:port/db.") from exc
+            if str(exc).startswith("OOM"):
+                raise RedisUnavailableError(
+                    f"Redis at {self.masked_url} is out of memory while {what} ({exc}). "
+                    "Raise maxmemory or drain the queues.") from exc
+            raise
+
+    def startup(self) -> None:
+        """Reach the server once (so a wrong URL fails at build time with a clear line),
+        then, once per process and server, warn about settings that lose jobs."""
+        self.call(self.client.ping, "connecting")
+        self.check_epoch(first=True)
+        key = (self.url, self.prefix)
+        with _checked_lock:
+            if key in _checked:
+                return
+            _checked.add(key)
+        try:
+            config = self.client.config_get("maxmemory-policy")
+            config.update(self.client.config_get("appendonly"))
+            config.update(self.client.config_get("save"))
+        except redis.ResponseError:  # CONFIG is often disabled on managed servers
+            return
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            log.warning("Redis at %s has maxmemory-policy=%s: when memory runs out it evicts "
+                        "keys, which silently loses queued jobs and results; set it to "
+                        "noeviction (enqueues then fail with a clear error instead).",
+                        self.masked_url, policy)
+        if config.get("appendonly") != "yes" and not config.get("save"):
+            log.warning("Redis at %s has no persistence (appendonly no, save \"\"): a "
+                        "restart of the server loses every queued job and result; enable "
+                        "appendonly yes with appendfsync everysec.", self.masked_url)
+
+    def check_epoch(self, first: bool = False) -> None:
+        """Detect a wiped server: the epoch key this store saw is gone or replaced."""
+        key = self.prefix + "epoch"
+        mine = uuid.uuid4().hex
+        created = self.client.set(key, mine, nx=True)
+        current = mine if created else self.client.get(key)
+        current = current.decode() if isinstance(current, bytes) else current
+        if self.epoch is not None and current != self.epoch:
+            log.critical("Redis at %s lost its data (epoch key %s changed): the server was "
+                         "restarted without persistence or flushed; queued jobs, leases and "
+                         "results under %r are gone, and held leases will report lost.",
+                         self.masked_url, key, self.prefix)
+        elif first and created and self.epoch is None:
+            log.debug("Redis at %s: new epoch %s for %r", self.masked_url, current,
+                      self.prefix)
+        self.epoch = current
+
+    def close(self) -> None:
+        for client in (self.client, self.blocking):
+            try:
+                client.close()
+            except Exception:  # pragma: no cover - closing a dead socket
+                pass
+
+
+def build_store(settings: Mapping[str, Any], context: BackendContext) -> Store:
+    """Parse ``settings``, connect and check the server: what both backends build with."""
+    store = Store(RedisSettings.parse(settings), context)
+    store.startup()
+    return store
+

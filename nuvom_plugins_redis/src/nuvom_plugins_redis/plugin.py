@@ -1,0 +1,29 @@
+"""Registers the Redis backends with Nuvom (entry point ``nuvom: redis``)."""
+
+from __future__ import annotations
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.backends import QueueBackend, ResultBackend
+from nuvom_plugins_redis.connection import RedisSettings
+from nuvom_plugins_redis.queue import RedisJobQueue
+from nuvom_plugins_redis.results import RedisResultBackend
+
+__all__ = ["nuvom_plugin_settings", "nuvom_register_queue_backends",
+           "nuvom_register_result_backends"]
+
+
+@hookimpl
+def nuvom_register_queue_backends() -> list[type[QueueBackend]]:
+    return [RedisJobQueue]
+
+
+@hookimpl
+def nuvom_register_result_backends() -> list[type[ResultBackend]]:
+    return [RedisResultBackend]
+
+
+@hookimpl
+def nuvom_plugin_settings() -> dict[str, type]:
+    """``[plugins.redis]`` (and ``NUVOM_PLUGINS__REDIS__*``): the class both backends parse
+    their table with, so the kernel's key check and theirs cannot disagree."""
+    return {"redis": RedisSettings}

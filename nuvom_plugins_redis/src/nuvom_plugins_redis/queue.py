@@ -1,0 +1,327 @@
+"""``RedisJobQueue``: one queue shared by workers on many hosts through one Redis server.
+
+Every step is one Lua script (:mod:`.scripts`): push (idempotent per job id), claim
+(promote due delayed jobs and expired leases, pop by priority then FIFO, stamp a token and a
+deadline from the server's clock), and the token-checked ack, retry, release and extend.
+A delayed job waits in its own sorted set, never in the lease set: an ETA is not a
+visibility timeout.
+
+Waiting: an idle ``pop_batch`` blocks in ``BZPOPMIN`` on a marker that every push (and every
+claim that leaves work behind) sets, so pickup takes about a round trip and an idle worker
+costs no CPU. The marker is only a hint: a waiter always claims after it wakes, and never
+blocks past the next due time its last claim saw, nor past ``block_secs`` (what a lost
+wake-up can cost). A reaper thread in each claiming process promotes due work every
+``reap_interval_secs`` under a short server-side lock, so recovery never waits for claims.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from nuvom_kernel.backends import (
+    BackendContext,
+    Capabilities,
+    QueueBackend,
+    QueueCounts,
+    QueueStats,
+    ResultBackend,
+)
+from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
+from nuvom_plugins_redis import scripts
+from nuvom_plugins_redis.connection import RedisSettings, RedisUnavailableError, Store, build_store
+from nuvom_plugins_redis.results import RedisResultBackend, record_values
+
+__all__ = ["RedisJobQueue"]
+
+log = logging.getLogger("nuvom.redis")
+
+#: Messages per push script: each chunk is atomic (all or none), a ``.map()`` of more is
+#: several chunks (the docs say so); a bounded script never stalls the server for long.
+PUSH_CHUNK = 1000
+#: Settlements and leases per script call (ack_many, extend_many, settle_many).
+BATCH = 500
+
+
+class RedisJobQueue(QueueBackend):
+    """The Redis queue backend (``queue_backend = "redis"``); see :class:`RedisSettings`."""
+
+    name: ClassVar[str] = "redis"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        persistent=True, multiprocess_safe=True, priorities=True, delayed=True,
+        blocking_dequeue=True)
+    namespaced: ClassVar[bool] = True
+
+    def __init__(self, store: Store, *, visibility_timeout_secs: float = 30.0) -> None:
+        super().__init__(visibility_timeout_secs=visibility_timeout_secs)
+        self.store = store
+        self.settings = store.settings
+        client = store.client
+        self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
+            "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "CANCEL", "CLEAR", "REAP", "STATS",
+            "SETTLE")}
+        self._due_at: float | None = None  # monotonic time the next waiting job is due
+        self._reaper: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._reaper_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
+        store = build_store(settings, context)
+        vis = RedisSettings.parse(settings).visibility_timeout_secs
+        return cls(store, visibility_timeout_secs=float(vis or context.visibility_timeout_secs))
+
+    def __repr__(self) -> str:
+        return f"RedisJobQueue({self.store.masked_url!r}, prefix={self.store.prefix!r})"
+
+    def close(self) -> None:
+        self._stop.set()
+        reaper = self._reaper
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join(self.settings.socket_timeout_secs + 1)
+        self.store.close()
+
+    def _run(self, name: str, args: Sequence[Any], what: str) -> Any:
+        script = self._scripts[name]
+        return self.store.call(lambda: script(args=[self.store.prefix, *args]), what)
+
+    # --- primitives -----------------------------------------------------------------------
+
+    def push(self, messages: Sequence[Message]) -> list[bool]:
+        """Store messages in chunks of :data:`PUSH_CHUNK`, each chunk atomic; an id already
+        queued (or earlier in the batch) stores nothing."""
+        stored: list[bool] = []
+        for start in range(0, len(messages), PUSH_CHUNK):
+            chunk = messages[start:start + PUSH_CHUNK]
+            args: list[Any] = [len(chunk)]
+            for m in chunk:
+                args += _push_args(m)
+            try:
+                flags = self._run("PUSH", args, f"storing {len(chunk)} job(s)")
+            except RedisUnavailableError as exc:
+                if not stored:
+                    raise
+                raise RedisUnavailableError(
+                    f"{exc} {sum(stored)} job(s) of this batch were enqueued before the "
+                    f"failure (chunks of {PUSH_CHUNK} are stored all or none); the "
+                    f"remaining {len(messages) - len(stored)} were not.") from exc
+            stored += [bool(f) for f in flags]
+        return stored
+
+    def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
+        if n <= 0 or (queues is not None and not queues):
+            return []
+        self._start_reaper()
+        names = [] if queues is None else list(queues)
+        count = -1 if queues is None else len(names)
+        reply = self._run("CLAIM", [n, repr(float(self.visibility_timeout_secs)), count,
+                                    *names], "claiming jobs")
+        now, due = float(reply[0]), reply[1]
+        self._due_at = None if not due else time.monotonic() + max(float(due) - now, 0.0)
+        leases = []
+        for i in range(2, len(reply), 11):
+            (job_id, token, deliveries, expires, body, queue, priority, created, available,
+             task, failures) = reply[i:i + 11]
+            message = Message(id=job_id.decode(), body=bytes(body), queue=queue.decode(),
+                              priority=int(priority), available_at=float(available),
+                              created_at=float(created), task=task.decode(),
+                              failures=int(failures))
+            leases.append(Lease(message=message, token=token.decode(),
+                                deliveries=int(deliveries), expires_at=float(expires)))
+        return leases
+
+    def ack(self, lease: Lease) -> bool:
+        return self.ack_many([lease])[0]
+
+    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
+        """One script per :data:`BATCH` leases: the drain rate's hot path."""
+        out: list[bool] = []
+        for start in range(0, len(leases), BATCH):
+            pairs = [v for le in leases[start:start + BATCH] for v in (le.id, le.token)]
+            out += [bool(f) for f in self._run("ACK", pairs, "acking jobs")]
+        return out
+
+    def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
+        args = [lease.id, lease.token, repr(max(float(delay_secs), 0.0)),
+                "0" if body is None else "1", b"" if body is None else bytes(body), "retry"]
+        return bool(self._run("REQUEUE", args, "retrying a job"))
+
+    def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
+        args = [lease.id, lease.token, repr(max(float(delay_secs), 0.0)), "0", b"",
+                "release"]
+        return bool(self._run("REQUEUE", args, "releasing a job"))
+
+    def extend(self, lease: Lease, secs: float) -> bool:
+        return self.extend_many([lease], secs)[0]
+
+    def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
+        """Every lease of a worker in one script (the lease monitor's round)."""
+        out: list[bool] = []
+        for start in range(0, len(leases), BATCH):
+            pairs = [v for le in leases[start:start + BATCH] for v in (le.id, le.token)]
+            out += [bool(f) for f in self._run("EXTEND", [repr(float(secs)), *pairs],
+                                               "extending leases")]
+        return out
+
+    def peek_state(self, job_id: str) -> JobStatus | None:
+        """RUNNING while a token is held (even past its deadline, until a claim takes the
+        job over), RETRYING while a job with failed attempts waits, else QUEUED."""
+        key = self.store.prefix + "j:" + job_id
+        state, failures, token = self.store.call(
+            lambda: self.store.client.hmget(key, "s", "f", "k"), "reading a job's state")
+        if state is None:
+            return None
+        if token is not None:
+            return JobStatus.RUNNING
+        return JobStatus.RETRYING if state == b"d" and int(failures or 0) > 0 \
+            else JobStatus.QUEUED
+
+    def qsize(self, queues: Sequence[str] | None = None) -> int:
+        return sum(c.ready + c.delayed for c in self._counts(queues).values())
+
+    def clear(self, queues: Sequence[str] | None = None) -> int:
+        """Delete every message of the queues, leased ones included (the contract: a
+        cleared lease is gone, and its holder's ack reports it lost)."""
+        removed = 0
+        for queue in self._queue_names(queues):
+            while True:
+                n = int(self._run("CLEAR", [queue], "clearing a queue"))
+                removed += n
+                if n == 0:
+                    break
+        return removed
+
+    # --- optional primitives --------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> bool:
+        return bool(self._run("CANCEL", [job_id], "cancelling a job"))
+
+    def stats(self) -> QueueStats:
+        stats = QueueStats()
+        now = time.time()
+        for queue, counts in self._counts(None, oldest=now).items():
+            stats.queues[queue] = counts
+        return stats
+
+    def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
+                    ) -> list[bool] | None:
+        """Store each record and ack or retry its lease in one script, when ``results`` is
+        a Redis result backend on this server and prefix; ``None`` for any other."""
+        if not isinstance(results, RedisResultBackend) or \
+                results.store.identity != self.store.identity:
+            return None
+        out: list[bool] = []
+        ttl = repr(float(results.settings.result_ttl_secs))
+        for start in range(0, len(settlements), BATCH):
+            chunk = settlements[start:start + BATCH]
+            args: list[Any] = [results.store.prefix, ttl, len(chunk)]
+            for s in chunk:
+                retry = "" if s.retry_in is None else repr(max(float(s.retry_in), 0.0))
+                args += [s.lease.id, s.lease.token, retry, "0" if s.body is None else "1",
+                         b"" if s.body is None else bytes(s.body), *record_values(s.record)]
+            out += [bool(f) for f in self._run("SETTLE", args, "settling jobs")]
+        return out
+
+    def pop_batch(self, n: int, timeout: float = 0.0, queues: Sequence[str] | None = None
+                  ) -> list[Lease]:
+        """Claim up to ``n``; when none is ready, block on the wake-up marker (never past
+        the next due time, ``block_secs`` or the deadline) and claim again."""
+        if n <= 0:
+            return []
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            leases = self.claim(n, queues)
+            if leases:
+                return leases
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self._block(remaining)
+
+    def wait_for_messages(self, timeout: float, generation: int) -> None:
+        if self._generation == generation:
+            self._block(timeout)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _block(self, timeout: float) -> None:
+        """``BZPOPMIN`` the marker for up to ``timeout`` (bounded as described above)."""
+        wait = min(timeout, self.settings.block_secs)
+        if self._due_at is not None:
+            wait = min(wait, self._due_at - time.monotonic())
+        if wait < 0.001:
+            return
+        key = self.store.prefix + "wake"
+        self.store.call(lambda: self.store.blocking.bzpopmin(key, wait), "waiting for jobs")
+
+    def _queue_names(self, queues: Sequence[str] | None) -> list[str]:
+        if queues is not None:
+            return list(queues)
+        members = self.store.call(
+            lambda: self.store.client.smembers(self.store.prefix + "queues"), "listing queues")
+        return sorted(m.decode() for m in members)
+
+    def _counts(self, queues: Sequence[str] | None, oldest: float | None = None
+                ) -> dict[str, QueueCounts]:
+        names = self._queue_names(queues)
+        if not names:
+            return {}
+        reply = self._run("STATS", names, "counting jobs")
+        counts = {}
+        for i, queue in enumerate(names):
+            ready, delayed, running, created = reply[i * 4:i * 4 + 4]
+            age = None if oldest is None or not created else max(0.0, oldest - float(created))
+            counts[queue] = QueueCounts(ready=int(ready), delayed=int(delayed),
+                                        running=int(running), oldest_ready_age_secs=age)
+        return counts
+
+    def _start_reaper(self) -> None:
+        """Start this process's reaper thread on the first claim (producers never claim,
+        so they never run one); a forked child starts its own."""
+        reaper = self._reaper
+        if (reaper is not None and reaper.is_alive()) or self._stop.is_set():
+            return
+        with self._reaper_lock:
+            if self._reaper is not None and self._reaper.is_alive():
+                return
+            self._reaper = threading.Thread(target=self._reap_loop, daemon=True,
+                                            name="nuvom-redis-reaper")
+            self._reaper.start()
+
+    def _reap_loop(self) -> None:
+        interval = self.settings.reap_interval_secs
+        owner = uuid.uuid4().hex
+        lock_ms = max(int(interval * 900), 1)
+        failing = False
+        while not self._stop.wait(interval):
+            try:
+                self.store.check_epoch()
+                moved = self._run("REAP", [lock_ms, owner], "recovering expired leases")
+                if failing:
+                    log.warning("Redis at %s is reachable again", self.store.masked_url)
+                failing = False
+                if moved and int(moved) > 0:
+                    log.debug("reaper moved %s due job(s) back to ready", moved)
+            except Exception as exc:  # never die: the next tick tries again
+                if not failing:
+                    log.warning("the Redis reaper failed (%s); retrying every %.1f s",
+                                exc, interval)
+                failing = True
+
+
+def _push_args(m: Message) -> list[Any]:
+    body = m.body
+    if not isinstance(body, bytes):
+        if not isinstance(body, bytearray | memoryview):
+            raise TypeError(f"message {m.id!r}: body must be bytes, got {type(body).__name__}")
+        body = bytes(body)
+    if not isinstance(m.id, str) or not m.id:
+        raise ValueError(f"message id must be a non-empty string, got {m.id!r}")
+    created = float(m.created_at)
+    micros = min(max(int(created * 1_000_000), 0), 10**17 - 1)
+    return [m.id, str(m.queue), int(m.priority), f"{micros:017d}", repr(created),
+            repr(float(m.available_at)), str(m.task), body]

@@ -1,0 +1,180 @@
+"""``RedisResultBackend``: one hash per job record, with a time to live once it is final.
+
+Why a hash with the fence fields beside the JSON: the write is fenced
+(:func:`~nuvom_kernel.models.supersedes`) inside a Lua script, which compares ``run``,
+``attempts`` and ``status`` without decoding anything. Why three sorted-set indexes (every
+record, per status, per task, each by ``updated_at``): ``nuvom history`` pages newest first
+with a keyset cursor, a range read per page, never ``KEYS`` or ``SCAN``. A record that
+expired leaves its index entries behind; a query drops those it meets, and ``purge`` drops
+those of the ranges it walks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
+from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_plugins_redis import scripts
+from nuvom_plugins_redis.connection import Store, build_store
+
+__all__ = ["RedisResultBackend", "record_values"]
+
+log = logging.getLogger("nuvom.redis")
+
+_PUT_CHUNK = 500
+_PURGE_CHUNK = 500
+_TERMINAL = sorted(s.value for s in TERMINAL_STATES)
+
+
+def record_values(record: JobRecord) -> list[Any]:
+    """The seven script arguments of one record: id, run, attempts, status, task,
+    updated_at and the JSON of every field (raises ``SerializationError``)."""
+    status = JobStatus(record.status).value
+    try:
+        data = json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SerializationError(
+            f"job {record.job_id}: the record is not JSON-native ({exc}); result backends "
+            "store wire-safe values (see nuvom_kernel.serialization).") from exc
+    return [record.job_id, int(record.run), int(record.attempts), status,
+            record.func_name or "", repr(float(record.updated_at)), data]
+
+
+def _decode(job_id: str, raw: bytes) -> JobRecord:
+    try:
+        return JobRecord.from_dict(json.loads(raw))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise SerializationError(f"job {job_id}: stored record is invalid ({exc})") from exc
+
+
+class RedisResultBackend(ResultBackend):
+    """The Redis result backend (``result_backend = "redis"``); see ``RedisSettings``."""
+
+    name: ClassVar[str] = "redis"
+    capabilities: ClassVar[Capabilities] = Capabilities(persistent=True,
+                                                        multiprocess_safe=True)
+    namespaced: ClassVar[bool] = True
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.settings = store.settings
+        client = store.client
+        self._put = client.register_script(scripts.PUT)
+        self._purge = client.register_script(scripts.PURGE)
+        self._prune = client.register_script(scripts.PRUNE)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
+        """Read the shared ``[plugins.redis]`` table (its queue-only keys are ignored)."""
+        return cls(build_store(settings, context))
+
+    def __repr__(self) -> str:
+        return f"RedisResultBackend({self.store.masked_url!r}, prefix={self.store.prefix!r})"
+
+    def close(self) -> None:
+        self.store.close()
+
+    def put(self, record: JobRecord) -> bool:
+        return self.put_many([record])[0]
+
+    def put_many(self, records: Sequence[JobRecord]) -> list[bool]:
+        """Every record fenced in one script per chunk (all of a chunk or none)."""
+        out: list[bool] = []
+        ttl = repr(float(self.settings.result_ttl_secs))
+        for start in range(0, len(records), _PUT_CHUNK):
+            args: list[Any] = [self.store.prefix, ttl]
+            for record in records[start:start + _PUT_CHUNK]:
+                args += record_values(record)
+            flags = self.store.call(lambda a=args: self._put(args=a), "storing job records")
+            out += [bool(f) for f in flags]
+        return out
+
+    def get(self, job_id: str) -> JobRecord | None:
+        key = self.store.prefix + "r:" + job_id
+        raw = self.store.call(lambda: self.store.client.hget(key, "d"), "reading a job record")
+        return None if raw is None else _decode(job_id, raw)
+
+    def query(self, *, status: JobStatus | None = None, func_name: str | None = None,
+              limit: int = 50, after: str | None = None) -> list[JobRecord]:
+        """Newest first (``updated_at``, then ``job_id``, both descending), the page after
+        ``after``: one index range per round, filtered by the other field when both are
+        given. Index entries whose record expired are dropped as they are met."""
+        p = self.store.prefix
+        wanted = None if status is None else JobStatus(status).value
+        if wanted is not None:
+            index = p + "ri:s:" + wanted
+        elif func_name is not None:
+            index = p + "ri:t:" + func_name
+        else:
+            index = p + "ri"
+        top, after_id = ("+inf", None) if after is None else \
+            (repr(parse_cursor(after)[0]), parse_cursor(after)[1])
+        limit = max(limit, 0)
+        found: list[JobRecord] = []
+        offset, step = 0, max(limit * 2, 20)
+        client = self.store.client
+        while len(found) < limit:
+            rows = self.store.call(lambda o=offset: client.zrange(
+                index, top, "-inf", desc=True, byscore=True, offset=o, num=step,
+                withscores=True), "listing job records")
+            offset += len(rows)
+            ids = [m.decode() for m, score in rows
+                   if after_id is None or repr(score) != top or m.decode() < after_id]
+            if ids:
+                pipe = client.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.hmget(p + "r:" + job_id, "d", "st", "fn")
+                values = self.store.call(pipe.execute, "reading job records")
+                gone: list[str] = []
+                for job_id, (raw, st, fn) in zip(ids, values, strict=True):
+                    if raw is None:
+                        gone += [index, job_id]
+                        continue
+                    if (wanted is not None and st.decode() != wanted) or \
+                            (func_name is not None and fn.decode() != func_name):
+                        continue
+                    try:
+                        found.append(_decode(job_id, raw))
+                    except SerializationError as exc:
+                        log.warning("%s: skipping unreadable job record: %s", p, exc)
+                    if len(found) == limit:
+                        break
+                if gone:  # later rounds start that many entries earlier
+                    self.store.call(lambda g=gone: self._prune(args=[p, *g]),
+                                    "pruning expired index entries")
+                    offset -= len(gone) // 2
+            if len(rows) < step:
+                break
+        return found
+
+    def counts(self) -> dict[str, int]:
+        """Entries per status index (an expired record counts until a query or purge
+        meets it)."""
+        p = self.store.prefix
+        pipe = self.store.client.pipeline(transaction=False)
+        statuses = [s.value for s in JobStatus if s is not JobStatus.UNKNOWN]
+        for status in statuses:
+            pipe.zcard(p + "ri:s:" + status)
+        values = self.store.call(pipe.execute, "counting job records")
+        return {s: int(n) for s, n in zip(statuses, values, strict=True) if n}
+
+    def purge(self, older_than: float) -> int:
+        """Delete SUCCEEDED, FAILED and CANCELLED records last updated before
+        ``older_than``, in bounded chunks; queued and running jobs are never purged."""
+        bound = "+inf" if older_than == float("inf") else repr(float(older_than))
+        deleted = 0
+        for status in _TERMINAL:
+            while True:
+                gone, seen = self.store.call(
+                    lambda s=status: self._purge(args=[self.store.prefix, s, bound,
+                                                       _PURGE_CHUNK]), "purging job records")
+                deleted += int(gone)
+                if int(seen) < _PURGE_CHUNK:
+                    break
+        return deleted

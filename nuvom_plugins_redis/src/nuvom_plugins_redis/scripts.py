@@ -1,0 +1,433 @@
+"""The Lua scripts: every step that must be atomic runs as one script on the server.
+
+Why scripts and not MULTI/WATCH: a claim reads (which messages are due, which is first) and
+writes (lease, token) in one step; a script does that with no retry loop, and a worker that
+dies between two commands cannot leave a message half claimed. Every script reads the clock
+with ``TIME``, so lease deadlines and due times never depend on the clients' clocks.
+
+Why ``#!lua`` (a shebang) on each: Redis 7 then checks ``maxmemory`` once, before a writing
+script starts, instead of failing it at its first write past the limit with the writes
+before it kept. A push chunk is therefore all or nothing, also when memory runs out.
+
+Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
+
+    P queues                  SET   every queue name seen (claims over "every queue")
+    P j:<id>                  HASH  one message: b body, q queue, p priority, c created_at,
+                                    a available_at, t task, f failures, d deliveries,
+                                    k token (while leased), r rank, s state (r|d|l)
+    P q:<queue>:ready         ZSET  score -priority, member rank = created µs + seq + id
+                                    (equal scores sort by member: FIFO within a priority)
+    P q:<queue>:delayed       ZSET  id by available_at (a retry delay or an ETA)
+    P q:<queue>:leased        ZSET  id by lease deadline (never shared with delayed)
+    P seq, P wake, P reaper   the rank/token counter, the wake-up marker, the reaper lock
+    R r:<id>                  HASH  one job record: run, att, st, fn, u, d (JSON)
+    R ri, R ri:s:<st>, R ri:t:<fn>   ZSETs of record ids by updated_at (all, status, task)
+
+A message keeps its token when its expired lease is moved back to ready: until another
+claim takes it over, its holder may still settle it, and ``peek_state`` says RUNNING.
+"""
+
+from __future__ import annotations
+
+#: Characters of a ready member before the job id: 17 digits of created_at in µs, 12 of seq.
+RANK_LEN = 29
+
+_COMMON = r"""
+local P = ARGV[1]
+local function f17(x) return string.format('%.17g', x) end
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6, t[1], t[2]
+end
+local function qkey(q, kind) return P .. 'q:' .. q .. ':' .. kind end
+local function wake() redis.call('ZADD', P .. 'wake', 0, 'w') end
+-- remove a message from whichever ordered set its state puts it in
+local function unlist(id, h)
+  if h[2] == 'l' then redis.call('ZREM', qkey(h[1], 'leased'), id)
+  elseif h[2] == 'd' then redis.call('ZREM', qkey(h[1], 'delayed'), id)
+  elseif h[2] == 'r' then redis.call('ZREM', qkey(h[1], 'ready'), h[3]) end
+end
+local function back_to_ready(id, q)
+  local jk = P .. 'j:' .. id
+  local h = redis.call('HMGET', jk, 'p', 'r')
+  if h[1] then
+    redis.call('ZADD', qkey(q, 'ready'), -tonumber(h[1]), h[2])
+    redis.call('HSET', jk, 's', 'r')
+  end
+end
+-- due delayed messages and expired leases of queue q back to ready (bounded per call)
+local function promote(q, now)
+  local moved = 0
+  for _, kind in ipairs({'delayed', 'leased'}) do
+    local key = qkey(q, kind)
+    local due = redis.call('ZRANGE', key, '-inf', f17(now), 'BYSCORE', 'LIMIT', 0, 500)
+    for _, id in ipairs(due) do back_to_ready(id, q) end
+    if #due > 0 then redis.call('ZREM', key, unpack(due)) end
+    moved = moved + #due
+  end
+  return moved
+end
+local function queue_list(n, first)
+  if n < 0 then return redis.call('SMEMBERS', P .. 'queues') end
+  local qs = {}
+  for i = 1, n do qs[i] = ARGV[first + i - 1] end
+  return qs
+end
+local function next_due(qs)
+  local best = nil
+  for _, q in ipairs(qs) do
+    for _, kind in ipairs({'delayed', 'leased'}) do
+      local head = redis.call('ZRANGE', qkey(q, kind), 0, 0, 'WITHSCORES')
+      if head[2] then
+        local at = tonumber(head[2])
+        if best == nil or at < best then best = at end
+      end
+    end
+  end
+  return best
+end
+"""
+
+#: ARGV: P, n, then 8 values per message: id, queue, priority, created µs (17 digits),
+#: created_at, available_at, task, body. Returns 1 (stored) or 0 (id already queued).
+PUSH = "#!lua\n" + _COMMON + r"""
+local now = clock()
+local out, any_ready, any_delayed = {}, false, false
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  local base = 3 + i * 8
+  local id, q, p = ARGV[base], ARGV[base + 1], ARGV[base + 2]
+  local jk = P .. 'j:' .. id
+  if redis.call('EXISTS', jk) == 1 then
+    out[i + 1] = 0
+  else
+    local rank = ARGV[base + 3] .. string.format('%012d', redis.call('INCR', P .. 'seq')) .. id
+    local avail = ARGV[base + 5]
+    local state = 'r'
+    if tonumber(avail) > now then state = 'd' end
+    redis.call('HSET', jk, 'b', ARGV[base + 7], 'q', q, 'p', p, 'c', ARGV[base + 4],
+               'a', avail, 't', ARGV[base + 6], 'f', 0, 'd', 0, 'r', rank, 's', state)
+    redis.call('SADD', P .. 'queues', q)
+    if state == 'd' then
+      redis.call('ZADD', qkey(q, 'delayed'), avail, id)
+      any_delayed = true
+    else
+      redis.call('ZADD', qkey(q, 'ready'), -tonumber(p), rank)
+      any_ready = true
+    end
+    out[i + 1] = 1
+  end
+end
+if any_ready or any_delayed then wake() end
+return out
+"""
+
+#: ARGV: P, n, visibility secs, number of queues (-1: every queue), queue names...
+#: Returns {now, next due time or '', then 11 values per lease}.
+CLAIM = "#!lua\n" + _COMMON + r"""
+local now, sec, usec = clock()
+local n, vis = tonumber(ARGV[2]), tonumber(ARGV[3])
+local qs = queue_list(tonumber(ARGV[4]), 5)
+local cands = {}
+for _, q in ipairs(qs) do
+  promote(q, now)
+  local head = redis.call('ZRANGE', qkey(q, 'ready'), 0, n - 1, 'WITHSCORES')
+  for i = 1, #head, 2 do
+    cands[#cands + 1] = {tonumber(head[i + 1]), head[i], q}
+  end
+end
+if #qs > 1 then
+  table.sort(cands, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
+end
+local out = {f17(now), ''}
+local expires = f17(now + vis)
+local taken = 0
+for _, c in ipairs(cands) do
+  if taken >= n then break end
+  taken = taken + 1
+  local member, q = c[2], c[3]
+  local id = string.sub(member, RANK_LEN + 1)
+  local jk = P .. 'j:' .. id
+  redis.call('ZREM', qkey(q, 'ready'), member)
+  local token = sec .. usec .. '-' .. redis.call('INCR', P .. 'seq')
+  local deliveries = redis.call('HINCRBY', jk, 'd', 1)
+  redis.call('HSET', jk, 'k', token, 's', 'l')
+  redis.call('ZADD', qkey(q, 'leased'), expires, id)
+  local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f')
+  for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5], h[6]}) do
+    out[#out + 1] = v
+  end
+end
+local more = false
+for _, q in ipairs(qs) do
+  if redis.call('ZCARD', qkey(q, 'ready')) > 0 then more = true end
+end
+if more and taken > 0 then wake() end
+local due = next_due(qs)
+if due then out[2] = f17(due) end
+return out
+""".replace("RANK_LEN", str(RANK_LEN))
+
+_FENCED = r"""
+local function held(id, token)
+  local h = redis.call('HMGET', P .. 'j:' .. id, 'q', 's', 'r', 'k')
+  if h[4] and h[4] == token then return h end
+  return nil
+end
+"""
+
+#: ARGV: P, then (id, token) pairs. Deletes each message whose token still holds.
+ACK = "#!lua\n" + _COMMON + _FENCED + r"""
+local out = {}
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  local h = held(id, ARGV[i + 1])
+  if h then
+    unlist(id, h)
+    redis.call('DEL', P .. 'j:' .. id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+_REQUEUE = r"""
+-- a held message back to waiting: at once (ready) or after delay secs (delayed)
+local function requeue(id, h, delay, now)
+  local jk = P .. 'j:' .. id
+  unlist(id, h)
+  redis.call('HDEL', jk, 'k')
+  if delay > 0 then
+    local at = f17(now + delay)
+    redis.call('HSET', jk, 'a', at, 's', 'd')
+    redis.call('ZADD', qkey(h[1], 'delayed'), at, id)
+  else
+    redis.call('HSET', jk, 's', 'r')
+    redis.call('ZADD', qkey(h[1], 'ready'), -tonumber(redis.call('HGET', jk, 'p')), h[3])
+  end
+  wake()
+end
+"""
+
+#: ARGV: P, id, token, delay secs, '1' with a new body else '0', body. Retry counts a
+#: failure; ARGV[7] == 'release' instead takes the claim back (deliveries - 1, no failure).
+REQUEUE = "#!lua\n" + _COMMON + _FENCED + _REQUEUE + r"""
+local now = clock()
+local id = ARGV[2]
+local h = held(id, ARGV[3])
+if not h then return 0 end
+local jk = P .. 'j:' .. id
+if ARGV[7] == 'release' then
+  redis.call('HINCRBY', jk, 'd', -1)
+else
+  redis.call('HINCRBY', jk, 'f', 1)
+  if ARGV[5] == '1' then redis.call('HSET', jk, 'b', ARGV[6]) end
+  if tonumber(ARGV[4]) <= 0 then redis.call('HSET', jk, 'a', f17(now)) end
+end
+requeue(id, h, tonumber(ARGV[4]), now)
+return 1
+"""
+
+#: ARGV: P, secs, then (id, token) pairs: each held lease now expires at now + secs.
+EXTEND = "#!lua\n" + _COMMON + _FENCED + r"""
+local now = clock()
+local secs = tonumber(ARGV[2])
+local at = f17(now + secs)
+local out = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local h = held(id, ARGV[i + 1])
+  if h then
+    unlist(id, h)
+    redis.call('HSET', P .. 'j:' .. id, 's', 'l')
+    redis.call('ZADD', qkey(h[1], 'leased'), at, id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if secs <= 0 then wake() end
+return out
+"""
+
+#: ARGV: P, id. Deletes the message if it waits (no token: nobody holds or may settle it).
+CANCEL = "#!lua\n" + _COMMON + r"""
+local id = ARGV[2]
+local jk = P .. 'j:' .. id
+local h = redis.call('HMGET', jk, 'q', 's', 'r', 'k')
+if not h[1] or h[4] then return 0 end
+unlist(id, h)
+redis.call('DEL', jk)
+return 1
+"""
+
+#: ARGV: P, queue. Deletes up to 500 messages of each state of the queue; returns how many
+#: (the caller repeats until 0, so no call blocks the server for long).
+CLEAR = "#!lua\n" + _COMMON + r"""
+local q = ARGV[2]
+local removed = 0
+for _, kind in ipairs({'ready', 'delayed', 'leased'}) do
+  local key = qkey(q, kind)
+  local members = redis.call('ZRANGE', key, 0, 499)
+  for _, m in ipairs(members) do
+    local id = m
+    if kind == 'ready' then id = string.sub(m, RANK_LEN + 1) end
+    redis.call('DEL', P .. 'j:' .. id)
+  end
+  if #members > 0 then redis.call('ZREM', key, unpack(members)) end
+  removed = removed + #members
+end
+if removed == 0 then redis.call('SREM', P .. 'queues', q) end
+return removed
+""".replace("RANK_LEN", str(RANK_LEN))
+
+#: ARGV: P, lock ms, owner. Promotes due messages of every queue if it takes the lock.
+REAP = "#!lua\n" + _COMMON + r"""
+if not redis.call('SET', P .. 'reaper', ARGV[3], 'NX', 'PX', ARGV[2]) then return -1 end
+local now = clock()
+local moved = 0
+for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do moved = moved + promote(q, now) end
+if moved > 0 then wake() end
+return moved
+"""
+
+#: ARGV: P, then queue names. Per queue: ready, delayed, leased, oldest ready created_at
+#: (the head of each priority band is its oldest; bands are few).
+STATS = "#!lua flags=no-writes\n" + _COMMON + r"""
+local out = {}
+for i = 2, #ARGV do
+  local key = qkey(ARGV[i], 'ready')
+  local oldest = nil
+  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  while head[1] do
+    local created = redis.call('HGET', P .. 'j:' .. string.sub(head[1], RANK_LEN + 1), 'c')
+    if created and (oldest == nil or tonumber(created) < oldest) then
+      oldest = tonumber(created)
+    end
+    head = redis.call('ZRANGE', key, '(' .. head[2], '+inf', 'BYSCORE', 'LIMIT', 0, 1,
+                      'WITHSCORES')
+  end
+  out[#out + 1] = redis.call('ZCARD', key)
+  out[#out + 1] = redis.call('ZCARD', qkey(ARGV[i], 'delayed'))
+  out[#out + 1] = redis.call('ZCARD', qkey(ARGV[i], 'leased'))
+  out[#out + 1] = oldest and f17(oldest) or ''
+end
+return out
+""".replace("RANK_LEN", str(RANK_LEN))
+
+# --- job records -----------------------------------------------------------------------
+
+_RECORDS = r"""
+local TERMINAL = {SUCCEEDED = true, FAILED = true, CANCELLED = true}
+-- store one record if it supersedes the stored one (nuvom_kernel.models.supersedes)
+local function put_record(R, ttl, id, run, att, st, fn, u, data)
+  local rk = R .. 'r:' .. id
+  local old = redis.call('HMGET', rk, 'run', 'att', 'st', 'fn')
+  run, att = tonumber(run), tonumber(att)
+  if old[1] then
+    local orun, oatt = tonumber(old[1]), tonumber(old[2])
+    if run ~= orun or att ~= oatt then
+      if run < orun or (run == orun and att < oatt) then return 0 end
+    elseif TERMINAL[old[3]] and not TERMINAL[st] then
+      return 0
+    end
+    redis.call('ZREM', R .. 'ri:s:' .. old[3], id)
+    redis.call('ZREM', R .. 'ri:t:' .. old[4], id)
+  end
+  redis.call('HSET', rk, 'run', run, 'att', att, 'st', st, 'fn', fn, 'u', u, 'd', data)
+  redis.call('ZADD', R .. 'ri', u, id)
+  redis.call('ZADD', R .. 'ri:s:' .. st, u, id)
+  redis.call('ZADD', R .. 'ri:t:' .. fn, u, id)
+  if TERMINAL[st] and ttl > 0 then
+    redis.call('PEXPIRE', rk, math.floor(ttl * 1000))
+  else
+    redis.call('PERSIST', rk)
+  end
+  return 1
+end
+"""
+
+#: ARGV: R, ttl secs, then 7 values per record: id, run, attempts, status, func_name,
+#: updated_at, JSON. Returns 1 (stored) or 0 (refused by the fence) per record.
+PUT = "#!lua\n" + _RECORDS + r"""
+local R, ttl = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV, 7 do
+  out[#out + 1] = put_record(R, ttl, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+                             ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+end
+return out
+"""
+
+#: ARGV: R, status, older_than ('+inf' or a number), chunk. Deletes up to ``chunk`` records
+#: of that terminal status updated before older_than, and prunes index entries whose record
+#: expired. Returns {deleted, index entries looked at}.
+PURGE = "#!lua\n" + r"""
+local R, st, limit = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local max = ARGV[3] == '+inf' and '+inf' or '(' .. ARGV[3]
+local ids = redis.call('ZRANGE', R .. 'ri:s:' .. st, '-inf', max, 'BYSCORE', 'LIMIT', 0, limit)
+local deleted = 0
+for _, id in ipairs(ids) do
+  local rk = R .. 'r:' .. id
+  local h = redis.call('HMGET', rk, 'st', 'fn')
+  redis.call('ZREM', R .. 'ri:s:' .. st, id)
+  if not h[1] then
+    redis.call('ZREM', R .. 'ri', id)
+  elseif h[1] == st then
+    redis.call('DEL', rk)
+    redis.call('ZREM', R .. 'ri', id)
+    redis.call('ZREM', R .. 'ri:t:' .. h[2], id)
+    deleted = deleted + 1
+  end
+end
+return {deleted, #ids}
+"""
+
+#: ARGV: R, then (index key, id) pairs whose record is gone: drop them from their index.
+PRUNE = "#!lua\n" + r"""
+local R = ARGV[1]
+for i = 2, #ARGV, 2 do
+  if redis.call('EXISTS', R .. 'r:' .. ARGV[i + 1]) == 0 then
+    redis.call('ZREM', ARGV[i], ARGV[i + 1])
+    redis.call('ZREM', R .. 'ri', ARGV[i + 1])
+  end
+end
+return 0
+"""
+
+#: ARGV: P, R, ttl, n, then 12 values per settlement: lease id, token, '' (ack) or a retry
+#: delay, '1'/'0' new body, body, then the record's 7 values as in PUT. Per settlement: the
+#: token must hold and the record supersede the stored one, else nothing of it is written.
+SETTLE = "#!lua\n" + _COMMON + _FENCED + _REQUEUE + _RECORDS + r"""
+local now = clock()
+local R, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+for i = 0, n - 1 do
+  local b = 5 + i * 12
+  local id = ARGV[b]
+  local h = held(id, ARGV[b + 1])
+  local ok = 0
+  if h and put_record(R, ttl, ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], ARGV[b + 8],
+                      ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]) == 1 then
+    ok = 1
+    local jk = P .. 'j:' .. id
+    if ARGV[b + 2] == '' then
+      unlist(id, h)
+      redis.call('DEL', jk)
+    else
+      local delay = tonumber(ARGV[b + 2])
+      redis.call('HINCRBY', jk, 'f', 1)
+      if ARGV[b + 3] == '1' then redis.call('HSET', jk, 'b', ARGV[b + 4]) end
+      if delay <= 0 then redis.call('HSET', jk, 'a', f17(now)) end
+      requeue(id, h, delay, now)
+    end
+  end
+  out[#out + 1] = ok
+end
+return out
+"""
