@@ -1,0 +1,188 @@
+"""Every statement the queue runs, as text with a ``{s}`` schema placeholder.
+
+Why one statement per operation: each runs on an autocommit connection, so it is one round
+trip and atomic by itself; statements that make work available end with one ``pg_notify``
+(delivered at commit, empty payload so repeats collapse) through the ``_NOTIFYING`` wrapper.
+
+Why the claim locks its rows in a ``MATERIALIZED`` CTE: without the fence the planner may
+nest the ``LIMIT`` subquery into the update and lease more rows than asked (Oban's lesson);
+``SKIP LOCKED`` lets concurrent claimers pass each other instead of queueing on row locks.
+Lease deadlines and tokens come from the database (``clock_timestamp()``,
+``gen_random_uuid()``), so no worker's clock decides who holds a job.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+__all__ = ["Queries"]
+
+_NOW = "extract(epoch FROM clock_timestamp())::float8"
+_SECS = "(%s * interval '1 second')"
+
+_RETURNING = ("j.id, j.body, j.queue, j.priority, j.available_at, j.created_at, j.task, "
+              "j.failures, j.token, j.deliveries, "
+              "extract(epoch FROM j.lease_expires_at)::float8, j.seq")
+
+# Wraps a data-modifying statement that returns a ``state`` column: one notification when
+# any row it touched is ready now (state 0), then its rows.
+_NOTIFYING = """
+WITH u AS ({stmt}),
+     woke AS (SELECT count(pg_notify({chan}, '')) AS n
+              FROM (SELECT 1 FROM u WHERE u.state = 0 LIMIT 1) AS ready)
+SELECT u.* FROM u, woke
+"""
+
+PUSH = f"""
+INSERT INTO {{s}}.jobs AS j (id, queue, state, priority, created_at, available_at, due_at,
+                           task, body)
+SELECT m.id, m.queue, CASE WHEN m.available_at > n.now THEN 1 ELSE 0 END, m.priority,
+       m.created_at, m.available_at,
+       CASE WHEN m.available_at > n.now THEN to_timestamp(m.available_at) END, m.task, m.body
+FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::text[],
+            %s::bytea[]) WITH ORDINALITY
+       AS m(id, queue, priority, created_at, available_at, task, body, ord),
+     (SELECT {_NOW} AS now) AS n
+ORDER BY m.ord
+ON CONFLICT (id) DO NOTHING
+RETURNING j.id, j.state
+"""
+
+CLAIM = f"""
+WITH c AS MATERIALIZED (
+    SELECT id FROM {{s}}.jobs WHERE state = 0 {{queues}}
+    ORDER BY priority DESC, created_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)
+UPDATE {{s}}.jobs j
+SET state = 2, deliveries = j.deliveries + 1,
+    token = replace(gen_random_uuid()::text, '-', ''),
+    lease_expires_at = clock_timestamp() + {_SECS}
+FROM c WHERE j.id = c.id
+RETURNING {_RETURNING}
+"""
+
+ACK = "DELETE FROM {s}.jobs WHERE id = %s AND token = %s"
+ACK_MANY = """
+DELETE FROM {s}.jobs j USING unnest(%s::text[], %s::text[]) AS t(id, token)
+WHERE j.id = t.id AND j.token = t.token RETURNING j.id
+"""
+
+# Retry and release: back to ready (no delay) or scheduled, the lease cleared.
+_PUT_BACK = f"""
+UPDATE {{s}}.jobs SET
+    state = CASE WHEN %(delay)s > 0 THEN 1 ELSE 0 END,
+    due_at = CASE WHEN %(delay)s > 0 THEN clock_timestamp() + (%(delay)s * interval '1 second')
+             END,
+    token = NULL, lease_expires_at = NULL, {{change}}
+WHERE id = %(id)s AND token = %(token)s
+RETURNING state, {_NOW} + %(delay)s AS due
+"""
+RETRY = _PUT_BACK.replace("{change}", "failures = failures + 1, "
+                                      "body = COALESCE(%(body)s::bytea, body)")
+RELEASE = _PUT_BACK.replace("{change}", "deliveries = deliveries - 1")
+
+# extend: a live lease (or one expired but not claimed again) gets a new deadline;
+# ``secs <= 0`` makes it claimable at once, its token kept until someone claims it.
+EXTEND = f"""
+UPDATE {{s}}.jobs SET state = 2, lease_expires_at = clock_timestamp() + {_SECS}
+WHERE id = %s AND token = %s RETURNING state
+"""
+EXPIRE = """
+UPDATE {s}.jobs SET state = 0, lease_expires_at = NULL
+WHERE id = %s AND token = %s RETURNING state
+"""
+EXTEND_MANY = f"""
+UPDATE {{s}}.jobs j SET state = 2, lease_expires_at = clock_timestamp() + {_SECS}
+FROM unnest(%s::text[], %s::text[]) AS t(id, token)
+WHERE j.id = t.id AND j.token = t.token RETURNING j.id
+"""
+
+PEEK = "SELECT state, failures, token IS NOT NULL FROM {s}.jobs WHERE id = %s"
+QSIZE = "SELECT count(*) FROM {s}.jobs WHERE state IN (0, 1) {queues}"
+CLEAR = "DELETE FROM {s}.jobs WHERE true {queues}"
+CANCEL = "DELETE FROM {s}.jobs WHERE id = %s AND state IN (0, 1) AND token IS NULL"
+STATS = f"""
+SELECT queue, count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 1),
+       count(*) FILTER (WHERE state = 2),
+       {_NOW} - min(created_at) FILTER (WHERE state = 0)
+FROM {{s}}.jobs GROUP BY queue
+"""
+
+# The maintenance tick, run by whichever process wins the advisory lock: promote due
+# scheduled rows and recover expired leases (token kept: the old holder may still ack until
+# someone claims the job again), a bounded batch each.
+TICK_LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))"
+TICK = """
+WITH due AS MATERIALIZED (
+        SELECT id FROM {s}.jobs WHERE state = 1 AND due_at <= clock_timestamp()
+        ORDER BY due_at LIMIT 1000 FOR UPDATE SKIP LOCKED),
+     expired AS MATERIALIZED (
+        SELECT id FROM {s}.jobs WHERE state = 2 AND lease_expires_at <= clock_timestamp()
+        LIMIT 1000 FOR UPDATE SKIP LOCKED),
+     moved AS (
+        UPDATE {s}.jobs j SET state = 0, due_at = NULL, lease_expires_at = NULL
+        WHERE j.id IN (SELECT id FROM due UNION ALL SELECT id FROM expired)
+        RETURNING 1),
+     woke AS (SELECT count(pg_notify({chan}, '')) AS n
+              FROM (SELECT 1 FROM moved LIMIT 1) AS any_moved)
+SELECT (SELECT count(*) FROM moved), (SELECT n FROM woke)
+"""
+# Seconds until the next scheduled row is due or the next lease expires (NULL: none).
+NEXT = """
+SELECT extract(epoch FROM least(
+           (SELECT min(due_at) FROM {s}.jobs WHERE state = 1),
+           (SELECT min(lease_expires_at) FROM {s}.jobs WHERE state = 2))
+       - clock_timestamp())::float8
+"""
+PURGE_RESULTS = """
+DELETE FROM {s}.results WHERE job_id IN (
+    SELECT job_id FROM {s}.results WHERE terminal AND updated_at < %s LIMIT 10000)
+"""
+
+# settle_many: lock the rows whose token still holds, then ack or put back the landed ones.
+SETTLE_HELD = """
+SELECT j.id FROM {s}.jobs j JOIN unnest(%s::text[], %s::text[]) AS t(id, token)
+  ON j.id = t.id AND j.token = t.token
+FOR UPDATE OF j
+"""
+SETTLE_ACK = "DELETE FROM {s}.jobs WHERE id = ANY(%s::text[])"
+SETTLE_RETRY = """
+UPDATE {s}.jobs j SET
+    state = CASE WHEN t.delay > 0 THEN 1 ELSE 0 END,
+    due_at = CASE WHEN t.delay > 0 THEN clock_timestamp() + (t.delay * interval '1 second') END,
+    token = NULL, lease_expires_at = NULL, failures = j.failures + 1,
+    body = COALESCE(t.body, j.body)
+FROM unnest(%s::text[], %s::float8[], %s::bytea[]) AS t(id, delay, body)
+WHERE j.id = t.id
+RETURNING j.state
+"""
+
+
+class Queries:
+    """The statements above bound to one schema (and its notification channel)."""
+
+    def __init__(self, schema: str) -> None:
+        s, chan = sql.Identifier(schema), sql.Literal(schema)
+
+        def bind(text: str, queues: str = "", notifying: bool = False) -> sql.Composed:
+            stmt = text.replace("{queues}", queues)
+            if notifying:
+                stmt = _NOTIFYING.replace("{stmt}", stmt)
+            return sql.SQL(stmt).format(s=s, chan=chan)
+
+        any_queue = "AND queue = ANY(%s::text[])"
+        self.push = bind(PUSH, notifying=True)
+        self.claim_all, self.claim_some = bind(CLAIM), bind(CLAIM, any_queue)
+        self.ack, self.ack_many = bind(ACK), bind(ACK_MANY)
+        self.retry = bind(RETRY, notifying=True)
+        self.release = bind(RELEASE, notifying=True)
+        self.extend, self.extend_many = bind(EXTEND), bind(EXTEND_MANY)
+        self.expire = bind(EXPIRE, notifying=True)
+        self.peek = bind(PEEK)
+        self.qsize_all, self.qsize_some = bind(QSIZE), bind(QSIZE, any_queue)
+        self.clear_all, self.clear_some = bind(CLEAR), bind(CLEAR, any_queue)
+        self.cancel, self.stats = bind(CANCEL), bind(STATS)
+        self.tick_lock, self.tick = bind(TICK_LOCK), bind(TICK)
+        self.next, self.purge_results = bind(NEXT), bind(PURGE_RESULTS)
+        self.settle_held, self.settle_ack = bind(SETTLE_HELD), bind(SETTLE_ACK)
+        self.settle_retry = bind(SETTLE_RETRY, notifying=True)
+        self.notify = sql.SQL("SELECT pg_notify({chan}, %s)").format(chan=chan)

@@ -1,0 +1,348 @@
+"""The PostgreSQL queue backend: one ``jobs`` table, leases fenced by database tokens.
+
+States: 0 ready (in the claim index), 1 scheduled (a delay or a retry delay; out of the
+claim index until due), 2 leased. Ack deletes the row, so the table holds only live work.
+
+Why a maintenance tick instead of a scheduler process: any worker, whenever it claims and
+its tick is due, tries ``pg_try_advisory_xact_lock``; the one winner promotes due scheduled
+rows and recovers expired leases, the others carry on. The next tick is timed by the
+earliest due row or lease deadline (at most :data:`TICK_MAX_SECS` away), and a push of a
+delayed job tells listeners its due time, so delays are kept to the millisecond without
+polling faster. Idle, a worker does one tick and one poll per second.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from nuvom_kernel.backends import (
+    BackendContext,
+    Capabilities,
+    QueueBackend,
+    QueueCounts,
+    QueueStats,
+    ResultBackend,
+    Settlement,
+)
+from nuvom_kernel.models import JobStatus, Lease, Message
+from nuvom_plugins_postgres.queries import Queries
+from nuvom_plugins_postgres.results import PostgresResultBackend, encode, store_fenced
+from nuvom_plugins_postgres.schema import ADVISORY_CLASS
+from nuvom_plugins_postgres.settings import PostgresSettings
+from nuvom_plugins_postgres.store import (
+    TEST_NAMESPACE_PREFIX,
+    acquire,
+    mark_temporary,
+    release,
+    unreachable,
+)
+from nuvom_plugins_postgres.txn import current_connection
+from nuvom_plugins_postgres.wakeup import listener_for, stop_listening
+
+__all__ = ["PostgresQueue"]
+
+log = logging.getLogger("nuvom.postgres")
+T = TypeVar("T")
+
+#: Longest gap between two maintenance ticks of a process that keeps claiming.
+TICK_MAX_SECS = 1.0
+#: How often the tick also deletes finished records older than ``result_ttl_secs``.
+PURGE_EVERY_SECS = 60.0
+
+
+def _lease(row: Sequence[Any]) -> Lease:
+    (job_id, body, queue, priority, available_at, created_at, task, failures, token,
+     deliveries, expires_at, _seq) = row
+    message = Message(id=job_id, body=bytes(body), queue=queue, priority=priority,
+                      available_at=available_at, created_at=created_at, task=task,
+                      failures=failures)
+    return Lease(message, token, deliveries, expires_at)
+
+
+class PostgresQueue(QueueBackend):
+    """Jobs in ``<schema>.jobs``; every lease write is checked against its token."""
+
+    name = "postgres"
+    namespaced = True
+    capabilities = Capabilities(persistent=True, multiprocess_safe=True, priorities=True,
+                                delayed=True, blocking_dequeue=True)
+    #: The polling fallback (LISTEN wakes waiters at once; this bounds pickup while the
+    #: listener reconnects).
+    poll_interval_max = 0.5
+
+    def __init__(self, settings: PostgresSettings | None = None) -> None:
+        self.settings = settings or PostgresSettings()
+        super().__init__(visibility_timeout_secs=self.settings.visibility_timeout_secs)
+        self.schema = self.settings.schema
+        self._store = acquire(self.settings)
+        self._q = Queries(self.schema)
+        self._tick_at = 0.0  # monotonic time of the next maintenance tick
+        self._purge_at = 0.0
+        self._tick_lock = threading.Lock()
+        self._closed = False
+        self._listener = listener_for(self.settings.dsn, self.schema, self)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
+        parsed = PostgresSettings.parse(settings, context)
+        if context.namespace.startswith(TEST_NAMESPACE_PREFIX):
+            mark_temporary(parsed.dsn, parsed.schema)
+        return cls(parsed)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            stop_listening(self._listener, self)
+            release(self._store)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``fn`` on a pooled connection, once more on a fresh one if the server dropped
+        the first (a terminated backend, a restart): every statement here is safe to repeat
+        (token-checked, or idempotent by job id)."""
+        try:
+            with self._store.connection() as conn:
+                return fn(conn)
+        except psycopg.OperationalError as exc:
+            log.warning("PostgreSQL connection lost (%s); retrying once on a new one",
+                        " ".join(str(exc).split()))
+        with self._store.connection() as conn:
+            return fn(conn)
+
+    def _wake_at(self, delay: float) -> None:
+        """Tick no later than ``delay`` seconds from now (a row becomes due then)."""
+        self._tick_at = min(self._tick_at, time.monotonic() + max(delay, 0.0))
+
+    def wake(self, hint: str) -> None:
+        """Called by the listener: a notification (or a reconnection) says look again."""
+        self.notify()
+
+    def wait_for_messages(self, timeout: float, generation: int) -> None:
+        """Wait for a wake-up, but never past the next maintenance tick (a delayed job
+        coming due is found by the tick, not by a notification)."""
+        super().wait_for_messages(min(timeout, max(self._tick_at - time.monotonic(), 0.0)),
+                                  generation)
+
+    def tick(self) -> int:
+        """Run the maintenance tick now if this process wins the lock; how many rows it
+        made claimable (promoted or recovered). Also schedules the next one."""
+        ttl = self.settings.result_ttl_secs
+        purge = ttl > 0 and time.monotonic() >= self._purge_at
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[int, float | None]:
+            moved = 0
+            with conn.transaction():
+                won = conn.execute(self._q.tick_lock,
+                                   (ADVISORY_CLASS, f"{self.schema}:tick")).fetchone()
+                if won and won[0]:
+                    moved = int(conn.execute(self._q.tick).fetchone()[0])  # type: ignore[index]
+                    if purge:
+                        conn.execute(self._q.purge_results, (time.time() - ttl,))
+            nxt = conn.execute(self._q.next).fetchone()
+            return moved, (None if nxt is None else nxt[0])
+
+        moved, until = self._run(run)
+        if purge:
+            self._purge_at = time.monotonic() + PURGE_EVERY_SECS
+        self._tick_at = time.monotonic() + min(TICK_MAX_SECS, max(until or TICK_MAX_SECS,
+                                                                   0.001))
+        return moved
+
+    def _maybe_tick(self) -> None:
+        if time.monotonic() >= self._tick_at and self._tick_lock.acquire(blocking=False):
+            try:
+                if time.monotonic() >= self._tick_at:
+                    if self.tick():
+                        self.notify()
+            finally:
+                self._tick_lock.release()
+
+    # --- primitives -------------------------------------------------------------------------
+
+    def push(self, messages: Sequence[Message]) -> list[bool]:
+        """All messages in one statement (all or none), duplicates skipped by the primary
+        key; on the caller's connection inside :func:`nuvom_plugins_postgres.transaction`."""
+        if not messages:
+            return []
+        params = [[m.id for m in messages], [m.queue for m in messages],
+                  [m.priority for m in messages], [float(m.created_at) for m in messages],
+                  [float(m.available_at) for m in messages], [m.task for m in messages],
+                  [bytes(m.body) for m in messages]]
+        conn = current_connection()
+        try:
+            if conn is not None:
+                rows = conn.execute(self._q.push, params).fetchall()
+            else:
+                rows = self._run(lambda c: c.execute(self._q.push, params).fetchall())
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise unreachable(self.settings.dsn, exc) from exc
+        stored_ids = {r[0] for r in rows}
+        if any(r[1] == 1 for r in rows):
+            soonest = min(m.available_at for m in messages if m.id in stored_ids)
+            self._wake_at(soonest - time.time())
+        seen: set[str] = set()
+        stored = []
+        for m in messages:
+            stored.append(m.id in stored_ids and m.id not in seen)
+            seen.add(m.id)
+        return stored
+
+    def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
+        if n <= 0 or (queues is not None and not queues):
+            return []
+        self._maybe_tick()
+        vis = self.visibility_timeout_secs
+        if queues is None:
+            query, params = self._q.claim_all, [n, vis]
+        else:
+            query, params = self._q.claim_some, [list(queues), n, vis]
+        rows = self._run(lambda c: c.execute(query, params).fetchall())
+        if rows:
+            self._wake_at(vis)  # recover these leases on time if their holder dies
+        rows.sort(key=lambda r: (-r[3], r[5], r[11]))
+        return [_lease(r) for r in rows]
+
+    def ack(self, lease: Lease) -> bool:
+        return self._run(lambda c: c.execute(self._q.ack, (lease.id, lease.token)).rowcount
+                         ) == 1
+
+    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
+        if not leases:
+            return []
+        params = [[le.id for le in leases], [le.token for le in leases]]
+        gone = {r[0] for r in self._run(
+            lambda c: c.execute(self._q.ack_many, params).fetchall())}
+        return [le.id in gone for le in leases]
+
+    def _put_back(self, query: Any, lease: Lease, delay_secs: float,
+                  body: bytes | None = None) -> bool:
+        params = {"id": lease.id, "token": lease.token, "delay": max(float(delay_secs), 0.0),
+                  "body": body}
+        rows = self._run(lambda c: c.execute(query, params).fetchall())
+        if not rows:
+            return False
+        if rows[0][0] == 0:
+            self.notify()
+        else:
+            self._wake_at(delay_secs)
+        return True
+
+    def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
+        return self._put_back(self._q.retry, lease, delay_secs, body)
+
+    def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
+        return self._put_back(self._q.release, lease, delay_secs)
+
+    def extend(self, lease: Lease, secs: float) -> bool:
+        if secs <= 0:  # claimable at once, by anyone: no need to wait for a tick
+            found = self._run(lambda c: c.execute(self._q.expire, (lease.id, lease.token))
+                              .fetchall())
+            if found:
+                self.notify()
+            return bool(found)
+        return self._run(lambda c: c.execute(self._q.extend, (float(secs), lease.id,
+                                                               lease.token)).rowcount) == 1
+
+    def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
+        if not leases or secs <= 0:
+            return [self.extend(le, secs) for le in leases]
+        params = [float(secs), [le.id for le in leases], [le.token for le in leases]]
+        held = {r[0] for r in self._run(
+            lambda c: c.execute(self._q.extend_many, params).fetchall())}
+        return [le.id in held for le in leases]
+
+    def peek_state(self, job_id: str) -> JobStatus | None:
+        row = self._run(lambda c: c.execute(self._q.peek, (job_id,)).fetchone())
+        if row is None:
+            return None
+        state, failures, has_token = row
+        if state == 2 or has_token:  # leased, or expired and not claimed again yet
+            return JobStatus.RUNNING
+        if state == 1 and failures > 0:
+            return JobStatus.RETRYING
+        return JobStatus.QUEUED
+
+    def qsize(self, queues: Sequence[str] | None = None) -> int:
+        if queues is not None and not queues:
+            return 0
+        query, params = ((self._q.qsize_all, []) if queues is None
+                         else (self._q.qsize_some, [list(queues)]))
+        return int(self._run(lambda c: c.execute(query, params).fetchone()[0]))  # type: ignore[index]
+
+    def clear(self, queues: Sequence[str] | None = None) -> int:
+        if queues is not None and not queues:
+            return 0
+        query, params = ((self._q.clear_all, []) if queues is None
+                         else (self._q.clear_some, [list(queues)]))
+        return self._run(lambda c: c.execute(query, params).rowcount)
+
+    # --- optional primitives ----------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> bool:
+        return self._run(lambda c: c.execute(self._q.cancel, (job_id,)).rowcount) == 1
+
+    def stats(self) -> QueueStats:
+        rows = self._run(lambda c: c.execute(self._q.stats).fetchall())
+        stats = QueueStats()
+        for queue, ready, delayed, running, age in rows:
+            stats.queues[queue] = QueueCounts(ready=ready, delayed=delayed, running=running,
+                                              oldest_ready_age_secs=age)
+        return stats
+
+    def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
+                    ) -> list[bool] | None:
+        """Records and acks (or retries) in one transaction when ``results`` keeps its
+        records in this database and schema; ``None`` otherwise (the kernel then stores
+        and acks separately).
+
+        A settlement lands if its token still holds (its row is locked ``FOR UPDATE`` first,
+        so no claim or tick can take it meanwhile) and its record passes the fence; else
+        nothing of it is written.
+        """
+        if not isinstance(results, PostgresResultBackend) or \
+                results._store.key != self._store.key:
+            return None
+        if not settlements:
+            return []
+        rows = [encode(s.record) for s in settlements]
+
+        def run(conn: psycopg.Connection[Any]) -> list[bool]:
+            landed = [False] * len(settlements)
+            with conn.transaction():
+                held = {r[0] for r in conn.execute(self._q.settle_held, [
+                    [s.lease.id for s in settlements], [s.lease.token for s in settlements],
+                ]).fetchall()}
+                ok = [i for i, s in enumerate(settlements) if s.lease.id in held]
+                stored = store_fenced(conn, results._upsert, [rows[i] for i in ok])
+                landing = [i for i, good in zip(ok, stored, strict=True) if good]
+                acks = [settlements[i].lease.id for i in landing
+                        if settlements[i].retry_in is None]
+                again = [settlements[i] for i in landing
+                         if settlements[i].retry_in is not None]
+                if acks:
+                    conn.execute(self._q.settle_ack, [acks])
+                if again:
+                    conn.execute(self._q.settle_retry, [
+                        [s.lease.id for s in again],
+                        [max(float(s.retry_in or 0.0), 0.0) for s in again],
+                        [s.body for s in again]]).fetchall()
+                for i in landing:
+                    landed[i] = True
+            return landed
+
+        landed = self._run(run)
+        delays = [s.retry_in for s, ok in zip(settlements, landed, strict=True)
+                  if ok and s.retry_in is not None]
+        if any(d <= 0 for d in delays):
+            self.notify()
+        if any(d > 0 for d in delays):
+            self._wake_at(min(d for d in delays if d > 0))
+        return landed

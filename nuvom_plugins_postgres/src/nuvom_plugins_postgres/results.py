@@ -1,0 +1,172 @@
+"""The PostgreSQL result backend: one row per job, written by a fenced upsert.
+
+Why the fence is in the statement: ``INSERT … ON CONFLICT DO UPDATE … WHERE`` decides
+whether the new record supersedes the stored one (:func:`nuvom_kernel.models.supersedes`:
+later ``(run, attempts)`` wins; within one attempt a terminal record is never replaced by a
+non-terminal one) under the row lock the upsert itself takes, so two workers writing one job
+can never both pass the check. The queue's ``settle_many`` runs the same statement in its
+own transaction.
+
+Why the record is kept as JSON text beside a few columns: the columns (status, task, run,
+attempts, updated_at) are what the fence, the filters and keyset paging need; the rest is
+read back whole. ``text``, not ``jsonb``: it keeps every float exactly as Python wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_plugins_postgres.settings import PostgresSettings
+from nuvom_plugins_postgres.store import (
+    TEST_NAMESPACE_PREFIX,
+    acquire,
+    mark_temporary,
+    release,
+)
+
+
+__all__ = ["PostgresResultBackend", "distinct_chunks", "encode", "store_fenced"]
+
+_UPSERT = """
+INSERT INTO {s}.results AS r
+       (job_id, status, func_name, run, attempts, terminal, updated_at, data)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::bool[],
+                     %s::float8[], %s::text[])
+ON CONFLICT (job_id) DO UPDATE SET
+    status = EXCLUDED.status, func_name = EXCLUDED.func_name, run = EXCLUDED.run,
+    attempts = EXCLUDED.attempts, terminal = EXCLUDED.terminal,
+    updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
+WHERE (EXCLUDED.run, EXCLUDED.attempts) > (r.run, r.attempts)
+   OR ((EXCLUDED.run, EXCLUDED.attempts) = (r.run, r.attempts)
+       AND (NOT r.terminal OR EXCLUDED.terminal))
+RETURNING job_id
+"""
+
+Row = tuple[str, str, str, int, int, bool, float, str]
+
+
+def encode(record: JobRecord) -> Row:
+    """The columns of one record (the fence's key first, the whole record as JSON last)."""
+    return (record.job_id, record.status.value, record.func_name, record.run,
+            record.attempts, record.status in TERMINAL_STATES, float(record.updated_at),
+            json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":")))
+
+
+def distinct_chunks(ids: Sequence[str]) -> list[list[int]]:
+    """Indexes of ``ids`` cut into runs without a repeated id, in order: one upsert may
+    touch a row only once, and a later write of one job must follow its earlier one."""
+    chunks: list[list[int]] = [[]]
+    seen: set[str] = set()
+    for i, job_id in enumerate(ids):
+        if job_id in seen:
+            chunks.append([])
+            seen = set()
+        chunks[-1].append(i)
+        seen.add(job_id)
+    return [c for c in chunks if c]
+
+
+def store_fenced(conn: psycopg.Connection[Any], upsert: sql.Composable,
+                 rows: Sequence[Row]) -> list[bool]:
+    """Upsert ``rows`` on ``conn`` (inside the caller's transaction), each fenced; per row
+    whether it landed."""
+    landed = [False] * len(rows)
+    for chunk in distinct_chunks([r[0] for r in rows]):
+        columns = [list(col) for col in zip(*(rows[i] for i in chunk), strict=True)]
+        stored = {r[0] for r in conn.execute(upsert, columns).fetchall()}
+        for i in chunk:
+            landed[i] = rows[i][0] in stored
+    return landed
+
+
+def _decode(data: str) -> JobRecord:
+    return JobRecord.from_dict(json.loads(data))
+
+
+class PostgresResultBackend(ResultBackend):
+    """Job records in ``<schema>.results``; see the module docstring for the fence."""
+
+    name = "postgres"
+    namespaced = True
+    capabilities = Capabilities(persistent=True, multiprocess_safe=True)
+
+    def __init__(self, settings: PostgresSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or PostgresSettings()
+        self._store = acquire(self.settings)
+        self.schema = self.settings.schema
+        s = sql.Identifier(self.schema)
+        self._upsert = sql.SQL(_UPSERT).format(s=s)
+        self._get = sql.SQL("SELECT data FROM {s}.results WHERE job_id = %s").format(s=s)
+        self._purge = sql.SQL(
+            "DELETE FROM {s}.results WHERE terminal AND updated_at < %s").format(s=s)
+        self._counts = sql.SQL(
+            "SELECT status, count(*) FROM {s}.results GROUP BY status").format(s=s)
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
+        parsed = PostgresSettings.parse(settings, context)
+        if context.namespace.startswith(TEST_NAMESPACE_PREFIX):
+            mark_temporary(parsed.dsn, parsed.schema)
+        return cls(parsed)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            release(self._store)
+
+    def put(self, record: JobRecord) -> bool:
+        return self.put_many([record])[0]
+
+    def put_many(self, records: Sequence[JobRecord]) -> list[bool]:
+        """Every record in one transaction (all or none), each fenced."""
+        if not records:
+            return []
+        rows = [encode(r) for r in records]
+        with self._store.connection() as conn, conn.transaction():
+            return store_fenced(conn, self._upsert, rows)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._store.connection() as conn:
+            row = conn.execute(self._get, (job_id,)).fetchone()
+        return None if row is None else _decode(row[0])
+
+    def query(self, *, status: JobStatus | None = None, func_name: str | None = None,
+              limit: int = 50, after: str | None = None) -> list[JobRecord]:
+        """Newest first by ``(updated_at, job_id)``; ``after`` continues below a cursor
+        with a row comparison the indexes (which end in those two columns) can seek to."""
+        if limit <= 0:
+            return []
+        where: list[sql.Composable] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append(sql.SQL("status = %s"))
+            params.append(JobStatus(status).value)
+        if func_name is not None:
+            where.append(sql.SQL("func_name = %s"))
+            params.append(func_name)
+        if after is not None:
+            where.append(sql.SQL("(updated_at, job_id) < (%s, %s)"))
+            params.extend(parse_cursor(after))
+        clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+        query = sql.SQL("SELECT data FROM {s}.results{w} ORDER BY updated_at DESC, "
+                        "job_id DESC LIMIT %s").format(s=sql.Identifier(self.schema), w=clause)
+        with self._store.connection() as conn:
+            rows = conn.execute(query, [*params, limit]).fetchall()
+        return [_decode(r[0]) for r in rows]
+
+    def purge(self, older_than: float) -> int:
+        with self._store.connection() as conn:
+            return conn.execute(self._purge, (older_than,)).rowcount
+
+    def counts(self) -> dict[str, int]:
+        with self._store.connection() as conn:
+            return {status: int(n) for status, n in conn.execute(self._counts).fetchall()}

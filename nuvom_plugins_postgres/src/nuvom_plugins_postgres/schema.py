@@ -1,0 +1,122 @@
+"""Nuvom's tables in their own schema, created on first use and migrated in versions.
+
+Why an advisory lock around migrations: two workers starting at once would both see an empty
+schema and race to create it. ``pg_advisory_xact_lock`` serialises them per schema, is
+released with the transaction (safe behind a transaction-mode pooler), and the second one
+finds the version already current.
+
+Why ``COLLATE "C"`` on job ids: keyset pages and the kernel's ``newer_first`` compare ids by
+code point, as Python does; a locale collation would order them differently.
+
+Why the ready and scheduled rows have separate partial indexes: a claim walks only ready
+rows in (priority, FIFO) order, so a million delayed jobs cost the claim nothing; the
+maintenance tick promotes due ones by the ``due_at`` index. The lease deadline is not
+indexed, so a heartbeat (``extend``) is a HOT update.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from nuvom_kernel.errors import NuvomError
+
+__all__ = ["ADVISORY_CLASS", "SCHEMA_VERSION", "SchemaVersionError", "migrate"]
+
+#: First key of every advisory lock we take (``'nu'``); the second is per schema and purpose.
+ADVISORY_CLASS = 0x6E75
+
+_V1 = """
+CREATE TABLE {s}.jobs (
+    id text COLLATE "C" PRIMARY KEY,
+    queue text NOT NULL,
+    state smallint NOT NULL,            -- 0 ready, 1 scheduled (delayed), 2 leased
+    priority integer NOT NULL,
+    created_at double precision NOT NULL,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    available_at double precision NOT NULL,
+    due_at timestamptz,
+    task text NOT NULL,
+    failures integer NOT NULL DEFAULT 0,
+    deliveries integer NOT NULL DEFAULT 0,
+    token text,
+    lease_expires_at timestamptz,
+    body bytea NOT NULL
+) WITH (fillfactor = 85, autovacuum_vacuum_scale_factor = 0.01,
+        autovacuum_analyze_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);
+CREATE INDEX jobs_ready_by_queue ON {s}.jobs (queue, priority DESC, created_at, seq)
+    WHERE state = 0;
+CREATE INDEX jobs_ready ON {s}.jobs (priority DESC, created_at, seq) WHERE state = 0;
+CREATE INDEX jobs_scheduled ON {s}.jobs (due_at) WHERE state = 1;
+CREATE INDEX jobs_leased ON {s}.jobs (queue) WHERE state = 2;
+CREATE TABLE {s}.results (
+    job_id text COLLATE "C" PRIMARY KEY,
+    status text NOT NULL,
+    func_name text NOT NULL,
+    run integer NOT NULL,
+    attempts integer NOT NULL,
+    terminal boolean NOT NULL,
+    updated_at double precision NOT NULL,
+    data text NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.02);
+CREATE INDEX results_newest ON {s}.results (updated_at DESC, job_id DESC);
+CREATE INDEX results_by_status ON {s}.results (status, updated_at DESC, job_id DESC);
+CREATE INDEX results_by_task ON {s}.results (func_name, updated_at DESC, job_id DESC);
+CREATE INDEX results_finished ON {s}.results (updated_at) WHERE terminal;
+"""
+
+#: One entry per version; a new version appends its DDL here and never edits an old one.
+MIGRATIONS: tuple[str, ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaVersionError(NuvomError):
+    """The schema was migrated by a newer nuvom-plugins-postgres than this one."""
+
+
+def _current(conn: psycopg.Connection, schema: str) -> int | None:
+    row = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s AND tablename = 'version'",
+        (schema,)).fetchone()
+    if row is None:
+        return None
+    found = conn.execute(sql.SQL("SELECT max(version) FROM {}.version").format(
+        sql.Identifier(schema))).fetchone()
+    return int(found[0]) if found and found[0] is not None else 0
+
+
+def _check(version: int | None, schema: str) -> None:
+    if version is not None and version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"PostgreSQL schema {schema!r} is at version {version}, newer than this "
+            f"nuvom-plugins-postgres understands ({SCHEMA_VERSION}): upgrade the plugin "
+            "(pip install -U nuvom-plugins-postgres) on this machine, or point "
+            "[plugins.postgres] schema at another schema.")
+
+
+def migrate(conn: psycopg.Connection, schema: str) -> int:
+    """Bring ``schema`` to :data:`SCHEMA_VERSION` on an autocommit connection; return the
+    version found before.
+
+    :raises SchemaVersionError: the schema is newer than this code.
+    """
+    found = _current(conn, schema)
+    _check(found, schema)
+    if found == SCHEMA_VERSION:
+        return found  # the common case: no lock, two catalog reads
+    ident = sql.Identifier(schema)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                     (ADVISORY_CLASS, f"{schema}:migrate"))
+        found = _current(conn, schema)  # another process may have migrated meanwhile
+        _check(found, schema)
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+        if found is None:
+            conn.execute(sql.SQL("CREATE TABLE {}.version (version integer NOT NULL)"
+                                 ).format(ident))
+            found = 0
+        for number in range(found + 1, SCHEMA_VERSION + 1):
+            conn.execute(sql.SQL(MIGRATIONS[number - 1]).format(s=ident))  # type: ignore[arg-type]
+            conn.execute(sql.SQL("INSERT INTO {}.version VALUES (%s)").format(ident),
+                         (number,))
+    return found

@@ -1,0 +1,157 @@
+"""One connection pool per process, database and schema, shared by the queue and the
+result backend built on it.
+
+Why shared: the queue's ``settle_many`` may store a record and ack its lease in one
+transaction only when the result backend writes to the same database and schema; sharing one
+:class:`Store` makes that a cheap identity check, and a worker opens one pool, not two.
+
+Why the first connection is opened by hand, not by the pool: a pool that cannot connect only
+says it timed out; libpq's own error says *why* (refused, bad password, no such database),
+which is what :class:`PostgresUnavailableError` reports, with the DSN's password masked.
+
+Why pools are per process: a connection must never cross ``fork()`` (both processes would
+talk on one socket); a forked child builds its own pool and never closes its parent's.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from nuvom_kernel.errors import EnqueueError
+from nuvom_plugins_postgres.schema import migrate
+from nuvom_plugins_postgres.settings import PostgresSettings, connect_kwargs, masked_dsn
+
+__all__ = ["PostgresUnavailableError", "Store", "acquire", "mark_temporary", "release",
+           "unreachable"]
+
+log = logging.getLogger("nuvom.postgres")
+
+
+class PostgresUnavailableError(EnqueueError):
+    """The server cannot be reached or refuses us; the message names the DSN (password
+    masked) and what to check. An :class:`EnqueueError`, so ``.delay()`` raises it as is and
+    every ``nuvom`` command prints it as one line."""
+
+
+def _advice(text: str) -> str:
+    low = text.lower()
+    if "password" in low or "authentication" in low:
+        return ("check the user and password (in the DSN, PGPASSWORD or ~/.pgpass) and the "
+                "server's pg_hba.conf")
+    if "database" in low and "does not exist" in low:
+        return "create the database (createdb NAME) or fix dbname in the DSN"
+    if "role" in low and "does not exist" in low:
+        return "create the role (createuser NAME) or fix the user in the DSN"
+    return ("check that the server is running and that host and port (DSN, PGHOST, PGPORT) "
+            "reach it from this machine")
+
+
+def unreachable(dsn: str, exc: BaseException) -> PostgresUnavailableError:
+    """The one-line error for a connection that failed with ``exc``."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return PostgresUnavailableError(
+        f"cannot use PostgreSQL at dsn={masked_dsn(dsn)}: {reason}; {_advice(reason)} "
+        "([plugins.postgres] dsn, or NUVOM_PLUGINS__POSTGRES__DSN).")
+
+
+class Store:
+    """A pool over one database, with Nuvom's schema migrated on it."""
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self.settings = settings
+        self.dsn = settings.dsn
+        self.schema = settings.schema
+        self.pid = os.getpid()
+        self.users = 0
+        try:
+            with psycopg.connect(self.dsn, autocommit=True,
+                                 **connect_kwargs("nuvom-migrate")) as conn:
+                self.created = migrate(conn, self.schema) is None
+                self.database = str(conn.execute("SELECT current_database()").fetchone()[0])
+        except psycopg.OperationalError as exc:
+            raise unreachable(self.dsn, exc) from exc
+        self.pool = ConnectionPool(
+            self.dsn, min_size=1, max_size=settings.pool_size, open=True,
+            kwargs={"autocommit": True, **connect_kwargs()},
+            check=ConnectionPool.check_connection, reconnect_timeout=3600.0,
+            name=f"nuvom-{self.schema}")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What two stores must share for one transaction to span them."""
+        return (self.database, self.schema)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled autocommit connection; wrap several statements in
+        ``conn.transaction()``. A connection the server dropped is replaced by the pool's
+        check on the next checkout; the failing call raises (callers retry or report)."""
+        with self.pool.connection(timeout=30.0) as conn:
+            yield conn
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            self.pool.close(timeout=2.0)
+
+
+_stores: dict[tuple[int, str, str], Store] = {}
+_lock = threading.Lock()
+#: Schemas of contract-suite namespaces, dropped when the process that created them exits.
+_temporary: set[tuple[str, str]] = set()
+_created: set[tuple[str, str]] = set()
+_OWNER = os.getpid()
+TEST_NAMESPACE_PREFIX = "nuvom-test-"
+
+
+def mark_temporary(dsn: str, schema: str) -> None:
+    """Drop ``schema`` at exit if this process creates it: the contract suite hands each
+    test a fresh namespace (``nuvom-test-…``) and has no teardown hook for server-side
+    storage, so without this every run of ``nuvom plugin test postgres`` would leave a
+    schema per test behind."""
+    _temporary.add((dsn, schema))
+
+
+@atexit.register
+def _drop_temporary() -> None:
+    if os.getpid() != _OWNER:
+        return
+    for dsn, schema in sorted(_temporary & _created):
+        try:
+            with psycopg.connect(dsn, autocommit=True, **connect_kwargs("nuvom-cleanup")) as c:
+                c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(schema)))
+        except psycopg.Error as exc:  # pragma: no cover - server gone at exit
+            log.warning("could not drop test schema %s: %s", schema, exc)
+
+
+def acquire(settings: PostgresSettings) -> Store:
+    """The process's store for this DSN and schema, opened (and migrated) on first use."""
+    key = (os.getpid(), settings.dsn, settings.schema)
+    with _lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = Store(settings)
+            if store.created:
+                _created.add((settings.dsn, settings.schema))
+        store.users += 1
+        return store
+
+
+def release(store: Store) -> None:
+    """Drop one user of ``store``; the last one closes its pool."""
+    with _lock:
+        store.users -= 1
+        if store.users > 0:
+            return
+        _stores.pop((store.pid, store.dsn, store.schema), None)
+    store.close()

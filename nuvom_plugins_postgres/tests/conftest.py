@@ -1,0 +1,62 @@
+"""Shared fixtures: every test gets its own schema on the real server, dropped afterwards.
+
+The server is the machine's PostgreSQL (``NUVOM_TEST_POSTGRES_DSN``, default
+``host=127.0.0.1 user=postgres dbname=postgres``); tests never mock it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from nuvom_kernel.backends import BackendContext
+from nuvom_plugins_postgres import PostgresQueue, PostgresResultBackend
+
+DSN = os.environ.get("NUVOM_TEST_POSTGRES_DSN", "host=127.0.0.1 user=postgres dbname=postgres")
+
+
+def drop_schema(schema: str, dsn: str = DSN) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def settings() -> dict[str, object]:
+    """A ``[plugins.postgres]`` table on the test server."""
+    return {"dsn": DSN}
+
+
+@pytest.fixture
+def context() -> BackendContext:
+    return BackendContext(visibility_timeout_secs=30.0,
+                          namespace=f"pgtest-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def schema(context: BackendContext) -> Iterator[str]:
+    """The schema this test's backends use; dropped after the test."""
+    name = f"nuvom_{context.namespace.replace('-', '_')}"
+    yield name
+    drop_schema(name)
+
+
+@pytest.fixture
+def queue(settings: dict[str, object], context: BackendContext, schema: str
+          ) -> Iterator[PostgresQueue]:
+    q = PostgresQueue.from_settings(settings, context)
+    assert q.schema == schema
+    yield q
+    q.close()
+
+
+@pytest.fixture
+def results(settings: dict[str, object], context: BackendContext, schema: str
+            ) -> Iterator[PostgresResultBackend]:
+    r = PostgresResultBackend.from_settings(settings, context)
+    yield r
+    r.close()
