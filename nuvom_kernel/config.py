@@ -25,20 +25,24 @@ backend as ``5.0`` and a typo in a key fails at startup instead of being ignored
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
 import sys
-import types
-import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
 from nuvom_kernel.errors import ConfigError, PluginConfigError
+from nuvom_kernel.plugin_settings import (
+    PLUGIN_ENV_PREFIX,
+    PluginSchema,
+    PluginSetting,
+    mask_secret,
+    plugin_env,
+    plugin_env_var,
+)
+from nuvom_kernel.values import optional, to_float, to_int, to_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,8 +61,6 @@ __all__ = [
 ]
 
 PLUGINS_FILE = ".nuvom_plugins.toml"
-#: ``NUVOM_PLUGINS__<NAME>__<KEY>`` overrides ``[plugins.<name>] <key>``.
-PLUGIN_ENV_PREFIX = "NUVOM_PLUGINS__"
 
 #: ``[plugins]`` keys that name a capability, and the registration hook a target listed under
 #: that key must implement (``None``: any hook will do).
@@ -71,84 +73,56 @@ CAPABILITIES: dict[str, str | None] = {
 }
 
 
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        number = _int(name, value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ValueError("must be a whole number >= 1 (e.g. 4)")
-    return number
+def _whole(minimum: int, *, none_ok: bool = False) -> Callable[[Any], int | None]:
+    """A whole number ``>= minimum`` (or empty, for the default, with ``none_ok``)."""
+    accepted = f"must be a whole number >= {minimum} (e.g. 4)"
+    accepted += ", or empty for the default" if none_ok else ""
+
+    def parse(value: Any) -> int | None:
+        if none_ok and optional(str)(value) is None:
+            return None
+        try:
+            number = to_int(value)
+        except ValueError:
+            raise ValueError(accepted) from None
+        if number < minimum:
+            raise ValueError(accepted)
+        return number
+
+    return parse
 
 
-def _int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("must be a whole number")
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise ValueError("must be a whole number") from None
+def _seconds(*, zero_ok: bool, none_ok: bool = False) -> Callable[[Any], float | None]:
+    """A duration in seconds, ``>= 0`` or ``> 0`` (or empty/``none`` with ``none_ok``)."""
+    def parse(value: Any) -> float | None:
+        if none_ok and optional(str)(value) is None:
+            return None
+        try:
+            number = to_float(value)
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+        if number < 0 or (number == 0 and not zero_ok):
+            raise ValueError(f"must be a number of seconds {'>=' if zero_ok else '>'} 0")
+        return number
+
+    return parse
 
 
-def _optional_non_negative_int(name: str, value: Any) -> int | None:
-    if value is None or (isinstance(value, str) and value.strip() == ""):
-        return None
-    try:
-        number = _int(name, value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise ValueError("must be a whole number >= 0 (e.g. 4), or empty for the default")
-    return number
-
-
-def _non_negative_float(name: str, value: Any) -> float:
-    try:
-        number = float(str(value).strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise ValueError("must be a number of seconds") from None
-    if number < 0 or number != number:
-        raise ValueError("must be a number of seconds >= 0")
-    return number
-
-
-def _positive_float(name: str, value: Any) -> float:
-    number = _non_negative_float(name, value)
-    if number == 0:
-        raise ValueError("must be a number of seconds > 0")
-    return number
-
-
-def _optional_positive_float(name: str, value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
-        return None
-    return _positive_float(name, value)
-
-
-def _name(name: str, value: Any) -> str:
+def _name(value: Any) -> str:
     text = str(value).strip().lower()
     if not text:
         raise ValueError("must be a non-empty backend name")
     return text
 
 
-def _log_level(name: str, value: Any) -> str:
+def _log_level(value: Any) -> str:
     text = str(value).strip().upper()
     if text not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     return text
 
 
-def _path(name: str, value: Any) -> Path:
-    text = str(value).strip()
-    if not text:
-        raise ValueError("must be a non-empty path")
-    return Path(text)
-
-
-def _setting(default: Any, env: str, parse: Callable[[str, Any], Any], doc: str) -> Any:
+def _setting(default: Any, env: str, parse: Callable[[Any], Any], doc: str) -> Any:
     return attrs.field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
 
@@ -160,35 +134,35 @@ class Settings:
                                   "Name of the queue backend plugin to use.")
     result_backend: str = _setting("sqlite", "NUVOM_RESULT_BACKEND", _name,
                                    "Name of the result backend plugin to use.")
-    max_workers: int = _setting(4, "NUVOM_MAX_WORKERS", _positive_int,
+    max_workers: int = _setting(4, "NUVOM_MAX_WORKERS", _whole(1),
                                 "Worker threads in `nuvom runworker`.")
-    batch_size: int = _setting(16, "NUVOM_BATCH_SIZE", _positive_int,
+    batch_size: int = _setting(16, "NUVOM_BATCH_SIZE", _whole(1),
                                "Most jobs leased in one `pop_batch` (never more than free "
                                "worker threads).")
     job_timeout_secs: float | None = _setting(
-        None, "NUVOM_JOB_TIMEOUT_SECS", _optional_positive_float,
+        None, "NUVOM_JOB_TIMEOUT_SECS", _seconds(zero_ok=False, none_ok=True),
         "Default per-job timeout for tasks that set none; unset means no timeout.")
-    retry_delay_secs: float = _setting(5.0, "NUVOM_RETRY_DELAY_SECS", _non_negative_float,
+    retry_delay_secs: float = _setting(5.0, "NUVOM_RETRY_DELAY_SECS", _seconds(zero_ok=True),
                                        "Default delay before a failed job's next attempt.")
     visibility_timeout_secs: float = _setting(
-        30.0, "NUVOM_VISIBILITY_TIMEOUT_SECS", _positive_float,
+        30.0, "NUVOM_VISIBILITY_TIMEOUT_SECS", _seconds(zero_ok=False),
         "How long a leased job stays invisible to other workers without a lease extension.")
     grace_period_secs: float = _setting(
-        30.0, "NUVOM_GRACE_PERIOD_SECS", _non_negative_float,
+        30.0, "NUVOM_GRACE_PERIOD_SECS", _seconds(zero_ok=True),
         "How long the first SIGINT/SIGTERM waits for running jobs before stopping.")
     max_deliveries: int = _setting(
-        20, "NUVOM_MAX_DELIVERIES", _positive_int,
+        20, "NUVOM_MAX_DELIVERIES", _whole(1),
         "A job delivered this many times without an outcome (its worker crashed or was "
         "killed each time) is failed; attempts that raised or timed out do not count.")
     max_abandoned_threads: int | None = _setting(
-        None, "NUVOM_MAX_ABANDONED_THREADS", _optional_non_negative_int,
+        None, "NUVOM_MAX_ABANDONED_THREADS", _whole(0, none_ok=True),
         "Most threads a worker leaves behind in timed-out tasks before it stops leasing "
         "until one returns; unset means as many as worker threads.")
     unknown_task_grace_secs: float = _setting(
-        0.0, "NUVOM_UNKNOWN_TASK_GRACE_SECS", _non_negative_float,
+        0.0, "NUVOM_UNKNOWN_TASK_GRACE_SECS", _seconds(zero_ok=True),
         "How long after enqueue a job whose task this worker's module lacks is handed back "
         "for a newer worker (a rolling deploy); 0 fails such a job at once.")
-    data_dir: Path = _setting(Path(".nuvom"), "NUVOM_DATA_DIR", _path,
+    data_dir: Path = _setting(Path(".nuvom"), "NUVOM_DATA_DIR", to_path,
                               "Where built-in backends keep their files; relative to the "
                               "working directory.")
     serializer: str = _setting("json", "NUVOM_SERIALIZER", _name,
@@ -213,184 +187,6 @@ class PluginsTable:
     disable: tuple[str, ...] = ()
     settings: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     env: dict[str, dict[str, tuple[str, str]]] = attrs.field(factory=dict)
-
-
-def plugin_env_var(name: str, key: str) -> str:
-    """The variable that overrides ``[plugins.<name>] <key>``."""
-    return f"{PLUGIN_ENV_PREFIX}{name.upper()}__{key.upper()}"
-
-
-# --- typed plugin settings ----------------------------------------------------------------
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def _to_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    return value
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise ValueError("must be a whole number (e.g. 3)")
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            pass
-    raise ValueError("must be a number (e.g. 2.5)")
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError("must be true or false (in the environment: 1/0, true/false, yes/no, "
-                     "on/off)")
-
-
-def _to_path(value: Any) -> Path:
-    if isinstance(value, str | os.PathLike) and str(value).strip():
-        return Path(value)
-    raise ValueError("must be a non-empty path")
-
-
-_CONVERTERS: dict[Any, Callable[[Any], Any]] = {
-    str: _to_str, int: _to_int, float: _to_float, bool: _to_bool, Path: _to_path,
-    Any: lambda value: value,
-}
-
-
-def _converter(hint: Any) -> Callable[[Any], Any] | None:
-    """How to convert a value to ``hint``: the scalar types above, or ``X | None`` of one
-    (where an empty string or ``none`` in the environment means ``None``)."""
-    if hint in _CONVERTERS:
-        return _CONVERTERS[hint]
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
-        convert = _converter(next(a for a in args if a is not type(None)))
-        if convert is None:
-            return None
-
-        def optional(value: Any) -> Any:
-            if value is None or (isinstance(value, str) and
-                                 value.strip().lower() in ("", "none")):
-                return None
-            try:
-                return convert(value)
-            except ValueError as exc:
-                raise ValueError(f"{exc}, or none") from None
-
-        return optional
-    return None
-
-
-@attrs.frozen
-class PluginSchema:
-    """The typed keys of one ``[plugins.<name>]`` table, read from an attrs class or a
-    dataclass (its fields' annotations; defaults stay the plugin's business).
-
-    One schema covers every backend a plugin registers under that name, so a key the queue
-    and the result backend share (``path``) is declared once.
-    """
-
-    name: str
-    source: type
-    fields: dict[str, Callable[[Any], Any]]
-
-    @classmethod
-    def from_class(cls, name: str, source: type) -> PluginSchema:
-        """:raises PluginConfigError: ``source`` is not an attrs class or dataclass, or a
-        field has a type the kernel cannot convert an environment string to."""
-        if attrs.has(source):
-            names = [f.name for f in attrs.fields(source)]
-        elif dataclasses.is_dataclass(source):
-            names = [f.name for f in dataclasses.fields(source)]
-        else:
-            raise PluginConfigError(
-                f"the settings schema of [plugins.{name}] must be an attrs class or a "
-                f"dataclass with typed fields, got {source!r}")
-        hints = typing.get_type_hints(source)
-        fields = {}
-        for field in names:
-            converter = _converter(hints.get(field, Any))
-            if converter is None:
-                raise PluginConfigError(
-                    f"the settings schema of [plugins.{name}] ({source.__qualname__}) gives "
-                    f"{field!r} the type {hints[field]!r}; use str, int, float, bool, Path, "
-                    f"Any, or one of them | None")
-            fields[field] = converter
-        return cls(name=name, source=source, fields=fields)
-
-    def convert(self, key: str, value: Any, where: str) -> Any:
-        """``value`` as the declared type of ``key``.
-
-        :param where: the table or variable it came from, for the error message.
-        :raises PluginConfigError: an unknown key or a value of the wrong type.
-        """
-        valid = ", ".join(sorted(self.fields)) or "none (this plugin takes no settings)"
-        if key not in self.fields:
-            raise PluginConfigError(
-                f"{where}: {key!r} is not a setting of plugin {self.name!r}. Valid keys: "
-                f"{valid}.")
-        try:
-            return self.fields[key](value)
-        except ValueError as exc:
-            raise PluginConfigError(
-                f"{where}: {key}={value!r} is invalid: it {exc}. Valid keys of "
-                f"[plugins.{self.name}]: {valid}.") from None
-
-
-_SECRET_KEY = re.compile(r"(password|passwd|pwd|secret|token|api_?key)", re.I)
-_DSN_PASSWORD = re.compile(r"(\b(?:password|passwd|pwd)\s*=\s*)('[^']*'|\S+)", re.I)
-
-
-def mask_secret(key: str, value: Any) -> Any:
-    """``value`` fit to print: the password of a URL or key=value DSN replaced by ``***``,
-    and the whole value of a key that names a secret (``password``, ``token``, ...)."""
-    if value is None:
-        return None
-    if _SECRET_KEY.search(key):
-        return "***"
-    text = str(value)
-    if "://" in text:
-        try:
-            parts = urlsplit(text)
-            password = parts.password
-        except ValueError:
-            return text
-        if password is None:
-            return text
-        user, _, host = parts.netloc.rpartition("@")
-        username = user.partition(":")[0]
-        return urlunsplit(parts._replace(netloc=f"{username}:***@{host}"))
-    return _DSN_PASSWORD.sub(r"\1***", text)
-
-
-@attrs.frozen
-class PluginSetting:
-    """One effective ``[plugins.<name>]`` value and where it came from (``nuvom config``)."""
-
-    plugin: str
-    key: str
-    value: Any
-    env: str
-    source: str  # "env NUVOM_PLUGINS__...", "<file> [plugins.<name>]" or "default"
 
 
 @attrs.frozen
@@ -538,7 +334,7 @@ def load_config(
             sources[field.name] = "default"
             continue
         try:
-            values[field.name] = parse(field.name, raw)
+            values[field.name] = parse(raw)
         except ValueError as exc:
             raise ConfigError(
                 f"{where} {field.name}={raw!r} is invalid: it {exc}."
@@ -547,24 +343,6 @@ def load_config(
             ) from None
         sources[field.name] = where
     plugins = attrs.evolve(_parse_plugins(path, data.get("plugins", {})),
-                           env=_plugin_env(env))
+                           env=plugin_env(env))
     return Config(settings=Settings(**values), sources=sources, plugins=plugins,
                   path=path if path.is_file() else None, root=root)
-
-
-def _plugin_env(env: Mapping[str, str]) -> dict[str, dict[str, tuple[str, str]]]:
-    """``NUVOM_PLUGINS__<NAME>__<KEY>`` variables: name -> key -> (variable, value), both
-    lower-cased; whether the key exists is checked once the plugin declared its settings."""
-    found: dict[str, dict[str, tuple[str, str]]] = {}
-    for var in sorted(env):
-        if not var.upper().startswith(PLUGIN_ENV_PREFIX):
-            continue
-        name, sep, key = var[len(PLUGIN_ENV_PREFIX):].partition("__")
-        if not sep or not name or not key or "__" in key:
-            raise PluginConfigError(
-                f"environment variable {var} is not a plugin setting: the form is "
-                f"{PLUGIN_ENV_PREFIX}<NAME>__<KEY> with two underscores before each part, "
-                f"e.g. {PLUGIN_ENV_PREFIX}SQLITE__PATH=/data/q.db for [plugins.sqlite] path. "
-                f"Rename or unset it.")
-        found.setdefault(name.lower(), {})[key.lower()] = (var, env[var])
-    return found

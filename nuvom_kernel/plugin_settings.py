@@ -1,0 +1,146 @@
+"""Plugins' own settings: ``[plugins.<name>]`` tables and ``NUVOM_PLUGINS__<NAME>__<KEY>``.
+
+A plugin declares its settings once (hook ``nuvom_plugin_settings``: an attrs class or a
+dataclass per table), covering every backend it registers, so a key the queue and the
+result backend share is declared once. Environment values are strings; the declared types
+convert them (:mod:`.values`) and an unknown key or a bad value is a ``PluginConfigError``
+naming the table or variable, the key and the valid keys. ``nuvom config`` prints each
+setting with its source, secrets masked (:func:`mask_secret`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+from nuvom_kernel.errors import PluginConfigError
+from nuvom_kernel.values import converter
+
+__all__ = ["PLUGIN_ENV_PREFIX", "PluginSchema", "PluginSetting", "mask_secret",
+           "plugin_env", "plugin_env_var"]
+
+#: ``NUVOM_PLUGINS__<NAME>__<KEY>`` overrides ``[plugins.<name>] <key>``.
+PLUGIN_ENV_PREFIX = "NUVOM_PLUGINS__"
+
+
+def plugin_env_var(name: str, key: str) -> str:
+    """The variable that overrides ``[plugins.<name>] <key>``."""
+    return f"{PLUGIN_ENV_PREFIX}{name.upper()}__{key.upper()}"
+
+
+@attrs.frozen
+class PluginSchema:
+    """The typed keys of one ``[plugins.<name>]`` table, read from an attrs class or a
+    dataclass (its fields' annotations; defaults stay the plugin's business).
+
+    One schema covers every backend a plugin registers under that name, so a key the queue
+    and the result backend share (``path``) is declared once.
+    """
+
+    name: str
+    source: type
+    fields: dict[str, Callable[[Any], Any]]
+
+    @classmethod
+    def from_class(cls, name: str, source: type) -> PluginSchema:
+        """:raises PluginConfigError: ``source`` is not an attrs class or dataclass, or a
+        field has a type the kernel cannot convert an environment string to."""
+        if attrs.has(source):
+            names = [f.name for f in attrs.fields(source)]
+        elif dataclasses.is_dataclass(source):
+            names = [f.name for f in dataclasses.fields(source)]
+        else:
+            raise PluginConfigError(
+                f"the settings schema of [plugins.{name}] must be an attrs class or a "
+                f"dataclass with typed fields, got {source!r}")
+        hints = typing.get_type_hints(source)
+        fields = {}
+        for field in names:
+            convert = converter(hints.get(field, Any))
+            if convert is None:
+                raise PluginConfigError(
+                    f"the settings schema of [plugins.{name}] ({source.__qualname__}) gives "
+                    f"{field!r} the type {hints[field]!r}; use str, int, float, bool, Path, "
+                    f"Any, or one of them | None")
+            fields[field] = convert
+        return cls(name=name, source=source, fields=fields)
+
+    def convert(self, key: str, value: Any, where: str) -> Any:
+        """``value`` as the declared type of ``key``.
+
+        :param where: the table or variable it came from, for the error message.
+        :raises PluginConfigError: an unknown key or a value of the wrong type.
+        """
+        valid = ", ".join(sorted(self.fields)) or "none (this plugin takes no settings)"
+        if key not in self.fields:
+            raise PluginConfigError(
+                f"{where}: {key!r} is not a setting of plugin {self.name!r}. Valid keys: "
+                f"{valid}.")
+        try:
+            return self.fields[key](value)
+        except ValueError as exc:
+            raise PluginConfigError(
+                f"{where}: {key}={value!r} is invalid: it {exc}. Valid keys of "
+                f"[plugins.{self.name}]: {valid}.") from None
+
+
+_SECRET_KEY = re.compile(r"(password|passwd|pwd|secret|token|api_?key)", re.I)
+_DSN_PASSWORD = re.compile(r"(\b(?:password|passwd|pwd)\s*=\s*)('[^']*'|\S+)", re.I)
+
+
+def mask_secret(key: str, value: Any) -> Any:
+    """``value`` fit to print: the password of a URL or key=value DSN replaced by ``***``,
+    and the whole value of a key that names a secret (``password``, ``token``, ...)."""
+    if value is None:
+        return None
+    if _SECRET_KEY.search(key):
+        return "***"
+    text = str(value)
+    if "://" in text:
+        try:
+            parts = urlsplit(text)
+            password = parts.password
+        except ValueError:
+            return text
+        if password is None:
+            return text
+        user, _, host = parts.netloc.rpartition("@")
+        username = user.partition(":")[0]
+        return urlunsplit(parts._replace(netloc=f"{username}:***@{host}"))
+    return _DSN_PASSWORD.sub(r"\1***", text)
+
+
+@attrs.frozen
+class PluginSetting:
+    """One effective ``[plugins.<name>]`` value and where it came from (``nuvom config``)."""
+
+    plugin: str
+    key: str
+    value: Any
+    env: str
+    source: str  # "env NUVOM_PLUGINS__...", "<file> [plugins.<name>]" or "default"
+
+
+
+def plugin_env(env: Mapping[str, str]) -> dict[str, dict[str, tuple[str, str]]]:
+    """``NUVOM_PLUGINS__<NAME>__<KEY>`` variables: name -> key -> (variable, value), both
+    lower-cased; whether the key exists is checked once the plugin declared its settings."""
+    found: dict[str, dict[str, tuple[str, str]]] = {}
+    for var in sorted(env):
+        if not var.upper().startswith(PLUGIN_ENV_PREFIX):
+            continue
+        name, sep, key = var[len(PLUGIN_ENV_PREFIX):].partition("__")
+        if not sep or not name or not key or "__" in key:
+            raise PluginConfigError(
+                f"environment variable {var} is not a plugin setting: the form is "
+                f"{PLUGIN_ENV_PREFIX}<NAME>__<KEY> with two underscores before each part, "
+                f"e.g. {PLUGIN_ENV_PREFIX}SQLITE__PATH=/data/q.db for [plugins.sqlite] path. "
+                f"Rename or unset it.")
+        found.setdefault(name.lower(), {})[key.lower()] = (var, env[var])
+    return found

@@ -1,0 +1,98 @@
+"""Setting values from TOML or the environment, converted with messages that say what is
+accepted. One set of converters serves the core settings (:mod:`.config`) and the plugins'
+declared settings (:mod:`.plugin_settings`), so ``5``, ``"5"`` and ``" 5 "`` mean the same
+everywhere and every refusal reads alike: ``… is invalid: it must be …``.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["converter", "optional", "to_bool", "to_float", "to_int", "to_path", "to_str"]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value
+
+
+def to_int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError("must be a whole number (e.g. 3)")
+
+
+def to_float(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError("must be a number (e.g. 2.5)") from None
+    else:
+        raise ValueError("must be a number (e.g. 2.5)")
+    if number != number:
+        raise ValueError("must be a number (e.g. 2.5), not NaN")
+    return number
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("must be true or false (in the environment: 1/0, true/false, yes/no, "
+                     "on/off)")
+
+
+def to_path(value: Any) -> Path:
+    if isinstance(value, str | os.PathLike) and str(value).strip():
+        return Path(str(value).strip())
+    raise ValueError("must be a non-empty path")
+
+
+def optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``convert``, where ``None``, an empty string or ``none`` mean ``None``."""
+    def parse(value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, or empty for none") from None
+
+    return parse
+
+
+_CONVERTERS: dict[Any, Callable[[Any], Any]] = {
+    str: to_str, int: to_int, float: to_float, bool: to_bool, Path: to_path,
+    Any: lambda value: value,
+}
+
+
+def converter(hint: Any) -> Callable[[Any], Any] | None:
+    """How to convert a value to the type ``hint``: one of the scalars above, or ``X |
+    None`` of one; ``None`` for a type the kernel cannot convert an environment string to."""
+    if hint in _CONVERTERS:
+        return _CONVERTERS[hint]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2 \
+            and type(None) in args:
+        inner = converter(next(a for a in args if a is not type(None)))
+        return None if inner is None else optional(inner)
+    return None
