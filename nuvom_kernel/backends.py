@@ -9,27 +9,8 @@ stay on the base classes for users and tools. Backends move
 they never import user code. The promises are checked by the contract suites in
 :mod:`nuvom_kernel.testing.contracts`; ``docs/writing_plugins.md`` walks through one backend.
 
-A minimal queue plugin (``my_queue/plugin.py``)::
-
-    from nuvom_kernel import hookimpl
-    from nuvom_kernel.backends import QueueBackend, Capabilities
-
-    class ListQueue(QueueBackend):
-        name = "listq"
-        capabilities = Capabilities(delayed=True)
-        def push(self, messages): ...
-        def claim(self, n, queues=None): ...
-        def ack(self, lease): ...
-        def retry(self, lease, *, delay_secs, body=None): ...
-        def release(self, lease, *, delay_secs=0.0): ...
-        def extend(self, lease, secs): ...
-        def peek_state(self, job_id): ...
-        def qsize(self, queues=None): ...
-        def clear(self, queues=None): ...
-
-    @hookimpl
-    def nuvom_register_queue_backends():
-        return [ListQueue]
+A queue plugin is a ``QueueBackend`` subclass with a ``name``, its ``capabilities`` and the
+nine primitives, returned from a ``nuvom_register_queue_backends`` hook implementation.
 """
 
 from __future__ import annotations
@@ -44,6 +25,7 @@ from typing import Any, ClassVar
 import attrs
 
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement, supersedes
+from nuvom_kernel.views import QueueCounts, QueueStats, newer_first, page_cursor, parse_cursor
 
 __all__ = [
     "SPI_VERSION",
@@ -60,11 +42,9 @@ __all__ = [
     "supersedes",
 ]
 
-#: The version of the promises in this module. SPI 1: idempotent push (per job id), fenced
-#: result writes (:func:`~nuvom_kernel.models.supersedes`), ``peek_state`` required,
-#: ``release`` with a delay, per-queue stats, keyset paging, the optional ``settle_many``.
-#: A backend written against version 1 keeps working for every kernel with ``SPI_VERSION``
-#: 1; a change that breaks a backend raises the number.
+#: The version of the promises in this module (see docs/writing_plugins.md). A backend written
+#: against version 1 works with every kernel whose ``SPI_VERSION`` is 1; a change that would
+#: break a backend raises the number.
 SPI_VERSION = 1
 
 
@@ -98,61 +78,12 @@ class BackendContext:
     namespace: str = ""
 
 
-@attrs.define
-class QueueCounts:
-    """One named queue: ``ready`` (claimable now), ``delayed`` (waiting for their time: a
-    retry delay or ``delay_secs``), ``running`` (leased) and the age of the oldest ready
-    message (``None`` when none is ready)."""
-
-    ready: int = 0
-    delayed: int = 0
-    running: int = 0
-    oldest_ready_age_secs: float | None = None
-
-
-@attrs.define
-class QueueStats:
-    """What ``nuvom status`` (and later metrics and the dashboard) show about a queue
-    backend: counts per named queue, and one line per quarantined entry."""
-
-    queues: dict[str, QueueCounts] = attrs.field(factory=dict)
-    quarantined: list[str] = attrs.field(factory=list)
-
-    def of(self, queue: str) -> QueueCounts:
-        """The counts of ``queue``, created empty on first use (for backends filling in)."""
-        counts = self.queues.get(queue)
-        if counts is None:
-            counts = self.queues[queue] = QueueCounts()
-        return counts
-
-    @property
-    def depth(self) -> dict[str, int]:
-        """Waiting messages (ready or delayed) per queue."""
-        return {q: c.ready + c.delayed for q, c in self.queues.items() if c.ready + c.delayed}
-
-    @property
-    def delayed(self) -> int:
-        return sum(c.delayed for c in self.queues.values())
-
-    @property
-    def in_flight(self) -> int:
-        return sum(c.running for c in self.queues.values())
-
-    @property
-    def oldest_age_secs(self) -> float | None:
-        ages = [c.oldest_ready_age_secs for c in self.queues.values()
-                if c.oldest_ready_age_secs is not None]
-        return max(ages) if ages else None
-
-
 class _Backend(abc.ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
-    #: ``True`` for a server-backed store that prefixes everything it creates with
-    #: ``context.namespace``. ``nuvom plugin test`` then builds it from the project's own
-    #: ``[plugins.<name>]`` settings (its server URL) with a fresh namespace per test; other
-    #: backends get a fresh ``data_dir`` per test and never see the project's settings (a
-    #: configured path must not be cleared by a test run).
+    #: ``True`` for a server store prefixing all it creates with ``context.namespace``:
+    #: ``nuvom plugin test`` then builds it from the project's ``[plugins.<name>]`` (its
+    #: server URL), a fresh namespace per test. Others never see the project's settings.
     namespaced: ClassVar[bool] = False
 
     @classmethod
@@ -467,38 +398,3 @@ class ResultBackend(_Backend):
         wanted = JobStatus(status) if status is not None else None
         records = self.query(status=wanted, func_name=task, limit=limit, after=after)
         return [r.to_dict() for r in records]
-
-
-def page_cursor(record: JobRecord | Mapping[str, Any]) -> str:
-    """The keyset cursor after ``record`` in newest-first order: ``"<updated_at>|<job_id>"``
-    (``repr`` of the float round-trips exactly)."""
-    if isinstance(record, JobRecord):
-        return f"{record.updated_at!r}|{record.job_id}"
-    return f"{float(record['updated_at'])!r}|{record['job_id']}"
-
-
-def parse_cursor(cursor: str) -> tuple[float, str]:
-    """``(updated_at, job_id)`` of a :func:`page_cursor`; records strictly *older* than it
-    (smaller ``updated_at``, or equal and smaller ``job_id``) form the next page.
-
-    :raises ValueError: naming the malformed cursor.
-    """
-    head, sep, job_id = cursor.partition("|")
-    try:
-        if not sep:
-            raise ValueError
-        return float(head), job_id
-    except ValueError:
-        raise ValueError(f"malformed page cursor {cursor!r}: expected '<updated_at>|<job_id>' "
-                         "as returned by page_cursor()") from None
-
-
-def newer_first(records: Sequence[JobRecord], after: str | None, limit: int
-                ) -> list[JobRecord]:
-    """One page of ``records`` in query order: for backends that filter in Python (memory,
-    files), so every one pages exactly the same way."""
-    ordered = sorted(records, key=lambda r: (r.updated_at, r.job_id), reverse=True)
-    if after is not None:
-        key = parse_cursor(after)
-        ordered = [r for r in ordered if (r.updated_at, r.job_id) < key]
-    return ordered[:max(limit, 0)]

@@ -1,0 +1,99 @@
+"""What backends report: queue counts for ``nuvom status``, and pages of job records.
+
+Plain data and pure functions shared by every backend, so each reports the same shape and
+pages the same way; they live apart from the SPI classes only to keep each module short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from nuvom_kernel.models import JobRecord
+
+__all__ = ["QueueCounts", "QueueStats", "newer_first", "page_cursor", "parse_cursor"]
+
+
+@attrs.define
+class QueueCounts:
+    """One named queue: ``ready`` (claimable now), ``delayed`` (waiting for their time: a
+    retry delay or ``delay_secs``), ``running`` (leased) and the age of the oldest ready
+    message (``None`` when none is ready)."""
+
+    ready: int = 0
+    delayed: int = 0
+    running: int = 0
+    oldest_ready_age_secs: float | None = None
+
+
+@attrs.define
+class QueueStats:
+    """What ``nuvom status`` (and later metrics and the dashboard) show about a queue
+    backend: counts per named queue, and one line per quarantined entry."""
+
+    queues: dict[str, QueueCounts] = attrs.field(factory=dict)
+    quarantined: list[str] = attrs.field(factory=list)
+
+    def of(self, queue: str) -> QueueCounts:
+        """The counts of ``queue``, created empty on first use (for backends filling in)."""
+        counts = self.queues.get(queue)
+        if counts is None:
+            counts = self.queues[queue] = QueueCounts()
+        return counts
+
+    @property
+    def depth(self) -> dict[str, int]:
+        """Waiting messages (ready or delayed) per queue."""
+        return {q: c.ready + c.delayed for q, c in self.queues.items() if c.ready + c.delayed}
+
+    @property
+    def delayed(self) -> int:
+        return sum(c.delayed for c in self.queues.values())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(c.running for c in self.queues.values())
+
+    @property
+    def oldest_age_secs(self) -> float | None:
+        ages = [c.oldest_ready_age_secs for c in self.queues.values()
+                if c.oldest_ready_age_secs is not None]
+        return max(ages) if ages else None
+
+
+
+def page_cursor(record: JobRecord | Mapping[str, Any]) -> str:
+    """The keyset cursor after ``record`` in newest-first order: ``"<updated_at>|<job_id>"``
+    (``repr`` of the float round-trips exactly)."""
+    if isinstance(record, JobRecord):
+        return f"{record.updated_at!r}|{record.job_id}"
+    return f"{float(record['updated_at'])!r}|{record['job_id']}"
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    """``(updated_at, job_id)`` of a :func:`page_cursor`; records strictly *older* than it
+    (smaller ``updated_at``, or equal and smaller ``job_id``) form the next page.
+
+    :raises ValueError: naming the malformed cursor.
+    """
+    head, sep, job_id = cursor.partition("|")
+    try:
+        if not sep:
+            raise ValueError
+        return float(head), job_id
+    except ValueError:
+        raise ValueError(f"malformed page cursor {cursor!r}: expected '<updated_at>|<job_id>' "
+                         "as returned by page_cursor()") from None
+
+
+def newer_first(records: Sequence[JobRecord], after: str | None, limit: int
+                ) -> list[JobRecord]:
+    """One page of ``records`` in query order: for backends that filter in Python (memory,
+    files), so every one pages exactly the same way."""
+    ordered = sorted(records, key=lambda r: (r.updated_at, r.job_id), reverse=True)
+    if after is not None:
+        key = parse_cursor(after)
+        ordered = [r for r in ordered if (r.updated_at, r.job_id) < key]
+    return ordered[:max(limit, 0)]
