@@ -31,7 +31,6 @@ from nuvom_plugins_postgres.store import (
     release,
 )
 
-
 __all__ = ["PostgresResultBackend", "distinct_chunks", "encode", "store_fenced"]
 
 _UPSERT = """

@@ -96,7 +96,7 @@ def _check(version: int | None, schema: str) -> None:
 
 def migrate(conn: psycopg.Connection, schema: str) -> int:
     """Bring ``schema`` to :data:`SCHEMA_VERSION` on an autocommit connection; return the
-    version found before.
+    version found before (``None``: this call created the schema's tables).
 
     :raises SchemaVersionError: the schema is newer than this code.
     """
@@ -108,7 +108,7 @@ def migrate(conn: psycopg.Connection, schema: str) -> int:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
                      (ADVISORY_CLASS, f"{schema}:migrate"))
-        found = _current(conn, schema)  # another process may have migrated meanwhile
+        found = before = _current(conn, schema)  # another process may have migrated meanwhile
         _check(found, schema)
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
         if found is None:
@@ -119,4 +119,4 @@ def migrate(conn: psycopg.Connection, schema: str) -> int:
             conn.execute(sql.SQL(MIGRATIONS[number - 1]).format(s=ident))  # type: ignore[arg-type]
             conn.execute(sql.SQL("INSERT INTO {}.version VALUES (%s)").format(ident),
                          (number,))
-    return found
+    return before
