@@ -299,6 +299,7 @@ return moved
 #: ARGV: P, then queue names. Per queue: ready, delayed, leased, oldest ready created_at
 #: (the head of each priority band is its oldest; bands are few).
 STATS = "#!lua flags=no-writes\n" + _COMMON + r"""
+local now = clock()
 local out = {}
 for i = 2, #ARGV do
   local key = qkey(ARGV[i], 'ready')
@@ -312,9 +313,14 @@ for i = 2, #ARGV do
     head = redis.call('ZRANGE', key, '(' .. head[2], '+inf', 'BYSCORE', 'LIMIT', 0, 1,
                       'WITHSCORES')
   end
-  out[#out + 1] = redis.call('ZCARD', key)
-  out[#out + 1] = redis.call('ZCARD', qkey(ARGV[i], 'delayed'))
-  out[#out + 1] = redis.call('ZCARD', qkey(ARGV[i], 'leased'))
+  -- due delayed jobs and expired leases are waiting already, whether or not a claim or
+  -- the reaper has moved them yet
+  local dkey, lkey = qkey(ARGV[i], 'delayed'), qkey(ARGV[i], 'leased')
+  local due = redis.call('ZCOUNT', dkey, '-inf', f17(now))
+  local expired = redis.call('ZCOUNT', lkey, '-inf', f17(now))
+  out[#out + 1] = redis.call('ZCARD', key) + due + expired
+  out[#out + 1] = redis.call('ZCARD', dkey) - due
+  out[#out + 1] = redis.call('ZCARD', lkey) - expired
   out[#out + 1] = oldest and f17(oldest) or ''
 end
 return out
