@@ -113,7 +113,7 @@ def masked_dsn(dsn: str) -> str:
 def connect_kwargs(application_name: str = "nuvom") -> dict[str, Any]:
     """Options for every connection we open (merged into the DSN by psycopg)."""
     return {
-        "application_name": application_name,
+        "application_name": application_name[:63],
         "connect_timeout": 5,
         "keepalives": 1,
         "keepalives_idle": 10,

@@ -75,14 +75,14 @@ class Store:
         self.users = 0
         try:
             with psycopg.connect(self.dsn, autocommit=True,
-                                 **connect_kwargs("nuvom-migrate")) as conn:
+                                 **connect_kwargs(f"nuvom-migrate {self.schema}")) as conn:
                 self.created = migrate(conn, self.schema) is None
                 self.database = str(conn.execute("SELECT current_database()").fetchone()[0])
         except psycopg.OperationalError as exc:
             raise unreachable(self.dsn, exc) from exc
         self.pool = ConnectionPool(
             self.dsn, min_size=1, max_size=settings.pool_size, open=True,
-            kwargs={"autocommit": True, **connect_kwargs()},
+            kwargs={"autocommit": True, **connect_kwargs(f"nuvom {self.schema}")},
             check=ConnectionPool.check_connection, reconnect_timeout=3600.0,
             name=f"nuvom-{self.schema}")
 

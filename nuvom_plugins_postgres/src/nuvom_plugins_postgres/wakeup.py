@@ -79,7 +79,7 @@ class Listener:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.dsn, autocommit=True,
-                                     **connect_kwargs("nuvom-listen")) as conn:
+                                     **connect_kwargs(f"nuvom-listen {self.channel}")) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     self.backend_pid = conn.info.backend_pid
                     self.listening.set()

@@ -1,0 +1,78 @@
+"""Enqueue inside the caller's transaction: a job exists if and only if the caller's data
+commits. Real server, real kernel, a real ``task.delay()``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import DSN
+
+import nuvom_plugins_postgres
+from nuvom_kernel import task
+from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.models import JobStatus
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, schema: str) -> Iterator[Kernel]:
+    k = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "postgres", "NUVOM_RESULT_BACKEND": "postgres",
+        "NUVOM_PLUGINS__POSTGRES__DSN": DSN, "NUVOM_PLUGINS__POSTGRES__SCHEMA": schema})
+    with use_kernel(k):
+        yield k
+    k.close()
+
+
+@task
+def send_receipt(order_id: int) -> int:
+    return order_id
+
+
+def test_rolled_back_transaction_leaves_no_job(kernel: Kernel) -> None:
+    with psycopg.connect(DSN) as conn:  # not autocommit: one open transaction
+        conn.execute("CREATE TEMP TABLE orders (id int)")
+        conn.execute("INSERT INTO orders VALUES (1)")
+        with nuvom_plugins_postgres.transaction(conn):
+            job = send_receipt.delay(1)
+        assert kernel.queue.peek_state(job.id) is None, \
+            "an uncommitted job must be invisible to every other session"
+        conn.rollback()
+    assert kernel.queue.peek_state(job.id) is None, "a rolled-back enqueue leaves no job"
+    assert kernel.queue.qsize() == 0 and kernel.queue.claim(10) == []
+
+
+def test_committed_transaction_enqueues_and_wakes_a_waiting_worker(kernel: Kernel) -> None:
+    queue = kernel.queue
+    queue.poll_interval_min = queue.poll_interval_max = 30.0  # type: ignore[misc]
+    got: dict[str, object] = {}
+
+    def consume() -> None:
+        got["lease"] = queue.dequeue(timeout=20)
+        got["at"] = time.monotonic()
+
+    with psycopg.connect(DSN) as conn:
+        with nuvom_plugins_postgres.transaction(conn):
+            job = send_receipt.delay(7)
+        waiter = threading.Thread(target=consume, daemon=True)
+        waiter.start()  # its first claim finds nothing: the job is not committed
+        time.sleep(0.2)  # let it reach its 30 s wait; correctness does not depend on it
+        assert "at" not in got, "a worker must not see an uncommitted job"
+        committed_at = time.monotonic()
+        conn.commit()
+    waiter.join(20)
+    lease = got.get("lease")
+    assert lease is not None and lease.id == job.id, "the committed job was never picked up"  # type: ignore[attr-defined]
+    assert float(got["at"]) - committed_at < 1.0, \
+        "the commit's NOTIFY must wake the waiting worker (polling was stretched to 30 s)"
+    assert queue.peek_state(job.id) is JobStatus.RUNNING
+
+
+def test_transaction_needs_a_psycopg_connection() -> None:
+    with pytest.raises(TypeError, match="psycopg 3 Connection"):
+        with nuvom_plugins_postgres.transaction(object()):  # type: ignore[arg-type]
+            pass
