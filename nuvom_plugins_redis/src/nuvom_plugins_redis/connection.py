@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 import redis
@@ -138,6 +139,10 @@ class Store:
         try:
             return fn()
         except redis.AuthenticationError as exc:
+            if urlsplit(self.url).password is None:
+                raise RedisUnavailableError(
+                    f"Redis at {self.masked_url} needs a password ({exc}); put it in "
+                    "[plugins.redis] url as redis://:PASSWORD@host:port/db.") from exc
             raise RedisUnavailableError(
                 f"Redis at {self.masked_url} refused the credentials while {what} ({exc}). "
                 "Check the password in [plugins.redis] url (or NUVOM_PLUGINS__REDIS__URL)."
