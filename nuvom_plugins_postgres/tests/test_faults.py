@@ -97,11 +97,9 @@ def test_terminated_pooled_connections_lose_nothing(settings: dict[str, object],
     threads = [threading.Thread(target=consume, daemon=True) for _ in range(3)]
     for t in threads:
         t.start()
-    killed = 0
-    for _ in range(5):  # kill the pool's sessions while claims and acks are in flight
-        wait_until(lambda: len(acked) > killed * 40 or len(acked) == len(sent), 20,
+    for killed in range(5):  # kill the pool's sessions while claims and acks are in flight
+        wait_until(lambda k=killed: len(acked) > k * 40 or len(acked) == len(sent), 20,
                    "consumers stopped making progress after a terminated connection")
-        killed += 1
         _terminate(f"nuvom {schema}")
     wait_until(lambda: len(set(acked)) == len(sent), 30,
                "a message was lost after its connection was terminated")
@@ -187,7 +185,7 @@ def test_restart_under_load_loses_no_committed_enqueue(cluster: Cluster, mode: s
                 for lease in consumer.pop_batch(8, timeout=0.1):
                     consumed.add(lease.id)
                     consumer.ack(lease)
-            except Exception:  # noqa: BLE001 - the server is down for a moment
+            except Exception:  # the server is down for a moment
                 stop.wait(0.05)  # back off while it restarts
 
     threads = [threading.Thread(target=f, daemon=True) for f in (produce, consume)]
