@@ -174,8 +174,17 @@ PROFILES: dict[str, BackendProfile] = {
     # 10,000-job ``.map()`` within the CI budget.
     "file": BackendProfile(settings={"fsync": False}, local_disk=True, squeeze=_squeeze_file,
                            corrupt=_corrupt_file),
-    "redis": BackendProfile(),
-    "postgres": BackendProfile(),
+    # Redis keeps its data on the server, not under data_dir: faults come from the wrappers.
+    # A key prefix per chaos run keeps it apart from other runs and from real queues.
+    # Its .map() is atomic per chunk of 1,000 jobs (nuvom_plugins_redis/README.md).
+    "redis": BackendProfile(settings={"key_prefix": f"nuvom-chaos-{os.getpid()}"},
+                            atomic_push=False),
+    # One schema per chaos run (the run's pid) on the test server, dropped at its end by
+    # ``benchmarks.chaos.report``'s caller or by hand: ``DROP SCHEMA chaos_<pid> CASCADE``.
+    "postgres": BackendProfile(settings={
+        "dsn": os.environ.get("NUVOM_TEST_POSTGRES_DSN",
+                              "host=127.0.0.1 user=postgres dbname=postgres"),
+        "schema": f"chaos_{os.getpid()}"}),
 }
 
 
