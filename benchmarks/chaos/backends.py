@@ -18,6 +18,7 @@ the order.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -53,7 +54,8 @@ class Corruption:
 class BackendProfile:
     """What the chaos engine knows about one backend beyond its SPI.
 
-    :param settings: ``[plugins.<name>]`` settings for chaos projects.
+    :param settings: ``[plugins.<name>]`` settings for chaos projects, or a function of the
+        project folder returning them (a server backend's per-project namespace).
     :param atomic_push: whether ``push`` is all or none (a killed producer leaves all or none
         of a ``.map()``). Every backend is held to that, the strict reading of
         ``QueueBackend.push``; set ``False`` only if the backend documents otherwise (then a
@@ -66,7 +68,8 @@ class BackendProfile:
         every backend also gets the generic corruption through the SPI.
     """
 
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any] | Callable[[Path], Mapping[str, Any]] = field(
+        default_factory=dict)
     atomic_push: bool = True
     local_disk: bool = False
     squeeze: Callable[[Path], None] | None = None
@@ -179,12 +182,12 @@ PROFILES: dict[str, BackendProfile] = {
     # Its .map() is atomic per chunk of 1,000 jobs (nuvom_plugins_redis/README.md).
     "redis": BackendProfile(settings={"key_prefix": f"nuvom-chaos-{os.getpid()}"},
                             atomic_push=False),
-    # One schema per chaos run (the run's pid) on the test server, dropped at its end by
-    # ``benchmarks.chaos.report``'s caller or by hand: ``DROP SCHEMA chaos_<pid> CASCADE``.
-    "postgres": BackendProfile(settings={
+    # A server is shared by every project: one schema per project folder (drop them with
+    # ``DROP SCHEMA chaos_... CASCADE``).
+    "postgres": BackendProfile(settings=lambda root: {
         "dsn": os.environ.get("NUVOM_TEST_POSTGRES_DSN",
                               "host=127.0.0.1 user=postgres dbname=postgres"),
-        "schema": f"chaos_{os.getpid()}"}),
+        "schema": "chaos_" + hashlib.sha1(str(root).encode()).hexdigest()[:16]}),
 }
 
 

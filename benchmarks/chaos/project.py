@@ -141,6 +141,8 @@ class Project:
         names = {self.backend, self.queue_backend}
         for name in sorted(names):
             settings = profile(name).settings
+            if callable(settings):
+                settings = settings(self.root)
             if settings:
                 lines.append(f"\n[plugins.{name}]")
                 lines += [f"{k} = {_toml_value(v)}" for k, v in settings.items()]

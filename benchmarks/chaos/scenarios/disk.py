@@ -220,6 +220,10 @@ class FaultyQueue(_Queue):
         _full("push")
         return super().push(messages)
 
+    def settle_many(self, settlements, results):  # records written with the acks
+        _full("settle_many")
+        return super().settle_many(settlements, results)
+
 
 class FaultyResults(_Results):
     name = "faulty_{backend}"
@@ -227,6 +231,10 @@ class FaultyResults(_Results):
     def put(self, record):
         _full("put")
         return super().put(record)
+
+    def put_many(self, records):  # a backend's batch path need not call put
+        _full("put_many")
+        return super().put_many(records)
 '''
 
 
