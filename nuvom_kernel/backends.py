@@ -173,14 +173,14 @@ class QueueBackend(_Backend):
     @abc.abstractmethod
     def peek_state(self, job_id: str) -> JobStatus | None:
         """Where the message stands, from the queue alone, so any process can tell a job's
-        state before it has a record: RUNNING (leased, even if the lease has expired and
-        nobody claimed it again yet), RETRYING (waiting for its time after a failed attempt:
-        ``failures > 0``), QUEUED (ready, or waiting for a first run's ``available_at``);
-        ``None`` if the id is not in the queue."""
+        state before it has a record: RUNNING (leased, the lease not expired), RETRYING
+        (waiting for its time after a failed attempt: ``failures > 0``), QUEUED (ready — an
+        expired lease included — or waiting for a first run's ``available_at``); ``None``
+        if the id is not in the queue."""
 
     @abc.abstractmethod
     def qsize(self, queues: Sequence[str] | None = None) -> int:
-        """Messages waiting (ready or delayed, not leased)."""
+        """Messages waiting (ready or delayed; an expired lease is waiting, a live one not)."""
 
     @abc.abstractmethod
     def clear(self, queues: Sequence[str] | None = None) -> int:

@@ -216,16 +216,19 @@ class MemoryJobQueue(QueueBackend):
             entry = self._entries.get(job_id)
             if entry is None:
                 return None
+            now = time.time()
             if entry.token is not None:
-                return JobStatus.RUNNING
-            if entry.message.available_at > time.time() and entry.message.failures:
+                return JobStatus.RUNNING if entry.expires_at > now else JobStatus.QUEUED
+            if entry.message.available_at > now and entry.message.failures:
                 return JobStatus.RETRYING
             return JobStatus.QUEUED
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
+        now = time.time()
         with self._lock:
             return sum(1 for e in self._entries.values()
-                       if e.token is None and (queues is None or e.message.queue in queues))
+                       if (e.token is None or e.expires_at <= now)
+                       and (queues is None or e.message.queue in queues))
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
         with self._lock:
@@ -270,9 +273,9 @@ class MemoryJobQueue(QueueBackend):
             for entry in self._entries.values():
                 msg = entry.message
                 counts = stats.of(msg.queue)
-                if entry.token is not None:
+                if entry.token is not None and entry.expires_at > now:
                     counts.running += 1
-                elif msg.available_at > now:
+                elif entry.token is None and msg.available_at > now:
                     counts.delayed += 1
                 else:
                     counts.ready += 1

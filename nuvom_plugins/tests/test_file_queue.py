@@ -324,7 +324,7 @@ def test_failures_live_in_the_name_and_survive_recovery(tmp_path: Path) -> None:
         (1, "tasks.add", 2)
     assert b.claim(1) == []
     assert b.extend(second, 0)
-    assert a.peek_state("x") is JobStatus.RUNNING, "expired but not re-claimed: RUNNING"
+    assert a.peek_state("x") is JobStatus.QUEUED, "expired, not yet re-claimed: waiting"
     third = a.claim(1)  # another instance, whose lease-scan clock is not due: at once
     assert [le.id for le in third] == ["x"]
     assert (third[0].deliveries, third[0].message.failures) == (3, 1)

@@ -275,6 +275,22 @@ class QueueBackendContract(QueueConcurrencyTests):
         assert (fourth.deliveries, fourth.message.failures) == (3, 1), \
             "an expired delivery counts, but is no failure"
 
+    def test_an_expired_lease_counts_as_waiting(self, queue_backend: QueueBackend) -> None:
+        message = make_message(queue="a")
+        queue_backend.enqueue(message)
+        lease = self._claim_one(queue_backend)
+        assert queue_backend.peek_state(message.id) is JobStatus.RUNNING
+        assert queue_backend.qsize() == 0
+        assert queue_backend.extend(lease, 0) is True
+        assert queue_backend.peek_state(message.id) is JobStatus.QUEUED, \
+            "a lease past its expiry is a waiting job (QUEUED), not a running one: with no " \
+            "worker left to claim it, RUNNING would be a lie"
+        assert queue_backend.qsize() == 1, "an expired lease counts as waiting"
+        if type(queue_backend).stats is not QueueBackend.stats:
+            counts = queue_backend.stats().queues.get("a")
+            assert counts is not None and (counts.ready, counts.running) == (1, 0), \
+                f"stats() must count an expired lease as ready, not running: {counts}"
+
     @requires("delayed")
     def test_release_with_delay_hides_until_due(self, queue_backend: QueueBackend) -> None:
         queue_backend.enqueue(make_message())

@@ -369,18 +369,18 @@ class SQLiteJobQueue(QueueBackend):
         ).rowcount == 1))
 
     def peek_state(self, job_id: str) -> JobStatus | None:
-        """RUNNING while leased (a token, even past its expiry, until a claim takes it over),
-        RETRYING while a message with failed attempts waits for its time, else
-        QUEUED; ``None`` if the id is not queued."""
+        """RUNNING while leased (a token whose expiry has not passed), RETRYING while a
+        message with failed attempts waits for its time, else QUEUED (an expired lease
+        waits for a worker like any ready row); ``None`` if the id is not queued."""
         row = self._db.conn().execute(
             "SELECT token, visible_at, failures FROM nuvom_queue WHERE id = ?", (job_id,)
         ).fetchone()
         if row is None:
             return None
         token, visible_at, failures = row
-        if token is not None:
-            return JobStatus.RUNNING
         waiting = type(visible_at) in _NUMBER and visible_at > time.time()
+        if token is not None:
+            return JobStatus.RUNNING if waiting else JobStatus.QUEUED
         return JobStatus.RETRYING if waiting and failures else JobStatus.QUEUED
 
     def stats(self) -> QueueStats:
@@ -388,12 +388,12 @@ class SQLiteJobQueue(QueueBackend):
         one scan, and the quarantined rows. A row that breaks the schema is swept into
         quarantine first (the same scan counts them, so the sweep's write is rare)."""
         now = time.time()
+        # An expired lease (a token whose visible_at has passed) is ready, not running.
         sql = ("SELECT queue, "
-               "total(token IS NULL AND (visible_at IS NULL OR visible_at <= ?1)), "
+               "total(visible_at IS NULL OR visible_at <= ?1), "
                "total(token IS NULL AND visible_at > ?1), "
-               "total(token IS NOT NULL), "
-               "min(CASE WHEN token IS NULL AND (visible_at IS NULL OR visible_at <= ?1) "
-               "THEN created_at END), "
+               "total(token IS NOT NULL AND visible_at > ?1), "
+               "min(CASE WHEN visible_at IS NULL OR visible_at <= ?1 THEN created_at END), "
                f"total({quarantine.INVALID_ROW_SQL}) "
                "FROM nuvom_queue GROUP BY queue ORDER BY queue")
         conn = self._db.conn()

@@ -367,8 +367,8 @@ class FileJobQueue(QueueBackend):
 
     def extend(self, lease: Lease, secs: float) -> bool:
         """Rename the lease file to its new expiry. ``secs <= 0`` expires it now and bumps
-        ``.leased-marker``, so the next claim of any instance recovers it (until then it is
-        still leased: RUNNING, and its holder may still ack it)."""
+        ``.leased-marker``, so the next claim of any instance recovers it (until then its
+        holder may still ack it; inspection already counts it as waiting)."""
         parsed = self._parsed_lease(lease)
         if parsed is None:
             return False
@@ -433,14 +433,18 @@ class FileJobQueue(QueueBackend):
 
     def _settle(self, now: float) -> None:
         """Bring the directories up to date before a look: finish committed batches (cheap
-        when there are none). Expired leases are left to the next claim: until someone
-        claims the message again it is still leased (RUNNING, not waiting)."""
+        when there are none). Expired leases are left to the next claim (a look never
+        renames); inspection counts them as waiting by the expiry in their names."""
         with self._lock:
             self._fs.drain_committed()
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
-        self._settle(time.time())
-        return len(self._fs.matching("ready", queues)) + len(self._fs.matching("delayed", queues))
+        now = time.time()
+        self._settle(now)
+        expired = sum(1 for _, parsed in self._fs.matching("leased", queues)
+                      if parsed.when_us <= us(now))
+        return (len(self._fs.matching("ready", queues)) + len(self._fs.matching("delayed", queues))
+                + expired)
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
         removed = 0
@@ -483,8 +487,10 @@ class FileJobQueue(QueueBackend):
             now = time.time()
             self._settle(now)
             with self._lock:
-                if any(p.id == wanted for _, p in self._fs.matching("leased", None)):
-                    return JobStatus.RUNNING
+                lease = next((p for _, p in self._fs.matching("leased", None)
+                              if p.id == wanted), None)
+                if lease is not None:  # an expired lease is waiting for a worker
+                    return JobStatus.RUNNING if lease.when_us > us(now) else JobStatus.QUEUED
                 for kind, name in self._waiting(wanted, now):
                     if os.path.exists(self._dirs[kind] / name):
                         parsed = parse(name, kind)
@@ -511,7 +517,8 @@ class FileJobQueue(QueueBackend):
         return False
 
     def stats(self) -> QueueStats:
-        """Ready, delayed and leased files per queue, from one listing of each directory."""
+        """Ready, delayed and leased files per queue, from one listing of each directory (an
+        expired lease counts as ready)."""
         now = time.time()
         self._settle(now)
         stats = QueueStats()
@@ -520,7 +527,7 @@ class FileJobQueue(QueueBackend):
             for _, parsed in self._fs.matching(kind, None):
                 queue = decode_name(parsed.queue)
                 counts = stats.of(queue)
-                if kind == "leased":
+                if kind == "leased" and parsed.when_us > us(now):
                     counts.running += 1
                 elif kind == "delayed":
                     counts.delayed += 1
