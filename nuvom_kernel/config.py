@@ -165,6 +165,10 @@ class Settings:
     data_dir: Path = _setting(Path(".nuvom"), "NUVOM_DATA_DIR", to_path,
                               "Where built-in backends keep their files; relative to the "
                               "working directory.")
+    namespace: str = _setting(
+        "", "NUVOM_NAMESPACE", lambda value: str(value).strip(),
+        "Prefix of every key, table or schema a server backend (Redis, PostgreSQL) creates, "
+        "so apps or test runs sharing one server never see each other's jobs; empty: none.")
     serializer: str = _setting("json", "NUVOM_SERIALIZER", _name,
                                "Codec for job payloads (a serializer plugin name).")
     log_level: str = _setting("INFO", "NUVOM_LOG_LEVEL", _log_level,

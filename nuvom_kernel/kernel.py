@@ -67,7 +67,8 @@ class Kernel:
 
     def _context(self) -> BackendContext:
         return BackendContext(data_dir=self.data_dir,
-                              visibility_timeout_secs=self.settings.visibility_timeout_secs)
+                              visibility_timeout_secs=self.settings.visibility_timeout_secs,
+                              namespace=self.settings.namespace)
 
     def _build(self, hook: str, name: str, what: str) -> Any:
         cls = self.pm.lookup(hook, name, what)

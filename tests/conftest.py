@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from nuvom_kernel.kernel import Kernel, use_kernel
-from tests.helpers import E2E_BACKENDS
+from tests.helpers import E2E_BACKENDS, SERVER_BACKENDS
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -17,12 +18,20 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty project directory as cwd, importable, with task modules written by tests."""
+    """An empty project directory as cwd, importable, with task modules written by tests.
+
+    With a server backend installed (Redis, PostgreSQL), the project gets a namespace of its
+    own in ``.nuvom_plugins.toml`` — read alike by in-process kernels and by the workers
+    the test starts there — so tests sharing one server never see each other's jobs.
+    """
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     for key in list(os.environ):
         if key.startswith("NUVOM_"):
             monkeypatch.delenv(key)
+    if SERVER_BACKENDS:
+        (tmp_path / ".nuvom_plugins.toml").write_text(
+            f'[settings]\nnamespace = "nuvom-test-{uuid.uuid4().hex[:12]}"\n')
     return tmp_path
 
 

@@ -28,6 +28,8 @@ def installed_backends(hook: str = "nuvom_register_queue_backends") -> set[str]:
 E2E_BACKENDS = [b for b in ("memory", "sqlite", "file", "redis", "postgres")
                 if b in installed_backends()]
 PERSISTENT_BACKENDS = [b for b in E2E_BACKENDS if b != "memory"]
+#: Backends on a shared server: tests isolate themselves with a namespace.
+SERVER_BACKENDS = [b for b in E2E_BACKENDS if b in ("redis", "postgres")]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"
