@@ -114,7 +114,8 @@ def test_registration_problems_fail_without_running_anything(tmp_path: Path) -> 
     out = result.stdout
     assert "nuvom_register_queue_backend is not a Nuvom hook" in out
     assert "nuvom_register_result_backends is not marked @nuvom_kernel.hookimpl" in out
-    assert "HalfQueue does not implement: ack, claim, clear, extend, peek_state, qsize, release, retry" in out
+    assert ("HalfQueue does not implement: ack, claim, clear, extend, peek_state, qsize, "
+            "release, retry") in out
     assert "FAIL" in out and "Contracts" not in out
 
 
