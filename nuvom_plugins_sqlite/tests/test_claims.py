@@ -201,3 +201,19 @@ def test_a_forked_child_opens_its_own_write_connection(db_path: Path) -> None:
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
     q.close()
+
+
+def test_a_lease_expired_by_another_instance_is_claimed_in_one_call(db_path: Path) -> None:
+    """A claim that caches when the next waiting row is due must still look before it
+    returns short: another process may have made a row due earlier (here a lease given
+    back with ``extend(lease, 0)`` by a worker stopping at once)."""
+    a, b = SQLiteJobQueue(db_path), SQLiteJobQueue(db_path)
+    try:
+        a.enqueue_many([msg("x"), msg("y")])
+        [x] = b.claim(1)
+        assert ids(a.claim(1)) == ["y"]  # a now caches x's expiry, 30 s away
+        assert b.extend(x, 0)
+        assert ids(a.claim(5)) == ["x"], "claim(n) returned fewer than are available"
+    finally:
+        a.close()
+        b.close()

@@ -256,7 +256,8 @@ class SQLiteJobQueue(QueueBackend):
         now = time.time()
         params = (now + self.visibility_timeout_secs, *names, n)
         next_due = self._next_due
-        if next_due is None or next_due <= now:
+        looked = next_due is None or next_due <= now
+        if looked:
             peek = self._claim_sql[(None, key[1])]
             due, ready = self._lease_db.conn().execute(peek, (now, *names)).fetchone()
             if due:
@@ -279,7 +280,14 @@ class SQLiteJobQueue(QueueBackend):
             hint = rows[-1][-1]  # None: nothing waits; not a number: a corrupt row, look
             self._next_due = (float("inf") if hint is None else
                               hint if type(hint) in _NUMBER else None)
-        return self._leases(rows)
+        leases = self._leases(rows)
+        if not looked and len(rows) < n:
+            # Short of n without looking for due rows: another process may have made some
+            # due before our cached time (a retry, an expired or given-back lease). Look now,
+            # so claim(n) never returns fewer than are available.
+            self._next_due = None
+            leases += self.claim(n - len(rows), queues)
+        return leases
 
     def _promote(self, now: float) -> None:
         """Make due rows ready: delayed jobs whose time came and expired leases."""
