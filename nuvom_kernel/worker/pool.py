@@ -186,7 +186,7 @@ class Worker:
             self._running.pop(running.job.id, None)
             # No outcome: expire the lease now, so the job runs again at once elsewhere and
             # the delivery counts as one without an outcome (as a crash would).
-            if self._safely("return it to the queue", running.lease, self.queue.extend,
+            if self.settler.safely("return it to the queue", running.lease, self.queue.extend,
                             running.lease, 0):
                 log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
                             running.job.id, running.job.func_name)
@@ -214,12 +214,9 @@ class Worker:
             except stdqueue.Empty:
                 return
             if lease is not None:
-                self._safely("release it", lease, self.queue.release, lease)
+                self.settler.safely("release it", lease, self.queue.release, lease)
                 with self._cv:
                     self._free += 1
-
-    def _safely(self, what: str, lease: Lease, call: Any, *args: Any, **kwargs: Any) -> Any:
-        return self.settler._safely(what, lease, call, *args, **kwargs)
 
     # --- dispatcher ---------------------------------------------------------------------
 
@@ -246,7 +243,7 @@ class Worker:
                 self._free -= len(leases)
             for lease in leases:
                 if self._stopping.is_set():
-                    self._safely("release it", lease, self.queue.release, lease)
+                    self.settler.safely("release it", lease, self.queue.release, lease)
                     with self._cv:
                         self._free += 1
                 else:
@@ -276,7 +273,7 @@ class Worker:
             if lease is None:
                 return
             if self._stopping.is_set():  # claimed but not started: straight back
-                self._safely("release it", lease, self.queue.release, lease)
+                self.settler.safely("release it", lease, self.queue.release, lease)
             elif not self.runner.run_one(lease):
                 return  # abandoned after a timeout, and its slot was filled meanwhile
             with self._cv:

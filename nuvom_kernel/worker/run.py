@@ -166,8 +166,9 @@ class JobRunner:
         if exc.import_failed or left <= 0 or not running.decide():
             return False
         self.running.pop(running.job.id, None)
-        if self.settler._safely("hand it back", running.lease, self.queue.release, running.lease,
-                        delay_secs=min(1.0, left)):
+        queue = self.settler.queue
+        if self.settler.safely("hand it back", running.lease, queue.release, running.lease,
+                               delay_secs=min(1.0, left)):
             log.warning("job=%s: this worker has no task %r (an older deploy?); handed back "
                         "for another worker (%.0f s of unknown_task_grace_secs left)",
                         running.job.id, running.job.func_name, left)

@@ -162,13 +162,13 @@ class Settler:
             except Exception as exc:  # one bad ack must not re-run the whole batch
                 log.warning("queue backend %r failed to ack a batch of %d (%r); acking one by "
                             "one", self.queue.name, len(leases), exc)
-                acked = [bool(self._safely("ack it", lease, self.queue.ack, lease))
+                acked = [bool(self.safely("ack it", lease, self.queue.ack, lease))
                          for lease in leases]
             for i, ok in zip(acks, acked, strict=True):
                 landed[i] = ok
         for i, item in enumerate(batch):
             if stored[i] and item.retry_in is not None:
-                landed[i] = bool(self._safely("queue its retry", item.lease, self.queue.retry,
+                landed[i] = bool(self.safely("queue its retry", item.lease, self.queue.retry,
                                               item.lease, delay_secs=item.retry_in,
                                               body=item.body))
         return landed
@@ -179,7 +179,7 @@ class Settler:
                   "again after the visibility timeout: %s", len(batch), exc,
                   " ".join(f"job={item.lease.id}" for item in batch))
 
-    def _safely(self, what: str, lease: Lease, call: Any, *args: Any, **kwargs: Any) -> Any:
+    def safely(self, what: str, lease: Lease, call: Any, *args: Any, **kwargs: Any) -> Any:
         """A queue call whose exception is logged, not raised: every caller is safe with a
         lost call (the lease expires and the job runs again)."""
         try:
