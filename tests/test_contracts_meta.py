@@ -1,10 +1,15 @@
 """The contract suites can fail: each broken fake fails exactly the tests it breaks.
 
 A contract test that passes against a backend breaking its promise checks nothing. Every
-fake in ``nuvom_kernel.testing.fakes`` changes one behaviour of a correct stub; this module
-runs every contract against every fake (and the stubs, which must pass everything) in
-separate pytest processes, reads their JUnit XML and compares the failed tests with
-``EXPECTED_FAILURES``.
+queue and result fake in ``nuvom_kernel.testing.fakes`` changes one behaviour of a correct
+stub; every discoverer fake wraps a correct discoverer and breaks one of its promises. This
+module runs every contract against every fake (and the correct ones, which must pass
+everything) in separate pytest processes, reads their JUnit XML and compares the failed tests
+with ``EXPECTED_FAILURES``.
+
+The correct discoverer is the installed ``ast`` discoverer of ``nuvom-plugins``: the kernel
+holds no task scanner of its own (there must be one AST scanner, and it is a plugin). Without
+that distribution the discoverer half is skipped, saying why; the backend half still runs.
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ from pathlib import Path
 
 import pytest
 
+from nuvom_kernel.config import load_config
+from nuvom_kernel.discovery import Discoverer
+from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.testing import fakes
-from nuvom_kernel.testing.stubs import StubDiscoverer, StubQueue, StubResults
+from nuvom_kernel.testing.stubs import StubQueue, StubResults
 
 CONTRACT_OF = {StubQueue: "QueueBackendContract", StubResults: "ResultBackendContract",
-               StubDiscoverer: "DiscovererContract"}
+               Discoverer: "DiscovererContract"}
 FIXTURE_OF = {"QueueBackendContract": "make_queue_backend",
               "ResultBackendContract": "make_result_backend",
               "DiscovererContract": "discoverer"}
@@ -32,6 +40,26 @@ def _contract(cls: type) -> str:
     return next(c for base, c in CONTRACT_OF.items() if issubclass(cls, base))
 
 
+#: The real discoverer: it must pass the whole discoverer contract, and each discoverer fake
+#: wraps it, so every test a fake fails is failed by the fake's own breakage.
+REAL_DISCOVERER = "ast"
+NOT_INSTALLED = (
+    f"no installed plugin provides the {REAL_DISCOVERER!r} discoverer (install nuvom-plugins: "
+    "pip install -e nuvom_plugins): the kernel holds no task scanner, so the discoverer "
+    "contract has nothing real to run against and the discoverer fakes nothing to wrap")
+
+
+def _installed_discoverer(name: str) -> type[Discoverer] | None:
+    """The class an installed plugin registers as discoverer ``name``, found through the
+    entry points as the kernel finds it (never imported by name: the kernel's tests must not
+    depend on a plugin distribution being there), or ``None``."""
+    pm = NuvomPluginManager()
+    pm.load(load_config(Path(__file__).resolve().parent / "fixtures" / "empty", environ={}),
+            environ={})
+    found = pm.collect("nuvom_register_discoverers").get(name)
+    return found[0] if found else None
+
+
 #: Tighter timing than the defaults: the stubs are in-memory and exact, and this module runs
 #: the queue contract a dozen times.
 QUEUE_KNOBS = {"short_visibility_secs": 0.15, "delay_secs": 0.15,
@@ -39,10 +67,16 @@ QUEUE_KNOBS = {"short_visibility_secs": 0.15, "delay_secs": 0.15,
                "concurrency_messages": 100}
 
 
-def _test_class(cls: type) -> str:
+def _test_class(cls: type, real: type | None) -> str:
     contract = _contract(cls)
-    build = (f"{cls.__name__}()" if contract == "DiscovererContract"
-             else f"BackendFactory({cls.__name__})")
+    if contract != "DiscovererContract":
+        build = f"BackendFactory({cls.__name__})"
+    elif real is None:
+        raise ValueError(f"{cls.__name__} needs the real discoverer, which is not installed")
+    elif cls is real:
+        build = f"{real.__name__}()"
+    else:  # a fake: the real discoverer with one promise broken
+        build = f"{cls.__name__}({real.__name__}())"
     knobs = "".join(f"    {k} = {v!r}\n" for k, v in QUEUE_KNOBS.items()
                     if contract == "QueueBackendContract")
     if contract == "QueueBackendContract":  # the stubs settle together with StubResults
@@ -53,25 +87,29 @@ def _test_class(cls: type) -> str:
             f"        return {build}\n")
 
 
-def _write_suite(path: Path, classes: list[type]) -> None:
-    imports = "".join(f"from {c.__module__} import {c.__name__}\n" for c in classes)
+def _write_suite(path: Path, classes: list[type], real: type | None) -> None:
+    needed = [*classes, *([real] if real is not None and any(
+        _contract(c) == "DiscovererContract" for c in classes) else [])]
+    imports = "".join(f"from {c.__module__} import {c.__name__}\n"
+                      for c in dict.fromkeys(needed))
     header = textwrap.dedent("""\
         import pytest
         from nuvom_kernel.testing.contracts import (
             BackendFactory, DiscovererContract, QueueBackendContract, ResultBackendContract)
         from nuvom_kernel.testing.stubs import StubResults
         """) + imports
-    path.write_text(header + "".join(_test_class(c) for c in classes))
+    path.write_text(header + "".join(_test_class(c, real) for c in classes))
 
 
-def _run_groups(tmp_path: Path, groups: list[list[type]]) -> dict[str, dict[str, str]]:
+def _run_groups(tmp_path: Path, groups: list[list[type]], real: type | None = None
+                ) -> dict[str, dict[str, str]]:
     """Run each group in its own pytest process (concurrently: the suites mostly wait on
     timers); return {test class: {test name: outcome}}."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     procs = []
     for i, group in enumerate(groups):
         test_file = tmp_path / f"test_group{i}.py"
-        _write_suite(test_file, group)
+        _write_suite(test_file, group, real)
         xml = tmp_path / f"group{i}.xml"
         cmd = [sys.executable, "-m", "pytest", str(test_file), "-q", "-p", "no:cacheprovider",
                "--noconftest", f"--junitxml={xml}", "--rootdir", str(tmp_path),
@@ -96,16 +134,25 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+def real_discoverer() -> type[Discoverer] | None:
+    return _installed_discoverer(REAL_DISCOVERER)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory, real_discoverer: type | None
+             ) -> dict[str, dict[str, str]]:
     fake_classes = [getattr(fakes, name) for name in fakes.EXPECTED_FAILURES]
     queue = [c for c in fake_classes if _contract(c) == "QueueBackendContract"]
-    other = [c for c in fake_classes if _contract(c) != "QueueBackendContract"]
-    groups = [[StubQueue, StubResults, StubDiscoverer, *other]]
-    groups += [queue[i::4] for i in range(4)]
-    return _run_groups(tmp_path_factory.mktemp("meta"), groups)
+    results = [c for c in fake_classes if _contract(c) == "ResultBackendContract"]
+    discoverers = [c for c in fake_classes if _contract(c) == "DiscovererContract"]
+    first = [StubQueue, StubResults, *results]
+    if real_discoverer is not None:
+        first += [real_discoverer, *discoverers]
+    groups = [first, *(queue[i::4] for i in range(4))]
+    return _run_groups(tmp_path_factory.mktemp("meta"), groups, real_discoverer)
 
 
-@pytest.mark.parametrize("stub", ["StubQueue", "StubResults", "StubDiscoverer"])
+@pytest.mark.parametrize("stub", ["StubQueue", "StubResults"])
 def test_stubs_pass_every_contract_test(outcomes: dict[str, dict[str, str]], stub: str
                                         ) -> None:
     results = outcomes[f"Test{stub}"]
@@ -114,9 +161,22 @@ def test_stubs_pass_every_contract_test(outcomes: dict[str, dict[str, str]], stu
     assert failed == []
 
 
+def test_real_discoverer_passes_every_contract_test(
+        outcomes: dict[str, dict[str, str]], real_discoverer: type | None) -> None:
+    if real_discoverer is None:
+        pytest.skip(NOT_INSTALLED)
+    results = outcomes[f"Test{real_discoverer.__name__}"]
+    assert results, "no tests ran"
+    failed = sorted(n for n, o in results.items() if o == "failed")
+    assert failed == []
+
+
 @pytest.mark.parametrize("fake", sorted(fakes.EXPECTED_FAILURES))
 def test_fake_fails_exactly_the_tests_it_breaks(outcomes: dict[str, dict[str, str]],
+                                                real_discoverer: type | None,
                                                 fake: str) -> None:
+    if _contract(getattr(fakes, fake)) == "DiscovererContract" and real_discoverer is None:
+        pytest.skip(NOT_INSTALLED)
     results = outcomes[f"Test{fake}"]
     failed = {n for n, o in results.items() if o == "failed"}
     assert failed == fakes.EXPECTED_FAILURES[fake]

@@ -7,7 +7,9 @@
   isolated in-memory kernel, an eager mode and a real worker thread (docs/testing.md).
 * :mod:`nuvom_kernel.testing.memory` — the in-memory reference store (the `memory` plugin
   registers it); :mod:`nuvom_kernel.testing.stubs` — the same under the name `stub`;
-  :mod:`nuvom_kernel.testing.fakes` — deliberately broken ones that prove the contracts fail.
+  :mod:`nuvom_kernel.testing.fakes` — deliberately broken backends and discoverers that prove
+  the contracts fail. There is no reference discoverer here: the one task scanner is the
+  `ast` discoverer of `nuvom-plugins`, and the discoverer fakes wrap a real discoverer.
 
 Nothing here is imported by the kernel at run time; it needs pytest.
 """

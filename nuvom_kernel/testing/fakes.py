@@ -1,4 +1,8 @@
-"""Deliberately broken backends: each breaks one promise of the stubs it subclasses.
+"""Deliberately broken backends and discoverers: each breaks exactly one promise.
+
+The queue and result fakes subclass the stubs (:mod:`.stubs`) and change one method. The
+discoverer fakes wrap a real discoverer handed to them and change what it reports or when it
+runs: the kernel holds no task scanner, so neither do its fakes.
 
 They prove the contract suites can fail, and fail precisely: ``tests/test_contracts_meta.py``
 runs every contract against every fake and checks that exactly the tests listed in
@@ -8,7 +12,6 @@ promise is a test that checks nothing.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import sys
 import time
@@ -18,9 +21,9 @@ from typing import Any
 
 import attrs
 
-from nuvom_kernel.discovery import DiscoveryReport
+from nuvom_kernel.discovery import Discoverer, DiscoveryReport, TaskRef
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message
-from nuvom_kernel.testing.stubs import StubDiscoverer, StubQueue, StubResults
+from nuvom_kernel.testing.stubs import StubQueue, StubResults
 
 __all__ = ["EXPECTED_FAILURES"]
 
@@ -290,11 +293,32 @@ class PendingUnknownResults(StubResults):
 
 
 # --- discoverers ----------------------------------------------------------------------------
+#
+# The kernel holds no task scanner (the AST scanner lives only in ``nuvom-plugins``), so these
+# fakes own no discovery logic either: each wraps a *real* discoverer, given to it, and breaks
+# one promise of it from the outside. ``tests/test_contracts_meta.py`` wraps the installed
+# ``ast`` discoverer; any correct discoverer will do, which is the point — the breakage is
+# the only thing a fake adds.
 
 
-class ImportingDiscoverer(StubDiscoverer):
-    """Imports every module it scans (side effects run; a module that exits stops the scan
-    for that file only)."""
+class _BrokenDiscoverer(Discoverer):
+    """A real discoverer with one promise broken by the subclass.
+
+    :param inner: the discoverer that does the actual finding (it must pass the contract,
+        so that every failure of the wrapper is the wrapper's own).
+    """
+
+    def __init__(self, inner: Discoverer) -> None:
+        self.inner = inner
+
+    def discover(self, root: Path, **kwargs: Any) -> tuple[DiscoveryReport, dict[str, Any]]:
+        return self.inner.discover(root, **kwargs)
+
+
+class ImportingDiscoverer(_BrokenDiscoverer):
+    """Imports every module under the root before scanning: the module-level side effects of
+    the project run at discovery time, as with an ``import``-based discoverer (a module that
+    raises or exits only stops its own import)."""
 
     name = "fake-importing"
 
@@ -313,8 +337,8 @@ class ImportingDiscoverer(StubDiscoverer):
         return super().discover(root, **kwargs)
 
 
-class NameBlindDiscoverer(StubDiscoverer):
-    """Ignores ``name=`` and reports the function name (and leaves it in the options)."""
+class NameBlindDiscoverer(_BrokenDiscoverer):
+    """Ignores ``name=``: reports the function name, and leaves ``name`` among the options."""
 
     name = "fake-name-blind"
 
@@ -326,36 +350,31 @@ class NameBlindDiscoverer(StubDiscoverer):
         return report, state
 
 
-class FragileDiscoverer(StubDiscoverer):
-    """Lets a syntax error in one file abort the whole scan."""
+class FragileDiscoverer(_BrokenDiscoverer):
+    """Lets one broken file abort the whole scan: what the inner discoverer reports as an
+    error (a file it could not parse) is raised instead, so the good files' tasks are lost."""
 
     name = "fake-fragile"
 
     def discover(self, root: Path, **kwargs: Any) -> tuple[DiscoveryReport, dict[str, Any]]:
-        for path in sorted(Path(root).rglob("*.py")):
-            ast.parse(path.read_bytes(), filename=str(path))
-        return super().discover(root, **kwargs)
+        report, state = super().discover(root, **kwargs)
+        if report.errors:
+            raise SyntaxError(report.errors[0])
+        return report, state
 
 
-class StaleCacheDiscoverer(StubDiscoverer):
-    """Trusts its cache by file name alone: edits and deletions go unnoticed."""
+class StaleCacheDiscoverer(_BrokenDiscoverer):
+    """Trusts its cache blindly: given a previous state it returns the tasks that state
+    remembers without looking at the files, so edits and deletions go unnoticed."""
 
     name = "fake-stale-cache"
 
     def discover(self, root: Path, *, state: dict[str, Any] | None = None, **kwargs: Any
                  ) -> tuple[DiscoveryReport, dict[str, Any]]:
         if state:
-            report = DiscoveryReport()
-            for cached in state["files"].values():
-                report.tasks.extend(_refs(cached["tasks"]))
-            return report, state
-        return super().discover(root, state=state, **kwargs)
-
-
-def _refs(items: list[dict[str, Any]]) -> list[Any]:
-    from nuvom_kernel.discovery import TaskRef
-
-    return [TaskRef.from_dict(t) for t in items]
+            return DiscoveryReport(tasks=[TaskRef.from_dict(t) for t in state["tasks"]]), state
+        report, inner_state = super().discover(root, **kwargs)
+        return report, {"tasks": [t.to_dict() for t in report.tasks], "inner": inner_state}
 
 
 #: fake class name -> the contract tests it must fail (and no others). Parametrized tests are
