@@ -82,3 +82,21 @@ def test_no_runtime_import_loops_in_the_kernel() -> None:
         if not state.get(node):
             visit(node, [node])
     assert not loops, "runtime import loops: " + "; ".join(" -> ".join(c) for c in loops)
+
+
+def test_the_kernel_holds_no_task_scanner() -> None:
+    """The AST task scanner lives in nuvom-plugins only (one scanner, not two)."""
+    scanning = [str(p.relative_to(KERNEL)) for p in KERNEL.rglob("*.py")
+                if "ast" in {n.split(".")[0] for n in _imported_names(p)}]
+    assert not scanning, f"kernel modules importing ast: {scanning}"
+
+
+def _imported_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
