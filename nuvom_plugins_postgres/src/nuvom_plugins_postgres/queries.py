@@ -81,7 +81,8 @@ RETRY = _PUT_BACK.replace("{change}", "failures = failures + 1, "
 RELEASE = _PUT_BACK.replace("{change}", "deliveries = deliveries - 1")
 
 # extend: a live lease (or one expired but not claimed again) gets a new deadline;
-# ``secs <= 0`` makes it claimable at once, its token kept until someone claims it.
+# ``secs <= 0`` makes it claimable (and QUEUED) at once, its token kept until someone
+# claims it.
 EXTEND = f"""
 UPDATE {{s}}.jobs SET state = 2, lease_expires_at = clock_timestamp() + {_SECS}
 WHERE id = %s AND token = %s RETURNING state
@@ -96,14 +97,28 @@ FROM unnest(%s::text[], %s::text[]) AS t(id, token)
 WHERE j.id = t.id AND j.token = t.token RETURNING j.id
 """
 
-PEEK = "SELECT state, failures, token IS NOT NULL FROM {s}.jobs WHERE id = %s"
-QSIZE = "SELECT count(*) FROM {s}.jobs WHERE state IN (0, 1) {queues}"
+# What a row is worth now. A lease counts as running only until its deadline: past it the
+# job waits for a worker like any ready row (its holder may be dead or stopped), whether or
+# not a tick has recovered it yet; likewise a scheduled row past its due time is ready.
+# One clock per statement (``statement_timestamp()``) so each row lands in exactly one count.
+_LIVE_LEASE = "(state = 2 AND lease_expires_at > statement_timestamp()) IS TRUE"
+_DELAYED = "(state = 1 AND due_at > statement_timestamp()) IS TRUE"
+_READY = f"NOT ({_LIVE_LEASE} OR {_DELAYED})"
+
+# 'running', 'retrying' or 'queued' (JobStatus names in lower case).
+PEEK = f"""
+SELECT CASE WHEN {_LIVE_LEASE} THEN 'running'
+            WHEN {_DELAYED} AND failures > 0 THEN 'retrying'
+            ELSE 'queued' END
+FROM {{s}}.jobs WHERE id = %s
+"""
+QSIZE = f"SELECT count(*) FROM {{s}}.jobs WHERE NOT ({_LIVE_LEASE}) {{queues}}"
 CLEAR = "DELETE FROM {s}.jobs WHERE true {queues}"
 CANCEL = "DELETE FROM {s}.jobs WHERE id = %s AND state IN (0, 1) AND token IS NULL"
 STATS = f"""
-SELECT queue, count(*) FILTER (WHERE state = 0), count(*) FILTER (WHERE state = 1),
-       count(*) FILTER (WHERE state = 2),
-       {_NOW} - min(created_at) FILTER (WHERE state = 0)
+SELECT queue, count(*) FILTER (WHERE {_READY}), count(*) FILTER (WHERE {_DELAYED}),
+       count(*) FILTER (WHERE {_LIVE_LEASE}),
+       {_NOW} - min(created_at) FILTER (WHERE {_READY})
 FROM {{s}}.jobs GROUP BY queue
 """
 

@@ -260,17 +260,15 @@ class PostgresQueue(QueueBackend):
         return [le.id in held for le in leases]
 
     def peek_state(self, job_id: str) -> JobStatus | None:
+        """RUNNING while leased and the lease's deadline has not passed; RETRYING while a
+        row with failed attempts waits out its delay; else QUEUED — an expired lease
+        included, before or after a tick recovers it (its holder may be dead or stopped, and
+        ``extend(lease, 0)`` makes a job read QUEUED at once); ``None`` if not queued."""
         row = self._run(lambda c: c.execute(self._q.peek, (job_id,)).fetchone())
-        if row is None:
-            return None
-        state, failures, has_token = row
-        if state == 2 or has_token:  # leased, or expired and not claimed again yet
-            return JobStatus.RUNNING
-        if state == 1 and failures > 0:
-            return JobStatus.RETRYING
-        return JobStatus.QUEUED
+        return None if row is None else JobStatus(str(row[0]).upper())
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
+        """Rows not under a live lease: ready, delayed, and expired leases alike."""
         if queues is not None and not queues:
             return 0
         query, params = ((self._q.qsize_all, []) if queues is None
@@ -290,6 +288,8 @@ class PostgresQueue(QueueBackend):
         return self._run(lambda c: c.execute(self._q.cancel, (job_id,)).rowcount) == 1
 
     def stats(self) -> QueueStats:
+        """Per queue: ready (an expired lease and a due scheduled row included), delayed
+        (not yet due), running (a live lease), and the oldest ready row's age."""
         rows = self._run(lambda c: c.execute(self._q.stats).fetchall())
         stats = QueueStats()
         for queue, ready, delayed, running, age in rows:

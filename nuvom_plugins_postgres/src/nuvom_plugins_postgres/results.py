@@ -15,6 +15,7 @@ read back whole. ``text``, not ``jsonb``: it keeps every float exactly as Python
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ import psycopg
 from psycopg import sql
 
 from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
+from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import (
@@ -32,6 +34,8 @@ from nuvom_plugins_postgres.store import (
 )
 
 __all__ = ["PostgresResultBackend", "distinct_chunks", "encode", "store_fenced"]
+
+log = logging.getLogger("nuvom.postgres")
 
 _UPSERT = """
 INSERT INTO {s}.results AS r
@@ -85,8 +89,14 @@ def store_fenced(conn: psycopg.Connection[Any], upsert: sql.Composable,
     return landed
 
 
-def _decode(data: str) -> JobRecord:
-    return JobRecord.from_dict(json.loads(data))
+def _decode(job_id: str, data: str) -> JobRecord:
+    """The stored record; a row another tool tore or hand-edited raises
+    ``SerializationError`` naming the job, never a bare ``JSONDecodeError``."""
+    try:
+        return JobRecord.from_dict(json.loads(data))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise SerializationError(f"job {job_id}: stored record is not a valid job record "
+                                 f"({type(exc).__name__}: {exc})") from exc
 
 
 class PostgresResultBackend(ResultBackend):
@@ -136,12 +146,14 @@ class PostgresResultBackend(ResultBackend):
     def get(self, job_id: str) -> JobRecord | None:
         with self._store.connection() as conn:
             row = conn.execute(self._get, (job_id,)).fetchone()
-        return None if row is None else _decode(row[0])
+        return None if row is None else _decode(job_id, row[0])
 
     def query(self, *, status: JobStatus | None = None, func_name: str | None = None,
               limit: int = 50, after: str | None = None) -> list[JobRecord]:
         """Newest first by ``(updated_at, job_id)``; ``after`` continues below a cursor
-        with a row comparison the indexes (which end in those two columns) can seek to."""
+        with a row comparison the indexes (which end in those two columns) can seek to. An
+        unreadable record is skipped with a warning (as SQLite's backend does), so one torn
+        row cannot break ``nuvom history``."""
         if limit <= 0:
             return []
         where: list[sql.Composable] = []
@@ -156,11 +168,17 @@ class PostgresResultBackend(ResultBackend):
             where.append(sql.SQL("(updated_at, job_id) < (%s, %s)"))
             params.extend(parse_cursor(after))
         clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
-        query = sql.SQL("SELECT data FROM {s}.results{w} ORDER BY updated_at DESC, "
+        query = sql.SQL("SELECT job_id, data FROM {s}.results{w} ORDER BY updated_at DESC, "
                         "job_id DESC LIMIT %s").format(s=sql.Identifier(self.schema), w=clause)
         with self._store.connection() as conn:
             rows = conn.execute(query, [*params, limit]).fetchall()
-        return [_decode(r[0]) for r in rows]
+        records = []
+        for job_id, data in rows:
+            try:
+                records.append(_decode(job_id, data))
+            except SerializationError as exc:
+                log.warning("schema %s: skipping unreadable job record: %s", self.schema, exc)
+        return records
 
     def purge(self, older_than: float) -> int:
         with self._store.connection() as conn:

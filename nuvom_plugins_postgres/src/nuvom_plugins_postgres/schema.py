@@ -65,8 +65,19 @@ CREATE INDEX results_by_task ON {s}.results (func_name, updated_at DESC, job_id 
 CREATE INDEX results_finished ON {s}.results (updated_at) WHERE terminal;
 """
 
+# v2: a row's state and its columns must agree. Types alone let a hand edit (or another
+# tool) write a state no statement here reads — ``state = 7``, a scheduled row without a due
+# time, a lease without a deadline — and such a row would wait forever, never claimed,
+# promoted or recovered. The server now refuses it, so no quarantine is needed.
+_V2 = """
+ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_valid CHECK (
+    state IN (0, 1, 2)
+    AND (state <> 1 OR due_at IS NOT NULL)
+    AND (state <> 2 OR (token IS NOT NULL AND lease_expires_at IS NOT NULL)));
+"""
+
 #: One entry per version; a new version appends its DDL here and never edits an old one.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -36,8 +36,9 @@ class PostgresSettings:
 
     :param dsn: a libpq connection string or URL; ``""`` uses libpq's defaults and ``PG*``
         environment variables.
-    :param schema: the schema holding Nuvom's tables (created on first use). A backend built
-        with a namespace (the contract suite, ``nuvom plugin test``) appends it.
+    :param schema: the schema holding Nuvom's tables (created on first use). The core
+        setting ``namespace`` (``NUVOM_NAMESPACE``; the kernel's tests, the contract suite,
+        ``nuvom plugin test``) is appended: ``<schema>_<namespace>``.
     :param pool_size: most pooled connections per process (the LISTEN connection is extra).
     :param result_ttl_secs: finished job records older than this are deleted by the
         workers' maintenance tick; ``0`` keeps them until ``nuvom purge results``.
