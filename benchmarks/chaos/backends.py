@@ -18,6 +18,7 @@ the order.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -165,6 +166,87 @@ def _corrupt_file(project: Project, victim: str) -> Corruption:
     return done
 
 
+# --- postgres -------------------------------------------------------------------------
+
+_PG_DSN = os.environ.get("NUVOM_TEST_POSTGRES_DSN", "host=127.0.0.1 user=postgres dbname=postgres")
+_pg_schemas: set[str] = set()
+
+
+def _postgres_settings(root: Path) -> dict[str, Any]:
+    """One schema per project folder on the test server, dropped when the run exits."""
+    schema = "chaos_" + hashlib.sha1(str(root).encode()).hexdigest()[:16]
+    if not _pg_schemas:
+        atexit.register(_drop_postgres_schemas)
+    _pg_schemas.add(schema)
+    return {"dsn": _PG_DSN, "schema": schema}
+
+
+def _drop_postgres_schemas() -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(_PG_DSN, autocommit=True) as conn:
+        for schema in sorted(_pg_schemas):
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(schema)))
+
+
+def _corrupt_postgres(project: Project, victim: str) -> Corruption:
+    """What a hand edit or another tool can do to the tables: a real job's body cut in
+    half, a row inserted with a text body, a torn result record. The rows SQLite must
+    quarantine (mistyped columns) and rows in impossible states are tried too: the
+    server's types and the ``jobs_state_valid`` check refuse them, so PostgreSQL never
+    quarantines; any the server took would be expected in quarantine, failing the run."""
+    import psycopg
+    from psycopg import sql
+
+    done = Corruption()
+    settings = _postgres_settings(project.root)
+    jobs = sql.Identifier(settings["schema"], "jobs")
+    results = sql.Identifier(settings["schema"], "results")
+    columns = "(id, queue, state, priority, created_at, available_at, task, body{extra})"
+    now = time.time()
+    with psycopg.connect(settings["dsn"], autocommit=True) as conn:
+        changed = conn.execute(sql.SQL(
+            "UPDATE {} SET body = substring(body FROM 1 FOR length(body) / 2) "
+            "WHERE id = %s AND state = 0").format(jobs), (victim,)).rowcount
+        if changed == 1:
+            done.failed.append(victim)  # a well-typed row whose payload no longer decodes
+        conn.execute(sql.SQL("INSERT INTO {} " + columns.format(extra="") +
+                             " VALUES ('corrupt-text-body', 'default', 0, 0, %s, %s, "
+                             "'chaos_work', 'a text body')").format(jobs), (now, now))
+        done.failed.append("corrupt-text-body")
+        refused = 0
+        for k, (what, state, priority, created, extra, extra_value) in enumerate((
+                ("priority 'high'", 0, "high", now, "", None),
+                ("created_at 'yesterday'", 0, 0, "yesterday", "", None),
+                ("state 7", 7, 0, now, "", None),
+                ("a scheduled row without due_at", 1, 0, now, "", None),
+                ("a leased row without a deadline", 2, 0, now, ", token", "t"))):
+            try:
+                conn.execute(sql.SQL(
+                    "INSERT INTO {} " + columns.format(extra=extra) + " VALUES (%s, "
+                    "'default', %s, %s, %s, %s, 'chaos_work', '\\x00'" +
+                    (", %s" if extra else "") + ")").format(jobs),
+                    [f"corrupt-row-{k}", state, priority, created, now,
+                     *([extra_value] if extra else [])])
+            except (psycopg.DataError, psycopg.IntegrityError):
+                refused += 1  # a column's type or the state check refused it
+            else:
+                done.quarantined += 1
+                done.notes.append(f"the server took a row with {what}")
+        record = JobRecord(job_id="corrupt-record", func_name="chaos_work",
+                           status=JobStatus.FAILED)
+        conn.execute(sql.SQL(
+            "INSERT INTO {} (job_id, status, func_name, run, attempts, terminal, updated_at, "
+            "data) VALUES (%s, 'FAILED', 'chaos_work', 0, 1, true, %s, %s)").format(results),
+            (record.job_id, now, '{"job_id": "corrupt-record", "history": [{"attempt": 1, '))
+    done.notes.append(f"1 truncated payload, 1 text-body row, 1 torn result record; {refused} "
+                      "of 5 mistyped or impossible rows refused by the schema (nothing to "
+                      "quarantine)")
+    return done
+
+
 # --- the table ------------------------------------------------------------------------
 
 #: Per backend, in the order the tests and the report list them; a backend not named here
@@ -182,12 +264,9 @@ PROFILES: dict[str, BackendProfile] = {
     # Its .map() is atomic per chunk of 1,000 jobs (nuvom_plugins_redis/README.md).
     "redis": BackendProfile(settings={"key_prefix": f"nuvom-chaos-{os.getpid()}"},
                             atomic_push=False),
-    # A server is shared by every project: one schema per project folder (drop them with
-    # ``DROP SCHEMA chaos_... CASCADE``).
-    "postgres": BackendProfile(settings=lambda root: {
-        "dsn": os.environ.get("NUVOM_TEST_POSTGRES_DSN",
-                              "host=127.0.0.1 user=postgres dbname=postgres"),
-        "schema": "chaos_" + hashlib.sha1(str(root).encode()).hexdigest()[:16]}),
+    # A server is shared by every project: one schema per project folder, dropped at exit.
+    # Its types and a state check refuse the rows SQLite quarantines (see the corruptor).
+    "postgres": BackendProfile(settings=_postgres_settings, corrupt=_corrupt_postgres),
 }
 
 
