@@ -13,7 +13,9 @@ so the message is ours: the URL with its password masked and what to check), and
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -37,6 +39,10 @@ T = TypeVar("T")
 _WEEK = 7 * 24 * 3600.0
 _checked: set[tuple[str, str]] = set()  # (url, prefix) whose server was checked here
 _checked_lock = threading.Lock()
+#: Namespaces of test runs (see :func:`_forget_temporary`) get this prefix.
+TEST_NAMESPACE_PREFIX = "nuvom-test-"
+#: (url, key prefix, pid) of test namespaces this process created, deleted at its exit.
+_temporary: set[tuple[str, str, int]] = set()
 
 
 class RedisUnavailableError(EnqueueError):
@@ -113,6 +119,7 @@ class Store:
         self.url = settings.url
         self.masked_url = mask_secret("url", settings.url)
         ns = context.namespace
+        self.namespace = ns
         self.prefix = f"{settings.key_prefix}:{ns}:" if ns else f"{settings.key_prefix}:"
         common: dict[str, Any] = {
             "socket_connect_timeout": settings.socket_connect_timeout_secs,
@@ -207,6 +214,8 @@ class Store:
         elif first and created and self.epoch is None:
             log.debug("Redis at %s: new epoch %s for %r", self.masked_url, current,
                       self.prefix)
+            if self.namespace.startswith(TEST_NAMESPACE_PREFIX):
+                _temporary.add((self.url, self.prefix, os.getpid()))
         self.epoch = current
 
     def close(self) -> None:
@@ -215,6 +224,35 @@ class Store:
                 client.close()
             except Exception:  # pragma: no cover - closing a dead socket
                 pass
+
+
+@atexit.register
+def _forget_temporary() -> None:
+    """Delete the keys of test namespaces (``nuvom-test-…``) this process created: the
+    kernel's tests and the contract suite hand each test a fresh namespace and have no
+    teardown hook for server-side keys, so without this every run would leave its jobs and
+    records on the server. Only the creating process deletes (a worker a test started and
+    stopped must not pull the keys from under the test), and only such namespaces: an app's
+    keys are never touched."""
+    for url, prefix, pid in sorted(_temporary):
+        if pid != os.getpid():
+            continue  # inherited through fork: the creator deletes
+        client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        try:
+            keys = list(client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.unlink(*keys[start:start + 1000])
+        except redis.RedisError as exc:  # the server is gone: nothing left to delete
+            log.warning("could not delete the test keys %s* on %s: %s", prefix,
+                        mask_secret("url", url), exc)
+        finally:
+            client.close()
+    _temporary.clear()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis ``SCAN MATCH`` pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def build_store(settings: Mapping[str, Any], context: BackendContext) -> Store:

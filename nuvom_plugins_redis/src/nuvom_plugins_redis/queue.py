@@ -32,7 +32,7 @@ from nuvom_kernel.backends import (
     ResultBackend,
 )
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
-from nuvom_plugins_redis import scripts
+from nuvom_plugins_redis import record_scripts, scripts
 from nuvom_plugins_redis.connection import RedisSettings, RedisUnavailableError, Store, build_store
 from nuvom_plugins_redis.results import RedisResultBackend, record_values
 
@@ -45,6 +45,8 @@ log = logging.getLogger("nuvom.redis")
 PUSH_CHUNK = 1000
 #: Settlements and leases per script call (ack_many, extend_many, settle_many).
 BATCH = 500
+#: ``PEEK``'s replies.
+_PEEKED = {b"R": JobStatus.RUNNING, b"T": JobStatus.RETRYING, b"Q": JobStatus.QUEUED}
 
 
 class RedisJobQueue(QueueBackend):
@@ -63,7 +65,8 @@ class RedisJobQueue(QueueBackend):
         client = store.client
         self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
             "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "CANCEL", "CLEAR", "REAP", "STATS",
-            "SETTLE")}
+            "PEEK")}
+        self._scripts["SETTLE"] = client.register_script(record_scripts.SETTLE)
         self._due_at: float | None = None  # monotonic time the next waiting job is due
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -120,10 +123,14 @@ class RedisJobQueue(QueueBackend):
         count = -1 if queues is None else len(names)
         reply = self._run("CLAIM", [n, repr(float(self.visibility_timeout_secs)), count,
                                     *names], "claiming jobs")
-        now, due = float(reply[0]), reply[1]
+        now, due, dropped = float(reply[0]), reply[1], int(reply[2])
         self._due_at = None if not due else time.monotonic() + max(float(due) - now, 0.0)
+        if dropped:
+            log.warning("dropped %d ready entr%s of %s whose job hash is gone (deleted by "
+                        "hand or evicted: check maxmemory-policy); nothing was left to run",
+                        dropped, "y" if dropped == 1 else "ies", self.store.masked_url)
         leases = []
-        for i in range(2, len(reply), 11):
+        for i in range(3, len(reply), 11):
             (job_id, token, deliveries, expires, body, queue, priority, created, available,
              task, failures) = reply[i:i + 11]
             message = Message(id=job_id.decode(), body=bytes(body), queue=queue.decode(),
@@ -168,19 +175,17 @@ class RedisJobQueue(QueueBackend):
         return out
 
     def peek_state(self, job_id: str) -> JobStatus | None:
-        """RUNNING while a token is held (even past its deadline, until a claim takes the
-        job over), RETRYING while a job with failed attempts waits, else QUEUED."""
-        key = self.store.prefix + "j:" + job_id
-        state, failures, token = self.store.call(
-            lambda: self.store.client.hmget(key, "s", "f", "k"), "reading a job's state")
-        if state is None:
+        """RUNNING while a lease holds (its deadline not passed, by the server's clock);
+        RETRYING while a job with failed attempts waits for its time; QUEUED otherwise — an
+        expired lease included, moved back to ready or not (its worker is gone or stopped,
+        and the next claim takes it)."""
+        state = self._run("PEEK", [job_id], "reading a job's state")
+        if not state:
             return None
-        if token is not None:
-            return JobStatus.RUNNING
-        return JobStatus.RETRYING if state == b"d" and int(failures or 0) > 0 \
-            else JobStatus.QUEUED
+        return _PEEKED[bytes(state)]
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
+        """Waiting messages: ready, delayed, and expired leases (not yet claimed again)."""
         return sum(c.ready + c.delayed for c in self._counts(queues).values())
 
     def clear(self, queues: Sequence[str] | None = None) -> int:

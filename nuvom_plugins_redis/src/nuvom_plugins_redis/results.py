@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
-from nuvom_plugins_redis import scripts
+from nuvom_plugins_redis import record_scripts as scripts
 from nuvom_plugins_redis.connection import Store, build_store
 
 __all__ = ["RedisResultBackend", "record_values"]

@@ -24,7 +24,11 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
     R ri, R ri:s:<st>, R ri:t:<fn>   ZSETs of record ids by updated_at (all, status, task)
 
 A message keeps its token when its expired lease is moved back to ready: until another
-claim takes it over, its holder may still settle it, and ``peek_state`` says RUNNING.
+claim takes it over, its holder may still settle it (the fence is the token). It is waiting
+all the same: ``PEEK`` says QUEUED and ``STATS`` counts it ready as soon as the deadline has
+passed, moved or not, so a job whose worker died or was stopped never reads RUNNING.
+
+The job-record scripts and ``SETTLE`` are in :mod:`.record_scripts`.
 """
 
 from __future__ import annotations
@@ -123,7 +127,8 @@ return out
 """
 
 #: ARGV: P, n, visibility secs, number of queues (-1: every queue), queue names...
-#: Returns {now, next due time or '', then 11 values per lease}.
+#: Returns {now, next due time or '', entries dropped (a ready id whose message is gone),
+#: then 11 values per lease}.
 CLAIM = "#!lua\n" + _COMMON + r"""
 local now, sec, usec = clock()
 local n, vis = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -142,23 +147,29 @@ if #qs > 1 then
     return a[2] < b[2]
   end)
 end
-local out = {f17(now), ''}
+local out = {f17(now), '', 0}
 local expires = f17(now + vis)
 local taken = 0
 for _, c in ipairs(cands) do
   if taken >= n then break end
-  taken = taken + 1
   local member, q = c[2], c[3]
   local id = string.sub(member, RANK_LEN + 1)
   local jk = P .. 'j:' .. id
   redis.call('ZREM', qkey(q, 'ready'), member)
-  local token = sec .. usec .. '-' .. redis.call('INCR', P .. 'seq')
-  local deliveries = redis.call('HINCRBY', jk, 'd', 1)
-  redis.call('HSET', jk, 'k', token, 's', 'l')
-  redis.call('ZADD', qkey(q, 'leased'), expires, id)
-  local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f')
-  for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5], h[6]}) do
-    out[#out + 1] = v
+  if redis.call('HEXISTS', jk, 'b') == 0 then
+    -- a ready entry whose message is gone (deleted by hand, evicted): nothing to run;
+    -- dropped and counted, so it never wedges the queue
+    out[3] = out[3] + 1
+  else
+    taken = taken + 1
+    local token = sec .. usec .. '-' .. redis.call('INCR', P .. 'seq')
+    local deliveries = redis.call('HINCRBY', jk, 'd', 1)
+    redis.call('HSET', jk, 'k', token, 's', 'l')
+    redis.call('ZADD', qkey(q, 'leased'), expires, id)
+    local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f')
+    for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5], h[6]}) do
+      out[#out + 1] = v
+    end
   end
 end
 local more = false
@@ -326,114 +337,19 @@ end
 return out
 """.replace("RANK_LEN", str(RANK_LEN))
 
-# --- job records -----------------------------------------------------------------------
-
-_RECORDS = r"""
-local TERMINAL = {SUCCEEDED = true, FAILED = true, CANCELLED = true}
--- store one record if it supersedes the stored one (nuvom_kernel.models.supersedes)
-local function put_record(R, ttl, id, run, att, st, fn, u, data)
-  local rk = R .. 'r:' .. id
-  local old = redis.call('HMGET', rk, 'run', 'att', 'st', 'fn')
-  run, att = tonumber(run), tonumber(att)
-  if old[1] then
-    local orun, oatt = tonumber(old[1]), tonumber(old[2])
-    if run ~= orun or att ~= oatt then
-      if run < orun or (run == orun and att < oatt) then return 0 end
-    elseif TERMINAL[old[3]] and not TERMINAL[st] then
-      return 0
-    end
-    redis.call('ZREM', R .. 'ri:s:' .. old[3], id)
-    redis.call('ZREM', R .. 'ri:t:' .. old[4], id)
-  end
-  redis.call('HSET', rk, 'run', run, 'att', att, 'st', st, 'fn', fn, 'u', u, 'd', data)
-  redis.call('ZADD', R .. 'ri', u, id)
-  redis.call('ZADD', R .. 'ri:s:' .. st, u, id)
-  redis.call('ZADD', R .. 'ri:t:' .. fn, u, id)
-  if TERMINAL[st] and ttl > 0 then
-    redis.call('PEXPIRE', rk, math.floor(ttl * 1000))
-  else
-    redis.call('PERSIST', rk)
-  end
-  return 1
-end
-"""
-
-#: ARGV: R, ttl secs, then 7 values per record: id, run, attempts, status, func_name,
-#: updated_at, JSON. Returns 1 (stored) or 0 (refused by the fence) per record.
-PUT = "#!lua\n" + _RECORDS + r"""
-local R, ttl = ARGV[1], tonumber(ARGV[2])
-local out = {}
-for i = 3, #ARGV, 7 do
-  out[#out + 1] = put_record(R, ttl, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
-                             ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
-end
-return out
-"""
-
-#: ARGV: R, status, older_than ('+inf' or a number), chunk. Deletes up to ``chunk`` records
-#: of that terminal status updated before older_than, and prunes index entries whose record
-#: expired. Returns {deleted, index entries looked at}.
-PURGE = "#!lua\n" + r"""
-local R, st, limit = ARGV[1], ARGV[2], tonumber(ARGV[4])
-local max = ARGV[3] == '+inf' and '+inf' or '(' .. ARGV[3]
-local ids = redis.call('ZRANGE', R .. 'ri:s:' .. st, '-inf', max, 'BYSCORE', 'LIMIT', 0, limit)
-local deleted = 0
-for _, id in ipairs(ids) do
-  local rk = R .. 'r:' .. id
-  local h = redis.call('HMGET', rk, 'st', 'fn')
-  redis.call('ZREM', R .. 'ri:s:' .. st, id)
-  if not h[1] then
-    redis.call('ZREM', R .. 'ri', id)
-  elseif h[1] == st then
-    redis.call('DEL', rk)
-    redis.call('ZREM', R .. 'ri', id)
-    redis.call('ZREM', R .. 'ri:t:' .. h[2], id)
-    deleted = deleted + 1
-  end
-end
-return {deleted, #ids}
-"""
-
-#: ARGV: R, then (index key, id) pairs whose record is gone: drop them from their index.
-PRUNE = "#!lua\n" + r"""
-local R = ARGV[1]
-for i = 2, #ARGV, 2 do
-  if redis.call('EXISTS', R .. 'r:' .. ARGV[i + 1]) == 0 then
-    redis.call('ZREM', ARGV[i], ARGV[i + 1])
-    redis.call('ZREM', R .. 'ri', ARGV[i + 1])
-  end
-end
-return 0
-"""
-
-#: ARGV: P, R, ttl, n, then 12 values per settlement: lease id, token, '' (ack) or a retry
-#: delay, '1'/'0' new body, body, then the record's 7 values as in PUT. Per settlement: the
-#: token must hold and the record supersede the stored one, else nothing of it is written.
-SETTLE = "#!lua\n" + _COMMON + _FENCED + _REQUEUE + _RECORDS + r"""
+#: ARGV: P, id. The job's state from the queue alone, by the server's clock: 'R' running
+#: (a token whose deadline has not passed), 'T' retrying (a failed job waiting for its
+#: time), 'Q' queued (ready, a first run's ETA, or an expired lease), 0 if not queued.
+PEEK = "#!lua flags=no-writes\n" + _COMMON + r"""
 local now = clock()
-local R, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local out = {}
-for i = 0, n - 1 do
-  local b = 5 + i * 12
-  local id = ARGV[b]
-  local h = held(id, ARGV[b + 1])
-  local ok = 0
-  if h and put_record(R, ttl, ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], ARGV[b + 8],
-                      ARGV[b + 9], ARGV[b + 10], ARGV[b + 11]) == 1 then
-    ok = 1
-    local jk = P .. 'j:' .. id
-    if ARGV[b + 2] == '' then
-      unlist(id, h)
-      redis.call('DEL', jk)
-    else
-      local delay = tonumber(ARGV[b + 2])
-      redis.call('HINCRBY', jk, 'f', 1)
-      if ARGV[b + 3] == '1' then redis.call('HSET', jk, 'b', ARGV[b + 4]) end
-      if delay <= 0 then redis.call('HSET', jk, 'a', f17(now)) end
-      requeue(id, h, delay, now)
-    end
-  end
-  out[#out + 1] = ok
+local id = ARGV[2]
+local h = redis.call('HMGET', P .. 'j:' .. id, 's', 'q', 'k', 'f', 'a')
+if not h[1] or not h[2] then return 0 end
+if h[1] == 'l' and h[3] then
+  local deadline = redis.call('ZSCORE', qkey(h[2], 'leased'), id)
+  if deadline and tonumber(deadline) > now then return 'R' end
+  return 'Q'
 end
-return out
+if h[1] == 'd' and tonumber(h[4] or '0') > 0 and tonumber(h[5]) > now then return 'T' end
+return 'Q'
 """
