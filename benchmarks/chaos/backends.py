@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel.models import JobRecord, JobStatus
 
+from .redis_profile import corrupt_redis, redis_settings
+
 if TYPE_CHECKING:
     from .project import Project
 
@@ -260,10 +262,10 @@ PROFILES: dict[str, BackendProfile] = {
     "file": BackendProfile(settings={"fsync": False}, local_disk=True, squeeze=_squeeze_file,
                            corrupt=_corrupt_file),
     # Redis keeps its data on the server, not under data_dir: faults come from the wrappers.
-    # A key prefix per chaos run keeps it apart from other runs and from real queues.
+    # A key prefix per project folder keeps each project apart (deleted at exit).
     # Its .map() is atomic per chunk of 1,000 jobs (nuvom_plugins_redis/README.md).
-    "redis": BackendProfile(settings={"key_prefix": f"nuvom-chaos-{os.getpid()}"},
-                            atomic_push=False),
+    "redis": BackendProfile(settings=redis_settings, atomic_push=False,
+                            corrupt=corrupt_redis),
     # A server is shared by every project: one schema per project folder, dropped at exit.
     # Its types and a state check refuse the rows SQLite quarantines (see the corruptor).
     "postgres": BackendProfile(settings=_postgres_settings, corrupt=_corrupt_postgres),
