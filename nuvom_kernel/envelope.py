@@ -60,8 +60,17 @@ _OPTION_NAMES = frozenset(f.name for f in attrs.fields(TaskOptions))
 
 def options_from_wire(data: Mapping[str, Any]) -> TaskOptions:
     """The options of an envelope or a record; keys this kernel does not know are ignored
-    (a newer producer may send more)."""
-    raw = {k: v for k, v in data.items() if k in _OPTION_NAMES}
+    (a newer producer may send more). Cached: a worker sees the same few option sets over
+    and over, and building and validating a ``TaskOptions`` was a measurable share of a
+    job's decoding."""
+    key = tuple((k, tuple(v) if isinstance(v, list) else v)
+                for k, v in data.items() if k in _OPTION_NAMES)
+    return _options(key)
+
+
+@functools.lru_cache(maxsize=1024)
+def _options(key: tuple[tuple[str, Any], ...]) -> TaskOptions:
+    raw = dict(key)
     raw["backoff"] = Backoff(raw.get("backoff", "fixed"))
     raw["tags"] = tuple(raw.get("tags", ()))
     return TaskOptions(**raw)

@@ -658,6 +658,10 @@ def _distinct_chunks(settlements: Sequence[Settlement]) -> list[list[int]]:
     """Indexes of ``settlements`` cut into chunks of at most ``PUT_CHUNK`` in which no lease
     id or job id repeats: a repeat starts the next chunk, which sees the earlier one's
     writes (its lease acked, its record stored), as if settled one after the other."""
+    n = len(settlements)
+    if n <= PUT_CHUNK and len({s.lease.id for s in settlements}) == n \
+            and all(s.record.job_id == s.lease.id for s in settlements):
+        return [list(range(n))]  # the usual batch: one chunk, every id distinct
     chunks: list[list[int]] = []
     chunk: list[int] = []
     ids: set[str] = set()
