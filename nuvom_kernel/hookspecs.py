@@ -173,7 +173,9 @@ def nuvom_after_execute(job: Job, result: Any) -> None:
 def nuvom_on_execute_error(job: Job, error: BaseException) -> None:
     """After an attempt failed (an exception, an unknown task or a timeout).
 
-    Call mode: 1:N observer. Called for every failed attempt, before the retry decision.
+    Call mode: 1:N observer. Called for every failed attempt, after its outcome was decided
+    (``job.status`` is RETRYING or FAILED) and handed to the settler, so an observer that
+    blocks cannot hold the outcome back.
 
     :param job: the job whose attempt failed.
     :param error: the exception (a :class:`~nuvom_kernel.errors.JobTimeoutError` on timeout).
