@@ -29,11 +29,13 @@ class LeaseMonitor:
 
     :param on_deadline: called (on the monitor thread, so it must not block) for a job
         whose deadline passed and whose outcome is not decided yet.
+    :param lease_lock: held while extending; the settler holds it while it acks.
     """
 
     def __init__(self, queue: QueueBackend, running: dict[str, Running],
-                 on_deadline: Callable[[Running], None]) -> None:
+                 on_deadline: Callable[[Running], None], lease_lock: threading.Lock) -> None:
         self.queue = queue
+        self.lease_lock = lease_lock  # shared with the settler: never extend during an ack
         self.running = running
         self.on_deadline = on_deadline
         self.visibility = queue.visibility_timeout_secs
@@ -89,7 +91,9 @@ class LeaseMonitor:
         if due:
             expiry = time.time() + self.visibility  # taken before the call: an underestimate
             try:
-                held = self.queue.extend_many([r.lease for r in due], self.visibility)
+                with self.lease_lock:
+                    due = [r for r in due if r.lease.id in self.running]  # not settled since
+                    held = self.queue.extend_many([r.lease for r in due], self.visibility)
             except Exception as exc:  # retried next round, well before the leases expire
                 log.error("queue backend %r failed to extend %d lease(s) (%r); retrying",
                           self.queue.name, len(due), exc)
@@ -98,6 +102,6 @@ class LeaseMonitor:
                 running.extended_at = now
                 if ok:
                     running.lease = attrs.evolve(running.lease, expires_at=expiry)
-                else:
+                elif not running.decided:  # a decided job's settle reports its own loss
                     log.warning("job=%s lost its lease while running", running.job.id)
         return wake

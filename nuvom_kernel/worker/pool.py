@@ -90,7 +90,8 @@ class Worker:
         self._owed = 0  # slots whose replacement thread was not started
         self._handoff: stdqueue.SimpleQueue[Lease | None] = stdqueue.SimpleQueue()
         self._running: dict[str, Running] = {}
-        self.monitor = LeaseMonitor(self.queue, self._running, self._time_out)
+        self.monitor = LeaseMonitor(self.queue, self._running, self._time_out,
+                                    self.settler.lease_lock)
         self.runner = JobRunner(kernel, self.settler, self._running, self.monitor,
                                 self._slot_back)
         self._stopping = threading.Event()

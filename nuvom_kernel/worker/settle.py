@@ -85,6 +85,10 @@ class Settler:
         self.serializer = kernel.serializer
         self.origin = origin
         self.on_settled = on_settled
+        #: Held while a batch is stored and acked, and by the monitor while it extends
+        #: leases: an extension racing an ack of the same lease (a rename racing a delete,
+        #: on the file backend) could otherwise undo the ack and run a finished job again.
+        self.lease_lock = threading.Lock()
         self._inbox: stdqueue.SimpleQueue[Settlement | None] = stdqueue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -135,16 +139,18 @@ class Settler:
     def settle(self, batch: Sequence[Settlement]) -> list[bool]:
         """Store every record, then ack or retry what was stored; per settlement, whether
         it landed (``False``: the lease was lost or the store failed)."""
-        try:
-            landed = self.queue.settle_many(batch, self.results)
-        except Exception as exc:
-            self._unrecorded(batch, exc)
-            landed = [False] * len(batch)
-        if landed is None:
-            landed = self._store_then_settle(batch)
+        with self.lease_lock:
+            try:
+                landed = self.queue.settle_many(batch, self.results)
+            except Exception as exc:
+                self._unrecorded(batch, exc)
+                landed = [False] * len(batch)
+            if landed is None:
+                landed = self._store_then_settle(batch)
+            for item, ok in zip(batch, landed, strict=True):
+                self.on_settled(item, ok)  # forgotten before the monitor looks again
         for item, ok in zip(batch, landed, strict=True):
             self._log(item, ok)
-            self.on_settled(item, ok)
         return landed
 
     def _store_then_settle(self, batch: Sequence[Settlement]) -> list[bool]:
