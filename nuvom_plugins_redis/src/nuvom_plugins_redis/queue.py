@@ -62,11 +62,10 @@ class RedisJobQueue(QueueBackend):
         super().__init__(visibility_timeout_secs=visibility_timeout_secs)
         self.store = store
         self.settings = store.settings
-        client = store.client
-        self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
+        self._scripts = {name: store.script(getattr(scripts, name)) for name in (
             "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "CANCEL", "CLEAR", "REAP", "STATS",
             "PEEK")}
-        self._scripts["SETTLE"] = client.register_script(record_scripts.SETTLE)
+        self._scripts["SETTLE"] = store.script(record_scripts.SETTLE)
         self._due_at: float | None = None  # monotonic time the next waiting job is due
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -89,8 +88,8 @@ class RedisJobQueue(QueueBackend):
         self.store.close()
 
     def _run(self, name: str, args: Sequence[Any], what: str) -> Any:
-        script = self._scripts[name]
-        return self.store.call(lambda: script(args=[self.store.prefix, *args]), what)
+        script, store = self._scripts[name], self.store
+        return store.call(lambda: store.run(script, (store.prefix, *args)), what)
 
     # --- primitives -----------------------------------------------------------------------
 

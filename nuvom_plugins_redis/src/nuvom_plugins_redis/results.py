@@ -64,10 +64,9 @@ class RedisResultBackend(ResultBackend):
         super().__init__()
         self.store = store
         self.settings = store.settings
-        client = store.client
-        self._put = client.register_script(scripts.PUT)
-        self._purge = client.register_script(scripts.PURGE)
-        self._prune = client.register_script(scripts.PRUNE)
+        self._put = store.script(scripts.PUT)
+        self._purge = store.script(scripts.PURGE)
+        self._prune = store.script(scripts.PRUNE)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -91,7 +90,8 @@ class RedisResultBackend(ResultBackend):
             args: list[Any] = [self.store.prefix, ttl]
             for record in records[start:start + _PUT_CHUNK]:
                 args += record_values(record)
-            flags = self.store.call(lambda a=args: self._put(args=a), "storing job records")
+            flags = self.store.call(lambda a=args: self.store.run(self._put, a),
+                                    "storing job records")
             out += [bool(f) for f in flags]
         return out
 
@@ -146,7 +146,7 @@ class RedisResultBackend(ResultBackend):
                     if len(found) == limit:
                         break
                 if gone:  # later rounds start that many entries earlier
-                    self.store.call(lambda g=gone: self._prune(args=[p, *g]),
+                    self.store.call(lambda g=gone: self.store.run(self._prune, [p, *g]),
                                     "pruning expired index entries")
                     offset -= len(gone) // 2
             if len(rows) < step:
@@ -172,8 +172,9 @@ class RedisResultBackend(ResultBackend):
         for status in _TERMINAL:
             while True:
                 gone, seen = self.store.call(
-                    lambda s=status: self._purge(args=[self.store.prefix, s, bound,
-                                                       _PURGE_CHUNK]), "purging job records")
+                    lambda s=status: self.store.run(self._purge, [self.store.prefix, s, bound,
+                                                                  _PURGE_CHUNK]),
+                    "purging job records")
                 deleted += int(gone)
                 if int(seen) < _PURGE_CHUNK:
                     break
