@@ -123,7 +123,8 @@ class RedisJobQueue(QueueBackend):
         reply = self._run("CLAIM", [n, repr(float(self.visibility_timeout_secs)), count,
                                     *names], "claiming jobs")
         now, due, dropped = float(reply[0]), reply[1], int(reply[2])
-        self._due_at = None if not due else time.monotonic() + max(float(due) - now, 0.0)
+        if due != b"-":  # a full claim does not look it up: the next step is a claim again
+            self._due_at = None if not due else time.monotonic() + max(float(due) - now, 0.0)
         if dropped:
             log.warning("dropped %d ready entr%s of %s whose job hash is gone (deleted by "
                         "hand or evicted: check maxmemory-policy); nothing was left to run",
