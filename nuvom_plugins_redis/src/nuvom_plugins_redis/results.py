@@ -29,6 +29,8 @@ log = logging.getLogger("nuvom.redis")
 _PUT_CHUNK = 500
 _PURGE_CHUNK = 500
 _TERMINAL = sorted(s.value for s in TERMINAL_STATES)
+#: Built once: ``json.dumps`` with any non-default option builds a new encoder per call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def record_values(record: JobRecord) -> list[Any]:
@@ -36,7 +38,7 @@ def record_values(record: JobRecord) -> list[Any]:
     updated_at and the JSON of every field (raises ``SerializationError``)."""
     status = JobStatus(record.status).value
     try:
-        data = json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False)
+        data = _encode(record.to_dict())
     except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(
             f"job {record.job_id}: the record is not JSON-native ({exc}); result backends "
