@@ -22,6 +22,7 @@ so the message is ours: the URL with its password masked and what to check), and
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import logging
 import os
@@ -232,9 +233,10 @@ class Store:
         self._idle = []
         self._all = []
 
-    @property
+    @functools.cached_property
     def identity(self) -> tuple[Any, ...]:
-        """What two stores share exactly when they are one server, database and prefix."""
+        """What two stores share exactly when they are one server, database and prefix
+        (computed once: ``settle_many`` compares it on every batch)."""
         kw = self.client.connection_pool.connection_kwargs
         return (kw.get("host"), kw.get("port"), kw.get("path"), kw.get("db"), self.prefix)
 
