@@ -62,11 +62,10 @@ class RedisJobQueue(QueueBackend):
         super().__init__(visibility_timeout_secs=visibility_timeout_secs)
         self.store = store
         self.settings = store.settings
-        client = store.client
-        self._scripts = {name: client.register_script(getattr(scripts, name)) for name in (
+        self._scripts = {name: store.script(getattr(scripts, name)) for name in (
             "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "CANCEL", "CLEAR", "REAP", "STATS",
             "PEEK")}
-        self._scripts["SETTLE"] = client.register_script(record_scripts.SETTLE)
+        self._scripts["SETTLE"] = store.script(record_scripts.SETTLE)
         self._due_at: float | None = None  # monotonic time the next waiting job is due
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -89,8 +88,8 @@ class RedisJobQueue(QueueBackend):
         self.store.close()
 
     def _run(self, name: str, args: Sequence[Any], what: str) -> Any:
-        script = self._scripts[name]
-        return self.store.call(lambda: script(args=[self.store.prefix, *args]), what)
+        script, store = self._scripts[name], self.store
+        return store.call(lambda: store.run(script, (store.prefix, *args)), what)
 
     # --- primitives -----------------------------------------------------------------------
 
@@ -124,7 +123,8 @@ class RedisJobQueue(QueueBackend):
         reply = self._run("CLAIM", [n, repr(float(self.visibility_timeout_secs)), count,
                                     *names], "claiming jobs")
         now, due, dropped = float(reply[0]), reply[1], int(reply[2])
-        self._due_at = None if not due else time.monotonic() + max(float(due) - now, 0.0)
+        if due != b"-":  # a full claim does not look it up: the next step is a claim again
+            self._due_at = None if not due else time.monotonic() + max(float(due) - now, 0.0)
         if dropped:
             log.warning("dropped %d ready entr%s of %s whose job hash is gone (deleted by "
                         "hand or evicted: check maxmemory-policy); nothing was left to run",

@@ -29,6 +29,8 @@ log = logging.getLogger("nuvom.redis")
 _PUT_CHUNK = 500
 _PURGE_CHUNK = 500
 _TERMINAL = sorted(s.value for s in TERMINAL_STATES)
+#: Built once: ``json.dumps`` with any non-default option builds a new encoder per call.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def record_values(record: JobRecord) -> list[Any]:
@@ -36,7 +38,7 @@ def record_values(record: JobRecord) -> list[Any]:
     updated_at and the JSON of every field (raises ``SerializationError``)."""
     status = JobStatus(record.status).value
     try:
-        data = json.dumps(record.to_dict(), separators=(",", ":"), allow_nan=False)
+        data = _encode(record.to_dict())
     except (TypeError, ValueError, RecursionError) as exc:
         raise SerializationError(
             f"job {record.job_id}: the record is not JSON-native ({exc}); result backends "
@@ -64,10 +66,9 @@ class RedisResultBackend(ResultBackend):
         super().__init__()
         self.store = store
         self.settings = store.settings
-        client = store.client
-        self._put = client.register_script(scripts.PUT)
-        self._purge = client.register_script(scripts.PURGE)
-        self._prune = client.register_script(scripts.PRUNE)
+        self._put = store.script(scripts.PUT)
+        self._purge = store.script(scripts.PURGE)
+        self._prune = store.script(scripts.PRUNE)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -91,7 +92,8 @@ class RedisResultBackend(ResultBackend):
             args: list[Any] = [self.store.prefix, ttl]
             for record in records[start:start + _PUT_CHUNK]:
                 args += record_values(record)
-            flags = self.store.call(lambda a=args: self._put(args=a), "storing job records")
+            flags = self.store.call(lambda a=args: self.store.run(self._put, a),
+                                    "storing job records")
             out += [bool(f) for f in flags]
         return out
 
@@ -146,7 +148,7 @@ class RedisResultBackend(ResultBackend):
                     if len(found) == limit:
                         break
                 if gone:  # later rounds start that many entries earlier
-                    self.store.call(lambda g=gone: self._prune(args=[p, *g]),
+                    self.store.call(lambda g=gone: self.store.run(self._prune, [p, *g]),
                                     "pruning expired index entries")
                     offset -= len(gone) // 2
             if len(rows) < step:
@@ -172,8 +174,9 @@ class RedisResultBackend(ResultBackend):
         for status in _TERMINAL:
             while True:
                 gone, seen = self.store.call(
-                    lambda s=status: self._purge(args=[self.store.prefix, s, bound,
-                                                       _PURGE_CHUNK]), "purging job records")
+                    lambda s=status: self.store.run(self._purge, [self.store.prefix, s, bound,
+                                                                  _PURGE_CHUNK]),
+                    "purging job records")
                 deleted += int(gone)
                 if int(seen) < _PURGE_CHUNK:
                     break

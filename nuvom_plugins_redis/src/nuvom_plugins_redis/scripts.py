@@ -94,10 +94,14 @@ end
 
 #: ARGV: P, n, then 8 values per message: id, queue, priority, created µs (17 digits),
 #: created_at, available_at, task, body. Returns 1 (stored) or 0 (id already queued).
+#: Three commands per message (EXISTS, HSET, ZADD): the rank counter is reserved once per
+#: chunk (INCRBY n) and each queue name is added to the set once per chunk.
 PUSH = "#!lua\n" + _COMMON + r"""
 local now = clock()
 local out, any_ready, any_delayed = {}, false, false
 local n = tonumber(ARGV[2])
+local seq = redis.call('INCRBY', P .. 'seq', n) - n
+local seen = {}
 for i = 0, n - 1 do
   local base = 3 + i * 8
   local id, q, p = ARGV[base], ARGV[base + 1], ARGV[base + 2]
@@ -105,13 +109,16 @@ for i = 0, n - 1 do
   if redis.call('EXISTS', jk) == 1 then
     out[i + 1] = 0
   else
-    local rank = ARGV[base + 3] .. string.format('%012d', redis.call('INCR', P .. 'seq')) .. id
+    local rank = ARGV[base + 3] .. string.format('%012d', seq + i + 1) .. id
     local avail = ARGV[base + 5]
     local state = 'r'
     if tonumber(avail) > now then state = 'd' end
     redis.call('HSET', jk, 'b', ARGV[base + 7], 'q', q, 'p', p, 'c', ARGV[base + 4],
                'a', avail, 't', ARGV[base + 6], 'f', 0, 'd', 0, 'r', rank, 's', state)
-    redis.call('SADD', P .. 'queues', q)
+    if not seen[q] then
+      redis.call('SADD', P .. 'queues', q)
+      seen[q] = true
+    end
     if state == 'd' then
       redis.call('ZADD', qkey(q, 'delayed'), avail, id)
       any_delayed = true
@@ -127,58 +134,83 @@ return out
 """
 
 #: ARGV: P, n, visibility secs, number of queues (-1: every queue), queue names...
-#: Returns {now, next due time or '', entries dropped (a ready id whose message is gone),
-#: then 11 values per lease}.
+#: Returns {now, next due time ('' if none, '-' if not looked up), entries dropped (a ready
+#: id whose message is gone), then 11 values per lease}.
+#: Two commands per job (HMGET, HSET): one queue pops with ZPOPMIN, several merge their
+#: heads and remove what they took in one ZREM each; tokens come from one INCRBY and the
+#: lease deadlines go in with one ZADD per queue. The next due time is only looked up when
+#: the claim came back short (a full claim is followed by another claim, not by a wait).
 CLAIM = "#!lua\n" + _COMMON + r"""
 local now, sec, usec = clock()
 local n, vis = tonumber(ARGV[2]), tonumber(ARGV[3])
 local qs = queue_list(tonumber(ARGV[4]), 5)
 local cands = {}
-for _, q in ipairs(qs) do
+if #qs == 1 then
+  local q = qs[1]
   promote(q, now)
-  local head = redis.call('ZRANGE', qkey(q, 'ready'), 0, n - 1, 'WITHSCORES')
-  for i = 1, #head, 2 do
-    cands[#cands + 1] = {tonumber(head[i + 1]), head[i], q}
+  local popped = redis.call('ZPOPMIN', qkey(q, 'ready'), n)
+  for i = 1, #popped, 2 do cands[#cands + 1] = {0, popped[i], q} end
+else
+  for _, q in ipairs(qs) do
+    promote(q, now)
+    local head = redis.call('ZRANGE', qkey(q, 'ready'), 0, n - 1, 'WITHSCORES')
+    for i = 1, #head, 2 do
+      cands[#cands + 1] = {tonumber(head[i + 1]), head[i], q}
+    end
   end
-end
-if #qs > 1 then
   table.sort(cands, function(a, b)
     if a[1] ~= b[1] then return a[1] < b[1] end
     return a[2] < b[2]
   end)
+  local chosen = {}
+  for i = 1, math.min(n, #cands) do
+    local q = cands[i][3]
+    chosen[q] = chosen[q] or {}
+    table.insert(chosen[q], cands[i][2])
+  end
+  for q, members in pairs(chosen) do redis.call('ZREM', qkey(q, 'ready'), unpack(members)) end
 end
-local out = {f17(now), '', 0}
+local out = {f17(now), '-', 0}
 local expires = f17(now + vis)
 local taken = 0
-for _, c in ipairs(cands) do
-  if taken >= n then break end
-  local member, q = c[2], c[3]
+local leased = {}
+local seq = 0
+if #cands > 0 then seq = redis.call('INCRBY', P .. 'seq', math.min(n, #cands)) end
+for i = 1, math.min(n, #cands) do
+  local member, q = cands[i][2], cands[i][3]
   local id = string.sub(member, RANK_LEN + 1)
   local jk = P .. 'j:' .. id
-  redis.call('ZREM', qkey(q, 'ready'), member)
-  if redis.call('HEXISTS', jk, 'b') == 0 then
+  local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f', 'd')
+  if not h[1] then
     -- a ready entry whose message is gone (deleted by hand, evicted): nothing to run;
     -- dropped and counted, so it never wedges the queue
     out[3] = out[3] + 1
   else
     taken = taken + 1
-    local token = sec .. usec .. '-' .. redis.call('INCR', P .. 'seq')
-    local deliveries = redis.call('HINCRBY', jk, 'd', 1)
-    redis.call('HSET', jk, 'k', token, 's', 'l')
-    redis.call('ZADD', qkey(q, 'leased'), expires, id)
-    local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f')
+    local token = sec .. usec .. '-' .. (seq - taken + 1)
+    local deliveries = tonumber(h[7] or '0') + 1
+    redis.call('HSET', jk, 'k', token, 's', 'l', 'd', deliveries)
+    leased[q] = leased[q] or {}
+    table.insert(leased[q], expires)
+    table.insert(leased[q], id)
     for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5], h[6]}) do
       out[#out + 1] = v
     end
   end
 end
-local more = false
-for _, q in ipairs(qs) do
-  if redis.call('ZCARD', qkey(q, 'ready')) > 0 then more = true end
+for q, pairs_ in pairs(leased) do redis.call('ZADD', qkey(q, 'leased'), unpack(pairs_)) end
+if taken > 0 then
+  for _, q in ipairs(qs) do
+    if redis.call('ZCARD', qkey(q, 'ready')) > 0 then
+      wake()
+      break
+    end
+  end
 end
-if more and taken > 0 then wake() end
-local due = next_due(qs)
-if due then out[2] = f17(due) end
+if taken < n then
+  local due = next_due(qs)
+  out[2] = due and f17(due) or ''
+end
 return out
 """.replace("RANK_LEN", str(RANK_LEN))
 
