@@ -33,7 +33,7 @@ from nuvom_kernel.backends import (
 )
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_plugins_postgres.queries import Queries
-from nuvom_plugins_postgres.results import PostgresResultBackend, encode, store_fenced
+from nuvom_plugins_postgres.results import PostgresResultBackend, Row, encode, store_fenced
 from nuvom_plugins_postgres.schema import ADVISORY_CLASS
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import (
@@ -82,7 +82,7 @@ class PostgresQueue(QueueBackend):
         super().__init__(visibility_timeout_secs=self.settings.visibility_timeout_secs)
         self.schema = self.settings.schema
         self._store = acquire(self.settings)
-        self._q = Queries(self.schema)
+        self._q = Queries(self.schema, self.settings.sync_lease_commits)
         self._tick_at = 0.0  # monotonic time of the next maintenance tick
         self._purge_at = 0.0
         self._tick_lock = threading.Lock()
@@ -172,16 +172,24 @@ class PostgresQueue(QueueBackend):
         key; on the caller's connection inside :func:`nuvom_plugins_postgres.transaction`."""
         if not messages:
             return []
-        params = [[m.id for m in messages], [m.queue for m in messages],
-                  [m.priority for m in messages], [float(m.created_at) for m in messages],
-                  [float(m.available_at) for m in messages], [m.task for m in messages],
-                  [bytes(m.body) for m in messages]]
+        query: bytes
+        params: list[Any]
+        if len(messages) == 1:
+            m = messages[0]
+            query, params = self._q.push_one, [m.id, m.queue, m.priority, float(m.created_at),
+                                               float(m.available_at), m.task, bytes(m.body)]
+        else:
+            query, params = self._q.push, [
+                [m.id for m in messages], [m.queue for m in messages],
+                [m.priority for m in messages], [float(m.created_at) for m in messages],
+                [float(m.available_at) for m in messages], [m.task for m in messages],
+                [bytes(m.body) for m in messages]]
         conn = current_connection()
         try:
             if conn is not None:
-                rows = conn.execute(self._q.push, params).fetchall()
+                rows = conn.execute(query, params).fetchall()
             else:
-                rows = self._run(lambda c: c.execute(self._q.push, params).fetchall())
+                rows = self._run(lambda c: c.execute(query, params).fetchall())
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unreachable(self.settings.dsn, exc) from exc
         stored_ids = {r[0] for r in rows}
@@ -313,6 +321,34 @@ class PostgresQueue(QueueBackend):
         if not settlements:
             return []
         rows = [encode(s.record) for s in settlements]
+        if len({s.lease.id for s in settlements}) == len(settlements):
+            landed = self._settle_distinct(settlements, rows)
+        else:
+            landed = self._settle_in_order(settlements, rows, results)
+        delays = [s.retry_in for s, ok in zip(settlements, landed, strict=True)
+                  if ok and s.retry_in is not None]
+        if any(d <= 0 for d in delays):
+            self.notify()
+        if any(d > 0 for d in delays):
+            self._wake_at(min(d for d in delays if d > 0))
+        return landed
+
+    def _settle_distinct(self, settlements: Sequence[Settlement], rows: Sequence[Row]
+                         ) -> list[bool]:
+        """A batch naming each job once: the one-statement settle (``queries.SETTLE``)."""
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        params = [columns[0], [s.lease.token for s in settlements], *columns[1:],
+                  [None if s.retry_in is None else max(float(s.retry_in), 0.0)
+                   for s in settlements],
+                  [s.body if s.retry_in is not None else None for s in settlements]]
+        stored = {r[0] for r in self._run(
+            lambda c: c.execute(self._q.settle, params).fetchall())}
+        return [s.lease.id in stored for s in settlements]
+
+    def _settle_in_order(self, settlements: Sequence[Settlement], rows: Sequence[Row],
+                         results: PostgresResultBackend) -> list[bool]:
+        """A batch naming a job more than once: statement by statement in one transaction,
+        the records upserted in order (a later write of a job follows its earlier one)."""
 
         def run(conn: psycopg.Connection[Any]) -> list[bool]:
             landed = [False] * len(settlements)
@@ -338,11 +374,4 @@ class PostgresQueue(QueueBackend):
                     landed[i] = True
             return landed
 
-        landed = self._run(run)
-        delays = [s.retry_in for s, ok in zip(settlements, landed, strict=True)
-                  if ok and s.retry_in is not None]
-        if any(d <= 0 for d in delays):
-            self.notify()
-        if any(d > 0 for d in delays):
-            self._wake_at(min(d for d in delays if d > 0))
-        return landed
+        return self._run(run)

@@ -25,6 +25,7 @@ from psycopg import sql
 from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_plugins_postgres.queries import render
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import (
     TEST_NAMESPACE_PREFIX,
@@ -76,7 +77,7 @@ def distinct_chunks(ids: Sequence[str]) -> list[list[int]]:
     return [c for c in chunks if c]
 
 
-def store_fenced(conn: psycopg.Connection[Any], upsert: sql.Composable,
+def store_fenced(conn: psycopg.Connection[Any], upsert: bytes,
                  rows: Sequence[Row]) -> list[bool]:
     """Upsert ``rows`` on ``conn`` (inside the caller's transaction), each fenced; per row
     whether it landed."""
@@ -112,12 +113,13 @@ class PostgresResultBackend(ResultBackend):
         self._store = acquire(self.settings)
         self.schema = self.settings.schema
         s = sql.Identifier(self.schema)
-        self._upsert = sql.SQL(_UPSERT).format(s=s)
-        self._get = sql.SQL("SELECT data FROM {s}.results WHERE job_id = %s").format(s=s)
-        self._purge = sql.SQL(
-            "DELETE FROM {s}.results WHERE terminal AND updated_at < %s").format(s=s)
-        self._counts = sql.SQL(
-            "SELECT status, count(*) FROM {s}.results GROUP BY status").format(s=s)
+        self._upsert = render(sql.SQL(_UPSERT).format(s=s))
+        self._get = render(sql.SQL("SELECT data FROM {s}.results WHERE job_id = %s"
+                                   ).format(s=s))
+        self._purge = render(sql.SQL(
+            "DELETE FROM {s}.results WHERE terminal AND updated_at < %s").format(s=s))
+        self._counts = render(sql.SQL(
+            "SELECT status, count(*) FROM {s}.results GROUP BY status").format(s=s))
         self._closed = False
 
     @classmethod
