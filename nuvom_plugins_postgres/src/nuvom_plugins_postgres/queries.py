@@ -145,6 +145,30 @@ SELECT queue, count(*) FILTER (WHERE {_READY}), count(*) FILTER (WHERE {_DELAYED
 FROM {{s}}.jobs GROUP BY queue
 """
 
+# Hygiene for ``nuvom status``: the activity counters of our two tables (PG 15 flushes them
+# asynchronously, within about a second of each session's transaction), and client sessions
+# of this database whose snapshot is older than a threshold. Only this database's sessions
+# count: vacuum of an ordinary table ignores other databases' snapshots; autovacuum workers
+# and walsenders report no transaction start to age from.
+DEAD_TUPLES = """
+SELECT relname, n_live_tup, n_dead_tup,
+       to_char(greatest(last_autovacuum, last_vacuum), 'YYYY-MM-DD HH24:MI:SS TZ')
+FROM pg_catalog.pg_stat_user_tables
+WHERE schemaname = %s AND relname IN ('jobs', 'results')
+ORDER BY relname
+"""
+OLD_SNAPSHOTS = """
+SELECT pid, coalesce(application_name, ''), coalesce(state, ''),
+       extract(epoch FROM clock_timestamp() - coalesce(xact_start, query_start))::float8,
+       backend_xmin::text
+FROM pg_catalog.pg_stat_activity
+WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+  AND backend_type = 'client backend' AND datname = current_database()
+  AND coalesce(xact_start, query_start) < clock_timestamp() - %s * interval '1 second'
+ORDER BY coalesce(xact_start, query_start)
+LIMIT 10
+"""
+
 # The maintenance tick, run by whichever process wins the advisory lock: promote due
 # scheduled rows and recover expired leases (token kept: the old holder may still ack until
 # someone claims the job again), a bounded batch each.
@@ -279,6 +303,7 @@ class Queries:
         self.qsize_all, self.qsize_some = bind(QSIZE), bind(QSIZE, any_queue)
         self.clear_all, self.clear_some = bind(CLEAR), bind(CLEAR, any_queue)
         self.cancel, self.stats = bind(CANCEL), bind(STATS)
+        self.dead_tuples, self.old_snapshots = bind(DEAD_TUPLES), bind(OLD_SNAPSHOTS)
         self.tick_lock, self.tick = bind(TICK_LOCK), bind(TICK)
         self.next, self.purge_results = bind(NEXT), bind(PURGE_RESULTS)
         self.settle = bind(SETTLE)

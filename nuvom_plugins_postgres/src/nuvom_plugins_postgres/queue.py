@@ -57,6 +57,16 @@ TICK_MAX_SECS = 1.0
 PURGE_EVERY_SECS = 60.0
 
 
+def _duration(secs: float) -> str:
+    """``4 h 12 min``, ``7 min 30 s``, ``42 s``: a snapshot's age as an operator reads it."""
+    secs = int(secs)
+    if secs >= 3600:
+        return f"{secs // 3600} h {secs % 3600 // 60} min"
+    if secs >= 60:
+        return f"{secs // 60} min {secs % 60} s"
+    return f"{secs} s"
+
+
 def _lease(row: Sequence[Any]) -> Lease:
     (job_id, body, queue, priority, available_at, created_at, task, failures, token,
      deliveries, expires_at, _seq) = row
@@ -303,7 +313,46 @@ class PostgresQueue(QueueBackend):
         for queue, ready, delayed, running, age in rows:
             stats.queues[queue] = QueueCounts(ready=ready, delayed=delayed, running=running,
                                               oldest_ready_age_secs=age)
+        stats.warnings = self.hygiene_warnings()
         return stats
+
+    def hygiene_warnings(self) -> list[str]:
+        """What stops PostgreSQL from keeping the queue small: dead rows piling up in
+        ``jobs`` or ``results`` (``dead_tuple_warn_ratio`` of the table and at least
+        ``dead_tuple_warn_min`` rows), and sessions of this database holding a snapshot
+        longer than ``xmin_warn_secs`` (vacuum cannot remove any row deleted after it was
+        taken). Why in ``nuvom status``: both degrade every claim slowly and silently, long
+        before anything fails. A session of another role is visible only to a superuser or
+        a member of ``pg_read_all_stats``."""
+        cfg = self.settings
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[list[Any], list[Any]]:
+            return (conn.execute(self._q.dead_tuples, (self.schema,)).fetchall(),
+                    conn.execute(self._q.old_snapshots, (cfg.xmin_warn_secs,)).fetchall())
+
+        try:
+            tables, sessions = self._run(run)
+        except psycopg.Error as exc:
+            return [f"could not check PostgreSQL table health: {' '.join(str(exc).split())}"]
+        warnings = []
+        for table, live, dead, vacuumed in tables:
+            total = live + dead
+            if dead >= max(cfg.dead_tuple_warn_min, 1) and \
+                    dead >= cfg.dead_tuple_warn_ratio * total:
+                warnings.append(
+                    f"table {self.schema}.{table} has {dead:,} dead rows ({dead / total:.0%} "
+                    f"of {total:,}; last vacuum: {vacuumed or 'never'}): vacuum is behind, so "
+                    "claims wade through dead index entries. Look for a session holding an "
+                    "old snapshot (pg_stat_activity.backend_xmin), then run "
+                    f"VACUUM {self.schema}.{table}.")
+        for pid, app, state, age, xmin in sessions:
+            warnings.append(
+                f"session pid {pid} (application_name {app or '-'!r}, state {state or '-'!r}) "
+                f"has held a snapshot (backend_xmin {xmin}) for {_duration(age)}: vacuum "
+                "cannot remove any row deleted since, so the queue's tables bloat. End its "
+                "transaction in that client, or SELECT pg_terminate_backend"
+                f"({pid}); idle_in_transaction_session_timeout ends such sessions for you.")
+        return warnings
 
     def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
                     ) -> list[bool] | None:
