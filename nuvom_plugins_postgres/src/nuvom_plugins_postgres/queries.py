@@ -41,14 +41,17 @@ WITH u AS ({stmt}),
 SELECT u.* FROM u, woke
 """
 
+# ``%b``: the arrays travel in binary. Why: psycopg's text format quotes every element of
+# a text array through a regular expression and hex-encodes every body; for a 10,000-job
+# ``.map()`` that was half of the plugin's time.
 PUSH = f"""
 INSERT INTO {{s}}.jobs AS j (id, queue, state, priority, created_at, available_at, due_at,
                            task, body)
 SELECT m.id, m.queue, CASE WHEN m.available_at > n.now THEN 1 ELSE 0 END, m.priority,
        m.created_at, m.available_at,
        CASE WHEN m.available_at > n.now THEN to_timestamp(m.available_at) END, m.task, m.body
-FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::text[],
-            %s::bytea[]) WITH ORDINALITY
+FROM unnest(%b::text[], %b::text[], %b::int[], %b::float8[], %b::float8[], %b::text[],
+            %b::bytea[]) WITH ORDINALITY
        AS m(id, queue, priority, created_at, available_at, task, body, ord),
      (SELECT {_NOW} AS now) AS n
 ORDER BY m.ord
@@ -64,7 +67,7 @@ INSERT INTO {{s}}.jobs AS j (id, queue, state, priority, created_at, available_a
 SELECT m.id, m.queue, CASE WHEN m.available_at > n.now THEN 1 ELSE 0 END, m.priority,
        m.created_at, m.available_at,
        CASE WHEN m.available_at > n.now THEN to_timestamp(m.available_at) END, m.task, m.body
-FROM (VALUES (%s::text, %s::text, %s::int, %s::float8, %s::float8, %s::text, %s::bytea))
+FROM (VALUES (%s::text, %s::text, %s::int, %s::float8, %s::float8, %s::text, %b::bytea))
        AS m(id, queue, priority, created_at, available_at, task, body),
      (SELECT {_NOW} AS now) AS n
 ON CONFLICT (id) DO NOTHING
