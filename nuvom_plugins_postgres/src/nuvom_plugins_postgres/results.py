@@ -41,8 +41,8 @@ log = logging.getLogger("nuvom.postgres")
 _UPSERT = """
 INSERT INTO {s}.results AS r
        (job_id, status, func_name, run, attempts, terminal, updated_at, data)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::bool[],
-                     %s::float8[], %s::text[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::int[], %b::bool[],
+                     %b::float8[], %b::text[])
 ON CONFLICT (job_id) DO UPDATE SET
     status = EXCLUDED.status, func_name = EXCLUDED.func_name, run = EXCLUDED.run,
     attempts = EXCLUDED.attempts, terminal = EXCLUDED.terminal,
