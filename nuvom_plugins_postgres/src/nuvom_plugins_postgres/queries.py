@@ -161,6 +161,17 @@ FROM pg_catalog.pg_stat_user_tables
 WHERE schemaname = %s AND relname IN ('jobs', 'results')
 ORDER BY relname
 """
+# Is anything going to vacuum our tables? The server-wide switch, and tables of ours whose
+# own ``autovacuum_enabled`` is false.
+AUTOVACUUM = """
+SELECT current_setting('autovacuum') = 'on',
+       coalesce(array_agg(c.relname::text ORDER BY c.relname)
+                FILTER (WHERE EXISTS (
+                    SELECT 1 FROM unnest(c.reloptions) AS o
+                    WHERE lower(o) ~ '^autovacuum_enabled=(false|off|no|0|f|n)$')), '{{}}')
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname IN ('jobs', 'results')
+"""
 OLD_SNAPSHOTS = """
 SELECT pid, coalesce(application_name, ''), coalesce(state, ''),
        extract(epoch FROM clock_timestamp() - coalesce(xact_start, query_start))::float8,
@@ -308,6 +319,7 @@ class Queries:
         self.clear_all, self.clear_some = bind(CLEAR), bind(CLEAR, any_queue)
         self.cancel, self.stats = bind(CANCEL), bind(STATS)
         self.dead_tuples, self.old_snapshots = bind(DEAD_TUPLES), bind(OLD_SNAPSHOTS)
+        self.autovacuum = bind(AUTOVACUUM)
         self.tick_lock, self.tick = bind(TICK_LOCK), bind(TICK)
         self.next, self.purge_results = bind(NEXT), bind(PURGE_RESULTS)
         self.settle = bind(SETTLE)

@@ -317,7 +317,8 @@ class PostgresQueue(QueueBackend):
         return stats
 
     def hygiene_warnings(self) -> list[str]:
-        """What stops PostgreSQL from keeping the queue small: dead rows piling up in
+        """What stops PostgreSQL from keeping the queue small: autovacuum switched off (for
+        the server or one of our tables), dead rows piling up in
         ``jobs`` or ``results`` (``dead_tuple_warn_ratio`` of the table and at least
         ``dead_tuple_warn_min`` rows), and sessions of this database holding a snapshot
         longer than ``xmin_warn_secs`` (vacuum cannot remove any row deleted after it was
@@ -326,15 +327,28 @@ class PostgresQueue(QueueBackend):
         a member of ``pg_read_all_stats``."""
         cfg = self.settings
 
-        def run(conn: psycopg.Connection[Any]) -> tuple[list[Any], list[Any]]:
-            return (conn.execute(self._q.dead_tuples, (self.schema,)).fetchall(),
+        def run(conn: psycopg.Connection[Any]) -> tuple[Any, list[Any], list[Any]]:
+            return (conn.execute(self._q.autovacuum, (self.schema,)).fetchone(),
+                    conn.execute(self._q.dead_tuples, (self.schema,)).fetchall(),
                     conn.execute(self._q.old_snapshots, (cfg.xmin_warn_secs,)).fetchall())
 
         try:
-            tables, sessions = self._run(run)
+            (server_on, tables_off), tables, sessions = self._run(run)
         except psycopg.Error as exc:
             return [f"could not check PostgreSQL table health: {' '.join(str(exc).split())}"]
         warnings = []
+        if not server_on:
+            warnings.append(
+                "autovacuum is off on this server (autovacuum = off): nothing removes the "
+                "queue's dead rows, and every claim steps over the dead index entries left "
+                "by the claims before it, slower and slower. Turn it on (ALTER SYSTEM SET "
+                "autovacuum = on; SELECT pg_reload_conf()) or VACUUM "
+                f"{self.schema}.jobs every minute or so.")
+        for table in tables_off:
+            warnings.append(
+                f"autovacuum is disabled for {self.schema}.{table} (autovacuum_enabled = "
+                f"false): ALTER TABLE {self.schema}.{table} RESET (autovacuum_enabled), or "
+                "VACUUM it regularly yourself.")
         for table, live, dead, vacuumed in tables:
             total = live + dead
             if dead >= max(cfg.dead_tuple_warn_min, 1) and \

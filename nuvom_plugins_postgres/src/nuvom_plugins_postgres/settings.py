@@ -48,9 +48,11 @@ class PostgresSettings:
         WAL flush (a third of a claim's or an enqueue's time on a local disk). Why that is
         safe: a server crash can lose only the last few hundred milliseconds of them, whole
         transactions in commit order, so a lost claim or settle leaves its job leased under
-        a token nobody acks and the lease's expiry runs it again (at-least-once); enqueues,
-        retries' delays and releases keep the server's ``synchronous_commit``. ``True``:
-        every statement waits for the flush.
+        a token nobody acks and the lease's expiry runs it again (at-least-once), its
+        record (which another session may already have read) rolled back with it.
+        Enqueues, and ``retry``/``release`` called on their own, keep the server's
+        ``synchronous_commit``; a retry settled with its record commits with the settle.
+        ``True``: every statement waits for the flush.
     :param dead_tuple_warn_ratio: ``nuvom status`` warns when dead rows are at least this
         share of the ``jobs`` or ``results`` table (``n_dead_tup / (n_live_tup +
         n_dead_tup)``)…
