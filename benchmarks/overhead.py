@@ -6,7 +6,7 @@ Run from the repository root::
     python -m benchmarks.overhead --backend memory --profile   # + where the time goes
 
 One process: ``--jobs`` no-op jobs are enqueued with ``.map()``, then a started
-``Worker(workers=2)`` drains them. Reported per backend:
+``Worker(workers=--workers)`` (default 2) drains them. Reported per backend:
 
 * **µs CPU/job**: the process's CPU time (all threads, ``time.process_time``) during the
   drain, divided by the jobs: claim → decode → call → encode → record → ack, plus the
@@ -49,14 +49,14 @@ def _kernel(backend: str, workdir: Path) -> Kernel:
     return Kernel(load_config(workdir, environ), environ=environ)
 
 
-def drain(backend: str, jobs: int, profile: bool = False) -> dict[str, Any]:
-    """Enqueue ``jobs`` no-ops, drain them with 2 threads; CPU and wall time of the drain."""
+def drain(backend: str, jobs: int, profile: bool = False, workers: int = 2) -> dict[str, Any]:
+    """Enqueue ``jobs`` no-ops, drain them with ``workers`` threads; CPU and wall time."""
     with tempfile.TemporaryDirectory(prefix="nuvom-overhead-") as tmp:
         kernel = _kernel(backend, Path(tmp))
         with use_kernel(kernel):
             for start in range(0, jobs, 1000):
                 noop.map([(i,) for i in range(start, min(jobs, start + 1000))])
-            worker = Worker(kernel, workers=int(__import__("os").environ.get("W", "2")))
+            worker = Worker(kernel, workers=workers)
             if profile:
                 import yappi  # type: ignore[import-untyped]
 
@@ -94,20 +94,21 @@ def main(argv: list[str] | None = None) -> int:
                         default=["memory", "sqlite"])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = []
     for backend in args.backend:
-        runs = [drain(backend, args.jobs) for _ in range(args.repeat)]
+        runs = [drain(backend, args.jobs, workers=args.workers) for _ in range(args.repeat)]
         rows.append({"backend": backend, "jobs": args.jobs,
                      "us_cpu_per_job": statistics.median(r["us_cpu_per_job"] for r in runs),
                      "jobs_per_s": statistics.median(r["jobs_per_s"] for r in runs),
                      "runs": runs})
         if args.profile:
-            drain(backend, args.jobs, profile=True)
+            drain(backend, args.jobs, profile=True, workers=args.workers)
     print(f"\n{'backend':<8} {'µs CPU/job':>11} {'jobs/s':>9}   (median of {args.repeat}, "
-          f"{args.jobs} no-op jobs, 2 threads, results stored)")
+          f"{args.jobs} no-op jobs, {args.workers} threads, results stored)")
     for row in rows:
         print(f"{row['backend']:<8} {row['us_cpu_per_job']:>11.1f} {row['jobs_per_s']:>9,.0f}")
     if args.json:

@@ -31,10 +31,14 @@ class QueueCounts:
 @attrs.define
 class QueueStats:
     """What ``nuvom status`` (and later metrics and the dashboard) show about a queue
-    backend: counts per named queue, and one line per quarantined entry."""
+    backend: counts per named queue, one line per quarantined entry, and ``warnings``: one
+    sentence per problem the backend sees in its store that will hurt the queue if left
+    alone (PostgreSQL: dead rows piling up, a session holding back vacuum), saying what to
+    do. Empty by default; ``nuvom status`` prints each as a ``warning:`` line."""
 
     queues: dict[str, QueueCounts] = attrs.field(factory=dict)
     quarantined: list[str] = attrs.field(factory=list)
+    warnings: list[str] = attrs.field(factory=list)
 
     def of(self, queue: str) -> QueueCounts:
         """The counts of ``queue``, created empty on first use (for backends filling in)."""

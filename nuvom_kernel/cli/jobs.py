@@ -157,7 +157,8 @@ def cancel_job(job_id: str) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    """Queue depth per queue, jobs per state, leases in flight, oldest job, quarantine."""
+    """Queue depth per queue, jobs per state, leases in flight, oldest job, quarantine,
+    and the queue backend's warnings about its store."""
     kernel = _kernel()
     stats = kernel.queue.stats()
     data = {
@@ -169,6 +170,7 @@ def status(as_json: bool) -> None:
         "in_flight": stats.in_flight,
         "oldest_age_secs": stats.oldest_age_secs,
         "quarantined": stats.quarantined,
+        "warnings": stats.warnings,
         "states": kernel.results.counts(),
     }
     if as_json:
@@ -186,6 +188,8 @@ def status(as_json: bool) -> None:
         click.echo(f"quarantined entries: {len(stats.quarantined)}")
         for line in stats.quarantined:
             click.echo(f"  {line}")
+    for line in stats.warnings:
+        click.echo(f"warning: {line}")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

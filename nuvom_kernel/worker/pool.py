@@ -1,22 +1,18 @@
 """The worker pool: claim → run → settle, with retries, timeouts, hooks and signals.
 
-Two kinds of thread:
+Four kinds of thread:
 
-* **executors** (``workers`` of them) claim, run and settle one job at a time. An idle
-  executor claims for itself (no dispatcher thread, no hand-off per job: each hand-off between
-  threads was a futex wake and a GIL switch, a visible share of a job's cost). One idle
-  executor at a time waits on the queue, holding the claim lock; it claims as many jobs as
-  executors are idle (at most ``batch_size``) and leaves the extra ones to the idle executors
-  queued behind it on that lock, so jobs are never hoarded while other workers sit idle.
-  An executor also settles the outcome it decided (:mod:`.settle`: store, then ack or
-  retry), batched with the outcomes other executors submitted meanwhile;
+* one **dispatcher** claims jobs with ``pop_batch`` — never more than there are idle
+  executors, so jobs are not hoarded while other workers sit idle — and hands them over;
+* **executors** (``workers`` of them) run one job at a time and decide its outcome;
+* one **settler** (:mod:`.settle`) stores outcomes and acks or retries leases,
+  in batches, for every outcome alike;
 * one **monitor** (:mod:`.monitor`) extends the leases of running and settling jobs in one
   ``extend_many`` and enforces timeouts. A thread cannot be killed, so a timed-out job is
   recorded as timed out and its executor abandoned (its eventual return value is ignored);
   a fresh executor takes its slot while fewer than ``max_abandoned_threads`` are abandoned.
-  Past that the worker runs with fewer executors (and says so) until an abandoned thread
-  returns and takes its slot back: a runaway task cannot make a worker start threads
-  without bound.
+  Past that the worker claims fewer jobs (and says so) until an abandoned thread returns
+  and takes its slot back: a runaway task cannot make a worker start threads without bound.
 
 Delivery is at least once: a job is acked only after its outcome is recorded. Definitions:
 ``Job.attempts`` counts every start of the function in the current run (a start whose worker
@@ -28,10 +24,10 @@ the message is decoded, so a message that kills its worker cannot loop forever).
 from __future__ import annotations
 
 import logging
+import queue as stdqueue
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -88,12 +84,11 @@ class Worker:
                                self._on_settled)
         self.processed = 0
         self.failed = 0
-        self._cv = threading.Condition()  # guards the abandoned-thread counts below
-        self._claim_lock = threading.Lock()  # held by the one executor waiting on the queue
-        self._idle = 0  # executors waiting to claim (for the claim lock or on the queue)
-        self._claimed: deque[Lease] = deque()  # claimed for idle executors, not started
+        self._cv = threading.Condition()
+        self._free = 0
         self._abandoned_alive = 0  # abandoned threads still inside their task
         self._owed = 0  # slots whose replacement thread was not started
+        self._handoff: stdqueue.SimpleQueue[Lease | None] = stdqueue.SimpleQueue()
         self._running: dict[str, Running] = {}
         self.monitor = LeaseMonitor(self.queue, self._running, self._time_out,
                                     self.settler.lease_lock)
@@ -111,8 +106,13 @@ class Worker:
     def start(self) -> None:
         """Start the threads and return; :meth:`stop` and :meth:`join` end them."""
         self.kernel.registry.load_manifest(self.kernel.data_dir)
+        self.settler.start()
         for _ in range(self.workers):
             self._spawn_executor()
+        dispatcher = threading.Thread(target=self._dispatch_loop, name="nuvom-dispatcher",
+                                      daemon=True)
+        dispatcher.start()
+        self._threads.append(dispatcher)
         self.monitor.start()
         self._emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %d threads, queues=%s, backend=%s", self.origin,
@@ -123,7 +123,9 @@ class Worker:
         self._stopping.set()
         if not graceful:
             self._forced.set()
-        self.queue.notify()  # wakes the executor waiting on the queue
+        self.queue.notify()
+        with self._cv:
+            self._cv.notify_all()
         self.monitor.wake()
 
     def run(self, install_signals: bool = True) -> int:
@@ -167,12 +169,14 @@ class Worker:
     def join(self) -> int:
         """Finish a stop: return unstarted leases, wait for running jobs, settle what
         finished, emit shutdown."""
+        self._release_unstarted()
         deadline = time.monotonic() + self.grace_period_secs
         while self._unfinished() and not self._forced.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             self._forced.wait(min(0.05, remaining))
+            self._release_unstarted()
         clean = not self._unfinished()
         for running in self._unfinished():  # grace expired or forced
             if not running.decide():
@@ -187,12 +191,13 @@ class Worker:
                             running.lease, 0):
                 log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
                             running.job.id, running.job.func_name)
+        for _ in range(len(self._threads)):
+            self._handoff.put(None)
         join_deadline = time.monotonic() + self.poll_timeout_secs + 5.0
         for thread in self._threads:
             if thread is not threading.current_thread() and thread not in self._abandoned:
                 thread.join(max(0.0, join_deadline - time.monotonic()))
-        self._release_unstarted()  # after the joins: no executor can claim any more
-        self.settler.flush()  # what an abandoned thread left (it settles its own)
+        self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
         self.monitor.stop()  # it kept extending leases until everything settled
         self._emit_lifecycle("nuvom_worker_shutdown")
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
@@ -204,9 +209,46 @@ class Worker:
         return [r for r in list(self._running.values()) if not r.decided]
 
     def _release_unstarted(self) -> None:
-        while self._claimed:
-            lease = self._claimed.popleft()
-            self.settler.safely("release it", lease, self.queue.release, lease)
+        while True:
+            try:
+                lease = self._handoff.get_nowait()
+            except stdqueue.Empty:
+                return
+            if lease is not None:
+                self.settler.safely("release it", lease, self.queue.release, lease)
+                with self._cv:
+                    self._free += 1
+
+    # --- dispatcher ---------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            with self._cv:
+                while self._free <= 0 and not self._stopping.is_set():
+                    self._cv.wait()
+                wanted = min(self._free, self.batch_size)
+            if self._stopping.is_set():
+                return
+            try:
+                leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)
+                failures = 0
+            except Exception:
+                failures += 1
+                backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
+                log.exception("queue backend %r failed to claim jobs; retrying in %.2f s",
+                              self.queue.name, backoff)
+                self._stopping.wait(backoff)
+                continue
+            with self._cv:
+                self._free -= len(leases)
+            for lease in leases:
+                if self._stopping.is_set():
+                    self.settler.safely("release it", lease, self.queue.release, lease)
+                    with self._cv:
+                        self._free += 1
+                else:
+                    self._handoff.put(lease)
 
     # --- executors ----------------------------------------------------------------------
 
@@ -222,51 +264,26 @@ class Worker:
                       "until an abandoned thread returns", exc)
             return
         self._threads.append(thread)
+        with self._cv:
+            self._free += 1
+            self._cv.notify()
 
     def _executor_loop(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            try:
-                lease = self._claim()
-                failures = 0
-            except Exception:
-                failures += 1
-                backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
-                log.exception("queue backend %r failed to claim jobs; retrying in %.2f s",
-                              self.queue.name, backoff)
-                self._stopping.wait(backoff)
-                continue
+        while True:
+            lease = self._handoff.get()
             if lease is None:
-                continue
+                return
             if self._stopping.is_set():  # claimed but not started: straight back
                 self.settler.safely("release it", lease, self.queue.release, lease)
             elif not self.runner.run_one(lease):
                 return  # abandoned after a timeout, and its slot was filled meanwhile
-
-    def _claim(self) -> Lease | None:
-        """One lease for the calling executor: one left by the executor that claimed before
-        it, or claimed now — for every idle executor at once (in one ``pop_batch``)."""
-        with self._cv:
-            self._idle += 1
-        try:
-            with self._claim_lock:
-                if self._claimed:
-                    return self._claimed.popleft()
-                if self._stopping.is_set():
-                    return None
-                wanted = min(self._idle, self.batch_size)
-                leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)
-                if not leases:
-                    return None
-                self._claimed.extend(leases[1:])
-                return leases[0]
-        finally:
             with self._cv:
-                self._idle -= 1
+                self._free += 1
+                self._cv.notify()
 
     def run_one(self, lease: Lease) -> bool:
-        """Run one claimed lease to its outcome and settle it, on the calling thread (how
-        the executors run jobs, and how eager/test mode runs one).
+        """Run one claimed lease to its outcome and settle it (on the settler thread when
+        the pool is started, else right here — how eager/test mode runs a job).
 
         Returns ``False`` when the calling thread was abandoned after a timeout and must
         leave the pool (another thread holds its slot). Never raises for what a task does.

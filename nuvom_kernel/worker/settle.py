@@ -13,20 +13,16 @@ rules hold everywhere here:
   (``settle_many``: SQLite in one file), both happen in one transaction.
 
 Batching (group commit) is why a lone job is written at once but a busy worker writes
-many outcomes per commit: two commits per job were most of a job's cost on SQLite. There is
-no settler thread: the executor that submits an outcome settles it, together with every
-outcome submitted meanwhile by other executors (flat combining). A thread of its own cost a
-wake-up and a GIL hand-off per job, which was as much CPU as the rest of the job on the
-in-memory backend.
+hundreds of outcomes per commit: two commits per job were most of a job's cost on SQLite.
 """
 
 from __future__ import annotations
 
 import logging
+import queue as stdqueue
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +72,7 @@ class Running:
 
 
 class Settler:
-    """Builds settlements and settles them in batches, on the threads that submit them.
+    """Builds settlements and settles them in batches on a thread of its own.
 
     :param on_settled: called with each settlement and whether it landed, after its batch.
     """
@@ -93,29 +89,50 @@ class Settler:
         #: leases: an extension racing an ack of the same lease (a rename racing a delete,
         #: on the file backend) could otherwise undo the ack and run a finished job again.
         self.lease_lock = threading.Lock()
-        self._pending: deque[Settlement] = deque()
-        self._combining = threading.Lock()  # held by the thread settling for everyone
+        self._inbox: stdqueue.SimpleQueue[Settlement | None] = stdqueue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    # --- the thread -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="nuvom-settler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Settle what was submitted, then end the thread."""
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join(timeout)
 
     def submit(self, settlement: Settlement) -> None:
-        """Settle ``settlement`` now, with whatever else is waiting — or, when another thread
-        is settling, leave it to that thread, which looks again before it lets go."""
-        self._pending.append(settlement)
-        self.flush(wait=False)
+        """Settle soon on the settler thread — or right here when it is not running (one job
+        run on its own: ``Worker.run_one``)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(settlement)
+        else:
+            self.settle([settlement])
 
-    def flush(self, wait: bool = True) -> None:
-        """Settle everything submitted. ``wait=False`` returns at once when another thread
-        is settling: it settles what was submitted before it lets go of the lock."""
-        while self._pending and self._combining.acquire(blocking=wait):
-            try:
-                batch = [self._pending.popleft()
-                         for _ in range(min(BATCH, len(self._pending)))]
+    def _loop(self) -> None:
+        done = False
+        while not done:
+            first = self._inbox.get()
+            batch = [] if first is None else [first]
+            done = first is None
+            while len(batch) < BATCH:
+                try:
+                    item = self._inbox.get_nowait()
+                except stdqueue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            if batch:
                 try:
                     self.settle(batch)
-                except Exception:  # those leases expire and the jobs re-run
+                except Exception:  # never lose the thread: those leases expire, jobs re-run
                     log.exception("settling a batch of %d failed; its jobs will run again "
                                   "after the visibility timeout", len(batch))
-            finally:
-                self._combining.release()
 
     # --- settling ---------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from nuvom_kernel.backends import (
 )
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_plugins_postgres.queries import Queries
-from nuvom_plugins_postgres.results import PostgresResultBackend, encode, store_fenced
+from nuvom_plugins_postgres.results import PostgresResultBackend, Row, encode, store_fenced
 from nuvom_plugins_postgres.schema import ADVISORY_CLASS
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import (
@@ -55,6 +55,16 @@ T = TypeVar("T")
 TICK_MAX_SECS = 1.0
 #: How often the tick also deletes finished records older than ``result_ttl_secs``.
 PURGE_EVERY_SECS = 60.0
+
+
+def _duration(secs: float) -> str:
+    """``4 h 12 min``, ``7 min 30 s``, ``42 s``: a snapshot's age as an operator reads it."""
+    secs = int(secs)
+    if secs >= 3600:
+        return f"{secs // 3600} h {secs % 3600 // 60} min"
+    if secs >= 60:
+        return f"{secs // 60} min {secs % 60} s"
+    return f"{secs} s"
 
 
 def _lease(row: Sequence[Any]) -> Lease:
@@ -82,7 +92,7 @@ class PostgresQueue(QueueBackend):
         super().__init__(visibility_timeout_secs=self.settings.visibility_timeout_secs)
         self.schema = self.settings.schema
         self._store = acquire(self.settings)
-        self._q = Queries(self.schema)
+        self._q = Queries(self.schema, self.settings.sync_lease_commits)
         self._tick_at = 0.0  # monotonic time of the next maintenance tick
         self._purge_at = 0.0
         self._tick_lock = threading.Lock()
@@ -172,16 +182,24 @@ class PostgresQueue(QueueBackend):
         key; on the caller's connection inside :func:`nuvom_plugins_postgres.transaction`."""
         if not messages:
             return []
-        params = [[m.id for m in messages], [m.queue for m in messages],
-                  [m.priority for m in messages], [float(m.created_at) for m in messages],
-                  [float(m.available_at) for m in messages], [m.task for m in messages],
-                  [bytes(m.body) for m in messages]]
+        query: bytes
+        params: list[Any]
+        if len(messages) == 1:
+            m = messages[0]
+            query, params = self._q.push_one, [m.id, m.queue, m.priority, float(m.created_at),
+                                               float(m.available_at), m.task, bytes(m.body)]
+        else:
+            query, params = self._q.push, [
+                [m.id for m in messages], [m.queue for m in messages],
+                [m.priority for m in messages], [float(m.created_at) for m in messages],
+                [float(m.available_at) for m in messages], [m.task for m in messages],
+                [bytes(m.body) for m in messages]]
         conn = current_connection()
         try:
             if conn is not None:
-                rows = conn.execute(self._q.push, params).fetchall()
+                rows = conn.execute(query, params).fetchall()
             else:
-                rows = self._run(lambda c: c.execute(self._q.push, params).fetchall())
+                rows = self._run(lambda c: c.execute(query, params).fetchall())
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unreachable(self.settings.dsn, exc) from exc
         stored_ids = {r[0] for r in rows}
@@ -295,7 +313,60 @@ class PostgresQueue(QueueBackend):
         for queue, ready, delayed, running, age in rows:
             stats.queues[queue] = QueueCounts(ready=ready, delayed=delayed, running=running,
                                               oldest_ready_age_secs=age)
+        stats.warnings = self.hygiene_warnings()
         return stats
+
+    def hygiene_warnings(self) -> list[str]:
+        """What stops PostgreSQL from keeping the queue small: autovacuum switched off (for
+        the server or one of our tables), dead rows piling up in
+        ``jobs`` or ``results`` (``dead_tuple_warn_ratio`` of the table and at least
+        ``dead_tuple_warn_min`` rows), and sessions of this database holding a snapshot
+        longer than ``xmin_warn_secs`` (vacuum cannot remove any row deleted after it was
+        taken). Why in ``nuvom status``: both degrade every claim slowly and silently, long
+        before anything fails. A session of another role is visible only to a superuser or
+        a member of ``pg_read_all_stats``."""
+        cfg = self.settings
+
+        def run(conn: psycopg.Connection[Any]) -> tuple[Any, list[Any], list[Any]]:
+            return (conn.execute(self._q.autovacuum, (self.schema,)).fetchone(),
+                    conn.execute(self._q.dead_tuples, (self.schema,)).fetchall(),
+                    conn.execute(self._q.old_snapshots, (cfg.xmin_warn_secs,)).fetchall())
+
+        try:
+            (server_on, tables_off), tables, sessions = self._run(run)
+        except psycopg.Error as exc:
+            return [f"could not check PostgreSQL table health: {' '.join(str(exc).split())}"]
+        warnings = []
+        if not server_on:
+            warnings.append(
+                "autovacuum is off on this server (autovacuum = off): nothing removes the "
+                "queue's dead rows, and every claim steps over the dead index entries left "
+                "by the claims before it, slower and slower. Turn it on (ALTER SYSTEM SET "
+                "autovacuum = on; SELECT pg_reload_conf()) or VACUUM "
+                f"{self.schema}.jobs every minute or so.")
+        for table in tables_off:
+            warnings.append(
+                f"autovacuum is disabled for {self.schema}.{table} (autovacuum_enabled = "
+                f"false): ALTER TABLE {self.schema}.{table} RESET (autovacuum_enabled), or "
+                "VACUUM it regularly yourself.")
+        for table, live, dead, vacuumed in tables:
+            total = live + dead
+            if dead >= max(cfg.dead_tuple_warn_min, 1) and \
+                    dead >= cfg.dead_tuple_warn_ratio * total:
+                warnings.append(
+                    f"table {self.schema}.{table} has {dead:,} dead rows ({dead / total:.0%} "
+                    f"of {total:,}; last vacuum: {vacuumed or 'never'}): vacuum is behind, so "
+                    "claims wade through dead index entries. Look for a session holding an "
+                    "old snapshot (pg_stat_activity.backend_xmin), then run "
+                    f"VACUUM {self.schema}.{table}.")
+        for pid, app, state, age, xmin in sessions:
+            warnings.append(
+                f"session pid {pid} (application_name {app or '-'!r}, state {state or '-'!r}) "
+                f"has held a snapshot (backend_xmin {xmin}) for {_duration(age)}: vacuum "
+                "cannot remove any row deleted since, so the queue's tables bloat. End its "
+                "transaction in that client, or SELECT pg_terminate_backend"
+                f"({pid}); idle_in_transaction_session_timeout ends such sessions for you.")
+        return warnings
 
     def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
                     ) -> list[bool] | None:
@@ -313,6 +384,34 @@ class PostgresQueue(QueueBackend):
         if not settlements:
             return []
         rows = [encode(s.record) for s in settlements]
+        if len({s.lease.id for s in settlements}) == len(settlements):
+            landed = self._settle_distinct(settlements, rows)
+        else:
+            landed = self._settle_in_order(settlements, rows, results)
+        delays = [s.retry_in for s, ok in zip(settlements, landed, strict=True)
+                  if ok and s.retry_in is not None]
+        if any(d <= 0 for d in delays):
+            self.notify()
+        if any(d > 0 for d in delays):
+            self._wake_at(min(d for d in delays if d > 0))
+        return landed
+
+    def _settle_distinct(self, settlements: Sequence[Settlement], rows: Sequence[Row]
+                         ) -> list[bool]:
+        """A batch naming each job once: the one-statement settle (``queries.SETTLE``)."""
+        columns = [list(col) for col in zip(*rows, strict=True)]
+        params = [columns[0], [s.lease.token for s in settlements], *columns[1:],
+                  [None if s.retry_in is None else max(float(s.retry_in), 0.0)
+                   for s in settlements],
+                  [s.body if s.retry_in is not None else None for s in settlements]]
+        stored = {r[0] for r in self._run(
+            lambda c: c.execute(self._q.settle, params).fetchall())}
+        return [s.lease.id in stored for s in settlements]
+
+    def _settle_in_order(self, settlements: Sequence[Settlement], rows: Sequence[Row],
+                         results: PostgresResultBackend) -> list[bool]:
+        """A batch naming a job more than once: statement by statement in one transaction,
+        the records upserted in order (a later write of a job follows its earlier one)."""
 
         def run(conn: psycopg.Connection[Any]) -> list[bool]:
             landed = [False] * len(settlements)
@@ -338,11 +437,4 @@ class PostgresQueue(QueueBackend):
                     landed[i] = True
             return landed
 
-        landed = self._run(run)
-        delays = [s.retry_in for s, ok in zip(settlements, landed, strict=True)
-                  if ok and s.retry_in is not None]
-        if any(d <= 0 for d in delays):
-            self.notify()
-        if any(d > 0 for d in delays):
-            self._wake_at(min(d for d in delays if d > 0))
-        return landed
+        return self._run(run)

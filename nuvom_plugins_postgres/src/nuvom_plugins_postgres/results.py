@@ -25,6 +25,7 @@ from psycopg import sql
 from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_plugins_postgres.queries import render
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import (
     TEST_NAMESPACE_PREFIX,
@@ -40,8 +41,8 @@ log = logging.getLogger("nuvom.postgres")
 _UPSERT = """
 INSERT INTO {s}.results AS r
        (job_id, status, func_name, run, attempts, terminal, updated_at, data)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::bool[],
-                     %s::float8[], %s::text[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::int[], %b::bool[],
+                     %b::float8[], %b::text[])
 ON CONFLICT (job_id) DO UPDATE SET
     status = EXCLUDED.status, func_name = EXCLUDED.func_name, run = EXCLUDED.run,
     attempts = EXCLUDED.attempts, terminal = EXCLUDED.terminal,
@@ -76,7 +77,7 @@ def distinct_chunks(ids: Sequence[str]) -> list[list[int]]:
     return [c for c in chunks if c]
 
 
-def store_fenced(conn: psycopg.Connection[Any], upsert: sql.Composable,
+def store_fenced(conn: psycopg.Connection[Any], upsert: bytes,
                  rows: Sequence[Row]) -> list[bool]:
     """Upsert ``rows`` on ``conn`` (inside the caller's transaction), each fenced; per row
     whether it landed."""
@@ -112,12 +113,13 @@ class PostgresResultBackend(ResultBackend):
         self._store = acquire(self.settings)
         self.schema = self.settings.schema
         s = sql.Identifier(self.schema)
-        self._upsert = sql.SQL(_UPSERT).format(s=s)
-        self._get = sql.SQL("SELECT data FROM {s}.results WHERE job_id = %s").format(s=s)
-        self._purge = sql.SQL(
-            "DELETE FROM {s}.results WHERE terminal AND updated_at < %s").format(s=s)
-        self._counts = sql.SQL(
-            "SELECT status, count(*) FROM {s}.results GROUP BY status").format(s=s)
+        self._upsert = render(sql.SQL(_UPSERT).format(s=s))
+        self._get = render(sql.SQL("SELECT data FROM {s}.results WHERE job_id = %s"
+                                   ).format(s=s))
+        self._purge = render(sql.SQL(
+            "DELETE FROM {s}.results WHERE terminal AND updated_at < %s").format(s=s))
+        self._counts = render(sql.SQL(
+            "SELECT status, count(*) FROM {s}.results GROUP BY status").format(s=s))
         self._closed = False
 
     @classmethod

@@ -19,6 +19,7 @@ import atexit
 import contextlib
 import logging
 import os
+import select
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -31,8 +32,8 @@ from nuvom_kernel.errors import EnqueueError
 from nuvom_plugins_postgres.schema import migrate
 from nuvom_plugins_postgres.settings import PostgresSettings, connect_kwargs, masked_dsn
 
-__all__ = ["PostgresUnavailableError", "Store", "acquire", "mark_temporary", "release",
-           "unreachable"]
+__all__ = ["PostgresUnavailableError", "Store", "acquire", "check_idle_connection",
+           "mark_temporary", "release", "unreachable"]
 
 log = logging.getLogger("nuvom.postgres")
 
@@ -64,6 +65,24 @@ def unreachable(dsn: str, exc: BaseException) -> PostgresUnavailableError:
         "([plugins.postgres] dsn, or NUVOM_PLUGINS__POSTGRES__DSN).")
 
 
+def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check on every checkout, without a round trip when it can tell locally.
+
+    Why not ``ConnectionPool.check_connection``: it sends an empty query on every checkout,
+    a second round trip for every one-statement call (~150 µs here, on each claim, ack and
+    enqueue). A connection idle in the pool has nothing to read: if its socket is readable,
+    the server spoke first — a FATAL before closing (``pg_terminate_backend``, a shutdown)
+    or the close itself — and only then is the round trip made, which raises on a dead
+    session so the pool replaces it. A silently half-open socket is found by the statement
+    itself (keepalives, ``tcp_user_timeout``), and ``PostgresQueue._run`` retries once.
+    """
+    if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
 class Store:
     """A pool over one database, with Nuvom's schema migrated on it."""
 
@@ -83,7 +102,7 @@ class Store:
         self.pool = ConnectionPool(
             self.dsn, min_size=1, max_size=settings.pool_size, open=True,
             kwargs={"autocommit": True, **connect_kwargs(f"nuvom {self.schema}")},
-            check=ConnectionPool.check_connection, reconnect_timeout=3600.0,
+            check=check_idle_connection, reconnect_timeout=3600.0,
             name=f"nuvom-{self.schema}")
 
     @property

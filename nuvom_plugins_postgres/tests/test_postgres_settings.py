@@ -1,0 +1,50 @@
+"""The hygiene thresholds and ``sync_lease_commits`` are typed settings: they reach the
+queue from ``[plugins.postgres]`` or ``NUVOM_PLUGINS__POSTGRES__<KEY>``, and a bad value
+stops with an error naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import DSN
+
+from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.errors import ConfigError
+from nuvom_kernel.kernel import Kernel
+from nuvom_plugins_postgres import PostgresSettings
+
+CONTEXT = BackendContext(visibility_timeout_secs=30.0)
+
+
+def test_defaults() -> None:
+    parsed = PostgresSettings.parse({}, CONTEXT)
+    assert (parsed.sync_lease_commits, parsed.dead_tuple_warn_ratio,
+            parsed.dead_tuple_warn_min, parsed.xmin_warn_secs) == (False, 0.2, 10_000, 300.0)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("sync_lease_commits", "yes"), ("dead_tuple_warn_ratio", 0), ("dead_tuple_warn_ratio", 1.5),
+    ("dead_tuple_warn_min", -1), ("dead_tuple_warn_min", 2.5), ("xmin_warn_secs", 0),
+    ("xmin_warn_secs", "soon"),
+])
+def test_bad_values_name_the_key(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=key):
+        PostgresSettings.parse({key: value}, CONTEXT)
+
+
+def test_environment_variables_reach_the_queue(tmp_path: Path, schema: str) -> None:
+    kernel = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "postgres", "NUVOM_PLUGINS__POSTGRES__DSN": DSN,
+        "NUVOM_PLUGINS__POSTGRES__SCHEMA": schema,
+        "NUVOM_PLUGINS__POSTGRES__SYNC_LEASE_COMMITS": "true",
+        "NUVOM_PLUGINS__POSTGRES__XMIN_WARN_SECS": "60",
+        "NUVOM_PLUGINS__POSTGRES__DEAD_TUPLE_WARN_MIN": "500",
+        "NUVOM_PLUGINS__POSTGRES__DEAD_TUPLE_WARN_RATIO": "0.5"})
+    try:
+        got = kernel.queue.settings  # type: ignore[attr-defined]
+        assert (got.sync_lease_commits, got.xmin_warn_secs, got.dead_tuple_warn_min,
+                got.dead_tuple_warn_ratio) == (True, 60.0, 500, 0.5)
+        assert b"set_config" not in kernel.queue._q.claim_all  # type: ignore[attr-defined]
+    finally:
+        kernel.close()
