@@ -75,48 +75,21 @@ def _synchronous_commit() -> str:
         return f"sc={conn.execute('SHOW synchronous_commit').fetchone()[0]}"  # type: ignore[index]
 
 
-class NuvomPostgresSystem(System):
+class NuvomPostgresSystem(NuvomSystem):
     """Nuvom with both backends ``postgres``, in a schema of its own."""
 
     label = "nuvom-postgres"
+    backend = "postgres"
 
     def __init__(self, workdir: Path, sync: str, results: bool) -> None:
-        super().__init__(workdir, sync, results)
         self.schema = _ident(f"nuvom_bench_{os.getpid()}_{workdir.parent.name}_{workdir.name}")
-        (workdir / ".nuvom_plugins.toml").write_text(
-            '[settings]\nqueue_backend = "postgres"\nresult_backend = "postgres"\n'
-            'max_workers = 2\nlog_level = "WARNING"\n\n'
-            f'[plugins.postgres]\ndsn = {json.dumps(DSN)}\nschema = "{self.schema}"\n')
-        from benchmarks import bench_tasks
-        from nuvom_kernel.kernel import Kernel, set_kernel
+        super().__init__(workdir, sync, results)
 
-        self.kernel = Kernel(root=workdir, environ={})
-        set_kernel(self.kernel)
-        self.tasks = bench_tasks
-        self.add = bench_tasks.add if results else bench_tasks.add_nr
-
-    def enqueue_one(self, n: int) -> None:
-        add = self.add
-        for _ in range(n):
-            add.delay(1, 2)
-
-    def enqueue_map(self, n: int) -> None:
-        self.add.map([(1, 2)] * n)
-
-    def enqueue_stamp(self) -> None:
-        self.tasks.stamp.delay(time.time())
-
-    def worker(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-c", _NUVOM_CLI, "runworker", "-w", "2", "--log-level",
-             "WARNING"],
-            cwd=self.workdir, env=_env(self.bench_env), stdout=subprocess.DEVNULL)
+    def plugin_settings(self) -> str:
+        return f'dsn = {json.dumps(DSN)}\nschema = "{self.schema}"\n'
 
     def close(self) -> None:
-        from nuvom_kernel.kernel import set_kernel
-
-        self.kernel.close()
-        set_kernel(None)
+        super().close()
         _admin(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
 
 

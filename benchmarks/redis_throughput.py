@@ -36,6 +36,7 @@ from benchmarks.peers.common import URL, measure_idle_and_latency
 from benchmarks.peers.common import delete_keys as _delete
 from benchmarks.throughput import (
     RESULTS_DIR,
+    NuvomSystem,
     System,
     _env,
     _median_rows,
@@ -68,46 +69,19 @@ def _persistence() -> str:
     return "rdb" if config.get("save") else "none"
 
 
-class NuvomRedisSystem(System):
+class NuvomRedisSystem(NuvomSystem):
     label = "nuvom"
+    backend = "redis"
 
     def __init__(self, workdir: Path, sync: str, results: bool) -> None:
-        super().__init__(workdir, sync, results)
         self.prefix = f"nuvom-bench-{os.getpid()}-{workdir.name}"
-        (workdir / ".nuvom_plugins.toml").write_text(
-            '[settings]\nqueue_backend = "redis"\nresult_backend = "redis"\n'
-            'max_workers = 2\nlog_level = "WARNING"\n\n'
-            f'[plugins.redis]\nurl = {json.dumps(URL)}\nkey_prefix = "{self.prefix}"\n')
-        from benchmarks import bench_tasks
-        from nuvom_kernel.kernel import Kernel, set_kernel
+        super().__init__(workdir, sync, results)
 
-        self.kernel = Kernel(root=workdir, environ={})
-        set_kernel(self.kernel)
-        self.tasks = bench_tasks
-        self.add = bench_tasks.add if results else bench_tasks.add_nr
-
-    def enqueue_one(self, n: int) -> None:
-        add = self.add
-        for _ in range(n):
-            add.delay(1, 2)
-
-    def enqueue_map(self, n: int) -> None:
-        self.add.map([(1, 2)] * n)
-
-    def enqueue_stamp(self) -> None:
-        self.tasks.stamp.delay(time.time())
-
-    def worker(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-c", _NUVOM_CLI, "runworker", "-w", "2", "--log-level",
-             "WARNING"],
-            cwd=self.workdir, env=_env(self.bench_env), stdout=subprocess.DEVNULL)
+    def plugin_settings(self) -> str:
+        return f'url = {json.dumps(URL)}\nkey_prefix = "{self.prefix}"\n'
 
     def close(self) -> None:
-        from nuvom_kernel.kernel import set_kernel
-
-        self.kernel.close()
-        set_kernel(None)
+        super().close()
         _delete(f"{self.prefix}:*")
 
 

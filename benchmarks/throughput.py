@@ -130,16 +130,21 @@ class System:
 
 
 class NuvomSystem(System):
+    """Nuvom with both backends ``backend``; a subclass for another backend names it and
+    gives its ``[plugins.<backend>]`` table (the Redis and PostgreSQL benchmarks do)."""
+
     label = "nuvom"
+    backend = "sqlite"
+
+    def plugin_settings(self) -> str:
+        return f'path = {json.dumps(str(self.db))}\nsynchronous = "{self.sync}"\n'
 
     def __init__(self, workdir: Path, sync: str, results: bool) -> None:
         super().__init__(workdir, sync, results)
         (workdir / ".nuvom_plugins.toml").write_text(
-            '[settings]\nqueue_backend = "sqlite"\nresult_backend = "sqlite"\n'
-            'max_workers = 2\nlog_level = "WARNING"\n\n'
-            f'[plugins.sqlite]\npath = {json.dumps(str(self.db))}\n'
-            f'synchronous = "{sync}"\n'
-        )
+            f'[settings]\nqueue_backend = "{self.backend}"\n'
+            f'result_backend = "{self.backend}"\nmax_workers = 2\nlog_level = "WARNING"\n\n'
+            f'[plugins.{self.backend}]\n{self.plugin_settings()}')
         from benchmarks import bench_tasks
         from nuvom_kernel.kernel import Kernel, set_kernel
 
