@@ -32,15 +32,21 @@ from nuvom_kernel.serialization import Serializer, from_wire, to_wire
 __all__ = ["ENVELOPE_VERSION", "Envelope", "options_from_wire", "options_to_wire", "origin"]
 
 ENVELOPE_VERSION = 1
-_HOST = f"{socket.gethostname()}:{os.getpid()}"
+_HOST = ""
+
+
+def _new_host() -> None:
+    global _HOST
+    _HOST = f"{socket.gethostname()}:{os.getpid()}"
+
+
+_new_host()
+if hasattr(os, "register_at_fork"):  # a forked child is another process: its own pid
+    os.register_at_fork(after_in_child=_new_host)
 
 
 def origin() -> str:
-    """``host:pid`` of this process (recomputed after fork)."""
-    global _HOST
-    pid = os.getpid()
-    if not _HOST.endswith(f":{pid}"):
-        _HOST = f"{socket.gethostname()}:{pid}"
+    """``host:pid`` of this process (recomputed after fork); read once per job enqueued."""
     return _HOST
 
 
