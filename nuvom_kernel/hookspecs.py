@@ -276,8 +276,8 @@ def nuvom_register_commands(cli: click.Group) -> None:
 __all__ = [
     "hookspec",
     "nuvom_after_enqueue",
-    "nuvom_after_settle",
     "nuvom_after_execute",
+    "nuvom_after_settle",
     "nuvom_before_enqueue",
     "nuvom_before_execute",
     "nuvom_configure",

@@ -2,7 +2,7 @@
 
 Why a thread of its own, off the job path: a heartbeat must keep coming while every
 executor is inside a long task, and a slow or failing store must never delay a job. The
-record (:class:`~nuvom_kernel.views.WorkerInfo`) lives ``3 × heartbeat_secs`` in the
+record (:class:`~nuvom_kernel.views.WorkerInfo`) lives three ``heartbeat_secs`` in the
 result backend, so a worker that stops beating — even ``kill -9`` — drops out of
 ``nuvom status`` after three missed heartbeats with nobody cleaning up; a clean stop
 removes it at once. A result backend without the ``heartbeats`` capability simply lists no
