@@ -61,6 +61,16 @@ print(json.dumps([j.id for j in jobs]))
 """
 
 
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project directory as cwd, importable, no ``NUVOM_*`` from the caller."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for key in [k for k in os.environ if k.startswith("NUVOM_")]:
+        monkeypatch.delenv(key)
+    return tmp_path
+
+
 def _env(project: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
     env.update({"SPANS_DIR": str(project / "spans"), "NUVOM_QUEUE_BACKEND": "sqlite",

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 TASKS = """
@@ -29,6 +30,18 @@ def flaky():
 def sleepy():
     time.sleep(1.0)
 """
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project directory as cwd, importable, no ``NUVOM_*`` from the caller.
+    (A fixture here, not in a conftest.py: test folders of several distributions run in
+    one pytest process, and other folders' tests import their own ``conftest``.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for key in [k for k in os.environ if k.startswith("NUVOM_")]:
+        monkeypatch.delenv(key)
+    return tmp_path
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from prom_helpers import project as project  # the fixture
 from prom_helpers import wait_until
 from prometheus_client import CollectorRegistry
 

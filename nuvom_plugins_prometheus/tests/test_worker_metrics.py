@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from prom_helpers import TASKS, sample, scrape, served_port, start_worker, wait_until
+from prom_helpers import project as project  # the fixture
 
 from nuvom_kernel import JobStatus, get_job
 from nuvom_kernel.kernel import Kernel, use_kernel

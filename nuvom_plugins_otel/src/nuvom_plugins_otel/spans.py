@@ -46,12 +46,17 @@ class Tracing:
         self._producing: weakref.WeakKeyDictionary[Job, Any] = weakref.WeakKeyDictionary()
         self._consuming: weakref.WeakKeyDictionary[Job, tuple[Any, object, int]] = \
             weakref.WeakKeyDictionary()
+        self._active = tracer_provider is not None
 
     def active(self) -> bool:
         """Whether an SDK is configured: without one every span would be a no-op, so the
-        hooks skip the work (an installed, unconfigured plugin costs a check per job)."""
-        provider = self._provider or trace.get_tracer_provider()
-        return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        hooks skip the work (an installed, unconfigured plugin costs a check per job). The
+        global provider can be set once, so a yes is remembered."""
+        if not self._active:
+            provider = trace.get_tracer_provider()
+            self._active = not isinstance(provider, trace.ProxyTracerProvider
+                                          | trace.NoOpTracerProvider)
+        return self._active
 
     # --- producer ---------------------------------------------------------------------------
 
@@ -67,6 +72,8 @@ class Tracing:
             self._producing[job] = span
 
     def enqueued(self, job: Job) -> None:
+        if not self._producing:  # idle: nothing was started
+            return
         with self._lock:
             span = self._producing.pop(job, None)
         if span is not None:
@@ -92,6 +99,8 @@ class Tracing:
             self._consuming[job] = (span, token, threading.get_ident())
 
     def executed(self, job: Job, error: BaseException | None = None) -> None:
+        if not self._consuming:  # idle: nothing was started
+            return
         with self._lock:
             entry = self._consuming.pop(job, None)
         if entry is None:
