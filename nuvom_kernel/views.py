@@ -76,13 +76,14 @@ class WorkerInfo:
 
     :param id: unique per worker process for its life (``host:pid:<random>``; a pid is
         reused, a restarted worker is a new one).
-    :param pool: the pool kind (``thread`` today).
+    :param pool: the pool kind: ``thread``, ``process`` or ``asyncio``.
     :param slots: jobs it can run at once; ``busy_slots`` are running one now.
     :param heartbeat_at: epoch seconds of this heartbeat (the worker's clock).
     :param heartbeat_secs: its interval; a result backend drops a worker that missed three.
     :param reports: what it measures about itself, e.g. ``abandoned_threads`` (stuck in
         timed-out jobs) and ``heartbeat_lag_secs`` (how late this heartbeat woke: a
-        starved interpreter or a stalled host shows here first).
+        starved interpreter or a stalled host shows here first), and with the asyncio pool
+        ``loop_lag_secs`` (how long its event loop went without answering, lately).
     """
 
     id: str

@@ -63,7 +63,7 @@ def test_two_workers_listed_and_a_killed_one_drops_out_within_three_heartbeats(
         env: dict[str, str], project: Path) -> None:
     kernel = Kernel(root=project, environ=env)
     procs = [start_worker(project, env, "--workers", "3", "--queue", "default"),
-             start_worker(project, env, "--workers", "2")]
+             start_worker(project, env, "--workers", "2", "--pool", "process")]
     try:
         wait_until(lambda: len(kernel.results.live_workers()) == 2, timeout=30,
                    what="both workers' first heartbeat")
@@ -73,6 +73,7 @@ def test_two_workers_listed_and_a_killed_one_drops_out_within_three_heartbeats(
         assert (first["slots"], first["queues"], first["pool"]) == (3, ["default"], "thread")
         assert first["busy_slots"] == 0 and first["heartbeat_secs"] == BEAT
         assert first["reports"]["abandoned_threads"] == 0
+        assert listed[procs[1].pid]["pool"] == "process"
         assert {"id", "host", "started_at", "version", "heartbeat_at"} <= set(first)
 
         victim = procs[0]

@@ -51,13 +51,16 @@ class Heartbeat:
     def info(self) -> WorkerInfo:
         """What the worker says about itself now."""
         worker = self.worker
+        reports: dict[str, float] = {"abandoned_threads": worker.abandoned_threads,
+                                     "heartbeat_lag_secs": round(self.lag_secs, 6)}
+        if worker.aio is not None:  # the asyncio pool's watchdog: a loop blocked by a task
+            reports["loop_lag_secs"] = round(worker.aio.lag_secs, 6)
         return WorkerInfo(
-            id=self.id, host=socket.gethostname(), pid=os.getpid(), pool="thread",
+            id=self.id, host=socket.gethostname(), pid=os.getpid(), pool=worker.pool,
             slots=worker.workers, busy_slots=worker.busy_slots,
             queues=list(worker.queues or []), started_at=self.started_at,
             version=self.version, heartbeat_at=time.time(), heartbeat_secs=self.interval,
-            reports={"abandoned_threads": worker.abandoned_threads,
-                     "heartbeat_lag_secs": round(self.lag_secs, 6)})
+            reports=reports)
 
     def start(self) -> None:
         if not type(self.results).capabilities.heartbeats:

@@ -96,9 +96,10 @@ def _of(spans: list[dict[str, Any]], kind: str, job_id: str) -> list[dict[str, A
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("pool", ["thread", "process"])
 @pytest.mark.parametrize("consumer_parent", [False, True], ids=["link", "parent"])
-def test_producer_and_consumer_spans_across_processes(project: Path, consumer_parent: bool
-                                                      ) -> None:
+def test_producer_and_consumer_spans_across_processes(project: Path, consumer_parent: bool,
+                                                      pool: str) -> None:
     (project / "spans").mkdir()
     (project / "o_tasks.py").write_text(TASKS)
     (project / "otel_setup.py").write_text(SETUP)
@@ -110,7 +111,8 @@ def test_producer_and_consumer_spans_across_processes(project: Path, consumer_pa
     flaky = job_ids[-1]
 
     worker_env = _env(project, NUVOM_PLUGINS__OTEL__CONSUMER_PARENT=str(consumer_parent))
-    worker = subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", "-w", "2"],
+    worker = subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", "-w", "2",
+                               "--pool", pool],
                               cwd=project, env=worker_env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
@@ -133,7 +135,7 @@ def test_producer_and_consumer_spans_across_processes(project: Path, consumer_pa
         assert producer["attributes"]["messaging.system"] == "nuvom"
         assert producer["attributes"]["messaging.destination.name"] == "default"
         for attempt, consumer in enumerate(consumers, start=1):
-            assert consumer["pid"] == worker.pid != producer["pid"]
+            assert consumer["pid"] == worker.pid != producer["pid"]  # the pool's parent
             assert consumer["name"] == "process default"
             attributes = consumer["attributes"]
             assert (attributes["messaging.system"], attributes["messaging.operation.type"],

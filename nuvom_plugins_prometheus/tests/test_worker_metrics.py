@@ -25,10 +25,14 @@ ENV = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
 
 
 @pytest.mark.slow
-def test_metrics_after_n_jobs(project: Path) -> None:
+@pytest.mark.parametrize("pool", ["thread", "process", "asyncio"])
+def test_metrics_after_n_jobs(project: Path, pool: str) -> None:
+    """With the process pool the parent settles every attempt its children ran, so its
+    own counters are the one endpoint for all of them."""
     (project / "m_tasks.py").write_text(TASKS)
     kernel = Kernel(root=project, environ=ENV)
-    proc, log = start_worker(project, ENV, "--workers", "2", "--queue", "default")
+    proc, log = start_worker(project, ENV, "--workers", "2", "--queue", "default",
+                             "--pool", pool)
     try:
         port = served_port(log)
         with use_kernel(kernel):

@@ -107,9 +107,12 @@ class Tracing:
             return
         span, token, thread = entry
         if error is not None:
+            # The job's own error type: for a task run in a pool child, the child's
+            # exception class (the error raised here only wraps it).
+            kind = job.error_type or _qualname(error)
             span.record_exception(error)
-            span.set_attribute("error.type", _qualname(error))
-            span.set_status(Status(StatusCode.ERROR, f"{_qualname(error)}: {error}"))
+            span.set_attribute("error.type", kind)
+            span.set_status(Status(StatusCode.ERROR, f"{kind}: {error}"))
         span.end()
         if thread == threading.get_ident():  # a timeout ends the span on another thread
             otel_context.detach(token)
