@@ -4,12 +4,13 @@ Why one per process, not per worker: Prometheus scrapes a process (a host and po
 ``prometheus_client`` keeps counters per process; two workers in one process (tests,
 embedding) share the counters and add up their slots.
 
-The seam for the process pool (not built yet): its parent will call :meth:`Exporter.serve`
-and own the timer and the slots, while children only record :class:`JobMetrics` — through
-``prometheus_client``'s multiprocess mode (``PROMETHEUS_MULTIPROCESS_DIR``: children write
-their values to files, and the parent serves them with a ``MultiProcessCollector``
-registered beside its :class:`LiveCollector` in place of its own ``JobMetrics``). Nothing
-here assumes the recording process is the serving one, except :meth:`serve`'s registry.
+With ``--pool process`` the process serving is the pool's parent, and it is also the one
+that settles every attempt its children ran (children only run the function), so its own
+:class:`JobMetrics` count them all: one endpoint, no multiprocess mode. Should a pool ever
+settle in its children, they would record :class:`JobMetrics` through
+``prometheus_client``'s multiprocess mode (``PROMETHEUS_MULTIPROCESS_DIR``) and the parent
+serve them with a ``MultiProcessCollector`` beside its :class:`LiveCollector`: recording
+and serving are kept apart for that, and only the exporter decides what its registry holds.
 """
 
 from __future__ import annotations
