@@ -104,8 +104,10 @@ def plugin_list(as_json: bool, show_all: bool) -> None:
                                                case_sensitive=False), default=None)
 @click.option("--grace-period", type=click.FloatRange(min=0), default=None,
               help="Seconds the first SIGINT/SIGTERM waits for running jobs.")
+@click.option("--no-scheduler", is_flag=True,
+              help="Do not fire task schedules from this worker (others still do).")
 def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | None,
-              log_level: str | None, grace_period: float | None) -> None:
+              log_level: str | None, grace_period: float | None, no_scheduler: bool) -> None:
     """Run a worker pool until SIGINT/SIGTERM (first drains, second stops at once)."""
     from nuvom_kernel.worker import Worker
 
@@ -114,5 +116,5 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
     if "" not in sys.path:  # the project directory holds the task modules
         sys.path.insert(0, "")
     worker = Worker(_kernel(), workers=workers, queues=queues or None, batch_size=batch_size,
-                    grace_period_secs=grace_period)
+                    grace_period_secs=grace_period, scheduler=not no_scheduler)
     sys.exit(worker.run())

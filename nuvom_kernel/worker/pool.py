@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 from nuvom_kernel import events
 from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import JobTimeoutError
+from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
+from nuvom_kernel.scheduler import Scheduler
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.run import HookInterrupted, JobRunner, current_job
 from nuvom_kernel.worker.settle import Running, Settler
@@ -54,6 +56,7 @@ class Worker:
     :param queues: named queues to serve (default: every queue).
     :param batch_size: most jobs claimed per ``pop_batch`` (default: ``batch_size`` setting).
     :param grace_period_secs: how long a graceful stop waits for running jobs.
+    :param scheduler: also fire the schedules of known tasks (:mod:`nuvom_kernel.scheduler`).
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Worker:
         batch_size: int | None = None,
         grace_period_secs: float | None = None,
         poll_timeout_secs: float = 1.0,
+        scheduler: bool = True,
     ) -> None:
         settings = kernel.settings
         self.kernel = kernel
@@ -100,12 +104,16 @@ class Worker:
         self._abandoned: set[threading.Thread] = set()
         self._signals = 0
         self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
+        self.scheduler: Scheduler | None = Scheduler(kernel) if scheduler else None
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the threads and return; :meth:`stop` and :meth:`join` end them."""
         self.kernel.registry.load_manifest(self.kernel.data_dir)
+        apply_limits(self.kernel)  # before the first claim: refuses what the queue cannot do
+        if self.scheduler is not None:
+            self.scheduler.start()
         self.settler.start()
         for _ in range(self.workers):
             self._spawn_executor()
@@ -191,6 +199,8 @@ class Worker:
                             running.lease, 0):
                 log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
                             running.job.id, running.job.func_name)
+        if self.scheduler is not None:
+            self.scheduler.stop()
         for _ in range(len(self._threads)):
             self._handoff.put(None)
         join_deadline = time.monotonic() + self.poll_timeout_secs + 5.0

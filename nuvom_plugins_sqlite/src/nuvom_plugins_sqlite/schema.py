@@ -174,6 +174,12 @@ MIGRATIONS: list[list[Step]] = [
         "CREATE INDEX nuvom_results_func ON nuvom_results (func_name, updated_at, job_id)",
         "CREATE INDEX nuvom_results_updated ON nuvom_results (updated_at, job_id)",
     ],
+    # Schedule state (``@task(schedule=...)``): one row per schedule, written with a
+    # compare-and-set on ``updated_at`` by whichever worker's scheduler fires a tick.
+    [
+        "CREATE TABLE nuvom_schedules (name TEXT PRIMARY KEY, updated_at REAL NOT NULL, "
+        "state TEXT NOT NULL)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
