@@ -3,6 +3,7 @@ workers, catch-up after downtime, and concurrency limits across executors."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -156,7 +157,7 @@ def test_concurrency_one_never_overlaps_and_other_tasks_flow(env, project: Path)
         spans.setdefault(i, {})[kind] = float(when)
     ordered = sorted((s["start"], s["end"]) for s in spans.values())
     assert len(ordered) == 6
-    assert all(end <= nxt for (_, end), (nxt, _) in zip(ordered, ordered[1:], strict=False)), \
+    assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(ordered)), \
         "two limited jobs ran at once"
     assert all(get_kernel().refresh_job(j).attempts == 1 for j in held), \
         "a job held back by its limit consumed an attempt"

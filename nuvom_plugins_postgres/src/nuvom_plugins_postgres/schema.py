@@ -76,8 +76,18 @@ ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_valid CHECK (
     AND (state <> 2 OR (token IS NOT NULL AND lease_expires_at IS NOT NULL)));
 """
 
+# v3: schedule state (``@task(schedule=...)``), one row per schedule, written with a
+# compare-and-set on ``updated_at`` by whichever worker's scheduler fires a tick.
+_V3 = """
+CREATE TABLE {s}.schedules (
+    name text PRIMARY KEY,
+    updated_at double precision NOT NULL,
+    state text NOT NULL
+);
+"""
+
 #: One entry per version; a new version appends its DDL here and never edits an old one.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
