@@ -350,6 +350,13 @@ class Worker:
             log.warning("%d threads are stuck in timed-out jobs (max_abandoned_threads=%d): "
                         "this worker claims fewer jobs until one returns", self._abandoned_alive,
                         self.max_abandoned)
-        threading.Thread(target=self.runner.fail, args=(running, error, ""),
-                         kwargs={"kind": "timeout", "decided": True}, name="nuvom-timeout",
-                         daemon=True).start()
+        threading.Thread(target=self._settle_timed_out, args=(running, error),
+                         name="nuvom-timeout", daemon=True).start()
+
+    def _settle_timed_out(self, running: Running, error: JobTimeoutError) -> None:
+        if running.job.options.concurrency is not None:
+            # A limited task's timed-out attempt keeps counting against its limit until its
+            # function returns: its lease (extended by the monitor until settled) is what
+            # the queue counts, so settle only then.
+            running.thread.join()
+        self.runner.fail(running, error, "", kind="timeout", decided=True)
