@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nuvom_kernel.discovery import read_manifest
+from nuvom_kernel.discovery import manifest_path, read_manifest
 from nuvom_kernel.dispatcher import enqueue
 from nuvom_kernel.envelope import Envelope, options_from_wire
 from nuvom_kernel.errors import BackendCapabilityError
@@ -96,11 +96,32 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked = False
+        self._manifest_key: tuple[int, int] | None = None
+        self._manifest_schedules: dict[str, Schedule] = {}
 
     # --- which schedules ----------------------------------------------------------------
 
     def schedules(self) -> dict[str, Schedule]:
         """Schedules of the manifest, overridden by those of imported tasks."""
+        found = dict(self._from_manifest())
+        registry = self.kernel.registry
+        for name in registry.names():
+            schedule = getattr(registry.get(name), "schedule", None)
+            if schedule is not None:
+                found[name] = schedule
+        return found
+
+    def _from_manifest(self) -> dict[str, Schedule]:
+        """The manifest's schedules, parsed again only when the file changed (a pass runs
+        every second; a big project's manifest is not re-read that often)."""
+        path = manifest_path(self.kernel.data_dir)
+        try:
+            stat = path.stat()
+            key: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            key = None
+        if key == self._manifest_key:
+            return self._manifest_schedules
         found: dict[str, Schedule] = {}
         try:
             manifest = read_manifest(self.kernel.data_dir) or {}
@@ -121,11 +142,7 @@ class Scheduler:
                     options=options_from_wire(opts), **policy)
             except Exception as exc:
                 log.warning("manifest schedule of task %r ignored: %s", entry.get("name"), exc)
-        registry = self.kernel.registry
-        for name in registry.names():
-            schedule = getattr(registry.get(name), "schedule", None)
-            if schedule is not None:
-                found[name] = schedule
+        self._manifest_key, self._manifest_schedules = key, found
         return found
 
     def check(self, schedules: dict[str, Schedule]) -> None:

@@ -231,3 +231,25 @@ def test_schedule_state_compare_and_set_lets_one_writer_win(make_kernel, backend
     assert not results[1].advance_schedule(read, ScheduleState("s", last_tick=2.0,
                                                                 updated_at=2.5))
     assert results[1].schedule_states()["s"].updated_at == 2.0
+
+
+def test_schedule_cli_lists_and_fires_from_the_manifest(project):
+    from tests.helpers import run_nuvom
+
+    write_module(project, "nightly", "from nuvom_kernel import task, cron\n"
+                 "@task(schedule=cron('0 3 * * *', tz='America/New_York'))\n"
+                 "def cleanup(): ...\n")
+    assert run_nuvom(["discover", "tasks"], project).returncode == 0
+    listed = run_nuvom(["schedule", "list"], project)
+    assert listed.returncode == 0, listed.stderr
+    assert "cleanup" in listed.stdout and "America/New_York" in listed.stdout
+    fired_now = run_nuvom(["schedule", "run", "cleanup"], project)
+    assert fired_now.returncode == 0, fired_now.stderr
+    assert "fired cleanup: job schedule.cleanup.manual." in fired_now.stdout
+    kernel = Kernel(root=project, environ={})
+    (lease,) = kernel.queue.claim(5)
+    assert lease.message.task == "cleanup"
+    kernel.close()
+    unknown = run_nuvom(["schedule", "run", "nope"], project)
+    assert unknown.returncode != 0 and "no schedule named 'nope'" in unknown.stderr
+    assert "cleanup" in unknown.stderr
