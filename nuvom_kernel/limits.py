@@ -46,11 +46,12 @@ def concurrency_limits(kernel: Kernel) -> dict[str, int]:
     return limits
 
 
-def apply_limits(kernel: Kernel) -> dict[str, int]:
-    """Hand the limits to the queue backend; refuse them if it cannot enforce them."""
+def apply_limits(kernel: Kernel, applied: dict[str, int] | None = None) -> dict[str, int]:
+    """Hand the limits to the queue backend unless they equal ``applied`` (what it was
+    given last); refuse them if it cannot enforce them. Returns the limits."""
     limits = concurrency_limits(kernel)
     queue = kernel.queue
-    if not limits:
+    if limits == (applied or {}):
         return limits
     if not queue.capabilities.concurrency:
         raise BackendCapabilityError(

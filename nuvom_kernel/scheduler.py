@@ -25,6 +25,7 @@ from nuvom_kernel.discovery import manifest_path, read_manifest
 from nuvom_kernel.dispatcher import enqueue
 from nuvom_kernel.envelope import Envelope, options_from_wire
 from nuvom_kernel.errors import BackendCapabilityError
+from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import Job, ScheduleState
 from nuvom_kernel.schedules import Schedule, iso, schedule_job_id, trigger_from_dict
 
@@ -88,11 +89,15 @@ class Scheduler:
     """Fires the schedules of one process's tasks and of the discovery manifest.
 
     :param clock: epoch seconds now; tests pass a controllable one.
+    :param fire: fire schedules (``False``: ``runworker --no-scheduler``).
     """
 
-    def __init__(self, kernel: Kernel, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, kernel: Kernel, clock: Callable[[], float] = time.time, *,
+                 fire: bool = True) -> None:
         self.kernel = kernel
         self.clock = clock
+        self.fire = fire
+        self._limits: dict[str, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked = False
@@ -218,8 +223,11 @@ class Scheduler:
     # --- the thread ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self.check(self.schedules())
-        self._checked = True
+        """Start the thread; ``fire=False`` (``--no-scheduler``) only keeps the queue's
+        concurrency limits up to date as tasks are imported."""
+        if self.fire:
+            self.check(self.schedules())
+            self._checked = True
         self._thread = threading.Thread(target=self._loop, name="nuvom-scheduler",
                                         daemon=True)
         self._thread.start()
@@ -233,9 +241,13 @@ class Scheduler:
         failures = 0
         while not self._stop.is_set():
             try:
-                self.run_pending()
+                if self.fire:
+                    self.run_pending()
+                # Tasks imported since the last pass (a worker imports on first use) may
+                # bring limits the queue must enforce from its next claim on.
+                self._limits = apply_limits(self.kernel, self._limits)
                 failures = 0
-                wait = self._until_next()
+                wait = self._until_next() if self.fire else MAX_SLEEP_SECS
             except Exception:
                 failures += 1
                 wait = min(0.1 * 2 ** min(failures, 5), MAX_SLEEP_SECS * 5)

@@ -56,7 +56,8 @@ class Worker:
     :param queues: named queues to serve (default: every queue).
     :param batch_size: most jobs claimed per ``pop_batch`` (default: ``batch_size`` setting).
     :param grace_period_secs: how long a graceful stop waits for running jobs.
-    :param scheduler: also fire the schedules of known tasks (:mod:`nuvom_kernel.scheduler`).
+    :param scheduler: also fire the schedules of known tasks (:mod:`nuvom_kernel.scheduler`);
+        without it, the scheduler's thread only keeps concurrency limits up to date.
     """
 
     def __init__(
@@ -104,16 +105,15 @@ class Worker:
         self._abandoned: set[threading.Thread] = set()
         self._signals = 0
         self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
-        self.scheduler: Scheduler | None = Scheduler(kernel) if scheduler else None
+        self.scheduler = Scheduler(kernel, fire=scheduler)
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the threads and return; :meth:`stop` and :meth:`join` end them."""
         self.kernel.registry.load_manifest(self.kernel.data_dir)
-        apply_limits(self.kernel)  # before the first claim: refuses what the queue cannot do
-        if self.scheduler is not None:
-            self.scheduler.start()
+        self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
+        self.scheduler.start()
         self.settler.start()
         for _ in range(self.workers):
             self._spawn_executor()
@@ -199,8 +199,7 @@ class Worker:
                             running.lease, 0):
                 log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
                             running.job.id, running.job.func_name)
-        if self.scheduler is not None:
-            self.scheduler.stop()
+        self.scheduler.stop()
         for _ in range(len(self._threads)):
             self._handoff.put(None)
         join_deadline = time.monotonic() + self.poll_timeout_secs + 5.0
