@@ -342,3 +342,20 @@ class Job:
         :raises TimeoutError: no outcome within ``timeout`` seconds.
         """
         return self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs)
+
+    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+        """:meth:`get` for asyncio callers: waits without blocking the event loop (each
+        poll reads the backend from a thread, then sleeps on the loop)."""
+        import asyncio
+
+        kernel = self._bound()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await asyncio.to_thread(kernel.wait_for, self, 0.0, poll_secs)
+            except TimeoutError:
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {self.id} had no outcome within {timeout} s"
+                                       ) from None
+            await asyncio.sleep(poll_secs if left is None else min(poll_secs, left))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import time
@@ -75,6 +76,17 @@ class Task(Generic[P, R]):
         if self.options.unique:
             return enqueue_unique(self._kernel(), *call, self._params)
         return enqueue(self._kernel(), [call])[0]
+
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """:meth:`delay` for asyncio producers: the backend call runs in a thread, so the
+        caller's event loop keeps serving while the job is stored."""
+        return await asyncio.to_thread(self.delay, *args, **kwargs)
+
+    async def map_async(self, arguments: Iterable[Any], *,
+                        job_ids: Sequence[str] | None = None) -> list[Job]:
+        """:meth:`map` for asyncio producers (the batch is stored from a thread)."""
+        items = list(arguments)
+        return await asyncio.to_thread(self.map, items, job_ids=job_ids)
 
     def apply_async(
         self,

@@ -4,7 +4,10 @@ Four kinds of thread:
 
 * one **dispatcher** claims jobs with ``pop_batch`` — never more than there are idle
   executors, so jobs are not hoarded while other workers sit idle — and hands them over;
-* **executors** (``workers`` of them) run one job at a time and decide its outcome;
+* **executors** (``workers`` of them) run one job at a time and decide its outcome — in the
+  thread itself, in a child process the thread owns (``pool="process"``,
+  :mod:`.processes`), or, with ``pool="asyncio"`` (:mod:`.aio`), as tasks on one event loop
+  instead of threads;
 * one **settler** (:mod:`.settle`) stores outcomes and acks or retries leases,
   in batches, for every outcome alike;
 * one **monitor** (:mod:`.monitor`) extends the leases of running and settling jobs in one
@@ -37,7 +40,9 @@ from nuvom_kernel.errors import JobTimeoutError
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.scheduler import Scheduler
+from nuvom_kernel.worker.aio import AsyncPool
 from nuvom_kernel.worker.monitor import LeaseMonitor
+from nuvom_kernel.worker.processes import ProcessPool
 from nuvom_kernel.worker.run import HookInterrupted, JobRunner, current_job
 from nuvom_kernel.worker.settle import Running, Settler
 
@@ -48,6 +53,9 @@ __all__ = ["Worker", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
 
+#: What can run a job's function (``--pool``, the ``pool`` setting).
+POOLS = ("thread", "process", "asyncio")
+
 
 class Worker:
     """A pool of executor threads serving one kernel's queue backend.
@@ -56,6 +64,8 @@ class Worker:
     :param queues: named queues to serve (default: every queue).
     :param batch_size: most jobs claimed per ``pop_batch`` (default: ``batch_size`` setting).
     :param grace_period_secs: how long a graceful stop waits for running jobs.
+    :param pool: what runs the functions: ``thread`` (default: the ``pool`` setting),
+        ``process`` (:mod:`.processes`) or ``asyncio`` (:mod:`.aio`).
     :param scheduler: also fire the schedules of known tasks (:mod:`nuvom_kernel.scheduler`);
         without it, the scheduler's thread only keeps concurrency limits up to date.
     """
@@ -69,6 +79,7 @@ class Worker:
         batch_size: int | None = None,
         grace_period_secs: float | None = None,
         poll_timeout_secs: float = 1.0,
+        pool: str | None = None,
         scheduler: bool = True,
     ) -> None:
         settings = kernel.settings
@@ -105,6 +116,17 @@ class Worker:
         self._abandoned: set[threading.Thread] = set()
         self._signals = 0
         self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
+        self.pool = pool or settings.pool
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; use one of {', '.join(POOLS)}")
+        self.processes: ProcessPool | None = None
+        self.aio: AsyncPool | None = None
+        if self.pool == "process":
+            self.processes = self.runner.processes = ProcessPool(kernel, self.workers,
+                                                                 self._stopping)
+        elif self.pool == "asyncio":
+            self.aio = AsyncPool(sync_threads=min(32, self.workers))
+        self.runner.monitor_deadlines = self.pool == "thread"
         self.scheduler = Scheduler(kernel, fire=scheduler)
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -115,16 +137,23 @@ class Worker:
         self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         self.scheduler.start()
         self.settler.start()
-        for _ in range(self.workers):
-            self._spawn_executor()
+        if self.processes is not None:
+            self.processes.start()
+        if self.aio is not None:  # jobs are tasks on one loop: slots, not threads
+            self.aio.start()
+            with self._cv:
+                self._free = self.workers
+        else:
+            for _ in range(self.workers):
+                self._spawn_executor()
         dispatcher = threading.Thread(target=self._dispatch_loop, name="nuvom-dispatcher",
                                       daemon=True)
         dispatcher.start()
         self._threads.append(dispatcher)
         self.monitor.start()
         self._emit_lifecycle("nuvom_worker_startup")
-        log.info("worker %s started: %d threads, queues=%s, backend=%s", self.origin,
-                 self.workers, ",".join(self.queues or ["*"]), self.queue.name)
+        log.info("worker %s started: %s pool of %d, queues=%s, backend=%s", self.origin,
+                 self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name)
 
     def stop(self, graceful: bool = True) -> None:
         """Stop leasing; a graceful stop lets running jobs finish, a forced one does not."""
@@ -206,6 +235,10 @@ class Worker:
         for thread in self._threads:
             if thread is not threading.current_thread() and thread not in self._abandoned:
                 thread.join(max(0.0, join_deadline - time.monotonic()))
+        if self.processes is not None:  # idle children exit; a forced stop kills busy ones
+            self.processes.stop(force=not clean)
+        if self.aio is not None:
+            self.aio.stop()
         self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
         self.monitor.stop()  # it kept extending leases until everything settled
         self._emit_lifecycle("nuvom_worker_shutdown")
@@ -256,6 +289,8 @@ class Worker:
                     self.settler.safely("release it", lease, self.queue.release, lease)
                     with self._cv:
                         self._free += 1
+                elif self.aio is not None:
+                    self.aio.submit(lambda lease=lease: self._serve_async(lease))
                 else:
                     self._handoff.put(lease)
 
@@ -286,6 +321,19 @@ class Worker:
                 self.settler.safely("release it", lease, self.queue.release, lease)
             elif not self.runner.run_one(lease):
                 return  # abandoned after a timeout, and its slot was filled meanwhile
+            with self._cv:
+                self._free += 1
+                self._cv.notify()
+
+    async def _serve_async(self, lease: Lease) -> None:
+        """One slot of the asyncio pool: run the lease, then give the slot back."""
+        assert self.aio is not None
+        try:
+            if self._stopping.is_set():  # claimed but not started: straight back
+                self.settler.safely("release it", lease, self.queue.release, lease)
+            else:
+                await self.runner.run_async(lease, self.aio)
+        finally:
             with self._cv:
                 self._free += 1
                 self._cv.notify()
