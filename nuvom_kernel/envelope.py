@@ -52,7 +52,14 @@ def options_to_wire(options: TaskOptions) -> dict[str, Any]:
     data = attrs.asdict(options)
     data["backoff"] = options.backoff.value
     data["tags"] = list(options.tags)
+    for name in _OMITTED_IF_DEFAULT:  # newer options stay off the wire unless used
+        if data[name] == _DEFAULTS[name]:
+            del data[name]
     return data
+
+
+_DEFAULTS = {f.name: f.default for f in attrs.fields(TaskOptions)}
+_OMITTED_IF_DEFAULT = ("concurrency", "unique", "unique_for")
 
 
 _OPTION_NAMES = frozenset(f.name for f in attrs.fields(TaskOptions))
