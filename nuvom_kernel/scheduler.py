@@ -24,10 +24,16 @@ import attrs
 from nuvom_kernel.discovery import manifest_path, read_manifest
 from nuvom_kernel.dispatcher import enqueue
 from nuvom_kernel.envelope import Envelope, options_from_wire
-from nuvom_kernel.errors import BackendCapabilityError
+from nuvom_kernel.errors import BackendCapabilityError, NuvomError
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import Job, ScheduleState
-from nuvom_kernel.schedules import Schedule, iso, schedule_job_id, trigger_from_dict
+from nuvom_kernel.schedules import (
+    Schedule,
+    iso,
+    manual_job_id,
+    schedule_job_id,
+    trigger_from_dict,
+)
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -215,9 +221,9 @@ class Scheduler:
         schedule = self.schedules().get(name)
         if schedule is None:
             known = ", ".join(sorted(self.schedules())) or "none"
-            raise KeyError(f"no schedule named {name!r} (known: {known}); schedules come from "
-                           "imported tasks and from `nuvom discover tasks`")
-        envelope, job = tick_call(schedule, None, job_id=envelope_id(name))
+            raise NuvomError(f"no schedule named {name!r} (known: {known}); schedules come "
+                             "from imported tasks and from `nuvom discover tasks`")
+        envelope, job = tick_call(schedule, None, job_id=manual_job_id(name))
         return enqueue(self.kernel, [(envelope, job)])[0]
 
     # --- the thread ---------------------------------------------------------------------
@@ -260,11 +266,6 @@ class Scheduler:
                  for s in self.schedules().values()]
         soonest = min((t[0] for t in nexts if t), default=now + MAX_SLEEP_SECS)
         return max(0.0, soonest - now) + 0.001
-
-
-def envelope_id(name: str) -> str:
-    """The id of a run fired by hand: unique, and readable as that schedule's."""
-    return f"schedule.{name}.manual.{time.time_ns()}"
 
 
 def next_run(schedule: Schedule, now: float) -> float | None:

@@ -16,6 +16,7 @@ time) and the backends deduplicate by id. So the tick math lives here, once:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -24,8 +25,8 @@ import attrs
 
 from nuvom_kernel.errors import NuvomError
 
-__all__ = ["CATCH_UP", "OVERLAP", "Cron", "Every", "Schedule", "cron", "every", "iso",
-           "schedule_job_id"]
+__all__ = ["CATCH_UP", "OVERLAP", "Cron", "Every", "Schedule", "ScheduleError", "cron", "every",
+           "iso", "manual_job_id", "schedule_job_id", "trigger_from_dict"]
 
 UTC = timezone.utc
 CATCH_UP = ("latest", "all", "none")
@@ -222,3 +223,9 @@ def schedule_job_id(name: str, tick: float) -> str:
     stamp = datetime.fromtimestamp(tick, UTC).strftime("%Y%m%dT%H%M%S")
     frac = round((tick % 1) * 1_000_000)
     return f"schedule.{name}.{stamp}" + (f".{frac:06d}" if frac else "")
+
+
+def manual_job_id(name: str) -> str:
+    """The id of a run fired by hand (``nuvom schedule run``): unique, and readable as that
+    schedule's."""
+    return f"schedule.{name}.manual.{time.time_ns()}"

@@ -150,6 +150,8 @@ class Task(Generic[P, R]):
                 calls.append(self._call((), item, self.options, job_id))
             else:
                 calls.append(self._call((item,), {}, self.options, job_id))
+        if self.options.unique and job_ids is None:  # one dedup check per item
+            return [enqueue_unique(self._kernel(), *call, self._params) for call in calls]
         return enqueue(self._kernel(), calls, known_ids=job_ids is not None)
 
 

@@ -34,7 +34,10 @@ def test_unique_returns_the_unfinished_job_for_equal_arguments(kernel):
     other = sync.delay(7, full=True)
     assert other.id != first.id
     assert kernel.queue.qsize() == 2
-    drain(kernel, first, other)
+    mapped = sync.map([7, (7, True), 8])
+    assert [j.id for j in mapped[:2]] == [first.id, other.id]
+    assert kernel.queue.qsize() == 3
+    drain(kernel, *mapped)
     again = sync.delay(7)  # finished: without unique_for, a new run starts
     assert again.id == first.id and again.run == 2
     assert kernel.queue.qsize() == 1

@@ -16,6 +16,7 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.errors import NuvomError
 
 
 @hookimpl
@@ -67,6 +68,6 @@ def schedule_run(name: str) -> None:
         sys.path.insert(0, "")
     try:
         job = Scheduler(_kernel()).fire_now(name)
-    except KeyError as exc:
-        raise click.ClickException(str(exc.args[0])) from exc
+    except NuvomError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"fired {name}: job {job.id}")

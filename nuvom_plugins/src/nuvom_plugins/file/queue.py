@@ -113,6 +113,12 @@ from nuvom_plugins.file.limits import Slots
 
 __all__ = ["FileJobQueue"]
 
+log = logging.getLogger("nuvom.file.queue")
+
+_QUEUE_KEYS = {"path", "queue_path", "visibility_timeout_secs", "fsync", "relist_interval_secs"}
+#: Keys of the same ``[plugins.file]`` table that belong to the result backend.
+RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
+
 
 def _rename(source: Path, target: Path) -> bool:
     """Claim by rename; ``False`` if another process claimed it first."""
@@ -121,12 +127,6 @@ def _rename(source: Path, target: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-log = logging.getLogger("nuvom.file.queue")
-
-_QUEUE_KEYS = {"path", "queue_path", "visibility_timeout_secs", "fsync", "relist_interval_secs"}
-#: Keys of the same ``[plugins.file]`` table that belong to the result backend.
-RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
 
 
 class FileJobQueue(QueueBackend):
