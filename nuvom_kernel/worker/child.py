@@ -42,7 +42,11 @@ from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.serialization import from_wire, to_wire
 from nuvom_kernel.worker.run import bind_job
 
-__all__ = ["read_frame", "write_frame"]
+__all__ = ["PARENT_PID", "read_frame", "write_frame"]
+
+#: In a pool child: the worker process's pid (what a task that names "its worker", e.g. in
+#: a log line, should report); ``None`` elsewhere.
+PARENT_PID: int | None = None
 
 _HEADER = struct.Struct("!I")
 
@@ -178,7 +182,9 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str]) -> None:
+    global PARENT_PID
     requests, replies, parent = int(argv[0]), int(argv[1]), int(argv[2])
+    PARENT_PID = parent
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -126,7 +126,8 @@ class Worker:
                                                                  self._stopping)
         elif self.pool == "asyncio":
             self.aio = AsyncPool(sync_threads=min(32, self.workers))
-        self.runner.monitor_deadlines = self.pool == "thread"
+        self.runner.monitor_slack = {"thread": 0.0, "asyncio": None,
+                                     "process": settings.kill_grace_secs + 2.0}[self.pool]
         self.scheduler = Scheduler(kernel, fire=scheduler)
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -384,7 +385,7 @@ class Worker:
             running.abandoned = True  # its thread exits (or takes its slot back) on return
         error = JobTimeoutError(
             f"job {job.id} ({job.func_name}) exceeded its timeout of "
-            f"{running.deadline - running.started_mono:.3g} s")  # type: ignore[operator]
+            f"{(job.deadline or running.deadline) - running.started_mono:.3g} s")  # type: ignore[operator]
         with self._cv:
             self._abandoned_alive += 1
             self._abandoned.add(running.thread)

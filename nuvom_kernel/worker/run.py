@@ -79,9 +79,11 @@ class JobRunner:
         self.serializer = kernel.serializer
         #: Set by a process pool: the function runs in a child, not on this thread.
         self.processes: ProcessPool | None = None
-        #: Whether the monitor enforces deadlines by abandoning the thread (the thread
-        #: pool); the process and asyncio pools stop a job themselves.
-        self.monitor_deadlines = True
+        #: How long after a job's deadline the monitor gives up its thread: at once in the
+        #: thread pool; in the process pool only if the child was not killed in time (the
+        #: thread is stuck in a hook, not in the child); never in the asyncio pool (jobs
+        #: share the loop's thread, and the loop cancels its own).
+        self.monitor_slack: float | None = 0.0
 
     def run_one(self, lease: Lease) -> bool:
         """Run ``lease`` to its settlement; ``False`` if the calling thread was abandoned
@@ -123,9 +125,10 @@ class JobRunner:
         timeout = job.options.timeout_secs or settings.job_timeout_secs
         deadline = started_mono + timeout if timeout else None
         job.deadline = deadline
+        slack = self.monitor_slack
         running = Running(job, lease, envelope, threading.current_thread(), started_at,
-                          started_mono, deadline if self.monitor_deadlines else None,
-                          extended_at=started_mono)
+                          started_mono, None if deadline is None or slack is None
+                          else deadline + slack, extended_at=started_mono)
         self.running[job.id] = running
         if deadline is not None:
             self.monitor.wake()
