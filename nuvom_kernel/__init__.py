@@ -30,6 +30,8 @@ _EXPORTS = {
     "set_kernel": "kernel",
     "use_kernel": "kernel",
     "Task": "task",
+    "cron": "schedules",
+    "every": "schedules",
     "task": "task",
     "Worker": "worker",
     "current_job": "worker",
@@ -47,7 +49,9 @@ __all__ = [
     "UnknownJobError",
     "Worker",
     "__version__",
+    "cron",
     "current_job",
+    "every",
     "get_job",
     "get_kernel",
     "hookimpl",
@@ -80,5 +84,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     )
     from nuvom_kernel.kernel import Kernel, get_job, get_kernel, set_kernel, use_kernel
     from nuvom_kernel.models import Job, JobStatus
+    from nuvom_kernel.schedules import cron, every
     from nuvom_kernel.task import Task, task
     from nuvom_kernel.worker import Worker, current_job

@@ -24,7 +24,15 @@ from typing import Any, ClassVar
 
 import attrs
 
-from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement, supersedes
+from nuvom_kernel.models import (
+    JobRecord,
+    JobStatus,
+    Lease,
+    Message,
+    ScheduleState,
+    Settlement,
+    supersedes,
+)
 from nuvom_kernel.views import (
     QueueCounts,
     QueueStats,
@@ -67,6 +75,10 @@ class Capabilities:
     delayed: bool = False
     blocking_dequeue: bool = False
     heartbeats: bool = False  # a result backend that lists live workers (``heartbeat``)
+    #: queue: honours ``set_concurrency_limits`` at claim time (``@task(concurrency=N)``)
+    concurrency: bool = False
+    #: results: keeps schedule state with a compare-and-set (``@task(schedule=...)``)
+    schedules: bool = False
 
     def as_list(self) -> list[str]:
         return [f.name for f in attrs.fields(type(self)) if getattr(self, f.name)]
@@ -229,6 +241,18 @@ class QueueBackend(_Backend):
         default can only say how many wait in all, under the name ``*``)."""
         return QueueStats(queues={"*": QueueCounts(ready=self.qsize())})
 
+    def set_concurrency_limits(self, limits: Mapping[str, int]) -> None:
+        """Claim at most ``limits[task]`` messages of each task at once, counting live
+        leases of every process on the store; a message held back by its limit is simply
+        not claimable (no delivery counted) and others are claimed past it. Backends that
+        declare the ``concurrency`` capability override it; the worker calls it at start."""
+        raise NotImplementedError(f"queue backend {self.name!r} cannot limit concurrency")
+
+    def task_counts(self, tasks: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per task: (running — live leases —, ready to claim), for ``nuvom status`` on
+        concurrency-limited tasks (capability ``concurrency``)."""
+        raise NotImplementedError(f"queue backend {self.name!r} cannot count per task")
+
     def wait_for_messages(self, timeout: float, generation: int) -> None:
         """Block up to ``timeout`` seconds or until a push in this process bumps the
         generation counter past ``generation``."""
@@ -365,6 +389,16 @@ class ResultBackend(_Backend):
     def forget_worker(self, worker_id: str) -> bool:
         """Drop a worker at once (its clean shutdown); ``True`` if it was listed."""
         raise NotImplementedError(f"result backend {self.name!r} keeps no worker heartbeats")
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        """Every stored schedule state by name (capability ``schedules``)."""
+        raise NotImplementedError(f"result backend {self.name!r} keeps no schedule state")
+
+    def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
+        """Store ``state`` if the stored state of its schedule is still ``previous``
+        (compared by ``updated_at``; ``None``: none stored yet), atomically; ``False`` and
+        no change otherwise. The one write every scheduler races on: its winner fires the
+        ticks."""
+        raise NotImplementedError(f"result backend {self.name!r} keeps no schedule state")
 
     # --- conveniences ---------------------------------------------------------------------
 

@@ -57,6 +57,11 @@ def check_capabilities(kernel: Kernel, options: TaskOptions, delay_secs: float) 
             f"queue backend {name!r} does not support delayed jobs; drop the delay or use a "
             "backend that declares 'delayed' (sqlite, file, memory)"
         )
+    if options.concurrency is not None and not caps.concurrency:
+        raise BackendCapabilityError(
+            f"queue backend {name!r} cannot limit concurrency, so concurrency= cannot be "
+            "honoured; drop it or use a backend that declares 'concurrency' (sqlite, file, "
+            "memory)")
     if options.priority != 0 and not caps.priorities:
         raise BackendCapabilityError(
             f"queue backend {name!r} does not support priorities; drop priority= or use a "

@@ -57,8 +57,14 @@ def options_to_wire(options: TaskOptions) -> dict[str, Any]:
     data = attrs.asdict(options)
     data["backoff"] = options.backoff.value
     data["tags"] = list(options.tags)
+    for name in _OMITTED_IF_DEFAULT:  # newer options stay off the wire unless used
+        if data[name] == _DEFAULTS[name]:
+            del data[name]
     return data
 
+
+_DEFAULTS = {f.name: f.default for f in attrs.fields(TaskOptions)}
+_OMITTED_IF_DEFAULT = ("concurrency", "unique", "unique_for")
 
 #: Values that are their own wire form (floats are not: NaN must be refused by ``to_wire``).
 _NATIVE = frozenset({str, int, bool, type(None)})

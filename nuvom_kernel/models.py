@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -24,6 +25,7 @@ __all__ = [
     "JobStatus",
     "Lease",
     "Message",
+    "ScheduleState",
     "Settlement",
     "TaskOptions",
     "supersedes",
@@ -75,8 +77,17 @@ class TaskOptions:
     priority: int = 0
     description: str | None = None
     tags: tuple[str, ...] = ()
+    concurrency: int | None = None  # most jobs of the task running at once, all workers
+    unique: bool = False  # .delay() with equal arguments returns the unfinished job
+    unique_for: float | None = None  # ... or a finished one, for this many seconds
 
     def __attrs_post_init__(self) -> None:
+        if self.concurrency is not None and (type(self.concurrency) is not int
+                                             or self.concurrency < 1):
+            raise ValueError(f"concurrency must be an int >= 1 or None, got "
+                             f"{self.concurrency!r}")
+        if self.unique_for is not None and not self.unique_for > 0:
+            raise ValueError(f"unique_for must be > 0 seconds, got {self.unique_for!r}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.timeout_secs is not None and self.timeout_secs <= 0:
@@ -209,6 +220,33 @@ def supersedes(new: JobRecord, old: JobRecord | None) -> bool:
     return not (old.status in TERMINAL_STATES and new.status not in TERMINAL_STATES)
 
 
+@attrs.define
+class ScheduleState:
+    """What a result backend keeps per schedule (see :mod:`nuvom_kernel.scheduler`).
+
+    ``last_tick`` (epoch seconds) is how far the schedule has been handled: every tick up
+    to it was fired, missed or skipped. Advancing it is a compare-and-set, which is what
+    lets any number of workers run the scheduler and fire each tick once.
+    """
+
+    name: str
+    last_tick: float | None = None
+    last_job_id: str | None = None
+    last_run: float | None = None  # the tick of ``last_job_id``
+    fired: int = 0
+    missed: int = 0
+    skipped: int = 0
+    updated_at: float = attrs.field(factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScheduleState:
+        names = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 @attrs.frozen
 class Settlement:
     """One outcome to settle: store ``record``, then ack ``lease`` — or, with ``retry_in``
@@ -257,6 +295,12 @@ class Job:
     @property
     def queue(self) -> str:
         return self.options.queue
+
+    @property
+    def scheduled_for(self) -> datetime | None:
+        """The tick this job was fired for (timezone-aware UTC), ``None`` if not scheduled."""
+        tick = self.headers.get("scheduled_for")
+        return datetime.fromisoformat(tick) if tick else None
 
     @property
     def priority(self) -> int:

@@ -7,7 +7,9 @@ import contextlib
 import functools
 import gc
 import inspect
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
@@ -16,6 +18,8 @@ from nuvom_kernel.dispatcher import enqueue, importable_module
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.models import Backoff, Job, TaskOptions
 from nuvom_kernel.registry import REGISTRY
+from nuvom_kernel.schedules import Cron, Every, Schedule
+from nuvom_kernel.unique import enqueue_unique
 
 __all__ = ["Task", "task"]
 
@@ -26,11 +30,21 @@ R = TypeVar("R")
 class Task(Generic[P, R]):
     """A registered task. Calling it runs the function inline; ``.delay()`` enqueues a job."""
 
-    def __init__(self, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+    def __init__(self, fn: Callable[P, R], name: str, options: TaskOptions,
+                 schedule: dict[str, Any] | None = None) -> None:
         self.fn = fn
         self.name = name
         self.options = options
         self.module = importable_module(fn)
+        #: the task's :class:`~nuvom_kernel.schedules.Schedule` (``schedule=``), or None
+        self.schedule: Schedule | None = None
+        if schedule:
+            value = schedule.pop("schedule", None)
+            if value is None:
+                raise ValueError(f"task {name!r}: {', '.join(sorted(schedule))} only apply "
+                                 "with schedule=")
+            self.schedule = Schedule.build(name, value, module=self.module, options=options,
+                                           **schedule)
         self._params = [
             p.name for p in inspect.signature(fn).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
@@ -58,8 +72,12 @@ class Task(Generic[P, R]):
         return envelope, job
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
-        """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle."""
-        return enqueue(self._kernel(), [self._call(args, kwargs, self.options)])[0]
+        """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle (for a
+        ``unique`` task: the equal unfinished job's, if there is one)."""
+        call = self._call(args, kwargs, self.options)
+        if self.options.unique:
+            return enqueue_unique(self._kernel(), *call, self._params)
+        return enqueue(self._kernel(), [call])[0]
 
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """:meth:`delay` for asyncio producers: the backend call runs in a thread, so the
@@ -81,16 +99,31 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         priority: int | None = None,
         job_id: str | None = None,
+        eta: datetime | None = None,
     ) -> Job:
-        """Like :meth:`delay`, with per-call routing (a start delay, a queue, a priority) and
-        an optional ``job_id`` of your own: a job id names one job for its life, so enqueuing
-        an id that is queued, running or finished (and still recorded) creates nothing and
-        returns a handle to that job — safe to call again after a crash or a timeout."""
+        """Like :meth:`delay`, with per-call routing (a start delay or an ``eta``, a queue,
+        a priority) and an optional ``job_id`` of your own: a job id names one job for its
+        life, so enqueuing an id that is queued, running or finished (and still recorded)
+        creates nothing and returns a handle to that job — safe to call again after a crash
+        or a timeout.
+
+        :param eta: a timezone-aware datetime before which the job does not start.
+        """
+        if eta is not None:
+            if delay_secs:
+                raise ValueError("give apply_async() delay_secs= or eta=, not both")
+            if not isinstance(eta, datetime) or eta.utcoffset() is None:
+                raise ValueError(f"eta must be a timezone-aware datetime, got {eta!r}; pass a "
+                                 "zone, e.g. datetime(2030, 1, 1, 9, tzinfo=timezone.utc) or "
+                                 "datetime.now(timezone.utc) + timedelta(hours=1)")
+            delay_secs = max(0.0, eta.timestamp() - time.time())
         options = self.options
         if queue is not None or priority is not None:
             options = attrs.evolve(options, queue=queue or options.queue,
                                    priority=options.priority if priority is None else priority)
         call = self._call(tuple(args), dict(kwargs or {}), options, _check_id(job_id))
+        if options.unique and job_id is None:
+            return enqueue_unique(self._kernel(), *call, self._params, delay_secs)
         return enqueue(self._kernel(), [call], delay_secs=delay_secs,
                        known_ids=job_id is not None)[0]
 
@@ -122,7 +155,12 @@ class Task(Generic[P, R]):
                 calls.append(self._call((), item, self.options, job_id))
             else:
                 calls.append(self._call((item,), {}, self.options, job_id))
+        if self.options.unique and job_ids is None:  # one dedup check per item
+            return [enqueue_unique(self._kernel(), *call, self._params) for call in calls]
         return enqueue(self._kernel(), calls, known_ids=job_ids is not None)
+
+
+_SCHEDULE_OPTIONS = ("schedule", "overlap", "catch_up", "catch_up_window_secs")
 
 
 @contextlib.contextmanager
@@ -165,6 +203,13 @@ def task(
     priority: int = 0,
     description: str | None = None,
     tags: Iterable[str] = (),
+    schedule: Cron | Every | str | None = None,
+    overlap: str = "allow",
+    catch_up: str = "latest",
+    catch_up_window_secs: float = 3600.0,
+    concurrency: int | None = None,
+    unique: bool = False,
+    unique_for: float | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -181,7 +226,16 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
     :param store_result: keep the return value (``job.get()`` needs it).
     :param queue: the named queue jobs go to; ``priority``: higher runs first.
     :param description: shown by ``nuvom list tasks`` (default: docstring's first line).
+    :param schedule: ``cron(...)``, ``every(...)`` or a cron string (UTC): every worker's
+        scheduler fires it, each tick once (see docs/scheduling.md); with ``overlap``,
+        ``catch_up`` and ``catch_up_window_secs``.
+    :param concurrency: at most this many jobs of the task run at once, across all workers.
+    :param unique: ``.delay()`` with equal arguments returns the unfinished job;
+        ``unique_for`` also returns a finished one for that many seconds.
     """
+    schedule = {k: options.pop(k) for k in _SCHEDULE_OPTIONS if k in options}
+    if options.get("unique_for") is not None:
+        options.setdefault("unique", True)
     if "backoff" in options:
         options["backoff"] = Backoff(options["backoff"])
     if "tags" in options:
@@ -195,7 +249,7 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
         opts = TaskOptions(**options)
         if opts.description is None and doc:
             opts = attrs.evolve(opts, description=doc[0])
-        registered: Task[Any, Any] = Task(func, task_name, opts)
+        registered: Task[Any, Any] = Task(func, task_name, opts, dict(schedule))
         REGISTRY.register(task_name, registered)
         return registered
 

@@ -125,10 +125,12 @@ class _Size(click.ParamType):
               help="Process pool: RSS limit per child, e.g. 512MB or 2GB (bare number: MB).")
 @click.option("--max-child-age", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="SECS", help="Process pool: replace a child once it is this old.")
+@click.option("--no-scheduler", is_flag=True,
+              help="Do not fire task schedules from this worker (others still do).")
 def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | None,
               log_level: str | None, grace_period: float | None, pool: str | None,
               max_tasks_per_child: int | None, max_memory_per_child: int | None,
-              max_child_age: float | None) -> None:
+              max_child_age: float | None, no_scheduler: bool) -> None:
     """Run a worker pool until SIGINT/SIGTERM (first drains, second stops at once)."""
     from nuvom_kernel.worker import Worker
 
@@ -146,5 +148,5 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
             config, settings=attrs.evolve(config.settings, **overrides),
             sources={**config.sources, **dict.fromkeys(overrides, "command line")})
     worker = Worker(kernel, workers=workers, queues=queues or None, batch_size=batch_size,
-                    grace_period_secs=grace_period)
+                    grace_period_secs=grace_period, scheduler=not no_scheduler)
     sys.exit(worker.run())

@@ -176,6 +176,7 @@ def status(as_json: bool) -> None:
         "warnings": stats.warnings,
         "states": kernel.results.counts(),
         "workers": [worker.to_dict() for worker in workers],
+        "limits": _limits(kernel),
     }
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -192,6 +193,9 @@ def status(as_json: bool) -> None:
         click.echo(f"quarantined entries: {len(stats.quarantined)}")
         for line in stats.quarantined:
             click.echo(f"  {line}")
+    for task, row in data["limits"].items():
+        click.echo(f"concurrency {task}: running {row['running']}/{row['limit']}, "
+                   f"{row['waiting']} waiting on the limit")
     for line in stats.warnings:
         click.echo(f"warning: {line}")
     if not heartbeats:
@@ -207,6 +211,18 @@ def status(as_json: bool) -> None:
                   "up": f"{now - w.started_at:.0f} s",
                   "last beat": f"{now - w.heartbeat_at:.1f} s ago"} for w in workers],
                 ["worker", "queues", "busy", "pool", "version", "up", "last beat"])
+
+
+def _limits(kernel: Any) -> dict[str, dict[str, int]]:
+    """Per concurrency-limited task: running/limit and how many ready jobs wait."""
+    from nuvom_kernel.limits import concurrency_limits
+
+    limits = concurrency_limits(kernel)
+    if not limits or not kernel.queue.capabilities.concurrency:
+        return {}
+    counts = kernel.queue.task_counts(sorted(limits))
+    return {task: {"running": counts[task][0], "limit": limit, "waiting": counts[task][1]}
+            for task, limit in sorted(limits.items())}
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -40,6 +40,7 @@ from nuvom_kernel.models import (
     JobStatus,
     Lease,
     Message,
+    ScheduleState,
     Settlement,
     supersedes,
 )
@@ -65,10 +66,12 @@ class MemoryJobQueue(QueueBackend):
     """Priorities, delays, visibility timeouts and fencing, under one lock."""
 
     name = "memory"
-    capabilities = Capabilities(priorities=True, delayed=True, blocking_dequeue=True)
+    capabilities = Capabilities(priorities=True, delayed=True, blocking_dequeue=True,
+                                concurrency=True)
 
     def __init__(self, *, visibility_timeout_secs: float = 30.0) -> None:
         super().__init__(visibility_timeout_secs=visibility_timeout_secs)
+        self.limits: dict[str, int] = {}
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._ready: list[tuple[Any, ...]] = []  # (*_order(entry), seq, job id)
@@ -145,14 +148,18 @@ class MemoryJobQueue(QueueBackend):
         skipped: list[tuple[Any, ...]] = []
         with self._lock:
             self._promote(now)
+            running = self._running_per_task() if self.limits else {}
             while self._ready and len(leases) < n:
                 item = heapq.heappop(self._ready)
                 entry = self._entries.get(item[-1])
                 if entry is None or entry.seq != item[-2] or entry.token is not None:
                     continue  # stale heap item
-                if queues is not None and entry.message.queue not in queues:
-                    skipped.append(item)
+                task = entry.message.task
+                if (queues is not None and entry.message.queue not in queues) or (
+                        task in self.limits and running.get(task, 0) >= self.limits[task]):
+                    skipped.append(item)  # held back by its limit: not claimed, not counted
                     continue
+                running[task] = running.get(task, 0) + 1
                 leases.append(self._lease(entry, now))
             for item in skipped:
                 heapq.heappush(self._ready, item)
@@ -259,6 +266,26 @@ class MemoryJobQueue(QueueBackend):
             landed.append(ok)
         return landed
 
+    def set_concurrency_limits(self, limits: Mapping[str, int]) -> None:
+        self.limits = dict(limits)
+
+    def _running_per_task(self) -> dict[str, int]:
+        running: dict[str, int] = {}
+        for entry in self._leased.values():
+            running[entry.message.task] = running.get(entry.message.task, 0) + 1
+        return running
+
+    def task_counts(self, tasks: Sequence[str]) -> dict[str, tuple[int, int]]:
+        now = time.time()
+        with self._lock:
+            self._promote(now)
+            running = self._running_per_task()
+            ready: dict[str, int] = {}
+            for entry in self._entries.values():
+                if entry.token is None and entry.message.available_at <= now:
+                    ready[entry.message.task] = ready.get(entry.message.task, 0) + 1
+        return {t: (running.get(t, 0), ready.get(t, 0)) for t in tasks}
+
     def cancel(self, job_id: str) -> bool:
         with self._lock:
             entry = self._entries.get(job_id)
@@ -295,13 +322,27 @@ class MemoryResultBackend(ResultBackend):
     """A dict of records under a lock; records are copied in and out, never shared."""
 
     name = "memory"
-    capabilities = Capabilities(heartbeats=True)
+    capabilities = Capabilities(heartbeats=True, schedules=True)
 
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}
         self._workers: dict[str, tuple[dict[str, Any], float]] = {}  # id -> (info, expiry)
+        self._schedules: dict[str, dict[str, Any]] = {}
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        with self._lock:
+            return {k: ScheduleState.from_dict(v) for k, v in self._schedules.items()}
+
+    def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
+        with self._lock:
+            stored = self._schedules.get(state.name)
+            if (stored is None) != (previous is None) or (
+                    stored is not None and stored["updated_at"] != previous.updated_at):
+                return False
+            self._schedules[state.name] = state.to_dict()
+            return True
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:

@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 from nuvom_kernel import events
 from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import JobTimeoutError
+from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
+from nuvom_kernel.scheduler import Scheduler
 from nuvom_kernel.worker.aio import AsyncPool
 from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
@@ -65,6 +67,8 @@ class Worker:
     :param grace_period_secs: how long a graceful stop waits for running jobs.
     :param pool: what runs the functions: ``thread`` (default: the ``pool`` setting),
         ``process`` (:mod:`.processes`) or ``asyncio`` (:mod:`.aio`).
+    :param scheduler: also fire the schedules of known tasks (:mod:`nuvom_kernel.scheduler`);
+        without it, the scheduler's thread only keeps concurrency limits up to date.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class Worker:
         grace_period_secs: float | None = None,
         poll_timeout_secs: float = 1.0,
         pool: str | None = None,
+        scheduler: bool = True,
     ) -> None:
         settings = kernel.settings
         self.kernel = kernel
@@ -125,6 +130,7 @@ class Worker:
         self.runner.monitor_slack = {"thread": 0.0, "asyncio": None,
                                      "process": settings.kill_grace_secs + 2.0}[self.pool]
         self.heartbeat = Heartbeat(self)
+        self.scheduler = Scheduler(kernel, fire=scheduler)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -135,6 +141,8 @@ class Worker:
         """
         self.kernel.pm.hook.nuvom_worker_prepare(worker=self)
         self.kernel.registry.load_manifest(self.kernel.data_dir)
+        self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
+        self.scheduler.start()
         self.settler.start()
         if self.processes is not None:
             self.processes.start()
@@ -228,6 +236,7 @@ class Worker:
                             running.lease, 0):
                 log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
                             running.job.id, running.job.func_name)
+        self.scheduler.stop()
         for _ in range(len(self._threads)):
             self._handoff.put(None)
         join_deadline = time.monotonic() + self.poll_timeout_secs + 5.0
@@ -407,6 +416,13 @@ class Worker:
             log.warning("%d threads are stuck in timed-out jobs (max_abandoned_threads=%d): "
                         "this worker claims fewer jobs until one returns", self._abandoned_alive,
                         self.max_abandoned)
-        threading.Thread(target=self.runner.fail, args=(running, error, ""),
-                         kwargs={"kind": "timeout", "decided": True}, name="nuvom-timeout",
-                         daemon=True).start()
+        threading.Thread(target=self._settle_timed_out, args=(running, error),
+                         name="nuvom-timeout", daemon=True).start()
+
+    def _settle_timed_out(self, running: Running, error: JobTimeoutError) -> None:
+        if running.job.options.concurrency is not None:
+            # A limited task's timed-out attempt keeps counting against its limit until its
+            # function returns: its lease (extended by the monitor until settled) is what
+            # the queue counts, so settle only then.
+            running.thread.join()
+        self.runner.fail(running, error, "", kind="timeout", decided=True)

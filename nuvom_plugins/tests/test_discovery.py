@@ -183,6 +183,38 @@ def test_non_literal_options_are_skipped(tmp_path: Path) -> None:
     assert any("**options" in w for w in report.warnings)
 
 
+def test_schedules_are_recorded_so_workers_need_not_import(tmp_path: Path) -> None:
+    write(tmp_path, {"t.py": """
+        import nuvom_kernel as nk
+        from nuvom_kernel import task, cron, every
+        ZONE = "Europe/Paris"
+
+        @task(schedule=cron("0 9 * * MON-FRI", tz="Europe/Paris", args=(1,)), catch_up="all")
+        def report(): ...
+
+        @task(schedule=nk.every(minutes=1, seconds=30), overlap="skip", concurrency=2)
+        def poll(): ...
+
+        @task(schedule="*/5 * * * *")
+        def five(): ...
+
+        @task(schedule=cron("0 9 * * *", tz=ZONE))
+        def dynamic(): ...
+    """})
+    report, _ = run(tmp_path)
+    tasks = by_name(report)
+    assert dict(tasks["report"].options) == {
+        "catch_up": "all",
+        "schedule": {"cron": "0 9 * * MON-FRI", "tz": "Europe/Paris", "args": [1],
+                     "kwargs": {}}}
+    assert dict(tasks["poll"].options) == {
+        "overlap": "skip", "concurrency": 2,
+        "schedule": {"every": 90.0, "args": [], "kwargs": {}}}
+    assert dict(tasks["five"].options) == {"schedule": "*/5 * * * *"}
+    assert dict(tasks["dynamic"].options) == {}
+    assert any("'dynamic'" in w and "schedule=" in w for w in report.warnings)
+
+
 def test_syntax_error_is_reported_with_file_and_line(tmp_path: Path) -> None:
     write(tmp_path, {
         "good.py": "from nuvom_kernel import task\n@task\ndef g(): ...\n",

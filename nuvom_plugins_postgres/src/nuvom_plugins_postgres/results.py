@@ -30,7 +30,7 @@ from nuvom_kernel.backends import (
     parse_cursor,
 )
 from nuvom_kernel.errors import SerializationError
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
 from nuvom_plugins_postgres.queries import render
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import (
@@ -111,7 +111,8 @@ class PostgresResultBackend(ResultBackend):
 
     name = "postgres"
     namespaced = True
-    capabilities = Capabilities(persistent=True, multiprocess_safe=True, heartbeats=True)
+    capabilities = Capabilities(persistent=True, multiprocess_safe=True, heartbeats=True,
+                                schedules=True)
 
     def __init__(self, settings: PostgresSettings | None = None) -> None:
         super().__init__()
@@ -137,6 +138,13 @@ class PostgresResultBackend(ResultBackend):
             "SELECT info FROM {s}.workers WHERE expires_at > clock_timestamp() ORDER BY id"
             ).format(s=s))
         self._forget = render(sql.SQL("DELETE FROM {s}.workers WHERE id = %s").format(s=s))
+        self._states = render(sql.SQL("SELECT state FROM {s}.schedules").format(s=s))
+        self._insert_state = render(sql.SQL(
+            "INSERT INTO {s}.schedules VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING"
+        ).format(s=s))
+        self._update_state = render(sql.SQL(
+            "UPDATE {s}.schedules SET updated_at = %s, state = %s "
+            "WHERE name = %s AND updated_at = %s").format(s=s))
         self._closed = False
 
     @classmethod
@@ -161,6 +169,23 @@ class PostgresResultBackend(ResultBackend):
         rows = [encode(r) for r in records]
         with self._store.connection() as conn, conn.transaction():
             return store_fenced(conn, self._upsert, rows)
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        with self._store.connection() as conn:
+            rows = conn.execute(self._states).fetchall()
+        states = (ScheduleState.from_dict(json.loads(row[0])) for row in rows)
+        return {state.name: state for state in states}
+
+    def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
+        """One conditional statement, as on SQLite."""
+        data = json.dumps(state.to_dict())
+        with self._store.connection() as conn:
+            if previous is None:
+                cur = conn.execute(self._insert_state, (state.name, state.updated_at, data))
+            else:
+                cur = conn.execute(self._update_state, (state.updated_at, data, state.name,
+                                                        previous.updated_at))
+            return cur.rowcount == 1
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._store.connection() as conn:

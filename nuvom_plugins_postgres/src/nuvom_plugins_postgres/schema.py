@@ -86,8 +86,18 @@ CREATE TABLE {s}.workers (
 );
 """
 
+# v4: schedule state (``@task(schedule=...)``), one row per schedule, written with a
+# compare-and-set on ``updated_at`` by whichever worker's scheduler fires a tick.
+_V4 = """
+CREATE TABLE {s}.schedules (
+    name text PRIMARY KEY,
+    updated_at double precision NOT NULL,
+    state text NOT NULL
+);
+"""
+
 #: One entry per version; a new version appends its DDL here and never edits an old one.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -24,7 +24,7 @@ from nuvom_kernel.backends import (
     parse_cursor,
 )
 from nuvom_kernel.errors import SerializationError
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
 from nuvom_plugins_redis import record_scripts as scripts
 from nuvom_plugins_redis.connection import Store, build_store
 
@@ -60,13 +60,26 @@ def _decode(job_id: str, raw: bytes) -> JobRecord:
         raise SerializationError(f"job {job_id}: stored record is invalid ({exc})") from exc
 
 
+# Schedule state: hash ``sched`` (name -> JSON) and ``sched:v`` (name -> repr(updated_at)),
+# compared as strings (Lua numbers would round the float). ARGV: prefix, name, expected
+# version ('' for none stored), new version, JSON.
+_ADVANCE = """
+local v = redis.call('HGET', ARGV[1] .. 'sched:v', ARGV[2])
+if (ARGV[3] == '' and v) or (ARGV[3] ~= '' and v ~= ARGV[3]) then return 0 end
+redis.call('HSET', ARGV[1] .. 'sched:v', ARGV[2], ARGV[4])
+redis.call('HSET', ARGV[1] .. 'sched', ARGV[2], ARGV[5])
+return 1
+"""
+
+
 class RedisResultBackend(ResultBackend):
     """The Redis result backend (``result_backend = "redis"``); see ``RedisSettings``."""
 
     name: ClassVar[str] = "redis"
     capabilities: ClassVar[Capabilities] = Capabilities(persistent=True,
                                                         multiprocess_safe=True,
-                                                        heartbeats=True)
+                                                        heartbeats=True,
+                                                        schedules=True)
     namespaced: ClassVar[bool] = True
 
     def __init__(self, store: Store) -> None:
@@ -76,6 +89,7 @@ class RedisResultBackend(ResultBackend):
         self._put = store.script(scripts.PUT)
         self._purge = store.script(scripts.PURGE)
         self._prune = store.script(scripts.PRUNE)
+        self._advance = store.script(_ADVANCE)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -103,6 +117,19 @@ class RedisResultBackend(ResultBackend):
                                     "storing job records")
             out += [bool(f) for f in flags]
         return out
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        raw = self.store.call(lambda: self.store.client.hgetall(self.store.prefix + "sched"),
+                              "reading schedule state")
+        states = (ScheduleState.from_dict(json.loads(v)) for v in raw.values())
+        return {state.name: state for state in states}
+
+    def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
+        args = [self.store.prefix, state.name,
+                "" if previous is None else repr(previous.updated_at),
+                repr(state.updated_at), json.dumps(state.to_dict())]
+        return bool(self.store.call(lambda: self.store.run(self._advance, args),
+                                    "storing schedule state"))
 
     def get(self, job_id: str) -> JobRecord | None:
         key = self.store.prefix + "r:" + job_id

@@ -46,6 +46,7 @@ from nuvom_kernel.backends import (
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
 from nuvom_plugins_sqlite import quarantine
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
+from nuvom_plugins_sqlite.limits import claim_limited, count_per_task
 from nuvom_plugins_sqlite.results import (
     PUT_CHUNK,
     SQLiteResultBackend,
@@ -170,7 +171,7 @@ class SQLiteJobQueue(QueueBackend):
     #: ``select()`` until a push from any process wakes it. Elsewhere it polls.
     capabilities: ClassVar[Capabilities] = Capabilities(
         persistent=True, multiprocess_safe=True, priorities=True, delayed=True,
-        blocking_dequeue=WAKEUPS_SUPPORTED,
+        blocking_dequeue=WAKEUPS_SUPPORTED, concurrency=True,
     )
     #: How often an idle waiter asks SQLite whether another connection committed
     #: (``PRAGMA data_version``): bounds cross-process pickup latency at a few µs of CPU each.
@@ -201,6 +202,7 @@ class SQLiteJobQueue(QueueBackend):
         self._seen = threading.local()  # last PRAGMA data_version this thread saw
         self._claim_sql: dict[tuple[bool | None, int | None], str] = {}  # and peeks
         self._next_due: float | None = None  # see claim()
+        self.limits: dict[str, int] = {}  # task -> most live leases (set_concurrency_limits)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -245,6 +247,8 @@ class SQLiteJobQueue(QueueBackend):
         if n <= 0 or (queues is not None and not queues):
             return []
         where, names = _queue_filter(queues)
+        if self.limits:
+            return self._claim_limited(n, where, names)
         key = (n == 1, None if queues is None else len(names))
         sql = self._claim_sql.get(key)
         if sql is None:
@@ -288,6 +292,21 @@ class SQLiteJobQueue(QueueBackend):
             self._next_due = None
             leases += self.claim(n - len(rows), queues)
         return leases
+
+    def set_concurrency_limits(self, limits: Mapping[str, int]) -> None:
+        self.limits = dict(limits)
+
+    def _claim_limited(self, n: int, where: str, names: tuple[str, ...]) -> list[Lease]:
+        now = time.time()
+        self._promote(now)
+        rows = self._db.transaction(lambda conn: claim_limited(
+            conn, self.limits, n, where, names, now, now + self.visibility_timeout_secs,
+            _RETURNING))
+        self._next_due = None
+        return self._leases(rows)
+
+    def task_counts(self, tasks: Sequence[str]) -> dict[str, tuple[int, int]]:
+        return count_per_task(self._db.conn(), list(tasks), time.time())
 
     def _promote(self, now: float) -> None:
         """Make due rows ready: delayed jobs whose time came and expired leases."""

@@ -32,7 +32,7 @@ from nuvom_kernel.backends import (
     parse_cursor,
 )
 from nuvom_kernel.errors import SerializationError
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
 
 __all__ = ["SQLiteResultBackend"]
@@ -182,7 +182,8 @@ class SQLiteResultBackend(ResultBackend):
     name: ClassVar[str] = "sqlite"
     capabilities: ClassVar[Capabilities] = Capabilities(persistent=True,
                                                         multiprocess_safe=True,
-                                                        heartbeats=True)
+                                                        heartbeats=True,
+                                                        schedules=True)
 
     def __init__(
         self,
@@ -271,6 +272,25 @@ class SQLiteResultBackend(ResultBackend):
         rows = self._db.conn().execute(
             "SELECT status, count(*) FROM nuvom_results GROUP BY status").fetchall()
         return {status: int(n) for status, n in rows if n}
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        rows = self._db.conn().execute("SELECT state FROM nuvom_schedules").fetchall()
+        states = (ScheduleState.from_dict(json.loads(row[0])) for row in rows)
+        return {state.name: state for state in states}
+
+    def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
+        """One conditional statement: an insert that yields to an existing row, or an
+        update of the row whose ``updated_at`` is still the one read."""
+        data = json.dumps(state.to_dict())
+        if previous is None:
+            sql = ("INSERT INTO nuvom_schedules VALUES (?, ?, ?) "
+                   "ON CONFLICT (name) DO NOTHING")
+            params: tuple[Any, ...] = (state.name, state.updated_at, data)
+        else:
+            sql = ("UPDATE nuvom_schedules SET updated_at = ?, state = ? "
+                   "WHERE name = ? AND updated_at = ?")
+            params = (state.updated_at, data, state.name, previous.updated_at)
+        return bool(self._db.write(lambda conn: conn.execute(sql, params).rowcount == 1))
 
     def purge(self, older_than: float) -> int:
         """Delete SUCCEEDED, FAILED and CANCELLED records last updated before ``older_than``

@@ -180,6 +180,12 @@ MIGRATIONS: list[list[Step]] = [
         "CREATE TABLE nuvom_workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, "
         "expires_at REAL NOT NULL)",
     ],
+    # Schedule state (``@task(schedule=...)``): one row per schedule, written with a
+    # compare-and-set on ``updated_at`` by whichever worker's scheduler fires a tick.
+    [
+        "CREATE TABLE nuvom_schedules (name TEXT PRIMARY KEY, updated_at REAL NOT NULL, "
+        "state TEXT NOT NULL)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

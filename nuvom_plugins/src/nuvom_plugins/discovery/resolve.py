@@ -79,6 +79,46 @@ def _jsonable(value: Any) -> tuple[bool, Any]:
     return False, None
 
 
+def _literal(node: ast.expr) -> tuple[bool, Any]:
+    try:
+        return _jsonable(ast.literal_eval(node))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False, None
+
+
+_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600}
+
+
+def _schedule_call(call: ast.Call, bindings: _Bindings) -> dict[str, Any] | None:
+    """``cron("0 9 * * *", tz="Europe/Paris")`` or ``every(minutes=5)`` with literal
+    arguments, as the manifest stores a schedule; ``None`` for anything else."""
+    target = _resolve(call.func, bindings) or ""
+    kind = target.rsplit(".", 1)[-1]
+    if not target.startswith("nuvom_kernel") or kind not in ("cron", "every"):
+        return None
+    values: dict[str, Any] = {}
+    names = ("expr", "tz", "args", "kwargs") if kind == "cron" else ()
+    if len(call.args) > len(names):
+        return None
+    for key, node in [*zip(names, call.args, strict=False),
+                      *((kw.arg, kw.value) for kw in call.keywords)]:
+        ok, value = _literal(node)
+        if not ok or key is None:
+            return None
+        values[key] = value
+    spec: dict[str, Any] = {"args": values.pop("args", []), "kwargs": values.pop("kwargs", {})}
+    if kind == "cron":
+        if "expr" not in values:
+            return None
+        spec.update(cron=values.pop("expr"), tz=values.pop("tz", "UTC"))
+    else:
+        try:
+            spec["every"] = sum(float(values.pop(unit, 0)) * n for unit, n in _UNITS.items())
+        except (TypeError, ValueError):
+            return None
+    return None if values else spec
+
+
 class _Scanner:
     def __init__(self, decorators: frozenset[str]) -> None:
         self.decorators = decorators
@@ -131,10 +171,17 @@ class _Scanner:
                                            f"cannot be read statically; they are ignored "
                                            f"in the manifest")
                     continue
-                try:
-                    ok, value = _jsonable(ast.literal_eval(kw.value))
-                except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                    ok, value = False, None
+                if kw.arg == "schedule" and isinstance(kw.value, ast.Call):
+                    spec = _schedule_call(kw.value, self.bindings)
+                    if spec is None:
+                        self.warn(deco.lineno, f"task {node.name!r}: schedule= is not a "
+                                               "cron(...)/every(...) call with literal "
+                                               "arguments; workers find it only once the "
+                                               "module is imported")
+                    else:
+                        options["schedule"] = spec
+                    continue
+                ok, value = _literal(kw.value)
                 if ok:
                     options[kw.arg] = value
             if deco.args:

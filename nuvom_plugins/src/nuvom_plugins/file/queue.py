@@ -109,6 +109,7 @@ from nuvom_plugins.file._names import (
     read_mark,
     us,
 )
+from nuvom_plugins.file.limits import Slots
 
 __all__ = ["FileJobQueue"]
 
@@ -117,6 +118,15 @@ log = logging.getLogger("nuvom.file.queue")
 _QUEUE_KEYS = {"path", "queue_path", "visibility_timeout_secs", "fsync", "relist_interval_secs"}
 #: Keys of the same ``[plugins.file]`` table that belong to the result backend.
 RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
+
+
+def _rename(source: Path, target: Path) -> bool:
+    """Claim by rename; ``False`` if another process claimed it first."""
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class FileJobQueue(QueueBackend):
@@ -132,7 +142,7 @@ class FileJobQueue(QueueBackend):
 
     name = "file"
     capabilities = Capabilities(persistent=True, multiprocess_safe=True, priorities=True,
-                                delayed=True)
+                                delayed=True, concurrency=True)
 
     def __init__(
         self,
@@ -156,6 +166,8 @@ class FileJobQueue(QueueBackend):
         self._held: dict[str, str] = {}  # token -> current lease file name (this instance)
         self._held_lock = threading.Lock()
         self._next_lease_scan = 0.0
+        self.limits: dict[str, int] = {}  # task -> most live leases (set_concurrency_limits)
+        self._slots = Slots(self.path, self._dirs["leased"])
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -209,6 +221,8 @@ class FileJobQueue(QueueBackend):
             cache.bad.clear()
             expires_at = now + self.visibility_timeout_secs
             expiry = us(expires_at)
+            held: list[tuple[list[str], str]] = []  # names held back by a limit
+            full: set[str] = set()  # limited tasks found at their limit in this claim
             while len(leases) < n:
                 best: list[str] | None = None  # the wanted queue whose next name sorts first
                 for queue, names in cache.by_queue.items():
@@ -225,14 +239,37 @@ class FileJobQueue(QueueBackend):
                 token = uuid.uuid4().hex
                 leased = f"{expiry:017d}.{token}.{parsed.ready(parsed.deliveries + 1)}"
                 target = self._dirs["leased"] / leased
-                try:
-                    os.rename(source, target)
-                except FileNotFoundError:
+                task = self._slots.task_of(source) if self.limits else None
+                if task is not None and task in self.limits:
+                    if task in full or not self._slots.take(
+                            task, self.limits[task], now, token,
+                            lambda s=source, t=target: _rename(s, t)):
+                        if source.exists():
+                            held.append((best, name))
+                            full.add(task)
+                        continue
+                    self._slots.forget(name)
+                elif not _rename(source, target):
                     continue  # another process claimed it first
                 lease = self._open_lease(target, parsed, token, expires_at)
                 if lease is not None:
                     leases.append(lease)
+            for names, name in reversed(held):
+                names.append(name)  # back in claim order for the next claim
         return leases
+
+    def set_concurrency_limits(self, limits: Mapping[str, int]) -> None:
+        self.limits = dict(limits)
+
+    def task_counts(self, tasks: Sequence[str]) -> dict[str, tuple[int, int]]:
+        now = time.time()
+        live = self._slots.live_tokens(now)
+        ready: dict[str, int] = {}
+        for name in listdir(self._dirs["ready"]):
+            task = self._slots.task_of(self._dirs["ready"] / name)
+            if task is not None:
+                ready[task] = ready.get(task, 0) + 1
+        return {t: (self._slots.running(t, now, live), ready.get(t, 0)) for t in tasks}
 
     def _open_lease(self, target: Path, parsed: Name, token: str,
                     expires_at: float) -> Lease | None:

@@ -69,9 +69,16 @@ from nuvom_kernel.backends import (
     newer_first,
 )
 from nuvom_kernel.errors import PluginConfigError, SerializationError
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, supersedes
+from nuvom_kernel.models import (
+    TERMINAL_STATES,
+    JobRecord,
+    JobStatus,
+    ScheduleState,
+    supersedes,
+)
 from nuvom_plugins.file._fs import write_all
 from nuvom_plugins.file._workers import WorkerFiles
+from nuvom_plugins.file.schedules import ScheduleFile
 
 __all__ = ["FileResultBackend"]
 
@@ -122,7 +129,8 @@ class FileResultBackend(ResultBackend):
     """
 
     name = "file"
-    capabilities = Capabilities(persistent=True, multiprocess_safe=True, heartbeats=True)
+    capabilities = Capabilities(persistent=True, multiprocess_safe=True, heartbeats=True,
+                                schedules=True)
 
     def __init__(
         self,
@@ -150,6 +158,7 @@ class FileResultBackend(ResultBackend):
         self._wfd: int | None = None
         self._problems: list[str] = []
         self._workers = WorkerFiles(self.path)
+        self._schedules = ScheduleFile(self.path)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -178,6 +187,12 @@ class FileResultBackend(ResultBackend):
                         os.close(fd)
             self._fds.clear()
             self._wfd = None
+
+    def schedule_states(self) -> dict[str, ScheduleState]:
+        return self._schedules.states()
+
+    def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
+        return self._schedules.advance(previous, state)
 
     # --- files and locks ------------------------------------------------------------------
 

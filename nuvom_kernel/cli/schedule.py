@@ -1,0 +1,73 @@
+"""Internal plugin: ``nuvom schedule list`` and ``nuvom schedule run NAME``.
+
+Schedules come from the tasks this process imported and from the discovery manifest
+(``nuvom discover tasks``), exactly as a worker's scheduler sees them; their state (last
+run, missed and skipped ticks) is read from the result backend.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.errors import NuvomError
+
+
+@hookimpl
+def nuvom_register_commands(cli: click.Group) -> None:
+    cli.add_command(schedule_group)
+
+
+def _kernel() -> Any:
+    return click.get_current_context().find_root().obj
+
+
+@click.group(name="schedule")
+def schedule_group() -> None:
+    """Inspect and fire task schedules (@task(schedule=...))."""
+
+
+@schedule_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def schedule_list(as_json: bool) -> None:
+    """Every schedule: task, schedule, zone, next run, last run and its status, and how
+    many ticks were missed (workers down) or skipped (overlap="skip")."""
+    from nuvom_kernel.scheduler import Scheduler, describe
+
+    kernel = _kernel()
+    if "" not in sys.path:  # the project directory holds the task modules
+        sys.path.insert(0, "")
+    schedules = Scheduler(kernel).schedules()
+    states = kernel.results.schedule_states() if kernel.results.capabilities.schedules else {}
+    now = time.time()
+    rows = [describe(s, states.get(name), kernel, now) for name, s in sorted(schedules.items())]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No schedules. Give a task schedule=cron(...) or every(...) and run "
+                   "`nuvom discover tasks` so workers and this command find it.")
+        return
+    print_table(rows, ["name", "task", "schedule", "tz", "next_run", "last_run",
+                       "last_status", "missed", "skipped"])
+
+
+@schedule_group.command(name="run")
+@click.argument("name")
+def schedule_run(name: str) -> None:
+    """Fire one run of schedule NAME now (outside its ticks)."""
+    from nuvom_kernel.scheduler import Scheduler
+
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        job = Scheduler(_kernel()).fire_now(name)
+    except NuvomError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"fired {name}: job {job.id}")

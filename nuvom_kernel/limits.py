@@ -1,0 +1,63 @@
+"""Concurrency limits (``@task(concurrency=N)``): collected here, enforced by the queue.
+
+A limit is enforced where jobs are claimed, by the backend, counting live leases of every
+process on the store: a job held back by its task's limit is simply not claimable, so it
+consumes no attempt and no retry and logs nothing, and other tasks' jobs are claimed past it.
+The worker tells its queue backend the limits before its first claim; they come from the
+tasks the process imported and from the discovery manifest (``nuvom discover tasks``
+records a literal ``concurrency=``), so a worker knows them before it imports anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from nuvom_kernel.discovery import read_manifest
+from nuvom_kernel.errors import BackendCapabilityError
+
+if TYPE_CHECKING:
+    from nuvom_kernel.kernel import Kernel
+
+__all__ = ["apply_limits", "concurrency_limits"]
+
+log = logging.getLogger("nuvom.worker")
+
+
+def concurrency_limits(kernel: Kernel) -> dict[str, int]:
+    """Task name → limit, from the manifest, overridden by imported tasks."""
+    limits: dict[str, int] = {}
+    try:
+        manifest = read_manifest(kernel.data_dir) or {}
+    except ValueError:
+        manifest = {}
+    for entry in manifest.get("tasks", []):
+        limit = (entry.get("options") or {}).get("concurrency")
+        if type(limit) is int and limit >= 1:
+            limits[entry["name"]] = limit
+    registry = kernel.registry
+    for name in registry.names():
+        options = getattr(registry.get(name), "options", None)
+        if options is not None:
+            if options.concurrency is None:
+                limits.pop(name, None)
+            else:
+                limits[name] = options.concurrency
+    return limits
+
+
+def apply_limits(kernel: Kernel, applied: dict[str, int] | None = None) -> dict[str, int]:
+    """Hand the limits to the queue backend unless they equal ``applied`` (what it was
+    given last); refuse them if it cannot enforce them. Returns the limits."""
+    limits = concurrency_limits(kernel)
+    queue = kernel.queue
+    if limits == (applied or {}):
+        return limits
+    if not queue.capabilities.concurrency:
+        raise BackendCapabilityError(
+            f"queue backend {queue.name!r} cannot limit concurrency, so concurrency= of "
+            f"task(s) {', '.join(sorted(limits))} cannot be honoured; use a backend that "
+            "declares 'concurrency' (sqlite, file, memory) or drop the option")
+    queue.set_concurrency_limits(limits)
+    log.info("concurrency limits: %s", ", ".join(f"{k}={v}" for k, v in sorted(limits.items())))
+    return limits

@@ -1,0 +1,291 @@
+"""The scheduler every worker runs: any worker may fire a tick, the backend dedups it.
+
+Each pass reads the schedule states from the result backend, plans what is due since each
+schedule's ``last_tick`` (:func:`plan`: on-time ticks, missed ticks and the catch-up policy),
+and writes the advanced state with a compare-and-set (``advance_schedule``). Only the
+scheduler whose write lands pushes the due ticks, each under the id derived from (schedule
+name, tick time) — so two workers, or twenty on ten hosts, fire each tick once, and a worker
+killed mid-pass leaves the others to carry on. The pushes are idempotent by id as well.
+
+Missed ticks (the workers were down) are counted in the state and logged, never dropped
+silently; ticks skipped by ``overlap="skip"`` are counted too (``nuvom schedule list``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from nuvom_kernel.discovery import manifest_path, read_manifest
+from nuvom_kernel.dispatcher import enqueue
+from nuvom_kernel.envelope import Envelope, options_from_wire
+from nuvom_kernel.errors import BackendCapabilityError, NuvomError
+from nuvom_kernel.limits import apply_limits
+from nuvom_kernel.models import Job, ScheduleState
+from nuvom_kernel.schedules import (
+    Schedule,
+    iso,
+    manual_job_id,
+    schedule_job_id,
+    trigger_from_dict,
+)
+
+if TYPE_CHECKING:
+    from nuvom_kernel.kernel import Kernel
+
+__all__ = ["ON_TIME_SECS", "Plan", "Scheduler", "plan"]
+
+log = logging.getLogger("nuvom.scheduler")
+
+#: A tick fired at most this late is on time; an older one was missed (downtime) and is
+#: subject to the catch-up policy.
+ON_TIME_SECS = 2.0
+#: Longest sleep of the scheduler thread: newly imported tasks' schedules join this fast.
+MAX_SLEEP_SECS = 1.0
+
+
+@attrs.frozen
+class Plan:
+    """What one pass does for one schedule: ``fire`` these ticks, record ``missed``, and
+    mark everything up to ``last_tick`` handled."""
+
+    fire: list[float]
+    missed: int
+    last_tick: float
+
+
+def plan(schedule: Schedule, last_tick: float | None, now: float) -> Plan:
+    """Due ticks since ``last_tick``, split into on-time ones (at most ``ON_TIME_SECS``
+    late: always fired) and missed ones, which the catch-up policy fires (``all`` within the
+    window, the ``latest`` within it) or not (``none``); ticks before the window are missed
+    whatever the policy. A schedule never seen fires only its current tick."""
+    if last_tick is None:  # a new schedule: nothing was missed; fire the current tick
+        due = schedule.trigger.ticks(now - ON_TIME_SECS, now)
+        return Plan(due[-1:], 0, due[-1] if due else now - ON_TIME_SECS)
+    since = last_tick
+    window_start = now - schedule.catch_up_window_secs
+    missed = len(schedule.trigger.ticks(since, window_start)) if since < window_start else 0
+    due = schedule.trigger.ticks(max(since, window_start), now)
+    late = [t for t in due if now - t > ON_TIME_SECS]
+    on_time = due[len(late):]
+    caught = {"all": late, "latest": late[-1:], "none": []}[schedule.catch_up]
+    missed += len(late) - len(caught)
+    return Plan(caught + on_time, missed, due[-1] if due else max(since, window_start))
+
+
+def tick_call(schedule: Schedule, tick: float | None, job_id: str | None = None
+              ) -> tuple[Envelope, Job]:
+    """The job of one tick (``tick=None``: a run fired by hand, now)."""
+    trigger = schedule.trigger
+    options = schedule.options or options_from_wire({})
+    when = time.time() if tick is None else tick
+    envelope = Envelope.for_call(schedule.name, schedule.module, options, trigger.args,
+                                 trigger.kwargs, job_id=job_id or schedule_job_id(schedule.name,
+                                                                                  when))
+    envelope.headers = {"schedule": schedule.name, "scheduled_for": iso(when)}
+    return envelope, envelope.job()
+
+
+class Scheduler:
+    """Fires the schedules of one process's tasks and of the discovery manifest.
+
+    :param clock: epoch seconds now; tests pass a controllable one.
+    :param fire: fire schedules (``False``: ``runworker --no-scheduler``).
+    """
+
+    def __init__(self, kernel: Kernel, clock: Callable[[], float] = time.time, *,
+                 fire: bool = True) -> None:
+        self.kernel = kernel
+        self.clock = clock
+        self.fire = fire
+        self._limits: dict[str, int] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._checked = False
+        self._manifest_key: tuple[int, int] | None = None
+        self._manifest_schedules: dict[str, Schedule] = {}
+
+    # --- which schedules ----------------------------------------------------------------
+
+    def schedules(self) -> dict[str, Schedule]:
+        """Schedules of the manifest, overridden by those of imported tasks."""
+        found = dict(self._from_manifest())
+        registry = self.kernel.registry
+        for name in registry.names():
+            schedule = getattr(registry.get(name), "schedule", None)
+            if schedule is not None:
+                found[name] = schedule
+        return found
+
+    def _from_manifest(self) -> dict[str, Schedule]:
+        """The manifest's schedules, parsed again only when the file changed (a pass runs
+        every second; a big project's manifest is not re-read that often)."""
+        path = manifest_path(self.kernel.data_dir)
+        try:
+            stat = path.stat()
+            key: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            key = None
+        if key == self._manifest_key:
+            return self._manifest_schedules
+        found: dict[str, Schedule] = {}
+        try:
+            manifest = read_manifest(self.kernel.data_dir) or {}
+        except ValueError as exc:
+            log.warning("ignoring manifest schedules: %s", exc)
+            manifest = {}
+        for entry in manifest.get("tasks", []):
+            opts = dict(entry.get("options") or {})
+            spec = opts.pop("schedule", None)
+            if spec is None:
+                continue
+            try:
+                value = spec if isinstance(spec, str) else trigger_from_dict(spec)
+                policy = {k: opts.pop(k) for k in ("catch_up", "catch_up_window_secs",
+                                                    "overlap") if k in opts}
+                found[entry["name"]] = Schedule.build(
+                    entry["name"], value, module=entry.get("module"),
+                    options=options_from_wire(opts), **policy)
+            except Exception as exc:
+                log.warning("manifest schedule of task %r ignored: %s", entry.get("name"), exc)
+        self._manifest_key, self._manifest_schedules = key, found
+        return found
+
+    def check(self, schedules: dict[str, Schedule]) -> None:
+        """Refuse to start when the result backend cannot keep schedule state."""
+        results = self.kernel.results
+        if schedules and not results.capabilities.schedules:
+            raise BackendCapabilityError(
+                f"result backend {results.name!r} cannot keep schedule state, so the "
+                f"schedule= of task(s) {', '.join(sorted(schedules))} cannot run on it; use "
+                "a result backend that declares 'schedules' (sqlite, file, memory, redis, "
+                "postgres) or start the worker with --no-scheduler")
+
+    # --- one pass -----------------------------------------------------------------------
+
+    def run_pending(self, now: float | None = None) -> list[Job]:
+        """Fire what is due in every schedule; the jobs this process pushed."""
+        schedules = self.schedules()
+        if not schedules:
+            return []
+        if not self._checked:
+            self.check(schedules)
+            self._checked = True
+        now = self.clock() if now is None else now
+        states = self.kernel.results.schedule_states()
+        pushed: list[Job] = []
+        for name, schedule in sorted(schedules.items()):
+            pushed += self._advance(schedule, states.get(name), now)
+        return pushed
+
+    def _advance(self, schedule: Schedule, state: ScheduleState | None, now: float
+                 ) -> list[Job]:
+        last = state.last_tick if state else None
+        todo = plan(schedule, last, now)
+        if state is not None and not todo.fire and not todo.missed and todo.last_tick == last:
+            return []
+        new = ScheduleState(schedule.name) if state is None else attrs.evolve(state)
+        busy = (schedule.overlap == "skip" and new.last_job_id is not None
+                and self.kernel.queue.peek_state(new.last_job_id) is not None)
+        calls = []
+        for tick in todo.fire:
+            if busy:
+                new.skipped += 1
+                continue
+            calls.append(tick_call(schedule, tick))
+            new.last_job_id, new.last_run = calls[-1][0].id, tick
+            busy = schedule.overlap == "skip"
+        new.fired += len(calls)
+        new.missed += todo.missed
+        new.last_tick = todo.last_tick
+        new.updated_at = max(time.time(), state.updated_at + 1e-6 if state else 0.0)
+        if not self.kernel.results.advance_schedule(state, new):
+            return []  # another scheduler handled these ticks
+        if todo.missed:
+            log.warning("schedule %r: %d tick(s) missed while no worker ran it (catch_up=%r, "
+                        "window %g s); handled up to %s", schedule.name, todo.missed,
+                        schedule.catch_up, schedule.catch_up_window_secs, iso(todo.last_tick))
+        skipped = len(todo.fire) - len(calls)
+        if skipped:
+            log.info("schedule %r: %d tick(s) skipped, the previous run is still queued or "
+                     "running (overlap='skip')", schedule.name, skipped)
+        return enqueue(self.kernel, calls) if calls else []
+
+    def fire_now(self, name: str) -> Job:
+        """``nuvom schedule run NAME``: one run now, outside the ticks."""
+        schedule = self.schedules().get(name)
+        if schedule is None:
+            known = ", ".join(sorted(self.schedules())) or "none"
+            raise NuvomError(f"no schedule named {name!r} (known: {known}); schedules come "
+                             "from imported tasks and from `nuvom discover tasks`")
+        envelope, job = tick_call(schedule, None, job_id=manual_job_id(name))
+        return enqueue(self.kernel, [(envelope, job)])[0]
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread; ``fire=False`` (``--no-scheduler``) only keeps the queue's
+        concurrency limits up to date as tasks are imported."""
+        if self.fire:
+            self.check(self.schedules())
+            self._checked = True
+        self._thread = threading.Thread(target=self._loop, name="nuvom-scheduler",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if self.fire:
+                    self.run_pending()
+                # Tasks imported since the last pass (a worker imports on first use) may
+                # bring limits the queue must enforce from its next claim on.
+                self._limits = apply_limits(self.kernel, self._limits)
+                failures = 0
+                wait = self._until_next() if self.fire else MAX_SLEEP_SECS
+            except Exception:
+                failures += 1
+                wait = min(0.1 * 2 ** min(failures, 5), MAX_SLEEP_SECS * 5)
+                log.exception("scheduler pass failed; retrying in %.1f s", wait)
+            self._stop.wait(wait)
+
+    def _until_next(self) -> float:
+        now = self.clock()
+        nexts = [s.trigger.ticks(now, now + MAX_SLEEP_SECS, limit=1)
+                 for s in self.schedules().values()]
+        soonest = min((t[0] for t in nexts if t), default=now + MAX_SLEEP_SECS)
+        return max(0.0, soonest - now) + 0.001
+
+
+def next_run(schedule: Schedule, now: float) -> float | None:
+    """The next tick after ``now`` (looking a year ahead)."""
+    ticks = schedule.trigger.ticks(now, now + 366 * 86400, limit=1)
+    return ticks[0] if ticks else None
+
+
+def describe(schedule: Schedule, state: ScheduleState | None, kernel: Any, now: float
+             ) -> dict[str, Any]:
+    """One row of ``nuvom schedule list``."""
+    last_status = None
+    if state is not None and state.last_job_id:
+        job = kernel.refresh_job(Job(id=state.last_job_id, func_name=schedule.name,
+                                     kernel=kernel))
+        last_status = job.status.value
+    upcoming = next_run(schedule, now)
+    return {"name": schedule.name, "task": schedule.name,
+            "schedule": schedule.trigger.describe(), "tz": schedule.trigger.tz,
+            "next_run": iso(upcoming) if upcoming else None,
+            "last_run": iso(state.last_run) if state and state.last_run else None,
+            "last_status": last_status, "missed": state.missed if state else 0,
+            "skipped": state.skipped if state else 0}

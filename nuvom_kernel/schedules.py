@@ -1,0 +1,231 @@
+"""Schedules as data: ``cron()``, ``every()`` and the tick times they produce.
+
+A schedule is plain data held by its task; any worker may compute its ticks, and every host
+must compute the *same* ticks, because a tick's job id is derived from (schedule name, tick
+time) and the backends deduplicate by id. So the tick math lives here, once:
+
+* ``every()`` ticks are multiples of the interval since the Unix epoch (UTC), whatever host
+  or start time;
+* ``cron()`` expressions are parsed and iterated by ``croniter`` (imported on first use; it
+  is not a kernel dependency) over *naive local wall times*, and each wall time is placed in
+  its zone by our code with ``zoneinfo``: croniter's own DST handling has changed between
+  releases. A wall time that does not exist (spring forward) fires once, at the instant the
+  gap ends; an ambiguous one (fall back) fires once, at its first occurrence.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+
+from nuvom_kernel.errors import NuvomError
+
+__all__ = ["CATCH_UP", "OVERLAP", "Cron", "Every", "Schedule", "ScheduleError", "cron", "every",
+           "iso", "manual_job_id", "schedule_job_id", "trigger_from_dict"]
+
+UTC = timezone.utc
+CATCH_UP = ("latest", "all", "none")
+OVERLAP = ("allow", "skip")
+#: Most ticks one computation returns: a catch-up window of a year of a per-second schedule
+#: must not exhaust memory.
+MAX_TICKS = 100_000
+
+
+class ScheduleError(NuvomError, ValueError):
+    """A schedule that cannot work: bad expression, zone, interval or policy."""
+
+
+def _croniter() -> Any:
+    try:
+        from croniter import croniter
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ScheduleError(
+            "cron schedules need the 'croniter' package (and 'tzdata' where the system has "
+            "no zone database): pip install croniter tzdata — or pip install nuvom-plugins, "
+            "which brings both") from exc
+    return croniter
+
+
+def _zone(tz: str) -> Any:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ScheduleError(f"unknown time zone {tz!r}: use an IANA name such as "
+                            "'Europe/Paris' or 'UTC' (pip install tzdata if the system has "
+                            "no zone database)") from exc
+
+
+def iso(epoch: float) -> str:
+    """An epoch as ISO 8601 in UTC (``2026-03-29T01:00:00+00:00``)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+@attrs.frozen
+class Cron:
+    """``cron(expr, tz="UTC", args=(), kwargs={})``: ticks at the expression's wall times in
+    ``tz``."""
+
+    expr: str
+    tz: str = "UTC"
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+
+    def check(self) -> None:
+        if not isinstance(self.expr, str) or not _croniter().is_valid(self.expr):
+            raise ScheduleError(f"invalid cron expression {self.expr!r} (five fields: "
+                                "minute hour day-of-month month day-of-week)")
+        _zone(self.tz)
+
+    def describe(self) -> str:
+        return f"cron({self.expr})"
+
+    def ticks(self, after: float, until: float, limit: int = MAX_TICKS) -> list[float]:
+        """Tick instants ``t`` (epoch seconds) with ``after < t <= until``, oldest first."""
+        zone = _zone(self.tz)
+        start = datetime.fromtimestamp(after, zone).replace(tzinfo=None)
+        # Start an hour early: the wall clock may have just gone back (fall back), and a
+        # wall time in the repeated hour maps to an instant before ``after``.
+        it = _croniter()(self.expr, start - timedelta(hours=1))
+        out: list[float] = []
+        while len(out) < limit:
+            t = _instant(it.get_next(datetime), zone)
+            if t > until:
+                break
+            if t > after and (not out or t > out[-1]):
+                out.append(t)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cron": self.expr, "tz": self.tz, "args": list(self.args),
+                "kwargs": dict(self.kwargs)}
+
+
+def _instant(wall: datetime, zone: Any) -> float:
+    """The one instant a naive wall time fires at in ``zone``: its first occurrence when it
+    is ambiguous (fold=0), the end of the gap when it does not exist."""
+    first = wall.replace(tzinfo=zone, fold=0)
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall:
+        return first.timestamp()
+    # In a gap: fold=0 reads it with the offset before the jump, fold=1 after; the jump
+    # lies between the two readings. Find it to the second.
+    lo = int(wall.replace(tzinfo=zone, fold=1).timestamp())
+    hi = math.ceil(first.timestamp())
+    lo, hi = min(lo, hi), max(lo, hi)
+    before = first.utcoffset()
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, zone).utcoffset() == before:
+            lo = mid
+        else:
+            hi = mid
+    return float(hi)
+
+
+@attrs.frozen
+class Every:
+    """``every(seconds=…, minutes=…, hours=…)``: ticks at multiples of the interval since
+    the Unix epoch, so every host derives the same tick times."""
+
+    interval: float
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+    tz: str = "UTC"
+
+    def check(self) -> None:
+        if not self.interval > 0:
+            raise ScheduleError(f"every() needs a positive interval, got {self.interval} s")
+
+    def describe(self) -> str:
+        secs = self.interval
+        return f"every({secs:g}s)"
+
+    def ticks(self, after: float, until: float, limit: int = MAX_TICKS) -> list[float]:
+        first = (math.floor(after / self.interval) + 1) * self.interval
+        n = max(0, min(limit, math.floor((until - first) / self.interval) + 1))
+        return [first + i * self.interval for i in range(n)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"every": self.interval, "args": list(self.args), "kwargs": dict(self.kwargs)}
+
+
+def cron(expr: str, tz: str = "UTC", args: Sequence[Any] = (),
+         kwargs: Mapping[str, Any] | None = None) -> Cron:
+    """A cron schedule: ``expr`` is read as wall time in ``tz`` (an IANA zone name)."""
+    return Cron(expr, tz, tuple(args), dict(kwargs or {}))
+
+
+def every(*, seconds: float = 0, minutes: float = 0, hours: float = 0,
+          args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> Every:
+    """An interval schedule aligned to the Unix epoch (multiples of the interval, UTC)."""
+    return Every(seconds + 60 * minutes + 3600 * hours, tuple(args), dict(kwargs or {}))
+
+
+def trigger_from_dict(data: Mapping[str, Any]) -> Cron | Every:
+    """The inverse of ``to_dict`` (the discovery manifest stores schedules this way)."""
+    if "cron" in data:
+        return cron(data["cron"], data.get("tz", "UTC"), data.get("args", ()),
+                    data.get("kwargs"))
+    return every(seconds=float(data["every"]), args=data.get("args", ()),
+                 kwargs=data.get("kwargs"))
+
+
+@attrs.frozen
+class Schedule:
+    """One task's schedule and its policies; its name is the task's name.
+
+    :param catch_up: after downtime, ``"latest"`` runs the most recent missed tick within
+        ``catch_up_window_secs``, ``"all"`` every one of them oldest first, ``"none"`` none.
+    :param overlap: ``"skip"`` skips (and records) a tick while the previous run is queued
+        or running; ``"allow"`` fires it anyway.
+    """
+
+    name: str
+    trigger: Cron | Every
+    module: str | None = None
+    options: Any = None  # the task's TaskOptions (None: defaults)
+    catch_up: str = "latest"
+    catch_up_window_secs: float = 3600.0
+    overlap: str = "allow"
+
+    @classmethod
+    def build(cls, task: str, value: Any, *, module: str | None = None, options: Any = None,
+              catch_up: str = "latest", catch_up_window_secs: float = 3600.0,
+              overlap: str = "allow") -> Schedule:
+        """Check everything at decoration time; errors name the task and the bad value."""
+        try:
+            trigger = cron(value) if isinstance(value, str) else value
+            if not isinstance(trigger, Cron | Every):
+                raise ScheduleError(f"schedule= takes cron(...), every(...) or a cron "
+                                    f"string, got {value!r}")
+            trigger.check()
+            if catch_up not in CATCH_UP:
+                raise ScheduleError(f"catch_up={catch_up!r} is not one of {CATCH_UP}")
+            if overlap not in OVERLAP:
+                raise ScheduleError(f"overlap={overlap!r} is not one of {OVERLAP}")
+            if not catch_up_window_secs > 0:
+                raise ScheduleError(f"catch_up_window_secs must be > 0, got "
+                                    f"{catch_up_window_secs}")
+        except ScheduleError as exc:
+            raise ScheduleError(f"task {task!r}: {exc}") from exc
+        return cls(task, trigger, module, options, catch_up, float(catch_up_window_secs),
+                   overlap)
+
+
+def schedule_job_id(name: str, tick: float) -> str:
+    """The job id of one tick: the same on every host, so a tick is pushed once."""
+    stamp = datetime.fromtimestamp(tick, UTC).strftime("%Y%m%dT%H%M%S")
+    frac = round((tick % 1) * 1_000_000)
+    return f"schedule.{name}.{stamp}" + (f".{frac:06d}" if frac else "")
+
+
+def manual_job_id(name: str) -> str:
+    """The id of a run fired by hand (``nuvom schedule run``): unique, and readable as that
+    schedule's."""
+    return f"schedule.{name}.manual.{time.time_ns()}"

@@ -1,0 +1,66 @@
+"""Unique jobs: ``@task(unique=True)`` and ``unique_for=SECS``.
+
+The job id *is* the uniqueness key — derived from the task name and the canonical encoded
+arguments (positional ones named after their parameters, so ``f(1)`` and ``f(x=1)`` are the
+same call) — so no backend needs a new index: a push of an id the queue holds (queued,
+running or waiting for a retry) stores nothing, and the caller gets that job's handle. Once
+the job is finished, its record still holds the id: within ``unique_for`` the finished job
+is returned, after it (or at once without ``unique_for``) the same id starts its next run,
+as ``nuvom retry job`` does, its QUEUED record stored first so two producers start one run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from nuvom_kernel.dispatcher import enqueue
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.models import TERMINAL_STATES, Job, JobStatus
+
+if TYPE_CHECKING:
+    from nuvom_kernel.kernel import Kernel
+
+__all__ = ["enqueue_unique", "unique_id"]
+
+
+def unique_id(envelope: Envelope, param_names: Sequence[str]) -> str:
+    """``unique.<task>.<hash>`` of the envelope's task and wire-form arguments."""
+    named = dict(envelope.kwargs)
+    extra = []
+    for i, value in enumerate(envelope.args):
+        if i < len(param_names):
+            named[param_names[i]] = value
+        else:
+            extra.append(value)
+    canonical = json.dumps([envelope.task, named, extra], sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)
+    return f"unique.{envelope.task}.{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
+
+
+def enqueue_unique(kernel: Kernel, envelope: Envelope, job: Job,
+                   param_names: Sequence[str], delay_secs: float = 0.0) -> Job:
+    """Enqueue ``job`` unless an equal one is unfinished (or finished within
+    ``unique_for``); the handle of whichever job stands for the call."""
+    envelope.id = job.id = unique_id(envelope, param_names)
+    record = kernel.results.get(job.id)
+    if record is not None and record.status in TERMINAL_STATES:
+        window = job.options.unique_for
+        finished = record.finished_at or record.updated_at
+        if (window is not None and finished + window > time.time()) or \
+                kernel.queue.peek_state(job.id) is not None:
+            return _existing(kernel, job)
+        envelope.run = job.run = record.run + 1
+        if not kernel.results.put(envelope.record(JobStatus.QUEUED, updated_at=time.time())):
+            return _existing(kernel, job)  # another producer started that run
+    return enqueue(kernel, [(envelope, job)], delay_secs)[0]
+
+
+def _existing(kernel: Kernel, job: Job) -> Job:
+    job._kernel = kernel
+    return kernel.refresh_job(job)
+
+

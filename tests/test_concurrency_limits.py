@@ -1,0 +1,118 @@
+"""``@task(concurrency=N)``: enforced by the queue at claim, refused where it cannot be."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import attrs
+import pytest
+from click.testing import CliRunner
+
+from nuvom_kernel import JobStatus, task
+from nuvom_kernel.cli import make_cli
+from nuvom_kernel.errors import BackendCapabilityError
+from nuvom_kernel.kernel import use_kernel
+from nuvom_kernel.worker import Worker
+from tests.helpers import wait_until
+
+
+def test_limit_holds_across_executors_and_a_held_job_costs_nothing(kernel):
+    if not kernel.queue.capabilities.concurrency:  # Redis, PostgreSQL for now
+        @task(concurrency=1)
+        def refused() -> None: ...
+
+        with pytest.raises(BackendCapabilityError, match=f"'{kernel.queue.name}'.*concurrency="):
+            refused.delay()
+        return
+    lock = threading.Lock()
+    now = {"running": 0, "most": 0}
+
+    @task(concurrency=2)
+    def crawl(i: int) -> int:
+        with lock:
+            now["running"] += 1
+            now["most"] = max(now["most"], now["running"])
+        time.sleep(0.05)
+        with lock:
+            now["running"] -= 1
+        return i
+
+    @task
+    def other(i: int) -> int:
+        return i
+
+    limited = crawl.map(range(8))
+    others = other.map(range(8))
+    worker = Worker(kernel, workers=6, scheduler=False, poll_timeout_secs=0.05)
+    worker.start()
+    try:
+        wait_until(lambda: all(j.refresh().status is JobStatus.SUCCEEDED
+                               for j in limited + others), timeout=30, what="all jobs")
+    finally:
+        worker.stop()
+        worker.join()
+    assert now["most"] == 2
+    assert all(j.attempts == 1 for j in limited)  # held back: no attempt consumed
+
+
+@pytest.fixture
+def memory_kernel(make_kernel):
+    with use_kernel(make_kernel("memory")) as kernel:
+        yield kernel
+
+
+def test_a_timed_out_attempt_counts_until_its_function_returns(memory_kernel):
+    kernel = memory_kernel
+    spans: list[tuple[str, float]] = []
+
+    @task(concurrency=1, timeout_secs=0.2)
+    def stuck(i: int) -> None:
+        spans.append(("start", time.monotonic()))
+        time.sleep(0.8 if i == 0 else 0.0)
+        spans.append(("end", time.monotonic()))
+
+    first, second = stuck.delay(0), stuck.delay(1)
+    worker = Worker(kernel, workers=2, scheduler=False, poll_timeout_secs=0.05)
+    worker.start()
+    try:
+        wait_until(lambda: second.refresh().status is JobStatus.SUCCEEDED, timeout=20,
+                   what="the second job")
+    finally:
+        worker.stop()
+        worker.join()
+    assert first.refresh().status is JobStatus.FAILED
+    assert first.error_type.endswith("JobTimeoutError")
+    assert [kind for kind, _ in spans] == ["start", "end", "start", "end"]
+
+
+def test_concurrency_on_a_queue_without_the_capability_is_refused(memory_kernel):
+    kernel = memory_kernel
+    kernel.queue.capabilities = attrs.evolve(kernel.queue.capabilities, concurrency=False)
+
+    @task(concurrency=1)
+    def crawl() -> None: ...
+
+    with pytest.raises(BackendCapabilityError) as at_delay:
+        crawl.delay()
+    with pytest.raises(BackendCapabilityError) as at_start:
+        Worker(kernel, workers=1, scheduler=False).start()
+    for info in (at_delay, at_start):
+        assert "'memory'" in str(info.value) and "concurrency=" in str(info.value)
+
+
+def test_status_shows_running_over_limit_and_waiting(make_kernel):
+    kernel = make_kernel("sqlite")
+
+    @task(concurrency=1)
+    def crawl(i: int) -> None: ...
+
+    with use_kernel(kernel):
+        crawl.map(range(3))
+    kernel.queue.set_concurrency_limits({"crawl": 1})
+    assert [lease.message.task for lease in kernel.queue.claim(5)] == ["crawl"]
+    result = CliRunner().invoke(make_cli(kernel), ["status", "--json"], obj=kernel)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["limits"] == {
+        "crawl": {"running": 1, "limit": 1, "waiting": 2}}

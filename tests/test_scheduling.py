@@ -1,0 +1,255 @@
+"""Schedules with a controllable clock on real backends: DST, catch-up, overlap, dedup."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from nuvom_kernel import cron, every, task
+from nuvom_kernel.backends import Capabilities
+from nuvom_kernel.errors import BackendCapabilityError, TaskRegistrationError
+from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.scheduler import Scheduler
+from nuvom_kernel.testing.memory import MemoryResultBackend
+from nuvom_kernel.worker import Worker
+from tests.helpers import E2E_BACKENDS, write_module
+
+BACKENDS = E2E_BACKENDS  # every built-in result backend keeps schedule state
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def fired(kernel: Kernel) -> list[str]:
+    """``scheduled_for`` of every job in the queue, oldest first (no worker runs them)."""
+    seen = []
+    while (lease := kernel.queue.dequeue()) is not None:
+        from nuvom_kernel.envelope import Envelope
+
+        seen.append(Envelope.from_message(lease.message, kernel.serializer)
+                    .headers["scheduled_for"])
+        kernel.queue.ack(lease)
+    return sorted(seen)
+
+
+def step(scheduler: Scheduler, start: str, end: str, secs: float = 60.0) -> None:
+    """Run a scheduler pass at every ``secs`` of a clock going from ``start`` to ``end``."""
+    now, stop = at(start), at(end)
+    while now <= stop:
+        scheduler.run_pending(now)
+        now += secs
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+DST = [
+    # zone, expression, clock from/to (UTC), the instants it must fire at (UTC)
+    ("Europe/Paris", "30 2 * * *", "2026-03-28T00:00", "2026-03-30T03:00",
+     ["2026-03-28T01:30", "2026-03-29T01:00", "2026-03-30T00:30"]),  # 02:30 does not exist
+    ("Europe/Paris", "30 2 * * *", "2026-10-24T00:00", "2026-10-26T03:00",
+     ["2026-10-24T00:30", "2026-10-25T00:30", "2026-10-26T01:30"]),  # 02:30 happens twice
+    ("America/New_York", "*/30 2 * * *", "2026-03-08T05:00", "2026-03-08T09:00",
+     ["2026-03-08T07:00"]),  # 02:00 and 02:30 do not exist: once, at 03:00 EDT
+    ("America/New_York", "*/30 1 * * *", "2026-11-01T04:00", "2026-11-01T08:00",
+     ["2026-11-01T05:00", "2026-11-01T05:30"]),  # 01:00-01:59 twice: each tick once
+]
+
+
+@pytest.mark.parametrize(("zone", "expr", "start", "end", "expected"), DST)
+def test_dst_transitions_fire_each_tick_once(make_kernel, backend, zone, expr, start, end,
+                                             expected):
+    kernel = make_kernel(backend)
+
+    @task(schedule=cron(expr, tz=zone))
+    def report() -> None: ...
+
+    step(Scheduler(kernel), start, end, secs=300)  # lands on every :00 and :30
+    assert fired(kernel) == [f"{t}:00+00:00" for t in expected]
+
+
+@pytest.mark.parametrize(("policy", "window", "runs", "missed"), [
+    ("all", 3600, [60, 120, 180, 240, 300], 0),
+    ("latest", 3600, [300], 4),
+    ("none", 3600, [], 5),
+    ("all", 150, [240, 300], 3),  # older than the window: missed whatever the policy
+])
+def test_downtime_applies_the_catch_up_policy_exactly(make_kernel, backend, policy, window,
+                                                      runs, missed):
+    kernel = make_kernel(backend)
+
+    @task(schedule=every(minutes=1), catch_up=policy, catch_up_window_secs=window)
+    def poll() -> None: ...
+
+    scheduler = Scheduler(kernel)
+    t0 = at("2026-06-01T12:00:00+00:00")
+    scheduler.run_pending(t0)
+    assert len(fired(kernel)) == 1
+    scheduler.run_pending(t0 + 5 * 60 + 30)  # down for five ticks
+    assert fired(kernel) == [datetime.fromtimestamp(t0 + r, timezone.utc).isoformat()
+                             for r in runs]
+    state = kernel.results.schedule_states()["poll"]
+    assert (state.missed, state.fired, state.last_tick) == (missed, 1 + len(runs), t0 + 300)
+
+
+def test_overlap_skip_records_skipped_ticks(make_kernel, backend):
+    kernel = make_kernel(backend)
+
+    @task(schedule=every(seconds=10), overlap="skip")
+    def slow() -> None: ...
+
+    scheduler = Scheduler(kernel)
+    t0 = at("2026-06-01T12:00:00+00:00")
+    scheduler.run_pending(t0)
+    scheduler.run_pending(t0 + 10)  # the first run is still queued
+    scheduler.run_pending(t0 + 20)
+    assert kernel.queue.qsize() == 1
+    state = kernel.results.schedule_states()["slow"]
+    assert (state.fired, state.skipped) == (1, 2)
+    fired(kernel)  # the run finished (acked)
+    scheduler.run_pending(t0 + 30)
+    assert kernel.queue.qsize() == 1
+
+
+def test_two_schedulers_on_one_store_fire_each_tick_once(make_kernel, backend):
+    if backend == "memory":
+        pytest.skip("memory is one process's store")
+    first, second = make_kernel(backend), make_kernel(backend)
+
+    @task(schedule=every(seconds=1))
+    def beat() -> None: ...
+
+    a, b = Scheduler(first), Scheduler(second)
+    t0 = at("2026-06-01T12:00:00+00:00")
+    for i in range(20):
+        (a if i % 3 else b).run_pending(t0 + i)
+        (b if i % 3 else a).run_pending(t0 + i + 0.5)
+    assert len(fired(first)) == 20
+
+
+def test_worker_runs_ticks_and_the_job_knows_its_tick(make_kernel, backend, project):
+    kernel = make_kernel(backend)
+    write_module(project, "ticking", """
+from nuvom_kernel import task, every, current_job
+SEEN = []
+
+@task(schedule=every(seconds=1))
+def ticking():
+    SEEN.append(current_job().scheduled_for)
+""")
+    import ticking
+
+    from tests.helpers import wait_until
+
+    worker = Worker(kernel, workers=1)
+    worker.start()
+    try:
+        wait_until(lambda: len(ticking.SEEN) >= 2, timeout=10, what="two ticks")
+    finally:
+        worker.stop()
+        worker.join()
+    first = ticking.SEEN[0]
+    assert first.tzinfo is not None and first.utcoffset().total_seconds() == 0
+    assert first.microsecond == 0 and ticking.SEEN[1].timestamp() - first.timestamp() == 1
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"schedule": "61 * * * *"}, "'61 * * * *'"),
+    ({"schedule": cron("0 9 * * *", tz="Mars/Olympus")}, "'Mars/Olympus'"),
+    ({"schedule": every(seconds=0)}, "positive interval"),
+    ({"schedule": every(minutes=-1)}, "positive interval"),
+    ({"schedule": "* * * * *", "overlap": "queue"}, "overlap='queue'"),
+    ({"schedule": "* * * * *", "catch_up": "some"}, "catch_up='some'"),
+    ({"schedule": 5}, "schedule= takes"),
+    ({"overlap": "skip"}, "only apply with schedule="),
+])
+def test_bad_schedules_fail_at_decoration_naming_task_and_value(kwargs, needle):
+    with pytest.raises(ValueError) as info:
+        @task(name="nightly", **kwargs)
+        def nightly() -> None: ...
+    assert needle in str(info.value)
+    assert "nightly" in str(info.value)
+
+
+def test_two_schedules_with_one_name_name_both_modules(project):
+    source = "from nuvom_kernel import task\n@task(name='report', schedule='0 * * * *')\n" \
+             "def report(): ...\n"
+    write_module(project, "billing", source)
+    write_module(project, "reports", source)
+    import billing  # noqa: F401
+
+    with pytest.raises(TaskRegistrationError) as info:
+        import reports  # noqa: F401
+    assert "billing" in str(info.value) and "reports" in str(info.value)
+
+
+class _Forgetful(MemoryResultBackend):
+    name = "forgetful"
+    capabilities = Capabilities()
+
+
+class _Plugin:
+    from nuvom_kernel import hookimpl
+
+    @hookimpl
+    def nuvom_register_result_backends(self) -> list[type]:
+        return [_Forgetful]
+
+
+def test_worker_refuses_schedules_a_result_backend_cannot_keep(project):
+    kernel = Kernel(root=project, plugins={"forgetful": _Plugin()},
+                    environ={"NUVOM_QUEUE_BACKEND": "memory",
+                             "NUVOM_RESULT_BACKEND": "forgetful"})
+
+    @task(schedule=every(seconds=1))
+    def beat() -> None: ...
+
+    with pytest.raises(BackendCapabilityError) as info:
+        Worker(kernel, workers=1).start()
+    assert "'forgetful'" in str(info.value) and "schedule=" in str(info.value)
+    assert "beat" in str(info.value)
+    Worker(kernel, workers=1, scheduler=False)  # --no-scheduler: nothing to refuse
+    kernel.close()
+
+
+def test_schedule_state_compare_and_set_lets_one_writer_win(make_kernel, backend):
+    """Two schedulers that read the same state: only the first write lands, so only its
+    ticks are pushed (the second finds its write refused and pushes nothing)."""
+    from nuvom_kernel.models import ScheduleState
+
+    first, second = make_kernel(backend), make_kernel(backend)
+    results = [first.results, second.results if backend != "memory" else first.results]
+    assert results[0].advance_schedule(None, ScheduleState("s", last_tick=1.0, updated_at=1.0))
+    assert not results[1].advance_schedule(None, ScheduleState("s", last_tick=1.0,
+                                                                updated_at=1.5))
+    read = results[1].schedule_states()["s"]
+    assert results[0].advance_schedule(read, ScheduleState("s", last_tick=2.0, updated_at=2.0))
+    assert not results[1].advance_schedule(read, ScheduleState("s", last_tick=2.0,
+                                                                updated_at=2.5))
+    assert results[1].schedule_states()["s"].updated_at == 2.0
+
+
+def test_schedule_cli_lists_and_fires_from_the_manifest(project):
+    from tests.helpers import run_nuvom
+
+    write_module(project, "nightly", "from nuvom_kernel import task, cron\n"
+                 "@task(schedule=cron('0 3 * * *', tz='America/New_York'))\n"
+                 "def cleanup(): ...\n")
+    assert run_nuvom(["discover", "tasks"], project).returncode == 0
+    listed = run_nuvom(["schedule", "list"], project)
+    assert listed.returncode == 0, listed.stderr
+    assert "cleanup" in listed.stdout and "America/New_York" in listed.stdout
+    fired_now = run_nuvom(["schedule", "run", "cleanup"], project)
+    assert fired_now.returncode == 0, fired_now.stderr
+    assert "fired cleanup: job schedule.cleanup.manual." in fired_now.stdout
+    kernel = Kernel(root=project, environ={})
+    (lease,) = kernel.queue.claim(5)
+    assert lease.message.task == "cleanup"
+    kernel.close()
+    unknown = run_nuvom(["schedule", "run", "nope"], project)
+    assert unknown.returncode != 0 and "no schedule named 'nope'" in unknown.stderr
+    assert "cleanup" in unknown.stderr
