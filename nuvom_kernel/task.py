@@ -141,14 +141,17 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
     """Register ``fn`` as a task; works as ``@task`` and as ``@task(...)``.
 
     :param name: registry name (default: the function's name).
-    :param retries: extra attempts after a failure (0: run once).
-    :param retry_delay_secs: base delay before a retry (default: the configured one).
-    :param backoff: ``"fixed"`` or ``"exponential"`` (doubling, capped at
-        ``backoff_max_secs``, with full jitter when ``jitter``).
-    :param timeout_secs: per-attempt timeout; a timed-out attempt is a failure kind.
-    :param store_result: keep the return value (``job.get()`` needs it).
-    :param queue: the named queue jobs go to; ``priority``: higher runs first.
-    :param description: shown by ``nuvom list tasks`` (default: docstring's first line).
+
+    The other options are keyword-only (their defaults are in the second overload):
+
+    - ``retries``: extra attempts after a failure (0: run once).
+    - ``retry_delay_secs``: base delay before a retry (default: the configured one).
+    - ``backoff``: ``"fixed"`` or ``"exponential"`` (doubling, capped at
+      ``backoff_max_secs``, with full jitter when ``jitter``).
+    - ``timeout_secs``: per-attempt timeout; a timed-out attempt is a failure kind.
+    - ``store_result``: keep the return value (``job.get()`` needs it).
+    - ``queue``: the named queue jobs go to; ``priority``: higher runs first.
+    - ``description``: shown by ``nuvom list tasks`` (default: docstring's first line).
     """
     if "backoff" in options:
         options["backoff"] = Backoff(options["backoff"])
