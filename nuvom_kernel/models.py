@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, cast
 
 import attrs
 
 from nuvom_kernel.errors import NuvomError
+
+if TYPE_CHECKING:  # a bare ``Job`` means ``Job[Any]`` (PEP 696 default; typing gets it in 3.13)
+    from typing_extensions import TypeVar
+
+    R = TypeVar("R", default=Any)
+else:
+    from typing import TypeVar
+
+    R = TypeVar("R")
 
 __all__ = [
     "TERMINAL_STATES",
@@ -223,8 +232,9 @@ class Settlement:
 
 
 @attrs.define(eq=False)
-class Job:
-    """A job: one call of a task, from ``.delay()`` to its outcome.
+class Job(Generic[R]):
+    """A job: one call of a task, from ``.delay()`` to its outcome; ``R`` is what the task
+    returns, so ``add.delay(1, 2).get()`` is an ``int`` to a type checker when ``add`` is.
 
     The producer gets one back from ``.delay()``; the worker builds one from each message.
     ``refresh()`` and ``get()`` read the current state from the configured backends, so a
@@ -278,7 +288,7 @@ class Job:
                 "task.delay(), task.map() or nuvom_kernel.get_job(job_id)")
         return self._kernel
 
-    def refresh(self) -> Job:
+    def refresh(self) -> Job[R]:
         """Reload status, result, error and attempts from the backends; returns ``self``."""
         self._bound().refresh_job(self)
         return self
@@ -287,7 +297,7 @@ class Job:
         """Cancel this job if it has not started; ``True`` if it is now CANCELLED."""
         return bool(self._bound().cancel(self))
 
-    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> R:
         """Wait for the outcome and return the task's value (``None`` when the task has
         ``store_result=False``).
 
@@ -297,4 +307,4 @@ class Job:
         :raises nuvom_kernel.UnknownJobError: no backend knows the id.
         :raises TimeoutError: no outcome within ``timeout`` seconds.
         """
-        return self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs)
+        return cast(R, self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs))

@@ -54,7 +54,7 @@ class Task(Generic[P, R]):
                   enqueued_by=envelope.enqueued_by, trace_id=envelope.trace_id)
         return envelope, job
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle."""
         return enqueue(self._kernel(), [self._call(args, kwargs, self.options)])[0]
 
@@ -67,7 +67,7 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         priority: int | None = None,
         job_id: str | None = None,
-    ) -> Job:
+    ) -> Job[R]:
         """Like :meth:`delay`, with per-call routing (a start delay, a queue, a priority) and
         an optional ``job_id`` of your own: a job id names one job for its life, so enqueuing
         an id that is queued, running or finished (and still recorded) creates nothing and
@@ -81,7 +81,7 @@ class Task(Generic[P, R]):
                        known_ids=job_id is not None)[0]
 
     def map(self, arguments: Iterable[Any], *, job_ids: Sequence[str] | None = None
-            ) -> list[Job]:
+            ) -> list[Job[R]]:
         """Enqueue one job per item in one backend call (one transaction where supported).
 
         Each item is a tuple of positional arguments, a dict of keyword arguments, or a
