@@ -293,7 +293,7 @@ class Settler:
     def retry_delay(self, job: Job) -> float:
         opts = job.options
         base: float = (opts.retry_delay_secs if opts.retry_delay_secs is not None
-                else self.kernel.settings.retry_delay_secs)
+                       else self.kernel.settings.retry_delay_secs)
         if opts.backoff is Backoff.EXPONENTIAL:
             delay: float = min(base * 2 ** (job.failures - 1), opts.backoff_max_secs)
             return delay / 2 + random.uniform(0, delay / 2) if opts.jitter else delay
