@@ -22,6 +22,7 @@ import sys
 import venv
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -44,7 +45,7 @@ def distribution_folders() -> list[Path]:
     return folders
 
 
-def pyproject(folder: Path) -> dict:
+def pyproject(folder: Path) -> dict[str, Any]:
     with open(folder / "pyproject.toml", "rb") as f:
         return tomllib.load(f)
 
