@@ -40,3 +40,11 @@ def add(x: int, y: int) -> int:
 @huey.task()
 def stamp(enqueued_at: float) -> None:
     record_stamp(enqueued_at)
+
+
+@huey.task()
+def burn(n: int) -> None:
+    from benchmarks.bench_tasks import spin
+
+    spin(n)
+    mark()

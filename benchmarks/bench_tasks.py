@@ -46,3 +46,33 @@ def add_nr(x: int, y: int) -> int:
 @task(store_result=False)
 def stamp(enqueued_at: float) -> None:
     record_stamp(enqueued_at)
+
+
+def spin(n: int) -> int:
+    """Pure-Python CPU work (holds the GIL): what only processes run in parallel."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+@task(store_result=False)
+def burn(n: int) -> None:
+    spin(n)
+    mark()
+
+
+@task(store_result=False)
+async def wait_io(secs: float) -> None:
+    """An ``async def`` job that awaits I/O (a sleep) and does nothing else."""
+    import asyncio
+
+    await asyncio.sleep(secs)
+    mark()
+
+
+@task(store_result=False)
+def wait_io_sync(secs: float) -> None:
+    """The same wait in a plain function, for the thread and process pools."""
+    time.sleep(secs)
+    mark()

@@ -58,6 +58,7 @@ __all__ = [
     "Settings",
     "load_config",
     "mask_secret",
+    "parse_size",
 ]
 
 PLUGINS_FILE = ".nuvom_plugins.toml"
@@ -106,6 +107,37 @@ def _seconds(*, zero_ok: bool, none_ok: bool = False) -> Callable[[Any], float |
         return number
 
     return parse
+
+
+def _choice(*accepted: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in accepted:
+            raise ValueError(f"must be one of {', '.join(accepted)}")
+        return text
+
+    return parse
+
+
+_UNITS = {"": 2**20, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20,
+          "g": 2**30, "gb": 2**30}
+
+
+def parse_size(value: Any) -> int | None:
+    """A memory size in bytes from ``512MB``, ``2GB``, ``1.5g`` or a bare number of MB."""
+    text = "" if value is None else str(value).strip().lower().replace(" ", "")
+    if text in ("", "none"):
+        return None
+    digits = text.rstrip("bkmg")
+    unit = text[len(digits):]
+    try:
+        size = float(digits) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError("must be a size such as 512MB or 2GB (a bare number means MB)"
+                         ) from None
+    if size <= 0:
+        raise ValueError("must be a size > 0, such as 512MB or 2GB")
+    return int(size)
 
 
 def _name(value: Any) -> str:
@@ -158,6 +190,23 @@ class Settings:
         None, "NUVOM_MAX_ABANDONED_THREADS", _whole(0, none_ok=True),
         "Most threads a worker leaves behind in timed-out tasks before it stops leasing "
         "until one returns; unset means as many as worker threads.")
+    pool: str = _setting("thread", "NUVOM_POOL", _choice("thread", "process", "asyncio"),
+                         "What runs a job's function in `nuvom runworker`: `thread`, "
+                         "`process` (hard timeouts, recycling) or `asyncio`.")
+    kill_grace_secs: float = _setting(
+        5.0, "NUVOM_KILL_GRACE_SECS", _seconds(zero_ok=True),
+        "Process pool: how long a timed-out job's child has to stop after the soft timeout "
+        "before it is killed with SIGKILL.")
+    max_tasks_per_child: int | None = _setting(
+        None, "NUVOM_MAX_TASKS_PER_CHILD", _whole(1, none_ok=True),
+        "Process pool: replace a child after this many jobs; unset means never.")
+    max_memory_per_child: int | None = _setting(
+        None, "NUVOM_MAX_MEMORY_PER_CHILD", parse_size,
+        "Process pool: a child whose RSS passes this (`512MB`, `2GB`; a bare number means "
+        "MB) is killed while it runs a job, or replaced after one; unset means no limit.")
+    max_child_age_secs: float | None = _setting(
+        None, "NUVOM_MAX_CHILD_AGE_SECS", _seconds(zero_ok=False, none_ok=True),
+        "Process pool: replace a child after its job once it is this old; unset means never.")
     unknown_task_grace_secs: float = _setting(
         0.0, "NUVOM_UNKNOWN_TASK_GRACE_SECS", _seconds(zero_ok=True),
         "How long after enqueue a job whose task this worker's module lacks is handed back "

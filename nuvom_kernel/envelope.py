@@ -20,7 +20,6 @@ import functools
 import os
 import socket
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,6 +53,9 @@ def options_to_wire(options: TaskOptions) -> dict[str, Any]:
     data["tags"] = list(options.tags)
     return data
 
+
+#: Values that are their own wire form (floats are not: NaN must be refused by ``to_wire``).
+_NATIVE = frozenset({str, int, bool, type(None)})
 
 _OPTION_NAMES = frozenset(f.name for f in attrs.fields(TaskOptions))
 
@@ -112,15 +114,18 @@ class Envelope:
 
         :raises SerializationError: naming the argument (by parameter name where known).
         """
-        wire_args = []
-        for i, value in enumerate(args):
-            label = f"argument {param_names[i]!r}" if i < len(param_names) else f"argument #{i}"
-            wire_args.append(to_wire(value, f"{task}(): {label}"))
-        wire_kwargs = {k: to_wire(v, f"{task}(): argument {k!r}") for k, v in kwargs.items()}
-        return cls(id=job_id or uuid.uuid4().hex, task=task, module=module, args=wire_args,
+        wire_args = list(args)
+        for i, value in enumerate(wire_args):
+            if type(value) not in _NATIVE:  # the common case costs one type check
+                label = (f"argument {param_names[i]!r}" if i < len(param_names)
+                         else f"argument #{i}")
+                wire_args[i] = to_wire(value, f"{task}(): {label}")
+        wire_kwargs = {k: v if type(v) in _NATIVE else to_wire(v, f"{task}(): argument {k!r}")
+                       for k, v in kwargs.items()}
+        ids = os.urandom(24).hex()  # one system call for the job id and the trace id
+        return cls(id=job_id or ids[:32], task=task, module=module, args=wire_args,
                    kwargs=wire_kwargs, options=options_to_wire(options),
-                   created_at=time.time(), enqueued_by=origin(),
-                   trace_id=os.urandom(8).hex())
+                   created_at=time.time(), enqueued_by=origin(), trace_id=ids[32:])
 
     @classmethod
     def for_rerun(cls, record: JobRecord) -> Envelope:

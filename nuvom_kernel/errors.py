@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BackendCapabilityError",
     "BackendNotFoundError",
+    "ChildKilledError",
+    "ChildTaskError",
     "ConfigError",
     "DuplicateBackendError",
     "EnqueueError",
@@ -86,6 +90,23 @@ class LeaseLostError(NuvomError):
 
 class JobTimeoutError(NuvomError):
     """A job ran past its ``timeout_secs`` (recorded as a failure kind, retried per policy)."""
+
+
+class ChildKilledError(NuvomError):
+    """A process-pool child died while running a job (a signal such as SIGKILL from the
+    OOM killer, a segfault, or its memory limit). ``details`` holds the signal and the
+    child's resource usage; the attempt history keeps them."""
+
+    details: dict[str, Any]
+
+
+class ChildTaskError(NuvomError):
+    """What a task raised in a process-pool child, carried back as data: ``error_type`` is
+    the qualified name of the child's exception (the class itself stays in the child)."""
+
+    def __init__(self, message: str, *, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 class JobFailedError(NuvomError):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import TYPE_CHECKING, Any, Generic, cast
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Generic, overload
 
 import attrs
 
@@ -24,6 +25,7 @@ else:
     from typing import TypeVar
 
     R = TypeVar("R")
+T = TypeVar("T")
 
 __all__ = [
     "TERMINAL_STATES",
@@ -297,7 +299,16 @@ class Job(Generic[R]):
         """Cancel this job if it has not started; ``True`` if it is now CANCELLED."""
         return bool(self._bound().cancel(self))
 
-    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> R:
+    # An ``async def`` task's jobs are ``Job[Coroutine[..., T]]`` (what calling it inline
+    # gives); what they settle with, so what ``get()`` returns, is ``T``.
+    @overload
+    def get(self: Job[Coroutine[Any, Any, T]], timeout: float | None = None,
+            poll_secs: float = 0.05) -> T: ...
+
+    @overload
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> R: ...
+
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
         """Wait for the outcome and return the task's value (``None`` when the task has
         ``store_result=False``).
 
@@ -307,4 +318,28 @@ class Job(Generic[R]):
         :raises nuvom_kernel.UnknownJobError: no backend knows the id.
         :raises TimeoutError: no outcome within ``timeout`` seconds.
         """
-        return cast(R, self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs))
+        return self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs)
+
+    @overload
+    async def get_async(self: Job[Coroutine[Any, Any, T]], timeout: float | None = None,
+                        poll_secs: float = 0.05) -> T: ...
+
+    @overload
+    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05) -> R: ...
+
+    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+        """:meth:`get` for asyncio callers: waits without blocking the event loop (each
+        poll reads the backend from a thread, then sleeps on the loop)."""
+        import asyncio
+
+        kernel = self._bound()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await asyncio.to_thread(kernel.wait_for, self, 0.0, poll_secs)
+            except TimeoutError:
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {self.id} had no outcome within {timeout} s"
+                                       ) from None
+            await asyncio.sleep(poll_secs if left is None else min(poll_secs, left))

@@ -60,6 +60,11 @@ class TaskRegistry:
         with self._lock:
             return sorted(set(self._tasks) | set(self._modules))
 
+    def modules(self) -> list[str]:
+        """Modules the manifest names (a process pool's children import them at start)."""
+        with self._lock:
+            return sorted(set(self._modules.values()))
+
     def clear(self) -> None:
         with self._lock:
             self._tasks.clear()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import gc
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
@@ -58,6 +61,17 @@ class Task(Generic[P, R]):
         """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle."""
         return enqueue(self._kernel(), [self._call(args, kwargs, self.options)])[0]
 
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """:meth:`delay` for asyncio producers: the backend call runs in a thread, so the
+        caller's event loop keeps serving while the job is stored."""
+        return await asyncio.to_thread(self.delay, *args, **kwargs)
+
+    async def map_async(self, arguments: Iterable[Any], *,
+                        job_ids: Sequence[str] | None = None) -> list[Job]:
+        """:meth:`map` for asyncio producers (the batch is stored from a thread)."""
+        items = list(arguments)
+        return await asyncio.to_thread(self.map, items, job_ids=job_ids)
+
     def apply_async(
         self,
         args: Sequence[Any] = (),
@@ -90,7 +104,10 @@ class Task(Generic[P, R]):
         item) makes the batch idempotent like ``apply_async(job_id=...)``: items whose id
         exists are not enqueued again, and every item gets a handle.
         """
-        items = list(arguments)
+        with _collector_paused():
+            return self._map(list(arguments), job_ids)
+
+    def _map(self, items: list[Any], job_ids: Sequence[str] | None) -> list[Job]:
         ids: list[str | None] = [None] * len(items)
         if job_ids is not None:
             ids = [_check_id(i) for i in job_ids]
@@ -106,6 +123,21 @@ class Task(Generic[P, R]):
             else:
                 calls.append(self._call((item,), {}, self.options, job_id))
         return enqueue(self._kernel(), calls, known_ids=job_ids is not None)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """A batch allocates several containers per job and frees none of them, so the cyclic
+    garbage collector's passes over them find nothing to free — and cost 45 % of a
+    ``.map()`` of 20,000 jobs (measured: 22 µs/job with it, 12 µs without). Pause it for the
+    batch (it is switched back on after it if it was on before)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _check_id(job_id: str | None) -> str | None:

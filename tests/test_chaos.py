@@ -56,3 +56,14 @@ def test_never_lose_a_job(backend: str, scenario: str, project: Path) -> None:
     _outcomes.append(outcome)
     assert outcome.lost == 0, outcome.report()
     assert outcome.passed, outcome.report()
+
+
+#: The process pool keeps the same promises: the same scenarios, its workers' jobs run in
+#: child processes (a SIGKILLed worker takes its children with it).
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.skipif("sqlite" not in PERSISTENT_BACKENDS, reason="needs the SQLite plugin")
+def test_never_lose_a_job_process_pool(scenario: str, project: Path) -> None:
+    outcome = run_scenario(scenario, project, "sqlite", SIZES, pool="process")
+    _outcomes.append(outcome)
+    assert outcome.lost == 0, outcome.report()
+    assert outcome.passed, outcome.report()

@@ -4,6 +4,7 @@ judge that reads both witnesses (the result backend and the execution log)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib.util
 import json
 import os
@@ -27,6 +28,9 @@ from .tasks import LOG_NAME, TASKS_MODULE, TASKS_SOURCE
 
 __all__ = ["Project", "WorkerProc", "backend_classes", "brief", "pid_of", "project_for",
            "run_cli", "stop_all"]
+
+#: The worker pool every scenario's workers use (``--pool``): ``run_scenario`` sets it.
+POOL: contextvars.ContextVar[str] = contextvars.ContextVar("chaos_pool", default="thread")
 
 #: The repository root, on every worker's ``PYTHONPATH``.
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,6 +129,7 @@ class Project:
             "NUVOM_RETRY_DELAY_SECS": "0.05",
             "NUVOM_LOG_LEVEL": "INFO",
             "CHAOS_LOG": str(self.log_path),
+            "NUVOM_POOL": POOL.get(),
             **({"NUVOM_DATA_DIR": str(data_dir)} if data_dir is not None else {}),
             **(env or {}),
         }

@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="jobs in the crash storm; other scenarios scale with it")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
                         help="run only these (repeatable; default: all)")
+    parser.add_argument("--pool", choices=["thread", "process", "asyncio"], default="thread",
+                        help="the workers' pool (runworker --pool; default: thread)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep project directories here (default: a temp dir, deleted)")
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for backend in backends:
             for name in args.scenario or list(SCENARIOS):
-                out = run_scenario(name, base, backend, sizes)
+                out = run_scenario(name, base, backend, sizes, args.pool)
                 outcomes.append(out)
                 status = "ok  " if out.passed else "FAIL"
                 print(f"{status} {backend:<8} {name:<10} {out.seconds:6.1f} s  "

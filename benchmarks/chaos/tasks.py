@@ -17,6 +17,7 @@ import os
 import time
 
 from nuvom_kernel import current_job, task
+from nuvom_kernel.worker import child
 
 LOG = os.path.abspath(os.environ.get("CHAOS_LOG", "chaos.log"))
 
@@ -24,7 +25,8 @@ LOG = os.path.abspath(os.environ.get("CHAOS_LOG", "chaos.log"))
 def mark(kind):
     job = current_job()
     jid, attempt = (job.id, job.attempts) if job is not None else ("-", 0)
-    line = f"{kind} {jid} {os.getpid()} {attempt} {time.time():.6f}\\n".encode()
+    pid = child.PARENT_PID or os.getpid()  # the worker's pid, also in a process-pool child
+    line = f"{kind} {jid} {pid} {attempt} {time.time():.6f}\\n".encode()
     fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)

@@ -12,7 +12,7 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table
-from nuvom_kernel.config import Settings
+from nuvom_kernel.config import Settings, parse_size
 
 
 @hookimpl
@@ -93,9 +93,22 @@ def plugin_list(as_json: bool, show_all: bool) -> None:
         click.echo(f"disabled: {name}: {message}", err=True)
 
 
+class _Size(click.ParamType):
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | None:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(f"{value!r} {exc}", param, ctx)
+
+
 @click.command()
 @click.option("--workers", "-w", type=click.IntRange(min=1), default=None,
-              help="Worker threads (default: NUVOM_MAX_WORKERS).")
+              help="Jobs at once: threads, children or asyncio tasks (NUVOM_MAX_WORKERS).")
 @click.option("--queue", "-q", "queues", multiple=True,
               help="Serve only this named queue (repeatable; default: all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -104,8 +117,18 @@ def plugin_list(as_json: bool, show_all: bool) -> None:
                                                case_sensitive=False), default=None)
 @click.option("--grace-period", type=click.FloatRange(min=0), default=None,
               help="Seconds the first SIGINT/SIGTERM waits for running jobs.")
+@click.option("--pool", type=click.Choice(["thread", "process", "asyncio"]), default=None,
+              help="What runs the functions (default: NUVOM_POOL, thread).")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), default=None,
+              help="Process pool: replace a child after N jobs.")
+@click.option("--max-memory-per-child", type=_Size(), default=None, metavar="SIZE",
+              help="Process pool: RSS limit per child, e.g. 512MB or 2GB (bare number: MB).")
+@click.option("--max-child-age", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECS", help="Process pool: replace a child once it is this old.")
 def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | None,
-              log_level: str | None, grace_period: float | None) -> None:
+              log_level: str | None, grace_period: float | None, pool: str | None,
+              max_tasks_per_child: int | None, max_memory_per_child: int | None,
+              max_child_age: float | None) -> None:
     """Run a worker pool until SIGINT/SIGTERM (first drains, second stops at once)."""
     from nuvom_kernel.worker import Worker
 
@@ -113,6 +136,15 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
         logging.getLogger().setLevel(log_level.upper())
     if "" not in sys.path:  # the project directory holds the task modules
         sys.path.insert(0, "")
-    worker = Worker(_kernel(), workers=workers, queues=queues or None, batch_size=batch_size,
+    kernel = _kernel()
+    flags = {"pool": pool, "max_tasks_per_child": max_tasks_per_child,
+             "max_memory_per_child": max_memory_per_child, "max_child_age_secs": max_child_age}
+    overrides = {key: value for key, value in flags.items() if value is not None}
+    if overrides:  # flags beat the file and the environment, for this worker only
+        config = kernel.config
+        kernel.config = attrs.evolve(
+            config, settings=attrs.evolve(config.settings, **overrides),
+            sources={**config.sources, **dict.fromkeys(overrides, "command line")})
+    worker = Worker(kernel, workers=workers, queues=queues or None, batch_size=batch_size,
                     grace_period_secs=grace_period)
     sys.exit(worker.run())

@@ -4,7 +4,10 @@ Four kinds of thread:
 
 * one **dispatcher** claims jobs with ``pop_batch`` — never more than there are idle
   executors, so jobs are not hoarded while other workers sit idle — and hands them over;
-* **executors** (``workers`` of them) run one job at a time and decide its outcome;
+* **executors** (``workers`` of them) run one job at a time and decide its outcome — in the
+  thread itself, in a child process the thread owns (``pool="process"``,
+  :mod:`.processes`), or, with ``pool="asyncio"`` (:mod:`.aio`), as tasks on one event loop
+  instead of threads;
 * one **settler** (:mod:`.settle`) stores outcomes and acks or retries leases,
   in batches, for every outcome alike;
 * one **monitor** (:mod:`.monitor`) extends the leases of running and settling jobs in one
@@ -35,7 +38,9 @@ from nuvom_kernel import events
 from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import JobTimeoutError
 from nuvom_kernel.models import JobStatus, Lease, Settlement
+from nuvom_kernel.worker.aio import AsyncPool
 from nuvom_kernel.worker.monitor import LeaseMonitor
+from nuvom_kernel.worker.processes import ProcessPool
 from nuvom_kernel.worker.run import HookInterrupted, JobRunner, current_job
 from nuvom_kernel.worker.settle import Running, Settler
 
@@ -46,6 +51,9 @@ __all__ = ["Worker", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
 
+#: What can run a job's function (``--pool``, the ``pool`` setting).
+POOLS = ("thread", "process", "asyncio")
+
 
 class Worker:
     """A pool of executor threads serving one kernel's queue backend.
@@ -54,6 +62,8 @@ class Worker:
     :param queues: named queues to serve (default: every queue).
     :param batch_size: most jobs claimed per ``pop_batch`` (default: ``batch_size`` setting).
     :param grace_period_secs: how long a graceful stop waits for running jobs.
+    :param pool: what runs the functions: ``thread`` (default: the ``pool`` setting),
+        ``process`` (:mod:`.processes`) or ``asyncio`` (:mod:`.aio`).
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class Worker:
         batch_size: int | None = None,
         grace_period_secs: float | None = None,
         poll_timeout_secs: float = 1.0,
+        pool: str | None = None,
     ) -> None:
         settings = kernel.settings
         self.kernel = kernel
@@ -100,6 +111,18 @@ class Worker:
         self._abandoned: set[threading.Thread] = set()
         self._signals = 0
         self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
+        self.pool = pool or settings.pool
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; use one of {', '.join(POOLS)}")
+        self.processes: ProcessPool | None = None
+        self.aio: AsyncPool | None = None
+        if self.pool == "process":
+            self.processes = self.runner.processes = ProcessPool(kernel, self.workers,
+                                                                 self._stopping)
+        elif self.pool == "asyncio":
+            self.aio = AsyncPool(sync_threads=min(32, self.workers))
+        self.runner.monitor_slack = {"thread": 0.0, "asyncio": None,
+                                     "process": settings.kill_grace_secs + 2.0}[self.pool]
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -107,16 +130,23 @@ class Worker:
         """Start the threads and return; :meth:`stop` and :meth:`join` end them."""
         self.kernel.registry.load_manifest(self.kernel.data_dir)
         self.settler.start()
-        for _ in range(self.workers):
-            self._spawn_executor()
+        if self.processes is not None:
+            self.processes.start()
+        if self.aio is not None:  # jobs are tasks on one loop: slots, not threads
+            self.aio.start()
+            with self._cv:
+                self._free = self.workers
+        else:
+            for _ in range(self.workers):
+                self._spawn_executor()
         dispatcher = threading.Thread(target=self._dispatch_loop, name="nuvom-dispatcher",
                                       daemon=True)
         dispatcher.start()
         self._threads.append(dispatcher)
         self.monitor.start()
         self._emit_lifecycle("nuvom_worker_startup")
-        log.info("worker %s started: %d threads, queues=%s, backend=%s", self.origin,
-                 self.workers, ",".join(self.queues or ["*"]), self.queue.name)
+        log.info("worker %s started: %s pool of %d, queues=%s, backend=%s", self.origin,
+                 self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name)
 
     def stop(self, graceful: bool = True) -> None:
         """Stop leasing; a graceful stop lets running jobs finish, a forced one does not."""
@@ -197,6 +227,10 @@ class Worker:
         for thread in self._threads:
             if thread is not threading.current_thread() and thread not in self._abandoned:
                 thread.join(max(0.0, join_deadline - time.monotonic()))
+        if self.processes is not None:  # idle children exit; a forced stop kills busy ones
+            self.processes.stop(force=not clean)
+        if self.aio is not None:
+            self.aio.stop()
         self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
         self.monitor.stop()  # it kept extending leases until everything settled
         self._emit_lifecycle("nuvom_worker_shutdown")
@@ -247,6 +281,8 @@ class Worker:
                     self.settler.safely("release it", lease, self.queue.release, lease)
                     with self._cv:
                         self._free += 1
+                elif self.aio is not None:
+                    self.aio.submit(lambda lease=lease: self._serve_async(lease))
                 else:
                     self._handoff.put(lease)
 
@@ -277,6 +313,19 @@ class Worker:
                 self.settler.safely("release it", lease, self.queue.release, lease)
             elif not self.runner.run_one(lease):
                 return  # abandoned after a timeout, and its slot was filled meanwhile
+            with self._cv:
+                self._free += 1
+                self._cv.notify()
+
+    async def _serve_async(self, lease: Lease) -> None:
+        """One slot of the asyncio pool: run the lease, then give the slot back."""
+        assert self.aio is not None
+        try:
+            if self._stopping.is_set():  # claimed but not started: straight back
+                self.settler.safely("release it", lease, self.queue.release, lease)
+            else:
+                await self.runner.run_async(lease, self.aio)
+        finally:
             with self._cv:
                 self._free += 1
                 self._cv.notify()
@@ -327,7 +376,7 @@ class Worker:
             running.abandoned = True  # its thread exits (or takes its slot back) on return
         error = JobTimeoutError(
             f"job {job.id} ({job.func_name}) exceeded its timeout of "
-            f"{running.deadline - running.started_mono:.3g} s")  # type: ignore[operator]
+            f"{(job.deadline or running.deadline) - running.started_mono:.3g} s")  # type: ignore[operator]
         with self._cv:
             self._abandoned_alive += 1
             self._abandoned.add(running.thread)

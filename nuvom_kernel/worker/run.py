@@ -7,35 +7,52 @@ job run on its own (eager/test mode, ``Worker.run_one``). Whatever the task rais
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import inspect
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import NuvomError, SerializationError, UnknownTaskError
+from nuvom_kernel.errors import JobTimeoutError, NuvomError, SerializationError, UnknownTaskError
 from nuvom_kernel.models import Job, JobStatus, Lease
+from nuvom_kernel.worker.aio import run_on_thread_loop
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.settle import Running, Settler
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
+    from nuvom_kernel.worker.aio import AsyncPool
+    from nuvom_kernel.worker.processes import ProcessPool
 
-__all__ = ["HookInterrupted", "JobRunner", "current_job"]
+__all__ = ["HookInterrupted", "JobRunner", "bind_job", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
-_local = threading.local()
+# A context variable, not a thread-local: coroutines of the asyncio pool share one thread,
+# and asyncio.gather's children inherit their parent's context.
+_current: ContextVar[Job | None] = ContextVar("nuvom_current_job", default=None)
 
 
 def current_job() -> Job | None:
     """The job the calling task is running as (``None`` outside a worker); use
     ``current_job().time_remaining()`` to stop cooperatively before a timeout."""
-    return getattr(_local, "job", None)
+    return _current.get()
+
+
+@contextlib.contextmanager
+def bind_job(job: Job) -> Iterator[Job]:
+    """``current_job()`` is ``job`` inside the block (restored after: a task that runs
+    another in eager mode gets its own job back)."""
+    token = _current.set(job)
+    try:
+        yield job
+    finally:
+        _current.reset(token)
 
 
 class HookInterrupted(BaseException):
@@ -60,6 +77,13 @@ class JobRunner:
         self.monitor = monitor
         self.slot_back = slot_back
         self.serializer = kernel.serializer
+        #: Set by a process pool: the function runs in a child, not on this thread.
+        self.processes: ProcessPool | None = None
+        #: How long after a job's deadline the monitor gives up its thread: at once in the
+        #: thread pool; in the process pool only if the child was not killed in time (the
+        #: thread is stuck in a hook, not in the child); never in the asyncio pool (jobs
+        #: share the loop's thread, and the loop cancels its own).
+        self.monitor_slack: float | None = 0.0
 
     def run_one(self, lease: Lease) -> bool:
         """Run ``lease`` to its settlement; ``False`` if the calling thread was abandoned
@@ -101,36 +125,72 @@ class JobRunner:
         timeout = job.options.timeout_secs or settings.job_timeout_secs
         deadline = started_mono + timeout if timeout else None
         job.deadline = deadline
+        slack = self.monitor_slack
         running = Running(job, lease, envelope, threading.current_thread(), started_at,
-                          started_mono, deadline, extended_at=started_mono)
+                          started_mono, None if deadline is None or slack is None
+                          else deadline + slack, extended_at=started_mono)
         self.running[job.id] = running
         if deadline is not None:
             self.monitor.wake()
         return running
 
     def _run(self, running: Running) -> bool:
-        job = running.job
-        outer, _local.job = current_job(), job  # outer: a task that enqueued in eager mode
         try:
-            fn = self.kernel.registry.resolve(job.func_name, job.module)
-            events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
-            func = getattr(fn, "fn", fn)
-            if inspect.iscoroutinefunction(func):
-                result = asyncio.run(func(*job.args, **job.kwargs))
-            else:
-                result = func(*job.args, **job.kwargs)
+            with bind_job(running.job):
+                result = self._call(running)
         except HookInterrupted:
             raise
-        except UnknownTaskError as exc:
-            if not self._hand_back(running, exc):
-                self.fail(running, exc, traceback.format_exc())
         except BaseException as exc:  # a task's failure is data, whatever it raised
-            self.fail(running, exc, traceback.format_exc())
+            self._failed(running, exc)
         else:
             self._succeed(running, result)
-        finally:
-            _local.job = outer
         return not running.abandoned or self.slot_back(running)
+
+    def _call(self, running: Running) -> Any:
+        job = running.job
+        if self.processes is not None:  # the child resolves and imports the task
+            events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
+            return self.processes.call(running)
+        func = self.resolve(job)
+        events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
+        if inspect.iscoroutinefunction(func):
+            if running.deadline is not None:  # the coroutine is cancelled at the deadline;
+                # the thread is given up only if cancelling did not stop it
+                running.deadline += self.kernel.settings.kill_grace_secs
+            return run_on_thread_loop(func(*job.args, **job.kwargs), job)
+        return func(*job.args, **job.kwargs)
+
+    async def run_async(self, lease: Lease, pool: AsyncPool) -> None:
+        """The asyncio pool's :meth:`run_one`: the same path, awaiting the call."""
+        try:
+            running = self._begin(lease)
+        except Exception:
+            log.exception("job=%s: unexpected error in the worker; not acked, it will run "
+                          "again after the visibility timeout", lease.id)
+            return
+        if running is None:
+            return
+        try:
+            with bind_job(running.job):
+                func = self.resolve(running.job)
+                events.emit(self.kernel.pm, "nuvom_before_execute", job=running.job)
+                result = await pool.call(func, running.job)
+        except BaseException as exc:  # CancelledError too: only a forced stop cancels,
+            self._failed(running, exc)  # and then the outcome was already given up
+        else:
+            self._succeed(running, result)
+
+    def resolve(self, job: Job) -> Callable[..., Any]:
+        fn = self.kernel.registry.resolve(job.func_name, job.module)
+        return getattr(fn, "fn", fn)  # type: ignore[no-any-return]
+
+    def _failed(self, running: Running, exc: BaseException) -> None:
+        if isinstance(exc, UnknownTaskError) and self._hand_back(running, exc):
+            return
+        tb = (getattr(exc, "remote_traceback", None)
+              or "".join(traceback.format_exception(exc)))
+        self.fail(running, exc, tb, kind="timeout" if isinstance(exc, JobTimeoutError)
+                  else "error")
 
     def _succeed(self, running: Running, result: Any) -> None:
         try:

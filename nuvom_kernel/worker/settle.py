@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import SerializationError, UnknownTaskError
+from nuvom_kernel.errors import ChildTaskError, SerializationError, UnknownTaskError
 from nuvom_kernel.models import Backoff, Job, JobRecord, JobStatus, Lease, Settlement
 from nuvom_kernel.serialization import to_wire
 
@@ -245,6 +245,7 @@ class Settler:
                  "error_type": qualname(exc), "error_message": str(exc),
                  "started_at": running.started_at, "finished_at": finished,
                  "worker": self.origin}
+        entry.update(getattr(exc, "details", None) or {})  # a pool child's signal, rusage
         envelope.history.append(entry)
         job.history = list(envelope.history)
         job.error_type, job.error, job.traceback = qualname(exc), str(exc), tb
@@ -301,6 +302,8 @@ class Settler:
 
 
 def qualname(exc: BaseException) -> str:
+    if isinstance(exc, ChildTaskError):  # raised in a pool child: its class stayed there
+        return exc.error_type
     cls = type(exc)
     if cls.__module__ == "builtins":
         return cls.__qualname__

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..outcome import Outcome, Sizes
+from ..project import POOL
 from .corrupt import scenario_corrupt
 from .crashes import scenario_crash, scenario_storm
 from .disk import scenario_disk
@@ -35,16 +36,21 @@ SCENARIOS: dict[str, Callable[[Path, str, Sizes], Outcome]] = {
 }
 
 
-def run_scenario(name: str, base: Path, backend: str, sizes: Sizes) -> Outcome:
-    """Run one scenario; an exception (a deadline, a crash of the engine) becomes a
-    failure of that scenario with the workers' last words attached."""
+def run_scenario(name: str, base: Path, backend: str, sizes: Sizes, pool: str = "thread"
+                 ) -> Outcome:
+    """Run one scenario with workers of ``pool`` (``runworker --pool``); an exception (a
+    deadline, a crash of the engine) becomes a failure of that scenario with the workers'
+    last words attached."""
     t0 = time.monotonic()
+    token = POOL.set(pool)
     try:
         out = SCENARIOS[name](base, backend, sizes)
     except Exception as exc:
         out = Outcome(name, backend)
         out.failures.append(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}"
                             + _last_words(base / f"{backend}-{name}"))
+    finally:
+        POOL.reset(token)
     out.seconds = time.monotonic() - t0
     return out
 

@@ -1,0 +1,207 @@
+"""A process-pool child: imports task modules and runs one function at a time.
+
+Started by :mod:`.processes` as a new ``python`` running :func:`main` — a fresh interpreter
+(what multiprocessing calls ``spawn``), never a ``fork`` of the parent: the parent runs
+several threads (dispatcher, settler, monitor, executors) and a fork would copy their locks
+in whatever state they were, and any open database connection with them. The child holds
+no backend, no lease and no deadline of its own; the parent keeps all of those and only asks
+"run this function with these arguments".
+
+The protocol is length-prefixed JSON over two pipes that are not stdin/stdout, so a task
+that prints cannot corrupt it. Arguments and results cross with the kernel's wire encoding
+(:func:`~nuvom_kernel.serialization.to_wire`): data, never pickles.
+
+Signals: SIGINT and SIGTERM are ignored (a Ctrl-C reaches the whole process group, but the
+parent decides whether running jobs finish); SIGUSR1 is the parent's soft timeout, raised in
+the task as :class:`~nuvom_kernel.errors.JobTimeoutError` so ``finally`` blocks run. The child
+dies with its parent: ``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import inspect
+import json
+import os
+import resource
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from nuvom_kernel.errors import JobTimeoutError, SerializationError, UnknownTaskError
+from nuvom_kernel.models import Job
+from nuvom_kernel.registry import REGISTRY
+from nuvom_kernel.serialization import from_wire, to_wire
+from nuvom_kernel.worker.run import bind_job
+
+__all__ = ["PARENT_PID", "read_frame", "write_frame"]
+
+#: In a pool child: the worker process's pid (what a task that names "its worker", e.g. in
+#: a log line, should report); ``None`` elsewhere.
+PARENT_PID: int | None = None
+
+_HEADER = struct.Struct("!I")
+
+
+def write_frame(fd: int, data: dict[str, Any]) -> None:
+    payload = json.dumps(data, separators=(",", ":")).encode()
+    view = memoryview(_HEADER.pack(len(payload)) + payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def read_frame(fd: int) -> dict[str, Any] | None:
+    """The next message, or ``None`` when the other side closed its end."""
+    header = _read_exactly(fd, _HEADER.size)
+    if header is None:
+        return None
+    payload = _read_exactly(fd, _HEADER.unpack(header)[0])
+    if payload is None:
+        return None
+    return json.loads(payload)  # type: ignore[no-any-return]
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+class _Child:
+    def __init__(self, requests: int, replies: int) -> None:
+        self.requests = requests
+        self.replies = replies
+        self.running = False  # a synchronous task is inside its call (SIGUSR1 raises there)
+        self.loop = asyncio.new_event_loop()  # one loop for every async task of this child
+        self.main_task: asyncio.Task[Any] | None = None
+        self.soft_timeout = False
+
+    def on_soft_timeout(self, signum: int, frame: Any) -> None:
+        self.soft_timeout = True
+        if self.main_task is not None:  # a coroutine: cancel it on its loop
+            self.main_task.cancel()
+        elif self.running:
+            raise JobTimeoutError("the job exceeded its timeout (stopped by the worker)")
+
+    def serve(self) -> None:
+        write_frame(self.replies, {"ready": True, "pid": os.getpid()})
+        while True:
+            request = read_frame(self.requests)
+            if request is None or request.get("exit"):
+                return
+            write_frame(self.replies, self.run(request))
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        self.soft_timeout = False
+        try:
+            fn = REGISTRY.resolve(request["task"], request.get("module"))
+            func = getattr(fn, "fn", fn)
+            args = from_wire(request["args"])
+            kwargs = from_wire(request["kwargs"])
+            job = Job(id=request["id"], func_name=request["task"], args=tuple(args),
+                      kwargs=kwargs, module=request.get("module"),
+                      attempts=request["attempts"], run=request["run"],
+                      headers=request.get("headers") or {})
+            remaining = request.get("remaining")
+            job.deadline = None if remaining is None else time.monotonic() + remaining
+            with bind_job(job):
+                if inspect.iscoroutinefunction(func):
+                    result = self._await(func(*args, **kwargs))
+                else:
+                    self.running = True
+                    try:
+                        result = func(*args, **kwargs)
+                    finally:
+                        self.running = False
+            wire = (to_wire(result, f"{request['task']}() return value")
+                    if request.get("store_result", True) else None)
+            reply: dict[str, Any] = {"ok": True, "result": wire}
+        except BaseException as exc:  # a task's failure is data
+            if isinstance(exc, asyncio.CancelledError) and self.soft_timeout:
+                exc = JobTimeoutError("the job exceeded its timeout (cancelled by the worker)")
+            reply = {"ok": False, "error_type": _qualname(exc), "message": str(exc),
+                     "traceback": "".join(traceback.format_exception(exc)),
+                     "import_failed": getattr(exc, "import_failed", True),
+                     "kind": _kind(exc)}
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        reply["cpu_secs"] = round((after.ru_utime + after.ru_stime)
+                                  - (before.ru_utime + before.ru_stime), 6)
+        reply["max_rss_kb"] = after.ru_maxrss
+        return reply
+
+    def _await(self, coroutine: Any) -> Any:
+        self.main_task = self.loop.create_task(coroutine)
+        try:
+            return self.loop.run_until_complete(self.main_task)
+        finally:
+            self.main_task = None
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, JobTimeoutError):
+        return "timeout"
+    if isinstance(exc, UnknownTaskError):
+        return "unknown_task"
+    if isinstance(exc, SerializationError):
+        return "serialization"
+    return "error"
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else (
+        f"{cls.__module__}.{cls.__qualname__}")
+
+
+def _die_with_parent(parent: int) -> None:
+    with contextlib.suppress(Exception):  # Linux: the kernel kills us when the parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:  # elsewhere (and as a second line): notice being re-parented
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nuvom-child-watchdog", daemon=True).start()
+
+
+def main(argv: list[str]) -> None:
+    global PARENT_PID
+    requests, replies, parent = int(argv[0]), int(argv[1]), int(argv[2])
+    PARENT_PID = parent
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = _Child(requests, replies)
+    signal.signal(signal.SIGUSR1, child.on_soft_timeout)
+    hello = read_frame(requests)
+    if hello is None:
+        return
+    for entry in reversed(hello.get("sys_path", [])):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    REGISTRY.load_manifest(Path(hello["data_dir"]))
+    for module in hello.get("preload", []):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # its jobs fail with the import error; the child lives
+            print(f"nuvom child {os.getpid()}: cannot import {module!r}: {exc!r}",
+                  file=sys.stderr)
+    child.serve()
+

@@ -1,0 +1,346 @@
+"""The process pool, parent side: children that run functions and can be killed.
+
+Threads cannot be stopped, so a thread pool's timeout only gives up on a job. Here each
+executor thread of the worker owns one child process (:mod:`.child`) and hands it one job at
+a time: a job only ever goes to an idle child, and nothing is prefetched into a busy one.
+The parent keeps everything that must survive the child — the lease, its extension, the
+deadline, the settle — so a child that dies loses nothing but its attempt.
+
+At a job's deadline the child gets SIGUSR1, raised in the task as ``JobTimeoutError`` (its
+``finally`` blocks run); a child still busy ``kill_grace_secs`` later gets SIGKILL. A child
+whose RSS passes ``max_memory_per_child`` while it runs is killed (a limit that waits for
+the task to finish does not protect the host); after a job, a child past its task count,
+memory or age is retired. A warm spare is always starting, so a retired or dead child is
+replaced by one that has already imported the task modules: capacity does not drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from nuvom_kernel.errors import (
+    ChildKilledError,
+    ChildTaskError,
+    JobTimeoutError,
+    SerializationError,
+    UnknownTaskError,
+)
+from nuvom_kernel.serialization import from_wire, to_wire
+from nuvom_kernel.worker.child import read_frame, write_frame
+
+if TYPE_CHECKING:
+    from nuvom_kernel.kernel import Kernel
+    from nuvom_kernel.worker.settle import Running
+
+__all__ = ["ProcessPool", "format_size"]
+
+log = logging.getLogger("nuvom.worker")
+
+#: How often a busy child's RSS is read while a memory limit is set.
+MEMORY_POLL_SECS = 0.2
+#: A fresh interpreter that runs :func:`.child.main` (``-c``, like ``-m``, puts the working
+#: directory on ``sys.path``; ``-m`` would import the module twice, once as ``__main__``).
+_CHILD_MAIN = "import sys; from nuvom_kernel.worker.child import main; main(sys.argv[1:])"
+#: How long a new child may take to import the kernel and the task modules.
+START_TIMEOUT_SECS = 60.0
+
+
+def format_size(size: int) -> str:
+    return f"{size / 2**20:.0f} MB"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+class Child:
+    """One child process and its two pipes."""
+
+    def __init__(self, hello: dict[str, Any]) -> None:
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_MAIN, str(req_r), str(rep_w), str(os.getpid())],
+            pass_fds=(req_r, rep_w), close_fds=True)
+        os.close(req_r)
+        os.close(rep_w)
+        self.requests, self.replies = req_w, rep_r
+        self.pid = self.proc.pid
+        self.started = time.monotonic()
+        self.tasks = 0
+        self.ready = False
+        self.busy = False  # inside run(): only its executor thread may close its pipes
+        self._reaped: dict[str, Any] | None = None
+        self._send({**hello})
+
+    def _send(self, data: dict[str, Any]) -> bool:
+        try:
+            write_frame(self.requests, data)
+            return True
+        except OSError:  # it died: the caller learns how from reap()
+            return False
+
+    def wait_ready(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.replies], [], [], timeout)
+        if ready:
+            hello = read_frame(self.replies)
+            self.ready = bool(hello and hello.get("ready"))
+        return self.ready
+
+    def rss(self) -> int | None:
+        try:
+            with open(f"/proc/{self.pid}/status", "rb") as status:
+                for line in status:
+                    if line.startswith(b"VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def run(self, request: dict[str, Any], deadline: float | None, grace: float,
+            max_memory: int | None) -> dict[str, Any]:
+        """Run one job; the child's reply, or how it died (``died`` set)."""
+        self.busy = True
+        try:
+            return self._run(request, deadline, grace, max_memory)
+        finally:
+            self.busy = False
+
+    def _run(self, request: dict[str, Any], deadline: float | None, grace: float,
+             max_memory: int | None) -> dict[str, Any]:
+        if not self._send(request):
+            return self.reap("it was gone before the job started")
+        kill_at: float | None = None
+        reason = ""
+        while True:
+            now = time.monotonic()
+            wait = MEMORY_POLL_SECS if max_memory else 1.0
+            for at in (deadline if kill_at is None else None, kill_at):
+                if at is not None:
+                    wait = min(wait, max(0.0, at - now))
+            ready, _, _ = select.select([self.replies], [], [], wait)
+            if ready:
+                reply = read_frame(self.replies)
+                if reply is None:
+                    return self.reap(reason)
+                self.tasks += 1
+                return reply
+            now = time.monotonic()
+            if kill_at is not None and now >= kill_at:
+                reason = (f"it did not stop within kill_grace_secs={grace:g} after the soft "
+                          "timeout")
+                self.kill()
+                return self.reap(reason, timed_out=True)
+            if kill_at is None and deadline is not None and now >= deadline:
+                self.signal(signal.SIGUSR1)  # raised in the task: its finally blocks run
+                kill_at = now + grace
+            rss = self.rss() if max_memory else None
+            if max_memory and rss and rss > max_memory:
+                self.kill()
+                return self.reap(f"its RSS ({format_size(rss)}) passed max_memory_per_child "
+                                 f"({format_size(max_memory)})")
+
+    def signal(self, number: int) -> None:
+        try:
+            os.kill(self.pid, number)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def reap(self, reason: str = "", timed_out: bool = False) -> dict[str, Any]:
+        """Wait for the dead child; how it ended, with its resource usage."""
+        if self._reaped is None:
+            try:
+                _, status, usage = os.wait4(self.pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                self._reaped = {"exit_code": code, "max_rss_kb": usage.ru_maxrss,
+                                "cpu_secs": round(usage.ru_utime + usage.ru_stime, 6)}
+            except ChildProcessError:  # reaped elsewhere (Popen.wait)
+                code = self.proc.returncode if self.proc.returncode is not None else -9
+                self._reaped = {"exit_code": code}
+            self.proc.returncode = code
+            self._close_pipes()
+        return {**self._reaped, "died": True, "reason": reason, "timed_out": timed_out}
+
+    def close(self) -> None:
+        """Ask an idle child to exit; it is reaped in the background."""
+        self._send({"exit": True})
+        self._close_pipes()
+        threading.Thread(target=self.proc.wait, name="nuvom-child-reaper", daemon=True).start()
+
+    def _close_pipes(self) -> None:
+        for fd in (self.requests, self.replies):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.requests = self.replies = -1
+
+
+class ProcessPool:
+    """Children for a worker's executor threads; each thread holds one child at a time.
+
+    :param slots: the worker's executor threads (one child each, plus one warm spare).
+    """
+
+    def __init__(self, kernel: Kernel, slots: int, stopping: threading.Event) -> None:
+        settings = kernel.settings
+        self.slots = slots
+        self.grace = settings.kill_grace_secs
+        self.max_tasks = settings.max_tasks_per_child
+        self.max_memory = settings.max_memory_per_child
+        self.max_age = settings.max_child_age_secs
+        self.stopping = stopping
+        self.hello = {"sys_path": list(sys.path), "data_dir": str(kernel.data_dir),
+                      "preload": self._modules(kernel)}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._spares: list[Child] = []
+        self._children: set[Child] = set()
+        self._start_failures = 0
+
+    @staticmethod
+    def _modules(kernel: Kernel) -> list[str]:
+        """Task modules the children import at start (the manifest's, and the worker's)."""
+        registry = kernel.registry
+        modules = {getattr(getattr(fn, "fn", fn), "__module__", None)
+                   for name in registry.names() if (fn := registry.get(name)) is not None}
+        modules.update(registry.modules())
+        return sorted(m for m in modules if m and m != "__main__")
+
+    def start(self) -> None:
+        with self._lock:
+            for _ in range(self.slots + 1):
+                self._spares.append(self._spawn())
+
+    def _spawn(self) -> Child:
+        child = Child(self.hello)
+        self._children.add(child)
+        return child
+
+    def _take(self) -> Child | None:
+        """A ready child for the calling executor (a spare if one is warm); a new spare
+        starts at once, so the next replacement is warm too."""
+        while not self.stopping.is_set():
+            with self._lock:
+                child = self._spares.pop(0) if self._spares else self._spawn()
+                if not self._spares:  # keep one warm: the next replacement is ready at once
+                    self._spares.append(self._spawn())
+            if child.wait_ready(START_TIMEOUT_SECS):
+                self._start_failures = 0
+                return child
+            exit_code = child.reap("it died while starting").get("exit_code")
+            with self._lock:
+                self._children.discard(child)
+                self._start_failures += 1
+                backoff = min(0.5 * 2 ** (self._start_failures - 1), 30.0)
+            log.error("a pool child (pid %d) died while starting (exit code %s; its stderr "
+                      "says why); starting another in %.1f s", child.pid, exit_code, backoff)
+            self.stopping.wait(backoff)
+        return None
+
+    def call(self, running: Running) -> Any:
+        """Run the job in this thread's child; its value, or the exception to record."""
+        job = running.job
+        child: Child | None = getattr(self._local, "child", None)
+        if child is None:
+            child = self._local.child = self._take()
+            if child is None:
+                raise ChildKilledError("the worker stopped before a child process was ready")
+        request = {"id": job.id, "task": job.func_name, "module": job.module,
+                   "args": to_wire(list(job.args), "arguments"),
+                   "kwargs": to_wire(job.kwargs, "arguments"), "attempts": job.attempts,
+                   "run": job.run, "headers": job.headers,
+                   "store_result": job.options.store_result,
+                   "remaining": job.time_remaining()}
+        reply = child.run(request, job.deadline, self.grace, self.max_memory)
+        if reply.get("died"):
+            self._local.child = None
+            self._children.discard(child)
+            raise self._death(running, child, reply)
+        self._maybe_retire(child)
+        if reply["ok"]:
+            return from_wire(reply["result"])
+        raise self._error(running, reply)
+
+    def _maybe_retire(self, child: Child) -> None:
+        why = None
+        if self.max_tasks is not None and child.tasks >= self.max_tasks:
+            why = f"it ran {child.tasks} jobs (max_tasks_per_child)"
+        elif self.max_age is not None and time.monotonic() - child.started >= self.max_age:
+            why = f"it is older than max_child_age_secs={self.max_age:g}"
+        elif self.max_memory is not None and (rss := child.rss() or 0) > self.max_memory:
+            why = f"its RSS {format_size(rss)} passed max_memory_per_child"
+        if why is not None:
+            log.info("retiring pool child pid %d: %s", child.pid, why)
+            self._local.child = None
+            self._children.discard(child)
+            child.close()
+
+    @staticmethod
+    def _error(running: Running, reply: dict[str, Any]) -> BaseException:
+        job, message, kind = running.job, reply["message"], reply.get("kind")
+        exc: BaseException
+        if kind == "timeout":
+            exc = JobTimeoutError(f"job {job.id} ({job.func_name}) exceeded its timeout of "
+                                  f"{job.options.timeout_secs or 0:g} s")
+        elif kind == "unknown_task":
+            exc = UnknownTaskError(message, import_failed=reply.get("import_failed", True))
+        elif kind == "serialization":
+            exc = SerializationError(message)
+        else:
+            exc = ChildTaskError(message, error_type=reply["error_type"])
+        exc.remote_traceback = reply.get("traceback")  # type: ignore[union-attr]
+        exc.details = {"cpu_secs": reply.get("cpu_secs"),  # type: ignore[union-attr]
+                       "max_rss_kb": reply.get("max_rss_kb")}
+        return exc
+
+    def _death(self, running: Running, child: Child, reply: dict[str, Any]) -> BaseException:
+        job, code = running.job, reply.get("exit_code", 0)
+        how = (f"killed by signal {-code} ({_signal_name(-code)})" if code < 0
+               else f"its process exited with code {code}")
+        details = {key: reply.get(key) for key in ("max_rss_kb", "cpu_secs")}
+        details.update(signal=-code if code < 0 else None, pid=child.pid)
+        exc: BaseException
+        if reply.get("timed_out"):
+            exc = JobTimeoutError(f"job {job.id} ({job.func_name}) exceeded its timeout of "
+                                  f"{job.options.timeout_secs or 0:g} s and {reply['reason']}; "
+                                  f"{how}")
+        else:
+            exc = ChildKilledError(how + (f": {reply['reason']}" if reply["reason"] else ""))
+        exc.details = details  # type: ignore[union-attr]
+        log.warning("job=%s task=%s: pool child pid %d %s%s; a fresh child takes its place",
+                    job.id, job.func_name, child.pid, how,
+                    f" ({reply['reason']})" if reply["reason"] else "")
+        return exc
+
+    def stop(self, force: bool, timeout: float = 5.0) -> None:
+        """End every child: idle ones are asked to exit, busy ones (``force``) are killed."""
+        with self._lock:
+            children, self._spares = list(self._children), []
+            self._children.clear()
+        for child in children:
+            if force:
+                child.kill()
+            if not child.busy and child.requests != -1:  # a busy one's thread reaps it
+                child.close()
+        deadline = time.monotonic() + timeout
+        for child in children:
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.proc.wait()

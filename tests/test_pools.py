@@ -1,0 +1,427 @@
+"""``runworker --pool process|asyncio`` and ``async def`` tasks, with real worker processes.
+
+What each test proves is what a thread pool cannot do: a runaway job is stopped (soft signal,
+then SIGKILL), a child that dies is recorded with its signal and rusage, children are
+recycled without losing capacity, no child outlives its worker, and an asyncio pool runs
+hundreds of awaiting jobs at once on one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel import JobFailedError, JobStatus, get_job
+from nuvom_kernel.kernel import Kernel, use_kernel
+from tests.helpers import wait_until, write_module
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+
+TASKS = """
+import asyncio, ctypes, os, pathlib, signal, threading, time
+from nuvom_kernel import current_job, task
+
+@task
+def pid():
+    return os.getpid()
+
+@task
+def pid_after(secs):
+    time.sleep(secs)
+    return os.getpid()
+
+@task(timeout_secs=1)
+def nap():
+    try:
+        time.sleep(60)
+    finally:
+        pathlib.Path("nap.finally").write_text(str(os.getpid()))
+
+@task(timeout_secs=1)
+def spin():
+    while True:  # swallows the soft timeout: only SIGKILL stops it
+        try:
+            while True:
+                pass
+        except BaseException:
+            pass
+
+@task(timeout_secs=1)
+def c_sleep():
+    # Blocks the soft signal, as a long C call that never returns to Python would.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    time.sleep(60)
+
+@task(retries=1, retry_delay_secs=0)
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@task
+def hog(mb):
+    block = bytearray(mb * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(30)
+
+@task
+def slow(secs):
+    pathlib.Path(f"started.{os.getpid()}").write_text("")
+    time.sleep(secs)
+    return os.getpid()
+
+@task
+async def stamp(secs):
+    start = time.time()
+    await asyncio.sleep(secs)
+    return [start, time.time()]
+
+@task
+async def loop_id():
+    await asyncio.sleep(0)
+    return id(asyncio.get_running_loop())
+
+@task
+async def family():
+    async def member():
+        await asyncio.sleep(0.01)
+        return current_job().id
+    return await asyncio.gather(*(member() for _ in range(3)))
+
+@task(timeout_secs=0.5)
+async def too_long():
+    await asyncio.sleep(30)
+
+@task
+async def cancels_itself():
+    raise asyncio.CancelledError("my own reasons")
+
+@task
+def sync_thread():
+    return threading.current_thread().name
+
+@task
+async def blocks_loop(secs):
+    time.sleep(secs)  # no await: the loop is stuck
+    return "done"
+"""
+
+
+@pytest.fixture
+def env(project: Path) -> Iterator[dict[str, str]]:
+    environ = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
+               "NUVOM_VISIBILITY_TIMEOUT_SECS": "30", "NUVOM_LOG_LEVEL": "INFO",
+               "NUVOM_KILL_GRACE_SECS": "1"}
+    write_module(project, "pool_tasks", TASKS)
+    kernel = Kernel(root=project, environ=environ)
+    with use_kernel(kernel):
+        yield environ
+    kernel.close()
+
+
+class Worker:
+    """A ``nuvom runworker`` subprocess and the children it starts."""
+
+    def __init__(self, project: Path, environ: dict[str, str], *args: str) -> None:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
+        full.update(environ)
+        self.log = project / f"worker-{len(list(project.glob('worker-*.log')))}.log"
+        self._out = self.log.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", *args],
+                                     cwd=project, env=full, stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+        self.seen: set[int] = set()
+
+    def children(self) -> set[int]:
+        """Live child processes of the worker (zombies excluded), remembered for later."""
+        kids = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid and fields[0] != "Z":
+                kids.add(int(stat.parent.name))
+        self.seen |= kids
+        return kids
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, *signals: signal.Signals) -> int:
+        for sig in signals or (signal.SIGINT,):
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(30)
+        finally:
+            self.proc.kill()
+            self._out.close()
+
+    def assert_no_orphans(self) -> None:
+        """Every child this test saw is gone (not even a zombie left unreaped by us)."""
+        wait_until(lambda: not [p for p in self.seen if _alive(p)], timeout=10,
+                   what=f"children {sorted(self.seen)} to exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def start(project: Path, env: dict[str, str]) -> Iterator[object]:
+    workers: list[Worker] = []
+
+    def start_worker(*args: str, **extra: str) -> Worker:
+        worker = Worker(project, {**env, **extra}, *args)
+        workers.append(worker)
+        wait_until(lambda: " started: " in worker.output(), timeout=30, what="worker start")
+        return worker
+
+    yield start_worker
+    for worker in workers:
+        if worker.proc.poll() is None:
+            worker.stop(signal.SIGINT, signal.SIGINT)
+        worker.assert_no_orphans()
+
+
+def failed(job: object) -> JobFailedError:
+    with pytest.raises(JobFailedError) as info:
+        job.get(timeout=60)  # type: ignore[attr-defined]
+    return info.value
+
+
+# --- process pool -------------------------------------------------------------------------
+
+def test_soft_timeout_raises_in_the_task_and_the_child_lives_on(start, project: Path):
+    from pool_tasks import nap, pid
+
+    worker = start("--pool", "process", "--workers", "1")
+    before = pid.delay().get(timeout=60)
+    error = failed(nap.delay())
+    assert error.error_type == "nuvom_kernel.errors.JobTimeoutError"
+    assert (project / "nap.finally").read_text() == str(before), "finally did not run"
+    assert pid.delay().get(timeout=60) == before, "a soft timeout should not cost the child"
+    assert before in worker.children()
+
+
+@pytest.mark.parametrize("name", ["spin", "c_sleep"])
+def test_a_job_that_ignores_the_soft_timeout_is_killed(start, name: str):
+    import pool_tasks
+
+    worker = start("--pool", "process", "--workers", "1")
+    first = pool_tasks.pid.delay().get(timeout=60)
+    job = getattr(pool_tasks, name).delay()
+    error = failed(job)
+    assert error.error_type == "nuvom_kernel.errors.JobTimeoutError"
+    assert "killed by signal 9 (SIGKILL)" in str(error)
+    entry = get_job(job.id).history[-1]
+    assert entry["kind"] == "timeout" and entry["signal"] == 9
+    assert entry["finished_at"] - entry["started_at"] < 1 + 1 + 5  # timeout + grace + slack
+    replacement = pool_tasks.pid.delay().get(timeout=60)
+    assert replacement != first, "the killed child was not replaced"
+    assert not _alive(first)
+    worker.children()
+
+
+def test_a_child_killed_by_a_signal_fails_the_attempt_and_ends_failed(start):
+    from pool_tasks import die, pid
+
+    start("--pool", "process", "--workers", "1")
+    job = die.delay()
+    error = failed(job)
+    assert "killed by signal 9 (SIGKILL)" in str(error)
+    record = get_job(job.id)
+    assert record.status is JobStatus.FAILED and record.attempts == 2  # retries=1, no loop
+    assert [e["signal"] for e in record.history] == [9, 9]
+    assert all(e["max_rss_kb"] > 0 and e["cpu_secs"] is not None for e in record.history)
+    assert isinstance(pid.delay().get(timeout=60), int), "the pool did not recover"
+
+
+def test_recycling_by_task_count_keeps_capacity(start):
+    from pool_tasks import pid
+
+    worker = start("--pool", "process", "--workers", "1", "--max-tasks-per-child", "2")
+    pids = [pid.delay().get(timeout=60) for _ in range(6)]
+    assert len(set(pids)) >= 3 and all(pids.count(p) <= 2 for p in pids), pids
+    # One child per slot plus one warm spare, retired ones reaped: capacity never drops.
+    wait_until(lambda: len(worker.children()) == 2, timeout=15, what="1 child + 1 spare")
+
+
+def test_recycling_by_age(start):
+    from pool_tasks import pid_after
+
+    start("--pool", "process", "--workers", "1", "--max-child-age", "0.5")
+    pids = [pid_after.delay(0.3).get(timeout=60) for _ in range(4)]
+    assert len(set(pids)) >= 2, pids
+
+
+def test_a_child_over_its_memory_limit_is_killed_while_it_runs(start):
+    from pool_tasks import hog, pid
+
+    start("--pool", "process", "--workers", "1", "--max-memory-per-child", "150MB")
+    error = failed(hog.delay(300))
+    assert "killed by signal 9 (SIGKILL)" in str(error)
+    assert "max_memory_per_child (150 MB)" in str(error)
+    assert isinstance(pid.delay().get(timeout=60), int)
+
+
+def test_a_task_module_that_fails_to_import_in_the_child_fails_only_its_job(start, project):
+    from pool_tasks import pid
+
+    write_module(project, "broken_tasks", "from nuvom_kernel import task\n\n"
+                 "@task\ndef fine():\n    return 1\n")
+    from broken_tasks import fine
+
+    job = fine.delay()
+    (project / "broken_tasks.py").write_text("raise RuntimeError('broken at import')\n")
+    start("--pool", "process", "--workers", "1")
+    first = pid.delay().get(timeout=60)
+    error = failed(job)
+    assert "broken at import" in str(error)
+    assert pid.delay().get(timeout=60) == first, "the import error cost the child"
+
+
+def test_killing_the_parent_takes_the_children_with_it(start, project: Path):
+    from pool_tasks import slow
+
+    worker = start("--pool", "process", "--workers", "2")
+    slow.delay(60)
+    wait_until(lambda: list(project.glob("started.*")), timeout=30, what="job running")
+    busy = int(next(project.glob("started.*")).suffix[1:])
+    assert busy in worker.children()
+    worker.proc.kill()
+    worker.proc.wait(10)
+    worker.assert_no_orphans()
+
+
+def test_first_signal_lets_children_finish_second_kills_them(start, project: Path):
+    from pool_tasks import slow
+
+    worker = start("--pool", "process", "--workers", "1", "--grace-period", "30")
+    job = slow.delay(1.5)
+    wait_until(lambda: list(project.glob("started.*")), timeout=30, what="job running")
+    worker.children()
+    assert worker.stop(signal.SIGINT) == 0
+    assert get_job(job.id).status is JobStatus.SUCCEEDED
+    worker.assert_no_orphans()
+
+    again = start("--pool", "process", "--workers", "1", "--grace-period", "30")
+    long_job = slow.delay(60)
+    wait_until(lambda: len(list(project.glob("started.*"))) == 2, timeout=30,
+               what="second job running")
+    again.children()
+    again.proc.send_signal(signal.SIGINT)
+    wait_until(lambda: "finishing running jobs" in again.output(), timeout=10,
+               what="first signal handled")
+    assert again.stop(signal.SIGINT) == 1
+    again.assert_no_orphans()
+    assert get_job(long_job.id).status is JobStatus.QUEUED  # back in the queue at once
+
+
+# --- asyncio pool and async def tasks --------------------------------------------------
+
+def test_asyncio_pool_runs_hundreds_of_awaiting_jobs_at_once(start):
+    from pool_tasks import stamp
+
+    start("--pool", "asyncio", "--workers", "300")
+    jobs = stamp.map([(1.0,)] * 300)
+    spans = [job.get(timeout=120) for job in jobs]
+    # How many ran at the same moment: the most spans that contain one start time.
+    overlap = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert overlap >= 100, f"only {overlap} of 300 awaiting jobs overlapped"
+
+
+def test_asyncio_pool_timeouts_current_job_and_sync_tasks(start):
+    from pool_tasks import cancels_itself, family, sync_thread, too_long
+
+    start("--pool", "asyncio", "--workers", "10")
+    job = family.delay()
+    assert job.get(timeout=60) == [job.id] * 3, "current_job() lost across gather"
+    timed_out = too_long.delay()
+    assert failed(timed_out).error_type == "nuvom_kernel.errors.JobTimeoutError"
+    assert get_job(timed_out.id).history[-1]["kind"] == "timeout"
+    own = cancels_itself.delay()
+    assert failed(own).error_type == "asyncio.exceptions.CancelledError"
+    assert get_job(own.id).history[-1]["kind"] == "error", "not our timeout"
+    assert sync_thread.delay().get(timeout=60) == "nuvom-sync", "a sync task ran on the loop"
+
+
+def test_a_blocked_loop_is_reported_and_keeps_its_lease(start, env):
+    from pool_tasks import blocks_loop
+
+    worker = start("--pool", "asyncio", "--workers", "2",
+                   NUVOM_VISIBILITY_TIMEOUT_SECS="1.5")
+    job = blocks_loop.delay(4)
+    assert job.get(timeout=60) == "done"
+    assert get_job(job.id).attempts == 1, "the lease expired while the loop was blocked"
+    assert "event loop has not answered" in worker.output()
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_async_tasks_keep_one_loop_per_executor(start, pool: str):
+    from pool_tasks import loop_id, too_long
+
+    start("--pool", pool, "--workers", "1")
+    assert len({loop_id.delay().get(timeout=60) for _ in range(3)}) == 1
+    assert failed(too_long.delay()).error_type == "nuvom_kernel.errors.JobTimeoutError"
+    assert loop_id.delay().get(timeout=60) is not None  # no "event loop is closed"
+
+
+def test_async_producer_api(start):
+    from pool_tasks import loop_id, stamp
+
+    start("--pool", "asyncio", "--workers", "20")
+
+    async def produce() -> list[object]:
+        beats = 0
+
+        async def heartbeat() -> None:  # proves the caller's loop is never blocked
+            nonlocal beats
+            while True:
+                beats += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(heartbeat())
+        jobs = await stamp.map_async([(0.2,)] * 10)
+        one = await loop_id.delay_async()
+        results = [await job.get_async(timeout=60) for job in [*jobs, one]]
+        ticker.cancel()
+        assert beats >= 10
+        return results
+
+    results = asyncio.run(produce())
+    assert len(results) == 11 and all(r is not None for r in results)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--pool", "fork"], "'fork' is not one of 'thread', 'process', 'asyncio'"),
+    (["--max-memory-per-child", "lots"], "must be a size such as 512MB"),
+    (["--max-memory-per-child", "0"], "must be a size > 0"),
+])
+def test_bad_pool_flags_are_usage_errors(project: Path, args: list[str], expected: str):
+    out = subprocess.run([sys.executable, "-m", "nuvom_kernel", "runworker", *args],
+                         cwd=project, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert expected in out.stderr
+    flag = args[0]
+    assert flag in out.stderr
+
+
+def test_bad_pool_setting_names_the_variable(project: Path):
+    env = {**os.environ, "NUVOM_POOL": "fork"}
+    out = subprocess.run([sys.executable, "-m", "nuvom_kernel", "runworker"], cwd=project,
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "NUVOM_POOL" in out.stderr and "thread, process, asyncio" in out.stderr
