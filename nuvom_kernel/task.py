@@ -61,13 +61,13 @@ class Task(Generic[P, R]):
         """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle."""
         return enqueue(self._kernel(), [self._call(args, kwargs, self.options)])[0]
 
-    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """:meth:`delay` for asyncio producers: the backend call runs in a thread, so the
         caller's event loop keeps serving while the job is stored."""
         return await asyncio.to_thread(self.delay, *args, **kwargs)
 
     async def map_async(self, arguments: Iterable[Any], *,
-                        job_ids: Sequence[str] | None = None) -> list[Job]:
+                        job_ids: Sequence[str] | None = None) -> list[Job[R]]:
         """:meth:`map` for asyncio producers (the batch is stored from a thread)."""
         items = list(arguments)
         return await asyncio.to_thread(self.map, items, job_ids=job_ids)
@@ -107,7 +107,7 @@ class Task(Generic[P, R]):
         with _collector_paused():
             return self._map(list(arguments), job_ids)
 
-    def _map(self, items: list[Any], job_ids: Sequence[str] | None) -> list[Job]:
+    def _map(self, items: list[Any], job_ids: Sequence[str] | None) -> list[Job[R]]:
         ids: list[str | None] = [None] * len(items)
         if job_ids is not None:
             ids = [_check_id(i) for i in job_ids]

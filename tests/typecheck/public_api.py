@@ -21,6 +21,11 @@ def greet(name: str, *, shout: bool = False) -> str:
     return name.upper() if shout else name
 
 
+@task
+async def fetch(url: str) -> bytes:
+    return url.encode()
+
+
 reveal_type(add(1, 2))  # T: int
 reveal_type(add.delay(1, 2))  # T: nuvom_kernel.models.Job[int]
 reveal_type(add.delay(1, 2).get(timeout=10))  # T: int
@@ -31,6 +36,14 @@ reveal_type(greet.delay("ada", shout=True).get())  # T: str
 reveal_type(greet.delay("ada").refresh())  # T: nuvom_kernel.models.Job[str]
 reveal_type(get_job("some-id"))  # T: nuvom_kernel.models.Job[Any]
 reveal_type(get_job("some-id").get())  # T: Any
+reveal_type(fetch.delay("https://example.org").get())  # T: bytes
+
+
+async def producer() -> None:
+    reveal_type(await add.delay_async(1, 2))  # T: nuvom_kernel.models.Job[int]
+    reveal_type(await add.map_async([(1, 2)]))  # T: list[nuvom_kernel.models.Job[int]]
+    reveal_type(await add.delay(1, 2).get_async(timeout=10))  # T: int
+    reveal_type(await fetch.delay("https://example.org").get_async())  # T: bytes
 
 job: Job[int] = add.delay(1, 2)
 wrong: Job[str] = add.delay(1, 2)  # E: assignment
