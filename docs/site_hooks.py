@@ -34,13 +34,24 @@ from nuvom_kernel.plugin_settings import plugin_env_var
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: repository file -> site page, for every page read from outside docs/.
+def _distribution_pages() -> dict[str, str]:
+    """Each plugin distribution's README (the ``-e ./folder`` lines of requirements-dev.txt)
+    as ``plugins/<folder without nuvom_plugins_>.md``; ``nuvom_plugins`` is ``builtin``."""
+    pages = {}
+    for line in (ROOT / "requirements-dev.txt").read_text().splitlines():
+        if line.startswith("-e ./nuvom_plugins"):
+            folder = line.removeprefix("-e ./").split("[")[0]
+            name = folder.removeprefix("nuvom_plugins").removeprefix("_") or "builtin"
+            pages[f"{folder}/README.md"] = f"plugins/{name}.md"
+    return pages
+
+
+#: repository file -> site page, for every page read from outside docs/ (a new plugin
+#: distribution joins by its line in requirements-dev.txt; tests/test_site.py then asks
+#: for its page in mkdocs.yml's nav).
 INCLUDED = {
     "README.md": "index.md",
-    "nuvom_plugins_sqlite/README.md": "backends/sqlite.md",
-    "nuvom_plugins_redis/README.md": "backends/redis.md",
-    "nuvom_plugins_postgres/README.md": "backends/postgres.md",
-    "nuvom_plugins/README.md": "backends/memory-and-file.md",
+    **_distribution_pages(),
     "benchmarks/README.md": "benchmarks.md",
     "CHANGELOG.md": "changelog.md",
 }

@@ -72,7 +72,7 @@ def test_links_become_site_pages_or_repository_paths() -> None:
     text = ("[docs](docs/workers.md#states) [plugin](nuvom_plugins_redis/README.md) "
             "[toml](.nuvom_plugins.toml) [web](https://example.org) [here](#x)")
     assert site_hooks.rewrite_links(text, "README.md") == (
-        "[docs](workers.md#states) [plugin](backends/redis.md) "
+        "[docs](workers.md#states) [plugin](plugins/redis.md) "
         "toml (`.nuvom_plugins.toml` in the repository) [web](https://example.org) [here](#x)")
     assert site_hooks.rewrite_links("[home](../README.md) [b](../benchmarks/README.md#redis)",
                                     "nuvom_plugins_redis/README.md") == \
