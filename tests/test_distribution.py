@@ -91,6 +91,14 @@ def test_every_plugin_distribution_has_an_extra_and_all_names_every_one() -> Non
         assert kernel.specifier.contains("0.1.0") and not kernel.specifier.contains("0.11.2")
 
 
+def test_mypy_checks_every_distribution_strictly() -> None:
+    mypy = pyproject(ROOT)["tool"]["mypy"]
+    assert mypy["strict"] is True
+    packages = {"nuvom_kernel"} | {p.parent.name for f in PLUGIN_FOLDERS
+                                   for p in (f / "src").glob("*/__init__.py")}
+    assert set(mypy["packages"]) == packages, "[tool.mypy] packages: one per distribution"
+
+
 def test_the_kernel_exposes_its_spi_version() -> None:
     import nuvom_kernel
 
