@@ -31,13 +31,13 @@ __all__ = ["check_capabilities", "enqueue", "importable_module", "rerun"]
 
 def importable_module(fn: Any) -> str | None:
     """The module a worker can import to find ``fn``; resolves ``__main__`` to a real name."""
-    module = getattr(fn, "__module__", None)
+    module: str | None = getattr(fn, "__module__", None)
     if module != "__main__":
         return module
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name:
-        return spec.name
+        return str(spec.name)
     path = getattr(main, "__file__", None)
     if path:
         try:

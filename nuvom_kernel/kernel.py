@@ -62,7 +62,7 @@ class Kernel:
 
     @property
     def data_dir(self) -> Path:
-        path = self.settings.data_dir
+        path: Path = self.settings.data_dir
         return path if path.is_absolute() else self.config.root / path
 
     def _context(self) -> BackendContext:
@@ -71,7 +71,7 @@ class Kernel:
                               namespace=self.settings.namespace)
 
     def _build(self, hook: str, name: str, what: str) -> Any:
-        cls = self.pm.lookup(hook, name, what)
+        cls: Any = self.pm.lookup(hook, name, what)
         return cls.from_settings(self.config.plugin_settings(name), self._context())
 
     @property

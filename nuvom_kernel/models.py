@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Coroutine
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, overload
 
 import attrs
 
 from nuvom_kernel.errors import NuvomError
+
+if TYPE_CHECKING:  # a bare ``Job`` means ``Job[Any]`` (PEP 696 default; typing gets it in 3.13)
+    from typing_extensions import TypeVar
+
+    R = TypeVar("R", default=Any)
+else:
+    from typing import TypeVar
+
+    R = TypeVar("R")
+T = TypeVar("T")
 
 __all__ = [
     "TERMINAL_STATES",
@@ -261,8 +272,9 @@ class Settlement:
 
 
 @attrs.define(eq=False)
-class Job:
-    """A job: one call of a task, from ``.delay()`` to its outcome.
+class Job(Generic[R]):
+    """A job: one call of a task, from ``.delay()`` to its outcome; ``R`` is what the task
+    returns, so ``add.delay(1, 2).get()`` is an ``int`` to a type checker when ``add`` is.
 
     The producer gets one back from ``.delay()``; the worker builds one from each message.
     ``refresh()`` and ``get()`` read the current state from the configured backends, so a
@@ -322,7 +334,7 @@ class Job:
                 "task.delay(), task.map() or nuvom_kernel.get_job(job_id)")
         return self._kernel
 
-    def refresh(self) -> Job:
+    def refresh(self) -> Job[R]:
         """Reload status, result, error and attempts from the backends; returns ``self``."""
         self._bound().refresh_job(self)
         return self
@@ -330,6 +342,15 @@ class Job:
     def cancel(self) -> bool:
         """Cancel this job if it has not started; ``True`` if it is now CANCELLED."""
         return bool(self._bound().cancel(self))
+
+    # An ``async def`` task's jobs are ``Job[Coroutine[..., T]]`` (what calling it inline
+    # gives); what they settle with, so what ``get()`` returns, is ``T``.
+    @overload
+    def get(self: Job[Coroutine[Any, Any, T]], timeout: float | None = None,
+            poll_secs: float = 0.05) -> T: ...
+
+    @overload
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> R: ...
 
     def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
         """Wait for the outcome and return the task's value (``None`` when the task has
@@ -342,6 +363,13 @@ class Job:
         :raises TimeoutError: no outcome within ``timeout`` seconds.
         """
         return self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs)
+
+    @overload
+    async def get_async(self: Job[Coroutine[Any, Any, T]], timeout: float | None = None,
+                        poll_secs: float = 0.05) -> T: ...
+
+    @overload
+    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05) -> R: ...
 
     async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
         """:meth:`get` for asyncio callers: waits without blocking the event loop (each

@@ -19,7 +19,7 @@ import sys
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import pluggy
@@ -136,7 +136,8 @@ class NuvomPluginManager(pluggy.PluginManager):
         """
         found: dict[str, tuple[type, str]] = {}
         for impl in reversed(self.hook.nuvom_plugin_settings.get_hookimpls()):
-            for name, schema in (impl.function() or {}).items():
+            declared: dict[str, type] = cast("dict[str, type]", impl.function() or {})
+            for name, schema in declared.items():
                 if name in found and found[name][0] is not schema:
                     raise PluginLoadError(
                         f"plugins {found[name][1]!r} and {impl.plugin_name!r} both declare the "

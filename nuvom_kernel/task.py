@@ -71,7 +71,7 @@ class Task(Generic[P, R]):
                   enqueued_by=envelope.enqueued_by, trace_id=envelope.trace_id)
         return envelope, job
 
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle (for a
         ``unique`` task: the equal unfinished job's, if there is one)."""
         call = self._call(args, kwargs, self.options)
@@ -79,13 +79,13 @@ class Task(Generic[P, R]):
             return enqueue_unique(self._kernel(), *call, self._params)
         return enqueue(self._kernel(), [call])[0]
 
-    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """:meth:`delay` for asyncio producers: the backend call runs in a thread, so the
         caller's event loop keeps serving while the job is stored."""
         return await asyncio.to_thread(self.delay, *args, **kwargs)
 
     async def map_async(self, arguments: Iterable[Any], *,
-                        job_ids: Sequence[str] | None = None) -> list[Job]:
+                        job_ids: Sequence[str] | None = None) -> list[Job[R]]:
         """:meth:`map` for asyncio producers (the batch is stored from a thread)."""
         items = list(arguments)
         return await asyncio.to_thread(self.map, items, job_ids=job_ids)
@@ -100,7 +100,7 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         job_id: str | None = None,
         eta: datetime | None = None,
-    ) -> Job:
+    ) -> Job[R]:
         """Like :meth:`delay`, with per-call routing (a start delay or an ``eta``, a queue,
         a priority) and an optional ``job_id`` of your own: a job id names one job for its
         life, so enqueuing an id that is queued, running or finished (and still recorded)
@@ -128,7 +128,7 @@ class Task(Generic[P, R]):
                        known_ids=job_id is not None)[0]
 
     def map(self, arguments: Iterable[Any], *, job_ids: Sequence[str] | None = None
-            ) -> list[Job]:
+            ) -> list[Job[R]]:
         """Enqueue one job per item in one backend call (one transaction where supported).
 
         Each item is a tuple of positional arguments, a dict of keyword arguments, or a
@@ -140,7 +140,7 @@ class Task(Generic[P, R]):
         with _collector_paused():
             return self._map(list(arguments), job_ids)
 
-    def _map(self, items: list[Any], job_ids: Sequence[str] | None) -> list[Job]:
+    def _map(self, items: list[Any], job_ids: Sequence[str] | None) -> list[Job[R]]:
         ids: list[str | None] = [None] * len(items)
         if job_ids is not None:
             ids = [_check_id(i) for i in job_ids]
@@ -218,20 +218,23 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
     """Register ``fn`` as a task; works as ``@task`` and as ``@task(...)``.
 
     :param name: registry name (default: the function's name).
-    :param retries: extra attempts after a failure (0: run once).
-    :param retry_delay_secs: base delay before a retry (default: the configured one).
-    :param backoff: ``"fixed"`` or ``"exponential"`` (doubling, capped at
-        ``backoff_max_secs``, with full jitter when ``jitter``).
-    :param timeout_secs: per-attempt timeout; a timed-out attempt is a failure kind.
-    :param store_result: keep the return value (``job.get()`` needs it).
-    :param queue: the named queue jobs go to; ``priority``: higher runs first.
-    :param description: shown by ``nuvom list tasks`` (default: docstring's first line).
-    :param schedule: ``cron(...)``, ``every(...)`` or a cron string (UTC): every worker's
-        scheduler fires it, each tick once (see docs/scheduling.md); with ``overlap``,
-        ``catch_up`` and ``catch_up_window_secs``.
-    :param concurrency: at most this many jobs of the task run at once, across all workers.
-    :param unique: ``.delay()`` with equal arguments returns the unfinished job;
-        ``unique_for`` also returns a finished one for that many seconds.
+
+    The other options are keyword-only (their defaults are in the second overload):
+
+    - ``retries``: extra attempts after a failure (0: run once).
+    - ``retry_delay_secs``: base delay before a retry (default: the configured one).
+    - ``backoff``: ``"fixed"`` or ``"exponential"`` (doubling, capped at
+      ``backoff_max_secs``, with full jitter when ``jitter``).
+    - ``timeout_secs``: per-attempt timeout; a timed-out attempt is a failure kind.
+    - ``store_result``: keep the return value (``job.get()`` needs it).
+    - ``queue``: the named queue jobs go to; ``priority``: higher runs first.
+    - ``description``: shown by ``nuvom list tasks`` (default: docstring's first line).
+    - ``schedule``: ``cron(...)``, ``every(...)`` or a cron string (UTC): every worker's
+      scheduler fires it, each tick once (see docs/scheduling.md); with ``overlap``,
+      ``catch_up`` and ``catch_up_window_secs``.
+    - ``concurrency``: at most this many jobs of the task run at once, across all workers.
+    - ``unique``: ``.delay()`` with equal arguments returns the unfinished job;
+      ``unique_for`` also returns a finished one for that many seconds.
     """
     schedule = {k: options.pop(k) for k in _SCHEDULE_OPTIONS if k in options}
     if options.get("unique_for") is not None:

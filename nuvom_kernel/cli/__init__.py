@@ -11,7 +11,11 @@ from pathlib import Path
 import click
 
 from nuvom_kernel import __version__
+from nuvom_kernel.backends import SPI_VERSION
 from nuvom_kernel.errors import NuvomError, PluginConfigError
+
+#: ``nuvom --version``: the kernel's release and the plugin SPI it implements.
+VERSION_LINE = f"nuvom, version {__version__} (plugin SPI {SPI_VERSION})"
 
 __all__ = ["main", "make_cli"]
 
@@ -21,7 +25,7 @@ def make_cli(kernel: object) -> click.Group:
     embedders never see commands leak between kernels)."""
 
     @click.group(name="nuvom", context_settings={"help_option_names": ["-h", "--help"]})
-    @click.version_option(__version__, prog_name="nuvom")
+    @click.version_option(__version__, message=VERSION_LINE)
     def cli() -> None:
         """Nuvom: a plugin-first background task queue."""
 
@@ -58,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         kernel = get_kernel()
     except NuvomError as exc:
         if args[:1] == ["--version"]:
-            click.echo(f"nuvom, version {__version__}")
+            click.echo(VERSION_LINE)
             sys.exit(0)
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2 if isinstance(exc, PluginConfigError) else 1)

@@ -93,7 +93,7 @@ def plugin_list(as_json: bool, show_all: bool) -> None:
         click.echo(f"disabled: {name}: {message}", err=True)
 
 
-class _Size(click.ParamType):
+class _Size(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5 only
     name = "size"
 
     def convert(self, value: Any, param: click.Parameter | None,

@@ -204,6 +204,7 @@ def render_scaffold(name: str, kind: str, dest: Path) -> list[Path]:
         "dist": f"nuvom-plugins-{name.replace('_', '-')}",
         "class_name": camel + ("Queue" if kind == "queue" else "Results"),
         "kernel_version": __version__,
+        "kernel_below": _next_spi_break(__version__),
     }
     root = resources.files("nuvom_kernel") / "templates" / "plugin"
     written = []
@@ -249,3 +250,11 @@ def plugin_new(name: str, kind: str, directory: Path | None) -> None:
     click.echo(f"\nNext:\n  cd {dest}\n  {INSTALL_COMMAND}\n  nuvom plugin test {name}\n"
                "Then implement each method until the contract passes "
                "(docs/writing_plugins.md walks through it).")
+
+
+def _next_spi_break(version: str) -> str:
+    """The first kernel release that may raise the SPI version (docs/versioning.md): the next
+    minor before 1.0, the next major after. A scaffold's ``nuvom`` requirement stops there,
+    which also keeps pip from the unrelated ``nuvom`` 0.11 on the public index."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    return f"0.{minor + 1}" if major == 0 else f"{major + 1}"

@@ -262,7 +262,7 @@ class MemoryJobQueue(QueueBackend):
             if ok and item.retry_in is None:
                 ok = self.ack(item.lease)
             elif ok:
-                ok = self.retry(item.lease, delay_secs=item.retry_in, body=item.body)
+                ok = self.retry(item.lease, delay_secs=item.retry_in or 0.0, body=item.body)
             landed.append(ok)
         return landed
 

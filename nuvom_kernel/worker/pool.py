@@ -26,6 +26,7 @@ the message is decoded, so a message that kills its worker cannot loop forever).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue as stdqueue
 import signal
@@ -309,7 +310,7 @@ class Worker:
                     with self._cv:
                         self._free += 1
                 elif self.aio is not None:
-                    self.aio.submit(lambda lease=lease: self._serve_async(lease))
+                    self.aio.submit(functools.partial(self._serve_async, lease))
                 else:
                     self._handoff.put(lease)
 

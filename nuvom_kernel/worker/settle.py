@@ -299,10 +299,10 @@ class Settler:
 
     def retry_delay(self, job: Job) -> float:
         opts = job.options
-        base = (opts.retry_delay_secs if opts.retry_delay_secs is not None
-                else self.kernel.settings.retry_delay_secs)
+        base: float = (opts.retry_delay_secs if opts.retry_delay_secs is not None
+                       else self.kernel.settings.retry_delay_secs)
         if opts.backoff is Backoff.EXPONENTIAL:
-            delay = min(base * 2 ** (job.failures - 1), opts.backoff_max_secs)
+            delay: float = min(base * 2 ** (job.failures - 1), opts.backoff_max_secs)
             return delay / 2 + random.uniform(0, delay / 2) if opts.jitter else delay
         return base
 

@@ -35,7 +35,7 @@ class BackendFactory:
     :param settings: what the ``[plugins.<name>]`` table would hold.
     """
 
-    cls: type
+    cls: type[Any]
     settings: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
 
     def __call__(self, context: BackendContext) -> Any:

@@ -38,7 +38,7 @@ from nuvom_kernel.testing.contracts.queue_concurrency import QueueConcurrencyTes
 
 __all__ = ["QueueBackendContract"]
 
-_ROUND_TRIP = {
+_ROUND_TRIP: dict[str, dict[str, Any]] = {
     "plain": {},
     "empty-body": {"body": b""},
     "binary-body": {"body": bytes(range(256)) * 4},
@@ -201,7 +201,7 @@ class QueueBackendContract(QueueConcurrencyTests):
     def test_ack_many_acks_held_leases_and_reports_lost_ones(
             self, queue_backend: QueueBackend) -> None:
         queue_backend.enqueue_many([make_message() for _ in range(3)])
-        leases = wait_until(lambda: queue_backend.claim(3) or None, self.patience_secs,
+        leases = wait_until(lambda: queue_backend.claim(3), self.patience_secs,
                             "three messages were never claimable")
         while len(leases) < 3:
             leases += queue_backend.claim(3 - len(leases))

@@ -93,7 +93,7 @@ def nuvom_settings(request: pytest.FixtureRequest) -> Any:
     stash = request.config.stash
 
     def settings(target: Target) -> dict[str, Any]:
-        return {**stash[_configured_key].get(target.name, {}), **stash[_settings_key]}
+        return stash[_configured_key].get(target.name, {}) | stash[_settings_key]
 
     return settings
 
@@ -101,8 +101,8 @@ def nuvom_settings(request: pytest.FixtureRequest) -> Any:
 def _target_of(item: pytest.Item) -> Target | None:
     params = getattr(getattr(item, "callspec", None), "params", {})
     for param in TARGET_PARAMS:
-        if isinstance(params.get(param), Target):
-            return params[param]
+        if isinstance(value := params.get(param), Target):
+            return value
     return None
 
 

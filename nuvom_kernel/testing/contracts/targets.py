@@ -19,7 +19,7 @@ import importlib
 import importlib.util
 import inspect
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pluggy
@@ -34,7 +34,7 @@ from nuvom_kernel.plugins import NuvomPluginManager
 __all__ = ["KINDS", "Check", "Target", "TargetError", "resolve"]
 
 #: kind -> (registration hook, base class)
-KINDS: dict[str, tuple[str, type]] = {
+KINDS: dict[str, tuple[str, type[Any]]] = {
     "queue": ("nuvom_register_queue_backends", QueueBackend),
     "result": ("nuvom_register_result_backends", ResultBackend),
     "discoverer": ("nuvom_register_discoverers", Discoverer),
@@ -197,9 +197,10 @@ def _from_target(target: str, config: Config) -> tuple[list[Target], list[Check]
         for kind, (hook, base) in KINDS.items():
             if issubclass(obj, base):
                 problem = _class_problem(obj, base, hook)
+                name = cast(Any, obj).name  # a backend's or discoverer's registry name
                 check = Check(target, "backend classes", not problem,
-                              problem or f"{kind}: {obj.name}")
-                return ([] if problem else [Target(kind, obj.name, obj, target)]), [check]
+                              problem or f"{kind}: {name}")
+                return ([] if problem else [Target(kind, name, obj, target)]), [check]
     # A plugin object: validate it in a manager of its own, as the kernel would load it.
     pm = NuvomPluginManager()
     checks = [_check_hook_names(target, obj)]

@@ -218,6 +218,7 @@ class PostgresQueue(QueueBackend):
             return []
         self._maybe_tick()
         vis = self.visibility_timeout_secs
+        params: list[Any]
         if queues is None:
             query, params = self._q.claim_all, [n, vis]
         else:

@@ -125,7 +125,7 @@ def _check(version: int | None, schema: str) -> None:
             "[plugins.postgres] schema at another schema.")
 
 
-def migrate(conn: psycopg.Connection, schema: str) -> int:
+def migrate(conn: psycopg.Connection, schema: str) -> int | None:
     """Bring ``schema`` to :data:`SCHEMA_VERSION` on an autocommit connection; return the
     version found before (``None``: this call created the schema's tables).
 
@@ -147,7 +147,7 @@ def migrate(conn: psycopg.Connection, schema: str) -> int:
                                  ).format(ident))
             found = 0
         for number in range(found + 1, SCHEMA_VERSION + 1):
-            conn.execute(sql.SQL(MIGRATIONS[number - 1]).format(s=ident))  # type: ignore[arg-type]
+            conn.execute(sql.SQL(MIGRATIONS[number - 1]).format(s=ident))
             conn.execute(sql.SQL("INSERT INTO {}.version VALUES (%s)").format(ident),
                          (number,))
     return before

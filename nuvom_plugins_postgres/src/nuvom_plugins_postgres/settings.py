@@ -96,17 +96,17 @@ class PostgresSettings:
                                   f"it must be a whole number >= {floor}.")
             whole[key] = size
         numbers: dict[str, Any] = {}
-        for key, default, floor in (("result_ttl_secs", 0.0, 0.0),
+        for key, seconds, least in (("result_ttl_secs", 0.0, 0.0),
                                     ("visibility_timeout_secs",
                                      context.visibility_timeout_secs, None),
                                     ("xmin_warn_secs", 300.0, None)):
-            raw = settings.get(key, default)
+            raw = settings.get(key, seconds)
             try:
                 value = float(raw)
             except (TypeError, ValueError):
                 value = -1.0
-            if not (value >= floor if floor is not None else value > 0):
-                limit = ">= 0" if floor is not None else "> 0"
+            if not (value >= least if least is not None else value > 0):
+                limit = ">= 0" if least is not None else "> 0"
                 raise ConfigError(f"[plugins.postgres] {key}={raw!r} is invalid: it must be "
                                   f"a number of seconds {limit}.")
             numbers[key] = value

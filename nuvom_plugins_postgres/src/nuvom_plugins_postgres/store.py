@@ -96,7 +96,8 @@ class Store:
             with psycopg.connect(self.dsn, autocommit=True,
                                  **connect_kwargs(f"nuvom-migrate {self.schema}")) as conn:
                 self.created = migrate(conn, self.schema) is None
-                self.database = str(conn.execute("SELECT current_database()").fetchone()[0])
+                row = conn.execute("SELECT current_database()").fetchone()  # always one row
+                self.database = str(row[0] if row else "")
         except psycopg.OperationalError as exc:
             raise unreachable(self.dsn, exc) from exc
         self.pool = ConnectionPool(

@@ -46,7 +46,7 @@ from nuvom_kernel.errors import ConfigError, EnqueueError
 try:
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py packs then
-    _pack = None
+    _pack = None  # type: ignore[assignment]
 
 __all__ = ["LuaScript", "RedisSettings", "RedisUnavailableError", "Store"]
 

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from nuvom_kernel.backends import (
     BackendContext,
@@ -266,8 +266,8 @@ class RedisJobQueue(QueueBackend):
     def _queue_names(self, queues: Sequence[str] | None) -> list[str]:
         if queues is not None:
             return list(queues)
-        members = self.store.call(
-            lambda: self.store.client.smembers(self.store.prefix + "queues"), "listing queues")
+        members = cast("set[bytes]", self.store.call(
+            lambda: self.store.client.smembers(self.store.prefix + "queues"), "listing queues"))
         return sorted(m.decode() for m in members)
 
     def _counts(self, queues: Sequence[str] | None, oldest: float | None = None

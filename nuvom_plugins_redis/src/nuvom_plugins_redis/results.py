@@ -11,10 +11,11 @@ those of the ranges it walks.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from nuvom_kernel.backends import (
     BackendContext,
@@ -113,7 +114,7 @@ class RedisResultBackend(ResultBackend):
             args: list[Any] = [self.store.prefix, ttl]
             for record in records[start:start + _PUT_CHUNK]:
                 args += record_values(record)
-            flags = self.store.call(lambda a=args: self.store.run(self._put, a),
+            flags = self.store.call(functools.partial(self.store.run, self._put, args),
                                     "storing job records")
             out += [bool(f) for f in flags]
         return out
@@ -133,7 +134,8 @@ class RedisResultBackend(ResultBackend):
 
     def get(self, job_id: str) -> JobRecord | None:
         key = self.store.prefix + "r:" + job_id
-        raw = self.store.call(lambda: self.store.client.hget(key, "d"), "reading a job record")
+        raw = cast("bytes | None", self.store.call(lambda: self.store.client.hget(key, "d"),
+                                                   "reading a job record"))
         return None if raw is None else _decode(job_id, raw)
 
     def query(self, *, status: JobStatus | None = None, func_name: str | None = None,
@@ -156,9 +158,9 @@ class RedisResultBackend(ResultBackend):
         offset, step = 0, max(limit * 2, 20)
         client = self.store.client
         while len(found) < limit:
-            rows = self.store.call(lambda o=offset: client.zrange(
-                index, top, "-inf", desc=True, byscore=True, offset=o, num=step,
-                withscores=True), "listing job records")
+            rows = cast("list[tuple[bytes, float]]", self.store.call(functools.partial(
+                client.zrange, index, top, "-inf", desc=True, byscore=True, offset=offset,
+                num=step, withscores=True), "listing job records"))
             offset += len(rows)
             ids = [m.decode() for m, score in rows
                    if after_id is None or repr(score) != top or m.decode() < after_id]
@@ -166,7 +168,7 @@ class RedisResultBackend(ResultBackend):
                 pipe = client.pipeline(transaction=False)
                 for job_id in ids:
                     pipe.hmget(p + "r:" + job_id, "d", "st", "fn")
-                values = self.store.call(pipe.execute, "reading job records")
+                values: list[Any] = self.store.call(pipe.execute, "reading job records")
                 gone: list[str] = []
                 for job_id, (raw, st, fn) in zip(ids, values, strict=True):
                     if raw is None:
@@ -182,7 +184,7 @@ class RedisResultBackend(ResultBackend):
                     if len(found) == limit:
                         break
                 if gone:  # later rounds start that many entries earlier
-                    self.store.call(lambda g=gone: self.store.run(self._prune, [p, *g]),
+                    self.store.call(functools.partial(self.store.run, self._prune, [p, *gone]),
                                     "pruning expired index entries")
                     offset -= len(gone) // 2
             if len(rows) < step:
@@ -208,8 +210,8 @@ class RedisResultBackend(ResultBackend):
         for status in _TERMINAL:
             while True:
                 gone, seen = self.store.call(
-                    lambda s=status: self.store.run(self._purge, [self.store.prefix, s, bound,
-                                                                  _PURGE_CHUNK]),
+                    functools.partial(self.store.run, self._purge,
+                                      [self.store.prefix, status, bound, _PURGE_CHUNK]),
                     "purging job records")
                 deleted += int(gone)
                 if int(seen) < _PURGE_CHUNK:

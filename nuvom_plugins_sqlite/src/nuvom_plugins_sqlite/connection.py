@@ -306,7 +306,7 @@ class Database:
                     if not _is_busy(exc):
                         raise
                     failed = exc
-            exc, failed = failed, None
+            busy, failed = failed, None
             waited = time.monotonic() - started
             if waited >= limit:
                 raise DatabaseBusyError(
@@ -314,7 +314,7 @@ class Database:
                     f"{waited:.1f} s (busy_timeout_secs={limit:g}). Find the process "
                     f"holding it (a long transaction, a backup) or raise "
                     f"[plugins.sqlite] busy_timeout_secs."
-                ) from exc
+                ) from busy
             if waited < _BUSY_STEP_SECS / 2:
                 # SQLite gave up at once (e.g. a stale WAL snapshot), not after its
                 # handler's wait: back off briefly instead of spinning.

@@ -56,7 +56,7 @@ IGNORE_FILE = ".nuvomignore"
 _STATE_VERSION = 1
 
 
-def _spec(lines: Sequence[str]) -> pathspec.PathSpec | None:
+def _spec(lines: Sequence[str]) -> pathspec.PathSpec[Any] | None:
     lines = [line for line in lines if line.strip()]
     return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
 
@@ -173,7 +173,7 @@ class AstDiscoverer(Discoverer):
 
     # --- files ---------------------------------------------------------------------------
 
-    def _ignore_spec(self, root: Path, report: DiscoveryReport) -> pathspec.PathSpec | None:
+    def _ignore_spec(self, root: Path, report: DiscoveryReport) -> pathspec.PathSpec[Any] | None:
         path = root / IGNORE_FILE
         try:
             return _spec(path.read_text(encoding="utf-8").splitlines())
@@ -183,9 +183,9 @@ class AstDiscoverer(Discoverer):
             report.errors.append(f"{IGNORE_FILE}: cannot use it ({exc}); nothing is ignored")
             return None
 
-    def _walk(self, root: Path, ignore: pathspec.PathSpec | None,
-              exclude: pathspec.PathSpec | None,
-              include: pathspec.PathSpec | None, projects: list[str] | None = None
+    def _walk(self, root: Path, ignore: pathspec.PathSpec[Any] | None,
+              exclude: pathspec.PathSpec[Any] | None,
+              include: pathspec.PathSpec[Any] | None, projects: list[str] | None = None
               ) -> Iterator[str]:
         """Relative POSIX paths of candidate files, in a stable (sorted) order; the folders
         holding a ``pyproject.toml`` are appended to ``projects`` on the way."""

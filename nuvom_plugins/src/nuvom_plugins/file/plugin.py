@@ -19,6 +19,7 @@ class FileSettings:
 
     :param path: the queue directory (``queue_path`` is an alias); default
         ``<data_dir>/queue``.
+    :param queue_path: another name for ``path``.
     :param fsync: fsync queue files on push and retry.
     :param relist_interval_secs: longest time a cached listing of ready messages is trusted.
     :param visibility_timeout_secs: lease length; default the kernel's setting.

@@ -11,8 +11,10 @@ from nuvom_plugins.memory import MemoryJobQueue, MemoryResultBackend
 
 @attrs.frozen
 class MemorySettings:
-    """``[plugins.memory]``: the queue's lease length (default: the kernel's setting); the
-    result backend takes no settings."""
+    """``[plugins.memory]``: the result backend takes no settings.
+
+    :param visibility_timeout_secs: the queue's lease length; default the kernel's setting.
+    """
 
     visibility_timeout_secs: float = 30.0
 
