@@ -338,8 +338,10 @@ class MemoryResultBackend(ResultBackend):
     def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
         with self._lock:
             stored = self._schedules.get(state.name)
-            if (stored is None) != (previous is None) or (
-                    stored is not None and stored["updated_at"] != previous.updated_at):
+            if stored is None or previous is None:
+                if (stored is None) != (previous is None):
+                    return False
+            elif stored["updated_at"] != previous.updated_at:
                 return False
             self._schedules[state.name] = state.to_dict()
             return True

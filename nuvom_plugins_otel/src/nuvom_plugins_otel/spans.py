@@ -115,4 +115,4 @@ class Tracing:
             span.set_status(Status(StatusCode.ERROR, f"{kind}: {error}"))
         span.end()
         if thread == threading.get_ident():  # a timeout ends the span on another thread
-            otel_context.detach(token)
+            otel_context.detach(token)  # type: ignore[arg-type]

@@ -232,7 +232,7 @@ class RedisResultBackend(ResultBackend):
     def live_workers(self) -> list[WorkerInfo]:
         """Ids whose key expired are dropped from the set on the way."""
         p, client = self.store.prefix, self.store.client
-        ids = sorted(m.decode() for m in self.store.call(
+        ids = sorted(m.decode() if isinstance(m, bytes) else m for m in self.store.call(
             lambda: client.smembers(p + "workers"), "listing workers"))
         if not ids:
             return []

@@ -77,6 +77,7 @@ Limits: local POSIX filesystems with hard links and ``flock`` (not NFS, not Wind
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -243,7 +244,7 @@ class FileJobQueue(QueueBackend):
                 if task is not None and task in self.limits:
                     if task in full or not self._slots.take(
                             task, self.limits[task], now, token,
-                            lambda s=source, t=target: _rename(s, t)):
+                            functools.partial(_rename, source, target)):
                         if source.exists():
                             held.append((best, name))
                             full.add(task)
