@@ -33,6 +33,11 @@ _EXPORTS = {
     "task": "task",
     "Worker": "worker",
     "current_job": "worker",
+    "StepFailed": "workflow",
+    "Workflow": "workflow",
+    "chain": "workflow",
+    "get_workflow": "workflow",
+    "group": "workflow",
 }
 
 __all__ = [
@@ -43,13 +48,18 @@ __all__ = [
     "JobStatus",
     "Kernel",
     "NuvomError",
+    "StepFailed",
     "Task",
     "UnknownJobError",
     "Worker",
+    "Workflow",
     "__version__",
+    "chain",
     "current_job",
     "get_job",
     "get_kernel",
+    "get_workflow",
+    "group",
     "hookimpl",
     "set_kernel",
     "task",
@@ -82,3 +92,4 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from nuvom_kernel.models import Job, JobStatus
     from nuvom_kernel.task import Task, task
     from nuvom_kernel.worker import Worker, current_job
+    from nuvom_kernel.workflow import StepFailed, Workflow, chain, get_workflow, group

@@ -214,12 +214,14 @@ class Settlement:
     """One outcome to settle: store ``record``, then ack ``lease`` — or, with ``retry_in``
     set, put the message back for another attempt after that many seconds (with ``body``,
     the re-encoded envelope, when given). The record is fenced (:func:`supersedes`) and the
-    ack or retry by the lease's token; nothing is acked whose record was refused."""
+    ack or retry by the lease's token; nothing is acked whose record was refused.
+    ``workflow`` names the workflow of a step: its final outcome advances the graph."""
 
     lease: Lease
     record: JobRecord
     retry_in: float | None = None
     body: bytes | None = None
+    workflow: str | None = None
 
 
 @attrs.define(eq=False)

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
@@ -14,6 +14,9 @@ from nuvom_kernel.dispatcher import enqueue, importable_module
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.models import Backoff, Job, TaskOptions
 from nuvom_kernel.registry import REGISTRY
+
+if TYPE_CHECKING:
+    from nuvom_kernel.workflow.canvas import Step
 
 __all__ = ["Task", "task"]
 
@@ -58,6 +61,19 @@ class Task(Generic[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle."""
         return enqueue(self._kernel(), [self._call(args, kwargs, self.options)])[0]
+
+    def s(self, *args: Any, **kwargs: Any) -> Step:
+        """A workflow step calling this task with the previous step's result first, then
+        ``args`` (see :func:`nuvom_kernel.chain`)."""
+        from nuvom_kernel.workflow.canvas import Step
+
+        return Step(self, tuple(args), dict(kwargs))
+
+    def si(self, *args: Any, **kwargs: Any) -> Step:
+        """A workflow step that ignores the previous result: it only waits for it."""
+        from nuvom_kernel.workflow.canvas import Step
+
+        return Step(self, tuple(args), dict(kwargs), takes_input=False)
 
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """:meth:`delay` for asyncio producers: the backend call runs in a thread, so the

@@ -20,8 +20,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
@@ -42,6 +42,11 @@ from nuvom_kernel.models import (
     Settlement,
     supersedes,
 )
+from nuvom_kernel.workflow.docstore import DocGraphTxn
+from nuvom_kernel.workflow.graph import GraphTxn
+from nuvom_kernel.workflow.settle import advance_steps, final_steps
+
+T = TypeVar("T")
 
 __all__ = ["MemoryJobQueue", "MemoryResultBackend"]
 
@@ -64,10 +69,13 @@ class MemoryJobQueue(QueueBackend):
     """Priorities, delays, visibility timeouts and fencing, under one lock."""
 
     name = "memory"
-    capabilities = Capabilities(priorities=True, delayed=True, blocking_dequeue=True)
+    capabilities = Capabilities(priorities=True, delayed=True, blocking_dequeue=True,
+                                workflows=True)
 
     def __init__(self, *, visibility_timeout_secs: float = 30.0) -> None:
         super().__init__(visibility_timeout_secs=visibility_timeout_secs)
+        self._wf_lock = threading.RLock()  # workflow documents (see workflow_transaction)
+        self._wf_docs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._ready: list[tuple[Any, ...]] = []  # (*_order(entry), seq, job id)
@@ -251,12 +259,34 @@ class MemoryJobQueue(QueueBackend):
         for item in settlements:
             with self._lock:
                 ok = self._held(item.lease) is not None and results.put(item.record)
+            if ok and final_steps([item]):
+                ok = advance_steps(self, results, [item])
             if ok and item.retry_in is None:
                 ok = self.ack(item.lease)
             elif ok:
                 ok = self.retry(item.lease, delay_secs=item.retry_in, body=item.body)
             landed.append(ok)
         return landed
+
+    def workflow_transaction(self, fn: Callable[[GraphTxn], T],
+                             workflows: Sequence[str] = ()) -> T:
+        """Workflow documents in a dict, under their own lock (released steps are pushed
+        with :meth:`push`, which takes the queue's)."""
+        def push(messages: list[Message]) -> None:
+            self.push(messages)
+            self.notify()
+
+        with self._wf_lock:
+            txn = DocGraphTxn(self._wf_docs.get,
+                              lambda doc: self._wf_docs.__setitem__(doc["flow"]["id"], doc),
+                              push, workflows)
+            out = fn(txn)
+            txn.commit()
+            return out
+
+    def holds(self, lease: Lease) -> bool:
+        with self._lock:
+            return self._held(lease) is not None
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:
