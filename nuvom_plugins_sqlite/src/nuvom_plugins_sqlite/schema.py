@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nuvom_kernel.errors import ConfigError
+from nuvom_plugins_sqlite.workflows import MIGRATION as WORKFLOW_TABLES
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaVersionError", "migrate"]
 
@@ -174,6 +175,8 @@ MIGRATIONS: list[list[Step]] = [
         "CREATE INDEX nuvom_results_func ON nuvom_results (func_name, updated_at, job_id)",
         "CREATE INDEX nuvom_results_updated ON nuvom_results (updated_at, job_id)",
     ],
+    # Workflows: the graph beside the queue (see nuvom_plugins_sqlite.workflows).
+    list(WORKFLOW_TABLES),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
