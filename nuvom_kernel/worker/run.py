@@ -24,7 +24,7 @@ from nuvom_kernel.models import Job, JobStatus, Lease
 from nuvom_kernel.worker.aio import run_on_thread_loop
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.settle import Running, Settler
-from nuvom_kernel.workflow.canvas import WF_HEADER
+from nuvom_kernel.workflow.graph import WF_HEADER
 from nuvom_kernel.workflow.handle import resolve_input
 
 if TYPE_CHECKING:

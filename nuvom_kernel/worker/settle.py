@@ -32,7 +32,7 @@ from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import ChildTaskError, SerializationError, UnknownTaskError
 from nuvom_kernel.models import Backoff, Job, JobRecord, JobStatus, Lease, Settlement
 from nuvom_kernel.serialization import to_wire
-from nuvom_kernel.workflow.canvas import WF_HEADER
+from nuvom_kernel.workflow.graph import WF_HEADER
 from nuvom_kernel.workflow.settle import advance_steps, final_steps
 
 if TYPE_CHECKING:

@@ -20,17 +20,14 @@ import attrs
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import BackendCapabilityError, EnqueueError, NuvomError
 from nuvom_kernel.models import Message
-from nuvom_kernel.workflow.graph import POLICIES, Flow, Node, create
+from nuvom_kernel.workflow.graph import INPUT_HEADER, POLICIES, WF_HEADER, Flow, Node, create
+from nuvom_kernel.workflow.handle import Workflow
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
     from nuvom_kernel.task import Task
-    from nuvom_kernel.workflow.handle import Workflow
 
 __all__ = ["Chain", "Group", "Step", "chain", "group"]
-
-#: Envelope headers of a step: its workflow's id, and its input (absent for ``si`` steps).
-WF_HEADER, INPUT_HEADER = "wf", "wf_in"
 
 
 class _Canvas:
@@ -182,8 +179,6 @@ class _Builder:
 
 def submit(kernel: Kernel, canvas: Canvas) -> Workflow:
     """Check the backend, build the graph and store it in one call."""
-    from nuvom_kernel.workflow.handle import Workflow
-
     queue = kernel.queue
     if not queue.capabilities.workflows:
         raise BackendCapabilityError(

@@ -34,7 +34,9 @@ SUCCEEDED, FAILED, CANCELLED, SKIPPED = "SUCCEEDED", "FAILED", "CANCELLED", "SKI
 NODE_FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
 POLICIES = ("fail", "continue", "skip")
 RUNNING = "RUNNING"  # a workflow's status until every node is final
-SKIPPED_ERROR = "nuvom.Skipped"  # the error_type of a skipped node's CANCELLED record
+SKIPPED_ERROR = "nuvom.Skipped"
+#: Envelope headers of a step: its workflow's id, and its input (absent for ``si`` steps).
+WF_HEADER, INPUT_HEADER = "wf", "wf_in"  # the error_type of a skipped node's CANCELLED record
 
 
 @attrs.define
@@ -274,7 +276,7 @@ def reset(txn: GraphTxn, flow_id: str, start: Sequence[str] | None,
         if node.id in reopen:
             node.state, node.doom, node.pending = WAITING, None, parents.get(node.id, 0)
         elif node.state in (FAILED, CANCELLED, SKIPPED) and not node.final:
-            flow.failed = flow.failed or node.state == FAILED and node.policy == "fail"
+            flow.failed = flow.failed or (node.state == FAILED and node.policy == "fail")
     flow.open = sum(1 for n in graph.nodes if not n.final and n.state not in NODE_FINAL)
     for node_id in sorted(reopen, key=list(by_id).index):
         node = by_id[node_id]
@@ -292,7 +294,8 @@ def doomed_record(node: Node) -> JobRecord:
     now = time.time()
     reason = ("a step it depends on failed" if node.state == CANCELLED
               else "a step it depends on failed with on_failure('skip')")
+    kind = SKIPPED_ERROR if node.state == SKIPPED else "nuvom.Cancelled"
     return JobRecord(job_id=node.id, func_name=node.task, status=JobStatus.CANCELLED,
-                     queue=node.queue, error_type=SKIPPED_ERROR if node.state == SKIPPED else "nuvom.Cancelled",
+                     queue=node.queue, error_type=kind,
                      error_message=f"not run: {reason} (workflow {node.workflow})",
                      created_at=now, finished_at=now, updated_at=now)

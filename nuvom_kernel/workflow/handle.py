@@ -12,14 +12,14 @@ import attrs
 from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError
 from nuvom_kernel.models import Job, JobRecord, JobStatus
 from nuvom_kernel.serialization import from_wire
-from nuvom_kernel.workflow.canvas import INPUT_HEADER
 from nuvom_kernel.workflow.graph import (
     CANCELLED,
     FAILED,
+    INPUT_HEADER,
     RUNNING,
     SKIPPED,
-    SUCCEEDED,
     SKIPPED_ERROR,
+    SUCCEEDED,
     WAITING,
     WorkflowGraph,
 )

@@ -82,15 +82,16 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from nuvom_kernel.backends import BackendContext, Capabilities, QueueBackend, QueueStats
 from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.models import JobStatus, Lease, Message
+from nuvom_kernel.workflow.graph import GraphTxn
 from nuvom_plugins.file._fs import (
     CorruptEntry,
     decode_message,
@@ -109,10 +110,12 @@ from nuvom_plugins.file._names import (
     read_mark,
     us,
 )
+from nuvom_plugins.file.workflows import WorkflowFiles
 
 __all__ = ["FileJobQueue"]
 
 log = logging.getLogger("nuvom.file.queue")
+T = TypeVar("T")
 
 _QUEUE_KEYS = {"path", "queue_path", "visibility_timeout_secs", "fsync", "relist_interval_secs"}
 #: Keys of the same ``[plugins.file]`` table that belong to the result backend.
@@ -132,7 +135,7 @@ class FileJobQueue(QueueBackend):
 
     name = "file"
     capabilities = Capabilities(persistent=True, multiprocess_safe=True, priorities=True,
-                                delayed=True)
+                                delayed=True, workflows=True)
 
     def __init__(
         self,
@@ -156,6 +159,7 @@ class FileJobQueue(QueueBackend):
         self._held: dict[str, str] = {}  # token -> current lease file name (this instance)
         self._held_lock = threading.Lock()
         self._next_lease_scan = 0.0
+        self._workflows = WorkflowFiles(self.path, fsync=fsync, push=self._release_steps)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -190,6 +194,20 @@ class FileJobQueue(QueueBackend):
     def quarantined(self) -> list[str]:
         """One line per quarantined entry: ``<file>: <reason>``."""
         return self._fs.quarantined()
+
+    # --- workflows (see .workflows) ------------------------------------------------------
+
+    def workflow_transaction(self, fn: Callable[[GraphTxn], T],
+                             workflows: Sequence[str] = ()) -> T:
+        return self._workflows.transaction(fn, workflows)
+
+    def _release_steps(self, messages: list[Message]) -> None:
+        self.enqueue_many(messages)
+
+    def holds(self, lease: Lease) -> bool:
+        """The lease file still exists under this lease's token."""
+        name = self._lease_name(lease)
+        return name is not None and (self._dirs["leased"] / name).exists()
 
     # --- claim --------------------------------------------------------------------------
 
