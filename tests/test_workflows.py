@@ -282,6 +282,37 @@ def test_sigkill_while_the_last_parent_settles_releases_the_join_once(cluster: C
             w.kill()
 
 
+def test_a_crash_between_advancing_and_acking_releases_the_join_once(cluster: Cluster):
+    """The exact window of a non-transactional settle: the last parent's outcome is stored
+    and the graph advanced (the join released), then its worker dies before the ack. The
+    parent runs again (its lease expires) and settles again; the join runs once."""
+    from nuvom_kernel.envelope import Envelope
+    from wf_tasks import join, member
+
+    for worker in cluster.workers:  # no worker yet: this process plays the dying one
+        worker.kill()
+    wf = group(member.s(0), member.s(1)).then(join.s()).delay()
+    queue, results, serializer = (cluster.kernel.queue, cluster.kernel.results,
+                                  cluster.kernel.serializer)
+    leases = sorted(queue.claim(2), key=lambda lease: lease.id != wf.nodes[0].id)
+    for i, lease in enumerate(leases):
+        envelope = Envelope.from_message(lease.message, serializer)
+        record = envelope.record(JobStatus.SUCCEEDED, result=i, attempts=lease.deliveries,
+                                 token=lease.token)
+        assert results.put(record)
+        queue.advance_workflows([(lease, JobStatus.SUCCEEDED, wf.id)])
+    assert queue.ack(leases[0])
+    assert queue.peek_state(wf.nodes[2].id) is JobStatus.QUEUED, "the join was released"
+    assert queue.extend(leases[1], 0)  # the dead worker's lease expires
+    cluster.worker("--workers", "2")
+    assert wf.get(timeout=30) == 1
+    joins = [p.name.split(".")[1] for p in (cluster.project / "joins").iterdir()]
+    assert joins == ["1"], f"the join ran {joins}"
+    reran = [p.name for p in (cluster.project / "members").iterdir()]
+    assert len(reran) == 1 and reran[0].startswith("1.2."), "the parent ran again"
+    assert get_job(wf.nodes[1].id).attempts == 2
+
+
 # --- refusal ---------------------------------------------------------------------------------
 
 def test_a_backend_without_the_capability_refuses_with_a_clear_error(project: Path):
