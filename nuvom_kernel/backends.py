@@ -272,6 +272,11 @@ class QueueBackend(_Backend):
             return advance(txn, held)
         return self.workflow_transaction(run, sorted({wf for _, _, wf in outcomes}))
 
+    def waiting_steps(self) -> int:
+        """Workflow steps WAITING for their parents (``nuvom status`` counts them apart
+        from queued jobs: they are not in the queue yet)."""
+        return 0
+
     def holds(self, lease: Lease) -> bool:
         """Whether ``lease`` still holds its message (the fence of
         :meth:`advance_workflows`); override where the default cannot tell."""

@@ -7,6 +7,7 @@ test waits on conditions with deadlines, never on sleeps.
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from nuvom_kernel.backends import Capabilities
 from nuvom_kernel.errors import BackendCapabilityError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.workflow import StepFailed
-from tests.helpers import PERSISTENT_BACKENDS, write_module
+from tests.helpers import PERSISTENT_BACKENDS, run_nuvom, write_module
 from tests.test_semantics import Cluster
 
 BACKENDS = [b for b in ("sqlite", "file") if b in PERSISTENT_BACKENDS]
@@ -81,6 +82,13 @@ def gated(name, value=None):
     touch("marks", f"{name}.started")
     gate(name)
     return value
+
+
+@task
+def needs_fix(x):
+    if not pathlib.Path("fixed").exists():
+        raise RuntimeError("not fixed yet")
+    return x * 2
 
 
 @task
@@ -286,8 +294,9 @@ def test_a_crash_between_advancing_and_acking_releases_the_join_once(cluster: Cl
     """The exact window of a non-transactional settle: the last parent's outcome is stored
     and the graph advanced (the join released), then its worker dies before the ack. The
     parent runs again (its lease expires) and settles again; the join runs once."""
-    from nuvom_kernel.envelope import Envelope
     from wf_tasks import join, member
+
+    from nuvom_kernel.envelope import Envelope
 
     for worker in cluster.workers:  # no worker yet: this process plays the dying one
         worker.kill()
@@ -311,6 +320,65 @@ def test_a_crash_between_advancing_and_acking_releases_the_join_once(cluster: Cl
     reran = [p.name for p in (cluster.project / "members").iterdir()]
     assert len(reran) == 1 and reran[0].startswith("1.2."), "the parent ran again"
     assert get_job(wf.nodes[1].id).attempts == 2
+
+
+# --- the command line -------------------------------------------------------------------
+
+def nuvom_json(cluster: Cluster, *args: str) -> dict:
+    done = run_nuvom(list(args), cluster.project, **cluster.environ)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return json.loads(done.stdout)
+
+
+def test_status_counts_waiting_steps_apart_from_queued_jobs(cluster: Cluster):
+    from wf_tasks import add, gated
+
+    wf = chain(gated.s("hold", 1), add.s(), add.s()).delay()
+    cluster.wait(lambda: (cluster.project / "marks" / "hold.started").exists(), "the gate")
+    status = nuvom_json(cluster, "status", "--json")
+    assert status["waiting_steps"] == 2
+    assert sum(status["depth"].values()) == 0, "waiting steps are not queued jobs"
+    cluster.open_gate("hold")
+    assert wf.get(timeout=20) == 3
+    assert nuvom_json(cluster, "status", "--json")["waiting_steps"] == 0
+
+
+def test_inspect_and_retry_rerun_the_failed_part_keeping_succeeded_results(cluster: Cluster):
+    from wf_tasks import add, cleanup, needs_fix
+
+    wf = chain(add.s(1), needs_fix.s(), add.s()).finally_(cleanup.si("t")).delay()
+    with pytest.raises(JobFailedError):
+        wf.get(timeout=20)
+    graph = nuvom_json(cluster, "workflow", "inspect", wf.id, "--json")
+    assert graph["id"] == wf.id and graph["status"] == "FAILED"
+    assert [(n["task"], n["state"], n["attempts"]) for n in graph["nodes"]] == [
+        ("add", "SUCCEEDED", 1), ("needs_fix", "FAILED", 1), ("add", "CANCELLED", 0),
+        ("cleanup", "SUCCEEDED", 1)]
+    first, failed, _, final = graph["nodes"]
+    assert failed["parents"] == [first["id"]] and final["finally"]
+    assert failed["duration_ms"] is not None and failed["error_type"] == "RuntimeError"
+    table = run_nuvom(["workflow", "inspect", wf.id], cluster.project, **cluster.environ)
+    assert "needs_fix" in table.stdout and "FAILED" in table.stdout
+
+    (cluster.project / "fixed").write_text("")
+    done = run_nuvom(["workflow", "retry", wf.id], cluster.project, **cluster.environ)
+    assert done.returncode == 0, done.stderr
+    assert failed["id"] in done.stdout and first["id"] not in done.stdout
+    assert wf.get(timeout=20) == 5
+    assert get_job(first["id"]).run == 1, "a succeeded step keeps its result"
+    assert get_job(failed["id"]).run == 2
+    assert len(list((cluster.project / "cleanups").iterdir())) == 2
+
+    again = run_nuvom(["workflow", "retry", wf.id, "--from", first["id"]], cluster.project,
+                      **cluster.environ)
+    assert again.returncode == 0, again.stderr
+    assert wf.get(timeout=20) == 5
+    assert get_job(first["id"]).run == 2
+    bad = run_nuvom(["workflow", "retry", wf.id, "--from", "nope"], cluster.project,
+                    **cluster.environ)
+    assert bad.returncode != 0 and "is not a step" in bad.stderr
+    unknown = run_nuvom(["workflow", "inspect", "nope"], cluster.project, **cluster.environ)
+    assert unknown.returncode != 0 and "unknown workflow id" in unknown.stderr
 
 
 # --- refusal ---------------------------------------------------------------------------------

@@ -172,6 +172,7 @@ def status(as_json: bool) -> None:
         "quarantined": stats.quarantined,
         "warnings": stats.warnings,
         "states": kernel.results.counts(),
+        "waiting_steps": kernel.queue.waiting_steps(),
     }
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -182,6 +183,9 @@ def status(as_json: bool) -> None:
     click.echo(f"waiting: {depth}   delayed: {stats.delayed}   in flight: {stats.in_flight}")
     oldest = stats.oldest_age_secs
     click.echo(f"oldest waiting job: {'-' if oldest is None else f'{oldest:.1f} s'}")
+    if data["waiting_steps"]:
+        click.echo(f"workflow steps waiting for their parents: {data['waiting_steps']} "
+                   "(not queued yet)")
     states = ", ".join(f"{k}={v}" for k, v in sorted(data["states"].items())) or "none"
     click.echo(f"job records: {states}")
     if stats.quarantined:

@@ -42,7 +42,7 @@ from nuvom_kernel.models import (
     Settlement,
     supersedes,
 )
-from nuvom_kernel.workflow.docstore import DocGraphTxn
+from nuvom_kernel.workflow.docstore import DocGraphTxn, waiting_in
 from nuvom_kernel.workflow.graph import GraphTxn
 from nuvom_kernel.workflow.settle import advance_steps, final_steps
 
@@ -283,6 +283,10 @@ class MemoryJobQueue(QueueBackend):
             out = fn(txn)
             txn.commit()
             return out
+
+    def waiting_steps(self) -> int:
+        with self._wf_lock:
+            return waiting_in(self._wf_docs.values())
 
     def holds(self, lease: Lease) -> bool:
         with self._lock:

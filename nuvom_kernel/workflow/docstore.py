@@ -16,7 +16,7 @@ from typing import Any
 from nuvom_kernel.models import Message
 from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph
 
-__all__ = ["DocGraphTxn"]
+__all__ = ["DocGraphTxn", "waiting_in"]
 
 Doc = dict[str, Any]
 
@@ -118,3 +118,9 @@ class DocGraphTxn:
         for flow_id in sorted(self.dirty):
             self._save(self.docs[flow_id])
         self.dirty.clear()
+
+
+def waiting_in(docs: Iterable[Doc]) -> int:
+    """WAITING steps in these documents (``nuvom status``)."""
+    return sum(1 for doc in docs for node in doc["nodes"].values()
+               if node["state"] == "WAITING")

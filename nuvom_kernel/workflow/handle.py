@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError
-from nuvom_kernel.models import Job, JobRecord, JobStatus
+from nuvom_kernel.models import Job, JobRecord, JobStatus, Message
 from nuvom_kernel.serialization import from_wire
 from nuvom_kernel.workflow.graph import (
     CANCELLED,
@@ -22,6 +23,7 @@ from nuvom_kernel.workflow.graph import (
     SUCCEEDED,
     WAITING,
     WorkflowGraph,
+    reset,
 )
 
 if TYPE_CHECKING:
@@ -131,6 +133,42 @@ class Workflow:
             if node.state == CANCELLED:
                 raise JobCancelledError(node.id)
         raise NuvomError(f"workflow {self.id} ended {status} with no failed step recorded")
+
+
+    def retry(self, from_node: str | None = None) -> list[str]:
+        """Run the failed, cancelled and skipped steps again (or ``from_node`` and every
+        step depending on it), with the steps depending on them; succeeded steps outside
+        keep their results. Returns the ids of the steps re-opened.
+
+        :raises NuvomError: the workflow is still RUNNING, or ``from_node`` is not a step.
+        """
+        kernel = self._kernel
+        graph = self._graph()
+        if graph.flow.status == RUNNING:
+            raise NuvomError(f"workflow {self.id} is still RUNNING; retry it once it ended "
+                             f"(see `nuvom workflow inspect {self.id}`)")
+        if from_node is not None and from_node not in {n.id for n in graph.nodes}:
+            raise NuvomError(f"{from_node!r} is not a step of workflow {self.id}; the steps "
+                             f"are listed by `nuvom workflow inspect {self.id}`")
+        busy = [n.id for n in graph.nodes if kernel.queue.peek_state(n.id) is not None]
+        if busy:
+            raise NuvomError(f"step {busy[0]} of workflow {self.id} is still in the queue (its "
+                             "outcome is being settled); try again in a moment")
+
+        def next_run(bodies: dict[str, bytes]) -> dict[str, bytes]:
+            out = {}
+            for node_id, body in bodies.items():
+                envelope = Envelope.from_message(Message(id=node_id, body=body),
+                                                 kernel.serializer)
+                record = kernel.results.get(node_id)
+                envelope.run = max(envelope.run, record.run if record else 0) + 1
+                envelope.history = []
+                out[node_id] = envelope.to_body(kernel.serializer)
+            return out
+
+        start = None if from_node is None else [from_node]
+        return kernel.queue.workflow_transaction(
+            lambda txn: reset(txn, self.id, start, next_run), [self.id])
 
 
 def get_workflow(workflow_id: str) -> Workflow:

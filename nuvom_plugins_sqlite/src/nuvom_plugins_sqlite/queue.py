@@ -510,6 +510,10 @@ class SQLiteJobQueue(QueueBackend):
             self.notify()
         return out
 
+    def waiting_steps(self) -> int:
+        return int(self._db.conn().execute(
+            "SELECT count(*) FROM nuvom_wf_nodes WHERE state = 'WAITING'").fetchone()[0])
+
     def read_workflow(self, workflow_id: str, *, nodes: bool = True) -> WorkflowGraph | None:
         """A plain read (no write lock): ``Workflow.get()`` polls this."""
         txn = SQLiteGraphTxn(self._db.conn())

@@ -55,6 +55,8 @@ MIGRATION = [
     )
     """,
     "CREATE INDEX nuvom_wf_nodes_workflow ON nuvom_wf_nodes (workflow, seq)",
+    # `nuvom status` counts waiting steps without reading the finished ones
+    "CREATE INDEX nuvom_wf_nodes_waiting ON nuvom_wf_nodes (state) WHERE state = 'WAITING'",
 ]
 
 _CHUNK = 500  # ids per IN (...) list

@@ -201,6 +201,9 @@ class FileJobQueue(QueueBackend):
                              workflows: Sequence[str] = ()) -> T:
         return self._workflows.transaction(fn, workflows)
 
+    def waiting_steps(self) -> int:
+        return self._workflows.waiting_steps()
+
     def _release_steps(self, messages: list[Message]) -> None:
         self.enqueue_many(messages)
 

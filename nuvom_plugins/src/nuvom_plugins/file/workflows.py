@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nuvom_kernel.models import Message
-from nuvom_kernel.workflow.docstore import DocGraphTxn
+from nuvom_kernel.workflow.docstore import DocGraphTxn, waiting_in
 from nuvom_kernel.workflow.graph import GraphTxn
 
 __all__ = ["WorkflowFiles"]
@@ -58,6 +58,10 @@ class WorkflowFiles:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(temp, target)
+
+    def waiting_steps(self) -> int:
+        docs = (self._load(p.stem) for p in self.dir.glob("*.json"))
+        return waiting_in(doc for doc in docs if doc is not None)
 
     def transaction(self, fn: Callable[[GraphTxn], T], workflows: Sequence[str]) -> T:
         self.dir.mkdir(parents=True, exist_ok=True)
