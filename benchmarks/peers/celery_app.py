@@ -38,3 +38,10 @@ def add(x: int, y: int) -> int:
 @app.task(ignore_result=True)
 def stamp(enqueued_at: float) -> None:
     record_stamp(enqueued_at)
+
+
+@app.task
+def tsum(xs: list[int]) -> int:
+    """The chord body of ``benchmarks/workflows.py`` (needs ``BENCH_RESULTS=1``)."""
+    mark()
+    return sum(xs)
