@@ -147,12 +147,12 @@ class _Builder:
                 ref, tails = self.add(item, ref, tails)
             return ref, tails
         refs: list[Ref] = []
-        ends: list[str] = []
+        ends: dict[str, None] = {}  # ordered and O(1) per member: a set would reorder
         for member in canvas.members:
             ref, tails = self.add(member, incoming, after)
             refs.append(ref)
-            ends.extend(t for t in tails if t not in ends)
-        return refs, ends if canvas.members else after
+            ends.update(dict.fromkeys(tails))
+        return refs, list(ends) if canvas.members else after
 
     def step(self, step: Step, incoming: Ref | None, after: list[str], *,
              final: bool = False) -> str:

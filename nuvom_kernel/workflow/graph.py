@@ -246,6 +246,7 @@ def reset(txn: GraphTxn, flow_id: str, start: Sequence[str] | None,
     if graph is None:
         return []
     by_id = {n.id: n for n in graph.nodes}
+    position = {node_id: i for i, node_id in enumerate(by_id)}
     if start is None:
         seeds = [n.id for n in graph.nodes if n.state in (FAILED, CANCELLED, SKIPPED)]
     else:
@@ -278,14 +279,14 @@ def reset(txn: GraphTxn, flow_id: str, start: Sequence[str] | None,
         elif node.state in (FAILED, CANCELLED, SKIPPED) and not node.final:
             flow.failed = flow.failed or (node.state == FAILED and node.policy == "fail")
     flow.open = sum(1 for n in graph.nodes if not n.final and n.state not in NODE_FINAL)
-    for node_id in sorted(reopen, key=list(by_id).index):
+    for node_id in sorted(reopen, key=position.__getitem__):
         node = by_id[node_id]
         if node.pending == 0 and not node.final:
             session.release(node)
     if flow.open == 0 and final:
         session.release(by_id[final])
     session.commit(rebody(txn.bodies(reopen)))
-    return sorted(reopen, key=list(by_id).index)
+    return sorted(reopen, key=position.__getitem__)
 
 
 def doomed_record(node: Node) -> JobRecord:
