@@ -510,6 +510,13 @@ class SQLiteJobQueue(QueueBackend):
             self.notify()
         return out
 
+    def holds(self, lease: Lease) -> bool:
+        """The row is still leased with this lease's token (the fence of
+        ``advance_workflows``, used when the results live elsewhere)."""
+        return self._db.conn().execute(
+            "SELECT 1 FROM nuvom_queue WHERE id = ? AND token = ?", (lease.id, lease.token)
+        ).fetchone() is not None
+
     def waiting_steps(self) -> int:
         return int(self._db.conn().execute(
             "SELECT count(*) FROM nuvom_wf_nodes WHERE state = 'WAITING'").fetchone()[0])
