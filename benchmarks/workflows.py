@@ -73,8 +73,9 @@ def run_celery(base: Path, n: int) -> dict[str, Any]:
         start = time.perf_counter()
         res = chord(add.s(i, 1) for i in range(n))(tsum.s())
         submitted = time.perf_counter()
-        result = res.get(timeout=1800, interval=0.005)
+        _wait_for(res.ready, 1800, "the chord's join", proc)  # fails if the worker died
         joined = time.perf_counter()
+        result = res.get(timeout=10)
     finally:
         _stop(proc)
         system.close()

@@ -25,6 +25,7 @@ __all__ = [
     "Lease",
     "Message",
     "Settlement",
+    "StepFailed",
     "TaskOptions",
     "supersedes",
 ]
@@ -222,6 +223,16 @@ class Settlement:
     retry_in: float | None = None
     body: bytes | None = None
     workflow: str | None = None
+
+
+@attrs.frozen
+class StepFailed:
+    """What a workflow step with ``on_failure("continue")`` passes to its dependents in
+    place of its result: the failed step's job id and its last error."""
+
+    job_id: str
+    error_type: str | None
+    message: str | None
 
 
 @attrs.define(eq=False)

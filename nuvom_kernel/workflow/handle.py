@@ -11,7 +11,7 @@ import attrs
 
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError
-from nuvom_kernel.models import Job, JobRecord, JobStatus, Message
+from nuvom_kernel.models import Job, JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
 from nuvom_kernel.workflow.graph import (
     CANCELLED,
@@ -30,15 +30,6 @@ if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
 __all__ = ["StepFailed", "Workflow", "WorkflowNode", "get_workflow", "resolve_input"]
-
-
-@attrs.frozen
-class StepFailed:
-    """What a step with ``on_failure("continue")`` passes on in place of its result."""
-
-    job_id: str
-    error_type: str | None
-    message: str | None
 
 
 @attrs.frozen
