@@ -252,6 +252,18 @@ def test_a_failing_finally_fails_the_workflow(cluster: Cluster):
     assert wf.status == "FAILED"
 
 
+def test_process_pool_children_get_inputs_and_step_failed_values(cluster: Cluster):
+    from wf_tasks import add, always_fails, show
+
+    for worker in cluster.workers:
+        worker.kill()
+    cluster.worker("--pool", "process", "--workers", "2")
+    wf = group(add.s(1), always_fails.s(0).on_failure("continue")).then(show.s()).delay()
+    out = wf.get(timeout=60)
+    assert out["type"] == "list" and "StepFailed" in out["value"] and "2, " not in out["value"]
+    assert out["value"].startswith("[2, StepFailed(")
+
+
 # --- a crash while a join's last parent settles ---------------------------------------------
 
 def test_sigkill_while_the_last_parent_settles_releases_the_join_once(cluster: Cluster):

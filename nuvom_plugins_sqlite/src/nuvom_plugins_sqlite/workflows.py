@@ -170,9 +170,11 @@ class SQLiteGraphTxn:
         return WorkflowGraph(_flow(row), json.loads(row[-1]), nodes)
 
     def head(self, flow_id: str) -> WorkflowGraph | None:
-        """The workflow's row and output, without its nodes."""
-        row = self.conn.execute(f"SELECT {_FLOW_COLS}, output FROM nuvom_workflows "
-                                "WHERE id = ?", (flow_id,)).fetchone()
+        """The workflow's row without its nodes, and its output once it ended (``get()``
+        polls this: a 10,000-member output is not parsed on every poll)."""
+        row = self.conn.execute(
+            f"SELECT {_FLOW_COLS}, CASE WHEN status = 'RUNNING' THEN 'null' ELSE output END "
+            "FROM nuvom_workflows WHERE id = ?", (flow_id,)).fetchone()
         return None if row is None else WorkflowGraph(_flow(row), json.loads(row[-1]))
 
     def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
