@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from nuvom_kernel import JobFailedError, JobStatus, chain, get_job, get_workflow, group
+from nuvom_kernel import (
+    JobCancelledError,
+    JobFailedError,
+    JobStatus,
+    chain,
+    get_job,
+    get_workflow,
+    group,
+)
 from nuvom_kernel.backends import Capabilities
 from nuvom_kernel.errors import BackendCapabilityError
 from nuvom_kernel.kernel import Kernel, use_kernel
@@ -260,8 +268,24 @@ def test_process_pool_children_get_inputs_and_step_failed_values(cluster: Cluste
     cluster.worker("--pool", "process", "--workers", "2")
     wf = group(add.s(1), always_fails.s(0).on_failure("continue")).then(show.s()).delay()
     out = wf.get(timeout=60)
-    assert out["type"] == "list" and "StepFailed" in out["value"] and "2, " not in out["value"]
-    assert out["value"].startswith("[2, StepFailed(")
+    assert out["type"] == "list" and out["value"].startswith("[2, StepFailed(job_id=")
+    assert "error_type='ValueError'" in out["value"]
+
+
+def test_cancelling_a_step_cancels_its_dependents_and_ends_the_workflow(cluster: Cluster):
+    from wf_tasks import add
+
+    for worker in cluster.workers:  # nothing runs: the first step stays queued
+        worker.kill()
+    wf = chain(add.s(1), add.s(), add.s()).finally_(add.si(0)).delay()
+    done = run_nuvom(["cancel", "job", wf.nodes[0].id], cluster.project, **cluster.environ)
+    assert done.returncode == 0, done.stderr
+    assert states(wf) == [("add", "CANCELLED")] * 3 + [("add", "QUEUED")]
+    assert wf.status == "RUNNING", "the finally_ step (released) has not run yet"
+    cluster.worker("--workers", "2")
+    with pytest.raises(JobCancelledError):
+        wf.get(timeout=20)
+    assert wf.status == "CANCELLED" and wf.nodes[-1].state == "SUCCEEDED"
 
 
 # --- a crash while a join's last parent settles ---------------------------------------------

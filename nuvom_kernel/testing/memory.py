@@ -279,10 +279,14 @@ class MemoryJobQueue(QueueBackend):
         with self._wf_lock:
             txn = DocGraphTxn(self._wf_docs.get,
                               lambda doc: self._wf_docs.__setitem__(doc["flow"]["id"], doc),
-                              push, workflows)
+                              push, workflows, self._locate_step)
             out = fn(txn)
             txn.commit()
             return out
+
+    def _locate_step(self, node_id: str) -> str | None:
+        return next((flow_id for flow_id, doc in self._wf_docs.items()
+                     if node_id in doc["nodes"]), None)
 
     def waiting_steps(self) -> int:
         with self._wf_lock:

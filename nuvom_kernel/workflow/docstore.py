@@ -24,11 +24,14 @@ Doc = dict[str, Any]
 class DocGraphTxn:
     """:param load: a workflow's document, or ``None``; :param save: store one;
     :param push: push released messages into the queue; :param preload: the workflows
-    whose nodes :meth:`nodes` may be asked for (a node id alone does not say which)."""
+    whose nodes :meth:`nodes` may be asked for (a node id alone does not say which);
+    :param locate: the workflow of a node id outside them, found the slow way (a step
+    cancelled by id: rare)."""
 
     def __init__(self, load: Callable[[str], Doc | None], save: Callable[[Doc], None],
-                 push: Callable[[list[Message]], Any], preload: Iterable[str] = ()) -> None:
-        self._load, self._save, self._push = load, save, push
+                 push: Callable[[list[Message]], Any], preload: Iterable[str] = (),
+                 locate: Callable[[str], str | None] | None = None) -> None:
+        self._load, self._save, self._push, self._locate = load, save, push, locate
         self.docs: dict[str, Doc] = {}
         self.dirty: set[str] = set()
         self.owner: dict[str, str] = {}  # node id -> workflow id
@@ -72,6 +75,9 @@ class DocGraphTxn:
         out = {}
         for node_id in ids:
             flow_id = self.owner.get(node_id)
+            if flow_id is None and self._locate is not None:
+                found = self._locate(node_id)
+                flow_id = found if found and self._doc(found) is not None else None
             if flow_id is not None:
                 out[node_id] = Node(**self.docs[flow_id]["nodes"][node_id])
         return out

@@ -1,6 +1,7 @@
-"""The settler's side of workflows, for backends without ``settle_many``: advance the graph
-after the outcomes are stored and before the leases are acked (a crash in between runs the
-step again; its second advance changes nothing, so its dependents are released once)."""
+"""Where jobs end and workflows move: for backends without ``settle_many``, the settler
+advances the graph after the outcomes are stored and before the leases are acked (a crash in
+between runs the step again; its second advance changes nothing, so its dependents are
+released once); and a step cancelled before it ran ends its node too."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from nuvom_kernel.models import TERMINAL_STATES, Settlement
-from nuvom_kernel.workflow.graph import doomed_record
+from nuvom_kernel.models import TERMINAL_STATES, JobStatus, Settlement
+from nuvom_kernel.workflow.graph import advance, doomed_record
 
 if TYPE_CHECKING:
     from nuvom_kernel.backends import QueueBackend, ResultBackend
 
-__all__ = ["advance_steps", "final_steps"]
+__all__ = ["advance_steps", "cancelled_step", "final_steps"]
 
 log = logging.getLogger("nuvom.worker")
 
@@ -41,3 +42,12 @@ def advance_steps(queue: QueueBackend, results: ResultBackend,
                   exc)
         return False
     return True
+
+
+def cancelled_step(queue: QueueBackend, results: ResultBackend, job_id: str) -> None:
+    """A job cancelled before it ran (``nuvom cancel job``): if it is a workflow step, its
+    dependents are cancelled and its workflow ends CANCELLED, instead of waiting forever."""
+    doomed = queue.workflow_transaction(
+        lambda txn: advance(txn, [(job_id, JobStatus.CANCELLED)]))
+    if doomed:
+        results.put_many([doomed_record(node) for node in doomed])

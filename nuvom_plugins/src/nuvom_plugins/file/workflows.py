@@ -59,6 +59,14 @@ class WorkflowFiles:
                 os.fsync(fh.fileno())
         os.replace(temp, target)
 
+    def _locate(self, node_id: str) -> str | None:
+        """The workflow holding a step, by reading every document (a cancel by id)."""
+        for path in self.dir.glob("*.json"):
+            doc = self._load(path.stem)
+            if doc is not None and node_id in doc["nodes"]:
+                return path.stem
+        return None
+
     def waiting_steps(self) -> int:
         docs = (self._load(p.stem) for p in self.dir.glob("*.json"))
         return waiting_in(doc for doc in docs if doc is not None)
@@ -68,7 +76,8 @@ class WorkflowFiles:
         with open(self.dir / ".lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # per open file: threads exclude each other too
             try:
-                txn = DocGraphTxn(self._load, self._save, self._push, workflows)
+                txn = DocGraphTxn(self._load, self._save, self._push, workflows,
+                                  self._locate)
                 out = fn(txn)
                 txn.commit()
                 return out
