@@ -123,12 +123,15 @@ class JsonSerializer(Serializer):
 
     name = "json"
 
+    # One encoder for every call: json.dumps with options builds a new one each time.
+    _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
     def dumps(self, data: dict[str, Any]) -> bytes:
-        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        return self._encode(data).encode()
 
     def loads(self, payload: bytes) -> dict[str, Any]:
-        try:
-            data = json.loads(payload)
+        try:  # str, not bytes: json.loads would sniff the encoding of bytes on every call
+            data = json.loads(payload.decode() if type(payload) is bytes else payload)
         except (UnicodeDecodeError, ValueError) as exc:
             raise SerializationError(f"payload is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):

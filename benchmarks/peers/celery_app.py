@@ -40,6 +40,14 @@ def stamp(enqueued_at: float) -> None:
     record_stamp(enqueued_at)
 
 
+@app.task(ignore_result=True)
+def burn(n: int) -> None:
+    from benchmarks.bench_tasks import spin
+
+    spin(n)
+    mark()
+
+
 @app.task
 def tsum(xs: list[int]) -> int:
     """The chord body of ``benchmarks/workflows.py`` (needs ``BENCH_RESULTS=1``)."""
