@@ -33,7 +33,7 @@ _EXPORTS = {
     "task": "task",
     "Worker": "worker",
     "current_job": "worker",
-    "StepFailed": "workflow",
+    "StepFailed": "models",
     "Workflow": "workflow",
     "chain": "workflow",
     "get_workflow": "workflow",
@@ -89,7 +89,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         UnknownJobError,
     )
     from nuvom_kernel.kernel import Kernel, get_job, get_kernel, set_kernel, use_kernel
-    from nuvom_kernel.models import Job, JobStatus
+    from nuvom_kernel.models import Job, JobStatus, StepFailed
     from nuvom_kernel.task import Task, task
     from nuvom_kernel.worker import Worker, current_job
-    from nuvom_kernel.workflow import StepFailed, Workflow, chain, get_workflow, group
+    from nuvom_kernel.workflow import Workflow, chain, get_workflow, group

@@ -18,19 +18,15 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import attrs
 
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement, supersedes
 from nuvom_kernel.views import QueueCounts, QueueStats, newer_first, page_cursor, parse_cursor
-
-if TYPE_CHECKING:
-    from nuvom_kernel.workflow.graph import GraphTxn, Node, WorkflowGraph
-
-T = TypeVar("T")
+from nuvom_kernel.workflow.spi import WorkflowStore
 
 __all__ = [
     "SPI_VERSION",
@@ -107,7 +103,7 @@ class _Backend(abc.ABC):
         """Release connections and file handles."""
 
 
-class QueueBackend(_Backend):
+class QueueBackend(_Backend, WorkflowStore):
     """A queue with at-least-once delivery: claimed messages are leases until acked.
 
     Required primitives: :meth:`push`, :meth:`claim`, :meth:`ack`, :meth:`retry`,
@@ -116,7 +112,9 @@ class QueueBackend(_Backend):
     :meth:`ack_many`, :meth:`extend_many`, :meth:`settle_many`, :meth:`cancel`,
     :meth:`stats`, :meth:`wait_for_messages`. A backend that cannot block on new work gets
     adaptive polling from :meth:`wait_for_messages` for free; one that can (a condition,
-    BLPOP, LISTEN) overrides it and declares ``blocking_dequeue``.
+    BLPOP, LISTEN) overrides it and declares ``blocking_dequeue``. One that stores workflow
+    graphs overrides the calls of :class:`~nuvom_kernel.workflow.spi.WorkflowStore` and
+    declares ``workflows``.
     """
 
     #: Longest sleep between two polls of an idle queue (seconds); bounds cross-process pickup
@@ -234,53 +232,6 @@ class QueueBackend(_Backend):
         with self._cond:
             if self._generation == generation:
                 self._cond.wait(timeout)
-
-    # --- optional capability: workflows (declare ``workflows``) ----------------------------
-
-    def workflow_transaction(self, fn: Callable[[GraphTxn], T],
-                             workflows: Sequence[str] = ()) -> T:
-        """Run ``fn`` with a :class:`~nuvom_kernel.workflow.graph.GraphTxn` over this
-        backend's workflow store, atomically where the backend can (all of ``fn``'s writes,
-        the messages it releases included, or none). The kernel's rules
-        (:mod:`nuvom_kernel.workflow.graph`) run inside; the backend only stores.
-        ``workflows`` names the workflows whose nodes ``fn`` looks up by id (a backend
-        that stores per workflow loads them up front)."""
-        raise NotImplementedError(f"queue backend {self.name!r} does not support workflows")
-
-    def read_workflow(self, workflow_id: str, *, nodes: bool = True) -> WorkflowGraph | None:
-        """A snapshot of a workflow (its head only with ``nodes=False``); override with a
-        plain read where a transaction would block writers."""
-        def read(txn: GraphTxn) -> WorkflowGraph | None:
-            graph = txn.graph(workflow_id)
-            if graph is not None and not nodes:
-                graph.nodes = []
-            return graph
-        return self.workflow_transaction(read)
-
-    def advance_workflows(self, outcomes: Sequence[tuple[Lease, JobStatus, str]]
-                          ) -> list[Node]:
-        """Apply final outcomes of workflow steps whose records are stored and whose leases
-        are not acked yet: the settler calls it between the two when ``settle_many`` is not
-        used. Fenced: an outcome whose lease is no longer held changes nothing, and a node
-        already advanced is not advanced again, so a step that runs twice after a crash
-        between this and its ack releases its dependents once. Returns the nodes cancelled
-        or skipped as a consequence."""
-        from nuvom_kernel.workflow.graph import advance
-
-        def run(txn: GraphTxn) -> list[Node]:
-            held = [(lease.id, status) for lease, status, _ in outcomes if self.holds(lease)]
-            return advance(txn, held)
-        return self.workflow_transaction(run, sorted({wf for _, _, wf in outcomes}))
-
-    def waiting_steps(self) -> int:
-        """Workflow steps WAITING for their parents (``nuvom status`` counts them apart
-        from queued jobs: they are not in the queue yet)."""
-        return 0
-
-    def holds(self, lease: Lease) -> bool:
-        """Whether ``lease`` still holds its message (the fence of
-        :meth:`advance_workflows`); override where the default cannot tell."""
-        return self.peek_state(lease.id) is not None
 
     # --- conveniences ---------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from nuvom_kernel import (
     group,
 )
 from nuvom_kernel.backends import Capabilities
-from nuvom_kernel.errors import BackendCapabilityError
+from nuvom_kernel.errors import BackendCapabilityError, NuvomError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.workflow import StepFailed
 from tests.helpers import PERSISTENT_BACKENDS, run_nuvom, write_module
@@ -415,6 +415,27 @@ def test_inspect_and_retry_rerun_the_failed_part_keeping_succeeded_results(clust
     assert bad.returncode != 0 and "is not a step" in bad.stderr
     unknown = run_nuvom(["workflow", "inspect", "nope"], cluster.project, **cluster.environ)
     assert unknown.returncode != 0 and "unknown workflow id" in unknown.stderr
+
+
+def test_purge_removes_ended_workflows_and_a_purged_input_fails_its_step(cluster: Cluster):
+    from wf_tasks import add, gated, total
+
+    ended = chain(add.s(1), add.s()).delay()
+    assert ended.get(timeout=20) == 3
+    running = group(add.s(1), gated.s("purge", 1)).then(total.s()).delay()
+    cluster.wait(lambda: (cluster.project / "marks" / "purge.started").exists(), "the gate")
+    cluster.wait(lambda: get_job(running.nodes[0].id).status is JobStatus.SUCCEEDED,
+                 "the first member")
+    done = run_nuvom(["purge", "results", "--older-than", "0s"], cluster.project,
+                     **cluster.environ)
+    assert done.returncode == 0, done.stderr
+    assert "purged 1 workflow(s)" in done.stdout, done.stdout
+    with pytest.raises(NuvomError, match="unknown workflow id"):
+        get_workflow(ended.id)
+    cluster.open_gate("purge")
+    with pytest.raises(JobFailedError, match="no longer stored"):
+        running.get(timeout=20)
+    assert [n.state for n in running.nodes] == ["SUCCEEDED", "SUCCEEDED", "FAILED"]
 
 
 # --- refusal ---------------------------------------------------------------------------------

@@ -216,7 +216,11 @@ def purge_group() -> None:
 @click.option("--older-than", "older_than", required=True,
               help="Age such as 7d, 12h, 30m: finished records older than this are deleted.")
 def purge_results(older_than: str) -> None:
-    """Delete finished job records (SUCCEEDED, FAILED, CANCELLED) older than an age."""
+    """Delete finished job records (SUCCEEDED, FAILED, CANCELLED) older than an age, and
+    the workflows that ended before it."""
     cutoff = time.time() - parse_age(older_than)
     removed = _kernel().results.purge(cutoff)
     click.echo(f"purged {removed} job record(s) finished before {_when(cutoff)}")
+    flows = _kernel().queue.purge_workflows(cutoff)  # their steps' records went just above
+    if flows:
+        click.echo(f"purged {flows} workflow(s) that ended before {_when(cutoff)}")

@@ -42,7 +42,7 @@ from nuvom_kernel.models import (
     Settlement,
     supersedes,
 )
-from nuvom_kernel.workflow.docstore import DocGraphTxn, waiting_in
+from nuvom_kernel.workflow.docstore import DocGraphTxn, ended_before, waiting_in
 from nuvom_kernel.workflow.graph import GraphTxn
 from nuvom_kernel.workflow.settle import advance_steps, final_steps
 
@@ -283,6 +283,13 @@ class MemoryJobQueue(QueueBackend):
             out = fn(txn)
             txn.commit()
             return out
+
+    def purge_workflows(self, older_than: float) -> int:
+        with self._wf_lock:
+            ended = [i for i, doc in self._wf_docs.items() if ended_before(doc, older_than)]
+            for flow_id in ended:
+                del self._wf_docs[flow_id]
+            return len(ended)
 
     def _locate_step(self, node_id: str) -> str | None:
         return next((flow_id for flow_id, doc in self._wf_docs.items()

@@ -16,7 +16,7 @@ from typing import Any
 from nuvom_kernel.models import Message
 from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph
 
-__all__ = ["DocGraphTxn", "waiting_in"]
+__all__ = ["DocGraphTxn", "ended_before", "waiting_in"]
 
 Doc = dict[str, Any]
 
@@ -124,6 +124,12 @@ class DocGraphTxn:
         for flow_id in sorted(self.dirty):
             self._save(self.docs[flow_id])
         self.dirty.clear()
+
+
+def ended_before(doc: Doc, older_than: float) -> bool:
+    """Whether the workflow of ``doc`` ended before the epoch ``older_than`` (purgeable)."""
+    flow = doc["flow"]
+    return flow["status"] != "RUNNING" and (flow["finished_at"] or 0.0) < older_than
 
 
 def waiting_in(docs: Iterable[Doc]) -> int:

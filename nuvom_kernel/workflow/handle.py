@@ -10,7 +10,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError
+from nuvom_kernel.errors import (
+    JobCancelledError,
+    JobFailedError,
+    NuvomError,
+    SerializationError,
+)
 from nuvom_kernel.models import Job, JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
 from nuvom_kernel.workflow.graph import (
@@ -181,10 +186,19 @@ def _flatten(ref: Any, out: list[str]) -> list[str]:
 
 
 def _value(record: JobRecord | None, job_id: str) -> Any:
-    """A parent's result; ``None`` for a skipped one, a StepFailed for a failed one."""
+    """A parent's result; ``None`` for a skipped one, a StepFailed for a failed one.
+
+    :raises SerializationError: the parent's record is gone (purged while its workflow
+        still ran): the step fails saying so rather than run with a made-up input.
+    """
     if record is not None and record.status is JobStatus.SUCCEEDED:
         return from_wire(record.result)
-    if record is None or record.error_type == SKIPPED_ERROR:
+    if record is None:
+        raise SerializationError(
+            f"the result of workflow step {job_id} (an input of this step) is no longer "
+            "stored: was it purged (`nuvom purge results`) while its workflow ran? Re-run "
+            f"from that step: `nuvom workflow retry WORKFLOW_ID --from {job_id}`")
+    if record.error_type == SKIPPED_ERROR:
         return None
     return StepFailed(job_id, record.error_type, record.error_message)
 

@@ -57,7 +57,7 @@ from nuvom_plugins_sqlite.results import (
     upsert_sql,
 )
 from nuvom_plugins_sqlite.wakeup import WAKEUPS_SUPPORTED, Waker
-from nuvom_plugins_sqlite.workflows import SQLiteGraphTxn
+from nuvom_plugins_sqlite.workflows import SQLiteGraphTxn, purge_ended
 
 T = TypeVar("T")
 
@@ -520,6 +520,9 @@ class SQLiteJobQueue(QueueBackend):
     def waiting_steps(self) -> int:
         return int(self._db.conn().execute(
             "SELECT count(*) FROM nuvom_wf_nodes WHERE state = 'WAITING'").fetchone()[0])
+
+    def purge_workflows(self, older_than: float) -> int:
+        return int(self._db.transaction(lambda conn: purge_ended(conn, older_than)))
 
     def read_workflow(self, workflow_id: str, *, nodes: bool = True) -> WorkflowGraph | None:
         """A plain read (no write lock): ``Workflow.get()`` polls this."""

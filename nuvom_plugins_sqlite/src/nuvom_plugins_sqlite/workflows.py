@@ -20,7 +20,7 @@ from typing import Any
 from nuvom_kernel.models import Message
 from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph
 
-__all__ = ["MIGRATION", "SQLiteGraphTxn"]
+__all__ = ["MIGRATION", "SQLiteGraphTxn", "purge_ended"]
 
 #: Schema version 3 (appended to :data:`~nuvom_plugins_sqlite.schema.MIGRATIONS`).
 MIGRATION = [
@@ -184,3 +184,16 @@ class SQLiteGraphTxn:
                 f"SELECT id, body FROM nuvom_wf_nodes WHERE id IN "
                 f"({', '.join('?' * len(chunk))})", chunk).fetchall())
         return out
+
+
+def purge_ended(conn: sqlite3.Connection, older_than: float) -> int:
+    """Delete workflows that ended before ``older_than`` with their steps (in the caller's
+    transaction); how many workflows."""
+    ids = [row[0] for row in conn.execute(
+        "SELECT id FROM nuvom_workflows WHERE status <> 'RUNNING' AND finished_at < ?",
+        (older_than,))]
+    for chunk in _chunks(ids):
+        marks = ", ".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM nuvom_wf_nodes WHERE workflow IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM nuvom_workflows WHERE id IN ({marks})", chunk)
+    return len(ids)

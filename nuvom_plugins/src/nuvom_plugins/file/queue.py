@@ -204,6 +204,9 @@ class FileJobQueue(QueueBackend):
     def waiting_steps(self) -> int:
         return self._workflows.waiting_steps()
 
+    def purge_workflows(self, older_than: float) -> int:
+        return self._workflows.purge(older_than)
+
     def _release_steps(self, messages: list[Message]) -> None:
         self.enqueue_many(messages)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from nuvom_kernel.models import Message
-from nuvom_kernel.workflow.docstore import DocGraphTxn, waiting_in
+from nuvom_kernel.workflow.docstore import DocGraphTxn, ended_before, waiting_in
 from nuvom_kernel.workflow.graph import GraphTxn
 
 __all__ = ["WorkflowFiles"]
@@ -58,6 +58,21 @@ class WorkflowFiles:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(temp, target)
+
+    def purge(self, older_than: float) -> int:
+        """Delete the documents of workflows that ended before ``older_than``."""
+        if not self.dir.exists():
+            return 0
+
+        def run(_: GraphTxn) -> int:
+            removed = 0
+            for path in self.dir.glob("*.json"):
+                doc = self._load(path.stem)
+                if doc is not None and ended_before(doc, older_than):
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            return removed
+        return self.transaction(run, ())
 
     def _locate(self, node_id: str) -> str | None:
         """The workflow holding a step, by reading every document (a cancel by id)."""
