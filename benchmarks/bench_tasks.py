@@ -76,3 +76,10 @@ def wait_io_sync(secs: float) -> None:
     """The same wait in a plain function, for the thread and process pools."""
     time.sleep(secs)
     mark()
+
+
+@task(store_result=True)
+def tsum(xs: list[int]) -> int:
+    """The join of ``benchmarks/workflows.py``: one call with every member's result."""
+    mark()
+    return sum(xs)

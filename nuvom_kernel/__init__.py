@@ -35,6 +35,11 @@ _EXPORTS = {
     "task": "task",
     "Worker": "worker",
     "current_job": "worker",
+    "StepFailed": "models",
+    "Workflow": "workflow",
+    "chain": "workflow",
+    "get_workflow": "workflow",
+    "group": "workflow",
 }
 
 __all__ = [
@@ -45,15 +50,20 @@ __all__ = [
     "JobStatus",
     "Kernel",
     "NuvomError",
+    "StepFailed",
     "Task",
     "UnknownJobError",
     "Worker",
+    "Workflow",
     "__version__",
+    "chain",
     "cron",
     "current_job",
     "every",
     "get_job",
     "get_kernel",
+    "get_workflow",
+    "group",
     "hookimpl",
     "set_kernel",
     "task",
@@ -83,7 +93,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         UnknownJobError,
     )
     from nuvom_kernel.kernel import Kernel, get_job, get_kernel, set_kernel, use_kernel
-    from nuvom_kernel.models import Job, JobStatus
+    from nuvom_kernel.models import Job, JobStatus, StepFailed
     from nuvom_kernel.schedules import cron, every
     from nuvom_kernel.task import Task, task
     from nuvom_kernel.worker import Worker, current_job
+    from nuvom_kernel.workflow import Workflow, chain, get_workflow, group

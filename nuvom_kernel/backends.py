@@ -41,6 +41,7 @@ from nuvom_kernel.views import (
     page_cursor,
     parse_cursor,
 )
+from nuvom_kernel.workflow.spi import WorkflowStore
 
 __all__ = [
     "SPI_VERSION",
@@ -79,6 +80,9 @@ class Capabilities:
     concurrency: bool = False
     #: results: keeps schedule state with a compare-and-set (``@task(schedule=...)``)
     schedules: bool = False
+    #: stores workflow graphs (:meth:`QueueBackend.workflow_transaction`) and advances them
+    #: when a step settles
+    workflows: bool = False
 
     def as_list(self) -> list[str]:
         return [f.name for f in attrs.fields(type(self)) if getattr(self, f.name)]
@@ -120,7 +124,7 @@ class _Backend(abc.ABC):
         """Release connections and file handles."""
 
 
-class QueueBackend(_Backend):
+class QueueBackend(_Backend, WorkflowStore):
     """A queue with at-least-once delivery: claimed messages are leases until acked.
 
     Required primitives: :meth:`push`, :meth:`claim`, :meth:`ack`, :meth:`retry`,
@@ -129,7 +133,9 @@ class QueueBackend(_Backend):
     :meth:`ack_many`, :meth:`extend_many`, :meth:`settle_many`, :meth:`cancel`,
     :meth:`stats`, :meth:`wait_for_messages`. A backend that cannot block on new work gets
     adaptive polling from :meth:`wait_for_messages` for free; one that can (a condition,
-    BLPOP, LISTEN) overrides it and declares ``blocking_dequeue``.
+    BLPOP, LISTEN) overrides it and declares ``blocking_dequeue``. One that stores workflow
+    graphs overrides the calls of :class:`~nuvom_kernel.workflow.spi.WorkflowStore` and
+    declares ``workflows``.
     """
 
     #: Longest sleep between two polls of an idle queue (seconds); bounds cross-process pickup

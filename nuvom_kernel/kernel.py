@@ -143,6 +143,10 @@ class Kernel:
         record.status = JobStatus.CANCELLED
         record.finished_at = record.updated_at = now
         self.results.put(record)  # same run and attempt: terminal over non-terminal lands
+        if self.queue.capabilities.workflows:  # a step: its dependents will never run
+            from nuvom_kernel.workflow.settle import cancelled_step
+
+            cancelled_step(self.queue, self.results, job.id)
         job.status = JobStatus.CANCELLED
         return True
 

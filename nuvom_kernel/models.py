@@ -38,6 +38,7 @@ __all__ = [
     "Message",
     "ScheduleState",
     "Settlement",
+    "StepFailed",
     "TaskOptions",
     "supersedes",
 ]
@@ -263,12 +264,24 @@ class Settlement:
     """One outcome to settle: store ``record``, then ack ``lease`` — or, with ``retry_in``
     set, put the message back for another attempt after that many seconds (with ``body``,
     the re-encoded envelope, when given). The record is fenced (:func:`supersedes`) and the
-    ack or retry by the lease's token; nothing is acked whose record was refused."""
+    ack or retry by the lease's token; nothing is acked whose record was refused.
+    ``workflow`` names the workflow of a step: its final outcome advances the graph."""
 
     lease: Lease
     record: JobRecord
     retry_in: float | None = None
     body: bytes | None = None
+    workflow: str | None = None
+
+
+@attrs.frozen
+class StepFailed:
+    """What a workflow step with ``on_failure("continue")`` passes to its dependents in
+    place of its result: the failed step's job id and its last error."""
+
+    job_id: str
+    error_type: str | None
+    message: str | None
 
 
 @attrs.define(eq=False)

@@ -47,6 +47,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "nuvom_kernel.cli.plugin_dev",
     "nuvom_kernel.cli.discover",
     "nuvom_kernel.cli.schedule",
+    "nuvom_kernel.cli.workflow",
 )
 #: Internal plugins that ``disable`` cannot remove.
 ESSENTIAL_PLUGINS: frozenset[str] = frozenset({"nuvom_kernel.builtin", "nuvom_kernel.cli.core"})

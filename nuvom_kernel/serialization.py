@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.models import StepFailed
 
 __all__ = ["JsonSerializer", "Serializer", "from_wire", "to_wire"]
 
@@ -34,6 +35,9 @@ _ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
     uuid.UUID: ("uuid", str),
     decimal.Decimal: ("decimal", str),
     bytes: ("bytes", lambda v: base64.b64encode(v).decode("ascii")),
+    # a workflow step's failure handed on by on_failure("continue") (a process pool child
+    # receives its arguments encoded)
+    StepFailed: ("step_failed", lambda v: [v.job_id, v.error_type, v.message]),
 }
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     "datetime": dt.datetime.fromisoformat,
@@ -43,6 +47,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "uuid": uuid.UUID,
     "decimal": decimal.Decimal,
     "bytes": lambda v: base64.b64decode(v.encode("ascii")),
+    "step_failed": lambda v: StepFailed(*v),
 }
 
 

@@ -10,7 +10,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
@@ -20,6 +20,9 @@ from nuvom_kernel.models import Backoff, Job, TaskOptions
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.schedules import Cron, Every, Schedule
 from nuvom_kernel.unique import enqueue_unique
+
+if TYPE_CHECKING:
+    from nuvom_kernel.workflow.canvas import Step
 
 __all__ = ["Task", "task"]
 
@@ -78,6 +81,19 @@ class Task(Generic[P, R]):
         if self.options.unique:
             return enqueue_unique(self._kernel(), *call, self._params)
         return enqueue(self._kernel(), [call])[0]
+
+    def s(self, *args: Any, **kwargs: Any) -> Step:
+        """A workflow step calling this task with the previous step's result first, then
+        ``args`` (see :func:`nuvom_kernel.chain`)."""
+        from nuvom_kernel.workflow.canvas import Step
+
+        return Step(self, tuple(args), dict(kwargs))
+
+    def si(self, *args: Any, **kwargs: Any) -> Step:
+        """A workflow step that ignores the previous result: it only waits for it."""
+        from nuvom_kernel.workflow.canvas import Step
+
+        return Step(self, tuple(args), dict(kwargs), takes_input=False)
 
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """:meth:`delay` for asyncio producers: the backend call runs in a thread, so the

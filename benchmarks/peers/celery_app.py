@@ -46,3 +46,10 @@ def burn(n: int) -> None:
 
     spin(n)
     mark()
+
+
+@app.task
+def tsum(xs: list[int]) -> int:
+    """The chord body of ``benchmarks/workflows.py`` (needs ``BENCH_RESULTS=1``)."""
+    mark()
+    return sum(xs)

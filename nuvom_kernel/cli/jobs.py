@@ -177,6 +177,7 @@ def status(as_json: bool) -> None:
         "states": kernel.results.counts(),
         "workers": [worker.to_dict() for worker in workers],
         "limits": _limits(kernel),
+        "waiting_steps": kernel.queue.waiting_steps(),
     }
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -187,6 +188,9 @@ def status(as_json: bool) -> None:
     click.echo(f"waiting: {depth}   delayed: {stats.delayed}   in flight: {stats.in_flight}")
     oldest = stats.oldest_age_secs
     click.echo(f"oldest waiting job: {'-' if oldest is None else f'{oldest:.1f} s'}")
+    if data["waiting_steps"]:
+        click.echo(f"workflow steps waiting for their parents: {data['waiting_steps']} "
+                   "(not queued yet)")
     states = ", ".join(f"{k}={v}" for k, v in sorted(data["states"].items())) or "none"
     click.echo(f"job records: {states}")
     if stats.quarantined:
@@ -245,7 +249,11 @@ def purge_group() -> None:
 @click.option("--older-than", "older_than", required=True,
               help="Age such as 7d, 12h, 30m: finished records older than this are deleted.")
 def purge_results(older_than: str) -> None:
-    """Delete finished job records (SUCCEEDED, FAILED, CANCELLED) older than an age."""
+    """Delete finished job records (SUCCEEDED, FAILED, CANCELLED) older than an age, and
+    the workflows that ended before it."""
     cutoff = time.time() - parse_age(older_than)
     removed = _kernel().results.purge(cutoff)
     click.echo(f"purged {removed} job record(s) finished before {_when(cutoff)}")
+    flows = _kernel().queue.purge_workflows(cutoff)  # their steps' records went just above
+    if flows:
+        click.echo(f"purged {flows} workflow(s) that ended before {_when(cutoff)}")

@@ -20,8 +20,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
@@ -44,6 +44,11 @@ from nuvom_kernel.models import (
     Settlement,
     supersedes,
 )
+from nuvom_kernel.workflow.docstore import DocGraphTxn, ended_before, waiting_in
+from nuvom_kernel.workflow.graph import GraphTxn
+from nuvom_kernel.workflow.settle import advance_steps, final_steps
+
+T = TypeVar("T")
 
 __all__ = ["MemoryJobQueue", "MemoryResultBackend"]
 
@@ -67,11 +72,13 @@ class MemoryJobQueue(QueueBackend):
 
     name = "memory"
     capabilities = Capabilities(priorities=True, delayed=True, blocking_dequeue=True,
-                                concurrency=True)
+                                concurrency=True, workflows=True)
 
     def __init__(self, *, visibility_timeout_secs: float = 30.0) -> None:
         super().__init__(visibility_timeout_secs=visibility_timeout_secs)
         self.limits: dict[str, int] = {}
+        self._wf_lock = threading.RLock()  # workflow documents (see workflow_transaction)
+        self._wf_docs: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._ready: list[tuple[Any, ...]] = []  # (*_order(entry), seq, job id)
@@ -259,6 +266,8 @@ class MemoryJobQueue(QueueBackend):
         for item in settlements:
             with self._lock:
                 ok = self._held(item.lease) is not None and results.put(item.record)
+            if ok and final_steps([item]):
+                ok = advance_steps(self, results, [item])
             if ok and item.retry_in is None:
                 ok = self.ack(item.lease)
             elif ok:
@@ -285,6 +294,40 @@ class MemoryJobQueue(QueueBackend):
                 if entry.token is None and entry.message.available_at <= now:
                     ready[entry.message.task] = ready.get(entry.message.task, 0) + 1
         return {t: (running.get(t, 0), ready.get(t, 0)) for t in tasks}
+    def workflow_transaction(self, fn: Callable[[GraphTxn], T],
+                             workflows: Sequence[str] = ()) -> T:
+        """Workflow documents in a dict, under their own lock (released steps are pushed
+        with :meth:`push`, which takes the queue's)."""
+        def push(messages: list[Message]) -> None:
+            self.push(messages)
+            self.notify()
+
+        with self._wf_lock:
+            txn = DocGraphTxn(self._wf_docs.get,
+                              lambda doc: self._wf_docs.__setitem__(doc["flow"]["id"], doc),
+                              push, workflows, self._locate_step)
+            out = fn(txn)
+            txn.commit()
+            return out
+
+    def purge_workflows(self, older_than: float) -> int:
+        with self._wf_lock:
+            ended = [i for i, doc in self._wf_docs.items() if ended_before(doc, older_than)]
+            for flow_id in ended:
+                del self._wf_docs[flow_id]
+            return len(ended)
+
+    def _locate_step(self, node_id: str) -> str | None:
+        return next((flow_id for flow_id, doc in self._wf_docs.items()
+                     if node_id in doc["nodes"]), None)
+
+    def waiting_steps(self) -> int:
+        with self._wf_lock:
+            return waiting_in(self._wf_docs.values())
+
+    def holds(self, lease: Lease) -> bool:
+        with self._lock:
+            return self._held(lease) is not None
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:

@@ -24,6 +24,8 @@ from nuvom_kernel.models import Job, JobStatus, Lease
 from nuvom_kernel.worker.aio import run_on_thread_loop
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.settle import Running, Settler
+from nuvom_kernel.workflow.graph import WF_HEADER
+from nuvom_kernel.workflow.handle import resolve_input
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -116,6 +118,8 @@ class JobRunner:
         try:
             envelope = Envelope.from_message(message, self.serializer)
             job = envelope.job(JobStatus.RUNNING)
+            if WF_HEADER in job.headers:  # a workflow step: its parents' results first
+                resolve_input(self.kernel, job)
         except SerializationError as exc:
             self.settler.submit(self.settler.without_envelope(lease, exc, "undecodable"))
             return None

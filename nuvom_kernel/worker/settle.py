@@ -34,6 +34,8 @@ from nuvom_kernel.errors import ChildTaskError, SerializationError, UnknownTaskE
 from nuvom_kernel.models import Backoff, Job, JobRecord, JobStatus, Lease, Settlement
 from nuvom_kernel.outcome import Outcome
 from nuvom_kernel.serialization import to_wire
+from nuvom_kernel.workflow.graph import WF_HEADER
+from nuvom_kernel.workflow.settle import advance_steps, final_steps
 
 if TYPE_CHECKING:
     from nuvom_kernel.backends import QueueBackend, ResultBackend
@@ -166,6 +168,12 @@ class Settler:
             self._unrecorded(batch, exc)
             return [False] * len(batch)
         landed = list(stored)
+        steps = final_steps([item for i, item in enumerate(batch) if stored[i]])
+        if steps and not advance_steps(self.queue, self.results, steps):
+            unsettled = {id(item) for item in steps}
+            stored = [ok and id(item) not in unsettled
+                      for ok, item in zip(stored, batch, strict=True)]
+            landed = list(stored)
         acks = [i for i, item in enumerate(batch) if stored[i] and item.retry_in is None]
         if acks:
             leases = [batch[i].lease for i in acks]
@@ -238,7 +246,8 @@ class Settler:
             JobStatus.SUCCEEDED, result=wire, attempts=job.attempts, token=running.lease.token,
             started_at=running.started_at, finished_at=finished, updated_at=finished,
             worker=self.origin)
-        return Settlement(running.lease, record)
+        return Settlement(running.lease, record,
+                          workflow=running.envelope.headers.get(WF_HEADER))
 
     def failure(self, running: Running, exc: BaseException, tb: str, kind: str = "error"
                 ) -> Settlement:
@@ -266,7 +275,7 @@ class Settler:
             finished_at=finished if status is JobStatus.FAILED else None,
             updated_at=finished, worker=self.origin)
         if status is JobStatus.FAILED:
-            return Settlement(running.lease, record)
+            return Settlement(running.lease, record, workflow=envelope.headers.get(WF_HEADER))
         return Settlement(running.lease, record, retry_in=self.retry_delay(job),
                           body=envelope.to_body(self.serializer))
 
@@ -288,7 +297,14 @@ class Settler:
                               attempts=lease.deliveries, token=lease.token, history=history,
                               result=None, started_at=now, finished_at=now, updated_at=now,
                               worker=self.origin)
-        return Settlement(lease, record)
+        return Settlement(lease, record, workflow=self._workflow_of(lease))
+
+    def _workflow_of(self, lease: Lease) -> str | None:
+        """The workflow of a message failed unrun (a dead step must still end its node)."""
+        try:
+            return Envelope.from_message(lease.message, self.serializer).headers.get(WF_HEADER)
+        except SerializationError:
+            return None
 
     def _stored(self, job_id: str) -> JobRecord | None:
         try:

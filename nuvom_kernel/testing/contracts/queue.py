@@ -35,6 +35,7 @@ from nuvom_kernel.testing.contracts._support import (
     wait_until,
 )
 from nuvom_kernel.testing.contracts.queue_concurrency import QueueConcurrencyTests
+from nuvom_kernel.testing.contracts.queue_workflows import QueueWorkflowTests
 
 __all__ = ["QueueBackendContract"]
 
@@ -52,7 +53,7 @@ _ROUND_TRIP: dict[str, dict[str, Any]] = {
 }
 
 
-class QueueBackendContract(QueueConcurrencyTests):
+class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
     """Contract tests for :class:`~nuvom_kernel.backends.QueueBackend` implementations.
 
     Timing knobs (``short_visibility_secs``, ``delay_secs``, ``patience_secs`` …) are class

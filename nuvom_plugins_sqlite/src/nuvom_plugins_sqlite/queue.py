@@ -29,9 +29,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 
@@ -44,6 +44,8 @@ from nuvom_kernel.backends import (
     ResultBackend,
 )
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
+from nuvom_kernel.workflow.graph import GraphTxn, WorkflowGraph, advance, doomed_record
+from nuvom_kernel.workflow.settle import final_steps
 from nuvom_plugins_sqlite import quarantine
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
 from nuvom_plugins_sqlite.limits import claim_limited, count_per_task
@@ -56,6 +58,9 @@ from nuvom_plugins_sqlite.results import (
     upsert_sql,
 )
 from nuvom_plugins_sqlite.wakeup import WAKEUPS_SUPPORTED, Waker
+from nuvom_plugins_sqlite.workflows import SQLiteGraphTxn, purge_ended
+
+T = TypeVar("T")
 
 __all__ = ["SQLiteJobQueue"]
 
@@ -172,6 +177,7 @@ class SQLiteJobQueue(QueueBackend):
     capabilities: ClassVar[Capabilities] = Capabilities(
         persistent=True, multiprocess_safe=True, priorities=True, delayed=True,
         blocking_dequeue=WAKEUPS_SUPPORTED, concurrency=True,
+        workflows=True,
     )
     #: How often an idle waiter asks SQLite whether another connection committed
     #: (``PRAGMA data_version``): bounds cross-process pickup latency at a few µs of CPU each.
@@ -464,7 +470,11 @@ class SQLiteJobQueue(QueueBackend):
         else:
             db = self._lease_db
 
+        steps = {id(s) for s in final_steps(settlements)}
+        released = 0
+
         def run(conn: sqlite3.Connection) -> set[int]:
+            nonlocal released
             refused: set[int] = set()
             for chunk in _distinct_chunks(settlements):
                 params: list[Any] = []
@@ -485,9 +495,14 @@ class SQLiteJobQueue(QueueBackend):
                 again = [_retry_values(settlements[i], now) for i in landing if retried[i]]
                 if again:
                     conn.execute(_SETTLE_RETRY[len(again)], [v for r in again for v in r])
+            if steps:
+                released = _advance(conn, [s for i, s in enumerate(settlements)
+                                           if id(s) in steps and i not in refused])
             return refused
 
         refused = db.transaction(run)
+        if released:
+            self.notify()
         landed = [i not in refused for i in range(len(settlements))]
         visible = [_retry_values(s, now)[2] for s, ok, again in
                    zip(settlements, landed, retried, strict=True) if ok and again]
@@ -497,6 +512,42 @@ class SQLiteJobQueue(QueueBackend):
         if delayed:
             self._waits_until(min(delayed))
         return landed
+
+    # --- workflows (the graph lives in this file: see .workflows) ---------------------------
+
+    def workflow_transaction(self, fn: Callable[[GraphTxn], T],
+                             workflows: Sequence[str] = ()) -> T:
+        """``fn`` on the workflow tables in one immediate transaction; waiters (in every
+        process) are woken if it released steps."""
+        txns: list[SQLiteGraphTxn] = []
+
+        def run(conn: sqlite3.Connection) -> T:
+            txns[:] = [SQLiteGraphTxn(conn)]
+            return fn(txns[0])
+
+        out = self._db.transaction(run)
+        if txns and txns[0].released:
+            self.notify()
+        return out
+
+    def holds(self, lease: Lease) -> bool:
+        """The row is still leased with this lease's token (the fence of
+        ``advance_workflows``, used when the results live elsewhere)."""
+        return self._db.conn().execute(
+            "SELECT 1 FROM nuvom_queue WHERE id = ? AND token = ?", (lease.id, lease.token)
+        ).fetchone() is not None
+
+    def waiting_steps(self) -> int:
+        return int(self._db.conn().execute(
+            "SELECT count(*) FROM nuvom_wf_nodes WHERE state = 'WAITING'").fetchone()[0])
+
+    def purge_workflows(self, older_than: float) -> int:
+        return int(self._db.transaction(lambda conn: purge_ended(conn, older_than)))
+
+    def read_workflow(self, workflow_id: str, *, nodes: bool = True) -> WorkflowGraph | None:
+        """A plain read (no write lock): ``Workflow.get()`` polls this."""
+        txn = SQLiteGraphTxn(self._db.conn())
+        return txn.graph(workflow_id) if nodes else txn.head(workflow_id)
 
     def wait_for_messages(self, timeout: float, generation: int) -> None:
         """Wait until something may have become claimable, or ``timeout`` passes.
@@ -694,6 +745,18 @@ def _distinct_chunks(settlements: Sequence[Settlement]) -> list[list[int]]:
     if chunk:
         chunks.append(chunk)
     return chunks
+
+
+def _advance(conn: sqlite3.Connection, steps: Sequence[Settlement]) -> int:
+    """Advance the graphs of landed final step outcomes inside settle_many's transaction,
+    storing the records of the steps this cancels or skips; how many steps it released."""
+    txn = SQLiteGraphTxn(conn)
+    doomed = advance(txn, [(s.lease.id, s.record.status) for s in steps])
+    rows = [encode(doomed_record(node)) for node in doomed]
+    for i in range(0, len(rows), PUT_CHUNK):
+        chunk = rows[i:i + PUT_CHUNK]
+        conn.execute(upsert_sql(len(chunk)), [v for row in chunk for v in row])
+    return txn.released
 
 
 def _retry_values(s: Settlement, now: float) -> tuple[Any, ...]:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nuvom_kernel.errors import ConfigError
+from nuvom_plugins_sqlite.workflows import MIGRATION as WORKFLOW_TABLES
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SchemaVersionError", "migrate"]
 
@@ -186,6 +187,8 @@ MIGRATIONS: list[list[Step]] = [
         "CREATE TABLE nuvom_schedules (name TEXT PRIMARY KEY, updated_at REAL NOT NULL, "
         "state TEXT NOT NULL)",
     ],
+    # Workflows: the graph beside the queue (see nuvom_plugins_sqlite.workflows).
+    list(WORKFLOW_TABLES),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -83,15 +83,16 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from nuvom_kernel.backends import BackendContext, Capabilities, QueueBackend, QueueStats
 from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.models import JobStatus, Lease, Message
+from nuvom_kernel.workflow.graph import GraphTxn
 from nuvom_plugins.file._fs import (
     CorruptEntry,
     decode_message,
@@ -111,10 +112,12 @@ from nuvom_plugins.file._names import (
     us,
 )
 from nuvom_plugins.file.limits import Slots
+from nuvom_plugins.file.workflows import WorkflowFiles
 
 __all__ = ["FileJobQueue"]
 
 log = logging.getLogger("nuvom.file.queue")
+T = TypeVar("T")
 
 _QUEUE_KEYS = {"path", "queue_path", "visibility_timeout_secs", "fsync", "relist_interval_secs"}
 #: Keys of the same ``[plugins.file]`` table that belong to the result backend.
@@ -143,7 +146,7 @@ class FileJobQueue(QueueBackend):
 
     name = "file"
     capabilities = Capabilities(persistent=True, multiprocess_safe=True, priorities=True,
-                                delayed=True, concurrency=True)
+                                delayed=True, concurrency=True, workflows=True)
 
     def __init__(
         self,
@@ -169,6 +172,7 @@ class FileJobQueue(QueueBackend):
         self._next_lease_scan = 0.0
         self.limits: dict[str, int] = {}  # task -> most live leases (set_concurrency_limits)
         self._slots = Slots(self.path, self._dirs["leased"])
+        self._workflows = WorkflowFiles(self.path, fsync=fsync, push=self._release_steps)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -203,6 +207,26 @@ class FileJobQueue(QueueBackend):
     def quarantined(self) -> list[str]:
         """One line per quarantined entry: ``<file>: <reason>``."""
         return self._fs.quarantined()
+
+    # --- workflows (see .workflows) ------------------------------------------------------
+
+    def workflow_transaction(self, fn: Callable[[GraphTxn], T],
+                             workflows: Sequence[str] = ()) -> T:
+        return self._workflows.transaction(fn, workflows)
+
+    def waiting_steps(self) -> int:
+        return self._workflows.waiting_steps()
+
+    def purge_workflows(self, older_than: float) -> int:
+        return self._workflows.purge(older_than)
+
+    def _release_steps(self, messages: list[Message]) -> None:
+        self.enqueue_many(messages)
+
+    def holds(self, lease: Lease) -> bool:
+        """The lease file still exists under this lease's token."""
+        name = self._lease_name(lease)
+        return name is not None and (self._dirs["leased"] / name).exists()
 
     # --- claim --------------------------------------------------------------------------
 

@@ -1,0 +1,102 @@
+"""``nuvom workflow inspect|retry``: a workflow's graph with each step's state, attempts and
+timings, and re-running its failed part (an internal plugin, like the job commands)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.cli.jobs import _kernel, _when
+from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.errors import NuvomError
+
+__all__ = ["nuvom_register_commands"]
+
+
+@hookimpl
+def nuvom_register_commands(cli: click.Group) -> None:
+    cli.add_command(workflow_group)
+
+
+@click.group(name="workflow")
+def workflow_group() -> None:
+    """Inspect and retry workflows (chains, groups, joins)."""
+
+
+def _handle(workflow_id: str) -> Any:
+    from nuvom_kernel.workflow.handle import Workflow
+
+    handle = Workflow(workflow_id, _kernel())
+    try:
+        handle._graph(nodes=False)
+    except NuvomError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return handle
+
+
+def describe(handle: Any) -> dict[str, Any]:
+    """The workflow as ``inspect --json`` prints it."""
+    kernel = handle._kernel
+    graph = handle._graph()
+    nodes = []
+    for node in handle.nodes:
+        record = kernel.results.get(node.id)
+        started = record.started_at if record else None
+        finished = record.finished_at if record and node.state != "WAITING" else None
+        nodes.append({
+            "id": node.id, "task": node.task, "state": node.state, "policy": node.policy,
+            "attempts": record.attempts if record else 0, "run": record.run if record else 1,
+            "parents": list(node.parents), "started_at": started, "finished_at": finished,
+            "duration_ms": (None if started is None or finished is None
+                            else round((finished - started) * 1000, 1)),
+            "error_type": record.error_type if record else None,
+            "error_message": record.error_message if record else None,
+            "finally": node.id == graph.flow.final,
+        })
+    flow = graph.flow
+    return {"id": flow.id, "status": flow.status, "created_at": flow.created_at,
+            "finished_at": flow.finished_at, "steps": len(nodes), "nodes": nodes}
+
+
+@workflow_group.command(name="inspect")
+@click.argument("workflow_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the graph as JSON.")
+def inspect_workflow(workflow_id: str, as_json: bool) -> None:
+    """The graph of WORKFLOW_ID: each step's state, attempts, timings and parents."""
+    data = describe(_handle(workflow_id))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"workflow {data['id']}: {data['status']}, {data['steps']} step(s), "
+               f"created {_when(data['created_at'])}"
+               + (f", finished {_when(data['finished_at'])}" if data["finished_at"] else ""))
+    short = {n["id"]: n["id"][:8] for n in data["nodes"]}
+    rows = [{**n, "id": short[n["id"]],
+             "task": n["task"] + (" (finally)" if n["finally"] else ""),
+             "parents": ",".join(short[p] for p in n["parents"]),
+             "error": f"{n['error_type']}: {n['error_message']}" if n["error_type"] else None}
+            for n in data["nodes"]]
+    print_table(rows, ["id", "task", "state", "attempts", "duration_ms", "parents", "error"])
+
+
+@workflow_group.command(name="retry")
+@click.argument("workflow_id")
+@click.option("--from", "from_node", default=None, metavar="NODE",
+              help="Re-run this step and every step depending on it (default: the failed, "
+                   "cancelled and skipped steps and their dependents).")
+def retry_workflow(workflow_id: str, from_node: str | None) -> None:
+    """Re-run the failed or cancelled part of WORKFLOW_ID, keeping succeeded results."""
+    handle = _handle(workflow_id)
+    try:
+        reopened = handle.retry(from_node)
+    except NuvomError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not reopened:
+        click.echo(f"workflow {workflow_id}: nothing to re-run (no failed, cancelled or "
+                   "skipped step)")
+        return
+    click.echo(f"workflow {workflow_id}: re-running {len(reopened)} step(s): "
+               + ", ".join(reopened))

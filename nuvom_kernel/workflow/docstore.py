@@ -1,0 +1,138 @@
+"""A :class:`~nuvom_kernel.workflow.graph.GraphTxn` over one JSON document per workflow,
+for backends without tables: the memory backend keeps the documents in a dict, the file
+backend in files. A transaction loads the documents it touches once and saves the changed
+ones at the end; the backend supplies the lock that makes it atomic. Every settle rewrites
+its workflow's document, so a fan-out of n steps costs O(n²) bytes written here (SQLite
+updates one row per step instead).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from nuvom_kernel.models import Message
+from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph
+
+__all__ = ["DocGraphTxn", "ended_before", "waiting_in"]
+
+Doc = dict[str, Any]
+
+
+class DocGraphTxn:
+    """:param load: a workflow's document, or ``None``; :param save: store one;
+    :param push: push released messages into the queue; :param preload: the workflows
+    whose nodes :meth:`nodes` may be asked for (a node id alone does not say which);
+    :param locate: the workflow of a node id outside them, found the slow way (a step
+    cancelled by id: rare)."""
+
+    def __init__(self, load: Callable[[str], Doc | None], save: Callable[[Doc], None],
+                 push: Callable[[list[Message]], Any], preload: Iterable[str] = (),
+                 locate: Callable[[str], str | None] | None = None) -> None:
+        self._load, self._save, self._push, self._locate = load, save, push, locate
+        self.docs: dict[str, Doc] = {}
+        self.dirty: set[str] = set()
+        self.owner: dict[str, str] = {}  # node id -> workflow id
+        for flow_id in preload:
+            self._doc(flow_id)
+
+    def _doc(self, flow_id: str) -> Doc | None:
+        if flow_id not in self.docs:
+            doc = self._load(flow_id)
+            if doc is None:
+                return None
+            self.docs[flow_id] = doc
+            self.owner.update((node_id, flow_id) for node_id in doc["order"])
+        return self.docs[flow_id]
+
+    # --- GraphTxn -----------------------------------------------------------------------------
+
+    def insert(self, flow: Flow, output: Any, nodes: Sequence[Node],
+               messages: Sequence[Message]) -> bool:
+        if self._doc(flow.id) is not None:
+            return False
+        doc = {"flow": flow.to_dict(), "output": output, "order": [n.id for n in nodes],
+               "nodes": {n.id: n.to_dict() for n in nodes},
+               "messages": {m.id: {"body": base64.b64encode(m.body).decode("ascii"),
+                                   "queue": m.queue, "priority": m.priority, "task": m.task}
+                            for m in messages}}
+        self.docs[flow.id] = doc
+        self.owner.update((n.id, flow.id) for n in nodes)
+        self.dirty.add(flow.id)
+        return True
+
+    def flows(self, ids: Iterable[str]) -> dict[str, Flow]:
+        out = {}
+        for flow_id in ids:
+            doc = self._doc(flow_id)
+            if doc is not None:
+                out[flow_id] = Flow(**doc["flow"])
+        return out
+
+    def nodes(self, ids: Iterable[str]) -> dict[str, Node]:
+        out = {}
+        for node_id in ids:
+            flow_id = self.owner.get(node_id)
+            if flow_id is None and self._locate is not None:
+                found = self._locate(node_id)
+                flow_id = found if found and self._doc(found) is not None else None
+            if flow_id is not None:
+                out[node_id] = Node(**self.docs[flow_id]["nodes"][node_id])
+        return out
+
+    def update(self, flows: Iterable[Flow], nodes: Iterable[Node],
+               bodies: Mapping[str, bytes]) -> None:
+        for flow in flows:
+            self.docs[flow.id]["flow"] = flow.to_dict()
+            self.dirty.add(flow.id)
+        for node in nodes:
+            self.docs[node.workflow]["nodes"][node.id] = node.to_dict()
+            self.dirty.add(node.workflow)
+        for node_id, body in bodies.items():
+            flow_id = self.owner[node_id]
+            self.docs[flow_id]["messages"][node_id]["body"] = \
+                base64.b64encode(body).decode("ascii")
+            self.dirty.add(flow_id)
+
+    def release(self, ids: Sequence[str]) -> None:
+        now = time.time()
+        messages = []
+        for node_id in ids:
+            m = self.docs[self.owner[node_id]]["messages"][node_id]
+            messages.append(Message(id=node_id, body=base64.b64decode(m["body"]),
+                                    queue=m["queue"], priority=m["priority"], created_at=now,
+                                    task=m["task"]))
+        self._push(messages)
+
+    def graph(self, flow_id: str) -> WorkflowGraph | None:
+        doc = self._doc(flow_id)
+        if doc is None:
+            return None
+        return WorkflowGraph(Flow(**doc["flow"]), doc["output"],
+                             [Node(**doc["nodes"][i]) for i in doc["order"]])
+
+    def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
+        return {i: base64.b64decode(self.docs[self.owner[i]]["messages"][i]["body"])
+                for i in ids}
+
+    # --- the end of the transaction -----------------------------------------------------------
+
+    def commit(self) -> None:
+        """Save every changed document (call after the transaction's function returned)."""
+        for flow_id in sorted(self.dirty):
+            self._save(self.docs[flow_id])
+        self.dirty.clear()
+
+
+def ended_before(doc: Doc, older_than: float) -> bool:
+    """Whether the workflow of ``doc`` ended before the epoch ``older_than`` (purgeable)."""
+    flow = doc["flow"]
+    return flow["status"] != "RUNNING" and (flow["finished_at"] or 0.0) < older_than
+
+
+def waiting_in(docs: Iterable[Doc]) -> int:
+    """WAITING steps in these documents (``nuvom status``)."""
+    return sum(1 for doc in docs for node in doc["nodes"].values()
+               if node["state"] == "WAITING")

@@ -1,0 +1,302 @@
+"""The stored shape of a workflow and the one set of rules that moves it.
+
+A workflow is a graph of *nodes* (one job each) in the queue backend: a node whose parents
+are not done is WAITING (its message is kept beside it, not claimable); when a node's job
+settles with a final outcome, :func:`advance` decrements each child's ``pending`` count and
+releases (pushes) the children that reach zero, or cancels/skips them when a parent failed.
+A counter per node keeps a fan-out of n members with one join at O(n) work in all: a settle
+never scans its siblings.
+
+Backends only store: they implement :class:`GraphTxn` over their own atomic section (an
+SQLite transaction, a lock, a file lock) and call these functions inside it, so every backend
+follows the same rules. A node that is not RELEASED is not advanced again, which makes
+:func:`advance` idempotent: a step that runs twice (its worker died after the graph moved
+but before the ack) releases its children once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from nuvom_kernel.models import JobRecord, JobStatus, Message
+
+__all__ = ["Flow", "GraphTxn", "Node", "WorkflowGraph", "advance", "create", "doomed_record",
+           "reset"]
+
+# Node states. WAITING and RELEASED are the graph's own; the rest are final.
+WAITING, RELEASED = "WAITING", "RELEASED"
+SUCCEEDED, FAILED, CANCELLED, SKIPPED = "SUCCEEDED", "FAILED", "CANCELLED", "SKIPPED"
+NODE_FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
+POLICIES = ("fail", "continue", "skip")
+RUNNING = "RUNNING"  # a workflow's status until every node is final
+SKIPPED_ERROR = "nuvom.Skipped"
+#: Envelope headers of a step: its workflow's id, and its input (absent for ``si`` steps).
+WF_HEADER, INPUT_HEADER = "wf", "wf_in"  # the error_type of a skipped node's CANCELLED record
+
+
+@attrs.define
+class Node:
+    """One step: its job id, what it waits for and what waits for it.
+
+    ``pending`` counts parents not final yet; ``doom`` is set when a parent failed
+    (``"cancel"``) or was skipped (``"skip"``): the node then never runs. ``final`` marks a
+    ``finally_`` step, released once every other node is final.
+    """
+
+    id: str
+    workflow: str
+    task: str
+    state: str = WAITING
+    pending: int = 0
+    doom: str | None = None
+    policy: str = "fail"
+    final: bool = False
+    children: list[str] = attrs.field(factory=list)
+    queue: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class Flow:
+    """A workflow's mutable head: its status and how many (non-``finally_``) nodes are open."""
+
+    id: str
+    status: str = RUNNING
+    open: int = 0
+    failed: bool = False
+    cancelled: bool = False
+    final: str | None = None  # the finally_ node's id
+    created_at: float = attrs.field(factory=time.time)
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define
+class WorkflowGraph:
+    """A snapshot for readers: the head, the output shape (node ids in nested lists: what
+    ``get()`` returns once they are resolved) and the nodes in submission order."""
+
+    flow: Flow
+    output: Any
+    nodes: list[Node] = attrs.field(factory=list)
+
+
+class GraphTxn(Protocol):
+    """What a backend stores for workflows, inside one atomic section of its own."""
+
+    def insert(self, flow: Flow, output: Any, nodes: Sequence[Node],
+               messages: Sequence[Message]) -> bool:
+        """Store a new graph (each node with its message); ``False`` if the id exists."""
+
+    def flows(self, ids: Iterable[str]) -> dict[str, Flow]: ...
+
+    def nodes(self, ids: Iterable[str]) -> dict[str, Node]:
+        """The stored nodes of these ids (unknown ids are left out)."""
+
+    def update(self, flows: Iterable[Flow], nodes: Iterable[Node],
+               bodies: Mapping[str, bytes]) -> None:
+        """Write back changed heads and nodes, and new message bodies where given."""
+
+    def release(self, ids: Sequence[str]) -> None:
+        """Push the stored messages of these nodes into the queue, claimable now."""
+
+    def graph(self, flow_id: str) -> WorkflowGraph | None: ...
+
+    def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
+        """The stored message bodies of these nodes."""
+
+
+class _Session:
+    """Nodes and heads loaded once per transaction, written back once."""
+
+    def __init__(self, txn: GraphTxn) -> None:
+        self.txn = txn
+        self.node_cache: dict[str, Node] = {}
+        self.flow_cache: dict[str, Flow] = {}
+        self.released: list[str] = []
+        self.doomed: list[Node] = []
+
+    def nodes(self, ids: Iterable[str]) -> list[Node]:
+        wanted = [i for i in ids if i not in self.node_cache]
+        if wanted:
+            self.node_cache.update(self.txn.nodes(wanted))
+        return [self.node_cache[i] for i in ids if i in self.node_cache]
+
+    def flow(self, flow_id: str) -> Flow:
+        if flow_id not in self.flow_cache:
+            self.flow_cache.update(self.txn.flows([flow_id]))
+        return self.flow_cache[flow_id]
+
+    def release(self, node: Node) -> None:
+        node.state = RELEASED
+        self.released.append(node.id)
+
+    def finish(self, node: Node, state: str, *, doomed: bool = False) -> None:
+        """``node`` reached ``state``; move its children (a worklist: a chain of 10,000
+        cancelled steps needs no recursion)."""
+        work = deque([(node, state, doomed)])
+        while work:
+            node, state, doomed = work.popleft()
+            node.state = state
+            flow = self.flow(node.workflow)
+            if doomed:
+                self.doomed.append(node)
+            if node.final:
+                flow.failed = flow.failed or state != SUCCEEDED
+                self._close(flow)
+                continue
+            effect: str | None = None
+            if state == FAILED:
+                effect = {"fail": "cancel", "continue": None, "skip": "skip"}[node.policy]
+                flow.failed = flow.failed or node.policy == "fail"
+            elif state == CANCELLED:
+                effect = "cancel"
+                flow.cancelled = flow.cancelled or not doomed
+            elif state == SKIPPED:
+                effect = "skip"
+            flow.open -= 1
+            for child in self.nodes(node.children):
+                child.pending -= 1
+                if effect == "cancel":
+                    child.doom = "cancel"
+                elif effect == "skip" and child.doom is None:
+                    child.doom = "skip"
+                if child.pending <= 0 and child.state == WAITING:
+                    if child.doom is None:
+                        self.release(child)
+                    else:
+                        work.append((child, CANCELLED if child.doom == "cancel" else SKIPPED,
+                                     True))
+            if flow.open <= 0:
+                final = self.nodes([flow.final])[0] if flow.final else None
+                if final is not None and final.state == WAITING:
+                    self.release(final)
+                elif final is None or final.state in NODE_FINAL:
+                    self._close(flow)
+
+    @staticmethod
+    def _close(flow: Flow) -> None:
+        if flow.status == RUNNING:
+            flow.status = (FAILED if flow.failed else CANCELLED if flow.cancelled
+                           else SUCCEEDED)
+            flow.finished_at = time.time()
+
+    def commit(self, bodies: Mapping[str, bytes] | None = None) -> list[Node]:
+        self.txn.update(self.flow_cache.values(), self.node_cache.values(), bodies or {})
+        if self.released:
+            self.txn.release(self.released)
+        return self.doomed
+
+
+def create(txn: GraphTxn, flow: Flow, output: Any, nodes: Sequence[Node],
+           messages: Sequence[Message]) -> bool:
+    """Store a new workflow and release its first steps; ``False`` if its id exists."""
+    flow.open = sum(1 for n in nodes if not n.final)
+    session = _Session(txn)
+    session.flow_cache[flow.id] = flow
+    session.node_cache.update((n.id, n) for n in nodes)
+    for node in nodes:
+        if node.pending == 0 and not node.final:
+            node.state = RELEASED
+            session.released.append(node.id)
+    if flow.open == 0:
+        final = session.node_cache.get(flow.final) if flow.final else None
+        if final is not None:
+            session.release(final)
+        else:
+            session._close(flow)
+    if not txn.insert(flow, output, nodes, messages):
+        return False
+    if session.released:
+        txn.release(session.released)
+    return True
+
+
+def advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]]) -> list[Node]:
+    """Apply final job outcomes to their nodes (ids that are not RELEASED nodes are
+    ignored: not a step, or already applied); returns the nodes cancelled or skipped as a
+    consequence, whose records the caller writes (:func:`doomed_record`)."""
+    session = _Session(txn)
+    session.nodes([job_id for job_id, _ in outcomes])
+    for job_id, status in outcomes:
+        node = session.node_cache.get(job_id)
+        if node is not None and node.state == RELEASED and status.value in NODE_FINAL:
+            session.finish(node, status.value)
+    return session.commit()
+
+
+def reset(txn: GraphTxn, flow_id: str, start: Sequence[str] | None,
+          rebody: Callable[[dict[str, bytes]], dict[str, bytes]]) -> list[str]:
+    """Re-open the failed, cancelled and skipped nodes (or ``start`` and every node that
+    depends on it) and release those whose parents all succeeded; succeeded nodes outside
+    keep their results. ``rebody`` turns the re-opened nodes' stored bodies into their next
+    run's (a higher ``run``, so the new outcome supersedes the old record). Returns
+    the re-opened node ids.
+    """
+    graph = txn.graph(flow_id)
+    if graph is None:
+        return []
+    by_id = {n.id: n for n in graph.nodes}
+    position = {node_id: i for i, node_id in enumerate(by_id)}
+    if start is None:
+        seeds = [n.id for n in graph.nodes if n.state in (FAILED, CANCELLED, SKIPPED)]
+    else:
+        seeds = list(start)
+    reopen: set[str] = set()
+    work = deque(seeds)
+    while work:
+        node_id = work.popleft()
+        if node_id in reopen or node_id not in by_id:
+            continue
+        reopen.add(node_id)
+        work.extend(by_id[node_id].children)
+    final = graph.flow.final
+    if reopen and final:
+        reopen.add(final)
+    if not reopen:
+        return []
+    parents: dict[str, int] = {}
+    for node in graph.nodes:
+        for child in node.children:
+            if node.id in reopen or node.state not in NODE_FINAL:
+                parents[child] = parents.get(child, 0) + 1
+    session = _Session(txn)
+    flow = session.flow_cache[flow_id] = graph.flow
+    flow.status, flow.failed, flow.cancelled, flow.finished_at = RUNNING, False, False, None
+    for node in graph.nodes:
+        session.node_cache[node.id] = node
+        if node.id in reopen:
+            node.state, node.doom, node.pending = WAITING, None, parents.get(node.id, 0)
+        elif node.state in (FAILED, CANCELLED, SKIPPED) and not node.final:
+            flow.failed = flow.failed or (node.state == FAILED and node.policy == "fail")
+    flow.open = sum(1 for n in graph.nodes if not n.final and n.state not in NODE_FINAL)
+    for node_id in sorted(reopen, key=position.__getitem__):
+        node = by_id[node_id]
+        if node.pending == 0 and not node.final:
+            session.release(node)
+    if flow.open == 0 and final:
+        session.release(by_id[final])
+    session.commit(rebody(txn.bodies(reopen)))
+    return sorted(reopen, key=position.__getitem__)
+
+
+def doomed_record(node: Node) -> JobRecord:
+    """The CANCELLED record of a node that will never run (a parent failed or was skipped),
+    so ``get_job()`` on it says so instead of UNKNOWN."""
+    now = time.time()
+    reason = ("a step it depends on failed" if node.state == CANCELLED
+              else "a step it depends on failed with on_failure('skip')")
+    kind = SKIPPED_ERROR if node.state == SKIPPED else "nuvom.Cancelled"
+    return JobRecord(job_id=node.id, func_name=node.task, status=JobStatus.CANCELLED,
+                     queue=node.queue, error_type=kind,
+                     error_message=f"not run: {reason} (workflow {node.workflow})",
+                     created_at=now, finished_at=now, updated_at=now)

@@ -1,0 +1,224 @@
+"""Reading workflows: the :class:`Workflow` handle, :func:`get_workflow`, :class:`StepFailed`
+and the worker's resolution of a step's input (the results it depends on, read when it runs).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import (
+    JobCancelledError,
+    JobFailedError,
+    NuvomError,
+    SerializationError,
+)
+from nuvom_kernel.models import Job, JobRecord, JobStatus, Message, StepFailed
+from nuvom_kernel.serialization import from_wire
+from nuvom_kernel.workflow.graph import (
+    CANCELLED,
+    FAILED,
+    INPUT_HEADER,
+    RUNNING,
+    SKIPPED,
+    SKIPPED_ERROR,
+    SUCCEEDED,
+    WAITING,
+    WorkflowGraph,
+    reset,
+)
+
+if TYPE_CHECKING:
+    from nuvom_kernel.kernel import Kernel
+
+__all__ = ["StepFailed", "Workflow", "WorkflowNode", "get_workflow", "resolve_input"]
+
+
+@attrs.frozen
+class WorkflowNode:
+    """One step as :attr:`Workflow.nodes` shows it: its job handle and state (WAITING,
+    SKIPPED, or its job's state)."""
+
+    id: str
+    task: str
+    state: str
+    policy: str
+    job: Job
+    parents: tuple[str, ...]
+
+
+class Workflow:
+    """A handle on a submitted workflow; works from any process (:func:`get_workflow`)."""
+
+    def __init__(self, workflow_id: str, kernel: Kernel) -> None:
+        self.id = workflow_id
+        self._kernel = kernel
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.id}>"
+
+    def _graph(self, nodes: bool = True) -> WorkflowGraph:
+        graph = self._kernel.queue.read_workflow(self.id, nodes=nodes)
+        if graph is None:
+            raise NuvomError(f"unknown workflow id {self.id!r} on queue backend "
+                             f"{self._kernel.queue.name!r}")
+        return graph
+
+    @property
+    def status(self) -> str:
+        """RUNNING, SUCCEEDED, FAILED or CANCELLED."""
+        return self._graph(nodes=False).flow.status
+
+    @property
+    def nodes(self) -> list[WorkflowNode]:
+        """Every step in submission order, the ``finally_`` step last."""
+        graph = self._graph()
+        parents: dict[str, list[str]] = {}
+        for node in graph.nodes:
+            for child in node.children:
+                parents.setdefault(child, []).append(node.id)
+        out = []
+        for node in graph.nodes:
+            job = Job(id=node.id, func_name=node.task, kernel=self._kernel)
+            if node.state == WAITING:
+                job.status = JobStatus.QUEUED
+                state = WAITING
+            else:
+                self._kernel.refresh_job(job)
+                state = SKIPPED if node.state == SKIPPED else (
+                    node.state if node.state == CANCELLED else job.status.value)
+            out.append(WorkflowNode(node.id, node.task, state, node.policy, job,
+                                    tuple(parents.get(node.id, ()))))
+        return out
+
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+        """Wait for the end and return the last step's result (a group's: the list of its
+        members' results).
+
+        :raises JobFailedError: a step with the ``"fail"`` policy (or the ``finally_``
+            step) failed: the first such step's error.
+        :raises JobCancelledError: a step was cancelled.
+        :raises TimeoutError: not finished within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.002
+        while True:
+            graph = self._graph(nodes=False)
+            if graph.flow.status != RUNNING:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"workflow {self.id} is still RUNNING after {timeout} s; "
+                                   "is a worker running (`nuvom runworker`)?")
+            time.sleep(interval if deadline is None
+                       else max(0.0, min(interval, deadline - time.monotonic())))
+            interval = min(interval * 2, poll_secs)
+        status = graph.flow.status
+        if status == SUCCEEDED:
+            return _resolve(self._kernel, graph.output)
+        full = self._graph()
+        for node in full.nodes:
+            if node.state == FAILED and (node.policy == "fail" or node.final):
+                record = self._kernel.results.get(node.id)
+                raise JobFailedError(node.id, record.error_type if record else None,
+                                     record.error_message if record else None,
+                                     record.traceback if record else None)
+        for node in full.nodes:
+            if node.state == CANCELLED:
+                raise JobCancelledError(node.id)
+        raise NuvomError(f"workflow {self.id} ended {status} with no failed step recorded")
+
+
+    def retry(self, from_node: str | None = None) -> list[str]:
+        """Run the failed, cancelled and skipped steps again (or ``from_node`` and every
+        step depending on it), with the steps depending on them; succeeded steps outside
+        keep their results. Returns the ids of the steps re-opened.
+
+        :raises NuvomError: the workflow is still RUNNING, or ``from_node`` is not a step.
+        """
+        kernel = self._kernel
+        graph = self._graph()
+        if graph.flow.status == RUNNING:
+            raise NuvomError(f"workflow {self.id} is still RUNNING; retry it once it ended "
+                             f"(see `nuvom workflow inspect {self.id}`)")
+        if from_node is not None and from_node not in {n.id for n in graph.nodes}:
+            raise NuvomError(f"{from_node!r} is not a step of workflow {self.id}; the steps "
+                             f"are listed by `nuvom workflow inspect {self.id}`")
+        busy = [n.id for n in graph.nodes if kernel.queue.peek_state(n.id) is not None]
+        if busy:
+            raise NuvomError(f"step {busy[0]} of workflow {self.id} is still in the queue (its "
+                             "outcome is being settled); try again in a moment")
+
+        def next_run(bodies: dict[str, bytes]) -> dict[str, bytes]:
+            out = {}
+            for node_id, body in bodies.items():
+                envelope = Envelope.from_message(Message(id=node_id, body=body),
+                                                 kernel.serializer)
+                record = kernel.results.get(node_id)
+                envelope.run = max(envelope.run, record.run if record else 0) + 1
+                envelope.history = []
+                out[node_id] = envelope.to_body(kernel.serializer)
+            return out
+
+        start = None if from_node is None else [from_node]
+        return kernel.queue.workflow_transaction(
+            lambda txn: reset(txn, self.id, start, next_run), [self.id])
+
+
+def get_workflow(workflow_id: str) -> Workflow:
+    """A handle on any workflow by id, from any process."""
+    from nuvom_kernel.kernel import get_kernel
+
+    handle = Workflow(workflow_id, get_kernel())
+    handle._graph(nodes=False)  # an unknown id fails here, not at the first .status
+    return handle
+
+
+def _flatten(ref: Any, out: list[str]) -> list[str]:
+    if isinstance(ref, str):
+        out.append(ref)
+    else:
+        for item in ref:
+            _flatten(item, out)
+    return out
+
+
+def _value(record: JobRecord | None, job_id: str) -> Any:
+    """A parent's result; ``None`` for a skipped one, a StepFailed for a failed one.
+
+    :raises SerializationError: the parent's record is gone (purged while its workflow
+        still ran): the step fails saying so rather than run with a made-up input.
+    """
+    if record is not None and record.status is JobStatus.SUCCEEDED:
+        return from_wire(record.result)
+    if record is None:
+        raise SerializationError(
+            f"the result of workflow step {job_id} (an input of this step) is no longer "
+            "stored: was it purged (`nuvom purge results`) while its workflow ran? Re-run "
+            f"from that step: `nuvom workflow retry WORKFLOW_ID --from {job_id}`")
+    if record.error_type == SKIPPED_ERROR:
+        return None
+    return StepFailed(job_id, record.error_type, record.error_message)
+
+
+def _resolve(kernel: Kernel, ref: Any) -> Any:
+    ids = _flatten(ref, [])
+    records = {i: kernel.results.get(i) for i in ids}
+
+    def build(r: Any) -> Any:
+        if isinstance(r, str):
+            return _value(records[r], r)
+        return [build(item) for item in r]
+
+    return build(ref)
+
+
+def resolve_input(kernel: Kernel, job: Job) -> None:
+    """A workflow step's input, read from its parents' records and put first in its
+    arguments (steps made with ``task.si()`` have none)."""
+    ref = job.headers.get(INPUT_HEADER)
+    if ref is not None:
+        job.args = (_resolve(kernel, ref), *job.args)
+

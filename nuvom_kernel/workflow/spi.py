@@ -1,0 +1,81 @@
+"""The ``workflows`` capability of the queue backend SPI: the calls a backend declaring it
+overrides (``QueueBackend`` inherits them, with defaults that say it is not supported).
+
+The kernel's rules (:mod:`nuvom_kernel.workflow.graph`) run inside
+:meth:`WorkflowStore.workflow_transaction`; a backend only stores nodes, heads and the
+messages of steps not released yet, and makes the transaction atomic where it can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from nuvom_kernel.models import JobStatus, Lease
+
+if TYPE_CHECKING:
+    from nuvom_kernel.workflow.graph import GraphTxn, Node, WorkflowGraph
+
+__all__ = ["WorkflowStore"]
+
+T = TypeVar("T")
+
+
+class WorkflowStore:
+    """Mixed into :class:`~nuvom_kernel.backends.QueueBackend` (declare ``workflows``)."""
+
+    name: str
+
+    def peek_state(self, job_id: str) -> JobStatus | None:
+        raise NotImplementedError
+
+    def workflow_transaction(self, fn: Callable[[GraphTxn], T],
+                             workflows: Sequence[str] = ()) -> T:
+        """Run ``fn`` with a :class:`~nuvom_kernel.workflow.graph.GraphTxn` over this
+        backend's workflow store, atomically where the backend can (all of ``fn``'s writes,
+        the messages it releases included, or none). ``workflows`` names the workflows
+        whose nodes ``fn`` looks up by id (a backend that stores per workflow loads them up
+        front)."""
+        raise NotImplementedError(f"queue backend {self.name!r} does not support workflows")
+
+    def read_workflow(self, workflow_id: str, *, nodes: bool = True) -> WorkflowGraph | None:
+        """A snapshot of a workflow (its head only with ``nodes=False``); override with a
+        plain read where a transaction would block writers."""
+        def read(txn: GraphTxn) -> WorkflowGraph | None:
+            graph = txn.graph(workflow_id)
+            if graph is not None and not nodes:
+                graph.nodes = []
+            return graph
+        return self.workflow_transaction(read)
+
+    def advance_workflows(self, outcomes: Sequence[tuple[Lease, JobStatus, str]]
+                          ) -> list[Node]:
+        """Apply final outcomes (lease, status, workflow id) of steps whose records are
+        stored and whose leases are not acked yet: the settler calls it between the two
+        when ``settle_many`` is not used. Fenced: an outcome whose lease no longer
+        :meth:`holds` changes nothing, and a node already advanced is not advanced again,
+        so a step that runs twice after a crash between this and its ack releases its
+        dependents once. Returns the nodes cancelled or skipped as a consequence."""
+        from nuvom_kernel.workflow.graph import advance
+
+        def run(txn: GraphTxn) -> list[Node]:
+            held = [(lease.id, status) for lease, status, _ in outcomes if self.holds(lease)]
+            return advance(txn, held)
+        return self.workflow_transaction(run, sorted({wf for _, _, wf in outcomes}))
+
+    def holds(self, lease: Lease) -> bool:
+        """Whether ``lease`` still holds its message (the fence of
+        :meth:`advance_workflows`); override where the default (the id is still queued)
+        cannot tell a lost lease."""
+        return self.peek_state(lease.id) is not None
+
+    def waiting_steps(self) -> int:
+        """Steps WAITING for their parents (``nuvom status`` counts them apart from queued
+        jobs: they are not in the queue yet)."""
+        return 0
+
+    def purge_workflows(self, older_than: float) -> int:
+        """Delete the graphs of workflows that ended before the epoch ``older_than``
+        (``nuvom purge results`` calls it with the cutoff that purged their steps'
+        records); how many."""
+        return 0
