@@ -6,7 +6,8 @@ import re
 import time
 from typing import Any
 
-from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_kernel.envelope import options_to_wire
+from nuvom_kernel.models import JobRecord, JobStatus, TaskOptions
 
 
 def record(job_id: str, status: JobStatus = JobStatus.FAILED, *, task: str = "tasks.boom",
@@ -15,7 +16,7 @@ def record(job_id: str, status: JobStatus = JobStatus.FAILED, *, task: str = "ta
     """A record as a worker settles it (FAILED ones carry an error and a traceback)."""
     now = time.time() if updated_at is None else updated_at
     values: dict[str, Any] = {
-        "options": {"retries": 0, "queue": queue}, "module": "tasks", "attempts": 1,
+        "options": options_to_wire(TaskOptions(queue=queue)), "module": "tasks", "attempts": 1,
         "created_at": now - 1, "started_at": now - 0.5, "finished_at": now,
         "updated_at": now, "args": [1, 2], "kwargs": {}}
     if status is JobStatus.FAILED:

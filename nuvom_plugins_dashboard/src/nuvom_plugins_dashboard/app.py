@@ -88,9 +88,11 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         response.set_cookie(FLASH_COOKIE, quote(sentence), httponly=True, samesite="strict")
         return response
 
-    def refuse_if_read_only() -> None:
-        if read_only:
-            raise views.BadRequest("this dashboard runs with --read-only: no actions")
+    def refused() -> Response | None:
+        if not read_only:
+            return None
+        return PlainTextResponse("403: this dashboard runs with --read-only: no actions",
+                                 status_code=403)
 
     def home(request: Request) -> Response:
         data = views.overview(kernel)
@@ -124,7 +126,8 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
                 return PlainTextResponse(f"404: no action {action!r}", status_code=404)
             request.path_params["job_id"] = f"{job_id}/{action}"
             return await run_in_threadpool(job, request)
-        refuse_if_read_only()
+        if (denied := refused()) is not None:
+            return denied
         if request.method == "GET":
             detail = await run_in_threadpool(views.job_detail, kernel, job_id)
             return render(request, "confirm.html", action=action, detail=detail, filter=None,
@@ -134,7 +137,8 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
 
     async def bulk_action(request: Request) -> Response:
         action = request.path_params["action"]
-        refuse_if_read_only()
+        if (denied := refused()) is not None:
+            return denied
         if request.method == "GET":
             flt = views.JobFilter.from_params(request.query_params)
             actions.check_bulk_filter(action, flt)

@@ -119,6 +119,7 @@ class Guard(BaseHTTPMiddleware):
             if host != request.headers.get("host"):
                 return (f"cross-origin request refused (Origin {origin!r} is not this "
                         "dashboard)")
+        await request.body()  # cached, so the endpoint reads the same form after us
         form = await request.form()
         if not _same(str(form.get(CSRF_FIELD) or ""), cookie):
             return ("missing or stale CSRF token: reload the page and submit the form again "
