@@ -75,4 +75,8 @@ def dashboard(host: str, port: int, token: str | None, read_only: bool, log_leve
                f"{', read-only' if read_only else ''}{', token required' if token else ''}); "
                "Ctrl+C stops it", err=False)
     config = uvicorn.Config(app, log_level=log_level, lifespan="off")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it shut down on: a clean stop
+        pass
+    click.echo("nuvom dashboard stopped")
