@@ -16,13 +16,12 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import secrets
-from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
 
-from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["CSRF_COOKIE", "CSRF_FIELD", "TOKEN_COOKIE", "Guard", "is_loopback"]
 
@@ -58,47 +57,62 @@ def _same(a: str | None, b: str | None) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(str(a).encode(), str(b).encode())
 
 
-class Guard(BaseHTTPMiddleware):
-    """Token check, CSRF check and security headers for every request."""
+class Guard:
+    """Token check, CSRF check and security headers for every request: a plain ASGI
+    middleware, so a refused request never reaches a route, and the body read for the CSRF
+    check is handed on to the endpoint unchanged."""
 
     def __init__(self, app: ASGIApp, *, token: str | None) -> None:
-        super().__init__(app)
+        self.app = app
         self.token = token
 
-    async def dispatch(self, request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await self._checked(request, call_next)
-        for name, value in HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
-
-    async def _checked(self, request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if self.token is not None:
-            given = request.query_params.get("token")
-            if given is not None:
-                return self._token_link(request, given)
-            auth = request.headers.get("authorization", "")
-            bearer = auth[7:] if auth.lower().startswith("bearer ") else None
-            if not (_same(bearer, self.token)
-                    or _same(request.cookies.get(TOKEN_COOKIE), self.token)):
-                return PlainTextResponse(
-                    "401: this dashboard needs its token. Open it once as "
-                    f"{request.url.path}?token=<token> (the value of --token or "
-                    "NUVOM_PLUGINS__DASHBOARD__TOKEN), or send 'Authorization: Bearer "
-                    "<token>'.", status_code=401)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        refusal = self._token_refusal(request)
         csrf = request.cookies.get(CSRF_COOKIE)
-        fresh = csrf is None
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
-            refused = await self._csrf_refusal(request, csrf)
-            if refused is not None:
-                return PlainTextResponse(f"403: {refused}", status_code=403)
-        request.state.csrf = csrf = csrf or secrets.token_urlsafe(32)
-        response = await call_next(request)
-        if fresh:
-            response.set_cookie(CSRF_COOKIE, csrf, httponly=True, samesite="strict",
-                                secure=request.url.scheme == "https")
-        return response
+        if refusal is None and request.method not in ("GET", "HEAD", "OPTIONS"):
+            body = await request.body()
+            receive = _replay(body, receive)  # the endpoint reads the same form after us
+            refusal = await self._csrf_refusal(request, csrf)
+        if refusal is not None:
+            await _with_headers(refusal)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["csrf"] = token = csrf or secrets.token_urlsafe(32)
+        cookie = None
+        if csrf is None:
+            cookie = Response()
+            cookie.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict",
+                              secure=request.url.scheme == "https")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in HEADERS.items():
+                    headers.setdefault(name, value)
+                if cookie is not None:
+                    headers.append("set-cookie", cookie.headers["set-cookie"])
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _token_refusal(self, request: Request) -> Response | None:
+        if self.token is None:
+            return None
+        given = request.query_params.get("token")
+        if given is not None:
+            return self._token_link(request, given)
+        auth = request.headers.get("authorization", "")
+        bearer = auth[7:] if auth.lower().startswith("bearer ") else None
+        if _same(bearer, self.token) or _same(request.cookies.get(TOKEN_COOKIE), self.token):
+            return None
+        return PlainTextResponse(
+            "401: this dashboard needs its token. Open it once as "
+            f"{request.url.path}?token=<token> (the value of --token or "
+            "NUVOM_PLUGINS__DASHBOARD__TOKEN), or send 'Authorization: Bearer <token>'.",
+            status_code=401)
 
     def _token_link(self, request: Request, given: str) -> Response:
         """``?token=…``: remember a right token in a cookie and drop it from the URL (so it
@@ -112,16 +126,37 @@ class Guard(BaseHTTPMiddleware):
                             secure=request.url.scheme == "https")
         return response
 
-    async def _csrf_refusal(self, request: Request, cookie: str | None) -> str | None:
+    async def _csrf_refusal(self, request: Request, cookie: str | None) -> Response | None:
         origin = request.headers.get("origin")
-        if origin and origin != "null":
-            host = urlsplit(origin).netloc
-            if host != request.headers.get("host"):
-                return (f"cross-origin request refused (Origin {origin!r} is not this "
-                        "dashboard)")
-        await request.body()  # cached, so the endpoint reads the same form after us
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get(
+                "host"):
+            return PlainTextResponse(f"403: cross-origin request refused (Origin {origin!r} "
+                                     "is not this dashboard)", status_code=403)
         form = await request.form()
         if not _same(str(form.get(CSRF_FIELD) or ""), cookie):
-            return ("missing or stale CSRF token: reload the page and submit the form again "
-                    "(every action must come from a form this dashboard rendered)")
+            return PlainTextResponse(
+                "403: missing or stale CSRF token: reload the page and submit the form again "
+                "(every action must come from a form this dashboard rendered)",
+                status_code=403)
         return None
+
+
+def _with_headers(response: Response) -> Response:
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """A ``receive`` that hands the already-read request body on once, then waits on the
+    connection as before (for its disconnect)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return await then()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
