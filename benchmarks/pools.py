@@ -21,6 +21,11 @@ of ``bench_tasks.py``):
   finish them all (from the first job's start, taken as ``--io-secs`` before it was seen
   done, to the last job done).
 
+With ``--redis``, the same measurements on the Redis backend beside the peers that have the
+same pool kinds there: Celery ``--pool prefork`` / ``threads`` (no-op and CPU-bound) and
+Dramatiq's ``async def`` actors (awaiting; its AsyncIO middleware runs coroutines one per
+worker thread, so it gets ``--threads min(--io-jobs, 100)``).
+
 Numbers are only comparable within one run on one machine: quote the ratios.
 """
 
@@ -65,8 +70,13 @@ def _drain(system: Any, enqueue: Any, jobs: int, worker: Any, lead_s: float = 0.
 
 
 def nuvom(base: Path, name: str, pool: str, workers: int, kind: str,
-          args: argparse.Namespace) -> dict[str, Any]:
-    system = NuvomSystem(base / name, "NORMAL", results=True)
+          args: argparse.Namespace, on_redis: bool = False) -> dict[str, Any]:
+    if on_redis:
+        from benchmarks.redis_throughput import NuvomRedisSystem
+
+        system: Any = NuvomRedisSystem(base / name, "NORMAL", results=True)
+    else:
+        system = NuvomSystem(base / name, "NORMAL", results=True)
     tasks = system.tasks
     jobs, enqueue = {
         "noop": (args.jobs, lambda: system.add.map([(1, 2)] * args.jobs)),
@@ -84,7 +94,8 @@ def nuvom(base: Path, name: str, pool: str, workers: int, kind: str,
             cwd=system.workdir, env=_env(system.bench_env), stdout=subprocess.DEVNULL)
 
     try:
-        return {"system": f"nuvom {pool}", "workers": workers, "kind": kind,
+        return {"system": f"nuvom{'-redis' if on_redis else ''} {pool}", "workers": workers,
+                "kind": kind,
                 **_drain(system, enqueue, jobs, worker,
                          args.io_secs if kind == "io" else 0.0)}
     finally:
@@ -116,6 +127,66 @@ def huey(base: Path, name: str, kind_of_consumer: str, kind: str,
         system.close()
 
 
+def celery(base: Path, name: str, pool: str, kind: str, args: argparse.Namespace
+           ) -> dict[str, Any]:
+    """Celery on the Redis broker, ``--pool prefork|threads --concurrency 2``."""
+    import subprocess
+
+    from benchmarks.peers.celery_peer import CelerySystem
+
+    system = CelerySystem(base / name, "NORMAL", results=False)
+    app = system.app
+    jobs, enqueue = {
+        "noop": (args.jobs, lambda: [app.add.delay(1, 2) for _ in range(args.jobs)]),
+        "cpu": (args.cpu_jobs, lambda: [app.burn.delay(args.cpu_n)
+                                        for _ in range(args.cpu_jobs)]),
+    }[kind]
+
+    def worker() -> Any:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "benchmarks.peers.celery_app", "worker",
+             "--pool", pool, "--concurrency", "2", "--loglevel", "WARNING"],
+            cwd=system.workdir, env=_env({**system.bench_env, **system.app_env}),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    try:
+        return {"system": f"celery {pool}", "workers": 2, "kind": kind,
+                **_drain(system, enqueue, jobs, worker)}
+    finally:
+        system.close()
+
+
+def dramatiq_async(base: Path, name: str, threads: int, args: argparse.Namespace
+                   ) -> dict[str, Any]:
+    """Dramatiq's ``async def`` actors (its AsyncIO middleware) on the Redis broker: each
+    worker thread waits for one coroutine, so ``--threads`` bounds how many await at once."""
+    import os
+    import subprocess
+
+    os.environ["BENCH_DRAMATIQ_ASYNC"] = "1"
+    from benchmarks.peers.dramatiq_peer import DramatiqSystem
+
+    system = DramatiqSystem(base / name, "NORMAL", results=False)
+    app = system.app
+
+    def worker() -> Any:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dramatiq", "benchmarks.peers.dramatiq_app",
+             "--processes", "1", "--threads", str(threads)],
+            cwd=system.workdir, env=_env({**system.bench_env, **system.app_env,
+                                          "BENCH_DRAMATIQ_ASYNC": "1"}),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    try:
+        return {"system": "dramatiq async", "workers": threads, "kind": "io",
+                **_drain(system, lambda: [app.wait_io.send(args.io_secs)
+                                          for _ in range(args.io_jobs)],
+                         args.io_jobs, worker, args.io_secs)}
+    finally:
+        system.close()
+        os.environ.pop("BENCH_DRAMATIQ_ASYNC", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pools",
                                      description=__doc__.split("\n\n")[0])
@@ -125,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--io-jobs", type=int, default=1000)
     parser.add_argument("--io-secs", type=float, default=0.1)
     parser.add_argument("--no-huey", action="store_true", help="skip the Huey rows")
+    parser.add_argument("--redis", action="store_true",
+                        help="add rows on Redis: Nuvom's pools beside Celery prefork/threads "
+                             "and Dramatiq async actors (pip install -e "
+                             "'./nuvom_plugins_redis[bench]')")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     try:
@@ -146,10 +221,21 @@ def main(argv: list[str] | None = None) -> int:
                           ("process", 2)):
         plan.append(lambda pool=pool, w=workers: nuvom(base, f"{pool}-{w}-io", pool, w,
                                                        "io", args))
+    if args.redis:
+        for kind in ("noop", "cpu"):
+            for pool in ("thread", "process"):
+                plan.append(lambda pool=pool, kind=kind: nuvom(
+                    base, f"redis-{pool}-{kind}", pool, 2, kind, args, on_redis=True))
+            for pool in ("threads", "prefork"):
+                plan.append(lambda pool=pool, kind=kind: celery(
+                    base, f"celery-{pool}-{kind}", pool, kind, args))
+        plan.append(lambda: nuvom(base, "redis-asyncio-io", "asyncio", args.io_jobs, "io",
+                                  args, on_redis=True))
+        plan.append(lambda: dramatiq_async(base, "dramatiq-io", min(args.io_jobs, 100), args))
     for step in plan:
         row = step()
         rows.append(row)
-        print(f"{row['kind']:<5} {row['system']:<14} -w {row['workers']:<5} "
+        print(f"{row['kind']:<5} {row['system']:<20} -w {row['workers']:<5} "
               f"{row['per_s']:9.1f} jobs/s  {row['wall_s']:7.2f} s", flush=True)
     by = {(r["kind"], r["system"], r["workers"]): r for r in rows}
     thread_cpu, process_cpu = by[("cpu", "nuvom thread", 2)], by[("cpu", "nuvom process", 2)]

@@ -25,7 +25,14 @@ from typing import Any, ClassVar
 import attrs
 
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement, supersedes
-from nuvom_kernel.views import QueueCounts, QueueStats, newer_first, page_cursor, parse_cursor
+from nuvom_kernel.views import (
+    QueueCounts,
+    QueueStats,
+    WorkerInfo,
+    newer_first,
+    page_cursor,
+    parse_cursor,
+)
 
 __all__ = [
     "SPI_VERSION",
@@ -36,6 +43,7 @@ __all__ = [
     "QueueStats",
     "ResultBackend",
     "Settlement",
+    "WorkerInfo",
     "newer_first",
     "page_cursor",
     "parse_cursor",
@@ -58,6 +66,7 @@ class Capabilities:
     priorities: bool = False
     delayed: bool = False
     blocking_dequeue: bool = False
+    heartbeats: bool = False  # a result backend that lists live workers (``heartbeat``)
 
     def as_list(self) -> list[str]:
         return [f.name for f in attrs.fields(type(self)) if getattr(self, f.name)]
@@ -279,12 +288,12 @@ class QueueBackend(_Backend):
         return leases[0] if leases else None
 
 
-
 class ResultBackend(_Backend):
     """Durable job records: state, result, error and attempt history.
 
     Required primitives: :meth:`put`, :meth:`get`, :meth:`query`, :meth:`purge`. Optional:
-    :meth:`put_many` (one transaction for a batch of outcomes) and :meth:`counts`.
+    :meth:`put_many` (one transaction for a batch of outcomes) and :meth:`counts`; with the
+    ``heartbeats`` capability, :meth:`heartbeat`, :meth:`live_workers`, :meth:`forget_worker`.
     """
 
     def __init__(self) -> None:
@@ -357,6 +366,22 @@ class ResultBackend(_Backend):
                     break
                 after = page_cursor(page[-1])
         return totals
+
+    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
+        """Store ``info`` under ``info.id``, replacing that worker's previous heartbeat; it
+        stays live for ``ttl_secs`` (the worker passes three intervals, so a worker that
+        stops, even ``kill -9``, drops out of :meth:`live_workers` on its own). Why in the
+        result backend: it is the store every host and ``nuvom status`` already share."""
+        raise NotImplementedError(f"result backend {self.name!r} keeps no worker heartbeats")
+
+    def live_workers(self) -> list[WorkerInfo]:
+        """Every worker whose last heartbeat has not expired, ordered by id (expired ones
+        may be deleted on the way)."""
+        raise NotImplementedError(f"result backend {self.name!r} keeps no worker heartbeats")
+
+    def forget_worker(self, worker_id: str) -> bool:
+        """Drop a worker at once (its clean shutdown); ``True`` if it was listed."""
+        raise NotImplementedError(f"result backend {self.name!r} keeps no worker heartbeats")
 
     # --- conveniences ---------------------------------------------------------------------
 

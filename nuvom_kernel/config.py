@@ -211,6 +211,10 @@ class Settings:
         0.0, "NUVOM_UNKNOWN_TASK_GRACE_SECS", _seconds(zero_ok=True),
         "How long after enqueue a job whose task this worker's module lacks is handed back "
         "for a newer worker (a rolling deploy); 0 fails such a job at once.")
+    heartbeat_secs: float = _setting(
+        5.0, "NUVOM_HEARTBEAT_SECS", _seconds(zero_ok=False),
+        "How often a worker records its heartbeat in the result backend; `nuvom status` "
+        "drops a worker that missed three.")
     data_dir: Path = _setting(Path(".nuvom"), "NUVOM_DATA_DIR", to_path,
                               "Where built-in backends keep their files; relative to the "
                               "working directory.")

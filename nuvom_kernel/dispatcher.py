@@ -106,8 +106,10 @@ def enqueue(
     observed = bool(pm.hook.nuvom_before_enqueue.get_hookimpls()
                     or pm.hook.nuvom_after_enqueue.get_hookimpls())
     if observed:
-        for _, job in fresh:
+        for env, job in fresh:
             events.emit(pm, "nuvom_before_enqueue", job=job)
+            if job.headers:  # what observers added (a trace context) travels with the job
+                env.headers.update(job.headers)
     available_at = (time.time() + delay_secs) if delay_secs > 0 else 0.0
     messages = [env.to_message(serializer, available_at) for env, _ in fresh]
     try:

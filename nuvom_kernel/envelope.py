@@ -20,7 +20,6 @@ import functools
 import os
 import socket
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,15 +32,21 @@ from nuvom_kernel.serialization import Serializer, from_wire, to_wire
 __all__ = ["ENVELOPE_VERSION", "Envelope", "options_from_wire", "options_to_wire", "origin"]
 
 ENVELOPE_VERSION = 1
-_HOST = f"{socket.gethostname()}:{os.getpid()}"
+_HOST = ""
+
+
+def _new_host() -> None:
+    global _HOST
+    _HOST = f"{socket.gethostname()}:{os.getpid()}"
+
+
+_new_host()
+if hasattr(os, "register_at_fork"):  # a forked child is another process: its own pid
+    os.register_at_fork(after_in_child=_new_host)
 
 
 def origin() -> str:
-    """``host:pid`` of this process (recomputed after fork)."""
-    global _HOST
-    pid = os.getpid()
-    if not _HOST.endswith(f":{pid}"):
-        _HOST = f"{socket.gethostname()}:{pid}"
+    """``host:pid`` of this process (recomputed after fork); read once per job enqueued."""
     return _HOST
 
 
@@ -54,6 +59,9 @@ def options_to_wire(options: TaskOptions) -> dict[str, Any]:
     data["tags"] = list(options.tags)
     return data
 
+
+#: Values that are their own wire form (floats are not: NaN must be refused by ``to_wire``).
+_NATIVE = frozenset({str, int, bool, type(None)})
 
 _OPTION_NAMES = frozenset(f.name for f in attrs.fields(TaskOptions))
 
@@ -112,15 +120,18 @@ class Envelope:
 
         :raises SerializationError: naming the argument (by parameter name where known).
         """
-        wire_args = []
-        for i, value in enumerate(args):
-            label = f"argument {param_names[i]!r}" if i < len(param_names) else f"argument #{i}"
-            wire_args.append(to_wire(value, f"{task}(): {label}"))
-        wire_kwargs = {k: to_wire(v, f"{task}(): argument {k!r}") for k, v in kwargs.items()}
-        return cls(id=job_id or uuid.uuid4().hex, task=task, module=module, args=wire_args,
+        wire_args = list(args)
+        for i, value in enumerate(wire_args):
+            if type(value) not in _NATIVE:  # the common case costs one type check
+                label = (f"argument {param_names[i]!r}" if i < len(param_names)
+                         else f"argument #{i}")
+                wire_args[i] = to_wire(value, f"{task}(): {label}")
+        wire_kwargs = {k: v if type(v) in _NATIVE else to_wire(v, f"{task}(): argument {k!r}")
+                       for k, v in kwargs.items()}
+        ids = os.urandom(24).hex()  # one system call for the job id and the trace id
+        return cls(id=job_id or ids[:32], task=task, module=module, args=wire_args,
                    kwargs=wire_kwargs, options=options_to_wire(options),
-                   created_at=time.time(), enqueued_by=origin(),
-                   trace_id=os.urandom(8).hex())
+                   created_at=time.time(), enqueued_by=origin(), trace_id=ids[32:])
 
     @classmethod
     def for_rerun(cls, record: JobRecord) -> Envelope:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from nuvom_kernel.config import Config
     from nuvom_kernel.discovery import Discoverer
     from nuvom_kernel.models import Job
+    from nuvom_kernel.outcome import Outcome
     from nuvom_kernel.serialization import Serializer
     from nuvom_kernel.worker import Worker
 
@@ -121,7 +122,9 @@ def nuvom_plugin_settings() -> dict[str, type]:
 def nuvom_before_enqueue(job: Job) -> None:
     """Before a job is handed to the queue backend (once per job, also in ``.map()``).
 
-    Call mode: 1:N observer; an exception is logged, the job is still enqueued.
+    Call mode: 1:N observer; an exception is logged, the job is still enqueued. What an
+    observer puts in ``job.headers`` (JSON-native values: a trace context) travels with the
+    job and is in ``job.headers`` on the worker.
 
     :param job: the job about to be enqueued.
 
@@ -199,6 +202,39 @@ def nuvom_on_retry(job: Job, error: BaseException, delay_secs: float) -> None:
 
 
 @hookspec
+def nuvom_after_settle(outcome: Outcome) -> None:
+    """After the worker settled an attempt: stored its outcome and acked or retried its
+    lease, or found it could not because the lease was lost (``outcome.landed`` is false).
+
+    Carries what metrics need: task, queue, status (succeeded, retried, timed_out, failed),
+    attempt, enqueue, due, start and finish times, lease lost, earlier deliveries without an
+    outcome (see :class:`~nuvom_kernel.outcome.Outcome`). Called on the worker's settling
+    thread after each batch, once per attempt: keep it quick (count, observe, return).
+
+    Call mode: 1:N observer.
+
+    :param outcome: the settled attempt.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def nuvom_worker_prepare(worker: Worker) -> None:
+    """Before a worker starts its threads, in the process that runs it: claim what the
+    plugin needs for this worker (a port to serve metrics on, a file).
+
+    Call mode: 1:N; an exception is not isolated: it stops the worker before it leases
+    anything (``nuvom runworker`` prints it and exits with status 1), so a resource that
+    cannot be had is a clear startup error instead of a worker running half-configured.
+
+    :param worker: the :class:`~nuvom_kernel.worker.Worker` about to start.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
 def nuvom_worker_startup(worker: Worker) -> None:
     """When a worker pool has started its threads (it may already be leasing jobs).
 
@@ -241,6 +277,7 @@ __all__ = [
     "hookspec",
     "nuvom_after_enqueue",
     "nuvom_after_execute",
+    "nuvom_after_settle",
     "nuvom_before_enqueue",
     "nuvom_before_execute",
     "nuvom_configure",
@@ -252,6 +289,7 @@ __all__ = [
     "nuvom_register_queue_backends",
     "nuvom_register_result_backends",
     "nuvom_register_serializers",
+    "nuvom_worker_prepare",
     "nuvom_worker_shutdown",
     "nuvom_worker_startup",
 ]

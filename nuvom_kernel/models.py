@@ -60,7 +60,7 @@ class Backoff(str, enum.Enum):
     EXPONENTIAL = "exponential"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # hashed per enqueue (options_to_wire's cache key)
 class TaskOptions:
     """Everything ``@task(...)`` accepts besides the function; copied into every job."""
 

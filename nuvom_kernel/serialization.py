@@ -118,8 +118,11 @@ class JsonSerializer(Serializer):
 
     name = "json"
 
+    # One encoder for every call: json.dumps with options builds a new one each time.
+    _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
     def dumps(self, data: dict[str, Any]) -> bytes:
-        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+        return self._encode(data).encode()
 
     def loads(self, payload: bytes) -> dict[str, Any]:
         try:

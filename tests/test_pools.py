@@ -9,7 +9,9 @@ hundreds of awaiting jobs at once on one loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -425,3 +427,23 @@ def test_bad_pool_setting_names_the_variable(project: Path):
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert "NUVOM_POOL" in out.stderr and "thread, process, asyncio" in out.stderr
+
+
+def test_children_that_die_at_start_are_restarted_with_a_backoff(start, project: Path):
+    # A task module whose import kills the process that imports it in a pool child: every
+    # child dies while starting (children import the manifest's modules first).
+    write_module(project, "deadly_tasks", "import os\nfrom nuvom_kernel.worker import child\n"
+                 "if child.PARENT_PID:\n    os._exit(3)\n")
+    manifest = project / ".nuvom" / "manifest.json"
+    manifest.parent.mkdir(exist_ok=True)
+    manifest.write_text(json.dumps({"version": 1, "state": {}, "tasks": [
+        {"name": "deadly", "module": "deadly_tasks"}]}))
+    from pool_tasks import pid
+
+    pid.delay()  # an executor takes a child only for a job
+    worker = start("--pool", "process", "--workers", "1")
+    wait_until(lambda: worker.output().count("died while starting") >= 3, timeout=30,
+               what="three failed starts")
+    waits = re.findall(r"starting another in ([\d.]+) s", worker.output())
+    assert [float(w) for w in waits[:3]] == [0.5, 1.0, 2.0], waits
+    assert worker.proc.poll() is None, "the worker itself must survive its children"

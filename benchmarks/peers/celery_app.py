@@ -38,3 +38,11 @@ def add(x: int, y: int) -> int:
 @app.task(ignore_result=True)
 def stamp(enqueued_at: float) -> None:
     record_stamp(enqueued_at)
+
+
+@app.task(ignore_result=True)
+def burn(n: int) -> None:
+    from benchmarks.bench_tasks import spin
+
+    spin(n)
+    mark()

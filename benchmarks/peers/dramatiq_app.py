@@ -33,6 +33,10 @@ broker = RedisBroker(url=URL, namespace=NAMESPACE)
 if RESULTS:
     broker.add_middleware(Results(backend=RedisBackend(url=RESULTS_URL,
                                                        namespace=NAMESPACE + "-results")))
+if os.environ.get("BENCH_DRAMATIQ_ASYNC") == "1":  # async actors (the pools benchmark)
+    from dramatiq.middleware.asyncio import AsyncIO
+
+    broker.add_middleware(AsyncIO())
 dramatiq.set_broker(broker)
 _options = {"store_results": True} if RESULTS else {}
 
@@ -46,3 +50,11 @@ def add(x: int, y: int) -> int:
 @dramatiq.actor
 def stamp(enqueued_at: float) -> None:
     record_stamp(enqueued_at)
+
+
+@dramatiq.actor
+async def wait_io(secs: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(secs)
+    mark()

@@ -158,9 +158,12 @@ def cancel_job(job_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Queue depth per queue, jobs per state, leases in flight, oldest job, quarantine,
-    and the queue backend's warnings about its store."""
+    the queue backend's warnings about its store, and the live workers (those that have
+    not missed three heartbeats; a result backend without heartbeats lists none)."""
     kernel = _kernel()
     stats = kernel.queue.stats()
+    heartbeats = type(kernel.results).capabilities.heartbeats
+    workers = kernel.results.live_workers() if heartbeats else []
     data = {
         "queue_backend": kernel.queue.name,
         "result_backend": kernel.results.name,
@@ -172,6 +175,7 @@ def status(as_json: bool) -> None:
         "quarantined": stats.quarantined,
         "warnings": stats.warnings,
         "states": kernel.results.counts(),
+        "workers": [worker.to_dict() for worker in workers],
     }
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -190,6 +194,19 @@ def status(as_json: bool) -> None:
             click.echo(f"  {line}")
     for line in stats.warnings:
         click.echo(f"warning: {line}")
+    if not heartbeats:
+        click.echo(f"workers: unknown (result backend {kernel.results.name!r} keeps no "
+                   "heartbeats)")
+        return
+    click.echo(f"workers: {len(workers)} live")
+    if not workers:
+        return
+    now = time.time()
+    print_table([{"worker": w.id, "queues": ",".join(w.queues) or "*",
+                  "busy": f"{w.busy_slots}/{w.slots}", "pool": w.pool, "version": w.version,
+                  "up": f"{now - w.started_at:.0f} s",
+                  "last beat": f"{now - w.heartbeat_at:.1f} s ago"} for w in workers],
+                ["worker", "queues", "busy", "pool", "version", "up", "last beat"])
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

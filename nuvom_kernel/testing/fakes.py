@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from nuvom_kernel.backends import WorkerInfo
 from nuvom_kernel.discovery import Discoverer, DiscoveryReport, TaskRef
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message
 from nuvom_kernel.testing.stubs import StubQueue, StubResults
@@ -292,6 +293,30 @@ class PendingUnknownResults(StubResults):
                                                 status=JobStatus.QUEUED)
 
 
+class ImmortalWorkersResults(StubResults):
+    """Ignores a heartbeat's TTL: a worker killed with ``kill -9`` stays listed forever."""
+
+    name = "fake-immortal-workers"
+
+    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
+        super().heartbeat(info, float("inf"))
+
+
+class AppendingHeartbeatResults(StubResults):
+    """Keeps every heartbeat instead of the last: one worker shows up many times."""
+
+    name = "fake-appending-heartbeats"
+
+    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
+        with self._lock:
+            count = sum(1 for key in self._workers if key.split("#")[0] == info.id)
+        super().heartbeat(attrs.evolve(info, id=f"{info.id}#{count}" if count else info.id),
+                          ttl_secs)
+
+    def live_workers(self) -> list[WorkerInfo]:
+        return [attrs.evolve(w, id=w.id.split("#")[0]) for w in super().live_workers()]
+
+
 # --- discoverers ----------------------------------------------------------------------------
 #
 # The kernel holds no task scanner (the AST scanner lives only in ``nuvom-plugins``), so these
@@ -418,6 +443,8 @@ EXPECTED_FAILURES: dict[str, set[str]] = {
     "AliasingResults": {"test_records_are_copies", "test_put_is_fenced_by_run_and_attempt"},
     "PendingUnknownResults": {"test_unknown_ids",
                               "test_purge_removes_only_old_terminal_records"},
+    "ImmortalWorkersResults": {"test_a_worker_that_stops_heartbeating_drops_out"},
+    "AppendingHeartbeatResults": {"test_a_heartbeat_replaces_the_last_one"},
     "ImportingDiscoverer": {"test_does_not_import_code"},
     "NameBlindDiscoverer": {"test_finds_tasks_with_their_location",
                             "test_custom_name_and_literal_options",

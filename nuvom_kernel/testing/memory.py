@@ -31,6 +31,7 @@ from nuvom_kernel.backends import (
     QueueBackend,
     QueueStats,
     ResultBackend,
+    WorkerInfo,
     newer_first,
 )
 from nuvom_kernel.models import (
@@ -294,12 +295,13 @@ class MemoryResultBackend(ResultBackend):
     """A dict of records under a lock; records are copied in and out, never shared."""
 
     name = "memory"
-    capabilities = Capabilities()
+    capabilities = Capabilities(heartbeats=True)
 
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}
+        self._workers: dict[str, tuple[dict[str, Any], float]] = {}  # id -> (info, expiry)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -341,3 +343,19 @@ class MemoryResultBackend(ResultBackend):
             for job_id in doomed:
                 del self._records[job_id]
             return len(doomed)
+
+    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
+        with self._lock:
+            self._workers[info.id] = (info.to_dict(), time.time() + ttl_secs)
+
+    def live_workers(self) -> list[WorkerInfo]:
+        now = time.time()
+        with self._lock:
+            for worker_id in [i for i, (_, expiry) in self._workers.items() if expiry <= now]:
+                del self._workers[worker_id]
+            live = sorted(self._workers.items())
+        return [WorkerInfo.from_dict(json.loads(json.dumps(info))) for _, (info, _) in live]
+
+    def forget_worker(self, worker_id: str) -> bool:
+        with self._lock:
+            return self._workers.pop(worker_id, None) is not None

@@ -39,6 +39,7 @@ from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import JobTimeoutError
 from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.worker.aio import AsyncPool
+from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.processes import ProcessPool
 from nuvom_kernel.worker.run import HookInterrupted, JobRunner, current_job
@@ -123,11 +124,16 @@ class Worker:
             self.aio = AsyncPool(sync_threads=min(32, self.workers))
         self.runner.monitor_slack = {"thread": 0.0, "asyncio": None,
                                      "process": settings.kill_grace_secs + 2.0}[self.pool]
+        self.heartbeat = Heartbeat(self)
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the threads and return; :meth:`stop` and :meth:`join` end them."""
+        """Start the threads and return; :meth:`stop` and :meth:`join` end them.
+
+        :raises Exception: what a ``nuvom_worker_prepare`` hook raised (nothing started).
+        """
+        self.kernel.pm.hook.nuvom_worker_prepare(worker=self)
         self.kernel.registry.load_manifest(self.kernel.data_dir)
         self.settler.start()
         if self.processes is not None:
@@ -144,6 +150,7 @@ class Worker:
         dispatcher.start()
         self._threads.append(dispatcher)
         self.monitor.start()
+        self.heartbeat.start()
         self._emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %s pool of %d, queues=%s, backend=%s", self.origin,
                  self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name)
@@ -233,10 +240,21 @@ class Worker:
             self.aio.stop()
         self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
         self.monitor.stop()  # it kept extending leases until everything settled
+        self.heartbeat.stop()
         self._emit_lifecycle("nuvom_worker_shutdown")
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned")
         return 0 if clean else 1
+
+    @property
+    def busy_slots(self) -> int:
+        """Slots running a job now (started, outcome not decided yet)."""
+        return sum(1 for running in list(self._running.values()) if not running.decided)
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads still inside a task that timed out (a thread cannot be killed)."""
+        return self._abandoned_alive
 
     def _unfinished(self) -> list[Running]:
         """Jobs whose function has not returned (settling ones finish on their own)."""

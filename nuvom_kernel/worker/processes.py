@@ -204,8 +204,8 @@ class ProcessPool:
         self.max_memory = settings.max_memory_per_child
         self.max_age = settings.max_child_age_secs
         self.stopping = stopping
-        self.hello = {"sys_path": list(sys.path), "data_dir": str(kernel.data_dir),
-                      "preload": self._modules(kernel)}
+        self.kernel = kernel
+        self.hello: dict[str, Any] = {}
         self._local = threading.local()
         self._lock = threading.Lock()
         self._spares: list[Child] = []
@@ -222,23 +222,34 @@ class ProcessPool:
         return sorted(m for m in modules if m and m != "__main__")
 
     def start(self) -> None:
+        """Start a child per slot and the spare (after the worker read the manifest: the
+        children import its modules)."""
+        self.hello = self._make_hello()
         with self._lock:
             for _ in range(self.slots + 1):
                 self._spares.append(self._spawn())
 
+    def _make_hello(self) -> dict[str, Any]:
+        kernel = self.kernel
+        return {"sys_path": list(sys.path), "data_dir": str(kernel.data_dir),
+                "preload": self._modules(kernel)}
+
     def _spawn(self) -> Child:
+        if not self.hello:  # a job run on its own (Worker.run_one), without start()
+            self.hello = self._make_hello()
         child = Child(self.hello)
         self._children.add(child)
         return child
 
     def _take(self) -> Child | None:
         """A ready child for the calling executor (a spare if one is warm); a new spare
-        starts at once, so the next replacement is warm too."""
-        while not self.stopping.is_set():
+        starts at once, so the next replacement is warm too. ``None`` only when children
+        keep dying at start and the worker is stopping."""
+        while True:
             with self._lock:
                 child = self._spares.pop(0) if self._spares else self._spawn()
-                if not self._spares:  # keep one warm: the next replacement is ready at once
-                    self._spares.append(self._spawn())
+                if not self._spares and not self.stopping.is_set():
+                    self._spares.append(self._spawn())  # keep one warm
             if child.wait_ready(START_TIMEOUT_SECS):
                 self._start_failures = 0
                 return child
@@ -249,8 +260,8 @@ class ProcessPool:
                 backoff = min(0.5 * 2 ** (self._start_failures - 1), 30.0)
             log.error("a pool child (pid %d) died while starting (exit code %s; its stderr "
                       "says why); starting another in %.1f s", child.pid, exit_code, backoff)
-            self.stopping.wait(backoff)
-        return None
+            if self.stopping.wait(backoff):
+                return None
 
     def call(self, running: Running) -> Any:
         """Run the job in this thread's child; its value, or the exception to record."""

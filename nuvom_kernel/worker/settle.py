@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import ChildTaskError, SerializationError, UnknownTaskError
 from nuvom_kernel.models import Backoff, Job, JobRecord, JobStatus, Lease, Settlement
+from nuvom_kernel.outcome import Outcome
 from nuvom_kernel.serialization import to_wire
 
 if TYPE_CHECKING:
@@ -151,6 +153,10 @@ class Settler:
                 self.on_settled(item, ok)  # forgotten before the monitor looks again
         for item, ok in zip(batch, landed, strict=True):
             self._log(item, ok)
+        pm = self.kernel.pm
+        if pm.hook.nuvom_after_settle.get_hookimpls():  # metrics: nothing built without one
+            for item, ok in zip(batch, landed, strict=True):
+                events.emit(pm, "nuvom_after_settle", outcome=Outcome(item, ok))
         return landed
 
     def _store_then_settle(self, batch: Sequence[Settlement]) -> list[bool]:

@@ -22,7 +22,8 @@ import sys
 
 import pytest
 
-_MODULES = ("_support", "_queue_base", "queue_concurrency", "queue", "results", "discovery")
+_MODULES = ("_support", "_queue_base", "queue_concurrency", "queue", "heartbeats", "results",
+            "discovery")
 # Plain ``assert`` in an installed package is only explained by pytest if the module is
 # registered for rewriting before its first import.
 if not any(f"{__name__}.{m}" in sys.modules for m in _MODULES):

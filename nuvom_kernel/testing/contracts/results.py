@@ -28,14 +28,16 @@ import pytest
 from nuvom_kernel.backends import BackendContext, ResultBackend, page_cursor
 from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_kernel.testing.contracts._support import make_record, requires, skip_unless_capable
+from nuvom_kernel.testing.contracts.heartbeats import HeartbeatContract
 
 __all__ = ["ResultBackendContract"]
 
 ResultFactory = Callable[[BackendContext], ResultBackend]
 
 
-class ResultBackendContract:
-    """Contract tests for :class:`~nuvom_kernel.backends.ResultBackend` implementations."""
+class ResultBackendContract(HeartbeatContract):
+    """Contract tests for :class:`~nuvom_kernel.backends.ResultBackend` implementations
+    (with the heartbeat tests of :class:`HeartbeatContract`)."""
 
     concurrent_writers: ClassVar[int] = 4
     records_per_writer: ClassVar[int] = 50

@@ -22,7 +22,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
+from nuvom_kernel.backends import (
+    BackendContext,
+    Capabilities,
+    ResultBackend,
+    WorkerInfo,
+    parse_cursor,
+)
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 from nuvom_plugins_postgres.queries import render
@@ -105,7 +111,7 @@ class PostgresResultBackend(ResultBackend):
 
     name = "postgres"
     namespaced = True
-    capabilities = Capabilities(persistent=True, multiprocess_safe=True)
+    capabilities = Capabilities(persistent=True, multiprocess_safe=True, heartbeats=True)
 
     def __init__(self, settings: PostgresSettings | None = None) -> None:
         super().__init__()
@@ -120,6 +126,17 @@ class PostgresResultBackend(ResultBackend):
             "DELETE FROM {s}.results WHERE terminal AND updated_at < %s").format(s=s))
         self._counts = render(sql.SQL(
             "SELECT status, count(*) FROM {s}.results GROUP BY status").format(s=s))
+        self._beat = render(sql.SQL(
+            "INSERT INTO {s}.workers (id, info, expires_at) "
+            "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s)) "
+            "ON CONFLICT (id) DO UPDATE SET info = EXCLUDED.info, "
+            "expires_at = EXCLUDED.expires_at").format(s=s))
+        self._sweep = render(sql.SQL(
+            "DELETE FROM {s}.workers WHERE expires_at <= clock_timestamp()").format(s=s))
+        self._live = render(sql.SQL(
+            "SELECT info FROM {s}.workers WHERE expires_at > clock_timestamp() ORDER BY id"
+            ).format(s=s))
+        self._forget = render(sql.SQL("DELETE FROM {s}.workers WHERE id = %s").format(s=s))
         self._closed = False
 
     @classmethod
@@ -189,3 +206,21 @@ class PostgresResultBackend(ResultBackend):
     def counts(self) -> dict[str, int]:
         with self._store.connection() as conn:
             return {status: int(n) for status, n in conn.execute(self._counts).fetchall()}
+
+    # --- heartbeats: <schema>.workers, expiry on the server's clock ------------------------
+
+    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
+        """Upsert this worker's row; expired rows (killed workers) are deleted on the way."""
+        data = json.dumps(info.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        with self._store.connection() as conn, conn.transaction():
+            conn.execute(self._sweep)
+            conn.execute(self._beat, (info.id, data, float(ttl_secs)))
+
+    def live_workers(self) -> list[WorkerInfo]:
+        with self._store.connection() as conn:
+            rows = conn.execute(self._live).fetchall()
+        return [WorkerInfo.from_dict(json.loads(info)) for (info,) in rows]
+
+    def forget_worker(self, worker_id: str) -> bool:
+        with self._store.connection() as conn:
+            return bool(conn.execute(self._forget, (worker_id,)).rowcount)

@@ -76,8 +76,18 @@ ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_valid CHECK (
     AND (state <> 2 OR (token IS NOT NULL AND lease_expires_at IS NOT NULL)));
 """
 
+# v3: worker heartbeats, one row per live worker, replaced on each beat; the expiry is on the
+# server's clock, so hosts need not agree on the time.
+_V3 = """
+CREATE TABLE {s}.workers (
+    id text COLLATE "C" PRIMARY KEY,
+    info text NOT NULL,
+    expires_at timestamptz NOT NULL
+);
+"""
+
 #: One entry per version; a new version appends its DDL here and never edits an old one.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

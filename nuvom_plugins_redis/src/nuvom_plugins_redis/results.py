@@ -16,7 +16,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
+from nuvom_kernel.backends import (
+    BackendContext,
+    Capabilities,
+    ResultBackend,
+    WorkerInfo,
+    parse_cursor,
+)
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 from nuvom_plugins_redis import record_scripts as scripts
@@ -59,7 +65,8 @@ class RedisResultBackend(ResultBackend):
 
     name: ClassVar[str] = "redis"
     capabilities: ClassVar[Capabilities] = Capabilities(persistent=True,
-                                                        multiprocess_safe=True)
+                                                        multiprocess_safe=True,
+                                                        heartbeats=True)
     namespaced: ClassVar[bool] = True
 
     def __init__(self, store: Store) -> None:
@@ -181,3 +188,36 @@ class RedisResultBackend(ResultBackend):
                 if int(seen) < _PURGE_CHUNK:
                     break
         return deleted
+
+    # --- heartbeats: a key per worker that Redis expires, and a set of their ids ----------
+
+    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
+        """``<prefix>w:<id>`` set with a TTL on the server's clock (hosts need not agree on
+        the time), its id added to ``<prefix>workers``, in one transaction."""
+        p = self.store.prefix
+        pipe = self.store.client.pipeline(transaction=True)
+        pipe.set(p + "w:" + info.id, _encode(info.to_dict()), px=max(1, int(ttl_secs * 1000)))
+        pipe.sadd(p + "workers", info.id)
+        self.store.call(pipe.execute, "recording a worker heartbeat")
+
+    def live_workers(self) -> list[WorkerInfo]:
+        """Ids whose key expired are dropped from the set on the way."""
+        p, client = self.store.prefix, self.store.client
+        ids = sorted(m.decode() for m in self.store.call(
+            lambda: client.smembers(p + "workers"), "listing workers"))
+        if not ids:
+            return []
+        raws = self.store.call(lambda: client.mget([p + "w:" + i for i in ids]),
+                               "reading worker heartbeats")
+        gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
+        if gone:
+            self.store.call(lambda: client.srem(p + "workers", *gone), "pruning workers")
+        return [WorkerInfo.from_dict(json.loads(raw)) for raw in raws if raw is not None]
+
+    def forget_worker(self, worker_id: str) -> bool:
+        p = self.store.prefix
+        pipe = self.store.client.pipeline(transaction=True)
+        pipe.delete(p + "w:" + worker_id)
+        pipe.srem(p + "workers", worker_id)
+        deleted, _ = self.store.call(pipe.execute, "removing a worker")
+        return bool(deleted)

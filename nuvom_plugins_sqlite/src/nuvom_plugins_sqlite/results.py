@@ -17,13 +17,20 @@ import json
 import logging
 import operator
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import attrs
 
-from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, parse_cursor
+from nuvom_kernel.backends import (
+    BackendContext,
+    Capabilities,
+    ResultBackend,
+    WorkerInfo,
+    parse_cursor,
+)
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
@@ -174,7 +181,8 @@ class SQLiteResultBackend(ResultBackend):
 
     name: ClassVar[str] = "sqlite"
     capabilities: ClassVar[Capabilities] = Capabilities(persistent=True,
-                                                        multiprocess_safe=True)
+                                                        multiprocess_safe=True,
+                                                        heartbeats=True)
 
     def __init__(
         self,
@@ -286,6 +294,30 @@ class SQLiteResultBackend(ResultBackend):
             return int(conn.execute(sql, params).rowcount)
 
         return self._db.write(run)
+
+    # --- heartbeats: table nuvom_workers, one row per worker ------------------------------
+
+    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
+        """Replace this worker's row; expired rows of other workers are deleted on the way
+        (a killed worker leaves one)."""
+        row = (info.id, json.dumps(info.to_dict()), time.time() + ttl_secs)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM nuvom_workers WHERE expires_at <= ?", (time.time(),))
+            conn.execute("INSERT OR REPLACE INTO nuvom_workers (id, info, expires_at) "
+                         "VALUES (?, ?, ?)", row)
+
+        self._db.write(run)
+
+    def live_workers(self) -> list[WorkerInfo]:
+        rows = self._db.conn().execute(
+            "SELECT info FROM nuvom_workers WHERE expires_at > ? ORDER BY id",
+            (time.time(),)).fetchall()
+        return [WorkerInfo.from_dict(json.loads(info)) for (info,) in rows]
+
+    def forget_worker(self, worker_id: str) -> bool:
+        return bool(self._db.write(lambda conn: conn.execute(
+            "DELETE FROM nuvom_workers WHERE id = ?", (worker_id,)).rowcount))
 
 
 def store_fenced(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]],

@@ -174,6 +174,12 @@ MIGRATIONS: list[list[Step]] = [
         "CREATE INDEX nuvom_results_func ON nuvom_results (func_name, updated_at, job_id)",
         "CREATE INDEX nuvom_results_updated ON nuvom_results (updated_at, job_id)",
     ],
+    # Worker heartbeats: one row per live worker, replaced on each beat (``info`` is the
+    # WorkerInfo as JSON); a row whose ``expires_at`` passed is a worker that stopped.
+    [
+        "CREATE TABLE nuvom_workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, "
+        "expires_at REAL NOT NULL)",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

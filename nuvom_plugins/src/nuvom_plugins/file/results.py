@@ -61,10 +61,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nuvom_kernel.backends import BackendContext, Capabilities, ResultBackend, newer_first
+from nuvom_kernel.backends import (
+    BackendContext,
+    Capabilities,
+    ResultBackend,
+    WorkerInfo,
+    newer_first,
+)
 from nuvom_kernel.errors import PluginConfigError, SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, supersedes
 from nuvom_plugins.file._fs import write_all
+from nuvom_plugins.file._workers import WorkerFiles
 
 __all__ = ["FileResultBackend"]
 
@@ -115,7 +122,7 @@ class FileResultBackend(ResultBackend):
     """
 
     name = "file"
-    capabilities = Capabilities(persistent=True, multiprocess_safe=True)
+    capabilities = Capabilities(persistent=True, multiprocess_safe=True, heartbeats=True)
 
     def __init__(
         self,
@@ -142,6 +149,7 @@ class FileResultBackend(ResultBackend):
         self._wseg = 0
         self._wfd: int | None = None
         self._problems: list[str] = []
+        self._workers = WorkerFiles(self.path)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -483,6 +491,16 @@ class FileResultBackend(ResultBackend):
                              0o644))
 
     # --- health ---------------------------------------------------------------------------
+
+    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
+        """One file per worker under ``workers/``, replaced whole (see ``_workers``)."""
+        self._workers.heartbeat(info, ttl_secs)
+
+    def live_workers(self) -> list[WorkerInfo]:
+        return self._workers.live()
+
+    def forget_worker(self, worker_id: str) -> bool:
+        return self._workers.forget(worker_id)
 
     def problems(self) -> list[str]:
         """Skipped lines seen by this instance, plus an unterminated last line if any."""

@@ -1,0 +1,95 @@
+"""The recording side on its own: each outcome lands in exactly one series, a lost lease
+only in ``nuvom_leases_lost_total``; the plugin is idle without a port; queue snapshots
+come from a real backend's ``stats()``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prom_helpers import project as project  # the fixture
+from prom_helpers import wait_until
+from prometheus_client import CollectorRegistry
+
+from nuvom_kernel import Worker
+from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement
+from nuvom_kernel.outcome import Outcome
+from nuvom_plugins_prometheus import plugin
+from nuvom_plugins_prometheus.metrics import JobMetrics
+
+
+def _outcome(status: JobStatus, landed: bool = True, kind: str = "error",
+             retry_in: float | None = None) -> Outcome:
+    now = time.time()
+    message = Message(id="j1", body=b"", created_at=now - 10, available_at=now - 4,
+                      failures=0)
+    record = JobRecord(job_id="j1", func_name="tasks.add", status=status, queue="q",
+                       attempts=1, created_at=now - 10, started_at=now - 3,
+                       finished_at=now - 1, updated_at=now - 1,
+                       history=[{"attempt": 1, "kind": kind}])
+    return Outcome(Settlement(Lease(message, "t", 2, now + 30), record, retry_in=retry_in),
+                   landed)
+
+
+def test_each_outcome_is_counted_once_with_its_times() -> None:
+    registry = CollectorRegistry()
+    metrics = JobMetrics(registry)
+    outcome = _outcome(JobStatus.SUCCEEDED)
+    assert (outcome.status, round(outcome.wait_secs), round(outcome.run_secs)) == \
+        ("succeeded", 1, 2), "waits from when it was due, runs from start to finish"
+    assert outcome.deliveries_without_outcome == 1
+    metrics.observe(outcome)
+    metrics.observe(_outcome(JobStatus.RETRYING, retry_in=1.0))
+    metrics.observe(_outcome(JobStatus.FAILED, kind="timeout"))
+    metrics.observe(_outcome(JobStatus.FAILED))
+    metrics.observe(_outcome(JobStatus.SUCCEEDED, landed=False))
+    labels = {"task": "tasks.add", "queue": "q"}
+    for status in ("succeeded", "retried", "timed_out", "failed"):
+        assert registry.get_sample_value("nuvom_jobs_total", {**labels, "status": status}) \
+            == 1, status
+    assert registry.get_sample_value("nuvom_leases_lost_total") == 1
+    assert registry.get_sample_value("nuvom_job_run_seconds_count", labels) == 4
+    assert registry.get_sample_value("nuvom_job_wait_seconds_sum", labels) == \
+        sum(_outcome(JobStatus.SUCCEEDED).wait_secs for _ in range(4))
+
+
+def test_idle_without_a_port(project: Path) -> None:
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "memory",
+                                           "NUVOM_RESULT_BACKEND": "memory"})
+    with use_kernel(kernel):
+        worker = Worker(kernel, workers=1)
+        worker.start()
+        try:
+            assert plugin.current_exporter() is None
+        finally:
+            worker.stop()
+            worker.join()
+
+
+def test_an_in_process_worker_serves_and_stops_serving(project: Path) -> None:
+    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
+           "NUVOM_PLUGINS__PROMETHEUS__PORT": "0",
+           "NUVOM_PLUGINS__PROMETHEUS__REFRESH_SECS": "0.05"}
+    (project / "u_tasks.py").write_text("from nuvom_kernel import task\n"
+                                        "@task\ndef u_add(x, y):\n    return x + y\n")
+    kernel = Kernel(root=project, environ=env)
+    with use_kernel(kernel):
+        import u_tasks
+
+        u_tasks.u_add.apply_async((1, 2), queue="idle")  # a queue the worker does not serve
+        worker = Worker(kernel, workers=3, queues=["default"])
+        worker.start()
+        try:
+            exporter = plugin.current_exporter()
+            assert exporter is not None and exporter.port
+            registry = exporter.registry
+            wait_until(lambda: registry.get_sample_value(
+                "nuvom_queue_depth", {"queue": "idle", "state": "ready"}) == 1, 10,
+                "a queue snapshot")
+            assert registry.get_sample_value("nuvom_worker_slots") == 3
+        finally:
+            worker.stop()
+            worker.join()
+        assert plugin.current_exporter() is None, "the last worker's stop closes it"
+    kernel.close()

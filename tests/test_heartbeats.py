@@ -1,0 +1,169 @@
+"""Workers you can see: real `nuvom runworker` processes heartbeat into each persistent
+backend, `nuvom status --json` lists them under "workers", and a worker killed with
+SIGKILL drops out of the list within three heartbeats; a clean stop removes it at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel import Worker
+from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.worker.heartbeat import MISSED_HEARTBEATS
+from tests.helpers import PERSISTENT_BACKENDS, run_nuvom, stop_worker, wait_until, write_module
+
+TASKS = """
+import threading
+from nuvom_kernel import task
+
+gate = threading.Event()
+
+@task
+def hold():
+    gate.wait(30)
+    return 1
+"""
+
+BEAT = 0.4  # heartbeat_secs in these tests
+
+
+@pytest.fixture(params=PERSISTENT_BACKENDS)
+def env(request: pytest.FixtureRequest, project: Path) -> Iterator[dict[str, str]]:
+    yield {"NUVOM_QUEUE_BACKEND": request.param, "NUVOM_RESULT_BACKEND": request.param,
+           "NUVOM_HEARTBEAT_SECS": str(BEAT), "NUVOM_LOG_LEVEL": "INFO"}
+
+
+def start_worker(project: Path, environ: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
+    full.update(environ)
+    return subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", *args],
+                            cwd=project, env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def status_workers(project: Path, environ: dict[str, str]) -> list[dict[str, object]]:
+    done = run_nuvom(["status", "--json"], project, **environ)
+    assert done.returncode == 0, done.stderr
+    workers = json.loads(done.stdout)["workers"]
+    assert isinstance(workers, list)
+    return workers
+
+
+@pytest.mark.slow
+def test_two_workers_listed_and_a_killed_one_drops_out_within_three_heartbeats(
+        env: dict[str, str], project: Path) -> None:
+    kernel = Kernel(root=project, environ=env)
+    procs = [start_worker(project, env, "--workers", "3", "--queue", "default"),
+             start_worker(project, env, "--workers", "2", "--pool", "process")]
+    try:
+        wait_until(lambda: len(kernel.results.live_workers()) == 2, timeout=30,
+                   what="both workers' first heartbeat")
+        listed = {w["pid"]: w for w in status_workers(project, env)}
+        assert set(listed) == {p.pid for p in procs}
+        first = listed[procs[0].pid]
+        assert (first["slots"], first["queues"], first["pool"]) == (3, ["default"], "thread")
+        assert first["busy_slots"] == 0 and first["heartbeat_secs"] == BEAT
+        assert first["reports"]["abandoned_threads"] == 0
+        assert listed[procs[1].pid]["pool"] == "process"
+        assert {"id", "host", "started_at", "version", "heartbeat_at"} <= set(first)
+
+        victim = procs[0]
+        last_beat = max(w.heartbeat_at for w in kernel.results.live_workers()
+                        if w.pid == victim.pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        wait_until(lambda: [w.pid for w in kernel.results.live_workers()] == [procs[1].pid],
+                   timeout=30, what="the killed worker to drop out")
+        gone_after = time.time() - last_beat
+        # Three missed heartbeats after its last one, measured on this host's clock (the
+        # poll adds a little): not at once (it was not removed by anyone) and not much later.
+        assert gone_after <= MISSED_HEARTBEATS * BEAT + 1.0, gone_after
+        assert [w["pid"] for w in status_workers(project, env)] == [procs[1].pid]
+
+        out = stop_worker(procs[1])
+        assert procs[1].returncode == 0, out
+        assert kernel.results.live_workers() == [], "a clean stop removes the worker at once"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        kernel.close()
+
+
+def test_heartbeat_reports_busy_slots(make_kernel, project: Path) -> None:
+    write_module(project, "hb_tasks", TASKS)
+    kernel = make_kernel("memory", NUVOM_HEARTBEAT_SECS="0.05")
+    with use_kernel(kernel):
+        import hb_tasks
+
+        worker = Worker(kernel, workers=2)
+        worker.start()
+        try:
+            hb_tasks.hold.delay()
+            wait_until(lambda: [w.busy_slots for w in kernel.results.live_workers()] == [1],
+                       what="a heartbeat saying one slot is busy")
+            (info,) = kernel.results.live_workers()
+            assert (info.slots, info.id) == (2, worker.heartbeat.id)
+            assert info.reports["heartbeat_lag_secs"] >= 0
+        finally:
+            hb_tasks.gate.set()
+            worker.stop()
+            worker.join()
+    assert kernel.results.live_workers() == []
+
+
+def test_status_says_when_the_result_backend_keeps_no_heartbeats(project: Path) -> None:
+    (project / "nohb.py").write_text(
+        "from nuvom_kernel import hookimpl\n"
+        "from nuvom_kernel.testing.stubs import StubResults\n"
+        "class NoBeats(StubResults):\n"
+        "    name = 'nobeats'\n"
+        "    from nuvom_kernel.backends import Capabilities\n"
+        "    capabilities = Capabilities()\n"
+        "@hookimpl\n"
+        "def nuvom_register_result_backends():\n"
+        "    return [NoBeats]\n")
+    (project / ".nuvom_plugins.toml").write_text('[plugins]\nresult_backend = ["nohb"]\n')
+    done = run_nuvom(["status"], project, NUVOM_QUEUE_BACKEND="memory",
+                     NUVOM_RESULT_BACKEND="nobeats")
+    assert done.returncode == 0, done.stderr
+    assert "workers: unknown (result backend 'nobeats' keeps no heartbeats)" in done.stdout
+    done = run_nuvom(["status", "--json"], project, NUVOM_QUEUE_BACKEND="memory",
+                     NUVOM_RESULT_BACKEND="nobeats")
+    assert json.loads(done.stdout)["workers"] == []
+
+
+def test_a_store_that_fails_never_stops_the_heartbeat(make_kernel, project: Path,
+                                                      caplog: pytest.LogCaptureFixture
+                                                      ) -> None:
+    kernel = make_kernel("memory", NUVOM_HEARTBEAT_SECS="0.05")
+    results = kernel.results
+    real = results.heartbeat
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def flaky(info, ttl_secs):  # type: ignore[no-untyped-def]
+        with lock:
+            calls.append(1)
+            if len(calls) <= 2:
+                raise ConnectionError("store down")
+        real(info, ttl_secs)
+
+    results.heartbeat = flaky  # type: ignore[method-assign]
+    worker = Worker(kernel, workers=1)
+    worker.start()
+    try:
+        wait_until(lambda: results.live_workers(), what="a heartbeat after two failures")
+    finally:
+        worker.stop()
+        worker.join()
+    assert "could not record its heartbeat" in caplog.text
