@@ -292,8 +292,9 @@ class ResultBackend(_Backend):
     """Durable job records: state, result, error and attempt history.
 
     Required primitives: :meth:`put`, :meth:`get`, :meth:`query`, :meth:`purge`. Optional:
-    :meth:`put_many` (one transaction for a batch of outcomes) and :meth:`counts`; with the
-    ``heartbeats`` capability, :meth:`heartbeat`, :meth:`live_workers`, :meth:`forget_worker`.
+    :meth:`put_many` (one transaction for a batch of outcomes), :meth:`counts` and
+    :meth:`counts_since`; with the ``heartbeats`` capability, :meth:`heartbeat`,
+    :meth:`live_workers`, :meth:`forget_worker`.
     """
 
     def __init__(self) -> None:

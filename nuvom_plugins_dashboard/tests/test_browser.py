@@ -33,7 +33,7 @@ from nuvom_kernel import task
 @task(queue="payments")
 def charge(order, flag):
     if not os.path.exists(flag):
-        raise RuntimeError(f"payment gateway refused order {order}: {flag} is missing")
+        raise RuntimeError(f"payment gateway refused order {order} ({flag} is missing)")
     return {"charged": order}
 
 @task
@@ -68,8 +68,8 @@ def test_a_failed_job_is_listed_shows_its_traceback_and_retry_makes_it_succeed(
     (project / "dash_tasks.py").write_text(TASKS)
     from dash_tasks import add, charge
 
-    flag = project / "gateway-up"
-    failing = charge.delay("A-1042", str(flag))
+    flag = project / "gateway-up"  # the worker runs in the project folder
+    failing = charge.delay("A-1042", flag.name)
     done = [add.delay(i, i) for i in range(3)]
     worker = start_worker(project)
     dashboard = Dashboard(project)
