@@ -58,23 +58,6 @@ def test_overview_counts_each_queue_from_the_queue_and_the_records(
     assert fragment.startswith('<section id="overview"') and "<html" not in fragment
 
 
-def test_counts_since_agrees_between_sqlite_and_the_default_paging(kernel: Kernel) -> None:
-    now = time.time()
-    records = [record(f"j{i}", JobStatus.SUCCEEDED if i % 3 else JobStatus.FAILED,
-                      queue=f"q{i % 2}", updated_at=now - i * 100) for i in range(2500)]
-    kernel.results.put_many(records)
-    since = now - 100_000  # 1001 of them, across the default's 1000-record pages
-    expected: dict[str, dict[str, int]] = {}
-    for r in records:
-        if r.updated_at >= since:
-            per_queue = expected.setdefault(r.queue, {})
-            per_queue[r.status.value] = per_queue.get(r.status.value, 0) + 1
-    assert sum(n for q in expected.values() for n in q.values()) == 1001
-    assert kernel.results.counts_since(since) == expected
-    generic = type(kernel.results).__mro__[1].counts_since  # ResultBackend's paging default
-    assert generic(kernel.results, since) == expected
-
-
 def test_jobs_newest_first_filtered_and_keyset_paged_without_gaps(
         kernel: Kernel, client: TestClient) -> None:
     now = time.time()
@@ -170,3 +153,4 @@ def test_workers_page_says_when_the_result_backend_keeps_no_heartbeats(
     assert views.live_workers(kernel.results) is None
     html = make_client().get("/workers").text
     assert "Result backend sqlite keeps no worker heartbeats" in html
+
