@@ -322,8 +322,9 @@ class ResultBackend(_Backend):
     """Durable job records: state, result, error and attempt history.
 
     Required primitives: :meth:`put`, :meth:`get`, :meth:`query`, :meth:`purge`. Optional:
-    :meth:`put_many` (one transaction for a batch of outcomes) and :meth:`counts`; with the
-    ``heartbeats`` capability, :meth:`heartbeat`, :meth:`live_workers`, :meth:`forget_worker`.
+    :meth:`put_many` (one transaction for a batch of outcomes), :meth:`counts` and
+    :meth:`counts_since`; with the ``heartbeats`` capability, :meth:`heartbeat`,
+    :meth:`live_workers`, :meth:`forget_worker`.
     """
 
     def __init__(self) -> None:
@@ -365,6 +366,23 @@ class ResultBackend(_Backend):
         """Store several records, each fenced as in :meth:`put`; override to do it in one
         transaction (all or none)."""
         return [self.put(record) for record in records]
+
+    def counts_since(self, since: float) -> dict[str, dict[str, int]]:
+        """Records updated at or after the epoch ``since``, per queue and status
+        (``{queue: {status: n}}``): what finished lately, for the dashboard's overview.
+        The default pages through :meth:`query`; override with one indexed query."""
+        totals: dict[str, dict[str, int]] = {}
+        after = None
+        while True:
+            page = self.query(limit=1000, after=after)
+            for record in page:
+                if record.updated_at < since:
+                    return totals
+                per_queue = totals.setdefault(record.queue, {})
+                per_queue[record.status.value] = per_queue.get(record.status.value, 0) + 1
+            if len(page) < 1000:
+                return totals
+            after = page_cursor(page[-1])
 
     def counts(self) -> dict[str, int]:
         """Records per status, for ``nuvom status``; override with one indexed query."""

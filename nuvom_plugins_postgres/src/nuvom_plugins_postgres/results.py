@@ -127,6 +127,9 @@ class PostgresResultBackend(ResultBackend):
             "DELETE FROM {s}.results WHERE terminal AND updated_at < %s").format(s=s))
         self._counts = render(sql.SQL(
             "SELECT status, count(*) FROM {s}.results GROUP BY status").format(s=s))
+        self._counts_since = render(sql.SQL(
+            "SELECT data::jsonb ->> 'queue', status, count(*) FROM {s}.results "
+            "WHERE updated_at >= %s GROUP BY 1, 2").format(s=s))
         self._beat = render(sql.SQL(
             "INSERT INTO {s}.workers (id, info, expires_at) "
             "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s)) "
@@ -231,6 +234,16 @@ class PostgresResultBackend(ResultBackend):
     def counts(self) -> dict[str, int]:
         with self._store.connection() as conn:
             return {status: int(n) for status, n in conn.execute(self._counts).fetchall()}
+
+    def counts_since(self, since: float) -> dict[str, dict[str, int]]:
+        """Records per queue and status updated at or after ``since``: one range scan of
+        ``results_newest`` (the queue is read from the record's JSON)."""
+        with self._store.connection() as conn:
+            rows = conn.execute(self._counts_since, (since,)).fetchall()
+        totals: dict[str, dict[str, int]] = {}
+        for queue, status, n in rows:
+            totals.setdefault(queue or "default", {})[status] = int(n)
+        return totals
 
     # --- heartbeats: <schema>.workers, expiry on the server's clock ------------------------
 

@@ -267,6 +267,17 @@ class SQLiteResultBackend(ResultBackend):
                 log.warning("%s: skipping unreadable job record: %s", self.path, exc)
         return records
 
+    def counts_since(self, since: float) -> dict[str, dict[str, int]]:
+        """Records per queue and status updated at or after ``since``: one range scan of
+        the ``updated_at`` index (the dashboard's "last 5 / 60 minutes")."""
+        rows = self._db.conn().execute(
+            "SELECT queue, status, count(*) FROM nuvom_results WHERE updated_at >= ? "
+            "GROUP BY queue, status", (since,)).fetchall()
+        totals: dict[str, dict[str, int]] = {}
+        for queue, status, n in rows:
+            totals.setdefault(queue, {})[status] = int(n)
+        return totals
+
     def counts(self) -> dict[str, int]:
         """Records per status in one indexed query (for ``nuvom status``)."""
         rows = self._db.conn().execute(

@@ -1,0 +1,18 @@
+"""nuvom-plugins-dashboard: a web dashboard over any queue and result backend.
+
+``nuvom dashboard`` serves it; :func:`create_app` builds the ASGI app for embedding (mount it
+in your own server behind your own authentication).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_app"]
+
+
+def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False) -> Any:
+    """The dashboard's Starlette app over ``kernel`` (see :mod:`.app`)."""
+    from nuvom_plugins_dashboard.app import create_app as build
+
+    return build(kernel, token=token, read_only=read_only)

@@ -1,0 +1,162 @@
+"""Who may see the dashboard and what a page may send back: the token, CSRF, headers.
+
+Why a token off loopback: the dashboard retries and cancels jobs and shows their arguments
+and results; bound to 127.0.0.1 only this machine's users reach it, anywhere else it must
+not answer a stranger. The token is given once (``?token=…`` or ``Authorization: Bearer``)
+and kept in an HttpOnly, SameSite=Strict cookie, so later links carry no secret.
+
+Why CSRF on top: another site open in the same browser could post a form to
+``127.0.0.1:8181``. Every POST must carry the value of this browser's ``nuvom_csrf`` cookie
+in its form (a double-submit token another origin can neither read nor set), and an
+``Origin`` header, when sent, must be this dashboard's.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import secrets
+from urllib.parse import urlencode, urlsplit
+
+from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CSRF_COOKIE", "CSRF_FIELD", "TOKEN_COOKIE", "Guard", "is_loopback"]
+
+TOKEN_COOKIE = "nuvom_dashboard_token"
+CSRF_COOKIE = "nuvom_csrf"
+CSRF_FIELD = "csrf"
+
+#: Every page: scripts and styles from this origin only (htmx is vendored), never framed,
+#: never cached (job arguments may be private), no referrer leaking URLs elsewhere.
+HEADERS = {
+    "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; "
+                                "img-src 'self' data:; frame-ancestors 'none'; "
+                                "base-uri 'none'; form-action 'self'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only (``localhost``, 127.0.0.0/8,
+    ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any address
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and hmac.compare_digest(str(a).encode(), str(b).encode())
+
+
+class Guard:
+    """Token check, CSRF check and security headers for every request: a plain ASGI
+    middleware, so a refused request never reaches a route, and the body read for the CSRF
+    check is handed on to the endpoint unchanged."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        refusal = self._token_refusal(request)
+        csrf = request.cookies.get(CSRF_COOKIE)
+        if refusal is None and request.method not in ("GET", "HEAD", "OPTIONS"):
+            body = await request.body()
+            receive = _replay(body, receive)  # the endpoint reads the same form after us
+            refusal = await self._csrf_refusal(request, csrf)
+        if refusal is not None:
+            await _with_headers(refusal)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["csrf"] = token = csrf or secrets.token_urlsafe(32)
+        cookie = None
+        if csrf is None:
+            cookie = Response()
+            cookie.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict",
+                              secure=request.url.scheme == "https")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in HEADERS.items():
+                    headers.setdefault(name, value)
+                if cookie is not None:
+                    headers.append("set-cookie", cookie.headers["set-cookie"])
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _token_refusal(self, request: Request) -> Response | None:
+        if self.token is None:
+            return None
+        given = request.query_params.get("token")
+        if given is not None:
+            return self._token_link(request, given)
+        auth = request.headers.get("authorization", "")
+        bearer = auth[7:] if auth.lower().startswith("bearer ") else None
+        if _same(bearer, self.token) or _same(request.cookies.get(TOKEN_COOKIE), self.token):
+            return None
+        return PlainTextResponse(
+            "401: this dashboard needs its token. Open it once as "
+            f"{request.url.path}?token=<token> (the value of --token or "
+            "NUVOM_PLUGINS__DASHBOARD__TOKEN), or send 'Authorization: Bearer <token>'.",
+            status_code=401)
+
+    def _token_link(self, request: Request, given: str) -> Response:
+        """``?token=…``: remember a right token in a cookie and drop it from the URL (so it
+        stays out of history and logs); refuse a wrong one."""
+        if not _same(given, self.token):
+            return PlainTextResponse("401: wrong dashboard token.", status_code=401)
+        rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+        target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def _csrf_refusal(self, request: Request, cookie: str | None) -> Response | None:
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get(
+                "host"):
+            return PlainTextResponse(f"403: cross-origin request refused (Origin {origin!r} "
+                                     "is not this dashboard)", status_code=403)
+        form = await request.form()
+        if not _same(str(form.get(CSRF_FIELD) or ""), cookie):
+            return PlainTextResponse(
+                "403: missing or stale CSRF token: reload the page and submit the form again "
+                "(every action must come from a form this dashboard rendered)",
+                status_code=403)
+        return None
+
+
+def _with_headers(response: Response) -> Response:
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def _replay(body: bytes, then: Receive) -> Receive:
+    """A ``receive`` that hands the already-read request body on once, then waits on the
+    connection as before (for its disconnect)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return await then()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive

@@ -1,0 +1,207 @@
+"""What each page shows, read from the backends on every request (no state of its own).
+
+Why stateless: a dashboard that keeps its own copy (Flower) loses it on restart and disagrees
+across hosts; reading the queue and result backends answers the same from any process on any
+host that shares them. Why keyset pages: a page costs one index range scan whether it is the
+first or the ten-thousandth, so the jobs page stays fast with a million records.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from nuvom_kernel.backends import page_cursor, parse_cursor
+from nuvom_kernel.models import Job, JobRecord, JobStatus
+
+__all__ = ["BadRequest", "JobDetail", "JobFilter", "JobPage", "Overview", "QueueRow",
+           "job_detail", "list_jobs", "live_workers", "overview"]
+
+#: Rows per jobs page.
+PAGE_SIZE = 50
+#: Records a page filtered by queue reads at most: the result SPI filters by status and task,
+#: not queue, so the queue filter is applied to pages of records; the budget keeps one
+#: request bounded however rare the queue is, and the page links on from where it stopped.
+QUEUE_SCAN_BUDGET = 5000
+#: The windows of the overview's "done" and "failed" columns, in minutes.
+WINDOWS = (5, 60)
+
+
+class BadRequest(ValueError):
+    """A query parameter the dashboard cannot use; the message says which and what works."""
+
+
+def _status(value: str | None) -> JobStatus | None:
+    if not value:
+        return None
+    try:
+        status = JobStatus(value.upper())
+    except ValueError:
+        status = JobStatus.UNKNOWN
+    if status is JobStatus.UNKNOWN:
+        valid = ", ".join(s.value.lower() for s in JobStatus if s is not JobStatus.UNKNOWN)
+        raise BadRequest(f"status={value!r} is not a job state; use one of {valid}")
+    return status
+
+
+@attrs.frozen
+class JobFilter:
+    """The filters of ``/jobs`` (query ``status``, ``task``, ``queue``); bulk actions act on
+    exactly the jobs a filter lists."""
+
+    status: JobStatus | None = None
+    task: str | None = None
+    queue: str | None = None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> JobFilter:
+        """:raises BadRequest: an unknown status."""
+        return cls(status=_status(params.get("status")), task=params.get("task") or None,
+                   queue=params.get("queue") or None)
+
+    def params(self) -> dict[str, str]:
+        """The query parameters that reproduce this filter (for links and forms)."""
+        found = {"status": self.status.value.lower() if self.status else None,
+                 "task": self.task, "queue": self.queue}
+        return {k: v for k, v in found.items() if v}
+
+    def matches(self, record: JobRecord) -> bool:
+        return ((self.status is None or record.status is self.status)
+                and (self.task is None or record.func_name == self.task)
+                and (self.queue is None or record.queue == self.queue))
+
+
+@attrs.frozen
+class JobPage:
+    """One page of ``/jobs``: ``next_cursor`` continues it (``None`` on the last page);
+    ``scanned`` records were read to fill it and ``budget_hit`` says the queue filter
+    stopped at :data:`QUEUE_SCAN_BUDGET` before filling the page."""
+
+    records: list[JobRecord]
+    next_cursor: str | None
+    scanned: int
+    budget_hit: bool = False
+
+
+def list_jobs(results: Any, flt: JobFilter, after: str | None = None,
+              limit: int = PAGE_SIZE, budget: int = QUEUE_SCAN_BUDGET) -> JobPage:
+    """Newest first, after the cursor ``after``.
+
+    :raises BadRequest: ``after`` is not a cursor this dashboard made.
+    """
+    if after is not None:
+        try:
+            parse_cursor(after)
+        except ValueError as exc:
+            raise BadRequest(f"after: {exc}; follow the page links instead") from None
+    status, task = flt.status, flt.task
+    if flt.queue is None:  # the backend filters everything: one indexed query
+        page = results.query(status=status, func_name=task, limit=limit + 1, after=after)
+        more = len(page) > limit
+        page = page[:limit]
+        return JobPage(page, page_cursor(page[-1]) if more else None, len(page))
+    found: list[JobRecord] = []
+    scanned = 0
+    cursor = after
+    chunk = max(limit * 4, 200)
+    while scanned < budget:
+        want = min(chunk, budget - scanned)
+        page = results.query(status=status, func_name=task, limit=want, after=cursor)
+        for record in page:
+            scanned += 1
+            if flt.matches(record):
+                found.append(record)
+                if len(found) == limit:
+                    return JobPage(found, page_cursor(record), scanned)
+        if len(page) < want:  # no older records
+            return JobPage(found, None, scanned)
+        cursor = page_cursor(page[-1])
+    return JobPage(found, cursor, scanned, budget_hit=True)
+
+
+@attrs.frozen
+class QueueRow:
+    """One named queue on the overview."""
+
+    name: str
+    ready: int = 0
+    delayed: int = 0
+    running: int = 0
+    oldest_age_secs: float | None = None
+    done: tuple[int, ...] = (0,) * len(WINDOWS)  # SUCCEEDED per window of WINDOWS
+    failed: tuple[int, ...] = (0,) * len(WINDOWS)  # FAILED per window
+
+
+@attrs.frozen
+class Overview:
+    queue_backend: str
+    result_backend: str
+    queues: list[QueueRow]
+    quarantined: int
+    warnings: list[str]
+    generated_at: float
+
+
+def overview(kernel: Any, now: float | None = None) -> Overview:
+    """Per queue: ready, delayed, running, oldest ready age (the queue backend's
+    ``stats()``), and SUCCEEDED / FAILED records per window (``counts_since``)."""
+    now = time.time() if now is None else now
+    stats = kernel.queue.stats()
+    recent = [kernel.results.counts_since(now - minutes * 60) for minutes in WINDOWS]
+    names = set(stats.queues) | {q for window in recent for q in window}
+    rows = []
+    for name in sorted(names):
+        counts = stats.queues.get(name)
+        rows.append(QueueRow(
+            name=name,
+            ready=counts.ready if counts else 0,
+            delayed=counts.delayed if counts else 0,
+            running=counts.running if counts else 0,
+            oldest_age_secs=counts.oldest_ready_age_secs if counts else None,
+            done=tuple(w.get(name, {}).get(JobStatus.SUCCEEDED.value, 0) for w in recent),
+            failed=tuple(w.get(name, {}).get(JobStatus.FAILED.value, 0) for w in recent)))
+    return Overview(queue_backend=kernel.queue.name, result_backend=kernel.results.name,
+                    queues=rows, quarantined=len(stats.quarantined),
+                    warnings=list(stats.warnings), generated_at=now)
+
+
+@attrs.frozen
+class JobDetail:
+    """``/jobs/<id>``: the state from the queue then the record (as ``nuvom inspect job``),
+    and the stored record for arguments, outcome, history and timings (``None`` while a job
+    waits for its first run: only the queue knows it then)."""
+
+    job_id: str
+    status: JobStatus
+    record: JobRecord | None
+
+    @property
+    def can_retry(self) -> bool:
+        return self.record is not None and self.status in (JobStatus.FAILED,
+                                                           JobStatus.CANCELLED)
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in (JobStatus.QUEUED, JobStatus.RETRYING)
+
+    def pretty(self, field: str) -> str:
+        """A JSON field of the record, indented for reading (escaped by the template)."""
+        value = getattr(self.record, field) if self.record is not None else None
+        return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def job_detail(kernel: Any, job_id: str) -> JobDetail:
+    job = kernel.refresh_job(Job(id=job_id, func_name="", kernel=kernel))
+    return JobDetail(job_id=job_id, status=job.status, record=kernel.results.get(job_id))
+
+
+def live_workers(results: Any) -> list[Any] | None:
+    """The workers whose heartbeats have not expired, or ``None`` when the result backend
+    keeps no heartbeats (the page says so instead of showing an empty list)."""
+    if not getattr(type(results).capabilities, "heartbeats", False):
+        return None
+    return list(results.live_workers())

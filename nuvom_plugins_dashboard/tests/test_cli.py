@@ -1,0 +1,75 @@
+"""``nuvom dashboard`` as a user runs it: a real process, a real socket, real HTTP."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from dash_procs import Dashboard
+
+
+def _get(url: str, **headers: str) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _run(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    from dash_procs import _env
+
+    return subprocess.run([sys.executable, "-m", "nuvom_kernel", *args], cwd=project,
+                          env=_env(**env), capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_it_serves_the_overview_on_loopback_by_default(project: Path) -> None:
+    dashboard = Dashboard(project)
+    try:
+        assert dashboard.url.startswith("http://127.0.0.1:")
+        status, html = _get(dashboard.url)
+        assert status == 200 and "<h1>Queues</h1>" in html
+        status, js = _get(dashboard.url + "static/htmx.min.js")
+        assert status == 200 and "htmx" in js
+    finally:
+        out = dashboard.stop()
+    assert dashboard.proc.returncode == 0, out
+
+
+def test_another_address_without_a_token_refuses_to_start_and_says_why(project: Path
+                                                                       ) -> None:
+    result = _run(project, "dashboard", "--host", "0.0.0.0", "--port", "0")
+    assert result.returncode != 0
+    message = result.stderr + result.stdout
+    assert "refusing to serve the dashboard on 0.0.0.0 without a token" in message
+    assert "--token" in message and "NUVOM_PLUGINS__DASHBOARD__TOKEN" in message
+
+
+def test_another_address_with_the_token_from_the_environment_demands_it(project: Path
+                                                                        ) -> None:
+    dashboard = Dashboard(project, "--host", "0.0.0.0",
+                          NUVOM_PLUGINS__DASHBOARD__TOKEN="tok-123")
+    try:
+        assert "token required" in "".join(dashboard.lines)
+        assert _get(dashboard.url + "jobs")[0] == 401
+        assert _get(dashboard.url + "jobs", Authorization="Bearer tok-123")[0] == 200
+    finally:
+        dashboard.stop()
+    shown = _run(project, "config", NUVOM_PLUGINS__DASHBOARD__TOKEN="tok-123").stdout
+    assert "tok-123" not in shown  # nuvom config masks it
+
+
+def test_a_port_in_use_is_an_error_naming_it(project: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = _run(project, "dashboard", "--port", str(port))
+    assert result.returncode != 0
+    assert f"cannot serve the dashboard on 127.0.0.1:{port}" in result.stderr
