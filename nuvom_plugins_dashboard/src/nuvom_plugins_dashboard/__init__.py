@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["create_app"]
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_app"]
 
 
 def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False) -> Any:
