@@ -6,23 +6,14 @@ The server is the machine's PostgreSQL (``NUVOM_TEST_POSTGRES_DSN``, default
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
-from psycopg import sql
+from pg_support import DSN, drop_schema
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_plugins_postgres import PostgresQueue, PostgresResultBackend
-
-DSN = os.environ.get("NUVOM_TEST_POSTGRES_DSN", "host=127.0.0.1 user=postgres dbname=postgres")
-
-
-def drop_schema(schema: str, dsn: str = DSN) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 @pytest.fixture

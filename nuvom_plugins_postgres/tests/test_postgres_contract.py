@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from conftest import DSN, drop_schema
+from pg_support import DSN, drop_schema
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.testing.contracts import (

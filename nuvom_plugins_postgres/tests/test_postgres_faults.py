@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import DSN
 from pg_cluster import Cluster, unavailable_reason
+from pg_support import DSN
 
 from nuvom_kernel import task
 from nuvom_kernel.backends import BackendContext

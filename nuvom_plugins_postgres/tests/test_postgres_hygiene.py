@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import DSN
+from pg_support import DSN
 from psycopg import sql
 
 from nuvom_kernel.backends import BackendContext

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import DSN
+from pg_support import DSN
 from psycopg import sql
 
 from nuvom_kernel.backends import BackendContext

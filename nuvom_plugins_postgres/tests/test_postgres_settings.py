@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DSN
+from pg_support import DSN
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import ConfigError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import DSN
+from pg_support import DSN
 
 import nuvom_plugins_postgres
 from nuvom_kernel import task

@@ -1,0 +1,19 @@
+"""What the PostgreSQL tests share besides fixtures: the test server's DSN and schema cleanup.
+
+A module of its own, not ``conftest``: with several plugin test folders in one pytest run,
+``import conftest`` finds whichever folder's conftest came first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+from psycopg import sql
+
+DSN = os.environ.get("NUVOM_TEST_POSTGRES_DSN", "host=127.0.0.1 user=postgres dbname=postgres")
+
+
+def drop_schema(schema: str, dsn: str = DSN) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
