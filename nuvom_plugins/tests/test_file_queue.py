@@ -208,7 +208,8 @@ def test_plugin_registers_both_backends() -> None:
     assert [c.name for c in plugin.nuvom_register_queue_backends()] == ["file"]
     assert [c.name for c in plugin.nuvom_register_result_backends()] == ["file"]
     assert FileJobQueue.capabilities.as_list() == ["persistent", "multiprocess_safe",
-                                                   "priorities", "delayed", "concurrency"]
+                                                   "priorities", "delayed", "concurrency",
+                                                   "workflows"]
 
 
 def test_peek_state_follows_other_instances(tmp_path: Path) -> None:
