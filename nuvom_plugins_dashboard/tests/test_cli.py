@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -73,3 +74,35 @@ def test_a_port_in_use_is_an_error_naming_it(project: Path) -> None:
         result = _run(project, "dashboard", "--port", str(port))
     assert result.returncode != 0
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_form_rendered_before_a_restart_still_works_after_it(project: Path) -> None:
+    """Nothing lives in the dashboard process: the CSRF token is this browser's cookie."""
+    from dash_helpers import csrf_of, record
+
+    from nuvom_kernel.kernel import Kernel
+    from nuvom_kernel.models import JobStatus
+
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "sqlite",
+                                           "NUVOM_RESULT_BACKEND": "sqlite"})
+    try:
+        kernel.results.put(record("j1"))
+        first = Dashboard(project)
+        try:
+            with urllib.request.urlopen(first.url + "jobs/j1/retry", timeout=10) as page:
+                cookie = page.headers["set-cookie"].split(";", 1)[0]
+                token = csrf_of(page.read().decode())
+        finally:
+            first.stop()
+        second = Dashboard(project)
+        try:
+            form = urllib.parse.urlencode({"csrf": token}).encode()
+            request = urllib.request.Request(second.url + "jobs/j1/retry", data=form,
+                                             headers={"Cookie": cookie})
+            with urllib.request.urlopen(request, timeout=10) as done:  # 303 to the job
+                assert done.status == 200 and done.url == second.url + "jobs/j1"
+        finally:
+            second.stop()
+        assert kernel.queue.peek_state("j1") is JobStatus.QUEUED
+    finally:
+        kernel.close()
