@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from dash_fixtures import client as client  # a fixture
+from dash_fixtures import kernel as kernel  # a fixture
+from dash_fixtures import make_client as make_client  # a fixture
+from dash_fixtures import project as project  # a fixture
 from dash_helpers import csrf_of, record
 from starlette.testclient import TestClient
 

@@ -10,7 +10,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
+from dash_fixtures import project as project  # a fixture
 from dash_procs import Dashboard
+
+from nuvom_plugins_dashboard.security import is_loopback
 
 
 def _get(url: str, **headers: str) -> tuple[int, str]:
@@ -106,3 +110,11 @@ def test_a_form_rendered_before_a_restart_still_works_after_it(project: Path) ->
         assert kernel.queue.peek_state("j1") is JobStatus.QUEUED
     finally:
         kernel.close()
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("localhost", True), ("::1", True),
+    ("[::1]", True), ("0.0.0.0", False), ("::", False), ("192.0.2.7", False),
+    ("dashboard.internal", False)])
+def test_only_loopback_addresses_go_without_a_token(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
