@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from dash_fixtures import client as client  # a fixture
+from dash_fixtures import kernel as kernel  # a fixture
+from dash_fixtures import make_client as make_client  # a fixture
+from dash_fixtures import project as project  # a fixture
 from dash_helpers import csrf_of, record
 from starlette.testclient import TestClient
 
@@ -129,3 +133,8 @@ def test_a_token_is_required_once_then_kept_in_a_cookie(kernel: Kernel,
     other = make_client(token="s3cret")
     assert other.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert other.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_a_bulk_action_that_matches_nothing_offers_no_button(client: TestClient) -> None:
+    html = client.get("/bulk/retry?status=failed&task=tasks.none").text
+    assert "nothing to retry" in html and "<form method=\"post\"" not in html

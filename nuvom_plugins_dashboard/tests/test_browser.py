@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dash_fixtures import kernel as kernel  # a fixture
+from dash_fixtures import project as project  # a fixture
 from dash_procs import Dashboard, start_worker, stop, wait_until
 
 from nuvom_kernel.kernel import Kernel

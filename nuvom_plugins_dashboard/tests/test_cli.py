@@ -6,10 +6,15 @@ import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
+from dash_fixtures import project as project  # a fixture
 from dash_procs import Dashboard
+
+from nuvom_plugins_dashboard.security import is_loopback
 
 
 def _get(url: str, **headers: str) -> tuple[int, str]:
@@ -73,3 +78,43 @@ def test_a_port_in_use_is_an_error_naming_it(project: Path) -> None:
         result = _run(project, "dashboard", "--port", str(port))
     assert result.returncode != 0
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_form_rendered_before_a_restart_still_works_after_it(project: Path) -> None:
+    """Nothing lives in the dashboard process: the CSRF token is this browser's cookie."""
+    from dash_helpers import csrf_of, record
+
+    from nuvom_kernel.kernel import Kernel
+    from nuvom_kernel.models import JobStatus
+
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "sqlite",
+                                           "NUVOM_RESULT_BACKEND": "sqlite"})
+    try:
+        kernel.results.put(record("j1"))
+        first = Dashboard(project)
+        try:
+            with urllib.request.urlopen(first.url + "jobs/j1/retry", timeout=10) as page:
+                cookie = page.headers["set-cookie"].split(";", 1)[0]
+                token = csrf_of(page.read().decode())
+        finally:
+            first.stop()
+        second = Dashboard(project)
+        try:
+            form = urllib.parse.urlencode({"csrf": token}).encode()
+            request = urllib.request.Request(second.url + "jobs/j1/retry", data=form,
+                                             headers={"Cookie": cookie})
+            with urllib.request.urlopen(request, timeout=10) as done:  # 303 to the job
+                assert done.status == 200 and done.url == second.url + "jobs/j1"
+        finally:
+            second.stop()
+        assert kernel.queue.peek_state("j1") is JobStatus.QUEUED
+    finally:
+        kernel.close()
+
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.1.2.3", True), ("localhost", True), ("::1", True),
+    ("[::1]", True), ("0.0.0.0", False), ("::", False), ("192.0.2.7", False),
+    ("dashboard.internal", False)])
+def test_only_loopback_addresses_go_without_a_token(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback

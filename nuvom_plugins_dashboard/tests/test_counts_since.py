@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dash_fixtures import project as project  # a fixture
 from dash_helpers import record
 
 from nuvom_kernel.backends import ResultBackend

@@ -8,6 +8,10 @@ from collections.abc import Callable
 
 import attrs
 import pytest
+from dash_fixtures import client as client  # a fixture
+from dash_fixtures import kernel as kernel  # a fixture
+from dash_fixtures import make_client as make_client  # a fixture
+from dash_fixtures import project as project  # a fixture
 from dash_helpers import record
 from starlette.testclient import TestClient
 

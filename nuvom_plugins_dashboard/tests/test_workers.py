@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dash_fixtures import client as client  # a fixture
+from dash_fixtures import kernel as kernel  # a fixture
+from dash_fixtures import make_client as make_client  # a fixture
+from dash_fixtures import project as project  # a fixture
 from dash_procs import start_worker, stop, wait_until
 from starlette.testclient import TestClient
 

@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from nuvom_kernel.models import JobStatus
 from nuvom_plugins_dashboard import actions, views
 from nuvom_plugins_dashboard.security import CSRF_FIELD, Guard
 
@@ -69,7 +70,7 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
     env.globals.update(duration=_duration, read_only=read_only, csrf_field=CSRF_FIELD,
                        refresh_secs=REFRESH_SECS, windows=views.WINDOWS,
                        job_url=lambda job_id: "/jobs/" + quote(job_id, safe=""),
-                       actions=actions.ACTIONS, bulk_limit=actions.BULK_LIMIT)
+                       bulk_limit=actions.BULK_LIMIT)
 
     def render(request: Request, name: str, status_code: int = 200, **context: Any
                ) -> Response:
@@ -109,13 +110,13 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
             next_url = "/jobs?" + urlencode({**flt.params(), "after": page.next_cursor})
         return render(request, "jobs.html", page=page, filter=flt, next_url=next_url,
                       first_url="/jobs?" + urlencode(flt.params()) if after else None,
-                      statuses=[s for s in views.JobStatus if s is not views.JobStatus.UNKNOWN],
+                      statuses=[s for s in JobStatus if s is not JobStatus.UNKNOWN],
                       bulk_actions=[a for a, states in actions.ACTIONS.items()
                                     if flt.status in states])
 
     def job(request: Request) -> Response:
         detail = views.job_detail(kernel, request.path_params["job_id"])
-        if detail.status is views.JobStatus.UNKNOWN:
+        if detail.status is JobStatus.UNKNOWN:
             return render(request, "job.html", detail=detail, status_code=404)
         return render(request, "job.html", detail=detail)
 

@@ -46,7 +46,7 @@ def listen(host: str, port: int) -> socket.socket:
               help="Address to bind; any but loopback requires a token.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8181, show_default=True,
               help="Port to bind (0: any free port).")
-@click.option("--token", default=None, envvar=None,
+@click.option("--token", default=None,
               help="Secret every client must present (default: "
                    "NUVOM_PLUGINS__DASHBOARD__TOKEN).")
 @click.option("--read-only", "read_only", is_flag=True,

@@ -1,5 +1,7 @@
-"""Fixtures: a project directory on the SQLite backends (a real file), its kernel, and the
-dashboard app over it through Starlette's TestClient."""
+"""Fixtures (imported by each test module: a test folder of a distribution holds no
+conftest.py, whose module name would collide with the other distributions' own): a project
+directory on the SQLite backends (a real file), its kernel, and the dashboard app over it
+through Starlette's TestClient."""
 
 from __future__ import annotations
 
