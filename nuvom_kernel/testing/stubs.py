@@ -16,6 +16,8 @@ installed ``ast`` one.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from nuvom_kernel.testing.memory import MemoryJobQueue, MemoryResultBackend
 
 __all__ = ["StubQueue", "StubResults"]
@@ -24,7 +26,7 @@ __all__ = ["StubQueue", "StubResults"]
 class StubQueue(MemoryJobQueue):
     """The reference queue under the name ``stub`` (the kernel never imports a plugin)."""
 
-    name = "stub"
+    name: ClassVar[str] = "stub"
 
 
 class StubResults(MemoryResultBackend):

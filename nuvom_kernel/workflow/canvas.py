@@ -117,7 +117,7 @@ def group(*members: Canvas | Iterable[Canvas]) -> Group:
     """``group(a.s(1), a.s(2))`` or ``group(a.s(p) for p in ps)``: members run in
     parallel; the result is the list of their results."""
     if len(members) == 1 and not isinstance(members[0], Step | Chain | Group):
-        return Group(_checked(members[0], "group()"))  # type: ignore[arg-type]
+        return Group(_checked(members[0], "group()"))
     return Group(_checked(members, "group()"))
 
 

@@ -9,7 +9,7 @@ messages of steps not released yet, and makes the transaction atomic where it ca
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from nuvom_kernel.models import JobStatus, Lease
 
@@ -24,7 +24,7 @@ T = TypeVar("T")
 class WorkflowStore:
     """Mixed into :class:`~nuvom_kernel.backends.QueueBackend` (declare ``workflows``)."""
 
-    name: str
+    name: ClassVar[str]
 
     def peek_state(self, job_id: str) -> JobStatus | None:
         raise NotImplementedError

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import attrs
 
 from nuvom_kernel.backends import QueueBackend
-from nuvom_kernel.models import JobStatus, Message
+from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_kernel.testing.contracts._queue_base import QueueContractBase
 from nuvom_kernel.testing.contracts._support import make_message, requires, wait_until
 from nuvom_kernel.workflow.graph import Flow, Node, create
@@ -39,7 +39,7 @@ class QueueWorkflowTests(QueueContractBase):
                                messages)) is True
         return flow, {m.body.decode(): m.id for m in messages}
 
-    def _claim_named(self, backend: QueueBackend) -> dict[str, object]:
+    def _claim_named(self, backend: QueueBackend) -> dict[str, Lease]:
         return {lease.message.body.decode(): lease for lease in backend.claim(10)}
 
     @requires("workflows")
