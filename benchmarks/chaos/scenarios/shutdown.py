@@ -21,8 +21,10 @@ def scenario_graceful(base: Path, backend: str, sizes: Sizes) -> Outcome:
     grace = 20.0
     with project_for(base, backend, "graceful", visibility=60.0) as project:
         n = sizes.graceful_jobs
-        ids = project.enqueue("work", [(i, 0.03) for i in range(n)])
-        project.start_worker(2, "--grace-period", str(grace))  # keeps serving throughout
+        ids = project.enqueue("work", [(i, 0.05) for i in range(n)])
+        # Keeps serving throughout, on one thread: alone, it drains what is left after an
+        # interrupt slowly enough for the next victim to start on a loaded machine.
+        project.start_worker(1, "--grace-period", str(grace))
         victim = project.start_worker(4, "--grace-period", str(grace))
         log = project.log
         finishing: dict[str, int] = {}
