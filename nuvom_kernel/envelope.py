@@ -68,12 +68,23 @@ _OPTION_NAMES = frozenset(f.name for f in attrs.fields(TaskOptions))
 
 def options_from_wire(data: Mapping[str, Any]) -> TaskOptions:
     """The options of an envelope or a record; keys this kernel does not know are ignored
-    (a newer producer may send more). Cached: a worker sees the same few option sets over
-    and over, and building and validating a ``TaskOptions`` was a measurable share of a
-    job's decoding."""
+    (a newer producer may send more). A worker sees the same few option sets over and over:
+    comparing the decoded dict with the last few seen (a C-level ``==``) costs far less than
+    building a hashable key, and that key was the largest kernel cost of decoding a job."""
+    for seen, options in _recent_options:
+        if seen == data:
+            return options
     key = tuple((k, tuple(v) if isinstance(v, list) else v)
                 for k, v in data.items() if k in _OPTION_NAMES)
-    return _options(key)
+    options = _options(key)
+    _recent_options.insert(0, (dict(data), options))
+    del _recent_options[8:]
+    return options
+
+
+#: The last option sets decoded, most recent first (a list: a racing insert from another
+#: thread can only add a duplicate entry, never a wrong one).
+_recent_options: list[tuple[dict[str, Any], TaskOptions]] = []
 
 
 @functools.lru_cache(maxsize=1024)

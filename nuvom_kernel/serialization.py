@@ -125,8 +125,8 @@ class JsonSerializer(Serializer):
         return self._encode(data).encode()
 
     def loads(self, payload: bytes) -> dict[str, Any]:
-        try:
-            data = json.loads(payload)
+        try:  # str, not bytes: json.loads would sniff the encoding of bytes on every call
+            data = json.loads(payload.decode() if type(payload) is bytes else payload)
         except (UnicodeDecodeError, ValueError) as exc:
             raise SerializationError(f"payload is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):

@@ -109,7 +109,6 @@ class WorkerInfo:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-
 def page_cursor(record: JobRecord | Mapping[str, Any]) -> str:
     """The keyset cursor after ``record`` in newest-first order: ``"<updated_at>|<job_id>"``
     (``repr`` of the float round-trips exactly)."""

@@ -19,6 +19,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from nuvom_kernel import __version__
 from nuvom_kernel.views import WorkerInfo
 
 if TYPE_CHECKING:
@@ -36,14 +37,11 @@ class Heartbeat:
     """Beats for ``worker`` every ``heartbeat_secs`` from :meth:`start` to :meth:`stop`."""
 
     def __init__(self, worker: Worker) -> None:
-        from nuvom_kernel import __version__
-
         self.worker = worker
         self.results = worker.kernel.results
         self.interval: float = worker.kernel.settings.heartbeat_secs
         self.id = f"{worker.origin}:{uuid.uuid4().hex[:6]}"
         self.started_at = time.time()
-        self.version = __version__
         self.lag_secs = 0.0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,7 +57,7 @@ class Heartbeat:
             id=self.id, host=socket.gethostname(), pid=os.getpid(), pool=worker.pool,
             slots=worker.workers, busy_slots=worker.busy_slots,
             queues=list(worker.queues or []), started_at=self.started_at,
-            version=self.version, heartbeat_at=time.time(), heartbeat_secs=self.interval,
+            version=__version__, heartbeat_at=time.time(), heartbeat_secs=self.interval,
             reports=reports)
 
     def start(self) -> None:
