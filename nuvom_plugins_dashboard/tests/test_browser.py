@@ -33,13 +33,13 @@ import os
 from nuvom_kernel import task
 
 @task(queue="payments")
-def charge(order, flag):
+def dashboard_charge(order, flag):
     if not os.path.exists(flag):
         raise RuntimeError(f"payment gateway refused order {order} ({flag} is missing)")
     return {"charged": order}
 
 @task
-def add(x, y):
+def dashboard_add(x, y):
     return x + y
 '''
 
@@ -68,11 +68,11 @@ def test_a_failed_job_is_listed_shows_its_traceback_and_retry_makes_it_succeed(
     from playwright.sync_api import expect
 
     (project / "dash_tasks.py").write_text(TASKS)
-    from dash_tasks import add, charge
+    from dash_tasks import dashboard_add, dashboard_charge
 
     flag = project / "gateway-up"  # the worker runs in the project folder
-    failing = charge.delay("A-1042", flag.name)
-    done = [add.delay(i, i) for i in range(3)]
+    failing = dashboard_charge.delay("A-1042", flag.name)
+    done = [dashboard_add.delay(i, i) for i in range(3)]
     worker = start_worker(project)
     dashboard = Dashboard(project)
     page = browser_page
@@ -109,7 +109,7 @@ def test_a_failed_job_is_listed_shows_its_traceback_and_retry_makes_it_succeed(
         page.click("text=Retry…")  # type: ignore[attr-defined]
         page.click("button:has-text('Retry job')")  # type: ignore[attr-defined]
         expect(page.locator("p.flash")).to_contain_text(  # type: ignore[attr-defined]
-            f"job {failing.id} (charge) queued again on 'payments' (run 2)")
+            f"job {failing.id} (dashboard_charge) queued again on 'payments' (run 2)")
         wait_until(lambda: kernel.refresh_job(failing).status is JobStatus.SUCCEEDED, 60,
                    f"job {failing.id} to succeed after the retry")
         page.reload()  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ import pytest
 from dash_fixtures import project as project  # a fixture
 from dash_procs import Dashboard
 
-from nuvom_plugins_dashboard.security import is_loopback
+from nuvom_plugins_dashboard.cli import is_loopback
 
 
 def _get(url: str, **headers: str) -> tuple[int, str]:

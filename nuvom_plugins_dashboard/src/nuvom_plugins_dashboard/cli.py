@@ -6,14 +6,24 @@ other command stays as quick as without this plugin.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 
 import click
 
-from nuvom_plugins_dashboard.security import is_loopback
+__all__ = ["dashboard", "is_loopback", "listen"]
 
-__all__ = ["dashboard", "listen"]
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only (``localhost``, 127.0.0.0/8,
+    ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any address
 
 
 def _kernel() -> Any:

@@ -14,7 +14,6 @@ in its form (a double-submit token another origin can neither read nor set), and
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import secrets
 from urllib.parse import urlencode, urlsplit
 
@@ -23,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CSRF_COOKIE", "CSRF_FIELD", "TOKEN_COOKIE", "Guard", "is_loopback"]
+__all__ = ["CSRF_COOKIE", "CSRF_FIELD", "TOKEN_COOKIE", "Guard"]
 
 TOKEN_COOKIE = "nuvom_dashboard_token"
 CSRF_COOKIE = "nuvom_csrf"
@@ -40,17 +39,6 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding ``host`` serves this machine only (``localhost``, 127.0.0.0/8,
-    ``::1``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any address
 
 
 def _same(a: str | None, b: str | None) -> bool:
