@@ -158,3 +158,24 @@ def test_workers_page_says_when_the_result_backend_keeps_no_heartbeats(
     html = make_client().get("/workers").text
     assert "Result backend sqlite keeps no worker heartbeats" in html
 
+
+
+def test_schedules_page_lists_each_schedule_with_its_state(kernel: Kernel, client: TestClient
+                                                            ) -> None:
+    from nuvom_kernel import every, task
+    from nuvom_kernel.models import ScheduleState
+
+    @task(name="dash_sched_poll", schedule=every(seconds=30))
+    def poll() -> None: ...
+
+    assert "No schedules" not in client.get("/schedules").text
+    now = time.time()
+    kernel.results.advance_schedule(None, ScheduleState(
+        name="dash_sched_poll", updated_at=now, last_run=now - 30, missed=2, skipped=1))
+    html = client.get("/schedules").text
+    row = re.search(r'<a href="/jobs\?task=dash_sched_poll">dash_sched_poll</a>(.*?)</tr>',
+                    html, re.S)
+    assert row, html
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+    assert cells[-2:] == ["2", "1"], cells  # missed, skipped
+    assert cells[2] != "-" and cells[3] != "-", "next and last run are shown"

@@ -155,6 +155,9 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         return render(request, "workers.html", workers=views.live_workers(kernel.results),
                       result_backend=kernel.results.name)
 
+    def schedules(request: Request) -> Response:
+        return render(request, "schedules.html", schedules=views.schedules(kernel))
+
     def bad_request(request: Request, exc: Exception) -> Response:
         return render(request, "error.html", status_code=400, message=str(exc))
 
@@ -165,6 +168,7 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         Route("/jobs/{job_id:path}", job),
         Route("/bulk/{action:str}", bulk_action, methods=["GET", "POST"]),
         Route("/workers", workers),
+        Route("/schedules", schedules),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(Guard, token=token)],

@@ -19,7 +19,8 @@ from nuvom_kernel.backends import page_cursor, parse_cursor
 from nuvom_kernel.models import Job, JobRecord, JobStatus
 
 __all__ = ["BadRequest", "JobDetail", "JobFilter", "JobPage", "Overview", "QueueRow",
-           "job_detail", "list_jobs", "live_workers", "overview"]
+           "job_detail", "list_jobs", "live_workers", "overview",
+           "schedules"]
 
 #: Rows per jobs page.
 PAGE_SIZE = 50
@@ -197,6 +198,19 @@ class JobDetail:
 def job_detail(kernel: Any, job_id: str) -> JobDetail:
     job = kernel.refresh_job(Job(id=job_id, func_name="", kernel=kernel))
     return JobDetail(job_id=job_id, status=job.status, record=kernel.results.get(job_id))
+
+
+def schedules(kernel: Any) -> list[dict[str, Any]]:
+    """The rows of ``nuvom schedule list``: every schedule the manifest and the imported
+    tasks declare, with its stored state (next run, last run and its status, missed and
+    skipped ticks)."""
+    from nuvom_kernel.scheduler import Scheduler, describe
+
+    found = Scheduler(kernel).schedules()
+    results = kernel.results
+    states = results.schedule_states() if results.capabilities.schedules else {}
+    now = time.time()
+    return [describe(s, states.get(name), kernel, now) for name, s in sorted(found.items())]
 
 
 def live_workers(results: Any) -> list[Any] | None:
