@@ -35,6 +35,7 @@ class DocGraphTxn:
         self.docs: dict[str, Doc] = {}
         self.dirty: set[str] = set()
         self.owner: dict[str, str] = {}  # node id -> workflow id
+        self.to_push: list[str] = []
         for flow_id in preload:
             self._doc(flow_id)
 
@@ -97,14 +98,19 @@ class DocGraphTxn:
             self.dirty.add(flow_id)
 
     def release(self, ids: Sequence[str]) -> None:
+        """Pushed by :meth:`commit`, after the documents are saved."""
+        self.to_push += ids
+
+    def _push_released(self) -> None:
         now = time.time()
         messages = []
-        for node_id in ids:
+        for node_id in self.to_push:
             m = self.docs[self.owner[node_id]]["messages"][node_id]
             messages.append(Message(id=node_id, body=base64.b64decode(m["body"]),
                                     queue=m["queue"], priority=m["priority"], created_at=now,
                                     task=m["task"]))
         self._push(messages)
+        self.to_push = []
 
     def graph(self, flow_id: str) -> WorkflowGraph | None:
         doc = self._doc(flow_id)
@@ -120,10 +126,16 @@ class DocGraphTxn:
     # --- the end of the transaction -----------------------------------------------------------
 
     def commit(self) -> None:
-        """Save every changed document (call after the transaction's function returned)."""
+        """Save every changed document, then push the released steps (call after the
+        transaction's function returned). In that order a crash can only leave a step
+        RELEASED but not pushed, which :func:`~nuvom_kernel.workflow.graph.advance` with
+        ``unseen`` mends when its parent's outcome is applied again; the other order could
+        push a step twice."""
         for flow_id in sorted(self.dirty):
             self._save(self.docs[flow_id])
         self.dirty.clear()
+        if self.to_push:
+            self._push_released()
 
 
 def ended_before(doc: Doc, older_than: float) -> bool:

@@ -221,16 +221,31 @@ def create(txn: GraphTxn, flow: Flow, output: Any, nodes: Sequence[Node],
     return True
 
 
-def advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]]) -> list[Node]:
+def advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
+            unseen: Callable[[list[str]], list[str]] | None = None) -> list[Node]:
     """Apply final job outcomes to their nodes (ids that are not RELEASED nodes are
     ignored: not a step, or already applied); returns the nodes cancelled or skipped as a
-    consequence, whose records the caller writes (:func:`doomed_record`)."""
+    consequence, whose records the caller writes (:func:`doomed_record`).
+
+    :param unseen: for a store whose release is not atomic with the graph (it saves the
+        graph, then pushes): of these RELEASED step ids, those that were never pushed
+        (neither queued nor recorded). An outcome applied again (its step ran again
+        because its worker died before the ack) then pushes the children a crash between
+        the save and the push left behind — and only those, so none runs twice.
+    """
     session = _Session(txn)
     session.nodes([job_id for job_id, _ in outcomes])
+    again: list[str] = []
     for job_id, status in outcomes:
         node = session.node_cache.get(job_id)
         if node is not None and node.state == RELEASED and status.value in NODE_FINAL:
             session.finish(node, status.value)
+        elif node is not None and node.state in NODE_FINAL and unseen is not None:
+            flow = session.flow(node.workflow)
+            again += [c.id for c in session.nodes([*node.children, *filter(None, [flow.final])])
+                      if c.state == RELEASED and c.id not in session.released]
+    if again:
+        session.released += unseen(list(dict.fromkeys(again)))
     return session.commit()
 
 

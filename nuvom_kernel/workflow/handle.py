@@ -22,8 +22,8 @@ from nuvom_kernel.workflow.graph import (
     CANCELLED,
     FAILED,
     INPUT_HEADER,
+    NODE_FINAL,
     RUNNING,
-    SKIPPED,
     SKIPPED_ERROR,
     SUCCEEDED,
     WAITING,
@@ -85,11 +85,12 @@ class Workflow:
             job = Job(id=node.id, func_name=node.task, kernel=self._kernel)
             if node.state == WAITING:
                 job.status = JobStatus.QUEUED
-                state = WAITING
             else:
                 self._kernel.refresh_job(job)
-                state = SKIPPED if node.state == SKIPPED else (
-                    node.state if node.state == CANCELLED else job.status.value)
+            # a final state is the graph's (a purged record does not make it UNKNOWN); a
+            # released step's is its job's: QUEUED, RUNNING or RETRYING
+            state = node.state if node.state in NODE_FINAL or node.state == WAITING \
+                else job.status.value
             out.append(WorkflowNode(node.id, node.task, state, node.policy, job,
                                     tuple(parents.get(node.id, ()))))
         return out

@@ -32,8 +32,12 @@ def advance_steps(queue: QueueBackend, results: ResultBackend,
     failed: the caller then leaves the leases to expire, so the steps run and advance
     again."""
     try:
+        def unseen(ids: list[str]) -> list[str]:  # never pushed: not queued, not recorded
+            return [i for i in ids
+                    if queue.peek_state(i) is None and results.get(i) is None]
+
         doomed = queue.advance_workflows([(s.lease, s.record.status, s.workflow or "")
-                                           for s in steps])
+                                          for s in steps], unseen)
         if doomed:
             results.put_many([doomed_record(node) for node in doomed])
     except Exception as exc:

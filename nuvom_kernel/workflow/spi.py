@@ -48,19 +48,21 @@ class WorkflowStore:
             return graph
         return self.workflow_transaction(read)
 
-    def advance_workflows(self, outcomes: Sequence[tuple[Lease, JobStatus, str]]
+    def advance_workflows(self, outcomes: Sequence[tuple[Lease, JobStatus, str]],
+                          unseen: Callable[[list[str]], list[str]] | None = None
                           ) -> list[Node]:
         """Apply final outcomes (lease, status, workflow id) of steps whose records are
         stored and whose leases are not acked yet: the settler calls it between the two
         when ``settle_many`` is not used. Fenced: an outcome whose lease no longer
         :meth:`holds` changes nothing, and a node already advanced is not advanced again,
         so a step that runs twice after a crash between this and its ack releases its
-        dependents once. Returns the nodes cancelled or skipped as a consequence."""
+        dependents once (``unseen``: see :func:`~nuvom_kernel.workflow.graph.advance`).
+        Returns the nodes cancelled or skipped as a consequence."""
         from nuvom_kernel.workflow.graph import advance
 
         def run(txn: GraphTxn) -> list[Node]:
             held = [(lease.id, status) for lease, status, _ in outcomes if self.holds(lease)]
-            return advance(txn, held)
+            return advance(txn, held, unseen)
         return self.workflow_transaction(run, sorted({wf for _, _, wf in outcomes}))
 
     def holds(self, lease: Lease) -> bool:

@@ -3,10 +3,11 @@
 
 A document is replaced by writing a dot-prefixed temp file and renaming it over the old one
 (fsynced when the queue fsyncs), so a reader never sees half a document. A transaction
-pushes the steps it releases *before* it saves the documents: a crash in between leaves the
-step released in the queue but WAITING in the document, and the settle that is then
-repeated (its lease was not acked) releases it again — an idempotent push while it waits,
-at worst a second run, never a step that is never released. Each settle rewrites its
+saves the documents, then pushes the steps it released: a crash in between leaves a step
+RELEASED in its document but not in the queue, and the settle that is then repeated (its
+lease was not acked) pushes it, having checked it is neither queued nor recorded (see
+``advance(unseen=...)``). Pushing first ran a join twice under the SIGKILL test. Each
+settle rewrites its
 workflow's document: O(n) per step, so this backend suits workflows of hundreds of steps,
 not the 10,000-member fan-outs SQLite handles in O(1) per step.
 """
