@@ -244,7 +244,7 @@ def advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
             flow = session.flow(node.workflow)
             again += [c.id for c in session.nodes([*node.children, *filter(None, [flow.final])])
                       if c.state == RELEASED and c.id not in session.released]
-    if again:
+    if again and unseen is not None:
         session.released += unseen(list(dict.fromkeys(again)))
     return session.commit()
 
