@@ -91,6 +91,12 @@ class LeaseLostError(NuvomError):
 class JobTimeoutError(NuvomError):
     """A job ran past its ``timeout_secs`` (recorded as a failure kind, retried per policy)."""
 
+    @classmethod
+    def of(cls, job: Any, limit_secs: float | None, detail: str = "") -> JobTimeoutError:
+        """One wording whichever pool noticed it: the job, its time limit, what was done."""
+        return cls(f"job {job.id} ({job.func_name}) exceeded its timeout of "
+                   f"{limit_secs or 0:.3g} s" + (f" {detail}" if detail else ""))
+
 
 class ChildKilledError(NuvomError):
     """A process-pool child died while running a job (a signal such as SIGKILL from the

@@ -39,11 +39,6 @@ _thread = threading.local()
 LOOP_LAG_WARN_SECS = 1.0
 
 
-def _timed_out(job: Job) -> JobTimeoutError:
-    return JobTimeoutError(f"job {job.id} ({job.func_name}) exceeded its timeout of "
-                           f"{job.options.timeout_secs or 0:g} s (it was cancelled)")
-
-
 async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
     """Await ``awaitable`` until the job's deadline; :class:`JobTimeoutError` if it passed."""
     remaining = job.time_remaining()
@@ -56,7 +51,7 @@ async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
                 return await awaitable
         except TimeoutError:
             if scope.expired():
-                raise _timed_out(job) from None
+                raise JobTimeoutError.of(job, remaining, "(it was cancelled)") from None
             raise
     future = asyncio.ensure_future(awaitable)  # 3.10: wait, then cancel what is left
     done, _ = await asyncio.wait({future}, timeout=remaining)
@@ -64,7 +59,7 @@ async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
         return future.result()
     future.cancel()
     await asyncio.wait({future})
-    raise _timed_out(job)
+    raise JobTimeoutError.of(job, remaining, "(it was cancelled)")
 
 
 def run_on_thread_loop(coroutine: Coroutine[Any, Any, Any], job: Job) -> Any:

@@ -41,6 +41,7 @@ from nuvom_kernel.models import Job
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.serialization import from_wire, to_wire
 from nuvom_kernel.worker.run import bind_job
+from nuvom_kernel.worker.settle import qualname
 
 __all__ = ["PARENT_PID", "read_frame", "write_frame"]
 
@@ -133,7 +134,7 @@ class _Child:
         except BaseException as exc:  # a task's failure is data
             if isinstance(exc, asyncio.CancelledError) and self.soft_timeout:
                 exc = JobTimeoutError("the job exceeded its timeout (cancelled by the worker)")
-            reply = {"ok": False, "error_type": _qualname(exc), "message": str(exc),
+            reply = {"ok": False, "error_type": qualname(exc), "message": str(exc),
                      "traceback": "".join(traceback.format_exception(exc)),
                      "import_failed": getattr(exc, "import_failed", True),
                      "kind": _kind(exc)}
@@ -159,12 +160,6 @@ def _kind(exc: BaseException) -> str:
     if isinstance(exc, SerializationError):
         return "serialization"
     return "error"
-
-
-def _qualname(exc: BaseException) -> str:
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else (
-        f"{cls.__module__}.{cls.__qualname__}")
 
 
 def _die_with_parent(parent: int) -> None:

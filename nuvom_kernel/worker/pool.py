@@ -402,9 +402,8 @@ class Worker:
             return
         with running.lock:
             running.abandoned = True  # its thread exits (or takes its slot back) on return
-        error = JobTimeoutError(
-            f"job {job.id} ({job.func_name}) exceeded its timeout of "
-            f"{(job.deadline or running.deadline) - running.started_mono:.3g} s")  # type: ignore[operator]
+        error = JobTimeoutError.of(job, (job.deadline or running.deadline or 0.0)
+                                   - running.started_mono)
         with self._cv:
             self._abandoned_alive += 1
             self._abandoned.add(running.thread)

@@ -57,6 +57,12 @@ def format_size(size: int) -> str:
     return f"{size / 2**20:.0f} MB"
 
 
+def _limit(running: Running) -> float | None:
+    """The attempt's time limit (its task's ``timeout_secs`` or the global default)."""
+    deadline = running.job.deadline
+    return None if deadline is None else deadline - running.started_mono
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -306,8 +312,7 @@ class ProcessPool:
         job, message, kind = running.job, reply["message"], reply.get("kind")
         exc: BaseException
         if kind == "timeout":
-            exc = JobTimeoutError(f"job {job.id} ({job.func_name}) exceeded its timeout of "
-                                  f"{job.options.timeout_secs or 0:g} s")
+            exc = JobTimeoutError.of(job, _limit(running))
         elif kind == "unknown_task":
             exc = UnknownTaskError(message, import_failed=reply.get("import_failed", True))
         elif kind == "serialization":
@@ -327,9 +332,7 @@ class ProcessPool:
         details.update(signal=-code if code < 0 else None, pid=child.pid)
         exc: BaseException
         if reply.get("timed_out"):
-            exc = JobTimeoutError(f"job {job.id} ({job.func_name}) exceeded its timeout of "
-                                  f"{job.options.timeout_secs or 0:g} s and {reply['reason']}; "
-                                  f"{how}")
+            exc = JobTimeoutError.of(job, _limit(running), f"and {reply['reason']}; {how}")
         else:
             exc = ChildKilledError(how + (f": {reply['reason']}" if reply["reason"] else ""))
         exc.details = details  # type: ignore[union-attr]
