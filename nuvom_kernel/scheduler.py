@@ -274,6 +274,16 @@ def next_run(schedule: Schedule, now: float) -> float | None:
     return ticks[0] if ticks else None
 
 
+def schedule_rows(kernel: Any) -> list[dict[str, Any]]:
+    """Every schedule the manifest and the imported tasks declare, with its stored state:
+    the rows of ``nuvom schedule list`` (and of the dashboard's ``/schedules``)."""
+    schedules = Scheduler(kernel).schedules()
+    results = kernel.results
+    states = results.schedule_states() if results.capabilities.schedules else {}
+    now = time.time()
+    return [describe(s, states.get(name), kernel, now) for name, s in sorted(schedules.items())]
+
+
 def describe(schedule: Schedule, state: ScheduleState | None, kernel: Any, now: float
              ) -> dict[str, Any]:
     """One row of ``nuvom schedule list``."""

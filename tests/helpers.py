@@ -68,6 +68,16 @@ def run_nuvom(args: list[str], cwd: Path, timeout: float = 120, **env: str
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def start_worker(project: Path, environ: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """``python -m nuvom_kernel runworker`` in ``project`` with only ``environ``'s ``NUVOM_*``
+    settings (none left over from the test run); output and errors on one text pipe."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
+    full.update(environ)
+    return subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", *args],
+                            cwd=project, env=full, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
 def stop_worker(worker: subprocess.Popen[str]) -> str:
     """SIGINT a ``nuvom runworker`` process (a clean drain) and return its output; kill it
     if it has not stopped after 30 s, so a hung worker fails the test instead of hanging."""

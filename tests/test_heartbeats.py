@@ -5,10 +5,7 @@ SIGKILL drops out of the list within three heartbeats; a clean stop removes it a
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +16,14 @@ import pytest
 from nuvom_kernel import Worker
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.worker.heartbeat import MISSED_HEARTBEATS
-from tests.helpers import PERSISTENT_BACKENDS, run_nuvom, stop_worker, wait_until, write_module
+from tests.helpers import (
+    PERSISTENT_BACKENDS,
+    run_nuvom,
+    start_worker,
+    stop_worker,
+    wait_until,
+    write_module,
+)
 
 TASKS = """
 import threading
@@ -40,14 +44,6 @@ BEAT = 0.4  # heartbeat_secs in these tests
 def env(request: pytest.FixtureRequest, project: Path) -> Iterator[dict[str, str]]:
     yield {"NUVOM_QUEUE_BACKEND": request.param, "NUVOM_RESULT_BACKEND": request.param,
            "NUVOM_HEARTBEAT_SECS": str(BEAT), "NUVOM_LOG_LEVEL": "INFO"}
-
-
-def start_worker(project: Path, environ: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
-    full.update(environ)
-    return subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", *args],
-                            cwd=project, env=full, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
 
 
 def status_workers(project: Path, environ: dict[str, str]) -> list[dict[str, object]]:

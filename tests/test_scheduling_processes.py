@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,14 @@ import pytest
 
 from nuvom_kernel import JobStatus
 from nuvom_kernel.kernel import Kernel, use_kernel
-from tests.helpers import E2E_BACKENDS, run_nuvom, stop_worker, wait_until, write_module
+from tests.helpers import (
+    E2E_BACKENDS,
+    run_nuvom,
+    start_worker,
+    stop_worker,
+    wait_until,
+    write_module,
+)
 
 BACKENDS = [b for b in ("sqlite", "file") if b in E2E_BACKENDS]
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not BACKENDS, reason="no backend")]
@@ -58,14 +62,6 @@ def env(request: pytest.FixtureRequest, project: Path) -> Iterator[dict[str, str
     with use_kernel(kernel):
         yield environ
     kernel.close()
-
-
-def start_worker(project: Path, environ: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
-    full.update(environ)
-    return subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", *args],
-                            cwd=project, env=full, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
 
 
 def lines(path: Path) -> list[str]:

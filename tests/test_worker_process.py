@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ import pytest
 
 from nuvom_kernel import JobStatus, get_job
 from nuvom_kernel.kernel import Kernel, use_kernel
-from tests.helpers import PERSISTENT_BACKENDS, wait_until, write_module
+from tests.helpers import PERSISTENT_BACKENDS, start_worker, wait_until, write_module
 
 pytestmark = pytest.mark.skipif(not PERSISTENT_BACKENDS, reason="no persistent backend installed")
 
@@ -42,14 +40,6 @@ def env(request: pytest.FixtureRequest, project: Path) -> Iterator[dict[str, str
     with use_kernel(kernel):
         yield environ
     kernel.close()
-
-
-def start_worker(project: Path, environ: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
-    full.update(environ)
-    return subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", *args],
-                            cwd=project, env=full, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
 
 
 def started(project: Path) -> set[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 import click
@@ -38,15 +37,11 @@ def schedule_group() -> None:
 def schedule_list(as_json: bool) -> None:
     """Every schedule: task, schedule, zone, next run, last run and its status, and how
     many ticks were missed (workers down) or skipped (overlap="skip")."""
-    from nuvom_kernel.scheduler import Scheduler, describe
+    from nuvom_kernel.scheduler import schedule_rows
 
-    kernel = _kernel()
     if "" not in sys.path:  # the project directory holds the task modules
         sys.path.insert(0, "")
-    schedules = Scheduler(kernel).schedules()
-    states = kernel.results.schedule_states() if kernel.results.capabilities.schedules else {}
-    now = time.time()
-    rows = [describe(s, states.get(name), kernel, now) for name, s in sorted(schedules.items())]
+    rows = schedule_rows(_kernel())
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

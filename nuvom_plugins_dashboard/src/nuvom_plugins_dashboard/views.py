@@ -201,16 +201,11 @@ def job_detail(kernel: Any, job_id: str) -> JobDetail:
 
 
 def schedules(kernel: Any) -> list[dict[str, Any]]:
-    """The rows of ``nuvom schedule list``: every schedule the manifest and the imported
-    tasks declare, with its stored state (next run, last run and its status, missed and
+    """The rows of ``nuvom schedule list`` (next run, last run and its status, missed and
     skipped ticks)."""
-    from nuvom_kernel.scheduler import Scheduler, describe
+    from nuvom_kernel.scheduler import schedule_rows
 
-    found = Scheduler(kernel).schedules()
-    results = kernel.results
-    states = results.schedule_states() if results.capabilities.schedules else {}
-    now = time.time()
-    return [describe(s, states.get(name), kernel, now) for name, s in sorted(found.items())]
+    return schedule_rows(kernel)
 
 
 def live_workers(results: Any) -> list[Any] | None:
