@@ -22,8 +22,9 @@ from typing import Any
 
 from nuvom_kernel import events
 from nuvom_kernel.config import load_config
+from nuvom_kernel.job import Job
 from nuvom_kernel.kernel import Kernel
-from nuvom_kernel.models import Job, JobRecord, JobStatus, Lease, Message, Settlement
+from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement
 from nuvom_kernel.outcome import Outcome
 
 

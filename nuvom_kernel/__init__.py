@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS = {
     "SPI_VERSION": "backends",
-    "Job": "models",
+    "Job": "job",
     "JobStatus": "models",
     "JobCancelledError": "errors",
     "JobFailedError": "errors",
@@ -92,8 +92,9 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
         NuvomError,
         UnknownJobError,
     )
+    from nuvom_kernel.job import Job
     from nuvom_kernel.kernel import Kernel, get_job, get_kernel, set_kernel, use_kernel
-    from nuvom_kernel.models import Job, JobStatus, StepFailed
+    from nuvom_kernel.models import JobStatus, StepFailed
     from nuvom_kernel.schedules import cron, every
     from nuvom_kernel.task import Task, task
     from nuvom_kernel.worker import Worker, current_job

@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 
+from nuvom_kernel import values
 from nuvom_kernel.errors import ConfigError, PluginConfigError
 from nuvom_kernel.plugin_settings import (
     PLUGIN_ENV_PREFIX,
@@ -42,7 +43,7 @@ from nuvom_kernel.plugin_settings import (
     plugin_env,
     plugin_env_var,
 )
-from nuvom_kernel.values import optional, to_float, to_int, to_path
+from nuvom_kernel.values import to_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,7 +59,6 @@ __all__ = [
     "Settings",
     "load_config",
     "mask_secret",
-    "parse_size",
 ]
 
 PLUGINS_FILE = ".nuvom_plugins.toml"
@@ -74,86 +74,6 @@ CAPABILITIES: dict[str, str | None] = {
 }
 
 
-def _whole(minimum: int, *, none_ok: bool = False) -> Callable[[Any], int | None]:
-    """A whole number ``>= minimum`` (or empty, for the default, with ``none_ok``)."""
-    accepted = f"must be a whole number >= {minimum} (e.g. 4)"
-    accepted += ", or empty for the default" if none_ok else ""
-
-    def parse(value: Any) -> int | None:
-        if none_ok and optional(str)(value) is None:
-            return None
-        try:
-            number = to_int(value)
-        except ValueError:
-            raise ValueError(accepted) from None
-        if number < minimum:
-            raise ValueError(accepted)
-        return number
-
-    return parse
-
-
-def _seconds(*, zero_ok: bool, none_ok: bool = False) -> Callable[[Any], float | None]:
-    """A duration in seconds, ``>= 0`` or ``> 0`` (or empty/``none`` with ``none_ok``)."""
-    def parse(value: Any) -> float | None:
-        if none_ok and optional(str)(value) is None:
-            return None
-        try:
-            number = to_float(value)
-        except ValueError:
-            raise ValueError("must be a number of seconds") from None
-        if number < 0 or (number == 0 and not zero_ok):
-            raise ValueError(f"must be a number of seconds {'>=' if zero_ok else '>'} 0")
-        return number
-
-    return parse
-
-
-def _choice(*accepted: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = str(value).strip().lower()
-        if text not in accepted:
-            raise ValueError(f"must be one of {', '.join(accepted)}")
-        return text
-
-    return parse
-
-
-_UNITS = {"": 2**20, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20,
-          "g": 2**30, "gb": 2**30}
-
-
-def parse_size(value: Any) -> int | None:
-    """A memory size in bytes from ``512MB``, ``2GB``, ``1.5g`` or a bare number of MB."""
-    text = "" if value is None else str(value).strip().lower().replace(" ", "")
-    if text in ("", "none"):
-        return None
-    digits = text.rstrip("bkmg")
-    unit = text[len(digits):]
-    try:
-        size = float(digits) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise ValueError("must be a size such as 512MB or 2GB (a bare number means MB)"
-                         ) from None
-    if size <= 0:
-        raise ValueError("must be a size > 0, such as 512MB or 2GB")
-    return int(size)
-
-
-def _name(value: Any) -> str:
-    text = str(value).strip().lower()
-    if not text:
-        raise ValueError("must be a non-empty backend name")
-    return text
-
-
-def _log_level(value: Any) -> str:
-    text = str(value).strip().upper()
-    if text not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-    return text
-
-
 def _setting(default: Any, env: str, parse: Callable[[Any], Any], doc: str) -> Any:
     return attrs.field(default=default, metadata={"env": env, "parse": parse, "doc": doc})
 
@@ -162,57 +82,57 @@ def _setting(default: Any, env: str, parse: Callable[[Any], Any], doc: str) -> A
 class Settings:
     """Core settings. ``docs/configuration.md`` documents each one (a test keeps them equal)."""
 
-    queue_backend: str = _setting("sqlite", "NUVOM_QUEUE_BACKEND", _name,
+    queue_backend: str = _setting("sqlite", "NUVOM_QUEUE_BACKEND", values.backend_name,
                                   "Name of the queue backend plugin to use.")
-    result_backend: str = _setting("sqlite", "NUVOM_RESULT_BACKEND", _name,
+    result_backend: str = _setting("sqlite", "NUVOM_RESULT_BACKEND", values.backend_name,
                                    "Name of the result backend plugin to use.")
-    max_workers: int = _setting(4, "NUVOM_MAX_WORKERS", _whole(1),
+    max_workers: int = _setting(4, "NUVOM_MAX_WORKERS", values.whole(1),
                                 "Worker threads in `nuvom runworker`.")
-    batch_size: int = _setting(16, "NUVOM_BATCH_SIZE", _whole(1),
+    batch_size: int = _setting(16, "NUVOM_BATCH_SIZE", values.whole(1),
                                "Most jobs leased in one `pop_batch` (never more than free "
                                "worker threads).")
     job_timeout_secs: float | None = _setting(
-        None, "NUVOM_JOB_TIMEOUT_SECS", _seconds(zero_ok=False, none_ok=True),
+        None, "NUVOM_JOB_TIMEOUT_SECS", values.seconds(zero_ok=False, none_ok=True),
         "Default per-job timeout for tasks that set none; unset means no timeout.")
-    retry_delay_secs: float = _setting(5.0, "NUVOM_RETRY_DELAY_SECS", _seconds(zero_ok=True),
+    retry_delay_secs: float = _setting(5.0, "NUVOM_RETRY_DELAY_SECS", values.seconds(zero_ok=True),
                                        "Default delay before a failed job's next attempt.")
     visibility_timeout_secs: float = _setting(
-        30.0, "NUVOM_VISIBILITY_TIMEOUT_SECS", _seconds(zero_ok=False),
+        30.0, "NUVOM_VISIBILITY_TIMEOUT_SECS", values.seconds(zero_ok=False),
         "How long a leased job stays invisible to other workers without a lease extension.")
     grace_period_secs: float = _setting(
-        30.0, "NUVOM_GRACE_PERIOD_SECS", _seconds(zero_ok=True),
+        30.0, "NUVOM_GRACE_PERIOD_SECS", values.seconds(zero_ok=True),
         "How long the first SIGINT/SIGTERM waits for running jobs before stopping.")
     max_deliveries: int = _setting(
-        20, "NUVOM_MAX_DELIVERIES", _whole(1),
+        20, "NUVOM_MAX_DELIVERIES", values.whole(1),
         "A job delivered this many times without an outcome (its worker crashed or was "
         "killed each time) is failed; attempts that raised or timed out do not count.")
     max_abandoned_threads: int | None = _setting(
-        None, "NUVOM_MAX_ABANDONED_THREADS", _whole(0, none_ok=True),
+        None, "NUVOM_MAX_ABANDONED_THREADS", values.whole(0, none_ok=True),
         "Most threads a worker leaves behind in timed-out tasks before it stops leasing "
         "until one returns; unset means as many as worker threads.")
-    pool: str = _setting("thread", "NUVOM_POOL", _choice("thread", "process", "asyncio"),
+    pool: str = _setting("thread", "NUVOM_POOL", values.choice("thread", "process", "asyncio"),
                          "What runs a job's function in `nuvom runworker`: `thread`, "
                          "`process` (hard timeouts, recycling) or `asyncio`.")
     kill_grace_secs: float = _setting(
-        5.0, "NUVOM_KILL_GRACE_SECS", _seconds(zero_ok=True),
+        5.0, "NUVOM_KILL_GRACE_SECS", values.seconds(zero_ok=True),
         "Process pool: how long a timed-out job's child has to stop after the soft timeout "
         "before it is killed with SIGKILL.")
     max_tasks_per_child: int | None = _setting(
-        None, "NUVOM_MAX_TASKS_PER_CHILD", _whole(1, none_ok=True),
+        None, "NUVOM_MAX_TASKS_PER_CHILD", values.whole(1, none_ok=True),
         "Process pool: replace a child after this many jobs; unset means never.")
     max_memory_per_child: int | None = _setting(
-        None, "NUVOM_MAX_MEMORY_PER_CHILD", parse_size,
+        None, "NUVOM_MAX_MEMORY_PER_CHILD", values.parse_size,
         "Process pool: a child whose RSS passes this (`512MB`, `2GB`; a bare number means "
         "MB) is killed while it runs a job, or replaced after one; unset means no limit.")
     max_child_age_secs: float | None = _setting(
-        None, "NUVOM_MAX_CHILD_AGE_SECS", _seconds(zero_ok=False, none_ok=True),
+        None, "NUVOM_MAX_CHILD_AGE_SECS", values.seconds(zero_ok=False, none_ok=True),
         "Process pool: replace a child after its job once it is this old; unset means never.")
     unknown_task_grace_secs: float = _setting(
-        0.0, "NUVOM_UNKNOWN_TASK_GRACE_SECS", _seconds(zero_ok=True),
+        0.0, "NUVOM_UNKNOWN_TASK_GRACE_SECS", values.seconds(zero_ok=True),
         "How long after enqueue a job whose task this worker's module lacks is handed back "
         "for a newer worker (a rolling deploy); 0 fails such a job at once.")
     heartbeat_secs: float = _setting(
-        5.0, "NUVOM_HEARTBEAT_SECS", _seconds(zero_ok=False),
+        5.0, "NUVOM_HEARTBEAT_SECS", values.seconds(zero_ok=False),
         "How often a worker records its heartbeat in the result backend; `nuvom status` "
         "drops a worker that missed three.")
     data_dir: Path = _setting(Path(".nuvom"), "NUVOM_DATA_DIR", to_path,
@@ -222,9 +142,9 @@ class Settings:
         "", "NUVOM_NAMESPACE", lambda value: str(value).strip(),
         "Prefix of every key, table or schema a server backend (Redis, PostgreSQL) creates, "
         "so apps or test runs sharing one server never see each other's jobs; empty: none.")
-    serializer: str = _setting("json", "NUVOM_SERIALIZER", _name,
+    serializer: str = _setting("json", "NUVOM_SERIALIZER", values.backend_name,
                                "Codec for job payloads (a serializer plugin name).")
-    log_level: str = _setting("INFO", "NUVOM_LOG_LEVEL", _log_level,
+    log_level: str = _setting("INFO", "NUVOM_LOG_LEVEL", values.log_level,
                               "Logging level of the `nuvom` CLI and workers.")
 
     @classmethod

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import BackendCapabilityError, EnqueueError, NuvomError
-from nuvom_kernel.models import Job, JobStatus, TaskOptions
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import JobStatus, TaskOptions
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel

@@ -26,7 +26,8 @@ from typing import Any
 import attrs
 
 from nuvom_kernel.errors import SerializationError
-from nuvom_kernel.models import Backoff, Job, JobRecord, JobStatus, Message, TaskOptions
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import Backoff, JobRecord, JobStatus, Message, TaskOptions
 from nuvom_kernel.serialization import Serializer, from_wire, to_wire
 
 __all__ = ["ENVELOPE_VERSION", "Envelope", "options_from_wire", "options_to_wire", "origin"]

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from nuvom_kernel.backends import QueueBackend, ResultBackend
     from nuvom_kernel.config import Config
     from nuvom_kernel.discovery import Discoverer
-    from nuvom_kernel.models import Job
+    from nuvom_kernel.job import Job
     from nuvom_kernel.outcome import Outcome
     from nuvom_kernel.serialization import Serializer
     from nuvom_kernel.worker import Worker

@@ -18,7 +18,8 @@ from typing import Any
 from nuvom_kernel.backends import BackendContext, QueueBackend, ResultBackend
 from nuvom_kernel.config import Config, load_config
 from nuvom_kernel.errors import JobCancelledError, JobFailedError, UnknownJobError
-from nuvom_kernel.models import TERMINAL_STATES, Job, JobRecord, JobStatus
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import REGISTRY, TaskRegistry
 from nuvom_kernel.serialization import Serializer, from_wire

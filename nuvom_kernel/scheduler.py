@@ -25,8 +25,9 @@ from nuvom_kernel.discovery import manifest_path, read_manifest
 from nuvom_kernel.dispatcher import enqueue
 from nuvom_kernel.envelope import Envelope, options_from_wire
 from nuvom_kernel.errors import BackendCapabilityError, NuvomError
+from nuvom_kernel.job import Job
 from nuvom_kernel.limits import apply_limits
-from nuvom_kernel.models import Job, ScheduleState
+from nuvom_kernel.models import ScheduleState
 from nuvom_kernel.schedules import (
     Schedule,
     iso,

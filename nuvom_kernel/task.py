@@ -16,7 +16,8 @@ import attrs
 
 from nuvom_kernel.dispatcher import enqueue, importable_module
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.models import Backoff, Job, TaskOptions
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import Backoff, TaskOptions
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.schedules import Cron, Every, Schedule
 from nuvom_kernel.unique import enqueue_unique

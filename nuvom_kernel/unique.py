@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from nuvom_kernel.dispatcher import enqueue
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.models import TERMINAL_STATES, Job, JobStatus
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import TERMINAL_STATES, JobStatus
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["converter", "optional", "to_bool", "to_float", "to_int", "to_path", "to_str"]
+__all__ = ["backend_name", "choice", "converter", "log_level", "optional", "parse_size",
+           "seconds", "to_bool", "to_float", "to_int", "to_path", "to_str", "whole"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -96,3 +97,85 @@ def converter(hint: Any) -> Callable[[Any], Any] | None:
         inner = converter(next(a for a in args if a is not type(None)))
         return None if inner is None else optional(inner)
     return None
+
+
+# --- the core settings' converters (:class:`nuvom_kernel.config.Settings`) ---------------
+
+def whole(minimum: int, *, none_ok: bool = False) -> Callable[[Any], int | None]:
+    """A whole number ``>= minimum`` (or empty, for the default, with ``none_ok``)."""
+    accepted = f"must be a whole number >= {minimum} (e.g. 4)"
+    accepted += ", or empty for the default" if none_ok else ""
+
+    def parse(value: Any) -> int | None:
+        if none_ok and optional(str)(value) is None:
+            return None
+        try:
+            number = to_int(value)
+        except ValueError:
+            raise ValueError(accepted) from None
+        if number < minimum:
+            raise ValueError(accepted)
+        return number
+
+    return parse
+
+
+def seconds(*, zero_ok: bool, none_ok: bool = False) -> Callable[[Any], float | None]:
+    """A duration in seconds, ``>= 0`` or ``> 0`` (or empty/``none`` with ``none_ok``)."""
+    def parse(value: Any) -> float | None:
+        if none_ok and optional(str)(value) is None:
+            return None
+        try:
+            number = to_float(value)
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+        if number < 0 or (number == 0 and not zero_ok):
+            raise ValueError(f"must be a number of seconds {'>=' if zero_ok else '>'} 0")
+        return number
+
+    return parse
+
+
+def choice(*accepted: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in accepted:
+            raise ValueError(f"must be one of {', '.join(accepted)}")
+        return text
+
+    return parse
+
+
+_UNITS = {"": 2**20, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20,
+          "g": 2**30, "gb": 2**30}
+
+
+def parse_size(value: Any) -> int | None:
+    """A memory size in bytes from ``512MB``, ``2GB``, ``1.5g`` or a bare number of MB."""
+    text = "" if value is None else str(value).strip().lower().replace(" ", "")
+    if text in ("", "none"):
+        return None
+    digits = text.rstrip("bkmg")
+    unit = text[len(digits):]
+    try:
+        size = float(digits) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError("must be a size such as 512MB or 2GB (a bare number means MB)"
+                         ) from None
+    if size <= 0:
+        raise ValueError("must be a size > 0, such as 512MB or 2GB")
+    return int(size)
+
+
+def backend_name(value: Any) -> str:
+    text = str(value).strip().lower()
+    if not text:
+        raise ValueError("must be a non-empty backend name")
+    return text
+
+
+def log_level(value: Any) -> str:
+    text = str(value).strip().upper()
+    if text not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return text

@@ -344,7 +344,8 @@ def test_store_result_false_records_the_state_but_not_the_value(kernel: Kernel, 
 
 def test_exponential_backoff_grows_and_is_capped(make_kernel, project: Path):
     kernel = make_kernel("memory")
-    from nuvom_kernel.models import Backoff, Job, TaskOptions
+    from nuvom_kernel.job import Job
+    from nuvom_kernel.models import Backoff, TaskOptions
 
     w = Worker(kernel, workers=1)
     opts = TaskOptions(retries=10, retry_delay_secs=1, backoff=Backoff.EXPONENTIAL,

@@ -12,7 +12,8 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table
-from nuvom_kernel.config import Settings, parse_size
+from nuvom_kernel.config import Settings
+from nuvom_kernel.values import parse_size
 
 
 @hookimpl

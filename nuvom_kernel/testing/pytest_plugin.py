@@ -32,8 +32,9 @@ import pytest
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
+from nuvom_kernel.job import Job
 from nuvom_kernel.kernel import Kernel, use_kernel
-from nuvom_kernel.models import Job, Message
+from nuvom_kernel.models import Message
 from nuvom_kernel.testing.stubs import StubQueue, StubResults
 from nuvom_kernel.worker import Worker
 

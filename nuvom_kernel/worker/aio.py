@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from nuvom_kernel.errors import JobTimeoutError
-from nuvom_kernel.models import Job
+from nuvom_kernel.job import Job
 
 __all__ = ["AsyncPool", "bounded", "run_on_thread_loop"]
 

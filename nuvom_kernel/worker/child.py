@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from nuvom_kernel.errors import JobTimeoutError, SerializationError, UnknownTaskError
-from nuvom_kernel.models import Job
+from nuvom_kernel.job import Job
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.serialization import from_wire, to_wire
 from nuvom_kernel.worker.run import bind_job

@@ -29,13 +29,11 @@ from __future__ import annotations
 import functools
 import logging
 import queue as stdqueue
-import signal
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from nuvom_kernel import events
 from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import JobTimeoutError
 from nuvom_kernel.limits import apply_limits
@@ -45,8 +43,9 @@ from nuvom_kernel.worker.aio import AsyncPool
 from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.processes import ProcessPool
-from nuvom_kernel.worker.run import HookInterrupted, JobRunner, current_job
+from nuvom_kernel.worker.run import JobRunner, current_job
 from nuvom_kernel.worker.settle import Running, Settler
+from nuvom_kernel.worker.signals import StopSignals
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -116,8 +115,7 @@ class Worker:
         self._forced = threading.Event()
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
-        self._signals = 0
-        self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
+        self.signals = StopSignals(self)
         self.pool = pool or settings.pool
         if self.pool not in POOLS:
             raise ValueError(f"unknown pool {self.pool!r}; use one of {', '.join(POOLS)}")
@@ -160,7 +158,7 @@ class Worker:
         self._threads.append(dispatcher)
         self.monitor.start()
         self.heartbeat.start()
-        self._emit_lifecycle("nuvom_worker_startup")
+        self.signals.emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %s pool of %d, queues=%s, backend=%s", self.origin,
                  self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name)
 
@@ -178,39 +176,11 @@ class Worker:
         """Run until stopped (by signal or :meth:`stop`); returns the process exit code:
         0 after a clean drain, 1 if running jobs had to be abandoned."""
         if install_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self._on_signal)
+            self.signals.install()
         self.start()
         while not self._stopping.wait(0.5):
             pass
         return self.join()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.warning("received %s: finishing running jobs (up to %.0f s); signal again to "
-                        "stop at once", signal.Signals(signum).name, self.grace_period_secs)
-            self.stop(graceful=True)
-        else:
-            log.warning("received %s again: stopping now", signal.Signals(signum).name)
-            self.stop(graceful=False)
-        if self._in_lifecycle_hook and threading.current_thread() is threading.main_thread():
-            # A startup/shutdown hook is holding the main thread (maybe forever): leave it,
-            # or run() could never reach the drain and the signal would change nothing.
-            raise HookInterrupted
-
-    def _emit_lifecycle(self, hook_name: str) -> None:
-        """Emit a worker lifecycle hook; a signal may interrupt it (see ``_on_signal``)."""
-        main = threading.current_thread() is threading.main_thread()
-        try:
-            self._in_lifecycle_hook = main
-            events.emit(self.kernel.pm, hook_name, worker=self)
-        except HookInterrupted:
-            log.error("a plugin's %s hook was still running when the worker was signalled; "
-                      "it was interrupted", hook_name)
-        finally:
-            if main:
-                self._in_lifecycle_hook = False
 
     def join(self) -> int:
         """Finish a stop: return unstarted leases, wait for running jobs, settle what
@@ -251,7 +221,7 @@ class Worker:
         self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
         self.monitor.stop()  # it kept extending leases until everything settled
         self.heartbeat.stop()
-        self._emit_lifecycle("nuvom_worker_shutdown")
+        self.signals.emit_lifecycle("nuvom_worker_shutdown")
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned")
         return 0 if clean else 1

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import JobTimeoutError, NuvomError, SerializationError, UnknownTaskError
-from nuvom_kernel.models import Job, JobStatus, Lease
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import JobStatus, Lease
 from nuvom_kernel.worker.aio import run_on_thread_loop
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.settle import Running, Settler

@@ -31,7 +31,8 @@ import attrs
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import ChildTaskError, SerializationError, UnknownTaskError
-from nuvom_kernel.models import Backoff, Job, JobRecord, JobStatus, Lease, Settlement
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import Backoff, JobRecord, JobStatus, Lease, Settlement
 from nuvom_kernel.outcome import Outcome
 from nuvom_kernel.serialization import to_wire
 from nuvom_kernel.workflow.graph import WF_HEADER

@@ -16,7 +16,8 @@ from nuvom_kernel.errors import (
     NuvomError,
     SerializationError,
 )
-from nuvom_kernel.models import Job, JobRecord, JobStatus, Message, StepFailed
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
 from nuvom_kernel.workflow.graph import (
     CANCELLED,

@@ -27,21 +27,21 @@ async def fetch(url: str) -> bytes:
 
 
 reveal_type(add(1, 2))  # T: int
-reveal_type(add.delay(1, 2))  # T: nuvom_kernel.models.Job[int]
+reveal_type(add.delay(1, 2))  # T: nuvom_kernel.job.Job[int]
 reveal_type(add.delay(1, 2).get(timeout=10))  # T: int
-reveal_type(add.apply_async((1, 2), delay_secs=5))  # T: nuvom_kernel.models.Job[int]
-reveal_type(add.map([(1, 2), (3, 4)]))  # T: list[nuvom_kernel.models.Job[int]]
+reveal_type(add.apply_async((1, 2), delay_secs=5))  # T: nuvom_kernel.job.Job[int]
+reveal_type(add.map([(1, 2), (3, 4)]))  # T: list[nuvom_kernel.job.Job[int]]
 reveal_type([j.get() for j in add.map([(1, 2)])])  # T: list[int]
 reveal_type(greet.delay("ada", shout=True).get())  # T: str
-reveal_type(greet.delay("ada").refresh())  # T: nuvom_kernel.models.Job[str]
-reveal_type(get_job("some-id"))  # T: nuvom_kernel.models.Job[Any]
+reveal_type(greet.delay("ada").refresh())  # T: nuvom_kernel.job.Job[str]
+reveal_type(get_job("some-id"))  # T: nuvom_kernel.job.Job[Any]
 reveal_type(get_job("some-id").get())  # T: Any
 reveal_type(fetch.delay("https://example.org").get())  # T: bytes
 
 
 async def producer() -> None:
-    reveal_type(await add.delay_async(1, 2))  # T: nuvom_kernel.models.Job[int]
-    reveal_type(await add.map_async([(1, 2)]))  # T: list[nuvom_kernel.models.Job[int]]
+    reveal_type(await add.delay_async(1, 2))  # T: nuvom_kernel.job.Job[int]
+    reveal_type(await add.map_async([(1, 2)]))  # T: list[nuvom_kernel.job.Job[int]]
     reveal_type(await add.delay(1, 2).get_async(timeout=10))  # T: int
     reveal_type(await fetch.delay("https://example.org").get_async())  # T: bytes
 

@@ -14,7 +14,8 @@ import attrs
 
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
-from nuvom_kernel.models import Job, JobStatus
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import JobStatus
 from nuvom_plugins_dashboard.views import BadRequest, JobFilter, list_jobs
 
 __all__ = ["ACTIONS", "BULK_LIMIT", "BulkReport", "act", "bulk", "check_bulk_filter"]

@@ -16,7 +16,8 @@ from typing import Any
 import attrs
 
 from nuvom_kernel.backends import page_cursor, parse_cursor
-from nuvom_kernel.models import Job, JobRecord, JobStatus
+from nuvom_kernel.job import Job
+from nuvom_kernel.models import JobRecord, JobStatus
 
 __all__ = ["BadRequest", "JobDetail", "JobFilter", "JobPage", "Overview", "QueueRow",
            "job_detail", "list_jobs", "live_workers", "overview",

@@ -11,7 +11,7 @@ from nuvom_plugins_otel.spans import Tracing
 
 if TYPE_CHECKING:
     from nuvom_kernel.config import Config
-    from nuvom_kernel.models import Job
+    from nuvom_kernel.job import Job
 
 __all__ = ["nuvom_after_enqueue", "nuvom_after_execute", "nuvom_before_enqueue",
            "nuvom_before_execute", "nuvom_configure", "nuvom_on_execute_error",

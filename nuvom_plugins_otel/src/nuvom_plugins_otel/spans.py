@@ -17,7 +17,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from nuvom_kernel.models import Job
+from nuvom_kernel.job import Job
 
 __all__ = ["Tracing"]
 

@@ -1,0 +1,147 @@
+"""The :class:`Job` handle: what ``.delay()`` returns and what the worker builds from each
+message. Its fields are the job's data; its methods read the job's state through the kernel
+the handle is bound to (models import nothing above them, so the handle is handed its kernel
+instead of finding one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Coroutine
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, overload
+
+import attrs
+
+from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.models import JobStatus, TaskOptions
+
+if TYPE_CHECKING:  # a bare ``Job`` means ``Job[Any]`` (PEP 696 default; typing gets it in 3.13)
+    from typing_extensions import TypeVar
+
+    R = TypeVar("R", default=Any)
+else:
+    from typing import TypeVar
+
+    R = TypeVar("R")
+T = TypeVar("T")
+
+__all__ = ["Job"]
+
+
+@attrs.define(eq=False)
+class Job(Generic[R]):
+    """A job: one call of a task, from ``.delay()`` to its outcome; ``R`` is what the task
+    returns, so ``add.delay(1, 2).get()`` is an ``int`` to a type checker when ``add`` is.
+
+    The producer gets one back from ``.delay()``; the worker builds one from each message.
+    ``refresh()`` and ``get()`` read the current state from the configured backends, so a
+    handle works from any process (``nuvom_kernel.get_job(job_id)``).
+    """
+
+    id: str
+    func_name: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    module: str | None = None
+    options: TaskOptions = attrs.field(factory=TaskOptions)
+    created_at: float = attrs.field(factory=time.time)
+    enqueued_by: str = ""  # "host:pid"
+    trace_id: str = ""
+    failures: int = 0  # attempts of this run that ended in an error (drives the retry policy)
+    history: list[dict[str, Any]] = attrs.field(factory=list)
+    attempts: int = 0  # starts of the function in this run, this one included (a start
+    #                    whose worker was killed counts)
+    run: int = 1  # 1 for the first run; `nuvom retry job` starts the next one
+    headers: dict[str, Any] = attrs.field(factory=dict)  # schedule tick, trace context, links
+    status: JobStatus = JobStatus.QUEUED
+    result: Any = None
+    error_type: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    deadline: float | None = None  # monotonic; set while running with a timeout
+    _kernel: Any = attrs.field(default=None, repr=False, alias="kernel")
+
+    @property
+    def queue(self) -> str:
+        return self.options.queue
+
+    @property
+    def scheduled_for(self) -> datetime | None:
+        """The tick this job was fired for (timezone-aware UTC), ``None`` if not scheduled."""
+        tick = self.headers.get("scheduled_for")
+        return datetime.fromisoformat(tick) if tick else None
+
+    @property
+    def priority(self) -> int:
+        return self.options.priority
+
+    def time_remaining(self) -> float | None:
+        """Seconds left before this attempt's timeout (``None`` without a timeout)."""
+        if self.deadline is None:
+            return None
+        return max(0.0, self.deadline - time.monotonic())
+
+    def _bound(self) -> Any:
+        """The kernel this handle reads through. ``.delay()``, ``.map()``, ``get_job()`` and
+        the worker bind every handle they make (models import nothing above them, so a
+        handle cannot find the process's kernel by itself)."""
+        if self._kernel is None:
+            raise NuvomError(
+                f"this Job handle ({self.id}) is not bound to a kernel: get handles from "
+                "task.delay(), task.map() or nuvom_kernel.get_job(job_id)")
+        return self._kernel
+
+    def refresh(self) -> Job[R]:
+        """Reload status, result, error and attempts from the backends; returns ``self``."""
+        self._bound().refresh_job(self)
+        return self
+
+    def cancel(self) -> bool:
+        """Cancel this job if it has not started; ``True`` if it is now CANCELLED."""
+        return bool(self._bound().cancel(self))
+
+    # An ``async def`` task's jobs are ``Job[Coroutine[..., T]]`` (what calling it inline
+    # gives); what they settle with, so what ``get()`` returns, is ``T``.
+    @overload
+    def get(self: Job[Coroutine[Any, Any, T]], timeout: float | None = None,
+            poll_secs: float = 0.05) -> T: ...
+
+    @overload
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> R: ...
+
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+        """Wait for the outcome and return the task's value (``None`` when the task has
+        ``store_result=False``).
+
+        :raises nuvom_kernel.JobFailedError: the job ended FAILED (carries the remote
+            exception's type, message and traceback).
+        :raises nuvom_kernel.JobCancelledError: it was cancelled before it ran.
+        :raises nuvom_kernel.UnknownJobError: no backend knows the id.
+        :raises TimeoutError: no outcome within ``timeout`` seconds.
+        """
+        return self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs)
+
+    @overload
+    async def get_async(self: Job[Coroutine[Any, Any, T]], timeout: float | None = None,
+                        poll_secs: float = 0.05) -> T: ...
+
+    @overload
+    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05) -> R: ...
+
+    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+        """:meth:`get` for asyncio callers: waits without blocking the event loop (each
+        poll reads the backend from a thread, then sleeps on the loop)."""
+        import asyncio
+
+        kernel = self._bound()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await asyncio.to_thread(kernel.wait_for, self, 0.0, poll_secs)
+            except TimeoutError:
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {self.id} had no outcome within {timeout} s"
+                                       ) from None
+            await asyncio.sleep(poll_secs if left is None else min(poll_secs, left))

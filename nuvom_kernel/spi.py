@@ -1,0 +1,83 @@
+"""The shared ground of both backend SPIs: their version, what a backend promises
+(:class:`Capabilities`), what the kernel hands it when building it (:class:`BackendContext`)
+and the base both kinds derive from. :mod:`nuvom_kernel.backends` is the import path plugins
+use; it re-exports all of this.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+
+__all__ = ["SPI_VERSION", "Backend", "BackendContext", "Capabilities"]
+
+#: The version of the promises in this module (see docs/writing_plugins.md). A backend written
+#: against version 1 works with every kernel whose ``SPI_VERSION`` is 1; a change that would
+#: break a backend raises the number.
+SPI_VERSION = 1
+
+
+@attrs.frozen
+class Capabilities:
+    """What a backend promises; the kernel refuses options it cannot honour, and the contract
+    suite skips the tests of promises it does not make."""
+
+    persistent: bool = False
+    multiprocess_safe: bool = False
+    priorities: bool = False
+    delayed: bool = False
+    blocking_dequeue: bool = False
+    heartbeats: bool = False  # a result backend that lists live workers (``heartbeat``)
+    #: queue: honours ``set_concurrency_limits`` at claim time (``@task(concurrency=N)``)
+    concurrency: bool = False
+    #: results: keeps schedule state with a compare-and-set (``@task(schedule=...)``)
+    schedules: bool = False
+    #: stores workflow graphs (:meth:`QueueBackend.workflow_transaction`) and advances them
+    #: when a step settles
+    workflows: bool = False
+
+    def as_list(self) -> list[str]:
+        return [f.name for f in attrs.fields(type(self)) if getattr(self, f.name)]
+
+
+@attrs.frozen
+class BackendContext:
+    """Kernel settings a backend may need when it is built (paths, lease length).
+
+    :param namespace: a prefix for every key, table or channel the backend creates, empty
+        by default. The contract suite hands each test a fresh one, so a server-backed
+        store (Redis, PostgreSQL) runs the suite on a shared server without collisions;
+        file-based backends get a fresh ``data_dir`` per test instead and may ignore it.
+    """
+
+    data_dir: Path = Path(".nuvom")
+    visibility_timeout_secs: float = 30.0
+    namespace: str = ""
+
+
+class Backend(abc.ABC):
+    """What queue and result backends share: a registered name, capabilities, how they are
+    built from settings, and close."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: ``True`` for a server store prefixing all it creates with ``context.namespace``:
+    #: ``nuvom plugin test`` then builds it from the project's ``[plugins.<name>]`` (its
+    #: server URL), a fresh namespace per test. Others never see the project's settings.
+    namespaced: ClassVar[bool] = False
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
+        """Build the backend from its ``[plugins.<name>]`` table and the kernel's context.
+
+        The default passes the table as keyword arguments; override to derive paths from
+        ``context.data_dir`` or to validate settings with a clear error.
+        """
+        return cls(**dict(settings))
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release connections and file handles."""

@@ -1,0 +1,63 @@
+"""How a worker stops on signals: the first SIGINT/SIGTERM drains (running jobs finish within
+the grace period), the second stops at once.
+
+A signal can arrive while a plugin's ``nuvom_worker_startup``/``nuvom_worker_shutdown`` hook
+holds the main thread, maybe forever; the handler then raises :class:`HookInterrupted` out
+of that hook, or the worker could never reach its drain and the signal would change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+from nuvom_kernel import events
+from nuvom_kernel.worker.run import HookInterrupted
+
+if TYPE_CHECKING:
+    from nuvom_kernel.worker.pool import Worker
+
+__all__ = ["StopSignals"]
+
+log = logging.getLogger("nuvom.worker")
+
+
+class StopSignals:
+    """The worker's SIGINT/SIGTERM handler and its lifecycle-hook emitter."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.received = 0
+        self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.received += 1
+        name = signal.Signals(signum).name
+        if self.received == 1:
+            log.warning("received %s: finishing running jobs (up to %.0f s); signal again to "
+                        "stop at once", name, self.worker.grace_period_secs)
+            self.worker.stop(graceful=True)
+        else:
+            log.warning("received %s again: stopping now", name)
+            self.worker.stop(graceful=False)
+        if self._in_lifecycle_hook and threading.current_thread() is threading.main_thread():
+            raise HookInterrupted
+
+    def emit_lifecycle(self, hook_name: str) -> None:
+        """Emit a worker lifecycle hook, which a signal may interrupt (see :meth:`handle`)."""
+        main = threading.current_thread() is threading.main_thread()
+        try:
+            self._in_lifecycle_hook = main
+            events.emit(self.worker.kernel.pm, hook_name, worker=self.worker)
+        except HookInterrupted:
+            log.error("a plugin's %s hook was still running when the worker was signalled; "
+                      "it was interrupted", hook_name)
+        finally:
+            if main:
+                self._in_lifecycle_hook = False
