@@ -59,7 +59,7 @@ def _record(i: int, now: float, rng: random.Random) -> JobRecord:
     queue = f"q{i % 4}"
     failed = status is not JobStatus.SUCCEEDED
     return JobRecord(
-        job_id=f"{i:08d}-{rng.getrandbits(64):016x}", func_name=f"tasks.t{i % 20}",
+        job_id=f"{i:08d}-{rng.getrandbits(64):016x}", task=f"tasks.t{i % 20}",
         status=status, queue=queue, args=[i, f"order-{i}"], kwargs={"retry": True},
         module="tasks", options=options_to_wire(TaskOptions(queue=queue, retries=2)),
         result=None if failed else {"ok": i}, attempts=1,

@@ -67,8 +67,8 @@ def costs(pm: Any, job: Job, settlement: Settlement) -> tuple[float, float, floa
 
 def main() -> None:
     settlement = Settlement(Lease(Message(id="j", body=b""), "t", 1, time.time() + 30),
-                            JobRecord(job_id="j", func_name="f", status=JobStatus.SUCCEEDED))
-    job = Job(id="j", func_name="f")
+                            JobRecord(job_id="j", task="f", status=JobStatus.SUCCEEDED))
+    job = Job(id="j", task="f")
     print(f"{'observability plugins':<22} {'enqueue hooks':>14} {'execute hooks':>14} "
           f"{'after_settle':>13}   (µs CPU per job)")
     for label, disable in (("disabled", True), ("installed, idle", False)):

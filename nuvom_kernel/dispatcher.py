@@ -74,7 +74,7 @@ def _enqueue_error(kernel: Kernel, jobs: Sequence[Job], exc: Exception) -> Enque
     """A backend's raw storage error (``OSError: No space left on device``, ``sqlite3
     OperationalError: unable to open database file``) names neither the backend nor the
     task; say both, and what to check."""
-    tasks = ", ".join(repr(name) for name in sorted({job.func_name for job in jobs}))
+    tasks = ", ".join(repr(name) for name in sorted({job.task for job in jobs}))
     return EnqueueError(
         f"queue backend {kernel.settings.queue_backend!r} could not store {len(jobs)} "
         f"job(s) of task {tasks}: {type(exc).__name__}: {exc}. Nothing was enqueued if the "

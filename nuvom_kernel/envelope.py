@@ -154,7 +154,7 @@ class Envelope:
     @classmethod
     def for_rerun(cls, record: JobRecord) -> Envelope:
         """The next run of a finished job: same id, task and arguments, ``run + 1``."""
-        return cls(id=record.job_id, task=record.func_name, module=record.module,
+        return cls(id=record.job_id, task=record.task, module=record.module,
                    args=list(record.args), kwargs=dict(record.kwargs),
                    options=dict(record.options), created_at=time.time(),
                    enqueued_by=origin(), trace_id=record.trace_id or os.urandom(8).hex(),
@@ -222,7 +222,7 @@ class Envelope:
         :raises SerializationError: an argument or option does not decode.
         """
         try:
-            return Job(id=self.id, func_name=self.task, args=tuple(from_wire(self.args)),
+            return Job(id=self.id, task=self.task, args=tuple(from_wire(self.args)),
                        kwargs=from_wire(self.kwargs), module=self.module,
                        options=options_from_wire(self.options), created_at=self.created_at,
                        enqueued_by=self.enqueued_by, trace_id=self.trace_id,
@@ -236,7 +236,7 @@ class Envelope:
     def record(self, status: JobStatus, **fields: Any) -> JobRecord:
         """A :class:`JobRecord` of this job in ``status``; ``fields`` fill the rest
         (attempts, token, times, result or error)."""
-        return JobRecord(job_id=self.id, func_name=self.task, status=status,
+        return JobRecord(job_id=self.id, task=self.task, status=status,
                          queue=self.options.get("queue", "default"), args=self.args,
                          kwargs=self.kwargs, module=self.module, options=self.options,
                          max_retries=int(self.options.get("retries", 0)),

@@ -94,7 +94,7 @@ class JobTimeoutError(NuvomError):
     @classmethod
     def of(cls, job: Any, limit_secs: float | None, detail: str = "") -> JobTimeoutError:
         """One wording whichever pool noticed it: the job, its time limit, what was done."""
-        return cls(f"job {job.id} ({job.func_name}) exceeded its timeout of "
+        return cls(f"job {job.id} ({job.task}) exceeded its timeout of "
                    f"{limit_secs or 0:.3g} s" + (f" {detail}" if detail else ""))
 
 

@@ -40,7 +40,7 @@ class Job(Generic[R]):
     """
 
     id: str
-    func_name: str
+    task: str  # the task's registered name
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = attrs.field(factory=dict)
     module: str | None = None

@@ -139,7 +139,7 @@ class Kernel:
         now = time.time()
         stored = self.results.get(job.id)
         record = stored or JobRecord(
-            job_id=job.id, func_name=job.func_name, status=JobStatus.CANCELLED,
+            job_id=job.id, task=job.task, status=JobStatus.CANCELLED,
             queue=job.queue, created_at=job.created_at, max_retries=job.options.retries)
         record.status = JobStatus.CANCELLED
         record.finished_at = record.updated_at = now
@@ -178,7 +178,7 @@ class Kernel:
                     "backends and data directory as the producer.")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
-                    f"job {job.id} ({job.func_name}) is still {job.status} after {timeout} s; "
+                    f"job {job.id} ({job.task}) is still {job.status} after {timeout} s; "
                     "is a worker running (`nuvom runworker`) on the same backend?"
                 )
             wait = interval if deadline is None else min(interval, deadline - time.monotonic())
@@ -187,7 +187,7 @@ class Kernel:
 
 
 def _apply_record(job: Job, record: JobRecord) -> None:
-    job.func_name = job.func_name or record.func_name
+    job.task = job.task or record.task
     if not job.args and record.args:
         job.args = tuple(from_wire(record.args))
     if not job.kwargs and record.kwargs:
@@ -237,5 +237,5 @@ def get_job(job_id: str) -> Job:
     """The current state of any job by id, from any process; ``status`` is UNKNOWN for an id
     no backend has seen."""
     kernel = get_kernel()
-    job = Job(id=job_id, func_name="", kernel=kernel)
+    job = Job(id=job_id, task="", kernel=kernel)
     return kernel.refresh_job(job)

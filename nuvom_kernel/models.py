@@ -159,7 +159,7 @@ class JobRecord:
     """
 
     job_id: str
-    func_name: str
+    task: str  # the task's registered name
     status: JobStatus
     queue: str = "default"
     args: list[Any] = attrs.field(factory=list)
@@ -192,6 +192,8 @@ class JobRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
         values = {k: v for k, v in data.items() if k in _RECORD_FIELDS}
+        if "task" not in values and "func_name" in data:  # stored before the field's rename
+            values["task"] = data["func_name"]
         values["status"] = JobStatus(values["status"])
         return cls(**values)
 

@@ -47,7 +47,7 @@ class Outcome:
 
     @property
     def task(self) -> str:
-        return self.settlement.record.func_name
+        return self.settlement.record.task
 
     @property
     def queue(self) -> str:

@@ -49,7 +49,7 @@ class ResultBackend(Backend):
         self,
         *,
         status: JobStatus | None = None,
-        func_name: str | None = None,
+        task: str | None = None,
         limit: int = 50,
         after: str | None = None,
     ) -> list[JobRecord]:
@@ -127,10 +127,10 @@ class ResultBackend(Backend):
 
     # --- conveniences ---------------------------------------------------------------------
 
-    def set_result(self, job_id: str, result: Any, *, func_name: str = "") -> bool:
+    def set_result(self, job_id: str, result: Any, *, task: str = "") -> bool:
         """Record success of the stored run and attempt; ``result`` must already be in
         wire-safe form."""
-        record = self.get(job_id) or JobRecord(job_id=job_id, func_name=func_name,
+        record = self.get(job_id) or JobRecord(job_id=job_id, task=task,
                                                status=JobStatus.SUCCEEDED)
         record.status = JobStatus.SUCCEEDED
         record.result = result
@@ -144,10 +144,10 @@ class ResultBackend(Backend):
         message: str,
         traceback: str | None = None,
         *,
-        func_name: str = "",
+        task: str = "",
     ) -> bool:
         """Record failure of the stored run and attempt."""
-        record = self.get(job_id) or JobRecord(job_id=job_id, func_name=func_name,
+        record = self.get(job_id) or JobRecord(job_id=job_id, task=task,
                                                status=JobStatus.FAILED)
         record.status = JobStatus.FAILED
         record.error_type, record.error_message, record.traceback = error_type, message, traceback
@@ -180,5 +180,5 @@ class ResultBackend(Backend):
     ) -> list[dict[str, Any]]:
         """Records as dicts, newest first; page on with ``after=page_cursor(last)``."""
         wanted = JobStatus(status) if status is not None else None
-        records = self.query(status=wanted, func_name=task, limit=limit, after=after)
+        records = self.query(status=wanted, task=task, limit=limit, after=after)
         return [r.to_dict() for r in records]

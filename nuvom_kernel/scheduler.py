@@ -290,7 +290,7 @@ def describe(schedule: Schedule, state: ScheduleState | None, kernel: Any, now: 
     """One row of ``nuvom schedule list``."""
     last_status = None
     if state is not None and state.last_job_id:
-        job = kernel.refresh_job(Job(id=state.last_job_id, func_name=schedule.name,
+        job = kernel.refresh_job(Job(id=state.last_job_id, task=schedule.name,
                                      kernel=kernel))
         last_status = job.status.value
     upcoming = next_run(schedule, now)

@@ -70,7 +70,7 @@ class Task(Generic[P, R]):
               job_id: str | None = None) -> tuple[Envelope, Job]:
         envelope = Envelope.for_call(self.name, self.module, options, args, kwargs,
                                      self._params, job_id=job_id)
-        job = Job(id=envelope.id, func_name=self.name, args=tuple(args), kwargs=dict(kwargs),
+        job = Job(id=envelope.id, task=self.name, args=tuple(args), kwargs=dict(kwargs),
                   module=self.module, options=options, created_at=envelope.created_at,
                   enqueued_by=envelope.enqueued_by, trace_id=envelope.trace_id)
         return envelope, job

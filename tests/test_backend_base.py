@@ -24,24 +24,24 @@ def results() -> StubResults:
 
 
 def test_set_result(results: StubResults) -> None:
-    results.set_result("new-job", {"sum": [1, 2]}, func_name="tasks.add")
+    results.set_result("new-job", {"sum": [1, 2]}, task="tasks.add")
     got = results.get("new-job")
     assert got is not None and got.status is JobStatus.SUCCEEDED
-    assert got.func_name == "tasks.add"
+    assert got.task == "tasks.add"
     assert results.get_result("new-job") == {"sum": [1, 2]}
     assert results.get_error("new-job") is None
-    running = make_record(status=JobStatus.RUNNING, func_name="tasks.mul")
+    running = make_record(status=JobStatus.RUNNING, task="tasks.mul")
     results.put(running)
     assert results.set_result(running.job_id, 42) is True
     got = results.get(running.job_id)
     assert got is not None and (got.status, got.result) == (JobStatus.SUCCEEDED, 42)
-    assert got.func_name == "tasks.mul" and got.args == running.args, \
+    assert got.task == "tasks.mul" and got.args == running.args, \
         "set_result keeps what the record already held"
 
 
 def test_set_error(results: StubResults) -> None:
     results.set_error("bad-job", "builtins.ValueError", "no", "Traceback ...",
-                      func_name="tasks.div")
+                      task="tasks.div")
     assert results.get_error("bad-job") == {
         "type": "builtins.ValueError", "message": "no", "traceback": "Traceback ..."}
     assert results.get_result("bad-job") is None
@@ -67,7 +67,7 @@ def test_list_jobs_filters_and_pages(results: StubResults) -> None:
     base = time.time() - 1000
     shapes = [(JobStatus.SUCCEEDED, "tasks.add")] * 4 + [(JobStatus.FAILED, "tasks.add")] \
         + [(JobStatus.SUCCEEDED, "tasks.mul")] * 2 + [(JobStatus.RETRYING, "tasks.mul")]
-    records = [make_record(status=s, func_name=f, updated_at=base + i)
+    records = [make_record(status=s, task=f, updated_at=base + i)
                for i, (s, f) in enumerate(shapes)]
     for record in records:
         results.put(record)
@@ -76,7 +76,7 @@ def test_list_jobs_filters_and_pages(results: StubResults) -> None:
                                            if r.status is JobStatus.FAILED]
     assert rows[0]["status"] == "FAILED"
     by_task = results.list_jobs(status=JobStatus.SUCCEEDED, task="tasks.mul")
-    assert len(by_task) == 2 and all(r["func_name"] == "tasks.mul" for r in by_task)
+    assert len(by_task) == 2 and all(r["task"] == "tasks.mul" for r in by_task)
     first = results.list_jobs(limit=6)
     assert [r["job_id"] for r in first] == [r.job_id for r in reversed(records)][:6]
     rest = results.list_jobs(limit=6, after=page_cursor(first[-1]))

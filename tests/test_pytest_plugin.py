@@ -92,7 +92,7 @@ def test_eager_retries_inline_and_reports_failure(nuvom_eager: EagerMode) -> Non
 def test_eager_nested_delay_runs_child_first(nuvom_eager: EagerMode) -> None:
     job = parent.delay(4)
     assert job.result == {"child": 8, "me": job.id}, "current_job() survives a nested run"
-    assert [j.func_name for j in nuvom_eager.jobs] == ["pp_tests.parent", "pp_tests.add"]
+    assert [j.task for j in nuvom_eager.jobs] == ["pp_tests.parent", "pp_tests.add"]
 
 
 def test_eager_drops_start_delay(nuvom_eager: EagerMode) -> None:
@@ -120,7 +120,7 @@ class _Observer:
 
     @hookimpl
     def nuvom_after_execute(self, job: Any, result: Any) -> None:
-        self.seen.append(job.func_name)
+        self.seen.append(job.task)
 
 
 _observer = _Observer()

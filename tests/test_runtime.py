@@ -48,7 +48,7 @@ def test_delay_get_roundtrip_with_typed_arguments(kernel: Kernel, worker, projec
     value = [when, dt.date(2026, 1, 2), uuid.UUID(int=7), decimal.Decimal("1.10"), b"\x00\xff",
              (1, 2), {1: "int key"}, {"__nuvom__": "user key"}, None, 1.5, "x"]
     job = echo.delay(*value, flag=True)
-    assert isinstance(job.id, str) and job.func_name == "echo"
+    assert isinstance(job.id, str) and job.task == "echo"
     args, kwargs = job.get(timeout=15)
     assert args == tuple(value)
     assert kwargs == {"flag": True}
@@ -203,15 +203,15 @@ class Recorder:
 
     @hookimpl
     def nuvom_before_enqueue(self, job):
-        self.events.append(("before_enqueue", job.func_name))
+        self.events.append(("before_enqueue", job.task))
 
     @hookimpl
     def nuvom_after_enqueue(self, job):
-        self.events.append(("after_enqueue", job.func_name))
+        self.events.append(("after_enqueue", job.task))
 
     @hookimpl
     def nuvom_before_execute(self, job):
-        self.events.append(("before_execute", job.func_name))
+        self.events.append(("before_execute", job.task))
 
     @hookimpl
     def nuvom_after_execute(self, job, result):
@@ -223,7 +223,7 @@ class Recorder:
 
     @hookimpl
     def nuvom_on_retry(self, job, error, delay_secs):
-        self.events.append(("on_retry", job.func_name))
+        self.events.append(("on_retry", job.task))
 
     @hookimpl
     def nuvom_worker_startup(self, worker):
@@ -350,11 +350,11 @@ def test_exponential_backoff_grows_and_is_capped(make_kernel, project: Path):
     w = Worker(kernel, workers=1)
     opts = TaskOptions(retries=10, retry_delay_secs=1, backoff=Backoff.EXPONENTIAL,
                        backoff_max_secs=5, jitter=False)
-    delays = [w.settler.retry_delay(Job(id="x", func_name="f", options=opts, failures=n))
+    delays = [w.settler.retry_delay(Job(id="x", task="f", options=opts, failures=n))
               for n in range(1, 6)]
     assert delays == [1, 2, 4, 5, 5]
     jittered = TaskOptions(retries=10, retry_delay_secs=4, backoff=Backoff.EXPONENTIAL)
-    values = {w.settler.retry_delay(Job(id="x", func_name="f", options=jittered, failures=1))
+    values = {w.settler.retry_delay(Job(id="x", task="f", options=jittered, failures=1))
               for _ in range(50)}
     assert all(2 <= v <= 4 for v in values) and len(values) > 1
 

@@ -116,7 +116,7 @@ def _corrupt_sqlite(project: Project, victim: str) -> Corruption:
         if changed == 1:
             done.failed.append(victim)  # a well-typed row whose payload no longer decodes
         result_columns = [row[1] for row in conn.execute("PRAGMA table_info(nuvom_results)")]
-        record = JobRecord(job_id="corrupt-record", func_name="chaos_work",
+        record = JobRecord(job_id="corrupt-record", task="chaos_work",
                            status=JobStatus.FAILED).to_dict()
         values = {k: json.dumps(v) if k in ("args", "kwargs", "options", "result", "history")
                   else v for k, v in record.items()}
@@ -237,7 +237,7 @@ def _corrupt_postgres(project: Project, victim: str) -> Corruption:
             else:
                 done.quarantined += 1
                 done.notes.append(f"the server took a row with {what}")
-        record = JobRecord(job_id="corrupt-record", func_name="chaos_work",
+        record = JobRecord(job_id="corrupt-record", task="chaos_work",
                            status=JobStatus.FAILED)
         conn.execute(sql.SQL(
             "INSERT INTO {} (job_id, status, func_name, run, attempts, terminal, updated_at, "

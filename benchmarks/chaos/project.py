@@ -204,17 +204,17 @@ class Project:
         with use_kernel(self.kernel()):
             return [job.id for job in task.map(list(items))]
 
-    def enqueue_raw(self, func_name: str, args: Sequence[Any], module: str | None = None
+    def enqueue_raw(self, task: str, args: Sequence[Any], module: str | None = None
                     ) -> str:
         """Enqueue a job by task name through the dispatcher, without the task existing."""
-        envelope = Envelope.for_call(func_name, module, TaskOptions(), list(args), {})
+        envelope = Envelope.for_call(task, module, TaskOptions(), list(args), {})
         return enqueue(self.kernel(), [(envelope, envelope.job())])[0].id
 
     def record(self, job_id: str) -> JobRecord | None:
         try:
             return self.kernel().results.get(job_id)
         except Exception as exc:  # a corrupt record is reported, not fatal to the judge
-            return JobRecord(job_id=job_id, func_name="<unreadable>",
+            return JobRecord(job_id=job_id, task="<unreadable>",
                              status=JobStatus.UNKNOWN, error_message=repr(exc))
 
     def count(self, status: JobStatus = JobStatus.SUCCEEDED) -> int:

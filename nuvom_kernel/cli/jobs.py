@@ -72,7 +72,7 @@ def inspect_job(job_id: str, fmt: str) -> None:
         return
     if job.status is JobStatus.UNKNOWN:
         raise click.ClickException(f"unknown job id {job_id!r}: no backend has seen it")
-    for key in ("job_id", "func_name", "status", "queue", "attempts", "max_retries", "args",
+    for key in ("job_id", "task", "status", "queue", "attempts", "max_retries", "args",
                 "kwargs", "result", "error_type", "error_message", "worker", "trace_id"):
         if key in data and data[key] not in (None, [], {}):
             click.echo(f"{key:>14}: {data[key]}")
@@ -103,14 +103,14 @@ def history_group() -> None:
 def history_recent(limit: int, status: str | None, task: str | None, as_json: bool) -> None:
     """The newest job records first."""
     records = _kernel().results.query(status=JobStatus(status.upper()) if status else None,
-                                      func_name=task, limit=limit)
+                                      task=task, limit=limit)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2, default=str))
         return
     if not records:
         click.echo("No job records match.")
         return
-    print_table([{"job_id": r.job_id, "task": r.func_name, "status": r.status.value,
+    print_table([{"job_id": r.job_id, "task": r.task, "status": r.status.value,
                   "attempts": r.attempts, "duration": _duration(r), "updated": _when(r.updated_at),
                   "error": r.error_type} for r in records],
                 ["job_id", "task", "status", "attempts", "duration", "updated", "error"])
@@ -131,7 +131,7 @@ def retry_job(job_id: str) -> None:
         job = rerun(kernel, job_id)
     except NuvomError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"re-enqueued job {job_id} ({job.func_name}) on queue {job.queue!r} "
+    click.echo(f"re-enqueued job {job_id} ({job.task}) on queue {job.queue!r} "
                f"(run {job.run})")
 
 

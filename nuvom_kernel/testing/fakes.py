@@ -273,11 +273,11 @@ class LastWriterWinsResults(StubResults):
 
 
 class NoTaskFilterResults(StubResults):
-    """Ignores the ``func_name`` filter."""
+    """Ignores the ``task`` filter."""
 
     name = "fake-no-task-filter"
 
-    def query(self, *, func_name: str | None = None, **kwargs: Any) -> list[JobRecord]:
+    def query(self, *, task: str | None = None, **kwargs: Any) -> list[JobRecord]:
         return super().query(**kwargs)
 
 
@@ -315,7 +315,7 @@ class PendingUnknownResults(StubResults):
     name = "fake-pending-unknown"
 
     def get(self, job_id: str) -> JobRecord | None:
-        return super().get(job_id) or JobRecord(job_id=job_id, func_name="",
+        return super().get(job_id) or JobRecord(job_id=job_id, task="",
                                                 status=JobStatus.QUEUED)
 
 

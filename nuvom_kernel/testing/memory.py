@@ -412,14 +412,14 @@ class MemoryResultBackend(ResultBackend):
         self,
         *,
         status: JobStatus | None = None,
-        func_name: str | None = None,
+        task: str | None = None,
         limit: int = 50,
         after: str | None = None,
     ) -> list[JobRecord]:
         with self._lock:
             rows = [r for r in self._records.values()
                     if (status is None or r.status is status)
-                    and (func_name is None or r.func_name == func_name)]
+                    and (task is None or r.task == task)]
         return [_copy(r) for r in newer_first(rows, after, limit)]
 
     def purge(self, older_than: float) -> int:

@@ -147,7 +147,7 @@ class EagerMode:
 
     def calls(self, task_name: str) -> list[Job]:
         """The recorded jobs of one task (by registry name)."""
-        return [job for job in self.jobs if job.func_name == task_name]
+        return [job for job in self.jobs if job.task == task_name]
 
     def clear(self) -> None:
         self.jobs.clear()

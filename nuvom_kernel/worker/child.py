@@ -113,7 +113,7 @@ class _Child:
             func = getattr(fn, "fn", fn)
             args = from_wire(request["args"])
             kwargs = from_wire(request["kwargs"])
-            job = Job(id=request["id"], func_name=request["task"], args=tuple(args),
+            job = Job(id=request["id"], task=request["task"], args=tuple(args),
                       kwargs=kwargs, module=request.get("module"),
                       attempts=request["attempts"], run=request["run"],
                       headers=request.get("headers") or {})

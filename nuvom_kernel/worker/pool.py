@@ -206,7 +206,7 @@ class Worker:
             if self.settler.safely("return it to the queue", running.lease, self.queue.extend,
                             running.lease, 0):
                 log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
-                            running.job.id, running.job.func_name)
+                            running.job.id, running.job.task)
         self.scheduler.stop()
         for _ in range(len(self._threads)):
             self._handoff.put(None)

@@ -277,7 +277,7 @@ class ProcessPool:
             child = self._local.child = self._take()
             if child is None:
                 raise ChildKilledError("the worker stopped before a child process was ready")
-        request = {"id": job.id, "task": job.func_name, "module": job.module,
+        request = {"id": job.id, "task": job.task, "module": job.module,
                    "args": to_wire(list(job.args), "arguments"),
                    "kwargs": to_wire(job.kwargs, "arguments"), "attempts": job.attempts,
                    "run": job.run, "headers": job.headers,
@@ -337,7 +337,7 @@ class ProcessPool:
             exc = ChildKilledError(how + (f": {reply['reason']}" if reply["reason"] else ""))
         exc.details = details  # type: ignore[union-attr]
         log.warning("job=%s task=%s: pool child pid %d %s%s; a fresh child takes its place",
-                    job.id, job.func_name, child.pid, how,
+                    job.id, job.task, child.pid, how,
                     f" ({reply['reason']})" if reply["reason"] else "")
         return exc
 

@@ -186,7 +186,7 @@ class JobRunner:
             self._succeed(running, result)
 
     def resolve(self, job: Job) -> Callable[..., Any]:
-        fn = self.kernel.registry.resolve(job.func_name, job.module)
+        fn = self.kernel.registry.resolve(job.task, job.module)
         return getattr(fn, "fn", fn)  # type: ignore[no-any-return]
 
     def _failed(self, running: Running, exc: BaseException) -> None:
@@ -236,5 +236,5 @@ class JobRunner:
                                delay_secs=min(1.0, left)):
             log.warning("job=%s: this worker has no task %r (an older deploy?); handed back "
                         "for another worker (%.0f s of unknown_task_grace_secs left)",
-                        running.job.id, running.job.func_name, left)
+                        running.job.id, running.job.task, left)
         return True

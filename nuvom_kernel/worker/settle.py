@@ -216,20 +216,20 @@ class Settler:
             log.warning("job=%s task=%s attempt=%d lost its lease before its outcome (%s) was "
                         "recorded (the worker was paused or stalled past the visibility "
                         "timeout, or the store failed); the worker that holds it now decides",
-                        record.job_id, record.func_name, record.attempts, record.status)
+                        record.job_id, record.task, record.attempts, record.status)
         elif not log.isEnabledFor(logging.INFO):
             return
         elif record.status is JobStatus.SUCCEEDED:
             log.info("job=%s task=%s status=SUCCEEDED attempt=%d duration_ms=%.1f",
-                     record.job_id, record.func_name, record.attempts,
+                     record.job_id, record.task, record.attempts,
                      ((record.finished_at or 0.0) - (record.started_at or 0.0)) * 1000)
         elif record.status is JobStatus.RETRYING:
             log.info("job=%s task=%s status=RETRYING attempt=%d error=%s retry_in_s=%.2f",
-                     record.job_id, record.func_name, record.attempts, record.error_type,
+                     record.job_id, record.task, record.attempts, record.error_type,
                      item.retry_in or 0.0)
         else:
             log.info("job=%s task=%s status=%s attempt=%d error=%s: %s", record.job_id,
-                     record.func_name, record.status, record.attempts, record.error_type,
+                     record.task, record.status, record.attempts, record.error_type,
                      record.error_message)
 
     # --- outcomes ---------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class Settler:
         :raises SerializationError: the value cannot be stored; the caller fails the job.
         """
         job = running.job
-        wire = (to_wire(result, f"{job.func_name}() return value")
+        wire = (to_wire(result, f"{job.task}() return value")
                 if job.options.store_result else None)
         finished = time.time()
         record = running.envelope.record(
@@ -285,7 +285,7 @@ class Settler:
         often without an outcome. The stored record (if any) gives the run and arguments."""
         now = time.time()
         stored = self._stored(lease.id)
-        base = stored or JobRecord(job_id=lease.id, func_name=lease.message.task or
+        base = stored or JobRecord(job_id=lease.id, task=lease.message.task or
                                    "<undecodable>", status=JobStatus.FAILED,
                                    queue=lease.message.queue,
                                    created_at=lease.message.created_at)

@@ -311,7 +311,7 @@ def doomed_record(node: Node) -> JobRecord:
     reason = ("a step it depends on failed" if node.state == CANCELLED
               else "a step it depends on failed with on_failure('skip')")
     kind = SKIPPED_ERROR if node.state == SKIPPED else "nuvom.Cancelled"
-    return JobRecord(job_id=node.id, func_name=node.task, status=JobStatus.CANCELLED,
+    return JobRecord(job_id=node.id, task=node.task, status=JobStatus.CANCELLED,
                      queue=node.queue, error_type=kind,
                      error_message=f"not run: {reason} (workflow {node.workflow})",
                      created_at=now, finished_at=now, updated_at=now)

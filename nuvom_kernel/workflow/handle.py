@@ -83,7 +83,7 @@ class Workflow:
                 parents.setdefault(child, []).append(node.id)
         out = []
         for node in graph.nodes:
-            job = Job(id=node.id, func_name=node.task, kernel=self._kernel)
+            job = Job(id=node.id, task=node.task, kernel=self._kernel)
             if node.state == WAITING:
                 job.status = JobStatus.QUEUED
             else:

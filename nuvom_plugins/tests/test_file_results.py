@@ -20,7 +20,7 @@ from nuvom_plugins.file import FileResultBackend
 
 
 def rec(job_id: str, status: JobStatus = JobStatus.SUCCEEDED, **kw: object) -> JobRecord:
-    kw.setdefault("func_name", "add")
+    kw.setdefault("task", "add")
     return JobRecord(job_id=job_id, status=status, **kw)  # type: ignore[arg-type]
 
 
@@ -42,9 +42,9 @@ def test_latest_line_wins_and_unknown_is_none(backend: FileResultBackend) -> Non
     assert backend.get_error("a") == {"type": "ValueError", "message": "bad",
                                       "traceback": "Traceback..."}
     assert backend.get("never-seen") is None
-    backend.set_result("b", {"x": [1, 2]}, func_name="mul")
+    backend.set_result("b", {"x": [1, 2]}, task="mul")
     assert backend.get_result("b") == {"x": [1, 2]}
-    assert backend.get_full("b")["func_name"] == "mul"  # type: ignore[index]
+    assert backend.get_full("b")["task"] == "mul"  # type: ignore[index]
 
 
 def test_other_instance_sees_new_records(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_other_instance_sees_new_records(tmp_path: Path) -> None:
 def test_query_filters_and_pages_newest_first(backend: FileResultBackend) -> None:
     for i in range(30):
         backend.put(rec(f"j{i:02d}", JobStatus.SUCCEEDED if i % 3 else JobStatus.FAILED,
-                        func_name="even" if i % 2 == 0 else "odd", updated_at=1000.0 + i))
+                        task="even" if i % 2 == 0 else "odd", updated_at=1000.0 + i))
     page1 = backend.list_jobs(limit=5)
     assert [r["job_id"] for r in page1] == ["j29", "j28", "j27", "j26", "j25"]
     page2 = backend.list_jobs(limit=5, after=page_cursor(page1[-1]))
@@ -67,7 +67,7 @@ def test_query_filters_and_pages_newest_first(backend: FileResultBackend) -> Non
     assert [r.job_id for r in failed] == [f"j{i:02d}" for i in range(27, -1, -3)]
     assert [r["job_id"] for r in backend.list_jobs(status="FAILED", task="even", limit=3)] \
         == ["j24", "j18", "j12"]
-    assert backend.query(func_name="nope") == []
+    assert backend.query(task="nope") == []
 
 
 def test_purge_removes_old_terminal_records_only(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ print("go", flush=True)
 sys.stdin.readline()
 for i in range(n):
     size = (i * 7919) % 40000  # lines from ~300 bytes to ~40 KB
-    b.put(JobRecord(job_id=f"{who}-{i}", func_name=who, status=JobStatus.SUCCEEDED,
+    b.put(JobRecord(job_id=f"{who}-{i}", task=who, status=JobStatus.SUCCEEDED,
                     result=who[0] * size))
 """
 
@@ -209,13 +209,13 @@ def test_concurrent_appenders_never_interleave(tmp_path: Path) -> None:
         for line in data.splitlines():
             obj = json.loads(line)  # any interleaving would break a line
             rec_ = obj["rec"]
-            assert rec_["result"] == rec_["func_name"][0] * len(rec_["result"])
+            assert rec_["result"] == rec_["task"][0] * len(rec_["result"])
             lines += 1
     assert lines == 1200
     assert len(segments(path)) > 3  # rotation happened while all four were writing
     reader = FileResultBackend(path)
     assert len(reader.query(limit=5000)) == 1200 and reader.problems() == []
-    assert len(reader.query(func_name="charlie", limit=5000)) == 300
+    assert len(reader.query(task="charlie", limit=5000)) == 300
 
 
 UPDATER = """
@@ -226,8 +226,8 @@ b = FileResultBackend(sys.argv[1], segment_max_bytes=32 * 1024)
 who, n = sys.argv[2], int(sys.argv[3])
 for i in range(n):
     job = f"{who}-{i}"
-    b.put(JobRecord(job_id=job, func_name=who, status=JobStatus.RUNNING, result="r" * 200))
-    b.put(JobRecord(job_id=job, func_name=who, status=JobStatus.SUCCEEDED, result=i))
+    b.put(JobRecord(job_id=job, task=who, status=JobStatus.RUNNING, result="r" * 200))
+    b.put(JobRecord(job_id=job, task=who, status=JobStatus.SUCCEEDED, result=i))
 """
 
 
@@ -315,7 +315,7 @@ sys.stdin.readline()
 rng = random.Random(k)
 for attempt in range(1 + k, 200, writers):  # each writer owns different attempt numbers
     for job in rng.sample(range(20), 20):
-        b.put(JobRecord(job_id=f"j{job}", func_name="f", status=JobStatus.RUNNING,
+        b.put(JobRecord(job_id=f"j{job}", task="f", status=JobStatus.RUNNING,
                         attempts=attempt, worker=str(k)))
 """
 

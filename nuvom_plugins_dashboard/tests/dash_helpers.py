@@ -26,7 +26,7 @@ def record(job_id: str, status: JobStatus = JobStatus.FAILED, *, task: str = "ta
                                 "error_type": "ValueError", "error_message": "bad input",
                                 "started_at": now - 0.5, "finished_at": now}])
     values.update(fields)
-    return JobRecord(job_id=job_id, func_name=task, status=status, queue=queue, **values)
+    return JobRecord(job_id=job_id, task=task, status=status, queue=queue, **values)
 
 
 def csrf_of(html: str) -> str:

@@ -24,7 +24,7 @@ def _outcome(status: JobStatus, landed: bool = True, kind: str = "error",
     now = time.time()
     message = Message(id="j1", body=b"", created_at=now - 10, available_at=now - 4,
                       failures=0)
-    record = JobRecord(job_id="j1", func_name="tasks.add", status=status, queue="q",
+    record = JobRecord(job_id="j1", task="tasks.add", status=status, queue="q",
                        attempts=1, created_at=now - 10, started_at=now - 3,
                        finished_at=now - 1, updated_at=now - 1,
                        history=[{"attempt": 1, "kind": kind}])

@@ -46,14 +46,14 @@ def test_metrics_after_n_jobs(project: Path, pool: str) -> None:
             wait_until(lambda: all(get_job(j.id).status is JobStatus.SUCCEEDED for j in adds)
                        and get_job(flaky.id).status is JobStatus.FAILED
                        and get_job(sleepy.id).status is JobStatus.FAILED, 60, "the jobs")
-        add = {"task": adds[0].func_name, "queue": "default"}
+        add = {"task": adds[0].task, "queue": "default"}
 
         def settled() -> dict | None:
             s = scrape(port)
             ok = (sample(s, "nuvom_jobs_total", **add, status="succeeded") == N
-                  and sample(s, "nuvom_jobs_total", task=sleepy.func_name, queue="default",
+                  and sample(s, "nuvom_jobs_total", task=sleepy.task, queue="default",
                              status="timed_out") == 1
-                  and sample(s, "nuvom_jobs_total", task=flaky.func_name, queue="default",
+                  and sample(s, "nuvom_jobs_total", task=flaky.task, queue="default",
                              status="failed") == 1
                   and sample(s, "nuvom_queue_depth", queue="other", state="ready") == 2)
             return s if ok else None
@@ -63,7 +63,7 @@ def test_metrics_after_n_jobs(project: Path, pool: str) -> None:
         assert sample(s, "nuvom_job_run_seconds_count", **add) == N
         assert sample(s, "nuvom_job_wait_seconds_count", **add) == N
         assert sample(s, "nuvom_job_run_seconds_bucket", **add, le="+Inf") == N
-        assert sample(s, "nuvom_jobs_total", task=flaky.func_name, queue="default",
+        assert sample(s, "nuvom_jobs_total", task=flaky.task, queue="default",
                       status="retried") == 1, "the first of flaky's two attempts"
         assert sample(s, "nuvom_jobs_total", **add, status="failed") is None
         assert sample(s, "nuvom_queue_depth", queue="default", state="delayed") == 1

@@ -19,13 +19,13 @@ from nuvom_plugins_sqlite import SQLiteJobQueue, SQLiteResultBackend
 
 def record(job_id: str, status: JobStatus = JobStatus.SUCCEEDED, func: str = "add",
            updated_at: float | None = None) -> JobRecord:
-    return JobRecord(job_id=job_id, func_name=func, status=status,
+    return JobRecord(job_id=job_id, task=func, status=status,
                      updated_at=time.time() if updated_at is None else updated_at)
 
 
 def test_round_trip_keeps_every_field(results: SQLiteResultBackend) -> None:
     full = JobRecord(
-        job_id="j1", func_name="pkg.add", status=JobStatus.FAILED, queue="mail",
+        job_id="j1", task="pkg.add", status=JobStatus.FAILED, queue="mail",
         args=[1, "two", [3.5, None]], kwargs={"k": {"nested": True}}, module="pkg",
         options={"retries": 2, "tags": ["a"]}, result={"partial": [1, 2]},
         error_type="ValueError", error_message="bad ünïcode", traceback="Traceback...\n",
@@ -48,8 +48,8 @@ def test_put_replaces(results: SQLiteResultBackend) -> None:
 
 
 def test_conveniences_work_on_top(results: SQLiteResultBackend) -> None:
-    results.set_result("ok", 42, func_name="add")
-    results.set_error("bad", "ValueError", "boom", "tb", func_name="add")
+    results.set_result("ok", 42, task="add")
+    results.set_error("bad", "ValueError", "boom", "tb", task="add")
     assert results.get_result("ok") == 42
     assert results.get_error("bad") == {"type": "ValueError", "message": "boom",
                                         "traceback": "tb"}
@@ -67,9 +67,9 @@ def test_query_filters_and_pages_newest_first(results: SQLiteResultBackend) -> N
     assert [r.job_id for r in page2] == ["j24", "j23", "j22", "j21", "j20"]
     failed = results.query(status=JobStatus.FAILED, limit=100)
     assert [r.job_id for r in failed] == [f"j{i:02d}" for i in range(27, -1, -3)]
-    failed_mul = results.query(status=JobStatus.FAILED, func_name="mul", limit=100)
+    failed_mul = results.query(status=JobStatus.FAILED, task="mul", limit=100)
     assert [r.job_id for r in failed_mul] == ["j24", "j18", "j12", "j06", "j00"]
-    assert results.query(func_name="nope") == []
+    assert results.query(task="nope") == []
     failed_page = results.query(status=JobStatus.FAILED, limit=3,
                                 after=page_cursor(failed[1]))
     assert [r.job_id for r in failed_page] == ["j21", "j18", "j15"]

@@ -20,7 +20,7 @@ from nuvom_plugins_sqlite import queue as queue_module
 def record(lease: Lease, status: JobStatus = JobStatus.SUCCEEDED, **fields: object
            ) -> JobRecord:
     values: dict[str, object] = {"attempts": lease.deliveries, "token": lease.token, **fields}
-    return JobRecord(job_id=lease.id, func_name="add", status=status, **values)  # type: ignore[arg-type]
+    return JobRecord(job_id=lease.id, task="add", status=status, **values)  # type: ignore[arg-type]
 
 
 def forge(lease: Lease) -> Lease:

@@ -112,8 +112,8 @@ def scenario_producer_crash(base: Path, backend: str, sizes: Sizes) -> Outcome:
                 for lease in leases:
                     try:
                         job = Envelope.from_message(lease.message, kernel.serializer).job()
-                        if job.func_name != "chaos_work":
-                            raise ValueError(f"task {job.func_name!r}")
+                        if job.task != "chaos_work":
+                            raise ValueError(f"task {job.task!r}")
                         decoded += 1
                     except Exception as exc:
                         bad.append(f"{lease.id}: {exc!r}")

@@ -112,7 +112,7 @@ def make_message(
 def make_record(
     job_id: str | None = None,
     *,
-    func_name: str = "tasks.add",
+    task: str = "tasks.add",
     status: JobStatus = JobStatus.SUCCEEDED,
     updated_at: float | None = None,
     **fields: Any,
@@ -121,7 +121,7 @@ def make_record(
     now = time.time()
     values: dict[str, Any] = {
         "job_id": job_id or uuid.uuid4().hex,
-        "func_name": func_name,
+        "task": task,
         "status": status,
         "queue": "default",
         "args": [1, "two", [3.5, None], {"k": True}],

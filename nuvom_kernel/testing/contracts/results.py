@@ -109,13 +109,13 @@ class ResultBackendContract(HeartbeatContract):
             assert got is not None and got.to_dict() == record.to_dict()
 
     def test_put_replaces(self, result_backend: ResultBackend) -> None:
-        record = make_record(status=JobStatus.RETRYING, func_name="tasks.flaky")
+        record = make_record(status=JobStatus.RETRYING, task="tasks.flaky")
         assert result_backend.put(record) is True
         assert result_backend.put(attrs.evolve(record, status=JobStatus.SUCCEEDED, attempts=2,
                                                updated_at=record.updated_at + 1)) is True
         got = result_backend.get(record.job_id)
         assert got is not None and (got.status, got.attempts) == (JobStatus.SUCCEEDED, 2)
-        assert len(result_backend.query(func_name="tasks.flaky")) == 1
+        assert len(result_backend.query(task="tasks.flaky")) == 1
 
     def test_put_is_fenced_by_run_and_attempt(self, result_backend: ResultBackend) -> None:
         taken_over = make_record(status=JobStatus.SUCCEEDED, attempts=2, token="b")
@@ -166,7 +166,7 @@ class ResultBackendContract(HeartbeatContract):
         base = time.time() - 1000
         shapes = [(JobStatus.SUCCEEDED, "tasks.add")] * 4 + [(JobStatus.FAILED, "tasks.add")] \
             + [(JobStatus.SUCCEEDED, "tasks.mul")] * 2 + [(JobStatus.RETRYING, "tasks.mul")]
-        records = [make_record(status=s, func_name=f, updated_at=base + i)
+        records = [make_record(status=s, task=f, updated_at=base + i)
                    for i, (s, f) in enumerate(shapes)]
         for record in reversed(records):  # insertion order must not decide the order
             backend.put(record)
@@ -185,13 +185,13 @@ class ResultBackendContract(HeartbeatContract):
         assert ids(result_backend.query(limit=100)) == expected()
         assert ids(result_backend.query(status=JobStatus.SUCCEEDED, limit=100)) == \
             expected(status=JobStatus.SUCCEEDED)
-        assert ids(result_backend.query(func_name="tasks.mul", limit=100)) == \
-            expected(func_name="tasks.mul")
-        assert ids(result_backend.query(status=JobStatus.SUCCEEDED, func_name="tasks.add",
+        assert ids(result_backend.query(task="tasks.mul", limit=100)) == \
+            expected(task="tasks.mul")
+        assert ids(result_backend.query(status=JobStatus.SUCCEEDED, task="tasks.add",
                                         limit=100)) == \
-            expected(status=JobStatus.SUCCEEDED, func_name="tasks.add")
+            expected(status=JobStatus.SUCCEEDED, task="tasks.add")
         assert result_backend.query(status=JobStatus.CANCELLED) == []
-        assert result_backend.query(func_name="tasks.nope") == []
+        assert result_backend.query(task="tasks.nope") == []
 
     def test_query_newest_updated_first_and_keyset_paging(self, result_backend: ResultBackend
                                                           ) -> None:

@@ -37,9 +37,9 @@ def act(kernel: Any, action: str, job_id: str) -> tuple[bool, str]:
             job = rerun(kernel, job_id)
         except NuvomError as exc:
             return False, f"not retried: {exc}"
-        return True, f"job {job_id} ({job.func_name}) queued again on {job.queue!r} (run {job.run})"
+        return True, f"job {job_id} ({job.task}) queued again on {job.queue!r} (run {job.run})"
     if action == "cancel":
-        job = kernel.refresh_job(Job(id=job_id, func_name="", kernel=kernel))
+        job = kernel.refresh_job(Job(id=job_id, task="", kernel=kernel))
         if kernel.cancel(job):
             return True, f"job {job_id} cancelled"
         return False, (f"not cancelled: job {job_id} is {job.status.value}; only a job that "

@@ -73,7 +73,7 @@ class JobFilter:
 
     def matches(self, record: JobRecord) -> bool:
         return ((self.status is None or record.status is self.status)
-                and (self.task is None or record.func_name == self.task)
+                and (self.task is None or record.task == self.task)
                 and (self.queue is None or record.queue == self.queue))
 
 
@@ -102,7 +102,7 @@ def list_jobs(results: Any, flt: JobFilter, after: str | None = None,
             raise BadRequest(f"after: {exc}; follow the page links instead") from None
     status, task = flt.status, flt.task
     if flt.queue is None:  # the backend filters everything: one indexed query
-        page = results.query(status=status, func_name=task, limit=limit + 1, after=after)
+        page = results.query(status=status, task=task, limit=limit + 1, after=after)
         more = len(page) > limit
         page = page[:limit]
         return JobPage(page, page_cursor(page[-1]) if more else None, len(page))
@@ -112,7 +112,7 @@ def list_jobs(results: Any, flt: JobFilter, after: str | None = None,
     chunk = max(limit * 4, 200)
     while scanned < budget:
         want = min(chunk, budget - scanned)
-        page = results.query(status=status, func_name=task, limit=want, after=cursor)
+        page = results.query(status=status, task=task, limit=want, after=cursor)
         for record in page:
             scanned += 1
             if flt.matches(record):
@@ -197,7 +197,7 @@ class JobDetail:
 
 
 def job_detail(kernel: Any, job_id: str) -> JobDetail:
-    job = kernel.refresh_job(Job(id=job_id, func_name="", kernel=kernel))
+    job = kernel.refresh_job(Job(id=job_id, task="", kernel=kernel))
     return JobDetail(job_id=job_id, status=job.status, record=kernel.results.get(job_id))
 
 

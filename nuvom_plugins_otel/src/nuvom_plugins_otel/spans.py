@@ -66,7 +66,7 @@ class Tracing:
                 "messaging.system": SYSTEM, "messaging.operation.type": "send",
                 "messaging.operation.name": "send",
                 "messaging.destination.name": job.queue, "messaging.message.id": job.id,
-                "nuvom.task": job.func_name})
+                "nuvom.task": job.task})
         propagate.inject(job.headers, context=trace.set_span_in_context(span))
         with self._lock:
             self._producing[job] = span
@@ -92,7 +92,7 @@ class Tracing:
                 "messaging.system": SYSTEM, "messaging.operation.type": "process",
                 "messaging.operation.name": "process",
                 "messaging.destination.name": job.queue, "messaging.message.id": job.id,
-                "nuvom.task": job.func_name, "nuvom.run": job.run,
+                "nuvom.task": job.task, "nuvom.run": job.run,
                 "nuvom.attempt": job.attempts})
         token = otel_context.attach(trace.set_span_in_context(span))  # the task's spans nest
         with self._lock:

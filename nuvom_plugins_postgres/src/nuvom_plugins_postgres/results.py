@@ -64,7 +64,7 @@ Row = tuple[str, str, str, int, int, bool, float, str]
 
 def encode(record: JobRecord) -> Row:
     """The columns of one record (the fence's key first, the whole record as JSON last)."""
-    return (record.job_id, record.status.value, record.func_name, record.run,
+    return (record.job_id, record.status.value, record.task, record.run,
             record.attempts, record.status in TERMINAL_STATES, float(record.updated_at),
             json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":")))
 
@@ -195,7 +195,7 @@ class PostgresResultBackend(ResultBackend):
             row = conn.execute(self._get, (job_id,)).fetchone()
         return None if row is None else _decode(job_id, row[0])
 
-    def query(self, *, status: JobStatus | None = None, func_name: str | None = None,
+    def query(self, *, status: JobStatus | None = None, task: str | None = None,
               limit: int = 50, after: str | None = None) -> list[JobRecord]:
         """Newest first by ``(updated_at, job_id)``; ``after`` continues below a cursor
         with a row comparison the indexes (which end in those two columns) can seek to. An
@@ -208,9 +208,9 @@ class PostgresResultBackend(ResultBackend):
         if status is not None:
             where.append(sql.SQL("status = %s"))
             params.append(JobStatus(status).value)
-        if func_name is not None:
-            where.append(sql.SQL("func_name = %s"))
-            params.append(func_name)
+        if task is not None:
+            where.append(sql.SQL("func_name = %s"))  # the column keeps the field's old name
+            params.append(task)
         if after is not None:
             where.append(sql.SQL("(updated_at, job_id) < (%s, %s)"))
             params.extend(parse_cursor(after))

@@ -40,7 +40,7 @@ local function put_record(R, ttl, id, run, att, st, fn, u, data)
 end
 """
 
-#: ARGV: R, ttl secs, then 7 values per record: id, run, attempts, status, func_name,
+#: ARGV: R, ttl secs, then 7 values per record: id, run, attempts, status, task,
 #: updated_at, JSON. Returns 1 (stored) or 0 (refused by the fence) per record.
 PUT = "#!lua\n" + _RECORDS + r"""
 local R, ttl = ARGV[1], tonumber(ARGV[2])

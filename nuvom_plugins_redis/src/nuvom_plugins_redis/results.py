@@ -51,7 +51,7 @@ def record_values(record: JobRecord) -> list[Any]:
             f"job {record.job_id}: the record is not JSON-native ({exc}); result backends "
             "store wire-safe values (see nuvom_kernel.serialization).") from exc
     return [record.job_id, int(record.run), int(record.attempts), status,
-            record.func_name or "", repr(float(record.updated_at)), data]
+            record.task or "", repr(float(record.updated_at)), data]
 
 
 def _decode(job_id: str, raw: bytes) -> JobRecord:
@@ -138,7 +138,7 @@ class RedisResultBackend(ResultBackend):
                                                    "reading a job record"))
         return None if raw is None else _decode(job_id, raw)
 
-    def query(self, *, status: JobStatus | None = None, func_name: str | None = None,
+    def query(self, *, status: JobStatus | None = None, task: str | None = None,
               limit: int = 50, after: str | None = None) -> list[JobRecord]:
         """Newest first (``updated_at``, then ``job_id``, both descending), the page after
         ``after``: one index range per round, filtered by the other field when both are
@@ -147,8 +147,8 @@ class RedisResultBackend(ResultBackend):
         wanted = None if status is None else JobStatus(status).value
         if wanted is not None:
             index = p + "ri:s:" + wanted
-        elif func_name is not None:
-            index = p + "ri:t:" + func_name
+        elif task is not None:
+            index = p + "ri:t:" + task
         else:
             index = p + "ri"
         top, after_id = ("+inf", None) if after is None else \
@@ -175,7 +175,7 @@ class RedisResultBackend(ResultBackend):
                         gone += [index, job_id]
                         continue
                     if (wanted is not None and st.decode() != wanted) or \
-                            (func_name is not None and fn.decode() != func_name):
+                            (task is not None and fn.decode() != task):
                         continue
                     try:
                         found.append(_decode(job_id, raw))

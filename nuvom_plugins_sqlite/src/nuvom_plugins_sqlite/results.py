@@ -129,7 +129,8 @@ def _json(record: JobRecord, column: str, value: Any) -> str:
 
 
 def _extra_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in attrs.fields(JobRecord) if f.name not in _COLUMNS)
+    stored = {"task" if column == "func_name" else column for column in _COLUMNS}
+    return tuple(f.name for f in attrs.fields(JobRecord) if f.name not in stored)
 
 
 def encode(record: JobRecord) -> tuple[Any, ...]:
@@ -138,7 +139,7 @@ def encode(record: JobRecord) -> tuple[Any, ...]:
     status = r.status.value if type(r.status) is JobStatus else JobStatus(r.status).value
     extra = {name: getattr(r, name) for name in _EXTRA} if _EXTRA else None
     return (
-        r.job_id, r.func_name, status, r.queue, _json(r, "args", r.args),
+        r.job_id, r.task, status, r.queue, _json(r, "args", r.args),
         _json(r, "kwargs", r.kwargs), r.module, _json(r, "options", r.options),
         _json(r, "result", r.result), r.error_type, r.error_message, r.traceback, r.attempts,
         r.max_retries, _json(r, "history", r.history), r.created_at, r.started_at,
@@ -157,6 +158,7 @@ def _decode(row: tuple[Any, ...]) -> JobRecord:
                 raise SerializationError(
                     f"job {data['job_id']}: stored {column} is not valid JSON ({exc})"
                 ) from exc
+    data["task"] = data.pop("func_name")  # the column predates the field's rename
     extra = data.pop("extra")
     if extra:  # fields newer than the columns; a column always wins
         data = {**extra, **data}
@@ -237,7 +239,7 @@ class SQLiteResultBackend(ResultBackend):
         self,
         *,
         status: JobStatus | None = None,
-        func_name: str | None = None,
+        task: str | None = None,
         limit: int = 50,
         after: str | None = None,
     ) -> list[JobRecord]:
@@ -250,9 +252,9 @@ class SQLiteResultBackend(ResultBackend):
         if status is not None:
             clauses.append("status = ?")
             params.append(JobStatus(status).value)
-        if func_name is not None:
+        if task is not None:
             clauses.append("func_name = ?")
-            params.append(func_name)
+            params.append(task)
         if after is not None:
             clauses.append("(updated_at, job_id) < (?, ?)")
             params.extend(parse_cursor(after))

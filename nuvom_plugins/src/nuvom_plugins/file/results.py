@@ -22,7 +22,7 @@ the check costs no read, because those three fields are in the index. Lines writ
 records without ``run``/``token`` load with their defaults (1, ``None``).
 
 **Lookup cost.** Each backend instance keeps an in-memory index ``job_id -> (segment,
-offset, length, updated_at, status, func_name, run, attempts)`` and a read position (the
+offset, length, updated_at, status, task, run, attempts)`` and a read position (the
 tail). Every call
 first *catches up*: it reads only the bytes appended since its previous call (by any
 process), so keeping the index current costs O(new bytes), amortised O(1) per record
@@ -105,7 +105,7 @@ class _Loc(NamedTuple):
     length: int  # without the newline
     updated_at: float
     status: str
-    func_name: str
+    task: str
     run: int
     attempts: int
 
@@ -335,9 +335,9 @@ class FileResultBackend(ResultBackend):
             return
         fast = _FAST.match(line)
         if fast and line.endswith(b"}}") and line.find(_PREFIX, 1) < 0:
-            job_id, status, func_name = (_str(fast.group(i)) for i in (1, 2, 3))
+            job_id, status, task = (_str(fast.group(i)) for i in (1, 2, 3))
             self._index[job_id] = _Loc(job_id, seg, offset, len(line), float(fast.group(4)),
-                                       status, func_name, int(fast.group(5)),
+                                       status, task, int(fast.group(5)),
                                        int(fast.group(6)))
             return
         obj = _decode(line)
@@ -356,7 +356,7 @@ class FileResultBackend(ResultBackend):
                 job_id = str(rec["job_id"])
                 self._index[job_id] = _Loc(
                     job_id, seg, offset, len(line), float(rec.get("updated_at") or 0.0),
-                    str(rec.get("status")), str(rec.get("func_name")),
+                    str(rec.get("status")), str(rec.get("task", rec.get("func_name"))),
                     int(rec.get("run", 1)), int(rec.get("attempts") or 0))
             elif obj.get("op") == "del":
                 self._index.pop(str(obj["id"]), None)
@@ -408,7 +408,7 @@ class FileResultBackend(ResultBackend):
         # indexing a line is a regex match on its first bytes instead of parsing the result.
         # Encoding happens before the lock, so a record JSON cannot carry fails alone.
         lines = [_encode({"op": "put", "id": r.job_id, "st": r.status.value,
-                          "fn": r.func_name, "ts": r.updated_at, "ru": r.run,
+                          "fn": r.task, "ts": r.updated_at, "ru": r.run,
                           "at": r.attempts, "rec": r.to_dict()}, r.job_id) for r in records]
         stored: list[bool] = []
         with self._lock, self._flock(exclusive=True):
@@ -436,7 +436,7 @@ class FileResultBackend(ResultBackend):
         self,
         *,
         status: JobStatus | None = None,
-        func_name: str | None = None,
+        task: str | None = None,
         limit: int = 50,
         after: str | None = None,
     ) -> list[JobRecord]:
@@ -447,7 +447,7 @@ class FileResultBackend(ResultBackend):
             self._catch_up()
             rows = [loc for loc in self._index.values()
                     if (wanted is None or loc.status == wanted)
-                    and (func_name is None or loc.func_name == func_name)]
+                    and (task is None or loc.task == task)]
             # newer_first reads only updated_at and job_id, which index entries carry.
             page = newer_first(rows, after, limit)  # type: ignore[arg-type]
             records = [self._load(loc.job_id, caught_up=True) for loc in page]
@@ -537,7 +537,7 @@ def _fence_of(loc: _Loc) -> JobRecord | None:
         status = JobStatus(loc.status)
     except ValueError:
         return None
-    return JobRecord(job_id=loc.job_id, func_name=loc.func_name, status=status, run=loc.run,
+    return JobRecord(job_id=loc.job_id, task=loc.task, status=status, run=loc.run,
                      attempts=loc.attempts)
 
 
