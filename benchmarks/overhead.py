@@ -4,6 +4,7 @@ Run from the repository root::
 
     python -m benchmarks.overhead                      # memory and sqlite, medians of 3
     python -m benchmarks.overhead --backend memory --profile   # + where the time goes
+    python -m benchmarks.overhead --no-results         # tasks with store_result=False
 
 One process: ``--jobs`` no-op jobs are enqueued with ``.map()``, then a started
 ``Worker(workers=--workers)`` (default 2) drains them. Reported per backend:
@@ -42,6 +43,11 @@ def noop(i: int) -> None:
     """Nothing at all: what is left is the kernel's (and the backend's) cost."""
 
 
+@task(store_result=False)
+def noop_quiet(i: int) -> None:
+    """``noop`` whose value is not kept (``--no-results``): only its terminal state is."""
+
+
 def _kernel(backend: str, workdir: Path) -> Kernel:
     queue, results = BACKENDS[backend]
     environ = {"NUVOM_QUEUE_BACKEND": queue, "NUVOM_RESULT_BACKEND": results,
@@ -49,13 +55,15 @@ def _kernel(backend: str, workdir: Path) -> Kernel:
     return Kernel(load_config(workdir, environ), environ=environ)
 
 
-def drain(backend: str, jobs: int, profile: bool = False, workers: int = 2) -> dict[str, Any]:
+def drain(backend: str, jobs: int, profile: bool = False, workers: int = 2,
+          results: bool = True) -> dict[str, Any]:
     """Enqueue ``jobs`` no-ops, drain them with ``workers`` threads; CPU and wall time."""
+    fn = noop if results else noop_quiet
     with tempfile.TemporaryDirectory(prefix="nuvom-overhead-") as tmp:
         kernel = _kernel(backend, Path(tmp))
         with use_kernel(kernel):
             for start in range(0, jobs, 1000):
-                noop.map([(i,) for i in range(start, min(jobs, start + 1000))])
+                fn.map([(i,) for i in range(start, min(jobs, start + 1000))])
             worker = Worker(kernel, workers=workers)
             if profile:
                 import yappi  # type: ignore[import-untyped]
@@ -75,7 +83,7 @@ def drain(backend: str, jobs: int, profile: bool = False, workers: int = 2) -> d
             worker.stop()
             worker.join()
             kernel.close()
-    row = {"backend": backend, "jobs": jobs, "us_cpu_per_job": cpu / jobs * 1e6,
+    row = {"backend": backend, "results": results, "jobs": jobs, "us_cpu_per_job": cpu / jobs * 1e6,
            "jobs_per_s": jobs / wall}
     if profile:
         stats = yappi.get_func_stats()
@@ -96,19 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-results", action="store_true",
+                        help="the task has store_result=False (its terminal state is kept)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    results = not args.no_results
     rows = []
     for backend in args.backend:
-        runs = [drain(backend, args.jobs, workers=args.workers) for _ in range(args.repeat)]
+        runs = [drain(backend, args.jobs, workers=args.workers, results=results)
+                for _ in range(args.repeat)]
         rows.append({"backend": backend, "jobs": args.jobs,
                      "us_cpu_per_job": statistics.median(r["us_cpu_per_job"] for r in runs),
                      "jobs_per_s": statistics.median(r["jobs_per_s"] for r in runs),
                      "runs": runs})
         if args.profile:
-            drain(backend, args.jobs, profile=True, workers=args.workers)
+            drain(backend, args.jobs, profile=True, workers=args.workers, results=results)
     print(f"\n{'backend':<8} {'µs CPU/job':>11} {'jobs/s':>9}   (median of {args.repeat}, "
-          f"{args.jobs} no-op jobs, {args.workers} threads, results stored)")
+          f"{args.jobs} no-op jobs, {args.workers} threads, "
+          f"{'results stored' if results else 'store_result=False'})")
     for row in rows:
         print(f"{row['backend']:<8} {row['us_cpu_per_job']:>11.1f} {row['jobs_per_s']:>9,.0f}")
     if args.json:
