@@ -89,8 +89,10 @@ class Settings:
     max_workers: int = _setting(4, "NUVOM_MAX_WORKERS", values.whole(1),
                                 "Worker threads in `nuvom runworker`.")
     batch_size: int = _setting(16, "NUVOM_BATCH_SIZE", values.whole(1),
-                               "Most jobs leased in one `pop_batch` (never more than free "
-                               "worker threads).")
+                               "Most jobs leased in one `pop_batch`.")
+    prefetch: int = _setting(16, "NUVOM_PREFETCH", values.whole(0),
+                             "Most jobs a worker claims ahead of its free threads, while jobs "
+                             "are short (0: claim only for free threads).")
     job_timeout_secs: float | None = _setting(
         None, "NUVOM_JOB_TIMEOUT_SECS", values.seconds(zero_ok=False, none_ok=True),
         "Default per-job timeout for tasks that set none; unset means no timeout.")

@@ -121,6 +121,7 @@ def _corrupt_sqlite(project: Project, victim: str) -> Corruption:
         values = {k: json.dumps(v) if k in ("args", "kwargs", "options", "result", "history")
                   else v for k, v in record.items()}
         values["history"] = '[{"attempt": 1, "kind": '  # torn JSON
+        values["func_name"] = values.pop("task")  # the column's name
         names = [c for c in result_columns if c in values]
         conn.execute(f"INSERT INTO nuvom_results ({', '.join(names)}) VALUES "
                      f"({', '.join('?' * len(names))})", [values[c] for c in names])

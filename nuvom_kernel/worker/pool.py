@@ -2,8 +2,10 @@
 
 Four kinds of thread:
 
-* one **dispatcher** claims jobs with ``pop_batch`` — never more than there are idle
-  executors, so jobs are not hoarded while other workers sit idle — and hands them over;
+* one **dispatcher** claims jobs with ``pop_batch`` and hands them over: for the idle
+  executors and, while jobs are short, a few ahead (:mod:`.slots`), so a backlog drains in
+  claims and settles of many jobs instead of one or two; long jobs are never held back
+  from other workers;
 * **executors** (``workers`` of them) run one job at a time and decide its outcome — in the
   thread itself, in a child process the thread owns (``pool="process"``,
   :mod:`.processes`), or, with ``pool="asyncio"`` (:mod:`.aio`), as tasks on one event loop
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue as stdqueue
 import threading
 import time
 from collections.abc import Sequence
@@ -46,6 +47,7 @@ from nuvom_kernel.worker.processes import ProcessPool
 from nuvom_kernel.worker.run import JobRunner, current_job
 from nuvom_kernel.worker.settle import Running, Settler
 from nuvom_kernel.worker.signals import StopSignals
+from nuvom_kernel.worker.slots import Slots
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -69,6 +71,8 @@ class Worker:
         ``process`` (:mod:`.processes`) or ``asyncio`` (:mod:`.aio`).
     :param scheduler: also fire the schedules of known tasks (:mod:`nuvom_kernel.scheduler`);
         without it, the scheduler's thread only keeps concurrency limits up to date.
+    :param prefetch: most jobs claimed ahead of idle executors (default: the ``prefetch``
+        setting; see :mod:`.slots`).
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class Worker:
         poll_timeout_secs: float = 1.0,
         pool: str | None = None,
         scheduler: bool = True,
+        prefetch: int | None = None,
     ) -> None:
         settings = kernel.settings
         self.kernel = kernel
@@ -101,11 +106,8 @@ class Worker:
                                self._on_settled)
         self.processed = 0
         self.failed = 0
-        self._cv = threading.Condition()
-        self._free = 0
         self._abandoned_alive = 0  # abandoned threads still inside their task
         self._owed = 0  # slots whose replacement thread was not started
-        self._handoff: stdqueue.SimpleQueue[Lease | None] = stdqueue.SimpleQueue()
         self._running: dict[str, Running] = {}
         self.monitor = LeaseMonitor(self.queue, self._running, self._time_out,
                                     self.settler.lease_lock)
@@ -119,6 +121,10 @@ class Worker:
         self.pool = pool or settings.pool
         if self.pool not in POOLS:
             raise ValueError(f"unknown pool {self.pool!r}; use one of {', '.join(POOLS)}")
+        self.slots = Slots(self.workers, self.batch_size,
+                           settings.prefetch if prefetch is None else prefetch,
+                           ahead_ok=self.pool != "asyncio")
+        self._cv = self.slots.cv
         self.processes: ProcessPool | None = None
         self.aio: AsyncPool | None = None
         if self.pool == "process":
@@ -148,7 +154,7 @@ class Worker:
         if self.aio is not None:  # jobs are tasks on one loop: slots, not threads
             self.aio.start()
             with self._cv:
-                self._free = self.workers
+                self.slots.free = self.workers
         else:
             for _ in range(self.workers):
                 self._spawn_executor()
@@ -168,8 +174,7 @@ class Worker:
         if not graceful:
             self._forced.set()
         self.queue.notify()
-        with self._cv:
-            self._cv.notify_all()
+        self.slots.wake_all()
         self.monitor.wake()
 
     def run(self, install_signals: bool = True) -> int:
@@ -208,8 +213,7 @@ class Worker:
                 log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
                             running.job.id, running.job.task)
         self.scheduler.stop()
-        for _ in range(len(self._threads)):
-            self._handoff.put(None)
+        self.slots.close(len(self._threads))
         join_deadline = time.monotonic() + self.poll_timeout_secs + 5.0
         for thread in self._threads:
             if thread is not threading.current_thread() and thread not in self._abandoned:
@@ -241,25 +245,16 @@ class Worker:
         return [r for r in list(self._running.values()) if not r.decided]
 
     def _release_unstarted(self) -> None:
-        while True:
-            try:
-                lease = self._handoff.get_nowait()
-            except stdqueue.Empty:
-                return
-            if lease is not None:
-                self.settler.safely("release it", lease, self.queue.release, lease)
-                with self._cv:
-                    self._free += 1
+        for lease in self.slots.unstarted():
+            self.settler.safely("release it", lease, self.queue.release, lease)
+            self.slots.freed()
 
     # --- dispatcher ---------------------------------------------------------------------
 
     def _dispatch_loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            with self._cv:
-                while self._free <= 0 and not self._stopping.is_set():
-                    self._cv.wait()
-                wanted = min(self._free, self.batch_size)
+            wanted = self.slots.wait_for_room(self._stopping)
             if self._stopping.is_set():
                 return
             try:
@@ -272,17 +267,16 @@ class Worker:
                               self.queue.name, backoff)
                 self._stopping.wait(backoff)
                 continue
-            with self._cv:
-                self._free -= len(leases)
+            self.slots.claimed(leases)
+            now = time.monotonic()
             for lease in leases:
                 if self._stopping.is_set():
                     self.settler.safely("release it", lease, self.queue.release, lease)
-                    with self._cv:
-                        self._free += 1
+                    self.slots.freed()
                 elif self.aio is not None:
                     self.aio.submit(functools.partial(self._serve_async, lease))
                 else:
-                    self._handoff.put(lease)
+                    self.slots.hand_over(lease, now)
 
     # --- executors ----------------------------------------------------------------------
 
@@ -298,22 +292,25 @@ class Worker:
                       "until an abandoned thread returns", exc)
             return
         self._threads.append(thread)
-        with self._cv:
-            self._free += 1
-            self._cv.notify()
+        self.slots.freed()
 
     def _executor_loop(self) -> None:
         while True:
-            lease = self._handoff.get()
-            if lease is None:
+            item = self.slots.handoff.get()
+            if item is None:
                 return
-            if self._stopping.is_set():  # claimed but not started: straight back
+            lease, claimed = item
+            started = time.monotonic()
+            if self._stopping.is_set() or started - claimed > self.visibility / 2:
+                # Claimed but not started: straight back. One that waited half its lease
+                # (jobs got longer while it sat in the hand-off) is not run on a lease
+                # the monitor never extended; it goes back for a fresh claim.
                 self.settler.safely("release it", lease, self.queue.release, lease)
-            elif not self.runner.run_one(lease):
+                self.slots.freed()
+            elif self.runner.run_one(lease):
+                self.slots.freed(time.monotonic() - started)
+            else:
                 return  # abandoned after a timeout, and its slot was filled meanwhile
-            with self._cv:
-                self._free += 1
-                self._cv.notify()
 
     async def _serve_async(self, lease: Lease) -> None:
         """One slot of the asyncio pool: run the lease, then give the slot back."""
@@ -324,9 +321,7 @@ class Worker:
             else:
                 await self.runner.run_async(lease, self.aio)
         finally:
-            with self._cv:
-                self._free += 1
-                self._cv.notify()
+            self.slots.freed()
 
     def run_one(self, lease: Lease) -> bool:
         """Run one claimed lease to its outcome and settle it (on the settler thread when

@@ -1,0 +1,94 @@
+"""The worker's capacity: how many jobs the dispatcher may claim now, and the hand-off of
+claimed leases to the executors.
+
+``free`` counts idle executors minus the leases waiting in the hand-off. The dispatcher
+claims while ``free + ahead() > 0``: for the idle executors and, while jobs are short, a few
+more (:meth:`Slots.ahead`). Why claim ahead at all: a claim and a settle cost a transaction
+or a round trip each, more than a short job, so claiming one job per idle executor spends
+most of a drain on them (SQLite: ~160 µs of CPU per job in batches of one, ~50 in batches
+of 16, ``benchmarks/bench_sqlite_raw.py``; Redis and PostgreSQL alike). Why only while jobs
+are short: a claimed job waits for an executor, reads as RUNNING and is out of other
+workers' reach.
+"""
+
+from __future__ import annotations
+
+import queue as stdqueue
+import threading
+
+from nuvom_kernel.models import Lease
+
+__all__ = ["AHEAD_SECS", "Slots"]
+
+#: Claiming ahead holds about this much work (seconds) per executor at most.
+AHEAD_SECS = 0.05
+
+
+class Slots:
+    """Free executors, claiming ahead, and the hand-off queue.
+
+    :param prefetch: most leases claimed ahead of idle executors (0: none).
+    :param ahead_ok: ``False`` where claimed jobs start at once (the asyncio pool's slots
+        are not threads: a lease handed over is a running task).
+    """
+
+    def __init__(self, workers: int, batch_size: int, prefetch: int, ahead_ok: bool) -> None:
+        self.cv = threading.Condition()  # also guards the pool's abandoned-thread counts
+        self.free = 0
+        self.workers = workers
+        self.batch_size = batch_size
+        self.prefetch = prefetch if ahead_ok else 0
+        self.pace: float | None = None  # recent seconds per job (moving average)
+        #: claimed leases waiting for an executor, with when they were claimed (monotonic)
+        self.handoff: stdqueue.SimpleQueue[tuple[Lease, float] | None] = stdqueue.SimpleQueue()
+
+    def ahead(self) -> int:
+        """Jobs to claim beyond the idle executors: at most ``prefetch``, and at most
+        :data:`AHEAD_SECS` of work per executor at the recent pace (with 4 executors: 16
+        for 10 ms jobs, 2 for 100 ms jobs, none from 200 ms up), none before a job ran."""
+        if not self.prefetch or self.pace is None:
+            return 0
+        return min(self.prefetch, int(self.workers * AHEAD_SECS / max(self.pace, 1e-6)))
+
+    def wait_for_room(self, stopping: threading.Event) -> int:
+        """Block until a claim may be made (or ``stopping`` is set); how many to claim."""
+        with self.cv:
+            while self.free + self.ahead() <= 0 and not stopping.is_set():
+                self.cv.wait()
+            return min(self.free + self.ahead(), self.batch_size)
+
+    def claimed(self, leases: list[Lease]) -> None:
+        with self.cv:
+            self.free -= len(leases)
+
+    def hand_over(self, lease: Lease, claimed_at: float) -> None:
+        self.handoff.put((lease, claimed_at))
+
+    def freed(self, took: float | None = None) -> None:
+        """A slot is free again; ``took``: the seconds its job ran (sets the pace)."""
+        with self.cv:
+            if took is not None:
+                pace = self.pace
+                self.pace = took if pace is None else pace + (took - pace) / 8
+            self.free += 1
+            self.cv.notify()
+
+    def wake_all(self) -> None:
+        with self.cv:
+            self.cv.notify_all()
+
+    def unstarted(self) -> list[Lease]:
+        """Take every lease still waiting in the hand-off (at a stop, to release them)."""
+        leases: list[Lease] = []
+        while True:
+            try:
+                item = self.handoff.get_nowait()
+            except stdqueue.Empty:
+                return leases
+            if item is not None:
+                leases.append(item[0])
+
+    def close(self, threads: int) -> None:
+        """Wake ``threads`` executors waiting for a lease, to end."""
+        for _ in range(threads):
+            self.handoff.put(None)
