@@ -1,0 +1,69 @@
+"""A push of many messages, split into pipelined chunks, keeps the promises of one statement:
+all or none (a chunk that fails after others were sent rolls them back), a job id names one
+job (a repeat, in the queue or earlier in the same push, even in another chunk, is reported
+``False`` and stores nothing), and a delayed message is promoted on time."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from nuvom_kernel.testing.contracts import make_message
+from nuvom_plugins_postgres import PostgresQueue
+
+
+@pytest.fixture
+def chunked(queue: PostgresQueue) -> PostgresQueue:
+    queue.push_chunk = 3  # small chunks, so a ten-message push spans four statements
+    return queue
+
+
+def test_a_chunked_push_stores_every_message_in_order(chunked: PostgresQueue) -> None:
+    messages = [make_message() for _ in range(10)]
+    assert chunked.push(messages) == [True] * 10
+    assert chunked.qsize() == 10
+    assert [le.id for le in chunked.claim(10)] == [m.id for m in messages]
+
+
+def test_repeats_across_and_within_chunks_are_reported_and_not_stored(
+        chunked: PostgresQueue) -> None:
+    old = make_message()
+    assert chunked.push([old]) == [True]
+    a, b, c = make_message(), make_message(), make_message()
+    # a repeat of ``a`` in the same chunk, of ``b`` in a later chunk, and an id already queued
+    batch = [a, a, old, b, c, make_message(job_id=b.id), make_message(job_id=a.id)]
+    assert chunked.push(batch) == [True, False, False, True, True, False, False]
+    assert chunked.qsize() == 4
+    assert chunked.push([a, b, c]) == [False, False, False]
+
+
+def test_a_server_error_in_a_later_chunk_stores_nothing(chunked: PostgresQueue) -> None:
+    messages = [make_message() for _ in range(8)]
+    bad = make_message(priority=2**40)  # no PostgreSQL integer holds it: the server refuses
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange):
+        chunked.push([*messages, bad])
+    assert chunked.qsize() == 0
+    assert chunked.push(messages) == [True] * 8  # the pool's connection is usable again
+
+
+def test_an_encoding_error_in_a_later_chunk_stores_nothing(chunked: PostgresQueue) -> None:
+    messages = [make_message() for _ in range(8)]
+    bad = make_message(job_id="nul\x00id")  # psycopg refuses it before sending that chunk
+    with pytest.raises(psycopg.DataError):
+        chunked.push([*messages, bad])
+    assert chunked.qsize() == 0
+    assert chunked.push(messages) == [True] * 8
+
+
+def test_a_delayed_message_in_a_chunked_push_comes_due_on_time(
+        chunked: PostgresQueue) -> None:
+    now = time.time()
+    ready = [make_message() for _ in range(5)]
+    later = make_message(available_at=now + 0.3)
+    assert chunked.push([*ready, later]) == [True] * 6
+    assert {le.id for le in chunked.claim(10)} == {m.id for m in ready}
+    got = chunked.pop_batch(1, timeout=5.0)  # the tick promotes it when due, no polling
+    assert [le.id for le in got] == [later.id]
+    assert time.time() >= now + 0.3
