@@ -5,6 +5,8 @@ job (a repeat, in the queue or earlier in the same push, even in another chunk, 
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 
 import psycopg
@@ -67,3 +69,37 @@ def test_a_delayed_message_in_a_chunked_push_comes_due_on_time(
     got = chunked.pop_batch(1, timeout=5.0)  # the tick promotes it when due, no polling
     assert [le.id for le in got] == [later.id]
     assert time.time() >= now + 0.3
+
+
+def test_an_id_committed_by_another_push_meanwhile_is_reported_not_new(
+        chunked: PostgresQueue, caplog: pytest.LogCaptureFixture) -> None:
+    """The race ``queries.PUSH_NEW`` loses: another transaction inserted the id after the
+    probe could see it. The push waits for that transaction, fails on the primary key, and
+    runs again with ``ON CONFLICT DO NOTHING``: the id is reported ``False``, stored once."""
+    from pg_support import DSN
+
+    import nuvom_plugins_postgres
+
+    a, x, b = make_message(), make_message(), make_message()
+    caplog.set_level(logging.DEBUG, logger="nuvom.postgres")
+    other = psycopg.connect(DSN)  # not autocommit: its insert stays uncommitted
+    try:
+        with nuvom_plugins_postgres.transaction(other):
+            assert chunked.push([x]) == [True]
+        result: dict[str, object] = {}
+        pusher = threading.Thread(target=lambda: result.update(
+            stored=chunked.push([a, make_message(), x, b])))
+        pusher.start()
+        deadline = time.monotonic() + 10.0
+        with psycopg.connect(DSN, autocommit=True) as watch:
+            while not watch.execute(  # our push waits on the other's uncommitted row
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE %s", (f"%{chunked.schema}%",)).fetchone():
+                assert time.monotonic() < deadline, "the push never waited on the other"
+        other.commit()
+        pusher.join(10.0)
+        assert result["stored"] == [True, True, False, True]
+        assert chunked.qsize() == 4
+        assert "pushing again with ON CONFLICT" in caplog.text  # the race was really run
+    finally:
+        other.close()

@@ -211,7 +211,7 @@ class PostgresQueue(QueueBackend):
             else:
                 size = self.push_chunk
                 chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
-                summaries = self._run(lambda c: self._push_chunks(c, chunks))
+                summaries = self._run(lambda c: self._push_new_first(c, chunks, messages))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unreachable(self.settings.dsn, exc) from exc
         stored: list[bool] = []
@@ -231,13 +231,27 @@ class PostgresQueue(QueueBackend):
             self._wake_at(soonest - time.time())
         return stored
 
+    def _push_new_first(self, conn: psycopg.Connection[Any],
+                        chunks: Sequence[Sequence[Message]],
+                        messages: Sequence[Message]) -> list[Any]:
+        """Push with ``queries.PUSH_NEW`` (no speculative insertion), and again with
+        ``queries.PUSH`` if a unique violation says an id arrived meanwhile or repeats
+        within the batch (then nothing of the first try was committed)."""
+        if len({m.id for m in messages}) == len(messages):
+            try:
+                return self._push_chunks(conn, chunks, self._q.push_new)
+            except psycopg.errors.UniqueViolation:
+                log.debug("a pushed id was stored concurrently; pushing again with "
+                          "ON CONFLICT DO NOTHING")
+        return self._push_chunks(conn, chunks, self._q.push)
+
     def _push_chunks(self, conn: psycopg.Connection[Any],
-                     chunks: Sequence[Sequence[Message]]) -> list[Any]:
+                     chunks: Sequence[Sequence[Message]], query: bytes) -> list[Any]:
         """One summary row per chunk, all chunks in one transaction."""
         if len(chunks) == 1:  # autocommit: one statement is one transaction
-            return [conn.execute(self._q.push, _push_params(chunks[0])).fetchone()]
+            return [conn.execute(query, _push_params(chunks[0])).fetchone()]
         with conn.pipeline(), conn.transaction():
-            cursors = [conn.execute(self._q.push, _push_params(chunk)) for chunk in chunks]
+            cursors = [conn.execute(query, _push_params(chunk)) for chunk in chunks]
         return [cur.fetchone() for cur in cursors]
 
     def _push_one(self, m: Message) -> bool:
