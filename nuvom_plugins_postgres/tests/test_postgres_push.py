@@ -103,3 +103,20 @@ def test_an_id_committed_by_another_push_meanwhile_is_reported_not_new(
         assert "pushing again with ON CONFLICT" in caplog.text  # the race was really run
     finally:
         other.close()
+
+
+def test_uniform_and_mixed_chunks_store_every_field(chunked: PostgresQueue) -> None:
+    """A chunk whose messages share queue, priority, delay and task sends those once
+    (``queries.PUSH_UNIFORM``); a mixed one sends every column. Both store each field."""
+    due = time.time() - 1.0  # due already: claimable at once, but not 0
+    uniform = [make_message(queue="q1", priority=3, available_at=due, task="t.same")
+               for _ in range(3)]
+    mixed = [make_message(queue=f"q{i}", priority=i, task=f"t.{i}") for i in range(3)]
+    sent = [*uniform, *mixed]
+    assert chunked.push(sent) == [True] * 6
+    got = {le.id: le.message for le in chunked.claim(10)}
+    for m in sent:
+        g = got[m.id]
+        assert (g.body, g.queue, g.priority, g.task) == (m.body, m.queue, m.priority, m.task)
+        assert g.available_at == pytest.approx(m.available_at)
+        assert g.created_at == pytest.approx(m.created_at)

@@ -89,6 +89,23 @@ PUSH_NEW = PUSH.replace("ORDER BY m.ord\nON CONFLICT (id) DO NOTHING",
                         "WHERE (SELECT 1 FROM {s}.jobs AS x WHERE x.id = m.id) IS NULL\n"
                         "ORDER BY m.ord")
 
+# The same two inserts for a batch whose messages share queue, priority, ``available_at`` and
+# task (a ``.map()``: one task, one queue, one delay): those four travel once, as scalars,
+# after the three arrays. Why: encoding four arrays of 10,000 equal values and unnesting them
+# on the server was ~1 µs a job of the client's time and ~10 % of the server's.
+_ARRAYS = """unnest(%b::text[], %b::text[], %b::int[], %b::float8[], %b::float8[], %b::text[],
+            %b::bytea[]) WITH ORDINALITY
+       AS m(id, queue, priority, created_at, available_at, task, body, ord)"""
+_UNIFORM = """(SELECT a.id, c.queue, c.priority, a.created_at, c.available_at, c.task, a.body,
+               a.ord
+        FROM unnest(%b::text[], %b::float8[], %b::bytea[]) WITH ORDINALITY
+               AS a(id, created_at, body, ord),
+             (VALUES (%s::text, %s::int, %s::float8, %s::text))
+               AS c(queue, priority, available_at, task)) AS m"""
+assert _ARRAYS in PUSH and _ARRAYS in PUSH_NEW
+PUSH_UNIFORM = PUSH.replace(_ARRAYS, _UNIFORM)
+PUSH_NEW_UNIFORM = PUSH_NEW.replace(_ARRAYS, _UNIFORM)
+
 # One message: the same insert from scalar parameters. Why a second statement: adapting
 # seven one-element arrays and planning ``unnest`` cost about a third of a single enqueue.
 PUSH_ONE = f"""
@@ -335,9 +352,9 @@ class Queries:
             return render(sql.SQL(stmt).format(s=s, chan=chan))
 
         any_queue = "AND queue = ANY(%b::text[])"
-        self.push, self.push_new = (
+        self.push, self.push_uniform, self.push_new, self.push_new_uniform = (
             render(sql.SQL(_PUSH_SUMMARY.replace("{stmt}", stmt)).format(s=s, chan=chan))
-            for stmt in (PUSH, PUSH_NEW))
+            for stmt in (PUSH, PUSH_UNIFORM, PUSH_NEW, PUSH_NEW_UNIFORM))
         self.push_one = bind(PUSH_ONE, notifying=True)
         self.claim_all, self.claim_some = bind(CLAIM), bind(CLAIM, any_queue)
         self.ack, self.ack_many = bind(ACK), bind(ACK_MANY)

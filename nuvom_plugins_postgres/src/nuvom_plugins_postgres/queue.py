@@ -68,12 +68,22 @@ def _duration(secs: float) -> str:
     return f"{secs} s"
 
 
-def _push_params(messages: Sequence[Message]) -> list[Any]:
-    """The seven arrays ``queries.PUSH`` unnests, plus how many messages they hold."""
-    return [[m.id for m in messages], [m.queue for m in messages],
-            [m.priority for m in messages], [float(m.created_at) for m in messages],
-            [float(m.available_at) for m in messages], [m.task for m in messages],
-            [bytes(m.body) for m in messages], len(messages)]
+def _push_params(messages: Sequence[Message]) -> tuple[bool, list[Any]]:
+    """Whether the batch is uniform (see ``queries.PUSH_UNIFORM``), and the parameters of
+    the matching statement, the number of messages last."""
+    n = len(messages)
+    queues = [m.queue for m in messages]
+    priorities = [m.priority for m in messages]
+    available = [float(m.available_at) for m in messages]
+    tasks = [m.task for m in messages]
+    ids = [m.id for m in messages]
+    created = [float(m.created_at) for m in messages]
+    bodies = [bytes(m.body) for m in messages]
+    if queues.count(queues[0]) == n and priorities.count(priorities[0]) == n \
+            and available.count(available[0]) == n and tasks.count(tasks[0]) == n:
+        return True, [ids, created, bodies, queues[0], priorities[0], available[0], tasks[0],
+                      n]
+    return False, [ids, queues, priorities, created, available, tasks, bodies, n]
 
 
 def _lease(row: Sequence[Any]) -> Lease:
@@ -206,7 +216,9 @@ class PostgresQueue(QueueBackend):
         conn = current_connection()
         try:
             if conn is not None:
-                summaries = [conn.execute(self._q.push, _push_params(messages)).fetchone()]
+                uniform, params = _push_params(messages)
+                query = self._q.push_uniform if uniform else self._q.push
+                summaries = [conn.execute(query, params).fetchone()]
                 chunks: list[Sequence[Message]] = [messages]
             else:
                 size = self.push_chunk
@@ -239,19 +251,26 @@ class PostgresQueue(QueueBackend):
         within the batch (then nothing of the first try was committed)."""
         if len({m.id for m in messages}) == len(messages):
             try:
-                return self._push_chunks(conn, chunks, self._q.push_new)
+                return self._push_chunks(conn, chunks, self._q.push_new,
+                                         self._q.push_new_uniform)
             except psycopg.errors.UniqueViolation:
                 log.debug("a pushed id was stored concurrently; pushing again with "
                           "ON CONFLICT DO NOTHING")
-        return self._push_chunks(conn, chunks, self._q.push)
+        return self._push_chunks(conn, chunks, self._q.push, self._q.push_uniform)
 
     def _push_chunks(self, conn: psycopg.Connection[Any],
-                     chunks: Sequence[Sequence[Message]], query: bytes) -> list[Any]:
+                     chunks: Sequence[Sequence[Message]], general: bytes, uniform: bytes
+                     ) -> list[Any]:
         """One summary row per chunk, all chunks in one transaction."""
+
+        def execute(chunk: Sequence[Message]) -> psycopg.Cursor[Any]:
+            same, params = _push_params(chunk)
+            return conn.execute(uniform if same else general, params)
+
         if len(chunks) == 1:  # autocommit: one statement is one transaction
-            return [conn.execute(query, _push_params(chunks[0])).fetchone()]
+            return [execute(chunks[0]).fetchone()]
         with conn.pipeline(), conn.transaction():
-            cursors = [conn.execute(query, _push_params(chunk)) for chunk in chunks]
+            cursors = [execute(chunk) for chunk in chunks]
         return [cur.fetchone() for cur in cursors]
 
     def _push_one(self, m: Message) -> bool:
