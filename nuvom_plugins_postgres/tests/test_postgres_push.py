@@ -16,9 +16,14 @@ from nuvom_kernel.testing.contracts import make_message
 from nuvom_plugins_postgres import PostgresQueue
 
 
-@pytest.fixture
-def chunked(queue: PostgresQueue) -> PostgresQueue:
-    queue.push_chunk = 3  # small chunks, so a ten-message push spans four statements
+@pytest.fixture(params=["pipeline", "no pipeline"])
+def chunked(queue: PostgresQueue, request: pytest.FixtureRequest,
+            monkeypatch: pytest.MonkeyPatch) -> PostgresQueue:
+    """Small chunks, so a ten-message push spans four statements; with pipeline mode, and
+    as with a libpq older than 14 (no pipeline mode: the chunks run one after another)."""
+    queue.push_chunk = 3
+    if request.param == "no pipeline":
+        monkeypatch.setattr(psycopg.Pipeline, "is_supported", classmethod(lambda cls: False))
     return queue
 
 

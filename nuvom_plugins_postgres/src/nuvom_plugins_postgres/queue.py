@@ -269,6 +269,9 @@ class PostgresQueue(QueueBackend):
 
         if len(chunks) == 1:  # autocommit: one statement is one transaction
             return [execute(chunks[0]).fetchone()]
+        if not psycopg.Pipeline.is_supported():  # libpq < 14: the same, one at a time
+            with conn.transaction():
+                return [execute(chunk).fetchone() for chunk in chunks]
         with conn.pipeline(), conn.transaction():
             cursors = [execute(chunk) for chunk in chunks]
         return [cur.fetchone() for cur in cursors]
