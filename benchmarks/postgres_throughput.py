@@ -80,9 +80,9 @@ class _OpenedNuvomSystem(NuvomSystem):
 
     Why: the kernel builds its backends on first use, so without this the timed ``.map()``
     (one call) would include opening the pool, the LISTEN connection and creating the
-    schema (~30-50 ms, a fifth of a 10,000-job ``.map()``), while procrastinate's side opens
-    its app and applies its schema in ``__init__``, outside every timing. Both sides now
-    start timing connected, with their tables in place.
+    schema (~30-100 ms here, up to a fifth of a 10,000-job ``.map()``), while
+    procrastinate's side opens its app and applies its schema in ``__init__``, outside
+    every timing. Both sides now start timing connected, with their tables in place.
     """
 
     #: ``--cold-open``: leave the backend to the first timed call, as before 2026-12-03.
