@@ -13,6 +13,7 @@ polling faster. Idle, a worker does one tick and one poll per second.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -67,6 +68,24 @@ def _duration(secs: float) -> str:
     return f"{secs} s"
 
 
+def _push_params(messages: Sequence[Message]) -> tuple[bool, list[Any]]:
+    """Whether the batch is uniform (see ``queries.PUSH_UNIFORM``), and the parameters of
+    the matching statement, the number of messages last."""
+    n = len(messages)
+    queues = [m.queue for m in messages]
+    priorities = [m.priority for m in messages]
+    available = [float(m.available_at) for m in messages]
+    tasks = [m.task for m in messages]
+    ids = [m.id for m in messages]
+    created = [float(m.created_at) for m in messages]
+    bodies = [bytes(m.body) for m in messages]
+    if queues.count(queues[0]) == n and priorities.count(priorities[0]) == n \
+            and available.count(available[0]) == n and tasks.count(tasks[0]) == n:
+        return True, [ids, created, bodies, queues[0], priorities[0], available[0], tasks[0],
+                      n]
+    return False, [ids, queues, priorities, created, available, tasks, bodies, n]
+
+
 def _lease(row: Sequence[Any]) -> Lease:
     (job_id, body, queue, priority, available_at, created_at, task, failures, token,
      deliveries, expires_at, _seq) = row
@@ -86,6 +105,8 @@ class PostgresQueue(QueueBackend):
     #: The polling fallback (LISTEN wakes waiters at once; this bounds pickup while the
     #: listener reconnects).
     poll_interval_max = 0.5
+    #: Messages per statement of a pipelined push (see :meth:`push`).
+    push_chunk = 1000
 
     def __init__(self, settings: PostgresSettings | None = None) -> None:
         self.settings = settings or PostgresSettings()
@@ -178,40 +199,97 @@ class PostgresQueue(QueueBackend):
     # --- primitives -------------------------------------------------------------------------
 
     def push(self, messages: Sequence[Message]) -> list[bool]:
-        """All messages in one statement (all or none), duplicates skipped by the primary
-        key; on the caller's connection inside :func:`nuvom_plugins_postgres.transaction`."""
+        """All messages in one transaction (all or none), duplicates skipped by the primary
+        key; on the caller's connection inside :func:`nuvom_plugins_postgres.transaction`.
+
+        Why chunks in pipeline mode on the pool: the server inserts one chunk while this
+        process encodes the next, so encoding costs no wall time after the first chunk; the
+        chunks run inside one ``BEGIN … COMMIT``, sent without waiting, and the push returns
+        after the (durable) ``COMMIT`` answered. On the caller's connection the push stays
+        one statement: its transaction is the caller's, which a ``BEGIN`` or savepoint of
+        ours must not change.
+        """
         if not messages:
             return []
-        query: bytes
-        params: list[Any]
         if len(messages) == 1:
-            m = messages[0]
-            query, params = self._q.push_one, [m.id, m.queue, m.priority, float(m.created_at),
-                                               float(m.available_at), m.task, bytes(m.body)]
-        else:
-            query, params = self._q.push, [
-                [m.id for m in messages], [m.queue for m in messages],
-                [m.priority for m in messages], [float(m.created_at) for m in messages],
-                [float(m.available_at) for m in messages], [m.task for m in messages],
-                [bytes(m.body) for m in messages]]
+            return [self._push_one(messages[0])]
         conn = current_connection()
         try:
             if conn is not None:
-                rows = conn.execute(query, params).fetchall()
+                uniform, params = _push_params(messages)
+                query = self._q.push_uniform if uniform else self._q.push
+                summaries = [conn.execute(query, params).fetchone()]
+                chunks: list[Sequence[Message]] = [messages]
             else:
-                rows = self._run(lambda c: c.execute(query, params).fetchall())
+                size = self.push_chunk
+                chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
+                summaries = self._run(lambda c: self._push_new_first(c, chunks, messages))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unreachable(self.settings.dsn, exc) from exc
-        stored_ids = {r[0] for r in rows}
-        if any(r[1] == 1 for r in rows):
-            soonest = min(m.available_at for m in messages if m.id in stored_ids)
+        stored: list[bool] = []
+        soonest: float | None = None
+        for chunk, summary in zip(chunks, summaries, strict=True):
+            count, new_ids, due = summary  # type: ignore[misc]
+            if due is not None:
+                soonest = due if soonest is None else min(soonest, due)
+            if count == len(chunk):  # every message made a row: all new, all distinct
+                stored.extend(itertools.repeat(True, len(chunk)))
+                continue
+            new, seen = set(new_ids or ()), set()
+            for m in chunk:  # a repeated id counts once, at its first occurrence
+                stored.append(m.id in new and m.id not in seen)
+                seen.add(m.id)
+        if soonest is not None:
             self._wake_at(soonest - time.time())
-        seen: set[str] = set()
-        stored = []
-        for m in messages:
-            stored.append(m.id in stored_ids and m.id not in seen)
-            seen.add(m.id)
         return stored
+
+    def _push_new_first(self, conn: psycopg.Connection[Any],
+                        chunks: Sequence[Sequence[Message]],
+                        messages: Sequence[Message]) -> list[Any]:
+        """Push with ``queries.PUSH_NEW`` (no speculative insertion), and again with
+        ``queries.PUSH`` if a unique violation says an id arrived meanwhile or repeats
+        within the batch (then nothing of the first try was committed)."""
+        if len({m.id for m in messages}) == len(messages):
+            try:
+                return self._push_chunks(conn, chunks, self._q.push_new,
+                                         self._q.push_new_uniform)
+            except psycopg.errors.UniqueViolation:
+                log.debug("a pushed id was stored concurrently; pushing again with "
+                          "ON CONFLICT DO NOTHING")
+        return self._push_chunks(conn, chunks, self._q.push, self._q.push_uniform)
+
+    def _push_chunks(self, conn: psycopg.Connection[Any],
+                     chunks: Sequence[Sequence[Message]], general: bytes, uniform: bytes
+                     ) -> list[Any]:
+        """One summary row per chunk, all chunks in one transaction."""
+
+        def execute(chunk: Sequence[Message]) -> psycopg.Cursor[Any]:
+            same, params = _push_params(chunk)
+            return conn.execute(uniform if same else general, params)
+
+        if len(chunks) == 1:  # autocommit: one statement is one transaction
+            return [execute(chunks[0]).fetchone()]
+        if not psycopg.Pipeline.is_supported():  # libpq < 14: the same, one at a time
+            with conn.transaction():
+                return [execute(chunk).fetchone() for chunk in chunks]
+        with conn.pipeline(), conn.transaction():
+            cursors = [execute(chunk) for chunk in chunks]
+        return [cur.fetchone() for cur in cursors]
+
+    def _push_one(self, m: Message) -> bool:
+        params = [m.id, m.queue, m.priority, float(m.created_at), float(m.available_at),
+                  m.task, bytes(m.body)]
+        conn = current_connection()
+        try:
+            if conn is not None:
+                rows = conn.execute(self._q.push_one, params).fetchall()
+            else:
+                rows = self._run(lambda c: c.execute(self._q.push_one, params).fetchall())
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise unreachable(self.settings.dsn, exc) from exc
+        if rows and rows[0][1] == 1:
+            self._wake_at(m.available_at - time.time())
+        return bool(rows)
 
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
         if n <= 0 or (queues is not None and not queues):
