@@ -56,3 +56,18 @@ def test_a_failed_chunk_stops_the_chunks_after_it(queue: RedisJobQueue) -> None:
     assert not store.client.exists(store.prefix + "j:" + sent[2 * PUSH_CHUNK].id)
     # the third chunk, pushed again, is stored: nothing of it was left behind
     assert queue.push(sent[2 * PUSH_CHUNK:]) == [True] * PUSH_CHUNK
+
+
+def test_a_killed_connection_mid_batch_runs_the_unanswered_chunks_again(
+        queue: RedisJobQueue) -> None:
+    assert queue.push([make_message()]) == [True]  # opens the store's own connection
+    admin = redis.Redis.from_url(URL)
+    try:
+        for conn in queue.store._all:
+            conn.send_command("CLIENT", "ID")
+            admin.client_kill_filter(_id=str(int(conn.read_response())))
+    finally:
+        admin.close()
+    sent = [make_message() for _ in range(3 * PUSH_CHUNK)]
+    assert queue.push(sent) == [True] * len(sent)
+    assert queue.qsize() == len(sent) + 1
