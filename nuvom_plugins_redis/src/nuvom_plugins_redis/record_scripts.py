@@ -92,7 +92,7 @@ return 0
 #: delay, '1'/'0' new body, body, then the record's 7 values as in PUT. Per settlement: the
 #: token must hold and the record supersede the stored one, else nothing of it is written.
 SETTLE = "#!lua\n" + _COMMON + _FENCED + _REQUEUE + _RECORDS + r"""
-local now = clock()
+local now = nil  -- the server's clock, read only by a retry (an ack does not need it)
 local R, ttl, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
 for i = 0, n - 1 do
@@ -109,6 +109,7 @@ for i = 0, n - 1 do
       redis.call('DEL', jk)
     else
       local delay = tonumber(ARGV[b + 2])
+      now = now or clock()
       redis.call('HINCRBY', jk, 'f', 1)
       if ARGV[b + 3] == '1' then redis.call('HSET', jk, 'b', ARGV[b + 4]) end
       if delay <= 0 then redis.call('HSET', jk, 'a', f17(now)) end

@@ -20,6 +20,7 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
     P q:<queue>:delayed       ZSET  id by available_at (a retry delay or an ETA)
     P q:<queue>:leased        ZSET  id by lease deadline (never shared with delayed)
     P seq, P wake, P reaper   the rank/token counter, the wake-up marker, the reaper lock
+    P push:<batch>            STRING  last chunk index of a batch push stored (10 min TTL)
     R r:<id>                  HASH  one job record: run, att, st, fn, u, d (JSON)
     R ri, R ri:s:<st>, R ri:t:<fn>   ZSETs of record ids by updated_at (all, status, task)
 
@@ -92,18 +93,32 @@ local function next_due(qs)
 end
 """
 
-#: ARGV: P, n, then 8 values per message: id, queue, priority, created µs (17 digits),
-#: created_at, available_at, task, body. Returns 1 (stored) or 0 (id already queued).
+#: ARGV: P, n, batch ('' for a lone chunk), chunk index, then 8 values per message: id,
+#: queue, priority, created µs (17 digits), created_at, available_at, task, body. Returns 1
+#: (stored) or 0 (id already queued) per message.
 #: Three commands per message (EXISTS, HSET, ZADD): the rank counter is reserved once per
 #: chunk (INCRBY n) and each queue name is added to the set once per chunk.
+#: Chunks of one batch are sent ahead of their replies (``Store.run_many``), so chunk k
+#: runs only if chunk k - 1 did (``P push:<batch>`` holds the last index stored, or k
+#: itself when k runs again after a lost reply): a failed chunk stops the rest, and what
+#: was stored is always a prefix of the batch, as when each chunk waited for the last.
 PUSH = "#!lua\n" + _COMMON + r"""
+local batch, idx = ARGV[3], tonumber(ARGV[4])
+local guard = P .. 'push:' .. batch
+if batch ~= '' and idx > 0 then
+  local last = redis.call('GET', guard)
+  if last ~= tostring(idx - 1) and last ~= tostring(idx) then
+    return redis.error_reply('SKIPPED chunk ' .. idx .. ' of this batch was not stored: ' ..
+                             'an earlier chunk failed')
+  end
+end
 local now = clock()
 local out, any_ready, any_delayed = {}, false, false
 local n = tonumber(ARGV[2])
 local seq = redis.call('INCRBY', P .. 'seq', n) - n
 local seen = {}
 for i = 0, n - 1 do
-  local base = 3 + i * 8
+  local base = 5 + i * 8
   local id, q, p = ARGV[base], ARGV[base + 1], ARGV[base + 2]
   local jk = P .. 'j:' .. id
   if redis.call('EXISTS', jk) == 1 then
@@ -130,6 +145,7 @@ for i = 0, n - 1 do
   end
 end
 if any_ready or any_delayed then wake() end
+if batch ~= '' then redis.call('SET', guard, idx, 'PX', 600000) end
 return out
 """
 

@@ -1,0 +1,73 @@
+"""A batch of several push chunks goes out pipelined (``Store.run_many``): the same result
+as chunk after chunk — every new id stored once, flags in order, and after a failed chunk
+only the chunks before it stored."""
+
+from __future__ import annotations
+
+import attrs
+import redis
+from redis_helpers import URL
+
+from nuvom_kernel.testing.contracts import make_message
+from nuvom_plugins_redis import RedisJobQueue
+from nuvom_plugins_redis.queue import PUSH_CHUNK, _push_args
+
+
+def test_a_batch_of_several_chunks_is_stored_once_in_order(queue: RedisJobQueue) -> None:
+    sent = [make_message() for _ in range(2 * PUSH_CHUNK + 7)]
+    again = sent[5]  # an id earlier in the batch, in another chunk
+    flags = queue.push([*sent, attrs.evolve(again, body=b"other")])
+    assert flags == [True] * len(sent) + [False]
+    assert queue.push(sent[PUSH_CHUNK - 1:PUSH_CHUNK + 1]) == [False, False]
+    assert queue.qsize() == len(sent)
+    claimed = queue.claim(len(sent) + 1)
+    assert [le.id for le in claimed] == [m.id for m in sent], "FIFO across the chunks"
+    assert claimed[5].message.body == again.body
+
+
+def test_a_flushed_script_cache_is_reloaded_mid_batch(queue: RedisJobQueue) -> None:
+    admin = redis.Redis.from_url(URL)
+    try:
+        admin.script_flush()
+    finally:
+        admin.close()
+    sent = [make_message() for _ in range(3 * PUSH_CHUNK)]
+    assert queue.push(sent) == [True] * len(sent)
+    assert queue.qsize() == len(sent)
+
+
+def test_a_failed_chunk_stops_the_chunks_after_it(queue: RedisJobQueue) -> None:
+    """The guard in the push script, run as ``push`` runs it: the second chunk fails (a
+    priority the script cannot read), so the third must not be stored."""
+    sent = [make_message() for _ in range(3 * PUSH_CHUNK)]
+    store = queue.store
+    calls = []
+    for index in range(3):
+        args: list[object] = [store.prefix, PUSH_CHUNK, "batch-1", index]
+        for m in sent[index * PUSH_CHUNK:(index + 1) * PUSH_CHUNK]:
+            args += _push_args(m)
+        calls.append(args)
+    calls[1][4 + 2] = "not a number"  # the priority of the chunk's first message
+    replies = store.run_many(queue._scripts["PUSH"], calls)
+    assert replies[0] == [1] * PUSH_CHUNK
+    assert isinstance(replies[1], redis.ResponseError)
+    assert isinstance(replies[2], redis.ResponseError) and "SKIPPED" in str(replies[2])
+    assert queue.qsize() == PUSH_CHUNK
+    assert not store.client.exists(store.prefix + "j:" + sent[2 * PUSH_CHUNK].id)
+    # the third chunk, pushed again, is stored: nothing of it was left behind
+    assert queue.push(sent[2 * PUSH_CHUNK:]) == [True] * PUSH_CHUNK
+
+
+def test_a_killed_connection_mid_batch_runs_the_unanswered_chunks_again(
+        queue: RedisJobQueue) -> None:
+    assert queue.push([make_message()]) == [True]  # opens the store's own connection
+    admin = redis.Redis.from_url(URL)
+    try:
+        for conn in queue.store._all:
+            conn.send_command("CLIENT", "ID")
+            admin.client_kill_filter(_id=str(int(conn.read_response())))
+    finally:
+        admin.close()
+    sent = [make_message() for _ in range(3 * PUSH_CHUNK)]
+    assert queue.push(sent) == [True] * len(sent)
+    assert queue.qsize() == len(sent) + 1

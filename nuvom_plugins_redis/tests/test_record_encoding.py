@@ -1,0 +1,48 @@
+"""The stored record JSON (orjson, with the standard library as fallback) reads back as the
+standard library's would, and refuses what it refuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import pytest
+
+from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_plugins_redis import RedisResultBackend
+from nuvom_plugins_redis.results import _encode, record_json
+
+
+def _record(**fields: object) -> JobRecord:
+    now = time.time()
+    values: dict[str, object] = dict(
+        job_id="enc-1", func_name="tasks.add", status=JobStatus.SUCCEEDED, args=[1, 2.5],
+        kwargs={"k": "é\u2028\x00"}, module="tasks", options={"retries": 0, "tags": []},
+        result={"n": [None, True, 1e16, -0.0]}, attempts=1, created_at=now,
+        started_at=now, finished_at=now, updated_at=now, worker="h:1", trace_id="t",
+        token="tok")
+    values.update(fields)
+    return JobRecord(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("result", [3, None, 10**30, "\ud800", {"deep": [[[1]]]}])
+def test_the_json_decodes_as_the_standard_librarys(result: object) -> None:
+    data = _record(result=result).to_dict()
+    assert json.loads(record_json(data)) == json.loads(_encode(data))
+
+
+def test_a_big_integer_round_trips_through_the_backend(results: RedisResultBackend) -> None:
+    record = _record(result=10**30)  # past orjson's 64 bits: the standard library encodes it
+    assert results.put(record)
+    stored = results.get(record.job_id)
+    assert stored is not None and stored.to_dict() == record.to_dict()
+
+
+@pytest.mark.parametrize("value", [dt.datetime(2030, 1, 1), {1, 2}])
+def test_a_value_json_cannot_carry_is_refused(results: RedisResultBackend,
+                                               value: object) -> None:
+    with pytest.raises(SerializationError, match="not JSON-native"):
+        results.put(_record(result=value))
+    assert results.get("enc-1") is None
