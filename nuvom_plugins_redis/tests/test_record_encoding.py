@@ -18,7 +18,7 @@ from nuvom_plugins_redis.results import _encode, record_json
 def _record(**fields: object) -> JobRecord:
     now = time.time()
     values: dict[str, object] = dict(
-        job_id="enc-1", func_name="tasks.add", status=JobStatus.SUCCEEDED, args=[1, 2.5],
+        job_id="enc-1", task="tasks.add", status=JobStatus.SUCCEEDED, args=[1, 2.5],
         kwargs={"k": "é\u2028\x00"}, module="tasks", options={"retries": 0, "tags": []},
         result={"n": [None, True, 1e16, -0.0]}, attempts=1, created_at=now,
         started_at=now, finished_at=now, updated_at=now, worker="h:1", trace_id="t",
