@@ -246,8 +246,12 @@ class Worker:
 
     def _release_unstarted(self) -> None:
         for lease in self.slots.unstarted():
-            self.settler.safely("release it", lease, self.queue.release, lease)
-            self.slots.freed()
+            self._put_back(lease)
+
+    def _put_back(self, lease: Lease) -> None:
+        """A claimed job that will not run here: release it and free its slot."""
+        self.settler.safely("release it", lease, self.queue.release, lease)
+        self.slots.freed()
 
     # --- dispatcher ---------------------------------------------------------------------
 
@@ -271,8 +275,7 @@ class Worker:
             now = time.monotonic()
             for lease in leases:
                 if self._stopping.is_set():
-                    self.settler.safely("release it", lease, self.queue.release, lease)
-                    self.slots.freed()
+                    self._put_back(lease)
                 elif self.aio is not None:
                     self.aio.submit(functools.partial(self._serve_async, lease))
                 else:
@@ -305,8 +308,7 @@ class Worker:
                 # Claimed but not started: straight back. One that waited half its lease
                 # (jobs got longer while it sat in the hand-off) is not run on a lease
                 # the monitor never extended; it goes back for a fresh claim.
-                self.settler.safely("release it", lease, self.queue.release, lease)
-                self.slots.freed()
+                self._put_back(lease)
             elif self.runner.run_one(lease):
                 self.slots.freed(time.monotonic() - started)
             else:
