@@ -4,7 +4,7 @@ Four kinds of thread:
 
 * one **dispatcher** claims jobs with ``pop_batch`` and hands them over: for the idle
   executors and, while jobs are short, a few ahead (:mod:`.slots`), so a backlog drains in
-  claims and settles of many jobs instead of one or two; long jobs are never held back
+  claims and settles of many jobs instead of one or two; long jobs are not held back
   from other workers;
 * **executors** (``workers`` of them) run one job at a time and decide its outcome — in the
   thread itself, in a child process the thread owns (``pool="process"``,

@@ -45,7 +45,7 @@ class Slots:
     def ahead(self) -> int:
         """Jobs to claim beyond the idle executors: at most ``prefetch``, and at most
         :data:`AHEAD_SECS` of work per executor at the recent pace (with 4 executors: 16
-        for 10 ms jobs, 2 for 100 ms jobs, none from 200 ms up), none before a job ran."""
+        for 10 ms jobs, 2 for 100 ms jobs, none over 200 ms), none before a job ran."""
         if not self.prefetch or self.pace is None:
             return 0
         return min(self.prefetch, int(self.workers * AHEAD_SECS / max(self.pace, 1e-6)))
