@@ -1,14 +1,20 @@
 """Claiming ahead (``prefetch``): how many jobs a worker claims beyond its idle threads.
 
 The pace rule is what keeps long jobs from being held back from other workers, so it is
-checked at its edges; the drain it speeds up is measured by ``benchmarks/``, not here.
+checked at its edges; the drain it speeds up is measured by ``benchmarks/``, not here. When
+the pace was wrong, jobs claimed ahead are given back for other workers.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
+from nuvom_kernel import JobStatus, Worker, task
+from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.models import Lease, Message
 from nuvom_kernel.worker.slots import Slots
+from tests.helpers import wait_until
 
 
 def slots_at(pace: float | None, *, workers: int = 4, prefetch: int = 16,
@@ -46,3 +52,64 @@ def test_room_counts_idle_slots_plus_ahead_and_the_pace_follows_recent_jobs():
         slots.freed(1.0)
     slots.claimed([object()] * (slots.free - 1))  # type: ignore[list-item]
     assert slots.ahead() == 0 and slots.wait_for_room(stopping) == 1
+
+
+def lease(job_id: str) -> Lease:
+    return Lease(message=Message(id=job_id, body=b"{}"), token=f"t-{job_id}", deliveries=1,
+                 expires_at=time.time() + 30)
+
+
+def test_overdue_leases_are_taken_once_and_executors_skip_them():
+    slots = slots_at(0.001, workers=1)
+    now = time.monotonic()
+    slots.hand_over(lease("old"), now - 5.0)
+    slots.hand_over(lease("new"), now)
+    taken, next_due = slots.overdue(1.0)
+    assert [x.id for x in taken] == ["old"]
+    assert now + 0.9 < next_due <= now + 1.0 + 0.1
+    assert slots.pace == 1.0 and slots.ahead() == 0, "the pace was wrong: stop claiming ahead"
+    assert slots.overdue(1.0)[0] == [], "a lease is given back once"
+    item = slots.take()
+    assert item is not None and item[0].id == "new", "the given-back lease is skipped"
+    slots.close(1)
+    assert slots.take() is None
+
+
+def test_jobs_claimed_ahead_go_back_when_every_thread_is_stuck(kernel: Kernel):
+    """A worker whose only thread is stuck in a long job gives back the short jobs it claimed
+    ahead of it, so another worker runs them (each once) while the long one still runs."""
+    go_on = threading.Event()
+    ran: list[int] = []
+
+    @task
+    def long_job() -> None:
+        go_on.wait(60)
+
+    @task
+    def short_job(i: int) -> int:
+        ran.append(i)
+        return i
+
+    stuck = long_job.delay()
+    shorts = short_job.map(range(10))
+    first = Worker(kernel, workers=1, prefetch=16, scheduler=False, poll_timeout_secs=0.05)
+    first.slots.pace = 0.001  # as after a run of 1 ms jobs: claim 16 ahead
+    second = Worker(kernel, workers=1, prefetch=0, scheduler=False, poll_timeout_secs=0.05)
+    first.start()
+    try:
+        wait_until(lambda: len(first.slots.waiting) == 10 and first.busy_slots == 1,
+                   timeout=20, what="the first worker to claim all ten ahead of the long job")
+        second.start()
+        wait_until(lambda: all(j.refresh().status is JobStatus.SUCCEEDED for j in shorts),
+                   timeout=20, what="the second worker to run the given-back jobs")
+        assert not go_on.is_set() and stuck.refresh().status is JobStatus.RUNNING
+        go_on.set()
+        wait_until(lambda: stuck.refresh().status is JobStatus.SUCCEEDED, timeout=20,
+                   what="the long job")
+    finally:
+        go_on.set()
+        for worker in (first, second):
+            worker.stop()
+            worker.join()
+    assert sorted(ran) == list(range(10)), "each short job ran exactly once"
+    assert all(j.attempts == 1 for j in shorts)

@@ -4,7 +4,9 @@ Why a thread of its own: leases are extended by time, not by progress, so a job 
 long call (or a finished job waiting for its batch to settle) keeps its lease; and a
 deadline is noticed even while every executor is busy. All due leases are extended in one
 ``extend_many`` call (one round trip, one commit on SQLite). A round that fails is logged and
-retried: the monitor never stops, or leases would expire under running jobs.
+retried: the monitor never stops, or leases would expire under running jobs. It also gives
+back leases claimed ahead that waited too long for an executor (:meth:`.Slots.overdue`), so a
+job is never held back by a worker whose threads all got stuck in long jobs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections.abc import Callable
 import attrs
 
 from nuvom_kernel.backends import QueueBackend
+from nuvom_kernel.models import Lease
 from nuvom_kernel.worker.settle import Running
+from nuvom_kernel.worker.slots import HOLD_SECS, Slots
 
 __all__ = ["LeaseMonitor"]
 
@@ -30,11 +34,15 @@ class LeaseMonitor:
     :param on_deadline: called (on the monitor thread, so it must not block) for a job
         whose deadline passed and whose outcome is not decided yet.
     :param lease_lock: held while extending; the settler holds it while it acks.
+    :param slots: the pool's hand-off, whose overdue leases go to ``put_back``.
     """
 
     def __init__(self, queue: QueueBackend, running: dict[str, Running],
-                 on_deadline: Callable[[Running], None], lease_lock: threading.Lock) -> None:
+                 on_deadline: Callable[[Running], None], lease_lock: threading.Lock,
+                 slots: Slots | None = None,
+                 put_back: Callable[[Lease], None] | None = None) -> None:
         self.queue = queue
+        self.slots, self.put_back = slots, put_back
         self.lease_lock = lease_lock  # shared with the settler: never extend during an ack
         self.running = running
         self.on_deadline = on_deadline
@@ -77,7 +85,7 @@ class LeaseMonitor:
         """Act on due deadlines and extend every lease due for it; returns the monotonic
         time of the next deadline (``inf`` if none)."""
         now = time.monotonic()
-        wake = float("inf")
+        wake = self._give_back_overdue()
         extend_every = self.visibility / 3
         due: list[Running] = []
         for running in list(self.running.values()):
@@ -105,3 +113,16 @@ class LeaseMonitor:
                 elif not running.decided:  # a decided job's settle reports its own loss
                     log.warning("job=%s lost its lease while running", running.job.id)
         return wake
+
+    def _give_back_overdue(self) -> float:
+        """Release the leases claimed ahead that waited too long; when the next one will."""
+        if self.slots is None or self.put_back is None:
+            return float("inf")
+        hold = min(HOLD_SECS, self.visibility / 2)
+        leases, nxt = self.slots.overdue(hold)
+        for lease in leases:
+            self.put_back(lease)
+        if leases:
+            log.info("gave back %d claimed job(s) that waited over %.1f s for a busy "
+                     "executor", len(leases), hold)
+        return nxt

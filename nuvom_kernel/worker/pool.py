@@ -109,10 +109,6 @@ class Worker:
         self._abandoned_alive = 0  # abandoned threads still inside their task
         self._owed = 0  # slots whose replacement thread was not started
         self._running: dict[str, Running] = {}
-        self.monitor = LeaseMonitor(self.queue, self._running, self._time_out,
-                                    self.settler.lease_lock)
-        self.runner = JobRunner(kernel, self.settler, self._running, self.monitor,
-                                self._slot_back)
         self._stopping = threading.Event()
         self._forced = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -125,6 +121,10 @@ class Worker:
                            settings.prefetch if prefetch is None else prefetch,
                            ahead_ok=self.pool != "asyncio")
         self._cv = self.slots.cv
+        self.monitor = LeaseMonitor(self.queue, self._running, self._time_out,
+                                    self.settler.lease_lock, self.slots, self._put_back)
+        self.runner = JobRunner(kernel, self.settler, self._running, self.monitor,
+                                self._slot_back)
         self.processes: ProcessPool | None = None
         self.aio: AsyncPool | None = None
         if self.pool == "process":
@@ -299,15 +299,15 @@ class Worker:
 
     def _executor_loop(self) -> None:
         while True:
-            item = self.slots.handoff.get()
+            item = self.slots.take()
             if item is None:
                 return
             lease, claimed = item
             started = time.monotonic()
             if self._stopping.is_set() or started - claimed > self.visibility / 2:
                 # Claimed but not started: straight back. One that waited half its lease
-                # (jobs got longer while it sat in the hand-off) is not run on a lease
-                # the monitor never extended; it goes back for a fresh claim.
+                # (the monitor, which gives such leases back sooner, fell behind) is not
+                # run on a lease nobody extended; it goes back for a fresh claim.
                 self._put_back(lease)
             elif self.runner.run_one(lease):
                 self.slots.freed(time.monotonic() - started)

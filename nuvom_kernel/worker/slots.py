@@ -8,20 +8,25 @@ or a round trip each, more than a short job, so claiming one job per idle execut
 most of a drain on them (SQLite: ~160 µs of CPU per job in batches of one, ~50 in batches
 of 16, ``benchmarks/bench_sqlite_raw.py``; Redis and PostgreSQL alike). Why only while jobs
 are short: a claimed job waits for an executor, reads as RUNNING and is out of other
-workers' reach.
+workers' reach. When the pace was wrong (every executor got stuck in long jobs), a lease
+that waited :data:`HOLD_SECS` is given back (:meth:`Slots.overdue`) for any worker to claim.
 """
 
 from __future__ import annotations
 
 import queue as stdqueue
 import threading
+import time
 
 from nuvom_kernel.models import Lease
 
-__all__ = ["AHEAD_SECS", "Slots"]
+__all__ = ["AHEAD_SECS", "HOLD_SECS", "Slots"]
 
 #: Claiming ahead holds about this much work (seconds) per executor at most.
 AHEAD_SECS = 0.05
+#: A claimed lease waits at most about this long (seconds) for an executor of this worker
+#: (20 times what claiming ahead expects) before it is given back; at most half the lease.
+HOLD_SECS = 1.0
 
 
 class Slots:
@@ -39,8 +44,12 @@ class Slots:
         self.batch_size = batch_size
         self.prefetch = prefetch if ahead_ok else 0
         self.pace: float | None = None  # recent seconds per job (moving average)
-        #: claimed leases waiting for an executor, with when they were claimed (monotonic)
-        self.handoff: stdqueue.SimpleQueue[tuple[Lease, float] | None] = stdqueue.SimpleQueue()
+        #: claimed leases in hand-off order; ``None`` tells an executor to end
+        self.handoff: stdqueue.SimpleQueue[Lease | None] = stdqueue.SimpleQueue()
+        #: the leases in the hand-off not taken yet, with when they were claimed (monotonic).
+        #: Whoever pops a lease from it (an executor, :meth:`overdue`, :meth:`unstarted`)
+        #: owns it: ``dict.pop`` is atomic, so a lease is never both run and given back.
+        self.waiting: dict[tuple[str, str], tuple[Lease, float]] = {}
 
     def ahead(self) -> int:
         """Jobs to claim beyond the idle executors: at most ``prefetch``, and at most
@@ -62,7 +71,35 @@ class Slots:
             self.free -= len(leases)
 
     def hand_over(self, lease: Lease, claimed_at: float) -> None:
-        self.handoff.put((lease, claimed_at))
+        self.waiting[lease.id, lease.token] = (lease, claimed_at)
+        self.handoff.put(lease)
+
+    def take(self) -> tuple[Lease, float] | None:
+        """The next lease to run and when it was claimed, waiting for one; ``None``: end."""
+        while True:
+            lease = self.handoff.get()
+            if lease is None:
+                return None
+            item = self.waiting.pop((lease.id, lease.token), None)
+            if item is not None:  # else given back meanwhile: its slot was freed then
+                return item
+
+    def overdue(self, hold_secs: float) -> tuple[list[Lease], float]:
+        """Take the leases that waited over ``hold_secs`` (to give back: the pace that let
+        them be claimed was wrong); returns them and the monotonic time the next one will
+        be overdue (``inf``: none waiting). The caller frees their slots."""
+        now = time.monotonic()
+        taken: list[Lease] = []
+        nxt = float("inf")
+        for key, (lease, claimed_at) in list(self.waiting.items()):
+            if now - claimed_at < hold_secs:
+                nxt = min(nxt, claimed_at + hold_secs)
+            elif self.waiting.pop(key, None) is not None:
+                taken.append(lease)
+        if taken:  # they waited 20x what claiming ahead expects: stop it until jobs finish
+            with self.cv:
+                self.pace = max(self.pace or 0.0, hold_secs)
+        return taken, nxt
 
     def freed(self, took: float | None = None) -> None:
         """A slot is free again; ``took``: the seconds its job ran (sets the pace)."""
@@ -80,13 +117,11 @@ class Slots:
     def unstarted(self) -> list[Lease]:
         """Take every lease still waiting in the hand-off (at a stop, to release them)."""
         leases: list[Lease] = []
-        while True:
-            try:
-                item = self.handoff.get_nowait()
-            except stdqueue.Empty:
-                return leases
+        for key in list(self.waiting):
+            item = self.waiting.pop(key, None)
             if item is not None:
                 leases.append(item[0])
+        return leases
 
     def close(self, threads: int) -> None:
         """Wake ``threads`` executors waiting for a lease, to end."""
