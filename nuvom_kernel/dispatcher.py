@@ -27,7 +27,7 @@ from nuvom_kernel.models import JobStatus, TaskOptions
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["check_capabilities", "enqueue", "importable_module", "rerun"]
+__all__ = ["check_capabilities", "enqueue", "enqueue_one", "importable_module", "rerun"]
 
 
 def importable_module(fn: Any) -> str | None:
@@ -51,8 +51,9 @@ def importable_module(fn: Any) -> str | None:
 
 def check_capabilities(kernel: Kernel, options: TaskOptions, delay_secs: float) -> None:
     """Refuse, before anything is enqueued, what the queue backend declared it cannot do."""
-    caps = kernel.queue.capabilities
-    name = kernel.queue.name
+    queue = kernel.queue
+    caps = queue.capabilities
+    name = queue.name
     if delay_secs > 0 and not caps.delayed:
         raise BackendCapabilityError(
             f"queue backend {name!r} does not support delayed jobs; drop the delay or use a "
@@ -98,41 +99,84 @@ def enqueue(
     """
     if not calls:
         return []
+    if len(calls) == 1 and not known_ids:
+        return [enqueue_one(kernel, *calls[0], delay_secs)]
     jobs = [job for _, job in calls]
     try:
         check_capabilities(kernel, jobs[0].options, delay_secs)
         existing = ({env.id for env, _ in calls if kernel.results.get(env.id) is not None}
-                    if known_ids else set())
+                    if known_ids else None)
     except NuvomError:
         raise
     except Exception as exc:  # the backend could not even be opened (read-only, missing)
         raise _enqueue_error(kernel, jobs, exc) from exc
-    fresh = [(env, job) for env, job in calls if env.id not in existing]
-    pm, serializer = kernel.pm, kernel.serializer
-    observed = bool(pm.hook.nuvom_before_enqueue.get_hookimpls()
-                    or pm.hook.nuvom_after_enqueue.get_hookimpls())
-    if observed:
+    fresh = calls if not existing else [call for call in calls if call[0].id not in existing]
+    pm, serializer, queue = kernel.pm, kernel.serializer, kernel.queue
+    # Looked up once per batch, called per job (an empty list: no plugin observes enqueues).
+    before = events.observers(pm, "nuvom_before_enqueue")
+    after = events.observers(pm, "nuvom_after_enqueue")
+    if before:
         for env, job in fresh:
-            events.emit(pm, "nuvom_before_enqueue", job=job)
+            events.call_each(before, "nuvom_before_enqueue", {"job": job})
             if job.headers:  # what observers added (a trace context) travels with the job
                 env.headers.update(job.headers)
     available_at = (time.time() + delay_secs) if delay_secs > 0 else 0.0
     messages = [env.to_message(serializer, available_at) for env, _ in fresh]
     try:
-        stored = kernel.queue.enqueue_many(messages) if messages else []
+        stored = queue.enqueue_many(messages) if messages else []
     except NuvomError:
         raise
     except Exception as exc:  # a storage failure must say where and what to do
         raise _enqueue_error(kernel, jobs, exc) from exc
     for job in jobs:
         job._kernel = kernel
+    if len(stored) == len(jobs) and all(stored):  # the usual case: every job is new
+        for job in jobs if after else ():
+            events.call_each(after, "nuvom_after_enqueue", {"job": job})
+        return jobs
     created = {job.id for (_, job), new in zip(fresh, stored, strict=True) if new}
     for job in jobs:
         if job.id not in created:  # the existing job's handle: its state, not a new one's
             kernel.refresh_job(job)
-        elif observed:
-            events.emit(pm, "nuvom_after_enqueue", job=job)
+        elif after:
+            events.call_each(after, "nuvom_after_enqueue", {"job": job})
     return jobs
+
+
+def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float = 0.0
+                ) -> Job:
+    """:func:`enqueue` of one call whose id the caller did not choose (``.delay()``): the
+    same steps without the batch's lists and sets, which were a tenth of a ``.delay()``'s
+    Python time."""
+    try:
+        check_capabilities(kernel, job.options, delay_secs)
+        queue = kernel.queue
+    except NuvomError:
+        raise
+    except Exception as exc:  # the backend could not even be opened (read-only, missing)
+        raise _enqueue_error(kernel, [job], exc) from exc
+    pm = kernel.pm
+    before = events.observers(pm, "nuvom_before_enqueue")
+    if before:
+        events.call_each(before, "nuvom_before_enqueue", {"job": job})
+        if job.headers:  # what observers added (a trace context) travels with the job
+            envelope.headers.update(job.headers)
+    message = envelope.to_message(kernel.serializer,
+                                  (time.time() + delay_secs) if delay_secs > 0 else 0.0)
+    try:
+        stored = queue.enqueue_many([message])
+    except NuvomError:
+        raise
+    except Exception as exc:  # a storage failure must say where and what to do
+        raise _enqueue_error(kernel, [job], exc) from exc
+    job._kernel = kernel
+    if not stored[0]:  # the id was queued already: that job's handle and state
+        kernel.refresh_job(job)
+        return job
+    after = events.observers(pm, "nuvom_after_enqueue")
+    if after:
+        events.call_each(after, "nuvom_after_enqueue", {"job": job})
+    return job
 
 
 def rerun(kernel: Kernel, job_id: str) -> Job:

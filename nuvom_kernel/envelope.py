@@ -17,6 +17,8 @@ now counts on the message itself.
 from __future__ import annotations
 
 import functools
+import json.encoder
+import math
 import os
 import socket
 import time
@@ -28,7 +30,7 @@ import attrs
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import Backoff, JobRecord, JobStatus, Message, TaskOptions
-from nuvom_kernel.serialization import Serializer, from_wire, to_wire
+from nuvom_kernel.serialization import JsonSerializer, Serializer, from_wire, to_wire
 
 __all__ = ["ENVELOPE_VERSION", "Envelope", "options_from_wire", "options_to_wire", "origin"]
 
@@ -62,6 +64,38 @@ def options_to_wire(options: TaskOptions) -> dict[str, Any]:
         if data[name] == _DEFAULTS[name]:
             del data[name]
     return data
+
+
+@functools.lru_cache(maxsize=1024)
+def _wire_options(options: TaskOptions) -> tuple[dict[str, Any], str]:
+    """The options as envelope data and as the JSON :class:`JsonSerializer` writes for them:
+    a task's options are the same for every job, so the producer encodes them once (they
+    were about half of the encoding time of a ``.delay()``'s body)."""
+    data = options_to_wire(options)
+    return data, _encode(data)
+
+
+_encode = JsonSerializer._encode
+#: JSON of a str exactly as the serializer's encoder writes it (ensure_ascii; C function).
+_quote: Any = json.encoder.encode_basestring_ascii
+_LITERALS = {None: "null", True: "true", False: "false"}
+
+
+def _json_args(values: list[Any]) -> str:
+    """``values`` as :class:`JsonSerializer` encodes it; a flat list of str, int, bool and
+    None (most calls) is joined here at a third of the encoder's per-call cost."""
+    parts = []
+    for value in values:
+        kind = type(value)
+        if kind is int:
+            parts.append(int.__repr__(value))
+        elif kind is str:
+            parts.append(_quote(value))
+        elif kind is bool or value is None:
+            parts.append(_LITERALS[value])
+        else:
+            return str(_encode(values))
+    return "[" + ",".join(parts) + "]"
 
 
 _DEFAULTS = {f.name: f.default for f in attrs.fields(TaskOptions)}
@@ -119,6 +153,10 @@ class Envelope:
     history: list[dict[str, Any]] = attrs.field(factory=list)
     headers: dict[str, Any] = attrs.field(factory=dict)
     legacy_failures: int = 0  # ``failures`` of an envelope written before kernel v1
+    #: (options dict, its JSON) when :meth:`for_call` built ``options``: :meth:`to_body`
+    #: splices the JSON in while ``options`` is still that dict.
+    _wire_options: tuple[dict[str, Any], str] | None = attrs.field(
+        default=None, repr=False, alias="wire_options")
 
     # --- building ---------------------------------------------------------------------------
 
@@ -147,9 +185,48 @@ class Envelope:
         wire_kwargs = {k: v if type(v) in _NATIVE else to_wire(v, f"{task}(): argument {k!r}")
                        for k, v in kwargs.items()}
         ids = os.urandom(24).hex()  # one system call for the job id and the trace id
+        wire_options = _wire_options(options)
         return cls(id=job_id or ids[:32], task=task, module=module, args=wire_args,
-                   kwargs=wire_kwargs, options=options_to_wire(options),
-                   created_at=time.time(), enqueued_by=origin(), trace_id=ids[32:])
+                   kwargs=wire_kwargs, options=wire_options[0],
+                   created_at=time.time(), enqueued_by=_HOST, trace_id=ids[32:],
+                   wire_options=wire_options)
+
+    @classmethod
+    def for_calls(
+        cls,
+        task: str,
+        module: str | None,
+        options: TaskOptions,
+        calls: Sequence[tuple[Sequence[Any], Mapping[str, Any], str | None]],
+        param_names: Sequence[str] = (),
+    ) -> list[Envelope]:
+        """:meth:`for_call` of every ``(args, kwargs, job_id)`` of a batch (``.map()``):
+        the same envelopes, with one system call for all the random ids and the options
+        looked up once.
+
+        :raises SerializationError: naming the first bad argument; no envelope is returned.
+        """
+        wire_options = _wire_options(options)
+        data, host = wire_options[0], _HOST
+        ids = os.urandom(24 * len(calls)).hex()
+        now = time.time
+        out = []
+        at = 0
+        for args, kwargs, job_id in calls:
+            wire_args = list(args)
+            for i, value in enumerate(wire_args):
+                if type(value) not in _NATIVE:
+                    label = (f"argument {param_names[i]!r}" if i < len(param_names)
+                             else f"argument #{i}")
+                    wire_args[i] = to_wire(value, f"{task}(): {label}")
+            wire_kwargs = {k: v if type(v) in _NATIVE else
+                           to_wire(v, f"{task}(): argument {k!r}") for k, v in kwargs.items()}
+            out.append(cls(id=job_id or ids[at:at + 32], task=task, module=module,
+                           args=wire_args, kwargs=wire_kwargs, options=data,
+                           created_at=now(), enqueued_by=host, trace_id=ids[at + 32:at + 48],
+                           wire_options=wire_options))
+            at += 48
+        return out
 
     @classmethod
     def for_rerun(cls, record: JobRecord) -> Envelope:
@@ -169,6 +246,13 @@ class Envelope:
                        created_at=self.created_at, task=self.task)
 
     def to_body(self, serializer: Serializer) -> bytes:
+        wire = self._wire_options
+        if (wire is not None and wire[0] is self.options and type(serializer) is JsonSerializer
+                and self.run == 1 and not self.history):
+            return self._json_body(wire[1])
+        return self._generic_body(serializer)
+
+    def _generic_body(self, serializer: Serializer) -> bytes:
         data: dict[str, Any] = {
             "v": ENVELOPE_VERSION, "id": self.id, "task": self.task, "module": self.module,
             "args": self.args, "kwargs": self.kwargs, "opts": self.options,
@@ -178,6 +262,31 @@ class Envelope:
         if self.headers:
             data["headers"] = self.headers
         return serializer.dumps(data)
+
+    def _json_body(self, options_json: str) -> bytes:
+        """What ``JsonSerializer().dumps`` writes for a new job's envelope (the same bytes:
+        the same keys in the same order, every value as the same encoder writes it), with the
+        task's options encoded once (``options_json``) and flat arguments joined by
+        :func:`_json_args`: measured 13.8 µs → ~4 µs per body."""
+        try:
+            module, created_at, kwargs = self.module, self.created_at, self.kwargs
+            # the encoder's form of a finite float is its repr; it refuses the others
+            created = (float.__repr__(created_at)
+                       if type(created_at) is float and math.isfinite(created_at)
+                       else _encode(created_at))
+            parts = [
+                f'{{"v":{ENVELOPE_VERSION},"id":{_quote(self.id)},"task":{_quote(self.task)},'
+                f'"module":{"null" if module is None else _quote(module)},'
+                f'"args":{_json_args(self.args)},"kwargs":{_encode(kwargs) if kwargs else "{}"},'
+                f'"opts":{options_json},"created_at":{created},'
+                f'"enqueued_by":{_quote(self.enqueued_by)},"trace_id":{_quote(self.trace_id)},'
+                '"run":1,"history":[]']
+        except TypeError:  # a field that is not a str (set by hand): the encoder decides
+            return self._generic_body(JsonSerializer())
+        if self.headers:
+            parts.append(f',"headers":{_encode(self.headers)}')
+        parts.append("}")
+        return "".join(parts).encode()
 
     @classmethod
     def from_message(cls, message: Message, serializer: Serializer) -> Envelope:

@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pluggy
 
-__all__ = ["emit"]
+__all__ = ["call_each", "emit", "observers"]
 
 log = logging.getLogger("nuvom.events")
+
+
+def observers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
+    """The implementations of ``hook_name`` in pluggy's calling order (the last registered
+    first). A batch looks them up once and calls :func:`call_each` per job: the lookup and
+    the keyword dict were a third of an idle observer's cost per job."""
+    impls: list[Any] = getattr(pm.hook, hook_name).get_hookimpls()
+    return impls[::-1]
+
+
+def call_each(impls: Sequence[Any], hook_name: str, kwargs: dict[str, Any]) -> None:
+    """Call every implementation of :func:`observers`, isolating each one (see :func:`emit`)."""
+    for impl in impls:
+        try:
+            impl.function(*[kwargs[name] for name in impl.argnames])
+        except Exception:
+            log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,
+                         exc_info=True)
 
 
 def emit(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
@@ -18,10 +37,4 @@ def emit(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
     Observers cannot stop the run: an exception is logged at CRITICAL with the plugin's name
     and the next observer still runs (dramatiq's ``emit_after`` does the same).
     """
-    impls = getattr(pm.hook, hook_name).get_hookimpls()
-    for impl in reversed(impls):  # pluggy calls the last registered first
-        try:
-            impl.function(*[kwargs[name] for name in impl.argnames])
-        except Exception:
-            log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,
-                         exc_info=True)
+    call_each(observers(pm, hook_name), hook_name, kwargs)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
-from nuvom_kernel.dispatcher import enqueue, importable_module
+from nuvom_kernel.dispatcher import enqueue, enqueue_one, importable_module
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import Backoff, TaskOptions
@@ -29,6 +29,8 @@ __all__ = ["Task", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_get_kernel: Callable[[], Any] | None = None  # nuvom_kernel.kernel.get_kernel, once imported
 
 
 class Task(Generic[P, R]):
@@ -62,15 +64,23 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def _kernel(self) -> Any:
-        from nuvom_kernel.kernel import get_kernel
+        global _get_kernel
+        if _get_kernel is None:  # imported on first use: the kernel module imports tasks
+            from nuvom_kernel.kernel import get_kernel
 
-        return get_kernel()
+            _get_kernel = get_kernel
+        return _get_kernel()
 
     def _call(self, args: Sequence[Any], kwargs: dict[str, Any], options: TaskOptions,
-              job_id: str | None = None) -> tuple[Envelope, Job]:
+              job_id: str | None = None, *, fresh: bool = False) -> tuple[Envelope, Job]:
+        """The envelope and the handle of one call. ``fresh``: ``args`` is a tuple and
+        ``kwargs`` a dict nobody else holds (``.delay()``'s own), so the handle keeps them
+        instead of copies."""
         envelope = Envelope.for_call(self.name, self.module, options, args, kwargs,
                                      self._params, job_id=job_id)
-        job = Job(id=envelope.id, task=self.name, args=tuple(args), kwargs=dict(kwargs),
+        job = Job(id=envelope.id, task=self.name,
+                  args=args if fresh else tuple(args),  # type: ignore[arg-type]
+                  kwargs=kwargs if fresh else dict(kwargs),
                   module=self.module, options=options, created_at=envelope.created_at,
                   enqueued_by=envelope.enqueued_by, trace_id=envelope.trace_id)
         return envelope, job
@@ -78,10 +88,10 @@ class Task(Generic[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle (for a
         ``unique`` task: the equal unfinished job's, if there is one)."""
-        call = self._call(args, kwargs, self.options)
+        call = self._call(args, kwargs, self.options, fresh=True)
         if self.options.unique:
             return enqueue_unique(self._kernel(), *call, self._params)
-        return enqueue(self._kernel(), [call])[0]
+        return enqueue_one(self._kernel(), *call)
 
     def s(self, *args: Any, **kwargs: Any) -> Step:
         """A workflow step calling this task with the previous step's result first, then
@@ -164,14 +174,19 @@ class Task(Generic[P, R]):
             if len(ids) != len(items):
                 raise ValueError(f"map() got {len(items)} items but {len(ids)} job_ids; give "
                                  "one id per item")
-        calls = []
-        for item, job_id in zip(items, ids, strict=True):
-            if isinstance(item, tuple):
-                calls.append(self._call(item, {}, self.options, job_id))
-            elif isinstance(item, dict):
-                calls.append(self._call((), item, self.options, job_id))
-            else:
-                calls.append(self._call((item,), {}, self.options, job_id))
+        # Each item as (args, kwargs, job id); the handle gets copies of a caller's dict.
+        parsed: list[tuple[tuple[Any, ...], dict[str, Any], str | None]] = [
+            (item if type(item) is tuple else tuple(item), {}, job_id)
+            if isinstance(item, tuple) else
+            ((), dict(item), job_id) if isinstance(item, dict) else
+            ((item,), {}, job_id)
+            for item, job_id in zip(items, ids, strict=True)]
+        options, name, module = self.options, self.name, self.module
+        envelopes = Envelope.for_calls(name, module, options, parsed, self._params)
+        calls = [(env, Job(id=env.id, task=name, args=args, kwargs=kwargs, module=module,
+                           options=options, created_at=env.created_at,
+                           enqueued_by=env.enqueued_by, trace_id=env.trace_id))
+                 for env, (args, kwargs, _) in zip(envelopes, parsed, strict=True)]
         if self.options.unique and job_ids is None:  # one dedup check per item
             return [enqueue_unique(self._kernel(), *call, self._params) for call in calls]
         return enqueue(self._kernel(), calls, known_ids=job_ids is not None)

@@ -30,6 +30,7 @@ def nuvom_plugin_settings() -> dict[str, type]:
 def nuvom_configure(config: Config) -> None:
     settings = OtelSettings(**config.plugin_settings("otel"))
     tracing.consumer_parent = settings.consumer_parent
+    tracing.refresh_environment()
 
 
 @hookimpl

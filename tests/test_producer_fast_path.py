@@ -1,0 +1,235 @@
+"""The producer's fast paths give what the general code gave: the same envelope bytes, the
+same hooks and headers, the same all-or-nothing batch, whether plugins observe enqueues or
+not (benchmarks/producer.py measures what they save)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.models import Message, TaskOptions
+from nuvom_kernel.serialization import JsonSerializer
+from tests.helpers import write_module
+
+SERIALIZER = JsonSerializer()
+
+ARGUMENTS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    ((1, 2), {}),
+    ((), {}),
+    (("é\"\\\n\u2028", None, True, False, -3, 10**30), {"k": [1, {"z": 2}], "ü": "x"}),
+    ((1.5, float("1e300"), -0.0), {}),
+    (([1, [2]], {"a": 1}, (1, 2), {3}), {}),
+    ((dt.datetime(2030, 1, 1, tzinfo=dt.UTC), b"\x00"), {"when": dt.date(2030, 1, 2)}),
+]
+
+
+def generic_body(envelope: Envelope) -> bytes:
+    """The body as the serializer writes the envelope's fields (the path before the fast one)."""
+    return envelope._generic_body(SERIALIZER)
+
+
+@pytest.mark.parametrize(("args", "kwargs"), ARGUMENTS)
+@pytest.mark.parametrize("module", ["app.tasks", None, "modülé"])
+def test_spliced_body_is_the_encoders_bytes(args: tuple[Any, ...], kwargs: dict[str, Any],
+                                            module: str | None) -> None:
+    options = TaskOptions(queue="quëue", tags=("a", "b"), priority=3, timeout_secs=1.5)
+    envelope = Envelope.for_call("app.tasks.add", module, options, args, kwargs)
+    body = envelope.to_body(SERIALIZER)
+    assert body == generic_body(envelope)
+    envelope.headers["traceparent"] = "00-ab-cd-01"
+    envelope.headers["nested"] = {"x": [1, None]}
+    assert envelope.to_body(SERIALIZER) == generic_body(envelope)
+    decoded = Envelope.from_message(Message(id=envelope.id, body=body), SERIALIZER)
+    assert (decoded.args, decoded.kwargs, decoded.options) == (
+        envelope.args, envelope.kwargs, envelope.options)
+
+
+def test_batch_envelopes_equal_one_by_one_envelopes() -> None:
+    options = TaskOptions(retries=2)
+    calls = [(args, kwargs, None) for args, kwargs in ARGUMENTS]
+    calls.append(((7,), {}, 'mine"id'))
+    batch = Envelope.for_calls("app.t", "app", options, calls, ["x", "y"])
+    for envelope, (args, kwargs, job_id) in zip(batch, calls, strict=True):
+        single = Envelope.for_call("app.t", "app", options, args, kwargs, ["x", "y"],
+                                   job_id=job_id)
+        assert (envelope.args, envelope.kwargs, envelope.options) == (
+            single.args, single.kwargs, single.options)
+        assert envelope.to_body(SERIALIZER) == generic_body(envelope)
+    assert batch[-1].id == 'mine"id'
+    ids = [e.id for e in batch[:-1]] + [e.trace_id for e in batch]
+    assert len(set(ids)) == len(ids)
+    assert all(len(e.id) == 32 for e in batch[:-1]) and all(len(e.trace_id) == 16
+                                                              for e in batch)
+
+
+def test_a_changed_envelope_is_encoded_from_its_fields() -> None:
+    """What the splice caches (the options' JSON) is not used once the fields changed."""
+    envelope = Envelope.for_call("app.t", "app", TaskOptions(), (1,), {})
+    envelope.options = {**envelope.options, "queue": "other"}
+    assert json.loads(envelope.to_body(SERIALIZER))["opts"]["queue"] == "other"
+    envelope = Envelope.for_call("app.t", "app", TaskOptions(), (1,), {})
+    envelope.run, envelope.history = 2, [{"attempt": 1}]
+    data = json.loads(envelope.to_body(SERIALIZER))
+    assert (data["run"], data["history"]) == (2, [{"attempt": 1}])
+    assert envelope.to_body(SERIALIZER) == generic_body(envelope)
+    envelope = Envelope.for_call("app.t", "app", TaskOptions(), (1,), {})
+    envelope.created_at = 5  # an int is written as the encoder writes ints
+    assert envelope.to_body(SERIALIZER) == generic_body(envelope)
+
+
+class HeaderPlugin:
+    """A before_enqueue observer that adds a header (a trace context does)."""
+
+    def __init__(self) -> None:
+        self.before: list[str] = []
+        self.after: list[str] = []
+
+    @hookimpl
+    def nuvom_before_enqueue(self, job: Any) -> None:
+        job.headers["seen"] = job.id
+        self.before.append(job.id)
+
+    @hookimpl
+    def nuvom_after_enqueue(self, job: Any) -> None:
+        self.after.append(job.id)
+
+
+def _kernel(project: Path, observed: bool) -> tuple[Kernel, HeaderPlugin | None]:
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "sqlite",
+                                           "NUVOM_RESULT_BACKEND": "sqlite"})
+    for _name, plugin in list(kernel.pm.list_name_plugin()):
+        impls = {impl.function.__name__ for impl in
+                 kernel.pm.hook.nuvom_before_enqueue.get_hookimpls()
+                 + kernel.pm.hook.nuvom_after_enqueue.get_hookimpls()
+                 if impl.plugin is plugin}
+        if impls:  # e.g. the otel plugin: this test owns every enqueue observer
+            kernel.pm.unregister(plugin)
+    if not observed:
+        assert not kernel.pm.hook.nuvom_before_enqueue.get_hookimpls()
+        return kernel, None
+    plugin = HeaderPlugin()
+    kernel.pm.register(plugin, name="headers")
+    return kernel, plugin
+
+
+def _queued(kernel: Kernel) -> dict[str, dict[str, Any]]:
+    leases = kernel.queue.claim(1000)
+    return {lease.message.id: json.loads(lease.message.body) for lease in leases}
+
+
+_VARIABLE = ("id", "created_at", "trace_id", "headers")
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_delay_and_map_store_the_same_envelopes_with_and_without_observers(
+        project: Path, observed: bool) -> None:
+    write_module(project, "fp_tasks", "from nuvom_kernel import task\n"
+                                      "@task(queue='q1', priority=2)\n"
+                                      "def add(x, y=0):\n    return x + y\n")
+    kernel, plugin = _kernel(project, observed)
+    with use_kernel(kernel):
+        from fp_tasks import add
+
+        one = add.delay(1, y=2)
+        many = add.map([(1, 2), {"x": 3}, 4])
+        mine = add.map([(5, 6)], job_ids=["fixed-1"])
+    jobs = [one, *many, *mine]
+    stored = _queued(kernel)
+    assert set(stored) == {job.id for job in jobs}
+    expected = [([1], {"y": 2}), ([1, 2], {}), ([], {"x": 3}), ([4], {}), ([5, 6], {})]
+    for job, (args, kwargs) in zip(jobs, expected, strict=True):
+        data = stored[job.id]
+        assert (data["args"], data["kwargs"], data["task"], data["module"]) == (
+            args, kwargs, "add", "fp_tasks")
+        assert data["opts"]["queue"] == "q1" and data["opts"]["priority"] == 2
+        assert (data["created_at"], data["trace_id"]) == (job.created_at, job.trace_id)
+        assert job._kernel is kernel
+        if plugin is None:
+            assert "headers" not in data and job.headers == {}
+        else:
+            assert data["headers"] == {"seen": job.id} == job.headers
+    # Everything but the per-job values is the same whichever path wrote it.
+    shapes = {json.dumps({k: v for k, v in d.items() if k not in (*_VARIABLE, "args",
+                                                                    "kwargs")},
+                         sort_keys=True) for d in stored.values()}
+    assert len(shapes) == 1
+    if plugin is not None:
+        assert plugin.before == plugin.after == [job.id for job in jobs]
+    kernel.close()
+
+
+def test_a_pushed_id_already_queued_stores_nothing_and_fires_no_after_hook(
+        project: Path) -> None:
+    write_module(project, "fp_ids", "from nuvom_kernel import task\n"
+                                    "@task\ndef echo(x):\n    return x\n")
+    kernel, plugin = _kernel(project, True)
+    assert plugin is not None
+    with use_kernel(kernel):
+        from fp_ids import echo
+
+        first = echo.apply_async((1,), job_id="same")
+        again = echo.apply_async((2,), job_id="same")
+        batch = echo.map([(3,), (4,), (5,)], job_ids=["same", "b", "b"])
+    assert first.id == again.id == "same"
+    # "same" was queued already: one after hook (its first enqueue), none for the map item.
+    # (An id repeated inside one batch gets the hook per handle, as before the fast paths.)
+    assert plugin.after.count("same") == 1 and "b" in plugin.after
+    stored = _queued(kernel)
+    assert {k: v["args"] for k, v in stored.items()} == {"same": [1], "b": [4]}
+    assert [job.id for job in batch] == ["same", "b", "b"]
+    kernel.close()
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_a_bad_argument_enqueues_nothing(project: Path, observed: bool) -> None:
+    write_module(project, "fp_bad", "from nuvom_kernel import task\n"
+                                    "@task\ndef take(first, second=None):\n    return 1\n")
+    kernel, plugin = _kernel(project, observed)
+    with use_kernel(kernel):
+        from fp_bad import take
+
+        with pytest.raises(SerializationError, match="argument 'second'"):
+            take.delay(1, object())
+        with pytest.raises(SerializationError, match="argument 'second'"):
+            take.map([(1, 2), (3, object()), (4, 5)])
+        with pytest.raises(SerializationError, match="argument 'first'"):
+            take.map([{"first": 1}, {"first": object()}])
+    assert kernel.queue.claim(10) == []
+    if plugin is not None:
+        assert plugin.before == plugin.after == []
+    kernel.close()
+
+
+def test_sqlite_batch_insert_reports_each_row_across_statement_chunks(tmp_path: Path) -> None:
+    """A batch longer than one multi-row statement, with ids already queued and ids repeated
+    inside it (across a chunk boundary too): exactly the first of each new id is stored."""
+    from nuvom_plugins_sqlite import SQLiteJobQueue
+    from nuvom_plugins_sqlite.queue import _INSERT_CHUNK
+
+    queue = SQLiteJobQueue(tmp_path / "q.db")
+    try:
+        assert queue.push([Message(id="old-1", body=b"{}"), Message(id="old-2", body=b"{}")]) \
+            == [True, True]
+        ids = [f"n{i}" for i in range(2 * _INSERT_CHUNK + 7)]
+        ids[5] = "old-1"
+        ids[_INSERT_CHUNK + 1] = ids[_INSERT_CHUNK - 1]  # a repeat in the next statement
+        ids[-1] = "old-2"
+        ids[-2] = ids[-3]
+        stored = queue.push([Message(id=i, body=b"{}") for i in ids])
+        seen: set[str] = {"old-1", "old-2"}
+        expected = []
+        for i in ids:
+            expected.append(i not in seen)
+            seen.add(i)
+        assert stored == expected
+        assert queue.qsize() == len(seen)
+    finally:
+        queue.close()
