@@ -42,6 +42,9 @@ def beat():
 @task(concurrency=1)
 def limited(i):
     stamp("limited.log", f"start {time.time()} {i}")
+    deadline = time.monotonic() + 60  # the first one runs until the test says "go"
+    while i == 0 and not os.path.exists("go") and time.monotonic() < deadline:
+        time.sleep(0.01)
     time.sleep(0.3)
     stamp("limited.log", f"end {time.time()} {i}")
 
@@ -130,8 +133,8 @@ def test_concurrency_one_never_overlaps_and_other_tasks_flow(env, project: Path)
     held = limited.map(range(6))
     worker = start_worker(project, env, "--workers", "4", "--no-scheduler")
     try:
-        wait_until(lambda: len(lines(project / "limited.log")) >= 2, timeout=30,
-                   what="the first limited job")
+        wait_until(lambda: len(lines(project / "limited.log")) >= 3, timeout=30,
+                   what="the first limited job")  # held until "go": status must show it
         statuses: list[str] = []
 
         def limited_in_status() -> bool:  # a limited job may be between two claims
@@ -146,6 +149,7 @@ def test_concurrency_one_never_overlaps_and_other_tasks_flow(env, project: Path)
                    what="the other task's jobs")
         limited_done = sum("end" in line for line in
                            (project / "limited.log").read_text().splitlines())
+        (project / "go").touch()
         wait_until(lambda: all(get_kernel().refresh_job(j).status is JobStatus.SUCCEEDED
                                for j in held), timeout=60, what="the limited jobs")
         stop_worker(worker)
