@@ -121,6 +121,23 @@ class Message:
     task: str = ""
     failures: int = 0
 
+    def checked_body(self) -> bytes:
+        """The body as ``bytes``, once the two fields every backend stores as given are
+        checked: a message a backend would store broken fails its push, naming the message.
+
+        :raises TypeError: the body is not bytes-like.
+        :raises ValueError: the id is not a non-empty string.
+        """
+        body = self.body
+        if type(body) is not bytes:
+            if not isinstance(body, bytes | bytearray | memoryview):
+                raise TypeError(f"message {self.id!r}: body must be bytes, got "
+                                f"{type(body).__name__}")
+            body = bytes(body)
+        if type(self.id) is not str or not self.id:
+            raise ValueError(f"message id must be a non-empty string, got {self.id!r}")
+        return body
+
 
 @attrs.frozen
 class Lease:

@@ -87,3 +87,13 @@ def test_counts_default_pages_through_every_status(results: StubResults) -> None
     for i in range(1005):
         results.put(make_record(status=JobStatus.SUCCEEDED if i % 5 else JobStatus.FAILED))
     assert results.counts() == {"SUCCEEDED": 804, "FAILED": 201}
+
+
+def test_checked_body_names_the_message_and_what_is_wrong():
+    from nuvom_kernel.models import Message
+
+    assert Message(id="a", body=bytearray(b"x")).checked_body() == b"x"
+    with pytest.raises(TypeError, match=r"message 'a': body must be bytes, got str"):
+        Message(id="a", body="x").checked_body()  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="message id must be a non-empty string, got ''"):
+        Message(id="", body=b"x").checked_body()

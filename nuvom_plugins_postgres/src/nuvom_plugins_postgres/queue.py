@@ -78,7 +78,7 @@ def _push_params(messages: Sequence[Message]) -> tuple[bool, list[Any]]:
     tasks = [m.task for m in messages]
     ids = [m.id for m in messages]
     created = [float(m.created_at) for m in messages]
-    bodies = [bytes(m.body) for m in messages]
+    bodies = [m.checked_body() for m in messages]
     if queues.count(queues[0]) == n and priorities.count(priorities[0]) == n \
             and available.count(available[0]) == n and tasks.count(tasks[0]) == n:
         return True, [ids, created, bodies, queues[0], priorities[0], available[0], tasks[0],
@@ -278,7 +278,7 @@ class PostgresQueue(QueueBackend):
 
     def _push_one(self, m: Message) -> bool:
         params = [m.id, m.queue, m.priority, float(m.created_at), float(m.available_at),
-                  m.task, bytes(m.body)]
+                  m.task, m.checked_body()]
         conn = current_connection()
         try:
             if conn is not None:

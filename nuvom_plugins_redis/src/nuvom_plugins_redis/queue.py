@@ -333,13 +333,7 @@ class RedisJobQueue(QueueBackend):
 
 
 def _push_args(m: Message) -> list[Any]:
-    body = m.body
-    if not isinstance(body, bytes):
-        if not isinstance(body, bytearray | memoryview):
-            raise TypeError(f"message {m.id!r}: body must be bytes, got {type(body).__name__}")
-        body = bytes(body)
-    if not isinstance(m.id, str) or not m.id:
-        raise ValueError(f"message id must be a non-empty string, got {m.id!r}")
+    body = m.checked_body()
     created = float(m.created_at)
     micros = min(max(int(created * 1_000_000), 0), 10**17 - 1)
     return [m.id, str(m.queue), int(m.priority), f"{micros:017d}", repr(created),

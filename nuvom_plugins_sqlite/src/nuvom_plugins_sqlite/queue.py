@@ -699,13 +699,7 @@ def _well_formed(row: tuple[Any, ...]) -> bool:
 
 
 def _row(m: Message, now: float) -> tuple[Any, ...]:
-    body = m.body
-    if not isinstance(body, bytes):
-        if not isinstance(body, bytearray | memoryview):
-            raise TypeError(f"message {m.id!r}: body must be bytes, got {type(body).__name__}")
-        body = bytes(body)
-    if not isinstance(m.id, str) or not m.id:
-        raise ValueError(f"message id must be a non-empty string, got {m.id!r}")
+    body = m.checked_body()
     available = float(m.available_at)
     # Ready at once (NULL), or waiting in the waiting index until it is due. ``failures``
     # starts at 0 (the column default): the queue counts them from the push on.
