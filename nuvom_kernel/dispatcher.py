@@ -22,7 +22,7 @@ from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import BackendCapabilityError, EnqueueError, NuvomError
 from nuvom_kernel.job import Job
-from nuvom_kernel.models import JobStatus, TaskOptions
+from nuvom_kernel.models import JobStatus, Message, TaskOptions
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -85,6 +85,17 @@ def _enqueue_error(kernel: Kernel, jobs: Sequence[Job], exc: Exception) -> Enque
     )
 
 
+def _push(kernel: Kernel, jobs: Sequence[Job], messages: list[Message]) -> list[bool]:
+    """``enqueue_many``, its raw storage errors turned into an :class:`EnqueueError` that
+    says where and what to do."""
+    try:
+        return kernel.queue.enqueue_many(messages)
+    except NuvomError:
+        raise
+    except Exception as exc:
+        raise _enqueue_error(kernel, jobs, exc) from exc
+
+
 def enqueue(
     kernel: Kernel,
     calls: Sequence[tuple[Envelope, Job]],
@@ -111,7 +122,7 @@ def enqueue(
     except Exception as exc:  # the backend could not even be opened (read-only, missing)
         raise _enqueue_error(kernel, jobs, exc) from exc
     fresh = calls if not existing else [call for call in calls if call[0].id not in existing]
-    pm, serializer, queue = kernel.pm, kernel.serializer, kernel.queue
+    pm, serializer = kernel.pm, kernel.serializer
     # Looked up once per batch, called per job (an empty list: no plugin observes enqueues).
     before = events.observers(pm, "nuvom_before_enqueue")
     after = events.observers(pm, "nuvom_after_enqueue")
@@ -122,12 +133,7 @@ def enqueue(
                 env.headers.update(job.headers)
     available_at = (time.time() + delay_secs) if delay_secs > 0 else 0.0
     messages = [env.to_message(serializer, available_at) for env, _ in fresh]
-    try:
-        stored = queue.enqueue_many(messages) if messages else []
-    except NuvomError:
-        raise
-    except Exception as exc:  # a storage failure must say where and what to do
-        raise _enqueue_error(kernel, jobs, exc) from exc
+    stored = _push(kernel, jobs, messages) if messages else []
     for job in jobs:
         job._kernel = kernel
     if len(stored) == len(jobs) and all(stored):  # the usual case: every job is new
@@ -150,7 +156,6 @@ def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float 
     Python time."""
     try:
         check_capabilities(kernel, job.options, delay_secs)
-        queue = kernel.queue
     except NuvomError:
         raise
     except Exception as exc:  # the backend could not even be opened (read-only, missing)
@@ -163,12 +168,7 @@ def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float 
             envelope.headers.update(job.headers)
     message = envelope.to_message(kernel.serializer,
                                   (time.time() + delay_secs) if delay_secs > 0 else 0.0)
-    try:
-        stored = queue.enqueue_many([message])
-    except NuvomError:
-        raise
-    except Exception as exc:  # a storage failure must say where and what to do
-        raise _enqueue_error(kernel, [job], exc) from exc
+    stored = _push(kernel, [job], [message])
     job._kernel = kernel
     if not stored[0]:  # the id was queued already: that job's handle and state
         kernel.refresh_job(job)

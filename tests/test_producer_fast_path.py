@@ -233,3 +233,44 @@ def test_sqlite_batch_insert_reports_each_row_across_statement_chunks(tmp_path: 
         assert queue.qsize() == len(seen)
     finally:
         queue.close()
+
+
+class _FullDisk:
+    """A queue backend whose storage refuses every write, as a full disk does (a fault this
+    machine cannot produce for real: root writes past permissions and quotas)."""
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+    def enqueue_many(self, messages: Any) -> list[bool]:
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("how", ["delay", "map"])
+def test_a_storage_failure_names_the_backend_the_task_and_what_to_check(project: Path,
+                                                                        how: str):
+    from nuvom_kernel import task
+    from nuvom_kernel.errors import EnqueueError
+
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "sqlite",
+                                           "NUVOM_RESULT_BACKEND": "sqlite"})
+    real = kernel.queue
+    kernel._queue = _FullDisk(real)  # type: ignore[assignment]
+
+    @task
+    def resize(n: int) -> int:
+        return n
+
+    try:
+        with use_kernel(kernel), pytest.raises(EnqueueError) as info:
+            resize.delay(1) if how == "delay" else resize.map([1, 2])
+        message = str(info.value)
+        assert "queue backend 'sqlite'" in message and "'resize'" in message
+        assert "No space left on device" in message and "free space" in message
+        assert real.qsize() == 0
+    finally:
+        kernel._queue = real
+        kernel.close()
