@@ -1,9 +1,10 @@
 """The producer: turns calls into envelopes and envelopes into one queue backend call.
 
 ``.delay()``, ``.map()``, ``apply_async`` and ``nuvom retry job`` all enqueue through
-:func:`enqueue`: one capability check, the enqueue hooks, one ``push`` (one transaction where
-the backend has them) and one error type (:class:`~nuvom_kernel.errors.EnqueueError`) naming
-the backend, the task and what to check.
+:func:`enqueue` (one job whose id is not the caller's: :func:`enqueue_one`, the same steps
+without a batch's lists): one capability check, the enqueue hooks, one ``push`` (one
+transaction where the backend has them) and one error type
+(:class:`~nuvom_kernel.errors.EnqueueError`) naming the backend, the task and what to check.
 
 A job id names one job for its life: pushing an id the queue holds creates nothing, and an
 id given by the caller (``apply_async(job_id=...)``, ``map(job_ids=...)``) that the result
@@ -151,9 +152,9 @@ def enqueue(
 
 def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float = 0.0
                 ) -> Job:
-    """:func:`enqueue` of one call whose id the caller did not choose (``.delay()``): the
-    same steps without the batch's lists and sets, which were a tenth of a ``.delay()``'s
-    Python time."""
+    """:func:`enqueue` of one call without ``known_ids`` (``.delay()``, and any single call
+    :func:`enqueue` gets): the same steps without the batch's lists and sets, which were a
+    tenth of a ``.delay()``'s Python time."""
     try:
         check_capabilities(kernel, job.options, delay_secs)
     except NuvomError:

@@ -154,7 +154,8 @@ class Envelope:
     headers: dict[str, Any] = attrs.field(factory=dict)
     legacy_failures: int = 0  # ``failures`` of an envelope written before kernel v1
     #: (options dict, its JSON) when :meth:`for_call` built ``options``: :meth:`to_body`
-    #: splices the JSON in while ``options`` is still that dict.
+    #: splices the JSON in while ``options`` is still that dict. The dict is shared by every
+    #: job of the task (cached): replace ``options``, never change it in place.
     _wire_options: tuple[dict[str, Any], str] | None = attrs.field(
         default=None, repr=False, alias="wire_options")
 
@@ -176,20 +177,7 @@ class Envelope:
 
         :raises SerializationError: naming the argument (by parameter name where known).
         """
-        wire_args = list(args)
-        for i, value in enumerate(wire_args):
-            if type(value) not in _NATIVE:  # the common case costs one type check
-                label = (f"argument {param_names[i]!r}" if i < len(param_names)
-                         else f"argument #{i}")
-                wire_args[i] = to_wire(value, f"{task}(): {label}")
-        wire_kwargs = {k: v if type(v) in _NATIVE else to_wire(v, f"{task}(): argument {k!r}")
-                       for k, v in kwargs.items()}
-        ids = os.urandom(24).hex()  # one system call for the job id and the trace id
-        wire_options = _wire_options(options)
-        return cls(id=job_id or ids[:32], task=task, module=module, args=wire_args,
-                   kwargs=wire_kwargs, options=wire_options[0],
-                   created_at=time.time(), enqueued_by=_HOST, trace_id=ids[32:],
-                   wire_options=wire_options)
+        return cls.for_calls(task, module, options, [(args, kwargs, job_id)], param_names)[0]
 
     @classmethod
     def for_calls(
@@ -200,9 +188,9 @@ class Envelope:
         calls: Sequence[tuple[Sequence[Any], Mapping[str, Any], str | None]],
         param_names: Sequence[str] = (),
     ) -> list[Envelope]:
-        """:meth:`for_call` of every ``(args, kwargs, job_id)`` of a batch (``.map()``):
-        the same envelopes, with one system call for all the random ids and the options
-        looked up once.
+        """The envelopes of new jobs, one per ``(args, kwargs, job_id)`` (``.map()``; one
+        for :meth:`for_call`), with one system call for all the random ids (a job id and a
+        trace id each) and the options looked up once.
 
         :raises SerializationError: naming the first bad argument; no envelope is returned.
         """
@@ -215,7 +203,7 @@ class Envelope:
         for args, kwargs, job_id in calls:
             wire_args = list(args)
             for i, value in enumerate(wire_args):
-                if type(value) not in _NATIVE:
+                if type(value) not in _NATIVE:  # the common case costs one type check
                     label = (f"argument {param_names[i]!r}" if i < len(param_names)
                              else f"argument #{i}")
                     wire_args[i] = to_wire(value, f"{task}(): {label}")
@@ -248,7 +236,7 @@ class Envelope:
     def to_body(self, serializer: Serializer) -> bytes:
         wire = self._wire_options
         if (wire is not None and wire[0] is self.options and type(serializer) is JsonSerializer
-                and self.run == 1 and not self.history):
+                and type(self.run) is int and self.run == 1 and not self.history):
             return self._json_body(wire[1])
         return self._generic_body(serializer)
 
@@ -267,7 +255,7 @@ class Envelope:
         """What ``JsonSerializer().dumps`` writes for a new job's envelope (the same bytes:
         the same keys in the same order, every value as the same encoder writes it), with the
         task's options encoded once (``options_json``) and flat arguments joined by
-        :func:`_json_args`: measured 13.8 µs → ~4 µs per body."""
+        :func:`_json_args`: measured 13.6 → 5.0 µs per body."""
         try:
             module, created_at, kwargs = self.module, self.created_at, self.kwargs
             # the encoder's form of a finite float is its repr; it refuses the others

@@ -134,7 +134,7 @@ class Message:
                 raise TypeError(f"message {self.id!r}: body must be bytes, got "
                                 f"{type(body).__name__}")
             body = bytes(body)
-        if type(self.id) is not str or not self.id:
+        if not isinstance(self.id, str) or not self.id:
             raise ValueError(f"message id must be a non-empty string, got {self.id!r}")
         return body
 

@@ -68,6 +68,9 @@ def test_overdue_leases_are_taken_once_and_executors_skip_them():
     assert [x.id for x in taken] == ["old"]
     assert now + 0.9 < next_due <= now + 1.0 + 0.1
     assert slots.pace == 1.0 and slots.ahead() == 0, "the pace was wrong: stop claiming ahead"
+    many = slots_at(0.001, workers=40)
+    many.hand_over(lease("x"), now - 5.0)
+    assert many.overdue(1.0)[0] and many.ahead() == 0, "whatever the number of threads"
     assert slots.overdue(1.0)[0] == [], "a lease is given back once"
     item = slots.take()
     assert item is not None and item[0].id == "new", "the given-back lease is skipped"
@@ -97,7 +100,8 @@ def test_jobs_claimed_ahead_go_back_when_every_thread_is_stuck(kernel: Kernel):
     second = Worker(kernel, workers=1, prefetch=0, scheduler=False, poll_timeout_secs=0.05)
     first.start()
     try:
-        wait_until(lambda: len(first.slots.waiting) == 10 and first.busy_slots == 1,
+        wait_until(lambda: first.busy_slots == 1 and (len(first.slots.waiting) == 10
+                                                      or (first.slots.pace or 0) >= 1.0),
                    timeout=20, what="the first worker to claim all ten ahead of the long job")
         second.start()
         wait_until(lambda: all(j.refresh().status is JobStatus.SUCCEEDED for j in shorts),
@@ -113,3 +117,34 @@ def test_jobs_claimed_ahead_go_back_when_every_thread_is_stuck(kernel: Kernel):
             worker.join()
     assert sorted(ran) == list(range(10)), "each short job ran exactly once"
     assert all(j.attempts == 1 for j in shorts)
+
+
+def test_a_stop_releases_the_jobs_claimed_ahead_unrun(kernel: Kernel):
+    go_on = threading.Event()
+    ran: list[int] = []
+
+    @task
+    def long_job() -> None:
+        go_on.wait(60)
+
+    @task
+    def short_job(i: int) -> int:
+        ran.append(i)
+        return i
+
+    long_job.delay()
+    shorts = short_job.map(range(5))
+    worker = Worker(kernel, workers=1, prefetch=16, scheduler=False, poll_timeout_secs=0.05)
+    worker.slots.pace = 0.001
+    worker.start()
+    try:
+        wait_until(lambda: worker.busy_slots == 1 and len(worker.slots.waiting) == 5,
+                   timeout=20, what="five jobs claimed ahead of the long one")
+        worker.stop()
+        go_on.set()
+        assert worker.join() == 0
+    finally:
+        go_on.set()
+    assert ran == [], "a job claimed ahead ran after the stop"
+    assert [kernel.queue.peek_state(j.id) for j in shorts] == [JobStatus.QUEUED] * 5
+    assert worker.slots.free == 1 and not worker.slots.waiting

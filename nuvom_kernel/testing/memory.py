@@ -357,24 +357,32 @@ class MemoryJobQueue(QueueBackend):
 
 def _copy(record: JobRecord) -> JobRecord:
     """A deep copy: what is stored never shares a list or dict with the caller, as on a real
-    backend. Records are JSON-native by contract (the kernel makes results, arguments and
-    options wire-safe before it builds one), so copying the containers is enough; a round
-    trip through ``json`` did the same at five times the cost and was the largest share of a
-    drain on this backend (``benchmarks/overhead.py --profile``)."""
+    backend, and holds only what JSON can (a real backend could store nothing else). A
+    round trip through ``json`` did this at five times the cost and was the largest share
+    of a drain on this backend (``benchmarks/overhead.py --profile``).
+
+    :raises TypeError: a value JSON cannot hold, as ``json.dumps`` would.
+    """
     return attrs.evolve(record, **{name: _clone(getattr(record, name)) for name in _NESTED})
 
 
 #: The record fields that hold containers.
 _NESTED = ("args", "kwargs", "options", "result", "history")
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _clone(value: Any) -> Any:
+    """``json.loads(json.dumps(value))``, without the text in between."""
     kind = type(value)
-    if kind is dict:
-        return {k: _clone(v) for k, v in value.items()}
+    if kind in _SCALARS:
+        return value
+    if kind is dict:  # JSON object keys are strings: 1 becomes "1", None "null", as json does
+        return {k if type(k) is str else json.dumps(k): _clone(v) for k, v in value.items()}
     if kind is list or kind is tuple:
         return [_clone(v) for v in value]
-    return value
+    if isinstance(value, dict | list | tuple | str | int | float):  # subclasses: as json does
+        return json.loads(json.dumps(value))
+    raise TypeError(f"Object of type {kind.__name__} is not JSON serializable")
 
 
 class MemoryResultBackend(ResultBackend):

@@ -34,15 +34,15 @@ class LeaseMonitor:
     :param on_deadline: called (on the monitor thread, so it must not block) for a job
         whose deadline passed and whose outcome is not decided yet.
     :param lease_lock: held while extending; the settler holds it while it acks.
-    :param slots: the pool's hand-off, whose overdue leases go to ``put_back``.
+    :param give_back: the pool's hand-off and what gives one of its leases back: overdue
+        leases claimed ahead go there.
     """
 
     def __init__(self, queue: QueueBackend, running: dict[str, Running],
                  on_deadline: Callable[[Running], None], lease_lock: threading.Lock,
-                 slots: Slots | None = None,
-                 put_back: Callable[[Lease], None] | None = None) -> None:
+                 give_back: tuple[Slots, Callable[[Lease], None]] | None = None) -> None:
         self.queue = queue
-        self.slots, self.put_back = slots, put_back
+        self.give_back = give_back
         self.lease_lock = lease_lock  # shared with the settler: never extend during an ack
         self.running = running
         self.on_deadline = on_deadline
@@ -82,10 +82,16 @@ class LeaseMonitor:
                     return
 
     def tick(self) -> float:
-        """Act on due deadlines and extend every lease due for it; returns the monotonic
-        time of the next deadline (``inf`` if none)."""
-        now = time.monotonic()
-        wake = self._give_back_overdue()
+        """Act on due deadlines, extend every lease due for it, then give back overdue
+        leases claimed ahead (after: releasing them is a backend call per lease, and the
+        running jobs' leases must not wait behind them); returns the monotonic time of the
+        next deadline or give-back (``inf`` if none)."""
+        wake = self._keep_running(time.monotonic())
+        return min(wake, self._give_back_overdue())
+
+    def _keep_running(self, now: float) -> float:
+        """The deadlines and lease extensions of running jobs; when to look again."""
+        wake = float("inf")
         extend_every = self.visibility / 3
         due: list[Running] = []
         for running in list(self.running.values()):
@@ -116,12 +122,13 @@ class LeaseMonitor:
 
     def _give_back_overdue(self) -> float:
         """Release the leases claimed ahead that waited too long; when the next one will."""
-        if self.slots is None or self.put_back is None:
+        if self.give_back is None:
             return float("inf")
+        slots, put_back = self.give_back
         hold = min(HOLD_SECS, self.visibility / 2)
-        leases, nxt = self.slots.overdue(hold)
+        leases, nxt = slots.overdue(hold)
         for lease in leases:
-            self.put_back(lease)
+            put_back(lease)
         if leases:
             log.info("gave back %d claimed job(s) that waited over %.1f s for a busy "
                      "executor", len(leases), hold)

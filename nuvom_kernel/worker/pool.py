@@ -122,7 +122,7 @@ class Worker:
                            ahead_ok=self.pool != "asyncio")
         self._cv = self.slots.cv
         self.monitor = LeaseMonitor(self.queue, self._running, self._time_out,
-                                    self.settler.lease_lock, self.slots, self._put_back)
+                                    self.settler.lease_lock, (self.slots, self._put_back))
         self.runner = JobRunner(kernel, self.settler, self._running, self.monitor,
                                 self._slot_back)
         self.processes: ProcessPool | None = None
@@ -218,6 +218,7 @@ class Worker:
         for thread in self._threads:
             if thread is not threading.current_thread() and thread not in self._abandoned:
                 thread.join(max(0.0, join_deadline - time.monotonic()))
+        self._release_unstarted()  # what the dispatcher handed over as the stop began
         if self.processes is not None:  # idle children exit; a forced stop kills busy ones
             self.processes.stop(force=not clean)
         if self.aio is not None:

@@ -97,8 +97,9 @@ class Slots:
             elif self.waiting.pop(key, None) is not None:
                 taken.append(lease)
         if taken:  # they waited 20x what claiming ahead expects: stop it until jobs finish
-            with self.cv:
-                self.pace = max(self.pace or 0.0, hold_secs)
+            with self.cv:  # (a pace at which ahead() is 0, whatever the thread count)
+                self.pace = max(self.pace or 0.0, hold_secs,
+                                2 * self.workers * AHEAD_SECS)
         return taken, nxt
 
     def freed(self, took: float | None = None) -> None:
