@@ -13,6 +13,7 @@ import time
 from nuvom_kernel import JobStatus, Worker, task
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import Lease, Message
+from nuvom_kernel.task import Task
 from nuvom_kernel.worker.slots import Slots
 from tests.helpers import wait_until
 
@@ -78,9 +79,9 @@ def test_overdue_leases_are_taken_once_and_executors_skip_them():
     assert slots.take() is None
 
 
-def test_jobs_claimed_ahead_go_back_when_every_thread_is_stuck(kernel: Kernel):
-    """A worker whose only thread is stuck in a long job gives back the short jobs it claimed
-    ahead of it, so another worker runs them (each once) while the long one still runs."""
+def long_and_short_tasks() -> tuple[threading.Event, list[int], Task[[], None],
+                                    Task[[int], int]]:
+    """A long task that runs until ``go_on`` is set, and a short one that notes its runs."""
     go_on = threading.Event()
     ran: list[int] = []
 
@@ -93,6 +94,13 @@ def test_jobs_claimed_ahead_go_back_when_every_thread_is_stuck(kernel: Kernel):
         ran.append(i)
         return i
 
+    return go_on, ran, long_job, short_job
+
+
+def test_jobs_claimed_ahead_go_back_when_every_thread_is_stuck(kernel: Kernel):
+    """A worker whose only thread is stuck in a long job gives back the short jobs it claimed
+    ahead of it, so another worker runs them (each once) while the long one still runs."""
+    go_on, ran, long_job, short_job = long_and_short_tasks()
     stuck = long_job.delay()
     shorts = short_job.map(range(10))
     first = Worker(kernel, workers=1, prefetch=16, scheduler=False, poll_timeout_secs=0.05)
@@ -120,18 +128,7 @@ def test_jobs_claimed_ahead_go_back_when_every_thread_is_stuck(kernel: Kernel):
 
 
 def test_a_stop_releases_the_jobs_claimed_ahead_unrun(kernel: Kernel):
-    go_on = threading.Event()
-    ran: list[int] = []
-
-    @task
-    def long_job() -> None:
-        go_on.wait(60)
-
-    @task
-    def short_job(i: int) -> int:
-        ran.append(i)
-        return i
-
+    go_on, ran, long_job, short_job = long_and_short_tasks()
     long_job.delay()
     shorts = short_job.map(range(5))
     worker = Worker(kernel, workers=1, prefetch=16, scheduler=False, poll_timeout_secs=0.05)
