@@ -103,6 +103,11 @@ class QueueBackend(Backend, WorkflowStore):
         Idempotent per job id: a message whose id is already in the queue (waiting, delayed
         or leased) stores nothing and leaves the existing one untouched (``False``); so does
         a repeat of an id earlier in the same batch. A job id names one job for its life.
+
+        The kernel encodes each message of a ``.map()`` when the backend first reads it
+        (a read-only sequence, safe to read again): a backend that sends a large batch in
+        chunks reads each chunk only after sending the one before, so its server stores
+        one chunk while the next is encoded.
         """
 
     @abc.abstractmethod

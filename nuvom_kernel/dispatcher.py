@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import BackendCapabilityError, EnqueueError, NuvomError
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus, Message, TaskOptions
+from nuvom_kernel.serialization import Serializer
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -86,7 +87,62 @@ def _enqueue_error(kernel: Kernel, jobs: Sequence[Job], exc: Exception) -> Enque
     )
 
 
-def _push(kernel: Kernel, jobs: Sequence[Job], messages: list[Message]) -> list[bool]:
+class _Messages(Sequence[Message]):
+    """A batch's messages, each encoded when the backend first reads it, then kept.
+
+    Why not a list: a backend that sends a batch as pipelined chunks (PostgreSQL, Redis)
+    then has its server store one chunk while this process encodes the next, instead of
+    waiting for the whole batch to be encoded first (~5-8 µs a job, about as long as the
+    server's insert). A backend may read the batch as often and in any order it likes; in
+    order is what overlaps.
+    """
+
+    __slots__ = ("_available_at", "_done", "_envelopes", "_serializer")
+
+    def __init__(self, envelopes: list[Envelope], serializer: Serializer,
+                 available_at: float) -> None:
+        self._envelopes = envelopes
+        self._serializer = serializer
+        self._available_at = available_at
+        self._done: list[Message] = []
+
+    def __len__(self) -> int:
+        return len(self._envelopes)
+
+    def _encode_to(self, stop: int) -> list[Message]:
+        done = self._done
+        if stop > len(done):
+            serializer, at = self._serializer, self._available_at
+            done += [env.to_message(serializer, at)
+                     for env in self._envelopes[len(done):stop]]
+        return done
+
+    @overload
+    def __getitem__(self, index: int) -> Message: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Message]: ...
+
+    def __getitem__(self, index: int | slice) -> Message | list[Message]:
+        n = len(self._envelopes)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            return self._encode_to(max(start, stop) if step > 0 else n)[index]
+        if not -n <= index < n:
+            raise IndexError("message index out of range")
+        index %= n
+        return self._encode_to(index + 1)[index]
+
+    def __iter__(self) -> Iterator[Message]:
+        for i in range(0, len(self._envelopes), _ITER_STEP):
+            yield from self._encode_to(i + _ITER_STEP)[i:i + _ITER_STEP]
+
+
+#: Messages encoded at a time while a backend iterates a batch.
+_ITER_STEP = 100
+
+
+def _push(kernel: Kernel, jobs: Sequence[Job], messages: Sequence[Message]) -> list[bool]:
     """``enqueue_many``, its raw storage errors turned into an :class:`EnqueueError` that
     says where and what to do."""
     try:
@@ -124,29 +180,27 @@ def enqueue(
         raise _enqueue_error(kernel, jobs, exc) from exc
     fresh = calls if not existing else [call for call in calls if call[0].id not in existing]
     pm, serializer = kernel.pm, kernel.serializer
-    # Looked up once per batch, called per job (an empty list: no plugin observes enqueues).
+    # Looked up once per batch (an empty list: no plugin observes enqueues).
     before = events.observers(pm, "nuvom_before_enqueue")
     after = events.observers(pm, "nuvom_after_enqueue")
     if before:
+        events.call_per_job(before, "nuvom_before_enqueue", [job for _, job in fresh])
         for env, job in fresh:
-            events.call_each(before, "nuvom_before_enqueue", {"job": job})
             if job.headers:  # what observers added (a trace context) travels with the job
                 env.headers.update(job.headers)
     available_at = (time.time() + delay_secs) if delay_secs > 0 else 0.0
-    messages = [env.to_message(serializer, available_at) for env, _ in fresh]
+    messages = _Messages([env for env, _ in fresh], serializer, available_at)
     stored = _push(kernel, jobs, messages) if messages else []
     for job in jobs:
         job._kernel = kernel
     if len(stored) == len(jobs) and all(stored):  # the usual case: every job is new
-        for job in jobs if after else ():
-            events.call_each(after, "nuvom_after_enqueue", {"job": job})
+        events.call_per_job(after, "nuvom_after_enqueue", jobs)
         return jobs
     created = {job.id for (_, job), new in zip(fresh, stored, strict=True) if new}
     for job in jobs:
         if job.id not in created:  # the existing job's handle: its state, not a new one's
             kernel.refresh_job(job)
-        elif after:
-            events.call_each(after, "nuvom_after_enqueue", {"job": job})
+    events.call_per_job(after, "nuvom_after_enqueue", [j for j in jobs if j.id in created])
     return jobs
 
 

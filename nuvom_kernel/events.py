@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pluggy
 
-__all__ = ["call_each", "emit", "observers"]
+__all__ = ["call_each", "call_per_job", "emit", "observers"]
 
 log = logging.getLogger("nuvom.events")
 
@@ -29,6 +29,25 @@ def call_each(impls: Sequence[Any], hook_name: str, kwargs: dict[str, Any]) -> N
         except Exception:
             log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,
                          exc_info=True)
+
+
+def call_per_job(impls: Sequence[Any], hook_name: str, jobs: Iterable[Any]) -> None:
+    """:func:`call_each` with ``job=`` for every job of a batch (``.map()``), each plugin
+    for the whole batch before the next plugin: the same calls, isolated the same way, at
+    about a third of the cost per job of a :func:`call_each` per job (no keyword dict, no
+    argument list)."""
+    for impl in impls:
+        if tuple(impl.argnames) != ("job",):
+            for job in jobs:
+                call_each((impl,), hook_name, {"job": job})
+            continue
+        function = impl.function
+        for job in jobs:
+            try:
+                function(job)
+            except Exception:
+                log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,
+                             exc_info=True)
 
 
 def emit(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:

@@ -274,3 +274,57 @@ def test_a_storage_failure_names_the_backend_the_task_and_what_to_check(project:
     finally:
         kernel._queue = real
         kernel.close()
+
+
+def test_a_batchs_messages_are_encoded_as_read_and_read_like_a_list() -> None:
+    from nuvom_kernel.dispatcher import _Messages
+
+    envelopes = Envelope.for_calls("app.t", "app", TaskOptions(queue="q", priority=4),
+                                   [((i,), {}, None) for i in range(250)])
+    lazy = _Messages(envelopes, SERIALIZER, 7.5)
+    eager = [env.to_message(SERIALIZER, 7.5) for env in envelopes]
+    assert len(lazy) == 250 and lazy._done == []
+    assert lazy[0:100] == eager[0:100]
+    assert len(lazy._done) == 100  # the rest is not encoded until it is read
+    assert lazy[-1] == eager[-1] and lazy[-250] == eager[0] and lazy[120] == eager[120]
+    assert lazy[240:500] == eager[240:] and lazy[::-7] == eager[::-7] and lazy[9:3] == []
+    assert list(lazy) == eager and lazy[:] == eager
+    assert all(a is b for a, b in zip(lazy, lazy[:], strict=True))  # encoded once, kept
+    for bad in (250, -251):
+        with pytest.raises(IndexError):
+            lazy[bad]
+    assert eager[0].available_at == 7.5 and (eager[0].queue, eager[0].priority) == ("q", 4)
+
+
+class RaisingPlugin:
+    """An enqueue observer that fails on one job: the batch's other jobs and the other
+    observers still see every job."""
+
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        self.log = log
+
+    @hookimpl
+    def nuvom_before_enqueue(self, job: Any) -> None:
+        self.log.append(("raising", job.id))
+        if job.args == (2,):
+            raise RuntimeError("observer bug")
+
+
+def test_batch_hooks_isolate_a_raising_observer(project: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    write_module(project, "fp_raise", "from nuvom_kernel import task\n"
+                                      "@task\ndef echo(x):\n    return x\n")
+    kernel, plugin = _kernel(project, True)
+    assert plugin is not None
+    calls: list[tuple[str, str]] = []
+    kernel.pm.register(RaisingPlugin(calls), name="raising")
+    with use_kernel(kernel):
+        from fp_raise import echo
+
+        jobs = echo.map([(1,), (2,), (3,)])
+    ids = [job.id for job in jobs]
+    assert calls == [("raising", i) for i in ids]
+    assert plugin.before == plugin.after == ids
+    assert {lease.message.id for lease in kernel.queue.claim(10)} == set(ids)
+    assert "plugin 'raising' raised in nuvom_before_enqueue" in caplog.text
+    kernel.close()

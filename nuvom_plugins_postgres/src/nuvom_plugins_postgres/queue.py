@@ -86,6 +86,10 @@ def _push_params(messages: Sequence[Message]) -> tuple[bool, list[Any]]:
     return False, [ids, queues, priorities, created, available, tasks, bodies, n]
 
 
+class _RepeatedId(Exception):
+    """An id repeats within a batch pushed with ``PUSH_NEW`` (see ``_push_chunks``)."""
+
+
 def _lease(row: Sequence[Any]) -> Lease:
     (job_id, body, queue, priority, available_at, created_at, task, failures, token,
      deliveries, expires_at, _seq) = row
@@ -221,9 +225,7 @@ class PostgresQueue(QueueBackend):
                 summaries = [conn.execute(query, params).fetchone()]
                 chunks: list[Sequence[Message]] = [messages]
             else:
-                size = self.push_chunk
-                chunks = [messages[i:i + size] for i in range(0, len(messages), size)]
-                summaries = self._run(lambda c: self._push_new_first(c, chunks, messages))
+                chunks, summaries = self._run(lambda c: self._push_new_first(c, messages))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unreachable(self.settings.dsn, exc) from exc
         stored: list[bool] = []
@@ -243,38 +245,50 @@ class PostgresQueue(QueueBackend):
             self._wake_at(soonest - time.time())
         return stored
 
-    def _push_new_first(self, conn: psycopg.Connection[Any],
-                        chunks: Sequence[Sequence[Message]],
-                        messages: Sequence[Message]) -> list[Any]:
+    def _push_new_first(self, conn: psycopg.Connection[Any], messages: Sequence[Message]
+                        ) -> tuple[list[Sequence[Message]], list[Any]]:
         """Push with ``queries.PUSH_NEW`` (no speculative insertion), and again with
-        ``queries.PUSH`` if a unique violation says an id arrived meanwhile or repeats
-        within the batch (then nothing of the first try was committed)."""
-        if len({m.id for m in messages}) == len(messages):
-            try:
-                return self._push_chunks(conn, chunks, self._q.push_new,
-                                         self._q.push_new_uniform)
-            except psycopg.errors.UniqueViolation:
-                log.debug("a pushed id was stored concurrently; pushing again with "
-                          "ON CONFLICT DO NOTHING")
-        return self._push_chunks(conn, chunks, self._q.push, self._q.push_uniform)
+        ``queries.PUSH`` if an id repeats within the batch or a unique violation says it
+        arrived meanwhile (then nothing of the first try was committed)."""
+        try:
+            return self._push_chunks(conn, messages, self._q.push_new,
+                                     self._q.push_new_uniform, distinct=True)
+        except (psycopg.errors.UniqueViolation, _RepeatedId):
+            log.debug("an id repeats in the batch or was stored concurrently; pushing again "
+                      "with ON CONFLICT DO NOTHING")
+        return self._push_chunks(conn, messages, self._q.push, self._q.push_uniform)
 
-    def _push_chunks(self, conn: psycopg.Connection[Any],
-                     chunks: Sequence[Sequence[Message]], general: bytes, uniform: bytes
-                     ) -> list[Any]:
-        """One summary row per chunk, all chunks in one transaction."""
+    def _push_chunks(self, conn: psycopg.Connection[Any], messages: Sequence[Message],
+                     general: bytes, uniform: bytes, *, distinct: bool = False
+                     ) -> tuple[list[Sequence[Message]], list[Any]]:
+        """The chunks of :attr:`push_chunk` messages and one summary row per chunk, all in
+        one transaction. Each chunk is read from ``messages`` (which the kernel encodes as
+        they are read) only after the one before was sent, so the server stores a chunk
+        while the next one is encoded. ``distinct``: raise :class:`_RepeatedId` on an id
+        seen earlier in the batch (``PUSH_NEW`` would fail on it), rolling back.
+        """
+        size, seen = self.push_chunk, set[str]()
+        chunks: list[Sequence[Message]] = []
 
-        def execute(chunk: Sequence[Message]) -> psycopg.Cursor[Any]:
+        def execute(start: int) -> psycopg.Cursor[Any]:
+            chunk = messages[start:start + size]
+            chunks.append(chunk)
+            if distinct:
+                seen.update(m.id for m in chunk)
+                if len(seen) != start + len(chunk):
+                    raise _RepeatedId
             same, params = _push_params(chunk)
             return conn.execute(uniform if same else general, params)
 
-        if len(chunks) == 1:  # autocommit: one statement is one transaction
-            return [execute(chunks[0]).fetchone()]
+        starts = range(0, len(messages), size)
+        if len(starts) == 1:  # autocommit: one statement is one transaction
+            return chunks, [execute(0).fetchone()]
         if not psycopg.Pipeline.is_supported():  # libpq < 14: the same, one at a time
             with conn.transaction():
-                return [execute(chunk).fetchone() for chunk in chunks]
+                return chunks, [execute(start).fetchone() for start in starts]
         with conn.pipeline(), conn.transaction():
-            cursors = [execute(chunk) for chunk in chunks]
-        return [cur.fetchone() for cur in cursors]
+            cursors = [execute(start) for start in starts]
+        return chunks, [cur.fetchone() for cur in cursors]
 
     def _push_one(self, m: Message) -> bool:
         params = [m.id, m.queue, m.priority, float(m.created_at), float(m.available_at),
