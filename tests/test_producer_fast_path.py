@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import Message, TaskOptions
 from nuvom_kernel.serialization import JsonSerializer
-from tests.helpers import write_module
+from tests.helpers import SERVER_BACKENDS, write_module
 
 SERIALIZER = JsonSerializer()
 
@@ -328,3 +329,40 @@ def test_batch_hooks_isolate_a_raising_observer(project: Path,
     assert {lease.message.id for lease in kernel.queue.claim(10)} == set(ids)
     assert "plugin 'raising' raised in nuvom_before_enqueue" in caplog.text
     kernel.close()
+
+
+class ReadLog(Sequence[Message]):
+    """A batch that records which of its messages a backend reads, and when."""
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
+        self.reads: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            start, stop, _ = index.indices(len(self.messages))
+            self.reads.append((start, stop))
+        else:
+            self.reads.append((index % len(self.messages), index % len(self.messages) + 1))
+        return self.messages[index]
+
+
+@pytest.mark.skipif(not SERVER_BACKENDS, reason="no server backend installed")
+@pytest.mark.parametrize("backend", SERVER_BACKENDS)
+def test_a_server_backend_reads_a_batch_chunk_by_chunk(
+        backend: str, make_kernel: Callable[..., Kernel]) -> None:
+    """Redis and PostgreSQL send a large batch in pipelined chunks and read each chunk only
+    after the one before went out, so the kernel's encoding (done as the batch is read)
+    overlaps the server's inserts: no read covers the whole batch, and reads go in order."""
+    queue = make_kernel(backend).queue
+    sent = [Message(id=f"read-{i}", body=b"{}") for i in range(2_507)]
+    batch = ReadLog(sent)
+    assert queue.push(batch) == [True] * len(sent)
+    assert queue.qsize() == len(sent)
+    assert len(batch.reads) >= 3 and batch.reads[0][0] == 0
+    assert all(stop - start < len(sent) for start, stop in batch.reads)
+    assert all(a[1] <= b[1] for a, b in zip(batch.reads, batch.reads[1:], strict=False))
+    assert max(stop for _, stop in batch.reads) == len(sent)

@@ -29,7 +29,7 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -218,14 +218,16 @@ class Store:
         self._idle.append(conn)
         return reply
 
-    def run_many(self, script: LuaScript, calls: Sequence[Sequence[Any]],
+    def run_many(self, script: LuaScript, calls: Iterable[Sequence[Any]],
                  window: int = 4) -> list[Any]:
         """Every call of ``script`` over one connection, each sent before the replies of
         the last ``window`` are read: the server runs one call while this process packs
         the next, and a batch waits for one round trip instead of one per call (a
-        ``.map()`` of 10,000 jobs is 10 push chunks). Per call, in order: its reply, or
-        the ``ResponseError`` the server answered (the caller decides what an error means
-        for the calls after it; the connection stays in step).
+        ``.map()`` of 10,000 jobs is 10 push chunks). ``calls`` is read one call at a
+        time, after the one before was sent, so a generator that builds each call's
+        arguments overlaps that work with the server's too. Per call, in order: its
+        reply, or the ``ResponseError`` the server answered (the caller decides what an
+        error means for the calls after it; the connection stays in step).
 
         ``NOSCRIPT`` replies (calls that did not run) load the script and run those calls
         again, in order. A connection error drops the connection, and every call whose
@@ -237,23 +239,27 @@ class Store:
         except IndexError:
             conn = self._conn_class(**self._conn_kwargs)
             self._all.append(conn)
+        pending = iter(calls)
+        sent: list[Sequence[Any]] = []
         replies: list[Any] = []
         try:
-            for sent, args in enumerate(calls, 1):
+            for args in pending:
+                sent.append(args)
                 self._write(conn, ("EVALSHA", script.sha, 0, *args))
-                if sent - len(replies) > window:
+                if len(sent) - len(replies) > window:
                     replies.append(self._read(conn))
-            while len(replies) < len(calls):
+            while len(replies) < len(sent):
                 replies.append(self._read(conn))
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             conn.disconnect()  # the calls without a reply run again below
+            sent += pending  # with those not sent yet
         except BaseException:
             conn.disconnect()  # interrupted mid-reply: the stream is out of step
             self._idle.append(conn)
             raise
         self._idle.append(conn)
         out: list[Any] = []
-        for i, args in enumerate(calls):
+        for i, args in enumerate(sent):
             reply = replies[i] if i < len(replies) else None
             if reply is None or isinstance(reply, redis.exceptions.NoScriptError):
                 try:
@@ -262,7 +268,7 @@ class Store:
                     reply = exc
             out.append(reply)
             if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
-                return out + [reply] * (len(calls) - len(out))  # no retrying each of the rest
+                return out + [reply] * (len(sent) - len(out))  # no retrying each of the rest
         return out
 
     @staticmethod

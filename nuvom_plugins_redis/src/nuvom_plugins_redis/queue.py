@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 from nuvom_kernel.backends import (
@@ -98,21 +98,25 @@ class RedisJobQueue(QueueBackend):
         queued (or earlier in the batch) stores nothing.
 
         The chunks of a batch go out pipelined (:meth:`Store.run_many`): Redis stores one
-        while this process packs the next, and the batch waits for one round trip. Each
-        chunk runs only if the one before it did (see ``scripts.PUSH``), so after a
-        failure what was stored is a prefix of the batch, as when chunks went one by one.
+        while this process reads (the kernel encodes as it is read) and packs the next, and
+        the batch waits for one round trip. Each chunk runs only if the one before it did
+        (see ``scripts.PUSH``), so after a failure what was stored is a prefix of the
+        batch, as when chunks went one by one.
         """
-        calls: list[list[Any]] = []
         batch = uuid.uuid4().hex if len(messages) > PUSH_CHUNK else ""
-        for index, start in enumerate(range(0, len(messages), PUSH_CHUNK)):
-            chunk = messages[start:start + PUSH_CHUNK]
-            args: list[Any] = [self.store.prefix, len(chunk), batch, index]
-            for m in chunk:
-                args += _push_args(m)
-            calls.append(args)
+        prefix = self.store.prefix
+
+        def calls() -> Iterator[list[Any]]:
+            for index, start in enumerate(range(0, len(messages), PUSH_CHUNK)):
+                chunk = messages[start:start + PUSH_CHUNK]
+                args: list[Any] = [prefix, len(chunk), batch, index]
+                for m in chunk:
+                    args += _push_args(m)
+                yield args
+
         store, script = self.store, self._scripts["PUSH"]
         what = f"storing {len(messages)} job(s)"
-        replies = store.call(lambda: store.run_many(script, calls), what)
+        replies = store.call(lambda: store.run_many(script, calls()), what)
         stored: list[bool] = []
         for reply in replies:
             if isinstance(reply, Exception):
