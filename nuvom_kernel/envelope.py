@@ -220,11 +220,12 @@ class Envelope:
                              else f"argument #{i}")
                     wire_args[i] = to_wire(value, f"{task}(): {label}")
             wire_kwargs = {k: v if type(v) in _NATIVE else
-                           to_wire(v, f"{task}(): argument {k!r}") for k, v in kwargs.items()}
-            out.append(cls(id=job_id or ids[at:at + 32], task=task, module=module,
-                           args=wire_args, kwargs=wire_kwargs, options=data,
-                           created_at=now(), enqueued_by=host, trace_id=ids[at + 32:at + 48],
-                           wire_options=wire_options))
+                           to_wire(v, f"{task}(): argument {k!r}")
+                           for k, v in kwargs.items()} if kwargs else {}
+            # positional (the fields' order), as every job of a .map() pays for keywords
+            out.append(cls(job_id or ids[at:at + 32], task, module, wire_args, wire_kwargs,
+                           data, now(), host, ids[at + 32:at + 48], 1, [], {}, 0,
+                           wire_options))
             at += 48
         return out
 

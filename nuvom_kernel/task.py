@@ -183,9 +183,9 @@ class Task(Generic[P, R]):
             for item, job_id in zip(items, ids, strict=True)]
         options, name, module = self.options, self.name, self.module
         envelopes = Envelope.for_calls(name, module, options, parsed, self._params)
-        calls = [(env, Job(id=env.id, task=name, args=args, kwargs=kwargs, module=module,
-                           options=options, created_at=env.created_at,
-                           enqueued_by=env.enqueued_by, trace_id=env.trace_id))
+        # Job's first fields, positional: keywords were a fifth of a handle's cost
+        calls = [(env, Job(env.id, name, args, kwargs, module, options, env.created_at,
+                           env.enqueued_by, env.trace_id))
                  for env, (args, kwargs, _) in zip(envelopes, parsed, strict=True)]
         if self.options.unique and job_ids is None:  # one dedup check per item
             return [enqueue_unique(self._kernel(), *call, self._params) for call in calls]

@@ -65,6 +65,9 @@ def test_batch_envelopes_equal_one_by_one_envelopes() -> None:
             single.args, single.kwargs, single.options)
         assert envelope.to_body(SERIALIZER) == generic_body(envelope)
     assert batch[-1].id == 'mine"id'
+    assert all((e.run, e.history, e.headers, e.legacy_failures, e.enqueued_by)
+               == (1, [], {}, 0, single.enqueued_by) and e._wire_options is not None
+               and e._wire_options[0] is e.options for e in batch)
     ids = [e.id for e in batch[:-1]] + [e.trace_id for e in batch]
     assert len(set(ids)) == len(ids)
     assert all(len(e.id) == 32 for e in batch[:-1]) and all(len(e.trace_id) == 16
