@@ -53,8 +53,9 @@ class TaskRegistry:
             )
 
     def get(self, name: str) -> Any | None:
-        with self._lock:
-            return self._tasks.get(name)
+        # No lock: one dict read is atomic, and the worker reads here once per job (the
+        # lock, contended by the executor threads, cost more than the lookup).
+        return self._tasks.get(name)
 
     def names(self) -> list[str]:
         with self._lock:
