@@ -13,7 +13,9 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
 
     P queues                  SET   every queue name seen (claims over "every queue")
     P j:<id>                  HASH  one message: b body, q queue, p priority, c created_at,
-                                    a available_at, t task, f failures, d deliveries,
+                                    a available_at, t task, f failures, d deliveries
+                                    (absent until the first claim: a missing f or d
+                                    reads as 0 everywhere),
                                     k token (while leased), r rank, s state (r|d|l)
     P q:<queue>:ready         ZSET  score -priority, member rank = created µs + seq + id
                                     (equal scores sort by member: FIFO within a priority)
@@ -95,13 +97,21 @@ end
 
 #: ARGV: P, n, batch ('' for a lone chunk), chunk index, then 8 values per message: id,
 #: queue, priority, created µs (17 digits), created_at, available_at, task, body. Returns 1
-#: (stored) or 0 (id already queued) per message.
-#: Three commands per message (EXISTS, HSET, ZADD): the rank counter is reserved once per
-#: chunk (INCRBY n) and each queue name is added to the set once per chunk.
+#: (stored) or 0 (id already queued, or earlier in the chunk) per message.
 #: Chunks of one batch are sent ahead of their replies (``Store.run_many``), so chunk k
 #: runs only if chunk k - 1 did (``P push:<batch>`` holds the last index stored, or k
 #: itself when k runs again after a lost reply): a failed chunk stops the rest, and what
 #: was stored is always a prefix of the batch, as when each chunk waited for the last.
+#:
+#: Why it is shaped so: each ``redis.call`` from Lua costs about as much as the command
+#: itself (argument conversion, checks), so the script makes one call per message, its
+#: HSET, and the rest per chunk: one EXISTS over every key of the chunk (a message whose
+#: id is queued already is rare; only then is each key checked on its own), one ZADD per
+#: queue and set with every member, one SADD per queue. The first pass writes nothing and
+#: checks every number, so a bad argument fails the chunk before any message is stored (a
+#: hash without its ready entry would never run, and its id would refuse a new push).
+#: ``d`` (deliveries) is not stored: a missing ``d`` reads as 0 everywhere (CLAIM, PEEK,
+#: HINCRBY), also in the scripts of earlier releases.
 PUSH = "#!lua\n" + _COMMON + r"""
 local batch, idx = ARGV[3], tonumber(ARGV[4])
 local guard = P .. 'push:' .. batch
@@ -113,38 +123,75 @@ if batch ~= '' and idx > 0 then
   end
 end
 local now = clock()
-local out, any_ready, any_delayed = {}, false, false
 local n = tonumber(ARGV[2])
-local seq = redis.call('INCRBY', P .. 'seq', n) - n
-local seen = {}
+local keys, scores, delayed = {}, {}, {}
+local score_of = {}  -- ready score by priority argument: formatted once per priority
 for i = 0, n - 1 do
   local base = 5 + i * 8
-  local id, q, p = ARGV[base], ARGV[base + 1], ARGV[base + 2]
-  local jk = P .. 'j:' .. id
-  if redis.call('EXISTS', jk) == 1 then
+  local p, avail = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 5])
+  if not p or not avail then
+    return redis.error_reply('BADARGS message ' .. (i + 1) .. ' of the chunk: priority ' ..
+                             'and available_at must be numbers; nothing of it was stored')
+  end
+  keys[i + 1] = P .. 'j:' .. ARGV[base]
+  local score = score_of[ARGV[base + 2]]
+  if not score then
+    score = f17(-p)
+    score_of[ARGV[base + 2]] = score
+  end
+  scores[i + 1] = score
+  delayed[i + 1] = avail > now
+end
+-- unpack passes values on Lua's C stack (about 8,000 at most): slices of 1,000
+local function exists_any()
+  for s = 1, n, 1000 do
+    if redis.call('EXISTS', unpack(keys, s, math.min(s + 999, n))) > 0 then return true end
+  end
+  return false
+end
+local check_each = n > 0 and exists_any()
+local seq = redis.call('INCRBY', P .. 'seq', n) - n
+local out, taken, sets, order = {}, {}, {}, {}
+for i = 0, n - 1 do
+  local base = 5 + i * 8
+  local id, q, jk = ARGV[base], ARGV[base + 1], keys[i + 1]
+  if taken[id] or (check_each and redis.call('EXISTS', jk) == 1) then
     out[i + 1] = 0
   else
+    taken[id] = true
     local rank = ARGV[base + 3] .. string.format('%012d', seq + i + 1) .. id
-    local avail = ARGV[base + 5]
-    local state = 'r'
-    if tonumber(avail) > now then state = 'd' end
-    redis.call('HSET', jk, 'b', ARGV[base + 7], 'q', q, 'p', p, 'c', ARGV[base + 4],
-               'a', avail, 't', ARGV[base + 6], 'f', 0, 'd', 0, 'r', rank, 's', state)
-    if not seen[q] then
-      redis.call('SADD', P .. 'queues', q)
-      seen[q] = true
-    end
-    if state == 'd' then
-      redis.call('ZADD', qkey(q, 'delayed'), avail, id)
-      any_delayed = true
+    local avail, state, key, score, member = ARGV[base + 5], 'r', nil, nil, rank
+    if delayed[i + 1] then
+      state, key, score, member = 'd', qkey(q, 'delayed'), avail, id
     else
-      redis.call('ZADD', qkey(q, 'ready'), -tonumber(p), rank)
-      any_ready = true
+      key, score = qkey(q, 'ready'), scores[i + 1]
     end
+    redis.call('HSET', jk, 'b', ARGV[base + 7], 'q', q, 'p', ARGV[base + 2],
+               'c', ARGV[base + 4], 'a', avail, 't', ARGV[base + 6], 'f', '0', 'r', rank,
+               's', state)
+    local members = sets[key]
+    if not members then
+      members = {}
+      sets[key] = members
+      order[#order + 1] = {key, q}
+    end
+    members[#members + 1] = score
+    members[#members + 1] = member
     out[i + 1] = 1
   end
 end
-if any_ready or any_delayed then wake() end
+local queues = {}
+for _, kq in ipairs(order) do
+  local members = sets[kq[1]]
+  for s = 1, #members, 2000 do
+    redis.call('ZADD', kq[1], unpack(members, s, math.min(s + 1999, #members)))
+  end
+  if not queues[kq[2]] then
+    redis.call('SADD', P .. 'queues', kq[2])
+    queues[kq[2]] = true
+  end
+end
+if #order > 0 then wake() end
 if batch ~= '' then redis.call('SET', guard, idx, 'PX', 600000) end
 return out
 """
@@ -209,7 +256,8 @@ for i = 1, math.min(n, #cands) do
     leased[q] = leased[q] or {}
     table.insert(leased[q], expires)
     table.insert(leased[q], id)
-    for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5], h[6]}) do
+    for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5],
+                        h[6] or '0'}) do
       out[#out + 1] = v
     end
   end
