@@ -102,14 +102,9 @@ class RedisJobQueue(QueueBackend):
         chunk runs only if the one before it did (see ``scripts.PUSH``), so after a
         failure what was stored is a prefix of the batch, as when chunks went one by one.
         """
-        calls: list[list[Any]] = []
         batch = uuid.uuid4().hex if len(messages) > PUSH_CHUNK else ""
-        for index, start in enumerate(range(0, len(messages), PUSH_CHUNK)):
-            chunk = messages[start:start + PUSH_CHUNK]
-            args: list[Any] = [self.store.prefix, len(chunk), batch, index]
-            for m in chunk:
-                args += _push_args(m)
-            calls.append(args)
+        calls = [_push_call(self.store.prefix, messages[start:start + PUSH_CHUNK], batch, index)
+                 for index, start in enumerate(range(0, len(messages), PUSH_CHUNK))]
         store, script = self.store, self._scripts["PUSH"]
         what = f"storing {len(messages)} job(s)"
         replies = store.call(lambda: store.run_many(script, calls), what)
@@ -332,9 +327,22 @@ class RedisJobQueue(QueueBackend):
                 failing = True
 
 
-def _push_args(m: Message) -> list[Any]:
-    body = m.checked_body()
-    created = float(m.created_at)
-    micros = min(max(int(created * 1_000_000), 0), 10**17 - 1)
-    return [m.id, str(m.queue), int(m.priority), f"{micros:017d}", repr(created),
-            repr(float(m.available_at)), str(m.task), body]
+def _push_call(prefix: str, chunk: Sequence[Message], batch: str, index: int) -> list[Any]:
+    """The arguments of one ``PUSH`` script call (layout: ``scripts.PUSH``): the messages
+    in runs that share queue, priority, available_at and task, each run's routing sent once
+    (a ``.map()`` chunk is one run), so each message costs 4 arguments, not 8."""
+    args: list[Any] = [prefix, len(chunk), batch, index]
+    route: tuple[Any, ...] | None = None
+    head = 0
+    for m in chunk:
+        body = m.checked_body()
+        created = float(m.created_at)
+        micros = min(max(int(created * 1_000_000), 0), 10**17 - 1)
+        if (m.queue, m.priority, m.available_at, m.task) != route:
+            route = (m.queue, m.priority, m.available_at, m.task)
+            head = len(args)
+            args += [0, str(m.queue), int(m.priority), repr(float(m.available_at)),
+                     str(m.task)]
+        args[head] += 1
+        args += [m.id, f"{micros:017d}", repr(created), body]
+    return args

@@ -95,9 +95,12 @@ local function next_due(qs)
 end
 """
 
-#: ARGV: P, n, batch ('' for a lone chunk), chunk index, then 8 values per message: id,
-#: queue, priority, created µs (17 digits), created_at, available_at, task, body. Returns 1
-#: (stored) or 0 (id already queued, or earlier in the chunk) per message.
+#: ARGV: P, n (messages), batch ('' for a lone chunk), chunk index, then the messages in
+#: runs that share their routing: per run its head (count, queue, priority, available_at,
+#: task), then 4 values per message (id, created µs in 17 digits, created_at, body). A
+#: ``.map()`` chunk is one run: 4 arguments per message instead of 8, and each argument
+#: costs the server a conversion into Lua (and the client a packing) whatever its size.
+#: Returns 1 (stored) or 0 (id already queued, or earlier in the chunk) per message.
 #: Chunks of one batch are sent ahead of their replies (``Store.run_many``), so chunk k
 #: runs only if chunk k - 1 did (``P push:<batch>`` holds the last index stored, or k
 #: itself when k runs again after a lost reply): a failed chunk stops the rest, and what
@@ -124,23 +127,25 @@ if batch ~= '' and idx > 0 then
 end
 local now = clock()
 local n = tonumber(ARGV[2])
-local keys, scores, delayed = {}, {}, {}
-local score_of = {}  -- ready score by priority argument: formatted once per priority
-for i = 0, n - 1 do
-  local base = 5 + i * 8
-  local p, avail = tonumber(ARGV[base + 2]), tonumber(ARGV[base + 5])
-  if not p or not avail then
-    return redis.error_reply('BADARGS message ' .. (i + 1) .. ' of the chunk: priority ' ..
-                             'and available_at must be numbers; nothing of it was stored')
+-- first pass, no writes: the runs (numbers checked) and every message's key
+local runs, keys = {}, {}
+local at, i = 5, 0
+while at <= #ARGV do
+  local count, p, avail = tonumber(ARGV[at]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  if not count or count < 1 or not p or not avail or at + 4 + count * 4 > #ARGV then
+    return redis.error_reply('BADARGS run at argument ' .. at .. ' of the chunk: count, ' ..
+                             'priority and available_at must be numbers; nothing stored')
   end
-  keys[i + 1] = P .. 'j:' .. ARGV[base]
-  local score = score_of[ARGV[base + 2]]
-  if not score then
-    score = f17(-p)
-    score_of[ARGV[base + 2]] = score
-  end
-  scores[i + 1] = score
-  delayed[i + 1] = avail > now
+  local kind, state, score = 'ready', 'r', f17(-p)
+  if avail > now then kind, state, score = 'delayed', 'd', ARGV[at + 3] end
+  runs[#runs + 1] = {at + 5, count, ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4],
+                     kind, state, score}
+  for j = 0, count - 1 do keys[i + j + 1] = P .. 'j:' .. ARGV[at + 5 + j * 4] end
+  i = i + count
+  at = at + 5 + count * 4
+end
+if i ~= n then
+  return redis.error_reply('BADARGS the chunk holds ' .. i .. ' messages, not ' .. n)
 end
 -- unpack passes values on Lua's C stack (about 8,000 at most): slices of 1,000
 local function exists_any()
@@ -152,46 +157,45 @@ end
 local check_each = n > 0 and exists_any()
 local seq = redis.call('INCRBY', P .. 'seq', n) - n
 local out, taken, sets, order = {}, {}, {}, {}
-for i = 0, n - 1 do
-  local base = 5 + i * 8
-  local id, q, jk = ARGV[base], ARGV[base + 1], keys[i + 1]
-  if taken[id] or (check_each and redis.call('EXISTS', jk) == 1) then
-    out[i + 1] = 0
-  else
-    taken[id] = true
-    local rank = ARGV[base + 3] .. string.format('%012d', seq + i + 1) .. id
-    local avail, state, key, score, member = ARGV[base + 5], 'r', nil, nil, rank
-    if delayed[i + 1] then
-      state, key, score, member = 'd', qkey(q, 'delayed'), avail, id
+i = 0
+for _, run in ipairs(runs) do
+  local first, count, q, p, avail, t, kind, state, score = unpack(run)
+  local key = qkey(q, kind)
+  local members = sets[key]
+  if not members then
+    members = {}
+    sets[key] = members
+    order[#order + 1] = {key, q}
+  end
+  for base = first, first + (count - 1) * 4, 4 do
+    i = i + 1
+    local id, jk = ARGV[base], keys[i]
+    if taken[id] or (check_each and redis.call('EXISTS', jk) == 1) then
+      out[i] = 0
     else
-      key, score = qkey(q, 'ready'), scores[i + 1]
+      taken[id] = true
+      local rank = ARGV[base + 1] .. string.format('%012d', seq + i) .. id
+      redis.call('HSET', jk, 'b', ARGV[base + 3], 'q', q, 'p', p, 'c', ARGV[base + 2],
+                 'a', avail, 't', t, 'f', '0', 'r', rank, 's', state)
+      members[#members + 1] = score
+      members[#members + 1] = state == 'd' and id or rank
+      out[i] = 1
     end
-    redis.call('HSET', jk, 'b', ARGV[base + 7], 'q', q, 'p', ARGV[base + 2],
-               'c', ARGV[base + 4], 'a', avail, 't', ARGV[base + 6], 'f', '0', 'r', rank,
-               's', state)
-    local members = sets[key]
-    if not members then
-      members = {}
-      sets[key] = members
-      order[#order + 1] = {key, q}
-    end
-    members[#members + 1] = score
-    members[#members + 1] = member
-    out[i + 1] = 1
   end
 end
-local queues = {}
+local queues = {}  -- the queues that stored a message
 for _, kq in ipairs(order) do
-  local members = sets[kq[1]]
+  local key, q = kq[1], kq[2]
+  local members = sets[key]
   for s = 1, #members, 2000 do
-    redis.call('ZADD', kq[1], unpack(members, s, math.min(s + 1999, #members)))
+    redis.call('ZADD', key, unpack(members, s, math.min(s + 1999, #members)))
   end
-  if not queues[kq[2]] then
-    redis.call('SADD', P .. 'queues', kq[2])
-    queues[kq[2]] = true
+  if #members > 0 and not queues[q] then
+    redis.call('SADD', P .. 'queues', q)
+    queues[q] = true
   end
 end
-if #order > 0 then wake() end
+if next(queues) then wake() end
 if batch ~= '' then redis.call('SET', guard, idx, 'PX', 600000) end
 return out
 """
