@@ -8,11 +8,21 @@ from __future__ import annotations
 import time
 
 import attrs
+import pytest
+import redis
 
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.testing.contracts import make_message
-from nuvom_plugins_redis import RedisJobQueue
+from nuvom_plugins_redis import RedisJobQueue, scripts
 from nuvom_plugins_redis.queue import _push_call
+
+
+def test_a_created_at_that_is_no_finite_number_stores_nothing(queue: RedisJobQueue) -> None:
+    good, bad = make_message(), make_message(created_at=float("nan"))
+    with pytest.raises(redis.ResponseError, match="BADARGS"):
+        queue.push([good, bad])
+    assert queue.qsize() == 0
+    assert queue.push([good]) == [True], "nothing of the failed chunk was left behind"
 
 
 def test_runs_share_routing_and_every_field_comes_back(queue: RedisJobQueue) -> None:
@@ -31,7 +41,7 @@ def test_runs_share_routing_and_every_field_comes_back(queue: RedisJobQueue) -> 
     runs, at = [], 4
     while at < len(args):  # each run: count, queue, priority, available_at, task, messages
         runs.append(args[at:at + 5])
-        at += 5 + 4 * args[at]
+        at += 5 + 3 * args[at]
     assert at == len(args)
     assert [(r[0], r[1], r[2], r[4]) for r in runs] == [
         (2, "a", 0, "t.one"), (1, "a", 5, "t.one"), (1, "b", 0, "t.two"),
@@ -65,3 +75,22 @@ def test_runs_share_routing_and_every_field_comes_back(queue: RedisJobQueue) -> 
     assert queue.cancel(held.id) is True
     assert queue.cancel(old.id) is True
     assert queue.qsize() == 0
+
+
+def test_the_rank_holds_created_microseconds_in_17_digits(queue: RedisJobQueue) -> None:
+    """The script works the rank's created µs out of created_at: the digits Python's
+    ``int(created * 1e6)`` gives, clamped to 17 digits, so the id always starts at
+    ``RANK_LEN`` (claims and clear cut it there)."""
+    created = [0.0, 1e-7, 0.5e-6, 1700000000.123456, 1764770000.9999995, 1764770001.25,
+               123456789.000001, -5.0, 1e12, float("inf")]
+    sent = [make_message(created_at=c) for c in created[:-1]]
+    assert queue.push(sent) == [True] * len(sent)
+    client, prefix = queue.store.client, queue.store.prefix
+    for m in sent:
+        rank = client.hget(prefix + "j:" + m.id, "r").decode()
+        micros = min(max(int(m.created_at * 1_000_000), 0), 10**17 - 1)
+        expected = f"{micros:017d}" if micros < 10**17 - 16 else "99999999999999984"
+        assert rank[:scripts.RANK_LEN - 12] == expected, m.created_at
+        assert rank[scripts.RANK_LEN:] == m.id
+    with pytest.raises(redis.ResponseError, match="BADARGS"):
+        queue.push([make_message(created_at=created[-1])])

@@ -97,9 +97,10 @@ end
 
 #: ARGV: P, n (messages), batch ('' for a lone chunk), chunk index, then the messages in
 #: runs that share their routing: per run its head (count, queue, priority, available_at,
-#: task), then 4 values per message (id, created µs in 17 digits, created_at, body). A
-#: ``.map()`` chunk is one run: 4 arguments per message instead of 8, and each argument
-#: costs the server a conversion into Lua (and the client a packing) whatever its size.
+#: task), then 3 values per message (id, created_at, body). A ``.map()`` chunk is one run:
+#: 3 arguments per message instead of 8, and each argument costs the server a conversion
+#: into Lua (and the client a packing) whatever its size. The rank's created µs are
+#: worked out here, by the same float arithmetic Python would use.
 #: Returns 1 (stored) or 0 (id already queued, or earlier in the chunk) per message.
 #: Chunks of one batch are sent ahead of their replies (``Store.run_many``), so chunk k
 #: runs only if chunk k - 1 did (``P push:<batch>`` holds the last index stored, or k
@@ -128,11 +129,11 @@ end
 local now = clock()
 local n = tonumber(ARGV[2])
 -- first pass, no writes: the runs (numbers checked) and every message's key
-local runs, keys = {}, {}
+local runs, keys, micros = {}, {}, {}
 local at, i = 5, 0
 while at <= #ARGV do
   local count, p, avail = tonumber(ARGV[at]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
-  if not count or count < 1 or not p or not avail or at + 4 + count * 4 > #ARGV then
+  if not count or count < 1 or not p or not avail or at + 4 + count * 3 > #ARGV then
     return redis.error_reply('BADARGS run at argument ' .. at .. ' of the chunk: count, ' ..
                              'priority and available_at must be numbers; nothing stored')
   end
@@ -140,9 +141,21 @@ while at <= #ARGV do
   if avail > now then kind, state, score = 'delayed', 'd', ARGV[at + 3] end
   runs[#runs + 1] = {at + 5, count, ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4],
                      kind, state, score}
-  for j = 0, count - 1 do keys[i + j + 1] = P .. 'j:' .. ARGV[at + 5 + j * 4] end
+  for j = 0, count - 1 do
+    local base = at + 5 + j * 3
+    keys[i + j + 1] = P .. 'j:' .. ARGV[base]
+    -- created µs for the rank, as 17 digits (the largest double below 1e17 has 17)
+    local c = tonumber(ARGV[base + 1])
+    if not c or c ~= c or c == math.huge or c == -math.huge then
+      return redis.error_reply('BADARGS message ' .. (i + j + 1) .. ' of the chunk: ' ..
+                               'created_at must be a finite number; nothing stored')
+    end
+    c = c * 1e6
+    if c < 0 then c = 0 elseif c >= 1e17 then c = 99999999999999984 end
+    micros[i + j + 1] = c
+  end
   i = i + count
-  at = at + 5 + count * 4
+  at = at + 5 + count * 3
 end
 if i ~= n then
   return redis.error_reply('BADARGS the chunk holds ' .. i .. ' messages, not ' .. n)
@@ -167,15 +180,15 @@ for _, run in ipairs(runs) do
     sets[key] = members
     order[#order + 1] = {key, q}
   end
-  for base = first, first + (count - 1) * 4, 4 do
+  for base = first, first + (count - 1) * 3, 3 do
     i = i + 1
     local id, jk = ARGV[base], keys[i]
     if taken[id] or (check_each and redis.call('EXISTS', jk) == 1) then
       out[i] = 0
     else
       taken[id] = true
-      local rank = ARGV[base + 1] .. string.format('%012d', seq + i) .. id
-      redis.call('HSET', jk, 'b', ARGV[base + 3], 'q', q, 'p', p, 'c', ARGV[base + 2],
+      local rank = string.format('%017d%012d', micros[i], seq + i) .. id
+      redis.call('HSET', jk, 'b', ARGV[base + 2], 'q', q, 'p', p, 'c', ARGV[base + 1],
                  'a', avail, 't', t, 'f', '0', 'r', rank, 's', state)
       members[#members + 1] = score
       members[#members + 1] = state == 'd' and id or rank
