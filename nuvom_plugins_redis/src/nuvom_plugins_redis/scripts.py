@@ -114,8 +114,9 @@ end
 #: queue and set with every member, one SADD per queue. The first pass writes nothing and
 #: checks every number, so a bad argument fails the chunk before any message is stored (a
 #: hash without its ready entry would never run, and its id would refuse a new push).
-#: ``d`` (deliveries) is not stored: a missing ``d`` reads as 0 everywhere (CLAIM, PEEK,
-#: HINCRBY), also in the scripts of earlier releases.
+#: ``d`` (deliveries) is not stored: CLAIM reads a missing ``d`` as 0 and HINCRBY counts
+#: from 0, in the scripts of earlier releases too (a worker not yet upgraded claims these
+#: hashes correctly). ``f`` stays: CLAIM of earlier releases reads it unguarded.
 PUSH = "#!lua\n" + _COMMON + r"""
 local batch, idx = ARGV[3], tonumber(ARGV[4])
 local guard = P .. 'push:' .. batch
