@@ -227,7 +227,9 @@ class Store:
         time, after the one before was sent, so a generator that builds each call's
         arguments overlaps that work with the server's too. Per call, in order: its
         reply, or the ``ResponseError`` the server answered (the caller decides what an
-        error means for the calls after it; the connection stays in step).
+        error means for the calls after it; the connection stays in step). If building a
+        call raises, nothing more is sent, the replies of the calls sent are read, and
+        that exception ends the list.
 
         ``NOSCRIPT`` replies (calls that did not run) load the script and run those calls
         again, in order. A connection error drops the connection, and every call whose
@@ -242,8 +244,16 @@ class Store:
         pending = iter(calls)
         sent: list[Sequence[Any]] = []
         replies: list[Any] = []
+        unbuilt: Exception | None = None
         try:
-            for args in pending:
+            while True:
+                try:
+                    args = next(pending)
+                except StopIteration:
+                    break
+                except Exception as exc:  # a call that cannot be built: send no more
+                    unbuilt = exc
+                    break
                 sent.append(args)
                 self._write(conn, ("EVALSHA", script.sha, 0, *args))
                 if len(sent) - len(replies) > window:
@@ -269,7 +279,7 @@ class Store:
             out.append(reply)
             if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
                 return out + [reply] * (len(sent) - len(out))  # no retrying each of the rest
-        return out
+        return out if unbuilt is None else [*out, unbuilt]
 
     @staticmethod
     def _write(conn: AbstractConnection, command: tuple[Any, ...]) -> None:

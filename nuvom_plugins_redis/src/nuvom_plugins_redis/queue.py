@@ -106,13 +106,9 @@ class RedisJobQueue(QueueBackend):
         batch = uuid.uuid4().hex if len(messages) > PUSH_CHUNK else ""
         prefix = self.store.prefix
 
-        def calls() -> Iterator[list[Any]]:
+        def calls() -> Iterator[list[Any]]:  # each chunk read after the one before was sent
             for index, start in enumerate(range(0, len(messages), PUSH_CHUNK)):
-                chunk = messages[start:start + PUSH_CHUNK]
-                args: list[Any] = [prefix, len(chunk), batch, index]
-                for m in chunk:
-                    args += _push_args(m)
-                yield args
+                yield _push_call(prefix, messages[start:start + PUSH_CHUNK], batch, index)
 
         store, script = self.store, self._scripts["PUSH"]
         what = f"storing {len(messages)} job(s)"
@@ -121,14 +117,14 @@ class RedisJobQueue(QueueBackend):
         for reply in replies:
             if isinstance(reply, Exception):
                 error = store.explain(reply, what)
-                if error is reply:
+                if error is reply:  # the script's own error, or a message that cannot go
+                    if stored and hasattr(reply, "add_note"):  # Python 3.11+
+                        reply.add_note(_partial(stored, len(messages)))
                     raise reply
                 if not stored:
                     raise error from reply
-                raise RedisUnavailableError(
-                    f"{error} {sum(stored)} job(s) of this batch were enqueued before the "
-                    f"failure (chunks of {PUSH_CHUNK} are stored all or none, in order); "
-                    f"the remaining {len(messages) - len(stored)} were not.") from reply
+                raise RedisUnavailableError(f"{error} {_partial(stored, len(messages))}"
+                                            ) from reply
             stored += [bool(f) for f in reply]
         return stored
 
@@ -336,9 +332,27 @@ class RedisJobQueue(QueueBackend):
                 failing = True
 
 
-def _push_args(m: Message) -> list[Any]:
-    body = m.checked_body()
-    created = float(m.created_at)
-    micros = min(max(int(created * 1_000_000), 0), 10**17 - 1)
-    return [m.id, str(m.queue), int(m.priority), f"{micros:017d}", repr(created),
-            repr(float(m.available_at)), str(m.task), body]
+def _partial(stored: list[bool], total: int) -> str:
+    return (f"{sum(stored)} job(s) of this batch were enqueued before the failure (chunks "
+            f"of {PUSH_CHUNK} are stored all or none, in order); the remaining "
+            f"{total - len(stored)} were not.")
+
+
+def _push_call(prefix: str, chunk: Sequence[Message], batch: str, index: int) -> list[Any]:
+    """The arguments of one ``PUSH`` script call (layout: ``scripts.PUSH``): the messages
+    in runs that share queue, priority, available_at and task, each run's routing sent once
+    (a ``.map()`` chunk is one run), so each message costs 3 arguments, not 8."""
+    args: list[Any] = [prefix, len(chunk), batch, index]
+    route: tuple[Any, ...] | None = None
+    head = 0
+    for m in chunk:
+        body = m.checked_body()
+        created = float(m.created_at)
+        if (m.queue, m.priority, m.available_at, m.task) != route:
+            route = (m.queue, m.priority, m.available_at, m.task)
+            head = len(args)
+            args += [0, str(m.queue), int(m.priority), repr(float(m.available_at)),
+                     str(m.task)]
+        args[head] += 1
+        args += [m.id, repr(created), body]
+    return args

@@ -13,7 +13,9 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
 
     P queues                  SET   every queue name seen (claims over "every queue")
     P j:<id>                  HASH  one message: b body, q queue, p priority, c created_at,
-                                    a available_at, t task, f failures, d deliveries,
+                                    a available_at, t task, f failures, d deliveries
+                                    (absent until the first claim: a missing f or d
+                                    reads as 0 everywhere),
                                     k token (while leased), r rank, s state (r|d|l)
     P q:<queue>:ready         ZSET  score -priority, member rank = created µs + seq + id
                                     (equal scores sort by member: FIFO within a priority)
@@ -93,15 +95,28 @@ local function next_due(qs)
 end
 """
 
-#: ARGV: P, n, batch ('' for a lone chunk), chunk index, then 8 values per message: id,
-#: queue, priority, created µs (17 digits), created_at, available_at, task, body. Returns 1
-#: (stored) or 0 (id already queued) per message.
-#: Three commands per message (EXISTS, HSET, ZADD): the rank counter is reserved once per
-#: chunk (INCRBY n) and each queue name is added to the set once per chunk.
+#: ARGV: P, n (messages), batch ('' for a lone chunk), chunk index, then the messages in
+#: runs that share their routing: per run its head (count, queue, priority, available_at,
+#: task), then 3 values per message (id, created_at, body). A ``.map()`` chunk is one run:
+#: 3 arguments per message instead of 8, and each argument costs the server a conversion
+#: into Lua (and the client a packing) whatever its size. The rank's created µs are
+#: worked out here, by the same float arithmetic Python would use.
+#: Returns 1 (stored) or 0 (id already queued, or earlier in the chunk) per message.
 #: Chunks of one batch are sent ahead of their replies (``Store.run_many``), so chunk k
 #: runs only if chunk k - 1 did (``P push:<batch>`` holds the last index stored, or k
 #: itself when k runs again after a lost reply): a failed chunk stops the rest, and what
 #: was stored is always a prefix of the batch, as when each chunk waited for the last.
+#:
+#: Why it is shaped so: each ``redis.call`` from Lua costs about as much as the command
+#: itself (argument conversion, checks), so the script makes one call per message, its
+#: HSET, and the rest per chunk: one EXISTS over every key of the chunk (a message whose
+#: id is queued already is rare; only then is each key checked on its own), one ZADD per
+#: queue and set with every member, one SADD per queue. The first pass writes nothing and
+#: checks every number, so a bad argument fails the chunk before any message is stored (a
+#: hash without its ready entry would never run, and its id would refuse a new push).
+#: ``d`` (deliveries) is not stored: CLAIM reads a missing ``d`` as 0 and HINCRBY counts
+#: from 0, in the scripts of earlier releases too (a worker not yet upgraded claims these
+#: hashes correctly). ``f`` stays: CLAIM of earlier releases reads it unguarded.
 PUSH = "#!lua\n" + _COMMON + r"""
 local batch, idx = ARGV[3], tonumber(ARGV[4])
 local guard = P .. 'push:' .. batch
@@ -113,38 +128,88 @@ if batch ~= '' and idx > 0 then
   end
 end
 local now = clock()
-local out, any_ready, any_delayed = {}, false, false
 local n = tonumber(ARGV[2])
+-- first pass, no writes: the runs (numbers checked) and every message's key
+local runs, keys, micros = {}, {}, {}
+local at, i = 5, 0
+while at <= #ARGV do
+  local count, p, avail = tonumber(ARGV[at]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  if not count or count < 1 or not p or not avail or at + 4 + count * 3 > #ARGV then
+    return redis.error_reply('BADARGS run at argument ' .. at .. ' of the chunk: count, ' ..
+                             'priority and available_at must be numbers; nothing stored')
+  end
+  local kind, state, score = 'ready', 'r', f17(-p)
+  if avail > now then kind, state, score = 'delayed', 'd', ARGV[at + 3] end
+  runs[#runs + 1] = {at + 5, count, ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4],
+                     kind, state, score}
+  for j = 0, count - 1 do
+    local base = at + 5 + j * 3
+    keys[i + j + 1] = P .. 'j:' .. ARGV[base]
+    -- created µs for the rank, as 17 digits (the largest double below 1e17 has 17)
+    local c = tonumber(ARGV[base + 1])
+    if not c or c ~= c or c == math.huge or c == -math.huge then
+      return redis.error_reply('BADARGS message ' .. (i + j + 1) .. ' of the chunk: ' ..
+                               'created_at must be a finite number; nothing stored')
+    end
+    c = c * 1e6
+    if c < 0 then c = 0 elseif c >= 1e17 then c = 99999999999999984 end
+    micros[i + j + 1] = c
+  end
+  i = i + count
+  at = at + 5 + count * 3
+end
+if i ~= n then
+  return redis.error_reply('BADARGS the chunk holds ' .. i .. ' messages, not ' .. n)
+end
+-- unpack passes values on Lua's C stack (about 8,000 at most): slices of 1,000
+local function exists_any()
+  for s = 1, n, 1000 do
+    if redis.call('EXISTS', unpack(keys, s, math.min(s + 999, n))) > 0 then return true end
+  end
+  return false
+end
+local check_each = n > 0 and exists_any()
 local seq = redis.call('INCRBY', P .. 'seq', n) - n
-local seen = {}
-for i = 0, n - 1 do
-  local base = 5 + i * 8
-  local id, q, p = ARGV[base], ARGV[base + 1], ARGV[base + 2]
-  local jk = P .. 'j:' .. id
-  if redis.call('EXISTS', jk) == 1 then
-    out[i + 1] = 0
-  else
-    local rank = ARGV[base + 3] .. string.format('%012d', seq + i + 1) .. id
-    local avail = ARGV[base + 5]
-    local state = 'r'
-    if tonumber(avail) > now then state = 'd' end
-    redis.call('HSET', jk, 'b', ARGV[base + 7], 'q', q, 'p', p, 'c', ARGV[base + 4],
-               'a', avail, 't', ARGV[base + 6], 'f', 0, 'd', 0, 'r', rank, 's', state)
-    if not seen[q] then
-      redis.call('SADD', P .. 'queues', q)
-      seen[q] = true
-    end
-    if state == 'd' then
-      redis.call('ZADD', qkey(q, 'delayed'), avail, id)
-      any_delayed = true
+local out, taken, sets, order = {}, {}, {}, {}
+i = 0
+for _, run in ipairs(runs) do
+  local first, count, q, p, avail, t, kind, state, score = unpack(run)
+  local key = qkey(q, kind)
+  local members = sets[key]
+  if not members then
+    members = {}
+    sets[key] = members
+    order[#order + 1] = {key, q}
+  end
+  for base = first, first + (count - 1) * 3, 3 do
+    i = i + 1
+    local id, jk = ARGV[base], keys[i]
+    if taken[id] or (check_each and redis.call('EXISTS', jk) == 1) then
+      out[i] = 0
     else
-      redis.call('ZADD', qkey(q, 'ready'), -tonumber(p), rank)
-      any_ready = true
+      taken[id] = true
+      local rank = string.format('%017d%012d', micros[i], seq + i) .. id
+      redis.call('HSET', jk, 'b', ARGV[base + 2], 'q', q, 'p', p, 'c', ARGV[base + 1],
+                 'a', avail, 't', t, 'f', '0', 'r', rank, 's', state)
+      members[#members + 1] = score
+      members[#members + 1] = state == 'd' and id or rank
+      out[i] = 1
     end
-    out[i + 1] = 1
   end
 end
-if any_ready or any_delayed then wake() end
+local queues = {}  -- the queues that stored a message
+for _, kq in ipairs(order) do
+  local key, q = kq[1], kq[2]
+  local members = sets[key]
+  for s = 1, #members, 2000 do
+    redis.call('ZADD', key, unpack(members, s, math.min(s + 1999, #members)))
+  end
+  if #members > 0 and not queues[q] then
+    redis.call('SADD', P .. 'queues', q)
+    queues[q] = true
+  end
+end
+if next(queues) then wake() end
 if batch ~= '' then redis.call('SET', guard, idx, 'PX', 600000) end
 return out
 """
@@ -209,7 +274,8 @@ for i = 1, math.min(n, #cands) do
     leased[q] = leased[q] or {}
     table.insert(leased[q], expires)
     table.insert(leased[q], id)
-    for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5], h[6]}) do
+    for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5],
+                        h[6] or '0'}) do
       out[#out + 1] = v
     end
   end
