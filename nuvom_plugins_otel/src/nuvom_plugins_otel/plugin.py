@@ -41,7 +41,8 @@ def nuvom_before_enqueue(job: Job) -> None:
 
 @hookimpl
 def nuvom_after_enqueue(job: Job) -> None:
-    tracing.enqueued(job)
+    if tracing.active():  # inactive at the before hook too (a yes is kept): nothing began
+        tracing.enqueued(job)
 
 
 @hookimpl
