@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
@@ -29,7 +29,10 @@ from nuvom_kernel.serialization import Serializer
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["check_capabilities", "enqueue", "enqueue_one", "importable_module", "rerun"]
+__all__ = ["BuiltOnRead", "check_capabilities", "enqueue", "enqueue_one", "importable_module",
+           "rerun"]
+
+T = TypeVar("T")
 
 
 def importable_module(fn: Any) -> str | None:
@@ -73,13 +76,14 @@ def check_capabilities(kernel: Kernel, options: TaskOptions, delay_secs: float) 
         )
 
 
-def _enqueue_error(kernel: Kernel, jobs: Sequence[Job], exc: Exception) -> EnqueueError:
+def _enqueue_error(kernel: Kernel, calls: Sequence[tuple[Envelope, Job]], exc: Exception
+                   ) -> EnqueueError:
     """A backend's raw storage error (``OSError: No space left on device``, ``sqlite3
     OperationalError: unable to open database file``) names neither the backend nor the
     task; say both, and what to check."""
-    tasks = ", ".join(repr(name) for name in sorted({job.task for job in jobs}))
+    tasks = ", ".join(repr(name) for name in sorted({job.task for _, job in calls}))
     return EnqueueError(
-        f"queue backend {kernel.settings.queue_backend!r} could not store {len(jobs)} "
+        f"queue backend {kernel.settings.queue_backend!r} could not store {len(calls)} "
         f"job(s) of task {tasks}: {type(exc).__name__}: {exc}. Nothing was enqueued if the "
         f"backend stores a batch atomically. Check its storage (free space and write "
         f"permission; the built-in backends keep their data under {kernel.data_dir}) and "
@@ -87,62 +91,79 @@ def _enqueue_error(kernel: Kernel, jobs: Sequence[Job], exc: Exception) -> Enque
     )
 
 
-class _Messages(Sequence[Message]):
-    """A batch's messages, each encoded when the backend first reads it, then kept.
+class BuiltOnRead(Sequence[T]):
+    """A sequence whose items are built a run at a time, when first read, then kept.
 
-    Why not a list: a backend that sends a batch as pipelined chunks (PostgreSQL, Redis)
-    then has its server store one chunk while this process encodes the next, instead of
-    waiting for the whole batch to be encoded first (~5-8 µs a job, about as long as the
-    server's insert). A backend may read the batch as often and in any order it likes; in
-    order is what overlaps.
+    Why: a ``.map()``'s handles, envelopes and messages are built as the backend reads the
+    batch, so a backend that sends a batch as pipelined chunks (PostgreSQL, Redis) has its
+    server store one chunk while this process builds the next, instead of waiting for the
+    whole batch first (~7-10 µs a job here, as long as the server's insert). Items may be
+    read as often and in any order; in order is what overlaps.
+
+    :param build: the items ``start`` to ``stop``, built in order (each run right after the
+        run before it, never twice).
     """
 
-    __slots__ = ("_available_at", "_done", "_envelopes", "_serializer")
+    __slots__ = ("_build", "_built", "_length")
 
-    def __init__(self, envelopes: list[Envelope], serializer: Serializer,
-                 available_at: float) -> None:
-        self._envelopes = envelopes
-        self._serializer = serializer
-        self._available_at = available_at
-        self._done: list[Message] = []
+    def __init__(self, length: int, build: Callable[[int, int], list[T]]) -> None:
+        self._length = length
+        self._build = build
+        self._built: list[T] = []
 
     def __len__(self) -> int:
-        return len(self._envelopes)
+        return self._length
 
-    def _encode_to(self, stop: int) -> list[Message]:
-        done = self._done
-        if stop > len(done):
-            serializer, at = self._serializer, self._available_at
-            done += [env.to_message(serializer, at)
-                     for env in self._envelopes[len(done):stop]]
-        return done
+    def _to(self, stop: int) -> list[T]:
+        built, stop = self._built, min(stop, self._length)
+        if stop > len(built):
+            built += self._build(len(built), stop)
+        return built
 
     @overload
-    def __getitem__(self, index: int) -> Message: ...
+    def __getitem__(self, index: int) -> T: ...
 
     @overload
-    def __getitem__(self, index: slice) -> list[Message]: ...
+    def __getitem__(self, index: slice) -> list[T]: ...
 
-    def __getitem__(self, index: int | slice) -> Message | list[Message]:
-        n = len(self._envelopes)
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        n = self._length
         if isinstance(index, slice):
             start, stop, step = index.indices(n)
-            return self._encode_to(max(start, stop) if step > 0 else n)[index]
+            return self._to(max(start, stop) if step > 0 else n)[index]
         if not -n <= index < n:
-            raise IndexError("message index out of range")
+            raise IndexError("index out of range")
         index %= n
-        return self._encode_to(index + 1)[index]
+        return self._to(max(index + 1, len(self._built) + _RUN))[index]
 
-    def __iter__(self) -> Iterator[Message]:
-        for i in range(0, len(self._envelopes), _ITER_STEP):
-            yield from self._encode_to(i + _ITER_STEP)[i:i + _ITER_STEP]
-
-
-#: Messages encoded at a time while a backend iterates a batch.
-_ITER_STEP = 100
+    def __iter__(self) -> Iterator[T]:
+        for i in range(0, self._length, _RUN):
+            yield from self._to(i + _RUN)[i:i + _RUN]
 
 
-def _push(kernel: Kernel, jobs: Sequence[Job], messages: Sequence[Message]) -> list[bool]:
+#: Items built at a time when a reader goes one by one.
+_RUN = 100
+
+
+def _messages(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
+              available_at: float, before: list[Any]) -> BuiltOnRead[Message]:
+    """The calls' messages, each run encoded as the backend reads it, right after its jobs
+    met the ``nuvom_before_enqueue`` observers (whose headers travel with the job)."""
+
+    def build(start: int, stop: int) -> list[Message]:
+        run = calls[start:stop]
+        if before:
+            events.call_per_job(before, "nuvom_before_enqueue", [job for _, job in run])
+            for env, job in run:
+                if job.headers:
+                    env.headers.update(job.headers)
+        return [env.to_message(serializer, available_at) for env, _ in run]
+
+    return BuiltOnRead(len(calls), build)
+
+
+def _push(kernel: Kernel, calls: Sequence[tuple[Envelope, Job]], messages: Sequence[Message]
+          ) -> list[bool]:
     """``enqueue_many``, its raw storage errors turned into an :class:`EnqueueError` that
     says where and what to do."""
     try:
@@ -150,7 +171,7 @@ def _push(kernel: Kernel, jobs: Sequence[Job], messages: Sequence[Message]) -> l
     except NuvomError:
         raise
     except Exception as exc:
-        raise _enqueue_error(kernel, jobs, exc) from exc
+        raise _enqueue_error(kernel, calls, exc) from exc
 
 
 def enqueue(
@@ -169,28 +190,22 @@ def enqueue(
         return []
     if len(calls) == 1 and not known_ids:
         return [enqueue_one(kernel, *calls[0], delay_secs)]
-    jobs = [job for _, job in calls]
     try:
-        check_capabilities(kernel, jobs[0].options, delay_secs)
+        check_capabilities(kernel, calls[0][1].options, delay_secs)
         existing = ({env.id for env, _ in calls if kernel.results.get(env.id) is not None}
                     if known_ids else None)
     except NuvomError:
         raise
     except Exception as exc:  # the backend could not even be opened (read-only, missing)
-        raise _enqueue_error(kernel, jobs, exc) from exc
+        raise _enqueue_error(kernel, calls, exc) from exc
     fresh = calls if not existing else [call for call in calls if call[0].id not in existing]
-    pm, serializer = kernel.pm, kernel.serializer
     # Looked up once per batch (an empty list: no plugin observes enqueues).
-    before = events.observers(pm, "nuvom_before_enqueue")
-    after = events.observers(pm, "nuvom_after_enqueue")
-    if before:
-        events.call_per_job(before, "nuvom_before_enqueue", [job for _, job in fresh])
-        for env, job in fresh:
-            if job.headers:  # what observers added (a trace context) travels with the job
-                env.headers.update(job.headers)
+    before = events.observers(kernel.pm, "nuvom_before_enqueue")
+    after = events.observers(kernel.pm, "nuvom_after_enqueue")
     available_at = (time.time() + delay_secs) if delay_secs > 0 else 0.0
-    messages = _Messages([env for env, _ in fresh], serializer, available_at)
-    stored = _push(kernel, jobs, messages) if messages else []
+    stored = _push(kernel, calls, _messages(fresh, kernel.serializer, available_at, before)
+                   ) if fresh else []
+    jobs = [job for _, job in calls]
     for job in jobs:
         job._kernel = kernel
     if len(stored) == len(jobs) and all(stored):  # the usual case: every job is new
@@ -214,7 +229,7 @@ def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float 
     except NuvomError:
         raise
     except Exception as exc:  # the backend could not even be opened (read-only, missing)
-        raise _enqueue_error(kernel, [job], exc) from exc
+        raise _enqueue_error(kernel, [(envelope, job)], exc) from exc
     pm = kernel.pm
     before = events.observers(pm, "nuvom_before_enqueue")
     if before:
@@ -223,7 +238,7 @@ def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float 
             envelope.headers.update(job.headers)
     message = envelope.to_message(kernel.serializer,
                                   (time.time() + delay_secs) if delay_secs > 0 else 0.0)
-    stored = _push(kernel, [job], [message])
+    stored = _push(kernel, [(envelope, job)], [message])
     job._kernel = kernel
     if not stored[0]:  # the id was queued already: that job's handle and state
         kernel.refresh_job(job)

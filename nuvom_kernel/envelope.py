@@ -32,7 +32,8 @@ from nuvom_kernel.job import Job
 from nuvom_kernel.models import Backoff, JobRecord, JobStatus, Message, TaskOptions
 from nuvom_kernel.serialization import JsonSerializer, Serializer, from_wire, to_wire
 
-__all__ = ["ENVELOPE_VERSION", "Envelope", "options_from_wire", "options_to_wire", "origin"]
+__all__ = ["ENVELOPE_VERSION", "Envelope", "options_from_wire", "options_to_wire", "origin",
+           "wire_calls"]
 
 ENVELOPE_VERSION = 1
 _HOST = ""
@@ -73,6 +74,29 @@ def _wire_options(options: TaskOptions) -> tuple[dict[str, Any], str]:
     were about half of the encoding time of a ``.delay()``'s body)."""
     data = options_to_wire(options)
     return data, _encode(data)
+
+
+def wire_calls(task: str, calls: Sequence[tuple[Sequence[Any], Mapping[str, Any], str | None]],
+               param_names: Sequence[str] = ()
+               ) -> list[tuple[list[Any], dict[str, Any], str | None]]:
+    """Each call's arguments as wire data (new lists and dicts; JSON-native values kept).
+
+    :raises SerializationError: naming the first bad argument (by parameter name where
+        known) and its task.
+    """
+    out = []
+    for args, kwargs, job_id in calls:
+        wire_args = list(args)
+        for i, value in enumerate(wire_args):
+            if type(value) not in _NATIVE:  # the common case costs one type check
+                label = (f"argument {param_names[i]!r}" if i < len(param_names)
+                         else f"argument #{i}")
+                wire_args[i] = to_wire(value, f"{task}(): {label}")
+        wire_kwargs = {k: v if type(v) in _NATIVE else
+                       to_wire(v, f"{task}(): argument {k!r}")
+                       for k, v in kwargs.items()} if kwargs else {}
+        out.append((wire_args, wire_kwargs, job_id))
+    return out
 
 
 @functools.lru_cache(maxsize=1024)
@@ -200,12 +224,24 @@ class Envelope:
         calls: Sequence[tuple[Sequence[Any], Mapping[str, Any], str | None]],
         param_names: Sequence[str] = (),
     ) -> list[Envelope]:
-        """The envelopes of new jobs, one per ``(args, kwargs, job_id)`` (``.map()``; one
-        for :meth:`for_call`), with one system call for all the random ids (a job id and a
-        trace id each) and the options looked up once.
+        """The envelopes of new jobs, one per ``(args, kwargs, job_id)``.
 
         :raises SerializationError: naming the first bad argument; no envelope is returned.
         """
+        return cls.for_wire_calls(task, module, options, wire_calls(task, calls, param_names))
+
+    @classmethod
+    def for_wire_calls(
+        cls,
+        task: str,
+        module: str | None,
+        options: TaskOptions,
+        calls: Sequence[tuple[list[Any], dict[str, Any], str | None]],
+    ) -> list[Envelope]:
+        """The envelopes of calls whose arguments are wire data already (:func:`wire_calls`;
+        ``.map()`` converts the whole batch first, then builds envelopes as they are pushed),
+        with one system call for all the random ids (a job id and a trace id each) and the
+        options looked up once."""
         wire_options = _wire_options(options)
         data, host = wire_options[0], _HOST
         ids = os.urandom(24 * len(calls)).hex()
@@ -213,19 +249,9 @@ class Envelope:
         out = []
         at = 0
         for args, kwargs, job_id in calls:
-            wire_args = list(args)
-            for i, value in enumerate(wire_args):
-                if type(value) not in _NATIVE:  # the common case costs one type check
-                    label = (f"argument {param_names[i]!r}" if i < len(param_names)
-                             else f"argument #{i}")
-                    wire_args[i] = to_wire(value, f"{task}(): {label}")
-            wire_kwargs = {k: v if type(v) in _NATIVE else
-                           to_wire(v, f"{task}(): argument {k!r}")
-                           for k, v in kwargs.items()} if kwargs else {}
             # positional (the fields' order), as every job of a .map() pays for keywords
-            out.append(cls(job_id or ids[at:at + 32], task, module, wire_args, wire_kwargs,
-                           data, now(), host, ids[at + 32:at + 48], 1, [], {}, 0,
-                           wire_options))
+            out.append(cls(job_id or ids[at:at + 32], task, module, args, kwargs, data, now(),
+                           host, ids[at + 32:at + 48], 1, [], {}, 0, wire_options))
             at += 48
         return out
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
-from nuvom_kernel.dispatcher import enqueue, enqueue_one, importable_module
-from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.dispatcher import BuiltOnRead, enqueue, enqueue_one, importable_module
+from nuvom_kernel.envelope import Envelope, wire_calls
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import Backoff, TaskOptions
 from nuvom_kernel.registry import REGISTRY
@@ -182,11 +182,19 @@ class Task(Generic[P, R]):
             ((item,), {}, job_id)
             for item, job_id in zip(items, ids, strict=True)]
         options, name, module = self.options, self.name, self.module
-        envelopes = Envelope.for_calls(name, module, options, parsed, self._params)
-        # Job's first fields, positional: keywords were a fifth of a handle's cost
-        calls = [(env, Job(env.id, name, args, kwargs, module, options, env.created_at,
-                           env.enqueued_by, env.trace_id))
-                 for env, (args, kwargs, _) in zip(envelopes, parsed, strict=True)]
+        # Every argument converted now, so a bad one enqueues nothing; the envelopes and
+        # handles are built a run at a time as the backend reads the batch.
+        wired = wire_calls(name, parsed, self._params)
+
+        def build(start: int, stop: int) -> list[tuple[Envelope, Job]]:
+            envelopes = Envelope.for_wire_calls(name, module, options, wired[start:stop])
+            # Job's first fields, positional: keywords were a fifth of a handle's cost
+            return [(env, Job(env.id, name, args, kwargs, module, options, env.created_at,
+                              env.enqueued_by, env.trace_id))
+                    for env, (args, kwargs, _) in zip(envelopes, parsed[start:stop],
+                                                      strict=True)]
+
+        calls = BuiltOnRead(len(parsed), build)
         if self.options.unique and job_ids is None:  # one dedup check per item
             return [enqueue_unique(self._kernel(), *call, self._params) for call in calls]
         return enqueue(self._kernel(), calls, known_ids=job_ids is not None)

@@ -280,23 +280,39 @@ def test_a_storage_failure_names_the_backend_the_task_and_what_to_check(project:
         kernel.close()
 
 
-def test_a_batchs_messages_are_encoded_as_read_and_read_like_a_list() -> None:
-    from nuvom_kernel.dispatcher import _Messages
+def test_built_on_read_builds_each_run_once_in_order_and_reads_like_a_list() -> None:
+    from nuvom_kernel.dispatcher import BuiltOnRead
 
-    envelopes = Envelope.for_calls("app.t", "app", TaskOptions(queue="q", priority=4),
-                                   [((i,), {}, None) for i in range(250)])
-    lazy = _Messages(envelopes, SERIALIZER, 7.5)
-    eager = [env.to_message(SERIALIZER, 7.5) for env in envelopes]
-    assert len(lazy) == 250 and lazy._done == []
-    assert lazy[0:100] == eager[0:100]
-    assert len(lazy._done) == 100  # the rest is not encoded until it is read
+    runs: list[tuple[int, int]] = []
+
+    def build(start: int, stop: int) -> list[int]:
+        runs.append((start, stop))
+        return [i * 10 for i in range(start, stop)]
+
+    lazy, eager = BuiltOnRead(250, build), [i * 10 for i in range(250)]
+    assert len(lazy) == 250 and runs == []
+    assert lazy[0:100] == eager[0:100] and runs == [(0, 100)]  # the rest not built yet
     assert lazy[-1] == eager[-1] and lazy[-250] == eager[0] and lazy[120] == eager[120]
     assert lazy[240:500] == eager[240:] and lazy[::-7] == eager[::-7] and lazy[9:3] == []
     assert list(lazy) == eager and lazy[:] == eager
-    assert all(a is b for a, b in zip(lazy, lazy[:], strict=True))  # encoded once, kept
+    assert runs == [(0, 100), (100, 250)]  # each item built once, runs in order
     for bad in (250, -251):
         with pytest.raises(IndexError):
             lazy[bad]
+    one_by_one = BuiltOnRead(250, build)
+    runs.clear()
+    assert [one_by_one[i] for i in range(250)] == eager and runs == [(0, 100), (100, 200),
+                                                                     (200, 250)]
+
+
+def test_a_batchs_messages_are_the_envelopes_messages() -> None:
+    from nuvom_kernel.dispatcher import _messages
+
+    envelopes = Envelope.for_calls("app.t", "app", TaskOptions(queue="q", priority=4),
+                                   [((i,), {}, None) for i in range(250)])
+    lazy = _messages([(env, None) for env in envelopes], SERIALIZER, 7.5, [])  # type: ignore[misc]
+    eager = [env.to_message(SERIALIZER, 7.5) for env in envelopes]
+    assert list(lazy) == eager and all(a is b for a, b in zip(lazy, lazy[:], strict=True))
     assert eager[0].available_at == 7.5 and (eager[0].queue, eager[0].priority) == ("q", 4)
 
 
