@@ -78,6 +78,13 @@ class QueueBackend(Backend, WorkflowStore):
     #: latency for backends without a blocking wait.
     poll_interval_max: ClassVar[float] = 0.1
     poll_interval_min: ClassVar[float] = 0.002
+    #: :meth:`push` reads a large batch a chunk at a time, on the calling thread, each chunk
+    #: after sending the one before (PostgreSQL, Redis). The kernel then builds a
+    #: ``.map()``'s messages as they are read, running their ``nuvom_before_enqueue``
+    #: observers per run, so the server stores one chunk while the next is built. Such a
+    #: push must not hold a lock those observers may need (one may enqueue) while it reads.
+    #: ``False``: :meth:`push` gets a list, every message built first.
+    streams_push: ClassVar[bool] = False
 
     def __init__(self, *, visibility_timeout_secs: float = 30.0) -> None:
         if visibility_timeout_secs <= 0:
@@ -104,10 +111,8 @@ class QueueBackend(Backend, WorkflowStore):
         or leased) stores nothing and leaves the existing one untouched (``False``); so does
         a repeat of an id earlier in the same batch. A job id names one job for its life.
 
-        The kernel encodes each message of a ``.map()`` when the backend first reads it
-        (a read-only sequence, safe to read again): a backend that sends a large batch in
-        chunks reads each chunk only after sending the one before, so its server stores
-        one chunk while the next is encoded.
+        With :attr:`streams_push`, ``messages`` of a ``.map()`` is built as it is read
+        (read it from the calling thread; reading again returns the same messages).
         """
 
     @abc.abstractmethod

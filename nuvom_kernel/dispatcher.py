@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import BackendCapabilityError, EnqueueError, NuvomError
+from nuvom_kernel.errors import (
+    BackendCapabilityError,
+    EnqueueError,
+    NuvomError,
+    SerializationError,
+)
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus, Message, TaskOptions
 from nuvom_kernel.serialization import Serializer
@@ -95,10 +100,11 @@ class BuiltOnRead(Sequence[T]):
     """A sequence whose items are built a run at a time, when first read, then kept.
 
     Why: a ``.map()``'s handles, envelopes and messages are built as the backend reads the
-    batch, so a backend that sends a batch as pipelined chunks (PostgreSQL, Redis) has its
-    server store one chunk while this process builds the next, instead of waiting for the
-    whole batch first (~7-10 µs a job here, as long as the server's insert). Items may be
-    read as often and in any order; in order is what overlaps.
+    batch, so a backend that sends a batch as pipelined chunks (PostgreSQL, Redis:
+    ``QueueBackend.streams_push``) has its server store one chunk while this process builds
+    the next, instead of waiting for the whole batch first (~7-10 µs a job here, as long as
+    the server's insert). Items may be read as often and in any order, from one thread; in
+    order is what overlaps.
 
     :param build: the items ``start`` to ``stop``, built in order (each run right after the
         run before it, never twice).
@@ -157,7 +163,16 @@ def _messages(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
             for env, job in run:
                 if job.headers:
                     env.headers.update(job.headers)
-        return [env.to_message(serializer, available_at) for env, _ in run]
+        messages = []
+        for env, _ in run:
+            try:
+                messages.append(env.to_message(serializer, available_at))
+            except Exception as exc:  # headers an observer added, a plugin serializer
+                raise SerializationError(
+                    f"job {env.id} ({env.task}) cannot be encoded by the {serializer.name!r} "
+                    f"serializer: {type(exc).__name__}: {exc}; headers set by enqueue "
+                    f"observers must be JSON-native") from exc
+        return messages
 
     return BuiltOnRead(len(calls), build)
 
@@ -203,8 +218,10 @@ def enqueue(
     before = events.observers(kernel.pm, "nuvom_before_enqueue")
     after = events.observers(kernel.pm, "nuvom_after_enqueue")
     available_at = (time.time() + delay_secs) if delay_secs > 0 else 0.0
-    stored = _push(kernel, calls, _messages(fresh, kernel.serializer, available_at, before)
-                   ) if fresh else []
+    messages: Sequence[Message] = _messages(fresh, kernel.serializer, available_at, before)
+    if not kernel.queue.streams_push:
+        messages = list(messages)  # encoded (and observed) before the backend call
+    stored = _push(kernel, calls, messages) if fresh else []
     jobs = [job for _, job in calls]
     for job in jobs:
         job._kernel = kernel

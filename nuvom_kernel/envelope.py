@@ -95,6 +95,11 @@ def wire_calls(task: str, calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]
         wire_kwargs = {k: v if type(v) in _NATIVE else
                        to_wire(v, f"{task}(): argument {k!r}")
                        for k, v in kwargs.items()} if kwargs else {}
+        for name in wire_kwargs:
+            if type(name) is not str:
+                raise SerializationError(
+                    f"{task}(): keyword argument names must be strings, got {name!r}; pass "
+                    "a dict of name -> value (or a tuple of positional arguments)")
         out.append((wire_args, wire_kwargs, job_id))
     return out
 

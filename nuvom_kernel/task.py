@@ -159,10 +159,11 @@ class Task(Generic[P, R]):
         """Enqueue one job per item in one backend call (one transaction where supported).
 
         Each item is a tuple of positional arguments, a dict of keyword arguments, or a
-        single non-tuple value passed as the only argument. Every item is encoded before
-        anything is enqueued, so one bad argument enqueues nothing. ``job_ids`` (one per
-        item) makes the batch idempotent like ``apply_async(job_id=...)``: items whose id
-        exists are not enqueued again, and every item gets a handle.
+        single non-tuple value passed as the only argument. Every argument is converted to
+        wire data before anything is enqueued, so one bad argument enqueues nothing.
+        ``job_ids`` (one per item) makes the batch idempotent like
+        ``apply_async(job_id=...)``: items whose id exists are not enqueued again, and every
+        item gets a handle.
         """
         with _collector_paused():
             return self._map(list(arguments), job_ids)

@@ -5,6 +5,7 @@ not (benchmarks/producer.py measures what they save)."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -351,11 +352,12 @@ def test_batch_hooks_isolate_a_raising_observer(project: Path,
 
 
 class ReadLog(Sequence[Message]):
-    """A batch that records which of its messages a backend reads, and when."""
+    """A batch that logs, in ``events``, each read of its messages (``("read", start,
+    stop)``); a test logs the backend's sends in the same list."""
 
     def __init__(self, messages: list[Message]) -> None:
         self.messages = messages
-        self.reads: list[tuple[int, int]] = []
+        self.events: list[tuple[Any, ...]] = []
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -363,25 +365,100 @@ class ReadLog(Sequence[Message]):
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             start, stop, _ = index.indices(len(self.messages))
-            self.reads.append((start, stop))
         else:
-            self.reads.append((index % len(self.messages), index % len(self.messages) + 1))
+            start = index % len(self.messages)
+            stop = start + 1
+        self.events.append(("read", start, stop))
         return self.messages[index]
 
 
 @pytest.mark.skipif(not SERVER_BACKENDS, reason="no server backend installed")
 @pytest.mark.parametrize("backend", SERVER_BACKENDS)
-def test_a_server_backend_reads_a_batch_chunk_by_chunk(
-        backend: str, make_kernel: Callable[..., Kernel]) -> None:
-    """Redis and PostgreSQL send a large batch in pipelined chunks and read each chunk only
-    after the one before went out, so the kernel's encoding (done as the batch is read)
-    overlaps the server's inserts: no read covers the whole batch, and reads go in order."""
+def test_a_server_backend_reads_each_chunk_after_sending_the_one_before(
+        backend: str, make_kernel: Callable[..., Kernel],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis and PostgreSQL stream their push (``streams_push``): a chunk is read only after
+    the one before went out, so the kernel's building of each chunk (done as it is read)
+    overlaps the server's insert of the one before."""
     queue = make_kernel(backend).queue
+    assert queue.streams_push
     sent = [Message(id=f"read-{i}", body=b"{}") for i in range(2_507)]
     batch = ReadLog(sent)
+    if backend == "redis":
+        write = queue.store._write
+        monkeypatch.setattr(queue.store, "_write", lambda conn, command: (
+            batch.events.append(("send",)), write(conn, command))[1])
+    else:
+        import psycopg
+
+        execute = psycopg.Connection.execute
+
+        def logged(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+            batch.events.append(("send",))
+            return execute(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Connection, "execute", logged)
     assert queue.push(batch) == [True] * len(sent)
+    monkeypatch.undo()
     assert queue.qsize() == len(sent)
-    assert len(batch.reads) >= 3 and batch.reads[0][0] == 0
-    assert all(stop - start < len(sent) for start, stop in batch.reads)
-    assert all(a[1] <= b[1] for a, b in zip(batch.reads, batch.reads[1:], strict=False))
-    assert max(stop for _, stop in batch.reads) == len(sent)
+    reads = [e for e in batch.events if e[0] == "read"]
+    assert len(reads) >= 3 and reads[0][1] == 0 and max(e[2] for e in reads) == len(sent)
+    assert all(a[2] <= b[1] for a, b in itertools.pairwise(reads)), "in order"
+    kinds = "".join(e[0][0] for e in batch.events)  # r(ead) and s(end), in order
+    assert "rr" not in kinds and kinds.count("rs") == len(reads), kinds
+
+
+class QueueReadingObserver:
+    """An enqueue observer that reads the queue backend (as a metrics plugin might)."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.sizes: list[int] = []
+
+    @hookimpl
+    def nuvom_before_enqueue(self, job: Any) -> None:
+        self.sizes.append(self.kernel.queue.qsize())
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "file"])
+def test_a_backend_that_does_not_stream_gets_the_batch_built_before_its_call(
+        backend: str, project: Path, make_kernel: Callable[..., Kernel]) -> None:
+    """Memory, SQLite and file hold their locks while they store a batch: their ``.map()``
+    is encoded and observed before the backend call, so an observer that uses the queue
+    does not deadlock, and a batch that cannot be encoded stores nothing."""
+    write_module(project, "fp_eager", "from nuvom_kernel import task\n"
+                                      "@task\ndef echo(x=0):\n    return x\n")
+    kernel = make_kernel(backend)
+    assert not kernel.queue.streams_push
+    observer = QueueReadingObserver(kernel)
+    kernel.pm.register(observer, name="reader")
+    with use_kernel(kernel):
+        from fp_eager import echo
+
+        assert len(echo.map([(i,) for i in range(250)])) == 250
+        assert observer.sizes == [0] * 250  # every job observed before any was stored
+        with pytest.raises(SerializationError, match="keyword argument names must be strings"):
+            echo.map([(1,), {(1, 2): 3}])
+    assert kernel.queue.qsize() == 250
+
+
+class BadHeaderObserver:
+    @hookimpl
+    def nuvom_before_enqueue(self, job: Any) -> None:
+        if job.args == (3,):
+            job.headers["when"] = object()  # not JSON: the job cannot be encoded
+
+
+def test_a_job_an_observer_made_unencodable_fails_the_batch_naming_it(
+        project: Path, make_kernel: Callable[..., Kernel]) -> None:
+    write_module(project, "fp_header", "from nuvom_kernel import task\n"
+                                       "@task\ndef echo(x):\n    return x\n")
+    kernel = make_kernel("memory")
+    kernel.pm.register(BadHeaderObserver(), name="bad-header")
+    with use_kernel(kernel):
+        from fp_header import echo
+
+        with pytest.raises(SerializationError, match=r"\(echo\) cannot be encoded by the "
+                                                     r"'json' serializer: TypeError"):
+            echo.map([(1,), (2,), (3,), (4,)])
+    assert kernel.queue.qsize() == 0

@@ -111,6 +111,7 @@ class PostgresQueue(QueueBackend):
     poll_interval_max = 0.5
     #: Messages per statement of a pipelined push (see :meth:`push`).
     push_chunk = 1000
+    streams_push = True  # each push chunk is read after the one before was sent
 
     def __init__(self, settings: PostgresSettings | None = None) -> None:
         self.settings = settings or PostgresSettings()

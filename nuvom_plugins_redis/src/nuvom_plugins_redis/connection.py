@@ -244,16 +244,17 @@ class Store:
         pending = iter(calls)
         sent: list[Sequence[Any]] = []
         replies: list[Any] = []
-        unbuilt: Exception | None = None
+        unbuilt: list[Exception] = []  # a call that could not be built: none after it
+
+        def build() -> Sequence[Any] | None:
+            try:
+                return next(pending, None)
+            except Exception as exc:
+                unbuilt.append(exc)
+                return None
+
         try:
-            while True:
-                try:
-                    args = next(pending)
-                except StopIteration:
-                    break
-                except Exception as exc:  # a call that cannot be built: send no more
-                    unbuilt = exc
-                    break
+            while (args := build()) is not None:
                 sent.append(args)
                 self._write(conn, ("EVALSHA", script.sha, 0, *args))
                 if len(sent) - len(replies) > window:
@@ -262,7 +263,8 @@ class Store:
                 replies.append(self._read(conn))
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             conn.disconnect()  # the calls without a reply run again below
-            sent += pending  # with those not sent yet
+            while (args := build()) is not None:  # with those not sent yet
+                sent.append(args)
         except BaseException:
             conn.disconnect()  # interrupted mid-reply: the stream is out of step
             self._idle.append(conn)
@@ -279,7 +281,7 @@ class Store:
             out.append(reply)
             if isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
                 return out + [reply] * (len(sent) - len(out))  # no retrying each of the rest
-        return out if unbuilt is None else [*out, unbuilt]
+        return out + unbuilt
 
     @staticmethod
     def _write(conn: AbstractConnection, command: tuple[Any, ...]) -> None:

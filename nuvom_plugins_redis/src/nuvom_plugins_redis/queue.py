@@ -77,6 +77,8 @@ class RedisJobQueue(QueueBackend):
         vis = RedisSettings.parse(settings).visibility_timeout_secs
         return cls(store, visibility_timeout_secs=float(vis or context.visibility_timeout_secs))
 
+    streams_push = True  # each push chunk is built after the one before was sent
+
     def __repr__(self) -> str:
         return f"RedisJobQueue({self.store.masked_url!r}, prefix={self.store.prefix!r})"
 
