@@ -120,8 +120,9 @@ def nuvom_plugin_settings() -> dict[str, type]:
 
 @hookspec
 def nuvom_before_enqueue(job: Job) -> None:
-    """Before a job is handed to the queue backend (once per job, also in ``.map()``: a run
-    of the batch at a time, each observer for the whole run, as the backend reads it).
+    """Before a job is handed to the queue backend (once per job, also in ``.map()``: each
+    observer for a whole run of the batch; with ``QueueBackend.streams_push``, run by run
+    as the backend reads the batch, on the enqueuing thread).
 
     Call mode: 1:N observer; an exception is logged, the job is still enqueued. What an
     observer puts in ``job.headers`` (JSON-native values: a trace context) travels with the
