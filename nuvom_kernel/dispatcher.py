@@ -151,30 +151,35 @@ class BuiltOnRead(Sequence[T]):
 _RUN = 100
 
 
+def _encoded(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
+             available_at: float, before: list[Any]) -> list[Message]:
+    """The calls' messages, each encoded right after its job met the
+    ``nuvom_before_enqueue`` observers (whose headers travel with the job).
+
+    :raises SerializationError: a job cannot be encoded, named with what to fix.
+    """
+    if before:
+        events.call_per_job(before, "nuvom_before_enqueue", [job for _, job in calls])
+        for env, job in calls:
+            if job.headers:
+                env.headers.update(job.headers)
+    messages = []
+    for env, _ in calls:
+        try:
+            messages.append(env.to_message(serializer, available_at))
+        except Exception as exc:  # headers an observer added, a plugin serializer
+            raise SerializationError(
+                f"job {env.id} ({env.task}) cannot be encoded by the {serializer.name!r} "
+                f"serializer: {type(exc).__name__}: {exc}; headers set by enqueue "
+                f"observers must be JSON-native") from exc
+    return messages
+
+
 def _messages(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
               available_at: float, before: list[Any]) -> BuiltOnRead[Message]:
-    """The calls' messages, each run encoded as the backend reads it, right after its jobs
-    met the ``nuvom_before_enqueue`` observers (whose headers travel with the job)."""
-
-    def build(start: int, stop: int) -> list[Message]:
-        run = calls[start:stop]
-        if before:
-            events.call_per_job(before, "nuvom_before_enqueue", [job for _, job in run])
-            for env, job in run:
-                if job.headers:
-                    env.headers.update(job.headers)
-        messages = []
-        for env, _ in run:
-            try:
-                messages.append(env.to_message(serializer, available_at))
-            except Exception as exc:  # headers an observer added, a plugin serializer
-                raise SerializationError(
-                    f"job {env.id} ({env.task}) cannot be encoded by the {serializer.name!r} "
-                    f"serializer: {type(exc).__name__}: {exc}; headers set by enqueue "
-                    f"observers must be JSON-native") from exc
-        return messages
-
-    return BuiltOnRead(len(calls), build)
+    """:func:`_encoded`, a run at a time as the backend reads the batch."""
+    return BuiltOnRead(len(calls), lambda start, stop: _encoded(
+        calls[start:stop], serializer, available_at, before))
 
 
 def _push(kernel: Kernel, calls: Sequence[tuple[Envelope, Job]], messages: Sequence[Message]
@@ -248,14 +253,11 @@ def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float 
     except Exception as exc:  # the backend could not even be opened (read-only, missing)
         raise _enqueue_error(kernel, [(envelope, job)], exc) from exc
     pm = kernel.pm
-    before = events.observers(pm, "nuvom_before_enqueue")
-    if before:
-        events.call_each(before, "nuvom_before_enqueue", {"job": job})
-        if job.headers:  # what observers added (a trace context) travels with the job
-            envelope.headers.update(job.headers)
-    message = envelope.to_message(kernel.serializer,
-                                  (time.time() + delay_secs) if delay_secs > 0 else 0.0)
-    stored = _push(kernel, [(envelope, job)], [message])
+    call = [(envelope, job)]
+    messages = _encoded(call, kernel.serializer,
+                        (time.time() + delay_secs) if delay_secs > 0 else 0.0,
+                        events.observers(pm, "nuvom_before_enqueue"))
+    stored = _push(kernel, call, messages)
     job._kernel = kernel
     if not stored[0]:  # the id was queued already: that job's handle and state
         kernel.refresh_job(job)

@@ -461,4 +461,7 @@ def test_a_job_an_observer_made_unencodable_fails_the_batch_naming_it(
         with pytest.raises(SerializationError, match=r"\(echo\) cannot be encoded by the "
                                                      r"'json' serializer: TypeError"):
             echo.map([(1,), (2,), (3,), (4,)])
+        with pytest.raises(SerializationError, match=r"\(echo\) cannot be encoded by the "
+                                                     r"'json' serializer: TypeError"):
+            echo.delay(3)  # .delay() takes the same path
     assert kernel.queue.qsize() == 0
