@@ -56,8 +56,9 @@ if kernel.queue.streams_push:
     Probe.mark_at = 1
 jobs = chaos_tasks.work.map([(i, 0.0) for i in range(N)])
 elapsed = time.monotonic() - Probe.marked
-with open("producer.done", "w") as fh:
+with open("producer.done.tmp", "w") as fh:  # renamed whole: a kill never leaves it empty
     fh.write(f"{len(jobs)} {elapsed}")
+os.replace("producer.done.tmp", "producer.done")
 '''
 
 
