@@ -246,18 +246,25 @@ class Envelope:
         """The envelopes of calls whose arguments are wire data already (:func:`wire_calls`;
         ``.map()`` converts the whole batch first, then builds envelopes as they are pushed),
         with one system call for all the random ids (a job id and a trace id each) and the
-        options looked up once."""
+        options looked up once.
+
+        A new job id is 32 hex digits: the time in milliseconds (12), then 80 random bits
+        (20). Time first puts a backend's newest ids at the right edge of its id index, as
+        UUIDv7 does: a SQLite push into a 100,000-job backlog measured 13.2 → 8.6 µs of CPU
+        per row against fully random ids, whose inserts land on pages all over the index."""
         wire_options = _wire_options(options)
         data, host = wire_options[0], _HOST
-        ids = os.urandom(24 * len(calls)).hex()
+        ids = os.urandom(18 * len(calls)).hex()
         now = time.time
+        stamp = f"{time.time_ns() // 1_000_000:012x}"
         out = []
         at = 0
         for args, kwargs, job_id in calls:
             # positional (the fields' order), as every job of a .map() pays for keywords
-            out.append(cls(job_id or ids[at:at + 32], task, module, args, kwargs, data, now(),
-                           host, ids[at + 32:at + 48], 1, [], {}, 0, wire_options))
-            at += 48
+            out.append(cls(job_id or stamp + ids[at:at + 20], task, module, args, kwargs,
+                           data, now(), host, ids[at + 20:at + 36], 1, [], {}, 0,
+                           wire_options))
+            at += 36
         return out
 
     @classmethod
