@@ -2,18 +2,22 @@
 
 The pace rule is what keeps long jobs from being held back from other workers, so it is
 checked at its edges; the drain it speeds up is measured by ``benchmarks/``, not here. When
-the pace was wrong, jobs claimed ahead are given back for other workers.
+the pace was wrong, jobs claimed ahead are given back for other workers. The settler's
+linger, which lets a drain's outcomes settle in batches bigger than its claims, is checked
+here by the same rule: when it waits, and that what arrives meanwhile joins the batch.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 from nuvom_kernel import JobStatus, Worker, task
 from nuvom_kernel.kernel import Kernel
-from nuvom_kernel.models import Lease, Message
+from nuvom_kernel.models import JobRecord, Lease, Message, Settlement
 from nuvom_kernel.task import Task
+from nuvom_kernel.worker.settle import LINGER_SECS, Settler
 from nuvom_kernel.worker.slots import Slots
 from tests.helpers import wait_until
 
@@ -145,3 +149,83 @@ def test_a_stop_releases_the_jobs_claimed_ahead_unrun(kernel: Kernel):
     assert ran == [], "a job claimed ahead ran after the stop"
     assert [kernel.queue.peek_state(j.id) for j in shorts] == [JobStatus.QUEUED] * 5
     assert worker.slots.free == 1 and not worker.slots.waiting
+
+
+# --- the settler's linger: outcomes of a drain settled in batches bigger than its claims ---
+
+
+def settlements_of(kernel: Kernel, n: int) -> list[Settlement]:
+    """``n`` real claimed leases of the memory queue, each with a SUCCEEDED record."""
+    now = time.time()
+    kernel.queue.push([Message(id=f"linger-{i}", body=b"{}", task="t", created_at=now + i)
+                       for i in range(n)])
+    leases = kernel.queue.claim(n)
+    assert len(leases) == n
+    return [Settlement(lease, JobRecord(job_id=lease.id, task="t",
+                                        status=JobStatus.SUCCEEDED, attempts=1,
+                                        token=lease.token)) for lease in leases]
+
+
+class BatchSizes(Settler):
+    """The real settler, recording the size of each batch it settles."""
+
+    sizes: list[int]
+
+    def settle(self, batch: Sequence[Settlement]) -> list[bool]:
+        self.sizes.append(len(batch))
+        return super().settle(batch)
+
+
+def started_settler(kernel: Kernel, outcomes_soon: Callable[[], bool]) -> BatchSizes:
+    settler = BatchSizes(kernel, kernel.queue, kernel.results, "test:1",
+                         lambda settlement, landed: None, outcomes_soon)
+    settler.sizes = []
+    settler.start()
+    return settler
+
+
+def test_a_small_batch_waits_for_outcomes_due_soon(make_kernel: Callable[..., Kernel]):
+    """While more outcomes are due, the settler waits for them (here they arrive while it
+    asks) and settles them with the first, in one batch."""
+    kernel = make_kernel("memory")
+    first, *rest = settlements_of(kernel, 3)
+    asked: list[bool] = []
+
+    def outcomes_soon() -> bool:
+        if not asked:  # the other executors' outcomes arrive during the wait
+            for item in rest:
+                settler.submit(item)
+        asked.append(True)
+        return True
+
+    settler = started_settler(kernel, outcomes_soon)
+    settler.submit(first)
+    wait_until(lambda: sum(settler.sizes) == 3, what="three outcomes settled")
+    settler.stop(5)
+    assert settler.sizes == [3]
+    assert kernel.queue.qsize() == 0 and all(
+        kernel.results.get(item.lease.id).status is JobStatus.SUCCEEDED
+        for item in [first, *rest])
+
+
+def test_a_lone_outcome_is_settled_at_once(make_kernel: Callable[..., Kernel]):
+    kernel = make_kernel("memory")
+    first, second = settlements_of(kernel, 2)
+    settler = started_settler(kernel, lambda: False)
+    settler.submit(first)
+    wait_until(lambda: settler.sizes == [1], what="the first outcome settled on its own")
+    settler.submit(second)
+    wait_until(lambda: settler.sizes == [1, 1], what="the second outcome settled")
+    settler.stop(5)
+
+
+def test_outcomes_are_due_soon_only_in_a_drain_of_short_jobs(kernel: Kernel):
+    worker = Worker(kernel, workers=2, scheduler=False)
+    worker._backlog = True
+    assert not worker._outcomes_soon(), "no job has run yet: no pace"
+    worker.slots.pace = LINGER_SECS * 2
+    assert not worker._outcomes_soon(), "jobs slower than the wait"
+    worker.slots.pace = LINGER_SECS / 10
+    assert worker._outcomes_soon(), "short jobs, and the last claim was full"
+    worker._backlog = False
+    assert not worker._outcomes_soon(), "short jobs in a trickle, none running"

@@ -45,7 +45,7 @@ from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.processes import ProcessPool
 from nuvom_kernel.worker.run import JobRunner, current_job
-from nuvom_kernel.worker.settle import Running, Settler
+from nuvom_kernel.worker.settle import LINGER_SECS, Running, Settler
 from nuvom_kernel.worker.signals import StopSignals
 from nuvom_kernel.worker.slots import Slots
 
@@ -103,12 +103,13 @@ class Worker:
         self.visibility = self.queue.visibility_timeout_secs
         self.origin = origin()
         self.settler = Settler(kernel, self.queue, kernel.results, self.origin,
-                               self._on_settled)
+                               self._on_settled, self._outcomes_soon)
         self.processed = 0
         self.failed = 0
         self._abandoned_alive = 0  # abandoned threads still inside their task
         self._owed = 0  # slots whose replacement thread was not started
         self._running: dict[str, Running] = {}
+        self._backlog = False  # the last claim got all it asked for (see _outcomes_soon)
         self._stopping = threading.Event()
         self._forced = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -236,6 +237,15 @@ class Worker:
         """Slots running a job now (started, outcome not decided yet)."""
         return sum(1 for running in list(self._running.values()) if not running.decided)
 
+    def _outcomes_soon(self) -> bool:
+        """Whether more outcomes are due within the settler's linger: recent jobs took less
+        than that and the last claim got all it asked for (a backlog), or a job is running.
+        Not after a slow job (a job of seconds beside it would only hold a finished job's
+        outcome back), nor in a trickle of lone jobs (each is stored at once)."""
+        pace = self.slots.pace
+        return pace is not None and pace < LINGER_SECS and (self._backlog
+                                                           or self.busy_slots > 0)
+
     @property
     def abandoned_threads(self) -> int:
         """Threads still inside a task that timed out (a thread cannot be killed)."""
@@ -265,6 +275,7 @@ class Worker:
             try:
                 leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)
                 failures = 0
+                self._backlog = len(leases) == wanted > 1
             except Exception:
                 failures += 1
                 backoff = min(0.05 * 2 ** min(failures, 6), 2.0)

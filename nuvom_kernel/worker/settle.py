@@ -48,6 +48,11 @@ log = logging.getLogger("nuvom.worker")
 
 #: Most outcomes settled in one batch (one or two commits).
 BATCH = 512
+#: How long the settler waits for more outcomes before settling a small batch, while the
+#: worker's jobs are short and some are running (PostgreSQL's ``commit_delay`` idea).
+LINGER_SECS = 0.002
+#: A batch at least this big is settled at once.
+LINGER_BATCH = 128
 
 
 @attrs.define(eq=False)
@@ -80,16 +85,23 @@ class Settler:
     """Builds settlements and settles them in batches on a thread of its own.
 
     :param on_settled: called with each settlement and whether it landed, after its batch.
+    :param outcomes_soon: whether more outcomes are due within :data:`LINGER_SECS`; while
+        it says so, a batch smaller than :data:`LINGER_BATCH` waits that long for them.
+        Why: a commit's cost hardly depends on its size (SQLite, 2 executors: a mean batch
+        of 10 was ~35 µs of store per job, batches of 64 ~20 µs), and without the wait a
+        busy worker's batches follow its claims (2 or 16 outcomes) instead of growing.
     """
 
     def __init__(self, kernel: Kernel, queue: QueueBackend, results: ResultBackend,
-                 origin: str, on_settled: Callable[[Settlement, bool], None]) -> None:
+                 origin: str, on_settled: Callable[[Settlement, bool], None],
+                 outcomes_soon: Callable[[], bool] | None = None) -> None:
         self.kernel = kernel
         self.queue = queue
         self.results = results
         self.serializer = kernel.serializer
         self.origin = origin
         self.on_settled = on_settled
+        self.outcomes_soon = outcomes_soon
         #: Held while a batch is stored and acked, and by the monitor while it extends
         #: leases: an extension racing an ack of the same lease (a rename racing a delete,
         #: on the file backend) could otherwise undo the ack and run a finished job again.
@@ -122,22 +134,30 @@ class Settler:
         while not done:
             first = self._inbox.get()
             batch = [] if first is None else [first]
-            done = first is None
-            while len(batch) < BATCH:
-                try:
-                    item = self._inbox.get_nowait()
-                except stdqueue.Empty:
-                    break
-                if item is None:
-                    done = True
-                    break
-                batch.append(item)
+            done = first is None or self._take_waiting(batch)
+            if not done and len(batch) < LINGER_BATCH and self.outcomes_soon is not None \
+                    and self.outcomes_soon():
+                time.sleep(LINGER_SECS)
+                done = self._take_waiting(batch)
             if batch:
                 try:
                     self.settle(batch)
                 except Exception:  # never lose the thread: those leases expire, jobs re-run
                     log.exception("settling a batch of %d failed; its jobs will run again "
                                   "after the visibility timeout", len(batch))
+
+    def _take_waiting(self, batch: list[Settlement]) -> bool:
+        """Move what waits in the inbox into ``batch`` (up to :data:`BATCH`) without
+        blocking; whether the end was among it."""
+        while len(batch) < BATCH:
+            try:
+                item = self._inbox.get_nowait()
+            except stdqueue.Empty:
+                return False
+            if item is None:
+                return True
+            batch.append(item)
+        return False
 
     # --- settling ---------------------------------------------------------------------------
 
