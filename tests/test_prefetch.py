@@ -59,6 +59,24 @@ def test_room_counts_idle_slots_plus_ahead_and_the_pace_follows_recent_jobs():
     assert slots.ahead() == 0 and slots.wait_for_room(stopping) == 1
 
 
+def test_claims_ahead_of_busy_executors_wait_for_half_the_window():
+    """An idle executor is served at once; ahead of busy ones the dispatcher waits until
+    half the window is free, so a drain claims in batches, not one job per job ended."""
+    slots = slots_at(0.001, workers=2)
+    slots.freed()
+    slots.freed()
+    assert slots.wait_for_room(threading.Event()) == 16
+    slots.claimed([object()] * 16)  # type: ignore[list-item]
+    for _ in range(6):  # six of them ran: 2 + 6 free of the 16 ahead, under half
+        assert not slots._room()
+        slots.freed(0.001)
+    assert slots._room() and slots.wait_for_room(threading.Event()) == 8
+    idle = slots_at(None, workers=2)  # no pace yet, nothing ahead: an idle executor only
+    assert not idle._room()
+    idle.freed()
+    assert idle._room()
+
+
 def lease(job_id: str) -> Lease:
     return Lease(message=Message(id=job_id, body=b"{}"), token=f"t-{job_id}", deliveries=1,
                  expires_at=time.time() + 30)
