@@ -13,11 +13,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+import pytest
+
 from nuvom_kernel import JobStatus, Worker, task
+from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.kernel import Kernel
-from nuvom_kernel.models import JobRecord, Lease, Message, Settlement
+from nuvom_kernel.models import JobRecord, Lease, Message, Settlement, TaskOptions
 from nuvom_kernel.task import Task
-from nuvom_kernel.worker.settle import LINGER_SECS, Settler
+from nuvom_kernel.worker import settle as settle_module
+from nuvom_kernel.worker.settle import LINGER_SECS, Running, Settler
 from nuvom_kernel.worker.slots import Slots
 from tests.helpers import wait_until
 
@@ -202,39 +206,60 @@ def started_settler(kernel: Kernel, outcomes_soon: Callable[[], bool]) -> BatchS
     return settler
 
 
-def test_a_small_batch_waits_for_outcomes_due_soon(make_kernel: Callable[..., Kernel]):
-    """While more outcomes are due, the settler waits for them (here they arrive while it
-    asks) and settles them with the first, in one batch."""
+def waits_of(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The settler's linger waits, recorded (and not slept)."""
+    waits: list[float] = []
+    monkeypatch.setattr(settle_module, "_linger", waits.append)
+    return waits
+
+
+def test_a_small_batch_waits_for_outcomes_due_soon(make_kernel: Callable[..., Kernel],
+                                                    monkeypatch: pytest.MonkeyPatch):
+    """While more outcomes are due, the settler waits once, then settles what arrived
+    meanwhile (here: during its question) with the first, in one batch."""
     kernel = make_kernel("memory")
     first, *rest = settlements_of(kernel, 3)
-    asked: list[bool] = []
+    waits = waits_of(monkeypatch)
 
     def outcomes_soon() -> bool:
-        if not asked:  # the other executors' outcomes arrive during the wait
-            for item in rest:
-                settler.submit(item)
-        asked.append(True)
+        if len(rest) == 2:  # the other executors' outcomes arrive during the wait
+            settler.submit(rest.pop())
+            settler.submit(rest.pop())
         return True
 
     settler = started_settler(kernel, outcomes_soon)
     settler.submit(first)
     wait_until(lambda: sum(settler.sizes) == 3, what="three outcomes settled")
     settler.stop(5)
-    assert settler.sizes == [3]
+    assert settler.sizes == [3] and waits == [LINGER_SECS]
     assert kernel.queue.qsize() == 0 and all(
-        kernel.results.get(item.lease.id).status is JobStatus.SUCCEEDED
-        for item in [first, *rest])
+        kernel.results.get(f"linger-{i}").status is JobStatus.SUCCEEDED for i in range(3))
 
 
-def test_a_lone_outcome_is_settled_at_once(make_kernel: Callable[..., Kernel]):
+def test_a_lone_outcome_is_settled_without_a_wait(make_kernel: Callable[..., Kernel],
+                                                  monkeypatch: pytest.MonkeyPatch):
     kernel = make_kernel("memory")
     first, second = settlements_of(kernel, 2)
+    waits = waits_of(monkeypatch)
+
+    def broken() -> bool:
+        raise RuntimeError("a bug in the worker's answer")
+
     settler = started_settler(kernel, lambda: False)
     settler.submit(first)
     wait_until(lambda: settler.sizes == [1], what="the first outcome settled on its own")
+    settler.outcomes_soon = broken  # logged, taken as no: the thread and its batch survive
     settler.submit(second)
     wait_until(lambda: settler.sizes == [1, 1], what="the second outcome settled")
     settler.stop(5)
+    assert waits == []
+
+
+def running_since(started_mono: float, decided: bool = False) -> Running:
+    envelope = Envelope.for_call("app.t", None, TaskOptions(), (), {})
+    lease = Lease(Message(id=envelope.id, body=b"{}"), "token", 1, time.time() + 30)
+    return Running(envelope.job(), lease, envelope, threading.current_thread(), time.time(),
+                   started_mono, None, started_mono, decided=decided)
 
 
 def test_outcomes_are_due_soon_only_in_a_drain_of_short_jobs(kernel: Kernel):
@@ -247,3 +272,8 @@ def test_outcomes_are_due_soon_only_in_a_drain_of_short_jobs(kernel: Kernel):
     assert worker._outcomes_soon(), "short jobs, and the last claim was full"
     worker._backlog = False
     assert not worker._outcomes_soon(), "short jobs in a trickle, none running"
+    worker._running["long"] = running_since(time.monotonic() - 5.0)
+    worker._running["done"] = running_since(time.monotonic(), decided=True)
+    assert not worker._outcomes_soon(), "a job of seconds is not due soon, a done one is done"
+    worker._running["new"] = running_since(time.monotonic())
+    assert worker._outcomes_soon(), "a job that just started beside short ones"

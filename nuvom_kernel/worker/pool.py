@@ -239,12 +239,18 @@ class Worker:
 
     def _outcomes_soon(self) -> bool:
         """Whether more outcomes are due within the settler's linger: recent jobs took less
-        than that and the last claim got all it asked for (a backlog), or a job is running.
-        Not after a slow job (a job of seconds beside it would only hold a finished job's
-        outcome back), nor in a trickle of lone jobs (each is stored at once)."""
+        than that, and the last claim got all it asked for (a backlog) or a job started
+        within it runs. Not for a job of seconds running beside a finished one (it would
+        only hold that outcome back), nor in a trickle of lone jobs (each is stored at
+        once)."""
         pace = self.slots.pace
-        return pace is not None and pace < LINGER_SECS and (self._backlog
-                                                           or self.busy_slots > 0)
+        if pace is None or pace >= LINGER_SECS:
+            return False
+        if self._backlog:
+            return True
+        since = time.monotonic() - LINGER_SECS
+        return any(not running.decided and running.started_mono > since
+                   for running in list(self._running.values()))
 
     @property
     def abandoned_threads(self) -> int:

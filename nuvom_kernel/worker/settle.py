@@ -14,6 +14,8 @@ rules hold everywhere here:
 
 Batching (group commit) is why a lone job is written at once but a busy worker writes
 hundreds of outcomes per commit: two commits per job were most of a job's cost on SQLite.
+In a drain of short jobs the settler also waits :data:`LINGER_SECS` for more outcomes
+before it settles a small batch (see :class:`Settler`).
 """
 
 from __future__ import annotations
@@ -48,11 +50,12 @@ log = logging.getLogger("nuvom.worker")
 
 #: Most outcomes settled in one batch (one or two commits).
 BATCH = 512
-#: How long the settler waits for more outcomes before settling a small batch, while the
-#: worker's jobs are short and some are running (PostgreSQL's ``commit_delay`` idea).
+#: How long the settler waits for more outcomes before settling a small batch, while more
+#: are due soon (``outcomes_soon``; PostgreSQL's ``commit_delay`` idea).
 LINGER_SECS = 0.002
 #: A batch at least this big is settled at once.
 LINGER_BATCH = 128
+_linger = time.sleep  # the linger's wait (tests record it instead)
 
 
 @attrs.define(eq=False)
@@ -135,9 +138,8 @@ class Settler:
             first = self._inbox.get()
             batch = [] if first is None else [first]
             done = first is None or self._take_waiting(batch)
-            if not done and len(batch) < LINGER_BATCH and self.outcomes_soon is not None \
-                    and self.outcomes_soon():
-                time.sleep(LINGER_SECS)
+            if not done and len(batch) < LINGER_BATCH and self._outcomes_soon():
+                _linger(LINGER_SECS)  # a fixed wait: one wake-up, not one per outcome
                 done = self._take_waiting(batch)
             if batch:
                 try:
@@ -145,6 +147,17 @@ class Settler:
                 except Exception:  # never lose the thread: those leases expire, jobs re-run
                     log.exception("settling a batch of %d failed; its jobs will run again "
                                   "after the visibility timeout", len(batch))
+
+    def _outcomes_soon(self) -> bool:
+        """``outcomes_soon()``, ``False`` without one or if it raises (this thread must
+        not die holding a batch it took)."""
+        if self.outcomes_soon is None:
+            return False
+        try:
+            return self.outcomes_soon()
+        except Exception:
+            log.exception("deciding whether to wait for more outcomes failed; not waiting")
+            return False
 
     def _take_waiting(self, batch: list[Settlement]) -> bool:
         """Move what waits in the inbox into ``batch`` (up to :data:`BATCH`) without

@@ -3,13 +3,14 @@ claimed leases to the executors.
 
 ``free`` counts idle executors minus the leases waiting in the hand-off. The dispatcher
 claims for the idle executors at once and, while jobs are short, a few more
-(:meth:`Slots.ahead`) once half of that window is free (:meth:`Slots._room`). Why claim ahead at all: a claim and a settle cost a transaction
-or a round trip each, more than a short job, so claiming one job per idle executor spends
-most of a drain on them (SQLite: ~160 µs of CPU per job in batches of one, ~50 in batches
-of 16, ``benchmarks/bench_sqlite_raw.py``; Redis and PostgreSQL alike). Why only while jobs
-are short: a claimed job waits for an executor, reads as RUNNING and is out of other
-workers' reach. When the pace was wrong (every executor got stuck in long jobs), a lease
-that waited :data:`HOLD_SECS` is given back (:meth:`Slots.overdue`) for any worker to claim.
+(:meth:`Slots.ahead`) once half of that window is free (:meth:`Slots._room`). Why claim
+ahead at all: a claim and a settle cost a transaction or a round trip each, more than a
+short job, so claiming one job per idle executor spends most of a drain on them (SQLite:
+~160 µs of CPU per job in batches of one, ~50 in batches of 16,
+``benchmarks/bench_sqlite_raw.py``; Redis and PostgreSQL alike). Why only while jobs are
+short: a claimed job waits for an executor, reads as RUNNING and is out of other workers'
+reach. When the pace was wrong (every executor got stuck in long jobs), a lease that waited
+:data:`HOLD_SECS` is given back (:meth:`Slots.overdue`) for any worker to claim.
 """
 
 from __future__ import annotations
