@@ -21,7 +21,7 @@ from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import JobRecord, Lease, Message, Settlement, TaskOptions
 from nuvom_kernel.task import Task
 from nuvom_kernel.worker import settle as settle_module
-from nuvom_kernel.worker.settle import LINGER_SECS, Running, Settler
+from nuvom_kernel.worker.settle import LINGER_SECS, Running, Settler, outcomes_soon
 from nuvom_kernel.worker.slots import Slots
 from tests.helpers import wait_until
 
@@ -262,18 +262,24 @@ def running_since(started_mono: float, decided: bool = False) -> Running:
                    started_mono, None, started_mono, decided=decided)
 
 
-def test_outcomes_are_due_soon_only_in_a_drain_of_short_jobs(kernel: Kernel):
-    worker = Worker(kernel, workers=2, scheduler=False)
-    worker._backlog = True
-    assert not worker._outcomes_soon(), "no job has run yet: no pace"
-    worker.slots.pace = LINGER_SECS * 2
-    assert not worker._outcomes_soon(), "jobs slower than the wait"
-    worker.slots.pace = LINGER_SECS / 10
-    assert worker._outcomes_soon(), "short jobs, and the last claim was full"
-    worker._backlog = False
-    assert not worker._outcomes_soon(), "short jobs in a trickle, none running"
-    worker._running["long"] = running_since(time.monotonic() - 5.0)
-    worker._running["done"] = running_since(time.monotonic(), decided=True)
-    assert not worker._outcomes_soon(), "a job of seconds is not due soon, a done one is done"
-    worker._running["new"] = running_since(time.monotonic())
-    assert worker._outcomes_soon(), "a job that just started beside short ones"
+def test_outcomes_are_due_soon_only_in_a_drain_of_short_jobs():
+    short, now = LINGER_SECS / 10, time.monotonic()
+    assert not outcomes_soon(None, True, []), "no job has run yet: no pace"
+    assert not outcomes_soon(LINGER_SECS * 2, True, []), "jobs slower than the wait"
+    assert outcomes_soon(short, True, []), "short jobs, and the last claim was full"
+    assert not outcomes_soon(short, False, []), "short jobs in a trickle, none running"
+    old_and_done = [running_since(now - 5.0), running_since(now, decided=True)]
+    assert not outcomes_soon(short, False, old_and_done), \
+        "a job of seconds is not due soon, a done one is done"
+    assert outcomes_soon(short, False, [*old_and_done, running_since(now)]), \
+        "a job that just started beside short ones"
+
+
+def test_a_claim_that_got_all_it_asked_for_is_a_backlog():
+    slots = slots_at(0.001)
+    slots.claimed([object()] * 16, 16)  # type: ignore[list-item]
+    assert slots.backlog
+    slots.claimed([object()] * 3, 16)  # type: ignore[list-item]
+    assert not slots.backlog, "fewer than asked: the queue ran dry"
+    slots.claimed([object()], 1)  # type: ignore[list-item]
+    assert not slots.backlog, "one for one idle thread says nothing of a backlog"

@@ -45,7 +45,7 @@ from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.processes import ProcessPool
 from nuvom_kernel.worker.run import JobRunner, current_job
-from nuvom_kernel.worker.settle import LINGER_SECS, Running, Settler
+from nuvom_kernel.worker.settle import Running, Settler, outcomes_soon
 from nuvom_kernel.worker.signals import StopSignals
 from nuvom_kernel.worker.slots import Slots
 
@@ -102,14 +102,14 @@ class Worker:
         self.serializer = kernel.serializer
         self.visibility = self.queue.visibility_timeout_secs
         self.origin = origin()
-        self.settler = Settler(kernel, self.queue, kernel.results, self.origin,
-                               self._on_settled, self._outcomes_soon)
+        self.settler = Settler(kernel, self.queue, kernel.results, self.origin, self._on_settled,
+                               lambda: outcomes_soon(self.slots.pace, self.slots.backlog,
+                                                     list(self._running.values())))
         self.processed = 0
         self.failed = 0
         self._abandoned_alive = 0  # abandoned threads still inside their task
         self._owed = 0  # slots whose replacement thread was not started
         self._running: dict[str, Running] = {}
-        self._backlog = False  # the last claim got all it asked for (see _outcomes_soon)
         self._stopping = threading.Event()
         self._forced = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -237,21 +237,6 @@ class Worker:
         """Slots running a job now (started, outcome not decided yet)."""
         return sum(1 for running in list(self._running.values()) if not running.decided)
 
-    def _outcomes_soon(self) -> bool:
-        """Whether more outcomes are due within the settler's linger: recent jobs took less
-        than that, and the last claim got all it asked for (a backlog) or a job started
-        within it runs. Not for a job of seconds running beside a finished one (it would
-        only hold that outcome back), nor in a trickle of lone jobs (each is stored at
-        once)."""
-        pace = self.slots.pace
-        if pace is None or pace >= LINGER_SECS:
-            return False
-        if self._backlog:
-            return True
-        since = time.monotonic() - LINGER_SECS
-        return any(not running.decided and running.started_mono > since
-                   for running in list(self._running.values()))
-
     @property
     def abandoned_threads(self) -> int:
         """Threads still inside a task that timed out (a thread cannot be killed)."""
@@ -281,7 +266,6 @@ class Worker:
             try:
                 leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)
                 failures = 0
-                self._backlog = len(leases) == wanted > 1
             except Exception:
                 failures += 1
                 backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
@@ -289,7 +273,7 @@ class Worker:
                               self.queue.name, backoff)
                 self._stopping.wait(backoff)
                 continue
-            self.slots.claimed(leases)
+            self.slots.claimed(leases, wanted)
             now = time.monotonic()
             for lease in leases:
                 if self._stopping.is_set():

@@ -25,7 +25,7 @@ import queue as stdqueue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from nuvom_kernel.backends import QueueBackend, ResultBackend
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["Running", "Settler", "qualname"]
+__all__ = ["Running", "Settler", "outcomes_soon", "qualname"]
 
 log = logging.getLogger("nuvom.worker")
 
@@ -56,6 +56,20 @@ LINGER_SECS = 0.002
 #: A batch at least this big is settled at once.
 LINGER_BATCH = 128
 _linger = time.sleep  # the linger's wait (tests record it instead)
+
+
+def outcomes_soon(pace: float | None, backlog: bool, running: Iterable[Running]) -> bool:
+    """Whether more outcomes are due within :data:`LINGER_SECS` (the worker's answer to
+    :class:`Settler`'s question): recent jobs took less than that (``pace``), and the last
+    claim got all it asked for (``backlog``) or a job that started within it is running.
+    Not for a job of seconds running beside a finished one (it would only hold that outcome
+    back), nor in a trickle of lone jobs (each is stored at once)."""
+    if pace is None or pace >= LINGER_SECS:
+        return False
+    if backlog:
+        return True
+    since = time.monotonic() - LINGER_SECS
+    return any(not job.decided and job.started_mono > since for job in running)
 
 
 @attrs.define(eq=False)

@@ -51,6 +51,8 @@ class Slots:
         #: Whoever pops a lease from it (an executor, :meth:`overdue`, :meth:`unstarted`)
         #: owns it: ``dict.pop`` is atomic, so a lease is never both run and given back.
         self.waiting: dict[tuple[str, str], tuple[Lease, float]] = {}
+        #: the last claim got all it asked for (the settler's ``outcomes_soon`` reads it)
+        self.backlog = False
 
     def ahead(self) -> int:
         """Jobs to claim beyond the idle executors: at most ``prefetch``, and at most
@@ -76,9 +78,11 @@ class Slots:
         ahead = self.ahead()
         return self.free + ahead >= max(1, ahead // 2)
 
-    def claimed(self, leases: list[Lease]) -> None:
+    def claimed(self, leases: list[Lease], wanted: int = 0) -> None:
+        """``leases`` were claimed of ``wanted``: all of more than one is a backlog."""
         with self.cv:
             self.free -= len(leases)
+            self.backlog = len(leases) == wanted > 1
 
     def hand_over(self, lease: Lease, claimed_at: float) -> None:
         self.waiting[lease.id, lease.token] = (lease, claimed_at)
