@@ -88,9 +88,9 @@ class Settings:
                                    "Name of the result backend plugin to use.")
     max_workers: int = _setting(4, "NUVOM_MAX_WORKERS", values.whole(1),
                                 "Worker threads in `nuvom runworker`.")
-    batch_size: int = _setting(16, "NUVOM_BATCH_SIZE", values.whole(1),
+    batch_size: int = _setting(32, "NUVOM_BATCH_SIZE", values.whole(1),
                                "Most jobs leased in one `pop_batch`.")
-    prefetch: int = _setting(16, "NUVOM_PREFETCH", values.whole(0),
+    prefetch: int = _setting(64, "NUVOM_PREFETCH", values.whole(0),
                              "Most jobs a worker claims ahead of its free threads, while jobs "
                              "are short (0: claim only for free threads).")
     job_timeout_secs: float | None = _setting(
