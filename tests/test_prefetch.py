@@ -264,14 +264,14 @@ def running_since(started_mono: float, decided: bool = False) -> Running:
 
 def test_outcomes_are_due_soon_only_in_a_drain_of_short_jobs():
     short, now = LINGER_SECS / 10, time.monotonic()
-    assert not outcomes_soon(None, True, []), "no job has run yet: no pace"
-    assert not outcomes_soon(LINGER_SECS * 2, True, []), "jobs slower than the wait"
-    assert outcomes_soon(short, True, []), "short jobs, and the last claim was full"
-    assert not outcomes_soon(short, False, []), "short jobs in a trickle, none running"
-    old_and_done = [running_since(now - 5.0), running_since(now, decided=True)]
+    assert not outcomes_soon(None, True, {}), "no job has run yet: no pace"
+    assert not outcomes_soon(LINGER_SECS * 2, True, {}), "jobs slower than the wait"
+    assert outcomes_soon(short, True, {}), "short jobs, and the last claim was full"
+    assert not outcomes_soon(short, False, {}), "short jobs in a trickle, none running"
+    old_and_done = {"old": running_since(now - 5.0), "done": running_since(now, decided=True)}
     assert not outcomes_soon(short, False, old_and_done), \
         "a job of seconds is not due soon, a done one is done"
-    assert outcomes_soon(short, False, [*old_and_done, running_since(now)]), \
+    assert outcomes_soon(short, False, {**old_and_done, "new": running_since(now)}), \
         "a job that just started beside short ones"
 
 

@@ -104,7 +104,7 @@ class Worker:
         self.origin = origin()
         self.settler = Settler(kernel, self.queue, kernel.results, self.origin, self._on_settled,
                                lambda: outcomes_soon(self.slots.pace, self.slots.backlog,
-                                                     list(self._running.values())))
+                                                     self._running))
         self.processed = 0
         self.failed = 0
         self._abandoned_alive = 0  # abandoned threads still inside their task

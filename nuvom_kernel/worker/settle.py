@@ -25,7 +25,7 @@ import queue as stdqueue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -58,10 +58,11 @@ LINGER_BATCH = 128
 _linger = time.sleep  # the linger's wait (tests record it instead)
 
 
-def outcomes_soon(pace: float | None, backlog: bool, running: Iterable[Running]) -> bool:
+def outcomes_soon(pace: float | None, backlog: bool, running: Mapping[str, Running]) -> bool:
     """Whether more outcomes are due within :data:`LINGER_SECS` (the worker's answer to
     :class:`Settler`'s question): recent jobs took less than that (``pace``), and the last
-    claim got all it asked for (``backlog``) or a job that started within it is running.
+    claim got all it asked for (``backlog``) or a job that started within it is running
+    (``running``, the worker's jobs by id: read only when the other two do not decide).
     Not for a job of seconds running beside a finished one (it would only hold that outcome
     back), nor in a trickle of lone jobs (each is stored at once)."""
     if pace is None or pace >= LINGER_SECS:
@@ -69,7 +70,8 @@ def outcomes_soon(pace: float | None, backlog: bool, running: Iterable[Running])
     if backlog:
         return True
     since = time.monotonic() - LINGER_SECS
-    return any(not job.decided and job.started_mono > since for job in running)
+    return any(not job.decided and job.started_mono > since
+               for job in list(running.values()))  # a copy: executors change the dict
 
 
 @attrs.define(eq=False)
