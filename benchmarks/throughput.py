@@ -226,13 +226,15 @@ def measure_drain(system: System, jobs: int) -> dict[str, float]:
         spawned = time.perf_counter()
         _wait_for(lambda: _size(system.mark) > 0, 60, "the first job", proc)
         first_at, first_done = time.perf_counter(), _size(system.mark)
+        first_cpu = _cpu_secs(proc.pid)
         _wait_for(lambda: _size(system.mark) >= jobs, 600, f"{jobs} jobs", proc)
-        last_at = time.perf_counter()
+        last_at, last_cpu = time.perf_counter(), _cpu_secs(proc.pid)
     finally:
         _stop(proc)
     drained = jobs - first_done
     return {"enqueue_per_s": enqueue_rate,
             "drain_per_s": drained / (last_at - first_at) if drained else float("nan"),
+            "drain_cpu_us": (last_cpu - first_cpu) / drained * 1e6 if drained else float("nan"),
             "startup_s": first_at - spawned}
 
 
@@ -298,6 +300,7 @@ def run_one(name: str, sync: str, args: argparse.Namespace, base: Path) -> dict[
         system.close()
     row["enqueue_per_s"] = drain["enqueue_per_s"]
     row["drain_per_s"] = drain["drain_per_s"]
+    row["drain_cpu_us"] = drain["drain_cpu_us"]
     row["startup_s"] = drain["startup_s"]
     system = fresh(True)
     try:
@@ -327,6 +330,7 @@ COLUMNS = [
     ("map_per_s", ".map() enqueue/s", "{:,.0f}"),
     ("drain_per_s", "drain/s (no results)", "{:,.0f}"),
     ("drain_results_per_s", "drain/s (results)", "{:,.0f}"),
+    ("drain_cpu_us", "drain CPU µs/job", "{:.0f}"),
     ("latency_p50_ms", "pickup p50 ms", "{:.1f}"),
     ("latency_p99_ms", "pickup p99 ms", "{:.1f}"),
     ("first_after_idle_ms", "first after idle ms", "{:.1f}"),

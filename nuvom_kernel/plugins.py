@@ -87,6 +87,8 @@ class NuvomPluginManager(pluggy.PluginManager):
         self.failures: dict[str, str] = {}
         self._config: Config | None = None
         self._loaded = False
+        #: :func:`nuvom_kernel.events.observers` per hook, emptied whenever the plugins change
+        self.observer_cache: dict[str, list[Any]] = {}
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
         # Only prefixed, marked attributes are hooks: skips every other attribute cheaply.
@@ -242,8 +244,14 @@ class NuvomPluginManager(pluggy.PluginManager):
             self.failures[impl.plugin_name] = message
             self.unregister(name=impl.plugin_name)
 
+    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
+        self.observer_cache.clear()
+        return super().unregister(plugin, name)
+
     def register(self, plugin: Any, name: str | None = None) -> str | None:
+        self.observer_cache.clear()
         registered = super().register(plugin, name)
+        self.observer_cache.clear()  # and after: a nuvom_configure failure unregisters
         if registered is not None and self._config is not None:
             for impl in self.hook.nuvom_configure.get_hookimpls():
                 if impl.plugin is plugin:

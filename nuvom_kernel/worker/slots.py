@@ -114,6 +114,8 @@ class Slots:
             with self.cv:  # (a pace at which ahead() is 0, whatever the thread count)
                 self.pace = max(self.pace or 0.0, hold_secs,
                                 2 * self.workers * AHEAD_SECS)
+                if self._room():
+                    self.cv.notify()
         return taken, nxt
 
     def freed(self, took: float | None = None) -> None:
@@ -123,7 +125,8 @@ class Slots:
                 pace = self.pace
                 self.pace = took if pace is None else pace + (took - pace) / 8
             self.free += 1
-            self.cv.notify()
+            if self._room():  # else the dispatcher would wake only to wait again
+                self.cv.notify()
 
     def wake_all(self) -> None:
         with self.cv:
