@@ -56,15 +56,17 @@ def origin() -> str:
 
 @functools.lru_cache(maxsize=1024)
 def options_to_wire(options: TaskOptions) -> dict[str, Any]:
-    """The options as envelope data; cached because a task's options rarely change and
+    """The options as envelope data: ``queue``, and every other option that differs from
+    its default (a worker reads a missing one as the default); never ``description``,
+    which describes the task, not a job. All eleven options and the docstring made up half
+    of a job's body: the worker decoded them, and SQLite stored them twice (the message and
+    the record), for every job. Cached because a task's options rarely change and
     ``attrs.asdict`` is a measurable share of an enqueue. Callers must not mutate it."""
     data = attrs.asdict(options)
     data["backoff"] = options.backoff.value
     data["tags"] = list(options.tags)
-    for name in _OMITTED_IF_DEFAULT:  # newer options stay off the wire unless used
-        if data[name] == _DEFAULTS[name]:
-            del data[name]
-    return data
+    return {name: value for name, value in data.items()
+            if name == "queue" or (name != "description" and value != _WIRE_DEFAULTS[name])}
 
 
 @functools.lru_cache(maxsize=1024)
@@ -139,8 +141,9 @@ def _json_args(values: list[Any]) -> str:
     return "[" + ",".join(parts) + "]"
 
 
-_DEFAULTS = {f.name: f.default for f in attrs.fields(TaskOptions)}
-_OMITTED_IF_DEFAULT = ("concurrency", "unique", "unique_for")
+#: Each option's default as wire data (what a worker assumes when the option is missing).
+_WIRE_DEFAULTS = {name: list(value) if type(value) is tuple else getattr(value, "value", value)
+                  for name, value in ((f.name, f.default) for f in attrs.fields(TaskOptions))}
 
 #: Values that are their own wire form (floats are not: NaN must be refused by ``to_wire``).
 _NATIVE = frozenset({str, int, bool, type(None)})
@@ -281,7 +284,8 @@ class Envelope:
     def to_message(self, serializer: Serializer, available_at: float = 0.0) -> Message:
         opts = self.options
         # positional: a .map() builds one per job, and keywords cost a tenth more here
-        return Message(self.id, self.to_body(serializer), opts["queue"], opts["priority"],
+        return Message(self.id, self.to_body(serializer), opts.get("queue", "default"),
+                       opts.get("priority", 0),
                        available_at, self.created_at, self.task)
 
     def to_body(self, serializer: Serializer) -> bytes:

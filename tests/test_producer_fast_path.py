@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from nuvom_kernel import hookimpl
@@ -480,3 +481,22 @@ def test_a_job_an_observer_made_unencodable_fails_the_batch_naming_it(
                                                      r"'json' serializer: TypeError"):
             echo.delay(3)  # .delay() takes the same path
     assert kernel.queue.qsize() == 0
+
+
+def test_a_job_carries_its_queue_and_only_the_options_that_differ() -> None:
+    """Defaults stay off the wire (the worker reads a missing option as its default) and the
+    description never travels: it describes the task, not the job."""
+    from nuvom_kernel.envelope import options_from_wire
+    from nuvom_kernel.models import Backoff
+
+    plain = TaskOptions(description="Add two numbers.")
+    data = json.loads(Envelope.for_call("app.t", "app", plain, (1,), {}).to_body(SERIALIZER))
+    assert data["opts"] == {"queue": "default"}
+    assert options_from_wire(data["opts"]) == TaskOptions()
+    tuned = TaskOptions(retries=3, backoff=Backoff.EXPONENTIAL, timeout_secs=2.5, queue="q",
+                        store_result=False, tags=("a",), concurrency=2, description="x")
+    data = json.loads(Envelope.for_call("app.t", "app", tuned, (1,), {}).to_body(SERIALIZER))
+    assert data["opts"] == {"retries": 3, "backoff": "exponential", "timeout_secs": 2.5,
+                            "store_result": False, "queue": "q", "tags": ["a"],
+                            "concurrency": 2}
+    assert options_from_wire(data["opts"]) == attrs.evolve(tuned, description=None)
