@@ -7,7 +7,8 @@ Run from the repository root::
     python -m benchmarks.overhead --no-results         # tasks with store_result=False
 
 One process: ``--jobs`` no-op jobs are enqueued with ``.map()``, then a started
-``Worker(workers=--workers)`` (default 2) drains them. Reported per backend:
+``Worker(workers=--workers)`` (default 2) drains them, its heap frozen as ``Worker.run`` freezes
+it (:func:`nuvom_kernel.worker.pool.frozen_heap`). Reported per backend:
 
 * **µs CPU/job**: the process's CPU time (all threads, ``time.process_time``) during the
   drain, divided by the jobs: claim → decode → call → encode → record → ack, plus the
@@ -34,6 +35,7 @@ from nuvom_kernel import task
 from nuvom_kernel.config import load_config
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.worker import Worker
+from nuvom_kernel.worker.pool import frozen_heap
 
 BACKENDS = {"memory": ("memory", "memory"), "sqlite": ("sqlite", "sqlite")}
 
@@ -65,23 +67,25 @@ def drain(backend: str, jobs: int, profile: bool = False, workers: int = 2,
             for start in range(0, jobs, 1000):
                 fn.map([(i,) for i in range(start, min(jobs, start + 1000))])
             worker = Worker(kernel, workers=workers)
-            if profile:
-                import yappi  # type: ignore[import-untyped]
+            with frozen_heap():  # as `nuvom runworker` (Worker.run) runs
+                if profile:
+                    import yappi  # type: ignore[import-untyped]
 
-                yappi.set_clock_type("cpu")
-                yappi.start()
-            cpu, wall = time.process_time(), time.perf_counter()
-            worker.start()
-            deadline = time.monotonic() + 600
-            while worker.processed < jobs:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{worker.processed} of {jobs} jobs done after 600 s")
-                time.sleep(0.005)
-            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-            if profile:
-                yappi.stop()
-            worker.stop()
-            worker.join()
+                    yappi.set_clock_type("cpu")
+                    yappi.start()
+                cpu, wall = time.process_time(), time.perf_counter()
+                worker.start()
+                deadline = time.monotonic() + 600
+                while worker.processed < jobs:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{worker.processed} of {jobs} jobs done after "
+                                           "600 s")
+                    time.sleep(0.005)
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                if profile:
+                    yappi.stop()
+                worker.stop()
+                worker.join()
             kernel.close()
     row = {"backend": backend, "results": results, "jobs": jobs, "us_cpu_per_job": cpu / jobs * 1e6,
            "jobs_per_s": jobs / wall}

@@ -28,12 +28,13 @@ the message is decoded, so a message that kills its worker cannot loop forever).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from nuvom_kernel.envelope import origin
@@ -53,12 +54,31 @@ from nuvom_kernel.worker.slots import Slots
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["Worker", "current_job"]
+__all__ = ["Worker", "current_job", "frozen_heap"]
 
 log = logging.getLogger("nuvom.worker")
 
 #: What can run a job's function (``--pool``, the ``pool`` setting).
 POOLS = ("thread", "process", "asyncio")
+
+
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Leave what is alive now out of the garbage collector's scans until the block ends
+    (``gc.freeze``), after collecting what is garbage already.
+
+    Why: in a worker process, what is alive at start (imported modules, the kernel and its
+    plugins) lives as long as the process, and each full collection traversed all of it
+    again for nothing: about a sixth of a worker's CPU per job in a drain on SQLite
+    (``benchmarks/README.md``). Frozen objects are still freed when nothing refers to them;
+    only a reference cycle among them that becomes garbage waits for the block's end.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Worker:
@@ -181,25 +201,15 @@ class Worker:
 
     def run(self, install_signals: bool = True) -> int:
         """Run until stopped (by signal or :meth:`stop`); returns the process exit code:
-        0 after a clean drain, 1 if running jobs had to be abandoned.
-
-        What is alive when it starts (imported modules, the kernel and its plugins) lives
-        as long as the process: it is left out of the garbage collector's scans until the
-        run ends (``gc.freeze``). Each full collection traversed all of it again, for
-        nothing: about a tenth of a worker's CPU per job in a drain on SQLite
-        (``benchmarks/README.md``).
-        """
+        0 after a clean drain, 1 if running jobs had to be abandoned (the heap of the
+        process is frozen meanwhile: :func:`frozen_heap`)."""
         if install_signals:
             self.signals.install()
-        gc.collect()  # what is garbage now is collected, not frozen
-        gc.freeze()
-        try:
+        with frozen_heap():
             self.start()
             while not self._stopping.wait(0.5):
                 pass
             return self.join()
-        finally:
-            gc.unfreeze()
 
     def join(self) -> int:
         """Finish a stop: return unstarted leases, wait for running jobs, settle what
