@@ -36,10 +36,9 @@ def advance_steps(queue: QueueBackend, results: ResultBackend,
             return [i for i in ids
                     if queue.peek_state(i) is None and results.get(i) is None]
 
-        doomed = queue.advance_workflows([(s.lease, s.record.status, s.workflow or "")
-                                          for s in steps], unseen)
-        if doomed:
-            results.put_many([doomed_record(node) for node in doomed])
+        queue.advance_workflows([(s.lease, s.record.status, s.workflow or "") for s in steps],
+                                unseen, lambda doomed: results.put_many(
+                                    [doomed_record(node) for node in doomed]))
     except Exception as exc:
         log.error("queue backend %r failed to advance %d workflow step(s) (%r); not acked, "
                   "they will run again after the visibility timeout", queue.name, len(steps),

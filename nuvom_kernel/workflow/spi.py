@@ -49,7 +49,8 @@ class WorkflowStore:
         return self.workflow_transaction(read)
 
     def advance_workflows(self, outcomes: Sequence[tuple[Lease, JobStatus, str]],
-                          unseen: Callable[[list[str]], list[str]] | None = None
+                          unseen: Callable[[list[str]], list[str]] | None = None,
+                          record: Callable[[list[Node]], object] | None = None
                           ) -> list[Node]:
         """Apply final outcomes (lease, status, workflow id) of steps whose records are
         stored and whose leases are not acked yet: the settler calls it between the two
@@ -57,12 +58,20 @@ class WorkflowStore:
         :meth:`holds` changes nothing, and a node already advanced is not advanced again,
         so a step that runs twice after a crash between this and its ack releases its
         dependents once (``unseen``: see :func:`~nuvom_kernel.workflow.graph.advance`).
-        Returns the nodes cancelled or skipped as a consequence."""
+        Returns the nodes cancelled or skipped as a consequence, after ``record`` stored
+        their records: inside the transaction, before the graphs commit, so whoever sees a
+        workflow ended finds every step's record (not UNKNOWN for a step it cancelled).
+        The settler passes it only where the records live apart from the graphs (a store
+        that shares one transaction settles through ``settle_many``): writing them to a
+        store this transaction holds locked would wait for itself."""
         from nuvom_kernel.workflow.graph import advance
 
         def run(txn: GraphTxn) -> list[Node]:
             held = [(lease.id, status) for lease, status, _ in outcomes if self.holds(lease)]
-            return advance(txn, held, unseen)
+            doomed = advance(txn, held, unseen)
+            if doomed and record is not None:
+                record(doomed)
+            return doomed
         return self.workflow_transaction(run, sorted({wf for _, _, wf in outcomes}))
 
     def holds(self, lease: Lease) -> bool:

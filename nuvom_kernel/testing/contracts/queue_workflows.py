@@ -77,8 +77,12 @@ class QueueWorkflowTests(QueueContractBase):
     def test_workflow_failure_cancels_dependents(self, queue_backend: QueueBackend) -> None:
         flow, _ = self._submit(queue_backend, {"a": ["b"], "b": ["c"], "c": []})
         lease = self._claim_named(queue_backend)["a"]
-        doomed = queue_backend.advance_workflows([(lease, JobStatus.FAILED, flow.id)])
+        recorded: list[Node] = []
+        doomed = queue_backend.advance_workflows([(lease, JobStatus.FAILED, flow.id)],
+                                                 None, recorded.extend)
         assert sorted(n.task for n in doomed) == ["tasks.b", "tasks.c"]
+        assert [n.id for n in recorded] == [n.id for n in doomed], \
+            "the cancelled steps' records are stored (record) before the graph commits"
         assert queue_backend.ack(lease)
         graph = queue_backend.read_workflow(flow.id)
         assert graph is not None and graph.flow.status == "FAILED"
