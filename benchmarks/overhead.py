@@ -8,7 +8,7 @@ Run from the repository root::
 
 One process: ``--jobs`` no-op jobs are enqueued with ``.map()``, then a started
 ``Worker(workers=--workers)`` (default 2) drains them, its heap frozen as ``Worker.run`` freezes
-it (:func:`nuvom_kernel.worker.pool.frozen_heap`). Reported per backend:
+it (:func:`nuvom_kernel.worker.heap.frozen_heap`). Reported per backend:
 
 * **µs CPU/job**: the process's CPU time (all threads, ``time.process_time``) during the
   drain, divided by the jobs: claim → decode → call → encode → record → ack, plus the
@@ -35,7 +35,7 @@ from nuvom_kernel import task
 from nuvom_kernel.config import load_config
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.worker import Worker
-from nuvom_kernel.worker.pool import frozen_heap
+from nuvom_kernel.worker.heap import frozen_heap
 
 BACKENDS = {"memory": ("memory", "memory"), "sqlite": ("sqlite", "sqlite")}
 

@@ -118,8 +118,8 @@ class MemoryJobQueue(QueueBackend):
         entry.token = None
         self._leased.pop(entry.message.id, None)
 
-    def _lease(self, entry: _Entry, now: float) -> Lease:
-        entry.token = os.urandom(16).hex()
+    def _lease(self, entry: _Entry, now: float, token: str | None = None) -> Lease:
+        entry.token = token or os.urandom(16).hex()
         entry.deliveries += 1
         entry.expires_at = now + self.visibility_timeout_secs
         self._leased[entry.message.id] = entry
@@ -156,6 +156,7 @@ class MemoryJobQueue(QueueBackend):
         with self._lock:
             self._promote(now)
             running = self._running_per_task() if self.limits else {}
+            tokens = os.urandom(16 * min(n, len(self._ready))).hex()  # one call per claim
             while self._ready and len(leases) < n:
                 item = heapq.heappop(self._ready)
                 entry = self._entries.get(item[-1])
@@ -167,7 +168,8 @@ class MemoryJobQueue(QueueBackend):
                     skipped.append(item)  # held back by its limit: not claimed, not counted
                     continue
                 running[task] = running.get(task, 0) + 1
-                leases.append(self._lease(entry, now))
+                at = 32 * len(leases)
+                leases.append(self._lease(entry, now, tokens[at:at + 32]))
             for item in skipped:
                 heapq.heappush(self._ready, item)
         return leases
@@ -264,14 +266,19 @@ class MemoryJobQueue(QueueBackend):
             return None
         landed = []
         for item in settlements:
+            plain = item.retry_in is None and not item.workflow
             with self._lock:
                 ok = self._held(item.lease) is not None and results.put(item.record)
-            if ok and final_steps([item]):
-                ok = advance_steps(self, results, [item])
-            if ok and item.retry_in is None:
-                ok = self.ack(item.lease)
-            elif ok:
-                ok = self.retry(item.lease, delay_secs=item.retry_in or 0.0, body=item.body)
+                if ok and plain:  # the usual outcome: stored and acked under one lock
+                    self._delete(item.lease.id)
+            if ok and not plain:
+                if final_steps([item]):
+                    ok = advance_steps(self, results, [item])
+                if ok and item.retry_in is None:
+                    ok = self.ack(item.lease)
+                elif ok:
+                    ok = self.retry(item.lease, delay_secs=item.retry_in or 0.0,
+                                    body=item.body)
             landed.append(ok)
         return landed
 

@@ -28,13 +28,11 @@ the message is decoded, so a message that kills its worker cannot loop forever).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nuvom_kernel.envelope import origin
@@ -43,6 +41,7 @@ from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.scheduler import Scheduler
 from nuvom_kernel.worker.aio import AsyncPool
+from nuvom_kernel.worker.heap import frozen_heap
 from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.processes import ProcessPool
@@ -54,31 +53,12 @@ from nuvom_kernel.worker.slots import Slots
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["Worker", "current_job", "frozen_heap"]
+__all__ = ["Worker", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
 
 #: What can run a job's function (``--pool``, the ``pool`` setting).
 POOLS = ("thread", "process", "asyncio")
-
-
-@contextlib.contextmanager
-def frozen_heap() -> Iterator[None]:
-    """Leave what is alive now out of the garbage collector's scans until the block ends
-    (``gc.freeze``), after collecting what is garbage already.
-
-    Why: in a worker process, what is alive at start (imported modules, the kernel and its
-    plugins) lives as long as the process, and each full collection traversed all of it
-    again for nothing: about a sixth of a worker's CPU per job in a drain on SQLite
-    (``benchmarks/README.md``). Frozen objects are still freed when nothing refers to them;
-    only a reference cycle among them that becomes garbage waits for the block's end.
-    """
-    gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 class Worker:
