@@ -352,14 +352,13 @@ class Envelope:
             if not (isinstance(args, list) and isinstance(kwargs, dict)
                     and isinstance(opts, dict)):
                 raise TypeError("args must be a list, kwargs and opts objects")
-            return cls(id=data["id"], task=data["task"], module=data.get("module"),
-                       args=args, kwargs=kwargs, options=opts,
-                       created_at=float(data["created_at"]),
-                       enqueued_by=data.get("enqueued_by", ""),
-                       trace_id=data.get("trace_id", ""), run=int(data.get("run", 1)),
-                       history=list(data.get("history", [])),
-                       headers=dict(data.get("headers") or {}),
-                       legacy_failures=int(data.get("failures", 0)))
+            get = data.get
+            headers = get("headers")
+            # positional (the fields' order): decoded once per job on the worker
+            return cls(data["id"], data["task"], get("module"), args, kwargs, opts,
+                       float(data["created_at"]), get("enqueued_by", ""),
+                       get("trace_id", ""), int(get("run", 1)), list(get("history", ())),
+                       dict(headers) if headers else {}, int(get("failures", 0)))
         except Exception as exc:
             raise SerializationError(
                 f"job {message.id}: malformed envelope ({type(exc).__name__}: {exc})") from exc

@@ -203,8 +203,9 @@ class Settler:
                 landed = self._store_then_settle(batch)
             for item, ok in zip(batch, landed, strict=True):
                 self.on_settled(item, ok)  # forgotten before the monitor looks again
-        for item, ok in zip(batch, landed, strict=True):
-            self._log(item, ok)
+        if not all(landed) or log.isEnabledFor(logging.INFO):  # else nothing to log
+            for item, ok in zip(batch, landed, strict=True):
+                self._log(item, ok)
         pm = self.kernel.pm
         if pm.hook.nuvom_after_settle.get_hookimpls():  # metrics: nothing built without one
             for item, ok in zip(batch, landed, strict=True):
