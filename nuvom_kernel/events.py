@@ -22,9 +22,10 @@ def observers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
     cache: dict[str, list[Any]] | None = getattr(pm, "observer_cache", None)
     impls = None if cache is None else cache.get(hook_name)
     if impls is None:
+        generation = getattr(pm, "observer_generation", None)
         impls = getattr(pm.hook, hook_name).get_hookimpls()[::-1]
-        if cache is not None:
-            cache[hook_name] = impls
+        if cache is not None and generation == getattr(pm, "observer_generation", None):
+            cache[hook_name] = impls  # (not if the plugins changed during the lookup)
     return impls
 
 

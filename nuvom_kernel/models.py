@@ -182,7 +182,7 @@ class JobRecord:
     args: list[Any] = attrs.field(factory=list)
     kwargs: dict[str, Any] = attrs.field(factory=dict)
     module: str | None = None  # where the task lives; lets `nuvom retry job` re-enqueue it
-    options: dict[str, Any] = attrs.field(factory=dict)  # the job's TaskOptions, wire form
+    options: dict[str, Any] = attrs.field(factory=dict)  # queue + non-default options
     result: Any = None
     error_type: str | None = None
     error_message: str | None = None

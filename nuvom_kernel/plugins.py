@@ -87,8 +87,11 @@ class NuvomPluginManager(pluggy.PluginManager):
         self.failures: dict[str, str] = {}
         self._config: Config | None = None
         self._loaded = False
-        #: :func:`nuvom_kernel.events.observers` per hook, emptied whenever the plugins change
+        #: :func:`nuvom_kernel.events.observers` per hook, emptied whenever the plugins
+        #: change; ``observer_generation`` counts the changes (before and after each), so a
+        #: lookup that raced one is not kept.
         self.observer_cache: dict[str, list[Any]] = {}
+        self.observer_generation = 0
 
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
         # Only prefixed, marked attributes are hooks: skips every other attribute cheaply.
@@ -244,14 +247,23 @@ class NuvomPluginManager(pluggy.PluginManager):
             self.failures[impl.plugin_name] = message
             self.unregister(name=impl.plugin_name)
 
-    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
+    def _plugins_changing(self) -> None:
+        self.observer_generation += 1
         self.observer_cache.clear()
-        return super().unregister(plugin, name)
+
+    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
+        self._plugins_changing()
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self._plugins_changing()
 
     def register(self, plugin: Any, name: str | None = None) -> str | None:
-        self.observer_cache.clear()
-        registered = super().register(plugin, name)
-        self.observer_cache.clear()  # and after: a nuvom_configure failure unregisters
+        self._plugins_changing()
+        try:
+            registered = super().register(plugin, name)
+        finally:
+            self._plugins_changing()
         if registered is not None and self._config is not None:
             for impl in self.hook.nuvom_configure.get_hookimpls():
                 if impl.plugin is plugin:

@@ -156,7 +156,7 @@ class MemoryJobQueue(QueueBackend):
         with self._lock:
             self._promote(now)
             running = self._running_per_task() if self.limits else {}
-            tokens = os.urandom(16 * min(n, len(self._ready))).hex()  # one call per claim
+            tokens = os.urandom(16 * max(0, min(n, len(self._ready)))).hex()  # one call per claim
             while self._ready and len(leases) < n:
                 item = heapq.heappop(self._ready)
                 entry = self._entries.get(item[-1])

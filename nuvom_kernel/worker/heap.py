@@ -19,7 +19,12 @@ def frozen_heap() -> Iterator[None]:
     again for nothing: about a sixth of a worker's CPU per job in a drain on SQLite
     (``benchmarks/README.md``). Frozen objects are still freed when nothing refers to them;
     only a reference cycle among them that becomes garbage waits for the block's end.
+    Does nothing where something is frozen already (an app's own ``gc.freeze()``, an
+    enclosing block): the end of this block must not unfreeze what it did not freeze.
     """
+    if gc.get_freeze_count():
+        yield
+        return
     gc.collect()
     gc.freeze()
     try:

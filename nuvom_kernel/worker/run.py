@@ -165,10 +165,7 @@ class JobRunner:
             return self.processes.call(running)
         func = self.resolve(job)
         events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
-        is_coroutine = self._coroutine.get(func)
-        if is_coroutine is None:  # inspect's check, once per function (a µs per job)
-            is_coroutine = self._coroutine[func] = inspect.iscoroutinefunction(func)
-        if is_coroutine:
+        if self._is_coroutine(func):
             if running.deadline is not None:  # the coroutine is cancelled at the deadline;
                 # the thread is given up only if cancelling did not stop it
                 running.deadline += self.kernel.settings.kill_grace_secs
@@ -194,6 +191,16 @@ class JobRunner:
             self._failed(running, exc)  # and then the outcome was already given up
         else:
             self._succeed(running, result)
+
+    def _is_coroutine(self, func: Callable[..., Any]) -> bool:
+        """``inspect.iscoroutinefunction``, once per function (it was a µs per job)."""
+        try:
+            return self._coroutine[func]
+        except KeyError:
+            is_coroutine = self._coroutine[func] = inspect.iscoroutinefunction(func)
+            return is_coroutine
+        except TypeError:  # an unhashable callable (an instance with __call__)
+            return inspect.iscoroutinefunction(func)
 
     def resolve(self, job: Job) -> Callable[..., Any]:
         fn = self.kernel.registry.resolve(job.task, job.module)

@@ -114,8 +114,6 @@ class Slots:
             with self.cv:  # (a pace at which ahead() is 0, whatever the thread count)
                 self.pace = max(self.pace or 0.0, hold_secs,
                                 2 * self.workers * AHEAD_SECS)
-                if self._room():
-                    self.cv.notify()
         return taken, nxt
 
     def freed(self, took: float | None = None) -> None:

@@ -61,9 +61,10 @@ class WorkflowStore:
         Returns the nodes cancelled or skipped as a consequence, after ``record`` stored
         their records: inside the transaction, before the graphs commit, so whoever sees a
         workflow ended finds every step's record (not UNKNOWN for a step it cancelled).
-        The settler passes it only where the records live apart from the graphs (a store
-        that shares one transaction settles through ``settle_many``): writing them to a
-        store this transaction holds locked would wait for itself."""
+        The settler always passes it, and calls this only where the records live apart
+        from the graphs (a store that shares one transaction with them settles through
+        ``settle_many``): writing them to a store this transaction holds locked would
+        wait for itself."""
         from nuvom_kernel.workflow.graph import advance
 
         def run(txn: GraphTxn) -> list[Node]:
