@@ -379,7 +379,8 @@ def _copy(record: JobRecord) -> JobRecord:
 #: The record fields that hold containers.
 _NESTED = ("args", "kwargs", "options", "result", "history")
 #: The others, each with its ``__init__`` name.
-_FLAT = tuple((f.name, f.alias) for f in attrs.fields(JobRecord) if f.name not in _NESTED)
+_FLAT: tuple[tuple[str, str], ...] = tuple(
+    (f.name, f.alias or f.name) for f in attrs.fields(JobRecord) if f.name not in _NESTED)
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
