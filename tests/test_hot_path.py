@@ -91,3 +91,39 @@ def test_frozen_heap_is_undone_and_leaves_an_outer_freeze_alone() -> None:
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+def test_the_memory_store_claims_nothing_for_a_count_under_one() -> None:
+    from nuvom_kernel.testing.contracts._support import make_message
+    from nuvom_kernel.testing.memory import MemoryJobQueue
+
+    queue = MemoryJobQueue()
+    queue.push([make_message()])
+    assert queue.claim(-1) == [] and queue.claim(0) == []
+    assert len(queue.claim(1)) == 1
+
+
+def test_a_step_whose_dependents_records_cannot_be_stored_advances_nothing() -> None:
+    """The cancelled dependents' records are stored inside the graph's transaction: when
+    that fails, the graph stays as it was and the step's lease is not settled (it runs
+    again), instead of a workflow ended FAILED around steps without records."""
+    from nuvom_kernel.models import JobRecord, JobStatus, Settlement
+    from nuvom_kernel.testing.contracts.queue_workflows import _graph
+    from nuvom_kernel.testing.memory import MemoryJobQueue, MemoryResultBackend
+    from nuvom_kernel.workflow.graph import create
+    from nuvom_kernel.workflow.settle import advance_steps
+
+    class Refusing(MemoryResultBackend):
+        def put_many(self, records: Any) -> list[bool]:
+            raise OSError("disk full")
+
+    queue = MemoryJobQueue()
+    flow, nodes, messages = _graph({"a": ["b"], "b": []})
+    queue.workflow_transaction(
+        lambda txn: create(txn, flow, [n.id for n in nodes], nodes, messages))
+    lease = queue.claim(1)[0]
+    failed = JobRecord(job_id=lease.id, task="tasks.a", status=JobStatus.FAILED)
+    assert not advance_steps(queue, Refusing(), [Settlement(lease, failed, workflow=flow.id)])
+    graph = queue.read_workflow(flow.id)
+    assert graph is not None and graph.flow.status == "RUNNING"
+    assert [n.state for n in graph.nodes] == ["RELEASED", "WAITING"]

@@ -301,6 +301,7 @@ class MemoryJobQueue(QueueBackend):
                 if entry.token is None and entry.message.available_at <= now:
                     ready[entry.message.task] = ready.get(entry.message.task, 0) + 1
         return {t: (running.get(t, 0), ready.get(t, 0)) for t in tasks}
+
     def workflow_transaction(self, fn: Callable[[GraphTxn], T],
                              workflows: Sequence[str] = ()) -> T:
         """Workflow documents in a dict, under their own lock (released steps are pushed
@@ -310,12 +311,19 @@ class MemoryJobQueue(QueueBackend):
             self.notify()
 
         with self._wf_lock:
-            txn = DocGraphTxn(self._wf_docs.get,
+            txn = DocGraphTxn(self._load_doc,
                               lambda doc: self._wf_docs.__setitem__(doc["flow"]["id"], doc),
                               push, workflows, self._locate_step)
             out = fn(txn)
             txn.commit()
             return out
+
+    def _load_doc(self, flow_id: str) -> dict[str, Any] | None:
+        """A copy of a workflow's document: a transaction changes what it loaded, and only
+        its commit may store that (one that raises midway, as when the records of the
+        steps it cancels cannot be stored, leaves the graph as it was, as on files)."""
+        doc = self._wf_docs.get(flow_id)
+        return None if doc is None else _clone(doc)
 
     def purge_workflows(self, older_than: float) -> int:
         with self._wf_lock:
