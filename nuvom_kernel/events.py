@@ -26,6 +26,8 @@ def observers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
         impls = getattr(pm.hook, hook_name).get_hookimpls()[::-1]
         if cache is not None and generation == getattr(pm, "observer_generation", None):
             cache[hook_name] = impls  # (not if the plugins changed during the lookup)
+            if generation != getattr(pm, "observer_generation", None):
+                cache.pop(hook_name, None)  # they changed between the check and the store
     return impls
 
 

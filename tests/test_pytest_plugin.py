@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -106,6 +107,54 @@ def test_worker_drains_real_jobs(nuvom_worker: WorkerHarness) -> None:
     assert [j.get(timeout=1) for j in jobs[:20]] == [2 * i for i in range(20)]
     assert jobs[-1].get(timeout=1) == "ok after 2"
     assert nuvom_worker.worker.processed == 21
+
+
+class _HeldSettle(StubQueue):
+    """The reference queue, except that a settled batch's caller waits for ``go`` after the
+    ack committed: the moment a worker has acked a job but not counted it yet."""
+
+    name = "held-settle"
+    acked = threading.Event()
+    go = threading.Event()
+
+    def settle_many(self, settlements: Any, results: Any) -> list[bool] | None:
+        landed = super().settle_many(settlements, results)
+        self.acked.set()
+        self.go.wait(10)
+        return landed
+
+
+class _HeldSettlePlugin:
+    @hookimpl
+    def nuvom_register_queue_backends(self) -> list[type[StubQueue]]:
+        return [_HeldSettle]
+
+
+def test_drain_waits_until_the_worker_counted_each_job(tmp_path: Path) -> None:
+    """The queue reads empty once the ack commits; drain() must still wait for the worker
+    to count the job, or ``processed`` read right after it can be one short."""
+    from nuvom_kernel.kernel import use_kernel
+    from nuvom_kernel.testing.pytest_plugin import WorkerHarness, build_test_kernel
+
+    kernel = build_test_kernel(tmp_path, {"NUVOM_QUEUE_BACKEND": "held-settle"},
+                               {"held-settle": _HeldSettlePlugin()})
+    harness = WorkerHarness(kernel)
+    drained = threading.Event()
+    try:
+        with use_kernel(kernel):
+            add.delay(1, 2)
+        assert _HeldSettle.acked.wait(10), "the worker never settled the job"
+        assert kernel.queue.qsize() == 0 and kernel.queue.stats().in_flight == 0
+        waiter = threading.Thread(target=lambda: (harness.drain(), drained.set()))
+        waiter.start()
+        assert not drained.wait(0.3), "drain() returned before the worker counted the job"
+        _HeldSettle.go.set()
+        waiter.join(10)
+        assert drained.is_set() and harness.worker.processed == 1
+    finally:
+        _HeldSettle.go.set()
+        harness.stop()
+        kernel.close()
 
 
 def test_drain_times_out_with_a_reason(nuvom_worker: WorkerHarness) -> None:

@@ -188,7 +188,11 @@ class WorkerHarness:
         self.worker.start()
 
     def drain(self, timeout: float = 10.0) -> None:
-        """Block until no job is waiting (delayed retries included) or running.
+        """Block until no job is waiting (delayed retries included) or running, and the
+        worker has counted every settled job (``worker.processed``).
+
+        The counts come from one ``stats()`` snapshot: read apart, a retry moving its job
+        from running to waiting between the two reads looked like an empty queue.
 
         :raises TimeoutError: saying how many jobs are still waiting or running.
         """
@@ -196,8 +200,10 @@ class WorkerHarness:
         deadline = time.monotonic() + timeout
         interval = 0.002
         while True:
-            waiting, running = queue.qsize(), queue.stats().in_flight
-            if waiting == 0 and running == 0:
+            stats = queue.stats()
+            waiting = sum(c.ready + c.delayed for c in stats.queues.values())
+            running = stats.in_flight
+            if waiting == 0 and running == 0 and not self.worker.settling:
                 return
             if time.monotonic() >= deadline:
                 raise TimeoutError(

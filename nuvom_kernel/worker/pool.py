@@ -241,6 +241,14 @@ class Worker:
         return sum(1 for running in list(self._running.values()) if not running.decided)
 
     @property
+    def settling(self) -> int:
+        """Jobs started here and not settled yet (running, or their outcome on its way to
+        the backends). Once it is 0, ``processed`` and ``failed`` count every settled job:
+        the queue's counts alone drop a job when its ack commits, just before the worker
+        counts it."""
+        return len(self._running)
+
+    @property
     def abandoned_threads(self) -> int:
         """Threads still inside a task that timed out (a thread cannot be killed)."""
         return self._abandoned_alive
@@ -354,13 +362,13 @@ class Worker:
 
     def _on_settled(self, settlement: Settlement, landed: bool) -> None:
         lease = settlement.lease
-        running = self._running.get(lease.id)
-        if running is not None and running.lease.token == lease.token:  # not its next claim
-            self._running.pop(lease.id, None)
-        if landed and settlement.retry_in is None:
+        if landed and settlement.retry_in is None:  # counted before forgotten: see settling
             self.processed += 1
             if settlement.record.status is not JobStatus.SUCCEEDED:
                 self.failed += 1
+        running = self._running.get(lease.id)
+        if running is not None and running.lease.token == lease.token:  # not its next claim
+            self._running.pop(lease.id, None)
 
     # --- timeouts ------------------------------------------------------------------------
 
