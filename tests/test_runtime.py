@@ -469,5 +469,6 @@ def test_delay_secs_hides_job_until_due(kernel: Kernel, worker, project: Path):
     worker(workers=1)
     t0 = time.time()
     job = stamp.apply_async(delay_secs=0.8)
-    assert get_job(job.id).status in (JobStatus.RETRYING, JobStatus.QUEUED)
+    status = get_job(job.id).status
+    assert status in (JobStatus.RETRYING, JobStatus.QUEUED) or time.time() - t0 >= 0.8
     assert job.get(timeout=10) - t0 >= 0.8
