@@ -255,8 +255,10 @@ def test_recycling_by_task_count_keeps_capacity(start):
     worker = start("--pool", "process", "--workers", "1", "--max-tasks-per-child", "2")
     pids = [pid.delay().get(timeout=60) for _ in range(6)]
     assert len(set(pids)) >= 3 and all(pids.count(p) <= 2 for p in pids), pids
-    # One child per slot plus one warm spare, retired ones reaped: capacity never drops.
-    wait_until(lambda: len(worker.children()) == 2, timeout=15, what="1 child + 1 spare")
+    # Each ran its 2 jobs and retired. Once they are gone, one child per slot plus one warm
+    # spare are left: a retirement starts its replacement, so capacity never drops.
+    wait_until(lambda: not worker.children() & set(pids), timeout=15, what="retired reaped")
+    assert len(worker.children()) == 2, "1 child + 1 spare"
 
 
 def test_recycling_by_age(start):

@@ -285,8 +285,7 @@ class ProcessPool:
                    "remaining": job.time_remaining()}
         reply = child.run(request, job.deadline, self.grace, self.max_memory)
         if reply.get("died"):
-            self._local.child = None
-            self._children.discard(child)
+            self._gone(child)
             raise self._death(running, child, reply)
         self._maybe_retire(child)
         if reply["ok"]:
@@ -303,9 +302,18 @@ class ProcessPool:
             why = f"its RSS {format_size(rss)} passed max_memory_per_child"
         if why is not None:
             log.info("retiring pool child pid %d: %s", child.pid, why)
-            self._local.child = None
-            self._children.discard(child)
+            self._gone(child)
             child.close()
+
+    def _gone(self, child: Child) -> None:
+        """The calling executor's child retired or died: a replacement spare starts now, so
+        there are still a child per slot and one warm spare (retirements of several
+        children at once would otherwise leave all but the first to start cold)."""
+        self._local.child = None
+        with self._lock:
+            self._children.discard(child)
+            if not self.stopping.is_set():
+                self._spares.append(self._spawn())
 
     @staticmethod
     def _error(running: Running, reply: dict[str, Any]) -> BaseException:
