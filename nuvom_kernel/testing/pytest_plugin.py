@@ -201,8 +201,7 @@ class WorkerHarness:
         interval = 0.002
         while True:
             stats = queue.stats()
-            waiting = sum(c.ready + c.delayed for c in stats.queues.values())
-            running = stats.in_flight
+            waiting, running = sum(stats.depth.values()), stats.in_flight
             if waiting == 0 and running == 0 and not self.worker.settling:
                 return
             if time.monotonic() >= deadline:
