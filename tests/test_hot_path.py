@@ -3,6 +3,7 @@ follow plugins that come and go, any callable runs as a task, the frozen heap is
 
 from __future__ import annotations
 
+import copy
 import gc
 from typing import Any
 
@@ -127,3 +128,73 @@ def test_a_step_whose_dependents_records_cannot_be_stored_advances_nothing() -> 
     graph = queue.read_workflow(flow.id)
     assert graph is not None and graph.flow.status == "RUNNING"
     assert [n.state for n in graph.nodes] == ["RELEASED", "WAITING"]
+
+
+def _envelope_with_everything() -> Any:
+    from nuvom_kernel.envelope import Envelope
+    from nuvom_kernel.models import TaskOptions
+
+    envelope = Envelope.for_call("app.tasks.add", "app.tasks",
+                                 TaskOptions(queue="mail", retries=3, priority=2),
+                                 [1, {"nested": [2, (3, 4)]}], {"k": {"x": [5]}})
+    envelope.history.append({"attempt": 1, "run": 2, "kind": "error"})
+    envelope.headers["trace"] = {"span": "s1"}
+    envelope.run = 2
+    return envelope
+
+
+def test_a_success_record_built_positionally_equals_one_built_by_name() -> None:
+    """``Envelope.succeeded`` passes JobRecord's fields in order: a reordered field would
+    put a value in the wrong place without an error, so compare with ``record``."""
+    from nuvom_kernel.models import JobStatus
+
+    envelope = _envelope_with_everything()
+    fast = envelope.succeeded({"r": [1]}, 3, "token-1", 10.0, 12.5, "host:1")
+    slow = envelope.record(JobStatus.SUCCEEDED, result={"r": [1]}, attempts=3,
+                           token="token-1", started_at=10.0, finished_at=12.5,
+                           updated_at=12.5, worker="host:1")
+    assert fast == slow
+    assert fast.queue == "mail" and fast.max_retries == 3 and fast.run == 2
+    assert fast.history == envelope.history and fast.history is not envelope.history
+
+
+def test_a_decoded_job_has_every_field_and_shares_no_container_with_its_envelope() -> None:
+    from nuvom_kernel.models import JobStatus
+
+    envelope = _envelope_with_everything()
+    job = envelope.job(JobStatus.RUNNING)
+    assert (job.id, job.task, job.module, job.run, job.status) == (
+        envelope.id, "app.tasks.add", "app.tasks", 2, JobStatus.RUNNING)
+    assert job.args == (1, {"nested": [2, (3, 4)]}) and job.kwargs == {"k": {"x": [5]}}
+    assert (job.options.queue, job.options.retries, job.options.priority) == ("mail", 3, 2)
+    assert job.history == envelope.history and job.headers == envelope.headers
+    assert (job.failures, job.attempts, job.created_at, job.enqueued_by, job.trace_id) == (
+        0, 0, envelope.created_at, envelope.enqueued_by, envelope.trace_id)
+    job.args[1]["nested"].append(9)  # a task that changes its arguments
+    job.kwargs["k"]["x"].append(9)
+    job.history.append({})
+    job.headers.clear()
+    assert envelope.args[1] == {"nested": [2, {"__nuvom__": ["tuple", [3, 4]]}]}
+    assert envelope.kwargs == {"k": {"x": [5]}}
+    assert len(envelope.history) == 1 and envelope.headers == {"trace": {"span": "s1"}}
+
+
+def test_the_memory_store_keeps_its_own_copy_of_every_container() -> None:
+    from nuvom_kernel.models import JobStatus
+    from nuvom_kernel.testing.memory import MemoryResultBackend
+
+    envelope = _envelope_with_everything()
+    record = envelope.succeeded({"r": [1]}, 1, None, 1.0, 2.0, "host:1")
+    store = MemoryResultBackend()
+    assert store.put(record)
+    kept = copy.deepcopy(record)
+    assert store.get(envelope.id) == kept
+    record.args[1]["nested"].append(9)
+    record.kwargs["k"]["x"].append(9)
+    record.options["queue"] = "other"
+    record.result["r"].append(9)
+    record.history[0]["kind"] = "changed"
+    again = store.get(envelope.id)
+    assert again == kept and again.status is JobStatus.SUCCEEDED
+    again.result["r"].append(7)  # nor with a reader
+    assert store.get(envelope.id) == kept

@@ -293,10 +293,8 @@ class Settler:
         wire = (to_wire(result, f"{job.task}() return value")
                 if job.options.store_result else None)
         finished = time.time()
-        record = running.envelope.record(
-            JobStatus.SUCCEEDED, result=wire, attempts=job.attempts, token=running.lease.token,
-            started_at=running.started_at, finished_at=finished, updated_at=finished,
-            worker=self.origin)
+        record = running.envelope.succeeded(wire, job.attempts, running.lease.token,
+                                            running.started_at, finished, self.origin)
         return Settlement(running.lease, record,
                           workflow=running.envelope.headers.get(WF_HEADER))
 
