@@ -380,17 +380,17 @@ def _copy(record: JobRecord) -> JobRecord:
 
     :raises TypeError: a value JSON cannot hold, as ``json.dumps`` would.
     """
-    values: Any = _FIELDS(record)  # a tuple of every field
-    return JobRecord(*values[:4], _clone(values[4]), _clone(values[5]), values[6],
-                     _clone(values[7]), _clone(values[8]), *values[9:14], _clone(values[14]),
-                     *values[15:])
+    values = list(_FIELDS(record))
+    for i in _CONTAINERS:
+        values[i] = _clone(values[i])
+    return JobRecord(*values)
 
 
 #: Every field of a record in ``__init__`` order; the containers among them are cloned.
 _FIELD_NAMES = tuple(f.name for f in attrs.fields(JobRecord))
 _FIELDS = operator.attrgetter(*_FIELD_NAMES)
-assert [_FIELD_NAMES[i] for i in (4, 5, 7, 8, 14)] == \
-    ["args", "kwargs", "options", "result", "history"], "update _copy for JobRecord's fields"
+_CONTAINERS = tuple(i for i, name in enumerate(_FIELD_NAMES)
+                    if name in ("args", "kwargs", "options", "result", "history"))
 assert all(f.init and not f.kw_only and (f.alias or f.name) == f.name
            for f in attrs.fields(JobRecord)), "_copy passes JobRecord's fields positionally"
 _SCALARS = frozenset({str, int, float, bool, type(None)})
