@@ -376,7 +376,7 @@ def _copy(record: JobRecord) -> JobRecord:
     backend, and holds only what JSON can (a real backend could store nothing else). A
     round trip through ``json`` did this at five times the cost and was the largest share
     of a drain on this backend (``benchmarks/overhead.py --profile``); the fields read by
-    one ``attrgetter`` and passed positionally cost a third less than by name (3.6 → 2.2 µs).
+    one ``attrgetter`` and passed positionally cost a third less than by name (3.6 → 2.1 µs).
 
     :raises TypeError: a value JSON cannot hold, as ``json.dumps`` would.
     """
