@@ -21,6 +21,9 @@ of ``bench_tasks.py``):
   finish them all (from the first job's start, taken as ``--io-secs`` before it was seen
   done, to the last job done).
 
+With ``--recycle N``, one more no-op row: the process pool with ``--max-tasks-per-child N``,
+so each child is replaced after N jobs (what recycling costs a drain).
+
 With ``--redis``, the same measurements on the Redis backend beside the peers that have the
 same pool kinds there: Celery ``--pool prefork`` / ``threads`` (no-op and CPU-bound) and
 Dramatiq's ``async def`` actors (awaiting; its AsyncIO middleware runs coroutines one per
@@ -70,7 +73,8 @@ def _drain(system: Any, enqueue: Any, jobs: int, worker: Any, lead_s: float = 0.
 
 
 def nuvom(base: Path, name: str, pool: str, workers: int, kind: str,
-          args: argparse.Namespace, on_redis: bool = False) -> dict[str, Any]:
+          args: argparse.Namespace, on_redis: bool = False,
+          flags: tuple[str, ...] = ()) -> dict[str, Any]:
     if on_redis:
         from benchmarks.redis_throughput import NuvomRedisSystem
 
@@ -90,11 +94,12 @@ def nuvom(base: Path, name: str, pool: str, workers: int, kind: str,
 
         return subprocess.Popen(
             [sys.executable, "-c", _NUVOM_CLI, "runworker", "-w", str(workers), "--pool",
-             pool, "--log-level", "WARNING"],
+             pool, "--log-level", "WARNING", *flags],
             cwd=system.workdir, env=_env(system.bench_env), stdout=subprocess.DEVNULL)
 
     try:
-        return {"system": f"nuvom{'-redis' if on_redis else ''} {pool}", "workers": workers,
+        return {"system": f"nuvom{'-redis' if on_redis else ''} {pool}{' ' if flags else ''}"
+                          f"{' '.join(flags)}", "workers": workers,
                 "kind": kind,
                 **_drain(system, enqueue, jobs, worker,
                          args.io_secs if kind == "io" else 0.0)}
@@ -200,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="add rows on Redis: Nuvom's pools beside Celery prefork/threads "
                              "and Dramatiq async actors (pip install -e "
                              "'./nuvom_plugins_redis[bench]')")
+    parser.add_argument("--recycle", type=int, default=0, metavar="N",
+                        help="add a no-op row of the process pool with --max-tasks-per-child N "
+                             "(what recycling children costs)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     try:
@@ -217,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             for consumer in ("thread", "process"):
                 plan.append(lambda c=consumer, kind=kind: huey(base, f"huey-{c}-{kind}", c,
                                                                kind, args))
+    if args.recycle:
+        plan.append(lambda: nuvom(base, "process-recycle-noop", "process", 2, "noop", args,
+                                  flags=("--max-tasks-per-child", str(args.recycle))))
     for pool, workers in (("asyncio", args.io_jobs), ("thread", 2), ("thread", 50),
                           ("process", 2)):
         plan.append(lambda pool=pool, w=workers: nuvom(base, f"{pool}-{w}-io", pool, w,

@@ -23,6 +23,7 @@ __all__ = [
     "TaskRegistrationError",
     "UnknownJobError",
     "UnknownTaskError",
+    "qualname",
 ]
 
 
@@ -154,3 +155,14 @@ class JobCancelledError(JobFailedError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def qualname(exc: BaseException) -> str:
+    """The name a job's record gives ``exc``'s type (``error_type``): builtins bare, others
+    with their module, and a pool child's exception by the name the child sent."""
+    if isinstance(exc, ChildTaskError):  # raised in a pool child: its class stayed there
+        return exc.error_type
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"

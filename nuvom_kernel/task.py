@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import gc
@@ -109,11 +108,15 @@ class Task(Generic[P, R]):
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """:meth:`delay` for asyncio producers: the backend call runs in a thread, so the
         caller's event loop keeps serving while the job is stored."""
+        import asyncio  # loaded already where a coroutine runs; a task module need not load it
+
         return await asyncio.to_thread(self.delay, *args, **kwargs)
 
     async def map_async(self, arguments: Iterable[Any], *,
                         job_ids: Sequence[str] | None = None) -> list[Job[R]]:
         """:meth:`map` for asyncio producers (the batch is stored from a thread)."""
+        import asyncio
+
         items = list(arguments)
         return await asyncio.to_thread(self.map, items, job_ids=job_ids)
 

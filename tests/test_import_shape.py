@@ -26,6 +26,32 @@ def test_importing_hookimpl_loads_no_worker() -> None:
     assert out.strip() == "['nuvom_kernel', 'nuvom_kernel.markers']", out
 
 
+def test_the_task_decorator_survives_an_import_of_its_module() -> None:
+    """``nuvom_kernel.task`` is a submodule and the decorator: importing the submodule first
+    (a plugin's ``from nuvom_kernel.task import Task``) must not make ``@task`` the module."""
+    code = ("import nuvom_kernel.task\nfrom nuvom_kernel import task\n"
+            "from nuvom_kernel.task import Task\n"
+            "@task\ndef add(x, y):\n    return x + y\n"
+            "print(type(add) is Task, add.name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True add", out.stdout
+
+
+def test_a_pool_child_starts_without_the_worker() -> None:
+    """A process-pool child is started anew for every ``--max-tasks-per-child`` jobs: with
+    a task module loaded, it must not import the pool, the settler or the monitor (they
+    doubled its start-up), nor asyncio before an ``async def`` task runs."""
+    code = ("import sys\nimport nuvom_kernel.worker.child\nfrom nuvom_kernel import task\n"
+            "@task\ndef add(x, y):\n    return x + y\n"
+            "print(sorted(m for m in sys.modules if m.startswith('nuvom_kernel.worker')),"
+            " 'asyncio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == ("['nuvom_kernel.worker', 'nuvom_kernel.worker.child', "
+                           "'nuvom_kernel.worker.current'] False"), out
+
+
 def test_every_public_name_resolves() -> None:
     for name in nuvom_kernel.__all__:
         assert getattr(nuvom_kernel, name) is not None, name

@@ -19,7 +19,6 @@ dies with its parent: ``PR_SET_PDEATHSIG`` on Linux, and a watchdog thread elsew
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import importlib
@@ -34,14 +33,21 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nuvom_kernel.errors import JobTimeoutError, SerializationError, UnknownTaskError
+from nuvom_kernel.errors import (
+    JobTimeoutError,
+    SerializationError,
+    UnknownTaskError,
+    qualname,
+)
 from nuvom_kernel.job import Job
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.serialization import from_wire, to_wire
-from nuvom_kernel.worker.run import bind_job
-from nuvom_kernel.worker.settle import qualname
+from nuvom_kernel.worker.current import bind_job
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["PARENT_PID", "read_frame", "write_frame"]
 
@@ -86,7 +92,9 @@ class _Child:
         self.requests = requests
         self.replies = replies
         self.running = False  # a synchronous task is inside its call (SIGUSR1 raises there)
-        self.loop = asyncio.new_event_loop()  # one loop for every async task of this child
+        # one loop for every async task of this child, made by the first: asyncio is a
+        # third of a child's imports, and a child starts anew every max_tasks_per_child
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.main_task: asyncio.Task[Any] | None = None
         self.soft_timeout = False
 
@@ -132,7 +140,8 @@ class _Child:
                     if request.get("store_result", True) else None)
             reply: dict[str, Any] = {"ok": True, "result": wire}
         except BaseException as exc:  # a task's failure is data
-            if isinstance(exc, asyncio.CancelledError) and self.soft_timeout:
+            aio = sys.modules.get("asyncio")  # not imported: no coroutine was cancelled
+            if aio is not None and isinstance(exc, aio.CancelledError) and self.soft_timeout:
                 exc = JobTimeoutError("the job exceeded its timeout (cancelled by the worker)")
             reply = {"ok": False, "error_type": qualname(exc), "message": str(exc),
                      "traceback": "".join(traceback.format_exception(exc)),
@@ -145,6 +154,10 @@ class _Child:
         return reply
 
     def _await(self, coroutine: Any) -> Any:
+        if self.loop is None:
+            import asyncio
+
+            self.loop = asyncio.new_event_loop()
         self.main_task = self.loop.create_task(coroutine)
         try:
             return self.loop.run_until_complete(self.main_task)

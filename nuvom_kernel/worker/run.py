@@ -13,7 +13,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel import events
@@ -22,6 +21,7 @@ from nuvom_kernel.errors import JobTimeoutError, NuvomError, SerializationError,
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus, Lease
 from nuvom_kernel.worker.aio import run_on_thread_loop
+from nuvom_kernel.worker.current import bind_job, current_job
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.settle import Running, Settler
 from nuvom_kernel.workflow.graph import WF_HEADER
@@ -35,35 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["HookInterrupted", "JobRunner", "bind_job", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
-# A context variable, not a thread-local: coroutines of the asyncio pool share one thread,
-# and asyncio.gather's children inherit their parent's context.
-_current: ContextVar[Job | None] = ContextVar("nuvom_current_job", default=None)
-
-
-def current_job() -> Job | None:
-    """The job the calling task is running as (``None`` outside a worker); use
-    ``current_job().time_remaining()`` to stop cooperatively before a timeout."""
-    return _current.get()
-
-
-class bind_job:  # lower case: used like contextlib.suppress
-    """``current_job()`` is ``job`` inside the block (restored after: a task that runs
-    another in eager mode gets its own job back). A class, not ``@contextmanager``: it is
-    entered once per job, and the generator version cost three times as much."""
-
-    __slots__ = ("_job", "_token")
-
-    def __init__(self, job: Job) -> None:
-        self._job = job
-
-    def __enter__(self) -> Job:
-        self._token = _current.set(self._job)
-        return self._job
-
-    def __exit__(self, *exc: object) -> None:
-        _current.reset(self._token)
-
-
 class HookInterrupted(BaseException):
     """Raised by the worker's signal handler to pull the main thread out of a hung lifecycle
     hook (a BaseException, so the observer isolation in :func:`events.emit` does not catch

@@ -32,7 +32,7 @@ import attrs
 
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import ChildTaskError, SerializationError, UnknownTaskError
+from nuvom_kernel.errors import SerializationError, UnknownTaskError, qualname
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import Backoff, JobRecord, JobStatus, Lease, Settlement
 from nuvom_kernel.outcome import Outcome
@@ -371,11 +371,3 @@ class Settler:
             return delay / 2 + random.uniform(0, delay / 2) if opts.jitter else delay
         return base
 
-
-def qualname(exc: BaseException) -> str:
-    if isinstance(exc, ChildTaskError):  # raised in a pool child: its class stayed there
-        return exc.error_type
-    cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
