@@ -9,8 +9,6 @@ loads the markers only, not the worker.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel.markers import hookimpl
@@ -71,22 +69,6 @@ __all__ = [
     "task",
     "use_kernel",
 ]
-
-
-class _Package(types.ModuleType):
-    """This package's module type: ``task`` is both a submodule and the decorator exported
-    here, and importing the submodule (``from nuvom_kernel.task import Task``, a plugin's
-    type hints) sets the package's ``task`` to the module, after which ``from nuvom_kernel
-    import task`` handed out the module (``@task``: "'module' object is not callable"). The
-    decorator is kept instead, whichever is imported first."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "task" and isinstance(value, types.ModuleType):
-            value = value.task
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

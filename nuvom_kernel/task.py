@@ -6,7 +6,9 @@ import contextlib
 import functools
 import gc
 import inspect
+import sys
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
@@ -303,3 +305,17 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
     if fn is not None:
         return wrap(fn)
     return wrap
+
+
+class _CallableModule(types.ModuleType):
+    """This module's type: ``task`` names both this module and the decorator that
+    ``nuvom_kernel`` exports, and once the module is imported first (``from
+    nuvom_kernel.task import Task``, a plugin's type hints) ``from nuvom_kernel import task``
+    gives the module. Calling it decorates, so ``@task`` and ``@task(retries=3)`` work
+    whichever object a caller got, and ``nuvom_kernel.task.Task`` stays the module's."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return task(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

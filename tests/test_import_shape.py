@@ -30,12 +30,15 @@ def test_the_task_decorator_survives_an_import_of_its_module() -> None:
     """``nuvom_kernel.task`` is a submodule and the decorator: importing the submodule first
     (a plugin's ``from nuvom_kernel.task import Task``) must not make ``@task`` the module."""
     code = ("import nuvom_kernel.task\nfrom nuvom_kernel import task\n"
-            "from nuvom_kernel.task import Task\n"
+            "import nuvom_kernel.task as module\n"
             "@task\ndef add(x, y):\n    return x + y\n"
-            "print(type(add) is Task, add.name)")
+            "@task(retries=2)\ndef sub(x, y):\n    return x - y\n"
+            "@nuvom_kernel.task.task\ndef mul(x, y):\n    return x * y\n"
+            "print(all(type(t) is module.Task for t in (add, sub, mul)), add.name,"
+            " sub.options.retries)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "True add", out.stdout
+    assert out.stdout.strip() == "True add 2", out.stdout
 
 
 def test_a_pool_child_starts_without_the_worker() -> None:

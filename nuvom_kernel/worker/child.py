@@ -129,7 +129,7 @@ class _Child:
             job.deadline = None if remaining is None else time.monotonic() + remaining
             with bind_job(job):
                 if inspect.iscoroutinefunction(func):
-                    result = self._await(func(*args, **kwargs))
+                    result = self._await(func, args, kwargs)
                 else:
                     self.running = True
                     try:
@@ -153,12 +153,14 @@ class _Child:
         reply["max_rss_kb"] = after.ru_maxrss
         return reply
 
-    def _await(self, coroutine: Any) -> Any:
+    def _await(self, func: Any, args: Any, kwargs: Any) -> Any:
         if self.loop is None:
             import asyncio
 
             self.loop = asyncio.new_event_loop()
-        self.main_task = self.loop.create_task(coroutine)
+        self.main_task = self.loop.create_task(func(*args, **kwargs))
+        if self.soft_timeout:  # it came while the loop was made: cancel at the first await
+            self.main_task.cancel()
         try:
             return self.loop.run_until_complete(self.main_task)
         finally:
