@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["HookInterrupted", "JobRunner", "bind_job", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
+
+
 class HookInterrupted(BaseException):
     """Raised by the worker's signal handler to pull the main thread out of a hung lifecycle
     hook (a BaseException, so the observer isolation in :func:`events.emit` does not catch
