@@ -25,8 +25,8 @@ from nuvom_kernel.models import StepFailed
 __all__ = ["JsonSerializer", "Serializer", "from_wire", "to_wire"]
 
 TAG = "__nuvom__"
-_PLAIN = (str, int, float, bool, type(None))
-_PLAIN_TYPES = frozenset(_PLAIN)
+#: The types JSON holds as they are (checked by exact type: subclasses are converted).
+PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
 
 _ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
     dt.datetime: ("datetime", lambda v: v.isoformat()),
@@ -55,7 +55,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 def to_wire(value: Any, path: str = "value") -> Any:
     """Turn ``value`` into JSON-native data; ``path`` names it in the error if it can't be."""
     kind = type(value)
-    if kind in _PLAIN:
+    if kind in PLAIN_TYPES:
         if kind is float and value != value:  # NaN is not JSON; say so instead of corrupting
             raise SerializationError(f"{path} is NaN, which JSON cannot carry")
         return value
@@ -90,7 +90,7 @@ def from_wire(value: Any) -> Any:
     a worker decodes every job's arguments (a list of two ints: 0.9 → 0.3 µs)."""
     kind = type(value)
     if kind is list:
-        return [v if type(v) in _PLAIN_TYPES else from_wire(v) for v in value]
+        return [v if type(v) in PLAIN_TYPES else from_wire(v) for v in value]
     if kind is dict:
         if len(value) == 1 and TAG in value:
             tag, payload = value[TAG]
@@ -104,7 +104,7 @@ def from_wire(value: Any) -> Any:
             if decoder is None:
                 raise SerializationError(f"unknown tagged type {tag!r} in payload")
             return decoder(payload)
-        return {k: v if type(v) in _PLAIN_TYPES else from_wire(v) for k, v in value.items()}
+        return {k: v if type(v) in PLAIN_TYPES else from_wire(v) for k, v in value.items()}
     return value
 
 

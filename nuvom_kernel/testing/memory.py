@@ -45,6 +45,7 @@ from nuvom_kernel.models import (
     Settlement,
     supersedes,
 )
+from nuvom_kernel.serialization import PLAIN_TYPES
 from nuvom_kernel.workflow.docstore import DocGraphTxn, ended_before, waiting_in
 from nuvom_kernel.workflow.graph import GraphTxn
 from nuvom_kernel.workflow.settle import advance_steps, final_steps
@@ -393,19 +394,18 @@ _CONTAINERS = tuple(i for i, name in enumerate(_FIELD_NAMES)
                     if name in ("args", "kwargs", "options", "result", "history"))
 assert all(f.init and not f.kw_only and (f.alias or f.name) == f.name
            for f in attrs.fields(JobRecord)), "_copy passes JobRecord's fields positionally"
-_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _clone(value: Any) -> Any:
     """``json.loads(json.dumps(value))``, without the text in between."""
     kind = type(value)
-    if kind in _SCALARS:
+    if kind in PLAIN_TYPES:
         return value
     if kind is dict:  # JSON object keys are strings: 1 becomes "1", None "null", as json does
         return {k if type(k) is str else json.dumps(k):
-                v if type(v) in _SCALARS else _clone(v) for k, v in value.items()}
+                v if type(v) in PLAIN_TYPES else _clone(v) for k, v in value.items()}
     if kind is list or kind is tuple:
-        return [v if type(v) in _SCALARS else _clone(v) for v in value]
+        return [v if type(v) in PLAIN_TYPES else _clone(v) for v in value]
     if isinstance(value, dict | list | tuple | str | int | float):  # subclasses: as json does
         return json.loads(json.dumps(value))
     raise TypeError(f"Object of type {kind.__name__} is not JSON serializable")
