@@ -98,8 +98,8 @@ def nuvom(base: Path, name: str, pool: str, workers: int, kind: str,
             cwd=system.workdir, env=_env(system.bench_env), stdout=subprocess.DEVNULL)
 
     try:
-        return {"system": f"nuvom{'-redis' if on_redis else ''} {pool}{' ' if flags else ''}"
-                          f"{' '.join(flags)}", "workers": workers,
+        return {"system": " ".join(["nuvom-redis" if on_redis else "nuvom", pool, *flags]),
+                "workers": workers,
                 "kind": kind,
                 **_drain(system, enqueue, jobs, worker,
                          args.io_secs if kind == "io" else 0.0)}
