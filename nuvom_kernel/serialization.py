@@ -131,9 +131,19 @@ class JsonSerializer(Serializer):
     def dumps(self, data: dict[str, Any]) -> bytes:
         return self._encode(data).encode()
 
+    # json's C scanner, called directly: json.loads reaches it through two Python calls and
+    # two regular expressions (whitespace around the document, which our bodies never have).
+    _scan = json.JSONDecoder().scan_once
+
     def loads(self, payload: bytes) -> dict[str, Any]:
         try:  # str, not bytes: json.loads would sniff the encoding of bytes on every call
-            data = json.loads(payload.decode() if type(payload) is bytes else payload)
+            text = payload.decode() if type(payload) is bytes else payload
+            try:
+                data, end = self._scan(text, 0)
+            except StopIteration:  # not a value at 0 (leading whitespace, or not JSON)
+                end = -1
+            if end != len(text):  # json.loads decides (whitespace) or says what is wrong
+                data = json.loads(text)
         except (UnicodeDecodeError, ValueError) as exc:
             raise SerializationError(f"payload is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):

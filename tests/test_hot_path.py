@@ -201,3 +201,46 @@ def test_the_memory_store_keeps_its_own_copy_of_every_container() -> None:
     assert again == kept and again.status is JobStatus.SUCCEEDED
     again.result["r"].append(7)  # nor with a reader
     assert store.get(envelope.id) == kept
+
+
+def test_the_memory_stores_copy_of_flat_containers_is_its_own_and_json_shaped() -> None:
+    """Containers of plain values take the short way (copied in C, then checked): still a
+    copy of its own, and still what JSON would keep (a tuple becomes a list, an int key a
+    string, a nested list the long way)."""
+    from nuvom_kernel.models import JobRecord, JobStatus
+    from nuvom_kernel.testing.memory import MemoryResultBackend
+
+    record = JobRecord(job_id="flat", task="t", status=JobStatus.SUCCEEDED, args=[1, "a"],
+                       kwargs={"k": 1}, options={"queue": "q"}, result=(1, 2.5, None))
+    store = MemoryResultBackend()
+    assert store.put(record)
+    record.args.append(9)
+    record.kwargs["k"] = 2
+    record.options["queue"] = "other"
+    kept = store.get("flat")
+    assert kept is not None
+    assert (kept.args, kept.kwargs, kept.options, kept.result) == (
+        [1, "a"], {"k": 1}, {"queue": "q"}, [1, 2.5, None])
+    assert type(kept.result) is list
+    record.result = {1: "a", "b": (3,), "c": True}
+    assert store.put(record)
+    again = store.get("flat")
+    assert again is not None and again.result == {"1": "a", "b": [3], "c": True}
+
+
+@pytest.mark.parametrize("body", [b'{"a":1}x', b'{"a":1} {}', b"", b"nope", b'{"a":', b"[1]"])
+def test_a_body_that_is_not_one_json_object_is_refused(body: bytes) -> None:
+    """The JSON decoder's fast path (the C scanner, called directly) still refuses what
+    ``json.loads`` refuses, trailing data included."""
+    from nuvom_kernel.errors import SerializationError
+    from nuvom_kernel.serialization import JsonSerializer
+
+    with pytest.raises(SerializationError):
+        JsonSerializer().loads(body)
+
+
+def test_a_body_with_whitespace_around_it_still_decodes() -> None:
+    from nuvom_kernel.serialization import JsonSerializer
+
+    assert JsonSerializer().loads(b' \n{"a": [1, {"b": null}]}\t ') == {"a": [1, {"b": None}]}
+    assert JsonSerializer().loads('{"a":1}') == {"a": 1}

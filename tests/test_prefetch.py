@@ -9,6 +9,7 @@ here by the same rule: when it waits, and that what arrives meanwhile joins the 
 
 from __future__ import annotations
 
+import queue as stdqueue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -253,6 +254,34 @@ def test_a_lone_outcome_is_settled_without_a_wait(make_kernel: Callable[..., Ker
     wait_until(lambda: settler.sizes == [1, 1], what="the second outcome settled")
     settler.stop(5)
     assert waits == []
+
+
+def test_an_outcome_submitted_as_the_settler_stops_is_settled(
+        make_kernel: Callable[..., Kernel]):
+    """An executor's ``submit`` that saw the thread running just before ``stop`` puts its
+    outcome behind the end marker: the thread ends without it, so ``stop`` settles it (it
+    used to stay in the inbox, its job run again once the lease expired)."""
+    kernel = make_kernel("memory")
+    first, late = settlements_of(kernel, 2)
+
+    class LateInbox(stdqueue.SimpleQueue):  # type: ignore[type-arg]
+        def put(self, item: Settlement | None, block: bool = True,
+                timeout: float | None = None) -> None:
+            super().put(item)
+            if item is None:  # the race: the outcome lands just after the end marker
+                super().put(late)
+
+    settler = BatchSizes(kernel, kernel.queue, kernel.results, "test:1",
+                         lambda settlement, landed: None, lambda: False)
+    settler.sizes = []
+    settler._inbox = LateInbox()
+    settler.start()
+    settler.submit(first)
+    wait_until(lambda: settler.sizes == [1], what="the first outcome settled")
+    settler.stop(5)
+    assert settler.sizes == [1, 1]
+    assert kernel.results.get("linger-1").status is JobStatus.SUCCEEDED
+    assert kernel.queue.qsize() == 0 and kernel.queue.peek_state("linger-1") is None
 
 
 def running_since(started_mono: float, decided: bool = False) -> Running:

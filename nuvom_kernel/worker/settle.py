@@ -127,23 +127,36 @@ class Settler:
         self.lease_lock = threading.Lock()
         self._inbox: stdqueue.SimpleQueue[Settlement | None] = stdqueue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        #: Outcomes go to the thread: set from start() until stop() (a flag, not
+        #: ``Thread.is_alive()``: two Python calls and a lock per job).
+        self._threaded = False
 
     # --- the thread -------------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="nuvom-settler", daemon=True)
+        self._threaded = True
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
-        """Settle what was submitted, then end the thread."""
-        if self._thread is not None:
+        """Settle what was submitted, then end the thread; an outcome submitted while it
+        ended (after the end marker) is settled here, once the thread is gone."""
+        thread = self._thread
+        if thread is not None:
+            self._threaded = False  # from now on, submit() settles in its caller
             self._inbox.put(None)
-            self._thread.join(timeout)
+            thread.join(timeout)
+            late: list[Settlement] = []
+            if not thread.is_alive():
+                while self._take_waiting(late):  # (past the end marker of an earlier stop)
+                    pass
+            if late:
+                self.settle(late)
 
     def submit(self, settlement: Settlement) -> None:
         """Settle soon on the settler thread — or right here when it is not running (one job
-        run on its own: ``Worker.run_one``)."""
-        if self._thread is not None and self._thread.is_alive():
+        run on its own: ``Worker.run_one``; a job that ends as the worker stops)."""
+        if self._threaded:
             self._inbox.put(settlement)
         else:
             self.settle([settlement])

@@ -1,0 +1,134 @@
+"""Instructions per job in a worker's drain, counted by valgrind: a measure that the VM's speed
+swings do not move.
+
+Run from the repository root (needs ``valgrind``: ``apt-get install valgrind``)::
+
+    python -m benchmarks.instructions                       # memory and sqlite, this tree
+    python -m benchmarks.instructions --tree /tmp/old       # another checkout, to compare
+
+Why: on this project's VMs the same tree's ``overhead.py`` CPU per job moves by up to 2x from
+one minute to the next, so a change worth 3 % cannot be seen in µs even with interleaved
+runs. The number of instructions the CPU executes for the same work does not move: two runs
+of one tree agree within ~0.3 %, so two trees can be compared at any time, one after the
+other.
+
+What is counted: the drain of ``overhead.py`` (no-op jobs enqueued with ``.map()``, a started
+``Worker(workers=2)`` with its heap frozen), from the worker's start until the last job is
+settled; the enqueue before it is left out (the counters are zeroed, ``callgrind_control
+-z``, between the two). Per job is the slope between two drains (``--jobs``, default 1,000
+and 4,000 jobs), so the worker's start and stop cancel out.
+
+Read it as "how much work the kernel does per job", for comparing trees. Not as speed: under
+valgrind a program runs ~50x slower, and where the worker decides by the clock (how many jobs
+to claim ahead, whether the settler waits for more outcomes) it may batch differently than
+it does natively. Each count takes ~30-90 s.
+
+``--tree`` runs the kernel and the plugins of another checkout (its ``benchmarks/overhead.py``
+sets up the drain), so the count of a change is this tree's minus the other's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_PLUGIN_SRCS = ("nuvom_plugins", "nuvom_plugins_sqlite", "nuvom_plugins_otel",
+                "nuvom_plugins_redis", "nuvom_plugins_postgres", "nuvom_plugins_prometheus",
+                "nuvom_plugins_dashboard")
+
+
+def _drain_when_told(backend: str, jobs: int, go: Path) -> None:
+    """The counted process: enqueue, say READY, wait for ``go`` to exist, drain, exit."""
+    from benchmarks.overhead import _kernel, noop
+    from nuvom_kernel.kernel import use_kernel
+    from nuvom_kernel.worker import Worker
+    from nuvom_kernel.worker.heap import frozen_heap
+
+    kernel = _kernel(backend, Path(tempfile.mkdtemp(prefix="nuvom-instructions-")))
+    with use_kernel(kernel):
+        for start in range(0, jobs, 1000):
+            noop.map([(i,) for i in range(start, min(jobs, start + 1000))])
+        worker = Worker(kernel, workers=2)
+        with frozen_heap():
+            print("READY", flush=True)
+            while not go.exists():
+                time.sleep(0.05)
+            worker.start()
+            while worker.processed < jobs:
+                time.sleep(0.05)
+            # Counted up to here: exit without the worker's stop, the kernel's close and
+            # the interpreter's teardown (the counts are written as valgrind exits).
+            os._exit(0)
+
+
+def count(tree: Path, backend: str, jobs: int) -> int:
+    """Instructions of one drain of ``jobs`` jobs, the enqueue before it left out."""
+    path = [str(tree)] + [str(tree / name / "src") for name in _PLUGIN_SRCS
+                          if (tree / name / "src").is_dir()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUVOM_", "BENCH_"))}
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    with tempfile.TemporaryDirectory(prefix="nuvom-callgrind-") as tmp:
+        out, go = Path(tmp) / "callgrind.out", Path(tmp) / "go"
+        # This file runs as a script: the kernel, its plugins and benchmarks.overhead come
+        # from ``tree`` (PYTHONPATH), as in benchmarks/producer.py.
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+             sys.executable, __file__, "--child", backend, str(jobs), str(go)],
+            cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "READY":
+            proc.wait()
+            raise RuntimeError(f"the counted process did not start: {line!r}\n"
+                               f"{proc.stderr.read() if proc.stderr else ''}")
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
+                       capture_output=True)
+        go.touch()
+        _, err = proc.communicate(timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the counted process failed ({proc.returncode}):\n{err}")
+        totals = re.search(r"^(?:totals|summary): (\d+)", out.read_text(), re.MULTILINE)
+        if totals is None:
+            raise RuntimeError(f"no totals in {out}")
+        return int(totals.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", nargs="+", choices=("memory", "sqlite"),
+                        default=["memory", "sqlite"])
+    parser.add_argument("--jobs", nargs=2, type=int, default=[1000, 4000],
+                        metavar=("SMALL", "LARGE"))
+    parser.add_argument("--tree", type=Path, default=ROOT, help="default: this checkout")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        backend, jobs, go = args.child
+        _drain_when_told(backend, int(jobs), Path(go))
+        return 0
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed (apt-get install valgrind)")
+    small, large = args.jobs
+    if not 0 < small < large:
+        parser.error("--jobs SMALL LARGE needs 0 < SMALL < LARGE")
+    print(f"tree: {args.tree.resolve()}")
+    print(f"{'backend':<8} {'instructions/job':>17}   (slope between drains of {small:,} and "
+          f"{large:,} no-op jobs, 2 threads, results stored)")
+    for backend in args.backend:
+        per_job = (count(args.tree, backend, large) - count(args.tree, backend, small)) \
+            / (large - small)
+        print(f"{backend:<8} {per_job:>17,.0f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
