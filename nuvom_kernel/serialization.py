@@ -133,11 +133,12 @@ class JsonSerializer(Serializer):
 
     # json's C scanner, called directly: json.loads reaches it through two Python calls and
     # two regular expressions (whitespace around the document, which our bodies never have).
-    _scan = json.JSONDecoder().scan_once
+    _scan: Callable[[str, int], tuple[Any, int]] = staticmethod(
+        json.JSONDecoder().scan_once)  # type: ignore[attr-defined]
 
     def loads(self, payload: bytes) -> dict[str, Any]:
         try:  # str, not bytes: json.loads would sniff the encoding of bytes on every call
-            text = payload.decode() if type(payload) is bytes else payload
+            text = payload.decode() if isinstance(payload, bytes) else payload
             try:
                 data, end = self._scan(text, 0)
             except StopIteration:  # not a value at 0 (leading whitespace, or not JSON)
