@@ -62,6 +62,8 @@ def test_idle_without_a_port(project: Path) -> None:
         worker.start()
         try:
             assert plugin.current_exporter() is None
+            # idle: no per-job hook at all, so the settler builds nothing for metrics
+            assert not kernel.pm.hook.nuvom_after_settle.get_hookimpls()
         finally:
             worker.stop()
             worker.join()
@@ -88,8 +90,11 @@ def test_an_in_process_worker_serves_and_stops_serving(project: Path) -> None:
                 "nuvom_queue_depth", {"queue": "idle", "state": "ready"}) == 1, 10,
                 "a queue snapshot")
             assert registry.get_sample_value("nuvom_worker_slots") == 3
+            assert [impl.plugin_name for impl in
+                    kernel.pm.hook.nuvom_after_settle.get_hookimpls()] == [plugin.RECORDER]
         finally:
             worker.stop()
             worker.join()
         assert plugin.current_exporter() is None, "the last worker's stop closes it"
+        assert kernel.pm.get_plugin(plugin.RECORDER) is None, "and unregisters its recorder"
     kernel.close()
