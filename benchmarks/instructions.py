@@ -8,9 +8,8 @@ Run from the repository root (needs ``valgrind``: ``apt-get install valgrind``):
 
 Why: on this project's VMs the same tree's ``overhead.py`` CPU per job moves by up to 2x from
 one minute to the next, so a change worth 3 % cannot be seen in µs even with interleaved
-runs. The number of instructions the CPU executes for the same work does not move: two runs
-of one tree agree within ~0.3 %, so two trees can be compared at any time, one after the
-other.
+runs. The number of instructions executed for the same work hardly moves: two runs of one
+tree agree within ~1 %, so two trees can be compared one after the other.
 
 What is counted: the drain of ``overhead.py`` (no-op jobs enqueued with ``.map()``, a started
 ``Worker(workers=2)`` with its heap frozen), from the worker's start until the last job is
@@ -21,7 +20,8 @@ and 4,000 jobs), so the worker's start and stop cancel out.
 Read it as "how much work the kernel does per job", for comparing trees. Not as speed: under
 valgrind a program runs ~50x slower, and where the worker decides by the clock (how many jobs
 to claim ahead, whether the settler waits for more outcomes) it may batch differently than
-it does natively. Each count takes ~30-90 s.
+it does natively, and a much slower or faster host could shift those batches (so compare
+trees on one machine). Each count takes ~30-90 s.
 
 ``--tree`` runs the kernel and the plugins of another checkout (its ``benchmarks/overhead.py``
 sets up the drain), so the count of a change is this tree's minus the other's.
@@ -40,18 +40,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_PLUGIN_SRCS = ("nuvom_plugins", "nuvom_plugins_sqlite", "nuvom_plugins_otel",
-                "nuvom_plugins_redis", "nuvom_plugins_postgres", "nuvom_plugins_prometheus",
-                "nuvom_plugins_dashboard")
 
 
 def _drain_when_told(backend: str, jobs: int, go: Path) -> None:
     """The counted process: enqueue, say READY, wait for ``go`` to exist, drain, exit."""
+    import nuvom_kernel
     from benchmarks.overhead import _kernel, noop
     from nuvom_kernel.kernel import use_kernel
     from nuvom_kernel.worker import Worker
     from nuvom_kernel.worker.heap import frozen_heap
 
+    tree = Path.cwd()
+    if not Path(nuvom_kernel.__file__).resolve().is_relative_to(tree):
+        sys.exit(f"counting {tree}, but nuvom_kernel came from {nuvom_kernel.__file__}")
     kernel = _kernel(backend, Path(tempfile.mkdtemp(prefix="nuvom-instructions-")))
     with use_kernel(kernel):
         for start in range(0, jobs, 1000):
@@ -62,7 +63,10 @@ def _drain_when_told(backend: str, jobs: int, go: Path) -> None:
             while not go.exists():
                 time.sleep(0.05)
             worker.start()
+            deadline = time.monotonic() + 1800
             while worker.processed < jobs:
+                if time.monotonic() > deadline:
+                    sys.exit(f"{worker.processed} of {jobs} jobs done after 1800 s")
                 time.sleep(0.05)
             # Counted up to here: exit without the worker's stop, the kernel's close and
             # the interpreter's teardown (the counts are written as valgrind exits).
@@ -71,8 +75,8 @@ def _drain_when_told(backend: str, jobs: int, go: Path) -> None:
 
 def count(tree: Path, backend: str, jobs: int) -> int:
     """Instructions of one drain of ``jobs`` jobs, the enqueue before it left out."""
-    path = [str(tree)] + [str(tree / name / "src") for name in _PLUGIN_SRCS
-                          if (tree / name / "src").is_dir()]
+    tree = tree.resolve()
+    path = [str(tree), *sorted(str(src) for src in tree.glob("nuvom_plugins*/src"))]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUVOM_", "BENCH_"))}
     env["PYTHONPATH"] = os.pathsep.join(path)
     with tempfile.TemporaryDirectory(prefix="nuvom-callgrind-") as tmp:
@@ -83,16 +87,20 @@ def count(tree: Path, backend: str, jobs: int) -> int:
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
              sys.executable, __file__, "--child", backend, str(jobs), str(go)],
             cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line.strip() != "READY":
-            proc.wait()
-            raise RuntimeError(f"the counted process did not start: {line!r}\n"
-                               f"{proc.stderr.read() if proc.stderr else ''}")
-        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
-                       capture_output=True)
-        go.touch()
-        _, err = proc.communicate(timeout=1800)
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "READY":
+                _, err = proc.communicate(timeout=60)
+                raise RuntimeError(f"the counted process did not start: {line!r}\n{err}")
+            subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
+                           capture_output=True)
+            go.touch()
+            _, err = proc.communicate(timeout=1800)
+        finally:
+            if proc.poll() is None:  # an error above: never leave it polling for `go`
+                proc.kill()
+                proc.wait()
         if proc.returncode != 0:
             raise RuntimeError(f"the counted process failed ({proc.returncode}):\n{err}")
         totals = re.search(r"^(?:totals|summary): (\d+)", out.read_text(), re.MULTILINE)

@@ -34,7 +34,7 @@ def observers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
 def call_each(impls: Sequence[Any], hook_name: str, kwargs: dict[str, Any]) -> None:
     """Call every implementation of :func:`observers`, isolating each one (see :func:`emit`)."""
     for impl in impls:
-        try:  # map, not a list comprehension: that was a frame of its own per call
+        try:  # map, not a list comprehension (a frame of its own per call up to Python 3.11)
             impl.function(*map(kwargs.__getitem__, impl.argnames))
         except Exception:
             log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,

@@ -206,7 +206,7 @@ def test_the_memory_store_keeps_its_own_copy_of_every_container() -> None:
 def test_the_memory_stores_copy_of_flat_containers_is_its_own_and_json_shaped() -> None:
     """Containers of plain values take the short way (copied in C, then checked): still a
     copy of its own, and still what JSON would keep (a tuple becomes a list, an int key a
-    string, a nested list the long way)."""
+    string, a container inside one the long way)."""
     from nuvom_kernel.models import JobRecord, JobStatus
     from nuvom_kernel.testing.memory import MemoryResultBackend
 

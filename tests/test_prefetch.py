@@ -256,13 +256,24 @@ def test_a_lone_outcome_is_settled_without_a_wait(make_kernel: Callable[..., Ker
     assert waits == []
 
 
+def late_settler(kernel: Kernel, inbox: stdqueue.SimpleQueue[Settlement | None]
+                 ) -> BatchSizes:
+    settler = BatchSizes(kernel, kernel.queue, kernel.results, "test:1",
+                         lambda settlement, landed: None, lambda: False)
+    settler.sizes = []
+    settler._inbox = inbox
+    settler.start()
+    return settler
+
+
 def test_an_outcome_submitted_as_the_settler_stops_is_settled(
         make_kernel: Callable[..., Kernel]):
     """An executor's ``submit`` that saw the thread running just before ``stop`` puts its
     outcome behind the end marker: the thread ends without it, so ``stop`` settles it (it
-    used to stay in the inbox, its job run again once the lease expired)."""
+    used to stay in the inbox, its job run again once the lease expired). One submitted
+    after the stop is settled by its caller."""
     kernel = make_kernel("memory")
-    first, late = settlements_of(kernel, 2)
+    first, late, after = settlements_of(kernel, 3)
 
     class LateInbox(stdqueue.SimpleQueue):  # type: ignore[type-arg]
         def put(self, item: Settlement | None, block: bool = True,
@@ -271,17 +282,37 @@ def test_an_outcome_submitted_as_the_settler_stops_is_settled(
             if item is None:  # the race: the outcome lands just after the end marker
                 super().put(late)
 
-    settler = BatchSizes(kernel, kernel.queue, kernel.results, "test:1",
-                         lambda settlement, landed: None, lambda: False)
-    settler.sizes = []
-    settler._inbox = LateInbox()
-    settler.start()
+    settler = late_settler(kernel, LateInbox())
     settler.submit(first)
     wait_until(lambda: settler.sizes == [1], what="the first outcome settled")
     settler.stop(5)
     assert settler.sizes == [1, 1]
-    assert kernel.results.get("linger-1").status is JobStatus.SUCCEEDED
-    assert kernel.queue.qsize() == 0 and kernel.queue.peek_state("linger-1") is None
+    settler.submit(after)
+    assert settler.sizes == [1, 1, 1]
+    assert all(kernel.results.get(f"linger-{i}").status is JobStatus.SUCCEEDED
+               for i in range(3))
+    assert kernel.queue.qsize() == 0
+
+
+def test_an_outcome_put_after_the_whole_stop_is_settled_by_its_submitter(
+        make_kernel: Callable[..., Kernel]):
+    """``submit`` read "running", then ``stop`` ran to its end (the thread gone, the inbox
+    drained) before the outcome was put: ``submit`` sees the stop and settles it."""
+    kernel = make_kernel("memory")
+    late, = settlements_of(kernel, 1)
+
+    class StopFirst(stdqueue.SimpleQueue):  # type: ignore[type-arg]
+        def put(self, item: Settlement | None, block: bool = True,
+                timeout: float | None = None) -> None:
+            if item is late:  # the whole stop runs between submit's check and its put
+                settler.stop(5)
+            super().put(item)
+
+    settler = late_settler(kernel, StopFirst())
+    settler.submit(late)
+    assert settler.sizes == [1]
+    assert kernel.results.get("linger-0").status is JobStatus.SUCCEEDED
+    assert kernel.queue.qsize() == 0
 
 
 def running_since(started_mono: float, decided: bool = False) -> Running:

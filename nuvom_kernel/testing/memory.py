@@ -404,7 +404,7 @@ def _clone(value: Any) -> Any:
     if kind in PLAIN_TYPES:
         return value
     # The usual container holds plain values only: copied in C, then checked (a loop in the
-    # function, not a comprehension that is a call of its own: ~40 % less per container).
+    # function, not a comprehension, a call of its own up to Python 3.11: ~40 % less there).
     if kind is dict:
         out = value.copy()
         for k, v in out.items():

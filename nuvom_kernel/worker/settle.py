@@ -127,55 +127,74 @@ class Settler:
         self.lease_lock = threading.Lock()
         self._inbox: stdqueue.SimpleQueue[Settlement | None] = stdqueue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        #: Outcomes go to the thread: set from start() until stop() (a flag, not
-        #: ``Thread.is_alive()``: two Python calls and a lock per job).
+        #: Outcomes go to the thread: set once it started, until stop() or its end (a flag,
+        #: not ``Thread.is_alive()``: two Python calls and a lock per job).
         self._threaded = False
+        self._late_lock = threading.Lock()
 
     # --- the thread -------------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="nuvom-settler", daemon=True)
-        self._threaded = True
         self._thread.start()
+        self._threaded = True
 
     def stop(self, timeout: float) -> None:
-        """Settle what was submitted, then end the thread; an outcome submitted while it
-        ended (after the end marker) is settled here, once the thread is gone."""
+        """Settle what was submitted, then end the thread; what reached the inbox behind its
+        end marker is settled here, once the thread is gone."""
         thread = self._thread
         if thread is not None:
             self._threaded = False  # from now on, submit() settles in its caller
             self._inbox.put(None)
             thread.join(timeout)
-            late: list[Settlement] = []
-            if not thread.is_alive():
-                while self._take_waiting(late):  # (past the end marker of an earlier stop)
-                    pass
-            if late:
-                self.settle(late)
+            self._settle_late()
 
     def submit(self, settlement: Settlement) -> None:
         """Settle soon on the settler thread — or right here when it is not running (one job
         run on its own: ``Worker.run_one``; a job that ends as the worker stops)."""
         if self._threaded:
             self._inbox.put(settlement)
+            if not self._threaded:  # stop() began meanwhile: it may have drained already
+                self._settle_late()
         else:
             self.settle([settlement])
 
+    def _settle_late(self) -> None:
+        """Settle what waits in the inbox once the thread has ended (else it still will):
+        outcomes submitted as it stopped. Whoever takes an outcome settles it, once."""
+        with self._late_lock:
+            thread = self._thread
+            if thread is not None and thread.is_alive():
+                return
+            while True:
+                late: list[Settlement] = []
+                ended = self._take_waiting(late)  # (end markers of earlier stops skipped)
+                if late:
+                    self._settle_logged(late)
+                elif not ended:
+                    return
+
+    def _settle_logged(self, batch: list[Settlement]) -> None:
+        try:
+            self.settle(batch)
+        except Exception:  # never lose the thread: those leases expire, jobs re-run
+            log.exception("settling a batch of %d failed; its jobs will run again after the "
+                          "visibility timeout", len(batch))
+
     def _loop(self) -> None:
-        done = False
-        while not done:
-            first = self._inbox.get()
-            batch = [] if first is None else [first]
-            done = first is None or self._take_waiting(batch)
-            if not done and len(batch) < LINGER_BATCH and self._outcomes_soon():
-                _linger(LINGER_SECS)  # a fixed wait: one wake-up, not one per outcome
-                done = self._take_waiting(batch)
-            if batch:
-                try:
-                    self.settle(batch)
-                except Exception:  # never lose the thread: those leases expire, jobs re-run
-                    log.exception("settling a batch of %d failed; its jobs will run again "
-                                  "after the visibility timeout", len(batch))
+        try:
+            done = False
+            while not done:
+                first = self._inbox.get()
+                batch = [] if first is None else [first]
+                done = first is None or self._take_waiting(batch)
+                if not done and len(batch) < LINGER_BATCH and self._outcomes_soon():
+                    _linger(LINGER_SECS)  # a fixed wait: one wake-up, not one per outcome
+                    done = self._take_waiting(batch)
+                if batch:
+                    self._settle_logged(batch)
+        finally:  # ended, or killed by a BaseException from a hook: callers settle inline
+            self._threaded = False
 
     def _outcomes_soon(self) -> bool:
         """``outcomes_soon()``, ``False`` without one or if it raises (this thread must

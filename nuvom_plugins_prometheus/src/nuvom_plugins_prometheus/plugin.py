@@ -8,8 +8,8 @@ through hooks and the backend SPI (``stats()``), like any third-party plugin.
 
 The per-job hook is implemented by a :class:`Recorder` registered only while a worker
 exports: idle, the plugin adds nothing to a job (the settler builds no ``Outcome`` when
-nobody observes). Measured on a drain before it was split off: ~8,000 instructions per job
-(``benchmarks/instructions.py``), about 3 % of a job, for a hook that recorded nothing.
+nobody observes). Counted on a drain before it was split off: ~7,600 instructions per job
+(``benchmarks/instructions.py``), under 4 % of a job, for a hook that recorded nothing.
 """
 
 from __future__ import annotations
