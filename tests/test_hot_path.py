@@ -244,3 +244,4 @@ def test_a_body_with_whitespace_around_it_still_decodes() -> None:
 
     assert JsonSerializer().loads(b' \n{"a": [1, {"b": null}]}\t ') == {"a": [1, {"b": None}]}
     assert JsonSerializer().loads('{"a":1}') == {"a": 1}
+    assert JsonSerializer().loads(bytearray(b'{"a":1}')) == {"a": 1}  # type: ignore[arg-type]
