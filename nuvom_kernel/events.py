@@ -34,8 +34,8 @@ def observers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
 def call_each(impls: Sequence[Any], hook_name: str, kwargs: dict[str, Any]) -> None:
     """Call every implementation of :func:`observers`, isolating each one (see :func:`emit`)."""
     for impl in impls:
-        try:  # map, not a list comprehension (a frame of its own per call up to Python 3.11)
-            impl.function(*map(kwargs.__getitem__, impl.argnames))
+        try:
+            impl.function(*[kwargs[name] for name in impl.argnames])
         except Exception:
             log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,
                          exc_info=True)
@@ -66,9 +66,4 @@ def emit(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
     Observers cannot stop the run: an exception is logged at CRITICAL with the plugin's name
     and the next observer still runs (dramatiq's ``emit_after`` does the same).
     """
-    cache: dict[str, list[Any]] | None = getattr(pm, "observer_cache", None)
-    impls = None if cache is None else cache.get(hook_name)  # observers(), without a call:
-    if impls is None:  # a worker emits two or three hooks per job
-        impls = observers(pm, hook_name)
-    if impls:
-        call_each(impls, hook_name, kwargs)
+    call_each(observers(pm, hook_name), hook_name, kwargs)
