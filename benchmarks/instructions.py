@@ -75,10 +75,11 @@ def _drain_when_told(backend: str, jobs: int, go: Path) -> None:
 
 def count(tree: Path, backend: str, jobs: int) -> int:
     """Instructions of one drain of ``jobs`` jobs, the enqueue before it left out."""
+    # Here, not at the top: the counted process runs this file too, importing from ``tree``.
+    from benchmarks.producer import tree_env
+
     tree = tree.resolve()
-    path = [str(tree), *sorted(str(src) for src in tree.glob("nuvom_plugins*/src"))]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUVOM_", "BENCH_"))}
-    env["PYTHONPATH"] = os.pathsep.join(path)
+    env = tree_env(tree)
     with tempfile.TemporaryDirectory(prefix="nuvom-callgrind-") as tmp:
         out, go = Path(tmp) / "callgrind.out", Path(tmp) / "go"
         # This file runs as a script: the kernel, its plugins and benchmarks.overhead come

@@ -31,9 +31,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_PLUGIN_SRCS = ("nuvom_plugins", "nuvom_plugins_sqlite", "nuvom_plugins_otel",
-                "nuvom_plugins_redis", "nuvom_plugins_postgres", "nuvom_plugins_prometheus",
-                "nuvom_plugins_dashboard")
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """This environment for a process that imports the kernel, every plugin and the
+    benchmarks of checkout ``tree`` (first on ``PYTHONPATH``, before the editable installs),
+    without the ``NUVOM_``/``BENCH_`` settings of this one."""
+    tree = tree.resolve()
+    path = [str(tree), *sorted(str(src) for src in tree.glob("nuvom_plugins*/src"))]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUVOM_", "BENCH_"))}
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    return env
 
 
 def _measure(system_name: str, jobs: int, chunk: int) -> dict[str, float]:
@@ -71,15 +79,11 @@ def _measure(system_name: str, jobs: int, chunk: int) -> dict[str, float]:
 
 
 def _run(tree: Path, system_name: str, jobs: int, chunk: int) -> dict[str, float]:
-    path = [str(tree)] + [str(tree / name / "src") for name in _PLUGIN_SRCS
-                          if (tree / name / "src").is_dir()]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUVOM_", "BENCH_"))}
-    env["PYTHONPATH"] = os.pathsep.join(path)
     # This file runs as a script (its directory first on sys.path, no kernel in it); the
     # kernel, the plugins and benchmarks.throughput come from ``tree``.
     done = subprocess.run([sys.executable, __file__, "--measure", system_name, "--jobs",
-                           str(jobs), "--chunk", str(chunk)], cwd=tree, env=env, check=True,
-                          capture_output=True, text=True)
+                           str(jobs), "--chunk", str(chunk)], cwd=tree, env=tree_env(tree),
+                          check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
