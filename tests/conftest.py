@@ -15,6 +15,13 @@ from tests.helpers import E2E_BACKENDS, SERVER_BACKENDS
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
+#: The first part of every project's namespace in this run. Not the plugins' ``nuvom-test-``
+#: prefix: a namespace with that prefix is removed when the process that created it exits,
+#: and here that may be a worker the test started and stopped while the test still reads
+#: the queue. This run removes its own namespaces when it ends
+#: (:func:`_server_namespaces_removed`), and never another run's.
+E2E_NAMESPACE_PREFIX = f"nuvom-e2e-{uuid.uuid4().hex[:8]}-"
+
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -31,8 +38,43 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             monkeypatch.delenv(key)
     if SERVER_BACKENDS:
         (tmp_path / ".nuvom_plugins.toml").write_text(
-            f'[settings]\nnamespace = "nuvom-test-{uuid.uuid4().hex[:12]}"\n')
+            f'[settings]\nnamespace = "{E2E_NAMESPACE_PREFIX}{uuid.uuid4().hex[:12]}"\n')
     return tmp_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _server_namespaces_removed() -> Iterator[None]:
+    """Remove this run's schemas and keys from the shared servers once every test is done:
+    by then no worker of a test is left to use them."""
+    yield
+    if "postgres" in SERVER_BACKENDS:
+        import psycopg
+        from psycopg import sql
+
+        from nuvom_plugins_postgres.settings import PostgresSettings, schema_name
+
+        settings = PostgresSettings()
+        prefix = schema_name(settings.schema, E2E_NAMESPACE_PREFIX)
+        with psycopg.connect(settings.dsn, autocommit=True) as conn:
+            names = [row[0] for row in conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE left(nspname, %s) = %s",
+                (len(prefix), prefix))]
+            for name in names:
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+    if "redis" in SERVER_BACKENDS:
+        import redis
+
+        from nuvom_plugins_redis.connection import RedisSettings
+
+        defaults = RedisSettings()
+        client = redis.Redis.from_url(defaults.url)
+        try:
+            keys = list(client.scan_iter(
+                match=f"{defaults.key_prefix}:{E2E_NAMESPACE_PREFIX}*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.unlink(*keys[start:start + 1000])
+        finally:
+            client.close()
 
 
 @pytest.fixture

@@ -137,7 +137,9 @@ def mark_temporary(dsn: str, schema: str) -> None:
     """Drop ``schema`` at exit if this process creates it: the contract suite hands each
     test a fresh namespace (``nuvom-test-…``) and has no teardown hook for server-side
     storage, so without this every run of ``nuvom plugin test postgres`` would leave a
-    schema per test behind."""
+    schema per test behind. A test whose subprocesses may be the first to use the server
+    (the kernel's end-to-end tests) must use another prefix and drop its schemas itself,
+    or a producer's or worker's exit would drop them from under the test."""
     _temporary.add((dsn, schema))
 
 

@@ -420,11 +420,12 @@ class Store:
 @atexit.register
 def _forget_temporary() -> None:
     """Delete the keys of test namespaces (``nuvom-test-…``) this process created: the
-    kernel's tests and the contract suite hand each test a fresh namespace and have no
+    contract suite (``nuvom plugin test``) hands each test a fresh namespace and has no
     teardown hook for server-side keys, so without this every run would leave its jobs and
-    records on the server. Only the creating process deletes (a worker a test started and
-    stopped must not pull the keys from under the test), and only such namespaces: an app's
-    keys are never touched."""
+    records on the server. Only the creating process deletes, and only such namespaces: an
+    app's keys are never touched. A test whose subprocesses may be the first to use the
+    server (the kernel's end-to-end tests) must use another prefix and delete its keys
+    itself, or a producer's or worker's exit would pull them from under the test."""
     for url, prefix, pid in sorted(_temporary):
         if pid != os.getpid():
             continue  # inherited through fork: the creator deletes
