@@ -86,6 +86,10 @@ class ExecLog:
     def executions(self, job_id: str) -> int:
         return len(self.runs.get(job_id, ()))
 
+    def ran_by(self, pid: int) -> set[str]:
+        """Jobs ``pid`` has started, finished or not."""
+        return {job_id for job_id, runs in self.runs.items() if any(r.pid == pid for r in runs)}
+
     def in_flight(self, pid: int) -> set[str]:
         """Jobs ``pid`` has started and not finished."""
         return {job_id for job_id, runs in self.runs.items()

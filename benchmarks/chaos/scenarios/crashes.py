@@ -32,12 +32,20 @@ def scenario_crash(base: Path, backend: str, sizes: Sizes) -> Outcome:
 
         wait_for(victim_busy, 60, "the victim worker to run jobs a fifth of the way in")
         project.kill(victim)
-        held = log.refresh().in_flight(victim.pid)
-        out.notes.append(f"killed pid {victim.pid} holding {len(held)} running job(s)")
+        running = log.refresh().in_flight(victim.pid)
         project.start_worker(4)
         project.wait_succeeded(n, 60 + n * sizes.crash_secs)
         records = project.judge(out, ids)
-        out.check(held, "the victim held no running job when killed (nothing was tested)")
+        # What the victim held: jobs running in it, and jobs whose call had returned but
+        # whose outcome it had not settled yet (a slow machine can put the kill there, as
+        # a process pool's hand-back from child to worker makes that window wider); the
+        # latter are known once they ran again.
+        unsettled = {job_id for job_id in log.refresh().ran_by(victim.pid) - running
+                     if log.executions(job_id) >= 2}
+        held = running | unsettled
+        out.notes.append(f"killed pid {victim.pid} holding {len(running)} running job(s) "
+                         f"and {len(unsettled)} finished but unsettled")
+        out.check(held, "the victim held no job when killed (nothing was tested)")
         for job_id in held:
             with use_kernel(project.kernel()):
                 attempts = get_job(job_id).attempts
