@@ -17,7 +17,6 @@ from nuvom_plugins_sqlite import (
     SQLiteJobQueue,
     SQLiteResultBackend,
 )
-from nuvom_plugins_sqlite.connection import PAGE_SIZE
 from nuvom_plugins_sqlite.schema import MIGRATIONS, migrate
 
 
@@ -28,26 +27,6 @@ def test_new_file_gets_current_version_wal_and_every_table(db_path: Path) -> Non
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"nuvom_queue", "nuvom_quarantine", "nuvom_results"} <= tables
-
-
-def test_a_new_file_gets_small_pages_and_an_old_file_keeps_its_own(tmp_path: Path) -> None:
-    new = tmp_path / "new.db"
-    fresh = SQLiteJobQueue(new)
-    fresh.push([msg("a")])
-    fresh.close()
-    assert sqlite3.connect(new).execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 2048
-
-    old = tmp_path / "old.db"
-    conn = sqlite3.connect(old)
-    conn.execute("PRAGMA page_size = 4096")
-    conn.execute("CREATE TABLE app (x)")  # a file with pages: its page size is fixed
-    conn.commit()
-    conn.close()
-    queue = SQLiteJobQueue(old)
-    queue.push([msg("b")])
-    assert [lease.id for lease in queue.claim(5)] == ["b"]
-    queue.close()
-    assert sqlite3.connect(old).execute("PRAGMA page_size").fetchone()[0] == 4096
 
 
 def test_migrate_is_idempotent_and_reports_the_found_version(tmp_path: Path) -> None:

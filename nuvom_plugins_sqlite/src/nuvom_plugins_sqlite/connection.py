@@ -17,15 +17,6 @@ Why ``temp_store = MEMORY``: a multi-row UPDATE or an upsert inside ``BEGIN ... 
 a statement journal, by default in a temporary file created and deleted per statement; in
 memory it is free (measured: that file tripled the cost of a claim in a transaction).
 
-Why a new file gets 2 KiB pages (SQLite's default is 4 KiB): a queue's write transaction
-changes a few rows in several b-trees (the table, its id index, the ready index), and a WAL
-commit appends every page it dirtied, whole. Half-size pages halve those bytes, written and
-checksummed per commit; the trees get no deeper to speak of at a queue's row sizes.
-Measured on the 2-core benchmark machine, 2 KiB against 4 KiB files, interleaved, medians of
-5: one ``.delay()`` at a time 18,719 → 21,125 jobs/s (+13 %), ``.map()`` 64k → 76k jobs/s, a
-drain unchanged within the noise (1 KiB pages were no faster). A file that already exists
-keeps its page size (WAL mode cannot change it).
-
 Why writes retry on ``SQLITE_BUSY`` with a warning: another process may hold the write lock
 for seconds (a backup, a long ``purge``). The caller waits up to ``busy_timeout_secs``,
 logging a warning each second it is still blocked, instead of failing the job at once.
@@ -60,7 +51,6 @@ _SYNCHRONOUS = ("NORMAL", "FULL")
 _MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 _BUSY_STEP_SECS = 1.0  # how long SQLite's own handler waits before we log and retry
-PAGE_SIZE = 2048  # of a new database file (see above)
 
 
 class DatabaseBusyError(NuvomError):
@@ -218,7 +208,6 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         try:
-            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # no-op once the file has pages
             mode = self._retry_busy(
                 lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             )
