@@ -228,6 +228,31 @@ def test_the_memory_stores_copy_of_flat_containers_is_its_own_and_json_shaped() 
     assert again is not None and again.result == {"1": "a", "b": [3], "c": True}
 
 
+def test_the_memory_stores_copy_writes_object_keys_as_json_does() -> None:
+    """A ``StrEnum`` key is its text (not its quoted JSON), an ``IntEnum`` or a float its
+    number, ``True`` and ``None`` their JSON names; a key json refuses is refused."""
+    import enum
+    import json
+
+    from nuvom_kernel.testing.memory import _clone
+
+    class Color(enum.StrEnum):
+        RED = "red"
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    value = {Color.RED: 1, Level.HIGH: 2, 1.5: 3, True: 4, None: 5, "plain": [6]}
+    assert _clone(value) == json.loads(json.dumps(value)) == {
+        "red": 1, "3": 2, "1.5": 3, "true": 4, "null": 5, "plain": [6]}
+    assert all(type(k) is str for k in _clone(value))
+    for bad in ({(1, 2): "tuple key"}, {b"x": "bytes key"}):
+        with pytest.raises(TypeError, match="keys must be"):
+            json.dumps(bad)
+        with pytest.raises(TypeError, match="keys must be"):
+            _clone(bad)
+
+
 @pytest.mark.parametrize("body", [b'{"a":1}x', b'{"a":1} {}', b"", b"nope", b'{"a":', b"[1]"])
 def test_a_body_that_is_not_one_json_object_is_refused(body: bytes) -> None:
     """The JSON decoder's fast path (the C scanner, called directly) still refuses what

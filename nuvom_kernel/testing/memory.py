@@ -412,8 +412,7 @@ def _clone(value: Any) -> Any:
                 break
         else:
             return out
-        # JSON object keys are strings: 1 becomes "1", None "null", as json does
-        return {k if type(k) is str else json.dumps(k):
+        return {k if type(k) is str else _key(k):
                 v if type(v) in PLAIN_TYPES else _clone(v) for k, v in value.items()}
     if kind is list or kind is tuple:
         out = list(value)
@@ -426,6 +425,16 @@ def _clone(value: Any) -> Any:
     if isinstance(value, dict | list | tuple | str | int | float):  # subclasses: as json does
         return json.loads(json.dumps(value))
     raise TypeError(f"Object of type {kind.__name__} is not JSON serializable")
+
+
+def _key(key: Any) -> str:
+    """A JSON object key as json writes it: a ``str`` subclass (a ``StrEnum``) as its text,
+    ``1`` as ``"1"``, ``None`` as ``"null"``; any other key is refused, as json does."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    if key is None or isinstance(key, int | float):
+        return json.dumps(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
 class MemoryResultBackend(ResultBackend):
