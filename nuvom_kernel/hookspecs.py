@@ -229,6 +229,8 @@ def nuvom_worker_prepare(worker: Worker) -> None:
     Call mode: 1:N; an exception is not isolated: it stops the worker before it leases
     anything (``nuvom runworker`` prints it and exits with status 1), so a resource that
     cannot be had is a clear startup error instead of a worker running half-configured.
+    ``nuvom_worker_shutdown`` then runs for every plugin, so one that prepared gives back
+    what it took; a plugin must accept a shutdown for a worker it did not prepare.
 
     :param worker: the :class:`~nuvom_kernel.worker.Worker` about to start.
 
@@ -250,7 +252,8 @@ def nuvom_worker_startup(worker: Worker) -> None:
 
 @hookspec
 def nuvom_worker_shutdown(worker: Worker) -> None:
-    """When a worker pool has stopped and returned its unstarted leases.
+    """When a worker pool has stopped and returned its unstarted leases, or failed to
+    start after ``nuvom_worker_prepare`` began (then nothing was leased).
 
     Call mode: 1:N observer.
 

@@ -144,11 +144,17 @@ class Worker:
     def start(self) -> None:
         """Start the threads and return; :meth:`stop` and :meth:`join` end them.
 
-        :raises Exception: what a ``nuvom_worker_prepare`` hook raised (nothing started).
+        :raises Exception: what a ``nuvom_worker_prepare`` hook raised, or the manifest
+            or the backend while the worker prepared (nothing started; the shutdown hook
+            has run, so a plugin that prepared gave back what it took: a port, a hook).
         """
-        self.kernel.pm.hook.nuvom_worker_prepare(worker=self)
-        self.kernel.registry.load_manifest(self.kernel.data_dir)
-        self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
+        try:
+            self.kernel.pm.hook.nuvom_worker_prepare(worker=self)
+            self.kernel.registry.load_manifest(self.kernel.data_dir)
+            self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
+        except BaseException:
+            self.signals.emit_lifecycle("nuvom_worker_shutdown")
+            raise
         self.scheduler.start()
         self.settler.start()
         if self.processes is not None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from prom_helpers import project as project  # the fixture
 from prom_helpers import wait_until
 from prometheus_client import CollectorRegistry
 
-from nuvom_kernel import Worker
+from nuvom_kernel import Worker, hookimpl
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement
 from nuvom_kernel.outcome import Outcome
@@ -97,4 +98,27 @@ def test_an_in_process_worker_serves_and_stops_serving(project: Path) -> None:
             worker.join()
         assert plugin.current_exporter() is None, "the last worker's stop closes it"
         assert kernel.pm.get_plugin(plugin.RECORDER) is None, "and unregisters its recorder"
+    kernel.close()
+
+
+class _Refuses:
+    """A plugin whose prepare fails after Prometheus's has served (``trylast``)."""
+
+    @hookimpl(trylast=True)
+    def nuvom_worker_prepare(self, worker: Worker) -> None:
+        raise RuntimeError("no licence for this worker")
+
+
+def test_a_worker_that_fails_to_start_gives_back_the_port_and_the_recorder(
+        project: Path) -> None:
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "memory",
+                                           "NUVOM_RESULT_BACKEND": "memory",
+                                           "NUVOM_PLUGINS__PROMETHEUS__PORT": "0"})
+    kernel.pm.register(_Refuses(), name="refuses")
+    with use_kernel(kernel):
+        worker = Worker(kernel, workers=1)
+        with pytest.raises(RuntimeError, match="no licence"):
+            worker.start()
+    assert plugin.current_exporter() is None, "the exporter it opened is closed"
+    assert kernel.pm.get_plugin(plugin.RECORDER) is None, "and its recorder unregistered"
     kernel.close()
