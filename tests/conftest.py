@@ -62,19 +62,10 @@ def _server_namespaces_removed() -> Iterator[None]:
             for name in names:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
     if "redis" in SERVER_BACKENDS:
-        import redis
-
-        from nuvom_plugins_redis.connection import RedisSettings
+        from nuvom_plugins_redis.connection import RedisSettings, delete_prefix
 
         defaults = RedisSettings()
-        client = redis.Redis.from_url(defaults.url)
-        try:
-            keys = list(client.scan_iter(
-                match=f"{defaults.key_prefix}:{E2E_NAMESPACE_PREFIX}*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.unlink(*keys[start:start + 1000])
-        finally:
-            client.close()
+        delete_prefix(defaults.url, f"{defaults.key_prefix}:{E2E_NAMESPACE_PREFIX}")
 
 
 @pytest.fixture

@@ -35,16 +35,10 @@ def _delete_prefixes(owner: int) -> None:
     child inherits the handler but not the projects)."""
     if os.getpid() != owner:
         return
-    import redis
+    from nuvom_plugins_redis.connection import delete_prefix
 
-    client = redis.Redis.from_url(URL, socket_timeout=10.0)
-    try:
-        for prefix in sorted(_prefixes):
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.unlink(*keys[start:start + 1000])
-    finally:
-        client.close()
+    for prefix in sorted(_prefixes):
+        delete_prefix(URL, f"{prefix}:")
 
 
 def corrupt_redis(project: Project, victim: str) -> Corruption:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-import redis
+from nuvom_plugins_redis.connection import delete_prefix
 
 URL = os.environ.get("NUVOM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PREFIX = "nuvom-test"
@@ -16,11 +16,5 @@ def settings(**extra: object) -> dict[str, object]:
 
 
 def forget(namespace: str) -> None:
-    """Delete a test namespace's keys (SCAN is fine here: tests only, never a hot path)."""
-    client = redis.Redis.from_url(URL)
-    try:
-        keys = list(client.scan_iter(match=f"{PREFIX}:{namespace}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start:start + 500])
-    finally:
-        client.close()
+    """Delete a test namespace's keys."""
+    delete_prefix(URL, f"{PREFIX}:{namespace}:")

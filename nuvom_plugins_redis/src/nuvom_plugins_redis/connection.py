@@ -48,7 +48,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py packs then
     _pack = None  # type: ignore[assignment]
 
-__all__ = ["LuaScript", "RedisSettings", "RedisUnavailableError", "Store"]
+__all__ = ["LuaScript", "RedisSettings", "RedisUnavailableError", "Store", "delete_prefix"]
 
 log = logging.getLogger("nuvom.redis")
 
@@ -429,17 +429,24 @@ def _forget_temporary() -> None:
     for url, prefix, pid in sorted(_temporary):
         if pid != os.getpid():
             continue  # inherited through fork: the creator deletes
-        client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
         try:
-            keys = list(client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
-            for start in range(0, len(keys), 1000):
-                client.unlink(*keys[start:start + 1000])
+            delete_prefix(url, prefix)
         except redis.RedisError as exc:  # the server is gone: nothing left to delete
             log.warning("could not delete the test keys %s* on %s: %s", prefix,
                         mask_secret("url", url), exc)
-        finally:
-            client.close()
     _temporary.clear()
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key on ``url`` that starts with ``prefix`` (taken literally). Tests'
+    cleanup only: ``SCAN`` walks the whole keyspace."""
+    client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    try:
+        keys = list(client.scan_iter(match=_glob_escape(prefix) + "*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.unlink(*keys[start:start + 1000])
+    finally:
+        client.close()
 
 
 def _glob_escape(text: str) -> str:
