@@ -29,8 +29,10 @@ def _installed() -> list[str]:
 
 @pytest.fixture(params=_installed())
 def results(request: pytest.FixtureRequest, project: Path) -> Iterator[ResultBackend]:
+    # A test namespace (``nuvom-test-``): the server plugins remove it when this process,
+    # which creates it, exits; ``dash-…`` left a schema and a key behind every run.
     environ = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": request.param,
-               "NUVOM_NAMESPACE": f"dash-{uuid.uuid4().hex[:10]}"}
+               "NUVOM_NAMESPACE": f"nuvom-test-dash-{uuid.uuid4().hex[:10]}"}
     kernel = Kernel(root=project, environ=environ)
     yield kernel.results
     kernel.results.purge(time.time() + 3600)  # every record here is finished
