@@ -163,16 +163,21 @@ def _encoded(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
         for env, job in calls:
             if job.headers:
                 env.headers.update(job.headers)
-    messages = []
-    for env, _ in calls:
+    try:
+        return Envelope.to_messages([env for env, _ in calls], serializer, available_at)
+    except Exception as exc:  # headers an observer added, a plugin serializer
+        failed: tuple[Envelope, Exception] = (calls[0][0], exc)
+    for env, _ in calls:  # name the job that cannot be encoded
         try:
-            messages.append(env.to_message(serializer, available_at))
-        except Exception as exc:  # headers an observer added, a plugin serializer
-            raise SerializationError(
-                f"job {env.id} ({env.task}) cannot be encoded by the {serializer.name!r} "
-                f"serializer: {type(exc).__name__}: {exc}; headers set by enqueue "
-                f"observers must be JSON-native") from exc
-    return messages
+            env.to_message(serializer, available_at)
+        except Exception as exc:
+            failed = (env, exc)
+            break
+    env, error = failed
+    raise SerializationError(
+        f"job {env.id} ({env.task}) cannot be encoded by the {serializer.name!r} "
+        f"serializer: {type(error).__name__}: {error}; headers set by enqueue "
+        f"observers must be JSON-native") from error
 
 
 def _messages(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,

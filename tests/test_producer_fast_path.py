@@ -256,6 +256,56 @@ def test_sqlite_batch_insert_reports_each_row_across_statement_chunks(tmp_path: 
         queue.close()
 
 
+def test_sqlite_batch_insert_stores_every_field_of_shared_and_mixed_chunks(
+        tmp_path: Path) -> None:
+    """A chunk whose rows share queue, priority, times and task is inserted from three
+    values per row (the rest bound once), a mixed chunk from eight: each message comes back
+    whole either way, and of an id repeated in a chunk the first one is stored."""
+    from nuvom_plugins_sqlite import SQLiteJobQueue
+    from nuvom_plugins_sqlite.queue import _INSERT_CHUNK
+
+    queue = SQLiteJobQueue(tmp_path / "q.db")
+    try:
+        shared = [Message(id=f"s{i}", body=f'{{"n":{i}}}'.encode(), queue="q1", priority=3,
+                          created_at=1000.0 + i, task="app.shared")
+                  for i in range(_INSERT_CHUNK + 5)]
+        repeat = attrs.evolve(shared[7], body=b'"second"', created_at=5.0)
+        mixed = [Message(id=f"m{i}", body=f'{{"m":{i}}}'.encode(), queue=f"q{i % 2}",
+                         priority=i % 3, created_at=2000.0 + i, task=f"app.t{i % 2}")
+                 for i in range(7)]
+        assert queue.push([*shared[:10], repeat, *shared[10:]]) == [True] * 10 + [False] + \
+            [True] * (len(shared) - 10)
+        assert queue.push(mixed) == [True] * len(mixed)
+        claimed = {lease.id: lease.message for lease in queue.claim(1000)}
+        assert len(claimed) == len(shared) + len(mixed)
+        for sent in [*shared, *mixed]:
+            got = claimed[sent.id]
+            assert (got.body, got.queue, got.priority, got.created_at, got.task) == \
+                (sent.body, sent.queue, sent.priority, sent.created_at, sent.task), sent.id
+    finally:
+        queue.close()
+
+
+def test_a_batchs_messages_are_each_envelopes_own() -> None:
+    """``Envelope.to_messages`` looks up the JSON a run of jobs shares once per run: every
+    message equals the envelope's own ``to_message``, across runs of two tasks, headers, a
+    job run again and fields set by hand."""
+    ping = TaskOptions(queue="pings", priority=2)
+    batch = [*Envelope.for_calls("app.a", "app", TaskOptions(), [((i,), {}, None)
+                                                                  for i in range(3)]),
+             *Envelope.for_calls("app.b", None, ping, [((), {"x": i}, None) for i in range(3)]),
+             *Envelope.for_calls("app.a", "app", TaskOptions(), [(("z",), {}, None)])]
+    batch[1].headers["traceparent"] = "00-abc-01"
+    batch[4].run = 2
+    batch[5].task = "app.renamed"
+    messages = Envelope.to_messages(batch, SERIALIZER, 7.5)
+    assert messages == [env.to_message(SERIALIZER, 7.5) for env in batch]
+    assert [json.loads(m.body)["task"] for m in messages] == \
+        ["app.a"] * 3 + ["app.b"] * 2 + ["app.renamed", "app.a"]
+    assert [m.queue for m in messages] == ["default"] * 3 + ["pings"] * 3 + ["default"]
+    assert json.loads(messages[1].body)["headers"] == {"traceparent": "00-abc-01"}
+
+
 class _FullDisk:
     """A queue backend whose storage refuses every write, as a full disk does (a fault this
     machine cannot produce for real: root writes past permissions and quotas)."""

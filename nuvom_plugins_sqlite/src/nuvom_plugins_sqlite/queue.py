@@ -25,6 +25,7 @@ still queued, and one commit for the whole batch.
 
 from __future__ import annotations
 
+import operator
 import os
 import sqlite3
 import threading
@@ -712,15 +713,30 @@ def _row(m: Message, now: float) -> tuple[Any, ...]:
 _INSERT_CHUNK = 100
 _INSERT_HEAD, _INSERT_TAIL = _INSERT.split(" VALUES ")
 _ROW_VALUES, _ON_CONFLICT = _INSERT_TAIL.split(" ON CONFLICT ")
-_INSERT_ROWS: dict[int, str] = {}
+_INSERT_ROWS: dict[tuple[int, bool], str] = {}
+#: The fields of a row (:func:`_row`) that every job of a ``.map()`` shares: queue,
+#: priority, ``available_at``, ``visible_at``, task; and the ones it does not.
+_SHARED_FIELDS = operator.itemgetter(1, 2, 4, 5, 7)
+_OWN_FIELDS = operator.itemgetter(0, 3, 6)
 
 
-def _insert_rows_sql(n: int) -> str:
-    """``_INSERT`` with ``n`` rows of values (one statement step instead of ``n``)."""
-    sql = _INSERT_ROWS.get(n)
+def _insert_rows_sql(n: int, shared: bool = False) -> str:
+    """``_INSERT`` with ``n`` rows of values (one statement step instead of ``n``).
+
+    ``shared``: rows that differ only in id, ``created_at`` and body bind the other five
+    values once, from a ``VALUES`` list of three per row (measured: 3.6 → 2.8 µs of CPU per
+    row inserted, a fifth of a ``.map()``'s cost per job). ``WHERE true`` is how SQLite
+    tells an upsert's ``ON CONFLICT`` from a join's ``ON``."""
+    sql = _INSERT_ROWS.get((n, shared))
     if sql is None:
-        sql = _INSERT_ROWS[n] = (f"{_INSERT_HEAD} VALUES {', '.join([_ROW_VALUES] * n)} "
-                                 f"ON CONFLICT {_ON_CONFLICT}")
+        if shared:
+            sql = (f"{_INSERT_HEAD} SELECT column1, ?, ?, column2, ?, ?, column3, ? FROM "
+                   f"(VALUES {', '.join(['(?, ?, ?)'] * n)}) WHERE true "
+                   f"ON CONFLICT {_ON_CONFLICT}")
+        else:
+            sql = (f"{_INSERT_HEAD} VALUES {', '.join([_ROW_VALUES] * n)} "
+                   f"ON CONFLICT {_ON_CONFLICT}")
+        _INSERT_ROWS[(n, shared)] = sql
     return sql
 
 
@@ -734,8 +750,14 @@ def _insert_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[
     stored = 0
     for i in range(0, len(rows), _INSERT_CHUNK):
         chunk = rows[i:i + _INSERT_CHUNK]
-        stored += conn.execute(_insert_rows_sql(len(chunk)),
-                               [value for row in chunk for value in row]).rowcount
+        shared = set(map(_SHARED_FIELDS, chunk))
+        if len(shared) == 1:
+            values = [*shared.pop(), *(v for own in map(_OWN_FIELDS, chunk) for v in own)]
+            sql = _insert_rows_sql(len(chunk), shared=True)
+        else:
+            values = [value for row in chunk for value in row]
+            sql = _insert_rows_sql(len(chunk))
+        stored += conn.execute(sql, values).rowcount
     if stored == len(rows):
         return [True] * len(rows)
     new = {job_id for (job_id,) in conn.execute(_NEWEST, (stored,))}
