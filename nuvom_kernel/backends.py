@@ -79,12 +79,18 @@ class QueueBackend(Backend, WorkflowStore):
     poll_interval_max: ClassVar[float] = 0.1
     poll_interval_min: ClassVar[float] = 0.002
     #: :meth:`push` reads a large batch a chunk at a time, on the calling thread, each chunk
-    #: after sending the one before (PostgreSQL, Redis). The kernel then builds a
-    #: ``.map()``'s messages as they are read, running their ``nuvom_before_enqueue``
-    #: observers per run, so the server stores one chunk while the next is built. Such a
-    #: push must not hold a lock those observers may need (one may enqueue) while it reads.
-    #: ``False``: :meth:`push` gets a list, every message built first.
+    #: after starting to store the one before (SQLite, PostgreSQL, Redis). The kernel then
+    #: encodes a ``.map()``'s messages as they are read, so one chunk is stored while the
+    #: next is encoded. Its ``nuvom_before_enqueue`` observers have seen every job before
+    #: :meth:`push` is called (but see :attr:`observed_as_read`): reading runs no plugin
+    #: code but the serializer, so the push may hold its locks while it reads. ``False``:
+    #: :meth:`push` gets a list, every message encoded first.
     streams_push: ClassVar[bool] = False
+    #: With :attr:`streams_push`: :meth:`push` holds no lock while it reads (PostgreSQL,
+    #: Redis: the lock is the server's), so the kernel builds the jobs too as they are read
+    #: and shows each run to the ``nuvom_before_enqueue`` observers (which may use the
+    #: queue, even enqueue) just before: more of a ``.map()`` overlaps the server's inserts.
+    observed_as_read: ClassVar[bool] = False
 
     def __init__(self, *, visibility_timeout_secs: float = 30.0) -> None:
         if visibility_timeout_secs <= 0:

@@ -100,11 +100,12 @@ class BuiltOnRead(Sequence[T]):
     """A sequence whose items are built a run at a time, when first read, then kept.
 
     Why: a ``.map()``'s handles, envelopes and messages are built as the backend reads the
-    batch, so a backend that sends a batch as pipelined chunks (PostgreSQL, Redis:
-    ``QueueBackend.streams_push``) has its server store one chunk while this process builds
-    the next, instead of waiting for the whole batch first (~7-10 µs a job here, as long as
-    the server's insert). Items may be read as often and in any order, from one thread; in
-    order is what overlaps.
+    batch, so a backend that stores a batch as pipelined chunks (SQLite, PostgreSQL, Redis:
+    ``QueueBackend.streams_push``) stores one chunk while this process builds the next,
+    instead of waiting for the whole batch first (~7-10 µs a job here, as long as the
+    server's insert). Where enqueue observers are registered, they see every handle first:
+    then only the messages are built as read. Items may be read as often and in any order,
+    from one thread; in order is what overlaps.
 
     :param build: the items ``start`` to ``stop``, built in order (each run right after the
         run before it, never twice).
@@ -151,18 +152,21 @@ class BuiltOnRead(Sequence[T]):
 _RUN = 100
 
 
+def _observed(calls: Sequence[tuple[Envelope, Job]], before: list[Any]) -> None:
+    """Show every job to the ``nuvom_before_enqueue`` observers; the headers they set
+    travel with the job."""
+    events.call_per_job(before, "nuvom_before_enqueue", [job for _, job in calls])
+    for env, job in calls:
+        if job.headers:
+            env.headers.update(job.headers)
+
+
 def _encoded(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
-             available_at: float, before: list[Any]) -> list[Message]:
-    """The calls' messages, each encoded right after its job met the
-    ``nuvom_before_enqueue`` observers (whose headers travel with the job).
+             available_at: float) -> list[Message]:
+    """The calls' messages.
 
     :raises SerializationError: a job cannot be encoded, named with what to fix.
     """
-    if before:
-        events.call_per_job(before, "nuvom_before_enqueue", [job for _, job in calls])
-        for env, job in calls:
-            if job.headers:
-                env.headers.update(job.headers)
     try:
         return Envelope.to_messages([env for env, _ in calls], serializer, available_at)
     except Exception as exc:  # headers an observer added, a plugin serializer
@@ -182,9 +186,15 @@ def _encoded(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
 
 def _messages(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
               available_at: float, before: list[Any]) -> BuiltOnRead[Message]:
-    """:func:`_encoded`, a run at a time as the backend reads the batch."""
-    return BuiltOnRead(len(calls), lambda start, stop: _encoded(
-        calls[start:stop], serializer, available_at, before))
+    """:func:`_encoded`, a run at a time as the backend reads the batch, each run shown to
+    the ``before`` observers first (none: they saw the batch already)."""
+    def build(start: int, stop: int) -> list[Message]:
+        run = calls[start:stop]
+        if before:
+            _observed(run, before)
+        return _encoded(run, serializer, available_at)
+
+    return BuiltOnRead(len(calls), build)
 
 
 def _push(kernel: Kernel, calls: Sequence[tuple[Envelope, Job]], messages: Sequence[Message]
@@ -228,9 +238,13 @@ def enqueue(
     before = events.observers(kernel.pm, "nuvom_before_enqueue")
     after = events.observers(kernel.pm, "nuvom_after_enqueue")
     available_at = (time.time() + delay_secs) if delay_secs > 0 else 0.0
+    queue = kernel.queue
+    if before and not (queue.streams_push and queue.observed_as_read):
+        _observed(fresh, before)  # every job, before the backend is called
+        before = []
     messages: Sequence[Message] = _messages(fresh, kernel.serializer, available_at, before)
-    if not kernel.queue.streams_push:
-        messages = list(messages)  # encoded (and observed) before the backend call
+    if not queue.streams_push:
+        messages = list(messages)  # encoded before the backend call
     stored = _push(kernel, calls, messages) if fresh else []
     jobs = [job for _, job in calls]
     for job in jobs:
@@ -259,9 +273,11 @@ def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float 
         raise _enqueue_error(kernel, [(envelope, job)], exc) from exc
     pm = kernel.pm
     call = [(envelope, job)]
+    before = events.observers(pm, "nuvom_before_enqueue")
+    if before:
+        _observed(call, before)
     messages = _encoded(call, kernel.serializer,
-                        (time.time() + delay_secs) if delay_secs > 0 else 0.0,
-                        events.observers(pm, "nuvom_before_enqueue"))
+                        (time.time() + delay_secs) if delay_secs > 0 else 0.0)
     stored = _push(kernel, call, messages)
     job._kernel = kernel
     if not stored[0]:  # the id was queued already: that job's handle and state

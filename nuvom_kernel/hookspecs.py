@@ -121,8 +121,9 @@ def nuvom_plugin_settings() -> dict[str, type]:
 @hookspec
 def nuvom_before_enqueue(job: Job) -> None:
     """Before a job is handed to the queue backend (once per job, also in ``.map()``: each
-    observer for a whole run of the batch; with ``QueueBackend.streams_push``, run by run
-    as the backend reads the batch, on the enqueuing thread).
+    observer for the whole batch before the backend is called; with
+    ``QueueBackend.observed_as_read``, run by run as the backend reads the batch; on the
+    enqueuing thread).
 
     Call mode: 1:N observer; an exception is logged, the job is still enqueued. What an
     observer puts in ``job.headers`` (JSON-native values: a trace context) travels with the

@@ -189,7 +189,7 @@ class Task(Generic[P, R]):
             for item, job_id in zip(items, ids, strict=True)]
         options, name, module = self.options, self.name, self.module
         # Every argument converted now, so a bad one enqueues nothing; the envelopes and
-        # handles are built a run at a time as the backend reads the batch.
+        # handles are built a run at a time as they are read.
         wired = wire_calls(name, parsed, self._params)
 
         def build(start: int, stop: int) -> list[tuple[Envelope, Job]]:

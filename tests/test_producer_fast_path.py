@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -233,7 +234,7 @@ def test_sqlite_batch_insert_reports_each_row_across_statement_chunks(tmp_path: 
     """A batch longer than one multi-row statement, with ids already queued and ids repeated
     inside it (across a chunk boundary too): exactly the first of each new id is stored."""
     from nuvom_plugins_sqlite import SQLiteJobQueue
-    from nuvom_plugins_sqlite.queue import _INSERT_CHUNK
+    from nuvom_plugins_sqlite.insert import INSERT_CHUNK as _INSERT_CHUNK
 
     queue = SQLiteJobQueue(tmp_path / "q.db")
     try:
@@ -262,7 +263,7 @@ def test_sqlite_batch_insert_stores_every_field_of_shared_and_mixed_chunks(
     values per row (the rest bound once), a mixed chunk from eight: each message comes back
     whole either way, and of an id repeated in a chunk the first one is stored."""
     from nuvom_plugins_sqlite import SQLiteJobQueue
-    from nuvom_plugins_sqlite.queue import _INSERT_CHUNK
+    from nuvom_plugins_sqlite.insert import INSERT_CHUNK as _INSERT_CHUNK
 
     queue = SQLiteJobQueue(tmp_path / "q.db")
     try:
@@ -474,38 +475,57 @@ def test_a_server_backend_reads_each_chunk_after_sending_the_one_before(
     assert "rr" not in kinds and kinds.count("rs") == len(reads), kinds
 
 
-class QueueReadingObserver:
-    """An enqueue observer that reads the queue backend (as a metrics plugin might)."""
+class QueueUsingObserver:
+    """An enqueue observer that reads the queue backend (as a metrics plugin might), and on
+    the batch's first job enqueues a job of its own (an audit trail might)."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, audit: Any) -> None:
         self.kernel = kernel
+        self.audit = audit
         self.sizes: list[int] = []
 
     @hookimpl
     def nuvom_before_enqueue(self, job: Any) -> None:
         self.sizes.append(self.kernel.queue.qsize())
+        if job.task == "echo" and job.args == (0,):
+            self.audit.delay("first of the batch")
 
 
-@pytest.mark.parametrize("backend", ["memory", "sqlite", "file"])
-def test_a_backend_that_does_not_stream_gets_the_batch_built_before_its_call(
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "file", *SERVER_BACKENDS])
+def test_enqueue_observers_see_the_whole_batch_before_the_backend_is_called(
         backend: str, project: Path, make_kernel: Callable[..., Kernel]) -> None:
-    """Memory, SQLite and file hold their locks while they store a batch: their ``.map()``
-    is encoded and observed before the backend call, so an observer that uses the queue
-    does not deadlock, and a batch that cannot be encoded stores nothing."""
+    """Memory, SQLite and file hold their locks while they store a batch (SQLite reads it
+    as it stores it): the observers see every job of a ``.map()`` before the backend call,
+    so one that uses the queue, or enqueues, does not deadlock. Redis and PostgreSQL hold
+    no lock while they read: they are observed run by run as read, and such an observer
+    does not deadlock either. A batch that cannot be encoded stores nothing."""
     write_module(project, "fp_eager", "from nuvom_kernel import task\n"
-                                      "@task\ndef echo(x=0):\n    return x\n")
+                                      "@task\ndef echo(x=0):\n    return x\n"
+                                      "@task\ndef audit(note):\n    return note\n")
     kernel = make_kernel(backend)
-    assert not kernel.queue.streams_push
-    observer = QueueReadingObserver(kernel)
-    kernel.pm.register(observer, name="reader")
     with use_kernel(kernel):
-        from fp_eager import echo
+        from fp_eager import audit, echo
 
-        assert len(echo.map([(i,) for i in range(250)])) == 250
-        assert observer.sizes == [0] * 250  # every job observed before any was stored
+        observer = QueueUsingObserver(kernel, audit)
+        kernel.pm.register(observer, name="reader")
+        mapped: list[Any] = []
+        thread = threading.Thread(target=lambda: mapped.append(
+            echo.map([(i,) for i in range(1_250)])), daemon=True)
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive(), "the .map() deadlocked with its enqueue observer"
+        assert len(mapped[0]) == 1_250
+        # every job observed before any of the batch was stored; the audit job (observed
+        # second) was stored when the third was observed
+        if kernel.queue.observed_as_read:  # (what a run sees of the runs before it is
+            # the backend's business: Redis shows them, PostgreSQL commits at the end)
+            assert observer.sizes[:3] == [0, 0, 1]
+            assert observer.sizes == sorted(observer.sizes)
+        else:
+            assert observer.sizes == [0, 0] + [1] * 1_249
         with pytest.raises(SerializationError, match="keyword argument names must be strings"):
             echo.map([(1,), {(1, 2): 3}])
-    assert kernel.queue.qsize() == 250
+    assert kernel.queue.qsize() == 1_251
 
 
 class BadHeaderObserver:

@@ -34,8 +34,8 @@ N = int(sys.argv[1])
 
 class Probe:
     """nuvom_before_enqueue runs for every job before the one backend call; on a backend
-    that streams its push (a run of the batch observed as the backend reads it), the
-    first call is where the backend call begins."""
+    that observes a batch as it reads it (``observed_as_read``: a run of the batch observed
+    as the backend reads it), the first call is where the backend call begins."""
 
     seen = 0
     marked = 0.0
@@ -52,7 +52,7 @@ class Probe:
 kernel = Kernel(plugins={"chaos-probe": Probe()})
 set_kernel(kernel)
 kernel.queue.qsize()  # open the backend (and its files) before anything is timed
-if kernel.queue.streams_push:
+if kernel.queue.observed_as_read:
     Probe.mark_at = 1
 jobs = chaos_tasks.work.map([(i, 0.0) for i in range(N)])
 elapsed = time.monotonic() - Probe.marked

@@ -112,6 +112,7 @@ class PostgresQueue(QueueBackend):
     #: Messages per statement of a pipelined push (see :meth:`push`).
     push_chunk = 1000
     streams_push = True  # each push chunk is read after the one before was sent
+    observed_as_read = True  # no lock held while it reads: the server holds them
 
     def __init__(self, settings: PostgresSettings | None = None) -> None:
         self.settings = settings or PostgresSettings()

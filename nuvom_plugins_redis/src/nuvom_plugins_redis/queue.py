@@ -78,6 +78,7 @@ class RedisJobQueue(QueueBackend):
         return cls(store, visibility_timeout_secs=float(vis or context.visibility_timeout_secs))
 
     streams_push = True  # each push chunk is built after the one before was sent
+    observed_as_read = True  # no lock held while it reads: the server holds them
 
     def __repr__(self) -> str:
         return f"RedisJobQueue({self.store.masked_url!r}, prefix={self.store.prefix!r})"

@@ -25,7 +25,6 @@ still queued, and one commit for the whole batch.
 
 from __future__ import annotations
 
-import operator
 import os
 import sqlite3
 import threading
@@ -49,6 +48,7 @@ from nuvom_kernel.workflow.graph import GraphTxn, WorkflowGraph, advance, doomed
 from nuvom_kernel.workflow.settle import final_steps
 from nuvom_plugins_sqlite import quarantine
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
+from nuvom_plugins_sqlite.insert import INSERT, insert_batch, message_row
 from nuvom_plugins_sqlite.limits import claim_limited, count_per_task
 from nuvom_plugins_sqlite.results import (
     PUT_CHUNK,
@@ -99,13 +99,6 @@ UPDATE nuvom_queue SET visible_at = NULL WHERE seq IN (
     ORDER BY visible_at LIMIT 1000
 )"""
 
-# An id already queued (or earlier in the batch) is skipped: push is idempotent per job id.
-_INSERT = ("INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at, "
-           "visible_at, body, task) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-           "ON CONFLICT (id) DO NOTHING")
-# After a batch insert that skipped some ids: the rows it stored are the newest ones (a rowid
-# table gives each insert max(seq) + 1, and the batch's transaction holds the write lock).
-_NEWEST = "SELECT id FROM nuvom_queue ORDER BY seq DESC LIMIT ?"
 _RETRY = ("UPDATE nuvom_queue SET token = NULL, available_at = ?, visible_at = ?, "
           "body = coalesce(?, body), failures = failures + 1 WHERE id = ? AND token = ?")
 
@@ -183,6 +176,9 @@ class SQLiteJobQueue(QueueBackend):
     #: How often an idle waiter asks SQLite whether another connection committed
     #: (``PRAGMA data_version``): bounds cross-process pickup latency at a few µs of CPU each.
     data_version_poll_secs: ClassVar[float] = 0.004
+    #: A batch's chunks are encoded as they are read, each while SQLite stores the one
+    #: before on a second thread (:mod:`.insert`).
+    streams_push: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -240,13 +236,12 @@ class SQLiteJobQueue(QueueBackend):
             return []
         now = time.time()
         if len(messages) == 1:  # one autocommit statement: no BEGIN/COMMIT round trips
-            row = _row(messages[0], now)
-            new = self._db.write(lambda conn: conn.execute(_INSERT, row).rowcount) == 1
-            if new and row[5] is not None:
-                self._waits_until(row[5])
+            values = message_row(messages[0], now)
+            new = self._db.write(lambda conn: conn.execute(INSERT, values).rowcount) == 1
+            if new and values[5] is not None:
+                self._waits_until(values[5])
             return [new]
-        rows = [_row(m, now) for m in messages]
-        stored = self._db.transaction(lambda conn: _insert_many(conn, rows))
+        rows, stored = self._db.transaction(lambda conn: insert_batch(conn, messages, now))
         waits = [row[5] for row, new in zip(rows, stored, strict=True)
                  if new and row[5] is not None]
         if waits:
@@ -697,76 +692,6 @@ def _well_formed(row: tuple[Any, ...]) -> bool:
             and type(row[3]) is int and type(row[4]) in _NUMBER
             and type(row[5]) in _NUMBER and type(row[7]) is int and type(row[8]) is bytes
             and type(row[9]) is str and type(row[10]) is int)
-
-
-def _row(m: Message, now: float) -> tuple[Any, ...]:
-    body = m.checked_body()
-    available = float(m.available_at)
-    # Ready at once (NULL), or waiting in the waiting index until it is due. ``failures``
-    # starts at 0 (the column default): the queue counts them from the push on.
-    return (m.id, str(m.queue), int(m.priority), float(m.created_at), available,
-            available if available > now else None, body, str(m.task))
-
-
-#: Rows per multi-row INSERT of a batch: 8 values each, so at most 800 parameters (under
-#: the 999 of SQLite builds before 3.32).
-_INSERT_CHUNK = 100
-_INSERT_HEAD, _INSERT_TAIL = _INSERT.split(" VALUES ")
-_ROW_VALUES, _ON_CONFLICT = _INSERT_TAIL.split(" ON CONFLICT ")
-_INSERT_ROWS: dict[tuple[int, bool], str] = {}
-#: The fields of a row (:func:`_row`) that every job of a ``.map()`` shares: queue,
-#: priority, ``available_at``, ``visible_at``, task; and the ones it does not.
-_SHARED_FIELDS = operator.itemgetter(1, 2, 4, 5, 7)
-_OWN_FIELDS = operator.itemgetter(0, 3, 6)
-
-
-def _insert_rows_sql(n: int, shared: bool = False) -> str:
-    """``_INSERT`` with ``n`` rows of values (one statement step instead of ``n``).
-
-    ``shared``: rows that differ only in id, ``created_at`` and body bind the other five
-    values once, from a ``VALUES`` list of three per row (measured: 3.6 → 2.8 µs of CPU per
-    row inserted, a fifth of a ``.map()``'s cost per job). ``WHERE true`` is how SQLite
-    tells an upsert's ``ON CONFLICT`` from a join's ``ON``."""
-    sql = _INSERT_ROWS.get((n, shared))
-    if sql is None:
-        if shared:
-            sql = (f"{_INSERT_HEAD} SELECT column1, ?, ?, column2, ?, ?, column3, ? FROM "
-                   f"(VALUES {', '.join(['(?, ?, ?)'] * n)}) WHERE true "
-                   f"ON CONFLICT {_ON_CONFLICT}")
-        else:
-            sql = (f"{_INSERT_HEAD} VALUES {', '.join([_ROW_VALUES] * n)} "
-                   f"ON CONFLICT {_ON_CONFLICT}")
-        _INSERT_ROWS[(n, shared)] = sql
-    return sql
-
-
-def _insert_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[bool]:
-    """Insert ``rows`` (inside a transaction); which were stored, in order.
-
-    Multi-row statements of :data:`_INSERT_CHUNK` rows: measured 19.9 → 14.9 µs per row
-    (CPU, 1,000 rows in a transaction) against ``executemany``. SQLite inserts a statement's
-    rows in order, so an id repeated in a batch is skipped as it was row by row.
-    """
-    stored = 0
-    for i in range(0, len(rows), _INSERT_CHUNK):
-        chunk = rows[i:i + _INSERT_CHUNK]
-        shared = set(map(_SHARED_FIELDS, chunk))
-        if len(shared) == 1:
-            values = [*shared.pop(), *(v for own in map(_OWN_FIELDS, chunk) for v in own)]
-            sql = _insert_rows_sql(len(chunk), shared=True)
-        else:
-            values = [value for row in chunk for value in row]
-            sql = _insert_rows_sql(len(chunk))
-        stored += conn.execute(sql, values).rowcount
-    if stored == len(rows):
-        return [True] * len(rows)
-    new = {job_id for (job_id,) in conn.execute(_NEWEST, (stored,))}
-    seen: set[str] = set()
-    result = []
-    for row in rows:  # the first of a repeated id is the one stored
-        result.append(row[0] in new and row[0] not in seen)
-        seen.add(row[0])
-    return result
 
 
 def _distinct_chunks(settlements: Sequence[Settlement]) -> list[list[int]]:
