@@ -294,7 +294,7 @@ class Envelope:
         """:meth:`to_message` of each envelope. A ``.map()``'s jobs share their task,
         options and producer, so the JSON around their varying fields and their routing are
         looked up once per run of such jobs instead of once per job (measured on a
-        ``.map()``: 3.2 → 2.4 µs per message)."""
+        ``.map()``: 3.2 → 2.9 µs per message)."""
         if type(serializer) is not JsonSerializer:
             return [env.to_message(serializer, available_at) for env in envelopes]
         out = []
@@ -310,8 +310,8 @@ class Envelope:
                 if wire is not None:
                     parts = _body_parts(task, module, producer, wire[1])
                     queue, priority = wire[0].get("queue", "default"), wire[0].get("priority", 0)
-            if (wire is None or wire[0] is not env.options or env.run != 1 or env.history
-                    or type(env.run) is not int):
+            if (wire is None or wire[0] is not env.options or type(env.run) is not int
+                    or env.run != 1 or env.history):
                 out.append(env.to_message(serializer, available_at))
             else:
                 out.append(Message(env.id, env._json_body(parts), queue, priority,
