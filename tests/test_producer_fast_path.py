@@ -510,11 +510,11 @@ def test_enqueue_observers_see_the_whole_batch_before_the_backend_is_called(
         kernel.pm.register(observer, name="reader")
         mapped: list[Any] = []
         thread = threading.Thread(target=lambda: mapped.append(
-            echo.map([(i,) for i in range(1_250)])), daemon=True)
+            echo.map([(i,) for i in range(2_100)])), daemon=True)
         thread.start()
         thread.join(60)
         assert not thread.is_alive(), "the .map() deadlocked with its enqueue observer"
-        assert len(mapped[0]) == 1_250
+        assert len(mapped[0]) == 2_100
         # every job observed before any of the batch was stored; the audit job (observed
         # second) was stored when the third was observed
         if kernel.queue.observed_as_read:  # (what a run sees of the runs before it is
@@ -522,10 +522,10 @@ def test_enqueue_observers_see_the_whole_batch_before_the_backend_is_called(
             assert observer.sizes[:3] == [0, 0, 1]
             assert observer.sizes == sorted(observer.sizes)
         else:
-            assert observer.sizes == [0, 0] + [1] * 1_249
+            assert observer.sizes == [0, 0] + [1] * 2_099
         with pytest.raises(SerializationError, match="keyword argument names must be strings"):
             echo.map([(1,), {(1, 2): 3}])
-    assert kernel.queue.qsize() == 1_251
+    assert kernel.queue.qsize() == 2_101
 
 
 class BadHeaderObserver:

@@ -66,20 +66,27 @@ def test_each_chunk_is_read_on_the_callers_thread_and_stored_on_the_second_one(
     _write_conn(queue).set_trace_callback(
         lambda sql: events.append(("insert", threading.current_thread().name))
         if sql.startswith("INSERT") else None)
-    sent = _messages(3 * INSERT_CHUNK + 7)
+    sent = _messages(3 * INSERT_CHUNK + 7)  # four statements: the fewest that use the thread
     try:
         assert queue.push(Logged(sent, events)) == [True] * len(sent)
+        assert queue.push(Logged(_messages(3 * INSERT_CHUNK, "x"), events)) == \
+            [True] * 3 * INSERT_CHUNK
     finally:
         _write_conn(queue).set_trace_callback(None)
-    assert [e[1] for e in events if e[0] == "read"] == list(range(0, len(sent), INSERT_CHUNK))
+    reads = [e[1] for e in events if e[0] == "read"]
+    assert reads == [*range(0, len(sent), INSERT_CHUNK), *range(0, 3 * INSERT_CHUNK,
+                                                                  INSERT_CHUNK)]
     assert {e[2] for e in events if e[0] == "read"} == {threading.current_thread().name}
-    assert [e for e in events if e[0] == "insert"] == [("insert", THREAD)] * 4
+    me = threading.current_thread().name
+    assert [e for e in events if e[0] == "insert"] == [("insert", THREAD)] * 4 + \
+        [("insert", me)] * 3, "three statements run on the caller's thread"
     order = [e[0] for e in events]
     reads = [i for i, kind in enumerate(order) if kind == "read"]
     inserts = [i for i, kind in enumerate(order) if kind == "insert"]
     assert all(r < i for r, i in zip(reads, inserts, strict=True)), order
-    claimed = {lease.id: lease.message.body for lease in queue.claim(len(sent))}
-    assert claimed == {m.id: m.body for m in sent}
+    claimed = {lease.id: lease.message.body for lease in queue.claim(10 * INSERT_CHUNK)}
+    assert {k: v for k, v in claimed.items() if k.startswith("m")} == \
+        {m.id: m.body for m in sent}
     assert not _insert_threads()
 
 
@@ -88,16 +95,16 @@ def test_a_statement_failing_on_the_second_thread_stores_nothing_of_the_batch(
     _write_conn(queue).execute(
         "CREATE TEMP TRIGGER refuse BEFORE INSERT ON nuvom_queue WHEN NEW.id = 'm777' "
         "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END")
-    batch = _messages(3 * INSERT_CHUNK)
+    batch = _messages(4 * INSERT_CHUNK)
     with pytest.raises(sqlite3.IntegrityError, match="refused by a test trigger"):
         queue.push(batch)
     assert queue.qsize() == 0 and not _insert_threads()
-    assert queue.push(_messages(3 * INSERT_CHUNK, "again")) == [True] * 3 * INSERT_CHUNK
+    assert queue.push(_messages(4 * INSERT_CHUNK, "again")) == [True] * 4 * INSERT_CHUNK
 
 
 def test_a_message_that_cannot_be_stored_in_a_later_chunk_stores_nothing_of_the_batch(
         queue: SQLiteJobQueue) -> None:
-    batch = _messages(3 * INSERT_CHUNK)
+    batch = _messages(4 * INSERT_CHUNK)
     batch[2 * INSERT_CHUNK + 1] = Message(id="bad", body="not bytes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="message 'bad': body must be bytes"):
         queue.push(batch)
@@ -127,10 +134,10 @@ def test_a_process_on_one_cpu_stores_every_chunk_on_the_callers_thread(
     cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cpus)})
     try:
-        sent = _messages(2 * INSERT_CHUNK + 1)
+        sent = _messages(4 * INSERT_CHUNK + 1)
         assert queue.push(sent) == [True] * len(sent)
     finally:
         os.sched_setaffinity(0, cpus)
         _write_conn(queue).set_trace_callback(None)
-    assert threads == [threading.current_thread().name] * 3
+    assert threads == [threading.current_thread().name] * 5
     assert {lease.id for lease in queue.claim(len(sent))} == {m.id for m in sent}
