@@ -168,6 +168,8 @@ def _encoded(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
     :raises SerializationError: a job cannot be encoded, named with what to fix.
     """
     try:
+        if len(calls) == 1:  # .delay(): nothing to share
+            return [calls[0][0].to_message(serializer, available_at)]
         return Envelope.to_messages([env for env, _ in calls], serializer, available_at)
     except Exception as exc:  # headers an observer added, a plugin serializer
         failed: tuple[Envelope, Exception] = (calls[0][0], exc)
