@@ -176,8 +176,8 @@ class SQLiteJobQueue(QueueBackend):
     #: How often an idle waiter asks SQLite whether another connection committed
     #: (``PRAGMA data_version``): bounds cross-process pickup latency at a few µs of CPU each.
     data_version_poll_secs: ClassVar[float] = 0.004
-    #: A batch's chunks are encoded as they are read, each while SQLite stores the one
-    #: before on a second thread (:mod:`.insert`).
+    #: A batch is encoded chunk by chunk as it is read; in a large one each chunk is encoded
+    #: while SQLite stores the one before, on a second thread (:mod:`.insert`).
     streams_push: ClassVar[bool] = True
 
     def __init__(
