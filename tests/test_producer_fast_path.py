@@ -529,10 +529,14 @@ def test_enqueue_observers_see_the_whole_batch_before_the_backend_is_called(
 
 
 class BadHeaderObserver:
+    def __init__(self) -> None:
+        self.broken: list[str] = []  # the ids of the jobs it made unencodable
+
     @hookimpl
     def nuvom_before_enqueue(self, job: Any) -> None:
         if job.args == (3,):
             job.headers["when"] = object()  # not JSON: the job cannot be encoded
+            self.broken.append(job.id)
 
 
 def test_a_job_an_observer_made_unencodable_fails_the_batch_naming_it(
@@ -540,16 +544,20 @@ def test_a_job_an_observer_made_unencodable_fails_the_batch_naming_it(
     write_module(project, "fp_header", "from nuvom_kernel import task\n"
                                        "@task\ndef echo(x):\n    return x\n")
     kernel = make_kernel("memory")
-    kernel.pm.register(BadHeaderObserver(), name="bad-header")
+    observer = BadHeaderObserver()
+    kernel.pm.register(observer, name="bad-header")
     with use_kernel(kernel):
         from fp_header import echo
 
         with pytest.raises(SerializationError, match=r"\(echo\) cannot be encoded by the "
-                                                     r"'json' serializer: TypeError"):
+                                                     r"'json' serializer: TypeError") as bad:
             echo.map([(1,), (2,), (3,), (4,)])
+        assert str(bad.value).startswith(f"job {observer.broken[-1]} (echo)"), \
+            "the batch's error names the job that cannot be encoded, not the first"
         with pytest.raises(SerializationError, match=r"\(echo\) cannot be encoded by the "
-                                                     r"'json' serializer: TypeError"):
+                                                     r"'json' serializer: TypeError") as bad:
             echo.delay(3)  # .delay() takes the same path
+        assert str(bad.value).startswith(f"job {observer.broken[-1]} (echo)")
     assert kernel.queue.qsize() == 0
 
 
