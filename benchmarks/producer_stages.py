@@ -46,6 +46,12 @@ def best_us(fn: Callable[[], Any], calls: int, per: int = 1) -> float:
     return best
 
 
+def renewed(messages: list[Message]) -> list[Message]:
+    """``messages`` with new ids: a push of an id already queued stores nothing."""
+    return [Message(os.urandom(16).hex(), m.body, m.queue, m.priority, 0.0, m.created_at,
+                    m.task) for m in messages]
+
+
 def delay_stages(base: Path, calls: int) -> list[tuple[str, float]]:
     system = NuvomSystem(base / "delay", "NORMAL", False)
     try:
@@ -67,12 +73,8 @@ def delay_stages(base: Path, calls: int) -> list[tuple[str, float]]:
             new_id()
             conn.execute(INSERT, row)
 
-        def fresh() -> list[Message]:  # a new id each time: a repeated one stores nothing
-            return [Message(os.urandom(16).hex(), message.body, "default", 0, 0.0,
-                            time.time(), "add")]
-
         def push() -> None:
-            queue.push(fresh())
+            queue.push(renewed([message]))
 
         return [
             ("the whole add.delay(1, 2)", best_us(lambda: add.delay(1, 2), calls)),
@@ -86,7 +88,7 @@ def delay_stages(base: Path, calls: int) -> list[tuple[str, float]]:
             ("  message (Envelope.to_message)", best_us(lambda: env.to_message(serializer),
                                                         calls)),
             ("  the plugin's push (row, write lock, INSERT)",
-             best_us(push, calls) - best_us(fresh, calls)),
+             best_us(push, calls) - best_us(lambda: renewed([message]), calls)),
             ("    of which the INSERT alone (autocommit)",
              best_us(raw_insert, calls) - best_us(new_id, calls)),
             ("  wake-ups (this process, other processes)", best_us(queue.notify, calls)),
@@ -114,13 +116,8 @@ def map_stages(base: Path, calls: int, size: int) -> list[tuple[str, float]]:
         rounds = max(1, calls // size)
 
         def store() -> None:
-            fresh = [Message(os.urandom(16).hex(), m.body, m.queue, m.priority, 0.0,
-                             m.created_at, m.task) for m in messages]
+            fresh = renewed(messages)
             db.transaction(lambda conn: insert_batch(conn, fresh, time.time()))
-
-        def fresh_messages() -> None:
-            [Message(os.urandom(16).hex(), m.body, m.queue, m.priority, 0.0, m.created_at,
-                     m.task) for m in messages]
 
         return [
             (f"the whole add.map() of {size}",
@@ -138,7 +135,7 @@ def map_stages(base: Path, calls: int, size: int) -> list[tuple[str, float]]:
             ("  messages (Envelope.to_messages)",
              best_us(lambda: Envelope.to_messages(envs, serializer), rounds, size)),
             ("  the plugin's insert, one transaction",
-             best_us(store, rounds, size) - best_us(fresh_messages, rounds, size)),
+             best_us(store, rounds, size) - best_us(lambda: renewed(messages), rounds, size)),
         ]
     finally:
         system.close()

@@ -103,9 +103,10 @@ class BuiltOnRead(Sequence[T]):
     batch, so a backend that stores a batch as pipelined chunks (SQLite, PostgreSQL, Redis:
     ``QueueBackend.streams_push``) stores one chunk while this process builds the next,
     instead of waiting for the whole batch first (~7-10 µs a job here, as long as the
-    server's insert). Where enqueue observers are registered, they see every handle first:
-    then only the messages are built as read. Items may be read as often and in any order,
-    from one thread; in order is what overlaps.
+    server's insert). Where enqueue observers are registered and the backend does not
+    declare ``observed_as_read``, they see every handle first: then only the messages are
+    built as read. Items may be read as often and in any order, from one thread; in order
+    is what overlaps.
 
     :param build: the items ``start`` to ``stop``, built in order (each run right after the
         run before it, never twice).
