@@ -297,10 +297,21 @@ class NuvomPluginManager(pluggy.PluginManager):
         return found
 
     def lookup(self, hook_name: str, name: str, what: str) -> type:
-        """One registered class by name, or an error listing installed names and a fix."""
+        """One registered class by name, or an error listing installed names and a fix.
+
+        :raises PluginLoadError: the class leaves a required method unwritten (instantiating
+            it would fail with a ``TypeError`` that names neither the plugin nor the fix).
+        """
         classes = self.collect(hook_name)
         if name in classes:
-            return classes[name][0]
+            cls, plugin = classes[name]
+            missing = sorted(getattr(cls, "__abstractmethods__", ()))
+            if missing:
+                raise PluginLoadError(
+                    f"plugin {plugin!r}: its {what} {name!r} ({_qual(cls)}) does not "
+                    f"implement: {', '.join(missing)}. Write those methods "
+                    f"(docs/writing_plugins.md); `nuvom plugin test {plugin}` checks them.")
+            return cls
         installed = ", ".join(sorted(classes)) or "none"
         dist = KNOWN_PROVIDERS.get(name, f"nuvom-plugins-{name}")
         failed = "".join(f" Note: {m}." for m in self.failures.values())

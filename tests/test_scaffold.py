@@ -172,6 +172,26 @@ def test_scaffold_prints_the_guides_commands(tmp_path: Path) -> None:
                                                                   "listq"]]
 
 
+def test_scaffold_and_plugin_test_work_where_pytest_is_not_installed(tmp_path: Path) -> None:
+    """The guide installs pytest after ``nuvom plugin new`` (with the scaffold's ``[test]``
+    extra): the scaffold must not need it, and ``nuvom plugin test`` must say it is missing
+    rather than fail importing the contract suites. A real process in which ``import
+    pytest`` fails (its ``sys.modules`` entry is ``None``)."""
+    def nuvom(*args: str) -> subprocess.CompletedProcess[str]:
+        code = ("import sys; sys.modules['pytest'] = None; from nuvom_kernel.cli import main; "
+                f"sys.argv = ['nuvom', *{list(args)!r}]; main()")
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True,
+                              capture_output=True, timeout=120, env=_env())
+
+    made = nuvom("plugin", "new", "listq", "--dir", str(tmp_path / "listq"))
+    assert made.returncode == 0, made.stderr
+    assert QUEUE_TREE <= _tree(tmp_path / "listq")
+    tested = nuvom("plugin", "test", "memory")
+    assert tested.returncode == 1, tested.stdout + tested.stderr
+    assert "runs the contract suites with pytest, which is not installed here" in tested.stderr
+    assert "Traceback" not in tested.stderr
+
+
 @pytest.mark.slow
 def test_following_the_guide_ends_with_a_plugin_serving_a_worker(tmp_path: Path) -> None:
     new, _cd, install = _guide_commands("scaffold-commands")

@@ -136,3 +136,23 @@ def test_a_contract_failure_names_the_broken_promise(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "test_claim_filters_by_queue: AssertionError: claim(n, queues) leases messages of " \
            "the named queues only" in done.stdout
+
+
+def test_a_backend_missing_a_required_method_names_its_plugin(toml_project: Path) -> None:
+    """The guide's queue with ``claim`` removed: every command that builds it, and
+    ``.delay()``, say which plugin leaves which method unwritten (not a TypeError about an
+    abstract class, nor an enqueue error about free space)."""
+    code = (toml_project / "my_queues.py").read_text()
+    start = code.index("    def claim(")
+    end = code.index("\n    def ", start + 1)
+    (toml_project / "my_queues.py").write_text(code[:start] + code[end + 1:])
+    expected = ("plugin 'my_queues:ListqQueue': its queue backend 'listq' "
+                "(my_queues.ListqQueue) does not implement: claim.")
+    for command in (["status"], ["runworker", "--workers", "1"]):
+        done = run_nuvom(command, toml_project, timeout=60)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert expected in done.stderr and "Traceback" not in done.stderr, done.stderr
+    producer = subprocess.run(
+        [sys.executable, "-c", "from tasks import add; add.delay(1, 2)"], cwd=toml_project,
+        env=user_env(), capture_output=True, text=True, timeout=60)
+    assert f"PluginLoadError: {expected}" in producer.stderr, producer.stderr
