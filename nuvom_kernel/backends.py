@@ -194,6 +194,16 @@ class QueueBackend(Backend, WorkflowStore):
         was removed. A leased message is not touched: its worker decides its outcome."""
         raise NotImplementedError(f"queue backend {self.name!r} cannot cancel jobs")
 
+    def peek(self, job_id: str) -> Message | None:
+        """The message ``job_id`` as stored now (waiting, delayed or leased), without claiming
+        it; ``None`` if the id is not in the queue. ``failures`` is the stored count.
+
+        Optional. The kernel reads it where a job has no record yet: ``cancel`` records a
+        job cancelled before its first run with its task, arguments and options (so ``nuvom
+        retry job`` can run it again), and ``get_job()`` of a waiting job fills in what it
+        is. Without it both know only the job's id and state."""
+        raise NotImplementedError(f"queue backend {self.name!r} cannot peek at messages")
+
     def stats(self) -> QueueStats:
         """Counts per named queue for ``nuvom status``; override to report per queue (the
         default can only say how many wait in all, under the name ``*``)."""

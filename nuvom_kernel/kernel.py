@@ -17,7 +17,13 @@ from typing import Any
 
 from nuvom_kernel.backends import BackendContext, QueueBackend, ResultBackend
 from nuvom_kernel.config import Config, load_config
-from nuvom_kernel.errors import JobCancelledError, JobFailedError, UnknownJobError
+from nuvom_kernel.envelope import Envelope, options_from_wire
+from nuvom_kernel.errors import (
+    JobCancelledError,
+    JobFailedError,
+    SerializationError,
+    UnknownJobError,
+)
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 from nuvom_kernel.plugins import NuvomPluginManager
@@ -134,13 +140,21 @@ class Kernel:
         Returns ``False`` when the job is running, finished or unknown; a running job cannot
         be stopped from outside its thread.
         """
+        stored = self.results.get(job.id)
+        # A job never run has no record: its message says what it was (read before the
+        # queue forgets it), so `nuvom retry job` can run it again.
+        envelope = None if stored is not None else self._queued_envelope(job.id)
         if not self.queue.cancel(job.id):
             return False
         now = time.time()
-        stored = self.results.get(job.id)
-        record = stored or JobRecord(
-            job_id=job.id, task=job.task, status=JobStatus.CANCELLED,
-            queue=job.queue, created_at=job.created_at, max_retries=job.options.retries)
+        if stored is not None:
+            record = stored
+        elif envelope is not None:
+            record = envelope.record(JobStatus.CANCELLED)
+        else:  # a backend that cannot peek: what the handle knows
+            record = JobRecord(job_id=job.id, task=job.task, status=JobStatus.CANCELLED,
+                               queue=job.queue, created_at=job.created_at,
+                               max_retries=job.options.retries)
         record.status = JobStatus.CANCELLED
         record.finished_at = record.updated_at = now
         self.results.put(record)  # same run and attempt: terminal over non-terminal lands
@@ -150,6 +164,30 @@ class Kernel:
             cancelled_step(self.queue, self.results, job.id)
         job.status = JobStatus.CANCELLED
         return True
+
+    def _queued_envelope(self, job_id: str) -> Envelope | None:
+        """The envelope of ``job_id``'s message while the queue holds it; ``None`` if it does
+        not, if the backend cannot ``peek``, or if the body does not decode (the worker that
+        claims it fails it, saying why)."""
+        try:
+            message = self.queue.peek(job_id)
+        except NotImplementedError:
+            return None
+        try:
+            return None if message is None else Envelope.from_message(message, self.serializer)
+        except SerializationError:
+            return None
+
+    def _handle(self, job_id: str) -> Job:
+        """A handle on ``job_id`` made from its message while it is queued (task, arguments,
+        options), else from the id alone; :meth:`refresh_job` adds what its record says."""
+        envelope = self._queued_envelope(job_id)
+        try:
+            job = Job(id=job_id, task="") if envelope is None else envelope.job()
+        except SerializationError:  # arguments that do not decode: its worker fails it
+            job = Job(id=job_id, task="")
+        job._kernel = self
+        return job
 
     def wait_for(self, job: Job, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
         """Poll the backends until ``job`` is finished; its value (``None`` for a task with
@@ -187,7 +225,12 @@ class Kernel:
 
 
 def _apply_record(job: Job, record: JobRecord) -> None:
-    job.task = job.task or record.task
+    if not job.task:  # a handle made from an id alone (get_job): what the record says it is
+        job.task, job.module = record.task, record.module
+        job.created_at = job.created_at if record.created_at is None else record.created_at
+        job.trace_id = record.trace_id or ""
+        if record.options:
+            job.options = options_from_wire(record.options)
     if not job.args and record.args:
         job.args = tuple(from_wire(record.args))
     if not job.kwargs and record.kwargs:
@@ -237,5 +280,4 @@ def get_job(job_id: str) -> Job:
     """The current state of any job by id, from any process; ``status`` is UNKNOWN for an id
     no backend has seen."""
     kernel = get_kernel()
-    job = Job(id=job_id, task="", kernel=kernel)
-    return kernel.refresh_job(job)
+    return kernel.refresh_job(kernel._handle(job_id))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import inspect
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -14,9 +16,9 @@ import pytest
 
 from nuvom_kernel import JobFailedError, JobStatus, Worker, current_job, get_job, hookimpl, task
 from nuvom_kernel.errors import SerializationError
-from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import Message
-from tests.helpers import E2E_BACKENDS, wait_until, write_module
+from tests.helpers import E2E_BACKENDS, run_nuvom, user_env, wait_until, write_module
 
 
 @pytest.fixture
@@ -422,6 +424,54 @@ def test_cancel_a_queued_job(make_kernel, project: Path):
         assert job.cancel() is False
         with pytest.raises(JobFailedError):
             job.get(timeout=1)
+
+
+SQLITE = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
+
+
+def _described_elsewhere(project: Path, job_id: str) -> list[str]:
+    """``get_job(job_id)`` in another process (which knows only the id): what it says."""
+    code = (f"from nuvom_kernel import get_job; j = get_job({job_id!r}); "
+            "print(j.status.value, j.task, j.module, j.args, j.kwargs, j.options.retries, "
+            "j.options.timeout_secs, repr(j.created_at), j.trace_id, j.run, sep='|')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=project, env=user_env(**SQLITE),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split("|")
+
+
+def test_a_job_known_only_by_id_is_described_cancelled_and_run_again(make_kernel,
+                                                                     project: Path):
+    """From a process that knows only the id, ``get_job()`` says what a waiting or finished
+    job is (task, arguments, options, creation, trace), and ``nuvom cancel job`` records
+    it whole, so ``nuvom retry job`` starts its next run (before, the cancelled record had
+    no task, arguments or options, and the retry was refused)."""
+    write_module(project, "t_again", "from nuvom_kernel import task\n\n\n"
+                 "@task(retries=2, timeout_secs=5)\ndef again(x, y=0):\n    return x + y\n")
+    kernel = make_kernel("sqlite")
+    with use_kernel(kernel):
+        from t_again import again  # type: ignore[import-not-found]
+
+        job = again.delay(2, y=3)
+        assert _described_elsewhere(project, job.id) == [
+            "QUEUED", "again", "t_again", "(2,)", "{'y': 3}", "2", "5", repr(job.created_at),
+            job.trace_id, "1"]
+        cancelled = run_nuvom(["cancel", "job", job.id], project, **SQLITE)
+        assert cancelled.returncode == 0, cancelled.stderr
+        record = kernel.results.get(job.id)
+        assert record is not None and record.status is JobStatus.CANCELLED
+        assert (record.task, record.module, record.args, record.kwargs, record.options["retries"],
+                record.created_at) == ("again", "t_again", [2], {"y": 3}, 2, job.created_at)
+        rerun = run_nuvom(["retry", "job", job.id], project, **SQLITE)
+        assert rerun.returncode == 0, rerun.stderr
+        [lease] = kernel.queue.claim(1)
+        assert Worker(kernel).run_one(lease)
+        assert job.get(timeout=10) == 5 and job.run == 2
+        finished = kernel.results.get(job.id)
+        assert finished is not None
+        assert _described_elsewhere(project, job.id) == [
+            "SUCCEEDED", "again", "t_again", "(2,)", "{'y': 3}", "2", "5",
+            repr(finished.created_at), finished.trace_id, "2"]
 
 
 def test_named_queues_priorities_and_async_tasks(kernel: Kernel, worker, project: Path):

@@ -156,3 +156,16 @@ def test_a_backend_missing_a_required_method_names_its_plugin(toml_project: Path
         [sys.executable, "-c", "from tasks import add; add.delay(1, 2)"], cwd=toml_project,
         env=user_env(), capture_output=True, text=True, timeout=60)
     assert f"PluginLoadError: {expected}" in producer.stderr, producer.stderr
+
+
+def test_cancel_on_a_backend_without_it_says_so(toml_project: Path) -> None:
+    """The guide's queue does not write the optional ``cancel``: ``nuvom cancel job`` says
+    the backend cannot, as the guide promises (it printed a traceback)."""
+    enqueued = subprocess.run(
+        [sys.executable, "-c", "from tasks import add; print(add.delay(1, 2).id)"],
+        cwd=toml_project, env=user_env(), capture_output=True, text=True, timeout=60)
+    assert enqueued.returncode == 0, enqueued.stderr
+    done = run_nuvom(["cancel", "job", enqueued.stdout.strip()], toml_project)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Error: queue backend 'listq' cannot cancel jobs" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -114,8 +114,9 @@ class _Size(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.
               help="Serve only this named queue (repeatable; default: all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Most jobs leased at once (default: NUVOM_BATCH_SIZE).")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
-                                               case_sensitive=False), default=None)
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR",
+                                                "CRITICAL"], case_sensitive=False),
+              default=None)
 @click.option("--grace-period", type=click.FloatRange(min=0), default=None,
               help="Seconds the first SIGINT/SIGTERM waits for running jobs.")
 @click.option("--pool", type=click.Choice(["thread", "process", "asyncio"]), default=None,

@@ -147,7 +147,11 @@ def cancel_job(job_id: str) -> None:
     from nuvom_kernel.kernel import get_job
 
     job = get_job(job_id)
-    if not _kernel().cancel(job):
+    try:
+        cancelled = _kernel().cancel(job)
+    except NotImplementedError as exc:  # an optional call this queue backend does not make
+        raise click.ClickException(str(exc)) from exc
+    if not cancelled:
         raise click.ClickException(
             f"job {job_id} is {job.status.value}; only a job that has not started can be "
             "cancelled")

@@ -242,6 +242,11 @@ class MemoryJobQueue(QueueBackend):
                 return JobStatus.RETRYING
             return JobStatus.QUEUED
 
+    def peek(self, job_id: str) -> Message | None:
+        with self._lock:
+            entry = self._entries.get(job_id)
+            return None if entry is None else entry.message
+
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         now = time.time()
         with self._lock:

@@ -40,7 +40,7 @@ class StopSignals:
         self.received += 1
         name = signal.Signals(signum).name
         if self.received == 1:
-            log.warning("received %s: finishing running jobs (up to %.0f s); signal again to "
+            log.warning("received %s: finishing running jobs (up to %g s); signal again to "
                         "stop at once", name, self.worker.grace_period_secs)
             self.worker.stop(graceful=True)
         else:

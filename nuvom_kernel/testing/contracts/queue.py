@@ -428,6 +428,30 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
             assert queue_backend.cancel(later.id) is True, "a delayed message is waiting too"
         assert queue_backend.clear() == 0, "cancelled messages must not linger"
 
+    def test_peek_reads_a_message_without_claiming_it(self, queue_backend: QueueBackend
+                                                      ) -> None:
+        """``peek`` (optional) returns what a claim would, waiting, leased or retried, and
+        changes nothing: ``nuvom cancel job`` records a never-run job from it."""
+        message = make_message(body=b"v1", task="tasks.peeked")
+        queue_backend.enqueue(message)
+        try:
+            waiting = queue_backend.peek(message.id)
+        except NotImplementedError:
+            pytest.skip("peek is not implemented (optional)")
+        assert queue_backend.peek("never-seen-" + uuid.uuid4().hex) is None
+        first = self._claim_one(queue_backend)
+        assert waiting == first.message, "peek returns the message a claim returns"
+        assert queue_backend.peek(first.id) == first.message, "a leased message peeks too"
+        assert queue_backend.retry(first, delay_secs=0, body=b"v2") is True
+        retried = queue_backend.peek(first.id)
+        assert retried is not None and (retried.body, retried.failures) == (b"v2", 1), \
+            "peek shows the retry's body and its failure count"
+        second = wait_until(lambda: queue_backend.claim(1), self.patience_secs,
+                            "a retry without delay never became visible again")[0]
+        assert second.deliveries == 2, "peeking counts no delivery"
+        assert queue_backend.ack(second) is True
+        assert queue_backend.peek(first.id) is None, "an acked message is gone"
+
     def test_peek_state(self, queue_backend: QueueBackend) -> None:
         message = make_message()
         queue_backend.enqueue(message)

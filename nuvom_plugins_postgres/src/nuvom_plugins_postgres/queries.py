@@ -28,8 +28,10 @@ _SECS = "(%s * interval '1 second')"
 # a statement that writes no row has no commit record to flush anyway.
 _ASYNC = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
 
-_RETURNING = ("j.id, j.body, j.queue, j.priority, j.available_at, j.created_at, j.task, "
-              "j.failures, j.token, j.deliveries, "
+# A message's columns, in the order ``queue._message`` reads them: the claim's ``RETURNING``
+# starts with them and ``MESSAGE`` (``peek``) selects them, so both build it alike.
+_MESSAGE = "j.id, j.body, j.queue, j.priority, j.available_at, j.created_at, j.task, j.failures"
+_RETURNING = (f"{_MESSAGE}, j.token, j.deliveries, "
               "extract(epoch FROM j.lease_expires_at)::float8, j.seq")
 
 # Wraps a data-modifying statement that returns a ``state`` column: one notification when
@@ -185,6 +187,8 @@ SELECT CASE WHEN {_LIVE_LEASE} THEN 'running'
             ELSE 'queued' END
 FROM {{s}}.jobs WHERE id = %s
 """
+# The message as stored, in any state; a plain read (no lock), so nothing waits on it.
+MESSAGE = f"SELECT {_MESSAGE} FROM {{s}}.jobs j WHERE j.id = %s"
 QSIZE = f"SELECT count(*) FROM {{s}}.jobs WHERE NOT ({_LIVE_LEASE}) {{queues}}"
 CLEAR = "DELETE FROM {s}.jobs WHERE true {queues}"
 CANCEL = "DELETE FROM {s}.jobs WHERE id = %s AND state IN (0, 1) AND token IS NULL"
@@ -362,7 +366,7 @@ class Queries:
         self.release = bind(RELEASE, notifying=True)
         self.extend, self.extend_many = bind(EXTEND), bind(EXTEND_MANY)
         self.expire = bind(EXPIRE, notifying=True)
-        self.peek = bind(PEEK)
+        self.peek, self.message = bind(PEEK), bind(MESSAGE)
         self.qsize_all, self.qsize_some = bind(QSIZE), bind(QSIZE, any_queue)
         self.clear_all, self.clear_some = bind(CLEAR), bind(CLEAR, any_queue)
         self.cancel, self.stats = bind(CANCEL), bind(STATS)

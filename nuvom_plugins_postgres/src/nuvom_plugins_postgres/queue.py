@@ -90,13 +90,18 @@ class _RepeatedId(Exception):
     """An id repeats within a batch pushed with ``PUSH_NEW`` (see ``_push_chunks``)."""
 
 
+def _message(row: Sequence[Any]) -> Message:
+    """The message from a row's first columns (``queries._MESSAGE``): a claim's lease and
+    a peek build it alike."""
+    job_id, body, queue, priority, available_at, created_at, task, failures = row[:8]
+    return Message(id=job_id, body=bytes(body), queue=queue, priority=priority,
+                   available_at=available_at, created_at=created_at, task=task,
+                   failures=failures)
+
+
 def _lease(row: Sequence[Any]) -> Lease:
-    (job_id, body, queue, priority, available_at, created_at, task, failures, token,
-     deliveries, expires_at, _seq) = row
-    message = Message(id=job_id, body=bytes(body), queue=queue, priority=priority,
-                      available_at=available_at, created_at=created_at, task=task,
-                      failures=failures)
-    return Lease(message, token, deliveries, expires_at)
+    token, deliveries, expires_at, _seq = row[8:]
+    return Lease(_message(row), token, deliveries, expires_at)
 
 
 class PostgresQueue(QueueBackend):
@@ -379,6 +384,12 @@ class PostgresQueue(QueueBackend):
         ``extend(lease, 0)`` makes a job read QUEUED at once); ``None`` if not queued."""
         row = self._run(lambda c: c.execute(self._q.peek, (job_id,)).fetchone())
         return None if row is None else JobStatus(str(row[0]).upper())
+
+    def peek(self, job_id: str) -> Message | None:
+        """One plain ``SELECT`` of the row (no lock, no write): a row holds its message in
+        every state, and ack and cancel delete it, so no row means not queued."""
+        row = self._run(lambda c: c.execute(self._q.message, (job_id,)).fetchone())
+        return None if row is None else _message(row)
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         """Rows not under a live lease: ready, delayed, and expired leases alike."""

@@ -47,6 +47,9 @@ PUSH_CHUNK = 1000
 BATCH = 500
 #: ``PEEK``'s replies.
 _PEEKED = {b"R": JobStatus.RUNNING, b"T": JobStatus.RETRYING, b"Q": JobStatus.QUEUED}
+#: A message's fields in its job hash (``scripts``' key layout), in the order ``CLAIM``
+#: returns them: body, queue, priority, created_at, available_at, task, failures.
+_MESSAGE_FIELDS = ("b", "q", "p", "c", "a", "t", "f")
 
 
 class RedisJobQueue(QueueBackend):
@@ -148,12 +151,8 @@ class RedisJobQueue(QueueBackend):
                         dropped, "y" if dropped == 1 else "ies", self.store.masked_url)
         leases = []
         for i in range(3, len(reply), 11):
-            (job_id, token, deliveries, expires, body, queue, priority, created, available,
-             task, failures) = reply[i:i + 11]
-            message = Message(id=job_id.decode(), body=bytes(body), queue=queue.decode(),
-                              priority=int(priority), available_at=float(available),
-                              created_at=float(created), task=task.decode(),
-                              failures=int(failures))
+            job_id, token, deliveries, expires = reply[i:i + 4]
+            message = _message(job_id.decode(), reply[i + 4:i + 11])
             leases.append(Lease(message=message, token=token.decode(),
                                 deliveries=int(deliveries), expires_at=float(expires)))
         return leases
@@ -200,6 +199,17 @@ class RedisJobQueue(QueueBackend):
         if not state:
             return None
         return _PEEKED[bytes(state)]
+
+    def peek(self, job_id: str) -> Message | None:
+        """One ``HMGET`` of the job's hash, which holds every field in every state (ready,
+        delayed, leased): no script, and nothing written. Ack and cancel delete the hash, so
+        a missing one means the id is not queued."""
+        key = self.store.prefix + "j:" + job_id
+        fields = cast("list[bytes | None]", self.store.call(
+            lambda: self.store.client.hmget(key, _MESSAGE_FIELDS), "reading a job"))
+        if any(v is None for v in fields[:-1]):  # gone (or not a whole message)
+            return None
+        return _message(job_id, fields)
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         """Waiting messages: ready, delayed, and expired leases (not yet claimed again)."""
@@ -333,6 +343,16 @@ class RedisJobQueue(QueueBackend):
                     log.warning("the Redis reaper failed (%s); retrying every %.1f s",
                                 exc, interval)
                 failing = True
+
+
+def _message(job_id: str, fields: Sequence[Any]) -> Message:
+    """The message from its hash fields in :data:`_MESSAGE_FIELDS` order (as ``CLAIM``
+    returns them, and ``peek`` reads them), so a claim and a peek build it alike; a
+    missing ``f`` (failures) is 0, as in the scripts."""
+    body, queue, priority, created, available, task, failures = fields
+    return Message(id=job_id, body=bytes(body), queue=queue.decode(), priority=int(priority),
+                   available_at=float(available), created_at=float(created),
+                   task=task.decode(), failures=int(failures or 0))
 
 
 def _partial(stored: list[bool], total: int) -> str:

@@ -415,6 +415,16 @@ class SQLiteJobQueue(QueueBackend):
             return JobStatus.RUNNING if waiting else JobStatus.QUEUED
         return JobStatus.RETRYING if waiting and failures else JobStatus.QUEUED
 
+    def peek(self, job_id: str) -> Message | None:
+        """One indexed read of the row; a row that breaks the schema reads as absent here
+        (the next claim or ``stats`` quarantines it, saying why)."""
+        row = self._db.conn().execute(
+            f"SELECT {', '.join(_NAMES)} FROM nuvom_queue WHERE id = ?", (job_id,)).fetchone()
+        if row is None or not (_well_formed(row) or quarantine.problem(
+                dict(zip(_NAMES, row, strict=True))) is None):
+            return None
+        return _message(row)
+
     def stats(self) -> QueueStats:
         """Ready, delayed and leased counts and the oldest ready message's age per queue, in
         one scan, and the quarantined rows. A row that breaks the schema is swept into
@@ -672,15 +682,14 @@ class SQLiteJobQueue(QueueBackend):
         # RETURNING has no defined order: restore priority DESC, created_at, insertion.
         if len(good) > 1:
             good.sort(key=lambda r: (-r[3], r[4], r[1]))
-        return [
-            Lease(
-                message=Message(id=row[0], body=row[8], queue=row[2], priority=row[3],
-                                available_at=row[5], created_at=row[4], task=row[9],
-                                failures=row[10]),
-                token=row[11], deliveries=row[7], expires_at=row[6],
-            )
-            for row in good
-        ]
+        return [Lease(message=_message(row), token=row[11], deliveries=row[7],
+                      expires_at=row[6]) for row in good]
+
+
+def _message(row: tuple[Any, ...]) -> Message:
+    """A row in :data:`_NAMES` order (as claimed or peeked) as its message."""
+    return Message(id=row[0], body=row[8], queue=row[2], priority=row[3], available_at=row[5],
+                   created_at=row[4], task=row[9], failures=row[10])
 
 
 _NUMBER = (float, int)  # SQLite stores integral REAL values as integers, RETURNING shows it

@@ -561,6 +561,29 @@ class FileJobQueue(QueueBackend):
                         return JobStatus.QUEUED
         return None
 
+    def peek(self, job_id: str) -> Message | None:
+        """Found as :meth:`peek_state` finds it (a message moving between directories during
+        the look is read on the second pass); ``failures`` comes from the file's name. A file
+        that does not decode reads as absent: the claim that reaches it quarantines it."""
+        wanted = encode_name(job_id)
+        for _ in range(2):
+            now = time.time()
+            self._settle(now)
+            with self._lock:
+                places = [("leased", name) for name, parsed in
+                          self._fs.matching("leased", None) if parsed.id == wanted]
+                places += self._waiting(wanted, now)
+            for kind, name in places:
+                parsed = parse(name, kind)
+                try:
+                    message = decode_message((self._dirs[kind] / name).read_bytes())
+                except FileNotFoundError:
+                    continue
+                except CorruptEntry:
+                    return None
+                return attrs.evolve(message, failures=parsed.failures if parsed else 0)
+        return None
+
     def cancel(self, job_id: str) -> bool:
         """Unlink the waiting file; a claim racing with it loses its rename (or we lose our
         unlink, and the job is left to its worker), so a job never both runs and vanishes."""
