@@ -140,7 +140,8 @@ def configuration_page(kernel: Kernel) -> str:
         "| --- | --- | --- | --- |",
     ]
     for field in attrs.fields(Settings):
-        default = "unset" if field.default is None else f"`{field.default}`"
+        default = ("unset" if field.default is None else '`""`' if field.default == ""
+                   else f"`{field.default}`")
         lines.append(f"| `{field.name}` | `{field.metadata['env']}` | {default} | "
                      f"{_cell(field.metadata['doc'])} |")
     sources = kernel.pm.sources

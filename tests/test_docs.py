@@ -90,7 +90,7 @@ def config_doc() -> str:
 
 
 def _default_cell(default: object) -> str:
-    return "unset" if default is None else f"`{default}`"
+    return "unset" if default is None else '`""`' if default == "" else f"`{default}`"
 
 
 def _settings_table(config_doc: str) -> str:
