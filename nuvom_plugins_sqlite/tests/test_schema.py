@@ -71,6 +71,18 @@ def test_corrupt_body_is_quarantined_and_the_rest_flows(queue: SQLiteJobQueue) -
     assert row[:2] == ("bad", "not bytes")  # the bad value is kept as found
 
 
+def test_peek_reads_a_corrupt_row_as_absent_and_keeps_it(queue: SQLiteJobQueue) -> None:
+    """``peek`` (``nuvom cancel job``, ``get_job``) never hands out a row that breaks the
+    schema, and does not drop it either: the next claim quarantines it, saying why."""
+    queue.enqueue_many([msg("good"), msg("bad")])
+    _corrupt(queue.path, "UPDATE nuvom_queue SET body = 'not bytes' WHERE id = 'bad'")
+    assert queue.peek("bad") is None
+    peeked = queue.peek("good")
+    assert peeked is not None and peeked.id == "good" and isinstance(peeked.body, bytes)
+    assert [lease.id for lease in queue.claim(10)] == ["good"]
+    assert "'bad'" in queue.stats().quarantined[0]
+
+
 def test_corrupt_priority_does_not_crash_claim(queue: SQLiteJobQueue) -> None:
     queue.enqueue_many([msg("a"), msg("b")])
     _corrupt(queue.path, "UPDATE nuvom_queue SET priority = 'high' WHERE id = 'b'")

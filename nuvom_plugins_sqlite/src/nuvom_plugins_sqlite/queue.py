@@ -68,6 +68,7 @@ __all__ = ["SQLiteJobQueue"]
 _RETURNING = ("id, seq, queue, priority, created_at, available_at, visible_at, deliveries, "
               "body, task, failures")
 _NAMES = [*_RETURNING.split(", "), "token"]
+_MESSAGE_BY_ID = f"SELECT {', '.join(_NAMES)} FROM nuvom_queue WHERE id = ?"
 
 _CLAIM = """
 UPDATE nuvom_queue
@@ -418,12 +419,8 @@ class SQLiteJobQueue(QueueBackend):
     def peek(self, job_id: str) -> Message | None:
         """One indexed read of the row; a row that breaks the schema reads as absent here
         (the next claim or ``stats`` quarantines it, saying why)."""
-        row = self._db.conn().execute(
-            f"SELECT {', '.join(_NAMES)} FROM nuvom_queue WHERE id = ?", (job_id,)).fetchone()
-        if row is None or not (_well_formed(row) or quarantine.problem(
-                dict(zip(_NAMES, row, strict=True))) is None):
-            return None
-        return _message(row)
+        row = self._db.conn().execute(_MESSAGE_BY_ID, (job_id,)).fetchone()
+        return None if row is None or _problem(row) is not None else _message(row)
 
     def stats(self) -> QueueStats:
         """Ready, delayed and leased counts and the oldest ready message's age per queue, in
@@ -666,10 +663,7 @@ class SQLiteJobQueue(QueueBackend):
         good: list[tuple[Any, ...]] = []
         bad: list[tuple[int, str]] = []
         for row in rows:
-            if _well_formed(row):
-                good.append(row)
-                continue
-            reason = quarantine.problem(dict(zip(_NAMES, row[:12], strict=True)))
+            reason = _problem(row)
             if reason is None:
                 good.append(row)
             else:
@@ -693,6 +687,14 @@ def _message(row: tuple[Any, ...]) -> Message:
 
 
 _NUMBER = (float, int)  # SQLite stores integral REAL values as integers, RETURNING shows it
+
+
+def _problem(row: tuple[Any, ...]) -> str | None:
+    """What makes a row in :data:`_NAMES` order unfit to claim (:func:`quarantine.problem`),
+    ``None`` if nothing: the common case checked first, in one expression."""
+    if _well_formed(row):
+        return None
+    return quarantine.problem(dict(zip(_NAMES, row[:12], strict=True)))
 
 
 def _well_formed(row: tuple[Any, ...]) -> bool:
