@@ -173,6 +173,21 @@ def test_corrupt_entries_are_quarantined_not_dropped(queue: FileJobQueue,
     assert "quarantined" in caplog.text
 
 
+def test_peek_reads_a_corrupt_file_as_absent_and_keeps_it(queue: FileJobQueue) -> None:
+    """``peek`` never hands out a file that does not decode, nor moves it: the next claim
+    quarantines it, saying why."""
+    queue.enqueue_many([msg("good"), msg("bad-body")])
+    ready = queue.path / "ready"
+    [victim] = [n for n in os.listdir(ready) if "bad-body" in n]
+    (ready / victim).write_bytes((ready / victim).read_bytes()[:-3] + b"XYZ")
+    assert queue.peek("bad-body") is None
+    assert victim in os.listdir(ready), "peek leaves the file where it is"
+    peeked = queue.peek("good")
+    assert peeked is not None and peeked.body == b"body-good"
+    assert [lease.id for lease in queue.claim(10)] == ["good"]
+    assert any("checksum" in line for line in queue.stats().quarantined)
+
+
 def test_idle_polling_does_not_relist_ready(queue: FileJobQueue,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     queue.enqueue_many([msg(f"m{i}", queue="other") for i in range(300)])
