@@ -23,6 +23,7 @@ __all__ = [
     "TaskRegistrationError",
     "UnknownJobError",
     "UnknownTaskError",
+    "WorkerPrepareError",
     "qualname",
 ]
 
@@ -41,6 +42,11 @@ class PluginConfigError(ConfigError):
 
 class PluginLoadError(NuvomError):
     """A plugin could not be imported, registered or configured; the message names it."""
+
+
+class WorkerPrepareError(NuvomError):
+    """A plugin's ``nuvom_worker_prepare`` raised, so the worker did not start; the message
+    names the plugin and its exception is the ``__cause__``."""
 
 
 class BackendNotFoundError(NuvomError):

@@ -228,8 +228,10 @@ def nuvom_worker_prepare(worker: Worker) -> None:
     plugin needs for this worker (a port to serve metrics on, a file).
 
     Call mode: 1:N; an exception is not isolated: it stops the worker before it leases
-    anything (``nuvom runworker`` prints it and exits with status 1), so a resource that
-    cannot be had is a clear startup error instead of a worker running half-configured.
+    anything, so a resource that cannot be had is a clear startup error instead of a worker
+    running half-configured. ``Worker.start`` raises it as a ``WorkerPrepareError`` that
+    names the plugin (the plugin's exception is its ``__cause__``); ``nuvom runworker``
+    prints that and exits with status 1.
     ``nuvom_worker_shutdown`` then runs for every plugin, so one that prepared gives back
     what it took; a plugin must accept a shutdown for a worker it did not prepare.
 

@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import sys
+import traceback
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -226,6 +227,17 @@ class NuvomPluginManager(pluggy.PluginManager):
     def _implements(self, plugin_name: str, hook_name: str) -> bool:
         return any(impl.plugin_name == plugin_name
                    for impl in getattr(self.hook, hook_name).get_hookimpls())
+
+    def raised_by(self, hook_name: str, exc: BaseException) -> str | None:
+        """The plugin whose implementation of ``hook_name`` raised ``exc`` (the innermost
+        frame of its traceback that runs one), or ``None``: pluggy re-raises a plugin's
+        exception as it is, naming no plugin."""
+        codes = {getattr(impl.function, "__code__", None): impl.plugin_name
+                 for impl in getattr(self.hook, hook_name).get_hookimpls()}
+        found = None
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            found = codes.get(frame.f_code, found)
+        return found
 
     def _configure(self, config: Config) -> None:
         """Historic configure: every plugin now, and (see :meth:`register`) any later one.

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nuvom_kernel.envelope import origin
-from nuvom_kernel.errors import JobTimeoutError
+from nuvom_kernel.errors import JobTimeoutError, WorkerPrepareError
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.scheduler import Scheduler
@@ -144,12 +144,14 @@ class Worker:
     def start(self) -> None:
         """Start the threads and return; :meth:`stop` and :meth:`join` end them.
 
-        :raises Exception: what a ``nuvom_worker_prepare`` hook raised, or the manifest
-            or the backend while the worker prepared (nothing started; the shutdown hook
-            has run, so a plugin that prepared gave back what it took: a port, a hook).
+        :raises WorkerPrepareError: a ``nuvom_worker_prepare`` hook raised (the message
+            names the plugin; its exception is the cause).
+        :raises Exception: what the manifest or the backend raised while the worker
+            prepared. Either way nothing started, and the shutdown hook has run, so a plugin
+            that prepared gave back what it took (a port, a hook).
         """
         try:
-            self.kernel.pm.hook.nuvom_worker_prepare(worker=self)
+            self._prepare_plugins()
             self.kernel.registry.load_manifest(self.kernel.data_dir)
             self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         except BaseException:
@@ -175,6 +177,21 @@ class Worker:
         self.signals.emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %s pool of %d, queues=%s, backend=%s", self.origin,
                  self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name)
+
+    def _prepare_plugins(self) -> None:
+        pm = self.kernel.pm
+        try:
+            pm.hook.nuvom_worker_prepare(worker=self)
+        except Exception as exc:
+            log.debug("nuvom_worker_prepare raised", exc_info=exc)
+            name = pm.raised_by("nuvom_worker_prepare", exc)
+            who = "a plugin" if name is None else f"plugin {name!r}"
+            fix = ("" if name is None else
+                   f", or run without it: NUVOM_DISABLE_PLUGINS={name}")
+            raise WorkerPrepareError(
+                f"{who} failed to prepare the worker (nuvom_worker_prepare), so it did not "
+                f"start and leased nothing: {exc!r}. Fix what it reports{fix} "
+                f"(--log-level DEBUG shows its traceback)") from exc
 
     def stop(self, graceful: bool = True) -> None:
         """Stop leasing; a graceful stop lets running jobs finish, a forced one does not."""

@@ -13,6 +13,7 @@ from prom_helpers import wait_until
 from prometheus_client import CollectorRegistry
 
 from nuvom_kernel import Worker, hookimpl
+from nuvom_kernel.errors import WorkerPrepareError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement
 from nuvom_kernel.outcome import Outcome
@@ -117,7 +118,7 @@ def test_a_worker_that_fails_to_start_gives_back_the_port_and_the_recorder(
     kernel.pm.register(_Refuses(), name="refuses")
     with use_kernel(kernel):
         worker = Worker(kernel, workers=1)
-        with pytest.raises(RuntimeError, match="no licence"):
+        with pytest.raises(WorkerPrepareError, match=r"plugin 'refuses'.*no licence"):
             worker.start()
     assert plugin.current_exporter() is None, "the exporter it opened is closed"
     assert kernel.pm.get_plugin(plugin.RECORDER) is None, "and its recorder unregistered"

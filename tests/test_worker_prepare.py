@@ -1,0 +1,88 @@
+"""A plugin whose ``nuvom_worker_prepare`` fails stops ``nuvom runworker`` with a message that
+names it and says how to run without it ("a bad plugin names the plugin"), not a traceback
+through pluggy; the plugins that did prepare get their shutdown. The failure is real: the
+plugin binds a port the test already holds."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from tests.helpers import run_nuvom, start_worker, stop_worker
+
+NEEDS_PORT = '''\
+import os
+import socket
+
+from nuvom_kernel import hookimpl
+
+
+def _bind(port):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+@hookimpl
+def nuvom_worker_prepare(worker):
+    _bind(int(os.environ["TEST_PORT"]))
+'''
+
+TIDY = '''\
+import pathlib
+
+from nuvom_kernel import hookimpl
+
+
+@hookimpl
+def nuvom_worker_prepare(worker):
+    pathlib.Path("tidy.log").open("a").write("prepared\\n")
+
+
+@hookimpl
+def nuvom_worker_shutdown(worker):
+    pathlib.Path("tidy.log").open("a").write("shut down\\n")
+'''
+
+
+def _project(root: Path) -> Path:
+    (root / "needs_port.py").write_text(NEEDS_PORT)
+    (root / "tidy.py").write_text(TIDY)
+    # tidy is registered last, so pluggy calls it first: it has prepared when needs_port fails
+    (root / ".nuvom_plugins.toml").write_text(
+        '[settings]\nqueue_backend = "memory"\nresult_backend = "memory"\n\n'
+        '[plugins]\nhooks = ["needs_port", "tidy"]\n')
+    return root
+
+
+def test_a_failed_prepare_names_its_plugin_and_how_to_run_without_it(tmp_path: Path) -> None:
+    project = _project(tmp_path)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        done = run_nuvom(["runworker", "--workers", "1"], project, timeout=60, TEST_PORT=port)
+        assert done.returncode == 1, done.stderr
+        assert "Error: plugin 'needs_port' failed to prepare the worker" in done.stderr, \
+            done.stderr
+        assert "Address already in use" in done.stderr
+        assert "NUVOM_DISABLE_PLUGINS=needs_port" in done.stderr
+        assert "Traceback" not in done.stderr, "a one-line error, not pluggy's traceback"
+        assert (project / "tidy.log").read_text() == "prepared\nshut down\n"
+
+        # The fix the message gives: the worker starts without the plugin.
+        worker = start_worker(project, {"TEST_PORT": port,
+                                        "NUVOM_DISABLE_PLUGINS": "needs_port"})
+        seen = []
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                line = worker.stdout.readline() if worker.stdout else ""
+                seen.append(line)
+                if " started: " in line or not line:
+                    break
+        finally:
+            out = stop_worker(worker)
+        assert any(" started: " in line for line in seen), "".join(seen) + out
+        assert worker.returncode == 0, "".join(seen) + out
