@@ -271,9 +271,16 @@ class NuvomPluginManager(pluggy.PluginManager):
             self._plugins_changing()
 
     def register(self, plugin: Any, name: str | None = None) -> str | None:
+        """pluggy's ``register``, refusing hook wrappers where they would wrap nothing.
+
+        :raises pluggy.PluginValidationError: a hook other than ``nuvom_worker_prepare`` is
+            marked ``wrapper=True`` or ``hookwrapper=True`` (nothing is registered).
+        """
         self._plugins_changing()
         try:
             registered = super().register(plugin, name)
+            if registered is not None:
+                self._refuse_wrappers(plugin)
         finally:
             self._plugins_changing()
         if registered is not None and self._config is not None:
@@ -281,6 +288,23 @@ class NuvomPluginManager(pluggy.PluginManager):
                 if impl.plugin is plugin:
                     self._configure_impl(impl)
         return registered
+
+    def _refuse_wrappers(self, plugin: Any) -> None:
+        """The kernel calls each implementation of every other hook itself (to isolate and
+        name one that raises; registration hooks must return classes), so a wrapper there
+        would be called as a plain function: a generator where classes were expected."""
+        for caller in self.get_hookcallers(plugin) or ():
+            if caller.name == "nuvom_worker_prepare":
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin and (impl.wrapper or impl.hookwrapper):
+                    super().unregister(plugin)
+                    raise pluggy.PluginValidationError(plugin, (
+                        f"{caller.name} is marked as a hook wrapper "
+                        f"(wrapper=True or hookwrapper=True), but the kernel calls each "
+                        f"implementation of {caller.name} itself, so it would wrap nothing; "
+                        f"mark it with a plain @hookimpl (only nuvom_worker_prepare honours "
+                        f"hook wrappers)"))
 
     # --- registration hooks -------------------------------------------------------------
 

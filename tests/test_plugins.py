@@ -97,6 +97,18 @@ def test_typo_hook_fails_check_pending_naming_it(proj: Path):
     assert "local_plugins:Typo" in str(info.value)
 
 
+def test_a_hook_wrapper_that_would_wrap_nothing_is_refused_naming_it(proj: Path):
+    with pytest.raises(PluginLoadError) as info:
+        manager(proj, "[plugins]\nhooks = ['local_plugins:WrappedRegistration']\n")
+    text = str(info.value)
+    assert "plugin 'local_plugins:WrappedRegistration' could not be registered" in text, text
+    assert "nuvom_register_queue_backends is marked as a hook wrapper" in text, text
+    assert "plain @hookimpl" in text
+    # Where pluggy calls the hook itself, a wrapper is honoured and loads.
+    pm = manager(proj, "[plugins]\nhooks = ['local_plugins:WrappedPrepare']\n")
+    assert pm.get_plugin("local_plugins:WrappedPrepare") is not None
+
+
 def test_duplicate_backend_names_both_providers(proj: Path):
     pm = manager(proj, "[plugins]\nqueue_backend = ['local_plugins:DuplicateMemory']\n")
     with pytest.raises(DuplicateBackendError) as info:
