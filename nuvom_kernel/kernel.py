@@ -25,7 +25,7 @@ from nuvom_kernel.errors import (
     UnknownJobError,
 )
 from nuvom_kernel.job import Job
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message, TaskOptions
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import REGISTRY, TaskRegistry
 from nuvom_kernel.serialization import Serializer, from_wire
@@ -143,7 +143,7 @@ class Kernel:
         stored = self.results.get(job.id)
         # A job never run has no record: its message says what it was (read before the
         # queue forgets it), so `nuvom retry job` can run it again.
-        envelope = None if stored is not None else self._queued_envelope(job.id)
+        envelope = None if stored is not None else self._queued(job.id)[1]
         if not self.queue.cancel(job.id):
             return False
         now = time.time()
@@ -151,7 +151,7 @@ class Kernel:
             record = stored
         elif envelope is not None:
             record = envelope.record(JobStatus.CANCELLED)
-        else:  # a backend that cannot peek: what the handle knows
+        else:  # a body that does not decode, or a backend that cannot peek: the handle's
             record = JobRecord(job_id=job.id, task=job.task, status=JobStatus.CANCELLED,
                                queue=job.queue, created_at=job.created_at,
                                max_retries=job.options.retries)
@@ -165,27 +165,33 @@ class Kernel:
         job.status = JobStatus.CANCELLED
         return True
 
-    def _queued_envelope(self, job_id: str) -> Envelope | None:
-        """The envelope of ``job_id``'s message while the queue holds it; ``None`` if it does
-        not, if the backend cannot ``peek``, or if the body does not decode (the worker that
-        claims it fails it, saying why)."""
+    def _queued(self, job_id: str) -> tuple[Message | None, Envelope | None]:
+        """``job_id``'s message while the queue holds it (``None`` if it does not, or if the
+        backend cannot ``peek``), and its envelope (``None`` too if the body does not decode:
+        the worker that claims it fails it, saying why)."""
         try:
             message = self.queue.peek(job_id)
         except NotImplementedError:
-            return None
+            return None, None
         try:
-            return None if message is None else Envelope.from_message(message, self.serializer)
+            return message, (None if message is None
+                             else Envelope.from_message(message, self.serializer))
         except SerializationError:
-            return None
+            return message, None
 
     def _handle(self, job_id: str) -> Job:
         """A handle on ``job_id`` made from its message while it is queued (task, arguments,
-        options), else from the id alone; :meth:`refresh_job` adds what its record says."""
-        envelope = self._queued_envelope(job_id)
+        options; only the message's routing fields if its body does not decode), else from
+        the id alone; :meth:`refresh_job` adds what its record says."""
+        message, envelope = self._queued(job_id)
         try:
-            job = Job(id=job_id, task="") if envelope is None else envelope.job()
+            job = None if envelope is None else envelope.job()
         except SerializationError:  # arguments that do not decode: its worker fails it
-            job = Job(id=job_id, task="")
+            job = None
+        if job is None:
+            job = (Job(id=job_id, task="") if message is None else
+                   Job(id=job_id, task=message.task, created_at=message.created_at,
+                       options=TaskOptions(queue=message.queue, priority=message.priority)))
         job._kernel = self
         return job
 

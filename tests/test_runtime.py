@@ -476,16 +476,20 @@ def test_a_job_known_only_by_id_is_described_cancelled_and_run_again(make_kernel
 
 def test_a_queued_job_whose_body_does_not_decode_is_still_looked_up_and_cancelled(
         make_kernel, project: Path):
-    """``get_job`` and cancel read a queued job's message to say what it is; one that does
-    not decode (its worker would fail it, saying why) leaves them the id and state alone."""
+    """``get_job`` and cancel read a queued job's message to say what it is; one whose body
+    does not decode (its worker would fail it, saying why) leaves them the message's
+    routing fields: the id, task, queue and enqueue time, and the state."""
     kernel = make_kernel("memory")
     with use_kernel(kernel):
-        kernel.queue.enqueue(Message(id="garbled", body=b"not json", task="t.garbled"))
+        kernel.queue.enqueue(Message(id="garbled", body=b"not json", task="t.garbled",
+                                     queue="mail", created_at=1234.5))
         job = get_job("garbled")
-        assert (job.status, job.task) == (JobStatus.QUEUED, "")
+        assert (job.status, job.task, job.queue, job.created_at) == (
+            JobStatus.QUEUED, "t.garbled", "mail", 1234.5)
         assert kernel.cancel(job) is True
         record = kernel.results.get("garbled")
         assert record is not None and record.status is JobStatus.CANCELLED
+        assert (record.task, record.queue, record.created_at) == ("t.garbled", "mail", 1234.5)
 
 
 def test_named_queues_priorities_and_async_tasks(kernel: Kernel, worker, project: Path):
