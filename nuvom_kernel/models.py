@@ -9,6 +9,7 @@ backend report the same states (see ``docs/architecture.md``).
 from __future__ import annotations
 
 import enum
+import math
 import time
 from typing import Any
 
@@ -83,14 +84,20 @@ class TaskOptions:
                                              or self.concurrency < 1):
             raise ValueError(f"concurrency must be an int >= 1 or None, got "
                              f"{self.concurrency!r}")
-        if self.unique_for is not None and not self.unique_for > 0:
+        if self.unique_for is not None and not 0 < self.unique_for < math.inf:
             raise ValueError(f"unique_for must be > 0 seconds, got {self.unique_for!r}")
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
-        if self.timeout_secs is not None and self.timeout_secs <= 0:
-            raise ValueError(f"timeout_secs must be > 0 or None, got {self.timeout_secs}")
-        if self.retry_delay_secs is not None and self.retry_delay_secs < 0:
-            raise ValueError(f"retry_delay_secs must be >= 0, got {self.retry_delay_secs}")
+        # (`not a < x < b`: also refuses NaN, which every comparison calls false)
+        if self.timeout_secs is not None and not 0 < self.timeout_secs < math.inf:
+            raise ValueError(f"timeout_secs must be a finite number > 0, or None for no "
+                             f"limit; got {self.timeout_secs}")
+        if self.retry_delay_secs is not None and not 0 <= self.retry_delay_secs < math.inf:
+            raise ValueError(f"retry_delay_secs must be a finite number >= 0, got "
+                             f"{self.retry_delay_secs}")
+        if not 0 <= self.backoff_max_secs < math.inf:
+            raise ValueError(f"backoff_max_secs must be a finite number >= 0, got "
+                             f"{self.backoff_max_secs}")
 
 
 @attrs.frozen

@@ -6,6 +6,7 @@ everywhere and every refusal reads alike: ``… is invalid: it must be …``.
 
 from __future__ import annotations
 
+import math
 import os
 import types
 import typing
@@ -120,8 +121,14 @@ def whole(minimum: int, *, none_ok: bool = False) -> Callable[[Any], int | None]
     return parse
 
 
+#: The longest duration a setting takes: ``inf`` or ``1e13`` passed ``> 0`` and then failed
+#: every claim on PostgreSQL ("interval out of range"); none of these needs over a year.
+MAX_SECONDS = 366 * 86400
+
+
 def seconds(*, zero_ok: bool, none_ok: bool = False) -> Callable[[Any], float | None]:
-    """A duration in seconds, ``>= 0`` or ``> 0`` (or empty/``none`` with ``none_ok``)."""
+    """A duration in seconds, ``>= 0`` or ``> 0`` (or empty/``none`` with ``none_ok``), at
+    most :data:`MAX_SECONDS`."""
     def parse(value: Any) -> float | None:
         if none_ok and optional(str)(value) is None:
             return None
@@ -129,8 +136,11 @@ def seconds(*, zero_ok: bool, none_ok: bool = False) -> Callable[[Any], float | 
             number = to_float(value)
         except ValueError:
             raise ValueError("must be a number of seconds") from None
-        if number < 0 or (number == 0 and not zero_ok):
-            raise ValueError(f"must be a number of seconds {'>=' if zero_ok else '>'} 0")
+        if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
+            raise ValueError(f"must be a number of seconds {'>=' if zero_ok else '>'} 0"
+                             + (" (or none)" if none_ok else ""))
+        if number > MAX_SECONDS:
+            raise ValueError(f"must be at most {MAX_SECONDS} seconds (366 days)")
         return number
 
     return parse

@@ -43,6 +43,10 @@ def test_file_then_env_precedence_and_provenance(tmp_path: Path):
     ("NUVOM_JOB_TIMEOUT_SECS", "soon", "number of seconds"),
     ("NUVOM_RETRY_DELAY_SECS", "-1", "number of seconds >= 0"),
     ("NUVOM_VISIBILITY_TIMEOUT_SECS", "0", "number of seconds > 0"),
+    # accepted as > 0 once, then every claim on PostgreSQL failed: "interval out of range"
+    ("NUVOM_VISIBILITY_TIMEOUT_SECS", "inf", "number of seconds > 0"),
+    ("NUVOM_GRACE_PERIOD_SECS", "1e13", "at most 31622400 seconds (366 days)"),
+    ("NUVOM_JOB_TIMEOUT_SECS", "-inf", "number of seconds > 0 (or none)"),
     ("NUVOM_LOG_LEVEL", "LOUD", "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
 ])
 def test_malformed_env_names_variable_and_accepted_values(tmp_path: Path, var: str,
@@ -111,3 +115,18 @@ def test_every_setting_has_an_env_var_named_after_it():
 
     for field in attrs.fields(Settings):
         assert field.metadata["env"] == "NUVOM_" + field.name.upper()
+
+
+@pytest.mark.parametrize("options", [
+    {"timeout_secs": float("inf")}, {"timeout_secs": float("nan")},
+    {"retry_delay_secs": float("nan")}, {"retry_delay_secs": float("inf")},
+    {"backoff_max_secs": float("inf")}, {"unique_for": float("inf")},
+])
+def test_task_durations_must_be_finite(options: dict[str, float]) -> None:
+    """A NaN passes every ``< 0`` check and an infinity every ``> 0`` one; either would reach
+    the wire (where JSON has no such number) or a backend's time arithmetic."""
+    from nuvom_kernel.models import TaskOptions
+
+    name = next(iter(options))
+    with pytest.raises(ValueError, match=f"{name} must be a finite number|{name} must be > 0"):
+        TaskOptions(**options)
