@@ -152,6 +152,11 @@ def cancel_job(job_id: str) -> None:
     except NotImplementedError as exc:  # an optional call this queue backend does not make
         raise click.ClickException(str(exc)) from exc
     if not cancelled:
+        if job.status is JobStatus.QUEUED:  # it reads as waiting, yet a lease holds it
+            raise click.ClickException(
+                f"job {job_id} cannot be cancelled: it was leased to a worker (just now, or "
+                "by a worker that stopped without an outcome: then it runs again when a "
+                "worker takes it next); only a job never leased can be cancelled")
         raise click.ClickException(
             f"job {job_id} is {job.status.value}; only a job that has not started can be "
             "cancelled")
