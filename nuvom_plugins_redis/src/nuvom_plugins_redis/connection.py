@@ -26,12 +26,13 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import attrs
 import redis
@@ -63,7 +64,20 @@ _temporary: set[tuple[str, str, int]] = set()
 
 
 class RedisUnavailableError(EnqueueError):
-    """The Redis server could not be reached, refused the password, or ran out of memory."""
+    """The Redis server could not be reached, refused the password, has no such database,
+    or ran out of memory."""
+
+
+#: What redis-py raises for an ``OOM`` reply (since redis-py#2778, mid-2023; ``getattr``
+#: for a release without it). Its text has the ``OOM`` prefix stripped, so
+#: :meth:`Store.explain` knows it by class; before it, a plain ``ResponseError`` kept the
+#: prefix, and a server before 7.0 nests the reply of a script's write in its own error.
+_OUT_OF_MEMORY: tuple[type[Exception], ...] = tuple(
+    c for c in (getattr(redis.exceptions, "OutOfMemoryError", None),) if c is not None)
+#: Where the URL is set, for messages that say what to change.
+_URL_SETTING = "[plugins.redis] url (or NUVOM_PLUGINS__REDIS__URL)"
+_URL_EXAMPLE = ("redis://[:PASSWORD@]HOST:PORT/DB, such as redis://127.0.0.1:6379/0 "
+                "(rediss:// for TLS, unix:///path/to/redis.sock?db=0 for a socket)")
 
 
 @attrs.frozen
@@ -104,9 +118,7 @@ class RedisSettings:
                               f"known: {', '.join(sorted(known))}.")
         values = {k: v for k, v in settings.items() if v is not None}
         parsed = cls(**values)
-        if not str(parsed.url).startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"[plugins.redis] url={mask_secret('url', parsed.url)!r} is "
-                              "invalid: use redis://host:port/db (or rediss://, unix://).")
+        _check_url(str(parsed.url))
         if not parsed.key_prefix or any(c.isspace() for c in parsed.key_prefix):
             raise ConfigError(f"[plugins.redis] key_prefix={parsed.key_prefix!r} is invalid: "
                               "use a non-empty name without spaces, such as 'nuvom'.")
@@ -125,6 +137,68 @@ class RedisSettings:
                 raise ConfigError(f"[plugins.redis] {key}={value!r} is invalid: it must be a "
                                   f"number of seconds > 0{' (or 0)' if zero_ok else ''}.")
         return parsed
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    """Whether ``exc`` is the server refusing a write at ``maxmemory`` (any redis-py, any
+    server: see :data:`_OUT_OF_MEMORY`)."""
+    return isinstance(exc, _OUT_OF_MEMORY) or str(exc).startswith("OOM") or \
+        "command not allowed when used memory" in str(exc)
+
+
+def _check_url(url: str) -> None:
+    """Read ``url`` as redis-py will (its pool's arguments, and a connection built from
+    them without connecting), so that a URL it cannot use fails here, as a
+    :class:`ConfigError` naming the setting, and not later as a traceback from inside
+    redis-py (a port that is not a number, an unknown ``?option``) or a server error.
+
+    One mistake redis-py lets through is refused too: a database part that is not a
+    number, which it silently reads as another database (``/abc`` as 0, ``/0/1`` as 1)."""
+    def invalid(problem: str) -> ConfigError:
+        return ConfigError(f"{_URL_SETTING} = {_masked_url(url)!r} is invalid: "
+                           f"{_scrub(problem, url)}. Use {_URL_EXAMPLE}.")
+
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise invalid("it must start with redis://, rediss:// or unix://")
+    try:
+        pool = redis.ConnectionPool.from_url(url)
+        pool.connection_class(**pool.connection_kwargs)  # an unknown ?option fails here
+    except (TypeError, ValueError) as exc:
+        raise invalid(f"redis-py cannot read it ({exc})") from None
+    db = pool.connection_kwargs.get("db", 0)
+    if not isinstance(db, int) or db < 0:
+        raise invalid(f"the database {db!r} is not a non-negative integer")
+    if not url.startswith("unix://"):  # a socket URL's path is the socket's
+        part = unquote(urlsplit(url).path).strip("/")
+        if part and not re.fullmatch("[0-9]+", part):
+            raise invalid(f"the database part /{part} is not a non-negative integer "
+                          "(redis-py would silently use another database)")
+
+
+def _masked_url(url: str) -> str:
+    """``url`` with its password masked, also when it is too malformed for
+    :func:`mask_secret` to find the password (it then returns the text unchanged)."""
+    masked = str(mask_secret("url", url))
+    userinfo = _userinfo(url)
+    if masked == url and ":" in userinfo:
+        masked = url.replace(userinfo + "@", userinfo.partition(":")[0] + ":***@", 1)
+    return masked
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` (an error redis-py or ``urllib`` raised about ``url``, which may quote the
+    URL's host part) without the URL's password."""
+    userinfo = _userinfo(url)
+    if ":" in userinfo and userinfo in text:
+        text = text.replace(userinfo, userinfo.partition(":")[0] + ":***")
+    return text
+
+
+def _userinfo(url: str) -> str:
+    """The ``user:password`` part of ``url``, found by text alone (no parsing to fail)."""
+    rest = url.partition("://")[2]
+    netloc = re.split("[/?#]", rest, maxsplit=1)[0]
+    return netloc.rpartition("@")[0]
 
 
 class LuaScript:
@@ -351,10 +425,18 @@ class Store:
                 return RedisUnavailableError(
                     f"Redis at {self.masked_url} needs a password ({exc}); put it in "
                     "[plugins.redis] url as redis://:PASSWORD@host:port/db.")
-            if str(exc).startswith("OOM"):
+            if _is_out_of_memory(exc):
                 return RedisUnavailableError(
-                    f"Redis at {self.masked_url} is out of memory while {what} ({exc}). "
-                    "Raise maxmemory or drain the queues.")
+                    f"Redis at {self.masked_url} is out of memory while {what} (it "
+                    f"answered: {str(exc).rstrip('.')}). Until memory is freed it refuses "
+                    "every write, workers' claims included: raise maxmemory (CONFIG SET "
+                    "maxmemory, and in redis.conf), then let workers drain the queues.")
+            if "DB index is out of range" in str(exc):
+                return RedisUnavailableError(
+                    f"Redis at {self.masked_url} has no database "
+                    f"{self.client.connection_pool.connection_kwargs.get('db', 0)} ({exc}). "
+                    f"Use a smaller database number in {_URL_SETTING}, or raise "
+                    "`databases` in the server's redis.conf (16 by default).")
         return exc
 
     def startup(self) -> None:
@@ -387,9 +469,17 @@ class Store:
     def check_epoch(self, first: bool = False) -> None:
         """Detect a wiped server: the epoch key this store saw is gone or replaced."""
         key = self.prefix + "epoch"
-        mine = uuid.uuid4().hex
-        created = self.client.set(key, mine, nx=True)
-        current = mine if created else self.client.get(key)
+        current = self.client.get(key)
+        created = False
+        if current is None:  # read first: at maxmemory even a SET NX of a key that exists
+            mine = uuid.uuid4().hex  # is refused, and a process that starts then must get
+            # as far as its first push or claim, whose error says what to do
+            try:
+                created = bool(self.client.set(key, mine, nx=True))
+            except redis.ResponseError as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+            current = mine if created else self.client.get(key)  # None: gone, and full
         current = current.decode() if isinstance(current, bytes) else current
         if self.epoch is not None and current != self.epoch:
             log.critical("Redis at %s lost its data (epoch key %s changed): the server was "
