@@ -112,7 +112,8 @@ def test_terminated_pooled_connections_lose_nothing(settings: dict[str, object],
 
 
 def test_terminated_listen_connection_reconnects(settings: dict[str, object], schema: str,
-                                                 queue: PostgresQueue) -> None:
+                                                 queue: PostgresQueue,
+                                                 context: BackendContext) -> None:
     listener = queue._listener
     wait_until(listener.listening.is_set, 10, "the listener never started")
     first_pid = listener.backend_pid
@@ -130,7 +131,7 @@ def test_terminated_listen_connection_reconnects(settings: dict[str, object], sc
             "from nuvom_kernel.testing.contracts import make_message\n"
             "from nuvom_plugins_postgres import PostgresQueue\n"
             f"q = PostgresQueue.from_settings({settings!r}, "
-            f"BackendContext(namespace={queue.schema.removeprefix('nuvom_')!r}))\n"
+            f"BackendContext(namespace={context.namespace!r}))\n"
             "q.enqueue(make_message()); q.close()\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     pushed = time.monotonic()

@@ -12,6 +12,7 @@ import time
 import psycopg
 import pytest
 
+import nuvom_plugins_postgres.queue
 from nuvom_kernel.testing.contracts import make_message
 from nuvom_plugins_postgres import PostgresQueue
 
@@ -46,8 +47,12 @@ def test_repeats_across_and_within_chunks_are_reported_and_not_stored(
     assert chunked.push([a, b, c]) == [False, False, False]
 
 
-def test_a_server_error_in_a_later_chunk_stores_nothing(chunked: PostgresQueue) -> None:
+def test_a_server_error_in_a_later_chunk_stores_nothing(
+        chunked: PostgresQueue, monkeypatch: pytest.MonkeyPatch) -> None:
     messages = [make_message() for _ in range(8)]
+    # The push refuses such a priority itself (test_postgres_limits.py); without that check
+    # it reaches the server, which refuses it after earlier chunks were sent.
+    monkeypatch.setattr(nuvom_plugins_postgres.queue, "PRIORITY_MAX", 2**62)
     bad = make_message(priority=2**40)  # no PostgreSQL integer holds it: the server refuses
     with pytest.raises(psycopg.errors.NumericValueOutOfRange):
         chunked.push([*messages, bad])
@@ -57,8 +62,8 @@ def test_a_server_error_in_a_later_chunk_stores_nothing(chunked: PostgresQueue) 
 
 def test_an_encoding_error_in_a_later_chunk_stores_nothing(chunked: PostgresQueue) -> None:
     messages = [make_message() for _ in range(8)]
-    bad = make_message(job_id="nul\x00id")  # psycopg refuses it before sending that chunk
-    with pytest.raises(psycopg.DataError):
+    bad = make_message(job_id="lone \ud800")  # psycopg cannot encode it: the chunk is not sent
+    with pytest.raises(UnicodeEncodeError):
         chunked.push([*messages, bad])
     assert chunked.qsize() == 0
     assert chunked.push(messages) == [True] * 8

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from nuvom_plugins_postgres.queue import PostgresQueue
 from nuvom_plugins_postgres.results import PostgresResultBackend
-from nuvom_plugins_postgres.schema import SCHEMA_VERSION, SchemaVersionError
+from nuvom_plugins_postgres.schema import SCHEMA_VERSION, SchemaOwnerError, SchemaVersionError
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import PostgresUnavailableError
 from nuvom_plugins_postgres.txn import transaction
@@ -23,6 +23,7 @@ __all__ = [
     "PostgresResultBackend",
     "PostgresSettings",
     "PostgresUnavailableError",
+    "SchemaOwnerError",
     "SchemaVersionError",
     "__version__",
     "transaction",

@@ -32,6 +32,7 @@ from nuvom_kernel.backends import (
     ResultBackend,
     Settlement,
 )
+from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_plugins_postgres.queries import Queries
 from nuvom_plugins_postgres.results import PostgresResultBackend, Row, encode, store_fenced
@@ -68,15 +69,72 @@ def _duration(secs: float) -> str:
     return f"{secs} s"
 
 
+#: The ``integer`` column ``priority`` holds these.
+PRIORITY_MIN, PRIORITY_MAX = -2**31, 2**31 - 1
+#: Latest ``available_at`` a push stores: 9999-12-31 23:59:59 UTC. Why: a delayed row's
+#: ``due_at`` is a ``timestamptz``, which ends in year 294276 (``delay_secs=1e13`` failed
+#: with ``timestamp out of range``), and Python's ``datetime``, in which tools show a job's
+#: times, ends in year 9999; no real delay comes near either.
+AVAILABLE_AT_MAX = 253402300799.0
+
+
+def _unstorable(ids: Sequence[str], queues: Sequence[str], priorities: Sequence[int],
+                available: Sequence[float], tasks: Sequence[str]) -> EnqueueError | None:
+    """The refusal of the first message PostgreSQL cannot store, ``None`` if all fit.
+
+    Why before the INSERT: the server's own errors (``integer out of range``, ``timestamp
+    out of range``, psycopg's ``cannot contain NUL (0x00) bytes``) name no job and reach
+    the caller as advice to check free space. Why these checks: the whole batch is tested
+    with ``min``/``max``/``sum`` over lists the push builds anyway and one ``in`` per
+    joined text column (C loops, no regex), and only a failing batch is walked message by
+    message to name the culprit. ``sum`` catches a NaN, which ``max`` may skip over.
+    """
+    total = sum(available)
+    if (min(priorities) >= PRIORITY_MIN and max(priorities) <= PRIORITY_MAX
+            and max(available) <= AVAILABLE_AT_MAX and total == total
+            and "\x00" not in "".join(ids) and "\x00" not in "".join(queues)
+            and "\x00" not in "".join(tasks)):
+        return None
+    for job_id, queue, priority, at, task in zip(ids, queues, priorities, available, tasks,
+                                                 strict=True):
+        if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+            problem = (f"priority {priority} is outside the range PostgreSQL's integer "
+                       f"column holds ({PRIORITY_MIN} to {PRIORITY_MAX}); use a priority "
+                       "within it")
+        elif not at <= AVAILABLE_AT_MAX:
+            problem = (f"available_at {at!r} (epoch seconds: now plus delay_secs) is past "
+                       f"the latest time the postgres queue stores ({AVAILABLE_AT_MAX:.0f}, "
+                       "9999-12-31 23:59:59 UTC); use a shorter delay_secs")
+        else:
+            bad = [(field, value) for field, value in (("job id", job_id),
+                                                       ("queue name", queue),
+                                                       ("task name", task))
+                   if "\x00" in value]
+            if not bad:
+                continue
+            field, value = bad[0]
+            problem = (f"its {field} {value!r} contains a NUL character (\\x00), which a "
+                       f"PostgreSQL text column cannot store; remove it from the {field}")
+        return EnqueueError(f"cannot enqueue job {job_id!r} on the postgres queue: {problem}. "
+                            "Nothing of this push was stored.")
+    return None  # pragma: no cover - the batch test failed, so some message does
+
+
 def _push_params(messages: Sequence[Message]) -> tuple[bool, list[Any]]:
     """Whether the batch is uniform (see ``queries.PUSH_UNIFORM``), and the parameters of
-    the matching statement, the number of messages last."""
+    the matching statement, the number of messages last.
+
+    :raises EnqueueError: a message PostgreSQL cannot store (see :func:`_unstorable`).
+    """
     n = len(messages)
     queues = [m.queue for m in messages]
     priorities = [m.priority for m in messages]
     available = [float(m.available_at) for m in messages]
     tasks = [m.task for m in messages]
     ids = [m.id for m in messages]
+    refused = _unstorable(ids, queues, priorities, available, tasks)
+    if refused is not None:
+        raise refused
     created = [float(m.created_at) for m in messages]
     bodies = [m.checked_body() for m in messages]
     if queues.count(queues[0]) == n and priorities.count(priorities[0]) == n \
@@ -119,11 +177,14 @@ class PostgresQueue(QueueBackend):
     streams_push = True  # each push chunk is read after the one before was sent
     observed_as_read = True  # no lock held while it reads: the server holds them
 
-    def __init__(self, settings: PostgresSettings | None = None) -> None:
+    def __init__(self, settings: PostgresSettings | None = None, *,
+                 namespace: str = "") -> None:
+        """:param namespace: the core setting ``namespace``, which claims the schema (see
+            :func:`nuvom_plugins_postgres.schema.migrate`); ``""`` claims nothing."""
         self.settings = settings or PostgresSettings()
         super().__init__(visibility_timeout_secs=self.settings.visibility_timeout_secs)
         self.schema = self.settings.schema
-        self._store = acquire(self.settings)
+        self._store = acquire(self.settings, namespace)
         self._q = Queries(self.schema, self.settings.sync_lease_commits)
         self._tick_at = 0.0  # monotonic time of the next maintenance tick
         self._purge_at = 0.0
@@ -136,7 +197,7 @@ class PostgresQueue(QueueBackend):
         parsed = PostgresSettings.parse(settings, context)
         if context.namespace.startswith(TEST_NAMESPACE_PREFIX):
             mark_temporary(parsed.dsn, parsed.schema)
-        return cls(parsed)
+        return cls(parsed, namespace=context.namespace)
 
     def close(self) -> None:
         if not self._closed:
@@ -298,7 +359,13 @@ class PostgresQueue(QueueBackend):
         return chunks, [cur.fetchone() for cur in cursors]
 
     def _push_one(self, m: Message) -> bool:
-        params = [m.id, m.queue, m.priority, float(m.created_at), float(m.available_at),
+        available = float(m.available_at)
+        if not (PRIORITY_MIN <= m.priority <= PRIORITY_MAX and available <= AVAILABLE_AT_MAX
+                and "\x00" not in m.id and "\x00" not in m.queue and "\x00" not in m.task):
+            refused = _unstorable([m.id], [m.queue], [m.priority], [available], [m.task])
+            if refused is not None:
+                raise refused
+        params = [m.id, m.queue, m.priority, float(m.created_at), available,
                   m.task, m.checked_body()]
         conn = current_connection()
         try:

@@ -114,10 +114,13 @@ class PostgresResultBackend(ResultBackend):
     capabilities = Capabilities(persistent=True, multiprocess_safe=True, heartbeats=True,
                                 schedules=True)
 
-    def __init__(self, settings: PostgresSettings | None = None) -> None:
+    def __init__(self, settings: PostgresSettings | None = None, *,
+                 namespace: str = "") -> None:
+        """:param namespace: the core setting ``namespace``, which claims the schema (see
+            :func:`nuvom_plugins_postgres.schema.migrate`); ``""`` claims nothing."""
         super().__init__()
         self.settings = settings or PostgresSettings()
-        self._store = acquire(self.settings)
+        self._store = acquire(self.settings, namespace)
         self.schema = self.settings.schema
         s = sql.Identifier(self.schema)
         self._upsert = render(sql.SQL(_UPSERT).format(s=s))
@@ -155,7 +158,7 @@ class PostgresResultBackend(ResultBackend):
         parsed = PostgresSettings.parse(settings, context)
         if context.namespace.startswith(TEST_NAMESPACE_PREFIX):
             mark_temporary(parsed.dsn, parsed.schema)
-        return cls(parsed)
+        return cls(parsed, namespace=context.namespace)
 
     def close(self) -> None:
         if not self._closed:
@@ -191,6 +194,11 @@ class PostgresResultBackend(ResultBackend):
             return cur.rowcount == 1
 
     def get(self, job_id: str) -> JobRecord | None:
+        """The record of ``job_id``; ``None`` also for an id with a NUL character, which no
+        text column can hold (psycopg would raise ``DataError``): ``apply_async(job_id=…)``
+        asks here first, and the queue's push then refuses the id, naming it."""
+        if "\x00" in job_id:
+            return None
         with self._store.connection() as conn:
             row = conn.execute(self._get, (job_id,)).fetchone()
         return None if row is None else _decode(job_id, row[0])

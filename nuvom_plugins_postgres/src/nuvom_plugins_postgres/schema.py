@@ -19,9 +19,10 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.errors import ConfigError, NuvomError
 
-__all__ = ["ADVISORY_CLASS", "SCHEMA_VERSION", "SchemaVersionError", "migrate"]
+__all__ = ["ADVISORY_CLASS", "SCHEMA_VERSION", "SchemaOwnerError", "SchemaVersionError",
+           "migrate", "owner_error"]
 
 #: First key of every advisory lock we take (``'nu'``); the second is per schema and purpose.
 ADVISORY_CLASS = 0x6E75
@@ -96,13 +97,51 @@ CREATE TABLE {s}.schedules (
 );
 """
 
+# v5: the namespace that owns the schema, one row at most. Why: the schema's name is
+# ``<schema>_<namespace>`` folded to a plain identifier, so namespaces such as ``app-1`` and
+# ``app_1`` fold to one schema and would see each other's jobs. The mapping cannot change
+# (an upgraded deployment's queue would look empty), so the first namespaced process to open
+# the schema records its namespace (``claim``), which adopts a schema made by an older
+# version, and a process of another namespace is refused at open (``SchemaOwnerError``).
+_V5 = """
+CREATE TABLE {s}.owner (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one),
+    namespace text NOT NULL,
+    claimed_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
 #: One entry per version; a new version appends its DDL here and never edits an old one.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class SchemaVersionError(NuvomError):
     """The schema was migrated by a newer nuvom-plugins-postgres than this one."""
+
+
+class SchemaOwnerError(ConfigError):
+    """The schema belongs to another namespace that folds to the same schema name."""
+
+
+def owner_error(schema: str, owner: str, namespace: str) -> SchemaOwnerError:
+    """The refusal of ``namespace`` for ``schema``, owned by ``owner``: what collided, why,
+    and the two ways out."""
+    return SchemaOwnerError(
+        f"PostgreSQL schema {schema!r} belongs to namespace {owner!r}, but this process's "
+        f"namespace is {namespace!r} (NUVOM_NAMESPACE): a namespace's schema is "
+        "'<[plugins.postgres] schema>_<namespace>' folded to a plain identifier (lower "
+        "case, every character other than a-z, 0-9 and _ replaced by _), and both fold to "
+        f"{schema!r}, so they would see and run each other's jobs. Choose a namespace that "
+        f"still differs from {owner!r} after folding, or give this one a schema of its own "
+        "([plugins.postgres] schema, NUVOM_PLUGINS__POSTGRES__SCHEMA). The owner is "
+        f"recorded in {schema}.owner.")
+
+
+def _owner(conn: psycopg.Connection, schema: str) -> str | None:
+    row = conn.execute(sql.SQL("SELECT namespace FROM {}.owner").format(
+        sql.Identifier(schema))).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _current(conn: psycopg.Connection, schema: str) -> int | None:
@@ -125,16 +164,28 @@ def _check(version: int | None, schema: str) -> None:
             "[plugins.postgres] schema at another schema.")
 
 
-def migrate(conn: psycopg.Connection, schema: str) -> int | None:
-    """Bring ``schema`` to :data:`SCHEMA_VERSION` on an autocommit connection; return the
-    version found before (``None``: this call created the schema's tables).
+def migrate(conn: psycopg.Connection, schema: str, namespace: str = "") -> int | None:
+    """Bring ``schema`` to :data:`SCHEMA_VERSION` on an autocommit connection and, for a
+    ``namespace``, claim it; return the version found before (``None``: this call created
+    the schema's tables).
+
+    Why a process without a namespace neither claims nor is refused: it names its schema
+    through the ``schema`` setting alone, which is how an operator points a tool at a
+    namespace's schema on purpose; a namespace can only reach a schema by folding.
 
     :raises SchemaVersionError: the schema is newer than this code.
+    :raises SchemaOwnerError: the schema belongs to another namespace.
     """
     found = _current(conn, schema)
     _check(found, schema)
     if found == SCHEMA_VERSION:
-        return found  # the common case: no lock, two catalog reads
+        if not namespace:
+            return found  # no lock, two catalog reads
+        owner = _owner(conn, schema)
+        if owner == namespace:
+            return found  # the common case: and one read of the owner
+        if owner is not None:
+            raise owner_error(schema, owner, namespace)
     ident = sql.Identifier(schema)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
@@ -150,4 +201,10 @@ def migrate(conn: psycopg.Connection, schema: str) -> int | None:
             conn.execute(sql.SQL(MIGRATIONS[number - 1]).format(s=ident))
             conn.execute(sql.SQL("INSERT INTO {}.version VALUES (%s)").format(ident),
                          (number,))
+        if namespace:  # under the lock: of two namespaces claiming at once, one wins
+            conn.execute(sql.SQL("INSERT INTO {}.owner (namespace) VALUES (%s) "
+                                 "ON CONFLICT DO NOTHING").format(ident), (namespace,))
+            owner = _owner(conn, schema)
+            if owner != namespace:
+                raise owner_error(schema, str(owner), namespace)
     return before

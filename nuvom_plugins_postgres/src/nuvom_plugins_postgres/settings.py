@@ -23,11 +23,34 @@ import psycopg.conninfo
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError
+from nuvom_kernel.values import MAX_SECONDS
 
 __all__ = ["PostgresSettings", "connect_kwargs", "masked_dsn", "schema_name"]
 
 _IDENT = re.compile(r"[^a-z0-9_]")
 _MAX_IDENT = 63  # PostgreSQL truncates longer identifiers (NAMEDATALEN - 1)
+
+#: Longest ``visibility_timeout_secs`` and ``xmin_warn_secs``: the kernel's longest duration
+#: (``nuvom_kernel.values.MAX_SECONDS``, 366 days), so a value the kernel's own
+#: ``NUVOM_VISIBILITY_TIMEOUT_SECS`` accepts is accepted here too. Why a limit: both
+#: reach PostgreSQL as ``n * interval '1 second'`` (a lease deadline, a snapshot age), and
+#: an interval or a timestamp cannot hold infinity or ~9.2e12 s, so ``inf`` or ``1e13``
+#: was accepted here and then failed every claim with ``interval out of range``. Why a year
+#: and not PostgreSQL's own bound: no lease or snapshot age needs more, and Python's waits
+#: (``threading.TIMEOUT_MAX``, ~292 years) fail before PostgreSQL's bound does.
+MAX_INTERVAL_SECS = float(MAX_SECONDS)
+_INTERVAL_KEYS = frozenset({"visibility_timeout_secs", "xmin_warn_secs"})
+
+
+def _interval_error(key: str, raw: object, *, from_kernel: bool) -> str:
+    """Why ``raw`` is refused for ``key``, naming where it was set."""
+    where = (f"NUVOM_VISIBILITY_TIMEOUT_SECS (the core setting visibility_timeout_secs, "
+             f"which [plugins.postgres] {key} defaults to)" if from_kernel else
+             f"[plugins.postgres] {key} (NUVOM_PLUGINS__POSTGRES__{key.upper()})")
+    return (f"{where}={raw!r} is invalid: it must be a finite number of seconds <= "
+            f"{MAX_INTERVAL_SECS:.0f} (366 days); PostgreSQL cannot add infinity or more "
+            "than ~9.2e12 s to a timestamp, so every lease would fail. Set a finite value "
+            "of at most 366 days.")
 
 
 @attrs.frozen
@@ -43,6 +66,7 @@ class PostgresSettings:
     :param result_ttl_secs: finished job records older than this are deleted by the
         workers' maintenance tick; ``0`` keeps them until ``nuvom purge results``.
     :param visibility_timeout_secs: lease length for the queue; default from the kernel.
+        At most :data:`MAX_INTERVAL_SECS` (366 days), as is ``xmin_warn_secs``.
     :param sync_lease_commits: ``False`` (default): claims, acks, lease extensions and
         settle transactions commit with ``synchronous_commit = off``, not waiting for the
         WAL flush (a third of a claim's or an enqueue's time on a local disk). Why that is
@@ -109,6 +133,8 @@ class PostgresSettings:
                 limit = ">= 0" if least is not None else "> 0"
                 raise ConfigError(f"[plugins.postgres] {key}={raw!r} is invalid: it must be "
                                   f"a number of seconds {limit}.")
+            if key in _INTERVAL_KEYS and not value <= MAX_INTERVAL_SECS:
+                raise ConfigError(_interval_error(key, raw, from_kernel=key not in settings))
             numbers[key] = value
         raw = settings.get("dead_tuple_warn_ratio", 0.2)
         try:

@@ -86,16 +86,18 @@ def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
 class Store:
     """A pool over one database, with Nuvom's schema migrated on it."""
 
-    def __init__(self, settings: PostgresSettings) -> None:
+    def __init__(self, settings: PostgresSettings, namespace: str = "") -> None:
         self.settings = settings
         self.dsn = settings.dsn
         self.schema = settings.schema
         self.pid = os.getpid()
         self.users = 0
+        #: Namespaces this store has claimed the schema for (see ``schema.migrate``).
+        self.claimed = {namespace} if namespace else set[str]()
         try:
             with psycopg.connect(self.dsn, autocommit=True,
                                  **connect_kwargs(f"nuvom-migrate {self.schema}")) as conn:
-                self.created = migrate(conn, self.schema) is None
+                self.created = migrate(conn, self.schema, namespace) is None
                 row = conn.execute("SELECT current_database()").fetchone()  # always one row
                 self.database = str(row[0] if row else "")
         except psycopg.OperationalError as exc:
@@ -105,6 +107,18 @@ class Store:
             kwargs={"autocommit": True, **connect_kwargs(f"nuvom {self.schema}")},
             check=check_idle_connection, reconnect_timeout=3600.0,
             name=f"nuvom-{self.schema}")
+
+    def claim(self, namespace: str) -> None:
+        """Claim the schema for ``namespace`` too, when another backend of this process
+        opened the store under a different (or no) namespace: the cached store must not
+        let a colliding namespace past the check its own open would have made.
+
+        :raises SchemaOwnerError: the schema belongs to another namespace.
+        """
+        if namespace and namespace not in self.claimed:
+            with self.connection() as conn:
+                migrate(conn, self.schema, namespace)
+            self.claimed.add(namespace)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -156,15 +170,21 @@ def _drop_temporary() -> None:
             log.warning("could not drop test schema %s: %s", schema, exc)
 
 
-def acquire(settings: PostgresSettings) -> Store:
-    """The process's store for this DSN and schema, opened (and migrated) on first use."""
+def acquire(settings: PostgresSettings, namespace: str = "") -> Store:
+    """The process's store for this DSN and schema, opened (and migrated) on first use, and
+    claimed for ``namespace`` (the core setting; ``""``: none).
+
+    :raises SchemaOwnerError: the schema belongs to another namespace.
+    """
     key = (os.getpid(), settings.dsn, settings.schema)
     with _lock:
         store = _stores.get(key)
         if store is None:
-            store = _stores[key] = Store(settings)
+            store = _stores[key] = Store(settings, namespace)
             if store.created:
                 _created.add((settings.dsn, settings.schema))
+        else:
+            store.claim(namespace)
         store.users += 1
         return store
 

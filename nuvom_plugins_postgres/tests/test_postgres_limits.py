@@ -1,0 +1,177 @@
+"""Values PostgreSQL cannot hold are refused by the plugin, naming what and where, before
+they reach the server: a lease length no interval holds (the worker then failed every
+claim), and a message whose priority, delay, id, queue or task name no column stores (the
+server's error named no job, and the kernel wrapped it as advice to check free space)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pg_support import DSN
+
+import nuvom_plugins_postgres
+from nuvom_kernel import task
+from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.errors import ConfigError, EnqueueError
+from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.testing.contracts import make_message
+from nuvom_plugins_postgres import PostgresQueue, PostgresSettings
+from nuvom_plugins_postgres.queue import AVAILABLE_AT_MAX, PRIORITY_MAX, PRIORITY_MIN
+from nuvom_plugins_postgres.settings import MAX_INTERVAL_SECS
+
+YEAR = 366 * 86400.0  # the kernel's MAX_SECONDS
+
+
+# --- visibility_timeout_secs ------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["inf", "1e13", "Infinity", str(YEAR + 1)])
+def test_a_lease_no_interval_holds_is_refused_naming_the_variable(
+        tmp_path: Path, schema: str, value: str) -> None:
+    kernel = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "postgres", "NUVOM_PLUGINS__POSTGRES__DSN": DSN,
+        "NUVOM_PLUGINS__POSTGRES__SCHEMA": schema,
+        "NUVOM_PLUGINS__POSTGRES__VISIBILITY_TIMEOUT_SECS": value})
+    try:
+        with pytest.raises(ConfigError) as refused:
+            _ = kernel.queue
+    finally:
+        kernel.close()
+    text = str(refused.value)
+    assert "NUVOM_PLUGINS__POSTGRES__VISIBILITY_TIMEOUT_SECS" in text
+    assert "visibility_timeout_secs" in text and "366 days" in text
+
+
+@pytest.mark.parametrize(("settings", "kernels", "named"), [
+    # the kernel's value, which the key defaults to
+    ({}, math.inf, "NUVOM_VISIBILITY_TIMEOUT_SECS"),
+    ({"xmin_warn_secs": math.inf}, 30.0, "NUVOM_PLUGINS__POSTGRES__XMIN_WARN_SECS"),
+])
+def test_other_intervals_past_a_year_are_refused(settings: dict[str, object],
+                                                 kernels: float, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        PostgresSettings.parse(settings, BackendContext(visibility_timeout_secs=kernels))
+
+
+def test_a_lease_of_the_longest_allowed_length_is_claimed(
+        settings: dict[str, object], context: BackendContext, schema: str) -> None:
+    assert MAX_INTERVAL_SECS == YEAR
+    queue = PostgresQueue.from_settings({**settings, "visibility_timeout_secs": str(YEAR)},
+                                        context)
+    try:
+        queue.enqueue(make_message())
+        [lease] = queue.claim(1)
+        assert lease.expires_at == pytest.approx(time.time() + YEAR, abs=60)
+        assert queue.extend(lease, YEAR)
+    finally:
+        queue.close()
+
+
+# --- messages no column stores ------------------------------------------------------------
+
+@pytest.fixture
+def chunked(queue: PostgresQueue) -> PostgresQueue:
+    """Chunks of three, so a bad message in the fourth chunk follows three sent ones."""
+    queue.push_chunk = 3
+    return queue
+
+
+def _bad(field: str, job_id: str) -> tuple[object, str]:
+    """A message PostgreSQL cannot store in ``field``, and what the refusal must say."""
+    if field == "priority high":
+        return make_message(job_id=job_id, priority=PRIORITY_MAX + 1), "2147483647"
+    if field == "priority low":
+        return make_message(job_id=job_id, priority=PRIORITY_MIN - 1), "-2147483648"
+    if field == "delay":
+        return make_message(job_id=job_id, available_at=time.time() + 1e13), "delay_secs"
+    if field == "nan":
+        return make_message(job_id=job_id, available_at=math.nan), "delay_secs"
+    if field == "job id":
+        return make_message(job_id=job_id + "\x00x"), "job id"
+    if field == "queue name":
+        return make_message(job_id=job_id, queue="q\x00"), "queue name"
+    return make_message(job_id=job_id, task="t\x00"), "task name"
+
+
+FIELDS = ["priority high", "priority low", "delay", "nan", "job id", "queue name",
+          "task name"]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_an_unstorable_message_in_a_later_chunk_stores_nothing(
+        chunked: PostgresQueue, field: str) -> None:
+    good = [make_message() for _ in range(10)]
+    bad, said = _bad(field, "the-bad-one")
+    with pytest.raises(EnqueueError) as refused:
+        chunked.push([*good, bad])  # type: ignore[list-item]
+    text = str(refused.value)
+    assert "'the-bad-one" in text and said in text and "Nothing of this push" in text
+    assert "free space" not in text
+    assert chunked.qsize() == 0
+    assert chunked.push(good) == [True] * 10  # the pool's connection is usable again
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_an_unstorable_single_message_is_refused(queue: PostgresQueue, field: str) -> None:
+    bad, said = _bad(field, "alone")
+    with pytest.raises(EnqueueError, match=said):
+        queue.push([bad])  # type: ignore[list-item]
+    assert queue.qsize() == 0
+
+
+def test_an_unstorable_message_leaves_the_callers_transaction_usable(
+        queue: PostgresQueue) -> None:
+    import psycopg
+
+    bad, _ = _bad("priority high", "in-txn")
+    with psycopg.connect(DSN) as conn:
+        with nuvom_plugins_postgres.transaction(conn):
+            with pytest.raises(EnqueueError, match="in-txn"):
+                queue.push([bad, make_message()])  # type: ignore[list-item]
+            assert queue.push([make_message()]) == [True]
+        conn.commit()
+    assert queue.qsize() == 1
+
+
+def test_the_limits_themselves_are_stored(queue: PostgresQueue) -> None:
+    edge = [make_message(priority=PRIORITY_MAX), make_message(priority=PRIORITY_MIN),
+            make_message(available_at=AVAILABLE_AT_MAX)]
+    assert queue.push(edge) == [True] * 3
+    assert queue.push([make_message(available_at=AVAILABLE_AT_MAX)]) == [True]
+    peeked = queue.peek(edge[2].id)
+    assert peeked is not None and peeked.available_at == AVAILABLE_AT_MAX
+    assert {le.message.priority for le in queue.claim(5)} == {PRIORITY_MAX, PRIORITY_MIN}
+    assert queue.tick() == 0  # the far-off due time does not break the tick's arithmetic
+
+
+@task
+def limits_noop() -> None:
+    return None
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, schema: str) -> Iterator[Kernel]:
+    k = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "postgres", "NUVOM_RESULT_BACKEND": "postgres",
+        "NUVOM_PLUGINS__POSTGRES__DSN": DSN, "NUVOM_PLUGINS__POSTGRES__SCHEMA": schema})
+    with use_kernel(k):
+        yield k
+    k.close()
+
+
+@pytest.mark.parametrize(("options", "said"), [
+    ({"priority": 2**31}, "priority 2147483648"),
+    ({"delay_secs": 1e13}, "delay_secs"),
+    ({"job_id": "nul\x00id"}, "NUL"),
+    ({"queue": "nul\x00queue"}, "NUL"),
+])
+def test_apply_async_reports_the_job_and_field_not_storage(
+        kernel: Kernel, options: dict[str, object], said: str) -> None:
+    with pytest.raises(EnqueueError) as refused:
+        limits_noop.apply_async(**options)  # type: ignore[arg-type]
+    text = str(refused.value)
+    assert said in text and "cannot enqueue job" in text and "free space" not in text
+    assert kernel.queue.qsize() == 0
