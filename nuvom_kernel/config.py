@@ -143,7 +143,8 @@ class Settings:
     namespace: str = _setting(
         "", "NUVOM_NAMESPACE", lambda value: str(value).strip(),
         "Prefix of every key, table or schema a server backend (Redis, PostgreSQL) creates, "
-        "so apps or test runs sharing one server never see each other's jobs; empty: none.")
+        "so apps or test runs sharing one server never see each other's jobs (PostgreSQL "
+        "refuses a second namespace that folds to the same schema name); empty: none.")
     serializer: str = _setting("json", "NUVOM_SERIALIZER", values.backend_name,
                                "Codec for job payloads (a serializer plugin name).")
     log_level: str = _setting("INFO", "NUVOM_LOG_LEVEL", values.log_level,
