@@ -224,9 +224,22 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+#: The longest job id of your own. Why a limit: an id is a key in every backend's index, and
+#: PostgreSQL's (at most ~2,700 bytes an entry) refused a long one with an error its plugin
+#: took for a lost connection; 255 characters are at most 1,020 bytes of UTF-8.
+MAX_JOB_ID = 255
+
+
 def _check_id(job_id: str | None) -> str | None:
-    if job_id is not None and (not isinstance(job_id, str) or not job_id):
+    """A job id of your own: a non-empty string that every backend can store as a key."""
+    if job_id is None:
+        return None
+    if not isinstance(job_id, str) or not job_id:
         raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+    if len(job_id) > MAX_JOB_ID or "\x00" in job_id:
+        raise ValueError(f"job_id must be at most {MAX_JOB_ID} characters without a NUL "
+                         f"(\\x00), got {job_id[:40]!r}{'...' if len(job_id) > 40 else ''} "
+                         f"({len(job_id)} characters); use a shorter key, or a hash of it")
     return job_id
 
 

@@ -165,7 +165,6 @@ def kernel(tmp_path: Path, schema: str) -> Iterator[Kernel]:
 @pytest.mark.parametrize(("options", "said"), [
     ({"priority": 2**31}, "priority 2147483648"),
     ({"delay_secs": 1e13}, "delay_secs"),
-    ({"job_id": "nul\x00id"}, "NUL"),
     ({"queue": "nul\x00queue"}, "NUL"),
 ])
 def test_apply_async_reports_the_job_and_field_not_storage(
