@@ -56,8 +56,10 @@ def to_wire(value: Any, path: str = "value") -> Any:
     """Turn ``value`` into JSON-native data; ``path`` names it in the error if it can't be."""
     kind = type(value)
     if kind in PLAIN_TYPES:
-        if kind is float and value != value:  # NaN is not JSON; say so instead of corrupting
-            raise SerializationError(f"{path} is NaN, which JSON cannot carry")
+        if kind is float and value - value:  # NaN or ±inf (x - x is 0.0 for the others):
+            # not JSON; say so here, naming the value, not in a store's encoder later
+            raise SerializationError(
+                f"{path} is {'NaN' if value != value else value}, which JSON cannot carry")
         return value
     if kind is list:
         return [to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]

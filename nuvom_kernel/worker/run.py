@@ -190,8 +190,13 @@ class JobRunner:
     def _succeed(self, running: Running, result: Any) -> None:
         try:
             settlement = self.settler.success(running, result)
-        except SerializationError as exc:
-            self.fail(running, exc, "".join(traceback.format_exception(exc)))
+        except Exception as exc:  # not only SerializationError: a value nested too deep
+            # (or holding itself) raises RecursionError, which left the lease to expire and
+            # the job to run again until the delivery limit called it a crash
+            error = exc if isinstance(exc, SerializationError) else SerializationError(
+                f"{running.job.task}() return value cannot be encoded: "
+                f"{type(exc).__name__}: {exc}")
+            self.fail(running, error, "".join(traceback.format_exception(exc)))
             return
         if not running.decide():
             return

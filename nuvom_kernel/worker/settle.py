@@ -58,6 +58,23 @@ LINGER_BATCH = 128
 _linger = time.sleep  # the linger's wait (tests record it instead)
 
 
+#: Errors of a store that cannot encode a record (not of a store that is down): JSON's
+#: refusals (``ValueError``, ``TypeError``, ``RecursionError``), text that is not UTF-8
+#: (``UnicodeError``, a ``ValueError``), an integer too large (``OverflowError``).
+UNSTORABLE: tuple[type[Exception], ...] = (ValueError, TypeError, RecursionError,
+                                           OverflowError, SerializationError)
+
+
+def _storable(text: str) -> str:
+    """``text`` as UTF-8 can hold it: an exception's message may carry lone surrogates (a
+    file name decoded with ``surrogateescape``), which no store's UTF-8 encoder takes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def outcomes_soon(pace: float | None, backlog: bool, running: Mapping[str, Running]) -> bool:
     """Whether more outcomes are due within :data:`LINGER_SECS` (the worker's answer to
     :class:`Settler`'s question): recent jobs took less than that (``pace``), and the last
@@ -226,13 +243,7 @@ class Settler:
         """Store every record, then ack or retry what was stored; per settlement, whether
         it landed (``False``: the lease was lost or the store failed)."""
         with self.lease_lock:
-            try:
-                landed = self.queue.settle_many(batch, self.results)
-            except Exception as exc:
-                self._unrecorded(batch, exc)
-                landed = [False] * len(batch)
-            if landed is None:
-                landed = self._store_then_settle(batch)
+            batch, landed = self._land(batch)
             for item, ok in zip(batch, landed, strict=True):
                 self.on_settled(item, ok)  # forgotten before the monitor looks again
         if not all(landed) or log.isEnabledFor(logging.INFO):  # else nothing to log
@@ -244,12 +255,62 @@ class Settler:
                 events.emit(pm, "nuvom_after_settle", outcome=Outcome(item, ok))
         return landed
 
-    def _store_then_settle(self, batch: Sequence[Settlement]) -> list[bool]:
+    def _land(self, batch: Sequence[Settlement], substitute: bool = False
+              ) -> tuple[Sequence[Settlement], list[bool]]:
+        """Settle ``batch``; the settlements as settled (one whose record cannot be stored
+        is replaced by its failure) and whether each landed.
+
+        A backend stores a batch all or nothing, so one record it cannot encode (a result
+        or an error text its store refuses) refused the whole batch, and every job in it
+        ran again with the bad one, over and over. A batch refused for such an error
+        (:data:`UNSTORABLE`: encoding, not storage) is settled one by one instead, and the
+        record that still fails alone is stored as a failure that says why (once: if that
+        fails too, it is left to run again like any outcome not recorded). Any other error
+        (a store that is down) leaves the whole batch to run again, without a retry per
+        job that would each wait out the same outage.
+        """
         try:
-            stored = self.results.put_many([item.record for item in batch])
+            landed = self.queue.settle_many(batch, self.results)
+            if landed is None:
+                landed = self._store_then_settle(batch)
         except Exception as exc:
-            self._unrecorded(batch, exc)
-            return [False] * len(batch)
+            if not isinstance(exc, UNSTORABLE) or substitute:
+                self._unrecorded(batch, exc)
+                return batch, [False] * len(batch)
+            if len(batch) > 1:
+                log.warning("storing %d outcomes at once failed (%r); storing them one by "
+                            "one, so only the outcome that cannot be stored fails", len(batch),
+                            exc)
+                settled: list[Settlement] = []
+                landed = []
+                for item in batch:
+                    [done], [ok] = self._land([item])
+                    settled.append(done)
+                    landed.append(ok)
+                return settled, landed
+            return self._land([self._unstorable(batch[0], exc)], substitute=True)
+        return batch, landed
+
+    def _unstorable(self, item: Settlement, exc: Exception) -> Settlement:
+        """``item`` failed for good: its record (a result, an error text) cannot be stored."""
+        record = item.record
+        now = time.time()
+        error = _storable(f"job {record.job_id} ({record.task}): its outcome "
+                          f"({record.status.value}) cannot be stored by the "
+                          f"{self.results.name!r} result backend: {type(exc).__name__}: {exc}")
+        log.error("%s; it is stored as FAILED instead", error)
+        kind = qualname(SerializationError(error))
+        history = [*record.history, {"attempt": record.attempts, "run": record.run,
+                                     "kind": "unstorable", "error_type": kind,
+                                     "error_message": error, "started_at": record.started_at,
+                                     "finished_at": now, "worker": self.origin}]
+        failed = attrs.evolve(record, status=JobStatus.FAILED, result=None,
+                              error_type=kind, error_message=error,
+                              traceback=None, history=history, finished_at=now, updated_at=now)
+        return Settlement(item.lease, failed, workflow=item.workflow)
+
+    def _store_then_settle(self, batch: Sequence[Settlement]) -> list[bool]:
+        stored = self.results.put_many([item.record for item in batch])  # raises: _land
         landed = list(stored)
         steps = final_steps([item for i, item in enumerate(batch) if stored[i]])
         if steps and not advance_steps(self.queue, self.results, steps):
@@ -337,14 +398,15 @@ class Settler:
         job, envelope = running.job, running.envelope
         finished = time.time()
         job.failures += 1
+        message, tb = _storable(str(exc)), _storable(tb)
         entry = {"attempt": job.attempts, "run": job.run, "kind": kind,
-                 "error_type": qualname(exc), "error_message": str(exc),
+                 "error_type": qualname(exc), "error_message": message,
                  "started_at": running.started_at, "finished_at": finished,
                  "worker": self.origin}
         entry.update(getattr(exc, "details", None) or {})  # a pool child's signal, rusage
         envelope.history.append(entry)
         job.history = list(envelope.history)
-        job.error_type, job.error, job.traceback = qualname(exc), str(exc), tb
+        job.error_type, job.error, job.traceback = qualname(exc), message, tb
         retryable = not isinstance(exc, UnknownTaskError | SerializationError)
         status = (JobStatus.RETRYING if retryable and job.failures <= job.options.retries
                   else JobStatus.FAILED)

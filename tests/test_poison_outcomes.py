@@ -1,0 +1,164 @@
+"""An outcome that cannot be stored fails its own job once, and no other.
+
+Before: a backend stores a batch of outcomes all or nothing, so one record its encoder
+refused (a return value of 10**5000, past the 4,300 digits Python turns into text) refused
+the whole batch; every job in it ran again with the bad one, at every delivery, until the
+delivery limit failed the bad one as a "crash". Values that ``to_wire`` could not even take
+(a dict holding itself, ``inf``) and error texts no UTF-8 encoder takes (lone surrogates)
+looped the same way. Real SQLite files and a started worker pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel import JobStatus, Worker
+from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.kernel import Kernel, use_kernel
+from tests.helpers import wait_until, write_module
+
+TASKS = '''\
+import pathlib
+
+from nuvom_kernel import task
+
+RUNS = pathlib.Path(__file__).with_name("runs.log")
+
+
+def _ran(name):
+    with RUNS.open("a") as f:
+        f.write(name + "\\n")
+
+
+@task
+def plain(i):
+    _ran(f"plain {i}")
+    return i
+
+
+@task
+def huge():
+    _ran("huge")
+    return 10 ** 5000
+
+
+@task
+def holds_itself():
+    _ran("holds_itself")
+    d = {}
+    d["me"] = d
+    return d
+
+
+@task
+def infinite():
+    _ran("infinite")
+    return float("inf")
+
+
+@task
+def undecodable_error():
+    _ran("undecodable_error")
+    raise ValueError("cannot read \\udcff.txt")
+'''
+
+
+@pytest.fixture
+def sqlite_kernel(make_kernel: Callable[..., Kernel], project: Path) -> Iterator[Kernel]:
+    write_module(project, "t_poison", TASKS)
+    kernel = make_kernel("sqlite", NUVOM_VISIBILITY_TIMEOUT_SECS="1",
+                         NUVOM_MAX_DELIVERIES="3")
+    with use_kernel(kernel):
+        yield kernel
+
+
+def _runs(project: Path) -> list[str]:
+    log = project / "runs.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def _drained(kernel: Kernel, ids: list[str]) -> bool:
+    return all((r := kernel.results.get(i)) is not None
+               and r.status in (JobStatus.SUCCEEDED, JobStatus.FAILED) for i in ids)
+
+
+def test_an_unstorable_result_fails_alone_and_its_batch_runs_once(sqlite_kernel: Kernel,
+                                                                  project: Path) -> None:
+    from t_poison import huge, plain  # type: ignore[import-not-found]
+
+    before = plain.map([(i,) for i in range(150)])
+    poison = huge.delay()
+    after = plain.map([(i,) for i in range(150, 300)])
+    worker = Worker(sqlite_kernel, workers=2, poll_timeout_secs=0.2)
+    worker.start()
+    try:
+        ids = [j.id for j in (*before, poison, *after)]
+        wait_until(lambda: _drained(sqlite_kernel, ids), 60, "every job to finish")
+    finally:
+        worker.stop()
+        worker.join()
+    record = sqlite_kernel.results.get(poison.id)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error_type == "nuvom_kernel.errors.SerializationError" and record.result is None
+    assert "cannot be stored by the 'sqlite' result backend" in (record.error_message or "")
+    assert record.history[-1]["kind"] == "unstorable"
+    runs = _runs(project)
+    assert runs.count("huge") == 1, "the job whose result cannot be stored ran again"
+    assert sorted(r for r in runs if r.startswith("plain")) == sorted(
+        f"plain {i}" for i in range(300)), "a job batched with it ran again (or never)"
+    assert all(sqlite_kernel.results.get(j.id).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+               for j in (*before, *after))
+
+
+@pytest.mark.parametrize(("name", "error"), [
+    ("holds_itself", "RecursionError"),
+    ("infinite", "is inf, which JSON cannot carry"),
+])
+def test_a_result_to_wire_refuses_fails_its_job_once(sqlite_kernel: Kernel, project: Path,
+                                                     name: str, error: str) -> None:
+    import t_poison  # type: ignore[import-not-found]
+
+    job = getattr(t_poison, name).delay()
+    worker = Worker(sqlite_kernel, workers=1, poll_timeout_secs=0.2)
+    worker.start()
+    try:
+        wait_until(lambda: _drained(sqlite_kernel, [job.id]), 30, "the job to finish")
+    finally:
+        worker.stop()
+        worker.join()
+    record = sqlite_kernel.results.get(job.id)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert record.error_type == "nuvom_kernel.errors.SerializationError"
+    assert error in (record.error_message or "")
+    assert _runs(project) == [name], "it ran again"
+
+
+def test_an_error_text_utf8_cannot_hold_is_stored_escaped(sqlite_kernel: Kernel,
+                                                          project: Path) -> None:
+    from t_poison import undecodable_error  # type: ignore[import-not-found]
+
+    job = undecodable_error.delay()
+    worker = Worker(sqlite_kernel, workers=1, poll_timeout_secs=0.2)
+    worker.start()
+    try:
+        wait_until(lambda: _drained(sqlite_kernel, [job.id]), 30, "the job to finish")
+    finally:
+        worker.stop()
+        worker.join()
+    record = sqlite_kernel.results.get(job.id)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert (record.error_type, record.error_message) == ("ValueError",
+                                                         "cannot read \\udcff.txt")
+    assert "\\udcff" in (record.traceback or "")
+    assert _runs(project) == ["undecodable_error"], "it ran again"
+
+
+def test_infinity_in_arguments_is_refused_naming_it(sqlite_kernel: Kernel) -> None:
+    from t_poison import plain  # type: ignore[import-not-found]
+
+    with pytest.raises(SerializationError, match="argument 'i' is -inf, which JSON cannot"):
+        plain.delay(float("-inf"))
+    assert sqlite_kernel.queue.qsize() == 0
