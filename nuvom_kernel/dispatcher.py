@@ -34,8 +34,8 @@ from nuvom_kernel.serialization import Serializer
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["BuiltOnRead", "check_capabilities", "enqueue", "enqueue_one", "importable_module",
-           "rerun"]
+__all__ = ["BuiltOnRead", "check_capabilities", "enqueue", "enqueue_one", "existing_job",
+           "importable_module", "rerun"]
 
 T = TypeVar("T")
 
@@ -255,12 +255,11 @@ def enqueue(
     if len(stored) == len(jobs) and all(stored):  # the usual case: every job is new
         events.call_per_job(after, "nuvom_after_enqueue", jobs)
         return jobs
-    created = {job.id for (_, job), new in zip(fresh, stored, strict=True) if new}
-    for job in jobs:
-        if job.id not in created:  # the existing job's handle: its state, not a new one's
-            kernel.refresh_job(job)
-    events.call_per_job(after, "nuvom_after_enqueue", [j for j in jobs if j.id in created])
-    return jobs
+    # The handles pushed as new, by identity: an id given twice in one batch is stored for
+    # its first item only, and the second item's handle must describe that job too.
+    created = {id(job) for (_, job), new in zip(fresh, stored, strict=True) if new}
+    events.call_per_job(after, "nuvom_after_enqueue", [j for j in jobs if id(j) in created])
+    return [job if id(job) in created else existing_job(kernel, job.id) for job in jobs]
 
 
 def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float = 0.0
@@ -284,12 +283,21 @@ def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float 
     stored = _push(kernel, call, messages)
     job._kernel = kernel
     if not stored[0]:  # the id was queued already: that job's handle and state
-        kernel.refresh_job(job)
-        return job
+        return existing_job(kernel, job.id)
     after = events.observers(pm, "nuvom_after_enqueue")
     if after:
         events.call_each(after, "nuvom_after_enqueue", {"job": job})
     return job
+
+
+def existing_job(kernel: Kernel, job_id: str) -> Job:
+    """The handle of a job that was there before this call: built from its queued message
+    (task, arguments, options, run) and its record (state, outcome; all of it once the
+    queue no longer holds the job), as ``get_job`` builds it. Not the caller's handle
+    refreshed: that one carries this call's arguments and options, which were not stored,
+    so a handle to the existing job would show what the job is not. Costs a ``peek`` more;
+    only an id that exists takes this path."""
+    return kernel.refresh_job(kernel._handle(job_id))
 
 
 def rerun(kernel: Kernel, job_id: str) -> Job:
@@ -303,7 +311,15 @@ def rerun(kernel: Kernel, job_id: str) -> Job:
     """
     record = kernel.results.get(job_id)
     if record is None:
-        raise NuvomError(f"unknown job id {job_id!r}: no stored record")
+        # No record yet is not unknown: a job that has not run (or not finished a first
+        # attempt) lives only in the queue, and `nuvom inspect job` shows it from there.
+        state = kernel.queue.peek_state(job_id)
+        if state is not None:
+            raise NuvomError(f"job {job_id} is {state.value} (it has not finished, so "
+                             "there is nothing to run again); only FAILED or CANCELLED jobs "
+                             f"can be run again. See `nuvom inspect job {job_id}`")
+        raise NuvomError(f"unknown job id {job_id!r}: no stored record and not in the queue; "
+                         "check the id and that this process uses the producer's backends")
     if record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise NuvomError(f"job {job_id} is {record.status.value}; only FAILED or CANCELLED "
                          "jobs can be run again")

@@ -98,8 +98,13 @@ class TaskRegistry:
         for candidate in dict.fromkeys(m for m in (self._modules.get(name), module) if m):
             try:
                 importlib.import_module(candidate)
-            except Exception as exc:
-                tried.append(f"importing {candidate!r} failed: {exc!r}")
+            # SystemExit too: a module calling sys.exit() at import is a broken task module
+            # like one raising ImportError, and must fail the job naming it, not leave the
+            # job recorded as a bare "SystemExit: 2". KeyboardInterrupt still stops us.
+            except (Exception, SystemExit) as exc:
+                what = (f"called sys.exit({exc.code!r}) while being imported"
+                        if isinstance(exc, SystemExit) else f"failed: {exc!r}")
+                tried.append(f"importing {candidate!r} {what}")
                 import_failed = True
                 continue
             fn = self.get(name)

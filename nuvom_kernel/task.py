@@ -6,6 +6,8 @@ import contextlib
 import functools
 import gc
 import inspect
+import math
+import numbers
 import sys
 import time
 import types
@@ -22,6 +24,7 @@ from nuvom_kernel.models import Backoff, TaskOptions
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.schedules import Cron, Every, Schedule
 from nuvom_kernel.unique import enqueue_unique
+from nuvom_kernel.values import MAX_SECONDS
 
 if TYPE_CHECKING:
     from nuvom_kernel.workflow.canvas import Step
@@ -136,23 +139,30 @@ class Task(Generic[P, R]):
         """Like :meth:`delay`, with per-call routing (a start delay or an ``eta``, a queue,
         a priority) and an optional ``job_id`` of your own: a job id names one job for its
         life, so enqueuing an id that is queued, running or finished (and still recorded)
-        creates nothing and returns a handle to that job — safe to call again after a crash
-        or a timeout.
+        creates nothing and returns a handle to that job — its task, arguments, options and
+        state, not this call's — safe to call again after a crash or a timeout.
 
-        :param eta: a timezone-aware datetime before which the job does not start.
+        Every argument is checked before anything is built or stored, so a bad one raises
+        ``ValueError`` naming it instead of failing in a backend as if its storage were at
+        fault.
+
+        :param delay_secs: seconds before the job may start: a finite number from 0 to
+            :data:`~nuvom_kernel.values.MAX_SECONDS` (366 days, as every duration setting);
+            for a later start give ``eta``.
+        :param eta: a timezone-aware datetime before which the job does not start, at most
+            9999-12-31 23:59:59 UTC (any year a ``datetime`` holds; PostgreSQL's bound).
+        :param priority: a whole number from -2**31 to 2**31-1, higher runs first.
         """
+        delay_secs = _check_delay(delay_secs)
         if eta is not None:
             if delay_secs:
                 raise ValueError("give apply_async() delay_secs= or eta=, not both")
-            if not isinstance(eta, datetime) or eta.utcoffset() is None:
-                raise ValueError(f"eta must be a timezone-aware datetime, got {eta!r}; pass a "
-                                 "zone, e.g. datetime(2030, 1, 1, 9, tzinfo=timezone.utc) or "
-                                 "datetime.now(timezone.utc) + timedelta(hours=1)")
-            delay_secs = max(0.0, eta.timestamp() - time.time())
+            delay_secs = max(0.0, _check_eta(eta) - time.time())
         options = self.options
         if queue is not None or priority is not None:
             options = attrs.evolve(options, queue=queue or options.queue,
-                                   priority=options.priority if priority is None else priority)
+                                   priority=options.priority if priority is None
+                                   else check_priority(priority))
         call = self._call(tuple(args), dict(kwargs or {}), options, _check_id(job_id))
         if options.unique and job_id is None:
             return enqueue_unique(self._kernel(), *call, self._params, delay_secs)
@@ -230,6 +240,60 @@ def _collector_paused() -> Iterator[None]:
 MAX_JOB_ID = 255
 
 
+#: The priorities every backend stores: PostgreSQL's ``integer`` column (the narrowest; the
+#: others hold at least that). Past it, a push failed with a database error, and a
+#: non-integer failed a comparison in a backend, both reported as a storage problem.
+PRIORITY_MIN, PRIORITY_MAX = -2**31, 2**31 - 1
+
+#: The latest ``eta``: 9999-12-31 23:59:59 UTC, the last second PostgreSQL's timestamp and
+#: Python's ``datetime`` both hold (an eta near ``datetime.max`` in a zone west of UTC
+#: falls past it).
+MAX_ETA = 253402300799.0
+
+
+def check_priority(priority: Any) -> int:
+    """``priority`` as an ``int`` every backend stores, refused by name otherwise: a float
+    was truncated in the queue but kept whole on the record, a string or a number past 32
+    bits failed in the backend as if its storage were at fault. A ``bool`` is refused too
+    (``priority=True`` is a mistake, not priority 1)."""
+    if type(priority) is int or (isinstance(priority, numbers.Integral)
+                                 and not isinstance(priority, bool)):  # numpy's ints too
+        number = int(priority)
+        if PRIORITY_MIN <= number <= PRIORITY_MAX:
+            return number
+    raise ValueError(f"priority must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX} "
+                     f"(higher runs first), got {priority!r}; pass an int such as 10")
+
+
+def _check_delay(delay_secs: Any) -> float:
+    """``delay_secs`` as a float from 0 to :data:`MAX_SECONDS`, refused by name otherwise:
+    NaN ran the job at once, infinity left it QUEUED forever, and a string failed in the
+    backend as if its storage were at fault. Over a year is refused like every duration
+    setting (more likely milliseconds than a plan); an ``eta`` says a date outright."""
+    number = (float(delay_secs) if type(delay_secs) is float or type(delay_secs) is int or (
+        isinstance(delay_secs, numbers.Real) and not isinstance(delay_secs, bool))
+        else math.nan)
+    if not 0 <= number <= MAX_SECONDS:  # NaN compares false: refused too
+        raise ValueError(f"delay_secs must be a number of seconds from 0 to {MAX_SECONDS} "
+                         f"(366 days), got {delay_secs!r}; for a later start pass eta=, a "
+                         "timezone-aware datetime")
+    return number
+
+
+def _check_eta(eta: Any) -> float:
+    """``eta`` as epoch seconds: a timezone-aware datetime (a naive one would be read in
+    the worker's zone, not the caller's) no later than :data:`MAX_ETA`."""
+    if not isinstance(eta, datetime) or eta.utcoffset() is None:
+        raise ValueError(f"eta must be a timezone-aware datetime, got {eta!r}; pass a "
+                         "zone, e.g. datetime(2030, 1, 1, 9, tzinfo=timezone.utc) or "
+                         "datetime.now(timezone.utc) + timedelta(hours=1)")
+    at = eta.timestamp()
+    if at > MAX_ETA:
+        raise ValueError(f"eta must be at most 9999-12-31 23:59:59 UTC (the latest time "
+                         f"every backend stores), got {eta.isoformat()}")
+    return at
+
+
 def _check_id(job_id: str | None) -> str | None:
     """A job id of your own: a non-empty string that every backend can store as a key."""
     if job_id is None:
@@ -302,6 +366,8 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
         options["backoff"] = Backoff(options["backoff"])
     if "tags" in options:
         options["tags"] = tuple(options["tags"])
+    if "priority" in options:  # the same bounds as apply_async(priority=), said alike
+        options["priority"] = check_priority(options["priority"])
 
     def wrap(func: Callable[..., Any]) -> Task[Any, Any]:
         if isinstance(func, Task):

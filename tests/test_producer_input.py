@@ -1,0 +1,229 @@
+"""What a producer call is given and what it hands back, on every backend: a handle for an
+id that exists describes that job (not the call that found it), ``apply_async``'s
+arguments are checked before anything is stored, ``nuvom retry job`` on a job that has not
+finished says its state, and a task module that calls ``sys.exit()`` at import fails its job
+naming the module.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from nuvom_kernel import JobStatus, Worker, get_job, task
+from nuvom_kernel.cli import make_cli
+from nuvom_kernel.dispatcher import rerun
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import NuvomError, UnknownTaskError
+from nuvom_kernel.job import Job
+from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.models import TaskOptions
+from nuvom_kernel.registry import TaskRegistry
+from nuvom_kernel.values import MAX_SECONDS
+from tests.helpers import wait_until, write_module
+
+
+def _tasks(project: Path) -> tuple[Any, Any]:
+    """Two tasks in an importable module, so a worker finds them by module."""
+    write_module(project, "t_input", (
+        "from nuvom_kernel import task\n\n\n"
+        "@task(retries=2)\n"
+        "def echo(*args, **kwargs):\n"
+        "    return [list(args), kwargs]\n\n\n"
+        "@task\n"
+        "def other(*args, **kwargs):\n"
+        "    return None\n"))
+    from t_input import echo, other  # type: ignore[import-not-found]
+
+    return echo, other
+
+
+def _drain(kernel: Kernel, *jobs: Job) -> None:
+    worker = Worker(kernel, workers=1, scheduler=False, poll_timeout_secs=0.05)
+    worker.start()
+    try:
+        wait_until(lambda: all(j.refresh().status is JobStatus.SUCCEEDED for j in jobs),
+                   timeout=20, what="the jobs to finish")
+    finally:
+        worker.stop()
+        worker.join()
+
+
+def _same_job(handle: Job, first: Job, status: JobStatus) -> None:
+    """``handle`` describes ``first``'s job: its task, arguments, options, creation."""
+    assert handle.id == first.id
+    assert (handle.task, handle.module) == (first.task, first.module)
+    assert (handle.args, handle.kwargs) == (("original",), {"n": 1})
+    assert (handle.queue, handle.options.retries) == ("default", 2)
+    assert handle.created_at == pytest.approx(first.created_at, abs=1e-3)
+    assert handle.status is status
+    assert handle.refresh().args == ("original",)  # bound, and stays what it is
+
+
+# --- 1. a handle for an existing id describes the existing job ---------------------------
+
+def test_a_queued_job_id_enqueued_again_gives_the_queued_jobs_handle(kernel: Kernel,
+                                                                    project: Path):
+    echo, other = _tasks(project)
+    first = echo.apply_async(["original"], {"n": 1}, job_id="same-id")
+    again = echo.apply_async(["different"], {"m": 2}, job_id="same-id", queue="elsewhere")
+    _same_job(again, first, JobStatus.QUEUED)
+    assert get_job("same-id").args == ("original",)
+    # another task's call with the id: the handle is the job that holds it
+    _same_job(other.apply_async(job_id="same-id"), first, JobStatus.QUEUED)
+    mapped = echo.map([("x",), ("y",), ("z",)], job_ids=["same-id", "new-id", "new-id"])
+    _same_job(mapped[0], first, JobStatus.QUEUED)
+    # an id twice in one batch: stored for its first item, which both handles describe
+    assert [m.args for m in mapped[1:]] == [("y",), ("y",)]
+    assert mapped[2].created_at == pytest.approx(mapped[1].created_at, abs=1e-3)
+    assert kernel.queue.qsize() == 2
+
+
+def test_a_running_job_id_enqueued_again_gives_the_running_jobs_handle(kernel: Kernel,
+                                                                      project: Path):
+    echo, _ = _tasks(project)
+    first = echo.apply_async(["original"], {"n": 1}, job_id="same-id")
+    [lease] = kernel.queue.claim(1)  # leased, no record yet: only the queue knows it
+    assert lease.id == "same-id" and kernel.results.get("same-id") is None
+    again = echo.apply_async(["different"], job_id="same-id")
+    _same_job(again, first, JobStatus.RUNNING)
+    [mapped] = echo.map([("different",)], job_ids=["same-id"])
+    _same_job(mapped, first, JobStatus.RUNNING)
+
+
+def test_a_finished_job_id_enqueued_again_gives_the_finished_jobs_handle(kernel: Kernel,
+                                                                        project: Path):
+    echo, _ = _tasks(project)
+    first = echo.apply_async(["original"], {"n": 1}, job_id="same-id")
+    _drain(kernel, first)
+    again = echo.apply_async(["different"], {"m": 2}, job_id="same-id")
+    _same_job(again, first, JobStatus.SUCCEEDED)
+    assert again.result == [["original"], {"n": 1}]
+    [mapped, new] = echo.map([("different",), ("new",)], job_ids=["same-id", "new-id"])
+    _same_job(mapped, first, JobStatus.SUCCEEDED)
+    assert new.args == ("new",) and new.status is JobStatus.QUEUED
+    assert kernel.queue.qsize() == 1
+
+
+def test_a_unique_call_that_finds_the_queued_job_gives_its_options(kernel: Kernel):
+    """The single-job path (``enqueue_one``): a unique call routed elsewhere that finds the
+    equal queued job gets that job's queue and creation time, not its own."""
+    @task(unique=True)
+    def sync(account: int) -> int:
+        return account
+
+    first = sync.delay(7)
+    again = sync.apply_async((7,), queue="elsewhere")
+    assert again.id == first.id and again.queue == "default"
+    assert again.created_at == pytest.approx(first.created_at, abs=1e-3)
+    assert kernel.queue.qsize() == 1
+
+
+# --- 2. apply_async's arguments are checked before anything is stored ----------------------
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1, "5", True, None,
+                                 MAX_SECONDS + 1, 1e300])
+def test_a_bad_delay_is_refused_naming_it(kernel: Kernel, bad: Any):
+    @task
+    def later() -> None: ...
+
+    with pytest.raises(ValueError, match=r"delay_secs must be a number of seconds from 0 to "
+                                         rf"{MAX_SECONDS} \(366 days\), got .*eta="):
+        later.apply_async(delay_secs=bad)
+    assert kernel.queue.qsize() == 0
+
+
+@pytest.mark.parametrize("bad", ["high", 1.5, 2.0, True, None, 2**31, -2**31 - 1, 10**20])
+def test_a_bad_priority_is_refused_naming_it(kernel: Kernel, bad: Any):
+    @task
+    def ranked() -> None: ...
+
+    message = r"priority must be a whole number from -2147483648 to 2147483647 .*got "
+    if bad is not None:  # None means "the task's own priority"
+        with pytest.raises(ValueError, match=message):
+            ranked.apply_async(priority=bad)
+    with pytest.raises(ValueError, match=message):
+        task(priority=bad)(lambda: None)
+    assert kernel.queue.qsize() == 0
+
+
+def test_the_bounds_themselves_are_stored_on_every_backend(kernel: Kernel):
+    @task
+    def bounded() -> None: ...
+
+    low = bounded.apply_async(priority=-2**31)
+    high = bounded.apply_async(priority=2**31 - 1)
+    latest = bounded.apply_async(delay_secs=MAX_SECONDS)
+    far = bounded.apply_async(eta=datetime(2100, 1, 1, tzinfo=timezone.utc))  # past 366 days
+    assert [j.priority for j in (low, high)] == [-2**31, 2**31 - 1]
+    assert [lease.id for lease in kernel.queue.claim(5)] == [high.id, low.id]
+    assert latest.refresh().status is far.refresh().status is JobStatus.QUEUED
+    assert kernel.queue.claim(5) == []
+
+
+def test_an_eta_past_year_9999_is_refused_and_not_with_a_delay(kernel: Kernel):
+    @task
+    def later() -> None: ...
+
+    west = timezone(timedelta(hours=-5))
+    with pytest.raises(ValueError, match="eta must be at most 9999-12-31 23:59:59 UTC"):
+        later.apply_async(eta=datetime(9999, 12, 31, 23, tzinfo=west))
+    with pytest.raises(ValueError, match="not both"):
+        later.apply_async(eta=datetime.now(timezone.utc), delay_secs=5)
+    with pytest.raises(ValueError, match="delay_secs must be"):
+        later.apply_async(eta=datetime.now(timezone.utc), delay_secs=math.nan)
+    assert kernel.queue.qsize() == 0
+
+
+# --- 3. `nuvom retry job` on a job that has not finished -----------------------------------
+
+def test_retry_of_a_queued_or_running_job_without_a_record_says_its_state(kernel: Kernel):
+    @task
+    def pending() -> None: ...
+
+    job = pending.delay()
+    assert kernel.results.get(job.id) is None
+    with pytest.raises(NuvomError, match=f"job {job.id} is QUEUED .*only FAILED or CANCELLED"):
+        rerun(kernel, job.id)
+    result = CliRunner().invoke(make_cli(kernel), ["retry", "job", job.id], obj=kernel)
+    assert result.exit_code != 0
+    assert f"job {job.id} is QUEUED" in result.output and "unknown" not in result.output
+    kernel.queue.claim(1)
+    with pytest.raises(NuvomError, match=f"job {job.id} is RUNNING .*only FAILED or CANCELLED"):
+        rerun(kernel, job.id)
+    with pytest.raises(NuvomError, match="unknown job id 'never-seen'"):
+        rerun(kernel, "never-seen")
+
+
+# --- 4. a task module that calls sys.exit() at import ---------------------------------------
+
+def test_a_module_calling_sys_exit_at_import_is_an_unknown_task_naming_it(project: Path):
+    write_module(project, "t_exits", "import sys\nsys.exit(2)\n")
+    with pytest.raises(UnknownTaskError, match=r"importing 't_exits' called sys.exit\(2\)") \
+            as caught:
+        TaskRegistry().resolve("whatever", "t_exits")
+    assert caught.value.import_failed
+
+
+def test_a_job_whose_module_calls_sys_exit_fails_naming_the_module(kernel: Kernel,
+                                                                  project: Path):
+    write_module(project, "t_exits", "import sys\nsys.exit(2)\n")
+    envelope = Envelope.for_call("whatever", "t_exits", TaskOptions(), (), {})
+    kernel.queue.enqueue(envelope.to_message(kernel.serializer))
+
+    @task
+    def fine() -> int:
+        return 1
+
+    job = fine.delay()
+    _drain(kernel, job)  # the worker is still serving after the broken module
+    wait_until(lambda: get_job(envelope.id).status is JobStatus.FAILED, timeout=20,
+               what="the job of the exiting module to fail")
+    failed = get_job(envelope.id)
+    assert (failed.error_type or "").endswith("UnknownTaskError")
+    assert "importing 't_exits' called sys.exit(2)" in (failed.error or "")
