@@ -431,6 +431,25 @@ def test_bad_pool_setting_names_the_variable(project: Path):
     assert "NUVOM_POOL" in out.stderr and "thread, process, asyncio" in out.stderr
 
 
+def test_a_manifest_module_calling_sys_exit_at_import_costs_no_child(start, project: Path):
+    # Discovery is static, so a script with tasks and a sys.exit() at module level is in the
+    # manifest; every child imports it first. It must fail only that module's jobs.
+    write_module(project, "exiting_tasks", "import sys\nfrom nuvom_kernel import task\n\n"
+                 "@task\ndef leaves():\n    return 1\n\nsys.exit(3)\n")
+    manifest = project / ".nuvom" / "manifest.json"
+    manifest.parent.mkdir(exist_ok=True)
+    manifest.write_text(json.dumps({"version": 1, "state": {}, "tasks": [
+        {"name": "leaves", "module": "exiting_tasks"}]}))
+    from pool_tasks import pid
+
+    worker = start("--pool", "process", "--workers", "1")
+    first = pid.delay().get(timeout=60)
+    assert pid.delay().get(timeout=60) == first, "a child died over the module"
+    assert "called sys.exit(3)" in worker.output() or "SystemExit(3)" in worker.output(), \
+        worker.output()
+    assert "died while starting" not in worker.output()
+
+
 def test_children_that_die_at_start_are_restarted_with_a_backoff(start, project: Path):
     # A task module whose import kills the process that imports it in a pool child: every
     # child dies while starting (children import the manifest's modules first).

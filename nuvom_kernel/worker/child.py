@@ -210,7 +210,8 @@ def main(argv: list[str]) -> None:
     for module in hello.get("preload", []):
         try:
             importlib.import_module(module)
-        except Exception as exc:  # its jobs fail with the import error; the child lives
+        except (Exception, SystemExit) as exc:  # its jobs fail with the import error (a
+            # module calling sys.exit() at import included); the child lives
             print(f"nuvom child {os.getpid()}: cannot import {module!r}: {exc!r}",
                   file=sys.stderr)
     child.serve()
