@@ -472,3 +472,27 @@ def test_close_then_use_again_reopens(queue: SQLiteJobQueue) -> None:
     queue.enqueue(msg("a"))
     queue.close()
     assert queue.qsize() == 1
+
+
+def test_a_file_that_cannot_be_created_names_itself_and_the_setting(tmp_path: Path) -> None:
+    """A path under a regular file (refused even to root): the raw ``NotADirectoryError``
+    named no setting, and came out of ``nuvom status`` as a traceback."""
+    import subprocess
+
+    from nuvom_plugins_sqlite import SQLiteUnavailableError
+
+    (tmp_path / "blocker").write_text("")
+    path = tmp_path / "blocker" / "sub" / "q.db"
+    queue = SQLiteJobQueue(path)
+    with pytest.raises(SQLiteUnavailableError) as refused:
+        queue.enqueue(msg("a"))
+    text = str(refused.value)
+    assert str(path) in text and "NUVOM_PLUGINS__SQLITE__PATH" in text, text
+    status = subprocess.run(
+        [sys.executable, "-m", "nuvom_kernel", "status"], cwd=tmp_path, text=True,
+        capture_output=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "NUVOM_QUEUE_BACKEND": "sqlite",
+             "NUVOM_RESULT_BACKEND": "sqlite", "NUVOM_PLUGINS__SQLITE__PATH": str(path)})
+    assert status.returncode == 1
+    assert status.stderr.startswith("Error: the SQLite database"), status.stderr
+    assert "Traceback" not in status.stderr

@@ -7,7 +7,11 @@ Installed, they register under the name ``sqlite`` (``queue_backend = "sqlite"``
 
 from __future__ import annotations
 
-from nuvom_plugins_sqlite.connection import DatabaseBusyError, SQLiteSettings
+from nuvom_plugins_sqlite.connection import (
+    DatabaseBusyError,
+    SQLiteSettings,
+    SQLiteUnavailableError,
+)
 from nuvom_plugins_sqlite.queue import SQLiteJobQueue
 from nuvom_plugins_sqlite.results import SQLiteResultBackend
 from nuvom_plugins_sqlite.schema import SCHEMA_VERSION, SchemaVersionError
@@ -20,6 +24,7 @@ __all__ = [
     "SQLiteJobQueue",
     "SQLiteResultBackend",
     "SQLiteSettings",
+    "SQLiteUnavailableError",
     "SchemaVersionError",
     "__version__",
 ]

@@ -37,11 +37,11 @@ from typing import Any, TypeVar
 import attrs
 
 from nuvom_kernel.backends import BackendContext
-from nuvom_kernel.errors import ConfigError, NuvomError
+from nuvom_kernel.errors import ConfigError, EnqueueError, NuvomError
 from nuvom_plugins_sqlite.schema import migrate
 from nuvom_plugins_sqlite.writer import Writer, autocheckpoint_pages, writer_for
 
-__all__ = ["Database", "DatabaseBusyError", "SQLiteSettings"]
+__all__ = ["Database", "DatabaseBusyError", "SQLiteSettings", "SQLiteUnavailableError"]
 
 log = logging.getLogger("nuvom.sqlite")
 
@@ -55,6 +55,11 @@ _BUSY_STEP_SECS = 1.0  # how long SQLite's own handler waits before we log and r
 
 class DatabaseBusyError(NuvomError):
     """Another process held the database's write lock longer than ``busy_timeout_secs``."""
+
+
+class SQLiteUnavailableError(EnqueueError):
+    """The database file cannot be created or opened (its folder is missing, not a folder,
+    or not writable); the message names the file and the setting that places it."""
 
 
 @attrs.frozen
@@ -204,8 +209,28 @@ class Database:
         return conn
 
     def _initialise(self) -> None:
-        """Create the directory, switch to WAL and migrate; once per process."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Create the directory, switch to WAL and migrate; once per process.
+
+        :raises SQLiteUnavailableError: the file cannot be created or opened. Why here: the
+            raw ``PermissionError`` or "unable to open database file" named no setting, came
+            out of ``nuvom status`` as a traceback, and from ``.delay()`` as advice about the
+            data folder, which ``path`` may not be in.
+        """
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._initialise_file()
+        except (OSError, sqlite3.OperationalError) as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
+                raise
+            raise SQLiteUnavailableError(
+                f"the SQLite database {self.path} cannot be created or opened "
+                f"({type(exc).__name__}: {exc}). Make its folder writable, or put the file "
+                "where it can be: [plugins.sqlite] path / results_path in "
+                ".nuvom_plugins.toml, or NUVOM_PLUGINS__SQLITE__PATH / "
+                "NUVOM_PLUGINS__SQLITE__RESULTS_PATH (default: nuvom.db in the data folder, "
+                "NUVOM_DATA_DIR, .nuvom).") from exc
+
+    def _initialise_file(self) -> None:
         conn = self._connect()
         try:
             mode = self._retry_busy(
