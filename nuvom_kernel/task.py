@@ -300,10 +300,17 @@ def _check_id(job_id: str | None) -> str | None:
         return None
     if not isinstance(job_id, str) or not job_id:
         raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
-    if len(job_id) > MAX_JOB_ID or "\x00" in job_id:
-        raise ValueError(f"job_id must be at most {MAX_JOB_ID} characters without a NUL "
-                         f"(\\x00), got {job_id[:40]!r}{'...' if len(job_id) > 40 else ''} "
-                         f"({len(job_id)} characters); use a shorter key, or a hash of it")
+    bad = len(job_id) > MAX_JOB_ID or "\x00" in job_id
+    if not bad and not job_id.isascii():
+        try:  # a lone surrogate (text decoded with surrogateescape): no store's UTF-8 takes it
+            job_id.encode()
+        except UnicodeEncodeError:
+            bad = True
+    if bad:
+        raise ValueError(f"job_id must be at most {MAX_JOB_ID} characters of UTF-8 text "
+                         f"without a NUL (\\x00), got {job_id[:40]!r}"
+                         f"{'...' if len(job_id) > 40 else ''} ({len(job_id)} characters); "
+                         "use a shorter key, or a hash of it")
     return job_id
 
 
