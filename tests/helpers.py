@@ -9,9 +9,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.testing.contracts._support import wait_until as _wait_until
+
+if TYPE_CHECKING:
+    from nuvom_kernel.job import Job
+    from nuvom_kernel.kernel import Kernel
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -38,6 +43,28 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
     return _wait_until(predicate, timeout, f"timed out waiting for {what}")
 
 
+
+
+def run_worker_until(kernel: Kernel, done: Callable[[], object], what: str,
+                     workers: int = 1, timeout: float = 20.0) -> None:
+    """Start a worker pool in this process, wait until ``done()``, then stop it (drained)."""
+    from nuvom_kernel import Worker
+
+    worker = Worker(kernel, workers=workers, scheduler=False, poll_timeout_secs=0.05)
+    worker.start()
+    try:
+        wait_until(done, timeout, what)
+    finally:
+        worker.stop()
+        worker.join()
+
+
+def drain(kernel: Kernel, *jobs: Job) -> None:
+    """Run a worker until every one of ``jobs`` has SUCCEEDED."""
+    from nuvom_kernel import JobStatus
+
+    run_worker_until(kernel, lambda: all(j.refresh().status is JobStatus.SUCCEEDED
+                                         for j in jobs), "the jobs to finish")
 
 
 def write_module(project: Path, name: str, source: str) -> str:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from nuvom_kernel import JobStatus, Worker
+from nuvom_kernel import JobStatus
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.kernel import Kernel, use_kernel
-from tests.helpers import wait_until, write_module
+from tests.helpers import run_worker_until, write_module
 
 TASKS = '''\
 import pathlib
@@ -92,14 +92,9 @@ def test_an_unstorable_result_fails_alone_and_its_batch_runs_once(sqlite_kernel:
     before = plain.map([(i,) for i in range(150)])
     poison = huge.delay()
     after = plain.map([(i,) for i in range(150, 300)])
-    worker = Worker(sqlite_kernel, workers=2, poll_timeout_secs=0.2)
-    worker.start()
-    try:
-        ids = [j.id for j in (*before, poison, *after)]
-        wait_until(lambda: _drained(sqlite_kernel, ids), 60, "every job to finish")
-    finally:
-        worker.stop()
-        worker.join()
+    ids = [j.id for j in (*before, poison, *after)]
+    run_worker_until(sqlite_kernel, lambda: _drained(sqlite_kernel, ids), "every job to finish",
+                     workers=2, timeout=60)
     record = sqlite_kernel.results.get(poison.id)
     assert record is not None and record.status is JobStatus.FAILED
     assert record.error_type == "nuvom_kernel.errors.SerializationError" and record.result is None
@@ -122,13 +117,8 @@ def test_a_result_to_wire_refuses_fails_its_job_once(sqlite_kernel: Kernel, proj
     import t_poison  # type: ignore[import-not-found]
 
     job = getattr(t_poison, name).delay()
-    worker = Worker(sqlite_kernel, workers=1, poll_timeout_secs=0.2)
-    worker.start()
-    try:
-        wait_until(lambda: _drained(sqlite_kernel, [job.id]), 30, "the job to finish")
-    finally:
-        worker.stop()
-        worker.join()
+    run_worker_until(sqlite_kernel, lambda: _drained(sqlite_kernel, [job.id]),
+                     "the job to finish", timeout=30)
     record = sqlite_kernel.results.get(job.id)
     assert record is not None and record.status is JobStatus.FAILED
     assert record.error_type == "nuvom_kernel.errors.SerializationError"
@@ -141,13 +131,8 @@ def test_an_error_text_utf8_cannot_hold_is_stored_escaped(sqlite_kernel: Kernel,
     from t_poison import undecodable_error  # type: ignore[import-not-found]
 
     job = undecodable_error.delay()
-    worker = Worker(sqlite_kernel, workers=1, poll_timeout_secs=0.2)
-    worker.start()
-    try:
-        wait_until(lambda: _drained(sqlite_kernel, [job.id]), 30, "the job to finish")
-    finally:
-        worker.stop()
-        worker.join()
+    run_worker_until(sqlite_kernel, lambda: _drained(sqlite_kernel, [job.id]),
+                     "the job to finish", timeout=30)
     record = sqlite_kernel.results.get(job.id)
     assert record is not None and record.status is JobStatus.FAILED
     assert (record.error_type, record.error_message) == ("ValueError",

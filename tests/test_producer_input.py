@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from nuvom_kernel import JobStatus, Worker, get_job, task
+from nuvom_kernel import JobStatus, get_job, task
 from nuvom_kernel.cli import make_cli
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.envelope import Envelope
@@ -25,7 +25,7 @@ from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import TaskOptions
 from nuvom_kernel.registry import TaskRegistry
 from nuvom_kernel.values import MAX_SECONDS
-from tests.helpers import wait_until, write_module
+from tests.helpers import drain, wait_until, write_module
 
 
 def _tasks(project: Path) -> tuple[Any, Any]:
@@ -43,15 +43,6 @@ def _tasks(project: Path) -> tuple[Any, Any]:
     return echo, other
 
 
-def _drain(kernel: Kernel, *jobs: Job) -> None:
-    worker = Worker(kernel, workers=1, scheduler=False, poll_timeout_secs=0.05)
-    worker.start()
-    try:
-        wait_until(lambda: all(j.refresh().status is JobStatus.SUCCEEDED for j in jobs),
-                   timeout=20, what="the jobs to finish")
-    finally:
-        worker.stop()
-        worker.join()
 
 
 def _same_job(handle: Job, first: Job, status: JobStatus) -> None:
@@ -100,7 +91,7 @@ def test_a_finished_job_id_enqueued_again_gives_the_finished_jobs_handle(kernel:
                                                                         project: Path):
     echo, _ = _tasks(project)
     first = echo.apply_async(["original"], {"n": 1}, job_id="same-id")
-    _drain(kernel, first)
+    drain(kernel, first)
     again = echo.apply_async(["different"], {"m": 2}, job_id="same-id")
     _same_job(again, first, JobStatus.SUCCEEDED)
     assert again.result == [["original"], {"n": 1}]
@@ -221,7 +212,7 @@ def test_a_job_whose_module_calls_sys_exit_fails_naming_the_module(kernel: Kerne
         return 1
 
     job = fine.delay()
-    _drain(kernel, job)  # the worker is still serving after the broken module
+    drain(kernel, job)  # the worker is still serving after the broken module
     wait_until(lambda: get_job(envelope.id).status is JobStatus.FAILED, timeout=20,
                what="the job of the exiting module to fail")
     failed = get_job(envelope.id)

@@ -7,19 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from nuvom_kernel import JobStatus, task
-from nuvom_kernel.worker import Worker
-from tests.helpers import wait_until
-
-
-def drain(kernel, *jobs) -> None:
-    worker = Worker(kernel, workers=1, scheduler=False, poll_timeout_secs=0.05)
-    worker.start()
-    try:
-        wait_until(lambda: all(j.refresh().status is JobStatus.SUCCEEDED for j in jobs),
-                   timeout=20, what="the jobs to finish")
-    finally:
-        worker.stop()
-        worker.join()
+from tests.helpers import drain
 
 
 def test_unique_returns_the_unfinished_job_for_equal_arguments(kernel):
