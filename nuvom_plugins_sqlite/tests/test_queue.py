@@ -494,5 +494,5 @@ def test_a_file_that_cannot_be_created_names_itself_and_the_setting(tmp_path: Pa
         env={"PATH": "/usr/bin:/bin", "NUVOM_QUEUE_BACKEND": "sqlite",
              "NUVOM_RESULT_BACKEND": "sqlite", "NUVOM_PLUGINS__SQLITE__PATH": str(path)})
     assert status.returncode == 1
-    assert status.stderr.startswith("Error: the SQLite database"), status.stderr
+    assert status.stderr.startswith("Error: the 'sqlite' backend's database"), status.stderr
     assert "Traceback" not in status.stderr

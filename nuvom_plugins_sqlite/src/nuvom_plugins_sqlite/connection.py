@@ -223,7 +223,7 @@ class Database:
             if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                 raise
             raise SQLiteUnavailableError(
-                f"the SQLite database {self.path} cannot be created or opened "
+                f"the 'sqlite' backend's database {self.path} cannot be created or opened "
                 f"({type(exc).__name__}: {exc}). Make its folder writable, or put the file "
                 "where it can be: [plugins.sqlite] path / results_path in "
                 ".nuvom_plugins.toml, or NUVOM_PLUGINS__SQLITE__PATH / "
