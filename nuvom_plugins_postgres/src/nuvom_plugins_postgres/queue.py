@@ -34,6 +34,7 @@ from nuvom_kernel.backends import (
 )
 from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.models import JobStatus, Lease, Message
+from nuvom_kernel.task import MAX_ETA, PRIORITY_MAX, PRIORITY_MIN
 from nuvom_plugins_postgres.queries import Queries
 from nuvom_plugins_postgres.results import PostgresResultBackend, Row, encode, store_fenced
 from nuvom_plugins_postgres.schema import ADVISORY_CLASS
@@ -69,13 +70,11 @@ def _duration(secs: float) -> str:
     return f"{secs} s"
 
 
-#: The ``integer`` column ``priority`` holds these.
-PRIORITY_MIN, PRIORITY_MAX = -2**31, 2**31 - 1
-#: Latest ``available_at`` a push stores: 9999-12-31 23:59:59 UTC. Why: a delayed row's
-#: ``due_at`` is a ``timestamptz``, which ends in year 294276 (``delay_secs=1e13`` failed
-#: with ``timestamp out of range``), and Python's ``datetime``, in which tools show a job's
-#: times, ends in year 9999; no real delay comes near either.
-AVAILABLE_AT_MAX = 253402300799.0
+#: The priorities the ``integer`` column ``priority`` holds, and the latest ``available_at``
+#: a push stores (9999-12-31 23:59:59 UTC: a ``timestamptz`` ends in year 294276, Python's
+#: ``datetime`` in 9999): the kernel's own bounds for ``apply_async``, which are these
+#: columns'. Checked again here for messages built by another producer.
+AVAILABLE_AT_MAX = MAX_ETA
 
 
 def _unstorable(ids: Sequence[str], queues: Sequence[str], priorities: Sequence[int],
