@@ -431,15 +431,20 @@ def test_bad_pool_setting_names_the_variable(project: Path):
     assert "NUVOM_POOL" in out.stderr and "thread, process, asyncio" in out.stderr
 
 
+def _in_manifest(project: Path, task: str, module: str) -> None:
+    """A manifest listing only ``task`` of ``module``: every pool child imports it first."""
+    manifest = project / ".nuvom" / "manifest.json"
+    manifest.parent.mkdir(exist_ok=True)
+    manifest.write_text(json.dumps({"version": 1, "state": {}, "tasks": [
+        {"name": task, "module": module}]}))
+
+
 def test_a_manifest_module_calling_sys_exit_at_import_costs_no_child(start, project: Path):
     # Discovery is static, so a script with tasks and a sys.exit() at module level is in the
     # manifest; every child imports it first. It must fail only that module's jobs.
     write_module(project, "exiting_tasks", "import sys\nfrom nuvom_kernel import task\n\n"
                  "@task\ndef leaves():\n    return 1\n\nsys.exit(3)\n")
-    manifest = project / ".nuvom" / "manifest.json"
-    manifest.parent.mkdir(exist_ok=True)
-    manifest.write_text(json.dumps({"version": 1, "state": {}, "tasks": [
-        {"name": "leaves", "module": "exiting_tasks"}]}))
+    _in_manifest(project, "leaves", "exiting_tasks")
     from pool_tasks import pid
 
     worker = start("--pool", "process", "--workers", "1")
@@ -455,10 +460,7 @@ def test_children_that_die_at_start_are_restarted_with_a_backoff(start, project:
     # child dies while starting (children import the manifest's modules first).
     write_module(project, "deadly_tasks", "import os\nfrom nuvom_kernel.worker import child\n"
                  "if child.PARENT_PID:\n    os._exit(3)\n")
-    manifest = project / ".nuvom" / "manifest.json"
-    manifest.parent.mkdir(exist_ok=True)
-    manifest.write_text(json.dumps({"version": 1, "state": {}, "tasks": [
-        {"name": "deadly", "module": "deadly_tasks"}]}))
+    _in_manifest(project, "deadly", "deadly_tasks")
     from pool_tasks import pid
 
     pid.delay()  # an executor takes a child only for a job

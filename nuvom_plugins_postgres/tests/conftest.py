@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pg_support import DSN, drop_schema
 
 from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_plugins_postgres import PostgresQueue, PostgresResultBackend
 
 
@@ -51,3 +53,14 @@ def results(settings: dict[str, object], context: BackendContext, schema: str
     r = PostgresResultBackend.from_settings(settings, context)
     yield r
     r.close()
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, schema: str) -> Iterator[Kernel]:
+    """A kernel whose queue and results are this test's schema, set as the current one."""
+    k = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "postgres", "NUVOM_RESULT_BACKEND": "postgres",
+        "NUVOM_PLUGINS__POSTGRES__DSN": DSN, "NUVOM_PLUGINS__POSTGRES__SCHEMA": schema})
+    with use_kernel(k):
+        yield k
+    k.close()

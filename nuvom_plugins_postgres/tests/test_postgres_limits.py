@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import nuvom_plugins_postgres
 from nuvom_kernel import task
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import ConfigError, EnqueueError
-from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.testing.contracts import make_message
 from nuvom_plugins_postgres import PostgresQueue, PostgresSettings
 from nuvom_plugins_postgres.queue import AVAILABLE_AT_MAX, PRIORITY_MAX, PRIORITY_MIN
@@ -150,16 +149,6 @@ def test_the_limits_themselves_are_stored(queue: PostgresQueue) -> None:
 @task
 def limits_noop() -> None:
     return None
-
-
-@pytest.fixture
-def kernel(tmp_path: Path, schema: str) -> Iterator[Kernel]:
-    k = Kernel(root=tmp_path, environ={
-        "NUVOM_QUEUE_BACKEND": "postgres", "NUVOM_RESULT_BACKEND": "postgres",
-        "NUVOM_PLUGINS__POSTGRES__DSN": DSN, "NUVOM_PLUGINS__POSTGRES__SCHEMA": schema})
-    with use_kernel(k):
-        yield k
-    k.close()
 
 
 # (A priority past 32 bits or a delay past 366 days never gets here: apply_async refuses

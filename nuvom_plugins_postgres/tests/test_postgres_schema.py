@@ -41,14 +41,19 @@ def _at_version(conn: psycopg.Connection, schema: str, version: int) -> None:
         conn.execute(sql.SQL("INSERT INTO {}.version VALUES (%s)").format(ident), (number,))
 
 
-def test_a_v1_schema_with_jobs_is_migrated_and_keeps_them(
-        conn: psycopg.Connection, schema: str, context: BackendContext,
-        settings: dict[str, object]) -> None:
-    _at_version(conn, schema, 1)
+def _old_job(conn: psycopg.Connection, schema: str) -> None:
+    """One waiting job, written as a version of the plugin before this one would have."""
     conn.execute(sql.SQL(
         "INSERT INTO {}.jobs (id, queue, state, priority, created_at, available_at, task, "
         "body) VALUES ('old', 'default', 0, 0, %s, %s, 't', '\\x00')").format(
         sql.Identifier(schema)), (time.time(), time.time()))
+
+
+def test_a_v1_schema_with_jobs_is_migrated_and_keeps_them(
+        conn: psycopg.Connection, schema: str, context: BackendContext,
+        settings: dict[str, object]) -> None:
+    _at_version(conn, schema, 1)
+    _old_job(conn, schema)
     queue = PostgresQueue.from_settings(settings, context)
     try:
         found = conn.execute(sql.SQL("SELECT max(version) FROM {}.version").format(
@@ -143,10 +148,7 @@ def test_a_v4_schema_is_adopted_by_the_first_namespace_that_opens_it(
         conn: psycopg.Connection, schema: str, context: BackendContext,
         settings: dict[str, object]) -> None:
     _at_version(conn, schema, 4)
-    conn.execute(sql.SQL(
-        "INSERT INTO {}.jobs (id, queue, state, priority, created_at, available_at, task, "
-        "body) VALUES ('old', 'default', 0, 0, %s, %s, 't', '\\x00')").format(
-        sql.Identifier(schema)), (time.time(), time.time()))
+    _old_job(conn, schema)
     queue = PostgresQueue.from_settings(settings, context)
     try:
         assert queue.qsize() == 1, "the upgraded deployment keeps its queue"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -14,18 +12,8 @@ from pg_support import DSN
 
 import nuvom_plugins_postgres
 from nuvom_kernel import task
-from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import JobStatus
-
-
-@pytest.fixture
-def kernel(tmp_path: Path, schema: str) -> Iterator[Kernel]:
-    k = Kernel(root=tmp_path, environ={
-        "NUVOM_QUEUE_BACKEND": "postgres", "NUVOM_RESULT_BACKEND": "postgres",
-        "NUVOM_PLUGINS__POSTGRES__DSN": DSN, "NUVOM_PLUGINS__POSTGRES__SCHEMA": schema})
-    with use_kernel(k):
-        yield k
-    k.close()
 
 
 @task
