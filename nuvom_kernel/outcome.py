@@ -91,9 +91,12 @@ class Outcome:
 
     @property
     def due_at(self) -> float:
-        """When this attempt could first run: the enqueue, or later for a delayed job or a
-        retry waiting out its delay."""
-        return max(self.enqueued_at, self.settlement.lease.message.available_at)
+        """When this attempt could first run: the enqueue, or later for a delayed job, a
+        retry waiting out its delay, or a workflow step released when its parents finished
+        (its message is pushed then: the record's enqueue is the whole workflow's, and a
+        step waiting for a five-second parent did not wait five seconds in the queue)."""
+        message = self.settlement.lease.message
+        return max(self.enqueued_at, message.created_at, message.available_at)
 
     @property
     def started_at(self) -> float:
