@@ -34,8 +34,8 @@ class JobStatus(str, enum.Enum):
     """One state machine for every backend.
 
     ``QUEUED → RUNNING → SUCCEEDED | FAILED``, ``RUNNING → RETRYING → QUEUED`` and
-    ``QUEUED → CANCELLED``. ``UNKNOWN`` is what a lookup of an id never seen returns: it is
-    never stored.
+    ``QUEUED | RETRYING → CANCELLED``. ``UNKNOWN`` is what a lookup of an id never seen
+    returns: it is never stored.
     """
 
     QUEUED = "QUEUED"
