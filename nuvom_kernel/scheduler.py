@@ -9,6 +9,9 @@ killed mid-pass leaves the others to carry on. The pushes are idempotent by id a
 
 Missed ticks (the workers were down) are counted in the state and logged, never dropped
 silently; ticks skipped by ``overlap="skip"`` are counted too (``nuvom schedule list``).
+
+Schedules are isolated from each other: one that raises (its tick math, its push) is logged
+once and skipped, and the others keep firing; ``nuvom schedule list`` shows it with its error.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -29,11 +32,13 @@ from nuvom_kernel.job import Job
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import ScheduleState
 from nuvom_kernel.schedules import (
+    POLICIES,
     Schedule,
+    ScheduleError,
+    from_manifest,
     iso,
     manual_job_id,
     schedule_job_id,
-    trigger_from_dict,
 )
 
 if TYPE_CHECKING:
@@ -42,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["ON_TIME_SECS", "Plan", "Scheduler", "plan"]
 
 log = logging.getLogger("nuvom.scheduler")
+T = TypeVar("T")
 
 #: A tick fired at most this late is on time; an older one was missed (downtime) and is
 #: subject to the catch-up policy.
@@ -110,6 +116,9 @@ class Scheduler:
         self._checked = False
         self._manifest_key: tuple[int, int] | None = None
         self._manifest_schedules: dict[str, Schedule] = {}
+        #: (schedule name, error) already logged: a pass runs every second, and a schedule
+        #: that keeps failing the same way is logged once, not every second.
+        self._logged: set[tuple[str, str]] = set()
 
     # --- which schedules ----------------------------------------------------------------
 
@@ -141,17 +150,16 @@ class Scheduler:
             log.warning("ignoring manifest schedules: %s", exc)
             manifest = {}
         for entry in manifest.get("tasks", []):
-            opts = dict(entry.get("options") or {})
-            spec = opts.pop("schedule", None)
-            if spec is None:
+            opts: Mapping[str, Any] = entry.get("options") or {}
+            if opts.get("schedule") is None:
                 continue
             try:
-                value = spec if isinstance(spec, str) else trigger_from_dict(spec)
-                policy = {k: opts.pop(k) for k in ("catch_up", "catch_up_window_secs",
-                                                    "overlap") if k in opts}
-                found[entry["name"]] = Schedule.build(
-                    entry["name"], value, module=entry.get("module"),
-                    options=options_from_wire(opts), **policy)
+                # Built as @task(schedule=...) builds it: a spec that is neither a cron string
+                # nor a cron/every dict (schedule=30) is refused with the same message.
+                found[entry["name"]] = from_manifest(
+                    entry["name"], opts, module=entry.get("module"),
+                    task_options=options_from_wire({k: v for k, v in opts.items()
+                                                    if k != "schedule" and k not in POLICIES}))
             except Exception as exc:
                 log.warning("manifest schedule of task %r ignored: %s", entry.get("name"), exc)
         self._manifest_key, self._manifest_schedules = key, found
@@ -181,8 +189,33 @@ class Scheduler:
         states = self.kernel.results.schedule_states()
         pushed: list[Job] = []
         for name, schedule in sorted(schedules.items()):
-            pushed += self._advance(schedule, states.get(name), now)
+            # One schedule's error must not stop the others (a never-matching cron used to
+            # abort every pass, so no schedule fired at all): log it once and go on.
+            jobs = self._isolated(name, self._advance, schedule, states.get(name), now)
+            if jobs is not None:
+                self._recovered(name)
+                pushed += jobs
         return pushed
+
+    def _isolated(self, name: str, step: Callable[..., T], *args: Any) -> T | None:
+        """``step(*args)`` for schedule ``name``, or ``None`` if it raised: the error is
+        logged the first time it happens (naming the schedule), and the schedule is tried
+        again at the next pass."""
+        try:
+            return step(*args)
+        except Exception as exc:
+            text = error_text(exc)
+            if (name, text) not in self._logged:
+                self._logged.add((name, text))
+                log.error("schedule %r skipped: %s. The other schedules keep firing; this one "
+                          "is tried again at every pass (logged again only if its error "
+                          "changes)", name, text, exc_info=exc)
+            return None
+
+    def _recovered(self, name: str) -> None:
+        if any(logged == name for logged, _ in self._logged):
+            self._logged = {entry for entry in self._logged if entry[0] != name}
+            log.info("schedule %r fires again", name)
 
     def _advance(self, schedule: Schedule, state: ScheduleState | None, now: float
                  ) -> list[Job]:
@@ -263,8 +296,8 @@ class Scheduler:
 
     def _until_next(self) -> float:
         now = self.clock()
-        nexts = [s.trigger.ticks(now, now + MAX_SLEEP_SECS, limit=1)
-                 for s in self.schedules().values()]
+        nexts = [self._isolated(name, s.trigger.ticks, now, now + MAX_SLEEP_SECS, 1)
+                 for name, s in sorted(self.schedules().items())]
         soonest = min((t[0] for t in nexts if t), default=now + MAX_SLEEP_SECS)
         return max(0.0, soonest - now) + 0.001
 
@@ -275,9 +308,17 @@ def next_run(schedule: Schedule, now: float) -> float | None:
     return ticks[0] if ticks else None
 
 
+def error_text(exc: BaseException) -> str:
+    """An error as a log line or a ``schedule list`` cell: a ScheduleError's own message
+    (it says what to fix), anything else with its type (``CroniterBadDateError: ...``)."""
+    text = str(exc) if isinstance(exc, ScheduleError) else f"{type(exc).__name__}: {exc}"
+    return text.rstrip(".")  # it is followed by more text in a log line
+
+
 def schedule_rows(kernel: Any) -> list[dict[str, Any]]:
     """Every schedule the manifest and the imported tasks declare, with its stored state:
-    the rows of ``nuvom schedule list`` (and of the dashboard's ``/schedules``)."""
+    the rows of ``nuvom schedule list`` (and of the dashboard's ``/schedules``). A schedule
+    that raises gets a row with its ``error``; the others are listed as usual."""
     schedules = Scheduler(kernel).schedules()
     results = kernel.results
     states = results.schedule_states() if results.capabilities.schedules else {}
@@ -287,16 +328,28 @@ def schedule_rows(kernel: Any) -> list[dict[str, Any]]:
 
 def describe(schedule: Schedule, state: ScheduleState | None, kernel: Any, now: float
              ) -> dict[str, Any]:
-    """One row of ``nuvom schedule list``."""
+    """One row of ``nuvom schedule list``; ``error`` is what the schedule raised (its next
+    run, its description or its last job's status), ``None`` when nothing did. Each part is
+    computed on its own so one failing part blanks only its cell."""
+    errors: list[str] = []
+
+    def part(step: Callable[[], T]) -> T | None:
+        try:
+            return step()
+        except Exception as exc:
+            errors.append(error_text(exc))
+            return None
+
     last_status = None
     if state is not None and state.last_job_id:
-        job = kernel.refresh_job(Job(id=state.last_job_id, task=schedule.name,
-                                     kernel=kernel))
-        last_status = job.status.value
-    upcoming = next_run(schedule, now)
+        last_job_id = state.last_job_id
+        last_status = part(lambda: kernel.refresh_job(
+            Job(id=last_job_id, task=schedule.name, kernel=kernel)).status.value)
+    upcoming = part(lambda: next_run(schedule, now))
     return {"name": schedule.name, "task": schedule.name,
-            "schedule": schedule.trigger.describe(), "tz": schedule.trigger.tz,
+            "schedule": part(schedule.trigger.describe), "tz": schedule.trigger.tz,
             "next_run": iso(upcoming) if upcoming else None,
             "last_run": iso(state.last_run) if state and state.last_run else None,
             "last_status": last_status, "missed": state.missed if state else 0,
-            "skipped": state.skipped if state else 0}
+            "skipped": state.skipped if state else 0,
+            "error": "; ".join(errors) or None}

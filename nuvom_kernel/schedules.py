@@ -5,7 +5,8 @@ must compute the *same* ticks, because a tick's job id is derived from (schedule
 time) and the backends deduplicate by id. So the tick math lives here, once:
 
 * ``every()`` ticks are multiples of the interval since the Unix epoch (UTC), whatever host
-  or start time;
+  or start time, computed in whole microseconds: tick ``k`` is ``k * interval`` exactly, so
+  the same tick gets the same time (and job id) however it was reached;
 * ``cron()`` expressions are parsed and iterated by ``croniter`` (imported on first use; it
   is not a kernel dependency) over *naive local wall times*, and each wall time is placed in
   its zone by our code with ``zoneinfo``: croniter's own DST handling has changed between
@@ -24,16 +25,32 @@ from typing import Any
 import attrs
 
 from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.values import MAX_SECONDS
 
-__all__ = ["CATCH_UP", "OVERLAP", "Cron", "Every", "Schedule", "ScheduleError", "cron", "every",
-           "iso", "manual_job_id", "schedule_job_id", "trigger_from_dict"]
+__all__ = ["CATCH_UP", "OVERLAP", "POLICIES", "Cron", "Every", "Schedule", "ScheduleError",
+           "cron", "every", "from_manifest", "iso", "manual_job_id", "schedule_job_id",
+           "trigger_from_dict"]
 
 UTC = timezone.utc
 CATCH_UP = ("latest", "all", "none")
 OVERLAP = ("allow", "skip")
+#: The ``@task`` options that are a schedule's policies (the manifest keeps them beside
+#: ``schedule``).
+POLICIES = ("catch_up", "catch_up_window_secs", "overlap")
 #: Most ticks one computation returns: a catch-up window of a year of a per-second schedule
 #: must not exhaust memory.
 MAX_TICKS = 100_000
+#: Tick times and job ids are whole microseconds.
+_MICROS = 1_000_000
+#: Shortest ``every()`` interval: one microsecond, the resolution of tick ids.
+MIN_INTERVAL_SECS = 1 / _MICROS
+#: croniter's named expressions, each one five-field expression (``@hourly`` is
+#: ``0 * * * *``); ``@reboot`` is not a time and croniter refuses it.
+_CRON_MACROS = frozenset({"@midnight", "@hourly", "@daily", "@weekly", "@monthly", "@yearly",
+                          "@annually"})
+#: Where :meth:`Cron.check` asks croniter for a first tick: any fixed instant does (cron
+#: fields repeat within 28 years), and a fixed one makes the check the same on every host.
+_CHECK_FROM = datetime(2000, 1, 1)
 
 
 class ScheduleError(NuvomError, ValueError):
@@ -78,9 +95,36 @@ class Cron:
     kwargs: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
 
     def check(self) -> None:
-        if not isinstance(self.expr, str) or not _croniter().is_valid(self.expr):
+        """Refuse at decoration what could not fire: a wrong number of fields, a field
+        croniter cannot read, a date that never comes, an unknown zone.
+
+        ``croniter.is_valid`` alone is not enough: it accepts six and seven fields (it reads
+        the sixth as *seconds*, so Quartz-style ``0 */5 * * * *`` would fire 60 times every
+        five hours) and dates that never exist (``0 0 31 2 *``), which then raise at every
+        scheduler pass."""
+        if not isinstance(self.expr, str):
+            raise ScheduleError(f"a cron expression is a string, got {self.expr!r}")
+        fields = self.expr.split()
+        if not (len(fields) == 5 or (len(fields) == 1 and fields[0].lower() in _CRON_MACROS)):
+            seconds = (" Seconds are not supported (croniter would read a sixth field as "
+                       "seconds): for runs more often than once a minute use "
+                       "every(seconds=...)." if len(fields) > 5 else "")
+            raise ScheduleError(f"invalid cron expression {self.expr!r}: it has {len(fields)} "
+                                "field(s), a cron expression has five (minute hour "
+                                f"day-of-month month day-of-week).{seconds}")
+        croniter = _croniter()
+        if not croniter.is_valid(self.expr):
             raise ScheduleError(f"invalid cron expression {self.expr!r} (five fields: "
                                 "minute hour day-of-month month day-of-week)")
+        from croniter import CroniterBadDateError
+
+        try:
+            croniter(self.expr, _CHECK_FROM).get_next(datetime)
+        except CroniterBadDateError as exc:
+            raise ScheduleError(
+                f"cron expression {self.expr!r} never fires: no date matches its day-of-month "
+                "and month fields (such as February 30 or April 31); use a day that exists "
+                "in that month, or 'L' for the last day of the month") from exc
         _zone(self.tz)
 
     def describe(self) -> str:
@@ -139,17 +183,39 @@ class Every:
     tz: str = "UTC"
 
     def check(self) -> None:
-        if not self.interval > 0:
-            raise ScheduleError(f"every() needs a positive interval, got {self.interval} s")
+        """A finite interval from one microsecond (the resolution of tick ids) to
+        ``MAX_SECONDS`` (366 days, the kernel's bound on every duration): an infinite or NaN
+        one would raise at every scheduler pass instead of here."""
+        secs = self.interval
+        if isinstance(secs, bool) or not isinstance(secs, int | float):
+            raise ScheduleError(f"every() takes a number of seconds, got {secs!r}")
+        if secs > MAX_SECONDS:  # infinity too
+            raise ScheduleError(f"every() needs a finite interval of at most {MAX_SECONDS} s "
+                                f"(366 days), got {secs!r} s; for rarer runs use cron(...)")
+        if not secs >= MIN_INTERVAL_SECS:  # NaN compares false: refused
+            raise ScheduleError(f"every() needs a positive interval (at least 1 microsecond, "
+                                f"the resolution of tick times), got {secs!r} s")
 
     def describe(self) -> str:
         secs = self.interval
         return f"every({secs:g}s)"
 
+    @property
+    def micros(self) -> int:
+        """The interval in whole microseconds (at least 1)."""
+        return max(1, round(self.interval * _MICROS))
+
     def ticks(self, after: float, until: float, limit: int = MAX_TICKS) -> list[float]:
-        first = (math.floor(after / self.interval) + 1) * self.interval
-        n = max(0, min(limit, math.floor((until - first) / self.interval) + 1))
-        return [first + i * self.interval for i in range(n)]
+        """Tick instants ``t`` with ``after < t <= until``, oldest first: tick ``k`` is
+        ``k * interval`` computed in integer microseconds, so it is the same float whether
+        it is the first tick of a computation or the hundredth. (Adding the interval to the
+        first tick drifted: 0.6 s ticks came out as ``...577.9999998`` in one pass and
+        ``...578.0`` in the next, two job ids for one tick.) ``after`` and ``until`` are
+        rounded to microseconds, which also absorbs the float error of a stored tick."""
+        step = self.micros
+        first = round(after * _MICROS) // step + 1
+        last = round(until * _MICROS) // step
+        return [k * step / _MICROS for k in range(first, min(last, first + limit - 1) + 1)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"every": self.interval, "args": list(self.args), "kwargs": dict(self.kwargs)}
@@ -169,6 +235,8 @@ def every(*, seconds: float = 0, minutes: float = 0, hours: float = 0,
 
 def trigger_from_dict(data: Mapping[str, Any]) -> Cron | Every:
     """The inverse of ``to_dict`` (the discovery manifest stores schedules this way)."""
+    if "cron" not in data and "every" not in data:
+        raise ScheduleError(f"schedule {dict(data)!r} is neither cron(...) nor every(...)")
     if "cron" in data:
         return cron(data["cron"], data.get("tz", "UTC"), data.get("args", ()),
                     data.get("kwargs"))
@@ -218,11 +286,33 @@ class Schedule:
                    overlap)
 
 
+def from_manifest(task: str, options: Mapping[str, Any], *, module: str | None = None,
+                  task_options: Any = None) -> Schedule:
+    """The schedule a discovery manifest entry declares (``options["schedule"]`` as
+    ``to_dict`` wrote it, or a cron string, beside the :data:`POLICIES`), built and checked
+    exactly as ``@task(schedule=...)`` is: discovery calls this to warn about a schedule the
+    workers would refuse, the scheduler to fire it. Errors name the task and the value."""
+    spec = options.get("schedule")
+    try:
+        value = trigger_from_dict(spec) if isinstance(spec, Mapping) else spec
+    except ScheduleError as exc:
+        raise ScheduleError(f"task {task!r}: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ScheduleError(f"task {task!r}: schedule {spec!r} cannot be read: {exc}") from exc
+    policy = {k: options[k] for k in POLICIES if k in options}
+    return Schedule.build(task, value, module=module, options=task_options, **policy)
+
+
 def schedule_job_id(name: str, tick: float) -> str:
-    """The job id of one tick: the same on every host, so a tick is pushed once."""
-    stamp = datetime.fromtimestamp(tick, UTC).strftime("%Y%m%dT%H%M%S")
-    frac = round((tick % 1) * 1_000_000)
-    return f"schedule.{name}.{stamp}" + (f".{frac:06d}" if frac else "")
+    """The job id of one tick: the same on every host, so a tick is pushed once.
+
+    Derived from the tick in whole microseconds, so a tick a float error away from a whole
+    second (``...577.9999998``) gets the same id as the whole second, never a seven-digit
+    fraction; a whole-second tick's id has no fraction at all (the ids deployed schedules
+    already use)."""
+    secs, micros = divmod(round(tick * _MICROS), _MICROS)
+    stamp = datetime.fromtimestamp(secs, UTC).strftime("%Y%m%dT%H%M%S")
+    return f"schedule.{name}.{stamp}" + (f".{micros:06d}" if micros else "")
 
 
 def manual_job_id(name: str) -> str:

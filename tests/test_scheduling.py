@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import logging
+import re
 from datetime import datetime, timezone
+from typing import Any
 
+import attrs
 import pytest
 
 from nuvom_kernel import cron, every, task
 from nuvom_kernel.backends import Capabilities
 from nuvom_kernel.errors import BackendCapabilityError, TaskRegistrationError
 from nuvom_kernel.kernel import Kernel
-from nuvom_kernel.scheduler import Scheduler
+from nuvom_kernel.scheduler import MAX_SLEEP_SECS, Scheduler
+from nuvom_kernel.schedules import Cron, ScheduleError, schedule_job_id
 from nuvom_kernel.testing.memory import MemoryResultBackend
 from nuvom_kernel.worker import Worker
 from tests.helpers import E2E_BACKENDS, write_module
@@ -162,6 +169,12 @@ def ticking():
     ({"schedule": cron("0 9 * * *", tz="Mars/Olympus")}, "'Mars/Olympus'"),
     ({"schedule": every(seconds=0)}, "positive interval"),
     ({"schedule": every(minutes=-1)}, "positive interval"),
+    ({"schedule": every(seconds=float("nan"))}, "positive interval"),
+    ({"schedule": every(seconds=float("inf"))}, "at most 31622400 s (366 days)"),
+    ({"schedule": every(hours=24 * 367)}, "for rarer runs use cron(...)"),
+    ({"schedule": "0 0 31 2 *"}, "'0 0 31 2 *' never fires"),  # February 31
+    ({"schedule": cron("0 0 31 4 *")}, "April 31"),
+    ({"schedule": "0 */5 * * * *"}, "Seconds are not supported"),  # Quartz: seconds first
     ({"schedule": "* * * * *", "overlap": "queue"}, "overlap='queue'"),
     ({"schedule": "* * * * *", "catch_up": "some"}, "catch_up='some'"),
     ({"schedule": 5}, "schedule= takes"),
@@ -253,3 +266,174 @@ def test_schedule_cli_lists_and_fires_from_the_manifest(project):
     unknown = run_nuvom(["schedule", "run", "nope"], project)
     assert unknown.returncode != 0 and "no schedule named 'nope'" in unknown.stderr
     assert "cleanup" in unknown.stderr
+
+
+# --- a schedule that cannot work never stops the others -----------------------------------
+
+
+@pytest.mark.parametrize("expr", ["0 */5 * * * *", "* * * * * *", "0 0 9 * * MON 2026",
+                                  "0 9 * *", "@reboot"])
+def test_cron_needs_exactly_five_fields_and_says_so(expr):
+    """croniter reads a sixth field as seconds: '0 */5 * * * *' would fire 301 times a day."""
+    with pytest.raises(ScheduleError) as info:
+        cron(expr).check()
+    text = str(info.value)
+    assert repr(expr) in text
+    assert "five (minute hour day-of-month month day-of-week)" in text or "five fields" in text
+    if len(expr.split()) > 5:
+        assert "Seconds are not supported" in text and "every(seconds=...)" in text
+
+
+@pytest.mark.parametrize(("macro", "every_secs"), [("@hourly", 3600), ("@DAILY", 86400),
+                                                   ("@midnight", 86400)])
+def test_croniter_macros_still_stand_for_their_five_fields(macro, every_secs):
+    cron(macro).check()
+    day = at("2026-06-01T00:00:00+00:00")
+    ticks = cron(macro).ticks(day - 1, day + 2 * 86400)
+    assert ticks[0] == day and {b - a for a, b in itertools.pairwise(ticks)} == {every_secs}
+
+
+def _break(task_obj: Any) -> None:
+    """Give a registered task a schedule that raises at every computation, as a cron
+    expression croniter accepts but never matches did before ``check()`` refused it."""
+    task_obj.schedule = attrs.evolve(task_obj.schedule, trigger=Cron("0 0 31 2 *"))
+
+
+def test_a_schedule_that_raises_is_logged_once_and_the_others_keep_firing(
+        make_kernel, backend, caplog):
+    kernel = make_kernel(backend)
+
+    @task(schedule="0 * * * *")
+    def a_broken() -> None: ...
+
+    @task(schedule=every(seconds=2))
+    def b_healthy() -> None: ...
+
+    _break(a_broken)
+    t0 = at("2026-06-01T12:00:00+00:00")
+    now = [t0]
+    scheduler = Scheduler(kernel, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="nuvom.scheduler"):
+        for i in range(11):  # ten seconds, a pass a second
+            now[0] = t0 + i
+            scheduler.run_pending()
+            assert 0 < scheduler._until_next() <= MAX_SLEEP_SECS + 0.001  # the thread's sleep
+    assert fired(kernel) == [datetime.fromtimestamp(t0 + s, timezone.utc).isoformat()
+                             for s in range(0, 11, 2)]
+    assert set(kernel.results.schedule_states()) == {"b_healthy"}
+    errors = [r for r in caplog.records
+              if r.name == "nuvom.scheduler" and r.levelno >= logging.WARNING]
+    assert len(errors) == 1, [r.getMessage() for r in errors]  # not once a pass
+    assert "'a_broken'" in errors[0].getMessage()
+    assert "CroniterBadDateError" in errors[0].getMessage()
+
+    a_broken.schedule = attrs.evolve(a_broken.schedule, trigger=cron("* * * * *"))
+    with caplog.at_level(logging.INFO, logger="nuvom.scheduler"):
+        scheduler.run_pending(t0 + 60)  # fixed (a new import): it fires, and says so
+    assert "schedule 'a_broken' fires again" in caplog.text
+    assert kernel.results.schedule_states()["a_broken"].fired == 1
+
+
+def test_schedule_list_shows_a_schedule_that_raises_with_its_error(make_kernel, backend):
+    from click.testing import CliRunner
+
+    from nuvom_kernel.cli import make_cli
+    from nuvom_kernel.scheduler import schedule_rows
+
+    kernel = make_kernel(backend)
+
+    @task(schedule="0 * * * *")
+    def a_broken() -> None: ...
+
+    @task(schedule=every(seconds=30))
+    def b_healthy() -> None: ...
+
+    _break(a_broken)
+    broken, healthy = schedule_rows(kernel)
+    assert (broken["name"], broken["next_run"], broken["schedule"]) == (
+        "a_broken", None, "cron(0 0 31 2 *)")
+    assert "CroniterBadDateError" in broken["error"]
+    assert healthy["error"] is None and healthy["next_run"] is not None
+
+    listed = CliRunner().invoke(make_cli(kernel), ["schedule", "list"], obj=kernel)
+    assert listed.exit_code == 0, listed.output
+    assert "ERROR" in listed.output.splitlines()[0]
+    assert "b_healthy" in listed.output and "CroniterBadDateError" in listed.output
+    as_json = CliRunner().invoke(make_cli(kernel), ["schedule", "list", "--json"], obj=kernel)
+    assert as_json.exit_code == 0, as_json.output
+    assert [row["error"] is None for row in json.loads(as_json.output)] == [False, True]
+
+
+def test_manifest_schedule_of_the_wrong_type_is_refused_as_task_refuses_it(
+        make_kernel, caplog):
+    from nuvom_kernel.discovery import TaskRef, write_manifest
+
+    kernel = make_kernel("sqlite")
+    write_manifest(kernel.data_dir, [
+        TaskRef("bad_type", "tasks", "tasks.py", 3, options={"schedule": 30}),
+        TaskRef("no_kind", "tasks", "tasks.py", 6, options={"schedule": {"args": []}}),
+        TaskRef("fine", "tasks", "tasks.py", 9, options={"schedule": {"every": 5.0},
+                                                         "overlap": "skip"})])
+    with pytest.raises(ValueError) as refused:
+        @task(name="bad_type", schedule=30)  # type: ignore[arg-type]
+        def bad_type() -> None: ...
+    with caplog.at_level(logging.WARNING, logger="nuvom.scheduler"):
+        schedules = Scheduler(kernel).schedules()
+    assert set(schedules) == {"fine"} and schedules["fine"].overlap == "skip"
+    assert f"manifest schedule of task 'bad_type' ignored: {refused.value}" in caplog.text
+    assert "'no_kind'" in caplog.text and "neither cron(...) nor every(...)" in caplog.text
+    assert "not iterable" not in caplog.text
+
+
+# --- every(): one tick, one time, one id ------------------------------------------------------
+
+
+def test_a_fractional_every_tick_runs_once_under_one_id(make_kernel, backend):
+    """every(seconds=0.6), catch_up="all": the catch-up used to compute its last tick as
+    ...577.9999998 (id ``...T013618.1000000``) and the next pass the same tick as ...578.0
+    (id ``...T013618``): the tick ran twice."""
+    kernel = make_kernel(backend)
+
+    @task(schedule=every(seconds=0.6), catch_up="all")
+    def sixth() -> None: ...
+
+    scheduler = Scheduler(kernel)
+    ids = [j.id for j in scheduler.run_pending(1796434238.05)]
+    caught_up = scheduler.run_pending(1796434578.21)  # 340 s down: catch every tick up
+    ids += [j.id for j in caught_up]
+    assert caught_up[-1].id == "schedule.sixth.20261205T013618"  # the tick at ...578.0
+    assert scheduler.run_pending(1796434578.31) == []  # handled: nothing to fire again
+    ids += [j.id for j in scheduler.run_pending(1796434578.81)]  # the tick at ...578.6
+    assert len(ids) == len(set(ids)) == 1 + 567 + 1
+    assert all(re.fullmatch(r"schedule\.sixth\.\d{8}T\d{6}(\.\d{6})?", i) for i in ids)
+    times = fired(kernel)
+    assert len(times) == len(set(times)) == len(ids)
+
+
+@pytest.mark.parametrize("interval", [0.6, 0.1, 1.5, 0.25, 7.3, 60.0])
+def test_every_computes_each_tick_the_same_way_however_it_is_reached(interval):
+    """Ticks of one long computation and of many short ones (what successive passes do) are
+    the same floats with the same ids."""
+    trigger = every(seconds=interval)
+    start = 1796434238.05
+    whole = trigger.ticks(start, start + 400)
+    pieces: list[float] = []
+    after = start
+    while after < start + 400:
+        until = min(after + 1.7, start + 400)
+        pieces += trigger.ticks(pieces[-1] if pieces else after, until)
+        after = until
+    assert pieces == whole
+    assert [schedule_job_id("s", t) for t in pieces] == [schedule_job_id("s", t)
+                                                          for t in whole]
+    assert len({schedule_job_id("s", t) for t in whole}) == len(whole)
+
+
+def test_tick_ids_have_microseconds_and_whole_seconds_keep_their_ids():
+    second = at("2026-12-05T01:36:18+00:00")
+    assert schedule_job_id("x", second) == "schedule.x.20261205T013618"  # as deployed
+    assert schedule_job_id("x", second - 2e-7) == "schedule.x.20261205T013618"
+    assert schedule_job_id("x", second + 2e-7) == "schedule.x.20261205T013618"
+    assert schedule_job_id("x", second + 0.5) == "schedule.x.20261205T013618.500000"
+    assert schedule_job_id("x", second + 0.6) == "schedule.x.20261205T013618.600000"
+    assert schedule_job_id("x", second - 1e-6) == "schedule.x.20261205T013617.999999"

@@ -119,9 +119,9 @@ def test_restarted_worker_catches_up_every_missed_tick(env, project: Path):
     assert listed.returncode == 0, listed.stderr
     (row,) = json.loads(listed.stdout)
     assert set(row) == {"name", "task", "schedule", "tz", "next_run", "last_run",
-                        "last_status", "missed", "skipped"}
-    assert (row["name"], row["schedule"], row["tz"], row["missed"]) == (
-        "beat", "every(1s)", "UTC", 0)
+                        "last_status", "missed", "skipped", "error"}
+    assert (row["name"], row["schedule"], row["tz"], row["missed"], row["error"]) == (
+        "beat", "every(1s)", "UTC", 0, None)
     assert row["last_status"] in ("SUCCEEDED", "QUEUED", "RUNNING")
 
 

@@ -36,7 +36,8 @@ def schedule_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def schedule_list(as_json: bool) -> None:
     """Every schedule: task, schedule, zone, next run, last run and its status, and how
-    many ticks were missed (workers down) or skipped (overlap="skip")."""
+    many ticks were missed (workers down) or skipped (overlap="skip"); a schedule that
+    raises is listed with its error."""
     from nuvom_kernel.scheduler import schedule_rows
 
     if "" not in sys.path:  # the project directory holds the task modules
@@ -49,8 +50,10 @@ def schedule_list(as_json: bool) -> None:
         click.echo("No schedules. Give a task schedule=cron(...) or every(...) and run "
                    "`nuvom discover tasks` so workers and this command find it.")
         return
+    # The ERROR column only when a schedule raised: the usual table stays as documented.
     print_table(rows, ["name", "task", "schedule", "tz", "next_run", "last_run",
-                       "last_status", "missed", "skipped"])
+                       "last_status", "missed", "skipped",
+                       *(["error"] if any(row.get("error") for row in rows) else [])])
 
 
 @schedule_group.command(name="run")

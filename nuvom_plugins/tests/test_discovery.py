@@ -215,6 +215,76 @@ def test_schedules_are_recorded_so_workers_need_not_import(tmp_path: Path) -> No
     assert any("'dynamic'" in w and "schedule=" in w for w in report.warnings)
 
 
+INVALID_SCHEDULES = """\
+from nuvom_kernel import task, cron, every
+
+@task(schedule="61 * * * *")
+def bad_min(): ...
+
+@task(schedule=cron("0 9 * * *", tz="Europe/Pariss"))
+def bad_zone(): ...
+
+@task(schedule=every(seconds=-5))
+def bad_every(): ...
+
+@task(schedule=30)
+def bad_type(): ...
+
+@task(schedule="0 */5 * * * *")
+def quartz(): ...
+
+@task(name="never.v2", schedule=cron("0 0 31 2 *"))
+def never(): ...
+
+@task(schedule="* * * * *", catch_up="some")
+def bad_policy(): ...
+
+@task(schedule=every(minutes=5), overlap="skip", catch_up="all")
+def fine(): ...
+"""
+
+
+def test_invalid_schedule_literals_warn_naming_file_task_and_problem(tmp_path: Path) -> None:
+    """Each is refused by the workers (and by @task on import): discovery says so, where,
+    and what is wrong, instead of recording it silently."""
+    write(tmp_path, {"jobs/t.py": INVALID_SCHEDULES})
+    report, _ = run(tmp_path)
+    lines = INVALID_SCHEDULES.splitlines()
+
+    def line_of(text: str) -> int:
+        return next(i for i, line in enumerate(lines, 1) if text in line)
+
+    expected = {
+        "bad_min": ("schedule=\"61", "invalid cron expression '61 * * * *'"),
+        "bad_zone": ("Pariss", "unknown time zone 'Europe/Pariss'"),
+        "bad_every": ("seconds=-5", "positive interval"),
+        "bad_type": ("schedule=30", "schedule= takes cron(...), every(...) or a cron string, "
+                                    "got 30"),
+        "quartz": ("*/5 * * * *", "Seconds are not supported"),
+        "never.v2": ("31 2", "never fires"),
+        "bad_policy": ("some", "catch_up='some'"),
+    }
+    for task_name, (where, problem) in expected.items():
+        found = [w for w in report.warnings if f"task {task_name!r}" in w]
+        assert len(found) == 1, (task_name, report.warnings)
+        assert found[0].startswith(f"jobs/t.py:{line_of(where)}: "), found[0]
+        assert problem in found[0] and "Workers will not fire this schedule" in found[0]
+    assert len(report.warnings) == len(expected)  # nothing about `fine`
+    assert sorted(by_name(report)) == sorted([*expected, "fine"])  # the tasks are recorded
+
+
+def test_files_cached_before_schedules_were_checked_are_examined_again(tmp_path: Path
+                                                                        ) -> None:
+    write(tmp_path, {"t.py": INVALID_SCHEDULES})
+    _, state = run(tmp_path)
+    old = json.loads(json.dumps(state))
+    old["version"] = 1  # a cache written without these warnings: it must not be trusted
+    for entry in old["files"].values():
+        entry["warnings"] = []
+    report, _ = run(tmp_path, state=old)
+    assert report.files_parsed == 1 and len(report.warnings) == 7
+
+
 def test_syntax_error_is_reported_with_file_and_line(tmp_path: Path) -> None:
     write(tmp_path, {
         "good.py": "from nuvom_kernel import task\n@task\ndef g(): ...\n",

@@ -4,7 +4,8 @@ Matching the bare name ``task`` (what the original did) picks up Celery's ``@app
 any local helper called ``task``, and misses ``from nuvom_kernel import task as job``. Here a
 decorator counts only if its dotted name, followed through the module's own import and
 assignment bindings *in source order*, ends at Nuvom's decorator (``nuvom_kernel.task``).
-Nothing is imported or executed.
+Nothing is imported or executed; a literal ``schedule=`` is built into the kernel's
+``Schedule`` (plain data) to warn about one the workers would refuse.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import attrs
+
+from nuvom_kernel.schedules import ScheduleError, from_manifest
 
 __all__ = ["DEFAULT_DECORATORS", "ModuleScan", "scan_module"]
 
@@ -119,6 +122,20 @@ def _schedule_call(call: ast.Call, bindings: _Bindings) -> dict[str, Any] | None
     return None if values else spec
 
 
+def _schedule_problem(task: str, options: dict[str, Any]) -> str | None:
+    """What a worker would refuse in a task's recorded schedule, or ``None``: the schedule is
+    built from the literal exactly as a worker builds it from the manifest (and as
+    ``@task(schedule=...)`` does on import), so ``"61 * * * *"``, an unknown zone, a
+    negative interval or ``schedule=30`` are reported here rather than dropped later."""
+    try:
+        from_manifest(task, options)
+    except ScheduleError as exc:
+        return str(exc)
+    except Exception as exc:  # a policy of the wrong type: the kernel refuses it as well
+        return f"task {task!r}: schedule= cannot be built: {type(exc).__name__}: {exc}"
+    return None
+
+
 class _Scanner:
     def __init__(self, decorators: frozenset[str]) -> None:
         self.decorators = decorators
@@ -192,8 +209,16 @@ class _Scanner:
         if not isinstance(description, str):
             description = doc.strip().splitlines()[0].strip() if doc and doc.strip() else None
         name = options.pop("name", None)  # the registry name, not an option
+        task_name = name if isinstance(name, str) and name else node.name
+        problem = (_schedule_problem(task_name, options)
+                   if options.get("schedule") is not None else None)
+        if problem is not None:
+            # Still recorded: the worker logs the same refusal, a second place to see it.
+            self.warn(deco.lineno, f"{problem.rstrip('.')}. Workers will not fire this "
+                                   "schedule (and importing the module raises this error): "
+                                   "fix it and run `nuvom discover tasks` again")
         self.result.tasks.append(FoundTask(
-            name=name if isinstance(name, str) and name else node.name,
+            name=task_name,
             func_name=node.name, line=node.lineno, options=options,
             description=description, is_async=isinstance(node, ast.AsyncFunctionDef)))
 

@@ -53,7 +53,9 @@ DEFAULT_SKIP_DIRS: frozenset[str] = frozenset({
     "dist-packages", ".idea", ".vscode",
 })
 IGNORE_FILE = ".nuvomignore"
-_STATE_VERSION = 1
+#: 2: literal schedules are checked (a warning names a schedule workers would refuse), so
+#: files cached by version 1 are examined again.
+_STATE_VERSION = 2
 
 
 def _spec(lines: Sequence[str]) -> pathspec.PathSpec[Any] | None:
