@@ -24,6 +24,7 @@ __all__ = [
     "UnknownJobError",
     "UnknownTaskError",
     "WorkerPrepareError",
+    "error_text",
     "qualname",
 ]
 
@@ -172,3 +173,24 @@ def qualname(exc: BaseException) -> str:
     if cls.__module__ == "builtins":
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_text(exc: BaseException) -> str:
+    """The text a job's record gives ``exc`` (``error_message``): ``str(exc)``, or, when
+    that raises, a text naming its type and why (``<ValueError: str() raised ValueError:
+    Exceeds the limit (4300 digits) ...>``).
+
+    Why: an exception whose ``__str__`` raises (a bug in a task's exception class, or
+    ``ValueError(10**5000)``, past Python's digit limit) must still be recorded: its
+    attempt was never settled and ran again at every visibility timeout, and a process-pool
+    child died over it. Only ``Exception`` is caught: a ``KeyboardInterrupt`` or
+    ``SystemExit`` from there still stops the process.
+    """
+    try:
+        return str(exc)
+    except Exception as err:
+        try:
+            why = f"{type(err).__name__}: {err}"
+        except Exception:  # its own text raises too
+            why = type(err).__name__
+        return f"<{type(exc).__name__}: str() raised {why}>"

@@ -354,7 +354,9 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
     - ``retries``: extra attempts after a failure (0: run once).
     - ``retry_delay_secs``: base delay before a retry (default: the configured one).
     - ``backoff``: ``"fixed"`` or ``"exponential"`` (doubling, capped at
-      ``backoff_max_secs``, with full jitter when ``jitter``).
+      ``backoff_max_secs``). ``jitter`` (on by default) draws each exponential delay at
+      random from the upper half of that value, between half of it and all of it, so jobs
+      that failed together do not retry together; a fixed delay is never jittered.
     - ``timeout_secs``: per-attempt timeout; a timed-out attempt is a failure kind.
     - ``store_result``: keep the return value (``job.get()`` needs it).
     - ``queue``: the named queue jobs go to; ``priority``: higher runs first.

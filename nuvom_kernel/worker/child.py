@@ -39,6 +39,7 @@ from nuvom_kernel.errors import (
     JobTimeoutError,
     SerializationError,
     UnknownTaskError,
+    error_text,
     qualname,
 )
 from nuvom_kernel.job import Job
@@ -59,8 +60,18 @@ _HEADER = struct.Struct("!I")
 
 
 def write_frame(fd: int, data: dict[str, Any]) -> None:
+    _write_all(fd, encode_frame(data))
+
+
+def encode_frame(data: dict[str, Any]) -> bytes:
+    """``data`` as one frame. Raises what JSON raises for what it cannot encode (an int
+    past 4,300 digits, nesting past the recursion limit) and ``struct.error`` past 4 GiB."""
     payload = json.dumps(data, separators=(",", ":")).encode()
-    view = memoryview(_HEADER.pack(len(payload)) + payload)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _write_all(fd: int, frame: bytes) -> None:
+    view = memoryview(frame)
     while view:
         view = view[os.write(fd, view):]
 
@@ -100,8 +111,12 @@ class _Child:
 
     def on_soft_timeout(self, signum: int, frame: Any) -> None:
         self.soft_timeout = True
-        if self.main_task is not None:  # a coroutine: cancel it on its loop
-            self.main_task.cancel()
+        if self.main_task is not None and self.loop is not None:  # a coroutine: cancel it
+            # through the loop's self-pipe: a loop waiting in select() for a sleep or I/O
+            # does not see a plain cancel() (the handler runs when select() is interrupted,
+            # which Python then resumes with the same timeout) until it wakes on its own,
+            # and by then the parent's SIGKILL has come and no finally block ran
+            self.loop.call_soon_threadsafe(self.main_task.cancel)
         elif self.running:
             raise JobTimeoutError("the job exceeded its timeout (stopped by the worker)")
 
@@ -111,47 +126,57 @@ class _Child:
             request = read_frame(self.requests)
             if request is None or request.get("exit"):
                 return
-            write_frame(self.replies, self.run(request))
+            _write_all(self.replies, self.run(request))
 
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+    def run(self, request: dict[str, Any]) -> bytes:
+        """Run one job; its reply, encoded as a frame.
+
+        The result is encoded here, inside a ``try``: a value JSON cannot carry (an int past
+        4,300 digits, a list nested thousands deep) is a :class:`SerializationError` of
+        that job, not retried, as in the thread pool. Encoded outside it, it killed the
+        child (or came back as a plain error), and the job ran again per its ``retries``.
+        """
         before = resource.getrusage(resource.RUSAGE_SELF)
         self.soft_timeout = False
         try:
-            fn = REGISTRY.resolve(request["task"], request.get("module"))
-            func = getattr(fn, "fn", fn)
-            args = from_wire(request["args"])
-            kwargs = from_wire(request["kwargs"])
-            job = Job(id=request["id"], task=request["task"], args=tuple(args),
-                      kwargs=kwargs, module=request.get("module"),
-                      attempts=request["attempts"], run=request["run"],
-                      headers=request.get("headers") or {})
-            remaining = request.get("remaining")
-            job.deadline = None if remaining is None else time.monotonic() + remaining
-            with bind_job(job):
-                if inspect.iscoroutinefunction(func):
-                    result = self._await(func, args, kwargs)
-                else:
-                    self.running = True
-                    try:
-                        result = func(*args, **kwargs)
-                    finally:
-                        self.running = False
-            wire = (to_wire(result, f"{request['task']}() return value")
-                    if request.get("store_result", True) else None)
-            reply: dict[str, Any] = {"ok": True, "result": wire}
+            result = self._call(request)
         except BaseException as exc:  # a task's failure is data
             aio = sys.modules.get("asyncio")  # not imported: no coroutine was cancelled
             if aio is not None and isinstance(exc, aio.CancelledError) and self.soft_timeout:
                 exc = JobTimeoutError("the job exceeded its timeout (cancelled by the worker)")
-            reply = {"ok": False, "error_type": qualname(exc), "message": str(exc),
-                     "traceback": "".join(traceback.format_exception(exc)),
-                     "import_failed": getattr(exc, "import_failed", True),
-                     "kind": _kind(exc)}
-        after = resource.getrusage(resource.RUSAGE_SELF)
-        reply["cpu_secs"] = round((after.ru_utime + after.ru_stime)
-                                  - (before.ru_utime + before.ru_stime), 6)
-        reply["max_rss_kb"] = after.ru_maxrss
-        return reply
+            reply = _failure(exc, exc)
+        else:
+            try:
+                wire = (to_wire(result, f"{request['task']}() return value")
+                        if request.get("store_result", True) else None)
+                return encode_frame(_usage({"ok": True, "result": wire}, before))
+            except Exception as exc:  # whatever encoding raised: RecursionError included
+                error = exc if isinstance(exc, SerializationError) else SerializationError(
+                    f"{request['task']}() return value cannot be encoded: "
+                    f"{type(exc).__name__}: {error_text(exc)}")
+                reply = _failure(error, exc)
+        return encode_frame(_usage(reply, before))  # plain text: it encodes
+
+    def _call(self, request: dict[str, Any]) -> Any:
+        """Resolve the task and call it with the request's arguments; what it returns."""
+        fn = REGISTRY.resolve(request["task"], request.get("module"))
+        func = getattr(fn, "fn", fn)
+        args = from_wire(request["args"])
+        kwargs = from_wire(request["kwargs"])
+        job = Job(id=request["id"], task=request["task"], args=tuple(args),
+                  kwargs=kwargs, module=request.get("module"),
+                  attempts=request["attempts"], run=request["run"],
+                  headers=request.get("headers") or {})
+        remaining = request.get("remaining")
+        job.deadline = None if remaining is None else time.monotonic() + remaining
+        with bind_job(job):
+            if inspect.iscoroutinefunction(func):
+                return self._await(func, args, kwargs)
+            self.running = True
+            try:
+                return func(*args, **kwargs)
+            finally:
+                self.running = False
 
     def _await(self, func: Any, args: Any, kwargs: Any) -> Any:
         if self.loop is None:
@@ -165,6 +190,26 @@ class _Child:
             return self.loop.run_until_complete(self.main_task)
         finally:
             self.main_task = None
+
+
+def _failure(exc: BaseException, cause: BaseException) -> dict[str, Any]:
+    """The reply for a failed job: ``exc`` as the parent records it, with ``cause``'s
+    traceback (the encoding error behind a :class:`SerializationError`). Only text: it
+    always encodes, whatever the task raised (:func:`error_text`: a ``__str__`` that
+    raised here killed the child)."""
+    return {"ok": False, "error_type": qualname(exc), "message": error_text(exc),
+            "traceback": "".join(traceback.format_exception(cause)),
+            "import_failed": exc.import_failed if isinstance(exc, UnknownTaskError) else True,
+            "kind": _kind(exc)}
+
+
+def _usage(reply: dict[str, Any], before: resource.struct_rusage) -> dict[str, Any]:
+    """``reply`` with the job's CPU time and the child's peak RSS."""
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    reply["cpu_secs"] = round((after.ru_utime + after.ru_stime)
+                              - (before.ru_utime + before.ru_stime), 6)
+    reply["max_rss_kb"] = after.ru_maxrss
+    return reply
 
 
 def _kind(exc: BaseException) -> str:

@@ -51,6 +51,9 @@ MEMORY_POLL_SECS = 0.2
 _CHILD_MAIN = "import sys; from nuvom_kernel.worker.child import main; main(sys.argv[1:])"
 #: How long a new child may take to import the kernel and the task modules.
 START_TIMEOUT_SECS = 60.0
+#: How many children a job may find gone (dead while idle) before one takes it: each is
+#: replaced by a fresh one, and then the job fails instead of looping.
+HANDOFF_TRIES = 3
 
 
 def format_size(size: int) -> str:
@@ -68,6 +71,13 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+def _ended(reply: dict[str, Any]) -> str:
+    """How a dead child ended, from :meth:`Child.reap`'s reply."""
+    code = reply.get("exit_code", 0)
+    return (f"killed by signal {-code} ({_signal_name(-code)})" if code < 0
+            else f"its process exited with code {code}")
 
 
 class Child:
@@ -125,8 +135,8 @@ class Child:
 
     def _run(self, request: dict[str, Any], deadline: float | None, grace: float,
              max_memory: int | None) -> dict[str, Any]:
-        if not self._send(request):
-            return self.reap("it was gone before the job started")
+        if not self._send(request):  # the job never reached it: ProcessPool.call retries
+            return {**self.reap("it was gone before the job reached it"), "unsent": True}
         kill_at: float | None = None
         reason = ""
         while True:
@@ -270,27 +280,48 @@ class ProcessPool:
                 return None
 
     def call(self, running: Running) -> Any:
-        """Run the job in this thread's child; its value, or the exception to record."""
+        """Run the job in this thread's child; its value, or the exception to record.
+
+        A child found gone when the job is sent (killed while idle: the OOM killer, a
+        ``kill -9``) never saw the job, so the job is not charged for it: it goes to a
+        fresh child, up to :data:`HANDOFF_TRIES` children, then fails saying so.
+        """
         job = running.job
+        args = to_wire(list(job.args), "arguments")
+        kwargs = to_wire(job.kwargs, "arguments")
+        for tries in range(1, HANDOFF_TRIES + 1):
+            child = self._own()
+            request = {"id": job.id, "task": job.task, "module": job.module, "args": args,
+                       "kwargs": kwargs, "attempts": job.attempts, "run": job.run,
+                       "headers": job.headers, "store_result": job.options.store_result,
+                       "remaining": job.time_remaining()}
+            reply = child.run(request, job.deadline, self.grace, self.max_memory)
+            if not reply.get("died"):
+                break
+            self._gone(child)
+            if not reply.get("unsent"):
+                raise self._death(running, child, reply)
+            if tries == HANDOFF_TRIES:
+                reply["reason"] = (f"{tries} pool children in a row were gone before the job "
+                                   "reached them, this one too (something kills idle "
+                                   "children)")
+                raise self._death(running, child, reply)
+            log.warning("job=%s task=%s: pool child pid %d was gone before the job reached "
+                        "it (%s); a fresh child takes the job", job.id, job.task, child.pid,
+                        _ended(reply))
+        self._maybe_retire(child)
+        if reply["ok"]:
+            return from_wire(reply["result"])
+        raise self._error(running, reply)
+
+    def _own(self) -> Child:
+        """The calling executor's child, taken now if it has none."""
         child: Child | None = getattr(self._local, "child", None)
         if child is None:
             child = self._local.child = self._take()
             if child is None:
                 raise ChildKilledError("the worker stopped before a child process was ready")
-        request = {"id": job.id, "task": job.task, "module": job.module,
-                   "args": to_wire(list(job.args), "arguments"),
-                   "kwargs": to_wire(job.kwargs, "arguments"), "attempts": job.attempts,
-                   "run": job.run, "headers": job.headers,
-                   "store_result": job.options.store_result,
-                   "remaining": job.time_remaining()}
-        reply = child.run(request, job.deadline, self.grace, self.max_memory)
-        if reply.get("died"):
-            self._gone(child)
-            raise self._death(running, child, reply)
-        self._maybe_retire(child)
-        if reply["ok"]:
-            return from_wire(reply["result"])
-        raise self._error(running, reply)
+        return child
 
     def _maybe_retire(self, child: Child) -> None:
         why = None
@@ -334,8 +365,7 @@ class ProcessPool:
 
     def _death(self, running: Running, child: Child, reply: dict[str, Any]) -> BaseException:
         job, code = running.job, reply.get("exit_code", 0)
-        how = (f"killed by signal {-code} ({_signal_name(-code)})" if code < 0
-               else f"its process exited with code {code}")
+        how = _ended(reply)
         details = {key: reply.get(key) for key in ("max_rss_kb", "cpu_secs")}
         details.update(signal=-code if code < 0 else None, pid=child.pid)
         exc: BaseException

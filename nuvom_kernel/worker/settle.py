@@ -32,7 +32,13 @@ import attrs
 
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import SerializationError, UnknownTaskError, qualname
+from nuvom_kernel.errors import (
+    NuvomError,
+    SerializationError,
+    UnknownTaskError,
+    error_text,
+    qualname,
+)
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import Backoff, JobRecord, JobStatus, Lease, Settlement
 from nuvom_kernel.outcome import Outcome
@@ -297,7 +303,8 @@ class Settler:
         now = time.time()
         error = _storable(f"job {record.job_id} ({record.task}): its outcome "
                           f"({record.status.value}) cannot be stored by the "
-                          f"{self.results.name!r} result backend: {type(exc).__name__}: {exc}")
+                          f"{self.results.name!r} result backend: {type(exc).__name__}: "
+                          f"{error_text(exc)}")
         log.error("%s; it is stored as FAILED instead", error)
         kind = qualname(SerializationError(error))
         history = [*record.history, {"attempt": record.attempts, "run": record.run,
@@ -398,12 +405,16 @@ class Settler:
         job, envelope = running.job, running.envelope
         finished = time.time()
         job.failures += 1
-        message, tb = _storable(str(exc)), _storable(tb)
+        message, tb = _storable(error_text(exc)), _storable(tb)  # a __str__ may raise
         entry = {"attempt": job.attempts, "run": job.run, "kind": kind,
                  "error_type": qualname(exc), "error_message": message,
                  "started_at": running.started_at, "finished_at": finished,
                  "worker": self.origin}
-        entry.update(getattr(exc, "details", None) or {})  # a pool child's signal, rusage
+        details = getattr(exc, "details", None)
+        if isinstance(exc, NuvomError) and isinstance(details, dict):
+            # a pool child's signal and rusage; not a task's own ``details`` (a method, as
+            # on a gRPC error, left the attempt unrecorded; a dict overwrote the entry)
+            entry.update(details)
         envelope.history.append(entry)
         job.history = list(envelope.history)
         job.error_type, job.error, job.traceback = qualname(exc), message, tb
@@ -431,12 +442,13 @@ class Settler:
                                    "<undecodable>", status=JobStatus.FAILED,
                                    queue=lease.message.queue,
                                    created_at=lease.message.created_at)
+        message = _storable(error_text(error))  # a decoder's error may carry anything
         history = [*base.history, {"attempt": lease.deliveries, "run": base.run, "kind": kind,
-                                   "error_type": qualname(error), "error_message": str(error),
+                                   "error_type": qualname(error), "error_message": message,
                                    "started_at": now, "finished_at": now,
                                    "worker": self.origin}]
         record = attrs.evolve(base, status=JobStatus.FAILED, error_type=qualname(error),
-                              error_message=str(error), traceback=None,
+                              error_message=message, traceback=None,
                               attempts=lease.deliveries, token=lease.token, history=history,
                               result=None, started_at=now, finished_at=now, updated_at=now,
                               worker=self.origin)
