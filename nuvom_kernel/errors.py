@@ -153,12 +153,23 @@ class JobFailedError(NuvomError):
 
 
 class JobCancelledError(JobFailedError):
-    """``Job.get()`` on a job that was cancelled before it ran: there is no result."""
+    """``Job.get()`` on a job that was cancelled before it ran: there is no result.
 
-    def __init__(self, job_id: str) -> None:
+    :param workflow: the workflow of a cancelled step, when known: a step runs again only
+        inside its workflow (``nuvom workflow retry``, which runs its dependents too);
+        ``nuvom retry job`` would run it alone and refuses a step.
+    """
+
+    def __init__(self, job_id: str, workflow: str | None = None) -> None:
         super().__init__(job_id, None, None, None)
-        self.args = (f"job {job_id} was cancelled before it ran; it has no result "
-                     "(re-enqueue it with `nuvom retry job ID` to run it)",)
+        self.workflow = workflow
+        if workflow is not None:
+            hint = (f"it is a step of workflow {workflow}: run it again with the steps "
+                    f"depending on it with `nuvom workflow retry {workflow}`")
+        else:
+            hint = ("re-enqueue it with `nuvom retry job ID` to run it; a workflow step "
+                    "with `nuvom workflow retry WORKFLOW_ID`")
+        self.args = (f"job {job_id} was cancelled before it ran; it has no result ({hint})",)
 
     def __str__(self) -> str:
         return str(self.args[0])

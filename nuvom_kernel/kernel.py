@@ -122,7 +122,9 @@ class Kernel:
         record before it acks, so a job the queue no longer holds has its record stored by
         the time the results are read. A terminal record wins over what the queue says (the
         ack may still be on its way); else the queue's state (queued, waiting for a retry,
-        running); else the stored record; else UNKNOWN — an id no backend knows.
+        running); else the stored record; else a workflow step still waiting for its
+        parents, which only its graph holds, is QUEUED (it was enqueued with its workflow);
+        else UNKNOWN — an id no backend knows.
         """
         status = self.queue.peek_state(job.id)
         record = self.results.get(job.id)
@@ -132,10 +134,17 @@ class Kernel:
             job.status = status
         elif record is None:
             job.status = JobStatus.UNKNOWN
+            if self.queue.capabilities.workflows:  # only ids neither queued nor recorded
+                from nuvom_kernel.workflow.steps import unqueued_step
+
+                job.status, record = unqueued_step(self, job)
+                if record is not None:
+                    _apply_record(job, record)
         return job
 
     def cancel(self, job: Job) -> bool:
-        """Cancel a job that has not started: QUEUED (or waiting for a retry) → CANCELLED.
+        """Cancel a job that has not started: QUEUED (or waiting for a retry) → CANCELLED,
+        and a workflow step still waiting for its parents (its graph cancels it).
 
         Returns ``False`` when the job is running, finished or unknown; a running job cannot
         be stopped from outside its thread.
@@ -145,7 +154,24 @@ class Kernel:
         # queue forgets it), so `nuvom retry job` can run it again.
         envelope = None if stored is not None else self._queued(job.id)[1]
         if not self.queue.cancel(job.id):
-            return False
+            if envelope is not None or not self.queue.capabilities.workflows:
+                return False
+            # Not queued: a step waiting for its parents is in its graph only, and the
+            # graph cancels it (atomically against a parent's settle); so is a step whose
+            # earlier cancel failed after removing its message.
+            from nuvom_kernel.workflow.steps import cancel_step
+
+            done = cancel_step(self, job, stored)
+            if done:
+                job.status = JobStatus.CANCELLED
+                return True
+            if done is False:
+                return False
+            # a parent's settle released it meanwhile: it is a queued job now
+            stored = self.results.get(job.id)
+            envelope = None if stored is not None else self._queued(job.id)[1]
+            if not self.queue.cancel(job.id):
+                return False
         now = time.time()
         if stored is not None:
             record = stored

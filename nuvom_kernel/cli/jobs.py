@@ -60,8 +60,12 @@ def inspect_job(job_id: str, fmt: str) -> None:
     kernel = _kernel()
     record = kernel.results.get(job_id)
     job = get_job(job_id)
-    if record is None:
+    if record is None:  # queued, a workflow step waiting for its parents, or unknown
         data: dict[str, Any] = {"job_id": job_id, "status": job.status.value}
+        if job.task:
+            data.update(task=job.task, queue=job.queue)
+        if job.headers.get("wf"):
+            data["workflow"] = job.headers["wf"]
     else:
         data = record.to_dict()
         data["status"] = job.status.value
@@ -72,8 +76,9 @@ def inspect_job(job_id: str, fmt: str) -> None:
         return
     if job.status is JobStatus.UNKNOWN:
         raise click.ClickException(f"unknown job id {job_id!r}: no backend has seen it")
-    for key in ("job_id", "task", "status", "queue", "attempts", "max_retries", "args",
-                "kwargs", "result", "error_type", "error_message", "worker", "trace_id"):
+    for key in ("job_id", "task", "status", "queue", "workflow", "attempts", "max_retries",
+                "args", "kwargs", "result", "error_type", "error_message", "worker",
+                "trace_id"):
         if key in data and data[key] not in (None, [], {}):
             click.echo(f"{key:>14}: {data[key]}")
     for key in ("created_at", "started_at", "finished_at"):
@@ -125,8 +130,19 @@ def retry_group() -> None:
 @click.argument("job_id")
 def retry_job(job_id: str) -> None:
     """Run a FAILED or CANCELLED job again with the same id and arguments (its next run;
-    attempts start over)."""
+    attempts start over). A workflow step is refused: run alone, the steps depending on it
+    would never run; `nuvom workflow retry` runs it inside its workflow."""
+    from nuvom_kernel.workflow.steps import workflow_of
+
     kernel = _kernel()
+    workflow = workflow_of(kernel, job_id)
+    if workflow is not None:
+        raise click.ClickException(
+            f"job {job_id} is a step of workflow {workflow}: run on its own, it would "
+            "leave its workflow as it is and the steps depending on it would never run. "
+            f"Run it again inside its workflow: `nuvom workflow retry {workflow} --from "
+            f"{job_id}` (or `nuvom workflow retry {workflow}` for every failed, cancelled "
+            "and skipped step)")
     try:
         job = rerun(kernel, job_id)
     except NuvomError as exc:

@@ -105,11 +105,29 @@ def _checked(items: Iterable[Any], where: str) -> tuple[Canvas, ...]:
                     if type(item).__name__ == "Job" else
                     " (use task.s(...) or task.si(...) to make a step)")
             raise TypeError(f"{where} takes steps, chains and groups; got {item!r}{hint}")
+        if isinstance(item, Chain) and item.cleanup is not None:
+            _nested_finally(item, where)
     return out
 
 
+def _nested_finally(inner: Chain, where: str) -> None:
+    """A ``finally_`` step runs after every other step of the *whole* workflow, so it is
+    refused on a part of one (it used to be dropped there without a word, and never ran)."""
+    raise ValueError(
+        f"{where} got a chain with a finally_() step ({inner.cleanup!r}); finally_() must "
+        "be the last call on the whole workflow: write chain(a, b).then(c).finally_(cleanup) "
+        "or group(chain(a), b).finally_(cleanup), not chain(a).finally_(cleanup).then(c)")
+
+
 def chain(*steps: Canvas) -> Chain:
-    """``chain(a.s(), b.s(), c.s())``: a, then b with a's result, then c with b's."""
+    """``chain(a.s(), b.s(), c.s())``: a, then b with a's result, then c with b's.
+
+    :raises ValueError: no steps (a workflow of nothing has no result to wait for), or a
+        part with its own ``finally_`` step.
+    """
+    if not steps:
+        raise ValueError("chain() needs at least one step: chain(a.s(...), b.s(), ...); "
+                         "for a workflow that completes at once with [], use group()")
     return Chain(_checked(steps, "chain()"))
 
 
@@ -117,7 +135,10 @@ def group(*members: Canvas | Iterable[Canvas]) -> Group:
     """``group(a.s(1), a.s(2))`` or ``group(a.s(p) for p in ps)``: members run in
     parallel; the result is the list of their results."""
     if len(members) == 1 and not isinstance(members[0], Step | Chain | Group):
-        return Group(_checked(members[0], "group()"))
+        one = members[0]
+        if isinstance(one, str | bytes) or not hasattr(one, "__iter__"):
+            return Group(_checked(members, "group()"))  # refused, with the hint for it
+        return Group(_checked(one, "group()"))
     return Group(_checked(members, "group()"))
 
 
@@ -142,6 +163,11 @@ class _Builder:
             node_id = self.step(canvas, incoming if canvas.takes_input else None, after)
             return node_id, [node_id]
         if isinstance(canvas, Chain):
+            # Chain(...) built by hand: chain() and group() refuse these already
+            if not canvas.steps:
+                raise ValueError("a chain with no steps cannot be a workflow or a part of one")
+            if canvas.cleanup is not None:
+                _nested_finally(canvas, "a workflow")
             ref, tails = incoming, after
             for item in canvas.steps:
                 ref, tails = self.add(item, ref, tails)
@@ -187,7 +213,9 @@ def submit(kernel: Kernel, canvas: Canvas) -> Workflow:
             "yourself")
     flow = Flow(id=uuid.uuid4().hex)
     builder = _Builder(kernel, flow.id)
-    cleanup = canvas.cleanup if isinstance(canvas, Chain) else None
+    cleanup = None
+    if isinstance(canvas, Chain) and canvas.cleanup is not None:
+        cleanup, canvas = canvas.cleanup, attrs.evolve(canvas, cleanup=None)
     output, _ = builder.add(canvas, None, [])
     if cleanup is not None:
         flow.final = builder.step(cleanup, None, [], final=True)

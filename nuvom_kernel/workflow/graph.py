@@ -25,8 +25,8 @@ import attrs
 
 from nuvom_kernel.models import JobRecord, JobStatus, Message
 
-__all__ = ["Flow", "GraphTxn", "Node", "WorkflowGraph", "advance", "create", "doomed_record",
-           "reset"]
+__all__ = ["CancelOutcome", "Flow", "GraphTxn", "Node", "WorkflowGraph", "advance",
+           "cancel_waiting", "create", "doomed_record", "reset"]
 
 # Node states. WAITING and RELEASED are the graph's own; the rest are final.
 WAITING, RELEASED = "WAITING", "RELEASED"
@@ -37,6 +37,13 @@ RUNNING = "RUNNING"  # a workflow's status until every node is final
 SKIPPED_ERROR = "nuvom.Skipped"
 #: Envelope headers of a step: its workflow's id, and its input (absent for ``si`` steps).
 WF_HEADER, INPUT_HEADER = "wf", "wf_in"  # the error_type of a skipped node's CANCELLED record
+#: Why a node will never run (``Node.doom``): a parent FAILED under ``"fail"``, a parent was
+#: CANCELLED, a parent was skipped (or FAILED under ``"skip"``). The first two end the node
+#: CANCELLED, the last SKIPPED; one beats the next (a join with a failed parent and a
+#: cancelled one was cancelled by the failure). ``"cancelled"`` is newer than the others:
+#: graphs stored before it say ``"cancel"`` for both causes.
+DOOM_FAILED, DOOM_CANCELLED, DOOM_SKIPPED = "cancel", "cancelled", "skip"
+_DOOM_RANK = {None: 0, DOOM_SKIPPED: 1, DOOM_CANCELLED: 2, DOOM_FAILED: 3}
 
 
 @attrs.define
@@ -44,8 +51,9 @@ class Node:
     """One step: its job id, what it waits for and what waits for it.
 
     ``pending`` counts parents not final yet; ``doom`` is set when a parent failed
-    (``"cancel"``) or was skipped (``"skip"``): the node then never runs. ``final`` marks a
-    ``finally_`` step, released once every other node is final.
+    (``"cancel"``), was cancelled (``"cancelled"``) or was skipped (``"skip"``): the node
+    then never runs. ``final`` marks a ``finally_`` step, released once every other node is
+    final.
     """
 
     id: str
@@ -154,28 +162,20 @@ class _Session:
                 flow.failed = flow.failed or state != SUCCEEDED
                 self._close(flow)
                 continue
-            effect: str | None = None
+            effect = _effect(node, state, doomed)
             if state == FAILED:
-                effect = {"fail": "cancel", "continue": None, "skip": "skip"}[node.policy]
                 flow.failed = flow.failed or node.policy == "fail"
             elif state == CANCELLED:
-                effect = "cancel"
                 flow.cancelled = flow.cancelled or not doomed
-            elif state == SKIPPED:
-                effect = "skip"
             flow.open -= 1
             for child in self.nodes(node.children):
                 child.pending -= 1
-                if effect == "cancel":
-                    child.doom = "cancel"
-                elif effect == "skip" and child.doom is None:
-                    child.doom = "skip"
+                child.doom = _worse(child.doom, effect)
                 if child.pending <= 0 and child.state == WAITING:
                     if child.doom is None:
                         self.release(child)
                     else:
-                        work.append((child, CANCELLED if child.doom == "cancel" else SKIPPED,
-                                     True))
+                        work.append((child, _doomed_state(child.doom), True))
             if flow.open <= 0:
                 final = self.nodes([flow.final])[0] if flow.final else None
                 if final is not None and final.state == WAITING:
@@ -195,6 +195,29 @@ class _Session:
         if self.released:
             self.txn.release(self.released)
         return self.doomed
+
+
+def _effect(node: Node, state: str, doomed: bool) -> str | None:
+    """What ``node`` ending in ``state`` does to its children (a doom, or ``None``: they may
+    run). A node doomed itself passes its own cause on, so a chain after a cancelled step
+    says it was cancelled, not that something failed."""
+    if state == FAILED:
+        return {"fail": DOOM_FAILED, "continue": None, "skip": DOOM_SKIPPED}[node.policy]
+    if state == CANCELLED:
+        return node.doom if doomed and node.doom in (DOOM_FAILED, DOOM_CANCELLED) \
+            else DOOM_CANCELLED
+    if state == SKIPPED:
+        return DOOM_SKIPPED
+    return None
+
+
+def _worse(doom: str | None, effect: str | None) -> str | None:
+    """The doom of a node that had ``doom`` when a parent's ``effect`` reaches it."""
+    return effect if _DOOM_RANK.get(effect, 3) > _DOOM_RANK.get(doom, 3) else doom
+
+
+def _doomed_state(doom: str) -> str:
+    return SKIPPED if doom == DOOM_SKIPPED else CANCELLED
 
 
 def create(txn: GraphTxn, flow: Flow, output: Any, nodes: Sequence[Node],
@@ -250,16 +273,23 @@ def advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
 
 
 def reset(txn: GraphTxn, flow_id: str, start: Sequence[str] | None,
-          rebody: Callable[[dict[str, bytes]], dict[str, bytes]]) -> list[str]:
+          rebody: Callable[[dict[str, bytes]], dict[str, bytes]]
+          ) -> tuple[list[str], list[Node]]:
     """Re-open the failed, cancelled and skipped nodes (or ``start`` and every node that
     depends on it) and release those whose parents all succeeded; succeeded nodes outside
     keep their results. ``rebody`` turns the re-opened nodes' stored bodies into their next
     run's (a higher ``run``, so the new outcome supersedes the old record). Returns
-    the re-opened node ids.
+    the re-opened node ids, and the re-opened nodes cancelled or skipped again at once,
+    whose records the caller writes (:func:`doomed_record`).
+
+    A parent that stays final (not re-opened) counts as it did when it ended, exactly as
+    :func:`advance` applied it: a join re-opened beside a parent still FAILED under
+    ``"fail"`` (or CANCELLED) is CANCELLED again, beside one skipped it is SKIPPED again,
+    and never runs with a failure it was never meant to receive.
     """
     graph = txn.graph(flow_id)
     if graph is None:
-        return []
+        return [], []
     by_id = {n.id: n for n in graph.nodes}
     position = {node_id: i for i, node_id in enumerate(by_id)}
     if start is None:
@@ -278,38 +308,99 @@ def reset(txn: GraphTxn, flow_id: str, start: Sequence[str] | None,
     if reopen and final:
         reopen.add(final)
     if not reopen:
-        return []
+        return [], []
     parents: dict[str, int] = {}
+    dooms: dict[str, str | None] = {}
     for node in graph.nodes:
         for child in node.children:
             if node.id in reopen or node.state not in NODE_FINAL:
                 parents[child] = parents.get(child, 0) + 1
+            elif child in reopen:  # a parent staying final: its effect, as advance had it
+                effect = _effect(node, node.state, node.doom is not None)
+                dooms[child] = _worse(dooms.get(child), effect)
     session = _Session(txn)
     flow = session.flow_cache[flow_id] = graph.flow
     flow.status, flow.failed, flow.cancelled, flow.finished_at = RUNNING, False, False, None
     for node in graph.nodes:
         session.node_cache[node.id] = node
         if node.id in reopen:
-            node.state, node.doom, node.pending = WAITING, None, parents.get(node.id, 0)
+            node.state, node.pending = WAITING, parents.get(node.id, 0)
+            node.doom = dooms.get(node.id)
         elif node.state in (FAILED, CANCELLED, SKIPPED) and not node.final:
             flow.failed = flow.failed or (node.state == FAILED and node.policy == "fail")
+            # a step cancelled by hand (not doomed) that stays so keeps the status honest
+            flow.cancelled = flow.cancelled or (node.state == CANCELLED and node.doom is None)
     flow.open = sum(1 for n in graph.nodes if not n.final and n.state not in NODE_FINAL)
+    # Submission order puts every parent before its children, so a node doomed here has
+    # passed its doom on before its children are looked at.
     for node_id in sorted(reopen, key=position.__getitem__):
         node = by_id[node_id]
-        if node.pending == 0 and not node.final:
-            session.release(node)
-    if flow.open == 0 and final:
+        if node.pending == 0 and not node.final and node.state == WAITING:
+            if node.doom is None:
+                session.release(node)
+            else:
+                session.finish(node, _doomed_state(node.doom), doomed=True)
+    if flow.open == 0 and final and by_id[final].state == WAITING:
         session.release(by_id[final])
-    session.commit(rebody(txn.bodies(reopen)))
-    return sorted(reopen, key=position.__getitem__)
+    doomed = session.commit(rebody(txn.bodies(reopen)))
+    return sorted(reopen, key=position.__getitem__), doomed
+
+
+@attrs.define
+class CancelOutcome:
+    """What :func:`cancel_waiting` found and did: the node as found (``None``: not a step),
+    whether it cancelled it now, its stored message body when it was WAITING, and the
+    dependents cancelled with it (the caller writes their records)."""
+
+    found: Node | None
+    done: bool = False
+    body: bytes | None = None
+    doomed: list[Node] = attrs.field(factory=list)
+
+
+def cancel_waiting(txn: GraphTxn, job_id: str,
+                   lost: Callable[[str], bool] | None = None) -> CancelOutcome:
+    """Cancel the step ``job_id`` while it is WAITING for its parents (``nuvom cancel job``
+    on a step not released yet: it is in no queue, so only the graph can cancel it).
+
+    It ends CANCELLED as a cancelled queued step would (its dependents cancelled once their
+    other parents are done, the workflow CANCELLED unless a step failed); its parents, still
+    running, find it final when they settle and leave it alone. In the backend's workflow
+    transaction, so a parent settling at the same moment either released it first (then
+    this changes nothing: cancel its message in the queue instead) or finds it cancelled.
+
+    :param lost: for a cancel repeated after one that removed the step's message and stored
+        its CANCELLED record but failed before its graph moved (the workflow would stay
+        RUNNING forever): whether the queue no longer holds this RELEASED step. If so, it
+        is cancelled here, as that cancel would have.
+    """
+    session = _Session(txn)
+    found = session.nodes([job_id])
+    if not found:
+        return CancelOutcome(None)
+    node = found[0]
+    was = attrs.evolve(node)
+    if node.state == WAITING:
+        body = txn.bodies([job_id]).get(job_id)
+        if node.final:  # the finally_ step: the workflow ends when its last other step does
+            node.state = CANCELLED
+            session.flow(node.workflow).cancelled = True
+        else:
+            session.finish(node, CANCELLED)
+        return CancelOutcome(was, True, body, session.commit())
+    if node.state == RELEASED and lost is not None and lost(job_id):
+        session.finish(node, CANCELLED)
+        return CancelOutcome(was, True, None, session.commit())
+    return CancelOutcome(was)
 
 
 def doomed_record(node: Node) -> JobRecord:
-    """The CANCELLED record of a node that will never run (a parent failed or was skipped),
-    so ``get_job()`` on it says so instead of UNKNOWN."""
+    """The CANCELLED record of a node that will never run (a parent failed, was cancelled
+    or was skipped), so ``get_job()`` on it says so, and why, instead of UNKNOWN."""
     now = time.time()
-    reason = ("a step it depends on failed" if node.state == CANCELLED
-              else "a step it depends on failed with on_failure('skip')")
+    reason = ("a step it depends on failed with on_failure('skip')" if node.state == SKIPPED
+              else "a step it depends on was cancelled" if node.doom == DOOM_CANCELLED
+              else "a step it depends on failed")
     kind = SKIPPED_ERROR if node.state == SKIPPED else "nuvom.Cancelled"
     return JobRecord(job_id=node.id, task=node.task, status=JobStatus.CANCELLED,
                      queue=node.queue, error_type=kind,

@@ -28,7 +28,9 @@ from nuvom_kernel.workflow.graph import (
     SKIPPED_ERROR,
     SUCCEEDED,
     WAITING,
+    WF_HEADER,
     WorkflowGraph,
+    doomed_record,
     reset,
 )
 
@@ -83,7 +85,9 @@ class Workflow:
                 parents.setdefault(child, []).append(node.id)
         out = []
         for node in graph.nodes:
-            job = Job(id=node.id, task=node.task, kernel=self._kernel)
+            # the header tells later reads (job.get() while it waits) where it is
+            job = Job(id=node.id, task=node.task, kernel=self._kernel,
+                      headers={WF_HEADER: self.id})
             if node.state == WAITING:
                 job.status = JobStatus.QUEUED
             else:
@@ -129,7 +133,7 @@ class Workflow:
                                      record.traceback if record else None)
         for node in full.nodes:
             if node.state == CANCELLED:
-                raise JobCancelledError(node.id)
+                raise JobCancelledError(node.id, self.id)
         raise NuvomError(f"workflow {self.id} ended {status} with no failed step recorded")
 
 
@@ -165,8 +169,11 @@ class Workflow:
             return out
 
         start = None if from_node is None else [from_node]
-        return kernel.queue.workflow_transaction(
+        reopened, doomed = kernel.queue.workflow_transaction(
             lambda txn: reset(txn, self.id, start, next_run), [self.id])
+        if doomed:  # re-opened beside a parent that stays failed, cancelled or skipped
+            kernel.results.put_many([doomed_record(node) for node in doomed])
+        return reopened
 
 
 def get_workflow(workflow_id: str) -> Workflow:

@@ -81,6 +81,17 @@ class WorkflowStore:
         cannot tell a lost lease."""
         return self.peek_state(lease.id) is not None
 
+    def workflow_step(self, job_id: str, workflow: str | None = None) -> Node | None:
+        """The node of ``job_id`` if it is a step of a stored workflow, else ``None``: a
+        step WAITING for its parents is in no queue and has no record, and this is how
+        ``get_job()`` reads it as QUEUED (not UNKNOWN) and ``nuvom retry job`` tells a step
+        (which runs again only inside its workflow) from a lone job. ``workflow`` is where
+        the step probably is (a handle that knows it passes it; a backend that stores per
+        workflow looks there first). ``Job.get()`` polls this while a step waits: override
+        with a plain read where a transaction would block writers."""
+        return self.workflow_transaction(lambda txn: txn.nodes([job_id]).get(job_id),
+                                         [workflow] if workflow else [])
+
     def waiting_steps(self) -> int:
         """Steps WAITING for their parents (``nuvom status`` counts them apart from queued
         jobs: they are not in the queue yet)."""

@@ -101,3 +101,16 @@ class QueueWorkflowTests(QueueContractBase):
         assert graph is not None
         assert [n.state for n in graph.nodes] == ["RELEASED", "WAITING"], \
             "a worker that lost its lease must not advance the graph"
+
+    @requires("workflows")
+    def test_workflow_step_finds_a_node_by_its_job_id(self, queue_backend: QueueBackend) -> None:
+        flow, ids = self._submit(queue_backend, {"a": ["b"], "b": []})
+        other, _ = self._submit(queue_backend, {"x": []})
+        for hint in (None, flow.id, other.id):  # a hint names where to look first, only
+            node = queue_backend.workflow_step(ids["b"], hint)
+            assert node is not None, f"a waiting step must be found (hint {hint!r})"
+            assert (node.id, node.workflow, node.state) == (ids["b"], flow.id, "WAITING")
+        first = queue_backend.workflow_step(ids["a"])
+        assert first is not None and first.state == "RELEASED" and first.task == "tasks.a"
+        assert queue_backend.workflow_step("never-" + uuid.uuid4().hex) is None, \
+            "an id that is no step is None"

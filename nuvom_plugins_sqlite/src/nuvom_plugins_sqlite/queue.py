@@ -44,7 +44,7 @@ from nuvom_kernel.backends import (
     ResultBackend,
 )
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
-from nuvom_kernel.workflow.graph import GraphTxn, WorkflowGraph, advance, doomed_record
+from nuvom_kernel.workflow.graph import GraphTxn, Node, WorkflowGraph, advance, doomed_record
 from nuvom_kernel.workflow.settle import final_steps
 from nuvom_plugins_sqlite import quarantine
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
@@ -542,6 +542,10 @@ class SQLiteJobQueue(QueueBackend):
         return self._db.conn().execute(
             "SELECT 1 FROM nuvom_queue WHERE id = ? AND token = ?", (lease.id, lease.token)
         ).fetchone() is not None
+
+    def workflow_step(self, job_id: str, workflow: str | None = None) -> Node | None:
+        """One indexed read, no write lock (``Job.get()`` polls it while a step waits)."""
+        return SQLiteGraphTxn(self._db.conn()).nodes([job_id]).get(job_id)
 
     def waiting_steps(self) -> int:
         return int(self._db.conn().execute(

@@ -92,7 +92,7 @@ import attrs
 from nuvom_kernel.backends import BackendContext, Capabilities, QueueBackend, QueueStats
 from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.models import JobStatus, Lease, Message
-from nuvom_kernel.workflow.graph import GraphTxn
+from nuvom_kernel.workflow.graph import GraphTxn, Node
 from nuvom_plugins.file._fs import (
     CorruptEntry,
     decode_message,
@@ -213,6 +213,9 @@ class FileJobQueue(QueueBackend):
     def workflow_transaction(self, fn: Callable[[GraphTxn], T],
                              workflows: Sequence[str] = ()) -> T:
         return self._workflows.transaction(fn, workflows)
+
+    def workflow_step(self, job_id: str, workflow: str | None = None) -> Node | None:
+        return self._workflows.step(job_id, workflow)
 
     def waiting_steps(self) -> int:
         return self._workflows.waiting_steps()

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from nuvom_kernel.models import Message
 from nuvom_kernel.workflow.docstore import DocGraphTxn, ended_before, waiting_in
-from nuvom_kernel.workflow.graph import GraphTxn
+from nuvom_kernel.workflow.graph import GraphTxn, Node
 
 __all__ = ["WorkflowFiles"]
 
@@ -82,6 +82,24 @@ class WorkflowFiles:
             if doc is not None and node_id in doc["nodes"]:
                 return path.stem
         return None
+
+    def step(self, job_id: str, workflow: str | None) -> Node | None:
+        """A step's node without the lock (a document is replaced by a rename, so a read
+        sees a whole one, and ``Job.get()`` polling a waiting step must not hold up the
+        settles): in ``workflow`` when the caller knows it, else found by reading every
+        document, as a cancel by id does."""
+        doc = None
+        if workflow:
+            try:
+                doc = self._load(workflow)
+            except ValueError:  # not a workflow id: look everywhere
+                doc = None
+        if doc is None or job_id not in doc["nodes"]:
+            found = self._locate(job_id) if self.dir.exists() else None
+            doc = None if found is None else self._load(found)
+        if doc is None or job_id not in doc["nodes"]:
+            return None
+        return Node(**doc["nodes"][job_id])
 
     def waiting_steps(self) -> int:
         docs = (self._load(p.stem) for p in self.dir.glob("*.json"))

@@ -1,0 +1,143 @@
+"""A workflow step by its job id, for the job commands (``get_job``, ``nuvom cancel job``,
+``nuvom retry job``).
+
+A step WAITING for its parents is in no queue and has no record yet: only its graph knows
+it. Read as an ordinary job it would be UNKNOWN (an id no backend has seen), ``Job.get()``
+would give up at once and ``nuvom cancel job`` would refuse it, though it was enqueued with
+its workflow and runs later. These helpers ask the graph (:meth:`WorkflowStore.workflow_step
+<nuvom_kernel.workflow.spi.WorkflowStore.workflow_step>`) in those cases only: a job that is
+queued or recorded never gets here, so ordinary jobs pay nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.models import JobRecord, JobStatus, Message, TaskOptions
+from nuvom_kernel.workflow.graph import (
+    CANCELLED,
+    NODE_FINAL,
+    RELEASED,
+    SKIPPED,
+    WAITING,
+    WF_HEADER,
+    Node,
+    cancel_waiting,
+    doomed_record,
+)
+
+if TYPE_CHECKING:
+    from nuvom_kernel.job import Job
+    from nuvom_kernel.kernel import Kernel
+
+__all__ = ["cancel_step", "unqueued_step", "workflow_of"]
+
+
+def _node(kernel: Kernel, job: Job) -> Node | None:
+    node = kernel.queue.workflow_step(job.id, job.headers.get(WF_HEADER))
+    if node is not None:
+        job.headers[WF_HEADER] = node.workflow  # the next read (a poll) looks there first
+        if not job.task:  # a handle made from the id alone: what the graph says it is
+            job.task, job.options = node.task, TaskOptions(queue=node.queue)
+    return node
+
+
+def unqueued_step(kernel: Kernel, job: Job) -> tuple[JobStatus, JobRecord | None]:
+    """The status of ``job``, which the queue did not hold and the results did not record
+    when :meth:`~nuvom_kernel.kernel.Kernel.refresh_job` read them, and its record if one
+    landed since.
+
+    QUEUED for a step WAITING for its parents: it was enqueued with its workflow, and runs
+    (or is cancelled) when they end. A step released or ended since the first reads is read
+    again, in the same order (the queue, then the results: a worker stores the record
+    before it acks, and the graph moves before the ack too). A cancelled or skipped step
+    without a record is CANCELLED (the graph committed, the record write did not happen: a
+    crash in between). Anything else is UNKNOWN, as before: an id no backend knows, or a
+    finished step whose record was purged.
+    """
+    if not kernel.queue.capabilities.workflows:
+        return JobStatus.UNKNOWN, None
+    node = _node(kernel, job)
+    if node is None:
+        return JobStatus.UNKNOWN, None
+    if node.state == WAITING:
+        return JobStatus.QUEUED, None
+    if node.state == RELEASED:
+        status = kernel.queue.peek_state(job.id)
+        if status is not None:
+            return status, None
+    record = kernel.results.get(job.id)
+    if record is not None:
+        return record.status, record
+    if node.state == RELEASED:  # saved released, not pushed yet (a crash: its parent's
+        return JobStatus.QUEUED, None  # repeated settle pushes it)
+    if node.state in (CANCELLED, SKIPPED):
+        return JobStatus.CANCELLED, None
+    return JobStatus.UNKNOWN, None
+
+
+def cancel_step(kernel: Kernel, job: Job, stored: JobRecord | None) -> bool | None:
+    """Cancel ``job``, which the queue did not hold, if it is a workflow step that only its
+    graph can cancel (``stored``: its record as the cancel read it).
+
+    A step WAITING for its parents: its node CANCELLED, its dependents cancelled and its
+    workflow ended as for a cancelled queued step
+    (:func:`~nuvom_kernel.workflow.graph.cancel_waiting`, in one workflow transaction, so
+    atomic against a parent settling at the same moment), then the records stored: its own
+    CANCELLED one (from its stored message, so ``get_job`` shows its task and arguments;
+    its run supersedes an older run's record after a ``workflow retry``) and its
+    dependents'. A RELEASED step that its own CANCELLED record says was cancelled, which the
+    queue no longer holds: a cancel that failed (or died) after removing its message and
+    storing that record, before its graph moved; repeating the cancel finishes it, instead
+    of leaving the workflow RUNNING forever.
+
+    Returns ``True`` if it cancelled the step now, ``None`` if a parent released it
+    meanwhile (it is a queued job now: cancel it in the queue), ``False`` if there is
+    nothing to cancel (not a step, or one that started or ended).
+    """
+    node = _node(kernel, job)  # a plain read: a job that is no step costs no lock
+    if node is None or node.state in NODE_FINAL:
+        return False
+    half_done = stored is not None and stored.status is JobStatus.CANCELLED
+    if node.state == RELEASED and not half_done:
+        return None  # queued (or running): the queue's cancel decides
+    queue = kernel.queue
+    outcome = queue.workflow_transaction(
+        lambda txn: cancel_waiting(txn, job.id, (lambda i: queue.peek_state(i) is None)
+                                   if half_done else None), [node.workflow])
+    if outcome.found is None or not outcome.done:
+        released = outcome.found is not None and outcome.found.state == RELEASED
+        return None if released and not half_done else False
+    records = [doomed_record(n) for n in outcome.doomed]
+    if outcome.found.state == WAITING:
+        records.insert(0, _cancelled_record(kernel, outcome.found, outcome.body))
+    if records:
+        kernel.results.put_many(records)
+    return True
+
+
+def _cancelled_record(kernel: Kernel, node: Node, body: bytes | None) -> JobRecord:
+    now = time.time()
+    record: JobRecord | None = None
+    if body is not None:
+        try:
+            record = Envelope.from_message(Message(id=node.id, body=body),
+                                           kernel.serializer).record(JobStatus.CANCELLED)
+        except SerializationError:  # its worker would have failed it; say what we know
+            record = None
+    if record is None:
+        record = JobRecord(job_id=node.id, task=node.task, status=JobStatus.CANCELLED,
+                           queue=node.queue, created_at=now)
+    record.finished_at = record.updated_at = now
+    return record
+
+
+def workflow_of(kernel: Kernel, job_id: str) -> str | None:
+    """The workflow whose step ``job_id`` is (its graph still stored), else ``None``."""
+    if not kernel.queue.capabilities.workflows:
+        return None
+    node = kernel.queue.workflow_step(job_id)
+    return None if node is None else node.workflow
