@@ -25,9 +25,13 @@ backend as ``5.0`` and a typo in a key fails at startup instead of being ignored
 
 from __future__ import annotations
 
+import difflib
+import functools
+import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +55,65 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "AUTOLOAD_VAR",
     "CAPABILITIES",
+    "DISABLE_VAR",
+    "KERNEL_VARIABLES",
     "PLUGIN_ENV_PREFIX",
+    "TEST_VARIABLE_PREFIX",
     "Config",
     "PluginSchema",
     "PluginsTable",
     "Settings",
     "load_config",
     "mask_secret",
+    "warn_once",
 ]
 
+log = logging.getLogger("nuvom.config")
+
 PLUGINS_FILE = ".nuvom_plugins.toml"
+
+#: The top-level tables of ``.nuvom_plugins.toml`` and what each holds; any other is refused
+#: (a ``[setting]`` typo would otherwise be ignored, its values silently the defaults).
+TABLES: dict[str, str] = {
+    "settings": "core settings",
+    "plugins": "plugin targets, disable, and [plugins.<name>] per-plugin settings",
+}
+
+#: Plugin names never to load (adds to ``[plugins] disable``); read by the plugin manager.
+DISABLE_VAR = "NUVOM_DISABLE_PLUGINS"
+#: When set (non-empty), installed distributions' entry points are not loaded.
+AUTOLOAD_VAR = "NUVOM_DISABLE_PLUGIN_AUTOLOAD"
+#: ``NUVOM_*`` variables the kernel reads besides the settings and ``NUVOM_PLUGINS__*``.
+KERNEL_VARIABLES: frozenset[str] = frozenset({DISABLE_VAR, AUTOLOAD_VAR})
+#: ``NUVOM_TEST_*`` variables configure Nuvom's own test suites and benchmarks (the server
+#: URLs they use), never Nuvom itself: not warned about.
+TEST_VARIABLE_PREFIX = "NUVOM_TEST_"
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(message: str) -> None:
+    """Log ``message`` as a warning of ``nuvom.config`` once per process.
+
+    Why once: configuration is read by every kernel a process builds (a producer's first
+    ``.delay()``, each CLI command, each test's kernel), and a typo must be said, not
+    repeated for every job.
+    """
+    with _warned_lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    log.warning("%s", message)
+
+
+def did_you_mean(word: str, known: Collection[str], shown: Callable[[str], str] = str) -> str:
+    """`` (did you mean X?)`` for the known name closest to ``word``, or nothing."""
+    close = difflib.get_close_matches(word, sorted(known), n=1)
+    return f" (did you mean {shown(close[0])}?)" if close else ""
+
 
 #: ``[plugins]`` keys that name a capability, and the registration hook a target listed under
 #: that key must implement (``None``: any hook will do).
@@ -188,6 +240,7 @@ class Config:
 
     def _raw_plugin_settings(self, name: str) -> dict[str, tuple[Any, str, str]]:
         """key -> (value, env variable, source): the file's table, then the environment."""
+        name = name.lower()
         table = f"{self.path or PLUGINS_FILE} [plugins.{name}]"
         merged = {key: (value, plugin_env_var(name, key), table)
                   for key, value in self.plugins.settings.get(name, {}).items()}
@@ -198,10 +251,11 @@ class Config:
     def plugin_settings(self, name: str) -> dict[str, Any]:
         """The ``[plugins.<name>]`` table with ``NUVOM_PLUGINS__<NAME>__*`` overrides (empty
         if neither is set); converted to the declared types when the plugin has a schema.
+        ``name`` is case-insensitive, as backend names and the variables are.
 
         :raises PluginConfigError: a key or value its schema refuses.
         """
-        schema = self.schemas.get(name)
+        schema = self.schemas.get(name.lower())
         return {key: value if schema is None else schema.convert(key, value, where)
                 for key, (value, _, where) in self._raw_plugin_settings(name).items()}
 
@@ -211,9 +265,38 @@ class Config:
         :raises PluginConfigError: naming the table or variable, the key and the valid keys.
         """
         for name, source in schemas.items():
-            self.schemas[name] = PluginSchema.from_class(name, source)
+            self.schemas[name.lower()] = PluginSchema.from_class(name.lower(), source)
         for name in schemas:
             self.plugin_settings(name)
+
+    def warn_unclaimed_plugin_settings(self, claimed: Collection[str],
+                                       installed: Collection[str]) -> None:
+        """Warn (once per process) about each ``[plugins.<name>]`` table and
+        ``NUVOM_PLUGINS__<NAME>__*`` variable whose name no plugin of this process claims.
+
+        A warning, not an error: one shared configuration may name a plugin that is only
+        installed on some hosts (the workers of one queue, not the web servers). Without it
+        a misspelt table (``[plugins.sqllite]``) was ignored without a word.
+
+        :param claimed: lower-case names a plugin claims: those it declares settings for,
+            registers a backend under, or is itself named (a disabled one included).
+        :param installed: the names to list as what is installed.
+        """
+        listed = ", ".join(sorted(installed)) or "none"
+        for name in sorted(set(self.plugins.settings) - set(claimed)):
+            warn_once(
+                f"{self.path or PLUGINS_FILE} [plugins.{name}]: no installed plugin is named "
+                f"{name!r}{did_you_mean(name, installed, lambda n: f'[plugins.{n}]')}, so "
+                f"this table is not used here. Installed plugins and backends: {listed}.")
+        for name in sorted(set(self.plugins.env) - set(claimed)):
+            found = self.plugins.env[name]  # key -> (variable, value)
+            variables = sorted(var for var, _ in found.values())
+            suggestion = did_you_mean(name, installed,
+                                       functools.partial(plugin_env_var, key=min(found)))
+            warn_once(
+                f"{', '.join(variables)}: no installed plugin is named {name!r}{suggestion}, "
+                f"so {'this variable is' if len(variables) == 1 else 'these variables are'} "
+                f"not used here. Installed plugins and backends: {listed}.")
 
     def plugin_setting_rows(self) -> list[PluginSetting]:
         """Every plugin setting that is set, and every declared one that is not (source
@@ -254,7 +337,15 @@ def _parse_plugins(path: Path, table: Any) -> PluginsTable:
     disable: tuple[str, ...] = ()
     for key, value in table.items():
         if isinstance(value, dict):
-            settings[key] = value
+            # Plugin names are case-insensitive (backend names and the variables are), so
+            # [plugins.SQLite] is sqlite's table, not one nothing reads.
+            name = key.lower()
+            if name in settings:
+                raise PluginConfigError(
+                    f"{path}: [plugins.{key}] and another [plugins.<name>] table differing "
+                    f"only in case both set plugin {name!r}'s settings (plugin names are "
+                    f"case-insensitive); merge them into one [plugins.{name}] table.")
+            settings[name] = value
             continue
         values = (value,) if isinstance(value, str) else value
         if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
@@ -275,6 +366,45 @@ def _parse_plugins(path: Path, table: Any) -> PluginsTable:
     return PluginsTable(targets=targets, disable=disable, settings=settings)
 
 
+def _check_tables(path: Path, data: Mapping[str, Any]) -> None:
+    """Refuse a top-level table or key other than ``[settings]`` and ``[plugins]``.
+
+    :raises PluginConfigError: naming it, the closest known table, and the known ones.
+    """
+    for key, value in data.items():
+        if key in TABLES:
+            continue
+        known = "; ".join(f"[{name}] ({what})" for name, what in TABLES.items())
+        if not isinstance(value, dict):
+            where = ("put it under [settings]" if key in Settings.field_names()
+                     else "Nuvom reads keys only inside its tables")
+            raise PluginConfigError(
+                f"{path}: unknown top-level key {key!r}: {where}. The file's tables: "
+                f"{known}; see docs/configuration.md.")
+        raise PluginConfigError(
+            f"{path}: unknown table [{key}]{did_you_mean(key, TABLES, lambda n: f'[{n}]')}. "
+            f"The file's tables: {known}; see docs/configuration.md.")
+
+
+def _check_environment(env: Mapping[str, str]) -> None:
+    """Warn (once per process) about each ``NUVOM_*`` variable that Nuvom does not read.
+
+    Why: a misspelt variable (``NUVOM_MAX_WORKER=8``) was silently ignored and the setting
+    kept its default. ``NUVOM_PLUGINS__*`` is checked once the plugins are loaded
+    (:meth:`Config.warn_unclaimed_plugin_settings`); ``NUVOM_TEST_*`` belongs to the test
+    suites.
+    """
+    known = {field.metadata["env"] for field in attrs.fields(Settings)} | KERNEL_VARIABLES
+    for var in sorted(env):
+        if (not var.startswith("NUVOM_") or var in known
+                or var.upper().startswith(PLUGIN_ENV_PREFIX)
+                or var.startswith(TEST_VARIABLE_PREFIX)):
+            continue
+        warn_once(f"environment variable {var} is not a Nuvom setting"
+                  f"{did_you_mean(var.upper(), known)}, so it is not used. `nuvom config` "
+                  f"lists the settings and their variables (docs/configuration.md).")
+
+
 def load_config(
     root: Path | str | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
@@ -284,14 +414,20 @@ def load_config(
     collected here; they are typed and checked when the plugins that declare them are loaded
     (:meth:`Config.declare_plugin_settings`).
 
+    A ``NUVOM_*`` variable that is no setting is warned about (once per process: see
+    :func:`warn_once`), not refused: it may be meant for another version of Nuvom.
+
     :raises ConfigError: naming the variable or key and what it accepts.
-    :raises PluginConfigError: for a file that is not valid TOML (with its line), or a
-        ``NUVOM_PLUGINS__`` variable that does not have the ``<NAME>__<KEY>`` form.
+    :raises PluginConfigError: for a file that is not valid TOML (with its line), has an
+        unknown top-level table or key, or a ``NUVOM_PLUGINS__`` variable that does not have
+        the ``<NAME>__<KEY>`` form.
     """
     root = Path(root) if root is not None else Path.cwd()
     env = os.environ if environ is None else environ
     path = root / PLUGINS_FILE
     data = _read_toml(path) if path.is_file() else {}
+    _check_tables(path, data)
+    _check_environment(env)
     file_settings = data.get("settings", {})
     if not isinstance(file_settings, dict):
         raise PluginConfigError(f"{path}: [settings] must be a table")

@@ -13,14 +13,17 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import attrs
+
+from nuvom_kernel.errors import NuvomError
 
 __all__ = [
     "MANIFEST_VERSION",
     "Discoverer",
     "DiscoveryReport",
+    "ManifestError",
     "TaskRef",
     "read_manifest",
     "write_manifest",
@@ -96,17 +99,90 @@ def manifest_path(data_dir: Path) -> Path:
     return data_dir / "manifest.json"
 
 
+class ManifestError(NuvomError, ValueError):
+    """``.nuvom/manifest.json`` cannot be used: not JSON, or not a manifest's shape.
+
+    A ``ValueError`` (what readers already catch: a worker logs it and runs without the
+    manifest). ``problem`` is what is wrong, without the file name or the fix, for a caller
+    that words its own (``nuvom discover tasks`` rewrites the file anyway).
+    """
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(f"{path} is not a valid Nuvom manifest: {problem}. Rerun "
+                         f"`nuvom discover tasks` to rewrite it.")
+        self.path = path
+        self.problem = problem
+
+
 def read_manifest(data_dir: Path) -> dict[str, Any] | None:
-    """The manifest as a dict, ``None`` if there is none (a corrupt one is an error)."""
+    """The manifest as a dict, ``None`` if there is none.
+
+    Its shape is checked here, once, for every reader (the worker's registry, its scheduler
+    and concurrency limits, ``nuvom list tasks``, ``nuvom discover tasks``): each of them
+    indexes entries by ``name`` and ``module`` and reads ``options`` as a mapping, so a
+    hand-edited or truncated file would otherwise stop a worker with a bare ``KeyError``.
+
+    :raises ManifestError: (a ``ValueError``) the file is not JSON, or not a manifest's
+        shape; the message names the file, the first wrong entry, and the fix.
+    """
     path = manifest_path(data_dir)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    data = json.loads(text)
-    if not isinstance(data, dict) or "tasks" not in data:
-        raise ValueError(f"{path} is not a Nuvom manifest; rerun `nuvom discover tasks`")
-    return data
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, f"it is not UTF-8 text ({exc.reason})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ManifestError(path, f"it is not valid JSON ({exc})") from None
+    problem = _manifest_problem(data)
+    if problem is not None:
+        raise ManifestError(path, problem)
+    return cast("dict[str, Any]", data)
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """What makes ``data`` not a manifest (the first problem found), or ``None``."""
+    if not isinstance(data, dict):
+        return f"the top level is {_json_type(data)}, not an object"
+    if "tasks" not in data:
+        return "it has no \"tasks\" list"
+    tasks = data["tasks"]
+    if not isinstance(tasks, list):
+        return f"\"tasks\" is {_json_type(tasks)}, not a list"
+    for index, entry in enumerate(tasks):
+        where = f"tasks[{index}]"
+        if not isinstance(entry, dict):
+            return f"{where} is {_json_type(entry)}, not an object"
+        for key in ("name", "module"):
+            value = entry.get(key)
+            if isinstance(value, str) and value:
+                continue
+            task = f" (task {entry['name']!r})" if key == "module" else ""
+            got = "is missing" if key not in entry else f"is {_json_type(value)}"
+            return f"{where}{task}: \"{key}\" {got}, not a non-empty string"
+        if not isinstance(entry.get("options", {}), dict | None):
+            return (f"{where} (task {entry['name']!r}): \"options\" is "
+                    f"{_json_type(entry['options'])}, not an object")
+    if not isinstance(data.get("state", {}), dict | None):
+        return f"\"state\" is {_json_type(data['state'])}, not an object"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    """``value``'s JSON type, for a message (``1`` -> ``a number``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return "a string" if value else "an empty string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
 
 
 def write_manifest(

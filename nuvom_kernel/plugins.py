@@ -3,9 +3,17 @@
 Load order (like pytest's): blocked names (``[plugins] disable`` and ``NUVOM_DISABLE_PLUGINS``)
 → internal plugins (:data:`DEFAULT_PLUGINS`) → entry points of the ``nuvom`` group (skipped
 when ``NUVOM_DISABLE_PLUGIN_AUTOLOAD`` is set) → targets listed in ``.nuvom_plugins.toml`` →
-``check_pending()`` → the historic ``nuvom_configure``. Built-in backends enter through the
-entry points exactly like third-party ones. Pluggy calls the last registered implementation
-first, so a user's plugin runs before the kernel's fallbacks.
+``check_pending()`` → each plugin's registration and settings hooks, once (:data:`PROBED_HOOKS`)
+→ the plugins' settings schemas → the historic ``nuvom_configure``. Built-in backends enter
+through the entry points exactly like third-party ones. Pluggy calls the last registered
+implementation first, so a user's plugin runs before the kernel's fallbacks.
+
+One rule for a plugin that breaks while loading — its import fails, or its registration,
+settings or configure hook raises: it is disabled for this process, logged once naming it,
+the hook and the error, with the fix (``NUVOM_DISABLE_PLUGINS=<name>``), and kept in
+:attr:`NuvomPluginManager.failures`. Every command that does not need it works (``nuvom
+plugin list`` lists it as failed); one that asks for a backend no enabled plugin provides
+fails with an error that repeats those failures.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import importlib.metadata
 import inspect
 import logging
 import os
+import re
 import sys
 import traceback
 import types
@@ -27,7 +36,15 @@ import pluggy
 
 from nuvom_kernel import hookspecs
 from nuvom_kernel.backends import QueueBackend, ResultBackend
-from nuvom_kernel.config import CAPABILITIES, Config
+from nuvom_kernel.config import (
+    AUTOLOAD_VAR,
+    CAPABILITIES,
+    DISABLE_VAR,
+    PLUGINS_FILE,
+    Config,
+    did_you_mean,
+    warn_once,
+)
 from nuvom_kernel.errors import (
     BackendNotFoundError,
     DuplicateBackendError,
@@ -35,8 +52,8 @@ from nuvom_kernel.errors import (
     PluginLoadError,
 )
 
-__all__ = ["DEFAULT_PLUGINS", "ESSENTIAL_PLUGINS", "NuvomPluginManager", "PluginInfo",
-           "make_importable"]
+__all__ = ["DEFAULT_PLUGINS", "ESSENTIAL_PLUGINS", "PROBED_HOOKS", "NuvomPluginManager",
+           "PluginInfo", "make_importable"]
 
 log = logging.getLogger("nuvom.plugins")
 
@@ -63,6 +80,11 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "postgres": "nuvom-plugins-postgres",
 }
 
+#: Hooks every plugin is asked once while loading: what it registers and its settings. One
+#: that raises there is disabled for the process instead of breaking every command.
+PROBED_HOOKS: tuple[str, ...] = (*(hook for hook in CAPABILITIES.values() if hook),
+                                 "nuvom_plugin_settings")
+
 T = TypeVar("T")
 
 
@@ -76,6 +98,7 @@ class PluginInfo:
     version: str | None
     hooks: tuple[str, ...]
     provides: dict[str, tuple[str, ...]]  # capability -> backend names
+    failure: str | None = None  # why it is disabled for this process (failed to load)
 
 
 class NuvomPluginManager(pluggy.PluginManager):
@@ -86,6 +109,12 @@ class NuvomPluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.sources: dict[str, tuple[str, str | None, str | None]] = {}
         self.failures: dict[str, str] = {}
+        #: disabled plugin name -> what disabled it (the variable, the toml setting, both).
+        self.disabled: dict[str, str] = {}
+        #: every entry point of the ``nuvom`` group -> its distribution, loaded or not (read
+        #: when autoloading, or when names are disabled: to tell a typo from a plugin).
+        self.entry_points: dict[str, str] = {}
+        self._autoload = True
         self._config: Config | None = None
         self._loaded = False
         #: :func:`nuvom_kernel.events.observers` per hook, emptied whenever the plugins
@@ -107,17 +136,19 @@ class NuvomPluginManager(pluggy.PluginManager):
         if self._loaded:
             return
         env = os.environ if environ is None else environ
-        blocked = set(config.plugins.disable)
-        blocked |= {n.strip() for n in env.get("NUVOM_DISABLE_PLUGINS", "").split(",")
-                    if n.strip()}
-        for name in sorted(blocked - ESSENTIAL_PLUGINS):
+        self.disabled = _disabled_plugins(config, env)
+        for name in sorted(set(self.disabled) - ESSENTIAL_PLUGINS):
             self.set_blocked(name)
         for module_name in DEFAULT_PLUGINS:
             if not self.is_blocked(module_name):
                 self._register(importlib.import_module(module_name), module_name,
                                ("internal", "nuvom", None))
-        if not env.get("NUVOM_DISABLE_PLUGIN_AUTOLOAD"):
+        self._autoload = not env.get(AUTOLOAD_VAR)
+        if self._autoload:
             self._load_entry_points()
+        elif self.disabled:
+            self.entry_points = {ep.name: dist.metadata["name"]
+                                 for dist, ep in _nuvom_entry_points()}
         if config.plugins.targets:
             make_importable(config.root)
         for capability, targets in config.plugins.targets.items():
@@ -132,9 +163,99 @@ class NuvomPluginManager(pluggy.PluginManager):
                 "Check the hook name for typos against docs/plugin_hooks.md "
                 "(every hook starts with 'nuvom_')."
             ) from exc
+        self._warn_unknown_disabled(config)
+        provided = self._probe()
         self._loaded = True
         config.declare_plugin_settings(self.plugin_settings_schemas())
         self._configure(config)
+        installed = set(provided) | set(config.schemas) | {
+            name for name in self.entry_points if name not in self.disabled}
+        claimed = installed | set(self.entry_points) | set(self.disabled) | {
+            name for name, plugin in self.list_name_plugin() if plugin is not None
+        } | set(self.failures)
+        config.warn_unclaimed_plugin_settings({name.lower() for name in claimed},
+                                              sorted(installed))
+
+    def _probe(self) -> set[str]:
+        """Call every plugin's registration and settings hooks once (:data:`PROBED_HOOKS`);
+        disable a plugin whose implementation raises. Returns the names registered.
+
+        Why here: these hooks run when something needs a backend (``collect``), long after
+        loading, and a raise there named no plugin and stopped every command, even
+        ``nuvom plugin list`` that would show the culprit.
+        """
+        names: set[str] = set()
+        for hook_name in PROBED_HOOKS:
+            for impl in list(getattr(self.hook, hook_name).get_hookimpls()):
+                if self.get_plugin(impl.plugin_name) is None:  # disabled by an earlier hook
+                    continue
+                try:
+                    returned = impl.function()
+                except Exception as exc:
+                    self._disable(impl.plugin_name, hook_name, exc)
+                    continue
+                if hook_name != "nuvom_plugin_settings":
+                    names |= {cls.name.lower() for cls in returned or ()
+                              if isinstance(getattr(cls, "name", None), str)}
+        return names
+
+    def _disable(self, name: str, hook_name: str, exc: Exception) -> None:
+        """Disable plugin ``name`` for this process because its ``hook_name`` raised ``exc``,
+        as a plugin that fails to import is: logged once, kept in :attr:`failures`.
+
+        :raises PluginLoadError: for an essential internal plugin (the kernel's own bug:
+            there is nothing to run without it).
+        """
+        message = (f"plugin {name!r}{self._provenance(name)} failed in {hook_name}: {exc!r}. "
+                   f"It is disabled for this process: {self.disable_hint(name)}")
+        if name in ESSENTIAL_PLUGINS:
+            raise PluginLoadError(message) from exc
+        log.error("%s", message)
+        log.debug("%s raised in %s", name, hook_name, exc_info=exc)
+        self.failures[name] = message
+        self.unregister(name=name)
+
+    def _provenance(self, name: str) -> str:
+        """`` (distribution D 1.0)`` for an installed plugin, else nothing."""
+        _, dist, version = self.sources.get(name, ("internal", None, None))
+        if dist is None or dist == "nuvom":
+            return ""
+        return f" (distribution {dist}{f' {version}' if version else ''})"
+
+    def disable_hint(self, name: str, sentence: bool = False) -> str:
+        """How a user stops plugin ``name`` from loading (until it is fixed); ``sentence``:
+        capitalized, for a message's own sentence."""
+        source = self.sources.get(name, ("entry point",))[0]
+        if source == ".nuvom_plugins.toml":
+            hint = (f"fix it, or disable it with {DISABLE_VAR}={name} (or remove it from "
+                    f"[plugins] in {PLUGINS_FILE})")
+        elif source == "embedded":
+            hint = "fix it, or stop passing it to Kernel(plugins=...)"
+        else:
+            hint = f"fix or upgrade it, or disable it with {DISABLE_VAR}={name}"
+        return hint[0].upper() + hint[1:] if sentence else hint
+
+    def _warn_unknown_disabled(self, config: Config) -> None:
+        """Warn once per process about a disabled name that matches no plugin: a typo there
+        (``sqllite``) disabled nothing, silently."""
+        targets = {t for found in config.plugins.targets.values() for t in found}
+        listed = set(self.entry_points) | targets
+        known = listed | set(DEFAULT_PLUGINS) | set(self.failures) | {
+            name for name, plugin in self.list_name_plugin() if plugin is not None}
+        for name, by in sorted(self.disabled.items()):
+            if name in ESSENTIAL_PLUGINS:
+                warn_once(f"{by} names plugin {name!r}, which cannot be disabled: the kernel "
+                          f"needs it. Remove it from there.")
+                continue
+            if name in known:
+                continue
+            unloaded = "" if self._autoload else (
+                f" ({AUTOLOAD_VAR} is set: only internal plugins and {PLUGINS_FILE} targets "
+                "load)")
+            warn_once(
+                f"{by} names plugin {name!r}, but no installed plugin is called that"
+                f"{did_you_mean(name, listed, repr)}, so it disables nothing. Installed "
+                f"plugins: {', '.join(sorted(listed)) or 'none'}{unloaded}.")
 
     def plugin_settings_schemas(self) -> dict[str, type]:
         """``nuvom_plugin_settings`` of every plugin, merged.
@@ -143,8 +264,10 @@ class NuvomPluginManager(pluggy.PluginManager):
         """
         found: dict[str, tuple[type, str]] = {}
         for impl in reversed(self.hook.nuvom_plugin_settings.get_hookimpls()):
-            declared: dict[str, type] = cast("dict[str, type]", impl.function() or {})
-            for name, schema in declared.items():
+            declared: dict[str, type] = cast("dict[str, type]",
+                                             self._call(impl, "nuvom_plugin_settings") or {})
+            for declared_name, schema in declared.items():
+                name = declared_name.lower()  # table names are case-insensitive
                 if name in found and found[name][0] is not schema:
                     raise PluginLoadError(
                         f"plugins {found[name][1]!r} and {impl.plugin_name!r} both declare the "
@@ -152,6 +275,22 @@ class NuvomPluginManager(pluggy.PluginManager):
                         f"[...] in .nuvom_plugins.toml.")
                 found[name] = (schema, impl.plugin_name)
         return {name: schema for name, (schema, _) in found.items()}
+
+    def _call(self, impl: Any, hook_name: str) -> Any:
+        """A registration or settings hook implementation's return value.
+
+        Loading called each one already (:meth:`_probe`) and disabled those that raised;
+        this names the plugin for one registered after loading that raises.
+
+        :raises PluginLoadError: naming the plugin, the hook, the error and the fix.
+        """
+        try:
+            return impl.function()
+        except Exception as exc:
+            raise PluginLoadError(
+                f"plugin {impl.plugin_name!r}{self._provenance(impl.plugin_name)} failed in "
+                f"{hook_name}: {exc!r}. {self.disable_hint(impl.plugin_name, sentence=True)}."
+            ) from exc
 
     def _register(self, plugin: Any, name: str, source: tuple[str, str | None, str | None]
                   ) -> None:
@@ -162,29 +301,29 @@ class NuvomPluginManager(pluggy.PluginManager):
         self.sources[name] = source
 
     def _load_entry_points(self) -> None:
-        seen: set[str] = set()
-        for dist in importlib.metadata.distributions():
-            if dist.metadata["name"] in seen:  # a dist can be listed twice on sys.path
+        for dist, ep in _nuvom_entry_points():
+            self.entry_points.setdefault(ep.name, dist.metadata["name"])
+            if self.get_plugin(ep.name) or self.is_blocked(ep.name):
                 continue
-            seen.add(dist.metadata["name"])
-            for ep in dist.entry_points:
-                if ep.group != "nuvom" or self.get_plugin(ep.name) or self.is_blocked(ep.name):
-                    continue
-                try:
-                    plugin = ep.load()
-                except Exception as exc:  # one broken install must not stop the others
-                    message = (
-                        f"plugin {ep.name!r} (entry point {ep.value!r} of distribution "
-                        f"{dist.metadata['name']}) failed to import: {exc!r}. Reinstall it, "
-                        f"or disable it with NUVOM_DISABLE_PLUGINS={ep.name}"
-                    )
-                    log.error("%s", message)
-                    self.failures[ep.name] = message
-                    continue
-                self._register(plugin, ep.name,
-                               ("entry point", dist.metadata["name"], dist.version))
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # one broken install must not stop the others
+                message = (
+                    f"plugin {ep.name!r} (entry point {ep.value!r} of distribution "
+                    f"{dist.metadata['name']}) failed to import: {exc!r}. Reinstall it, "
+                    f"or disable it with {DISABLE_VAR}={ep.name}"
+                )
+                log.error("%s", message)
+                self.failures[ep.name] = message
+                # kept for `nuvom plugin list`, which lists it as failed
+                self.sources[ep.name] = ("entry point", dist.metadata["name"], dist.version)
+                continue
+            self._register(plugin, ep.name,
+                           ("entry point", dist.metadata["name"], dist.version))
 
     def _load_target(self, capability: str, target: str, config: Config) -> None:
+        if self.is_blocked(target):  # disabled: never imported, so not checked either
+            return
         where = f"{config.path or '.nuvom_plugins.toml'} [plugins] {capability}"
         module_name, _, attr = target.partition(":")
         try:
@@ -209,7 +348,7 @@ class NuvomPluginManager(pluggy.PluginManager):
                 "functions with @nuvom_kernel.hookimpl (see docs/writing_plugins.md), or "
                 "point at a QueueBackend/ResultBackend subclass."
             )
-        if self.get_plugin(target) is None and not self.is_blocked(target):
+        if self.get_plugin(target) is None:
             self._register(plugin, target, (".nuvom_plugins.toml", None, None))
         hook_name = CAPABILITIES[capability]
         if hook_name is not None and not self._implements(target, hook_name):
@@ -254,8 +393,10 @@ class NuvomPluginManager(pluggy.PluginManager):
         try:
             impl.function(**{a: self._config for a in impl.argnames})
         except Exception as exc:
-            message = f"plugin {impl.plugin_name!r} failed in nuvom_configure: {exc!r}"
-            log.error("%s; it is disabled for this process", message)
+            message = (f"plugin {impl.plugin_name!r}{self._provenance(impl.plugin_name)} "
+                       f"failed in nuvom_configure: {exc!r}. It is disabled for this process: "
+                       f"{self.disable_hint(impl.plugin_name)}")
+            log.error("%s", message)
             self.failures[impl.plugin_name] = message
             self.unregister(name=impl.plugin_name)
 
@@ -315,7 +456,7 @@ class NuvomPluginManager(pluggy.PluginManager):
         """
         found: dict[str, tuple[type, str]] = {}
         for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
-            for cls in impl.function() or ():
+            for cls in self._call(impl, hook_name) or ():
                 name = getattr(cls, "name", None)
                 if not isinstance(name, str) or not name:
                     raise PluginLoadError(
@@ -349,21 +490,73 @@ class NuvomPluginManager(pluggy.PluginManager):
                     f"(docs/writing_plugins.md); `nuvom plugin test {plugin}` checks them.")
             return cls
         installed = ", ".join(sorted(classes)) or "none"
+        choose = f"NUVOM_{what.upper().replace(' ', '_')}=<name>"
+        disabled = self.disabled_note(name)
+        if disabled is not None:
+            raise BackendNotFoundError(
+                f"the {what} {name!r} is provided by a disabled plugin: {disabled}. Remove "
+                f"it from there to use it, or choose an enabled {what} with {choose} "
+                f"(enabled: {installed}).")
+        if name in self.failures:  # the plugin of that name failed to load
+            raise BackendNotFoundError(f"the {what} {name!r} is not available: "
+                                       f"{self.failures[name]}.")
         dist = KNOWN_PROVIDERS.get(name, f"nuvom-plugins-{name}")
-        failed = "".join(f" Note: {m}." for m in self.failures.values())
         raise BackendNotFoundError(
             f"no installed plugin provides the {what} {name!r}. Installed: {installed}. "
             f"Install the plugin that provides it, e.g. `pip install {dist}`, or choose an "
-            f"installed one with NUVOM_{what.upper().replace(' ', '_')}=<name>.{failed}"
+            f"installed one with {choose}.{self.loading_notes()}"
         )
 
+    def disabled_providers(self, name: str) -> list[str]:
+        """Disabled, installed plugins that would provide the backend ``name``: the one of
+        that name, else those of the distribution known to provide it (the plugin is not
+        imported to find out: disabling it means never loading it)."""
+        installed = {plugin: dist for plugin, dist in self.entry_points.items()
+                     if plugin in self.disabled}
+        if name in installed:
+            return [name]
+        known = KNOWN_PROVIDERS.get(name)
+        return sorted(plugin for plugin, dist in installed.items()
+                      if known is not None and _normalized(dist) == known)
+
+    def disabled_note(self, name: str) -> str | None:
+        """What disables the provider(s) of the backend ``name``, or ``None`` if none is
+        disabled: ``plugin 'sqlite' (nuvom-plugins-sqlite), disabled by
+        NUVOM_DISABLE_PLUGINS=sqlite``."""
+        plugins = self.disabled_providers(name)
+        if not plugins:
+            return None
+        return "; ".join(f"plugin {plugin!r} ({self.entry_points[plugin]}), disabled by "
+                         f"{self.disabled[plugin]}" for plugin in plugins)
+
+    def loading_notes(self) -> str:
+        """Why a backend may be missing besides not being installed, for an error: plugins
+        that failed to load, disabled ones, skipped entry points. Empty if none applies."""
+        notes = [f" Note: {message}." for message in self.failures.values()]
+        if self.disabled:
+            notes.append(" Note: disabled plugins: " + "; ".join(
+                f"{name!r} (by {by})" for name, by in sorted(self.disabled.items())) + ".")
+        if not self._autoload:
+            notes.append(f" Note: {AUTOLOAD_VAR} is set, so no installed distribution's "
+                         "plugin is loaded.")
+        return "".join(notes)
+
     def plugin_infos(self) -> list[PluginInfo]:
+        """Every plugin, loaded or failed (``failure`` says why), for ``nuvom plugin list``;
+        one whose registration hook raises is listed as failed, never stops the listing."""
         provided: dict[str, dict[str, list[str]]] = {}
+        failed = {name: message for name, message in self.failures.items()
+                  if self.get_plugin(name) is None}
         for capability, hook_name in CAPABILITIES.items():
             if hook_name is None:
                 continue
             for impl in getattr(self.hook, hook_name).get_hookimpls():
-                names = [c.name for c in impl.function() or ()]
+                try:
+                    names = [getattr(c, "name", repr(c)) for c in impl.function() or ()]
+                except Exception as exc:
+                    failed.setdefault(impl.plugin_name, f"plugin {impl.plugin_name!r} failed "
+                                                        f"in {hook_name}: {exc!r}")
+                    continue
                 provided.setdefault(impl.plugin_name, {})[capability] = names
         infos = []
         for name, plugin in self.list_name_plugin():
@@ -372,7 +565,11 @@ class NuvomPluginManager(pluggy.PluginManager):
             source, dist, version = self.sources.get(name, ("internal", None, None))
             hooks = tuple(sorted(h.name for h in self.get_hookcallers(plugin) or ()))
             provides = {k: tuple(v) for k, v in provided.get(name, {}).items() if v}
-            infos.append(PluginInfo(name, source, dist, version, hooks, provides))
+            infos.append(PluginInfo(name, source, dist, version, hooks, provides,
+                                    failed.pop(name, None)))
+        for name, message in failed.items():  # disabled while loading: no longer registered
+            source, dist, version = self.sources.get(name, ("entry point", None, None))
+            infos.append(PluginInfo(name, source, dist, version, (), {}, message))
         return sorted(infos, key=lambda i: (i.source != "entry point", i.name))
 
 
@@ -387,6 +584,40 @@ def make_importable(folder: Path) -> None:
     path = str(Path(folder).resolve())
     if path not in sys.path:
         sys.path.insert(0, path)
+
+
+def _disabled_plugins(config: Config, env: Mapping[str, str]) -> dict[str, str]:
+    """Plugin name -> what disables it: ``[plugins] disable`` in the file, the variable, or
+    both (an error about a disabled plugin says which to change)."""
+    found: dict[str, list[str]] = {}
+    for name in config.plugins.disable:
+        if name.strip():
+            found.setdefault(name.strip(), []).append(
+                f"[plugins] disable in {config.path or PLUGINS_FILE}")
+    for name in env.get(DISABLE_VAR, "").split(","):
+        if name.strip():
+            found.setdefault(name.strip(), []).append(f"{DISABLE_VAR}={env[DISABLE_VAR]}")
+    return {name: " and ".join(dict.fromkeys(by)) for name, by in found.items()}
+
+
+def _nuvom_entry_points() -> list[tuple[importlib.metadata.Distribution,
+                                        importlib.metadata.EntryPoint]]:
+    """Every entry point of the ``nuvom`` group, with its distribution, each distribution
+    once (one can be listed twice on ``sys.path``)."""
+    seen: set[str] = set()
+    found = []
+    for dist in importlib.metadata.distributions():
+        if dist.metadata["name"] in seen:
+            continue
+        seen.add(dist.metadata["name"])
+        found += [(dist, ep) for ep in dist.entry_points if ep.group == "nuvom"]
+    return found
+
+
+def _normalized(distribution: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``Nuvom_Plugins`` ->
+    ``nuvom-plugins``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def _qual(cls: type) -> str:

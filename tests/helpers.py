@@ -132,3 +132,24 @@ def guide_block(marker: str, lang: str = "python") -> str:
 def guide_code(path: str) -> str:
     """The guide's code for the file ``path`` of a scaffolded distribution."""
     return guide_block(path)
+
+
+def fake_distribution(site: Path, plugin: str, source: str, version: str = "0.1") -> Path:
+    """An installed plugin distribution ``nuvom-plugins-<plugin>`` in the folder ``site``:
+    its module ``nuvom_fake_<plugin>`` holding ``source`` and a real ``.dist-info`` whose
+    entry point ``<plugin>`` (group ``nuvom``) names it, exactly what ``pip install`` leaves.
+
+    ``site`` joins ``sys.path`` through ``PYTHONPATH`` (a subprocess) or
+    ``monkeypatch.syspath_prepend`` (this process), and ``importlib.metadata`` finds it like
+    any installed distribution. Returns ``site``.
+    """
+    module = f"nuvom_fake_{plugin}"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(source)
+    info = site / f"nuvom_plugins_{plugin}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: nuvom-plugins-{plugin}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[nuvom]\n{plugin} = {module}\n")
+    sys.modules.pop(module, None)
+    return site

@@ -7,12 +7,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from nuvom_kernel import __version__
 from nuvom_kernel.backends import SPI_VERSION
-from nuvom_kernel.errors import NuvomError, PluginConfigError
+from nuvom_kernel.errors import ConfigError, NuvomError
 
 #: ``nuvom --version``: the kernel's release and the plugin SPI it implements.
 VERSION_LINE = f"nuvom, version {__version__} (plugin SPI {SPI_VERSION})"
@@ -36,7 +37,9 @@ def make_cli(kernel: object) -> click.Group:
             impl.function(cli=cli)
         except Exception as exc:
             raise NuvomError(
-                f"plugin {impl.plugin_name!r} failed to add its commands: {exc!r}") from exc
+                f"plugin {impl.plugin_name!r} failed to add its commands "
+                f"(nuvom_register_commands): {exc!r}. "
+                f"{pm.disable_hint(impl.plugin_name, sentence=True)}.") from exc
     return cli
 
 
@@ -45,13 +48,23 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
 
 
+def _fail(exc: NuvomError) -> NoReturn:
+    """Print ``exc`` as one ``Error:`` line and exit: status 2 for a configuration error
+    (like a usage error: the input is wrong, fix it and rerun), 1 for anything else."""
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: load config and plugins once, then run the command.
 
     The working directory (where ``.nuvom_plugins.toml`` is read) is importable for every
     command, however ``nuvom`` was started.
 
-    Configuration errors exit with status 2 (like a usage error) and say what to fix.
+    Exit status: what the command exits with (``discover tasks`` 1 when a file could not be
+    scanned, ``plugin test`` 1 when a check failed, …); 2 for a usage error and for every
+    configuration error (``ConfigError``, whether loading or a command found it), which
+    says what to fix; 1 for any other Nuvom error.
     """
     from nuvom_kernel.kernel import get_kernel
     from nuvom_kernel.plugins import make_importable
@@ -64,24 +77,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args[:1] == ["--version"]:
             click.echo(VERSION_LINE)
             sys.exit(0)
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2 if isinstance(exc, PluginConfigError) else 1)
+        _fail(exc)
     _setup_logging(kernel.settings.log_level)
     try:
         cli = make_cli(kernel)
     except NuvomError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+        _fail(exc)
+    # Standalone mode: click exits with each command's status (``ctx.exit(1)``,
+    # ``Exit(1)``), usage errors with 2, and prints ClickExceptions. Not standalone, it
+    # returned the status instead, which was dropped: `discover tasks` exited 0 on errors.
+    # A NuvomError is no click exception: it passes through to here either way.
     try:
-        cli.main(args=args, prog_name="nuvom", obj=kernel, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted!", err=True)
-        sys.exit(1)
+        cli.main(args=args, prog_name="nuvom", obj=kernel, standalone_mode=True)
     except NuvomError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+        _fail(exc)

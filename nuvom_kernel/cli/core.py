@@ -65,11 +65,15 @@ def plugin_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--all", "show_all", is_flag=True, help="Include the kernel's internal plugins.")
 def plugin_list(as_json: bool, show_all: bool) -> None:
-    """List plugins: name, distribution, version, what they provide, where they came from."""
+    """List plugins: name, distribution, version, what they provide, where they came from.
+
+    A plugin that failed to load (its import, or a registration, settings or configure hook
+    raised) is listed as failed, and why is printed after the table.
+    """
     kernel = _kernel()
     rows = []
     for info in kernel.pm.plugin_infos():
-        if info.source == "internal" and not show_all:
+        if info.source == "internal" and not show_all and info.failure is None:
             continue
         rows.append({
             "name": info.name,
@@ -78,6 +82,7 @@ def plugin_list(as_json: bool, show_all: bool) -> None:
             "provides": {k: list(v) for k, v in info.provides.items()},
             "hooks": list(info.hooks),
             "source": info.source,
+            "failure": info.failure,
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -86,12 +91,13 @@ def plugin_list(as_json: bool, show_all: bool) -> None:
         click.echo("No plugins installed. Install the built-in backends with: "
                    "pip install nuvom-plugins nuvom-plugins-sqlite")
         return
-    table = [{**r, "provides": "; ".join(f"{k}: {', '.join(v)}"
-                                         for k, v in r["provides"].items()) or "hooks only"}
-             for r in rows]
+    table = [{**r, "provides": "FAILED (disabled: see below)" if r["failure"] else
+              "; ".join(f"{k}: {', '.join(v)}" for k, v in r["provides"].items())
+              or "hooks only"} for r in rows]
     print_table(table, ["name", "distribution", "version", "provides", "source"])
-    for name, message in kernel.pm.failures.items():
-        click.echo(f"disabled: {name}: {message}", err=True)
+    for row in rows:
+        if row["failure"]:
+            click.echo(f"disabled: {row['name']}: {row['failure']}", err=True)
 
 
 class _Size(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5 only

@@ -18,7 +18,13 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table
-from nuvom_kernel.discovery import TaskRef, manifest_path, read_manifest, write_manifest
+from nuvom_kernel.discovery import (
+    ManifestError,
+    TaskRef,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
 
 __all__ = ["nuvom_register_commands"]
 
@@ -45,11 +51,16 @@ def _kernel() -> Any:
 
 
 def _read_previous(data_dir: Path) -> dict[str, Any]:
+    """The manifest this run replaces (for what changed and the discoverers' caches); an
+    unusable one is only a warning: this run rewrites it."""
     try:
         return read_manifest(data_dir) or {}
+    except ManifestError as exc:
+        click.echo(f"warning: previous manifest {exc.path} unusable ({exc.problem}); "
+                   f"starting fresh", err=True)
     except (ValueError, OSError) as exc:
         click.echo(f"warning: previous manifest unreadable ({exc}); starting fresh", err=True)
-        return {}
+    return {}
 
 
 def _location(task: dict[str, Any]) -> str:
@@ -94,9 +105,13 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
     data_dir = Path(kernel.data_dir)
     discoverers = kernel.pm.collect("nuvom_register_discoverers")
     if not discoverers:
+        disabled = kernel.pm.disabled_note("ast")
         raise click.ClickException(
+            f"no task discoverer is enabled: the 'ast' discoverer is provided by a disabled "
+            f"plugin: {disabled}. Remove it from there to use it." if disabled else
             "no task discoverer is installed. Install the built-in one with "
-            "`pip install nuvom-plugins` (it provides the 'ast' discoverer).")
+            "`pip install nuvom-plugins` (it provides the 'ast' discoverer)."
+            f"{kernel.pm.loading_notes()}")
     previous = _read_previous(data_dir)
     old_states = previous.get("state") or {}
     started = time.perf_counter()
@@ -105,6 +120,7 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
     errors: list[str] = []
     warnings: list[str] = []
     scanned = parsed = 0
+    found_by: dict[str, str] = {}  # task name -> the discoverer that found it first
     for name, (cls, provider) in sorted(discoverers.items()):
         try:
             report, state = cls().discover(root, include=include, exclude=exclude,
@@ -118,11 +134,14 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
         scanned, parsed = max(scanned, report.files_scanned), parsed + report.files_parsed
         for ref in report.tasks:
             first = tasks.setdefault(ref.name, ref)
-            if first is not ref and (first.module, first.func_name) != (ref.module,
-                                                                        ref.func_name):
+            first_by = found_by.setdefault(ref.name, name)
+            # A discoverer reports its own duplicates (the scanner: "also defined at");
+            # only a clash between two discoverers is this merge's to report.
+            if first is not ref and first_by != name and \
+                    (first.module, first.func_name) != (ref.module, ref.func_name):
                 warnings.append(f"{ref.file}:{ref.line}: task {ref.name!r} found by "
-                                f"{name!r} is already at {first.file}:{first.line}; "
-                                f"the first one is kept")
+                                f"{name!r} is already at {first.file}:{first.line} (found "
+                                f"by {first_by!r}); the first one is kept")
     elapsed = time.perf_counter() - started
     path = write_manifest(data_dir, tasks.values(), states)
 

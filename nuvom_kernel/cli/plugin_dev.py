@@ -43,10 +43,26 @@ def _kernel() -> Any:
 # --- nuvom plugin test ----------------------------------------------------------------------
 
 
+def _key_values(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+                ) -> tuple[str, ...]:
+    """Check ``--set`` values here, before anything runs.
+
+    Why: the child pytest run parses them (``--nuvom-setting``), and a malformed one
+    surfaced only as "the contract run did not complete (pytest exit status 4)".
+    """
+    for pair in values:
+        key, sep, _ = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(
+                f"{pair!r} is not KEY=VALUE (e.g. --set path=/tmp/q.db; a value is parsed "
+                f"as JSON when it can be: --set fsync=false)", ctx=ctx, param=param)
+    return values
+
+
 @click.command(name="test")
 @click.argument("targets", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Test every installed plugin.")
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", callback=_key_values,
               help="A setting handed to each backend's from_settings (repeatable).")
 @click.option("-k", "keyword", default=None, metavar="EXPR",
               help="Only run contract tests matching EXPR (pytest -k).")

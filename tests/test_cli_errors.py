@@ -1,0 +1,496 @@
+"""How ``nuvom`` fails: exit statuses of the real console script, a malformed manifest, plugins
+that break while loading or are disabled, duplicate tasks in discovery, ``plugin test --set``.
+
+The exit statuses are read from the ``nuvom`` console script in a subprocess: click's
+``CliRunner`` runs a command in standalone mode, which hides what ``main()`` does with it
+(``discover tasks`` exited 0 on errors behind a test that saw 1). The broken plugins are real
+installed distributions (a ``.dist-info`` with an entry point, on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel import config as config_module
+from nuvom_kernel import hookimpl
+from nuvom_kernel.config import load_config
+from nuvom_kernel.discovery import ManifestError, read_manifest
+from nuvom_kernel.errors import BackendNotFoundError, PluginLoadError
+from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.plugins import NuvomPluginManager
+from nuvom_kernel.registry import TaskRegistry
+from tests.helpers import fake_distribution, run_nuvom, start_worker, stop_worker, user_env
+
+MEMORY = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory"}
+
+RAISES_IN_REGISTER = '''
+from nuvom_kernel import hookimpl
+
+
+@hookimpl
+def nuvom_register_queue_backends():
+    raise RuntimeError("boom in register")
+'''
+
+RAISES_IN_SETTINGS = '''
+from nuvom_kernel import hookimpl
+
+
+@hookimpl
+def nuvom_plugin_settings():
+    raise RuntimeError("boom in settings")
+'''
+
+RAISES_IN_COMMANDS = '''
+from nuvom_kernel import hookimpl
+
+
+@hookimpl
+def nuvom_register_commands(cli):
+    raise RuntimeError("boom in commands")
+'''
+
+FAKEQ = '''
+from nuvom_kernel import hookimpl
+from nuvom_kernel.testing.stubs import StubQueue
+
+
+class FakeQueue(StubQueue):
+    name = "fakeq"
+
+
+@hookimpl
+def nuvom_register_queue_backends():
+    return [FakeQueue]
+'''
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configuration warnings are said once per process; each test starts afresh."""
+    monkeypatch.setattr(config_module, "_warned", set())
+
+
+def _site(tmp_path: Path, plugin: str, source: str) -> str:
+    return str(fake_distribution(tmp_path / "site", plugin, source))
+
+
+# --- exit statuses (fault 4, fault 10) ------------------------------------------------------
+
+
+def test_discover_tasks_exits_1_on_errors_from_the_console_script(tmp_path: Path) -> None:
+    """Its help says "exits with status 1 if there were errors": the real ``nuvom`` and
+    ``python -m nuvom_kernel`` did exit 0 (main() dropped the status click returned)."""
+    pytest.importorskip("nuvom_plugins")  # the 'ast' discoverer
+    (tmp_path / "broken.py").write_text("from nuvom_kernel import task\n@task\ndef bad(:\n")
+    done = run_nuvom(["discover", "tasks"], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "error: broken.py:3: syntax error" in done.stderr
+    assert (tmp_path / ".nuvom" / "manifest.json").exists(), "written either way"
+    module = subprocess.run([sys.executable, "-m", "nuvom_kernel", "discover", "tasks"],
+                            cwd=tmp_path, env=user_env(), capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert module.returncode == 1, module.stdout + module.stderr
+
+
+COMMAND_WITH_STATUS = '''
+import click
+from nuvom_kernel import hookimpl
+
+
+@click.command(name="exit-with")
+@click.argument("code", type=int)
+def exit_with(code):
+    click.get_current_context().exit(code)
+
+
+@hookimpl
+def nuvom_register_commands(cli):
+    cli.add_command(exit_with)
+'''
+
+
+@pytest.mark.parametrize("code", [0, 1, 3])
+def test_any_commands_exit_status_reaches_the_shell(tmp_path: Path, code: int) -> None:
+    """Not only `discover tasks`: a plugin's command that exits with a status exits the
+    ``nuvom`` process with it."""
+    (tmp_path / "statuses.py").write_text(COMMAND_WITH_STATUS)
+    (tmp_path / ".nuvom_plugins.toml").write_text('[plugins]\nhooks = ["statuses"]\n')
+    done = run_nuvom(["exit-with", str(code)], tmp_path)
+    assert done.returncode == code, done.stdout + done.stderr
+
+
+def test_usage_errors_and_help_keep_their_statuses(tmp_path: Path) -> None:
+    assert run_nuvom(["--help"], tmp_path).returncode == 0
+    assert run_nuvom(["--version"], tmp_path).returncode == 0
+    unknown = run_nuvom(["no-such-command"], tmp_path)
+    assert unknown.returncode == 2 and "No such command" in unknown.stderr
+
+
+@pytest.mark.parametrize(("toml", "env", "expected"), [
+    ("", {"NUVOM_MAX_WORKERS": "abc"}, "NUVOM_MAX_WORKERS='abc' is invalid"),
+    ('[settings]\nmax_workers = "abc"\n', {}, "[settings] max_workers='abc' is invalid"),
+    ("[settings]\nmax_workerz = 4\n", {}, "unknown key(s) max_workerz"),
+    ("[setting]\nmax_workers = 4\n", {}, "unknown table [setting]"),
+    ("", {"NUVOM_PLUGINS__MEMORY__VISIBILITY_TIMEOUT_SECS": "soon"},
+     "visibility_timeout_secs='soon' is invalid"),
+])
+def test_every_configuration_error_exits_2(tmp_path: Path, toml: str, env: dict[str, str],
+                                           expected: str) -> None:
+    """main()'s docstring: configuration errors exit 2. A bad core value exited 1."""
+    if toml:
+        (tmp_path / ".nuvom_plugins.toml").write_text(toml)
+    done = run_nuvom(["config"], tmp_path, **env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+PICKY_QUEUE = '''
+from nuvom_kernel.errors import PluginConfigError
+from nuvom_kernel.testing.stubs import StubQueue
+
+
+class PickyQueue(StubQueue):
+    name = "picky"
+
+    @classmethod
+    def from_settings(cls, settings, context):
+        raise PluginConfigError(
+            f"[plugins.picky] level={settings.get('level')!r} is invalid: use 1 or 2")
+'''
+
+
+def test_a_configuration_error_found_by_a_command_exits_2(tmp_path: Path) -> None:
+    """Found when the command builds the backend (its from_settings refuses the value),
+    not while loading: still a configuration error, still 2 (it was 1)."""
+    (tmp_path / "picky_queue.py").write_text(PICKY_QUEUE)
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[settings]\nqueue_backend = "picky"\nresult_backend = "memory"\n\n'
+        '[plugins]\nqueue_backend = ["picky_queue:PickyQueue"]\n\n'
+        '[plugins.picky]\nlevel = 3\n')
+    done = run_nuvom(["status"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == "Error: [plugins.picky] level=3 is invalid: use 1 or 2\n"
+
+
+def test_plugin_test_checks_set_values_before_running(tmp_path: Path) -> None:
+    """``--set badformat`` surfaced as "the contract run did not complete (pytest exit
+    status 4)" from the child pytest run."""
+    done = run_nuvom(["plugin", "test", "memory", "--set", "path=/x", "--set", "badformat"],
+                     tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "'badformat' is not KEY=VALUE" in done.stderr
+    assert "did not complete" not in done.stderr and "Contracts" not in done.stdout
+    empty_key = run_nuvom(["plugin", "test", "memory", "--set", "=1"], tmp_path)
+    assert empty_key.returncode == 2 and "'=1' is not KEY=VALUE" in empty_key.stderr
+
+
+# --- a malformed manifest (fault 3) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("not json", "it is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("[]", "the top level is a list, not an object"),
+    ("{}", 'it has no "tasks" list'),
+    ('{"tasks": {}}', '"tasks" is an object, not a list'),
+    ('{"tasks": [1]}', "tasks[0] is a number (1), not an object"),
+    ('{"tasks": [{"name": "x"}]}', "tasks[0] (task 'x'): \"module\" is missing"),
+    ('{"tasks": [{"module": "m"}]}', 'tasks[0]: "name" is missing'),
+    ('{"tasks": [{"name": "a", "module": "m"}, {"name": 2, "module": "m"}]}',
+     'tasks[1]: "name" is a number (2), not a non-empty string'),
+    ('{"tasks": [{"name": "x", "module": "m", "options": []}]}',
+     "tasks[0] (task 'x'): \"options\" is a list, not an object"),
+    ('{"tasks": [], "state": 3}', '"state" is a number (3), not an object'),
+    ('{"tasks": [], "state": []}', '"state" is a list, not an object'),
+])
+def test_a_malformed_manifest_names_the_file_the_entry_and_the_fix(
+        tmp_path: Path, content: str, problem: str) -> None:
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(tmp_path)
+    text = str(info.value)
+    assert str(tmp_path / "manifest.json") in text
+    assert problem in text, text
+    assert "Rerun `nuvom discover tasks`" in text
+    assert isinstance(info.value, ValueError), "what every reader already catches"
+
+
+def test_a_valid_manifest_still_reads(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "version": 1, "state": {}, "tasks": [{"name": "a", "module": "m", "file": "m.py",
+                                             "line": 3, "options": {"retries": 2}}]}))
+    manifest = read_manifest(tmp_path)
+    assert manifest is not None and manifest["tasks"][0]["options"] == {"retries": 2}
+    assert read_manifest(tmp_path / "nowhere") is None
+
+
+def test_the_registry_ignores_a_malformed_manifest_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "manifest.json").write_text('{"tasks": [{"name": "x"}]}')
+    registry = TaskRegistry()
+    with caplog.at_level(logging.WARNING, logger="nuvom.registry"):
+        assert registry.load_manifest(tmp_path) == 0  # a KeyError before
+    assert "ignoring manifest" in caplog.text and "\"module\" is missing" in caplog.text
+    assert registry.modules() == []
+
+
+def test_a_worker_starts_without_a_malformed_manifest(tmp_path: Path) -> None:
+    """``nuvom runworker`` died at start with a raw KeyError: it warns and runs."""
+    (tmp_path / ".nuvom").mkdir()
+    (tmp_path / ".nuvom" / "manifest.json").write_text('{"tasks": [{"name": "x"}]}')
+    worker = start_worker(tmp_path, MEMORY, "--workers", "1")
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            line = worker.stdout.readline() if worker.stdout else ""
+            seen.append(line)
+            if " started: " in line or not line:
+                break
+    finally:
+        out = "".join(seen) + stop_worker(worker)
+    assert any(" started: " in line for line in seen), out
+    assert worker.returncode == 0, out
+    assert "ignoring manifest" in out and "manifest.json is not a valid Nuvom manifest" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("content", ['{"tasks": [1]}', "not json"])
+def test_list_tasks_says_which_file_is_wrong(tmp_path: Path, content: str) -> None:
+    (tmp_path / ".nuvom").mkdir()
+    (tmp_path / ".nuvom" / "manifest.json").write_text(content)
+    done = run_nuvom(["list", "tasks"], tmp_path, **MEMORY)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith(f"Error: {tmp_path / '.nuvom' / 'manifest.json'} is not a "
+                                  f"valid Nuvom manifest"), done.stderr
+    assert "Rerun `nuvom discover tasks`" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_discover_rewrites_a_malformed_manifest(tmp_path: Path) -> None:
+    pytest.importorskip("nuvom_plugins")
+    (tmp_path / ".nuvom").mkdir()
+    (tmp_path / ".nuvom" / "manifest.json").write_text('{"tasks": [1], "state": []}')
+    (tmp_path / "jobs.py").write_text("from nuvom_kernel import task\n@task\ndef a(): pass\n")
+    done = run_nuvom(["discover", "tasks"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "previous manifest" in done.stderr and "starting fresh" in done.stderr
+    manifest = read_manifest(tmp_path / ".nuvom")
+    assert manifest is not None and [t["name"] for t in manifest["tasks"]] == ["a"]
+
+
+# --- plugins whose hooks raise (fault 5) ----------------------------------------------------
+
+
+def test_a_raising_registration_hook_is_named_and_every_other_command_runs(
+        tmp_path: Path) -> None:
+    """It broke every command, `plugin list` and `config` included, with a raw traceback."""
+    site = _site(tmp_path, "breg", RAISES_IN_REGISTER)
+    expected = ("plugin 'breg' (distribution nuvom-plugins-breg 0.1) failed in "
+                "nuvom_register_queue_backends: RuntimeError('boom in register')")
+    listed = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line.split() for line in listed.stdout.splitlines() if line.startswith("breg ")]
+    assert row[:4] == ["breg", "nuvom-plugins-breg", "0.1", "FAILED"], row
+    assert expected in listed.stderr and "NUVOM_DISABLE_PLUGINS=breg" in listed.stderr
+    assert "Traceback" not in listed.stderr
+    as_json = run_nuvom(["plugin", "list", "--json"], tmp_path, PYTHONPATH=site, **MEMORY)
+    [entry] = [r for r in json.loads(as_json.stdout) if r["name"] == "breg"]
+    assert expected in entry["failure"] and entry["provides"] == {}
+
+    for command in (["config"], ["status"]):  # they do not need what breg provides
+        done = run_nuvom(command, tmp_path, PYTHONPATH=site, **MEMORY)
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+        assert expected in done.stderr and "Traceback" not in done.stderr
+
+    needed = run_nuvom(["status"], tmp_path, PYTHONPATH=site, NUVOM_QUEUE_BACKEND="breg",
+                       NUVOM_RESULT_BACKEND="memory")
+    assert needed.returncode == 1, needed.stdout + needed.stderr
+    [error] = [line for line in needed.stderr.splitlines() if line.startswith("Error:")]
+    assert error.startswith("Error: the queue backend 'breg' is not available: " + expected)
+    assert error.endswith("or disable it with NUVOM_DISABLE_PLUGINS=breg.")
+    assert "Traceback" not in needed.stderr
+
+
+def test_a_raising_settings_hook_is_named_and_config_still_runs(tmp_path: Path) -> None:
+    site = _site(tmp_path, "bset", RAISES_IN_SETTINGS)
+    done = run_nuvom(["config"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert done.returncode == 0, done.stderr
+    assert "plugin 'bset' (distribution nuvom-plugins-bset 0.1) failed in " \
+           "nuvom_plugin_settings: RuntimeError('boom in settings')" in done.stderr
+    assert "NUVOM_DISABLE_PLUGINS=bset" in done.stderr and "Traceback" not in done.stderr
+    assert "queue_backend" in done.stdout
+
+
+def test_a_raising_command_hook_says_how_to_disable_it(tmp_path: Path) -> None:
+    site = _site(tmp_path, "bcmd", RAISES_IN_COMMANDS)
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ("Error: plugin 'bcmd' failed to add its commands (nuvom_register_commands): "
+            "RuntimeError('boom in commands'). Fix or upgrade it, or disable it with "
+            "NUVOM_DISABLE_PLUGINS=bcmd.") in done.stderr
+    fixed = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site,
+                      NUVOM_DISABLE_PLUGINS="bcmd", **MEMORY)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_loading_disables_a_plugin_whose_hook_raises(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(_site(tmp_path, "breg", RAISES_IN_REGISTER))
+    monkeypatch.chdir(tmp_path)
+    pm = NuvomPluginManager()
+    pm.load(load_config(tmp_path, environ={}), environ={})
+    assert pm.get_plugin("breg") is None
+    assert "failed in nuvom_register_queue_backends" in pm.failures["breg"]
+    assert "memory" in pm.collect("nuvom_register_queue_backends"), "the others still load"
+    [info] = [i for i in pm.plugin_infos() if i.name == "breg"]
+    assert info.failure == pm.failures["breg"] and info.distribution == "nuvom-plugins-breg"
+
+
+class _RaisesLate:
+    """Registered after loading (an embedder's ``pm.register``), so never probed."""
+
+    @hookimpl
+    def nuvom_register_queue_backends(self) -> list[type]:
+        raise RuntimeError("late boom")
+
+
+def test_a_hook_registered_after_loading_that_raises_is_named(tmp_path: Path) -> None:
+    pm = NuvomPluginManager()
+    pm.load(load_config(tmp_path, environ={}), environ={"NUVOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    pm.register(_RaisesLate(), name="late")
+    with pytest.raises(PluginLoadError, match=r"plugin 'late' failed in "
+                                              r"nuvom_register_queue_backends: "
+                                              r"RuntimeError\('late boom'\)"):
+        pm.collect("nuvom_register_queue_backends")
+    [info] = [i for i in pm.plugin_infos() if i.name == "late"]
+    assert info.failure is not None and "late boom" in info.failure
+
+
+# --- disabled plugins (fault 6) -------------------------------------------------------------
+
+
+def test_a_disabled_backend_is_reported_disabled_not_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(_site(tmp_path, "fakeq", FAKEQ))
+    enabled = Kernel(root=tmp_path, environ={"NUVOM_QUEUE_BACKEND": "fakeq"})
+    assert enabled.queue.name == "fakeq"
+    by_env = Kernel(root=tmp_path, environ={"NUVOM_QUEUE_BACKEND": "fakeq",
+                                            "NUVOM_DISABLE_PLUGINS": "fakeq"})
+    with pytest.raises(BackendNotFoundError) as info:
+        _ = by_env.queue
+    text = str(info.value)
+    assert ("the queue backend 'fakeq' is provided by a disabled plugin: plugin 'fakeq' "
+            "(nuvom-plugins-fakeq), disabled by NUVOM_DISABLE_PLUGINS=fakeq") in text
+    assert "pip install" not in text and "no installed plugin" not in text
+    assert "NUVOM_QUEUE_BACKEND=<name>" in text
+
+    (tmp_path / ".nuvom_plugins.toml").write_text('[plugins]\ndisable = ["fakeq"]\n')
+    by_file = Kernel(root=tmp_path, environ={"NUVOM_QUEUE_BACKEND": "fakeq"})
+    with pytest.raises(BackendNotFoundError) as info:
+        _ = by_file.queue
+    assert (f"disabled by [plugins] disable in {tmp_path / '.nuvom_plugins.toml'}"
+            in str(info.value))
+
+
+def test_a_disabled_discoverer_is_reported_disabled(tmp_path: Path) -> None:
+    pytest.importorskip("nuvom_plugins")
+    done = run_nuvom(["discover", "tasks"], tmp_path, NUVOM_DISABLE_PLUGINS="discovery")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the 'ast' discoverer is provided by a disabled plugin: plugin 'discovery' " \
+           "(nuvom-plugins), disabled by NUVOM_DISABLE_PLUGINS=discovery" in done.stderr
+    assert "pip install" not in done.stderr
+
+
+def test_a_disabled_name_no_plugin_has_is_warned_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.syspath_prepend(_site(tmp_path, "fakeq", FAKEQ))
+    env = {"NUVOM_DISABLE_PLUGINS": "fakqe", **MEMORY}
+    with caplog.at_level(logging.WARNING, logger="nuvom.config"):
+        Kernel(root=tmp_path, environ=env)
+        Kernel(root=tmp_path, environ=env)  # a second kernel of the process: no repeat
+    [record] = [r for r in caplog.records if "fakqe" in r.getMessage()]
+    text = record.getMessage()
+    assert text.startswith("NUVOM_DISABLE_PLUGINS=fakqe names plugin 'fakqe', but no "
+                           "installed plugin is called that (did you mean 'fakeq'?)"), text
+    assert "Installed plugins: " in text and "fakeq" in text.split("Installed plugins: ")[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nuvom.config"):
+        Kernel(root=tmp_path, environ={"NUVOM_DISABLE_PLUGINS": "fakeq", **MEMORY})
+    assert not caplog.records, "an installed plugin's name is no typo"
+
+
+def test_the_disabled_typo_warning_reaches_the_cli(tmp_path: Path) -> None:
+    site = _site(tmp_path, "fakeq", FAKEQ)
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site,
+                     NUVOM_DISABLE_PLUGINS="fakqe", **MEMORY)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("NUVOM_DISABLE_PLUGINS=fakqe names plugin 'fakqe'") == 1
+
+
+def test_a_disabled_toml_target_is_not_imported(tmp_path: Path) -> None:
+    """Disabling a .nuvom_plugins.toml target (as a failed plugin's hint says) skips it:
+    it was imported and then refused as "does not implement" its capability."""
+    (tmp_path / "broken_target.py").write_text("raise ImportError('no such dependency')\n")
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[plugins]\nqueue_backend = ["broken_target:Queue"]\n')
+    refused = run_nuvom(["config"], tmp_path, **MEMORY)
+    assert refused.returncode == 2 and "cannot be imported" in refused.stderr
+    done = run_nuvom(["config"], tmp_path, NUVOM_DISABLE_PLUGINS="broken_target:Queue",
+                     **MEMORY)
+    assert done.returncode == 0, done.stderr
+
+
+# --- duplicate tasks in discovery (fault 9) -------------------------------------------------
+
+TASK_A = "from nuvom_kernel import task\n\n\n@task\ndef a():\n    pass\n"
+
+OTHER_DISCOVERER = '''
+from nuvom_kernel import hookimpl
+from nuvom_kernel.discovery import Discoverer, DiscoveryReport, TaskRef
+
+
+class OtherDiscoverer(Discoverer):
+    name = "other"
+
+    def discover(self, root, *, include=(), exclude=(), state=None):
+        return DiscoveryReport(tasks=[TaskRef(name="a", module="elsewhere", file="elsewhere.py",
+                                              line=1, func_name="a")]), {}
+
+
+@hookimpl
+def nuvom_register_discoverers():
+    return [OtherDiscoverer]
+'''
+
+
+def test_a_duplicate_found_by_one_discoverer_is_warned_once(tmp_path: Path) -> None:
+    """The scanner warns "also defined at"; the merge warned again, as if a second
+    discoverer had found it."""
+    pytest.importorskip("nuvom_plugins")
+    (tmp_path / "one.py").write_text(TASK_A)
+    (tmp_path / "two.py").write_text(TASK_A)
+    done = run_nuvom(["discover", "tasks"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "'a'" in line]
+    assert len(warnings) == 1, done.stderr
+    assert "also defined at one.py:" in warnings[0]
+
+
+def test_a_duplicate_across_discoverers_is_warned_by_the_merge(tmp_path: Path) -> None:
+    pytest.importorskip("nuvom_plugins")
+    (tmp_path / "one.py").write_text(TASK_A)
+    (tmp_path / "other_disc.py").write_text(OTHER_DISCOVERER)
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[plugins]\ndiscoverer = ["other_disc"]\n')
+    done = run_nuvom(["discover", "tasks"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ("warning: elsewhere.py:1: task 'a' found by 'other' is already at one.py:5 "
+            "(found by 'ast'); the first one is kept") in done.stderr
