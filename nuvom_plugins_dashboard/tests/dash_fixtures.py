@@ -1,7 +1,8 @@
 """Fixtures (imported by each test module: a test folder of a distribution holds no
 conftest.py, whose module name would collide with the other distributions' own): a project
 directory on the SQLite backends (a real file), its kernel, and the dashboard app over it
-through Starlette's TestClient."""
+through Starlette's TestClient, which talks to it as ``http://127.0.0.1`` (a token-less
+dashboard answers loopback names only; TestClient's default ``testserver`` is not one)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from starlette.testclient import TestClient
 
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_plugins_dashboard import create_app
+
+#: What the clients call the dashboard (the ``Host`` they send).
+BASE_URL = "http://127.0.0.1"
 
 
 @pytest.fixture
@@ -41,7 +45,8 @@ def make_client(kernel: Kernel) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(**options: object) -> TestClient:
-        client = TestClient(create_app(kernel, **options), follow_redirects=False)
+        client = TestClient(create_app(kernel, **options), base_url=BASE_URL,
+                            follow_redirects=False)
         clients.append(client)
         return client
 

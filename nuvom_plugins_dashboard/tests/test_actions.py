@@ -27,10 +27,10 @@ def _flash(html: str) -> str:
 def test_retry_asks_then_queues_the_next_run_and_reports_it(kernel: Kernel,
                                                              client: TestClient) -> None:
     kernel.results.put(record("j1"))
-    confirm = client.get("/jobs/j1/retry")
+    confirm = client.get("/actions/retry/j1")
     assert confirm.status_code == 200 and "Retry job" in confirm.text
     assert kernel.queue.peek_state("j1") is None  # asking changed nothing
-    done = client.post("/jobs/j1/retry", data={"csrf": csrf_of(confirm.text)})
+    done = client.post("/actions/retry/j1", data={"csrf": csrf_of(confirm.text)})
     assert done.status_code == 303 and done.headers["location"] == "/jobs/j1"
     assert kernel.queue.peek_state("j1") is JobStatus.QUEUED
     stored = kernel.results.get("j1")
@@ -38,7 +38,7 @@ def test_retry_asks_then_queues_the_next_run_and_reports_it(kernel: Kernel,
     page = client.get("/jobs/j1").text
     assert _flash(page) == "job j1 (tasks.boom) queued again on &#39;default&#39; (run 2)"
     assert "nuvom_flash" not in client.cookies  # reported once
-    again = client.post("/jobs/j1/retry", data={"csrf": csrf_of(confirm.text)})
+    again = client.post("/actions/retry/j1", data={"csrf": csrf_of(confirm.text)})
     assert "only FAILED or CANCELLED jobs can be run again" in _flash(
         client.get(again.headers["location"]).text)
 
@@ -46,8 +46,8 @@ def test_retry_asks_then_queues_the_next_run_and_reports_it(kernel: Kernel,
 def test_cancel_removes_a_waiting_job_and_records_it(kernel: Kernel,
                                                       client: TestClient) -> None:
     kernel.queue.enqueue(Message(id="w1", body=b"{}", task="tasks.slow"))
-    confirm = client.get("/jobs/w1/cancel")
-    client.post("/jobs/w1/cancel", data={"csrf": csrf_of(confirm.text)})
+    confirm = client.get("/actions/cancel/w1")
+    client.post("/actions/cancel/w1", data={"csrf": csrf_of(confirm.text)})
     assert kernel.queue.peek_state("w1") is None
     stored = kernel.results.get("w1")
     assert stored is not None and stored.status is JobStatus.CANCELLED
@@ -57,14 +57,15 @@ def test_cancel_removes_a_waiting_job_and_records_it(kernel: Kernel,
 def test_a_post_without_the_csrf_token_or_from_another_origin_changes_nothing(
         kernel: Kernel, client: TestClient) -> None:
     kernel.results.put(record("j1"))
-    token = csrf_of(client.get("/jobs/j1/retry").text)
+    token = csrf_of(client.get("/actions/retry/j1").text)
     for data, headers in [({}, {}), ({"csrf": "forged"}, {}),
                           ({"csrf": token}, {"Origin": "http://evil.example"})]:
-        response = client.post("/jobs/j1/retry", data=data, headers=headers)
+        response = client.post("/actions/retry/j1", data=data, headers=headers)
         assert response.status_code == 403, response.text
         assert kernel.queue.peek_state("j1") is None
-    fresh = TestClient(client.app, follow_redirects=False)  # another browser: no cookie
-    assert fresh.post("/jobs/j1/retry", data={"csrf": token}).status_code == 403
+    fresh = TestClient(client.app, base_url=str(client.base_url),  # another browser: no cookie
+                       follow_redirects=False)
+    assert fresh.post("/actions/retry/j1", data={"csrf": token}).status_code == 403
     assert "CSRF" in fresh.post("/bulk/retry", data={"status": "failed"}).text
     assert kernel.queue.peek_state("j1") is None
 
@@ -113,9 +114,9 @@ def test_read_only_shows_no_action_and_refuses_them(kernel: Kernel,
         assert "/retry" not in html and "/bulk/" not in html and "<form method=\"post\"" \
             not in html
     token = client.cookies.get("nuvom_csrf")
-    for url in ("/jobs/j1/retry", "/bulk/retry?status=failed"):
+    for url in ("/actions/retry/j1", "/bulk/retry?status=failed"):
         assert client.get(url).status_code == 403
-    assert client.post("/jobs/j1/retry", data={"csrf": token}).status_code == 403
+    assert client.post("/actions/retry/j1", data={"csrf": token}).status_code == 403
     assert kernel.queue.peek_state("j1") is None
 
 
@@ -138,3 +139,62 @@ def test_a_token_is_required_once_then_kept_in_a_cookie(kernel: Kernel,
 def test_a_bulk_action_that_matches_nothing_offers_no_button(client: TestClient) -> None:
     html = client.get("/bulk/retry?status=failed&task=tasks.none").text
     assert "nothing to retry" in html and "<form method=\"post\"" not in html
+
+
+def test_an_id_ending_in_an_action_name_gets_its_own_page_and_its_own_actions(
+        kernel: Kernel, client: TestClient) -> None:
+    """The server decodes ``%2F`` before routing: ``/jobs/invoice-7%2Fretry`` used to be
+    the retry of ``invoice-7``, and confirming it retried that other job."""
+    kernel.results.put_many([record("invoice-7"), record("invoice-7/retry"),
+                             record("invoice-7/cancel")])
+    listed = client.get("/jobs?status=failed").text
+    link = re.search(r'<a href="([^"]+)"><code>invoice-7/retry</code>', listed)
+    assert link, listed
+    page = client.get(link.group(1))
+    assert page.status_code == 200 and "<h1>Job <code>invoice-7/retry</code></h1>" in page.text
+    retry = re.search(r'<a class="button" href="([^"]+)">Retry…</a>', page.text)
+    assert retry and retry.group(1) == "/actions/retry/invoice-7%2Fretry"
+    confirm = client.get(retry.group(1)).text
+    assert "<code>invoice-7/retry</code>" in confirm and "<code>invoice-7</code>" not in confirm
+    form = re.search(r'<form method="post" action="([^"]+)">', confirm)
+    assert form
+    done = client.post(form.group(1), data={"csrf": csrf_of(confirm)})
+    assert done.status_code == 303 and done.headers["location"] == link.group(1)
+    assert kernel.queue.peek_state("invoice-7/retry") is JobStatus.QUEUED
+    assert kernel.queue.peek_state("invoice-7") is None, "the other job was not touched"
+    other = client.get("/jobs/invoice-7%2Fcancel").text
+    assert "<h1>Job <code>invoice-7/cancel</code></h1>" in other
+    assert client.get("/actions/bogus/invoice-7").status_code == 404
+
+
+def test_a_link_of_the_old_form_leads_to_the_action_of_the_job_it_named(
+        kernel: Kernel, client: TestClient) -> None:
+    """``/jobs/<id>/retry`` (a literal slash before the action) from before actions moved
+    to ``/actions/``: redirected there, keeping the method, so an old form still posts."""
+    kernel.results.put(record("a/b"))
+    old = client.get("/jobs/a%2Fb/retry")
+    assert old.status_code == 308 and old.headers["location"] == "/actions/retry/a%2Fb"
+    token = csrf_of(client.get(old.headers["location"]).text)
+    posted = client.post("/jobs/a%2Fb/retry", data={"csrf": token})
+    assert posted.status_code == 308 and posted.headers["location"] == "/actions/retry/a%2Fb"
+    assert kernel.queue.peek_state("a/b") is None, "a redirect acts on nothing"
+    done = client.post(posted.headers["location"], data={"csrf": token})
+    assert done.status_code == 303 and done.headers["location"] == "/jobs/a%2Fb"
+    assert kernel.queue.peek_state("a/b") is JobStatus.QUEUED
+    assert client.post("/jobs/a%2Fb", data={"csrf": token}).status_code == 405
+
+
+def test_a_malformed_form_body_is_a_400_with_the_security_headers(kernel: Kernel,
+                                                                 client: TestClient) -> None:
+    """The Guard parses the form for the CSRF check, outside Starlette's error handling: a
+    multipart body without a boundary was a 500."""
+    kernel.results.put(record("j1"))
+    client.get("/jobs")  # this browser's CSRF cookie
+    for url in ("/bulk/retry", "/actions/retry/j1"):
+        response = client.post(url, content=b"abc",
+                               headers={"Content-Type": "multipart/form-data"})
+        assert response.status_code == 400, (url, response.text)
+        assert "boundary" in response.text
+        assert response.headers["x-frame-options"] == "DENY"
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert kernel.queue.peek_state("j1") is None

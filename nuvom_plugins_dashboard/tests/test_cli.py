@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import socket
 import subprocess
 import sys
@@ -70,6 +71,31 @@ def test_another_address_with_the_token_from_the_environment_demands_it(project:
     assert "tok-123" not in shown  # nuvom config masks it
 
 
+def test_without_a_token_it_answers_loopback_and_allowed_hosts_only(project: Path) -> None:
+    """DNS rebinding: a foreign ``Host`` on the loopback socket is refused; a reverse
+    proxy's name is listed in ``[plugins.dashboard] allowed_hosts``."""
+    dashboard = Dashboard(project, NUVOM_PLUGINS__DASHBOARD__ALLOWED_HOSTS="dash.example.com")
+    try:
+        assert "also answering to host dash.example.com" in "".join(dashboard.lines)
+        port = dashboard.url.rstrip("/").rsplit(":", 1)[1]
+        status, body = _get(dashboard.url + "jobs", Host=f"rebind.attacker.example:{port}")
+        assert status == 421 and "[plugins.dashboard] allowed_hosts" in body
+        assert _get(dashboard.url + "jobs", Host="dash.example.com")[0] == 200
+        assert _get(dashboard.url + "jobs", Host=f"localhost:{port}")[0] == 200
+        assert _get(dashboard.url + "jobs")[0] == 200
+    finally:
+        out = dashboard.stop()
+    assert dashboard.proc.returncode == 0, out
+    typo = _run(project, "dashboard", "--port", "0",
+                NUVOM_PLUGINS__DASHBOARD__ALLOWED_HOSTS="https://dash.example.com/")
+    assert typo.returncode != 0
+    assert "NUVOM_PLUGINS__DASHBOARD__ALLOWED_HOSTS" in typo.stderr
+    assert "'https://dash.example.com/' is not a host name" in typo.stderr
+    anything = _run(project, "dashboard", "--port", "0",
+                    NUVOM_PLUGINS__DASHBOARD__ALLOWED_HOSTS="*")
+    assert anything.returncode != 0 and "DNS rebinding" in anything.stderr
+
+
 def test_a_port_in_use_is_an_error_naming_it(project: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -93,7 +119,7 @@ def test_a_form_rendered_before_a_restart_still_works_after_it(project: Path) ->
         kernel.results.put(record("j1"))
         first = Dashboard(project)
         try:
-            with urllib.request.urlopen(first.url + "jobs/j1/retry", timeout=10) as page:
+            with urllib.request.urlopen(first.url + "actions/retry/j1", timeout=10) as page:
                 cookie = page.headers["set-cookie"].split(";", 1)[0]
                 token = csrf_of(page.read().decode())
         finally:
@@ -101,13 +127,52 @@ def test_a_form_rendered_before_a_restart_still_works_after_it(project: Path) ->
         second = Dashboard(project)
         try:
             form = urllib.parse.urlencode({"csrf": token}).encode()
-            request = urllib.request.Request(second.url + "jobs/j1/retry", data=form,
+            request = urllib.request.Request(second.url + "actions/retry/j1", data=form,
                                              headers={"Cookie": cookie})
             with urllib.request.urlopen(request, timeout=10) as done:  # 303 to the job
                 assert done.status == 200 and done.url == second.url + "jobs/j1"
         finally:
             second.stop()
         assert kernel.queue.peek_state("j1") is JobStatus.QUEUED
+    finally:
+        kernel.close()
+
+
+def _raw_get(url: str, path: str, **headers: str) -> tuple[int, dict[str, str], str]:
+    """One GET of ``path`` exactly as written (no redirect followed, nothing re-encoded)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers)
+        reply = conn.getresponse()
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read().decode()
+    finally:
+        conn.close()
+
+
+def test_the_token_link_redirects_to_the_path_as_sent(project: Path) -> None:
+    """The redirect that drops ``?token=`` is built from the raw path: built from the
+    decoded one, the link to job ``report%2F2026`` (``/jobs/report%252F2026``) landed on
+    ``/jobs/report%2F2026``, the page of another job (``report/2026``)."""
+    from dash_helpers import record
+
+    from nuvom_kernel.kernel import Kernel
+
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "sqlite",
+                                           "NUVOM_RESULT_BACKEND": "sqlite"})
+    try:
+        kernel.results.put_many([record("report%2F2026"), record("a/b")])
+        dashboard = Dashboard(project, "--token", "T0k")
+        try:
+            status, headers, _ = _raw_get(dashboard.url, "/jobs/report%252F2026?token=T0k&x=1")
+            assert status == 303 and headers["location"] == "/jobs/report%252F2026?x=1"
+            cookie = headers["set-cookie"].split(";", 1)[0]
+            status, _, html = _raw_get(dashboard.url, headers["location"], Cookie=cookie)
+            assert status == 200 and "<h1>Job <code>report%2F2026</code></h1>" in html
+            status, headers, _ = _raw_get(dashboard.url, "/jobs/a%2Fb?token=T0k")
+            assert status == 303 and headers["location"] == "/jobs/a%2Fb"
+        finally:
+            dashboard.stop()
     finally:
         kernel.close()
 

@@ -118,10 +118,10 @@ def test_every_page_escapes_arguments_results_errors_and_names(
                history=[{"attempt": 1, "kind": PAYLOAD, "error_type": PAYLOAD,
                          "error_message": PAYLOAD, "worker": PAYLOAD}]),
         record("ok", JobStatus.SUCCEEDED, result={"html": PAYLOAD}, args=[], kwargs={})])
-    job_url = "/jobs/" + re.sub(r"[^A-Za-z0-9_.~-]", lambda m: f"%{ord(m.group()):02X}",
-                                f"id-{PAYLOAD}")
+    quoted = re.sub(r"[^A-Za-z0-9_.~-]", lambda m: f"%{ord(m.group()):02X}", f"id-{PAYLOAD}")
+    job_url = f"/jobs/{quoted}"
     pages = ["/", "/jobs", "/jobs?status=failed", f"/jobs?queue=q{PAYLOAD}", job_url,
-             "/jobs/ok", f"{job_url}/retry", "/bulk/retry?status=failed", "/workers"]
+             "/jobs/ok", f"/actions/retry/{quoted}", "/bulk/retry?status=failed", "/workers"]
     for url in pages:
         response = client.get(url)
         assert response.status_code == 200, (url, response.text[:300])
@@ -136,7 +136,7 @@ def test_a_job_waiting_for_its_first_run_and_an_unknown_one(kernel: Kernel,
     kernel.queue.enqueue(Message(id="waiting", body=b"{}"))
     html = client.get("/jobs/waiting").text
     assert "QUEUED" in html and "Waiting in its queue" in html
-    assert 'href="/jobs/waiting/cancel"' in html and "/retry" not in html
+    assert 'href="/actions/cancel/waiting"' in html and "/retry" not in html
     missing = client.get("/jobs/nope")
     assert missing.status_code == 404 and "No backend knows this job id" in missing.text
 
@@ -179,3 +179,44 @@ def test_schedules_page_lists_each_schedule_with_its_state(kernel: Kernel, clien
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
     assert cells[-2:] == ["2", "1"], cells  # missed, skipped
     assert cells[2] != "-" and cells[3] != "-", "next and last run are shown"
+
+
+def test_the_list_shows_and_filters_recorded_states_and_running_is_the_queues(
+        kernel: Kernel, client: TestClient) -> None:
+    """No record is ever RUNNING (one is written when an attempt settles): a job in its
+    second attempt has a RETRYING record while its lease says RUNNING. The list labels its
+    column as the record's, its page says RUNNING, and ``status=running`` says where to look
+    instead of listing nothing."""
+    kernel.queue.enqueue(Message(id="long-job", body=b"{}"))
+    kernel.results.put(record("long-job", JobStatus.RETRYING))
+    assert kernel.queue.claim(1), "a worker runs its second attempt"
+    running = client.get("/jobs?status=running")
+    assert running.status_code == 400, "it listed nothing, whatever ran"
+    assert "no record is RUNNING" in running.text
+    assert "The overview counts running jobs per queue" in running.text
+    listed = client.get("/jobs").text
+    assert ">recorded state</th>" in listed and ">RETRYING</span>" in listed
+    assert re.findall(r'<option value="([a-z]*)"', listed) == [
+        "", "queued", "retrying", "succeeded", "failed", "cancelled"]
+    page = client.get("/jobs/long-job").text
+    assert '<span class="status running">RUNNING</span>' in page
+    assert "its record says RETRYING" in page
+    assert _row(client.get("/").text, "default")[2] == "1", "the overview counts it running"
+
+
+def test_a_lone_surrogate_in_arguments_results_or_attempts_is_shown_escaped(
+        kernel: Kernel, client: TestClient) -> None:
+    """Text decoded with ``surrogateescape`` (a file name from ``os.listdir``) is valid in
+    a task's arguments and result, but has no UTF-8 form: the page was a 500."""
+    kernel.results.put_many([
+        record("surrogate", JobStatus.SUCCEEDED, args=["caf\udce9.txt"],
+               kwargs={"name": "caf\udce9"}, result={"path": "caf\udce9.txt"},
+               history=[{"attempt": 1, "kind": "error", "worker": "w",
+                         "error_type": "OSError", "error_message": "no caf\udce9.txt"}]),
+        record("plain", JobStatus.SUCCEEDED, args=["café"], result="café")])
+    page = client.get("/jobs/surrogate")
+    assert page.status_code == 200
+    assert page.text.count("caf\\udce9") == 4  # args, kwargs, result, the attempt's error
+    plain = client.get("/jobs/plain").text
+    assert plain.count("café") == 2, "other non-ASCII text stays as it is"
+    assert client.get("/jobs").status_code == 200

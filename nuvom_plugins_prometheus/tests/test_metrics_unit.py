@@ -1,24 +1,29 @@
 """The recording side on its own: each outcome lands in exactly one series, a lost lease
 only in ``nuvom_leases_lost_total``; the plugin is idle without a port; queue snapshots
-come from a real backend's ``stats()``."""
+come from a real backend's ``stats()`` and say how old they are; a bind failure names the
+setting to change."""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from prom_helpers import project as project  # the fixture
-from prom_helpers import wait_until
+from prom_helpers import sample, scrape, wait_until
 from prometheus_client import CollectorRegistry
 
 from nuvom_kernel import Worker, hookimpl
-from nuvom_kernel.errors import WorkerPrepareError
+from nuvom_kernel.errors import PluginConfigError, WorkerPrepareError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement
 from nuvom_kernel.outcome import Outcome
 from nuvom_plugins_prometheus import plugin
+from nuvom_plugins_prometheus.exporter import Exporter
 from nuvom_plugins_prometheus.metrics import JobMetrics
+from nuvom_plugins_prometheus.settings import PrometheusSettings
 
 
 def _outcome(status: JobStatus, landed: bool = True, kind: str = "error",
@@ -123,3 +128,76 @@ def test_a_worker_that_fails_to_start_gives_back_the_port_and_the_recorder(
     assert plugin.current_exporter() is None, "the exporter it opened is closed"
     assert kernel.pm.get_plugin(plugin.RECORDER) is None, "and its recorder unregistered"
     kernel.close()
+
+
+def test_while_the_store_cannot_be_read_the_snapshot_says_how_old_it_is(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last good snapshot is kept while ``stats()`` fails (a dropped series would read
+    as an empty queue); its timestamp stops advancing and the failures are counted, so an
+    alert can tell a frozen number from a quiet queue."""
+    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
+           "NUVOM_PLUGINS__PROMETHEUS__PORT": "0",
+           # the timer reads once, at start; the test drives every later read (poll())
+           "NUVOM_PLUGINS__PROMETHEUS__REFRESH_SECS": "3600"}
+    kernel = Kernel(root=project, environ=env)
+    kernel.queue.enqueue(Message(id="later", body=b"{}", queue="reports",
+                                 available_at=time.time() + 3600))
+    stamp = "nuvom_queue_stats_last_success_timestamp_seconds"
+    with use_kernel(kernel):
+        worker = Worker(kernel, workers=1, queues=["default"])
+        worker.start()
+        try:
+            exporter = plugin.current_exporter()
+            assert exporter is not None and exporter.port
+            port = exporter.port
+            first = wait_until(lambda: sample(scrape(port), stamp), 10, "the first snapshot")
+            assert isinstance(first, float) and abs(first - time.time()) < 60
+            assert sample(scrape(port), "nuvom_queue_stats_errors_total") == 0
+
+            stats = kernel.queue.stats
+
+            def down() -> None:
+                raise sqlite3.OperationalError("unable to open database file")
+
+            monkeypatch.setattr(kernel.queue, "stats", down)
+            assert exporter.poll() is False and exporter.poll() is False
+            s = scrape(port)
+            assert sample(s, "nuvom_queue_stats_errors_total") == 2
+            assert sample(s, stamp) == first, "a failed read does not refresh it"
+            assert sample(s, "nuvom_queue_depth", queue="reports", state="delayed") == 1
+
+            monkeypatch.setattr(kernel.queue, "stats", stats)  # the store is back
+            assert exporter.poll() is True
+            s = scrape(port)
+            assert (sample(s, stamp) or 0) > first
+            assert sample(s, "nuvom_queue_stats_errors_total") == 2
+        finally:
+            worker.stop()
+            worker.join()
+    kernel.close()
+
+
+@pytest.mark.parametrize(("host", "says"), [
+    ("192.0.2.1", "it is not an address of this machine"),  # TEST-NET-1: never assigned
+    ("metrics.invalid", "the name does not resolve"),  # .invalid never resolves (RFC 6761)
+    ("a" * 64 + ".example", "the name does not resolve"),  # a label IDNA cannot encode
+])
+def test_a_wrong_host_is_reported_as_the_host_setting(host: str, says: str) -> None:
+    exporter = Exporter(PrometheusSettings(port=0, host=host))
+    with pytest.raises(PluginConfigError) as refused:
+        exporter.serve()
+    message = str(refused.value)
+    assert f"[plugins.prometheus] host={host!r} (NUVOM_PLUGINS__PROMETHEUS__HOST)" in message
+    assert says in message
+    assert "holds that port" not in message and "port=" not in message
+
+
+def test_a_refused_bind_is_reported_as_a_permission() -> None:
+    from nuvom_plugins_prometheus.exporter import bind_error
+
+    message = bind_error("0.0.0.0", 80, PermissionError(errno.EACCES, "Permission denied"))
+    assert "permission denied (Permission denied)" in message
+    assert "[plugins.prometheus] port=80 (NUVOM_PLUGINS__PROMETHEUS__PORT)" in message
+    assert "holds that port" not in message
+    in_use = bind_error("127.0.0.1", 9464, OSError(errno.EADDRINUSE, "Address already in use"))
+    assert "Another process (another worker?) holds that port" in in_use

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,9 @@ def test_metrics_after_n_jobs(project: Path, pool: str) -> None:
         assert sample(s, "nuvom_oldest_job_age_seconds", queue="default") == 0
         assert sample(s, "nuvom_worker_slots") == 2
         assert sample(s, "nuvom_leases_lost_total") == 0
+        assert sample(s, "nuvom_queue_stats_errors_total") == 0
+        assert abs((sample(s, "nuvom_queue_stats_last_success_timestamp_seconds") or 0)
+                   - time.time()) < 30, "a fresh snapshot"
         # The abandoned thread of the timed-out job is not a busy slot once it is decided.
         wait_until(lambda: sample(scrape(port), "nuvom_worker_busy_slots") == 0, 30,
                    "no busy slot")
@@ -101,6 +105,16 @@ def test_a_port_in_use_is_a_startup_error_naming_the_setting(project: Path) -> N
     assert f"[plugins.prometheus] port={port} (NUVOM_PLUGINS__PROMETHEUS__PORT)" in done.stderr
     assert "in use" in done.stderr
     assert "started" not in done.stdout + done.stderr, "nothing may start before the bind"
+
+
+def test_a_host_this_machine_does_not_have_is_an_error_naming_the_host(project: Path
+                                                                       ) -> None:
+    done = _runworker(project, {**ENV, "NUVOM_PLUGINS__PROMETHEUS__HOST": "192.0.2.1"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "[plugins.prometheus] host='192.0.2.1' (NUVOM_PLUGINS__PROMETHEUS__HOST)" \
+        in done.stderr
+    assert "not an address of this machine" in done.stderr
+    assert "holds that port" not in done.stderr
 
 
 @pytest.mark.parametrize(("value", "status", "says"), [

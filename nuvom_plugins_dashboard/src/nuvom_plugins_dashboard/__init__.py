@@ -6,6 +6,7 @@ in your own server behind your own authentication).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 __version__ = "0.1.0"
@@ -13,8 +14,10 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "create_app"]
 
 
-def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False) -> Any:
-    """The dashboard's Starlette app over ``kernel`` (see :mod:`.app`)."""
+def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False,
+               allowed_hosts: Iterable[str] | str = ()) -> Any:
+    """The dashboard's Starlette app over ``kernel`` (see :mod:`.app`); without a token
+    it answers only to loopback host names and ``allowed_hosts``."""
     from nuvom_plugins_dashboard.app import create_app as build
 
-    return build(kernel, token=token, read_only=read_only)
+    return build(kernel, token=token, read_only=read_only, allowed_hosts=allowed_hosts)

@@ -2,20 +2,31 @@
 
 Stable URLs, so an alert can link to them: ``/`` overview, ``/jobs`` (query ``status``,
 ``task``, ``queue``, and ``after`` for the next page), ``/jobs/<id>``, ``/workers``. Actions
-are a confirmation page (GET) and a POST carrying the CSRF token; the POST reports what it
-did on the page it redirects to. Templates autoescape everything: arguments, results and
-errors are data, never markup.
+are a confirmation page (GET ``/actions/<action>/<id>``) and a POST there carrying the CSRF
+token; the POST reports what it did on the page it redirects to. Templates autoescape
+everything: arguments, results and errors are data, never markup.
+
+Why actions have a prefix of their own: the server decodes ``%2F`` before routing, so
+``/jobs/<id>/retry`` could not tell job ``invoice-7``'s retry from the page of job
+``invoice-7/retry``. ``/actions/<action>/<id>`` reads the action first and the whole rest
+as the id, whatever it holds.
+
+Why every URL starts with the mount prefix (``root_path``): mounted in another app
+(``Mount("/admin/nuvom", app=create_app(...))``) or behind a proxy's path, root-absolute
+links would leave the mount.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 import jinja2
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -28,6 +39,7 @@ from starlette.templating import Jinja2Templates
 from nuvom_kernel.models import JobStatus
 from nuvom_plugins_dashboard import actions, views
 from nuvom_plugins_dashboard.security import CSRF_FIELD, Guard
+from nuvom_plugins_dashboard.settings import parse_allowed_hosts
 
 __all__ = ["create_app"]
 
@@ -57,36 +69,103 @@ def _duration(start: float | None, end: float | None) -> str:
     return "-" if start is None or end is None else f"{(end - start) * 1000:.1f} ms"
 
 
-def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False) -> Starlette:
+def _printable(value: Any) -> Any:
+    """Jinja's ``finalize``: every value a template prints goes through
+    :func:`views.printable`, so a lone surrogate in an argument, a result or an attempt's
+    error cannot make the page unencodable (a 500)."""
+    if isinstance(value, Markup):
+        return Markup(views.printable(str(value)))
+    if isinstance(value, str):
+        return views.printable(value)
+    return value
+
+
+def _base(request: Request) -> str:
+    """The path the app is mounted at (a host app's ``Mount``, a proxy's ``root_path``),
+    escaped for a URL; ``""`` at the root. Every link, asset, form and redirect starts
+    with it."""
+    return quote(request.scope.get("root_path", ""))
+
+
+def _route_path(request: Request) -> str:
+    """The request's path below the mount (what the routes match), for the navigation."""
+    path: str = request.scope["path"]
+    root: str = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
+
+
+def _quote_id(job_id: str) -> str:
+    """A job id as one path segment: its slashes escaped too."""
+    return quote(job_id, safe="", errors="backslashreplace")
+
+
+def job_url(base: str, job_id: str) -> str:
+    """The page of one job."""
+    return f"{base}/jobs/{_quote_id(job_id)}"
+
+
+def action_url(base: str, action: str, job_id: str) -> str:
+    """The confirmation page (GET) and the form target (POST) of one job's action."""
+    return f"{base}/actions/{action}/{_quote_id(job_id)}"
+
+
+def _legacy_action(request: Request, job_id: str) -> tuple[str, str] | None:
+    """``(action, job id)`` of a link from before actions moved to ``/actions/``
+    (``/jobs/<id>/retry``), told apart by the raw path: the slash before the action is
+    literal there, while a slash of the id itself arrives escaped (``%2F``)."""
+    raw = bytes(request.scope.get("raw_path") or b"")
+    for action in actions.ACTIONS:
+        tail = "/" + action
+        if raw.endswith(tail.encode()) and job_id.endswith(tail) and len(job_id) > len(tail):
+            return action, job_id[:-len(tail)]
+    return None
+
+
+def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False,
+               allowed_hosts: Iterable[str] | str = ()) -> Starlette:
     """The dashboard over ``kernel``'s backends.
 
     :param token: required from every client when set (see :mod:`.security`).
     :param read_only: hide every action and refuse every POST.
+    :param allowed_hosts: without a token, the host names (``Host`` without its port) it
+        answers besides 127.0.0.1, localhost and [::1] — the names a reverse proxy
+        forwards — as names or one comma-separated string; ``"*"`` answers any host (only
+        behind authentication of your own). Others get a 421 (DNS rebinding).
     """
+    hosts = parse_allowed_hosts(allowed_hosts if isinstance(allowed_hosts, str)
+                                else ",".join(allowed_hosts))
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined)
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             finalize=_printable)
     templates = Jinja2Templates(env=env)
     env.filters.update(when=_when, age=_age)
     env.globals.update(duration=_duration, read_only=read_only, csrf_field=CSRF_FIELD,
                        refresh_secs=REFRESH_SECS, windows=views.WINDOWS,
-                       job_url=lambda job_id: "/jobs/" + quote(job_id, safe=""),
+                       job_url=jinja2.pass_context(lambda ctx, job_id: job_url(
+                           ctx["base"], job_id)),
+                       action_url=jinja2.pass_context(lambda ctx, action, job_id: action_url(
+                           ctx["base"], action, job_id)),
                        bulk_limit=actions.BULK_LIMIT)
 
     def render(request: Request, name: str, status_code: int = 200, **context: Any
                ) -> Response:
         flash = request.cookies.get(FLASH_COOKIE)
         flash = unquote(flash) if flash is not None else None
-        context.update(csrf=request.state.csrf, flash=flash, path=request.url.path,
-                       now=time.time())
+        context.update(csrf=request.state.csrf, flash=flash, path=_route_path(request),
+                       base=_base(request), now=time.time())
         response = templates.TemplateResponse(request, name, context,
                                               status_code=status_code)
         if flash is not None:
             response.delete_cookie(FLASH_COOKIE)
         return response
 
-    def done(target: str, sentence: str) -> Response:
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(FLASH_COOKIE, quote(sentence), httponly=True, samesite="strict")
+    def done(request: Request, target: str, sentence: str) -> Response:
+        """Redirect to ``target`` (a path below the mount) reporting ``sentence`` there."""
+        response = RedirectResponse(_base(request) + target, status_code=303)
+        response.set_cookie(FLASH_COOKIE, quote(sentence, errors="backslashreplace"),
+                            httponly=True, samesite="strict")
         return response
 
     def refused() -> Response | None:
@@ -105,36 +184,49 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         flt = views.JobFilter.from_params(request.query_params)
         after = request.query_params.get("after") or None
         page = views.list_jobs(kernel.results, flt, after=after)
+        base = _base(request)
         next_url = None
         if page.next_cursor is not None:
-            next_url = "/jobs?" + urlencode({**flt.params(), "after": page.next_cursor})
+            next_url = f"{base}/jobs?" + urlencode({**flt.params(), "after": page.next_cursor})
         return render(request, "jobs.html", page=page, filter=flt, next_url=next_url,
-                      first_url="/jobs?" + urlencode(flt.params()) if after else None,
-                      statuses=[s for s in JobStatus if s is not JobStatus.UNKNOWN],
+                      first_url=f"{base}/jobs?" + urlencode(flt.params()) if after else None,
+                      statuses=views.RECORD_STATES,
                       bulk_actions=[a for a, states in actions.ACTIONS.items()
                                     if flt.status in states])
 
-    def job(request: Request) -> Response:
-        detail = views.job_detail(kernel, request.path_params["job_id"])
+    async def job(request: Request) -> Response:
+        job_id = request.path_params["job_id"]
+        if (legacy := _legacy_action(request, job_id)) is not None:
+            # 308 keeps the method and body: a confirmation form rendered before the move
+            # still posts (the Guard checked its CSRF token on the way in, and checks again)
+            return RedirectResponse(action_url(_base(request), *legacy), status_code=308)
+        if request.method not in ("GET", "HEAD"):
+            return PlainTextResponse("405: a job's page takes no POST; its actions are at "
+                                     "/actions/<action>/<id>", status_code=405)
+        if views.impossible_job_id(job_id):
+            detail = views.JobDetail(job_id=job_id, status=JobStatus.UNKNOWN, record=None)
+        else:
+            detail = await run_in_threadpool(views.job_detail, kernel, job_id)
         if detail.status is JobStatus.UNKNOWN:
             return render(request, "job.html", detail=detail, status_code=404)
         return render(request, "job.html", detail=detail)
 
     async def job_action(request: Request) -> Response:
         job_id, action = request.path_params["job_id"], request.path_params["action"]
-        if action not in actions.ACTIONS:  # an id with a slash in it
-            if request.method != "GET":
-                return PlainTextResponse(f"404: no action {action!r}", status_code=404)
-            request.path_params["job_id"] = f"{job_id}/{action}"
-            return await run_in_threadpool(job, request)
+        if action not in actions.ACTIONS:
+            return PlainTextResponse(f"404: no action {action!r}; use one of "
+                                     f"{', '.join(actions.ACTIONS)}", status_code=404)
         if (denied := refused()) is not None:
             return denied
+        if views.impossible_job_id(job_id):
+            return PlainTextResponse("404: no job has this id: a job id never holds a NUL "
+                                     "character (\\x00)", status_code=404)
         if request.method == "GET":
             detail = await run_in_threadpool(views.job_detail, kernel, job_id)
             return render(request, "confirm.html", action=action, detail=detail, filter=None,
                           matching=None)
         _ok, sentence = await run_in_threadpool(actions.act, kernel, action, job_id)
-        return done("/jobs/" + quote(job_id, safe=""), sentence)
+        return done(request, job_url("", job_id), sentence)
 
     async def bulk_action(request: Request) -> Response:
         action = request.path_params["action"]
@@ -149,7 +241,7 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         form = await request.form()
         flt = views.JobFilter.from_params({k: str(v) for k, v in form.items()})
         report = await run_in_threadpool(actions.bulk, kernel, action, flt)
-        return done("/jobs?" + urlencode(flt.params()), report.summary())
+        return done(request, "/jobs?" + urlencode(flt.params()), report.summary())
 
     def workers(request: Request) -> Response:
         return render(request, "workers.html", workers=views.live_workers(kernel.results),
@@ -164,12 +256,13 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
     routes = [
         Route("/", home),
         Route("/jobs", jobs),
-        Route("/jobs/{job_id:path}/{action:str}", job_action, methods=["GET", "POST"]),
-        Route("/jobs/{job_id:path}", job),
+        Route("/jobs/{job_id:path}", job, methods=["GET", "POST"]),  # POST: _legacy_action
+        Route("/actions/{action:str}/{job_id:path}", job_action, methods=["GET", "POST"]),
         Route("/bulk/{action:str}", bulk_action, methods=["GET", "POST"]),
         Route("/workers", workers),
         Route("/schedules", schedules),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(Guard, token=token)],
+    return Starlette(routes=routes,
+                     middleware=[Middleware(Guard, token=token, allowed_hosts=hosts)],
                      exception_handlers={views.BadRequest: bad_request})

@@ -12,6 +12,9 @@ from typing import Any
 
 import click
 
+from nuvom_kernel.errors import PluginConfigError
+from nuvom_plugins_dashboard.settings import parse_allowed_hosts
+
 __all__ = ["dashboard", "is_loopback", "listen"]
 
 
@@ -24,6 +27,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to any address
+
+
+def _hosts_note(token: str | None, allowed_hosts: frozenset[str]) -> str:
+    """What the start line says about the host names answered without a token."""
+    if token or not allowed_hosts:
+        return ""
+    return ", also answering to host " + ", ".join(sorted(allowed_hosts))
 
 
 def _kernel() -> Any:
@@ -67,7 +77,18 @@ def dashboard(host: str, port: int, token: str | None, read_only: bool, log_leve
               ) -> None:
     """Serve the web dashboard: queues, jobs, workers; retry and cancel."""
     kernel = _kernel()
-    token = token or kernel.config.plugin_settings("dashboard").get("token") or None
+    settings = kernel.config.plugin_settings("dashboard")
+    token = token or settings.get("token") or None
+    try:  # checked before the port is bound, so a typo stops it saying which setting
+        allowed_hosts = parse_allowed_hosts(settings.get("allowed_hosts"))
+    except PluginConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if "*" in allowed_hosts and token is None:  # create_app's escape hatch, not the server's
+        raise click.ClickException(
+            "[plugins.dashboard] allowed_hosts (NUVOM_PLUGINS__DASHBOARD__ALLOWED_HOSTS) = * "
+            "would answer any Host without a token, which lets any web page reach the "
+            "dashboard through DNS rebinding: list the names your reverse proxy forwards, "
+            "or set a token.")
     if token is None and not is_loopback(host):
         raise click.ClickException(
             f"refusing to serve the dashboard on {host} without a token: anyone who can "
@@ -78,13 +99,16 @@ def dashboard(host: str, port: int, token: str | None, read_only: bool, log_leve
 
     from nuvom_plugins_dashboard.app import create_app
 
-    app = create_app(kernel, token=token, read_only=read_only)
+    # Without a token it answers only to loopback names and allowed_hosts (DNS rebinding:
+    # see nuvom_plugins_dashboard.security); with one, the token decides.
+    app = create_app(kernel, token=token, read_only=read_only, allowed_hosts=allowed_hosts)
     sock = listen(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"nuvom dashboard on http://{shown}:{bound}/ (queue backend "
                f"{kernel.queue.name}, result backend {kernel.results.name}"
-               f"{', read-only' if read_only else ''}{', token required' if token else ''}); "
+               f"{', read-only' if read_only else ''}{', token required' if token else ''}"
+               f"{_hosts_note(token, allowed_hosts)}); "
                "Ctrl+C stops it", err=False)
     config = uvicorn.Config(app, log_level=log_level, lifespan="off")
     try:

@@ -5,6 +5,15 @@ and results; bound to 127.0.0.1 only this machine's users reach it, anywhere els
 not answer a stranger. The token is given once (``?token=…`` or ``Authorization: Bearer``)
 and kept in an HttpOnly, SameSite=Strict cookie, so later links carry no secret.
 
+Why a ``Host`` check without a token: a page on ``attacker.example`` whose name the
+attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin with whatever answers there:
+it could read every page, get a CSRF form and cookie, and post it with a matching
+``Origin``. A browser always names the site it thinks it talks to in ``Host``, so a
+token-less dashboard answers only to ``127.0.0.1``, ``localhost``, ``[::1]`` (any loopback
+address) and the names listed in ``[plugins.dashboard] allowed_hosts`` (a reverse proxy's);
+any other ``Host`` gets a 421. With a token, the token decides: the rebinding page's
+origin never holds its cookie.
+
 Why CSRF on top: another site open in the same browser could post a form to
 ``127.0.0.1:8181``. Every POST must carry the value of this browser's ``nuvom_csrf`` cookie
 in its form (a double-submit token another origin can neither read nor set), and an
@@ -14,15 +23,21 @@ in its form (a double-submit token another origin can neither read nor set), and
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
-from urllib.parse import urlencode, urlsplit
+from collections.abc import Iterable
+from urllib.parse import quote, quote_from_bytes, urlencode, urlsplit
 
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["CSRF_COOKIE", "CSRF_FIELD", "TOKEN_COOKIE", "Guard"]
+from nuvom_kernel.plugin_settings import plugin_env_var
+from nuvom_plugins_dashboard.settings import LOOPBACK_NAMES, host_name
+
+__all__ = ["CSRF_COOKIE", "CSRF_FIELD", "TOKEN_COOKIE", "Guard", "raw_path"]
 
 TOKEN_COOKIE = "nuvom_dashboard_token"
 CSRF_COOKIE = "nuvom_csrf"
@@ -45,21 +60,47 @@ def _same(a: str | None, b: str | None) -> bool:
     return bool(a) and bool(b) and hmac.compare_digest(str(a).encode(), str(b).encode())
 
 
-class Guard:
-    """Token check, CSRF check and security headers for every request: a plain ASGI
-    middleware, so a refused request never reaches a route, and the body read for the CSRF
-    check is handed on to the endpoint unchanged."""
+def _is_loopback(name: str) -> bool:
+    """``localhost`` or a loopback IP literal: names no DNS answer can re-point."""
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
+
+def raw_path(request: Request) -> str:
+    """The request's path as the client sent it, percent-escapes kept (``%2F`` stays
+    ``%2F``), with any mount or proxy prefix: ASGI's ``path`` is decoded, so a URL built
+    from it names another resource when a segment held an escaped slash."""
+    raw = request.scope.get("raw_path")
+    if raw:  # escape what a lax client sent unescaped (non-ASCII bytes, spaces); keep %XX
+        return quote_from_bytes(bytes(raw), safe="/%!$&'()*+,;=:@~")
+    return quote(request.scope.get("path", "/"))
+
+
+class Guard:
+    """Host check, token check, CSRF check and security headers for every request: a plain
+    ASGI middleware, so a refused request never reaches a route, and the body read for the
+    CSRF check is handed on to the endpoint unchanged.
+
+    :param allowed_hosts: without a token, the ``Host`` names answered besides loopback
+        (``*``: any, for an app mounted behind authentication of its own).
+    """
+
+    def __init__(self, app: ASGIApp, *, token: str | None,
+                 allowed_hosts: Iterable[str] = ()) -> None:
         self.app = app
         self.token = token
+        self.allowed_hosts = frozenset(allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        refusal = self._token_refusal(request)
+        refusal = self._host_refusal(request) or self._token_refusal(request)
         csrf = request.cookies.get(CSRF_COOKIE)
         if refusal is None and request.method not in ("GET", "HEAD", "OPTIONS"):
             body = await request.body()
@@ -86,6 +127,24 @@ class Guard:
 
         await self.app(scope, receive, send_with_headers)
 
+    def _host_refusal(self, request: Request) -> Response | None:
+        """Without a token, a 421 for a ``Host`` that is not loopback or listed (see the
+        module's docstring: DNS rebinding)."""
+        if self.token is not None or "*" in self.allowed_hosts:
+            return None
+        header = request.headers.get("host")
+        name = host_name(header) if header is not None else None
+        if name is not None and (_is_loopback(name) or name in self.allowed_hosts):
+            return None
+        shown = "no Host header" if header is None else f"Host {header!r}"
+        return PlainTextResponse(
+            f"421: this dashboard runs without a token, so it answers only to 127.0.0.1, "
+            f"localhost and [::1], not to {shown}: a web page whose name points at this "
+            "machine (DNS rebinding) must not read jobs or act on them. Behind a reverse "
+            "proxy, list the name it forwards in [plugins.dashboard] allowed_hosts "
+            f"({plugin_env_var('dashboard', 'allowed_hosts')}), or require a token "
+            "(--token).", status_code=421)
+
     def _token_refusal(self, request: Request) -> Response | None:
         if self.token is None:
             return None
@@ -108,7 +167,7 @@ class Guard:
         if not _same(given, self.token):
             return PlainTextResponse("401: wrong dashboard token.", status_code=401)
         rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-        target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+        target = raw_path(request) + (f"?{urlencode(rest)}" if rest else "")
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict",
                             secure=request.url.scheme == "https")
@@ -120,7 +179,11 @@ class Guard:
                 "host"):
             return PlainTextResponse(f"403: cross-origin request refused (Origin {origin!r} "
                                      "is not this dashboard)", status_code=403)
-        form = await request.form()
+        try:
+            form = await request.form()
+        except HTTPException as exc:  # a malformed body (a multipart without a boundary…)
+            return PlainTextResponse(f"{exc.status_code}: {exc.detail}",
+                                     status_code=exc.status_code)
         if not _same(str(form.get(CSRF_FIELD) or ""), cookie):
             return PlainTextResponse(
                 "403: missing or stale CSRF token: reload the page and submit the form again "

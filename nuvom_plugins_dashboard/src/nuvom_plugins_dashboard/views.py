@@ -19,9 +19,9 @@ from nuvom_kernel.backends import page_cursor, parse_cursor
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobRecord, JobStatus
 
-__all__ = ["BadRequest", "JobDetail", "JobFilter", "JobPage", "Overview", "QueueRow",
-           "job_detail", "list_jobs", "live_workers", "overview",
-           "schedules"]
+__all__ = ["RECORD_STATES", "BadRequest", "JobDetail", "JobFilter", "JobPage", "Overview",
+           "QueueRow", "impossible_job_id", "job_detail", "list_jobs", "live_workers",
+           "overview", "printable", "schedules"]
 
 #: Rows per jobs page.
 PAGE_SIZE = 50
@@ -31,10 +31,45 @@ PAGE_SIZE = 50
 QUEUE_SCAN_BUDGET = 5000
 #: The windows of the overview's "done" and "failed" columns, in minutes.
 WINDOWS = (5, 60)
+#: The states a job record can hold, what ``/jobs`` filters on. A record is written when an
+#: attempt settles (or a retry or a cancel decides), never while one runs: RUNNING is the
+#: queue's to say (a job's page asks it; the overview counts running jobs per queue).
+RECORD_STATES = tuple(s for s in JobStatus if s not in (JobStatus.RUNNING, JobStatus.UNKNOWN))
 
 
 class BadRequest(ValueError):
     """A query parameter the dashboard cannot use; the message says which and what works."""
+
+
+def printable(text: str) -> str:
+    """``text`` fit for a UTF-8 page: a lone surrogate (text a program decoded with
+    ``surrogateescape``, such as a file name from ``os.listdir``) shows as its ``\\udcXX``
+    escape and a NUL as ``\\x00``, where either would fail or vanish in the page; other
+    text is returned as it is (the same object)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _no_nul(name: str, value: str | None) -> str | None:
+    """Refuse a NUL at the edge: no task, queue or job id holds one, and PostgreSQL refuses
+    it in any query (a 500 instead of an empty answer)."""
+    if value is not None and "\x00" in value:
+        raise BadRequest(f"{name} holds a NUL character (\\x00), which no job, task or queue "
+                         "name does")
+    return value
+
+
+def impossible_job_id(job_id: str) -> bool:
+    """Whether no job can have this id (the kernel refuses a NUL in one), so the page
+    answers 404 without asking a backend that would refuse the query."""
+    return "\x00" in job_id
 
 
 def _status(value: str | None) -> JobStatus | None:
@@ -44,8 +79,13 @@ def _status(value: str | None) -> JobStatus | None:
         status = JobStatus(value.upper())
     except ValueError:
         status = JobStatus.UNKNOWN
-    if status is JobStatus.UNKNOWN:
-        valid = ", ".join(s.value.lower() for s in JobStatus if s is not JobStatus.UNKNOWN)
+    if status is JobStatus.RUNNING:
+        raise BadRequest(
+            "status=running lists nothing: a job record is written when an attempt settles, "
+            "never while it runs, so no record is RUNNING. The overview counts running jobs "
+            "per queue, and a job's own page says RUNNING while it runs")
+    if status not in RECORD_STATES:
+        valid = ", ".join(s.value.lower() for s in RECORD_STATES)
         raise BadRequest(f"status={value!r} is not a job state; use one of {valid}")
     return status
 
@@ -61,9 +101,10 @@ class JobFilter:
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> JobFilter:
-        """:raises BadRequest: an unknown status."""
-        return cls(status=_status(params.get("status")), task=params.get("task") or None,
-                   queue=params.get("queue") or None)
+        """:raises BadRequest: an unknown status, a NUL in a name."""
+        return cls(status=_status(params.get("status")),
+                   task=_no_nul("task", params.get("task") or None),
+                   queue=_no_nul("queue", params.get("queue") or None))
 
     def params(self) -> dict[str, str]:
         """The query parameters that reproduce this filter (for links and forms)."""
@@ -96,6 +137,7 @@ def list_jobs(results: Any, flt: JobFilter, after: str | None = None,
     :raises BadRequest: ``after`` is not a cursor this dashboard made.
     """
     if after is not None:
+        _no_nul("after", after)
         try:
             parse_cursor(after)
         except ValueError as exc:
@@ -191,9 +233,12 @@ class JobDetail:
         return self.status in (JobStatus.QUEUED, JobStatus.RETRYING)
 
     def pretty(self, field: str) -> str:
-        """A JSON field of the record, indented for reading (escaped by the template)."""
+        """A JSON field of the record, indented for reading (escaped by the template);
+        non-ASCII text as it is, but a lone surrogate as its ``\\udcXX`` escape (it has no
+        UTF-8 form: the page could not be sent)."""
         value = getattr(self.record, field) if self.record is not None else None
-        return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+        return printable(json.dumps(value, indent=2, sort_keys=True, default=str,
+                                    ensure_ascii=False))
 
 
 def job_detail(kernel: Any, job_id: str) -> JobDetail:

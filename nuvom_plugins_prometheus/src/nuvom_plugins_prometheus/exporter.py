@@ -15,7 +15,9 @@ and serving are kept apart for that, and only the exporter decides what its regi
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +31,39 @@ from nuvom_plugins_prometheus.settings import PrometheusSettings
 if TYPE_CHECKING:
     from nuvom_kernel.worker import Worker
 
-__all__ = ["Exporter"]
+__all__ = ["Exporter", "bind_error"]
 
 log = logging.getLogger("nuvom.prometheus")
+
+
+def bind_error(host: str, port: int, exc: BaseException) -> str:
+    """Why ``host:port`` could not be served, naming the setting to change: a port in use
+    is the port's, a name that does not resolve or an address this machine does not have
+    is the host's, a refusal is a permission. (Every failure used to read as a port clash,
+    sending the operator after the wrong setting.)"""
+    port_var, host_var = plugin_env_var("prometheus", "port"), plugin_env_var("prometheus",
+                                                                             "host")
+    where = f"cannot serve metrics on {host}:{port}"
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code == errno.EADDRINUSE:
+        return (f"[plugins.prometheus] port={port} ({port_var}): {where}: {reason}. Another "
+                "process (another worker?) holds that port: give each worker on this host "
+                "its own port, or 0 for any free one.")
+    if code in (errno.EACCES, errno.EPERM):
+        return (f"[plugins.prometheus] port={port} ({port_var}), host={host!r} ({host_var}): "
+                f"{where}: permission denied ({reason}). Ports below 1024 need privileges: "
+                "use a higher port, or 0 for any free one.")
+    if isinstance(exc, socket.gaierror | UnicodeError):
+        return (f"[plugins.prometheus] host={host!r} ({host_var}): {where}: the name does "
+                f"not resolve ({reason}). Use an address of this machine, such as "
+                "127.0.0.1, or 0.0.0.0 for every interface.")
+    if code == errno.EADDRNOTAVAIL:
+        return (f"[plugins.prometheus] host={host!r} ({host_var}): {where}: it is not an "
+                f"address of this machine ({reason}). Use one of its addresses, such as "
+                "127.0.0.1, or 0.0.0.0 for every interface.")
+    return (f"[plugins.prometheus] host={host!r} ({host_var}), port={port} ({port_var}): "
+            f"{where}: {reason}.")
 
 
 class Exporter:
@@ -57,12 +89,8 @@ class Exporter:
         assert port is not None
         try:
             self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
-            raise PluginConfigError(
-                f"[plugins.prometheus] port={port} ({plugin_env_var('prometheus', 'port')}): "
-                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}. Another "
-                "process (another worker?) holds that port: give each worker on this host "
-                "its own port, or 0 for any free one.") from exc
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
+            raise PluginConfigError(bind_error(host, port, exc)) from exc
         self.port = self._server.server_address[1]
         log.info("serving Prometheus metrics on http://%s:%d/metrics", host, self.port)
 
@@ -85,13 +113,22 @@ class Exporter:
         if workers:
             self.live.take(workers[0].kernel.queue.stats())
 
+    def poll(self) -> bool:
+        """One tick of the timer: :meth:`refresh`, or, when the store cannot be read, keep
+        the last snapshot and count the failure (``nuvom_queue_stats_errors_total``; the
+        snapshot's timestamp stops advancing, which is what an alert watches)."""
+        try:
+            self.refresh()
+        except Exception as exc:  # the store is down: keep the last snapshot
+            self.live.failed()
+            log.warning("could not read queue stats for metrics (%r); retrying in %.1f s",
+                        exc, self.settings.refresh_secs)
+            return False
+        return True
+
     def _refresh_loop(self) -> None:
         while not self._stopped.is_set():
-            try:
-                self.refresh()
-            except Exception as exc:  # the store is down: keep the last snapshot
-                log.warning("could not read queue stats for metrics (%r); retrying in %.1f s",
-                            exc, self.settings.refresh_secs)
+            self.poll()
             self._stopped.wait(self.settings.refresh_secs)
 
     def close(self) -> None:

@@ -6,6 +6,13 @@ each settled attempt (hook ``nuvom_after_settle``), in the process that settled 
 :class:`LiveCollector` reports state at scrape time from values already in memory: the
 worker's slots and busy slots, and the last queue snapshot the exporter's timer took from
 the queue backend's ``stats()`` — a scrape never queries the store, however often it comes.
+
+Why the snapshot carries its own freshness: while the store is down the timer cannot
+refresh it, and the last good values (the queue depth before the outage) would read as
+current. ``nuvom_queue_stats_last_success_timestamp_seconds`` says when it was taken and
+``nuvom_queue_stats_errors_total`` counts the reads that failed, so an alert can tell a
+quiet queue from a frozen number (``time() - …_timestamp_seconds``, Prometheus's own
+``*_last_success_timestamp_seconds`` convention).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from nuvom_kernel.backends import QueueStats
@@ -41,6 +48,12 @@ METRICS: dict[str, str] = {
                          "queue backend's stats() on a timer.",
     "nuvom_oldest_job_age_seconds": "Age of the oldest ready message per queue (0: none "
                                     "ready), from the same timer.",
+    "nuvom_queue_stats_last_success_timestamp_seconds":
+        "When the queue snapshot behind nuvom_queue_depth and nuvom_oldest_job_age_seconds "
+        "was last read from the queue backend (Unix time); older than a few refresh_secs: "
+        "the store cannot be read and those values are stale.",
+    "nuvom_queue_stats_errors_total": "Reads of the queue backend's stats() that failed "
+                                      "(the last good snapshot is kept).",
     "nuvom_worker_slots": "Jobs the workers of this process can run at once.",
     "nuvom_worker_busy_slots": "Slots of this process running a job now.",
     "nuvom_leases_lost_total": "Attempts whose outcome this worker could not settle: it "
@@ -82,9 +95,14 @@ class LiveCollector(Collector):
         self.workers: list[Worker] = []
         self.snapshot: QueueStats | None = None
         self.snapshot_at = 0.0
+        self.errors = 0  # failed reads of stats(), counted by the exporter's one timer
 
     def take(self, stats: QueueStats) -> None:
         self.snapshot, self.snapshot_at = stats, time.time()  # one swap: scrapes see either
+
+    def failed(self) -> None:
+        """A read of ``stats()`` failed: the snapshot stays, and ages."""
+        self.errors += 1
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
@@ -109,3 +127,10 @@ class LiveCollector(Collector):
             oldest.add_metric([queue], counts.oldest_ready_age_secs or 0.0)
         yield depth
         yield oldest
+        taken = GaugeMetricFamily("nuvom_queue_stats_last_success_timestamp_seconds",
+                                  METRICS["nuvom_queue_stats_last_success_timestamp_seconds"])
+        if snapshot is not None:  # none yet: no sample (absent()), rather than 1970
+            taken.add_metric([], self.snapshot_at)
+        yield taken
+        yield CounterMetricFamily("nuvom_queue_stats_errors",
+                                  METRICS["nuvom_queue_stats_errors_total"], value=self.errors)
