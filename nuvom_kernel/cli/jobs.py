@@ -16,7 +16,7 @@ import attrs
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.cli.output import print_table, printable
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobRecord, JobStatus
@@ -80,17 +80,18 @@ def inspect_job(job_id: str, fmt: str) -> None:
                 "args", "kwargs", "result", "error_type", "error_message", "worker",
                 "trace_id"):
         if key in data and data[key] not in (None, [], {}):
-            click.echo(f"{key:>14}: {data[key]}")
+            click.echo(f"{key:>14}: {printable(data[key])}")
     for key in ("created_at", "started_at", "finished_at"):
         if data.get(key) is not None:
             click.echo(f"{key:>14}: {_when(data[key])}")
     if record is not None and _duration(record):
         click.echo(f"{'duration':>14}: {_duration(record)}")
     for entry in data.get("history") or []:
-        click.echo(f"{'attempt ' + str(entry.get('attempt')):>14}: {entry.get('kind')} "
-                   f"{entry.get('error_type')}: {entry.get('error_message')}")
+        click.echo(printable(f"{'attempt ' + str(entry.get('attempt')):>14}: "
+                             f"{entry.get('kind')} {entry.get('error_type')}: "
+                             f"{entry.get('error_message')}"))
     if data.get("traceback"):
-        click.echo("\n" + data["traceback"].rstrip())
+        click.echo("\n" + printable(data["traceback"].rstrip()))
 
 
 @click.group(name="history")
@@ -100,9 +101,11 @@ def history_group() -> None:
 
 @history_group.command(name="recent")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--status", type=click.Choice([s.value for s in JobStatus
-                                             if s is not JobStatus.UNKNOWN],
-                                            case_sensitive=False), default=None)
+@click.option("--status", type=click.Choice([s.value for s in JobStatus  # as recorded:
+                                             # a running job's record says its last state
+                                             if s not in (JobStatus.UNKNOWN, JobStatus.RUNNING)],
+                                            case_sensitive=False), default=None,
+              help="Only records in this state (a running job: `nuvom status`).")
 @click.option("--task", default=None, help="Only jobs of this task name.")
 @click.option("--json", "as_json", is_flag=True)
 def history_recent(limit: int, status: str | None, task: str | None, as_json: bool) -> None:
@@ -168,6 +171,8 @@ def cancel_job(job_id: str) -> None:
     except NotImplementedError as exc:  # an optional call this queue backend does not make
         raise click.ClickException(str(exc)) from exc
     if not cancelled:
+        if job.status is JobStatus.UNKNOWN:
+            raise click.ClickException(f"unknown job id {job_id!r}: no backend has seen it")
         if job.status is JobStatus.QUEUED:  # it reads as waiting, yet a lease holds it
             raise click.ClickException(
                 f"job {job_id} cannot be cancelled: it was leased to a worker (just now, or "
@@ -209,10 +214,13 @@ def status(as_json: bool) -> None:
         return
     click.echo(f"queue backend: {data['queue_backend']}   result backend: "
                f"{data['result_backend']}")
-    depth = ", ".join(f"{q}={n}" for q, n in sorted(stats.depth.items())) or "empty"
-    click.echo(f"waiting: {depth}   delayed: {stats.delayed}   in flight: {stats.in_flight}")
+    # ready and delayed apart: "waiting: default=2   delayed: 2" read as four jobs
+    ready = ", ".join(f"{q}={c.ready}" for q, c in sorted(stats.queues.items()) if c.ready)
+    delayed = ", ".join(f"{q}={c.delayed}" for q, c in sorted(stats.queues.items())
+                        if c.delayed)
+    click.echo(f"ready: {ready or 0}   delayed: {delayed or 0}   in flight: {stats.in_flight}")
     oldest = stats.oldest_age_secs
-    click.echo(f"oldest waiting job: {'-' if oldest is None else f'{oldest:.1f} s'}")
+    click.echo(f"oldest ready job: {'-' if oldest is None else f'{oldest:.1f} s'}")
     if data["waiting_steps"]:
         click.echo(f"workflow steps waiting for their parents: {data['waiting_steps']} "
                    "(not queued yet)")
@@ -276,7 +284,8 @@ def purge_group() -> None:
 def purge_results(older_than: str) -> None:
     """Delete finished job records (SUCCEEDED, FAILED, CANCELLED) older than an age, and
     the workflows that ended before it."""
-    cutoff = time.time() - parse_age(older_than)
+    # an age past the epoch (999999999999d) means every finished record, not an OSError
+    cutoff = max(0.0, time.time() - parse_age(older_than))
     removed = _kernel().results.purge(cutoff)
     click.echo(f"purged {removed} job record(s) finished before {_when(cutoff)}")
     flows = _kernel().queue.purge_workflows(cutoff)  # their steps' records went just above

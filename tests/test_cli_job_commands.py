@@ -1,0 +1,81 @@
+"""What the job commands print for the cases a user meets outside the happy path, through
+the real ``nuvom`` script on the default SQLite backend: counts that add up, an unknown id,
+an age past the epoch, and job data a UTF-8 terminal cannot print as it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nuvom_kernel import JobStatus
+from nuvom_kernel.kernel import Kernel, use_kernel
+from tests.helpers import run_nuvom, run_worker_until, write_module
+
+TASKS = """
+from nuvom_kernel import task
+
+
+@task
+def echo(x):
+    return x
+"""
+
+
+def test_status_counts_ready_and_delayed_jobs_apart(project: Path) -> None:
+    """Two jobs, one delayed, read "waiting: default=2   delayed: 1": three jobs, or two?"""
+    write_module(project, "cli_tasks", TASKS)
+    from cli_tasks import echo
+
+    with use_kernel(Kernel(root=project)):
+        echo.delay(1)
+        echo.apply_async((2,), delay_secs=3600)
+    done = run_nuvom(["status"], project)
+    assert done.returncode == 0, done.stderr
+    assert "ready: default=1   delayed: default=1   in flight: 0" in done.stdout, done.stdout
+    assert "oldest ready job: " in done.stdout
+
+
+def test_cancelling_an_unknown_id_says_it_is_unknown(project: Path) -> None:
+    done = run_nuvom(["cancel", "job", "no-such-job"], project)
+    assert done.returncode == 1
+    assert "unknown job id 'no-such-job': no backend has seen it" in done.stderr, done.stderr
+
+
+def test_purging_with_an_age_past_the_epoch_purges_everything_finished(project: Path) -> None:
+    write_module(project, "cli_tasks", TASKS)
+    from cli_tasks import echo
+
+    kernel = Kernel(root=project)
+    with use_kernel(kernel):
+        job = echo.delay(1)
+        run_worker_until(kernel, lambda: job.refresh().status is JobStatus.SUCCEEDED,
+                         "the job to finish")
+    done = run_nuvom(["purge", "results", "--older-than", "999999999999d"], project)
+    assert done.returncode == 0, done.stderr  # was an OSError traceback (Value too large)
+    assert "finished before 1970-01-01" in done.stdout
+
+
+def test_inspect_shows_a_lone_surrogate_escaped_on_a_utf8_terminal(project: Path) -> None:
+    """A value with a lone surrogate (a file name decoded with surrogateescape) is stored
+    as given; a UTF-8 stdout refused to print it and `inspect job` ended in a traceback."""
+    write_module(project, "cli_tasks", TASKS)
+    from cli_tasks import echo
+
+    kernel = Kernel(root=project)
+    with use_kernel(kernel):
+        job = echo.delay("caf\udce9.txt")
+        run_worker_until(kernel, lambda: job.refresh().status is JobStatus.SUCCEEDED,
+                         "the job to finish")
+    done = run_nuvom(["inspect", "job", job.id], project, PYTHONIOENCODING="utf-8",
+                     LC_ALL="C.UTF-8")
+    assert done.returncode == 0, done.stderr
+    assert "result: caf\\udce9.txt" in done.stdout, done.stdout
+    done = run_nuvom(["history", "recent"], project, PYTHONIOENCODING="utf-8")
+    assert done.returncode == 0, done.stderr
+
+
+def test_history_offers_only_the_states_a_record_can_be_in(project: Path) -> None:
+    """No record is ever RUNNING (a job's record keeps its last settled state), so
+    `--status running` matched nothing, silently."""
+    done = run_nuvom(["history", "recent", "--status", "running"], project)
+    assert done.returncode == 2
+    assert "'running' is not one of" in done.stderr, done.stderr
