@@ -50,11 +50,15 @@ class Task(Generic[P, R]):
         self.schedule: Schedule | None = None
         if schedule:
             value = schedule.pop("schedule", None)
-            if value is None:
-                raise ValueError(f"task {name!r}: {', '.join(sorted(schedule))} only apply "
-                                 "with schedule=")
-            self.schedule = Schedule.build(name, value, module=self.module, options=options,
-                                           **schedule)
+            if value is not None:
+                self.schedule = Schedule.build(name, value, module=self.module,
+                                               options=options, **schedule)
+            elif schedule:  # a policy without a schedule (schedule=None alone is no schedule)
+                raise ValueError(
+                    f"task {name!r}: {', '.join(sorted(schedule))} "
+                    f"{'applies' if len(schedule) == 1 else 'apply'} only with schedule=: "
+                    "give the task a schedule (cron(...), every(...) or a cron string) or "
+                    "drop the policy")
         self._params = [
             p.name for p in inspect.signature(fn).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)

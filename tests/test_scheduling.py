@@ -178,7 +178,9 @@ def ticking():
     ({"schedule": "* * * * *", "overlap": "queue"}, "overlap='queue'"),
     ({"schedule": "* * * * *", "catch_up": "some"}, "catch_up='some'"),
     ({"schedule": 5}, "schedule= takes"),
-    ({"overlap": "skip"}, "only apply with schedule="),
+    ({"overlap": "skip"}, "overlap applies only with schedule="),
+    ({"schedule": None, "catch_up": "all", "overlap": "skip"},
+     "catch_up, overlap apply only with schedule="),
 ])
 def test_bad_schedules_fail_at_decoration_naming_task_and_value(kwargs, needle):
     with pytest.raises(ValueError) as info:
@@ -186,6 +188,15 @@ def test_bad_schedules_fail_at_decoration_naming_task_and_value(kwargs, needle):
         def nightly() -> None: ...
     assert needle in str(info.value)
     assert "nightly" in str(info.value)
+
+
+def test_schedule_none_is_no_schedule() -> None:
+    """``schedule=None`` (a settings value left empty) means no schedule, as leaving it out
+    does; it was refused with a garbled "task 'x':  only apply with schedule=" message."""
+    @task(name="unscheduled", schedule=None)
+    def unscheduled() -> None: ...
+
+    assert unscheduled.schedule is None
 
 
 def test_two_schedules_with_one_name_name_both_modules(project):
