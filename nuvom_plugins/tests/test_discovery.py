@@ -352,6 +352,29 @@ def test_errors_of_unchanged_files_are_still_reported(tmp_path: Path) -> None:
     assert report.files_parsed == 0 and report.errors[0].startswith("bad.py:2:")
 
 
+def test_links_to_outside_the_project_are_followed_once_and_inner_links_not(
+        tmp_path: Path) -> None:
+    """Python imports through a linked folder (``pkg -> ../shared/pkg``), so its tasks are
+    the project's: they were skipped without a word. A link to a project file or folder is
+    another name for something scanned already (it duplicated every task it held), and a
+    link to the project itself, or a loop outside it, must end."""
+    one = "from nuvom_kernel import task\n@task\ndef {}(): ...\n"
+    project, shared = tmp_path / "project", tmp_path / "shared"
+    write(shared, {"pkg/__init__.py": "", "pkg/jobs.py": one.format("shared_job")})
+    write(project, {"app/__init__.py": "", "app/tasks.py": one.format("app_job")})
+    (project / "pkg").symlink_to(shared / "pkg", target_is_directory=True)
+    (project / "again").symlink_to(shared / "pkg", target_is_directory=True)  # seen: once
+    (project / "app_alias").symlink_to(project / "app", target_is_directory=True)
+    (project / "tasks_alias.py").symlink_to(project / "app" / "tasks.py")
+    (project / "up").symlink_to(tmp_path, target_is_directory=True)  # holds the project
+    (shared / "pkg" / "loop").symlink_to(shared, target_is_directory=True)
+    report, _ = run(project)
+    found = sorted((t.name, t.file) for t in report.tasks)
+    assert found == [("app_job", "app/tasks.py"), ("shared_job", "again/jobs.py")] or \
+        found == [("app_job", "app/tasks.py"), ("shared_job", "pkg/jobs.py")], found
+    assert not any("also defined" in w for w in report.warnings), report.warnings
+
+
 def test_duplicate_task_names_warn(tmp_path: Path) -> None:
     one = "from nuvom_kernel import task\n@task\ndef send(): ...\n"
     write(tmp_path, {"a.py": one, "b.py": one})

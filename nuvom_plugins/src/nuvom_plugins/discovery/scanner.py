@@ -195,19 +195,47 @@ class AstDiscoverer(Discoverer):
             return bool((ignore and ignore.match_file(rel)) or
                         (exclude and exclude.match_file(rel)))
 
-        for dirpath, dirnames, filenames in os.walk(root):
+        real_root = os.path.realpath(root)
+        followed: list[str] = []  # real folders entered through links, in walk order
+
+        def inside(path: str, folder: str) -> bool:
+            return os.path.commonpath([path, folder]) == folder
+
+        def elsewhere(path: str) -> bool:
+            """A link to outside the project: Python imports through it (``import pkg``
+            with ``pkg -> ../shared/pkg``), so its files are the project's. Not followed:
+            a link into the project (its target is scanned where it is; the same file under
+            two names would be two modules defining the same tasks), nor one into, or
+            around, a folder walked already (a second name, or a loop)."""
+            real = os.path.realpath(path)
+            return not any(inside(real, seen) or inside(seen, real)
+                           for seen in (real_root, *followed))
+
+        def enter(dirpath: str, name: str) -> bool:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                return True
+            if not elsewhere(path):
+                return False
+            followed.append(os.path.realpath(path))
+            return True
+
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             reldir = Path(dirpath).relative_to(root).as_posix()
             prefix = "" if reldir == "." else reldir + "/"
-            dirnames[:] = sorted(
-                d for d in dirnames
+            dirnames[:] = [
+                d for d in sorted(dirnames)
                 if d not in self.skip_dirs and not d.endswith(".egg-info")
                 and not os.path.exists(os.path.join(dirpath, d, "pyvenv.cfg"))
-                and not skipped(f"{prefix}{d}/"))
+                and not skipped(f"{prefix}{d}/") and enter(dirpath, d)]
             if projects is not None and "pyproject.toml" in filenames:
                 projects.append(reldir if prefix else "")
             for name in sorted(filenames):
                 if not name.endswith(".py"):
                     continue
+                path = os.path.join(dirpath, name)
+                if os.path.islink(path) and not elsewhere(path):
+                    continue  # another name for a project file: scanned under its own
                 rel = prefix + name
                 if skipped(rel) or (include is not None and not include.match_file(rel)):
                     continue
