@@ -307,8 +307,24 @@ def rerun(kernel: Kernel, job_id: str) -> Job:
     every record (run ``n + 1`` supersedes run ``n``), so the worker's outcome of the new run
     always lands on top of it and two concurrent re-runs start one run, not two.
 
-    :raises NuvomError: the id is unknown, the job is not finished, or another re-run won.
+    A workflow step is refused, whoever asks (``nuvom retry job``, the dashboard's retry,
+    this function): run on its own, its workflow would stay as it is and the steps depending
+    on it would never run; ``nuvom workflow retry`` runs it inside its workflow.
+
+    :raises NuvomError: the id is unknown, the job is not finished or is a workflow step, or
+        another re-run won.
     """
+    if kernel.queue.capabilities.workflows:
+        from nuvom_kernel.workflow.steps import workflow_of
+
+        workflow = workflow_of(kernel, job_id)
+        if workflow is not None:
+            raise NuvomError(
+                f"job {job_id} is a step of workflow {workflow}: run on its own, it would "
+                "leave its workflow as it is and the steps depending on it would never run. "
+                f"Run it again inside its workflow: `nuvom workflow retry {workflow} --from "
+                f"{job_id}` (or `nuvom workflow retry {workflow}` for every failed, "
+                "cancelled and skipped step)")
     record = kernel.results.get(job_id)
     if record is None:
         # No record yet is not unknown: a job that has not run (or not finished a first

@@ -24,8 +24,10 @@ from nuvom_kernel import (
     get_job,
     group,
 )
+from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.kernel import Kernel, get_kernel, use_kernel
 from nuvom_kernel.workflow.canvas import Chain
 from tests import test_workflows as wf
 from tests.helpers import run_nuvom, run_worker_until, write_module
@@ -238,6 +240,8 @@ def test_a_cancelled_step_points_to_its_workflow_and_retry_job_refuses_it(cluste
     refused = run_nuvom(["retry", "job", first.id], cluster.project, **cluster.environ)
     assert refused.returncode != 0
     assert f"nuvom workflow retry {flow.id} --from {first.id}" in refused.stderr
+    with pytest.raises(NuvomError, match=f"nuvom workflow retry {flow.id} --from"):
+        rerun(get_kernel(), first.id)  # the Python API and the dashboard's retry alike
     assert get_job(first.id).run == 1 and get_job(first.id).status is JobStatus.CANCELLED
     assert flow.status == "CANCELLED"
 

@@ -135,17 +135,7 @@ def retry_job(job_id: str) -> None:
     """Run a FAILED or CANCELLED job again with the same id and arguments (its next run;
     attempts start over). A workflow step is refused: run alone, the steps depending on it
     would never run; `nuvom workflow retry` runs it inside its workflow."""
-    from nuvom_kernel.workflow.steps import workflow_of
-
     kernel = _kernel()
-    workflow = workflow_of(kernel, job_id)
-    if workflow is not None:
-        raise click.ClickException(
-            f"job {job_id} is a step of workflow {workflow}: run on its own, it would "
-            "leave its workflow as it is and the steps depending on it would never run. "
-            f"Run it again inside its workflow: `nuvom workflow retry {workflow} --from "
-            f"{job_id}` (or `nuvom workflow retry {workflow}` for every failed, cancelled "
-            "and skipped step)")
     try:
         job = rerun(kernel, job_id)
     except NuvomError as exc:
