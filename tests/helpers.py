@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,6 +104,19 @@ def start_worker(project: Path, environ: dict[str, str], *args: str) -> subproce
     return subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", *args],
                             cwd=project, env=full, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+def read_until_started(worker: subprocess.Popen[str], timeout: float = 60.0) -> list[str]:
+    """The lines a :func:`start_worker` process prints up to its "started" line (or until
+    its output ends: it exited); the caller asserts on them."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = worker.stdout.readline() if worker.stdout else ""
+        seen.append(line)
+        if " started: " in line or not line:
+            break
+    return seen
 
 
 def stop_worker(worker: subprocess.Popen[str]) -> str:

@@ -13,7 +13,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,14 @@ from nuvom_kernel.errors import BackendNotFoundError, PluginLoadError
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import TaskRegistry
-from tests.helpers import fake_distribution, run_nuvom, start_worker, stop_worker, user_env
+from tests.helpers import (
+    fake_distribution,
+    read_until_started,
+    run_nuvom,
+    start_worker,
+    stop_worker,
+    user_env,
+)
 
 MEMORY = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory"}
 
@@ -247,13 +253,8 @@ def test_a_worker_starts_without_a_malformed_manifest(tmp_path: Path) -> None:
     (tmp_path / ".nuvom" / "manifest.json").write_text('{"tasks": [{"name": "x"}]}')
     worker = start_worker(tmp_path, MEMORY, "--workers", "1")
     seen: list[str] = []
-    deadline = time.monotonic() + 60
     try:
-        while time.monotonic() < deadline:
-            line = worker.stdout.readline() if worker.stdout else ""
-            seen.append(line)
-            if " started: " in line or not line:
-                break
+        seen = read_until_started(worker)
     finally:
         out = "".join(seen) + stop_worker(worker)
     assert any(" started: " in line for line in seen), out

@@ -6,10 +6,9 @@ plugin binds a port the test already holds."""
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
-from tests.helpers import run_nuvom, start_worker, stop_worker
+from tests.helpers import read_until_started, run_nuvom, start_worker, stop_worker
 
 NEEDS_PORT = '''\
 import os
@@ -74,14 +73,9 @@ def test_a_failed_prepare_names_its_plugin_and_how_to_run_without_it(tmp_path: P
         # The fix the message gives: the worker starts without the plugin.
         worker = start_worker(project, {"TEST_PORT": port,
                                         "NUVOM_DISABLE_PLUGINS": "needs_port"})
-        seen = []
-        deadline = time.monotonic() + 60
+        seen: list[str] = []
         try:
-            while time.monotonic() < deadline:
-                line = worker.stdout.readline() if worker.stdout else ""
-                seen.append(line)
-                if " started: " in line or not line:
-                    break
+            seen = read_until_started(worker)
         finally:
             out = stop_worker(worker)
         assert any(" started: " in line for line in seen), "".join(seen) + out
