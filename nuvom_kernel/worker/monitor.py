@@ -6,7 +6,8 @@ deadline is noticed even while every executor is busy. All due leases are extend
 ``extend_many`` call (one round trip, one commit on SQLite). A round that fails is logged and
 retried: the monitor never stops, or leases would expire under running jobs. It also gives
 back leases claimed ahead that waited too long for an executor (:meth:`.Slots.overdue`), so a
-job is never held back by a worker whose threads all got stuck in long jobs.
+job is never held back by a worker whose threads all got stuck in long jobs (or, in the
+asyncio pool, whose event loop a coroutine blocks).
 """
 
 from __future__ import annotations
@@ -131,5 +132,5 @@ class LeaseMonitor:
             put_back(lease)
         if leases:
             log.info("gave back %d claimed job(s) that waited over %.1f s for a busy "
-                     "executor", len(leases), hold)
+                     "executor (or a blocked event loop)", len(leases), hold)
         return nxt

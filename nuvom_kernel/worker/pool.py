@@ -115,6 +115,8 @@ class Worker:
         self._forced = threading.Event()
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
+        #: asyncio pool: set when an abandoned (timed-out) job's task ends
+        self._task_ended: dict[Running, threading.Event] = {}
         self.signals = StopSignals(self)
         self.pool = pool or settings.pool
         if self.pool not in POOLS:
@@ -133,7 +135,8 @@ class Worker:
             self.processes = self.runner.processes = ProcessPool(kernel, self.workers,
                                                                  self._stopping)
         elif self.pool == "asyncio":
-            self.aio = AsyncPool(sync_threads=min(32, self.workers))
+            self.aio = AsyncPool(min(32, self.workers), self.slots, self.max_abandoned,
+                                 settings.kill_grace_secs, self.monitor.wake)
         self.runner.monitor_slack = {"thread": 0.0, "asyncio": None,
                                      "process": settings.kill_grace_secs + 2.0}[self.pool]
         self.heartbeat = Heartbeat(self)
@@ -248,7 +251,7 @@ class Worker:
         self._release_unstarted()  # what the dispatcher handed over as the stop began
         if self.processes is not None:  # idle children exit; a forced stop kills busy ones
             self.processes.stop(force=not clean)
-        if self.aio is not None:
+        if self.aio is not None:  # what is still on the loop was given up: cancel it
             self.aio.stop()
         self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
         self.monitor.stop()  # it kept extending leases until everything settled
@@ -273,8 +276,9 @@ class Worker:
 
     @property
     def abandoned_threads(self) -> int:
-        """Threads still inside a task that timed out (a thread cannot be killed)."""
-        return self._abandoned_alive
+        """Threads still inside a task that timed out (a thread cannot be killed); in the
+        asyncio pool, tasks that ignored their timeout's cancellation and sync threads."""
+        return self._abandoned_alive + (self.aio.stuck if self.aio is not None else 0)
 
     def _unfinished(self) -> list[Running]:
         """Jobs whose function has not returned (settling ones finish on their own)."""
@@ -295,6 +299,11 @@ class Worker:
         failures = 0
         while not self._stopping.is_set():
             wanted = self.slots.wait_for_room(self._stopping)
+            if self.aio is not None and not self.aio.answering.is_set():
+                # A coroutine blocks the loop: a job claimed now could not start (and what
+                # was claimed meanwhile is given back). Claim once it answers again.
+                self.aio.wait_answering(self._stopping)
+                continue
             if self._stopping.is_set():
                 return
             try:
@@ -312,7 +321,8 @@ class Worker:
             for lease in leases:
                 if self._stopping.is_set():
                     self._put_back(lease)
-                elif self.aio is not None:
+                elif self.aio is not None:  # held until its task starts: see _serve_async
+                    self.slots.hold(lease, now)
                     self.aio.submit(functools.partial(self._serve_async, lease))
                 else:
                     self.slots.hand_over(lease, now)
@@ -351,15 +361,48 @@ class Worker:
                 return  # abandoned after a timeout, and its slot was filled meanwhile
 
     async def _serve_async(self, lease: Lease) -> None:
-        """One slot of the asyncio pool: run the lease, then give the slot back."""
+        """One slot of the asyncio pool: run the lease, then give the slot back.
+
+        Until this task starts, the lease waits in ``slots.waiting`` like a lease in the
+        thread pool's hand-off: a coroutine blocking the loop delays every task's start,
+        and the lease of a job claimed meanwhile was in nobody's hands. It expired, another
+        worker ran the job, and this one ran it again once the loop was free. Now the
+        monitor gives it back (its slot with it) after ``HOLD_SECS``, a stop releases it,
+        and a lease taken too late to trust is released instead of run.
+        """
         assert self.aio is not None
+        claimed = self.slots.take_held(lease)
+        if claimed is None:  # given back meanwhile, and its slot freed then
+            return
+        running = None
         try:
-            if self._stopping.is_set():  # claimed but not started: straight back
+            if self._stopping.is_set() or time.monotonic() - claimed > self.visibility / 2:
+                # Claimed but not started: straight back (one that waited half its lease
+                # may have lost it: back for a fresh claim, never run on it).
                 self.settler.safely("release it", lease, self.queue.release, lease)
             else:
-                await self.runner.run_async(lease, self.aio)
+                running = await self.runner.run_async(lease, self.aio)
         finally:
-            self.slots.freed()
+            if running is None or self._task_slot_back(running):
+                self.slots.freed()
+
+    def _task_slot_back(self, running: Running) -> bool:
+        """An asyncio job's task ended; ``True`` if its slot is to be freed now. A task the
+        monitor abandoned (:meth:`_time_out_async`) had its slot freed then, unless that
+        was past ``max_abandoned_threads``: then it frees the slot owed now."""
+        with running.lock:
+            if not running.abandoned:
+                return True
+        ended = self._task_ended.pop(running, None)
+        if ended is not None:
+            ended.set()
+        with self._cv:
+            self._abandoned_alive -= 1
+            if self._owed <= 0:
+                return False
+            self._owed -= 1
+        log.info("the task of timed-out job=%s ended; claiming again", running.job.id)
+        return True
 
     def run_one(self, lease: Lease) -> bool:
         """Run one claimed lease to its outcome and settle it (on the settler thread when
@@ -400,6 +443,9 @@ class Worker:
         pool's capacity within ``max_abandoned_threads``, and settle the attempt as timed
         out on a thread of its own (settling runs plugin observers: one that blocks must not
         stop the monitor from extending every other job's lease)."""
+        if self.aio is not None:
+            self._time_out_async(running)
+            return
         job = running.job
         if not running.decide():
             return
@@ -422,10 +468,51 @@ class Worker:
         threading.Thread(target=self._settle_timed_out, args=(running, error),
                          name="nuvom-timeout", daemon=True).start()
 
-    def _settle_timed_out(self, running: Running, error: JobTimeoutError) -> None:
+    def _time_out_async(self, running: Running) -> None:
+        """The asyncio pool's :meth:`_time_out`: a job still running ``kill_grace_secs``
+        after its timeout cancelled it (a coroutine that swallows ``CancelledError``), or
+        whose sync task's thread is past its deadline while the loop is blocked. Record the
+        attempt as timed out and give the task up, its slot freed for another job while
+        fewer than ``max_abandoned_threads`` are given up (the thread pool's rule). Why:
+        without this, such a job ran on, RUNNING, its lease extended forever."""
+        ended = self._task_ended[running] = threading.Event()  # before it can end
+        with running.lock:  # decided and abandoned at once: see _task_slot_back
+            claimed = not running.decided
+            if claimed:
+                running.decided = running.abandoned = True
+        if not claimed:
+            self._task_ended.pop(running, None)
+            return
+        job = running.job
+        limit = job.options.timeout_secs or self.kernel.settings.job_timeout_secs
+        grace = self.kernel.settings.kill_grace_secs
+        error = JobTimeoutError.of(job, limit, f"(it had not stopped {grace:g} s later; "
+                                              f"given up)")
+        with self._cv:
+            self._abandoned_alive += 1
+            free = self._abandoned_alive <= self.max_abandoned
+            if not free:
+                self._owed += 1
+        if free:
+            self.slots.freed()
+        else:
+            log.warning("%d tasks ignored their timeout (max_abandoned_threads=%d): this "
+                        "worker claims fewer jobs until one ends", self._abandoned_alive,
+                        self.max_abandoned)
+        log.warning("job=%s task=%s had not stopped %g s after its timeout; recorded as "
+                    "timed out and left running", job.id, job.task, grace)
+        threading.Thread(target=self._settle_timed_out, args=(running, error, ended),
+                         name="nuvom-timeout", daemon=True).start()
+
+    def _settle_timed_out(self, running: Running, error: JobTimeoutError,
+                          ended: threading.Event | None = None) -> None:
         if running.job.options.concurrency is not None:
             # A limited task's timed-out attempt keeps counting against its limit until its
             # function returns: its lease (extended by the monitor until settled) is what
-            # the queue counts, so settle only then.
-            running.thread.join()
+            # the queue counts, so settle only then (an asyncio job's thread is the loop's:
+            # wait for its task instead).
+            if ended is not None:
+                ended.wait()
+            else:
+                running.thread.join()
         self.runner.fail(running, error, "", kind="timeout", decided=True)

@@ -63,8 +63,9 @@ class JobRunner:
         self.processes: ProcessPool | None = None
         #: How long after a job's deadline the monitor gives up its thread: at once in the
         #: thread pool; in the process pool only if the child was not killed in time (the
-        #: thread is stuck in a hook, not in the child); never in the asyncio pool (jobs
-        #: share the loop's thread, and the loop cancels its own).
+        #: thread is stuck in a hook, not in the child). ``None`` in the asyncio pool: the
+        #: pool sets the monitor's deadline itself, ``kill_grace_secs`` after its timeout
+        #: cancelled a coroutine, or after a sync task's thread took it (:mod:`.aio`).
         self.monitor_slack: float | None = 0.0
         self._coroutine: dict[Callable[..., Any], bool] = {}
 
@@ -145,25 +146,33 @@ class JobRunner:
             return run_on_thread_loop(func(*job.args, **job.kwargs), job)
         return func(*job.args, **job.kwargs)
 
-    async def run_async(self, lease: Lease, pool: AsyncPool) -> None:
-        """The asyncio pool's :meth:`run_one`: the same path, awaiting the call."""
+    async def run_async(self, lease: Lease, pool: AsyncPool) -> Running | None:
+        """The asyncio pool's :meth:`run_one`: the same path, awaiting the call. Returns the
+        job's :class:`Running` (``None`` if the lease was settled or handed back before it
+        started), whose ``abandoned`` tells the pool the slot was given up already."""
+        running: Running | None = None
         try:
             running = self._begin(lease)
-        except Exception:
+            if running is None:
+                return None
+            try:
+                with bind_job(running.job):
+                    func = self.resolve(running.job)
+                    events.emit(self.kernel.pm, "nuvom_before_execute", job=running.job)
+                    result = await pool.call(func, running, self._is_coroutine(func))
+            except BaseException as exc:  # CancelledError too: only a forced stop cancels,
+                self._failed(running, exc)  # and then the outcome was already given up
+            else:
+                self._succeed(running, result)
+        except Exception:  # as in run_one: a bug or a backend error outside the task must
+            # not leave the job held (its lease extended by the monitor forever): the
+            # outcome is claimed, so the monitor cannot time it out now, and the lease expires
+            if running is not None:
+                running.decide()
+            self.running.pop(lease.id, None)
             log.exception("job=%s: unexpected error in the worker; not acked, it will run "
                           "again after the visibility timeout", lease.id)
-            return
-        if running is None:
-            return
-        try:
-            with bind_job(running.job):
-                func = self.resolve(running.job)
-                events.emit(self.kernel.pm, "nuvom_before_execute", job=running.job)
-                result = await pool.call(func, running.job)
-        except BaseException as exc:  # CancelledError too: only a forced stop cancels,
-            self._failed(running, exc)  # and then the outcome was already given up
-        else:
-            self._succeed(running, result)
+        return running
 
     def _is_coroutine(self, func: Callable[..., Any]) -> bool:
         """``inspect.iscoroutinefunction``, once per function (it was a µs per job)."""

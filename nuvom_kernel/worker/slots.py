@@ -35,7 +35,7 @@ class Slots:
 
     :param prefetch: most leases claimed ahead of idle executors (0: none).
     :param ahead_ok: ``False`` where claimed jobs start at once (the asyncio pool's slots
-        are not threads: a lease handed over is a running task).
+        are not threads: a lease handed over is a task about to start, :meth:`hold`).
     """
 
     def __init__(self, workers: int, batch_size: int, prefetch: int, ahead_ok: bool) -> None:
@@ -87,6 +87,27 @@ class Slots:
     def hand_over(self, lease: Lease, claimed_at: float) -> None:
         self.waiting[lease.id, lease.token] = (lease, claimed_at)
         self.handoff.put(lease)
+
+    def hold(self, lease: Lease, claimed_at: float) -> None:
+        """The asyncio pool's hand-off: ``lease`` was submitted to the loop as a task that
+        has not started. Held here, the monitor gives it back if the loop does not start it
+        in time (a coroutine blocks it) and a stop releases it, as a lease in the hand-off
+        queue; :meth:`take_held` is how its task takes it."""
+        self.waiting[lease.id, lease.token] = (lease, claimed_at)
+
+    def take_held(self, lease: Lease) -> float | None:
+        """Take a lease :meth:`hold` kept: when it was claimed, or ``None`` if it was given
+        back meanwhile (whoever gave it back freed its slot)."""
+        item = self.waiting.pop((lease.id, lease.token), None)
+        return None if item is None else item[1]
+
+    def withhold(self) -> None:
+        """One slot fewer until :meth:`freed` gives it back: the asyncio pool's sync thread
+        stuck in a timed-out task past ``max_abandoned_threads`` (whose job's slot is
+        freed as the job ends), so the worker claims fewer jobs, as the thread pool does
+        when it cannot replace a stuck executor."""
+        with self.cv:
+            self.free -= 1
 
     def take(self) -> tuple[Lease, float] | None:
         """The next lease to run and when it was claimed, waiting for one; ``None``: end."""
