@@ -87,6 +87,23 @@ def detailed():
     raise Detailed("no")
 
 
+class OwnTraceback(Exception):
+    remote_traceback = 123  # an attribute of the task's own, not a str
+
+
+@task
+def own_traceback():
+    _ran("own_traceback")
+    raise OwnTraceback("mine")
+
+
+@task
+def waited():
+    from nuvom_kernel import JobFailedError
+    _ran("waited")
+    raise JobFailedError("other-job", "KeyError", "'k'", "the other job's traceback")
+
+
 @task(retries=2, retry_delay_secs=0)
 def big_int():
     _ran("big_int")
@@ -196,6 +213,23 @@ def test_a_tasks_own_details_attribute_stays_out_of_its_history(start, project: 
         assert [(e["attempt"], e["kind"], e["error_message"]) for e in history] == [
             (1, "error", "no"), (2, "error", "no")]
     assert sorted(_runs(project)) == ["detailed"] * 2 + ["rpc_error"] * 2
+
+
+def test_a_tasks_traceback_is_where_it_raised(start, project: Path) -> None:
+    """The worker took any exception's ``remote_traceback`` (meant for the process pool's
+    rebuilt errors) as the job's traceback: a non-str one left the attempt unrecorded, to
+    run again at every visibility timeout, and a JobFailedError of a job the task waited
+    for recorded that job's traceback as this one's."""
+    from outcome_tasks import own_traceback, waited  # type: ignore[import-not-found]
+
+    start("--pool", "thread", "--workers", "1")
+    mine, other = own_traceback.delay(), waited.delay()
+    assert _failed(mine).error_type == "outcome_tasks.OwnTraceback"
+    assert _failed(other).error_type == "nuvom_kernel.errors.JobFailedError"
+    for job, frame in [(mine, "in own_traceback"), (other, "in waited")]:
+        traceback = get_job(job.id).traceback or ""
+        assert frame in traceback, traceback
+    assert sorted(_runs(project)) == ["own_traceback", "waited"]
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])

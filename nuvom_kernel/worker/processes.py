@@ -358,7 +358,7 @@ class ProcessPool:
             exc = SerializationError(message)
         else:
             exc = ChildTaskError(message, error_type=reply["error_type"])
-        exc.remote_traceback = reply.get("traceback")  # type: ignore[union-attr]
+        exc.child_traceback = reply.get("traceback")  # type: ignore[union-attr]
         exc.details = {"cpu_secs": reply.get("cpu_secs"),  # type: ignore[union-attr]
                        "max_rss_kb": reply.get("max_rss_kb")}
         return exc

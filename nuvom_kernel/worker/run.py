@@ -191,8 +191,13 @@ class JobRunner:
     def _failed(self, running: Running, exc: BaseException) -> None:
         if isinstance(exc, UnknownTaskError) and self._hand_back(running, exc):
             return
-        tb = (getattr(exc, "remote_traceback", None)
-              or "".join(traceback.format_exception(exc)))
+        # The child's own traceback for an error the process pool rebuilt from its reply;
+        # for anything else, where it was raised. (A task's exception with a
+        # ``remote_traceback`` of its own, a JobFailedError of another job it waited for
+        # among them, recorded that traceback as this job's; a non-str one was not stored
+        # at all, and the job ran again at every visibility timeout.)
+        child = getattr(exc, "child_traceback", None) if isinstance(exc, NuvomError) else None
+        tb = child if isinstance(child, str) else "".join(traceback.format_exception(exc))
         self.fail(running, exc, tb, kind="timeout" if isinstance(exc, JobTimeoutError)
                   else "error")
 
