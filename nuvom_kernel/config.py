@@ -170,7 +170,8 @@ class Settings:
     kill_grace_secs: float = _setting(
         5.0, "NUVOM_KILL_GRACE_SECS", values.seconds(zero_ok=True),
         "Process pool: how long a timed-out job's child has to stop after the soft timeout "
-        "before it is killed with SIGKILL.")
+        "before it is killed with SIGKILL. Asyncio pool: how long a cancelled coroutine has "
+        "to end before its attempt is recorded as timed out and the task given up.")
     max_tasks_per_child: int | None = _setting(
         None, "NUVOM_MAX_TASKS_PER_CHILD", values.whole(1, none_ok=True),
         "Process pool: replace a child after this many jobs; unset means never.")
