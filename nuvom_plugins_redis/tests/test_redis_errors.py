@@ -147,16 +147,19 @@ def test_database_out_of_range_names_the_url_setting(locked_server: RedisServer)
     assert "databases" in text and "s3cret" not in text, text
 
 
-@pytest.mark.parametrize(("db", "expected"), [("notaport/0", "is invalid"),
-                                              ("PORT/5", "has no database 5")])
+@pytest.mark.parametrize(("db", "expected", "status"), [
+    ("notaport/0", "is invalid", 2),  # a configuration error: status 2, as a usage error
+    ("PORT/5", "has no database 5", 1),  # the server refused: a runtime error
+])
 def test_runworker_prints_one_line_for_a_bad_url(
-        locked_server: RedisServer, tmp_path: Path, db: str, expected: str) -> None:
+        locked_server: RedisServer, tmp_path: Path, db: str, expected: str,
+        status: int) -> None:
     url = f"redis://:s3cret@127.0.0.1:{db.replace('PORT', str(locked_server.port))}"
     worker = subprocess.run([sys.executable, "-m", "nuvom_kernel", "runworker"],
                             cwd=tmp_path, env=_env(url), text=True, capture_output=True,
                             timeout=60)
     output = worker.stdout + worker.stderr
     lines = [line for line in output.splitlines() if line.strip()]
-    assert worker.returncode == 1, output
+    assert worker.returncode == status, output
     assert len(lines) == 1 and expected in lines[0], lines
     assert "NUVOM_PLUGINS__REDIS__URL" in lines[0] and "s3cret" not in output, lines
