@@ -20,8 +20,16 @@ __all__ = ["QueueCounts", "QueueStats", "WorkerInfo", "newer_first", "page_curso
 @attrs.define
 class QueueCounts:
     """One named queue: ``ready`` (claimable now), ``delayed`` (waiting for their time: a
-    retry delay or ``delay_secs``), ``running`` (leased) and the age of the oldest ready
-    message (``None`` when none is ready)."""
+    retry delay or ``delay_secs``), ``running`` (leased) and ``oldest_ready_age_secs``:
+    how long the ready message waiting longest has waited since it became due, ``now -
+    max(created_at, available_at)`` (its enqueue, or the end of its delay or retry delay),
+    ``0`` for a due time ahead of the backend's clock, ``None`` when none is ready.
+
+    Why since due and not since the enqueue: a job delayed for a day would read a day old,
+    and fire backlog alerts, the moment it is due, and a retried job as old as its first
+    enqueue; this is the worker's wait time (``Outcome.due_at``) for a job still waiting.
+    The message due first is not necessarily the head of the claim order (which sorts by
+    ``created_at``: a retried message keeps its place)."""
 
     ready: int = 0
     delayed: int = 0

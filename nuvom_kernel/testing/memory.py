@@ -360,6 +360,9 @@ class MemoryJobQueue(QueueBackend):
             return True
 
     def stats(self) -> QueueStats:
+        """Counts per queue; a ready message's age runs from when it became due,
+        ``max(created_at, available_at)`` (its enqueue, or the end of its delay or retry
+        delay), as the worker's wait time does, and the oldest is the one due first."""
         now = time.time()
         stats = QueueStats()
         with self._lock:
@@ -372,7 +375,8 @@ class MemoryJobQueue(QueueBackend):
                     counts.delayed += 1
                 else:
                     counts.ready += 1
-                    age = now - msg.created_at
+                    # max(0, ...): a due time ahead of this clock is no wait yet
+                    age = max(0.0, now - max(msg.created_at, msg.available_at))
                     counts.oldest_ready_age_secs = max(counts.oldest_ready_age_secs or 0.0, age)
         return stats
 

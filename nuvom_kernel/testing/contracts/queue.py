@@ -494,6 +494,66 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
         assert a.oldest_ready_age_secs is not None and a.oldest_ready_age_secs > 0, \
             "the oldest ready message's age is reported"
 
+    def test_stats_oldest_ready_age_counts_from_due_time(self, queue_backend: QueueBackend
+                                                        ) -> None:
+        """``oldest_ready_age_secs`` is how long the ready message due first has waited
+        since it became due: from ``max(created_at, available_at)`` (its enqueue, or the end
+        of its delay or retry delay), as the worker's wait time counts. From the enqueue, a
+        job delayed for a day would read a day old, and alert, the moment it is due. The
+        oldest is the earliest due time, not the head of the claim order (by enqueue)."""
+        if type(queue_backend).stats is QueueBackend.stats:
+            pytest.skip("stats() is optional and not overridden (nuvom status shows totals)")
+        now = time.time()
+        queue_backend.enqueue_many([
+            # enqueued 40 s ago with a 38 s delay: due, and waiting, for 2 s
+            make_message(queue="a", created_at=now - 40, available_at=now - 2),
+            # the same at the head of "c", and behind it one waiting since its enqueue 20 s
+            # ago: the oldest ready message is the second in claim order
+            make_message(queue="c", created_at=now - 40, available_at=now - 2),
+            make_message(queue="c", created_at=now - 20),
+            # due by a producer's clock ahead of this one: no wait yet, never a negative one
+            make_message(queue="d", created_at=now + 30),
+        ])
+        stats = queue_backend.stats().queues
+        ages = {q: stats[q].oldest_ready_age_secs if q in stats else None for q in "acd"}
+        assert ages["a"] is not None and 1.5 <= ages["a"] < 10, \
+            f"a message due 2 s ago (enqueued 40 s ago) has waited about 2 s, got {ages['a']}"
+        assert ages["c"] is not None and 19.5 <= ages["c"] < 28, \
+            "the oldest ready message is the one due first (20 s ago), not the one enqueued " \
+            f"first (40 s ago, due 2 s ago), got {ages['c']}"
+        assert ages["d"] == 0.0, f"a due time ahead of the clock reads 0, got {ages['d']}"
+        # retried as a worker retries (a new body), at once and after a delay: each waits
+        # from its retry's due time, and comes back with that as its available_at (what the
+        # worker's wait time counts from)
+        queue_backend.enqueue_many([make_message(queue="e", created_at=now - 40),
+                                    make_message(queue="b", created_at=now - 40)])
+        retried_at = time.time()
+        assert queue_backend.retry(self._claim_one(queue_backend, ["e"]), delay_secs=0,
+                                   body=b"v2") is True
+        e = queue_backend.stats().queues["e"]
+        assert e.ready == 1 and e.oldest_ready_age_secs is not None \
+            and 0 <= e.oldest_ready_age_secs < 10, \
+            "a message retried without delay has waited since its retry, not since its " \
+            f"first enqueue 40 s ago, got {e}"
+        again = self._claim_one(queue_backend, ["e"])
+        assert retried_at - 1 <= again.message.available_at <= time.time() + 1, \
+            "a retried message's available_at is when its retry was due, got " \
+            f"{again.message.available_at} for a retry at {retried_at}"
+        if not type(queue_backend).capabilities.delayed:
+            return
+        lease = self._claim_one(queue_backend, ["b"])
+        assert queue_backend.retry(lease, delay_secs=self.delay_secs, body=b"v2") is True
+
+        def ready() -> Any:
+            counts = queue_backend.stats().queues.get("b")
+            return counts if counts is not None and counts.ready == 1 else None
+
+        b = wait_until(ready, self.patience_secs,
+                       "a retried message never counted ready after its retry delay")
+        assert b.oldest_ready_age_secs is not None and 0 <= b.oldest_ready_age_secs < 10, \
+            "a retried message has waited since its retry delay ended, not since its first " \
+            f"enqueue 40 s ago, got {b.oldest_ready_age_secs}"
+
     @pytest.fixture
     def settle_results(self, queue_backend: QueueBackend) -> Any:
         """Override with a result backend that shares ``queue_backend``'s store, to run the

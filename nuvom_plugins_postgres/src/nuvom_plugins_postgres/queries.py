@@ -142,18 +142,24 @@ WHERE j.id = t.id AND j.token = t.token AND {lease} RETURNING j.id
 """
 
 # Retry and release: back to ready (no delay) or scheduled, the lease cleared.
+# ``available_at`` moves to when the message is due again (a retry: now, or the end of its
+# delay; a release only with a delay), as on the other backends: ``due_at`` is cleared when
+# the row is promoted, and ``available_at`` is what ``stats`` (the oldest ready row's age)
+# and the worker's wait time count from afterwards.
 _PUT_BACK = f"""
 UPDATE {{s}}.jobs SET
     state = CASE WHEN %(delay)s > 0 THEN 1 ELSE 0 END,
     due_at = CASE WHEN %(delay)s > 0 THEN clock_timestamp() + (%(delay)s * interval '1 second')
              END,
+    available_at = CASE WHEN %(delay)s > 0 THEN {_NOW} + %(delay)s ELSE {{undelayed}} END,
     token = NULL, lease_expires_at = NULL, {{change}}
 WHERE id = %(id)s AND token = %(token)s
 RETURNING state, {_NOW} + %(delay)s AS due
 """
-RETRY = _PUT_BACK.replace("{change}", "failures = failures + 1, "
-                                      "body = COALESCE(%(body)s::bytea, body)")
-RELEASE = _PUT_BACK.replace("{change}", "deliveries = deliveries - 1")
+RETRY = _PUT_BACK.replace("{undelayed}", _NOW).replace(
+    "{change}", "failures = failures + 1, body = COALESCE(%(body)s::bytea, body)")
+RELEASE = _PUT_BACK.replace("{undelayed}", "available_at").replace(
+    "{change}", "deliveries = deliveries - 1")
 
 # extend: a live lease (or one expired but not claimed again) gets a new deadline;
 # ``secs <= 0`` makes it claimable (and QUEUED) at once, its token kept until someone
@@ -192,10 +198,16 @@ MESSAGE = f"SELECT {_MESSAGE} FROM {{s}}.jobs j WHERE j.id = %s"
 QSIZE = f"SELECT count(*) FROM {{s}}.jobs WHERE NOT ({_LIVE_LEASE}) {{queues}}"
 CLEAR = "DELETE FROM {s}.jobs WHERE true {queues}"
 CANCEL = "DELETE FROM {s}.jobs WHERE id = %s AND state IN (0, 1) AND token IS NULL"
+# The oldest ready row's age runs from when it became due: its enqueue, or the end of its
+# delay or retry delay (``available_at``, moved by every retry; ``due_at`` too for a
+# scheduled row not yet promoted), as the worker's wait time does; the smallest due time,
+# not the head of the claim order (which sorts by ``created_at``). ``greatest`` skips a
+# NULL ``due_at``; the caller clamps a due time ahead of the server's clock to 0.
 STATS = f"""
 SELECT queue, count(*) FILTER (WHERE {_READY}), count(*) FILTER (WHERE {_DELAYED}),
        count(*) FILTER (WHERE {_LIVE_LEASE}),
-       {_NOW} - min(created_at) FILTER (WHERE {_READY})
+       {_NOW} - min(greatest(created_at, available_at, extract(epoch FROM due_at)::float8))
+                FILTER (WHERE {_READY})
 FROM {{s}}.jobs GROUP BY queue
 """
 
@@ -277,6 +289,7 @@ SETTLE_RETRY = """
 UPDATE {s}.jobs j SET
     state = CASE WHEN t.delay > 0 THEN 1 ELSE 0 END,
     due_at = CASE WHEN t.delay > 0 THEN clock_timestamp() + (t.delay * interval '1 second') END,
+    available_at = extract(epoch FROM clock_timestamp())::float8 + t.delay,
     token = NULL, lease_expires_at = NULL, failures = j.failures + 1,
     body = COALESCE(t.body, j.body)
 FROM unnest(%b::text[], %b::float8[], %b::bytea[]) AS t(id, delay, body)
@@ -331,6 +344,7 @@ retried AS (
         state = CASE WHEN t.retry_in > 0 THEN 1 ELSE 0 END,
         due_at = CASE WHEN t.retry_in > 0
                       THEN clock_timestamp() + (t.retry_in * interval '1 second') END,
+        available_at = extract(epoch FROM clock_timestamp())::float8 + t.retry_in,
         token = NULL, lease_expires_at = NULL, failures = j.failures + 1,
         body = COALESCE(t.body, j.body)
     FROM stored, t

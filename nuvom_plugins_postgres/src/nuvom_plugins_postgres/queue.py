@@ -479,12 +479,17 @@ class PostgresQueue(QueueBackend):
 
     def stats(self) -> QueueStats:
         """Per queue: ready (an expired lease and a due scheduled row included), delayed
-        (not yet due), running (a live lease), and the oldest ready row's age."""
+        (not yet due), running (a live lease), and the oldest ready row's age, counted from
+        when it became due (its enqueue, or the end of its delay or retry delay), as the
+        worker's wait time is: from the enqueue, a job delayed for a day would read a day
+        old the moment it is due. One scan (``STATS``)."""
         rows = self._run(lambda c: c.execute(self._q.stats).fetchall())
         stats = QueueStats()
         for queue, ready, delayed, running, age in rows:
-            stats.queues[queue] = QueueCounts(ready=ready, delayed=delayed, running=running,
-                                              oldest_ready_age_secs=age)
+            # max(0, ...): a due time ahead of the server's clock (a producer's) is no wait
+            stats.queues[queue] = QueueCounts(
+                ready=ready, delayed=delayed, running=running,
+                oldest_ready_age_secs=None if age is None else max(0.0, age))
         stats.warnings = self.hygiene_warnings()
         return stats
 

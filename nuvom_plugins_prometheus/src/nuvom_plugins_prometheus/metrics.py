@@ -46,8 +46,9 @@ METRICS: dict[str, str] = {
                               "was due (enqueue, or the end of its delay), by task and queue.",
     "nuvom_queue_depth": "Messages per queue and state (ready, delayed, running), from the "
                          "queue backend's stats() on a timer.",
-    "nuvom_oldest_job_age_seconds": "Age of the oldest ready message per queue (0: none "
-                                    "ready), from the same timer.",
+    "nuvom_oldest_job_age_seconds": "How long the oldest ready message per queue has "
+                                    "waited since it became due (0: none ready), from the "
+                                    "same timer.",
     "nuvom_queue_stats_last_success_timestamp_seconds":
         "When the queue snapshot behind nuvom_queue_depth and nuvom_oldest_job_age_seconds "
         "was last read from the queue backend (Unix time); older than a few refresh_secs: "

@@ -235,7 +235,7 @@ class RedisJobQueue(QueueBackend):
     def stats(self) -> QueueStats:
         stats = QueueStats()
         now = time.time()
-        for queue, counts in self._counts(None, oldest=now).items():
+        for queue, counts in self._counts(None, now=now).items():
             stats.queues[queue] = counts
         return stats
 
@@ -297,16 +297,20 @@ class RedisJobQueue(QueueBackend):
             lambda: self.store.client.smembers(self.store.prefix + "queues"), "listing queues"))
         return sorted(m.decode() for m in members)
 
-    def _counts(self, queues: Sequence[str] | None, oldest: float | None = None
+    def _counts(self, queues: Sequence[str] | None, now: float | None = None
                 ) -> dict[str, QueueCounts]:
+        """Counts per queue (one ``STATS`` call), with the oldest ready message's age at
+        ``now`` when given."""
         names = self._queue_names(queues)
         if not names:
             return {}
         reply = self._run("STATS", names, "counting jobs")
         counts = {}
         for i, queue in enumerate(names):
-            ready, delayed, running, created = reply[i * 4:i * 4 + 4]
-            age = None if oldest is None or not created else max(0.0, oldest - float(created))
+            # due: when the ready message due first became due (STATS); max(0, ...): a due
+            # time ahead of this clock (a producer's clock ahead) is no wait yet
+            ready, delayed, running, due = reply[i * 4:i * 4 + 4]
+            age = None if now is None or not due else max(0.0, now - float(due))
             counts[queue] = QueueCounts(ready=int(ready), delayed=int(delayed),
                                         running=int(running), oldest_ready_age_secs=age)
         return counts

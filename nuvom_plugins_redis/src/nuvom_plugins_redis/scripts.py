@@ -13,7 +13,9 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
 
     P queues                  SET   every queue name seen (claims over "every queue")
     P j:<id>                  HASH  one message: b body, q queue, p priority, c created_at,
-                                    a available_at, t task, f failures, d deliveries
+                                    a available_at (moved by a retry or a delayed release,
+                                    kept when promoted to ready), t task, f failures,
+                                    d deliveries
                                     (absent until the first claim: a missing f or d
                                     reads as 0 everywhere),
                                     k token (while leased), r rank, s state (r|d|l)
@@ -421,35 +423,84 @@ if moved > 0 then wake() end
 return moved
 """
 
-#: ARGV: P, then queue names. Per queue: ready, delayed, leased, oldest ready created_at
-#: (the head of each priority band is its oldest; bands are few).
+#: Hashes ``STATS`` reads per queue past the first of each run it walks (see there).
+STATS_WALK = 64
+
+#: ARGV: P, then queue names. Per queue: ready, delayed, leased, and the earliest due time
+#: of a message counted ready ('' if none): ``max(c, a)``, its enqueue or the end of its
+#: delay or retry delay (a retry moves ``a``, a promotion keeps it), as the worker's wait
+#: time counts. Why a walk: ready sets sort by enqueue within a priority band, not by due
+#: time, and a delayed or retried message keeps its old rank at the head of its band. A
+#: message is never due before its enqueue, so each band is read in order only while its
+#: next enqueue is before the earliest due time found: usually its head alone (due at its
+#: enqueue). Due delayed messages (by ``a``) and expired leases (by deadline, no bound)
+#: count ready before a claim or the reaper moves them, so their sets are walked too. Past
+#: each run's first, at most STATS_WALK hashes per queue: then the earliest found stands
+#: (an older message may hide behind many delayed ones, a younger one never reads older).
 STATS = "#!lua flags=no-writes\n" + _COMMON + r"""
+local walk = STATS_WALK
+local function due_of(id)
+  local h = redis.call('HMGET', P .. 'j:' .. id, 'c', 'a')
+  local c, a = tonumber(h[1]), tonumber(h[2])
+  if not c then return nil end
+  if a and a > c then return a end
+  return c
+end
 local now = clock()
+local limit = f17(now)
 local out = {}
 for i = 2, #ARGV do
   local key = qkey(ARGV[i], 'ready')
-  local oldest = nil
-  local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  while head[1] do
-    local created = redis.call('HGET', P .. 'j:' .. string.sub(head[1], RANK_LEN + 1), 'c')
-    if created and (oldest == nil or tonumber(created) < oldest) then
-      oldest = tonumber(created)
+  local dkey, lkey = qkey(ARGV[i], 'delayed'), qkey(ARGV[i], 'leased')
+  local best, extra = nil, 0
+  -- may the j-th of a run be read? (the first always; the rest within the budget)
+  local function afford(j)
+    if j == 1 then return true end
+    if extra >= walk then return false end
+    extra = extra + 1
+    return true
+  end
+  local function consider(due)
+    if due and (best == nil or due < best) then best = due end
+  end
+  local band = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  while band[2] do
+    local score = band[2]
+    local members = redis.call('ZRANGE', key, score, score, 'BYSCORE', 'LIMIT', 0,
+                               walk - extra + 1)
+    for j, m in ipairs(members) do
+      -- the rank starts with the enqueue in µs (rounded down): a bound of its due time
+      if best and tonumber(string.sub(m, 1, 17)) / 1e6 >= best then break end
+      if not afford(j) then break end
+      consider(due_of(string.sub(m, RANK_LEN + 1)))
     end
-    head = redis.call('ZRANGE', key, '(' .. head[2], '+inf', 'BYSCORE', 'LIMIT', 0, 1,
+    band = redis.call('ZRANGE', key, '(' .. score, '+inf', 'BYSCORE', 'LIMIT', 0, 1,
                       'WITHSCORES')
+  end
+  local due = redis.call('ZRANGE', dkey, '-inf', limit, 'BYSCORE', 'LIMIT', 0,
+                         walk - extra + 1, 'WITHSCORES')
+  for j = 1, #due / 2 do
+    if best and tonumber(due[2 * j]) >= best then break end
+    if not afford(j) then break end
+    consider(due_of(due[2 * j - 1]))
+  end
+  local expired = redis.call('ZRANGE', lkey, '-inf', limit, 'BYSCORE', 'LIMIT', 0,
+                             walk - extra + 1)
+  for j, id in ipairs(expired) do
+    if not afford(j) then break end
+    consider(due_of(id))
   end
   -- due delayed jobs and expired leases are waiting already, whether or not a claim or
   -- the reaper has moved them yet
-  local dkey, lkey = qkey(ARGV[i], 'delayed'), qkey(ARGV[i], 'leased')
-  local due = redis.call('ZCOUNT', dkey, '-inf', f17(now))
-  local expired = redis.call('ZCOUNT', lkey, '-inf', f17(now))
-  out[#out + 1] = redis.call('ZCARD', key) + due + expired
-  out[#out + 1] = redis.call('ZCARD', dkey) - due
-  out[#out + 1] = redis.call('ZCARD', lkey) - expired
-  out[#out + 1] = oldest and f17(oldest) or ''
+  local ndue = redis.call('ZCOUNT', dkey, '-inf', limit)
+  local nexpired = redis.call('ZCOUNT', lkey, '-inf', limit)
+  out[#out + 1] = redis.call('ZCARD', key) + ndue + nexpired
+  out[#out + 1] = redis.call('ZCARD', dkey) - ndue
+  out[#out + 1] = redis.call('ZCARD', lkey) - nexpired
+  out[#out + 1] = best and f17(best) or ''
 end
 return out
-""".replace("RANK_LEN", str(RANK_LEN))
+""".replace("RANK_LEN", str(RANK_LEN)).replace("STATS_WALK", str(STATS_WALK))
 
 #: ARGV: P, id. The job's state from the queue alone, by the server's clock: 'R' running
 #: (a token whose deadline has not passed), 'T' retrying (a failed job waiting for its

@@ -425,14 +425,21 @@ class SQLiteJobQueue(QueueBackend):
     def stats(self) -> QueueStats:
         """Ready, delayed and leased counts and the oldest ready message's age per queue, in
         one scan, and the quarantined rows. A row that breaks the schema is swept into
-        quarantine first (the same scan counts them, so the sweep's write is rare)."""
+        quarantine first (the same scan counts them, so the sweep's write is rare).
+
+        The age runs from when a ready row became due, ``max(created_at, available_at)``
+        (its enqueue, or the end of its delay or retry delay: ``retry`` moves
+        ``available_at``), as the worker's wait time does: counted from the enqueue, a job
+        delayed for a day would read a day old the moment it is due. The oldest is the
+        smallest due time, not the head of the claim order (which sorts by ``created_at``)."""
         now = time.time()
         # An expired lease (a token whose visible_at has passed) is ready, not running.
         sql = ("SELECT queue, "
                "total(visible_at IS NULL OR visible_at <= ?1), "
                "total(token IS NULL AND visible_at > ?1), "
                "total(token IS NOT NULL AND visible_at > ?1), "
-               "min(CASE WHEN visible_at IS NULL OR visible_at <= ?1 THEN created_at END), "
+               "min(CASE WHEN visible_at IS NULL OR visible_at <= ?1 "
+               "THEN max(created_at, available_at) END), "
                f"total({quarantine.INVALID_ROW_SQL}) "
                "FROM nuvom_queue GROUP BY queue ORDER BY queue")
         conn = self._db.conn()
@@ -441,10 +448,11 @@ class SQLiteJobQueue(QueueBackend):
             self._db.transaction(quarantine.sweep)
             rows = conn.execute(sql, (now,)).fetchall()
         stats = QueueStats()
-        for queue, ready, delayed, running, oldest, _ in rows:
+        for queue, ready, delayed, running, due, _ in rows:
+            # max(0, ...): a due time ahead of this clock (another host's) is no wait yet
             stats.queues[queue] = QueueCounts(
                 ready=int(ready), delayed=int(delayed), running=int(running),
-                oldest_ready_age_secs=None if oldest is None else max(0.0, now - oldest))
+                oldest_ready_age_secs=None if due is None else max(0.0, now - due))
         stats.quarantined = quarantine.describe(conn)
         return stats
 

@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import logging
 import os
 import threading
@@ -122,6 +123,9 @@ T = TypeVar("T")
 _QUEUE_KEYS = {"path", "queue_path", "visibility_timeout_secs", "fsync", "relist_interval_secs"}
 #: Keys of the same ``[plugins.file]`` table that belong to the result backend.
 RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
+#: Most message files ``stats`` reads per queue to find the ready message due first (see
+#: :meth:`FileJobQueue._earliest_due`): one, unless delayed or retried messages lead it.
+_OLDEST_READS = 64
 
 
 def _rename(source: Path, target: Path) -> bool:
@@ -606,24 +610,72 @@ class FileJobQueue(QueueBackend):
 
     def stats(self) -> QueueStats:
         """Ready, delayed and leased files per queue, from one listing of each directory (an
-        expired lease counts as ready)."""
+        expired lease, and a delayed file whose time has come, count as ready: both are
+        claimable now, and the next claim moves them), and the oldest ready message's age.
+
+        The age runs from when the message became due, ``max(created_at, available_at)``
+        (its enqueue, or the end of its delay or retry delay), as the worker's wait time
+        does: counted from the enqueue, a job delayed for a day would read a day old the
+        moment it is due. A delayed file's name holds both times; a ready or leased file's
+        name holds only ``created_at`` (see :meth:`_earliest_due`)."""
         now = time.time()
+        now_us = us(now)
         self._settle(now)
         stats = QueueStats()
-        oldest_us: dict[str, int] = {}
+        due_us: dict[str, int] = {}  # per queue: the earliest due time known from names
+        unread: dict[str, list[tuple[int, str, str]]] = {}  # (created µs, kind, name)
         for kind in ("ready", "delayed", "leased"):
-            for _, parsed in self._fs.matching(kind, None):
+            for name, parsed in self._fs.matching(kind, None):
                 queue = decode_name(parsed.queue)
                 counts = stats.of(queue)
-                if kind == "leased" and parsed.when_us > us(now):
+                if kind == "leased" and parsed.when_us > now_us:
                     counts.running += 1
-                elif kind == "delayed":
+                elif kind == "delayed" and parsed.when_us > now_us:
                     counts.delayed += 1
                 else:
                     counts.ready += 1
                     created = int(parsed.sortkey[10:27])
-                    oldest_us[queue] = min(oldest_us.get(queue, created), created)
-        for queue, created in oldest_us.items():
-            stats.queues[queue].oldest_ready_age_secs = max(now - created / US, 0.0)
+                    if kind == "delayed":
+                        due = max(created, parsed.when_us)
+                        due_us[queue] = min(due_us.get(queue, due), due)
+                    else:
+                        unread.setdefault(queue, []).append((created, kind, name))
+        for queue, candidates in unread.items():
+            found = self._earliest_due(candidates, due_us.get(queue))
+            if found is not None:
+                due_us[queue] = found
+        for queue, due in due_us.items():
+            # max(0, ...): a due time ahead of this clock (another host's) is no wait yet
+            stats.queues[queue].oldest_ready_age_secs = max(now - due / US, 0.0)
         stats.quarantined = self.quarantined()
         return stats
+
+    def _earliest_due(self, candidates: list[tuple[int, str, str]], known: int | None
+                      ) -> int | None:
+        """The earliest due time (µs) of one queue's ready and expired leased files
+        ``candidates`` — (created µs, kind, name) — or ``known`` if that is earlier.
+
+        A file's ``available_at`` is in its header only, so files are read in enqueue order
+        until the next one's enqueue is no earlier than the earliest due time found: a
+        message is never due before its enqueue, so none of the rest is older. Usually one
+        read: the first message was due at its enqueue. Delayed or retried messages at the
+        head (the claim order is by enqueue) cost one more each, up to
+        :data:`_OLDEST_READS`; past that the earliest found so far stands (an older one may
+        hide behind them, never a younger one reported older)."""
+        heapq.heapify(candidates)
+        best = known
+        for _ in range(_OLDEST_READS):
+            if not candidates:
+                break
+            created, kind, name = heapq.heappop(candidates)
+            if best is not None and created >= best:
+                break
+            try:
+                available = decode_message((self._dirs[kind] / name).read_bytes()).available_at
+            except FileNotFoundError:
+                continue  # claimed, acked or moved since the listing: not waiting here
+            except CorruptEntry:
+                available = 0.0  # the claim that reaches it quarantines it; its enqueue
+            due = max(created, us(available))
+            best = due if best is None else min(best, due)
+        return best
