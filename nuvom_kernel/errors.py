@@ -24,6 +24,7 @@ __all__ = [
     "UnknownJobError",
     "UnknownTaskError",
     "WorkerPrepareError",
+    "encoding_error",
     "error_text",
     "qualname",
 ]
@@ -205,3 +206,14 @@ def error_text(exc: BaseException) -> str:
         except Exception:  # its own text raises too
             why = type(err).__name__
         return f"<{type(exc).__name__}: str() raised {why}>"
+
+
+def encoding_error(task: str, exc: Exception) -> SerializationError:
+    """The error a job fails with when its return value cannot be encoded: ``exc`` itself
+    if it is one, else a :class:`SerializationError` naming the task and what the encoder
+    raised (an int past 4,300 digits, a list nested past the recursion limit). One place,
+    as both the worker and a process pool's child build it."""
+    if isinstance(exc, SerializationError):
+        return exc
+    return SerializationError(f"{task}() return value cannot be encoded: "
+                              f"{type(exc).__name__}: {error_text(exc)}")

@@ -27,7 +27,7 @@ import attrs
 from nuvom_kernel.discovery import manifest_path, read_manifest
 from nuvom_kernel.dispatcher import enqueue
 from nuvom_kernel.envelope import Envelope, options_from_wire
-from nuvom_kernel.errors import BackendCapabilityError, NuvomError
+from nuvom_kernel.errors import BackendCapabilityError, NuvomError, error_text
 from nuvom_kernel.job import Job
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import ScheduleState
@@ -204,7 +204,7 @@ class Scheduler:
         try:
             return step(*args)
         except Exception as exc:
-            text = error_text(exc)
+            text = schedule_error_text(exc)
             if (name, text) not in self._logged:
                 self._logged.add((name, text))
                 log.error("schedule %r skipped: %s. The other schedules keep firing; this one "
@@ -308,10 +308,14 @@ def next_run(schedule: Schedule, now: float) -> float | None:
     return ticks[0] if ticks else None
 
 
-def error_text(exc: BaseException) -> str:
+def schedule_error_text(exc: BaseException) -> str:
     """An error as a log line or a ``schedule list`` cell: a ScheduleError's own message
-    (it says what to fix), anything else with its type (``CroniterBadDateError: ...``)."""
-    text = str(exc) if isinstance(exc, ScheduleError) else f"{type(exc).__name__}: {exc}"
+    (it says what to fix), anything else with its type (``CroniterBadDateError: ...``).
+    Its text through :func:`~nuvom_kernel.errors.error_text`: an error whose ``__str__``
+    raises must not escape the isolation it is logged by."""
+    text = error_text(exc)
+    if not isinstance(exc, ScheduleError):
+        text = f"{type(exc).__name__}: {text}"
     return text.rstrip(".")  # it is followed by more text in a log line
 
 
@@ -337,7 +341,7 @@ def describe(schedule: Schedule, state: ScheduleState | None, kernel: Any, now: 
         try:
             return step()
         except Exception as exc:
-            errors.append(error_text(exc))
+            errors.append(schedule_error_text(exc))
             return None
 
     last_status = None

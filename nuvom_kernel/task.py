@@ -22,7 +22,7 @@ from nuvom_kernel.envelope import Envelope, wire_calls
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import Backoff, TaskOptions
 from nuvom_kernel.registry import REGISTRY
-from nuvom_kernel.schedules import Cron, Every, Schedule
+from nuvom_kernel.schedules import POLICIES, Cron, Every, Schedule
 from nuvom_kernel.unique import enqueue_unique
 from nuvom_kernel.values import MAX_SECONDS
 
@@ -220,7 +220,7 @@ class Task(Generic[P, R]):
         return enqueue(self._kernel(), calls, known_ids=job_ids is not None)
 
 
-_SCHEDULE_OPTIONS = ("schedule", "overlap", "catch_up", "catch_up_window_secs")
+_SCHEDULE_OPTIONS = ("schedule", *POLICIES)
 
 
 @contextlib.contextmanager

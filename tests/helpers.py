@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,12 +109,26 @@ def start_worker(project: Path, environ: dict[str, str], *args: str) -> subproce
 
 
 def read_until_started(worker: subprocess.Popen[str], timeout: float = 60.0) -> list[str]:
-    """The lines a :func:`start_worker` process prints up to its "started" line (or until
-    its output ends: it exited); the caller asserts on them."""
+    """The lines a :func:`start_worker` process prints up to its "started" line, its output's
+    end (it exited) or ``timeout``; the caller asserts on them. Read on a thread: a blocking
+    ``readline`` would outwait any deadline if the worker hung before its next line."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in worker.stdout or ():
+            lines.put(line)
+            if " started: " in line:
+                return
+        lines.put("")  # end of output
+
+    threading.Thread(target=pump, daemon=True, name="read-until-started").start()
     seen: list[str] = []
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = worker.stdout.readline() if worker.stdout else ""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
         seen.append(line)
         if " started: " in line or not line:
             break

@@ -17,7 +17,7 @@ from nuvom_kernel.backends import Capabilities
 from nuvom_kernel.errors import BackendCapabilityError, TaskRegistrationError
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.scheduler import MAX_SLEEP_SECS, Scheduler
-from nuvom_kernel.schedules import Cron, ScheduleError, schedule_job_id
+from nuvom_kernel.schedules import Cron, Every, ScheduleError, schedule_job_id
 from nuvom_kernel.testing.memory import MemoryResultBackend
 from nuvom_kernel.worker import Worker
 from tests.helpers import E2E_BACKENDS, write_module
@@ -343,6 +343,38 @@ def test_a_schedule_that_raises_is_logged_once_and_the_others_keep_firing(
         scheduler.run_pending(t0 + 60)  # fixed (a new import): it fires, and says so
     assert "schedule 'a_broken' fires again" in caplog.text
     assert kernel.results.schedule_states()["a_broken"].fired == 1
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("and so does its str()")
+
+
+@attrs.frozen
+class _Exploding(Every):
+    def ticks(self, after: float, until: float, limit: int = 0) -> list[float]:
+        raise _Unprintable
+
+
+def test_a_schedule_raising_an_unprintable_error_is_isolated_too(make_kernel, caplog):
+    """The isolation logs the error's text: taken with a plain ``str()``, an error whose
+    ``__str__`` raises escaped it and ended the pass for every schedule."""
+    kernel = make_kernel("memory")
+
+    @task(schedule="0 * * * *")
+    def a_broken() -> None: ...
+
+    @task(schedule=every(seconds=2))
+    def b_healthy() -> None: ...
+
+    a_broken.schedule = attrs.evolve(a_broken.schedule, trigger=_Exploding(60.0))
+    t0 = at("2026-06-01T12:00:00+00:00")
+    scheduler = Scheduler(kernel, clock=lambda: t0)
+    with caplog.at_level(logging.ERROR, logger="nuvom.scheduler"):
+        scheduler.run_pending(t0)
+        assert scheduler._until_next() > 0
+    assert fired(kernel) == [datetime.fromtimestamp(t0, timezone.utc).isoformat()]
+    assert "_Unprintable: <_Unprintable: str() raised RuntimeError" in caplog.text
 
 
 def test_schedule_list_shows_a_schedule_that_raises_with_its_error(make_kernel, backend):

@@ -39,6 +39,7 @@ from nuvom_kernel.errors import (
     JobTimeoutError,
     SerializationError,
     UnknownTaskError,
+    encoding_error,
     error_text,
     qualname,
 )
@@ -151,10 +152,7 @@ class _Child:
                         if request.get("store_result", True) else None)
                 return encode_frame(_usage({"ok": True, "result": wire}, before))
             except Exception as exc:  # whatever encoding raised: RecursionError included
-                error = exc if isinstance(exc, SerializationError) else SerializationError(
-                    f"{request['task']}() return value cannot be encoded: "
-                    f"{type(exc).__name__}: {error_text(exc)}")
-                reply = _failure(error, exc)
+                reply = _failure(encoding_error(request["task"], exc), exc)
         return encode_frame(_usage(reply, before))  # plain text: it encodes
 
     def _call(self, request: dict[str, Any]) -> Any:

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import JobTimeoutError, NuvomError, SerializationError, UnknownTaskError
+from nuvom_kernel.errors import (
+    JobTimeoutError,
+    NuvomError,
+    SerializationError,
+    UnknownTaskError,
+    encoding_error,
+)
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus, Lease
 from nuvom_kernel.worker.aio import run_on_thread_loop
@@ -207,10 +213,8 @@ class JobRunner:
         except Exception as exc:  # not only SerializationError: a value nested too deep
             # (or holding itself) raises RecursionError, which left the lease to expire and
             # the job to run again until the delivery limit called it a crash
-            error = exc if isinstance(exc, SerializationError) else SerializationError(
-                f"{running.job.task}() return value cannot be encoded: "
-                f"{type(exc).__name__}: {exc}")
-            self.fail(running, error, "".join(traceback.format_exception(exc)))
+            self.fail(running, encoding_error(running.job.task, exc),
+                      "".join(traceback.format_exception(exc)))
             return
         if not running.decide():
             return
