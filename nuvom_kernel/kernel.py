@@ -236,8 +236,10 @@ class Kernel:
             self.refresh_job(job)
             if job.status is JobStatus.SUCCEEDED:
                 return job.result
-            if job.status is JobStatus.CANCELLED:
-                raise JobCancelledError(job.id)
+            if job.status is JobStatus.CANCELLED:  # a step's hint names its workflow
+                from nuvom_kernel.workflow.graph import WF_HEADER
+
+                raise JobCancelledError(job.id, job.headers.get(WF_HEADER))
             if job.status is JobStatus.FAILED:
                 raise JobFailedError(job.id, job.error_type, job.error, job.traceback)
             if job.status is JobStatus.UNKNOWN:

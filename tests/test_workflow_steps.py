@@ -234,6 +234,8 @@ def test_a_cancelled_step_points_to_its_workflow_and_retry_job_refuses_it(cluste
     assert "nuvom retry job" not in str(info.value)
     with pytest.raises(JobCancelledError, match="nuvom workflow retry"):
         get_job(first.id).get(timeout=5)
+    with pytest.raises(JobCancelledError, match=f"`nuvom workflow retry {flow.id}`"):
+        first.job.get(timeout=5)  # a step's handle knows its workflow: the hint names it
     reason = get_job(join.id).error or ""
     assert "a step it depends on was cancelled" in reason and "failed" not in reason
 
