@@ -132,6 +132,8 @@ def read_manifest(data_dir: Path) -> dict[str, Any] | None:
         return None
     except UnicodeDecodeError as exc:
         raise ManifestError(path, f"it is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:  # a folder, or a file this user may not read: say which
+        raise ManifestError(path, f"it cannot be read ({exc.strerror or exc})") from None
     try:
         data = json.loads(text)
     except ValueError as exc:

@@ -228,6 +228,14 @@ def test_a_malformed_manifest_names_the_file_the_entry_and_the_fix(
     assert isinstance(info.value, ValueError), "what every reader already catches"
 
 
+def test_a_manifest_that_cannot_be_read_is_a_manifest_error(tmp_path: Path) -> None:
+    """A manifest path that is a folder (or a file this user may not read) raised a bare
+    OSError, which no reader catches: the worker died at start."""
+    (tmp_path / "manifest.json").mkdir()
+    with pytest.raises(ManifestError, match="cannot be read"):
+        read_manifest(tmp_path)
+
+
 def test_a_valid_manifest_still_reads(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({
         "version": 1, "state": {}, "tasks": [{"name": "a", "module": "m", "file": "m.py",
