@@ -272,9 +272,12 @@ class Scheduler:
                                         daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Fire no more ticks; ``wait=False`` returns at once (a worker that begins to
+        drain calls it so, from its signal handler: a draining worker takes on no new work,
+        scheduled work included, and the next worker to start catches the ticks up)."""
         self._stop.set()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(10)
 
     def _loop(self) -> None:

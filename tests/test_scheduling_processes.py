@@ -3,6 +3,7 @@ workers, catch-up after downtime, and concurrency limits across executors."""
 
 from __future__ import annotations
 
+import calendar
 import itertools
 import json
 import signal
@@ -167,3 +168,29 @@ def test_concurrency_one_never_overlaps_and_other_tasks_flow(env, project: Path)
         "two limited jobs ran at once"
     assert all(get_kernel().refresh_job(j).attempts == 1 for j in held), \
         "a job held back by its limit consumed an attempt"
+
+
+def test_a_draining_worker_fires_no_more_ticks(env, project: Path):
+    from sched_tasks import limited
+
+    log, busy = project / "beats.log", project / "limited.log"
+    worker = start_worker(project, env, "--workers", "1")
+    try:
+        wait_until(lambda: len(lines(log)) >= 1, timeout=30, what="the first tick")
+        limited.delay(0)  # holds the one slot until "go": the drain lasts as long as we say
+        wait_until(lambda: "start" in lines(busy), timeout=30, what="the long job")
+        worker.send_signal(signal.SIGINT)  # drain
+        signalled = time.time()
+        wait_until(lambda: time.time() - signalled >= 4, timeout=10, what="4 s of drain")
+        (project / "go").touch()
+        worker.communicate(timeout=30)
+    finally:
+        worker.kill()
+    listed = run_nuvom(["schedule", "list", "--json"], project,
+                       NUVOM_QUEUE_BACKEND=env["NUVOM_QUEUE_BACKEND"],
+                       NUVOM_RESULT_BACKEND=env["NUVOM_RESULT_BACKEND"])
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    last = calendar.timegm(time.strptime(row["last_run"][:19], "%Y-%m-%dT%H:%M:%S"))
+    # Before the fix the scheduler went on firing every second of the 4 s drain.
+    assert last <= signalled + 1.5, (row["last_run"], signalled)

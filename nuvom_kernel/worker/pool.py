@@ -199,6 +199,7 @@ class Worker:
     def stop(self, graceful: bool = True) -> None:
         """Stop leasing; a graceful stop lets running jobs finish, a forced one does not."""
         self._stopping.set()
+        self.scheduler.stop(wait=False)
         if not graceful:
             self._forced.set()
         self.queue.notify()
