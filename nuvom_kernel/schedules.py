@@ -230,7 +230,19 @@ def cron(expr: str, tz: str = "UTC", args: Sequence[Any] = (),
 def every(*, seconds: float = 0, minutes: float = 0, hours: float = 0,
           args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> Every:
     """An interval schedule aligned to the Unix epoch (multiples of the interval, UTC)."""
+    for unit, amount in (("seconds", seconds), ("minutes", minutes), ("hours", hours)):
+        if isinstance(amount, bool) or not isinstance(amount, int | float):
+            # "5" would fail as "can only concatenate str", naming neither every() nor unit
+            raise ScheduleError(f"every({unit}=...) takes a number, got {amount!r}; "
+                                f"write every({unit}={_number_hint(amount)})")
     return Every(seconds + 60 * minutes + 3600 * hours, tuple(args), dict(kwargs or {}))
+
+
+def _number_hint(value: Any) -> str:
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return "5"
 
 
 def trigger_from_dict(data: Mapping[str, Any]) -> Cron | Every:
@@ -277,9 +289,12 @@ class Schedule:
                 raise ScheduleError(f"catch_up={catch_up!r} is not one of {CATCH_UP}")
             if overlap not in OVERLAP:
                 raise ScheduleError(f"overlap={overlap!r} is not one of {OVERLAP}")
-            if not catch_up_window_secs > 0:
-                raise ScheduleError(f"catch_up_window_secs must be > 0, got "
-                                    f"{catch_up_window_secs}")
+            window = catch_up_window_secs
+            if (isinstance(window, bool) or not isinstance(window, int | float)
+                    or not 0 < window <= MAX_SECONDS):  # NaN and infinity too
+                raise ScheduleError(f"catch_up_window_secs must be a number of seconds "
+                                    f"above 0 and at most {MAX_SECONDS} (366 days), got "
+                                    f"{window!r}")
         except ScheduleError as exc:
             raise ScheduleError(f"task {task!r}: {exc}") from exc
         return cls(task, trigger, module, options, catch_up, float(catch_up_window_secs),

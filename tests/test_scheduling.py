@@ -295,6 +295,30 @@ def test_cron_needs_exactly_five_fields_and_says_so(expr):
         assert "Seconds are not supported" in text and "every(seconds=...)" in text
 
 
+@pytest.mark.parametrize(("call", "problem"), [
+    (lambda: every(seconds="5"), "every(seconds=...) takes a number, got '5'; "
+                                 "write every(seconds=5)"),
+    (lambda: every(minutes=None), "every(minutes=...) takes a number, got None"),
+    (lambda: every(hours=True), "every(hours=...) takes a number, got True"),
+])
+def test_every_refuses_a_non_number_naming_its_argument(call, problem):
+    """every(seconds="5") failed with "can only concatenate str", naming nothing."""
+    with pytest.raises(ScheduleError) as info:
+        call()
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize("window", [float("inf"), float("nan"), 0, -1, "3600", True,
+                                    366 * 86400 + 1])
+def test_catch_up_window_must_be_a_finite_number_of_seconds(window):
+    """Infinity was accepted (every missed tick since the epoch is in its window), and a
+    string raised a TypeError that did not name the task."""
+    with pytest.raises(ScheduleError) as info:
+        task(schedule=every(minutes=1), catch_up_window_secs=window)(lambda: None)
+    assert "catch_up_window_secs must be a number of seconds above 0" in str(info.value)
+    assert repr(window) in str(info.value)
+
+
 @pytest.mark.parametrize(("macro", "every_secs"), [("@hourly", 3600), ("@DAILY", 86400),
                                                    ("@midnight", 86400)])
 def test_croniter_macros_still_stand_for_their_five_fields(macro, every_secs):

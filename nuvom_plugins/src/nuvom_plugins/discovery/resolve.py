@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from nuvom_kernel.schedules import ScheduleError, from_manifest
+from nuvom_kernel.schedules import ScheduleError, every, from_manifest
 
 __all__ = ["DEFAULT_DECORATORS", "ModuleScan", "scan_module"]
 
@@ -94,7 +94,9 @@ _UNITS = {"seconds": 1, "minutes": 60, "hours": 3600}
 
 def _schedule_call(call: ast.Call, bindings: _Bindings) -> dict[str, Any] | None:
     """``cron("0 9 * * *", tz="Europe/Paris")`` or ``every(minutes=5)`` with literal
-    arguments, as the manifest stores a schedule; ``None`` for anything else."""
+    arguments, as the manifest stores a schedule; ``None`` for anything else.
+
+    :raises ScheduleError: ``every()`` refuses its literal arguments."""
     target = _resolve(call.func, bindings) or ""
     kind = target.rsplit(".", 1)[-1]
     if not target.startswith("nuvom_kernel") or kind not in ("cron", "every"):
@@ -115,10 +117,10 @@ def _schedule_call(call: ast.Call, bindings: _Bindings) -> dict[str, Any] | None
             return None
         spec.update(cron=values.pop("expr"), tz=values.pop("tz", "UTC"))
     else:
-        try:
-            spec["every"] = sum(float(values.pop(unit, 0)) * n for unit, n in _UNITS.items())
-        except (TypeError, ValueError):
-            return None
+        # Built by the kernel's every(), so a value it refuses ("5") is refused here too,
+        # with its message, rather than turned into a number import would not accept.
+        spec["every"] = every(**{unit: values.pop(unit) for unit in _UNITS
+                                 if unit in values}).interval
     return None if values else spec
 
 
@@ -188,15 +190,8 @@ class _Scanner:
                                            f"cannot be read statically; they are ignored "
                                            f"in the manifest")
                     continue
-                if kw.arg == "schedule" and isinstance(kw.value, ast.Call):
-                    spec = _schedule_call(kw.value, self.bindings)
-                    if spec is None:
-                        self.warn(deco.lineno, f"task {node.name!r}: schedule= is not a "
-                                               "cron(...)/every(...) call with literal "
-                                               "arguments; workers find it only once the "
-                                               "module is imported")
-                    else:
-                        options["schedule"] = spec
+                if kw.arg == "schedule":
+                    self.record_schedule(node.name, deco.lineno, kw.value, options)
                     continue
                 ok, value = _literal(kw.value)
                 if ok:
@@ -221,6 +216,30 @@ class _Scanner:
             name=task_name,
             func_name=node.name, line=node.lineno, options=options,
             description=description, is_async=isinstance(node, ast.AsyncFunctionDef)))
+
+    def record_schedule(self, task: str, line: int, value: ast.expr,
+                        options: dict[str, Any]) -> None:
+        """A literal schedule goes into ``options``; anything else is warned about, a
+        schedule held in a variable included: workers learn it only by importing."""
+        try:
+            spec = (_schedule_call(value, self.bindings) if isinstance(value, ast.Call)
+                    else None)
+        except ScheduleError as exc:
+            self.warn(line, f"task {task!r}: {exc}. Workers will not fire this schedule "
+                            "(and importing the module raises this error): fix it and run "
+                            "`nuvom discover tasks` again")
+            return
+        if spec is None and not isinstance(value, ast.Call):
+            ok, literal = _literal(value)  # a cron string, or a mistake checked below
+            if ok:
+                options["schedule"] = literal
+                return
+        if spec is None:
+            self.warn(line, f"task {task!r}: schedule= is not a cron(...)/every(...) call "
+                            "with literal arguments; workers find it only once the module "
+                            "is imported")
+            return
+        options["schedule"] = spec
 
     def warn(self, line: int, message: str) -> None:
         self.result.warnings.append(f"{line}: {message}")

@@ -54,8 +54,9 @@ DEFAULT_SKIP_DIRS: frozenset[str] = frozenset({
 })
 IGNORE_FILE = ".nuvomignore"
 #: 2: literal schedules are checked (a warning names a schedule workers would refuse), so
-#: files cached by version 1 are examined again.
-_STATE_VERSION = 2
+#: files cached by version 1 are examined again. 3: a schedule held in a variable, a
+#: non-number ``every()`` argument and an infinite ``catch_up_window_secs`` are warned about.
+_STATE_VERSION = 3
 
 
 def _spec(lines: Sequence[str]) -> pathspec.PathSpec[Any] | None:
