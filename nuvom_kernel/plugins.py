@@ -19,23 +19,16 @@ fails with an error that repeats those failures.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
-import inspect
 import logging
 import os
-import re
-import sys
 import traceback
-import types
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import attrs
 import pluggy
 
 from nuvom_kernel import hookspecs
-from nuvom_kernel.backends import QueueBackend, ResultBackend
 from nuvom_kernel.config import (
     AUTOLOAD_VAR,
     CAPABILITIES,
@@ -50,6 +43,13 @@ from nuvom_kernel.errors import (
     DuplicateBackendError,
     PluginConfigError,
     PluginLoadError,
+)
+from nuvom_kernel.plugin_sources import (
+    disabled_plugins,
+    import_target,
+    make_importable,
+    normalized,
+    nuvom_entry_points,
 )
 
 __all__ = ["DEFAULT_PLUGINS", "ESSENTIAL_PLUGINS", "PROBED_HOOKS", "NuvomPluginManager",
@@ -136,7 +136,7 @@ class NuvomPluginManager(pluggy.PluginManager):
         if self._loaded:
             return
         env = os.environ if environ is None else environ
-        self.disabled = _disabled_plugins(config, env)
+        self.disabled = disabled_plugins(config, env)
         for name in sorted(set(self.disabled) - ESSENTIAL_PLUGINS):
             self.set_blocked(name)
         for module_name in DEFAULT_PLUGINS:
@@ -148,7 +148,7 @@ class NuvomPluginManager(pluggy.PluginManager):
             self._load_entry_points()
         elif self.disabled:
             self.entry_points = {ep.name: dist.metadata["name"]
-                                 for dist, ep in _nuvom_entry_points()}
+                                 for dist, ep in nuvom_entry_points()}
         if config.plugins.targets:
             make_importable(config.root)
         for capability, targets in config.plugins.targets.items():
@@ -301,7 +301,7 @@ class NuvomPluginManager(pluggy.PluginManager):
         self.sources[name] = source
 
     def _load_entry_points(self) -> None:
-        for dist, ep in _nuvom_entry_points():
+        for dist, ep in nuvom_entry_points():
             self.entry_points.setdefault(ep.name, dist.metadata["name"])
             if self.get_plugin(ep.name) or self.is_blocked(ep.name):
                 continue
@@ -325,29 +325,7 @@ class NuvomPluginManager(pluggy.PluginManager):
         if self.is_blocked(target):  # disabled: never imported, so not checked either
             return
         where = f"{config.path or '.nuvom_plugins.toml'} [plugins] {capability}"
-        module_name, _, attr = target.partition(":")
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except Exception as exc:
-            raise PluginConfigError(
-                f"{where}: target {target!r} cannot be imported: {exc!r}. Check the module "
-                f"path: it is imported from the project folder {config.root} (the folder "
-                "holding .nuvom_plugins.toml) or from the installed packages."
-            ) from exc
-        for part in filter(None, attr.split(".")):
-            if not hasattr(obj, part):
-                raise PluginConfigError(
-                    f"{where}: target {target!r}: module {module_name!r} has no attribute "
-                    f"{part!r}."
-                )
-            obj = getattr(obj, part)
-        plugin = _as_plugin(obj, target)
-        if plugin is None:
-            raise PluginConfigError(
-                f"{where}: target {target!r} holds no Nuvom hook implementation. Mark "
-                "functions with @nuvom_kernel.hookimpl (see docs/writing_plugins.md), or "
-                "point at a QueueBackend/ResultBackend subclass."
-            )
+        plugin = import_target(target, where, config.root)
         if self.get_plugin(target) is None:
             self._register(plugin, target, (".nuvom_plugins.toml", None, None))
         hook_name = CAPABILITIES[capability]
@@ -517,7 +495,7 @@ class NuvomPluginManager(pluggy.PluginManager):
             return [name]
         known = KNOWN_PROVIDERS.get(name)
         return sorted(plugin for plugin, dist in installed.items()
-                      if known is not None and _normalized(dist) == known)
+                      if known is not None and normalized(dist) == known)
 
     def disabled_note(self, name: str) -> str | None:
         """What disables the provider(s) of the backend ``name``, or ``None`` if none is
@@ -573,84 +551,5 @@ class NuvomPluginManager(pluggy.PluginManager):
         return sorted(infos, key=lambda i: (i.source != "entry point", i.name))
 
 
-def make_importable(folder: Path) -> None:
-    """Put the project folder first on ``sys.path``, as ``python script.py`` does for the
-    script's folder.
-
-    Why: the ``nuvom`` console script starts with its own folder (the environment's ``bin/``)
-    as ``sys.path[0]``, not the working directory, so the project's modules — the targets of
-    ``.nuvom_plugins.toml``, the tasks — would not import unless the user set PYTHONPATH.
-    """
-    path = str(Path(folder).resolve())
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-
-def _disabled_plugins(config: Config, env: Mapping[str, str]) -> dict[str, str]:
-    """Plugin name -> what disables it: ``[plugins] disable`` in the file, the variable, or
-    both (an error about a disabled plugin says which to change)."""
-    found: dict[str, list[str]] = {}
-    for name in config.plugins.disable:
-        if name.strip():
-            found.setdefault(name.strip(), []).append(
-                f"[plugins] disable in {config.path or PLUGINS_FILE}")
-    for name in env.get(DISABLE_VAR, "").split(","):
-        if name.strip():
-            found.setdefault(name.strip(), []).append(f"{DISABLE_VAR}={env[DISABLE_VAR]}")
-    return {name: " and ".join(dict.fromkeys(by)) for name, by in found.items()}
-
-
-def _nuvom_entry_points() -> list[tuple[importlib.metadata.Distribution,
-                                        importlib.metadata.EntryPoint]]:
-    """Every entry point of the ``nuvom`` group, with its distribution, each distribution
-    once (one can be listed twice on ``sys.path``)."""
-    seen: set[str] = set()
-    found = []
-    for dist in importlib.metadata.distributions():
-        if dist.metadata["name"] in seen:
-            continue
-        seen.add(dist.metadata["name"])
-        found += [(dist, ep) for ep in dist.entry_points if ep.group == "nuvom"]
-    return found
-
-
-def _normalized(distribution: str) -> str:
-    """A distribution name as pip compares them (PEP 503): ``Nuvom_Plugins`` ->
-    ``nuvom-plugins``."""
-    return re.sub(r"[-_.]+", "-", distribution).lower()
-
-
 def _qual(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _as_plugin(obj: Any, target: str) -> Any:
-    """What to register for a toml target: a module or object with hookimpls as is, a class
-    with hookimpls instantiated, and a bare backend class wrapped in a registration plugin."""
-    if inspect.isclass(obj):
-        if issubclass(obj, QueueBackend | ResultBackend):
-            hook = ("nuvom_register_queue_backends" if issubclass(obj, QueueBackend)
-                    else "nuvom_register_result_backends")
-            from nuvom_kernel import hookimpl
-
-            def register() -> list[type]:
-                return [obj]
-
-            return types.SimpleNamespace(**{hook: hookimpl(register)})
-        if _has_hookimpls(obj):
-            try:
-                return obj()
-            except TypeError as exc:
-                raise PluginConfigError(
-                    f"target {target!r} is a class that cannot be built without arguments: "
-                    f"{exc}"
-                ) from exc
-        return None
-    return obj if _has_hookimpls(obj) else None
-
-
-def _has_hookimpls(obj: Any) -> bool:
-    return any(
-        name.startswith("nuvom_") and hasattr(getattr(obj, name, None), "nuvom_impl")
-        for name in dir(obj)
-    )

@@ -1,0 +1,139 @@
+"""Where plugins come from: the ``nuvom`` entry-point group, the targets of
+``.nuvom_plugins.toml``, and the names a user disabled.
+
+Kept apart from :mod:`nuvom_kernel.plugins` (the manager: load order, failures, lookups)
+because none of this needs the manager's state: each function reads the installed
+distributions, imports one target or reads the settings, and says precisely what is wrong
+with them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+import re
+import sys
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from nuvom_kernel.backends import QueueBackend, ResultBackend
+from nuvom_kernel.config import DISABLE_VAR, PLUGINS_FILE, Config
+from nuvom_kernel.errors import PluginConfigError
+
+__all__ = ["disabled_plugins", "import_target", "make_importable", "normalized",
+           "nuvom_entry_points"]
+
+
+def import_target(target: str, where: str, root: Path) -> Any:
+    """The plugin a ``.nuvom_plugins.toml`` target names (``module`` or ``module:attr``),
+    ready to register (:func:`as_plugin`).
+
+    :raises PluginConfigError: it cannot be imported, has no such attribute, or holds no
+        hook implementation; ``where`` (file, table and key) starts the message.
+    """
+    module_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise PluginConfigError(
+            f"{where}: target {target!r} cannot be imported: {exc!r}. Check the module "
+            f"path: it is imported from the project folder {root} (the folder "
+            "holding .nuvom_plugins.toml) or from the installed packages."
+        ) from exc
+    for part in filter(None, attr.split(".")):
+        if not hasattr(obj, part):
+            raise PluginConfigError(
+                f"{where}: target {target!r}: module {module_name!r} has no attribute "
+                f"{part!r}."
+            )
+        obj = getattr(obj, part)
+    plugin = as_plugin(obj, target)
+    if plugin is None:
+        raise PluginConfigError(
+            f"{where}: target {target!r} holds no Nuvom hook implementation. Mark "
+            "functions with @nuvom_kernel.hookimpl (see docs/writing_plugins.md), or "
+            "point at a QueueBackend/ResultBackend subclass."
+        )
+    return plugin
+
+
+def make_importable(folder: Path) -> None:
+    """Put the project folder first on ``sys.path``, as ``python script.py`` does for the
+    script's folder.
+
+    Why: the ``nuvom`` console script starts with its own folder (the environment's ``bin/``)
+    as ``sys.path[0]``, not the working directory, so the project's modules — the targets of
+    ``.nuvom_plugins.toml``, the tasks — would not import unless the user set PYTHONPATH.
+    """
+    path = str(Path(folder).resolve())
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def disabled_plugins(config: Config, env: Mapping[str, str]) -> dict[str, str]:
+    """Plugin name -> what disables it: ``[plugins] disable`` in the file, the variable, or
+    both (an error about a disabled plugin says which to change)."""
+    found: dict[str, list[str]] = {}
+    for name in config.plugins.disable:
+        if name.strip():
+            found.setdefault(name.strip(), []).append(
+                f"[plugins] disable in {config.path or PLUGINS_FILE}")
+    for name in env.get(DISABLE_VAR, "").split(","):
+        if name.strip():
+            found.setdefault(name.strip(), []).append(f"{DISABLE_VAR}={env[DISABLE_VAR]}")
+    return {name: " and ".join(dict.fromkeys(by)) for name, by in found.items()}
+
+
+def nuvom_entry_points() -> list[tuple[importlib.metadata.Distribution,
+                                        importlib.metadata.EntryPoint]]:
+    """Every entry point of the ``nuvom`` group, with its distribution, each distribution
+    once (one can be listed twice on ``sys.path``)."""
+    seen: set[str] = set()
+    found = []
+    for dist in importlib.metadata.distributions():
+        if dist.metadata["name"] in seen:
+            continue
+        seen.add(dist.metadata["name"])
+        found += [(dist, ep) for ep in dist.entry_points if ep.group == "nuvom"]
+    return found
+
+
+def normalized(distribution: str) -> str:
+    """A distribution name as pip compares them (PEP 503): ``Nuvom_Plugins`` ->
+    ``nuvom-plugins``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def as_plugin(obj: Any, target: str) -> Any:
+    """What to register for a toml target: a module or object with hookimpls as is, a class
+    with hookimpls instantiated, and a bare backend class wrapped in a registration plugin."""
+    if inspect.isclass(obj):
+        if issubclass(obj, QueueBackend | ResultBackend):
+            hook = ("nuvom_register_queue_backends" if issubclass(obj, QueueBackend)
+                    else "nuvom_register_result_backends")
+            from nuvom_kernel import hookimpl
+
+            def register() -> list[type]:
+                return [obj]
+
+            return types.SimpleNamespace(**{hook: hookimpl(register)})
+        if has_hookimpls(obj):
+            try:
+                return obj()
+            except TypeError as exc:
+                raise PluginConfigError(
+                    f"target {target!r} is a class that cannot be built without arguments: "
+                    f"{exc}"
+                ) from exc
+        return None
+    return obj if has_hookimpls(obj) else None
+
+
+def has_hookimpls(obj: Any) -> bool:
+    return any(
+        name.startswith("nuvom_") and hasattr(getattr(obj, name, None), "nuvom_impl")
+        for name in dir(obj)
+    )
