@@ -47,10 +47,15 @@ def parent(n: int) -> dict[str, Any]:
     return {"child": child.get(timeout=5), "me": job.id if job else None}
 
 
+@task(name="pp_tests.total")
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
 @pytest.fixture(autouse=True)
 def _register_tasks() -> Iterator[None]:
     """tests/conftest.py empties the registry before each test; put this module's back."""
-    for fn in (add, flaky, parent):
+    for fn in (add, flaky, parent, total):
         REGISTRY.register(fn.name, fn, force=True)
     yield
 
@@ -220,3 +225,52 @@ def test_documented_example_runs(pytester: pytest.Pytester) -> None:
         """))
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_eager_runs_a_workflow_to_its_end(nuvom_eager: EagerMode) -> None:
+    """Steps are pushed by the graph, not enqueue_many: eager mode ran none of them, and
+    wf.get() asked whether a worker was running. A long chain must not nest a call per step
+    either (it would overflow the stack)."""
+    from nuvom_kernel import chain, group
+
+    wf = chain(add.s(1, 2), add.s(10), add.s(100)).delay()
+    assert wf.get(timeout=0.5) == 113
+    fan = group(add.s(i, i) for i in range(3)).then(total.s()).delay()
+    assert fan.get(timeout=0.5) == 6
+    long = chain(add.s(0, 1), *[add.s(1) for _ in range(300)]).delay()
+    assert long.get(timeout=0.5) == 301
+
+
+def test_eager_and_the_backend_fixtures_share_one_kernel(nuvom_results: Any,
+                                                         nuvom_eager: EagerMode,
+                                                         nuvom_queue: Any) -> None:
+    """Eager mode had a kernel of its own: beside nuvom_results, whichever was set up last
+    was current, so .delay() ran nothing or nuvom_results read another store."""
+    job = add.delay(2, 3)
+    assert job.status is JobStatus.SUCCEEDED
+    assert nuvom_results.get(job.id).result == 5
+    assert nuvom_eager.kernel is get_kernel() and nuvom_queue is get_kernel().queue
+
+
+def test_eager_beside_a_worker_is_refused_saying_why(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["nuvom_kernel.testing.pytest_plugin"]\n')
+    pytester.makepyfile(test_both="def test_both(nuvom_eager, nuvom_worker):\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*nuvom_eager and nuvom_worker cannot serve one test*"])
+
+
+def test_each_test_kernel_has_a_namespace_of_its_own(tmp_path: Path) -> None:
+    """On a server backend (Redis, PostgreSQL) the jobs of one test were the next test's."""
+    from nuvom_kernel.testing.pytest_plugin import build_test_kernel
+
+    one, two = build_test_kernel(tmp_path / "a"), build_test_kernel(tmp_path / "b")
+    try:
+        assert one.settings.namespace.startswith("nuvom-test-")
+        assert one.settings.namespace != two.settings.namespace
+        chosen = build_test_kernel(tmp_path / "c", {"NUVOM_NAMESPACE": "mine"})
+        assert chosen.settings.namespace == "mine"
+        chosen.close()
+    finally:
+        one.close()
+        two.close()

@@ -23,9 +23,10 @@ opt-in on purpose: installing Nuvom never changes how anyone's test suite runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import pytest
@@ -37,8 +38,11 @@ from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import Message
 from nuvom_kernel.testing.stubs import StubQueue, StubResults
 from nuvom_kernel.worker import Worker
+from nuvom_kernel.workflow.graph import GraphTxn
 
 __all__ = ["EagerMode", "EagerQueue", "WorkerHarness", "build_test_kernel"]
+
+T = TypeVar("T")
 
 
 class EagerQueue(StubQueue):
@@ -50,6 +54,7 @@ class EagerQueue(StubQueue):
 
     name = "stub-eager"
     runner: Worker | None = None
+    _running = False
 
     def push(self, messages: Sequence[Message]) -> list[bool]:
         return super().push([attrs.evolve(m, available_at=0.0) for m in messages])
@@ -59,10 +64,30 @@ class EagerQueue(StubQueue):
 
     def enqueue_many(self, messages: Sequence[Message]) -> list[bool]:
         stored = super().enqueue_many(messages)
-        if self.runner is not None:
+        self._run_ready()  # inside a task too: its child runs before it continues
+        return stored
+
+    def workflow_transaction(self, fn: Callable[[GraphTxn], T],
+                             workflows: Sequence[str] = ()) -> T:
+        """A workflow's steps are pushed here (submitted, then released as their parents
+        end), not through ``enqueue_many``: run them once the transaction has committed.
+        A step's own settle releases the next one inside the loop already running, which
+        takes it after the step is acked (running it from the settle would nest one call
+        per step, and a long chain would overflow the stack)."""
+        out = super().workflow_transaction(fn, workflows)
+        if not self._running:
+            self._run_ready()
+        return out
+
+    def _run_ready(self) -> None:
+        if self.runner is None:
+            return
+        outer, self._running = self._running, True
+        try:
             while leases := self.claim(1):
                 self.runner.run_one(leases[0])
-        return stored
+        finally:
+            self._running = outer
 
 
 class _StubPlugin:
@@ -95,6 +120,10 @@ def build_test_kernel(
         "NUVOM_DISABLE_PLUGIN_AUTOLOAD": "1",
         "NUVOM_DATA_DIR": str(root / ".nuvom"),
         "NUVOM_RETRY_DELAY_SECS": "0",
+        # A server backend chosen in ``environ`` (Redis, PostgreSQL) keeps each test's jobs
+        # apart: a fresh namespace per kernel, whose keys or schema the process that created
+        # them deletes when it exits (the ``nuvom-test-`` prefix).
+        "NUVOM_NAMESPACE": f"nuvom-test-{uuid.uuid4().hex[:12]}",
         **(environ or {}),
     }
     return Kernel(root=root, environ=env, plugins={"nuvom-testing": _StubPlugin(),
@@ -114,10 +143,28 @@ def nuvom_extra_plugins() -> dict[str, Any]:
 
 
 @pytest.fixture
-def nuvom_test_kernel(tmp_path: Path, nuvom_environ: dict[str, str],
-                      nuvom_extra_plugins: dict[str, Any]) -> Iterator[Kernel]:
-    """An isolated in-memory kernel, installed as the current one for the test."""
-    kernel = build_test_kernel(tmp_path, nuvom_environ, nuvom_extra_plugins)
+def nuvom_test_kernel(request: pytest.FixtureRequest, tmp_path: Path,
+                      nuvom_environ: dict[str, str], nuvom_extra_plugins: dict[str, Any]
+                      ) -> Iterator[Kernel]:
+    """An isolated in-memory kernel, installed as the current one for the test.
+
+    One kernel per test, whichever fixtures it asks for: with ``nuvom_eager`` among them
+    it is the eager kernel. (Eager mode had a kernel of its own, and whichever fixture was
+    set up last was current: ``nuvom_eager`` beside ``nuvom_results`` ran nothing, or
+    ``nuvom_results`` read the other kernel's store.)
+    """
+    eager = "nuvom_eager" in request.fixturenames
+    if eager and "nuvom_worker" in request.fixturenames:
+        raise pytest.UsageError(
+            "nuvom_eager and nuvom_worker cannot serve one test: eager mode runs each job "
+            "inside .delay(), a worker runs them on its own threads. Use one of them")
+    mode = EagerMode()
+    plugins = {**nuvom_extra_plugins, **({"nuvom-eager": mode} if eager else {})}
+    kernel = build_test_kernel(tmp_path, nuvom_environ, plugins, eager=eager)
+    mode.kernel = kernel
+    queue = kernel.queue
+    if isinstance(queue, EagerQueue):  # unless nuvom_environ chose another backend
+        queue.runner = Worker(kernel, workers=1)
     with use_kernel(kernel):
         yield kernel
     kernel.close()
@@ -163,19 +210,11 @@ class EagerMode:
 
 
 @pytest.fixture
-def nuvom_eager(tmp_path: Path, nuvom_environ: dict[str, str],
-                nuvom_extra_plugins: dict[str, Any]) -> Iterator[EagerMode]:
-    """Eager mode: ``.delay()`` runs the job inline on a kernel of its own and records it."""
-    mode = EagerMode()
-    kernel = build_test_kernel(tmp_path, nuvom_environ,
-                               {**nuvom_extra_plugins, "nuvom-eager": mode}, eager=True)
-    mode.kernel = kernel
-    queue = kernel.queue
-    if isinstance(queue, EagerQueue):  # unless nuvom_environ chose another backend
-        queue.runner = Worker(kernel, workers=1)
-    with use_kernel(kernel):
-        yield mode
-    kernel.close()
+def nuvom_eager(nuvom_test_kernel: Kernel) -> EagerMode:
+    """Eager mode: ``.delay()`` runs the job inline on the test's kernel and records it."""
+    mode = nuvom_test_kernel.pm.get_plugin("nuvom-eager")
+    assert isinstance(mode, EagerMode)
+    return mode
 
 
 class WorkerHarness:
