@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +122,74 @@ def test_idle_worker_uses_under_5_percent_cpu(env, project: Path):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)
     assert used / wall < 0.05, f"idle worker used {used:.2f} s CPU in {wall:.1f} s"
+
+
+HANGING = """
+import threading
+from nuvom_plugins_sqlite.queue import SQLiteJobQueue
+from nuvom_plugins_sqlite.results import SQLiteResultBackend
+
+class HangingQueue(SQLiteJobQueue):
+    '''A store that stops answering as the worker stops: handing a lease back never returns.'''
+    name = "hanging"
+
+    def extend(self, lease, secs):
+        if secs == 0:
+            threading.Event().wait()
+        return super().extend(lease, secs)
+
+    def extend_many(self, leases, secs):
+        if secs == 0:
+            threading.Event().wait()
+        return super().extend_many(leases, secs)
+
+class HangingResults(SQLiteResultBackend):
+    name = "hanging"
+
+    def forget_worker(self, worker_id):
+        threading.Event().wait()
+"""
+
+
+@pytest.mark.skipif("sqlite" not in PERSISTENT_BACKENDS, reason="needs the SQLite plugin")
+def test_second_signal_stops_even_when_the_store_stops_answering(project: Path):
+    """A host cut off from its Redis or PostgreSQL handed each running job's lease back in
+    a call of its own that waited out the backend's timeouts: minutes, against "stops at
+    once". The give-back is one bounded call now, and the process ends at the latest
+    FORCED_EXIT_SECS after the second signal whatever still waits."""
+    from nuvom_kernel.worker.signals import FORCED_EXIT_SECS
+
+    write_module(project, "hang_plugin", HANGING)
+    write_module(project, "proc_tasks", TASKS)
+    (project / ".nuvom_plugins.toml").write_text(
+        '[plugins]\nqueue_backend = ["hang_plugin:HangingQueue"]\n'
+        'result_backend = ["hang_plugin:HangingResults"]\n')
+    environ = {"NUVOM_QUEUE_BACKEND": "hanging", "NUVOM_RESULT_BACKEND": "hanging",
+               "NUVOM_LOG_LEVEL": "INFO"}
+    kernel = Kernel(root=project, environ=environ)
+    with use_kernel(kernel):
+        from proc_tasks import slow
+
+        slow.delay("a", 60)
+        slow.delay("b", 60)
+    kernel.close()
+    proc = start_worker(project, environ, "--workers", "2", "--grace-period", "60")
+    lines: list[str] = []
+    pump = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    pump.start()
+    try:
+        wait_until(lambda: len(started(project)) == 2, timeout=30, what="2 jobs running")
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: any("finishing running jobs" in line for line in lines),
+                   timeout=10, what="the first signal's drain")  # two at once may merge
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        proc.wait(timeout=FORCED_EXIT_SECS + 20)
+        elapsed = time.monotonic() - t0
+        pump.join(10)
+    finally:
+        proc.kill()
+    out = "".join(lines)
+    assert proc.returncode == 1, out
+    assert "did not take back 2 abandoned job(s)" in out, out
+    assert elapsed < FORCED_EXIT_SECS + 5, (elapsed, out)

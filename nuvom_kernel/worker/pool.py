@@ -59,6 +59,8 @@ log = logging.getLogger("nuvom.worker")
 
 #: What can run a job's function (``--pool``, the ``pool`` setting).
 POOLS = ("thread", "process", "asyncio")
+#: How long a stop that gives up running jobs waits for the queue to take them back.
+GIVE_BACK_SECS = 2.0
 
 
 class Worker:
@@ -230,6 +232,7 @@ class Worker:
             self._forced.wait(min(0.05, remaining))
             self._release_unstarted()
         clean = not self._unfinished()
+        abandoned = []
         for running in self._unfinished():  # grace expired or forced
             if not running.decide():
                 continue
@@ -237,12 +240,9 @@ class Worker:
             # would wait out the whole join deadline for a job already given up.
             self._abandoned.add(running.thread)
             self._running.pop(running.job.id, None)
-            # No outcome: expire the lease now, so the job runs again at once elsewhere and
-            # the delivery counts as one without an outcome (as a crash would).
-            if self.settler.safely("return it to the queue", running.lease, self.queue.extend,
-                            running.lease, 0):
-                log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
-                            running.job.id, running.job.task)
+            abandoned.append(running)
+        if abandoned:
+            self._give_back(abandoned)
         self.scheduler.stop()
         self.slots.close(len(self._threads))
         join_deadline = time.monotonic() + self.poll_timeout_secs + 5.0
@@ -261,6 +261,34 @@ class Worker:
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned")
         return 0 if clean else 1
+
+    def _give_back(self, abandoned: list[Running]) -> None:
+        """Expire the abandoned jobs' leases now, so they run again at once elsewhere and
+        the delivery counts as one without an outcome (as a crash would): in one call,
+        waited for at most :data:`GIVE_BACK_SECS`.
+
+        Why bounded: a stop that gives up running jobs must end at once, and a store that
+        does not answer (a host cut off from its Redis or PostgreSQL) held each lease's
+        call for the backend's own timeouts, one lease after another: minutes. Unanswered,
+        the leases expire by themselves after the visibility timeout.
+        """
+        leases = [running.lease for running in abandoned]
+
+        def give_back() -> None:
+            held = self.settler.safely("return it to the queue", leases[0],
+                                       self.queue.extend_many, leases, 0)
+            for running, ok in zip(abandoned, held or [False] * len(leases), strict=True):
+                if ok:
+                    log.warning("job=%s task=%s abandoned at shutdown; returned to the queue",
+                                running.job.id, running.job.task)
+
+        thread = threading.Thread(target=give_back, name="nuvom-give-back", daemon=True)
+        thread.start()
+        thread.join(GIVE_BACK_SECS)
+        if thread.is_alive():
+            log.warning("the queue backend %r did not take back %d abandoned job(s) within "
+                        "%g s; they run again when their leases expire", self.queue.name,
+                        len(leases), GIVE_BACK_SECS)
 
     @property
     def busy_slots(self) -> int:

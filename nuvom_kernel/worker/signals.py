@@ -9,6 +9,7 @@ of that hook, or the worker could never reach its drain and the signal would cha
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["StopSignals"]
 
 log = logging.getLogger("nuvom.worker")
+
+#: How long after the second signal the process ends even if a step of the stop still waits.
+FORCED_EXIT_SECS = 10.0
 
 
 class StopSignals:
@@ -46,8 +50,27 @@ class StopSignals:
         else:
             log.warning("received %s again: stopping now", name)
             self.worker.stop(graceful=False)
+            if self.received == 2:
+                self._exit_anyway()
         if self._in_lifecycle_hook and threading.current_thread() is threading.main_thread():
             raise HookInterrupted
+
+    def _exit_anyway(self) -> None:
+        """End the process :data:`FORCED_EXIT_SECS` after the second signal if the stop has
+        not: each step of a stop that talks to a store (settling what finished, leaving
+        the worker list) waits out that store's timeouts when it does not answer, and "stop
+        at once" must not mean minutes. The leases of what did not settle expire, and
+        those jobs run again, as after any crash."""
+        def exit_now() -> None:
+            log.error("the worker had not stopped %g s after the second signal (a store that "
+                      "does not answer?); exiting now, unsettled jobs run again when their "
+                      "leases expire", FORCED_EXIT_SECS)
+            logging.shutdown()
+            os._exit(1)
+
+        timer = threading.Timer(FORCED_EXIT_SECS, exit_now)
+        timer.daemon = True
+        timer.start()
 
     def emit_lifecycle(self, hook_name: str) -> None:
         """Emit a worker lifecycle hook, which a signal may interrupt (see :meth:`handle`)."""
