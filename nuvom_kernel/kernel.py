@@ -172,6 +172,30 @@ class Kernel:
             envelope = None if stored is not None else self._queued(job.id)[1]
             if not self.queue.cancel(job.id):
                 return False
+        self._record_cancelled(job, envelope)
+        if self.queue.capabilities.workflows:  # a step: its dependents will never run
+            from nuvom_kernel.workflow.settle import cancelled_step
+
+            cancelled_step(self.queue, self.results, job.id)
+        job.status = JobStatus.CANCELLED
+        return True
+
+    def _record_cancelled(self, job: Job, envelope: Envelope | None) -> None:
+        """Store CANCELLED over the job's latest record, read now that its message is gone.
+
+        Why not the record read before the cancel: a worker may have stored a later attempt
+        in between (a retry settled), which fenced out a CANCELLED built from the earlier
+        one, and the job read RETRYING forever though it was no longer queued. A worker
+        whose lease had expired may still store one after this read: read and try again.
+        """
+        for _ in range(3):
+            if self._put_cancelled(job, envelope, self.results.get(job.id)):
+                return
+        log.warning("job=%s was cancelled, but its CANCELLED record was refused three times "
+                    "(a worker that lost its lease kept recording it)", job.id)
+
+    def _put_cancelled(self, job: Job, envelope: Envelope | None,
+                       stored: JobRecord | None) -> bool:
         now = time.time()
         if stored is not None:
             record = stored
@@ -183,13 +207,7 @@ class Kernel:
                                max_retries=job.options.retries)
         record.status = JobStatus.CANCELLED
         record.finished_at = record.updated_at = now
-        self.results.put(record)  # same run and attempt: terminal over non-terminal lands
-        if self.queue.capabilities.workflows:  # a step: its dependents will never run
-            from nuvom_kernel.workflow.settle import cancelled_step
-
-            cancelled_step(self.queue, self.results, job.id)
-        job.status = JobStatus.CANCELLED
-        return True
+        return self.results.put(record)  # same run and attempt: terminal over non-terminal
 
     def _queued(self, job_id: str) -> tuple[Message | None, Envelope | None]:
         """``job_id``'s message while the queue holds it (``None`` if it does not, or if the

@@ -57,6 +57,12 @@ def enqueue_unique(kernel: Kernel, envelope: Envelope, job: Job,
         envelope.run = job.run = record.run + 1
         if not kernel.results.put(envelope.record(JobStatus.QUEUED, updated_at=time.time())):
             return _existing(kernel, job)  # another producer started that run
+    elif record is not None:
+        # A run under way (queued by another producer, running, retrying) or whose push was
+        # lost after its QUEUED record (a rolled-back transaction): push as that run; a
+        # no-op where the queue holds the id. Run 1 here left a stale message whose outcome
+        # every later run's record refused.
+        envelope.run = job.run = record.run
     return enqueue(kernel, [(envelope, job)], delay_secs)[0]
 
 

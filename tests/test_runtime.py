@@ -563,3 +563,42 @@ def test_delay_secs_hides_job_until_due(kernel: Kernel, worker, project: Path):
     status = get_job(job.id).status
     assert status in (JobStatus.RETRYING, JobStatus.QUEUED) or time.time() - t0 >= 0.8
     assert job.get(timeout=10) - t0 >= 0.8
+
+
+def test_cancel_racing_a_settled_retry_records_cancelled(kernel, monkeypatch):
+    """A worker can store a job's next attempt between cancel's read of the record and its
+    delete of the message: the CANCELLED built from the earlier attempt was fenced out, so
+    the job was gone from the queue yet read RETRYING for ever (on every backend)."""
+    from nuvom_kernel.envelope import Envelope
+
+    @task(retries=5)
+    def flaky() -> None:
+        raise RuntimeError("never runs here")
+
+    job = flaky.delay()
+
+    def attempt(n: int) -> None:  # what a worker's settle of a failed attempt does
+        (lease,) = kernel.queue.claim(1)
+        envelope = Envelope.from_message(lease.message, kernel.serializer)
+        record = envelope.record(JobStatus.RETRYING, attempts=n, token=lease.token,
+                                 updated_at=time.time())
+        assert kernel.results.put(record)
+        assert kernel.queue.retry(lease, delay_secs=0)
+
+    attempt(1)
+    real_get, reads = kernel.results.get, []
+
+    def get_then_a_worker_settles(job_id: str):
+        found = real_get(job_id)
+        reads.append(found)
+        if len(reads) == 1:
+            attempt(2)  # after cancel's read, before its delete
+        return found
+
+    handle = get_job(job.id)
+    monkeypatch.setattr(kernel.results, "get", get_then_a_worker_settles)
+    assert kernel.cancel(handle) is True
+    monkeypatch.undo()
+    assert reads[0] is not None and reads[0].attempts == 1
+    assert kernel.queue.peek_state(job.id) is None
+    assert get_job(job.id).status is JobStatus.CANCELLED

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import attrs
 import pytest
 
 from nuvom_kernel import JobStatus, task
-from tests.helpers import drain
+from tests.helpers import drain, run_worker_until
 
 
 def test_unique_returns_the_unfinished_job_for_equal_arguments(kernel):
@@ -97,3 +98,50 @@ def test_bad_concurrency_and_unique_for_are_refused(bad):
         with pytest.raises(ValueError, match="unique_for"):
             @task(unique_for=bad)
             def g() -> None: ...
+
+
+def test_a_stale_run_pushed_beside_the_next_runs_record_runs_as_that_run(kernel, monkeypatch):
+    """Two producers race a unique job that just finished: one read "no record" before
+    run 1 ended and pushes run 1 again; the other read run 1's outcome, stores run 2's
+    QUEUED record, and its push finds the id held. The run-1 message's outcome was fenced
+    out by run 2's record and never acked: it ran again at every visibility timeout until
+    the delivery limit recorded FAILED. Its lease is the job's only one: it is run 2."""
+    @task(unique=True)
+    def sync(account: int) -> int:
+        return account
+
+    first = sync.delay(7)
+    drain(kernel, first)
+    done = kernel.results.get(first.id)
+    real_get = kernel.results.get
+    monkeypatch.setattr(kernel.results, "get", lambda job_id: None)  # the stale read
+    stale = sync.delay(7)
+    monkeypatch.setattr(kernel.results, "get", real_get)
+    assert stale.id == first.id and stale.run == 1 and kernel.queue.qsize() == 1
+    assert kernel.results.put(attrs.evolve(done, status=JobStatus.QUEUED, run=2, attempts=0,
+                                           result=None, token=None, finished_at=None))
+    run_worker_until(kernel, lambda: (r := kernel.results.get(first.id)) is not None
+                     and r.status is JobStatus.SUCCEEDED,
+                     "the stale message to be recorded as run 2")
+    record = kernel.results.get(first.id)
+    assert (record.run, record.result) == (2, 7)
+    assert kernel.queue.qsize() == 0  # acked, not left to run again
+
+
+def test_a_run_whose_push_was_lost_is_pushed_as_that_run(kernel):
+    """Its QUEUED record landed but its push did not (a rolled-back transaction, a crash):
+    the next call pushed run 1 under run 2's record, whose outcome was fenced out."""
+    @task(unique=True)
+    def sync(account: int) -> int:
+        return account
+
+    first = sync.delay(7)
+    drain(kernel, first)
+    done = kernel.results.get(first.id)
+    assert kernel.results.put(attrs.evolve(done, status=JobStatus.QUEUED, run=2, attempts=0,
+                                           result=None, token=None, finished_at=None))
+    again = sync.delay(7)
+    assert again.id == first.id and again.run == 2
+    assert kernel._queued(first.id)[1].run == 2  # the message itself
+    drain(kernel, again)
+    assert (again.refresh().run, again.get(timeout=10)) == (2, 7)

@@ -40,7 +40,14 @@ from nuvom_kernel.errors import (
     qualname,
 )
 from nuvom_kernel.job import Job
-from nuvom_kernel.models import Backoff, JobRecord, JobStatus, Lease, Settlement
+from nuvom_kernel.models import (
+    TERMINAL_STATES,
+    Backoff,
+    JobRecord,
+    JobStatus,
+    Lease,
+    Settlement,
+)
 from nuvom_kernel.outcome import Outcome
 from nuvom_kernel.serialization import to_wire
 from nuvom_kernel.workflow.graph import WF_HEADER
@@ -261,8 +268,8 @@ class Settler:
                 events.emit(pm, "nuvom_after_settle", outcome=Outcome(item, ok))
         return landed
 
-    def _land(self, batch: Sequence[Settlement], substitute: bool = False
-              ) -> tuple[Sequence[Settlement], list[bool]]:
+    def _land(self, batch: Sequence[Settlement], substitute: bool = False,
+              rebase: bool = True) -> tuple[Sequence[Settlement], list[bool]]:
         """Settle ``batch``; the settlements as settled (one whose record cannot be stored
         is replaced by its failure) and whether each landed.
 
@@ -279,6 +286,8 @@ class Settler:
             landed = self.queue.settle_many(batch, self.results)
             if landed is None:
                 landed = self._store_then_settle(batch)
+            if not all(landed) and rebase:
+                return self._rebased(batch, landed)
         except Exception as exc:
             if not isinstance(exc, UNSTORABLE) or substitute:
                 self._unrecorded(batch, exc)
@@ -295,6 +304,45 @@ class Settler:
                     landed.append(ok)
                 return settled, landed
             return self._land([self._unstorable(batch[0], exc)], substitute=True)
+        return batch, landed
+
+    def _rebased(self, batch: Sequence[Settlement], landed: list[bool]
+                 ) -> tuple[Sequence[Settlement], list[bool]]:
+        """Settle again, as the job's current run, outcomes refused because another run's
+        record is stored while this lease is still the job's own.
+
+        Why: an id can be pushed again after its record was read (a ``unique=True`` task
+        called while its job finished; a record written by a producer whose push was
+        rolled back), so a message can carry an out-of-date run. Its outcome was refused
+        and not acked; it ran again at every visibility timeout, and the delivery limit
+        finally recorded FAILED over the newer run's outcome. A lease that can still be
+        extended proves no other worker holds the job, and the message's arguments are the
+        id's own: its outcome is the current run's, or the next one's after a finished run.
+        A lease lost to another worker, or a refusal within one run, is left as before.
+        """
+        redo: list[tuple[int, Settlement]] = []
+        for i, (item, ok) in enumerate(zip(batch, landed, strict=True)):
+            record = item.record
+            if ok or item.workflow:
+                continue
+            stored = self._stored(record.job_id)
+            if (stored is None or stored.token == record.token or stored.run < record.run
+                    or (stored.run == record.run and stored.status not in TERMINAL_STATES)):
+                continue
+            if not self.safely("hold it", item.lease, self.queue.extend, item.lease,
+                               self.queue.visibility_timeout_secs):
+                continue
+            run = stored.run + (stored.status in TERMINAL_STATES)
+            log.warning("job=%s task=%s: its message carried run %d while run %d is %s; its "
+                        "outcome (%s) is stored as run %d", record.job_id, record.task,
+                        record.run, stored.run, stored.status.value, record.status.value, run)
+            redo.append((i, attrs.evolve(item, record=attrs.evolve(record, run=run))))
+        if not redo:
+            return batch, landed
+        settled, again = self._land([item for _, item in redo], rebase=False)
+        batch, landed = list(batch), list(landed)
+        for (i, _), item, ok in zip(redo, settled, again, strict=True):
+            batch[i], landed[i] = item, ok
         return batch, landed
 
     def _unstorable(self, item: Settlement, exc: Exception) -> Settlement:
@@ -435,29 +483,34 @@ class Settler:
 
     def without_envelope(self, lease: Lease, error: Exception, kind: str) -> Settlement:
         """FAILED for a message never run: it does not decode, or it was delivered too
-        often without an outcome. The stored record (if any) gives the run and arguments."""
+        often without an outcome. The stored record (if any) gives the arguments, the message
+        the run (the stored one when the body does not decode)."""
         now = time.time()
         stored = self._stored(lease.id)
+        envelope = self._decoded(lease)
         base = stored or JobRecord(job_id=lease.id, task=lease.message.task or
                                    "<undecodable>", status=JobStatus.FAILED,
                                    queue=lease.message.queue,
                                    created_at=lease.message.created_at)
+        # Fenced by the message's own run, not the stored one: a stale message's failure
+        # must not replace a newer run's outcome (see _rebased).
+        run = base.run if envelope is None else envelope.run
         message = _storable(error_text(error))  # a decoder's error may carry anything
-        history = [*base.history, {"attempt": lease.deliveries, "run": base.run, "kind": kind,
+        history = [*base.history, {"attempt": lease.deliveries, "run": run, "kind": kind,
                                    "error_type": qualname(error), "error_message": message,
                                    "started_at": now, "finished_at": now,
                                    "worker": self.origin}]
         record = attrs.evolve(base, status=JobStatus.FAILED, error_type=qualname(error),
-                              error_message=message, traceback=None,
+                              error_message=message, traceback=None, run=run,
                               attempts=lease.deliveries, token=lease.token, history=history,
                               result=None, started_at=now, finished_at=now, updated_at=now,
                               worker=self.origin)
-        return Settlement(lease, record, workflow=self._workflow_of(lease))
+        return Settlement(lease, record, workflow=None if envelope is None
+                          else envelope.headers.get(WF_HEADER))  # a dead step ends its node
 
-    def _workflow_of(self, lease: Lease) -> str | None:
-        """The workflow of a message failed unrun (a dead step must still end its node)."""
+    def _decoded(self, lease: Lease) -> Envelope | None:
         try:
-            return Envelope.from_message(lease.message, self.serializer).headers.get(WF_HEADER)
+            return Envelope.from_message(lease.message, self.serializer)
         except SerializationError:
             return None
 
