@@ -102,7 +102,7 @@ def flaky25():
     return attempt
 
 
-@task
+@task(retries=3)
 def hang():
     touch("deliveries")
     gate("never")
@@ -405,7 +405,11 @@ def test_crash_loop_fails_after_max_deliveries(sqlite: Cluster):
     sqlite.wait(lambda: sqlite.status(job.id) is JobStatus.FAILED,
                 "the crash-looping job to be FAILED", timeout=15)
     assert len(sqlite.files("deliveries")) == 2, "it ran a third time"
-    assert "deliver" in (get_job(job.id).error or "")
+    failed = get_job(job.id)
+    assert "deliver" in (failed.error or "")
+    # Never recorded before it failed: its record comes from the message, so it still
+    # says what the task was (it read retries=0 and no arguments).
+    assert failed.options.retries == 3
 
 
 # --- 6. threads left in timed-out tasks are bounded ---------------------------------------

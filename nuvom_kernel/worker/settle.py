@@ -483,15 +483,18 @@ class Settler:
 
     def without_envelope(self, lease: Lease, error: Exception, kind: str) -> Settlement:
         """FAILED for a message never run: it does not decode, or it was delivered too
-        often without an outcome. The stored record (if any) gives the arguments, the message
-        the run (the stored one when the body does not decode)."""
+        often without an outcome. The stored record (else the message) gives the arguments, the
+        message the run (the stored one when the body does not decode)."""
         now = time.time()
         stored = self._stored(lease.id)
         envelope = self._decoded(lease)
-        base = stored or JobRecord(job_id=lease.id, task=lease.message.task or
-                                   "<undecodable>", status=JobStatus.FAILED,
-                                   queue=lease.message.queue,
-                                   created_at=lease.message.created_at)
+        # Never run, so maybe never recorded: the message says what it was (its arguments,
+        # its task's retries), else its header what little it can.
+        base = stored or (envelope.record(JobStatus.FAILED) if envelope is not None else
+                          JobRecord(job_id=lease.id, task=lease.message.task or
+                                    "<undecodable>", status=JobStatus.FAILED,
+                                    queue=lease.message.queue,
+                                    created_at=lease.message.created_at))
         # Fenced by the message's own run, not the stored one: a stale message's failure
         # must not replace a newer run's outcome (see _rebased).
         run = base.run if envelope is None else envelope.run
