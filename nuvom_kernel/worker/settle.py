@@ -49,7 +49,7 @@ from nuvom_kernel.models import (
     Settlement,
 )
 from nuvom_kernel.outcome import Outcome
-from nuvom_kernel.serialization import to_wire
+from nuvom_kernel.serialization import from_wire, to_wire
 from nuvom_kernel.workflow.graph import WF_HEADER
 from nuvom_kernel.workflow.settle import advance_steps, final_steps
 
@@ -488,13 +488,7 @@ class Settler:
         now = time.time()
         stored = self._stored(lease.id)
         envelope = self._decoded(lease)
-        # Never run, so maybe never recorded: the message says what it was (its arguments,
-        # its task's retries), else its header what little it can.
-        base = stored or (envelope.record(JobStatus.FAILED) if envelope is not None else
-                          JobRecord(job_id=lease.id, task=lease.message.task or
-                                    "<undecodable>", status=JobStatus.FAILED,
-                                    queue=lease.message.queue,
-                                    created_at=lease.message.created_at))
+        base = stored or self._from_message(lease, envelope)
         # Fenced by the message's own run, not the stored one: a stale message's failure
         # must not replace a newer run's outcome (see _rebased).
         run = base.run if envelope is None else envelope.run
@@ -510,6 +504,22 @@ class Settler:
                               worker=self.origin)
         return Settlement(lease, record, workflow=None if envelope is None
                           else envelope.headers.get(WF_HEADER))  # a dead step ends its node
+
+    @staticmethod
+    def _from_message(lease: Lease, envelope: Envelope | None) -> JobRecord:
+        """The record of a message never recorded: what its envelope says it was (its
+        arguments, its task's retries), else what its header can (its arguments may be
+        what does not decode)."""
+        if envelope is not None:
+            try:
+                record = envelope.record(JobStatus.FAILED)
+                from_wire([record.args, record.kwargs])  # what readers of the record do
+                return record
+            except Exception:  # its arguments may be the poison itself
+                pass
+        return JobRecord(job_id=lease.id, task=lease.message.task or "<undecodable>",
+                         status=JobStatus.FAILED, queue=lease.message.queue,
+                         created_at=lease.message.created_at)
 
     def _decoded(self, lease: Lease) -> Envelope | None:
         try:
