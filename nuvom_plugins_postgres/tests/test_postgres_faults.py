@@ -202,3 +202,32 @@ def test_restart_under_load_loses_no_committed_enqueue(cluster: Cluster, mode: s
         t.join(10)
     producer.close()
     consumer.close()
+
+
+def test_a_tick_whose_client_went_silent_frees_the_cluster_within_seconds() -> None:
+    """The tick holds its advisory lock across round trips. A host cut off between them
+    left its session idle in that transaction, and no worker of the cluster could promote a
+    due job or recover an expired lease until the server's 60 s idle timeout ended it: the
+    tick's transaction ends itself after IDLE_IN_TICK_MS of silence now."""
+    from nuvom_plugins_postgres.queries import IDLE_IN_TICK_MS, Queries
+    from nuvom_plugins_postgres.schema import ADVISORY_CLASS
+
+    schema = f"nuvom_ticktest_{uuid.uuid4().hex[:8]}"
+    key = (ADVISORY_CLASS, f"{schema}:tick")
+    lock = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))"
+    silent = psycopg.connect(DSN)  # not autocommit: the tick's statements share a transaction
+    try:
+        with psycopg.connect(DSN, autocommit=True) as other:
+            won = silent.execute(Queries(schema).tick_lock, key).fetchone()
+            assert won is not None and won[0]
+            assert other.execute(lock, key).fetchone() == (False,)  # held: nobody ticks
+            # ... and the client says nothing more (a host cut off mid-tick):
+            started = time.monotonic()
+            wait_until(lambda: other.execute(lock, key).fetchone() == (True,),
+                       IDLE_IN_TICK_MS / 1000 + 8,
+                       "the server to end the silent tick's transaction")
+            assert time.monotonic() - started >= IDLE_IN_TICK_MS / 1000 - 0.5
+        with pytest.raises(psycopg.Error):
+            silent.execute("SELECT 1")  # its session was ended, not just its lock
+    finally:
+        silent.close()

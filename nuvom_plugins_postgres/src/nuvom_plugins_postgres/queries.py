@@ -249,7 +249,13 @@ LIMIT 10
 # The maintenance tick, run by whichever process wins the advisory lock: promote due
 # scheduled rows and recover expired leases (token kept: the old holder may still ack until
 # someone claims the job again), a bounded batch each.
-TICK_LOCK = "SELECT pg_try_advisory_xact_lock(%s, hashtext(%s))"
+# The lock is held across round trips (the tick, maybe the purge, the commit): a client lost
+# between them (a host cut off mid-tick) held it until the session's 60 s idle timeout, and
+# no worker of the cluster could promote or recover a job meanwhile. Its transaction ends
+# after IDLE_IN_TICK_MS idle instead (set_config(..., true): this transaction only).
+IDLE_IN_TICK_MS = 2000
+TICK_LOCK = ("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)), "
+             f"set_config('idle_in_transaction_session_timeout', '{IDLE_IN_TICK_MS}', true)")
 TICK = """
 WITH due AS MATERIALIZED (
         SELECT id FROM {s}.jobs WHERE state = 1 AND due_at <= clock_timestamp()
