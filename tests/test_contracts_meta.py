@@ -101,10 +101,12 @@ def _write_suite(path: Path, classes: list[type], real: type | None) -> None:
     path.write_text(header + "".join(_test_class(c, real) for c in classes))
 
 
-def _run_groups(tmp_path: Path, groups: list[list[type]], real: type | None = None
+def _run_groups(tmp_path: Path, groups: list[list[type]], real: type | None = None,
+                failures: dict[str, dict[str, str]] | None = None
                 ) -> dict[str, dict[str, str]]:
     """Run each group in its own pytest process (concurrently: the suites mostly wait on
-    timers); return {test class: {test name: outcome}}."""
+    timers); return {test class: {test name: outcome}}, and fill ``failures`` (if given)
+    with {test class: {test name: what its failure said}}."""
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     procs = []
     for i, group in enumerate(groups):
@@ -127,6 +129,10 @@ def _run_groups(tmp_path: Path, groups: list[list[type]], real: type | None = No
             outcome = ("failed" if kinds & {"failure", "error"} else
                        "skipped" if "skipped" in kinds else "passed")
             outcomes.setdefault(cls, {})[case.get("name", "")] = outcome
+            if failures is not None and outcome == "failed":
+                said = [f"{c.get('message', '')}\n{c.text or ''}" for c in case
+                        if c.tag in ("failure", "error")]
+                failures.setdefault(cls, {})[case.get("name", "")] = "\n".join(said)
     return outcomes
 
 
@@ -139,8 +145,14 @@ def real_discoverer() -> type[Discoverer] | None:
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory, real_discoverer: type | None
-             ) -> dict[str, dict[str, str]]:
+def failures() -> dict[str, dict[str, str]]:
+    """What each failed contract test said, filled by the ``outcomes`` run."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory, real_discoverer: type | None,
+             failures: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
     fake_classes = [getattr(fakes, name) for name in fakes.EXPECTED_FAILURES]
     queue = [c for c in fake_classes if _contract(c) == "QueueBackendContract"]
     results = [c for c in fake_classes if _contract(c) == "ResultBackendContract"]
@@ -149,7 +161,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, real_discoverer: type | N
     if real_discoverer is not None:
         first += [real_discoverer, *discoverers]
     groups = [first, *(queue[i::4] for i in range(4))]
-    return _run_groups(tmp_path_factory.mktemp("meta"), groups, real_discoverer)
+    return _run_groups(tmp_path_factory.mktemp("meta"), groups, real_discoverer, failures)
 
 
 @pytest.mark.parametrize("stub", ["StubQueue", "StubResults"])
@@ -180,3 +192,33 @@ def test_fake_fails_exactly_the_tests_it_breaks(outcomes: dict[str, dict[str, st
     results = outcomes[f"Test{fake}"]
     failed = {n for n, o in results.items() if o == "failed"}
     assert failed == fakes.EXPECTED_FAILURES[fake]
+
+
+#: fake -> (the contract test it breaks, words that test's failure must say): the promise
+#: broken and the fix, so a plugin author reading ``nuvom plugin test`` knows what to change.
+#: Why these fakes: each breaks a batch or put-back path the worker relies on, which the
+#: single-call tests cannot see (the monitor only calls ``extend_many``, the settler
+#: ``ack_many``).
+NAMED_PROMISES = {
+    "NoopExtendManyQueue": ("test_extend_many_keeps_every_lease_alive",
+                            ["extend_many must push every lease's expiry", "Fix:"]),
+    "UnfencedExtendManyQueue": ("test_extend_many_is_fenced_per_lease",
+                                ["extend_many must check every lease's token", "Fix:"]),
+    "UnfencedAckManyQueue": ("test_ack_many_is_fenced_per_lease",
+                             ["ack_many must check every lease's token", "Fix:"]),
+    "PriorityLosingPutBackQueue": (
+        "test_claim_order_survives_retry_release_and_expiry",
+        ["claim order after retry, release and lease expiry must stay highest priority "
+         "first", "Fix:"]),
+}
+
+
+@pytest.mark.parametrize("fake", sorted(NAMED_PROMISES))
+def test_fake_failure_names_the_broken_promise(outcomes: dict[str, dict[str, str]],
+                                               failures: dict[str, dict[str, str]],
+                                               fake: str) -> None:
+    test, words = NAMED_PROMISES[fake]
+    assert outcomes[f"Test{fake}"].get(test) == "failed"
+    said = failures[f"Test{fake}"][test]
+    missing = [w for w in words if w not in said]
+    assert missing == [], f"{test} failed on {fake} without saying {missing}:\n{said}"

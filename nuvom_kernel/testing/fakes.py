@@ -73,6 +73,76 @@ class NoopExtendQueue(StubQueue):
             return self._held(lease) is not None
 
 
+class NoopExtendManyQueue(StubQueue):
+    """``extend`` works, but ``extend_many`` — all the worker's lease monitor calls — only
+    reports which leases are held: a job running past the visibility timeout is claimed
+    again while it runs, again and again ("lost its lease")."""
+
+    name = "fake-noop-extend-many"
+
+    def extend(self, lease: Lease, secs: float) -> bool:
+        held = super().extend_many([lease], secs)[0]  # the stub's, which really extends
+        if held and secs <= 0:
+            self.notify()
+        return held
+
+    def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
+        with self._lock:
+            return [self._held(lease) is not None for lease in leases]
+
+
+class UnfencedExtendManyQueue(StubQueue):
+    """``extend`` checks the token, ``extend_many`` extends by job id: a worker whose lease
+    was taken over is told it still holds the job."""
+
+    name = "fake-unfenced-extend-many"
+
+    def extend(self, lease: Lease, secs: float) -> bool:
+        held = super().extend_many([lease], secs)[0]  # the stub's, which is fenced
+        if held and secs <= 0:
+            self.notify()
+        return held
+
+    def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
+        with self._lock:
+            entries = [self._entries.get(lease.id) for lease in leases]
+            for entry in entries:
+                if entry is not None and entry.token is not None:
+                    entry.expires_at = time.time() + secs
+            return [entry is not None and entry.token is not None for entry in entries]
+
+
+class UnfencedAckManyQueue(StubQueue):
+    """``ack`` checks the token, ``ack_many`` — what the worker's settler calls — deletes by
+    job id: a worker that lost its lease deletes the job from under its new holder."""
+
+    name = "fake-unfenced-ack-many"
+
+    def ack(self, lease: Lease) -> bool:
+        return super().ack_many([lease])[0]  # the stub's, which is fenced
+
+    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
+        with self._lock:
+            gone = []
+            for lease in leases:
+                found = lease.id in self._entries
+                if found:
+                    self._delete(lease.id)
+                gone.append(found)
+            return gone
+
+
+class PriorityLosingPutBackQueue(StubQueue):
+    """Puts a message back — retried, released or its lease expired — at the default
+    priority: an urgent job that failed once waits behind the whole backlog."""
+
+    name = "fake-priority-losing-put-back"
+
+    def _unlease(self, entry: Any) -> None:
+        super()._unlease(entry)
+        entry.message = attrs.evolve(entry.message, priority=0)
+
+
 class ImpatientRetryQueue(StubQueue):
     """Ignores the retry delay: a failing job is retried immediately, in a hot loop."""
 
@@ -431,18 +501,28 @@ class StaleCacheDiscoverer(_BrokenDiscoverer):
 #: fake class name -> the contract tests it must fail (and no others). Parametrized tests are
 #: listed with their parameter, exactly as pytest names them.
 EXPECTED_FAILURES: dict[str, set[str]] = {
-    "LifoQueue": {"test_fifo_within_a_priority", "test_higher_priority_first"},
+    "LifoQueue": {"test_fifo_within_a_priority", "test_higher_priority_first",
+                  "test_claim_order_survives_retry_release_and_expiry"},
     "UnfencedQueue": {"test_stale_lease_is_fenced", "test_forged_token_changes_nothing",
                       "test_release_returns_at_once_with_count_restored",
                       "test_settle_many_is_fenced_and_atomic",
+                      "test_ack_many_is_fenced_per_lease",
+                      "test_extend_many_is_fenced_per_lease",
                       "test_workflow_advance_by_a_lost_lease_changes_nothing"},
     "NoVisibilityTimeoutQueue": {
         "test_unacked_lease_becomes_visible_after_visibility_timeout",
         "test_stale_lease_is_fenced", "test_retry_counts_failures_release_does_not",
+        "test_claim_order_survives_retry_release_and_expiry",
         "test_workflow_advance_by_a_lost_lease_changes_nothing"},
     "NoopExtendQueue": {"test_extend_keeps_lease_alive",
                         "test_retry_counts_failures_release_does_not",
-                        "test_an_expired_lease_counts_as_waiting"},
+                        "test_an_expired_lease_counts_as_waiting",
+                        "test_claim_order_survives_retry_release_and_expiry",
+                        "test_extend_many_is_fenced_per_lease"},
+    "NoopExtendManyQueue": {"test_extend_many_keeps_every_lease_alive"},
+    "UnfencedExtendManyQueue": {"test_extend_many_is_fenced_per_lease"},
+    "UnfencedAckManyQueue": {"test_ack_many_is_fenced_per_lease"},
+    "PriorityLosingPutBackQueue": {"test_claim_order_survives_retry_release_and_expiry"},
     "ImpatientRetryQueue": {"test_retry_with_delay_hides_until_due", "test_peek_state"},
     "CountingReleaseQueue": {"test_release_returns_at_once_with_count_restored",
                              "test_retry_counts_failures_release_does_not",

@@ -99,6 +99,16 @@ class QueueContractBase:
         assert len(leases) == 1, f"expected one available message, claim(1) returned {leases}"
         return leases[0]
 
+    def _claim_exactly(self, backend: QueueBackend, n: int, why: str) -> dict[str, Lease]:
+        """Lease ``n`` messages (a backend may hand a batch out in pieces, as its storage
+        becomes visible), keyed by job id; fail saying ``why`` if they never all come."""
+        leases = wait_until(lambda: backend.claim(n), self.patience_secs, why)
+        deadline = time.monotonic() + self.patience_secs
+        while len(leases) < n and time.monotonic() < deadline:
+            leases += backend.claim(n - len(leases))
+        assert len(leases) == n, f"{why}: claimed {len(leases)} of {n}"
+        return {lease.id: lease for lease in leases}
+
     def _nothing_claimable(self, backend: QueueBackend, why: str) -> None:
         leases = backend.claim(10)
         assert leases == [], f"{why}, but claim() handed out {[le.id for le in leases]}"

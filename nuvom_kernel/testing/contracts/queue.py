@@ -27,7 +27,7 @@ import attrs
 import pytest
 
 from nuvom_kernel.backends import QueueBackend
-from nuvom_kernel.models import JobRecord, JobStatus, Settlement
+from nuvom_kernel.models import JobRecord, JobStatus, Lease, Settlement
 from nuvom_kernel.testing.contracts._support import (
     make_message,
     make_record,
@@ -122,6 +122,71 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
         assert got == [m.id for m in high + low], \
             "higher priority comes first, and FIFO within each priority"
 
+    def test_claim_order_survives_retry_release_and_expiry(self, queue_backend: QueueBackend
+                                                           ) -> None:
+        """A message put back — retried, released (at once or after a delay) or recovered
+        from an expired lease — keeps its priority and its place: claim order stays highest
+        priority first, FIFO (by ``created_at``) within a priority. A backend that re-queues
+        it at the default priority makes a failing urgent job wait behind the backlog (or a
+        retried background job jump it); one that re-queues it at the back of its priority
+        reorders the queue on every crash."""
+        caps = type(queue_backend).capabilities
+        high = 5 if caps.priorities else 0
+        paths = ["retried", "released", "expired (extend 0)", "timed out"]
+        if caps.delayed:
+            paths[2:2] = ["retried after a delay", "released after a delay"]
+        # Created in this order, so FIFO interleaves the priorities; an untouched pair first
+        # and last, so a put-back message moved to the front or the back of its priority
+        # shows up too (they are enqueued after the claim below, so never claimed).
+        ranks = ("low", "high") if caps.priorities else ("1st", "2nd")
+        created = {f"{rank}/{path}": make_message(priority=high if rank == "high" else 0)
+                   for path in ["untouched", *paths, "untouched last"]
+                   for rank in ranks}
+        label = {m.id: name for name, m in created.items()}
+        untouched = [m for name, m in created.items() if "/untouched" in name]
+        queue_backend.enqueue_many([m for m in created.values() if m not in untouched])
+        leases = self._claim_exactly(queue_backend, len(created) - len(untouched),
+                                     "the messages were never claimable")
+        queue_backend.enqueue_many(untouched)
+        for name, message in created.items():
+            path = name.split("/", 1)[1]
+            if path.startswith("untouched"):
+                continue
+            lease = leases[message.id]
+            if path == "retried":
+                assert queue_backend.retry(lease, delay_secs=0) is True
+            elif path == "retried after a delay":
+                assert queue_backend.retry(lease, delay_secs=self.delay_secs) is True
+            elif path == "released":
+                assert queue_backend.release(lease) is True
+            elif path == "released after a delay":
+                assert queue_backend.release(lease, delay_secs=self.delay_secs) is True
+            elif path == "expired (extend 0)":
+                assert queue_backend.extend(lease, 0) is True
+            else:  # "timed out": left to expire by its deadline, as a dead worker's lease
+                assert queue_backend.extend(lease, self.short_visibility_secs) is True
+        everyone = len(created)
+
+        def claim_all() -> list[Lease]:
+            # Only a claim that sees every message shows the order: give back a partial one
+            # (a delay or a lease not yet over) and look again.
+            got = queue_backend.claim(everyone)
+            if len(got) == everyone:
+                return got
+            for lease in got:
+                queue_backend.release(lease)
+            return []
+
+        got = wait_until(claim_all, self.patience_secs,
+                         "retried, released and expired messages never all became claimable")
+        want = sorted(created.values(), key=lambda m: (-m.priority, m.created_at))
+        assert [label[le.id] for le in got] == [label[m.id] for m in want], \
+            "claim order after retry, release and lease expiry must stay highest priority " \
+            "first, FIFO (by created_at) within a priority; expected " \
+            f"{[label[m.id] for m in want]}, got {[label[le.id] for le in got]}. Fix: put a " \
+            "message back under its stored priority and created_at (not the default " \
+            "priority, not a new enqueue time or the back of the queue)"
+
     def test_pop_batch_bounds(self, queue_backend: QueueBackend) -> None:
         queue_backend.enqueue_many([make_message() for _ in range(5)])
         assert queue_backend.pop_batch(0) == []
@@ -209,6 +274,39 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
         assert queue_backend.ack(leases[0]) is True
         assert queue_backend.ack_many(leases) == [False, True, True], \
             "ack_many acks what the caller holds and reports the stale lease as lost"
+        assert queue_backend.qsize() == 0
+        self._nothing_claimable(queue_backend, "acked messages are gone")
+
+    def test_ack_many_is_fenced_per_lease(self, queue_backend: QueueBackend) -> None:
+        """``ack_many`` is what the worker's settler calls, so it must keep ``ack``'s fence
+        lease by lease: a stale lease (its job given up and claimed again — here by a
+        release, as after an expiry) and a forged one delete nothing and are reported lost,
+        while the held leases of the same batch are acked. Results are per lease, in order:
+        keyed by job id, a stale lease batched with its job's current holder (one worker
+        can hold both: its first run lost the lease and it claimed the job again) would
+        read as acked too."""
+        stale_msg, forged_msg, done_msg, kept_msg = (make_message() for _ in range(4))
+        queue_backend.enqueue_many([stale_msg, forged_msg, done_msg, kept_msg])
+        leases = self._claim_exactly(queue_backend, 4, "four messages were never claimable")
+        stale = leases[stale_msg.id]
+        assert queue_backend.release(stale) is True
+        current = self._claim_one(queue_backend)
+        assert current.id == stale.id and current.token != stale.token
+        forged = attrs.evolve(leases[forged_msg.id], token=uuid.uuid4().hex)
+        got = queue_backend.ack_many([stale, forged, leases[done_msg.id]])
+        assert got == [False, False, True], \
+            "ack_many must check every lease's token, as ack does: a stale and a forged " \
+            "lease are refused (False, nothing deleted) while the held lease of the same " \
+            f"batch is acked; got {got} for [stale, forged, held]. Fix: delete only rows " \
+            "whose id and token both match"
+        got = queue_backend.ack_many([stale, current])
+        assert got == [False, True], \
+            "ack_many must report each lease by its own token: for [stale lease, current " \
+            f"lease] of one job it returned {got}. Fix: match the deleted rows back to the " \
+            "leases by (id, token), not by job id"
+        assert queue_backend.ack_many([leases[forged_msg.id], leases[kept_msg.id]]) == \
+            [True, True], "a refused ack_many must leave the jobs to their real holders"
+        assert queue_backend.ack_many([]) == [], "an empty batch acks nothing"
         assert queue_backend.qsize() == 0
         self._nothing_claimable(queue_backend, "acked messages are gone")
 
@@ -375,6 +473,77 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
             self._hidden_until(backend, extended_at + vis, "an extended lease stays invisible")
             time.sleep(vis / 5)
         assert backend.ack(lease) is True, "the lease outlived its original timeout"
+
+    def test_extend_many_keeps_every_lease_alive(self, build_queue: Callable[..., QueueBackend]
+                                                 ) -> None:
+        """``extend_many`` is what the worker's lease monitor calls for every running job at
+        once (``extend`` alone is never called for them): a backend that overrides it must
+        move every lease's expiry, as ``extend`` does, or a job running longer than the
+        visibility timeout is claimed again while it runs ("lost its lease")."""
+        vis = self.extend_visibility_secs
+        backend = build_queue(visibility_timeout_secs=vis)
+        backend.enqueue_many([make_message() for _ in range(3)])
+        leases = list(self._claim_exactly(backend, 3, "three messages were never claimable")
+                      .values())
+        assert backend.extend_many([], vis) == [], "an empty batch extends nothing"
+        until = time.monotonic() + 2 * vis
+        while time.monotonic() < until:
+            extended_at = time.monotonic()
+            got = backend.extend_many(leases, vis)
+            assert got == [True, True, True], \
+                f"extend_many must return, per lease and in order, whether it held: got {got}" \
+                " for three held leases"
+            self._hidden_until(
+                backend, extended_at + vis,
+                "extend_many must push every lease's expiry to now + secs, as extend does "
+                "(the worker's monitor extends running jobs only through extend_many, so "
+                "without it a long job is claimed again while it runs. Fix: set each held "
+                "lease's expiry, not just report it held)")
+            time.sleep(vis / 5)
+        assert backend.ack_many(leases) == [True, True, True], \
+            "the leases extended by extend_many outlived their original timeout"
+
+    def test_extend_many_is_fenced_per_lease(self, queue_backend: QueueBackend) -> None:
+        """``extend_many`` must keep ``extend``'s fence lease by lease: a stale lease (its
+        job given up and claimed again) or a forged one is refused (``False``) and extends
+        nothing, while the held leases of the same batch are extended. The worker's monitor
+        learns that a job was taken over only from that ``False``; a stale lease batched
+        with its job's current one (one worker can hold both) must read as lost too."""
+        stale_msg, forged_msg, held_msg = (make_message() for _ in range(3))
+        queue_backend.enqueue_many([stale_msg, forged_msg, held_msg])
+        leases = self._claim_exactly(queue_backend, 3, "three messages were never claimable")
+        stale = leases[stale_msg.id]
+        assert queue_backend.release(stale) is True
+        current = self._claim_one(queue_backend)
+        assert current.id == stale.id and current.token != stale.token
+        forged = attrs.evolve(leases[forged_msg.id], token=uuid.uuid4().hex)
+        got = queue_backend.extend_many([stale, leases[held_msg.id], forged], 30)
+        assert got == [False, True, False], \
+            "extend_many must check every lease's token, as extend does: a stale and a " \
+            "forged lease are refused (False) while the held lease of the same batch is " \
+            f"extended; got {got} for [stale, held, forged]. Fix: extend only rows whose id " \
+            "and token both match"
+        got = queue_backend.extend_many([stale, current, forged, leases[forged_msg.id]], 30)
+        assert got == [False, True, False, True], \
+            "extend_many must report each lease by its own token: for [stale, current] " \
+            f"leases of one job and [forged, real] leases of another it returned {got}. " \
+            "Fix: match the extended rows back to the leases by (id, token), not by job id"
+        # Expire the jobs through their holders, as a worker that gives them up does; a
+        # stale or forged extend_many must not revive those leases (read by peek_state, not
+        # by claiming, so nothing but the refused calls can have changed them).
+        for lease in (current, leases[forged_msg.id]):
+            assert queue_backend.extend(lease, 0) is True
+            assert queue_backend.peek_state(lease.id) is JobStatus.QUEUED, \
+                "extend(lease, 0) must expire the lease at once (its job reads QUEUED)"
+        assert queue_backend.extend_many([stale, forged], 30) == [False, False], \
+            "extend_many must refuse a stale and a forged lease"
+        revived = [m.id for m in (stale_msg, forged_msg)
+                   if queue_backend.peek_state(m.id) is not JobStatus.QUEUED]
+        assert revived == [], \
+            "a refused extend_many must change nothing, but it extended the expired " \
+            f"leases of {revived} again. Fix: extend only rows whose id and token both match"
+        assert queue_backend.extend_many([leases[held_msg.id]], 30) == [True], \
+            "a refused batch must leave the other leases held"
 
     # --- counting and clearing ------------------------------------------------------------
 

@@ -136,9 +136,12 @@ RETURNING {_RETURNING}
 """
 
 ACK = "DELETE FROM {s}.jobs WHERE id = %s AND token = %s AND {lease}"
+# The batch calls return (id, token) of each row they changed, not the id alone: a batch may
+# hold a stale lease and the current one of the same job (a worker whose first run lost the
+# lease claimed the job again), and only the current one may read as acked or extended.
 ACK_MANY = """
 DELETE FROM {s}.jobs j USING unnest(%b::text[], %b::text[]) AS t(id, token)
-WHERE j.id = t.id AND j.token = t.token AND {lease} RETURNING j.id
+WHERE j.id = t.id AND j.token = t.token AND {lease} RETURNING j.id, j.token
 """
 
 # Retry and release: back to ready (no delay) or scheduled, the lease cleared.
@@ -175,7 +178,7 @@ WHERE id = %s AND token = %s AND {lease} RETURNING state
 EXTEND_MANY = f"""
 UPDATE {{s}}.jobs j SET state = 2, lease_expires_at = clock_timestamp() + {_SECS}
 FROM unnest(%b::text[], %b::text[]) AS t(id, token)
-WHERE j.id = t.id AND j.token = t.token AND {{lease}} RETURNING j.id
+WHERE j.id = t.id AND j.token = t.token AND {{lease}} RETURNING j.id, j.token
 """
 
 # What a row is worth now. A lease counts as running only until its deadline: past it the

@@ -402,9 +402,9 @@ class PostgresQueue(QueueBackend):
         if not leases:
             return []
         params = [[le.id for le in leases], [le.token for le in leases]]
-        gone = {r[0] for r in self._run(
+        gone = {(r[0], r[1]) for r in self._run(
             lambda c: c.execute(self._q.ack_many, params).fetchall())}
-        return [le.id in gone for le in leases]
+        return [(le.id, le.token) in gone for le in leases]  # by token: see ACK_MANY
 
     def _put_back(self, query: Any, lease: Lease, delay_secs: float,
                   body: bytes | None = None) -> bool:
@@ -439,9 +439,9 @@ class PostgresQueue(QueueBackend):
         if not leases or secs <= 0:
             return [self.extend(le, secs) for le in leases]
         params = [float(secs), [le.id for le in leases], [le.token for le in leases]]
-        held = {r[0] for r in self._run(
+        held = {(r[0], r[1]) for r in self._run(
             lambda c: c.execute(self._q.extend_many, params).fetchall())}
-        return [le.id in held for le in leases]
+        return [(le.id, le.token) in held for le in leases]  # by token: see ACK_MANY
 
     def peek_state(self, job_id: str) -> JobStatus | None:
         """RUNNING while leased and the lease's deadline has not passed; RETRYING while a
