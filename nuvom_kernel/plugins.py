@@ -435,12 +435,10 @@ class NuvomPluginManager(pluggy.PluginManager):
         found: dict[str, tuple[type, str]] = {}
         for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
             for cls in self._call(impl, hook_name) or ():
-                name = getattr(cls, "name", None)
-                if not isinstance(name, str) or not name:
-                    raise PluginLoadError(
-                        f"plugin {impl.plugin_name!r}: {cls!r} from {hook_name} has no "
-                        "'name' class attribute"
-                    )
+                problem = _bad_name(impl.plugin_name, cls, hook_name)
+                if problem is not None:
+                    raise PluginLoadError(problem)
+                name = cls.name
                 if name in found and found[name][0] is not cls:
                     raise DuplicateBackendError(
                         f"two plugins register {hook_name[15:].rstrip('s')} {name!r}: "
@@ -530,11 +528,17 @@ class NuvomPluginManager(pluggy.PluginManager):
                 continue
             for impl in getattr(self.hook, hook_name).get_hookimpls():
                 try:
-                    names = [getattr(c, "name", repr(c)) for c in impl.function() or ()]
+                    classes = list(impl.function() or ())
                 except Exception as exc:
                     failed.setdefault(impl.plugin_name, f"plugin {impl.plugin_name!r} failed "
                                                         f"in {hook_name}: {exc!r}")
                     continue
+                problems = [p for c in classes
+                            if (p := _bad_name(impl.plugin_name, c, hook_name)) is not None]
+                if problems:  # what collect() refuses: list it as failed, with the same error
+                    failed.setdefault(impl.plugin_name, problems[0])
+                    continue
+                names = [c.name for c in classes]
                 provided.setdefault(impl.plugin_name, {})[capability] = names
         infos = []
         for name, plugin in self.list_name_plugin():
@@ -553,3 +557,25 @@ class NuvomPluginManager(pluggy.PluginManager):
 
 def _qual(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _bad_name(plugin_name: str, cls: Any, hook_name: str) -> str | None:
+    """What is wrong with the ``name`` of ``cls``, registered by ``plugin_name`` through
+    ``hook_name``, or ``None`` when it is a non-empty string (what configuration selects it by).
+
+    Why one function: :meth:`NuvomPluginManager.collect` refuses such a class and ``nuvom
+    plugin list`` lists its plugin as failed; both say the same, and say whether the name is
+    missing or has the wrong value (``name = 5`` was reported as "has no 'name'").
+    """
+    where = f"plugin {plugin_name!r}: {cls!r} from {hook_name}"
+    fix = ("Set it to a non-empty string, the name configuration selects it by (e.g. "
+           "name = \"myqueue\").")
+    if not hasattr(cls, "name"):
+        return f"{where} has no 'name' class attribute. {fix}"
+    name = cls.name
+    if not isinstance(name, str):
+        return (f"{where} has a 'name' class attribute that is not a string: "
+                f"{name!r} ({type(name).__name__}). {fix}")
+    if not name:
+        return f"{where} has an empty 'name' class attribute. {fix}"
+    return None

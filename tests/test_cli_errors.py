@@ -382,6 +382,75 @@ def test_a_hook_registered_after_loading_that_raises_is_named(tmp_path: Path) ->
     assert info.failure is not None and "late boom" in info.failure
 
 
+
+BAD_NAMES = """
+from nuvom_kernel.testing.stubs import StubQueue
+
+
+class IntQueue(StubQueue):
+    name = 5
+
+
+class EmptyQueue(StubQueue):
+    name = ""
+"""
+
+
+def test_plugin_list_shows_a_backend_with_a_non_string_name_as_failed(tmp_path: Path) -> None:
+    """`plugin list` crashed with "TypeError: sequence item 0: expected str instance, int
+    found" on a backend whose name is 5."""
+    (tmp_path / "badname.py").write_text(BAD_NAMES)
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[plugins]\nqueue_backend = ["badname:IntQueue"]\n')
+    expected = ("plugin 'badname:IntQueue': <class 'badname.IntQueue'> from "
+                "nuvom_register_queue_backends has a 'name' class attribute that is not a "
+                "string: 5 (int). Set it to a non-empty string")
+    listed = run_nuvom(["plugin", "list"], tmp_path, **MEMORY)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "Traceback" not in listed.stderr
+    [row] = [line.split() for line in listed.stdout.splitlines()
+             if line.startswith("badname:IntQueue ")]
+    assert "FAILED" in row, row
+    assert expected in listed.stderr
+    as_json = run_nuvom(["plugin", "list", "--json"], tmp_path, **MEMORY)
+    assert as_json.returncode == 0, as_json.stderr
+    [entry] = [r for r in json.loads(as_json.stdout) if r["name"] == "badname:IntQueue"]
+    assert expected in entry["failure"] and entry["provides"] == {}
+
+
+class _Named:
+    """A plugin registering one queue class whose ``name`` is given (or missing)."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    @hookimpl
+    def nuvom_register_queue_backends(self) -> list[type]:
+        return [self.cls]
+
+
+@pytest.mark.parametrize(("attrs", "problem"), [
+    ({}, "has no 'name' class attribute"),
+    ({"name": 5}, "has a 'name' class attribute that is not a string: 5 (int)"),
+    ({"name": None}, "has a 'name' class attribute that is not a string: None (NoneType)"),
+    ({"name": ""}, "has an empty 'name' class attribute"),
+])
+def test_collect_says_what_is_wrong_with_a_name(tmp_path: Path, attrs: dict[str, object],
+                                                problem: str) -> None:
+    """``name = 5`` and ``name = ""`` were reported as "has no 'name' class attribute"."""
+    pm = NuvomPluginManager()
+    pm.load(load_config(tmp_path, environ={}), environ={"NUVOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    cls = type("OddQueue", (), attrs)
+    pm.register(_Named(cls), name="odd")
+    with pytest.raises(PluginLoadError) as raised:
+        pm.collect("nuvom_register_queue_backends")
+    assert str(raised.value) == (
+        f"plugin 'odd': {cls!r} from nuvom_register_queue_backends {problem}. Set it to a "
+        "non-empty string, the name configuration selects it by (e.g. name = \"myqueue\").")
+    [info] = [i for i in pm.plugin_infos() if i.name == "odd"]
+    assert info.failure == str(raised.value)
+
+
 # --- disabled plugins (fault 6) -------------------------------------------------------------
 
 

@@ -62,7 +62,7 @@ def test_plugin_test_all_covers_every_installed_backend(tmp_path: Path) -> None:
 
 def test_module_attr_of_a_broken_backend_fails_with_its_tests_named(tmp_path: Path) -> None:
     result = nuvom(["plugin", "test", "nuvom_kernel.testing.fakes:LifoQueue",
-                    "-k", "fifo or priority or ack_removes"], tmp_path)
+                    "-k", "fifo or priority or claim_order or ack_removes"], tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
     [row] = [r for r in rows(out, "nuvom_kernel.testing.fakes:LifoQueue") if r[1] == "queue"]
@@ -126,3 +126,97 @@ def test_unknown_name_and_missing_arguments(tmp_path: Path) -> None:
     assert "memory" in unknown.stderr, "the error lists what is installed"
     nothing = nuvom(["plugin", "test"], tmp_path)
     assert nothing.returncode == 2 and "--all" in nothing.stderr
+
+
+def test_a_keyword_matching_no_contract_test_fails(tmp_path: Path) -> None:
+    """It printed PASSED (0 tests) and exited 0: pytest's "no tests collected" (status 5)
+    counted as success, so a typo in -k passed any plugin."""
+    result = nuvom(["plugin", "test", "memory", "-k", "no_such_test_xyz"], tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert ("Error: no contract test matched -k 'no_such_test_xyz', so nothing was tested"
+            in result.stderr)
+    assert result.stdout.rstrip().splitlines()[-1].startswith("FAILED")
+    as_json = nuvom(["plugin", "test", "memory", "-k", "no_such_test_xyz", "--json"], tmp_path)
+    assert as_json.returncode == 1, as_json.stdout + as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False and "no contract test matched" in report["error"]
+
+
+def test_a_hooks_only_plugin_still_passes_with_a_keyword(tmp_path: Path) -> None:
+    """No backend, so no contract test to match: registration checks only, as without -k."""
+    (tmp_path / "observer.py").write_text(textwrap.dedent("""
+        from nuvom_kernel import hookimpl
+
+        @hookimpl
+        def nuvom_register_commands(cli):
+            pass
+        """))
+    for extra in ([], ["-k", "fifo"]):
+        result = nuvom(["plugin", "test", "observer", *extra], tmp_path)
+        assert result.returncode == 0, (extra, result.stdout + result.stderr)
+        assert "no contract test matched" not in result.stderr
+        assert result.stdout.rstrip().splitlines()[-1].startswith("PASSED")
+
+
+SETTINGS_PLUGIN = '''
+import dataclasses
+import json
+import os
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.testing.stubs import StubQueue
+
+
+@dataclasses.dataclass
+class KhSettings:
+    size: int = 3
+    verbose: bool = False
+    label: str = ""
+
+
+class KhQueue(StubQueue):
+    name = "khq2"
+
+    @classmethod
+    def from_settings(cls, settings, context):
+        with open(os.environ["KH_SEEN"], "a") as seen:
+            seen.write(json.dumps(dict(settings)) + "\\n")
+        return cls(visibility_timeout_secs=context.visibility_timeout_secs)
+
+
+@hookimpl
+def nuvom_register_queue_backends():
+    return [KhQueue]
+
+
+@hookimpl
+def nuvom_plugin_settings():
+    return {"khq2": KhSettings}
+'''
+
+
+def test_set_values_go_through_the_declared_settings_schema(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--set verbose=no --set bogus=1` reached from_settings as {'verbose': 'no', 'bogus': 1};
+    production (NUVOM_PLUGINS__KHQ2__VERBOSE=no) gives False, and an unknown key is an error."""
+    (tmp_path / "khplug.py").write_text(SETTINGS_PLUGIN)
+    (tmp_path / ".nuvom_plugins.toml").write_text('[plugins]\nqueue_backend = ["khplug"]\n')
+    seen = tmp_path / "seen.jsonl"
+    monkeypatch.setenv("KH_SEEN", str(seen))
+    result = nuvom(["plugin", "test", "khplug", "-k", "fifo", "--set", "verbose=no",
+                    "--set", "size=7", "--set", "label=123"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    built = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert built and all(s == {"verbose": False, "size": 7, "label": "123"} for s in built)
+
+    seen.unlink()
+    unknown = nuvom(["plugin", "test", "khplug", "--set", "verbose=no", "--set", "bogus=1"],
+                    tmp_path)
+    assert unknown.returncode == 2, unknown.stdout + unknown.stderr
+    assert unknown.stderr == ("Error: --set bogus=1: 'bogus' is not a setting of plugin "
+                              "'khq2'. Valid keys: label, size, verbose.\n")
+    bad = nuvom(["plugin", "test", "khplug", "--set", "size=many"], tmp_path)
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert ("Error: --set size=many: size='many' is invalid: it must be a whole number "
+            "(e.g. 3)") in bad.stderr
+    assert not seen.exists(), "nothing runs with a refused setting"

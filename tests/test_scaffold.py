@@ -24,7 +24,14 @@ from click.testing import CliRunner
 
 from nuvom_kernel.cli import make_cli
 from nuvom_kernel.kernel import Kernel
-from tests.helpers import GUIDE, guide_block, guide_code, run_nuvom, stop_worker
+from tests.helpers import (
+    GUIDE,
+    fake_distribution,
+    guide_block,
+    guide_code,
+    run_nuvom,
+    stop_worker,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -110,6 +117,49 @@ def test_stub_methods_raise_with_a_pointer_to_the_guide(tmp_path: Path) -> None:
     guide = GUIDE.read_text()
     for method in ("push", "claim", "ack", "retry", "release", "extend", "qsize", "clear"):
         assert f"\n### {method}\n" in guide
+
+
+
+def test_names_of_installed_plugins_and_distributions_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`plugin new otel` generated nuvom-plugins-otel, the installed plugin's distribution;
+    installing it hid the real plugin. Only backend names were checked, and only of the
+    plugins this process loaded (none, with autoload off)."""
+    site = fake_distribution(tmp_path / "site", "khshadow", "")
+    dist_only = site / "nuvom_plugins_khdist-0.1.dist-info"  # a distribution, no entry point
+    dist_only.mkdir()
+    (dist_only / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: nuvom-plugins-khdist\nVersion: 0.1\n")
+    monkeypatch.syspath_prepend(str(site))
+
+    code, output, dest = _new(tmp_path / "a", "khshadow")
+    assert code != 0 and not dest.exists(), output
+    assert ("cannot scaffold a plugin named 'khshadow': the name is already used by the "
+            "installed plugin 'khshadow' (entry point of distribution nuvom-plugins-khshadow)"
+            ) in output
+    assert "would hide it" in output and "`nuvom plugin new my_khshadow`" in output
+
+    code, output, dest = _new(tmp_path / "b", "khdist")
+    assert code != 0 and not dest.exists(), output
+    assert ("already used by the installed distribution nuvom-plugins-khdist: the scaffold "
+            "would be nuvom-plugins-khdist too") in output
+    assert _new(tmp_path / "c", "my_khshadow")[0] == 0, "the suggested name is free"
+
+
+@pytest.mark.parametrize("name", ["kh__x", "kh_", "kh___x"])
+def test_names_the_environment_cannot_configure_are_refused(tmp_path: Path, name: str
+                                                            ) -> None:
+    """``kh__x`` was accepted, but NUVOM_PLUGINS__KH__X__SIZE cannot reach [plugins.kh__x]:
+    "__" separates the name from the key."""
+    code, output, dest = _new(tmp_path, name)
+    assert code == 2 and not dest.exists(), output
+    flat = " ".join(output.split())
+    assert (f"{name!r} is not a valid plugin name: use lowercase letters and digits, "
+            "starting with a letter, with single underscores between words") in flat
+    assert "cannot contain '__' or end with '_'" in flat
+    fixed = "kh" if name == "kh_" else "kh_x"
+    assert f"Did you mean {fixed!r}?" in flat
+    assert _new(tmp_path / "ok", "kh_x2")[0] == 0
 
 
 def _guide_commands(marker: str) -> list[list[str]]:

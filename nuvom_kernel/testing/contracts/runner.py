@@ -5,28 +5,33 @@ Usable without the CLI too (``FILE`` being the path of ``run_installed.py``)::
     pytest FILE -p nuvom_kernel.testing.contracts.runner --nuvom-plugin=sqlite
 
 Options: ``--nuvom-plugin NAME`` (repeatable: plugin name, backend name or ``module:attr``),
-``--nuvom-all``, ``--nuvom-setting KEY=VALUE`` (a value parsed as JSON when it can be, handed
-to ``from_settings``), ``--nuvom-report PATH`` (a JSON report the CLI turns into its table).
+``--nuvom-all``, ``--nuvom-setting KEY=VALUE`` (handed to ``from_settings``: converted and
+checked by the plugin's declared settings schema exactly as ``NUVOM_PLUGINS__<NAME>__<KEY>``
+is; for a backend that declares none, a value parsed as JSON when it can be),
+``--nuvom-report PATH`` (a JSON report the CLI turns into its table).
 The kernel is built from the working directory's configuration, as the CLI builds it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nuvom_kernel.config import Config
+from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.testing.contracts.targets import Target, resolve
 
-__all__ = ["TARGET_PARAMS"]
+__all__ = ["TARGET_PARAMS", "split_settings", "target_settings"]
 
 #: parametrized argument of run_installed.py -> target kind
 TARGET_PARAMS = {"nuvom_queue_target": "queue", "nuvom_result_target": "result",
                  "nuvom_discoverer_target": "discoverer"}
 _targets_key = pytest.StashKey[list[Target]]()
-_settings_key = pytest.StashKey[dict[str, Any]]()
+_settings_key = pytest.StashKey[dict[str, dict[str, Any]]]()  # target id -> settings
 _configured_key = pytest.StashKey[dict[str, dict[str, Any]]]()
 _results_key = pytest.StashKey[dict[str, dict[str, Any]]]()
 
@@ -42,18 +47,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write a JSON report of every test outcome to PATH")
 
 
-def parse_settings(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; a value that parses as JSON is used as such (numbers, booleans)."""
-    settings: dict[str, Any] = {}
+def split_settings(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs as key -> the value as written (a string, as in the environment).
+
+    :raises pytest.UsageError: a pair that is not ``KEY=VALUE``.
+    """
+    settings: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise pytest.UsageError(f"--nuvom-setting expects KEY=VALUE, got {pair!r}")
-        try:
-            settings[key.strip()] = json.loads(raw)
-        except ValueError:
-            settings[key.strip()] = raw
+        settings[key.strip()] = raw
     return settings
+
+
+def target_settings(config: Config, target: Target, raw: Mapping[str, str],
+                    flag: str = "--nuvom-setting") -> dict[str, Any]:
+    """The ``KEY=VALUE`` settings ``raw`` as the backend ``target`` receives them.
+
+    Why through the schema: production builds a backend with ``config.plugin_settings(name)``,
+    where the plugin's declared schema (:class:`~nuvom_kernel.plugin_settings.PluginSchema`)
+    converts each value and refuses an unknown key. Handing raw values over instead tested
+    something production never does (``verbose="no"``, a truthy string, where
+    ``NUVOM_PLUGINS__<NAME>__VERBOSE=no`` gives ``False``). The values are strings, as in the
+    environment, and go through the same :meth:`PluginSchema.convert` as those variables. A
+    backend whose plugin declares no schema gets a value parsed as JSON when it can be.
+
+    :param flag: the option the values came from, for the error message.
+    :raises PluginConfigError: a key the schema does not declare, or a value it refuses.
+    """
+    schema = config.schemas.get(target.name.lower())
+    if schema is None:
+        return {key: _json_or_text(value) for key, value in raw.items()}
+    return {key: schema.convert(key, value, f"{flag} {key}={value}")
+            for key, value in raw.items()}
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,7 +108,12 @@ def pytest_configure(config: pytest.Config) -> None:
     configured = {t.name: kernel.config.plugin_settings(t.name) for t in targets
                   if getattr(t.cls, "namespaced", False)} if targets else {}
     config.stash[_configured_key] = configured
-    config.stash[_settings_key] = parse_settings(config.getoption("nuvom_setting"))
+    raw = split_settings(config.getoption("nuvom_setting"))
+    try:
+        config.stash[_settings_key] = {t.id: target_settings(kernel.config, t, raw)
+                                       for t in targets}
+    except PluginConfigError as exc:
+        raise pytest.UsageError(f"nuvom: {exc}") from exc
     config.stash[_results_key] = {}
 
 
@@ -93,7 +132,7 @@ def nuvom_settings(request: pytest.FixtureRequest) -> Any:
     stash = request.config.stash
 
     def settings(target: Target) -> dict[str, Any]:
-        return stash[_configured_key].get(target.name, {}) | stash[_settings_key]
+        return stash[_configured_key].get(target.name, {}) | stash[_settings_key][target.id]
 
     return settings
 
