@@ -79,12 +79,11 @@ def dashboard(host: str, port: int, token: str | None, read_only: bool, log_leve
     kernel = _kernel()
     settings = kernel.config.plugin_settings("dashboard")
     token = token or settings.get("token") or None
-    try:  # checked before the port is bound, so a typo stops it saying which setting
-        allowed_hosts = parse_allowed_hosts(settings.get("allowed_hosts"))
-    except PluginConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    # Checked before the port is bound, so a typo stops it saying which setting; a
+    # configuration error, like any other: `nuvom` exits 2 (docs/configuration.md).
+    allowed_hosts = parse_allowed_hosts(settings.get("allowed_hosts"))
     if "*" in allowed_hosts and token is None:  # create_app's escape hatch, not the server's
-        raise click.ClickException(
+        raise PluginConfigError(
             "[plugins.dashboard] allowed_hosts (NUVOM_PLUGINS__DASHBOARD__ALLOWED_HOSTS) = * "
             "would answer any Host without a token, which lets any web page reach the "
             "dashboard through DNS rebinding: list the names your reverse proxy forwards, "
