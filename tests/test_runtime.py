@@ -602,3 +602,34 @@ def test_cancel_racing_a_settled_retry_records_cancelled(kernel, monkeypatch):
     assert reads[0] is not None and reads[0].attempts == 1
     assert kernel.queue.peek_state(job.id) is None
     assert get_job(job.id).status is JobStatus.CANCELLED
+
+
+@pytest.mark.skipif(not {"sqlite", "file"} <= set(E2E_BACKENDS), reason="needs sqlite and file")
+def test_a_lapsed_lease_stores_no_outcome_when_the_records_live_apart(tmp_path: Path):
+    """Queue and results in different stores (no settle_many): a worker cut off past its
+    lease stored its older attempt as the job's outcome while the worker that took the job
+    over was still running it, so get() could return a result the job then replaced."""
+    from nuvom_kernel.envelope import Envelope
+    from nuvom_kernel.models import Settlement
+
+    kernel = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "file",
+        "NUVOM_VISIBILITY_TIMEOUT_SECS": "0.3"})
+    with use_kernel(kernel):
+        @task
+        def where() -> str:
+            return "here"
+
+        job = where.delay()
+        (stale,) = kernel.queue.claim(1)  # the worker that will be cut off
+        taken = wait_until(lambda: kernel.queue.claim(1), timeout=10,
+                           what="the lease to lapse and another worker to claim the job")
+        envelope = Envelope.from_message(stale.message, kernel.serializer)
+        record = envelope.record(JobStatus.SUCCEEDED, attempts=stale.deliveries,
+                                 token=stale.token, result="from the cut-off worker",
+                                 finished_at=time.time(), updated_at=time.time())
+        worker = Worker(kernel, workers=1)
+        assert worker.settler.settle([Settlement(stale, record)]) == [False]
+        assert kernel.results.get(job.id) is None, "the stale attempt became the outcome"
+        assert kernel.queue.extend(taken[0], 30), "the new holder's lease was disturbed"
+    kernel.close()

@@ -365,7 +365,11 @@ class Settler:
         return Settlement(item.lease, failed, workflow=item.workflow)
 
     def _store_then_settle(self, batch: Sequence[Settlement]) -> list[bool]:
-        stored = self.results.put_many([item.record for item in batch])  # raises: _land
+        keep = self._still_held(batch)
+        kept = self.results.put_many([batch[i].record for i in keep])  # raises: _land
+        stored = [False] * len(batch)
+        for i, ok in zip(keep, kept, strict=True):
+            stored[i] = ok
         landed = list(stored)
         steps = final_steps([item for i, item in enumerate(batch) if stored[i]])
         if steps and not advance_steps(self.queue, self.results, steps):
@@ -391,6 +395,26 @@ class Settler:
                                               item.lease, delay_secs=item.retry_in,
                                               body=item.body))
         return landed
+
+    def _still_held(self, batch: Sequence[Settlement]) -> list[int]:
+        """The indices of ``batch`` whose outcome may be stored: all, but a lease past its
+        expiry (as far as this worker knows) only if the queue says it still holds it.
+
+        Why: here the records live apart from the queue (no ``settle_many``), and a record
+        is fenced by run and attempt only. A worker cut off past its lease, whose job another
+        worker took over and runs now, stored its older attempt as the job's outcome until
+        the new one landed: ``get()`` could return a result the job then replaced. Asking
+        costs one call, and only for leases that look lapsed.
+        """
+        now = time.time()
+        lapsed = [i for i, item in enumerate(batch) if item.lease.expires_at <= now]
+        if not lapsed:
+            return list(range(len(batch)))
+        leases = [batch[i].lease for i in lapsed]
+        held = self.safely("check its lease", leases[0], self.queue.extend_many, leases,
+                           self.queue.visibility_timeout_secs) or [False] * len(leases)
+        lost = {i for i, ok in zip(lapsed, held, strict=True) if not ok}
+        return [i for i in range(len(batch)) if i not in lost]
 
     @staticmethod
     def _unrecorded(batch: Sequence[Settlement], exc: Exception) -> None:
