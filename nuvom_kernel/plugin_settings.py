@@ -59,7 +59,13 @@ class PluginSchema:
             raise PluginConfigError(
                 f"the settings schema of [plugins.{name}] must be an attrs class or a "
                 f"dataclass with typed fields, got {source!r}")
-        hints = typing.get_type_hints(source)
+        try:
+            hints = typing.get_type_hints(source)
+        except Exception as exc:  # a name imported under TYPE_CHECKING only, a typo
+            raise PluginConfigError(
+                f"the settings schema of [plugins.{name}] ({source.__qualname__}) has a type "
+                f"annotation that cannot be evaluated: {exc!r}. Import what the annotations "
+                "name at run time, not only under TYPE_CHECKING") from exc
         fields = {}
         for field in names:
             convert = converter(hints.get(field, Any))

@@ -44,6 +44,7 @@ from nuvom_kernel.errors import (
     PluginConfigError,
     PluginLoadError,
 )
+from nuvom_kernel.plugin_settings import PluginSchema
 from nuvom_kernel.plugin_sources import (
     disabled_plugins,
     import_target,
@@ -191,6 +192,9 @@ class NuvomPluginManager(pluggy.PluginManager):
                     continue
                 try:
                     returned = impl.function()
+                    if hook_name == "nuvom_plugin_settings":  # a schema the kernel cannot
+                        for table, source in dict(returned or {}).items():  # read stopped
+                            PluginSchema.from_class(table.lower(), source)  # every command
                 except Exception as exc:
                     self._disable(impl.plugin_name, hook_name, exc)
                     continue

@@ -337,6 +337,35 @@ def test_a_raising_settings_hook_is_named_and_config_still_runs(tmp_path: Path) 
     assert "queue_backend" in done.stdout
 
 
+UNREADABLE_SCHEMAS = {
+    "blist": ("list[str]", "", "gives 'tags' the type list[str]"),
+    "bhint": ("Path", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                      "    from pathlib import Path\n",
+              "has a type annotation that cannot be evaluated: NameError("),
+}
+
+
+@pytest.mark.parametrize("plugin", sorted(UNREADABLE_SCHEMAS))
+def test_a_settings_schema_the_kernel_cannot_read_disables_its_plugin(tmp_path: Path,
+                                                                    plugin: str) -> None:
+    """It stopped every command (`plugin list` too) naming neither the plugin nor its
+    distribution; an annotation imported under TYPE_CHECKING gave a raw NameError."""
+    kind, preamble, problem = UNREADABLE_SCHEMAS[plugin]
+    source = (f"from __future__ import annotations\nimport attrs\n{preamble}"
+              "from nuvom_kernel import hookimpl\n\n"
+              f"@attrs.define\nclass Settings:\n    tags: {kind} = None\n\n"
+              f"@hookimpl\ndef nuvom_plugin_settings():\n    return {{'{plugin}': Settings}}\n")
+    site = _site(tmp_path, plugin, source)
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert done.returncode == 0, done.stderr
+    assert (f"plugin '{plugin}' (distribution nuvom-plugins-{plugin} 0.1) failed in "
+            "nuvom_plugin_settings") in done.stderr, done.stderr
+    assert problem in done.stderr and f"NUVOM_DISABLE_PLUGINS={plugin}" in done.stderr
+    assert "Traceback" not in done.stderr
+    [row] = [line.split() for line in done.stdout.splitlines() if line.startswith(plugin)]
+    assert "FAILED" in row
+
+
 def test_a_raising_command_hook_says_how_to_disable_it(tmp_path: Path) -> None:
     site = _site(tmp_path, "bcmd", RAISES_IN_COMMANDS)
     done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
