@@ -306,7 +306,13 @@ class NuvomPluginManager(pluggy.PluginManager):
 
     def _load_entry_points(self) -> None:
         for dist, ep in nuvom_entry_points():
-            self.entry_points.setdefault(ep.name, dist.metadata["name"])
+            first = self.entry_points.setdefault(ep.name, dist.metadata["name"])
+            if first != dist.metadata["name"]:  # one name, two installs: one hides the other
+                warn_once(f"two installed distributions provide the plugin {ep.name!r}: "
+                          f"{first} and {dist.metadata['name']}; only {first}'s is loaded. "
+                          f"Uninstall the one you do not want (pip uninstall "
+                          f"{dist.metadata['name']}), or rename its entry point.")
+                continue
             if self.get_plugin(ep.name) or self.is_blocked(ep.name):
                 continue
             try:

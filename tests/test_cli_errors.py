@@ -601,3 +601,15 @@ def test_a_duplicate_across_discoverers_is_warned_by_the_merge(tmp_path: Path) -
     assert done.returncode == 0, done.stdout + done.stderr
     assert ("warning: elsewhere.py:1: task 'a' found by 'other' is already at one.py:5 "
             "(found by 'ast'); the first one is kept") in done.stderr
+
+
+def test_two_distributions_with_one_plugin_name_are_named(tmp_path: Path) -> None:
+    """The second was skipped without a word: installing a plugin named like an installed
+    one (a scaffold called `memory`) silently hid the real one."""
+    pytest.importorskip("nuvom_plugins")
+    site = _site(tmp_path, "memory", "")  # distribution nuvom-plugins-memory, plugin memory
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert ("two installed distributions provide the plugin 'memory': nuvom-plugins-memory "
+            "and nuvom-plugins; only nuvom-plugins-memory's is loaded") in done.stderr, \
+        done.stdout + done.stderr
+    assert "pip uninstall nuvom-plugins" in done.stderr
