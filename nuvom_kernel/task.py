@@ -255,6 +255,39 @@ PRIORITY_MIN, PRIORITY_MAX = -2**31, 2**31 - 1
 MAX_ETA = 253402300799.0
 
 
+#: ``@task`` options by the kind of value they take (``None`` allowed where it is listed).
+_FLAGS = ("jitter", "store_result", "unique")
+_DURATIONS = {"retry_delay_secs": True, "timeout_secs": True, "unique_for": True,
+              "backoff_max_secs": False}  # option -> None allowed
+
+
+def _check_option_types(options: dict[str, Any]) -> None:
+    """Refuse an option of the wrong type by name, at decoration. Why: ``retries="2"``
+    failed with a bare ``'<' not supported``, and ``unique="yes"``, ``retries=True`` or a
+    ``unique_for`` of 30,000 years were accepted as something else than meant.
+    (TaskOptions checks ranges only: it also decodes what older producers sent.)"""
+    for flag in _FLAGS:
+        if flag in options and not isinstance(options[flag], bool):
+            raise ValueError(f"@task({flag}=...) takes True or False, got {options[flag]!r}")
+    if "retries" in options:
+        retries = options["retries"]
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"@task(retries=...) takes a whole number >= 0 (extra attempts "
+                             f"after a failure), got {retries!r}")
+    for name, none_ok in _DURATIONS.items():
+        value = options.get(name)
+        if name not in options or (value is None and none_ok):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 <= value <= MAX_SECONDS:  # NaN compares false: refused too
+            raise ValueError(f"@task({name}=...) takes a number of seconds from 0 to "
+                             f"{MAX_SECONDS} (366 days){' or None' if none_ok else ''}, got "
+                             f"{value!r}")
+    if "queue" in options and not (isinstance(options["queue"], str) and options["queue"]):
+        raise ValueError(f"@task(queue=...) takes a queue name (a non-empty string), got "
+                         f"{options['queue']!r}")
+
+
 def check_priority(priority: Any) -> int:
     """``priority`` as an ``int`` every backend stores, refused by name otherwise: a float
     was truncated in the queue but kept whole on the record, a string or a number past 32
@@ -381,6 +414,7 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
         options["tags"] = tuple(options["tags"])
     if "priority" in options:  # the same bounds as apply_async(priority=), said alike
         options["priority"] = check_priority(options["priority"])
+    _check_option_types(options)
 
     def wrap(func: Callable[..., Any]) -> Task[Any, Any]:
         if isinstance(func, Task):

@@ -100,6 +100,26 @@ def test_bad_concurrency_and_unique_for_are_refused(bad):
             def g() -> None: ...
 
 
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("retries", "2", "@task(retries=...) takes a whole number >= 0"),
+    ("retries", True, "@task(retries=...) takes a whole number >= 0"),
+    ("unique", "yes", "@task(unique=...) takes True or False"),
+    ("store_result", 1, "@task(store_result=...) takes True or False"),
+    ("unique_for", "10", "@task(unique_for=...) takes a number of seconds"),
+    ("unique_for", True, "@task(unique_for=...) takes a number of seconds"),
+    ("unique_for", 10**12, "from 0 to 31622400 (366 days)"),
+    ("timeout_secs", "5", "@task(timeout_secs=...) takes a number of seconds"),
+    ("backoff_max_secs", None, "@task(backoff_max_secs=...) takes a number of seconds"),
+    ("queue", "", "@task(queue=...) takes a queue name"),
+])
+def test_an_option_of_the_wrong_type_is_refused_by_name(option, value, says):
+    """retries="2" failed with a bare "'<' not supported"; unique="yes", retries=True and a
+    unique_for of 30,000 years were accepted as something else than meant."""
+    with pytest.raises(ValueError) as info:
+        task(**{option: value})(lambda: None)
+    assert says in str(info.value) and repr(value) in str(info.value)
+
+
 def test_a_stale_run_pushed_beside_the_next_runs_record_runs_as_that_run(kernel, monkeypatch):
     """Two producers race a unique job that just finished: one read "no record" before
     run 1 ended and pushes run 1 again; the other read run 1's outcome, stores run 2's
