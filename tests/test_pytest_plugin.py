@@ -274,3 +274,28 @@ def test_each_test_kernel_has_a_namespace_of_its_own(tmp_path: Path) -> None:
     finally:
         one.close()
         two.close()
+
+
+def test_the_worker_fixture_fires_no_schedule_unless_asked(pytester: pytest.Pytester) -> None:
+    """Every imported scheduled task fired during unrelated tests, and `processed` counted
+    jobs the test never enqueued."""
+    pytester.makeconftest('pytest_plugins = ["nuvom_kernel.testing.pytest_plugin"]\n')
+    pytester.makepyfile(test_sched=textwrap.dedent("""
+        import time
+        from nuvom_kernel import every, task
+
+        @task(name="pp_sched.beat", schedule=every(seconds=0.2))
+        def beat():
+            return "beat"
+
+        def test_quiet_then_fired_by_hand(nuvom_worker):
+            deadline = time.monotonic() + 1.0  # five ticks' worth
+            while time.monotonic() < deadline:
+                nuvom_worker.drain()
+            assert nuvom_worker.worker.processed == 0
+            job = nuvom_worker.worker.scheduler.fire_now("pp_sched.beat")
+            nuvom_worker.drain()
+            assert job.get(timeout=1) == "beat" and nuvom_worker.worker.processed == 1
+        """))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)

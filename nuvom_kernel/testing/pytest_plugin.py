@@ -222,8 +222,11 @@ class WorkerHarness:
 
     def __init__(self, kernel: Kernel, workers: int = 2) -> None:
         self.kernel = kernel
+        # No schedules: every imported @task(schedule=...) would fire during tests that never
+        # asked for it, and `processed` would count jobs the test did not enqueue. A test of
+        # a schedule fires it itself: worker.scheduler.fire_now(name).
         self.worker = Worker(kernel, workers=workers, grace_period_secs=5.0,
-                             poll_timeout_secs=0.1)
+                             poll_timeout_secs=0.1, scheduler=False)
         self.worker.start()
 
     def drain(self, timeout: float = 10.0) -> None:
