@@ -126,20 +126,13 @@ def test_a_stale_run_pushed_beside_the_next_runs_record_runs_as_that_run(kernel,
     QUEUED record, and its push finds the id held. The run-1 message's outcome was fenced
     out by run 2's record and never acked: it ran again at every visibility timeout until
     the delivery limit recorded FAILED. Its lease is the job's only one: it is run 2."""
-    @task(unique=True)
-    def sync(account: int) -> int:
-        return account
-
-    first = sync.delay(7)
-    drain(kernel, first)
-    done = kernel.results.get(first.id)
+    sync, first, done = _finished_unique_job(kernel)
     real_get = kernel.results.get
     monkeypatch.setattr(kernel.results, "get", lambda job_id: None)  # the stale read
     stale = sync.delay(7)
     monkeypatch.setattr(kernel.results, "get", real_get)
     assert stale.id == first.id and stale.run == 1 and kernel.queue.qsize() == 1
-    assert kernel.results.put(attrs.evolve(done, status=JobStatus.QUEUED, run=2, attempts=0,
-                                           result=None, token=None, finished_at=None))
+    _record_queued(kernel, done, run=2)
     run_worker_until(kernel, lambda: (r := kernel.results.get(first.id)) is not None
                      and r.status is JobStatus.SUCCEEDED,
                      "the stale message to be recorded as run 2")
@@ -151,17 +144,27 @@ def test_a_stale_run_pushed_beside_the_next_runs_record_runs_as_that_run(kernel,
 def test_a_run_whose_push_was_lost_is_pushed_as_that_run(kernel):
     """Its QUEUED record landed but its push did not (a rolled-back transaction, a crash):
     the next call pushed run 1 under run 2's record, whose outcome was fenced out."""
+    sync, first, done = _finished_unique_job(kernel)
+    _record_queued(kernel, done, run=2)
+    again = sync.delay(7)
+    assert again.id == first.id and again.run == 2
+    assert kernel._queued(first.id)[1].run == 2  # the message itself
+    drain(kernel, again)
+    assert (again.refresh().run, again.get(timeout=10)) == (2, 7)
+
+
+def _finished_unique_job(kernel):
+    """A unique task, and its job run once to the end: the task, the handle, the record."""
     @task(unique=True)
     def sync(account: int) -> int:
         return account
 
     first = sync.delay(7)
     drain(kernel, first)
-    done = kernel.results.get(first.id)
-    assert kernel.results.put(attrs.evolve(done, status=JobStatus.QUEUED, run=2, attempts=0,
+    return sync, first, kernel.results.get(first.id)
+
+
+def _record_queued(kernel, done, run: int) -> None:
+    """What a producer starting run ``run`` stores before its push."""
+    assert kernel.results.put(attrs.evolve(done, status=JobStatus.QUEUED, run=run, attempts=0,
                                            result=None, token=None, finished_at=None))
-    again = sync.delay(7)
-    assert again.id == first.id and again.run == 2
-    assert kernel._queued(first.id)[1].run == 2  # the message itself
-    drain(kernel, again)
-    assert (again.refresh().run, again.get(timeout=10)) == (2, 7)

@@ -109,6 +109,15 @@ class QueueContractBase:
         assert len(leases) == n, f"{why}: claimed {len(leases)} of {n}"
         return {lease.id: lease for lease in leases}
 
+    def _stale_beside_current(self, backend: QueueBackend, lease: Lease
+                              ) -> tuple[Lease, Lease]:
+        """``lease`` made stale (released, its job claimed again) and the current lease of
+        its job: what one worker can hold at once, after its first run lost the lease."""
+        assert backend.release(lease) is True
+        current = self._claim_one(backend)
+        assert current.id == lease.id and current.token != lease.token
+        return lease, current
+
     def _nothing_claimable(self, backend: QueueBackend, why: str) -> None:
         leases = backend.claim(10)
         assert leases == [], f"{why}, but claim() handed out {[le.id for le in leases]}"

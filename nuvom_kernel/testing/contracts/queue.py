@@ -288,10 +288,7 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
         stale_msg, forged_msg, done_msg, kept_msg = (make_message() for _ in range(4))
         queue_backend.enqueue_many([stale_msg, forged_msg, done_msg, kept_msg])
         leases = self._claim_exactly(queue_backend, 4, "four messages were never claimable")
-        stale = leases[stale_msg.id]
-        assert queue_backend.release(stale) is True
-        current = self._claim_one(queue_backend)
-        assert current.id == stale.id and current.token != stale.token
+        stale, current = self._stale_beside_current(queue_backend, leases[stale_msg.id])
         forged = attrs.evolve(leases[forged_msg.id], token=uuid.uuid4().hex)
         got = queue_backend.ack_many([stale, forged, leases[done_msg.id]])
         assert got == [False, False, True], \
@@ -512,10 +509,7 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
         stale_msg, forged_msg, held_msg = (make_message() for _ in range(3))
         queue_backend.enqueue_many([stale_msg, forged_msg, held_msg])
         leases = self._claim_exactly(queue_backend, 3, "three messages were never claimable")
-        stale = leases[stale_msg.id]
-        assert queue_backend.release(stale) is True
-        current = self._claim_one(queue_backend)
-        assert current.id == stale.id and current.token != stale.token
+        stale, current = self._stale_beside_current(queue_backend, leases[stale_msg.id])
         forged = attrs.evolve(leases[forged_msg.id], token=uuid.uuid4().hex)
         got = queue_backend.extend_many([stale, leases[held_msg.id], forged], 30)
         assert got == [False, True, False], \
