@@ -299,3 +299,17 @@ def test_the_worker_fixture_fires_no_schedule_unless_asked(pytester: pytest.Pyte
         """))
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_eager_asked_for_too_late_says_how_to_ask(pytester: pytest.Pytester) -> None:
+    """One kernel per test is eager when the test names nuvom_eager; one fetched with
+    request.getfixturevalue() after that kernel was built failed on a bare assert."""
+    pytester.makeconftest('pytest_plugins = ["nuvom_kernel.testing.pytest_plugin"]\n')
+    pytester.makepyfile(test_late=textwrap.dedent("""
+        def test_late(nuvom_test_kernel, request):
+            request.getfixturevalue("nuvom_eager")
+        """))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*nuvom_eager was requested after the test's kernel was "
+                                 "built*usefixtures*"])

@@ -141,6 +141,28 @@ def test_a_stale_run_pushed_beside_the_next_runs_record_runs_as_that_run(kernel,
     assert kernel.queue.qsize() == 0  # acked, not left to run again
 
 
+def test_a_stale_message_failed_unrun_leaves_the_newer_runs_outcome(kernel, monkeypatch):
+    """A stale run-1 message that hit the delivery limit (it never ran) recorded FAILED
+    over run 2's SUCCEEDED. It has no outcome to add: it is dropped, the record stands."""
+    from nuvom_kernel import Worker
+    from nuvom_kernel.errors import LeaseLostError
+
+    sync, first, done = _finished_unique_job(kernel)
+    assert kernel.results.put(attrs.evolve(done, run=2, attempts=1))  # run 2 SUCCEEDED
+    real_get = kernel.results.get
+    monkeypatch.setattr(kernel.results, "get", lambda job_id: None)  # the stale read
+    sync.delay(7)
+    monkeypatch.setattr(kernel.results, "get", real_get)
+    (lease,) = kernel.queue.claim(1)
+    settler = Worker(kernel, workers=1).settler
+    failed = settler.without_envelope(lease, LeaseLostError("delivered 20 times"), "dead")
+    assert failed.record.run == 1  # fenced by the message's own run
+    settler.settle([failed])
+    record = kernel.results.get(first.id)
+    assert (record.run, record.status, record.result) == (2, JobStatus.SUCCEEDED, 7)
+    assert kernel.queue.qsize() == 0 and kernel.queue.peek_state(first.id) is None
+
+
 def test_a_run_whose_push_was_lost_is_pushed_as_that_run(kernel):
     """Its QUEUED record landed but its push did not (a rolled-back transaction, a crash):
     the next call pushed run 1 under run 2's record, whose outcome was fenced out."""

@@ -193,3 +193,33 @@ def test_second_signal_stops_even_when_the_store_stops_answering(project: Path):
     assert proc.returncode == 1, out
     assert "did not take back 2 abandoned job(s)" in out, out
     assert elapsed < FORCED_EXIT_SECS + 5, (elapsed, out)
+
+
+def test_a_finished_forced_stop_does_not_end_the_program_later(tmp_path: Path):
+    """The exit timer of the second signal was never cancelled: a program that embeds a
+    worker and goes on after its stop was killed (status 1) FORCED_EXIT_SECS later."""
+    import subprocess
+    import sys
+
+    script = """
+import signal, sys, time
+from pathlib import Path
+import nuvom_kernel.worker.signals as signals
+from nuvom_kernel import Worker
+from nuvom_kernel.testing.pytest_plugin import build_test_kernel
+
+signals.FORCED_EXIT_SECS = 1.5
+kernel = build_test_kernel(Path(sys.argv[1]))
+worker = Worker(kernel, workers=1, poll_timeout_secs=0.05)
+worker.start()
+worker.signals.handle(signal.SIGTERM, None)
+worker.signals.handle(signal.SIGTERM, None)  # forced
+assert worker.join() == 0
+deadline = time.monotonic() + 3  # past the timer: the program goes on
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+print("still here")
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "still here" in done.stdout, done.stdout + done.stderr

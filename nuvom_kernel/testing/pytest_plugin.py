@@ -213,7 +213,11 @@ class EagerMode:
 def nuvom_eager(nuvom_test_kernel: Kernel) -> EagerMode:
     """Eager mode: ``.delay()`` runs the job inline on the test's kernel and records it."""
     mode = nuvom_test_kernel.pm.get_plugin("nuvom-eager")
-    assert isinstance(mode, EagerMode)
+    if not isinstance(mode, EagerMode):  # asked for with request.getfixturevalue()
+        raise pytest.UsageError(
+            "nuvom_eager was requested after the test's kernel was built (with "
+            "request.getfixturevalue?): name it among the test's or a fixture's parameters, "
+            "or mark the test with @pytest.mark.usefixtures('nuvom_eager')")
     return mode
 
 

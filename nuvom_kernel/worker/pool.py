@@ -258,6 +258,7 @@ class Worker:
         self.monitor.stop()  # it kept extending leases until everything settled
         self.heartbeat.stop()
         self.signals.emit_lifecycle("nuvom_worker_shutdown")
+        self.signals.disarm()
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned")
         return 0 if clean else 1

@@ -61,6 +61,8 @@ __all__ = ["Running", "Settler", "outcomes_soon", "qualname"]
 
 log = logging.getLogger("nuvom.worker")
 
+#: History kinds of a message failed without running (``without_envelope``).
+NEVER_RAN = ("dead", "undecodable")
 #: Most outcomes settled in one batch (one or two commits).
 BATCH = 512
 #: How long the settler waits for more outcomes before settling a small batch, while more
@@ -286,8 +288,6 @@ class Settler:
             landed = self.queue.settle_many(batch, self.results)
             if landed is None:
                 landed = self._store_then_settle(batch)
-            if not all(landed) and rebase:
-                return self._rebased(batch, landed)
         except Exception as exc:
             if not isinstance(exc, UNSTORABLE) or substitute:
                 self._unrecorded(batch, exc)
@@ -299,11 +299,13 @@ class Settler:
                 settled: list[Settlement] = []
                 landed = []
                 for item in batch:
-                    [done], [ok] = self._land([item])
+                    [done], [ok] = self._land([item], rebase=rebase)
                     settled.append(done)
                     landed.append(ok)
                 return settled, landed
             return self._land([self._unstorable(batch[0], exc)], substitute=True)
+        if rebase and not all(landed):
+            return self._rebased(batch, landed)
         return batch, landed
 
     def _rebased(self, batch: Sequence[Settlement], landed: list[bool]
@@ -315,22 +317,33 @@ class Settler:
         called while its job finished; a record written by a producer whose push was
         rolled back), so a message can carry an out-of-date run. Its outcome was refused
         and not acked; it ran again at every visibility timeout, and the delivery limit
-        finally recorded FAILED over the newer run's outcome. A lease that can still be
-        extended proves no other worker holds the job, and the message's arguments are the
-        id's own: its outcome is the current run's, or the next one's after a finished run.
-        A lease lost to another worker, or a refusal within one run, is left as before.
+        finally recorded FAILED over the newer run's outcome. A lease the queue still holds
+        proves no other worker has the job, and the message's arguments are the id's own:
+        its outcome is the current run's, or the next one's after a finished run. A message
+        that never ran (it does not decode, or hit the delivery limit) has no outcome to
+        add: it is acked, and the newer run's record stands. A lease lost to another
+        worker, or a refusal within one run, is left as before. One queue call asks for all
+        the refused leases at once: a worker that stalled past its leases may find a whole
+        batch refused, and the lease monitor waits while this runs.
         """
+        refused = [i for i, ok in enumerate(landed) if not ok and not batch[i].workflow]
+        if not refused:
+            return batch, landed
+        leases = [batch[i].lease for i in refused]
+        held = self.safely(f"hold {len(leases)} lease(s)", leases[0], self.queue.extend_many,
+                           leases, self.queue.visibility_timeout_secs) or [False] * len(leases)
         redo: list[tuple[int, Settlement]] = []
-        for i, (item, ok) in enumerate(zip(batch, landed, strict=True)):
-            record = item.record
-            if ok or item.workflow:
-                continue
+        for i in (i for i, ok in zip(refused, held, strict=True) if ok):
+            item, record = batch[i], batch[i].record
             stored = self._stored(record.job_id)
             if (stored is None or stored.token == record.token or stored.run < record.run
                     or (stored.run == record.run and stored.status not in TERMINAL_STATES)):
                 continue
-            if not self.safely("hold it", item.lease, self.queue.extend, item.lease,
-                               self.queue.visibility_timeout_secs):
+            if record.history and record.history[-1].get("kind") in NEVER_RAN:
+                if self.safely("drop it", item.lease, self.queue.ack, item.lease):
+                    log.warning("job=%s task=%s: a message of run %d that never ran was "
+                                "dropped; run %d's record (%s) stands", record.job_id,
+                                record.task, record.run, stored.run, stored.status.value)
                 continue
             run = stored.run + (stored.status in TERMINAL_STATES)
             log.warning("job=%s task=%s: its message carried run %d while run %d is %s; its "
@@ -366,10 +379,13 @@ class Settler:
 
     def _store_then_settle(self, batch: Sequence[Settlement]) -> list[bool]:
         keep = self._still_held(batch)
-        kept = self.results.put_many([batch[i].record for i in keep])  # raises: _land
-        stored = [False] * len(batch)
-        for i, ok in zip(keep, kept, strict=True):
-            stored[i] = ok
+        if keep is None:  # as almost always: no lease looks lapsed
+            stored = self.results.put_many([item.record for item in batch])  # raises: _land
+        else:
+            kept = self.results.put_many([batch[i].record for i in keep])
+            stored = [False] * len(batch)
+            for i, ok in zip(keep, kept, strict=True):
+                stored[i] = ok
         landed = list(stored)
         steps = final_steps([item for i, item in enumerate(batch) if stored[i]])
         if steps and not advance_steps(self.queue, self.results, steps):
@@ -396,9 +412,9 @@ class Settler:
                                               body=item.body))
         return landed
 
-    def _still_held(self, batch: Sequence[Settlement]) -> list[int]:
-        """The indices of ``batch`` whose outcome may be stored: all, but a lease past its
-        expiry (as far as this worker knows) only if the queue says it still holds it.
+    def _still_held(self, batch: Sequence[Settlement]) -> list[int] | None:
+        """The indices of ``batch`` whose outcome may be stored (``None``: all): a lease
+        past its expiry (as far as this worker knows) only if the queue still holds it.
 
         Why: here the records live apart from the queue (no ``settle_many``), and a record
         is fenced by run and attempt only. A worker cut off past its lease, whose job another
@@ -409,10 +425,10 @@ class Settler:
         now = time.time()
         lapsed = [i for i, item in enumerate(batch) if item.lease.expires_at <= now]
         if not lapsed:
-            return list(range(len(batch)))
+            return None
         leases = [batch[i].lease for i in lapsed]
-        held = self.safely("check its lease", leases[0], self.queue.extend_many, leases,
-                           self.queue.visibility_timeout_secs) or [False] * len(leases)
+        held = self.safely(f"check {len(leases)} lease(s)", leases[0], self.queue.extend_many,
+                           leases, self.queue.visibility_timeout_secs) or [False] * len(leases)
         lost = {i for i, ok in zip(lapsed, held, strict=True) if not ok}
         return [i for i in range(len(batch)) if i not in lost]
 

@@ -35,6 +35,7 @@ class StopSignals:
         self.worker = worker
         self.received = 0
         self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
+        self._exit_timer: threading.Timer | None = None
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -68,9 +69,15 @@ class StopSignals:
             logging.shutdown()
             os._exit(1)
 
-        timer = threading.Timer(FORCED_EXIT_SECS, exit_now)
-        timer.daemon = True
-        timer.start()
+        self._exit_timer = threading.Timer(FORCED_EXIT_SECS, exit_now)
+        self._exit_timer.daemon = True
+        self._exit_timer.start()
+
+    def disarm(self) -> None:
+        """The stop finished: the process goes on (an embedding program, atexit cleanup)
+        and exits with the worker's status, not the timer's."""
+        if self._exit_timer is not None:
+            self._exit_timer.cancel()
 
     def emit_lifecycle(self, hook_name: str) -> None:
         """Emit a worker lifecycle hook, which a signal may interrupt (see :meth:`handle`)."""

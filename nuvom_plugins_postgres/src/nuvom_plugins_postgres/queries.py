@@ -254,8 +254,9 @@ LIMIT 10
 # someone claims the job again), a bounded batch each.
 # The lock is held across round trips (the tick, maybe the purge, the commit): a client lost
 # between them (a host cut off mid-tick) held it until the session's 60 s idle timeout, and
-# no worker of the cluster could promote or recover a job meanwhile. Its transaction ends
-# after IDLE_IN_TICK_MS idle instead (set_config(..., true): this transaction only).
+# no worker of the cluster could promote or recover a job meanwhile. The server ends that
+# session after IDLE_IN_TICK_MS idle in the tick's transaction instead (set_config(...,
+# true): for this transaction only; the pool replaces the connection it costs).
 IDLE_IN_TICK_MS = 2000
 TICK_LOCK = ("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)), "
              f"set_config('idle_in_transaction_session_timeout', '{IDLE_IN_TICK_MS}', true)")
