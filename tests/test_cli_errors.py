@@ -613,3 +613,12 @@ def test_two_distributions_with_one_plugin_name_are_named(tmp_path: Path) -> Non
             "and nuvom-plugins; only nuvom-plugins-memory's is loaded") in done.stderr, \
         done.stdout + done.stderr
     assert "pip uninstall nuvom-plugins" in done.stderr
+
+
+def test_plugin_list_with_autoload_off_says_why_nothing_is_listed(tmp_path: Path) -> None:
+    """It said "No plugins installed. Install ... with pip" about plugins that were
+    installed, only not loaded."""
+    done = run_nuvom(["plugin", "list"], tmp_path, NUVOM_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert done.returncode == 0, done.stderr
+    assert "No plugins loaded. Note: NUVOM_DISABLE_PLUGIN_AUTOLOAD is set" in done.stdout
+    assert "pip install" not in done.stdout

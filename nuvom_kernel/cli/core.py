@@ -88,8 +88,10 @@ def plugin_list(as_json: bool, show_all: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo("No plugins installed. Install the built-in backends with: "
-                   "pip install nuvom-plugins nuvom-plugins-sqlite")
+        notes = kernel.pm.loading_notes().strip()  # autoload off, disabled plugins
+        click.echo("No plugins loaded." + (f" {notes}" if notes else
+                   " Install the built-in backends with: pip install nuvom-plugins "
+                   "nuvom-plugins-sqlite (from a clone: pip install -r requirements-dev.txt)"))
         return
     table = [{**r, "provides": "FAILED (disabled: see below)" if r["failure"] else
               "; ".join(f"{k}: {', '.join(v)}" for k, v in r["provides"].items())
