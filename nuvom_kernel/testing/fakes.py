@@ -73,35 +73,34 @@ class NoopExtendQueue(StubQueue):
             return self._held(lease) is not None
 
 
-class NoopExtendManyQueue(StubQueue):
+class _SoundExtend(StubQueue):
+    """``extend`` kept sound (the stub's fenced ``extend_many`` of one lease) for the fakes
+    that break ``extend_many`` alone: the contract must catch the batch call by itself."""
+
+    def extend(self, lease: Lease, secs: float) -> bool:
+        held = super().extend_many([lease], secs)[0]
+        if held and secs <= 0:
+            self.notify()
+        return held
+
+
+class NoopExtendManyQueue(_SoundExtend):
     """``extend`` works, but ``extend_many`` — all the worker's lease monitor calls — only
     reports which leases are held: a job running past the visibility timeout is claimed
     again while it runs, again and again ("lost its lease")."""
 
     name = "fake-noop-extend-many"
 
-    def extend(self, lease: Lease, secs: float) -> bool:
-        held = super().extend_many([lease], secs)[0]  # the stub's, which really extends
-        if held and secs <= 0:
-            self.notify()
-        return held
-
     def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
         with self._lock:
             return [self._held(lease) is not None for lease in leases]
 
 
-class UnfencedExtendManyQueue(StubQueue):
+class UnfencedExtendManyQueue(_SoundExtend):
     """``extend`` checks the token, ``extend_many`` extends by job id: a worker whose lease
     was taken over is told it still holds the job."""
 
     name = "fake-unfenced-extend-many"
-
-    def extend(self, lease: Lease, secs: float) -> bool:
-        held = super().extend_many([lease], secs)[0]  # the stub's, which is fenced
-        if held and secs <= 0:
-            self.notify()
-        return held
 
     def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
         with self._lock:
