@@ -194,9 +194,9 @@ class BatchSizes(Settler):
 
     sizes: list[int]
 
-    def settle(self, batch: Sequence[Settlement]) -> list[bool]:
+    def settle(self, batch: Sequence[Settlement], patiently: bool = False) -> list[bool]:
         self.sizes.append(len(batch))
-        return super().settle(batch)
+        return super().settle(batch, patiently)
 
 
 def started_settler(kernel: Kernel, outcomes_soon: Callable[[], bool]) -> BatchSizes:
@@ -343,3 +343,55 @@ def test_a_claim_that_got_all_it_asked_for_is_a_backlog():
     assert not slots.backlog, "fewer than asked: the queue ran dry"
     slots.claimed([object()], 1)  # type: ignore[list-item]
     assert not slots.backlog, "one for one idle thread says nothing of a backlog"
+
+
+def failing_puts(kernel: Kernel, failures: float) -> list[float]:
+    """Make the kernel's (real) result store fail its first ``failures`` writes, as a
+    server does while it restarts; the times of every write asked for."""
+    calls: list[float] = []
+    put_many = kernel.results.put_many
+
+    def flaky(records: Sequence[JobRecord]) -> list[bool]:
+        calls.append(time.time())
+        if len(calls) <= failures:
+            raise ConnectionError("the store is restarting")
+        return put_many(records)
+
+    kernel.results.put_many = flaky  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_store_away_for_a_moment_gets_the_same_outcomes_again(
+        make_kernel: Callable[..., Kernel]):
+    """Outcomes whose store failed were dropped, and their jobs ran again once their
+    leases expired (a Redis restart mid-drain). The settler's thread tries the same batch
+    again while the leases last; once the store answers, it lands and is acked."""
+    kernel = make_kernel("memory", "sqlite")
+    batch = settlements_of(kernel, 3)
+    calls = failing_puts(kernel, 2)
+    settler = BatchSizes(kernel, kernel.queue, kernel.results, "test:1",
+                         lambda settlement, landed: None)
+    settler.sizes = []
+    assert settler.settle(batch, patiently=True) == [True, True, True]
+    assert len(calls) == 3
+    assert all(kernel.results.get(f"linger-{i}").status is JobStatus.SUCCEEDED
+               for i in range(3))
+    assert kernel.queue.qsize() == 0 and kernel.queue.stats().in_flight == 0
+
+
+def test_a_store_still_failing_is_given_up_before_the_leases_expire(
+        make_kernel: Callable[..., Kernel], caplog: pytest.LogCaptureFixture):
+    """Tries stop before the first lease of the batch expires: the jobs are left to run
+    again, as before; a caller settling inline (not the settler's thread) does not wait."""
+    kernel = make_kernel("memory", "sqlite", NUVOM_VISIBILITY_TIMEOUT_SECS="1.5")
+    batch = settlements_of(kernel, 2)
+    expiry = min(item.lease.expires_at for item in batch)
+    calls = failing_puts(kernel, float("inf"))
+    settler = Settler(kernel, kernel.queue, kernel.results, "test:1",
+                      lambda settlement, landed: None)
+    assert settler.settle(batch) == [False, False] and len(calls) == 1
+    assert settler.settle(batch, patiently=True) == [False, False]
+    assert len(calls) > 3, "the store was not asked again"
+    assert calls[-1] < expiry - settle_module.RETRY_MARGIN_SECS
+    assert "trying again" in caplog.text and "could not be recorded" in caplog.text
+    assert kernel.queue.stats().in_flight == 2, "given up: still leased, to run again"

@@ -71,6 +71,12 @@ LINGER_SECS = 0.002
 #: A batch at least this big is settled at once.
 LINGER_BATCH = 128
 _linger = time.sleep  # the linger's wait (tests record it instead)
+#: A batch the store failed to take is tried again after these pauses (doubling up to the
+#: last), for as long as its leases last: see :meth:`Settler._land_patiently`.
+RETRY_PAUSES = (0.05, 0.1, 0.2, 0.5, 1.0)
+#: Tries stop this long before the batch's first lease expires (a try that lands later is
+#: refused by fencing anyway, and the job is another worker's to run).
+RETRY_MARGIN_SECS = 0.5
 
 
 #: Errors of a store that cannot encode a record (not of a store that is down): JSON's
@@ -78,6 +84,15 @@ _linger = time.sleep  # the linger's wait (tests record it instead)
 #: (``UnicodeError``, a ``ValueError``), an integer too large (``OverflowError``).
 UNSTORABLE: tuple[type[Exception], ...] = (ValueError, TypeError, RecursionError,
                                            OverflowError, SerializationError)
+
+
+class _NotStored(Exception):
+    """The store failed a whole batch (it is down or refused the call), not one outcome it
+    cannot encode: the batch may be tried again as it is."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _storable(text: str) -> str:
@@ -206,9 +221,9 @@ class Settler:
                 elif not ended:
                     return
 
-    def _settle_logged(self, batch: list[Settlement]) -> None:
+    def _settle_logged(self, batch: list[Settlement], patiently: bool = False) -> None:
         try:
-            self.settle(batch)
+            self.settle(batch, patiently=patiently)
         except Exception:  # never lose the thread: those leases expire, jobs re-run
             log.exception("settling a batch of %d failed; its jobs will run again after the "
                           "visibility timeout", len(batch))
@@ -224,7 +239,7 @@ class Settler:
                     _linger(LINGER_SECS)  # a fixed wait: one wake-up, not one per outcome
                     done = self._take_waiting(batch)
                 if batch:
-                    self._settle_logged(batch)
+                    self._settle_logged(batch, patiently=True)
         finally:  # ended, or killed by a BaseException from a hook: callers settle inline
             self._threaded = False
 
@@ -254,13 +269,12 @@ class Settler:
 
     # --- settling ---------------------------------------------------------------------------
 
-    def settle(self, batch: Sequence[Settlement]) -> list[bool]:
+    def settle(self, batch: Sequence[Settlement], patiently: bool = False) -> list[bool]:
         """Store every record, then ack or retry what was stored; per settlement, whether
-        it landed (``False``: the lease was lost or the store failed)."""
-        with self.lease_lock:
-            batch, landed = self._land(batch)
-            for item, ok in zip(batch, landed, strict=True):
-                self.on_settled(item, ok)  # forgotten before the monitor looks again
+        it landed (``False``: the lease was lost or the store failed). ``patiently``: a
+        store that fails the whole batch is tried again while the leases last (the
+        settler's thread; a caller settling inline does not wait)."""
+        batch, landed = self._land_patiently(batch, patiently)
         if not all(landed) or log.isEnabledFor(logging.INFO):  # else nothing to log
             for item, ok in zip(batch, landed, strict=True):
                 self._log(item, ok)
@@ -269,6 +283,46 @@ class Settler:
             for item, ok in zip(batch, landed, strict=True):
                 events.emit(pm, "nuvom_after_settle", outcome=Outcome(item, ok))
         return landed
+
+    def _land_patiently(self, batch: Sequence[Settlement], patiently: bool
+                        ) -> tuple[Sequence[Settlement], list[bool]]:
+        """``_land(batch)``, tried again after a pause while the store fails the whole
+        batch and the batch's leases last; each settlement forgotten by the worker once
+        settled or given up.
+
+        Why: a store that is away for a moment (a Redis or PostgreSQL restart, a
+        failover, a dropped connection its client does not retry) failed every outcome
+        that finished meanwhile, and each of those jobs ran again once its lease expired
+        (4 of 300 in a drain across a 2 s Redis restart). The leases are still this
+        worker's, so the same batch may simply be settled later: fencing refuses it if
+        they were lost meanwhile. The lease lock is not held between tries, so the lease
+        monitor goes on extending them.
+        """
+        pauses = iter(RETRY_PAUSES)
+        deadline: float | None = None
+        while True:
+            with self.lease_lock:
+                again = False
+                try:
+                    settled, landed = self._land(batch)
+                except _NotStored as exc:
+                    if deadline is None:  # the first lease to expire, less a margin
+                        deadline = min(item.lease.expires_at for item in batch)
+                        deadline -= RETRY_MARGIN_SECS
+                    pause = next(pauses, RETRY_PAUSES[-1])
+                    again = patiently and time.time() + pause < deadline
+                    if not again:
+                        self._unrecorded(batch, exc.error)
+                        settled, landed = batch, [False] * len(batch)
+                    elif pause == RETRY_PAUSES[0]:
+                        log.warning("storing %d job outcome(s) failed (%r); trying again for "
+                                    "up to %.1f s, while their leases last", len(batch),
+                                    exc.error, deadline - time.time())
+                if not again:
+                    for item, ok in zip(settled, landed, strict=True):
+                        self.on_settled(item, ok)  # forgotten before the monitor looks again
+                    return settled, landed
+            time.sleep(pause)
 
     def _land(self, batch: Sequence[Settlement], substitute: bool = False,
               rebase: bool = True) -> tuple[Sequence[Settlement], list[bool]]:
@@ -281,15 +335,17 @@ class Settler:
         (:data:`UNSTORABLE`: encoding, not storage) is settled one by one instead, and the
         record that still fails alone is stored as a failure that says why (once: if that
         fails too, it is left to run again like any outcome not recorded). Any other error
-        (a store that is down) leaves the whole batch to run again, without a retry per
-        job that would each wait out the same outage.
+        (a store that is down) raises :class:`_NotStored` for the whole batch, without a
+        retry per job that would each wait out the same outage.
         """
         try:
             landed = self.queue.settle_many(batch, self.results)
             if landed is None:
                 landed = self._store_then_settle(batch)
         except Exception as exc:
-            if not isinstance(exc, UNSTORABLE) or substitute:
+            if not isinstance(exc, UNSTORABLE):
+                raise _NotStored(exc) from exc
+            if substitute:  # the failure that says why cannot be stored either
                 self._unrecorded(batch, exc)
                 return batch, [False] * len(batch)
             if len(batch) > 1:
@@ -299,7 +355,7 @@ class Settler:
                 settled: list[Settlement] = []
                 landed = []
                 for item in batch:
-                    [done], [ok] = self._land([item], rebase=rebase)
+                    [done], [ok] = self._land_or_give_up([item], rebase=rebase)
                     settled.append(done)
                     landed.append(ok)
                 return settled, landed
@@ -352,11 +408,21 @@ class Settler:
             redo.append((i, attrs.evolve(item, record=attrs.evolve(record, run=run))))
         if not redo:
             return batch, landed
-        settled, again = self._land([item for _, item in redo], rebase=False)
+        settled, again = self._land_or_give_up([item for _, item in redo], rebase=False)
         batch, landed = list(batch), list(landed)
         for (i, _), item, ok in zip(redo, settled, again, strict=True):
             batch[i], landed[i] = item, ok
         return batch, landed
+
+    def _land_or_give_up(self, batch: Sequence[Settlement], rebase: bool
+                         ) -> tuple[Sequence[Settlement], list[bool]]:
+        """``_land`` for part of a batch whose other parts may have landed already (the
+        batch cannot be tried again whole): what the store fails is left to run again."""
+        try:
+            return self._land(batch, rebase=rebase)
+        except _NotStored as exc:
+            self._unrecorded(batch, exc.error)
+            return batch, [False] * len(batch)
 
     def _unstorable(self, item: Settlement, exc: Exception) -> Settlement:
         """``item`` failed for good: its record (a result, an error text) cannot be stored."""

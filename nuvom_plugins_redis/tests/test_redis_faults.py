@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from redis_server import RedisServer, free_port
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import EnqueueError
+from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.testing.contracts import make_message, wait_until
 from nuvom_plugins_redis import RedisJobQueue, RedisUnavailableError
 
@@ -143,3 +146,78 @@ def test_restart_without_persistence_is_logged_and_leases_report_lost(
     assert queue.push([fresh]) == [True], "the worker's client reconnected by itself"
     assert queue.claim(1)[0].id == fresh.id
     queue.close()
+
+
+RUN_TASKS = """
+import os, time
+from nuvom_kernel import task
+
+@task
+def mark(i):
+    fd = os.open('runs.log', os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, f'{i}\\n'.encode())
+    os.close(fd)
+    time.sleep(0.02)
+    return i
+"""
+
+
+def test_outcomes_finished_while_the_server_restarts_land_after_it_and_run_once(
+        tmp_path: Path) -> None:
+    """A server away for a moment (restarted with its data kept) fails the settles of the
+    jobs that finish meanwhile; the worker tries them again while their leases last, so
+    no job runs a second time (they used to, once their leases expired)."""
+    server = RedisServer(tmp_path, "127.0.0.1", "--appendonly", "yes", "--appendfsync",
+                         "always").start()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "run_tasks.py").write_text(RUN_TASKS)
+    env = _user_env(NUVOM_QUEUE_BACKEND="redis", NUVOM_RESULT_BACKEND="redis",
+                    NUVOM_VISIBILITY_TIMEOUT_SECS="10",
+                    NUVOM_PLUGINS__REDIS__URL=server.url,
+                    NUVOM_PLUGINS__REDIS__KEY_PREFIX=f"nuvom-restart-{os.getpid()}",
+                    NUVOM_PLUGINS__REDIS__SOCKET_TIMEOUT_SECS="1",
+                    NUVOM_PLUGINS__REDIS__SOCKET_CONNECT_TIMEOUT_SECS="1",
+                    NUVOM_PLUGINS__REDIS__BLOCK_SECS="1")
+    total = 300
+    enqueue = f"import run_tasks\nrun_tasks.mark.map([(i,) for i in range({total})])\n"
+    subprocess.run([sys.executable, "-c", enqueue], cwd=project, env=env, check=True,
+                   timeout=60)
+    worker = subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker",
+                               "--workers", "2"], cwd=project, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(worker.stdout.readline, "")),
+                              daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    runs = project / "runs.log"
+
+    def ran() -> list[str]:
+        return runs.read_text().split() if runs.exists() else []
+
+    kernel = Kernel(root=project, environ=env)
+    try:
+        wait_until(lambda: len(ran()) >= 40, 30, "the worker never started on the jobs")
+        server.stop()
+        wait_until(lambda: any("outcome(s)" in line and ("trying again" in line
+                                                         or "could not be recorded" in line)
+                               for line in output), 30,
+                   "no settle failed while the server was down")
+        server.start()
+        wait_until(lambda: kernel.queue.qsize() == 0 and kernel.queue.stats().in_flight == 0,
+                   60, "the queue never emptied after the restart")
+        worker.send_signal(signal.SIGINT)
+        worker.wait(60)
+        reader.join(10)
+        counts = Counter(ran())
+        assert len(counts) == total
+        twice = sorted(job for job, n in counts.items() if n > 1)
+        assert not twice, (f"{len(twice)} job(s) ran twice: {twice[:10]}\n"
+                           + "".join(output)[-3000:])
+        assert worker.returncode == 0, "".join(output)[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(30)
+        kernel.close()
+        server.stop()
