@@ -30,6 +30,9 @@ class TaskRegistry:
         self._lock = threading.RLock()
         self._tasks: dict[str, Any] = {}
         self._modules: dict[str, str] = {}  # from the manifest: name -> module
+        #: (name, the job's module) -> the task found elsewhere: a task moved since its
+        #: jobs were enqueued, or enqueued by a script the worker knows by another name
+        self._found: dict[tuple[str, str | None], Any] = {}
 
     def register(self, name: str, fn: Any, *, force: bool = False, silent: bool = False
                  ) -> None:
@@ -70,6 +73,7 @@ class TaskRegistry:
         with self._lock:
             self._tasks.clear()
             self._modules.clear()
+            self._found.clear()
 
     def load_manifest(self, data_dir: Path) -> int:
         """Remember where each task of the manifest lives; imports nothing. Returns count."""
@@ -86,18 +90,32 @@ class TaskRegistry:
         return len(manifest.get("tasks", []))
 
     def resolve(self, name: str, module: str | None = None) -> Any:
-        """The task for ``name``, importing its module (manifest first, then the job's hint).
+        """The task for ``name`` whose job was enqueued from ``module``, importing the job's
+        module first, then the one the manifest names (a task moved since the job was
+        enqueued).
+
+        A task registered under ``name`` by *another* module is not this job's: two
+        modules can each define a task of one name (``alerts.tasks.send`` and
+        ``billing.tasks.send``), and a worker that had imported one used to run it for the
+        other's jobs. Such a job imports its own module, whose registration then fails
+        naming both, and the job fails with that.
 
         :raises UnknownTaskError: with what was tried and how to fix it.
         """
-        fn = self.get(name)
-        if fn is not None:
+        fn = self._tasks.get(name)
+        if fn is not None and (module is None or getattr(fn, "module", module) == module):
             return fn
+        found = self._found.get((name, module))
+        if found is not None:
+            return found
         tried: list[str] = []
         import_failed = False
-        for candidate in dict.fromkeys(m for m in (self._modules.get(name), module) if m):
+        for candidate in dict.fromkeys(m for m in (module, self._modules.get(name)) if m):
             try:
-                importlib.import_module(candidate)
+                self.import_module(candidate)
+            except TaskRegistrationError as exc:  # another module's task has this name
+                raise UnknownTaskError(f"task {name!r} of module {candidate!r} cannot run "
+                                       f"in this worker: {exc}", import_failed=True) from exc
             # SystemExit too: a module calling sys.exit() at import is a broken task module
             # like one raising ImportError, and must fail the job naming it, not leave the
             # job recorded as a bare "SystemExit: 2". KeyboardInterrupt still stops us.
@@ -107,10 +125,14 @@ class TaskRegistry:
                 tried.append(f"importing {candidate!r} {what}")
                 import_failed = True
                 continue
-            fn = self.get(name)
-            if fn is not None:
+            fn = self._tasks.get(name)
+            owner = getattr(fn, "module", candidate)
+            if fn is not None and owner == candidate:
+                with self._lock:
+                    self._found[(name, module)] = fn
                 return fn
-            tried.append(f"module {candidate!r} has no task named {name!r}")
+            tried.append(f"module {candidate!r} has no task named {name!r}"
+                         + (f" (the task of that name is {owner!r}'s)" if fn else ""))
         detail = "; ".join(tried) or "no manifest entry and no module recorded in the job"
         raise UnknownTaskError(
             f"unknown task {name!r} ({detail}). Run the worker from the project directory "
@@ -118,6 +140,25 @@ class TaskRegistry:
             f" and run `nuvom discover tasks` to refresh .nuvom/manifest.json.",
             import_failed=import_failed or not tried,
         )
+
+    def import_module(self, module: str) -> None:
+        """Import ``module``; if it raises, forget the tasks it registered before it did.
+
+        Why: ``@task`` registers as the module runs, so a module that failed half-way left
+        its first tasks registered, and their jobs ran against a module whose globals
+        were never all set (and the process pool's children, which import ahead, ran them
+        all). A module that failed is not in ``sys.modules``; its tasks must not be here.
+        """
+        before = dict(self._tasks)
+        try:
+            importlib.import_module(module)
+        except BaseException:
+            with self._lock:  # (and a task module it imported that failed with it)
+                for name, fn in list(self._tasks.items()):
+                    if before.get(name) is not fn and \
+                            getattr(fn, "module", None) not in sys.modules:
+                        del self._tasks[name]
+            raise
 
 
 def _same_function(a: Any, b: Any) -> bool:

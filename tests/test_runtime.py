@@ -320,6 +320,56 @@ def test_bad_payload_unknown_task_and_import_error_fail_only_that_job(
     assert good.delay().get(timeout=10) == 1  # the worker is still serving
 
 
+def _job_of(kernel: Kernel, task_name: str, module: str, *args: object) -> str:
+    """Enqueue a job as a producer that imported ``module`` would (not imported here)."""
+    from nuvom_kernel.envelope import Envelope
+    from nuvom_kernel.models import TaskOptions
+
+    env = Envelope.for_call(task_name, module, TaskOptions(), args, {})
+    kernel.queue.enqueue(env.to_message(kernel.serializer))
+    return env.id
+
+
+def test_a_job_never_runs_another_modules_task_of_the_same_name(
+        kernel: Kernel, worker, project: Path):
+    """Two modules each define ``send``, each imported by its own producer. A worker that
+    had run one module's job ran that module's ``send`` for the other's jobs too; the job
+    now fails, naming the clash and the fix, and the first module's jobs still run."""
+    for pkg in ("alerts", "billing"):
+        sys.modules.pop(pkg, None)
+        sys.modules.pop(f"{pkg}.tasks", None)
+        (project / pkg).mkdir()
+        (project / pkg / "__init__.py").write_text("")
+        (project / pkg / "tasks.py").write_text(
+            f"from nuvom_kernel import task\n@task\ndef send(x):\n    return ['{pkg}', x]\n")
+    worker(workers=1)
+    alerts = _job_of(kernel, "send", "alerts.tasks", 1)
+    wait_until(lambda: get_job(alerts).status is JobStatus.SUCCEEDED, what="alerts' job")
+    billing = _job_of(kernel, "send", "billing.tasks", 42)
+    wait_until(lambda: get_job(billing).status is JobStatus.FAILED, what="billing's job")
+    error = get_job(billing).error or ""
+    assert "billing.tasks" in error and "alerts.tasks.send" in error, error
+    assert "@task(name=...)" in error, error
+    again = _job_of(kernel, "send", "alerts.tasks", 2)
+    wait_until(lambda: get_job(again).status is JobStatus.SUCCEEDED, what="alerts again")
+    assert get_job(again).result == ["alerts", 2]
+
+
+def test_tasks_of_a_module_that_failed_half_way_through_its_import_never_run(
+        kernel: Kernel, worker, project: Path):
+    """``@task`` registers as the module runs: a module raising after its first task left
+    that task registered, and its later jobs ran against globals never set."""
+    write_module(project, "t_half", "from nuvom_kernel import task\n"
+                 "@task\ndef charge(x):\n    return RATE * x\n"
+                 "RATE = load_rate_from_config()\n")
+    worker(workers=1)
+    jobs = [_job_of(kernel, "charge", "t_half", n) for n in (1, 2, 3)]
+    for job_id in jobs:
+        wait_until(lambda j=job_id: get_job(j).status is JobStatus.FAILED, what=job_id)
+        assert "load_rate_from_config" in (get_job(job_id).error or "")
+    assert kernel.registry.get("charge") is None
+
+
 def test_unknown_job_id_says_unknown(kernel: Kernel):
     assert get_job("never-seen").status is JobStatus.UNKNOWN
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import inspect
 import json
 import os
@@ -252,9 +251,10 @@ def main(argv: list[str]) -> None:
     REGISTRY.load_manifest(Path(hello["data_dir"]))
     for module in hello.get("preload", []):
         try:
-            importlib.import_module(module)
-        except (Exception, SystemExit) as exc:  # its jobs fail with the import error (a
-            # module calling sys.exit() at import included); the child lives
+            REGISTRY.import_module(module)
+        except BaseException as exc:  # its jobs fail with the import error (a module
+            # calling sys.exit() or raising any BaseException at import included); the
+            # child lives, or every child would die starting, and every job wait
             print(f"nuvom child {os.getpid()}: cannot import {module!r}: {exc!r}",
                   file=sys.stderr)
     child.serve()
