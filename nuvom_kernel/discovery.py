@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -198,7 +198,11 @@ def write_manifest(
         "tasks": [t.to_dict() for t in sorted(tasks, key=lambda t: (t.name, t.module))],
         "state": dict(state or {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".manifest.", suffix=".tmp")
+    # Not mkstemp: its files are 0600, and a worker running as another user (discovery
+    # run by a build step as root, say) could not read the manifest. This one gets the
+    # umask's mode, like the store beside it.
+    tmp = str(data_dir / f".manifest.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(payload, fh, indent=2, sort_keys=True)

@@ -26,6 +26,7 @@ from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import TaskRegistry
 from tests.helpers import (
+    NUVOM,
     fake_distribution,
     read_until_started,
     run_nuvom,
@@ -104,6 +105,63 @@ def test_discover_tasks_exits_1_on_errors_from_the_console_script(tmp_path: Path
                             cwd=tmp_path, env=user_env(), capture_output=True, text=True,
                             timeout=120, check=False)
     assert module.returncode == 1, module.stdout + module.stderr
+
+
+FAILING_DISCOVERER = """
+from nuvom_kernel import hookimpl
+from nuvom_kernel.discovery import Discoverer
+
+
+class Flaky(Discoverer):
+    name = "flaky"
+
+    def discover(self, root, *, include=(), exclude=(), state=None):
+        raise RuntimeError("the flaky discoverer broke")
+
+
+@hookimpl
+def nuvom_register_discoverers():
+    return [Flaky]
+"""
+
+
+def test_a_discoverer_that_fails_whole_keeps_the_previous_manifest(tmp_path: Path) -> None:
+    """A discoverer that raised was reported, and the manifest rewritten without any of
+    the tasks it finds: every schedule disappeared for the workers."""
+    pytest.importorskip("nuvom_plugins")  # the 'ast' discoverer
+    (tmp_path / "jobs.py").write_text("from nuvom_kernel import task\n@task\ndef a():\n"
+                                      "    return 1\n")
+    assert run_nuvom(["discover", "tasks"], tmp_path).returncode == 0
+    manifest = tmp_path / ".nuvom" / "manifest.json"
+    before = manifest.read_text()
+    (tmp_path / "flaky_plugin.py").write_text(FAILING_DISCOVERER)
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[plugins]\ndiscoverer = ["flaky_plugin"]\n')
+    done = run_nuvom(["discover", "tasks"], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the flaky discoverer broke" in done.stderr
+    assert "was not written (the previous one is kept)" in done.stderr
+    assert manifest.read_text() == before
+    assert "Traceback" not in done.stderr
+
+
+def test_the_manifest_is_written_with_the_umask_and_a_write_error_says_so(
+        tmp_path: Path) -> None:
+    """The manifest was always 0600 (mkstemp): a worker running as another user could not
+    read it. And a data directory that cannot be made was a traceback."""
+    pytest.importorskip("nuvom_plugins")
+    (tmp_path / "jobs.py").write_text("from nuvom_kernel import task\n@task\ndef a():\n"
+                                      "    return 1\n")
+    done = subprocess.run(f"umask 022 && exec {NUVOM} discover tasks", shell=True,
+                          cwd=tmp_path, env=user_env(), capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / ".nuvom" / "manifest.json").stat().st_mode & 0o777 == 0o644
+    (tmp_path / "blocked").write_text("a file where the data directory should be")
+    done = run_nuvom(["discover", "tasks"], tmp_path, NUVOM_DATA_DIR="blocked")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot write the manifest" in done.stderr and "NUVOM_DATA_DIR" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 COMMAND_WITH_STATUS = '''

@@ -86,8 +86,11 @@ def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 @click.command(name="tasks")
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Project root to scan (default: the directory holding "
-                                 ".nuvom_plugins.toml, else the current one).")
+              default=None, help="Folder to scan (default: the current directory, whose "
+                                 ".nuvom_plugins.toml is read). The manifest is written to "
+                                 "the data directory either way (NUVOM_DATA_DIR, relative to "
+                                 "the current directory), where a worker started here reads "
+                                 "it.")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Only scan files matching GLOB (gitignore syntax; repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB",
@@ -98,7 +101,8 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
 
     Prints the tasks added, removed and changed since the previous manifest, then any
     errors (files skipped, e.g. syntax errors) and warnings. Exits with status 1 if there
-    were errors; the manifest is written either way.
+    were errors; the manifest is written either way, unless a discoverer failed as a
+    whole (then the previous manifest is kept: it would lose every task).
     """
     kernel = _kernel()
     root = (root or kernel.config.root).resolve()
@@ -121,12 +125,14 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
     warnings: list[str] = []
     scanned = parsed = 0
     found_by: dict[str, str] = {}  # task name -> the discoverer that found it first
+    failed: list[str] = []
     for name, (cls, provider) in sorted(discoverers.items()):
         try:
             report, state = cls().discover(root, include=include, exclude=exclude,
                                            state=old_states.get(name))
         except Exception as exc:
             errors.append(f"discoverer {name!r} (plugin {provider!r}) failed: {exc!r}")
+            failed.append(f"the discoverer {name!r}")
             continue
         states[name] = state
         errors += report.errors
@@ -143,7 +149,20 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
                                 f"{name!r} is already at {first.file}:{first.line} (found "
                                 f"by {first_by!r}); the first one is kept")
     elapsed = time.perf_counter() - started
-    path = write_manifest(data_dir, tasks.values(), states)
+    if failed:  # a manifest without that discoverer's tasks would drop them all
+        for line in errors:
+            click.echo(f"error: {line}", err=True)
+        raise click.ClickException(
+            f"the manifest {manifest_path(data_dir)} was not written (the previous one is "
+            f"kept): {', '.join(failed)} failed. Fix the cause named above and run "
+            f"`nuvom discover tasks` again.")
+    try:
+        path = write_manifest(data_dir, tasks.values(), states)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot write the manifest {manifest_path(data_dir)}: "
+            f"{exc.strerror or exc}. Make {data_dir} a writable directory, or set "
+            f"NUVOM_DATA_DIR to one.") from None
 
     old = {t["name"]: t for t in previous.get("tasks", []) if isinstance(t, dict)}
     new = {n: t.to_dict() for n, t in tasks.items()}
