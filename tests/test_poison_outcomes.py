@@ -60,6 +60,12 @@ def infinite():
 
 
 @task
+def measure(text):
+    _ran("measure")
+    return len(text)
+
+
+@task
 def undecodable_error():
     _ran("undecodable_error")
     raise ValueError("cannot read \\udcff.txt")
@@ -147,3 +153,38 @@ def test_infinity_in_arguments_is_refused_naming_it(sqlite_kernel: Kernel) -> No
     with pytest.raises(SerializationError, match="argument 'i' is -inf, which JSON cannot"):
         plain.delay(float("-inf"))
     assert sqlite_kernel.queue.qsize() == 0
+
+
+def test_a_job_whose_arguments_the_store_cannot_hold_fails_once_without_them(
+        make_kernel: Callable[..., Kernel], project: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store that holds only UTF-8 (PostgreSQL's text) refused every record of a job
+    whose argument held a lone surrogate, the FAILED one that said why included (it
+    carried the same arguments): the job ran again at every visibility timeout, for ever.
+    Its last record keeps only the job's identity and the error. (Results apart from the
+    queue, so that the records go through ``put_many``.)"""
+    import json
+
+    write_module(project, "t_poison", TASKS)
+    kernel = make_kernel("sqlite", "file", NUVOM_VISIBILITY_TIMEOUT_SECS="1")
+    put_many = kernel.results.put_many
+
+    def utf8_only(records: list) -> list[bool]:  # type: ignore[type-arg]
+        for record in records:  # what a UTF-8 store's encoder raises
+            json.dumps(record.to_dict(), ensure_ascii=False).encode("utf-8")
+        return put_many(records)
+
+    monkeypatch.setattr(kernel.results, "put_many", utf8_only)
+    with use_kernel(kernel):
+        from t_poison import measure  # type: ignore[import-not-found]
+
+        job = measure.delay("a\ud800b")
+        fine = measure.delay("fine")
+        run_worker_until(kernel, lambda: _drained(kernel, [job.id, fine.id]),
+                         "both jobs to finish", timeout=30)
+    record = kernel.results.get(job.id)
+    assert record is not None and record.status is JobStatus.FAILED
+    assert "nor can its arguments, options or earlier errors" in (record.error_message or "")
+    assert record.args == [] and record.task == "measure"
+    assert _runs(project) == ["measure", "measure"], "it ran again"
+    assert kernel.results.get(fine.id).result == 4  # type: ignore[union-attr]

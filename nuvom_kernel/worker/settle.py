@@ -333,8 +333,8 @@ class Settler:
         or an error text its store refuses) refused the whole batch, and every job in it
         ran again with the bad one, over and over. A batch refused for such an error
         (:data:`UNSTORABLE`: encoding, not storage) is settled one by one instead, and the
-        record that still fails alone is stored as a failure that says why (once: if that
-        fails too, it is left to run again like any outcome not recorded). Any other error
+        record that still fails alone is stored as a failure that says why (see
+        :meth:`_land_failure`). Any other error
         (a store that is down) raises :class:`_NotStored` for the whole batch, without a
         retry per job that would each wait out the same outage.
         """
@@ -346,8 +346,7 @@ class Settler:
             if not isinstance(exc, UNSTORABLE):
                 raise _NotStored(exc) from exc
             if substitute:  # the failure that says why cannot be stored either
-                self._unrecorded(batch, exc)
-                return batch, [False] * len(batch)
+                raise
             if len(batch) > 1:
                 log.warning("storing %d outcomes at once failed (%r); storing them one by "
                             "one, so only the outcome that cannot be stored fails", len(batch),
@@ -359,7 +358,7 @@ class Settler:
                     settled.append(done)
                     landed.append(ok)
                 return settled, landed
-            return self._land([self._unstorable(batch[0], exc)], substitute=True)
+            return self._land_failure(batch[0], exc)
         if rebase and not all(landed):
             return self._rebased(batch, landed)
         return batch, landed
@@ -424,23 +423,46 @@ class Settler:
             self._unrecorded(batch, exc.error)
             return batch, [False] * len(batch)
 
-    def _unstorable(self, item: Settlement, exc: Exception) -> Settlement:
-        """``item`` failed for good: its record (a result, an error text) cannot be stored."""
+    def _land_failure(self, item: Settlement, exc: Exception
+                      ) -> tuple[Sequence[Settlement], list[bool]]:
+        """``item``'s record cannot be stored: store a FAILED record that says why instead.
+
+        If the store refuses that too, what it refuses is not the outcome but what every
+        record of the job carries (its arguments, options or an earlier error: a string
+        the store cannot hold), so the job ran again at every visibility timeout, for
+        ever; the last try keeps only the job's identity and the error. Only if even that
+        fails is the job left to run again, like any outcome not recorded.
+        """
+        for bare in (False, True):
+            try:
+                return self._land([self._unstorable(item, exc, bare)], substitute=True)
+            except UNSTORABLE as again:
+                last = again
+        self._unrecorded([item], last)
+        return [item], [False]
+
+    def _unstorable(self, item: Settlement, exc: Exception, bare: bool = False) -> Settlement:
+        """``item`` failed for good: its record (a result, an error text) cannot be stored;
+        ``bare``: nor its arguments, options or earlier attempts."""
         record = item.record
         now = time.time()
         error = _storable(f"job {record.job_id} ({record.task}): its outcome "
                           f"({record.status.value}) cannot be stored by the "
                           f"{self.results.name!r} result backend: {type(exc).__name__}: "
-                          f"{error_text(exc)}")
+                          f"{error_text(exc)}"
+                          + ("; nor can its arguments, options or earlier errors, which are "
+                             "not kept" if bare else ""))
         log.error("%s; it is stored as FAILED instead", error)
         kind = qualname(SerializationError(error))
-        history = [*record.history, {"attempt": record.attempts, "run": record.run,
-                                     "kind": "unstorable", "error_type": kind,
-                                     "error_message": error, "started_at": record.started_at,
-                                     "finished_at": now, "worker": self.origin}]
+        entry = {"attempt": record.attempts, "run": record.run, "kind": "unstorable",
+                 "error_type": kind, "error_message": error, "started_at": record.started_at,
+                 "finished_at": now, "worker": self.origin}
         failed = attrs.evolve(record, status=JobStatus.FAILED, result=None,
-                              error_type=kind, error_message=error,
-                              traceback=None, history=history, finished_at=now, updated_at=now)
+                              error_type=kind, error_message=error, traceback=None,
+                              history=[entry] if bare else [*record.history, entry],
+                              finished_at=now, updated_at=now)
+        if bare:
+            failed = attrs.evolve(failed, args=[], kwargs={}, options={})
         return Settlement(item.lease, failed, workflow=item.workflow)
 
     def _store_then_settle(self, batch: Sequence[Settlement]) -> list[bool]:
