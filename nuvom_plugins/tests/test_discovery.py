@@ -166,13 +166,17 @@ def test_methods_and_nested_functions_are_rejected_with_warnings(tmp_path: Path)
     assert len(report.warnings) == 5
 
 
-def test_non_literal_options_are_skipped(tmp_path: Path) -> None:
+def test_non_literal_options_are_skipped_with_a_warning_each(tmp_path: Path) -> None:
+    """An option held in a variable was dropped without a word (``concurrency=LIMIT``: the
+    workers' first claims ignored the limit); each one is now named, with the fix."""
     write(tmp_path, {"t.py": """
         from nuvom_kernel import task
         QUEUE = "x"
+        LIMIT = 1
         opts = {}
 
-        @task(retries=2, queue=QUEUE, timeout_secs=1 + 1, description="From option", **opts)
+        @task(retries=2, queue=QUEUE, timeout_secs=1 + 1, concurrency=LIMIT,
+              description="From option", **opts)
         def t():
             '''From docstring.'''
     """})
@@ -181,6 +185,85 @@ def test_non_literal_options_are_skipped(tmp_path: Path) -> None:
     assert dict(ref.options) == {"retries": 2, "description": "From option"}
     assert ref.description == "From option"
     assert any("**options" in w for w in report.warnings)
+    for option in ("queue", "timeout_secs", "concurrency"):
+        assert any(w.startswith(f"t.py:7: task 't': {option}= is not a literal") and
+                   "Write it as a literal" in w for w in report.warnings), report.warnings
+    assert len(report.warnings) == 4
+
+
+def test_a_task_whose_name_is_not_a_literal_is_left_out_with_a_warning(tmp_path: Path
+                                                                      ) -> None:
+    """``@task(name=NAME)`` was recorded under the function's name, a task workers do not
+    have: every tick of its schedule failed. Its name cannot be read, so it is not recorded."""
+    write(tmp_path, {"t.py": """
+        from nuvom_kernel import task, every
+        NAME = "reports.daily"
+
+        @task(name=NAME, schedule=every(seconds=1), concurrency=LIMIT)
+        def daily(): ...
+
+        @task(name="reports.weekly")
+        def weekly(): ...
+    """})
+    report, _ = run(tmp_path)
+    assert [t.name for t in report.tasks] == ["reports.weekly"]
+    [warning] = report.warnings
+    assert warning.startswith("t.py:5: task 'daily': name= is not a string literal")
+    assert "left out of the manifest" in warning and 'name="..."' in warning
+
+
+def test_a_fallback_decorator_in_another_branch_does_not_hide_nuvoms(tmp_path: Path
+                                                                    ) -> None:
+    """Optional-dependency code binds ``task`` twice; Python binds Nuvom's (it is installed
+    where discovery runs), but the branch walked last won and every task was missed."""
+    write(tmp_path, {
+        "try_except.py": """
+            try:
+                from nuvom_kernel import task, every
+            except ImportError:  # nuvom not installed: run inline
+                def task(fn=None, **options):
+                    return fn if fn is not None else (lambda f: f)
+                every = None
+
+            @task(schedule=every(minutes=5))
+            def nightly_sync(): ...
+        """,
+        "if_else.py": """
+            from nuvom_kernel import task as _nuvom_task
+            if _nuvom_task is not None:
+                task = _nuvom_task
+            else:
+                task = lambda fn: fn
+
+            @task
+            def other(): ...
+        """,
+        "match_case.py": """
+            import sys
+            match sys.platform:
+                case "emscripten":
+                    def task(fn): return fn
+                case _:
+                    from nuvom_kernel import task
+
+            @task
+            def matched(): ...
+        """,
+        "not_nuvom.py": """
+            try:
+                from celery import task
+            except ImportError:
+                def task(fn): return fn
+
+            @task
+            def celery_only(): ...
+        """,
+    })
+    report, _ = run(tmp_path)
+    tasks = by_name(report)
+    assert sorted(tasks) == ["matched", "nightly_sync", "other"], report.warnings
+    assert tasks["nightly_sync"].options["schedule"]["every"] == 300
+    assert report.warnings == [] and report.errors == []
 
 
 def test_schedules_are_recorded_so_workers_need_not_import(tmp_path: Path) -> None:

@@ -87,6 +87,17 @@ LAYOUTS: dict[str, tuple[dict[str, str], dict[str, str], list[str]]] = {
         {"handle": "api_svc.tasks", "cleanup": "common.jobs"},
         ["services/api/src", "libs/common/lib"],
     ),
+    "src_is_a_package": (  # src/__init__.py: the code says `from src.jobs import x`
+        {"src/__init__.py": "", "src/jobs.py": _task("heartbeat")},
+        {"heartbeat": "src.jobs"},
+        ["."],
+    ),
+    "package_with_tool_pyproject": (  # a pyproject.toml that only configures a tool
+        {"app/__init__.py": "", "app/pyproject.toml": "[tool.ruff]\nline-length = 100\n",
+         "app/jobs.py": _task("beat")},
+        {"beat": "app.jobs"},
+        ["."],
+    ),
 }
 
 CHECK = textwrap.dedent("""

@@ -3,7 +3,11 @@
 Matching the bare name ``task`` (what the original did) picks up Celery's ``@app.task`` and
 any local helper called ``task``, and misses ``from nuvom_kernel import task as job``. Here a
 decorator counts only if its dotted name, followed through the module's own import and
-assignment bindings *in source order*, ends at Nuvom's decorator (``nuvom_kernel.task``).
+assignment bindings *in source order*, ends at Nuvom's decorator (``nuvom_kernel.task``);
+where alternative branches bind a name differently (``try: from nuvom_kernel import task``
+with a fallback in ``except ImportError``), the branch binding Nuvom's wins.
+Options are read from literals only; any other value is warned about, and a task whose
+``name=`` is not a literal is left out rather than recorded under a wrong name.
 Nothing is imported or executed; a literal ``schedule=`` is built into the kernel's
 ``Schedule`` (plain data) to warn about one the workers would refuse.
 """
@@ -11,7 +15,8 @@ Nothing is imported or executed; a literal ``schedule=`` is built into the kerne
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Iterator
+from collections import ChainMap
+from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
 import attrs
@@ -24,7 +29,7 @@ __all__ = ["DEFAULT_DECORATORS", "ModuleScan", "scan_module"]
 DEFAULT_DECORATORS: frozenset[str] = frozenset({"nuvom_kernel.task", "nuvom_kernel.task.task"})
 
 _TRY: tuple[type[Any], ...] = (ast.Try, *([ast.TryStar] if hasattr(ast, "TryStar") else []))
-_Bindings = dict[str, "str | None"]  # local name -> dotted origin (None: local/unknown)
+_Bindings = MutableMapping[str, "str | None"]  # local name -> dotted origin (None: local)
 
 
 @attrs.define
@@ -141,6 +146,7 @@ def _schedule_problem(task: str, options: dict[str, Any]) -> str | None:
 class _Scanner:
     def __init__(self, decorators: frozenset[str]) -> None:
         self.decorators = decorators
+        self.packages = frozenset(d.split(".")[0] for d in decorators)  # "nuvom_kernel"
         self.bindings: _Bindings = {}
         self.result = ModuleScan()
 
@@ -182,23 +188,9 @@ class _Scanner:
         return None
 
     def record(self, node: ast.FunctionDef | ast.AsyncFunctionDef, deco: ast.expr) -> None:
-        options: dict[str, Any] = {}
-        if isinstance(deco, ast.Call):
-            for kw in deco.keywords:
-                if kw.arg is None:
-                    self.warn(deco.lineno, f"task {node.name!r}: **options in the decorator "
-                                           f"cannot be read statically; they are ignored "
-                                           f"in the manifest")
-                    continue
-                if kw.arg == "schedule":
-                    self.record_schedule(node.name, deco.lineno, kw.value, options)
-                    continue
-                ok, value = _literal(kw.value)
-                if ok:
-                    options[kw.arg] = value
-            if deco.args:
-                self.warn(deco.lineno, f"task {node.name!r}: positional decorator arguments "
-                                       f"are ignored; pass options by keyword")
+        options = self.read_options(node.name, deco) if isinstance(deco, ast.Call) else {}
+        if options is None:
+            return
         doc = ast.get_docstring(node)
         description = options.get("description")
         if not isinstance(description, str):
@@ -216,6 +208,41 @@ class _Scanner:
             name=task_name,
             func_name=node.name, line=node.lineno, options=options,
             description=description, is_async=isinstance(node, ast.AsyncFunctionDef)))
+
+    def read_options(self, func: str, deco: ast.Call) -> dict[str, Any] | None:
+        """The decorator's options the manifest can record; each one it cannot is warned
+        about (workers would apply it only after importing the module, so the manifest would
+        be silently wrong until then). ``None``, with a warning, when the task's name is not
+        a literal: recorded under the function's name instead, the manifest would point
+        workers (and schedules) at a task that is not registered."""
+        name = next((kw.value for kw in deco.keywords if kw.arg == "name"), None)
+        if name is not None and not _literal(name)[0]:
+            self.warn(deco.lineno, f"task {func!r}: name= is not a string literal, so the "
+                                   "task's name cannot be read without importing the module "
+                                   "and it is left out of the manifest: jobs sent to it still "
+                                   "run, but workers learn its schedule and options only "
+                                   "once they import the module. Write the name as a string "
+                                   "literal: name=\"...\"")
+            return None
+        options: dict[str, Any] = {}
+        for kw in deco.keywords:
+            if kw.arg is None:
+                self.warn(deco.lineno, f"task {func!r}: **options in the decorator "
+                                       f"cannot be read statically; they are ignored "
+                                       f"in the manifest")
+            elif kw.arg == "schedule":
+                self.record_schedule(func, deco.lineno, kw.value, options)
+            elif (literal := _literal(kw.value))[0]:
+                options[kw.arg] = literal[1]
+            else:
+                self.warn(deco.lineno, f"task {func!r}: {kw.arg}= is not a literal, so the "
+                                       "manifest leaves it out and workers apply it only once "
+                                       "they import the module. Write it as a literal "
+                                       "(a number, string, bool, list or dict)")
+        if deco.args:
+            self.warn(deco.lineno, f"task {func!r}: positional decorator arguments "
+                                   f"are ignored; pass options by keyword")
+        return options
 
     def record_schedule(self, task: str, line: int, value: ast.expr,
                         options: dict[str, Any]) -> None:
@@ -267,17 +294,33 @@ class _Scanner:
         elif isinstance(stmt, ast.AnnAssign | ast.AugAssign):
             self.bind_targets([stmt.target], getattr(stmt, "value", None)
                               if isinstance(stmt, ast.AnnAssign) else None)
-        elif isinstance(stmt, ast.If | ast.For | ast.AsyncFor | ast.While | ast.With
-                        | ast.AsyncWith):
+        elif isinstance(stmt, ast.If):
+            self.alternatives([stmt.body, stmt.orelse])
+        elif isinstance(stmt, ast.For | ast.AsyncFor | ast.While | ast.With | ast.AsyncWith):
             self.module(stmt.body)
             self.module(getattr(stmt, "orelse", []))
         elif isinstance(stmt, ast.Match):
-            for case in stmt.cases:
-                self.module(case.body)
+            self.alternatives([*(case.body for case in stmt.cases), []])  # []: no case
         elif isinstance(stmt, _TRY):
-            for block in (stmt.body, *(h.body for h in stmt.handlers), stmt.orelse,
-                          stmt.finalbody):
-                self.module(block)
+            self.module(stmt.body)
+            self.alternatives([stmt.orelse, *(h.body for h in stmt.handlers)])
+            self.module(stmt.finalbody)
+
+    def alternatives(self, blocks: list[list[ast.stmt]]) -> None:
+        """Walk blocks of which one runs (``if``/``else``, ``try``'s ``else`` and handlers,
+        ``match`` cases), each from the bindings before them, then merge what they bound
+        (:func:`_merge`). Walked one after the other, the last block's binding won: the
+        fallback ``def task`` of ``except ImportError`` hid every task of the module."""
+        before = self.bindings
+        changes: list[dict[str, str | None]] = []
+        for block in blocks:  # a layer per block: no copy of a module's many names per `if`
+            changes.append({})
+            self.bindings = ChainMap(changes[-1], before)
+            self.module(block)
+        self.bindings = before
+        for name in dict.fromkeys(n for changed in changes for n in changed):
+            before[name] = _merge([changed.get(name, before.get(name)) for changed in changes],
+                                  self.packages)
 
     def nested(self, body: list[ast.stmt], where: str, methods: bool = False) -> None:
         """Decorated functions that are not importable by module path: warn, never record."""
@@ -292,6 +335,18 @@ class _Scanner:
                 why = (f"{node.name!r} inside {where} is decorated with @task but is not "
                        f"at module level, so workers cannot import it; it is skipped")
             self.warn(node.lineno, why)
+
+
+def _merge(origins: list[str | None], packages: frozenset[str]) -> str | None:
+    """The binding of a name after alternative branches bound it to ``origins``: one to
+    something of Nuvom's package (``packages``) if any branch makes one, else a known one
+    rather than a local/unknown one. The fallbacks of optional-dependency code (``except
+    ImportError: def task(...)``, ``else: task = lambda fn: fn``) are what runs when Nuvom
+    is absent; where discovery runs, Nuvom is installed and its decorator is the one bound.
+    """
+    known = [origin for origin in origins if origin is not None]
+    nuvom = [origin for origin in known if origin.split(".")[0] in packages]
+    return (nuvom or known)[-1] if known else None
 
 
 def _defs(body: list[ast.stmt]) -> Iterator[tuple[ast.FunctionDef | ast.AsyncFunctionDef,

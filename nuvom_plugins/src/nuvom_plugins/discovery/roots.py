@@ -14,8 +14,10 @@ Where roots come from, for the scanned folder and for every folder below it hold
 * poetry: ``[tool.poetry] packages = [{include = "pkg", from = "src"}]``;
 * hatch: ``[tool.hatch.build.targets.wheel] packages = ["src/pkg"]``;
 * pdm: ``[tool.pdm.build] package-dir = "src"``;
-* none declared: ``src/`` when it exists (setuptools' automatic discovery does the same),
-  else the project folder itself.
+* none declared: ``src/`` when it exists and is not itself a package (setuptools'
+  automatic discovery does the same), else the project folder itself — unless that folder is
+  a package (it has an ``__init__.py``: its ``pyproject.toml`` only configures tools), which
+  is imported from above, never from inside.
 
 The scanned folder itself is always the last resort (a worker started there has it on
 ``sys.path``). A file belongs to the deepest root above it, and its module is its path below
@@ -98,6 +100,12 @@ def _declared(project: str, data: dict[str, Any], source: str) -> list[ImportRoo
     return roots
 
 
+def _is_package(folder: Path) -> bool:
+    """A folder with ``__init__.py`` is a package, imported as a name from the folder above
+    it (``src.jobs`` for ``src/jobs.py``), so it is never an import root itself."""
+    return (folder / "__init__.py").is_file()
+
+
 @attrs.frozen
 class ImportRoots:
     """Every import root of a scanned tree, deepest first, and what went wrong reading it."""
@@ -123,7 +131,10 @@ class ImportRoots:
                                     "module names assume the folder layout")
             if declared:
                 roots += declared
-            elif (scan_root / project / "src").is_dir():
+            elif project and _is_package(scan_root / project):
+                continue  # a package with a tool-only pyproject.toml: named from above
+            elif (scan_root / project / "src").is_dir() and \
+                    not _is_package(scan_root / project / "src"):
                 roots.append(ImportRoot(_join(project, "src")))
             elif project:
                 roots.append(ImportRoot(project))

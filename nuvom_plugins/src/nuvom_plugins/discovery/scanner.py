@@ -10,12 +10,18 @@ Nuvom's decorator (``nuvom_kernel``) are parsed — a decorator can only resolve
 through an import in the same module, so no task is missed, but a syntax error in a file
 that never mentions ``nuvom_kernel`` goes unreported.
 
-Which files: ``*.py`` under ``root``, minus directories that are never project code
-(``.git``, ``__pycache__``, ``node_modules``, virtual environments — any directory holding a
-``pyvenv.cfg`` — ``site-packages``, build caches), minus what ``.nuvomignore`` (gitignore
-syntax, at the root) and ``exclude`` globs match; when ``include`` globs are given, a file must
-match one of them. Globs use gitignore semantics too (``tests`` matches that directory at
-any depth, ``app/**/*.py`` a subtree).
+Which files: regular ``*.py`` files under ``root`` (a FIFO would block the read forever),
+minus directories that are never project code (``.git``, ``__pycache__``, ``node_modules``,
+environments — any directory holding a ``pyvenv.cfg`` or a conda ``conda-meta/`` —
+``site-packages``, caches, ``*.egg-info``, and build output: a ``build/`` holding setuptools'
+``lib/``, ``lib.*/`` or ``bdist.*/`` trees, or a ``dist/``, unless it has an ``__init__.py``,
+which makes it a package of the project), minus what ``.nuvomignore`` (gitignore syntax, at
+the root) and ``exclude`` globs match; when ``include`` globs are given, a file must match one
+of them. Globs use gitignore semantics too (``tests`` matches that directory at any depth,
+``app/**/*.py`` a subtree), git's rule for directories included: ``foo/`` excludes the
+folder and nothing in it can be re-included, ``foo/**`` only its contents, so ``!foo/t.py``
+brings that file back. A directory that cannot be listed is an error, like a file that cannot
+be read.
 
 Module names follow the project's packaging, not the folder tree: the ``pyproject.toml``
 files met on the walk say where packages live (``src/`` layouts, monorepos with a project
@@ -29,6 +35,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -56,12 +63,75 @@ IGNORE_FILE = ".nuvomignore"
 #: 2: literal schedules are checked (a warning names a schedule workers would refuse), so
 #: files cached by version 1 are examined again. 3: a schedule held in a variable, a
 #: non-number ``every()`` argument and an infinite ``catch_up_window_secs`` are warned about.
-_STATE_VERSION = 3
+#: 4: non-literal options are warned about, a task with a non-literal name is left out, and a
+#: fallback ``task`` bound in ``except ImportError`` no longer hides Nuvom's.
+_STATE_VERSION = 4
+#: What setuptools' ``build`` command leaves in ``build/``: ``lib``, ``lib.<platform>``,
+#: ``bdist.<platform>``, ``temp.<platform>``, ``scripts-<version>``.
+_BUILD_TREES = ("lib.", "bdist.", "temp.", "scripts-")
 
 
 def _spec(lines: Sequence[str]) -> pathspec.PathSpec[Any] | None:
     lines = [line for line in lines if line.strip()]
     return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+
+
+def _not_project_code(parent: str, name: str) -> bool:
+    """Whether the folder ``name`` in ``parent`` holds no code of the project, whatever its
+    name: an environment (``pyvenv.cfg``; conda writes ``conda-meta/`` and no
+    ``pyvenv.cfg``) or build output. Build output holds a *copy* of the project's modules, and
+    the first copy in path order won (``build.lib.myapp.tasks`` in the manifest)."""
+    path = os.path.join(parent, name)
+    if os.path.exists(os.path.join(path, "pyvenv.cfg")) or \
+            os.path.isdir(os.path.join(path, "conda-meta")):
+        return True
+    return name in ("build", "dist") and _build_output(path, name)
+
+
+def _build_output(path: str, name: str) -> bool:
+    """``dist/`` or a setuptools ``build/`` tree; never a folder with ``__init__.py``, a
+    package of the project that happens to be called so (``myapp/build/``)."""
+    if os.path.exists(os.path.join(path, "__init__.py")):
+        return False
+    if name == "dist":  # wheels, sdists, bundles: never sources to import
+        return True
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return False  # entered, so that the walk reports it
+    return any(e == "lib" or e.startswith(_BUILD_TREES) for e in entries)
+
+
+def _excludes_dir(spec: pathspec.PathSpec[Any] | None, rel: str) -> bool:
+    """Whether ``spec`` excludes the folder ``rel`` as git decides it: the last pattern
+    matching the folder itself wins, and a pattern ending in ``/**`` matches only what is
+    *inside* its folder. pathspec matches ``foo/**`` against ``foo/`` too, which pruned
+    ``foo`` and so ignored ``!foo/tasks.py`` (git keeps that file)."""
+    if spec is None:
+        return False
+    parent = rel.rpartition("/")[0]
+    excluded = False
+    for pattern in spec.patterns:
+        if pattern.include is None:
+            continue
+        text = getattr(pattern, "pattern", None)
+        if isinstance(text, str) and text.rstrip().rstrip("/").endswith("/**"):
+            hit = bool(parent) and pattern.match_file(parent + "/") is not None
+        else:
+            hit = pattern.match_file(rel + "/") is not None
+        if hit:
+            excluded = pattern.include
+    return excluded
+
+
+def _regular(path: str) -> bool:
+    """Whether ``path`` is a regular file: reading a FIFO blocks until something writes to
+    it (forever), a device may never end. One that cannot be stat'ed is kept, so that
+    reading it reports why."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True
 
 
 def module_name(rel: str) -> str:
@@ -76,7 +146,8 @@ class AstDiscoverer(Discoverer):
     """Static task discovery (see the module docs for what is scanned and what it costs).
 
     :param decorators: fully qualified names that count as Nuvom's task decorator.
-    :param skip_dirs: directory names never entered.
+    :param skip_dirs: directory names never entered (environments and build output are
+        recognised by what they hold, whatever this says: see the module docs).
     :param parse_all: parse every changed file (report every syntax error) rather than only
         files that mention ``nuvom_kernel`` (much faster on big trees; see module docs).
     :param workers: processes used to parse when at least ``parallel_min_files`` files
@@ -120,7 +191,8 @@ class AstDiscoverer(Discoverer):
         files: dict[str, Any] = {}
         changed: dict[str, bytes | None] = {}  # bytes kept only while a serial parse is likely
         projects: list[str] = []  # folders holding a pyproject.toml
-        for rel in self._walk(root, ignore, _spec(exclude), _spec(include), projects):
+        for rel in self._walk(root, ignore, _spec(exclude), _spec(include), projects,
+                              report.errors):
             report.files_scanned += 1
             try:
                 data = (root / rel).read_bytes()
@@ -188,13 +260,23 @@ class AstDiscoverer(Discoverer):
 
     def _walk(self, root: Path, ignore: pathspec.PathSpec[Any] | None,
               exclude: pathspec.PathSpec[Any] | None,
-              include: pathspec.PathSpec[Any] | None, projects: list[str] | None = None
-              ) -> Iterator[str]:
+              include: pathspec.PathSpec[Any] | None, projects: list[str] | None = None,
+              errors: list[str] | None = None) -> Iterator[str]:
         """Relative POSIX paths of candidate files, in a stable (sorted) order; the folders
-        holding a ``pyproject.toml`` are appended to ``projects`` on the way."""
+        holding a ``pyproject.toml`` are appended to ``projects`` and the folders that
+        cannot be listed to ``errors`` (as an unreadable file is) on the way."""
         def skipped(rel: str) -> bool:
             return bool((ignore and ignore.match_file(rel)) or
                         (exclude and exclude.match_file(rel)))
+
+        def skipped_dir(rel: str) -> bool:
+            return _excludes_dir(ignore, rel) or _excludes_dir(exclude, rel)
+
+        def unreadable(exc: OSError) -> None:
+            if errors is not None:
+                rel = Path(os.path.relpath(exc.filename or root, root)).as_posix()
+                errors.append(f"{rel}/: cannot read this directory: "
+                              f"{exc.strerror or exc}; nothing in it is scanned")
 
         real_root = os.path.realpath(root)
         followed: list[str] = []  # real folders entered through links, in walk order
@@ -221,14 +303,15 @@ class AstDiscoverer(Discoverer):
             followed.append(os.path.realpath(path))
             return True
 
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable,
+                                                    followlinks=True):
             reldir = Path(dirpath).relative_to(root).as_posix()
             prefix = "" if reldir == "." else reldir + "/"
             dirnames[:] = [
                 d for d in sorted(dirnames)
                 if d not in self.skip_dirs and not d.endswith(".egg-info")
-                and not os.path.exists(os.path.join(dirpath, d, "pyvenv.cfg"))
-                and not skipped(f"{prefix}{d}/") and enter(dirpath, d)]
+                and not _not_project_code(dirpath, d)
+                and not skipped_dir(f"{prefix}{d}") and enter(dirpath, d)]
             if projects is not None and "pyproject.toml" in filenames:
                 projects.append(reldir if prefix else "")
             for name in sorted(filenames):
@@ -237,6 +320,8 @@ class AstDiscoverer(Discoverer):
                 path = os.path.join(dirpath, name)
                 if os.path.islink(path) and not elsewhere(path):
                     continue  # another name for a project file: scanned under its own
+                if not _regular(path):
+                    continue  # a FIFO, socket or device named *.py: reading it may block
                 rel = prefix + name
                 if skipped(rel) or (include is not None and not include.match_file(rel)):
                     continue
