@@ -2,9 +2,9 @@
 
 Job payloads are data, not code. The default codec is JSON plus a small set of tagged types
 that JSON would otherwise flatten or reject (datetime, date, time, timedelta, UUID, Decimal,
-bytes, tuple, set, and dicts whose keys are not strings). A tagged value is a one-key dict
-``{"__nuvom__": [tag, payload]}``; a user dict that happens to use that key is escaped, so
-every value round-trips exactly.
+bytes, tuple, set, frozenset, and dicts whose keys are not strings). A tagged value is a
+one-key dict ``{"__nuvom__": [tag, payload]}``; a user dict that happens to use that key is
+escaped, so every value round-trips exactly.
 
 Other codecs come from plugins through ``nuvom_register_serializers``.
 """
@@ -71,8 +71,10 @@ def to_wire(value: Any, path: str = "value") -> Any:
         return {TAG: ["dict", items]}
     if kind is tuple:
         return {TAG: ["tuple", [to_wire(v, f"{path}[{i}]") for i, v in enumerate(value)]]}
-    if kind in (set, frozenset):
+    if kind is set:
         return {TAG: ["set", [to_wire(v, f"{path}<item>") for v in value]]}
+    if kind is frozenset:  # its own tag: a set of sets, or a dict keyed by one, holds these
+        return {TAG: ["frozenset", [to_wire(v, f"{path}<item>") for v in value]]}
     encoder = _ENCODERS.get(kind)
     if encoder is None:  # subclasses (e.g. a datetime subclass) encode as their base type
         encoder = next((e for t, e in _ENCODERS.items() if isinstance(value, t)), None)
@@ -100,6 +102,8 @@ def from_wire(value: Any) -> Any:
                 return tuple(from_wire(v) for v in payload)
             if tag == "set":
                 return {from_wire(v) for v in payload}
+            if tag == "frozenset":
+                return frozenset(from_wire(v) for v in payload)
             if tag == "dict":
                 return {from_wire(k): from_wire(v) for k, v in payload}
             decoder = _DECODERS.get(tag)

@@ -15,12 +15,13 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel.dispatcher import enqueue
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import TERMINAL_STATES, JobStatus
+from nuvom_kernel.serialization import TAG
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -37,9 +38,31 @@ def unique_id(envelope: Envelope, param_names: Sequence[str]) -> str:
             named[param_names[i]] = value
         else:
             extra.append(value)
-    canonical = json.dumps([envelope.task, named, extra], sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=False)
+    canonical = _canonical_json([envelope.task, named, extra])
     return f"unique.{envelope.task}.{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
+
+
+def _canonical_json(value: Any) -> str:
+    """``value`` (wire data) as JSON that equal arguments share: keys sorted, and the items
+    of a set and of a dict with non-string keys too, which the wire form lists in iteration
+    order (``{1: "a", 2: "b"}`` and ``{2: "b", 1: "a"}``, or one set of strings in two
+    processes with different hash seeds, hashed to two ids). A sort key is an item's own
+    canonical JSON: any mix of types sorts."""
+    return json.dumps(_sorted_items(value), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+def _sorted_items(value: Any) -> Any:
+    if type(value) is list:
+        return [_sorted_items(v) for v in value]
+    if type(value) is not dict:
+        return value
+    if len(value) == 1 and TAG in value:
+        tag, payload = value[TAG]
+        if tag in ("set", "frozenset", "dict"):
+            return {TAG: [tag, sorted((_sorted_items(v) for v in payload),
+                                      key=_canonical_json)]}
+    return {k: _sorted_items(v) for k, v in value.items()}
 
 
 def enqueue_unique(kernel: Kernel, envelope: Envelope, job: Job,

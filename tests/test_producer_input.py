@@ -218,3 +218,56 @@ def test_a_job_whose_module_calls_sys_exit_fails_naming_the_module(kernel: Kerne
     failed = get_job(envelope.id)
     assert (failed.error_type or "").endswith("UnknownTaskError")
     assert "importing 't_exits' called sys.exit(2)" in (failed.error or "")
+
+
+# --- equal arguments, equal values --------------------------------------------------------
+
+UNIQUE_ID_OF_A_SET = """
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.models import TaskOptions
+from nuvom_kernel.unique import unique_id
+env = Envelope.for_call("sync", None, TaskOptions(), ({f"tag-{i}" for i in range(40)},
+                        {3: "c", 1: "a", 2: "b"}), {})
+print(unique_id(env, ["tags", "names"]))
+"""
+
+
+def test_unique_ids_of_equal_sets_and_dicts_do_not_depend_on_their_order() -> None:
+    """The id hashed the wire form, which lists a set's items and a non-string-keyed dict's
+    pairs in iteration order: equal arguments got different ids (a set of strings in every
+    producer process, whose hash seeds differ), so a unique task ran once per producer."""
+    import os
+    import subprocess
+    import sys
+
+    from nuvom_kernel.unique import unique_id
+
+    ids = {subprocess.run([sys.executable, "-c", UNIQUE_ID_OF_A_SET], capture_output=True,
+                          text=True, check=True, timeout=60,
+                          env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+           for seed in ("1", "2", "3", "4")}
+    assert len(ids) == 1, ids
+
+    def call(value: object) -> str:
+        return unique_id(Envelope.for_call("t", None, TaskOptions(), (value,), {}), ["x"])
+
+    assert call({1: "a", 2: "b"}) == call({2: "b", 1: "a"})
+    assert call({1: "a", 2: "b"}) != call({1: "a", 2: "c"})
+    assert call(frozenset({"x", "y"})) == call(frozenset({"y", "x"}))
+    assert call("plain") == ("unique.t." + __import__("hashlib").sha256(
+        b'["t",{"x":"plain"},[]]').hexdigest()[:32]), "plain arguments keep their ids"
+
+
+def test_a_frozenset_round_trips_as_one_even_inside_a_set_or_as_a_key() -> None:
+    """Frozensets were tagged as sets: one came back a set, and a set of them (or a dict
+    keyed by one) could not be decoded at all (``unhashable type: 'set'``), the job failing
+    without running, or its readers all breaking on its stored result."""
+    from nuvom_kernel.serialization import JsonSerializer, from_wire, to_wire
+
+    value = {"inner": {frozenset({1, 2}), frozenset()}, "plain": frozenset({"a"}),
+             frozenset({3}): (frozenset({4}),), "set": {5, 6}}
+    codec = JsonSerializer()
+    back = from_wire(codec.loads(codec.dumps({"v": to_wire(value)}))["v"])
+    assert back == value
+    assert type(back["plain"]) is frozenset and type(back["set"]) is set
+    assert all(type(item) is frozenset for item in back["inner"])
