@@ -223,3 +223,25 @@ print("still here")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "still here" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.skipif("sqlite" not in PERSISTENT_BACKENDS, reason="needs the SQLite plugin")
+def test_runworker_on_a_store_a_newer_plugin_wrote_exits_at_once_saying_so(project: Path):
+    """A host left behind in a rolling upgrade (or rolled back): the SQLite store is opened
+    by the first claim, so ``runworker`` started, then logged the schema error with a
+    traceback every 2 s and never stopped. The worker reads both stores before it starts."""
+    import sqlite3
+
+    from tests.helpers import run_nuvom
+
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "sqlite"})
+    kernel.queue.qsize()  # the file exists, at this plugin's schema
+    kernel.close()
+    db = next((project / ".nuvom").glob("*.db"))
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 999")
+    done = run_nuvom(["runworker"], project, timeout=60, NUVOM_QUEUE_BACKEND="sqlite")
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "schema version 999" in lines[0], lines
+    assert "pip install -U nuvom-plugins-sqlite" in lines[0]

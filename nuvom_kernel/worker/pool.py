@@ -61,6 +61,8 @@ log = logging.getLogger("nuvom.worker")
 POOLS = ("thread", "process", "asyncio")
 #: How long a stop that gives up running jobs waits for the queue to take them back.
 GIVE_BACK_SECS = 2.0
+#: The id :meth:`Worker._open_stores` looks up (a read: harmless whatever it finds).
+_NO_JOB = "nuvom worker start"
 
 
 class Worker:
@@ -157,6 +159,7 @@ class Worker:
         """
         try:
             self._prepare_plugins()
+            self._open_stores()
             self.kernel.registry.load_manifest(self.kernel.data_dir)
             self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         except BaseException:
@@ -182,6 +185,16 @@ class Worker:
         self.signals.emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %s pool of %d, queues=%s, backend=%s", self.origin,
                  self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name)
+
+    def _open_stores(self) -> None:
+        """Read from both stores once before any thread starts (an id no job has: an
+        indexed lookup everywhere). A store that cannot be used — written by a newer plugin
+        than the one installed (a host left behind in a rolling upgrade, or rolled back), a
+        database file that cannot be opened — fails :meth:`start`, which ``runworker``
+        reports in one line; opened lazily by the first claim, it was logged with a
+        traceback every 2 s by a worker that never stopped."""
+        self.queue.peek_state(_NO_JOB)
+        self.settler.results.get(_NO_JOB)
 
     def _prepare_plugins(self) -> None:
         pm = self.kernel.pm
