@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import pluggy
 
-__all__ = ["call_each", "call_per_job", "emit", "observers"]
+__all__ = ["HookInterrupted", "call_each", "call_per_job", "emit", "observers"]
 
 log = logging.getLogger("nuvom.events")
+
+
+class HookInterrupted(BaseException):
+    """Raised by the worker's signal handler to pull the main thread out of a hung lifecycle
+    hook: the one exception an observer's isolation lets through (with a ``KeyboardInterrupt``
+    on the main thread, a user's Ctrl-C), and the one BaseException a task's call lets
+    through."""
+
+
+def _isolated(impl: Any, hook_name: str, exc: BaseException) -> None:
+    """Log ``exc``, raised by the observer ``impl``, and carry on; re-raise what is not the
+    observer's to swallow.
+
+    Why every BaseException: an observer that called ``sys.exit()`` or raised
+    ``KeyboardInterrupt`` (or any BaseException of its own) in a worker ended the executor
+    thread, the settler or the event loop that called it, silently, and the worker went on
+    looking healthy with nothing left to run its jobs.
+    """
+    if isinstance(exc, HookInterrupted) or (
+            isinstance(exc, KeyboardInterrupt)
+            and threading.current_thread() is threading.main_thread()):
+        raise exc
+    log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,
+                 exc_info=exc)
 
 
 def observers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
@@ -36,9 +61,8 @@ def call_each(impls: Sequence[Any], hook_name: str, kwargs: dict[str, Any]) -> N
     for impl in impls:
         try:
             impl.function(*[kwargs[name] for name in impl.argnames])
-        except Exception:
-            log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,
-                         exc_info=True)
+        except BaseException as exc:
+            _isolated(impl, hook_name, exc)
 
 
 def call_per_job(impls: Sequence[Any], hook_name: str, jobs: Sequence[Any]) -> None:
@@ -55,15 +79,15 @@ def call_per_job(impls: Sequence[Any], hook_name: str, jobs: Sequence[Any]) -> N
         for job in jobs:
             try:
                 function(job)
-            except Exception:
-                log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,
-                             exc_info=True)
+            except BaseException as exc:
+                _isolated(impl, hook_name, exc)
 
 
 def emit(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
     """Call ``hook_name`` on every plugin, in pluggy's order, isolating each observer.
 
-    Observers cannot stop the run: an exception is logged at CRITICAL with the plugin's name
-    and the next observer still runs (dramatiq's ``emit_after`` does the same).
+    Observers cannot stop the run: an exception (a ``SystemExit`` too) is logged at
+    CRITICAL with the plugin's name and the next observer still runs (dramatiq's
+    ``emit_after`` does the same); see :func:`_isolated` for the two it lets through.
     """
     call_each(observers(pm, hook_name), hook_name, kwargs)

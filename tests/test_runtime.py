@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import inspect
+import logging
 import subprocess
 import sys
 import threading
@@ -287,6 +288,52 @@ def test_lifecycle_hooks_fire_in_order_and_raising_observers_never_fail_jobs(
     ]
     assert recorder.events.index(("before_enqueue", "once_bad")) < recorder.events.index(
         ("before_execute", "once_bad"))
+
+
+class Exiting:
+    """Observers that end their thread: ``sys.exit()`` and a ``KeyboardInterrupt`` raised
+    by code (on a worker thread, not a user's Ctrl-C)."""
+
+    @hookimpl
+    def nuvom_on_execute_error(self, job, error):
+        raise SystemExit("observer called sys.exit")
+
+    @hookimpl
+    def nuvom_after_settle(self, outcome):
+        raise KeyboardInterrupt("observer raised KeyboardInterrupt")
+
+
+@pytest.mark.parametrize("pool", ["thread", "asyncio"])
+def test_an_observer_raising_systemexit_costs_no_thread(make_kernel, project: Path,
+                                                         pool: str,
+                                                         caplog: pytest.LogCaptureFixture):
+    """Observers were isolated from ``Exception`` only: one calling ``sys.exit()`` ended the
+    executor thread (the event loop, the settler) that called it, silently, and with every
+    executor gone the worker looked healthy and ran nothing."""
+    from nuvom_kernel.kernel import use_kernel
+
+    write_module(project, "t_exit", "from nuvom_kernel import task\n"
+                 "@task\ndef fails():\n    raise ValueError('task failed')\n"
+                 "@task\ndef fine():\n    return 'fine'\n")
+    kernel = make_kernel("memory")
+    kernel.pm.register(Exiting(), name="exiting")
+    with use_kernel(kernel), caplog.at_level(logging.CRITICAL, logger="nuvom.events"):
+        from t_exit import fails, fine
+
+        w = Worker(kernel, workers=2, pool=pool, poll_timeout_secs=0.2)
+        w.start()
+        try:
+            failed = [fails.delay() for _ in range(4)]
+            assert fine.delay().get(timeout=10) == "fine"
+            for job in failed:
+                wait_until(lambda j=job: j.refresh().status is JobStatus.FAILED,
+                           what="each failure settled")
+        finally:
+            w.stop()
+        assert w.join() == 0
+    text = caplog.text
+    assert "plugin 'exiting' raised in nuvom_on_execute_error; ignored" in text
+    assert "plugin 'exiting' raised in nuvom_after_settle; ignored" in text
 
 
 def test_bad_payload_unknown_task_and_import_error_fail_only_that_job(

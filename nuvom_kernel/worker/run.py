@@ -24,6 +24,7 @@ from nuvom_kernel.errors import (
     UnknownTaskError,
     encoding_error,
 )
+from nuvom_kernel.events import HookInterrupted
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus, Lease
 from nuvom_kernel.worker.aio import run_on_thread_loop
@@ -41,12 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["HookInterrupted", "JobRunner", "bind_job", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
-
-
-class HookInterrupted(BaseException):
-    """Raised by the worker's signal handler to pull the main thread out of a hung lifecycle
-    hook (a BaseException, so the observer isolation in :func:`events.emit` does not catch
-    it); the one BaseException a task's call lets through."""
 
 
 class JobRunner:

@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel import events
-from nuvom_kernel.worker.run import HookInterrupted
+from nuvom_kernel.events import HookInterrupted
 
 if TYPE_CHECKING:
     from nuvom_kernel.worker.pool import Worker
