@@ -730,3 +730,16 @@ def test_a_lapsed_lease_stores_no_outcome_when_the_records_live_apart(tmp_path: 
         assert kernel.results.get(job.id) is None, "the stale attempt became the outcome"
         assert kernel.queue.extend(taken[0], 30), "the new holder's lease was disturbed"
     kernel.close()
+
+
+def test_process_pool_limits_set_for_another_pool_are_warned_about(
+        make_kernel, caplog: pytest.LogCaptureFixture):
+    """``--max-tasks-per-child 100`` (a Celery user's leak bound) on the default thread
+    pool was accepted and bounded nothing, without a word."""
+    kernel = make_kernel("memory", NUVOM_MAX_TASKS_PER_CHILD="100")
+    with caplog.at_level(logging.WARNING, logger="nuvom.worker"):
+        Worker(kernel, pool="thread")
+        Worker(kernel, pool="process")
+    warned = [r.getMessage() for r in caplog.records if "process pool only" in r.getMessage()]
+    assert warned == ["max_tasks_per_child applies to the process pool only; this worker runs "
+                      "the thread pool, which ignores it (run it with --pool process)"]

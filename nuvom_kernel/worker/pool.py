@@ -59,6 +59,8 @@ log = logging.getLogger("nuvom.worker")
 
 #: What can run a job's function (``--pool``, the ``pool`` setting).
 POOLS = ("thread", "process", "asyncio")
+#: Settings that only a process pool's children obey.
+PROCESS_ONLY = ("max_tasks_per_child", "max_memory_per_child", "max_child_age_secs")
 #: How long a stop that gives up running jobs waits for the queue to take them back.
 GIVE_BACK_SECS = 2.0
 #: The id :meth:`Worker._open_stores` looks up (a read: harmless whatever it finds).
@@ -125,6 +127,12 @@ class Worker:
         self.pool = pool or settings.pool
         if self.pool not in POOLS:
             raise ValueError(f"unknown pool {self.pool!r}; use one of {', '.join(POOLS)}")
+        child_limits = [name for name in PROCESS_ONLY if getattr(settings, name) is not None]
+        if child_limits and self.pool != "process":  # a leak bound that bounds nothing
+            log.warning("%s appl%s to the process pool only; this worker runs the %s pool, "
+                        "which ignores %s (run it with --pool process)",
+                        ", ".join(child_limits), "ies" if len(child_limits) == 1 else "y",
+                        self.pool, "it" if len(child_limits) == 1 else "them")
         self.slots = Slots(self.workers, self.batch_size,
                            settings.prefetch if prefetch is None else prefetch,
                            ahead_ok=self.pool != "asyncio")
