@@ -277,6 +277,21 @@ class Kernel:
 
 
 def _apply_record(job: Job, record: JobRecord) -> None:
+    """Fill ``job`` from its stored record.
+
+    :raises SerializationError: the record's arguments or result do not decode (a value
+        stored by hand, or by a newer release): said for the job, not a bare ``TypeError``
+        from deep in the decoder at every ``get()``, ``inspect`` and dashboard page.
+    """
+    try:
+        _fill(job, record)
+    except Exception as exc:
+        raise SerializationError(
+            f"job {record.job_id} ({record.task}): its stored record cannot be decoded "
+            f"({type(exc).__name__}: {exc})") from exc
+
+
+def _fill(job: Job, record: JobRecord) -> None:
     if not job.task:  # a handle made from an id alone (get_job): what the record says it is
         job.task, job.module = record.task, record.module
         job.created_at = job.created_at if record.created_at is None else record.created_at

@@ -271,3 +271,34 @@ def test_a_frozenset_round_trips_as_one_even_inside_a_set_or_as_a_key() -> None:
     assert back == value
     assert type(back["plain"]) is frozenset and type(back["set"]) is set
     assert all(type(item) is frozenset for item in back["inner"])
+
+
+#: A dict keyed by a set: wire data no release writes, and that no decoder can rebuild.
+UNDECODABLE = {"__nuvom__": ["dict", [[{"__nuvom__": ["set", [1]]}, "a"]]]}
+
+
+def test_a_stored_result_that_does_not_decode_is_a_serialization_error(kernel: Kernel
+                                                                       ) -> None:
+    """Every reader of such a record (``get()``, ``get_job``, ``nuvom inspect``, the
+    dashboard) raised a bare ``TypeError: unhashable type: 'set'``."""
+    from nuvom_kernel.errors import SerializationError
+    from nuvom_kernel.models import JobRecord
+
+    kernel.results.put(JobRecord(job_id="odd-result", task="t", status=JobStatus.SUCCEEDED,
+                                 result=UNDECODABLE, attempts=1))
+    with pytest.raises(SerializationError, match=r"odd-result.*cannot be decoded"):
+        get_job("odd-result")
+
+
+def test_a_workflow_input_that_does_not_decode_fails_the_step_once() -> None:
+    """The step's input is its parent's stored result: a ``TypeError`` decoding it escaped
+    as an unexpected worker error at every delivery, until the delivery limit failed the
+    step as a crash (10 minutes with the defaults)."""
+    from nuvom_kernel.errors import SerializationError
+    from nuvom_kernel.models import JobRecord
+    from nuvom_kernel.workflow.handle import _value
+
+    parent = JobRecord(job_id="parent", task="t", status=JobStatus.SUCCEEDED,
+                       result=UNDECODABLE)
+    with pytest.raises(SerializationError, match=r"step parent .* cannot be decoded"):
+        _value(parent, "parent")

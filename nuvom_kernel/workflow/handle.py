@@ -201,7 +201,14 @@ def _value(record: JobRecord | None, job_id: str) -> Any:
         still ran): the step fails saying so rather than run with a made-up input.
     """
     if record is not None and record.status is JobStatus.SUCCEEDED:
-        return from_wire(record.result)
+        try:
+            return from_wire(record.result)
+        except Exception as exc:  # a TypeError from a hand-edited or foreign value: this
+            # step's input cannot be decoded, which fails the step once (not a worker error
+            # at every delivery until the delivery limit called it a crash)
+            raise SerializationError(
+                f"the result of workflow step {job_id} (an input of this step) cannot be "
+                f"decoded ({type(exc).__name__}: {exc})") from exc
     if record is None:
         raise SerializationError(
             f"the result of workflow step {job_id} (an input of this step) is no longer "
