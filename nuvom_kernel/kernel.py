@@ -263,9 +263,10 @@ class Kernel:
             if job.status is JobStatus.UNKNOWN:
                 raise UnknownJobError(
                     f"job {job.id!r} is unknown to queue backend {self.queue.name!r} and "
-                    f"result backend {self.results.name!r}: never enqueued there, or its "
-                    "record was purged. Check the id and that this process uses the same "
-                    "backends and data directory as the producer.")
+                    f"result backend {self.results.name!r}: never enqueued there, its "
+                    "record was purged, or its message was damaged in the store and "
+                    "quarantined (`nuvom status` lists those). Check the id and that this "
+                    "process uses the same backends and data directory as the producer.")
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"job {job.id} ({job.task}) is still {job.status} after {timeout} s; "

@@ -33,6 +33,11 @@ def _kernel() -> Any:
     return click.get_current_context().find_root().obj
 
 
+def _unknown(job_id: str) -> str:
+    return (f"unknown job id {job_id!r}: no backend has seen it (or its message was "
+            "quarantined as damaged: see `nuvom status`)")
+
+
 def _when(epoch: float | None) -> str | None:
     if epoch is None:
         return None
@@ -75,7 +80,7 @@ def inspect_job(job_id: str, fmt: str) -> None:
             raise SystemExit(1)
         return
     if job.status is JobStatus.UNKNOWN:
-        raise click.ClickException(f"unknown job id {job_id!r}: no backend has seen it")
+        raise click.ClickException(_unknown(job_id))
     for key in ("job_id", "task", "status", "queue", "workflow", "attempts", "max_retries",
                 "args", "kwargs", "result", "error_type", "error_message", "worker",
                 "trace_id"):
@@ -162,7 +167,7 @@ def cancel_job(job_id: str) -> None:
         raise click.ClickException(str(exc)) from exc
     if not cancelled:
         if job.status is JobStatus.UNKNOWN:
-            raise click.ClickException(f"unknown job id {job_id!r}: no backend has seen it")
+            raise click.ClickException(_unknown(job_id))
         if job.status is JobStatus.QUEUED:  # it reads as waiting, yet a lease holds it
             raise click.ClickException(
                 f"job {job_id} cannot be cancelled: it was leased to a worker (just now, or "
