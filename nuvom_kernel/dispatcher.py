@@ -183,8 +183,10 @@ def _encoded(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
     env, error = failed
     raise SerializationError(
         f"job {env.id} ({env.task}) cannot be encoded by the {serializer.name!r} "
-        f"serializer: {type(error).__name__}: {error}; headers set by enqueue "
-        f"observers must be JSON-native") from error
+        f"serializer: {type(error).__name__}: {error}. Check its arguments (an integer of "
+        f"more than 4,300 digits, or a value nested hundreds of levels deep, is refused "
+        f"here) and any headers set by enqueue observers, which must be JSON-native") \
+        from error
 
 
 def _messages(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,

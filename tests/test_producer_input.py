@@ -302,3 +302,20 @@ def test_a_workflow_input_that_does_not_decode_fails_the_step_once() -> None:
                        result=UNDECODABLE)
     with pytest.raises(SerializationError, match=r"step parent .* cannot be decoded"):
         _value(parent, "parent")
+
+
+def test_arguments_too_deep_or_too_large_to_encode_say_so(kernel: Kernel, project: Path
+                                                          ) -> None:
+    """A list nested 600 deep was a bare ``RecursionError`` naming nothing; an integer of
+    5,000 digits blamed the headers of enqueue observers."""
+    from nuvom_kernel.errors import SerializationError
+
+    echo, _ = _tasks(project)
+    deep: list[Any] = []
+    for _ in range(600):
+        deep = [deep]
+    with pytest.raises(SerializationError, match="nested too deeply"):
+        echo.delay(deep)
+    with pytest.raises(SerializationError, match="more than 4,300 digits"):
+        echo.delay(10 ** 5000)
+    assert kernel.queue.qsize() == 0
