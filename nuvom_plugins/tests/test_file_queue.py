@@ -398,6 +398,57 @@ def test_a_queue_written_by_the_previous_layout_still_loads(tmp_path: Path) -> N
     assert (again.message.failures, again.deliveries) == (1, 2)
 
 
+
+def _old_envelope(job_id: str, task: object) -> bytes:
+    """A body as a pre-SPI 1 producer wrote it (full options, ``failures`` in the envelope)."""
+    return json.dumps({
+        "v": 1, "id": job_id, "task": task, "module": "tasks", "args": [1], "kwargs": {},
+        "opts": {"retries": 0, "queue": "default", "priority": 0, "description": None},
+        "created_at": 1.5, "enqueued_by": "vm:1", "trace_id": "t", "failures": 0,
+        "history": []}, separators=(",", ":")).encode()
+
+
+def _old_queue(path: Path, bodies: dict[str, bytes]) -> None:
+    """A queue directory as the layout before SPI 1 left it: ``bodies`` ready, in order."""
+    for kind in ("ready", "delayed", "leased", "quarantine", "staging", "batches"):
+        (path / kind).mkdir(parents=True)
+    for i, (job_id, body) in enumerate(bodies.items()):
+        sk = "2147483648" + f"{1_700_000_000 * 10**6:017d}" + f"{i:06x}"
+        (path / "ready" / f"{sk}.default.{job_id}.0").write_bytes(
+            _old_file(Message(id=job_id, body=body)))
+
+
+def test_a_header_without_task_gets_the_task_its_body_names(tmp_path: Path) -> None:
+    """Concurrency limits and per-task counts key on the message's task: a pre-SPI 1 file's
+    is read from its envelope (a body that is not one, or names no string, gives "")."""
+    _old_queue(tmp_path / "q", {
+        "plain": _old_envelope("plain", "tasks.single"),
+        "escaped": _old_envelope("escaped", "t\u00e2che \"q\""),  # escaped: parsed in full
+        "reordered": b'{"task":"other","v":1,"id":"reordered"}',
+        "binary": b"\x00\xff", "truncated": b'{"v":1,"id":"x","ta',
+        "not-text": _old_envelope("not-text", 7), "bad-utf8": b'{"task":"\xff"}'})
+    queue = FileJobQueue(tmp_path / "q", fsync=False)
+    assert {le.id: le.message.task for le in queue.claim(10)} == {
+        "plain": "tasks.single", "escaped": "t\u00e2che \"q\"", "reordered": "other",
+        "binary": "", "truncated": "", "not-text": "", "bad-utf8": ""}
+
+
+def test_concurrency_limit_holds_back_files_of_a_pre_spi1_producer(tmp_path: Path) -> None:
+    """The upgrade fault: jobs queued before the header had ``task`` ran past
+    ``@task(concurrency=1)``; and a retry rewrites the header with the task."""
+    _old_queue(tmp_path / "q", {f"old{i}": _old_envelope(f"old{i}", "single")
+                                for i in range(3)})
+    queue = FileJobQueue(tmp_path / "q", fsync=False)
+    queue.set_concurrency_limits({"single": 1})
+    [lease] = queue.claim(10)
+    assert lease.id == "old0" and queue.claim(10) == []
+    assert queue.task_counts(["single"]) == {"single": (1, 2)}
+    assert queue.retry(lease, delay_secs=0, body=_old_envelope("old0", "single"))
+    [rewritten] = [n for n in os.listdir(tmp_path / "q" / "ready") if ".old0." in n]
+    assert b'"task":"single"' in (tmp_path / "q" / "ready" / rewritten).read_bytes()[:100]
+    assert [le.message.task for le in queue.claim(10)] == ["single"]
+    assert queue.claim(10) == []
+
 def test_push_that_died_before_its_commit_frees_its_ids(
         queue: FileJobQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import nuvom_plugins.file._layout as layout_module

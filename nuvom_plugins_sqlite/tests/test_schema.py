@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -172,3 +173,66 @@ def test_quarantine_keeps_the_task_and_failures(queue: SQLiteJobQueue) -> None:
     conn = sqlite3.connect(queue.path)
     assert conn.execute("SELECT id, task, failures FROM nuvom_quarantine ORDER BY id"
                         ).fetchall() == [("bad", "tasks.report", "many"), ("good", b"\x07", 1)]
+
+
+def _old_envelope(job_id: str, task: object) -> bytes:
+    """A body as a pre-SPI 1 producer wrote it (full options, ``failures`` in the envelope)."""
+    return json.dumps({
+        "v": 1, "id": job_id, "task": task, "module": "tasks", "args": [1], "kwargs": {},
+        "opts": {"retries": 0, "queue": "default", "priority": 0, "description": None},
+        "created_at": 1.5, "enqueued_by": "vm:1", "trace_id": "t", "failures": 0,
+        "history": []}, separators=(",", ":")).encode()
+
+
+def _file_at(path: Path, version: int, rows: list[tuple[str, bytes]]) -> None:
+    """A file as version ``version`` left it, with ``rows`` (id, body) queued and ready and
+    the ``task`` they had then (``''`` from version 2 on: the column's default)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    for step in MIGRATIONS[:version]:
+        for statement in step:
+            statement(conn) if callable(statement) else conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.executemany("INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at,"
+                     " visible_at, body) VALUES (?, 'default', 0, 1.5, 1.5, NULL, ?)", rows)
+    conn.close()
+
+
+def test_rows_queued_before_the_task_column_get_their_task_from_the_body(
+        db_path: Path) -> None:
+    """A concurrency limit and ``nuvom status`` key on ``task``: version 2 left it ``''`` on
+    the rows already queued, so the next step reads it from each row's envelope. A body that
+    is not an envelope (another serializer, damage) keeps ``''`` and migrates."""
+    escaped = _old_envelope("esc", "t\u00e2che \"q\"")  # escaped in JSON: parsed in full
+    _file_at(db_path, 5, [("plain", _old_envelope("plain", "tasks.single")),
+                          ("escaped", escaped),
+                          ("reordered", b'{"task":"other","v":1,"id":"reordered"}'),
+                          ("binary", b"\x00\xff"), ("truncated", b'{"v":1,"id":"x","ta'),
+                          ("not-text", _old_envelope("not-text", 7)),
+                          ("list", b"[1, 2]"), ("bad-utf8", b'{"task":"\xff"}')])
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at, "
+                 "visible_at, body, task) VALUES ('tagged', 'default', 0, 1, 1, NULL, ?, 'own')",
+                 (_old_envelope("tagged", "from-body"),))
+    conn.commit()
+    queue = SQLiteJobQueue(db_path)
+    assert queue.qsize() == 9
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert dict(conn.execute("SELECT id, task FROM nuvom_queue")) == {
+        "plain": "tasks.single", "escaped": "t\u00e2che \"q\"", "reordered": "other",
+        "binary": "", "truncated": "", "not-text": "", "list": "", "bad-utf8": "",
+        "tagged": "own"}
+    conn.close()
+    queue.close()
+
+
+def test_concurrency_limit_holds_back_jobs_queued_by_a_pre_spi1_producer(
+        db_path: Path) -> None:
+    """The upgrade fault: jobs a version 1 file held ran past ``@task(concurrency=1)``."""
+    _file_at(db_path, 1, [(f"old{i}", _old_envelope(f"old{i}", "single")) for i in range(3)])
+    queue = SQLiteJobQueue(db_path)
+    queue.set_concurrency_limits({"single": 1})
+    assert [lease.id for lease in queue.claim(10)] == ["old0"]
+    assert queue.claim(10) == []
+    assert queue.task_counts(["single"]) == {"single": (1, 2)}
+    queue.close()

@@ -98,10 +98,33 @@ def encode_message(message: Message) -> bytes:
         message.body
 
 
+# The start of a body as the kernel's JSON envelope writes it: ``v``, ``id`` and ``task`` come
+# first, in that order, in every release (a plain id and task name need no escapes).
+_ENVELOPE_TASK = re.compile(rb'\{"v":1,"id":"[^"\\]*","task":"([^"\\]*)"')
+
+
+def _envelope_task(body: bytes) -> str:
+    """The ``task`` of a body that is a JSON envelope, else ``""`` (a body another serializer
+    wrote, a damaged one). The common prefix is matched without parsing, so a file with a
+    large body costs no full parse; the rest (escaped names, other key orders) is parsed."""
+    try:
+        match = _ENVELOPE_TASK.match(body)
+        if match is not None:
+            return match.group(1).decode()
+        data = json.loads(body.decode())
+        task = data.get("task") if isinstance(data, dict) else None
+        return task if type(task) is str else ""
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
+        return ""
+
+
 def decode_message(data: bytes) -> Message:
     """Parse :func:`encode_message` output (``failures`` is 0: the caller takes it from the
-    file name); raise :class:`CorruptEntry` saying what is wrong. Headers written before
-    ``task`` existed read as ``task=""``."""
+    file name); raise :class:`CorruptEntry` saying what is wrong. A header written before
+    ``task`` existed (a pre-SPI 1 producer's file) gets the task its body names: concurrency
+    limits and per-task counts key on it, and ``""`` let those jobs run past their limit.
+    Only such old files pay for reading the body; a body that is not an envelope gives
+    ``""``."""
     if not data.startswith(_MAGIC):
         raise CorruptEntry("not a Nuvom queue file (bad magic)" if data else "empty file")
     end = data.find(b"\n")
@@ -121,7 +144,7 @@ def decode_message(data: bytes) -> Message:
             priority=int(header["priority"]),
             available_at=float(header["available_at"]),
             created_at=float(header["created_at"]),
-            task=str(header.get("task", "")),
+            task=str(header["task"]) if "task" in header else _envelope_task(body),
         )
     except CorruptEntry:
         raise

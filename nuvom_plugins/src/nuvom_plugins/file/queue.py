@@ -14,8 +14,9 @@ Layout under ``path`` (default ``<data_dir>/queue``)::
     .push-lock                       flock held by a push while it checks and stores ids
 
 Names written before ``<failures>`` existed (one part shorter) read as ``failures=0``, and
-message headers without ``task`` as ``task=""``; ``ids/`` is built from the messages present
-the first time a queue directory from before it is opened.
+message headers without ``task`` get the task their body's envelope names (``""`` if it names
+none), so concurrency limits hold back jobs queued before the upgrade; ``ids/`` is built from
+the messages present the first time a queue directory from before it is opened.
 
 ``sortkey`` is ``(2**31 - priority)`` (10 digits), ``created_at`` in microseconds (17 digits)
 and a 6-hex-digit sequence, so a plain sorted listing of ``ready/`` *is* the claim order:
