@@ -36,7 +36,13 @@ from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_kernel.task import MAX_ETA, PRIORITY_MAX, PRIORITY_MIN
 from nuvom_plugins_postgres.queries import Queries
-from nuvom_plugins_postgres.results import PostgresResultBackend, Row, encode, store_fenced
+from nuvom_plugins_postgres.results import (
+    PostgresResultBackend,
+    Row,
+    encode,
+    storable,
+    store_fenced,
+)
 from nuvom_plugins_postgres.schema import ADVISORY_CLASS
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import (
@@ -82,17 +88,19 @@ def _unstorable(ids: Sequence[str], queues: Sequence[str], priorities: Sequence[
     """The refusal of the first message PostgreSQL cannot store, ``None`` if all fit.
 
     Why before the INSERT: the server's own errors (``integer out of range``, ``timestamp
-    out of range``, psycopg's ``cannot contain NUL (0x00) bytes``) name no job and reach
-    the caller as advice to check free space. Why these checks: the whole batch is tested
-    with ``min``/``max``/``sum`` over lists the push builds anyway and one ``in`` per
-    joined text column (C loops, no regex), and only a failing batch is walked message by
-    message to name the culprit. ``sum`` catches a NaN, which ``max`` may skip over.
+    out of range``, psycopg's ``cannot contain NUL (0x00) bytes`` and the
+    ``UnicodeEncodeError`` of a lone surrogate) name no job and reach the caller as advice
+    to check free space. Why these checks: the whole batch is tested with
+    ``min``/``max``/``sum`` over lists the push builds anyway and one :func:`storable` per
+    joined text column (C loops, no regex; the UTF-8 check only for non-ASCII text), and
+    only a failing batch is walked message by message to name the culprit. ``sum`` catches
+    a NaN, which ``max`` may skip over.
     """
     total = sum(available)
     if (min(priorities) >= PRIORITY_MIN and max(priorities) <= PRIORITY_MAX
             and max(available) <= AVAILABLE_AT_MAX and total == total
-            and "\x00" not in "".join(ids) and "\x00" not in "".join(queues)
-            and "\x00" not in "".join(tasks)):
+            and storable("".join(ids)) and storable("".join(queues))
+            and storable("".join(tasks))):
         return None
     for job_id, queue, priority, at, task in zip(ids, queues, priorities, available, tasks,
                                                  strict=True):
@@ -108,15 +116,24 @@ def _unstorable(ids: Sequence[str], queues: Sequence[str], priorities: Sequence[
             bad = [(field, value) for field, value in (("job id", job_id),
                                                        ("queue name", queue),
                                                        ("task name", task))
-                   if "\x00" in value]
+                   if not storable(value)]
             if not bad:
                 continue
-            field, value = bad[0]
-            problem = (f"its {field} {value!r} contains a NUL character (\\x00), which a "
-                       f"PostgreSQL text column cannot store; remove it from the {field}")
+            problem = _text_problem(*bad[0])
         return EnqueueError(f"cannot enqueue job {job_id!r} on the postgres queue: {problem}. "
                             "Nothing of this push was stored.")
     return None  # pragma: no cover - the batch test failed, so some message does
+
+
+def _text_problem(field: str, value: str) -> str:
+    """Why a PostgreSQL text column cannot store ``value`` (see :func:`storable`)."""
+    if "\x00" in value:
+        return (f"its {field} {value!r} contains a NUL character (\\x00), which a "
+                f"PostgreSQL text column cannot store; remove it from the {field}")
+    return (f"its {field} {value!r} contains a lone surrogate (a code point from \\ud800 "
+            "to \\udfff without its pair, as undecodable bytes read with surrogateescape "
+            "give), which is not UTF-8 text a PostgreSQL text column can store; use a "
+            f"{field} of valid Unicode text")
 
 
 def _push_params(messages: Sequence[Message]) -> tuple[bool, list[Any]]:
@@ -360,7 +377,7 @@ class PostgresQueue(QueueBackend):
     def _push_one(self, m: Message) -> bool:
         available = float(m.available_at)
         if not (PRIORITY_MIN <= m.priority <= PRIORITY_MAX and available <= AVAILABLE_AT_MAX
-                and "\x00" not in m.id and "\x00" not in m.queue and "\x00" not in m.task):
+                and storable(m.id) and storable(m.queue) and storable(m.task)):
             refused = _unstorable([m.id], [m.queue], [m.priority], [available], [m.task])
             if refused is not None:
                 raise refused
@@ -447,13 +464,19 @@ class PostgresQueue(QueueBackend):
         """RUNNING while leased and the lease's deadline has not passed; RETRYING while a
         row with failed attempts waits out its delay; else QUEUED — an expired lease
         included, before or after a tick recovers it (its holder may be dead or stopped, and
-        ``extend(lease, 0)`` makes a job read QUEUED at once); ``None`` if not queued."""
+        ``extend(lease, 0)`` makes a job read QUEUED at once); ``None`` if not queued (as
+        for an id no push stores: see :func:`storable`)."""
+        if not storable(job_id):
+            return None
         row = self._run(lambda c: c.execute(self._q.peek, (job_id,)).fetchone())
         return None if row is None else JobStatus(str(row[0]).upper())
 
     def peek(self, job_id: str) -> Message | None:
         """One plain ``SELECT`` of the row (no lock, no write): a row holds its message in
-        every state, and ack and cancel delete it, so no row means not queued."""
+        every state, and ack and cancel delete it, so no row means not queued (nor can an id
+        no push stores be: a NUL or lone surrogate, which psycopg could not even send)."""
+        if not storable(job_id):
+            return None
         row = self._run(lambda c: c.execute(self._q.message, (job_id,)).fetchone())
         return None if row is None else _message(row)
 
@@ -475,6 +498,8 @@ class PostgresQueue(QueueBackend):
     # --- optional primitives ----------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
+        if not storable(job_id):  # never pushed (see peek): nothing to cancel
+            return False
         return self._run(lambda c: c.execute(self._q.cancel, (job_id,)).rowcount) == 1
 
     def stats(self) -> QueueStats:
