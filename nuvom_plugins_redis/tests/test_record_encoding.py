@@ -46,3 +46,30 @@ def test_a_value_json_cannot_carry_is_refused(results: RedisResultBackend,
     with pytest.raises(SerializationError, match="not JSON-native"):
         results.put(_record(result=value))
     assert results.get("enc-1") is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1.5, float("-inf")],
+                                   {"k": [None, float("nan")]}])
+def test_nan_and_infinity_are_refused_as_the_sqlite_backend_does(
+        results: RedisResultBackend, value: object) -> None:
+    """orjson writes them as ``null``: stored, they would read back as ``None``."""
+    with pytest.raises(SerializationError, match="not JSON-native"):
+        results.set_result("enc-1", value, task="t")
+    assert results.get("enc-1") is None
+    with pytest.raises(SerializationError):
+        results.put(_record(updated_at=float("nan")))
+
+
+@pytest.mark.parametrize("value", [b"raw", bytearray(b"raw"), [memoryview(b"raw")]])
+def test_bytes_are_refused_with_the_kernels_error(results: RedisResultBackend,
+                                                  value: object) -> None:
+    with pytest.raises(SerializationError, match="not JSON-native"):
+        results.set_result("enc-1", value, task="t")
+    assert results.get("enc-1") is None
+
+
+@pytest.mark.parametrize("result", [None, {"k": None, "n": [None, 1.5]}, "null", 0.5])
+def test_none_where_json_has_null_still_round_trips(results: RedisResultBackend,
+                                                     result: object) -> None:
+    assert results.set_result("enc-1", result, task="t")
+    assert results.get_result("enc-1") == result

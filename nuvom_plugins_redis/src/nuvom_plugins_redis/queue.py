@@ -67,7 +67,7 @@ class RedisJobQueue(QueueBackend):
         self.settings = store.settings
         self._scripts = {name: store.script(getattr(scripts, name)) for name in (
             "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "CANCEL", "CLEAR", "REAP", "STATS",
-            "PEEK")}
+            "PEEK", "QUARANTINE")}
         self._scripts["SETTLE"] = store.script(record_scripts.SETTLE)
         self._due_at: float | None = None  # monotonic time the next waiting job is due
         self._reaper: threading.Thread | None = None
@@ -142,19 +142,29 @@ class RedisJobQueue(QueueBackend):
         count = -1 if queues is None else len(names)
         reply = self._run("CLAIM", [n, repr(float(self.visibility_timeout_secs)), count,
                                     *names], "claiming jobs")
-        now, due, dropped = float(reply[0]), reply[1], int(reply[2])
+        now, due, dropped, quarantined = float(reply[0]), reply[1], int(reply[2]), int(reply[3])
         if due != b"-":  # a full claim does not look it up: the next step is a claim again
             self._due_at = None if not due else time.monotonic() + max(float(due) - now, 0.0)
         if dropped:
             log.warning("dropped %d ready entr%s of %s whose job hash is gone (deleted by "
                         "hand or evicted: check maxmemory-policy); nothing was left to run",
                         dropped, "y" if dropped == 1 else "ies", self.store.masked_url)
+        if quarantined:
+            self._warn_quarantined(quarantined)
         leases = []
-        for i in range(3, len(reply), 11):
+        damaged: list[Any] = []
+        for i in range(4, len(reply), 11):
             job_id, token, deliveries, expires = reply[i:i + 4]
-            message = _message(job_id.decode(), reply[i + 4:i + 11])
-            leases.append(Lease(message=message, token=token.decode(),
-                                deliveries=int(deliveries), expires_at=float(expires)))
+            try:
+                message = _message(job_id.decode(), reply[i + 4:i + 11])
+                lease = Lease(message=message, token=token.decode(),
+                              deliveries=int(deliveries), expires_at=float(expires))
+            except (TypeError, ValueError):  # a field the script took but cannot be parsed
+                damaged += [job_id, token, reply[i + 5], _unfit(reply[i + 4:i + 11])]
+                continue
+            leases.append(lease)
+        if damaged:
+            self._quarantine(damaged)
         return leases
 
     def ack(self, lease: Lease) -> bool:
@@ -209,7 +219,10 @@ class RedisJobQueue(QueueBackend):
             lambda: self.store.client.hmget(key, _MESSAGE_FIELDS), "reading a job"))
         if any(v is None for v in fields[:-1]):  # gone (or not a whole message)
             return None
-        return _message(job_id, fields)
+        try:
+            return _message(job_id, fields)
+        except (TypeError, ValueError):  # damaged: reads as absent (a claim quarantines it)
+            return None
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         """Waiting messages: ready, delayed, and expired leases (not yet claimed again)."""
@@ -237,6 +250,7 @@ class RedisJobQueue(QueueBackend):
         now = time.time()
         for queue, counts in self._counts(None, now=now).items():
             stats.queues[queue] = counts
+        stats.quarantined = self._quarantined()
         return stats
 
     def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
@@ -315,6 +329,54 @@ class RedisJobQueue(QueueBackend):
                                         running=int(running), oldest_ready_age_secs=age)
         return counts
 
+    def _quarantine(self, damaged: list[Any]) -> None:
+        """Move just-claimed messages whose fields do not parse (``damaged``: id, token,
+        queue, why per message) to quarantine, fenced by their tokens: one bad hash must
+        never fail the claim of the jobs beside it, nor come back at every lease. If this
+        call fails, the jobs beside them are still delivered: the damaged leases expire and
+        the claim that meets them again quarantines them."""
+        try:
+            moved = int(self._run("QUARANTINE", damaged, "quarantining damaged jobs"))
+        except Exception as exc:  # the jobs beside them matter more: see above
+            log.warning("could not quarantine %d damaged job(s) of %s (%s); the next claim "
+                        "that meets them tries again", len(damaged) // 4,
+                        self.store.masked_url, exc)
+            return
+        if moved:
+            self._warn_quarantined(moved)
+
+    def _warn_quarantined(self, n: int) -> None:
+        log.warning("quarantined %d damaged job hash%s of %s (a field missing or not what it "
+                    "must be: edited by hand or by another tool); kept aside, not run: see "
+                    "nuvom status", n, "" if n == 1 else "es", self.store.masked_url)
+
+    def _quarantined(self, limit: int = 100) -> list[str]:
+        """One line per quarantined message, oldest first, for ``nuvom status``; an entry
+        whose hash an operator deleted is dropped on the way."""
+        key, client = self.store.prefix + "quarantine", self.store.client
+        rows = cast("list[tuple[bytes, float]]", self.store.call(
+            lambda: client.zrange(key, 0, limit, withscores=True), "listing quarantined jobs"))
+        if not rows:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for n, _ in rows[:limit]:
+            pipe.hmget(f"{key}:{n.decode()}", "xi", "xq", "xw")
+        values: list[Any] = self.store.call(pipe.execute, "reading quarantined jobs")
+        lines, gone = [], []
+        for (n, at), (job_id, queue, why) in zip(rows, values, strict=False):
+            if job_id is None:
+                gone.append(n)
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+            lines.append(f"job {_text(job_id)!r} (queue {_text(queue)!r}) quarantined {when}: "
+                         f"{_text(why)}; its hash is kept as {key}:{n.decode()}")
+        if gone:
+            self.store.call(lambda: client.zrem(key, *gone), "pruning quarantined jobs")
+        if len(rows) > limit:
+            total = int(self.store.call(lambda: client.zcard(key), "counting quarantined jobs"))
+            lines.append(f"... and {total - limit} more listed in {key}")
+        return lines
+
     def _start_reaper(self) -> None:
         """Start this process's reaper thread on the first claim (producers never claim,
         so they never run one); a forked child starts its own."""
@@ -357,6 +419,29 @@ def _message(job_id: str, fields: Sequence[Any]) -> Message:
     return Message(id=job_id, body=bytes(body), queue=queue.decode(), priority=int(priority),
                    available_at=float(available), created_at=float(created),
                    task=task.decode(), failures=int(failures or 0))
+
+
+#: What each of :data:`_MESSAGE_FIELDS` must parse as, for :func:`_unfit`.
+_PARSED: tuple[tuple[str, Any], ...] = (
+    ("b (body)", bytes), ("q (queue)", bytes.decode), ("p (priority)", int),
+    ("c (created_at)", float), ("a (available_at)", float), ("t (task)", bytes.decode),
+    ("f (failures)", lambda v: int(v or 0)))
+
+
+def _unfit(fields: Sequence[Any]) -> str:
+    """Why a claimed message's fields (as :func:`_message` takes them) cannot be read: the
+    quarantine's reason, naming the field."""
+    for (name, parse), value in zip(_PARSED, fields, strict=True):
+        try:
+            parse(value)
+        except (TypeError, ValueError):
+            shown = value[:40] if isinstance(value, bytes) else value
+            return f"field {name} holds {shown!r}, which does not parse"
+    return "its fields do not make a message"
+
+
+def _text(value: bytes | None) -> str:
+    return "?" if value is None else value.decode(errors="replace")
 
 
 def _partial(stored: list[bool], total: int) -> str:

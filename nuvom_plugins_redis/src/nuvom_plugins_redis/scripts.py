@@ -25,8 +25,17 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
     P q:<queue>:leased        ZSET  id by lease deadline (never shared with delayed)
     P seq, P wake, P reaper   the rank/token counter, the wake-up marker, the reaper lock
     P push:<batch>            STRING  last chunk index of a batch push stored (10 min TTL)
+    P quarantine              ZSET  n of each quarantined message, by when (server clock)
+    P quarantine:<n>          HASH  a damaged message's hash as found (renamed from P j:<id>)
+                                    plus xi its id, xq its queue, xw why, xt when
     R r:<id>                  HASH  one job record: run, att, st, fn, u, d (JSON)
     R ri, R ri:s:<st>, R ri:t:<fn>   ZSETs of record ids by updated_at (all, status, task)
+
+A message hash that a step cannot read (a field missing, or not a number where one goes:
+edited by hand, written by another tool) is quarantined by the script that meets it (claim,
+promotion, requeue): its hash is moved aside whole, never run and never lost, and listed by
+``nuvom status``; the rest of the batch goes on. A ready entry whose hash is gone altogether
+is only dropped: nothing is left to keep.
 
 A message keeps its token when its expired lease is moved back to ready: until another
 claim takes it over, its holder may still settle it (the fence is the token). It is waiting
@@ -56,12 +65,33 @@ local function unlist(id, h)
   elseif h[2] == 'd' then redis.call('ZREM', qkey(h[1], 'delayed'), id)
   elseif h[2] == 'r' then redis.call('ZREM', qkey(h[1], 'ready'), h[3]) end
 end
-local function back_to_ready(id, q)
+-- why a field cannot be used: missing, or (given) not the number it must be
+local function bad_field(name, v)
+  if not v then return 'missing field ' .. name end
+  return 'field ' .. name .. ' holds ' .. string.format('%q', string.sub(v, 1, 40)) ..
+         ', not a number'
+end
+-- move a damaged message aside, never run and never lost: its hash as found becomes
+-- P quarantine:<n>, listed in P quarantine (the caller has taken it out of its set)
+local function quarantine(id, q, why, now)
+  local n = redis.call('INCR', P .. 'seq')
+  local xk = P .. 'quarantine:' .. n
+  redis.call('RENAME', P .. 'j:' .. id, xk)
+  redis.call('HSET', xk, 'xi', id, 'xq', q, 'xw', why, 'xt', f17(now))
+  redis.call('ZADD', P .. 'quarantine', now, n)
+end
+-- a message back to ready by its priority p and rank r; a hash without them is quarantined
+-- (a hash that is gone was deleted or evicted: nothing to move)
+local function back_to_ready(id, q, now)
   local jk = P .. 'j:' .. id
   local h = redis.call('HMGET', jk, 'p', 'r')
-  if h[1] then
-    redis.call('ZADD', qkey(q, 'ready'), -tonumber(h[1]), h[2])
+  local p = tonumber(h[1])
+  if p and p == p and h[2] then
+    redis.call('ZADD', qkey(q, 'ready'), -p, h[2])
     redis.call('HSET', jk, 's', 'r')
+  elseif redis.call('EXISTS', jk) == 1 then
+    quarantine(id, q, h[2] and bad_field('p (priority)', h[1]) or 'missing field r (rank)',
+               now)
   end
 end
 -- due delayed messages and expired leases of queue q back to ready (bounded per call)
@@ -70,7 +100,7 @@ local function promote(q, now)
   for _, kind in ipairs({'delayed', 'leased'}) do
     local key = qkey(q, kind)
     local due = redis.call('ZRANGE', key, '-inf', f17(now), 'BYSCORE', 'LIMIT', 0, 500)
-    for _, id in ipairs(due) do back_to_ready(id, q) end
+    for _, id in ipairs(due) do back_to_ready(id, q, now) end
     if #due > 0 then redis.call('ZREM', key, unpack(due)) end
     moved = moved + #due
   end
@@ -218,12 +248,23 @@ return out
 
 #: ARGV: P, n, visibility secs, number of queues (-1: every queue), queue names...
 #: Returns {now, next due time ('' if none, '-' if not looked up), entries dropped (a ready
-#: id whose message is gone), then 11 values per lease}.
+#: id whose message is gone), messages quarantined (a hash without a field the claim needs,
+#: or deliveries not a number), then 11 values per lease}. The client parses the fields it
+#: gets and quarantines a message it cannot read (``QUARANTINE``): Lua checks only what it
+#: must (presence, and the number it adds to), so a well-formed claim pays no extra call.
 #: Two commands per job (HMGET, HSET): one queue pops with ZPOPMIN, several merge their
 #: heads and remove what they took in one ZREM each; tokens come from one INCRBY and the
 #: lease deadlines go in with one ZADD per queue. The next due time is only looked up when
 #: the claim came back short (a full claim is followed by another claim, not by a wait).
 CLAIM = "#!lua\n" + _COMMON + r"""
+-- why a hash (HMGET b p c a t f d) cannot be claimed
+local function unfit(h)
+  local names = {'b (body)', 'p (priority)', 'c (created_at)', 'a (available_at)', 't (task)'}
+  for i = 1, 5 do
+    if not h[i] then return bad_field(names[i]) end
+  end
+  return bad_field('d (deliveries)', h[7])
+end
 local now, sec, usec = clock()
 local n, vis = tonumber(ARGV[2]), tonumber(ARGV[3])
 local qs = queue_list(tonumber(ARGV[4]), 5)
@@ -253,7 +294,7 @@ else
   end
   for q, members in pairs(chosen) do redis.call('ZREM', qkey(q, 'ready'), unpack(members)) end
 end
-local out = {f17(now), '-', 0}
+local out = {f17(now), '-', 0, 0}
 local expires = f17(now + vis)
 local taken = 0
 local leased = {}
@@ -264,14 +305,20 @@ for i = 1, math.min(n, #cands) do
   local id = string.sub(member, RANK_LEN + 1)
   local jk = P .. 'j:' .. id
   local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f', 'd')
-  if not h[1] then
-    -- a ready entry whose message is gone (deleted by hand, evicted): nothing to run;
-    -- dropped and counted, so it never wedges the queue
-    out[3] = out[3] + 1
+  local deliveries = tonumber(h[7] or '0')
+  if not (h[1] and h[2] and h[3] and h[4] and h[5] and deliveries) then
+    if redis.call('EXISTS', jk) == 0 then
+      -- a ready entry whose message is gone (deleted by hand, evicted): nothing to run;
+      -- dropped and counted, so it never wedges the queue
+      out[3] = out[3] + 1
+    else  -- a damaged message: kept aside, and the rest of the claim goes on
+      quarantine(id, q, unfit(h), now)
+      out[4] = out[4] + 1
+    end
   else
     taken = taken + 1
     local token = sec .. usec .. '-' .. (seq - taken + 1)
-    local deliveries = tonumber(h[7] or '0') + 1
+    deliveries = deliveries + 1
     redis.call('HSET', jk, 'k', token, 's', 'l', 'd', deliveries)
     leased[q] = leased[q] or {}
     table.insert(leased[q], expires)
@@ -283,7 +330,7 @@ for i = 1, math.min(n, #cands) do
   end
 end
 for q, pairs_ in pairs(leased) do redis.call('ZADD', qkey(q, 'leased'), unpack(pairs_)) end
-if taken > 0 then
+if taken + out[3] + out[4] > 0 then  -- (what it skipped must not make a waiter sleep)
   for _, q in ipairs(qs) do
     if redis.call('ZCARD', qkey(q, 'ready')) > 0 then
       wake()
@@ -334,8 +381,7 @@ local function requeue(id, h, delay, now)
     redis.call('HSET', jk, 'a', at, 's', 'd')
     redis.call('ZADD', qkey(h[1], 'delayed'), at, id)
   else
-    redis.call('HSET', jk, 's', 'r')
-    redis.call('ZADD', qkey(h[1], 'ready'), -tonumber(redis.call('HGET', jk, 'p')), h[3])
+    back_to_ready(id, h[1], now)
   end
   wake()
 end
@@ -380,6 +426,22 @@ for i = 3, #ARGV, 2 do
 end
 if secs <= 0 then wake() end
 return out
+"""
+
+#: ARGV: P, then (id, token, queue, why) per message: each message still held by that token
+#: (just claimed, with a field the client could not parse) is quarantined. Returns how many.
+QUARANTINE = "#!lua\n" + _COMMON + _FENCED + r"""
+local now = clock()
+local moved = 0
+for i = 2, #ARGV, 4 do
+  local id, q = ARGV[i], ARGV[i + 2]
+  if held(id, ARGV[i + 1]) then
+    redis.call('ZREM', qkey(q, 'leased'), id)
+    quarantine(id, q, ARGV[i + 3], now)
+    moved = moved + 1
+  end
+end
+return moved
 """
 
 #: ARGV: P, id. Deletes the message if it waits (no token: nobody holds or may settle it).
@@ -515,6 +577,6 @@ if h[1] == 'l' and h[3] then
   if deadline and tonumber(deadline) > now then return 'R' end
   return 'Q'
 end
-if h[1] == 'd' and tonumber(h[4] or '0') > 0 and tonumber(h[5]) > now then return 'T' end
+if h[1] == 'd' and (tonumber(h[4]) or 0) > 0 and (tonumber(h[5]) or 0) > now then return 'T' end
 return 'Q'
 """
