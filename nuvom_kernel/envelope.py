@@ -32,10 +32,16 @@ from nuvom_kernel.job import Job
 from nuvom_kernel.models import Backoff, JobRecord, JobStatus, Message, TaskOptions
 from nuvom_kernel.serialization import JsonSerializer, Serializer, from_wire, to_wire
 
-__all__ = ["ENVELOPE_VERSION", "Envelope", "options_from_wire", "options_to_wire", "origin",
-           "wire_calls"]
+__all__ = ["ENVELOPE_VERSION", "Envelope", "EnvelopeVersionError", "options_from_wire",
+           "options_to_wire", "origin", "wire_calls"]
 
 ENVELOPE_VERSION = 1
+
+
+class EnvelopeVersionError(SerializationError):
+    """A message written by a newer release than this worker's (a producer upgraded before
+    its workers): not damaged, only not readable *here*, so a worker leaves it for a newer
+    one instead of failing it (see ``JobRunner``)."""
 _HOST = ""
 
 
@@ -375,7 +381,8 @@ class Envelope:
                 f"job {message.id}: the message body cannot be decoded "
                 f"({type(exc).__name__}: {exc})") from exc
         if version != ENVELOPE_VERSION:
-            raise SerializationError(
+            newer = type(version) is int and version > ENVELOPE_VERSION
+            raise (EnvelopeVersionError if newer else SerializationError)(
                 f"job {message.id}: envelope version {version!r} is not supported by this "
                 f"worker (expects {ENVELOPE_VERSION}); upgrade nuvom on the worker")
         try:

@@ -743,3 +743,35 @@ def test_process_pool_limits_set_for_another_pool_are_warned_about(
     warned = [r.getMessage() for r in caplog.records if "process pool only" in r.getMessage()]
     assert warned == ["max_tasks_per_child applies to the process pool only; this worker runs "
                       "the thread pool, which ignores it (run it with --pool process)"]
+
+
+def test_a_job_a_newer_release_enqueued_waits_for_a_newer_worker(
+        make_kernel, project: Path, caplog: pytest.LogCaptureFixture):
+    """A producer upgraded before its workers: a worker failed such a job as undecodable,
+    and its record held none of its arguments (the worker cannot read them): the job was
+    lost for good. It is put back for a newer worker now, and the worker says why."""
+    from nuvom_kernel.models import Message
+
+    write_module(project, "t_newer", "from nuvom_kernel import task\n"
+                 "@task\ndef fine():\n    return 'fine'\n")
+    kernel = make_kernel("sqlite")
+    body = b'{"v":2,"id":"from-the-future","task":"fine","args":{"new":"shape"}}'
+    kernel.queue.push([Message(id="from-the-future", body=body, task="fine")])
+    from nuvom_kernel.kernel import use_kernel
+
+    with use_kernel(kernel), caplog.at_level(logging.WARNING, logger="nuvom.worker"):
+        from t_newer import fine
+
+        w = Worker(kernel, workers=1, poll_timeout_secs=0.2)
+        w.start()
+        try:
+            wait_until(lambda: "for a worker of a newer release" in caplog.text,
+                       what="the worker to leave the job")
+            assert fine.delay().get(timeout=10) == "fine"
+        finally:
+            w.stop()
+        assert w.join() == 0
+    assert kernel.results.get("from-the-future") is None, "failed, its arguments lost"
+    message = kernel.queue.peek("from-the-future")
+    assert message is not None and message.body == body
+    assert "envelope version 2 is not supported by this worker (expects 1)" in caplog.text

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel import events
-from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.envelope import Envelope, EnvelopeVersionError
 from nuvom_kernel.errors import (
     JobTimeoutError,
     NuvomError,
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["HookInterrupted", "JobRunner", "bind_job", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
+
+#: How long a job a newer release enqueued waits before a worker looks at it again.
+NEWER_RELEASE_SECS = 10.0
 
 
 class JobRunner:
@@ -69,6 +72,8 @@ class JobRunner:
         #: cancelled a coroutine, or after a sync task's thread took it (:mod:`.aio`).
         self.monitor_slack: float | None = 0.0
         self._coroutine: dict[Callable[..., Any], bool] = {}
+        self._newer_warned_at = float("-inf")  # see _leave_for_newer
+        self._newer_seen = 0
 
     def run_one(self, lease: Lease) -> bool:
         """Run ``lease`` to its settlement; ``False`` if the calling thread was abandoned
@@ -103,6 +108,9 @@ class JobRunner:
             job = envelope.job(JobStatus.RUNNING)
             if WF_HEADER in job.headers:  # a workflow step: its parents' results first
                 resolve_input(self.kernel, job)
+        except EnvelopeVersionError as exc:
+            self._leave_for_newer(lease, exc)
+            return None
         except SerializationError as exc:
             self.settler.submit(self.settler.without_envelope(lease, exc, "undecodable"))
             return None
@@ -230,6 +238,25 @@ class JobRunner:
         if settlement.retry_in is not None:
             events.emit(self.kernel.pm, "nuvom_on_retry", job=job, error=exc,
                         delay_secs=settlement.retry_in)
+
+    def _leave_for_newer(self, lease: Lease, exc: EnvelopeVersionError) -> None:
+        """Put back, for :data:`NEWER_RELEASE_SECS`, a job a newer release enqueued.
+
+        Why not fail it, as a message that does not decode is failed: its record could hold
+        none of its arguments (this worker cannot read them), so the job was lost for good,
+        where a newer worker would run it. It waits in the queue instead (the release takes
+        the delivery back: no delivery limit is reached), and the worker says why, at most
+        once a minute.
+        """
+        self.settler.safely("leave it for a newer worker", lease, self.settler.queue.release,
+                            lease, delay_secs=NEWER_RELEASE_SECS)
+        now = time.monotonic()
+        self._newer_seen += 1
+        if now >= self._newer_warned_at + 60.0:
+            log.warning("%s; left in the queue for a worker of a newer release (%d such "
+                        "job(s) seen in the last minute): upgrade this worker", exc,
+                        self._newer_seen)
+            self._newer_warned_at, self._newer_seen = now, 0
 
     def _hand_back(self, running: Running, exc: UnknownTaskError) -> bool:
         """During a rolling deploy, give a job whose task this (older) worker lacks back to
