@@ -73,6 +73,27 @@ def test_inspect_shows_a_lone_surrogate_escaped_on_a_utf8_terminal(project: Path
     assert done.returncode == 0, done.stderr
 
 
+def test_inspect_shows_values_as_get_returns_them_and_json_keeps_the_wire_form(
+        project: Path) -> None:
+    """The table printed the stored wire form: ``{'__nuvom__': ['dict', [['b',
+    {'__nuvom__': ['bytes', '/w==']}], ...`` for what ``get()`` returns as a plain dict."""
+    write_module(project, "cli_tasks", TASKS)
+    from cli_tasks import echo
+
+    kernel = Kernel(root=project)
+    with use_kernel(kernel):
+        job = echo.delay({"b": b"\xff", 1: (2, 3)})
+        run_worker_until(kernel, lambda: job.refresh().status is JobStatus.SUCCEEDED,
+                         "the job to finish")
+    done = run_nuvom(["inspect", "job", job.id], project)
+    assert done.returncode == 0, done.stderr
+    assert "result: {'b': b'\\xff', 1: (2, 3)}" in done.stdout, done.stdout
+    assert "args: [{'b': b'\\xff', 1: (2, 3)}]" in done.stdout, done.stdout
+    assert "__nuvom__" not in done.stdout
+    done = run_nuvom(["inspect", "job", job.id, "--format", "json"], project)
+    assert '"__nuvom__"' in done.stdout, "JSON output is the stored (JSON-native) form"
+
+
 def test_history_offers_only_the_states_a_record_can_be_in(project: Path) -> None:
     """No record is ever RUNNING (a job's record keeps its last settled state), so
     `--status running` matched nothing, silently."""

@@ -81,6 +81,8 @@ def inspect_job(job_id: str, fmt: str) -> None:
         return
     if job.status is JobStatus.UNKNOWN:
         raise click.ClickException(_unknown(job_id))
+    if record is not None:  # the values as get() returns them, not their wire form
+        data.update(args=list(job.args), kwargs=job.kwargs, result=job.result)
     for key in ("job_id", "task", "status", "queue", "workflow", "attempts", "max_retries",
                 "args", "kwargs", "result", "error_type", "error_message", "worker",
                 "trace_id"):
