@@ -157,6 +157,12 @@ class Task(Generic[P, R]):
             9999-12-31 23:59:59 UTC (any year a ``datetime`` holds; PostgreSQL's bound).
         :param priority: a whole number from -2**31 to 2**31-1, higher runs first.
         """
+        if not isinstance(args, (list, tuple)):  # a str ran task('a', 'b', 'c'), a dict
+            raise TypeError(  # its keys: Celery refuses these too
+                f"apply_async() args must be a tuple or list of positional arguments, got "
+                f"{type(args).__name__} {args!r:.60}; for one argument write args=(value,)")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"apply_async() kwargs must be a dict, got {type(kwargs).__name__}")
         delay_secs = _check_delay(delay_secs)
         if eta is not None:
             if delay_secs:

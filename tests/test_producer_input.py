@@ -319,3 +319,18 @@ def test_arguments_too_deep_or_too_large_to_encode_say_so(kernel: Kernel, projec
     with pytest.raises(SerializationError, match="more than 4,300 digits"):
         echo.delay(10 ** 5000)
     assert kernel.queue.qsize() == 0
+
+
+@pytest.mark.parametrize(("args", "kwargs", "said"), [
+    ("abc", None, "args must be a tuple or list"),
+    ({"a": 1}, None, "args must be a tuple or list"),
+    ((1,), [("a", 1)], "kwargs must be a dict"),
+])
+def test_apply_async_refuses_args_that_are_not_a_sequence_of_arguments(
+        kernel: Kernel, project: Path, args: Any, kwargs: Any, said: str) -> None:
+    """``args="abc"`` ran ``task('a', 'b', 'c')`` and ``args={'a': 1}`` ran ``task('a')``
+    (Celery raises ``TypeError`` for both)."""
+    echo, _ = _tasks(project)
+    with pytest.raises(TypeError, match=said):
+        echo.apply_async(args, kwargs)
+    assert kernel.queue.qsize() == 0
