@@ -245,3 +245,45 @@ def test_runworker_on_a_store_a_newer_plugin_wrote_exits_at_once_saying_so(proje
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and "schema version 999" in lines[0], lines
     assert "pip install -U nuvom-plugins-sqlite" in lines[0]
+
+
+OFFLOADING = """
+import asyncio, time
+from nuvom_kernel import task
+
+@task(timeout_secs=1)
+async def offload():
+    await asyncio.to_thread(time.sleep, 120)
+"""
+
+
+@pytest.mark.skipif("sqlite" not in PERSISTENT_BACKENDS, reason="needs the SQLite plugin")
+def test_a_timed_out_to_thread_call_does_not_keep_the_process_alive(project: Path):
+    """Python's exit waits for every executor thread's call: a task that awaited
+    ``asyncio.to_thread`` and timed out left one running, and the worker said "stopped"
+    while its process lived on (through any number of signals) until the call returned."""
+    from nuvom_kernel.cli.core import EXIT_SECS
+
+    write_module(project, "offload_tasks", OFFLOADING)
+    environ = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
+    kernel = Kernel(root=project, environ=environ)
+    with use_kernel(kernel):
+        from offload_tasks import offload
+
+        job = offload.delay()
+        proc = start_worker(project, environ)
+        try:
+            wait_until(lambda: job.refresh().status is JobStatus.FAILED, timeout=30,
+                       what="the job to time out")
+            proc.send_signal(signal.SIGINT)
+            t0 = time.monotonic()
+            out, _ = proc.communicate(timeout=EXIT_SECS + 30)
+            elapsed = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    kernel.close()
+    assert proc.returncode == 0, out
+    assert elapsed < EXIT_SECS + 10, (elapsed, out)
+    assert "waiting for threads that tasks started" in out

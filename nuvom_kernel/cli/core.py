@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from typing import Any
 
 import attrs
@@ -14,6 +15,8 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table
 from nuvom_kernel.config import Settings
 from nuvom_kernel.values import parse_size
+
+log = logging.getLogger("nuvom.worker")
 
 
 @hookimpl
@@ -159,4 +162,44 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
             sources={**config.sources, **dict.fromkeys(overrides, "command line")})
     worker = Worker(kernel, workers=workers, queues=queues or None, batch_size=batch_size,
                     grace_period_secs=grace_period, scheduler=not no_scheduler)
-    sys.exit(worker.run())
+    code = worker.run()
+    _end_within(EXIT_SECS, code)
+    sys.exit(code)
+
+
+#: How long the process may take to end once its worker stopped.
+EXIT_SECS = 5.0
+
+
+def _end_within(secs: float, code: int) -> None:
+    """End the process ``secs`` after Python begins its exit, if the exit still waits then.
+
+    Why: Python's exit waits for every thread of ``concurrent.futures`` executors to finish
+    its call, and a task that awaited ``asyncio.to_thread`` (or ``run_in_executor``) and
+    was timed out or abandoned leaves such a call running: the worker said "stopped" and
+    the process lived on, through any number of signals, until the call returned. Armed at
+    the start of the exit (a threading exit hook, registered after the executors' own, so
+    it runs before theirs blocks), never while the program goes on (a ``CliRunner``).
+    """
+    import importlib
+    import os
+
+    # the executors' exit hook registered first, so that this one runs before it
+    importlib.import_module("concurrent.futures.thread")
+
+    def end_now() -> None:
+        busy = [t.name for t in threading.enumerate()
+                if t not in (threading.main_thread(), threading.current_thread())]
+        log.warning("the process was still exiting %g s after its worker stopped, waiting "
+                    "for threads that tasks started (%s): an asyncio.to_thread or "
+                    "run_in_executor call that was timed out or abandoned? Exiting without "
+                    "them", secs, ", ".join(busy[:5]) or "none left")
+        logging.shutdown()
+        os._exit(code)
+
+    def arm() -> None:
+        timer = threading.Timer(secs, end_now)
+        timer.daemon = True
+        timer.start()
+
+    threading._register_atexit(arm)  # type: ignore[attr-defined]
