@@ -30,6 +30,7 @@ from nuvom_kernel.errors import (
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus, Message, TaskOptions
 from nuvom_kernel.serialization import Serializer
+from nuvom_kernel.values import MAX_ETA
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -57,6 +58,13 @@ def importable_module(fn: Any) -> str | None:
             return None
         return ".".join(rel.with_suffix("").parts)
     return None
+
+
+def _available_at(delay_secs: float) -> float:
+    """When a job delayed ``delay_secs`` may start (0: at once). Capped at
+    :data:`~nuvom_kernel.values.MAX_ETA`: an ``eta`` of that second, turned into a delay and
+    back, came out a fraction of a millisecond past it, which PostgreSQL refused."""
+    return min(time.time() + delay_secs, MAX_ETA) if delay_secs > 0 else 0.0
 
 
 def check_capabilities(kernel: Kernel, options: TaskOptions, delay_secs: float) -> None:
@@ -242,7 +250,7 @@ def enqueue(
     # Looked up once per batch (an empty list: no plugin observes enqueues).
     before = events.observers(kernel.pm, "nuvom_before_enqueue")
     after = events.observers(kernel.pm, "nuvom_after_enqueue")
-    available_at = (time.time() + delay_secs) if delay_secs > 0 else 0.0
+    available_at = _available_at(delay_secs)
     queue = kernel.queue
     if before and not (queue.streams_push and queue.observed_as_read):
         _observed(fresh, before)  # every job, before the backend is called
@@ -281,7 +289,7 @@ def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float 
     if before:
         _observed(call, before)
     messages = _encoded(call, kernel.serializer,
-                        (time.time() + delay_secs) if delay_secs > 0 else 0.0)
+                        _available_at(delay_secs))
     stored = _push(kernel, call, messages)
     job._kernel = kernel
     if not stored[0]:  # the id was queued already: that job's handle and state

@@ -24,7 +24,7 @@ from nuvom_kernel.models import Backoff, TaskOptions
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.schedules import POLICIES, Cron, Every, Schedule
 from nuvom_kernel.unique import enqueue_unique
-from nuvom_kernel.values import MAX_SECONDS
+from nuvom_kernel.values import MAX_ETA, MAX_SECONDS
 
 if TYPE_CHECKING:
     from nuvom_kernel.workflow.canvas import Step
@@ -164,20 +164,24 @@ class Task(Generic[P, R]):
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"apply_async() kwargs must be a dict, got {type(kwargs).__name__}")
         delay_secs = _check_delay(delay_secs)
+        at = None
         if eta is not None:
             if delay_secs:
                 raise ValueError("give apply_async() delay_secs= or eta=, not both")
-            delay_secs = max(0.0, _check_eta(eta) - time.time())
+            at = _check_eta(eta)
         options = self.options
         if queue is not None or priority is not None:
-            options = attrs.evolve(options, queue=queue or options.queue,
+            options = attrs.evolve(options, queue=options.queue if queue is None else
+                                   check_queue(queue, "apply_async(queue=...)"),
                                    priority=options.priority if priority is None
                                    else check_priority(priority))
         call = self._call(tuple(args), dict(kwargs or {}), options, _check_id(job_id))
+        kernel = self._kernel()  # a first call loads the plugins: an eta counts from after
+        if at is not None:
+            delay_secs = max(0.0, at - time.time())
         if options.unique and job_id is None:
-            return enqueue_unique(self._kernel(), *call, self._params, delay_secs)
-        return enqueue(self._kernel(), [call], delay_secs=delay_secs,
-                       known_ids=job_id is not None)[0]
+            return enqueue_unique(kernel, *call, self._params, delay_secs)
+        return enqueue(kernel, [call], delay_secs=delay_secs, known_ids=job_id is not None)[0]
 
     def map(self, arguments: Iterable[Any], *, job_ids: Sequence[str] | None = None
             ) -> list[Job[R]]:
@@ -255,11 +259,6 @@ MAX_JOB_ID = 255
 #: non-integer failed a comparison in a backend, both reported as a storage problem.
 PRIORITY_MIN, PRIORITY_MAX = -2**31, 2**31 - 1
 
-#: The latest ``eta``: 9999-12-31 23:59:59 UTC, the last second PostgreSQL's timestamp and
-#: Python's ``datetime`` both hold (an eta near ``datetime.max`` in a zone west of UTC
-#: falls past it).
-MAX_ETA = 253402300799.0
-
 
 #: ``@task`` options by the kind of value they take (``None`` allowed where it is listed).
 _FLAGS = ("jitter", "store_result", "unique")
@@ -289,9 +288,38 @@ def _check_option_types(options: dict[str, Any]) -> None:
             raise ValueError(f"@task({name}=...) takes a number of seconds from 0 to "
                              f"{MAX_SECONDS} (366 days){' or None' if none_ok else ''}, got "
                              f"{value!r}")
-    if "queue" in options and not (isinstance(options["queue"], str) and options["queue"]):
-        raise ValueError(f"@task(queue=...) takes a queue name (a non-empty string), got "
-                         f"{options['queue']!r}")
+    if "queue" in options:
+        check_queue(options["queue"], "@task(queue=...)")
+
+
+def check_queue(queue: Any, what: str) -> str:
+    """``queue`` if it is a name every backend stores and a worker can be told to serve:
+    refused by name otherwise (``what`` says where it was given). An empty name silently
+    meant the task's own queue, a number was stored as one on some backends and failed in
+    others as if their storage were at fault, and a comma made a queue that ``runworker
+    --queue a,b`` (Celery's ``-Q a,b``) cannot name."""
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"{what}: a queue name is a non-empty string, got {queue!r}")
+    if "," in queue or not _is_text(queue):
+        raise ValueError(f"{what}: the queue name {queue[:40]!r} holds "
+                         f"{'a comma' if ',' in queue else 'a NUL or a lone surrogate'}; a "
+                         "queue name is UTF-8 text without a NUL or a comma (a comma "
+                         "separates names on `nuvom runworker --queue a,b`)")
+    return queue
+
+
+def _is_text(value: str) -> bool:
+    """Whether every store can hold ``value`` as text: no NUL, no lone surrogate (text
+    decoded with ``surrogateescape``, which no UTF-8 encoder takes)."""
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_priority(priority: Any) -> int:
@@ -343,13 +371,7 @@ def _check_id(job_id: str | None) -> str | None:
         return None
     if not isinstance(job_id, str) or not job_id:
         raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
-    bad = len(job_id) > MAX_JOB_ID or "\x00" in job_id
-    if not bad and not job_id.isascii():
-        try:  # a lone surrogate (text decoded with surrogateescape): no store's UTF-8 takes it
-            job_id.encode()
-        except UnicodeEncodeError:
-            bad = True
-    if bad:
+    if len(job_id) > MAX_JOB_ID or not _is_text(job_id):
         raise ValueError(f"job_id must be at most {MAX_JOB_ID} characters of UTF-8 text "
                          f"without a NUL (\\x00), got {job_id[:40]!r}"
                          f"{'...' if len(job_id) > 40 else ''} ({len(job_id)} characters); "

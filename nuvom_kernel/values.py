@@ -125,6 +125,11 @@ def whole(minimum: int, *, none_ok: bool = False) -> Callable[[Any], int | None]
 #: every claim on PostgreSQL ("interval out of range"); none of these needs over a year.
 MAX_SECONDS = 366 * 86400
 
+#: The latest ``eta``: 9999-12-31 23:59:59 UTC, the last second PostgreSQL's timestamp and
+#: Python's ``datetime`` both hold (an eta near ``datetime.max`` in a zone west of UTC
+#: falls past it).
+MAX_ETA = 253402300799.0
+
 
 def seconds(*, zero_ok: bool, none_ok: bool = False) -> Callable[[Any], float | None]:
     """A duration in seconds, ``>= 0`` or ``> 0`` (or empty/``none`` with ``none_ok``), at

@@ -680,3 +680,17 @@ def test_plugin_list_with_autoload_off_says_why_nothing_is_listed(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert "No plugins loaded. Note: NUVOM_DISABLE_PLUGIN_AUTOLOAD is set" in done.stdout
     assert "pip install" not in done.stdout
+
+
+def test_runworker_queue_names_split_at_commas_and_are_checked(tmp_path: Path) -> None:
+    """``--queue c,mail`` (Celery's ``-Q c,mail``) served one queue literally named
+    "c,mail"; a name no store holds (undecodable bytes) failed every claim, for ever."""
+    from nuvom_kernel.cli.core import _queue_names
+
+    assert _queue_names(("c,mail", "x")) == ("c", "mail", "x")
+    done = run_nuvom(["runworker", "--queue", "default,"], tmp_path, **MEMORY)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Invalid value for --queue: a queue name is a non-empty string" in done.stderr
+    done = run_nuvom(["runworker", "--queue", "caf\udce9"], tmp_path, **MEMORY)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "holds a NUL or a lone surrogate" in done.stderr

@@ -334,3 +334,32 @@ def test_apply_async_refuses_args_that_are_not_a_sequence_of_arguments(
     with pytest.raises(TypeError, match=said):
         echo.apply_async(args, kwargs)
     assert kernel.queue.qsize() == 0
+
+
+@pytest.mark.parametrize(("queue", "said"), [
+    ("", "a queue name is a non-empty string"),
+    (123, "a queue name is a non-empty string"),
+    ("a,b", "holds a comma"),
+    ("caf\udce9", "holds a NUL or a lone surrogate"),
+])
+def test_apply_async_checks_the_queue_as_task_does(kernel: Kernel, project: Path,
+                                                   queue: Any, said: str) -> None:
+    """``queue=""`` silently meant the task's own queue, ``queue=123`` was stored as a
+    number on some backends and failed on others as if their storage were at fault."""
+    echo, _ = _tasks(project)
+    with pytest.raises(ValueError, match=said):
+        echo.apply_async((1,), queue=queue)
+    assert kernel.queue.qsize() == 0
+
+
+def test_an_eta_counts_from_when_the_job_is_stored_and_may_be_the_last_second(
+        kernel: Kernel, project: Path) -> None:
+    """The eta was turned into a delay before the first call loaded the plugins (and
+    connected), so the job started late by that much; and the last second the docs
+    promise, 9999-12-31 23:59:59 UTC, came back a fraction past it, which PostgreSQL
+    refused."""
+    echo, _ = _tasks(project)
+    last = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    job = echo.apply_async((1,), eta=last)
+    message = kernel.queue.peek(job.id)
+    assert message is not None and message.available_at <= last.timestamp()

@@ -110,7 +110,10 @@ def test_bad_concurrency_and_unique_for_are_refused(bad):
     ("unique_for", 10**12, "from 0 to 31622400 (366 days)"),
     ("timeout_secs", "5", "@task(timeout_secs=...) takes a number of seconds"),
     ("backoff_max_secs", None, "@task(backoff_max_secs=...) takes a number of seconds"),
-    ("queue", "", "@task(queue=...) takes a queue name"),
+    ("queue", "", "@task(queue=...): a queue name is a non-empty string"),
+    ("queue", 123, "@task(queue=...): a queue name is a non-empty string"),
+    ("queue", "a,b", "holds a comma"),
+    ("queue", "caf\udce9", "holds a NUL or a lone surrogate"),
 ])
 def test_an_option_of_the_wrong_type_is_refused_by_name(option, value, says):
     """retries="2" failed with a bare "'<' not supported"; unique="yes", retries=True and a

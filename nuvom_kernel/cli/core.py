@@ -14,6 +14,7 @@ import click
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table
 from nuvom_kernel.config import Settings
+from nuvom_kernel.task import check_queue
 from nuvom_kernel.values import parse_size
 
 log = logging.getLogger("nuvom.worker")
@@ -122,7 +123,8 @@ class _Size(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.
 @click.option("--workers", "-w", type=click.IntRange(min=1), default=None,
               help="Jobs at once: threads, children or asyncio tasks (NUVOM_MAX_WORKERS).")
 @click.option("--queue", "-q", "queues", multiple=True,
-              help="Serve only this named queue (repeatable; default: all).")
+              help="Serve only this named queue (repeatable, or comma-separated: "
+                   "--queue a,b; default: all).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Most jobs leased at once (default: NUVOM_BATCH_SIZE).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR",
@@ -152,6 +154,7 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
     if "" not in sys.path:  # the project directory holds the task modules
         sys.path.insert(0, "")
     kernel = _kernel()
+    queues = _queue_names(queues)
     flags = {"pool": pool, "max_tasks_per_child": max_tasks_per_child,
              "max_memory_per_child": max_memory_per_child, "max_child_age_secs": max_child_age}
     overrides = {key: value for key, value in flags.items() if value is not None}
@@ -165,6 +168,20 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
     code = worker.run()
     _end_within(EXIT_SECS, code)
     sys.exit(code)
+
+
+def _queue_names(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--queue`` values split at commas (Celery's ``-Q a,b``) and checked as ``@task``
+    checks them: ``a,b`` served one queue literally named so, and a name no store holds
+    (a lone surrogate from undecodable bytes) failed every claim, for ever."""
+    names = tuple(name for value in values for name in value.split(","))
+    for name in names:
+        try:
+            check_queue(name, "--queue")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).removeprefix("--queue: "),
+                                     param_hint="--queue") from None
+    return names
 
 
 #: How long the process may take to end once its worker stopped.

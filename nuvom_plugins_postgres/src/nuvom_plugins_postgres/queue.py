@@ -34,7 +34,8 @@ from nuvom_kernel.backends import (
 )
 from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.models import JobStatus, Lease, Message
-from nuvom_kernel.task import MAX_ETA, PRIORITY_MAX, PRIORITY_MIN
+from nuvom_kernel.task import PRIORITY_MAX, PRIORITY_MIN
+from nuvom_kernel.values import MAX_ETA
 from nuvom_plugins_postgres.queries import Queries
 from nuvom_plugins_postgres.results import (
     PostgresResultBackend,
