@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -52,10 +53,22 @@ def total(values: list[int]) -> int:
     return sum(values)
 
 
+@task(name="pp_tests.double")
+async def double(n: int) -> int:
+    await asyncio.sleep(0)
+    job = current_job()
+    return n * 2 if job is not None and job.task == "pp_tests.double" else -1
+
+
+@task(name="pp_tests.async_parent")
+async def async_parent(n: int) -> int:
+    return int(double.delay(n).get(timeout=5)) + 1
+
+
 @pytest.fixture(autouse=True)
 def _register_tasks() -> Iterator[None]:
     """tests/conftest.py empties the registry before each test; put this module's back."""
-    for fn in (add, flaky, parent, total):
+    for fn in (add, flaky, parent, total, double, async_parent):
         REGISTRY.register(fn.name, fn, force=True)
     yield
 
@@ -99,6 +112,18 @@ def test_eager_nested_delay_runs_child_first(nuvom_eager: EagerMode) -> None:
     job = parent.delay(4)
     assert job.result == {"child": 8, "me": job.id}, "current_job() survives a nested run"
     assert [j.task for j in nuvom_eager.jobs] == ["pp_tests.parent", "pp_tests.add"]
+
+
+def test_eager_runs_an_async_task_delayed_from_inside_a_running_loop(
+        nuvom_eager: EagerMode) -> None:
+    """An async handler (or an async task) calling ``.delay()`` of an async task: the
+    child ran with ``run_until_complete`` on the thread's running loop, which raised, and
+    it was recorded FAILED where a real worker runs it."""
+    async def handler() -> int:
+        return int(double.delay(5).get(timeout=5))
+
+    assert asyncio.run(handler()) == 10
+    assert async_parent.delay(7).get(timeout=5) == 15
 
 
 def test_eager_drops_start_delay(nuvom_eager: EagerMode) -> None:

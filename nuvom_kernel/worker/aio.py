@@ -26,6 +26,7 @@ What the asyncio pool cannot stop, it gives up as the thread pool gives up a stu
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import functools
 import logging
@@ -84,7 +85,18 @@ async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
 
 
 def run_on_thread_loop(coroutine: Coroutine[Any, Any, Any], job: Job) -> Any:
-    """Run a coroutine on the calling thread's own loop, created once and kept."""
+    """Run a coroutine on the calling thread's own loop, created once and kept.
+
+    On a thread whose loop is running already — a job run inline from inside a coroutine:
+    eager mode, where an async task's (or an async test's) ``.delay()`` runs the child at
+    once — it runs on a loop of its own on a thread of its own, in a copy of the caller's
+    context, while the caller waits: ``run_until_complete`` of a running loop raised, and
+    the child was recorded FAILED where a real worker runs it.
+    """
+    if asyncio._get_running_loop() is not None:
+        with concurrent.futures.ThreadPoolExecutor(1, "nuvom-inline-loop") as inline:
+            return inline.submit(contextvars.copy_context().run, asyncio.run,
+                                 bounded(coroutine, job)).result()
     loop = getattr(_thread, "loop", None)
     if loop is None or loop.is_closed():
         loop = _thread.loop = asyncio.new_event_loop()
