@@ -102,12 +102,9 @@ class TaskRegistry:
 
         :raises UnknownTaskError: with what was tried and how to fix it.
         """
-        fn = self._tasks.get(name)
-        if fn is not None and (module is None or getattr(fn, "module", module) == module):
+        fn = self.known(name, module)
+        if fn is not None:
             return fn
-        found = self._found.get((name, module))
-        if found is not None:
-            return found
         tried: list[str] = []
         import_failed = False
         for candidate in dict.fromkeys(m for m in (module, self._modules.get(name)) if m):
@@ -140,6 +137,14 @@ class TaskRegistry:
             f" and run `nuvom discover tasks` to refresh .nuvom/manifest.json.",
             import_failed=import_failed or not tried,
         )
+
+    def known(self, name: str, module: str | None = None) -> Any | None:
+        """:meth:`resolve`'s answer if it needs no import (``None`` otherwise): the asyncio
+        pool imports a task's module off its event loop, and asks here first."""
+        fn = self._tasks.get(name)
+        if fn is not None and (module is None or getattr(fn, "module", module) == module):
+            return fn
+        return self._found.get((name, module))
 
     def import_module(self, module: str) -> None:
         """Import ``module``; if it raises, forget the tasks it registered before it did.

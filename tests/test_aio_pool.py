@@ -404,3 +404,22 @@ def test_a_forced_stop_ends_the_process_with_such_a_coroutine_alive(project: Pat
         assert "stopping now" in out and "did not end when cancelled" in out, out
         assert kernel.queue.peek_state(job.id) is JobStatus.QUEUED  # returned at once
     kernel.close()
+
+
+def test_a_task_module_is_imported_off_the_event_loop(sqlite, project: Path):
+    """The pool imported a task's module on its event loop when the module's first job
+    arrived: an import of seconds held every running coroutine (and the watchdog blamed
+    them), and a module that runs a loop of its own at import (``asyncio.run``) failed its
+    jobs with ``UnknownTaskError`` in this pool only."""
+    kernel = sqlite()
+    write_module(project, "t_loop_at_import", (
+        "import asyncio\nfrom nuvom_kernel import task\n"
+        "READY = asyncio.run(asyncio.sleep(0, result='ready'))\n"
+        "@task\nasync def ready():\n    return READY\n"))
+    with started(kernel, 2):
+        from nuvom_kernel.envelope import Envelope
+        from nuvom_kernel.models import TaskOptions
+
+        env = Envelope.for_call("ready", "t_loop_at_import", TaskOptions(), (), {})
+        kernel.queue.enqueue(env.to_message(kernel.serializer))
+        assert get_job(env.id).get(timeout=30) == "ready"

@@ -7,6 +7,7 @@ job run on its own (eager/test mode, ``Worker.run_one``). Whatever the task rais
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import threading
@@ -166,7 +167,11 @@ class JobRunner:
                 return None
             try:
                 with bind_job(running.job):
-                    func = self.resolve(running.job)
+                    func = self._known(running.job)
+                    if func is None:  # its module's first job: imported off the loop (an
+                        # import of seconds held every coroutine, and one that runs a loop
+                        # of its own, asyncio.run() at import, failed here only)
+                        func = await asyncio.to_thread(self.resolve, running.job)
                     events.emit(self.kernel.pm, "nuvom_before_execute", job=running.job)
                     result = await pool.call(func, running, self._is_coroutine(func))
             except BaseException as exc:  # CancelledError too: only a forced stop cancels,
@@ -196,6 +201,11 @@ class JobRunner:
     def resolve(self, job: Job) -> Callable[..., Any]:
         fn = self.kernel.registry.resolve(job.task, job.module)
         return getattr(fn, "fn", fn)  # type: ignore[no-any-return]
+
+    def _known(self, job: Job) -> Callable[..., Any] | None:
+        """:meth:`resolve` without an import; ``None`` if it would import."""
+        fn = self.kernel.registry.known(job.task, job.module)
+        return None if fn is None else getattr(fn, "fn", fn)
 
     def _failed(self, running: Running, exc: BaseException) -> None:
         if isinstance(exc, UnknownTaskError) and self._hand_back(running, exc):
