@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from nuvom_kernel import JobStatus, Worker, get_job, task
+from nuvom_kernel import JobStatus, Worker, get_job, hookimpl, task
 from nuvom_kernel.job import Job
 from nuvom_kernel.kernel import Kernel, use_kernel
 from tests.helpers import wait_until, write_module
@@ -423,3 +423,37 @@ def test_a_task_module_is_imported_off_the_event_loop(sqlite, project: Path):
         env = Envelope.for_call("ready", "t_loop_at_import", TaskOptions(), (), {})
         kernel.queue.enqueue(env.to_message(kernel.serializer))
         assert get_job(env.id).get(timeout=30) == "ready"
+
+
+class _MarkedLoop(asyncio.SelectorEventLoop):
+    """Any loop of a policy a plugin sets (uvloop's, say), told apart by its type."""
+
+
+class _MarkedPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _MarkedLoop()
+
+
+class _SetsThePolicy:
+    @hookimpl
+    def nuvom_worker_prepare(self, worker: Worker) -> None:
+        asyncio.set_event_loop_policy(_MarkedPolicy())
+
+
+def test_an_event_loop_policy_set_while_the_worker_prepares_is_the_pools(sqlite,
+                                                                         project: Path):
+    """The pool made its loop when the worker was built, before any plugin could set a
+    policy (uvloop's): there was no way to run it on another loop."""
+    kernel = sqlite()
+    kernel.pm.register(_SetsThePolicy(), name="sets-the-policy")
+    write_module(project, "t_loop_type", (
+        "import asyncio\nfrom nuvom_kernel import task\n"
+        "@task\nasync def loop_type():\n"
+        "    return type(asyncio.get_running_loop()).__name__\n"))
+    from t_loop_type import loop_type  # type: ignore[import-not-found]
+
+    try:
+        with started(kernel, 2):
+            assert loop_type.delay().get(timeout=30) == "_MarkedLoop"
+    finally:
+        asyncio.set_event_loop_policy(None)

@@ -133,7 +133,9 @@ class AsyncPool:
 
     def __init__(self, sync_threads: int, slots: Slots, max_abandoned: int,
                  grace_secs: float, wake_monitor: Callable[[], None]) -> None:
-        self.loop = asyncio.new_event_loop()
+        #: Made by :meth:`start`, after the plugins prepared the worker: a plugin's
+        #: ``nuvom_worker_prepare`` may set the event loop policy (uvloop).
+        self.loop: asyncio.AbstractEventLoop
         self.slots = slots
         self.max_abandoned = max_abandoned
         self.grace_secs = grace_secs
@@ -157,6 +159,7 @@ class AsyncPool:
                                           daemon=True)
 
     def start(self) -> None:
+        self.loop = asyncio.new_event_loop()
         self._thread.start()
         self._watchdog.start()
         for _ in range(self._sync_threads):
@@ -336,6 +339,8 @@ class AsyncPool:
         """
         self._stopped.set()
         self.answering.set()
+        if self._thread.ident is None:  # never started
+            return
         with self._lock:
             serving = self._serving
         for _ in range(serving):
