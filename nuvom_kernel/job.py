@@ -142,6 +142,7 @@ class Job(Generic[R]):
                 return await asyncio.to_thread(kernel.wait_for, self, 0.0, poll_secs)
             except TimeoutError:
                 if left is not None and left <= 0:
-                    raise TimeoutError(f"job {self.id} had no outcome within {timeout} s"
-                                       ) from None
+                    from nuvom_kernel.kernel import still_waiting
+
+                    raise still_waiting(self, timeout) from None
             await asyncio.sleep(poll_secs if left is None else min(poll_secs, left))

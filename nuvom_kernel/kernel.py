@@ -268,13 +268,17 @@ class Kernel:
                     "quarantined (`nuvom status` lists those). Check the id and that this "
                     "process uses the same backends and data directory as the producer.")
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"job {job.id} ({job.task}) is still {job.status} after {timeout} s; "
-                    "is a worker running (`nuvom runworker`) on the same backend?"
-                )
+                raise still_waiting(job, timeout)
             wait = interval if deadline is None else min(interval, deadline - time.monotonic())
             time.sleep(max(wait, 0.0))
             interval = min(interval * 2, poll_secs)
+
+
+def still_waiting(job: Job, timeout: float | None) -> TimeoutError:
+    """What ``get()`` and ``get_async()`` raise when ``timeout`` passed: the job's state and
+    the usual cause of a job that never starts."""
+    return TimeoutError(f"job {job.id} ({job.task}) is still {job.status} after {timeout} s; "
+                        "is a worker running (`nuvom runworker`) on the same backend?")
 
 
 def _apply_record(job: Job, record: JobRecord) -> None:

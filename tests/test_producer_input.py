@@ -363,3 +363,15 @@ def test_an_eta_counts_from_when_the_job_is_stored_and_may_be_the_last_second(
     job = echo.apply_async((1,), eta=last)
     message = kernel.queue.peek(job.id)
     assert message is not None and message.available_at <= last.timestamp()
+
+
+def test_get_async_times_out_with_get_s_words(kernel: Kernel, project: Path) -> None:
+    """``get_async`` said only "had no outcome within 0.2 s", without the job's state and
+    the hint that ``get()`` gives."""
+    import asyncio
+
+    echo, _ = _tasks(project)
+    job = echo.delay(1)
+    with pytest.raises(TimeoutError, match=r"is still QUEUED after 0.2 s; is a worker "
+                                           r"running \(`nuvom runworker`\)"):
+        asyncio.run(job.get_async(timeout=0.2))
