@@ -27,7 +27,7 @@ from tests.helpers import wait_until, write_module
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
 TASKS = """
-import asyncio, ctypes, os, pathlib, signal, threading, time
+import asyncio, ctypes, os, pathlib, signal, subprocess, sys, threading, time
 from nuvom_kernel import current_job, task
 
 @task
@@ -64,6 +64,38 @@ def c_sleep():
 @task(retries=1, retry_delay_secs=0)
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
+
+def _leave_behind(how):
+    # A process that outlives this task, holding what it inherited; its pid goes to
+    # grandchild.<child pid> (the test kills it).
+    if how == "system":  # fork + exec, no close_fds: the shell's background job
+        os.system(f"sleep 60 & echo $! > grandchild.{os.getpid()}")
+        return
+    pid = os.fork()  # fork without exec (a multiprocessing fork): every fd stays open
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    pathlib.Path(f"grandchild.{os.getpid()}").write_text(str(pid))
+
+@task(retries=0)
+def leave_and_die(how):
+    _leave_behind(how)
+    os._exit(1)
+
+@task
+def leave_and_return(how):
+    _leave_behind(how)
+    return os.getpid()
+
+@task
+def pipe_inodes():
+    # The child's pipe ends (in its argv) here, and in a process it starts without close_fds
+    pipes = sys.argv[1:3]
+    probe = ("import os, sys; print(*[os.fstat(int(f)).st_ino if os.path.exists("
+             "'/proc/self/fd/' + f) else 0 for f in sys.argv[1:]])")
+    seen = subprocess.run([sys.executable, "-c", probe, *pipes], close_fds=False, check=True,
+                          capture_output=True, text=True).stdout
+    return [[os.fstat(int(f)).st_ino for f in pipes], [int(i) for i in seen.split()]]
 
 @task
 def hog(mb):
@@ -247,6 +279,61 @@ def test_a_child_killed_by_a_signal_fails_the_attempt_and_ends_failed(start):
     assert [e["signal"] for e in record.history] == [9, 9]
     assert all(e["max_rss_kb"] > 0 and e["cpu_secs"] is not None for e in record.history)
     assert isinstance(pid.delay().get(timeout=60), int), "the pool did not recover"
+
+
+@pytest.fixture
+def grandchildren(project: Path) -> Iterator[None]:
+    """Kills the processes the tasks left behind (pids in ``grandchild.*``) after the test,
+    before the worker is stopped: they would outlive it by a minute."""
+    yield
+    for path in project.glob("grandchild.*"):
+        try:
+            os.kill(int(path.read_text()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass
+
+
+def test_what_a_task_starts_does_not_inherit_the_childs_pipes(start):
+    # Held open by it, they would hide the child's death from the worker (end of file).
+    from pool_tasks import pipe_inodes
+
+    start("--pool", "process", "--workers", "1")
+    own, seen = pipe_inodes.delay().get(timeout=60)
+    assert all(own) and not set(own) & set(seen), (own, seen)
+
+
+# Each: "system" is fork + exec without close_fds (the child's pipe ends are close-on-exec);
+# "fork" is a fork without exec, which keeps them open (the worker watches the child's pid).
+@pytest.mark.parametrize("how", ["system", "fork"])
+def test_a_child_that_dies_leaving_a_process_behind_is_noticed_at_once(
+        start, grandchildren: None, how: str):
+    from pool_tasks import leave_and_die, pid
+
+    worker = start("--pool", "process", "--workers", "1")
+    job = leave_and_die.delay(how)
+    with pytest.raises(JobFailedError) as info:
+        job.get(timeout=15)  # not the 60 s the process it left behind lives
+    assert "its process exited with code 1" in str(info.value)
+    entry = get_job(job.id).history[-1]
+    assert entry["finished_at"] - entry["started_at"] < 5
+    assert isinstance(pid.delay().get(timeout=15), int), "the slot stayed blocked"
+    worker.children()
+
+
+@pytest.mark.parametrize("how", ["system", "fork"])
+def test_an_idle_child_killed_with_a_process_it_left_behind_is_replaced(
+        start, grandchildren: None, how: str):
+    from pool_tasks import leave_and_return, pid
+
+    worker = start("--pool", "process", "--workers", "1")
+    first = leave_and_return.delay(how).get(timeout=60)
+    worker.children()
+    os.kill(first, signal.SIGKILL)  # as the OOM killer does, between jobs
+    wait_until(lambda: not _alive(first), timeout=10, what="the child to die")
+    job = pid.delay()
+    assert job.get(timeout=15) not in (first, None), "the next job waited on a dead child"
+    assert get_job(job.id).attempts == 1, "charged for a child it never reached"
+    assert "was gone before the job reached it" in worker.output()
 
 
 def test_recycling_by_task_count_keeps_capacity(start):

@@ -236,6 +236,12 @@ def _die_with_parent(parent: int) -> None:
 def main(argv: list[str]) -> None:
     global PARENT_PID
     requests, replies, parent = int(argv[0]), int(argv[1]), int(argv[2])
+    # pass_fds made the pipe ends inheritable: a process a task starts without close_fds
+    # (os.system("... &"), Popen(close_fds=False)) would hold them open after this child
+    # died, and the parent, waiting for end of file, would not see it die until that
+    # process ends. Close them on exec from the start (the parent also watches our pid).
+    for fd in (requests, replies):
+        os.set_inheritable(fd, False)
     PARENT_PID = parent
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

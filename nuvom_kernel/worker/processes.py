@@ -12,6 +12,10 @@ whose RSS passes ``max_memory_per_child`` while it runs is killed (a limit that 
 the task to finish does not protect the host); after a job, a child past its task count,
 memory or age is retired. A warm spare is always starting, so a retired or dead child is
 replaced by one that has already imported the task modules: capacity does not drop.
+
+A child's death is seen by end of file on its pipes and also by its process state (before
+each job, and at each wake-up while one runs): a process a task left behind can hold the
+pipes open, and end of file alone would then hide the death until that process ends.
 """
 
 from __future__ import annotations
@@ -108,10 +112,21 @@ class Child:
             return False
 
     def wait_ready(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.replies], [], [], timeout)
-        if ready:
-            hello = read_frame(self.replies)
-            self.ready = bool(hello and hello.get("ready"))
+        """Wait for the child's hello; ``False`` if it died (or stayed silent) first.
+
+        Checked every second by process state too, not only by end of file: a module that
+        forks at import (without exec) and then kills the child leaves the pipe held open,
+        and the executor would wait the whole ``timeout`` for a child long dead.
+        """
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self.replies], [], [], min(left, 1.0))
+            if ready:
+                hello = read_frame(self.replies)
+                self.ready = bool(hello and hello.get("ready"))
+                break
+            if self.exited():
+                break
         return self.ready
 
     def rss(self) -> int | None:
@@ -135,8 +150,13 @@ class Child:
 
     def _run(self, request: dict[str, Any], deadline: float | None, grace: float,
              max_memory: int | None) -> dict[str, Any]:
-        if not self._send(request):  # the job never reached it: ProcessPool.call retries
-            return {**self.reap("it was gone before the job reached it"), "unsent": True}
+        # An idle child killed between jobs (the OOM killer, kill -9) is found by its
+        # process state, not by EPIPE alone: a process its last task left behind may hold
+        # the request pipe's read end, and the job would then wait in a pipe nobody reads.
+        # One wait4(WNOHANG) per job, no other cost.
+        if self.exited() or not self._send(request):  # the job never reached it:
+            return {**self.reap("it was gone before the job reached it"),  # call() retries
+                    "unsent": True}
         kill_at: float | None = None
         reason = ""
         while True:
@@ -152,6 +172,8 @@ class Child:
                     return self.reap(reason)
                 self.tasks += 1
                 return reply
+            if self.exited():  # dead, its reply pipe held open by a process it left behind
+                return self.reap(reason)
             now = time.monotonic()
             if kill_at is not None and now >= kill_at:
                 reason = (f"it did not stop within kill_grace_secs={grace:g} after the soft "
@@ -168,6 +190,8 @@ class Child:
                                  f"({format_size(max_memory)})")
 
     def signal(self, number: int) -> None:
+        if self._reaped is not None:  # its pid may already be another process's
+            return
         try:
             os.kill(self.pid, number)
         except ProcessLookupError:
@@ -178,18 +202,36 @@ class Child:
 
     def reap(self, reason: str = "", timed_out: bool = False) -> dict[str, Any]:
         """Wait for the dead child; how it ended, with its resource usage."""
-        if self._reaped is None:
-            try:
-                _, status, usage = os.wait4(self.pid, 0)
-                code = os.waitstatus_to_exitcode(status)
-                self._reaped = {"exit_code": code, "max_rss_kb": usage.ru_maxrss,
-                                "cpu_secs": round(usage.ru_utime + usage.ru_stime, 6)}
-            except ChildProcessError:  # reaped elsewhere (Popen.wait)
-                code = self.proc.returncode if self.proc.returncode is not None else -9
-                self._reaped = {"exit_code": code}
-            self.proc.returncode = code
-            self._close_pipes()
-        return {**self._reaped, "died": True, "reason": reason, "timed_out": timed_out}
+        ended = self._reaped or self._wait(0) or {"exit_code": -9}  # wait(0): never None
+        self._close_pipes()
+        return {**ended, "died": True, "reason": reason, "timed_out": timed_out}
+
+    def exited(self) -> bool:
+        """Whether the child's process has ended (then reaped, for :meth:`reap`).
+
+        End of file on the reply pipe (EPIPE on the request pipe) is not enough to see a
+        child die: a process that a task left behind and that got the pipe ends (a fork
+        without exec: a multiprocessing ``fork`` child) keeps them open after the child is
+        gone, and the job would read RUNNING, its lease extended, until that process ends.
+        """
+        return self._reaped is not None or self._wait(os.WNOHANG) is not None
+
+    def _wait(self, options: int) -> dict[str, Any] | None:
+        """``wait4`` the child with ``options``: how it ended (kept for :meth:`reap`), or
+        ``None`` while it runs (``WNOHANG``)."""
+        try:
+            pid, status, usage = os.wait4(self.pid, options)
+        except ChildProcessError:  # reaped elsewhere (Popen.wait)
+            code = self.proc.returncode if self.proc.returncode is not None else -9
+            self._reaped = {"exit_code": code}
+        else:
+            if pid == 0:
+                return None
+            code = os.waitstatus_to_exitcode(status)
+            self._reaped = {"exit_code": code, "max_rss_kb": usage.ru_maxrss,
+                            "cpu_secs": round(usage.ru_utime + usage.ru_stime, 6)}
+        self.proc.returncode = code
+        return self._reaped
 
     def close(self) -> None:
         """Ask an idle child to exit; it is reaped in the background."""
@@ -199,6 +241,8 @@ class Child:
 
     def _close_pipes(self) -> None:
         for fd in (self.requests, self.replies):
+            if fd == -1:
+                continue
             try:
                 os.close(fd)
             except OSError:
