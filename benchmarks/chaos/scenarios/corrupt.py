@@ -20,9 +20,10 @@ from ..tasks import TASKS_MODULE
 __all__ = ["scenario_corrupt"]
 
 
-def _generic_corruption(project: Project) -> dict[str, str]:
+def _generic_corruption(project: Project) -> tuple[dict[str, str], str]:
     """Messages pushed through the backend SPI that no worker can run; returns job id ->
-    the error type its FAILED record must name."""
+    the error type its FAILED record must name, and the id of a job a future kernel
+    enqueued (a worker leaves it in the queue for a newer worker: no record)."""
     kernel = project.kernel()
     expected: dict[str, str] = {}
     bad = "nuvom_kernel.errors.SerializationError"
@@ -39,11 +40,13 @@ def _generic_corruption(project: Project) -> dict[str, str]:
     whole = kernel.serializer.dumps(envelope)
     push(b"\xff\xfe\x00 not even text")  # undecodable payload
     push(whole[: len(whole) // 2])  # truncated envelope
-    push(kernel.serializer.dumps({**envelope, "v": 99}))  # a future kernel's envelope
+    future = f"future{random.getrandbits(32):08x}"
+    kernel.queue.enqueue(Message(id=future, queue="default",
+                                 body=kernel.serializer.dumps({**envelope, "v": 99})))
     push(kernel.serializer.dumps({**envelope, "args": "not a list", "opts": 5}))
     expected[project.enqueue_raw("chaos_removed_task", [1], TASKS_MODULE)] = missing
     expected[project.enqueue_raw("chaos_moved_task", [1], "chaos_module_gone")] = missing
-    return expected
+    return expected, future
 
 
 def scenario_corrupt(base: Path, backend: str, sizes: Sizes) -> Outcome:
@@ -55,7 +58,7 @@ def scenario_corrupt(base: Path, backend: str, sizes: Sizes) -> Outcome:
         half = sizes.flow_jobs // 2
         ids = project.enqueue("work", [(i, 0.0) for i in range(half)])
         victim = project.enqueue("work", [(-1, 0.0)])[0]
-        expected = _generic_corruption(project)
+        expected, future = _generic_corruption(project)
         corruptor = profile(backend).corrupt
         damage = corruptor(project, victim) if corruptor else Corruption()
         if victim not in damage.failed:
@@ -67,6 +70,12 @@ def scenario_corrupt(base: Path, backend: str, sizes: Sizes) -> Outcome:
         project.start_worker(2)
         project.start_worker(2)
         kernel = project.kernel()
+        project.wait_succeeded(len(ids), 60, settled=False)
+        out.check(project.record(future) is None and kernel.queue.peek(future) is not None,
+                  f"the job of a future kernel's envelope should wait in the queue for a "
+                  f"newer worker, got record {brief(project.record(future))}")
+        wait_for(lambda: kernel.queue.cancel(future), 30,  # no newer worker will come
+                 "the future kernel's job to be cancelled (not leased)", interval=0.05)
         project.wait_succeeded(len(ids), 60)
 
         def settled() -> bool:
