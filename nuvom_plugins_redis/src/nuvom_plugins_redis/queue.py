@@ -246,10 +246,15 @@ class RedisJobQueue(QueueBackend):
         return bool(self._run("CANCEL", [job_id], "cancelling a job"))
 
     def stats(self) -> QueueStats:
+        """Counts of the queues that hold something, as the other backends report them. The
+        scripts drop a queue from ``queues`` once it is empty, and the reaper drops names an
+        earlier release left there; until it has, such a name counts all zeros and is
+        skipped here, so ``nuvom status`` never lists thousands of spent queue names."""
         stats = QueueStats()
         now = time.time()
         for queue, counts in self._counts(None, now=now).items():
-            stats.queues[queue] = counts
+            if counts.ready or counts.delayed or counts.running:
+                stats.queues[queue] = counts
         stats.quarantined = self._quarantined()
         return stats
 

@@ -118,5 +118,6 @@ for i = 0, n - 1 do
   end
   out[#out + 1] = ok
 end
+forget_empty()  -- an ack may have taken a queue's last message (scripts: P queues)
 return out
 """

@@ -11,7 +11,7 @@ before it kept. A push chunk is therefore all or nothing, also when memory runs 
 
 Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
 
-    P queues                  SET   every queue name seen (claims over "every queue")
+    P queues                  SET   every queue holding a message (claims over "every queue")
     P j:<id>                  HASH  one message: b body, q queue, p priority, c created_at,
                                     a available_at (moved by a retry or a delayed release,
                                     kept when promoted to ready), t task, f failures,
@@ -37,6 +37,20 @@ promotion, requeue): its hash is moved aside whole, never run and never lost, an
 ``nuvom status``; the rest of the batch goes on. A ready entry whose hash is gone altogether
 is only dropped: nothing is left to keep.
 
+Why ``P queues`` lists only queues that hold something: a claim or reap over every queue
+walks it, so a name kept after its queue emptied (per-tenant or per-run queue names) would
+cost every claim, every reaper tick and ``nuvom status`` for good. The invariant is kept
+inside the scripts, so no push is ever left invisible to a worker serving every queue:
+``PUSH`` adds a queue with its first message (and again after it was dropped); every script
+that takes a message out of a queue's sets without putting it back in the same queue (ack,
+settle, cancel, quarantine, a ready entry or a due message whose hash is gone) marks that
+queue in ``emptied``, and ``forget_empty()`` at its end drops each marked queue that now has
+no ready, delayed or leased entry: those three sets are all a queue has (job records key on
+the task and the status, not the queue). Retries, releases, extends and promotions move a
+message within its own queue, which is listed while the message is in it. Scripts are
+atomic, so no push can fall between the check and the removal. ``REAP`` also drops listed
+queues that hold nothing (names left by releases before this one).
+
 A message keeps its token when its expired lease is moved back to ready: until another
 claim takes it over, its holder may still settle it (the fence is the token). It is waiting
 all the same: ``PEEK`` says QUEUED and ``STATS`` counts it ready as soon as the deadline has
@@ -59,8 +73,19 @@ local function clock()
 end
 local function qkey(q, kind) return P .. 'q:' .. q .. ':' .. kind end
 local function wake() redis.call('ZADD', P .. 'wake', 0, 'w') end
+-- queues this script took a message out of (see the module docs): one check each at the end
+local emptied = {}
+local function empty(q)
+  return redis.call('EXISTS', qkey(q, 'ready'), qkey(q, 'delayed'), qkey(q, 'leased')) == 0
+end
+local function forget_empty()
+  for q in pairs(emptied) do
+    if empty(q) then redis.call('SREM', P .. 'queues', q) end
+  end
+end
 -- remove a message from whichever ordered set its state puts it in
 local function unlist(id, h)
+  emptied[h[1]] = true
   if h[2] == 'l' then redis.call('ZREM', qkey(h[1], 'leased'), id)
   elseif h[2] == 'd' then redis.call('ZREM', qkey(h[1], 'delayed'), id)
   elseif h[2] == 'r' then redis.call('ZREM', qkey(h[1], 'ready'), h[3]) end
@@ -79,6 +104,7 @@ local function quarantine(id, q, why, now)
   redis.call('RENAME', P .. 'j:' .. id, xk)
   redis.call('HSET', xk, 'xi', id, 'xq', q, 'xw', why, 'xt', f17(now))
   redis.call('ZADD', P .. 'quarantine', now, n)
+  emptied[q] = true
 end
 -- a message back to ready by its priority p and rank r; a hash without them is quarantined
 -- (a hash that is gone was deleted or evicted: nothing to move)
@@ -92,6 +118,8 @@ local function back_to_ready(id, q, now)
   elseif redis.call('EXISTS', jk) == 1 then
     quarantine(id, q, h[2] and bad_field('p (priority)', h[1]) or 'missing field r (rank)',
                now)
+  else
+    emptied[q] = true  -- the caller takes its entry out, and nothing goes back in
   end
 end
 -- due delayed messages and expired leases of queue q back to ready (bounded per call)
@@ -311,6 +339,7 @@ for i = 1, math.min(n, #cands) do
       -- a ready entry whose message is gone (deleted by hand, evicted): nothing to run;
       -- dropped and counted, so it never wedges the queue
       out[3] = out[3] + 1
+      emptied[q] = true
     else  -- a damaged message: kept aside, and the rest of the claim goes on
       quarantine(id, q, unfit(h), now)
       out[4] = out[4] + 1
@@ -342,6 +371,7 @@ if taken < n then
   local due = next_due(qs)
   out[2] = due and f17(due) or ''
 end
+forget_empty()
 return out
 """.replace("RANK_LEN", str(RANK_LEN))
 
@@ -367,6 +397,7 @@ for i = 2, #ARGV, 2 do
     out[#out + 1] = 0
   end
 end
+forget_empty()
 return out
 """
 
@@ -403,6 +434,7 @@ else
   if tonumber(ARGV[4]) <= 0 then redis.call('HSET', jk, 'a', f17(now)) end
 end
 requeue(id, h, tonumber(ARGV[4]), now)
+forget_empty()
 return 1
 """
 
@@ -425,6 +457,7 @@ for i = 3, #ARGV, 2 do
   end
 end
 if secs <= 0 then wake() end
+forget_empty()
 return out
 """
 
@@ -441,6 +474,7 @@ for i = 2, #ARGV, 4 do
     moved = moved + 1
   end
 end
+forget_empty()
 return moved
 """
 
@@ -452,6 +486,7 @@ local h = redis.call('HMGET', jk, 'q', 's', 'r', 'k')
 if not h[1] or h[4] then return 0 end
 unlist(id, h)
 redis.call('DEL', jk)
+forget_empty()
 return 1
 """
 
@@ -475,13 +510,23 @@ if removed == 0 then redis.call('SREM', P .. 'queues', q) end
 return removed
 """.replace("RANK_LEN", str(RANK_LEN))
 
-#: ARGV: P, lock ms, owner. Promotes due messages of every queue if it takes the lock.
+#: ARGV: P, lock ms, owner. Promotes due messages of every queue if it takes the lock, and
+#: drops listed queues that hold nothing: names an earlier release left in ``P queues`` (it
+#: never dropped one but in ``CLEAR``) go at the first tick after an upgrade, and an empty
+#: queue costs one ``EXISTS`` instead of a promotion's two reads.
 REAP = "#!lua\n" + _COMMON + r"""
 if not redis.call('SET', P .. 'reaper', ARGV[3], 'NX', 'PX', ARGV[2]) then return -1 end
 local now = clock()
 local moved = 0
-for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do moved = moved + promote(q, now) end
+for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
+  if empty(q) then
+    redis.call('SREM', P .. 'queues', q)
+  else
+    moved = moved + promote(q, now)
+  end
+end
 if moved > 0 then wake() end
+forget_empty()
 return moved
 """
 

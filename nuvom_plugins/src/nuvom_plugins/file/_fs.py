@@ -25,6 +25,8 @@ __all__ = [
     "encode_message",
     "encode_name",
     "fsync_dir",
+    "hashed",
+    "read_queue_name",
     "write_new_file",
 ]
 
@@ -76,6 +78,38 @@ def decode_name(encoded: str) -> str:
             raw += encoded[i].encode("utf-8")
             i += 1
     return raw.decode("utf-8", errors="replace")
+
+
+def hashed(encoded: str) -> bool:
+    """Whether :func:`encode_name` replaced the value by its hash: only the file's header
+    then holds the value (see :func:`read_queue_name`)."""
+    return encoded.startswith("~")
+
+
+#: Most bytes :func:`read_queue_name` reads looking for the end of a header.
+_MAX_HEADER = 1 << 20
+
+
+def read_queue_name(path: Path, encoded: str) -> str | None:
+    """The queue name in the header of message file ``path``, if it encodes to ``encoded``
+    (the name part its file name holds); ``None`` if the file is gone or its header does not
+    say so (damaged, renamed by hand: the claim that reaches it quarantines it).
+
+    Why: a long queue name is a hash in file names (:func:`encode_name`), so whatever
+    reports queue names reads it here. Only the header line is read, never the body (no
+    checksum is needed to name a queue), so a large body costs nothing."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(_MAX_HEADER)
+    except FileNotFoundError:
+        return None
+    if not line.startswith(_MAGIC) or not line.endswith(b"\n"):
+        return None
+    try:
+        queue = json.loads(line[len(_MAGIC):]).get("queue")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return queue if type(queue) is str and encode_name(queue) == encoded else None
 
 
 def encode_message(message: Message) -> bytes:

@@ -101,6 +101,8 @@ from nuvom_plugins.file._fs import (
     decode_name,
     encode_name,
     fsync_dir,
+    hashed,
+    read_queue_name,
 )
 from nuvom_plugins.file._layout import Layout
 from nuvom_plugins.file._names import (
@@ -127,6 +129,11 @@ RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
 #: Most message files ``stats`` reads per queue to find the ready message due first (see
 #: :meth:`FileJobQueue._earliest_due`): one, unless delayed or retried messages lead it.
 _OLDEST_READS = 64
+#: Files ``stats`` lists per long (hashed) queue name whose real name it does not know yet,
+#: to read it from the first one still there (see :meth:`FileJobQueue._queue_names`).
+_NAME_READS = 8
+#: Long queue names an instance remembers (a bound on its memory, not a cost).
+_NAMES_KEPT = 4096
 
 
 def _rename(source: Path, target: Path) -> bool:
@@ -178,6 +185,7 @@ class FileJobQueue(QueueBackend):
         self.limits: dict[str, int] = {}  # task -> most live leases (set_concurrency_limits)
         self._slots = Slots(self.path, self._dirs["leased"])
         self._workflows = WorkflowFiles(self.path, fsync=fsync, push=self._release_steps)
+        self._hashed_names: dict[str, str] = {}  # hashed queue (file names) -> real name
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
@@ -618,16 +626,24 @@ class FileJobQueue(QueueBackend):
         (its enqueue, or the end of its delay or retry delay), as the worker's wait time
         does: counted from the enqueue, a job delayed for a day would read a day old the
         moment it is due. A delayed file's name holds both times; a ready or leased file's
-        name holds only ``created_at`` (see :meth:`_earliest_due`)."""
+        name holds only ``created_at`` (see :meth:`_earliest_due`).
+
+        Counts are gathered per queue name as file names hold it, then named by
+        :meth:`_queue_names`: a long name is a hash there, and only a header holds it."""
         now = time.time()
         now_us = us(now)
         self._settle(now)
         stats = QueueStats()
         due_us: dict[str, int] = {}  # per queue: the earliest due time known from names
         unread: dict[str, list[tuple[int, str, str]]] = {}  # (created µs, kind, name)
+        unnamed: dict[str, list[tuple[str, str]]] = {}  # hashed queue -> a few (kind, name)
         for kind in ("ready", "delayed", "leased"):
             for name, parsed in self._fs.matching(kind, None):
-                queue = decode_name(parsed.queue)
+                queue = parsed.queue  # encoded: named below
+                if hashed(queue) and queue not in self._hashed_names:
+                    files = unnamed.setdefault(queue, [])
+                    if len(files) < _NAME_READS:
+                        files.append((kind, name))
                 counts = stats.of(queue)
                 if kind == "leased" and parsed.when_us > now_us:
                     counts.running += 1
@@ -648,8 +664,36 @@ class FileJobQueue(QueueBackend):
         for queue, due in due_us.items():
             # max(0, ...): a due time ahead of this clock (another host's) is no wait yet
             stats.queues[queue].oldest_ready_age_secs = max(now - due / US, 0.0)
+        names = self._queue_names(stats.queues, unnamed)
+        stats.queues = {names[queue]: counts for queue, counts in stats.queues.items()}
         stats.quarantined = self.quarantined()
         return stats
+
+    def _queue_names(self, encoded: Mapping[str, object],
+                     unnamed: Mapping[str, list[tuple[str, str]]]) -> dict[str, str]:
+        """The real name of each queue in ``encoded`` (names as file names hold them).
+
+        A short name decodes from the file name itself, at no cost. A name too long for a
+        file name is a hash there (:func:`~nuvom_plugins.file._fs.encode_name`, e.g. 20
+        Cyrillic letters), so it is read from the header of one of its files ``unnamed``
+        lists, once per instance: the hash is a function of the name, so a name found
+        never goes stale. If every listed file has moved on since the listing (claimed,
+        acked), the hash stands in until the next call."""
+        names = {}
+        for queue in encoded:
+            if not hashed(queue):
+                names[queue] = decode_name(queue)
+                continue
+            name = self._hashed_names.get(queue)
+            for kind, file in unnamed.get(queue, ()) if name is None else ():
+                name = read_queue_name(self._dirs[kind] / file, queue)
+                if name is not None:
+                    if len(self._hashed_names) >= _NAMES_KEPT:
+                        self._hashed_names.clear()
+                    self._hashed_names[queue] = name
+                    break
+            names[queue] = queue if name is None else name
+        return names
 
     def _earliest_due(self, candidates: list[tuple[int, str, str]], known: int | None
                       ) -> int | None:
