@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, cast
 
@@ -93,6 +94,22 @@ def record_values(record: JobRecord) -> list[Any]:
             "store wire-safe values (see nuvom_kernel.serialization).") from exc
     return [record.job_id, int(record.run), int(record.attempts), status,
             record.task or "", repr(float(record.updated_at)), data]
+
+
+#: The record's top-level ``queue`` (see :meth:`RedisResultBackend.counts_since`).
+_QUEUE = re.compile(rb'"queue":"((?:[^"\\]|\\.)*)"')
+
+
+def _queue_of(raw: bytes) -> str:
+    """The queue named in a record's JSON, escapes decoded; ``default`` without one."""
+    match = _QUEUE.search(raw)
+    if match is None:
+        return "default"
+    name = match.group(1)
+    try:
+        return str(json.loads(b'"' + name + b'"')) if b"\\" in name else name.decode()
+    except ValueError:  # torn: counted under the text as stored
+        return name.decode(errors="replace")
 
 
 def _decode(job_id: str, raw: bytes) -> JobRecord:
@@ -231,6 +248,34 @@ class RedisResultBackend(ResultBackend):
             if len(rows) < step:
                 break
         return found
+
+    def counts_since(self, since: float) -> dict[str, dict[str, int]]:
+        """Records updated at or after ``since``, per queue and status: one range of the
+        ``ri`` index, then each record's status field and its JSON's ``queue``, a chunk of
+        records per round trip, nothing decoded.
+
+        Why not the default (paging :meth:`query`): it decoded every record of the window,
+        ~2-3 s per refresh of the dashboard's overview with 50,000 records of the last hour
+        (and the overview asks twice). The queue is the first ``"queue":"`` of the record's
+        JSON: the fields before it (job_id, task, status) are strings, inside which a quote
+        is escaped, so the top-level key comes first (:data:`_QUEUE`)."""
+        p, client = self.store.prefix, self.store.client
+        ids = cast("list[bytes]", self.store.call(functools.partial(
+            client.zrange, p + "ri", "+inf", repr(float(since)), desc=True, byscore=True),
+            "listing recent job records"))
+        totals: dict[str, dict[str, int]] = {}
+        for start in range(0, len(ids), _PUT_CHUNK):
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids[start:start + _PUT_CHUNK]:
+                pipe.hmget(p + "r:" + job_id.decode(), "st", "d")
+            values: list[Any] = self.store.call(pipe.execute, "reading job records")
+            for status, raw in values:
+                if status is None or raw is None:  # expired since the index was read
+                    continue
+                per_queue = totals.setdefault(_queue_of(raw), {})
+                key = status.decode()
+                per_queue[key] = per_queue.get(key, 0) + 1
+        return totals
 
     def counts(self) -> dict[str, int]:
         """Entries per status index (an expired record counts until a query or purge
