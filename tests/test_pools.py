@@ -34,6 +34,12 @@ from nuvom_kernel import current_job, task
 def pid():
     return os.getpid()
 
+@task(timeout_secs=70, retries=3, tags=["x"])
+def whoami():
+    job = current_job()
+    return [job.options.timeout_secs, job.options.retries, list(job.options.tags),
+            job.status.value, job.created_at > 0, job.trace_id != ""]
+
 @task
 def pid_after(secs):
     time.sleep(secs)
@@ -561,3 +567,12 @@ def test_children_that_die_at_start_are_restarted_with_a_backoff(start, project:
     waits = re.findall(r"starting another in ([\d.]+) s", worker.output())
     assert [float(w) for w in waits[:3]] == [0.5, 1.0, 2.0], waits
     assert worker.proc.poll() is None, "the worker itself must survive its children"
+
+
+def test_current_job_in_a_child_has_the_jobs_options_and_state(start):
+    """A child built the job of ``current_job()`` without its options, times or state: a
+    task read ``timeout_secs=None``, ``retries=0`` and QUEUED while it ran."""
+    from pool_tasks import whoami
+
+    start("--pool", "process", "--workers", "1")
+    assert whoami.delay().get(timeout=60) == [70, 3, ["x"], "RUNNING", True, True]

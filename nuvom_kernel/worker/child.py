@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nuvom_kernel.envelope import options_from_wire
 from nuvom_kernel.errors import (
     JobTimeoutError,
     SerializationError,
@@ -43,6 +44,7 @@ from nuvom_kernel.errors import (
     qualname,
 )
 from nuvom_kernel.job import Job
+from nuvom_kernel.models import JobStatus
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.serialization import from_wire, to_wire
 from nuvom_kernel.worker.current import bind_job
@@ -160,10 +162,14 @@ class _Child:
         func = getattr(fn, "fn", fn)
         args = from_wire(request["args"])
         kwargs = from_wire(request["kwargs"])
+        get = request.get
         job = Job(id=request["id"], task=request["task"], args=tuple(args),
-                  kwargs=kwargs, module=request.get("module"),
-                  attempts=request["attempts"], run=request["run"],
-                  headers=request.get("headers") or {})
+                  kwargs=kwargs, module=get("module"), attempts=request["attempts"],
+                  run=request["run"], headers=get("headers") or {},
+                  options=options_from_wire(get("opts") or {}),
+                  created_at=get("created_at") or 0.0, enqueued_by=get("enqueued_by", ""),
+                  trace_id=get("trace_id", ""), failures=get("failures", 0),
+                  status=JobStatus.RUNNING)
         remaining = request.get("remaining")
         job.deadline = None if remaining is None else time.monotonic() + remaining
         with bind_job(job):

@@ -30,6 +30,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from nuvom_kernel.envelope import options_to_wire
 from nuvom_kernel.errors import (
     ChildKilledError,
     ChildTaskError,
@@ -333,12 +334,15 @@ class ProcessPool:
         job = running.job
         args = to_wire(list(job.args), "arguments")
         kwargs = to_wire(job.kwargs, "arguments")
+        opts = options_to_wire(job.options)  # current_job() in the child: the job's own
         for tries in range(1, HANDOFF_TRIES + 1):
             child = self._own()
             request = {"id": job.id, "task": job.task, "module": job.module, "args": args,
                        "kwargs": kwargs, "attempts": job.attempts, "run": job.run,
                        "headers": job.headers, "store_result": job.options.store_result,
-                       "remaining": job.time_remaining()}
+                       "remaining": job.time_remaining(), "opts": opts, "failures":
+                       job.failures, "created_at": job.created_at, "trace_id": job.trace_id,
+                       "enqueued_by": job.enqueued_by}
             reply = child.run(request, job.deadline, self.grace, self.max_memory)
             if not reply.get("died"):
                 break
