@@ -19,11 +19,11 @@ open the file, while checks give the same write-time type safety on every SQLite
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+from nuvom_kernel.envelope import task_of_body
 from nuvom_kernel.errors import ConfigError
 from nuvom_plugins_sqlite.workflows import MIGRATION as WORKFLOW_TABLES
 
@@ -138,29 +138,6 @@ def _records_fields_out_of_extra(conn: sqlite3.Connection) -> None:
                       json.dumps(extra, separators=(",", ":")) if extra else None, seq))
 
 
-# The start of a body as the kernel's JSON envelope writes it: ``v``, ``id`` and ``task`` come
-# first, in that order, in every release (a plain id and task name need no escapes).
-_ENVELOPE_TASK = re.compile(rb'\{"v":1,"id":"[^"\\]*","task":"([^"\\]*)"')
-
-
-def _envelope_task(body: object) -> str:
-    """The ``task`` of a message body that is a JSON envelope, else ``""`` (a body another
-    serializer wrote, a damaged one: the row keeps the ``""`` it has); never raises, as an
-    exception in an SQL function would abort the whole migration. The common prefix is
-    matched without parsing (the whole body is parsed only for escaped ids or names, other
-    serializers' key orders): a full ``json.loads`` per row doubled the migration's time."""
-    try:
-        if type(body) is bytes:
-            match = _ENVELOPE_TASK.match(body)
-            if match is not None:
-                return match.group(1).decode()
-        data = json.loads(body.decode() if isinstance(body, bytes) else str(body))
-        task = data.get("task") if isinstance(data, dict) else None
-        return task if type(task) is str else ""
-    except Exception:  # any row's body, however broken, must not stop the migration
-        return ""
-
-
 def _queue_task_from_body(conn: sqlite3.Connection) -> None:
     """Version 2 added ``task`` as ``''`` to every queued row, and the rows a pre-SPI 1
     producer left queued kept it: a concurrency limit (which counts and skips rows by
@@ -169,7 +146,7 @@ def _queue_task_from_body(conn: sqlite3.Connection) -> None:
     (no JSON1 needed). Measured on 1M rows of 600-byte bodies: 3.2-4.1 s, under twice a
     plain rewrite of every row; 0.14 s when no row needs it. Rows whose body is not a
     readable envelope keep ``''``."""
-    conn.create_function("nuvom_envelope_task", 1, _envelope_task, deterministic=True)
+    conn.create_function("nuvom_envelope_task", 1, task_of_body, deterministic=True)
     try:
         conn.execute("UPDATE nuvom_queue SET task = nuvom_envelope_task(body) WHERE task = ''")
     finally:

@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from nuvom_kernel.envelope import task_of_body
 from nuvom_kernel.models import Message
 
 __all__ = [
@@ -132,26 +133,6 @@ def encode_message(message: Message) -> bytes:
         message.body
 
 
-# The start of a body as the kernel's JSON envelope writes it: ``v``, ``id`` and ``task`` come
-# first, in that order, in every release (a plain id and task name need no escapes).
-_ENVELOPE_TASK = re.compile(rb'\{"v":1,"id":"[^"\\]*","task":"([^"\\]*)"')
-
-
-def _envelope_task(body: bytes) -> str:
-    """The ``task`` of a body that is a JSON envelope, else ``""`` (a body another serializer
-    wrote, a damaged one). The common prefix is matched without parsing, so a file with a
-    large body costs no full parse; the rest (escaped names, other key orders) is parsed."""
-    try:
-        match = _ENVELOPE_TASK.match(body)
-        if match is not None:
-            return match.group(1).decode()
-        data = json.loads(body.decode())
-        task = data.get("task") if isinstance(data, dict) else None
-        return task if type(task) is str else ""
-    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
-        return ""
-
-
 def decode_message(data: bytes) -> Message:
     """Parse :func:`encode_message` output (``failures`` is 0: the caller takes it from the
     file name); raise :class:`CorruptEntry` saying what is wrong. A header written before
@@ -178,7 +159,7 @@ def decode_message(data: bytes) -> Message:
             priority=int(header["priority"]),
             available_at=float(header["available_at"]),
             created_at=float(header["created_at"]),
-            task=str(header["task"]) if "task" in header else _envelope_task(body),
+            task=str(header["task"]) if "task" in header else task_of_body(body),
         )
     except CorruptEntry:
         raise
