@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html as htmllib
 import re
 import time
 from typing import Any
@@ -34,3 +35,13 @@ def csrf_of(html: str) -> str:
     match = re.search(r'name="csrf" value="([^"]+)"', html)
     assert match, "the page has no form with a CSRF token"
     return match.group(1)
+
+
+def form_of(html: str) -> dict[str, str]:
+    """The hidden fields of the page's POST form, as a browser would submit them (the
+    CSRF token, a bulk action's filter and the jobs its confirmation counted, a retry's
+    run)."""
+    form = re.search(r'<form method="post".*?</form>', html, re.S)
+    assert form, "the page has no POST form"
+    return {name: htmllib.unescape(value) for name, value in re.findall(
+        r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(0))}

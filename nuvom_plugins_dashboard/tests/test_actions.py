@@ -9,7 +9,7 @@ from dash_fixtures import client as client  # a fixture
 from dash_fixtures import kernel as kernel  # a fixture
 from dash_fixtures import make_client as make_client  # a fixture
 from dash_fixtures import project as project  # a fixture
-from dash_helpers import csrf_of, record
+from dash_helpers import csrf_of, form_of, record
 from starlette.testclient import TestClient
 
 from nuvom_kernel.kernel import Kernel
@@ -77,8 +77,7 @@ def test_bulk_retry_acts_on_exactly_the_filtered_jobs(kernel: Kernel,
                             + [record("a-ok", JobStatus.SUCCEEDED, queue="a")])
     confirm = client.get("/bulk/retry?status=failed&queue=a")
     assert "Retry 5 job(s)" in confirm.text
-    done = client.post("/bulk/retry", data={"csrf": csrf_of(confirm.text), "status": "failed",
-                                            "queue": "a"})
+    done = client.post("/bulk/retry", data=form_of(confirm.text))
     assert done.headers["location"] == "/jobs?status=failed&queue=a"
     assert _flash(client.get(done.headers["location"]).text) == "bulk retry: 5 job(s) done"
     assert {i: kernel.queue.peek_state(i) for i in ("a0", "a4", "b0", "a-ok")} == {
@@ -87,10 +86,13 @@ def test_bulk_retry_acts_on_exactly_the_filtered_jobs(kernel: Kernel,
 
 def test_bulk_is_bounded_per_confirmation_and_says_more_are_left(kernel: Kernel) -> None:
     kernel.results.put_many([record(f"j{i}") for i in range(7)])
-    report = actions.bulk(kernel, "retry", JobFilter(status=JobStatus.FAILED), limit=4)
+    failed = JobFilter(status=JobStatus.FAILED)
+    found, more = actions.matching(kernel, failed, limit=4)
+    report = actions.bulk(kernel, "retry", failed, found, more)
     assert (report.done, report.more) == (4, True)
     assert "more jobs match: confirm again" in report.summary()
-    report = actions.bulk(kernel, "retry", JobFilter(status=JobStatus.FAILED), limit=4)
+    found, more = actions.matching(kernel, failed, limit=4)
+    report = actions.bulk(kernel, "retry", failed, found, more)
     assert (report.done, report.more) == (3, False)
 
 
@@ -98,7 +100,8 @@ def test_bulk_cancel_reports_jobs_it_could_not_cancel(kernel: Kernel) -> None:
     kernel.queue.enqueue(Message(id="r1", body=b"{}"))
     kernel.results.put_many([record("r1", JobStatus.RETRYING), record("gone",
                                                                       JobStatus.RETRYING)])
-    report = actions.bulk(kernel, "cancel", JobFilter(status=JobStatus.RETRYING))
+    retrying = JobFilter(status=JobStatus.RETRYING)
+    report = actions.bulk(kernel, "cancel", retrying, actions.matching(kernel, retrying)[0])
     assert report.done == 1 and len(report.refused) == 1
     assert "not cancelled: job gone is RETRYING" in report.summary()
 

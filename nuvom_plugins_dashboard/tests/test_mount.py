@@ -11,7 +11,7 @@ import time
 from dash_fixtures import BASE_URL
 from dash_fixtures import kernel as kernel  # a fixture
 from dash_fixtures import project as project  # a fixture
-from dash_helpers import csrf_of, record
+from dash_helpers import csrf_of, form_of, record
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -78,8 +78,7 @@ def test_every_link_asset_form_and_redirect_stays_under_the_mount(kernel: Kernel
         assert kernel.queue.peek_state("a/b") is JobStatus.QUEUED
 
         bulk = client.get(f"{PREFIX}/bulk/retry?status=failed&task=tasks.boom").text
-        posted = client.post(f"{PREFIX}/bulk/retry", data={
-            "csrf": csrf_of(bulk), "status": "failed", "task": "tasks.boom"})
+        posted = client.post(f"{PREFIX}/bulk/retry", data=form_of(bulk))
         assert posted.headers["location"] == f"{PREFIX}/jobs?status=failed&task=tasks.boom"
 
         assert client.get("/").text == "my app", "the host app's own routes are its own"

@@ -11,6 +11,18 @@ Why actions have a prefix of their own: the server decodes ``%2F`` before routin
 ``invoice-7/retry``. ``/actions/<action>/<id>`` reads the action first and the whole rest
 as the id, whatever it holds.
 
+Why a store that cannot be read gives a 503 page: a backend's errors are
+:class:`~nuvom_kernel.errors.NuvomError` subclasses whose message says what failed and what
+to check (with the URL's password masked); a bare "Internal Server Error" said nothing.
+
+Why live sections send a digest: the overview, ``/workers`` and ``/schedules`` refresh every
+:data:`REFRESH_SECS` seconds. Swapping a section that did not change dropped keyboard focus
+and the text selection inside it, so the page sends the digest of what it shows (its
+``hx-headers``) and an unchanged section is answered with its ticking parts only (``as of``,
+ages: ``<span class="tick" id=…>``, swapped out of band) and ``HX-Reswap: none``. When a
+refresh fails, ``static/dashboard.js`` marks the section stale, saying why, until one
+succeeds.
+
 Why every URL starts with the mount prefix (``root_path``): mounted in another app
 (``Mount("/admin/nuvom", app=create_app(...))``) or behind a proxy's path, root-absolute
 links would leave the mount.
@@ -18,7 +30,8 @@ links would leave the mount.
 
 from __future__ import annotations
 
-import datetime as dt
+import logging
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -31,11 +44,12 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobStatus
 from nuvom_plugins_dashboard import actions, views
 from nuvom_plugins_dashboard.security import CSRF_FIELD, Guard
@@ -47,12 +61,16 @@ HERE = Path(__file__).resolve().parent
 FLASH_COOKIE = "nuvom_flash"
 #: Seconds between two refreshes of the live parts of a page.
 REFRESH_SECS = 5
+#: Seconds a full page answered 503 (the store cannot be read) waits before it reloads.
+RETRY_SECS = 10
+#: The request header a live section sends its digest in (see the module's docstring).
+SEEN_HEADER = "X-Nuvom-Seen"
+#: What a template writes where a live section's digest goes, replaced once it is known.
+_DIGEST_SLOT = "nuvom-digest-slot"
+#: The ticking parts of a live section: text only (escaped), so a pattern finds them.
+_TICK = re.compile(r'<span class="tick" id="([^"]+)">([^<]*)</span>')
 
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="milliseconds")
+log = logging.getLogger("nuvom.dashboard")
 
 
 def _age(secs: float | None) -> str:
@@ -140,9 +158,10 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              finalize=_printable)
     templates = Jinja2Templates(env=env)
-    env.filters.update(when=_when, age=_age)
+    env.filters.update(when=views.format_time, age=_age)
     env.globals.update(duration=_duration, read_only=read_only, csrf_field=CSRF_FIELD,
                        refresh_secs=REFRESH_SECS, windows=views.WINDOWS,
+                       seen_header=SEEN_HEADER, clip_chars=views.CLIP_CHARS,
                        job_url=jinja2.pass_context(lambda ctx, job_id: job_url(
                            ctx["base"], job_id)),
                        action_url=jinja2.pass_context(lambda ctx, action, job_id: action_url(
@@ -154,12 +173,28 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         flash = request.cookies.get(FLASH_COOKIE)
         flash = unquote(flash) if flash is not None else None
         context.update(csrf=request.state.csrf, flash=flash, path=_route_path(request),
-                       base=_base(request), now=time.time())
+                       base=_base(request))
+        context.setdefault("now", time.time())
         response = templates.TemplateResponse(request, name, context,
                                               status_code=status_code)
         if flash is not None:
             response.delete_cookie(FLASH_COOKIE)
         return response
+
+    def live(request: Request, page: str, fragment: str, **context: Any) -> Response:
+        """A page with a live section (``fragment``), or, for htmx's refresh, the section
+        alone; only its ticking parts when it shows what the page already has."""
+        context.update(now=time.time(), base=_base(request), path=_route_path(request),
+                       digest=_DIGEST_SLOT)
+        html = env.get_template(fragment).render(context)
+        key = views.digest(_TICK.sub(r"\1", html))  # the ticks' ids, not their text
+        if not request.headers.get("hx-request"):
+            return render(request, page, **{**context, "digest": key})
+        if request.headers.get(SEEN_HEADER) == key:
+            ticks = "".join(f'<span class="tick" id="{i}" hx-swap-oob="true">{t}</span>'
+                            for i, t in _TICK.findall(html))
+            return HTMLResponse(ticks, headers={"HX-Reswap": "none"})
+        return HTMLResponse(html.replace(_DIGEST_SLOT, key))
 
     def done(request: Request, target: str, sentence: str) -> Response:
         """Redirect to ``target`` (a path below the mount) reporting ``sentence`` there."""
@@ -175,10 +210,8 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
                                  status_code=403)
 
     def home(request: Request) -> Response:
-        data = views.overview(kernel)
-        if request.headers.get("hx-request"):
-            return render(request, "_overview.html", overview=data)
-        return render(request, "overview.html", overview=data)
+        return live(request, "overview.html", "_overview.html",
+                    overview=views.overview(kernel))
 
     def jobs(request: Request) -> Response:
         flt = views.JobFilter.from_params(request.query_params)
@@ -207,9 +240,10 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
             detail = views.JobDetail(job_id=job_id, status=JobStatus.UNKNOWN, record=None)
         else:
             detail = await run_in_threadpool(views.job_detail, kernel, job_id)
+        full = bool(request.query_params.get("full"))
         if detail.status is JobStatus.UNKNOWN:
-            return render(request, "job.html", detail=detail, status_code=404)
-        return render(request, "job.html", detail=detail)
+            return render(request, "job.html", detail=detail, full=full, status_code=404)
+        return render(request, "job.html", detail=detail, full=full)
 
     async def job_action(request: Request) -> Response:
         job_id, action = request.path_params["job_id"], request.path_params["action"]
@@ -225,7 +259,9 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
             detail = await run_in_threadpool(views.job_detail, kernel, job_id)
             return render(request, "confirm.html", action=action, detail=detail, filter=None,
                           matching=None)
-        _ok, sentence = await run_in_threadpool(actions.act, kernel, action, job_id)
+        form = await request.form()
+        run = actions.parse_run(str(form.get("run") or ""))
+        _ok, sentence = await run_in_threadpool(actions.act, kernel, action, job_id, run)
         return done(request, job_url("", job_id), sentence)
 
     async def bulk_action(request: Request) -> Response:
@@ -235,23 +271,45 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         if request.method == "GET":
             flt = views.JobFilter.from_params(request.query_params)
             actions.check_bulk_filter(action, flt)
-            ids, more = await run_in_threadpool(actions.matching, kernel, flt)
+            found, more = await run_in_threadpool(actions.matching, kernel, flt)
             return render(request, "confirm.html", action=action, detail=None, filter=flt,
-                          matching=(len(ids), more))
+                          matching=(len(found), more), confirmed=found,
+                          confirmed_field=actions.encode_confirmed(found))
         form = await request.form()
-        flt = views.JobFilter.from_params({k: str(v) for k, v in form.items()})
-        report = await run_in_threadpool(actions.bulk, kernel, action, flt)
+        fields = {k: str(v) for k, v in form.items()}
+        flt = views.JobFilter.from_params(fields)
+        confirmed = actions.decode_confirmed(fields.get("jobs"))
+        report = await run_in_threadpool(actions.bulk, kernel, action, flt, confirmed,
+                                         fields.get("more") == "1")
         return done(request, "/jobs?" + urlencode(flt.params()), report.summary())
 
     def workers(request: Request) -> Response:
-        return render(request, "workers.html", workers=views.live_workers(kernel.results),
-                      result_backend=kernel.results.name)
+        return live(request, "workers.html", "_workers.html",
+                    workers=views.live_workers(kernel.results),
+                    result_backend=kernel.results.name)
 
     def schedules(request: Request) -> Response:
-        return render(request, "schedules.html", schedules=views.schedules(kernel))
+        return live(request, "schedules.html", "_schedules.html",
+                    schedules=views.schedules(kernel))
 
     def bad_request(request: Request, exc: Exception) -> Response:
-        return render(request, "error.html", status_code=400, message=str(exc))
+        return render(request, "error.html", status_code=400, message=str(exc),
+                      heading="Bad request", retry_secs=None)
+
+    def unavailable(request: Request, exc: Exception) -> Response:
+        """A backend's error (the store is down, refuses the password, is busy): a 503
+        that names it in the backend's own words, never a traceback. An htmx refresh gets
+        the sentence alone, which ``dashboard.js`` shows over the section it could not
+        refresh; a full page reloads itself every :data:`RETRY_SECS` seconds (a GET), so
+        it recovers with the store."""
+        text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+        message = f"{type(exc).__name__}: {text or 'no message'}"
+        log.warning("dashboard: %s %s: %s", request.method, request.url.path, message)
+        if request.headers.get("hx-request"):
+            return PlainTextResponse(views.printable(message), status_code=503)
+        return render(request, "error.html", status_code=503, message=message,
+                      heading="The job store cannot be read",
+                      retry_secs=RETRY_SECS if request.method in ("GET", "HEAD") else None)
 
     routes = [
         Route("/", home),
@@ -265,4 +323,5 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
     ]
     return Starlette(routes=routes,
                      middleware=[Middleware(Guard, token=token, allowed_hosts=hosts)],
-                     exception_handlers={views.BadRequest: bad_request})
+                     exception_handlers={views.BadRequest: bad_request,
+                                         NuvomError: unavailable})

@@ -3,7 +3,13 @@
 Why a token off loopback: the dashboard retries and cancels jobs and shows their arguments
 and results; bound to 127.0.0.1 only this machine's users reach it, anywhere else it must
 not answer a stranger. The token is given once (``?token=…`` or ``Authorization: Bearer``)
-and kept in an HttpOnly, SameSite=Strict cookie, so later links carry no secret.
+and kept in an HttpOnly, SameSite=Lax cookie, so later links carry no secret.
+
+Why Lax, not Strict: the dashboard's URLs are meant to be linked from alerts, chat and
+mail, and a Strict cookie is not sent on a navigation that starts on another site, so such
+a link answered 401 to a browser that had signed in. Lax sends it on those top-level GETs
+only; a POST from another site still carries neither cookie, and every POST must also pass
+the CSRF and ``Origin`` checks below, so Lax opens no action to another site.
 
 Why a ``Host`` check without a token: a page on ``attacker.example`` whose name the
 attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin with whatever answers there:
@@ -113,7 +119,10 @@ class Guard:
         cookie = None
         if csrf is None:
             cookie = Response()
-            cookie.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict",
+            # Lax like the token's: a link followed from another site keeps this browser's
+            # token (Strict would withhold it there and mint a new one, staling other tabs'
+            # forms); it guards POSTs as the value a form must repeat, never by being sent
+            cookie.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="lax",
                               secure=request.url.scheme == "https")
 
         async def send_with_headers(message: Message) -> None:
@@ -155,11 +164,12 @@ class Guard:
         bearer = auth[7:] if auth.lower().startswith("bearer ") else None
         if _same(bearer, self.token) or _same(request.cookies.get(TOKEN_COOKIE), self.token):
             return None
+        query = request.url.query  # kept: the hint is the link that was followed, signed in
         return PlainTextResponse(
             "401: this dashboard needs its token. Open it once as "
-            f"{request.url.path}?token=<token> (the value of --token or "
-            "NUVOM_PLUGINS__DASHBOARD__TOKEN), or send 'Authorization: Bearer <token>'.",
-            status_code=401)
+            f"{raw_path(request)}?{query + '&' if query else ''}token=<token> (the value of "
+            "--token or NUVOM_PLUGINS__DASHBOARD__TOKEN), or send 'Authorization: Bearer "
+            "<token>'.", status_code=401)
 
     def _token_link(self, request: Request, given: str) -> Response:
         """``?token=…``: remember a right token in a cookie and drop it from the URL (so it
@@ -169,7 +179,7 @@ class Guard:
         rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
         target = raw_path(request) + (f"?{urlencode(rest)}" if rest else "")
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="strict",
+        response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="lax",
                             secure=request.url.scheme == "https")
         return response
 

@@ -8,6 +8,8 @@ first or the ten-thousandth, so the jobs page stays fast with a million records.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -19,9 +21,9 @@ from nuvom_kernel.backends import page_cursor, parse_cursor
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobRecord, JobStatus
 
-__all__ = ["RECORD_STATES", "BadRequest", "JobDetail", "JobFilter", "JobPage", "Overview",
-           "QueueRow", "impossible_job_id", "job_detail", "list_jobs", "live_workers",
-           "overview", "printable", "schedules"]
+__all__ = ["CLIP_CHARS", "RECORD_STATES", "BadRequest", "JobDetail", "JobFilter", "JobPage",
+           "Overview", "QueueRow", "clip", "digest", "format_time", "impossible_job_id",
+           "job_detail", "list_jobs", "live_workers", "overview", "printable", "schedules"]
 
 #: Rows per jobs page.
 PAGE_SIZE = 50
@@ -35,6 +37,48 @@ WINDOWS = (5, 60)
 #: attempt settles (or a retry or a cancel decides), never while one runs: RUNNING is the
 #: queue's to say (a job's page asks it; the overview counts running jobs per queue).
 RECORD_STATES = tuple(s for s in JobStatus if s not in (JobStatus.RUNNING, JobStatus.UNKNOWN))
+#: Characters of one value (arguments, result, error, traceback) a job's page shows before
+#: "show all": a 200,000-character argument made a 420 KB page that every visit re-sent.
+CLIP_CHARS = 10_000
+
+
+def format_time(value: float | str | None) -> str:
+    """An epoch, or an ISO 8601 text with an offset (what ``schedule_rows`` gives), as
+    every page shows a time: UTC, labelled, to the millisecond (``2026-03-29 01:00:00.000
+    UTC``).
+
+    Why UTC and one function: the pages used to disagree (``/schedules`` in UTC with
+    ``+00:00``, ``/jobs`` and the overview in the server's zone with none), so a tick's job
+    and the tick itself looked hours apart; UTC is what ``nuvom schedule list`` prints too.
+    """
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, str):
+        try:
+            when = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value  # not a time this dashboard knows: shown as it came
+        if when.tzinfo is None:
+            return value  # no zone to convert from: never guess one
+    else:
+        when = dt.datetime.fromtimestamp(value, dt.timezone.utc)
+    when = when.astimezone(dt.timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d} UTC"
+
+
+def digest(value: Any) -> str:
+    """A short fingerprint of what a live section shows (its data, without the parts that
+    change on every read such as "as of"): the page sends it back with each refresh, and an
+    unchanged section is not swapped, so focus and a text selection inside it survive."""
+    return hashlib.sha256(repr(value).encode("utf-8", "backslashreplace")).hexdigest()[:20]
+
+
+def clip(text: str, limit: int | None = CLIP_CHARS) -> tuple[str, int]:
+    """``text`` cut to its first ``limit`` characters (``None``: whole), and how many were
+    left out (0 when none)."""
+    if limit is None or len(text) <= limit:
+        return text, 0
+    return text[:limit], len(text) - limit
 
 
 class BadRequest(ValueError):
@@ -222,15 +266,55 @@ class JobDetail:
     job_id: str
     status: JobStatus
     record: JobRecord | None
+    #: The workflow this job is a step of (its graph still stored), else ``None``.
+    workflow: str | None = None
 
     @property
-    def can_retry(self) -> bool:
+    def finished(self) -> bool:
+        """FAILED or CANCELLED with a record: what could run again."""
         return self.record is not None and self.status in (JobStatus.FAILED,
                                                            JobStatus.CANCELLED)
 
     @property
+    def can_retry(self) -> bool:
+        """Whether *Retry* would be accepted: a finished job that is no workflow step
+        (``dispatcher.rerun`` refuses a step; it runs again inside its workflow only, see
+        :attr:`workflow_retry`)."""
+        return self.finished and self.workflow is None
+
+    @property
+    def workflow_retry(self) -> str | None:
+        """For a finished workflow step, the command that runs it again with the steps
+        depending on it (what the kernel's refusal tells, offered before it refuses)."""
+        if not self.finished or self.workflow is None:
+            return None
+        return f"nuvom workflow retry {self.workflow} --from {self.job_id}"
+
+    @property
     def can_cancel(self) -> bool:
+        """Whether *Cancel* would be accepted: only a job that has not started."""
         return self.status in (JobStatus.QUEUED, JobStatus.RETRYING)
+
+    def allows(self, action: str) -> bool:
+        """Whether ``action`` (``retry``, ``cancel``) would be accepted now, so a
+        confirmation page offers only what the POST will do."""
+        return self.can_retry if action == "retry" else self.can_cancel
+
+    @property
+    def run(self) -> int | None:
+        """The run its record is at (``None`` without one): a retry form carries it, and the
+        POST refuses when the job moved on to another run since the page was shown."""
+        return self.record.run if self.record is not None else None
+
+    def clipped(self, field: str, full: bool = False) -> tuple[str, int]:
+        """:meth:`pretty` (``args``, ``kwargs``, ``result``) or a text field (``traceback``,
+        ``error_message``) cut to :data:`CLIP_CHARS` unless ``full``; and how many
+        characters were left out."""
+        if field in ("traceback", "error_message"):
+            text = printable(str(getattr(self.record, field, None) or ""))
+        else:
+            text = self.pretty(field)
+        return clip(text, None if full else CLIP_CHARS)
 
     def pretty(self, field: str) -> str:
         """A JSON field of the record, indented for reading (escaped by the template);
@@ -242,8 +326,15 @@ class JobDetail:
 
 
 def job_detail(kernel: Any, job_id: str) -> JobDetail:
+    """The job's state now (queue, then record), its record and its workflow if a step."""
     job = kernel.refresh_job(Job(id=job_id, task="", kernel=kernel))
-    return JobDetail(job_id=job_id, status=job.status, record=kernel.results.get(job_id))
+    workflow = None
+    if kernel.queue.capabilities.workflows:
+        from nuvom_kernel.workflow.steps import workflow_of
+
+        workflow = workflow_of(kernel, job_id)
+    return JobDetail(job_id=job_id, status=job.status, record=kernel.results.get(job_id),
+                     workflow=workflow)
 
 
 def schedules(kernel: Any) -> list[dict[str, Any]]:
