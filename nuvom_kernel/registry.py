@@ -9,7 +9,9 @@ before any manifest exists.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -105,6 +107,11 @@ class TaskRegistry:
         fn = self.known(name, module)
         if fn is not None:
             return fn
+        registered = self._tasks.get(name)
+        if registered is not None and module is not None and _same_file(registered, module):
+            with self._lock:  # one file imported under two names (src.app.tasks, app.tasks):
+                self._found[(name, module)] = registered  # importing it again would clash
+            return registered
         tried: list[str] = []
         import_failed = False
         for candidate in dict.fromkeys(m for m in (module, self._modules.get(name)) if m):
@@ -124,7 +131,8 @@ class TaskRegistry:
                 continue
             fn = self._tasks.get(name)
             owner = getattr(fn, "module", candidate)
-            if fn is not None and owner == candidate:
+            if fn is not None and owner in (candidate, module):  # (a task its module's
+                # import wraps from another: task(name=...)(helpers.ping) in apptasks)
                 with self._lock:
                     self._found[(name, module)] = fn
                 return fn
@@ -164,6 +172,19 @@ class TaskRegistry:
                             getattr(fn, "module", None) not in sys.modules:
                         del self._tasks[name]
             raise
+
+
+def _same_file(fn: Any, module: str) -> bool:
+    """Whether ``module`` is the file that defines ``fn`` (found, not imported: only its
+    parent packages are): the same task reached under another module name."""
+    code = getattr(getattr(fn, "fn", fn), "__code__", None)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (Exception, SystemExit):  # a parent package that cannot be imported
+        return False
+    origin = getattr(spec, "origin", None)
+    return (code is not None and isinstance(origin, str)
+            and os.path.realpath(origin) == os.path.realpath(code.co_filename))
 
 
 def _same_function(a: Any, b: Any) -> bool:

@@ -478,6 +478,38 @@ def test_registry_duplicate_semantics(project: Path):
     assert reg.get("x") is b
 
 
+def test_a_task_wrapped_in_another_module_or_reached_by_two_names_resolves(project: Path):
+    """The module check refused tasks it had just found: a function of ``helpers`` made a
+    task by ``apptasks`` (the manifest's module; the job records ``helpers``), and a file
+    a producer imported as ``src.app.tasks`` while the worker had it as ``app.tasks``
+    (importing it again raised, and every such job failed)."""
+    from nuvom_kernel.registry import REGISTRY
+
+    write_module(project, "helpers_mod", "def ping():\n    return 'pong'\n")
+    write_module(project, "apptasks_mod", "from nuvom_kernel import task\n"
+                 "import helpers_mod\nping = task(name='ping')(helpers_mod.ping)\n")
+    REGISTRY._modules["ping"] = "apptasks_mod"  # what the manifest says
+    assert REGISTRY.resolve("ping", "helpers_mod").fn() == "pong"
+
+    (project / "src" / "dualapp").mkdir(parents=True)
+    for init in (project / "src" / "__init__.py", project / "src" / "dualapp" / "__init__.py"):
+        init.write_text("")
+    (project / "src" / "dualapp" / "tasks.py").write_text(
+        "from nuvom_kernel import task\n@task\ndef send():\n    return 'sent'\n")
+    for name in ("src", "src.dualapp", "src.dualapp.tasks", "dualapp", "dualapp.tasks"):
+        sys.modules.pop(name, None)
+    sys.path.insert(0, str(project / "src"))
+    try:
+        import dualapp.tasks  # type: ignore[import-not-found]  # the worker's name for it
+
+        fn = REGISTRY.resolve("send", "src.dualapp.tasks")  # the producer's
+        assert fn is dualapp.tasks.send and "src.dualapp.tasks" not in sys.modules
+    finally:
+        sys.path.remove(str(project / "src"))
+        for name in ("src", "src.dualapp", "dualapp", "dualapp.tasks"):
+            sys.modules.pop(name, None)
+
+
 def test_worker_imports_task_module_lazily_from_manifest(kernel: Kernel, worker,
                                                          project: Path):
     import json

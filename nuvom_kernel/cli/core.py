@@ -186,6 +186,7 @@ def _queue_names(values: tuple[str, ...]) -> tuple[str, ...]:
 
 #: How long the process may take to end once its worker stopped.
 EXIT_SECS = 5.0
+_exit_bounded = False
 
 
 def _end_within(secs: float, code: int) -> None:
@@ -219,4 +220,7 @@ def _end_within(secs: float, code: int) -> None:
         timer.daemon = True
         timer.start()
 
-    threading._register_atexit(arm)  # type: ignore[attr-defined]
+    global _exit_bounded
+    if not _exit_bounded:  # once per process (a program that runs several workers)
+        _exit_bounded = True
+        threading._register_atexit(arm)  # type: ignore[attr-defined]

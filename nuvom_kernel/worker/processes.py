@@ -174,6 +174,8 @@ class Child:
                 self.tasks += 1
                 return reply
             if self.exited():  # dead, its reply pipe held open by a process it left behind
+                if select.select([self.replies], [], [], 0)[0]:  # it replied, then exited:
+                    continue  # the reply is read, not mistaken for a death
                 return self.reap(reason)
             now = time.monotonic()
             if kill_at is not None and now >= kill_at:

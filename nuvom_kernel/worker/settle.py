@@ -293,7 +293,7 @@ class Settler:
         Why: a store that is away for a moment (a Redis or PostgreSQL restart, a
         failover, a dropped connection its client does not retry) failed every outcome
         that finished meanwhile, and each of those jobs ran again once its lease expired
-        (4 of 300 in a drain across a 2 s Redis restart). The leases are still this
+        (1 to 4 of 300 in a drain across a 2 s Redis restart). The leases are still this
         worker's, so the same batch may simply be settled later: fencing refuses it if
         they were lost meanwhile. The lease lock is not held between tries, so the lease
         monitor goes on extending them.
