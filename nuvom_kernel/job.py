@@ -142,7 +142,12 @@ class Job(Generic[R]):
                 return await asyncio.to_thread(kernel.wait_for, self, 0.0, poll_secs)
             except TimeoutError:
                 if left is not None and left <= 0:
-                    from nuvom_kernel.kernel import still_waiting
-
                     raise still_waiting(self, timeout) from None
             await asyncio.sleep(poll_secs if left is None else min(poll_secs, left))
+
+
+def still_waiting(job: Job[Any], timeout: float | None) -> TimeoutError:
+    """What ``get()`` and ``get_async()`` raise when ``timeout`` passed: the job's state and
+    the usual cause of a job that never starts."""
+    return TimeoutError(f"job {job.id} ({job.task}) is still {job.status} after {timeout} s; "
+                        "is a worker running (`nuvom runworker`) on the same backend?")

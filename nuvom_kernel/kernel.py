@@ -24,7 +24,7 @@ from nuvom_kernel.errors import (
     SerializationError,
     UnknownJobError,
 )
-from nuvom_kernel.job import Job
+from nuvom_kernel.job import Job, still_waiting
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message, TaskOptions
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import REGISTRY, TaskRegistry
@@ -272,13 +272,6 @@ class Kernel:
             wait = interval if deadline is None else min(interval, deadline - time.monotonic())
             time.sleep(max(wait, 0.0))
             interval = min(interval * 2, poll_secs)
-
-
-def still_waiting(job: Job, timeout: float | None) -> TimeoutError:
-    """What ``get()`` and ``get_async()`` raise when ``timeout`` passed: the job's state and
-    the usual cause of a job that never starts."""
-    return TimeoutError(f"job {job.id} ({job.task}) is still {job.status} after {timeout} s; "
-                        "is a worker running (`nuvom runworker`) on the same backend?")
 
 
 def _apply_record(job: Job, record: JobRecord) -> None:

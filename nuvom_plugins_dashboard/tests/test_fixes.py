@@ -154,8 +154,8 @@ def test_schedules_show_a_schedules_error(project: Any, kernel: Kernel,
     from nuvom_kernel.scheduler import schedule_rows
     from nuvom_kernel.schedules import Cron
 
-    (project / "sched_tasks.py").write_text(SCHEDULED)
-    import sched_tasks
+    (project / "fixes_sched_tasks.py").write_text(SCHEDULED)  # a name no other test uses:
+    import fixes_sched_tasks as sched_tasks  # one process imports each module once
 
     sched_tasks.hourly.schedule = attrs.evolve(sched_tasks.hourly.schedule,
                                                trigger=Cron("0 0 31 2 *"))  # never
@@ -213,13 +213,13 @@ def test_a_failed_workflow_step_offers_its_workflow_retry_not_retry(
         project: Any, kernel: Kernel, client: TestClient) -> None:
     from nuvom_kernel import chain
 
-    (project / "wf_tasks.py").write_text(WORKFLOW)
-    from wf_tasks import step
+    (project / "fixes_wf_tasks.py").write_text(WORKFLOW)  # a name no other test imports
+    from fixes_wf_tasks import step
 
     workflow = chain(step.s(1), step.s()).delay()
     first = workflow.nodes[0].id
     assert kernel.queue.ack(kernel.queue.claim(1)[0])  # a worker ran the first step …
-    kernel.results.put(record(first, task="wf_tasks.step"))  # … and it failed
+    kernel.results.put(record(first, task=step.name))  # … and it failed
     if views.job_detail(kernel, first).workflow is None:
         pytest.skip("this queue backend keeps no workflow graphs")
     page = client.get(f"/jobs/{first}").text
