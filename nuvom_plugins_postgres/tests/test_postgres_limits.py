@@ -14,7 +14,6 @@ import pytest
 from pg_support import DSN
 
 import nuvom_plugins_postgres
-from nuvom_kernel import task
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import ConfigError, EnqueueError
 from nuvom_kernel.kernel import Kernel
@@ -152,11 +151,6 @@ def test_the_limits_themselves_are_stored(queue: PostgresQueue) -> None:
     assert peeked is not None and peeked.available_at == AVAILABLE_AT_MAX
     assert {le.message.priority for le in queue.claim(5)} == {PRIORITY_MAX, PRIORITY_MIN}
     assert queue.tick() == 0  # the far-off due time does not break the tick's arithmetic
-
-
-@task
-def limits_noop() -> None:
-    return None
 
 
 # (A priority past 32 bits, a delay past 366 days, or a queue name holding a NUL or a lone
