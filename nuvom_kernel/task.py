@@ -24,7 +24,7 @@ from nuvom_kernel.models import Backoff, TaskOptions
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.schedules import POLICIES, Cron, Every, Schedule
 from nuvom_kernel.unique import enqueue_unique
-from nuvom_kernel.values import MAX_ETA, MAX_SECONDS
+from nuvom_kernel.values import MAX_ETA, MAX_SECONDS, is_text
 
 if TYPE_CHECKING:
     from nuvom_kernel.workflow.canvas import Step
@@ -300,26 +300,12 @@ def check_queue(queue: Any, what: str) -> str:
     --queue a,b`` (Celery's ``-Q a,b``) cannot name."""
     if not isinstance(queue, str) or not queue:
         raise ValueError(f"{what}: a queue name is a non-empty string, got {queue!r}")
-    if "," in queue or not _is_text(queue):
+    if "," in queue or not is_text(queue):
         raise ValueError(f"{what}: the queue name {queue[:40]!r} holds "
                          f"{'a comma' if ',' in queue else 'a NUL or a lone surrogate'}; a "
                          "queue name is UTF-8 text without a NUL or a comma (a comma "
                          "separates names on `nuvom runworker --queue a,b`)")
     return queue
-
-
-def _is_text(value: str) -> bool:
-    """Whether every store can hold ``value`` as text: no NUL, no lone surrogate (text
-    decoded with ``surrogateescape``, which no UTF-8 encoder takes)."""
-    if "\x00" in value:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_priority(priority: Any) -> int:
@@ -371,7 +357,7 @@ def _check_id(job_id: str | None) -> str | None:
         return None
     if not isinstance(job_id, str) or not job_id:
         raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
-    if len(job_id) > MAX_JOB_ID or not _is_text(job_id):
+    if len(job_id) > MAX_JOB_ID or not is_text(job_id):
         raise ValueError(f"job_id must be at most {MAX_JOB_ID} characters of UTF-8 text "
                          f"without a NUL (\\x00), got {job_id[:40]!r}"
                          f"{'...' if len(job_id) > 40 else ''} ({len(job_id)} characters); "

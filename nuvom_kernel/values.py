@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["backend_name", "choice", "converter", "log_level", "optional", "parse_size",
+__all__ = ["backend_name", "choice", "converter", "is_text", "log_level", "optional", "parse_size",
            "seconds", "to_bool", "to_float", "to_int", "to_path", "to_str", "whole"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -124,6 +124,21 @@ def whole(minimum: int, *, none_ok: bool = False) -> Callable[[Any], int | None]
 #: The longest duration a setting takes: ``inf`` or ``1e13`` passed ``> 0`` and then failed
 #: every claim on PostgreSQL ("interval out of range"); none of these needs over a year.
 MAX_SECONDS = 366 * 86400
+
+
+def is_text(value: str) -> bool:
+    """Whether every store can hold ``value`` as text: no NUL (PostgreSQL's ``text``
+    refuses it) and no lone surrogate (text decoded with ``surrogateescape``, which no UTF-8
+    encoder takes). Reads a flag of the string for ASCII text; one UTF-8 encode otherwise."""
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 #: The latest ``eta``: 9999-12-31 23:59:59 UTC, the last second PostgreSQL's timestamp and
 #: Python's ``datetime`` both hold (an eta near ``datetime.max`` in a zone west of UTC

@@ -34,6 +34,7 @@ from nuvom_kernel.backends import (
 )
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
+from nuvom_kernel.values import is_text
 from nuvom_plugins_postgres.queries import render
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import (
@@ -88,19 +89,9 @@ _JSON_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _JSON_ASCII = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def storable(text: str) -> bool:
-    """Whether a PostgreSQL ``text`` column holds ``text``: no NUL (the server refuses it)
-    and no lone surrogate (psycopg cannot encode it as UTF-8). Costs one UTF-8 encode only
-    for text that is not ASCII (``isascii`` reads a flag of the string)."""
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+#: Whether a PostgreSQL ``text`` column holds a string: no NUL (the server refuses it) and
+#: no lone surrogate (psycopg cannot encode it as UTF-8): the kernel's own test of text.
+storable = is_text
 
 
 def dumps(value: Any) -> str:
