@@ -220,3 +220,26 @@ def test_a_lone_surrogate_in_arguments_results_or_attempts_is_shown_escaped(
     plain = client.get("/jobs/plain").text
     assert plain.count("café") == 2, "other non-ASCII text stays as it is"
     assert client.get("/jobs").status_code == 200
+
+
+def test_a_jobs_values_are_shown_as_the_task_saw_them_not_in_their_stored_form(
+        kernel: Kernel, client: TestClient) -> None:
+    """A tuple, a date, bytes or a set were shown as the wire form's tagged objects
+    (``{"__nuvom__": ["tuple", [1, 2]]}``); ``get()`` and ``inspect job`` decode them."""
+    import datetime as dt
+
+    from nuvom_kernel.serialization import to_wire
+
+    kernel.results.put_many([
+        record("typed", JobStatus.SUCCEEDED, args=to_wire([(1, 2), b"ab"]),
+               kwargs=to_wire({"day": dt.date(2026, 1, 2)}), result=to_wire({3, 4})),
+        record("newer", JobStatus.SUCCEEDED, args=[{"__nuvom__": ["nosuch", 1]}])])
+    page = client.get("/jobs/typed").text
+    assert "__nuvom__" not in page
+    assert "args = [(1, 2), b&#39;ab&#39;]" in page
+    assert "kwargs = {&#39;day&#39;: datetime.date(2026, 1, 2)}" in page
+    assert "{3, 4}" in page
+    newer = client.get("/jobs/newer")
+    assert newer.status_code == 200
+    assert "it does not decode: SerializationError" in newer.text
+    assert "nosuch" in newer.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import pprint
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,8 +19,10 @@ from typing import Any
 import attrs
 
 from nuvom_kernel.backends import page_cursor, parse_cursor
+from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.job import Job
-from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_kernel.serialization import from_wire
 
 __all__ = ["CLIP_CHARS", "RECORD_STATES", "BadRequest", "JobDetail", "JobFilter", "JobPage",
            "Overview", "QueueRow", "clip", "digest", "format_time", "impossible_job_id",
@@ -317,23 +320,41 @@ class JobDetail:
         return clip(text, None if full else CLIP_CHARS)
 
     def pretty(self, field: str) -> str:
-        """A JSON field of the record, indented for reading (escaped by the template);
-        non-ASCII text as it is, but a lone surrogate as its ``\\udcXX`` escape (it has no
-        UTF-8 form: the page could not be sent)."""
+        """A value of the record (``args``, ``kwargs``, ``result``) as the task saw or
+        returned it, the way Python writes it (``(1, 2)``, ``datetime.date(2026, 1, 2)``,
+        ``b'...'``): the stored form's type tags were what a user had to read before, and
+        ``get()`` and ``nuvom inspect job`` show the decoded value too. Non-ASCII text as
+        it is, a lone surrogate as its ``\\udcXX`` escape (it has no UTF-8 form: the page
+        could not be sent). A value that does not decode (stored by a newer release, or
+        by hand) is shown in its stored JSON, saying so."""
         value = getattr(self.record, field) if self.record is not None else None
-        return printable(json.dumps(value, indent=2, sort_keys=True, default=str,
-                                    ensure_ascii=False))
+        try:
+            shown = from_wire(value)
+        except Exception as exc:
+            return printable(f"(stored form; it does not decode: {type(exc).__name__}: {exc})\n"
+                             + json.dumps(value, indent=2, sort_keys=True, default=str,
+                                          ensure_ascii=False))
+        return printable(pprint.pformat(shown, width=100, sort_dicts=True))
 
 
 def job_detail(kernel: Any, job_id: str) -> JobDetail:
-    """The job's state now (queue, then record), its record and its workflow if a step."""
-    job = kernel.refresh_job(Job(id=job_id, task="", kernel=kernel))
+    """The job's state now (queue, then record), its record and its workflow if a step.
+    A record whose values do not decode still has its page (the values say why), not the
+    503 of a store that cannot be read."""
+    try:
+        status = kernel.refresh_job(Job(id=job_id, task="", kernel=kernel)).status
+    except SerializationError:
+        record = kernel.results.get(job_id)
+        queued = kernel.queue.peek_state(job_id)
+        status = (queued if record is None or (queued is not None
+                                               and record.status not in TERMINAL_STATES)
+                  else record.status) or JobStatus.UNKNOWN
     workflow = None
     if kernel.queue.capabilities.workflows:
         from nuvom_kernel.workflow.steps import workflow_of
 
         workflow = workflow_of(kernel, job_id)
-    return JobDetail(job_id=job_id, status=job.status, record=kernel.results.get(job_id),
+    return JobDetail(job_id=job_id, status=status, record=kernel.results.get(job_id),
                      workflow=workflow)
 
 
