@@ -161,9 +161,9 @@ class BuiltOnRead(Sequence[T]):
 _RUN = 100
 
 
-def _observed(calls: Sequence[tuple[Envelope, Job]], before: list[Any]) -> None:
+def observed(calls: Sequence[tuple[Envelope, Job]], before: list[Any]) -> None:
     """Show every job to the ``nuvom_before_enqueue`` observers; the headers they set
-    travel with the job."""
+    travel with the job. Also a workflow's steps, all of them when it is submitted."""
     events.call_per_job(before, "nuvom_before_enqueue", [job for _, job in calls])
     for env, job in calls:
         if job.headers:
@@ -204,7 +204,7 @@ def _messages(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
     def build(start: int, stop: int) -> list[Message]:
         run = calls[start:stop]
         if before:
-            _observed(run, before)
+            observed(run, before)
         return _encoded(run, serializer, available_at)
 
     return BuiltOnRead(len(calls), build)
@@ -253,7 +253,7 @@ def enqueue(
     available_at = _available_at(delay_secs)
     queue = kernel.queue
     if before and not (queue.streams_push and queue.observed_as_read):
-        _observed(fresh, before)  # every job, before the backend is called
+        observed(fresh, before)  # every job, before the backend is called
         before = []
     messages: Sequence[Message] = _messages(fresh, kernel.serializer, available_at, before)
     if not queue.streams_push:
@@ -287,7 +287,7 @@ def enqueue_one(kernel: Kernel, envelope: Envelope, job: Job, delay_secs: float 
     call = [(envelope, job)]
     before = events.observers(pm, "nuvom_before_enqueue")
     if before:
-        _observed(call, before)
+        observed(call, before)
     messages = _encoded(call, kernel.serializer,
                         _available_at(delay_secs))
     stored = _push(kernel, call, messages)

@@ -123,7 +123,8 @@ def nuvom_before_enqueue(job: Job) -> None:
     """Before a job is handed to the queue backend (once per job, also in ``.map()``: each
     observer for the whole batch before the backend is called; with
     ``QueueBackend.observed_as_read``, run by run as the backend reads the batch; on the
-    enqueuing thread).
+    enqueuing thread; for a workflow, every step when the workflow is submitted, the ones
+    that wait for their parents too).
 
     Call mode: 1:N observer; an exception is logged, the job is still enqueued. What an
     observer puts in ``job.headers`` (JSON-native values: a trace context) travels with the

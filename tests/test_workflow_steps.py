@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from nuvom_kernel import (
+    hookimpl,
     JobCancelledError,
     JobFailedError,
     JobStatus,
@@ -64,6 +65,50 @@ def states(flow) -> list[tuple[str, str]]:
 
 def ended(flow) -> Callable[[], bool]:
     return lambda: flow.status != "RUNNING"
+
+
+# --- the enqueue observers see every step ------------------------------------------------
+
+class StepObserver:
+    """Sets a header on every enqueued job (as the OpenTelemetry plugin sets a trace
+    context) and notes what the worker's jobs carry."""
+
+    def __init__(self) -> None:
+        self.before: list[str] = []
+        self.after: list[str] = []
+        self.executed: dict[str, object] = {}
+
+    @hookimpl
+    def nuvom_before_enqueue(self, job):
+        self.before.append(job.id)
+        job.headers["tenant"] = "acme"
+
+    @hookimpl
+    def nuvom_after_enqueue(self, job):
+        self.after.append(job.id)
+
+    @hookimpl
+    def nuvom_before_execute(self, job):
+        self.executed[job.id] = job.headers.get("tenant")
+
+
+def test_every_step_is_shown_to_the_enqueue_observers_and_their_headers_travel(
+        kernel: Kernel):
+    """Workflow steps were stored without ``nuvom_before_enqueue``/``after_enqueue``: no
+    producer span, no trace context, no header a plugin adds (a tenant) on any step."""
+    from wf_tasks import add, total
+
+    observer = StepObserver()
+    kernel.pm.register(observer)
+    flow = chain(group(add.s(1), add.s(2)), total.s(), add.s(5)).delay()
+    ids = [node.id for node in flow.nodes]
+    assert len(ids) == 4
+    assert sorted(observer.before) == sorted(ids), "each step, once, when submitted"
+    assert sorted(observer.after) == sorted(ids)
+    run_worker_until(kernel, ended(flow), "the workflow to end")
+    assert flow.status == "SUCCEEDED"
+    assert observer.executed == dict.fromkeys(ids, "acme"), "the header reached every step"
+    assert flow.get(timeout=5) == (2 + 3) + 5  # add(total([2, 3]), 5)
 
 
 # --- a step waiting for its parents is a queued job ----------------------------------------

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Union
 
 import attrs
 
+from nuvom_kernel import events
+from nuvom_kernel.dispatcher import observed
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import BackendCapabilityError, EnqueueError, NuvomError
-from nuvom_kernel.models import Message
 from nuvom_kernel.workflow.graph import INPUT_HEADER, POLICIES, WF_HEADER, Flow, Node, create
 from nuvom_kernel.workflow.handle import Workflow
 
@@ -153,7 +154,7 @@ class _Builder:
         self.flow_id = flow_id
         self.nodes: list[Node] = []
         self.by_id: dict[str, Node] = {}
-        self.messages: list[Message] = []
+        self.envelopes: list[Envelope] = []
 
     def add(self, canvas: Canvas, incoming: Ref | None, after: list[str]
             ) -> tuple[Ref, list[str]]:
@@ -192,7 +193,7 @@ class _Builder:
         envelope.headers[WF_HEADER] = self.flow_id
         if incoming is not None:
             envelope.headers[INPUT_HEADER] = incoming
-        self.messages.append(envelope.to_message(self.kernel.serializer))
+        self.envelopes.append(envelope)
         parents = [] if final else list(dict.fromkeys(after))
         node = Node(id=node_id, workflow=self.flow_id, task=task.name, pending=len(parents),
                     policy=step.policy, final=final, queue=options.queue)
@@ -219,10 +220,19 @@ def submit(kernel: Kernel, canvas: Canvas) -> Workflow:
     output, _ = builder.add(canvas, None, [])
     if cleanup is not None:
         flow.final = builder.step(cleanup, None, [], final=True)
+    # Every step is enqueued now (the graph holds its message until its parents finish),
+    # so every step is shown to the enqueue observers now, from the submitting code: what
+    # they put in its headers (a trace context, a tenant) travels with it, as with .delay().
+    envelopes = builder.envelopes
+    before = events.observers(kernel.pm, "nuvom_before_enqueue")
+    after = events.observers(kernel.pm, "nuvom_after_enqueue")
+    jobs = [envelope.job() for envelope in envelopes] if before or after else []
+    if before:
+        observed(list(zip(envelopes, jobs, strict=True)), before)
+    messages = [envelope.to_message(kernel.serializer) for envelope in envelopes]
     try:
         stored = queue.workflow_transaction(
-            lambda txn: create(txn, attrs.evolve(flow), output, builder.nodes,
-                               builder.messages))
+            lambda txn: create(txn, attrs.evolve(flow), output, builder.nodes, messages))
     except NuvomError:
         raise
     except Exception as exc:
@@ -233,4 +243,7 @@ def submit(kernel: Kernel, canvas: Canvas) -> Workflow:
     if not stored:  # a fresh uuid4 never collides; say so loudly if it did
         raise NuvomError(f"workflow id {flow.id} already exists")
     queue.notify()
+    for job in jobs:
+        job._kernel = kernel
+    events.call_per_job(after, "nuvom_after_enqueue", jobs)
     return Workflow(flow.id, kernel)
