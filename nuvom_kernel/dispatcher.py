@@ -13,6 +13,7 @@ backend knows is not pushed again; the caller gets a handle to the existing job.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +31,7 @@ from nuvom_kernel.errors import (
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus, Message, TaskOptions
 from nuvom_kernel.serialization import Serializer
-from nuvom_kernel.values import MAX_ETA
+from nuvom_kernel.values import MAX_ETA, is_text
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -51,11 +52,17 @@ def importable_module(fn: Any) -> str | None:
     if spec is not None and spec.name:
         return str(spec.name)
     path = getattr(main, "__file__", None)
-    if path:
+    if not path:
+        return None
+    # The script as it was named first: a symlinked ``app.py`` in the project is imported
+    # by the worker under that name, though it resolves to a file outside the project.
+    cwd = os.getcwd()
+    for script, base in ((Path(os.path.abspath(path)), Path(cwd)),
+                         (Path(path).resolve(), Path(cwd).resolve())):
         try:
-            rel = Path(path).resolve().relative_to(Path.cwd().resolve())
+            rel = script.relative_to(base)
         except ValueError:
-            return None
+            continue
         return ".".join(rel.with_suffix("").parts)
     return None
 
@@ -324,6 +331,9 @@ def rerun(kernel: Kernel, job_id: str) -> Job:
     :raises NuvomError: the id is unknown, the job is not finished or is a workflow step, or
         another re-run won.
     """
+    if not is_text(job_id):  # refused at enqueue: no store holds it (or can be asked)
+        raise NuvomError(f"unknown job id {job_id!r}: it holds a NUL or undecodable bytes, "
+                         "which no job id does; check the id")
     if kernel.queue.capabilities.workflows:
         from nuvom_kernel.workflow.steps import workflow_of
 

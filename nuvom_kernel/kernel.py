@@ -29,6 +29,7 @@ from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message, 
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import REGISTRY, TaskRegistry
 from nuvom_kernel.serialization import Serializer, from_wire
+from nuvom_kernel.values import is_text
 
 __all__ = ["Kernel", "get_job", "get_kernel", "set_kernel", "use_kernel"]
 
@@ -126,6 +127,9 @@ class Kernel:
         parents, which only its graph holds, is QUEUED (it was enqueued with its workflow);
         else UNKNOWN — an id no backend knows.
         """
+        if not is_text(job.id):  # refused at enqueue (no store holds it): never stored
+            job.status = JobStatus.UNKNOWN
+            return job
         status = self.queue.peek_state(job.id)
         record = self.results.get(job.id)
         if record is not None:
@@ -149,6 +153,8 @@ class Kernel:
         Returns ``False`` when the job is running, finished or unknown; a running job cannot
         be stopped from outside its thread.
         """
+        if not is_text(job.id):  # never stored (see refresh_job)
+            return False
         stored = self.results.get(job.id)
         # A job never run has no record: its message says what it was (read before the
         # queue forgets it), so `nuvom retry job` can run it again.
@@ -213,6 +219,8 @@ class Kernel:
         """``job_id``'s message while the queue holds it (``None`` if it does not, or if the
         backend cannot ``peek``), and its envelope (``None`` too if the body does not decode:
         the worker that claims it fails it, saying why)."""
+        if not is_text(job_id):  # refused at enqueue (see refresh_job)
+            return None, None
         try:
             message = self.queue.peek(job_id)
         except NotImplementedError:

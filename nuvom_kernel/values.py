@@ -192,8 +192,8 @@ def parse_size(value: Any) -> int | None:
     except (ValueError, KeyError):
         raise ValueError("must be a size such as 512MB or 2GB (a bare number means MB)"
                          ) from None
-    if size <= 0:
-        raise ValueError("must be a size > 0, such as 512MB or 2GB")
+    if not size >= 1 or size == math.inf:  # (NaN too) a fraction of a byte would be 0
+        raise ValueError("must be a finite size of at least 1 byte, such as 512MB or 2GB")
     return int(size)
 
 

@@ -100,3 +100,24 @@ def test_history_offers_only_the_states_a_record_can_be_in(project: Path) -> Non
     done = run_nuvom(["history", "recent", "--status", "running"], project)
     assert done.returncode == 2
     assert "'running' is not one of" in done.stderr, done.stderr
+
+
+def test_an_id_with_undecodable_bytes_is_refused_not_a_traceback(project: Path) -> None:
+    """``nuvom inspect job $'ab\\xffcd'``: Python reads the byte as a lone surrogate, which
+    no store can be asked for; SQLite, the file backend and Redis ended in a
+    ``UnicodeEncodeError`` traceback. Such an id was refused at enqueue, so it is unknown."""
+    from nuvom_kernel import get_job
+    from nuvom_kernel.job import Job
+
+    bad = "ab\udcffcd"
+    for backend in ("sqlite", "file"):
+        env = {"NUVOM_QUEUE_BACKEND": backend, "NUVOM_RESULT_BACKEND": backend}
+        for command in (["inspect", "job"], ["cancel", "job"], ["retry", "job"]):
+            done = run_nuvom([*command, bad], project, **env)
+            assert "Traceback" not in done.stderr, (backend, command, done.stderr)
+            assert done.returncode == 2, (backend, command, done.stderr)
+            assert "holds a NUL or undecodable bytes, which no id does" in done.stderr
+        kernel = Kernel(root=project, environ=env)
+        with use_kernel(kernel):
+            assert get_job(bad).status is JobStatus.UNKNOWN
+            assert kernel.cancel(Job(id=bad, task="")) is False

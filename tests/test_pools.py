@@ -513,7 +513,13 @@ def test_async_producer_api(start):
 @pytest.mark.parametrize(("args", "expected"), [
     (["--pool", "fork"], "'fork' is not one of 'thread', 'process', 'asyncio'"),
     (["--max-memory-per-child", "lots"], "must be a size such as 512MB"),
-    (["--max-memory-per-child", "0"], "must be a size > 0"),
+    (["--max-memory-per-child", "0"], "must be a finite size of at least 1 byte"),
+    # an OverflowError traceback, and 1e-9 MB became 0 (no limit while a job ran, a new
+    # child after every job)
+    (["--max-memory-per-child", "inf"], "must be a finite size of at least 1 byte"),
+    (["--max-memory-per-child", "infgb"], "must be a finite size of at least 1 byte"),
+    (["--max-memory-per-child", "nan"], "must be a finite size of at least 1 byte"),
+    (["--max-memory-per-child", "1e-9"], "must be a finite size of at least 1 byte"),
 ])
 def test_bad_pool_flags_are_usage_errors(project: Path, args: list[str], expected: str):
     out = subprocess.run([sys.executable, "-m", "nuvom_kernel", "runworker", *args],

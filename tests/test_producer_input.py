@@ -375,3 +375,30 @@ def test_get_async_times_out_with_get_s_words(kernel: Kernel, project: Path) -> 
     with pytest.raises(TimeoutError, match=r"is still QUEUED after 0.2 s; is a worker "
                                            r"running \(`nuvom runworker`\)"):
         asyncio.run(job.get_async(timeout=0.2))
+
+
+def test_a_task_in_a_symlinked_script_is_recorded_under_the_scripts_name(tmp_path: Path):
+    """``python app.py`` where ``app.py`` in the project is a symlink to a shared checkout:
+    its tasks were recorded with no module (the resolved file is outside the project), and
+    the worker in the project, which imports ``app`` through the link, failed every job."""
+    import subprocess
+    import sys
+
+    shared, project = tmp_path / "shared", tmp_path / "project"
+    shared.mkdir()
+    project.mkdir()
+    (shared / "app.py").write_text(
+        "from nuvom_kernel.dispatcher import importable_module\n"
+        "def mul(x, y):\n    return x * y\n"
+        "print(importable_module(mul))\n")
+    (project / "app.py").symlink_to(shared / "app.py")
+    (project / "jobs").mkdir()
+    (project / "jobs" / "run.py").symlink_to(shared / "app.py")
+    for script, module in (("app.py", "app"), ("jobs/run.py", "jobs.run")):
+        out = subprocess.run([sys.executable, script], cwd=project, capture_output=True,
+                             text=True, timeout=60, check=True).stdout.strip()
+        assert out == module, script
+    # a script outside the project has no importable name, linked or not
+    out = subprocess.run([sys.executable, str(shared / "app.py")], cwd=project,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "None"

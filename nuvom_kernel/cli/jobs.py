@@ -16,7 +16,7 @@ import attrs
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.output import print_table, printable
+from nuvom_kernel.cli.output import print_table, printable, stored_id
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobRecord, JobStatus
@@ -56,7 +56,7 @@ def inspect_group() -> None:
 
 
 @inspect_group.command(name="job")
-@click.argument("job_id")
+@click.argument("job_id", callback=stored_id)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def inspect_job(job_id: str, fmt: str) -> None:
     """Everything known about JOB_ID: state, result or error, attempts and their history."""
@@ -137,7 +137,7 @@ def retry_group() -> None:
 
 
 @retry_group.command(name="job")
-@click.argument("job_id")
+@click.argument("job_id", callback=stored_id)
 def retry_job(job_id: str) -> None:
     """Run a FAILED or CANCELLED job again with the same id and arguments (its next run;
     attempts start over). A workflow step is refused: run alone, the steps depending on it
@@ -157,7 +157,7 @@ def cancel_group() -> None:
 
 
 @cancel_group.command(name="job")
-@click.argument("job_id")
+@click.argument("job_id", callback=stored_id)
 def cancel_job(job_id: str) -> None:
     """Remove a waiting job from its queue and record it CANCELLED."""
     from nuvom_kernel.kernel import get_job

@@ -28,3 +28,16 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> No
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
     for row in rows:
         click.echo("  ".join(cell(row.get(c)).ljust(widths[c]) for c in columns).rstrip())
+
+
+def stored_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A job or workflow id argument that a store could hold: one with a NUL or a lone
+    surrogate (undecodable bytes on the command line) was refused when enqueued, and asking
+    a backend for it ended in a ``UnicodeEncodeError`` traceback on most of them."""
+    from nuvom_kernel.values import is_text
+
+    if not is_text(value):
+        raise click.BadParameter(
+            f"{printable(repr(value))} holds a NUL or undecodable bytes, which no id does; "
+            "check the id (copy it from `nuvom history recent` or the dashboard)")
+    return value

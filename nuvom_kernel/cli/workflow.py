@@ -10,7 +10,7 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.jobs import _kernel, _when
-from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.cli.output import print_table, stored_id
 from nuvom_kernel.errors import NuvomError
 
 __all__ = ["nuvom_register_commands"]
@@ -62,7 +62,7 @@ def describe(handle: Any) -> dict[str, Any]:
 
 
 @workflow_group.command(name="inspect")
-@click.argument("workflow_id")
+@click.argument("workflow_id", callback=stored_id)
 @click.option("--json", "as_json", is_flag=True, help="Print the graph as JSON.")
 def inspect_workflow(workflow_id: str, as_json: bool) -> None:
     """The graph of WORKFLOW_ID: each step's state, attempts, timings and parents."""
@@ -83,7 +83,7 @@ def inspect_workflow(workflow_id: str, as_json: bool) -> None:
 
 
 @workflow_group.command(name="retry")
-@click.argument("workflow_id")
+@click.argument("workflow_id", callback=stored_id)
 @click.option("--from", "from_node", default=None, metavar="NODE",
               help="Re-run this step and every step depending on it (default: the failed, "
                    "cancelled and skipped steps and their dependents).")
