@@ -34,6 +34,8 @@ def nuvom_configure(config: Config) -> None:
 
     Call mode: historic (a plugin registered later still receives it). Per-plugin settings
     are ``config.plugin_settings(name)``. A plugin that raises here is named in the error.
+    Once per process that builds a kernel: the producer's, the worker's and each process-pool
+    child's (before the child imports the task modules).
 
     :param config: the effective :class:`~nuvom_kernel.config.Config`.
 

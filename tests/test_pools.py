@@ -590,3 +590,28 @@ def test_current_job_in_a_child_has_the_jobs_options_and_state(start):
 
     start("--pool", "process", "--workers", "1")
     assert whoami.delay().get(timeout=60) == [70, 3, ["x"], "RUNNING", True, True]
+
+
+CONFIGURE_PLUGIN = """
+import os, pathlib, sys
+from nuvom_kernel import hookimpl
+
+@hookimpl
+def nuvom_configure(config):
+    marker = pathlib.Path(config.root) / f"configured-{os.getpid()}"
+    marker.write_text("tasks imported first" if "pool_tasks" in sys.modules else "before")
+"""
+
+
+def test_a_plugins_configure_runs_in_each_child_before_its_task_modules(start, project):
+    """``nuvom_configure`` ran in the worker only: an OpenTelemetry SDK set up there (as the
+    docs advise) recorded nothing of a process-pool task, whose spans were lost."""
+    from pool_tasks import pid
+
+    (project / "configured.py").write_text(CONFIGURE_PLUGIN)
+    (project / ".nuvom_plugins.toml").write_text('[plugins]\nhooks = ["configured"]\n')
+    worker = start("--pool", "process", "--workers", "1")
+    child = pid.delay().get(timeout=60)
+    assert child != worker.proc.pid
+    assert (project / f"configured-{worker.proc.pid}").read_text() == "before"
+    assert (project / f"configured-{child}").read_text() == "before"

@@ -239,6 +239,20 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="nuvom-child-watchdog", daemon=True).start()
 
 
+def _configure(root: str) -> None:
+    """This process's kernel, built now from the worker's project: every plugin is loaded
+    and its ``nuvom_configure`` runs here as in the worker (an OpenTelemetry SDK set up
+    there records the task's spans), before the task modules are imported. A job that
+    enqueues uses this kernel. A failure is printed and the child serves on: the worker
+    built the same configuration already, and a task that enqueues meets the error."""
+    from nuvom_kernel.kernel import Kernel, set_kernel
+
+    try:
+        set_kernel(Kernel(root=root))
+    except BaseException as exc:
+        print(f"nuvom child {os.getpid()}: cannot load the plugins: {exc!r}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> None:
     global PARENT_PID
     requests, replies, parent = int(argv[0]), int(argv[1]), int(argv[2])
@@ -260,6 +274,8 @@ def main(argv: list[str]) -> None:
     for entry in reversed(hello.get("sys_path", [])):
         if entry not in sys.path:
             sys.path.insert(0, entry)
+    if hello.get("root"):
+        _configure(hello["root"])
     REGISTRY.load_manifest(Path(hello["data_dir"]))
     for module in hello.get("preload", []):
         try:
