@@ -423,6 +423,23 @@ def test_inspect_and_retry_rerun_the_failed_part_keeping_succeeded_results(clust
     assert unknown.returncode != 0 and "unknown workflow id" in unknown.stderr
 
 
+def test_inspect_of_a_join_after_a_big_group_stays_one_short_row_per_step(
+        cluster: Cluster):
+    """The join's row listed all of its parents and every row was padded to its width:
+    a group of 5,000 printed 225 MB. Its row names three and counts the rest."""
+    from wf_tasks import join, member
+
+    flow = chain(group(*(member.s(i) for i in range(200))), join.s()).delay()
+    table = run_nuvom(["workflow", "inspect", flow.id], cluster.project, **cluster.environ)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert len(lines) == 1 + 1 + 201  # the summary, the header, a row per step
+    assert max(len(line) for line in lines) < 200
+    assert sum("+197 more" in line for line in lines) == 1
+    graph = nuvom_json(cluster, "workflow", "inspect", flow.id, "--json")
+    assert len(graph["nodes"][-1]["parents"]) == 200, "--json keeps them all"
+
+
 def test_purge_removes_ended_workflows_and_a_purged_input_fails_its_step(cluster: Cluster):
     from wf_tasks import add, gated, total
 

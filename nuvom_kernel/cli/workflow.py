@@ -61,6 +61,18 @@ def describe(handle: Any) -> dict[str, Any]:
             "finished_at": flow.finished_at, "steps": len(nodes), "nodes": nodes}
 
 
+#: Parents a table row names; a join of a big group says how many more (``--json`` has all).
+SHOWN_PARENTS = 3
+
+
+def _parents(ids: list[str]) -> str:
+    """A step's parents for the table: a join after a group of 5,000 listed every one, and
+    the table, padding each row to its widest cell, printed 225 MB."""
+    if len(ids) <= SHOWN_PARENTS:
+        return ",".join(ids)
+    return f"{','.join(ids[:SHOWN_PARENTS])} +{len(ids) - SHOWN_PARENTS} more"
+
+
 @workflow_group.command(name="inspect")
 @click.argument("workflow_id", callback=stored_id)
 @click.option("--json", "as_json", is_flag=True, help="Print the graph as JSON.")
@@ -76,7 +88,7 @@ def inspect_workflow(workflow_id: str, as_json: bool) -> None:
     short = {n["id"]: n["id"][:8] for n in data["nodes"]}
     rows = [{**n, "id": short[n["id"]],
              "task": n["task"] + (" (finally)" if n["finally"] else ""),
-             "parents": ",".join(short[p] for p in n["parents"]),
+             "parents": _parents([short[p] for p in n["parents"]]),
              "error": f"{n['error_type']}: {n['error_message']}" if n["error_type"] else None}
             for n in data["nodes"]]
     print_table(rows, ["id", "task", "state", "attempts", "duration_ms", "parents", "error"])
