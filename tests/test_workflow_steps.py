@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 
 from nuvom_kernel import (
-    hookimpl,
     JobCancelledError,
     JobFailedError,
     JobStatus,
     chain,
     get_job,
     group,
+    hookimpl,
 )
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.envelope import Envelope
