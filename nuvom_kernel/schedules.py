@@ -24,7 +24,8 @@ from typing import Any
 
 import attrs
 
-from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.errors import NuvomError, SerializationError
+from nuvom_kernel.serialization import to_wire
 from nuvom_kernel.values import MAX_SECONDS
 
 __all__ = ["CATCH_UP", "OVERLAP", "POLICIES", "Cron", "Every", "Schedule", "ScheduleError",
@@ -289,6 +290,12 @@ class Schedule:
                 raise ScheduleError(f"catch_up={catch_up!r} is not one of {CATCH_UP}")
             if overlap not in OVERLAP:
                 raise ScheduleError(f"overlap={overlap!r} is not one of {OVERLAP}")
+            try:  # each tick sends them: refuse now what no tick could (NaN, object())
+                to_wire(list(trigger.args), "args")
+                to_wire(dict(trigger.kwargs), "kwargs")
+            except SerializationError as exc:
+                raise ScheduleError(f"no job could carry the schedule's arguments: {exc}"
+                                    ) from None
             window = catch_up_window_secs
             if (isinstance(window, bool) or not isinstance(window, int | float)
                     or not 0 < window <= MAX_SECONDS):  # NaN and infinity too

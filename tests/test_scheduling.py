@@ -178,6 +178,10 @@ def ticking():
     ({"schedule": "* * * * *", "overlap": "queue"}, "overlap='queue'"),
     ({"schedule": "* * * * *", "catch_up": "some"}, "catch_up='some'"),
     ({"schedule": 5}, "schedule= takes"),
+    # accepted, then every tick failed to encode while `schedule list` showed it healthy
+    ({"schedule": every(seconds=1, args=(1e400,))}, "schedule's arguments: args[0] is inf"),
+    ({"schedule": cron("0 9 * * *", kwargs={"to": object()})},
+     "schedule's arguments: kwargs['to'] has type builtins.object"),
     ({"overlap": "skip"}, "overlap applies only with schedule="),
     ({"schedule": None, "catch_up": "all", "overlap": "skip"},
      "catch_up, overlap apply only with schedule="),
