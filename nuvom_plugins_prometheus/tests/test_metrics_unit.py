@@ -20,6 +20,7 @@ from nuvom_kernel.errors import PluginConfigError, WorkerPrepareError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message, Settlement
 from nuvom_kernel.outcome import Outcome
+from nuvom_kernel.values import MAX_SECONDS
 from nuvom_plugins_prometheus import plugin
 from nuvom_plugins_prometheus.exporter import Exporter
 from nuvom_plugins_prometheus.metrics import JobMetrics
@@ -201,3 +202,17 @@ def test_a_refused_bind_is_reported_as_a_permission() -> None:
     assert "holds that port" not in message
     in_use = bind_error("127.0.0.1", 9464, OSError(errno.EADDRINUSE, "Address already in use"))
     assert "Another process (another worker?) holds that port" in in_use
+
+
+@pytest.mark.parametrize("value", [float("inf"), 1e10, MAX_SECONDS + 1.0, float("nan"), 0.0])
+def test_a_refresh_interval_python_cannot_wait_is_refused_by_name(value: float) -> None:
+    """``inf`` and ``1e10`` passed ``> 0``, then the refresh thread died on its first wait
+    (``OverflowError``) and the queue gauges were never refreshed; 366 days still passes."""
+    with pytest.raises(PluginConfigError) as refused:
+        PrometheusSettings.parse({"port": 0, "refresh_secs": value})
+    message = str(refused.value)
+    assert f"[plugins.prometheus] refresh_secs={value!r} " \
+           "(NUVOM_PLUGINS__PROMETHEUS__REFRESH_SECS) is invalid" in message
+    assert f"at most {MAX_SECONDS} (366 days)" in message
+    longest = PrometheusSettings.parse({"port": 0, "refresh_secs": float(MAX_SECONDS)})
+    assert longest.refresh_secs == MAX_SECONDS

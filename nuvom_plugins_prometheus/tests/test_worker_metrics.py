@@ -126,3 +126,17 @@ def test_a_bad_port_is_refused_by_name(project: Path, value: str, status: int, s
     done = _runworker(project, {**ENV, "NUVOM_PLUGINS__PROMETHEUS__PORT": value})
     assert done.returncode == status, done.stdout + done.stderr
     assert says in done.stderr
+
+
+@pytest.mark.parametrize("value", ["inf", "1e10"])
+def test_a_refresh_interval_too_long_to_wait_stops_the_worker_naming_it(
+        project: Path, value: str) -> None:
+    """It was accepted, and the refresh thread then died with an ``OverflowError`` that
+    named neither the setting nor its variable; now nothing starts."""
+    done = _runworker(project, {**ENV, "NUVOM_PLUGINS__PROMETHEUS__REFRESH_SECS": value})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (f"[plugins.prometheus] refresh_secs={float(value)!r} "
+            "(NUVOM_PLUGINS__PROMETHEUS__REFRESH_SECS) is invalid") in done.stderr
+    assert "366 days" in done.stderr
+    assert "OverflowError" not in done.stdout + done.stderr
+    assert "started" not in done.stdout + done.stderr, "nothing may start"

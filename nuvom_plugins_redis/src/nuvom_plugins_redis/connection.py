@@ -25,6 +25,7 @@ import atexit
 import functools
 import hashlib
 import logging
+import math
 import os
 import re
 import threading
@@ -43,6 +44,8 @@ from redis.retry import Retry
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError, EnqueueError
+from nuvom_kernel.plugin_settings import plugin_env_var
+from nuvom_kernel.values import MAX_SECONDS
 
 try:
     from hiredis import pack_command as _pack
@@ -96,6 +99,9 @@ class RedisSettings:
     :param block_secs: longest blocking wait for a wake-up: what a lost wake-up can cost.
     :param reap_interval_secs: how often a worker process recovers expired leases and due
         delayed jobs when nothing claims (under a lock, so one process per tick does it).
+
+    Every ``*_secs`` is a finite number of seconds of at most :data:`MAX_DURATION_SECS`
+    (366 days), checked by :meth:`parse`: what Redis and Python accept.
     """
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -122,21 +128,68 @@ class RedisSettings:
         if not parsed.key_prefix or any(c.isspace() for c in parsed.key_prefix):
             raise ConfigError(f"[plugins.redis] key_prefix={parsed.key_prefix!r} is invalid: "
                               "use a non-empty name without spaces, such as 'nuvom'.")
-        for key in ("result_ttl_secs", "socket_timeout_secs", "socket_connect_timeout_secs",
-                    "health_check_interval_secs", "block_secs", "reap_interval_secs",
-                    "visibility_timeout_secs"):
-            value = getattr(parsed, key)
-            if value is None:
-                continue
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                number = -1.0
-            zero_ok = key in ("result_ttl_secs", "health_check_interval_secs")
-            if number < 0 or (number == 0 and not zero_ok):
-                raise ConfigError(f"[plugins.redis] {key}={value!r} is invalid: it must be a "
-                                  f"number of seconds > 0{' (or 0)' if zero_ok else ''}.")
-        return parsed
+        durations: dict[str, Any] = {key: _seconds(key, getattr(parsed, key))
+                                     for key in _DURATIONS if getattr(parsed, key) is not None}
+        return attrs.evolve(parsed, **durations)
+
+
+#: Every duration setting -> what ``0`` means for it (``None``: 0 is refused).
+_DURATIONS: dict[str, str | None] = {
+    "result_ttl_secs": "keep records until `nuvom purge results`",
+    "visibility_timeout_secs": None,
+    "socket_timeout_secs": None,
+    "socket_connect_timeout_secs": None,
+    "health_check_interval_secs": "no health check",
+    "block_secs": None,
+    "reap_interval_secs": None,
+}
+#: Longest value of each duration: the kernel's longest duration
+#: (:data:`nuvom_kernel.values.MAX_SECONDS`, 366 days), so a lease the kernel's own
+#: ``NUVOM_VISIBILITY_TIMEOUT_SECS`` accepts is accepted here too. Why a limit at all:
+#: ``inf`` and numbers such as ``1e30`` passed a check of ``> 0`` and then failed where the
+#: value is used, long after startup: ``PEXPIRE`` refuses them, so no job outcome could be
+#: stored and every job ran again and again; a socket timeout or a thread's wait beyond
+#: the platform's ``time_t`` raises ``OverflowError`` (``nuvom status`` crashed, the reaper
+#: would die); a lease deadline of ``inf`` does not survive the Lua scripts. No timeout,
+#: interval or retention here needs more than a year.
+MAX_DURATION_SECS = float(MAX_SECONDS)
+#: Shortest ``result_ttl_secs`` above 0: ``PEXPIRE`` takes whole milliseconds, and one of
+#: 0 deletes the key at once, so a shorter TTL deleted every record as it was stored.
+_MIN_TTL_SECS = 0.001
+
+
+def _seconds(key: str, value: Any) -> float:
+    """``value`` of the duration setting ``key`` as a float, checked against what Redis
+    and Python accept (see :data:`MAX_DURATION_SECS`), so that a value that would fail at
+    run time fails here, as a :class:`ConfigError` naming the setting and its variable.
+    ``bool`` is refused: ``float(True)`` would read a typo'd ``true`` as one second."""
+    zero_means = _DURATIONS[key]
+    number = float("nan")
+    if not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            pass
+    low = (f">= 0 (0: {zero_means})" if zero_means is not None else "> 0")
+    accepted = (f"it must be a finite number of seconds {low} and at most "
+                f"{MAX_DURATION_SECS:.0f} (366 days)")
+    where = f"[plugins.redis] {key}={value!r} ({plugin_env_var('redis', key)})"
+    if not math.isfinite(number):
+        raise ConfigError(f"{where} is invalid: {accepted}; Redis and Python refuse "
+                          "infinite timeouts and expiries, so it would fail at run time. "
+                          "Set a number in that range.")
+    if number < 0 or (number == 0 and zero_means is None):
+        raise ConfigError(f"{where} is invalid: {accepted}. Set a number in that range.")
+    if number > MAX_DURATION_SECS:
+        raise ConfigError(f"{where} is invalid: {accepted}; Redis and Python refuse such "
+                          "long timeouts and expiries (PEXPIRE, socket timeouts, waits), "
+                          "so it would fail at run time. Set at most 366 days.")
+    if key == "result_ttl_secs" and 0 < number < _MIN_TTL_SECS:
+        raise ConfigError(f"{where} is invalid: a TTL above 0 must be at least "
+                          f"{_MIN_TTL_SECS} (1 ms): PEXPIRE counts whole milliseconds, and "
+                          "a shorter TTL would delete each job's record as it is stored. "
+                          "Set 0 to keep records until purged, or at least 0.001.")
+    return number
 
 
 def _is_out_of_memory(exc: Exception) -> bool:
