@@ -48,8 +48,9 @@ def to_float(value: Any) -> float:
             raise ValueError("must be a number (e.g. 2.5)") from None
     else:
         raise ValueError("must be a number (e.g. 2.5)")
-    if number != number:
-        raise ValueError("must be a number (e.g. 2.5), not NaN")
+    if not math.isfinite(number):  # no setting means anything by NaN or infinity, and an
+        # infinite wait or expiry fails where it is used (OverflowError, a refused PEXPIRE)
+        raise ValueError(f"must be a finite number (e.g. 2.5), not {number}")
     return number
 
 

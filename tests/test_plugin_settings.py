@@ -82,6 +82,9 @@ def test_file_value_is_listed_with_its_table_and_unset_keys_as_default(tmp_path:
 @pytest.mark.parametrize(("var", "value", "expected"), [
     ("NUVOM_PLUGINS__SQLITE__PTH", "/data/q.db", "'pth' is not a setting of plugin 'sqlite'"),
     ("NUVOM_PLUGINS__SQLITE__BUSY_TIMEOUT_SECS", "soon", "busy_timeout_secs='soon' is invalid"),
+    ("NUVOM_PLUGINS__SQLITE__BUSY_TIMEOUT_SECS", "inf", "must be a finite number"),
+    ("NUVOM_PLUGINS__SQLITE__BUSY_TIMEOUT_SECS", "1e400", "must be a finite number"),
+    ("NUVOM_PLUGINS__SQLITE__BUSY_TIMEOUT_SECS", "nan", "must be a finite number"),
     ("NUVOM_PLUGINS__FILE__FSYNC", "maybe", "fsync='maybe' is invalid: it must be true or "
                                             "false"),
 ])
