@@ -194,7 +194,7 @@ class Settings:
                               "Where built-in backends keep their files; relative to the "
                               "working directory.")
     namespace: str = _setting(
-        "", "NUVOM_NAMESPACE", lambda value: str(value).strip(),
+        "", "NUVOM_NAMESPACE", lambda value: values.to_str(value).strip(),
         "Prefix of every key, table or schema a server backend (Redis, PostgreSQL) creates, "
         "so apps or test runs sharing one server never see each other's jobs (PostgreSQL "
         "refuses a second namespace that folds to the same schema name); empty: none.")

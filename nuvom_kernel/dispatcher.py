@@ -42,9 +42,11 @@ __all__ = ["BuiltOnRead", "check_capabilities", "enqueue", "enqueue_one", "exist
 T = TypeVar("T")
 
 
-def importable_module(fn: Any) -> str | None:
-    """The module a worker can import to find ``fn``; resolves ``__main__`` to a real name."""
-    module: str | None = getattr(fn, "__module__", None)
+def importable_module(fn: Any, module: str | None = None) -> str | None:
+    """The module a worker can import to find ``fn`` (``module`` if given, else its
+    ``__module__``); resolves ``__main__`` to a real name."""
+    if module is None:
+        module = getattr(fn, "__module__", None)
     if module != "__main__":
         return module
     main = sys.modules.get("__main__")

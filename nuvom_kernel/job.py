@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Coroutine
 from datetime import datetime
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Generic, overload
 
 import attrs
 
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobStatus, TaskOptions
+from nuvom_kernel.worker.current import holds_a_slot
 
 if TYPE_CHECKING:  # a bare ``Job`` means ``Job[Any]`` (PEP 696 default; typing gets it in 3.13)
     from typing_extensions import TypeVar
@@ -89,8 +91,24 @@ class Job(Generic[R]):
         if self._kernel is None:
             raise NuvomError(
                 f"this Job handle ({self.id}) is not bound to a kernel: get handles from "
-                "task.delay(), task.map() or nuvom_kernel.get_job(job_id)")
+                "task.delay(), task.map() or nuvom_kernel.get_job(job_id) (a handle "
+                "unpickled in another process: send its id and call get_job(id) there)")
         return self._kernel
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its kernel (a process's backends and plugins, which do not
+        pickle: the error named a closure deep inside them); the unpickled handle says to
+        bind it with ``get_job(id)``. A copy in this process keeps it (:meth:`__copy__`)."""
+        state = {field.name: getattr(self, field.name) for field in attrs.fields(Job)}
+        state["_kernel"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
+    def __copy__(self) -> Job[R]:
+        return attrs.evolve(self)
 
     def refresh(self) -> Job[R]:
         """Reload status, result, error and attempts from the backends; returns ``self``."""
@@ -102,15 +120,22 @@ class Job(Generic[R]):
         return bool(self._bound().cancel(self))
 
     # An ``async def`` task's jobs are ``Job[Coroutine[..., T]]`` (what calling it inline
-    # gives); what they settle with, so what ``get()`` returns, is ``T``.
+    # gives; pyright says ``types.CoroutineType``, which the invariant ``R`` does not match
+    # to ``Coroutine``); what they settle with, so what ``get()`` returns, is ``T``.
     @overload
     def get(self: Job[Coroutine[Any, Any, T]], timeout: float | None = None,
-            poll_secs: float = 0.05) -> T: ...
+            poll_secs: float = 0.05, *, allow_in_task: bool = False) -> T: ...
 
     @overload
-    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> R: ...
+    def get(self: Job[CoroutineType[Any, Any, T]], timeout: float | None = None,
+            poll_secs: float = 0.05, *, allow_in_task: bool = False) -> T: ...
 
-    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+    @overload
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05, *,
+            allow_in_task: bool = False) -> R: ...
+
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05, *,
+            allow_in_task: bool = False) -> Any:
         """Wait for the outcome and return the task's value (``None`` when the task has
         ``store_result=False``).
 
@@ -119,21 +144,48 @@ class Job(Generic[R]):
         :raises nuvom_kernel.JobCancelledError: it was cancelled before it ran.
         :raises nuvom_kernel.UnknownJobError: no backend knows the id.
         :raises TimeoutError: no outcome within ``timeout`` seconds.
+        :raises nuvom_kernel.NuvomError: called inside a task (see :meth:`_not_in_task`)
+            unless ``allow_in_task``.
         """
+        if not allow_in_task:
+            self._not_in_task()
         return self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs)
+
+    def _not_in_task(self) -> None:
+        """Refuse to wait inside a task a worker runs, as Celery does: the waiting task holds
+        its slot, and once every slot waits for a job no slot is left to run it (with one
+        thread, at once); the worker hangs and a first signal cannot drain it. Eager mode
+        runs each job as it is enqueued, on its caller's thread: waiting there is fine."""
+        running = holds_a_slot()
+        if running is not None:
+            raise NuvomError(
+                f"task {running.task!r} (job {running.id}) waits for job {self.id} "
+                f"({self.task}) with get(): a task waiting for another job holds its worker "
+                "slot, and when every slot waits, nothing runs the jobs they wait for. Chain "
+                "the steps instead (chain(first.s(...), then.s()), or group(...).then(...)); "
+                "or pass allow_in_task=True when other workers are sure to serve that queue")
 
     @overload
     async def get_async(self: Job[Coroutine[Any, Any, T]], timeout: float | None = None,
-                        poll_secs: float = 0.05) -> T: ...
+                        poll_secs: float = 0.05, *, allow_in_task: bool = False) -> T: ...
 
     @overload
-    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05) -> R: ...
+    async def get_async(self: Job[CoroutineType[Any, Any, T]], timeout: float | None = None,
+                        poll_secs: float = 0.05, *, allow_in_task: bool = False) -> T: ...
 
-    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+    @overload
+    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05, *,
+                        allow_in_task: bool = False) -> R: ...
+
+    async def get_async(self, timeout: float | None = None, poll_secs: float = 0.05, *,
+                        allow_in_task: bool = False) -> Any:
         """:meth:`get` for asyncio callers: waits without blocking the event loop (each
-        poll reads the backend from a thread, then sleeps on the loop)."""
+        poll reads the backend from a thread, then sleeps on the loop). Refused inside a
+        task unless ``allow_in_task``, as :meth:`get` is."""
         import asyncio
 
+        if not allow_in_task:
+            self._not_in_task()
         kernel = self._bound()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

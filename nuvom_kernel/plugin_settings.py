@@ -97,29 +97,38 @@ class PluginSchema:
 
 
 _SECRET_KEY = re.compile(r"(password|passwd|pwd|secret|token|api_?key)", re.I)
-_DSN_PASSWORD = re.compile(r"(\b(?:password|passwd|pwd)\s*=\s*)('[^']*'|\S+)", re.I)
+#: A DSN's ``password=`` field: libpq's quoted form (``'...'``, with ``\'`` and ``\\``
+#: escapes) or a bare word.
+_DSN_PASSWORD = re.compile(r"(\b(?:password|passwd|pwd)\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
+                           re.I)
+#: A URL's query parameter of that name (``redis://host/0?password=...``, which redis-py
+#: and libpq both accept), up to the next ``&`` or ``#``.
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#]*", re.I)
 
 
 def mask_secret(key: str, value: Any) -> Any:
-    """``value`` fit to print: the password of a URL or key=value DSN replaced by ``***``,
-    and the whole value of a key that names a secret (``password``, ``token``, ...)."""
+    """``value`` fit to print: the password of a URL (its user part and a ``password=``
+    query parameter) or of a key=value DSN replaced by ``***``, and the whole value of a
+    key that names a secret (``password``, ``token``, ...). A URL that does not parse is
+    masked whole: what cannot be read cannot be shown safely."""
     if value is None:
         return None
     if _SECRET_KEY.search(key):
         return "***"
     text = str(value)
-    if "://" in text:
-        try:
-            parts = urlsplit(text)
-            password = parts.password
-        except ValueError:
-            return text
-        if password is None:
-            return text
-        user, _, host = parts.netloc.rpartition("@")
-        username = user.partition(":")[0]
-        return urlunsplit(parts._replace(netloc=f"{username}:***@{host}"))
-    return _DSN_PASSWORD.sub(r"\1***", text)
+    if "://" not in text:  # a key=value DSN
+        return _DSN_PASSWORD.sub(r"\1***", text)
+    text = _QUERY_PASSWORD.sub(r"\1***", text)
+    try:
+        parts = urlsplit(text)
+        password = parts.password
+    except ValueError:
+        return f"{text.partition('://')[0]}://***"
+    if password is None:
+        return text
+    user, _, host = parts.netloc.rpartition("@")
+    username = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{username}:***@{host}"))
 
 
 @attrs.frozen
@@ -148,5 +157,12 @@ def plugin_env(env: Mapping[str, str]) -> dict[str, dict[str, tuple[str, str]]]:
                 f"{PLUGIN_ENV_PREFIX}<NAME>__<KEY> with two underscores before each part, "
                 f"e.g. {PLUGIN_ENV_PREFIX}SQLITE__PATH=/data/q.db for [plugins.sqlite] path. "
                 f"Rename or unset it.")
-        found.setdefault(name.lower(), {})[key.lower()] = (var, env[var])
+        table = found.setdefault(name.lower(), {})
+        other = table.get(key.lower())
+        if other is not None:  # one would silently win (the last in sorted order)
+            raise PluginConfigError(
+                f"environment variables {other[0]} and {var} set the same plugin setting "
+                f"([plugins.{name.lower()}] {key.lower()}): names are not case-sensitive. "
+                "Unset one of them.")
+        table[key.lower()] = (var, env[var])
     return found

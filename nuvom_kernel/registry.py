@@ -191,16 +191,29 @@ def _same_file(fn: Any, module: str) -> bool:
 
 
 def _same_function(a: Any, b: Any) -> bool:
+    """Whether ``b`` is ``a`` defined again: the same module's source run twice (a module
+    imported under ``__main__`` and by name, or reloaded) gives new code objects from the
+    same file and line. Not two lambdas of one module (one qualname, other lines) nor two
+    closures of one factory (one code object): they were taken for one task, and the
+    worker ran the second's code for the first's jobs."""
     fa, fb = getattr(a, "fn", a), getattr(b, "fn", b)
-    return fa is fb or (
-        getattr(fa, "__module__", None) == getattr(fb, "__module__", None)
-        and getattr(fa, "__qualname__", None) == getattr(fb, "__qualname__", None)
-    )
+    if fa is fb:
+        return True
+    if (getattr(fa, "__module__", None) != getattr(fb, "__module__", None)
+            or getattr(fa, "__qualname__", None) != getattr(fb, "__qualname__", None)):
+        return False
+    ca, cb = getattr(fa, "__code__", None), getattr(fb, "__code__", None)
+    if ca is None or cb is None:  # not plain functions: their module and name decide
+        return True
+    return ca is not cb and (ca.co_filename, ca.co_firstlineno) == (cb.co_filename,
+                                                                     cb.co_firstlineno)
 
 
 def _where(fn: Any) -> str:
     fn = getattr(fn, "fn", fn)
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    code = getattr(fn, "__code__", None)
+    line = f" (line {code.co_firstlineno})" if code is not None else ""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}{line}"
 
 
 #: The process-wide registry ``@task`` fills when a module defining tasks is imported.

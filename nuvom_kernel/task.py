@@ -41,11 +41,15 @@ class Task(Generic[P, R]):
     """A registered task. Calling it runs the function inline; ``.delay()`` enqueues a job."""
 
     def __init__(self, fn: Callable[P, R], name: str, options: TaskOptions,
-                 schedule: dict[str, Any] | None = None) -> None:
+                 schedule: dict[str, Any] | None = None, *, site: str | None = None) -> None:
         self.fn = fn
         self.name = name
         self.options = options
-        self.module = importable_module(fn)
+        # A function's module is where it is defined; a callable that is no function (a
+        # functools.partial, a builtin, an instance) was made a task where ``site`` says:
+        # importing that module registers it (its own ``__module__`` said "functools").
+        self.module = importable_module(
+            fn, None if inspect.isfunction(inspect.unwrap(fn)) else site)
         #: the task's :class:`~nuvom_kernel.schedules.Schedule` (``schedule=``), or None
         self.schedule: Schedule | None = None
         if schedule:
@@ -63,10 +67,17 @@ class Task(Generic[P, R]):
             p.name for p in inspect.signature(fn).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
-        functools.update_wrapper(self, fn)  # keeps __name__, __doc__, __wrapped__ (signature)
+        # __name__, __doc__, __wrapped__ (the signature), and the function's attributes,
+        # except those that would replace the task's own (a `name` another decorator set
+        # became every job's task name; an `options` dict broke .delay())
+        functools.update_wrapper(self, fn, updated=())
+        for key, value in getattr(fn, "__dict__", {}).items():
+            if key not in vars(self) and not hasattr(type(self), key):
+                setattr(self, key, value)
 
     def __repr__(self) -> str:
-        return f"<Task {self.name} ({self.module}.{self.fn.__qualname__})>"
+        return (f"<Task {self.name} ({self.module}."
+                f"{getattr(self.fn, '__qualname__', type(self.fn).__name__)})>")
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.fn(*args, **kwargs)
@@ -433,12 +444,21 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
     def wrap(func: Callable[..., Any]) -> Task[Any, Any]:
         if isinstance(func, Task):
             raise TypeError(f"{func!r} is already a task; apply @task once")
-        task_name = name or func.__name__
+        if not callable(func):
+            raise TypeError(f"@task takes a function, got {func!r}")
+        task_name = name or getattr(func, "__name__", None)
+        if not task_name:
+            raise TypeError(f"{func!r} has no __name__ (a functools.partial or a callable "
+                            "object): name its task with task(name=...)(...)")
+        frame = sys._getframe(1)  # where the task is made: the first frame outside here
+        while frame is not None and frame.f_globals.get("__name__") == __name__:
+            frame = frame.f_back  # type: ignore[assignment]
+        site = None if frame is None else frame.f_globals.get("__name__")
         doc = (func.__doc__ or "").strip().splitlines()
         opts = TaskOptions(**options)
         if opts.description is None and doc:
             opts = attrs.evolve(opts, description=doc[0])
-        registered: Task[Any, Any] = Task(func, task_name, opts, dict(schedule))
+        registered: Task[Any, Any] = Task(func, task_name, opts, dict(schedule), site=site)
         REGISTRY.register(task_name, registered)
         return registered
 

@@ -31,14 +31,18 @@ __all__ = ["enqueue_unique", "unique_id"]
 
 def unique_id(envelope: Envelope, param_names: Sequence[str]) -> str:
     """``unique.<task>.<hash>`` of the envelope's task and wire-form arguments."""
-    named = dict(envelope.kwargs)
+    named: dict[str, Any] = {}
     extra = []
     for i, value in enumerate(envelope.args):
         if i < len(param_names):
             named[param_names[i]] = value
         else:
             extra.append(value)
-    canonical = _canonical_json([envelope.task, named, extra])
+    # A keyword of a positional parameter's name reaches **kwargs (the parameter is
+    # positional-only: `def f(a, /, **kw)`): kept apart, or f(1, a=2) was f(1)'s job.
+    clash = {k: v for k, v in envelope.kwargs.items() if k in named}
+    named.update((k, v) for k, v in envelope.kwargs.items() if k not in clash)
+    canonical = _canonical_json([envelope.task, named, extra, *([clash] if clash else [])])
     return f"unique.{envelope.task}.{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
 
 

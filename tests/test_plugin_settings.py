@@ -139,6 +139,16 @@ def test_config_masks_passwords_of_undeclared_plugins(tmp_path: Path) -> None:
     ("dsn", "dbname=x password='a b' host=y", "dbname=x password=*** host=y"),
     ("api_key", "abc", "***"),
     ("path", "/data/q.db", "/data/q.db"),
+    # a password in the query string (redis-py and libpq take it there) was shown
+    ("url", "redis://127.0.0.1:6379/13?password=S3cret", "redis://127.0.0.1:6379/13?password=***"),
+    ("url", "unix:///tmp/r.sock?db=0&password=S3cret&x=1", "unix:///tmp/r.sock?db=0&password=***&x=1"),
+    ("dsn", "postgresql://pg@h/x?sslmode=require&password=S3cret",
+     "postgresql://pg@h/x?sslmode=require&password=***"),
+    ("url", "redis://u:p@ss@h?password=S3cret", "redis://u:***@h?password=***"),
+    # libpq's escaped quote ended the match early: "password=***SECRET'"
+    ("dsn", r"host=h password='a\'S3cret' dbname=x", "host=h password=*** dbname=x"),
+    # a URL that does not parse was shown whole
+    ("url", "redis://:p[ss@host:6379/0", "redis://***"),
 ])
 def test_mask_secret(key: str, value: str, masked: str) -> None:
     assert mask_secret(key, value) == masked
@@ -218,3 +228,34 @@ def test_a_shared_key_reaches_both_sqlite_backends(tmp_path: Path) -> None:
         assert kernel.results.settings.busy_timeout_secs == 7.0  # type: ignore[attr-defined]
     finally:
         kernel.close()
+
+
+def test_two_variables_of_one_setting_differing_in_case_are_refused(tmp_path: Path) -> None:
+    """``NUVOM_PLUGINS__SQLITE__PATH`` and ``NUVOM_PLUGINS__sqlite__path``: the last in
+    sorted order silently won (the file's equivalent, two tables differing in case, is an
+    error)."""
+    done = run_nuvom(["config"], tmp_path, NUVOM_PLUGINS__SQLITE__PATH="/a.db",
+                     NUVOM_PLUGINS__sqlite__path="/b.db")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert ("NUVOM_PLUGINS__SQLITE__PATH and NUVOM_PLUGINS__sqlite__path set the same "
+            "plugin setting") in done.stderr
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--grace-period", "nan"], "--grace-period"), (["--grace-period", "inf"], "--grace-period"),
+    (["--max-child-age", "inf"], "--max-child-age"), (["--max-child-age", "0"], "--max-child-age"),
+])
+def test_runworker_refuses_durations_no_setting_takes(tmp_path: Path, args: list[str],
+                                                      flag: str) -> None:
+    """click's FloatRange let NaN and infinity through where the variables refuse them."""
+    done = run_nuvom(["runworker", *args], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"Invalid value for '{flag}'" in done.stderr
+
+
+def test_a_namespace_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    """``namespace = ["a", "b"]`` became the namespace "['a', 'b']"."""
+    (tmp_path / ".nuvom_plugins.toml").write_text('[settings]\nnamespace = ["a", "b"]\n')
+    done = run_nuvom(["status"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "namespace=['a', 'b'] is invalid: it must be a string" in done.stderr

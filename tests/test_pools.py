@@ -615,3 +615,39 @@ def test_a_plugins_configure_runs_in_each_child_before_its_task_modules(start, p
     assert child != worker.proc.pid
     assert (project / f"configured-{worker.proc.pid}").read_text() == "before"
     assert (project / f"configured-{child}").read_text() == "before"
+
+
+WAITING_TASKS = """
+from nuvom_kernel import task
+
+@task
+def inner(x):
+    return x + 1
+
+@task(store_result=True)
+def outer(x, allow=False):
+    return inner.delay(x).get(timeout=20, allow_in_task=allow) * 10
+
+@task(store_result=True)
+async def outer_async(x):
+    return await inner.delay(x).get_async(timeout=20) * 10
+"""
+
+
+@pytest.mark.parametrize("pool", ["thread", "process", "asyncio"])
+def test_a_task_waiting_for_another_job_is_refused_not_a_hung_worker(start, project, pool):
+    """``inner.delay(x).get()`` inside a task on a one-slot worker: the task held the only
+    slot while it waited, nothing ran ``inner``, and the first signal could not drain the
+    worker. It fails at once saying why (Celery refuses it too); ``allow_in_task=True``
+    waits where other slots serve the queue."""
+    write_module(project, "waiting_tasks", WAITING_TASKS)
+    from waiting_tasks import outer, outer_async
+
+    start("--pool", pool, "--workers", "1" if pool != "asyncio" else "2")
+    refused = failed(outer.delay(1))
+    assert "waits for job" in str(refused) and "holds its worker slot" in str(refused)
+    if pool == "asyncio":
+        assert "holds its worker slot" in str(failed(outer_async.delay(1)))
+    else:
+        start("--pool", pool, "--workers", "2")  # a second worker serves the inner jobs
+        assert outer.delay(1, allow=True).get(timeout=60) == 20

@@ -19,7 +19,7 @@ from nuvom_kernel import JobStatus, get_job, task
 from nuvom_kernel.cli import make_cli
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import NuvomError, UnknownTaskError
+from nuvom_kernel.errors import NuvomError, TaskRegistrationError, UnknownTaskError
 from nuvom_kernel.job import Job
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import TaskOptions
@@ -402,3 +402,118 @@ def test_a_task_in_a_symlinked_script_is_recorded_under_the_scripts_name(tmp_pat
     out = subprocess.run([sys.executable, str(shared / "app.py")], cwd=project,
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip() == "None"
+
+
+def test_a_positional_only_argument_and_a_keyword_of_its_name_are_two_unique_calls() -> None:
+    """``def tag(a, /, **kw)``: ``tag(1)`` and ``tag(1, a=2)`` hashed to one id (the
+    positional value replaced the keyword), so the second call never ran."""
+    from nuvom_kernel.unique import unique_id
+
+    def uid(args: tuple[object, ...], kwargs: dict[str, object]) -> str:
+        return unique_id(Envelope.for_call("tag", None, TaskOptions(), args, kwargs), ["a"])
+
+    assert uid((1,), {}) != uid((1,), {"a": 2})
+    assert uid((1,), {"b": 2}) == uid((1,), {"b": 2})
+    assert uid((1,), {}) == uid((), {"a": 1}), "f(1) and f(a=1) stay one call"
+
+
+TWO_LAMBDAS = """
+from nuvom_kernel import task
+
+double = task(lambda x: x * 2)
+triple = task(lambda x: x * 3)
+"""
+
+ONE_FACTORY = """
+from nuvom_kernel import task
+
+def make(n):
+    @task
+    def scale(x):
+        return x * n
+    return scale
+
+by10 = make(10)
+by100 = make(100)
+"""
+
+
+@pytest.mark.parametrize("source", [TWO_LAMBDAS, ONE_FACTORY], ids=["lambdas", "closures"])
+def test_two_functions_of_one_qualname_are_two_tasks_not_one(project: Path, source: str
+                                                             ) -> None:
+    """Two lambdas of a module, or two closures of one factory, share module and qualname:
+    they were taken for one task defined twice, and the worker ran the second's code for
+    the first's jobs (``double.delay(5)`` gave 15). A second task of one name is refused."""
+    write_module(project, "same_qualname", source)
+    with pytest.raises(TaskRegistrationError, match="is already registered by same_qualname"):
+        __import__("same_qualname")
+
+
+def test_the_same_module_defined_again_is_still_one_task(project: Path) -> None:
+    """What the check is for: a module's source run a second time (as ``__main__`` and by
+    name, or reloaded) defines its tasks again; that is no clash."""
+    import importlib
+
+    write_module(project, "defined_twice", "from nuvom_kernel import task\n\n"
+                                           "@task\ndef once(x):\n    return x\n")
+    first = importlib.import_module("defined_twice")
+    second = importlib.reload(first)
+    assert second.once.name == "once"
+
+
+def test_a_functions_own_attributes_cannot_replace_the_tasks(project: Path) -> None:
+    """``functools.update_wrapper`` copied the function's ``__dict__`` over the task: a
+    ``name`` another decorator set became every job's task name (each job failed as an
+    unknown task), an ``options`` dict broke ``.delay()``. Other attributes still show."""
+    def labelled(fn):
+        fn.name, fn.options, fn.label = "Nightly work", {"x": 1}, "nightly"
+        return fn
+
+    @task
+    @labelled
+    def work(x: int) -> int:
+        return x
+
+    assert work.name == "work" and work.options.retries == 0
+    assert work.label == "nightly"  # type: ignore[attr-defined]
+
+
+def test_a_partial_or_a_callable_object_records_the_module_that_made_it_a_task(
+        project: Path) -> None:
+    """A ``functools.partial`` recorded module ``functools`` (a fresh worker could not find
+    it) and ``repr`` of the task raised; a callable without ``__name__`` gave a bare
+    ``AttributeError``."""
+    import functools
+
+    write_module(project, "partial_tasks", (
+        "import functools\nfrom nuvom_kernel import task\n\n"
+        "def base(x, y):\n    return x + y\n\n"
+        "class Scale:\n    def __call__(self, x):\n        return x * 3\n\n"
+        "add7 = task(name='add7')(functools.partial(base, 7))\n"
+        "scale = task(name='scale')(Scale())\n"
+        "length = task(name='length')(len)\n"))
+    from partial_tasks import add7, length, scale  # type: ignore[import-not-found]
+
+    assert (add7.module, scale.module, length.module) == ("partial_tasks",) * 3
+    assert "add7" in repr(add7) and "scale" in repr(scale)
+    with pytest.raises(TypeError, match=r"no __name__ .*task\(name=\.\.\.\)"):
+        task(functools.partial(len))
+    with pytest.raises(TypeError, match="@task takes a function, got 42"):
+        task(42)  # type: ignore[call-overload]
+
+
+def test_a_pickled_handle_arrives_unbound_and_says_how_to_bind_it(kernel: Kernel,
+                                                                  project: Path) -> None:
+    """Pickling a handle pickled its kernel, and failed naming a closure deep inside it
+    (``Can't pickle local object 'optional.<locals>.parse'``)."""
+    import copy
+    import pickle
+
+    echo, _ = _tasks(project)
+    job = echo.delay("x")
+    arrived = pickle.loads(pickle.dumps(job))
+    assert (arrived.id, arrived.task, arrived.args) == (job.id, "echo", ("x",))
+    with pytest.raises(NuvomError, match=r"send its id and call get_job\(id\) there"):
+        arrived.refresh()
+    assert get_job(arrived.id).status is JobStatus.QUEUED
+    assert copy.copy(job).refresh().id == job.id, "a copy in this process stays bound"

@@ -47,7 +47,7 @@ from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.serialization import from_wire, to_wire
-from nuvom_kernel.worker.current import bind_job
+from nuvom_kernel.worker.current import bind_job, in_a_pool
 
 if TYPE_CHECKING:
     import asyncio
@@ -263,6 +263,7 @@ def main(argv: list[str]) -> None:
     for fd in (requests, replies):
         os.set_inheritable(fd, False)
     PARENT_PID = parent
+    in_a_pool()
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -41,6 +41,7 @@ from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.scheduler import Scheduler
 from nuvom_kernel.worker.aio import AsyncPool
+from nuvom_kernel.worker.current import in_a_pool
 from nuvom_kernel.worker.heap import frozen_heap
 from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
@@ -395,6 +396,7 @@ class Worker:
         self.slots.freed()
 
     def _executor_loop(self) -> None:
+        in_a_pool()
         while True:
             item = self.slots.take()
             if item is None:

@@ -29,7 +29,7 @@ from nuvom_kernel.events import HookInterrupted
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus, Lease
 from nuvom_kernel.worker.aio import run_on_thread_loop
-from nuvom_kernel.worker.current import bind_job, current_job
+from nuvom_kernel.worker.current import bind_job, current_job, in_a_pool
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.settle import Running, Settler
 from nuvom_kernel.workflow.graph import WF_HEADER
@@ -161,6 +161,7 @@ class JobRunner:
         job's :class:`Running` (``None`` if the lease was settled or handed back before it
         started), whose ``abandoned`` tells the pool the slot was given up already."""
         running: Running | None = None
+        in_a_pool()  # this job's own context (a task's, copied from its submitter's)
         try:
             running = self._begin(lease)
             if running is None:
