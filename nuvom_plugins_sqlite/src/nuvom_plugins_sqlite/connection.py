@@ -38,6 +38,13 @@ import attrs
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import ConfigError, EnqueueError, NuvomError
+from nuvom_kernel.values import MAX_SECONDS
+from nuvom_plugins_sqlite.access import (
+    SQLITE_MAX_PATHNAME,
+    create_shared,
+    path_too_long,
+    unwritable,
+)
 from nuvom_plugins_sqlite.schema import migrate
 from nuvom_plugins_sqlite.writer import Writer, autocheckpoint_pages, writer_for
 
@@ -51,6 +58,10 @@ _SYNCHRONOUS = ("NORMAL", "FULL")
 _MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 _BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 _BUSY_STEP_SECS = 1.0  # how long SQLite's own handler waits before we log and retry
+_PLACED = ("The file is placed by [plugins.sqlite] path / results_path in "
+           ".nuvom_plugins.toml, or NUVOM_PLUGINS__SQLITE__PATH / "
+           "NUVOM_PLUGINS__SQLITE__RESULTS_PATH (default: nuvom.db in the data folder, "
+           "NUVOM_DATA_DIR, .nuvom).")
 
 
 class DatabaseBusyError(NuvomError):
@@ -59,7 +70,9 @@ class DatabaseBusyError(NuvomError):
 
 class SQLiteUnavailableError(EnqueueError):
     """The database file cannot be created or opened (its folder is missing, not a folder,
-    or not writable); the message names the file and the setting that places it."""
+    or not writable; its path is too long), or this process may not write it or its
+    ``-wal``/``-shm`` files; the message names the file, the cause and the setting that
+    places it."""
 
 
 @attrs.frozen
@@ -74,6 +87,11 @@ class SQLiteSettings:
     :param busy_timeout_secs: longest wait for another process's write lock before an
         operation fails with :class:`DatabaseBusyError`.
     :param visibility_timeout_secs: lease length for the queue; default from the kernel.
+
+    Both durations are at most :data:`~nuvom_kernel.values.MAX_SECONDS` (366 days), as the
+    kernel's own duration settings: ``inf`` made a lease that never expires (a crashed
+    worker's job was never run again) and a busy wait with no end, and what the kernel and
+    the PostgreSQL plugin refuse should not pass here.
     """
 
     path: Path
@@ -108,10 +126,12 @@ class SQLiteSettings:
                 value = float(raw)
             except (TypeError, ValueError):
                 value = -1.0
-            if not value > 0:
+            if not 0 < value <= MAX_SECONDS:  # NaN and infinity compare false: refused too
                 raise ConfigError(
-                    f"[plugins.sqlite] {key}={raw!r} is invalid: it must be a number of "
-                    f"seconds > 0."
+                    f"[plugins.sqlite] {key} (NUVOM_PLUGINS__SQLITE__{key.upper()})={raw!r} "
+                    f"is invalid: it must be a finite number of seconds > 0 and at most "
+                    f"{MAX_SECONDS} (366 days, the kernel's longest duration). Set a value "
+                    "in that range."
                 )
             numbers[key] = value
         return cls(path=path, results_path=results_path, synchronous=sync, **numbers)
@@ -211,24 +231,47 @@ class Database:
     def _initialise(self) -> None:
         """Create the directory, switch to WAL and migrate; once per process.
 
-        :raises SQLiteUnavailableError: the file cannot be created or opened. Why here: the
-            raw ``PermissionError`` or "unable to open database file" named no setting, came
-            out of ``nuvom status`` as a traceback, and from ``.delay()`` as advice about the
-            data folder, which ``path`` may not be in.
+        :raises SQLiteUnavailableError: the file cannot be created or opened, or this process
+            may not write it (see :mod:`.access`; SQLite would open it read-only). Why
+            here: the raw ``PermissionError`` or "unable to open database file" named no
+            setting, came out of ``nuvom status`` as a traceback, and from ``.delay()`` as
+            advice about the data folder, which ``path`` may not be in.
         """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            problem = unwritable(self.path)
+            if problem is not None:  # before SQLite creates a -wal/-shm another user needs
+                raise SQLiteUnavailableError(
+                    f"the 'sqlite' backend's database {self.path} is not writable: {problem}; "
+                    "every enqueue, claim and result would fail (SQLite opens such a file "
+                    "read-only, without an error). Run nuvom as the user that owns the "
+                    "database, or let every user of it write it: one shared group, chmod g+w "
+                    "on the folder, the database and its -wal/-shm (nuvom creates them "
+                    "group-writable under umask 002); chown a -wal/-shm left by another user "
+                    "to the database's owner rather than deleting it (a -wal holds committed "
+                    "jobs). "
+                    f"{_PLACED}")
+            if path_too_long(self.path) is None:  # else SQLite refuses it: see below
+                create_shared(self.path)
             self._initialise_file()
         except (OSError, sqlite3.OperationalError) as exc:
             if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
                 raise
+            size = path_too_long(self.path)
+            if size is not None:
+                raise SQLiteUnavailableError(
+                    f"the 'sqlite' backend's database {self.path} cannot be opened: its path "
+                    f"is {size} bytes long (absolute, symlinks resolved), and SQLite refuses "
+                    f"paths of {SQLITE_MAX_PATHNAME} bytes or more (SQLITE_MAX_PATHNAME), its "
+                    f"-wal and -shm files' names included ({type(exc).__name__}: {exc}). "
+                    "Put the database at a shorter path: [plugins.sqlite] path / "
+                    "results_path in .nuvom_plugins.toml, NUVOM_PLUGINS__SQLITE__PATH / "
+                    "NUVOM_PLUGINS__SQLITE__RESULTS_PATH, or a shorter data folder "
+                    "(NUVOM_DATA_DIR; default .nuvom in the project folder).") from exc
             raise SQLiteUnavailableError(
                 f"the 'sqlite' backend's database {self.path} cannot be created or opened "
                 f"({type(exc).__name__}: {exc}). Make its folder writable, or put the file "
-                "where it can be: [plugins.sqlite] path / results_path in "
-                ".nuvom_plugins.toml, or NUVOM_PLUGINS__SQLITE__PATH / "
-                "NUVOM_PLUGINS__SQLITE__RESULTS_PATH (default: nuvom.db in the data folder, "
-                "NUVOM_DATA_DIR, .nuvom).") from exc
+                f"where it can be. {_PLACED}") from exc
 
     def _initialise_file(self) -> None:
         conn = self._connect()

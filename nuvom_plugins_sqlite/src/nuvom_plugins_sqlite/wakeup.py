@@ -13,6 +13,16 @@ Details that keep it safe:
 * sockets live in Linux's *abstract* namespace (no file to clean up, no path-length limit,
   gone when the process dies); the registry file only names them. A send that finds no
   socket (a killed process) deletes the stale registry file.
+* abstract sockets are per *network namespace*: a producer in another container (or
+  ``unshare -n``) sharing the database's folder cannot reach a waiter, and would take it for
+  dead. So a registry file is named ``<netns>-<token>`` (``<netns>``: the inode of
+  ``/proc/self/ns/net``), and a process sends to, and prunes, only the entries of its own
+  namespace. Waiters in another namespace are not woken by its pushes; they find its jobs
+  with their timed claims (an idle worker claims at least every ``poll_interval_max``,
+  0.1 s). Entries of the old form ``<token>`` are treated as of this namespace, as before.
+* a waiter whose registry file vanished (removed by a process of an older version in another
+  namespace, or by hand) registers it again on its next timeout: one ``stat()`` per idle
+  timeout, nothing on the hot path.
 * a lost wake-up costs latency, never a job: callers still claim after every timeout.
 * elsewhere (macOS, Windows, a read-only directory) :attr:`Waker.enabled` is ``False`` and
   the queue falls back to polling ``PRAGMA data_version``.
@@ -44,6 +54,16 @@ _RELIST_SECS = 0.25
 WAKEUPS_SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "AF_UNIX")
 
 
+def network_namespace() -> str:
+    """This process's network namespace as a registry-name prefix: the inode of
+    ``/proc/self/ns/net``, or ``"0"`` where it cannot be read (no ``/proc``), which every
+    such process then shares."""
+    try:
+        return str(os.stat("/proc/self/ns/net").st_ino)
+    except OSError:
+        return "0"
+
+
 class Waker:
     """Wake-up registry for the database at ``db_path`` (one per backend instance)."""
 
@@ -56,7 +76,7 @@ class Waker:
         self._sender: socket.socket | None = None
         self._sender_pid = 0
         self._peers: list[tuple[str, bytes]] = []
-        self._peers_key: tuple[int, int] | None = None
+        self._peers_key: tuple[int, int, str] | None = None
         self._peers_checked = 0.0
 
     # --- waiting side -------------------------------------------------------------------
@@ -69,21 +89,24 @@ class Waker:
             return sock, False
         if not self.enabled:
             return None
-        token = secrets.token_hex(8)
+        # The namespace is read per registration, not cached per process: a process may
+        # unshare(CLONE_NEWNET) or be forked into another namespace.
+        name = f"{network_namespace()}-{secrets.token_hex(8)}"
+        entry = self.dir / name
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(_PREFIX + token.encode())
+            sock.bind(_PREFIX + name.encode())
             sock.setblocking(False)
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / token).touch()
+            entry.touch()
         except OSError as exc:
             log.debug("%s: cross-process wake-ups unavailable (%s); polling instead",
                       self.dir, exc)
             self.enabled = False
             return None
-        self._local.sock, self._local.pid = sock, os.getpid()
+        self._local.sock, self._local.pid, self._local.entry = sock, os.getpid(), entry
         with self._lock:
-            self._owned.append((self.dir / token, sock, os.getpid()))
+            self._owned.append((entry, sock, os.getpid()))
         return sock, True
 
     def wait(self, sock: socket.socket, timeout: float) -> bool:
@@ -93,11 +116,24 @@ class Waker:
         except (OSError, ValueError):  # closed under us by close(): just stop waiting
             return False
         if not ready:
+            self._reregister()
             return False
         with contextlib.suppress(OSError):  # BlockingIOError: drained
             while sock.recv(64):  # coalesce every pending wake-up into this one
                 pass
         return True
+
+    def _reregister(self) -> None:
+        """Put this thread's registry file back if it vanished (see the module docstring).
+        Called on a timeout only, so an idle waiter pays one ``stat()`` per timeout."""
+        entry: Path | None = getattr(self._local, "entry", None)
+        if entry is None or self._local.pid != os.getpid() or entry.exists():
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            entry.touch()
+        except OSError as exc:  # a lost registration costs latency only: keep waiting
+            log.debug("%s: could not register %s again (%s)", self.dir, entry.name, exc)
 
     # --- notifying side -----------------------------------------------------------------
 
@@ -112,7 +148,9 @@ class Waker:
             except BlockingIOError:
                 pass  # its buffer is full of wake-ups already
             except (ConnectionRefusedError, FileNotFoundError):
-                with contextlib.suppress(OSError):  # the waiter's process is gone
+                # No socket of that name in this namespace, and the entry is of this
+                # namespace (see _current_peers): the waiter's process is gone.
+                with contextlib.suppress(OSError):
                     (self.dir / name).unlink()
                 self._peers_key = None
             except OSError:
@@ -133,15 +171,20 @@ class Waker:
         try:
             st = os.stat(self.dir)
         except FileNotFoundError:  # nobody ever waited: trust that for _RELIST_SECS too
-            self._peers, self._peers_key = [], (0, 0)
+            self._peers, self._peers_key = [], (0, 0, "")
             return self._peers
-        key = (st.st_mtime_ns, st.st_ino)
+        netns = network_namespace()  # in the key: a process may move (unshare -n)
+        key = (st.st_mtime_ns, st.st_ino, netns)
         if key != self._peers_key:
             try:
                 names = os.listdir(self.dir)
             except FileNotFoundError:
                 names = []
-            self._peers = [(n, _PREFIX + n.encode()) for n in names]
+            # Only this namespace's waiters (and old-style entries, no namespace named):
+            # another namespace's cannot be reached, and a refused send would unregister
+            # a live waiter. Filtered here, once per listing, not per notify.
+            self._peers = [(n, _PREFIX + n.encode()) for n in names
+                           if n.partition("-")[0] == netns or "-" not in n]
             self._peers_key = key
         return self._peers
 
