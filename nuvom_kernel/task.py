@@ -446,6 +446,7 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
             raise TypeError(f"{func!r} is already a task; apply @task once")
         if not callable(func):
             raise TypeError(f"@task takes a function, got {func!r}")
+        _not_a_method(func)
         task_name = name or getattr(func, "__name__", None)
         if not task_name:
             raise TypeError(f"{func!r} has no __name__ (a functools.partial or a callable "
@@ -465,6 +466,22 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
     if fn is not None:
         return wrap(fn)
     return wrap
+
+
+def _not_a_method(func: Callable[..., Any]) -> None:
+    """Refuse ``@task`` on a method in a class body (``def method(self, ...)``): the task is
+    the plain function, so ``Svc().method.delay(1)`` enqueued ``method(1)`` without an
+    instance, and every job failed on the worker with a ``TypeError``."""
+    qualname = getattr(func, "__qualname__", "")
+    owner = qualname.rpartition(".")[0]
+    if not inspect.isfunction(func) or not owner or owner.endswith("<locals>"):
+        return
+    first = next(iter(inspect.signature(func).parameters), None)
+    if first in ("self", "cls"):
+        raise TypeError(
+            f"@task on the method {qualname}: a job carries data, not the instance its "
+            f"{first!r} would be, so its jobs could not run. Make it a module-level function "
+            "(or a @staticmethod) that takes what it needs as arguments")
 
 
 class _CallableModule(types.ModuleType):

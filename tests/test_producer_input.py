@@ -517,3 +517,21 @@ def test_a_pickled_handle_arrives_unbound_and_says_how_to_bind_it(kernel: Kernel
         arrived.refresh()
     assert get_job(arrived.id).status is JobStatus.QUEUED
     assert copy.copy(job).refresh().id == job.id, "a copy in this process stays bound"
+
+
+def test_task_on_a_method_in_a_class_body_is_refused_at_decoration() -> None:
+    """``Svc().method.delay(1)`` enqueued ``method(1)`` with no instance: every job failed
+    on the worker. A ``@staticmethod`` (no instance needed) stays a task."""
+    with pytest.raises(TypeError, match=r"@task on the method .*Svc\.method.*'self'"):
+        class Svc:
+            @task
+            def method(self, x: int) -> int:
+                return x
+
+    class Tools:
+        @task(name="tools.double")
+        @staticmethod
+        def double(x: int) -> int:
+            return x * 2
+
+    assert Tools.double(2) == 4
