@@ -153,13 +153,14 @@ def seconds(*, zero_ok: bool, none_ok: bool = False) -> Callable[[Any], float | 
     def parse(value: Any) -> float | None:
         if none_ok and optional(str)(value) is None:
             return None
+        accepted = (f"must be a number of seconds {'>=' if zero_ok else '>'} 0"
+                    + (" (or none)" if none_ok else ""))
         try:
             number = to_float(value)
-        except ValueError:
-            raise ValueError("must be a number of seconds") from None
-        if not math.isfinite(number) or number < 0 or (number == 0 and not zero_ok):
-            raise ValueError(f"must be a number of seconds {'>=' if zero_ok else '>'} 0"
-                             + (" (or none)" if none_ok else ""))
+        except ValueError:  # not a number, or NaN or infinity
+            raise ValueError(accepted) from None
+        if number < 0 or (number == 0 and not zero_ok):
+            raise ValueError(accepted)
         if number > MAX_SECONDS:
             raise ValueError(f"must be at most {MAX_SECONDS} seconds (366 days)")
         return number
