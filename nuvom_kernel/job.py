@@ -28,7 +28,7 @@ else:
     R = TypeVar("R")
 T = TypeVar("T")
 
-__all__ = ["Job"]
+__all__ = ["Job", "not_in_a_task"]
 
 
 @attrs.define(eq=False)
@@ -98,7 +98,8 @@ class Job(Generic[R]):
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without its kernel (a process's backends and plugins, which do not
         pickle: the error named a closure deep inside them); the unpickled handle says to
-        bind it with ``get_job(id)``. A copy in this process keeps it (:meth:`__copy__`)."""
+        bind it with ``get_job(id)``. A copy in this process keeps it (``copy.copy`` and
+        ``copy.deepcopy``)."""
         state = {field.name: getattr(self, field.name) for field in attrs.fields(Job)}
         state["_kernel"] = None
         return state
@@ -109,6 +110,14 @@ class Job(Generic[R]):
 
     def __copy__(self) -> Job[R]:
         return attrs.evolve(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Job[R]:
+        import copy
+
+        clone: Job[R] = object.__new__(type(self))
+        clone.__setstate__({**copy.deepcopy(self.__getstate__(), memo),
+                            "_kernel": self._kernel})
+        return clone
 
     def refresh(self) -> Job[R]:
         """Reload status, result, error and attempts from the backends; returns ``self``."""
@@ -152,18 +161,7 @@ class Job(Generic[R]):
         return self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs)
 
     def _not_in_task(self) -> None:
-        """Refuse to wait inside a task a worker runs, as Celery does: the waiting task holds
-        its slot, and once every slot waits for a job no slot is left to run it (with one
-        thread, at once); the worker hangs and a first signal cannot drain it. Eager mode
-        runs each job as it is enqueued, on its caller's thread: waiting there is fine."""
-        running = holds_a_slot()
-        if running is not None:
-            raise NuvomError(
-                f"task {running.task!r} (job {running.id}) waits for job {self.id} "
-                f"({self.task}) with get(): a task waiting for another job holds its worker "
-                "slot, and when every slot waits, nothing runs the jobs they wait for. Chain "
-                "the steps instead (chain(first.s(...), then.s()), or group(...).then(...)); "
-                "or pass allow_in_task=True when other workers are sure to serve that queue")
+        not_in_a_task(f"job {self.id} ({self.task})")
 
     @overload
     async def get_async(self: Job[Coroutine[Any, Any, T]], timeout: float | None = None,
@@ -196,6 +194,24 @@ class Job(Generic[R]):
                 if left is not None and left <= 0:
                     raise still_waiting(self, timeout) from None
             await asyncio.sleep(poll_secs if left is None else min(poll_secs, left))
+
+
+def not_in_a_task(what: str) -> None:
+    """Refuse to wait for ``what`` inside a task a worker runs, as Celery does: the waiting
+    task holds its slot, and once every slot waits for a job no slot is left to run it (with
+    one thread, at once); the worker hangs and a first signal cannot drain it. Eager mode
+    runs each job as it is enqueued, on its caller's thread: waiting there is fine.
+
+    :raises NuvomError: the calling code runs as a job in a worker's slot.
+    """
+    running = holds_a_slot()
+    if running is not None:
+        raise NuvomError(
+            f"task {running.task!r} (job {running.id}) waits for {what} with get(): a task "
+            "waiting for another job holds its worker slot, and when every slot waits, "
+            "nothing runs the jobs they wait for. Chain the steps instead (chain(first.s(...), "
+            "then.s()), or group(...).then(...)); or pass allow_in_task=True when other "
+            "workers are sure to serve that queue")
 
 
 def still_waiting(job: Job[Any], timeout: float | None) -> TimeoutError:

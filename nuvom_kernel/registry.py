@@ -47,6 +47,12 @@ class TaskRegistry:
         with self._lock:
             existing = self._tasks.get(name)
             if existing is None or force or _same_function(existing, fn):
+                if existing is not None and not force and _one_factory(existing, fn):
+                    log.warning(
+                        "task %r is defined again by %s: jobs of that name now run the "
+                        "newest definition. Tasks a factory makes need a name each "
+                        "(@task(name=...)), or the last one made runs every job", name,
+                        _where(fn))
                 self._tasks[name] = fn
                 return
             if silent:
@@ -191,22 +197,24 @@ def _same_file(fn: Any, module: str) -> bool:
 
 
 def _same_function(a: Any, b: Any) -> bool:
-    """Whether ``b`` is ``a`` defined again: the same module's source run twice (a module
-    imported under ``__main__`` and by name, or reloaded) gives new code objects from the
-    same file and line. Not two lambdas of one module (one qualname, other lines) nor two
-    closures of one factory (one code object): they were taken for one task, and the
-    worker ran the second's code for the first's jobs."""
+    """Whether ``b`` is ``a`` defined again, which replaces it: the same module's source run
+    again (reloaded, a notebook cell re-run, a test defining a task in its body run twice,
+    a module run as ``__main__`` and imported: tasks compare by the module a worker imports).
+    Two lambdas cannot get here: a lambda's task needs ``name=`` (see ``task``)."""
     fa, fb = getattr(a, "fn", a), getattr(b, "fn", b)
-    if fa is fb:
-        return True
-    if (getattr(fa, "__module__", None) != getattr(fb, "__module__", None)
-            or getattr(fa, "__qualname__", None) != getattr(fb, "__qualname__", None)):
-        return False
-    ca, cb = getattr(fa, "__code__", None), getattr(fb, "__code__", None)
-    if ca is None or cb is None:  # not plain functions: their module and name decide
-        return True
-    return ca is not cb and (ca.co_filename, ca.co_firstlineno) == (cb.co_filename,
-                                                                     cb.co_firstlineno)
+    return fa is fb or (
+        getattr(a, "module", getattr(fa, "__module__", None))
+        == getattr(b, "module", getattr(fb, "__module__", None))
+        and getattr(fa, "__qualname__", None) == getattr(fb, "__qualname__", None)
+    )
+
+
+def _one_factory(a: Any, b: Any) -> bool:
+    """Two closures of one ``def`` run twice: a factory making several tasks (``make(10)``,
+    ``make(100)``), which silently share one name, or a test defining a task in its body."""
+    fa, fb = getattr(a, "fn", a), getattr(b, "fn", b)
+    code = getattr(fa, "__code__", None)
+    return fa is not fb and code is not None and code is getattr(fb, "__code__", None)
 
 
 def _where(fn: Any) -> str:

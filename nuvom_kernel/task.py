@@ -451,6 +451,10 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
         if not task_name:
             raise TypeError(f"{func!r} has no __name__ (a functools.partial or a callable "
                             "object): name its task with task(name=...)(...)")
+        if task_name == "<lambda>":  # every lambda's name: the second replaced the first,
+            # and the worker ran its code for the first's jobs
+            raise TypeError("a lambda has no name of its own: name its task with "
+                            "task(name=...)(lambda ...), or define it with def")
         frame = sys._getframe(1)  # where the task is made: the first frame outside here
         while frame is not None and frame.f_globals.get("__name__") == __name__:
             frame = frame.f_back  # type: ignore[assignment]

@@ -631,6 +631,11 @@ def outer(x, allow=False):
 @task(store_result=True)
 async def outer_async(x):
     return await inner.delay(x).get_async(timeout=20) * 10
+
+@task(store_result=True)
+def outer_flow(x):
+    from nuvom_kernel import chain
+    return chain(inner.s(x), inner.s()).delay().get(timeout=20)
 """
 
 
@@ -641,11 +646,12 @@ def test_a_task_waiting_for_another_job_is_refused_not_a_hung_worker(start, proj
     worker. It fails at once saying why (Celery refuses it too); ``allow_in_task=True``
     waits where other slots serve the queue."""
     write_module(project, "waiting_tasks", WAITING_TASKS)
-    from waiting_tasks import outer, outer_async
+    from waiting_tasks import outer, outer_async, outer_flow
 
     start("--pool", pool, "--workers", "1" if pool != "asyncio" else "2")
     refused = failed(outer.delay(1))
     assert "waits for job" in str(refused) and "holds its worker slot" in str(refused)
+    assert "waits for workflow" in str(failed(outer_flow.delay(1)))
     if pool == "asyncio":
         assert "holds its worker slot" in str(failed(outer_async.delay(1)))
     else:

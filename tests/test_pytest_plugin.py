@@ -264,6 +264,9 @@ def test_eager_runs_a_workflow_to_its_end(nuvom_eager: EagerMode) -> None:
     assert fan.get(timeout=0.5) == 6
     long = chain(add.s(0, 1), *[add.s(1) for _ in range(300)]).delay()
     assert long.get(timeout=0.5) == 301
+    add.delay(1, 1)
+    assert [job.task for job in nuvom_eager.jobs] == ["pp_tests.add"], (
+        "only the .delay(): a workflow's steps are read from wf.nodes (the docs)")
 
 
 def test_eager_and_the_backend_fixtures_share_one_kernel(nuvom_results: Any,

@@ -16,7 +16,7 @@ from nuvom_kernel.errors import (
     NuvomError,
     SerializationError,
 )
-from nuvom_kernel.job import Job
+from nuvom_kernel.job import Job, not_in_a_task
 from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
 from nuvom_kernel.workflow.graph import (
@@ -100,15 +100,19 @@ class Workflow:
                                     tuple(parents.get(node.id, ()))))
         return out
 
-    def get(self, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+    def get(self, timeout: float | None = None, poll_secs: float = 0.05, *,
+            allow_in_task: bool = False) -> Any:
         """Wait for the end and return the last step's result (a group's: the list of its
-        members' results).
+        members' results). Refused inside a task a worker runs unless ``allow_in_task``, as
+        ``Job.get()`` is.
 
         :raises JobFailedError: a step with the ``"fail"`` policy (or the ``finally_``
             step) failed: the first such step's error.
         :raises JobCancelledError: a step was cancelled.
         :raises TimeoutError: not finished within ``timeout`` seconds.
         """
+        if not allow_in_task:
+            not_in_a_task(f"workflow {self.id}")
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
         while True:

@@ -243,3 +243,16 @@ def test_a_jobs_values_are_shown_as_the_task_saw_them_not_in_their_stored_form(
     assert newer.status_code == 200
     assert "it does not decode: SerializationError" in newer.text
     assert "nosuch" in newer.text
+
+
+def test_a_value_too_large_to_format_is_shown_in_its_stored_form(
+        kernel: Kernel, client: TestClient) -> None:
+    """Decoding and formatting a 15 MB result took seconds per view, to be clipped to
+    ``CLIP_CHARS``: past ``PRETTY_CHARS`` the stored JSON is shown, as before."""
+    from nuvom_kernel.serialization import to_wire
+
+    kernel.results.put_many([record(
+        "big", JobStatus.SUCCEEDED, result=to_wire({"a_pair": (1, 2),
+                                                    "blob": "x" * views.PRETTY_CHARS}))])
+    page = client.get("/jobs/big").text
+    assert "__nuvom__" in page and "more characters" in page

@@ -163,3 +163,14 @@ def test_a_path_longer_than_sqlite_takes_says_so(tmp_path: Path) -> None:
     assert "NUVOM_DATA_DIR" in text and "NUVOM_PLUGINS__SQLITE__PATH" in text, text
     assert "writable" not in text, text
     assert list(folder.iterdir()) == []  # no empty database left behind
+
+
+def test_a_database_linked_into_a_missing_folder_says_so(tmp_path: Path) -> None:
+    """A symlink to a database in a folder that is not there: the check read the missing
+    folder's owner and ended in a bare "Make its folder writable"."""
+    db = tmp_path / "nuvom.db"
+    db.symlink_to(tmp_path / "gone" / "nuvom.db")
+    with pytest.raises(SQLiteUnavailableError) as refused:
+        SQLiteJobQueue(db).qsize()
+    assert f"its folder {tmp_path / 'gone'} (where {db} points) does not exist" in str(
+        refused.value)

@@ -88,3 +88,33 @@ def test_a_waiter_whose_entry_vanished_registers_again_on_its_next_timeout(
     assert entry.exists()
     assert _woken_by_a_push(consumer, db_path, "a")
     consumer.close()
+
+
+def test_another_namespaces_entries_left_for_long_are_pruned_and_live_ones_kept(
+        db_path: Path) -> None:
+    """No process can reach another namespace's waiters to learn they are gone, so a
+    container killed for good left its entries for ever (one more per restart). An entry
+    not refreshed for ``_STALE_SECS`` goes at the next registration; a fresh one stays, and
+    an idle waiter refreshes its own on its timeouts."""
+    from nuvom_plugins_sqlite.wakeup import _REFRESH_SECS, _STALE_SECS
+
+    folder = Path(f"{db_path}-wake")
+    folder.mkdir(parents=True)
+    stale, fresh = folder / "1-00000000000000aa", folder / "1-00000000000000bb"
+    stale.touch()
+    fresh.touch()
+    old = os.stat(stale).st_mtime - _STALE_SECS - 1
+    os.utime(stale, (old, old))
+    consumer = SQLiteJobQueue(db_path)
+    [mine] = [e for e in _register_any(consumer) if e not in (stale, fresh)]
+    assert not stale.exists() and fresh.exists()
+    aged = os.stat(mine).st_mtime - _REFRESH_SECS - 1
+    os.utime(mine, (aged, aged))
+    consumer.wait_for_messages(0.01, consumer._generation)  # a timeout refreshes it
+    assert os.stat(mine).st_mtime > aged + _REFRESH_SECS
+    consumer.close()
+
+
+def _register_any(queue: SQLiteJobQueue) -> list[Path]:
+    queue.wait_for_messages(0.01, queue._generation)
+    return sorted(queue._waker.dir.iterdir())

@@ -43,6 +43,9 @@ RECORD_STATES = tuple(s for s in JobStatus if s not in (JobStatus.RUNNING, JobSt
 #: Characters of one value (arguments, result, error, traceback) a job's page shows before
 #: "show all": a 200,000-character argument made a 420 KB page that every visit re-sent.
 CLIP_CHARS = 10_000
+#: Longest stored value (as JSON) a job's page shows decoded: a larger one is shown in its
+#: stored form, as before (decoding and formatting 15 MB took seconds per page view).
+PRETTY_CHARS = 1_000_000
 
 
 def format_time(value: float | str | None) -> str:
@@ -326,14 +329,17 @@ class JobDetail:
         ``get()`` and ``nuvom inspect job`` show the decoded value too. Non-ASCII text as
         it is, a lone surrogate as its ``\\udcXX`` escape (it has no UTF-8 form: the page
         could not be sent). A value that does not decode (stored by a newer release, or
-        by hand) is shown in its stored JSON, saying so."""
+        by hand) is shown in its stored JSON, saying so; so is one over
+        :data:`PRETTY_CHARS`."""
         value = getattr(self.record, field) if self.record is not None else None
+        stored = json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+        if len(stored) > PRETTY_CHARS:  # formatting it would cost seconds, to be clipped
+            return printable(stored)
         try:
             shown = from_wire(value)
         except Exception as exc:
             return printable(f"(stored form; it does not decode: {type(exc).__name__}: {exc})\n"
-                             + json.dumps(value, indent=2, sort_keys=True, default=str,
-                                          ensure_ascii=False))
+                             + stored)
         return printable(pprint.pformat(shown, width=100, sort_dicts=True))
 
 

@@ -114,6 +114,8 @@ def unwritable(path: Path) -> str | None:
                 f"its {file.name[len(real.name):]} file {file} (which SQLite creates with the "
                 "database's mode, as whoever opens the database first)")
         return f"{what} is {_owner(st)}, and {_me()}, which may not write it"
+    if missing and not folder.is_dir():  # a symlink to a folder that is not there
+        return f"its folder {folder} (where {path} points) does not exist"
     if missing and not _can_write(folder, os.W_OK | os.X_OK):
         if _read_only_fs(folder):
             return f"its folder {folder} is on a read-only file system"

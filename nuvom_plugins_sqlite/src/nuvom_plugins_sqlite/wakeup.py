@@ -50,6 +50,11 @@ _PREFIX = b"\0nuvom-wake-"
 # a waiter registered meanwhile is found by its own timed claims (<= 0.1 s) until then.
 _RELIST_SECS = 0.25
 
+#: How often an idle waiter refreshes its registry entry's time, and after how long without
+#: one another namespace's registration deletes it (see ``Waker._prune_foreign``).
+_REFRESH_SECS = 300.0
+_STALE_SECS = 3 * _REFRESH_SECS
+
 #: Abstract-namespace Unix sockets are a Linux feature.
 WAKEUPS_SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "AF_UNIX")
 
@@ -107,7 +112,26 @@ class Waker:
         self._local.sock, self._local.pid, self._local.entry = sock, os.getpid(), entry
         with self._lock:
             self._owned.append((entry, sock, os.getpid()))
+        self._prune_foreign(name.partition("-")[0])
         return sock, True
+
+    def _prune_foreign(self, netns: str) -> None:
+        """Delete other namespaces' entries not refreshed for :data:`_STALE_SECS`: no
+        process here can tell whether their waiters live (their sockets are out of reach),
+        so without this a container killed for good left its entries for ever, one more per
+        restart. A live waiter refreshes its entry every :data:`_REFRESH_SECS` (on its
+        timeouts) and puts it back if it goes; at each registration, so rarely."""
+        cutoff = time.time() - _STALE_SECS
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return
+        for name in names:
+            if "-" not in name or name.partition("-")[0] == netns:
+                continue  # this namespace's own: pruned when a send finds no socket
+            with contextlib.suppress(OSError):
+                if os.stat(self.dir / name).st_mtime < cutoff:
+                    (self.dir / name).unlink()
 
     def wait(self, sock: socket.socket, timeout: float) -> bool:
         """Block until a wake-up arrives or ``timeout`` passes; ``True`` if woken."""
@@ -124,12 +148,20 @@ class Waker:
         return True
 
     def _reregister(self) -> None:
-        """Put this thread's registry file back if it vanished (see the module docstring).
-        Called on a timeout only, so an idle waiter pays one ``stat()`` per timeout."""
+        """Put this thread's registry file back if it vanished (see the module docstring),
+        and refresh its time every :data:`_REFRESH_SECS`. Called on a timeout only, so an
+        idle waiter pays one ``stat()`` per timeout."""
         entry: Path | None = getattr(self._local, "entry", None)
-        if entry is None or self._local.pid != os.getpid() or entry.exists():
+        if entry is None or self._local.pid != os.getpid():
             return
         try:
+            if time.time() - entry.stat().st_mtime < _REFRESH_SECS:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        try:  # back, or refreshed so that another namespace's registration keeps it
             self.dir.mkdir(parents=True, exist_ok=True)
             entry.touch()
         except OSError as exc:  # a lost registration costs latency only: keep waiting
