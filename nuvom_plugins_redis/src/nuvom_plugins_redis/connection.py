@@ -52,7 +52,8 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py packs then
     _pack = None  # type: ignore[assignment]
 
-__all__ = ["LuaScript", "RedisSettings", "RedisUnavailableError", "Store", "delete_prefix"]
+__all__ = ["RESERVED_SEGMENTS", "LuaScript", "RedisSettings", "RedisUnavailableError", "Store",
+           "check_namespace", "delete_prefix"]
 
 log = logging.getLogger("nuvom.redis")
 
@@ -64,6 +65,18 @@ _checked_lock = threading.Lock()
 TEST_NAMESPACE_PREFIX = "nuvom-test-"
 #: (url, key prefix, pid) of test namespaces this process created, deleted at its exit.
 _temporary: set[tuple[str, str, int]] = set()
+#: The first segment of every key after ``<key_prefix>:`` (layout: :mod:`.scripts`): the
+#: queue's ``j``, ``q``, ``queues``, ``seq``, ``wake``, ``reaper``, ``push``,
+#: ``quarantine``; the records' ``r``, ``ri``, ``rx``, ``sched``, ``w``, ``workers``; and
+#: ``epoch``. Why a namespace may be none of them: keys are ``<key_prefix>:<namespace>:…``
+#: with nothing escaped, so an app without a namespace that stores job ``epoch`` (hash
+#: ``<key_prefix>:j:epoch``) and an app with namespace ``j`` (epoch marker
+#: ``<key_prefix>:j:epoch``) wrote the same key, and both failed with raw ``WRONGTYPE``
+#: errors. Keys are not escaped instead because that would move every existing key.
+RESERVED_SEGMENTS = frozenset({
+    "epoch", "j", "push", "q", "quarantine", "queues", "r", "reaper", "ri", "rx", "sched",
+    "seq", "w", "wake", "workers"})
+_KEY_PREFIX_SETTING = "[plugins.redis] key_prefix (NUVOM_PLUGINS__REDIS__KEY_PREFIX)"
 
 
 class RedisUnavailableError(EnqueueError):
@@ -90,7 +103,7 @@ class RedisSettings:
     :param url: ``redis://[:password@]host:port/db`` (``rediss://`` for TLS,
         ``unix:///path?db=0`` for a socket).
     :param key_prefix: first part of every key: two apps on one server never see each
-        other's jobs.
+        other's jobs (no spaces, no ``:``: see :func:`_check_key_prefix`).
     :param result_ttl_secs: how long a finished job's record is kept (0: until purged).
     :param visibility_timeout_secs: lease length; default the kernel's setting.
     :param socket_timeout_secs: longest wait for a reply (a dead link is noticed by then).
@@ -101,7 +114,8 @@ class RedisSettings:
         delayed jobs when nothing claims (under a lock, so one process per tick does it).
 
     Every ``*_secs`` is a finite number of seconds of at most :data:`MAX_DURATION_SECS`
-    (366 days), checked by :meth:`parse`: what Redis and Python accept.
+    (366 days; ``result_ttl_secs``: :data:`MAX_TTL_SECS`, 100 years), checked by
+    :meth:`parse`: what Redis and Python accept.
     """
 
     url: str = "redis://127.0.0.1:6379/0"
@@ -125,12 +139,42 @@ class RedisSettings:
         values = {k: v for k, v in settings.items() if v is not None}
         parsed = cls(**values)
         _check_url(str(parsed.url))
-        if not parsed.key_prefix or any(c.isspace() for c in parsed.key_prefix):
-            raise ConfigError(f"[plugins.redis] key_prefix={parsed.key_prefix!r} is invalid: "
-                              "use a non-empty name without spaces, such as 'nuvom'.")
+        _check_key_prefix(str(parsed.key_prefix))
         durations: dict[str, Any] = {key: _seconds(key, getattr(parsed, key))
                                      for key in _DURATIONS if getattr(parsed, key) is not None}
         return attrs.evolve(parsed, **durations)
+
+
+def _check_key_prefix(prefix: str) -> None:
+    """Refuse a key prefix that is empty or has a space. A ``:`` is allowed (``myapp:nuvom``
+    is a common Redis habit, and deployments use it): prefix ``a:b`` without a namespace
+    and prefix ``a`` with namespace ``b`` write the same keys, which the README says."""
+    problem = ("it is empty" if not prefix
+               else "it contains a space" if any(c.isspace() for c in prefix) else None)
+    if problem is not None:
+        raise ConfigError(f"{_KEY_PREFIX_SETTING} = {prefix!r} is invalid: {problem}. Use a "
+                          "non-empty name without spaces, such as 'nuvom' or 'myapp-nuvom'.")
+
+
+def check_namespace(namespace: str) -> None:
+    """Refuse a kernel namespace (``NUVOM_NAMESPACE``) whose keys could be another
+    namespace's on the same server and prefix: one with a ``:``-separated part that is a
+    key segment the plugin itself uses (:data:`RESERVED_SEGMENTS`). With namespace ``j``,
+    the epoch marker ``<prefix>:j:epoch`` was the hash of job ``epoch`` of an app without a
+    namespace; namespace ``a:j`` would write where namespace ``a`` keeps its jobs. Other
+    ``:`` are allowed (see :func:`_check_key_prefix`); empty (no namespace) is fine. Why
+    here and not in the kernel: the kernel's namespace also names PostgreSQL schemas, which
+    have rules of their own; these rules are this key layout's."""
+    parts = namespace.split(":") if namespace else []
+    taken = [part for part in parts if part in RESERVED_SEGMENTS]
+    if taken:
+        raise ConfigError(
+            f"NUVOM_NAMESPACE={namespace!r} ([settings] namespace) cannot be used with the "
+            f"Redis plugin: {taken[0]!r} is a key segment it uses itself (" +
+            ", ".join(sorted(RESERVED_SEGMENTS)) + "), so this namespace's keys could be "
+            f"another's on the same key_prefix (e.g. <key_prefix>:{taken[0]}:...). Choose "
+            "another namespace, such as "
+            f"{':'.join(p + '-app' if p in RESERVED_SEGMENTS else p for p in parts)!r}.")
 
 
 #: Every duration setting -> what ``0`` means for it (``None``: 0 is refused).
@@ -151,8 +195,11 @@ _DURATIONS: dict[str, str | None] = {
 #: stored and every job ran again and again; a socket timeout or a thread's wait beyond
 #: the platform's ``time_t`` raises ``OverflowError`` (``nuvom status`` crashed, the reaper
 #: would die); a lease deadline of ``inf`` does not survive the Lua scripts. No timeout,
-#: interval or retention here needs more than a year.
+#: interval here needs more than a year (a retention may: :data:`MAX_TTL_SECS`).
 MAX_DURATION_SECS = float(MAX_SECONDS)
+#: Longest ``result_ttl_secs``: a retention (not a wait) of years is a real need (records
+#: kept two years for an audit), and ``PEXPIREAT`` takes it; 100 years.
+MAX_TTL_SECS = 100 * 365.25 * 86400
 #: Shortest ``result_ttl_secs`` above 0: ``PEXPIRE`` takes whole milliseconds, and one of
 #: 0 deletes the key at once, so a shorter TTL deleted every record as it was stored.
 _MIN_TTL_SECS = 0.001
@@ -171,8 +218,9 @@ def _seconds(key: str, value: Any) -> float:
         except (TypeError, ValueError):
             pass
     low = (f">= 0 (0: {zero_means})" if zero_means is not None else "> 0")
-    accepted = (f"it must be a finite number of seconds {low} and at most "
-                f"{MAX_DURATION_SECS:.0f} (366 days)")
+    most, span = ((MAX_TTL_SECS, "100 years") if key == "result_ttl_secs"
+                  else (MAX_DURATION_SECS, "366 days"))
+    accepted = f"it must be a finite number of seconds {low} and at most {most:.0f} ({span})"
     where = f"[plugins.redis] {key}={value!r} ({plugin_env_var('redis', key)})"
     if not math.isfinite(number):
         raise ConfigError(f"{where} is invalid: {accepted}; Redis and Python refuse "
@@ -180,10 +228,10 @@ def _seconds(key: str, value: Any) -> float:
                           "Set a number in that range.")
     if number < 0 or (number == 0 and zero_means is None):
         raise ConfigError(f"{where} is invalid: {accepted}. Set a number in that range.")
-    if number > MAX_DURATION_SECS:
+    if number > most:
         raise ConfigError(f"{where} is invalid: {accepted}; Redis and Python refuse such "
                           "long timeouts and expiries (PEXPIRE, socket timeouts, waits), "
-                          "so it would fail at run time. Set at most 366 days.")
+                          f"so it would fail at run time. Set at most {span}.")
     if key == "result_ttl_secs" and 0 < number < _MIN_TTL_SECS:
         raise ConfigError(f"{where} is invalid: a TTL above 0 must be at least "
                           f"{_MIN_TTL_SECS} (1 ms): PEXPIRE counts whole milliseconds, and "
@@ -286,6 +334,7 @@ class Store:
         self.url = settings.url
         self.masked_url = mask_secret("url", settings.url)
         ns = context.namespace
+        check_namespace(ns)
         self.namespace = ns
         self.prefix = f"{settings.key_prefix}:{ns}:" if ns else f"{settings.key_prefix}:"
         common: dict[str, Any] = {

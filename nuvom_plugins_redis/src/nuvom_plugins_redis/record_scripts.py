@@ -4,6 +4,18 @@ and acks or retries its lease in one step (key layout: :mod:`.scripts`).
 Why a record's write is fenced in the script: a worker whose lease was taken over may still
 try to store an outcome; ``put_record`` keeps the record of the newest run and attempt
 (:func:`nuvom_kernel.models.supersedes`), so a late settle never overwrites a newer one.
+
+Why ``R rx``, a schedule of expiries: a final record gets a TTL, and Redis deletes its hash
+when it runs out, but Redis cannot delete the record's three index entries with it (a
+sorted-set member has no TTL). Left there they grew without bound (~36 MB per million
+jobs) and ``counts()`` kept counting them. So ``put_record`` sets the record's expiry as an
+absolute time (``PEXPIREAT``, from the server's ``TIME``) and adds the same time to ``rx``,
+its member being the task (length-prefixed) and the id: after the record is gone only the
+member can say which task index holds it. :data:`TRIM` takes the entries that are due and
+removes the index entries of those whose record is gone. The record's own expiry decides,
+not this process's ``result_ttl_secs``: processes with different TTLs, records kept until
+purged (TTL 0, never scheduled) and records written again since (their expiry moved, or
+removed by a new run) are all judged by the record as it is now.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from nuvom_plugins_redis.scripts import _COMMON, _FENCED, _REQUEUE
 
 _RECORDS = r"""
 local TERMINAL = {SUCCEEDED = true, FAILED = true, CANCELLED = true}
+local now_ms = nil  -- the server's clock in ms, read once, by the first record to expire
 -- store one record if it supersedes the stored one (nuvom_kernel.models.supersedes)
 local function put_record(R, ttl, id, run, att, st, fn, u, data)
   local rk = R .. 'r:' .. id
@@ -32,7 +45,14 @@ local function put_record(R, ttl, id, run, att, st, fn, u, data)
   redis.call('ZADD', R .. 'ri:s:' .. st, u, id)
   redis.call('ZADD', R .. 'ri:t:' .. fn, u, id)
   if TERMINAL[st] and ttl > 0 then
-    redis.call('PEXPIRE', rk, math.floor(ttl * 1000))
+    if not now_ms then
+      local t = redis.call('TIME')
+      now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    -- the same absolute time on the record and in its entry of the expiry schedule
+    local at = string.format('%.0f', now_ms + math.floor(ttl * 1000))
+    redis.call('PEXPIREAT', rk, at)
+    redis.call('ZADD', R .. 'rx', at, #fn .. ':' .. fn .. id)
   else
     redis.call('PERSIST', rk)
   end
@@ -70,6 +90,7 @@ for _, id in ipairs(ids) do
     redis.call('DEL', rk)
     redis.call('ZREM', R .. 'ri', id)
     redis.call('ZREM', R .. 'ri:t:' .. h[2], id)
+    redis.call('ZREM', R .. 'rx', #h[2] .. ':' .. h[2] .. id)
     deleted = deleted + 1
   end
 end
@@ -86,6 +107,44 @@ for i = 2, #ARGV, 2 do
   end
 end
 return 0
+"""
+
+#: ARGV: R, limit. Takes up to ``limit`` entries of the expiry schedule ``R rx`` that are
+#: due by the server's clock and, per entry, asks its record (``PTTL``): gone, its index
+#: entries are removed (``ri``, each final status's, its task's); still there with a TTL,
+#: it was written again with a later expiry and the entry moves to that time; still there
+#: without one (a new run, or stored by a process whose TTL is 0), the entry is dropped and
+#: the index entries stay: that record expires only after another final write, which
+#: schedules it again. Returns {index entries removed for gone records, entries taken}.
+TRIM = "#!lua\n" + _RECORDS + r"""
+local R, limit = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGE', R .. 'rx', '-inf', string.format('%.0f', now), 'BYSCORE',
+                       'LIMIT', 0, limit)
+local gone, done = 0, {}
+for _, m in ipairs(due) do
+  local colon = string.find(m, ':', 1, true)
+  local n = colon and tonumber(string.sub(m, 1, colon - 1))
+  local pttl = -2
+  if n then
+    local fn, id = string.sub(m, colon + 1, colon + n), string.sub(m, colon + n + 1)
+    pttl = redis.call('PTTL', R .. 'r:' .. id)
+    if pttl == -2 then
+      redis.call('ZREM', R .. 'ri', id)
+      for st in pairs(TERMINAL) do redis.call('ZREM', R .. 'ri:s:' .. st, id) end
+      redis.call('ZREM', R .. 'ri:t:' .. fn, id)
+      gone = gone + 1
+    end
+  end
+  if pttl >= 0 then  -- written again since, expiring later: due then
+    redis.call('ZADD', R .. 'rx', string.format('%.0f', now + pttl + 1), m)
+  else  -- handled, or kept until purged (-1), or unreadable: out of the schedule
+    done[#done + 1] = m
+  end
+end
+if #done > 0 then redis.call('ZREM', R .. 'rx', unpack(done)) end
+return {gone, #due}
 """
 
 #: ARGV: P, R, ttl, n, then 12 values per settlement: lease id, token, '' (ack) or a retry

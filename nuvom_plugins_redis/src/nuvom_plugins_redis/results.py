@@ -4,9 +4,19 @@ Why a hash with the fence fields beside the JSON: the write is fenced
 (:func:`~nuvom_kernel.models.supersedes`) inside a Lua script, which compares ``run``,
 ``attempts`` and ``status`` without decoding anything. Why three sorted-set indexes (every
 record, per status, per task, each by ``updated_at``): ``nuvom history`` pages newest first
-with a keyset cursor, a range read per page, never ``KEYS`` or ``SCAN``. A record that
-expired leaves its index entries behind; a query drops those it meets, and ``purge`` drops
-those of the ranges it walks.
+with a keyset cursor, a range read per page, never ``KEYS`` or ``SCAN``.
+
+Why expired records' index entries are trimmed on the heartbeat: Redis deletes a record
+when its TTL runs out, but not its index entries, which grew without bound and were counted
+as records. Each final record's expiry is scheduled in ``rx`` (:mod:`.record_scripts`), and
+:meth:`RedisResultBackend.trim_expired` removes the entries of records that are gone, in
+bounded script calls. It runs on every worker heartbeat (the result backend's one periodic
+call, made by every worker whatever its queue backend, on its own thread: never on the job
+path) and before :meth:`~RedisResultBackend.counts`, so ``nuvom status`` counts live
+records. No lock: each call takes the entries it handles out of ``rx`` atomically, so
+workers beating together share the work instead of repeating it. Entries of records that
+expired before this version (no ``rx`` entry) are still dropped when a query meets them;
+``purge`` drops those in the ranges it walks.
 """
 
 from __future__ import annotations
@@ -36,6 +46,14 @@ log = logging.getLogger("nuvom.redis")
 
 _PUT_CHUNK = 500
 _PURGE_CHUNK = 500
+#: Expiry-schedule entries per ``TRIM`` call (a bounded script: ~1 ms of the server), and
+#: calls per heartbeat: at the default 5 s heartbeat, up to 4,000 records a second per
+#: worker, well above what one worker settles, so the schedule never falls behind.
+_TRIM_CHUNK = 500
+_TRIM_CALLS_PER_BEAT = 40
+#: Calls before ``counts()``: a backlog left while no worker ran (1,000,000 entries) is
+#: caught up; past that ``counts()`` answers anyway, still counting the rest.
+_TRIM_CALLS_BEFORE_COUNTS = 2000
 _TERMINAL = sorted(s.value for s in TERMINAL_STATES)
 #: Built once: ``json.dumps`` with any non-default option builds a new encoder per call.
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
@@ -148,6 +166,8 @@ class RedisResultBackend(ResultBackend):
         self._put = store.script(scripts.PUT)
         self._purge = store.script(scripts.PURGE)
         self._prune = store.script(scripts.PRUNE)
+        self._trim = store.script(scripts.TRIM)
+        self._trim_failing = False
         self._advance = store.script(_ADVANCE)
 
     @classmethod
@@ -278,8 +298,9 @@ class RedisResultBackend(ResultBackend):
         return totals
 
     def counts(self) -> dict[str, int]:
-        """Entries per status index (an expired record counts until a query or purge
-        meets it)."""
+        """Entries per status index, after :meth:`trim_expired` (so a record that expired
+        is not counted: ``nuvom status`` prints these as job records)."""
+        self.trim_expired(_TRIM_CALLS_BEFORE_COUNTS)
         p = self.store.prefix
         pipe = self.store.client.pipeline(transaction=False)
         statuses = [s.value for s in JobStatus if s is not JobStatus.UNKNOWN]
@@ -287,6 +308,22 @@ class RedisResultBackend(ResultBackend):
             pipe.zcard(p + "ri:s:" + status)
         values = self.store.call(pipe.execute, "counting job records")
         return {s: int(n) for s, n in zip(statuses, values, strict=True) if n}
+
+    def trim_expired(self, max_calls: int = _TRIM_CALLS_PER_BEAT) -> int:
+        """Remove the index entries of records whose TTL ran out, up to ``max_calls``
+        bounded script calls (:data:`~nuvom_plugins_redis.record_scripts.TRIM`; each takes
+        at most :data:`_TRIM_CHUNK` due entries, so the server is never held long). Returns
+        how many records' entries were removed. The work is what the expiries owe, each
+        entry handled once: nothing is read that is not due."""
+        removed = 0
+        for _ in range(max_calls):
+            gone, taken = self.store.call(
+                functools.partial(self.store.run, self._trim, [self.store.prefix, _TRIM_CHUNK]),
+                "removing index entries of expired job records")
+            removed += int(gone)
+            if int(taken) < _TRIM_CHUNK:
+                break
+        return removed
 
     def purge(self, older_than: float) -> int:
         """Delete SUCCEEDED, FAILED and CANCELLED records last updated before
@@ -314,6 +351,24 @@ class RedisResultBackend(ResultBackend):
         pipe.set(p + "w:" + info.id, _encode(info.to_dict()), px=max(1, int(ttl_secs * 1000)))
         pipe.sadd(p + "workers", info.id)
         self.store.call(pipe.execute, "recording a worker heartbeat")
+        self._trim_on_beat()
+
+    def _trim_on_beat(self) -> None:
+        """:meth:`trim_expired` on a heartbeat (see the module docs). Its failure is logged
+        (once until it works again) and not raised: the heartbeat itself was recorded, and
+        the next beat trims what this one could not."""
+        try:
+            self.trim_expired()
+        except Exception as exc:
+            if not self._trim_failing:
+                log.warning("%s: could not remove index entries of expired job records "
+                            "(%s); retrying at each heartbeat", self.store.prefix, exc)
+            self._trim_failing = True
+            return
+        if self._trim_failing:
+            log.warning("%s: removing index entries of expired job records works again",
+                        self.store.prefix)
+        self._trim_failing = False
 
     def live_workers(self) -> list[WorkerInfo]:
         """Ids whose key expired are dropped from the set on the way."""

@@ -30,6 +30,12 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
                                     plus xi its id, xq its queue, xw why, xt when
     R r:<id>                  HASH  one job record: run, att, st, fn, u, d (JSON)
     R ri, R ri:s:<st>, R ri:t:<fn>   ZSETs of record ids by updated_at (all, status, task)
+    R rx                      ZSET  <len(fn)>:<fn><id> of each final record with a TTL, by
+                                    when it expires (ms, server clock): what removes its
+                                    index entries once it is gone (:mod:`.record_scripts`)
+
+Nothing is escaped: the prefix and namespace may hold no ``:`` and the namespace may not be
+a first segment above (``connection.RESERVED_SEGMENTS``), or two apps' keys could meet.
 
 A message hash that a step cannot read (a field missing, or not a number where one goes:
 edited by hand, written by another tool) is quarantined by the script that meets it (claim,
