@@ -657,3 +657,35 @@ def test_a_task_waiting_for_another_job_is_refused_not_a_hung_worker(start, proj
     else:
         start("--pool", pool, "--workers", "2")  # a second worker serves the inner jobs
         assert outer.delay(1, allow=True).get(timeout=60) == 20
+
+
+SLOW_IMPORT = """
+import time
+from nuvom_kernel import task
+
+time.sleep(1.5)  # a heavy import: every child of the pool pays it before it is ready
+
+@task(timeout_secs=1)
+def sleepy():
+    time.sleep(3)
+    return "ran to the end"
+"""
+
+
+def test_a_job_waiting_for_its_child_to_start_keeps_its_whole_timeout(start, project):
+    """The deadline ran from the claim: a first job on each child reached it with the
+    deadline past, the soft timeout was sent before the task began (and dropped), and the
+    task ran its 3 s to the end despite ``timeout_secs=1``."""
+    write_module(project, "slow_import", SLOW_IMPORT)
+    _in_manifest(project, "sleepy", "slow_import")
+    from slow_import import sleepy
+
+    jobs = [sleepy.delay() for _ in range(2)]
+    start("--pool", "process", "--workers", "2")
+    for job in jobs:
+        error = failed(job)
+        assert error.error_type.endswith("JobTimeoutError"), error
+        record = get_job(job.id)
+        assert record.status is JobStatus.FAILED
+        took = record.history[-1]["finished_at"] - record.history[-1]["started_at"]
+        assert 0.9 < took < 2.5, f"{took:.2f} s: the attempt's clock counts from the child"

@@ -71,6 +71,22 @@ def _limit(running: Running) -> float | None:
     return None if deadline is None else deadline - running.started_mono
 
 
+def _start_clock_now(running: Running) -> None:
+    """The attempt starts when it reaches a ready child: a wait for one (a child starting,
+    its task modules importing: seconds on a loaded host) is not the job's run time. Its
+    deadline ran from the claim, so a first job on each child reached it with the deadline
+    past; the soft timeout, sent before the task began, was dropped, and the job ran on
+    without a limit until the kill grace (and its recorded duration held the start-up)."""
+    shift = time.monotonic() - running.started_mono
+    running.started_mono += shift
+    running.started_at += shift
+    job = running.job
+    if job.deadline is not None:
+        job.deadline += shift
+    if running.deadline is not None:
+        running.deadline += shift
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -344,6 +360,8 @@ class ProcessPool:
         opts = options_to_wire(job.options)  # current_job() in the child: the job's own
         for tries in range(1, HANDOFF_TRIES + 1):
             child = self._own()
+            if tries == 1:
+                _start_clock_now(running)
             request = {"id": job.id, "task": job.task, "module": job.module, "args": args,
                        "kwargs": kwargs, "attempts": job.attempts, "run": job.run,
                        "headers": job.headers, "store_result": job.options.store_result,
