@@ -111,6 +111,7 @@ class Scheduler:
         self.clock = clock
         self.fire = fire
         self._limits: dict[str, int] | None = None
+        self._limits_error: str | None = None  # the last one logged
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._checked = False
@@ -286,16 +287,30 @@ class Scheduler:
             try:
                 if self.fire:
                     self.run_pending()
-                # Tasks imported since the last pass (a worker imports on first use) may
-                # bring limits the queue must enforce from its next claim on.
-                self._limits = apply_limits(self.kernel, self._limits)
                 failures = 0
                 wait = self._until_next() if self.fire else MAX_SLEEP_SECS
             except Exception:
                 failures += 1
                 wait = min(0.1 * 2 ** min(failures, 5), MAX_SLEEP_SECS * 5)
                 log.exception("scheduler pass failed; retrying in %.1f s", wait)
+            self._refresh_limits()
             self._stop.wait(wait)
+
+    def _refresh_limits(self) -> None:
+        """Tasks imported since the last pass (a worker imports on first use) may bring
+        limits the queue must enforce from its next claim on. Apart from the schedules: a
+        limit the backend cannot keep (``concurrency=`` on Redis, in a module the worker
+        imported after it started) failed every pass, and the schedules fired only on the
+        retries. Said once per error; the schedules keep firing."""
+        try:
+            self._limits = apply_limits(self.kernel, self._limits)
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if text != self._limits_error:
+                self._limits_error = text
+                log.error("task limits cannot be applied; schedules keep firing: %s", text)
+        else:
+            self._limits_error = None
 
     def _until_next(self) -> float:
         now = self.clock()

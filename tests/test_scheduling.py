@@ -508,3 +508,42 @@ def test_tick_ids_have_microseconds_and_whole_seconds_keep_their_ids():
     assert schedule_job_id("x", second + 0.5) == "schedule.x.20261205T013618.500000"
     assert schedule_job_id("x", second + 0.6) == "schedule.x.20261205T013618.600000"
     assert schedule_job_id("x", second - 1e-6) == "schedule.x.20261205T013617.999999"
+
+
+LIMITED_AND_TICKING = """
+from nuvom_kernel import every, task
+
+@task(concurrency=1)
+def limited():
+    return 1
+
+@task(schedule=every(seconds=1))
+def beat():
+    return 2
+"""
+
+
+@pytest.mark.skipif("redis" not in E2E_BACKENDS, reason="needs a backend without limits")
+def test_a_limit_the_backend_cannot_keep_leaves_the_schedules_firing(
+        make_kernel, project, caplog: pytest.LogCaptureFixture) -> None:
+    """Redis keeps no ``concurrency=``: a worker that imported such a task after it started
+    failed every scheduler pass on it, and fired its schedules only on the pass's retries
+    (late, and missing ticks). It is said once; the schedules keep their seconds."""
+    import uuid
+
+    from tests.helpers import wait_until
+
+    kernel = make_kernel("redis", NUVOM_NAMESPACE=f"nuvom-test-{uuid.uuid4().hex[:8]}")
+    write_module(project, "limited_ticks", LIMITED_AND_TICKING)
+    __import__("limited_ticks")
+    scheduler = Scheduler(kernel)
+    with caplog.at_level(logging.ERROR, logger="nuvom"):
+        scheduler.start()
+        try:
+            wait_until(lambda: getattr(kernel.results.schedule_states().get("beat"), "fired",
+                                       0) >= 3, timeout=15, what="three ticks of beat")
+        finally:
+            scheduler.stop()
+    assert "scheduler pass failed" not in caplog.text
+    assert caplog.text.count("task limits cannot be applied") == 1, caplog.text
+    assert "concurrency" in caplog.text

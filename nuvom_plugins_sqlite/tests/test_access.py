@@ -174,3 +174,14 @@ def test_a_database_linked_into_a_missing_folder_says_so(tmp_path: Path) -> None
         SQLiteJobQueue(db).qsize()
     assert f"its folder {tmp_path / 'gone'} (where {db} points) does not exist" in str(
         refused.value)
+
+
+def test_a_database_under_a_file_says_the_file_is_in_the_way(tmp_path: Path) -> None:
+    """``path = "afile/x.db"`` with ``afile`` a file: the advice was "Make its folder
+    writable", which cannot help."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SQLiteUnavailableError) as refused:
+        SQLiteJobQueue(tmp_path / "afile" / "x.db").qsize()
+    text = str(refused.value)
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in text, text
+    assert "writable" not in text, text

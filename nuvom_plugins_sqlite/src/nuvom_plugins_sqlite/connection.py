@@ -268,10 +268,14 @@ class Database:
                     "results_path in .nuvom_plugins.toml, NUVOM_PLUGINS__SQLITE__PATH / "
                     "NUVOM_PLUGINS__SQLITE__RESULTS_PATH, or a shorter data folder "
                     "(NUVOM_DATA_DIR; default .nuvom in the project folder).") from exc
+            blocker = next((p for p in self.path.parents if p.exists() and not p.is_dir()),
+                           None)
+            advice = (f"{blocker} is a file, not a folder: move it, or put the database "
+                      "elsewhere" if blocker is not None else
+                      "Make its folder writable, or put the file where it can be")
             raise SQLiteUnavailableError(
                 f"the 'sqlite' backend's database {self.path} cannot be created or opened "
-                f"({type(exc).__name__}: {exc}). Make its folder writable, or put the file "
-                f"where it can be. {_PLACED}") from exc
+                f"({type(exc).__name__}: {exc}). {advice}. {_PLACED}") from exc
 
     def _initialise_file(self) -> None:
         conn = self._connect()
