@@ -318,7 +318,8 @@ def test_catch_up_window_must_be_a_finite_number_of_seconds(window):
     """Infinity was accepted (every missed tick since the epoch is in its window), and a
     string raised a TypeError that did not name the task."""
     with pytest.raises(ScheduleError) as info:
-        task(schedule=every(minutes=1), catch_up_window_secs=window)(lambda: None)
+        task(name="windowed", schedule=every(minutes=1), catch_up_window_secs=window)(
+            lambda: None)
     assert "catch_up_window_secs must be a number of seconds above 0" in str(info.value)
     assert repr(window) in str(info.value)
 

@@ -30,18 +30,19 @@ YEAR = 366 * 86400.0  # the kernel's MAX_SECONDS
 @pytest.mark.parametrize("value", ["inf", "1e13", "Infinity", str(YEAR + 1)])
 def test_a_lease_no_interval_holds_is_refused_naming_the_variable(
         tmp_path: Path, schema: str, value: str) -> None:
-    kernel = Kernel(root=tmp_path, environ={
-        "NUVOM_QUEUE_BACKEND": "postgres", "NUVOM_PLUGINS__POSTGRES__DSN": DSN,
-        "NUVOM_PLUGINS__POSTGRES__SCHEMA": schema,
-        "NUVOM_PLUGINS__POSTGRES__VISIBILITY_TIMEOUT_SECS": value})
-    try:
-        with pytest.raises(ConfigError) as refused:
+    with pytest.raises(ConfigError) as refused:  # infinity: by the kernel, at load
+        kernel = Kernel(root=tmp_path, environ={
+            "NUVOM_QUEUE_BACKEND": "postgres", "NUVOM_PLUGINS__POSTGRES__DSN": DSN,
+            "NUVOM_PLUGINS__POSTGRES__SCHEMA": schema,
+            "NUVOM_PLUGINS__POSTGRES__VISIBILITY_TIMEOUT_SECS": value})
+        try:
             _ = kernel.queue
-    finally:
-        kernel.close()
+        finally:
+            kernel.close()
     text = str(refused.value)
     assert "NUVOM_PLUGINS__POSTGRES__VISIBILITY_TIMEOUT_SECS" in text
-    assert "visibility_timeout_secs" in text and "366 days" in text
+    assert "visibility_timeout_secs" in text
+    assert "366 days" in text or "must be a finite number" in text, text
 
 
 @pytest.mark.parametrize(("settings", "kernels", "named"), [
