@@ -23,7 +23,7 @@ from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.values import converter
 
 __all__ = ["PLUGIN_ENV_PREFIX", "PluginSchema", "PluginSetting", "mask_secret",
-           "plugin_env", "plugin_env_var"]
+           "plugin_env", "plugin_env_var", "schema_of"]
 
 #: ``NUVOM_PLUGINS__<NAME>__<KEY>`` overrides ``[plugins.<name>] <key>``.
 PLUGIN_ENV_PREFIX = "NUVOM_PLUGINS__"
@@ -60,7 +60,7 @@ class PluginSchema:
                 f"the settings schema of [plugins.{name}] must be an attrs class or a "
                 f"dataclass with typed fields, got {source!r}")
         try:
-            hints = typing.get_type_hints(source)
+            hints = typing.get_type_hints(source, include_extras=True)
         except Exception as exc:  # a name imported under TYPE_CHECKING only, a typo
             raise PluginConfigError(
                 f"the settings schema of [plugins.{name}] ({source.__qualname__}) has a type "
@@ -73,14 +73,16 @@ class PluginSchema:
                 raise PluginConfigError(
                     f"the settings schema of [plugins.{name}] ({source.__qualname__}) gives "
                     f"{field!r} the type {hints[field]!r}; use str, int, float, bool, Path, "
-                    f"Any, or one of them | None")
+                    f"Any, one of them | None, or Annotated[..., Converted(parse)] "
+                    f"(nuvom_kernel.values; e.g. values.Seconds)")
             fields[field] = convert
         return cls(name=name, source=source, fields=fields)
 
-    def convert(self, key: str, value: Any, where: str) -> Any:
+    def convert(self, key: str, value: Any, where: str, *, said: str = "") -> Any:
         """``value`` as the declared type of ``key``.
 
         :param where: the table or variable it came from, for the error message.
+        :param said: how the message names the value (default ``<where>: <key>=<value>``).
         :raises PluginConfigError: an unknown key or a value of the wrong type.
         """
         valid = ", ".join(sorted(self.fields)) or "none (this plugin takes no settings)"
@@ -92,8 +94,32 @@ class PluginSchema:
             return self.fields[key](value)
         except ValueError as exc:
             raise PluginConfigError(
-                f"{where}: {key}={value!r} is invalid: it {exc}. Valid keys of "
+                f"{said or f'{where}: {key}={value!r}'} is invalid: it {exc}. Valid keys of "
                 f"[plugins.{self.name}]: {valid}.") from None
+
+    def check(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+        """A whole table converted as the kernel converts it at load (``None``: the
+        default, left out), for a backend built from a plain mapping (``from_settings``
+        called by a test or a tool): one set of checks and messages, not a copy in the
+        plugin.
+
+        :raises PluginConfigError: naming the key, its variable and what it accepts.
+        """
+        table = f"[plugins.{self.name}]"
+        return {key: self.convert(key, value, table, said=(
+                    f"{table} {key}={value!r} ({plugin_env_var(self.name, key)})"))
+                for key, value in settings.items() if value is not None}
+
+
+_SCHEMAS: dict[tuple[str, type], PluginSchema] = {}
+
+
+def schema_of(name: str, source: type) -> PluginSchema:
+    """:meth:`PluginSchema.from_class`, built once per settings class."""
+    schema = _SCHEMAS.get((name, source))
+    if schema is None:
+        schema = _SCHEMAS[(name, source)] = PluginSchema.from_class(name, source)
+    return schema
 
 
 _SECRET_KEY = re.compile(r"(password|passwd|pwd|secret|token|api_?key)", re.I)

@@ -13,6 +13,9 @@ from typing import Any, ClassVar
 
 import attrs
 
+from nuvom_kernel.errors import ConfigError
+from nuvom_kernel.values import seconds
+
 __all__ = ["SPI_VERSION", "Backend", "BackendContext", "Capabilities"]
 
 #: The version of the promises in this module (see docs/writing_plugins.md). A backend written
@@ -55,8 +58,19 @@ class BackendContext:
     """
 
     data_dir: Path = Path(".nuvom")
-    visibility_timeout_secs: float = 30.0
+    visibility_timeout_secs: float = attrs.field(default=30.0)
     namespace: str = ""
+
+    @visibility_timeout_secs.validator
+    def _finite_lease(self, _: attrs.Attribute[float], value: float) -> None:
+        """Checked here, not by each backend that defaults its own lease to it: a context
+        built by hand (a test, a tool) with ``inf`` gave leases that never expire."""
+        try:
+            seconds(zero_ok=False)(value)
+        except ValueError as exc:
+            raise ConfigError(
+                f"visibility_timeout_secs={value!r} (the kernel's NUVOM_VISIBILITY_TIMEOUT_SECS, "
+                f"which backends default their lease to) is invalid: it {exc}.") from None
 
 
 class Backend(abc.ABC):

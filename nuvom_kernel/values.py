@@ -12,10 +12,12 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-__all__ = ["backend_name", "choice", "converter", "is_text", "log_level", "optional", "parse_size",
-           "seconds", "to_bool", "to_float", "to_int", "to_path", "to_str", "whole"]
+__all__ = ["MAX_RETENTION_SECS", "Converted", "Retention", "Seconds", "SecondsOrZero",
+           "backend_name", "choice", "converter",
+           "is_text", "log_level", "optional", "parse_size", "seconds", "to_bool", "to_float",
+           "to_int", "to_path", "to_str", "whole"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -88,12 +90,29 @@ _CONVERTERS: dict[Any, Callable[[Any], Any]] = {
 }
 
 
+class Converted:
+    """A settings field's own converter, carried by its annotation
+    (``Annotated[float, Converted(parse)]``), for a check the type alone does not say: a
+    plugin's durations (:data:`Seconds`) are then refused at load, for every command, in the
+    kernel's words, and its ``from_settings`` runs the same check (``PluginSchema.check``)
+    instead of a copy of it."""
+
+    __slots__ = ("parse",)
+
+    def __init__(self, parse: Callable[[Any], Any]) -> None:
+        self.parse = parse
+
+
 def converter(hint: Any) -> Callable[[Any], Any] | None:
-    """How to convert a value to the type ``hint``: one of the scalars above, or ``X |
-    None`` of one; ``None`` for a type the kernel cannot convert an environment string to."""
+    """How to convert a value to the type ``hint``: one of the scalars above, ``X | None``
+    of one, or an ``Annotated`` type carrying a :class:`Converted`; ``None`` for a type the
+    kernel cannot convert an environment string to."""
     if hint in _CONVERTERS:
         return _CONVERTERS[hint]
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is Annotated:
+        own = [meta for meta in hint.__metadata__ if isinstance(meta, Converted)]
+        return own[0].parse if own else converter(args[0])
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2 \
             and type(None) in args:
         inner = converter(next(a for a in args if a is not type(None)))
@@ -147,25 +166,45 @@ def is_text(value: str) -> bool:
 MAX_ETA = 253402300799.0
 
 
-def seconds(*, zero_ok: bool, none_ok: bool = False) -> Callable[[Any], float | None]:
+def seconds(*, zero_ok: bool, none_ok: bool = False, zero_means: str = "",
+            most: float = MAX_SECONDS, span: str = "366 days",
+            ) -> Callable[[Any], float | None]:
     """A duration in seconds, ``>= 0`` or ``> 0`` (or empty/``none`` with ``none_ok``), at
-    most :data:`MAX_SECONDS`."""
+    most ``most`` (:data:`MAX_SECONDS`; ``span`` says it in words).
+
+    :param zero_means: what ``0`` does, for the message (``"keep records until purged"``).
+    """
+    floor = (f">= 0{f' (0: {zero_means})' if zero_means else ''}" if zero_ok else "> 0")
+    accepted = (f"must be a finite number of seconds {floor}"
+                f"{' (or none)' if none_ok else ''} and at most {most:.0f} seconds ({span})")
+
     def parse(value: Any) -> float | None:
         if none_ok and optional(str)(value) is None:
             return None
-        accepted = (f"must be a number of seconds {'>=' if zero_ok else '>'} 0"
-                    + (" (or none)" if none_ok else ""))
         try:
             number = to_float(value)
         except ValueError:  # not a number, or NaN or infinity
             raise ValueError(accepted) from None
-        if number < 0 or (number == 0 and not zero_ok):
+        if number < 0 or (number == 0 and not zero_ok) or number > most:
             raise ValueError(accepted)
-        if number > MAX_SECONDS:
-            raise ValueError(f"must be at most {MAX_SECONDS} seconds (366 days)")
         return number
 
     return parse
+
+
+#: A plugin setting's duration: a finite number of seconds > 0, at most 366 days
+#: (``refresh_secs: Seconds = 5.0``).
+Seconds = Annotated[float, Converted(seconds(zero_ok=False))]
+#: The same, where 0 is allowed (and means something the plugin documents).
+SecondsOrZero = Annotated[float, Converted(seconds(zero_ok=True))]
+#: Longest retention of finished records: keeping them years (an audit) is a real need, and
+#: a store's expiry takes it; 100 years.
+MAX_RETENTION_SECS = 100 * 365.25 * 86400
+#: A result backend's ``result_ttl_secs``: a retention, not a wait (up to 100 years; 0 keeps
+#: records until ``nuvom purge results``).
+Retention = Annotated[float, Converted(seconds(
+    zero_ok=True, zero_means="keep records until `nuvom purge results`",
+    most=MAX_RETENTION_SECS, span="100 years"))]
 
 
 def choice(*accepted: str) -> Callable[[Any], str]:

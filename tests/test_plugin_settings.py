@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
 import pytest
@@ -23,7 +23,9 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.config import PluginSchema, load_config, mask_secret
 from nuvom_kernel.errors import PluginConfigError, PluginLoadError
 from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.plugin_settings import schema_of
 from nuvom_kernel.plugins import NuvomPluginManager
+from nuvom_kernel.values import Converted, Seconds, SecondsOrZero, whole
 from tests.helpers import run_nuvom, user_env
 
 TASKS = "from nuvom_kernel import task\n\n\n@task\ndef add(x, y):\n    return x + y\n"
@@ -259,3 +261,41 @@ def test_a_namespace_that_is_not_text_is_refused(tmp_path: Path) -> None:
     done = run_nuvom(["status"], tmp_path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "namespace=['a', 'b'] is invalid: it must be a string" in done.stderr
+
+
+# --- checks carried by an annotation (values.Seconds, Converted) --------------------------
+
+
+def test_a_declared_duration_is_checked_at_load_and_by_the_plugin_alike(
+        tmp_path: Path) -> None:
+    """A plugin's ``Seconds`` field is refused at load (every command, the kernel's words),
+    and ``schema_of(...).check`` gives a backend built from a plain mapping the same check:
+    four plugins had each written "finite, > 0, at most 366 days" themselves, one of them
+    (the kernel's float check) letting ``1e13`` through to fail at run time."""
+    @attrs.frozen
+    class Timed:
+        wait_secs: Seconds = 5.0
+        grace_secs: SecondsOrZero | None = None
+        level: Annotated[int, Converted(whole(1))] = 1
+        label: Annotated[str, "a note for the reader only"] = "x"
+
+    (tmp_path / ".nuvom_plugins.toml").write_text("[plugins.timed]\nwait_secs = 1e13\n")
+    config = load_config(tmp_path, environ={"NUVOM_PLUGINS__TIMED__GRACE_SECS": "0"})
+    with pytest.raises(PluginConfigError) as refused:
+        config.declare_plugin_settings({"timed": Timed})
+    assert "[plugins.timed]: wait_secs=10000000000000.0 is invalid: it must be a finite " \
+        "number of seconds > 0 and at most 31622400 seconds (366 days)" in str(refused.value)
+
+    schema = schema_of("timed", Timed)
+    assert schema.check({"wait_secs": "2.5", "grace_secs": "0", "level": " 3 ",
+                         "label": "y", "unset": None}) == {
+        "wait_secs": 2.5, "grace_secs": 0.0, "level": 3, "label": "y"}
+    for key, value, says in [("wait_secs", "inf", "finite number of seconds > 0"),
+                             ("wait_secs", 0, "finite number of seconds > 0"),
+                             ("grace_secs", -1, "finite number of seconds >= 0"),
+                             ("level", 0, "whole number >= 1")]:
+        with pytest.raises(PluginConfigError) as bad:
+            schema.check({key: value})
+        assert str(bad.value).startswith(
+            f"[plugins.timed] {key}={value!r} (NUVOM_PLUGINS__TIMED__{key.upper()}) is "
+            f"invalid: it must be a") and says in str(bad.value), bad.value

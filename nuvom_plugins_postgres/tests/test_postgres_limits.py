@@ -18,9 +18,9 @@ from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import ConfigError, EnqueueError
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.testing.contracts import make_message
+from nuvom_kernel.values import MAX_SECONDS
 from nuvom_plugins_postgres import PostgresQueue, PostgresSettings
 from nuvom_plugins_postgres.queue import AVAILABLE_AT_MAX, PRIORITY_MAX, PRIORITY_MIN
-from nuvom_plugins_postgres.settings import MAX_INTERVAL_SECS
 
 YEAR = 366 * 86400.0  # the kernel's MAX_SECONDS
 
@@ -58,7 +58,7 @@ def test_other_intervals_past_a_year_are_refused(settings: dict[str, object],
 
 def test_a_lease_of_the_longest_allowed_length_is_claimed(
         settings: dict[str, object], context: BackendContext, schema: str) -> None:
-    assert MAX_INTERVAL_SECS == YEAR
+    assert MAX_SECONDS == YEAR
     queue = PostgresQueue.from_settings({**settings, "visibility_timeout_secs": str(YEAR)},
                                         context)
     try:

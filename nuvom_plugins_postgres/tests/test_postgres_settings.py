@@ -24,7 +24,7 @@ def test_defaults() -> None:
 
 
 @pytest.mark.parametrize(("key", "value"), [
-    ("sync_lease_commits", "yes"), ("dead_tuple_warn_ratio", 0), ("dead_tuple_warn_ratio", 1.5),
+    ("sync_lease_commits", "maybe"), ("dead_tuple_warn_ratio", 0), ("dead_tuple_warn_ratio", 1.5),
     ("dead_tuple_warn_min", -1), ("dead_tuple_warn_min", 2.5), ("xmin_warn_secs", 0),
     ("xmin_warn_secs", "soon"),
 ])

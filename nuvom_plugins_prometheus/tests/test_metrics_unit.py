@@ -213,6 +213,6 @@ def test_a_refresh_interval_python_cannot_wait_is_refused_by_name(value: float) 
     message = str(refused.value)
     assert f"[plugins.prometheus] refresh_secs={value!r} " \
            "(NUVOM_PLUGINS__PROMETHEUS__REFRESH_SECS) is invalid" in message
-    assert f"at most {MAX_SECONDS} (366 days)" in message
+    assert f"at most {MAX_SECONDS} seconds (366 days)" in message
     longest = PrometheusSettings.parse({"port": 0, "refresh_secs": float(MAX_SECONDS)})
     assert longest.refresh_secs == MAX_SECONDS

@@ -429,7 +429,7 @@ def test_from_settings_uses_context_and_validates(tmp_path: Path) -> None:
     full.close()
     with pytest.raises(ConfigError, match="synchronous='OFF'"):
         SQLiteJobQueue.from_settings({"synchronous": "OFF"}, ctx)
-    with pytest.raises(ConfigError, match=r"unknown key.*pth"):
+    with pytest.raises(ConfigError, match=r"'pth' is not a setting of plugin 'sqlite'"):
         SQLiteJobQueue.from_settings({"pth": "x.db"}, ctx)
     with pytest.raises(ConfigError, match="busy_timeout_secs"):
         SQLiteJobQueue.from_settings({"busy_timeout_secs": "soon"}, ctx)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
 import psycopg.conninfo
@@ -23,35 +23,13 @@ import psycopg.conninfo
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError
-from nuvom_kernel.values import MAX_SECONDS
+from nuvom_kernel.plugin_settings import schema_of
+from nuvom_kernel.values import Converted, Retention, Seconds, whole
 
 __all__ = ["PostgresSettings", "connect_kwargs", "masked_dsn", "schema_name"]
 
 _IDENT = re.compile(r"[^a-z0-9_]")
 _MAX_IDENT = 63  # PostgreSQL truncates longer identifiers (NAMEDATALEN - 1)
-
-#: Longest ``visibility_timeout_secs`` and ``xmin_warn_secs``: the kernel's longest duration
-#: (``nuvom_kernel.values.MAX_SECONDS``, 366 days), so a value the kernel's own
-#: ``NUVOM_VISIBILITY_TIMEOUT_SECS`` accepts is accepted here too. Why a limit: both
-#: reach PostgreSQL as ``n * interval '1 second'`` (a lease deadline, a snapshot age), and
-#: an interval or a timestamp cannot hold infinity or ~9.2e12 s, so ``inf`` or ``1e13``
-#: was accepted here and then failed every claim with ``interval out of range``. Why a year
-#: and not PostgreSQL's own bound: no lease or snapshot age needs more, and Python's waits
-#: (``threading.TIMEOUT_MAX``, ~292 years) fail before PostgreSQL's bound does.
-MAX_INTERVAL_SECS = float(MAX_SECONDS)
-_INTERVAL_KEYS = frozenset({"visibility_timeout_secs", "xmin_warn_secs"})
-
-
-def _interval_error(key: str, raw: object, *, from_kernel: bool) -> str:
-    """Why ``raw`` is refused for ``key``, naming where it was set."""
-    where = (f"NUVOM_VISIBILITY_TIMEOUT_SECS (the core setting visibility_timeout_secs, "
-             f"which [plugins.postgres] {key} defaults to)" if from_kernel else
-             f"[plugins.postgres] {key} (NUVOM_PLUGINS__POSTGRES__{key.upper()})")
-    return (f"{where}={raw!r} is invalid: it must be a finite number of seconds <= "
-            f"{MAX_INTERVAL_SECS:.0f} (366 days); PostgreSQL cannot add infinity or more "
-            "than ~9.2e12 s to a timestamp, so every lease would fail. Set a finite value "
-            "of at most 366 days.")
-
 
 @attrs.frozen
 class PostgresSettings:
@@ -66,7 +44,9 @@ class PostgresSettings:
     :param result_ttl_secs: finished job records older than this are deleted by the
         workers' maintenance tick; ``0`` keeps them until ``nuvom purge results``.
     :param visibility_timeout_secs: lease length for the queue; default from the kernel.
-        At most :data:`MAX_INTERVAL_SECS` (366 days), as is ``xmin_warn_secs``.
+        A :data:`~nuvom_kernel.values.Seconds` (at most 366 days), as is ``xmin_warn_secs``:
+        both reach PostgreSQL as ``n * interval '1 second'``, and ``inf`` or ``1e13`` failed
+        every claim with ``interval out of range``.
     :param sync_lease_commits: ``False`` (default): claims, acks, lease extensions and
         settle transactions commit with ``synchronous_commit = off``, not waiting for the
         WAL flush (a third of a claim's or an enqueue's time on a local disk). Why that is
@@ -89,67 +69,33 @@ class PostgresSettings:
 
     dsn: str = ""
     schema: str = "nuvom"
-    pool_size: int = 10
-    result_ttl_secs: float = 0.0
-    visibility_timeout_secs: float = 30.0
+    pool_size: Annotated[int, Converted(whole(1))] = 10
+    result_ttl_secs: Retention = 0.0
+    visibility_timeout_secs: Seconds = 30.0
     sync_lease_commits: bool = False
     dead_tuple_warn_ratio: float = 0.2
-    dead_tuple_warn_min: int = 10_000
-    xmin_warn_secs: float = 300.0
+    dead_tuple_warn_min: Annotated[int, Converted(whole(0))] = 10_000
+    xmin_warn_secs: Seconds = 300.0
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any], context: BackendContext) -> PostgresSettings:
-        """Validate a settings table; every error names the key and what it accepts."""
-        known = {f.name for f in attrs.fields(cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ConfigError(f"[plugins.postgres] has unknown key(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}.")
-        dsn = str(settings.get("dsn") or "")
+        """Validate a settings table; every error names the key and what it accepts (the
+        kernel's checks of the declared types, :meth:`PluginSchema.check`, then this
+        plugin's own)."""
+        values = schema_of("postgres", cls).check(settings)
+        dsn = values.pop("dsn", "")
         try:
             psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
             raise ConfigError(f"[plugins.postgres] dsn={masked_dsn(dsn)!r} is not a valid "
                               f"libpq connection string or URL: {exc}") from None
-        schema = schema_name(str(settings.get("schema") or "nuvom"), context.namespace)
-        whole: dict[str, Any] = {}
-        for key, default, floor in (("pool_size", 10, 1), ("dead_tuple_warn_min", 10_000, 0)):
-            size = settings.get(key, default)
-            if not isinstance(size, int) or isinstance(size, bool) or size < floor:
-                raise ConfigError(f"[plugins.postgres] {key}={size!r} is invalid: "
-                                  f"it must be a whole number >= {floor}.")
-            whole[key] = size
-        numbers: dict[str, Any] = {}
-        for key, seconds, least in (("result_ttl_secs", 0.0, 0.0),
-                                    ("visibility_timeout_secs",
-                                     context.visibility_timeout_secs, None),
-                                    ("xmin_warn_secs", 300.0, None)):
-            raw = settings.get(key, seconds)
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                value = -1.0
-            if not (value >= least if least is not None else value > 0):
-                limit = ">= 0" if least is not None else "> 0"
-                raise ConfigError(f"[plugins.postgres] {key}={raw!r} is invalid: it must be "
-                                  f"a number of seconds {limit}.")
-            if key in _INTERVAL_KEYS and not value <= MAX_INTERVAL_SECS:
-                raise ConfigError(_interval_error(key, raw, from_kernel=key not in settings))
-            numbers[key] = value
-        raw = settings.get("dead_tuple_warn_ratio", 0.2)
-        try:
-            ratio = float(raw)
-        except (TypeError, ValueError):
-            ratio = -1.0
+        schema = schema_name(values.pop("schema", "") or "nuvom", context.namespace)
+        ratio = values.get("dead_tuple_warn_ratio", 0.2)
         if not 0 < ratio <= 1:
-            raise ConfigError(f"[plugins.postgres] dead_tuple_warn_ratio={raw!r} is invalid: "
+            raise ConfigError(f"[plugins.postgres] dead_tuple_warn_ratio={ratio!r} is invalid: "
                               "it must be a number > 0 and <= 1.")
-        sync = settings.get("sync_lease_commits", False)
-        if not isinstance(sync, bool):
-            raise ConfigError(f"[plugins.postgres] sync_lease_commits={sync!r} is invalid: "
-                              "it must be true or false.")
-        return cls(dsn=dsn, schema=schema, sync_lease_commits=sync,
-                   dead_tuple_warn_ratio=ratio, **whole, **numbers)
+        values.setdefault("visibility_timeout_secs", context.visibility_timeout_secs)
+        return cls(dsn=dsn, schema=schema, **values)
 
 
 def schema_name(base: str, namespace: str = "") -> str:

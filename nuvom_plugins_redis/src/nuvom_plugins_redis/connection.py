@@ -25,7 +25,6 @@ import atexit
 import functools
 import hashlib
 import logging
-import math
 import os
 import re
 import threading
@@ -44,8 +43,8 @@ from redis.retry import Retry
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError, EnqueueError
-from nuvom_kernel.plugin_settings import plugin_env_var
-from nuvom_kernel.values import MAX_SECONDS
+from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
+from nuvom_kernel.values import Retention, Seconds, SecondsOrZero
 
 try:
     from hiredis import pack_command as _pack
@@ -96,6 +95,11 @@ _URL_EXAMPLE = ("redis://[:PASSWORD@]HOST:PORT/DB, such as redis://127.0.0.1:637
                 "(rediss:// for TLS, unix:///path/to/redis.sock?db=0 for a socket)")
 
 
+#: Shortest ``result_ttl_secs`` above 0: ``PEXPIRE`` takes whole milliseconds, and one of
+#: 0 deletes the key at once, so a shorter TTL deleted every record as it was stored.
+_MIN_TTL_SECS = 0.001
+
+
 @attrs.frozen
 class RedisSettings:
     """The ``[plugins.redis]`` table (each key overridable by ``NUVOM_PLUGINS__REDIS__<KEY>``).
@@ -113,36 +117,41 @@ class RedisSettings:
     :param reap_interval_secs: how often a worker process recovers expired leases and due
         delayed jobs when nothing claims (under a lock, so one process per tick does it).
 
-    Every ``*_secs`` is a finite number of seconds of at most :data:`MAX_DURATION_SECS`
-    (366 days; ``result_ttl_secs``: :data:`MAX_TTL_SECS`, 100 years), checked by
-    :meth:`parse`: what Redis and Python accept.
+    Every ``*_secs`` is a finite number of seconds of at most 366 days
+    (``result_ttl_secs``: a :data:`~nuvom_kernel.values.Retention`, 100 years: ``PEXPIREAT``
+    takes it), checked at load and by
+    :meth:`parse`. Why a limit: ``inf`` and ``1e30`` passed a check of ``> 0`` and then
+    failed where they are used, long after startup: ``PEXPIRE`` refused them (no outcome
+    could be stored, so every job ran again and again), a socket timeout or a wait beyond
+    the platform's ``time_t`` raised ``OverflowError`` (``nuvom status`` crashed).
     """
 
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "nuvom"
-    result_ttl_secs: float = _WEEK
-    visibility_timeout_secs: float | None = None
-    socket_timeout_secs: float = 10.0
-    socket_connect_timeout_secs: float = 5.0
-    health_check_interval_secs: float = 15.0
-    block_secs: float = 5.0
-    reap_interval_secs: float = 1.0
+    result_ttl_secs: Retention = _WEEK
+    visibility_timeout_secs: Seconds | None = None
+    socket_timeout_secs: Seconds = 10.0
+    socket_connect_timeout_secs: Seconds = 5.0
+    health_check_interval_secs: SecondsOrZero = 15.0  # 0: no health check
+    block_secs: Seconds = 5.0
+    reap_interval_secs: Seconds = 1.0
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any]) -> RedisSettings:
-        """Validate a settings table; every error names the key and what it accepts."""
-        known = {f.name for f in attrs.fields(cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ConfigError(f"[plugins.redis] has unknown key(s) {', '.join(unknown)}; "
-                              f"known: {', '.join(sorted(known))}.")
-        values = {k: v for k, v in settings.items() if v is not None}
-        parsed = cls(**values)
-        _check_url(str(parsed.url))
-        _check_key_prefix(str(parsed.key_prefix))
-        durations: dict[str, Any] = {key: _seconds(key, getattr(parsed, key))
-                                     for key in _DURATIONS if getattr(parsed, key) is not None}
-        return attrs.evolve(parsed, **durations)
+        """Validate a settings table; every error names the key and what it accepts (the
+        kernel's checks of the declared types, :meth:`PluginSchema.check`, then this
+        plugin's own)."""
+        parsed = cls(**schema_of("redis", cls).check(settings))
+        _check_url(parsed.url)
+        _check_key_prefix(parsed.key_prefix)
+        if 0 < parsed.result_ttl_secs < _MIN_TTL_SECS:
+            raise ConfigError(
+                f"[plugins.redis] result_ttl_secs={parsed.result_ttl_secs!r} "
+                f"({plugin_env_var('redis', 'result_ttl_secs')}) is invalid: a TTL above 0 "
+                f"must be at least {_MIN_TTL_SECS} (1 ms): PEXPIRE counts whole "
+                "milliseconds, and a shorter TTL would delete each job's record as it is "
+                "stored. Set 0 to keep records until purged, or at least 0.001.")
+        return parsed
 
 
 def _check_key_prefix(prefix: str) -> None:
@@ -175,69 +184,6 @@ def check_namespace(namespace: str) -> None:
             f"another's on the same key_prefix (e.g. <key_prefix>:{taken[0]}:...). Choose "
             "another namespace, such as "
             f"{':'.join(p + '-app' if p in RESERVED_SEGMENTS else p for p in parts)!r}.")
-
-
-#: Every duration setting -> what ``0`` means for it (``None``: 0 is refused).
-_DURATIONS: dict[str, str | None] = {
-    "result_ttl_secs": "keep records until `nuvom purge results`",
-    "visibility_timeout_secs": None,
-    "socket_timeout_secs": None,
-    "socket_connect_timeout_secs": None,
-    "health_check_interval_secs": "no health check",
-    "block_secs": None,
-    "reap_interval_secs": None,
-}
-#: Longest value of each duration: the kernel's longest duration
-#: (:data:`nuvom_kernel.values.MAX_SECONDS`, 366 days), so a lease the kernel's own
-#: ``NUVOM_VISIBILITY_TIMEOUT_SECS`` accepts is accepted here too. Why a limit at all:
-#: ``inf`` and numbers such as ``1e30`` passed a check of ``> 0`` and then failed where the
-#: value is used, long after startup: ``PEXPIRE`` refuses them, so no job outcome could be
-#: stored and every job ran again and again; a socket timeout or a thread's wait beyond
-#: the platform's ``time_t`` raises ``OverflowError`` (``nuvom status`` crashed, the reaper
-#: would die); a lease deadline of ``inf`` does not survive the Lua scripts. No timeout,
-#: interval here needs more than a year (a retention may: :data:`MAX_TTL_SECS`).
-MAX_DURATION_SECS = float(MAX_SECONDS)
-#: Longest ``result_ttl_secs``: a retention (not a wait) of years is a real need (records
-#: kept two years for an audit), and ``PEXPIREAT`` takes it; 100 years.
-MAX_TTL_SECS = 100 * 365.25 * 86400
-#: Shortest ``result_ttl_secs`` above 0: ``PEXPIRE`` takes whole milliseconds, and one of
-#: 0 deletes the key at once, so a shorter TTL deleted every record as it was stored.
-_MIN_TTL_SECS = 0.001
-
-
-def _seconds(key: str, value: Any) -> float:
-    """``value`` of the duration setting ``key`` as a float, checked against what Redis
-    and Python accept (see :data:`MAX_DURATION_SECS`), so that a value that would fail at
-    run time fails here, as a :class:`ConfigError` naming the setting and its variable.
-    ``bool`` is refused: ``float(True)`` would read a typo'd ``true`` as one second."""
-    zero_means = _DURATIONS[key]
-    number = float("nan")
-    if not isinstance(value, bool):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            pass
-    low = (f">= 0 (0: {zero_means})" if zero_means is not None else "> 0")
-    most, span = ((MAX_TTL_SECS, "100 years") if key == "result_ttl_secs"
-                  else (MAX_DURATION_SECS, "366 days"))
-    accepted = f"it must be a finite number of seconds {low} and at most {most:.0f} ({span})"
-    where = f"[plugins.redis] {key}={value!r} ({plugin_env_var('redis', key)})"
-    if not math.isfinite(number):
-        raise ConfigError(f"{where} is invalid: {accepted}; Redis and Python refuse "
-                          "infinite timeouts and expiries, so it would fail at run time. "
-                          "Set a number in that range.")
-    if number < 0 or (number == 0 and zero_means is None):
-        raise ConfigError(f"{where} is invalid: {accepted}. Set a number in that range.")
-    if number > most:
-        raise ConfigError(f"{where} is invalid: {accepted}; Redis and Python refuse such "
-                          "long timeouts and expiries (PEXPIRE, socket timeouts, waits), "
-                          f"so it would fail at run time. Set at most {span}.")
-    if key == "result_ttl_secs" and 0 < number < _MIN_TTL_SECS:
-        raise ConfigError(f"{where} is invalid: a TTL above 0 must be at least "
-                          f"{_MIN_TTL_SECS} (1 ms): PEXPIRE counts whole milliseconds, and "
-                          "a shorter TTL would delete each job's record as it is stored. "
-                          "Set 0 to keep records until purged, or at least 0.001.")
-    return number
 
 
 def _is_out_of_memory(exc: Exception) -> bool:

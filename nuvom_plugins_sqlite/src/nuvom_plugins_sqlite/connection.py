@@ -38,7 +38,8 @@ import attrs
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import ConfigError, EnqueueError, NuvomError
-from nuvom_kernel.values import MAX_SECONDS
+from nuvom_kernel.plugin_settings import schema_of
+from nuvom_kernel.values import Seconds
 from nuvom_plugins_sqlite.access import (
     SQLITE_MAX_PATHNAME,
     create_shared,
@@ -88,53 +89,33 @@ class SQLiteSettings:
         operation fails with :class:`DatabaseBusyError`.
     :param visibility_timeout_secs: lease length for the queue; default from the kernel.
 
-    Both durations are at most :data:`~nuvom_kernel.values.MAX_SECONDS` (366 days), as the
-    kernel's own duration settings: ``inf`` made a lease that never expires (a crashed
-    worker's job was never run again) and a busy wait with no end, and what the kernel and
-    the PostgreSQL plugin refuse should not pass here.
+    Both durations are :data:`~nuvom_kernel.values.Seconds` (finite, at most 366 days), as
+    the kernel's own duration settings: ``inf`` made a lease that never expires (a crashed
+    worker's job was never run again) and a busy wait with no end.
     """
 
     path: Path
     results_path: Path | None = None
     synchronous: str = "NORMAL"
-    busy_timeout_secs: float = 30.0
-    visibility_timeout_secs: float = 30.0
+    busy_timeout_secs: Seconds = 30.0
+    visibility_timeout_secs: Seconds = 30.0
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any], context: BackendContext) -> SQLiteSettings:
-        """Validate a settings table; every error names the key and what it accepts."""
-        known = {f.name for f in attrs.fields(cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ConfigError(
-                f"[plugins.sqlite] has unknown key(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}."
-            )
-        path = Path(settings.get("path") or Path(context.data_dir) / "nuvom.db")
-        results_path = Path(settings.get("results_path") or path)
-        sync = str(settings.get("synchronous", "NORMAL")).strip().upper()
+        """Validate a settings table; every error names the key and what it accepts (the
+        kernel's checks of the declared types, :meth:`PluginSchema.check`)."""
+        values = schema_of("sqlite", cls).check(settings)
+        path = values.get("path") or Path(context.data_dir) / "nuvom.db"
+        sync = values.get("synchronous", "NORMAL").strip().upper()
         if sync not in _SYNCHRONOUS:
             raise ConfigError(
                 f"[plugins.sqlite] synchronous={settings['synchronous']!r} is invalid: "
                 f"use NORMAL (default) or FULL."
             )
-        numbers = {}
-        for key, default in (("busy_timeout_secs", 30.0),
-                             ("visibility_timeout_secs", context.visibility_timeout_secs)):
-            raw = settings.get(key, default)
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                value = -1.0
-            if not 0 < value <= MAX_SECONDS:  # NaN and infinity compare false: refused too
-                raise ConfigError(
-                    f"[plugins.sqlite] {key} (NUVOM_PLUGINS__SQLITE__{key.upper()})={raw!r} "
-                    f"is invalid: it must be a finite number of seconds > 0 and at most "
-                    f"{MAX_SECONDS} (366 days, the kernel's longest duration). Set a value "
-                    "in that range."
-                )
-            numbers[key] = value
-        return cls(path=path, results_path=results_path, synchronous=sync, **numbers)
+        return cls(path=path, results_path=values.get("results_path") or path,
+                   synchronous=sync, busy_timeout_secs=values.get("busy_timeout_secs", 30.0),
+                   visibility_timeout_secs=values.get("visibility_timeout_secs",
+                                                      context.visibility_timeout_secs))
 
 
 class _Handle:
