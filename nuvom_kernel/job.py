@@ -217,5 +217,7 @@ def not_in_a_task(what: str) -> None:
 def still_waiting(job: Job[Any], timeout: float | None) -> TimeoutError:
     """What ``get()`` and ``get_async()`` raise when ``timeout`` passed: the job's state and
     the usual cause of a job that never starts."""
-    return TimeoutError(f"job {job.id} ({job.task}) is still {job.status} after {timeout} s; "
-                        "is a worker running (`nuvom runworker`) on the same backend?")
+    hint = ("; is a worker running (`nuvom runworker`) on the same backend?"
+            if job.status is JobStatus.QUEUED else "")
+    return TimeoutError(f"job {job.id} ({job.task}) is still {job.status} after {timeout} s"
+                        f"{hint}")

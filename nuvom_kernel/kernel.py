@@ -117,7 +117,20 @@ class Kernel:
     # --- job state ----------------------------------------------------------------------
 
     def refresh_job(self, job: Job) -> Job:
-        """Fill ``job`` with its current state, from the queue *then* the results.
+        """Fill ``job`` with its current state (:meth:`state_of`) and its record.
+
+        :raises SerializationError: the record's values do not decode (its state is still
+            :meth:`state_of`'s to read).
+        """
+        status, record = self.state_of(job)
+        if record is not None:
+            _apply_record(job, record)
+        job.status = status
+        return job
+
+    def state_of(self, job: Job) -> tuple[JobStatus, JobRecord | None]:
+        """``job``'s state now and its record, whose values are not decoded: read from the
+        queue *then* the results.
 
         That order is what keeps a known job from ever reading UNKNOWN: a worker stores the
         record before it acks, so a job the queue no longer holds has its record stored by
@@ -128,23 +141,18 @@ class Kernel:
         else UNKNOWN — an id no backend knows.
         """
         if not is_text(job.id):  # refused at enqueue (no store holds it): never stored
-            job.status = JobStatus.UNKNOWN
-            return job
+            return JobStatus.UNKNOWN, None
         status = self.queue.peek_state(job.id)
         record = self.results.get(job.id)
-        if record is not None:
-            _apply_record(job, record)
         if status is not None and (record is None or record.status not in TERMINAL_STATES):
-            job.status = status
-        elif record is None:
-            job.status = JobStatus.UNKNOWN
-            if self.queue.capabilities.workflows:  # only ids neither queued nor recorded
-                from nuvom_kernel.workflow.steps import unqueued_step
+            return status, record
+        if record is not None:
+            return record.status, record
+        if self.queue.capabilities.workflows:  # only ids neither queued nor recorded
+            from nuvom_kernel.workflow.steps import unqueued_step
 
-                job.status, record = unqueued_step(self, job)
-                if record is not None:
-                    _apply_record(job, record)
-        return job
+            return unqueued_step(self, job)
+        return JobStatus.UNKNOWN, None
 
     def cancel(self, job: Job) -> bool:
         """Cancel a job that has not started: QUEUED (or waiting for a retry) → CANCELLED,
@@ -153,7 +161,7 @@ class Kernel:
         Returns ``False`` when the job is running, finished or unknown; a running job cannot
         be stopped from outside its thread.
         """
-        if not is_text(job.id):  # never stored (see refresh_job)
+        if not is_text(job.id):  # never stored (see state_of)
             return False
         stored = self.results.get(job.id)
         # A job never run has no record: its message says what it was (read before the
@@ -219,7 +227,7 @@ class Kernel:
         """``job_id``'s message while the queue holds it (``None`` if it does not, or if the
         backend cannot ``peek``), and its envelope (``None`` too if the body does not decode:
         the worker that claims it fails it, saying why)."""
-        if not is_text(job_id):  # refused at enqueue (see refresh_job)
+        if not is_text(job_id):  # refused at enqueue (see state_of)
             return None, None
         try:
             message = self.queue.peek(job_id)

@@ -626,6 +626,36 @@ def test_cancel_of_a_job_whose_worker_died_says_why_it_is_refused(make_kernel,
         assert kernel.queue.peek_state(job.id) is JobStatus.QUEUED, "still there to run"
 
 
+def test_cancel_of_a_held_or_cancelled_job_says_which(make_kernel, project: Path):
+    """A job a worker claimed ahead of its busy threads has not started but reads RUNNING,
+    and cancel refuses it: the message said "only a job that has not started can be
+    cancelled", which it had not; it names the prefetch and when cancel works. A second
+    cancel said the same of a CANCELLED job. And ``get(timeout=)`` on a RUNNING job asked
+    whether a worker was running, which one plainly was."""
+    write_module(project, "t_held", "from nuvom_kernel import task\n\n\n"
+                 "@task\ndef held():\n    return 1\n")
+    kernel = make_kernel("sqlite")
+    with use_kernel(kernel):
+        from t_held import held  # type: ignore[import-not-found]
+
+        job, other = held.delay(), held.delay()
+        [_] = kernel.queue.claim(1)  # a worker holds it (prefetched, or running)
+        refused = run_nuvom(["cancel", "job", job.id], project, **SQLITE)
+        assert refused.returncode == 1
+        assert f"job {job.id} is RUNNING: a worker holds it" in refused.stderr, refused.stderr
+        assert "NUVOM_PREFETCH=0" in refused.stderr and "given back" in refused.stderr
+        with pytest.raises(TimeoutError) as waited:
+            job.get(timeout=0.05)
+        assert "is still RUNNING after 0.05 s" in str(waited.value)
+        assert "is a worker running" not in str(waited.value)
+        with pytest.raises(TimeoutError, match="is a worker running"):
+            other.get(timeout=0.05)  # QUEUED: the hint is for it
+        assert run_nuvom(["cancel", "job", other.id], project, **SQLITE).returncode == 0
+        again = run_nuvom(["cancel", "job", other.id], project, **SQLITE)
+        assert again.returncode == 1
+        assert again.stderr.strip() == f"Error: job {other.id} is already CANCELLED", again
+
+
 def test_a_queued_job_whose_body_does_not_decode_is_still_looked_up_and_cancelled(
         make_kernel, project: Path):
     """``get_job`` and cancel read a queued job's message to say what it is; one whose body

@@ -19,7 +19,7 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table, printable, stored_id
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
-from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 
 
 @hookimpl
@@ -175,9 +175,19 @@ def cancel_job(job_id: str) -> None:
                 f"job {job_id} cannot be cancelled: it was leased to a worker (just now, or "
                 "by a worker that stopped without an outcome: then it runs again when a "
                 "worker takes it next); only a job never leased can be cancelled")
+        if job.status is JobStatus.CANCELLED:
+            raise click.ClickException(f"job {job_id} is already CANCELLED")
+        if job.status is JobStatus.RUNNING:  # a lease: running, or claimed ahead
+            raise click.ClickException(
+                f"job {job_id} is RUNNING: a worker holds it, running it or claimed ahead of "
+                "its busy threads (see Prefetch in docs/workers.md: one that cannot start "
+                "within about a second is given back, and can be cancelled then); only a "
+                "job no worker holds can be cancelled. Workers started with NUVOM_PREFETCH=0 "
+                "hold only what they run")
+        finished = ": it has finished" if job.status in TERMINAL_STATES else ""
         raise click.ClickException(
-            f"job {job_id} is {job.status.value}; only a job that has not started can be "
-            "cancelled")
+            f"job {job_id} is {job.status.value}{finished}; only a job that has not started "
+            "can be cancelled")
     click.echo(f"cancelled job {job_id}")
 
 

@@ -19,9 +19,8 @@ from typing import Any
 import attrs
 
 from nuvom_kernel.backends import page_cursor, parse_cursor
-from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.job import Job
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_kernel.serialization import from_wire
 
 __all__ = ["CLIP_CHARS", "RECORD_STATES", "BadRequest", "JobDetail", "JobFilter", "JobPage",
@@ -344,24 +343,16 @@ class JobDetail:
 
 
 def job_detail(kernel: Any, job_id: str) -> JobDetail:
-    """The job's state now (queue, then record), its record and its workflow if a step.
-    A record whose values do not decode still has its page (the values say why), not the
-    503 of a store that cannot be read."""
-    try:
-        status = kernel.refresh_job(Job(id=job_id, task="", kernel=kernel)).status
-    except SerializationError:
-        record = kernel.results.get(job_id)
-        queued = kernel.queue.peek_state(job_id)
-        status = (queued if record is None or (queued is not None
-                                               and record.status not in TERMINAL_STATES)
-                  else record.status) or JobStatus.UNKNOWN
+    """The job's state now (queue, then record: ``Kernel.state_of``), its record and its
+    workflow if a step. Values are not decoded here, so a record whose values do not decode
+    still has its page (the values say why), not the 503 of a store that cannot be read."""
+    status, record = kernel.state_of(Job(id=job_id, task="", kernel=kernel))
     workflow = None
     if kernel.queue.capabilities.workflows:
         from nuvom_kernel.workflow.steps import workflow_of
 
         workflow = workflow_of(kernel, job_id)
-    return JobDetail(job_id=job_id, status=status, record=kernel.results.get(job_id),
-                     workflow=workflow)
+    return JobDetail(job_id=job_id, status=status, record=record, workflow=workflow)
 
 
 def schedules(kernel: Any) -> list[dict[str, Any]]:
