@@ -22,7 +22,9 @@ _EXPORTS = {
     "JobStatus": "models",
     "JobCancelledError": "errors",
     "JobFailedError": "errors",
+    "NoRetry": "errors",
     "NuvomError": "errors",
+    "Retry": "errors",
     "UnknownJobError": "errors",
     "Kernel": "kernel",
     "get_job": "kernel",
@@ -49,7 +51,9 @@ __all__ = [
     "JobFailedError",
     "JobStatus",
     "Kernel",
+    "NoRetry",
     "NuvomError",
+    "Retry",
     "StepFailed",
     "Task",
     "UnknownJobError",
@@ -89,7 +93,9 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from nuvom_kernel.errors import (
         JobCancelledError,
         JobFailedError,
+        NoRetry,
         NuvomError,
+        Retry,
         UnknownJobError,
     )
     from nuvom_kernel.job import Job

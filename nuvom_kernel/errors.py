@@ -107,6 +107,30 @@ class JobTimeoutError(NuvomError):
                    f"{limit_secs or 0:.3g} s" + (f" {detail}" if detail else ""))
 
 
+class Retry(NuvomError):
+    """Raised by a task to be run again: a failed attempt like any other (it counts against
+    the task's ``retries``; with none left the job is FAILED), retried after ``delay_secs``
+    when given instead of the task's own delay. Celery's ``self.retry(countdown=...)``,
+    Huey's ``RetryTask(delay=...)``: ``raise Retry("rate limited", delay_secs=30) from exc``.
+    """
+
+    def __init__(self, reason: str = "", *, delay_secs: float | None = None) -> None:
+        if delay_secs is not None and (isinstance(delay_secs, bool) or not isinstance(
+                delay_secs, int | float) or not 0 <= delay_secs <= 366 * 86400):
+            raise ValueError(f"Retry(delay_secs=...) takes a number of seconds from 0 to "
+                             f"31622400 (366 days) or None, got {delay_secs!r}")
+        super().__init__(reason or "the task asked to be retried")
+        self.delay_secs = None if delay_secs is None else float(delay_secs)
+
+
+class NoRetry(NuvomError):
+    """Raised by a task to fail its job now, whatever ``retries`` remain: an error no retry
+    can fix (bad input, a record that does not exist), which would otherwise be retried
+    like a timeout. ``raise NoRetry(f"no user {user_id}") from exc``; the record keeps the
+    chained traceback. (Celery retries only ``autoretry_for``; Dramatiq skips ``throws``.)
+    """
+
+
 class ChildKilledError(NuvomError):
     """A process-pool child died while running a job (a signal such as SIGKILL from the
     OOM killer, a segfault, or its memory limit). ``details`` holds the signal and the

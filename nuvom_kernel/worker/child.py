@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 from nuvom_kernel.envelope import options_from_wire
 from nuvom_kernel.errors import (
     JobTimeoutError,
+    NoRetry,
+    Retry,
     SerializationError,
     UnknownTaskError,
     encoding_error,
@@ -203,7 +205,7 @@ def _failure(exc: BaseException, cause: BaseException) -> dict[str, Any]:
     return {"ok": False, "error_type": qualname(exc), "message": error_text(exc),
             "traceback": "".join(traceback.format_exception(cause)),
             "import_failed": exc.import_failed if isinstance(exc, UnknownTaskError) else True,
-            "kind": _kind(exc)}
+            "kind": _kind(exc), "delay_secs": exc.delay_secs if isinstance(exc, Retry) else None}
 
 
 def _usage(reply: dict[str, Any], before: resource.struct_rusage) -> dict[str, Any]:
@@ -222,6 +224,8 @@ def _kind(exc: BaseException) -> str:
         return "unknown_task"
     if isinstance(exc, SerializationError):
         return "serialization"
+    if isinstance(exc, NoRetry | Retry):  # rebuilt by the parent: the settler reads them
+        return type(exc).__name__
     return "error"
 
 

@@ -35,6 +35,8 @@ from nuvom_kernel.errors import (
     ChildKilledError,
     ChildTaskError,
     JobTimeoutError,
+    NoRetry,
+    Retry,
     SerializationError,
     UnknownTaskError,
 )
@@ -429,6 +431,10 @@ class ProcessPool:
             exc = UnknownTaskError(message, import_failed=reply.get("import_failed", True))
         elif kind == "serialization":
             exc = SerializationError(message)
+        elif kind == "NoRetry":
+            exc = NoRetry(message)
+        elif kind == "Retry":
+            exc = Retry(message, delay_secs=reply.get("delay_secs"))
         else:
             exc = ChildTaskError(message, error_type=reply["error_type"])
         exc.child_traceback = reply.get("traceback")  # type: ignore[union-attr]

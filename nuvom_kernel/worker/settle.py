@@ -33,7 +33,9 @@ import attrs
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import (
+    NoRetry,
     NuvomError,
+    Retry,
     SerializationError,
     UnknownTaskError,
     error_text,
@@ -594,7 +596,7 @@ class Settler:
         envelope.history.append(entry)
         job.history = list(envelope.history)
         job.error_type, job.error, job.traceback = qualname(exc), message, tb
-        retryable = not isinstance(exc, UnknownTaskError | SerializationError)
+        retryable = not isinstance(exc, UnknownTaskError | SerializationError | NoRetry)
         status = (JobStatus.RETRYING if retryable and job.failures <= job.options.retries
                   else JobStatus.FAILED)
         job.status = status
@@ -606,7 +608,9 @@ class Settler:
             updated_at=finished, worker=self.origin)
         if status is JobStatus.FAILED:
             return Settlement(running.lease, record, workflow=envelope.headers.get(WF_HEADER))
-        return Settlement(running.lease, record, retry_in=self.retry_delay(job),
+        asked = exc.delay_secs if isinstance(exc, Retry) else None
+        return Settlement(running.lease, record,
+                          retry_in=self.retry_delay(job) if asked is None else asked,
                           body=envelope.to_body(self.serializer))
 
     def without_envelope(self, lease: Lease, error: Exception, kind: str) -> Settlement:
