@@ -54,6 +54,12 @@ def holds_itself():
 
 
 @task
+def sized(n):
+    _ran(f"sized {n}")
+    return "x" * n
+
+
+@task
 def infinite():
     _ran("infinite")
     return float("inf")
@@ -112,6 +118,35 @@ def test_an_unstorable_result_fails_alone_and_its_batch_runs_once(sqlite_kernel:
         f"plain {i}" for i in range(300)), "a job batched with it ran again (or never)"
     assert all(sqlite_kernel.results.get(j.id).status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
                for j in (*before, *after))
+
+
+def test_a_result_past_sqlites_length_limit_fails_alone_and_runs_once(
+        sqlite_kernel: Kernel, project: Path) -> None:
+    """SQLite refuses a value over its length limit (1e9 bytes by default; lowered here to
+    200 KB on the process's real write connection, ``setlimit``) with a ``DataError``,
+    which the settler took for a store that is down: the batch was tried again until the
+    leases ran out, the job (and its batch) ran again at each one, and the delivery limit
+    finally recorded it as crashed. Now it is that job's unstorable outcome; and an
+    argument past the limit is refused at ``.delay()`` saying what, not to check free
+    space."""
+    import sqlite3
+
+    from t_poison import plain, sized  # type: ignore[import-not-found]
+
+    jobs = [plain.delay(1), sized.delay(300_000), plain.delay(2), sized.delay(1_000)]
+    sqlite_kernel.queue._db.write(  # type: ignore[attr-defined]
+        lambda conn: conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 200_000))
+    ids = [j.id for j in jobs]
+    run_worker_until(sqlite_kernel, lambda: _drained(sqlite_kernel, ids), "every job to finish",
+                     workers=2, timeout=60)
+    [ok1, big, ok2, small] = [sqlite_kernel.results.get(i) for i in ids]
+    assert big is not None and big.status is JobStatus.FAILED, big
+    assert "a value is larger than SQLite stores in one field" in (big.error_message or "")
+    assert "pass a reference" in (big.error_message or "")
+    assert [r.status for r in (ok1, ok2, small)] == [JobStatus.SUCCEEDED] * 3  # type: ignore[union-attr]
+    assert sorted(_runs(project)) == ["plain 1", "plain 2", "sized 1000", "sized 300000"]
+    with pytest.raises(SerializationError, match="larger than SQLite stores in one field"):
+        plain.delay("y" * 300_000)
 
 
 @pytest.mark.parametrize(("name", "error"), [

@@ -24,20 +24,21 @@ logging a warning each second it is still blocked, instead of failing the job at
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
 
 from nuvom_kernel.backends import BackendContext
-from nuvom_kernel.errors import ConfigError, EnqueueError, NuvomError
+from nuvom_kernel.errors import ConfigError, EnqueueError, NuvomError, SerializationError
 from nuvom_kernel.plugin_settings import schema_of
 from nuvom_kernel.values import Seconds
 from nuvom_plugins_sqlite.access import (
@@ -116,6 +117,24 @@ class SQLiteSettings:
                    synchronous=sync, busy_timeout_secs=values.get("busy_timeout_secs", 30.0),
                    visibility_timeout_secs=values.get("visibility_timeout_secs",
                                                       context.visibility_timeout_secs))
+
+
+@contextlib.contextmanager
+def _too_big(path: Path) -> Iterator[None]:
+    """A value over SQLite's length limit (``SQLITE_MAX_LENGTH``, 1,000,000,000 bytes by
+    default) as what it is: a :class:`SerializationError` of the job that holds it, which
+    the worker's settler records as that job's failure (an error it cannot store), instead
+    of a raw ``DataError`` that failed the whole settle batch as if the store were down
+    (the job and its batch ran again at every lease, and were finally recorded as crashed),
+    or an enqueue error advising to check free space."""
+    try:
+        yield
+    except sqlite3.DataError as exc:
+        raise SerializationError(
+            f"{path}: a value is larger than SQLite stores in one field ({exc}; the limit is "
+            f"SQLITE_MAX_LENGTH, 1,000,000,000 bytes unless SQLite was built otherwise). "
+            "Keep large data elsewhere (a file, object storage) and pass a reference to it"
+        ) from exc
 
 
 class _Handle:
@@ -314,7 +333,7 @@ class Database:
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run one autocommit write statement (``fn(conn)``) under the write discipline."""
-        with self._lock():
+        with self._lock(), _too_big(self.path):
             writer, conn = self._write_conn()
             started = time.monotonic()
             try:
@@ -339,7 +358,7 @@ class Database:
                 raise
             return value
 
-        with self._lock():
+        with self._lock(), _too_big(self.path):
             writer, conn = self._write_conn()
             value = self._retry_busy(attempt)
             writer.committed(self._background_checkpoints)
