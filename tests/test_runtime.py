@@ -19,7 +19,14 @@ from nuvom_kernel import JobFailedError, JobStatus, Worker, current_job, get_job
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import Message
-from tests.helpers import E2E_BACKENDS, run_nuvom, user_env, wait_until, write_module
+from tests.helpers import (
+    E2E_BACKENDS,
+    run_nuvom,
+    run_worker_until,
+    user_env,
+    wait_until,
+    write_module,
+)
 
 
 @pytest.fixture
@@ -837,3 +844,51 @@ def test_a_job_a_newer_release_enqueued_waits_for_a_newer_worker(
     message = kernel.queue.peek("from-the-future")
     assert message is not None and message.body == body
     assert "envelope version 2 is not supported by this worker (expects 1)" in caplog.text
+
+
+def test_a_timed_out_jobs_thread_is_not_kept_once_it_returns(make_kernel, project: Path):
+    """Each timed-out job's executor is given up and replaced; the pool kept every
+    replaced Thread in its list for good, so a worker with steady timeouts grew by ~2 KB
+    per timeout (13-16 MB an hour in a soak). Only live threads are kept now."""
+    write_module(project, "t_stuck", "import time\nfrom nuvom_kernel import task\n\n\n"
+                 "@task(timeout_secs=0.05)\ndef stuck():\n    time.sleep(0.2)\n")
+    kernel = make_kernel("memory")
+    with use_kernel(kernel):
+        from t_stuck import stuck  # type: ignore[import-not-found]
+
+        worker = Worker(kernel, workers=2, scheduler=False, poll_timeout_secs=0.05)
+        worker.start()
+        try:
+            for _ in range(3):  # rounds: each round's replacements prune the last round's
+                jobs = [stuck.delay() for _ in range(8)]
+                wait_until(lambda jobs=jobs: all(
+                    j.refresh().status is JobStatus.FAILED for j in jobs),
+                    30, "the jobs to time out")  # every one: see the test below
+                wait_until(lambda: worker.abandoned_threads == 0, 30,
+                           "the given-up threads to return")
+            kept = list(worker._threads)  # type: ignore[attr-defined]
+            assert len(kept) <= 2 + 1 + 2 * 2, f"{len(kept)} threads kept after 24 timeouts"
+            assert sum(not t.is_alive() for t in kept) <= 2 * 2, kept
+        finally:
+            worker.stop()
+            worker.join()
+
+
+def test_a_job_that_returns_past_its_deadline_is_timed_out(make_kernel, project: Path):
+    """The monitor times a thread-pool job out at its deadline; a task that returns first
+    because the monitor could not run (a C call holding the GIL: ``sum`` over a range)
+    was recorded SUCCEEDED with its result, 0.5 s past a 0.1 s timeout (5 jobs in 10 in
+    the soak's repro). docs/workers.md: an attempt past ``timeout_secs`` is timed out."""
+    write_module(project, "t_gil", "from nuvom_kernel import task\n\n\n"
+                 "@task(timeout_secs=0.1)\ndef hog():\n    return sum(range(40_000_000))\n")
+    kernel = make_kernel("memory")
+    with use_kernel(kernel):
+        from t_gil import hog  # type: ignore[import-not-found]
+
+        jobs = [hog.delay() for _ in range(6)]
+        run_worker_until(kernel, lambda: all(j.refresh().status in (
+            JobStatus.SUCCEEDED, JobStatus.FAILED) for j in jobs), "the jobs to end",
+            workers=2, timeout=60)
+        outcomes = [(j.status, j.error_type) for j in jobs]
+        assert outcomes == [(JobStatus.FAILED, "nuvom_kernel.errors.JobTimeoutError")] * 6, \
+            outcomes
