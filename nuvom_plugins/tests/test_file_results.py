@@ -9,7 +9,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -17,6 +19,7 @@ from nuvom_kernel.backends import BackendContext, page_cursor
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_plugins.file import FileResultBackend
+from nuvom_plugins.file import results as results_module
 
 
 def rec(job_id: str, status: JobStatus = JobStatus.SUCCEEDED, **kw: object) -> JobRecord:
@@ -347,3 +350,99 @@ def test_fenced_puts_from_several_processes_keep_the_latest_attempt(tmp_path: Pa
             obj = json.loads(raw)
             assert obj["at"] > seen.get(obj["id"], 0), (obj["id"], obj["at"], seen)
             seen[obj["id"]] = obj["at"]
+
+
+def _line_of(tmp_path: Path, record: JobRecord) -> bytes:
+    """The exact line a put appends for ``record`` (written to a scratch directory)."""
+    scratch = FileResultBackend(tmp_path / "scratch")
+    scratch.put(record)
+    scratch.close()
+    [seg] = segments(tmp_path / "scratch")
+    return seg.read_bytes()
+
+
+def _bytes_searched(call: Callable[[], object]) -> int:
+    """Total length of the bytes objects that code in ``results.py`` calls a method of
+    (``find``, ``rfind``, ``split``, ...) while ``call`` runs.
+
+    It measures the reader's work without a clock: a method scans at most the object it is
+    called on, so a reader that searches each byte a bounded number of times stays within
+    a small multiple of the bytes it reads, while one that re-searches a growing buffer
+    per chunk does not. Counted through ``sys.setprofile``'s ``c_call`` events, which see
+    every call of a C method together with the object it is bound to.
+    """
+    searched = 0
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        nonlocal searched
+        owner = getattr(arg, "__self__", None)
+        if event == "c_call" and isinstance(owner, bytes | bytearray) \
+                and frame.f_code.co_filename == results_module.__file__:
+            searched += len(owner)
+
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return searched
+
+
+def test_reading_past_a_long_line_is_linear(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4 KB reads make a 1 MB record span 256 chunks; searching the whole buffer per chunk
+    # would scan ~128 MB, searching each chunk once ~1 MB (plus a few passes over the line
+    # when it is indexed).
+    monkeypatch.setattr(results_module, "_CHUNK", 4096)
+    path = tmp_path / "r"
+    writer = FileResultBackend(path)
+    writer.put(rec("before", result=1))
+    writer.put(rec("big", result="x" * 2**20))
+    writer.put(rec("after", result=2))
+    writer.close()
+    size = segments(path)[0].stat().st_size
+    reader = FileResultBackend(path)
+    searched = _bytes_searched(lambda: reader.get("after"))
+    assert searched < 8 * size, (searched, size)
+    assert reader.get_result("after") == 2 and reader.get_result("before") == 1
+    assert reader.get_result("big") == "x" * 2**20
+
+
+def test_a_record_spanning_many_chunks_reads_back_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunk boundaries never show: offsets of the lines after a long one, a long line
+    still being written (left for later, then read once complete), and the byte counts
+    of a long torn line in an active and in a sealed segment."""
+    monkeypatch.setattr(results_module, "_CHUNK", 4096)
+    big = _line_of(tmp_path, rec("big", result="y" * 300_000))
+    path = tmp_path / "r"
+    writer = FileResultBackend(path)
+    writer.put(rec("first", result=1))
+    writer.close()
+    [seg] = segments(path)
+    start = seg.stat().st_size
+    with seg.open("ab") as fh:  # a long write caught half-way, 36 chunks in
+        fh.write(big[:150_000])
+    reader = FileResultBackend(path)
+    assert reader.get_result("first") == 1 and reader.get("big") is None
+    assert any(p.endswith(f":{start}: unterminated last line (a write in progress, or a "
+                          f"writer crashed mid-line; sealed when a writer next opens the "
+                          f"file)") for p in reader.problems())
+    with seg.open("ab") as fh:
+        fh.write(big[150_000:])
+    writer = FileResultBackend(path)
+    writer.put(rec("second", result=2))
+    assert reader.get_result("big") == "y" * 300_000 and reader.get_result("second") == 2
+    assert reader.get_result("first") == 1 and reader.problems() == []
+
+    torn = big[:100_000]  # a writer killed mid-line, then the segment sealed by rotation
+    with seg.open("ab") as fh:
+        fh.write(torn)
+    end = seg.stat().st_size
+    (path / "results-00000002.jsonl").touch()
+    fresh = FileResultBackend(path)
+    assert fresh.get_result("big") == "y" * 300_000 and fresh.get_result("second") == 2
+    assert fresh.problems() == [f"{seg}:{end - len(torn)}: torn last line "
+                                f"({len(torn)} bytes) skipped"]
+    writer.put(rec("third", result=3))  # lands in the new segment
+    assert fresh.get_result("third") == 3 and reader.get_result("third") == 3
