@@ -40,7 +40,7 @@ from nuvom_plugins_postgres.queries import Queries
 from nuvom_plugins_postgres.results import (
     PostgresResultBackend,
     Row,
-    encode,
+    encode_all,
     storable,
     store_fenced,
 )
@@ -586,7 +586,11 @@ class PostgresQueue(QueueBackend):
             return None
         if not settlements:
             return []
-        rows = [encode(s.record) for s in settlements]
+        # Checked before sending (SerializationError): a record past PostgreSQL's limits
+        # made the server drop the connection, which looks like an outage (see encode_all).
+        rows = encode_all([s.record for s in settlements],
+                          [len(s.body) if s.retry_in is not None and s.body else 0
+                           for s in settlements])
         if len({s.lease.id for s in settlements}) == len(settlements):
             landed = self._settle_distinct(settlements, rows)
         else:

@@ -44,8 +44,8 @@ from nuvom_plugins_postgres.store import (
     release,
 )
 
-__all__ = ["PostgresResultBackend", "distinct_chunks", "dumps", "encode", "storable",
-           "store_fenced"]
+__all__ = ["MAX_RECORD_BYTES", "PostgresResultBackend", "distinct_chunks", "dumps", "encode",
+           "encode_all", "storable", "store_fenced"]
 
 log = logging.getLogger("nuvom.postgres")
 
@@ -114,6 +114,85 @@ def encode(record: JobRecord) -> Row:
     return (record.job_id, record.status.value, record.task, record.run,
             record.attempts, record.status in TERMINAL_STATES, float(record.updated_at),
             dumps(record.to_dict()))
+
+
+#: The most bytes of record text (UTF-8) and retry bodies one statement sends, and so the
+#: largest record this backend stores: 1 GiB less 64 MiB (1,006,632,960 bytes).
+#:
+#: Why this bound: PostgreSQL holds at most ``MaxAllocSize`` = 2**30 - 1 bytes in one
+#: value (a ``text``, a ``bytea``, an array: "1 GB" in its docs) and reads a whole protocol
+#: message into one buffer of at most that size (``PQ_LARGE_MESSAGE_LIMIT`` = 2**30 - 2).
+#: A record travels as a parameter of one ``Bind`` message, together with every other record
+#: of its batch (one ``text[]`` array, itself a single value) and the other columns. A
+#: message past the limit is a protocol violation: the server closes the connection, which
+#: psycopg reports as ``OperationalError`` and the settler took for a store that is down, so
+#: the job (and its batch) ran again at every visibility timeout. The 64 MiB left over
+#: covers what else the statement sends (job ids, task names, numbers, array and message
+#: headers: some tens of bytes a row besides the names, for a batch of hundreds) and the
+#: framing of the record when it is read back (a ``DataRow`` message has the same limit).
+MAX_RECORD_BYTES = 2**30 - 2**26
+
+
+def _size(n: int) -> str:
+    """``n`` bytes as a reader compares them: ``1,100.0 MiB (1,153,433,600 bytes)``."""
+    return f"{n / 2**20:,.1f} MiB ({n:,} bytes)"
+
+
+def _utf8_size(text: str) -> int:
+    """Bytes of ``text`` as UTF-8: its length for ASCII (``isascii`` reads a flag CPython
+    keeps, no scan), else one encode (only on the slow path of :func:`encode_all`)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _too_large(record: JobRecord, size: int) -> SerializationError:
+    """The refusal of ``record`` (``size`` bytes as stored): names the job, the size, the
+    limit, the field that makes it large and what to do, since the fix is the task's."""
+    fields = record.to_dict()
+
+    def length(name: str) -> int:  # characters are enough to rank; a string is not copied
+        value = fields[name]
+        return len(value) if isinstance(value, str) else len(dumps(value))
+
+    biggest = max(fields, key=length)
+    return SerializationError(
+        f"job {record.job_id} ({record.task}): its record is {_size(size)} as the postgres "
+        f"result backend stores it (JSON), over the {_size(MAX_RECORD_BYTES)} it stores in "
+        "one record (PostgreSQL holds at most 1 GB in one field and one message); most of "
+        f"it is the {biggest!r} field. Store large data elsewhere (a "
+        "file, object storage, a table of your own) and return or pass a reference to it "
+        "(a path, a URL, a key) instead")
+
+
+def encode_all(records: Sequence[JobRecord], bodies: Sequence[int] | None = None
+               ) -> list[Row]:
+    """The rows of ``records`` (see :func:`encode`), checked to fit one statement;
+    ``bodies``: per record, the bytes sent beside it (a settle's retry body, else 0).
+
+    :raises SerializationError: a record larger than :data:`MAX_RECORD_BYTES`, naming the
+        job (the kernel's settler then fails that job alone, saying why), or records that
+        fit alone but not together (the settler then stores them one by one). Why before
+        sending: past PostgreSQL's limits the server drops the connection, an error that
+        looks like an outage (see :data:`MAX_RECORD_BYTES`).
+
+    Why it is cheap: the hot path is one ``len`` per row, since UTF-8 takes at most 4 bytes
+    a character; only a batch whose text might exceed the bound is measured exactly.
+    """
+    rows = [encode(r) for r in records]
+    extra = sum(bodies) if bodies else 0
+    if 4 * sum(len(row[7]) for row in rows) + extra <= MAX_RECORD_BYTES:
+        return rows
+    sizes = [_utf8_size(row[7]) + (bodies[i] if bodies else 0) for i, row in enumerate(rows)]
+    for record, size in zip(records, sizes, strict=True):
+        if size > MAX_RECORD_BYTES:
+            raise _too_large(record, size)
+    total = sum(sizes)
+    if total > MAX_RECORD_BYTES:
+        raise SerializationError(
+            f"{len(rows)} job records are {_size(total)} together, over the "
+            f"{_size(MAX_RECORD_BYTES)} the postgres result backend sends in one "
+            "statement (PostgreSQL holds at most 1 GB in one message); each fits alone: "
+            "store them in smaller batches")
+    return rows
 
 
 def _queue_name(cut: str | None) -> str:
@@ -228,7 +307,7 @@ class PostgresResultBackend(ResultBackend):
         """Every record in one transaction (all or none), each fenced."""
         if not records:
             return []
-        rows = [encode(r) for r in records]
+        rows = encode_all(records)  # raises SerializationError before sending: see there
         with self._store.connection() as conn, conn.transaction():
             return store_fenced(conn, self._upsert, rows)
 
