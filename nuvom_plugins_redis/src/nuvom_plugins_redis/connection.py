@@ -42,7 +42,7 @@ from redis.retry import Retry
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
-from nuvom_kernel.errors import ConfigError, EnqueueError
+from nuvom_kernel.errors import ConfigError, EnqueueError, SerializationError
 from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
 from nuvom_kernel.values import Retention, Seconds, SecondsOrZero
 
@@ -51,8 +51,9 @@ try:
 except ImportError:  # pragma: no cover - hiredis is a dependency; redis-py packs then
     _pack = None  # type: ignore[assignment]
 
-__all__ = ["RESERVED_SEGMENTS", "LuaScript", "RedisSettings", "RedisUnavailableError", "Store",
-           "check_namespace", "delete_prefix"]
+__all__ = ["DEFAULT_MAX_BULK", "RESERVED_SEGMENTS", "LuaScript", "RedisSettings",
+           "RedisUnavailableError", "Store", "ValueTooLargeError", "check_namespace",
+           "delete_prefix", "too_large"]
 
 log = logging.getLogger("nuvom.redis")
 
@@ -81,6 +82,44 @@ _KEY_PREFIX_SETTING = "[plugins.redis] key_prefix (NUVOM_PLUGINS__REDIS__KEY_PRE
 class RedisUnavailableError(EnqueueError):
     """The Redis server could not be reached, refused the password, has no such database,
     or ran out of memory."""
+
+
+#: Redis's default ``proto-max-bulk-len`` (512 MB): the longest single value (one argument
+#: of a command) the server reads. Assumed where ``CONFIG GET`` is refused.
+DEFAULT_MAX_BULK = 512 * 2**20
+
+
+class ValueTooLargeError(EnqueueError, SerializationError):
+    """A job's message or record encodes to more than the server's ``proto-max-bulk-len``.
+
+    Why a class of its own, and why both bases: Redis answers such a value by closing the
+    connection (after a protocol error that a client still writing the value never reads),
+    so redis-py resent it, then the plugin reported "cannot reach Redis" (or passed on a
+    bare "Protocol error: invalid bulk length"). The worker's settler took that for a store
+    that is down and retried the whole batch, and the job (with every job settled beside
+    it) ran again at each visibility timeout until the delivery limit failed it as crashed;
+    ``.delay()`` resent the value for ~40 s and blamed the network. Refused before it is
+    sent, it is a :class:`~nuvom_kernel.errors.SerializationError` — one of the settler's
+    ``UNSTORABLE`` errors, so only that job is failed, with this message, and its
+    neighbours are stored — and an :class:`~nuvom_kernel.errors.EnqueueError`, what callers
+    of ``.delay()`` catch (the kernel passes it through unchanged, so the message is ours).
+    """
+
+
+def _mb(size: int) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def too_large(what: str, size: int, limit: int, advice: str) -> ValueTooLargeError:
+    """The refusal of one value of ``size`` bytes over ``limit`` (the server's
+    ``proto-max-bulk-len``): ``what`` names the job and the value, ``advice`` what to send
+    instead. Only built when refusing: the hot path is a ``len()`` and a comparison."""
+    return ValueTooLargeError(
+        f"{what} encodes to {_mb(size)} ({size:,} bytes), more than the Redis server takes "
+        f"in one value (its proto-max-bulk-len: {_mb(limit)}, {limit:,} bytes; the server "
+        f"would drop the connection). {advice}, or raise proto-max-bulk-len on the server "
+        "(CONFIG SET proto-max-bulk-len, and in redis.conf; workers and producers read it "
+        "when they connect).")
 
 
 #: What redis-py raises for an ``OOM`` reply (since redis-py#2778, mid-2023; ``getattr``
@@ -296,6 +335,10 @@ class Store:
             settings.url, socket_timeout=settings.block_secs + settings.socket_timeout_secs,
             **common)
         self.epoch: str | None = None
+        #: The server's ``proto-max-bulk-len``, read by :meth:`startup` (see
+        #: :meth:`read_max_bulk`): each record and message body is checked against it
+        #: before it is sent.
+        self.max_bulk = DEFAULT_MAX_BULK
         pool = self.client.connection_pool
         self._conn_class, self._conn_kwargs = pool.connection_class, pool.connection_kwargs
         self._idle: list[AbstractConnection] = []  # list.pop/append are atomic: no lock
@@ -491,6 +534,7 @@ class Store:
         """Reach the server once (so a wrong URL fails at build time with a clear line),
         then, once per process and server, warn about settings that lose jobs."""
         self.call(self.client.ping, "connecting")
+        self.max_bulk = self.read_max_bulk()
         self.check_epoch(first=True)
         key = (self.url, self.prefix)
         with _checked_lock:
@@ -513,6 +557,23 @@ class Store:
             log.warning("Redis at %s has no persistence (appendonly no, save \"\"): a "
                         "restart of the server loses every queued job and result; enable "
                         "appendonly yes with appendfsync everysec.", self.masked_url)
+
+    def read_max_bulk(self) -> int:
+        """The server's ``proto-max-bulk-len``, or :data:`DEFAULT_MAX_BULK` where ``CONFIG``
+        is refused (renamed or denied on managed servers).
+
+        Why read once, here, and not per call: the limit is checked on every record and
+        message body the store sends (a ``len()`` of bytes already encoded), so it must
+        cost no round trip there; a store is built when a worker or producer connects, so
+        a limit changed on the server takes effect when they reconnect. Why checked at
+        all: the server answers a longer value by closing the connection (see
+        :class:`ValueTooLargeError`)."""
+        try:
+            reply = self.call(lambda: self.client.config_get("proto-max-bulk-len"),
+                              "reading proto-max-bulk-len")
+            return int(reply["proto-max-bulk-len"] or "")  # None, "": ValueError
+        except (redis.ResponseError, KeyError, TypeError, ValueError):
+            return DEFAULT_MAX_BULK
 
     def check_epoch(self, first: bool = False) -> None:
         """Detect a wiped server: the epoch key this store saw is gone or replaced."""

@@ -33,7 +33,14 @@ from nuvom_kernel.backends import (
 )
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
 from nuvom_plugins_redis import record_scripts, scripts
-from nuvom_plugins_redis.connection import RedisSettings, RedisUnavailableError, Store, build_store
+from nuvom_plugins_redis.connection import (
+    DEFAULT_MAX_BULK,
+    RedisSettings,
+    RedisUnavailableError,
+    Store,
+    build_store,
+    too_large,
+)
 from nuvom_plugins_redis.results import RedisResultBackend, record_values
 
 __all__ = ["RedisJobQueue"]
@@ -107,14 +114,17 @@ class RedisJobQueue(QueueBackend):
         while this process reads (the kernel encodes as it is read) and packs the next, and
         the batch waits for one round trip. Each chunk runs only if the one before it did
         (see ``scripts.PUSH``), so after a failure what was stored is a prefix of the
-        batch, as when chunks went one by one.
+        batch, as when chunks went one by one. A body longer than the server's
+        ``proto-max-bulk-len`` is refused as its chunk is built (``ValueTooLargeError``),
+        before that chunk is sent.
         """
         batch = uuid.uuid4().hex if len(messages) > PUSH_CHUNK else ""
-        prefix = self.store.prefix
+        prefix, limit = self.store.prefix, self.store.max_bulk
 
         def calls() -> Iterator[list[Any]]:  # each chunk read after the one before was sent
             for index, start in enumerate(range(0, len(messages), PUSH_CHUNK)):
-                yield _push_call(prefix, messages[start:start + PUSH_CHUNK], batch, index)
+                yield _push_call(prefix, messages[start:start + PUSH_CHUNK], batch, index,
+                                 limit)
 
         store, script = self.store, self._scripts["PUSH"]
         what = f"storing {len(messages)} job(s)"
@@ -179,6 +189,10 @@ class RedisJobQueue(QueueBackend):
         return out
 
     def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
+        """Requeue with a delay, with ``body`` if given (refused before it is sent if it is
+        longer than the server takes: see :func:`_checked`)."""
+        if body is not None:
+            body = _checked(lease.id, lease.message.task, bytes(body), self.store.max_bulk)
         args = [lease.id, lease.token, repr(max(float(delay_secs), 0.0)),
                 "0" if body is None else "1", b"" if body is None else bytes(body), "retry"]
         return bool(self._run("REQUEUE", args, "retrying a job"))
@@ -261,19 +275,32 @@ class RedisJobQueue(QueueBackend):
     def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
                     ) -> list[bool] | None:
         """Store each record and ack or retry its lease in one script, when ``results`` is
-        a Redis result backend on this server and prefix; ``None`` for any other."""
+        a Redis result backend on this server and prefix; ``None`` for any other.
+
+        Every record and retry body is encoded and checked against the server's
+        ``proto-max-bulk-len`` before the first call is sent. Why: such a value made the
+        server drop the connection, which read as a server that is down, so the settler
+        retried the whole batch and every job in it ran again. Refused here (a
+        ``SerializationError``: one the settler knows as unstorable), nothing is sent, and
+        the settler stores the batch one by one, failing only the job that is too large. A
+        chunk stored before a refusal in a later one would be settled twice."""
         if not isinstance(results, RedisResultBackend) or \
                 results.store.identity != self.store.identity:
             return None
         out: list[bool] = []
-        ttl = repr(float(results.settings.result_ttl_secs))
+        ttl, limit = repr(float(results.settings.result_ttl_secs)), self.store.max_bulk
+        calls: list[list[Any]] = []  # every chunk built (and each value checked) first
         for start in range(0, len(settlements), BATCH):
             chunk = settlements[start:start + BATCH]
             args: list[Any] = [results.store.prefix, ttl, len(chunk)]
             for s in chunk:
                 retry = "" if s.retry_in is None else repr(max(float(s.retry_in), 0.0))
+                body = b"" if s.body is None else _checked(s.lease.id, s.record.task,
+                                                           bytes(s.body), limit)
                 args += [s.lease.id, s.lease.token, retry, "0" if s.body is None else "1",
-                         b"" if s.body is None else bytes(s.body), *record_values(s.record)]
+                         body, *record_values(s.record, limit)]
+            calls.append(args)
+        for args in calls:
             out += [bool(f) for f in self._run("SETTLE", args, "settling jobs")]
         return out
 
@@ -455,15 +482,35 @@ def _partial(stored: list[bool], total: int) -> str:
             f"{total - len(stored)} were not.")
 
 
-def _push_call(prefix: str, chunk: Sequence[Message], batch: str, index: int) -> list[Any]:
+def _checked(job_id: str, task: str, body: bytes, limit: int) -> bytes:
+    """``body``, unless it is longer than ``limit`` (the server's ``proto-max-bulk-len``).
+
+    :raises ValueTooLargeError: naming the job, the size, the limit and what to do. Why
+        before sending: Redis answers a longer value by closing the connection, which
+        redis-py retried (resending it) and the plugin reported as a server it cannot
+        reach."""
+    if len(body) > limit:
+        raise too_large(f"the message of job {job_id} ({task}: its arguments and options)",
+                        len(body), limit,
+                        "It was not sent. Keep large data elsewhere (a file, object "
+                        "storage) and pass a reference to it as the argument")
+    return body
+
+
+def _push_call(prefix: str, chunk: Sequence[Message], batch: str, index: int,
+               limit: int = DEFAULT_MAX_BULK) -> list[Any]:
     """The arguments of one ``PUSH`` script call (layout: ``scripts.PUSH``): the messages
     in runs that share queue, priority, available_at and task, each run's routing sent once
-    (a ``.map()`` chunk is one run), so each message costs 3 arguments, not 8."""
+    (a ``.map()`` chunk is one run), so each message costs 3 arguments, not 8. ``limit``:
+    the server's ``proto-max-bulk-len``, which each body is checked against
+    (:func:`_checked`)."""
     args: list[Any] = [prefix, len(chunk), batch, index]
     route: tuple[Any, ...] | None = None
     head = 0
     for m in chunk:
         body = m.checked_body()
+        if len(body) > limit:
+            _checked(m.id, m.task, body, limit)
         created = float(m.created_at)
         if (m.queue, m.priority, m.available_at, m.task) != route:
             route = (m.queue, m.priority, m.available_at, m.task)

@@ -38,7 +38,7 @@ from nuvom_kernel.backends import (
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
 from nuvom_plugins_redis import record_scripts as scripts
-from nuvom_plugins_redis.connection import Store, build_store
+from nuvom_plugins_redis.connection import DEFAULT_MAX_BULK, Store, build_store, too_large
 
 __all__ = ["RedisResultBackend", "record_values"]
 
@@ -100,9 +100,15 @@ else:
         return out
 
 
-def record_values(record: JobRecord) -> list[Any]:
+def record_values(record: JobRecord, limit: int = DEFAULT_MAX_BULK) -> list[Any]:
     """The seven script arguments of one record: id, run, attempts, status, task,
-    updated_at and the JSON of every field (raises ``SerializationError``)."""
+    updated_at and the JSON of every field.
+
+    :param limit: the server's ``proto-max-bulk-len`` (``Store.max_bulk``).
+    :raises SerializationError: the record is not JSON-native, or its JSON is longer than
+        ``limit`` (a :class:`~nuvom_plugins_redis.connection.ValueTooLargeError`, raised
+        here, before any call is sent: the server would drop the connection, and the
+        settler would take that for a server that is down and run the batch again)."""
     status = JobStatus(record.status).value
     try:
         data = record_json(record.to_dict())
@@ -110,6 +116,12 @@ def record_values(record: JobRecord) -> list[Any]:
         raise SerializationError(
             f"job {record.job_id}: the record is not JSON-native ({exc}); result backends "
             "store wire-safe values (see nuvom_kernel.serialization).") from exc
+    if len(data) > limit:  # a str is the stdlib's ASCII JSON: characters are bytes
+        raise too_large(
+            f"the record of job {record.job_id} ({record.task}, {status}: its result, "
+            "error text, arguments and history together)", len(data), limit,
+            "Keep large data elsewhere (a file, object storage) and return or pass a "
+            "reference to it")
     return [record.job_id, int(record.run), int(record.attempts), status,
             record.task or "", repr(float(record.updated_at)), data]
 
@@ -185,13 +197,21 @@ class RedisResultBackend(ResultBackend):
         return self.put_many([record])[0]
 
     def put_many(self, records: Sequence[JobRecord]) -> list[bool]:
-        """Every record fenced in one script per chunk (all of a chunk or none)."""
+        """Every record fenced in one script per chunk (all of a chunk or none).
+
+        Every record is encoded and checked before the first chunk is sent, so a record
+        that cannot be stored (``SerializationError``) leaves the whole call unstored:
+        the settler then stores the batch one by one, and a chunk stored before the refusal
+        would have been written twice."""
         out: list[bool] = []
-        ttl = repr(float(self.settings.result_ttl_secs))
+        ttl, limit = repr(float(self.settings.result_ttl_secs)), self.store.max_bulk
+        calls: list[list[Any]] = []  # every chunk built (and each record checked) first
         for start in range(0, len(records), _PUT_CHUNK):
             args: list[Any] = [self.store.prefix, ttl]
             for record in records[start:start + _PUT_CHUNK]:
-                args += record_values(record)
+                args += record_values(record, limit)
+            calls.append(args)
+        for args in calls:
             flags = self.store.call(functools.partial(self.store.run, self._put, args),
                                     "storing job records")
             out += [bool(f) for f in flags]
