@@ -105,10 +105,13 @@ class PluginSchema:
 
         :raises PluginConfigError: naming the key, its variable and what it accepts.
         """
-        table = f"[plugins.{self.name}]"
-        return {key: self.convert(key, value, table, said=(
-                    f"{table} {key}={value!r} ({plugin_env_var(self.name, key)})"))
-                for key, value in settings.items() if value is not None}
+        table, out = f"[plugins.{self.name}]", {}
+        for key, value in settings.items():
+            if value is None and key in self.fields:
+                continue
+            out[key] = self.convert(key, value, table, said=(
+                f"{table} {key}={value!r} ({plugin_env_var(self.name, key)})"))
+        return out
 
 
 _SCHEMAS: dict[tuple[str, type], PluginSchema] = {}

@@ -288,8 +288,11 @@ def test_a_declared_duration_is_checked_at_load_and_by_the_plugin_alike(
 
     schema = schema_of("timed", Timed)
     assert schema.check({"wait_secs": "2.5", "grace_secs": "0", "level": " 3 ",
-                         "label": "y", "unset": None}) == {
+                         "label": "y"}) == {
         "wait_secs": 2.5, "grace_secs": 0.0, "level": 3, "label": "y"}
+    assert schema.check({"wait_secs": None}) == {}  # None: the default
+    with pytest.raises(PluginConfigError, match="'wait' is not a setting of plugin 'timed'"):
+        schema.check({"wait": None})  # a misspelt key is refused, whatever its value
     for key, value, says in [("wait_secs", "inf", "finite number of seconds > 0"),
                              ("wait_secs", 0, "finite number of seconds > 0"),
                              ("grace_secs", -1, "finite number of seconds >= 0"),

@@ -46,6 +46,28 @@ def asks_without_retries():
     raise Retry("again please", delay_secs=0)
 
 
+class BadInput(NoRetry):
+    """A task's own kind of NoRetry, with details of its own (not the pool's)."""
+
+    details = {"attempt": 99, "kind": "http"}
+
+
+class Later(Retry):
+    pass
+
+
+@task(retries=3, retry_delay_secs=0)
+def refuses_its_way():
+    raise BadInput("bad input")
+
+
+@task(retries=3, retry_delay_secs=600)
+def snoozes_its_way(times):
+    if current_job().attempts <= times:
+        raise Later("later", delay_secs=0.2)
+    return current_job().attempts
+
+
 @task(retries=3, retry_delay_secs=600)
 async def snoozes_async(times):
     if current_job().attempts <= times:
@@ -150,3 +172,24 @@ def test_eager_mode_follows_them_too(nuvom_eager: object) -> None:
 def test_a_retry_delay_no_queue_can_keep_is_refused_where_it_is_raised(delay: object) -> None:
     with pytest.raises(ValueError, match=r"Retry\(delay_secs=\.\.\.\) takes a number of seconds"):
         Retry(delay_secs=delay)  # type: ignore[arg-type]
+
+
+def test_subclasses_count_as_theirs_and_keep_their_names(pool: str) -> None:
+    """The process pool sent back the exact class name and rebuilt only ``Retry`` and
+    ``NoRetry``: a task's ``class BadInput(NoRetry)`` was retried every time, and its
+    ``Later(Retry)`` waited the task's own 600 s. And a subclass's own ``details`` dict
+    overwrote the attempt's history entry (``attempt``, ``kind``)."""
+    if pool == "asyncio":
+        pytest.skip("sync tasks: the thread and process pools")
+    from retry_tasks import refuses_its_way, snoozes_its_way  # type: ignore[import-not-found]
+
+    refused = refuses_its_way.delay()
+    with pytest.raises(JobFailedError, match="bad input"):
+        refused.get(timeout=30)
+    assert refused.attempts == 1
+    [entry] = refused.history
+    assert (entry["error_type"], entry["attempt"], entry["kind"]) == (
+        "retry_tasks.BadInput", 1, "error"), entry
+    snoozed = snoozes_its_way.delay(1)
+    assert snoozed.get(timeout=30) == 2
+    assert snoozed.history[0]["error_type"] == "retry_tasks.Later"

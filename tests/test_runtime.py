@@ -22,7 +22,6 @@ from nuvom_kernel.models import Message
 from tests.helpers import (
     E2E_BACKENDS,
     run_nuvom,
-    run_worker_until,
     user_env,
     wait_until,
     write_module,
@@ -874,7 +873,9 @@ def test_a_timed_out_jobs_thread_is_not_kept_once_it_returns(make_kernel, projec
             worker.join()
 
 
-def test_a_job_that_returns_past_its_deadline_is_timed_out(make_kernel, project: Path):
+@pytest.mark.parametrize("pool", ["thread", "asyncio"])
+def test_a_job_that_returns_past_its_deadline_is_timed_out(make_kernel, project: Path,
+                                                          pool: str):
     """The monitor times a thread-pool job out at its deadline; a task that returns first
     because the monitor could not run (a C call holding the GIL: ``sum`` over a range)
     was recorded SUCCEEDED with its result, 0.5 s past a 0.1 s timeout (5 jobs in 10 in
@@ -885,10 +886,17 @@ def test_a_job_that_returns_past_its_deadline_is_timed_out(make_kernel, project:
     with use_kernel(kernel):
         from t_gil import hog  # type: ignore[import-not-found]
 
-        jobs = [hog.delay() for _ in range(6)]
-        run_worker_until(kernel, lambda: all(j.refresh().status in (
-            JobStatus.SUCCEEDED, JobStatus.FAILED) for j in jobs), "the jobs to end",
-            workers=2, timeout=60)
+        jobs = [hog.delay() for _ in range(6)]  # the asyncio pool runs a sync task on a
+        worker = Worker(kernel, workers=2, pool=pool, scheduler=False,  # thread of its own
+                        poll_timeout_secs=0.05)
+        worker.start()
+        try:
+            wait_until(lambda: all(j.refresh().status in (JobStatus.SUCCEEDED,
+                                                          JobStatus.FAILED) for j in jobs),
+                       60, "the jobs to end")
+        finally:
+            worker.stop()
+            worker.join()
         outcomes = [(j.status, j.error_type) for j in jobs]
         assert outcomes == [(JobStatus.FAILED, "nuvom_kernel.errors.JobTimeoutError")] * 6, \
             outcomes

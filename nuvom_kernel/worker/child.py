@@ -224,8 +224,10 @@ def _kind(exc: BaseException) -> str:
         return "unknown_task"
     if isinstance(exc, SerializationError):
         return "serialization"
-    if isinstance(exc, NoRetry | Retry):  # rebuilt by the parent: the settler reads them
-        return type(exc).__name__
+    if isinstance(exc, NoRetry):  # rebuilt by the parent (a subclass too): the settler
+        return "no_retry"  # reads them
+    if isinstance(exc, Retry):
+        return "retry"
     return "error"
 
 

@@ -178,15 +178,15 @@ class Worker:
         self.settler.start()
         if self.processes is not None:
             self.processes.start()
+        # A job that returns past its deadline is timed out (a child keeps its own
+        # deadline; a coroutine that never awaited ends as it ended: docs/workers.md,
+        # Timeouts). Not in eager mode, where the pool is never started.
+        self.runner.deadlines_kept = self.processes is None
         if self.aio is not None:  # jobs are tasks on one loop: slots, not threads
             self.aio.start()
             with self._cv:
                 self.slots.free = self.workers
         else:
-            # A job that returns past its deadline is timed out: the thread pool's rule (a
-            # child keeps its own deadline; the asyncio pool lets a coroutine that never
-            # awaited end as it ended: docs/workers.md, Timeouts). Not in eager mode.
-            self.runner.deadlines_kept = self.processes is None
             for _ in range(self.workers):
                 self._spawn_executor()
         dispatcher = threading.Thread(target=self._dispatch_loop, name="nuvom-dispatcher",

@@ -271,6 +271,19 @@ class Child:
         self.requests = self.replies = -1
 
 
+
+class _ChildNoRetry(ChildTaskError, NoRetry):
+    """A :class:`NoRetry` a task raised in a child (a subclass of it too): the settler
+    fails the job at once, and the record names the task's own class (``error_type``)."""
+
+
+class _ChildRetry(ChildTaskError, Retry):
+    """A :class:`Retry` a task raised in a child (a subclass of it too), with its delay."""
+
+    def __init__(self, message: str, *, error_type: str, delay_secs: float | None) -> None:
+        super().__init__(message, error_type=error_type)
+        self.delay_secs = delay_secs
+
 class ProcessPool:
     """Children for a worker's executor threads; each thread holds one child at a time.
 
@@ -431,10 +444,11 @@ class ProcessPool:
             exc = UnknownTaskError(message, import_failed=reply.get("import_failed", True))
         elif kind == "serialization":
             exc = SerializationError(message)
-        elif kind == "NoRetry":
-            exc = NoRetry(message)
-        elif kind == "Retry":
-            exc = Retry(message, delay_secs=reply.get("delay_secs"))
+        elif kind == "no_retry":
+            exc = _ChildNoRetry(message, error_type=reply["error_type"])
+        elif kind == "retry":
+            exc = _ChildRetry(message, error_type=reply["error_type"],
+                              delay_secs=reply.get("delay_secs"))
         else:
             exc = ChildTaskError(message, error_type=reply["error_type"])
         exc.child_traceback = reply.get("traceback")  # type: ignore[union-attr]

@@ -72,9 +72,9 @@ class JobRunner:
         #: pool sets the monitor's deadline itself, ``kill_grace_secs`` after its timeout
         #: cancelled a coroutine, or after a sync task's thread took it (:mod:`.aio`).
         self.monitor_slack: float | None = 0.0
-        #: Set when the pool starts: a job that returns after its deadline is timed out.
-        #: Not in eager mode (``run_one`` on a pool never started), where docs/testing.md
-        #: says timeouts are not enforced.
+        #: Set when a thread or asyncio pool starts: a job that returns after its deadline
+        #: is timed out (:meth:`_succeed_in_time`). Not in eager mode (``run_one`` on a
+        #: pool never started), where docs/testing.md says timeouts are not enforced.
         self.deadlines_kept = False
         self._coroutine: dict[Callable[..., Any], bool] = {}
         self._newer_warned_at = float("-inf")  # see _leave_for_newer
@@ -143,19 +143,23 @@ class JobRunner:
         except BaseException as exc:  # a task's failure is data, whatever it raised
             self._failed(running, exc)
         else:
-            deadline = running.job.deadline
-            if deadline is not None and self.deadlines_kept and time.monotonic() > deadline:
-                # Past its timeout before the monitor acted (a busy CPU, a task holding the
-                # GIL): recorded SUCCEEDED, a 0.8 s task of timeout_secs=0.3 passed 4-16
-                # times in 5,000 in a soak, though the docs say an attempt past its timeout
-                # is timed out.
-                self._failed(running, JobTimeoutError.of(
-                    running.job, deadline - running.started_mono,
-                    "(it returned after its deadline, before the worker stopped it; its "
-                    "result is not kept)"))
-            else:
-                self._succeed(running, result)
+            self._succeed_in_time(running, result)
         return not running.abandoned or self.slot_back(running)
+
+    def _succeed_in_time(self, running: Running, result: Any) -> None:
+        """:meth:`_succeed`, unless the job returned past its deadline before the monitor
+        acted (a busy CPU, a task holding the GIL): it was recorded SUCCEEDED (a 0.8 s task
+        of ``timeout_secs=0.3`` 4-16 times in 5,000 in a soak), though the docs say an
+        attempt past its timeout is timed out. Not in eager mode (``deadlines_kept``)."""
+        deadline = running.job.deadline
+        if deadline is not None and self.deadlines_kept and time.monotonic() > deadline:
+            job = running.job
+            self._failed(running, JobTimeoutError.of(
+                job, job.options.timeout_secs or self.kernel.settings.job_timeout_secs,
+                "(it returned after its deadline, before the worker stopped it; its result "
+                "is not kept)"))
+        else:
+            self._succeed(running, result)
 
     def _call(self, running: Running) -> Any:
         job = running.job
@@ -189,11 +193,12 @@ class JobRunner:
                         # of its own, asyncio.run() at import, failed here only)
                         func = await asyncio.to_thread(self.resolve, running.job)
                     events.emit(self.kernel.pm, "nuvom_before_execute", job=running.job)
-                    result = await pool.call(func, running, self._is_coroutine(func))
+                    coroutine = self._is_coroutine(func)
+                    result = await pool.call(func, running, coroutine)
             except BaseException as exc:  # CancelledError too: only a forced stop cancels,
                 self._failed(running, exc)  # and then the outcome was already given up
-            else:
-                self._succeed(running, result)
+            else:  # a coroutine that never awaited ends as it ended (docs/workers.md)
+                (self._succeed if coroutine else self._succeed_in_time)(running, result)
         except Exception:  # as in run_one: a bug or a backend error outside the task must
             # not leave the job held (its lease extended by the monitor forever): the
             # outcome is claimed, so the monitor cannot time it out now, and the lease expires

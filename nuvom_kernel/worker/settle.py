@@ -589,9 +589,11 @@ class Settler:
                  "started_at": running.started_at, "finished_at": finished,
                  "worker": self.origin}
         details = getattr(exc, "details", None)
-        if isinstance(exc, NuvomError) and isinstance(details, dict):
+        if isinstance(details, dict) and isinstance(exc, NuvomError) \
+                and type(exc).__module__.startswith("nuvom_kernel."):
             # a pool child's signal and rusage; not a task's own ``details`` (a method, as
-            # on a gRPC error, left the attempt unrecorded; a dict overwrote the entry)
+            # on a gRPC error, left the attempt unrecorded; a dict overwrote the entry),
+            # nor those of a task's subclass of Retry or NoRetry
             entry.update(details)
         envelope.history.append(entry)
         job.history = list(envelope.history)

@@ -31,7 +31,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import attrs
@@ -44,7 +44,7 @@ from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError, EnqueueError, SerializationError
 from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
-from nuvom_kernel.values import Retention, Seconds, SecondsOrZero
+from nuvom_kernel.values import Converted, Retention, Seconds, seconds
 
 try:
     from hiredis import pack_command as _pack
@@ -171,7 +171,8 @@ class RedisSettings:
     visibility_timeout_secs: Seconds | None = None
     socket_timeout_secs: Seconds = 10.0
     socket_connect_timeout_secs: Seconds = 5.0
-    health_check_interval_secs: SecondsOrZero = 15.0  # 0: no health check
+    health_check_interval_secs: Annotated[float, Converted(seconds(
+        zero_ok=True, zero_means="no health check"))] = 15.0
     block_secs: Seconds = 5.0
     reap_interval_secs: Seconds = 1.0
 
