@@ -142,8 +142,9 @@ class JobRunner:
             raise
         except BaseException as exc:  # a task's failure is data, whatever it raised
             self._failed(running, exc)
-        else:
-            self._succeed_in_time(running, result)
+        else:  # (no frame more for a job without a deadline: most jobs)
+            (self._succeed if running.job.deadline is None
+             else self._succeed_in_time)(running, result)
         return not running.abandoned or self.slot_back(running)
 
     def _succeed_in_time(self, running: Running, result: Any) -> None:
