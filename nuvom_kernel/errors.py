@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nuvom_kernel.values import MAX_SECONDS
+
 __all__ = [
     "BackendCapabilityError",
     "BackendNotFoundError",
@@ -16,9 +18,11 @@ __all__ = [
     "JobFailedError",
     "JobTimeoutError",
     "LeaseLostError",
+    "NoRetry",
     "NuvomError",
     "PluginConfigError",
     "PluginLoadError",
+    "Retry",
     "SerializationError",
     "TaskRegistrationError",
     "UnknownJobError",
@@ -116,9 +120,9 @@ class Retry(NuvomError):
 
     def __init__(self, reason: str = "", *, delay_secs: float | None = None) -> None:
         if delay_secs is not None and (isinstance(delay_secs, bool) or not isinstance(
-                delay_secs, int | float) or not 0 <= delay_secs <= 366 * 86400):
+                delay_secs, int | float) or not 0 <= delay_secs <= MAX_SECONDS):
             raise ValueError(f"Retry(delay_secs=...) takes a number of seconds from 0 to "
-                             f"31622400 (366 days) or None, got {delay_secs!r}")
+                             f"{MAX_SECONDS} (366 days) or None, got {delay_secs!r}")
         super().__init__(reason or "the task asked to be retried")
         self.delay_secs = None if delay_secs is None else float(delay_secs)
 
