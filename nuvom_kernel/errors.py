@@ -28,9 +28,11 @@ __all__ = [
     "UnknownJobError",
     "UnknownTaskError",
     "WorkerPrepareError",
+    "byte_size",
     "encoding_error",
     "error_text",
     "qualname",
+    "too_large",
 ]
 
 
@@ -243,5 +245,30 @@ def encoding_error(task: str, exc: Exception) -> SerializationError:
     as both the worker and a process pool's child build it."""
     if isinstance(exc, SerializationError):
         return exc
+    if isinstance(exc, RecursionError):  # its own text names neither the value nor a fix
+        return SerializationError(
+            f"{task}() return value is nested too deeply to encode (hundreds of levels of "
+            "lists, dicts or tuples, or a value that holds itself): return it flatter, or "
+            "as text")
     return SerializationError(f"{task}() return value cannot be encoded: "
                               f"{type(exc).__name__}: {error_text(exc)}")
+
+
+def byte_size(n: int) -> str:
+    """``n`` bytes as a reader compares them with a limit: ``1,100.0 MiB (1,153,433,600
+    bytes)`` (the exact count too, since limits are set and read in bytes)."""
+    return f"{n / 2**20:,.1f} MiB ({n:,} bytes)"
+
+
+def too_large(what: str, limit: str, *, size: int | None = None, advice: str = "") -> str:
+    """The text refusing a value a store cannot hold in one piece, worded alike by every
+    backend: ``what`` it is (the job and the value), its ``size`` when known, the store's
+    ``limit`` (what it is and where it comes from), the one fix that always works (a
+    reference instead of the data), then the backend's own ``advice`` (how to raise the
+    limit). Backends raise it as a :class:`SerializationError` (or a subclass of theirs),
+    which the worker's settler records as that job's failure alone, storing its neighbours.
+    """
+    measured = f" is {byte_size(size)}," if size is not None else " is"
+    return (f"{what}{measured} larger than {limit}. Keep large data elsewhere (a file, "
+            "object storage, a table of your own) and pass a reference to it (a path, a URL, "
+            f"a key) instead{advice}.")

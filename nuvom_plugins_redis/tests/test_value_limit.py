@@ -100,7 +100,7 @@ def _assert_clear(text: str, job_id: str) -> None:
     """The refusal names the job, the size in MB, the limit, and what to do; not a
     connection problem."""
     assert job_id in text, text
-    assert " MB" in text and "proto-max-bulk-len: 1.0 MB" in text, text
+    assert " MiB" in text and "proto-max-bulk-len: 1.0 MiB" in text, text
     assert "reference" in text and "CONFIG SET proto-max-bulk-len" in text, text
     assert "cannot reach" not in text and "redis-server runs" not in text, text
 
@@ -218,7 +218,7 @@ def test_delay_with_an_argument_over_the_limit_says_so_and_enqueues_nothing(
         size_of.delay("a" * (limit + 1))
     assert time.monotonic() - started < 5, "the argument was resent before the error"
     text = str(info.value)
-    assert "MB" in text and "proto-max-bulk-len: 1.0 MB" in text, text
+    assert "MiB" in text and "proto-max-bulk-len: 1.0 MiB" in text, text
     assert "reference" in text and "cannot reach" not in text, text
     assert kernel.queue.qsize() == 0
 

@@ -32,7 +32,7 @@ from nuvom_kernel.backends import (
     WorkerInfo,
     parse_cursor,
 )
-from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.errors import SerializationError, byte_size, too_large
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
 from nuvom_kernel.values import is_text
 from nuvom_plugins_postgres.queries import render
@@ -133,11 +133,6 @@ def encode(record: JobRecord) -> Row:
 MAX_RECORD_BYTES = 2**30 - 2**26
 
 
-def _size(n: int) -> str:
-    """``n`` bytes as a reader compares them: ``1,100.0 MiB (1,153,433,600 bytes)``."""
-    return f"{n / 2**20:,.1f} MiB ({n:,} bytes)"
-
-
 def _utf8_size(text: str) -> int:
     """Bytes of ``text`` as UTF-8: its length for ASCII (``isascii`` reads a flag CPython
     keeps, no scan), else one encode (only on the slow path of :func:`encode_all`)."""
@@ -154,13 +149,12 @@ def _too_large(record: JobRecord, size: int) -> SerializationError:
         return len(value) if isinstance(value, str) else len(dumps(value))
 
     biggest = max(fields, key=length)
-    return SerializationError(
-        f"job {record.job_id} ({record.task}): its record is {_size(size)} as the postgres "
-        f"result backend stores it (JSON), over the {_size(MAX_RECORD_BYTES)} it stores in "
-        "one record (PostgreSQL holds at most 1 GB in one field and one message); most of "
-        f"it is the {biggest!r} field. Store large data elsewhere (a "
-        "file, object storage, a table of your own) and return or pass a reference to it "
-        "(a path, a URL, a key) instead")
+    return SerializationError(too_large(
+        f"job {record.job_id} ({record.task}): its record, as the postgres result backend "
+        "stores it (JSON),",
+        f"the {byte_size(MAX_RECORD_BYTES)} it stores in one record (PostgreSQL holds at "
+        f"most 1 GB in one field and one message); most of it is the {biggest!r} field",
+        size=size))
 
 
 def encode_all(records: Sequence[JobRecord], bodies: Sequence[int] | None = None
@@ -188,8 +182,8 @@ def encode_all(records: Sequence[JobRecord], bodies: Sequence[int] | None = None
     total = sum(sizes)
     if total > MAX_RECORD_BYTES:
         raise SerializationError(
-            f"{len(rows)} job records are {_size(total)} together, over the "
-            f"{_size(MAX_RECORD_BYTES)} the postgres result backend sends in one "
+            f"{len(rows)} job records are {byte_size(total)} together, over the "
+            f"{byte_size(MAX_RECORD_BYTES)} the postgres result backend sends in one "
             "statement (PostgreSQL holds at most 1 GB in one message); each fits alone: "
             "store them in smaller batches")
     return rows

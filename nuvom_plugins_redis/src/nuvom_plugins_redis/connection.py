@@ -40,6 +40,7 @@ from redis.backoff import ExponentialBackoff
 from redis.connection import AbstractConnection
 from redis.retry import Retry
 
+from nuvom_kernel import errors
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError, EnqueueError, SerializationError
@@ -106,20 +107,15 @@ class ValueTooLargeError(EnqueueError, SerializationError):
     """
 
 
-def _mb(size: int) -> str:
-    return f"{size / 2**20:.1f} MB"
-
-
-def too_large(what: str, size: int, limit: int, advice: str) -> ValueTooLargeError:
+def too_large(what: str, size: int, limit: int) -> ValueTooLargeError:
     """The refusal of one value of ``size`` bytes over ``limit`` (the server's
-    ``proto-max-bulk-len``): ``what`` names the job and the value, ``advice`` what to send
-    instead. Only built when refusing: the hot path is a ``len()`` and a comparison."""
-    return ValueTooLargeError(
-        f"{what} encodes to {_mb(size)} ({size:,} bytes), more than the Redis server takes "
-        f"in one value (its proto-max-bulk-len: {_mb(limit)}, {limit:,} bytes; the server "
-        f"would drop the connection). {advice}, or raise proto-max-bulk-len on the server "
-        "(CONFIG SET proto-max-bulk-len, and in redis.conf; workers and producers read it "
-        "when they connect).")
+    ``proto-max-bulk-len``), ``what`` naming the job and the value. Only built when
+    refusing: the hot path is a ``len()`` and a comparison."""
+    return ValueTooLargeError(errors.too_large(
+        what, f"the Redis server takes in one value (its proto-max-bulk-len: "
+        f"{errors.byte_size(limit)}; the server would drop the connection)", size=size,
+        advice=", or raise proto-max-bulk-len on the server (CONFIG SET proto-max-bulk-len, "
+        "and in redis.conf; workers and producers read it when they connect)"))
 
 
 #: What redis-py raises for an ``OOM`` reply (since redis-py#2778, mid-2023; ``getattr``

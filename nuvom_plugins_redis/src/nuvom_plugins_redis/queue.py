@@ -38,6 +38,7 @@ from nuvom_plugins_redis.connection import (
     RedisSettings,
     RedisUnavailableError,
     Store,
+    ValueTooLargeError,
     build_store,
     too_large,
 )
@@ -490,11 +491,13 @@ def _checked(job_id: str, task: str, body: bytes, limit: int) -> bytes:
         redis-py retried (resending it) and the plugin reported as a server it cannot
         reach."""
     if len(body) > limit:
-        raise too_large(f"the message of job {job_id} ({task}: its arguments and options)",
-                        len(body), limit,
-                        "It was not sent. Keep large data elsewhere (a file, object "
-                        "storage) and pass a reference to it as the argument")
+        raise _message_too_large(job_id, task, len(body), limit)
     return body
+
+
+def _message_too_large(job_id: str, task: str, size: int, limit: int) -> ValueTooLargeError:
+    return too_large(f"the message of job {job_id} ({task}: its arguments and options)",
+                     size, limit)
 
 
 def _push_call(prefix: str, chunk: Sequence[Message], batch: str, index: int,
@@ -510,7 +513,7 @@ def _push_call(prefix: str, chunk: Sequence[Message], batch: str, index: int,
     for m in chunk:
         body = m.checked_body()
         if len(body) > limit:
-            _checked(m.id, m.task, body, limit)
+            raise _message_too_large(m.id, m.task, len(body), limit)
         created = float(m.created_at)
         if (m.queue, m.priority, m.available_at, m.task) != route:
             route = (m.queue, m.priority, m.available_at, m.task)

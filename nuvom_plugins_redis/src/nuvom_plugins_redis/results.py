@@ -119,9 +119,7 @@ def record_values(record: JobRecord, limit: int = DEFAULT_MAX_BULK) -> list[Any]
     if len(data) > limit:  # a str is the stdlib's ASCII JSON: characters are bytes
         raise too_large(
             f"the record of job {record.job_id} ({record.task}, {status}: its result, "
-            "error text, arguments and history together)", len(data), limit,
-            "Keep large data elsewhere (a file, object storage) and return or pass a "
-            "reference to it")
+            "error text, arguments and history together)", len(data), limit)
     return [record.job_id, int(record.run), int(record.attempts), status,
             record.task or "", repr(float(record.updated_at)), data]
 

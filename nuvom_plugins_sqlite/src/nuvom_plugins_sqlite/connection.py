@@ -37,7 +37,13 @@ from typing import Any, TypeVar
 import attrs
 
 from nuvom_kernel.backends import BackendContext
-from nuvom_kernel.errors import ConfigError, EnqueueError, NuvomError, SerializationError
+from nuvom_kernel.errors import (
+    ConfigError,
+    EnqueueError,
+    NuvomError,
+    SerializationError,
+    too_large,
+)
 from nuvom_kernel.plugin_settings import schema_of
 from nuvom_kernel.values import Seconds
 from nuvom_plugins_sqlite.access import (
@@ -126,10 +132,9 @@ def _too_big(path: Path, exc: sqlite3.DataError) -> SerializationError:
     (the job and its batch ran again at every lease, and were finally recorded as crashed),
     or an enqueue error advising to check free space. (Caught where it is raised, not by a
     context manager around every write: that cost a µs per ``.delay()``.)"""
-    return SerializationError(
-        f"{path}: a value is larger than SQLite stores in one field ({exc}; the limit is "
-        f"SQLITE_MAX_LENGTH, 1,000,000,000 bytes unless SQLite was built otherwise). "
-        "Keep large data elsewhere (a file, object storage) and pass a reference to it")
+    return SerializationError(too_large(
+        f"{path}: a value", f"SQLite stores in one field ({exc}; the limit is "
+        "SQLITE_MAX_LENGTH, 1,000,000,000 bytes unless SQLite was built otherwise)"))
 
 
 class _Handle:
