@@ -28,6 +28,13 @@ class ResultBackend(Backend):
     :meth:`live_workers`, :meth:`forget_worker`.
     """
 
+    #: Finished records older than this many seconds are deleted by every running worker
+    #: (about once a minute: :mod:`nuvom_kernel.worker.expiry`), with the workflows that
+    #: ended before then, as ``nuvom purge results --older-than`` does. ``0`` keeps them
+    #: until that command. A backend sets it from its own ``result_ttl_secs`` setting; one
+    #: whose store expires records itself (Redis key TTLs, PostgreSQL's tick) leaves it 0.
+    result_ttl_secs: float = 0.0
+
     def __init__(self) -> None:
         pass
 

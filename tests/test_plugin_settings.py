@@ -96,7 +96,7 @@ def test_bad_env_setting_stops_every_command(tmp_path: Path, var: str, value: st
     assert done.returncode == 2, done.stdout + done.stderr
     assert var in done.stderr and expected in done.stderr
     plugin = var.split("__")[1].lower()
-    valid = {"sqlite": "busy_timeout_secs, path, results_path, synchronous",
+    valid = {"sqlite": "busy_timeout_secs, path, result_ttl_secs, results_path, synchronous",
              "file": "fsync, path, queue_path"}[plugin]
     assert "Valid keys" in done.stderr and valid in done.stderr
 

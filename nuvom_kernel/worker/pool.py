@@ -42,6 +42,7 @@ from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.scheduler import Scheduler
 from nuvom_kernel.worker.aio import AsyncPool
 from nuvom_kernel.worker.current import in_a_pool
+from nuvom_kernel.worker.expiry import Expiry
 from nuvom_kernel.worker.heap import frozen_heap
 from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
@@ -153,6 +154,7 @@ class Worker:
         self.runner.monitor_slack = {"thread": 0.0, "asyncio": None,
                                      "process": settings.kill_grace_secs + 2.0}[self.pool]
         self.heartbeat = Heartbeat(self)
+        self.expiry = Expiry(kernel)
         self.scheduler = Scheduler(kernel, fire=scheduler)
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -195,6 +197,7 @@ class Worker:
         self._threads.append(dispatcher)
         self.monitor.start()
         self.heartbeat.start()
+        self.expiry.start()
         self.signals.emit_lifecycle("nuvom_worker_startup")
         log.info("worker %s started: %s pool of %d, queues=%s, backend=%s", self.origin,
                  self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name)
@@ -283,6 +286,7 @@ class Worker:
         self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
         self.monitor.stop()  # it kept extending leases until everything settled
         self.heartbeat.stop()
+        self.expiry.stop()
         self.signals.emit_lifecycle("nuvom_worker_shutdown")
         self.signals.disarm()
         log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,

@@ -24,7 +24,7 @@ from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError
 from nuvom_kernel.plugin_settings import schema_of
-from nuvom_kernel.values import Converted, Retention, Seconds, whole
+from nuvom_kernel.values import RESULT_TTL_SECS, Converted, Retention, Seconds, whole
 
 __all__ = ["PostgresSettings", "connect_kwargs", "masked_dsn", "schema_name"]
 
@@ -42,7 +42,8 @@ class PostgresSettings:
         ``nuvom plugin test``) is appended: ``<schema>_<namespace>``.
     :param pool_size: most pooled connections per process (the LISTEN connection is extra).
     :param result_ttl_secs: finished job records older than this are deleted by the
-        workers' maintenance tick; ``0`` keeps them until ``nuvom purge results``.
+        workers' maintenance tick (default 7 days, as every persistent result backend's);
+        ``0`` keeps them until ``nuvom purge results``.
     :param visibility_timeout_secs: lease length for the queue; default from the kernel.
         A :data:`~nuvom_kernel.values.Seconds` (at most 366 days), as is ``xmin_warn_secs``:
         both reach PostgreSQL as ``n * interval '1 second'``, and ``inf`` or ``1e13`` failed
@@ -70,7 +71,7 @@ class PostgresSettings:
     dsn: str = ""
     schema: str = "nuvom"
     pool_size: Annotated[int, Converted(whole(1))] = 10
-    result_ttl_secs: Retention = 0.0
+    result_ttl_secs: Retention = RESULT_TTL_SECS
     visibility_timeout_secs: Seconds = 30.0
     sync_lease_commits: bool = False
     dead_tuple_warn_ratio: float = 0.2

@@ -45,7 +45,7 @@ from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError, EnqueueError, SerializationError
 from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
-from nuvom_kernel.values import Converted, Retention, Seconds, seconds
+from nuvom_kernel.values import RESULT_TTL_SECS, Converted, Retention, Seconds, seconds
 
 try:
     from hiredis import pack_command as _pack
@@ -59,7 +59,6 @@ __all__ = ["DEFAULT_MAX_BULK", "RESERVED_SEGMENTS", "LuaScript", "RedisSettings"
 log = logging.getLogger("nuvom.redis")
 
 T = TypeVar("T")
-_WEEK = 7 * 24 * 3600.0
 _checked: set[tuple[str, str]] = set()  # (url, prefix) whose server was checked here
 _checked_lock = threading.Lock()
 #: Namespaces of test runs (see :func:`_forget_temporary`) get this prefix.
@@ -163,7 +162,7 @@ class RedisSettings:
 
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "nuvom"
-    result_ttl_secs: Retention = _WEEK
+    result_ttl_secs: Retention = RESULT_TTL_SECS
     visibility_timeout_secs: Seconds | None = None
     socket_timeout_secs: Seconds = 10.0
     socket_connect_timeout_secs: Seconds = 5.0

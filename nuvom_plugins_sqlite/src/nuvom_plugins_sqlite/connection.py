@@ -45,7 +45,7 @@ from nuvom_kernel.errors import (
     too_large,
 )
 from nuvom_kernel.plugin_settings import schema_of
-from nuvom_kernel.values import Seconds
+from nuvom_kernel.values import RESULT_TTL_SECS, Retention, Seconds
 from nuvom_plugins_sqlite.access import (
     SQLITE_MAX_PATHNAME,
     create_shared,
@@ -94,6 +94,10 @@ class SQLiteSettings:
     :param busy_timeout_secs: longest wait for another process's write lock before an
         operation fails with :class:`DatabaseBusyError`.
     :param visibility_timeout_secs: lease length for the queue; default from the kernel.
+    :param result_ttl_secs: finished job records (and ended workflows) older than this are
+        deleted by every running worker about once a minute (default 7 days, as every
+        persistent result backend's; ``0`` keeps them until ``nuvom purge results``). A
+        :data:`~nuvom_kernel.values.Retention`: at most 100 years.
 
     Both durations are :data:`~nuvom_kernel.values.Seconds` (finite, at most 366 days), as
     the kernel's own duration settings: ``inf`` made a lease that never expires (a crashed
@@ -105,6 +109,7 @@ class SQLiteSettings:
     synchronous: str = "NORMAL"
     busy_timeout_secs: Seconds = 30.0
     visibility_timeout_secs: Seconds = 30.0
+    result_ttl_secs: Retention = RESULT_TTL_SECS
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any], context: BackendContext) -> SQLiteSettings:
@@ -121,7 +126,8 @@ class SQLiteSettings:
         return cls(path=path, results_path=values.get("results_path") or path,
                    synchronous=sync, busy_timeout_secs=values.get("busy_timeout_secs", 30.0),
                    visibility_timeout_secs=values.get("visibility_timeout_secs",
-                                                      context.visibility_timeout_secs))
+                                                      context.visibility_timeout_secs),
+                   result_ttl_secs=values.get("result_ttl_secs", RESULT_TTL_SECS))
 
 
 def _too_big(path: Path, exc: sqlite3.DataError) -> SerializationError:

@@ -33,6 +33,7 @@ from nuvom_kernel.backends import (
 )
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
+from nuvom_kernel.values import RESULT_TTL_SECS
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
 
 __all__ = ["SQLiteResultBackend"]
@@ -170,6 +171,8 @@ def _decode(row: tuple[Any, ...]) -> JobRecord:
 
 
 _EXTRA = _extra_fields()
+#: Records deleted per transaction by :meth:`SQLiteResultBackend.purge`.
+PURGE_CHUNK = 2000
 
 
 class SQLiteResultBackend(ResultBackend):
@@ -179,6 +182,8 @@ class SQLiteResultBackend(ResultBackend):
         queue's file; the records have their own table).
     :param synchronous: ``"NORMAL"`` (default) or ``"FULL"``.
     :param busy_timeout_secs: longest wait for another process's write lock.
+    :param result_ttl_secs: finished records older than this are deleted by the workers
+        (:attr:`ResultBackend.result_ttl_secs`); ``0`` keeps them until purged.
     """
 
     name: ClassVar[str] = "sqlite"
@@ -193,12 +198,15 @@ class SQLiteResultBackend(ResultBackend):
         *,
         synchronous: str = "NORMAL",
         busy_timeout_secs: float = 30.0,
+        result_ttl_secs: float = RESULT_TTL_SECS,
     ) -> None:
         super().__init__()
         self.settings = SQLiteSettings.parse(
-            {"path": path, "synchronous": synchronous, "busy_timeout_secs": busy_timeout_secs},
+            {"path": path, "synchronous": synchronous, "busy_timeout_secs": busy_timeout_secs,
+             "result_ttl_secs": result_ttl_secs},
             BackendContext(),
         )
+        self.result_ttl_secs = self.settings.result_ttl_secs
         self.path = self.settings.path
         self._db = Database(self.settings)
 
@@ -207,7 +215,8 @@ class SQLiteResultBackend(ResultBackend):
         """Read the shared ``[plugins.sqlite]`` table (its queue-only keys are ignored)."""
         parsed = SQLiteSettings.parse(settings, context)
         return cls(parsed.results_path or parsed.path, synchronous=parsed.synchronous,
-                   busy_timeout_secs=parsed.busy_timeout_secs)
+                   busy_timeout_secs=parsed.busy_timeout_secs,
+                   result_ttl_secs=parsed.result_ttl_secs)
 
     def __repr__(self) -> str:
         return (f"SQLiteResultBackend({str(self.path)!r}, "
@@ -307,15 +316,23 @@ class SQLiteResultBackend(ResultBackend):
 
     def purge(self, older_than: float) -> int:
         """Delete SUCCEEDED, FAILED and CANCELLED records last updated before ``older_than``
-        (epoch seconds); queued and running jobs are never purged."""
+        (epoch seconds); queued and running jobs are never purged. In transactions of
+        :data:`PURGE_CHUNK` rows: the first expiry of a long backlog (a million records)
+        would otherwise hold the write lock for seconds, stalling every worker's claims."""
         marks = ", ".join("?" * len(_TERMINAL))
-        sql = f"DELETE FROM nuvom_results WHERE status IN ({marks}) AND updated_at < ?"
+        sql = (f"DELETE FROM nuvom_results WHERE seq IN (SELECT seq FROM nuvom_results "
+               f"WHERE status IN ({marks}) AND updated_at < ? LIMIT {PURGE_CHUNK})")
         params = (*_TERMINAL, older_than)
 
         def run(conn: sqlite3.Connection) -> int:
             return int(conn.execute(sql, params).rowcount)
 
-        return self._db.write(run)
+        total = 0
+        while True:
+            deleted = self._db.write(run)
+            total += deleted
+            if deleted < PURGE_CHUNK:
+                return total
 
     # --- heartbeats: table nuvom_workers, one row per worker ------------------------------
 

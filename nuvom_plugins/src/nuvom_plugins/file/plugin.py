@@ -9,6 +9,7 @@ import attrs
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
+from nuvom_kernel.values import RESULT_TTL_SECS, Retention
 from nuvom_plugins.file.queue import FileJobQueue
 from nuvom_plugins.file.results import FileResultBackend
 
@@ -26,6 +27,9 @@ class FileSettings:
     :param results_path: the result backend's directory; default ``<data_dir>/results``.
     :param segment_max_bytes: size at which a results segment file is rotated.
     :param results_fsync: fsync every record write.
+    :param result_ttl_secs: finished job records (and ended workflows) older than this are
+        deleted by every running worker about once a minute; default 7 days, ``0`` keeps
+        them until ``nuvom purge results``.
     """
 
     path: Path | None = None
@@ -36,6 +40,7 @@ class FileSettings:
     results_path: Path | None = None
     segment_max_bytes: int = 64 * 1024 * 1024
     results_fsync: bool = False
+    result_ttl_secs: Retention = RESULT_TTL_SECS
 
 
 @hookimpl

@@ -125,7 +125,7 @@ T = TypeVar("T")
 
 _QUEUE_KEYS = {"path", "queue_path", "visibility_timeout_secs", "fsync", "relist_interval_secs"}
 #: Keys of the same ``[plugins.file]`` table that belong to the result backend.
-RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
+RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync", "result_ttl_secs"}
 #: Most message files ``stats`` reads per queue to find the ready message due first (see
 #: :meth:`FileJobQueue._earliest_due`): one, unless delayed or retried messages lead it.
 _OLDEST_READS = 64

@@ -77,6 +77,8 @@ from nuvom_kernel.models import (
     ScheduleState,
     supersedes,
 )
+from nuvom_kernel.plugin_settings import schema_of
+from nuvom_kernel.values import RESULT_TTL_SECS
 from nuvom_plugins.file._fs import write_all
 from nuvom_plugins.file._workers import WorkerFiles
 from nuvom_plugins.file.schedules import ScheduleFile
@@ -92,7 +94,6 @@ _FAST = re.compile(rb'\{"_nv":1,"op":"put","id":' + _JSTR + rb',"st":' + _JSTR +
                    rb'"rec":\{')
 _SEGMENT = re.compile(r"results-(\d{8})\.jsonl")
 _CHUNK = 4 * 1024 * 1024
-_RESULT_KEYS = {"results_path", "segment_max_bytes", "results_fsync"}
 _TERMINAL = {s.value for s in TERMINAL_STATES}
 
 
@@ -127,6 +128,8 @@ class FileResultBackend(ResultBackend):
     :param path: the results directory (created if missing).
     :param segment_max_bytes: size at which the active segment is sealed and a new one begun.
     :param fsync: fsync after every record (survives power loss; costs a disk flush per put).
+    :param result_ttl_secs: finished records older than this are deleted by the workers
+        (:attr:`ResultBackend.result_ttl_secs`); ``0`` keeps them until purged.
     """
 
     name = "file"
@@ -139,8 +142,10 @@ class FileResultBackend(ResultBackend):
         *,
         segment_max_bytes: int = 64 * 1024 * 1024,
         fsync: bool = False,
+        result_ttl_secs: float = RESULT_TTL_SECS,
     ) -> None:
         super().__init__()
+        self.result_ttl_secs = result_ttl_secs
         if segment_max_bytes < 1024:
             raise ValueError(f"segment_max_bytes must be >= 1024, got {segment_max_bytes}")
         self.path = Path(path)
@@ -163,21 +168,25 @@ class FileResultBackend(ResultBackend):
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], context: BackendContext) -> Any:
-        """``[plugins.file]``: ``results_path``, ``segment_max_bytes``, ``results_fsync``;
-        the queue's keys in the same table are ignored here."""
-        from nuvom_plugins.file.queue import _QUEUE_KEYS
+        """``[plugins.file]``: ``results_path``, ``segment_max_bytes``, ``results_fsync``,
+        ``result_ttl_secs``; the queue's keys in the same table are ignored here."""
+        from nuvom_plugins.file.plugin import FileSettings
+        from nuvom_plugins.file.queue import _QUEUE_KEYS, RESULT_KEYS
 
-        unknown = set(settings) - _RESULT_KEYS - _QUEUE_KEYS
+        unknown = set(settings) - RESULT_KEYS - _QUEUE_KEYS
         if unknown:
             raise PluginConfigError(
                 f"[plugins.file] has unknown key(s) {', '.join(sorted(unknown))}; the file "
-                f"result backend knows {', '.join(sorted(_RESULT_KEYS))}")
+                f"result backend knows {', '.join(sorted(RESULT_KEYS))}")
         path = settings.get("results_path") or context.data_dir / "results"
         kwargs: dict[str, Any] = {}
         if "segment_max_bytes" in settings:
             kwargs["segment_max_bytes"] = int(settings["segment_max_bytes"])
         if "results_fsync" in settings:
             kwargs["fsync"] = bool(settings["results_fsync"])
+        if settings.get("result_ttl_secs") is not None:
+            kwargs["result_ttl_secs"] = schema_of("file", FileSettings).check(
+                {"result_ttl_secs": settings["result_ttl_secs"]})["result_ttl_secs"]
         return cls(path, **kwargs)
 
     def close(self) -> None:
@@ -477,6 +486,8 @@ class FileResultBackend(ResultBackend):
             self._catch_up()  # no writer is active: this view is complete
             doomed = [job_id for job_id, loc in self._index.items()
                       if loc.status in _TERMINAL and loc.updated_at < older_than]
+            if not doomed:  # the workers' expiry asks every minute: no rewrite for nothing
+                return 0
             batch: list[bytes] = []
             for job_id in doomed:
                 batch.append(_encode({"op": "del", "id": job_id}, job_id))
