@@ -231,6 +231,16 @@ class PickyQueue(StubQueue):
 '''
 
 
+def test_status_names_an_unknown_serializer(tmp_path: Path) -> None:
+    """`nuvom status` is the check a user runs after configuring: with a serializer no plugin
+    provides it printed the queue and exited 0, while every worker refused to start."""
+    done = run_nuvom(["status"], tmp_path, NUVOM_SERIALIZER="nosuch")
+    assert done.returncode != 0, done.stdout
+    assert "serializer 'nosuch'" in done.stderr and "Installed: json" in done.stderr
+    done = run_nuvom(["status", "--json"], tmp_path)
+    assert done.returncode == 0 and json.loads(done.stdout)["serializer"] == "json"
+
+
 def test_a_configuration_error_found_by_a_command_exits_2(tmp_path: Path) -> None:
     """Found when the command builds the backend (its from_settings refuses the value),
     not while loading: still a configuration error, still 2 (it was 1)."""

@@ -199,11 +199,13 @@ def status(as_json: bool) -> None:
     not missed three heartbeats; a result backend without heartbeats lists none)."""
     kernel = _kernel()
     stats = kernel.queue.stats()
+    serializer = kernel.serializer.name  # an unknown one said "all is well" here (exit 0)
     heartbeats = type(kernel.results).capabilities.heartbeats
     workers = kernel.results.live_workers() if heartbeats else []
     data = {
         "queue_backend": kernel.queue.name,
         "result_backend": kernel.results.name,
+        "serializer": serializer,
         "queues": {name: attrs.asdict(counts) for name, counts in sorted(stats.queues.items())},
         "depth": stats.depth,
         "delayed": stats.delayed,
@@ -220,7 +222,7 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"queue backend: {data['queue_backend']}   result backend: "
-               f"{data['result_backend']}")
+               f"{data['result_backend']}   serializer: {serializer}")
     # ready and delayed apart: "waiting: default=2   delayed: 2" read as four jobs
     ready = ", ".join(f"{q}={c.ready}" for q, c in sorted(stats.queues.items()) if c.ready)
     delayed = ", ".join(f"{q}={c.delayed}" for q, c in sorted(stats.queues.items())
