@@ -38,14 +38,18 @@ class Expiry:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        self.ttl: float = float(getattr(kernel.results, "result_ttl_secs", 0.0) or 0.0)
-        self.every = max(1.0, min(EXPIRY_EVERY_SECS, self.ttl))
+        self.ttl = 0.0
+        self.every = EXPIRY_EVERY_SECS
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Read the TTL from the result backend (opened by then: the worker's start opens
+        its stores first, so a store that cannot open fails there, saying why)."""
+        self.ttl = float(self.kernel.results.result_ttl_secs)
         if self.ttl <= 0:
             return
+        self.every = max(1.0, min(EXPIRY_EVERY_SECS, self.ttl))
         self._thread = threading.Thread(target=self._loop, name="nuvom-expiry", daemon=True)
         self._thread.start()
 
