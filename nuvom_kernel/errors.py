@@ -15,6 +15,7 @@ __all__ = [
     "DuplicateBackendError",
     "EnqueueError",
     "JobCancelledError",
+    "JobExpiredError",
     "JobFailedError",
     "JobTimeoutError",
     "LeaseLostError",
@@ -101,6 +102,13 @@ class UnknownJobError(NuvomError):
 
 class LeaseLostError(NuvomError):
     """The worker's lease expired and another worker now owns the job."""
+
+
+class JobExpiredError(NuvomError):
+    """A job was not started within its ``expires_secs`` of being enqueued: it is failed
+    without running (history kind ``expired``, never retried). Why failed, not dropped or
+    cancelled: its record says what it was and why it never ran, ``nuvom retry job`` can
+    still run it, and a queue that falls behind shows up where failures are watched."""
 
 
 class JobTimeoutError(NuvomError):

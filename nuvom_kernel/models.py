@@ -78,6 +78,7 @@ class TaskOptions:
     concurrency: int | None = None  # most jobs of the task running at once, all workers
     unique: bool = False  # .delay() with equal arguments returns the unfinished job
     unique_for: float | None = None  # ... or a finished one, for this many seconds
+    expires_secs: float | None = None  # not started this long after enqueue: fail, unrun
 
     def __attrs_post_init__(self) -> None:
         if self.concurrency is not None and (type(self.concurrency) is not int
@@ -89,6 +90,9 @@ class TaskOptions:
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         # (`not a < x < b`: also refuses NaN, which every comparison calls false)
+        if self.expires_secs is not None and not 0 < self.expires_secs < math.inf:
+            raise ValueError(f"expires_secs must be a finite number > 0, or None for no "
+                             f"expiry; got {self.expires_secs}")
         if self.timeout_secs is not None and not 0 < self.timeout_secs < math.inf:
             raise ValueError(f"timeout_secs must be a finite number > 0, or None for no "
                              f"limit; got {self.timeout_secs}")

@@ -150,6 +150,7 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         job_id: str | None = None,
         eta: datetime | None = None,
+        expires_secs: float | None = None,
     ) -> Job[R]:
         """Like :meth:`delay`, with per-call routing (a start delay or an ``eta``, a queue,
         a priority) and an optional ``job_id`` of your own: a job id names one job for its
@@ -167,6 +168,8 @@ class Task(Generic[P, R]):
         :param eta: a timezone-aware datetime before which the job does not start, at most
             9999-12-31 23:59:59 UTC (any year a ``datetime`` holds; PostgreSQL's bound).
         :param priority: a whole number from -2**31 to 2**31-1, higher runs first.
+        :param expires_secs: this job's own ``@task(expires_secs=)``: failed without running
+            if not started this many seconds after now; it must be longer than the delay.
         """
         if not isinstance(args, (list, tuple)):  # a str ran task('a', 'b', 'c'), a dict
             raise TypeError(  # its keys: Celery refuses these too
@@ -181,6 +184,15 @@ class Task(Generic[P, R]):
                 raise ValueError("give apply_async() delay_secs= or eta=, not both")
             at = _check_eta(eta)
         options = self.options
+        if expires_secs is not None:
+            _check_option_types({"expires_secs": expires_secs})
+            options = attrs.evolve(options, expires_secs=expires_secs)
+        wait = delay_secs if at is None else at - time.time()
+        if options.expires_secs is not None and wait >= options.expires_secs:
+            raise ValueError(
+                f"apply_async(): the job would expire before it may start (it waits "
+                f"{wait:.3g} s, expires_secs is {options.expires_secs:.3g}); give a longer "
+                "expires_secs (counted from now) or a shorter delay")
         if queue is not None or priority is not None:
             options = attrs.evolve(options, queue=options.queue if queue is None else
                                    check_queue(queue, "apply_async(queue=...)"),
@@ -274,7 +286,7 @@ PRIORITY_MIN, PRIORITY_MAX = -2**31, 2**31 - 1
 #: ``@task`` options by the kind of value they take (``None`` allowed where it is listed).
 _FLAGS = ("jitter", "store_result", "unique")
 _DURATIONS = {"retry_delay_secs": True, "timeout_secs": True, "unique_for": True,
-              "backoff_max_secs": False}  # option -> None allowed
+              "expires_secs": True, "backoff_max_secs": False}  # option -> None allowed
 
 
 def _check_option_types(options: dict[str, Any]) -> None:
@@ -402,6 +414,7 @@ def task(
     concurrency: int | None = None,
     unique: bool = False,
     unique_for: float | None = None,
+    expires_secs: float | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -429,6 +442,10 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
     - ``concurrency``: at most this many jobs of the task run at once, across all workers.
     - ``unique``: ``.delay()`` with equal arguments returns the unfinished job;
       ``unique_for`` also returns a finished one for that many seconds.
+    - ``expires_secs``: a job not started this many seconds after it was enqueued is
+      failed without running (``JobExpiredError``): a notification that would arrive too
+      late, a cache refresh a newer one replaced. Only its first start is checked: a job
+      that started once (its worker died) runs again as at-least-once delivery says.
     """
     schedule = {k: options.pop(k) for k in _SCHEDULE_OPTIONS if k in options}
     if options.get("unique_for") is not None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope, EnvelopeVersionError
 from nuvom_kernel.errors import (
+    JobExpiredError,
     JobTimeoutError,
     NuvomError,
     SerializationError,
@@ -129,6 +130,12 @@ class JobRunner:
         running = Running(job, lease, envelope, threading.current_thread(), started_at,
                           started_mono, None if deadline is None or slack is None
                           else deadline + slack, extended_at=started_mono)
+        expires = job.options.expires_secs
+        # the message's enqueue: a workflow step's, when its parents released it
+        if expires is not None and lease.deliveries == 1 \
+                and started_at > message.created_at + expires:
+            self._expire(running, expires)
+            return None
         self.running[job.id] = running
         if deadline is not None:
             self.monitor.wake()
@@ -270,6 +277,21 @@ class JobRunner:
         if settlement.retry_in is not None:
             events.emit(self.kernel.pm, "nuvom_on_retry", job=job, error=exc,
                         delay_secs=settlement.retry_in)
+
+    def _expire(self, running: Running, expires: float) -> None:
+        """Fail a job that waited past its ``expires_secs`` without running it. Settled like
+        any failure, but without the execute hooks: nothing was executed (observers still
+        see its outcome through ``nuvom_after_settle``)."""
+        job = running.job
+        exc = JobExpiredError(
+            f"job {job.id} ({job.task}) was not started within its expires_secs of "
+            f"{expires:.3g} s (it waited "
+            f"{running.started_at - running.lease.message.created_at:.3g} s since it was "
+            "enqueued), so it never ran; `nuvom retry job` enqueues it again (its expiry "
+            "counts from then)")
+        running.decide()
+        self.settler.submit(self.settler.failure(running, exc, "", kind="expired"))
+        log.info("job=%s: %s", job.id, exc)
 
     def _leave_for_newer(self, lease: Lease, exc: EnvelopeVersionError) -> None:
         """Put back, for :data:`NEWER_RELEASE_SECS`, a job a newer release enqueued.

@@ -33,6 +33,7 @@ import attrs
 from nuvom_kernel import events
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import (
+    JobExpiredError,
     NoRetry,
     NuvomError,
     Retry,
@@ -598,7 +599,8 @@ class Settler:
         envelope.history.append(entry)
         job.history = list(envelope.history)
         job.error_type, job.error, job.traceback = qualname(exc), message, tb
-        retryable = not isinstance(exc, UnknownTaskError | SerializationError | NoRetry)
+        retryable = not isinstance(exc, UnknownTaskError | SerializationError | NoRetry
+                                   | JobExpiredError)
         status = (JobStatus.RETRYING if retryable and job.failures <= job.options.retries
                   else JobStatus.FAILED)
         job.status = status
