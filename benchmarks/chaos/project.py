@@ -115,6 +115,7 @@ class Project:
         self.root.mkdir(parents=True, exist_ok=True)
         self.backend = backend
         self.queue_backend = queue_backend or backend
+        self.visibility = visibility
         self.log_path = self.root / LOG_NAME
         self.log = ExecLog(self.log_path)
         self.workers: list[WorkerProc] = []

@@ -51,6 +51,8 @@ class LeaseMonitor:
         self._cv = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._failed_rounds = 0  # extension rounds failed in a row
+        self._failure_logged_at = float("-inf")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="nuvom-monitor", daemon=True)
@@ -110,9 +112,19 @@ class LeaseMonitor:
                     due = [r for r in due if r.lease.id in self.running]  # not settled since
                     held = self.queue.extend_many([r.lease for r in due], self.visibility)
             except Exception as exc:  # retried next round, well before the leases expire
-                log.error("queue backend %r failed to extend %d lease(s) (%r); retrying",
-                          self.queue.name, len(due), exc)
+                # said at once, then once a minute: a disk full for an hour logged it twice
+                # a second
+                self._failed_rounds += 1
+                if now - self._failure_logged_at >= 60.0:
+                    self._failure_logged_at = now
+                    log.error("queue backend %r failed to extend %d lease(s) (%r; %d failed "
+                              "round(s) in a row); retrying every 0.5 s", self.queue.name,
+                              len(due), exc, self._failed_rounds)
                 return min(wake, now + 0.5)
+            if self._failed_rounds:
+                log.warning("queue backend %r extends leases again, after %d failed "
+                            "round(s)", self.queue.name, self._failed_rounds)
+                self._failed_rounds, self._failure_logged_at = 0, float("-inf")
             for running, ok in zip(due, held, strict=True):
                 running.extended_at = now
                 if ok:

@@ -283,15 +283,18 @@ class Worker:
             self.processes.stop(force=not clean)
         if self.aio is not None:  # what is still on the loop was given up: cancel it
             self.aio.stop()
-        self.settler.stop(max(5.0, join_deadline - time.monotonic()))  # settle what finished
+        # settle what finished; the store may refuse it (down, a full disk): then the stop is
+        # not clean either, since those jobs run again (each is named in the log)
+        recorded = self.settler.stop(max(5.0, join_deadline - time.monotonic()))
         self.monitor.stop()  # it kept extending leases until everything settled
         self.heartbeat.stop()
         self.expiry.stop()
         self.signals.emit_lifecycle("nuvom_worker_shutdown")
         self.signals.disarm()
-        log.info("worker %s stopped: %d jobs processed (%d failed)%s", self.origin,
-                 self.processed, self.failed, "" if clean else ", running jobs abandoned")
-        return 0 if clean else 1
+        log.info("worker %s stopped: %d jobs processed (%d failed)%s%s", self.origin,
+                 self.processed, self.failed, "" if clean else ", running jobs abandoned",
+                 "" if recorded else ", outcomes not recorded (those jobs will run again)")
+        return 0 if clean and recorded else 1
 
     def _give_back(self, abandoned: list[Running]) -> None:
         """Expire the abandoned jobs' leases now, so they run again at once elsewhere and
@@ -366,6 +369,11 @@ class Worker:
                 continue
             if self._stopping.is_set():
                 return
+            if not self.settler.storing.is_set():
+                # The store refuses outcomes (down, or a full disk): a job run now could not
+                # be recorded, and would hold its lease until it can. Claim once one lands.
+                self.settler.storing.wait(0.2)
+                continue
             try:
                 leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)
                 failures = 0

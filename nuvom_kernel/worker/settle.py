@@ -75,10 +75,11 @@ LINGER_SECS = 0.002
 LINGER_BATCH = 128
 _linger = time.sleep  # the linger's wait (tests record it instead)
 #: A batch the store failed to take is tried again after these pauses (doubling up to the
-#: last), for as long as its leases last: see :meth:`Settler._land_patiently`.
+#: last), for as long as this worker holds its leases: see :meth:`Settler._land_patiently`.
 RETRY_PAUSES = (0.05, 0.1, 0.2, 0.5, 1.0)
-#: Tries stop this long before the batch's first lease expires (a try that lands later is
-#: refused by fencing anyway, and the job is another worker's to run).
+#: This long before the batch's first lease expires, the settler extends the leases itself
+#: (or learns they are lost: a try that lands later is refused by fencing anyway, and the
+#: job is another worker's to run).
 RETRY_MARGIN_SECS = 0.5
 
 
@@ -181,6 +182,15 @@ class Settler:
         #: not ``Thread.is_alive()``: two Python calls and a lock per job).
         self._threaded = False
         self._late_lock = threading.Lock()
+        #: Cleared while the store refuses whole batches of outcomes (it is down, or its
+        #: disk is full); set again once one lands. The dispatcher claims nothing while it
+        #: is clear: a job run then only adds an outcome that cannot be kept.
+        self.storing = threading.Event()
+        self.storing.set()
+        #: Set by :meth:`stop` when the thread outlived its time: stop trying the batch.
+        self._give_up = threading.Event()
+        #: Outcomes given up unrecorded so far (their jobs run again).
+        self.unrecorded = 0
 
     # --- the thread -------------------------------------------------------------------------
 
@@ -189,15 +199,25 @@ class Settler:
         self._thread.start()
         self._threaded = True
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float) -> bool:
         """Settle what was submitted, then end the thread; what reached the inbox behind its
-        end marker is settled here, once the thread is gone."""
+        end marker is settled here, once the thread is gone. ``False`` if an outcome was
+        left unrecorded meanwhile (logged, with its job's id: it runs again).
+
+        Why it can give up: a store that refuses outcomes (down, a full disk) kept the
+        thread trying past ``timeout``, and the process exited under it with status 0,
+        saying nothing of the finished jobs whose outcomes were lost."""
+        before = self.unrecorded
         thread = self._thread
         if thread is not None:
             self._threaded = False  # from now on, submit() settles in its caller
             self._inbox.put(None)
             thread.join(timeout)
+            if thread.is_alive():  # still retrying a batch: its next pause ends the tries
+                self._give_up.set()
+                thread.join(max(RETRY_PAUSES) + 5.0)
             self._settle_late()
+        return self.unrecorded == before and not (thread is not None and thread.is_alive())
 
     def submit(self, settlement: Settlement) -> None:
         """Settle soon on the settler thread — or right here when it is not running (one job
@@ -303,29 +323,67 @@ class Settler:
         """
         pauses = iter(RETRY_PAUSES)
         deadline: float | None = None
+        lost: list[Settlement] = []  # leases found lost while trying: never landed
         while True:
             with self.lease_lock:
                 again = False
                 try:
                     settled, landed = self._land(batch)
                 except _NotStored as exc:
+                    self.storing.clear()
                     if deadline is None:  # the first lease to expire, less a margin
                         deadline = min(item.lease.expires_at for item in batch)
                         deadline -= RETRY_MARGIN_SECS
                     pause = next(pauses, RETRY_PAUSES[-1])
-                    again = patiently and time.time() + pause < deadline
+                    again = patiently and not self._give_up.is_set()
+                    if again and time.time() + pause >= deadline:
+                        batch, gone, deadline = self._hold(batch)
+                        lost += gone
+                        again = bool(batch)
                     if not again:
-                        self._unrecorded(batch, exc.error)
+                        if batch:
+                            self._unrecorded(batch, exc.error)
                         settled, landed = batch, [False] * len(batch)
                     elif pause == RETRY_PAUSES[0]:
-                        log.warning("storing %d job outcome(s) failed (%r); trying again for "
-                                    "up to %.1f s, while their leases last", len(batch),
-                                    exc.error, deadline - time.time())
+                        log.warning("storing %d job outcome(s) failed (%r); trying again "
+                                    "while this worker holds their leases (it claims no new "
+                                    "job meanwhile)", len(batch), exc.error)
                 if not again:
+                    self.storing.set()  # landed, or given up: claims may go on
+                    settled, landed = [*settled, *lost], [*landed, *([False] * len(lost))]
                     for item, ok in zip(settled, landed, strict=True):
                         self.on_settled(item, ok)  # forgotten before the monitor looks again
                     return settled, landed
             time.sleep(pause)
+
+    def _hold(self, batch: Sequence[Settlement]
+              ) -> tuple[list[Settlement], list[Settlement], float]:
+        """Extend the leases of a batch still waiting for its store: the settlements whose
+        leases this worker still holds, those it lost, and when to extend again.
+
+        Why not give up at the first lease's expiry: a store that takes small writes but
+        not a batch of records (a full disk takes a lease extension in place, not 64 results
+        of 100 KB) left every such job to run again at each lease, until the delivery limit
+        recorded it FAILED as if its worker had crashed, though each run had succeeded.
+        A queue that cannot extend them either (the same full disk) loses none of them by
+        that: a lease that expired is still this worker's until another claims it, and the
+        outcome lands once the store takes it (fencing refuses it if another worker took
+        the job meanwhile). So only leases the queue says are gone are given up."""
+        leases = [item.lease for item in batch]
+        try:
+            held = self.queue.extend_many(leases, self.queue.visibility_timeout_secs)
+        except Exception as exc:
+            log.warning("could not extend %d lease(s) whose outcomes wait for the store "
+                        "(%r); their outcomes are still tried: each lands unless another "
+                        "worker claimed its job meanwhile", len(leases), exc)
+            held = [True] * len(leases)
+        kept = [item for item, ok in zip(batch, held, strict=True) if ok]
+        gone = [item for item, ok in zip(batch, held, strict=True) if not ok]
+        if gone:
+            self._unrecorded(gone, RuntimeError("their leases were lost while the store "
+                                                "refused their outcomes"))
+        return kept, gone, time.time() + self.queue.visibility_timeout_secs \
+            - RETRY_MARGIN_SECS
 
     def _land(self, batch: Sequence[Settlement], substitute: bool = False,
               rebase: bool = True) -> tuple[Sequence[Settlement], list[bool]]:
@@ -523,8 +581,8 @@ class Settler:
         lost = {i for i, ok in zip(lapsed, held, strict=True) if not ok}
         return [i for i in range(len(batch)) if i not in lost]
 
-    @staticmethod
-    def _unrecorded(batch: Sequence[Settlement], exc: Exception) -> None:
+    def _unrecorded(self, batch: Sequence[Settlement], exc: Exception) -> None:
+        self.unrecorded += len(batch)
         log.error("%d job outcome(s) could not be recorded (%r); not acked, they will run "
                   "again after the visibility timeout: %s", len(batch), exc,
                   " ".join(f"job={item.lease.id}" for item in batch))

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,10 +89,11 @@ def _check_enqueue_refused(out: Outcome, project: Project, kernel: Kernel, label
                                    "stored")
 
 
-def _unrecorded_line(worker: WorkerProc, job_id: str) -> str:
-    """The worker's log line saying ``job_id``'s outcome could not be recorded, if any."""
+def _held_line(worker: WorkerProc) -> str:
+    """The worker's log line saying the store refused outcomes it keeps trying, if any."""
     return next((line for line in worker.output().splitlines()
-                 if job_id in line and "could not" in line and "record" in line), "")
+                 if "storing" in line and "failed" in line and "holds their leases" in line),
+                "")
 
 
 def backend_named(exc: Exception, project: Project) -> bool:
@@ -108,9 +110,10 @@ def _visible(project: Project) -> int:
 def _outcome_while_full(project: Project, ids: list[str], fill: Fill
                         ) -> tuple[WorkerProc, str, int]:
     """A worker whose result cannot be written: the gated job is running when the storage
-    fills, finishes while it is full, and must stay unacked until there is room again.
-    Returns the worker, the gated job, and how many runs of it the execution log showed when
-    the worker reported the outcome it could not record."""
+    fills and finishes while it is full; the worker holds its outcome (unacked, its lease
+    kept) past several visibility timeouts and stores it once there is room, so the job
+    never runs again. Returns the worker, the gated job, and how many runs of it the
+    execution log showed just before the room came back."""
     gated = project.enqueue("gated", [(0, "gate-disk")])[0]
     worker = project.start_worker(2)
     project.wait_succeeded(len(ids), 60, settled=False)
@@ -118,20 +121,23 @@ def _outcome_while_full(project: Project, ids: list[str], fill: Fill
              "the gated job to start")
     free = fill()
     (project.root / "gate-disk").touch()
-    wait_for(lambda: _unrecorded_line(worker, gated), 30,
-             "the worker to report the outcome it could not record")
+    wait_for(lambda: _held_line(worker), 30,
+             "the worker to say it keeps the outcome the store refused")
+    full_since = time.monotonic()  # the point is time passing: leases expire meanwhile
+    wait_for(lambda: time.monotonic() > full_since + 3 * project.visibility, 60,
+             "three visibility timeouts with the storage full")
     runs = project.log.refresh().executions(gated)
     free()
-    project.killed.add(worker.pid)  # its unrecorded run is expected to be repeated
-    project.wait_succeeded(len(ids) + 1, 60, "the unrecorded job to run again")
+    project.wait_succeeded(len(ids) + 1, 60, "the held outcome to be stored")
     return worker, gated, runs
 
 
 def scenario_disk(base: Path, backend: str, sizes: Sizes) -> Outcome:
     """A full disk and a read-only data dir: ``.delay()`` raises a clear error and stores
-    nothing; a worker that cannot record an outcome does not ack (the job runs again once
-    there is room) and logs why. Real tmpfs and read-only bind mounts where the backend keeps
-    its data locally and we may mount; a fault-injecting backend wrapper otherwise."""
+    nothing; a worker that cannot record an outcome does not ack, holds it (and its lease)
+    until there is room, and logs why: the job runs once. Real tmpfs and read-only bind
+    mounts where the backend keeps its data locally and we may mount; a fault-injecting
+    backend wrapper otherwise."""
     if profile(backend).local_disk and _can_mount() and os.environ.get("CHAOS_DISK") != "hook":
         return _disk_for_real(base, backend, sizes)
     return _disk_by_hook(base, backend, sizes)
@@ -161,18 +167,17 @@ def _disk_for_real(base: Path, backend: str, sizes: Sizes) -> Outcome:
             _check_enqueue_refused(out, project, project.kernel(), "disk full", before)
             free()
             worker, gated, runs = _outcome_while_full(project, ids, fill)
-            out.check(runs == 1,
-                      "the job ran again while its first outcome was unrecorded and unacked")
+            out.check(runs == 1, "the job ran again while its outcome waited for room")
             records = project.judge(out, [*ids, gated])
             record = records[gated]
-            out.check(record is not None and record.attempts >= 2
-                      and project.log.executions(gated) >= 2,
-                      f"the job whose outcome could not be recorded shows attempts="
+            out.check(record is not None and record.attempts == 1
+                      and project.log.executions(gated) == 1,
+                      f"the job whose outcome waited for room shows attempts="
                       f"{getattr(record, 'attempts', None)}, runs="
-                      f"{project.log.executions(gated)}; expected a second delivery")
-            line = _unrecorded_line(worker, gated)
+                      f"{project.log.executions(gated)}; expected one run, stored late")
+            line = _held_line(worker)
             out.check(any(w in line.lower() for w in _STORAGE_WORDS),
-                      f"the worker's log does not say why the outcome was lost: {line!r}")
+                      f"the worker's log does not say why the outcome waits: {line!r}")
             stop_all(project, out)
             out.check(not project.kernel().queue.stats().quarantined,
                       "a half-written entry was quarantined after the disk filled")
@@ -268,10 +273,11 @@ def _disk_by_hook(base: Path, backend: str, sizes: Sizes) -> Outcome:
                 free()
             finally:
                 producer.close()
-            _, gated, _ = _outcome_while_full(project, ids, fill)
+            _, gated, runs = _outcome_while_full(project, ids, fill)
             records = project.judge(out, [*ids, gated])
-            out.check(getattr(records[gated], "attempts", 0) >= 2,
-                      "the job whose outcome could not be recorded did not run again")
+            out.check(runs == 1 and getattr(records[gated], "attempts", 0) == 1,
+                      f"the job whose outcome waited for room ran {runs} time(s), attempts="
+                      f"{getattr(records[gated], 'attempts', None)}; expected once")
             stop_all(project, out)
         finally:
             os.environ.pop("CHAOS_DISK_FLAG", None)
