@@ -95,3 +95,11 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections and file handles."""
+
+    def check_writable(self) -> None:  # noqa: B027 - optional, most stores open for writing
+        """Raise a :class:`~nuvom_kernel.errors.NuvomError` naming what a worker could not
+        write (a read-only folder, another user's files). Called once by a worker as it
+        opens its stores, before it leases anything; never by the reading commands
+        (``nuvom status``, ``inspect``, ``history``), so a store may open read-only for them
+        and a worker still refuses to start there, in one line, instead of failing every
+        claim. The default checks nothing."""

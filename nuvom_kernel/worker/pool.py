@@ -211,6 +211,8 @@ class Worker:
         traceback every 2 s by a worker that never stopped."""
         self.queue.peek_state(_NO_JOB)
         self.settler.results.get(_NO_JOB)
+        self.queue.check_writable()
+        self.settler.results.check_writable()
 
     def _prepare_plugins(self) -> None:
         pm = self.kernel.pm

@@ -464,6 +464,7 @@ def test_push_that_died_before_its_commit_frees_its_ids(
     monkeypatch.setattr(layout_module.os, "rename", die_at_commit)
     monkeypatch.setattr(layout_module.shutil, "rmtree", lambda *a, **k: None)  # as if killed
     monkeypatch.setattr(layout_module.Path, "unlink", lambda *a, **k: None)
+    monkeypatch.setattr(layout_module.Layout, "_unlink_markers", lambda *a, **k: None)
     with pytest.raises(SystemExit):
         queue.enqueue_many([msg(f"m{i}") for i in range(3)])
     with pytest.raises(SystemExit):

@@ -8,12 +8,14 @@ that happens later (a bad disk, a hand edit).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import uuid
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,16 @@ from nuvom_kernel.envelope import task_of_body
 from nuvom_kernel.models import Message
 
 __all__ = [
+    "UNWRITABLE",
     "CorruptEntry",
+    "create_missing",
     "decode_message",
     "encode_message",
     "encode_name",
     "fsync_dir",
     "hashed",
+    "open_lock",
+    "probe_writable",
     "read_queue_name",
     "write_new_file",
 ]
@@ -35,6 +41,9 @@ _MAGIC = b"NVQ1 "
 _SAFE = re.compile(r"[A-Za-z0-9_-]*")
 _MAX_NAME_PART = 96
 TMP_PREFIX = ".tmp-"
+#: ``errno`` values saying this process may not write where it tried (a read-only mount,
+#: another user's folder): what a look at an existing store can live with.
+UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 class CorruptEntry(ValueError):
@@ -201,3 +210,53 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def create_missing(path: Path) -> None:
+    """Create the empty file ``path`` unless something is there already.
+
+    Why not ``Path.touch``: that writes the mtime of a file that exists, which needs write
+    access, so opening a store on a read-only mount (or another user's) failed for a file it
+    did not have to change. ``O_EXCL`` reports a file that exists as ``EEXIST`` even on a
+    read-only file system (checked before ``EROFS``), so only a missing file needs a write.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        pass
+
+
+def open_lock(path: Path) -> int:
+    """A descriptor to ``flock`` on the lock file ``path``, created if missing.
+
+    Read-write when this process may write it; else, if the file exists, read-only:
+    ``flock(2)`` needs no write access, and a process that may only read the store (a
+    read-only mount, ``nuvom status`` run by another user) must still be able to open it to
+    look. Whatever writes then fails where it writes, naming the file.
+    """
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE:
+            raise
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            raise exc from None  # missing too: creating it is what failed
+
+
+def probe_writable(directories: Iterable[Path]) -> None:
+    """Create and delete an empty temp file in each of ``directories``.
+
+    Why try instead of asking (``access(2)``, ``statvfs``): the attempt fails exactly as the
+    real writes would, with the system's own reason; a temp file is invisible to every
+    listing, and one left by a kill is swept.
+
+    :raises OSError: for the first directory that cannot be written, naming the directory
+        (not the temp file, a name the user never saw).
+    """
+    for directory in directories:
+        try:
+            write_new_file(directory, b"", fsync=False).unlink()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, os.fspath(directory)) from exc

@@ -30,9 +30,13 @@ from pathlib import Path
 from nuvom_kernel.models import Message
 from nuvom_plugins.file._fs import (
     TMP_PREFIX,
+    UNWRITABLE,
+    create_missing,
     encode_message,
     encode_name,
     fsync_dir,
+    open_lock,
+    probe_writable,
     write_new_file,
 )
 from nuvom_plugins.file._names import SEQ, Name, bump, listdir, parse, sortkey, us
@@ -48,27 +52,49 @@ class Layout:
     """One queue directory (see the layout in :mod:`nuvom_plugins.file.queue`)."""
 
     def __init__(self, path: Path, *, fsync: bool) -> None:
+        """Open the queue directory ``path``, creating what is missing of it.
+
+        Only what is missing is written: a complete directory opens on a read-only mount,
+        or for a user who may only read it, so that ``nuvom status`` and ``inspect`` can
+        look at it (whatever writes then fails where it writes; a worker checks first, see
+        :meth:`check_writable`).
+
+        :raises OSError: a folder or file of the layout cannot be created or opened; the
+            queue backend turns it into an error naming its setting.
+        """
         self.path = path
         self.fsync = fsync
         self.dirs = {kind: path / kind for kind in KINDS}
         for directory in self.dirs.values():
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(parents=True, exist_ok=True)  # EEXIST comes before EROFS
         self.ids = path / "ids"
         self.markers = {"ready": path / ".ready-marker", "delayed": path / ".delayed-marker"}
-        for marker in self.markers.values():
-            marker.touch(exist_ok=True)
+        self.leased_marker = path / ".leased-marker"
+        for marker in (*self.markers.values(), self.leased_marker):
+            create_missing(marker)
         self._swept_at = 0.0
         self._unfreed: set[str] = set()  # encoded ids whose markers may be orphans
         self._unfreed_lock = threading.Lock()
         self._thread_lock = threading.Lock()  # flock does not exclude threads sharing an fd
-        self._lock_fd = os.open(path / ".push-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = open_lock(path / ".push-lock")
         self._lock_pid = os.getpid()
         if not self.ids.is_dir():
-            self._register_existing()
+            try:
+                self._register_existing()
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
+
+    def check_writable(self) -> None:
+        """Try a write in every folder a worker writes (:func:`probe_writable`).
+
+        :raises OSError: naming the first folder that cannot be written.
+        """
+        probe_writable((self.path, *self.dirs.values(), self.ids))
 
     # --- the id registry ------------------------------------------------------------------
 
@@ -81,8 +107,7 @@ class Layout:
             return
         try:
             if self._lock_pid != os.getpid():  # forked: the inherited fd is the parent's lock
-                self._lock_fd = os.open(self.path / ".push-lock", os.O_RDWR | os.O_CREAT,
-                                        0o644)
+                self._lock_fd = open_lock(self.path / ".push-lock")
                 self._lock_pid = os.getpid()
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -128,7 +153,28 @@ class Layout:
         the message is leased and so its marker is live and ours)."""
         link = self.ids / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
         os.link(message_file, link)
-        os.replace(link, self.ids / key)
+        try:
+            os.replace(link, self.ids / key)
+        except BaseException:  # a link left here would hold the message's bytes for an hour
+            with contextlib.suppress(OSError):
+                os.unlink(link)
+            raise
+
+    def _unlink_markers(self, linked: Iterable[tuple[Path, str]]) -> None:
+        """Delete the markers a failed push linked, ``(staged file, encoded id)`` each,
+        before its staged files go (push lock held).
+
+        Why: a marker is a hard link, so one left behind keeps its whole message on disk. A
+        ``.map()`` refused for lack of space left its markers, the disk stayed full, and
+        every later ``.delay()`` failed too until a worker's ten-minute sweep, although the
+        error said nothing was enqueued. Only markers still linked to this push's own files
+        go: no other pusher can link one while we hold the lock, and one that anything else
+        pointed elsewhere meanwhile (a retry rewriting a leased message of that id) stays."""
+        for staged, key in linked:
+            marker = self.ids / key
+            with contextlib.suppress(OSError):  # gone, or not ours: leave it
+                if os.path.samestat(os.stat(marker), os.stat(staged)):
+                    os.unlink(marker)
 
     def _register_existing(self) -> None:
         """A queue directory from before the id registry: link every message it holds, so
@@ -159,8 +205,10 @@ class Layout:
         All or none: one message is one rename; a batch is written into a private staging
         directory and committed by renaming that directory into ``batches/``, after which
         its files are moved into place by the pusher (or, if it died, by the next claim).
-        Markers are linked to the staged files before the commit; a pusher that dies
-        before it leaves them orphaned once the next push clears ``staging/``.
+        Markers are linked to the staged files before the commit; a push that fails before
+        it (no space, say) deletes its markers and files before it raises, so nothing of it
+        is left, disk space included; a pusher that dies before it leaves them orphaned
+        once the next push clears ``staging/``.
         """
         stored: list[bool] = []
         with self.push_lock():
@@ -211,24 +259,32 @@ class Layout:
                     fsync_dir(self.ids)
                 os.rename(tmp, self.dirs[kind] / final)  # the commit point
             except BaseException:
-                tmp.unlink(missing_ok=True)  # its marker is an orphan now: the id is free
+                self._unlink_markers([(tmp, key)])  # the id is free, its bytes too
+                tmp.unlink(missing_ok=True)
                 raise
             self.published({kind})
             return None
         batch = f"{os.getpid()}-{uuid.uuid4().hex}"
         staging = self.dirs["staging"] / batch
+        linked: list[tuple[Path, str]] = []  # (staged file, key): markers this call made
         try:
             for kind in ("ready", "delayed"):
                 (staging / kind).mkdir(parents=True)
             for kind, final, key, message in named:
                 tmp = write_new_file(staging / kind, encode_message(message), fsync=self.fsync)
-                os.rename(tmp, staging / kind / final)
-                self._link_marker(staging / kind / final, key)
+                staged = staging / kind / final
+                os.rename(tmp, staged)
+                self._link_marker(staged, key)
+                linked.append((staged, key))
             if self.fsync:
                 for directory in (staging / "ready", staging / "delayed", staging, self.ids):
                     fsync_dir(directory)
             os.rename(staging, self.dirs["batches"] / batch)  # the commit point
         except BaseException:
+            # All or none, space included: the markers first (each still holds its file's
+            # bytes), then the files. Once committed, the staged paths are gone and the
+            # markers stay, with the batch.
+            self._unlink_markers(linked)
             shutil.rmtree(staging, ignore_errors=True)
             raise
         if self.fsync:
@@ -270,9 +326,18 @@ class Layout:
         self.published(used)
 
     def drain_committed(self) -> None:
-        """Finish batches whose pusher died between its commit and its moves."""
+        """Finish batches whose pusher died between its commit and its moves.
+
+        A process that may not write the queue (a read-only mount) leaves them committed for
+        a writer to finish: it is only looking (``status``, ``inspect``), and a look must
+        not fail over moves it cannot make."""
         for batch in listdir(self.dirs["batches"]):
-            self.drain(batch)
+            try:
+                self.drain(batch)
+            except OSError as exc:
+                if exc.errno not in UNWRITABLE:
+                    raise
+                return
 
     def published(self, kinds: set[str]) -> None:
         for kind in kinds:

@@ -71,15 +71,23 @@ class Slots:
             os.close(fd)
 
     def running(self, task: str, now: float, live: set[str] | None = None) -> int:
-        """Slots of ``task`` whose lease is live; stale slots are deleted on the way."""
+        """Slots of ``task`` whose lease is live; stale slots are deleted on the way.
+
+        A count writes nothing it must: a task without slots yet has no folder (none is
+        made), and a stale slot that cannot be deleted (a read-only look, ``nuvom status``
+        on a read-only mount) counts as free all the same and is left for a writer."""
         live = self.live_tokens(now) if live is None else live
         count = 0
-        directory = self._dir(task)
-        for token in listdir(directory):
+        directory = self.root / encode_name(task)
+        try:
+            tokens = listdir(directory)
+        except FileNotFoundError:
+            return 0
+        for token in tokens:
             if token in live:
                 count += 1
             else:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     os.unlink(directory / token)
         return count
 

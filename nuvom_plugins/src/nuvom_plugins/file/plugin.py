@@ -56,3 +56,4 @@ def nuvom_register_result_backends() -> list[type[ResultBackend]]:
 @hookimpl
 def nuvom_plugin_settings() -> dict[str, type]:
     return {"file": FileSettings}
+

@@ -115,6 +115,7 @@ from nuvom_plugins.file._names import (
     read_mark,
     us,
 )
+from nuvom_plugins.file.errors import cannot_open, cannot_write
 from nuvom_plugins.file.limits import Slots
 from nuvom_plugins.file.workflows import WorkflowFiles
 
@@ -148,12 +149,16 @@ def _rename(source: Path, target: Path) -> bool:
 class FileJobQueue(QueueBackend):
     """Persistent, multi-process-safe queue in a directory of files (see module docs).
 
-    :param path: the queue directory (created if missing).
+    :param path: the queue directory (created if missing; one that exists opens read-only
+        too, for a look: see :meth:`check_writable`).
     :param fsync: fsync message files and directories on push and retry (durable across
         power loss); turn off for throwaway queues and tests.
     :param relist_interval_secs: longest time a cached listing of ``ready/`` is trusted
         without a marker change; bounds pickup after a pusher crashed between its rename
         and its marker bump.
+    :raises FileStoreUnavailableError: the directory or a file of it cannot be created or
+        opened (a :class:`~nuvom_plugins.file.errors.FileStorePathError`, a configuration
+        error, when ``path`` runs through a file); the message names the setting.
     """
 
     name = "file"
@@ -172,10 +177,12 @@ class FileJobQueue(QueueBackend):
         self.path = Path(path)
         self.fsync = fsync
         self.relist_interval_secs = relist_interval_secs
-        self._fs = Layout(self.path, fsync=fsync)
+        try:
+            self._fs = Layout(self.path, fsync=fsync)
+        except OSError as exc:  # a raw OSError was a 40-line traceback from every command
+            raise cannot_open("queue", self.path, exc) from exc
         self._dirs, self._markers = self._fs.dirs, self._fs.markers
-        self._leased_marker = self.path / ".leased-marker"
-        self._leased_marker.touch(exist_ok=True)
+        self._leased_marker = self._fs.leased_marker
         self._leased_mark: int | None = None
         self._caches = {"ready": Cache(), "delayed": Cache()}
         self._lock = threading.RLock()  # caches and the lease-scan clock
@@ -206,6 +213,22 @@ class FileJobQueue(QueueBackend):
 
     def close(self) -> None:
         self._fs.close()
+
+    def check_writable(self) -> None:
+        """Raise unless this process can write every folder a worker writes.
+
+        Why: the queue opens a directory it may only read, so that a look at it works (a
+        read-only mount, another user's queue), but a worker that started there logged a
+        traceback at every claim for ever. A worker calls this as it opens its stores
+        (:meth:`~nuvom_kernel.spi.Backend.check_writable`): it refuses to start, in one
+        line.
+
+        :raises FileStoreUnavailableError: naming the folder, the cause and the setting.
+        """
+        try:
+            self._fs.check_writable()
+        except OSError as exc:
+            raise cannot_write("queue", self.path, exc) from exc
 
     # --- push ---------------------------------------------------------------------------
 

@@ -79,8 +79,9 @@ from nuvom_kernel.models import (
 )
 from nuvom_kernel.plugin_settings import schema_of
 from nuvom_kernel.values import RESULT_TTL_SECS
-from nuvom_plugins.file._fs import write_all
+from nuvom_plugins.file._fs import open_lock, probe_writable, write_all
 from nuvom_plugins.file._workers import WorkerFiles
+from nuvom_plugins.file.errors import cannot_open, cannot_write
 from nuvom_plugins.file.schedules import ScheduleFile
 
 __all__ = ["FileResultBackend"]
@@ -125,11 +126,15 @@ def _encode(obj: dict[str, Any], job_id: str) -> bytes:
 class FileResultBackend(ResultBackend):
     """Durable job records in JSON-lines segments, safe for many processes (module docs).
 
-    :param path: the results directory (created if missing).
+    :param path: the results directory (created if missing; one that exists opens
+        read-only too, for a look: see :meth:`check_writable`).
     :param segment_max_bytes: size at which the active segment is sealed and a new one begun.
     :param fsync: fsync after every record (survives power loss; costs a disk flush per put).
     :param result_ttl_secs: finished records older than this are deleted by the workers
         (:attr:`ResultBackend.result_ttl_secs`); ``0`` keeps them until purged.
+    :raises FileStoreUnavailableError: the directory or its lock file cannot be created or
+        opened (a :class:`~nuvom_plugins.file.errors.FileStorePathError`, a configuration
+        error, when ``path`` runs through a file); the message names the setting.
     """
 
     name = "file"
@@ -149,11 +154,14 @@ class FileResultBackend(ResultBackend):
         if segment_max_bytes < 1024:
             raise ValueError(f"segment_max_bytes must be >= 1024, got {segment_max_bytes}")
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:  # only what is missing is written: reading needs no write access
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = open_lock(self.path / ".lock")
+        except OSError as exc:  # a raw OSError was a 40-line traceback from every command
+            raise cannot_open("results", self.path, exc) from exc
         self.segment_max_bytes = segment_max_bytes
         self.fsync = fsync
         self._lock = threading.RLock()
-        self._lock_fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         self._pid = os.getpid()
         self._exclusive = False
         self._index: dict[str, _Loc] = {}
@@ -198,6 +206,23 @@ class FileResultBackend(ResultBackend):
             self._fds.clear()
             self._wfd = None
 
+    def check_writable(self) -> None:
+        """Raise unless this process can write the folders a worker writes.
+
+        Why: the backend opens a directory it may only read, so that ``nuvom history`` and
+        ``inspect`` work on a read-only mount, but a worker there could record no outcome
+        and no heartbeat. A worker calls this as it opens its stores
+        (:meth:`~nuvom_kernel.spi.Backend.check_writable`): it refuses to start, in one
+        line.
+
+        :raises FileStoreUnavailableError: naming the folder, the cause and the setting.
+        """
+        workers = self.path / "workers"
+        try:
+            probe_writable((self.path, *([workers] if workers.is_dir() else [])))
+        except OSError as exc:
+            raise cannot_write("results", self.path, exc) from exc
+
     def schedule_states(self) -> dict[str, ScheduleState]:
         return self._schedules.states()
 
@@ -220,7 +245,7 @@ class FileResultBackend(ResultBackend):
             return
         if self._pid != os.getpid():  # forked: an inherited flock fd is shared with the parent
             os.close(self._lock_fd)
-            self._lock_fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd = open_lock(self.path / ".lock")
             self._pid = os.getpid()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         self._exclusive = exclusive
