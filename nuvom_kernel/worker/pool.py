@@ -48,7 +48,7 @@ from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.processes import ProcessPool
 from nuvom_kernel.worker.run import JobRunner, current_job
-from nuvom_kernel.worker.settle import Running, Settler, outcomes_soon
+from nuvom_kernel.worker.settle import BATCH, Running, Settler, outcomes_soon
 from nuvom_kernel.worker.signals import StopSignals
 from nuvom_kernel.worker.slots import Slots
 
@@ -65,6 +65,10 @@ POOLS = ("thread", "process", "asyncio")
 PROCESS_ONLY = ("max_tasks_per_child", "max_memory_per_child", "max_child_age_secs")
 #: How long a stop that gives up running jobs waits for the queue to take them back.
 GIVE_BACK_SECS = 2.0
+#: Most outcomes waiting for the settler before the dispatcher stops claiming: its next
+#: batch, so a store that keeps up never sees it, and one that does not (each waiting
+#: outcome holds its lease) bounds what a crash runs again.
+SETTLE_BACKLOG = BATCH
 #: The id :meth:`Worker._open_stores` looks up (a read: harmless whatever it finds).
 _NO_JOB = "nuvom worker start"
 
@@ -375,6 +379,13 @@ class Worker:
                 # The store refuses outcomes (down, or a full disk): a job run now could not
                 # be recorded, and would hold its lease until it can. Claim once one lands.
                 self.settler.storing.wait(0.2)
+                continue
+            if self.settler.backlog() >= SETTLE_BACKLOG:
+                # Outcomes arrive faster than the store takes them: each one still holds
+                # its lease, and a kill -9 runs them all again (PostgreSQL without
+                # autovacuum: 21,724 finished jobs in flight, 11,135 run twice). Claim
+                # once the settler catches up.
+                self._stopping.wait(0.005)
                 continue
             try:
                 leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)

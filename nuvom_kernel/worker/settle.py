@@ -229,6 +229,10 @@ class Settler:
         else:
             self.settle([settlement])
 
+    def backlog(self) -> int:
+        """Outcomes submitted and not yet taken into a batch (about: read without a lock)."""
+        return self._inbox.qsize()
+
     def _settle_late(self) -> None:
         """Settle what waits in the inbox once the thread has ended (else it still will):
         outcomes submitted as it stopped. Whoever takes an outcome settles it, once."""
