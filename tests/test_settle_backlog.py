@@ -76,5 +76,5 @@ def test_a_slow_settle_bounds_the_jobs_a_worker_holds(project: Path) -> None:
     finally:
         worker.send_signal(signal.SIGINT)
         worker.wait(60)
-    assert peak > PREFETCH, (project / "worker.log").read_text()[-2000:] + f"the settle was never behind (peak {peak}): the test shows nothing"
+    assert peak > PREFETCH, f"the settle was never behind (peak {peak}): it shows nothing"
     assert peak <= bound, f"the worker held {peak} leases, over {bound}"

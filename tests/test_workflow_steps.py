@@ -372,3 +372,30 @@ def test_an_empty_chain_and_a_group_of_a_non_iterable_are_refused_clearly(
     with use_kernel(kernel), pytest.raises(ValueError, match="no steps"):
         Chain(()).delay()  # built by hand, past chain()
     assert kernel.queue.qsize() == 0 and kernel.queue.waiting_steps() == 0
+
+
+def test_a_step_retried_in_its_workflow_reads_queued_until_it_runs(cluster: Cluster):
+    """After `nuvom workflow retry`, the re-opened failed step read FAILED and `get()` raised
+    its old error at once, until a worker settled the new run: the last run's terminal
+    record won over the queue."""
+    from wf_tasks import add, needs_fix  # type: ignore[import-not-found]
+
+    worker = cluster.worker("--workers", "2")
+    flow = chain(add.s(1), needs_fix.s(), add.s()).delay()
+    with pytest.raises(JobFailedError):
+        flow.get(timeout=30)
+    assert worker.stop() == 0  # nothing runs the retried steps until the next worker
+    graph = flow._graph()
+    failed, after = graph.nodes[1].id, graph.nodes[2].id
+    assert [get_job(i).status for i in (failed, after)] == [JobStatus.FAILED,
+                                                            JobStatus.CANCELLED]
+    (cluster.project / "fixed").write_text("")
+    done = run_nuvom(["workflow", "retry", flow.id], cluster.project, **cluster.environ)
+    assert done.returncode == 0, done.stderr
+    step = get_job(failed)
+    assert (step.status, step.run) == (JobStatus.QUEUED, 2), (step.status, step.run)
+    with pytest.raises(TimeoutError):
+        step.get(timeout=0.2)  # waits for the new run, not the old error
+    cluster.worker("--workers", "2")
+    assert flow.get(timeout=30) == 5
+    assert get_job(failed).status is JobStatus.SUCCEEDED

@@ -401,6 +401,7 @@ def test_inspect_and_retry_rerun_the_failed_part_keeping_succeeded_results(clust
     assert failed["duration_ms"] is not None and failed["error_type"] == "RuntimeError"
     table = run_nuvom(["workflow", "inspect", wf.id], cluster.project, **cluster.environ)
     assert "needs_fix" in table.stdout and "FAILED" in table.stdout
+    assert failed["id"] in table.stdout, "the table's ids must be ones `retry --from` takes"
 
     (cluster.project / "fixed").write_text("")
     done = run_nuvom(["workflow", "retry", wf.id], cluster.project, **cluster.environ)

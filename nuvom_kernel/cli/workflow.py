@@ -85,10 +85,10 @@ def inspect_workflow(workflow_id: str, as_json: bool) -> None:
     click.echo(f"workflow {data['id']}: {data['status']}, {data['steps']} step(s), "
                f"created {_when(data['created_at'])}"
                + (f", finished {_when(data['finished_at'])}" if data["finished_at"] else ""))
-    short = {n["id"]: n["id"][:8] for n in data["nodes"]}
-    rows = [{**n, "id": short[n["id"]],
-             "task": n["task"] + (" (finally)" if n["finally"] else ""),
-             "parents": _parents([short[p] for p in n["parents"]]),
+    # whole ids: they are what `workflow retry --from` and `inspect job` take (8-character
+    # ones were accepted by neither)
+    rows = [{**n, "task": n["task"] + (" (finally)" if n["finally"] else ""),
+             "parents": _parents(n["parents"]),
              "error": f"{n['error_type']}: {n['error_message']}" if n["error_type"] else None}
             for n in data["nodes"]]
     print_table(rows, ["id", "task", "state", "attempts", "duration_ms", "parents", "error"])

@@ -161,6 +161,8 @@ class Workflow:
             raise NuvomError(f"step {busy[0]} of workflow {self.id} is still in the queue (its "
                              "outcome is being settled); try again in a moment")
 
+        fresh: dict[str, Envelope] = {}  # the re-opened steps' next runs
+
         def next_run(bodies: dict[str, bytes]) -> dict[str, bytes]:
             out = {}
             for node_id, body in bodies.items():
@@ -170,11 +172,24 @@ class Workflow:
                 envelope.run = max(envelope.run, record.run if record else 0) + 1
                 envelope.history = []
                 out[node_id] = envelope.to_body(kernel.serializer)
+                fresh[node_id] = envelope
             return out
 
         start = None if from_node is None else [from_node]
         reopened, doomed = kernel.queue.workflow_transaction(
             lambda txn: reset(txn, self.id, start, next_run), [self.id])
+        # A step released now is QUEUED in its next run: its last run's FAILED (or
+        # CANCELLED) record was terminal, which wins over the queue, so it read FAILED and
+        # `get()` raised its old error until a worker settled the new run. Stored after
+        # the release, it cannot hide an outcome: a worker that settled the new run
+        # already holds a record this one does not supersede (fencing). A step still
+        # waiting for its parents keeps its old record until then: it may yet be doomed
+        # again, and its doomed record (run 1) must not be fenced out by a newer QUEUED one.
+        now = time.time()
+        queued = [fresh[i].record(JobStatus.QUEUED, updated_at=now) for i in reopened
+                  if i in fresh and kernel.queue.peek_state(i) is not None]
+        if queued:
+            kernel.results.put_many(queued)
         if doomed:  # re-opened beside a parent that stays failed, cancelled or skipped
             kernel.results.put_many([doomed_record(node) for node in doomed])
         return reopened
