@@ -190,8 +190,10 @@ class QueueBackend(Backend, WorkflowStore):
         return None
 
     def cancel(self, job_id: str) -> bool:
-        """Delete a message that is waiting (ready or delayed, not leased); ``True`` if it
-        was removed. A leased message is not touched: its worker decides its outcome."""
+        """Delete a message that is waiting (ready or delayed, not leased) or whose lease
+        expired (no worker holds it until one claims it again); ``True`` if it was removed.
+        A message under a live lease is not touched: its worker decides its outcome. Atomic
+        against a claim; after it, the expired lease's ``ack`` and ``extend`` are refused."""
         raise NotImplementedError(f"queue backend {self.name!r} cannot cancel jobs")
 
     def peek(self, job_id: str) -> Message | None:

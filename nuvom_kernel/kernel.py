@@ -155,8 +155,9 @@ class Kernel:
         return JobStatus.UNKNOWN, None
 
     def cancel(self, job: Job) -> bool:
-        """Cancel a job that has not started: QUEUED (or waiting for a retry) → CANCELLED,
-        and a workflow step still waiting for its parents (its graph cancels it).
+        """Cancel a job that has not started: QUEUED (or waiting for a retry, or left by a
+        worker whose lease expired) → CANCELLED, and a workflow step still waiting for its
+        parents (its graph cancels it).
 
         Returns ``False`` when the job is running, finished or unknown; a running job cannot
         be stopped from outside its thread.

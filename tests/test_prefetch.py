@@ -379,10 +379,13 @@ def test_a_store_away_for_a_moment_gets_the_same_outcomes_again(
     assert kernel.queue.qsize() == 0 and kernel.queue.stats().in_flight == 0
 
 
-def test_a_store_still_failing_is_given_up_before_the_leases_expire(
+def test_a_store_still_failing_keeps_the_leases_until_they_are_lost(
         make_kernel: Callable[..., Kernel], caplog: pytest.LogCaptureFixture):
-    """Tries stop before the first lease of the batch expires: the jobs are left to run
-    again, as before; a caller settling inline (not the settler's thread) does not wait."""
+    """Tries go on past the first lease's expiry while the settler can extend the leases (a
+    store that takes lease extensions but not records: a full disk), so no job runs again
+    meanwhile; they end, the jobs left to run again, once the leases are lost (here another
+    worker took the jobs over). A caller settling inline (not the settler's thread) does
+    not wait. Before, tries stopped at the first lease's expiry whatever the queue said."""
     kernel = make_kernel("memory", "sqlite", NUVOM_VISIBILITY_TIMEOUT_SECS="1.5")
     batch = settlements_of(kernel, 2)
     expiry = min(item.lease.expires_at for item in batch)
@@ -390,8 +393,18 @@ def test_a_store_still_failing_is_given_up_before_the_leases_expire(
     settler = Settler(kernel, kernel.queue, kernel.results, "test:1",
                       lambda settlement, landed: None)
     assert settler.settle(batch) == [False, False] and len(calls) == 1
-    assert settler.settle(batch, patiently=True) == [False, False]
-    assert len(calls) > 3, "the store was not asked again"
-    assert calls[-1] < expiry - settle_module.RETRY_MARGIN_SECS
+    landed: list[list[bool]] = []
+    patient = threading.Thread(target=lambda: landed.append(
+        settler.settle(batch, patiently=True)), daemon=True)
+    patient.start()
+    wait_until(lambda: calls[-1] > expiry + 1.0, timeout=20, what="tries past the expiry")
+    assert patient.is_alive() and not landed, "gave up while it still held the leases"
+    assert kernel.queue.stats().in_flight == 2, "the leases were let go"
+    assert not settler.storing.is_set(), "the dispatcher would go on claiming"
+    # another worker takes the jobs over: their leases are lost, the tries end
+    assert all(kernel.queue.extend_many([item.lease for item in batch], 0))
+    assert len(kernel.queue.claim(2)) == 2
+    patient.join(20)
+    assert landed == [[False, False]]
     assert "trying again" in caplog.text and "could not be recorded" in caplog.text
-    assert kernel.queue.stats().in_flight == 2, "given up: still leased, to run again"
+    assert settler.storing.is_set(), "claims may go on once the batch is given up"

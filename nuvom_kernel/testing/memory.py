@@ -354,8 +354,9 @@ class MemoryJobQueue(QueueBackend):
     def cancel(self, job_id: str) -> bool:
         with self._lock:
             entry = self._entries.get(job_id)
-            if entry is None or entry.token is not None:
-                return False  # a leased job belongs to its worker
+            if entry is None or (entry.token is not None
+                                 and entry.expires_at > time.time()):
+                return False  # a live lease's job belongs to its worker; an expired one waits
             self._delete(job_id)
             return True
 

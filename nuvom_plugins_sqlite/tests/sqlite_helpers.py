@@ -4,8 +4,12 @@ their own ``conftest.py`` and may run in the same session)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +62,42 @@ def run_as(user: str, fn: Callable[[], object]) -> str:
         result = pipe.read().decode()
     os.waitpid(pid, 0)
     return result
+
+
+#: The ``nuvom`` console script of the environment running the tests: what a user types.
+NUVOM = Path(sys.executable).parent / ("nuvom.exe" if os.name == "nt" else "nuvom")
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """A user's shell environment: no ``NUVOM_*`` or ``PYTHONPATH`` left over from the test
+    run (as the kernel's ``tests/helpers.py``; this distribution's tests stand alone)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NUVOM_") and k != "PYTHONPATH"}
+    return {**env, **extra}
+
+
+def run_nuvom(args: list[str], cwd: Path, timeout: float = 120, **env: str
+              ) -> subprocess.CompletedProcess[str]:
+    """Run the real ``nuvom`` command from ``cwd``, as a user would from a terminal."""
+    assert NUVOM.exists(), f"{NUVOM} is missing: install the kernel (pip install -e .)"
+    return subprocess.run([str(NUVOM), *args], cwd=cwd, env=user_env(**env),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def start_worker(project: Path, *args: str, **env: str) -> subprocess.Popen[str]:
+    """``nuvom runworker`` in ``project``; its output and errors on one text pipe."""
+    return subprocess.Popen([str(NUVOM), "runworker", *args], cwd=project,
+                            env=user_env(**env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def stop_worker(worker: subprocess.Popen[str]) -> str:
+    """SIGINT a :func:`start_worker` process (a clean drain) and return its output; kill it
+    if it has not stopped after 30 s, so a hung worker fails the test instead of hanging."""
+    worker.send_signal(signal.SIGINT)
+    try:
+        out, _ = worker.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        out, _ = worker.communicate()
+    return out

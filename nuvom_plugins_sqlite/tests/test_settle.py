@@ -199,11 +199,11 @@ def test_full_results_settle_at_full(db_path: Path) -> None:
     levels: list[int] = []
     real = results._db.transaction
 
-    def spy(fn):  # type: ignore[no-untyped-def]
+    def spy(fn, *args):  # type: ignore[no-untyped-def]
         def wrapped(conn: sqlite3.Connection):  # type: ignore[no-untyped-def]
             levels.append(conn.execute("PRAGMA synchronous").fetchone()[0])
             return fn(conn)
-        return real(wrapped)
+        return real(wrapped, *args)
 
     results._db.transaction = spy  # type: ignore[method-assign]
     assert queue.settle_many([Settlement(lease, record(lease))], results) == [True]

@@ -591,6 +591,31 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
             assert queue_backend.cancel(later.id) is True, "a delayed message is waiting too"
         assert queue_backend.clear() == 0, "cancelled messages must not linger"
 
+    def test_cancel_removes_a_message_whose_lease_expired(self, queue_backend: QueueBackend
+                                                          ) -> None:
+        """A message whose lease expired (its worker was killed, or gave it up at a forced
+        stop) waits like any other until a worker claims it again: no worker holds it, so
+        ``cancel`` removes it, and the old lease can no longer ack it. Why: an operator
+        could not stop a job that OOM-killed its worker; it ran again up to the delivery
+        limit, each time killing the next worker."""
+        message = make_message()
+        queue_backend.enqueue(message)
+        lease = self._claim_one(queue_backend)
+        assert queue_backend.extend(lease, 0) is True  # expired now, as a dead worker's
+        try:
+            cancelled = queue_backend.cancel(message.id)
+        except NotImplementedError:
+            pytest.skip("cancel is not implemented (optional)")
+        assert cancelled is True, "a message whose lease expired is waiting: cancel removes it"
+        assert queue_backend.ack(lease) is False, "the expired lease must not ack it now"
+        assert queue_backend.extend(lease, 30) is False, "nor extend it"
+        self._nothing_claimable(queue_backend, "a cancelled message is gone")
+        again = make_message()
+        queue_backend.enqueue(again)
+        current = self._claim_one(queue_backend)
+        assert queue_backend.cancel(again.id) is False, "a lease not expired is its worker's"
+        assert queue_backend.ack(current) is True
+
     def test_peek_reads_a_message_without_claiming_it(self, queue_backend: QueueBackend
                                                       ) -> None:
         """``peek`` (optional) returns what a claim would, waiting, leased or retried, and

@@ -200,7 +200,24 @@ FROM {{s}}.jobs WHERE id = %s
 MESSAGE = f"SELECT {_MESSAGE} FROM {{s}}.jobs j WHERE j.id = %s"
 QSIZE = f"SELECT count(*) FROM {{s}}.jobs WHERE NOT ({_LIVE_LEASE}) {{queues}}"
 CLEAR = "DELETE FROM {s}.jobs WHERE true {queues}"
-CANCEL = "DELETE FROM {s}.jobs WHERE id = %s AND state IN (0, 1) AND token IS NULL"
+# A lease past its deadline by the database's clock. One text for the maintenance tick
+# (which recovers such rows) and cancel (which may remove them), so the two cannot disagree
+# about when a worker has lost its job: a row the tick would hand to the next claim is one
+# no worker holds, and an operator may stop it.
+_EXPIRED_LEASE = "state = 2 AND lease_expires_at <= clock_timestamp()"
+# cancel: a waiting row (ready or scheduled; a ready row may still carry the token of a lease
+# the tick recovered or ``extend(lease, 0)`` gave up) or one whose lease expired; never a
+# live lease (its worker decides). Deleting the row fences the old lease: its ack, extend
+# and settle find no row with its token. Why a plain row lock and not ``SKIP LOCKED``: a
+# claim (or a tick) holding the row makes the delete wait for its commit and then re-check
+# this ``WHERE`` on the row as it left it (READ COMMITTED), so a claim that re-leased it
+# wins and cancel answers ``False``; skipping would refuse a row a tick was merely
+# recovering. Conversely a claim meeting the row locked by this delete skips it, and finds
+# it gone afterwards: exactly one of the two gets it.
+CANCEL = f"""
+DELETE FROM {{s}}.jobs
+WHERE id = %s AND (state IN (0, 1) OR ({_EXPIRED_LEASE}))
+"""
 # The oldest ready row's age runs from when it became due: its enqueue, or the end of its
 # delay or retry delay (``available_at``, moved by every retry; ``due_at`` too for a
 # scheduled row not yet promoted), as the worker's wait time does; the smallest due time,
@@ -260,18 +277,18 @@ LIMIT 10
 IDLE_IN_TICK_MS = 2000
 TICK_LOCK = ("SELECT pg_try_advisory_xact_lock(%s, hashtext(%s)), "
              f"set_config('idle_in_transaction_session_timeout', '{IDLE_IN_TICK_MS}', true)")
-TICK = """
+TICK = f"""
 WITH due AS MATERIALIZED (
-        SELECT id FROM {s}.jobs WHERE state = 1 AND due_at <= clock_timestamp()
+        SELECT id FROM {{s}}.jobs WHERE state = 1 AND due_at <= clock_timestamp()
         ORDER BY due_at LIMIT 1000 FOR UPDATE SKIP LOCKED),
      expired AS MATERIALIZED (
-        SELECT id FROM {s}.jobs WHERE state = 2 AND lease_expires_at <= clock_timestamp()
+        SELECT id FROM {{s}}.jobs WHERE {_EXPIRED_LEASE}
         LIMIT 1000 FOR UPDATE SKIP LOCKED),
      moved AS (
-        UPDATE {s}.jobs j SET state = 0, due_at = NULL, lease_expires_at = NULL
+        UPDATE {{s}}.jobs j SET state = 0, due_at = NULL, lease_expires_at = NULL
         WHERE j.id IN (SELECT id FROM due UNION ALL SELECT id FROM expired)
         RETURNING 1),
-     woke AS (SELECT count(pg_notify({chan}, '')) AS n
+     woke AS (SELECT count(pg_notify({{chan}}, '')) AS n
               FROM (SELECT 1 FROM moved LIMIT 1) AS any_moved)
 SELECT (SELECT count(*) FROM moved), (SELECT n FROM woke)
 """

@@ -499,6 +499,12 @@ class PostgresQueue(QueueBackend):
     # --- optional primitives ----------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
+        """Delete the row if it waits (ready or delayed) or its lease expired by the
+        database's clock, recovered by a tick or not yet (``queries.CANCEL``): no worker
+        holds such a job, and refusing it let a job that OOM-killed its worker run again up
+        to the delivery limit. A live lease is refused: its worker decides. One statement,
+        atomic against a concurrent claim; once the row is gone the old lease's ack, extend
+        and settle find nothing. Nothing to notify: a deletion makes no work available."""
         if not storable(job_id):  # never pushed (see peek): nothing to cancel
             return False
         return self._run(lambda c: c.execute(self._q.cancel, (job_id,)).rowcount) == 1

@@ -258,6 +258,12 @@ class RedisJobQueue(QueueBackend):
     # --- optional primitives --------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
+        """Delete the message unless a live lease holds it: ready, delayed, or leased with
+        its deadline passed (by the server's clock; moved back to ready yet or not), as
+        ``peek_state`` reads QUEUED or RETRYING. Why an expired lease too: its worker is
+        gone or stopped, and an operator must be able to stop a job that kills its worker
+        before it runs again. The old lease's ack, extend and settle then report it lost;
+        a lease still running is refused (its worker decides). See ``scripts.CANCEL``."""
         return bool(self._run("CANCEL", [job_id], "cancelling a job"))
 
     def stats(self) -> QueueStats:

@@ -58,9 +58,14 @@ atomic, so no push can fall between the check and the removal. ``REAP`` also dro
 queues that hold nothing (names left by releases before this one).
 
 A message keeps its token when its expired lease is moved back to ready: until another
-claim takes it over, its holder may still settle it (the fence is the token). It is waiting
-all the same: ``PEEK`` says QUEUED and ``STATS`` counts it ready as soon as the deadline has
-passed, moved or not, so a job whose worker died or was stopped never reads RUNNING.
+claim takes it over (or ``CANCEL`` deletes it), its holder may still settle it (the fence
+is the token). It is waiting all the same: ``PEEK`` says QUEUED, ``STATS`` counts it ready
+and ``CANCEL`` deletes it as soon as the deadline has passed, moved or not, so a job whose
+worker died or was stopped never reads RUNNING and an operator can stop it. What "the
+deadline has passed" means is said once: a lease expired when its score in ``leased`` is
+``<= now`` (server clock). ``promote()`` (claims, the reaper) and ``STATS`` select by that
+bound, and ``PEEK`` and ``CANCEL`` ask ``lease_live()``, its negation for one message, so no
+message is ever reaped as expired yet refused by cancel as held, or the reverse.
 
 The job-record scripts and ``SETTLE`` are in :mod:`.record_scripts`.
 """
@@ -139,6 +144,15 @@ local function promote(q, now)
     moved = moved + #due
   end
   return moved
+end
+-- is the message held by a live lease: leased (state l, a token) with its deadline, its
+-- score in q's leased set, still ahead? False once the deadline is <= now: the bound by
+-- which promote() moves it back to ready and STATS counts it waiting (module docs)
+local function lease_live(q, id, state, token, now)
+  if state ~= 'l' or not token then return false end
+  local deadline = redis.call('ZSCORE', qkey(q, 'leased'), id)
+  if not deadline then return false end
+  return tonumber(deadline) > now
 end
 local function queue_list(n, first)
   if n < 0 then return redis.call('SMEMBERS', P .. 'queues') end
@@ -484,13 +498,23 @@ forget_empty()
 return moved
 """
 
-#: ARGV: P, id. Deletes the message if it waits (no token: nobody holds or may settle it).
+#: ARGV: P, id. Deletes the message unless a live lease holds it (``lease_live``): what
+#: waits is deleted, ready or delayed, and an expired lease too, whether or not a claim or
+#: the reaper has moved it back to ready yet (it keeps its token there). Why: no worker
+#: holds an expired lease (killed, or stopped with ``extend(lease, 0)``), and refusing it
+#: (as this script did while a token was present) left an operator unable to stop a job
+#: that OOM-killed its worker: it ran again up to the delivery limit. Deleting the hash
+#: fences the old token: its ack, extend, retry and settle find no hash and report the
+#: lease lost. A live lease is refused: its worker decides. Atomic like the reaper and the
+#: claim, so each sees the message either before the cancel or gone: a claim that took it
+#: first holds a live lease (refused here), a reap that moved it first left it ready.
 CANCEL = "#!lua\n" + _COMMON + r"""
+local now = clock()
 local id = ARGV[2]
 local jk = P .. 'j:' .. id
 local h = redis.call('HMGET', jk, 'q', 's', 'r', 'k')
-if not h[1] or h[4] then return 0 end
-unlist(id, h)
+if not h[1] or lease_live(h[1], id, h[2], h[4], now) then return 0 end
+unlist(id, h)  -- out of its one set (ready, delayed or leased) by its state
 redis.call('DEL', jk)
 forget_empty()
 return 1
@@ -623,11 +647,7 @@ local now = clock()
 local id = ARGV[2]
 local h = redis.call('HMGET', P .. 'j:' .. id, 's', 'q', 'k', 'f', 'a')
 if not h[1] or not h[2] then return 0 end
-if h[1] == 'l' and h[3] then
-  local deadline = redis.call('ZSCORE', qkey(h[2], 'leased'), id)
-  if deadline and tonumber(deadline) > now then return 'R' end
-  return 'Q'
-end
+if lease_live(h[2], id, h[1], h[3], now) then return 'R' end  -- an expired lease reads Q
 if h[1] == 'd' and (tonumber(h[4]) or 0) > 0 and (tonumber(h[5]) or 0) > now then return 'T' end
 return 'Q'
 """

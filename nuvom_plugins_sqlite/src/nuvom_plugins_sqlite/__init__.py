@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from nuvom_plugins_sqlite.connection import (
     DatabaseBusyError,
+    DatabaseFullError,
     SQLiteSettings,
     SQLiteUnavailableError,
 )
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SCHEMA_VERSION",
     "DatabaseBusyError",
+    "DatabaseFullError",
     "SQLiteJobQueue",
     "SQLiteResultBackend",
     "SQLiteSettings",

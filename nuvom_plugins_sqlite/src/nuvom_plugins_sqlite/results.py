@@ -228,7 +228,8 @@ class SQLiteResultBackend(ResultBackend):
     def put(self, record: JobRecord) -> bool:
         """Store ``record`` unless the stored one supersedes it (one fenced upsert)."""
         values = encode(record)
-        return bool(self._db.write(lambda conn: conn.execute(_PUT, values).rowcount == 1))
+        return bool(self._db.write(lambda conn: conn.execute(_PUT, values).rowcount == 1,
+                                   "storing a job record"))
 
     def put_many(self, records: Sequence[JobRecord]) -> list[bool]:
         """All records in one transaction, each fenced as in :meth:`put` (the worker's
@@ -238,7 +239,8 @@ class SQLiteResultBackend(ResultBackend):
         if len(records) == 1:
             return [self.put(records[0])]
         rows = [encode(record) for record in records]
-        return self._db.transaction(lambda conn: store_fenced(conn, rows))
+        return self._db.transaction(lambda conn: store_fenced(conn, rows),
+                                    "storing job records")
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._db.conn().execute(f"{_SELECT} WHERE job_id = ?", (job_id,)).fetchone()
@@ -329,7 +331,7 @@ class SQLiteResultBackend(ResultBackend):
 
         total = 0
         while True:
-            deleted = self._db.write(run)
+            deleted = self._db.write(run, "purging finished job records")
             total += deleted
             if deleted < PURGE_CHUNK:
                 return total

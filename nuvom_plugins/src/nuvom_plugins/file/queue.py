@@ -624,14 +624,22 @@ class FileJobQueue(QueueBackend):
         return None
 
     def cancel(self, job_id: str) -> bool:
-        """Unlink the waiting file; a claim racing with it loses its rename (or we lose our
-        unlink, and the job is left to its worker), so a job never both runs and vanishes."""
+        """Unlink the waiting file, or the file of an expired lease (its worker died or gave
+        it up: no one holds it until the next claim recovers it); a claim racing with it
+        loses its rename (or we lose our unlink, and the job is left to its worker), so a
+        job never both runs and vanishes. An expired lease's holder that extends or acks
+        first keeps it (its file was renamed): a lease holds while its file exists."""
         wanted = encode_name(job_id)
         removed = False
         for _ in range(2):
             self._settle(time.time())
             with self._lock:
-                for kind, name in self._waiting(wanted, time.time()):
+                now = time.time()
+                found = self._waiting(wanted, now) + [
+                    ("leased", name) for name in listdir(self._dirs["leased"])
+                    if (parsed := parse(name, "leased")) is not None
+                    and parsed.id == wanted and parsed.when_us <= us(now)]
+                for kind, name in found:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(self._dirs[kind] / name)
                         removed = True
