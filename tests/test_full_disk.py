@@ -78,21 +78,32 @@ def _runs(project: Path) -> collections.Counter[str]:
     return collections.Counter(log.read_text().split() if log.exists() else [])
 
 
-def test_outcomes_wait_for_room_and_no_job_runs_twice(project: Path, disk: Path) -> None:
+def _worker_on_a_full_disk(project: Path, disk: Path, jobs: int,
+                          monkeypatch: pytest.MonkeyPatch
+                          ) -> tuple[Kernel, dict[str, str], list[str], Path, Path,
+                                     subprocess.Popen[bytes]]:
+    """``jobs`` queued, the disk filled, a worker started and refusing to store their
+    outcomes: the kernel, the environment, the job ids, the filler, the log, the worker."""
     write_module(project, "t_full", TASKS)
     env = _env(project, disk)
-    os.environ["RUNS_LOG"] = env["RUNS_LOG"]
+    monkeypatch.setenv("RUNS_LOG", env["RUNS_LOG"])
     kernel = Kernel(root=project, environ=env)
     with use_kernel(kernel):
         from t_full import report  # type: ignore[import-not-found]
 
-        ids = [job.id for job in report.map([(i,) for i in range(10)])]
+        ids = [job.id for job in report.map([(i,) for i in range(jobs)])]
     filler = _fill(disk)
     log = project / "worker.log"
     worker = _start(project, env, log)
+    wait_until(lambda: "trying again while this worker holds their leases"
+               in log.read_text(), timeout=60, what="the store to refuse outcomes")
+    return kernel, env, ids, filler, log, worker
+
+
+def test_outcomes_wait_for_room_and_no_job_runs_twice(
+        project: Path, disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel, _, ids, filler, _, worker = _worker_on_a_full_disk(project, disk, 10, monkeypatch)
     try:
-        wait_until(lambda: "trying again while this worker holds their leases"
-                   in log.read_text(), timeout=60, what="the store to refuse outcomes")
         full_since = time.time()
         # the point is time passing: three leases' worth, enough for the delivery limit
         wait_until(lambda: time.time() > full_since + 3 * VISIBILITY + 1.0, timeout=30,
@@ -112,20 +123,9 @@ def test_outcomes_wait_for_room_and_no_job_runs_twice(project: Path, disk: Path)
 
 
 def test_a_stop_while_the_disk_is_full_names_the_lost_outcomes_and_exits_1(
-        project: Path, disk: Path) -> None:
-    write_module(project, "t_full", TASKS)
-    env = _env(project, disk)
-    os.environ["RUNS_LOG"] = env["RUNS_LOG"]
-    kernel = Kernel(root=project, environ=env)
-    with use_kernel(kernel):
-        from t_full import report  # type: ignore[import-not-found]
-
-        ids = [job.id for job in report.map([(i,) for i in range(4)])]
-    filler = _fill(disk)
-    log = project / "worker.log"
-    worker = _start(project, env, log)
-    wait_until(lambda: "trying again while this worker holds their leases"
-               in log.read_text(), timeout=60, what="the store to refuse outcomes")
+        project: Path, disk: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kernel, env, ids, filler, log, worker = _worker_on_a_full_disk(project, disk, 4,
+                                                                  monkeypatch)
     worker.send_signal(signal.SIGINT)
     assert worker.wait(90) == 1, log.read_text()[-3000:]
     out = log.read_text()
