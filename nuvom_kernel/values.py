@@ -200,12 +200,12 @@ SecondsOrZero = Annotated[float, Converted(seconds(zero_ok=True))]
 #: Longest retention of finished records: keeping them years (an audit) is a real need, and
 #: a store's expiry takes it; 100 years.
 MAX_RETENTION_SECS = 100 * 365.25 * 86400
-#: A result backend's ``result_ttl_secs``: a retention, not a wait (up to 100 years; 0 keeps
-#: records until ``nuvom purge results``).
 #: The default ``result_ttl_secs`` of every persistent result backend: 7 days, as long as a
 #: week-old failure may still be looked into, short enough that a busy queue's records do
 #: not fill the disk (Celery keeps results a day, RQ 500 s).
 RESULT_TTL_SECS = 7 * 86400.0
+#: A result backend's ``result_ttl_secs``: a retention, not a wait (up to 100 years; 0 keeps
+#: records until ``nuvom purge results``).
 Retention = Annotated[float, Converted(seconds(
     zero_ok=True, zero_means="keep records until `nuvom purge results`",
     most=MAX_RETENTION_SECS, span="100 years"))]

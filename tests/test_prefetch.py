@@ -408,3 +408,43 @@ def test_a_store_still_failing_keeps_the_leases_until_they_are_lost(
     assert landed == [[False, False]]
     assert "trying again" in caplog.text and "could not be recorded" in caplog.text
     assert settler.storing.is_set(), "claims may go on once the batch is given up"
+
+
+def test_outcomes_are_kept_while_the_queue_cannot_extend_their_leases_either(
+        make_kernel: Callable[..., Kernel]):
+    """Both stores down past the leases' expiry (the records live apart from the queue):
+    the batch was given up at the first expiry, its jobs left to run again and a false
+    "lost its lease" logged, because a failed lease check read as a lost lease. The
+    outcomes are kept and land once the stores are back (nobody claimed the jobs)."""
+    kernel = make_kernel("memory", "sqlite", NUVOM_VISIBILITY_TIMEOUT_SECS="0.6")
+    batch = settlements_of(kernel, 2)
+    expiry = min(item.lease.expires_at for item in batch)
+    down = threading.Event()
+    down.set()
+    put_many, extend_many = kernel.results.put_many, kernel.queue.extend_many
+
+    def flaky_put(records: Sequence[JobRecord]) -> list[bool]:
+        if down.is_set() and records:  # a store asked for nothing is not asked at all
+            raise ConnectionError("the results store is down")
+        return put_many(records)
+
+    def flaky_extend(leases: Sequence[Lease], secs: float) -> list[bool]:
+        if down.is_set():
+            raise ConnectionError("the queue store is down")
+        return extend_many(leases, secs)
+
+    kernel.results.put_many = flaky_put  # type: ignore[method-assign]
+    kernel.queue.extend_many = flaky_extend  # type: ignore[method-assign]
+    settler = Settler(kernel, kernel.queue, kernel.results, "test:1",
+                      lambda settlement, landed: None)
+    landed: list[list[bool]] = []
+    patient = threading.Thread(target=lambda: landed.append(
+        settler.settle(batch, patiently=True)), daemon=True)
+    patient.start()
+    # the point is time passing: both stores stay down past the leases' expiry
+    wait_until(lambda: time.time() > expiry + 3.0, timeout=20, what="the leases to expire")
+    assert patient.is_alive() and not landed, "the outcomes were given up"
+    down.clear()
+    patient.join(20)
+    assert landed == [[True, True]]
+    assert all(kernel.results.get(item.lease.id) is not None for item in batch)

@@ -75,7 +75,7 @@ def test_a_worker_deletes_finished_records_after_the_ttl_and_keeps_running_ones(
                    timeout=30, what="the finished records to expire")
         assert time.time() - finished_at > TTL / 2, "deleted before its TTL"
         wait_until(lambda: kernel.queue.read_workflow(flow.id, nodes=False) is None,
-                   timeout=30, what="the ended workflow to be deleted with its steps")
+                   timeout=60, what="the ended workflow to be deleted with its steps")
         assert kernel.queue.peek_state(running.id) is JobStatus.RUNNING
         gate.touch()
         with use_kernel(kernel):

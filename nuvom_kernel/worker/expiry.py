@@ -23,13 +23,18 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["EXPIRY_EVERY_SECS", "Expiry"]
+__all__ = ["EXPIRY_EVERY_SECS", "WORKFLOWS_EVERY_SECS", "Expiry"]
 
 log = logging.getLogger("nuvom.worker")
 
 #: How often a worker purges: a minute, or the TTL itself when shorter (at least a second),
 #: so a record outlives its TTL by at most that much.
 EXPIRY_EVERY_SECS = 60.0
+#: How often it also purges ended workflows (or every tenth pass, when passes are shorter):
+#: their stores read every graph to find the ended ones (the file backend under its
+#: workflows lock), a cost a minute would repeat for nothing; a graph outlives its TTL by
+#: at most this much.
+WORKFLOWS_EVERY_SECS = 600.0
 
 
 class Expiry:
@@ -42,6 +47,7 @@ class Expiry:
         self.every = EXPIRY_EVERY_SECS
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._workflows_at = 0.0  # monotonic time of the next purge of workflows
 
     def start(self) -> None:
         """Read the TTL from the result backend (opened by then: the worker's start opens
@@ -62,7 +68,10 @@ class Expiry:
         """One pass: job records and workflows that finished more than the TTL ago."""
         cutoff = time.time() - self.ttl
         records = self.kernel.results.purge(cutoff)
-        flows = self.kernel.queue.purge_workflows(cutoff)
+        flows = 0
+        if time.monotonic() >= self._workflows_at:
+            self._workflows_at = time.monotonic() + min(WORKFLOWS_EVERY_SECS, 10 * self.every)
+            flows = self.kernel.queue.purge_workflows(cutoff)
         if records or flows:
             log.info("deleted %d job record(s) and %d workflow(s) that finished more than "
                      "%g s ago (result_ttl_secs of result backend %r)", records, flows,

@@ -230,8 +230,9 @@ class Settler:
             self.settle([settlement])
 
     def backlog(self) -> int:
-        """Outcomes submitted and not yet taken into a batch (about: read without a lock)."""
-        return self._inbox.qsize()
+        """Outcomes submitted and not yet taken into a batch (about: read without a lock);
+        0 once the thread ended (what it left is settled by its callers, not awaited)."""
+        return self._inbox.qsize() if self._threaded else 0
 
     def _settle_late(self) -> None:
         """Settle what waits in the inbox once the thread has ended (else it still will):
@@ -325,6 +326,13 @@ class Settler:
         they were lost meanwhile. The lease lock is not held between tries, so the lease
         monitor goes on extending them.
         """
+        try:
+            return self._land_holding(batch, patiently)
+        finally:  # landed, given up, or a bug: claims may go on either way
+            self.storing.set()
+
+    def _land_holding(self, batch: Sequence[Settlement], patiently: bool
+                      ) -> tuple[Sequence[Settlement], list[bool]]:
         pauses = iter(RETRY_PAUSES)
         deadline: float | None = None
         lost: list[Settlement] = []  # leases found lost while trying: never landed
@@ -353,7 +361,6 @@ class Settler:
                                     "while this worker holds their leases (it claims no new "
                                     "job meanwhile)", len(batch), exc.error)
                 if not again:
-                    self.storing.set()  # landed, or given up: claims may go on
                     settled, landed = [*settled, *lost], [*landed, *([False] * len(lost))]
                     for item, ok in zip(settled, landed, strict=True):
                         self.on_settled(item, ok)  # forgotten before the monitor looks again
@@ -374,14 +381,18 @@ class Settler:
         outcome lands once the store takes it (fencing refuses it if another worker took
         the job meanwhile). So only leases the queue says are gone are given up."""
         leases = [item.lease for item in batch]
+        expires_at = time.time() + self.queue.visibility_timeout_secs
         try:
             held = self.queue.extend_many(leases, self.queue.visibility_timeout_secs)
-        except Exception as exc:
+        except Exception as exc:  # kept as they were: a later try asks the queue again
             log.warning("could not extend %d lease(s) whose outcomes wait for the store "
                         "(%r); their outcomes are still tried: each lands unless another "
                         "worker claimed its job meanwhile", len(leases), exc)
-            held = [True] * len(leases)
-        kept = [item for item, ok in zip(batch, held, strict=True) if ok]
+            return list(batch), [], time.time() + self.queue.visibility_timeout_secs \
+                - RETRY_MARGIN_SECS
+        # each kept lease as now extended, so a later try does not take it for lapsed
+        kept = [attrs.evolve(item, lease=attrs.evolve(item.lease, expires_at=expires_at))
+                for item, ok in zip(batch, held, strict=True) if ok]
         gone = [item for item, ok in zip(batch, held, strict=True) if not ok]
         if gone:
             self._unrecorded(gone, RuntimeError("their leases were lost while the store "
@@ -580,8 +591,11 @@ class Settler:
         if not lapsed:
             return None
         leases = [batch[i].lease for i in lapsed]
-        held = self.safely(f"check {len(leases)} lease(s)", leases[0], self.queue.extend_many,
-                           leases, self.queue.visibility_timeout_secs) or [False] * len(leases)
+        try:
+            held = self.queue.extend_many(leases, self.queue.visibility_timeout_secs)
+        except Exception as exc:  # the queue's store is down too: not a lease lost, and
+            # nothing is written yet, so the batch may be tried again whole (_hold)
+            raise _NotStored(exc) from exc
         lost = {i for i, ok in zip(lapsed, held, strict=True) if not ok}
         return [i for i in range(len(batch)) if i not in lost]
 

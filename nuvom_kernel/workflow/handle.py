@@ -231,8 +231,10 @@ def _value(record: JobRecord | None, job_id: str) -> Any:
     if record is None:
         raise SerializationError(
             f"the result of workflow step {job_id} (an input of this step) is no longer "
-            "stored: was it purged (`nuvom purge results`) while its workflow ran? Re-run "
-            f"from that step: `nuvom workflow retry WORKFLOW_ID --from {job_id}`")
+            "stored: it was purged (`nuvom purge results`), or it expired (the result "
+            "backend's result_ttl_secs counts from each step's end, so a workflow that runs "
+            "longer loses its early steps' results). Re-run from that step: `nuvom workflow "
+            f"retry WORKFLOW_ID --from {job_id}`")
     if record.error_type == SKIPPED_ERROR:
         return None
     return StepFailed(job_id, record.error_type, record.error_message)

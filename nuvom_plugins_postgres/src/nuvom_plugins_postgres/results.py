@@ -251,6 +251,10 @@ class PostgresResultBackend(ResultBackend):
             :func:`nuvom_plugins_postgres.schema.migrate`); ``""`` claims nothing."""
         super().__init__()
         self.settings = settings or PostgresSettings()
+        # the workers' expiry too, not only the PostgreSQL queue's tick: with another queue
+        # backend (Redis queue, PostgreSQL records) nothing else would ever purge them; two
+        # purges by one cutoff delete each row once
+        self.result_ttl_secs = self.settings.result_ttl_secs
         self._store = acquire(self.settings, namespace)
         self.schema = self.settings.schema
         s = sql.Identifier(self.schema)
