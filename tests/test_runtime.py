@@ -609,11 +609,11 @@ def test_a_job_known_only_by_id_is_described_cancelled_and_run_again(make_kernel
             repr(finished.created_at), finished.trace_id, "2"]
 
 
-def test_cancel_of_a_job_whose_worker_died_says_why_it_is_refused(make_kernel,
-                                                                  project: Path):
-    """A job whose worker died reads QUEUED (its lease expired; it runs again) but was
-    leased, so cancel refuses it: the message says that, not "is QUEUED; only a job that
-    has not started can be cancelled", which contradicts the state it names."""
+def test_cancel_of_a_job_whose_worker_died_cancels_it(make_kernel, project: Path):
+    """A job whose worker died reads QUEUED once its lease expired, and no worker holds it:
+    cancel removes it (it was refused, "it was leased to a worker", so a job that killed
+    every worker it ran on could not be stopped), and the dead worker's lease can no longer
+    ack it."""
     write_module(project, "t_orphan", "from nuvom_kernel import task\n\n\n"
                  "@task\ndef orphan():\n    return 1\n")
     kernel = make_kernel("sqlite", NUVOM_VISIBILITY_TIMEOUT_SECS="0.2")
@@ -621,15 +621,16 @@ def test_cancel_of_a_job_whose_worker_died_says_why_it_is_refused(make_kernel,
         from t_orphan import orphan  # type: ignore[import-not-found]
 
         job = orphan.delay()
-        [_] = kernel.queue.claim(1)  # a worker that takes it and is never heard of again
+        [lease] = kernel.queue.claim(1)  # a worker that takes it and is never heard of again
         deadline = time.monotonic() + 10
         while kernel.queue.peek_state(job.id) is not JobStatus.QUEUED:
             assert time.monotonic() < deadline, "the lease never expired"
             time.sleep(0.02)
-        refused = run_nuvom(["cancel", "job", job.id], project, **SQLITE)
-        assert refused.returncode == 1
-        assert "it was leased to a worker" in refused.stderr, refused.stderr
-        assert kernel.queue.peek_state(job.id) is JobStatus.QUEUED, "still there to run"
+        done = run_nuvom(["cancel", "job", job.id], project, **SQLITE)
+        assert done.returncode == 0, done.stderr
+        assert kernel.queue.peek_state(job.id) is None, "still in the queue"
+        assert get_job(job.id).status is JobStatus.CANCELLED
+        assert kernel.queue.ack(lease) is False, "the dead worker's lease acked it"
 
 
 def test_cancel_of_a_held_or_cancelled_job_says_which(make_kernel, project: Path):

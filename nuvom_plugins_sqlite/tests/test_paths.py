@@ -101,7 +101,7 @@ def work_in(folder):
 
 
 @task(store_result=True)
-def add(x, y):
+def chdir_add(x, y):  # a name of its own: task names are one registry per test session
     return x + y
 
 
@@ -124,14 +124,14 @@ def test_a_worker_whose_task_changes_directory_keeps_its_database(
     monkeypatch.chdir(project)  # the producer reads the same relative path from here
     monkeypatch.syspath_prepend(str(project))
     sys.modules.pop("chdir_tasks", None)
-    from chdir_tasks import add, status_of, work_in  # type: ignore[import-not-found]
+    from chdir_tasks import chdir_add, status_of, work_in  # type: ignore[import-not-found]
 
     worker = start_worker(project, "--workers", "1")
     kernel = Kernel(root=project, environ={})
     try:
         with use_kernel(kernel):
             assert work_in.delay(str(elsewhere)).get(timeout=60) == str(elsewhere)
-            added = add.delay(1, 2)
+            added = chdir_add.delay(1, 2)
             assert added.get(timeout=60) == 3
             assert status_of.delay(added.id).get(timeout=60) == "SUCCEEDED"
     finally:
