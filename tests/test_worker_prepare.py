@@ -80,3 +80,39 @@ def test_a_failed_prepare_names_its_plugin_and_how_to_run_without_it(tmp_path: P
             out = stop_worker(worker)
         assert any(" started: " in line for line in seen), "".join(seen) + out
         assert worker.returncode == 0, "".join(seen) + out
+
+
+OWN_QUEUE = '''\
+from nuvom_kernel import hookimpl
+from nuvom_plugins.memory.plugin import MemoryJobQueue
+
+
+class PreparedQueue(MemoryJobQueue):
+    name = "prepared_queue"
+
+
+@hookimpl
+def nuvom_register_queue_backends():
+    return [PreparedQueue]
+
+
+@hookimpl
+def nuvom_worker_prepare(worker):
+    raise RuntimeError("the queue's server is not reachable")
+'''
+
+
+def test_a_failed_prepare_of_the_backend_in_use_does_not_advise_disabling_it(
+        tmp_path: Path) -> None:
+    """Disabled, the plugin would take the queue backend along and the worker could not
+    start either: the advice is to choose another backend."""
+    (tmp_path / "own_queue.py").write_text(OWN_QUEUE)
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[settings]\nqueue_backend = "prepared_queue"\nresult_backend = "memory"\n\n'
+        '[plugins]\nqueue_backend = ["own_queue"]\n')
+    done = run_nuvom(["runworker", "--workers", "1"], tmp_path, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "plugin 'own_queue' failed to prepare the worker" in done.stderr, done.stderr
+    assert "NUVOM_DISABLE_PLUGINS" not in done.stderr, done.stderr
+    assert ("it provides the queue backend in use, so it cannot be disabled: choose another "
+            "with NUVOM_QUEUE_BACKEND=<name>") in done.stderr, done.stderr

@@ -226,12 +226,33 @@ class Worker:
             log.debug("nuvom_worker_prepare raised", exc_info=exc)
             name = pm.raised_by("nuvom_worker_prepare", exc)
             who = "a plugin" if name is None else f"plugin {name!r}"
-            fix = ("" if name is None else
-                   f", or run without it: NUVOM_DISABLE_PLUGINS={name}")
+            fix = "" if name is None else f", or run without it: NUVOM_DISABLE_PLUGINS={name}"
+            using = self._backends_of(name) if name is not None else []
+            if using:  # disabled, it would take the backend along: the worker could not start
+                fix = (f"; it provides the {' and the '.join(using)} in use, so it cannot be "
+                       "disabled: choose another with "
+                       + " or ".join(f"NUVOM_{what.upper().replace(' ', '_')}=<name>"
+                                     for what in using))
             raise WorkerPrepareError(
                 f"{who} failed to prepare the worker (nuvom_worker_prepare), so it did not "
                 f"start and leased nothing: {exc!r}. Fix what it reports{fix} "
                 f"(--log-level DEBUG shows its traceback)") from exc
+
+    def _backends_of(self, plugin: str) -> list[str]:
+        """Which of the backends in use ``plugin`` provides ("queue backend", "result
+        backend")."""
+        pm, settings = self.kernel.pm, self.kernel.settings
+        found = []
+        for hook, name, what in (
+                ("nuvom_register_queue_backends", settings.queue_backend, "queue backend"),
+                ("nuvom_register_result_backends", settings.result_backend, "result backend")):
+            try:
+                provider = pm.collect(hook).get(name, (None, None))[1]
+            except Exception:  # a broken registration: the advice stays general
+                continue
+            if provider == plugin:
+                found.append(what)
+        return found
 
     def stop(self, graceful: bool = True) -> None:
         """Stop leasing; a graceful stop lets running jobs finish, a forced one does not."""

@@ -381,15 +381,15 @@ class Settler:
         outcome lands once the store takes it (fencing refuses it if another worker took
         the job meanwhile). So only leases the queue says are gone are given up."""
         leases = [item.lease for item in batch]
-        expires_at = time.time() + self.queue.visibility_timeout_secs
+        secs = self.queue.visibility_timeout_secs
+        expires_at = time.time() + secs  # taken before the call: never later than the queue's
         try:
-            held = self.queue.extend_many(leases, self.queue.visibility_timeout_secs)
+            held = self.queue.extend_many(leases, secs)
         except Exception as exc:  # kept as they were: a later try asks the queue again
             log.warning("could not extend %d lease(s) whose outcomes wait for the store "
                         "(%r); their outcomes are still tried: each lands unless another "
                         "worker claimed its job meanwhile", len(leases), exc)
-            return list(batch), [], time.time() + self.queue.visibility_timeout_secs \
-                - RETRY_MARGIN_SECS
+            return list(batch), [], expires_at - RETRY_MARGIN_SECS
         # each kept lease as now extended, so a later try does not take it for lapsed
         kept = [attrs.evolve(item, lease=attrs.evolve(item.lease, expires_at=expires_at))
                 for item, ok in zip(batch, held, strict=True) if ok]
@@ -397,8 +397,7 @@ class Settler:
         if gone:
             self._unrecorded(gone, RuntimeError("their leases were lost while the store "
                                                 "refused their outcomes"))
-        return kept, gone, time.time() + self.queue.visibility_timeout_secs \
-            - RETRY_MARGIN_SECS
+        return kept, gone, expires_at - RETRY_MARGIN_SECS
 
     def _land(self, batch: Sequence[Settlement], substitute: bool = False,
               rebase: bool = True) -> tuple[Sequence[Settlement], list[bool]]:
