@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import attrs
 
+from nuvom_kernel.arguments import Arguments
 from nuvom_kernel.dispatcher import BuiltOnRead, enqueue, enqueue_one, importable_module
 from nuvom_kernel.envelope import Envelope, wire_calls
 from nuvom_kernel.job import Job
@@ -63,10 +64,12 @@ class Task(Generic[P, R]):
                     f"{'applies' if len(schedule) == 1 else 'apply'} only with schedule=: "
                     "give the task a schedule (cron(...), every(...) or a cron string) or "
                     "drop the policy")
-        self._params = [
-            p.name for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        self._arguments = Arguments(fn)
+        self._params = self._arguments.params
+        if self.schedule is not None:  # else each tick's job failed on a worker
+            trigger = self.schedule.trigger
+            self._arguments.check(name, trigger.args, trigger.kwargs,
+                                  "fix the schedule's args= or kwargs=")
         # __name__, __doc__, __wrapped__ (the signature), and the function's attributes,
         # except those that would replace the task's own (a `name` another decorator set
         # became every job's task name; an `options` dict broke .delay())
@@ -95,6 +98,7 @@ class Task(Generic[P, R]):
         """The envelope and the handle of one call. ``fresh``: ``args`` is a tuple and
         ``kwargs`` a dict nobody else holds (``.delay()``'s own), so the handle keeps them
         instead of copies."""
+        self._arguments.check(self.name, args, kwargs)
         envelope = Envelope.for_call(self.name, self.module, options, args, kwargs,
                                      self._params, job_id=job_id)
         job = Job(id=envelope.id, task=self.name,
@@ -235,6 +239,9 @@ class Task(Generic[P, R]):
             ((item,), {}, job_id)
             for item, job_id in zip(items, ids, strict=True)]
         options, name, module = self.options, self.name, self.module
+        check = self._arguments.check
+        for args, kwargs, _ in parsed:  # a call that cannot run enqueues nothing either
+            check(name, args, kwargs)
         # Every argument converted now, so a bad one enqueues nothing; the envelopes and
         # handles are built a run at a time as they are read.
         wired = wire_calls(name, parsed, self._params)

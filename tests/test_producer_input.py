@@ -532,3 +532,51 @@ def test_task_on_a_method_in_a_class_body_is_refused_at_decoration() -> None:
             return x * 2
 
     assert Tools.double(2) == 4
+
+
+def test_arguments_that_do_not_fit_the_function_are_refused_and_nothing_is_stored(
+        kernel: Kernel) -> None:
+    """``add.delay(1)`` for ``add(x, y)`` was stored, and the job failed on a worker with a
+    ``TypeError`` (retried) long after the caller's line: Celery checks a call when it is
+    sent, and so does every producer call now. A ``.map()`` with one bad item stores none."""
+    @task
+    def sig_add(x: int, y: int = 2, *, scale: int = 1) -> int:
+        return (x + y) * scale
+
+    @task
+    def sig_any(*args: Any, **kwargs: Any) -> None: ...
+
+    signature = r"Its signature is sig_add\(x, y=2, \*, scale=1\)"
+    for call, problem in [
+            (lambda: sig_add.delay(), "missing a required argument: 'x'"),
+            (lambda: sig_add.delay(1, 2, 3), "too many positional arguments"),
+            (lambda: sig_add.delay(1, x=1), "multiple values for argument 'x'"),
+            (lambda: sig_add.delay(1, scal=2), "got an unexpected keyword argument 'scal'"),
+            (lambda: sig_add.apply_async((1, 2, 3), delay_secs=5),
+             "too many positional arguments"),
+            (lambda: sig_add.map([(1,), (1, 2), (1, 2, 3)]), "too many positional arguments"),
+            (lambda: sig_add.map([{"y": 1}]), "missing a required argument: 'x'")]:
+        with pytest.raises(TypeError, match=rf"task 'sig_add' cannot take these arguments: "
+                                            rf"{problem}\. {signature}; nothing was enqueued"):
+            call()
+    assert kernel.queue.qsize() == 0
+
+    jobs = [sig_add.delay(1), sig_add.delay(1, 2), sig_add.delay(x=1, scale=3),
+            sig_add.apply_async((1,), {"y": 5}), *sig_add.map([(1,), {"x": 2}, 3]),
+            sig_any.delay(), sig_any.delay(1, 2, 3, a=4)]
+    assert kernel.queue.qsize() == len(jobs) == 9
+    assert [job.args for job in jobs[:3]] == [(1,), (1, 2), ()]
+
+
+def test_a_schedule_whose_arguments_do_not_fit_is_refused_at_decoration() -> None:
+    """Each of its ticks' jobs failed on a worker with a ``TypeError``."""
+    from nuvom_kernel import every
+
+    with pytest.raises(TypeError, match=r"task 'sig_tick' cannot take these arguments: "
+                                        r"missing a required argument: 'y'\. Its signature "
+                                        r"is sig_tick\(x, y\); fix the schedule's args="):
+        @task(schedule=every(seconds=30, args=(1,)))
+        def sig_tick(x: int, y: int) -> None: ...
+
+    @task(schedule=every(seconds=30, args=(1,), kwargs={"y": 2}), name="sig_tock")
+    def sig_tock(x: int, y: int) -> None: ...
