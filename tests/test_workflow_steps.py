@@ -24,6 +24,7 @@ from nuvom_kernel import (
     get_job,
     group,
     hookimpl,
+    task,
 )
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.envelope import Envelope
@@ -399,3 +400,22 @@ def test_a_step_retried_in_its_workflow_reads_queued_until_it_runs(cluster: Clus
     cluster.worker("--workers", "2")
     assert flow.get(timeout=30) == 5
     assert get_job(failed).status is JobStatus.SUCCEEDED
+
+
+def test_a_step_whose_arguments_do_not_fit_is_refused_before_anything_is_stored(
+        kernel: Kernel) -> None:
+    """The step failed on a worker, and with it the workflow; the previous step's result
+    counts as the first argument of a ``.s()`` step, not of an ``.si()`` one."""
+    @task
+    def wf_pair(x: int, y: int) -> int:
+        return x + y
+
+    with pytest.raises(TypeError, match=r"task 'wf_pair' cannot take these arguments: too "
+                                        r"many positional arguments\. Its signature is "
+                                        r"wf_pair\(x, y\); nothing was enqueued"):
+        chain(wf_pair.s(1, 2), wf_pair.s(3, 4)).delay()  # the input, 3 and 4
+    with pytest.raises(TypeError, match="missing a required argument: 'y'"):
+        chain(wf_pair.s(1, 2), wf_pair.si(3)).delay()
+    assert kernel.queue.qsize() == 0 and kernel.queue.waiting_steps() == 0
+    chain(wf_pair.s(1, 2), wf_pair.s(3), wf_pair.si(1, 1)).delay()
+    assert kernel.queue.qsize() == 1 and kernel.queue.waiting_steps() == 2

@@ -188,6 +188,8 @@ class _Builder:
         # A step's result is read by its dependents: keep it whatever store_result says.
         options = attrs.evolve(task.options, store_result=True)
         params = task._params[1:] if incoming is not None else task._params
+        task._arguments.check(task.name, step.args if incoming is None else
+                              (incoming, *step.args), step.kwargs)  # the input comes first
         envelope = Envelope.for_call(task.name, task.module, options, step.args,
                                      step.kwargs, params, job_id=node_id)
         envelope.headers[WF_HEADER] = self.flow_id
