@@ -1,0 +1,86 @@
+"""Internal plugin: ``nuvom enqueue TASK``, one job from the command line.
+
+Why: an operator who must run a task now (a backfill, a resend, a smoke test after a
+deploy) had to write a Python snippet that imports the task and calls ``.delay()``;
+Celery has ``celery call`` for this. The task is found as a worker finds it, by the
+discovery manifest, so its ``@task`` options travel with the job exactly as from code, and
+the arguments are checked against its signature before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError
+
+
+@hookimpl
+def nuvom_register_commands(cli: click.Group) -> None:
+    cli.add_command(enqueue_command)
+
+
+def _json(value: str | None, option: str, kind: type) -> Any:
+    if value is None:
+        return kind()
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc}): {value!r:.80}", param_hint=option
+                                 ) from None
+    if not isinstance(parsed, kind):
+        example = "'[2, 3]'" if kind is list else "'{\"y\": 3}'"
+        raise click.BadParameter(f"must be a JSON {'array' if kind is list else 'object'}, "
+                                 f"got {type(parsed).__name__}: e.g. {option} {example}",
+                                 param_hint=option)
+    return parsed
+
+
+@click.command(name="enqueue")
+@click.argument("task_name", metavar="TASK")
+@click.option("--args", "args_json", metavar="JSON", default=None,
+              help="Positional arguments as a JSON array, e.g. '[2, 3]'.")
+@click.option("--kwargs", "kwargs_json", metavar="JSON", default=None,
+              help="Keyword arguments as a JSON object, e.g. '{\"y\": 3}'.")
+@click.option("--queue", default=None, help="Another queue than the task's own.")
+@click.option("--priority", type=int, default=None, help="Higher runs first.")
+@click.option("--delay", "delay_secs", type=float, default=0.0, show_default=True,
+              help="Seconds before the job may start.")
+@click.option("--job-id", default=None,
+              help="An id of your own: enqueuing an id that exists creates nothing.")
+@click.option("--wait", "wait_secs", type=click.FloatRange(min=0), default=None,
+              help="Wait this many seconds for the outcome and print the result as JSON "
+                   "(exit 1 if the job failed or was cancelled, 2 if none came in time).")
+def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | None,
+                    queue: str | None, priority: int | None, delay_secs: float,
+                    job_id: str | None, wait_secs: float | None) -> None:
+    """Enqueue one job of TASK (its registered name, as `nuvom discover tasks` lists it)
+    with the task's own options, and print its id."""
+    kernel = click.get_current_context().find_root().obj
+    args, kwargs = _json(args_json, "--args", list), _json(kwargs_json, "--kwargs", dict)
+    if "" not in sys.path:  # the project directory holds the task modules
+        sys.path.insert(0, "")
+    kernel.registry.load_manifest(kernel.data_dir)
+    try:
+        task = kernel.registry.resolve(task_name)
+        job = task.apply_async(args, kwargs, delay_secs=delay_secs, queue=queue,
+                               priority=priority, job_id=job_id)
+    except (NuvomError, TypeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"enqueued job {job.id} ({job.task}) on queue {job.queue!r}")
+    if wait_secs is None:
+        return
+    try:
+        result = job.get(timeout=wait_secs)
+    except TimeoutError:
+        click.echo(f"job {job.id} has no outcome after {wait_secs:g} s "
+                   f"(`nuvom inspect job {job.id}` shows it later)", err=True)
+        raise SystemExit(2) from None
+    except (JobFailedError, JobCancelledError) as exc:
+        click.echo(f"job {job.id}: {exc}", err=True)
+        raise SystemExit(1) from None
+    click.echo(json.dumps(result, default=repr))

@@ -1,0 +1,87 @@
+"""``nuvom enqueue TASK``: one job from the command line, found as a worker finds it (the
+discovery manifest), with the task's own options and its arguments checked, through the
+real ``nuvom`` script and a real worker on the default SQLite backend."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nuvom_kernel import JobStatus, get_job
+from nuvom_kernel.kernel import Kernel, use_kernel
+from tests.helpers import read_until_started, run_nuvom, start_worker, stop_worker, write_module
+
+TASKS = """
+from nuvom_kernel import task
+
+
+@task(retries=2, queue="mail")
+def enq_send(to, subject="hi"):
+    return {"to": to, "subject": subject}
+
+
+@task
+def enq_boom():
+    raise ValueError("enq_boom went off")
+"""
+
+
+def _project(project: Path) -> Path:
+    write_module(project, "enq_tasks", TASKS)
+    done = run_nuvom(["discover", "tasks"], project)
+    assert done.returncode == 0, done.stderr
+    return project
+
+
+def test_a_job_enqueued_by_name_runs_with_the_tasks_options_and_wait_prints_it(
+        project: Path) -> None:
+    _project(project)
+    worker = start_worker(project, {}, "--workers", "1")
+    try:
+        seen = read_until_started(worker)
+        assert any(" started: " in line for line in seen), "".join(seen)
+        done = run_nuvom(["enqueue", "enq_send", "--args", '["ops@example.com"]',
+                          "--kwargs", '{"subject": "resend"}', "--wait", "60"], project)
+        assert done.returncode == 0, done.stderr
+        first, result = done.stdout.splitlines()
+        assert first.startswith("enqueued job ") and first.endswith("(enq_send) on queue "
+                                                                    "'mail'"), first
+        assert json.loads(result) == {"to": "ops@example.com", "subject": "resend"}
+
+        failed = run_nuvom(["enqueue", "enq_boom", "--wait", "60"], project)
+        assert failed.returncode == 1, failed.stderr
+        assert "ValueError" in failed.stderr and "enq_boom went off" in failed.stderr
+    finally:
+        out = stop_worker(worker)
+    assert worker.returncode == 0, out
+    job_id = first.split()[2]
+    with use_kernel(Kernel(root=project)):
+        job = get_job(job_id)
+        assert job.status is JobStatus.SUCCEEDED
+        assert (job.options.retries, job.queue) == (2, "mail"), "the task's own options"
+
+
+def test_bad_arguments_an_unknown_task_and_no_outcome_in_time_are_said_clearly(
+        project: Path) -> None:
+    _project(project)
+    for args, code, message in [
+            (["enq_send"], 1, "task 'enq_send' cannot take these arguments: missing a "
+                              "required argument: 'to'. Its signature is "
+                              "enq_send(to, subject='hi'); nothing was enqueued"),
+            (["enq_send", "--args", '{"to": 1}'], 2, "must be a JSON array, got dict"),
+            (["enq_send", "--args", "[1,"], 2, "not JSON"),
+            (["enq_send", "--kwargs", "[1]"], 2, "must be a JSON object, got list"),
+            (["enq_nothing"], 1, "unknown task 'enq_nothing'")]:
+        done = run_nuvom(["enqueue", *args], project)
+        assert done.returncode == code, (args, done.stdout, done.stderr)
+        assert message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    with use_kernel(Kernel(root=project)) as kernel:
+        assert kernel.queue.qsize() == 0, "a refused call stores nothing"
+
+    late = run_nuvom(["enqueue", "enq_send", "--args", '["x"]', "--delay", "3600",
+                      "--wait", "0.5"], project)
+    assert late.returncode == 2, late.stderr
+    assert "has no outcome after 0.5 s" in late.stderr
+    with use_kernel(Kernel(root=project)) as kernel:
+        assert kernel.queue.stats().delayed == 1
