@@ -93,6 +93,20 @@ class Backend(abc.ABC):
         """
         return cls(**dict(settings))
 
+    @property
+    def location(self) -> str | None:
+        """Where this backend keeps its data, for a person to read: an absolute file or
+        folder, a server with its key prefix or schema, ``in-process``; ``None`` (the
+        default) when the backend does not say.
+
+        Why: a store is created on first use, so ``nuvom status`` run from the wrong folder
+        (or with a mistyped ``NUVOM_DATA_DIR`` or namespace) opened a new, empty one and
+        reported a healthy, idle deployment; printed, the location shows it was not the
+        workers' store. Read-only and cheap: it describes the settings the backend was
+        built with, opens nothing and never fails. It must never hold a password (mask it,
+        e.g. with :func:`nuvom_kernel.config.mask_secret`)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections and file handles."""
 

@@ -1,7 +1,7 @@
 """Internal plugin: job commands that work on any queue and result backend.
 
-``nuvom inspect job``, ``nuvom history recent``, ``nuvom retry job``, ``nuvom status`` and
-``nuvom purge results``.
+``nuvom inspect job``, ``nuvom history recent``, ``nuvom retry job`` (and ``retry failed``,
+from :mod:`.retry_failed`), ``nuvom status`` and ``nuvom purge results``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table, printable, stored_id
+from nuvom_kernel.cli.retry_failed import retry_failed
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
@@ -136,6 +137,9 @@ def retry_group() -> None:
     """Run failed jobs again."""
 
 
+retry_group.add_command(retry_failed)
+
+
 @retry_group.command(name="job")
 @click.argument("job_id", callback=stored_id)
 def retry_job(job_id: str) -> None:
@@ -194,9 +198,10 @@ def cancel_job(job_id: str) -> None:
 @click.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    """Queue depth per queue, jobs per state, leases in flight, oldest job, quarantine,
-    the queue backend's warnings about its store, and the live workers (those that have
-    not missed three heartbeats; a result backend without heartbeats lists none)."""
+    """Where the stores are, queue depth per queue, jobs per state, leases in flight,
+    oldest job, quarantine, the queue backend's warnings about its store, and the live
+    workers (those that have not missed three heartbeats; a result backend without
+    heartbeats lists none)."""
     kernel = _kernel()
     stats = kernel.queue.stats()
     serializer = kernel.serializer.name  # an unknown one said "all is well" here (exit 0)
@@ -205,6 +210,8 @@ def status(as_json: bool) -> None:
     data = {
         "queue_backend": kernel.queue.name,
         "result_backend": kernel.results.name,
+        "queue_location": kernel.queue.location,
+        "result_location": kernel.results.location,
         "serializer": serializer,
         "queues": {name: attrs.asdict(counts) for name, counts in sorted(stats.queues.items())},
         "depth": stats.depth,
@@ -223,6 +230,7 @@ def status(as_json: bool) -> None:
         return
     click.echo(f"queue backend: {data['queue_backend']}   result backend: "
                f"{data['result_backend']}   serializer: {serializer}")
+    _echo_locations(data["queue_location"], data["result_location"])
     # ready and delayed apart: "waiting: default=2   delayed: 2" read as four jobs
     ready = ", ".join(f"{q}={c.ready}" for q, c in sorted(stats.queues.items()) if c.ready)
     delayed = ", ".join(f"{q}={c.delayed}" for q, c in sorted(stats.queues.items())
@@ -244,6 +252,12 @@ def status(as_json: bool) -> None:
                    f"{row['waiting']} waiting on the limit")
     for line in stats.warnings:
         click.echo(f"warning: {line}")
+    if not (data["states"] or stats.queues or stats.quarantined or data["waiting_steps"]
+            or workers):
+        click.echo("note: these stores hold no jobs, records or live workers. If you "
+                   "expected some, this is probably not your workers' store: run nuvom from "
+                   "the project folder (where .nuvom_plugins.toml is), or check "
+                   "NUVOM_DATA_DIR, NUVOM_NAMESPACE and the backend settings (`nuvom config`)")
     if not heartbeats:
         click.echo(f"workers: unknown (result backend {kernel.results.name!r} keeps no "
                    "heartbeats)")
@@ -257,6 +271,18 @@ def status(as_json: bool) -> None:
                   "up": f"{now - w.started_at:.0f} s",
                   "last beat": f"{now - w.heartbeat_at:.1f} s ago"} for w in workers],
                 ["worker", "queues", "busy", "pool", "version", "up", "last beat"])
+
+
+def _echo_locations(queue: str | None, results: str | None) -> None:
+    """Where the stores are, one line, or two when they differ. Why: a store is created on
+    first use, so from the wrong folder (or with a mistyped data dir or namespace) status
+    read a new, empty one and looked like a healthy idle deployment."""
+    unknown = "not reported by the backend"
+    if queue == results:
+        click.echo(f"store (queue and results): {printable(queue or unknown)}")
+        return
+    click.echo(f"queue store: {printable(queue or unknown)}")
+    click.echo(f"result store: {printable(results or unknown)}")
 
 
 def _limits(kernel: Any) -> dict[str, dict[str, int]]:

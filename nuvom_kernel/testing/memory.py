@@ -69,6 +69,12 @@ class _Entry:
         return self.message.available_at <= now
 
 
+#: Where both memory backends keep their data (:attr:`~nuvom_kernel.spi.Backend.location`):
+#: said plainly, since ``nuvom status`` on the memory backend reads its own empty process,
+#: never a worker's.
+IN_PROCESS = "in-process memory (only this process sees it; nothing is kept after it exits)"
+
+
 class MemoryJobQueue(QueueBackend):
     """Priorities, delays, visibility timeouts and fencing, under one lock."""
 
@@ -87,6 +93,10 @@ class MemoryJobQueue(QueueBackend):
         self._delayed: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._leased: dict[str, _Entry] = {}
+
+    @property
+    def location(self) -> str | None:
+        return IN_PROCESS
 
     # --- internals (the fakes override some) ------------------------------------------------
 
@@ -459,6 +469,10 @@ class MemoryResultBackend(ResultBackend):
         self._records: dict[str, JobRecord] = {}
         self._workers: dict[str, tuple[dict[str, Any], float]] = {}  # id -> (info, expiry)
         self._schedules: dict[str, dict[str, Any]] = {}
+
+    @property
+    def location(self) -> str | None:
+        return IN_PROCESS
 
     def schedule_states(self) -> dict[str, ScheduleState]:
         with self._lock:

@@ -216,6 +216,10 @@ class PostgresQueue(QueueBackend):
             mark_temporary(parsed.dsn, parsed.schema)
         return cls(parsed, namespace=context.namespace)
 
+    @property
+    def location(self) -> str | None:
+        return self._store.location
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -100,6 +100,9 @@ class Store:
                 self.created = migrate(conn, self.schema, namespace) is None
                 row = conn.execute("SELECT current_database()").fetchone()  # always one row
                 self.database = str(row[0] if row else "")
+                #: The server libpq chose, for :attr:`location` when the DSN is empty.
+                self.server = (f"host={conn.info.host} port={conn.info.port} "
+                               f"dbname={self.database} user={conn.info.user}")
         except psycopg.OperationalError as exc:
             raise unreachable(self.dsn, exc) from exc
         self.pool = ConnectionPool(
@@ -119,6 +122,14 @@ class Store:
             with self.connection() as conn:
                 migrate(conn, self.schema, namespace)
             self.claimed.add(namespace)
+
+    @property
+    def location(self) -> str:
+        """The DSN (its password masked) and the schema, as ``nuvom status`` shows them;
+        an empty DSN (libpq's ``PG*`` defaults) shows the server libpq chose instead. The
+        schema holds the namespace, so a mistyped one shows as a schema no worker uses."""
+        where = masked_dsn(self.dsn) if self.dsn else f"libpq defaults ({self.server})"
+        return f"{where}, schema {self.schema}"
 
     @property
     def key(self) -> tuple[str, str]:

@@ -471,6 +471,13 @@ class Store:
         self._idle = []
         self._all = []
 
+    @property
+    def location(self) -> str:
+        """The server (its password masked) and the prefix of every key this store writes,
+        as ``nuvom status`` shows it: ``redis://host:6379/0 keys nuvom:*``. The prefix
+        holds the namespace, so a mistyped one shows as a prefix no worker uses."""
+        return f"{_masked_url(self.url)} keys {self.prefix}*"
+
     @functools.cached_property
     def identity(self) -> tuple[Any, ...]:
         """What two stores share exactly when they are one server, database and prefix

@@ -94,6 +94,10 @@ class RedisJobQueue(QueueBackend):
     def __repr__(self) -> str:
         return f"RedisJobQueue({self.store.masked_url!r}, prefix={self.store.prefix!r})"
 
+    @property
+    def location(self) -> str | None:
+        return self.store.location
+
     def close(self) -> None:
         self._stop.set()
         reaper = self._reaper

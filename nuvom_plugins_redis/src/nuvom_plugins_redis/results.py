@@ -188,6 +188,10 @@ class RedisResultBackend(ResultBackend):
     def __repr__(self) -> str:
         return f"RedisResultBackend({self.store.masked_url!r}, prefix={self.store.prefix!r})"
 
+    @property
+    def location(self) -> str | None:
+        return self.store.location
+
     def close(self) -> None:
         self.store.close()
 

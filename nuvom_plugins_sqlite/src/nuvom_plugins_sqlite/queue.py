@@ -223,6 +223,12 @@ class SQLiteJobQueue(QueueBackend):
     def __repr__(self) -> str:
         return f"SQLiteJobQueue({str(self.path)!r}, synchronous={self.settings.synchronous!r})"
 
+    @property
+    def location(self) -> str | None:
+        """The database file, absolute (the settings made it so against the folder the
+        process started in)."""
+        return str(self.path)
+
     def close(self) -> None:
         self._waker.close()
         self._lease_db.close()

@@ -222,6 +222,12 @@ class SQLiteResultBackend(ResultBackend):
         return (f"SQLiteResultBackend({str(self.path)!r}, "
                 f"synchronous={self.settings.synchronous!r})")
 
+    @property
+    def location(self) -> str | None:
+        """The database file, absolute (the settings made it so against the folder the
+        process started in)."""
+        return str(self.path)
+
     def close(self) -> None:
         self._db.close()
 

@@ -211,6 +211,12 @@ class FileJobQueue(QueueBackend):
         params.setdefault("visibility_timeout_secs", context.visibility_timeout_secs)
         return cls(path if path is not None else context.data_dir / "queue", **params)
 
+    @property
+    def location(self) -> str | None:
+        """The queue folder, absolute: a relative ``path`` is read against the folder the
+        process started in, which is what ``nuvom status`` must show."""
+        return str(self.path.absolute())
+
     def close(self) -> None:
         self._fs.close()
 

@@ -197,6 +197,12 @@ class FileResultBackend(ResultBackend):
                 {"result_ttl_secs": settings["result_ttl_secs"]})["result_ttl_secs"]
         return cls(path, **kwargs)
 
+    @property
+    def location(self) -> str | None:
+        """The results folder, absolute (a relative ``results_path`` is read against the
+        folder the process started in)."""
+        return str(self.path.absolute())
+
     def close(self) -> None:
         with self._lock:
             for fd in [*self._fds.values(), self._wfd, self._lock_fd]:
