@@ -240,23 +240,35 @@ def test_nuvom_on_a_read_only_store_looks_and_a_worker_refuses_in_one_line(
         environ = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
         produced = subprocess.run(
             [sys.executable, "-c", "import sys; sys.path.insert(0, '.'); "
-             "from tasks import echo; print(echo.delay('x').id)"], cwd=project,
+             "from tasks import echo; print(echo.delay('x').id, echo.delay('y').id)"],
+            cwd=project,
             env={**environ, "NUVOM_QUEUE_BACKEND": "file", "NUVOM_RESULT_BACKEND": "file"},
             capture_output=True, text=True, timeout=CLI_TIMEOUT, check=True)
-        job_id = produced.stdout.strip()
+        job_id, cancelled = produced.stdout.split()
         assert nuvom(project, "status")[0] == 0  # opens (creates) the result folder too
+        assert nuvom(project, "cancel", "job", cancelled)[0] == 0  # a record to purge
         with read_only(mount):
             code, out = nuvom(project, "status")
             assert code == 0 and "ready: default=1   delayed: 0   in flight: 0" in out, out
             code, out = nuvom(project, "inspect", "job", job_id)
             assert code == 0 and any("QUEUED" in line for line in out), out
-            code, out = nuvom(project, "history", "recent")
+            code, out = nuvom(project, "history", "recent", "--status", "succeeded")
             assert code == 0 and out == ["No job records match."], out
             code, out = nuvom(project, "runworker", "--workers", "1")
             assert code == 1 and len(out) == 1, out
             assert out[0].startswith("Error: "), out
             assert f"folder {project / '.nuvom' / 'queue'} is not writable" in out[0], out
             assert "Read-only file system" in out[0], out
+            # the writing commands too: each was a raw OSError traceback
+            for command, folder in [(("cancel", "job", job_id), "queue"),
+                                    (("purge", "results", "--older-than", "0s"), "results")]:
+                code, out = nuvom(project, *command)
+                assert code == 1 and len(out) == 1, (command, out)
+                assert out[0].startswith("Error: "), (command, out)
+                assert f"{project / '.nuvom' / folder} is not writable" in out[0], (command, out)
+                assert "Read-only file system (EROFS)" in out[0], (command, out)
+        code, out = nuvom(project, "inspect", "job", job_id)
+        assert code == 0 and any("QUEUED" in line for line in out), "the job is still there"
         shutil.rmtree(project / ".nuvom" / "results")
         with read_only(mount):
             code, out = nuvom(project, "history", "recent")

@@ -16,13 +16,19 @@ Both are :class:`~nuvom_kernel.errors.EnqueueError` subclasses, as SQLite's
 from __future__ import annotations
 
 import errno
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 from nuvom_kernel.errors import ConfigError, EnqueueError
 
-__all__ = ["FileStorePathError", "FileStoreUnavailableError", "cannot_open", "cannot_write"]
+__all__ = ["FileStorePathError", "FileStoreUnavailableError", "cannot_open", "cannot_write",
+           "writes"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: Which of the two file backends a folder belongs to.
 Store = Literal["queue", "results"]
@@ -104,13 +110,32 @@ def cannot_open(store: Store, root: Path, exc: OSError) -> FileStoreUnavailableE
     return FileStoreUnavailableError(f"{head}. {_advice(exc, holds)}. {placed}")
 
 
-def cannot_write(store: Store, root: Path, exc: OSError) -> FileStoreUnavailableError:
+def cannot_write(store: Store, root: Path, exc: OSError, does: str | None = None
+                 ) -> FileStoreUnavailableError:
     """The error for a worker that cannot write the folder ``root`` of ``store`` (``exc``
     from trying): it opened, so that a look at the store works read-only, but a worker
-    claims, settles and records there. The caller chains ``exc``."""
+    claims, settles and records there (``does``: what else was writing it). The caller
+    chains ``exc``."""
     name, holds, placed = _STORES[store]
-    does = ("claims, retries and acknowledges jobs there" if store == "queue" else
-            "records job outcomes and its heartbeat there")
+    if does is None:
+        does = ("a worker claims, retries and acknowledges jobs there" if store == "queue"
+                else "a worker records job outcomes and its heartbeat there")
     return FileStoreUnavailableError(
-        f"the 'file' {name} backend's folder {root} is not writable: {_cause(exc)}; a "
-        f"worker {does}. {_advice(exc, holds)}. {placed}")
+        f"the 'file' {name} backend's folder {root} is not writable: {_cause(exc)}; "
+        f"{does}. {_advice(exc, holds)}. {placed}")
+
+
+def writes(store: Store, does: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A method that writes the folder of ``store`` (at ``self.path``): an ``OSError`` it
+    lets out is :func:`cannot_write`'s one-line error. Why: ``nuvom cancel job`` and
+    ``nuvom purge results`` on a read-only mount printed a raw ``OSError`` traceback, while
+    every look at the same store works and ``runworker`` refuses in one line."""
+    def wrap(method: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(method)
+        def run(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return method(*args, **kwargs)
+            except OSError as exc:
+                raise cannot_write(store, args[0].path, exc, does) from exc  # type: ignore[attr-defined]
+        return run
+    return wrap

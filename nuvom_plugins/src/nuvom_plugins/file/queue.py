@@ -115,7 +115,7 @@ from nuvom_plugins.file._names import (
     read_mark,
     us,
 )
-from nuvom_plugins.file.errors import cannot_open, cannot_write
+from nuvom_plugins.file.errors import cannot_open, cannot_write, writes
 from nuvom_plugins.file.limits import Slots
 from nuvom_plugins.file.workflows import WorkflowFiles
 
@@ -262,6 +262,7 @@ class FileJobQueue(QueueBackend):
     def waiting_steps(self) -> int:
         return self._workflows.waiting_steps()
 
+    @writes("queue", "purging ended workflows removes their files there")
     def purge_workflows(self, older_than: float) -> int:
         return self._workflows.purge(older_than)
 
@@ -553,6 +554,7 @@ class FileJobQueue(QueueBackend):
         return (len(self._fs.matching("ready", queues)) + len(self._fs.matching("delayed", queues))
                 + expired)
 
+    @writes("queue", "clearing the queue removes its files there")
     def clear(self, queues: Sequence[str] | None = None) -> int:
         removed = 0
         freed = []
@@ -629,6 +631,7 @@ class FileJobQueue(QueueBackend):
                 return attrs.evolve(message, failures=parsed.failures if parsed else 0)
         return None
 
+    @writes("queue", "cancelling a job removes its file there")
     def cancel(self, job_id: str) -> bool:
         """Unlink the waiting file, or the file of an expired lease (its worker died or gave
         it up: no one holds it until the next claim recovers it); a claim racing with it

@@ -81,7 +81,7 @@ from nuvom_kernel.plugin_settings import schema_of
 from nuvom_kernel.values import RESULT_TTL_SECS
 from nuvom_plugins.file._fs import open_lock, probe_writable, write_all
 from nuvom_plugins.file._workers import WorkerFiles
-from nuvom_plugins.file.errors import cannot_open, cannot_write
+from nuvom_plugins.file.errors import cannot_open, cannot_write, writes
 from nuvom_plugins.file.schedules import ScheduleFile
 
 __all__ = ["FileResultBackend"]
@@ -459,6 +459,7 @@ class FileResultBackend(ResultBackend):
     def put(self, record: JobRecord) -> bool:
         return self.put_many([record])[0]
 
+    @writes("results", "recording a job's state writes there")
     def put_many(self, records: Sequence[JobRecord]) -> list[bool]:
         """Fence every record against the stored one (or an earlier one of the batch) and
         append those that supersede it in one ``write(2)``, all under the exclusive lock."""
@@ -511,6 +512,7 @@ class FileResultBackend(ResultBackend):
             records = [self._load(loc.job_id, caught_up=True) for loc in page]
         return [r for r in records if r is not None]
 
+    @writes("results", "purging records writes tombstones there")
     def purge(self, older_than: float) -> int:
         """Tombstone terminal records last updated before ``older_than``, then compact."""
         with self._lock, self._flock(exclusive=True):
