@@ -98,18 +98,21 @@ def check_capabilities(kernel: Kernel, options: TaskOptions, delay_secs: float) 
         )
 
 
+def _task_names(calls: Sequence[tuple[Envelope, Job]]) -> str:
+    return ", ".join(repr(name) for name in sorted({job.task for _, job in calls}))
+
+
 def _enqueue_error(kernel: Kernel, calls: Sequence[tuple[Envelope, Job]], exc: Exception
                    ) -> EnqueueError:
     """A backend's raw storage error (``OSError: No space left on device``, ``sqlite3
     OperationalError: unable to open database file``) names neither the backend nor the
     task; say both, and what to check."""
-    tasks = ", ".join(repr(name) for name in sorted({job.task for _, job in calls}))
     return EnqueueError(
         f"queue backend {kernel.settings.queue_backend!r} could not store {len(calls)} "
-        f"job(s) of task {tasks}: {type(exc).__name__}: {exc}. Nothing was enqueued if the "
-        f"backend stores a batch atomically. Check its storage (free space and write "
-        f"permission; the built-in backends keep their data under {kernel.data_dir}) and "
-        f"enqueue again."
+        f"job(s) of task {_task_names(calls)}: {type(exc).__name__}: {exc}. Nothing was "
+        f"enqueued if the backend stores a batch atomically. Check its storage (free space "
+        f"and write permission; the built-in backends keep their data under "
+        f"{kernel.data_dir}) and enqueue again."
     )
 
 
@@ -225,6 +228,10 @@ def _push(kernel: Kernel, calls: Sequence[tuple[Envelope, Job]], messages: Seque
     says where and what to do."""
     try:
         return kernel.queue.enqueue_many(messages)
+    except EnqueueError as exc:  # the backend's own words (a full disk, a read-only
+        # folder), which cannot know whose jobs these were: the caller's traceback says
+        exc.add_note(f"while enqueuing {len(calls)} job(s) of task {_task_names(calls)}")
+        raise
     except NuvomError:
         raise
     except Exception as exc:

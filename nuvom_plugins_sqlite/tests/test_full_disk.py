@@ -118,6 +118,15 @@ def test_cli_commands_on_a_full_disk_print_one_error_line(small_disk: Path,
             assert "Traceback" not in done.stderr, (args, done.stderr)
             assert len(lines) == 1 and lines[0].startswith("Error: "), (args, done.stderr)
             assert_full_message(lines[0], db)
+        with use_kernel(kernel):  # the producer's error says whose jobs were refused too
+            for enqueue in (lambda: echo.delay("x" * 10_000),
+                            lambda: echo.map([("y" * 10_000,)] * 50)):
+                with pytest.raises(NuvomError) as refused:
+                    enqueue()
+                assert type(refused.value).__name__ == "DatabaseFullError", refused.value
+                assert_full_message(str(refused.value), db)
+                assert any("job(s) of task 'echo'" in note
+                           for note in refused.value.__notes__), refused.value.__notes__
         filler.unlink()
         done = run_nuvom(["purge", "results", "--older-than", "0s"], project)
         assert done.returncode == 0, done.stderr  # with room again, the purge runs
