@@ -174,11 +174,11 @@ def cancel_job(job_id: str) -> None:
     if not cancelled:
         if job.status is JobStatus.UNKNOWN:
             raise click.ClickException(_unknown(job_id))
-        if job.status is JobStatus.QUEUED:  # it reads as waiting, yet a lease holds it
+        if job.status is JobStatus.QUEUED:  # read as waiting, then claimed before the cancel
             raise click.ClickException(
-                f"job {job_id} cannot be cancelled: it was leased to a worker (just now, or "
-                "by a worker that stopped without an outcome: then it runs again when a "
-                "worker takes it next); only a job never leased can be cancelled")
+                f"job {job_id} cannot be cancelled: a worker claimed it between this "
+                "command's look and its cancel, and holds it now (`nuvom inspect job` shows "
+                "it RUNNING); only a job no worker holds can be cancelled")
         if job.status is JobStatus.CANCELLED:
             raise click.ClickException(f"job {job_id} is already CANCELLED")
         if job.status is JobStatus.RUNNING:  # a lease: running, or claimed ahead
