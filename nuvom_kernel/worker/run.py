@@ -132,8 +132,7 @@ class JobRunner:
                           else deadline + slack, extended_at=started_mono)
         expires = job.options.expires_secs
         # the message's enqueue: a workflow step's, when its parents released it
-        if expires is not None and lease.deliveries == 1 \
-                and started_at > message.created_at + expires:
+        if expires is not None and lease.deliveries == 1 and self.waited(lease) > expires:
             self._expire(running, expires)
             return None
         self.running[job.id] = running
@@ -278,6 +277,17 @@ class JobRunner:
             events.emit(self.kernel.pm, "nuvom_on_retry", job=job, error=exc,
                         delay_secs=settlement.retry_in)
 
+    def waited(self, lease: Lease) -> float:
+        """Seconds from the message's enqueue to this claim, both on the queue's clock: the
+        claim's time is the lease's expiry less the visibility timeout.
+
+        Why not this worker's clock against the enqueue: Redis and PostgreSQL stamp both on
+        the server's clock, and a worker whose clock was minutes ahead of it failed every
+        ``expires_secs`` job it claimed, unrun, as "not started in time". (A job claimed
+        ahead of a busy thread counts as started at its claim.)"""
+        return (lease.expires_at - self.settler.queue.visibility_timeout_secs
+                - lease.message.created_at)
+
     def _expire(self, running: Running, expires: float) -> None:
         """Fail a job that waited past its ``expires_secs`` without running it. Settled like
         any failure, but without the execute hooks: nothing was executed (observers still
@@ -285,10 +295,9 @@ class JobRunner:
         job = running.job
         exc = JobExpiredError(
             f"job {job.id} ({job.task}) was not started within its expires_secs of "
-            f"{expires:.3g} s (it waited "
-            f"{running.started_at - running.lease.message.created_at:.3g} s since it was "
-            "enqueued), so it never ran; `nuvom retry job` enqueues it again (its expiry "
-            "counts from then)")
+            f"{expires:.3g} s (it waited {self.waited(running.lease):.3g} s from its "
+            "enqueue to its claim), so it never ran; `nuvom retry job` enqueues it again "
+            "(its expiry counts from then)")
         running.decide()
         self.settler.submit(self.settler.failure(running, exc, "", kind="expired"))
         log.info("job=%s: %s", job.id, exc)
