@@ -54,6 +54,8 @@ T = TypeVar("T")
 ON_TIME_SECS = 2.0
 #: Longest sleep of the scheduler thread: newly imported tasks' schedules join this fast.
 MAX_SLEEP_SECS = 1.0
+#: A last tick further ahead of this clock than this is a clock's fault (said once).
+CLOCK_AHEAD_SECS = 5.0
 
 
 @attrs.frozen
@@ -120,6 +122,8 @@ class Scheduler:
         #: (schedule name, error) already logged: a pass runs every second, and a schedule
         #: that keeps failing the same way is logged once, not every second.
         self._logged: set[tuple[str, str]] = set()
+        #: schedules whose last tick was found ahead of this clock (logged once each)
+        self._ahead: set[str] = set()
 
     # --- which schedules ----------------------------------------------------------------
 
@@ -198,6 +202,26 @@ class Scheduler:
                 pushed += jobs
         return pushed
 
+    def _check_clock(self, name: str, last: float | None, now: float) -> None:
+        """Say once why a schedule is silent when its last tick is ahead of this clock.
+
+        Why: the state is shared, so a worker whose clock ran minutes ahead moved every
+        schedule's last tick past the others' clocks (and a host whose clock stepped back an
+        hour, past its own): each schedule then fired nothing, and said nothing, until this
+        clock caught up. Firing anyway would run those ticks again."""
+        if last is None or last <= now + CLOCK_AHEAD_SECS:
+            if name in self._ahead and last is not None and last <= now:
+                self._ahead.discard(name)
+                log.info("schedule %r: this worker's clock has passed its last tick; it "
+                         "fires again", name)
+            return
+        if name not in self._ahead:
+            self._ahead.add(name)
+            log.warning("schedule %r: its last tick, %s, is %.0f s ahead of this worker's "
+                        "clock (a worker's clock runs ahead, or this host's clock stepped "
+                        "back), so it fires nothing until this clock passes it; keep the "
+                        "workers' clocks synchronised (NTP)", name, iso(last), last - now)
+
     def _isolated(self, name: str, step: Callable[..., T], *args: Any) -> T | None:
         """``step(*args)`` for schedule ``name``, or ``None`` if it raised: the error is
         logged the first time it happens (naming the schedule), and the schedule is tried
@@ -221,6 +245,7 @@ class Scheduler:
     def _advance(self, schedule: Schedule, state: ScheduleState | None, now: float
                  ) -> list[Job]:
         last = state.last_tick if state else None
+        self._check_clock(schedule.name, last, now)
         todo = plan(schedule, last, now)
         if state is not None and not todo.fire and not todo.missed and todo.last_tick == last:
             return []

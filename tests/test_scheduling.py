@@ -548,3 +548,27 @@ def test_a_limit_the_backend_cannot_keep_leaves_the_schedules_firing(
     assert "scheduler pass failed" not in caplog.text
     assert caplog.text.count("task limits cannot be applied") == 1, caplog.text
     assert "concurrency" in caplog.text
+
+
+def test_a_last_tick_ahead_of_this_clock_is_said_once_and_then_it_fires_again(
+        make_kernel, caplog):
+    """A worker whose clock ran ahead moved the shared last tick past the others' clocks (or
+    this host's clock stepped back): each schedule fired nothing and said nothing."""
+    kernel = make_kernel("memory")
+
+    @task(schedule=every(seconds=10))
+    def clocked() -> None: ...
+
+    scheduler = Scheduler(kernel)
+    t0 = at("2026-06-01T12:00:00+00:00")
+    scheduler.run_pending(t0)
+    with caplog.at_level(logging.INFO, logger="nuvom.scheduler"):
+        for back in (3600, 3590, 3580):  # stepped back an hour
+            assert scheduler.run_pending(t0 - back) == []
+        ahead = [r.getMessage() for r in caplog.records if "ahead of this" in r.getMessage()]
+        assert len(ahead) == 1, ahead
+        assert "is 3600 s ahead of this worker's clock" in ahead[0]
+        assert "keep the workers' clocks synchronised" in ahead[0]
+        caplog.clear()
+        assert len(scheduler.run_pending(t0 + 10)) == 1
+        assert any("fires again" in r.getMessage() for r in caplog.records)
