@@ -268,9 +268,17 @@ def status(as_json: bool) -> None:
     now = time.time()
     print_table([{"worker": w.id, "queues": ",".join(w.queues) or "*",
                   "busy": f"{w.busy_slots}/{w.slots}", "pool": w.pool, "version": w.version,
-                  "up": f"{now - w.started_at:.0f} s",
-                  "last beat": f"{now - w.heartbeat_at:.1f} s ago"} for w in workers],
+                  "up": f"{max(0.0, now - w.started_at):.0f} s",
+                  "last beat": _beat(now - w.heartbeat_at)} for w in workers],
                 ["worker", "queues", "busy", "pool", "version", "up", "last beat"])
+
+
+def _beat(age: float) -> str:
+    """A heartbeat's age; one from the future is a worker's clock ahead of this one (it
+    read "-177.0 s ago")."""
+    if age >= -1:
+        return f"{max(0.0, age):.1f} s ago"
+    return f"just now (its clock is {-age:.0f} s ahead of this one)"
 
 
 def _echo_locations(queue: str | None, results: str | None) -> None:
