@@ -163,3 +163,12 @@ def test_a_store_that_fails_never_stops_the_heartbeat(make_kernel, project: Path
         worker.stop()
         worker.join()
     assert "could not record its heartbeat" in caplog.text
+
+
+def test_a_heartbeat_from_a_clock_ahead_reads_just_now_not_a_negative_age() -> None:
+    """A worker 180 s ahead of the reader was listed "LAST BEAT -177.0 s ago"."""
+    from nuvom_kernel.cli.jobs import _beat
+
+    assert _beat(2.04) == "2.0 s ago"
+    assert _beat(-0.3) == "0.0 s ago"  # within a second: the clocks' usual jitter
+    assert _beat(-177.0) == "just now (its clock is 177 s ahead of this one)"
