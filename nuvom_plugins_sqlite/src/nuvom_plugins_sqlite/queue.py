@@ -47,6 +47,7 @@ from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
 from nuvom_kernel.workflow.graph import GraphTxn, Node, WorkflowGraph, advance, doomed_record
 from nuvom_kernel.workflow.settle import final_steps
 from nuvom_plugins_sqlite import quarantine
+from nuvom_plugins_sqlite.clock import StepWatch
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
 from nuvom_plugins_sqlite.insert import INSERT, insert_batch, message_row
 from nuvom_plugins_sqlite.limits import claim_limited, count_per_task
@@ -99,6 +100,7 @@ SELECT (SELECT 1 FROM nuvom_queue INDEXED BY nuvom_queue_waiting WHERE visible_a
 _PROMOTE = """
 UPDATE nuvom_queue SET visible_at = NULL WHERE seq IN (
     SELECT seq FROM nuvom_queue INDEXED BY nuvom_queue_waiting WHERE visible_at <= ?
+        AND (token IS NULL OR visible_at <= ?)
     ORDER BY visible_at LIMIT 1000
 )"""
 
@@ -211,6 +213,7 @@ class SQLiteJobQueue(QueueBackend):
         self._seen = threading.local()  # last PRAGMA data_version this thread saw
         self._claim_sql: dict[tuple[bool | None, int | None], str] = {}  # and peeks
         self._next_due: float | None = None  # see claim()
+        self._clock_steps = StepWatch()
         self.limits: dict[str, int] = {}  # task -> most live leases (set_concurrency_limits)
 
     @classmethod
@@ -328,9 +331,13 @@ class SQLiteJobQueue(QueueBackend):
         return count_per_task(self._db.conn(), list(tasks), time.time())
 
     def _promote(self, now: float) -> None:
-        """Make due rows ready: delayed jobs whose time came and expired leases."""
+        """Make due rows ready: delayed jobs whose time came and expired leases (those
+        that expired before a forward step of the clock, for a visibility timeout after
+        it: see :mod:`.clock`)."""
+        lapsed = now - self._clock_steps.stepped(now, self.visibility_timeout_secs)
+
         def run(conn: sqlite3.Connection) -> int:
-            return int(conn.execute(_PROMOTE, (now,)).rowcount)
+            return int(conn.execute(_PROMOTE, (now, lapsed)).rowcount)
 
         try:
             self._lease_db.write(run)

@@ -1,0 +1,46 @@
+"""Forward steps of the wall clock, seen against the monotonic clock.
+
+Why: lease deadlines on the file are wall-clock times (every process on the host shares
+them, and ``time.monotonic`` is not comparable across reboots). When the host's clock steps
+forward past a visibility timeout (NTP correcting a drifted VM, a resumed laptop), every
+live lease looked expired at once, and the next claim of any worker took them over while
+their workers still ran them: a clock hunt measured every running job run twice. The
+workers holding them extend their leases within a third of a visibility timeout, so for
+one timeout after a step a claim takes over only leases that had expired before it.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+__all__ = ["StepWatch"]
+
+#: A change of the wall clock against the monotonic one larger than this is a step, not
+#: drift or jitter (NTP slews drift at most 500 ppm).
+STEP_SECS = 1.0
+
+
+class StepWatch:
+    """The wall clock's forward steps that this process saw, kept for a window."""
+
+    def __init__(self) -> None:
+        self._offset = time.time() - time.monotonic()
+        self._steps: collections.deque[tuple[float, float]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def stepped(self, now: float, window: float) -> float:
+        """Seconds the wall clock stepped forward in the last ``window`` seconds (by the
+        monotonic clock), ``now`` being the wall clock just read: ``0.0`` as almost always.
+        A step backward only makes leases last longer, and is not counted."""
+        mono = time.monotonic()
+        offset = now - mono
+        with self._lock:
+            change = offset - self._offset
+            if change > STEP_SECS:
+                self._steps.append((mono, change))
+            self._offset = offset  # drift and jitter are followed, never summed into a step
+            while self._steps and self._steps[0][0] < mono - window:
+                self._steps.popleft()
+            return sum(change for _, change in self._steps)
