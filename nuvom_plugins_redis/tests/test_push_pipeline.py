@@ -51,7 +51,7 @@ def test_a_failed_chunk_stops_the_chunks_after_it(queue: RedisJobQueue) -> None:
     assert calls[1][head:head + 3] == [1, "default", 3]
     calls[1][head + 2] = "not a number"
     replies = store.run_many(queue._scripts["PUSH"], calls)
-    assert replies[0] == [1] * PUSH_CHUNK
+    assert replies[0][:-1] == [1] * PUSH_CHUNK  # then the push's moment (scripts.PUSH)
     assert isinstance(replies[1], redis.ResponseError) and "BADARGS" in str(replies[1])
     assert isinstance(replies[2], redis.ResponseError) and "SKIPPED" in str(replies[2])
     assert queue.qsize() == PUSH_CHUNK

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from psycopg import sql
 
-__all__ = ["Queries", "render"]
+from nuvom_kernel.values import MAX_ETA
+
+__all__ = ["REF_TOLERANCE", "Queries", "render"]
 
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
 _SECS = "(%s * interval '1 second')"
@@ -43,23 +45,49 @@ WITH u AS ({stmt}),
 SELECT u.* FROM u, woke
 """
 
+#: How far (seconds) a producer's estimate of the server's clock may be from
+#: ``clock_timestamp()`` and still be used as a push's moment (see ``PUSH``).
+REF_TOLERANCE = 1.0
+
+# A push's moment on the server's clock (``n.base``) and the server's now (``n.now``), from
+# the producer's estimate of the former (the first parameter; NULL if it has none yet).
+_CLOCK = f"""n AS (SELECT c.now, CASE WHEN abs(c.ref - c.now) <= {REF_TOLERANCE} THEN c.ref
+                                ELSE c.now END AS base
+           FROM (SELECT {_NOW} AS now, %s::float8 AS ref) AS c)"""
+# Whether a message is delayed: a positive delay whose end is past the server's now.
+_LATER = "(m.delay > 0 AND n.base + m.delay > n.now)"
+# What every push inserts: the message's times, sent relative to the producer's clock
+# reading at the push (``delay`` = available_at - reading, ``age`` = reading - created_at),
+# stored against the push's moment on the server's clock (``n.base``): so due times and FIFO
+# order are the server's, whatever the producer's clock says. ``n.base`` is the server's
+# ``clock_timestamp()``, or the producer's estimate of it (its reading plus the offset it
+# learned from the server's reply, ``base``) when within REF_TOLERANCE of it: all pushes of
+# one process then share one offset and keep its messages in the order its clock made them
+# (each statement's own clock would move each push by its own latency, and reorder messages
+# made microseconds apart). A ready message is never due later than the server's now.
+# (A due time is capped at the latest a push stores, ``MAX_ETA``, as the producer's was.)
+_DUE = f"least(n.base + m.delay, {MAX_ETA!r})"
+_INSERTED = f"""SELECT m.id, m.queue, CASE WHEN {_LATER} THEN 1 ELSE 0 END, m.priority,
+       n.base - m.age,
+       CASE WHEN {_LATER} THEN {_DUE} ELSE least(n.base + m.delay, n.now) END,
+       CASE WHEN {_LATER} THEN to_timestamp({_DUE}) END, m.task, m.body"""
+
 # ``%b`` (here and for every array below): the arrays travel in binary. Why: psycopg's text
 # format quotes every element of a text array through a regular expression and hex-encodes
 # every body; for a 10,000-job ``.map()`` that was half of the plugin's time, and quoting
 # the JSON records of a settle was a fifth of a draining worker's settler thread.
 PUSH = f"""
+WITH {_CLOCK}
 INSERT INTO {{s}}.jobs AS j (id, queue, state, priority, created_at, available_at, due_at,
                            task, body)
-SELECT m.id, m.queue, CASE WHEN m.available_at > n.now THEN 1 ELSE 0 END, m.priority,
-       m.created_at, m.available_at,
-       CASE WHEN m.available_at > n.now THEN to_timestamp(m.available_at) END, m.task, m.body
+{_INSERTED}
 FROM unnest(%b::text[], %b::text[], %b::int[], %b::float8[], %b::float8[], %b::text[],
             %b::bytea[]) WITH ORDINALITY
-       AS m(id, queue, priority, created_at, available_at, task, body, ord),
-     (SELECT {_NOW} AS now) AS n
+       AS m(id, queue, priority, age, delay, task, body, ord),
+     n
 ORDER BY m.ord
 ON CONFLICT (id) DO NOTHING
-RETURNING j.id, j.state, j.available_at
+RETURNING j.id, j.state, j.available_at, (SELECT n.base FROM n) AS base
 """
 
 # What a push of many messages returns: one row, not one per message. Why: reading 10,000
@@ -73,7 +101,7 @@ WITH u AS ({stmt}),
      woke AS (SELECT count(pg_notify({chan}, '')) AS n
               FROM (SELECT 1 FROM u WHERE u.state = 0 LIMIT 1) AS ready)
 SELECT count(*), CASE WHEN count(*) < %s THEN array_agg(u.id) END,
-       min(u.available_at) FILTER (WHERE u.state = 1)
+       min(u.available_at) FILTER (WHERE u.state = 1), max(u.base)
 FROM u, woke
 """
 
@@ -97,13 +125,13 @@ PUSH_NEW = PUSH.replace("ORDER BY m.ord\nON CONFLICT (id) DO NOTHING",
 # on the server was ~1 µs a job of the client's time and ~10 % of the server's.
 _ARRAYS = """unnest(%b::text[], %b::text[], %b::int[], %b::float8[], %b::float8[], %b::text[],
             %b::bytea[]) WITH ORDINALITY
-       AS m(id, queue, priority, created_at, available_at, task, body, ord)"""
-_UNIFORM = """(SELECT a.id, c.queue, c.priority, a.created_at, c.available_at, c.task, a.body,
+       AS m(id, queue, priority, age, delay, task, body, ord)"""
+_UNIFORM = """(SELECT a.id, c.queue, c.priority, a.age, c.delay, c.task, a.body,
                a.ord
         FROM unnest(%b::text[], %b::float8[], %b::bytea[]) WITH ORDINALITY
-               AS a(id, created_at, body, ord),
+               AS a(id, age, body, ord),
              (VALUES (%s::text, %s::int, %s::float8, %s::text))
-               AS c(queue, priority, available_at, task)) AS m"""
+               AS c(queue, priority, delay, task)) AS m"""
 assert _ARRAYS in PUSH and _ARRAYS in PUSH_NEW
 PUSH_UNIFORM = PUSH.replace(_ARRAYS, _UNIFORM)
 PUSH_NEW_UNIFORM = PUSH_NEW.replace(_ARRAYS, _UNIFORM)
@@ -111,16 +139,15 @@ PUSH_NEW_UNIFORM = PUSH_NEW.replace(_ARRAYS, _UNIFORM)
 # One message: the same insert from scalar parameters. Why a second statement: adapting
 # seven one-element arrays and planning ``unnest`` cost about a third of a single enqueue.
 PUSH_ONE = f"""
+WITH {_CLOCK}
 INSERT INTO {{s}}.jobs AS j (id, queue, state, priority, created_at, available_at, due_at,
                            task, body)
-SELECT m.id, m.queue, CASE WHEN m.available_at > n.now THEN 1 ELSE 0 END, m.priority,
-       m.created_at, m.available_at,
-       CASE WHEN m.available_at > n.now THEN to_timestamp(m.available_at) END, m.task, m.body
+{_INSERTED}
 FROM (VALUES (%s::text, %s::text, %s::int, %s::float8, %s::float8, %s::text, %b::bytea))
-       AS m(id, queue, priority, created_at, available_at, task, body),
-     (SELECT {_NOW} AS now) AS n
+       AS m(id, queue, priority, age, delay, task, body),
+     n
 ON CONFLICT (id) DO NOTHING
-RETURNING j.id, j.state
+RETURNING j.id, j.state, (SELECT n.base FROM n) AS base
 """
 
 CLAIM = f"""

@@ -36,7 +36,7 @@ from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_kernel.task import PRIORITY_MAX, PRIORITY_MIN
 from nuvom_kernel.values import MAX_ETA
-from nuvom_plugins_postgres.queries import Queries
+from nuvom_plugins_postgres.queries import REF_TOLERANCE, Queries
 from nuvom_plugins_postgres.results import (
     PostgresResultBackend,
     Row,
@@ -137,9 +137,12 @@ def _text_problem(field: str, value: str) -> str:
             f"{field} of valid Unicode text")
 
 
-def _push_params(messages: Sequence[Message]) -> tuple[bool, list[Any]]:
+def _push_params(messages: Sequence[Message], clock: float, ref: float | None
+                 ) -> tuple[bool, list[Any]]:
     """Whether the batch is uniform (see ``queries.PUSH_UNIFORM``), and the parameters of
-    the matching statement, the number of messages last.
+    the matching statement, the number of messages last. ``clock``: this process's
+    ``time.time()`` at the push, which the messages' times are sent relative to (see
+    ``queries.PUSH``); ``ref``: the server's clock estimated at that reading, or ``None``.
 
     :raises EnqueueError: a message PostgreSQL cannot store (see :func:`_unstorable`).
     """
@@ -152,13 +155,14 @@ def _push_params(messages: Sequence[Message]) -> tuple[bool, list[Any]]:
     refused = _unstorable(ids, queues, priorities, available, tasks)
     if refused is not None:
         raise refused
-    created = [float(m.created_at) for m in messages]
+    ages = [clock - float(m.created_at) for m in messages]
     bodies = [m.checked_body() for m in messages]
     if queues.count(queues[0]) == n and priorities.count(priorities[0]) == n \
             and available.count(available[0]) == n and tasks.count(tasks[0]) == n:
-        return True, [ids, created, bodies, queues[0], priorities[0], available[0], tasks[0],
-                      n]
-    return False, [ids, queues, priorities, created, available, tasks, bodies, n]
+        return True, [ref, ids, ages, bodies, queues[0], priorities[0],
+                      available[0] - clock, tasks[0], n]
+    return False, [ref, ids, queues, priorities, ages, [a - clock for a in available], tasks,
+                   bodies, n]
 
 
 class _RepeatedId(Exception):
@@ -307,20 +311,27 @@ class PostgresQueue(QueueBackend):
         if len(messages) == 1:
             return [self._push_one(messages[0])]
         conn = current_connection()
+        # The clock that stamped the messages, read once for the whole push: their times go
+        # as offsets from it (queries.PUSH), with the server's clock estimated from it.
+        clock, ref = self._clock()
         try:
             if conn is not None:
-                uniform, params = _push_params(messages)
+                uniform, params = _push_params(messages, clock, ref)
                 query = self._q.push_uniform if uniform else self._q.push
                 summaries = [conn.execute(query, params).fetchone()]
                 chunks: list[Sequence[Message]] = [messages]
             else:
-                chunks, summaries = self._run(lambda c: self._push_new_first(c, messages))
+                chunks, summaries = self._run(
+                    lambda c: self._push_new_first(c, messages, clock, ref))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unreachable(self.settings.dsn, exc) from exc
         stored: list[bool] = []
         soonest: float | None = None
+        base: float | None = None
         for chunk, summary in zip(chunks, summaries, strict=True):
-            count, new_ids, due = summary  # type: ignore[misc]
+            count, new_ids, due, used = summary  # type: ignore[misc]
+            if base is None and used is not None:
+                base = self._learn_skew(clock, ref, used)
             if due is not None:
                 soonest = due if soonest is None else min(soonest, due)
             if count == len(chunk):  # every message made a row: all new, all distinct
@@ -330,26 +341,44 @@ class PostgresQueue(QueueBackend):
             for m in chunk:  # a repeated id counts once, at its first occurrence
                 stored.append(m.id in new and m.id not in seen)
                 seen.add(m.id)
-        if soonest is not None:
-            self._wake_at(soonest - time.time())
+        if soonest is not None and base is not None:
+            self._wake_at(soonest - base)  # both the server's clock
         return stored
 
-    def _push_new_first(self, conn: psycopg.Connection[Any], messages: Sequence[Message]
+    def _clock(self) -> tuple[float, float | None]:
+        """This process's ``time.time()`` and the server's clock estimated at it (``None``
+        until the store has an estimate)."""
+        clock, skew = time.time(), self._store.clock_skew
+        return clock, None if skew is None else clock + skew
+
+    def _learn_skew(self, clock: float, ref: float | None, base: float) -> float:
+        """Keep the offset of the server's clock from this process's that a push used as
+        its moment (``base``), unless the statement took ``ref``, our estimate: each
+        process's pushes then share one offset, so its messages keep the order its clock
+        gave them, and a clock stepped since (or a slow push) is corrected from the
+        server's clock. Returns ``base``."""
+        if ref is None or abs(base - ref) > REF_TOLERANCE / 2:
+            self._store.clock_skew = base - clock
+        return base
+
+    def _push_new_first(self, conn: psycopg.Connection[Any], messages: Sequence[Message],
+                        clock: float, ref: float | None
                         ) -> tuple[list[Sequence[Message]], list[Any]]:
         """Push with ``queries.PUSH_NEW`` (no speculative insertion), and again with
         ``queries.PUSH`` if an id repeats within the batch or a unique violation says it
         arrived meanwhile (then nothing of the first try was committed)."""
         try:
             return self._push_chunks(conn, messages, self._q.push_new,
-                                     self._q.push_new_uniform, distinct=True)
+                                     self._q.push_new_uniform, clock, ref, distinct=True)
         except (psycopg.errors.UniqueViolation, _RepeatedId):
             log.debug("an id repeats in the batch or was stored concurrently; pushing again "
                       "with ON CONFLICT DO NOTHING")
-        return self._push_chunks(conn, messages, self._q.push, self._q.push_uniform)
+        return self._push_chunks(conn, messages, self._q.push, self._q.push_uniform, clock,
+                                 ref)
 
     def _push_chunks(self, conn: psycopg.Connection[Any], messages: Sequence[Message],
-                     general: bytes, uniform: bytes, *, distinct: bool = False
-                     ) -> tuple[list[Sequence[Message]], list[Any]]:
+                     general: bytes, uniform: bytes, clock: float, ref: float | None, *,
+                     distinct: bool = False) -> tuple[list[Sequence[Message]], list[Any]]:
         """The chunks of :attr:`push_chunk` messages and one summary row per chunk, all in
         one transaction. Each chunk is read from ``messages`` (which the kernel encodes as
         they are read) only after the one before was sent, so the server stores a chunk
@@ -366,7 +395,7 @@ class PostgresQueue(QueueBackend):
                 seen.update(m.id for m in chunk)
                 if len(seen) != start + len(chunk):
                     raise _RepeatedId
-            same, params = _push_params(chunk)
+            same, params = _push_params(chunk, clock, ref)
             return conn.execute(uniform if same else general, params)
 
         starts = range(0, len(messages), size)
@@ -386,8 +415,9 @@ class PostgresQueue(QueueBackend):
             refused = _unstorable([m.id], [m.queue], [m.priority], [available], [m.task])
             if refused is not None:
                 raise refused
-        params = [m.id, m.queue, m.priority, float(m.created_at), available,
-                  m.task, m.checked_body()]
+        clock, ref = self._clock()  # see push
+        params = [ref, m.id, m.queue, m.priority, clock - float(m.created_at),
+                  available - clock, m.task, m.checked_body()]
         conn = current_connection()
         try:
             if conn is not None:
@@ -396,8 +426,10 @@ class PostgresQueue(QueueBackend):
                 rows = self._run(lambda c: c.execute(self._q.push_one, params).fetchall())
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unreachable(self.settings.dsn, exc) from exc
-        if rows and rows[0][1] == 1:
-            self._wake_at(m.available_at - time.time())
+        if rows:
+            self._learn_skew(clock, ref, rows[0][2])
+            if rows[0][1] == 1:
+                self._wake_at(available - clock)
         return bool(rows)
 
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:

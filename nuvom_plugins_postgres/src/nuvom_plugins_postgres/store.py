@@ -21,6 +21,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,8 +99,15 @@ class Store:
             with psycopg.connect(self.dsn, autocommit=True,
                                  **connect_kwargs(f"nuvom-migrate {self.schema}")) as conn:
                 self.created = migrate(conn, self.schema, namespace) is None
-                row = conn.execute("SELECT current_database()").fetchone()  # always one row
+                before = time.time()
+                row = conn.execute("SELECT current_database(), "  # always one row
+                                   "extract(epoch FROM clock_timestamp())::float8").fetchone()
+                after = time.time()
                 self.database = str(row[0] if row else "")
+                #: The server's clock minus this process's (seconds), as a push last used
+                #: it (``PostgresQueue.push``): first estimated here, by the same query.
+                self.clock_skew: float | None = (None if row is None
+                                                 else row[1] - (before + after) / 2)
                 #: The server libpq chose, for :attr:`location` when the DSN is empty.
                 self.server = (f"host={conn.info.host} port={conn.info.port} "
                                f"dbname={self.database} user={conn.info.user}")

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -335,6 +336,9 @@ class Store:
         #: :meth:`read_max_bulk`): each record and message body is checked against it
         #: before it is sent.
         self.max_bulk = DEFAULT_MAX_BULK
+        #: The server's clock minus this process's (seconds), as a push last used it
+        #: (``RedisJobQueue.push``); first estimated by :meth:`startup`, ``None`` until.
+        self.clock_skew: float | None = None
         pool = self.client.connection_pool
         self._conn_class, self._conn_kwargs = pool.connection_class, pool.connection_kwargs
         self._idle: list[AbstractConnection] = []  # list.pop/append are atomic: no lock
@@ -536,7 +540,10 @@ class Store:
     def startup(self) -> None:
         """Reach the server once (so a wrong URL fails at build time with a clear line),
         then, once per process and server, warn about settings that lose jobs."""
-        self.call(self.client.ping, "connecting")
+        before = time.time()  # TIME reaches the server as PING did, and reads its clock
+        server = self.call(self.client.time, "connecting")
+        after = time.time()
+        self.clock_skew = server[0] + server[1] / 1e6 - (before + after) / 2
         self.max_bulk = self.read_max_bulk()
         self.check_epoch(first=True)
         key = (self.url, self.prefix)

@@ -125,11 +125,15 @@ class RedisJobQueue(QueueBackend):
         """
         batch = uuid.uuid4().hex if len(messages) > PUSH_CHUNK else ""
         prefix, limit = self.store.prefix, self.store.max_bulk
+        # The clock that stamped the messages, read once for the whole push: their times go
+        # as offsets from it (scripts.PUSH), with the server's clock estimated from it.
+        clock, skew = time.time(), self.store.clock_skew
+        ref = "" if skew is None else repr(clock + skew)
 
         def calls() -> Iterator[list[Any]]:  # each chunk read after the one before was sent
             for index, start in enumerate(range(0, len(messages), PUSH_CHUNK)):
                 yield _push_call(prefix, messages[start:start + PUSH_CHUNK], batch, index,
-                                 limit)
+                                 limit, clock, ref)
 
         store, script = self.store, self._scripts["PUSH"]
         what = f"storing {len(messages)} job(s)"
@@ -146,8 +150,20 @@ class RedisJobQueue(QueueBackend):
                     raise error from reply
                 raise RedisUnavailableError(f"{error} {_partial(stored, len(messages))}"
                                             ) from reply
-            stored += [bool(f) for f in reply]
+            if not stored:
+                self._learn_skew(clock, ref, reply[-1])
+            stored += [bool(f) for f in reply[:-1]]
         return stored
+
+    def _learn_skew(self, clock: float, ref: str, base: bytes) -> None:
+        """Keep the offset of the server's clock from this process's that ``PUSH`` used as
+        its moment (``base``), unless the script took ``ref``, our estimate: each process's
+        pushes then share one offset, so its messages keep the order its clock gave them,
+        and a clock stepped since (or a slow push) is corrected from the server's ``TIME``.
+        """
+        used = float(base)
+        if not ref or abs(used - float(ref)) > scripts.REF_TOLERANCE / 2:
+            self.store.clock_skew = used - clock
 
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
         if n <= 0 or (queues is not None and not queues):
@@ -276,8 +292,7 @@ class RedisJobQueue(QueueBackend):
         earlier release left there; until it has, such a name counts all zeros and is
         skipped here, so ``nuvom status`` never lists thousands of spent queue names."""
         stats = QueueStats()
-        now = time.time()
-        for queue, counts in self._counts(None, now=now).items():
+        for queue, counts in self._counts(None, ages=True).items():
             if counts.ready or counts.delayed or counts.running:
                 stats.queues[queue] = counts
         stats.quarantined = self._quarantined()
@@ -354,20 +369,21 @@ class RedisJobQueue(QueueBackend):
             lambda: self.store.client.smembers(self.store.prefix + "queues"), "listing queues"))
         return sorted(m.decode() for m in members)
 
-    def _counts(self, queues: Sequence[str] | None, now: float | None = None
+    def _counts(self, queues: Sequence[str] | None, ages: bool = False
                 ) -> dict[str, QueueCounts]:
-        """Counts per queue (one ``STATS`` call), with the oldest ready message's age at
-        ``now`` when given."""
+        """Counts per queue (one ``STATS`` call), with the oldest ready message's age (by
+        the server's clock, which stamped it) when ``ages``."""
         names = self._queue_names(queues)
         if not names:
             return {}
         reply = self._run("STATS", names, "counting jobs")
+        now = float(reply[0])
         counts = {}
         for i, queue in enumerate(names):
-            # due: when the ready message due first became due (STATS); max(0, ...): a due
-            # time ahead of this clock (a producer's clock ahead) is no wait yet
-            ready, delayed, running, due = reply[i * 4:i * 4 + 4]
-            age = None if now is None or not due else max(0.0, now - float(due))
+            # due: when the ready message due first became due (STATS); max(0, ...): never
+            # a negative wait
+            ready, delayed, running, due = reply[1 + i * 4:1 + i * 4 + 4]
+            age = None if not ages or not due else max(0.0, now - float(due))
             counts[queue] = QueueCounts(ready=int(ready), delayed=int(delayed),
                                         running=int(running), oldest_ready_age_secs=age)
         return counts
@@ -511,25 +527,31 @@ def _message_too_large(job_id: str, task: str, size: int, limit: int) -> ValueTo
 
 
 def _push_call(prefix: str, chunk: Sequence[Message], batch: str, index: int,
-               limit: int = DEFAULT_MAX_BULK) -> list[Any]:
+               limit: int = DEFAULT_MAX_BULK, clock: float | None = None, ref: str = ""
+               ) -> list[Any]:
     """The arguments of one ``PUSH`` script call (layout: ``scripts.PUSH``): the messages
     in runs that share queue, priority, available_at and task, each run's routing sent once
     (a ``.map()`` chunk is one run), so each message costs 3 arguments, not 8. ``limit``:
     the server's ``proto-max-bulk-len``, which each body is checked against
-    (:func:`_checked`)."""
-    args: list[Any] = [prefix, len(chunk), batch, index]
+    (:func:`_checked`). ``clock``: this process's ``time.time()`` at the push (read now if
+    not given), which the messages' times are sent relative to (available_at as a delay,
+    created_at as an age); ``ref``: the server's clock estimated at that reading, or
+    ``""``."""
+    if clock is None:
+        clock = time.time()
+    args: list[Any] = [prefix, len(chunk), batch, index, ref]
     route: tuple[Any, ...] | None = None
     head = 0
     for m in chunk:
         body = m.checked_body()
         if len(body) > limit:
             raise _message_too_large(m.id, m.task, len(body), limit)
-        created = float(m.created_at)
+        age = clock - float(m.created_at)
         if (m.queue, m.priority, m.available_at, m.task) != route:
             route = (m.queue, m.priority, m.available_at, m.task)
             head = len(args)
-            args += [0, str(m.queue), int(m.priority), repr(float(m.available_at)),
-                     str(m.task)]
+            args += [0, str(m.queue), int(m.priority),
+                     repr(float(m.available_at) - clock), str(m.task)]
         args[head] += 1
-        args += [m.id, repr(created), body]
+        args += [m.id, repr(age), body]
     return args

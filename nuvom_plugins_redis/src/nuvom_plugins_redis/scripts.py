@@ -3,7 +3,10 @@
 Why scripts and not MULTI/WATCH: a claim reads (which messages are due, which is first) and
 writes (lease, token) in one step; a script does that with no retry loop, and a worker that
 dies between two commands cannot leave a message half claimed. Every script reads the clock
-with ``TIME``, so lease deadlines and due times never depend on the clients' clocks.
+with ``TIME``, so lease deadlines and due times never depend on the clients' clocks: a
+push sends a message's times as offsets from the producer's own clock reading (a delay, an
+age), and ``PUSH`` stores them against the server's clock, so a job's due time and its place
+in FIFO order are the server's, whatever the producer's clock says (see ``PUSH``).
 
 Why ``#!lua`` (a shebang) on each: Redis 7 then checks ``maxmemory`` once, before a writing
 script starts, instead of failing it at its first write past the limit with the writes
@@ -13,8 +16,9 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
 
     P queues                  SET   every queue holding a message (claims over "every queue")
     P j:<id>                  HASH  one message: b body, q queue, p priority, c created_at,
-                                    a available_at (moved by a retry or a delayed release,
-                                    kept when promoted to ready), t task, f failures,
+                                    a available_at (both epoch secs, server clock; a moved
+                                    by a retry or a delayed release, kept when promoted to
+                                    ready), t task, f failures,
                                     d deliveries
                                     (absent until the first claim: a missing f or d
                                     reads as 0 everywhere),
@@ -74,6 +78,10 @@ from __future__ import annotations
 
 #: Characters of a ready member before the job id: 17 digits of created_at in µs, 12 of seq.
 RANK_LEN = 29
+#: How far (seconds) a producer's estimate of the server's clock may be from ``TIME`` and
+#: still be used as a push's moment (``PUSH``): past it, the server's own clock is used and
+#: the producer learns the offset again (its clock was stepped, or the push was slow).
+REF_TOLERANCE = 1.0
 
 _COMMON = r"""
 local P = ARGV[1]
@@ -175,28 +183,25 @@ local function next_due(qs)
 end
 """
 
-#: ARGV: P, n (messages), batch ('' for a lone chunk), chunk index, then the messages in
-#: runs that share their routing: per run its head (count, queue, priority, available_at,
-#: task), then 3 values per message (id, created_at, body). A ``.map()`` chunk is one run:
-#: 3 arguments per message instead of 8, and each argument costs the server a conversion
-#: into Lua (and the client a packing) whatever its size. The rank's created µs are
-#: worked out here, by the same float arithmetic Python would use.
-#: Returns 1 (stored) or 0 (id already queued, or earlier in the chunk) per message.
-#: Chunks of one batch are sent ahead of their replies (``Store.run_many``), so chunk k
-#: runs only if chunk k - 1 did (``P push:<batch>`` holds the last index stored, or k
-#: itself when k runs again after a lost reply): a failed chunk stops the rest, and what
-#: was stored is always a prefix of the batch, as when each chunk waited for the last.
+#: ARGV: P, n (messages), batch ('' for a lone chunk), chunk index, ref, then the messages
+#: in runs that share their routing: per run its head (count, queue, priority, delay, task),
+#: then 3 values per message (id, age, body). A ``.map()`` chunk is one run: 3 arguments per
+#: message instead of 8, and each argument costs the server a conversion into Lua (and the
+#: client a packing) whatever its size.
 #:
-#: Why it is shaped so: each ``redis.call`` from Lua costs about as much as the command
-#: itself (argument conversion, checks), so the script makes one call per message, its
-#: HSET, and the rest per chunk: one EXISTS over every key of the chunk (a message whose
-#: id is queued already is rare; only then is each key checked on its own), one ZADD per
-#: queue and set with every member, one SADD per queue. The first pass writes nothing and
-#: checks every number, so a bad argument fails the chunk before any message is stored (a
-#: hash without its ready entry would never run, and its id would refuse a new push).
-#: ``d`` (deliveries) is not stored: CLAIM reads a missing ``d`` as 0 and HINCRBY counts
-#: from 0, in the scripts of earlier releases too (a worker not yet upgraded claims these
-#: hashes correctly). ``f`` stays: CLAIM of earlier releases reads it unguarded.
+#: Times travel relative to the producer's clock reading at the push (``time.time()``, the
+#: clock that stamped the message): ``delay`` = available_at - that reading (0 or less:
+#: ready now), ``age`` = that reading - created_at. The script stores them against ``base``,
+#: the push's moment on the server's clock: ``c`` = base - age, ``a`` = base + delay, so
+#: due times and FIFO order are the server's, whatever the producer's clock says. ``base``
+#: is the server's ``TIME``, or ``ref`` (the producer's estimate of it: its reading plus the
+#: offset it learned from the server) when that is within REF_TOLERANCE seconds of it: so
+#: all pushes of one process share one offset and keep its messages in the order its clock
+#: made them (a per-call ``TIME`` would move each push by its own latency and reorder
+#: messages made microseconds apart). A message is delayed only if its delay is positive
+#: and its due time is past ``TIME``. Returns one 0/1 per message, then ``base`` (the
+#: client learns the offset from it). The rank's created µs are worked out here, by the
+#: same float arithmetic Python would use.
 PUSH = "#!lua\n" + _COMMON + r"""
 local batch, idx = ARGV[3], tonumber(ARGV[4])
 local guard = P .. 'push:' .. batch
@@ -209,28 +214,39 @@ if batch ~= '' and idx > 0 then
 end
 local now = clock()
 local n = tonumber(ARGV[2])
--- first pass, no writes: the runs (numbers checked) and every message's key
-local runs, keys, micros = {}, {}, {}
-local at, i = 5, 0
+-- the push's moment on the server's clock (see above)
+local base, ref = now, tonumber(ARGV[5])
+if ref and math.abs(ref - now) <= REF_TOLERANCE then base = ref end
+-- first pass, no writes: the runs (numbers checked) and every message's key and times
+local runs, keys, micros, created = {}, {}, {}, {}
+local at, i = 6, 0
 while at <= #ARGV do
-  local count, p, avail = tonumber(ARGV[at]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
-  if not count or count < 1 or not p or not avail or at + 4 + count * 3 > #ARGV then
+  local count, p, delay = tonumber(ARGV[at]), tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  if not count or count < 1 or not p or not delay or delay ~= delay
+     or at + 4 + count * 3 > #ARGV then
     return redis.error_reply('BADARGS run at argument ' .. at .. ' of the chunk: count, ' ..
-                             'priority and available_at must be numbers; nothing stored')
+                             'priority and delay must be numbers; nothing stored')
   end
+  local avail = base + delay
   local kind, state, score = 'ready', 'r', f17(-p)
-  if avail > now then kind, state, score = 'delayed', 'd', ARGV[at + 3] end
-  runs[#runs + 1] = {at + 5, count, ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4],
+  if delay > 0 and avail > now then
+    kind, state, score = 'delayed', 'd', f17(avail)
+  elseif avail > now then
+    avail = now  -- ready now: never due later than the moment it was stored
+  end
+  runs[#runs + 1] = {at + 5, count, ARGV[at + 1], ARGV[at + 2], f17(avail), ARGV[at + 4],
                      kind, state, score}
   for j = 0, count - 1 do
-    local base = at + 5 + j * 3
-    keys[i + j + 1] = P .. 'j:' .. ARGV[base]
-    -- created µs for the rank, as 17 digits (the largest double below 1e17 has 17)
-    local c = tonumber(ARGV[base + 1])
-    if not c or c ~= c or c == math.huge or c == -math.huge then
+    local arg = at + 5 + j * 3
+    keys[i + j + 1] = P .. 'j:' .. ARGV[arg]
+    local age = tonumber(ARGV[arg + 1])
+    if not age or age ~= age or age == math.huge or age == -math.huge then
       return redis.error_reply('BADARGS message ' .. (i + j + 1) .. ' of the chunk: ' ..
-                               'created_at must be a finite number; nothing stored')
+                               'its age must be a finite number; nothing stored')
     end
+    local c = base - age
+    created[i + j + 1] = f17(c)
+    -- created µs for the rank, as 17 digits (the largest double below 1e17 has 17)
     c = c * 1e6
     if c < 0 then c = 0 elseif c >= 1e17 then c = 99999999999999984 end
     micros[i + j + 1] = c
@@ -261,15 +277,15 @@ for _, run in ipairs(runs) do
     sets[key] = members
     order[#order + 1] = {key, q}
   end
-  for base = first, first + (count - 1) * 3, 3 do
+  for arg = first, first + (count - 1) * 3, 3 do
     i = i + 1
-    local id, jk = ARGV[base], keys[i]
+    local id, jk = ARGV[arg], keys[i]
     if taken[id] or (check_each and redis.call('EXISTS', jk) == 1) then
       out[i] = 0
     else
       taken[id] = true
       local rank = string.format('%017d%012d', micros[i], seq + i) .. id
-      redis.call('HSET', jk, 'b', ARGV[base + 2], 'q', q, 'p', p, 'c', ARGV[base + 1],
+      redis.call('HSET', jk, 'b', ARGV[arg + 2], 'q', q, 'p', p, 'c', created[i],
                  'a', avail, 't', t, 'f', '0', 'r', rank, 's', state)
       members[#members + 1] = score
       members[#members + 1] = state == 'd' and id or rank
@@ -291,8 +307,9 @@ for _, kq in ipairs(order) do
 end
 if next(queues) then wake() end
 if batch ~= '' then redis.call('SET', guard, idx, 'PX', 600000) end
+out[n + 1] = f17(base)
 return out
-"""
+""".replace("REF_TOLERANCE", repr(REF_TOLERANCE))
 
 #: ARGV: P, n, visibility secs, number of queues (-1: every queue), queue names...
 #: Returns {now, next due time ('' if none, '-' if not looked up), entries dropped (a ready
@@ -563,7 +580,8 @@ return moved
 #: Hashes ``STATS`` reads per queue past the first of each run it walks (see there).
 STATS_WALK = 64
 
-#: ARGV: P, then queue names. Per queue: ready, delayed, leased, and the earliest due time
+#: ARGV: P, then queue names. Returns the server's now, then per queue: ready, delayed,
+#: leased, and the earliest due time
 #: of a message counted ready ('' if none): ``max(c, a)``, its enqueue or the end of its
 #: delay or retry delay (a retry moves ``a``, a promotion keeps it), as the worker's wait
 #: time counts. Why a walk: ready sets sort by enqueue within a priority band, not by due
@@ -585,7 +603,7 @@ local function due_of(id)
 end
 local now = clock()
 local limit = f17(now)
-local out = {}
+local out = {limit}
 for i = 2, #ARGV do
   local key = qkey(ARGV[i], 'ready')
   local dkey, lkey = qkey(ARGV[i], 'delayed'), qkey(ARGV[i], 'leased')

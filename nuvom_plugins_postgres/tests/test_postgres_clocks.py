@@ -1,0 +1,70 @@
+"""Due times and FIFO order follow the server's clock, not a producer's (``queries.PUSH``):
+a producer whose wall clock is 5 minutes off, or stepped after it connected, must neither
+run a delayed job early or late nor jump (or fall behind) the queue."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from pg_support import DSN
+from psycopg import sql
+
+from nuvom_kernel.backends import BackendContext
+from nuvom_plugins_postgres import PostgresQueue
+
+PRODUCER = Path(__file__).with_name("pg_clock_producer.py")
+
+
+def _produce(context: BackendContext, start: float, push: float, *jobs: str) -> None:
+    """Push ``jobs`` from a producer process whose ``time.time`` is off by ``start``
+    seconds while it connects and ``push`` seconds while it pushes."""
+    subprocess.run([sys.executable, str(PRODUCER), DSN, context.namespace, str(start),
+                    str(push), *jobs], check=True, timeout=60)
+
+
+def _row(schema: str, job_id: str) -> tuple[Any, ...]:
+    """(state, available_at, due_at, created_at, the server's now), times in epoch secs."""
+    query = sql.SQL("SELECT state, available_at, extract(epoch FROM due_at)::float8, "
+                    "created_at, extract(epoch FROM clock_timestamp())::float8 "
+                    "FROM {}.jobs WHERE id = %s").format(sql.Identifier(schema))
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        row = conn.execute(query, (job_id,)).fetchone()
+    assert row is not None, f"job {job_id} is not stored"
+    return tuple(row)
+
+
+@pytest.mark.parametrize(("start", "push"), [(-300, -300), (300, 300), (0, 300), (0, -300)],
+                         ids=["behind", "ahead", "stepped-ahead", "stepped-behind"])
+def test_postgres_delay_is_due_by_the_servers_clock(queue: PostgresQueue, schema: str,
+                                                    context: BackendContext, start: float,
+                                                    push: float) -> None:
+    job = f"clock-delay-{uuid.uuid4().hex}"
+    _produce(context, start, push, f"{job}+60")
+    state, available, due, created, now = _row(schema, job)
+    assert state == 1, "a delay_secs=60 job must wait as scheduled"
+    assert available == pytest.approx(now + 60, abs=5), \
+        f"due {available - now:+.1f} s from the server's now, not +60 s"
+    assert due == pytest.approx(available, abs=1e-3)
+    assert created == pytest.approx(now, abs=5)
+    assert queue.claim(1) == [], "not due yet"
+
+
+def test_postgres_fifo_follows_enqueue_order_across_skewed_producers(
+        queue: PostgresQueue, schema: str, context: BackendContext) -> None:
+    first, second, third = (f"clock-fifo-{i}-{uuid.uuid4().hex}" for i in range(3))
+    _produce(context, 300, 300, first)  # 5 minutes ahead, enqueued first
+    _produce(context, 0, 0, second, third)
+    now = _row(schema, first)[4]
+    leases = queue.claim(3)
+    assert [le.id for le in leases] == [first, second, third], \
+        "claimed in enqueue order, whatever the clocks"
+    assert all(le.message.created_at == pytest.approx(now, abs=10) for le in leases), \
+        "created_at is the server's clock"
+    assert all(le.expires_at == pytest.approx(now + queue.visibility_timeout_secs, abs=5)
+               for le in leases), "a lease's deadline is the server's now plus the timeout"
