@@ -76,6 +76,8 @@ The job-record scripts and ``SETTLE`` are in :mod:`.record_scripts`.
 
 from __future__ import annotations
 
+from nuvom_kernel.values import MAX_ETA
+
 #: Characters of a ready member before the job id: 17 digits of created_at in µs, 12 of seq.
 RANK_LEN = 29
 #: How far (seconds) a producer's estimate of the server's clock may be from ``TIME`` and
@@ -227,7 +229,7 @@ while at <= #ARGV do
     return redis.error_reply('BADARGS run at argument ' .. at .. ' of the chunk: count, ' ..
                              'priority and delay must be numbers; nothing stored')
   end
-  local avail = base + delay
+  local avail = math.min(base + delay, MAX_ETA)  -- the latest a push stores, as sent before
   local kind, state, score = 'ready', 'r', f17(-p)
   if delay > 0 and avail > now then
     kind, state, score = 'delayed', 'd', f17(avail)
@@ -309,7 +311,7 @@ if next(queues) then wake() end
 if batch ~= '' then redis.call('SET', guard, idx, 'PX', 600000) end
 out[n + 1] = f17(base)
 return out
-""".replace("REF_TOLERANCE", repr(REF_TOLERANCE))
+""".replace("REF_TOLERANCE", repr(REF_TOLERANCE)).replace("MAX_ETA", repr(MAX_ETA))
 
 #: ARGV: P, n, visibility secs, number of queues (-1: every queue), queue names...
 #: Returns {now, next due time ('' if none, '-' if not looked up), entries dropped (a ready
