@@ -10,6 +10,7 @@ worker pool in this process for the memory backend); waits are conditions with d
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from nuvom_kernel import (
 )
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.errors import NuvomError, UnknownJobError
 from nuvom_kernel.kernel import Kernel, get_kernel, use_kernel
 from nuvom_kernel.workflow.canvas import Chain
 from tests import test_workflows as wf
@@ -419,3 +420,22 @@ def test_a_step_whose_arguments_do_not_fit_is_refused_before_anything_is_stored(
     assert kernel.queue.qsize() == 0 and kernel.queue.waiting_steps() == 0
     chain(wf_pair.s(1, 2), wf_pair.s(3), wf_pair.si(1, 1)).delay()
     assert kernel.queue.qsize() == 1 and kernel.queue.waiting_steps() == 2
+
+
+def test_get_of_a_workflow_whose_step_records_expired_says_so(kernel: Kernel) -> None:
+    """The graph outlives its steps' records (each expires by its own end): ``get()`` of
+    the failed workflow raised "failed: None: None", and of the succeeded one a step's
+    input error ("an input of this step"); ``Job.get()`` of an expired record raises
+    ``UnknownJobError``, and so does this now, saying why."""
+    from wf_tasks import add, boom
+
+    failed = chain(boom.si(), add.s(1)).delay()
+    done = chain(add.si(1, 1), add.s(2)).delay()
+    run_worker_until(kernel, lambda: ended(failed)() and ended(done)(), "both to end")
+    kernel.results.purge(time.time() + 1)  # as result_ttl_secs does
+    for flow, status, what in ((failed, "FAILED", "its error"),
+                               (done, "SUCCEEDED", "its result")):
+        with pytest.raises(UnknownJobError, match=rf"workflow {flow.id} ended {status}, but "
+                           rf"the record of step \w+ is no longer stored, so {what} is not "
+                           r"known: .*result_ttl_secs"):
+            flow.get(timeout=5)

@@ -15,6 +15,7 @@ from nuvom_kernel.errors import (
     JobFailedError,
     NuvomError,
     SerializationError,
+    UnknownJobError,
 )
 from nuvom_kernel.job import Job, not_in_a_task
 from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
@@ -127,19 +128,32 @@ class Workflow:
             interval = min(interval * 2, poll_secs)
         status = graph.flow.status
         if status == SUCCEEDED:
+            gone = [i for i in _flatten(graph.output, [])
+                    if self._kernel.results.get(i) is None]
+            if gone:
+                raise self._record_gone(status, gone[0], "its result")
             return _resolve(self._kernel, graph.output)
         full = self._graph()
         for node in full.nodes:
             if node.state == FAILED and (node.policy == "fail" or node.final):
                 record = self._kernel.results.get(node.id)
-                raise JobFailedError(node.id, record.error_type if record else None,
-                                     record.error_message if record else None,
-                                     record.traceback if record else None)
+                if record is None:
+                    raise self._record_gone(status, node.id, "its error")
+                raise JobFailedError(node.id, record.error_type, record.error_message,
+                                     record.traceback)
         for node in full.nodes:
             if node.state == CANCELLED:
                 raise JobCancelledError(node.id, self.id)
         raise NuvomError(f"workflow {self.id} ended {status} with no failed step recorded")
 
+
+    def _record_gone(self, status: str, step: str, what: str) -> UnknownJobError:
+        """Why: the workflow's graph outlived its steps' records (each expires by its own
+        end), and ``get()`` raised "failed: None: None", or a step's input error."""
+        return UnknownJobError(
+            f"workflow {self.id} ended {status}, but the record of step {step} is no longer "
+            f"stored, so {what} is not known: it was purged (`nuvom purge results`) or it "
+            "expired (the result backend's result_ttl_secs counts from each step's end)")
 
     def retry(self, from_node: str | None = None) -> list[str]:
         """Run the failed, cancelled and skipped steps again (or ``from_node`` and every
