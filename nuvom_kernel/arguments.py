@@ -26,13 +26,23 @@ class Arguments:
     __slots__ = ("_signature", "fewest", "most", "params")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
-        self._signature = inspect.signature(fn)
+        #: the names of the parameters a positional argument fills, in order, through
+        #: ``functools.wraps`` to the decorated function (unique ids and error messages name
+        #: arguments by them, as they always have)
+        self.params = [p.name for p in inspect.signature(fn).parameters.values()
+                       if p.kind in _BY_POSITION]
+        # What is checked is what the worker calls: a decorator under @task may supply an
+        # argument itself (``fn("session", *args)``), so the function it wraps would refuse
+        # calls the wrapper takes. A wrapper of (*args, **kwargs) is not checked, as Celery
+        # does not look past it either.
+        try:
+            self._signature = inspect.signature(fn, follow_wrapped=False)
+        except (TypeError, ValueError):  # a staticmethod object has none of its own
+            self._signature = inspect.signature(fn)
         parameters = list(self._signature.parameters.values())
-        #: the names of the parameters a positional argument fills, in order
-        self.params = [p.name for p in parameters if p.kind in _BY_POSITION]
         self.fewest = sum(1 for p in parameters
                           if p.kind in _BY_POSITION and p.default is p.empty)
-        self.most = len(self.params)
+        self.most = sum(1 for p in parameters if p.kind in _BY_POSITION)
         if any(p.kind is p.VAR_POSITIONAL or (p.kind is p.KEYWORD_ONLY and p.default is p.empty)
                for p in parameters):
             self.most = -1

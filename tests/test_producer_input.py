@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from nuvom_kernel import JobStatus, get_job, task
+from nuvom_kernel import JobStatus, every, get_job, task
 from nuvom_kernel.cli import make_cli
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.envelope import Envelope
@@ -570,8 +570,6 @@ def test_arguments_that_do_not_fit_the_function_are_refused_and_nothing_is_store
 
 def test_a_schedule_whose_arguments_do_not_fit_is_refused_at_decoration() -> None:
     """Each of its ticks' jobs failed on a worker with a ``TypeError``."""
-    from nuvom_kernel import every
-
     with pytest.raises(TypeError, match=r"task 'sig_tick' cannot take these arguments: "
                                         r"missing a required argument: 'y'\. Its signature "
                                         r"is sig_tick\(x, y\); fix the schedule's args="):
@@ -580,3 +578,31 @@ def test_a_schedule_whose_arguments_do_not_fit_is_refused_at_decoration() -> Non
 
     @task(schedule=every(seconds=30, args=(1,), kwargs={"y": 2}), name="sig_tock")
     def sig_tock(x: int, y: int) -> None: ...
+
+
+def test_a_decorator_that_supplies_an_argument_is_checked_as_the_worker_calls_it(
+        kernel: Kernel) -> None:
+    """``@task`` over a ``functools.wraps`` decorator that passes the first argument itself
+    (a database session): the check bound the call to the wrapped function's signature,
+    which ``inspect.signature`` follows, and refused ``save.delay(5)``, which the worker
+    runs as ``wrapper(5)``; a schedule's arguments made its module fail to import."""
+    import functools
+
+    def with_session(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn("session", *args, **kwargs)
+        return wrapper
+
+    @task
+    @with_session
+    def sig_save(session: str, item: int) -> str:
+        return f"{session} saved {item}"
+
+    @task(name="sig_nightly", schedule=every(minutes=5, args=("report",)))
+    @with_session
+    def sig_nightly(session: str, what: str) -> None: ...
+
+    assert sig_save.delay(5).args == (5,)
+    assert [j.args for j in sig_save.map([(6,), (7,)])] == [(6,), (7,)]
+    assert kernel.queue.qsize() == 3
