@@ -85,3 +85,33 @@ def test_bad_arguments_an_unknown_task_and_no_outcome_in_time_are_said_clearly(
     assert "has no outcome after 0.5 s" in late.stderr
     with use_kernel(Kernel(root=project)) as kernel:
         assert kernel.queue.stats().delayed == 1
+
+
+def test_an_existing_job_id_and_a_result_with_non_string_keys_are_said_as_they_are(
+        project: Path) -> None:
+    """A second ``--job-id order-42`` said "enqueued" and ``--wait`` printed the first job's
+    result as if it were this call's; a result ``{(1, 2): "a"}`` (non-string keys are
+    supported values) ended ``--wait`` in a traceback, exit 1."""
+    write_module(project, "enq_more", TASKS + '''
+
+@task
+def enq_pairs():
+    return {(1, 2): "a", "n": [1, (2, 3)]}
+''')
+    assert run_nuvom(["discover", "tasks"], project).returncode == 0
+    worker = start_worker(project, {}, "--workers", "1")
+    try:
+        assert any(" started: " in line for line in read_until_started(worker))
+        pairs = run_nuvom(["enqueue", "enq_pairs", "--wait", "60"], project)
+        assert pairs.returncode == 0, pairs.stderr
+        assert json.loads(pairs.stdout.splitlines()[1]) == {"(1, 2)": "a", "n": [1, [2, 3]]}
+        first = run_nuvom(["enqueue", "enq_send", "--args", '["alice"]', "--job-id",
+                           "order-42", "--wait", "60"], project)
+        assert first.returncode == 0, first.stderr
+        again = run_nuvom(["enqueue", "enq_send", "--args", '["bob"]', "--job-id",
+                           "order-42"], project)
+    finally:
+        stop_worker(worker)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("job order-42 (enq_send) exists already, SUCCEEDED: "
+                                   "nothing was enqueued"), again.stdout

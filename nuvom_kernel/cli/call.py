@@ -16,7 +16,8 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError
+from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError, UnknownTaskError
+from nuvom_kernel.models import JobStatus
 
 
 @hookimpl
@@ -67,11 +68,25 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     kernel.registry.load_manifest(kernel.data_dir)
     try:
         task = kernel.registry.resolve(task_name)
+    except UnknownTaskError as exc:
+        raise click.ClickException(
+            f"unknown task {task_name!r}: no imported module and no entry of "
+            f"{kernel.data_dir / 'manifest.json'} defines it. Run `nuvom discover tasks` in "
+            "the project folder, then `nuvom list tasks` for the names") from exc
+    from nuvom_kernel.kernel import get_job  # as the other job commands: not at import
+
+    try:
+        before = None if job_id is None else get_job(job_id).status
         job = task.apply_async(args, kwargs, delay_secs=delay_secs, queue=queue,
                                priority=priority, job_id=job_id)
     except (NuvomError, TypeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"enqueued job {job.id} ({job.task}) on queue {job.queue!r}")
+    if before not in (None, JobStatus.UNKNOWN):  # a job id names one job for its life
+        click.echo(f"job {job.id} ({job.task}) exists already, {before.value}: nothing was "
+                   "enqueued (a job id names one job for its life; `nuvom retry job` runs a "
+                   "finished one again)")
+    else:
+        click.echo(f"enqueued job {job.id} ({job.task}) on queue {job.queue!r}")
     if wait_secs is None:
         return
     try:
@@ -83,4 +98,17 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     except (JobFailedError, JobCancelledError) as exc:
         click.echo(f"job {job.id}: {exc}", err=True)
         raise SystemExit(1) from None
-    click.echo(json.dumps(result, default=repr))
+    click.echo(json.dumps(_jsonable(result)))
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON can print it: a dict with keys of other types (a tuple, a
+    frozenset: results may have them) has them as their ``repr``, and what JSON has no
+    type for (a datetime, bytes) is its ``repr`` too."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else repr(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
