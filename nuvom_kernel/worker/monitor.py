@@ -103,7 +103,7 @@ class LeaseMonitor:
                     self.on_deadline(running)
                 else:
                     wake = min(wake, running.deadline)
-            if now - running.extended_at >= extend_every:
+            if now - running.extended_at >= extend_every and not running.lease_lost:
                 due.append(running)
         if due:
             expiry = time.time() + self.visibility  # taken before the call: an underestimate
@@ -129,8 +129,11 @@ class LeaseMonitor:
                 running.extended_at = now
                 if ok:
                     running.lease = attrs.evolve(running.lease, expires_at=expiry)
-                elif not running.decided:  # a decided job's settle reports its own loss
-                    log.warning("job=%s lost its lease while running", running.job.id)
+                else:  # said once: it was said every round (each second) until the job ended
+                    running.lease_lost = True
+                    if not running.decided:  # a decided job's settle reports its own loss
+                        log.warning("job=%s lost its lease while running (another worker "
+                                    "may run it now)", running.job.id)
         return wake
 
     def _give_back_overdue(self) -> float:

@@ -140,6 +140,7 @@ class Running:
     extended_at: float
     decided: bool = False  # an outcome was chosen (by the executor or the timeout)
     abandoned: bool = False  # timed out: its thread is left to finish on its own
+    lease_lost: bool = False  # another worker took the lease over (said once, not extended)
     lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def decide(self) -> bool:
