@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from pg_support import DSN
 from psycopg import sql
 
 from nuvom_kernel.backends import BackendContext
-from nuvom_plugins_postgres import PostgresQueue
+from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_plugins_postgres import PostgresQueue, PostgresResultBackend
 
 PRODUCER = Path(__file__).with_name("pg_clock_producer.py")
 
@@ -68,3 +70,33 @@ def test_postgres_fifo_follows_enqueue_order_across_skewed_producers(
         "created_at is the server's clock"
     assert all(le.expires_at == pytest.approx(now + queue.visibility_timeout_secs, abs=5)
                for le in leases), "a lease's deadline is the server's now plus the timeout"
+
+
+PURGER = """\
+import sys, time
+_real, _skew = time.time, float(sys.argv[3])
+time.time = lambda: _real() + _skew
+from nuvom_kernel.backends import BackendContext
+from nuvom_plugins_postgres import PostgresResultBackend
+results = PostgresResultBackend.from_settings({"dsn": sys.argv[1]},
+                                              BackendContext(namespace=sys.argv[2]))
+print(results.purge(time.time() - 120))
+results.close()
+"""
+
+
+@pytest.mark.parametrize("skew", [600, 0])
+def test_postgres_purge_cuts_off_by_the_servers_clock(
+        results: PostgresResultBackend, context: BackendContext, skew: float) -> None:
+    """A worker (or `nuvom purge results`) 10 minutes ahead, with a TTL of 2 minutes,
+    deleted every fresh record: its cutoff was its own clock's."""
+    now = time.time()
+    fresh, old = (f"purge-{name}-{uuid.uuid4().hex}" for name in ("fresh", "old"))
+    for job_id, age in ((fresh, 10), (old, 300)):
+        results.put(JobRecord(job_id=job_id, task="t", status=JobStatus.SUCCEEDED,
+                              updated_at=now - age, finished_at=now - age))
+    done = subprocess.run([sys.executable, "-c", PURGER, DSN, context.namespace, str(skew)],
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.split() == ["1"], done.stdout + done.stderr
+    assert results.get(fresh) is not None, "a record 10 s old was purged by a TTL of 120 s"
+    assert results.get(old) is None

@@ -273,7 +273,8 @@ class PostgresQueue(QueueBackend):
                 if won and won[0]:
                     moved = int(conn.execute(self._q.tick).fetchone()[0])  # type: ignore[index]
                     if purge:
-                        conn.execute(self._q.purge_results, (time.time() - ttl,))
+                        conn.execute(self._q.purge_results,
+                                     (self._store.on_server(time.time()) - ttl,))
             nxt = conn.execute(self._q.next).fetchone()
             return moved, (None if nxt is None else nxt[0])
 

@@ -374,8 +374,11 @@ class PostgresResultBackend(ResultBackend):
         return records
 
     def purge(self, older_than: float) -> int:
+        """``older_than`` is read on this process's clock, shifted onto the server's (by
+        the offset the store measured): a worker or shell whose clock ran 10 minutes ahead,
+        with a TTL of 2 minutes, deleted every fresh record."""
         with self._store.connection() as conn:
-            return conn.execute(self._purge, (older_than,)).rowcount
+            return conn.execute(self._purge, (self._store.on_server(older_than),)).rowcount
 
     def counts(self) -> dict[str, int]:
         with self._store.connection() as conn:

@@ -131,6 +131,10 @@ class Store:
                 migrate(conn, self.schema, namespace)
             self.claimed.add(namespace)
 
+    def on_server(self, epoch: float) -> float:
+        """A time read on this process's clock, as the server's clock reads it."""
+        return epoch + (self.clock_skew or 0.0)
+
     @property
     def location(self) -> str:
         """The DSN (its password masked) and the schema, as ``nuvom status`` shows them;
