@@ -43,11 +43,11 @@ from nuvom_kernel.backends import (
     QueueStats,
     ResultBackend,
 )
+from nuvom_kernel.clock import StepWatch
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
 from nuvom_kernel.workflow.graph import GraphTxn, Node, WorkflowGraph, advance, doomed_record
 from nuvom_kernel.workflow.settle import final_steps
 from nuvom_plugins_sqlite import quarantine
-from nuvom_plugins_sqlite.clock import StepWatch
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
 from nuvom_plugins_sqlite.insert import INSERT, insert_batch, message_row
 from nuvom_plugins_sqlite.limits import claim_limited, count_per_task
@@ -333,8 +333,8 @@ class SQLiteJobQueue(QueueBackend):
     def _promote(self, now: float) -> None:
         """Make due rows ready: delayed jobs whose time came and expired leases (those
         that expired before a forward step of the clock, for a visibility timeout after
-        it: see :mod:`.clock`)."""
-        lapsed = now - self._clock_steps.stepped(now, self.visibility_timeout_secs)
+        it: see :mod:`nuvom_kernel.clock`)."""
+        lapsed = self._clock_steps.lapsed_before(now, self.visibility_timeout_secs)
 
         def run(conn: sqlite3.Connection) -> int:
             return int(conn.execute(_PROMOTE, (now, lapsed)).rowcount)

@@ -92,6 +92,7 @@ from typing import Any, TypeVar
 import attrs
 
 from nuvom_kernel.backends import BackendContext, Capabilities, QueueBackend, QueueStats
+from nuvom_kernel.clock import StepWatch
 from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_kernel.workflow.graph import GraphTxn, Node
@@ -189,6 +190,7 @@ class FileJobQueue(QueueBackend):
         self._held: dict[str, str] = {}  # token -> current lease file name (this instance)
         self._held_lock = threading.Lock()
         self._next_lease_scan = 0.0
+        self._clock_steps = StepWatch()
         self.limits: dict[str, int] = {}  # task -> most live leases (set_concurrency_limits)
         self._slots = Slots(self.path, self._dirs["leased"])
         self._workflows = WorkflowFiles(self.path, fsync=fsync, push=self._release_steps)
@@ -400,12 +402,15 @@ class FileJobQueue(QueueBackend):
 
     def _recover_expired(self, now: float) -> None:
         """Rename expired leases back to ``ready/``; runs only when an expiry is due or a
-        lease was expired on purpose (``extend(lease, 0)`` bumps ``.leased-marker``)."""
+        lease was expired on purpose (``extend(lease, 0)`` bumps ``.leased-marker``). For
+        a visibility timeout after a forward step of the clock, only leases that expired
+        before it (:mod:`nuvom_kernel.clock`)."""
         mark = read_mark(self._leased_marker)
         if now < self._next_lease_scan and mark == self._leased_mark:
             return
         self._leased_mark = mark
         next_scan = now + self.visibility_timeout_secs
+        lapsed = self._clock_steps.lapsed_before(now, self.visibility_timeout_secs)
         recovered = 0
         for name in listdir(self._dirs["leased"]):
             parsed = parse(name, "leased")
@@ -413,8 +418,8 @@ class FileJobQueue(QueueBackend):
                 self._fs.quarantine(self._dirs["leased"] / name, "unparseable file name in "
                                  "leased/")
                 continue
-            if parsed.when_us > us(now):
-                next_scan = min(next_scan, parsed.when_us / US)
+            if parsed.when_us > us(lapsed):
+                next_scan = min(next_scan, parsed.when_us / US + now - lapsed)
                 continue
             try:
                 os.rename(self._dirs["leased"] / name, self._dirs["ready"] / parsed.ready())

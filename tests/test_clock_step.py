@@ -1,9 +1,9 @@
 """A forward step of the host's clock past a visibility timeout (NTP correcting a drifted
 VM, a resumed laptop) made every live lease look expired, and an idle worker took them all
 over while their worker still ran them: every running job ran twice. Real ``nuvom
-runworker`` processes on one SQLite file; each runs under a shim that shifts ``time.time``
-by the seconds in a file every process reads (``time.monotonic`` untouched), as an NTP step
-shifts the wall clock of every process on the host at once."""
+runworker`` processes on one SQLite file, or one file backend folder; each runs under a shim
+that shifts ``time.time`` by the seconds in a file every process reads (``time.monotonic``
+untouched), as an NTP step shifts the wall clock of every process on the host at once."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlite_helpers import stop_worker, user_env, wait_until
+import pytest
+
+from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.models import JobStatus
+from tests.helpers import stop_worker, user_env, wait_until
 
 SHIM = '''\
 import os, sys, time
@@ -55,7 +59,9 @@ def _worker(project: Path, env: dict[str, str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_a_forward_step_of_the_clock_does_not_run_live_jobs_twice(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "file"])
+def test_a_forward_step_of_the_clock_does_not_run_live_jobs_twice(tmp_path: Path,
+                                                                  backend: str) -> None:
     project, runs, clock = tmp_path / "proj", tmp_path / "runs", tmp_path / "clock"
     project.mkdir()
     runs.mkdir()
@@ -63,40 +69,26 @@ def test_a_forward_step_of_the_clock_does_not_run_live_jobs_twice(tmp_path: Path
     (project / "shim.py").write_text(SHIM)
     (project / "step_tasks.py").write_text(TASKS)
     env = {"CLOCK_FILE": str(clock), "RUNS_DIR": str(runs), "JOB_SECS": "7",
-           "NUVOM_VISIBILITY_TIMEOUT_SECS": "6", "PYTHONPATH": str(project)}
+           "NUVOM_VISIBILITY_TIMEOUT_SECS": "6", "PYTHONPATH": str(project),
+           "NUVOM_QUEUE_BACKEND": backend, "NUVOM_RESULT_BACKEND": backend}
     subprocess.run([sys.executable, "-c", "from step_tasks import stepped_clock_job as j; "
                     "j.delay(0); j.delay(1)"], cwd=project, env=user_env(**env), check=True,
                    timeout=60)
+    kernel = Kernel(root=project, environ={k: v for k, v in env.items()
+                                           if k.startswith("NUVOM_")})
     first = _worker(project, env)
     second = None
     try:
-        wait_until(lambda: len(list(runs.iterdir())) == 2, 60, 0.1)
+        wait_until(lambda: len(list(runs.iterdir())) == 2, 60,
+                   "the first worker to run both jobs")
         second = _worker(project, env)  # idle: both jobs are leased to the first one
-        wait_until(lambda: second.poll() is None and _started(project), 60, 0.1)
+        wait_until(lambda: len(kernel.results.live_workers()) == 2, 60,
+                   "the second worker to start")
         clock.write_text("30")  # every process's wall clock, five timeouts forward
-        wait_until(lambda: _finished(project) == 2, 60, 0.1)
+        wait_until(lambda: len(kernel.results.query(status=JobStatus.SUCCEEDED)) == 2, 60,
+                   "both jobs to finish")
     finally:
         outputs = [stop_worker(w) for w in (first, second) if w is not None]
+        kernel.close()
     names = sorted(p.name.split(".")[0] for p in runs.iterdir())
     assert names == ["0", "1"], (names, outputs)
-
-
-def _started(project: Path) -> bool:
-    from nuvom_plugins_sqlite import SQLiteResultBackend
-
-    results = SQLiteResultBackend(project / ".nuvom" / "nuvom.db")
-    try:
-        return len(results.live_workers()) == 2
-    finally:
-        results.close()
-
-
-def _finished(project: Path) -> int:
-    from nuvom_kernel.models import JobStatus
-    from nuvom_plugins_sqlite import SQLiteResultBackend
-
-    results = SQLiteResultBackend(project / ".nuvom" / "nuvom.db")
-    try:
-        return sum(1 for r in results.query(status=JobStatus.SUCCEEDED, limit=10))
-    finally:
-        results.close()

@@ -1,12 +1,13 @@
 """Forward steps of the wall clock, seen against the monotonic clock.
 
-Why: lease deadlines on the file are wall-clock times (every process on the host shares
-them, and ``time.monotonic`` is not comparable across reboots). When the host's clock steps
-forward past a visibility timeout (NTP correcting a drifted VM, a resumed laptop), every
-live lease looked expired at once, and the next claim of any worker took them over while
-their workers still ran them: a clock hunt measured every running job run twice. The
-workers holding them extend their leases within a third of a visibility timeout, so for
-one timeout after a step a claim takes over only leases that had expired before it.
+Why: a backend on one host (SQLite, the file backend) keeps lease deadlines as wall-clock
+times, which every process on the host shares (``time.monotonic`` is not comparable across
+reboots). When the host's clock steps forward past a visibility timeout (NTP correcting a
+drifted VM, a resumed laptop), every live lease looked expired at once, and the next claim
+of any worker took them over while their workers still ran them: a clock hunt measured
+every running job run twice. The workers holding them extend their leases within a third
+of a visibility timeout, so for one timeout after a step such a backend takes over only
+leases that had expired before it (``lapsed_before``).
 """
 
 from __future__ import annotations
@@ -44,3 +45,8 @@ class StepWatch:
             while self._steps and self._steps[0][0] < mono - window:
                 self._steps.popleft()
             return sum(change for _, change in self._steps)
+
+    def lapsed_before(self, now: float, visibility: float) -> float:
+        """The time a lease must have expired by to be taken over at ``now``: ``now``, or
+        earlier by the forward steps of the last ``visibility`` seconds."""
+        return now - self.stepped(now, visibility)
