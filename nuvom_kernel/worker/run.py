@@ -132,8 +132,9 @@ class JobRunner:
                           else deadline + slack, extended_at=started_mono)
         expires = job.options.expires_secs
         # the message's enqueue: a workflow step's, when its parents released it
-        if expires is not None and lease.deliveries == 1 and self.waited(lease) > expires:
-            self._expire(running, expires)
+        if expires is not None and lease.deliveries == 1 \
+                and (waited := self.waited(lease)) > expires:
+            self._expire(running, expires, waited)
             return None
         self.running[job.id] = running
         if deadline is not None:
@@ -288,14 +289,14 @@ class JobRunner:
         return (lease.expires_at - self.settler.queue.visibility_timeout_secs
                 - lease.message.created_at)
 
-    def _expire(self, running: Running, expires: float) -> None:
+    def _expire(self, running: Running, expires: float, waited: float) -> None:
         """Fail a job that waited past its ``expires_secs`` without running it. Settled like
         any failure, but without the execute hooks: nothing was executed (observers still
         see its outcome through ``nuvom_after_settle``)."""
         job = running.job
         exc = JobExpiredError(
             f"job {job.id} ({job.task}) was not started within its expires_secs of "
-            f"{expires:.3g} s (it waited {self.waited(running.lease):.3g} s from its "
+            f"{expires:.3g} s (it waited {waited:.3g} s from its "
             "enqueue to its claim), so it never ran; `nuvom retry job` enqueues it again "
             "(its expiry counts from then)")
         running.decide()

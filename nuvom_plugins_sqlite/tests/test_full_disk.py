@@ -181,16 +181,21 @@ def test_every_write_on_a_full_disk_raises_one_clear_error(small_disk: Path,
         results.close()
 
 
-def test_a_new_database_on_a_full_disk_is_told_to_free_space(small_disk: Path) -> None:
-    """Not "Make its folder writable": the folder was writable, the disk was full."""
-    fill(small_disk)
-    queue = SQLiteJobQueue(small_disk / "data" / "nuvom.db")
+def _refusal(db: Path) -> str:
+    """The message of the error a first read of ``db`` raises (it must raise)."""
+    queue = SQLiteJobQueue(db)
     try:
         with pytest.raises(SQLiteUnavailableError) as refused:
             queue.qsize()
     finally:
         queue.close()
-    text = str(refused.value)
+    return str(refused.value)
+
+
+def test_a_new_database_on_a_full_disk_is_told_to_free_space(small_disk: Path) -> None:
+    """Not "Make its folder writable": the folder was writable, the disk was full."""
+    fill(small_disk)
+    text = _refusal(small_disk / "data" / "nuvom.db")
     assert "The disk holding it is full, or your disk quota on it is used up. Free space " \
         f"on the file system of {small_disk}" in text, text
     assert "writable" not in text, text
@@ -205,13 +210,7 @@ def test_an_existing_database_on_a_full_disk_is_told_to_free_space(small_disk: P
     queue.close()
     assert not Path(f"{db}-shm").exists()
     fill(small_disk)
-    queue = SQLiteJobQueue(db)
-    try:
-        with pytest.raises(SQLiteUnavailableError) as refused:
-            queue.qsize()
-    finally:
-        queue.close()
-    text = str(refused.value)
+    text = _refusal(db)
     assert "The disk holding it is full" in text and "writable" not in text, text
 
 
