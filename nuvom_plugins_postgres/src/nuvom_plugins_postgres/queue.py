@@ -32,6 +32,7 @@ from nuvom_kernel.backends import (
     ResultBackend,
     Settlement,
 )
+from nuvom_kernel.clock import server_offset
 from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_kernel.task import PRIORITY_MAX, PRIORITY_MIN
@@ -326,13 +327,14 @@ class PostgresQueue(QueueBackend):
                     lambda c: self._push_new_first(c, messages, clock, ref))
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unreachable(self.settings.dsn, exc) from exc
+        after = time.time()
         stored: list[bool] = []
         soonest: float | None = None
         base: float | None = None
         for chunk, summary in zip(chunks, summaries, strict=True):
             count, new_ids, due, used = summary  # type: ignore[misc]
             if base is None and used is not None:
-                base = self._learn_skew(clock, ref, used)
+                base = self._learn_skew(clock, after, ref, used)
             if due is not None:
                 soonest = due if soonest is None else min(soonest, due)
             if count == len(chunk):  # every message made a row: all new, all distinct
@@ -352,14 +354,15 @@ class PostgresQueue(QueueBackend):
         clock, skew = time.time(), self._store.clock_skew
         return clock, None if skew is None else clock + skew
 
-    def _learn_skew(self, clock: float, ref: float | None, base: float) -> float:
+    def _learn_skew(self, clock: float, after: float, ref: float | None, base: float
+                    ) -> float:
         """Keep the offset of the server's clock from this process's that a push used as
         its moment (``base``), unless the statement took ``ref``, our estimate: each
         process's pushes then share one offset, so its messages keep the order its clock
         gave them, and a clock stepped since (or a slow push) is corrected from the
-        server's clock. Returns ``base``."""
+        server's clock, read between ``clock`` and ``after``. Returns ``base``."""
         if ref is None or abs(base - ref) > REF_TOLERANCE / 2:
-            self._store.clock_skew = base - clock
+            self._store.clock_skew = server_offset(base, clock, after)
         return base
 
     def _push_new_first(self, conn: psycopg.Connection[Any], messages: Sequence[Message],
@@ -428,7 +431,7 @@ class PostgresQueue(QueueBackend):
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise unreachable(self.settings.dsn, exc) from exc
         if rows:
-            self._learn_skew(clock, ref, rows[0][2])
+            self._learn_skew(clock, time.time(), ref, rows[0][2])
             if rows[0][1] == 1:
                 self._wake_at(available - clock)
         return bool(rows)

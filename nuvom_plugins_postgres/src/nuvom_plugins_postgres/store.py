@@ -29,6 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from nuvom_kernel.clock import server_offset
 from nuvom_kernel.errors import EnqueueError
 from nuvom_plugins_postgres.schema import migrate
 from nuvom_plugins_postgres.settings import PostgresSettings, connect_kwargs, masked_dsn
@@ -107,7 +108,7 @@ class Store:
                 #: The server's clock minus this process's (seconds), as a push last used
                 #: it (``PostgresQueue.push``): first estimated here, by the same query.
                 self.clock_skew: float | None = (None if row is None
-                                                 else row[1] - (before + after) / 2)
+                                                 else server_offset(row[1], before, after))
                 #: The server libpq chose, for :attr:`location` when the DSN is empty.
                 self.server = (f"host={conn.info.host} port={conn.info.port} "
                                f"dbname={self.database} user={conn.info.user}")

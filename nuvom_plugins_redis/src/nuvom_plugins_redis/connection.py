@@ -43,6 +43,7 @@ from redis.retry import Retry
 
 from nuvom_kernel import errors
 from nuvom_kernel.backends import BackendContext
+from nuvom_kernel.clock import server_offset
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError, EnqueueError, SerializationError
 from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
@@ -543,7 +544,7 @@ class Store:
         before = time.time()  # TIME reaches the server as PING did, and reads its clock
         server = self.call(self.client.time, "connecting")
         after = time.time()
-        self.clock_skew = server[0] + server[1] / 1e6 - (before + after) / 2
+        self.clock_skew = server_offset(server[0] + server[1] / 1e6, before, after)
         self.max_bulk = self.read_max_bulk()
         self.check_epoch(first=True)
         key = (self.url, self.prefix)

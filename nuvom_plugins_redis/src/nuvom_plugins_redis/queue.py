@@ -31,6 +31,7 @@ from nuvom_kernel.backends import (
     QueueStats,
     ResultBackend,
 )
+from nuvom_kernel.clock import server_offset
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
 from nuvom_plugins_redis import record_scripts, scripts
 from nuvom_plugins_redis.connection import (
@@ -138,6 +139,7 @@ class RedisJobQueue(QueueBackend):
         store, script = self.store, self._scripts["PUSH"]
         what = f"storing {len(messages)} job(s)"
         replies = store.call(lambda: store.run_many(script, calls()), what)
+        after = time.time()
         stored: list[bool] = []
         for reply in replies:
             if isinstance(reply, Exception):
@@ -151,19 +153,20 @@ class RedisJobQueue(QueueBackend):
                 raise RedisUnavailableError(f"{error} {_partial(stored, len(messages))}"
                                             ) from reply
             if not stored:
-                self._learn_skew(clock, ref, reply[-1])
+                self._learn_skew(clock, after, ref, reply[-1])
             stored += [bool(f) for f in reply[:-1]]
         return stored
 
-    def _learn_skew(self, clock: float, ref: str, base: bytes) -> None:
+    def _learn_skew(self, clock: float, after: float, ref: str, base: bytes) -> None:
         """Keep the offset of the server's clock from this process's that ``PUSH`` used as
         its moment (``base``), unless the script took ``ref``, our estimate: each process's
         pushes then share one offset, so its messages keep the order its clock gave them,
-        and a clock stepped since (or a slow push) is corrected from the server's ``TIME``.
+        and a clock stepped since (or a slow push) is corrected from the server's ``TIME``,
+        read between ``clock`` and ``after``.
         """
         used = float(base)
         if not ref or abs(used - float(ref)) > scripts.REF_TOLERANCE / 2:
-            self.store.clock_skew = used - clock
+            self.store.clock_skew = server_offset(used, clock, after)
 
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
         if n <= 0 or (queues is not None and not queues):

@@ -1,0 +1,17 @@
+"""``server_offset``: what a round trip can and cannot tell about a server's clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from nuvom_kernel.clock import server_offset
+
+
+@pytest.mark.parametrize("server", [100.0, 100.0004, 100.001, 100.002 + 5e-6])
+def test_a_reading_within_the_round_trip_is_the_same_clock(server: float) -> None:
+    assert server_offset(server, 100.0, 100.002) == 0.0
+
+
+@pytest.mark.parametrize("offset", [300.0, -300.0, 0.0021, -0.0021])
+def test_an_offset_past_the_round_trip_is_kept(offset: float) -> None:
+    assert server_offset(100.001 + offset, 100.0, 100.002) == pytest.approx(offset)
