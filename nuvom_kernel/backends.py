@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 from nuvom_kernel.models import (
@@ -35,11 +35,14 @@ from nuvom_kernel.result_backend import ResultBackend
 from nuvom_kernel.spi import SPI_VERSION, Backend, BackendContext, Capabilities
 from nuvom_kernel.views import (
     QueueCounts,
+    QueuedJob,
     QueueStats,
     WorkerInfo,
     newer_first,
+    oldest_first,
     page_cursor,
     parse_cursor,
+    queued_state,
 )
 from nuvom_kernel.workflow.spi import WorkflowStore
 
@@ -50,12 +53,15 @@ __all__ = [
     "QueueBackend",
     "QueueCounts",
     "QueueStats",
+    "QueuedJob",
     "ResultBackend",
     "Settlement",
     "WorkerInfo",
     "newer_first",
+    "oldest_first",
     "page_cursor",
     "parse_cursor",
+    "queued_state",
     "supersedes",
 ]
 
@@ -67,9 +73,10 @@ class QueueBackend(Backend, WorkflowStore):
     :meth:`release`, :meth:`extend`, :meth:`peek_state`, :meth:`qsize`, :meth:`clear`.
     Optional (the kernel works without them, more slowly or with a feature refused):
     :meth:`ack_many`, :meth:`extend_many`, :meth:`settle_many`, :meth:`cancel`,
-    :meth:`stats`, :meth:`wait_for_messages`. A backend that cannot block on new work gets
-    adaptive polling from :meth:`wait_for_messages` for free; one that can (a condition,
-    BLPOP, LISTEN) overrides it and declares ``blocking_dequeue``. One that stores workflow
+    :meth:`peek`, :meth:`browse`, :meth:`stats`, :meth:`wait_for_messages`. A backend that
+    cannot block on new work gets adaptive polling from :meth:`wait_for_messages` for free;
+    one that can (a condition, BLPOP, LISTEN) overrides it and declares
+    ``blocking_dequeue``. One that stores workflow
     graphs overrides the calls of :class:`~nuvom_kernel.workflow.spi.WorkflowStore` and
     declares ``workflows``.
     """
@@ -205,6 +212,23 @@ class QueueBackend(Backend, WorkflowStore):
         retry job`` can run it again), and ``get_job()`` of a waiting job fills in what it
         is. Without it both know only the job's id and state."""
         raise NotImplementedError(f"queue backend {self.name!r} cannot peek at messages")
+
+    def browse(self, queues: Sequence[str] | None = None, *,
+               states: Collection[JobStatus] | None = None, after: str | None = None,
+               limit: int = 100) -> list[QueuedJob]:
+        """One page of the messages in ``queues`` (``None``: every queue), waiting, delayed
+        and leased, oldest first (``created_at``, then id); page on with
+        ``after=page[-1].cursor``. ``states`` keeps the messages in one of those states
+        (RUNNING, RETRYING, QUEUED: see :class:`~nuvom_kernel.views.QueuedJob`). Nothing is
+        claimed or changed. A message that stays put while the pages are read is listed
+        exactly once; one pushed, claimed or removed meanwhile may or may not be.
+
+        Optional. ``nuvom list jobs`` lists with it and ``nuvom purge queue`` finds the jobs
+        it cancels; without it both are refused.
+
+        :raises ValueError: ``after`` is not a cursor this method returned.
+        """
+        raise NotImplementedError(f"queue backend {self.name!r} cannot list its messages")
 
     def stats(self) -> QueueStats:
         """Counts per named queue for ``nuvom status``; override to report per queue (the

@@ -1,4 +1,5 @@
-"""What backends report: queue counts for ``nuvom status``, and pages of job records.
+"""What backends report: queue counts for ``nuvom status``, pages of job records, and pages of
+the messages in a queue (``QueueBackend.browse``).
 
 Plain data and pure functions shared by every backend, so each reports the same shape and
 pages the same way; they live apart from the SPI classes only to keep each module short.
@@ -6,15 +7,15 @@ pages the same way; they live apart from the SPI classes only to keep each modul
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from nuvom_kernel.models import JobRecord
+from nuvom_kernel.models import JobRecord, JobStatus
 
-__all__ = ["QueueCounts", "QueueStats", "WorkerInfo", "newer_first", "page_cursor",
-           "parse_cursor"]
+__all__ = ["QueueCounts", "QueueStats", "QueuedJob", "WorkerInfo", "newer_first",
+           "oldest_first", "page_cursor", "parse_cursor", "queued_state"]
 
 
 @attrs.define
@@ -125,9 +126,10 @@ def page_cursor(record: JobRecord | Mapping[str, Any]) -> str:
     return f"{float(record['updated_at'])!r}|{record['job_id']}"
 
 
-def parse_cursor(cursor: str) -> tuple[float, str]:
+def parse_cursor(cursor: str, *, made_by: str = "page_cursor()") -> tuple[float, str]:
     """``(updated_at, job_id)`` of a :func:`page_cursor`; records strictly *older* than it
-    (smaller ``updated_at``, or equal and smaller ``job_id``) form the next page.
+    (smaller ``updated_at``, or equal and smaller ``job_id``) form the next page. Also
+    ``(created_at, job_id)`` of a :attr:`QueuedJob.cursor` (``made_by`` names it).
 
     :raises ValueError: naming the malformed cursor.
     """
@@ -137,8 +139,8 @@ def parse_cursor(cursor: str) -> tuple[float, str]:
             raise ValueError
         return float(head), job_id
     except ValueError:
-        raise ValueError(f"malformed page cursor {cursor!r}: expected '<updated_at>|<job_id>' "
-                         "as returned by page_cursor()") from None
+        raise ValueError(f"malformed page cursor {cursor!r}: expected '<time>|<job_id>' "
+                         f"as returned by {made_by}") from None
 
 
 def newer_first(records: Sequence[JobRecord], after: str | None, limit: int
@@ -150,3 +152,60 @@ def newer_first(records: Sequence[JobRecord], after: str | None, limit: int
         key = parse_cursor(after)
         ordered = [r for r in ordered if (r.updated_at, r.job_id) < key]
     return ordered[:max(limit, 0)]
+
+
+@attrs.frozen
+class QueuedJob:
+    """A message in a queue, as :meth:`~nuvom_kernel.backends.QueueBackend.browse` lists it:
+    what an operator asks of a queue (what runs, what waits, what is due when), without its
+    body, which can be large and is read with ``nuvom inspect job``.
+
+    :param state: as ``peek_state`` says: RUNNING (a live lease), RETRYING (waiting for its
+        time after a failed attempt) or QUEUED (ready, an expired lease included, or
+        waiting for a first run's ``available_at``).
+    :param deliveries: claims of this message so far (a release gives one back).
+    :param lease_expires_at: a RUNNING message's lease deadline, else ``None``.
+    """
+
+    id: str
+    task: str
+    queue: str
+    priority: int
+    state: JobStatus
+    created_at: float
+    available_at: float
+    failures: int = 0
+    deliveries: int = 0
+    lease_expires_at: float | None = None
+
+    @property
+    def cursor(self) -> str:
+        """Where the next page starts: ``browse(after=page[-1].cursor)``."""
+        return f"{self.created_at!r}|{self.id}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["state"] = self.state.value
+        return data
+
+
+def queued_state(leased_until: float | None, available_at: float, failures: int,
+                 now: float) -> JobStatus:
+    """A stored message's state as ``peek_state`` reports it: ``leased_until`` is its
+    lease's deadline, ``None`` when no claim holds it."""
+    if leased_until is not None:
+        return JobStatus.RUNNING if leased_until > now else JobStatus.QUEUED
+    if available_at > now and failures:
+        return JobStatus.RETRYING
+    return JobStatus.QUEUED
+
+
+def oldest_first(jobs: Sequence[QueuedJob], states: Collection[JobStatus] | None,
+                 after: str | None, limit: int) -> list[QueuedJob]:
+    """One page of ``jobs`` in browse order (``created_at``, then id): for backends that
+    filter in Python (memory, files), so every one pages exactly the same way."""
+    key = None if after is None else parse_cursor(after, made_by="QueuedJob.cursor")
+    chosen = [j for j in jobs if (states is None or j.state in states)
+              and (key is None or (j.created_at, j.id) > key)]
+    chosen.sort(key=lambda j: (j.created_at, j.id))
+    return chosen[:max(limit, 0)]

@@ -21,7 +21,7 @@ import operator
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -30,10 +30,13 @@ from nuvom_kernel.backends import (
     BackendContext,
     Capabilities,
     QueueBackend,
+    QueuedJob,
     QueueStats,
     ResultBackend,
     WorkerInfo,
     newer_first,
+    oldest_first,
+    queued_state,
 )
 from nuvom_kernel.models import (
     TERMINAL_STATES,
@@ -67,6 +70,17 @@ class _Entry:
         if self.token is not None:
             return self.expires_at <= now  # an expired lease is available again
         return self.message.available_at <= now
+
+
+def _queued(entry: _Entry, now: float) -> QueuedJob:
+    message, leased = entry.message, entry.token is not None
+    state = queued_state(entry.expires_at if leased else None, message.available_at,
+                         message.failures, now)
+    return QueuedJob(id=message.id, task=message.task, queue=message.queue,
+                     priority=message.priority, state=state, created_at=message.created_at,
+                     available_at=message.available_at, failures=message.failures,
+                     deliveries=entry.deliveries,
+                     lease_expires_at=entry.expires_at if state is JobStatus.RUNNING else None)
 
 
 #: Where both memory backends keep their data (:attr:`~nuvom_kernel.spi.Backend.location`):
@@ -245,17 +259,23 @@ class MemoryJobQueue(QueueBackend):
             entry = self._entries.get(job_id)
             if entry is None:
                 return None
-            now = time.time()
-            if entry.token is not None:
-                return JobStatus.RUNNING if entry.expires_at > now else JobStatus.QUEUED
-            if entry.message.available_at > now and entry.message.failures:
-                return JobStatus.RETRYING
-            return JobStatus.QUEUED
+            return queued_state(entry.expires_at if entry.token is not None else None,
+                                entry.message.available_at, entry.message.failures,
+                                time.time())
 
     def peek(self, job_id: str) -> Message | None:
         with self._lock:
             entry = self._entries.get(job_id)
             return None if entry is None else entry.message
+
+    def browse(self, queues: Sequence[str] | None = None, *,
+               states: Collection[JobStatus] | None = None, after: str | None = None,
+               limit: int = 100) -> list[QueuedJob]:
+        now = time.time()
+        with self._lock:
+            jobs = [_queued(e, now) for e in self._entries.values()
+                    if queues is None or e.message.queue in queues]
+        return oldest_first(jobs, states, after, limit)
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         now = time.time()

@@ -34,6 +34,7 @@ from nuvom_kernel.testing.contracts._support import (
     requires,
     wait_until,
 )
+from nuvom_kernel.testing.contracts.queue_browse import QueueBrowseTests
 from nuvom_kernel.testing.contracts.queue_concurrency import QueueConcurrencyTests
 from nuvom_kernel.testing.contracts.queue_workflows import QueueWorkflowTests
 
@@ -53,7 +54,7 @@ _ROUND_TRIP: dict[str, dict[str, Any]] = {
 }
 
 
-class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests):
+class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests, QueueBrowseTests):
     """Contract tests for :class:`~nuvom_kernel.backends.QueueBackend` implementations.
 
     Timing knobs (``short_visibility_secs``, ``delay_secs``, ``patience_secs`` …) are class
