@@ -64,6 +64,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "nuvom_kernel.cli.core",
     "nuvom_kernel.cli.jobs",
     "nuvom_kernel.cli.call",
+    "nuvom_kernel.cli.queued",
     "nuvom_kernel.cli.plugin_dev",
     "nuvom_kernel.cli.discover",
     "nuvom_kernel.cli.schedule",

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.cli.output import print_table, subgroup
 from nuvom_kernel.discovery import (
     ManifestError,
     TaskRef,
@@ -31,19 +31,9 @@ __all__ = ["nuvom_register_commands"]
 
 @hookimpl
 def nuvom_register_commands(cli: click.Group) -> None:
-    _group(cli, "discover", "Find tasks in the project and record them for workers.") \
+    subgroup(cli, "discover", "Find tasks in the project and record them for workers.") \
         .add_command(discover_tasks)
-    _group(cli, "list", "List what Nuvom knows about.").add_command(list_tasks)
-
-
-def _group(cli: click.Group, name: str, help_text: str) -> click.Group:
-    """The root's subgroup ``name``, created if no plugin made it yet (others may extend)."""
-    existing = cli.commands.get(name)
-    if isinstance(existing, click.Group):
-        return existing
-    group = click.Group(name=name, help=help_text)
-    cli.add_command(group)
-    return group
+    subgroup(cli, "list", "List what Nuvom knows about.").add_command(list_tasks)
 
 
 def _kernel() -> Any:

@@ -113,7 +113,7 @@ def history_group() -> None:
                                              # a running job's record says its last state
                                              if s not in (JobStatus.UNKNOWN, JobStatus.RUNNING)],
                                             case_sensitive=False), default=None,
-              help="Only records in this state (a running job: `nuvom status`).")
+              help="Only records in this state (running jobs: `nuvom list jobs`).")
 @click.option("--task", default=None, help="Only jobs of this task name.")
 @click.option("--json", "as_json", is_flag=True)
 def history_recent(limit: int, status: str | None, task: str | None, as_json: bool) -> None:
@@ -318,7 +318,7 @@ def parse_age(text: str) -> float:
 
 @click.group(name="purge")
 def purge_group() -> None:
-    """Delete old data."""
+    """Delete old records, or the jobs waiting in a queue."""
 
 
 @purge_group.command(name="results")

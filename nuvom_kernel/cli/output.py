@@ -1,4 +1,5 @@
-"""Plain aligned tables for the CLI (the kernel keeps its dependencies to click)."""
+"""Plain aligned tables for the CLI (the kernel keeps its dependencies to click), and the
+plumbing its command modules share."""
 
 from __future__ import annotations
 
@@ -41,3 +42,13 @@ def stored_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
             f"{printable(repr(value))} holds a NUL or undecodable bytes, which no id does; "
             "check the id (copy it from `nuvom history recent` or the dashboard)")
     return value
+
+
+def subgroup(cli: click.Group, name: str, help_text: str) -> click.Group:
+    """The root's subgroup ``name``, created if no plugin made it yet (others may extend)."""
+    existing = cli.commands.get(name)
+    if isinstance(existing, click.Group):
+        return existing
+    group = click.Group(name=name, help=help_text)
+    cli.add_command(group)
+    return group

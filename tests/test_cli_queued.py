@@ -1,0 +1,169 @@
+"""``nuvom list jobs`` and ``nuvom purge queue`` through the real ``nuvom`` script on real
+stores: SQLite files, file folders, and the Redis and PostgreSQL servers when their plugins
+are installed (the ``project`` fixture gives each test a namespace of its own there).
+
+A job "held by a worker" is a lease this test process claims on the same store: to the
+store it is exactly a worker's claim."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel import JobCancelledError, JobStatus
+from nuvom_kernel.kernel import Kernel, use_kernel
+from tests.helpers import PERSISTENT_BACKENDS, run_nuvom, write_module
+
+# Task names are unique to this module: every test module shares one registry per session.
+TASKS = """
+from nuvom_kernel import task
+
+
+@task
+def lq_add(x):
+    return x + 1
+
+
+@task
+def lq_other(x):
+    return x
+
+
+@task(queue="pq-a")
+def pq_doomed(x):
+    return x
+
+
+@task(queue="pq-a")
+def pq_later(x):
+    return x
+
+
+@task(queue="pq-b")
+def pq_kept(x):
+    return x
+"""
+
+
+def _env(backend: str) -> dict[str, str]:
+    return {"NUVOM_QUEUE_BACKEND": backend, "NUVOM_RESULT_BACKEND": backend,
+            "NUVOM_LOG_LEVEL": "WARNING"}
+
+
+def _kernel(project: Path, env: dict[str, str]) -> Kernel:
+    write_module(project, "lq_tasks", TASKS)
+    return Kernel(root=project, environ=env)
+
+
+def _listed(project: Path, env: dict[str, str], *args: str) -> dict[str, object]:
+    done = run_nuvom(["list", "jobs", "--json", *args], project, **env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(done.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.mark.parametrize("backend", PERSISTENT_BACKENDS)
+def test_list_jobs_shows_every_state_oldest_first_and_pages(backend: str,
+                                                            project: Path) -> None:
+    env = _env(backend)
+    kernel = _kernel(project, env)
+    import lq_tasks
+
+    with use_kernel(kernel):
+        held = lq_tasks.lq_add.apply_async(args=(0,), queue="lq-run")
+        failed = lq_tasks.lq_add.apply_async(args=(1,), queue="lq-run")
+        ready = [lq_tasks.lq_add.delay(i) for i in range(3)]
+        later = lq_tasks.lq_other.apply_async(args=(9,), queue="lq-later", delay_secs=300)
+    leases = {le.id: le for le in kernel.queue.claim(2, ["lq-run"])}
+    assert sorted(leases) == sorted([held.id, failed.id])
+    assert kernel.queue.retry(leases[failed.id], delay_secs=300)
+
+    data = _listed(project, env)
+    jobs = {j["id"]: j for j in data["jobs"]}  # type: ignore[union-attr]
+    assert [j["id"] for j in data["jobs"]] == \
+        [held.id, failed.id, *(j.id for j in ready), later.id], "oldest first"  # type: ignore[union-attr]
+    assert data["next"] is None
+    assert (jobs[held.id]["state"], jobs[held.id]["deliveries"]) == ("RUNNING", 1)
+    assert jobs[held.id]["lease_expires_at"] is not None
+    assert (jobs[failed.id]["state"], jobs[failed.id]["failures"]) == ("RETRYING", 1)
+    assert (jobs[later.id]["state"], jobs[later.id]["task"]) == ("QUEUED", "lq_other")
+    assert {jobs[j.id]["state"] for j in ready} == {"QUEUED"}
+
+    running = _listed(project, env, "--state", "running")
+    assert [j["id"] for j in running["jobs"]] == [held.id]  # type: ignore[union-attr]
+    waiting = _listed(project, env, "--state", "queued", "--state", "retrying",
+                      "--queue", "lq-run")
+    assert [j["id"] for j in waiting["jobs"]] == [failed.id]  # type: ignore[union-attr]
+
+    first = run_nuvom(["list", "jobs", "--queue", "default", "--limit", "2"], project, **env)
+    assert first.returncode == 0, first.stderr
+    assert [j.id for j in ready if j.id in first.stdout] == [ready[0].id, ready[1].id]
+    more = first.stdout.strip().splitlines()[-1]
+    assert more.startswith("more: nuvom list jobs --after '"), first.stdout
+    cursor = more.split("'")[1]
+    rest = run_nuvom(["list", "jobs", "--queue", "default", "--limit", "2", "--after",
+                      cursor], project, **env)
+    assert rest.returncode == 0, rest.stderr
+    assert ready[2].id in rest.stdout and ready[1].id not in rest.stdout
+    assert "more:" not in rest.stdout, "a short page is the last one"
+    for line in ("LQ_ADD", "RETRYING", "in 5 min"):  # the table: states, due times
+        assert line.lower() in run_nuvom(["list", "jobs"], project, **env).stdout.lower()
+    kernel.close()
+
+
+#: More waiting jobs than one page of ``purge queue`` (1,000).
+MANY = 1200
+
+
+@pytest.mark.parametrize("backend", PERSISTENT_BACKENDS)
+def test_purge_queue_cancels_every_waiting_job_and_leaves_held_ones(backend: str,
+                                                                   project: Path) -> None:
+    env = _env(backend)
+    kernel = _kernel(project, env)
+    import lq_tasks
+
+    with use_kernel(kernel):
+        doomed = lq_tasks.pq_doomed.map([(i,) for i in range(MANY)])
+        kept = lq_tasks.pq_kept.map([(i,) for i in range(2)])
+        delayed = lq_tasks.pq_later.apply_async(args=(5,), delay_secs=300)
+    [lease] = kernel.queue.claim(1, ["pq-a"])  # a worker's: it must be left alone
+
+    dry = run_nuvom(["purge", "queue", "pq-a", "--dry-run"], project, **env)
+    assert dry.returncode == 0, dry.stderr
+    assert f"dry run: would cancel {MANY} waiting job(s) of queue(s) 'pq-a'" in dry.stdout
+    assert "pq_later   1" in dry.stdout and f"pq_doomed  {MANY - 1}" in dry.stdout, dry.stdout
+    refused = run_nuvom(["purge", "queue", "pq-a"], project, **env)  # no terminal: no "yes"
+    assert refused.returncode == 1 and "Aborted" in refused.stderr, refused.stderr
+    assert kernel.queue.qsize(["pq-a"]) == MANY, "a dry run and a refusal change nothing"
+
+    done = run_nuvom(["purge", "queue", "pq-a", "--yes"], project, timeout=300, **env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"cancelled {MANY} waiting job(s) of queue(s) 'pq-a'\n" in done.stdout
+    assert "1 job(s) held by workers were left to finish" in done.stdout, done.stdout
+    assert kernel.queue.qsize(["pq-a"]) == 0
+    assert kernel.queue.qsize(["pq-b"]) == 2, "another queue is untouched"
+    states = {kernel.results.get(j.id).status for j in [*doomed, delayed]  # type: ignore[union-attr]
+              if j.id != lease.id}
+    assert states == {JobStatus.CANCELLED}, "each is recorded, so a waiter is told"
+    with use_kernel(kernel), pytest.raises(JobCancelledError):
+        delayed.get(timeout=5)
+    assert kernel.queue.ack(lease) is True, "the held job was not touched"
+    assert {j.refresh().status for j in kept} == {JobStatus.QUEUED}
+    kernel.close()
+
+
+def test_a_malformed_cursor_says_where_a_cursor_comes_from(project: Path) -> None:
+    done = run_nuvom(["list", "jobs", "--after", "not-a-cursor"], project, **_env("sqlite"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "malformed page cursor 'not-a-cursor'" in done.stderr
+    assert "copy it from the line `nuvom list jobs` printed" in done.stderr
+
+
+def test_an_empty_queue_says_so(project: Path) -> None:
+    done = run_nuvom(["list", "jobs", "--queue", "nowhere"], project, **_env("sqlite"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("No jobs in queue(s) 'nowhere' (`nuvom history recent` lists "
+                           "finished ones).\n")
