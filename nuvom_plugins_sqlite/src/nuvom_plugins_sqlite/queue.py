@@ -29,7 +29,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -45,9 +45,12 @@ from nuvom_kernel.backends import (
 )
 from nuvom_kernel.clock import StepWatch
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
+from nuvom_kernel.views import QueuedJob
 from nuvom_kernel.workflow.graph import GraphTxn, Node, WorkflowGraph, advance, doomed_record
 from nuvom_kernel.workflow.settle import final_steps
 from nuvom_plugins_sqlite import quarantine
+from nuvom_plugins_sqlite.browse import browse as browse_page
+from nuvom_plugins_sqlite.browse import row_state
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
 from nuvom_plugins_sqlite.insert import INSERT, insert_batch, message_row
 from nuvom_plugins_sqlite.limits import claim_limited, count_per_task
@@ -437,10 +440,15 @@ class SQLiteJobQueue(QueueBackend):
         if row is None:
             return None
         token, visible_at, failures = row
-        waiting = type(visible_at) in _NUMBER and visible_at > time.time()
-        if token is not None:
-            return JobStatus.RUNNING if waiting else JobStatus.QUEUED
-        return JobStatus.RETRYING if waiting and failures else JobStatus.QUEUED
+        return row_state(token is not None, visible_at, failures, time.time())
+
+    def browse(self, queues: Sequence[str] | None = None, *,
+               states: Collection[JobStatus] | None = None, after: str | None = None,
+               limit: int = 100) -> list[QueuedJob]:
+        """One read statement, no write lock: see :mod:`.browse` (states as ``peek_state``
+        reads them; rows that break the schema are skipped, left to a claim to
+        quarantine)."""
+        return browse_page(self._db.conn(), queues, states, after, limit, time.time())
 
     def peek(self, job_id: str) -> Message | None:
         """One indexed read of the row; a row that breaks the schema reads as absent here
