@@ -85,7 +85,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,7 +95,9 @@ from nuvom_kernel.backends import BackendContext, Capabilities, QueueBackend, Qu
 from nuvom_kernel.clock import StepWatch
 from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.models import JobStatus, Lease, Message
+from nuvom_kernel.views import QueuedJob
 from nuvom_kernel.workflow.graph import GraphTxn, Node
+from nuvom_plugins.file import _browse
 from nuvom_plugins.file._fs import (
     CorruptEntry,
     decode_message,
@@ -559,6 +561,16 @@ class FileJobQueue(QueueBackend):
         return (len(self._fs.matching("ready", queues)) + len(self._fs.matching("delayed", queues))
                 + expired)
 
+    def browse(self, queues: Sequence[str] | None = None, *,
+               states: Collection[JobStatus] | None = None, after: str | None = None,
+               limit: int = 100) -> list[QueuedJob]:
+        """From one listing of each directory, filtered by name; only the page's files are
+        opened, for their header line (:mod:`nuvom_plugins.file._browse`). Nothing moves:
+        committed batches are finished first, as every look does."""
+        now = time.time()
+        self._settle(now)
+        return _browse.browse(self._fs, queues, states, after, limit, now)
+
     @writes("queue", "clearing the queue removes its files there")
     def clear(self, queues: Sequence[str] | None = None) -> int:
         removed = 0
@@ -594,8 +606,9 @@ class FileJobQueue(QueueBackend):
         """Leased files are listed (in-flight only); ready and delayed names come from the
         cached listings and are confirmed with one ``stat``. A message moving between
         directories during the look is found on the second pass. A delayed message is
-        RETRYING only once it has failed (its name counts failures); a first run waiting
-        for its ``available_at`` is QUEUED."""
+        RETRYING only once it has failed (its name counts failures) and until its due time
+        (a claim moves it to ``ready/`` later); a first run waiting for its
+        ``available_at`` is QUEUED."""
         wanted = encode_name(job_id)
         for _ in range(2):
             now = time.time()
@@ -604,13 +617,12 @@ class FileJobQueue(QueueBackend):
                 lease = next((p for _, p in self._fs.matching("leased", None)
                               if p.id == wanted), None)
                 if lease is not None:  # an expired lease is waiting for a worker
-                    return JobStatus.RUNNING if lease.when_us > us(now) else JobStatus.QUEUED
+                    return _browse.name_state("leased", lease, us(now))
                 for kind, name in self._waiting(wanted, now):
                     if os.path.exists(self._dirs[kind] / name):
                         parsed = parse(name, kind)
-                        if kind == "delayed" and parsed is not None and parsed.failures:
-                            return JobStatus.RETRYING
-                        return JobStatus.QUEUED
+                        return (JobStatus.QUEUED if parsed is None
+                                else _browse.name_state(kind, parsed, us(now)))
         return None
 
     def peek(self, job_id: str) -> Message | None:
