@@ -52,3 +52,14 @@ def subgroup(cli: click.Group, name: str, help_text: str) -> click.Group:
     group = click.Group(name=name, help=help_text)
     cli.add_command(group)
     return group
+
+
+def relative(epoch: float | None, now: float) -> str | None:
+    """``in 55 s`` / ``12 s ago`` / ``in 5 min``: how far a due time or a lease's deadline
+    is from ``now`` (``None`` for none), as ``nuvom list jobs`` and the dashboard say it."""
+    if epoch is None:
+        return None
+    secs = epoch - now
+    span = (f"{abs(secs):.0f} s" if abs(secs) < 120 else
+            f"{abs(secs) / 60:.0f} min" if abs(secs) < 7200 else f"{abs(secs) / 3600:.1f} h")
+    return f"in {span}" if secs >= 0 else f"{span} ago"

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.output import print_table, printable, subgroup
+from nuvom_kernel.cli.output import print_table, printable, relative, subgroup
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob
@@ -63,16 +63,6 @@ def _browse(kernel: Any, queues: Sequence[str] | None, states: Sequence[JobStatu
                                  "under its last page", param_hint="'--after'") from exc
 
 
-def _relative(epoch: float | None, now: float) -> str | None:
-    """``in 55 s`` / ``12 s ago``: how far a due time or lease deadline is from now."""
-    if epoch is None:
-        return None
-    secs = epoch - now
-    span = (f"{abs(secs):.0f} s" if abs(secs) < 120 else
-            f"{abs(secs) / 60:.0f} min" if abs(secs) < 7200 else f"{abs(secs) / 3600:.1f} h")
-    return f"in {span}" if secs >= 0 else f"{span} ago"
-
-
 @click.command(name="jobs")
 @click.option("--queue", "-q", "queues", multiple=True, metavar="NAME",
               help="Only jobs of this queue (repeat for more). Default: every queue.")
@@ -91,8 +81,9 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
     delay, or held by a worker (finished jobs: `nuvom history recent`)."""
     kernel = _kernel()
     wanted = [_STATES[s.lower()] for s in states] or None
-    page = _browse(kernel, list(queues) or None, wanted, after, limit)
-    more = page[-1].cursor if len(page) == limit else None
+    page = _browse(kernel, list(queues) or None, wanted, after, limit + 1)
+    more = page[limit - 1].cursor if len(page) > limit else None
+    page = page[:limit]
     if as_json:
         click.echo(json.dumps({"jobs": [j.to_dict() for j in page], "next": more}, indent=2))
         return
@@ -106,9 +97,9 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
                   "priority": j.priority,
                   "created": dt.datetime.fromtimestamp(j.created_at).isoformat(
                       sep=" ", timespec="seconds"),
-                  "due": _relative(j.available_at, now) if j.available_at > now else None,
+                  "due": relative(j.available_at, now) if j.available_at > now else None,
                   "failures": j.failures, "deliveries": j.deliveries,
-                  "lease": _relative(j.lease_expires_at, now)} for j in page],
+                  "lease": relative(j.lease_expires_at, now)} for j in page],
                 ["job_id", "task", "queue", "state", "priority", "created", "due",
                  "failures", "deliveries", "lease"])
     if more is not None:

@@ -1,10 +1,11 @@
 """The dashboard's web app (Starlette + Jinja2, htmx served from this package).
 
 Stable URLs, so an alert can link to them: ``/`` overview, ``/jobs`` (query ``status``,
-``task``, ``queue``, and ``after`` for the next page), ``/jobs/<id>``, ``/workers``. Actions
-are a confirmation page (GET ``/actions/<action>/<id>``) and a POST there carrying the CSRF
-token; the POST reports what it did on the page it redirects to. Templates autoescape
-everything: arguments, results and errors are data, never markup.
+``task``, ``queue``, and ``after`` for the next page), ``/jobs/<id>``, ``/queued`` (what is
+in the queues now: query ``queue`` and ``state``, repeatable, ``limit``, ``after``),
+``/workers``. Actions are a confirmation page (GET ``/actions/<action>/<id>``) and a POST
+there carrying the CSRF token; the POST reports what it did on the page it redirects to.
+Templates autoescape everything: arguments, results and errors are data, never markup.
 
 Why actions have a prefix of their own: the server decodes ``%2F`` before routing, so
 ``/jobs/<id>/retry`` could not tell job ``invoice-7``'s retry from the page of job
@@ -15,11 +16,11 @@ Why a store that cannot be read gives a 503 page: a backend's errors are
 :class:`~nuvom_kernel.errors.NuvomError` subclasses whose message says what failed and what
 to check (with the URL's password masked); a bare "Internal Server Error" said nothing.
 
-Why live sections send a digest: the overview, ``/workers`` and ``/schedules`` refresh every
-:data:`REFRESH_SECS` seconds. Swapping a section that did not change dropped keyboard focus
-and the text selection inside it, so the page sends the digest of what it shows (its
-``hx-headers``) and an unchanged section is answered with its ticking parts only (``as of``,
-ages: ``<span class="tick" id=…>``, swapped out of band) and ``HX-Reswap: none``. When a
+Why live sections send a digest: the overview, ``/queued``, ``/workers`` and ``/schedules``
+refresh every :data:`REFRESH_SECS` seconds. Swapping a section that did not change dropped
+keyboard focus and the text selection inside it, so the page sends the digest of what it
+shows (its ``hx-headers``) and an unchanged section is answered with its ticking parts only
+(``as of``, ages: ``<span class="tick" id=…>``, swapped out of band) and ``HX-Reswap: none``. When a
 refresh fails, ``static/dashboard.js`` marks the section stale, saying why, until one
 succeeds.
 
@@ -51,7 +52,7 @@ from starlette.templating import Jinja2Templates
 
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobStatus
-from nuvom_plugins_dashboard import actions, views
+from nuvom_plugins_dashboard import actions, queued, views
 from nuvom_plugins_dashboard.security import CSRF_FIELD, Guard
 from nuvom_plugins_dashboard.settings import parse_allowed_hosts
 
@@ -124,6 +125,11 @@ def job_url(base: str, job_id: str) -> str:
     return f"{base}/jobs/{_quote_id(job_id)}"
 
 
+def queued_url(base: str, queue: str, states: Iterable[str]) -> str:
+    """The jobs in one queue now, in these states (``queued``, ``retrying``, ``running``)."""
+    return f"{base}/queued?" + urlencode([("queue", queue), *(("state", s) for s in states)])
+
+
 def action_url(base: str, action: str, job_id: str) -> str:
     """The confirmation page (GET) and the form target (POST) of one job's action."""
     return f"{base}/actions/{action}/{_quote_id(job_id)}"
@@ -166,7 +172,10 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
                            ctx["base"], job_id)),
                        action_url=jinja2.pass_context(lambda ctx, action, job_id: action_url(
                            ctx["base"], action, job_id)),
-                       bulk_limit=actions.BULK_LIMIT)
+                       bulk_limit=actions.BULK_LIMIT, relative=queued.relative,
+                       waiting=queued.WAITING, queued_page_size=queued.PAGE_SIZE,
+                       queued_url=jinja2.pass_context(lambda ctx, queue, states: queued_url(
+                           ctx["base"], queue, states)))
 
     def render(request: Request, name: str, status_code: int = 200, **context: Any
                ) -> Response:
@@ -226,6 +235,22 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
                       statuses=views.RECORD_STATES,
                       bulk_actions=[a for a, states in actions.ACTIONS.items()
                                     if flt.status in states])
+
+    def queued_jobs(request: Request) -> Response:
+        flt = queued.QueuedFilter.from_params(request.query_params)
+        after = request.query_params.get("after") or None
+        page = queued.list_queued(kernel.queue, flt, after=after)
+        base, params = _base(request), flt.params()
+
+        def url(query: list[tuple[str, str]]) -> str:
+            return f"{base}/queued" + (f"?{urlencode(query)}" if query else "")
+
+        return live(request, "queued.html", "_queued.html", listing=page, filter=flt,
+                    after=after, states=list(queued.STATES), queue_backend=kernel.queue.name,
+                    self_url=url([*params, ("after", after)] if after else params),
+                    next_url=(None if page.next_cursor is None
+                              else url([*params, ("after", page.next_cursor)])),
+                    first_url=url(params) if after else None)
 
     async def job(request: Request) -> Response:
         job_id = request.path_params["job_id"]
@@ -317,6 +342,7 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         Route("/jobs/{job_id:path}", job, methods=["GET", "POST"]),  # POST: _legacy_action
         Route("/actions/{action:str}/{job_id:path}", job_action, methods=["GET", "POST"]),
         Route("/bulk/{action:str}", bulk_action, methods=["GET", "POST"]),
+        Route("/queued", queued_jobs),
         Route("/workers", workers),
         Route("/schedules", schedules),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
