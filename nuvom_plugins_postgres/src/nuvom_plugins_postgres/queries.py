@@ -216,13 +216,35 @@ _LIVE_LEASE = "(state = 2 AND lease_expires_at > statement_timestamp()) IS TRUE"
 _DELAYED = "(state = 1 AND due_at > statement_timestamp()) IS TRUE"
 _READY = f"NOT ({_LIVE_LEASE} OR {_DELAYED})"
 
-# 'running', 'retrying' or 'queued' (JobStatus names in lower case).
-PEEK = f"""
-SELECT CASE WHEN {_LIVE_LEASE} THEN 'running'
-            WHEN {_DELAYED} AND failures > 0 THEN 'retrying'
-            ELSE 'queued' END
-FROM {{s}}.jobs WHERE id = %s
+# A row's state as a ``JobStatus`` value: 'RUNNING', 'RETRYING' or 'QUEUED'. One text for
+# ``peek_state`` and ``browse``, so the two cannot disagree about a job.
+_STATE = f"""CASE WHEN {_LIVE_LEASE} THEN 'RUNNING'
+            WHEN {_DELAYED} AND failures > 0 THEN 'RETRYING'
+            ELSE 'QUEUED' END"""
+PEEK = f"SELECT {_STATE} FROM {{s}}.jobs WHERE id = %s"
+# One page of ``browse``: rows in (created_at, id) order after the cursor, without the body
+# (it can be large; a TOASTed one is then never read). Why the keyset compares the stored
+# float8 itself, not a rounded or text form of it: the cursor is the ``repr`` of the float
+# this statement returned, which psycopg sends back as the same float8, so ``(created_at,
+# id) > cursor`` is exact and rows sharing a ``created_at`` page by id (``COLLATE "C"``:
+# code points, as the kernel sorts). Parameters: the queues ({queues}), the cursor
+# ({after}), the wanted states ({states}), the limit. No index serves it (see
+# ``nuvom_plugins_postgres.browse``): one page is one scan of the table.
+BROWSE = f"""
+SELECT b.* FROM (
+    SELECT id, task, queue, priority, {_STATE} AS status, created_at, available_at,
+           failures, deliveries,
+           CASE WHEN {_LIVE_LEASE} THEN extract(epoch FROM lease_expires_at)::float8 END
+             AS lease_expires_at
+    FROM {{s}}.jobs WHERE true {{queues}} {{after}}) AS b
+WHERE true {{states}}
+ORDER BY b.created_at, b.id LIMIT %s
 """
+_AFTER = "AND (created_at, id) > (%s::float8, %s::text)"
+# Only when some states are left out. Why not always: the planner guesses the ``CASE``
+# matches ~1 % of rows, and with that guess would sort the whole table for a large page
+# even where an index on (created_at, id) could walk it in order.
+_STATES = "AND b.status = ANY(%b::text[])"
 # The message as stored, in any state; a plain read (no lock), so nothing waits on it.
 MESSAGE = f"SELECT {_MESSAGE} FROM {{s}}.jobs j WHERE j.id = %s"
 QSIZE = f"SELECT count(*) FROM {{s}}.jobs WHERE NOT ({_LIVE_LEASE}) {{queues}}"
@@ -435,6 +457,12 @@ class Queries:
         self.extend, self.extend_many = bind(EXTEND), bind(EXTEND_MANY)
         self.expire = bind(EXPIRE, notifying=True)
         self.peek, self.message = bind(PEEK), bind(MESSAGE)
+        #: ``browse`` by (some queues?, after a cursor?, some states?)
+        self.browse = {
+            (some, paged, only): bind(BROWSE.replace("{after}", _AFTER if paged else "")
+                                      .replace("{states}", _STATES if only else ""),
+                                      any_queue if some else "")
+            for some in (False, True) for paged in (False, True) for only in (False, True)}
         self.qsize_all, self.qsize_some = bind(QSIZE), bind(QSIZE, any_queue)
         self.clear_all, self.clear_some = bind(CLEAR), bind(CLEAR, any_queue)
         self.cancel, self.stats = bind(CANCEL), bind(STATS)

@@ -17,7 +17,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -37,6 +37,8 @@ from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_kernel.task import PRIORITY_MAX, PRIORITY_MIN
 from nuvom_kernel.values import MAX_ETA
+from nuvom_kernel.views import QueuedJob
+from nuvom_plugins_postgres.browse import page_statement, queued_job
 from nuvom_plugins_postgres.queries import REF_TOLERANCE, Queries
 from nuvom_plugins_postgres.results import (
     PostgresResultBackend,
@@ -510,7 +512,7 @@ class PostgresQueue(QueueBackend):
         if not storable(job_id):
             return None
         row = self._run(lambda c: c.execute(self._q.peek, (job_id,)).fetchone())
-        return None if row is None else JobStatus(str(row[0]).upper())
+        return None if row is None else JobStatus(str(row[0]))
 
     def peek(self, job_id: str) -> Message | None:
         """One plain ``SELECT`` of the row (no lock, no write): a row holds its message in
@@ -520,6 +522,22 @@ class PostgresQueue(QueueBackend):
             return None
         row = self._run(lambda c: c.execute(self._q.message, (job_id,)).fetchone())
         return None if row is None else _message(row)
+
+    def browse(self, queues: Sequence[str] | None = None, *,
+               states: Collection[JobStatus] | None = None, after: str | None = None,
+               limit: int = 100) -> list[QueuedJob]:
+        """One ``SELECT`` (``queries.BROWSE``): filtered by queue, state and the keyset
+        cursor, ordered and limited by the server; no lock, no write, no body read. States
+        are ``peek_state``'s, on the server's clock (an expired lease reads QUEUED before a
+        tick recovers it, a due retry QUEUED before a tick promotes it).
+
+        Why no index serves it: see :mod:`nuvom_plugins_postgres.browse`."""
+        found = page_statement(self._q, queues, states, after, limit)
+        if found is None:
+            return []
+        query, params = found
+        return [queued_job(r) for r in self._run(
+            lambda c: c.execute(query, params).fetchall())]
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         """Rows not under a live lease: ready, delayed, and expired leases alike."""
