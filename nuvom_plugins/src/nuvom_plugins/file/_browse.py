@@ -23,22 +23,16 @@ as QUEUED and a delayed file whose time has come as due, as the next claim will 
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
 
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob, parse_cursor
-from nuvom_plugins.file._fs import CorruptEntry, decode_message, encode_name
+from nuvom_plugins.file._fs import CorruptEntry, decode_message, encode_name, read_header
 from nuvom_plugins.file._layout import Layout
 from nuvom_plugins.file._names import US, Name, listdir, parse, us
 
 __all__ = ["browse", "name_state"]
-
-_MAGIC = b"NVQ1 "
-#: Most bytes read looking for the end of a header line (a header is ~200 bytes).
-_MAX_HEADER = 1 << 20
 
 # (created µs as 17 digits, kind, file name): unique, and ordered by creation as the digits
 # are (fixed width), so the heap orders names without parsing them.
@@ -128,7 +122,7 @@ def _job(path: Path, kind: str, parsed: Name, state: JobStatus, created_us: int
     (claimed, acked or moved since the listing) or damaged: a header that does not decode
     or names another id or queue than the file name (the claim that reaches it quarantines
     it, as it does such files). A body's checksum is not checked: that needs the body."""
-    header = _header(path)
+    header = read_header(path)
     if header is None:
         return None
     try:
@@ -150,22 +144,6 @@ def _job(path: Path, kind: str, parsed: Name, state: JobStatus, created_us: int
                      created_at=created_at, available_at=available_at,
                      failures=parsed.failures, deliveries=parsed.deliveries,
                      lease_expires_at=parsed.when_us / US if leased else None)
-
-
-def _header(path: Path) -> dict[str, Any] | None:
-    """The JSON header line of message file ``path``; ``None`` if gone or not a header."""
-    try:
-        with open(path, "rb") as f:
-            line = f.readline(_MAX_HEADER)
-    except FileNotFoundError:
-        return None
-    if not line.startswith(_MAGIC) or not line.endswith(b"\n"):
-        return None
-    try:
-        header = json.loads(line[len(_MAGIC):])
-    except (ValueError, RecursionError):
-        return None
-    return header if isinstance(header, dict) else None
 
 
 def _legacy_task(path: Path) -> str | None:

@@ -33,6 +33,7 @@ __all__ = [
     "hashed",
     "open_lock",
     "probe_writable",
+    "read_header",
     "read_queue_name",
     "write_new_file",
 ]
@@ -96,18 +97,14 @@ def hashed(encoded: str) -> bool:
     return encoded.startswith("~")
 
 
-#: Most bytes :func:`read_queue_name` reads looking for the end of a header.
+#: Most bytes :func:`read_header` reads looking for the end of a header.
 _MAX_HEADER = 1 << 20
 
 
-def read_queue_name(path: Path, encoded: str) -> str | None:
-    """The queue name in the header of message file ``path``, if it encodes to ``encoded``
-    (the name part its file name holds); ``None`` if the file is gone or its header does not
-    say so (damaged, renamed by hand: the claim that reaches it quarantines it).
-
-    Why: a long queue name is a hash in file names (:func:`encode_name`), so whatever
-    reports queue names reads it here. Only the header line is read, never the body (no
-    checksum is needed to name a queue), so a large body costs nothing."""
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The JSON header line of message file ``path``, never its body (so a large body costs
+    nothing); ``None`` if the file is gone or does not start with a header (damaged: the
+    claim that reaches it quarantines it)."""
     try:
         with open(path, "rb") as f:
             line = f.readline(_MAX_HEADER)
@@ -116,9 +113,20 @@ def read_queue_name(path: Path, encoded: str) -> str | None:
     if not line.startswith(_MAGIC) or not line.endswith(b"\n"):
         return None
     try:
-        queue = json.loads(line[len(_MAGIC):]).get("queue")
-    except (ValueError, AttributeError, RecursionError):
+        header = json.loads(line[len(_MAGIC):])
+    except (ValueError, RecursionError):
         return None
+    return header if isinstance(header, dict) else None
+
+
+def read_queue_name(path: Path, encoded: str) -> str | None:
+    """The queue name in the header of message file ``path``, if it encodes to ``encoded``
+    (the name part its file name holds); ``None`` if the file is gone or its header does not
+    say so (damaged, renamed by hand: the claim that reaches it quarantines it).
+
+    Why: a long queue name is a hash in file names (:func:`encode_name`), so whatever
+    reports queue names reads it here."""
+    queue = (read_header(path) or {}).get("queue")
     return queue if type(queue) is str and encode_name(queue) == encoded else None
 
 
