@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 from nuvom_kernel.backends import (
@@ -33,7 +33,9 @@ from nuvom_kernel.backends import (
 )
 from nuvom_kernel.clock import server_offset
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
+from nuvom_kernel.views import QueuedJob
 from nuvom_plugins_redis import record_scripts, scripts
+from nuvom_plugins_redis.browse import BROWSE, read_page
 from nuvom_plugins_redis.connection import (
     DEFAULT_MAX_BULK,
     RedisSettings,
@@ -78,6 +80,7 @@ class RedisJobQueue(QueueBackend):
             "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "CANCEL", "CLEAR", "REAP", "STATS",
             "PEEK", "QUARANTINE")}
         self._scripts["SETTLE"] = store.script(record_scripts.SETTLE)
+        self._scripts["BROWSE"] = store.script(BROWSE)
         self._due_at: float | None = None  # monotonic time the next waiting job is due
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -288,6 +291,13 @@ class RedisJobQueue(QueueBackend):
         before it runs again. The old lease's ack, extend and settle then report it lost;
         a lease still running is refused (its worker decides). See ``scripts.CANCEL``."""
         return bool(self._run("CANCEL", [job_id], "cancelling a job"))
+
+    def browse(self, queues: Sequence[str] | None = None, *,
+               states: Collection[JobStatus] | None = None, after: str | None = None,
+               limit: int = 100) -> list[QueuedJob]:
+        """One page in one read-only script: nothing promoted, claimed or written; states as
+        ``peek_state`` reads them, by the server's clock. See :mod:`.browse`."""
+        return read_page(self, queues, states, after, limit)
 
     def stats(self) -> QueueStats:
         """Counts of the queues that hold something, as the other backends report them. The
