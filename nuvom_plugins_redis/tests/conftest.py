@@ -7,10 +7,19 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from redis_helpers import forget, settings
+import redis
+from redis_helpers import URL, forget, settings
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_plugins_redis import RedisJobQueue, RedisResultBackend
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    """A plain client of the test server, to look at (or damage) what the backends store."""
+    c = redis.Redis.from_url(URL)
+    yield c
+    c.close()
 
 
 @pytest.fixture

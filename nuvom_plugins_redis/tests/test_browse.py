@@ -11,20 +11,13 @@ from typing import Any
 
 import pytest
 import redis
-from redis_helpers import URL, settings
+from redis_helpers import settings
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.models import JobStatus, Message
 from nuvom_kernel.testing.contracts import make_message
 from nuvom_kernel.views import QueuedJob
 from nuvom_plugins_redis import RedisJobQueue, browse
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(URL)
-    yield c
-    c.close()
 
 
 @pytest.fixture

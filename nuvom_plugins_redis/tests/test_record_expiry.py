@@ -19,7 +19,7 @@ from typing import cast
 
 import pytest
 import redis
-from redis_helpers import URL, settings
+from redis_helpers import settings
 
 from nuvom_kernel.backends import BackendContext, WorkerInfo
 from nuvom_kernel.models import JobStatus, Settlement
@@ -28,13 +28,6 @@ from nuvom_plugins_redis import RedisJobQueue, RedisResultBackend
 from nuvom_plugins_redis import results as results_module
 
 SHORT = 0.05  # seconds: each test waits this long at least, with a deadline of seconds
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(URL)
-    yield c
-    c.close()
 
 
 @pytest.fixture
