@@ -91,6 +91,22 @@ def test_every_plugin_distribution_has_an_extra_and_all_names_every_one() -> Non
         assert kernel.specifier.contains("0.1.0") and not kernel.specifier.contains("0.11.2")
 
 
+def test_test_modules_of_the_plugins_have_names_of_their_own() -> None:
+    """The plugins' test folders are not packages, so pytest imports their modules by file
+    name alone: a second ``test_browse.py`` in another folder stopped the whole run at
+    collection ("import file mismatch")."""
+    seen: dict[str, Path] = {}
+    for folder in PLUGIN_FOLDERS:
+        tests = folder / "tests"
+        if (tests / "__init__.py").exists():
+            continue
+        for module in sorted(tests.glob("*.py")):  # helpers are imported by name too
+            if module.name == "conftest.py":  # pytest keeps one per folder
+                continue
+            other = seen.setdefault(module.name, module)
+            assert other == module, f"{module} and {other}: rename one of them"
+
+
 def test_mypy_checks_every_distribution_strictly() -> None:
     mypy = pyproject(ROOT)["tool"]["mypy"]
     assert mypy["strict"] is True
