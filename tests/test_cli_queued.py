@@ -8,13 +8,15 @@ store it is exactly a worker's claim."""
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from nuvom_kernel import JobCancelledError, JobStatus
 from nuvom_kernel.kernel import Kernel, use_kernel
-from tests.helpers import PERSISTENT_BACKENDS, run_nuvom, write_module
+from tests.helpers import NUVOM, PERSISTENT_BACKENDS, run_nuvom, user_env, write_module
 
 # Task names are unique to this module: every test module shares one registry per session.
 TASKS = """
@@ -102,8 +104,8 @@ def test_list_jobs_shows_every_state_oldest_first_and_pages(backend: str,
     assert first.returncode == 0, first.stderr
     assert [j.id for j in ready if j.id in first.stdout] == [ready[0].id, ready[1].id]
     more = first.stdout.strip().splitlines()[-1]
-    assert more.startswith("more: nuvom list jobs --after '"), first.stdout
-    cursor = more.split("'")[1]
+    assert more.startswith("more: nuvom list jobs --after "), first.stdout
+    cursor = shlex.split(more.partition("more: ")[2])[4]
     rest = run_nuvom(["list", "jobs", "--queue", "default", "--limit", "2", "--after",
                       cursor], project, **env)
     assert rest.returncode == 0, rest.stderr
@@ -162,8 +164,51 @@ def test_a_malformed_cursor_says_where_a_cursor_comes_from(project: Path) -> Non
     assert "copy it from the line `nuvom list jobs` printed" in done.stderr
 
 
+def test_a_limit_past_a_page_is_refused_in_one_line(project: Path) -> None:
+    """A limit no store's integer holds ended in an OverflowError traceback (SQLite) or
+    ``bigint out of range`` (PostgreSQL)."""
+    done = run_nuvom(["list", "jobs", "--limit", "9223372036854775807"], project,
+                     **_env("sqlite"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Invalid value for '--limit'" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_an_empty_queue_says_so(project: Path) -> None:
     done = run_nuvom(["list", "jobs", "--queue", "nowhere"], project, **_env("sqlite"))
     assert done.returncode == 0, done.stderr
     assert done.stdout == ("No jobs in queue(s) 'nowhere' (`nuvom history recent` lists "
                            "finished ones).\n")
+
+
+def test_the_next_page_command_runs_as_printed_whatever_the_job_ids(project: Path) -> None:
+    """The "more:" line is a command to paste into a shell: a job id may hold a quote, a
+    dollar sign, a backtick or a tab, and the cursor carries the id (it was printed inside
+    single quotes unescaped, which the shell refused)."""
+    env = _env("sqlite")
+    kernel = _kernel(project, env)
+    import lq_tasks
+
+    ids = ["o'brien-1", "$HOME and `x`", "tab\there"]
+    with use_kernel(kernel):
+        for job_id in ids:
+            lq_tasks.lq_add.apply_async(args=(1,), job_id=job_id, queue="lq-odd")
+    shell_env = {**user_env(**env), "PATH": f"{NUVOM.parent}:/usr/bin:/bin"}
+
+    def shell(command: str) -> str:
+        done = subprocess.run(["bash", "-c", command], cwd=project, env=shell_env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    seen: list[str] = []
+    after = ""  # the next page's option, as the last page printed it
+    for _ in range(len(ids) + 1):
+        page = json.loads(shell(f"nuvom list jobs --queue lq-odd --limit 1 --json {after}"))
+        seen += [job["id"] for job in page["jobs"]]
+        more = [line for line in shell(f"nuvom list jobs --queue lq-odd --limit 1 {after}")
+                .splitlines() if line.startswith("more: ")]
+        if not more:
+            break
+        after = more[0].removeprefix("more: nuvom list jobs ").partition(" (with the same")[0]
+    assert seen == ids, "each job once, in the order they were enqueued"
+    kernel.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,6 +32,9 @@ __all__ = ["list_jobs", "purge_queue"]
 #: Jobs read per ``browse`` while purging: one page costs a scan of the queue's index on the
 #: SQL backends and of its sets on Redis, so pages are large.
 PAGE_SIZE = 1000
+#: The largest page ``list jobs`` asks for: a page is one scan of the store, whatever its
+#: size, and a limit past what the stores' integers hold ended in a traceback.
+MAX_LIMIT = 10_000
 #: The states a job that no worker holds can be in: what ``purge queue`` cancels.
 WAITING = (JobStatus.QUEUED, JobStatus.RETRYING)
 _STATES = {"queued": JobStatus.QUEUED, "retrying": JobStatus.RETRYING,
@@ -70,7 +74,8 @@ def _browse(kernel: Any, queues: Sequence[str] | None, states: Sequence[JobStatu
               case_sensitive=False), help="Only jobs in this state (repeat for more): "
               "queued (waiting to run, or delayed), retrying (waiting out a retry delay), "
               "running (a worker holds it). Default: all three.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=50,
+              show_default=True, help=f"Jobs per page (at most {MAX_LIMIT:,}).")
 @click.option("--after", default=None, metavar="CURSOR",
               help="Start after this job: the cursor printed under the previous page.")
 @click.option("--json", "as_json", is_flag=True,
@@ -102,9 +107,9 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
                   "lease": relative(j.lease_expires_at, now)} for j in page],
                 ["job_id", "task", "queue", "state", "priority", "created", "due",
                  "failures", "deliveries", "lease"])
-    if more is not None:
-        click.echo(printable(f"more: nuvom list jobs --after '{more}' (with the same "
-                             "--queue and --state)"))
+    if more is not None:  # quoted for the shell: a job id may hold ' or $ or a space
+        click.echo(printable(f"more: nuvom list jobs --after {shlex.quote(more)} (with the "
+                             "same --queue and --state)"))
 
 
 def _waiting(kernel: Any, queues: Sequence[str]) -> Iterator[QueuedJob]:

@@ -138,3 +138,14 @@ class QueueBrowseTests(QueueContractBase):
         self._browsable(queue_backend)
         with pytest.raises(ValueError, match="cursor"):
             queue_backend.browse(after="not a cursor")
+
+    def test_browse_after_a_cursor_past_every_time(self, queue_backend: QueueBackend) -> None:
+        """A cursor parses as a float, so ``inf``, ``-inf`` and ``nan`` reach the backend
+        (typed by hand, or a damaged row's own cursor): no traceback, and the order's own
+        answer: nothing is after ``inf`` or ``nan``, everything after ``-inf``."""
+        self._browsable(queue_backend)
+        sent = make_message()
+        queue_backend.enqueue(sent)
+        assert queue_backend.browse(after="inf|x") == []
+        assert queue_backend.browse(after="nan|x") == []
+        assert [j.id for j in queue_backend.browse(after="-inf|")] == [sent.id]

@@ -23,6 +23,7 @@ as QUEUED and a delayed file whose time has come as due, as the next claim will 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def browse(fs: Layout, queues: Sequence[str] | None, states: Collection[JobStatu
     :raises ValueError: ``after`` is not a :attr:`QueuedJob.cursor`.
     """
     key = None if after is None else parse_cursor(after, made_by="QueuedJob.cursor")
+    if key is not None and not math.isfinite(key[0]):  # no name holds such a time
+        if not key[0] < 0:
+            return []  # nothing is after +inf, or after NaN (as on Redis)
+        key = None  # every message is after -inf
     if limit <= 0 or (queues is not None and not queues):
         return []
     wanted = None if queues is None else {encode_name(q) for q in queues}
