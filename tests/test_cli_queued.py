@@ -212,3 +212,21 @@ def test_the_next_page_command_runs_as_printed_whatever_the_job_ids(project: Pat
         after = more[0].removeprefix("more: nuvom list jobs ").partition(" (with the same")[0]
     assert seen == ids, "each job once, in the order they were enqueued"
     kernel.close()
+
+
+def test_a_queue_backend_that_cannot_list_says_so_in_one_line(project: Path) -> None:
+    (project / "blindq.py").write_text(
+        "from nuvom_kernel.backends import QueueBackend\n"
+        "from nuvom_kernel.testing.stubs import StubQueue\n\n\n"
+        "class BlindQueue(StubQueue):\n"
+        "    name = 'blindq'\n"
+        "    browse = QueueBackend.browse  # the SPI's default: not implemented\n")
+    (project / ".nuvom_plugins.toml").write_text(
+        '[plugins]\nqueue_backend = ["blindq:BlindQueue"]\n')
+    for args in (["list", "jobs"], ["purge", "queue", "default", "--yes"]):
+        done = run_nuvom(args, project, NUVOM_QUEUE_BACKEND="blindq")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr == (
+            "Error: queue backend 'blindq' cannot list its messages: `nuvom list jobs` and "
+            "`nuvom purge queue` need a queue backend that lists its messages (memory, "
+            "file, sqlite, redis and postgres do); `nuvom status` still counts them\n")
