@@ -28,6 +28,9 @@ STEP_SECS = 1.0
 #: Two readings of one clock (this process's and a server's on the same host) can differ by
 #: their resolution (Redis and PostgreSQL give microseconds) and float rounding.
 RESOLUTION_SECS = 1e-5
+#: A round trip longer than this (a push of many chunks, read while it is sent) says little
+#: about when in it the server read its clock: only its start is known to come before.
+LONGEST_TRIP_SECS = 0.1
 
 
 def server_offset(server: float, before: float, after: float) -> float:
@@ -38,7 +41,12 @@ def server_offset(server: float, before: float, after: float) -> float:
     at some moment of the trip, so an offset that small is not measured, only latency. On
     one host (one clock) this keeps a job's times exactly as its producer stamped them,
     where an estimate off by its latency shifted every one of them (1.1 ms in a CI run).
+    Past :data:`LONGEST_TRIP_SECS` the reading is taken as made at ``before``: a 4 s push
+    whose first statement read the server's clock at once made a real offset of 3 s look
+    like latency.
     """
+    if after - before > LONGEST_TRIP_SECS:
+        after = before
     offset = server - (before + after) / 2
     return 0.0 if abs(offset) <= (after - before) / 2 + RESOLUTION_SECS else offset
 

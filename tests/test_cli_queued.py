@@ -16,6 +16,7 @@ import pytest
 
 from nuvom_kernel import JobCancelledError, JobStatus
 from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.models import Message
 from tests.helpers import NUVOM, PERSISTENT_BACKENDS, run_nuvom, user_env, write_module
 
 # Task names are unique to this module: every test module shares one registry per session.
@@ -62,7 +63,8 @@ def _kernel(project: Path, env: dict[str, str]) -> Kernel:
 def _listed(project: Path, env: dict[str, str], *args: str) -> dict[str, object]:
     done = run_nuvom(["list", "jobs", "--json", *args], project, **env)
     assert done.returncode == 0, done.stdout + done.stderr
-    data = json.loads(done.stdout)
+    data = json.loads(done.stdout, parse_constant=lambda name: pytest.fail(
+        f"{name} is not JSON"))
     assert isinstance(data, dict)
     return data
 
@@ -230,3 +232,19 @@ def test_a_queue_backend_that_cannot_list_says_so_in_one_line(project: Path) -> 
             "Error: queue backend 'blindq' cannot list its messages: `nuvom list jobs` and "
             "`nuvom purge queue` need a queue backend that lists its messages (memory, "
             "file, sqlite, redis and postgres do); `nuvom status` still counts them\n")
+
+
+def test_a_time_no_calendar_holds_is_listed_as_stored(project: Path) -> None:
+    """A hand-edited ``created_at`` made ``nuvom list jobs`` a traceback, and ``--json``
+    printed ``Infinity``, which JSON parsers refuse."""
+    env = _env("sqlite")
+    kernel = _kernel(project, env)
+    kernel.queue.enqueue_many([
+        Message(id="odd-inf", body=b"{}", queue="odd", task="t", created_at=float("inf")),
+        Message(id="odd-ms", body=b"{}", queue="odd", task="t", created_at=1.8e12)])
+    table = run_nuvom(["list", "jobs", "--queue", "odd"], project, **env)
+    assert table.returncode == 0, table.stderr
+    assert "1800000000000.0" in table.stdout and " inf " in table.stdout, table.stdout
+    data = _listed(project, env, "--queue", "odd")  # strict JSON: no Infinity
+    assert [j["created_at"] for j in data["jobs"]] == [1.8e12, "inf"]  # type: ignore[union-attr]
+    kernel.close()

@@ -15,3 +15,9 @@ def test_a_reading_within_the_round_trip_is_the_same_clock(server: float) -> Non
 @pytest.mark.parametrize("offset", [300.0, -300.0, 0.0021, -0.0021])
 def test_an_offset_past_the_round_trip_is_kept(offset: float) -> None:
     assert server_offset(100.001 + offset, 100.0, 100.002) == pytest.approx(offset)
+
+
+def test_a_long_trip_is_read_from_its_start() -> None:
+    """A push of many chunks: the server's clock was read by its first statement, 50 ms in,
+    though its replies came 4 s later; the server runs 3 s ahead."""
+    assert server_offset(3.05, 0.0, 4.0) == pytest.approx(3.05)

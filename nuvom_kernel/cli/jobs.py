@@ -6,7 +6,6 @@ from :mod:`.retry_failed`), ``nuvom status`` and ``nuvom purge results``.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import time
@@ -16,7 +15,7 @@ import attrs
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.output import print_table, printable, stored_id
+from nuvom_kernel.cli.output import local_time, print_table, printable, stored_id
 from nuvom_kernel.cli.retry_failed import retry_failed
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
@@ -37,12 +36,6 @@ def _kernel() -> Any:
 def _unknown(job_id: str) -> str:
     return (f"unknown job id {job_id!r}: no backend has seen it (or its message was "
             "quarantined as damaged: see `nuvom status`)")
-
-
-def _when(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
 
 
 def _duration(record: JobRecord) -> str | None:
@@ -91,7 +84,7 @@ def inspect_job(job_id: str, fmt: str) -> None:
             click.echo(f"{key:>14}: {printable(data[key])}")
     for key in ("created_at", "started_at", "finished_at"):
         if data.get(key) is not None:
-            click.echo(f"{key:>14}: {_when(data[key])}")
+            click.echo(f"{key:>14}: {local_time(data[key])}")
     if record is not None and _duration(record):
         click.echo(f"{'duration':>14}: {_duration(record)}")
     for entry in data.get("history") or []:
@@ -127,8 +120,9 @@ def history_recent(limit: int, status: str | None, task: str | None, as_json: bo
         click.echo("No job records match.")
         return
     print_table([{"job_id": r.job_id, "task": r.task, "status": r.status.value,
-                  "attempts": r.attempts, "duration": _duration(r), "updated": _when(r.updated_at),
-                  "error": r.error_type} for r in records],
+                  "attempts": r.attempts, "duration": _duration(r),
+                  "updated": local_time(r.updated_at), "error": r.error_type}
+                 for r in records],
                 ["job_id", "task", "status", "attempts", "duration", "updated", "error"])
 
 
@@ -330,7 +324,7 @@ def purge_results(older_than: str) -> None:
     # an age past the epoch (999999999999d) means every finished record, not an OSError
     cutoff = max(0.0, time.time() - parse_age(older_than))
     removed = _kernel().results.purge(cutoff)
-    click.echo(f"purged {removed} job record(s) finished before {_when(cutoff)}")
+    click.echo(f"purged {removed} job record(s) finished before {local_time(cutoff)}")
     flows = _kernel().queue.purge_workflows(cutoff)  # their steps' records went just above
     if flows:
-        click.echo(f"purged {flows} workflow(s) that ended before {_when(cutoff)}")
+        click.echo(f"purged {flows} workflow(s) that ended before {local_time(cutoff)}")

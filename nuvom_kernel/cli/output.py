@@ -3,6 +3,7 @@ plumbing its command modules share."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -63,3 +64,14 @@ def relative(epoch: float | None, now: float) -> str | None:
     span = (f"{abs(secs):.0f} s" if abs(secs) < 120 else
             f"{abs(secs) / 60:.0f} min" if abs(secs) < 7200 else f"{abs(secs) / 3600:.1f} h")
     return f"in {span}" if secs >= 0 else f"{span} ago"
+
+
+def local_time(epoch: float | None) -> str | None:
+    """An epoch as this machine's local time to the second; a value no calendar holds (a
+    hand-edited ``inf``, ``nan``, an epoch in milliseconds) as stored, not a traceback."""
+    if epoch is None:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return repr(epoch)

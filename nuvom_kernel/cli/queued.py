@@ -12,8 +12,8 @@ left to its worker, as ``nuvom cancel job`` does for one.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
+import math
 import shlex
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.output import print_table, printable, relative, subgroup
+from nuvom_kernel.cli.output import local_time, print_table, printable, relative, subgroup
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob
@@ -53,8 +53,9 @@ def _kernel() -> Any:
 
 
 def _browse(kernel: Any, queues: Sequence[str] | None, states: Sequence[JobStatus] | None,
-            after: str | None, limit: int) -> list[QueuedJob]:
-    """One page, with a refusal (no ``browse`` in this backend, a bad cursor) as one line."""
+            after: str | None, limit: int, *, typed: bool = False) -> list[QueuedJob]:
+    """One page, with a refusal (no ``browse`` in this backend, a bad cursor the user
+    ``typed``) as one line."""
     try:
         return list(kernel.queue.browse(queues, states=states, after=after, limit=limit))
     except NotImplementedError as exc:
@@ -63,6 +64,8 @@ def _browse(kernel: Any, queues: Sequence[str] | None, states: Sequence[JobStatu
             "lists its messages (memory, file, sqlite, redis and postgres do); `nuvom "
             "status` still counts them") from exc
     except ValueError as exc:
+        if not typed:  # a cursor browse returned itself: the backend's fault, shown whole
+            raise
         raise click.BadParameter(f"{exc}; copy it from the line `nuvom list jobs` printed "
                                  "under its last page", param_hint="'--after'") from exc
 
@@ -86,11 +89,12 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
     delay, or held by a worker (finished jobs: `nuvom history recent`)."""
     kernel = _kernel()
     wanted = [_STATES[s.lower()] for s in states] or None
-    page = _browse(kernel, list(queues) or None, wanted, after, limit + 1)
+    page = _browse(kernel, list(queues) or None, wanted, after, limit + 1, typed=True)
     more = page[limit - 1].cursor if len(page) > limit else None
     page = page[:limit]
     if as_json:
-        click.echo(json.dumps({"jobs": [j.to_dict() for j in page], "next": more}, indent=2))
+        click.echo(json.dumps({"jobs": [_finite(j.to_dict()) for j in page], "next": more},
+                              indent=2))
         return
     if not page:
         where = f" in queue(s) {', '.join(map(repr, queues))}" if queues else ""
@@ -100,8 +104,7 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
     now = time.time()
     print_table([{"job_id": j.id, "task": j.task, "queue": j.queue, "state": j.state.value,
                   "priority": j.priority,
-                  "created": dt.datetime.fromtimestamp(j.created_at).isoformat(
-                      sep=" ", timespec="seconds"),
+                  "created": local_time(j.created_at),
                   "due": relative(j.available_at, now) if j.available_at > now else None,
                   "failures": j.failures, "deliveries": j.deliveries,
                   "lease": relative(j.lease_expires_at, now)} for j in page],
@@ -110,6 +113,13 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
     if more is not None:  # quoted for the shell: a job id may hold ' or $ or a space
         click.echo(printable(f"more: nuvom list jobs --after {shlex.quote(more)} (with the "
                              "same --queue and --state)"))
+
+
+def _finite(data: dict[str, Any]) -> dict[str, Any]:
+    """Valid JSON for a hand-edited row: ``inf``/``nan`` as strings (``json`` would print
+    ``Infinity``, which JSON parsers refuse)."""
+    return {k: repr(v) if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in data.items()}
 
 
 def _waiting(kernel: Any, queues: Sequence[str]) -> Iterator[QueuedJob]:

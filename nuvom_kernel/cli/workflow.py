@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.jobs import _kernel, _when
-from nuvom_kernel.cli.output import print_table, stored_id
+from nuvom_kernel.cli.jobs import _kernel
+from nuvom_kernel.cli.output import local_time, print_table, stored_id
 from nuvom_kernel.errors import NuvomError
 
 __all__ = ["nuvom_register_commands"]
@@ -83,8 +83,8 @@ def inspect_workflow(workflow_id: str, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"workflow {data['id']}: {data['status']}, {data['steps']} step(s), "
-               f"created {_when(data['created_at'])}"
-               + (f", finished {_when(data['finished_at'])}" if data["finished_at"] else ""))
+               f"created {local_time(data['created_at'])}"
+               + (f", finished {local_time(data['finished_at'])}" if data["finished_at"] else ""))
     # whole ids: they are what `workflow retry --from` and `inspect job` take (8-character
     # ones were accepted by neither)
     rows = [{**n, "task": n["task"] + (" (finally)" if n["finally"] else ""),

@@ -252,3 +252,16 @@ def test_under_a_mount_every_link_stays_under_it(kernel: Kernel) -> None:
         nxt = _next(page)
         assert nxt and nxt.startswith("/admin/queued?")
         assert [r["id"] for r in _rows(client.get(nxt).text)] == ["a/2"]
+
+
+def test_a_time_no_calendar_holds_is_shown_as_stored(kernel: Kernel,
+                                                      client: TestClient) -> None:
+    """A hand-edited ``created_at`` (``inf``, or an epoch in milliseconds) made the whole
+    page a 500: ``format_time`` raised on it."""
+    kernel.queue.enqueue_many([
+        Message(id="odd-inf", body=b"{}", queue="odd", task="t", created_at=float("inf")),
+        Message(id="odd-ms", body=b"{}", queue="odd", task="t", created_at=1.8e12)])
+    response = client.get("/queued?queue=odd")
+    assert response.status_code == 200, response.text
+    assert [(r["id"], r["created"]) for r in _rows(response.text)] == \
+        [("odd-ms", "1800000000000.0"), ("odd-inf", "inf")]

@@ -66,7 +66,10 @@ def format_time(value: float | str | None) -> str:
         if when.tzinfo is None:
             return value  # no zone to convert from: never guess one
     else:
-        when = dt.datetime.fromtimestamp(value, dt.timezone.utc)
+        try:
+            when = dt.datetime.fromtimestamp(value, dt.timezone.utc)
+        except (OverflowError, ValueError, OSError):  # inf, NaN, an epoch in milliseconds
+            return repr(value)  # a hand-edited row: shown as stored, never a 500
     when = when.astimezone(dt.timezone.utc)
     return when.strftime("%Y-%m-%d %H:%M:%S.") + f"{when.microsecond // 1000:03d} UTC"
 

@@ -57,7 +57,11 @@ def browse(fs: Layout, queues: Sequence[str] | None, states: Collection[JobStatu
     from_us = "" if key is None else f"{us(key[0]):017d}"
     now_us = us(now)
     entries: list[_Entry] = []
-    for kind in ("ready", "delayed", "leased"):  # a claim moves ready -> leased: seen twice
+    # Why this order: a claim (any worker's, on any queue) moves due delayed files and
+    # expired leases to ready/, so ready/ is listed after them: a file moved between two
+    # listings is then seen twice (``seen`` folds it), never in neither. Only a message
+    # claimed meanwhile (ready -> leased) may be missed, as the SPI allows.
+    for kind in ("delayed", "leased", "ready"):
         entries += _names(fs, kind, wanted, states, from_us, now_us)
     heapq.heapify(entries)
     page: list[QueuedJob] = []
