@@ -76,9 +76,8 @@ class QueueBackend(Backend, WorkflowStore):
     :meth:`peek`, :meth:`browse`, :meth:`stats`, :meth:`wait_for_messages`. A backend that
     cannot block on new work gets adaptive polling from :meth:`wait_for_messages` for free;
     one that can (a condition, BLPOP, LISTEN) overrides it and declares
-    ``blocking_dequeue``. One that stores workflow
-    graphs overrides the calls of :class:`~nuvom_kernel.workflow.spi.WorkflowStore` and
-    declares ``workflows``.
+    ``blocking_dequeue``. One that stores workflow graphs overrides the calls of
+    :class:`~nuvom_kernel.workflow.spi.WorkflowStore` and declares ``workflows``.
     """
 
     #: Longest sleep between two polls of an idle queue (seconds); bounds cross-process pickup
