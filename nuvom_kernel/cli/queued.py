@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
+from nuvom_kernel.cli.jobs import _kernel
 from nuvom_kernel.cli.output import local_time, print_table, printable, relative, subgroup
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus
@@ -46,10 +47,6 @@ def nuvom_register_commands(cli: click.Group) -> None:
     subgroup(cli, "list", "List what Nuvom knows about.").add_command(list_jobs)
     subgroup(cli, "purge", "Delete old records, or the jobs waiting in a queue.") \
         .add_command(purge_queue)
-
-
-def _kernel() -> Any:
-    return click.get_current_context().find_root().obj
 
 
 def _browse(kernel: Any, queues: Sequence[str] | None, states: Sequence[JobStatus] | None,
