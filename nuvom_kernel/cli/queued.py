@@ -28,7 +28,7 @@ from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob
 
-__all__ = ["list_jobs", "purge_queue"]
+__all__ = ["STATES", "list_jobs", "purge_queue"]
 
 #: Jobs read per ``browse`` while purging: one page costs a scan of the queue's index on the
 #: SQL backends and of its sets on Redis, so pages are large.
@@ -38,7 +38,8 @@ PAGE_SIZE = 1000
 MAX_LIMIT = 10_000
 #: The states a job that no worker holds can be in: what ``purge queue`` cancels.
 WAITING = (JobStatus.QUEUED, JobStatus.RETRYING)
-_STATES = {"queued": JobStatus.QUEUED, "retrying": JobStatus.RETRYING,
+#: The ``--state`` names (the dashboard's ``/queued`` takes the same), in the order shown.
+STATES = {"queued": JobStatus.QUEUED, "retrying": JobStatus.RETRYING,
            "running": JobStatus.RUNNING}
 
 
@@ -70,7 +71,7 @@ def _browse(kernel: Any, queues: Sequence[str] | None, states: Sequence[JobStatu
 @click.command(name="jobs")
 @click.option("--queue", "-q", "queues", multiple=True, metavar="NAME",
               help="Only jobs of this queue (repeat for more). Default: every queue.")
-@click.option("--state", "states", multiple=True, type=click.Choice(sorted(_STATES),
+@click.option("--state", "states", multiple=True, type=click.Choice(sorted(STATES),
               case_sensitive=False), help="Only jobs in this state (repeat for more): "
               "queued (waiting to run, or delayed), retrying (waiting out a retry delay), "
               "running (a worker holds it). Default: all three.")
@@ -85,7 +86,7 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
     """The jobs in the queues now, oldest first: waiting, delayed, waiting out a retry
     delay, or held by a worker (finished jobs: `nuvom history recent`)."""
     kernel = _kernel()
-    wanted = [_STATES[s.lower()] for s in states] or None
+    wanted = [STATES[s.lower()] for s in states] or None
     page = _browse(kernel, list(queues) or None, wanted, after, limit + 1, typed=True)
     more = page[limit - 1].cursor if len(page) > limit else None
     page = page[:limit]

@@ -20,6 +20,7 @@ from starlette.datastructures import ImmutableMultiDict
 
 from nuvom_kernel.backends import parse_cursor
 from nuvom_kernel.cli.output import relative as cli_relative
+from nuvom_kernel.cli.queued import STATES
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob
 from nuvom_plugins_dashboard.views import BadRequest, _no_nul
@@ -31,9 +32,6 @@ __all__ = ["MAX_LIMIT", "PAGE_SIZE", "STATES", "WAITING", "QueuedFilter", "Queue
 PAGE_SIZE = 50
 #: The largest ``limit`` a URL may ask for: one request stays bounded.
 MAX_LIMIT = 500
-#: The query's ``state`` values, in the order the filter shows them.
-STATES = {"queued": JobStatus.QUEUED, "retrying": JobStatus.RETRYING,
-          "running": JobStatus.RUNNING}
 #: The states of a job no worker holds: what the overview's ready and delayed counts link to.
 WAITING = ("queued", "retrying")
 _CURSOR = "this page's next link"
