@@ -180,8 +180,22 @@ class QueueBackend(Backend, WorkflowStore):
 
     def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
         """Extend several leases; override to do it in one round trip (the worker's
-        monitor extends every running job's lease at once)."""
-        return [self.extend(lease, secs) for lease in leases]
+        monitor extends every running job's lease at once).
+
+        Every lease is tried, then the first error is raised: a fault on one lease (a busy
+        file, a dropped connection) must not leave the leases after it unextended, to lapse
+        and run twice, while the monitor waits to retry the round."""
+        held: list[bool] = []
+        error: Exception | None = None
+        for lease in leases:
+            try:
+                held.append(self.extend(lease, secs))
+            except Exception as exc:
+                error = error or exc
+                held.append(False)
+        if error is not None:
+            raise error
+        return held
 
     def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
                     ) -> list[bool] | None:

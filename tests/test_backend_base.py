@@ -1,5 +1,6 @@
 """The seed's result conveniences (``set_result``, ``set_error``, ``get_result``,
-``get_error``, ``get_full``, ``list_jobs``), tested once on the base class.
+``get_error``, ``get_full``, ``list_jobs``) and the queue's per-lease ``extend_many``, tested
+once on the base class.
 
 They are built on the primitives every backend passes the contract for, so a plugin never
 writes them and the contract suite does not test them again per backend. The stub result
@@ -12,10 +13,11 @@ import time
 
 import pytest
 
-from nuvom_kernel.backends import page_cursor
-from nuvom_kernel.models import JobStatus
-from nuvom_kernel.testing.contracts._support import make_record
-from nuvom_kernel.testing.stubs import StubResults
+from nuvom_kernel.backends import QueueBackend, page_cursor
+from nuvom_kernel.models import JobStatus, Lease
+from nuvom_kernel.testing.contracts._support import make_message, make_record
+from nuvom_kernel.testing.stubs import StubQueue, StubResults
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -97,3 +99,28 @@ def test_checked_body_names_the_message_and_what_is_wrong():
         Message(id="a", body="x").checked_body()  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="message id must be a non-empty string, got ''"):
         Message(id="", body=b"x").checked_body()
+
+
+class _OneBadLease(StubQueue):
+    """The base class's per-lease ``extend_many`` (the file backend's), over an ``extend``
+    that fails for one job id, as a busy file or a dropped connection would."""
+
+    extend_many = QueueBackend.extend_many
+    bad = ""
+
+    def extend(self, lease: Lease, secs: float) -> bool:
+        if lease.id == self.bad:
+            raise OSError("injected: the lease's file is busy")
+        return StubQueue.extend_many(self, [lease], secs)[0]  # the stub's extend calls it
+
+
+def test_extend_many_extends_every_lease_before_raising_the_first_error() -> None:
+    queue = _OneBadLease(visibility_timeout_secs=0.3)
+    queue.enqueue_many([make_message() for _ in range(4)])
+    leases = queue.claim(4)
+    queue.bad = leases[1].id
+    with pytest.raises(OSError, match="injected"):
+        queue.extend_many(leases, 600.0)
+    lapsed = wait_until(lambda: queue.claim(4), timeout=5, what="the unextended lease to lapse")
+    assert [le.id for le in lapsed] == [leases[1].id], \
+        "only the lease whose extend failed may lapse; the ones after it must be extended"
