@@ -36,6 +36,7 @@ from nuvom_kernel.testing.contracts._support import (
 )
 from nuvom_kernel.testing.contracts.queue_browse import QueueBrowseTests
 from nuvom_kernel.testing.contracts.queue_concurrency import QueueConcurrencyTests
+from nuvom_kernel.testing.contracts.queue_limits import QueueLimitTests
 from nuvom_kernel.testing.contracts.queue_workflows import QueueWorkflowTests
 
 __all__ = ["QueueBackendContract"]
@@ -54,7 +55,8 @@ _ROUND_TRIP: dict[str, dict[str, Any]] = {
 }
 
 
-class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests, QueueBrowseTests):
+class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests, QueueBrowseTests,
+                           QueueLimitTests):
     """Contract tests for :class:`~nuvom_kernel.backends.QueueBackend` implementations.
 
     Timing knobs (``short_visibility_secs``, ``delay_secs``, ``patience_secs`` …) are class
