@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -80,7 +81,8 @@ class QueueLimitTests(QueueContractBase):
     def test_every_way_a_lease_ends_gives_its_room_back(
             self, queue_backend: QueueBackend, ending: str,
             request: pytest.FixtureRequest) -> None:
-        results = request.getfixturevalue("settle_results") if ending == "settle_many" else None
+        results: Any = (request.getfixturevalue("settle_results") if ending == "settle_many"
+                        else None)
         if ending == "settle_many" and results is None:
             pytest.skip("settle_many is optional; override settle_results to check it")
         limited = _limited(2)
