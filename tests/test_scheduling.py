@@ -524,17 +524,18 @@ def beat():
 """
 
 
-@pytest.mark.skipif("redis" not in E2E_BACKENDS, reason="needs a backend without limits")
 def test_a_limit_the_backend_cannot_keep_leaves_the_schedules_firing(
         make_kernel, project, caplog: pytest.LogCaptureFixture) -> None:
-    """Redis keeps no ``concurrency=``: a worker that imported such a task after it started
-    failed every scheduler pass on it, and fired its schedules only on the pass's retries
-    (late, and missing ticks). It is said once; the schedules keep their seconds."""
-    import uuid
+    """A backend without ``concurrency`` (Redis had none): a worker that imported such a
+    task after it started failed every scheduler pass on it, and fired its schedules only on
+    the pass's retries (late, and missing ticks). It is said once; the schedules keep their
+    seconds."""
+    import attrs
 
     from tests.helpers import wait_until
 
-    kernel = make_kernel("redis", NUVOM_NAMESPACE=f"nuvom-test-{uuid.uuid4().hex[:8]}")
+    kernel = make_kernel("memory")
+    kernel.queue.capabilities = attrs.evolve(kernel.queue.capabilities, concurrency=False)
     write_module(project, "limited_ticks", LIMITED_AND_TICKING)
     __import__("limited_ticks")
     scheduler = Scheduler(kernel)
