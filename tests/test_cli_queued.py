@@ -248,3 +248,27 @@ def test_a_time_no_calendar_holds_is_listed_as_stored(project: Path) -> None:
     data = _listed(project, env, "--queue", "odd")  # strict JSON: no Infinity
     assert [j["created_at"] for j in data["jobs"]] == [1.8e12, "inf"]  # type: ignore[union-attr]
     kernel.close()
+
+
+def test_control_characters_in_a_job_id_are_shown_escaped_in_one_row(project: Path) -> None:
+    """A tab or newline in a job id split its row and shifted the columns; an escape
+    sequence reached the operator's terminal. The table shows them escaped (``--json``
+    keeps the id exact)."""
+    env = _env("sqlite")
+    kernel = _kernel(project, env)
+    import lq_tasks
+
+    ids = ["tab\there", "line\nbreak", "red\x1b[31mtext"]
+    with use_kernel(kernel):
+        for job_id in ids:
+            lq_tasks.lq_add.apply_async(args=(1,), job_id=job_id, queue="lq-ctl")
+    done = run_nuvom(["list", "jobs", "--queue", "lq-ctl"], project, **env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1 + len(ids), f"one header and one row per job:\n{done.stdout}"
+    assert "\x1b" not in done.stdout and "\t" not in done.stdout
+    for line, shown in zip(lines[1:], ["tab\\there", "line\\nbreak", "red\\x1b[31mtext"],
+                           strict=True):
+        assert shown in line
+    assert [job["id"] for job in _listed(project, env, "--queue", "lq-ctl")["jobs"]] == ids
+    kernel.close()

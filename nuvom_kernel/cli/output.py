@@ -22,9 +22,14 @@ def printable(value: Any) -> str:
     return text
 
 
+#: Control characters as their escapes: a tab or newline in a job id or task name broke a
+#: table's columns, and an escape sequence (``\x1b[...``) in one reached the terminal.
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(32), *range(127, 160))}
+
+
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     def cell(value: Any) -> str:
-        return "-" if value is None or value == "" else printable(value)
+        return "-" if value is None or value == "" else printable(value).translate(_CONTROLS)
 
     widths = {c: max([len(c), *(len(cell(r.get(c))) for r in rows)]) for c in columns}
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
