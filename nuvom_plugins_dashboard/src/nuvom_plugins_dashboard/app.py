@@ -246,6 +246,7 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
             return f"{base}/queued" + (f"?{urlencode(query)}" if query else "")
 
         return live(request, "queued.html", "_queued.html", listing=page, filter=flt,
+                    refresh_secs=queued.refresh_secs(page.took_secs),
                     after=after, states=list(queued.STATES), queue_backend=kernel.queue.name,
                     self_url=url([*params, ("after", after)] if after else params),
                     next_url=(None if page.next_cursor is None
