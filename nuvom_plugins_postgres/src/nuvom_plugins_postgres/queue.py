@@ -40,6 +40,7 @@ from nuvom_kernel.values import MAX_ETA
 from nuvom_kernel.views import QueuedJob
 from nuvom_plugins_postgres import queries
 from nuvom_plugins_postgres.browse import page_statement, queued_job
+from nuvom_plugins_postgres.limits import LimitQueries, claim_limited, lock_key
 from nuvom_plugins_postgres.queries import REF_TOLERANCE, Queries
 from nuvom_plugins_postgres.results import (
     PostgresResultBackend,
@@ -193,7 +194,7 @@ class PostgresQueue(QueueBackend):
     name = "postgres"
     namespaced = True
     capabilities = Capabilities(persistent=True, multiprocess_safe=True, priorities=True,
-                                delayed=True, blocking_dequeue=True)
+                                delayed=True, blocking_dequeue=True, concurrency=True)
     #: The polling fallback (LISTEN wakes waiters at once; this bounds pickup while the
     #: listener reconnects).
     poll_interval_max = 0.5
@@ -217,6 +218,10 @@ class PostgresQueue(QueueBackend):
         self.schema = self.settings.schema
         self._store = acquire(self.settings, namespace)
         self._q = Queries(self.schema, self.settings.sync_lease_commits)
+        self._lq = LimitQueries(self.schema, self.settings.sync_lease_commits)
+        #: (task -> most live leases, task -> its lock key): one attribute, so a claim
+        #: never reads the limits of one ``set_concurrency_limits`` and keys of another
+        self._limits: tuple[dict[str, int], dict[str, int]] = ({}, {})
         self._tick_at = 0.0  # monotonic time of the next maintenance tick
         self._purge_at = 0.0
         self._tick_lock = threading.Lock()
@@ -459,16 +464,45 @@ class PostgresQueue(QueueBackend):
             return []
         self._maybe_tick()
         vis = self.visibility_timeout_secs
+        limits, keys = self._limits
+        if limits:
+            rows = self._run(lambda c: claim_limited(c, self._lq, limits, keys, n, queues,
+                                                     vis))
+        else:
+            rows = self._claim_plain(n, queues, vis)
+        if rows:
+            self._wake_at(vis)  # recover these leases on time if their holder dies
+        rows.sort(key=lambda r: (-r[3], r[5], r[11]))
+        return [_lease(r) for r in rows]
+
+    def _claim_plain(self, n: int, queues: Sequence[str] | None, vis: float
+                     ) -> list[tuple[Any, ...]]:
+        """The claim of a worker without limits: one statement (``queries.CLAIM``)."""
         params: list[Any]
         if queues is None:
             query, params = self._q.claim_all, [n, vis]
         else:
             query, params = self._q.claim_some, [list(queues), n, vis]
-        rows = self._run(lambda c: c.execute(query, params).fetchall())
-        if rows:
-            self._wake_at(vis)  # recover these leases on time if their holder dies
-        rows.sort(key=lambda r: (-r[3], r[5], r[11]))
-        return [_lease(r) for r in rows]
+        return self._run(lambda c: c.execute(query, params).fetchall())
+
+    def set_concurrency_limits(self, limits: Mapping[str, int]) -> None:
+        """Claim under ``limits`` from now on (``{}``: none); see
+        :mod:`nuvom_plugins_postgres.limits`. The lock keys are computed here, once."""
+        self._limits = (dict(limits), {task: lock_key(self.schema, task) for task in limits})
+
+    @property
+    def limits(self) -> dict[str, int]:
+        """The limits this instance claims under (a copy)."""
+        return dict(self._limits[0])
+
+    def task_counts(self, tasks: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per task: (live leases, ready rows), held-back ones included and delayed ones
+        not; one scan of the table (``limits.COUNTS``), as ``stats`` is."""
+        if not tasks:
+            return {}
+        found = {r[0]: (int(r[1]), int(r[2])) for r in self._run(
+            lambda c: c.execute(self._lq.counts, (list(tasks),)).fetchall())}
+        return {t: found.get(t, (0, 0)) for t in tasks}
 
     def ack(self, lease: Lease) -> bool:
         return self._run(lambda c: c.execute(self._q.ack, (lease.id, lease.token)).rowcount
