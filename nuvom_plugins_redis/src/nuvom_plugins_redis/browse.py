@@ -26,11 +26,14 @@ calls again from there, passing the best page so far (so the next call skips wha
 beat it), and merges. A small queue is one call, one round trip. Where a call resumes is
 found by key, not index (``after_entry``): the sets change between calls, and an entry
 that stays put keeps its key, so it is read exactly once. Per queue the sets are walked
-delayed, leased, then ready: a promotion (the reaper moving a due or expired message to
-ready) goes from a set read earlier to one read later, so it is never missed, at worst
-read twice, which the merge folds by id. A lease's routine extension moves it later in
-``leased``, so it too is read at least once. A claim, ack or retry meanwhile may hide a
-message from the page, as the kernel allows for messages claimed or removed while paging.
+delayed, leased, ready, then each task's held set (messages a concurrency limit holds back,
+QUEUED like ready ones; tasks in byte order): a promotion (the reaper moving a due or
+expired message to ready) and a claim holding a message back (ready to held) go from a set
+read earlier to one read later, so they are never missed, at worst read twice, which the
+merge folds by id. A lease's routine extension moves it later in ``leased``, so it too is
+read at least once. A claim, ack or retry meanwhile may hide a message from the page, as
+the kernel allows for messages claimed or removed while paging; so may a claim moving a
+held message back to ready (room came back to its task: it is about to be claimed).
 
 How ``created_at`` compares: it is stored as ``%.17g`` of a double (``PUSH``), which reads
 back (``tonumber`` in Lua, ``float`` here) as exactly that double; the cursor carries
@@ -54,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob, parse_cursor
+from nuvom_plugins_redis.limit_lua import _HELD
 from nuvom_plugins_redis.scripts import _COMMON, RANK_LEN
 
 if TYPE_CHECKING:
@@ -68,27 +72,28 @@ BUDGET = 20_000
 _LETTER = {JobStatus.RUNNING: "R", JobStatus.RETRYING: "T", JobStatus.QUEUED: "Q"}
 _STATE = {v.encode(): k for k, v in _LETTER.items()}
 #: Values per job in ``BROWSE``'s reply, and before them: more ('1'/'0'), then where to
-#: resume (queue, set number, score, member).
-_WIDTH, _HEAD = 10, 5
+#: resume (queue, set number, score, member, task of a held set).
+_WIDTH, _HEAD = 10, 6
 
 #: ARGV: P, the cursor's created_at ('' from the start) and id, the bound's (the page so
 #: far's last when it is full, else ''), wanted state letters, limit, budget, where to
-#: resume (queue, set number, score, member; '', 0, '', '' to start), the number of ids to
+#: resume (queue, set number, score, member, task; '', 0, '', '', '' to start; set 4 is
+#: the held set of that task, see :mod:`.scripts`), the number of ids to
 #: skip and those ids, then the number of queues (-1: every queue) and their names.
 #: Returns more ('1' if it stopped on its budget), where to resume, then per job found
 #: (the best ``limit`` after the cursor and before the bound, in order): id, queue, task,
 #: priority, created_at, available_at, failures, deliveries, state letter, lease deadline
 #: ('' unless RUNNING), as stored: no number goes through a Lua double and back.
-BROWSE = "#!lua flags=no-writes\n" + _COMMON + r"""
+BROWSE = "#!lua flags=no-writes\n" + _COMMON + _HELD + r"""
 local now = clock()
 local c0, id0 = tonumber(ARGV[2]), ARGV[3]
 local want = {}
 for ch in string.gmatch(ARGV[6], '.') do want[ch] = true end
 local limit, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
-local pq, pk, ps, pm = ARGV[9], tonumber(ARGV[10]), ARGV[11], ARGV[12]
-local nskip = tonumber(ARGV[13])
+local pq, pk, ps, pm, pt = ARGV[9], tonumber(ARGV[10]), ARGV[11], ARGV[12], ARGV[13]
+local nskip = tonumber(ARGV[14])
 local skip = {}
-for i = 1, nskip do skip[ARGV[13 + i]] = true end
+for i = 1, nskip do skip[ARGV[14 + i]] = true end
 -- a < b, byte by byte (Lua's < follows the server's locale: see the module docs)
 local function id_lt(a, b)
   if a == b then return false end
@@ -99,7 +104,7 @@ local function id_lt(a, b)
   return #a < #b
 end
 local qs, seen = {}, {}
-for _, q in ipairs(queue_list(tonumber(ARGV[14 + nskip]), 15 + nskip)) do
+for _, q in ipairs(queue_list(tonumber(ARGV[15 + nskip]), 16 + nskip)) do
   if not seen[q] then
     seen[q] = true
     qs[#qs + 1] = q
@@ -246,32 +251,43 @@ local function scan_leased(key, q, idx)
   end
   return nil
 end
--- per queue, the sets a promotion leaves before the one it goes to (see the module docs)
+-- per queue, the sets a promotion (or a claim holding a message back) leaves before the
+-- one it goes to (see the module docs); 4: each task's held set, tasks in byte order
 local SETS = {{'delayed', scan_delayed, want.Q or want.T}, {'leased', scan_leased,
-              want.Q or want.R}, {'ready', scan_ready, want.Q}}
+              want.Q or want.R}, {'ready', scan_ready, want.Q}, {'held', scan_ready, want.Q}}
 local stop = nil
+-- scan one set (task t's held set when k is 4), from where the last call stopped in it
+local function visit(q, k, key, t)
+  local idx = 0
+  if q == pq and k == pk and t == pt and pm ~= '' then idx = after_entry(key, ps, pm) end
+  if tired() then
+    stop = {q, k, key, idx, t}
+  else
+    idx = SETS[k][2](key, q, idx)
+    if idx then stop = {q, k, key, idx, t} end
+  end
+end
 for _, q in ipairs(qs) do
   if pq == '' or not id_lt(q, pq) then
-    for k = (q == pq) and pk or 1, 3 do
-      if SETS[k][3] then
-        local key = qkey(q, SETS[k][1])
-        local idx = 0
-        if q == pq and k == pk and pm ~= '' then idx = after_entry(key, ps, pm) end
-        if tired() then
-          stop = {q, k, key, idx}
-        else
-          idx = SETS[k][2](key, q, idx)
-          if idx then stop = {q, k, key, idx} end
+    for k = (q == pq) and pk or 1, 4 do
+      if SETS[k][3] and k < 4 then
+        visit(q, k, qkey(q, SETS[k][1]), '')
+      elseif SETS[k][3] then
+        local tasks = redis.call('SMEMBERS', qkey(q, 'held'))
+        table.sort(tasks, id_lt)
+        for _, t in ipairs(tasks) do
+          if not (q == pq and k == pk and id_lt(t, pt)) then visit(q, k, hkey(q, t), t) end
+          if stop then break end
         end
-        if stop then break end
       end
+      if stop then break end
     end
     if stop then break end
   end
 end
-local out = {'0', '', 0, '', ''}
+local out = {'0', '', 0, '', '', ''}
 if stop then
-  out[1], out[2], out[3] = '1', stop[1], stop[2]
+  out[1], out[2], out[3], out[6] = '1', stop[1], stop[2], stop[5]
   if stop[4] > 0 then  -- resume after the last entry read, by its key
     local last = redis.call('ZRANGE', stop[3], stop[4] - 1, stop[4] - 1, 'WITHSCORES')
     out[4], out[5] = last[2], last[1]
@@ -320,7 +336,7 @@ def _scan(queue: RedisJobQueue, head: list[Any], letters: str, limit: int,
     page: list[QueuedJob] = []
     damaged: list[bytes] = []
     bound: list[Any] = ["", ""]
-    resume: list[Any] = ["", 0, "", ""]
+    resume: list[Any] = ["", 0, "", "", ""]
     while True:
         reply = queue._run("BROWSE", [*head, *bound, letters, limit, BUDGET, *resume,
                                       len(skip), *skip, *where], "listing queued jobs")

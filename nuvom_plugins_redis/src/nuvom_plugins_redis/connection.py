@@ -76,8 +76,8 @@ _temporary: set[tuple[str, str, int]] = set()
 #: ``<key_prefix>:j:epoch``) wrote the same key, and both failed with raw ``WRONGTYPE``
 #: errors. Keys are not escaped instead because that would move every existing key.
 RESERVED_SEGMENTS = frozenset({
-    "epoch", "j", "push", "q", "quarantine", "queues", "r", "reaper", "ri", "rx", "sched",
-    "seq", "w", "wake", "workers"})
+    "epoch", "j", "push", "q", "quarantine", "queues", "r", "reaper", "ri", "running", "rx",
+    "sched", "seq", "w", "wake", "workers"})
 _KEY_PREFIX_SETTING = "[plugins.redis] key_prefix (NUVOM_PLUGINS__REDIS__KEY_PREFIX)"
 
 

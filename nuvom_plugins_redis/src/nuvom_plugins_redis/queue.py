@@ -12,6 +12,11 @@ costs no CPU. The marker is only a hint: a waiter always claims after it wakes, 
 blocks past the next due time its last claim saw, nor past ``block_secs`` (what a lost
 wake-up can cost). A reaper thread in each claiming process promotes due work every
 ``reap_interval_secs`` under a short server-side lock, so recovery never waits for claims.
+
+Concurrency limits (``@task(concurrency=N)``): a worker given limits claims with
+``CLAIM_LIMITED`` (:mod:`.limit_scripts`), which counts each limited task's live leases on
+the server and holds back, in one atomic step, what has no room; a worker without limits
+claims with ``CLAIM`` as before. See :mod:`.scripts`, "Concurrency limits".
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from nuvom_kernel.backends import (
 from nuvom_kernel.clock import server_offset
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
 from nuvom_kernel.views import QueuedJob
-from nuvom_plugins_redis import record_scripts, scripts
+from nuvom_plugins_redis import limit_scripts, record_scripts, scripts
 from nuvom_plugins_redis.browse import BROWSE, read_page
 from nuvom_plugins_redis.connection import (
     DEFAULT_MAX_BULK,
@@ -69,7 +74,7 @@ class RedisJobQueue(QueueBackend):
     name: ClassVar[str] = "redis"
     capabilities: ClassVar[Capabilities] = Capabilities(
         persistent=True, multiprocess_safe=True, priorities=True, delayed=True,
-        blocking_dequeue=True)
+        blocking_dequeue=True, concurrency=True)
     namespaced: ClassVar[bool] = True
 
     def __init__(self, store: Store, *, visibility_timeout_secs: float = 30.0) -> None:
@@ -81,6 +86,9 @@ class RedisJobQueue(QueueBackend):
             "PEEK", "QUARANTINE")}
         self._scripts["SETTLE"] = store.script(record_scripts.SETTLE)
         self._scripts["BROWSE"] = store.script(BROWSE)
+        self._scripts["CLAIM_LIMITED"] = store.script(limit_scripts.CLAIM_LIMITED)
+        self._scripts["TASK_COUNTS"] = store.script(limit_scripts.TASK_COUNTS)
+        self._limits: list[Any] = []  # (task, limit) pairs, flat: CLAIM_LIMITED's arguments
         self._due_at: float | None = None  # monotonic time the next waiting job is due
         self._reaper: threading.Thread | None = None
         self._stop = threading.Event()
@@ -172,13 +180,34 @@ class RedisJobQueue(QueueBackend):
             self.store.clock_skew = server_offset(used, clock, after)
 
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
+        """Lease up to ``n`` messages in claim order; under limits, never more live leases
+        of a limited task than its limit, on the whole server. A limited claim that stopped
+        on its budget of messages to hold back (``limit_scripts.HOLD_BUDGET``) is called
+        again at once, so a large saturated backlog ahead never hides the work behind it:
+        each call is a few ms of the server's time, and other clients run in between."""
         if n <= 0 or (queues is not None and not queues):
             return []
         self._start_reaper()
         names = [] if queues is None else list(queues)
         count = -1 if queues is None else len(names)
-        reply = self._run("CLAIM", [n, repr(float(self.visibility_timeout_secs)), count,
-                                    *names], "claiming jobs")
+        vis = repr(float(self.visibility_timeout_secs))
+        if not self._limits:
+            return self._leases(self._run("CLAIM", [n, vis, count, *names], "claiming jobs"),
+                                4)
+        limits = self._limits
+        leases: list[Lease] = []
+        while True:
+            reply = self._run("CLAIM_LIMITED", [n - len(leases), vis,
+                                                limit_scripts.HOLD_BUDGET, len(limits) // 2,
+                                                *limits, count, *names], "claiming jobs")
+            leases += self._leases(reply, 5)
+            if reply[4] != b"1" or len(leases) >= n:
+                return leases
+
+    def _leases(self, reply: Sequence[Any], start: int) -> list[Lease]:
+        """The leases of a ``CLAIM`` or ``CLAIM_LIMITED`` reply (its 11 values per lease
+        from ``start``), after what its head says: the next due time, entries dropped and
+        messages quarantined."""
         now, due, dropped, quarantined = float(reply[0]), reply[1], int(reply[2]), int(reply[3])
         if due != b"-":  # a full claim does not look it up: the next step is a claim again
             self._due_at = None if not due else time.monotonic() + max(float(due) - now, 0.0)
@@ -190,7 +219,7 @@ class RedisJobQueue(QueueBackend):
             self._warn_quarantined(quarantined)
         leases = []
         damaged: list[Any] = []
-        for i in range(4, len(reply), 11):
+        for i in range(start, len(reply), 11):
             job_id, token, deliveries, expires = reply[i:i + 4]
             try:
                 message = _message(job_id.decode(), reply[i + 4:i + 11])
@@ -298,6 +327,35 @@ class RedisJobQueue(QueueBackend):
         """One page in one read-only script: nothing promoted, claimed or written; states as
         ``peek_state`` reads them, by the server's clock. See :mod:`.browse`."""
         return read_page(self, queues, states, after, limit)
+
+    def set_concurrency_limits(self, limits: Mapping[str, int]) -> None:
+        """Claim under these limits from now on (``{}``: none, and the plain ``CLAIM``).
+        Nothing is written to the server: each claim sends its limits, so workers started
+        with other limits never change what this one enforces."""
+        self._limits = [v for task, limit in sorted(limits.items())
+                        for v in (str(task), int(limit))]
+
+    def task_counts(self, tasks: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per task: (live leases, ready messages — held back ones included, delayed ones
+        not), for ``nuvom status``. Nothing indexes messages by task, so the queues' sets are
+        walked, one hash read per message, in read-only calls of at most
+        ``limit_scripts.COUNT_BUDGET`` reads that resume where the one before stopped (so
+        the server is never stalled: ~5 ms each); counts moved by claims meanwhile are as
+        of when each part was read."""
+        wanted = list(dict.fromkeys(tasks))
+        totals = {task: [0, 0] for task in wanted}
+        names = self._queue_names(None)
+        where: list[Any] = [1, 1, 0]
+        while wanted and names:
+            reply = self._run("TASK_COUNTS", [limit_scripts.COUNT_BUDGET, *where, len(wanted),
+                                              *wanted, *names], "counting jobs per task")
+            for i, task in enumerate(wanted):
+                totals[task][0] += int(reply[4 + 2 * i])
+                totals[task][1] += int(reply[5 + 2 * i])
+            if reply[0] == b"1":
+                break
+            where = [int(v) for v in reply[1:4]]
+        return {task: (totals[task][0], totals[task][1]) for task in tasks}
 
     def stats(self) -> QueueStats:
         """Counts of the queues that hold something, as the other backends report them. The

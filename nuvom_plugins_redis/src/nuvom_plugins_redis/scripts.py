@@ -22,11 +22,19 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
                                     d deliveries
                                     (absent until the first claim: a missing f or d
                                     reads as 0 everywhere),
-                                    k token (while leased), r rank, s state (r|d|l)
+                                    k token (while leased), r rank, s state (r|d|l),
+                                    u the task whose limit counts this lease (absent if
+                                    none: set by a limited claim, dropped by a requeue)
     P q:<queue>:ready         ZSET  score -priority, member rank = created µs + seq + id
                                     (equal scores sort by member: FIFO within a priority)
     P q:<queue>:delayed       ZSET  id by available_at (a retry delay or an ETA)
     P q:<queue>:leased        ZSET  id by lease deadline (never shared with delayed)
+    P q:<queue>:held          SET   tasks with a held-back message in the queue
+    P q:<queue>:held:<task>:<len(task)>
+                              ZSET  the task's ready messages held back by its limit, as
+                                    they were in ready (score -priority, member rank)
+    P running:<task>          ZSET  id by lease deadline: the leases counted against the
+                                    task's limit (live while the deadline is ahead)
     P seq, P wake, P reaper   the rank/token counter, the wake-up marker, the reaper lock
     P push:<batch>            STRING  last chunk index of a batch push stored (10 min TTL)
     P quarantine              ZSET  n of each quarantined message, by when (server clock)
@@ -55,9 +63,10 @@ inside the scripts, so no push is ever left invisible to a worker serving every 
 that takes a message out of a queue's sets without putting it back in the same queue (ack,
 settle, cancel, quarantine, a ready entry or a due message whose hash is gone) marks that
 queue in ``emptied``, and ``forget_empty()`` at its end drops each marked queue that now has
-no ready, delayed or leased entry: those three sets are all a queue has (job records key on
-the task and the status, not the queue). Retries, releases, extends and promotions move a
-message within its own queue, which is listed while the message is in it. Scripts are
+no ready, delayed or leased entry and no held index (concurrency limits, below): those are
+all a queue has (job records key on the task and the status, not the queue). Retries,
+releases, extends and promotions (and a claim holding a message back) move a message
+within its own queue, which is listed while the message is in it. Scripts are
 atomic, so no push can fall between the check and the removal. ``REAP`` also drops listed
 queues that hold nothing (names left by releases before this one).
 
@@ -71,12 +80,19 @@ deadline has passed" means is said once: a lease expired when its score in ``lea
 bound, and ``PEEK`` and ``CANCEL`` ask ``lease_live()``, its negation for one message, so no
 message is ever reaped as expired yet refused by cancel as held, or the reverse.
 
+Concurrency limits: ``u``, ``q:<queue>:held``, the held sets and ``running:<task>`` are
+explained in :mod:`.limit_scripts` (why held-back messages are moved aside, where every
+script finds them, how a counted lease stops counting). ``q:<queue>:held:<task>:<len>``
+ends with a number, so it never meets a key of another queue (those end with a word) and
+reads as (queue, task) from the right: no two pairs share a key.
+
 The job-record scripts and ``SETTLE`` are in :mod:`.record_scripts`.
 """
 
 from __future__ import annotations
 
 from nuvom_kernel.values import MAX_ETA
+from nuvom_plugins_redis.limit_lua import _CLAIMING, _HELD
 
 #: Characters of a ready member before the job id: 17 digits of created_at in µs, 12 of seq.
 RANK_LEN = 29
@@ -96,20 +112,34 @@ local function qkey(q, kind) return P .. 'q:' .. q .. ':' .. kind end
 local function wake() redis.call('ZADD', P .. 'wake', 0, 'w') end
 -- queues this script took a message out of (see the module docs): one check each at the end
 local emptied = {}
-local function empty(q)
+local function empty(q)  -- (the held index, rarely there, read only when the rest is gone)
   return redis.call('EXISTS', qkey(q, 'ready'), qkey(q, 'delayed'), qkey(q, 'leased')) == 0
+         and redis.call('EXISTS', qkey(q, 'held')) == 0
 end
 local function forget_empty()
   for q in pairs(emptied) do
     if empty(q) then redis.call('SREM', P .. 'queues', q) end
   end
 end
--- remove a message from whichever ordered set its state puts it in
+-- remove a message from whichever ordered set its state puts it in (h: HMGET q s r k u);
+-- a ready message not in ready is held back by a limit, in its task's held set
 local function unlist(id, h)
   emptied[h[1]] = true
   if h[2] == 'l' then redis.call('ZREM', qkey(h[1], 'leased'), id)
   elseif h[2] == 'd' then redis.call('ZREM', qkey(h[1], 'delayed'), id)
-  elseif h[2] == 'r' then redis.call('ZREM', qkey(h[1], 'ready'), h[3]) end
+  elseif h[2] == 'r' and redis.call('ZREM', qkey(h[1], 'ready'), h[3]) == 0 then
+    -- not in ready: held back by a limit, in its task's held set (as hkey() and tidy_held()
+    -- in _HELD say it, inline: a function defined here would cost every script call)
+    local t = redis.call('HGET', P .. 'j:' .. id, 't')
+    local key = t and qkey(h[1], 'held:' .. t .. ':' .. #t)
+    if key and redis.call('ZREM', key, h[3]) == 1 and redis.call('EXISTS', key) == 0 then
+      redis.call('SREM', qkey(h[1], 'held'), t)
+    end
+  end
+  if h[5] then  -- a lease counted against task u's limit: its room back, a waiter woken
+    redis.call('ZREM', P .. 'running:' .. h[5], id)
+    wake()
+  end
 end
 -- why a field cannot be used: missing, or (given) not the number it must be
 local function bad_field(name, v)
@@ -122,6 +152,8 @@ end
 local function quarantine(id, q, why, now)
   local n = redis.call('INCR', P .. 'seq')
   local xk = P .. 'quarantine:' .. n
+  local u = redis.call('HGET', P .. 'j:' .. id, 'u')
+  if u then redis.call('ZREM', P .. 'running:' .. u, id) end
   redis.call('RENAME', P .. 'j:' .. id, xk)
   redis.call('HSET', xk, 'xi', id, 'xq', q, 'xw', why, 'xt', f17(now))
   redis.call('ZADD', P .. 'quarantine', now, n)
@@ -323,19 +355,12 @@ return out
 #: heads and remove what they took in one ZREM each; tokens come from one INCRBY and the
 #: lease deadlines go in with one ZADD per queue. The next due time is only looked up when
 #: the claim came back short (a full claim is followed by another claim, not by a wait).
-CLAIM = "#!lua\n" + _COMMON + r"""
--- why a hash (HMGET b p c a t f d) cannot be claimed
-local function unfit(h)
-  local names = {'b (body)', 'p (priority)', 'c (created_at)', 'a (available_at)', 't (task)'}
-  for i = 1, 5 do
-    if not h[i] then return bad_field(names[i]) end
-  end
-  return bad_field('d (deliveries)', h[7])
-end
+CLAIM = "#!lua\n" + _COMMON + _CLAIMING + r"""
 local now, sec, usec = clock()
 local n, vis = tonumber(ARGV[2]), tonumber(ARGV[3])
 local qs = queue_list(tonumber(ARGV[4]), 5)
 local cands = {}
+unhold_all(qs, n)  -- what other claimers' limits held back is ready to this one
 if #qs == 1 then
   local q = qs[1]
   promote(q, now)
@@ -416,7 +441,7 @@ return out
 
 _FENCED = r"""
 local function held(id, token)
-  local h = redis.call('HMGET', P .. 'j:' .. id, 'q', 's', 'r', 'k')
+  local h = redis.call('HMGET', P .. 'j:' .. id, 'q', 's', 'r', 'k', 'u')
   if h[4] and h[4] == token then return h end
   return nil
 end
@@ -445,7 +470,7 @@ _REQUEUE = r"""
 local function requeue(id, h, delay, now)
   local jk = P .. 'j:' .. id
   unlist(id, h)
-  redis.call('HDEL', jk, 'k')
+  redis.call('HDEL', jk, 'k', 'u')
   if delay > 0 then
     local at = f17(now + delay)
     redis.call('HSET', jk, 'a', at, 's', 'd')
@@ -490,6 +515,7 @@ for i = 3, #ARGV, 2 do
     unlist(id, h)
     redis.call('HSET', P .. 'j:' .. id, 's', 'l')
     redis.call('ZADD', qkey(h[1], 'leased'), at, id)
+    if h[5] then redis.call('ZADD', P .. 'running:' .. h[5], at, id) end  -- counts on
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -509,7 +535,7 @@ for i = 2, #ARGV, 4 do
   local id, q = ARGV[i], ARGV[i + 2]
   if held(id, ARGV[i + 1]) then
     redis.call('ZREM', qkey(q, 'leased'), id)
-    quarantine(id, q, ARGV[i + 3], now)
+    quarantine(id, q, ARGV[i + 3], now)  -- out of P running:<task> too
     moved = moved + 1
   end
 end
@@ -531,30 +557,37 @@ CANCEL = "#!lua\n" + _COMMON + r"""
 local now = clock()
 local id = ARGV[2]
 local jk = P .. 'j:' .. id
-local h = redis.call('HMGET', jk, 'q', 's', 'r', 'k')
+local h = redis.call('HMGET', jk, 'q', 's', 'r', 'k', 'u')
 if not h[1] or lease_live(h[1], id, h[2], h[4], now) then return 0 end
-unlist(id, h)  -- out of its one set (ready, delayed or leased) by its state
+unlist(id, h)  -- out of its one set (ready, held, delayed or leased) by its state
 redis.call('DEL', jk)
 forget_empty()
 return 1
 """
 
-#: ARGV: P, queue. Deletes up to 500 messages of each state of the queue; returns how many
-#: (the caller repeats until 0, so no call blocks the server for long).
-CLEAR = "#!lua\n" + _COMMON + r"""
+#: ARGV: P, queue. Deletes up to 500 messages of each state of the queue (and of each task
+#: held back in it); returns how many (the caller repeats until 0, so no call blocks the
+#: server for long). A lease counted against a limit leaves its task's ``running`` set.
+CLEAR = "#!lua\n" + _COMMON + _HELD + r"""
 local q = ARGV[2]
 local removed = 0
-for _, kind in ipairs({'ready', 'delayed', 'leased'}) do
-  local key = qkey(q, kind)
+local sets = {{qkey(q, 'ready'), true}, {qkey(q, 'delayed'), false},
+              {qkey(q, 'leased'), false}}
+local tasks = redis.call('SMEMBERS', qkey(q, 'held'))
+for _, t in ipairs(tasks) do sets[#sets + 1] = {hkey(q, t), true} end
+for _, set in ipairs(sets) do
+  local key, ranked = set[1], set[2]
   local members = redis.call('ZRANGE', key, 0, 499)
   for _, m in ipairs(members) do
-    local id = m
-    if kind == 'ready' then id = string.sub(m, RANK_LEN + 1) end
-    redis.call('DEL', P .. 'j:' .. id)
+    local jk = P .. 'j:' .. (ranked and string.sub(m, RANK_LEN + 1) or m)
+    local u = redis.call('HGET', jk, 'u')
+    if u then redis.call('ZREM', P .. 'running:' .. u, string.sub(jk, #P + 3)) end
+    redis.call('DEL', jk)
   end
   if #members > 0 then redis.call('ZREM', key, unpack(members)) end
   removed = removed + #members
 end
+for _, t in ipairs(tasks) do tidy_held(q, t) end
 if removed == 0 then redis.call('SREM', P .. 'queues', q) end
 return removed
 """.replace("RANK_LEN", str(RANK_LEN))
@@ -594,7 +627,7 @@ STATS_WALK = 64
 #: count ready before a claim or the reaper moves them, so their sets are walked too. Past
 #: each run's first, at most STATS_WALK hashes per queue: then the earliest found stands
 #: (an older message may hide behind many delayed ones, a younger one never reads older).
-STATS = "#!lua flags=no-writes\n" + _COMMON + r"""
+STATS = "#!lua flags=no-writes\n" + _COMMON + _HELD + r"""
 local walk = STATS_WALK
 local function due_of(id)
   local h = redis.call('HMGET', P .. 'j:' .. id, 'c', 'a')
@@ -620,19 +653,29 @@ for i = 2, #ARGV do
   local function consider(due)
     if due and (best == nil or due < best) then best = due end
   end
-  local band = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  while band[2] do
-    local score = band[2]
-    local members = redis.call('ZRANGE', key, score, score, 'BYSCORE', 'LIMIT', 0,
-                               walk - extra + 1)
-    for j, m in ipairs(members) do
-      -- the rank starts with the enqueue in µs (rounded down): a bound of its due time
-      if best and tonumber(string.sub(m, 1, 17)) / 1e6 >= best then break end
-      if not afford(j) then break end
-      consider(due_of(string.sub(m, RANK_LEN + 1)))
+  -- a set ordered as ready is (a queue's ready set, or a task's held-back messages)
+  local function bands(bkey)
+    local band = redis.call('ZRANGE', bkey, 0, 0, 'WITHSCORES')
+    while band[2] do
+      local score = band[2]
+      local members = redis.call('ZRANGE', bkey, score, score, 'BYSCORE', 'LIMIT', 0,
+                                 walk - extra + 1)
+      for j, m in ipairs(members) do
+        -- the rank starts with the enqueue in µs (rounded down): a bound of its due time
+        if best and tonumber(string.sub(m, 1, 17)) / 1e6 >= best then break end
+        if not afford(j) then break end
+        consider(due_of(string.sub(m, RANK_LEN + 1)))
+      end
+      band = redis.call('ZRANGE', bkey, '(' .. score, '+inf', 'BYSCORE', 'LIMIT', 0, 1,
+                        'WITHSCORES')
     end
-    band = redis.call('ZRANGE', key, '(' .. score, '+inf', 'BYSCORE', 'LIMIT', 0, 1,
-                      'WITHSCORES')
+  end
+  bands(key)
+  -- held back by a limit: ready all the same (module docs: "Concurrency limits")
+  local nheld = 0
+  for _, t in ipairs(redis.call('SMEMBERS', qkey(ARGV[i], 'held'))) do
+    bands(hkey(ARGV[i], t))
+    nheld = nheld + redis.call('ZCARD', hkey(ARGV[i], t))
   end
   local due = redis.call('ZRANGE', dkey, '-inf', limit, 'BYSCORE', 'LIMIT', 0,
                          walk - extra + 1, 'WITHSCORES')
@@ -651,7 +694,7 @@ for i = 2, #ARGV do
   -- the reaper has moved them yet
   local ndue = redis.call('ZCOUNT', dkey, '-inf', limit)
   local nexpired = redis.call('ZCOUNT', lkey, '-inf', limit)
-  out[#out + 1] = redis.call('ZCARD', key) + ndue + nexpired
+  out[#out + 1] = redis.call('ZCARD', key) + nheld + ndue + nexpired
   out[#out + 1] = redis.call('ZCARD', dkey) - ndue
   out[#out + 1] = redis.call('ZCARD', lkey) - nexpired
   out[#out + 1] = best and f17(best) or ''

@@ -1,0 +1,74 @@
+"""Lua shared by the scripts that read held-back messages (concurrency limits: see
+:mod:`.limit_scripts`). A module of its own so that :mod:`.scripts` (``CLAIM``), :mod:`.browse`
+and :mod:`.limit_scripts` can all include it: it uses ``_COMMON``'s ``qkey`` and ``P`` and
+must follow it in a script.
+
+Why these are not in ``_COMMON``: every script call defines the functions it includes (a
+closure each, ~0.1-0.2 µs), so the acks and pushes of the hot path do not carry them
+(``unlist`` spells out the two lines of ``hkey``/``tidy_held`` it needs).
+"""
+
+from __future__ import annotations
+
+__all__ = ["_CLAIMING", "_HELD"]
+
+#: Lua of the scripts that read held sets (claims, ``CLEAR``, ``STATS``, ``BROWSE``, the
+#: per-task counts).
+_HELD = r"""
+-- task t's held-back ready messages in queue q (module docs: "Concurrency limits")
+local function hkey(q, t) return qkey(q, 'held:' .. t .. ':' .. #t) end
+-- q's index of held tasks names only tasks with a held message (scripts keep it so)
+local function tidy_held(q, t)
+  if redis.call('EXISTS', hkey(q, t)) == 0 then redis.call('SREM', qkey(q, 'held'), t) end
+end
+"""
+
+#: Lua of the two claim scripts only (``CLAIM`` and ``limit_scripts.CLAIM_LIMITED``).
+_CLAIMING = _HELD + r"""
+-- the first k held-back messages of task t in queue q back to ready, with the score and
+-- member they had there: their place in claim order
+local function unhold(q, t, k)
+  local key = hkey(q, t)
+  local back = redis.call('ZRANGE', key, 0, k - 1, 'WITHSCORES')
+  if #back > 0 then
+    local pairs_, members = {}, {}
+    for i = 1, #back, 2 do
+      pairs_[i], pairs_[i + 1] = back[i + 1], back[i]  -- score, member
+      members[#members + 1] = back[i]
+    end
+    redis.call('ZADD', qkey(q, 'ready'), unpack(pairs_))
+    redis.call('ZREM', key, unpack(members))
+  end
+  tidy_held(q, t)
+end
+-- before a claim of up to n from queue q: as many held-back messages of each task back to
+-- ready as the claim could lease (n, or room[t] for a task the claimer limits), so it
+-- takes them in claim order; one SMEMBERS (of a missing key) when nothing is held
+local function unhold_for(q, n, room)
+  for _, t in ipairs(redis.call('SMEMBERS', qkey(q, 'held'))) do
+    local k = n
+    if room and room[t] then k = math.min(n, room[t]) end
+    if k > 0 then unhold(q, t, k) end
+  end
+end
+-- the same before a claim without limits, which holds nothing back: one EXISTS over every
+-- queue's index of held tasks finds the few (usually none) that hold something
+local function unhold_all(qs, n)
+  local keys = {}
+  for i, q in ipairs(qs) do keys[i] = qkey(q, 'held') end
+  for s = 1, #keys, 1000 do
+    local e = math.min(s + 999, #keys)
+    if redis.call('EXISTS', unpack(keys, s, e)) > 0 then
+      for i = s, e do unhold_for(qs[i], n, nil) end
+    end
+  end
+end
+-- why a hash (HMGET b p c a t f d) cannot be claimed
+local function unfit(h)
+  local names = {'b (body)', 'p (priority)', 'c (created_at)', 'a (available_at)', 't (task)'}
+  for i = 1, 5 do
+    if not h[i] then return bad_field(names[i]) end
+  end
+  return bad_field('d (deliveries)', h[7])
+end
+"""
