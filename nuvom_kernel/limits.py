@@ -57,7 +57,7 @@ def apply_limits(kernel: Kernel, applied: dict[str, int] | None = None) -> dict[
         raise BackendCapabilityError(
             f"queue backend {queue.name!r} cannot limit concurrency, so concurrency= of "
             f"task(s) {', '.join(sorted(limits))} cannot be honoured; use a backend that "
-            "declares 'concurrency' (sqlite, file, memory) or drop the option")
+            "declares 'concurrency' (sqlite, file, redis, postgres, memory) or drop the option")
     queue.set_concurrency_limits(limits)
     log.info("concurrency limits: %s", ", ".join(f"{k}={v}" for k, v in sorted(limits.items())))
     return limits

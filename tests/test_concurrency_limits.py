@@ -19,7 +19,7 @@ from tests.helpers import wait_until
 
 
 def test_limit_holds_across_executors_and_a_held_job_costs_nothing(kernel):
-    if not kernel.queue.capabilities.concurrency:  # Redis, PostgreSQL for now
+    if not kernel.queue.capabilities.concurrency:  # a third-party backend without limits
         @task(concurrency=1)
         def refused() -> None: ...
 

@@ -1,5 +1,6 @@
 """Real `nuvom runworker` processes on SQLite and file: schedules fire once per tick across
-workers, catch-up after downtime, and concurrency limits across executors."""
+workers, catch-up after downtime; and concurrency limits across executors, on Redis and
+PostgreSQL too."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tests.helpers import (
 )
 
 BACKENDS = [b for b in ("sqlite", "file") if b in E2E_BACKENDS]
+LIMIT_BACKENDS = [b for b in ("sqlite", "file", "redis", "postgres") if b in E2E_BACKENDS]
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not BACKENDS, reason="no backend")]
 
 TASKS = """
@@ -126,13 +128,16 @@ def test_restarted_worker_catches_up_every_missed_tick(env, project: Path):
     assert row["last_status"] in ("SUCCEEDED", "QUEUED", "RUNNING")
 
 
+@pytest.mark.parametrize("env", LIMIT_BACKENDS, indirect=True)
 def test_concurrency_one_never_overlaps_and_other_tasks_flow(env, project: Path):
     from sched_tasks import limited, quick
 
     from nuvom_kernel.kernel import get_kernel
 
     held = limited.map(range(6))
-    worker = start_worker(project, env, "--workers", "4", "--no-scheduler")
+    # two worker processes (two hosts, to the store) of two executors each
+    workers = [start_worker(project, env, "--workers", "2", "--no-scheduler")
+               for _ in range(2)]
     try:
         wait_until(lambda: len(lines(project / "limited.log")) >= 3, timeout=30,
                    what="the first limited job")  # held until "go": status must show it
@@ -153,9 +158,11 @@ def test_concurrency_one_never_overlaps_and_other_tasks_flow(env, project: Path)
         (project / "go").touch()
         wait_until(lambda: all(get_kernel().refresh_job(j).status is JobStatus.SUCCEEDED
                                for j in held), timeout=60, what="the limited jobs")
-        stop_worker(worker)
+        for worker in workers:
+            stop_worker(worker)
     finally:
-        worker.kill()
+        for worker in workers:
+            worker.kill()
     assert limited_done < 6, "other jobs waited for the limited ones"
     assert all(get_kernel().refresh_job(j).status is JobStatus.SUCCEEDED for j in others)
     events = [line.split() for line in (project / "limited.log").read_text().splitlines()]
