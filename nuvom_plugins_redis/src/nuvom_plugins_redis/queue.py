@@ -137,15 +137,21 @@ class RedisJobQueue(QueueBackend):
         """
         batch = uuid.uuid4().hex if len(messages) > PUSH_CHUNK else ""
         prefix, limit = self.store.prefix, self.store.max_bulk
-        # The clock that stamped the messages, read once for the whole push: their times go
-        # as offsets from it (scripts.PUSH), with the server's clock estimated from it.
-        clock, skew = time.time(), self.store.clock_skew
+        # A chunk's times go as offsets from this process's clock read as it is built
+        # (scripts.PUSH), with the server's clock estimated from that reading: read once
+        # for the whole push, the chunks of a push longer than REF_TOLERANCE (a slow
+        # encoder, 100,000 jobs) ran too far from it, were stamped on the server's TIME
+        # instead, and came out that much younger than they were: behind jobs pushed later.
+        skew = self.store.clock_skew
+        clock = time.time()  # the first chunk's: what _learn_skew compares the reply with
         ref = "" if skew is None else repr(clock + skew)
 
         def calls() -> Iterator[list[Any]]:  # each chunk read after the one before was sent
             for index, start in enumerate(range(0, len(messages), PUSH_CHUNK)):
-                yield _push_call(prefix, messages[start:start + PUSH_CHUNK], batch, index,
-                                 limit, clock, ref)
+                chunk = messages[start:start + PUSH_CHUNK]  # (reading it may encode it)
+                at = clock if index == 0 else time.time()
+                yield _push_call(prefix, chunk, batch, index, limit, at,
+                                 "" if skew is None else repr(at + skew))
 
         store, script = self.store, self._scripts["PUSH"]
         what = f"storing {len(messages)} job(s)"
