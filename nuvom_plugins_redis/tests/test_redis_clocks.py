@@ -8,17 +8,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
-from typing import overload
 
 import pytest
 from redis_helpers import PREFIX, URL
 
-from nuvom_kernel.models import Message
 from nuvom_kernel.testing.contracts import make_message
 from nuvom_plugins_redis import RedisJobQueue
-from nuvom_plugins_redis.queue import PUSH_CHUNK
 
 PRODUCER = Path(__file__).with_name("redis_clock_producer.py")
 
@@ -84,42 +80,3 @@ def test_redis_same_host_keeps_created_at_as_stamped(queue: RedisJobQueue,
     got = {le.id: le.message.created_at for le in queue.claim(3)}
     assert [got[m.id] for m in sent] == [pytest.approx(m.created_at, abs=1e-6) for m in sent]
 
-
-class _SlowlyEncoded(Sequence[Message]):
-    """A batch whose second chunk is read 1.3 s after the first, as the kernel's encoder
-    hands a long ``.map()`` to the plugin while it encodes (``streams_push``)."""
-
-    def __init__(self, messages: list[Message]) -> None:
-        self.messages = messages
-
-    def __len__(self) -> int:
-        return len(self.messages)
-
-    @overload
-    def __getitem__(self, i: int) -> Message: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[Message]: ...
-
-    def __getitem__(self, i: int | slice) -> Message | Sequence[Message]:
-        if isinstance(i, slice) and (i.start or 0) > 0:
-            deadline = time.monotonic() + 1.3  # the encoding's cost, not a wait on anything
-            while time.monotonic() < deadline:
-                pass
-        return self.messages[i]
-
-
-def test_redis_a_push_longer_than_the_tolerance_keeps_every_created_at(
-        queue: RedisJobQueue) -> None:
-    """Each chunk of a push is stamped from the clock read as it is built: read once for
-    the whole push, a chunk run over 1 s later was stamped on the server's ``TIME`` and
-    came out that much younger, behind jobs pushed after it (seen with 100,000 jobs)."""
-    queue.push([make_message()])  # the offset learned, as a running producer has it
-    queue.claim(1)
-    start = time.time()
-    sent = [make_message(created_at=start + i * 1e-6) for i in range(PUSH_CHUNK + 10)]
-    assert queue.push(_SlowlyEncoded(sent)) == [True] * len(sent)
-    later = make_message(created_at=time.time())
-    queue.push([later])
-    got = {le.id: le.message.created_at for le in queue.claim(len(sent) + 1)}
-    assert [got[m.id] for m in sent] == [pytest.approx(m.created_at, abs=1e-3) for m in sent]
-    assert max(got.values()) == got[later.id], "the job pushed after the batch comes last"

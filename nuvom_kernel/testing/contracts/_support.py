@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, overload
 
 import attrs
 import pytest
@@ -17,7 +17,8 @@ import pytest
 from nuvom_kernel.backends import BackendContext, Capabilities
 from nuvom_kernel.models import JobRecord, JobStatus, Message
 
-__all__ = ["BackendFactory", "make_message", "make_record", "requires", "wait_until"]
+__all__ = ["BackendFactory", "SlowlyRead", "make_message", "make_record", "requires",
+           "wait_until"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -146,3 +147,27 @@ def make_record(
                       traceback="Traceback (most recent call last):\n  ...\nValueError")
     values.update(fields)
     return JobRecord(**values)
+
+
+class SlowlyRead(Sequence[Message]):
+    """A batch whose last messages take ``secs`` to read, once: what a backend meets when
+    the kernel encodes a long ``.map()`` as the backend reads it, chunk by chunk."""
+
+    def __init__(self, messages: Sequence[Message], secs: float, tail: int = 10) -> None:
+        self.messages, self.secs, self.split = list(messages), secs, len(messages) - tail
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    @overload
+    def __getitem__(self, i: int) -> Message: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Message]: ...
+
+    def __getitem__(self, i: int | slice) -> Message | Sequence[Message]:
+        last = (i.indices(len(self))[1] - 1) if isinstance(i, slice) else i % len(self)
+        if last >= self.split and self.secs:
+            deadline, self.secs = time.monotonic() + self.secs, 0.0
+            while time.monotonic() < deadline:  # the encoding's cost, not a wait
+                pass
+        return self.messages[i]

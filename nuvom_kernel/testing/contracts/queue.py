@@ -29,6 +29,7 @@ import pytest
 from nuvom_kernel.backends import QueueBackend
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Settlement
 from nuvom_kernel.testing.contracts._support import (
+    SlowlyRead,
     make_message,
     make_record,
     requires,
@@ -208,6 +209,25 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests, QueueBrows
             "push reports every new message as stored"
         assert queue_backend.qsize() == 50
         assert sorted(le.id for le in queue_backend.claim(100)) == sorted(m.id for m in sent)
+
+    def test_a_slowly_read_push_keeps_every_created_at(self,
+                                                       queue_backend: QueueBackend) -> None:
+        """The kernel encodes a long ``.map()`` as the backend reads it, so a push may take
+        seconds: its last chunk must keep the times its producer stamped, not be stamped
+        younger (behind jobs pushed after it). Redis and PostgreSQL did, past 1 s."""
+        queue_backend.enqueue(make_message())  # a backend that learns a clock has learned it
+        self._claim_exactly(queue_backend, 1, "the first message")
+        start = time.time()
+        sent = [make_message(created_at=start + i * 1e-6) for i in range(2010)]
+        assert queue_backend.push(SlowlyRead(sent, 1.3)) == [True] * len(sent)
+        later = make_message(created_at=time.time())
+        queue_backend.enqueue(later)
+        got = {le.id: le.message.created_at
+               for le in self._claim_exactly(queue_backend, len(sent) + 1,
+                                             "every message").values()}
+        assert [got[m.id] for m in sent] == [pytest.approx(m.created_at, abs=1e-3)
+                                             for m in sent]
+        assert max(got.values()) == got[later.id], "the message pushed last comes last"
 
     def test_push_is_idempotent_per_job_id(self, queue_backend: QueueBackend) -> None:
         first = make_message(body=b"original")

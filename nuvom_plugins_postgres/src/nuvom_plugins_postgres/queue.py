@@ -327,8 +327,8 @@ class PostgresQueue(QueueBackend):
         if len(messages) == 1:
             return [self._push_one(messages[0])]
         conn = current_connection()
-        # The clock that stamped the messages, read once for the whole push: their times go
-        # as offsets from it (queries.PUSH), with the server's clock estimated from it.
+        # This process's clock and the server's estimated from it: the messages' times go as
+        # offsets from it (queries.PUSH); a later chunk reads its own (_push_chunks).
         clock, ref = self._clock()
         try:
             if conn is not None:
@@ -412,13 +412,17 @@ class PostgresQueue(QueueBackend):
         chunks: list[Sequence[Message]] = []
 
         def execute(start: int) -> psycopg.Cursor[Any]:
-            chunk = messages[start:start + size]
+            chunk = messages[start:start + size]  # (reading it may encode it)
             chunks.append(chunk)
             if distinct:
                 seen.update(m.id for m in chunk)
                 if len(seen) != start + len(chunk):
                     raise _RepeatedId
-            same, params = _push_params(chunk, clock, ref)
+            # a later chunk's times go relative to the clock read as it is built: relative
+            # to the push's first reading, a chunk run over REF_TOLERANCE later was stamped
+            # on clock_timestamp() and came out that much younger than it was
+            at = clock if start == 0 else time.time()
+            same, params = _push_params(chunk, at, None if ref is None else ref + at - clock)
             return conn.execute(uniform if same else general, params)
 
         starts = range(0, len(messages), size)
