@@ -19,7 +19,7 @@ import collections
 import threading
 import time
 
-__all__ = ["StepWatch", "server_offset"]
+__all__ = ["StepWatch", "relearned_offset", "server_offset"]
 
 #: A change of the wall clock against the monotonic one larger than this is a step, not
 #: drift or jitter (NTP slews drift at most 500 ppm).
@@ -49,6 +49,24 @@ def server_offset(server: float, before: float, after: float) -> float:
         after = before
     offset = server - (before + after) / 2
     return 0.0 if abs(offset) <= (after - before) / 2 + RESOLUTION_SECS else offset
+
+
+def relearned_offset(used: float, ref: float | None, before: float, after: float,
+                     tolerance: float) -> float | None:
+    """The server's offset to keep after a push that stamped its messages from ``used``,
+    the moment it chose on the server's clock: ``None`` (keep the estimate) when that was
+    ``ref``, our estimate sent with the push; else the offset measured from ``used``,
+    read between ``before`` and ``after``.
+
+    Why keep it: each process's pushes then share one offset, so its messages keep the
+    order its clock gave them; a push measured anew would move by its own latency and
+    reorder messages made microseconds apart. A server that refused our estimate (more
+    than ``tolerance`` from its clock: a clock stepped since, a first push) teaches the
+    offset again.
+    """
+    if ref is not None and abs(used - ref) <= tolerance / 2:
+        return None
+    return server_offset(used, before, after)
 
 
 class StepWatch:

@@ -21,3 +21,14 @@ def test_a_long_trip_is_read_from_its_start() -> None:
     """A push of many chunks: the server's clock was read by its first statement, 50 ms in,
     though its replies came 4 s later; the server runs 3 s ahead."""
     assert server_offset(3.05, 0.0, 4.0) == pytest.approx(3.05)
+
+
+def test_a_push_that_took_our_estimate_keeps_it_and_one_that_refused_it_relearns() -> None:
+    from nuvom_kernel.clock import relearned_offset
+
+    assert relearned_offset(1000.4, 1000.0, 995.0, 995.001, 1.0) is None, \
+        "the server used our estimate (within half the tolerance): keep it"
+    assert relearned_offset(1002.0, 1000.0, 995.0, 995.001, 1.0) == pytest.approx(
+        1002.0 - 995.0005), "the server used its own clock: learn the offset from it"
+    assert relearned_offset(995.0004, None, 995.0, 995.001, 1.0) == 0.0, \
+        "no estimate yet: learned, and on one host's clock it is 0"

@@ -32,7 +32,7 @@ from nuvom_kernel.backends import (
     ResultBackend,
     Settlement,
 )
-from nuvom_kernel.clock import server_offset
+from nuvom_kernel.clock import relearned_offset
 from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_kernel.task import PRIORITY_MAX, PRIORITY_MIN
@@ -373,13 +373,11 @@ class PostgresQueue(QueueBackend):
 
     def _learn_skew(self, clock: float, after: float, ref: float | None, base: float
                     ) -> float:
-        """Keep the offset of the server's clock from this process's that a push used as
-        its moment (``base``), unless the statement took ``ref``, our estimate: each
-        process's pushes then share one offset, so its messages keep the order its clock
-        gave them, and a clock stepped since (or a slow push) is corrected from the
-        server's clock, read between ``clock`` and ``after``. Returns ``base``."""
-        if ref is None or abs(base - ref) > REF_TOLERANCE / 2:
-            self._store.clock_skew = server_offset(base, clock, after)
+        """The offset of the server's clock kept, or learned from a push's moment
+        (``base``): see :func:`nuvom_kernel.clock.relearned_offset`. Returns ``base``."""
+        offset = relearned_offset(base, ref, clock, after, REF_TOLERANCE)
+        if offset is not None:
+            self._store.clock_skew = offset
         return base
 
     def _push_new_first(self, conn: psycopg.Connection[Any], messages: Sequence[Message],

@@ -36,7 +36,7 @@ from nuvom_kernel.backends import (
     QueueStats,
     ResultBackend,
 )
-from nuvom_kernel.clock import server_offset
+from nuvom_kernel.clock import relearned_offset
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
 from nuvom_kernel.views import QueuedJob
 from nuvom_plugins_redis import limit_scripts, record_scripts, scripts
@@ -175,15 +175,12 @@ class RedisJobQueue(QueueBackend):
         return stored
 
     def _learn_skew(self, clock: float, after: float, ref: str, base: bytes) -> None:
-        """Keep the offset of the server's clock from this process's that ``PUSH`` used as
-        its moment (``base``), unless the script took ``ref``, our estimate: each process's
-        pushes then share one offset, so its messages keep the order its clock gave them,
-        and a clock stepped since (or a slow push) is corrected from the server's ``TIME``,
-        read between ``clock`` and ``after``.
-        """
-        used = float(base)
-        if not ref or abs(used - float(ref)) > scripts.REF_TOLERANCE / 2:
-            self.store.clock_skew = server_offset(used, clock, after)
+        """The offset of the server's clock kept, or learned from ``PUSH``'s moment
+        (``base``): see :func:`nuvom_kernel.clock.relearned_offset`."""
+        offset = relearned_offset(float(base), float(ref) if ref else None, clock, after,
+                                  scripts.REF_TOLERANCE)
+        if offset is not None:
+            self.store.clock_skew = offset
 
     def claim(self, n: int, queues: Sequence[str] | None = None) -> list[Lease]:
         """Lease up to ``n`` messages in claim order; under limits, never more live leases
