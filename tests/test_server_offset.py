@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nuvom_kernel.clock import server_offset
+from nuvom_kernel.clock import relearned_offset, server_offset
 
 
 @pytest.mark.parametrize("server", [100.0, 100.0004, 100.001, 100.002 + 5e-6])
@@ -24,8 +24,6 @@ def test_a_long_trip_is_read_from_its_start() -> None:
 
 
 def test_a_push_that_took_our_estimate_keeps_it_and_one_that_refused_it_relearns() -> None:
-    from nuvom_kernel.clock import relearned_offset
-
     assert relearned_offset(1000.4, 1000.0, 995.0, 995.001, 1.0) is None, \
         "the server used our estimate (within half the tolerance): keep it"
     assert relearned_offset(1002.0, 1000.0, 995.0, 995.001, 1.0) == pytest.approx(
