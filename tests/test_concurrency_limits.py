@@ -87,6 +87,37 @@ def test_a_timed_out_attempt_counts_until_its_function_returns(memory_kernel):
     assert [kind for kind, _ in spans] == ["start", "end", "start", "end"]
 
 
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_stop_settles_a_timed_out_attempt_still_counting(make_kernel, backend: str):
+    """Its outcome waited for its function to return, and the stop did not wait for that:
+    the job stayed RUNNING, its lease held its task's only slot for a visibility timeout,
+    and then it ran again though it had no retries left (found by a hunt)."""
+    release = threading.Event()
+    started = threading.Event()
+
+    @task(concurrency=1, timeout_secs=0.2)
+    def wedged() -> None:
+        started.set()
+        release.wait(30)
+
+    with use_kernel(make_kernel(backend)) as kernel:
+        job = wedged.delay()
+        worker = Worker(kernel, workers=1, scheduler=False, poll_timeout_secs=0.05)
+        worker.start()
+        try:
+            wait_until(started.is_set, timeout=10, what="the job to start")
+            wait_until(lambda: any(t.name == "nuvom-timeout" for t in threading.enumerate()),
+                       timeout=10, what="the attempt to time out")
+        finally:
+            worker.stop()
+            assert worker.join() == 0
+            release.set()
+        record = job.refresh()
+        assert record.status is JobStatus.FAILED and record.error_type.endswith(
+            "JobTimeoutError"), f"{record.status}: a timed-out attempt is recorded at a stop"
+        assert kernel.queue.peek_state(job.id) is None, "and its lease is settled, not held"
+
+
 def test_concurrency_on_a_queue_without_the_capability_is_refused(memory_kernel):
     kernel = memory_kernel
     kernel.queue.capabilities = attrs.evolve(kernel.queue.capabilities, concurrency=False)

@@ -129,6 +129,10 @@ class Worker:
         self._abandoned: set[threading.Thread] = set()
         #: asyncio pool: set when an abandoned (timed-out) job's task ends
         self._task_ended: dict[Running, threading.Event] = {}
+        #: timed-out attempts of limited tasks whose outcome waits for their function to
+        #: return (see _settle_timed_out); a stop settles what is left
+        self._timed_out: dict[Running, JobTimeoutError] = {}
+        self._timed_out_lock = threading.Lock()
         self.signals = StopSignals(self)
         self.pool = pool or settings.pool
         if self.pool not in POOLS:
@@ -310,6 +314,7 @@ class Worker:
             self.processes.stop(force=not clean)
         if self.aio is not None:  # what is still on the loop was given up: cancel it
             self.aio.stop()
+        self._settle_timed_out_now()
         # settle what finished; the store may refuse it (down, a full disk): then the stop is
         # not clean either, since those jobs run again (each is named in the log)
         recorded = self.settler.stop(max(5.0, join_deadline - time.monotonic()))
@@ -618,9 +623,25 @@ class Worker:
             # A limited task's timed-out attempt keeps counting against its limit until its
             # function returns: its lease (extended by the monitor until settled) is what
             # the queue counts, so settle only then (an asyncio job's thread is the loop's:
-            # wait for its task instead).
+            # wait for its task instead). A stop that comes first settles it (join).
+            with self._timed_out_lock:
+                self._timed_out[running] = error
             if ended is not None:
                 ended.wait()
             else:
                 running.thread.join()
+            with self._timed_out_lock:
+                if self._timed_out.pop(running, None) is None:
+                    return  # settled by the stop
         self.runner.fail(running, error, "", kind="timeout", decided=True)
+
+    def _settle_timed_out_now(self) -> None:
+        """At a stop: settle the timed-out attempts still waiting for their function to
+        return. Why: the process ends with their threads, so there is no slot left to hold,
+        and unsettled, such a job stayed RUNNING, its lease blocking its task's limit for a
+        visibility timeout, then ran again though its retries were spent."""
+        with self._timed_out_lock:
+            waiting, self._timed_out = self._timed_out, {}
+        for running, error in waiting.items():
+            self.runner.fail(running, error, "", kind="timeout", decided=True)
+
