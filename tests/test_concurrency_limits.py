@@ -15,7 +15,7 @@ from nuvom_kernel.cli import make_cli
 from nuvom_kernel.errors import BackendCapabilityError
 from nuvom_kernel.kernel import use_kernel
 from nuvom_kernel.worker import Worker
-from tests.helpers import wait_until
+from tests.helpers import read_until_started, start_worker, stop_worker, wait_until, write_module
 
 
 def test_limit_holds_across_executors_and_a_held_job_costs_nothing(kernel):
@@ -147,3 +147,20 @@ def test_status_shows_running_over_limit_and_waiting(make_kernel):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["limits"] == {
         "crawl": {"running": 1, "limit": 1, "waiting": 2}}
+
+
+def test_a_process_pool_worker_without_a_manifest_says_it_knows_no_limit(project) -> None:
+    """Its children import the task modules, never the worker: a hunt ran 12 jobs at once
+    of a task limited to 2, and nothing said why."""
+    write_module(project, "pp_limited", "from nuvom_kernel import task\n\n\n"
+                 "@task(concurrency=2)\ndef crawl(i):\n    return i\n")
+    worker = start_worker(project, {"NUVOM_QUEUE_BACKEND": "sqlite",
+                                    "NUVOM_RESULT_BACKEND": "sqlite"},
+                          "--pool", "process", "--workers", "1")
+    try:
+        lines = read_until_started(worker)
+    finally:
+        out = stop_worker(worker)
+    said = "\n".join(lines) + out
+    assert "knows concurrency limits and schedules from" in said, said
+    assert "run `nuvom discover tasks`" in said

@@ -180,6 +180,15 @@ class Worker:
             self._prepare_plugins()
             self._open_stores()
             self.kernel.registry.load_manifest(self.kernel.data_dir)
+            if self.processes is not None and not self.kernel.registry.names():
+                # its children import the task modules, never this process: without a
+                # manifest it cannot know a limit or a schedule (a hunt ran 12 at once
+                # of a task limited to 2, saying nothing)
+                log.warning("the process pool imports task modules in its children only, so "
+                            "this worker knows concurrency limits and schedules from %s "
+                            "alone, and there is none: run `nuvom discover tasks` (and again "
+                            "after changing a task's options)",
+                            self.kernel.data_dir / "manifest.json")
             self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         except BaseException:
             self.signals.emit_lifecycle("nuvom_worker_shutdown")
