@@ -142,11 +142,18 @@ def test_status_shows_running_over_limit_and_waiting(make_kernel):
     with use_kernel(kernel):
         crawl.map(range(3))
     kernel.queue.set_concurrency_limits({"crawl": 1})
-    assert [lease.message.task for lease in kernel.queue.claim(5)] == ["crawl"]
+    leases = kernel.queue.claim(5)
+    assert [lease.message.task for lease in leases] == ["crawl"]
     result = CliRunner().invoke(make_cli(kernel), ["status", "--json"], obj=kernel)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["limits"] == {
         "crawl": {"running": 1, "limit": 1, "waiting": 2}}
+    text = CliRunner().invoke(make_cli(kernel), ["status"], obj=kernel).output
+    assert "concurrency crawl: running 1/1, 2 ready (held back by the limit)" in text
+    assert kernel.queue.ack(leases[0])
+    text = CliRunner().invoke(make_cli(kernel), ["status"], obj=kernel).output
+    assert "concurrency crawl: running 0/1, 2 ready\n" in text, \
+        "with room left, ready jobs wait for a worker, not on the limit (said by a hunt)"
 
 
 def test_a_process_pool_worker_without_a_manifest_says_it_knows_no_limit(project) -> None:

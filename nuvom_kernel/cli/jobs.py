@@ -241,9 +241,11 @@ def status(as_json: bool) -> None:
         click.echo(f"quarantined entries: {len(stats.quarantined)}")
         for line in stats.quarantined:
             click.echo(f"  {line}")
-    for task, row in data["limits"].items():
+    for task, row in data["limits"].items():  # ready jobs wait on the limit only while full
+        held = " (held back by the limit)" if row["waiting"] and \
+            row["running"] >= row["limit"] else ""
         click.echo(f"concurrency {task}: running {row['running']}/{row['limit']}, "
-                   f"{row['waiting']} waiting on the limit")
+                   f"{row['waiting']} ready{held}")
     for line in stats.warnings:
         click.echo(f"warning: {line}")
     if not (data["states"] or stats.queues or stats.quarantined or data["waiting_steps"]
