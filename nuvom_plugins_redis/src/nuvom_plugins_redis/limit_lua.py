@@ -71,4 +71,67 @@ local function unfit(h)
   end
   return bad_field('d (deliveries)', h[7])
 end
+-- lease the messages picks names ({id, queue} each, in claim order, out of ready already),
+-- appending each lease's 11 values to out and counting in out[3] and out[4] the entries
+-- dropped (hash gone) and the messages quarantined; how many were leased. Tokens come from
+-- one INCRBY, deadlines go in with one ZADD per queue. A lease of a task the claimer
+-- limits (room[t] set) counts in running:<t> and names t in u; any other drops u. A
+-- claim that took something wakes a waiter if the queues qs still hold ready work (what
+-- it left must not make a waiter sleep).
+local function lease_picks(picks, qs, now, vis, sec, usec, out, room)
+  local expires = f17(now + vis)
+  local taken, leased, running, seq = 0, {}, {}, 0
+  if #picks > 0 then seq = redis.call('INCRBY', P .. 'seq', #picks) end
+  for i = 1, #picks do
+    local id, q = picks[i][1], picks[i][2]
+    local jk = P .. 'j:' .. id
+    local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f', 'd', 'u')
+    local deliveries = tonumber(h[7] or '0')
+    if not (h[1] and h[2] and h[3] and h[4] and h[5] and deliveries) then
+      if redis.call('EXISTS', jk) == 0 then
+        -- a ready entry whose message is gone (deleted by hand, evicted): nothing to run;
+        -- dropped and counted, so it never wedges the queue
+        out[3] = out[3] + 1
+        emptied[q] = true
+      else  -- a damaged message: kept aside, and the rest of the claim goes on
+        quarantine(id, q, unfit(h), now)
+        out[4] = out[4] + 1
+      end
+    else
+      taken = taken + 1
+      local token = sec .. usec .. '-' .. (seq - taken + 1)
+      deliveries = deliveries + 1
+      local t = h[5]
+      if room and room[t] then  -- counted against this claimer's limit of t
+        redis.call('HSET', jk, 'k', token, 's', 'l', 'd', deliveries, 'u', t)
+        running[t] = running[t] or {}
+        table.insert(running[t], expires)
+        table.insert(running[t], id)
+      else
+        redis.call('HSET', jk, 'k', token, 's', 'l', 'd', deliveries)
+        if h[8] then redis.call('HDEL', jk, 'u') end  -- counted by an earlier lease
+      end
+      leased[q] = leased[q] or {}
+      table.insert(leased[q], expires)
+      table.insert(leased[q], id)
+      for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5],
+                          h[6] or '0'}) do
+        out[#out + 1] = v
+      end
+    end
+  end
+  for q, pairs_ in pairs(leased) do redis.call('ZADD', qkey(q, 'leased'), unpack(pairs_)) end
+  for t, pairs_ in pairs(running) do
+    redis.call('ZADD', P .. 'running:' .. t, unpack(pairs_))
+  end
+  if taken + out[3] + out[4] > 0 then
+    for _, q in ipairs(qs) do
+      if redis.call('ZCARD', qkey(q, 'ready')) > 0 then
+        wake()
+        break
+      end
+    end
+  end
+  return taken
+end
 """

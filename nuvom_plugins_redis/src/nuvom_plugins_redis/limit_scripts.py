@@ -195,58 +195,9 @@ for q, tasks in pairs(hold) do
   end
 end
 local out = {f17(now), '-', 0, 0, more and '1' or '0'}
-local expires = f17(now + vis)
-local taken = 0
-local leased, running = {}, {}
-local seq = 0
-if #cands > 0 then seq = redis.call('INCRBY', P .. 'seq', #cands) end
-for i = 1, #cands do
-  local member, q = cands[i][1], cands[i][2]
-  local id = string.sub(member, RANK_LEN + 1)
-  local jk = P .. 'j:' .. id
-  local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f', 'd', 'u')
-  local deliveries = tonumber(h[7] or '0')
-  if not (h[1] and h[2] and h[3] and h[4] and h[5] and deliveries) then
-    if redis.call('EXISTS', jk) == 0 then  -- as in CLAIM: dropped and counted
-      out[3] = out[3] + 1
-      emptied[q] = true
-    else
-      quarantine(id, q, unfit(h), now)
-      out[4] = out[4] + 1
-    end
-  else
-    taken = taken + 1
-    local token = sec .. usec .. '-' .. (seq - taken + 1)
-    deliveries = deliveries + 1
-    local t = h[5]
-    if room[t] then  -- counted against this claimer's limit of t
-      redis.call('HSET', jk, 'k', token, 's', 'l', 'd', deliveries, 'u', t)
-      running[t] = running[t] or {}
-      table.insert(running[t], expires)
-      table.insert(running[t], id)
-    else
-      redis.call('HSET', jk, 'k', token, 's', 'l', 'd', deliveries)
-      if h[8] then redis.call('HDEL', jk, 'u') end  -- counted by an earlier lease
-    end
-    leased[q] = leased[q] or {}
-    table.insert(leased[q], expires)
-    table.insert(leased[q], id)
-    for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5],
-                        h[6] or '0'}) do
-      out[#out + 1] = v
-    end
-  end
-end
-for q, pairs_ in pairs(leased) do redis.call('ZADD', qkey(q, 'leased'), unpack(pairs_)) end
-for t, pairs_ in pairs(running) do redis.call('ZADD', P .. 'running:' .. t, unpack(pairs_)) end
-if taken + out[3] + out[4] > 0 then  -- (what it skipped must not make a waiter sleep)
-  for _, q in ipairs(qs) do
-    if redis.call('ZCARD', qkey(q, 'ready')) > 0 then
-      wake()
-      break
-    end
-  end
-end
+local picks = {}
+for i = 1, #cands do picks[i] = {string.sub(cands[i][1], RANK_LEN + 1), cands[i][2]} end
+local taken = lease_picks(picks, qs, now, vis, sec, usec, out, room)
 if taken < n and not more then
   -- the next due time: a delayed message, a lease expiring, or room coming back to a
   -- task whose first live lease runs out (an ack wakes a waiter itself)

@@ -387,50 +387,11 @@ else
   for q, members in pairs(chosen) do redis.call('ZREM', qkey(q, 'ready'), unpack(members)) end
 end
 local out = {f17(now), '-', 0, 0}
-local expires = f17(now + vis)
-local taken = 0
-local leased = {}
-local seq = 0
-if #cands > 0 then seq = redis.call('INCRBY', P .. 'seq', math.min(n, #cands)) end
+local picks = {}
 for i = 1, math.min(n, #cands) do
-  local member, q = cands[i][2], cands[i][3]
-  local id = string.sub(member, RANK_LEN + 1)
-  local jk = P .. 'j:' .. id
-  local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f', 'd')
-  local deliveries = tonumber(h[7] or '0')
-  if not (h[1] and h[2] and h[3] and h[4] and h[5] and deliveries) then
-    if redis.call('EXISTS', jk) == 0 then
-      -- a ready entry whose message is gone (deleted by hand, evicted): nothing to run;
-      -- dropped and counted, so it never wedges the queue
-      out[3] = out[3] + 1
-      emptied[q] = true
-    else  -- a damaged message: kept aside, and the rest of the claim goes on
-      quarantine(id, q, unfit(h), now)
-      out[4] = out[4] + 1
-    end
-  else
-    taken = taken + 1
-    local token = sec .. usec .. '-' .. (seq - taken + 1)
-    deliveries = deliveries + 1
-    redis.call('HSET', jk, 'k', token, 's', 'l', 'd', deliveries)
-    leased[q] = leased[q] or {}
-    table.insert(leased[q], expires)
-    table.insert(leased[q], id)
-    for _, v in ipairs({id, token, deliveries, expires, h[1], q, h[2], h[3], h[4], h[5],
-                        h[6] or '0'}) do
-      out[#out + 1] = v
-    end
-  end
+  picks[i] = {string.sub(cands[i][2], RANK_LEN + 1), cands[i][3]}
 end
-for q, pairs_ in pairs(leased) do redis.call('ZADD', qkey(q, 'leased'), unpack(pairs_)) end
-if taken + out[3] + out[4] > 0 then  -- (what it skipped must not make a waiter sleep)
-  for _, q in ipairs(qs) do
-    if redis.call('ZCARD', qkey(q, 'ready')) > 0 then
-      wake()
-      break
-    end
-  end
-end
+local taken = lease_picks(picks, qs, now, vis, sec, usec, out, nil)
 if taken < n then
   local due = next_due(qs)
   out[2] = due and f17(due) or ''
