@@ -62,7 +62,8 @@ def test_plugin_test_all_covers_every_installed_backend(tmp_path: Path) -> None:
 
 def test_module_attr_of_a_broken_backend_fails_with_its_tests_named(tmp_path: Path) -> None:
     result = nuvom(["plugin", "test", "nuvom_kernel.testing.fakes:LifoQueue",
-                    "-k", "fifo or priority or claim_order or ack_removes or browse"], tmp_path)
+                    "-k", "fifo or priority or claim_order or ack_removes or browse or limit or "
+                    "held_back or lease_ends"], tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     out = result.stdout
     [row] = [r for r in rows(out, "nuvom_kernel.testing.fakes:LifoQueue") if r[1] == "queue"]
