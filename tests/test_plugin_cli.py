@@ -69,7 +69,10 @@ def test_module_attr_of_a_broken_backend_fails_with_its_tests_named(tmp_path: Pa
     [row] = [r for r in rows(out, "nuvom_kernel.testing.fakes:LifoQueue") if r[1] == "queue"]
     assert row[2] == "fake-lifo" and row[-1] == "FAIL" and int(row[4]) >= 2
     failures = out.split("Failures", 1)[1]
-    for name in EXPECTED_FAILURES["LifoQueue"]:
+    # (settle_many needs a result backend sharing the queue's store, which the meta test's
+    # stubs give and `nuvom plugin test` of a bare queue backend does not: skipped there)
+    for name in EXPECTED_FAILURES["LifoQueue"] - {
+            "test_every_way_a_lease_ends_gives_its_room_back[settle_many]"}:
         assert name in failures
     assert "test_ack_removes" not in failures
     assert out.rstrip().splitlines()[-1].startswith("FAILED")
