@@ -157,6 +157,25 @@ ON CONFLICT (id) DO NOTHING
 RETURNING j.id, j.state, (SELECT n.base FROM n) AS base
 """
 
+# Held rows (state 3: ready, parked by a limited claim; see ``nuvom_plugins_postgres.limits``)
+# are ready to every claim that has no limit for their task. ``_GROUPS``: the (task, queue)
+# pairs of held rows, by a loose scan of ``jobs_held`` (one probe per pair, and exactly one
+# probe of an empty index when nothing is held, the usual case). ``_HELD_FIRST``: the first
+# ``{take}`` held rows of each pair in claim order (``{gqueues}``: of the claim's queues).
+_GROUPS = """g(task, queue) AS (
+    (SELECT task, queue FROM {s}.jobs WHERE state = 3 ORDER BY task, queue LIMIT 1)
+    UNION ALL
+    SELECT x.task, x.queue FROM g CROSS JOIN LATERAL (
+        SELECT y.task, y.queue FROM {s}.jobs y
+        WHERE y.state = 3 AND (y.task, y.queue) > (g.task, g.queue)
+        ORDER BY y.task, y.queue LIMIT 1) AS x)"""
+_HELD_FIRST = """CROSS JOIN LATERAL (
+            SELECT z.id, z.priority, z.created_at, z.seq FROM {s}.jobs z
+            WHERE z.state = 3 AND z.task = g.task AND z.queue = g.queue
+            ORDER BY z.priority DESC, z.created_at, z.seq LIMIT {take}) AS p"""
+_GQUEUES = "AND g.queue = ANY(%(queues)b::text[])"
+
+# The plain claim (a worker without limits): the first n ready rows in claim order.
 CLAIM = f"""
 WITH c AS MATERIALIZED (
     SELECT id FROM {{s}}.jobs WHERE state = 0 {{queues}} AND {{lease}}
@@ -165,6 +184,38 @@ UPDATE {{s}}.jobs j
 SET state = 2, deliveries = j.deliveries + 1,
     token = replace(gen_random_uuid()::text, '-', ''),
     lease_expires_at = clock_timestamp() + {_SECS}
+FROM c WHERE j.id = c.id
+RETURNING {_RETURNING}
+"""
+# Whether any row is held: one probe of ``jobs_held``, empty unless limits parked rows.
+ANY_HELD = "SELECT EXISTS (SELECT 1 FROM {s}.jobs WHERE state = 3)"
+# The plain claim while rows are held (a worker without limits must not leave them parked:
+# limits belong to the claimer, and lifted ones must release what they held): the first n
+# rows in claim order among ready (state 0) and held (state 3) rows alike, each set locked
+# ``FOR UPDATE SKIP LOCKED``; rows of either it locked but does not take stay unwritten. A
+# held row it takes is leased straight from state 3. (``(j.state = 3) IS TRUE``: see
+# ``limits.CANDIDATES``.) Not the plain claim itself: merging costs ~50 µs of the server's
+# time per claim, which workers without limits would pay for rows that are almost never
+# there.
+CLAIM_HELD = f"""
+WITH RECURSIVE {_GROUPS},
+r AS MATERIALIZED (
+    SELECT id, priority, created_at, seq FROM {{s}}.jobs WHERE state = 0 {{queues}} AND {{lease}}
+    ORDER BY priority DESC, created_at, seq LIMIT %(n)s FOR UPDATE SKIP LOCKED),
+h AS MATERIALIZED (
+    SELECT j.id, j.priority, j.created_at, j.seq FROM {{s}}.jobs j
+    WHERE (j.state = 3) IS TRUE AND j.id = ANY(ARRAY(
+        SELECT p.id FROM g {_HELD_FIRST.replace("{take}", "%(n)s")}
+        WHERE true {{gqueues}}
+        ORDER BY p.priority DESC, p.created_at, p.seq LIMIT %(n)s))
+    FOR UPDATE OF j SKIP LOCKED),
+c AS MATERIALIZED (
+    SELECT u.id FROM (SELECT * FROM r UNION ALL SELECT * FROM h) AS u
+    ORDER BY u.priority DESC, u.created_at, u.seq LIMIT %(n)s)
+UPDATE {{s}}.jobs j
+SET state = 2, deliveries = j.deliveries + 1,
+    token = replace(gen_random_uuid()::text, '-', ''),
+    lease_expires_at = clock_timestamp() + {_SECS.replace("%s", "%(vis)s")}
 FROM c WHERE j.id = c.id
 RETURNING {_RETURNING}
 """
@@ -261,18 +312,18 @@ CLEAR = "DELETE FROM {s}.jobs WHERE true {queues}"
 # about when a worker has lost its job: a row the tick would hand to the next claim is one
 # no worker holds, and an operator may stop it.
 _EXPIRED_LEASE = "state = 2 AND lease_expires_at <= clock_timestamp()"
-# cancel: a waiting row (ready or scheduled; a ready row may still carry the token of a lease
-# the tick recovered or ``extend(lease, 0)`` gave up) or one whose lease expired; never a
-# live lease (its worker decides). Deleting the row fences the old lease: its ack, extend
-# and settle find no row with its token. Why a plain row lock and not ``SKIP LOCKED``: a
-# claim (or a tick) holding the row makes the delete wait for its commit and then re-check
-# this ``WHERE`` on the row as it left it (READ COMMITTED), so a claim that re-leased it
-# wins and cancel answers ``False``; skipping would refuse a row a tick was merely
-# recovering. Conversely a claim meeting the row locked by this delete skips it, and finds
-# it gone afterwards: exactly one of the two gets it.
+# cancel: a waiting row (ready, held or scheduled; a ready or held row may still carry the
+# token of a lease the tick recovered or ``extend(lease, 0)`` gave up) or one whose lease
+# expired; never a live lease (its worker decides). Deleting the row fences the old lease:
+# its ack, extend and settle find no row with its token. Why a plain row lock and not
+# ``SKIP LOCKED``: a claim (or a tick) holding the row makes the delete wait for its
+# commit and then re-check this ``WHERE`` on the row as it left it (READ COMMITTED), so a
+# claim that re-leased it wins and cancel answers ``False``; skipping would refuse a row a
+# tick was merely recovering. Conversely a claim meeting the row locked by this delete
+# skips it, and finds it gone afterwards: exactly one of the two gets it.
 CANCEL = f"""
 DELETE FROM {{s}}.jobs
-WHERE id = %s AND (state IN (0, 1) OR ({_EXPIRED_LEASE}))
+WHERE id = %s AND (state IN (0, 1, 3) OR ({_EXPIRED_LEASE}))
 """
 # The oldest ready row's age runs from when it became due: its enqueue, or the end of its
 # delay or retry delay (``available_at``, moved by every retry; ``due_at`` too for a
@@ -458,6 +509,10 @@ class Queries:
             for stmt in (PUSH, PUSH_UNIFORM, PUSH_NEW, PUSH_NEW_UNIFORM))
         self.push_one = bind(PUSH_ONE, notifying=True)
         self.claim_all, self.claim_some = bind(CLAIM), bind(CLAIM, any_queue)
+        self.claim_held_all = bind(CLAIM_HELD.replace("{gqueues}", ""))
+        self.claim_held_some = bind(CLAIM_HELD.replace("{gqueues}", _GQUEUES),
+                                    "AND queue = ANY(%(queues)b::text[])")
+        self.any_held = bind(ANY_HELD)
         self.ack, self.ack_many = bind(ACK), bind(ACK_MANY)
         self.retry = bind(RETRY, notifying=True)
         self.release = bind(RELEASE, notifying=True)

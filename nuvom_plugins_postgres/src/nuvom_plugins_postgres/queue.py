@@ -1,7 +1,10 @@
 """The PostgreSQL queue backend: one ``jobs`` table, leases fenced by database tokens.
 
 States: 0 ready (in the claim index), 1 scheduled (a delay or a retry delay; out of the
-claim index until due), 2 leased. Ack deletes the row, so the table holds only live work.
+claim index until due), 2 leased, 3 held (ready, but parked out of the claim index by a
+claim under concurrency limits while its task had no room: see
+:mod:`nuvom_plugins_postgres.limits`; every reader takes it for a ready row). Ack deletes
+the row, so the table holds only live work.
 
 Why a maintenance tick instead of a scheduler process: any worker, whenever it claims and
 its tick is due, tries ``pg_try_advisory_xact_lock``; the one winner promotes due scheduled
@@ -70,6 +73,9 @@ T = TypeVar("T")
 TICK_MAX_SECS = 1.0
 #: How often the tick also deletes finished records older than ``result_ttl_secs``.
 PURGE_EVERY_SECS = 60.0
+#: How often a worker without limits asks whether rows are parked by other workers' limits
+#: (state 3), which it then claims as ready ones (see ``_claim_plain``).
+HELD_PROBE_SECS = 1.0
 
 
 def _duration(secs: float) -> str:
@@ -222,6 +228,8 @@ class PostgresQueue(QueueBackend):
         #: (task -> most live leases, task -> its lock key): one attribute, so a claim
         #: never reads the limits of one ``set_concurrency_limits`` and keys of another
         self._limits: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        self._held = False  # rows parked by limits seen by the last plain claim's probe
+        self._held_probe_at = 0.0  # monotonic time the plain claim next asks (ANY_HELD)
         self._tick_at = 0.0  # monotonic time of the next maintenance tick
         self._purge_at = 0.0
         self._tick_lock = threading.Lock()
@@ -479,12 +487,27 @@ class PostgresQueue(QueueBackend):
 
     def _claim_plain(self, n: int, queues: Sequence[str] | None, vis: float
                      ) -> list[tuple[Any, ...]]:
-        """The claim of a worker without limits: one statement (``queries.CLAIM``)."""
-        params: list[Any]
-        if queues is None:
-            query, params = self._q.claim_all, [n, vis]
+        """The claim of a worker without limits: one statement (``queries.CLAIM``), or,
+        while rows parked by limits (state 3) exist, ``queries.CLAIM_HELD``, which takes
+        them as ready ones. Whether any exist is asked at most every
+        :data:`HELD_PROBE_SECS` (and at once after a claim that met some), so such rows
+        wait at most that long, and a worker without limits pays one probe a second."""
+        now = time.monotonic()
+        if self._held or now >= self._held_probe_at:
+            row = self._run(lambda c: c.execute(self._q.any_held).fetchone())
+            self._held = bool(row and row[0])
+            self._held_probe_at = now + HELD_PROBE_SECS
+        params: Any
+        if not self._held:
+            if queues is None:
+                query, params = self._q.claim_all, [n, vis]
+            else:
+                query, params = self._q.claim_some, [list(queues), n, vis]
+        elif queues is None:
+            query, params = self._q.claim_held_all, {"n": n, "vis": vis}
         else:
-            query, params = self._q.claim_some, [list(queues), n, vis]
+            query = self._q.claim_held_some
+            params = {"n": n, "vis": vis, "queues": list(queues)}
         return self._run(lambda c: c.execute(query, params).fetchall())
 
     def set_concurrency_limits(self, limits: Mapping[str, int]) -> None:
@@ -609,7 +632,7 @@ class PostgresQueue(QueueBackend):
     # --- optional primitives ----------------------------------------------------------------
 
     def cancel(self, job_id: str) -> bool:
-        """Delete the row if it waits (ready or delayed) or its lease expired by the
+        """Delete the row if it waits (ready, held or delayed) or its lease expired by the
         database's clock, recovered by a tick or not yet (``queries.CANCEL``): no worker
         holds such a job, and refusing it let a job that OOM-killed its worker run again up
         to the delivery limit. A live lease is refused: its worker decides. One statement,

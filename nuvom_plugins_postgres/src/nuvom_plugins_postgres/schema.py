@@ -10,8 +10,9 @@ code point, as Python does; a locale collation would order them differently.
 
 Why the ready and scheduled rows have separate partial indexes: a claim walks only ready
 rows in (priority, FIFO) order, so a million delayed jobs cost the claim nothing; the
-maintenance tick promotes due ones by the ``due_at`` index. The lease deadline is not
-indexed, so a heartbeat (``extend``) is a HOT update.
+maintenance tick promotes due ones by the ``due_at`` index. Held rows (state 3, v6: ready
+but parked by a concurrency limit) have their own too, for the same reason. The lease
+deadline is not indexed, so a heartbeat (``extend``) is a HOT update.
 """
 
 from __future__ import annotations
@@ -111,8 +112,24 @@ CREATE TABLE {s}.owner (
 );
 """
 
+# v6: state 3, "held": a ready row parked by a claim under concurrency limits because its
+# task had no room (see ``nuvom_plugins_postgres.limits``). It is out of the claim-order
+# indexes (``jobs_ready``, ``jobs_ready_by_queue``: ``WHERE state = 0``), so an idle limited
+# claim no longer walks a saturated task's backlog; ``jobs_held`` holds only such rows, by
+# task and queue first so a claim finds a task's first held rows without reading the others.
+# No held row, no entry: push, ack and the plain claim pay nothing for it.
+_V6 = """
+ALTER TABLE {s}.jobs DROP CONSTRAINT IF EXISTS jobs_state_valid;
+ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_valid CHECK (
+    state IN (0, 1, 2, 3)
+    AND (state <> 1 OR due_at IS NOT NULL)
+    AND (state <> 2 OR (token IS NOT NULL AND lease_expires_at IS NOT NULL)));
+CREATE INDEX IF NOT EXISTS jobs_held ON {s}.jobs (task, queue, priority DESC, created_at, seq)
+    WHERE state = 3;
+"""
+
 #: One entry per version; a new version appends its DDL here and never edits an old one.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
