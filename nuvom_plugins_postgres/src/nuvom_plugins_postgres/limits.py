@@ -8,7 +8,8 @@ token and no lease, and keeps its place in claim order; at most its ``state`` ch
 0 (ready) to 3 (held: "parked", see below), which every reader takes for a ready row
 (``peek_state`` reads it QUEUED, ``browse``, ``stats``, ``qsize``, ``task_counts``,
 ``cancel`` and ``clear`` see a waiting job). Only a worker given limits takes this path;
-the one-statement ``queries.CLAIM`` stays everyone else's, and takes held rows as ready.
+the one-statement ``queries.CLAIM`` stays everyone else's (``queries.CLAIM_HELD``, which
+takes held rows as ready ones, while a probe once a second finds some).
 
 Why park. A saturated task's backlog sits in the claim-order index (``jobs_ready``), and a
 limited claim filtering it in SQL still walked all of it, at every claim: behind 100,000
@@ -79,7 +80,7 @@ reads every leased row (no index by task), which the jobs in flight bound. Behin
 saturated task's backlog, the first claims park it, :data:`PARK_BUDGET` rows each (a few
 ms each); later ones read only what vacuum has not yet removed of the parked rows' old
 entries in ``jobs_ready``. Nobody else: push, ack, retry and extend are the statements
-they were, and the plain claim pays one probe of the empty ``jobs_held``. See the plugin's
+they were, and the plain claim pays one probe of the empty ``jobs_held`` a second. See the plugin's
 README for the numbers.
 """
 
