@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from pg_support import DSN, drop_schema
 
@@ -64,3 +65,10 @@ def kernel(tmp_path: Path, schema: str) -> Iterator[Kernel]:
     with use_kernel(k):
         yield k
     k.close()
+
+
+@pytest.fixture
+def admin() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A connection of the test's own, outside the queue's pool."""
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        yield conn

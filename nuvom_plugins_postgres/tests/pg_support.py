@@ -11,9 +11,21 @@ import os
 import psycopg
 from psycopg import sql
 
+from nuvom_kernel.models import Lease, Message
+from nuvom_kernel.testing.contracts import make_message
+
 DSN = os.environ.get("NUVOM_TEST_POSTGRES_DSN", "host=127.0.0.1 user=postgres dbname=postgres")
 
 
 def drop_schema(schema: str, dsn: str = DSN) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def messages_of(task: str, n: int, **fields: object) -> list[Message]:
+    """``n`` contract messages of ``task`` (the limit tests' backlogs)."""
+    return [make_message(task=task, **fields) for _ in range(n)]  # type: ignore[arg-type]
+
+
+def ids_of(leases: list[Lease]) -> list[str]:
+    return [le.id for le in leases]

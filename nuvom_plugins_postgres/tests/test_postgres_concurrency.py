@@ -9,17 +9,14 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
-from pg_support import DSN
+from pg_support import DSN, ids_of, messages_of
 from psycopg import sql
 
 from nuvom_kernel.backends import BackendContext
-from nuvom_kernel.models import JobStatus, Lease, Message
-from nuvom_kernel.testing.contracts import make_message
+from nuvom_kernel.models import JobStatus
 from nuvom_kernel.testing.contracts._support import wait_until
 from nuvom_plugins_postgres import PostgresQueue
 from nuvom_plugins_postgres.limits import lock_key
@@ -31,19 +28,7 @@ FREE = "tests.pg_free"
 CLAIMER = Path(__file__).with_name("pg_limit_claimer.py")
 
 
-def _of(task: str, n: int, **fields: object) -> list[Message]:
-    return [make_message(task=task, **fields) for _ in range(n)]  # type: ignore[arg-type]
 
-
-def _ids(leases: list[Lease]) -> list[str]:
-    return [le.id for le in leases]
-
-
-@pytest.fixture
-def admin() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """A connection of the test's own, outside the queue's pool."""
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        yield conn
 
 
 def _claim_in_thread(queue: PostgresQueue, n: int) -> tuple[threading.Thread, dict[str, object]]:
@@ -86,7 +71,8 @@ def test_racing_processes_never_exceed_the_limit_and_run_every_job_once(
     """Six processes, each with its own pool, claim 3 at a time from 60 jobs of a task
     limited to 2 and 60 others: no snapshot of the database (each process's after every
     claim, and a watcher's all along) ever shows more than 2 live leases of the task."""
-    jobs = [m for pair in zip(_of(LIMITED, 60), _of(FREE, 60), strict=True) for m in pair]
+    jobs = [m for pair in zip(messages_of(LIMITED, 60), messages_of(FREE, 60), strict=True)
+            for m in pair]
     queue.push(jobs)
     procs = [subprocess.Popen([sys.executable, str(CLAIMER), DSN, context.namespace,
                                LIMITED, "2", "3"], stdin=subprocess.PIPE,
@@ -134,7 +120,7 @@ def test_a_claim_waits_for_the_tasks_lock_and_counts_what_its_holder_leased(
     """Another claim holds the task's lock and has leased its one allowed job, not yet
     committed: this claim must wait for it, then count that lease and lease nothing more.
     A claim that counted before the other committed would lease a second one."""
-    limited = _of(LIMITED, 3)
+    limited = messages_of(LIMITED, 3)
     queue.push(limited)
     queue.set_concurrency_limits({LIMITED: 1})
     with psycopg.connect(DSN) as holder:  # a transaction, as a racing claim's
@@ -160,7 +146,7 @@ def test_a_later_round_skips_a_task_whose_lock_is_held_instead_of_waiting(
     one A and drops two; the next round meets B. Waiting for B's lock while holding A's
     could deadlock, so a held B is left out of this claim (which takes F instead), and the
     next claim leases it."""
-    a, b, free = _of(LIMITED, 3), _of(OTHER, 2), _of(FREE, 1)
+    a, b, free = messages_of(LIMITED, 3), messages_of(OTHER, 2), messages_of(FREE, 1)
     queue.push([*a, *b, *free])
     queue.set_concurrency_limits({LIMITED: 1, OTHER: 1})
     with psycopg.connect(DSN) as holder:
@@ -171,17 +157,17 @@ def test_a_later_round_skips_a_task_whose_lock_is_held_instead_of_waiting(
         assert not thread.is_alive(), "the claim waited for a lock in a later round"
         holder.rollback()
     assert "error" not in done, done
-    assert sorted(_ids(done["leases"])) == sorted([a[0].id, free[0].id])  # type: ignore[arg-type]
-    assert _ids(queue.claim(3)) == [b[0].id], "with B's lock free, B's first job comes next"
+    assert sorted(ids_of(done["leases"])) == sorted([a[0].id, free[0].id])  # type: ignore[arg-type]
+    assert ids_of(queue.claim(3)) == [b[0].id], "with B's lock free, B's first job comes next"
 
 
 def test_rounds_hand_out_the_room_of_several_limited_tasks_in_claim_order(
         queue: PostgresQueue) -> None:
-    a, b, free = _of(LIMITED, 3), _of(OTHER, 3), _of(FREE, 2)
+    a, b, free = messages_of(LIMITED, 3), messages_of(OTHER, 3), messages_of(FREE, 2)
     queue.push([*a, *b, *free])
     queue.set_concurrency_limits({LIMITED: 1, OTHER: 2})
     got = queue.claim(10)
-    assert _ids(got) == [a[0].id, b[0].id, b[1].id, free[0].id, free[1].id]
+    assert ids_of(got) == [a[0].id, b[0].id, b[1].id, free[0].id, free[1].id]
     assert all(le.deliveries == 1 for le in got)
     assert queue.claim(10) == []
     assert queue.task_counts([LIMITED, OTHER, FREE]) == {
@@ -205,7 +191,7 @@ def test_the_lock_key_is_the_same_in_every_process_and_per_schema() -> None:
 
 def test_a_held_back_job_is_queued_browsed_counted_and_cancellable(
         queue: PostgresQueue) -> None:
-    first, held = _of(LIMITED, 2)
+    first, held = messages_of(LIMITED, 2)
     queue.push([first, held])
     queue.set_concurrency_limits({LIMITED: 1})
     [lease] = queue.claim(5)
@@ -226,7 +212,7 @@ def test_a_held_back_job_is_queued_browsed_counted_and_cancellable(
 def test_an_expired_lease_frees_room_before_and_after_the_tick_recovers_it(
         queue: PostgresQueue, schema: str,
         admin: psycopg.Connection[tuple[object, ...]]) -> None:
-    first, second = _of(LIMITED, 2)
+    first, second = messages_of(LIMITED, 2)
     queue.push([first, second])
     queue.set_concurrency_limits({LIMITED: 1})
     [old] = queue.claim(5)
@@ -251,7 +237,7 @@ def test_limits_hold_with_synchronous_lease_commits(
     ``sync_lease_commits`` it leaves ``synchronous_commit`` alone."""
     queue = PostgresQueue.from_settings({**settings, "sync_lease_commits": True}, context)
     try:
-        queue.push(_of(LIMITED, 2))
+        queue.push(messages_of(LIMITED, 2))
         queue.set_concurrency_limits({LIMITED: 1})
         assert len(queue.claim(5)) == 1 and queue.claim(5) == []
     finally:
@@ -264,14 +250,14 @@ def test_a_claim_reaches_past_100000_held_back_jobs_and_only_parks_them(
         queue: PostgresQueue, schema: str,
         admin: psycopg.Connection[tuple[object, ...]]) -> None:
     for _ in range(10):
-        queue.push(_of(LIMITED, 10_000))
-    behind = _of(FREE, 2)
+        queue.push(messages_of(LIMITED, 10_000))
+    behind = messages_of(FREE, 2)
     queue.push(behind)
     queue.set_concurrency_limits({LIMITED: 1})
     [first] = queue.claim(1)
     assert first.message.task == LIMITED
-    assert _ids(queue.claim(1)) == [behind[0].id], "the claim stopped short of the free job"
-    assert _ids(queue.claim(5)) == [behind[1].id]
+    assert ids_of(queue.claim(1)) == [behind[0].id], "the claim stopped short of the free job"
+    assert ids_of(queue.claim(5)) == [behind[1].id]
     assert queue.claim(5) == []
     touched = admin.execute(sql.SQL(
         "SELECT count(*) FILTER (WHERE state NOT IN (0, 3) OR deliveries > 0 "

@@ -6,17 +6,15 @@ them as ready; and an idle limited claim no longer walks a saturated task's back
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
-from pg_support import DSN
+from pg_support import ids_of, messages_of
 from psycopg import sql
 
 from nuvom_kernel.backends import BackendContext
-from nuvom_kernel.models import JobStatus, Lease, Message
-from nuvom_kernel.testing.contracts import make_message
+from nuvom_kernel.models import JobStatus
 from nuvom_plugins_postgres import PostgresQueue
 from nuvom_plugins_postgres.limits import PARK_BUDGET
 from nuvom_plugins_postgres.schema import MIGRATIONS, SCHEMA_VERSION
@@ -25,18 +23,7 @@ LIMITED = "tests.pg_park_limited"
 FREE = "tests.pg_park_free"
 
 
-def _of(task: str, n: int, **fields: object) -> list[Message]:
-    return [make_message(task=task, **fields) for _ in range(n)]  # type: ignore[arg-type]
 
-
-def _ids(leases: list[Lease]) -> list[str]:
-    return [le.id for le in leases]
-
-
-@pytest.fixture
-def admin() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        yield conn
 
 
 def _states(admin: psycopg.Connection[tuple[object, ...]], schema: str, task: str
@@ -62,7 +49,7 @@ def _other(settings: dict[str, object], context: BackendContext) -> PostgresQueu
 def test_parked_rows_are_queued_browsed_counted_cancellable_and_cleared(
         queue: PostgresQueue, schema: str,
         admin: psycopg.Connection[tuple[object, ...]]) -> None:
-    jobs = _of(LIMITED, 5)
+    jobs = messages_of(LIMITED, 5)
     queue.push(jobs)
     queue.set_concurrency_limits({LIMITED: 1})
     [lease] = queue.claim(5)
@@ -94,38 +81,38 @@ def test_parked_rows_are_queued_browsed_counted_cancellable_and_cleared(
 def test_claim_order_is_kept_when_room_comes_back(
         queue: PostgresQueue, schema: str,
         admin: psycopg.Connection[tuple[object, ...]]) -> None:
-    first = _of(LIMITED, 4)
-    free = _of(FREE, 1)
+    first = messages_of(LIMITED, 4)
+    free = messages_of(FREE, 1)
     queue.push(first + free)
     queue.set_concurrency_limits({LIMITED: 1})
     [a] = queue.claim(1)
     assert a.id == first[0].id
-    assert _ids(queue.claim(5)) == [free[0].id]  # and parks first[1:]
+    assert ids_of(queue.claim(5)) == [free[0].id]  # and parks first[1:]
     assert _states(admin, schema, LIMITED) == {2: 1, 3: 3}
-    later = _of(LIMITED, 1)  # same priority, pushed after: behind the parked ones
+    later = messages_of(LIMITED, 1)  # same priority, pushed after: behind the parked ones
     queue.push(later)
     assert queue.claim(5) == []
     assert queue.ack(a)
     [b] = queue.claim(5)  # room for one: the first parked, not the newer ready row
     assert b.id == first[1].id and b.deliveries == 1
-    urgent = _of(LIMITED, 1, priority=9)  # ahead of every parked row
+    urgent = messages_of(LIMITED, 1, priority=9)  # ahead of every parked row
     queue.push(urgent)
     assert queue.ack(b)
-    assert _ids(queue.claim(5)) == [urgent[0].id]
+    assert ids_of(queue.claim(5)) == [urgent[0].id]
     assert queue.ack_many(queue.claim(5)) == []  # full again
     queue.set_concurrency_limits({LIMITED: 3})
     got = queue.claim(5)
-    assert _ids(got) == [first[2].id, first[3].id], "room of 2, in claim order"
+    assert ids_of(got) == [first[2].id, first[3].id], "room of 2, in claim order"
     assert queue.ack_many(got) == [True, True]
     rest = queue.claim(5)
-    assert _ids(rest) == [later[0].id] and _states(admin, schema, LIMITED) == {2: 2}
+    assert ids_of(rest) == [later[0].id] and _states(admin, schema, LIMITED) == {2: 2}
 
 
 def test_a_claimer_without_the_limit_takes_parked_rows_as_ready(
         queue: PostgresQueue, schema: str, settings: dict[str, object],
         context: BackendContext, admin: psycopg.Connection[tuple[object, ...]]) -> None:
-    jobs = _of(LIMITED, 6)
-    elsewhere = _of(LIMITED, 2, queue="elsewhere")
+    jobs = messages_of(LIMITED, 6)
+    elsewhere = messages_of(LIMITED, 2, queue="elsewhere")
     queue.push(jobs + elsewhere)
     queue.set_concurrency_limits({LIMITED: 1})
     assert len(queue.claim(1)) == 1 and queue.claim(5) == []
@@ -135,12 +122,12 @@ def test_a_claimer_without_the_limit_takes_parked_rows_as_ready(
     try:
         assert plain.claim(2, ["nothing-here"]) == []
         got = plain.claim(2, [jobs[0].queue])
-        assert _ids(got) == [jobs[1].id, jobs[2].id] and [le.deliveries for le in got] == [1, 1]
+        assert ids_of(got) == [jobs[1].id, jobs[2].id] and [le.deliveries for le in got] == [1, 1]
         assert _state_of(admin, schema, jobs[1].id) == 2
-        assert _ids(plain.claim(1)) == [jobs[3].id]
+        assert ids_of(plain.claim(1)) == [jobs[3].id]
         other_limits.set_concurrency_limits({FREE: 1})  # no limit for LIMITED here
-        assert _ids(other_limits.claim(2)) == [jobs[4].id, jobs[5].id]
-        assert sorted(_ids(plain.claim(5))) == sorted(m.id for m in elsewhere)
+        assert ids_of(other_limits.claim(2)) == [jobs[4].id, jobs[5].id]
+        assert sorted(ids_of(plain.claim(5))) == sorted(m.id for m in elsewhere)
         assert _states(admin, schema, LIMITED) == {2: 8}
     finally:
         plain.close()
@@ -156,7 +143,7 @@ def test_parking_is_bounded_per_claim_and_ends_the_idle_walk(
     in state 0 (in ``jobs_ready``), walked by every claim."""
     total = 20_000
     for _ in range(total // 10_000):
-        queue.push(_of(LIMITED, 10_000))
+        queue.push(messages_of(LIMITED, 10_000))
     queue.set_concurrency_limits({LIMITED: 1})
     assert len(queue.claim(1)) == 1
     assert queue.claim(1) == []
@@ -165,9 +152,9 @@ def test_parking_is_bounded_per_claim_and_ends_the_idle_walk(
         assert queue.claim(1) == []
     assert _states(admin, schema, LIMITED) == {2: 1, 3: total - 1}
     admin.execute(sql.SQL("VACUUM {}.jobs").format(sql.Identifier(schema)))
-    free = _of(FREE, 1)
+    free = messages_of(FREE, 1)
     queue.push(free)
-    assert _ids(queue.claim(1)) == [free[0].id]
+    assert ids_of(queue.claim(1)) == [free[0].id]
     plan = _explain_candidates(queue, admin)
     # the walk of the claim-order index, and the whole statement
     assert plan["ready_rows_read"] <= 5, plan
@@ -250,6 +237,6 @@ def test_a_v5_schema_holding_rows_is_migrated_and_parks(
                           .format(sql.Identifier(schema)))
         admin.execute(sql.SQL("DELETE FROM {}.jobs WHERE id = 'running'").format(
             sql.Identifier(schema)))
-        assert _ids(queue.claim(5)) == ["waiting-0"]
+        assert ids_of(queue.claim(5)) == ["waiting-0"]
     finally:
         queue.close()
