@@ -7,12 +7,14 @@ A module of its own, not ``conftest``: with several plugin test folders in one p
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from nuvom_kernel.models import Lease, Message
 from nuvom_kernel.testing.contracts import make_message
+from nuvom_plugins_postgres.schema import MIGRATIONS
 
 DSN = os.environ.get("NUVOM_TEST_POSTGRES_DSN", "host=127.0.0.1 user=postgres dbname=postgres")
 
@@ -29,3 +31,13 @@ def messages_of(task: str, n: int, **fields: object) -> list[Message]:
 
 def ids_of(leases: list[Lease]) -> list[str]:
     return [le.id for le in leases]
+
+
+def schema_at_version(conn: psycopg.Connection[Any], schema: str, version: int) -> None:
+    """Build ``schema`` as version ``version`` left it (the migration tests' start)."""
+    ident = sql.Identifier(schema)
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
+    conn.execute(sql.SQL("CREATE TABLE {}.version (version integer NOT NULL)").format(ident))
+    for number in range(1, version + 1):
+        conn.execute(sql.SQL(MIGRATIONS[number - 1]).format(s=ident))  # type: ignore[arg-type]
+        conn.execute(sql.SQL("INSERT INTO {}.version VALUES (%s)").format(ident), (number,))

@@ -10,14 +10,14 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
-from pg_support import ids_of, messages_of
+from pg_support import ids_of, messages_of, schema_at_version
 from psycopg import sql
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.models import JobStatus
 from nuvom_plugins_postgres import PostgresQueue
 from nuvom_plugins_postgres.limits import PARK_BUDGET
-from nuvom_plugins_postgres.schema import MIGRATIONS, SCHEMA_VERSION
+from nuvom_plugins_postgres.schema import SCHEMA_VERSION
 
 LIMITED = "tests.pg_park_limited"
 FREE = "tests.pg_park_free"
@@ -193,20 +193,12 @@ def _explain_candidates(queue: PostgresQueue, admin: psycopg.Connection[tuple[ob
 
 # --- the migration ---------------------------------------------------------------------------
 
-def _at_version(conn: psycopg.Connection[tuple[object, ...]], schema: str, version: int) -> None:
-    ident = sql.Identifier(schema)
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
-    conn.execute(sql.SQL("CREATE TABLE {}.version (version integer NOT NULL)").format(ident))
-    for number in range(1, version + 1):
-        conn.execute(sql.SQL(MIGRATIONS[number - 1]).format(s=ident))  # type: ignore[arg-type]
-        conn.execute(sql.SQL("INSERT INTO {}.version VALUES (%s)").format(ident), (number,))
-
 
 def test_a_v5_schema_holding_rows_is_migrated_and_parks(
         admin: psycopg.Connection[tuple[object, ...]], schema: str,
         settings: dict[str, object], context: BackendContext) -> None:
     assert SCHEMA_VERSION == 6
-    _at_version(admin, schema, 5)
+    schema_at_version(admin, schema, 5)
     now = time.time()
     insert = sql.SQL(
         "INSERT INTO {}.jobs (id, queue, state, priority, created_at, available_at, task, "

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from pg_support import DSN
+from pg_support import DSN, schema_at_version
 from psycopg import sql
 
 from nuvom_kernel.backends import BackendContext
@@ -18,7 +18,6 @@ from nuvom_kernel.testing.contracts import make_message
 from nuvom_plugins_postgres import PostgresQueue, PostgresResultBackend, SchemaOwnerError
 from nuvom_plugins_postgres.schema import (
     ADVISORY_CLASS,
-    MIGRATIONS,
     SCHEMA_VERSION,
     SchemaVersionError,
     migrate,
@@ -30,15 +29,6 @@ def conn(schema: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(DSN, autocommit=True) as c:
         yield c
 
-
-def _at_version(conn: psycopg.Connection, schema: str, version: int) -> None:
-    """Build ``schema`` as version ``version`` left it."""
-    ident = sql.Identifier(schema)
-    conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
-    conn.execute(sql.SQL("CREATE TABLE {}.version (version integer NOT NULL)").format(ident))
-    for number in range(1, version + 1):
-        conn.execute(sql.SQL(MIGRATIONS[number - 1]).format(s=ident))  # type: ignore[arg-type]
-        conn.execute(sql.SQL("INSERT INTO {}.version VALUES (%s)").format(ident), (number,))
 
 
 def _old_job(conn: psycopg.Connection, schema: str) -> None:
@@ -52,7 +42,7 @@ def _old_job(conn: psycopg.Connection, schema: str) -> None:
 def test_a_v1_schema_with_jobs_is_migrated_and_keeps_them(
         conn: psycopg.Connection, schema: str, context: BackendContext,
         settings: dict[str, object]) -> None:
-    _at_version(conn, schema, 1)
+    schema_at_version(conn, schema, 1)
     _old_job(conn, schema)
     queue = PostgresQueue.from_settings(settings, context)
     try:
@@ -65,7 +55,7 @@ def test_a_v1_schema_with_jobs_is_migrated_and_keeps_them(
 
 
 def test_a_newer_schema_is_refused_by_name(conn: psycopg.Connection, schema: str) -> None:
-    _at_version(conn, schema, SCHEMA_VERSION)
+    schema_at_version(conn, schema, SCHEMA_VERSION)
     conn.execute(sql.SQL("INSERT INTO {}.version VALUES (%s)").format(
         sql.Identifier(schema)), (SCHEMA_VERSION + 1,))
     with pytest.raises(SchemaVersionError, match=f"{schema}.*version {SCHEMA_VERSION + 1}"):
@@ -147,7 +137,7 @@ def test_a_namespace_folding_onto_another_ones_schema_is_refused(
 def test_a_v4_schema_is_adopted_by_the_first_namespace_that_opens_it(
         conn: psycopg.Connection, schema: str, context: BackendContext,
         settings: dict[str, object]) -> None:
-    _at_version(conn, schema, 4)
+    schema_at_version(conn, schema, 4)
     _old_job(conn, schema)
     queue = PostgresQueue.from_settings(settings, context)
     try:
