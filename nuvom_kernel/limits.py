@@ -5,7 +5,9 @@ process on the store: a job held back by its task's limit is simply not claimabl
 consumes no attempt and no retry and logs nothing, and other tasks' jobs are claimed past it.
 The worker tells its queue backend the limits before its first claim; they come from the
 tasks the process imported and from the discovery manifest (``nuvom discover tasks``
-records a literal ``concurrency=``), so a worker knows them before it imports anything.
+records a literal ``concurrency=``), so a worker knows them before it imports anything. A
+process pool's worker imports no task module, its children do: they report each task's
+limit with every job they run, so it learns them as a thread pool learns them by importing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from nuvom_kernel.discovery import read_manifest
 from nuvom_kernel.errors import BackendCapabilityError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from nuvom_kernel.kernel import Kernel
 
 __all__ = ["apply_limits", "concurrency_limits"]
@@ -24,8 +28,11 @@ __all__ = ["apply_limits", "concurrency_limits"]
 log = logging.getLogger("nuvom.worker")
 
 
-def concurrency_limits(kernel: Kernel) -> dict[str, int]:
-    """Task name → limit, from the manifest, overridden by imported tasks."""
+def concurrency_limits(kernel: Kernel, reported: Mapping[str, int | None] | None = None
+                       ) -> dict[str, int]:
+    """Task name → limit: the manifest's, overridden by what a process pool's children
+    ``reported`` (``None``: no limit) and by the tasks this process imported (the code the
+    worker runs is newer than a manifest discovered before it changed)."""
     limits: dict[str, int] = {}
     try:
         manifest = read_manifest(kernel.data_dir) or {}
@@ -35,6 +42,11 @@ def concurrency_limits(kernel: Kernel) -> dict[str, int]:
         limit = (entry.get("options") or {}).get("concurrency")
         if type(limit) is int and limit >= 1:
             limits[entry["name"]] = limit
+    for name, limit in dict(reported or {}).items():  # (a copy: children report meanwhile)
+        if limit is None:
+            limits.pop(name, None)
+        else:
+            limits[name] = limit
     registry = kernel.registry
     for name in registry.names():
         options = getattr(registry.get(name), "options", None)
@@ -46,10 +58,11 @@ def concurrency_limits(kernel: Kernel) -> dict[str, int]:
     return limits
 
 
-def apply_limits(kernel: Kernel, applied: dict[str, int] | None = None) -> dict[str, int]:
+def apply_limits(kernel: Kernel, applied: dict[str, int] | None = None,
+                 reported: Mapping[str, int | None] | None = None) -> dict[str, int]:
     """Hand the limits to the queue backend unless they equal ``applied`` (what it was
     given last); refuse them if it cannot enforce them. Returns the limits."""
-    limits = concurrency_limits(kernel)
+    limits = concurrency_limits(kernel, reported)
     queue = kernel.queue
     if limits == (applied or {}):
         return limits

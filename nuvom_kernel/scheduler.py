@@ -105,13 +105,17 @@ class Scheduler:
 
     :param clock: epoch seconds now; tests pass a controllable one.
     :param fire: fire schedules (``False``: ``runworker --no-scheduler``).
+    :param reported: task → limit, as a process pool's children report them (they import
+        the task modules, not this process); read at every pass.
     """
 
     def __init__(self, kernel: Kernel, clock: Callable[[], float] = time.time, *,
-                 fire: bool = True) -> None:
+                 fire: bool = True, reported: Mapping[str, int | None] | None = None
+                 ) -> None:
         self.kernel = kernel
         self.clock = clock
         self.fire = fire
+        self.reported = reported
         self._limits: dict[str, int] | None = None
         self._limits_error: str | None = None  # the last one logged
         self._stop = threading.Event()
@@ -322,13 +326,14 @@ class Scheduler:
             self._stop.wait(wait)
 
     def _refresh_limits(self) -> None:
-        """Tasks imported since the last pass (a worker imports on first use) may bring
-        limits the queue must enforce from its next claim on. Apart from the schedules: a
+        """Tasks imported (or reported by a process pool's children) since the last pass (a
+        worker imports on first use) may bring limits the queue must enforce from its next
+        claim on. Apart from the schedules: a
         limit the backend cannot keep (``concurrency=`` on Redis, in a module the worker
         imported after it started) failed every pass, and the schedules fired only on the
         retries. Said once per error; the schedules keep firing."""
         try:
-            self._limits = apply_limits(self.kernel, self._limits)
+            self._limits = apply_limits(self.kernel, self._limits, self.reported)
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
             if text != self._limits_error:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import signal
 import threading
 import time
 
@@ -12,8 +14,10 @@ from click.testing import CliRunner
 
 from nuvom_kernel import JobStatus, task
 from nuvom_kernel.cli import make_cli
+from nuvom_kernel.discovery import TaskRef, write_manifest
 from nuvom_kernel.errors import BackendCapabilityError
-from nuvom_kernel.kernel import use_kernel
+from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.limits import concurrency_limits
 from nuvom_kernel.worker import Worker
 from tests.helpers import read_until_started, start_worker, stop_worker, wait_until, write_module
 
@@ -169,5 +173,82 @@ def test_a_process_pool_worker_without_a_manifest_says_it_knows_no_limit(project
     finally:
         out = stop_worker(worker)
     said = "\n".join(lines) + out
-    assert "knows concurrency limits and schedules from" in said, said
+    assert "knows schedules from" in said, said
     assert "run `nuvom discover tasks`" in said
+
+
+def test_limits_come_from_the_manifest_then_the_children_then_imports(make_kernel) -> None:
+    """What a process pool's children report overrides the manifest (their code is newer
+    than a manifest discovered before it changed) and this process's imports override both."""
+    kernel = make_kernel("memory")
+    write_manifest(kernel.data_dir, [
+        TaskRef(name=name, module="elsewhere", file="elsewhere.py", line=1,
+                options={"concurrency": limit})
+        for name, limit in (("lifted", 2), ("kept", 3), ("imported", 4))])
+
+    @task(concurrency=5)
+    def imported() -> None: ...
+
+    reported = {"lifted": None, "new": 6, "imported": 7}
+    assert concurrency_limits(kernel, reported) == {"kept": 3, "new": 6, "imported": 5}
+    assert concurrency_limits(kernel) == {"lifted": 2, "kept": 3, "imported": 5}
+
+
+PP_ONCE = """
+import os, time
+from nuvom_kernel import task
+
+def stamp(text):
+    fd = os.open("once.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, (text + "\\n").encode())
+    os.close(fd)
+
+@task(concurrency=1)
+def once(i):
+    stamp(f"start {time.time()} {i}")
+    time.sleep(0.2)
+    stamp(f"end {time.time()} {i}")
+"""
+
+
+def test_a_process_pool_worker_learns_a_limit_from_its_children(project) -> None:
+    """Without a manifest the worker, which imports no task module, learns a task's limit
+    from the children that ran its first job: before, it never did, and ran a task limited
+    to 1 three at a time for good."""
+    write_module(project, "pp_once", PP_ONCE)
+    environ = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
+               "NUVOM_LOG_LEVEL": "INFO"}
+    worker = start_worker(project, environ, "--pool", "process", "--workers", "3",
+                          "--no-scheduler")
+    said: list[str] = []
+    pump = threading.Thread(target=lambda: said.extend(worker.stdout or ()), daemon=True)
+    pump.start()
+    try:
+        from pp_once import once
+
+        with use_kernel(Kernel(root=project, environ=environ)) as kernel:
+            first = once.delay(0)
+            wait_until(lambda: kernel.refresh_job(first).status is JobStatus.SUCCEEDED,
+                       timeout=60, what="the first job")
+            wait_until(lambda: any("concurrency limits: " in line and "=1" in line
+                                   for line in list(said)), timeout=30,
+                       what="the worker applying the limit its children reported")
+            jobs = once.map(range(1, 7))
+            wait_until(lambda: all(kernel.refresh_job(j).status is JobStatus.SUCCEEDED
+                                   for j in jobs), timeout=60, what="the limited jobs")
+            kernel.close()
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(timeout=30)
+        finally:
+            worker.kill()
+        pump.join(timeout=10)
+    spans: dict[str, dict[str, float]] = {}
+    for line in (project / "once.log").read_text().splitlines():
+        kind, when, i = line.split()
+        spans.setdefault(i, {})[kind] = float(when)
+    ordered = sorted((s["start"], s["end"]) for i, s in spans.items() if i != "0")
+    assert len(ordered) == 6
+    assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(ordered)), \
+        f"jobs of a task limited to 1 ran at once: {ordered}"

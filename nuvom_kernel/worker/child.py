@@ -112,6 +112,9 @@ class _Child:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.main_task: asyncio.Task[Any] | None = None
         self.soft_timeout = False
+        #: the running task's ``concurrency=`` as this child imported it, sent back with
+        #: the reply: the worker imports no task module, so it learns limits from these
+        self.limit: dict[str, int | None] = {}
 
     def on_soft_timeout(self, signum: int, frame: Any) -> None:
         self.soft_timeout = True
@@ -142,6 +145,7 @@ class _Child:
         """
         before = resource.getrusage(resource.RUSAGE_SELF)
         self.soft_timeout = False
+        self.limit = {}
         try:
             result = self._call(request)
         except BaseException as exc:  # a task's failure is data
@@ -153,14 +157,18 @@ class _Child:
             try:
                 wire = (to_wire(result, f"{request['task']}() return value")
                         if request.get("store_result", True) else None)
-                return encode_frame(_usage({"ok": True, "result": wire}, before))
+                return encode_frame(_usage({"ok": True, "result": wire, **self.limit},
+                                           before))
             except Exception as exc:  # whatever encoding raised: RecursionError included
                 reply = _failure(encoding_error(request["task"], exc), exc)
-        return encode_frame(_usage(reply, before))  # plain text: it encodes
+        return encode_frame(_usage(reply | self.limit, before))  # plain text: it encodes
 
     def _call(self, request: dict[str, Any]) -> Any:
         """Resolve the task and call it with the request's arguments; what it returns."""
         fn = REGISTRY.resolve(request["task"], request.get("module"))
+        options = getattr(fn, "options", None)
+        if options is not None:
+            self.limit = {"concurrency": options.concurrency}
         func = getattr(fn, "fn", fn)
         args = from_wire(request["args"])
         kwargs = from_wire(request["kwargs"])

@@ -163,7 +163,8 @@ class Worker:
                                      "process": settings.kill_grace_secs + 2.0}[self.pool]
         self.heartbeat = Heartbeat(self)
         self.expiry = Expiry(kernel)
-        self.scheduler = Scheduler(kernel, fire=scheduler)
+        self.scheduler = Scheduler(kernel, fire=scheduler, reported=None if self.processes
+                                   is None else self.processes.reported_limits)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -182,13 +183,13 @@ class Worker:
             self.kernel.registry.load_manifest(self.kernel.data_dir)
             if self.processes is not None and not self.kernel.registry.names():
                 # its children import the task modules, never this process: without a
-                # manifest it cannot know a limit or a schedule (a hunt ran 12 at once
-                # of a task limited to 2, saying nothing)
+                # manifest it knows no schedule, and a limit only once the children ran a
+                # job of the task (a hunt ran 12 at once of a task limited to 2, for good)
                 log.warning("the process pool imports task modules in its children only, so "
-                            "this worker knows concurrency limits and schedules from %s "
-                            "alone, and there is none: run `nuvom discover tasks` (and again "
-                            "after changing a task's options)",
-                            self.kernel.data_dir / "manifest.json")
+                            "this worker knows schedules from %s alone, and there is none, "
+                            "and a task's concurrency limit only after its first jobs ran: "
+                            "run `nuvom discover tasks` (and again after changing a task's "
+                            "options)", self.kernel.data_dir / "manifest.json")
             self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         except BaseException:
             self.signals.emit_lifecycle("nuvom_worker_shutdown")

@@ -300,6 +300,9 @@ class ProcessPool:
         self.stopping = stopping
         self.kernel = kernel
         self.hello: dict[str, Any] = {}
+        #: task → ``concurrency=`` as the children imported it (``None``: no limit), from
+        #: each job's reply: the limits this process, which imports no task, must apply
+        self.reported_limits: dict[str, int | None] = {}
         self._local = threading.local()
         self._lock = threading.Lock()
         self._spares: list[Child] = []
@@ -398,6 +401,8 @@ class ProcessPool:
                         "it (%s); a fresh child takes the job", job.id, job.task, child.pid,
                         _ended(reply))
         self._maybe_retire(child)
+        if "concurrency" in reply:
+            self.reported_limits[job.task] = reply["concurrency"]
         if reply["ok"]:
             return from_wire(reply["result"])
         raise self._error(running, reply)
