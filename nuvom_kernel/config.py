@@ -321,8 +321,17 @@ class Config:
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        data = path.read_bytes()
+    except OSError as exc:  # unreadable (permissions): a config error, not a traceback
+        raise PluginConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:  # TOML is UTF-8: a file saved as Latin-1, say
+        line = data[:exc.start].count(b"\n") + 1
+        raise PluginConfigError(
+            f"{path}: not valid TOML: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x}"
+            f"). Save the file as UTF-8; the format is described in docs/configuration.md."
+        ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise PluginConfigError(
             f"{path}: not valid TOML: {exc}. Fix the line named above; "

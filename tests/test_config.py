@@ -65,6 +65,15 @@ def test_invalid_toml_names_file_and_line(tmp_path: Path):
     assert ".nuvom_plugins.toml" in text and "line 4" in text
 
 
+def test_toml_that_is_not_utf8_names_file_and_line(tmp_path: Path):
+    """A comment saved as Latin-1 raised a UnicodeDecodeError traceback from every command."""
+    (tmp_path / ".nuvom_plugins.toml").write_bytes(b"[settings]\n# caf\xe9\nworkers = 2\n")
+    with pytest.raises(PluginConfigError) as info:
+        load_config(tmp_path, environ={})
+    text = str(info.value)
+    assert ".nuvom_plugins.toml" in text and "line 2 is not UTF-8" in text, text
+
+
 def test_invalid_toml_exits_2_from_cli(tmp_path: Path):
     (tmp_path / ".nuvom_plugins.toml").write_text("[settings\n")
     proc = subprocess.run([sys.executable, "-m", "nuvom_kernel", "config"], cwd=tmp_path,
