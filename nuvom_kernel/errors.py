@@ -12,6 +12,7 @@ __all__ = [
     "ChildKilledError",
     "ChildTaskError",
     "ConfigError",
+    "CorruptWorkflowError",
     "DuplicateBackendError",
     "EnqueueError",
     "JobCancelledError",
@@ -94,6 +95,21 @@ class UnknownTaskError(NuvomError):
     def __init__(self, message: str, *, import_failed: bool = True) -> None:
         super().__init__(message)
         self.import_failed = import_failed
+
+
+class CorruptWorkflowError(NuvomError):
+    """A workflow's stored graph does not decode (edited by hand, a disk fault): reading the
+    workflow says which entry and why, instead of a parser's traceback. Why an error of its
+    own: the settler must tell it from a store that is down. An outage passes, so a step's
+    outcome waits for it; corrupt data stays, so the step's outcome is recorded and acked
+    without its workflow moving on (it ran again forever before)."""
+
+    def __init__(self, workflow_id: str, where: str, detail: str) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r}: its stored graph is corrupt ({where}: {detail}), so it "
+            f"cannot move on: its steps waiting for others stay waiting. Restore that entry, "
+            f"or submit the workflow again")
+        self.workflow_id = workflow_id
 
 
 class UnknownJobError(NuvomError):

@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.models import Message
-from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph
+from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph, stored_flow, stored_node
 
-__all__ = ["DocGraphTxn", "ended_before", "waiting_in"]
+__all__ = ["DocGraphTxn", "checked_doc", "ended_before", "waiting_in"]
 
 Doc = dict[str, Any]
 
@@ -26,27 +27,46 @@ class DocGraphTxn:
     :param push: push released messages into the queue; :param preload: the workflows
     whose nodes :meth:`nodes` may be asked for (a node id alone does not say which);
     :param locate: the workflow of a node id outside them, found the slow way (a step
-    cancelled by id: rare)."""
+    cancelled by id: rare); :param where: where a workflow's document is kept (errors
+    name it). ``load`` raises :class:`CorruptWorkflowError` for a document that does not
+    decode (:func:`checked_doc`)."""
 
     def __init__(self, load: Callable[[str], Doc | None], save: Callable[[Doc], None],
                  push: Callable[[list[Message]], Any], preload: Iterable[str] = (),
-                 locate: Callable[[str], str | None] | None = None) -> None:
+                 locate: Callable[[str], str | None] | None = None,
+                 where: Callable[[str], str] = lambda flow_id: "memory") -> None:
         self._load, self._save, self._push, self._locate = load, save, push, locate
+        self.where = where
         self.docs: dict[str, Doc] = {}
         self.dirty: set[str] = set()
         self.owner: dict[str, str] = {}  # node id -> workflow id
         self.to_push: list[str] = []
+        #: preloaded workflows whose documents do not decode: a node asked for that no
+        #: other document holds is probably in one of them, and says so
+        self.corrupt: dict[str, CorruptWorkflowError] = {}
         for flow_id in preload:
-            self._doc(flow_id)
+            try:
+                self._doc(flow_id)
+            except CorruptWorkflowError as exc:
+                self.corrupt[flow_id] = exc
 
     def _doc(self, flow_id: str) -> Doc | None:
         if flow_id not in self.docs:
+            if flow_id in self.corrupt:
+                raise self.corrupt[flow_id]
             doc = self._load(flow_id)
             if doc is None:
                 return None
             self.docs[flow_id] = doc
             self.owner.update((node_id, flow_id) for node_id in doc["order"])
         return self.docs[flow_id]
+
+    def _node(self, flow_id: str, node_id: str) -> Node:
+        return stored_node(self.docs[flow_id]["nodes"].get(node_id), flow_id,
+                           self.where(flow_id))
+
+    def _flow(self, flow_id: str) -> Flow:
+        return stored_flow(self.docs[flow_id]["flow"], flow_id, self.where(flow_id))
 
     # --- GraphTxn -----------------------------------------------------------------------------
 
@@ -67,20 +87,21 @@ class DocGraphTxn:
     def flows(self, ids: Iterable[str]) -> dict[str, Flow]:
         out = {}
         for flow_id in ids:
-            doc = self._doc(flow_id)
-            if doc is not None:
-                out[flow_id] = Flow(**doc["flow"])
+            if self._doc(flow_id) is not None:
+                out[flow_id] = self._flow(flow_id)
         return out
 
     def nodes(self, ids: Iterable[str]) -> dict[str, Node]:
         out = {}
         for node_id in ids:
             flow_id = self.owner.get(node_id)
+            if flow_id is None and self.corrupt:
+                raise next(iter(self.corrupt.values()))
             if flow_id is None and self._locate is not None:
                 found = self._locate(node_id)
                 flow_id = found if found and self._doc(found) is not None else None
             if flow_id is not None:
-                out[node_id] = Node(**self.docs[flow_id]["nodes"][node_id])
+                out[node_id] = self._node(flow_id, node_id)
         return out
 
     def update(self, flows: Iterable[Flow], nodes: Iterable[Node],
@@ -116,8 +137,8 @@ class DocGraphTxn:
         doc = self._doc(flow_id)
         if doc is None:
             return None
-        return WorkflowGraph(Flow(**doc["flow"]), doc["output"],
-                             [Node(**doc["nodes"][i]) for i in doc["order"]])
+        return WorkflowGraph(self._flow(flow_id), doc["output"],
+                             [self._node(flow_id, i) for i in doc["order"]])
 
     def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
         return {i: base64.b64decode(self.docs[self.owner[i]]["messages"][i]["body"])
@@ -138,13 +159,28 @@ class DocGraphTxn:
             self._push_released()
 
 
+def checked_doc(data: Any, flow_id: str, where: str) -> Doc:
+    """A workflow's document as read back, its shape checked (its nodes are checked as
+    they are read, :func:`~nuvom_kernel.workflow.graph.stored_node`)."""
+    if not isinstance(data, dict):
+        raise CorruptWorkflowError(flow_id, where, f"the document is {type(data).__name__}, "
+                                   "not an object")
+    for key, kind in (("flow", dict), ("nodes", dict), ("order", list), ("messages", dict)):
+        if not isinstance(data.get(key), kind):
+            raise CorruptWorkflowError(flow_id, where, f"its {key!r} is not "
+                                       f"{'an object' if kind is dict else 'a list'}")
+    if "output" not in data or not all(isinstance(i, str) for i in data["order"]):
+        raise CorruptWorkflowError(flow_id, where, "no 'output', or an 'order' of non-ids")
+    return data
+
+
 def ended_before(doc: Doc, older_than: float) -> bool:
     """Whether the workflow of ``doc`` ended before the epoch ``older_than`` (purgeable)."""
     flow = doc["flow"]
-    return flow["status"] != "RUNNING" and (flow["finished_at"] or 0.0) < older_than
+    return flow.get("status") != "RUNNING" and (flow.get("finished_at") or 0.0) < older_than
 
 
 def waiting_in(docs: Iterable[Doc]) -> int:
     """WAITING steps in these documents (``nuvom status``)."""
     return sum(1 for doc in docs for node in doc["nodes"].values()
-               if node["state"] == "WAITING")
+               if isinstance(node, dict) and node.get("state") == "WAITING")

@@ -16,6 +16,7 @@ but before the ack) releases its children once.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,16 +24,20 @@ from typing import Any, Protocol
 
 import attrs
 
+from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.models import JobRecord, JobStatus, Message
 
 __all__ = ["CancelOutcome", "Flow", "GraphTxn", "Node", "WorkflowGraph", "advance",
-           "cancel_waiting", "create", "doomed_record", "reset"]
+           "cancel_waiting", "create", "doomed_record", "reset", "stored_flow", "stored_node"]
+
+log = logging.getLogger("nuvom.worker")
 
 # Node states. WAITING and RELEASED are the graph's own; the rest are final.
 WAITING, RELEASED = "WAITING", "RELEASED"
 SUCCEEDED, FAILED, CANCELLED, SKIPPED = "SUCCEEDED", "FAILED", "CANCELLED", "SKIPPED"
 NODE_FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
 POLICIES = ("fail", "continue", "skip")
+_NODE_STATES = NODE_FINAL | {WAITING, RELEASED}
 RUNNING = "RUNNING"  # a workflow's status until every node is final
 SKIPPED_ERROR = "nuvom.Skipped"
 #: Envelope headers of a step: its workflow's id, and its input (absent for ``si`` steps).
@@ -96,6 +101,58 @@ class WorkflowGraph:
     flow: Flow
     output: Any
     nodes: list[Node] = attrs.field(factory=list)
+
+
+def stored_node(data: Any, workflow: str, where: str) -> Node:
+    """A node of ``workflow`` as a store read it back, checked: a hand-edited or damaged
+    entry raises a :class:`CorruptWorkflowError` naming it (``where``: the store's file or
+    table) here, not a ``TypeError`` deep inside a settle, which the settler took for an
+    outage and ran the step again, forever."""
+    if not isinstance(data, Mapping):
+        raise CorruptWorkflowError(workflow, where, f"a step is {_brief(data)}, not an object")
+    step = f"step {data.get('id')!r}"
+    try:
+        node = Node(**data)
+    except TypeError as exc:
+        raise CorruptWorkflowError(workflow, where, f"{step}: {exc}") from None
+    problem = _node_problem(node)
+    if problem is not None:
+        raise CorruptWorkflowError(workflow, where, f"{step}: {problem}")
+    return node
+
+
+def _node_problem(node: Node) -> str | None:
+    if not (isinstance(node.id, str) and isinstance(node.workflow, str)):
+        return "its ids are not text"
+    if node.state not in _NODE_STATES:
+        return f"state {node.state!r} is none of {sorted(_NODE_STATES)}"
+    if type(node.pending) is not int:
+        return f"pending {node.pending!r} is not a count"
+    if node.policy not in POLICIES:
+        return f"policy {node.policy!r} is none of {list(POLICIES)}"
+    children = node.children
+    if not (isinstance(children, list) and all(isinstance(c, str) for c in children)):
+        return f"children {_brief(children)} is not a list of step ids"
+    return None
+
+
+def stored_flow(data: Any, workflow: str, where: str) -> Flow:
+    """A workflow's head as a store read it back, checked as :func:`stored_node` checks."""
+    if not isinstance(data, Mapping):
+        raise CorruptWorkflowError(workflow, where, f"its head is {_brief(data)}")
+    try:
+        flow = Flow(**data)
+    except TypeError as exc:
+        raise CorruptWorkflowError(workflow, where, f"its head: {exc}") from None
+    if not isinstance(flow.status, str) or type(flow.open) is not int:
+        raise CorruptWorkflowError(workflow, where, f"its head: status {flow.status!r}, "
+                                   f"open {flow.open!r}")
+    return flow
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 class GraphTxn(Protocol):
@@ -255,7 +312,36 @@ def advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
         (neither queued nor recorded). An outcome applied again (its step ran again
         because its worker died before the ack) then pushes the children a crash between
         the save and the push left behind — and only those, so none runs twice.
+
+    An outcome whose workflow's graph is corrupt (:class:`CorruptWorkflowError`) is logged
+    and left out: its step is settled, its workflow does not move on, and the other
+    outcomes are applied.
     """
+    try:
+        return _advance(txn, outcomes, unseen)
+    except CorruptWorkflowError as exc:
+        if len(outcomes) == 1:
+            _corrupt(exc, outcomes)
+            return []
+    # One workflow's corrupt graph must not hold up the others' steps settled with it: each
+    # outcome on its own (a session writes only when it commits, so the failed one wrote
+    # nothing), and those of the corrupt workflow are settled without it moving on.
+    doomed: list[Node] = []
+    for outcome in outcomes:
+        try:
+            doomed += _advance(txn, [outcome], unseen)
+        except CorruptWorkflowError as exc:
+            _corrupt(exc, [outcome])
+    return doomed
+
+
+def _corrupt(exc: CorruptWorkflowError, outcomes: Sequence[tuple[str, JobStatus]]) -> None:
+    for job_id, status in outcomes:
+        log.error("job=%s ended %s; its outcome is settled, but %s", job_id, status.value, exc)
+
+
+def _advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
+             unseen: Callable[[list[str]], list[str]] | None) -> list[Node]:
     session = _Session(txn)
     session.nodes([job_id for job_id, _ in outcomes])
     again: list[str] = []

@@ -17,8 +17,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.models import Message
-from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph
+from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph, stored_flow, stored_node
 
 __all__ = ["MIGRATION", "SQLiteGraphTxn", "purge_ended"]
 
@@ -70,14 +71,27 @@ def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
 
 
 def _node(row: Sequence[Any]) -> Node:
-    return Node(id=row[0], workflow=row[1], task=row[2], state=row[3], pending=row[4],
-                doom=row[5], policy=row[6], final=bool(row[7]), children=json.loads(row[8]),
-                queue=row[9])
+    children = _json(row[8], row[1], "nuvom_wf_nodes", f"the children list of step {row[0]!r}")
+    return stored_node({"id": row[0], "workflow": row[1], "task": row[2], "state": row[3],
+                        "pending": row[4], "doom": row[5], "policy": row[6],
+                        "final": bool(row[7]), "children": children, "queue": row[9]},
+                       row[1], "SQLite table nuvom_wf_nodes")
 
 
 def _flow(row: Sequence[Any]) -> Flow:
-    return Flow(id=row[0], status=row[1], open=row[2], failed=bool(row[3]),
-                cancelled=bool(row[4]), final=row[5], created_at=row[6], finished_at=row[7])
+    return stored_flow({"id": row[0], "status": row[1], "open": row[2],
+                        "failed": bool(row[3]), "cancelled": bool(row[4]), "final": row[5],
+                        "created_at": row[6], "finished_at": row[7]},
+                       row[0], "SQLite table nuvom_workflows")
+
+
+def _json(text: Any, workflow: str, table: str, what: str) -> Any:
+    """A JSON column, or the error that says which row holds what instead."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise CorruptWorkflowError(workflow, f"SQLite table {table}",
+                                   f"{what} is not JSON ({exc}): {str(text)[:80]!r}") from None
 
 
 class SQLiteGraphTxn:
@@ -167,7 +181,8 @@ class SQLiteGraphTxn:
             (flow_id,))]
         for node in nodes:
             self._saved[node.id] = (node.state, node.pending, node.doom)
-        return WorkflowGraph(_flow(row), json.loads(row[-1]), nodes)
+        return WorkflowGraph(_flow(row), _json(row[-1], flow_id, "nuvom_workflows",
+                                               "its output"), nodes)
 
     def head(self, flow_id: str) -> WorkflowGraph | None:
         """The workflow's row without its nodes, and its output once it ended (``get()``
@@ -175,7 +190,8 @@ class SQLiteGraphTxn:
         row = self.conn.execute(
             f"SELECT {_FLOW_COLS}, CASE WHEN status = 'RUNNING' THEN 'null' ELSE output END "
             "FROM nuvom_workflows WHERE id = ?", (flow_id,)).fetchone()
-        return None if row is None else WorkflowGraph(_flow(row), json.loads(row[-1]))
+        return None if row is None else WorkflowGraph(
+            _flow(row), _json(row[-1], flow_id, "nuvom_workflows", "its output"))
 
     def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.models import Message
-from nuvom_kernel.workflow.docstore import DocGraphTxn, ended_before, waiting_in
-from nuvom_kernel.workflow.graph import GraphTxn, Node
+from nuvom_kernel.workflow.docstore import DocGraphTxn, checked_doc, ended_before, waiting_in
+from nuvom_kernel.workflow.graph import GraphTxn, Node, stored_node
 
 __all__ = ["WorkflowFiles"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("nuvom.file.queue")
 
 
 class WorkflowFiles:
@@ -38,6 +42,7 @@ class WorkflowFiles:
         self.dir = path / "workflows"
         self.fsync = fsync
         self._push = push
+        self._said: set[str] = set()  # corrupt documents already logged
 
     def _file(self, flow_id: str) -> Path:
         if not flow_id or "/" in flow_id or flow_id.startswith("."):
@@ -45,10 +50,34 @@ class WorkflowFiles:
         return self.dir / f"{flow_id}.json"
 
     def _load(self, flow_id: str) -> dict[str, Any] | None:
+        """The document, ``None`` if there is none; :class:`CorruptWorkflowError` (naming
+        the file) if it does not decode."""
+        path = self._file(flow_id)
         try:
-            return json.loads(self._file(flow_id).read_bytes())  # type: ignore[no-any-return]
+            data = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
+        except ValueError as exc:  # not JSON, not UTF-8
+            raise CorruptWorkflowError(flow_id, str(path), f"not JSON ({exc})") from None
+        return checked_doc(data, flow_id, str(path))
+
+    def _where(self, flow_id: str) -> str:
+        return str(self._file(flow_id))
+
+    def _documents(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Every readable document; one that does not decode is left in place, said once
+        per process, and skipped, so it holds up no scan (`nuvom status`, a purge, a cancel
+        by id) of the others."""
+        for path in self.dir.glob("*.json"):
+            try:
+                doc = self._load(path.stem)
+            except (CorruptWorkflowError, ValueError) as exc:
+                if path.name not in self._said:
+                    self._said.add(path.name)
+                    log.error("%s; it is skipped", exc)
+                continue
+            if doc is not None:
+                yield path, doc
 
     def _save(self, doc: dict[str, Any]) -> None:
         target = self._file(doc["flow"]["id"])
@@ -67,9 +96,8 @@ class WorkflowFiles:
 
         def run(_: GraphTxn) -> int:
             removed = 0
-            for path in self.dir.glob("*.json"):
-                doc = self._load(path.stem)
-                if doc is not None and ended_before(doc, older_than):
+            for path, doc in self._documents():
+                if ended_before(doc, older_than):
                     path.unlink(missing_ok=True)
                     removed += 1
             return removed
@@ -77,9 +105,8 @@ class WorkflowFiles:
 
     def _locate(self, node_id: str) -> str | None:
         """The workflow holding a step, by reading every document (a cancel by id)."""
-        for path in self.dir.glob("*.json"):
-            doc = self._load(path.stem)
-            if doc is not None and node_id in doc["nodes"]:
+        for path, doc in self._documents():
+            if node_id in doc["nodes"]:
                 return path.stem
         return None
 
@@ -88,22 +115,21 @@ class WorkflowFiles:
         sees a whole one, and ``Job.get()`` polling a waiting step must not hold up the
         settles): in ``workflow`` when the caller knows it, else found by reading every
         document, as a cancel by id does."""
-        doc = None
-        if workflow:
+        doc, flow_id = None, workflow
+        if flow_id:
             try:
-                doc = self._load(workflow)
-            except ValueError:  # not a workflow id: look everywhere
+                doc = self._load(flow_id)
+            except ValueError:  # not a workflow id: look everywhere (corrupt: raised)
                 doc = None
         if doc is None or job_id not in doc["nodes"]:
-            found = self._locate(job_id) if self.dir.exists() else None
-            doc = None if found is None else self._load(found)
-        if doc is None or job_id not in doc["nodes"]:
+            flow_id = self._locate(job_id) if self.dir.exists() else None
+            doc = None if flow_id is None else self._load(flow_id)
+        if flow_id is None or doc is None or job_id not in doc["nodes"]:
             return None
-        return Node(**doc["nodes"][job_id])
+        return stored_node(doc["nodes"][job_id], flow_id, self._where(flow_id))
 
     def waiting_steps(self) -> int:
-        docs = (self._load(p.stem) for p in self.dir.glob("*.json"))
-        return waiting_in(doc for doc in docs if doc is not None)
+        return waiting_in(doc for _, doc in self._documents())
 
     def transaction(self, fn: Callable[[GraphTxn], T], workflows: Sequence[str]) -> T:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +137,7 @@ class WorkflowFiles:
             fcntl.flock(lock, fcntl.LOCK_EX)  # per open file: threads exclude each other too
             try:
                 txn = DocGraphTxn(self._load, self._save, self._push, workflows,
-                                  self._locate)
+                                  self._locate, self._where)
                 out = fn(txn)
                 txn.commit()
                 return out
