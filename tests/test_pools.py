@@ -689,3 +689,33 @@ def test_a_job_waiting_for_its_child_to_start_keeps_its_whole_timeout(start, pro
         assert record.status is JobStatus.FAILED
         took = record.history[-1]["finished_at"] - record.history[-1]["started_at"]
         assert 0.9 < took < 2.5, f"{took:.2f} s: the attempt's clock counts from the child"
+
+
+def test_a_child_whose_worker_stopped_listening_exits_without_a_traceback(project: Path):
+    """A forced stop closes the pipes of a child still running its job; its reply then met
+    a closed pipe and printed a BrokenPipeError traceback on the worker's terminal."""
+    from nuvom_kernel.worker.child import read_frame, write_frame
+    from nuvom_kernel.worker.processes import _CHILD_MAIN
+
+    write_module(project, "bp_tasks", "import time\nfrom nuvom_kernel import task\n\n\n"
+                 "@task\ndef nap():\n    time.sleep(0.3)\n")
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_MAIN, str(req_r), str(rep_w),
+                              str(os.getpid())], pass_fds=(req_r, rep_w), cwd=project,
+                             stderr=subprocess.PIPE, text=True)
+    os.close(req_r)
+    os.close(rep_w)
+    try:
+        write_frame(req_w, {"sys_path": [str(project)], "data_dir": str(project / ".nuvom"),
+                            "preload": ["bp_tasks"], "root": None})
+        assert read_frame(rep_r) == {"ready": True, "pid": child.pid}
+        write_frame(req_w, {"id": "j1", "task": "nap", "module": "bp_tasks", "args": [],
+                            "kwargs": {}, "attempts": 1, "run": 1})
+        os.close(rep_r)  # the worker stops listening while the job runs
+        os.close(req_w)
+        _, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 0
+    assert "Traceback" not in err, err

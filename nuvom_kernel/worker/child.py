@@ -128,12 +128,15 @@ class _Child:
             raise JobTimeoutError("the job exceeded its timeout (stopped by the worker)")
 
     def serve(self) -> None:
-        write_frame(self.replies, {"ready": True, "pid": os.getpid()})
-        while True:
-            request = read_frame(self.requests)
-            if request is None or request.get("exit"):
-                return
-            _write_all(self.replies, self.run(request))
+        try:
+            write_frame(self.replies, {"ready": True, "pid": os.getpid()})
+            while True:
+                request = read_frame(self.requests)
+                if request is None or request.get("exit"):
+                    return
+                _write_all(self.replies, self.run(request))
+        except BrokenPipeError:  # the worker stopped listening (a forced stop): its
+            return  # end of the job is already decided; a traceback here only alarmed
 
     def run(self, request: dict[str, Any]) -> bytes:
         """Run one job; its reply, encoded as a frame.
