@@ -208,15 +208,19 @@ class JobFailedError(NuvomError):
 
 
 class JobCancelledError(JobFailedError):
-    """``Job.get()`` on a job that was cancelled before it ran: there is no result.
+    """``Job.get()`` on a job that was cancelled before it ended: there is no result.
 
     :param workflow: the workflow of a cancelled step, when known: a step runs again only
         inside its workflow (``nuvom workflow retry``, which runs its dependents too);
         ``nuvom retry job`` would run it alone and refuses a step.
+    :param attempts: attempts it had made (a job cancelled while waiting out a retry
+        delay ran, and failed: it was said to have never run), the last one's error in
+        ``error_type`` and ``error_message``.
     """
 
-    def __init__(self, job_id: str, workflow: str | None = None) -> None:
-        super().__init__(job_id, None, None, None)
+    def __init__(self, job_id: str, workflow: str | None = None, *, attempts: int = 0,
+                 error_type: str | None = None, error_message: str | None = None) -> None:
+        super().__init__(job_id, error_type, error_message, None)
         self.workflow = workflow
         if workflow is not None:
             hint = (f"it is a step of workflow {workflow}: run it again with the steps "
@@ -224,7 +228,11 @@ class JobCancelledError(JobFailedError):
         else:
             hint = ("re-enqueue it with `nuvom retry job ID` to run it; a workflow step "
                     "with `nuvom workflow retry WORKFLOW_ID`")
-        self.args = (f"job {job_id} was cancelled before it ran; it has no result ({hint})",)
+        when = "before it ran"
+        if attempts > 0:
+            when = f"after {attempts} attempt{'s' if attempts != 1 else ''}" + (
+                f" (the last failed: {error_type}: {error_message})" if error_type else "")
+        self.args = (f"job {job_id} was cancelled {when}; it has no result ({hint})",)
 
     def __str__(self) -> str:
         return str(self.args[0])

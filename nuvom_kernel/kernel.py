@@ -260,7 +260,7 @@ class Kernel:
         """Poll the backends until ``job`` is finished; its value (``None`` for a task with
         ``store_result=False``).
 
-        :raises JobCancelledError: it was cancelled before it ran.
+        :raises JobCancelledError: it was cancelled before it ended.
         :raises JobFailedError: it ended FAILED.
         :raises UnknownJobError: no backend knows the id (it would never finish).
         :raises TimeoutError: not finished within ``timeout`` seconds.
@@ -274,7 +274,9 @@ class Kernel:
             if job.status is JobStatus.CANCELLED:  # a step's hint names its workflow
                 from nuvom_kernel.workflow.graph import WF_HEADER
 
-                raise JobCancelledError(job.id, job.headers.get(WF_HEADER))
+                raise JobCancelledError(job.id, job.headers.get(WF_HEADER),
+                                        attempts=job.attempts, error_type=job.error_type,
+                                        error_message=job.error)
             if job.status is JobStatus.FAILED:
                 raise JobFailedError(job.id, job.error_type, job.error, job.traceback)
             if job.status is JobStatus.UNKNOWN:

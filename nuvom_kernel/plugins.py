@@ -489,10 +489,13 @@ class NuvomPluginManager(pluggy.PluginManager):
             raise BackendNotFoundError(f"the {what} {name!r} is not available: "
                                        f"{self.failures[name]}.")
         dist = KNOWN_PROVIDERS.get(name, f"nuvom-plugins-{name}")
+        # ours are installed from a clone of the repository (README): its folder too
+        clone = (f" (from a clone of Nuvom: `pip install ./{dist.replace('-', '_')}`)"
+                 if name in KNOWN_PROVIDERS else "")
         raise BackendNotFoundError(
             f"no installed plugin provides the {what} {name!r}. Installed: {installed}. "
-            f"Install the plugin that provides it, e.g. `pip install {dist}`, or choose an "
-            f"installed one with {choose}.{self.loading_notes()}"
+            f"Install the plugin that provides it, e.g. `pip install {dist}`{clone}, or "
+            f"choose an installed one with {choose}.{self.loading_notes()}"
         )
 
     def disabled_providers(self, name: str) -> list[str]:

@@ -22,6 +22,7 @@ from nuvom_kernel.models import Message
 from tests.helpers import (
     E2E_BACKENDS,
     run_nuvom,
+    run_worker_until,
     user_env,
     wait_until,
     write_module,
@@ -559,6 +560,28 @@ def test_cancel_a_queued_job(make_kernel, project: Path):
         assert job.cancel() is False
         with pytest.raises(JobFailedError):
             job.get(timeout=1)
+
+
+def test_get_of_a_job_cancelled_while_retrying_says_it_ran(make_kernel, project: Path):
+    """It was said to have been "cancelled before it ran", though its record held an
+    attempt and that attempt's error (found by a walk through the docs)."""
+    from nuvom_kernel.errors import JobCancelledError
+
+    kernel = make_kernel("sqlite")
+    with use_kernel(kernel):
+        @task(retries=3, retry_delay_secs=30)
+        def fails() -> None:
+            raise RuntimeError("nope")
+
+        job = fails.delay()
+        run_worker_until(kernel, lambda: get_job(job.id).status is JobStatus.RETRYING,
+                         "the first attempt to fail")
+        assert job.cancel() is True
+        with pytest.raises(JobCancelledError) as info:
+            job.get(timeout=5)
+    assert "cancelled after 1 attempt (the last failed: RuntimeError: nope)" in \
+        str(info.value), str(info.value)
+    assert info.value.error_type == "RuntimeError"
 
 
 SQLITE = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}

@@ -104,7 +104,8 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
             f"no task discoverer is enabled: the 'ast' discoverer is provided by a disabled "
             f"plugin: {disabled}. Remove it from there to use it." if disabled else
             "no task discoverer is installed. Install the built-in one with "
-            "`pip install nuvom-plugins` (it provides the 'ast' discoverer)."
+            "`pip install nuvom-plugins`, from a clone of Nuvom `pip install ./nuvom_plugins` "
+            "(it provides the 'ast' discoverer)."
             f"{kernel.pm.loading_notes()}")
     previous = _read_previous(data_dir)
     old_states = previous.get("state") or {}
