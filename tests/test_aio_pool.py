@@ -457,3 +457,16 @@ def test_an_event_loop_policy_set_while_the_worker_prepares_is_the_pools(sqlite,
             assert loop_type.delay().get(timeout=30) == "_MarkedLoop"
     finally:
         asyncio.set_event_loop_policy(None)
+
+
+def test_a_timed_out_coroutine_is_said_to_exceed_its_timeout_not_what_was_left() -> None:
+    """The message gave the time left when the coroutine started (``0.999 s`` for
+    ``timeout_secs=1``), where the other pools give the task's timeout."""
+    from nuvom_kernel.errors import JobTimeoutError
+    from nuvom_kernel.models import TaskOptions
+    from nuvom_kernel.worker.aio import bounded
+
+    job = Job(id="j1", task="t", options=TaskOptions(timeout_secs=0.2))
+    job.deadline = time.monotonic() + 0.05  # started a while ago: 0.05 s of 0.2 left
+    with pytest.raises(JobTimeoutError, match=r"exceeded its timeout of 0\.2 s"):
+        asyncio.run(bounded(asyncio.sleep(5), job))

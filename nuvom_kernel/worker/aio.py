@@ -66,6 +66,8 @@ async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
     remaining = job.time_remaining()
     if remaining is None:
         return await awaitable
+    limit = job.options.timeout_secs or remaining  # said as the thread pool says it: "1 s",
+    # not the 0.999 s left when the coroutine started
     if sys.version_info >= (3, 11):
         scope = asyncio.timeout(remaining)
         try:
@@ -73,7 +75,7 @@ async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
                 return await awaitable
         except TimeoutError:
             if scope.expired():
-                raise JobTimeoutError.of(job, remaining, "(it was cancelled)") from None
+                raise JobTimeoutError.of(job, limit, "(it was cancelled)") from None
             raise
     future = asyncio.ensure_future(awaitable)  # 3.10: wait, then cancel what is left
     done, _ = await asyncio.wait({future}, timeout=remaining)
@@ -81,7 +83,7 @@ async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
         return future.result()
     future.cancel()
     await asyncio.wait({future})
-    raise JobTimeoutError.of(job, remaining, "(it was cancelled)")
+    raise JobTimeoutError.of(job, limit, "(it was cancelled)")
 
 
 def run_on_thread_loop(coroutine: Coroutine[Any, Any, Any], job: Job) -> Any:
