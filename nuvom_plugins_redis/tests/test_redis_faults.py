@@ -221,3 +221,26 @@ def test_outcomes_finished_while_the_server_restarts_land_after_it_and_run_once(
             worker.wait(30)
         kernel.close()
         server.stop()
+
+
+def test_a_server_that_loses_jobs_is_warned_about_by_workers_not_producers(
+        server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server without persistence: the warning belongs in the worker's log. A producer
+    and every CLI command printed it too, at every call (found walking through the docs)."""
+    from nuvom_kernel import Worker
+
+    caplog.set_level(logging.WARNING, logger="nuvom")
+    kernel = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "redis", "NUVOM_RESULT_BACKEND": "redis",
+        "NUVOM_PLUGINS__REDIS__URL": server.url,
+        "NUVOM_PLUGINS__REDIS__KEY_PREFIX": f"nuvom-warn-{os.getpid()}"})
+    try:
+        assert kernel.queue.qsize() == 0 and kernel.results.get("nothing") is None
+        assert "no persistence" not in caplog.text, "a producer is told nothing"
+        worker = Worker(kernel, workers=1, scheduler=False)
+        worker.start()
+        worker.stop()
+        assert worker.join() == 0
+    finally:
+        kernel.close()
+    assert caplog.text.count(f"Redis at {server.url} has no persistence") == 1, caplog.text

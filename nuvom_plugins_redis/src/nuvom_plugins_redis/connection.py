@@ -539,14 +539,18 @@ class Store:
         return exc
 
     def startup(self) -> None:
-        """Reach the server once (so a wrong URL fails at build time with a clear line),
-        then, once per process and server, warn about settings that lose jobs."""
+        """Reach the server once (so a wrong URL fails at build time with a clear line)."""
         before = time.time()  # TIME reaches the server as PING did, and reads its clock
         server = self.call(self.client.time, "connecting")
         after = time.time()
         self.clock_skew = server_offset(server[0] + server[1] / 1e6, before, after)
         self.max_bulk = self.read_max_bulk()
         self.check_epoch(first=True)
+
+    def warn_unsafe_settings(self) -> None:
+        """Once per process and server, warn about server settings that lose jobs. A worker
+        calls it as it starts (the plugin's ``nuvom_worker_prepare``): its log is where an
+        operator looks, while a producer or a CLI command printed it at every call."""
         key = (self.url, self.prefix)
         with _checked_lock:
             if key in _checked:
