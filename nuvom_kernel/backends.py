@@ -31,7 +31,13 @@ from nuvom_kernel.models import (
     Settlement,
     supersedes,
 )
-from nuvom_kernel.result_backend import ResultBackend
+from nuvom_kernel.result_backend import (
+    ResultBackend,
+    decode_schedule_state,
+    read_schedule_state,
+    report_unreadable,
+    stored_text,
+)
 from nuvom_kernel.spi import SPI_VERSION, Backend, BackendContext, Capabilities
 from nuvom_kernel.views import (
     QueueCounts,
@@ -57,11 +63,15 @@ __all__ = [
     "ResultBackend",
     "Settlement",
     "WorkerInfo",
+    "decode_schedule_state",
     "newer_first",
     "oldest_first",
     "page_cursor",
     "parse_cursor",
     "queued_state",
+    "read_schedule_state",
+    "report_unreadable",
+    "stored_text",
     "supersedes",
 ]
 

@@ -26,6 +26,7 @@ __all__ = [
     "Settlement",
     "StepFailed",
     "TaskOptions",
+    "UnreadableState",
     "supersedes",
 ]
 
@@ -247,6 +248,26 @@ def supersedes(new: JobRecord, old: JobRecord | None) -> bool:
     return not (old.status in TERMINAL_STATES and new.status not in TERMINAL_STATES)
 
 
+@attrs.frozen
+class UnreadableState:
+    """A stored schedule state that could not be decoded, as read.
+
+    Why it is kept on the placeholder a backend returns instead (see
+    :func:`nuvom_kernel.result_backend.read_schedule_state`): ``stored`` is what the
+    compare-and-set that replaces the entry checks is still there — the entry's own
+    ``updated_at`` cannot be trusted, it is part of what is unreadable — so two workers
+    that read the same damaged entry replace it once; ``problem`` and ``where`` say what
+    was wrong and in which store (``nuvom schedule list`` shows them).
+    """
+
+    problem: str
+    where: str
+    #: The entry exactly as stored (a column's text or bytes, a Redis value), or, for a
+    #: value decoded from a larger document (the file backend's JSON file), its canonical
+    #: JSON text (:func:`~nuvom_kernel.result_backend.stored_text`).
+    stored: str | bytes
+
+
 @attrs.define
 class ScheduleState:
     """What a result backend keeps per schedule (see :mod:`nuvom_kernel.scheduler`).
@@ -254,6 +275,10 @@ class ScheduleState:
     ``last_tick`` (epoch seconds) is how far the schedule has been handled: every tick up
     to it was fired, missed or skipped. Advancing it is a compare-and-set, which is what
     lets any number of workers run the scheduler and fire each tick once.
+
+    ``unreadable`` is never stored: it marks the placeholder a backend returns for an entry
+    it could not decode (the schedule goes on as a new one; the compare-and-set that
+    replaces the entry compares ``unreadable.stored`` instead of ``updated_at``).
     """
 
     name: str
@@ -264,13 +289,15 @@ class ScheduleState:
     missed: int = 0
     skipped: int = 0
     updated_at: float = attrs.field(factory=time.time)
+    unreadable: UnreadableState | None = attrs.field(default=None, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        """The stored fields (``unreadable`` describes a read, it is not state)."""
+        return attrs.asdict(self, filter=lambda field, _: field.name != "unreadable")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScheduleState:
-        names = {f.name for f in attrs.fields(cls)}
+        names = {f.name for f in attrs.fields(cls)} - {"unreadable"}
         return cls(**{k: v for k, v in data.items() if k in names})
 
 

@@ -8,15 +8,29 @@ Imported by plugins as :class:`nuvom_kernel.backends.ResultBackend`.
 from __future__ import annotations
 
 import abc
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nuvom_kernel.models import JobRecord, JobStatus, ScheduleState
+from nuvom_kernel.models import JobRecord, JobStatus, ScheduleState, UnreadableState
 from nuvom_kernel.spi import Backend
 from nuvom_kernel.views import WorkerInfo, page_cursor
 
-__all__ = ["ResultBackend"]
+__all__ = [
+    "ResultBackend",
+    "decode_schedule_state",
+    "read_schedule_state",
+    "report_unreadable",
+    "stored_text",
+]
+
+log = logging.getLogger("nuvom.scheduler")
 
 
 class ResultBackend(Backend):
@@ -121,15 +135,22 @@ class ResultBackend(Backend):
     def forget_worker(self, worker_id: str) -> bool:
         """Drop a worker at once (its clean shutdown); ``True`` if it was listed."""
         raise NotImplementedError(f"result backend {self.name!r} keeps no worker heartbeats")
+
     def schedule_states(self) -> dict[str, ScheduleState]:
-        """Every stored schedule state by name (capability ``schedules``)."""
+        """Every stored schedule state by name (capability ``schedules``).
+
+        Never fails as a whole because of one stored entry: an entry that does not decode
+        is logged and returned as the placeholder of :func:`read_schedule_state` (the
+        schedule goes on as a new one), so one damaged entry cannot stop every schedule."""
         raise NotImplementedError(f"result backend {self.name!r} keeps no schedule state")
 
     def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
         """Store ``state`` if the stored state of its schedule is still ``previous``
         (compared by ``updated_at``; ``None``: none stored yet), atomically; ``False`` and
         no change otherwise. The one write every scheduler races on: its winner fires the
-        ticks."""
+        ticks. A ``previous`` whose ``unreadable`` is set (a placeholder) is compared by
+        ``previous.unreadable.stored`` instead: the damaged entry is replaced only while it
+        is still the one read."""
         raise NotImplementedError(f"result backend {self.name!r} keeps no schedule state")
 
     # --- conveniences ---------------------------------------------------------------------
@@ -189,3 +210,162 @@ class ResultBackend(Backend):
         wanted = JobStatus(status) if status is not None else None
         records = self.query(status=wanted, task=task, limit=limit, after=after)
         return [r.to_dict() for r in records]
+
+
+# --- schedule state read from a store -------------------------------------------------------
+
+#: How much of an unreadable stored value a log line quotes.
+QUOTED_CHARS = 300
+
+_IN_STATE: Any = object()  # decode_schedule_state(version=...) not given
+#: (what, where, sha-256 of the stored value) this process has logged: each damage once.
+_logged: set[tuple[str, str, str]] = set()
+_logged_lock = threading.Lock()
+
+
+def stored_text(value: object) -> str | bytes:
+    """A stored value as the text that identifies it: text and bytes as they are, any other
+    value (one entry of a JSON document holding many) as canonical JSON, so that two reads
+    of the same entry give equal texts — what a compare-and-set on an unreadable entry
+    compares (a float NaN is not equal to itself; its JSON text is)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    try:
+        return json.dumps(value, sort_keys=True, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return "a number"
+    return type(value).__name__
+
+
+def _shown(value: object) -> str:
+    """``value`` in a message: its JSON kind, and its JSON text (short) when that says more
+    (``a string ("soon")``; ``null`` alone)."""
+    kind = _json_kind(value)
+    if value is None or isinstance(value, bool):
+        return kind
+    try:
+        text = json.dumps(value, sort_keys=True, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return f"{kind} ({text[:60]}{'…' if len(text) > 60 else ''})"
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def decode_schedule_state(name: str, value: object, *, version: Any = _IN_STATE
+                          ) -> ScheduleState:
+    """The :class:`ScheduleState` stored for schedule ``name``: ``value`` is its JSON text
+    (``str`` or ``bytes``) or the decoded JSON value.
+
+    Every field is checked, not only parsed: a state the scheduler would choke on later
+    (``last_tick`` a string) must be refused here, where the entry can still be named.
+    ``version`` is what the backend's compare-and-set compares when it keeps it beside the
+    state (SQLite's and PostgreSQL's ``updated_at`` column, Redis's ``sched:v``): it becomes
+    the state's ``updated_at``, so the next compare-and-set matches the stored row. Not
+    given, the state's own ``updated_at`` is that version.
+
+    :raises ValueError: saying what is wrong, without the stored text (the caller has it).
+    """
+    data: object = value
+    if isinstance(value, str | bytes | bytearray):
+        if not value.strip():
+            raise ValueError("empty: no state is stored")
+        try:
+            data = json.loads(value)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"not JSON ({exc})") from exc
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a JSON object was expected, found {_json_kind(data)}")
+    stored_name = data.get("name", name)
+    if stored_name != name:
+        raise ValueError(f"it is stored under {name!r} but names schedule {stored_name!r}")
+    for field in ("last_tick", "last_run", "last_job_id", "fired", "missed", "skipped"):
+        if field not in data:
+            continue  # the default of ScheduleState
+        got, counted = data[field], field in ("fired", "missed", "skipped")
+        if counted:
+            ok, wanted = isinstance(got, int) and not isinstance(got, bool), "an integer"
+        elif field == "last_job_id":
+            ok, wanted = got is None or isinstance(got, str), "a string or null"
+        else:
+            ok, wanted = got is None or _is_number(got), "a finite number or null"
+        if not ok:
+            raise ValueError(f"its {field} is {_shown(got)}, not {wanted}")
+    if version is _IN_STATE:
+        version = data.get("updated_at")
+        if not _is_number(version):
+            raise ValueError(f"its updated_at is {_shown(version)}, not a finite number")
+    elif version is None:
+        raise ValueError("its version (updated_at, kept beside the state) is missing")
+    elif not _is_number(version):
+        raise ValueError(f"its version (updated_at, kept beside the state) is "
+                         f"{_shown(version)}, not a finite number")
+    fields = {k: v for k, v in data.items() if k not in ("name", "updated_at")}
+    return ScheduleState.from_dict({**fields, "name": name, "updated_at": float(version)})
+
+
+def report_unreadable(what: str, where: str, problem: str, stored: str | bytes,
+                      then: str) -> None:
+    """Log at ERROR that ``what`` stored in ``where`` is unreadable: ``problem``, the stored
+    text (quoted, the first :data:`QUOTED_CHARS` characters: the log keeps what the next
+    write replaces) and ``then``, what happens next.
+
+    Once per process for each distinct damaged value: a scheduler reads every state each
+    second, and a line a second would bury everything else."""
+    digest = hashlib.sha256(stored if isinstance(stored, bytes)
+                            else stored.encode("utf-8", "surrogatepass")).hexdigest()
+    with _logged_lock:
+        if (what, where, digest) in _logged:
+            return
+        _logged.add((what, where, digest))
+    text: str | bytes = stored
+    if isinstance(stored, bytes):
+        with contextlib.suppress(UnicodeDecodeError):
+            text = stored.decode()  # quoted as text when it is; as bytes (b'...') if not
+    quoted = repr(text[:QUOTED_CHARS])
+    if len(text) > QUOTED_CHARS:
+        quoted += f" (the first {QUOTED_CHARS} of {len(text)})"
+    log.error("%s in %s is unreadable: %s. Stored: %s. %s", what, where, problem, quoted,
+              then)
+
+
+def read_schedule_state(name: str, value: object, where: str, *, version: Any = _IN_STATE
+                        ) -> ScheduleState:
+    """:func:`decode_schedule_state`, or, for an entry that does not decode, a placeholder
+    the scheduler can go on from: a state with no last tick (the schedule fires from its
+    next tick, as a new one would) whose ``unreadable`` holds what was wrong, ``where`` it
+    is and the stored value, which the backend's compare-and-set compares to replace the
+    damaged entry atomically. The entry is logged (:func:`report_unreadable`).
+
+    Why not skip the entry, or raise: skipped, the schedule would look new and its insert
+    would fail forever against the stored row, so it never fired again; raised, one
+    damaged entry stopped every schedule of every worker, and ``nuvom schedule list``."""
+    try:
+        return decode_schedule_state(name, value, version=version)
+    except ValueError as exc:
+        stored = stored_text(value)
+        report_unreadable(f"the state of schedule {name!r}", where, str(exc), stored,
+                          "It is treated as no state yet: the schedule fires from its next "
+                          "tick, and that run's state replaces the entry")
+        return ScheduleState(name, updated_at=0.0,
+                             unreadable=UnreadableState(str(exc), where, stored))

@@ -12,6 +12,9 @@ silently; ticks skipped by ``overlap="skip"`` are counted too (``nuvom schedule 
 
 Schedules are isolated from each other: one that raises (its tick math, its push) is logged
 once and skipped, and the others keep firing; ``nuvom schedule list`` shows it with its error.
+So are their stored states: the backend returns an entry it cannot decode as a placeholder
+(:func:`~nuvom_kernel.result_backend.read_schedule_state`), that schedule fires as a new one,
+and its next write replaces the damaged entry.
 """
 
 from __future__ import annotations
@@ -253,7 +256,11 @@ class Scheduler:
         todo = plan(schedule, last, now)
         if state is not None and not todo.fire and not todo.missed and todo.last_tick == last:
             return []
-        new = ScheduleState(schedule.name) if state is None else attrs.evolve(state)
+        # A placeholder for an unreadable stored state (``state.unreadable``) goes on as a
+        # new schedule; the write below replaces the damaged entry (the backend compares
+        # the damaged value, not an updated_at it could not read).
+        new = (ScheduleState(schedule.name) if state is None
+               else attrs.evolve(state, unreadable=None))
         busy = (schedule.overlap == "skip" and new.last_job_id is not None
                 and self.kernel.queue.peek_state(new.last_job_id) is not None)
         calls = []
@@ -270,6 +277,10 @@ class Scheduler:
         new.updated_at = max(time.time(), state.updated_at + 1e-6 if state else 0.0)
         if not self.kernel.results.advance_schedule(state, new):
             return []  # another scheduler handled these ticks
+        if state is not None and state.unreadable is not None:
+            log.warning("schedule %r: its unreadable stored state (%s) was replaced by a "
+                        "new one; the schedule fires again from this tick", schedule.name,
+                        state.unreadable.problem)
         if todo.missed:
             log.warning("schedule %r: %d tick(s) missed while no worker ran it (catch_up=%r, "
                         "window %g s); handled up to %s", schedule.name, todo.missed,
@@ -381,8 +392,9 @@ def schedule_rows(kernel: Any) -> list[dict[str, Any]]:
 def describe(schedule: Schedule, state: ScheduleState | None, kernel: Any, now: float
              ) -> dict[str, Any]:
     """One row of ``nuvom schedule list``; ``error`` is what the schedule raised (its next
-    run, its description or its last job's status), ``None`` when nothing did. Each part is
-    computed on its own so one failing part blanks only its cell."""
+    run, its description or its last job's status) or why its stored state could not be
+    read, ``None`` when nothing did. Each part is computed on its own so one failing part
+    blanks only its cell."""
     errors: list[str] = []
 
     def part(step: Callable[[], T]) -> T | None:
@@ -392,6 +404,10 @@ def describe(schedule: Schedule, state: ScheduleState | None, kernel: Any, now: 
             errors.append(schedule_error_text(exc))
             return None
 
+    if state is not None and state.unreadable is not None:
+        # Said in the row, not only in a worker's log: the schedule lost its history
+        errors.append(f"its stored state is unreadable ({state.unreadable.problem}); it "
+                      "fires as a new schedule, and its next run replaces that state")
     last_status = None
     if state is not None and state.last_job_id:
         last_job_id = state.last_job_id

@@ -31,6 +31,7 @@ from nuvom_kernel.backends import (
     ResultBackend,
     WorkerInfo,
     parse_cursor,
+    read_schedule_state,
 )
 from nuvom_kernel.errors import SerializationError, byte_size, too_large
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
@@ -277,13 +278,17 @@ class PostgresResultBackend(ResultBackend):
             "SELECT info FROM {s}.workers WHERE expires_at > clock_timestamp() ORDER BY id"
             ).format(s=s))
         self._forget = render(sql.SQL("DELETE FROM {s}.workers WHERE id = %s").format(s=s))
-        self._states = render(sql.SQL("SELECT state FROM {s}.schedules").format(s=s))
+        self._states = render(sql.SQL("SELECT name, updated_at, state FROM {s}.schedules"
+                                      ).format(s=s))
         self._insert_state = render(sql.SQL(
             "INSERT INTO {s}.schedules VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING"
         ).format(s=s))
         self._update_state = render(sql.SQL(
             "UPDATE {s}.schedules SET updated_at = %s, state = %s "
             "WHERE name = %s AND updated_at = %s").format(s=s))
+        self._replace_unreadable_state = render(sql.SQL(
+            "UPDATE {s}.schedules SET updated_at = %s, state = %s "
+            "WHERE name = %s AND state = %s").format(s=s))
         self._closed = False
 
     @classmethod
@@ -314,17 +319,27 @@ class PostgresResultBackend(ResultBackend):
             return store_fenced(conn, self._upsert, rows)
 
     def schedule_states(self) -> dict[str, ScheduleState]:
+        """Every row, by its ``name``; a row whose state does not decode is logged and read
+        as a placeholder (:func:`~nuvom_kernel.backends.read_schedule_state`), as on
+        SQLite: one damaged row used to stop every schedule of every worker. The
+        ``updated_at`` column is the version :meth:`advance_schedule` compares."""
         with self._store.connection() as conn:
             rows = conn.execute(self._states).fetchall()
-        states = (ScheduleState.from_dict(json.loads(row[0])) for row in rows)
-        return {state.name: state for state in states}
+        where = f"{self.location}, table schedules"
+        return {name: read_schedule_state(name, state, where, version=updated_at)
+                for name, updated_at, state in rows}
 
     def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
-        """One conditional statement, as on SQLite."""
+        """One conditional statement, as on SQLite (an unreadable row is replaced only
+        while its ``state`` is still the damaged text read)."""
         data = json.dumps(state.to_dict())
         with self._store.connection() as conn:
             if previous is None:
                 cur = conn.execute(self._insert_state, (state.name, state.updated_at, data))
+            elif previous.unreadable is not None:
+                cur = conn.execute(self._replace_unreadable_state,
+                                   (state.updated_at, data, state.name,
+                                    previous.unreadable.stored))
             else:
                 cur = conn.execute(self._update_state, (state.updated_at, data, state.name,
                                                         previous.updated_at))

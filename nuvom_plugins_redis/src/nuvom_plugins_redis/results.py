@@ -34,6 +34,7 @@ from nuvom_kernel.backends import (
     ResultBackend,
     WorkerInfo,
     parse_cursor,
+    read_schedule_state,
 )
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
@@ -149,14 +150,33 @@ def _decode(job_id: str, raw: bytes) -> JobRecord:
 
 # Schedule state: hash ``sched`` (name -> JSON) and ``sched:v`` (name -> repr(updated_at)),
 # compared as strings (Lua numbers would round the float). ARGV: prefix, name, expected
-# version ('' for none stored), new version, JSON.
+# version ('' for none stored), new version, JSON, and, replacing an unreadable entry, the
+# damaged JSON read ('' for none): then that is compared, not the version (which may be the
+# damaged part, or missing).
 _ADVANCE = """
 local v = redis.call('HGET', ARGV[1] .. 'sched:v', ARGV[2])
-if (ARGV[3] == '' and v) or (ARGV[3] ~= '' and v ~= ARGV[3]) then return 0 end
+if ARGV[6] then
+  if (redis.call('HGET', ARGV[1] .. 'sched', ARGV[2]) or '') ~= ARGV[6] then return 0 end
+elseif (ARGV[3] == '' and v) or (ARGV[3] ~= '' and v ~= ARGV[3]) then return 0 end
 redis.call('HSET', ARGV[1] .. 'sched:v', ARGV[2], ARGV[4])
 redis.call('HSET', ARGV[1] .. 'sched', ARGV[2], ARGV[5])
 return 1
 """
+
+
+def _version(raw: bytes | None) -> float | str | None:
+    """A ``sched:v`` value as the version :func:`read_schedule_state` checks: the float
+    it is the ``repr`` of, else the text itself (refused there, naming it). Why so strict:
+    the script compares it as a string, so a version that is not exactly the ``repr`` of
+    its float would never match again and the schedule would never fire."""
+    if raw is None:
+        return None
+    text = raw.decode(errors="replace")
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if repr(number) == text else text
 
 
 class RedisResultBackend(ResultBackend):
@@ -220,15 +240,35 @@ class RedisResultBackend(ResultBackend):
         return out
 
     def schedule_states(self) -> dict[str, ScheduleState]:
-        raw = self.store.call(lambda: self.store.client.hgetall(self.store.prefix + "sched"),
-                              "reading schedule state")
-        states = (ScheduleState.from_dict(json.loads(v)) for v in raw.values())
-        return {state.name: state for state in states}
+        """Both hashes in one transaction (a consistent pair), by name. An entry whose
+        JSON or version does not decode — or a version with no JSON, which no insert could
+        ever replace — is logged and read as a placeholder
+        (:func:`~nuvom_kernel.backends.read_schedule_state`): one damaged value used to
+        stop every schedule of every worker."""
+        key = self.store.prefix + "sched"
+
+        def read() -> list[Any]:
+            pipe = self.store.client.pipeline(transaction=True)
+            pipe.hgetall(key)
+            pipe.hgetall(key + ":v")
+            return pipe.execute()
+
+        raw, versions = self.store.call(read, "reading schedule state")
+        where = f"{self.location}, hash {key}"
+        states: dict[str, ScheduleState] = {}
+        for name_bytes in {*raw, *versions}:
+            name = name_bytes.decode(errors="replace")
+            states[name] = read_schedule_state(
+                name, raw.get(name_bytes, b""), where,
+                version=_version(versions.get(name_bytes)))
+        return states
 
     def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
-        args = [self.store.prefix, state.name,
-                "" if previous is None else repr(previous.updated_at),
-                repr(state.updated_at), json.dumps(state.to_dict())]
+        args: list[Any] = [self.store.prefix, state.name,
+                           "" if previous is None else repr(previous.updated_at),
+                           repr(state.updated_at), json.dumps(state.to_dict())]
+        if previous is not None and previous.unreadable is not None:
+            args.append(previous.unreadable.stored)
         return bool(self.store.call(lambda: self.store.run(self._advance, args),
                                     "storing schedule state"))
 

@@ -30,6 +30,7 @@ from nuvom_kernel.backends import (
     ResultBackend,
     WorkerInfo,
     parse_cursor,
+    read_schedule_state,
 )
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
@@ -304,18 +305,35 @@ class SQLiteResultBackend(ResultBackend):
         return {status: int(n) for status, n in rows if n}
 
     def schedule_states(self) -> dict[str, ScheduleState]:
-        rows = self._db.conn().execute("SELECT state FROM nuvom_schedules").fetchall()
-        states = (ScheduleState.from_dict(json.loads(row[0])) for row in rows)
-        return {state.name: state for state in states}
+        """Every row, by its ``name``; a row whose state does not decode is logged and read
+        as a placeholder (:func:`~nuvom_kernel.backends.read_schedule_state`): one damaged
+        row used to stop every schedule of every worker. The ``updated_at`` column is the
+        version :meth:`advance_schedule` compares, so it is the state's. Read as bytes: a
+        text that is not UTF-8 (a hand edit) would fail the whole fetch as text."""
+        rows = self._db.conn().execute(
+            "SELECT CAST(name AS BLOB), updated_at, CAST(state AS BLOB) "
+            "FROM nuvom_schedules").fetchall()
+        where = f"{self.path}, table nuvom_schedules"
+        states: dict[str, ScheduleState] = {}
+        for raw_name, updated_at, state in rows:
+            if raw_name is not None:  # (no schedule has a NULL name: SQLite allows one)
+                name = raw_name.decode(errors="replace")
+                states[name] = read_schedule_state(name, state, where, version=updated_at)
+        return states
 
     def advance_schedule(self, previous: ScheduleState | None, state: ScheduleState) -> bool:
         """One conditional statement: an insert that yields to an existing row, or an
-        update of the row whose ``updated_at`` is still the one read."""
+        update of the row whose ``updated_at`` is still the one read — or, replacing an
+        unreadable row, whose ``state`` is still the damaged text read."""
         data = json.dumps(state.to_dict())
         if previous is None:
             sql = ("INSERT INTO nuvom_schedules VALUES (?, ?, ?) "
                    "ON CONFLICT (name) DO NOTHING")
             params: tuple[Any, ...] = (state.name, state.updated_at, data)
+        elif previous.unreadable is not None:
+            sql = ("UPDATE nuvom_schedules SET updated_at = ?, state = ? "
+                   "WHERE name = ? AND CAST(state AS BLOB) = ?")
+            params = (state.updated_at, data, state.name, previous.unreadable.stored)
         else:
             sql = ("UPDATE nuvom_schedules SET updated_at = ?, state = ? "
                    "WHERE name = ? AND updated_at = ?")
