@@ -1,10 +1,9 @@
 """Damaged schedule state of the file result backend (``schedules.json`` edited by hand, a
-disk fault) stops nothing and loses nothing. A damaged entry reads as a placeholder (that
-schedule goes on as a new one; the entry is logged once, with its text) and the next
-compare-and-set from it replaces the entry, once however many schedulers read it. A file
-that does not decode at all reads as no state, and the first write keeps it aside, renamed
-beside it, before starting a new one. Before, either made ``schedule_states()`` raise, so no
-schedule fired on any worker."""
+disk fault) stops nothing and loses nothing. A damaged entry: see
+:mod:`nuvom_kernel.testing.contracts.schedule_damage`. A file that does not decode at all
+reads as no state, and the first write keeps it aside, renamed beside it, before starting a
+new one. Before, either made ``schedule_states()`` raise, so no schedule fired on any
+worker."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from nuvom_kernel.models import ScheduleState
+from nuvom_kernel.testing.contracts import check_damaged_entry
 from nuvom_plugins.file import FileResultBackend
 
 
@@ -41,41 +41,16 @@ DAMAGE = [
 def test_a_damaged_entry_is_a_placeholder_the_next_write_replaces_once(
         tmp_path: Path, damage: Callable[[dict[str, Any]], None], problem: str,
         quoted: str, caplog: pytest.LogCaptureFixture) -> None:
-    first, second = FileResultBackend(tmp_path / "r"), FileResultBackend(tmp_path / "r")
-    good = ScheduleState("good", last_tick=100.0, last_run=100.0, fired=3, updated_at=100.0)
-    assert first.advance_schedule(None, good)
-    assert first.advance_schedule(None, ScheduleState("other", last_tick=100.0,
-                                                      updated_at=100.0))
     path = tmp_path / "r" / "schedules.json"
-    data = json.loads(path.read_text())
-    damage(data)
-    path.write_text(json.dumps(data))
 
-    with caplog.at_level(logging.ERROR, logger="nuvom.scheduler"):
-        states = first.schedule_states()
-        again = second.schedule_states()  # another worker's scheduler reads it too
-    assert states["good"] == good, "the healthy entry reads as stored"
-    placeholder = states["other"]
-    assert placeholder.last_tick is None and placeholder.unreadable is not None
-    assert problem in placeholder.unreadable.problem
-    assert again["other"] == placeholder
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1, "each damaged entry is logged once per process"
-    assert "'other'" in errors[0] and str(path) in errors[0]
-    assert problem in errors[0] and quoted in errors[0]
+    def damaged() -> None:
+        data = json.loads(path.read_text())
+        damage(data)
+        path.write_text(json.dumps(data))
 
-    assert first.advance_schedule(good, ScheduleState("good", last_tick=150.0,
-                                                      updated_at=150.0)), \
-        "another schedule's write keeps the damaged entry as it is"
-    assert second.schedule_states()["other"] == placeholder
-    new = ScheduleState("other", last_tick=200.0, fired=1, updated_at=200.0)
-    assert first.advance_schedule(placeholder, new), "the damaged entry is replaced"
-    assert not second.advance_schedule(
-        again["other"], ScheduleState("other", last_tick=200.0, updated_at=201.0)), \
-        "a second scheduler's write from the same read is refused (one tick, once)"
-    assert second.schedule_states()["other"] == new
-    assert first.advance_schedule(new, ScheduleState("other", last_tick=300.0,
-                                                     updated_at=300.0))
+    first, second = FileResultBackend(tmp_path / "r"), FileResultBackend(tmp_path / "r")
+    check_damaged_entry(first, second, damaged, problem=problem, quoted=quoted,
+                        where=str(path), caplog=caplog)
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", "", "\udcff"])

@@ -1,12 +1,9 @@
-"""A damaged schedule-state row (a hand edit, a partial restore) stops nothing: the other rows
-read as stored, the damaged one reads as a placeholder (no last tick: that schedule goes on
-as a new one) logged once with its text, and the next compare-and-set from it replaces the
-row — once, however many schedulers read it. Before, one bad row made ``schedule_states()``
-raise, so no schedule fired on any worker."""
+"""A damaged schedule-state row (a hand edit, a partial restore) stops nothing: see
+:mod:`nuvom_kernel.testing.contracts.schedule_damage`. Before, one bad row made
+``schedule_states()`` raise, so no schedule fired on any worker."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import psycopg
@@ -14,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from nuvom_kernel.backends import BackendContext
-from nuvom_kernel.models import ScheduleState
+from nuvom_kernel.testing.contracts import check_damaged_entry
 from nuvom_plugins_postgres import PostgresResultBackend
 
 DAMAGE: list[tuple[str, object, str, str]] = [
@@ -33,40 +30,16 @@ DAMAGE: list[tuple[str, object, str, str]] = [
 def test_a_damaged_row_is_a_placeholder_the_next_write_replaces_once(
         settings: dict[str, object], context: BackendContext, schema: str,
         admin: psycopg.Connection[Any], column: str, value: object, problem: str,
-        quoted: str,
-        caplog: pytest.LogCaptureFixture) -> None:
-    first = PostgresResultBackend.from_settings(settings, context)
-    second = PostgresResultBackend.from_settings(settings, context)
-    try:
-        good = ScheduleState("good", last_tick=100.0, last_run=100.0, fired=3,
-                             updated_at=100.0)
-        assert first.advance_schedule(None, good)
-        assert first.advance_schedule(None, ScheduleState("other", last_tick=100.0,
-                                                          updated_at=100.0))
+        quoted: str, caplog: pytest.LogCaptureFixture) -> None:
+    def damaged() -> None:
         admin.execute(sql.SQL("UPDATE {}.schedules SET {} = %s WHERE name = 'other'")
                       .format(sql.Identifier(schema), sql.Identifier(column)), (value,))
 
-        with caplog.at_level(logging.ERROR, logger="nuvom.scheduler"):
-            states = first.schedule_states()
-            again = second.schedule_states()  # another worker's scheduler reads it too
-        assert states["good"] == good, "the healthy row reads as stored"
-        placeholder = states["other"]
-        assert placeholder.last_tick is None and placeholder.unreadable is not None
-        assert problem in placeholder.unreadable.problem
-        assert again["other"] == placeholder
-        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(errors) == 1, "each damaged row is logged once per process"
-        assert "'other'" in errors[0] and f"schema {schema}" in errors[0]
-        assert problem in errors[0] and quoted in errors[0]
-
-        new = ScheduleState("other", last_tick=200.0, fired=1, updated_at=200.0)
-        assert first.advance_schedule(placeholder, new), "the damaged row is replaced"
-        assert not second.advance_schedule(
-            again["other"], ScheduleState("other", last_tick=200.0, updated_at=201.0)), \
-            "a second scheduler's write from the same read is refused (one tick, once)"
-        assert second.schedule_states() == {"good": good, "other": new}
-        assert first.advance_schedule(new, ScheduleState("other", last_tick=300.0,
-                                                         updated_at=300.0))
+    first = PostgresResultBackend.from_settings(settings, context)
+    second = PostgresResultBackend.from_settings(settings, context)
+    try:
+        check_damaged_entry(first, second, damaged, problem=problem, quoted=quoted,
+                            where=f"schema {schema}", caplog=caplog)
     finally:
         first.close()
         second.close()

@@ -1,18 +1,15 @@
-"""A damaged schedule-state row (a hand edit, a disk fault) stops nothing: the other rows
-read as stored, the damaged one reads as a placeholder (no last tick: that schedule goes on
-as a new one) logged once with its text, and the next compare-and-set from that placeholder
-replaces the row — once, however many schedulers read it. Before, one bad row made
+"""A damaged schedule-state row (a hand edit, a disk fault) stops nothing: see
+:mod:`nuvom_kernel.testing.contracts.schedule_damage`. Before, one bad row made
 ``schedule_states()`` raise, so no schedule fired on any worker."""
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from nuvom_kernel.models import ScheduleState
+from nuvom_kernel.testing.contracts import check_damaged_entry
 from nuvom_plugins_sqlite import SQLiteResultBackend
 
 DAMAGE = [
@@ -34,39 +31,16 @@ DAMAGE = [
 def test_a_damaged_row_is_a_placeholder_the_next_write_replaces_once(
         db_path: Path, damage: str, problem: str, quoted: str,
         caplog: pytest.LogCaptureFixture) -> None:
-    first, second = SQLiteResultBackend(db_path), SQLiteResultBackend(db_path)
-    try:
-        good = ScheduleState("good", last_tick=100.0, last_run=100.0, fired=3,
-                             updated_at=100.0)
-        assert first.advance_schedule(None, good)
-        assert first.advance_schedule(None, ScheduleState("other", last_tick=100.0,
-                                                          updated_at=100.0))
+    def damaged() -> None:
         db = sqlite3.connect(db_path)
         with db:
             db.execute(damage)
         db.close()
 
-        with caplog.at_level(logging.ERROR, logger="nuvom.scheduler"):
-            states = first.schedule_states()
-            again = second.schedule_states()  # another worker's scheduler reads it too
-        assert states["good"] == good, "the healthy row reads as stored"
-        placeholder = states["other"]
-        assert placeholder.last_tick is None and placeholder.unreadable is not None
-        assert problem in placeholder.unreadable.problem
-        assert again["other"] == placeholder
-        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(errors) == 1, "each damaged row is logged once per process"
-        assert "'other'" in errors[0] and str(db_path) in errors[0]
-        assert problem in errors[0] and quoted in errors[0]
-
-        new = ScheduleState("other", last_tick=200.0, fired=1, updated_at=200.0)
-        assert first.advance_schedule(placeholder, new), "the damaged row is replaced"
-        assert not second.advance_schedule(
-            again["other"], ScheduleState("other", last_tick=200.0, updated_at=201.0)), \
-            "a second scheduler's write from the same read is refused (one tick, once)"
-        assert second.schedule_states() == {"good": good, "other": new}
-        assert first.advance_schedule(new, ScheduleState("other", last_tick=300.0,
-                                                         updated_at=300.0))
+    first, second = SQLiteResultBackend(db_path), SQLiteResultBackend(db_path)
+    try:
+        check_damaged_entry(first, second, damaged, problem=problem, quoted=quoted,
+                            where=str(db_path), caplog=caplog)
     finally:
         first.close()
         second.close()

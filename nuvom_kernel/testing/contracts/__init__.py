@@ -23,14 +23,14 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 _MODULES = ("_support", "_queue_base", "queue_concurrency", "queue_browse", "queue_limits",
-            "queue", "heartbeats", "results", "discovery")
+            "queue", "heartbeats", "results", "discovery", "schedule_damage")
 #: What this package exports, by module. Loaded on first use: the suites need pytest, but
 #: ``targets`` (what ``nuvom plugin new`` and ``nuvom plugin test`` resolve before any
 #: test runs) must import where pytest is not installed, so those commands can say so.
 _EXPORTS = {"BackendFactory": "_support", "make_message": "_support",
             "make_record": "_support", "requires": "_support", "wait_until": "_support",
             "DiscovererContract": "discovery", "QueueBackendContract": "queue",
-            "ResultBackendContract": "results"}
+            "ResultBackendContract": "results", "check_damaged_entry": "schedule_damage"}
 
 try:
     import pytest
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from nuvom_kernel.testing.contracts.discovery import DiscovererContract
     from nuvom_kernel.testing.contracts.queue import QueueBackendContract
     from nuvom_kernel.testing.contracts.results import ResultBackendContract
+    from nuvom_kernel.testing.contracts.schedule_damage import check_damaged_entry
 
 
 def __getattr__(name: str) -> Any:
@@ -67,6 +68,7 @@ __all__ = [
     "DiscovererContract",
     "QueueBackendContract",
     "ResultBackendContract",
+    "check_damaged_entry",
     "make_message",
     "make_record",
     "requires",
