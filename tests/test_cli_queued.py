@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,28 @@ def test_purge_queue_cancels_every_waiting_job_and_leaves_held_ones(backend: str
         delayed.get(timeout=5)
     assert kernel.queue.ack(lease) is True, "the held job was not touched"
     assert {j.refresh().status for j in kept} == {JobStatus.QUEUED}
+    kernel.close()
+
+
+@pytest.mark.parametrize("backend", PERSISTENT_BACKENDS)
+def test_a_purge_takes_the_jobs_enqueued_before_it_began(backend: str,
+                                                        project: Path) -> None:
+    """It chased the newest: jobs enqueued while it ran were cancelled page after page, and
+    a purge behind a producer faster than its cancels could not end."""
+    from nuvom_kernel.cli.queued import _waiting
+
+    kernel = _kernel(project, _env(backend))
+    import lq_tasks
+
+    with use_kernel(kernel):
+        before = lq_tasks.pq_doomed.map([(i,) for i in range(MANY)])  # more than a page
+        began = time.time()
+        while time.time() <= began:  # the next job's created_at is strictly later
+            pass
+        lq_tasks.pq_doomed.map([(i,) for i in range(5)])
+    taken = [job.id for job in _waiting(kernel, ["pq-a"], until=began)]
+    assert sorted(taken) == sorted(job.id for job in before)
+    assert len(list(_waiting(kernel, ["pq-a"]))) == MANY + 5
     kernel.close()
 
 

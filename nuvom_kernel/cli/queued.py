@@ -36,6 +36,9 @@ PAGE_SIZE = 1000
 #: The largest page ``list jobs`` asks for: a page is one scan of the store, whatever its
 #: size, and a limit past what the stores' integers hold ended in a traceback.
 MAX_LIMIT = 10_000
+#: How much younger than the purge a job may be and still be cancelled by it: a job's
+#: ``created_at`` is stamped by the clock of the host that enqueued it.
+PURGE_SLACK_SECS = 1.0
 #: The states a job that no worker holds can be in: what ``purge queue`` cancels.
 WAITING = (JobStatus.QUEUED, JobStatus.RETRYING)
 #: The ``--state`` names (the dashboard's ``/queued`` takes the same), in the order shown.
@@ -120,13 +123,20 @@ def _finite(data: dict[str, Any]) -> dict[str, Any]:
             for k, v in data.items()}
 
 
-def _waiting(kernel: Any, queues: Sequence[str]) -> Iterator[QueuedJob]:
-    """Every job of ``queues`` that no worker holds, oldest first, a page at a time as the
-    caller consumes them (a cancelled job leaves the queue; the cursor goes on past it)."""
+def _waiting(kernel: Any, queues: Sequence[str], until: float = math.inf
+             ) -> Iterator[QueuedJob]:
+    """Every job of ``queues`` that no worker holds and that was enqueued by ``until``
+    (epoch seconds), oldest first, a page at a time as the caller consumes them (a
+    cancelled job leaves the queue; the cursor goes on past it). Pages come in enqueue
+    order, so the first younger job ends the walk: a purge behind a steady producer
+    stops where it began instead of chasing the newest jobs."""
     after = None
     while True:
         page = _browse(kernel, queues, WAITING, after, PAGE_SIZE)
-        yield from page
+        for job in page:
+            if job.created_at > until:
+                return
+            yield job
         if len(page) < PAGE_SIZE:
             return
         after = page[-1].cursor
@@ -159,7 +169,9 @@ def purge_queue(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
         click.confirm(f"Cancel every waiting job of queue(s) {shown} (about "
                       f"{kernel.queue.qsize(queues)})? There is no undo", abort=True)
     cancelled = missed = 0
-    for job in _waiting(kernel, queues):
+    # the jobs waiting when it began, as Celery's and RQ's purges take the queue as it was;
+    # give or take PURGE_SLACK_SECS, which hosts' clocks (stamping created_at) may differ by
+    for job in _waiting(kernel, queues, until=time.time() + PURGE_SLACK_SECS):
         if kernel.cancel(Job(id=job.id, task=job.task)):
             cancelled += 1
         else:  # a worker claimed it (or it ended) between the page and its cancel
