@@ -42,19 +42,15 @@ def concurrency_limits(kernel: Kernel, reported: Mapping[str, int | None] | None
         limit = (entry.get("options") or {}).get("concurrency")
         if type(limit) is int and limit >= 1:
             limits[entry["name"]] = limit
-    for name, limit in dict(reported or {}).items():  # (a copy: children report meanwhile)
-        if limit is None:
-            limits.pop(name, None)
-        else:
-            limits[name] = limit
     registry = kernel.registry
-    for name in registry.names():
-        options = getattr(registry.get(name), "options", None)
-        if options is not None:
-            if options.concurrency is None:
+    imported = {name: options.concurrency for name in registry.names()
+                if (options := getattr(registry.get(name), "options", None)) is not None}
+    for overrides in (dict(reported or {}), imported):  # (a copy: children report meanwhile)
+        for name, limit in overrides.items():
+            if limit is None:  # the task's code has no limit: the manifest's is lifted
                 limits.pop(name, None)
             else:
-                limits[name] = options.concurrency
+                limits[name] = limit
     return limits
 
 

@@ -232,6 +232,11 @@ def stored_text(value: object) -> str | bytes:
         return value
     if isinstance(value, bytes | bytearray):
         return bytes(value)
+    return _json_text(value)
+
+
+def _json_text(value: object) -> str:
+    """``value`` as canonical JSON text, or its ``repr`` where JSON cannot say it."""
     try:
         return json.dumps(value, sort_keys=True, default=repr)
     except (TypeError, ValueError, RecursionError):
@@ -260,10 +265,7 @@ def _shown(value: object) -> str:
     kind = _json_kind(value)
     if value is None or isinstance(value, bool):
         return kind
-    try:
-        text = json.dumps(value, sort_keys=True, default=repr)
-    except (TypeError, ValueError, RecursionError):
-        text = repr(value)
+    text = _json_text(value)
     return f"{kind} ({text[:60]}{'…' if len(text) > 60 else ''})"
 
 
