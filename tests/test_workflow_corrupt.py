@@ -17,7 +17,8 @@ import pytest
 from nuvom_kernel import JobStatus, chain, get_job
 from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.kernel import Kernel, use_kernel
-from nuvom_kernel.workflow.graph import stored_node
+from nuvom_kernel.workflow.docstore import checked_doc
+from nuvom_kernel.workflow.graph import stored_flow, stored_node
 from tests import test_workflows as wf
 from tests.helpers import run_worker_until, write_module
 
@@ -82,3 +83,31 @@ def test_a_stored_node_that_does_not_decode_is_named(data: object, problem: str)
         stored_node(data, "w", "table t")
     assert "workflow 'w'" in str(info.value) and "table t" in str(info.value)
     assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    ([], "the document is list, not an object"),
+    ({"flow": {}, "order": [], "messages": {}, "output": None}, "its 'nodes' is not an object"),
+    ({"flow": {}, "nodes": {}, "order": {}, "messages": {}, "output": None},
+     "its 'order' is not a list"),
+    ({"flow": {}, "nodes": {}, "order": [1], "messages": {}, "output": None},
+     "an 'order' of non-ids"),
+    ({"flow": {}, "nodes": {}, "order": [], "messages": {}}, "no 'output'"),
+])
+def test_a_workflow_document_of_the_wrong_shape_is_named(data: object, problem: str):
+    with pytest.raises(CorruptWorkflowError) as info:
+        checked_doc(data, "w", "file f.json")
+    assert "workflow 'w'" in str(info.value) and "file f.json" in str(info.value)
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (["w"], "its head is ['w']"),
+    ({"id": "w", "colour": "red"}, "unexpected keyword"),
+    ({"id": "w", "status": 3}, "its head: status 3"),
+    ({"id": "w", "open": "2"}, "open '2'"),
+])
+def test_a_stored_workflow_head_that_does_not_decode_is_named(data: object, problem: str):
+    with pytest.raises(CorruptWorkflowError) as info:
+        stored_flow(data, "w", "table t")
+    assert "workflow 'w'" in str(info.value) and problem in str(info.value)
