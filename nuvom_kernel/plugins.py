@@ -8,7 +8,8 @@ when ``NUVOM_DISABLE_PLUGIN_AUTOLOAD`` is set) → targets listed in ``.nuvom_pl
 through the entry points exactly like third-party ones. Pluggy calls the last registered
 implementation first, so a user's plugin runs before the kernel's fallbacks.
 
-One rule for a plugin that breaks while loading — its import fails, or its registration,
+One rule for a plugin that breaks while loading — its import fails, an installed one's hooks
+do not match the specs (a misspelt hook, an argument its hook lacks), or its registration,
 settings or configure hook raises: it is disabled for this process, logged once naming it,
 the hook and the error, with the fix (``NUVOM_DISABLE_PLUGINS=<name>``), and kept in
 :attr:`NuvomPluginManager.failures`. Every command that does not need it works (``nuvom
@@ -157,15 +158,7 @@ class NuvomPluginManager(pluggy.PluginManager):
         for capability, targets in config.plugins.targets.items():
             for target in targets:
                 self._load_target(capability, target, config)
-        try:
-            self.check_pending()
-        except pluggy.PluginValidationError as exc:
-            name = self.get_name(exc.plugin) or repr(exc.plugin)
-            raise PluginLoadError(
-                f"plugin {name!r} does not match the hook specs: {exc.args[0]}. "
-                "Check the hook name for typos against docs/plugin_hooks.md "
-                "(every hook starts with 'nuvom_')."
-            ) from exc
+        self._check_hook_names()
         self._warn_unknown_disabled(config)
         provided = self._probe()
         self._loaded = True
@@ -178,6 +171,42 @@ class NuvomPluginManager(pluggy.PluginManager):
         } | set(self.failures)
         config.warn_unclaimed_plugin_settings({name.lower() for name in claimed},
                                               sorted(installed))
+
+    def _check_hook_names(self) -> None:
+        """pluggy's ``check_pending``: every marked ``nuvom_*`` function is a known hook.
+
+        An installed plugin with a misspelt hook is disabled for this process, as one that
+        fails to import is (its fault must not stop every command, ``nuvom plugin list``
+        that shows it included); one listed in ``.nuvom_plugins.toml`` or internal stops
+        loading.
+
+        :raises PluginLoadError: naming the plugin, the unknown hook and the fix.
+        """
+        while True:
+            try:
+                self.check_pending()
+                return
+            except pluggy.PluginValidationError as exc:
+                name = self.get_name(exc.plugin) or repr(exc.plugin)
+                hooks = [hook for hook, caller in vars(self.hook).items()
+                         if hook.startswith("nuvom_") and caller.spec is not None]
+                unknown = [caller.name for caller in self.get_hookcallers(exc.plugin) or ()
+                           if caller.spec is None]
+                hint = "".join(did_you_mean(hook, hooks, repr) for hook in unknown)
+                message = (f"plugin {name!r}{self._provenance(name)} does not match the hook "
+                           f"specs: {exc.args[0]}{hint}. Check the hook name for typos "
+                           "against docs/plugin_hooks.md (every hook starts with 'nuvom_')")
+                if self.sources.get(name, ("internal",))[0] != "entry point":
+                    raise PluginLoadError(f"{message}.") from exc
+                self._failed(name, message)
+
+    def _failed(self, name: str, message: str) -> None:
+        """Disable the installed plugin ``name`` for this process: ``message`` (what is
+        wrong with it) is logged once with the way out and kept in :attr:`failures`."""
+        message = f"{message}. It is disabled for this process: {self.disable_hint(name)}"
+        log.error("%s", message)
+        self.failures[name] = message
+        self.unregister(name=name)
 
     def _probe(self) -> set[str]:
         """Call every plugin's registration and settings hooks once (:data:`PROBED_HOOKS`);
@@ -330,8 +359,17 @@ class NuvomPluginManager(pluggy.PluginManager):
                 # kept for `nuvom plugin list`, which lists it as failed
                 self.sources[ep.name] = ("entry point", dist.metadata["name"], dist.version)
                 continue
-            self._register(plugin, ep.name,
-                           ("entry point", dist.metadata["name"], dist.version))
+            source = ("entry point", dist.metadata["name"], dist.version)
+            try:
+                self._register(plugin, ep.name, source)
+            except PluginLoadError as exc:  # a hook of the wrong signature, or a wrapper
+                self.sources[ep.name] = source  # for `nuvom plugin list` and the message
+                why = " ".join(str(exc.__cause__).split())  # pluggy's words, on one line
+                fix = (". Each hook's arguments are in docs/plugin_hooks.md: an "
+                       "implementation may take fewer, never others"
+                       if "not be found in the hookspec" in why else "")
+                self._failed(ep.name, f"plugin {ep.name!r}{self._provenance(ep.name)} could "
+                                      f"not be registered: {why}{fix}")
 
     def _load_target(self, capability: str, target: str, config: Config) -> None:
         if self.is_blocked(target):  # disabled: never imported, so not checked either
@@ -439,10 +477,16 @@ class NuvomPluginManager(pluggy.PluginManager):
 
     # --- registration hooks -------------------------------------------------------------
 
-    def collect(self, hook_name: str) -> dict[str, tuple[type, str]]:
+    def collect(self, hook_name: str, wanted: str | None = None
+                ) -> dict[str, tuple[type, str]]:
         """Classes returned by a ``nuvom_register_*`` hook, keyed by ``name``, with provider.
 
-        :raises DuplicateBackendError: two classes share a name (both providers named).
+        ``wanted``: the one name the caller builds. Two classes sharing another name are then
+        a warning (the first one is kept): a clash between two plugins nobody selected
+        stopped every command, the default backend's too.
+
+        :raises DuplicateBackendError: two classes share a name (``wanted``, when given; both
+            providers named).
         """
         found: dict[str, tuple[type, str]] = {}
         for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
@@ -452,12 +496,16 @@ class NuvomPluginManager(pluggy.PluginManager):
                     raise PluginLoadError(problem)
                 name = cls.name
                 if name in found and found[name][0] is not cls:
-                    raise DuplicateBackendError(
+                    message = (
                         f"two plugins register {hook_name[15:].rstrip('s')} {name!r}: "
                         f"{found[name][1]!r} ({_qual(found[name][0])}) and "
                         f"{impl.plugin_name!r} ({_qual(cls)}). Disable one with "
-                        f"[plugins] disable = [...] in .nuvom_plugins.toml."
-                    )
+                        f"{DISABLE_VAR}={impl.plugin_name} (or [plugins] disable = "
+                        f"[\"{impl.plugin_name}\"] in {PLUGINS_FILE}), or rename its backend")
+                    if wanted is None or name == wanted:
+                        raise DuplicateBackendError(f"{message}.")
+                    warn_once(f"{message}; until then it cannot be selected.")
+                    continue
                 found[name] = (cls, impl.plugin_name)
         return found
 
@@ -467,7 +515,7 @@ class NuvomPluginManager(pluggy.PluginManager):
         :raises PluginLoadError: the class leaves a required method unwritten (instantiating
             it would fail with a ``TypeError`` that names neither the plugin nor the fix).
         """
-        classes = self.collect(hook_name)
+        classes = self.collect(hook_name, name)
         if name in classes:
             cls, plugin = classes[name]
             missing = sorted(getattr(cls, "__abstractmethods__", ()))

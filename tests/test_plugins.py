@@ -163,3 +163,92 @@ def test_broken_entry_point_is_reported_not_fatal(proj: Path, monkeypatch: pytes
     pm = manager(proj, "")
     assert "broken" in pm.failures and "nuvom-plugins-broken" in pm.failures["broken"]
     assert "memory" in pm.collect("nuvom_register_queue_backends")
+
+
+WRONG_SIGNATURE = """
+from nuvom_kernel import hookimpl
+
+
+@hookimpl
+def nuvom_on_retry(job, error, delay):
+    pass
+"""
+
+TYPO_HOOK = """
+from nuvom_kernel import hookimpl
+
+
+@hookimpl
+def nuvom_before_exectue(job):
+    pass
+"""
+
+
+@pytest.mark.parametrize(("source", "said"), [
+    (WRONG_SIGNATURE, "Argument(s) {'delay'} are declared in the hookimpl"),
+    (TYPO_HOOK, "(did you mean 'nuvom_before_execute'?)"),
+], ids=["wrong signature", "misspelt hook"])
+def test_an_installed_plugin_that_does_not_match_the_specs_is_disabled_not_fatal(
+        tmp_path: Path, source: str, said: str) -> None:
+    """An installed plugin with a hook of the wrong signature or a misspelt hook stopped every
+    command (``nuvom plugin list`` and ``nuvom runworker`` too) with pluggy's words, without
+    its distribution or a way out; one that fails to import is disabled for the process. Now
+    both are: named, with the fix, listed as failed, and the other plugins keep working."""
+    from tests.helpers import fake_distribution, run_nuvom
+
+    site = str(fake_distribution(tmp_path / "site", "khbroken", source))
+    project = tmp_path / "project"
+    project.mkdir()
+    listed = run_nuvom(["plugin", "list"], project, PYTHONPATH=site)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert [row for row in listed.stdout.splitlines()
+            if row.startswith("khbroken") and "FAILED" in row], listed.stdout
+    assert "plugin 'khbroken' (distribution nuvom-plugins-khbroken 0.1)" in listed.stderr
+    assert said in listed.stderr, listed.stderr
+    assert "NUVOM_DISABLE_PLUGINS=khbroken" in listed.stderr, listed.stderr
+    status = run_nuvom(["status"], project, PYTHONPATH=site, NUVOM_QUEUE_BACKEND="memory",
+                       NUVOM_RESULT_BACKEND="memory")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "queue backend: memory" in status.stdout
+    assert "Traceback" not in status.stderr
+    tested = run_nuvom(["plugin", "test", "khbroken"], project, PYTHONPATH=site)
+    assert tested.returncode == 1 and said in tested.stdout, tested.stdout + tested.stderr
+
+
+CLASHING_PAIR = """
+from nuvom_kernel import hookimpl
+from nuvom_kernel.testing.stubs import StubQueue
+
+
+class Clash(StubQueue):
+    name = "khclash"
+
+
+@hookimpl
+def nuvom_register_queue_backends():
+    return [Clash]
+"""
+
+
+def test_two_plugins_sharing_a_backend_name_stop_only_what_selects_it(tmp_path: Path) -> None:
+    """Two installed plugins registering one backend name stopped every command that built
+    any backend, the default ``sqlite`` too: ``nuvom status`` and a worker were refused for
+    a clash between plugins nobody selected. Now only selecting that name is refused (both
+    providers named, with the variable that disables one); otherwise it is a warning."""
+    from tests.helpers import fake_distribution, run_nuvom
+
+    site = fake_distribution(tmp_path / "site", "khone", CLASHING_PAIR)
+    fake_distribution(site, "khtwo", CLASHING_PAIR)
+    project = tmp_path / "project"
+    project.mkdir()
+    memory = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory"}
+    status = run_nuvom(["status"], project, PYTHONPATH=str(site), **memory)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "queue backend: memory" in status.stdout
+    assert "two plugins register queue_backend 'khclash'" in status.stderr, status.stderr
+    clash = run_nuvom(["status"], project, PYTHONPATH=str(site),
+                      **{**memory, "NUVOM_QUEUE_BACKEND": "khclash"})
+    assert clash.returncode == 1, clash.stdout + clash.stderr
+    assert "Error: two plugins register queue_backend 'khclash'" in clash.stderr
+    assert "'khone'" in clash.stderr and "'khtwo'" in clash.stderr, clash.stderr
+    assert "NUVOM_DISABLE_PLUGINS=" in clash.stderr, clash.stderr
