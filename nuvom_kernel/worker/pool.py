@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nuvom_kernel.envelope import origin
-from nuvom_kernel.errors import JobTimeoutError, WorkerPrepareError
+from nuvom_kernel.errors import JobTimeoutError, NuvomError, WorkerPrepareError
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.scheduler import Scheduler
@@ -71,6 +71,10 @@ GIVE_BACK_SECS = 2.0
 SETTLE_BACKLOG = BATCH
 #: The id :meth:`Worker._open_stores` looks up (a read: harmless whatever it finds).
 _NO_JOB = "nuvom worker start"
+
+
+class _BadClaim(NuvomError):
+    """A queue backend's claim returned something other than a list of leases."""
 
 
 class Worker:
@@ -125,6 +129,8 @@ class Worker:
         self._running: dict[str, Running] = {}
         self._stopping = threading.Event()
         self._forced = threading.Event()
+        #: Set when the dispatcher ended on an error of its own: the worker stops, exit 1.
+        self._broken = False
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
         #: asyncio pool: set when an abandoned (timed-out) job's task ends
@@ -336,7 +342,7 @@ class Worker:
         log.info("worker %s stopped: %d jobs processed (%d failed)%s%s", self.origin,
                  self.processed, self.failed, "" if clean else ", running jobs abandoned",
                  "" if recorded else ", outcomes not recorded (those jobs will run again)")
-        return 0 if clean and recorded else 1
+        return 0 if clean and recorded and not self._broken else 1
 
     def _give_back(self, abandoned: list[Running]) -> None:
         """Expire the abandoned jobs' leases now, so they run again at once elsewhere and
@@ -401,6 +407,22 @@ class Worker:
     # --- dispatcher ---------------------------------------------------------------------
 
     def _dispatch_loop(self) -> None:
+        """Claim while there is room, until the stop; an error of its own stops the worker.
+
+        Why the guard: the dispatcher is the worker's only claimer, and an exception it did
+        not expect (a plugin's claim returning something the kernel cannot read) ended the
+        thread with a bare "Exception in thread" line. The process stayed up, answered its
+        heartbeats, and ran nothing until someone killed it.
+        """
+        try:
+            self._claim_loop()
+        except BaseException as exc:
+            self._broken = True
+            log.critical("the worker's dispatcher failed, so it claims nothing more: %r; "
+                         "stopping the worker (exit status 1)", exc, exc_info=exc)
+            self.stop()
+
+    def _claim_loop(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             wanted = self.slots.wait_for_room(self._stopping)
@@ -425,7 +447,15 @@ class Worker:
                 continue
             try:
                 leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)
+                if not isinstance(leases, list) or not all(isinstance(x, Lease) for x in leases):
+                    raise self._not_leases(leases)
                 failures = 0
+            except _BadClaim as exc:  # the same each time: the message, no traceback
+                failures += 1
+                backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
+                log.error("%s; retrying in %.2f s", exc, backoff)
+                self._stopping.wait(backoff)
+                continue
             except Exception:
                 failures += 1
                 backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
@@ -443,6 +473,26 @@ class Worker:
                     self.aio.submit(functools.partial(self._serve_async, lease))
                 else:
                     self.slots.hand_over(lease, now)
+
+    def _not_leases(self, got: object) -> _BadClaim:
+        """The error for a claim that returned ``got``, not a list of leases, naming the
+        backend, the plugin that provides it and the check that would have caught it."""
+        items = got if isinstance(got, list) else [got]
+        odd = next((x for x in items if not isinstance(x, Lease)), got)
+        name = self.queue.name
+        try:
+            plugin = self.kernel.pm.collect("nuvom_register_queue_backends").get(
+                name, (None, "?"))[1]
+        except Exception:  # a broken registration: the backend's name says enough
+            plugin = "?"
+        shown = repr(odd)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return _BadClaim(
+            f"queue backend {name!r} (plugin {plugin!r}) returned {type(got).__name__} "
+            f"holding {type(odd).__name__} {shown} from claim(), not a list of "
+            f"nuvom_kernel.models.Lease: whatever it claimed waits for its visibility "
+            f"timeout. Fix the plugin (`nuvom plugin test {name}` checks it), or choose "
+            f"another backend with NUVOM_QUEUE_BACKEND")
 
     # --- executors ----------------------------------------------------------------------
 

@@ -89,6 +89,9 @@ class QueueBackendContract(QueueConcurrencyTests, QueueWorkflowTests, QueueBrows
         leases = queue_backend.claim(2)
         after = time.time()
         vis = queue_backend.visibility_timeout_secs
+        assert isinstance(leases, list) and all(isinstance(le, Lease) for le in leases), (
+            f"claim() must return a list of nuvom_kernel.models.Lease (the message, its "
+            f"fencing token, deliveries, expires_at); it returned {leases!r:.200}")
         assert len(leases) == 2
         assert all(isinstance(le.token, str) and le.token for le in leases)
         assert leases[0].token != leases[1].token, "every claim needs its own fencing token"
