@@ -22,8 +22,17 @@ origin never holds its cookie.
 
 Why CSRF on top: another site open in the same browser could post a form to
 ``127.0.0.1:8181``. Every POST must carry the value of this browser's ``nuvom_csrf`` cookie
-in its form (a double-submit token another origin can neither read nor set), and an
-``Origin`` header, when sent, must be this dashboard's.
+in its form (a double-submit token another origin can not read), and an ``Origin`` header,
+when sent, must be this dashboard's.
+
+Why ``Sec-Fetch-Site`` too: cookies are not kept apart by port, so a page served by any
+other program on the dashboard's host (``127.0.0.1:3000``: the same *site*) can set the
+``nuvom_csrf`` cookie to a value of its own (a ``Set-Cookie`` replaces even an HttpOnly
+cookie) and post a form repeating it; with ``Referrer-Policy: no-referrer`` its browser
+sends ``Origin: null``, which must pass, since the dashboard's own pages send no-referrer
+too and their forms post ``Origin: null`` as well. A browser says where a request comes
+from in ``Sec-Fetch-Site``: a POST that names anything but ``same-origin`` is refused (a
+client that sends no such header, such as curl, meets the two checks above only).
 """
 
 from __future__ import annotations
@@ -184,6 +193,11 @@ class Guard:
         return response
 
     async def _csrf_refusal(self, request: Request, cookie: str | None) -> Response | None:
+        fetch_site = request.headers.get("sec-fetch-site")
+        if fetch_site is not None and fetch_site != "same-origin":
+            return PlainTextResponse(
+                f"403: cross-site request refused (Sec-Fetch-Site: {fetch_site!r}): an "
+                "action must be posted from a page of this dashboard", status_code=403)
         origin = request.headers.get("origin")
         if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get(
                 "host"):
