@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -496,3 +497,42 @@ def test_a_file_that_cannot_be_created_names_itself_and_the_setting(tmp_path: Pa
     assert status.returncode == 1
     assert status.stderr.startswith("Error: the 'sqlite' backend's database"), status.stderr
     assert "Traceback" not in status.stderr
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "a text file", "a truncated database"])
+def test_a_damaged_database_is_named_kept_and_explained_not_a_traceback(
+        tmp_path: Path, damage: str) -> None:
+    """A file that is not an SQLite database (or no longer one) gave ``sqlite3.DatabaseError:
+    file is not a database`` as a traceback from ``nuvom status``, ``runworker`` and
+    ``.delay()``. Now: an error naming the file and what to do; the file itself is kept
+    byte for byte (it may hold jobs)."""
+    import subprocess
+
+    from nuvom_plugins_sqlite import SQLiteUnavailableError
+
+    path = tmp_path / "q.db"
+    if damage == "random bytes":
+        path.write_bytes(os.urandom(20_000))
+    elif damage == "a text file":
+        path.write_text("jobs go here\n" * 500)
+    else:
+        whole = SQLiteJobQueue(path)
+        whole.enqueue_many([msg(f"j{i}", queue="x" * 2_000) for i in range(50)])
+        whole.close()
+        path.write_bytes(path.read_bytes()[:50])  # the header's first bytes, then nothing
+    before = path.read_bytes()
+    queue = SQLiteJobQueue(path)
+    with pytest.raises(SQLiteUnavailableError) as refused:
+        queue.enqueue(msg("a"))
+    text = str(refused.value)
+    assert f"{path} is damaged or is not an SQLite database" in text, text
+    assert "Nuvom does not replace it" in text and ".recover" in text, text
+    status = subprocess.run(
+        [sys.executable, "-m", "nuvom_kernel", "status"], cwd=tmp_path, text=True,
+        capture_output=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "NUVOM_QUEUE_BACKEND": "sqlite",
+             "NUVOM_RESULT_BACKEND": "sqlite", "NUVOM_PLUGINS__SQLITE__PATH": str(path)})
+    assert status.returncode == 1
+    assert status.stderr.startswith("Error: the 'sqlite' backend's database"), status.stderr
+    assert "Traceback" not in status.stderr
+    assert path.read_bytes() == before, "a damaged database must be left as it was"

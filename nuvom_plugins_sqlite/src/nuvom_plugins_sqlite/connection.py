@@ -354,24 +354,38 @@ class Database:
             if path_too_long(self.path) is None:  # else SQLite refuses it: see below
                 create_shared(self.path)
             self._initialise_file()
-        except (OSError, sqlite3.OperationalError) as exc:
-            if isinstance(exc, sqlite3.OperationalError) and _is_busy(exc):
-                raise
-            size = path_too_long(self.path)
-            if size is not None:
-                raise SQLiteUnavailableError(
-                    f"the 'sqlite' backend's database {self.path} cannot be opened: its path "
-                    f"is {size} bytes long (absolute, symlinks resolved), and SQLite refuses "
-                    f"paths of {SQLITE_MAX_PATHNAME} bytes or more (SQLITE_MAX_PATHNAME), its "
-                    f"-wal and -shm files' names included ({type(exc).__name__}: {exc}). "
-                    "Put the database at a shorter path: [plugins.sqlite] path / "
-                    "results_path in .nuvom_plugins.toml, NUVOM_PLUGINS__SQLITE__PATH / "
-                    "NUVOM_PLUGINS__SQLITE__RESULTS_PATH, or a shorter data folder "
-                    "(NUVOM_DATA_DIR; default .nuvom in the project folder).") from exc
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):
+                if _is_busy(exc):
+                    raise
+                raise self._unopenable(exc) from exc
+            # SQLITE_NOTADB, SQLITE_CORRUPT: never replaced here, since it may hold jobs
             raise SQLiteUnavailableError(
-                f"the 'sqlite' backend's database {self.path} cannot be created or opened "
-                f"({type(exc).__name__}: {exc}). {self._open_advice(exc)} {_PLACED}"
-            ) from exc
+                f"the 'sqlite' backend's database {self.path} is damaged or is not an SQLite "
+                f"database ({type(exc).__name__}: {exc}), so nothing can be enqueued, claimed "
+                "or recorded. Nuvom does not replace it: it may hold jobs. Stop the workers "
+                "and move it aside, its -wal and -shm files renamed alike (nuvom then creates "
+                "a new one); `sqlite3 <the moved file> .recover` salvages what it held. Or "
+                f"point the backend at another file. {_PLACED}") from exc
+        except OSError as exc:
+            raise self._unopenable(exc) from exc
+
+    def _unopenable(self, exc: OSError | sqlite3.OperationalError) -> SQLiteUnavailableError:
+        """The error for a database that could not be created or opened, naming the cause."""
+        size = path_too_long(self.path)
+        if size is not None:
+            return SQLiteUnavailableError(
+                f"the 'sqlite' backend's database {self.path} cannot be opened: its path "
+                f"is {size} bytes long (absolute, symlinks resolved), and SQLite refuses "
+                f"paths of {SQLITE_MAX_PATHNAME} bytes or more (SQLITE_MAX_PATHNAME), its "
+                f"-wal and -shm files' names included ({type(exc).__name__}: {exc}). "
+                "Put the database at a shorter path: [plugins.sqlite] path / "
+                "results_path in .nuvom_plugins.toml, NUVOM_PLUGINS__SQLITE__PATH / "
+                "NUVOM_PLUGINS__SQLITE__RESULTS_PATH, or a shorter data folder "
+                "(NUVOM_DATA_DIR; default .nuvom in the project folder).")
+        return SQLiteUnavailableError(
+            f"the 'sqlite' backend's database {self.path} cannot be created or opened "
+            f"({type(exc).__name__}: {exc}). {self._open_advice(exc)} {_PLACED}")
 
     def _open_advice(self, exc: OSError | sqlite3.OperationalError) -> str:
         """What to do about a database that could not be created or opened, by cause. Why
