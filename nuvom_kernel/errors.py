@@ -102,14 +102,29 @@ class CorruptWorkflowError(NuvomError):
     workflow says which entry and why, instead of a parser's traceback. Why an error of its
     own: the settler must tell it from a store that is down. An outage passes, so a step's
     outcome waits for it; corrupt data stays, so the step's outcome is recorded and acked
-    without its workflow moving on (it ran again forever before)."""
+    without its workflow moving on (it ran again forever before).
 
-    def __init__(self, workflow_id: str, where: str, detail: str) -> None:
+    :param status: what the workflow's head says when the settle that found the damage
+        could still write it (``"FAILED"``): the message then says the workflow ended and
+        its waiting steps will not run, where without it (the head unreadable, or a store
+        that cannot end a damaged workflow) they wait forever. ``where`` and ``detail`` are
+        kept so a reader that learns the status later can say it with the same entry named.
+    """
+
+    def __init__(self, workflow_id: str, where: str, detail: str, *,
+                 status: str | None = None) -> None:
+        if status is None:
+            outcome = ("so it cannot move on: its steps waiting for others stay waiting. "
+                       "Restore that entry, or submit the workflow again")
+        else:
+            outcome = (f"so it ended {status}: its steps that were waiting for others will not "
+                       "run (each reads CANCELLED). Restore that entry to read the graph again; "
+                       "submit the workflow again to run it")
         super().__init__(
-            f"workflow {workflow_id!r}: its stored graph is corrupt ({where}: {detail}), so it "
-            f"cannot move on: its steps waiting for others stay waiting. Restore that entry, "
-            f"or submit the workflow again")
-        self.workflow_id = workflow_id
+            f"workflow {workflow_id!r}: its stored graph is corrupt ({where}: {detail}), "
+            f"{outcome}")
+        self.workflow_id, self.where, self.detail, self.status = \
+            workflow_id, where, detail, status
 
 
 class UnknownJobError(NuvomError):

@@ -3,24 +3,41 @@ outcomes are still recorded and acked, the other workflows move on, and reading 
 which entry is corrupt and where. Before, the settler took the parser's error for an outage:
 the step ran again at every visibility timeout, past the delivery limit, forever.
 
+When the damage is a step (not the workflow's head), the settle that finds it also ends the
+workflow FAILED and cancels its waiting steps: before, ``wf.get()`` read RUNNING and
+``Job.get()`` on a waiting step QUEUED until their timeouts, since nothing would ever
+release those steps.
+
 Real SQLite files and file-queue folders, a worker pool in this process.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
-from nuvom_kernel import JobStatus, chain, get_job
-from nuvom_kernel.errors import CorruptWorkflowError
+from nuvom_kernel import JobStatus, chain, get_job, group
+from nuvom_kernel.errors import CorruptWorkflowError, JobCancelledError, NuvomError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.workflow.docstore import checked_doc
-from nuvom_kernel.workflow.graph import stored_flow, stored_node
+from nuvom_kernel.workflow.graph import (
+    CANCELLED,
+    DOOM_DAMAGED,
+    GraphTxn,
+    Node,
+    advance,
+    stored_flow,
+    stored_node,
+)
+from nuvom_kernel.workflow.handle import Workflow
 from tests import test_workflows as wf
-from tests.helpers import run_worker_until, write_module
+from tests.helpers import run_nuvom, run_worker_until, write_module
 
 
 @pytest.fixture(params=wf.BACKENDS)
@@ -64,10 +81,13 @@ def test_a_corrupt_graph_settles_its_step_and_holds_up_no_other_workflow(kernel:
     with pytest.raises(CorruptWorkflowError) as info:
         _ = broken.nodes
     text = str(info.value)
-    assert broken.id in text and where in text and "cannot move on" in text, text
-    # `nuvom status`: SQLite still reads the broken workflow's two waiting rows; the file
+    # SQLite: one step's row is damaged, its head is not, so the settle ended it; the file
+    # backend's whole document is damaged, head and all: nothing can say it ended
+    ending = "ended FAILED" if kernel.queue.name == "sqlite" else "cannot move on"
+    assert broken.id in text and where in text and ending in text, text
+    # `nuvom status`: SQLite's two waiting rows were cancelled with the workflow; the file
     # backend skips its unreadable document (it crashed the whole count before)
-    assert kernel.queue.waiting_steps() == (2 if kernel.queue.name == "sqlite" else 0)
+    assert kernel.queue.waiting_steps() == 0
 
 
 @pytest.mark.parametrize(("data", "problem"), [
@@ -111,3 +131,153 @@ def test_a_stored_workflow_head_that_does_not_decode_is_named(data: object, prob
     with pytest.raises(CorruptWorkflowError) as info:
         stored_flow(data, "w", "table t")
     assert "workflow 'w'" in str(info.value) and problem in str(info.value)
+
+
+# --- a damaged step, the head intact: the workflow ends --------------------------------------
+
+STEP_BACKENDS = ["memory", *wf.BACKENDS]
+
+
+@pytest.fixture(params=STEP_BACKENDS)
+def any_kernel(request: pytest.FixtureRequest, project: Path,
+               make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
+    write_module(project, "wf_tasks", wf.TASKS)
+    k = make_kernel(request.param)
+    with use_kernel(k):
+        yield k
+
+
+def damage_step(kernel: Kernel, flow_id: str, step_id: str) -> tuple[str, Callable[[], None]]:
+    """Damage one step's stored node (its children list), as a hand edit would, leaving the
+    workflow's head readable; where it is, and how to put the entry back as it was."""
+    queue: Any = kernel.queue
+    if queue.name == "sqlite":
+        path = kernel.data_dir / "nuvom.db"
+
+        def write(children: str) -> None:
+            db = sqlite3.connect(path)
+            with db:
+                db.execute("UPDATE nuvom_wf_nodes SET children = ? WHERE id = ?",
+                           (children, step_id))
+            db.close()
+
+        db = sqlite3.connect(path)
+        saved = db.execute("SELECT children FROM nuvom_wf_nodes WHERE id = ?",
+                           (step_id,)).fetchone()[0]
+        db.close()
+        write("{bad")
+        return "nuvom_wf_nodes", lambda: write(saved)
+    if queue.name == "memory":  # the store is this process's dict of documents (a commit
+        # stores a new one: look it up at each edit)
+        def put(children: object) -> None:
+            queue._wf_docs[flow_id]["nodes"][step_id]["children"] = children
+
+        kept = queue._wf_docs[flow_id]["nodes"][step_id]["children"]
+        put("{bad")
+        return "memory", lambda: put(kept)
+    doc_path = kernel.data_dir / "queue" / "workflows" / f"{flow_id}.json"
+
+    def edit(children: object) -> None:  # the document as the last commit saved it
+        doc = json.loads(doc_path.read_text())
+        doc["nodes"][step_id]["children"] = children
+        doc_path.write_text(json.dumps(doc))
+
+    original = json.loads(doc_path.read_text())["nodes"][step_id]["children"]
+    edit("{bad")
+    return str(doc_path), lambda: edit(original)
+
+
+def test_a_damaged_step_ends_its_workflow_failed_and_its_waiting_steps_cancelled(
+        any_kernel: Kernel) -> None:
+    from wf_tasks import echo
+
+    kernel = any_kernel
+    broken = chain(echo.s(1), echo.s(), echo.s()).delay()
+    first, second, third = (n.id for n in broken.nodes)
+    where, restore = damage_step(kernel, broken.id, first)
+
+    run_worker_until(kernel, lambda: (get_job(first).status is JobStatus.SUCCEEDED
+                                      and kernel.queue.peek_state(first) is None),
+                     "the damaged step's outcome recorded and acked")
+    # the settle that acked it ended the workflow: get() raises at once (it polled RUNNING
+    # until its timeout), naming the entry and saying the workflow ended
+    assert broken.status == "FAILED"
+    with pytest.raises(CorruptWorkflowError) as info:
+        broken.get(timeout=30)
+    text = str(info.value)
+    assert broken.id in text and where in text and "ended FAILED" in text, text
+    assert info.value.status == "FAILED"
+    # each waiting step reads CANCELLED with the reason (it read QUEUED forever)
+    for step in (second, third):
+        with pytest.raises(JobCancelledError) as cancelled:
+            get_job(step).get(timeout=30)
+        assert cancelled.value.error_type == "nuvom.Cancelled"
+        assert "stored graph is damaged" in (cancelled.value.error_message or "")
+    assert kernel.queue.waiting_steps() == 0
+    assert get_job(first).get(timeout=1) == 1  # the damaged step's own result stands
+
+    if kernel.queue.name != "memory":  # the command line is another process
+        shown = run_nuvom(["workflow", "inspect", broken.id], kernel.config.root,
+                          NUVOM_QUEUE_BACKEND=kernel.queue.name,
+                          NUVOM_RESULT_BACKEND=kernel.results.name)
+        assert shown.returncode != 0
+        assert "ended FAILED" in shown.stderr and where in shown.stderr, shown.stderr
+
+    # the entry put back by hand: the graph reads again, the steps show as they ended, and
+    # get() says why the workflow failed (not "cancelled: workflow retry", which cannot mend
+    # a step whose outcome was settled without moving the graph)
+    restore()
+    states = {n.id: n.state for n in broken.nodes}
+    assert (states[second], states[third]) == (CANCELLED, CANCELLED)
+    with pytest.raises(NuvomError, match="found damaged while it ran") as again:
+        broken.get(timeout=30)
+    assert not isinstance(again.value, JobCancelledError)
+
+
+class RequiredOnly:
+    """A store's :class:`GraphTxn` with the required calls only, as a backend written before
+    ``waiting_nodes`` existed (the calls are the real store's, not a stand-in)."""
+
+    REQUIRED = frozenset({"insert", "flows", "nodes", "update", "release", "graph", "bodies"})
+
+    def __init__(self, txn: GraphTxn) -> None:
+        self._txn = txn
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.REQUIRED:
+            raise AttributeError(name)
+        return getattr(self._txn, name)
+
+
+def test_ending_a_damaged_workflow_is_optional_idempotent_and_fenced(any_kernel: Kernel
+                                                                     ) -> None:
+    from wf_tasks import echo
+
+    kernel = any_kernel
+    queue = kernel.queue
+    flow = group(echo.s(1), echo.s(2)).then(echo.s()).delay()
+    one, two, join = (n.id for n in flow.nodes)
+    damage_step(kernel, flow.id, one)
+    damage_step(kernel, flow.id, two)
+
+    def settle(txn_of: Callable[[GraphTxn], Any], step: str) -> list[Node]:
+        return queue.workflow_transaction(
+            lambda txn: advance(txn_of(txn), [(step, JobStatus.SUCCEEDED)]), [flow.id])
+
+    # a backend without the optional call: settled, logged, the workflow as it was
+    assert settle(RequiredOnly, one) == []
+    assert flow.status == "RUNNING"
+    # a lease no longer held reaches no advance: nothing ended by it
+    leases = queue.claim(2)
+    assert {lease.id for lease in leases} == {one, two}
+    lost = attrs.evolve(leases[0], token="not-" + str(leases[0].token))
+    assert queue.advance_workflows([(lost, JobStatus.SUCCEEDED, flow.id)]) == []
+    assert flow.status == "RUNNING"
+    # the first settle to find the damage ends it, cancelling the waiting join
+    doomed = queue.advance_workflows([(leases[0], JobStatus.SUCCEEDED, flow.id)])
+    assert [(n.id, n.state, n.doom) for n in doomed] == [(join, CANCELLED, DOOM_DAMAGED)]
+    head = Workflow(flow.id, kernel)._graph(nodes=False).flow
+    assert head.status == "FAILED"
+    # a second worker finding the same damage changes nothing (no second end, no record)
+    assert queue.advance_workflows([(leases[1], JobStatus.SUCCEEDED, flow.id)]) == []
+    assert Workflow(flow.id, kernel)._graph(nodes=False).flow == head

@@ -15,7 +15,14 @@ from typing import Any
 
 from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.models import Message
-from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph, stored_flow, stored_node
+from nuvom_kernel.workflow.graph import (
+    WAITING,
+    Flow,
+    Node,
+    WorkflowGraph,
+    stored_flow,
+    stored_node,
+)
 
 __all__ = ["DocGraphTxn", "checked_doc", "ended_before", "waiting_in"]
 
@@ -143,6 +150,36 @@ class DocGraphTxn:
     def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
         return {i: base64.b64decode(self.docs[self.owner[i]]["messages"][i]["body"])
                 for i in ids}
+
+    # --- optional calls -----------------------------------------------------------------------
+
+    def waiting_nodes(self, flow_id: str) -> list[Node]:
+        """:meth:`~nuvom_kernel.workflow.graph.EndsDamaged.waiting_nodes`: the document's
+        WAITING nodes that decode. A damaged one is left as it is in the document (saved
+        back untouched), so restoring it by hand still finds the rest as they were."""
+        doc = self._doc(flow_id)
+        if doc is None:
+            return []
+        out = []
+        for node_id in doc["order"]:
+            try:
+                node = self._node(flow_id, node_id)
+            except CorruptWorkflowError:
+                continue
+            if node.state == WAITING:
+                out.append(node)
+        return out
+
+    def head(self, flow_id: str) -> WorkflowGraph | None:
+        """The workflow's head and output without decoding its nodes (what
+        :meth:`~nuvom_kernel.workflow.spi.WorkflowStore.read_workflow` reads with
+        ``nodes=False``): ``wf.status`` and ``wf.get()``'s polls then read a workflow whose
+        one step is damaged — as FAILED once that ended it — as they do on SQLite, instead
+        of raising for a step they never show."""
+        doc = self._doc(flow_id)
+        if doc is None:
+            return None
+        return WorkflowGraph(self._flow(flow_id), doc["output"])
 
     # --- the end of the transaction -----------------------------------------------------------
 

@@ -27,8 +27,9 @@ import attrs
 from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.models import JobRecord, JobStatus, Message
 
-__all__ = ["CancelOutcome", "Flow", "GraphTxn", "Node", "WorkflowGraph", "advance",
-           "cancel_waiting", "create", "doomed_record", "reset", "stored_flow", "stored_node"]
+__all__ = ["CancelOutcome", "EndsDamaged", "Flow", "GraphTxn", "Node", "WorkflowGraph",
+           "advance", "cancel_waiting", "create", "doomed_record", "reset", "stored_flow",
+           "stored_node"]
 
 log = logging.getLogger("nuvom.worker")
 
@@ -48,7 +49,10 @@ WF_HEADER, INPUT_HEADER = "wf", "wf_in"  # the error_type of a skipped node's CA
 #: cancelled one was cancelled by the failure). ``"cancelled"`` is newer than the others:
 #: graphs stored before it say ``"cancel"`` for both causes.
 DOOM_FAILED, DOOM_CANCELLED, DOOM_SKIPPED = "cancel", "cancelled", "skip"
-_DOOM_RANK = {None: 0, DOOM_SKIPPED: 1, DOOM_CANCELLED: 2, DOOM_FAILED: 3}
+#: A step still WAITING when its workflow was ended FAILED because its stored graph is
+#: damaged (:func:`advance`): CANCELLED like the others, with its own reason.
+DOOM_DAMAGED = "damaged"
+_DOOM_RANK = {None: 0, DOOM_SKIPPED: 1, DOOM_CANCELLED: 2, DOOM_FAILED: 3, DOOM_DAMAGED: 3}
 
 
 @attrs.define
@@ -156,7 +160,12 @@ def _brief(value: Any) -> str:
 
 
 class GraphTxn(Protocol):
-    """What a backend stores for workflows, inside one atomic section of its own."""
+    """What a backend stores for workflows, inside one atomic section of its own.
+
+    Every method here is required. One more is optional (:class:`EndsDamaged`): a store
+    that has it lets :func:`advance` end a workflow whose stored graph is found damaged;
+    one without it keeps such a workflow RUNNING, its waiting steps waiting (as before).
+    """
 
     def insert(self, flow: Flow, output: Any, nodes: Sequence[Node],
                messages: Sequence[Message]) -> bool:
@@ -178,6 +187,22 @@ class GraphTxn(Protocol):
 
     def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
         """The stored message bodies of these nodes."""
+
+
+class EndsDamaged(Protocol):
+    """The optional :class:`GraphTxn` call that lets a damaged workflow end (FAILED, its
+    waiting steps CANCELLED) instead of hanging its readers: ``wf.get()`` polled RUNNING
+    and ``Job.get()`` on a waiting step QUEUED until their timeouts. Optional so that a
+    backend written before it keeps working unchanged (:func:`advance` looks it up by
+    name and, without it, leaves the workflow as it was)."""
+
+    def waiting_nodes(self, flow_id: str) -> list[Node]:
+        """The WAITING nodes of ``flow_id`` that still decode, its damaged entries left out
+        (a damaged node cannot be written back, and its own reads keep naming it); like
+        :meth:`GraphTxn.nodes`, they are the ones :meth:`GraphTxn.update` then writes. Raises
+        :class:`CorruptWorkflowError` only when the workflow as a whole does not read (its
+        document, its head)."""
+        ...
 
 
 class _Session:
@@ -315,14 +340,16 @@ def advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
 
     An outcome whose workflow's graph is corrupt (:class:`CorruptWorkflowError`) is logged
     and left out: its step is settled, its workflow does not move on, and the other
-    outcomes are applied.
+    outcomes are applied. Where the store can still write that workflow's head (it has
+    :meth:`EndsDamaged.waiting_nodes` and the head decodes), the workflow is ended FAILED
+    and its waiting steps CANCELLED (returned with the others, so the caller records them):
+    nothing would ever release them, and their readers waited out every timeout.
     """
     try:
         return _advance(txn, outcomes, unseen)
     except CorruptWorkflowError as exc:
         if len(outcomes) == 1:
-            _corrupt(exc, outcomes)
-            return []
+            return _corrupt(txn, exc, outcomes)
     # One workflow's corrupt graph must not hold up the others' steps settled with it: each
     # outcome on its own (a session writes only when it commits, so the failed one wrote
     # nothing), and those of the corrupt workflow are settled without it moving on.
@@ -331,13 +358,54 @@ def advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
         try:
             doomed += _advance(txn, [outcome], unseen)
         except CorruptWorkflowError as exc:
-            _corrupt(exc, [outcome])
+            doomed += _corrupt(txn, exc, [outcome])
     return doomed
 
 
-def _corrupt(exc: CorruptWorkflowError, outcomes: Sequence[tuple[str, JobStatus]]) -> None:
-    for job_id, status in outcomes:
-        log.error("job=%s ended %s; its outcome is settled, but %s", job_id, status.value, exc)
+def _corrupt(txn: GraphTxn, exc: CorruptWorkflowError,
+             outcomes: Sequence[tuple[str, JobStatus]]) -> list[Node]:
+    """Settle ``outcomes`` without their workflow moving on, ending it if it can be
+    (:func:`_end_damaged`); the steps that cancelled. The log says how the workflow stands
+    (ended, or stuck), as a reader's error then does."""
+    status, cancelled = _end_damaged(txn, exc)
+    if status is not None:
+        exc = CorruptWorkflowError(exc.workflow_id, exc.where, exc.detail, status=status)
+    for job_id, outcome in outcomes:
+        log.error("job=%s ended %s; its outcome is settled, but %s", job_id, outcome.value,
+                  exc)
+    return cancelled
+
+
+def _end_damaged(txn: GraphTxn, exc: CorruptWorkflowError) -> tuple[str | None, list[Node]]:
+    """End the workflow ``exc`` names FAILED and cancel its waiting steps (``doom``
+    :data:`DOOM_DAMAGED`). Returns its status if it has ended (here, or before: ``None``
+    while it stays RUNNING) and the steps cancelled here.
+
+    Not ended here: a store without :meth:`EndsDamaged.waiting_nodes` (as before it
+    existed); a head that is itself damaged (it cannot be written, and nothing can say the
+    workflow ended); a workflow already ended, by another worker that found the same damage
+    first (the store serialises these transactions, so the second finds FAILED and changes
+    nothing) or before the damage. The head's ``open`` count is left as it was (the damaged
+    step's end is never counted). Runs in the settle's own transaction, after its fence (an
+    outcome whose lease was lost reaches no :func:`advance`), so it is written with the
+    outcome's ack or not at all.
+    """
+    waiting_nodes = getattr(txn, "waiting_nodes", None)
+    flow_id = exc.workflow_id
+    if waiting_nodes is None or not isinstance(flow_id, str):
+        return None, []
+    try:
+        flow = txn.flows([flow_id]).get(flow_id)
+        if flow is None or flow.status != RUNNING:
+            return (None if flow is None else flow.status), []
+        waiting: list[Node] = waiting_nodes(flow_id)
+    except CorruptWorkflowError:
+        return None, []
+    flow.status, flow.failed, flow.finished_at = FAILED, True, time.time()
+    for node in waiting:
+        node.state, node.doom = CANCELLED, DOOM_DAMAGED
+    txn.update([flow], waiting, {})
+    return FAILED, waiting
 
 
 def _advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
@@ -486,6 +554,8 @@ def doomed_record(node: Node) -> JobRecord:
     now = time.time()
     reason = ("a step it depends on failed with on_failure('skip')" if node.state == SKIPPED
               else "a step it depends on was cancelled" if node.doom == DOOM_CANCELLED
+              else "its workflow's stored graph is damaged (`nuvom workflow inspect` names "
+                   "the entry), so the workflow ended FAILED" if node.doom == DOOM_DAMAGED
               else "a step it depends on failed")
     kind = SKIPPED_ERROR if node.state == SKIPPED else "nuvom.Cancelled"
     return JobRecord(job_id=node.id, task=node.task, status=JobStatus.CANCELLED,

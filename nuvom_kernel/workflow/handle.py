@@ -11,6 +11,7 @@ import attrs
 
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import (
+    CorruptWorkflowError,
     JobCancelledError,
     JobFailedError,
     NuvomError,
@@ -22,6 +23,7 @@ from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
 from nuvom_kernel.workflow.graph import (
     CANCELLED,
+    DOOM_DAMAGED,
     FAILED,
     INPUT_HEADER,
     NODE_FINAL,
@@ -65,11 +67,30 @@ class Workflow:
         return f"<Workflow {self.id}>"
 
     def _graph(self, nodes: bool = True) -> WorkflowGraph:
-        graph = self._kernel.queue.read_workflow(self.id, nodes=nodes)
+        try:
+            graph = self._kernel.queue.read_workflow(self.id, nodes=nodes)
+        except CorruptWorkflowError as exc:
+            raise self._damaged(exc, nodes) from None
         if graph is None:
             raise NuvomError(f"unknown workflow id {self.id!r} on queue backend "
                              f"{self._kernel.queue.name!r}")
         return graph
+
+    def _damaged(self, exc: CorruptWorkflowError, nodes: bool) -> CorruptWorkflowError:
+        """``exc`` (a damaged step, found reading the whole graph) saying how the workflow
+        stands: the store raised it knowing nothing of the head, whose FAILED (written by
+        the settle that found the damage) tells ``get()`` and ``nuvom workflow inspect``
+        the workflow ended and its waiting steps will not run."""
+        if not nodes or exc.status is not None:
+            return exc
+        try:
+            head = self._kernel.queue.read_workflow(self.id, nodes=False)
+        except CorruptWorkflowError:
+            return exc  # the head itself is damaged: nothing says the workflow ended
+        if head is None or head.flow.status == RUNNING:
+            return exc
+        return CorruptWorkflowError(exc.workflow_id, exc.where, exc.detail,
+                                    status=head.flow.status)
 
     @property
     def status(self) -> str:
@@ -110,6 +131,10 @@ class Workflow:
         :raises JobFailedError: a step with the ``"fail"`` policy (or the ``finally_``
             step) failed: the first such step's error.
         :raises JobCancelledError: a step was cancelled.
+        :raises CorruptWorkflowError: its stored graph is damaged (the entry named); a
+            settle that found it ended the workflow FAILED where it could write its head.
+        :raises NuvomError: it ended FAILED because its graph was damaged, and the entry
+            was restored since (its waiting steps were cancelled: submit it again).
         :raises TimeoutError: not finished within ``timeout`` seconds.
         """
         if not allow_in_task:
@@ -141,6 +166,13 @@ class Workflow:
                     raise self._record_gone(status, node.id, "its error")
                 raise JobFailedError(node.id, record.error_type, record.error_message,
                                      record.traceback)
+        damaged = [node.id for node in full.nodes if node.doom == DOOM_DAMAGED]
+        if damaged:  # not "cancelled: workflow retry": a retry cannot mend this one
+            raise NuvomError(
+                f"workflow {self.id} ended {status} because its stored graph was found "
+                f"damaged while it ran; its {len(damaged)} step(s) still waiting then "
+                f"(first {damaged[0]}) were cancelled. The graph reads again now: submit the "
+                "workflow again to run it")
         for node in full.nodes:
             if node.state == CANCELLED:
                 raise JobCancelledError(node.id, self.id)

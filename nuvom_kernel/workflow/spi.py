@@ -40,8 +40,17 @@ class WorkflowStore:
 
     def read_workflow(self, workflow_id: str, *, nodes: bool = True) -> WorkflowGraph | None:
         """A snapshot of a workflow (its head only with ``nodes=False``); override with a
-        plain read where a transaction would block writers."""
+        plain read where a transaction would block writers.
+
+        With ``nodes=False``, a transaction with a ``head(workflow_id)`` call (optional: a
+        :class:`~nuvom_kernel.workflow.graph.WorkflowGraph` without nodes, or ``None``)
+        reads the head without decoding the nodes, so a workflow with one damaged step
+        still says its status; without one, the whole graph is read and its nodes dropped.
+        """
         def read(txn: GraphTxn) -> WorkflowGraph | None:
+            head: Callable[[str], WorkflowGraph | None] | None = getattr(txn, "head", None)
+            if not nodes and head is not None:
+                return head(workflow_id)
             graph = txn.graph(workflow_id)
             if graph is not None and not nodes:
                 graph.nodes = []

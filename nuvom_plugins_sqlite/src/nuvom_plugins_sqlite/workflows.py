@@ -176,9 +176,13 @@ class SQLiteGraphTxn:
                                 "WHERE id = ?", (flow_id,)).fetchone()
         if row is None:
             return None
-        nodes = [_node(r) for r in self.conn.execute(
+        # fetched whole before decoding: a damaged row raising mid-iteration left the cursor
+        # open, and the traceback that keeps it (a caught error, a REPL's last one) held
+        # this thread's read snapshot: its later reads missed every commit since
+        rows = self.conn.execute(
             f"SELECT {_NODE_COLS} FROM nuvom_wf_nodes WHERE workflow = ? ORDER BY seq",
-            (flow_id,))]
+            (flow_id,)).fetchall()
+        nodes = [_node(r) for r in rows]
         for node in nodes:
             self._saved[node.id] = (node.state, node.pending, node.doom)
         return WorkflowGraph(_flow(row), _json(row[-1], flow_id, "nuvom_workflows",
@@ -192,6 +196,22 @@ class SQLiteGraphTxn:
             "FROM nuvom_workflows WHERE id = ?", (flow_id,)).fetchone()
         return None if row is None else WorkflowGraph(
             _flow(row), _json(row[-1], flow_id, "nuvom_workflows", "its output"))
+
+    def waiting_nodes(self, flow_id: str) -> list[Node]:
+        """:meth:`~nuvom_kernel.workflow.graph.EndsDamaged.waiting_nodes`: the workflow's
+        WAITING rows that decode, a damaged row left as it is, so restoring it by hand
+        finds the rest as they were."""
+        out = []
+        for row in self.conn.execute(
+                f"SELECT {_NODE_COLS} FROM nuvom_wf_nodes WHERE state = 'WAITING' "
+                "AND workflow = ? ORDER BY seq", (flow_id,)).fetchall():
+            try:
+                node = _node(row)
+            except CorruptWorkflowError:
+                continue
+            out.append(node)
+            self._saved[node.id] = (row[3], row[4], row[5])
+        return out
 
     def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
