@@ -256,17 +256,9 @@ class PostgresQueue(QueueBackend):
     # --- plumbing ---------------------------------------------------------------------------
 
     def _run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
-        """Run ``fn`` on a pooled connection, once more on a fresh one if the server dropped
-        the first (a terminated backend, a restart): every statement here is safe to repeat
-        (token-checked, or idempotent by job id)."""
-        try:
-            with self._store.connection() as conn:
-                return fn(conn)
-        except psycopg.OperationalError as exc:
-            log.warning("PostgreSQL connection lost (%s); retrying once on a new one",
-                        " ".join(str(exc).split()))
-        with self._store.connection() as conn:
-            return fn(conn)
+        """:meth:`Store.run`: every statement here is safe to repeat (token-checked, or
+        idempotent by job id)."""
+        return self._store.run(fn)
 
     def _wake_at(self, delay: float) -> None:
         """Tick no later than ``delay`` seconds from now (a row becomes due then)."""

@@ -315,16 +315,20 @@ class PostgresResultBackend(ResultBackend):
         if not records:
             return []
         rows = encode_all(records)  # raises SerializationError before sending: see there
-        with self._store.connection() as conn, conn.transaction():
-            return store_fenced(conn, self._upsert, rows)
+
+        def put(conn: psycopg.Connection[Any]) -> list[bool]:
+            with conn.transaction():
+                return store_fenced(conn, self._upsert, rows)
+
+        # Repeatable: a record the first try committed is stored again by the same fence.
+        return self._store.run(put)
 
     def schedule_states(self) -> dict[str, ScheduleState]:
         """Every row, by its ``name``; a row whose state does not decode is logged and read
         as a placeholder (:func:`~nuvom_kernel.backends.read_schedule_state`), as on
         SQLite: one damaged row used to stop every schedule of every worker. The
         ``updated_at`` column is the version :meth:`advance_schedule` compares."""
-        with self._store.connection() as conn:
-            rows = conn.execute(self._states).fetchall()
+        rows = self._store.run(lambda conn: conn.execute(self._states).fetchall())
         where = f"{self.location}, table schedules"
         return {name: read_schedule_state(name, state, where, version=updated_at)
                 for name, updated_at, state in rows}
@@ -352,8 +356,7 @@ class PostgresResultBackend(ResultBackend):
         refuses the id, naming it; a command-line id with undecodable bytes reads unknown."""
         if not storable(job_id):
             return None
-        with self._store.connection() as conn:
-            row = conn.execute(self._get, (job_id,)).fetchone()
+        row = self._store.run(lambda conn: conn.execute(self._get, (job_id,)).fetchone())
         return None if row is None else _decode(job_id, row[0])
 
     def query(self, *, status: JobStatus | None = None, task: str | None = None,
@@ -378,8 +381,7 @@ class PostgresResultBackend(ResultBackend):
         clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
         query = sql.SQL("SELECT job_id, data FROM {s}.results{w} ORDER BY updated_at DESC, "
                         "job_id DESC LIMIT %s").format(s=sql.Identifier(self.schema), w=clause)
-        with self._store.connection() as conn:
-            rows = conn.execute(query, [*params, limit]).fetchall()
+        rows = self._store.run(lambda conn: conn.execute(query, [*params, limit]).fetchall())
         records = []
         for job_id, data in rows:
             try:
@@ -392,19 +394,19 @@ class PostgresResultBackend(ResultBackend):
         """``older_than`` is read on this process's clock, shifted onto the server's (by
         the offset the store measured): a worker or shell whose clock ran 10 minutes ahead,
         with a TTL of 2 minutes, deleted every fresh record."""
-        with self._store.connection() as conn:
-            return conn.execute(self._purge, (self._store.on_server(older_than),)).rowcount
+        cutoff = self._store.on_server(older_than)
+        return self._store.run(lambda conn: conn.execute(self._purge, (cutoff,)).rowcount)
 
     def counts(self) -> dict[str, int]:
-        with self._store.connection() as conn:
-            return {status: int(n) for status, n in conn.execute(self._counts).fetchall()}
+        rows = self._store.run(lambda conn: conn.execute(self._counts).fetchall())
+        return {status: int(n) for status, n in rows}
 
     def counts_since(self, since: float) -> dict[str, dict[str, int]]:
         """Records per queue and status updated at or after ``since``: one range scan of
         ``results_newest`` (the queue is cut out of the record's text: ``_COUNTS_SINCE``).
         Two stored spellings of one name (escaped or not) add up."""
-        with self._store.connection() as conn:
-            rows = conn.execute(self._counts_since, (since,)).fetchall()
+        rows = self._store.run(lambda conn: conn.execute(self._counts_since, (since,)
+                                                         ).fetchall())
         totals: dict[str, dict[str, int]] = {}
         for cut, status, n in rows:
             counts = totals.setdefault(_queue_name(cut), {})
@@ -416,13 +418,16 @@ class PostgresResultBackend(ResultBackend):
     def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
         """Upsert this worker's row; expired rows (killed workers) are deleted on the way."""
         data = dumps(info.to_dict())
-        with self._store.connection() as conn, conn.transaction():
-            conn.execute(self._sweep)
-            conn.execute(self._beat, (info.id, data, float(ttl_secs)))
+
+        def beat(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute(self._sweep)
+                conn.execute(self._beat, (info.id, data, float(ttl_secs)))
+
+        self._store.run(beat)
 
     def live_workers(self) -> list[WorkerInfo]:
-        with self._store.connection() as conn:
-            rows = conn.execute(self._live).fetchall()
+        rows = self._store.run(lambda conn: conn.execute(self._live).fetchall())
         return [WorkerInfo.from_dict(json.loads(info)) for (info,) in rows]
 
     def forget_worker(self, worker_id: str) -> bool:

@@ -22,8 +22,8 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -38,6 +38,8 @@ __all__ = ["PostgresUnavailableError", "Store", "acquire", "check_idle_connectio
            "mark_temporary", "release", "unreachable"]
 
 log = logging.getLogger("nuvom.postgres")
+
+T = TypeVar("T")
 
 
 class PostgresUnavailableError(EnqueueError):
@@ -156,6 +158,25 @@ class Store:
         check on the next checkout; the failing call raises (callers retry or report)."""
         with self.pool.connection(timeout=30.0) as conn:
             yield conn
+
+    def run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``fn`` on a pooled connection, once more on a fresh one if the server dropped
+        the first mid-statement (a terminated backend, a restart's ``terminating connection
+        due to administrator command``, which the checkout's test cannot see coming). Only
+        for calls that are safe to repeat: reads, token-checked or fenced writes, upserts."""
+        try:
+            with self.connection() as conn:
+                return fn(conn)
+        except psycopg.OperationalError as exc:
+            log.warning("PostgreSQL connection lost (%s); retrying once on a new one",
+                        " ".join(str(exc).split()))
+        # A restart terminates every session at once: test the idle ones first, or the retry
+        # may take another that is about to be dropped (a hunt saw a scheduler read fail
+        # twice in one fast restart). The pool replaces the broken ones, so the retry waits
+        # for a connection made after the server came back.
+        self.pool.check()
+        with self.connection() as conn:
+            return fn(conn)
 
     def close(self) -> None:
         if self.pid == os.getpid():
