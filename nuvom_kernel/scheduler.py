@@ -30,7 +30,7 @@ import attrs
 from nuvom_kernel.discovery import manifest_path, read_manifest
 from nuvom_kernel.dispatcher import enqueue
 from nuvom_kernel.envelope import Envelope, options_from_wire
-from nuvom_kernel.errors import BackendCapabilityError, NuvomError, error_text
+from nuvom_kernel.errors import BackendCapabilityError, NuvomError, error_text, qualname
 from nuvom_kernel.job import Job
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import ScheduleState
@@ -197,8 +197,10 @@ class Scheduler:
         if not self._checked:
             self.check(schedules)
             self._checked = True
-        now = self.clock() if now is None else now
         states = self.kernel.results.schedule_states()
+        # read after the states: a read that waited (a partition, a restart of the store)
+        # while another worker fired made those ticks look ahead of a clock read before it
+        now = self.clock() if now is None else now
         pushed: list[Job] = []
         for name, schedule in sorted(schedules.items()):
             # One schedule's error must not stop the others (a never-matching cron used to
@@ -329,10 +331,13 @@ class Scheduler:
                     self.run_pending()
                 failures = 0
                 wait = self._until_next() if self.fire else MAX_SLEEP_SECS
-            except Exception:
+            except Exception as exc:
                 failures += 1
                 wait = min(0.1 * 2 ** min(failures, 5), MAX_SLEEP_SECS * 5)
-                log.exception("scheduler pass failed; retrying in %.1f s", wait)
+                # a backend's own error explains itself (see Worker._claim_loop)
+                log.error("scheduler pass failed; retrying in %.1f s: %s: %s", wait,
+                          qualname(exc), error_text(exc),
+                          exc_info=None if isinstance(exc, NuvomError) else exc)
             self._refresh_limits()
             self._stop.wait(wait)
 

@@ -28,6 +28,25 @@ class RowsQueue(MemoryJobQueue):
         return [{"id": "job-1", "token": "t"}]
 
 
+class AwayQueue(MemoryJobQueue):
+    """A store that is away, saying so as the server plugins do (an EnqueueError)."""
+
+    name = "awayq"
+
+    def claim(self, n, queues=None):
+        from nuvom_kernel.errors import EnqueueError
+        raise EnqueueError("the store at awayq://here is not answering: check it is up")
+
+
+class BuggyQueue(MemoryJobQueue):
+    """A claim with a bug of its own: its traceback is what its author needs."""
+
+    name = "buggyq"
+
+    def claim(self, n, queues=None):
+        return {}["no such key"]
+
+
 class ListTokenQueue(MemoryJobQueue):
     """Hands out a lease whose token is a list: the kernel cannot even file it."""
 
@@ -43,7 +62,8 @@ class ListTokenQueue(MemoryJobQueue):
 def _project(project: Path) -> None:
     (project / "bad_queues.py").write_text(BAD_QUEUES)
     (project / ".nuvom_plugins.toml").write_text(
-        '[plugins]\nqueue_backend = ["bad_queues:RowsQueue", "bad_queues:ListTokenQueue"]\n')
+        '[plugins]\nqueue_backend = ["bad_queues:RowsQueue", "bad_queues:ListTokenQueue", '
+        '"bad_queues:AwayQueue", "bad_queues:BuggyQueue"]\n')
 
 
 class _Output:
@@ -102,3 +122,29 @@ def test_a_dispatcher_that_fails_stops_the_worker_with_status_1(project: Path) -
     assert "the worker's dispatcher failed, so it claims nothing more" in out, out
     assert "unhashable type: 'list'" in out, out
     assert "Exception in thread" not in out, out
+
+
+@pytest.mark.parametrize("backend", ["awayq", "buggyq"])
+def test_a_failing_claim_is_one_line_when_the_backend_explains_it(project: Path,
+                                                                  backend: str) -> None:
+    """A store outage logged ~70 lines of traceback per retry, for an error whose message
+    already named the server and what to check; a backend's own error (a NuvomError) is
+    now one line, an unexpected one keeps its traceback."""
+    _project(project)
+    worker = start_worker(project, {"NUVOM_QUEUE_BACKEND": backend,
+                                    "NUVOM_RESULT_BACKEND": "sqlite"}, "--workers", "1")
+    output = _Output(worker)
+    try:
+        wait_until(lambda: output.text().count("failed to claim jobs") >= 2, timeout=30,
+                   what="the failing claim logged twice")
+    finally:
+        worker.send_signal(2)
+        worker.wait(30)
+    text = output.close()
+    if backend == "awayq":
+        assert ("failed to claim jobs; retrying in 0.10 s: nuvom_kernel.errors.EnqueueError: "
+                "the store at awayq://here is not answering: check it is up") in text, text
+        assert "Traceback" not in text, text
+    else:
+        assert "failed to claim jobs; retrying in 0.10 s: KeyError: 'no such key'" in text
+        assert text.count("Traceback") >= 2, text

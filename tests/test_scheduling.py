@@ -573,3 +573,32 @@ def test_a_last_tick_ahead_of_this_clock_is_said_once_and_then_it_fires_again(
         caplog.clear()
         assert len(scheduler.run_pending(t0 + 10)) == 1
         assert any("fires again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_state_read_that_waits_is_not_blamed_on_this_clock(make_kernel, caplog,
+                                                             monkeypatch):
+    """A worker's read of the schedule states blocked for 19 s in a partition while another
+    worker fired; it had read its clock before the read, so the ticks fired meanwhile were
+    "19 s ahead of this worker's clock (... keep clocks synchronised, NTP)", though every
+    clock agreed. The clock is now read after the states."""
+    kernel = make_kernel("memory")
+
+    @task(schedule=every(seconds=1))
+    def waited() -> None: ...
+
+    t0 = at("2026-06-01T12:00:00+00:00")
+    clock = [t0]
+    blocked, other = Scheduler(kernel, clock=lambda: clock[0]), Scheduler(kernel)
+    blocked.run_pending()
+    read = kernel.results.schedule_states
+
+    def slow_read() -> Any:
+        monkeypatch.setattr(kernel.results, "schedule_states", read)  # the other's is quick
+        other.run_pending(t0 + 19)  # while this read waits, the other worker fires
+        clock[0] = t0 + 19.2  # and this clock went on, agreeing with the other's
+        return read()
+
+    monkeypatch.setattr(kernel.results, "schedule_states", slow_read)
+    with caplog.at_level(logging.INFO, logger="nuvom.scheduler"):
+        blocked.run_pending()
+    assert "ahead of this worker's clock" not in caplog.text, caplog.text
