@@ -166,9 +166,13 @@ def test_a_store_that_fails_never_stops_the_heartbeat(make_kernel, project: Path
 
 
 def test_a_heartbeat_from_a_clock_ahead_reads_just_now_not_a_negative_age() -> None:
-    """A worker 180 s ahead of the reader was listed "LAST BEAT -177.0 s ago"."""
+    """A worker 180 s ahead of the reader was listed "LAST BEAT -177.0 s ago"; one 120 s
+    behind, which the store (Redis, PostgreSQL: the server's clock) still kept as live,
+    "123.6 s ago", as if it were dead."""
     from nuvom_kernel.cli.jobs import _beat
 
-    assert _beat(2.04) == "2.0 s ago"
-    assert _beat(-0.3) == "0.0 s ago"  # within a second: the clocks' usual jitter
-    assert _beat(-177.0) == "just now (its clock is 177 s ahead of this one)"
+    assert _beat(2.04, 5.0) == "2.0 s ago"
+    assert _beat(-0.3, 5.0) == "0.0 s ago"  # within a second: the clocks' usual jitter
+    assert _beat(-177.0, 5.0) == "just now (its clock is 177 s ahead of this one)"
+    assert _beat(15.9, 5.0) == "15.9 s ago"  # three beats missed: not the clock's fault
+    assert _beat(123.6, 5.0) == "within 15 s (its clock is at least 109 s behind this one)"

@@ -265,16 +265,25 @@ def status(as_json: bool) -> None:
     print_table([{"worker": w.id, "queues": ",".join(w.queues) or "*",
                   "busy": f"{w.busy_slots}/{w.slots}", "pool": w.pool, "version": w.version,
                   "up": f"{max(0.0, now - w.started_at):.0f} s",
-                  "last beat": _beat(now - w.heartbeat_at)} for w in workers],
+                  "last beat": _beat(now - w.heartbeat_at, w.heartbeat_secs)}
+                 for w in workers],
                 ["worker", "queues", "busy", "pool", "version", "up", "last beat"])
 
 
-def _beat(age: float) -> str:
-    """A heartbeat's age; one from the future is a worker's clock ahead of this one (it
-    read "-177.0 s ago")."""
-    if age >= -1:
-        return f"{max(0.0, age):.1f} s ago"
-    return f"just now (its clock is {-age:.0f} s ahead of this one)"
+def _beat(age: float, heartbeat_secs: float) -> str:
+    """A live worker's heartbeat age. One from the future is a worker's clock ahead of this
+    one (it read "-177.0 s ago"); one older than the store keeps a heartbeat for
+    (:data:`MISSED_HEARTBEATS` beats, on the store's clock) is a worker's clock behind this
+    one: it read "123.6 s ago", a worker that looked dead and was not."""
+    from nuvom_kernel.worker.heartbeat import MISSED_HEARTBEATS
+
+    if age < -1:
+        return f"just now (its clock is {-age:.0f} s ahead of this one)"
+    kept = MISSED_HEARTBEATS * heartbeat_secs
+    if age > kept + 1:
+        return (f"within {kept:.0f} s (its clock is at least {age - kept:.0f} s behind this "
+                "one)")
+    return f"{max(0.0, age):.1f} s ago"
 
 
 def _echo_locations(queue: str | None, results: str | None) -> None:
