@@ -256,8 +256,7 @@ def enqueue(
         return [enqueue_one(kernel, *calls[0], delay_secs)]
     try:
         check_capabilities(kernel, calls[0][1].options, delay_secs)
-        existing = ({env.id for env, _ in calls if kernel.results.get(env.id) is not None}
-                    if known_ids else None)
+        existing = kernel.results.known([env.id for env, _ in calls]) if known_ids else None
     except NuvomError:
         raise
     except Exception as exc:  # the backend could not even be opened (read-only, missing)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import JobRecord, JobStatus, ScheduleState, UnreadableState
 from nuvom_kernel.spi import Backend
 from nuvom_kernel.views import WorkerInfo, page_cursor
@@ -37,7 +38,8 @@ class ResultBackend(Backend):
     """Durable job records: state, result, error and attempt history.
 
     Required primitives: :meth:`put`, :meth:`get`, :meth:`query`, :meth:`purge`. Optional:
-    :meth:`put_many` (one transaction for a batch of outcomes), :meth:`counts` and
+    :meth:`put_many` (one transaction for a batch of outcomes), :meth:`known` (which ids
+    have records, in one query), :meth:`counts` and
     :meth:`counts_since`; with the ``heartbeats`` capability, :meth:`heartbeat`,
     :meth:`live_workers`, :meth:`forget_worker`.
     """
@@ -88,6 +90,21 @@ class ResultBackend(Backend):
         """Store several records, each fenced as in :meth:`put`; override to do it in one
         transaction (all or none)."""
         return [self.put(record) for record in records]
+
+    def known(self, job_ids: Sequence[str]) -> set[str]:
+        """The ids among ``job_ids`` that have a record (a damaged one included). The
+        producer asks this before ``.map(job_ids=...)`` pushes, so an id the caller chose
+        is never pushed again once it finished. The default asks :meth:`get` per id;
+        override with one query: over a network each ``get`` is a round trip (PostgreSQL,
+        localhost: 10.7k jobs/s with ids against 27-29k/s without)."""
+        found: set[str] = set()
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                if self.get(job_id) is not None:
+                    found.add(job_id)
+            except SerializationError:  # a record that does not decode is still there
+                found.add(job_id)
+        return found
 
     def counts_since(self, since: float) -> dict[str, dict[str, int]]:
         """Records updated at or after the epoch ``since``, per queue and status

@@ -537,6 +537,10 @@ class MemoryResultBackend(ResultBackend):
             record = self._records.get(job_id)
         return _copy(record) if record else None
 
+    def known(self, job_ids: Sequence[str]) -> set[str]:
+        with self._lock:
+            return {job_id for job_id in job_ids if job_id in self._records}
+
     def query(
         self,
         *,

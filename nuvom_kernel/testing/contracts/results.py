@@ -90,6 +90,23 @@ class ResultBackendContract(HeartbeatContract):
         job_id = "never-seen-" + uuid.uuid4().hex
         assert result_backend.get(job_id) is None, "an unknown id is None, not a pending job"
 
+    def test_known_names_exactly_the_ids_with_records(self, result_backend: ResultBackend
+                                                      ) -> None:
+        stored = [make_record(status=s) for s in (JobStatus.SUCCEEDED, JobStatus.FAILED,
+                                                   JobStatus.RETRYING)]
+        result_backend.put_many(stored)
+        ids = [r.job_id for r in stored]
+        never = ["never-seen-" + uuid.uuid4().hex for _ in range(2)]
+        asked = [never[0], ids[0], ids[1], never[1], ids[0], ids[2]]
+        assert result_backend.known(asked) == set(ids), (
+            "known(ids) returns the ids that have a record, each once, and no other "
+            "(the producer skips those on .map(job_ids=...))")
+        assert result_backend.known(never) == set() and result_backend.known([]) == set()
+        many = [make_record() for _ in range(1_203)]  # past any chunk of a batched lookup
+        result_backend.put_many(many)
+        assert result_backend.known([r.job_id for r in many] + never) == \
+            {r.job_id for r in many}
+
     @pytest.mark.parametrize("status", [JobStatus.SUCCEEDED, JobStatus.FAILED,
                                         JobStatus.RETRYING, JobStatus.QUEUED])
     def test_put_get_round_trip(self, result_backend: ResultBackend, status: JobStatus

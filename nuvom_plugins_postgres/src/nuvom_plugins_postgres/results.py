@@ -262,6 +262,8 @@ class PostgresResultBackend(ResultBackend):
         self._upsert = render(sql.SQL(_UPSERT).format(s=s))
         self._get = render(sql.SQL("SELECT data FROM {s}.results WHERE job_id = %s"
                                    ).format(s=s))
+        self._known = render(sql.SQL("SELECT job_id FROM {s}.results WHERE job_id = ANY(%s)"
+                                     ).format(s=s))
         self._purge = render(sql.SQL(
             "DELETE FROM {s}.results WHERE terminal AND updated_at < %s").format(s=s))
         self._counts = render(sql.SQL(
@@ -358,6 +360,15 @@ class PostgresResultBackend(ResultBackend):
             return None
         row = self._store.run(lambda conn: conn.execute(self._get, (job_id,)).fetchone())
         return None if row is None else _decode(job_id, row[0])
+
+    def known(self, job_ids: Sequence[str]) -> set[str]:
+        """One indexed ``= ANY`` lookup for the batch, not a round trip per id; ids no text
+        column can hold have no record (as in :meth:`get`)."""
+        ids = [job_id for job_id in dict.fromkeys(job_ids) if storable(job_id)]
+        if not ids:
+            return set()
+        rows = self._store.run(lambda conn: conn.execute(self._known, (ids,)).fetchall())
+        return {row[0] for row in rows}
 
     def query(self, *, status: JobStatus | None = None, task: str | None = None,
               limit: int = 50, after: str | None = None) -> list[JobRecord]:

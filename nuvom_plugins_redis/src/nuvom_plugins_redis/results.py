@@ -278,6 +278,19 @@ class RedisResultBackend(ResultBackend):
                                                    "reading a job record"))
         return None if raw is None else _decode(job_id, raw)
 
+    def known(self, job_ids: Sequence[str]) -> set[str]:
+        """One pipeline of ``HEXISTS`` per 500 ids, not a round trip per id."""
+        ids, found = list(dict.fromkeys(job_ids)), set[str]()
+        p, client = self.store.prefix, self.store.client
+        for start in range(0, len(ids), _PUT_CHUNK):
+            chunk = ids[start:start + _PUT_CHUNK]
+            pipe = client.pipeline(transaction=False)
+            for job_id in chunk:
+                pipe.hexists(p + "r:" + job_id, "d")
+            values: list[Any] = self.store.call(pipe.execute, "reading job records")
+            found.update(job_id for job_id, there in zip(chunk, values, strict=True) if there)
+        return found
+
     def query(self, *, status: JobStatus | None = None, task: str | None = None,
               limit: int = 50, after: str | None = None) -> list[JobRecord]:
         """Newest first (``updated_at``, then ``job_id``, both descending), the page after
