@@ -119,7 +119,7 @@ def test_a_host_this_machine_does_not_have_is_an_error_naming_the_host(project: 
 
 @pytest.mark.parametrize(("value", "status", "says"), [
     ("abc", 2, "NUVOM_PLUGINS__PROMETHEUS__PORT"),
-    ("70000", 1, "port=70000 (NUVOM_PLUGINS__PROMETHEUS__PORT) is invalid"),
+    ("70000", 2, "port='70000' is invalid: it must be a TCP port 1-65535"),
 ])
 def test_a_bad_port_is_refused_by_name(project: Path, value: str, status: int, says: str
                                        ) -> None:

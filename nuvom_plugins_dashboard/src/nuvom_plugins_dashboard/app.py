@@ -24,6 +24,16 @@ shows (its ``hx-headers``) and an unchanged section is answered with its ticking
 refresh fails, ``static/dashboard.js`` marks the section stale, saying why, until one
 succeeds.
 
+Why the report of an action (the ``nuvom_flash`` cookie) is signed: cookies are not kept
+apart by port, so a page of any other program on the dashboard's host (``127.0.0.1:3000``)
+could set ``nuvom_flash`` and have its own sentence shown as the dashboard's status line
+(escaped, but a trusted place for a lie: "job store compromised, see …"). The cookie carries
+an HMAC of its text under a key drawn when the app is created, and a cookie that does not
+verify is dropped unread. The key is this process's only: the report is read once, on the
+page the action redirects to a moment later, so a restart in between (or another process of
+a multi-process server answering the redirect) loses a sentence the page's own state
+repeats, which is not worth keeping a secret on disk for.
+
 Why every URL starts with the mount prefix (``root_path``): mounted in another app
 (``Mount("/admin/nuvom", app=create_app(...))``) or behind a proxy's path, root-absolute
 links would leave the mount.
@@ -31,8 +41,11 @@ links would leave the mount.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
+import secrets
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -147,6 +160,27 @@ def _legacy_action(request: Request, job_id: str) -> tuple[str, str] | None:
     return None
 
 
+def sign_flash(key: bytes, sentence: str) -> str:
+    """The ``nuvom_flash`` cookie's value for ``sentence``: its MAC, a dot, its text escaped
+    for a cookie (see the module's docstring)."""
+    text = quote(sentence, errors="backslashreplace")
+    return f"{_flash_mac(key, text)}.{text}"
+
+
+def read_flash(key: bytes, value: str | None) -> str | None:
+    """The sentence of a ``nuvom_flash`` cookie this app signed; ``None`` for any other
+    (absent, planted by another page of the host, signed by an earlier process)."""
+    mac, dot, text = (value or "").partition(".")
+    given = mac.encode(errors="backslashreplace")  # bytes: a planted value may be any text
+    if not dot or not hmac.compare_digest(given, _flash_mac(key, text).encode()):
+        return None
+    return unquote(text)
+
+
+def _flash_mac(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode(errors="backslashreplace"), hashlib.sha256).hexdigest()
+
+
 def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False,
                allowed_hosts: Iterable[str] | str = ()) -> Starlette:
     """The dashboard over ``kernel``'s backends.
@@ -164,6 +198,7 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              finalize=_printable)
     templates = Jinja2Templates(env=env)
+    flash_key = secrets.token_bytes(32)  # signs the reports of actions (module docstring)
     env.filters.update(when=views.format_time, age=_age)
     env.globals.update(duration=_duration, read_only=read_only, csrf_field=CSRF_FIELD,
                        refresh_secs=REFRESH_SECS, windows=views.WINDOWS,
@@ -179,14 +214,14 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
 
     def render(request: Request, name: str, status_code: int = 200, **context: Any
                ) -> Response:
-        flash = request.cookies.get(FLASH_COOKIE)
-        flash = unquote(flash) if flash is not None else None
+        cookie = request.cookies.get(FLASH_COOKIE)
+        flash = read_flash(flash_key, cookie)
         context.update(csrf=request.state.csrf, flash=flash, path=_route_path(request),
                        base=_base(request))
         context.setdefault("now", time.time())
         response = templates.TemplateResponse(request, name, context,
                                               status_code=status_code)
-        if flash is not None:
+        if cookie is not None:  # read once; a forged one is not kept either
             response.delete_cookie(FLASH_COOKIE)
         return response
 
@@ -208,7 +243,7 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
     def done(request: Request, target: str, sentence: str) -> Response:
         """Redirect to ``target`` (a path below the mount) reporting ``sentence`` there."""
         response = RedirectResponse(_base(request) + target, status_code=303)
-        response.set_cookie(FLASH_COOKIE, quote(sentence, errors="backslashreplace"),
+        response.set_cookie(FLASH_COOKIE, sign_flash(flash_key, sentence),
                             httponly=True, samesite="strict")
         return response
 

@@ -2,6 +2,14 @@
 
 Starlette and uvicorn are imported when the command runs, not when ``nuvom`` starts: every
 other command stays as quick as without this plugin.
+
+Why it starts while the store is down: a dashboard is what an operator opens *during* an
+outage, and it is often started by a supervisor that does not wait for the store. Its pages
+already answer 503 with the backend's own message while the store cannot be read and reload
+until it can (the kernel builds a backend on first use, and tries again on the next use when
+that failed), so refusing to start only turned an outage into a dashboard that stays down
+after the store is back. It still refuses to start on what no waiting mends: a setting to
+change, a backend no installed plugin provides (:data:`FATAL`).
 """
 
 from __future__ import annotations
@@ -12,10 +20,22 @@ from typing import Any
 
 import click
 
-from nuvom_kernel.errors import PluginConfigError
+from nuvom_kernel.errors import (
+    BackendNotFoundError,
+    ConfigError,
+    DuplicateBackendError,
+    NuvomError,
+    PluginConfigError,
+    PluginLoadError,
+)
 from nuvom_plugins_dashboard.settings import parse_allowed_hosts
 
-__all__ = ["dashboard", "is_loopback", "listen"]
+__all__ = ["FATAL", "dashboard", "is_loopback", "listen", "store_problem"]
+
+#: Errors building a backend that stop ``nuvom dashboard`` as they stop every command: the
+#: configuration or the installation must change, so serving 503 pages would wait forever.
+FATAL: tuple[type[NuvomError], ...] = (ConfigError, BackendNotFoundError,
+                                       DuplicateBackendError, PluginLoadError)
 
 
 def is_loopback(host: str) -> bool:
@@ -38,6 +58,29 @@ def _hosts_note(token: str | None, allowed_hosts: frozenset[str]) -> str:
 
 def _kernel() -> Any:
     return click.get_current_context().find_root().obj
+
+
+def store_problem(kernel: Any) -> str | None:
+    """Why the queue or result backend cannot be built now (the store is down, refuses the
+    password), in the words its 503 pages use; ``None`` when both are built.
+
+    Building them here, not on the first request, keeps a start line that says the store is
+    unreachable, and finds a wrong setting before the port is served.
+
+    :raises NuvomError: one of :data:`FATAL`.
+    """
+    found: list[str] = []
+    for backend in ("queue", "results"):
+        try:
+            getattr(kernel, backend)
+        except FATAL:
+            raise
+        except NuvomError as exc:
+            text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+            said = f"{type(exc).__name__}: {text or 'no message'}"
+            if said not in found:  # one store behind both backends: say it once
+                found.append(said)
+    return "; ".join(found) or None
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -101,14 +144,20 @@ def dashboard(host: str, port: int, token: str | None, read_only: bool, log_leve
     # Without a token it answers only to loopback names and allowed_hosts (DNS rebinding:
     # see nuvom_plugins_dashboard.security); with one, the token decides.
     app = create_app(kernel, token=token, read_only=read_only, allowed_hosts=allowed_hosts)
+    problem = store_problem(kernel)
     sock = listen(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"nuvom dashboard on http://{shown}:{bound}/ (queue backend "
-               f"{kernel.queue.name}, result backend {kernel.results.name}"
+               f"{kernel.settings.queue_backend}, result backend "
+               f"{kernel.settings.result_backend}"
                f"{', read-only' if read_only else ''}{', token required' if token else ''}"
                f"{_hosts_note(token, allowed_hosts)}); "
                "Ctrl+C stops it", err=False)
+    if problem is not None:
+        click.echo("warning: the job store cannot be read now; until it can, every page "
+                   "answers 503 saying why, and open pages recover with the store by "
+                   f"themselves: {problem}", err=True)
     config = uvicorn.Config(app, log_level=log_level, lifespan="off")
     try:
         uvicorn.Server(config).run(sockets=[sock])
