@@ -21,8 +21,11 @@ from nuvom_kernel.envelope import Envelope, options_from_wire
 from nuvom_kernel.errors import (
     JobCancelledError,
     JobFailedError,
+    NuvomError,
+    PluginConfigError,
     SerializationError,
     UnknownJobError,
+    error_text,
 )
 from nuvom_kernel.job import Job, still_waiting
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message, TaskOptions
@@ -79,8 +82,47 @@ class Kernel:
                               namespace=self.settings.namespace)
 
     def _build(self, hook: str, name: str, what: str) -> Any:
+        """The ``what`` ``name``, built by its class's ``from_settings`` from its
+        ``[plugins.<name>]`` settings.
+
+        :raises PluginConfigError: ``from_settings`` (or the constructor it calls) raised an
+            exception other than a :class:`NuvomError` (which already says what is wrong, in
+            the plugin's words, and passes as it is). Why: a key the backend does not accept
+            gave a raw ``TypeError`` about ``__init__`` from every command, naming neither the
+            plugin nor the table the key came from (the scaffold's own example did).
+        """
         cls: Any = self.pm.lookup(hook, name, what)
-        return cls.from_settings(self.config.plugin_settings(name), self._context())
+        settings = self.config.plugin_settings(name)
+        try:
+            return cls.from_settings(settings, self._context())
+        except NuvomError:
+            raise
+        except Exception as exc:
+            raise PluginConfigError(self._not_built(hook, name, what, cls, exc)) from exc
+
+    def _not_built(self, hook: str, name: str, what: str, cls: type, exc: Exception) -> str:
+        """Why the ``what`` ``name`` could not be built: its plugin, its class, the settings
+        keys it was given and where each was set (never their values: a URL may hold a
+        password), the error, and what to check."""
+        plugin = self.pm.collect(hook, name)[name][1]
+        table = f"[plugins.{name.lower()}]"
+        sources = self.config.plugin_setting_sources(name)
+        if sources:
+            given = (f"its settings {table} gave it "
+                     + ", ".join(f"{key} ({where})" for key, where in sorted(sources.items())))
+            check = (f"Check those keys against the plugin's documentation (one it does not "
+                     f"accept, a value of the wrong type) and fix or remove them in {table}; "
+                     f"if they are right, the plugin is at fault")
+        else:
+            given = (f"it was given no settings (no {table} table nor "
+                     f"NUVOM_PLUGINS__{name.upper()}__<KEY> variable)")
+            check = "The plugin fails without settings, so it is at fault"
+        return (f"plugin {plugin!r}{self.pm.provenance(plugin)}: its {what} {name!r} "
+                f"({cls.__module__}.{cls.__qualname__}) could not be built: {given}, and its "
+                f"from_settings raised {type(exc).__name__}: {error_text(exc)}. {check}: fix "
+                f"its from_settings or constructor (`nuvom plugin test {plugin}` runs its "
+                f"contract), or choose another {what} with "
+                f"NUVOM_{what.upper().replace(' ', '_')}=<name>.")
 
     @property
     def queue(self) -> QueueBackend:

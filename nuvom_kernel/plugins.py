@@ -10,11 +10,12 @@ implementation first, so a user's plugin runs before the kernel's fallbacks.
 
 One rule for a plugin that breaks while loading — its import fails, an installed one's hooks
 do not match the specs (a misspelt hook, an argument its hook lacks), or its registration,
-settings or configure hook raises: it is disabled for this process, logged once naming it,
-the hook and the error, with the fix (``NUVOM_DISABLE_PLUGINS=<name>``), and kept in
-:attr:`NuvomPluginManager.failures`. Every command that does not need it works (``nuvom
-plugin list`` lists it as failed); one that asks for a backend no enabled plugin provides
-fails with an error that repeats those failures.
+settings, configure or command hook (``nuvom_register_commands``) raises: it is disabled
+for this process, logged once naming it, the hook and the error, with the fix
+(``NUVOM_DISABLE_PLUGINS=<name>``), and kept in :attr:`NuvomPluginManager.failures`.
+Every command that does not need it works (``nuvom plugin list`` lists it as failed); one
+that asks for a backend no enabled plugin provides fails with an error that repeats those
+failures.
 """
 
 from __future__ import annotations
@@ -193,18 +194,26 @@ class NuvomPluginManager(pluggy.PluginManager):
                 unknown = [caller.name for caller in self.get_hookcallers(exc.plugin) or ()
                            if caller.spec is None]
                 hint = "".join(did_you_mean(hook, hooks, repr) for hook in unknown)
-                message = (f"plugin {name!r}{self._provenance(name)} does not match the hook "
+                message = (f"plugin {name!r}{self.provenance(name)} does not match the hook "
                            f"specs: {exc.args[0]}{hint}. Check the hook name for typos "
                            "against docs/plugin_hooks.md (every hook starts with 'nuvom_')")
                 if self.sources.get(name, ("internal",))[0] != "entry point":
                     raise PluginLoadError(f"{message}.") from exc
                 self._failed(name, message)
 
-    def _failed(self, name: str, message: str) -> None:
-        """Disable the installed plugin ``name`` for this process: ``message`` (what is
-        wrong with it) is logged once with the way out and kept in :attr:`failures`."""
+    def _failed(self, name: str, message: str, exc: Exception | None = None) -> None:
+        """Disable plugin ``name`` for this process: ``message`` (what is wrong with it) is
+        logged once with the way out and kept in :attr:`failures`.
+
+        :raises PluginLoadError: for an essential internal plugin (the kernel's own bug:
+            there is nothing to run without it).
+        """
         message = f"{message}. It is disabled for this process: {self.disable_hint(name)}"
+        if name in ESSENTIAL_PLUGINS:
+            raise PluginLoadError(message) from exc
         log.error("%s", message)
+        if exc is not None:
+            log.debug("plugin %s failed", name, exc_info=exc)
         self.failures[name] = message
         self.unregister(name=name)
 
@@ -227,30 +236,24 @@ class NuvomPluginManager(pluggy.PluginManager):
                         for table, source in dict(returned or {}).items():  # read stopped
                             PluginSchema.from_class(table.lower(), source)  # every command
                 except Exception as exc:
-                    self._disable(impl.plugin_name, hook_name, exc)
+                    self.disable(impl.plugin_name, hook_name, exc)
                     continue
                 if hook_name != "nuvom_plugin_settings":
                     names |= {cls.name.lower() for cls in returned or ()
                               if isinstance(getattr(cls, "name", None), str)}
         return names
 
-    def _disable(self, name: str, hook_name: str, exc: Exception) -> None:
+    def disable(self, name: str, hook_name: str, exc: Exception) -> None:
         """Disable plugin ``name`` for this process because its ``hook_name`` raised ``exc``,
-        as a plugin that fails to import is: logged once, kept in :attr:`failures`.
+        as a plugin that fails to import is: logged once, kept in :attr:`failures` (the
+        CLI calls it for ``nuvom_register_commands``, which runs after loading).
 
-        :raises PluginLoadError: for an essential internal plugin (the kernel's own bug:
-            there is nothing to run without it).
+        :raises PluginLoadError: for an essential internal plugin.
         """
-        message = (f"plugin {name!r}{self._provenance(name)} failed in {hook_name}: {exc!r}. "
-                   f"It is disabled for this process: {self.disable_hint(name)}")
-        if name in ESSENTIAL_PLUGINS:
-            raise PluginLoadError(message) from exc
-        log.error("%s", message)
-        log.debug("%s raised in %s", name, hook_name, exc_info=exc)
-        self.failures[name] = message
-        self.unregister(name=name)
+        self._failed(name, f"plugin {name!r}{self.provenance(name)} failed in {hook_name}: "
+                           f"{exc!r}", exc)
 
-    def _provenance(self, name: str) -> str:
+    def provenance(self, name: str) -> str:
         """`` (distribution D 1.0)`` for an installed plugin, else nothing."""
         _, dist, version = self.sources.get(name, ("internal", None, None))
         if dist is None or dist == "nuvom":
@@ -323,7 +326,7 @@ class NuvomPluginManager(pluggy.PluginManager):
             return impl.function()
         except Exception as exc:
             raise PluginLoadError(
-                f"plugin {impl.plugin_name!r}{self._provenance(impl.plugin_name)} failed in "
+                f"plugin {impl.plugin_name!r}{self.provenance(impl.plugin_name)} failed in "
                 f"{hook_name}: {exc!r}. {self.disable_hint(impl.plugin_name, sentence=True)}."
             ) from exc
 
@@ -368,7 +371,7 @@ class NuvomPluginManager(pluggy.PluginManager):
                 fix = (". Each hook's arguments are in docs/plugin_hooks.md: an "
                        "implementation may take fewer, never others"
                        if "not be found in the hookspec" in why else "")
-                self._failed(ep.name, f"plugin {ep.name!r}{self._provenance(ep.name)} could "
+                self._failed(ep.name, f"plugin {ep.name!r}{self.provenance(ep.name)} could "
                                       f"not be registered: {why}{fix}")
 
     def _load_target(self, capability: str, target: str, config: Config) -> None:
@@ -421,7 +424,7 @@ class NuvomPluginManager(pluggy.PluginManager):
         try:
             impl.function(**{a: self._config for a in impl.argnames})
         except Exception as exc:
-            message = (f"plugin {impl.plugin_name!r}{self._provenance(impl.plugin_name)} "
+            message = (f"plugin {impl.plugin_name!r}{self.provenance(impl.plugin_name)} "
                        f"failed in nuvom_configure: {exc!r}. It is disabled for this process: "
                        f"{self.disable_hint(impl.plugin_name)}")
             log.error("%s", message)

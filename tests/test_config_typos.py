@@ -193,6 +193,26 @@ def test_an_unknown_variable_is_warned_with_the_closest_setting(
         "variables (docs/configuration.md)."]
 
 
+@pytest.mark.parametrize(("variable", "hint"), [
+    ("NUVOM_PLUGINS_LISTQ__PATH",
+     "(did you mean NUVOM_PLUGINS__LISTQ__PATH, for [plugins.listq] path?)"),
+    ("NUVOM_PLUGIN__MY_Q__SIZE",
+     "(did you mean NUVOM_PLUGINS__MY_Q__SIZE, for [plugins.my_q] size?)"),
+    ("NUVOM_PLUGINS_LISTQ_PATH",
+     "(a plugin setting is NUVOM_PLUGINS__<NAME>__<KEY>, with two underscores before each "
+     "part, e.g. NUVOM_PLUGINS__SQLITE__PATH for [plugins.sqlite] path)"),
+])
+def test_a_plugin_variable_with_a_wrong_separator_names_the_one_meant(
+        tmp_path: Path, variable: str, hint: str) -> None:
+    """``NUVOM_PLUGINS_LISTQ__PATH`` (one underscore short) was called no setting, with no
+    word about the plugin setting it was meant to be: the closest *setting* was all the
+    warning looked for. The real ``nuvom`` warns once, on stderr."""
+    done = run_nuvom(["config"], tmp_path, **{variable: "x.json"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(f"environment variable {variable} is not a Nuvom setting {hint}, "
+                             "so it is not used.") == 1, done.stderr
+
+
 def test_known_variables_are_not_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                         ) -> None:
     env = {field.metadata["env"]: "1" for field in attrs.fields(Settings)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nuvom_kernel.testing.fakes import EXPECTED_FAILURES
+from tests.helpers import fake_distribution
 
 
 def nuvom(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -224,3 +225,25 @@ def test_set_values_go_through_the_declared_settings_schema(
     assert ("Error: --set size=many: size='many' is invalid: it must be a whole number "
             "(e.g. 3)") in bad.stderr
     assert not seen.exists(), "nothing runs with a refused setting"
+
+
+def test_a_plugin_disabled_while_loading_fails_the_check_that_broke(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registration hook that raised was reported under the check "import", sending its
+    author after an import error that was not there: "register" now, "import" kept for a
+    module that does not import."""
+    site = fake_distribution(tmp_path / "site", "khbadreg", textwrap.dedent("""
+        from nuvom_kernel import hookimpl
+
+        @hookimpl
+        def nuvom_register_queue_backends():
+            raise RuntimeError("boom in register")
+        """))
+    fake_distribution(site, "khbadimp", "raise ImportError('no such dependency')\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    result = nuvom(["plugin", "test", "khbadreg", "khbadimp", "--json"], tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    checks = {c["plugin"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["khbadreg"]["check"] == "register" and not checks["khbadreg"]["ok"]
+    assert "failed in nuvom_register_queue_backends" in checks["khbadreg"]["detail"]
+    assert checks["khbadimp"]["check"] == "import" and not checks["khbadimp"]["ok"]

@@ -119,6 +119,46 @@ def test_stub_methods_raise_with_a_pointer_to_the_guide(tmp_path: Path) -> None:
         assert f"\n### {method}\n" in guide
 
 
+def _readme_toml(readme: str, kind: str) -> str:
+    """The scaffold README's ``.nuvom_plugins.toml`` with its commented example setting
+    uncommented, selecting the backend as ``kind`` (the README's comment says how)."""
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert "\n# path = " in block, block
+    toml = block.replace("\n# path = ", "\npath = ")
+    return toml if kind == "queue" else toml.replace("queue_backend =", "result_backend =")
+
+
+@pytest.mark.parametrize("kind", ["queue", "result"])
+def test_the_readmes_example_setting_builds_the_scaffolded_backend(tmp_path: Path, kind: str
+                                                                  ) -> None:
+    """Uncommenting the README's ``[plugins.<name>] path`` gave ``TypeError: ...__init__()
+    got an unexpected keyword argument 'path'``: the stub accepted no setting at all. The
+    scaffold, installed (a ``.dist-info`` on ``PYTHONPATH``), built by a real process from
+    the README's configuration as every command builds it."""
+    name = f"khreadme{kind}"
+    code, output, dest = _new(tmp_path, name, "--kind", kind)
+    assert code == 0, output
+    site_dir = tmp_path / "site"
+    info = site_dir / f"nuvom_plugins_{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: nuvom-plugins-{name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[nuvom]\n{name} = nuvom_plugins_{name}.plugin\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    toml = _readme_toml((dest / "README.md").read_text(), kind)
+    (project / ".nuvom_plugins.toml").write_text(toml)
+    backend = "queue" if kind == "queue" else "results"
+    built = subprocess.run(
+        [sys.executable, "-c", "from nuvom_kernel.kernel import get_kernel; "
+         f"backend = get_kernel().{backend}; print(backend.name, backend.path)"],
+        cwd=project, env=_env(PYTHONPATH=os.pathsep.join([str(site_dir), str(dest / "src")])),
+        capture_output=True, text=True, timeout=120, check=False)
+    assert built.returncode == 0, built.stderr
+    path = tomllib.loads(toml)["plugins"][name]["path"]
+    assert built.stdout.split() == [name, path]
+
+
 
 def test_names_of_installed_plugins_and_distributions_are_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,15 @@ __all__ = ["main", "make_cli"]
 
 def make_cli(kernel: object) -> click.Group:
     """A fresh root group with every plugin's commands (a new group per call, so tests and
-    embedders never see commands leak between kernels)."""
+    embedders never see commands leak between kernels).
+
+    A plugin whose ``nuvom_register_commands`` raises is disabled for the process, as one
+    that fails while loading is: logged once with the way out, listed as FAILED by ``nuvom
+    plugin list``, none of its commands added; every other command works.
+
+    :raises PluginLoadError: the hook of an essential internal plugin raised (the kernel's
+        own bug: there is nothing to run without it).
+    """
 
     @click.group(name="nuvom", context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, message=VERSION_LINE)
@@ -32,15 +40,34 @@ def make_cli(kernel: object) -> click.Group:
 
     pm = kernel.pm  # type: ignore[attr-defined]
     # Registration order: the kernel's groups exist before plugins extend them.
-    for impl in pm.hook.nuvom_register_commands.get_hookimpls():
+    for impl in list(pm.hook.nuvom_register_commands.get_hookimpls()):
+        before = _command_tables(cli)
         try:
             impl.function(cli=cli)
         except Exception as exc:
-            raise NuvomError(
-                f"plugin {impl.plugin_name!r} failed to add its commands "
-                f"(nuvom_register_commands): {exc!r}. "
-                f"{pm.disable_hint(impl.plugin_name, sentence=True)}.") from exc
+            # As for any plugin that breaks while loading (NuvomPluginManager.disable):
+            # disabled for this process, logged once with NUVOM_DISABLE_PLUGINS=<name>,
+            # FAILED in `nuvom plugin list`. Its commands added before the raise are taken
+            # back, so none of them runs half registered. Raising here stopped every
+            # command, `runworker` and the `plugin list` that would show the culprit too.
+            for group, commands in before:
+                group.commands.clear()
+                group.commands.update(commands)
+            pm.disable(impl.plugin_name, "nuvom_register_commands", exc)
     return cli
+
+
+def _command_tables(root: click.Group) -> list[tuple[click.Group, dict[str, click.Command]]]:
+    """A copy of the command table of ``root`` and of every group under it (each once):
+    what a plugin's ``nuvom_register_commands`` is undone to when it raises."""
+    tables: dict[int, tuple[click.Group, dict[str, click.Command]]] = {}
+    pending = [root]
+    while pending:
+        group = pending.pop()
+        if id(group) not in tables:
+            tables[id(group)] = (group, dict(group.commands))
+            pending += [c for c in group.commands.values() if isinstance(c, click.Group)]
+    return list(tables.values())
 
 
 def _setup_logging(level: str) -> None:
@@ -91,3 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cli.main(args=args, prog_name="nuvom", obj=kernel, standalone_mode=True)
     except NuvomError as exc:
         _fail(exc)
+    except NotImplementedError as exc:  # a plugin's stub (`nuvom plugin new`) says which
+        click.echo(f"Error: {exc or 'NotImplementedError'} (`nuvom plugin test` lists what "
+                   "a plugin has not written yet)", err=True)
+        sys.exit(1)

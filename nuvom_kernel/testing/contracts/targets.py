@@ -80,6 +80,14 @@ class Check:
         return attrs.asdict(self)
 
 
+def _load_failure(plugin: str, message: str) -> Check:
+    """The failed check of a plugin that loading disabled: "import" when its module did not
+    import, else "register" (a hook that raised or does not match its spec, once labelled
+    "import" too, which sent authors looking for an import error that was not there)."""
+    return Check(plugin, "import" if " failed to import: " in message else "register", False,
+                 message)
+
+
 def resolve(pm: NuvomPluginManager, config: Config, names: Sequence[str], all_: bool
             ) -> tuple[list[Target], list[Check]]:
     """The targets ``names`` (or every installed plugin, with ``all_``) stand for, and the
@@ -93,10 +101,10 @@ def resolve(pm: NuvomPluginManager, config: Config, names: Sequence[str], all_: 
     if all_:
         plugins = [n for n, p in pm.list_name_plugin()
                    if p is not None and pm.sources.get(n, ("internal",))[0] != "internal"]
-        checks += [Check(n, "import", False, m) for n, m in sorted(pm.failures.items())]
+        checks += [_load_failure(n, m) for n, m in sorted(pm.failures.items())]
     for name in names:
         if name in pm.failures:
-            checks.append(Check(name, "import", False, pm.failures[name]))
+            checks.append(_load_failure(name, pm.failures[name]))
         elif pm.get_plugin(name) is not None:
             plugins.append(name)
         elif ":" not in name and (by_name := _by_backend_name(pm, name)):
