@@ -184,15 +184,22 @@ class Job(Generic[R]):
 
         if not allow_in_task:
             self._not_in_task()
+        from nuvom_kernel.errors import EnqueueError
+
         kernel = self._bound()
         deadline = None if timeout is None else time.monotonic() + timeout
+        answered = False  # as in Kernel.wait_for: a store away after it answered is waited for
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 return await asyncio.to_thread(kernel.wait_for, self, 0.0, poll_secs)
             except TimeoutError:
+                answered = True
                 if left is not None and left <= 0:
                     raise still_waiting(self, timeout) from None
+            except EnqueueError:
+                if not answered or (left is not None and left <= 0):
+                    raise
             await asyncio.sleep(poll_secs if left is None else min(poll_secs, left))
 
 

@@ -19,6 +19,7 @@ from nuvom_kernel.backends import BackendContext, QueueBackend, ResultBackend
 from nuvom_kernel.config import Config, load_config
 from nuvom_kernel.envelope import Envelope, options_from_wire
 from nuvom_kernel.errors import (
+    EnqueueError,
     JobCancelledError,
     JobFailedError,
     NuvomError,
@@ -298,19 +299,40 @@ class Kernel:
         job._kernel = self
         return job
 
-    def wait_for(self, job: Job, timeout: float | None = None, poll_secs: float = 0.05) -> Any:
+    def wait_for(self, job: Job, timeout: float | None = None, poll_secs: float = 0.05, *,
+                 answered_before: bool = False) -> Any:
         """Poll the backends until ``job`` is finished; its value (``None`` for a task with
-        ``store_result=False``).
+        ``store_result=False``). ``answered_before``: an earlier poll of this wait (a caller
+        polling in steps) read the store.
 
         :raises JobCancelledError: it was cancelled before it ended.
         :raises JobFailedError: it ended FAILED.
         :raises UnknownJobError: no backend knows the id (it would never finish).
         :raises TimeoutError: not finished within ``timeout`` seconds.
+        :raises EnqueueError: the store cannot be read (down, refusing the password) at the
+            first poll, or still at the deadline. Between the two it is polled on: a store
+            away for a moment (a Redis or PostgreSQL restart, a failover) made ``get()``
+            raise for jobs that then succeeded, which their callers took for failures.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
+        answered, away = answered_before, False
         while True:
-            self.refresh_job(job)
+            try:
+                self.refresh_job(job)
+            except EnqueueError as exc:
+                if not answered or (deadline is not None and time.monotonic() >= deadline):
+                    raise
+                if not away:
+                    log.warning("job %s: its state cannot be read now (%s); still waiting%s",
+                                job.id, error_text(exc), "" if deadline is None else
+                                f" until the timeout ({timeout} s)")
+                    away = True
+                wait = poll_secs if deadline is None else min(poll_secs,
+                                                              deadline - time.monotonic())
+                time.sleep(max(wait, 0.0))
+                continue
+            answered = True
             if job.status is JobStatus.SUCCEEDED:
                 return job.result
             if job.status is JobStatus.CANCELLED:  # a step's hint names its workflow

@@ -1,0 +1,95 @@
+"""``Job.get(timeout=...)`` across a Redis restart: it waits for the store to come back, as
+the worker does, instead of raising for a job that then succeeds.
+
+A fleet hunt saw ``get(timeout=150)`` raise ``RedisUnavailableError`` for 2 of 20,000 jobs
+during a 4 s outage; both jobs had succeeded. The store here is a throwaway
+``redis-server`` with an append-only file (its data survives the restart)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis_server import RedisServer
+
+from nuvom_kernel import task
+from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.testing.contracts import wait_until
+from nuvom_kernel.worker import Worker
+
+
+@task(name="outage.add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def test_get_waits_out_a_restart_of_the_store(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    server = RedisServer(tmp_path, "127.0.0.1", "--appendonly", "yes", "--appendfsync",
+                         "always").start()
+    kernel = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "redis", "NUVOM_RESULT_BACKEND": "redis",
+        "NUVOM_PLUGINS__REDIS__URL": server.url,
+        "NUVOM_PLUGINS__REDIS__KEY_PREFIX": f"nuvom-get-outage-{os.getpid()}",
+        "NUVOM_PLUGINS__REDIS__SOCKET_TIMEOUT_SECS": "1",
+        "NUVOM_PLUGINS__REDIS__SOCKET_CONNECT_TIMEOUT_SECS": "1"})
+    got: list[Any] = []
+    try:
+        with use_kernel(kernel), caplog.at_level(logging.WARNING, logger="nuvom"):
+            job = add.delay(2, 3)  # no worker yet: get() polls a queued job
+            waiter = threading.Thread(
+                target=lambda: got.append(_outcome(lambda: job.get(timeout=60))),
+                daemon=True)
+            calls = server.client().info("stats")["total_commands_processed"]
+            waiter.start()
+            wait_until(lambda: server.client().info("stats")["total_commands_processed"]
+                       > calls + 10, 10, "get() never polled the store")
+            server.stop()
+            wait_until(lambda: "its state cannot be read now" in caplog.text or got, 30,
+                       "get() neither waited for the store nor returned")
+            assert not got, f"get() gave up while the store was away: {got}"
+            server.start()
+            worker = Worker(kernel, workers=1)
+            worker.start()
+            try:
+                waiter.join(30)
+            finally:
+                worker.stop()
+                worker.join()
+        assert got == [5], got
+        assert f"job {job.id}: its state cannot be read now" in caplog.text
+    finally:
+        kernel.close()
+        server.stop()
+
+
+def test_get_still_raises_when_the_store_never_answered(tmp_path: Path) -> None:
+    """A wrong URL or a server down before the first poll is said at once, not waited for
+    until the timeout (a script's misconfiguration must not look like a slow job)."""
+    server = RedisServer(tmp_path).start()
+    kernel = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "redis", "NUVOM_RESULT_BACKEND": "redis",
+        "NUVOM_PLUGINS__REDIS__URL": server.url,
+        "NUVOM_PLUGINS__REDIS__KEY_PREFIX": f"nuvom-get-outage-{os.getpid()}",
+        "NUVOM_PLUGINS__REDIS__SOCKET_TIMEOUT_SECS": "1",
+        "NUVOM_PLUGINS__REDIS__SOCKET_CONNECT_TIMEOUT_SECS": "1"})
+    try:
+        with use_kernel(kernel):
+            job = add.delay(1, 1)
+            server.stop()
+            outcome = _outcome(lambda: job.get(timeout=60))
+        assert type(outcome).__name__ == "RedisUnavailableError", outcome
+    finally:
+        kernel.close()
+        server.stop()
+
+
+def _outcome(call: Any) -> Any:
+    try:
+        return call()
+    except Exception as exc:
+        return exc
