@@ -21,6 +21,7 @@ __all__ = [
     "JobTimeoutError",
     "LeaseLostError",
     "NoRetry",
+    "NotWrittenError",
     "NuvomError",
     "PluginConfigError",
     "PluginLoadError",
@@ -125,6 +126,13 @@ class CorruptWorkflowError(NuvomError):
             f"{outcome}")
         self.workflow_id, self.where, self.detail, self.status = \
             workflow_id, where, detail, status
+
+
+class NotWrittenError(NuvomError, NotImplementedError):
+    """A method of a plugin scaffolded by ``nuvom plugin new`` that its author has not
+    written yet; the message names it and the section of the guide that explains it. A
+    ``NuvomError``, so a command that meets one prints it as one ``Error:`` line (a stub's
+    ``NotImplementedError`` was a traceback from ``nuvom status``)."""
 
 
 class UnknownJobError(NuvomError):

@@ -6,6 +6,7 @@ instead of finding one).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Coroutine
 from datetime import datetime
@@ -14,9 +15,11 @@ from typing import TYPE_CHECKING, Any, Generic, overload
 
 import attrs
 
-from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.errors import EnqueueError, NuvomError
 from nuvom_kernel.models import JobStatus, TaskOptions
 from nuvom_kernel.worker.current import holds_a_slot
+
+log = logging.getLogger("nuvom")
 
 if TYPE_CHECKING:  # a bare ``Job`` means ``Job[Any]`` (PEP 696 default; typing gets it in 3.13)
     from typing_extensions import TypeVar
@@ -184,22 +187,21 @@ class Job(Generic[R]):
 
         if not allow_in_task:
             self._not_in_task()
-        from nuvom_kernel.errors import EnqueueError
-
         kernel = self._bound()
         deadline = None if timeout is None else time.monotonic() + timeout
-        answered = False  # as in Kernel.wait_for: a store away after it answered is waited for
+        stall = StoreStall()
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                return await asyncio.to_thread(kernel.wait_for, self, 0.0, poll_secs)
+                return await asyncio.to_thread(kernel.wait_for, self, 0.0, poll_secs,
+                                               stall=stall)
             except TimeoutError:
-                answered = True
                 if left is not None and left <= 0:
                     raise still_waiting(self, timeout) from None
-            except EnqueueError:
-                if not answered or (left is not None and left <= 0):
+            except EnqueueError as exc:
+                if left is not None and left <= 0:
                     raise
+                stall.failed(self, exc, timeout)
             await asyncio.sleep(poll_secs if left is None else min(poll_secs, left))
 
 
@@ -219,6 +221,31 @@ def not_in_a_task(what: str) -> None:
             "nothing runs the jobs they wait for. Chain the steps instead (chain(first.s(...), "
             "then.s()), or group(...).then(...)); or pass allow_in_task=True when other "
             "workers are sure to serve that queue")
+
+
+class StoreStall:
+    """One wait's polls (``get()``, ``get_async()``) across a store that stops answering.
+
+    Why: a store away for a moment while a caller waited (a Redis or PostgreSQL restart, a
+    failover) made ``get()`` raise for jobs that then succeeded (2 of 20,000 across a 4 s
+    Redis outage), which their callers took for failures. A store that answered once in
+    the wait is waited for, with one warning; one that never answered (a wrong URL, a
+    server down) is said at once. With no timeout, the wait lasts as long as the outage.
+    """
+
+    def __init__(self) -> None:
+        self.answered = False  # a poll of this wait read the store
+        self.warned = False
+
+    def failed(self, job: Job[Any], exc: EnqueueError, timeout: float | None) -> None:
+        """A poll could not read the store: go on waiting, or raise ``exc`` if it never
+        answered this wait."""
+        if not self.answered:
+            raise exc
+        if not self.warned:
+            self.warned = True
+            log.warning("job %s: its state cannot be read now (%s); still waiting%s", job.id,
+                        exc, "" if timeout is None else f" until the timeout ({timeout} s)")
 
 
 def still_waiting(job: Job[Any], timeout: float | None) -> TimeoutError:

@@ -28,7 +28,7 @@ from nuvom_kernel.errors import (
     UnknownJobError,
     error_text,
 )
-from nuvom_kernel.job import Job, still_waiting
+from nuvom_kernel.job import Job, StoreStall, still_waiting
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message, TaskOptions
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import REGISTRY, TaskRegistry
@@ -86,11 +86,15 @@ class Kernel:
         """The ``what`` ``name``, built by its class's ``from_settings`` from its
         ``[plugins.<name>]`` settings.
 
-        :raises PluginConfigError: ``from_settings`` (or the constructor it calls) raised an
-            exception other than a :class:`NuvomError` (which already says what is wrong, in
-            the plugin's words, and passes as it is). Why: a key the backend does not accept
-            gave a raw ``TypeError`` about ``__init__`` from every command, naming neither the
-            plugin nor the table the key came from (the scaffold's own example did).
+        :raises PluginConfigError: ``from_settings`` (or the constructor it calls) refused
+            its settings with a ``TypeError``, ``ValueError`` or ``KeyError`` (a key it does
+            not accept, a value of the wrong type). Why: such a key gave a raw ``TypeError``
+            about ``__init__`` from every command, naming neither the plugin nor the table
+            the key came from (the scaffold's own example did).
+        :raises EnqueueError: it raised anything else but a :class:`NuvomError` (which
+            says what is wrong in the plugin's words, and passes as it is): a store it could
+            not reach while it was built is no configuration error (exit status 1; the
+            dashboard serves its 503 pages meanwhile).
         """
         cls: Any = self.pm.lookup(hook, name, what)
         settings = self.config.plugin_settings(name)
@@ -98,14 +102,19 @@ class Kernel:
             return cls.from_settings(settings, self._context())
         except NuvomError:
             raise
-        except Exception as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise PluginConfigError(self._not_built(hook, name, what, cls, exc)) from exc
+        except Exception as exc:
+            raise EnqueueError(self._not_built(hook, name, what, cls, exc, settings=False)
+                               ) from exc
 
-    def _not_built(self, hook: str, name: str, what: str, cls: type, exc: Exception) -> str:
+    def _not_built(self, hook: str, name: str, what: str, cls: type, exc: Exception, *,
+                   settings: bool = True) -> str:
         """Why the ``what`` ``name`` could not be built: its plugin, its class, the settings
         keys it was given and where each was set (never their values: a URL may hold a
-        password), the error, and what to check."""
-        plugin = self.pm.collect(hook, name)[name][1]
+        password), the error, and what to check (``settings``: whether the error is one a
+        setting can cause, else its store may be what is away)."""
+        plugin = self.pm.provider(hook, name) or "?"
         table = f"[plugins.{name.lower()}]"
         sources = self.config.plugin_setting_sources(name)
         if sources:
@@ -118,6 +127,9 @@ class Kernel:
             given = (f"it was given no settings (no {table} table nor "
                      f"NUVOM_PLUGINS__{name.upper()}__<KEY> variable)")
             check = "The plugin fails without settings, so it is at fault"
+        if not settings:
+            check = ("If it could not reach its store, check that the store runs and that "
+                     f"{table} points at it; otherwise the plugin is at fault")
         return (f"plugin {plugin!r}{self.pm.provenance(plugin)}: its {what} {name!r} "
                 f"({cls.__module__}.{cls.__qualname__}) could not be built: {given}, and its "
                 f"from_settings raised {type(exc).__name__}: {error_text(exc)}. {check}: fix "
@@ -300,39 +312,34 @@ class Kernel:
         return job
 
     def wait_for(self, job: Job, timeout: float | None = None, poll_secs: float = 0.05, *,
-                 answered_before: bool = False) -> Any:
+                 stall: StoreStall | None = None) -> Any:
         """Poll the backends until ``job`` is finished; its value (``None`` for a task with
-        ``store_result=False``). ``answered_before``: an earlier poll of this wait (a caller
-        polling in steps) read the store.
+        ``store_result=False``). A store that stops answering after it answered is waited
+        for (:class:`~nuvom_kernel.job.StoreStall`; ``stall``: that of a caller polling in
+        steps, ``get_async``).
 
         :raises JobCancelledError: it was cancelled before it ended.
         :raises JobFailedError: it ended FAILED.
         :raises UnknownJobError: no backend knows the id (it would never finish).
         :raises TimeoutError: not finished within ``timeout`` seconds.
         :raises EnqueueError: the store cannot be read (down, refusing the password) at the
-            first poll, or still at the deadline. Between the two it is polled on: a store
-            away for a moment (a Redis or PostgreSQL restart, a failover) made ``get()``
-            raise for jobs that then succeeded, which their callers took for failures.
+            first poll, or still at the deadline.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
-        answered, away = answered_before, False
+        stall = StoreStall() if stall is None else stall
         while True:
             try:
                 self.refresh_job(job)
             except EnqueueError as exc:
-                if not answered or (deadline is not None and time.monotonic() >= deadline):
+                if deadline is not None and time.monotonic() >= deadline:
                     raise
-                if not away:
-                    log.warning("job %s: its state cannot be read now (%s); still waiting%s",
-                                job.id, error_text(exc), "" if deadline is None else
-                                f" until the timeout ({timeout} s)")
-                    away = True
+                stall.failed(job, exc, timeout)
                 wait = poll_secs if deadline is None else min(poll_secs,
                                                               deadline - time.monotonic())
                 time.sleep(max(wait, 0.0))
                 continue
-            answered = True
+            stall.answered = True
             if job.status is JobStatus.SUCCEEDED:
                 return job.result
             if job.status is JobStatus.CANCELLED:  # a step's hint names its workflow

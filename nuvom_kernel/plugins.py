@@ -480,18 +480,42 @@ class NuvomPluginManager(pluggy.PluginManager):
 
     # --- registration hooks -------------------------------------------------------------
 
+    def provider(self, hook_name: str, name: str) -> str | None:
+        """The plugin whose ``hook_name`` registers the backend ``name``; ``None`` when
+        none does, or the registrations cannot be read (for a message naming it)."""
+        try:
+            return self.collect(hook_name, name).get(name, (None, None))[1]
+        except Exception:  # a broken registration: the message stays general
+            return None
+
     def collect(self, hook_name: str, wanted: str | None = None
                 ) -> dict[str, tuple[type, str]]:
         """Classes returned by a ``nuvom_register_*`` hook, keyed by ``name``, with provider.
 
-        ``wanted``: the one name the caller builds. Two classes sharing another name are then
-        a warning (the first one is kept): a clash between two plugins nobody selected
-        stopped every command, the default backend's too.
+        Two classes sharing a name are an error only for ``wanted``, the one name the
+        caller builds; any other clash is a warning and the first class is kept (a clash
+        between two plugins nobody selected stopped every command, the default backend's
+        too, and the listings that would show it). :meth:`clashes` lists them all.
 
-        :raises DuplicateBackendError: two classes share a name (``wanted``, when given; both
-            providers named).
+        :raises DuplicateBackendError: two classes share the name ``wanted`` (both providers
+            named).
         """
+        found, clashes = self._collected(hook_name)
+        for name, message in clashes:
+            if name == wanted:
+                raise DuplicateBackendError(f"{message}.")
+            warn_once(f"{message}; until then it cannot be selected.")
+        return found
+
+    def clashes(self, hook_name: str) -> list[str]:
+        """What :meth:`collect` warns about: one message per backend name two plugins share
+        (for ``nuvom plugin test``'s "unique names" check)."""
+        return [message for _, message in self._collected(hook_name)[1]]
+
+    def _collected(self, hook_name: str
+                   ) -> tuple[dict[str, tuple[type, str]], list[tuple[str, str]]]:
         found: dict[str, tuple[type, str]] = {}
+        clashes: list[tuple[str, str]] = []
         for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
             for cls in self._call(impl, hook_name) or ():
                 problem = _bad_name(impl.plugin_name, cls, hook_name)
@@ -499,18 +523,15 @@ class NuvomPluginManager(pluggy.PluginManager):
                     raise PluginLoadError(problem)
                 name = cls.name
                 if name in found and found[name][0] is not cls:
-                    message = (
+                    clashes.append((name, (
                         f"two plugins register {hook_name[15:].rstrip('s')} {name!r}: "
                         f"{found[name][1]!r} ({_qual(found[name][0])}) and "
                         f"{impl.plugin_name!r} ({_qual(cls)}). Disable one with "
                         f"{DISABLE_VAR}={impl.plugin_name} (or [plugins] disable = "
-                        f"[\"{impl.plugin_name}\"] in {PLUGINS_FILE}), or rename its backend")
-                    if wanted is None or name == wanted:
-                        raise DuplicateBackendError(f"{message}.")
-                    warn_once(f"{message}; until then it cannot be selected.")
+                        f"[\"{impl.plugin_name}\"] in {PLUGINS_FILE}), or rename its backend")))
                     continue
                 found[name] = (cls, impl.plugin_name)
-        return found
+        return found, clashes
 
     def lookup(self, hook_name: str, name: str, what: str) -> type:
         """One registered class by name, or an error listing installed names and a fix.

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.errors import PluginConfigError
+from nuvom_kernel.errors import ConfigError, EnqueueError, PluginConfigError
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.testing.stubs import StubQueue
 from tests.helpers import fake_distribution, run_nuvom
@@ -113,10 +113,20 @@ class _Strict(StubQueue):
         super().__init__(visibility_timeout_secs=visibility_timeout_secs)
 
 
+class _Away(StubQueue):
+    """Connects while it is built, to a store that is not there."""
+
+    name = "khaway"
+
+    @classmethod
+    def from_settings(cls, settings: Any, context: Any) -> Any:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
 class _Provider:
     @hookimpl
     def nuvom_register_queue_backends(self) -> list[type]:
-        return [_OwnWords, _Strict]
+        return [_OwnWords, _Strict, _Away]
 
 
 def test_the_wrapped_error_keeps_its_cause_and_a_plugins_own_error_passes(tmp_path: Path
@@ -137,11 +147,18 @@ def test_the_wrapped_error_keeps_its_cause_and_a_plugins_own_error_passes(tmp_pa
     assert isinstance(caught.value.__cause__, TypeError)
     with pytest.raises(PluginConfigError, match=r"^\[plugins.khownwords\] needs a url$"):
         _ = kernel("khownwords").queue
+    # a store that is away is no configuration error (exit 1, not 2; the dashboard serves
+    # its 503 pages meanwhile instead of refusing to start)
+    with pytest.raises(EnqueueError, match=r"from_settings raised ConnectionRefusedError: "
+                       r".*If it could not reach its store, check that the store runs") as away:
+        _ = kernel("khaway").queue
+    assert not isinstance(away.value, ConfigError), away.value
 
 
 # A queue stub as `nuvom plugin new` writes it: its methods say they are not written yet.
 UNWRITTEN_QUEUE = '''
 from nuvom_kernel import hookimpl
+from nuvom_kernel.errors import NotWrittenError
 from nuvom_kernel.testing.stubs import StubQueue
 
 
@@ -149,10 +166,10 @@ class UnwrittenQueue(StubQueue):
     name = "khunwritten"
 
     def stats(self, queues=None):
-        raise NotImplementedError("UnwrittenQueue.stats() is not written yet: count the jobs")
+        raise NotWrittenError("UnwrittenQueue.stats() is not written yet: count the jobs")
 
     def qsize(self, queues=None):
-        raise NotImplementedError("UnwrittenQueue.qsize() is not written yet: count the jobs")
+        raise NotWrittenError("UnwrittenQueue.qsize() is not written yet: count the jobs")
 
 
 @hookimpl
@@ -163,11 +180,11 @@ def nuvom_register_queue_backends():
 
 def test_a_method_a_plugin_has_not_written_yet_is_one_error_line(tmp_path: Path) -> None:
     """``nuvom status`` on a fresh scaffold ended in a ``NotImplementedError`` traceback
-    although the stub's message already says which method is missing."""
+    although the stub's message already says which method is missing; the stubs raise
+    ``NotWrittenError`` (a ``NuvomError`` and a ``NotImplementedError``) now."""
     site = fake_distribution(tmp_path / "site", "khunwritten", UNWRITTEN_QUEUE)
     done = run_nuvom(["status"], tmp_path, PYTHONPATH=str(site),
                      NUVOM_QUEUE_BACKEND="khunwritten", NUVOM_RESULT_BACKEND="memory")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert "Error: UnwrittenQueue." in done.stderr and "is not written yet" in done.stderr
-    assert "`nuvom plugin test` lists what a plugin has not written yet" in done.stderr

@@ -87,24 +87,25 @@ class _Output:
         return self.text()
 
 
-def test_a_claim_that_returns_rows_is_named_and_retried_not_a_dead_dispatcher(
-        project: Path) -> None:
+def test_a_claim_that_returns_rows_is_named_and_stops_the_worker(project: Path) -> None:
+    """Not tried again: each claim would take jobs nobody can run, every one of them back
+    after its visibility timeout one delivery nearer ``max_deliveries``."""
     _project(project)
     worker = start_worker(project, {"NUVOM_QUEUE_BACKEND": "rowsq",
                                     "NUVOM_RESULT_BACKEND": "sqlite"}, "--workers", "1")
-    output = _Output(worker)
     try:
-        wait_until(lambda: output.text().count("from claim()") >= 2, timeout=30,
-                   what="the bad claim reported twice (tried again after a pause)")
-        assert worker.poll() is None, "a backend's bad answer must not end the worker"
-    finally:
-        worker.send_signal(2)
-        worker.wait(30)
-    text = output.close()
+        code = worker.wait(60)
+    except subprocess.TimeoutExpired:
+        out = stop_worker(worker)
+        pytest.fail(f"the worker went on claiming from a broken backend:\n{out}")
+    text = worker.stdout.read() if worker.stdout else ""
+    assert code == 1, text
     assert "queue backend 'rowsq' (plugin 'bad_queues:RowsQueue') returned list holding dict" \
         in text, text
-    assert "nuvom_kernel.models.Lease" in text and "nuvom plugin test rowsq" in text, text
-    assert "Traceback" not in text, "the same contract error each time needs no traceback"
+    assert "nuvom_kernel.models.Lease, so this worker claims nothing more" in text, text
+    assert "nuvom plugin test rowsq" in text and "stopping the worker (exit status 1)" in text
+    assert text.count("from claim()") == 1, "said once, not at every retry"
+    assert "Traceback" not in text, "the contract error says all: no traceback"
     assert "Exception in thread" not in text, text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,10 +119,14 @@ def test_a_hook_wrapper_that_would_wrap_nothing_is_refused_naming_it(proj: Path)
 def test_duplicate_backend_names_both_providers(proj: Path):
     pm = manager(proj, "[plugins]\nqueue_backend = ['local_plugins:DuplicateMemory']\n")
     with pytest.raises(DuplicateBackendError) as info:
-        pm.collect("nuvom_register_queue_backends")
+        pm.collect("nuvom_register_queue_backends", "memory")
     text = str(info.value)
     assert "'memory'" in text and "local_plugins:DuplicateMemory" in text
     assert "nuvom_kernel.testing.memory.MemoryJobQueue" in text
+    # Listing is not selecting: the first class is kept, and the clash is still named.
+    listed = pm.collect("nuvom_register_queue_backends")
+    assert "memory" in listed and "sqlite" in listed
+    assert pm.clashes("nuvom_register_queue_backends") == [text.rstrip(".")]
 
 
 def test_disable_by_name_and_env(proj: Path):
@@ -252,3 +257,16 @@ def test_two_plugins_sharing_a_backend_name_stop_only_what_selects_it(tmp_path: 
     assert "Error: two plugins register queue_backend 'khclash'" in clash.stderr
     assert "'khone'" in clash.stderr and "'khtwo'" in clash.stderr, clash.stderr
     assert "NUVOM_DISABLE_PLUGINS=" in clash.stderr, clash.stderr
+    # the listings and checks that show the clash keep working, and each names it
+    new = run_nuvom(["plugin", "new", "khfresh", "--dir", str(tmp_path / "fresh")], project,
+                    PYTHONPATH=str(site), **memory)
+    assert new.returncode == 0, new.stdout + new.stderr
+    tested = run_nuvom(["plugin", "test", "khtwo", "--json"], project,
+                       PYTHONPATH=str(site), **memory)
+    checks = {(c["plugin"], c["check"]): c for c in json.loads(tested.stdout)["checks"]}
+    unique = checks[("khtwo", "unique names")]
+    assert not unique["ok"] and "two plugins register queue_backend 'khclash'" in \
+        unique["detail"], unique
+    found = run_nuvom(["plugin", "test", "sqlite", "-k", "fifo"], project,
+                      PYTHONPATH=str(site), **memory)
+    assert "no installed plugin" not in found.stdout + found.stderr, found.stdout

@@ -118,7 +118,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         cli.main(args=args, prog_name="nuvom", obj=kernel, standalone_mode=True)
     except NuvomError as exc:
         _fail(exc)
-    except NotImplementedError as exc:  # a plugin's stub (`nuvom plugin new`) says which
-        click.echo(f"Error: {exc or 'NotImplementedError'} (`nuvom plugin test` lists what "
-                   "a plugin has not written yet)", err=True)
-        sys.exit(1)

@@ -372,7 +372,7 @@ def plugin_new(name: str, kind: str, directory: Path | None) -> None:
     """Scaffold an installable plugin distribution for a backend named NAME.
 
     Creates pyproject.toml (with the `nuvom` entry point), a src-layout package whose
-    backend methods raise NotImplementedError pointing at docs/writing_plugins.md, a
+    backend methods raise NotWrittenError pointing at docs/writing_plugins.md, a
     contract test and a README. Then: pip install -e ".[test]" (the distribution and pytest,
     which the contract runs on), and run `nuvom plugin test NAME`.
     """

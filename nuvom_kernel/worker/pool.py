@@ -272,11 +272,7 @@ class Worker:
         for hook, name, what in (
                 ("nuvom_register_queue_backends", settings.queue_backend, "queue backend"),
                 ("nuvom_register_result_backends", settings.result_backend, "result backend")):
-            try:
-                provider = pm.collect(hook).get(name, (None, None))[1]
-            except Exception:  # a broken registration: the advice stays general
-                continue
-            if provider == plugin:
+            if pm.provider(hook, name) == plugin:
                 found.append(what)
         return found
 
@@ -424,8 +420,11 @@ class Worker:
             self._claim_loop()
         except BaseException as exc:
             self._broken = True
-            log.critical("the worker's dispatcher failed, so it claims nothing more: %r; "
-                         "stopping the worker (exit status 1)", exc, exc_info=exc)
+            if isinstance(exc, _BadClaim):  # says all there is to say
+                log.critical("%s; stopping the worker (exit status 1)", exc)
+            else:
+                log.critical("the worker's dispatcher failed, so it claims nothing more: %r; "
+                             "stopping the worker (exit status 1)", exc, exc_info=exc)
             self.stop()
 
     def _claim_loop(self) -> None:
@@ -453,15 +452,7 @@ class Worker:
                 continue
             try:
                 leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)
-                if not isinstance(leases, list) or not all(isinstance(x, Lease) for x in leases):
-                    raise self._not_leases(leases)
                 failures = 0
-            except _BadClaim as exc:  # the same each time: the message, no traceback
-                failures += 1
-                backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
-                log.error("%s; retrying in %.2f s", exc, backoff)
-                self._stopping.wait(backoff)
-                continue
             except Exception as exc:
                 failures += 1
                 backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
@@ -472,6 +463,11 @@ class Worker:
                           exc_info=None if isinstance(exc, NuvomError) else exc)
                 self._stopping.wait(backoff)
                 continue
+            if not isinstance(leases, list | tuple) or not all(isinstance(x, Lease)
+                                                                for x in leases):
+                # Not retried: each claim would take jobs nobody can run, and each comes
+                # back after its visibility timeout one delivery nearer max_deliveries.
+                raise self._not_leases(leases)
             self.slots.claimed(leases, wanted)
             now = time.monotonic()
             for lease in leases:
@@ -484,24 +480,25 @@ class Worker:
                     self.slots.hand_over(lease, now)
 
     def _not_leases(self, got: object) -> _BadClaim:
-        """The error for a claim that returned ``got``, not a list of leases, naming the
-        backend, the plugin that provides it and the check that would have caught it."""
-        items = got if isinstance(got, list) else [got]
+        """The error for a claim that returned ``got``, not a list of leases: it names the
+        backend, the plugin that provides it and the check that would have caught it, and
+        gives back the leases among ``got`` (what else it claimed waits for its visibility
+        timeout)."""
+        items = list(got) if isinstance(got, list | tuple) else [got]
+        for item in items:
+            if isinstance(item, Lease):
+                self.settler.safely("release it", item, self.queue.release, item)
         odd = next((x for x in items if not isinstance(x, Lease)), got)
         name = self.queue.name
-        try:
-            plugin = self.kernel.pm.collect("nuvom_register_queue_backends").get(
-                name, (None, "?"))[1]
-        except Exception:  # a broken registration: the backend's name says enough
-            plugin = "?"
+        plugin = self.kernel.pm.provider("nuvom_register_queue_backends", name) or "?"
         shown = repr(odd)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         return _BadClaim(
             f"queue backend {name!r} (plugin {plugin!r}) returned {type(got).__name__} "
             f"holding {type(odd).__name__} {shown} from claim(), not a list of "
-            f"nuvom_kernel.models.Lease: whatever it claimed waits for its visibility "
-            f"timeout. Fix the plugin (`nuvom plugin test {name}` checks it), or choose "
-            f"another backend with NUVOM_QUEUE_BACKEND")
+            f"nuvom_kernel.models.Lease, so this worker claims nothing more (each claim "
+            f"would take jobs it cannot run). Fix the plugin (`nuvom plugin test {name}` "
+            f"checks it), or choose another backend with NUVOM_QUEUE_BACKEND")
 
     # --- executors ----------------------------------------------------------------------
 

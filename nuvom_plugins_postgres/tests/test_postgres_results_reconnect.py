@@ -103,3 +103,44 @@ def test_reads_survive_a_connection_dropped_mid_statement(
     got = _dropped_mid_statement(schema, getattr(results, what), table)
     assert got == ({"SUCCEEDED": 1} if what == "counts" else {} if what == "schedule_states"
                    else [])
+
+
+def test_a_statement_that_fails_on_a_live_connection_is_not_repeated(
+        results: PostgresResultBackend, caplog: pytest.LogCaptureFixture) -> None:
+    """A cancelled statement (here its ``statement_timeout``), a lock timeout or a full disk
+    is an ``OperationalError`` too, but not a lost connection: repeating it only doubled
+    its wait, and it was logged as "connection lost"."""
+    store = results._store
+    calls: list[int] = []
+
+    def slow(conn: psycopg.Connection[Any]) -> Any:
+        calls.append(1)
+        with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 50")
+            return conn.execute("SELECT pg_sleep(5)").fetchone()
+
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        store.run(slow)
+    assert calls == [1], "a statement that failed on a live connection was run again"
+    assert "connection lost" not in caplog.text
+
+
+def test_a_server_that_cannot_be_reached_is_a_postgres_unavailable_error(
+        settings: dict[str, object], context: Any) -> None:
+    """No connection within the pool's timeout is the server being away, said as
+    ``PostgresUnavailableError`` (an ``EnqueueError``: ``Job.get`` waits it out), not a
+    raw ``PoolTimeout`` after a second wait of the same length."""
+    from nuvom_kernel.errors import EnqueueError
+    from nuvom_plugins_postgres import PostgresUnavailableError
+
+    backend = PostgresResultBackend.from_settings(settings, context)
+    store = backend._store
+    try:
+        store.pool.close()  # every later checkout fails at once: no connection to be had
+        calls: list[int] = []
+        with pytest.raises(PostgresUnavailableError) as away:
+            store.run(lambda conn: calls.append(1))
+        assert isinstance(away.value, EnqueueError)
+        assert calls == [], "nothing ran without a connection"
+    finally:
+        backend.close()

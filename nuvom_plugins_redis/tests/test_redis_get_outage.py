@@ -7,6 +7,7 @@ during a 4 s outage; both jobs had succeeded. The store here is a throwaway
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -27,8 +28,9 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
-def test_get_waits_out_a_restart_of_the_store(tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("call", ["get", "get_async"])
+def test_get_waits_out_a_restart_of_the_store(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                              call: str) -> None:
     server = RedisServer(tmp_path, "127.0.0.1", "--appendonly", "yes", "--appendfsync",
                          "always").start()
     kernel = Kernel(root=tmp_path, environ={
@@ -41,9 +43,12 @@ def test_get_waits_out_a_restart_of_the_store(tmp_path: Path,
     try:
         with use_kernel(kernel), caplog.at_level(logging.WARNING, logger="nuvom"):
             job = add.delay(2, 3)  # no worker yet: get() polls a queued job
-            waiter = threading.Thread(
-                target=lambda: got.append(_outcome(lambda: job.get(timeout=60))),
-                daemon=True)
+            def wait() -> Any:
+                if call == "get":
+                    return job.get(timeout=60)
+                return asyncio.run(job.get_async(timeout=60))
+
+            waiter = threading.Thread(target=lambda: got.append(_outcome(wait)), daemon=True)
             calls = server.client().info("stats")["total_commands_processed"]
             waiter.start()
             wait_until(lambda: server.client().info("stats")["total_commands_processed"]

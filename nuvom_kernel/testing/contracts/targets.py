@@ -174,8 +174,8 @@ def _from_plugin(pm: NuvomPluginManager, plugin_name: str, config: Config
                     continue
                 provided.setdefault(kind, []).append(cls.name)
                 targets.append(Target(kind, cls.name, cls, plugin_name))
-    duplicates = [str(exc) for hook, _ in KINDS.values()
-                  if (exc := _collect_error(pm, hook)) is not None and plugin_name in str(exc)]
+    duplicates = [message for hook, _ in KINDS.values() for message in _clashes(pm, hook)
+                  if repr(plugin_name) in message]
     detail = "; ".join(f"{k}: {', '.join(v)}" for k, v in provided.items()) or "hooks only"
     checks.append(Check(plugin_name, "backend classes", not problems, "; ".join(problems)
                         or detail))
@@ -184,12 +184,11 @@ def _from_plugin(pm: NuvomPluginManager, plugin_name: str, config: Config
     return targets, checks
 
 
-def _collect_error(pm: NuvomPluginManager, hook: str) -> Exception | None:
+def _clashes(pm: NuvomPluginManager, hook: str) -> list[str]:
     try:
-        pm.collect(hook)
-    except NuvomError as exc:
-        return exc
-    return None
+        return pm.clashes(hook)
+    except NuvomError:  # a bad class: the "backend classes" check says so
+        return []
 
 
 def _from_target(target: str, config: Config) -> tuple[list[Target], list[Check]]:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from nuvom_kernel.clock import server_offset
 from nuvom_kernel.errors import EnqueueError
@@ -67,6 +67,15 @@ def unreachable(dsn: str, exc: BaseException) -> PostgresUnavailableError:
     return PostgresUnavailableError(
         f"cannot use PostgreSQL at dsn={masked_dsn(dsn)}: {reason}; {_advice(reason)} "
         "([plugins.postgres] dsn, or NUVOM_PLUGINS__POSTGRES__DSN).")
+
+
+def connection_lost(exc: psycopg.OperationalError) -> bool:
+    """Whether ``exc`` says the connection is gone (the client lost it: no SQLSTATE; a
+    connection exception, class 08; the server shutting down or terminating the session,
+    57P01-57P03), not that a statement failed on a live one (a lock timeout, a cancelled
+    query, a full disk: also ``OperationalError``), which a retry would only repeat."""
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")
 
 
 def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
@@ -163,11 +172,22 @@ class Store:
         """Run ``fn`` on a pooled connection, once more on a fresh one if the server dropped
         the first mid-statement (a terminated backend, a restart's ``terminating connection
         due to administrator command``, which the checkout's test cannot see coming). Only
-        for calls that are safe to repeat: reads, token-checked or fenced writes, upserts."""
+        for calls that are safe to repeat: reads, token-checked or fenced writes, upserts.
+
+        :raises PostgresUnavailableError: the server cannot be reached (no connection within
+            the pool's timeout, or the retry's connection lost too): an ``EnqueueError``
+            naming the DSN, which a waiting ``Job.get()`` waits out and the worker's loops
+            report in one line. Any other error (a lock timeout, a full disk, a statement
+            the server refused) is raised as it is, and not repeated.
+        """
         try:
             with self.connection() as conn:
                 return fn(conn)
         except psycopg.OperationalError as exc:
+            if isinstance(exc, PoolTimeout):  # waited 30 s for a connection: down, not lost
+                raise unreachable(self.dsn, exc) from exc
+            if not connection_lost(exc):
+                raise
             log.warning("PostgreSQL connection lost (%s); retrying once on a new one",
                         " ".join(str(exc).split()))
         # A restart terminates every session at once: test the idle ones first, or the retry
@@ -175,8 +195,13 @@ class Store:
         # twice in one fast restart). The pool replaces the broken ones, so the retry waits
         # for a connection made after the server came back.
         self.pool.check()
-        with self.connection() as conn:
-            return fn(conn)
+        try:
+            with self.connection() as conn:
+                return fn(conn)
+        except psycopg.OperationalError as exc:
+            if isinstance(exc, PoolTimeout) or connection_lost(exc):
+                raise unreachable(self.dsn, exc) from exc
+            raise
 
     def close(self) -> None:
         if self.pid == os.getpid():

@@ -257,6 +257,16 @@ def _free_space_advice(real_path: Path, *, purge: bool = True) -> str:
             "the file.")
 
 
+def _is_damaged(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` says the file is not an SQLite database or is damaged (SQLITE_NOTADB,
+    SQLITE_CORRUPT), not that a statement was wrong: only then is "move it aside" advice."""
+    name = getattr(exc, "sqlite_errorname", None)  # Python 3.11+
+    if name is not None:
+        return name in ("SQLITE_NOTADB", "SQLITE_CORRUPT")
+    text = str(exc)
+    return "file is not a database" in text or "malformed" in text
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -359,7 +369,9 @@ class Database:
                 if _is_busy(exc):
                     raise
                 raise self._unopenable(exc) from exc
-            # SQLITE_NOTADB, SQLITE_CORRUPT: never replaced here, since it may hold jobs
+            if not _is_damaged(exc):  # a bug (IntegrityError, ProgrammingError): as it is
+                raise
+            # never replaced here, since it may hold jobs
             raise SQLiteUnavailableError(
                 f"the 'sqlite' backend's database {self.path} is damaged or is not an SQLite "
                 f"database ({type(exc).__name__}: {exc}), so nothing can be enqueued, claimed "
