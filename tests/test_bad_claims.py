@@ -87,18 +87,23 @@ class _Output:
         return self.text()
 
 
-def test_a_claim_that_returns_rows_is_named_and_stops_the_worker(project: Path) -> None:
-    """Not tried again: each claim would take jobs nobody can run, every one of them back
-    after its visibility timeout one delivery nearer ``max_deliveries``."""
+def _worker_ends(project: Path, backend: str) -> tuple[int, str]:
+    """A worker on ``backend`` that must stop by itself: its exit status and output."""
     _project(project)
-    worker = start_worker(project, {"NUVOM_QUEUE_BACKEND": "rowsq",
+    worker = start_worker(project, {"NUVOM_QUEUE_BACKEND": backend,
                                     "NUVOM_RESULT_BACKEND": "sqlite"}, "--workers", "1")
     try:
         code = worker.wait(60)
     except subprocess.TimeoutExpired:
         out = stop_worker(worker)
-        pytest.fail(f"the worker went on claiming from a broken backend:\n{out}")
-    text = worker.stdout.read() if worker.stdout else ""
+        pytest.fail(f"the worker went on after its backend broke:\n{out}")
+    return code, worker.stdout.read() if worker.stdout else ""
+
+
+def test_a_claim_that_returns_rows_is_named_and_stops_the_worker(project: Path) -> None:
+    """Not tried again: each claim would take jobs nobody can run, every one of them back
+    after its visibility timeout one delivery nearer ``max_deliveries``."""
+    code, text = _worker_ends(project, "rowsq")
     assert code == 1, text
     assert "queue backend 'rowsq' (plugin 'bad_queues:RowsQueue') returned list holding dict" \
         in text, text
@@ -110,15 +115,7 @@ def test_a_claim_that_returns_rows_is_named_and_stops_the_worker(project: Path) 
 
 
 def test_a_dispatcher_that_fails_stops_the_worker_with_status_1(project: Path) -> None:
-    _project(project)
-    worker = start_worker(project, {"NUVOM_QUEUE_BACKEND": "listtokenq",
-                                    "NUVOM_RESULT_BACKEND": "sqlite"}, "--workers", "1")
-    try:
-        code = worker.wait(60)
-    except subprocess.TimeoutExpired:
-        out = stop_worker(worker)
-        pytest.fail(f"the worker went on without a dispatcher:\n{out}")
-    out = worker.stdout.read() if worker.stdout else ""
+    code, out = _worker_ends(project, "listtokenq")
     assert code == 1, out
     assert "the worker's dispatcher failed, so it claims nothing more" in out, out
     assert "unhashable type: 'list'" in out, out

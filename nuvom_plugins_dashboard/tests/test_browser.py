@@ -9,10 +9,10 @@ screenshots are kept in ``test-artifacts/dashboard/`` (``NUVOM_TEST_ARTIFACTS`` 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from dash_browser import browser_page as browser_page  # a fixture
+from dash_browser import skip_without_chromium
 from dash_fixtures import kernel as kernel  # a fixture
 from dash_fixtures import project as project  # a fixture
 from dash_procs import Dashboard, start_worker, stop, wait_until
@@ -20,13 +20,10 @@ from dash_procs import Dashboard, start_worker, stop, wait_until
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import JobStatus
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("NUVOM_TEST_ARTIFACTS") or
                  Path(__file__).resolve().parents[2] / "test-artifacts") / "dashboard"
 
-if not CHROMIUM.exists() and not os.environ.get("CI"):
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run "
-                "installs it)", allow_module_level=True)
+skip_without_chromium()
 
 TASKS = '''
 import os
@@ -42,20 +39,6 @@ def dashboard_charge(order, flag):
 def dashboard_add(x, y):
     return x + y
 '''
-
-
-@pytest.fixture
-def browser_page() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                             args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 720})
-        try:
-            yield page
-        finally:
-            browser.close()
 
 
 def _shot(page: object, name: str) -> None:

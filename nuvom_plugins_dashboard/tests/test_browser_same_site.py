@@ -14,12 +14,11 @@ forms are ``same-origin``; this one is ``same-site``, and is refused.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
+from dash_browser import browser_page as browser_page  # a fixture
+from dash_browser import sibling_site, skip_without_chromium
 from dash_fixtures import kernel as kernel  # a fixture
 from dash_fixtures import project as project  # a fixture
 from dash_helpers import record
@@ -28,52 +27,20 @@ from dash_procs import Dashboard
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import JobStatus
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-if not CHROMIUM.exists() and not __import__("os").environ.get("CI"):
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run "
-                "installs it)", allow_module_level=True)
+skip_without_chromium()
 
 #: The value the sibling page plants in the dashboard's CSRF cookie and repeats in its form.
 PLANTED = "planted-by-another-port"
 
 
 def _sibling(target: str) -> tuple[ThreadingHTTPServer, str]:
-    """A web server on another port of 127.0.0.1 whose page plants the CSRF cookie and
-    posts the dashboard's retry form at once (no ``run`` field: the form's optional one)."""
+    """A page that plants the CSRF cookie and posts the dashboard's retry form at once (no
+    ``run`` field: the form's optional one)."""
     page = (f'<!doctype html><meta name="referrer" content="no-referrer">'
             f'<form id="f" method="post" action="{target}">'
             f'<input name="csrf" value="{PLANTED}"></form>'
             "<script>document.getElementById('f').submit()</script>").encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Set-Cookie", f"nuvom_csrf={PLANTED}; Path=/; SameSite=Lax")
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/"
-
-
-@pytest.fixture
-def browser_page() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                             args=["--no-sandbox"])
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
+    return sibling_site(f"nuvom_csrf={PLANTED}; Path=/; SameSite=Lax", page)
 
 
 def test_a_page_on_another_port_of_the_host_cannot_post_an_action(

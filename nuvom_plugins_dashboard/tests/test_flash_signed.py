@@ -9,14 +9,13 @@ for the forms a browser would not send (a forged MAC, non-ASCII text)."""
 
 from __future__ import annotations
 
-import os
 import re
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from dash_browser import browser_page as browser_page  # a fixture
+from dash_browser import sibling_site
 from dash_fixtures import client as client  # a fixture
 from dash_fixtures import kernel as kernel  # a fixture
 from dash_fixtures import make_client as make_client  # a fixture
@@ -27,7 +26,6 @@ from starlette.testclient import TestClient
 
 from nuvom_kernel.kernel import Kernel
 
-CHROMIUM = Path("/usr/bin/chromium")
 PLANTED = "Security notice: the job store was breached, sign in again at evil.example"
 
 
@@ -37,40 +35,9 @@ def _shown(html: str) -> str | None:
 
 
 def _sibling(cookie: str) -> tuple[ThreadingHTTPServer, str]:
-    """A web server on another port of 127.0.0.1 whose page sets ``nuvom_flash``."""
-    page = b"<!doctype html><title>another program</title><p>hello"
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Set-Cookie", f"nuvom_flash={cookie}; Path=/; SameSite=Lax")
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/"
-
-
-@pytest.fixture
-def browser_page() -> Iterator[object]:
-    if not CHROMIUM.exists() and not os.environ.get("CI"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run "
-                    "installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
-                                             args=["--no-sandbox"])
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
+    """A page of another program that sets ``nuvom_flash``."""
+    return sibling_site(f"nuvom_flash={cookie}; Path=/; SameSite=Lax",
+                        b"<!doctype html><title>another program</title><p>hello")
 
 
 def test_a_page_on_another_port_cannot_plant_a_status_line(

@@ -33,12 +33,7 @@ def test_get_waits_out_a_restart_of_the_store(tmp_path: Path, caplog: pytest.Log
                                               call: str) -> None:
     server = RedisServer(tmp_path, "127.0.0.1", "--appendonly", "yes", "--appendfsync",
                          "always").start()
-    kernel = Kernel(root=tmp_path, environ={
-        "NUVOM_QUEUE_BACKEND": "redis", "NUVOM_RESULT_BACKEND": "redis",
-        "NUVOM_PLUGINS__REDIS__URL": server.url,
-        "NUVOM_PLUGINS__REDIS__KEY_PREFIX": f"nuvom-get-outage-{os.getpid()}",
-        "NUVOM_PLUGINS__REDIS__SOCKET_TIMEOUT_SECS": "1",
-        "NUVOM_PLUGINS__REDIS__SOCKET_CONNECT_TIMEOUT_SECS": "1"})
+    kernel = _kernel(tmp_path, server)
     got: list[Any] = []
     try:
         with use_kernel(kernel), caplog.at_level(logging.WARNING, logger="nuvom"):
@@ -76,12 +71,7 @@ def test_get_still_raises_when_the_store_never_answered(tmp_path: Path) -> None:
     """A wrong URL or a server down before the first poll is said at once, not waited for
     until the timeout (a script's misconfiguration must not look like a slow job)."""
     server = RedisServer(tmp_path).start()
-    kernel = Kernel(root=tmp_path, environ={
-        "NUVOM_QUEUE_BACKEND": "redis", "NUVOM_RESULT_BACKEND": "redis",
-        "NUVOM_PLUGINS__REDIS__URL": server.url,
-        "NUVOM_PLUGINS__REDIS__KEY_PREFIX": f"nuvom-get-outage-{os.getpid()}",
-        "NUVOM_PLUGINS__REDIS__SOCKET_TIMEOUT_SECS": "1",
-        "NUVOM_PLUGINS__REDIS__SOCKET_CONNECT_TIMEOUT_SECS": "1"})
+    kernel = _kernel(tmp_path, server)
     try:
         with use_kernel(kernel):
             job = add.delay(1, 1)
@@ -91,6 +81,15 @@ def test_get_still_raises_when_the_store_never_answered(tmp_path: Path) -> None:
     finally:
         kernel.close()
         server.stop()
+
+
+def _kernel(root: Path, server: RedisServer) -> Kernel:
+    return Kernel(root=root, environ={
+        "NUVOM_QUEUE_BACKEND": "redis", "NUVOM_RESULT_BACKEND": "redis",
+        "NUVOM_PLUGINS__REDIS__URL": server.url,
+        "NUVOM_PLUGINS__REDIS__KEY_PREFIX": f"nuvom-get-outage-{os.getpid()}",
+        "NUVOM_PLUGINS__REDIS__SOCKET_TIMEOUT_SECS": "1",
+        "NUVOM_PLUGINS__REDIS__SOCKET_CONNECT_TIMEOUT_SECS": "1"})
 
 
 def _outcome(call: Any) -> Any:

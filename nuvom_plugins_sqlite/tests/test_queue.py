@@ -475,11 +475,23 @@ def test_close_then_use_again_reopens(queue: SQLiteJobQueue) -> None:
     assert queue.qsize() == 1
 
 
+def _status_says_it_in_one_line(project: Path, path: Path) -> None:
+    """``nuvom status`` on the database at ``path``: one ``Error:`` line, exit status 1."""
+    import subprocess
+
+    status = subprocess.run(
+        [sys.executable, "-m", "nuvom_kernel", "status"], cwd=project, text=True,
+        capture_output=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "NUVOM_QUEUE_BACKEND": "sqlite",
+             "NUVOM_RESULT_BACKEND": "sqlite", "NUVOM_PLUGINS__SQLITE__PATH": str(path)})
+    assert status.returncode == 1
+    assert status.stderr.startswith("Error: the 'sqlite' backend's database"), status.stderr
+    assert "Traceback" not in status.stderr
+
+
 def test_a_file_that_cannot_be_created_names_itself_and_the_setting(tmp_path: Path) -> None:
     """A path under a regular file (refused even to root): the raw ``NotADirectoryError``
     named no setting, and came out of ``nuvom status`` as a traceback."""
-    import subprocess
-
     from nuvom_plugins_sqlite import SQLiteUnavailableError
 
     (tmp_path / "blocker").write_text("")
@@ -489,14 +501,7 @@ def test_a_file_that_cannot_be_created_names_itself_and_the_setting(tmp_path: Pa
         queue.enqueue(msg("a"))
     text = str(refused.value)
     assert str(path) in text and "NUVOM_PLUGINS__SQLITE__PATH" in text, text
-    status = subprocess.run(
-        [sys.executable, "-m", "nuvom_kernel", "status"], cwd=tmp_path, text=True,
-        capture_output=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "NUVOM_QUEUE_BACKEND": "sqlite",
-             "NUVOM_RESULT_BACKEND": "sqlite", "NUVOM_PLUGINS__SQLITE__PATH": str(path)})
-    assert status.returncode == 1
-    assert status.stderr.startswith("Error: the 'sqlite' backend's database"), status.stderr
-    assert "Traceback" not in status.stderr
+    _status_says_it_in_one_line(tmp_path, path)
 
 
 @pytest.mark.parametrize("damage", ["random bytes", "a text file", "a truncated database"])
@@ -506,8 +511,6 @@ def test_a_damaged_database_is_named_kept_and_explained_not_a_traceback(
     file is not a database`` as a traceback from ``nuvom status``, ``runworker`` and
     ``.delay()``. Now: an error naming the file and what to do; the file itself is kept
     byte for byte (it may hold jobs)."""
-    import subprocess
-
     from nuvom_plugins_sqlite import SQLiteUnavailableError
 
     path = tmp_path / "q.db"
@@ -527,12 +530,5 @@ def test_a_damaged_database_is_named_kept_and_explained_not_a_traceback(
     text = str(refused.value)
     assert f"{path} is damaged or is not an SQLite database" in text, text
     assert "Nuvom does not replace it" in text and ".recover" in text, text
-    status = subprocess.run(
-        [sys.executable, "-m", "nuvom_kernel", "status"], cwd=tmp_path, text=True,
-        capture_output=True, timeout=60,
-        env={"PATH": "/usr/bin:/bin", "NUVOM_QUEUE_BACKEND": "sqlite",
-             "NUVOM_RESULT_BACKEND": "sqlite", "NUVOM_PLUGINS__SQLITE__PATH": str(path)})
-    assert status.returncode == 1
-    assert status.stderr.startswith("Error: the 'sqlite' backend's database"), status.stderr
-    assert "Traceback" not in status.stderr
+    _status_says_it_in_one_line(tmp_path, path)
     assert path.read_bytes() == before, "a damaged database must be left as it was"
