@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,8 +35,47 @@ def _isolated(impl: Any, hook_name: str, exc: BaseException) -> None:
             isinstance(exc, KeyboardInterrupt)
             and threading.current_thread() is threading.main_thread()):
         raise exc
-    log.critical("plugin %r raised in %s; ignored", impl.plugin_name, hook_name,
-                 exc_info=exc)
+    repeats = _repeats(impl, hook_name, exc)
+    if repeats is None:
+        return
+    if repeats < 0:  # the first of its kind: the traceback, and the way out
+        log.critical("plugin %r raised in %s; ignored (the job goes on). The same error from "
+                     "this hook is logged again at most once a minute; "
+                     "NUVOM_DISABLE_PLUGINS=%s runs without the plugin", impl.plugin_name,
+                     hook_name, impl.plugin_name, exc_info=exc)
+    else:
+        log.critical("plugin %r raised in %s again; ignored: %s: %s (%d more time(s) since "
+                     "the last report)", impl.plugin_name, hook_name, type(exc).__name__,
+                     exc, repeats)
+
+
+#: An observer's error is logged with its traceback once, then at most this often.
+REPEAT_SECS = 60.0
+_seen_lock = threading.Lock()
+#: (implementation id, hook, error type) -> [the implementation (kept, so its id is not
+#: reused), when the next report is due, errors not reported since the last]
+_seen: dict[tuple[int, str, type], list[Any]] = {}
+
+
+def _repeats(impl: Any, hook_name: str, exc: BaseException) -> int | None:
+    """``-1`` for the first error of this kind from ``impl``'s ``hook_name``; the number
+    left unreported since the last report when one is due; ``None`` when it is not.
+
+    Why: a metrics or tracing plugin broken in one hook raised on every job, and each was
+    a CRITICAL line with a traceback: thousands a second in a drain, burying the rest.
+    """
+    key = (id(impl), hook_name, type(exc))
+    now = time.monotonic()
+    with _seen_lock:
+        state = _seen.get(key)
+        if state is None:
+            _seen[key] = [impl, now + REPEAT_SECS, 0]
+            return -1
+        if now < state[1]:
+            state[2] += 1
+            return None
+        repeats, state[1], state[2] = state[2], now + REPEAT_SECS, 0
+        return int(repeats)
 
 
 def observers(pm: pluggy.PluginManager, hook_name: str) -> list[Any]:
