@@ -91,8 +91,8 @@ def test_terminated_pooled_connections_lose_nothing(settings: dict[str, object],
                 for lease in queue.pop_batch(5, timeout=0.2):
                     if queue.ack(lease):
                         acked.append(lease.id)
-            except psycopg.Error as exc:  # the retry-once may meet a second kill
-                errors.append(exc)
+            except (psycopg.Error, PostgresUnavailableError) as exc:  # the retry-once may
+                errors.append(exc)  # meet a second kill: the connection lost twice
 
     threads = [threading.Thread(target=consume, daemon=True) for _ in range(3)]
     for t in threads:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,14 @@ from nuvom_kernel.testing.contracts import wait_until
 from nuvom_kernel.worker import Worker
 
 
-@task(name="outage.add")
-def add(x: int, y: int) -> int:
-    return x + y
+def _task() -> Any:
+    """A task of its own per test, defined as it runs: the kernel's tests clear the task
+    registry between tests, and a module-level task would be gone by then."""
+    @task(name=f"outage.add.{uuid.uuid4().hex[:8]}")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    return add
 
 
 @pytest.mark.parametrize("call", ["get", "get_async"])
@@ -37,7 +43,7 @@ def test_get_waits_out_a_restart_of_the_store(tmp_path: Path, caplog: pytest.Log
     got: list[Any] = []
     try:
         with use_kernel(kernel), caplog.at_level(logging.WARNING, logger="nuvom"):
-            job = add.delay(2, 3)  # no worker yet: get() polls a queued job
+            job = _task().delay(2, 3)  # no worker yet: get() polls a queued job
             def wait() -> Any:
                 if call == "get":
                     return job.get(timeout=60)
@@ -74,7 +80,7 @@ def test_get_still_raises_when_the_store_never_answered(tmp_path: Path) -> None:
     kernel = _kernel(tmp_path, server)
     try:
         with use_kernel(kernel):
-            job = add.delay(1, 1)
+            job = _task().delay(1, 1)
             server.stop()
             outcome = _outcome(lambda: job.get(timeout=60))
         assert type(outcome).__name__ == "RedisUnavailableError", outcome
