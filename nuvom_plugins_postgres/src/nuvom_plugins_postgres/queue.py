@@ -56,6 +56,7 @@ from nuvom_plugins_postgres.schema import ADVISORY_CLASS
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import (
     TEST_NAMESPACE_PREFIX,
+    PostgresUnavailableError,
     acquire,
     mark_temporary,
     release,
@@ -668,7 +669,7 @@ class PostgresQueue(QueueBackend):
 
         try:
             (server_on, tables_off), tables, sessions = self._run(run)
-        except psycopg.Error as exc:
+        except (psycopg.Error, PostgresUnavailableError) as exc:
             return [f"could not check PostgreSQL table health: {' '.join(str(exc).split())}"]
         warnings = []
         if not server_on:
