@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from nuvom_kernel.values import MAX_SECONDS
@@ -34,6 +35,7 @@ __all__ = [
     "byte_size",
     "encoding_error",
     "error_text",
+    "log_retried",
     "qualname",
     "too_large",
 ]
@@ -292,6 +294,17 @@ def error_text(exc: BaseException) -> str:
             why = type(err).__name__
         return f"<{type(exc).__name__}: str() raised {why}>"
 
+
+def log_retried(logger: logging.Logger, exc: Exception, message: str, *args: Any) -> None:
+    """Log, at ERROR, a failure a loop retries (``message % args``, then ``exc``): one line
+    for a :class:`NuvomError`, whose message already says what is wrong and where (a store
+    that is away), the traceback for anything else (a bug to find).
+
+    Why: the worker's claim loop and its scheduler logged ~70 lines of traceback at every
+    retry during an outage, for an error whose message already named the server.
+    """
+    logger.error(f"{message}: %s: %s", *args, qualname(exc), error_text(exc),
+                 exc_info=None if isinstance(exc, NuvomError) else exc)
 
 def encoding_error(task: str, exc: Exception) -> SerializationError:
     """The error a job fails with when its return value cannot be encoded: ``exc`` itself

@@ -30,7 +30,7 @@ import attrs
 from nuvom_kernel.discovery import manifest_path, read_manifest
 from nuvom_kernel.dispatcher import enqueue
 from nuvom_kernel.envelope import Envelope, options_from_wire
-from nuvom_kernel.errors import BackendCapabilityError, NuvomError, error_text, qualname
+from nuvom_kernel.errors import BackendCapabilityError, NuvomError, error_text, log_retried
 from nuvom_kernel.job import Job
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import ScheduleState
@@ -334,10 +334,7 @@ class Scheduler:
             except Exception as exc:
                 failures += 1
                 wait = min(0.1 * 2 ** min(failures, 5), MAX_SLEEP_SECS * 5)
-                # a backend's own error explains itself (see Worker._claim_loop)
-                log.error("scheduler pass failed; retrying in %.1f s: %s: %s", wait,
-                          qualname(exc), error_text(exc),
-                          exc_info=None if isinstance(exc, NuvomError) else exc)
+                log_retried(log, exc, "scheduler pass failed; retrying in %.1f s", wait)
             self._refresh_limits()
             self._stop.wait(wait)
 

@@ -36,13 +36,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nuvom_kernel.envelope import origin
-from nuvom_kernel.errors import (
-    JobTimeoutError,
-    NuvomError,
-    WorkerPrepareError,
-    error_text,
-    qualname,
-)
+from nuvom_kernel.errors import JobTimeoutError, NuvomError, WorkerPrepareError, log_retried
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.scheduler import Scheduler
@@ -456,11 +450,8 @@ class Worker:
             except Exception as exc:
                 failures += 1
                 backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
-                # a backend's own error (unreachable, refused) explains itself in its
-                # message: a traceback of ~70 lines per retry buried it in an outage
-                log.error("queue backend %r failed to claim jobs; retrying in %.2f s: %s: %s",
-                          self.queue.name, backoff, qualname(exc), error_text(exc),
-                          exc_info=None if isinstance(exc, NuvomError) else exc)
+                log_retried(log, exc, "queue backend %r failed to claim jobs; retrying in "
+                                      "%.2f s", self.queue.name, backoff)
                 self._stopping.wait(backoff)
                 continue
             if not isinstance(leases, list | tuple) or not all(isinstance(x, Lease)
