@@ -424,12 +424,7 @@ class NuvomPluginManager(pluggy.PluginManager):
         try:
             impl.function(**{a: self._config for a in impl.argnames})
         except Exception as exc:
-            message = (f"plugin {impl.plugin_name!r}{self.provenance(impl.plugin_name)} "
-                       f"failed in nuvom_configure: {exc!r}. It is disabled for this process: "
-                       f"{self.disable_hint(impl.plugin_name)}")
-            log.error("%s", message)
-            self.failures[impl.plugin_name] = message
-            self.unregister(name=impl.plugin_name)
+            self.disable(impl.plugin_name, "nuvom_configure", exc)
 
     def _plugins_changing(self) -> None:
         self.observer_generation += 1

@@ -506,6 +506,28 @@ def test_a_hook_registered_after_loading_that_raises_is_named(tmp_path: Path) ->
     assert info.failure is not None and "late boom" in info.failure
 
 
+class _ConfigureRaises:
+    @hookimpl
+    def nuvom_configure(self, config: object) -> None:
+        raise RuntimeError("configure boom")
+
+
+def test_a_plugin_whose_configure_raises_is_disabled_and_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Its error is logged once with the fix and kept; it is unregistered, the rest stay."""
+    pm = NuvomPluginManager()
+    pm.load(load_config(tmp_path, environ={}), environ={"NUVOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    with caplog.at_level(logging.ERROR, logger="nuvom.plugins"):
+        pm.register(_ConfigureRaises(), name="cfgboom")
+    failure = ("plugin 'cfgboom' failed in nuvom_configure: RuntimeError('configure boom'). "
+               "It is disabled for this process: ")
+    assert pm.failures["cfgboom"].startswith(failure), pm.failures
+    assert "NUVOM_DISABLE_PLUGINS=cfgboom" in pm.failures["cfgboom"]
+    assert caplog.text.count(failure) == 1, caplog.text
+    assert pm.get_plugin("cfgboom") is None
+    assert pm.get_plugin("nuvom_kernel.builtin") is not None, "the others stay"
+
+
 
 BAD_NAMES = """
 from nuvom_kernel.testing.stubs import StubQueue

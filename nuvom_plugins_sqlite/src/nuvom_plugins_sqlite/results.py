@@ -36,6 +36,7 @@ from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
 from nuvom_kernel.values import RESULT_TTL_SECS
 from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
+from nuvom_plugins_sqlite.workflows import id_chunks
 
 __all__ = ["SQLiteResultBackend"]
 
@@ -49,9 +50,6 @@ _COLUMNS = (
 )
 _JSON = frozenset({"args", "kwargs", "options", "result", "history"})
 _ALL = (*_COLUMNS, "extra")
-#: Ids per statement of :meth:`SQLiteResultBackend.known` (under every SQLite's
-#: 999-variable limit).
-_KNOWN_CHUNK = 500
 _SELECT = f"SELECT {', '.join(_ALL)} FROM nuvom_results"
 _TERMINAL = tuple(sorted(s.value for s in TERMINAL_STATES))
 _TERMINAL_SQL = f"({', '.join(repr(s) for s in _TERMINAL)})"
@@ -258,10 +256,9 @@ class SQLiteResultBackend(ResultBackend):
 
     def known(self, job_ids: Sequence[str]) -> set[str]:
         """One indexed ``IN`` lookup per 500 ids (the primary key), not a ``get`` each."""
-        ids, found = list(dict.fromkeys(job_ids)), set[str]()
+        found = set[str]()
         conn = self._db.conn()
-        for start in range(0, len(ids), _KNOWN_CHUNK):
-            chunk = ids[start:start + _KNOWN_CHUNK]
+        for chunk in id_chunks(list(dict.fromkeys(job_ids))):
             found.update(row[0] for row in conn.execute(
                 "SELECT job_id FROM nuvom_results WHERE job_id IN "
                 f"({', '.join('?' * len(chunk))})", chunk))

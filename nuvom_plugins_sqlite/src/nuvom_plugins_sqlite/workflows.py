@@ -21,7 +21,7 @@ from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.models import Message
 from nuvom_kernel.workflow.graph import Flow, Node, WorkflowGraph, stored_flow, stored_node
 
-__all__ = ["MIGRATION", "SQLiteGraphTxn", "purge_ended"]
+__all__ = ["MIGRATION", "SQLiteGraphTxn", "id_chunks", "purge_ended"]
 
 #: Schema version 5 (appended to :data:`~nuvom_plugins_sqlite.schema.MIGRATIONS`).
 MIGRATION = [
@@ -65,7 +65,9 @@ _NODE_COLS = "id, workflow, task, state, pending, doom, policy, final, children,
 _FLOW_COLS = "id, status, open, failed, cancelled, final, created_at, finished_at"
 
 
-def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+def id_chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    """``ids`` in slices short enough for one ``IN (...)`` list each (under every
+    SQLite's 999-variable limit)."""
     for i in range(0, len(ids), _CHUNK):
         yield ids[i:i + _CHUNK]
 
@@ -125,7 +127,7 @@ class SQLiteGraphTxn:
     def flows(self, ids: Iterable[str]) -> dict[str, Flow]:
         wanted = list(ids)
         out: dict[str, Flow] = {}
-        for chunk in _chunks(wanted):
+        for chunk in id_chunks(wanted):
             rows = self.conn.execute(
                 f"SELECT {_FLOW_COLS} FROM nuvom_workflows WHERE id IN "
                 f"({', '.join('?' * len(chunk))})", chunk).fetchall()
@@ -135,7 +137,7 @@ class SQLiteGraphTxn:
     def nodes(self, ids: Iterable[str]) -> dict[str, Node]:
         wanted = list(ids)
         out: dict[str, Node] = {}
-        for chunk in _chunks(wanted):
+        for chunk in id_chunks(wanted):
             rows = self.conn.execute(
                 f"SELECT {_NODE_COLS} FROM nuvom_wf_nodes WHERE id IN "
                 f"({', '.join('?' * len(chunk))})", chunk).fetchall()
@@ -163,7 +165,7 @@ class SQLiteGraphTxn:
 
     def release(self, ids: Sequence[str]) -> None:
         now = time.time()
-        for chunk in _chunks(list(ids)):
+        for chunk in id_chunks(list(ids)):
             self.conn.execute(
                 "INSERT INTO nuvom_queue (id, queue, priority, created_at, available_at, "
                 "visible_at, body, task) SELECT id, queue, priority, ?, 0, NULL, body, task "
@@ -215,7 +217,7 @@ class SQLiteGraphTxn:
 
     def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
-        for chunk in _chunks(list(ids)):
+        for chunk in id_chunks(list(ids)):
             out.update(self.conn.execute(
                 f"SELECT id, body FROM nuvom_wf_nodes WHERE id IN "
                 f"({', '.join('?' * len(chunk))})", chunk).fetchall())
@@ -228,7 +230,7 @@ def purge_ended(conn: sqlite3.Connection, older_than: float) -> int:
     ids = [row[0] for row in conn.execute(
         "SELECT id FROM nuvom_workflows WHERE status <> 'RUNNING' AND finished_at < ?",
         (older_than,))]
-    for chunk in _chunks(ids):
+    for chunk in id_chunks(ids):
         marks = ", ".join("?" * len(chunk))
         conn.execute(f"DELETE FROM nuvom_wf_nodes WHERE workflow IN ({marks})", chunk)
         conn.execute(f"DELETE FROM nuvom_workflows WHERE id IN ({marks})", chunk)
