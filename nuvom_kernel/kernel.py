@@ -117,19 +117,19 @@ class Kernel:
         plugin = self.pm.provider(hook, name) or "?"
         table = f"[plugins.{name.lower()}]"
         sources = self.config.plugin_setting_sources(name)
-        if sources:
-            given = (f"its settings {table} gave it "
-                     + ", ".join(f"{key} ({where})" for key, where in sorted(sources.items())))
+        given = (f"its settings {table} gave it "
+                 + ", ".join(f"{key} ({where})" for key, where in sorted(sources.items()))
+                 if sources else f"it was given no settings (no {table} table nor "
+                 f"NUVOM_PLUGINS__{name.upper()}__<KEY> variable)")
+        if not settings:
+            check = ("If it could not reach its store, check that the store runs and that "
+                     f"{table} points at it; otherwise the plugin is at fault")
+        elif sources:
             check = (f"Check those keys against the plugin's documentation (one it does not "
                      f"accept, a value of the wrong type) and fix or remove them in {table}; "
                      f"if they are right, the plugin is at fault")
         else:
-            given = (f"it was given no settings (no {table} table nor "
-                     f"NUVOM_PLUGINS__{name.upper()}__<KEY> variable)")
             check = "The plugin fails without settings, so it is at fault"
-        if not settings:
-            check = ("If it could not reach its store, check that the store runs and that "
-                     f"{table} points at it; otherwise the plugin is at fault")
         return (f"plugin {plugin!r}{self.pm.provenance(plugin)}: its {what} {name!r} "
                 f"({cls.__module__}.{cls.__qualname__}) could not be built: {given}, and its "
                 f"from_settings raised {type(exc).__name__}: {error_text(exc)}. {check}: fix "

@@ -135,6 +135,20 @@ def read_until_started(worker: subprocess.Popen[str], timeout: float = 60.0) -> 
     return seen
 
 
+def worker_starts_and_stops(project: Path, environ: dict[str, str], *args: str) -> str:
+    """Start ``nuvom runworker`` (:func:`start_worker`), wait for its "started" line, stop
+    it with SIGINT; its whole output, once it is asserted that it started and exited 0."""
+    worker = start_worker(project, environ, *args)
+    seen: list[str] = []
+    try:
+        seen = read_until_started(worker)
+    finally:
+        out = "".join(seen) + stop_worker(worker)
+    assert any(" started: " in line for line in seen), out
+    assert worker.returncode == 0, out
+    return out
+
+
 def stop_worker(worker: subprocess.Popen[str]) -> str:
     """SIGINT a ``nuvom runworker`` process (a clean drain) and return its output; kill it
     if it has not stopped after 30 s, so a hung worker fails the test instead of hanging."""

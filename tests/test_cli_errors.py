@@ -25,15 +25,7 @@ from nuvom_kernel.errors import BackendNotFoundError, PluginLoadError
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import TaskRegistry
-from tests.helpers import (
-    NUVOM,
-    fake_distribution,
-    read_until_started,
-    run_nuvom,
-    start_worker,
-    stop_worker,
-    user_env,
-)
+from tests.helpers import NUVOM, fake_distribution, run_nuvom, user_env, worker_starts_and_stops
 
 MEMORY = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory"}
 
@@ -336,14 +328,7 @@ def test_a_worker_starts_without_a_malformed_manifest(tmp_path: Path) -> None:
     """``nuvom runworker`` died at start with a raw KeyError: it warns and runs."""
     (tmp_path / ".nuvom").mkdir()
     (tmp_path / ".nuvom" / "manifest.json").write_text('{"tasks": [{"name": "x"}]}')
-    worker = start_worker(tmp_path, MEMORY, "--workers", "1")
-    seen: list[str] = []
-    try:
-        seen = read_until_started(worker)
-    finally:
-        out = "".join(seen) + stop_worker(worker)
-    assert any(" started: " in line for line in seen), out
-    assert worker.returncode == 0, out
+    out = worker_starts_and_stops(tmp_path, MEMORY, "--workers", "1")
     assert "ignoring manifest" in out and "manifest.json is not a valid Nuvom manifest" in out
     assert "Traceback" not in out
 
@@ -460,14 +445,8 @@ def test_a_raising_command_hook_disables_only_its_plugin(tmp_path: Path) -> None
     for command in (["khhalf"], ["plugin", "khsub"]):
         gone = run_nuvom(command, tmp_path, PYTHONPATH=site, **MEMORY)
         assert gone.returncode == 2 and "No such command" in gone.stderr, gone.stderr
-    worker = start_worker(tmp_path, {"PYTHONPATH": site, **MEMORY}, "--workers", "1")
-    seen: list[str] = []
-    try:
-        seen = read_until_started(worker)
-    finally:
-        out = "".join(seen) + stop_worker(worker)
-    assert any(" started: " in line for line in seen), out
-    assert worker.returncode == 0 and failure in out, out
+    out = worker_starts_and_stops(tmp_path, {"PYTHONPATH": site, **MEMORY}, "--workers", "1")
+    assert failure in out, out
     fixed = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site,
                       NUVOM_DISABLE_PLUGINS="bcmd", **MEMORY)
     assert fixed.returncode == 0 and "bcmd" not in fixed.stderr, fixed.stderr

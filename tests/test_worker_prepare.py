@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.helpers import read_until_started, run_nuvom, start_worker, stop_worker
+from tests.helpers import run_nuvom, worker_starts_and_stops
 
 NEEDS_PORT = '''\
 import os
@@ -71,15 +71,8 @@ def test_a_failed_prepare_names_its_plugin_and_how_to_run_without_it(tmp_path: P
         assert (project / "tidy.log").read_text() == "prepared\nshut down\n"
 
         # The fix the message gives: the worker starts without the plugin.
-        worker = start_worker(project, {"TEST_PORT": port,
-                                        "NUVOM_DISABLE_PLUGINS": "needs_port"})
-        seen: list[str] = []
-        try:
-            seen = read_until_started(worker)
-        finally:
-            out = stop_worker(worker)
-        assert any(" started: " in line for line in seen), "".join(seen) + out
-        assert worker.returncode == 0, "".join(seen) + out
+        worker_starts_and_stops(project, {"TEST_PORT": port,
+                                          "NUVOM_DISABLE_PLUGINS": "needs_port"})
 
 
 OWN_QUEUE = '''\
