@@ -262,3 +262,15 @@ def test_status_from_the_wrong_folder_shows_the_store_it_opened(project: Path) -
     assert data["result_location"] == str(project / "records" / "r.db"), data
     assert data["queue_location"] == str(project / ".nuvom" / "nuvom.db")
     kernel.close()
+
+
+def test_status_shows_two_stores_that_report_no_location_apart(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Two backends without a ``location`` were shown as one store ("store (queue and
+    results): not reported by the backend"), as if the queue and the results shared it."""
+    from nuvom_kernel.cli.jobs import _echo_locations
+
+    _echo_locations(None, None)
+    assert capsys.readouterr().out.splitlines() == [
+        "queue store: not reported by the backend",
+        "result store: not reported by the backend"]

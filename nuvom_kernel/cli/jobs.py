@@ -289,9 +289,10 @@ def _beat(age: float, heartbeat_secs: float) -> str:
 def _echo_locations(queue: str | None, results: str | None) -> None:
     """Where the stores are, one line, or two when they differ. Why: a store is created on
     first use, so from the wrong folder (or with a mistyped data dir or namespace) status
-    read a new, empty one and looked like a healthy idle deployment."""
+    read a new, empty one and looked like a healthy idle deployment. Two backends that both
+    report nothing are not one store: they get a line each."""
     unknown = "not reported by the backend"
-    if queue == results:
+    if queue is not None and queue == results:
         click.echo(f"store (queue and results): {printable(queue or unknown)}")
         return
     click.echo(f"queue store: {printable(queue or unknown)}")
