@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nuvom_kernel.kernel import Kernel, use_kernel
-from nuvom_kernel.worker.pool import SETTLE_BACKLOG
+from nuvom_kernel.worker.dispatch import SETTLE_BACKLOG
 from nuvom_kernel.worker.settle import BATCH
 from tests.helpers import wait_until, write_module
 

@@ -2,10 +2,10 @@
 
 Four kinds of thread:
 
-* one **dispatcher** claims jobs with ``pop_batch`` and hands them over: for the idle
-  executors and, while jobs are short, a few ahead (:mod:`.slots`), so a backlog drains in
-  claims and settles of many jobs instead of one or two; long jobs are not held back
-  from other workers;
+* one **dispatcher** (:mod:`.dispatch`) claims jobs with ``pop_batch`` and hands them
+  over: for the idle executors and, while jobs are short, a few ahead (:mod:`.slots`), so a
+  backlog drains in claims and settles of many jobs instead of one or two; long jobs are not
+  held back from other workers;
 * **executors** (``workers`` of them) run one job at a time and decide its outcome — in the
   thread itself, in a child process the thread owns (``pool="process"``,
   :mod:`.processes`), or, with ``pool="asyncio"`` (:mod:`.aio`), as tasks on one event loop
@@ -13,11 +13,12 @@ Four kinds of thread:
 * one **settler** (:mod:`.settle`) stores outcomes and acks or retries leases,
   in batches, for every outcome alike;
 * one **monitor** (:mod:`.monitor`) extends the leases of running and settling jobs in one
-  ``extend_many`` and enforces timeouts. A thread cannot be killed, so a timed-out job is
-  recorded as timed out and its executor abandoned (its eventual return value is ignored);
-  a fresh executor takes its slot while fewer than ``max_abandoned_threads`` are abandoned.
-  Past that the worker claims fewer jobs (and says so) until an abandoned thread returns
-  and takes its slot back: a runaway task cannot make a worker start threads without bound.
+  ``extend_many`` and enforces timeouts (:mod:`.timeouts`). A thread cannot be killed, so a
+  timed-out job is recorded as timed out and its executor abandoned (its eventual return
+  value is ignored); a fresh executor takes its slot while fewer than
+  ``max_abandoned_threads`` are abandoned. Past that the worker claims fewer jobs (and says
+  so) until an abandoned thread returns and takes its slot back: a runaway task cannot make
+  a worker start threads without bound.
 
 Delivery is at least once: a job is acked only after its outcome is recorded. Definitions:
 ``Job.attempts`` counts every start of the function in the current run (a start whose worker
@@ -28,7 +29,6 @@ the message is decoded, so a message that kills its worker cannot loop forever).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -36,21 +36,23 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from nuvom_kernel.envelope import origin
-from nuvom_kernel.errors import JobTimeoutError, NuvomError, WorkerPrepareError, log_retried
+from nuvom_kernel.errors import WorkerPrepareError
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.scheduler import Scheduler
 from nuvom_kernel.worker.aio import AsyncPool
 from nuvom_kernel.worker.current import in_a_pool
+from nuvom_kernel.worker.dispatch import Dispatcher
 from nuvom_kernel.worker.expiry import Expiry
 from nuvom_kernel.worker.heap import frozen_heap
 from nuvom_kernel.worker.heartbeat import Heartbeat
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.processes import ProcessPool
 from nuvom_kernel.worker.run import JobRunner, current_job
-from nuvom_kernel.worker.settle import BATCH, Running, Settler, outcomes_soon
+from nuvom_kernel.worker.settle import Running, Settler, outcomes_soon
 from nuvom_kernel.worker.signals import StopSignals
 from nuvom_kernel.worker.slots import Slots
+from nuvom_kernel.worker.timeouts import Timeouts
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -65,19 +67,11 @@ POOLS = ("thread", "process", "asyncio")
 PROCESS_ONLY = ("max_tasks_per_child", "max_memory_per_child", "max_child_age_secs")
 #: How long a stop that gives up running jobs waits for the queue to take them back.
 GIVE_BACK_SECS = 2.0
-#: Most outcomes waiting for the settler before the dispatcher stops claiming: its next
-#: batch, so a store that keeps up never sees it, and one that does not (each waiting
-#: outcome holds its lease) bounds what a crash runs again.
-SETTLE_BACKLOG = BATCH
 #: The id :meth:`Worker._open_stores` looks up (a read: harmless whatever it finds).
 _NO_JOB = "nuvom worker start"
 
 
-class _BadClaim(NuvomError):
-    """A queue backend's claim returned something other than a list of leases."""
-
-
-class Worker:
+class Worker(Dispatcher, Timeouts):
     """A pool of executor threads serving one kernel's queue backend.
 
     :param workers: executor threads (default: the ``max_workers`` setting).
@@ -133,11 +127,8 @@ class Worker:
         self._broken = False
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
-        #: asyncio pool: set when an abandoned (timed-out) job's task ends
-        self._task_ended: dict[Running, threading.Event] = {}
-        #: timed-out attempts of limited tasks whose outcome waits for their function to
-        #: return (see _settle_timed_out); a stop settles what is left
-        self._timed_out: dict[Running, JobTimeoutError] = {}
+        self._task_ended = {}  # these three: see Timeouts
+        self._timed_out = {}
         self._timed_out_lock = threading.Lock()
         self.signals = StopSignals(self)
         self.pool = pool or settings.pool
@@ -395,102 +386,6 @@ class Worker:
         for lease in self.slots.unstarted():
             self._put_back(lease)
 
-    def _put_back(self, lease: Lease) -> None:
-        """A claimed job that will not run here: release it and free its slot."""
-        self.settler.safely("release it", lease, self.queue.release, lease)
-        self.slots.freed()
-
-    # --- dispatcher ---------------------------------------------------------------------
-
-    def _dispatch_loop(self) -> None:
-        """Claim while there is room, until the stop; an error of its own stops the worker.
-
-        Why the guard: the dispatcher is the worker's only claimer, and an exception it did
-        not expect (a plugin's claim returning something the kernel cannot read) ended the
-        thread with a bare "Exception in thread" line. The process stayed up, answered its
-        heartbeats, and ran nothing until someone killed it.
-        """
-        try:
-            self._claim_loop()
-        except BaseException as exc:
-            self._broken = True
-            if isinstance(exc, _BadClaim):  # says all there is to say
-                log.critical("%s; stopping the worker (exit status 1)", exc)
-            else:
-                log.critical("the worker's dispatcher failed, so it claims nothing more: %r; "
-                             "stopping the worker (exit status 1)", exc, exc_info=exc)
-            self.stop()
-
-    def _claim_loop(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            wanted = self.slots.wait_for_room(self._stopping)
-            if self.aio is not None and not self.aio.answering.is_set():
-                # A coroutine blocks the loop: a job claimed now could not start (and what
-                # was claimed meanwhile is given back). Claim once it answers again.
-                self.aio.wait_answering(self._stopping)
-                continue
-            if self._stopping.is_set():
-                return
-            if not self.settler.storing.is_set():
-                # The store refuses outcomes (down, or a full disk): a job run now could not
-                # be recorded, and would hold its lease until it can. Claim once one lands.
-                self.settler.storing.wait(0.2)
-                continue
-            if self.settler.backlog() >= SETTLE_BACKLOG:
-                # Outcomes arrive faster than the store takes them: each one still holds
-                # its lease, and a kill -9 runs them all again (PostgreSQL without
-                # autovacuum: 21,724 finished jobs in flight, 11,135 run twice). Claim
-                # once the settler catches up.
-                self._stopping.wait(0.005)
-                continue
-            try:
-                leases = self.queue.pop_batch(wanted, self.poll_timeout_secs, self.queues)
-                failures = 0
-            except Exception as exc:
-                failures += 1
-                backoff = min(0.05 * 2 ** min(failures, 6), 2.0)
-                log_retried(log, exc, "queue backend %r failed to claim jobs; retrying in "
-                                      "%.2f s", self.queue.name, backoff)
-                self._stopping.wait(backoff)
-                continue
-            if not isinstance(leases, list | tuple) or not all(isinstance(x, Lease)
-                                                                for x in leases):
-                # Not retried: each claim would take jobs nobody can run, and each comes
-                # back after its visibility timeout one delivery nearer max_deliveries.
-                raise self._not_leases(leases)
-            self.slots.claimed(leases, wanted)
-            now = time.monotonic()
-            for lease in leases:
-                if self._stopping.is_set():
-                    self._put_back(lease)
-                elif self.aio is not None:  # held until its task starts: see _serve_async
-                    self.slots.hold(lease, now)
-                    self.aio.submit(functools.partial(self._serve_async, lease))
-                else:
-                    self.slots.hand_over(lease, now)
-
-    def _not_leases(self, got: object) -> _BadClaim:
-        """The error for a claim that returned ``got``, not a list of leases: it names the
-        backend, the plugin that provides it and the check that would have caught it, and
-        gives back the leases among ``got`` (what else it claimed waits for its visibility
-        timeout)."""
-        items = list(got) if isinstance(got, list | tuple) else [got]
-        for item in items:
-            if isinstance(item, Lease):
-                self.settler.safely("release it", item, self.queue.release, item)
-        odd = next((x for x in items if not isinstance(x, Lease)), got)
-        name = self.queue.name
-        plugin = self.kernel.pm.provider("nuvom_register_queue_backends", name) or "?"
-        shown = repr(odd)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        return _BadClaim(
-            f"queue backend {name!r} (plugin {plugin!r}) returned {type(got).__name__} "
-            f"holding {type(odd).__name__} {shown} from claim(), not a list of "
-            f"nuvom_kernel.models.Lease, so this worker claims nothing more (each claim "
-            f"would take jobs it cannot run). Fix the plugin (`nuvom plugin test {name}` "
-            f"checks it), or choose another backend with NUVOM_QUEUE_BACKEND")
-
     # --- executors ----------------------------------------------------------------------
 
     def _spawn_executor(self) -> None:
@@ -556,24 +451,6 @@ class Worker:
             if running is None or self._task_slot_back(running):
                 self.slots.freed()
 
-    def _task_slot_back(self, running: Running) -> bool:
-        """An asyncio job's task ended; ``True`` if its slot is to be freed now. A task the
-        monitor abandoned (:meth:`_time_out_async`) had its slot freed then, unless that
-        was past ``max_abandoned_threads``: then it frees the slot owed now."""
-        with running.lock:
-            if not running.abandoned:
-                return True
-        ended = self._task_ended.pop(running, None)
-        if ended is not None:
-            ended.set()
-        with self._cv:
-            self._abandoned_alive -= 1
-            if self._owed <= 0:
-                return False
-            self._owed -= 1
-        log.info("the task of timed-out job=%s ended; claiming again", running.job.id)
-        return True
-
     def run_one(self, lease: Lease) -> bool:
         """Run one claimed lease to its outcome and settle it (on the settler thread when
         the pool is started, else right here — how eager/test mode runs a job).
@@ -582,19 +459,6 @@ class Worker:
         leave the pool (another thread holds its slot). Never raises for what a task does.
         """
         return self.runner.run_one(lease)
-
-    def _slot_back(self, running: Running) -> bool:
-        """An abandoned thread's task returned: it takes its slot back only if no
-        replacement was started for it."""
-        with self._cv:
-            self._abandoned_alive -= 1
-            self._abandoned.discard(running.thread)
-            if self._owed > 0:
-                self._owed -= 1
-                log.info("an abandoned thread returned from job=%s; claiming again",
-                         running.job.id)
-                return True
-        return False
 
     def _on_settled(self, settlement: Settlement, landed: bool) -> None:
         lease = settlement.lease
@@ -605,100 +469,3 @@ class Worker:
         running = self._running.get(lease.id)
         if running is not None and running.lease.token == lease.token:  # not its next claim
             self._running.pop(lease.id, None)
-
-    # --- timeouts ------------------------------------------------------------------------
-
-    def _time_out(self, running: Running) -> None:
-        """Called by the monitor for a job past its deadline: abandon its thread, keep the
-        pool's capacity within ``max_abandoned_threads``, and settle the attempt as timed
-        out on a thread of its own (settling runs plugin observers: one that blocks must not
-        stop the monitor from extending every other job's lease)."""
-        if self.aio is not None:
-            self._time_out_async(running)
-            return
-        job = running.job
-        if not running.decide():
-            return
-        with running.lock:
-            running.abandoned = True  # its thread exits (or takes its slot back) on return
-        error = JobTimeoutError.of(job, (job.deadline or running.deadline or 0.0)
-                                   - running.started_mono)
-        with self._cv:
-            self._abandoned_alive += 1
-            self._abandoned.add(running.thread)
-            replace = self._abandoned_alive <= self.max_abandoned
-            if not replace:
-                self._owed += 1
-        if replace:
-            self._spawn_executor()  # keep capacity: the stuck thread may never return
-        else:
-            log.warning("%d threads are stuck in timed-out jobs (max_abandoned_threads=%d): "
-                        "this worker claims fewer jobs until one returns", self._abandoned_alive,
-                        self.max_abandoned)
-        threading.Thread(target=self._settle_timed_out, args=(running, error),
-                         name="nuvom-timeout", daemon=True).start()
-
-    def _time_out_async(self, running: Running) -> None:
-        """The asyncio pool's :meth:`_time_out`: a job still running ``kill_grace_secs``
-        after its timeout cancelled it (a coroutine that swallows ``CancelledError``), or
-        whose sync task's thread is past its deadline while the loop is blocked. Record the
-        attempt as timed out and give the task up, its slot freed for another job while
-        fewer than ``max_abandoned_threads`` are given up (the thread pool's rule). Why:
-        without this, such a job ran on, RUNNING, its lease extended forever."""
-        ended = self._task_ended[running] = threading.Event()  # before it can end
-        with running.lock:  # decided and abandoned at once: see _task_slot_back
-            claimed = not running.decided
-            if claimed:
-                running.decided = running.abandoned = True
-        if not claimed:
-            self._task_ended.pop(running, None)
-            return
-        job = running.job
-        limit = job.options.timeout_secs or self.kernel.settings.job_timeout_secs
-        grace = self.kernel.settings.kill_grace_secs
-        error = JobTimeoutError.of(job, limit, f"(it had not stopped {grace:g} s later; "
-                                              f"given up)")
-        with self._cv:
-            self._abandoned_alive += 1
-            free = self._abandoned_alive <= self.max_abandoned
-            if not free:
-                self._owed += 1
-        if free:
-            self.slots.freed()
-        else:
-            log.warning("%d tasks ignored their timeout (max_abandoned_threads=%d): this "
-                        "worker claims fewer jobs until one ends", self._abandoned_alive,
-                        self.max_abandoned)
-        log.warning("job=%s task=%s had not stopped %g s after its timeout; recorded as "
-                    "timed out and left running", job.id, job.task, grace)
-        threading.Thread(target=self._settle_timed_out, args=(running, error, ended),
-                         name="nuvom-timeout", daemon=True).start()
-
-    def _settle_timed_out(self, running: Running, error: JobTimeoutError,
-                          ended: threading.Event | None = None) -> None:
-        if running.job.options.concurrency is not None:
-            # A limited task's timed-out attempt keeps counting against its limit until its
-            # function returns: its lease (extended by the monitor until settled) is what
-            # the queue counts, so settle only then (an asyncio job's thread is the loop's:
-            # wait for its task instead). A stop that comes first settles it (join).
-            with self._timed_out_lock:
-                self._timed_out[running] = error
-            if ended is not None:
-                ended.wait()
-            else:
-                running.thread.join()
-            with self._timed_out_lock:
-                if self._timed_out.pop(running, None) is None:
-                    return  # settled by the stop
-        self.runner.fail(running, error, "", kind="timeout", decided=True)
-
-    def _settle_timed_out_now(self) -> None:
-        """At a stop: settle the timed-out attempts still waiting for their function to
-        return. Why: the process ends with their threads, so there is no slot left to hold,
-        and unsettled, such a job stayed RUNNING, its lease blocking its task's limit for a
-        visibility timeout, then ran again though its retries were spent."""
-        with self._timed_out_lock:
-            waiting, self._timed_out = self._timed_out, {}
-        for running, error in waiting.items():
-            self.runner.fail(running, error, "", kind="timeout", decided=True)
-
