@@ -241,13 +241,21 @@ class JobCancelledError(JobFailedError):
     :param attempts: attempts it had made (a job cancelled while waiting out a retry
         delay ran, and failed: it was said to have never run), the last one's error in
         ``error_type`` and ``error_message``.
+    :param reason: why it was cancelled, as its record says, when it was not by hand: a
+        step its workflow's graph cancelled (a step it depends on failed or was cancelled,
+        or the graph was found damaged). Without it, the message said only "cancelled".
+    :param advice: what to do, for a cause the default hint does not mend: a step of a
+        workflow a damaged graph ended, which ``nuvom workflow retry`` cannot run.
     """
 
     def __init__(self, job_id: str, workflow: str | None = None, *, attempts: int = 0,
-                 error_type: str | None = None, error_message: str | None = None) -> None:
+                 error_type: str | None = None, error_message: str | None = None,
+                 reason: str | None = None, advice: str | None = None) -> None:
         super().__init__(job_id, error_type, error_message, None)
-        self.workflow = workflow
-        if workflow is not None:
+        self.workflow, self.reason = workflow, reason
+        if advice is not None:
+            hint = advice
+        elif workflow is not None:
             hint = (f"it is a step of workflow {workflow}: run it again with the steps "
                     f"depending on it with `nuvom workflow retry {workflow}`")
         else:
@@ -257,6 +265,8 @@ class JobCancelledError(JobFailedError):
         if attempts > 0:
             when = f"after {attempts} attempt{'s' if attempts != 1 else ''}" + (
                 f" (the last failed: {error_type}: {error_message})" if error_type else "")
+        if reason:
+            when += f": {reason}"
         self.args = (f"job {job_id} was cancelled {when}; it has no result ({hint})",)
 
     def __str__(self) -> str:

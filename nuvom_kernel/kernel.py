@@ -20,7 +20,6 @@ from nuvom_kernel.config import Config, load_config
 from nuvom_kernel.envelope import Envelope, options_from_wire
 from nuvom_kernel.errors import (
     EnqueueError,
-    JobCancelledError,
     JobFailedError,
     NuvomError,
     PluginConfigError,
@@ -342,12 +341,10 @@ class Kernel:
             stall.answered = True
             if job.status is JobStatus.SUCCEEDED:
                 return job.result
-            if job.status is JobStatus.CANCELLED:  # a step's hint names its workflow
-                from nuvom_kernel.workflow.graph import WF_HEADER
+            if job.status is JobStatus.CANCELLED:  # a step's error says why
+                from nuvom_kernel.workflow.steps import cancelled_error
 
-                raise JobCancelledError(job.id, job.headers.get(WF_HEADER),
-                                        attempts=job.attempts, error_type=job.error_type,
-                                        error_message=job.error)
+                raise cancelled_error(self, job)
             if job.status is JobStatus.FAILED:
                 raise JobFailedError(job.id, job.error_type, job.error, job.traceback)
             if job.status is JobStatus.UNKNOWN:

@@ -281,3 +281,46 @@ def test_ending_a_damaged_workflow_is_optional_idempotent_and_fenced(any_kernel:
     # a second worker finding the same damage changes nothing (no second end, no record)
     assert queue.advance_workflows([(leases[1], JobStatus.SUCCEEDED, flow.id)]) == []
     assert Workflow(flow.id, kernel)._graph(nodes=False).flow == head
+
+
+def test_retry_of_a_workflow_ended_by_damage_is_refused_at_once_even_restored(
+        any_kernel: Kernel) -> None:
+    """It was re-opened: its cancelled steps then waited for the damaged step, RELEASED in
+    the graph though its outcome was settled long ago, so nothing released them and
+    ``wf.get()`` polled RUNNING forever. A retry cannot know what the settle that found the
+    damage left undone, so it refuses, saying to submit the workflow again."""
+    from wf_tasks import echo
+
+    kernel = any_kernel
+    broken = chain(echo.s(1), echo.s(), echo.s()).delay()
+    first, second, third = (n.id for n in broken.nodes)
+    where, restore = damage_step(kernel, broken.id, first)
+    run_worker_until(kernel, lambda: (get_job(first).status is JobStatus.SUCCEEDED
+                                      and kernel.queue.peek_state(first) is None),
+                     "the damaged step's outcome recorded and acked")
+    with pytest.raises(CorruptWorkflowError, match="ended FAILED") as still:  # still damaged
+        broken.retry()
+    assert where in str(still.value)
+
+    restore()
+    for from_node in (None, first, second):
+        with pytest.raises(NuvomError) as info:
+            broken.retry(from_node)
+        text = str(info.value)
+        assert "found damaged while it ran" in text and "submit the workflow again" in text, \
+            text
+        assert first in text, "the step whose outcome never reached the graph is named"
+    # refused before anything changed: still ended, its steps as they ended
+    assert broken.status == "FAILED"
+    assert [n.state for n in broken.nodes] == ["SUCCEEDED", CANCELLED, CANCELLED]
+    assert get_job(second).status is JobStatus.CANCELLED
+
+    if kernel.queue.name != "memory":  # the command line is another process
+        shown = run_nuvom(["workflow", "retry", broken.id], kernel.config.root, timeout=60,
+                          NUVOM_QUEUE_BACKEND=kernel.queue.name,
+                          NUVOM_RESULT_BACKEND=kernel.results.name)
+        assert shown.returncode != 0
+        assert "submit the workflow again" in shown.stderr, shown.stderr
+        assert "re-running" not in shown.stdout
+    assert broken.status == "FAILED"
+    assert get_job(third).status is JobStatus.CANCELLED

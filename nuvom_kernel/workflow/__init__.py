@@ -1,8 +1,9 @@
 """Workflows: chains, groups and joins stored as a graph with the queue backend.
 
-:mod:`.canvas` builds them (``task.s()``, :func:`chain`, :func:`group`), :mod:`.graph` holds
-the stored shape and the rules every backend applies in its own transaction, :mod:`.spi`
-the backend calls, :mod:`.handle` reads them back (:class:`Workflow`, :func:`get_workflow`).
+:mod:`.canvas` builds them (``task.s()``, :func:`chain`, :func:`group`), :mod:`.shape` holds
+the stored shape, :mod:`.graph` the rules every backend applies in its own transaction and
+:mod:`.damage` what a settle does with a graph found damaged, :mod:`.spi` the backend
+calls, :mod:`.handle` reads them back (:class:`Workflow`, :func:`get_workflow`).
 Names are imported on first access, so the backend SPI importing :mod:`.spi` loads no more.
 """
 

@@ -21,8 +21,9 @@ from nuvom_kernel import events
 from nuvom_kernel.dispatcher import observed
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import BackendCapabilityError, EnqueueError, NuvomError
-from nuvom_kernel.workflow.graph import INPUT_HEADER, POLICIES, WF_HEADER, Flow, Node, create
+from nuvom_kernel.workflow.graph import create
 from nuvom_kernel.workflow.handle import Workflow
+from nuvom_kernel.workflow.shape import INPUT_HEADER, POLICIES, WF_HEADER, Flow, Node
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel

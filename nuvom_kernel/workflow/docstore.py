@@ -15,7 +15,7 @@ from typing import Any
 
 from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.models import Message
-from nuvom_kernel.workflow.graph import (
+from nuvom_kernel.workflow.shape import (
     WAITING,
     Flow,
     Node,

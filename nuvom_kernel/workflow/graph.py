@@ -1,4 +1,4 @@
-"""The stored shape of a workflow and the one set of rules that moves it.
+"""The one set of rules that moves a workflow's stored graph.
 
 A workflow is a graph of *nodes* (one job each) in the queue backend: a node whose parents
 are not done is WAITING (its message is kept beside it, not claimable); when a node's job
@@ -12,197 +12,60 @@ SQLite transaction, a lock, a file lock) and call these functions inside it, so 
 follows the same rules. A node that is not RELEASED is not advanced again, which makes
 :func:`advance` idempotent: a step that runs twice (its worker died after the graph moved
 but before the ack) releases its children once.
+
+The stored shape (states, :class:`Node`, :class:`Flow`, :class:`GraphTxn`) is
+:mod:`.shape`, and what a settle does on finding a graph damaged is :mod:`.damage`; both
+are re-exported here, the import path plugins use.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
-from nuvom_kernel.errors import CorruptWorkflowError
 from nuvom_kernel.models import JobRecord, JobStatus, Message
+from nuvom_kernel.workflow.damage import EndsDamaged, advance_past_damage
+from nuvom_kernel.workflow.shape import (
+    CANCELLED,
+    CANCELLED_ERROR,
+    DOOM_CANCELLED,
+    DOOM_DAMAGED,
+    DOOM_FAILED,
+    DOOM_SKIPPED,
+    FAILED,
+    INPUT_HEADER,
+    NODE_FINAL,
+    POLICIES,
+    RELEASED,
+    RUNNING,
+    SKIPPED,
+    SKIPPED_ERROR,
+    SUCCEEDED,
+    WAITING,
+    WF_HEADER,
+    Flow,
+    GraphTxn,
+    Node,
+    WorkflowGraph,
+    stored_flow,
+    stored_node,
+)
 
-__all__ = ["CancelOutcome", "EndsDamaged", "Flow", "GraphTxn", "Node", "WorkflowGraph",
-           "advance", "cancel_waiting", "create", "doomed_record", "reset", "stored_flow",
-           "stored_node"]
+__all__ = ["CANCELLED", "CANCELLED_ERROR", "DOOM_CANCELLED", "DOOM_DAMAGED", "DOOM_FAILED",
+           "DOOM_SKIPPED", "FAILED", "INPUT_HEADER", "NODE_FINAL", "NOT_RUN", "POLICIES",
+           "RELEASED", "RUNNING", "SKIPPED", "SKIPPED_ERROR", "SUCCEEDED", "WAITING",
+           "WF_HEADER", "CancelOutcome", "EndsDamaged", "Flow", "GraphTxn", "Node",
+           "WorkflowGraph", "advance", "cancel_waiting", "create", "doomed_record", "reset",
+           "stored_flow", "stored_node"]
 
-log = logging.getLogger("nuvom.worker")
-
-# Node states. WAITING and RELEASED are the graph's own; the rest are final.
-WAITING, RELEASED = "WAITING", "RELEASED"
-SUCCEEDED, FAILED, CANCELLED, SKIPPED = "SUCCEEDED", "FAILED", "CANCELLED", "SKIPPED"
-NODE_FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
-POLICIES = ("fail", "continue", "skip")
-_NODE_STATES = NODE_FINAL | {WAITING, RELEASED}
-RUNNING = "RUNNING"  # a workflow's status until every node is final
-SKIPPED_ERROR = "nuvom.Skipped"
-#: Envelope headers of a step: its workflow's id, and its input (absent for ``si`` steps).
-WF_HEADER, INPUT_HEADER = "wf", "wf_in"  # the error_type of a skipped node's CANCELLED record
-#: Why a node will never run (``Node.doom``): a parent FAILED under ``"fail"``, a parent was
-#: CANCELLED, a parent was skipped (or FAILED under ``"skip"``). The first two end the node
-#: CANCELLED, the last SKIPPED; one beats the next (a join with a failed parent and a
-#: cancelled one was cancelled by the failure). ``"cancelled"`` is newer than the others:
-#: graphs stored before it say ``"cancel"`` for both causes.
-DOOM_FAILED, DOOM_CANCELLED, DOOM_SKIPPED = "cancel", "cancelled", "skip"
-#: A step still WAITING when its workflow was ended FAILED because its stored graph is
-#: damaged (:func:`advance`): CANCELLED like the others, with its own reason.
-DOOM_DAMAGED = "damaged"
 _DOOM_RANK = {None: 0, DOOM_SKIPPED: 1, DOOM_CANCELLED: 2, DOOM_FAILED: 3, DOOM_DAMAGED: 3}
-
-
-@attrs.define
-class Node:
-    """One step: its job id, what it waits for and what waits for it.
-
-    ``pending`` counts parents not final yet; ``doom`` is set when a parent failed
-    (``"cancel"``), was cancelled (``"cancelled"``) or was skipped (``"skip"``): the node
-    then never runs. ``final`` marks a ``finally_`` step, released once every other node is
-    final.
-    """
-
-    id: str
-    workflow: str
-    task: str
-    state: str = WAITING
-    pending: int = 0
-    doom: str | None = None
-    policy: str = "fail"
-    final: bool = False
-    children: list[str] = attrs.field(factory=list)
-    queue: str = "default"
-
-    def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-@attrs.define
-class Flow:
-    """A workflow's mutable head: its status and how many (non-``finally_``) nodes are open."""
-
-    id: str
-    status: str = RUNNING
-    open: int = 0
-    failed: bool = False
-    cancelled: bool = False
-    final: str | None = None  # the finally_ node's id
-    created_at: float = attrs.field(factory=time.time)
-    finished_at: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-@attrs.define
-class WorkflowGraph:
-    """A snapshot for readers: the head, the output shape (node ids in nested lists: what
-    ``get()`` returns once they are resolved) and the nodes in submission order."""
-
-    flow: Flow
-    output: Any
-    nodes: list[Node] = attrs.field(factory=list)
-
-
-def stored_node(data: Any, workflow: str, where: str) -> Node:
-    """A node of ``workflow`` as a store read it back, checked: a hand-edited or damaged
-    entry raises a :class:`CorruptWorkflowError` naming it (``where``: the store's file or
-    table) here, not a ``TypeError`` deep inside a settle, which the settler took for an
-    outage and ran the step again, forever."""
-    if not isinstance(data, Mapping):
-        raise CorruptWorkflowError(workflow, where, f"a step is {_brief(data)}, not an object")
-    step = f"step {data.get('id')!r}"
-    try:
-        node = Node(**data)
-    except TypeError as exc:
-        raise CorruptWorkflowError(workflow, where, f"{step}: {exc}") from None
-    problem = _node_problem(node)
-    if problem is not None:
-        raise CorruptWorkflowError(workflow, where, f"{step}: {problem}")
-    return node
-
-
-def _node_problem(node: Node) -> str | None:
-    if not (isinstance(node.id, str) and isinstance(node.workflow, str)):
-        return "its ids are not text"
-    if node.state not in _NODE_STATES:
-        return f"state {node.state!r} is none of {sorted(_NODE_STATES)}"
-    if type(node.pending) is not int:
-        return f"pending {node.pending!r} is not a count"
-    if node.policy not in POLICIES:
-        return f"policy {node.policy!r} is none of {list(POLICIES)}"
-    children = node.children
-    if not (isinstance(children, list) and all(isinstance(c, str) for c in children)):
-        return f"children {_brief(children)} is not a list of step ids"
-    return None
-
-
-def stored_flow(data: Any, workflow: str, where: str) -> Flow:
-    """A workflow's head as a store read it back, checked as :func:`stored_node` checks."""
-    if not isinstance(data, Mapping):
-        raise CorruptWorkflowError(workflow, where, f"its head is {_brief(data)}")
-    try:
-        flow = Flow(**data)
-    except TypeError as exc:
-        raise CorruptWorkflowError(workflow, where, f"its head: {exc}") from None
-    if not isinstance(flow.status, str) or type(flow.open) is not int:
-        raise CorruptWorkflowError(workflow, where, f"its head: status {flow.status!r}, "
-                                   f"open {flow.open!r}")
-    return flow
-
-
-def _brief(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-class GraphTxn(Protocol):
-    """What a backend stores for workflows, inside one atomic section of its own.
-
-    Every method here is required. One more is optional (:class:`EndsDamaged`): a store
-    that has it lets :func:`advance` end a workflow whose stored graph is found damaged;
-    one without it keeps such a workflow RUNNING, its waiting steps waiting (as before).
-    """
-
-    def insert(self, flow: Flow, output: Any, nodes: Sequence[Node],
-               messages: Sequence[Message]) -> bool:
-        """Store a new graph (each node with its message); ``False`` if the id exists."""
-
-    def flows(self, ids: Iterable[str]) -> dict[str, Flow]: ...
-
-    def nodes(self, ids: Iterable[str]) -> dict[str, Node]:
-        """The stored nodes of these ids (unknown ids are left out)."""
-
-    def update(self, flows: Iterable[Flow], nodes: Iterable[Node],
-               bodies: Mapping[str, bytes]) -> None:
-        """Write back changed heads and nodes, and new message bodies where given."""
-
-    def release(self, ids: Sequence[str]) -> None:
-        """Push the stored messages of these nodes into the queue, claimable now."""
-
-    def graph(self, flow_id: str) -> WorkflowGraph | None: ...
-
-    def bodies(self, ids: Iterable[str]) -> dict[str, bytes]:
-        """The stored message bodies of these nodes."""
-
-
-class EndsDamaged(Protocol):
-    """The optional :class:`GraphTxn` call that lets a damaged workflow end (FAILED, its
-    waiting steps CANCELLED) instead of hanging its readers: ``wf.get()`` polled RUNNING
-    and ``Job.get()`` on a waiting step QUEUED until their timeouts. Optional so that a
-    backend written before it keeps working unchanged (:func:`advance` looks it up by
-    name and, without it, leaves the workflow as it was)."""
-
-    def waiting_nodes(self, flow_id: str) -> list[Node]:
-        """The WAITING nodes of ``flow_id`` that still decode, its damaged entries left out
-        (a damaged node cannot be written back, and its own reads keep naming it); like
-        :meth:`GraphTxn.nodes`, they are the ones :meth:`GraphTxn.update` then writes. Raises
-        :class:`CorruptWorkflowError` only when the workflow as a whole does not read (its
-        document, its head)."""
-        ...
+#: How the record of a node that never runs begins (:func:`doomed_record`): its reason
+#: follows, then its workflow's id.
+NOT_RUN = "not run: "
 
 
 class _Session:
@@ -343,69 +206,10 @@ def advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
     outcomes are applied. Where the store can still write that workflow's head (it has
     :meth:`EndsDamaged.waiting_nodes` and the head decodes), the workflow is ended FAILED
     and its waiting steps CANCELLED (returned with the others, so the caller records them):
-    nothing would ever release them, and their readers waited out every timeout.
+    nothing would ever release them, and their readers waited out every timeout
+    (:mod:`.damage`).
     """
-    try:
-        return _advance(txn, outcomes, unseen)
-    except CorruptWorkflowError as exc:
-        if len(outcomes) == 1:
-            return _corrupt(txn, exc, outcomes)
-    # One workflow's corrupt graph must not hold up the others' steps settled with it: each
-    # outcome on its own (a session writes only when it commits, so the failed one wrote
-    # nothing), and those of the corrupt workflow are settled without it moving on.
-    doomed: list[Node] = []
-    for outcome in outcomes:
-        try:
-            doomed += _advance(txn, [outcome], unseen)
-        except CorruptWorkflowError as exc:
-            doomed += _corrupt(txn, exc, [outcome])
-    return doomed
-
-
-def _corrupt(txn: GraphTxn, exc: CorruptWorkflowError,
-             outcomes: Sequence[tuple[str, JobStatus]]) -> list[Node]:
-    """Settle ``outcomes`` without their workflow moving on, ending it if it can be
-    (:func:`_end_damaged`); the steps that cancelled. The log says how the workflow stands
-    (ended, or stuck), as a reader's error then does."""
-    status, cancelled = _end_damaged(txn, exc)
-    if status is not None:
-        exc = CorruptWorkflowError(exc.workflow_id, exc.where, exc.detail, status=status)
-    for job_id, outcome in outcomes:
-        log.error("job=%s ended %s; its outcome is settled, but %s", job_id, outcome.value,
-                  exc)
-    return cancelled
-
-
-def _end_damaged(txn: GraphTxn, exc: CorruptWorkflowError) -> tuple[str | None, list[Node]]:
-    """End the workflow ``exc`` names FAILED and cancel its waiting steps (``doom``
-    :data:`DOOM_DAMAGED`). Returns its status if it has ended (here, or before: ``None``
-    while it stays RUNNING) and the steps cancelled here.
-
-    Not ended here: a store without :meth:`EndsDamaged.waiting_nodes` (as before it
-    existed); a head that is itself damaged (it cannot be written, and nothing can say the
-    workflow ended); a workflow already ended, by another worker that found the same damage
-    first (the store serialises these transactions, so the second finds FAILED and changes
-    nothing) or before the damage. The head's ``open`` count is left as it was (the damaged
-    step's end is never counted). Runs in the settle's own transaction, after its fence (an
-    outcome whose lease was lost reaches no :func:`advance`), so it is written with the
-    outcome's ack or not at all.
-    """
-    waiting_nodes = getattr(txn, "waiting_nodes", None)
-    flow_id = exc.workflow_id
-    if waiting_nodes is None or not isinstance(flow_id, str):
-        return None, []
-    try:
-        flow = txn.flows([flow_id]).get(flow_id)
-        if flow is None or flow.status != RUNNING:
-            return (None if flow is None else flow.status), []
-        waiting: list[Node] = waiting_nodes(flow_id)
-    except CorruptWorkflowError:
-        return None, []
-    flow.status, flow.failed, flow.finished_at = FAILED, True, time.time()
-    for node in waiting:
-        node.state, node.doom = CANCELLED, DOOM_DAMAGED
-    txn.update([flow], waiting, {})
-    return FAILED, waiting
+    return advance_past_damage(txn, outcomes, lambda some: _advance(txn, some, unseen))
 
 
 def _advance(txn: GraphTxn, outcomes: Sequence[tuple[str, JobStatus]],
@@ -557,8 +361,8 @@ def doomed_record(node: Node) -> JobRecord:
               else "its workflow's stored graph is damaged (`nuvom workflow inspect` names "
                    "the entry), so the workflow ended FAILED" if node.doom == DOOM_DAMAGED
               else "a step it depends on failed")
-    kind = SKIPPED_ERROR if node.state == SKIPPED else "nuvom.Cancelled"
+    kind = SKIPPED_ERROR if node.state == SKIPPED else CANCELLED_ERROR
     return JobRecord(job_id=node.id, task=node.task, status=JobStatus.CANCELLED,
                      queue=node.queue, error_type=kind,
-                     error_message=f"not run: {reason} (workflow {node.workflow})",
+                     error_message=f"{NOT_RUN}{reason} (workflow {node.workflow})",
                      created_at=now, finished_at=now, updated_at=now)

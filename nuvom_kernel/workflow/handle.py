@@ -21,9 +21,10 @@ from nuvom_kernel.errors import (
 from nuvom_kernel.job import Job, not_in_a_task
 from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
-from nuvom_kernel.workflow.graph import (
+from nuvom_kernel.workflow.damage import ended_by_damage
+from nuvom_kernel.workflow.graph import doomed_record, reset
+from nuvom_kernel.workflow.shape import (
     CANCELLED,
-    DOOM_DAMAGED,
     FAILED,
     INPUT_HEADER,
     NODE_FINAL,
@@ -33,8 +34,6 @@ from nuvom_kernel.workflow.graph import (
     WAITING,
     WF_HEADER,
     WorkflowGraph,
-    doomed_record,
-    reset,
 )
 
 if TYPE_CHECKING:
@@ -166,13 +165,9 @@ class Workflow:
                     raise self._record_gone(status, node.id, "its error")
                 raise JobFailedError(node.id, record.error_type, record.error_message,
                                      record.traceback)
-        damaged = [node.id for node in full.nodes if node.doom == DOOM_DAMAGED]
-        if damaged:  # not "cancelled: workflow retry": a retry cannot mend this one
-            raise NuvomError(
-                f"workflow {self.id} ended {status} because its stored graph was found "
-                f"damaged while it ran; its {len(damaged)} step(s) still waiting then "
-                f"(first {damaged[0]}) were cancelled. The graph reads again now: submit the "
-                "workflow again to run it")
+        damaged = ended_by_damage(full)
+        if damaged is not None:  # not "cancelled: workflow retry": a retry cannot mend it
+            raise damaged
         for node in full.nodes:
             if node.state == CANCELLED:
                 raise JobCancelledError(node.id, self.id)
@@ -192,13 +187,20 @@ class Workflow:
         step depending on it), with the steps depending on them; succeeded steps outside
         keep their results. Returns the ids of the steps re-opened.
 
-        :raises NuvomError: the workflow is still RUNNING, or ``from_node`` is not a step.
+        :raises NuvomError: the workflow is still RUNNING, ``from_node`` is not a step, or
+            a settle ended it because its graph was found damaged (:func:`ended_by_damage`:
+            re-opened, its steps waited forever for one whose outcome never reached the
+            graph; it runs again only when submitted again).
+        :raises CorruptWorkflowError: its graph is still damaged.
         """
         kernel = self._kernel
         graph = self._graph()
         if graph.flow.status == RUNNING:
             raise NuvomError(f"workflow {self.id} is still RUNNING; retry it once it ended "
                              f"(see `nuvom workflow inspect {self.id}`)")
+        damaged = ended_by_damage(graph)
+        if damaged is not None:
+            raise damaged
         if from_node is not None and from_node not in {n.id for n in graph.nodes}:
             raise NuvomError(f"{from_node!r} is not a step of workflow {self.id}; the steps "
                              f"are listed by `nuvom workflow inspect {self.id}`")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 from nuvom_kernel.models import JobStatus, Lease
 
 if TYPE_CHECKING:
-    from nuvom_kernel.workflow.graph import GraphTxn, Node, WorkflowGraph
+    from nuvom_kernel.workflow.shape import GraphTxn, Node, WorkflowGraph
 
 __all__ = ["WorkflowStore"]
 

@@ -15,25 +15,34 @@ import time
 from typing import TYPE_CHECKING
 
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import SerializationError
+from nuvom_kernel.errors import (
+    CorruptWorkflowError,
+    JobCancelledError,
+    NuvomError,
+    SerializationError,
+    error_text,
+)
 from nuvom_kernel.models import JobRecord, JobStatus, Message, TaskOptions
-from nuvom_kernel.workflow.graph import (
+from nuvom_kernel.workflow.damage import damaged_advice
+from nuvom_kernel.workflow.graph import NOT_RUN, cancel_waiting, doomed_record
+from nuvom_kernel.workflow.shape import (
     CANCELLED,
+    CANCELLED_ERROR,
+    DOOM_DAMAGED,
     NODE_FINAL,
     RELEASED,
     SKIPPED,
+    SKIPPED_ERROR,
     WAITING,
     WF_HEADER,
     Node,
-    cancel_waiting,
-    doomed_record,
 )
 
 if TYPE_CHECKING:
     from nuvom_kernel.job import Job
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["cancel_step", "unqueued_step", "workflow_of"]
+__all__ = ["cancel_step", "cancelled_error", "unqueued_step", "workflow_of"]
 
 
 def _node(kernel: Kernel, job: Job) -> Node | None:
@@ -141,3 +150,36 @@ def workflow_of(kernel: Kernel, job_id: str) -> str | None:
         return None
     node = kernel.queue.workflow_step(job_id)
     return None if node is None else node.workflow
+
+
+def cancelled_error(kernel: Kernel, job: Job) -> JobCancelledError:
+    """The error ``Job.get()`` raises for ``job``, which reads CANCELLED.
+
+    A step its graph cancelled says why, as its record does (:func:`doomed_record`: a step
+    it depends on failed, was cancelled or skipped, or its workflow's graph was found
+    damaged): the error said only "cancelled before it ran". And a step of a workflow a
+    damaged graph ended gets the advice that works (submit it again), not ``nuvom workflow
+    retry``, which cannot run it. The graph is read (once, for a cancelled job only) for
+    what the record does not hold: the step's workflow, when the handle was made from the
+    id alone, and whether the damage ended it. A graph that does not read now says so
+    itself; a store that does not answer leaves the record's words alone.
+    """
+    workflow, advice, doom = job.headers.get(WF_HEADER), None, None
+    if kernel.queue.capabilities.workflows:
+        try:
+            node = _node(kernel, job)
+        except CorruptWorkflowError as exc:
+            node, workflow, advice = None, exc.workflow_id, error_text(exc)
+        except NuvomError:  # the store is away: what the record says is still true
+            node = None
+        if node is not None:
+            workflow, doom = node.workflow, node.doom
+    if doom == DOOM_DAMAGED and workflow is not None:
+        advice = damaged_advice(workflow)
+    reason = None
+    message = job.error or ""
+    if job.error_type in (CANCELLED_ERROR, SKIPPED_ERROR) and message.startswith(NOT_RUN):
+        reason = message.removeprefix(NOT_RUN).removesuffix(f" (workflow {workflow})")
+    return JobCancelledError(job.id, workflow, attempts=job.attempts,
+                             error_type=job.error_type, error_message=job.error,
+                             reason=reason, advice=advice)

@@ -1,0 +1,88 @@
+"""``Job.get()`` on a step its workflow's graph cancelled says why, from the step's record,
+and gives the advice that works for that cause.
+
+Before, it said only "cancelled before it ran" and, for every step, to run it again with
+``nuvom workflow retry WF``: though its record said why (a step it depends on failed, was
+cancelled, or its workflow's stored graph was found damaged), and a retry cannot run a
+workflow ended because its graph was damaged (``wf.get()`` already said to submit it again).
+
+Real SQLite files and file-queue folders (and the in-memory backend), a worker pool in this
+process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nuvom_kernel import JobStatus, chain, get_job
+from nuvom_kernel.errors import JobCancelledError
+from nuvom_kernel.kernel import Kernel, use_kernel
+from tests import test_workflows as wf
+from tests.helpers import run_worker_until, write_module
+from tests.test_workflow_corrupt import STEP_BACKENDS, damage_step
+
+
+@pytest.fixture(params=STEP_BACKENDS)
+def kernel(request: pytest.FixtureRequest, project: Path,
+           make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
+    write_module(project, "wf_tasks", wf.TASKS)
+    k = make_kernel(request.param)
+    with use_kernel(k):
+        yield k
+
+
+def cancelled(step: str) -> JobCancelledError:
+    with pytest.raises(JobCancelledError) as info:
+        get_job(step).get(timeout=30)
+    return info.value
+
+
+def test_a_step_cancelled_because_a_parent_failed_says_so(kernel: Kernel) -> None:
+    from wf_tasks import boom, echo
+
+    flow = chain(boom.si(), echo.s(), echo.s()).delay()
+    first, second, third = (n.id for n in flow.nodes)
+    run_worker_until(kernel, lambda: flow.status != "RUNNING", "the workflow to end")
+    for step in (second, third):
+        error = cancelled(step)
+        text = str(error)
+        assert "cancelled before it ran: a step it depends on failed" in text, text
+        # this cause a retry mends: the hint names it, with the workflow's id
+        assert f"`nuvom workflow retry {flow.id}`" in text, text
+        assert error.workflow == flow.id
+        assert error.error_type == "nuvom.Cancelled"
+    assert get_job(first).status is JobStatus.FAILED
+
+
+def test_a_step_cancelled_by_hand_keeps_its_plain_message(kernel: Kernel) -> None:
+    from wf_tasks import echo
+
+    flow = chain(echo.s(1), echo.s()).delay()
+    second = flow.nodes[1].id
+    assert get_job(second).cancel() is True
+    text = str(cancelled(second))
+    assert f"job {second} was cancelled before it ran; it has no result" in text, text
+    assert f"`nuvom workflow retry {flow.id}`" in text, text
+
+
+def test_a_step_cancelled_because_its_graph_was_damaged_says_so_and_not_to_retry(
+        kernel: Kernel) -> None:
+    from wf_tasks import echo
+
+    flow = chain(echo.s(1), echo.s(), echo.s()).finally_(echo.si("end")).delay()
+    first, second, third, final = (n.id for n in flow.nodes)
+    damage_step(kernel, flow.id, first)
+    run_worker_until(kernel, lambda: (get_job(first).status is JobStatus.SUCCEEDED
+                                      and kernel.queue.peek_state(first) is None),
+                     "the damaged step's outcome recorded and acked")
+    for step in (second, third, final):  # the finally_ step too
+        error = cancelled(step)
+        text = str(error)
+        assert "cancelled before it ran: its workflow's stored graph is damaged" in text, text
+        # `nuvom workflow retry` cannot run it: the advice is to submit it again
+        assert "submit the workflow again" in text, text
+        assert f"`nuvom workflow retry {flow.id}`" not in text, text
+        assert error.workflow == flow.id
