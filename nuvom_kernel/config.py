@@ -46,6 +46,7 @@ from nuvom_kernel.plugin_settings import (
     mask_secret,
     plugin_env,
     plugin_env_var,
+    plugin_variable_hint,
 )
 from nuvom_kernel.values import to_path
 
@@ -418,34 +419,10 @@ def _check_environment(env: Mapping[str, str]) -> None:
                 or var.upper().startswith(PLUGIN_ENV_PREFIX)
                 or var.startswith(TEST_VARIABLE_PREFIX)):
             continue
-        hint = _plugin_variable_hint(var) or did_you_mean(var.upper(), known)
+        hint = plugin_variable_hint(var) or did_you_mean(var.upper(), known)
         warn_once(f"environment variable {var} is not a Nuvom setting{hint}, so it is not "
                   f"used. `nuvom config` lists the settings and their variables "
                   f"(docs/configuration.md).")
-
-
-def _plugin_variable_hint(var: str) -> str:
-    """`` (did you mean NUVOM_PLUGINS__LISTQ__PATH, for [plugins.listq] path?)`` for a
-    variable that looks meant for a plugin setting with the wrong separator after
-    ``NUVOM_PLUGINS`` (``NUVOM_PLUGINS_LISTQ__PATH``, ``NUVOM_PLUGIN__LISTQ__PATH``); the
-    form itself when the rest does not split into a name and a key; else nothing.
-
-    Why: ``did_you_mean`` compares with the settings' variables only, so such a typo was
-    called no setting without a word about the plugin setting it was meant to be.
-    """
-    upper = var.upper()
-    if not upper.startswith("NUVOM_PLUGIN"):
-        return ""
-    rest = var[len("NUVOM_PLUGIN"):]
-    rest = rest[1:] if rest[:1] in ("S", "s") else rest
-    rest = rest.lstrip("_")
-    name, sep, key = rest.partition("__")
-    if sep and name and key and "__" not in key and not key.startswith("_"):
-        return (f" (did you mean {PLUGIN_ENV_PREFIX}{rest}, for "
-                f"[plugins.{name.lower()}] {key.lower()}?)")
-    return (f" (a plugin setting is {PLUGIN_ENV_PREFIX}<NAME>__<KEY>, with two underscores "
-            f"before each part, e.g. {PLUGIN_ENV_PREFIX}SQLITE__PATH for [plugins.sqlite] "
-            "path)")
 
 
 def load_config(

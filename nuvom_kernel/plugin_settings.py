@@ -5,7 +5,9 @@ dataclass per table), covering every backend it registers, so a key the queue an
 result backend share is declared once. Environment values are strings; the declared types
 convert them (:mod:`.values`) and an unknown key or a bad value is a ``PluginConfigError``
 naming the table or variable, the key and the valid keys. ``nuvom config`` prints each
-setting with its source, secrets masked (:func:`mask_secret`).
+setting with its source, secrets masked (:func:`mask_secret`). A variable meant as one but
+misspelt (``NUVOM_PLUGINS_SQLITE__PATH``) is named with its right form
+(:func:`plugin_variable_hint`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.values import converter
 
 __all__ = ["PLUGIN_ENV_PREFIX", "PluginSchema", "PluginSetting", "mask_secret",
-           "plugin_env", "plugin_env_var", "schema_of"]
+           "plugin_env", "plugin_env_var", "plugin_variable_hint", "schema_of"]
 
 #: ``NUVOM_PLUGINS__<NAME>__<KEY>`` overrides ``[plugins.<name>] <key>``.
 PLUGIN_ENV_PREFIX = "NUVOM_PLUGINS__"
@@ -195,3 +197,27 @@ def plugin_env(env: Mapping[str, str]) -> dict[str, dict[str, tuple[str, str]]]:
                 "Unset one of them.")
         table[key.lower()] = (var, env[var])
     return found
+
+
+def plugin_variable_hint(var: str) -> str:
+    """`` (did you mean NUVOM_PLUGINS__LISTQ__PATH, for [plugins.listq] path?)`` for a
+    variable that looks meant for a plugin setting with the wrong separator after
+    ``NUVOM_PLUGINS`` (``NUVOM_PLUGINS_LISTQ__PATH``, ``NUVOM_PLUGIN__LISTQ__PATH``); the
+    form itself when the rest does not split into a name and a key; else nothing.
+
+    Why: ``did_you_mean`` compares with the settings' variables only, so such a typo was
+    called no setting without a word about the plugin setting it was meant to be.
+    """
+    upper = var.upper()
+    if not upper.startswith("NUVOM_PLUGIN"):
+        return ""
+    rest = var[len("NUVOM_PLUGIN"):]
+    rest = rest[1:] if rest[:1] in ("S", "s") else rest
+    rest = rest.lstrip("_")
+    name, sep, key = rest.partition("__")
+    if sep and name and key and "__" not in key and not key.startswith("_"):
+        return (f" (did you mean {PLUGIN_ENV_PREFIX}{rest}, for "
+                f"[plugins.{name.lower()}] {key.lower()}?)")
+    return (f" (a plugin setting is {PLUGIN_ENV_PREFIX}<NAME>__<KEY>, with two underscores "
+            f"before each part, e.g. {PLUGIN_ENV_PREFIX}SQLITE__PATH for [plugins.sqlite] "
+            "path)")

@@ -1,10 +1,10 @@
-"""Where plugins come from: the ``nuvom`` entry-point group, the targets of
-``.nuvom_plugins.toml``, and the names a user disabled.
+"""Where plugins come from: the kernel's internal plugins, the ``nuvom`` entry-point group,
+the targets of ``.nuvom_plugins.toml``, and the names a user disabled.
 
-Kept apart from :mod:`nuvom_kernel.plugins` (the manager: load order, failures, lookups)
-because none of this needs the manager's state: each function reads the installed
-distributions, imports one target or reads the settings, and says precisely what is wrong
-with them.
+Kept apart from the manager (:mod:`nuvom_kernel.plugins`: the load order;
+:mod:`.plugin_failures`; :mod:`.plugin_lookup`) because none of this needs its state: each
+function reads the installed distributions, imports one target or reads the settings, and
+says precisely what is wrong with them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,23 @@ from nuvom_kernel.backends import QueueBackend, ResultBackend
 from nuvom_kernel.config import DISABLE_VAR, PLUGINS_FILE, Config
 from nuvom_kernel.errors import PluginConfigError
 
-__all__ = ["disabled_plugins", "import_target", "make_importable", "normalized",
-           "nuvom_entry_points"]
+__all__ = ["DEFAULT_PLUGINS", "ESSENTIAL_PLUGINS", "disabled_plugins", "import_target",
+           "make_importable", "normalized", "nuvom_entry_points"]
+
+#: Internal plugins, registered by module name exactly as an entry point would be.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "nuvom_kernel.builtin",
+    "nuvom_kernel.cli.core",
+    "nuvom_kernel.cli.jobs",
+    "nuvom_kernel.cli.call",
+    "nuvom_kernel.cli.queued",
+    "nuvom_kernel.cli.plugin_dev",
+    "nuvom_kernel.cli.discover",
+    "nuvom_kernel.cli.schedule",
+    "nuvom_kernel.cli.workflow",
+)
+#: Internal plugins that ``disable`` cannot remove.
+ESSENTIAL_PLUGINS: frozenset[str] = frozenset({"nuvom_kernel.builtin", "nuvom_kernel.cli.core"})
 
 
 def import_target(target: str, where: str, root: Path) -> Any:

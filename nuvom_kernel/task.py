@@ -6,8 +6,6 @@ import contextlib
 import functools
 import gc
 import inspect
-import math
-import numbers
 import sys
 import time
 import types
@@ -18,6 +16,16 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 import attrs
 
 from nuvom_kernel.arguments import Arguments
+from nuvom_kernel.call_checks import PRIORITY_MAX as PRIORITY_MAX  # the PostgreSQL plugin's
+from nuvom_kernel.call_checks import PRIORITY_MIN as PRIORITY_MIN  # import path
+from nuvom_kernel.call_checks import (
+    check_delay,
+    check_eta,
+    check_id,
+    check_option_types,
+    check_priority,
+    check_queue,
+)
 from nuvom_kernel.dispatcher import BuiltOnRead, enqueue, enqueue_one, importable_module
 from nuvom_kernel.envelope import Envelope, wire_calls
 from nuvom_kernel.job import Job
@@ -25,7 +33,6 @@ from nuvom_kernel.models import Backoff, TaskOptions
 from nuvom_kernel.registry import REGISTRY
 from nuvom_kernel.schedules import POLICIES, Cron, Every, Schedule
 from nuvom_kernel.unique import enqueue_unique
-from nuvom_kernel.values import MAX_ETA, MAX_SECONDS, is_text
 
 if TYPE_CHECKING:
     from nuvom_kernel.workflow.canvas import Step
@@ -181,15 +188,15 @@ class Task(Generic[P, R]):
                 f"{type(args).__name__} {args!r:.60}; for one argument write args=(value,)")
         if kwargs is not None and not isinstance(kwargs, dict):
             raise TypeError(f"apply_async() kwargs must be a dict, got {type(kwargs).__name__}")
-        delay_secs = _check_delay(delay_secs)
+        delay_secs = check_delay(delay_secs)
         at = None
         if eta is not None:
             if delay_secs:
                 raise ValueError("give apply_async() delay_secs= or eta=, not both")
-            at = _check_eta(eta)
+            at = check_eta(eta)
         options = self.options
         if expires_secs is not None:
-            _check_option_types({"expires_secs": expires_secs})
+            check_option_types({"expires_secs": expires_secs})
             options = attrs.evolve(options, expires_secs=expires_secs)
         wait = delay_secs if at is None else at - time.time()
         if options.expires_secs is not None and wait >= options.expires_secs:
@@ -202,7 +209,7 @@ class Task(Generic[P, R]):
                                    check_queue(queue, "apply_async(queue=...)"),
                                    priority=options.priority if priority is None
                                    else check_priority(priority))
-        call = self._call(tuple(args), dict(kwargs or {}), options, _check_id(job_id))
+        call = self._call(tuple(args), dict(kwargs or {}), options, check_id(job_id))
         kernel = self._kernel()  # a first call loads the plugins: an eta counts from after
         if at is not None:
             delay_secs = max(0.0, at - time.time())
@@ -227,7 +234,7 @@ class Task(Generic[P, R]):
     def _map(self, items: list[Any], job_ids: Sequence[str] | None) -> list[Job[R]]:
         ids: list[str | None] = [None] * len(items)
         if job_ids is not None:
-            ids = [_check_id(i) for i in job_ids]
+            ids = [check_id(i) for i in job_ids]
             if len(ids) != len(items):
                 raise ValueError(f"map() got {len(items)} items but {len(ids)} job_ids; give "
                                  "one id per item")
@@ -276,123 +283,6 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-#: The longest job id of your own. Why a limit: an id is a key in every backend's index, and
-#: PostgreSQL's (at most ~2,700 bytes an entry) refused a long one with an error its plugin
-#: took for a lost connection; 255 characters are at most 1,020 bytes of UTF-8.
-MAX_JOB_ID = 255
-
-
-#: The priorities every backend stores: PostgreSQL's ``integer`` column (the narrowest; the
-#: others hold at least that). Past it, a push failed with a database error, and a
-#: non-integer failed a comparison in a backend, both reported as a storage problem.
-PRIORITY_MIN, PRIORITY_MAX = -2**31, 2**31 - 1
-
-
-#: ``@task`` options by the kind of value they take (``None`` allowed where it is listed).
-_FLAGS = ("jitter", "store_result", "unique")
-_DURATIONS = {"retry_delay_secs": True, "timeout_secs": True, "unique_for": True,
-              "expires_secs": True, "backoff_max_secs": False}  # option -> None allowed
-
-
-def _check_option_types(options: dict[str, Any]) -> None:
-    """Refuse an option of the wrong type by name, at decoration. Why: ``retries="2"``
-    failed with a bare ``'<' not supported``, and ``unique="yes"``, ``retries=True`` or a
-    ``unique_for`` of 30,000 years were accepted as something else than meant.
-    (TaskOptions checks ranges only: it also decodes what older producers sent.)"""
-    for flag in _FLAGS:
-        if flag in options and not isinstance(options[flag], bool):
-            raise ValueError(f"@task({flag}=...) takes True or False, got {options[flag]!r}")
-    if "retries" in options:
-        retries = options["retries"]
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"@task(retries=...) takes a whole number >= 0 (extra attempts "
-                             f"after a failure), got {retries!r}")
-    for name, none_ok in _DURATIONS.items():
-        value = options.get(name)
-        if name not in options or (value is None and none_ok):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not 0 <= value <= MAX_SECONDS:  # NaN compares false: refused too
-            raise ValueError(f"@task({name}=...) takes a number of seconds from 0 to "
-                             f"{MAX_SECONDS} (366 days){' or None' if none_ok else ''}, got "
-                             f"{value!r}")
-    if "queue" in options:
-        check_queue(options["queue"], "@task(queue=...)")
-
-
-def check_queue(queue: Any, what: str) -> str:
-    """``queue`` if it is a name every backend stores and a worker can be told to serve:
-    refused by name otherwise (``what`` says where it was given). An empty name silently
-    meant the task's own queue, a number was stored as one on some backends and failed in
-    others as if their storage were at fault, and a comma made a queue that ``runworker
-    --queue a,b`` (Celery's ``-Q a,b``) cannot name."""
-    if not isinstance(queue, str) or not queue:
-        raise ValueError(f"{what}: a queue name is a non-empty string, got {queue!r}")
-    if "," in queue or not is_text(queue):
-        raise ValueError(f"{what}: the queue name {queue[:40]!r} holds "
-                         f"{'a comma' if ',' in queue else 'a NUL or a lone surrogate'}; a "
-                         "queue name is UTF-8 text without a NUL or a comma (a comma "
-                         "separates names on `nuvom runworker --queue a,b`)")
-    return queue
-
-
-def check_priority(priority: Any) -> int:
-    """``priority`` as an ``int`` every backend stores, refused by name otherwise: a float
-    was truncated in the queue but kept whole on the record, a string or a number past 32
-    bits failed in the backend as if its storage were at fault. A ``bool`` is refused too
-    (``priority=True`` is a mistake, not priority 1)."""
-    if type(priority) is int or (isinstance(priority, numbers.Integral)
-                                 and not isinstance(priority, bool)):  # numpy's ints too
-        number = int(priority)
-        if PRIORITY_MIN <= number <= PRIORITY_MAX:
-            return number
-    raise ValueError(f"priority must be a whole number from {PRIORITY_MIN} to {PRIORITY_MAX} "
-                     f"(higher runs first), got {priority!r}; pass an int such as 10")
-
-
-def _check_delay(delay_secs: Any) -> float:
-    """``delay_secs`` as a float from 0 to :data:`MAX_SECONDS`, refused by name otherwise:
-    NaN ran the job at once, infinity left it QUEUED forever, and a string failed in the
-    backend as if its storage were at fault. Over a year is refused like every duration
-    setting (more likely milliseconds than a plan); an ``eta`` says a date outright."""
-    number = (float(delay_secs) if type(delay_secs) is float or type(delay_secs) is int or (
-        isinstance(delay_secs, numbers.Real) and not isinstance(delay_secs, bool))
-        else math.nan)
-    if not 0 <= number <= MAX_SECONDS:  # NaN compares false: refused too
-        raise ValueError(f"delay_secs must be a number of seconds from 0 to {MAX_SECONDS} "
-                         f"(366 days), got {delay_secs!r}; for a later start pass eta=, a "
-                         "timezone-aware datetime")
-    return number
-
-
-def _check_eta(eta: Any) -> float:
-    """``eta`` as epoch seconds: a timezone-aware datetime (a naive one would be read in
-    the worker's zone, not the caller's) no later than :data:`MAX_ETA`."""
-    if not isinstance(eta, datetime) or eta.utcoffset() is None:
-        raise ValueError(f"eta must be a timezone-aware datetime, got {eta!r}; pass a "
-                         "zone, e.g. datetime(2030, 1, 1, 9, tzinfo=timezone.utc) or "
-                         "datetime.now(timezone.utc) + timedelta(hours=1)")
-    at = eta.timestamp()
-    if at > MAX_ETA:
-        raise ValueError(f"eta must be at most 9999-12-31 23:59:59 UTC (the latest time "
-                         f"every backend stores), got {eta.isoformat()}")
-    return at
-
-
-def _check_id(job_id: str | None) -> str | None:
-    """A job id of your own: a non-empty string that every backend can store as a key."""
-    if job_id is None:
-        return None
-    if not isinstance(job_id, str) or not job_id:
-        raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
-    if len(job_id) > MAX_JOB_ID or not is_text(job_id):
-        raise ValueError(f"job_id must be at most {MAX_JOB_ID} characters of UTF-8 text "
-                         f"without a NUL (\\x00), got {job_id[:40]!r}"
-                         f"{'...' if len(job_id) > 40 else ''} ({len(job_id)} characters); "
-                         "use a shorter key, or a hash of it")
-    return job_id
 
 
 @overload
@@ -463,7 +353,7 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
         options["tags"] = tuple(options["tags"])
     if "priority" in options:  # the same bounds as apply_async(priority=), said alike
         options["priority"] = check_priority(options["priority"])
-    _check_option_types(options)
+    check_option_types(options)
 
     def wrap(func: Callable[..., Any]) -> Task[Any, Any]:
         if isinstance(func, Task):

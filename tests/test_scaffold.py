@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 QUEUE_TREE = {
     ".gitignore", "README.md", "pyproject.toml",
     "src/nuvom_plugins_listq/__init__.py", "src/nuvom_plugins_listq/plugin.py",
-    "src/nuvom_plugins_listq/queue.py", "src/nuvom_plugins_listq/py.typed",
+    "src/nuvom_plugins_listq/queue.py", "src/nuvom_plugins_listq/settings.py",
+    "src/nuvom_plugins_listq/py.typed",
     "tests/test_contract.py", "tests/test_installed.py",
 }
 
@@ -78,6 +79,8 @@ def test_queue_scaffold_renders_an_installable_distribution(tmp_path: Path) -> N
     assert 'name = "listq"' in queue and "class ListqQueue(QueueBackend)" in queue
     contract = (dest / "tests/test_contract.py").read_text()
     assert "class TestListqQueue(QueueBackendContract)" in contract
+    plugin = (dest / "src/nuvom_plugins_listq/plugin.py").read_text()
+    assert "def nuvom_plugin_settings()" in plugin and "ListqSettings" in plugin
     assert 'pip install -e ".[test]"' in output and "nuvom plugin test listq" in output
     for path in dest.rglob("*"):
         if path.is_file():
@@ -128,14 +131,10 @@ def _readme_toml(readme: str, kind: str) -> str:
     return toml if kind == "queue" else toml.replace("queue_backend =", "result_backend =")
 
 
-@pytest.mark.parametrize("kind", ["queue", "result"])
-def test_the_readmes_example_setting_builds_the_scaffolded_backend(tmp_path: Path, kind: str
-                                                                  ) -> None:
-    """Uncommenting the README's ``[plugins.<name>] path`` gave ``TypeError: ...__init__()
-    got an unexpected keyword argument 'path'``: the stub accepted no setting at all. The
-    scaffold, installed (a ``.dist-info`` on ``PYTHONPATH``), built by a real process from
-    the README's configuration as every command builds it."""
-    name = f"khreadme{kind}"
+def _installed_scaffold(tmp_path: Path, name: str, kind: str) -> tuple[Path, Path]:
+    """``nuvom plugin new name --kind kind``, installed as ``pip install -e`` would: a
+    ``.dist-info`` with its entry point in a site folder (for ``PYTHONPATH``, with the
+    scaffold's ``src``). Returns the scaffold and the site folder."""
     code, output, dest = _new(tmp_path, name, "--kind", kind)
     assert code == 0, output
     site_dir = tmp_path / "site"
@@ -144,6 +143,18 @@ def test_the_readmes_example_setting_builds_the_scaffolded_backend(tmp_path: Pat
     (info / "METADATA").write_text(
         f"Metadata-Version: 2.1\nName: nuvom-plugins-{name}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[nuvom]\n{name} = nuvom_plugins_{name}.plugin\n")
+    return dest, site_dir
+
+
+@pytest.mark.parametrize("kind", ["queue", "result"])
+def test_the_readmes_example_setting_builds_the_scaffolded_backend(tmp_path: Path, kind: str
+                                                                  ) -> None:
+    """Uncommenting the README's ``[plugins.<name>] path`` gave ``TypeError: ...__init__()
+    got an unexpected keyword argument 'path'``: the stub accepted no setting at all. The
+    scaffold, installed (a ``.dist-info`` on ``PYTHONPATH``), built by a real process from
+    the README's configuration as every command builds it."""
+    name = f"khreadme{kind}"
+    dest, site_dir = _installed_scaffold(tmp_path, name, kind)
     project = tmp_path / "project"
     project.mkdir()
     toml = _readme_toml((dest / "README.md").read_text(), kind)
@@ -157,6 +168,43 @@ def test_the_readmes_example_setting_builds_the_scaffolded_backend(tmp_path: Pat
     assert built.returncode == 0, built.stderr
     path = tomllib.loads(toml)["plugins"][name]["path"]
     assert built.stdout.split() == [name, path]
+
+
+@pytest.mark.parametrize("kind", ["queue", "result"])
+def test_a_scaffolded_plugin_refuses_a_misspelt_setting(tmp_path: Path, kind: str) -> None:
+    """The scaffold declared no settings, so a misspelt ``[plugins.<name>]`` key (``paht``)
+    was accepted without a word and the backend used its default file. It declares them
+    now: every command stops naming the key and the valid ones, and an environment value
+    reaches ``from_settings`` converted to the declared type."""
+    name = f"khtypo{kind}"
+    dest, site_dir = _installed_scaffold(tmp_path, name, kind)
+    project = tmp_path / "project"
+    project.mkdir()
+    selects = "queue_backend" if kind == "queue" else "result_backend"
+    (project / ".nuvom_plugins.toml").write_text(
+        f'[settings]\n{selects} = "{name}"\n\n[plugins.{name}]\npaht = "elsewhere.json"\n')
+    pythonpath = os.pathsep.join([str(site_dir), str(dest / "src")])
+    done = run_nuvom(["config"], project, PYTHONPATH=pythonpath)
+    assert done.returncode == 2, done.stdout + done.stderr
+    valid = "path, visibility_timeout_secs" if kind == "queue" else "path"
+    assert (f"[plugins.{name}]: 'paht' is not a setting of plugin {name!r}. Valid keys: "
+            f"{valid}.") in done.stderr, done.stderr
+
+    (project / ".nuvom_plugins.toml").write_text(f'[settings]\n{selects} = "{name}"\n')
+    backend = "queue" if kind == "queue" else "results"
+    built = subprocess.run(
+        [sys.executable, "-c", "from nuvom_kernel.kernel import get_kernel; "
+         f"print(get_kernel().{backend}.path)"],
+        cwd=project, env=_env(PYTHONPATH=pythonpath,
+                              **{f"NUVOM_PLUGINS__{name.upper()}__PATH": "from-env.json"}),
+        capture_output=True, text=True, timeout=120, check=False)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.strip() == "from-env.json", built.stdout
+    if kind == "queue":  # typed: a lease that never expires is refused by the kernel
+        variable = f"NUVOM_PLUGINS__{name.upper()}__VISIBILITY_TIMEOUT_SECS"
+        endless = run_nuvom(["config"], project, PYTHONPATH=pythonpath, **{variable: "inf"})
+        assert endless.returncode == 2, endless.stdout + endless.stderr
+        assert variable in endless.stderr and "inf" in endless.stderr, endless.stderr
 
 
 

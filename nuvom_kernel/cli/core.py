@@ -12,9 +12,9 @@ import attrs
 import click
 
 from nuvom_kernel import hookimpl
+from nuvom_kernel.call_checks import check_queue
 from nuvom_kernel.cli.output import print_table
 from nuvom_kernel.config import Settings
-from nuvom_kernel.task import check_queue
 from nuvom_kernel.values import parse_size, seconds
 
 log = logging.getLogger("nuvom.worker")

@@ -232,6 +232,7 @@ SCAFFOLD: dict[str, dict[str, str]] = {
         "src/{package}/__init__.py": f"src/__init__{suffix}.py.tmpl",
         "src/{package}/plugin.py": f"src/plugin{suffix}.py.tmpl",
         f"src/{{package}}/{module}.py": f"src/{module}.py.tmpl",
+        "src/{package}/settings.py": f"src/settings{suffix}.py.tmpl",
         "src/{package}/py.typed": "src/py.typed.tmpl",
         "tests/test_contract.py": f"tests/test_contract{suffix}.py.tmpl",
         "tests/test_installed.py": "tests/test_installed.py.tmpl",
@@ -265,6 +266,8 @@ def render_scaffold(name: str, kind: str, dest: Path) -> list[Path]:
         "package": package,
         "dist": _distribution(name),
         "class_name": camel + ("Queue" if kind == "queue" else "Results"),
+        "settings_class": f"{camel}Settings",
+        "env_name": name.upper(),
         "kernel_version": __version__,
         "kernel_below": _next_spi_break(__version__),
     }

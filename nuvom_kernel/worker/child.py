@@ -292,6 +292,10 @@ def main(argv: list[str]) -> None:
     for entry in reversed(hello.get("sys_path", [])):
         if entry not in sys.path:
             sys.path.insert(0, entry)
+    if hello.get("failed_plugins"):  # before any kernel of this process loads them
+        from nuvom_kernel.plugin_failures import inherit_failures
+
+        inherit_failures(hello["failed_plugins"])
     if hello.get("root"):
         _configure(hello["root"])
     REGISTRY.load_manifest(Path(hello["data_dir"]))

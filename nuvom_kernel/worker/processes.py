@@ -332,9 +332,12 @@ class ProcessPool:
         # task runs too, or what the task records there goes nowhere. Loading every plugin
         # in each child costs 0.1-0.5 s (by the plugins installed): only when one has it.
         configure = bool(kernel.pm.hook.nuvom_configure.get_hookimpls())
+        # The plugins this process disabled stay disabled there: one whose command hook
+        # raised was disabled after loading, by the CLI, which a child never builds.
         return {"sys_path": list(sys.path), "data_dir": str(kernel.data_dir),
                 "preload": self._modules(kernel),
-                "root": str(kernel.config.root) if configure else None}
+                "root": str(kernel.config.root) if configure else None,
+                "failed_plugins": dict(kernel.pm.failures)}
 
     def _spawn(self) -> Child:
         if not self.hello:  # a job run on its own (Worker.run_one), without start()

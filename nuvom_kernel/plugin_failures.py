@@ -1,0 +1,230 @@
+"""A plugin that breaks: disabling it for the process, and the messages that name it.
+
+Kept apart from the load order (:mod:`nuvom_kernel.plugins`) and the backend lookups
+(:mod:`.plugin_lookup`) because both end here whenever a plugin is at fault: whatever broke —
+an import, a misspelt hook, a registration, settings, configure or command hook that raised
+— the plugin is disabled the same way (:meth:`PluginFailures.disable`), logged once with its
+name, its distribution and the way out (``NUVOM_DISABLE_PLUGINS=<name>``), and kept in
+:attr:`PluginFailures.failures`, which every later error about a missing backend repeats
+(:meth:`PluginFailures.loading_notes`). One place, so every such message says the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pluggy
+
+from nuvom_kernel.config import (
+    AUTOLOAD_VAR,
+    DISABLE_VAR,
+    PLUGINS_FILE,
+    Config,
+    did_you_mean,
+    warn_once,
+)
+from nuvom_kernel.errors import PluginLoadError
+from nuvom_kernel.plugin_sources import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS, normalized
+
+__all__ = ["KNOWN_PROVIDERS", "PluginFailures", "inherit_failures"]
+
+log = logging.getLogger("nuvom.plugins")
+
+#: Which distribution provides each well-known backend name (for "pip install" hints).
+KNOWN_PROVIDERS: dict[str, str] = {
+    "memory": "nuvom-plugins",
+    "file": "nuvom-plugins",
+    "ast": "nuvom-plugins",
+    "sqlite": "nuvom-plugins-sqlite",
+    "redis": "nuvom-plugins-redis",
+    "postgres": "nuvom-plugins-postgres",
+}
+
+#: Plugins this process's worker disabled -> why (:func:`inherit_failures`); empty but in a
+#: process-pool child.
+_inherited: dict[str, str] = {}
+
+
+def inherit_failures(failures: Mapping[str, str]) -> None:
+    """Disable the plugins of ``failures`` (name -> the worker's message) in every manager
+    this process loads from now on: never imported, listed as failed with that message.
+
+    Why: a process-pool child loads the plugins without building the CLI, so a plugin its
+    worker disabled after loading (its ``nuvom_register_commands`` raised) kept its other
+    hooks — ``nuvom_configure``, the observers of the jobs a task enqueues — running where
+    the tasks run. The child calls this before it builds a kernel; nothing is logged again
+    (the worker said it once).
+    """
+    _inherited.update(failures)
+
+
+class PluginFailures(pluggy.PluginManager):
+    """pluggy's manager plus what it knows of plugins that failed or were disabled, and the
+    messages that name them (the base of :class:`~nuvom_kernel.plugins.NuvomPluginManager`)."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        #: plugin name -> (source, distribution, version): where each came from.
+        self.sources: dict[str, tuple[str, str | None, str | None]] = {}
+        #: plugin name -> why it is disabled for this process (it failed).
+        self.failures: dict[str, str] = {}
+        #: disabled plugin name -> what disabled it (the variable, the toml setting, both).
+        self.disabled: dict[str, str] = {}
+        #: every entry point of the ``nuvom`` group -> its distribution, loaded or not (read
+        #: when autoloading, or when names are disabled: to tell a typo from a plugin).
+        self.entry_points: dict[str, str] = {}
+        self._autoload = True
+
+    def _block_inherited(self) -> None:
+        """Block the plugins :func:`inherit_failures` named, keeping the worker's message."""
+        for name, message in sorted(_inherited.items()):
+            self.set_blocked(name)
+            self.failures.setdefault(name, message)
+
+    def _check_hook_names(self) -> None:
+        """pluggy's ``check_pending``: every marked ``nuvom_*`` function is a known hook.
+
+        An installed plugin with a misspelt hook is disabled for this process, as one that
+        fails to import is (its fault must not stop every command, ``nuvom plugin list``
+        that shows it included); one listed in ``.nuvom_plugins.toml`` or internal stops
+        loading.
+
+        :raises PluginLoadError: naming the plugin, the unknown hook and the fix.
+        """
+        while True:
+            try:
+                self.check_pending()
+                return
+            except pluggy.PluginValidationError as exc:
+                name = self.get_name(exc.plugin) or repr(exc.plugin)
+                hooks = [hook for hook, caller in vars(self.hook).items()
+                         if hook.startswith("nuvom_") and caller.spec is not None]
+                unknown = [caller.name for caller in self.get_hookcallers(exc.plugin) or ()
+                           if caller.spec is None]
+                hint = "".join(did_you_mean(hook, hooks, repr) for hook in unknown)
+                message = (f"plugin {name!r}{self.provenance(name)} does not match the hook "
+                           f"specs: {exc.args[0]}{hint}. Check the hook name for typos "
+                           "against docs/plugin_hooks.md (every hook starts with 'nuvom_')")
+                if self.sources.get(name, ("internal",))[0] != "entry point":
+                    raise PluginLoadError(f"{message}.") from exc
+                self._failed(name, message)
+
+    def _failed(self, name: str, message: str, exc: Exception | None = None) -> None:
+        """Disable plugin ``name`` for this process: ``message`` (what is wrong with it) is
+        logged once with the way out and kept in :attr:`failures`.
+
+        :raises PluginLoadError: for an essential internal plugin (the kernel's own bug:
+            there is nothing to run without it).
+        """
+        message = f"{message}. It is disabled for this process: {self.disable_hint(name)}"
+        if name in ESSENTIAL_PLUGINS:
+            raise PluginLoadError(message) from exc
+        log.error("%s", message)
+        if exc is not None:
+            log.debug("plugin %s failed", name, exc_info=exc)
+        self.failures[name] = message
+        self.unregister(name=name)
+
+    def disable(self, name: str, hook_name: str, exc: Exception) -> None:
+        """Disable plugin ``name`` for this process because its ``hook_name`` raised ``exc``,
+        as a plugin that fails to import is: logged once, kept in :attr:`failures` (the
+        CLI calls it for ``nuvom_register_commands``, which runs after loading).
+
+        :raises PluginLoadError: for an essential internal plugin.
+        """
+        self._failed(name, f"plugin {name!r}{self.provenance(name)} failed in {hook_name}: "
+                           f"{exc!r}", exc)
+
+    def provenance(self, name: str) -> str:
+        """`` (distribution D 1.0)`` for an installed plugin, else nothing."""
+        _, dist, version = self.sources.get(name, ("internal", None, None))
+        if dist is None or dist == "nuvom":
+            return ""
+        return f" (distribution {dist}{f' {version}' if version else ''})"
+
+    def disable_hint(self, name: str, sentence: bool = False) -> str:
+        """How a user stops plugin ``name`` from loading (until it is fixed); ``sentence``:
+        capitalized, for a message's own sentence."""
+        source = self.sources.get(name, ("entry point",))[0]
+        if source == ".nuvom_plugins.toml":
+            hint = (f"fix it, or disable it with {DISABLE_VAR}={name} (or remove it from "
+                    f"[plugins] in {PLUGINS_FILE})")
+        elif source == "embedded":
+            hint = "fix it, or stop passing it to Kernel(plugins=...)"
+        else:
+            hint = f"fix or upgrade it, or disable it with {DISABLE_VAR}={name}"
+        return hint[0].upper() + hint[1:] if sentence else hint
+
+    def _warn_unknown_disabled(self, config: Config) -> None:
+        """Warn once per process about a disabled name that matches no plugin: a typo there
+        (``sqllite``) disabled nothing, silently."""
+        targets = {t for found in config.plugins.targets.values() for t in found}
+        listed = set(self.entry_points) | targets
+        known = listed | set(DEFAULT_PLUGINS) | set(self.failures) | {
+            name for name, plugin in self.list_name_plugin() if plugin is not None}
+        for name, by in sorted(self.disabled.items()):
+            if name in ESSENTIAL_PLUGINS:
+                warn_once(f"{by} names plugin {name!r}, which cannot be disabled: the kernel "
+                          f"needs it. Remove it from there.")
+                continue
+            if name in known:
+                continue
+            unloaded = "" if self._autoload else (
+                f" ({AUTOLOAD_VAR} is set: only internal plugins and {PLUGINS_FILE} targets "
+                "load)")
+            warn_once(
+                f"{by} names plugin {name!r}, but no installed plugin is called that"
+                f"{did_you_mean(name, listed, repr)}, so it disables nothing. Installed "
+                f"plugins: {', '.join(sorted(listed)) or 'none'}{unloaded}.")
+
+    def _call(self, impl: Any, hook_name: str) -> Any:
+        """A registration or settings hook implementation's return value.
+
+        Loading called each one already (:meth:`_probe`) and disabled those that raised;
+        this names the plugin for one registered after loading that raises.
+
+        :raises PluginLoadError: naming the plugin, the hook, the error and the fix.
+        """
+        try:
+            return impl.function()
+        except Exception as exc:
+            raise PluginLoadError(
+                f"plugin {impl.plugin_name!r}{self.provenance(impl.plugin_name)} failed in "
+                f"{hook_name}: {exc!r}. {self.disable_hint(impl.plugin_name, sentence=True)}."
+            ) from exc
+
+    def disabled_providers(self, name: str) -> list[str]:
+        """Disabled, installed plugins that would provide the backend ``name``: the one of
+        that name, else those of the distribution known to provide it (the plugin is not
+        imported to find out: disabling it means never loading it)."""
+        installed = {plugin: dist for plugin, dist in self.entry_points.items()
+                     if plugin in self.disabled}
+        if name in installed:
+            return [name]
+        known = KNOWN_PROVIDERS.get(name)
+        return sorted(plugin for plugin, dist in installed.items()
+                      if known is not None and normalized(dist) == known)
+
+    def disabled_note(self, name: str) -> str | None:
+        """What disables the provider(s) of the backend ``name``, or ``None`` if none is
+        disabled: ``plugin 'sqlite' (nuvom-plugins-sqlite), disabled by
+        NUVOM_DISABLE_PLUGINS=sqlite``."""
+        plugins = self.disabled_providers(name)
+        if not plugins:
+            return None
+        return "; ".join(f"plugin {plugin!r} ({self.entry_points[plugin]}), disabled by "
+                         f"{self.disabled[plugin]}" for plugin in plugins)
+
+    def loading_notes(self) -> str:
+        """Why a backend may be missing besides not being installed, for an error: plugins
+        that failed to load, disabled ones, skipped entry points. Empty if none applies."""
+        notes = [f" Note: {message}." for message in self.failures.values()]
+        if self.disabled:
+            notes.append(" Note: disabled plugins: " + "; ".join(
+                f"{name!r} (by {by})" for name, by in sorted(self.disabled.items())) + ".")
+        if not self._autoload:
+            notes.append(f" Note: {AUTOLOAD_VAR} is set, so no installed distribution's "
+                         "plugin is loaded.")
+        return "".join(notes)

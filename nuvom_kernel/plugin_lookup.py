@@ -1,0 +1,194 @@
+"""Which plugin provides what: the backend lookups a kernel builds from, and the listing
+``nuvom plugin list`` prints.
+
+Kept apart from the load order (:mod:`nuvom_kernel.plugins`) because it runs long after
+loading, whenever something needs a backend, and reads the registration hooks as they stand
+then: two plugins sharing a backend name, a class without a usable ``name`` or a required
+method, a backend nobody provides (with the ``pip install`` that would) are found and said
+here. Everything it says about a failed or disabled plugin comes from
+:class:`~nuvom_kernel.plugin_failures.PluginFailures`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from nuvom_kernel.config import CAPABILITIES, DISABLE_VAR, PLUGINS_FILE, warn_once
+from nuvom_kernel.errors import BackendNotFoundError, DuplicateBackendError, PluginLoadError
+from nuvom_kernel.plugin_failures import KNOWN_PROVIDERS, PluginFailures
+
+__all__ = ["BackendLookup", "PluginInfo"]
+
+
+@attrs.frozen
+class PluginInfo:
+    """One registered plugin, for ``nuvom plugin list``."""
+
+    name: str
+    source: str  # "internal", "entry point" or ".nuvom_plugins.toml"
+    distribution: str | None
+    version: str | None
+    hooks: tuple[str, ...]
+    provides: dict[str, tuple[str, ...]]  # capability -> backend names
+    failure: str | None = None  # why it is disabled for this process (failed to load)
+
+
+class BackendLookup(PluginFailures):
+    """The registration hooks read by name (the base of
+    :class:`~nuvom_kernel.plugins.NuvomPluginManager`)."""
+
+    def provider(self, hook_name: str, name: str) -> str | None:
+        """The plugin whose ``hook_name`` registers the backend ``name``; ``None`` when
+        none does, or the registrations cannot be read (for a message naming it)."""
+        try:
+            return self.collect(hook_name, name).get(name, (None, None))[1]
+        except Exception:  # a broken registration: the message stays general
+            return None
+
+    def collect(self, hook_name: str, wanted: str | None = None
+                ) -> dict[str, tuple[type, str]]:
+        """Classes returned by a ``nuvom_register_*`` hook, keyed by ``name``, with provider.
+
+        Two classes sharing a name are an error only for ``wanted``, the one name the
+        caller builds; any other clash is a warning and the first class is kept (a clash
+        between two plugins nobody selected stopped every command, the default backend's
+        too, and the listings that would show it). :meth:`clashes` lists them all.
+
+        :raises DuplicateBackendError: two classes share the name ``wanted`` (both providers
+            named).
+        """
+        found, clashes = self._collected(hook_name)
+        for name, message in clashes:
+            if name == wanted:
+                raise DuplicateBackendError(f"{message}.")
+            warn_once(f"{message}; until then it cannot be selected.")
+        return found
+
+    def clashes(self, hook_name: str) -> list[str]:
+        """What :meth:`collect` warns about: one message per backend name two plugins share
+        (for ``nuvom plugin test``'s "unique names" check)."""
+        return [message for _, message in self._collected(hook_name)[1]]
+
+    def _collected(self, hook_name: str
+                   ) -> tuple[dict[str, tuple[type, str]], list[tuple[str, str]]]:
+        found: dict[str, tuple[type, str]] = {}
+        clashes: list[tuple[str, str]] = []
+        for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):
+            for cls in self._call(impl, hook_name) or ():
+                problem = _bad_name(impl.plugin_name, cls, hook_name)
+                if problem is not None:
+                    raise PluginLoadError(problem)
+                name = cls.name
+                if name in found and found[name][0] is not cls:
+                    clashes.append((name, (
+                        f"two plugins register {hook_name[15:].rstrip('s')} {name!r}: "
+                        f"{found[name][1]!r} ({_qual(found[name][0])}) and "
+                        f"{impl.plugin_name!r} ({_qual(cls)}). Disable one with "
+                        f"{DISABLE_VAR}={impl.plugin_name} (or [plugins] disable = "
+                        f"[\"{impl.plugin_name}\"] in {PLUGINS_FILE}), or rename its backend")))
+                    continue
+                found[name] = (cls, impl.plugin_name)
+        return found, clashes
+
+    def lookup(self, hook_name: str, name: str, what: str) -> type:
+        """One registered class by name, or an error listing installed names and a fix.
+
+        :raises PluginLoadError: the class leaves a required method unwritten (instantiating
+            it would fail with a ``TypeError`` that names neither the plugin nor the fix).
+        """
+        classes = self.collect(hook_name, name)
+        if name in classes:
+            cls, plugin = classes[name]
+            missing = sorted(getattr(cls, "__abstractmethods__", ()))
+            if missing:
+                raise PluginLoadError(
+                    f"plugin {plugin!r}: its {what} {name!r} ({_qual(cls)}) does not "
+                    f"implement: {', '.join(missing)}. Write those methods "
+                    f"(docs/writing_plugins.md); `nuvom plugin test {plugin}` checks them.")
+            return cls
+        installed = ", ".join(sorted(classes)) or "none"
+        choose = f"NUVOM_{what.upper().replace(' ', '_')}=<name>"
+        disabled = self.disabled_note(name)
+        if disabled is not None:
+            raise BackendNotFoundError(
+                f"the {what} {name!r} is provided by a disabled plugin: {disabled}. Remove "
+                f"it from there to use it, or choose an enabled {what} with {choose} "
+                f"(enabled: {installed}).")
+        if name in self.failures:  # the plugin of that name failed to load
+            raise BackendNotFoundError(f"the {what} {name!r} is not available: "
+                                       f"{self.failures[name]}.")
+        dist = KNOWN_PROVIDERS.get(name, f"nuvom-plugins-{name}")
+        # ours are installed from a clone of the repository (README): its folder too
+        clone = (f" (from a clone of Nuvom: `pip install ./{dist.replace('-', '_')}`)"
+                 if name in KNOWN_PROVIDERS else "")
+        raise BackendNotFoundError(
+            f"no installed plugin provides the {what} {name!r}. Installed: {installed}. "
+            f"Install the plugin that provides it, e.g. `pip install {dist}`{clone}, or "
+            f"choose an installed one with {choose}.{self.loading_notes()}"
+        )
+
+    def plugin_infos(self) -> list[PluginInfo]:
+        """Every plugin, loaded or failed (``failure`` says why), for ``nuvom plugin list``;
+        one whose registration hook raises is listed as failed, never stops the listing."""
+        provided: dict[str, dict[str, list[str]]] = {}
+        failed = {name: message for name, message in self.failures.items()
+                  if self.get_plugin(name) is None}
+        for capability, hook_name in CAPABILITIES.items():
+            if hook_name is None:
+                continue
+            for impl in getattr(self.hook, hook_name).get_hookimpls():
+                try:
+                    classes = list(impl.function() or ())
+                except Exception as exc:
+                    failed.setdefault(impl.plugin_name, f"plugin {impl.plugin_name!r} failed "
+                                                        f"in {hook_name}: {exc!r}")
+                    continue
+                problems = [p for c in classes
+                            if (p := _bad_name(impl.plugin_name, c, hook_name)) is not None]
+                if problems:  # what collect() refuses: list it as failed, with the same error
+                    failed.setdefault(impl.plugin_name, problems[0])
+                    continue
+                names = [c.name for c in classes]
+                provided.setdefault(impl.plugin_name, {})[capability] = names
+        infos = []
+        for name, plugin in self.list_name_plugin():
+            if plugin is None:
+                continue
+            source, dist, version = self.sources.get(name, ("internal", None, None))
+            hooks = tuple(sorted(h.name for h in self.get_hookcallers(plugin) or ()))
+            provides = {k: tuple(v) for k, v in provided.get(name, {}).items() if v}
+            infos.append(PluginInfo(name, source, dist, version, hooks, provides,
+                                    failed.pop(name, None)))
+        for name, message in failed.items():  # disabled while loading: no longer registered
+            source, dist, version = self.sources.get(name, ("entry point", None, None))
+            infos.append(PluginInfo(name, source, dist, version, (), {}, message))
+        return sorted(infos, key=lambda i: (i.source != "entry point", i.name))
+
+
+
+def _qual(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _bad_name(plugin_name: str, cls: Any, hook_name: str) -> str | None:
+    """What is wrong with the ``name`` of ``cls``, registered by ``plugin_name`` through
+    ``hook_name``, or ``None`` when it is a non-empty string (what configuration selects it by).
+
+    Why one function: :meth:`BackendLookup.collect` refuses such a class and ``nuvom
+    plugin list`` lists its plugin as failed; both say the same, and say whether the name is
+    missing or has the wrong value (``name = 5`` was reported as "has no 'name'").
+    """
+    where = f"plugin {plugin_name!r}: {cls!r} from {hook_name}"
+    fix = ("Set it to a non-empty string, the name configuration selects it by (e.g. "
+           "name = \"myqueue\").")
+    if not hasattr(cls, "name"):
+        return f"{where} has no 'name' class attribute. {fix}"
+    name = cls.name
+    if not isinstance(name, str):
+        return (f"{where} has a 'name' class attribute that is not a string: "
+                f"{name!r} ({type(name).__name__}). {fix}")
+    if not name:
+        return f"{where} has an empty 'name' class attribute. {fix}"
+    return None
