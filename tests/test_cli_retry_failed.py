@@ -204,7 +204,7 @@ def test_no_failed_jobs_says_so_and_succeeds(project: Path) -> None:
 
 def _expected_locations(backend: str, project: Path) -> tuple[str, str]:
     if backend == "memory":
-        from nuvom_kernel.testing.memory import IN_PROCESS
+        from nuvom_kernel.testing.memory_results import IN_PROCESS
 
         return IN_PROCESS, IN_PROCESS
     if backend == "sqlite":

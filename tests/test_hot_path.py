@@ -234,7 +234,7 @@ def test_the_memory_stores_copy_writes_object_keys_as_json_does() -> None:
     import enum
     import json
 
-    from nuvom_kernel.testing.memory import _clone
+    from nuvom_kernel.testing.memory_results import _clone
 
     class Color(enum.StrEnum):
         RED = "red"

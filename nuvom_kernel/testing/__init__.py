@@ -6,7 +6,8 @@
 * :mod:`nuvom_kernel.testing.pytest_plugin` — opt-in fixtures for testing your tasks: an
   isolated in-memory kernel, an eager mode and a real worker thread (docs/testing.md).
 * :mod:`nuvom_kernel.testing.memory` — the in-memory reference store (the `memory` plugin
-  registers it); :mod:`nuvom_kernel.testing.stubs` — the same under the name `stub`;
+  registers it; its result half is :mod:`nuvom_kernel.testing.memory_results`);
+  :mod:`nuvom_kernel.testing.stubs` — the same under the name `stub`;
   :mod:`nuvom_kernel.testing.fakes` — deliberately broken backends and discoverers that prove
   the contracts fail. There is no reference discoverer here: the one task scanner is the
   `ast` discoverer of `nuvom-plugins`, and the discoverer fakes wrap a real discoverer.

@@ -22,8 +22,9 @@ import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
-_MODULES = ("_support", "_queue_base", "queue_concurrency", "queue_browse", "queue_limits",
-            "queue", "heartbeats", "results", "discovery", "schedule_damage")
+_MODULES = ("_support", "_queue_base", "queue_leases", "queue_retries", "queue_state",
+            "queue_removal", "queue_concurrency", "queue_workflows", "queue_browse",
+            "queue_limits", "queue", "heartbeats", "results", "discovery", "schedule_damage")
 #: What this package exports, by module. Loaded on first use: the suites need pytest, but
 #: ``targets`` (what ``nuvom plugin new`` and ``nuvom plugin test`` resolve before any
 #: test runs) must import where pytest is not installed, so those commands can say so.

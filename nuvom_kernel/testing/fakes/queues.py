@@ -1,35 +1,27 @@
-"""Deliberately broken backends and discoverers: each breaks exactly one promise.
-
-The queue and result fakes subclass the stubs (:mod:`.stubs`) and change one method. The
-discoverer fakes wrap a real discoverer handed to them and change what it reports or when it
-runs: the kernel holds no task scanner, so neither do its fakes.
-
-They prove the contract suites can fail, and fail precisely: ``tests/test_contracts_meta.py``
-runs every contract against every fake and checks that exactly the tests listed in
-:data:`EXPECTED_FAILURES` fail. A contract test that passes against a fake that breaks its
-promise is a test that checks nothing.
-"""
+"""Broken queue backends: each subclasses the reference
+:class:`~nuvom_kernel.testing.stubs.StubQueue` and changes one method, breaking one promise of
+the queue contract."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
 
-from nuvom_kernel.backends import WorkerInfo
-from nuvom_kernel.discovery import Discoverer, DiscoveryReport, TaskRef
-from nuvom_kernel.models import JobRecord, JobStatus, Lease, Message
-from nuvom_kernel.testing.stubs import StubQueue, StubResults
+from nuvom_kernel.models import JobStatus, Lease, Message
+from nuvom_kernel.testing.stubs import StubQueue
 
-__all__ = ["EXPECTED_FAILURES"]
-
-
-# --- queue backends -------------------------------------------------------------------------
+__all__ = [
+    "EXPECTED_FAILURES", "CancelAnythingQueue", "CountingReleaseQueue", "DeafQueue",
+    "EagerStepsQueue", "ForgetfulRetryQueue", "GreedyBatchQueue", "ImpatientRetryQueue",
+    "LeakyQsizeQueue", "LifoQueue", "NoVisibilityTimeoutQueue", "NonWaitingQueue",
+    "NoopExtendManyQueue", "NoopExtendQueue", "PerClaimLimitQueue", "PriorityLosingPutBackQueue",
+    "RacyClaimQueue", "ReplacingPushQueue", "TextBodyQueue", "TieLosingBrowseQueue",
+    "UnfencedAckManyQueue", "UnfencedExtendManyQueue", "UnfencedQueue", "UnfencedSettleQueue",
+    "UnfencedWorkflowQueue", "VagueStateQueue",
+]
 
 
 class LifoQueue(StubQueue):
@@ -340,190 +332,8 @@ class EagerStepsQueue(StubQueue):
         return super().workflow_transaction(eager, workflows)
 
 
-# --- result backends ------------------------------------------------------------------------
-
-
-class OldestFirstResults(StubResults):
-    """Pages oldest first."""
-
-    name = "fake-oldest-first"
-
-    def query(self, **kwargs: Any) -> list[JobRecord]:
-        limit = kwargs.pop("limit", 50)
-        rows = super().query(limit=1 << 30, **{**kwargs, "after": None})
-        return rows[::-1][:limit]
-
-
-class LastWriterWinsResults(StubResults):
-    """Stores every write, fenced or not: a worker that lost its lease overwrites the
-    outcome of the one that took the job over."""
-
-    name = "fake-last-writer-wins"
-
-    def put(self, record: JobRecord) -> bool:
-        with self._lock:
-            self._records.pop(record.job_id, None)
-        return super().put(record)
-
-
-class NoTaskFilterResults(StubResults):
-    """Ignores the ``task`` filter."""
-
-    name = "fake-no-task-filter"
-
-    def query(self, *, task: str | None = None, **kwargs: Any) -> list[JobRecord]:
-        return super().query(**kwargs)
-
-
-class PurgeEverythingResults(StubResults):
-    """Purges unfinished jobs too."""
-
-    name = "fake-purge-everything"
-
-    def purge(self, older_than: float) -> int:
-        with self._lock:
-            doomed = [i for i, r in self._records.items() if r.updated_at < older_than]
-            for job_id in doomed:
-                del self._records[job_id]
-            return len(doomed)
-
-
-class AliasingResults(StubResults):
-    """Stores and returns the caller's objects instead of copies."""
-
-    name = "fake-aliasing"
-
-    def put(self, record: JobRecord) -> bool:
-        with self._lock:
-            self._records[record.job_id] = record
-            return True
-
-    def get(self, job_id: str) -> JobRecord | None:
-        with self._lock:
-            return self._records.get(job_id)
-
-
-class PendingUnknownResults(StubResults):
-    """Reports an id it never saw as a queued job (the original Nuvom's "pending" bug)."""
-
-    name = "fake-pending-unknown"
-
-    def get(self, job_id: str) -> JobRecord | None:
-        return super().get(job_id) or JobRecord(job_id=job_id, task="",
-                                                status=JobStatus.QUEUED)
-
-
-class ImmortalWorkersResults(StubResults):
-    """Ignores a heartbeat's TTL: a worker killed with ``kill -9`` stays listed forever."""
-
-    name = "fake-immortal-workers"
-
-    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
-        super().heartbeat(info, float("inf"))
-
-
-class AppendingHeartbeatResults(StubResults):
-    """Keeps every heartbeat instead of the last: one worker shows up many times."""
-
-    name = "fake-appending-heartbeats"
-
-    def heartbeat(self, info: WorkerInfo, ttl_secs: float) -> None:
-        with self._lock:
-            count = sum(1 for key in self._workers if key.split("#")[0] == info.id)
-        super().heartbeat(attrs.evolve(info, id=f"{info.id}#{count}" if count else info.id),
-                          ttl_secs)
-
-    def live_workers(self) -> list[WorkerInfo]:
-        return [attrs.evolve(w, id=w.id.split("#")[0]) for w in super().live_workers()]
-
-
-# --- discoverers ----------------------------------------------------------------------------
-#
-# The kernel holds no task scanner (the AST scanner lives only in ``nuvom-plugins``), so these
-# fakes own no discovery logic either: each wraps a *real* discoverer, given to it, and breaks
-# one promise of it from the outside. ``tests/test_contracts_meta.py`` wraps the installed
-# ``ast`` discoverer; any correct discoverer will do, which is the point — the breakage is
-# the only thing a fake adds.
-
-
-class _BrokenDiscoverer(Discoverer):
-    """A real discoverer with one promise broken by the subclass.
-
-    :param inner: the discoverer that does the actual finding (it must pass the contract,
-        so that every failure of the wrapper is the wrapper's own).
-    """
-
-    def __init__(self, inner: Discoverer) -> None:
-        self.inner = inner
-
-    def discover(self, root: Path, **kwargs: Any) -> tuple[DiscoveryReport, dict[str, Any]]:
-        return self.inner.discover(root, **kwargs)
-
-
-class ImportingDiscoverer(_BrokenDiscoverer):
-    """Imports every module under the root before scanning: the module-level side effects of
-    the project run at discovery time, as with an ``import``-based discoverer (a module that
-    raises or exits only stops its own import)."""
-
-    name = "fake-importing"
-
-    def discover(self, root: Path, **kwargs: Any) -> tuple[DiscoveryReport, dict[str, Any]]:
-        for path in sorted(Path(root).rglob("*.py")):
-            spec = importlib.util.spec_from_file_location(f"_nuvom_fake_{id(path)}", path)
-            if spec is None or spec.loader is None:
-                continue
-            module = importlib.util.module_from_spec(spec)
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:  # the fake must survive whatever the module does
-                pass
-            finally:
-                sys.modules.pop(spec.name, None)
-        return super().discover(root, **kwargs)
-
-
-class NameBlindDiscoverer(_BrokenDiscoverer):
-    """Ignores ``name=``: reports the function name, and leaves ``name`` among the options."""
-
-    name = "fake-name-blind"
-
-    def discover(self, root: Path, **kwargs: Any) -> tuple[DiscoveryReport, dict[str, Any]]:
-        report, state = super().discover(root, **kwargs)
-        report.tasks = [attrs.evolve(t, name=t.func_name,
-                                     options={**t.options, "name": t.name})
-                        if t.name != t.func_name else t for t in report.tasks]
-        return report, state
-
-
-class FragileDiscoverer(_BrokenDiscoverer):
-    """Lets one broken file abort the whole scan: what the inner discoverer reports as an
-    error (a file it could not parse) is raised instead, so the good files' tasks are lost."""
-
-    name = "fake-fragile"
-
-    def discover(self, root: Path, **kwargs: Any) -> tuple[DiscoveryReport, dict[str, Any]]:
-        report, state = super().discover(root, **kwargs)
-        if report.errors:
-            raise SyntaxError(report.errors[0])
-        return report, state
-
-
-class StaleCacheDiscoverer(_BrokenDiscoverer):
-    """Trusts its cache blindly: given a previous state it returns the tasks that state
-    remembers without looking at the files, so edits and deletions go unnoticed."""
-
-    name = "fake-stale-cache"
-
-    def discover(self, root: Path, *, state: dict[str, Any] | None = None, **kwargs: Any
-                 ) -> tuple[DiscoveryReport, dict[str, Any]]:
-        if state:
-            return DiscoveryReport(tasks=[TaskRef.from_dict(t) for t in state["tasks"]]), state
-        report, inner_state = super().discover(root, **kwargs)
-        return report, {"tasks": [t.to_dict() for t in report.tasks], "inner": inner_state}
-
-
-#: fake class name -> the contract tests it must fail (and no others). Parametrized tests are
-#: listed with their parameter, exactly as pytest names them.
+#: Queue fake class name -> the contract tests it must fail (and no others).
+#: Parametrized tests are listed with their parameter, exactly as pytest names them.
 EXPECTED_FAILURES: dict[str, set[str]] = {
     "LifoQueue": {"test_fifo_within_a_priority", "test_higher_priority_first",
                   "test_claim_order_survives_retry_release_and_expiry",
@@ -601,19 +411,4 @@ EXPECTED_FAILURES: dict[str, set[str]] = {
                               "test_workflow_join_is_released_once_by_its_last_parent"},
     "EagerStepsQueue": {"test_workflow_submit_makes_only_ready_steps_claimable",
                         "test_workflow_join_is_released_once_by_its_last_parent"},
-    "LastWriterWinsResults": {"test_put_is_fenced_by_run_and_attempt"},
-    "OldestFirstResults": {"test_query_newest_updated_first_and_keyset_paging"},
-    "NoTaskFilterResults": {"test_query_filters"},
-    "PurgeEverythingResults": {"test_purge_removes_only_old_terminal_records"},
-    "AliasingResults": {"test_records_are_copies", "test_put_is_fenced_by_run_and_attempt"},
-    "PendingUnknownResults": {"test_unknown_ids",
-                              "test_purge_removes_only_old_terminal_records"},
-    "ImmortalWorkersResults": {"test_a_worker_that_stops_heartbeating_drops_out"},
-    "AppendingHeartbeatResults": {"test_a_heartbeat_replaces_the_last_one"},
-    "ImportingDiscoverer": {"test_does_not_import_code"},
-    "NameBlindDiscoverer": {"test_finds_tasks_with_their_location",
-                            "test_custom_name_and_literal_options",
-                            "test_async_tasks_are_flagged"},
-    "FragileDiscoverer": {"test_unparsable_file_is_reported_not_fatal"},
-    "StaleCacheDiscoverer": {"test_state_never_hides_a_change"},
 }
