@@ -20,7 +20,7 @@ from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.testing.contracts import make_message
 from nuvom_kernel.values import MAX_SECONDS
 from nuvom_plugins_postgres import PostgresQueue, PostgresSettings
-from nuvom_plugins_postgres.queue import AVAILABLE_AT_MAX, PRIORITY_MAX, PRIORITY_MIN
+from nuvom_plugins_postgres.push import AVAILABLE_AT_MAX, PRIORITY_MAX, PRIORITY_MIN
 
 YEAR = 366 * 86400.0  # the kernel's MAX_SECONDS
 

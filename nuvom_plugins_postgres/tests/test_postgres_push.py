@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-import nuvom_plugins_postgres.queue
+import nuvom_plugins_postgres.push
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.testing.contracts import make_message
 from nuvom_plugins_postgres import PostgresQueue
@@ -57,7 +57,7 @@ def test_a_server_error_in_a_later_chunk_stores_nothing(
     messages = [make_message() for _ in range(8)]
     # The push refuses such a priority itself (test_postgres_limits.py); without that check
     # it reaches the server, which refuses it after earlier chunks were sent.
-    monkeypatch.setattr(nuvom_plugins_postgres.queue, "PRIORITY_MAX", 2**62)
+    monkeypatch.setattr(nuvom_plugins_postgres.push, "PRIORITY_MAX", 2**62)
     bad = make_message(priority=2**40)  # no PostgreSQL integer holds it: the server refuses
     with pytest.raises(psycopg.errors.NumericValueOutOfRange):
         chunked.push([*messages, bad])
@@ -70,7 +70,7 @@ def test_an_encoding_error_in_a_later_chunk_stores_nothing(
     messages = [make_message() for _ in range(8)]
     # The push refuses a lone surrogate itself (test_postgres_limits.py); without that check
     # psycopg fails to encode it after earlier chunks were sent.
-    monkeypatch.setattr(nuvom_plugins_postgres.queue, "storable", lambda text: True)
+    monkeypatch.setattr(nuvom_plugins_postgres.push, "storable", lambda text: True)
     bad = make_message(job_id="lone \ud800")  # psycopg cannot encode it: the chunk is not sent
     with pytest.raises(UnicodeEncodeError):
         chunked.push([*messages, bad])

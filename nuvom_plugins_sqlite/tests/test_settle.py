@@ -14,7 +14,7 @@ from sqlite_helpers import msg
 from nuvom_kernel.models import JobRecord, JobStatus, Lease, Settlement
 from nuvom_plugins.memory import MemoryResultBackend
 from nuvom_plugins_sqlite import SQLiteJobQueue, SQLiteResultBackend
-from nuvom_plugins_sqlite import queue as queue_module
+from nuvom_plugins_sqlite import settle as settle_module
 
 
 def record(lease: Lease, status: JobStatus = JobStatus.SUCCEEDED, **fields: object
@@ -126,8 +126,8 @@ def test_a_failing_batch_stores_nothing(queue: SQLiteJobQueue, results: SQLiteRe
              Settlement(leases["again"], record(leases["again"], JobStatus.RETRYING),
                         retry_in=0.0)]
     broken = {n: sql.replace("failures + 1", "no_such_column") for n, sql in
-              queue_module._SETTLE_RETRY.items()}
-    monkeypatch.setattr(queue_module, "_SETTLE_RETRY", broken)
+              settle_module._SETTLE_RETRY.items()}
+    monkeypatch.setattr(settle_module, "_SETTLE_RETRY", broken)
     with pytest.raises(sqlite3.OperationalError):
         queue.settle_many(batch, results)
     assert results.get("done") is None and queue.peek_state("done") is JobStatus.RUNNING, \

@@ -2,7 +2,8 @@
 ordered and limited by the server in one ``SELECT`` (``queries.BROWSE``), each row's state
 read on the server's clock by the same expression ``peek_state`` uses.
 
-A module of its own only to keep ``queue.py`` short; the method there calls these two.
+A module of its own only to keep the queue's modules short; ``PostgresQueue.browse``
+(:mod:`.inspection`) calls these two.
 
 Why no index on (created_at, id): it is not free. No claim is a HOT update (the row's
 ``state`` is in the partial indexes' predicates), so each claim, put-back and push would

@@ -1,4 +1,10 @@
-"""Every statement the queue runs, as text with a ``{s}`` schema placeholder.
+"""The queue's statements, as text with a ``{s}`` schema placeholder, and :class:`Binder`,
+which renders such text for one schema.
+
+Here: push, claim, the lease bookkeeping, the reads and the maintenance tick. Statements of
+one responsibility with a module of its own live there, bound by the same :class:`Binder`:
+``settle_many``'s in :mod:`.settle`, the table-health checks in :mod:`.hygiene` (the claim
+under concurrency limits, in :mod:`.limits`, has its own).
 
 Why one statement per operation: each runs on an autocommit connection, so it is one round
 trip and atomic by itself; statements that make work available end with one ``pg_notify``
@@ -17,7 +23,7 @@ from psycopg import sql
 
 from nuvom_kernel.values import MAX_ETA
 
-__all__ = ["REF_TOLERANCE", "Queries", "render"]
+__all__ = ["REF_TOLERANCE", "Binder", "Queries", "render"]
 
 _NOW = "extract(epoch FROM clock_timestamp())::float8"
 _SECS = "(%s * interval '1 second')"
@@ -30,7 +36,7 @@ _SECS = "(%s * interval '1 second')"
 # a statement that writes no row has no commit record to flush anyway.
 _ASYNC = "(SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL"
 
-# A message's columns, in the order ``queue._message`` reads them: the claim's ``RETURNING``
+# A message's columns, in the order ``rows._message`` reads them: the claim's ``RETURNING``
 # starts with them and ``MESSAGE`` (``peek``) selects them, so both build it alike.
 _MESSAGE = "j.id, j.body, j.queue, j.priority, j.available_at, j.created_at, j.task, j.failures"
 _RETURNING = (f"{_MESSAGE}, j.token, j.deliveries, "
@@ -338,41 +344,6 @@ SELECT queue, count(*) FILTER (WHERE {_READY}), count(*) FILTER (WHERE {_DELAYED
 FROM {{s}}.jobs GROUP BY queue
 """
 
-# Hygiene for ``nuvom status``: the activity counters of our two tables (PG 15 flushes them
-# asynchronously, within about a second of each session's transaction), and client sessions
-# of this database whose snapshot is older than a threshold. Only this database's sessions
-# count: vacuum of an ordinary table ignores other databases' snapshots; autovacuum workers
-# and walsenders report no transaction start to age from.
-DEAD_TUPLES = """
-SELECT relname, n_live_tup, n_dead_tup,
-       to_char(greatest(last_autovacuum, last_vacuum), 'YYYY-MM-DD HH24:MI:SS TZ')
-FROM pg_catalog.pg_stat_user_tables
-WHERE schemaname = %s AND relname IN ('jobs', 'results')
-ORDER BY relname
-"""
-# Is anything going to vacuum our tables? The server-wide switch, and tables of ours whose
-# own ``autovacuum_enabled`` is false.
-AUTOVACUUM = """
-SELECT current_setting('autovacuum') = 'on',
-       coalesce(array_agg(c.relname::text ORDER BY c.relname)
-                FILTER (WHERE EXISTS (
-                    SELECT 1 FROM unnest(c.reloptions) AS o
-                    WHERE lower(o) ~ '^autovacuum_enabled=(false|off|no|0|f|n)$')), '{{}}')
-FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = %s AND c.relname IN ('jobs', 'results')
-"""
-OLD_SNAPSHOTS = """
-SELECT pid, coalesce(application_name, ''), coalesce(state, ''),
-       extract(epoch FROM clock_timestamp() - coalesce(xact_start, query_start))::float8,
-       backend_xmin::text
-FROM pg_catalog.pg_stat_activity
-WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
-  AND backend_type = 'client backend' AND datname = current_database()
-  AND coalesce(xact_start, query_start) < clock_timestamp() - %s * interval '1 second'
-ORDER BY coalesce(xact_start, query_start)
-LIMIT 10
-"""
-
 # The maintenance tick, run by whichever process wins the advisory lock: promote due
 # scheduled rows and recover expired leases (token kept: the old holder may still ack until
 # someone claims the job again), a bounded batch each.
@@ -411,26 +382,6 @@ DELETE FROM {s}.results WHERE job_id IN (
     SELECT job_id FROM {s}.results WHERE terminal AND updated_at < %s LIMIT 10000)
 """
 
-# settle_many: lock the rows whose token still holds, then ack or put back the landed ones.
-SETTLE_HELD = """
-SELECT j.id FROM {s}.jobs j JOIN unnest(%b::text[], %b::text[]) AS t(id, token)
-  ON j.id = t.id AND j.token = t.token
-WHERE {lease}
-FOR UPDATE OF j
-"""
-SETTLE_ACK = "DELETE FROM {s}.jobs WHERE id = ANY(%b::text[])"
-SETTLE_RETRY = """
-UPDATE {s}.jobs j SET
-    state = CASE WHEN t.delay > 0 THEN 1 ELSE 0 END,
-    due_at = CASE WHEN t.delay > 0 THEN clock_timestamp() + (t.delay * interval '1 second') END,
-    available_at = extract(epoch FROM clock_timestamp())::float8 + t.delay,
-    token = NULL, lease_expires_at = NULL, failures = j.failures + 1,
-    body = COALESCE(t.body, j.body)
-FROM unnest(%b::text[], %b::float8[], %b::bytea[]) AS t(id, delay, body)
-WHERE j.id = t.id
-RETURNING j.state
-"""
-
 
 def render(query: sql.Composable) -> bytes:
     """``query`` as the bytes psycopg sends. Why rendered once: psycopg re-renders a
@@ -438,71 +389,31 @@ def render(query: sql.Composable) -> bytes:
     here; bytes go straight to its cache of converted queries."""
     return query.as_bytes(None)
 
-# settle_many in one statement when the batch names each job once (the usual case): lock the
-# rows whose token still holds, upsert their records through the result backend's fence
-# (the same ``WHERE`` as ``results._UPSERT``), then ack or put back exactly the jobs whose
-# record landed. One round trip instead of five (BEGIN, lock, upsert, ack, COMMIT); the
-# data-modifying CTEs run to completion whether or not the outer query reads them, all in
-# the statement's one transaction, and ``held`` locks before anything is written.
-SETTLE = """
-WITH t AS (
-    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[],
-                         %b::int[], %b::bool[], %b::float8[], %b::text[], %b::float8[],
-                         %b::bytea[])
-      AS t(job_id, token, status, func_name, run, attempts, terminal, updated_at, data,
-           retry_in, body)),
-held AS MATERIALIZED (
-    SELECT j.id FROM {s}.jobs j JOIN t ON j.id = t.job_id AND j.token = t.token
-    WHERE {lease}
-    FOR UPDATE OF j),
-stored AS (
-    INSERT INTO {s}.results AS r
-           (job_id, status, func_name, run, attempts, terminal, updated_at, data)
-    SELECT t.job_id, t.status, t.func_name, t.run, t.attempts, t.terminal, t.updated_at,
-           t.data
-    FROM t JOIN held ON held.id = t.job_id
-    ON CONFLICT (job_id) DO UPDATE SET
-        status = EXCLUDED.status, func_name = EXCLUDED.func_name, run = EXCLUDED.run,
-        attempts = EXCLUDED.attempts, terminal = EXCLUDED.terminal,
-        updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
-    WHERE (EXCLUDED.run, EXCLUDED.attempts) > (r.run, r.attempts)
-       OR ((EXCLUDED.run, EXCLUDED.attempts) = (r.run, r.attempts)
-           AND (NOT r.terminal OR EXCLUDED.terminal))
-    RETURNING r.job_id),
-acked AS (
-    DELETE FROM {s}.jobs j USING stored, t
-    WHERE j.id = stored.job_id AND t.job_id = stored.job_id AND t.retry_in IS NULL
-    RETURNING j.id),
-retried AS (
-    UPDATE {s}.jobs j SET
-        state = CASE WHEN t.retry_in > 0 THEN 1 ELSE 0 END,
-        due_at = CASE WHEN t.retry_in > 0
-                      THEN clock_timestamp() + (t.retry_in * interval '1 second') END,
-        available_at = extract(epoch FROM clock_timestamp())::float8 + t.retry_in,
-        token = NULL, lease_expires_at = NULL, failures = j.failures + 1,
-        body = COALESCE(t.body, j.body)
-    FROM stored, t
-    WHERE j.id = stored.job_id AND t.job_id = stored.job_id AND t.retry_in IS NOT NULL
-    RETURNING j.state),
-woke AS (SELECT count(pg_notify({chan}, '')) AS n
-         FROM (SELECT 1 FROM retried WHERE retried.state = 0 LIMIT 1) AS ready)
-SELECT stored.job_id, woke.n FROM stored, woke
-"""
+
+class Binder:
+    """Renders statement text for one schema: ``{s}`` (the schema), ``{chan}`` (its
+    notification channel), ``{lease}`` (``_ASYNC``, unless ``sync_lease_commits``) and
+    ``{queues}`` (a queue filter, or nothing) filled in. Why a class of its own: the
+    statements of :mod:`.settle` and :mod:`.hygiene` are bound alike, by their modules."""
+
+    def __init__(self, schema: str, sync_lease_commits: bool = False) -> None:
+        self.s, self.chan = sql.Identifier(schema), sql.Literal(schema)
+        self.lease = "true" if sync_lease_commits else _ASYNC
+
+    def __call__(self, text: str, queues: str = "", notifying: bool = False) -> bytes:
+        """``text`` rendered; ``notifying``: wrapped in ``_NOTIFYING`` first."""
+        stmt = text.replace("{queues}", queues).replace("{lease}", self.lease)
+        if notifying:
+            stmt = _NOTIFYING.replace("{stmt}", stmt)
+        return render(sql.SQL(stmt).format(s=self.s, chan=self.chan))
 
 
 class Queries:
     """The statements above bound to one schema (and its notification channel)."""
 
     def __init__(self, schema: str, sync_lease_commits: bool = False) -> None:
-        s, chan = sql.Identifier(schema), sql.Literal(schema)
-        lease = "true" if sync_lease_commits else _ASYNC
-
-        def bind(text: str, queues: str = "", notifying: bool = False) -> bytes:
-            stmt = text.replace("{queues}", queues).replace("{lease}", lease)
-            if notifying:
-                stmt = _NOTIFYING.replace("{stmt}", stmt)
-            return render(sql.SQL(stmt).format(s=s, chan=chan))
-
+        bind = Binder(schema, sync_lease_commits)
+        s, chan = bind.s, bind.chan
         any_queue = "AND queue = ANY(%b::text[])"
         self.push, self.push_uniform, self.push_new, self.push_new_uniform = (
             render(sql.SQL(_PUSH_SUMMARY.replace("{stmt}", stmt)).format(s=s, chan=chan))
@@ -528,11 +439,6 @@ class Queries:
         self.qsize_all, self.qsize_some = bind(QSIZE), bind(QSIZE, any_queue)
         self.clear_all, self.clear_some = bind(CLEAR), bind(CLEAR, any_queue)
         self.cancel, self.stats = bind(CANCEL), bind(STATS)
-        self.dead_tuples, self.old_snapshots = bind(DEAD_TUPLES), bind(OLD_SNAPSHOTS)
-        self.autovacuum = bind(AUTOVACUUM)
         self.tick_lock, self.tick = bind(TICK_LOCK), bind(TICK)
         self.next, self.purge_results = bind(NEXT), bind(PURGE_RESULTS)
-        self.settle = bind(SETTLE)
-        self.settle_held, self.settle_ack = bind(SETTLE_HELD), bind(SETTLE_ACK)
-        self.settle_retry = bind(SETTLE_RETRY, notifying=True)
         self.notify = render(sql.SQL("SELECT pg_notify({chan}, %s)").format(chan=chan))

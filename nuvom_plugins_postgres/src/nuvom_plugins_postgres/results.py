@@ -330,7 +330,7 @@ class PostgresResultBackend(ResultBackend):
         as a placeholder (:func:`~nuvom_kernel.backends.read_schedule_state`), as on
         SQLite: one damaged row used to stop every schedule of every worker. The
         ``updated_at`` column is the version :meth:`advance_schedule` compares."""
-        rows = self._store.run(lambda conn: conn.execute(self._states).fetchall())
+        rows = self._store.rows(self._states)
         where = f"{self.location}, table schedules"
         return {name: read_schedule_state(name, state, where, version=updated_at)
                 for name, updated_at, state in rows}
@@ -358,7 +358,7 @@ class PostgresResultBackend(ResultBackend):
         refuses the id, naming it; a command-line id with undecodable bytes reads unknown."""
         if not storable(job_id):
             return None
-        row = self._store.run(lambda conn: conn.execute(self._get, (job_id,)).fetchone())
+        row = self._store.row(self._get, (job_id,))
         return None if row is None else _decode(job_id, row[0])
 
     def known(self, job_ids: Sequence[str]) -> set[str]:
@@ -367,7 +367,7 @@ class PostgresResultBackend(ResultBackend):
         ids = [job_id for job_id in dict.fromkeys(job_ids) if storable(job_id)]
         if not ids:
             return set()
-        rows = self._store.run(lambda conn: conn.execute(self._known, (ids,)).fetchall())
+        rows = self._store.rows(self._known, (ids,))
         return {row[0] for row in rows}
 
     def query(self, *, status: JobStatus | None = None, task: str | None = None,
@@ -392,7 +392,7 @@ class PostgresResultBackend(ResultBackend):
         clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
         query = sql.SQL("SELECT job_id, data FROM {s}.results{w} ORDER BY updated_at DESC, "
                         "job_id DESC LIMIT %s").format(s=sql.Identifier(self.schema), w=clause)
-        rows = self._store.run(lambda conn: conn.execute(query, [*params, limit]).fetchall())
+        rows = self._store.rows(query, [*params, limit])
         records = []
         for job_id, data in rows:
             try:
@@ -406,18 +406,17 @@ class PostgresResultBackend(ResultBackend):
         the offset the store measured): a worker or shell whose clock ran 10 minutes ahead,
         with a TTL of 2 minutes, deleted every fresh record."""
         cutoff = self._store.on_server(older_than)
-        return self._store.run(lambda conn: conn.execute(self._purge, (cutoff,)).rowcount)
+        return self._store.changed(self._purge, (cutoff,))
 
     def counts(self) -> dict[str, int]:
-        rows = self._store.run(lambda conn: conn.execute(self._counts).fetchall())
+        rows = self._store.rows(self._counts)
         return {status: int(n) for status, n in rows}
 
     def counts_since(self, since: float) -> dict[str, dict[str, int]]:
         """Records per queue and status updated at or after ``since``: one range scan of
         ``results_newest`` (the queue is cut out of the record's text: ``_COUNTS_SINCE``).
         Two stored spellings of one name (escaped or not) add up."""
-        rows = self._store.run(lambda conn: conn.execute(self._counts_since, (since,)
-                                                         ).fetchall())
+        rows = self._store.rows(self._counts_since, (since,))
         totals: dict[str, dict[str, int]] = {}
         for cut, status, n in rows:
             counts = totals.setdefault(_queue_name(cut), {})
@@ -438,7 +437,7 @@ class PostgresResultBackend(ResultBackend):
         self._store.run(beat)
 
     def live_workers(self) -> list[WorkerInfo]:
-        rows = self._store.run(lambda conn: conn.execute(self._live).fetchall())
+        rows = self._store.rows(self._live)
         return [WorkerInfo.from_dict(json.loads(info)) for (info,) in rows]
 
     def forget_worker(self, worker_id: str) -> bool:

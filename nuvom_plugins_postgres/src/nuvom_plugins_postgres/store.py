@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Params
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from nuvom_kernel.clock import server_offset
@@ -202,6 +203,21 @@ class Store:
             if isinstance(exc, PoolTimeout) or connection_lost(exc):
                 raise unreachable(self.dsn, exc) from exc
             raise
+
+    def rows(self, query: bytes | sql.Composed, params: Params | None = None) -> list[Any]:
+        """Every row ``query`` returns, run by :meth:`run` (so only for a statement that is
+        safe to repeat). Why these three: most calls of both backends are one statement and
+        its rows, first row or row count; each keeps :meth:`run`'s retry on a lost
+        connection in force without a ``lambda`` written out at every call."""
+        return self.run(lambda conn: conn.execute(query, params).fetchall())
+
+    def row(self, query: bytes | sql.Composed, params: Params | None = None) -> Any | None:
+        """The first row ``query`` returns (``None``: none), run by :meth:`run`."""
+        return self.run(lambda conn: conn.execute(query, params).fetchone())
+
+    def changed(self, query: bytes | sql.Composed, params: Params | None = None) -> int:
+        """How many rows ``query`` changed (its ``rowcount``), run by :meth:`run`."""
+        return self.run(lambda conn: conn.execute(query, params).rowcount)
 
     def close(self) -> None:
         if self.pid == os.getpid():

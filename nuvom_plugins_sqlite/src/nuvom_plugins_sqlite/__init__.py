@@ -7,15 +7,15 @@ Installed, they register under the name ``sqlite`` (``queue_backend = "sqlite"``
 
 from __future__ import annotations
 
-from nuvom_plugins_sqlite.connection import (
+from nuvom_plugins_sqlite.errors import (
     DatabaseBusyError,
     DatabaseFullError,
-    SQLiteSettings,
     SQLiteUnavailableError,
 )
 from nuvom_plugins_sqlite.queue import SQLiteJobQueue
 from nuvom_plugins_sqlite.results import SQLiteResultBackend
 from nuvom_plugins_sqlite.schema import SCHEMA_VERSION, SchemaVersionError
+from nuvom_plugins_sqlite.settings import SQLiteSettings
 
 __version__ = "0.1.0"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
-from nuvom_plugins_sqlite.connection import SQLiteSettings
 from nuvom_plugins_sqlite.queue import SQLiteJobQueue
 from nuvom_plugins_sqlite.results import SQLiteResultBackend
+from nuvom_plugins_sqlite.settings import SQLiteSettings
 
 __all__ = ["nuvom_plugin_settings", "nuvom_register_queue_backends",
            "nuvom_register_result_backends"]

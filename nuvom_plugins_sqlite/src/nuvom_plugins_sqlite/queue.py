@@ -17,10 +17,12 @@ until it is acked, put back or claimed again: a lease that expired and was promo
 can still be acked by its holder until another claim takes it (one run fewer), so
 ``peek_state`` and ``stats`` count a row with a token as running.
 
-When the result backend is a :class:`~nuvom_plugins_sqlite.results.SQLiteResultBackend` on
-the same file, :meth:`SQLiteJobQueue.settle_many` stores a batch of outcomes and acks or
-retries their leases in one transaction: no window in which a job is recorded finished but
-still queued, and one commit for the whole batch.
+This module holds the queue's life (open, close, wake-ups), push, claim and its workflow
+calls. The rest is split by what it does, each a base class of :class:`SQLiteJobQueue` (a
+mixin of the same object, so no call pays an extra hop): ack, retry, release and extend in
+:mod:`.leases`; ``settle_many`` (outcomes stored and leases acked in one transaction) in
+:mod:`.settle`; the operator's reads, ``cancel`` and ``clear`` in :mod:`.inspection`. A
+row's columns and the message it holds are :mod:`.rows`'.
 """
 
 from __future__ import annotations
@@ -29,39 +31,25 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 
-from nuvom_kernel.backends import (
-    BackendContext,
-    Capabilities,
-    QueueBackend,
-    QueueCounts,
-    QueueStats,
-    ResultBackend,
-)
+from nuvom_kernel.backends import BackendContext, Capabilities
 from nuvom_kernel.clock import StepWatch
-from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
-from nuvom_kernel.views import QueuedJob
-from nuvom_kernel.workflow.graph import GraphTxn, Node, WorkflowGraph, advance, doomed_record
-from nuvom_kernel.workflow.settle import final_steps
+from nuvom_kernel.models import Lease, Message
+from nuvom_kernel.workflow.graph import GraphTxn, Node, WorkflowGraph
 from nuvom_plugins_sqlite import quarantine
-from nuvom_plugins_sqlite.browse import browse as browse_page
-from nuvom_plugins_sqlite.browse import row_state
-from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
+from nuvom_plugins_sqlite.connection import Database
 from nuvom_plugins_sqlite.insert import INSERT, insert_batch, message_row
+from nuvom_plugins_sqlite.inspection import QueueInspection
+from nuvom_plugins_sqlite.leases import LeaseOperations
 from nuvom_plugins_sqlite.limits import claim_limited, count_per_task
-from nuvom_plugins_sqlite.results import (
-    PUT_CHUNK,
-    SQLiteResultBackend,
-    encode,
-    fence_key,
-    fence_sql,
-    upsert_sql,
-)
+from nuvom_plugins_sqlite.rows import _NUMBER, _RETURNING, _message, _problem, _queue_filter
+from nuvom_plugins_sqlite.settings import SQLiteSettings
+from nuvom_plugins_sqlite.settle import QueueSettling
 from nuvom_plugins_sqlite.wakeup import WAKEUPS_SUPPORTED, Waker
 from nuvom_plugins_sqlite.workflows import SQLiteGraphTxn, purge_ended
 
@@ -70,11 +58,6 @@ T = TypeVar("T")
 _ENQUEUEING = "enqueueing jobs"  # what push does, for a DatabaseFullError's message
 
 __all__ = ["SQLiteJobQueue"]
-
-_RETURNING = ("id, seq, queue, priority, created_at, available_at, visible_at, deliveries, "
-              "body, task, failures")
-_NAMES = [*_RETURNING.split(", "), "token"]
-_MESSAGE_BY_ID = f"SELECT {', '.join(_NAMES)} FROM nuvom_queue WHERE id = ?"
 
 _CLAIM = """
 UPDATE nuvom_queue
@@ -107,64 +90,8 @@ UPDATE nuvom_queue SET visible_at = NULL WHERE seq IN (
     ORDER BY visible_at LIMIT 1000
 )"""
 
-_RETRY = ("UPDATE nuvom_queue SET token = NULL, available_at = ?, visible_at = ?, "
-          "body = coalesce(?, body), failures = failures + 1 WHERE id = ? AND token = ?")
 
-# settle_many, per chunk of n settlements with distinct ids. Which are refused, as one row:
-# the lease's token no longer holds, or the stored record supersedes the new one. Values:
-# (index, lease id, lease token, record job id, run, attempts, status).
-_SETTLE_REFUSED = {n: "SELECT group_concat(v.column1) FROM (VALUES "
-                      + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n)
-                      + ") AS v LEFT JOIN nuvom_queue AS q ON q.id = v.column2 "
-                      "LEFT JOIN nuvom_results AS r ON r.job_id = v.column4 "
-                      "WHERE q.token IS NOT v.column3 OR (r.job_id IS NOT NULL AND NOT "
-                      + fence_sql("v.column5", "v.column6", "v.column7", "r") + ")"
-                   for n in range(1, PUT_CHUNK + 1)}
-_SETTLE_ACK = {n: f"DELETE FROM nuvom_queue WHERE id IN ({', '.join('?' * n)})"
-               for n in range(1, PUT_CHUNK + 1)}
-# (id, available_at, visible_at, body or NULL) per retried lease.
-_SETTLE_RETRY = {n: "UPDATE nuvom_queue SET token = NULL, available_at = v.column2, "
-                    "visible_at = v.column3, body = coalesce(v.column4, body), "
-                    "failures = failures + 1 FROM (VALUES "
-                    + ", ".join(["(?, ?, ?, ?)"] * n) + ") AS v WHERE nuvom_queue.id = v.column1"
-                 for n in range(1, PUT_CHUNK + 1)}
-
-#: Most leases matched by one ``(id = ? AND token = ?) OR ...`` statement (ack_many,
-#: extend_many); a bigger batch runs as several statements in one transaction.
-_FENCED_CHUNK = 64
-_FENCED_SQL: dict[tuple[str, int, bool], str] = {}
-
-
-def _fenced_sql(head: str, n: int, *, all_or_none: bool = False) -> str:
-    """``head`` plus a WHERE clause matching ``n`` (id, token) pairs (bound in that order),
-    returning the (id, token) pairs hit. Every term is an index lookup on ``id`` (SQLite's
-    multi-index OR).
-
-    ``all_or_none``: no RETURNING, and a change only if all ``n`` leases still hold (the
-    pairs are bound twice). It is the usual case, and one step of the statement instead of
-    one per row: each step releases and retakes the GIL while the write lock is held.
-    """
-    key = (head, n, all_or_none)
-    sql = _FENCED_SQL.get(key)
-    if sql is None:
-        terms = " OR ".join(["(id = ? AND token = ?)"] * n)
-        if all_or_none:
-            sql = (f"{head} WHERE ({terms}) AND "
-                   f"(SELECT count(*) FROM nuvom_queue WHERE {terms}) = {n}")
-        else:
-            sql = f"{head} WHERE {terms} RETURNING id, token"
-        _FENCED_SQL[key] = sql
-    return sql
-
-
-def _queue_filter(queues: Sequence[str] | None) -> tuple[str, tuple[str, ...]]:
-    if queues is None:
-        return "", ()
-    names = tuple(queues)
-    return f" AND queue IN ({', '.join('?' * len(names))})" if names else " AND 0", names
-
-
-class SQLiteJobQueue(QueueBackend):
+class SQLiteJobQueue(QueueInspection, QueueSettling, LeaseOperations):
     """The embedded default queue backend (``queue_backend = "sqlite"``).
 
     :param path: the database file (created with its directory on first use).
@@ -348,222 +275,6 @@ class SQLiteJobQueue(QueueBackend):
             self._db.transaction(quarantine.sweep)
             self._lease_db.write(run)
 
-    def ack(self, lease: Lease) -> bool:
-        return self._fenced_lease("DELETE FROM nuvom_queue WHERE id = ? AND token = ?", (),
-                                  lease)
-
-    def ack_many(self, leases: Sequence[Lease]) -> list[bool]:
-        """One statement (one commit) for a batch of acks: the worker settles finished jobs
-        in batches, so this is the drain rate's hot path."""
-        return self._fenced_many("DELETE FROM nuvom_queue", (), leases)
-
-    def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
-        at = time.time() + max(delay_secs, 0.0)
-        if body is not None:
-            body = bytes(body)
-        visible = at if delay_secs > 0 else None
-        done = self._fenced(_RETRY, (at, visible, body), lease)
-        if done:
-            self._became_waiting(visible)
-        return done
-
-    def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
-        """Unlease a message that never started, its delivery taken back; visible at once,
-        or after ``delay_secs`` (then ``available_at`` moves too: it waits like a delayed
-        job, and ``peek_state`` tells a first run from a retry by ``failures``)."""
-        if delay_secs > 0:
-            at = time.time() + delay_secs
-            done = self._fenced_lease(
-                "UPDATE nuvom_queue SET token = NULL, visible_at = ?, available_at = ?, "
-                "deliveries = max(deliveries - 1, 0) WHERE id = ? AND token = ?", (at, at),
-                lease)
-        else:
-            at = None
-            done = self._fenced_lease(
-                "UPDATE nuvom_queue SET token = NULL, visible_at = NULL, "
-                "deliveries = max(deliveries - 1, 0) WHERE id = ? AND token = ?", (), lease)
-        if done:
-            self._became_waiting(at)
-        return done
-
-    def extend(self, lease: Lease, secs: float) -> bool:
-        """Move the lease's expiry to ``now + secs``. ``secs <= 0`` expires it: the next
-        claim promotes the row (its delivery stays counted) and waiters are woken."""
-        at = time.time() + secs
-        done = self._fenced_lease("UPDATE nuvom_queue SET visible_at = ? WHERE id = ? AND "
-                                  "token = ?", (at,), lease)
-        if done:
-            self._lease_moved(at, secs)
-        return done
-
-    def extend_many(self, leases: Sequence[Lease], secs: float) -> list[bool]:
-        """Extend many leases in one commit (a busy worker's heartbeat)."""
-        at = time.time() + secs
-        done = self._fenced_many("UPDATE nuvom_queue SET visible_at = ?", (at,), leases)
-        if any(done):
-            self._lease_moved(at, secs)
-        return done
-
-    def qsize(self, queues: Sequence[str] | None = None) -> int:
-        where, names = _queue_filter(queues)
-        sql = ("SELECT count(*) FROM nuvom_queue "
-               "WHERE (visible_at IS NULL OR token IS NULL OR visible_at <= ?)" + where)
-        return int(self._db.conn().execute(sql, (time.time(), *names)).fetchone()[0])
-
-    def clear(self, queues: Sequence[str] | None = None) -> int:
-        where, names = _queue_filter(queues)
-        sql = "DELETE FROM nuvom_queue WHERE 1" + where
-        return int(self._db.write(lambda conn: conn.execute(sql, names).rowcount,
-                                  "clearing the queue"))
-
-    # --- optional primitives --------------------------------------------------------------
-
-    def cancel(self, job_id: str) -> bool:
-        """Delete the message if it is waiting (ready or delayed) or its lease expired (a
-        token whose ``visible_at`` has passed: what a claim takes over, and what
-        ``peek_state`` reads as QUEUED). Why the expired lease too: no worker holds it (its
-        worker was killed, or gave it up), and refusing it let a job that OOM-killed its
-        worker run again up to the delivery limit. One statement under the write lock, so a
-        claim takes it first or finds it gone; the old token's ack and extend then find no
-        row. A live lease is left to its worker."""
-        return bool(self._db.write(lambda conn: conn.execute(
-            "DELETE FROM nuvom_queue WHERE id = ? AND (token IS NULL OR visible_at <= ?)",
-            (job_id, time.time())).rowcount == 1, "cancelling a queued job"))
-
-    def peek_state(self, job_id: str) -> JobStatus | None:
-        """RUNNING while leased (a token whose expiry has not passed), RETRYING while a
-        message with failed attempts waits for its time, else QUEUED (an expired lease
-        waits for a worker like any ready row); ``None`` if the id is not queued."""
-        row = self._db.conn().execute(
-            "SELECT token, visible_at, failures FROM nuvom_queue WHERE id = ?", (job_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        token, visible_at, failures = row
-        return row_state(token is not None, visible_at, failures, time.time())
-
-    def browse(self, queues: Sequence[str] | None = None, *,
-               states: Collection[JobStatus] | None = None, after: str | None = None,
-               limit: int = 100) -> list[QueuedJob]:
-        """One read statement, no write lock: see :mod:`.browse` (states as ``peek_state``
-        reads them; rows that break the schema are skipped, left to a claim to
-        quarantine)."""
-        return browse_page(self._db.conn(), queues, states, after, limit, time.time())
-
-    def peek(self, job_id: str) -> Message | None:
-        """One indexed read of the row; a row that breaks the schema reads as absent here
-        (the next claim or ``stats`` quarantines it, saying why)."""
-        row = self._db.conn().execute(_MESSAGE_BY_ID, (job_id,)).fetchone()
-        return None if row is None or _problem(row) is not None else _message(row)
-
-    def stats(self) -> QueueStats:
-        """Ready, delayed and leased counts and the oldest ready message's age per queue, in
-        one scan, and the quarantined rows. A row that breaks the schema is swept into
-        quarantine first (the same scan counts them, so the sweep's write is rare).
-
-        The age runs from when a ready row became due, ``max(created_at, available_at)``
-        (its enqueue, or the end of its delay or retry delay: ``retry`` moves
-        ``available_at``), as the worker's wait time does: counted from the enqueue, a job
-        delayed for a day would read a day old the moment it is due. The oldest is the
-        smallest due time, not the head of the claim order (which sorts by ``created_at``)."""
-        now = time.time()
-        # An expired lease (a token whose visible_at has passed) is ready, not running.
-        sql = ("SELECT queue, "
-               "total(visible_at IS NULL OR visible_at <= ?1), "
-               "total(token IS NULL AND visible_at > ?1), "
-               "total(token IS NOT NULL AND visible_at > ?1), "
-               "min(CASE WHEN visible_at IS NULL OR visible_at <= ?1 "
-               "THEN max(created_at, available_at) END) "
-               "FROM nuvom_queue GROUP BY queue ORDER BY queue")
-        conn = self._db.conn()
-        # Rows that break the schema, looked for apart: inside the GROUP BY the check's
-        # typeof(body) put every body into the sort (40,000 jobs of 20 KB: `nuvom status`
-        # took 854 MB, and so did every worker exporting metrics); alone, typeof reads the
-        # type from each record's header, not its body.
-        if conn.execute(f"SELECT 1 FROM nuvom_queue WHERE {quarantine.INVALID_ROW_SQL} "
-                        "LIMIT 1").fetchone():
-            self._db.transaction(quarantine.sweep)
-        rows = conn.execute(sql, (now,)).fetchall()
-        stats = QueueStats()
-        for queue, ready, delayed, running, due in rows:
-            # max(0, ...): a due time ahead of this clock (another host's) is no wait yet
-            stats.queues[queue] = QueueCounts(
-                ready=int(ready), delayed=int(delayed), running=int(running),
-                oldest_ready_age_secs=None if due is None else max(0.0, now - due))
-        stats.quarantined = quarantine.describe(conn)
-        return stats
-
-    def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
-                    ) -> list[bool] | None:
-        """Store each settlement's record and ack or retry its lease, all in one
-        transaction, when ``results`` keeps its records in this file; ``None`` otherwise.
-
-        A settlement lands if its lease's token still holds and its record supersedes the
-        stored one; else nothing of it is written (``False``). Per chunk of
-        :data:`~nuvom_plugins_sqlite.results.PUT_CHUNK` settlements: one query finds the
-        refused ones, then one multi-row upsert, one delete (acks) and one update
-        (retries): a batch of 512 is one commit of about seventy statement steps.
-        """
-        # Each Database's writer is keyed by the file's real path (resolved once, at init:
-        # realpath's lstat calls would cost more than settling one job).
-        if not isinstance(results, SQLiteResultBackend) or \
-                results._db.real_path != self._db.real_path:
-            return None
-        if not settlements:
-            return []
-        rows = [encode(s.record) for s in settlements]  # a bad record refuses the batch
-        now = time.time()
-        retried = [s.retry_in is not None for s in settlements]
-        if results.settings.synchronous == "FULL":
-            db = results._db  # records (and lease bookkeeping with them) at their level
-        elif any(retried):
-            db = self._db  # a retry is progress: the queue's level
-        else:
-            db = self._lease_db
-
-        steps = {id(s) for s in final_steps(settlements)}
-        released = 0
-
-        def run(conn: sqlite3.Connection) -> set[int]:
-            nonlocal released
-            refused: set[int] = set()
-            for chunk in _distinct_chunks(settlements):
-                params: list[Any] = []
-                for i in chunk:
-                    lease = settlements[i].lease
-                    params += (i, lease.id, lease.token, *fence_key(rows[i]))
-                found = conn.execute(_SETTLE_REFUSED[len(chunk)], params).fetchone()[0]
-                if found is not None:
-                    refused.update(int(i) for i in str(found).split(","))
-                landing = [i for i in chunk if i not in refused]
-                if not landing:
-                    continue
-                conn.execute(upsert_sql(len(landing)),
-                             [v for i in landing for v in rows[i]])
-                acks = [settlements[i].lease.id for i in landing if not retried[i]]
-                if acks:
-                    conn.execute(_SETTLE_ACK[len(acks)], acks)
-                again = [_retry_values(settlements[i], now) for i in landing if retried[i]]
-                if again:
-                    conn.execute(_SETTLE_RETRY[len(again)], [v for r in again for v in r])
-            if steps:
-                released = _advance(conn, [s for i, s in enumerate(settlements)
-                                           if id(s) in steps and i not in refused])
-            return refused
-
-        refused = db.transaction(run, "settling finished jobs")
-        if released:
-            self.notify()
-        landed = [i not in refused for i in range(len(settlements))]
-        visible = [_retry_values(s, now)[2] for s, ok, again in
-                   zip(settlements, landed, retried, strict=True) if ok and again]
-        if None in visible:
-            self.notify()
-        delayed = [at for at in visible if at is not None]
-        if delayed:
-            self._waits_until(min(delayed))
-        return landed
-
     # --- workflows (the graph lives in this file: see .workflows) ---------------------------
 
     def workflow_transaction(self, fn: Callable[[GraphTxn], T],
@@ -658,57 +369,6 @@ class SQLiteJobQueue(QueueBackend):
         if due is not None and at < due:
             self._next_due = at
 
-    def _became_waiting(self, visible_at: float | None) -> None:
-        """An unleased row is claimable at once (``None``: wake waiters) or from then on."""
-        if visible_at is None:
-            self.notify()
-        else:
-            self._waits_until(visible_at)
-
-    def _lease_moved(self, at: float, secs: float) -> None:
-        """Leases now expire at ``at``; an expiry brought forward must be seen by claims."""
-        self._waits_until(at)
-        if secs <= 0:
-            self.notify()
-
-    def _fenced(self, sql: str, params: tuple[Any, ...], lease: Lease,
-                db: Database | None = None) -> bool:
-        full = (*params, lease.id, lease.token)
-        db = db or self._db
-        return bool(db.write(lambda conn: conn.execute(sql, full).rowcount == 1))
-
-    def _fenced_lease(self, sql: str, params: tuple[Any, ...], lease: Lease) -> bool:
-        return self._fenced(sql, params, lease, self._lease_db)
-
-    def _fenced_many(self, head: str, params: tuple[Any, ...],
-                     leases: Sequence[Lease]) -> list[bool]:
-        """Run ``head`` (a DELETE or UPDATE of lease bookkeeping) for every lease whose
-        token still holds, in one statement per :data:`_FENCED_CHUNK` leases and one commit;
-        which leases held, in order."""
-        if len(leases) <= 1:
-            return [self._fenced_lease(f"{head} WHERE id = ? AND token = ?", params, lease)
-                    for lease in leases]
-        chunks = [leases[i:i + _FENCED_CHUNK] for i in range(0, len(leases), _FENCED_CHUNK)]
-
-        def run(conn: sqlite3.Connection) -> set[tuple[str, str]]:
-            hit: set[tuple[str, str]] = set()
-            for chunk in chunks:
-                pairs = [(lease.id, lease.token) for lease in chunk]
-                flat = [value for pair in pairs for value in pair]
-                n = len(chunk)
-                if conn.execute(_fenced_sql(head, n, all_or_none=True),
-                                [*params, *flat, *flat]).rowcount == n:
-                    hit.update(pairs)
-                else:  # a lease was lost (or listed twice): find out which still hold
-                    hit.update(conn.execute(_fenced_sql(head, n), [*params, *flat]))
-            return hit
-
-        if len(chunks) == 1:
-            hit = self._lease_db.write(run)
-        else:
-            hit = self._lease_db.transaction(run)
-        return [(lease.id, lease.token) in hit for lease in leases]
-
     def _leases(self, rows: list[tuple[Any, ...]]) -> list[Lease]:
         good: list[tuple[Any, ...]] = []
         bad: list[tuple[int, str]] = []
@@ -729,70 +389,3 @@ class SQLiteJobQueue(QueueBackend):
         return [Lease(message=_message(row), token=row[11], deliveries=row[7],
                       expires_at=row[6]) for row in good]
 
-
-def _message(row: tuple[Any, ...]) -> Message:
-    """A row in :data:`_NAMES` order (as claimed or peeked) as its message."""
-    return Message(id=row[0], body=row[8], queue=row[2], priority=row[3], available_at=row[5],
-                   created_at=row[4], task=row[9], failures=row[10])
-
-
-_NUMBER = (float, int)  # SQLite stores integral REAL values as integers, RETURNING shows it
-
-
-def _problem(row: tuple[Any, ...]) -> str | None:
-    """What makes a row in :data:`_NAMES` order unfit to claim (:func:`quarantine.problem`),
-    ``None`` if nothing: the common case checked first, in one expression."""
-    if _well_formed(row):
-        return None
-    return quarantine.problem(dict(zip(_NAMES, row[:12], strict=True)))
-
-
-def _well_formed(row: tuple[Any, ...]) -> bool:
-    """The common case of :func:`quarantine.problem`, in one expression."""
-    return (type(row[0]) is str and row[0] != "" and type(row[2]) is str
-            and type(row[3]) is int and type(row[4]) in _NUMBER
-            and type(row[5]) in _NUMBER and type(row[7]) is int and type(row[8]) is bytes
-            and type(row[9]) is str and type(row[10]) is int)
-
-
-def _distinct_chunks(settlements: Sequence[Settlement]) -> list[list[int]]:
-    """Indexes of ``settlements`` cut into chunks of at most ``PUT_CHUNK`` in which no lease
-    id or job id repeats: a repeat starts the next chunk, which sees the earlier one's
-    writes (its lease acked, its record stored), as if settled one after the other."""
-    n = len(settlements)
-    if n <= PUT_CHUNK and len({s.lease.id for s in settlements}) == n \
-            and all(s.record.job_id == s.lease.id for s in settlements):
-        return [list(range(n))]  # the usual batch: one chunk, every id distinct
-    chunks: list[list[int]] = []
-    chunk: list[int] = []
-    ids: set[str] = set()
-    for i, s in enumerate(settlements):
-        keys = (s.lease.id, s.record.job_id)
-        if len(chunk) == PUT_CHUNK or keys[0] in ids or keys[1] in ids:
-            chunks.append(chunk)
-            chunk, ids = [], set()
-        chunk.append(i)
-        ids.update(keys)
-    if chunk:
-        chunks.append(chunk)
-    return chunks
-
-
-def _advance(conn: sqlite3.Connection, steps: Sequence[Settlement]) -> int:
-    """Advance the graphs of landed final step outcomes inside settle_many's transaction,
-    storing the records of the steps this cancels or skips; how many steps it released."""
-    txn = SQLiteGraphTxn(conn)
-    doomed = advance(txn, [(s.lease.id, s.record.status) for s in steps])
-    rows = [encode(doomed_record(node)) for node in doomed]
-    for i in range(0, len(rows), PUT_CHUNK):
-        chunk = rows[i:i + PUT_CHUNK]
-        conn.execute(upsert_sql(len(chunk)), [v for row in chunk for v in row])
-    return txn.released
-
-
-def _retry_values(s: Settlement, now: float) -> tuple[Any, ...]:
-    """(id, available_at, visible_at, body) of a settled retry, as :meth:`retry` sets them."""
-    delay = max(s.retry_in or 0.0, 0.0)
-    at = now + delay
-    return (s.lease.id, at, at if delay > 0 else None,
-            None if s.body is None else bytes(s.body))

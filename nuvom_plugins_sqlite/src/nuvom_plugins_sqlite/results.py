@@ -35,7 +35,8 @@ from nuvom_kernel.backends import (
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
 from nuvom_kernel.values import RESULT_TTL_SECS
-from nuvom_plugins_sqlite.connection import Database, SQLiteSettings
+from nuvom_plugins_sqlite.connection import Database
+from nuvom_plugins_sqlite.settings import SQLiteSettings
 from nuvom_plugins_sqlite.workflows import id_chunks
 
 __all__ = ["SQLiteResultBackend"]
