@@ -62,7 +62,8 @@ def _server_namespaces_removed() -> Iterator[None]:
             for name in names:
                 conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
     if "redis" in SERVER_BACKENDS:
-        from nuvom_plugins_redis.connection import RedisSettings, delete_prefix
+        from nuvom_plugins_redis.connection import delete_prefix
+        from nuvom_plugins_redis.settings import RedisSettings
 
         defaults = RedisSettings()
         delete_prefix(defaults.url, f"{defaults.key_prefix}:{E2E_NAMESPACE_PREFIX}")

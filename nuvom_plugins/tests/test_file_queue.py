@@ -111,6 +111,32 @@ def test_retry_with_delay_and_new_body(queue: FileJobQueue) -> None:
     assert third.message.body == b"attempt-2" and third.deliveries == 3
 
 
+@pytest.mark.parametrize("how", ["retry", "release", "retry-now"])
+def test_a_requeue_moves_available_at_for_claim_and_peek(queue: FileJobQueue,
+                                                          how: str) -> None:
+    """A retry (without a new body) and a delayed release move the message's due time, as
+    on every backend: ``peek`` and the next ``claim`` report it, as ``browse`` does from
+    the file's name. They used to report the first ``available_at`` (the header's), so a
+    retried job's wait ran from its first enqueue."""
+    queue.enqueue(msg("x", created_at=time.time() - 60, available_at=time.time() - 60))
+    lease = queue.claim(1)[0]
+    first = lease.message.available_at
+    before = time.time()
+    delay = 0.0 if how == "retry-now" else 0.2
+    if how == "release":
+        assert queue.release(lease, delay_secs=delay)
+    else:
+        assert queue.retry(lease, delay_secs=delay)
+    peeked = queue.peek("x")
+    assert peeked is not None and peeked.available_at >= before + delay > first
+    if delay:
+        [listed] = queue.browse()
+        assert peeked.available_at == pytest.approx(listed.available_at, abs=1e-6)
+    again = wait_for(lambda: queue.claim(1))[0]  # type: ignore[index]
+    assert again.message.available_at == pytest.approx(peeked.available_at, abs=1e-6)
+    assert again.message.body == b"body-x"
+
+
 def test_delayed_retry_does_not_block_others(queue: FileJobQueue) -> None:
     queue.enqueue_many([msg("slow", priority=9), msg("b"), msg("c")])
     lease = queue.claim(1)[0]

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from nuvom_kernel.models import Message
-from nuvom_plugins.file import FileJobQueue
-from nuvom_plugins.file import queue as file_queue
+from nuvom_plugins.file import FileJobQueue, _inspection
 from nuvom_plugins.file._fs import encode_name
 
 LONG = "рассылка_уведомлений"  # 20 Cyrillic letters: 120 characters %-escaped
@@ -61,7 +60,7 @@ def test_a_long_name_is_read_once_and_a_short_one_never(
         reads.append(encoded)
         return read_queue_name(path, encoded)
 
-    monkeypatch.setattr(file_queue, "read_queue_name", counting)
+    monkeypatch.setattr(_inspection, "read_queue_name", counting)
     queue.enqueue_many([_msg("default") for _ in range(5)] + [_msg(LONG) for _ in range(5)])
     for _ in range(3):
         assert set(queue.stats().queues) == {"default", LONG}

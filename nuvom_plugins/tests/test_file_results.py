@@ -19,7 +19,7 @@ from nuvom_kernel.backends import BackendContext, page_cursor
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_plugins.file import FileResultBackend
-from nuvom_plugins.file import results as results_module
+from nuvom_plugins.file import _record_index as index_module
 
 
 def rec(job_id: str, status: JobStatus = JobStatus.SUCCEEDED, **kw: object) -> JobRecord:
@@ -377,7 +377,7 @@ def _bytes_searched(call: Callable[[], object]) -> int:
         nonlocal searched
         owner = getattr(arg, "__self__", None)
         if event == "c_call" and isinstance(owner, bytes | bytearray) \
-                and frame.f_code.co_filename == results_module.__file__:
+                and frame.f_code.co_filename == index_module.__file__:
             searched += len(owner)
 
     sys.setprofile(profile)
@@ -393,7 +393,7 @@ def test_reading_past_a_long_line_is_linear(tmp_path: Path,
     # 4 KB reads make a 1 MB record span 256 chunks; searching the whole buffer per chunk
     # would scan ~128 MB, searching each chunk once ~1 MB (plus a few passes over the line
     # when it is indexed).
-    monkeypatch.setattr(results_module, "_CHUNK", 4096)
+    monkeypatch.setattr(index_module, "_CHUNK", 4096)
     path = tmp_path / "r"
     writer = FileResultBackend(path)
     writer.put(rec("before", result=1))
@@ -413,7 +413,7 @@ def test_a_record_spanning_many_chunks_reads_back_whole(
     """Chunk boundaries never show: offsets of the lines after a long one, a long line
     still being written (left for later, then read once complete), and the byte counts
     of a long torn line in an active and in a sealed segment."""
-    monkeypatch.setattr(results_module, "_CHUNK", 4096)
+    monkeypatch.setattr(index_module, "_CHUNK", 4096)
     big = _line_of(tmp_path, rec("big", result="y" * 300_000))
     path = tmp_path / "r"
     writer = FileResultBackend(path)

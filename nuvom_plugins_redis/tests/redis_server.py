@@ -23,13 +23,14 @@ class RedisServer:
     restarted with a deadline on its first PING."""
 
     def __init__(self, workdir: Path, host: str = "127.0.0.1", *extra: str,
-                 netns: str | None = None) -> None:
+                 netns: str | None = None, env: dict[str, str] | None = None) -> None:
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed")
         self.host, self.port = host, free_port()
         self.workdir = workdir
         self.extra = extra
         self.netns = netns
+        self.env = env  # the server's environment (None: this process's), e.g. its locale
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,7 +45,8 @@ class RedisServer:
                "--appendonly", "no", "--dir", str(self.workdir), *self.extra]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=self.env)
         deadline = time.monotonic() + 10
         password = dict(zip(self.extra[::2], self.extra[1::2], strict=False)).get(
             "--requirepass")

@@ -17,7 +17,7 @@ from redis_helpers import URL
 from nuvom_kernel.models import JobStatus, Message
 from nuvom_kernel.testing.contracts import make_message
 from nuvom_plugins_redis import RedisJobQueue
-from nuvom_plugins_redis.scripts import RANK_LEN
+from nuvom_plugins_redis.lua import RANK_LEN
 
 
 def test_a_ready_entry_without_its_job_is_dropped(queue: RedisJobQueue) -> None:

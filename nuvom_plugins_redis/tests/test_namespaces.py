@@ -30,7 +30,8 @@ from nuvom_kernel.errors import ConfigError
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.testing.contracts import make_message, make_record
 from nuvom_plugins_redis import RedisJobQueue, RedisResultBackend
-from nuvom_plugins_redis.connection import RESERVED_SEGMENTS, check_namespace, delete_prefix
+from nuvom_plugins_redis.connection import delete_prefix
+from nuvom_plugins_redis.settings import RESERVED_SEGMENTS, check_namespace
 
 SOURCES = Path(__file__).resolve().parents[1] / "src" / "nuvom_plugins_redis"
 

@@ -13,7 +13,8 @@ import redis
 
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.testing.contracts import make_message
-from nuvom_plugins_redis import RedisJobQueue, scripts
+from nuvom_plugins_redis import RedisJobQueue
+from nuvom_plugins_redis.lua import RANK_LEN
 from nuvom_plugins_redis.queue import _push_call
 
 
@@ -98,7 +99,7 @@ def test_the_rank_holds_created_microseconds_in_17_digits(queue: RedisJobQueue) 
         assert stored == pytest.approx(m.created_at, abs=0.01)
         micros = min(max(int(stored * 1_000_000), 0), 10**17 - 1)
         expected = f"{micros:017d}" if micros < 10**17 - 16 else "99999999999999984"
-        assert rank[:scripts.RANK_LEN - 12] == expected, m.created_at
-        assert rank[scripts.RANK_LEN:] == m.id
+        assert rank[:RANK_LEN - 12] == expected, m.created_at
+        assert rank[RANK_LEN:] == m.id
     with pytest.raises(redis.ResponseError, match="BADARGS"):
         queue.push([make_message(created_at=created[-1])])

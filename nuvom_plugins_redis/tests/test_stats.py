@@ -10,7 +10,7 @@ import time
 
 from nuvom_kernel.testing.contracts import make_message, wait_until
 from nuvom_plugins_redis import RedisJobQueue
-from nuvom_plugins_redis.scripts import STATS_WALK
+from nuvom_plugins_redis.admin_scripts import STATS_WALK
 
 
 def test_a_promoted_retry_waits_from_its_due_time(queue: RedisJobQueue) -> None:

@@ -33,7 +33,8 @@ from nuvom_kernel.testing.contracts import make_message, make_record, wait_until
 from nuvom_kernel.worker import Worker
 from nuvom_kernel.worker.settle import UNSTORABLE
 from nuvom_plugins_redis import RedisJobQueue, RedisResultBackend
-from nuvom_plugins_redis.connection import ValueTooLargeError, delete_prefix
+from nuvom_plugins_redis.connection import delete_prefix
+from nuvom_plugins_redis.errors import ValueTooLargeError
 from nuvom_plugins_redis.results import record_values
 
 #: The machine's server, database 9 (the limit is the server's, whatever the database).

@@ -7,9 +7,10 @@ Installed, they register under the name ``redis`` (``queue_backend = "redis"``,
 
 from __future__ import annotations
 
-from nuvom_plugins_redis.connection import RedisSettings, RedisUnavailableError
+from nuvom_plugins_redis.errors import RedisUnavailableError
 from nuvom_plugins_redis.queue import RedisJobQueue
 from nuvom_plugins_redis.results import RedisResultBackend
+from nuvom_plugins_redis.settings import RedisSettings
 
 __version__ = "0.1.0"
 

@@ -39,7 +39,7 @@ How ``created_at`` compares: it is stored as ``%.17g`` of a double (``PUSH``), w
 back (``tonumber`` in Lua, ``float`` here) as exactly that double; the cursor carries
 ``repr`` of it, which reads back as the same double too. So the script compares doubles
 exactly, and a page that ends inside a run of equal ``created_at`` pages on by id. Ids
-(and queue names) compare byte by byte (``id_lt``): Lua's ``<`` on strings is ``strcoll``,
+(and queue names) compare byte by byte (``bytes_lt``): Lua's ``<`` on strings is ``strcoll``,
 which follows the server's locale, while the order is Python's, code points (their UTF-8
 bytes sort alike) — and Redis's own, for members with one score.
 
@@ -58,10 +58,10 @@ from typing import TYPE_CHECKING, Any
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob, parse_cursor
 from nuvom_plugins_redis.limit_lua import _HELD
-from nuvom_plugins_redis.scripts import _COMMON, RANK_LEN
+from nuvom_plugins_redis.lua import _BYTE_ORDER, _COMMON, RANK_LEN
 
 if TYPE_CHECKING:
-    from nuvom_plugins_redis.queue import RedisJobQueue
+    from nuvom_plugins_redis.inspection import QueueInspection
 
 __all__ = ["BROWSE", "BUDGET", "read_page"]
 
@@ -84,7 +84,7 @@ _WIDTH, _HEAD = 10, 6
 #: (the best ``limit`` after the cursor and before the bound, in order): id, queue, task,
 #: priority, created_at, available_at, failures, deliveries, state letter, lease deadline
 #: ('' unless RUNNING), as stored: no number goes through a Lua double and back.
-BROWSE = "#!lua flags=no-writes\n" + _COMMON + _HELD + r"""
+BROWSE = "#!lua flags=no-writes\n" + _COMMON + _HELD + _BYTE_ORDER + r"""
 local now = clock()
 local c0, id0 = tonumber(ARGV[2]), ARGV[3]
 local want = {}
@@ -94,15 +94,6 @@ local pq, pk, ps, pm, pt = ARGV[9], tonumber(ARGV[10]), ARGV[11], ARGV[12], ARGV
 local nskip = tonumber(ARGV[14])
 local skip = {}
 for i = 1, nskip do skip[ARGV[14 + i]] = true end
--- a < b, byte by byte (Lua's < follows the server's locale: see the module docs)
-local function id_lt(a, b)
-  if a == b then return false end
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
 local qs, seen = {}, {}
 for _, q in ipairs(queue_list(tonumber(ARGV[15 + nskip]), 16 + nskip)) do
   if not seen[q] then
@@ -110,11 +101,11 @@ for _, q in ipairs(queue_list(tonumber(ARGV[15 + nskip]), 16 + nskip)) do
     qs[#qs + 1] = q
   end
 end
-table.sort(qs, id_lt)
+table.sort(qs, bytes_lt)
 -- the page order: (created_at, id); an entry is {c, id, fields, queue, state, deadline}
 local function before(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
-  return id_lt(a[2], b[2])
+  return bytes_lt(a[2], b[2])
 end
 -- a ready rank's first 17 digits for created_at c, as PUSH wrote them: a bound both ways
 local function micros(c)
@@ -152,7 +143,7 @@ local function read(id, q)
   local c = tonumber(h[1])
   if not c or c ~= c then return nil end
   local e = {c, id, h, q}
-  if c0 and not (c > c0 or (c == c0 and id_lt(id0, id))) then return nil end
+  if c0 and not (c > c0 or (c == c0 and bytes_lt(id0, id))) then return nil end
   if worst and not before(e, worst) then return nil end
   h[5], h[6] = h[5] or '0', h[6] or '0'  -- no failure, no claim yet
   if not (h[2] and tonumber(h[3]) and tonumber(h[4]) and tonumber(h[5]) and tonumber(h[6]))
@@ -167,7 +158,7 @@ local function after_entry(key, s, m)
   local b = redis.call('ZCOUNT', key, '-inf', s)
   while a < b do  -- the members at score s sort by their bytes
     local mid = math.floor((a + b) / 2)
-    if id_lt(m, redis.call('ZRANGE', key, mid, mid)[1]) then b = mid else a = mid + 1 end
+    if bytes_lt(m, redis.call('ZRANGE', key, mid, mid)[1]) then b = mid else a = mid + 1 end
   end
   return a
 end
@@ -185,7 +176,7 @@ local function scan_ready(key, q, idx)
       while a < b do
         local mid = math.floor((a + b) / 2)
         spent = spent + 2
-        if id_lt(string.sub(redis.call('ZRANGE', key, mid, mid)[1], 1, 17), lo) then
+        if bytes_lt(string.sub(redis.call('ZRANGE', key, mid, mid)[1], 1, 17), lo) then
           a = mid + 1
         else
           b = mid
@@ -195,7 +186,7 @@ local function scan_ready(key, q, idx)
     end
     while idx < band and not tired() do
       for _, m in ipairs(redis.call('ZRANGE', key, idx, math.min(idx + STEP, band) - 1)) do
-        if hi and id_lt(hi, string.sub(m, 1, 17)) then  -- the rest of the band is later
+        if hi and bytes_lt(hi, string.sub(m, 1, 17)) then  -- the rest of the band is later
           idx, moved = band, true
           break
         end
@@ -268,15 +259,15 @@ local function visit(q, k, key, t)
   end
 end
 for _, q in ipairs(qs) do
-  if pq == '' or not id_lt(q, pq) then
+  if pq == '' or not bytes_lt(q, pq) then
     for k = (q == pq) and pk or 1, 4 do
       if SETS[k][3] and k < 4 then
         visit(q, k, qkey(q, SETS[k][1]), '')
       elseif SETS[k][3] then
         local tasks = redis.call('SMEMBERS', qkey(q, 'held'))
-        table.sort(tasks, id_lt)
+        table.sort(tasks, bytes_lt)
         for _, t in ipairs(tasks) do
-          if not (q == pq and k == pk and id_lt(t, pt)) then visit(q, k, hkey(q, t), t) end
+          if not (q == pq and k == pk and bytes_lt(t, pt)) then visit(q, k, hkey(q, t), t) end
           if stop then break end
         end
       end
@@ -305,7 +296,7 @@ return out
 """.replace("RANK_LEN", str(RANK_LEN))
 
 
-def read_page(queue: RedisJobQueue, queues: Sequence[str] | None,
+def read_page(queue: QueueInspection, queues: Sequence[str] | None,
               states: Collection[JobStatus] | None, after: str | None, limit: int
               ) -> list[QueuedJob]:
     """One page (see :meth:`RedisJobQueue.browse` and the module docs).
@@ -328,7 +319,7 @@ def read_page(queue: RedisJobQueue, queues: Sequence[str] | None,
         skip += damaged  # and read again past them: a page holds `limit` if there are
 
 
-def _scan(queue: RedisJobQueue, head: list[Any], letters: str, limit: int,
+def _scan(queue: QueueInspection, head: list[Any], letters: str, limit: int,
           skip: list[bytes], where: list[Any]) -> tuple[list[QueuedJob], list[bytes]]:
     """The page, from as many ``BROWSE`` calls as its budget takes, each resuming where the
     one before stopped and skipping what cannot beat the page so far; and the ids that

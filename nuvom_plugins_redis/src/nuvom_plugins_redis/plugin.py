@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
-from nuvom_plugins_redis.connection import RedisSettings
 from nuvom_plugins_redis.queue import RedisJobQueue
 from nuvom_plugins_redis.results import RedisResultBackend
+from nuvom_plugins_redis.settings import RedisSettings
 
 if TYPE_CHECKING:
     from nuvom_kernel.worker import Worker

@@ -17,6 +17,10 @@ Concurrency limits (``@task(concurrency=N)``): a worker given limits claims with
 ``CLAIM_LIMITED`` (:mod:`.limit_scripts`), which counts each limited task's live leases on
 the server and holds back, in one atomic step, what has no room; a worker without limits
 claims with ``CLAIM`` as before. See :mod:`.scripts`, "Concurrency limits".
+
+This module is a job's path (push, claim, ack, retry, release, extend, settle), the wait
+for work and the reaper; the read side (``peek``, counts, ``stats``, ``browse``) and an
+operator's ``cancel`` and ``clear`` are :mod:`.inspection`.
 """
 
 from __future__ import annotations
@@ -25,32 +29,29 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, cast
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 from nuvom_kernel.backends import (
     BackendContext,
     Capabilities,
-    QueueBackend,
-    QueueCounts,
-    QueueStats,
     ResultBackend,
 )
 from nuvom_kernel.clock import relearned_offset
-from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
-from nuvom_kernel.views import QueuedJob
-from nuvom_plugins_redis import limit_scripts, record_scripts, scripts
-from nuvom_plugins_redis.browse import BROWSE, read_page
-from nuvom_plugins_redis.connection import (
+from nuvom_kernel.models import Lease, Message, Settlement
+from nuvom_plugins_redis import admin_scripts, limit_scripts, record_scripts, scripts
+from nuvom_plugins_redis.browse import BROWSE
+from nuvom_plugins_redis.connection import Store, build_store
+from nuvom_plugins_redis.errors import (
     DEFAULT_MAX_BULK,
-    RedisSettings,
     RedisUnavailableError,
-    Store,
     ValueTooLargeError,
-    build_store,
     too_large,
 )
+from nuvom_plugins_redis.inspection import QueueInspection
+from nuvom_plugins_redis.messages import _message, _unfit
 from nuvom_plugins_redis.results import RedisResultBackend, record_values
+from nuvom_plugins_redis.settings import RedisSettings
 
 __all__ = ["RedisJobQueue"]
 
@@ -61,14 +62,9 @@ log = logging.getLogger("nuvom.redis")
 PUSH_CHUNK = 1000
 #: Settlements and leases per script call (ack_many, extend_many, settle_many).
 BATCH = 500
-#: ``PEEK``'s replies.
-_PEEKED = {b"R": JobStatus.RUNNING, b"T": JobStatus.RETRYING, b"Q": JobStatus.QUEUED}
-#: A message's fields in its job hash (``scripts``' key layout), in the order ``CLAIM``
-#: returns them: body, queue, priority, created_at, available_at, task, failures.
-_MESSAGE_FIELDS = ("b", "q", "p", "c", "a", "t", "f")
 
 
-class RedisJobQueue(QueueBackend):
+class RedisJobQueue(QueueInspection):
     """The Redis queue backend (``queue_backend = "redis"``); see :class:`RedisSettings`."""
 
     name: ClassVar[str] = "redis"
@@ -82,8 +78,9 @@ class RedisJobQueue(QueueBackend):
         self.store = store
         self.settings = store.settings
         self._scripts = {name: store.script(getattr(scripts, name)) for name in (
-            "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "CANCEL", "CLEAR", "REAP", "STATS",
-            "PEEK", "QUARANTINE")}
+            "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "QUARANTINE")}
+        self._scripts.update({name: store.script(getattr(admin_scripts, name)) for name in (
+            "CANCEL", "CLEAR", "REAP", "STATS", "PEEK")})
         self._scripts["SETTLE"] = store.script(record_scripts.SETTLE)
         self._scripts["BROWSE"] = store.script(BROWSE)
         self._scripts["CLAIM_LIMITED"] = store.script(limit_scripts.CLAIM_LIMITED)
@@ -273,63 +270,7 @@ class RedisJobQueue(QueueBackend):
                                                "extending leases")]
         return out
 
-    def peek_state(self, job_id: str) -> JobStatus | None:
-        """RUNNING while a lease holds (its deadline not passed, by the server's clock);
-        RETRYING while a job with failed attempts waits for its time; QUEUED otherwise — an
-        expired lease included, moved back to ready or not (its worker is gone or stopped,
-        and the next claim takes it)."""
-        state = self._run("PEEK", [job_id], "reading a job's state")
-        if not state:
-            return None
-        return _PEEKED[bytes(state)]
-
-    def peek(self, job_id: str) -> Message | None:
-        """One ``HMGET`` of the job's hash, which holds every field in every state (ready,
-        delayed, leased): no script, and nothing written. Ack and cancel delete the hash, so
-        a missing one means the id is not queued."""
-        key = self.store.prefix + "j:" + job_id
-        fields = cast("list[bytes | None]", self.store.call(
-            lambda: self.store.client.hmget(key, _MESSAGE_FIELDS), "reading a job"))
-        if any(v is None for v in fields[:-1]):  # gone (or not a whole message)
-            return None
-        try:
-            return _message(job_id, fields)
-        except (TypeError, ValueError):  # damaged: reads as absent (a claim quarantines it)
-            return None
-
-    def qsize(self, queues: Sequence[str] | None = None) -> int:
-        """Waiting messages: ready, delayed, and expired leases (not yet claimed again)."""
-        return sum(c.ready + c.delayed for c in self._counts(queues).values())
-
-    def clear(self, queues: Sequence[str] | None = None) -> int:
-        """Delete every message of the queues, leased ones included (the contract: a
-        cleared lease is gone, and its holder's ack reports it lost)."""
-        removed = 0
-        for queue in self._queue_names(queues):
-            while True:
-                n = int(self._run("CLEAR", [queue], "clearing a queue"))
-                removed += n
-                if n == 0:
-                    break
-        return removed
-
     # --- optional primitives --------------------------------------------------------------
-
-    def cancel(self, job_id: str) -> bool:
-        """Delete the message unless a live lease holds it: ready, delayed, or leased with
-        its deadline passed (by the server's clock; moved back to ready yet or not), as
-        ``peek_state`` reads QUEUED or RETRYING. Why an expired lease too: its worker is
-        gone or stopped, and an operator must be able to stop a job that kills its worker
-        before it runs again. The old lease's ack, extend and settle then report it lost;
-        a lease still running is refused (its worker decides). See ``scripts.CANCEL``."""
-        return bool(self._run("CANCEL", [job_id], "cancelling a job"))
-
-    def browse(self, queues: Sequence[str] | None = None, *,
-               states: Collection[JobStatus] | None = None, after: str | None = None,
-               limit: int = 100) -> list[QueuedJob]:
-        """One page in one read-only script: nothing promoted, claimed or written; states as
-        ``peek_state`` reads them, by the server's clock. See :mod:`.browse`."""
-        return read_page(self, queues, states, after, limit)
 
     def set_concurrency_limits(self, limits: Mapping[str, int]) -> None:
         """Claim under these limits from now on (``{}``: none, and the plain ``CLAIM``).
@@ -337,40 +278,6 @@ class RedisJobQueue(QueueBackend):
         with other limits never change what this one enforces."""
         self._limits = [v for task, limit in sorted(limits.items())
                         for v in (str(task), int(limit))]
-
-    def task_counts(self, tasks: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """Per task: (live leases, ready messages — held back ones included, delayed ones
-        not), for ``nuvom status``. Nothing indexes messages by task, so the queues' sets are
-        walked, one hash read per message, in read-only calls of at most
-        ``limit_scripts.COUNT_BUDGET`` reads that resume where the one before stopped (so
-        the server is never stalled: ~5 ms each); counts moved by claims meanwhile are as
-        of when each part was read."""
-        wanted = list(dict.fromkeys(tasks))
-        totals = {task: [0, 0] for task in wanted}
-        names = self._queue_names(None)
-        where: list[Any] = [1, 1, 0]
-        while wanted and names:
-            reply = self._run("TASK_COUNTS", [limit_scripts.COUNT_BUDGET, *where, len(wanted),
-                                              *wanted, *names], "counting jobs per task")
-            for i, task in enumerate(wanted):
-                totals[task][0] += int(reply[4 + 2 * i])
-                totals[task][1] += int(reply[5 + 2 * i])
-            if reply[0] == b"1":
-                break
-            where = [int(v) for v in reply[1:4]]
-        return {task: (totals[task][0], totals[task][1]) for task in tasks}
-
-    def stats(self) -> QueueStats:
-        """Counts of the queues that hold something, as the other backends report them. The
-        scripts drop a queue from ``queues`` once it is empty, and the reaper drops names an
-        earlier release left there; until it has, such a name counts all zeros and is
-        skipped here, so ``nuvom status`` never lists thousands of spent queue names."""
-        stats = QueueStats()
-        for queue, counts in self._counts(None, ages=True).items():
-            if counts.ready or counts.delayed or counts.running:
-                stats.queues[queue] = counts
-        stats.quarantined = self._quarantined()
-        return stats
 
     def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
                     ) -> list[bool] | None:
@@ -436,32 +343,6 @@ class RedisJobQueue(QueueBackend):
         key = self.store.prefix + "wake"
         self.store.call(lambda: self.store.blocking.bzpopmin(key, wait), "waiting for jobs")
 
-    def _queue_names(self, queues: Sequence[str] | None) -> list[str]:
-        if queues is not None:
-            return list(queues)
-        members = cast("set[bytes]", self.store.call(
-            lambda: self.store.client.smembers(self.store.prefix + "queues"), "listing queues"))
-        return sorted(m.decode() for m in members)
-
-    def _counts(self, queues: Sequence[str] | None, ages: bool = False
-                ) -> dict[str, QueueCounts]:
-        """Counts per queue (one ``STATS`` call), with the oldest ready message's age (by
-        the server's clock, which stamped it) when ``ages``."""
-        names = self._queue_names(queues)
-        if not names:
-            return {}
-        reply = self._run("STATS", names, "counting jobs")
-        now = float(reply[0])
-        counts = {}
-        for i, queue in enumerate(names):
-            # due: when the ready message due first became due (STATS); max(0, ...): never
-            # a negative wait
-            ready, delayed, running, due = reply[1 + i * 4:1 + i * 4 + 4]
-            age = None if not ages or not due else max(0.0, now - float(due))
-            counts[queue] = QueueCounts(ready=int(ready), delayed=int(delayed),
-                                        running=int(running), oldest_ready_age_secs=age)
-        return counts
-
     def _quarantine(self, damaged: list[Any]) -> None:
         """Move just-claimed messages whose fields do not parse (``damaged``: id, token,
         queue, why per message) to quarantine, fenced by their tokens: one bad hash must
@@ -482,33 +363,6 @@ class RedisJobQueue(QueueBackend):
         log.warning("quarantined %d damaged job hash%s of %s (a field missing or not what it "
                     "must be: edited by hand or by another tool); kept aside, not run: see "
                     "nuvom status", n, "" if n == 1 else "es", self.store.masked_url)
-
-    def _quarantined(self, limit: int = 100) -> list[str]:
-        """One line per quarantined message, oldest first, for ``nuvom status``; an entry
-        whose hash an operator deleted is dropped on the way."""
-        key, client = self.store.prefix + "quarantine", self.store.client
-        rows = cast("list[tuple[bytes, float]]", self.store.call(
-            lambda: client.zrange(key, 0, limit, withscores=True), "listing quarantined jobs"))
-        if not rows:
-            return []
-        pipe = client.pipeline(transaction=False)
-        for n, _ in rows[:limit]:
-            pipe.hmget(f"{key}:{n.decode()}", "xi", "xq", "xw")
-        values: list[Any] = self.store.call(pipe.execute, "reading quarantined jobs")
-        lines, gone = [], []
-        for (n, at), (job_id, queue, why) in zip(rows, values, strict=False):
-            if job_id is None:
-                gone.append(n)
-                continue
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-            lines.append(f"job {_text(job_id)!r} (queue {_text(queue)!r}) quarantined {when}: "
-                         f"{_text(why)}; its hash is kept as {key}:{n.decode()}")
-        if gone:
-            self.store.call(lambda: client.zrem(key, *gone), "pruning quarantined jobs")
-        if len(rows) > limit:
-            total = int(self.store.call(lambda: client.zcard(key), "counting quarantined jobs"))
-            lines.append(f"... and {total - limit} more listed in {key}")
-        return lines
 
     def _start_reaper(self) -> None:
         """Start this process's reaper thread on the first claim (producers never claim,
@@ -543,38 +397,6 @@ class RedisJobQueue(QueueBackend):
                                 exc, interval)
                 failing = True
 
-
-def _message(job_id: str, fields: Sequence[Any]) -> Message:
-    """The message from its hash fields in :data:`_MESSAGE_FIELDS` order (as ``CLAIM``
-    returns them, and ``peek`` reads them), so a claim and a peek build it alike; a
-    missing ``f`` (failures) is 0, as in the scripts."""
-    body, queue, priority, created, available, task, failures = fields
-    return Message(id=job_id, body=bytes(body), queue=queue.decode(), priority=int(priority),
-                   available_at=float(available), created_at=float(created),
-                   task=task.decode(), failures=int(failures or 0))
-
-
-#: What each of :data:`_MESSAGE_FIELDS` must parse as, for :func:`_unfit`.
-_PARSED: tuple[tuple[str, Any], ...] = (
-    ("b (body)", bytes), ("q (queue)", bytes.decode), ("p (priority)", int),
-    ("c (created_at)", float), ("a (available_at)", float), ("t (task)", bytes.decode),
-    ("f (failures)", lambda v: int(v or 0)))
-
-
-def _unfit(fields: Sequence[Any]) -> str:
-    """Why a claimed message's fields (as :func:`_message` takes them) cannot be read: the
-    quarantine's reason, naming the field."""
-    for (name, parse), value in zip(_PARSED, fields, strict=True):
-        try:
-            parse(value)
-        except (TypeError, ValueError):
-            shown = value[:40] if isinstance(value, bytes) else value
-            return f"field {name} holds {shown!r}, which does not parse"
-    return "its fields do not make a message"
-
-
-def _text(value: bytes | None) -> str:
-    return "?" if value is None else value.decode(errors="replace")
 
 
 def _partial(stored: list[bool], total: int) -> str:

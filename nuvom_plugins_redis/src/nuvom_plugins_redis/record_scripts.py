@@ -20,7 +20,7 @@ removed by a new run) are all judged by the record as it is now.
 
 from __future__ import annotations
 
-from nuvom_plugins_redis.scripts import _COMMON, _FENCED, _REQUEUE
+from nuvom_plugins_redis.lua import _COMMON, _FENCED, _REQUEUE
 
 _RECORDS = r"""
 local TERMINAL = {SUCCEEDED = true, FAILED = true, CANCELLED = true}

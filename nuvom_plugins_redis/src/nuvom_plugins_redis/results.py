@@ -39,7 +39,8 @@ from nuvom_kernel.backends import (
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState
 from nuvom_plugins_redis import record_scripts as scripts
-from nuvom_plugins_redis.connection import DEFAULT_MAX_BULK, Store, build_store, too_large
+from nuvom_plugins_redis.connection import Store, build_store
+from nuvom_plugins_redis.errors import DEFAULT_MAX_BULK, too_large
 
 __all__ = ["RedisResultBackend", "record_values"]
 

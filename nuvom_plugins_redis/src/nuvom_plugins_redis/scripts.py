@@ -47,7 +47,7 @@ Key layout (``P`` = ``<key_prefix>:<namespace>:``, see :mod:`.connection`)::
                                     index entries once it is gone (:mod:`.record_scripts`)
 
 Nothing is escaped: the prefix and namespace may hold no ``:`` and the namespace may not be
-a first segment above (``connection.RESERVED_SEGMENTS``), or two apps' keys could meet.
+a first segment above (``settings.RESERVED_SEGMENTS``), or two apps' keys could meet.
 
 A message hash that a step cannot read (a field missing, or not a number where one goes:
 edited by hand, written by another tool) is quarantined by the script that meets it (claim,
@@ -86,136 +86,22 @@ script finds them, how a counted lease stops counting). ``q:<queue>:held:<task>:
 ends with a number, so it never meets a key of another queue (those end with a word) and
 reads as (queue, task) from the right: no two pairs share a key.
 
-The job-record scripts and ``SETTLE`` are in :mod:`.record_scripts`.
+The job-record scripts and ``SETTLE`` are in :mod:`.record_scripts`; the scripts off a
+job's path (``PEEK``, ``STATS``, ``CANCEL``, ``CLEAR``, ``REAP``) in :mod:`.admin_scripts`;
+the Lua they are all assembled from in :mod:`.lua`. This module holds a job's path: its
+push, its claim, and the steps of its lease (ack, retry and release, extend, quarantine).
 """
 
 from __future__ import annotations
 
 from nuvom_kernel.values import MAX_ETA
-from nuvom_plugins_redis.limit_lua import _CLAIMING, _HELD
+from nuvom_plugins_redis.limit_lua import _CLAIMING
+from nuvom_plugins_redis.lua import _COMMON, _FENCED, _REQUEUE, RANK_LEN
 
-#: Characters of a ready member before the job id: 17 digits of created_at in µs, 12 of seq.
-RANK_LEN = 29
 #: How far (seconds) a producer's estimate of the server's clock may be from ``TIME`` and
 #: still be used as a push's moment (``PUSH``): past it, the server's own clock is used and
 #: the producer learns the offset again (its clock was stepped, or the push was slow).
 REF_TOLERANCE = 1.0
-
-_COMMON = r"""
-local P = ARGV[1]
-local function f17(x) return string.format('%.17g', x) end
-local function clock()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1e6, t[1], t[2]
-end
-local function qkey(q, kind) return P .. 'q:' .. q .. ':' .. kind end
-local function wake() redis.call('ZADD', P .. 'wake', 0, 'w') end
--- queues this script took a message out of (see the module docs): one check each at the end
-local emptied = {}
-local function empty(q)  -- (the held index, rarely there, read only when the rest is gone)
-  return redis.call('EXISTS', qkey(q, 'ready'), qkey(q, 'delayed'), qkey(q, 'leased')) == 0
-         and redis.call('EXISTS', qkey(q, 'held')) == 0
-end
-local function forget_empty()
-  for q in pairs(emptied) do
-    if empty(q) then redis.call('SREM', P .. 'queues', q) end
-  end
-end
--- remove a message from whichever ordered set its state puts it in (h: HMGET q s r k u);
--- a ready message not in ready is held back by a limit, in its task's held set
-local function unlist(id, h)
-  emptied[h[1]] = true
-  if h[2] == 'l' then redis.call('ZREM', qkey(h[1], 'leased'), id)
-  elseif h[2] == 'd' then redis.call('ZREM', qkey(h[1], 'delayed'), id)
-  elseif h[2] == 'r' and redis.call('ZREM', qkey(h[1], 'ready'), h[3]) == 0 then
-    -- not in ready: held back by a limit, in its task's held set (as hkey() and tidy_held()
-    -- in _HELD say it, inline: a function defined here would cost every script call)
-    local t = redis.call('HGET', P .. 'j:' .. id, 't')
-    local key = t and qkey(h[1], 'held:' .. t .. ':' .. #t)
-    if key and redis.call('ZREM', key, h[3]) == 1 and redis.call('EXISTS', key) == 0 then
-      redis.call('SREM', qkey(h[1], 'held'), t)
-    end
-  end
-  if h[5] then  -- a lease counted against task u's limit: its room back, a waiter woken
-    redis.call('ZREM', P .. 'running:' .. h[5], id)
-    wake()
-  end
-end
--- why a field cannot be used: missing, or (given) not the number it must be
-local function bad_field(name, v)
-  if not v then return 'missing field ' .. name end
-  return 'field ' .. name .. ' holds ' .. string.format('%q', string.sub(v, 1, 40)) ..
-         ', not a number'
-end
--- move a damaged message aside, never run and never lost: its hash as found becomes
--- P quarantine:<n>, listed in P quarantine (the caller has taken it out of its set)
-local function quarantine(id, q, why, now)
-  local n = redis.call('INCR', P .. 'seq')
-  local xk = P .. 'quarantine:' .. n
-  local u = redis.call('HGET', P .. 'j:' .. id, 'u')
-  if u then redis.call('ZREM', P .. 'running:' .. u, id) end
-  redis.call('RENAME', P .. 'j:' .. id, xk)
-  redis.call('HSET', xk, 'xi', id, 'xq', q, 'xw', why, 'xt', f17(now))
-  redis.call('ZADD', P .. 'quarantine', now, n)
-  emptied[q] = true
-end
--- a message back to ready by its priority p and rank r; a hash without them is quarantined
--- (a hash that is gone was deleted or evicted: nothing to move)
-local function back_to_ready(id, q, now)
-  local jk = P .. 'j:' .. id
-  local h = redis.call('HMGET', jk, 'p', 'r')
-  local p = tonumber(h[1])
-  if p and p == p and h[2] then
-    redis.call('ZADD', qkey(q, 'ready'), -p, h[2])
-    redis.call('HSET', jk, 's', 'r')
-  elseif redis.call('EXISTS', jk) == 1 then
-    quarantine(id, q, h[2] and bad_field('p (priority)', h[1]) or 'missing field r (rank)',
-               now)
-  else
-    emptied[q] = true  -- the caller takes its entry out, and nothing goes back in
-  end
-end
--- due delayed messages and expired leases of queue q back to ready (bounded per call)
-local function promote(q, now)
-  local moved = 0
-  for _, kind in ipairs({'delayed', 'leased'}) do
-    local key = qkey(q, kind)
-    local due = redis.call('ZRANGE', key, '-inf', f17(now), 'BYSCORE', 'LIMIT', 0, 500)
-    for _, id in ipairs(due) do back_to_ready(id, q, now) end
-    if #due > 0 then redis.call('ZREM', key, unpack(due)) end
-    moved = moved + #due
-  end
-  return moved
-end
--- is the message held by a live lease: leased (state l, a token) with its deadline, its
--- score in q's leased set, still ahead? False once the deadline is <= now: the bound by
--- which promote() moves it back to ready and STATS counts it waiting (module docs)
-local function lease_live(q, id, state, token, now)
-  if state ~= 'l' or not token then return false end
-  local deadline = redis.call('ZSCORE', qkey(q, 'leased'), id)
-  if not deadline then return false end
-  return tonumber(deadline) > now
-end
-local function queue_list(n, first)
-  if n < 0 then return redis.call('SMEMBERS', P .. 'queues') end
-  local qs = {}
-  for i = 1, n do qs[i] = ARGV[first + i - 1] end
-  return qs
-end
-local function next_due(qs)
-  local best = nil
-  for _, q in ipairs(qs) do
-    for _, kind in ipairs({'delayed', 'leased'}) do
-      local head = redis.call('ZRANGE', qkey(q, kind), 0, 0, 'WITHSCORES')
-      if head[2] then
-        local at = tonumber(head[2])
-        if best == nil or at < best then best = at end
-      end
-    end
-  end
-  return best
-end
-"""
 
 #: ARGV: P, n (messages), batch ('' for a lone chunk), chunk index, ref, then the messages
 #: in runs that share their routing: per run its head (count, queue, priority, delay, task),
@@ -352,7 +238,8 @@ return out
 #: gets and quarantines a message it cannot read (``QUARANTINE``): Lua checks only what it
 #: must (presence, and the number it adds to), so a well-formed claim pays no extra call.
 #: Two commands per job (HMGET, HSET): one queue pops with ZPOPMIN, several merge their
-#: heads and remove what they took in one ZREM each; tokens come from one INCRBY and the
+#: heads in Redis's order (``ready_lt``: score, then member byte by byte) and remove what
+#: they took in one ZREM each; tokens come from one INCRBY and the
 #: lease deadlines go in with one ZADD per queue. The next due time is only looked up when
 #: the claim came back short (a full claim is followed by another claim, not by a wait).
 CLAIM = "#!lua\n" + _COMMON + _CLAIMING + r"""
@@ -365,31 +252,28 @@ if #qs == 1 then
   local q = qs[1]
   promote(q, now)
   local popped = redis.call('ZPOPMIN', qkey(q, 'ready'), n)
-  for i = 1, #popped, 2 do cands[#cands + 1] = {0, popped[i], q} end
+  for i = 1, #popped, 2 do cands[#cands + 1] = {m = popped[i], q = q} end
 else
   for _, q in ipairs(qs) do
     promote(q, now)
     local head = redis.call('ZRANGE', qkey(q, 'ready'), 0, n - 1, 'WITHSCORES')
     for i = 1, #head, 2 do
-      cands[#cands + 1] = {tonumber(head[i + 1]), head[i], q}
+      cands[#cands + 1] = ranked({s = tonumber(head[i + 1]), m = head[i], q = q})
     end
   end
-  table.sort(cands, function(a, b)
-    if a[1] ~= b[1] then return a[1] < b[1] end
-    return a[2] < b[2]
-  end)
+  table.sort(cands, ready_lt)  -- Redis's order: score, then member byte by byte
   local chosen = {}
   for i = 1, math.min(n, #cands) do
-    local q = cands[i][3]
+    local q = cands[i].q
     chosen[q] = chosen[q] or {}
-    table.insert(chosen[q], cands[i][2])
+    table.insert(chosen[q], cands[i].m)
   end
   for q, members in pairs(chosen) do redis.call('ZREM', qkey(q, 'ready'), unpack(members)) end
 end
 local out = {f17(now), '-', 0, 0}
 local picks = {}
 for i = 1, math.min(n, #cands) do
-  picks[i] = {string.sub(cands[i][2], RANK_LEN + 1), cands[i][3]}
+  picks[i] = {string.sub(cands[i].m, RANK_LEN + 1), cands[i].q}
 end
 local taken = lease_picks(picks, qs, now, vis, sec, usec, out, nil)
 if taken < n then
@@ -399,14 +283,6 @@ end
 forget_empty()
 return out
 """.replace("RANK_LEN", str(RANK_LEN))
-
-_FENCED = r"""
-local function held(id, token)
-  local h = redis.call('HMGET', P .. 'j:' .. id, 'q', 's', 'r', 'k', 'u')
-  if h[4] and h[4] == token then return h end
-  return nil
-end
-"""
 
 #: ARGV: P, then (id, token) pairs. Deletes each message whose token still holds.
 ACK = "#!lua\n" + _COMMON + _FENCED + r"""
@@ -424,23 +300,6 @@ for i = 2, #ARGV, 2 do
 end
 forget_empty()
 return out
-"""
-
-_REQUEUE = r"""
--- a held message back to waiting: at once (ready) or after delay secs (delayed)
-local function requeue(id, h, delay, now)
-  local jk = P .. 'j:' .. id
-  unlist(id, h)
-  redis.call('HDEL', jk, 'k', 'u')
-  if delay > 0 then
-    local at = f17(now + delay)
-    redis.call('HSET', jk, 'a', at, 's', 'd')
-    redis.call('ZADD', qkey(h[1], 'delayed'), at, id)
-  else
-    back_to_ready(id, h[1], now)
-  end
-  wake()
-end
 """
 
 #: ARGV: P, id, token, delay secs, '1' with a new body else '0', body. Retry counts a
@@ -502,176 +361,4 @@ for i = 2, #ARGV, 4 do
 end
 forget_empty()
 return moved
-"""
-
-#: ARGV: P, id. Deletes the message unless a live lease holds it (``lease_live``): what
-#: waits is deleted, ready or delayed, and an expired lease too, whether or not a claim or
-#: the reaper has moved it back to ready yet (it keeps its token there). Why: no worker
-#: holds an expired lease (killed, or stopped with ``extend(lease, 0)``), and refusing it
-#: (as this script did while a token was present) left an operator unable to stop a job
-#: that OOM-killed its worker: it ran again up to the delivery limit. Deleting the hash
-#: fences the old token: its ack, extend, retry and settle find no hash and report the
-#: lease lost. A live lease is refused: its worker decides. Atomic like the reaper and the
-#: claim, so each sees the message either before the cancel or gone: a claim that took it
-#: first holds a live lease (refused here), a reap that moved it first left it ready.
-CANCEL = "#!lua\n" + _COMMON + r"""
-local now = clock()
-local id = ARGV[2]
-local jk = P .. 'j:' .. id
-local h = redis.call('HMGET', jk, 'q', 's', 'r', 'k', 'u')
-if not h[1] or lease_live(h[1], id, h[2], h[4], now) then return 0 end
-unlist(id, h)  -- out of its one set (ready, held, delayed or leased) by its state
-redis.call('DEL', jk)
-forget_empty()
-return 1
-"""
-
-#: ARGV: P, queue. Deletes up to 500 messages of each state of the queue (and of each task
-#: held back in it); returns how many (the caller repeats until 0, so no call blocks the
-#: server for long). A lease counted against a limit leaves its task's ``running`` set.
-CLEAR = "#!lua\n" + _COMMON + _HELD + r"""
-local q = ARGV[2]
-local removed = 0
-local sets = {{qkey(q, 'ready'), true}, {qkey(q, 'delayed'), false},
-              {qkey(q, 'leased'), false}}
-local tasks = redis.call('SMEMBERS', qkey(q, 'held'))
-for _, t in ipairs(tasks) do sets[#sets + 1] = {hkey(q, t), true} end
-for _, set in ipairs(sets) do
-  local key, ranked = set[1], set[2]
-  local members = redis.call('ZRANGE', key, 0, 499)
-  for _, m in ipairs(members) do
-    local jk = P .. 'j:' .. (ranked and string.sub(m, RANK_LEN + 1) or m)
-    local u = redis.call('HGET', jk, 'u')
-    if u then redis.call('ZREM', P .. 'running:' .. u, string.sub(jk, #P + 3)) end
-    redis.call('DEL', jk)
-  end
-  if #members > 0 then redis.call('ZREM', key, unpack(members)) end
-  removed = removed + #members
-end
-for _, t in ipairs(tasks) do tidy_held(q, t) end
-if removed == 0 then redis.call('SREM', P .. 'queues', q) end
-return removed
-""".replace("RANK_LEN", str(RANK_LEN))
-
-#: ARGV: P, lock ms, owner. Promotes due messages of every queue if it takes the lock, and
-#: drops listed queues that hold nothing: names an earlier release left in ``P queues`` (it
-#: never dropped one but in ``CLEAR``) go at the first tick after an upgrade, and an empty
-#: queue costs one ``EXISTS`` instead of a promotion's two reads.
-REAP = "#!lua\n" + _COMMON + r"""
-if not redis.call('SET', P .. 'reaper', ARGV[3], 'NX', 'PX', ARGV[2]) then return -1 end
-local now = clock()
-local moved = 0
-for _, q in ipairs(redis.call('SMEMBERS', P .. 'queues')) do
-  if empty(q) then
-    redis.call('SREM', P .. 'queues', q)
-  else
-    moved = moved + promote(q, now)
-  end
-end
-if moved > 0 then wake() end
-forget_empty()
-return moved
-"""
-
-#: Hashes ``STATS`` reads per queue past the first of each run it walks (see there).
-STATS_WALK = 64
-
-#: ARGV: P, then queue names. Returns the server's now, then per queue: ready, delayed,
-#: leased, and the earliest due time
-#: of a message counted ready ('' if none): ``max(c, a)``, its enqueue or the end of its
-#: delay or retry delay (a retry moves ``a``, a promotion keeps it), as the worker's wait
-#: time counts. Why a walk: ready sets sort by enqueue within a priority band, not by due
-#: time, and a delayed or retried message keeps its old rank at the head of its band. A
-#: message is never due before its enqueue, so each band is read in order only while its
-#: next enqueue is before the earliest due time found: usually its head alone (due at its
-#: enqueue). Due delayed messages (by ``a``) and expired leases (by deadline, no bound)
-#: count ready before a claim or the reaper moves them, so their sets are walked too. Past
-#: each run's first, at most STATS_WALK hashes per queue: then the earliest found stands
-#: (an older message may hide behind many delayed ones, a younger one never reads older).
-STATS = "#!lua flags=no-writes\n" + _COMMON + _HELD + r"""
-local walk = STATS_WALK
-local function due_of(id)
-  local h = redis.call('HMGET', P .. 'j:' .. id, 'c', 'a')
-  local c, a = tonumber(h[1]), tonumber(h[2])
-  if not c then return nil end
-  if a and a > c then return a end
-  return c
-end
-local now = clock()
-local limit = f17(now)
-local out = {limit}
-for i = 2, #ARGV do
-  local key = qkey(ARGV[i], 'ready')
-  local dkey, lkey = qkey(ARGV[i], 'delayed'), qkey(ARGV[i], 'leased')
-  local best, extra = nil, 0
-  -- may the j-th of a run be read? (the first always; the rest within the budget)
-  local function afford(j)
-    if j == 1 then return true end
-    if extra >= walk then return false end
-    extra = extra + 1
-    return true
-  end
-  local function consider(due)
-    if due and (best == nil or due < best) then best = due end
-  end
-  -- a set ordered as ready is (a queue's ready set, or a task's held-back messages)
-  local function bands(bkey)
-    local band = redis.call('ZRANGE', bkey, 0, 0, 'WITHSCORES')
-    while band[2] do
-      local score = band[2]
-      local members = redis.call('ZRANGE', bkey, score, score, 'BYSCORE', 'LIMIT', 0,
-                                 walk - extra + 1)
-      for j, m in ipairs(members) do
-        -- the rank starts with the enqueue in µs (rounded down): a bound of its due time
-        if best and tonumber(string.sub(m, 1, 17)) / 1e6 >= best then break end
-        if not afford(j) then break end
-        consider(due_of(string.sub(m, RANK_LEN + 1)))
-      end
-      band = redis.call('ZRANGE', bkey, '(' .. score, '+inf', 'BYSCORE', 'LIMIT', 0, 1,
-                        'WITHSCORES')
-    end
-  end
-  bands(key)
-  -- held back by a limit: ready all the same (module docs: "Concurrency limits")
-  local nheld = 0
-  for _, t in ipairs(redis.call('SMEMBERS', qkey(ARGV[i], 'held'))) do
-    bands(hkey(ARGV[i], t))
-    nheld = nheld + redis.call('ZCARD', hkey(ARGV[i], t))
-  end
-  local due = redis.call('ZRANGE', dkey, '-inf', limit, 'BYSCORE', 'LIMIT', 0,
-                         walk - extra + 1, 'WITHSCORES')
-  for j = 1, #due / 2 do
-    if best and tonumber(due[2 * j]) >= best then break end
-    if not afford(j) then break end
-    consider(due_of(due[2 * j - 1]))
-  end
-  local expired = redis.call('ZRANGE', lkey, '-inf', limit, 'BYSCORE', 'LIMIT', 0,
-                             walk - extra + 1)
-  for j, id in ipairs(expired) do
-    if not afford(j) then break end
-    consider(due_of(id))
-  end
-  -- due delayed jobs and expired leases are waiting already, whether or not a claim or
-  -- the reaper has moved them yet
-  local ndue = redis.call('ZCOUNT', dkey, '-inf', limit)
-  local nexpired = redis.call('ZCOUNT', lkey, '-inf', limit)
-  out[#out + 1] = redis.call('ZCARD', key) + nheld + ndue + nexpired
-  out[#out + 1] = redis.call('ZCARD', dkey) - ndue
-  out[#out + 1] = redis.call('ZCARD', lkey) - nexpired
-  out[#out + 1] = best and f17(best) or ''
-end
-return out
-""".replace("RANK_LEN", str(RANK_LEN)).replace("STATS_WALK", str(STATS_WALK))
-
-#: ARGV: P, id. The job's state from the queue alone, by the server's clock: 'R' running
-#: (a token whose deadline has not passed), 'T' retrying (a failed job waiting for its
-#: time), 'Q' queued (ready, a first run's ETA, or an expired lease), 0 if not queued.
-PEEK = "#!lua flags=no-writes\n" + _COMMON + r"""
-local now = clock()
-local id = ARGV[2]
-local h = redis.call('HMGET', P .. 'j:' .. id, 's', 'q', 'k', 'f', 'a')
-if not h[1] or not h[2] then return 0 end
-if lease_live(h[2], id, h[1], h[3], now) then return 'R' end  -- an expired lease reads Q
-if h[1] == 'd' and (tonumber(h[4]) or 0) > 0 and (tonumber(h[5]) or 0) > now then return 'T' end
-return 'Q'
 """

@@ -46,6 +46,9 @@ tail with a newline, after which the torn line is skipped and reported; a record
 torn prefix (another process appended after it) is recovered by finding its ``{"_nv":1,``
 start. Skipped bytes are logged and listed by :meth:`FileResultBackend.problems`; the rest
 of the file stays readable.
+
+This module is the writing side (the lock file, appends, rotation, purge, compaction);
+the index and the reads by it are :mod:`._record_index`.
 """
 
 from __future__ import annotations
@@ -55,17 +58,15 @@ import fcntl
 import json
 import logging
 import os
-import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from nuvom_kernel.backends import (
     BackendContext,
     Capabilities,
-    ResultBackend,
     WorkerInfo,
     newer_first,
 )
@@ -80,6 +81,7 @@ from nuvom_kernel.models import (
 from nuvom_kernel.plugin_settings import schema_of
 from nuvom_kernel.values import RESULT_TTL_SECS
 from nuvom_plugins.file._fs import open_lock, probe_writable, write_all
+from nuvom_plugins.file._record_index import RecordIndex, _Loc
 from nuvom_plugins.file._workers import WorkerFiles
 from nuvom_plugins.file.errors import cannot_open, cannot_write, writes
 from nuvom_plugins.file.schedules import ScheduleFile
@@ -88,29 +90,8 @@ __all__ = ["FileResultBackend"]
 
 log = logging.getLogger("nuvom.file.results")
 
-_PREFIX = b'{"_nv":1,'
-_JSTR = rb'("(?:[^"\\]|\\.)*")'
-_FAST = re.compile(rb'\{"_nv":1,"op":"put","id":' + _JSTR + rb',"st":' + _JSTR + rb',"fn":'
-                   + _JSTR + rb',"ts":(-?[0-9][0-9.eE+-]*),"ru":(-?[0-9]+),"at":(-?[0-9]+),'
-                   rb'"rec":\{')
-_SEGMENT = re.compile(r"results-(\d{8})\.jsonl")
-_CHUNK = 4 * 1024 * 1024
 _TERMINAL = {s.value for s in TERMINAL_STATES}
 
-
-class _Loc(NamedTuple):
-    """Where the latest line of one job lives, plus the fields ``query`` filters and
-    orders on and the ones a put is fenced by."""
-
-    job_id: str
-    seg: int
-    offset: int
-    length: int  # without the newline
-    updated_at: float
-    status: str
-    task: str
-    run: int
-    attempts: int
 
 
 def _encode(obj: dict[str, Any], job_id: str) -> bytes:
@@ -123,7 +104,7 @@ def _encode(obj: dict[str, Any], job_id: str) -> bytes:
     return text.encode("utf-8") + b"\n"
 
 
-class FileResultBackend(ResultBackend):
+class FileResultBackend(RecordIndex):
     """Durable job records in JSON-lines segments, safe for many processes (module docs).
 
     :param path: the results directory (created if missing; one that exists opens
@@ -237,13 +218,6 @@ class FileResultBackend(ResultBackend):
 
     # --- files and locks ------------------------------------------------------------------
 
-    def _seg_path(self, seg: int) -> Path:
-        return self.path / f"results-{seg:08d}.jsonl"
-
-    def _segments(self) -> list[int]:
-        return sorted(int(m.group(1)) for n in os.listdir(self.path)
-                      if (m := _SEGMENT.fullmatch(n)))
-
     @contextlib.contextmanager
     def _flock(self, exclusive: bool) -> Iterator[None]:
         if self._exclusive:  # already exclusive (purge appends tombstones)
@@ -260,16 +234,6 @@ class FileResultBackend(ResultBackend):
         finally:
             self._exclusive = False
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def _read_fd(self, seg: int) -> int | None:
-        fd = self._fds.get(seg)
-        if fd is None:
-            try:
-                fd = os.open(self._seg_path(seg), os.O_RDONLY)
-            except FileNotFoundError:
-                return None
-            self._fds[seg] = fd
-        return fd
 
     def _writer(self, seal: bool) -> tuple[int, int]:
         """The append fd of the active segment (the highest-numbered one), switching when a
@@ -320,139 +284,6 @@ class FileResultBackend(ResultBackend):
                 with contextlib.suppress(FileExistsError):
                     os.close(os.open(self._seg_path(seg + 1),
                                      os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-
-    # --- reading --------------------------------------------------------------------------
-
-    def _catch_up(self) -> None:
-        """Index every line appended since the last call, across segment switches."""
-        while True:
-            if self._tail_seg == 0:
-                segments = self._segments()
-                if not segments:
-                    return
-                self._tail_seg, self._tail_pos = segments[0], 0
-            seg = self._tail_seg
-            fd = self._read_fd(seg)
-            if fd is not None:
-                self._consume(fd, seg, sealed=False)
-                if not self._seg_path(seg + 1).exists():
-                    return
-            later = [s for s in self._segments() if s > seg]
-            if not later:
-                return
-            if fd is not None:  # sealed: every write to it finished before the rotation
-                self._consume(fd, seg, sealed=True)
-            self._tail_seg, self._tail_pos = later[0], 0
-            present = set(self._segments())
-            for gone in [s for s in self._fds if s not in present]:
-                os.close(self._fds.pop(gone))  # deleted by a purge: free its disk space
-
-    def _consume(self, fd: int, seg: int, *, sealed: bool) -> None:
-        """Index the complete lines of ``seg`` from the tail on, in ``_CHUNK`` reads.
-
-        Linear in the bytes read, however long a line is: each chunk is split on its own
-        (a byte is searched once, when it arrives) and the start of a line that runs past
-        the chunk is kept as a list of chunks, joined once when its newline shows up.
-        Growing one buffer and searching all of it per chunk instead costs quadratic time
-        in the length of a large record (a 400 MB result took ~20 s to read past), paid by
-        every process that opens the results, and by a writer holding the exclusive lock.
-        An unterminated last line is left for a later call (a write may be in progress)
-        unless ``sealed``, where it can only be torn: it is skipped and reported.
-        """
-        size = os.fstat(fd).st_size
-        base = pos = self._tail_pos
-        pending: list[bytes] = []  # the unterminated line so far, one entry per chunk
-        pending_len = 0
-        while pos < size:
-            data = os.pread(fd, min(size - pos, _CHUNK), pos)
-            if not data:
-                break
-            pos += len(data)
-            lines = data.split(b"\n")
-            rest = lines.pop()  # after the chunk's last newline (all of it if it has none)
-            if lines:
-                if pending:  # the first piece ends the line the earlier chunks began
-                    pending.append(lines[0])
-                    lines[0] = b"".join(pending)
-                    pending, pending_len = [], 0
-                offset = base
-                for line in lines:
-                    self._index_line(seg, offset, line)
-                    offset += len(line) + 1
-                base = offset
-            if rest:
-                pending.append(rest)
-                pending_len += len(rest)
-        if sealed and pending_len:
-            self._problem(seg, base, f"torn last line ({pending_len} bytes) skipped")
-            base += pending_len
-        self._tail_pos = base
-
-    def _index_line(self, seg: int, offset: int, line: bytes) -> None:
-        if not line:
-            return
-        fast = _FAST.match(line)
-        if fast and line.endswith(b"}}") and line.find(_PREFIX, 1) < 0:
-            job_id, status, task = (_str(fast.group(i)) for i in (1, 2, 3))
-            self._index[job_id] = _Loc(job_id, seg, offset, len(line), float(fast.group(4)),
-                                       status, task, int(fast.group(5)),
-                                       int(fast.group(6)))
-            return
-        obj = _decode(line)
-        if obj is None:  # a torn prefix with a whole record glued after it?
-            start = line.find(_PREFIX, 1)
-            while start > 0 and (obj := _decode(line[start:])) is None:
-                start = line.find(_PREFIX, start + 1)
-            if obj is None:
-                self._problem(seg, offset, f"undecodable line ({len(line)} bytes) skipped")
-                return
-            self._problem(seg, offset, f"torn line ({start} bytes) skipped before a record")
-            offset, line = offset + start, line[start:]
-        try:
-            if obj.get("op") == "put":
-                rec = obj["rec"]
-                job_id = str(rec["job_id"])
-                self._index[job_id] = _Loc(
-                    job_id, seg, offset, len(line), float(rec.get("updated_at") or 0.0),
-                    str(rec.get("status")), str(rec.get("task", rec.get("func_name"))),
-                    int(rec.get("run", 1)), int(rec.get("attempts") or 0))
-            elif obj.get("op") == "del":
-                self._index.pop(str(obj["id"]), None)
-        except (KeyError, TypeError, ValueError) as exc:
-            self._problem(seg, offset, f"malformed record skipped ({exc!r})")
-
-    def _problem(self, seg: int, offset: int, what: str) -> None:
-        text = f"{self._seg_path(seg)}:{offset}: {what}"
-        self._problems.append(text)
-        log.warning("file results: %s; the other records are unaffected", text)
-
-    def _read(self, loc: _Loc) -> dict[str, Any] | None:
-        fd = self._read_fd(loc.seg)
-        if fd is None:
-            return None
-        obj = _decode(os.pread(fd, loc.length, loc.offset))
-        return obj["rec"] if obj is not None else None
-
-    def _load(self, job_id: str, *, caught_up: bool = False) -> JobRecord | None:
-        for attempt in range(2):
-            if attempt or not caught_up:
-                self._catch_up()
-            loc = self._index.get(job_id)
-            if loc is None:
-                return None
-            rec = self._read(loc)
-            if rec is not None:
-                return JobRecord.from_dict(rec)
-            if attempt == 0:  # our view predates a compaction we could not follow: rebuild
-                self._reset()
-        return None
-
-    def _reset(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
-        self._index.clear()
-        self._tail_seg, self._tail_pos = 0, 0
 
     # --- primitives -----------------------------------------------------------------------
 
@@ -601,18 +432,3 @@ def _fence_of(loc: _Loc) -> JobRecord | None:
         return None
     return JobRecord(job_id=loc.job_id, task=loc.task, status=status, run=loc.run,
                      attempts=loc.attempts)
-
-
-def _decode(line: bytes) -> dict[str, Any] | None:
-    if not line.startswith(_PREFIX):
-        return None
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _str(raw: bytes) -> str:
-    """A JSON string literal's value; most ids need no unescaping."""
-    return raw[1:-1].decode("utf-8") if b"\\" not in raw else str(json.loads(raw))
