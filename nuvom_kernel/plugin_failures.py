@@ -182,8 +182,9 @@ class PluginFailures(pluggy.PluginManager):
     def _call(self, impl: Any, hook_name: str) -> Any:
         """A registration or settings hook implementation's return value.
 
-        Loading called each one already (:meth:`_probe`) and disabled those that raised;
-        this names the plugin for one registered after loading that raises.
+        Loading called each one already
+        (:meth:`~nuvom_kernel.plugins.NuvomPluginManager._probe`) and disabled those that
+        raised; this names the plugin for one registered after loading that raises.
 
         :raises PluginLoadError: naming the plugin, the hook, the error and the fix.
         """

@@ -95,6 +95,22 @@ def kernel(request: pytest.FixtureRequest, make_kernel: Callable[..., Kernel]
         yield k
 
 
+@pytest.fixture(params=["memory", "sqlite", "file"])
+def workflow_kernel(request: pytest.FixtureRequest, project: Path,
+                    make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
+    """A kernel on each backend that runs workflows, with the workflow tests' tasks
+    (``wf_tasks``) in the project, installed as this process's kernel."""
+    from tests import test_workflows as wf
+    from tests.helpers import write_module
+
+    if request.param != "memory" and request.param not in wf.BACKENDS:
+        pytest.skip(f"the {request.param} backend is not installed")
+    write_module(project, "wf_tasks", wf.TASKS)
+    k = make_kernel(request.param)
+    with use_kernel(k):
+        yield k
+
+
 @pytest.fixture(autouse=True)
 def _clean_registry() -> Iterator[None]:
     from nuvom_kernel.registry import REGISTRY

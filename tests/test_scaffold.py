@@ -194,12 +194,12 @@ def test_a_scaffolded_plugin_refuses_a_misspelt_setting(tmp_path: Path, kind: st
     backend = "queue" if kind == "queue" else "results"
     built = subprocess.run(
         [sys.executable, "-c", "from nuvom_kernel.kernel import get_kernel; "
-         f"print(get_kernel().{backend}.path)"],
+         f"p = get_kernel().{backend}.path; print(type(p).__name__, p)"],
         cwd=project, env=_env(PYTHONPATH=pythonpath,
                               **{f"NUVOM_PLUGINS__{name.upper()}__PATH": "from-env.json"}),
         capture_output=True, text=True, timeout=120, check=False)
     assert built.returncode == 0, built.stderr
-    assert built.stdout.strip() == "from-env.json", built.stdout
+    assert built.stdout.split() == [type(Path()).__name__, "from-env.json"], built.stdout
     if kind == "queue":  # typed: a lease that never expires is refused by the kernel
         variable = f"NUVOM_PLUGINS__{name.upper()}__VISIBILITY_TIMEOUT_SECS"
         endless = run_nuvom(["config"], project, PYTHONPATH=pythonpath, **{variable: "inf"})

@@ -12,32 +12,24 @@ process.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
 import pytest
 
 from nuvom_kernel import JobStatus, chain, get_job
 from nuvom_kernel.errors import JobCancelledError
-from nuvom_kernel.kernel import Kernel, use_kernel
-from tests import test_workflows as wf
-from tests.helpers import run_worker_until, write_module
-from tests.test_workflow_corrupt import STEP_BACKENDS, damage_step
-
-
-@pytest.fixture(params=STEP_BACKENDS)
-def kernel(request: pytest.FixtureRequest, project: Path,
-           make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
-    write_module(project, "wf_tasks", wf.TASKS)
-    k = make_kernel(request.param)
-    with use_kernel(k):
-        yield k
+from nuvom_kernel.kernel import Kernel
+from tests.helpers import run_worker_until
+from tests.test_workflow_corrupt import damage_step
 
 
 def cancelled(step: str) -> JobCancelledError:
     with pytest.raises(JobCancelledError) as info:
         get_job(step).get(timeout=30)
     return info.value
+
+
+@pytest.fixture
+def kernel(workflow_kernel: Kernel) -> Kernel:
+    return workflow_kernel
 
 
 def test_a_step_cancelled_because_a_parent_failed_says_so(kernel: Kernel) -> None:

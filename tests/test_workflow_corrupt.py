@@ -135,18 +135,6 @@ def test_a_stored_workflow_head_that_does_not_decode_is_named(data: object, prob
 
 # --- a damaged step, the head intact: the workflow ends --------------------------------------
 
-STEP_BACKENDS = ["memory", *wf.BACKENDS]
-
-
-@pytest.fixture(params=STEP_BACKENDS)
-def any_kernel(request: pytest.FixtureRequest, project: Path,
-               make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
-    write_module(project, "wf_tasks", wf.TASKS)
-    k = make_kernel(request.param)
-    with use_kernel(k):
-        yield k
-
-
 def damage_step(kernel: Kernel, flow_id: str, step_id: str) -> tuple[str, Callable[[], None]]:
     """Damage one step's stored node (its children list), as a hand edit would, leaving the
     workflow's head readable; where it is, and how to put the entry back as it was."""
@@ -188,10 +176,10 @@ def damage_step(kernel: Kernel, flow_id: str, step_id: str) -> tuple[str, Callab
 
 
 def test_a_damaged_step_ends_its_workflow_failed_and_its_waiting_steps_cancelled(
-        any_kernel: Kernel) -> None:
+        workflow_kernel: Kernel) -> None:
     from wf_tasks import echo
 
-    kernel = any_kernel
+    kernel = workflow_kernel
     broken = chain(echo.s(1), echo.s(), echo.s()).delay()
     first, second, third = (n.id for n in broken.nodes)
     where, restore = damage_step(kernel, broken.id, first)
@@ -249,11 +237,11 @@ class RequiredOnly:
         return getattr(self._txn, name)
 
 
-def test_ending_a_damaged_workflow_is_optional_idempotent_and_fenced(any_kernel: Kernel
+def test_ending_a_damaged_workflow_is_optional_idempotent_and_fenced(workflow_kernel: Kernel
                                                                      ) -> None:
     from wf_tasks import echo
 
-    kernel = any_kernel
+    kernel = workflow_kernel
     queue = kernel.queue
     flow = group(echo.s(1), echo.s(2)).then(echo.s()).delay()
     one, two, join = (n.id for n in flow.nodes)
@@ -284,14 +272,14 @@ def test_ending_a_damaged_workflow_is_optional_idempotent_and_fenced(any_kernel:
 
 
 def test_retry_of_a_workflow_ended_by_damage_is_refused_at_once_even_restored(
-        any_kernel: Kernel) -> None:
+        workflow_kernel: Kernel) -> None:
     """It was re-opened: its cancelled steps then waited for the damaged step, RELEASED in
     the graph though its outcome was settled long ago, so nothing released them and
     ``wf.get()`` polled RUNNING forever. A retry cannot know what the settle that found the
     damage left undone, so it refuses, saying to submit the workflow again."""
     from wf_tasks import echo
 
-    kernel = any_kernel
+    kernel = workflow_kernel
     broken = chain(echo.s(1), echo.s(), echo.s()).delay()
     first, second, third = (n.id for n in broken.nodes)
     where, restore = damage_step(kernel, broken.id, first)

@@ -36,8 +36,6 @@ from tests import test_workflows as wf
 from tests.helpers import run_nuvom, run_worker_until, write_module
 from tests.test_semantics import Cluster
 
-ALL = ["memory", *wf.BACKENDS]
-
 
 @pytest.fixture(params=wf.BACKENDS)
 def cluster(request: pytest.FixtureRequest, project: Path) -> Iterator[Cluster]:
@@ -51,14 +49,10 @@ def cluster(request: pytest.FixtureRequest, project: Path) -> Iterator[Cluster]:
         cluster.close()
 
 
-@pytest.fixture(params=ALL)
-def kernel(request: pytest.FixtureRequest, project: Path,
-           make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
+@pytest.fixture
+def kernel(workflow_kernel: Kernel) -> Kernel:
     """This process's kernel on every workflow backend; workers run in this process."""
-    write_module(project, "wf_tasks", wf.TASKS)
-    k = make_kernel(request.param)
-    with use_kernel(k):
-        yield k
+    return workflow_kernel
 
 
 def states(flow) -> list[tuple[str, str]]:

@@ -29,14 +29,14 @@ from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import qualname
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import Lease, Settlement
-from nuvom_kernel.worker.landing import RETRY_PAUSES, UNSTORABLE, Landing
+from nuvom_kernel.worker.landing import RETRY_PAUSES, Landing
 from nuvom_kernel.worker.outcomes import Outcomes
 
 if TYPE_CHECKING:
     from nuvom_kernel.backends import QueueBackend, ResultBackend
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["UNSTORABLE", "Running", "Settler", "outcomes_soon", "qualname"]
+__all__ = ["Running", "Settler", "outcomes_soon", "qualname"]
 
 log = logging.getLogger("nuvom.worker")
 

@@ -137,8 +137,8 @@ def ended_by_damage(graph: WorkflowGraph) -> NuvomError | None:
     stuck = [n.id for n in graph.nodes if n.state == RELEASED]
     if not (cancelled or stuck):
         return None
-    what = [f"the outcome of step {stuck[0]} was recorded but never reached the graph"
-            ] if stuck else []
+    what = [f"{len(stuck)} step(s) released to run then (first {stuck[0]}) can no longer "
+            "move it on"] if stuck else []
     if cancelled:
         what.append(f"its {len(cancelled)} step(s) still waiting then (first {cancelled[0]}) "
                     "were cancelled")

@@ -18,7 +18,6 @@ from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import (
     CorruptWorkflowError,
     JobCancelledError,
-    NuvomError,
     SerializationError,
     error_text,
 )
@@ -170,8 +169,8 @@ def cancelled_error(kernel: Kernel, job: Job) -> JobCancelledError:
             node = _node(kernel, job)
         except CorruptWorkflowError as exc:
             node, workflow, advice = None, exc.workflow_id, error_text(exc)
-        except NuvomError:  # the store is away: what the record says is still true
-            node = None
+        except Exception:  # the store is away or failing: the record's words are still
+            node = None  # true, and this error must carry them, not the store's
         if node is not None:
             workflow, doom = node.workflow, node.doom
     if doom == DOOM_DAMAGED and workflow is not None:

@@ -1,6 +1,6 @@
 """A result backend call whose connection the server drops mid-statement (a restart's
 ``terminating connection due to administrator command``, ``pg_terminate_backend``) is run
-once more on a fresh connection, as the queue's calls are (``PostgresQueue._run``).
+once more on a fresh connection, as the queue's calls are (``Store.run``).
 
 Found by a fleet hunt: ``Job.get(timeout=150)`` raised ``psycopg.errors.AdminShutdown`` at a
 producer during a ``pg_ctl restart -m fast`` that was over within two seconds, and a

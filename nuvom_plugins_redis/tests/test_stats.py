@@ -1,4 +1,4 @@
-"""``STATS``' oldest ready age past the contract (``scripts.STATS``): a message keeps its due
+"""``STATS``' oldest ready age past the contract (``admin_scripts.STATS``): a message keeps its due
 time (``a``) once a claim promotes it; a ready set sorts by enqueue, so the message due first
 may sit behind delayed or retried ones, found up to ``STATS_WALK`` reads into its band; an
 expired lease the reaper has not moved yet waits like any ready message. Real server, one

@@ -31,7 +31,7 @@ from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import Settlement
 from nuvom_kernel.testing.contracts import make_message, make_record, wait_until
 from nuvom_kernel.worker import Worker
-from nuvom_kernel.worker.settle import UNSTORABLE
+from nuvom_kernel.worker.landing import UNSTORABLE
 from nuvom_plugins_redis import RedisJobQueue, RedisResultBackend
 from nuvom_plugins_redis.connection import delete_prefix
 from nuvom_plugins_redis.errors import ValueTooLargeError

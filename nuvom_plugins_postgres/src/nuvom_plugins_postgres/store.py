@@ -88,7 +88,7 @@ def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
     the server spoke first — a FATAL before closing (``pg_terminate_backend``, a shutdown)
     or the close itself — and only then is the round trip made, which raises on a dead
     session so the pool replaces it. A silently half-open socket is found by the statement
-    itself (keepalives, ``tcp_user_timeout``), and ``PostgresQueue._run`` retries once.
+    itself (keepalives, ``tcp_user_timeout``), and :meth:`Store.run` retries once.
     """
     if conn.closed or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
         raise psycopg.OperationalError("the connection is closed")

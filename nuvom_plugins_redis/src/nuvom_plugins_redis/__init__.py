@@ -7,7 +7,7 @@ Installed, they register under the name ``redis`` (``queue_backend = "redis"``,
 
 from __future__ import annotations
 
-from nuvom_plugins_redis.errors import RedisUnavailableError
+from nuvom_plugins_redis.errors import RedisUnavailableError, ValueTooLargeError
 from nuvom_plugins_redis.queue import RedisJobQueue
 from nuvom_plugins_redis.results import RedisResultBackend
 from nuvom_plugins_redis.settings import RedisSettings
@@ -15,4 +15,4 @@ from nuvom_plugins_redis.settings import RedisSettings
 __version__ = "0.1.0"
 
 __all__ = ["RedisJobQueue", "RedisResultBackend", "RedisSettings", "RedisUnavailableError",
-           "__version__"]
+           "ValueTooLargeError", "__version__"]

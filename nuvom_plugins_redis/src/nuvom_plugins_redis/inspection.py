@@ -86,7 +86,7 @@ class QueueInspection(QueueBackend):
         ``peek_state`` reads QUEUED or RETRYING. Why an expired lease too: its worker is
         gone or stopped, and an operator must be able to stop a job that kills its worker
         before it runs again. The old lease's ack, extend and settle then report it lost;
-        a lease still running is refused (its worker decides). See ``scripts.CANCEL``."""
+        a lease still running is refused (its worker decides). See ``admin_scripts.CANCEL``."""
         return bool(self._run("CANCEL", [job_id], "cancelling a job"))
 
     def browse(self, queues: Sequence[str] | None = None, *,

@@ -10,8 +10,6 @@ closure each, ~0.1-0.2 µs), so the acks and pushes of the hot path do not carry
 
 from __future__ import annotations
 
-from nuvom_plugins_redis.lua import _BYTE_ORDER, RANK_LEN
-
 __all__ = ["_CLAIMING", "_HELD"]
 
 #: Lua of the scripts that read held sets (claims, ``CLEAR``, ``STATS``, ``BROWSE``, the
@@ -26,29 +24,12 @@ end
 """
 
 #: Lua of the two claim scripts only (``CLAIM`` and ``limit_scripts.CLAIM_LIMITED``).
-_CLAIMING = _HELD + _BYTE_ORDER + r"""
--- ready_lt(x, y): x before y in a ready set, as Redis orders it: score, then member byte
--- by byte (bytes_lt: Lua's < on strings follows the server's locale). x and y are {s =
--- score, m = member} that went through ranked(), which adds a rank's RANK_LEN digits as
--- two numbers (15 and 14 digits: exact below 2^53) that order as the digits do, so a
--- comparison reads bytes only when both are equal or a member is not a rank (by hand)
-local RANKED = '^' .. string.rep('%d', RANK_LEN)
-local function ranked(e)
-  if string.find(e.m, RANKED) then
-    e.hi, e.lo = tonumber(string.sub(e.m, 1, 15)), tonumber(string.sub(e.m, 16, RANK_LEN))
-  else
-    e.hi, e.lo = nil, nil
-  end
-  return e
-end
-local function ready_lt(x, y)
-  if x.s ~= y.s then return x.s < y.s end
-  if x.hi and y.hi then
-    if x.hi ~= y.hi then return x.hi < y.hi end
-    if x.lo ~= y.lo then return x.lo < y.lo end
-  end
-  return bytes_lt(x.m, y.m)
-end
+_CLAIMING = _HELD + r"""
+-- Claims merge queues' ready sets comparing members with Lua's <, which is strcoll (the
+-- server's locale) where Redis orders a set's members by bytes. It agrees here: a member
+-- is its rank's RANK_LEN digits, unique per server (created µs and the INCR counter), then
+-- the id, and digit strings of one length collate as bytes in every locale, so two members
+-- never reach their ids. BROWSE, which also compares ids and queue names, uses bytes_lt.
 -- the first k held-back messages of task t in queue q back to ready, with the score and
 -- member they had there: their place in claim order
 local function unhold(q, t, k)
@@ -158,4 +139,4 @@ local function lease_picks(picks, qs, now, vis, sec, usec, out, room)
   end
   return taken
 end
-""".replace("RANK_LEN", str(RANK_LEN))
+"""

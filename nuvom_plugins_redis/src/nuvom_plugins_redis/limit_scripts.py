@@ -94,9 +94,8 @@ COUNT_BUDGET = 5000
 #: per held task with room (or that this claimer does not limit), its first
 #: ``min(n, room)`` held messages go back to ready, with their old score and member, so
 #: the merge below meets them in their place. Then the queues' ready sets are merged in
-#: claim order (score, then member byte by byte: ``ready_lt``), read in windows that
-#: double up to 512 per queue (a heap of the queues' heads, so many queues cost ``log``
-#: each step): a message of a task
+#: claim order (score, then member), read in windows that double up to 512 per queue (a
+#: heap of the queues' heads, so many queues cost ``log`` each step): a message of a task
 #: with no room is moved to its held set, untouched otherwise (no delivery, no token); any
 #: other is leased, and counted in its task's ``running`` set (its hash's ``u`` names the
 #: task) when this claimer limits it.
@@ -131,17 +130,20 @@ local function advance(b)  -- b's next entry as its head; false when the queue h
   end
   b.m, b.sc = b.items[b.pos], b.items[b.pos + 1]
   b.s = tonumber(b.sc)
-  ranked(b)
   b.pos = b.pos + 2
   return true
 end
 local heap = {}
+local function before(x, y)
+  if x.s ~= y.s then return x.s < y.s end
+  return x.m < y.m
+end
 local function down(i)
   local size = #heap
   while true do
     local l, r, m = 2 * i, 2 * i + 1, i
-    if l <= size and ready_lt(heap[l], heap[m]) then m = l end
-    if r <= size and ready_lt(heap[r], heap[m]) then m = r end
+    if l <= size and before(heap[l], heap[m]) then m = l end
+    if r <= size and before(heap[r], heap[m]) then m = r end
     if m == i then return end
     heap[i], heap[m] = heap[m], heap[i]
     i = m

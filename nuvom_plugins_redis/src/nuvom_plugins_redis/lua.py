@@ -136,8 +136,8 @@ end
 #: ``bytes_lt``: strings in byte order, the order of Redis's sorted-set members and of
 #: Python's ``str`` (UTF-8 bytes sort as code points). Why not Lua's ``<``: it is
 #: ``strcoll``, and Redis sets ``LC_COLLATE`` from its environment, so under a locale such
-#: as ``en_US.UTF-8`` it puts ``a`` before ``B``. For ``BROWSE`` (ids, queue names) and the
-#: claims' merge of ready sets (``_CLAIMING``'s ``ready_lt``).
+#: as ``en_US.UTF-8`` it puts ``a`` before ``B``. For ``BROWSE``, which compares ids and queue
+#: names (the claims compare ranks' digits only: see ``_CLAIMING``).
 _BYTE_ORDER = r"""
 -- a < b, byte by byte
 local function bytes_lt(a, b)

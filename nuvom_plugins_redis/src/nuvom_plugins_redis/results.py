@@ -108,7 +108,7 @@ def record_values(record: JobRecord, limit: int = DEFAULT_MAX_BULK) -> list[Any]
 
     :param limit: the server's ``proto-max-bulk-len`` (``Store.max_bulk``).
     :raises SerializationError: the record is not JSON-native, or its JSON is longer than
-        ``limit`` (a :class:`~nuvom_plugins_redis.connection.ValueTooLargeError`, raised
+        ``limit`` (a :class:`~nuvom_plugins_redis.errors.ValueTooLargeError`, raised
         here, before any call is sent: the server would drop the connection, and the
         settler would take that for a server that is down and run the batch again)."""
     status = JobStatus(record.status).value

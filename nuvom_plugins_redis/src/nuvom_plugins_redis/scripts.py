@@ -238,8 +238,7 @@ return out
 #: gets and quarantines a message it cannot read (``QUARANTINE``): Lua checks only what it
 #: must (presence, and the number it adds to), so a well-formed claim pays no extra call.
 #: Two commands per job (HMGET, HSET): one queue pops with ZPOPMIN, several merge their
-#: heads in Redis's order (``ready_lt``: score, then member byte by byte) and remove what
-#: they took in one ZREM each; tokens come from one INCRBY and the
+#: heads and remove what they took in one ZREM each; tokens come from one INCRBY and the
 #: lease deadlines go in with one ZADD per queue. The next due time is only looked up when
 #: the claim came back short (a full claim is followed by another claim, not by a wait).
 CLAIM = "#!lua\n" + _COMMON + _CLAIMING + r"""
@@ -252,28 +251,31 @@ if #qs == 1 then
   local q = qs[1]
   promote(q, now)
   local popped = redis.call('ZPOPMIN', qkey(q, 'ready'), n)
-  for i = 1, #popped, 2 do cands[#cands + 1] = {m = popped[i], q = q} end
+  for i = 1, #popped, 2 do cands[#cands + 1] = {0, popped[i], q} end
 else
   for _, q in ipairs(qs) do
     promote(q, now)
     local head = redis.call('ZRANGE', qkey(q, 'ready'), 0, n - 1, 'WITHSCORES')
     for i = 1, #head, 2 do
-      cands[#cands + 1] = ranked({s = tonumber(head[i + 1]), m = head[i], q = q})
+      cands[#cands + 1] = {tonumber(head[i + 1]), head[i], q}
     end
   end
-  table.sort(cands, ready_lt)  -- Redis's order: score, then member byte by byte
+  table.sort(cands, function(a, b)
+    if a[1] ~= b[1] then return a[1] < b[1] end
+    return a[2] < b[2]
+  end)
   local chosen = {}
   for i = 1, math.min(n, #cands) do
-    local q = cands[i].q
+    local q = cands[i][3]
     chosen[q] = chosen[q] or {}
-    table.insert(chosen[q], cands[i].m)
+    table.insert(chosen[q], cands[i][2])
   end
   for q, members in pairs(chosen) do redis.call('ZREM', qkey(q, 'ready'), unpack(members)) end
 end
 local out = {f17(now), '-', 0, 0}
 local picks = {}
 for i = 1, math.min(n, #cands) do
-  picks[i] = {string.sub(cands[i].m, RANK_LEN + 1), cands[i].q}
+  picks[i] = {string.sub(cands[i][2], RANK_LEN + 1), cands[i][3]}
 end
 local taken = lease_picks(picks, qs, now, vis, sec, usec, out, nil)
 if taken < n then

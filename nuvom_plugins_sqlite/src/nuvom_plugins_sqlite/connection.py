@@ -239,7 +239,8 @@ class Database:
     def write(self, fn: Callable[[sqlite3.Connection], T], what: str = _WRITING) -> T:
         """Run one autocommit write statement (``fn(conn)``) under the write discipline.
 
-        :param what: what the write does, for the message of a :class:`DatabaseFullError`
+        :param what: what the write does, for the message of a
+            :class:`~.errors.DatabaseFullError`
             ("purging finished job records"); a constant, so it costs nothing per call.
         :raises DatabaseFullError: no room on the disk for the write (it stored nothing).
         """

@@ -37,7 +37,7 @@ class SQLiteSettings:
     :param synchronous: ``NORMAL`` (default: WAL commits survive a crash of the process,
         the last few may be lost on power loss) or ``FULL`` (fsync every commit).
     :param busy_timeout_secs: longest wait for another process's write lock before an
-        operation fails with :class:`DatabaseBusyError`.
+        operation fails with :class:`~nuvom_plugins_sqlite.errors.DatabaseBusyError`.
     :param visibility_timeout_secs: lease length for the queue; default from the kernel.
     :param result_ttl_secs: finished job records (and ended workflows) older than this are
         deleted by every running worker about once a minute (default 7 days, as every
