@@ -1,5 +1,5 @@
-"""``Job.get()`` on a step its workflow's graph cancelled says why, from the step's record,
-and gives the advice that works for that cause.
+"""``Job.get()`` (and ``wf.get()``) on a step its workflow's graph cancelled says why, from
+the step's record, and gives the advice that works for that cause.
 
 Before, it said only "cancelled before it ran" and, for every step, to run it again with
 ``nuvom workflow retry WF``: though its record said why (a step it depends on failed, was
@@ -12,12 +12,14 @@ process.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nuvom_kernel import JobStatus, chain, get_job
 from nuvom_kernel.errors import JobCancelledError
 from nuvom_kernel.kernel import Kernel
-from tests.helpers import run_worker_until
+from tests.helpers import run_worker_until, write_module
 from tests.test_workflow_corrupt import damage_step
 
 
@@ -78,3 +80,35 @@ def test_a_step_cancelled_because_its_graph_was_damaged_says_so_and_not_to_retry
         assert "submit the workflow again" in text, text
         assert f"`nuvom workflow retry {flow.id}`" not in text, text
         assert error.workflow == flow.id
+
+
+RETRY_LATER = """
+from nuvom_kernel import task
+
+
+@task(retries=1, retry_delay_secs=3600)
+def fails_then_waits():
+    raise ValueError("first try")
+"""
+
+
+def test_wf_get_names_a_step_cancelled_after_an_attempt_as_its_record_does(
+        kernel: Kernel, project: Path) -> None:
+    """``wf.get()`` built its error from the graph alone: a step cancelled while it waited
+    out a retry delay read "cancelled before it ran", though it had run and failed; the
+    error is now the one ``Job.get()`` gives, from the step's record."""
+    write_module(project, "wf_retry_tasks", RETRY_LATER)
+    from wf_retry_tasks import fails_then_waits
+    from wf_tasks import echo
+
+    flow = chain(fails_then_waits.si(), echo.s()).delay()
+    first = flow.nodes[0].id
+    run_worker_until(kernel, lambda: get_job(first).status is JobStatus.RETRYING,
+                     "the first step to wait out its retry delay")
+    assert get_job(first).cancel() is True
+    with pytest.raises(JobCancelledError) as info:
+        flow.get(timeout=30)
+    text = str(info.value)
+    assert f"job {first} was cancelled after 1 attempt (the last failed: ValueError: " \
+           "first try)" in text, text
+    assert text == str(cancelled(first))

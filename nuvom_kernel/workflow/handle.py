@@ -12,7 +12,6 @@ import attrs
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import (
     CorruptWorkflowError,
-    JobCancelledError,
     JobFailedError,
     NuvomError,
     SerializationError,
@@ -35,6 +34,7 @@ from nuvom_kernel.workflow.shape import (
     WF_HEADER,
     WorkflowGraph,
 )
+from nuvom_kernel.workflow.steps import cancelled_error
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -169,8 +169,10 @@ class Workflow:
         if damaged is not None:  # not "cancelled: workflow retry": a retry cannot mend it
             raise damaged
         for node in full.nodes:
-            if node.state == CANCELLED:
-                raise JobCancelledError(node.id, self.id)
+            if node.state == CANCELLED:  # its record says why, as Job.get() tells it
+                job = Job(id=node.id, task=node.task, kernel=self._kernel,
+                          headers={WF_HEADER: self.id})
+                raise cancelled_error(self._kernel, self._kernel.refresh_job(job))
         raise NuvomError(f"workflow {self.id} ended {status} with no failed step recorded")
 
 
