@@ -126,7 +126,7 @@ def test_registration_problems_fail_without_running_anything(tmp_path: Path) -> 
 
 def test_unknown_name_and_missing_arguments(tmp_path: Path) -> None:
     unknown = nuvom(["plugin", "test", "no-such-thing"], tmp_path)
-    assert unknown.returncode == 1
+    assert unknown.returncode == 2, "a name that names nothing is a usage error"
     assert "no installed plugin or backend is named 'no-such-thing'" in unknown.stderr
     assert "memory" in unknown.stderr, "the error lists what is installed"
     nothing = nuvom(["plugin", "test"], tmp_path)

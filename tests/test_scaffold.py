@@ -205,6 +205,15 @@ def test_a_scaffolded_plugin_refuses_a_misspelt_setting(tmp_path: Path, kind: st
         endless = run_nuvom(["config"], project, PYTHONPATH=pythonpath, **{variable: "inf"})
         assert endless.returncode == 2, endless.stdout + endless.stderr
         assert variable in endless.stderr and "inf" in endless.stderr, endless.stderr
+        # empty is "none", the kernel's default: from_settings raised TypeError on None
+        default = subprocess.run(
+            [sys.executable, "-c", "from nuvom_kernel.kernel import get_kernel; "
+             "print(get_kernel().queue.visibility_timeout_secs)"],
+            cwd=project, env=_env(PYTHONPATH=pythonpath, NUVOM_VISIBILITY_TIMEOUT_SECS="42",
+                                  **{variable: ""}),
+            capture_output=True, text=True, timeout=120, check=False)
+        assert default.returncode == 0, default.stderr
+        assert default.stdout.strip() == "42.0", default.stdout
 
 
 

@@ -97,8 +97,8 @@ def plugin_test(targets: tuple[str, ...], all_: bool, settings: tuple[str, ...],
     kernel = _kernel()
     try:
         found, checks = resolve(kernel.pm, kernel.config, targets, all_)
-    except TargetError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except TargetError as exc:  # a name that names nothing: a usage error, as documented
+        raise click.UsageError(str(exc)) from exc
     report: dict[str, Any] = {"exitstatus": 0, "targets": [], "tests": []}
     problem = None
     if found:
