@@ -15,29 +15,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING
 
-from nuvom_kernel.backends import QueueBackend, QueueCounts, QueueStats
+from nuvom_kernel.backends import QueueCounts, QueueStats
 from nuvom_kernel.models import JobStatus, Message
 from nuvom_kernel.views import QueuedJob
 from nuvom_plugins_sqlite import quarantine
+from nuvom_plugins_sqlite.base import QueueBase
 from nuvom_plugins_sqlite.browse import browse as browse_page
 from nuvom_plugins_sqlite.browse import row_state
 from nuvom_plugins_sqlite.rows import _NAMES, _message, _problem, _queue_filter
-
-if TYPE_CHECKING:
-    from nuvom_plugins_sqlite.connection import Database
 
 __all__ = ["QueueInspection"]
 
 _MESSAGE_BY_ID = f"SELECT {', '.join(_NAMES)} FROM nuvom_queue WHERE id = ?"
 
 
-class QueueInspection(QueueBackend):
+class QueueInspection(QueueBase):
     """The operator's side of :class:`~nuvom_plugins_sqlite.queue.SQLiteJobQueue` (see the
     module docstring)."""
 
-    _db: Database
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         where, names = _queue_filter(queues)

@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from nuvom_kernel.backends import QueueBackend
 from nuvom_kernel.models import Lease
+from nuvom_plugins_sqlite.base import QueueBase
 
 if TYPE_CHECKING:
     from nuvom_plugins_sqlite.connection import Database
@@ -57,15 +57,9 @@ def _fenced_sql(head: str, n: int, *, all_or_none: bool = False) -> str:
     return sql
 
 
-class LeaseOperations(QueueBackend):
+class LeaseOperations(QueueBase):
     """Ack, retry, release and extend of :class:`~nuvom_plugins_sqlite.queue.SQLiteJobQueue`
     (see the module docstring)."""
-
-    _db: Database
-    _lease_db: Database
-
-    if TYPE_CHECKING:
-        def _waits_until(self, at: float) -> None: ...
 
     def ack(self, lease: Lease) -> bool:
         return self._fenced_lease("DELETE FROM nuvom_queue WHERE id = ? AND token = ?", (),

@@ -17,12 +17,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nuvom_kernel.backends import QueueBackend, ResultBackend
+from nuvom_kernel.backends import ResultBackend
 from nuvom_kernel.models import Settlement
 from nuvom_kernel.workflow.graph import advance, doomed_record
 from nuvom_kernel.workflow.settle import final_steps
+from nuvom_plugins_sqlite.base import QueueBase
 from nuvom_plugins_sqlite.results import (
     PUT_CHUNK,
     SQLiteResultBackend,
@@ -32,9 +33,6 @@ from nuvom_plugins_sqlite.results import (
     upsert_sql,
 )
 from nuvom_plugins_sqlite.workflows import SQLiteGraphTxn
-
-if TYPE_CHECKING:
-    from nuvom_plugins_sqlite.connection import Database
 
 __all__ = ["QueueSettling"]
 
@@ -58,15 +56,9 @@ _SETTLE_RETRY = {n: "UPDATE nuvom_queue SET token = NULL, available_at = v.colum
                  for n in range(1, PUT_CHUNK + 1)}
 
 
-class QueueSettling(QueueBackend):
+class QueueSettling(QueueBase):
     """``settle_many`` of :class:`~nuvom_plugins_sqlite.queue.SQLiteJobQueue` (see the module
     docstring)."""
-
-    _db: Database
-    _lease_db: Database
-
-    if TYPE_CHECKING:
-        def _waits_until(self, at: float) -> None: ...
 
     def settle_many(self, settlements: Sequence[Settlement], results: ResultBackend
                     ) -> list[bool] | None:
