@@ -175,6 +175,17 @@ def damage_step(kernel: Kernel, flow_id: str, step_id: str) -> tuple[str, Callab
     return str(doc_path), lambda: edit(original)
 
 
+def settle_damaged_step(kernel: Kernel, flow_id: str, step_id: str
+                        ) -> tuple[str, Callable[[], None]]:
+    """:func:`damage_step`, then a worker until that step's outcome is recorded and acked:
+    the settle that meets the damage has run. Where it is, and how to put it back."""
+    damaged = damage_step(kernel, flow_id, step_id)
+    run_worker_until(kernel, lambda: (get_job(step_id).status is JobStatus.SUCCEEDED
+                                      and kernel.queue.peek_state(step_id) is None),
+                     "the damaged step's outcome recorded and acked")
+    return damaged
+
+
 def test_a_damaged_step_ends_its_workflow_failed_and_its_waiting_steps_cancelled(
         workflow_kernel: Kernel) -> None:
     from wf_tasks import echo
@@ -182,11 +193,7 @@ def test_a_damaged_step_ends_its_workflow_failed_and_its_waiting_steps_cancelled
     kernel = workflow_kernel
     broken = chain(echo.s(1), echo.s(), echo.s()).delay()
     first, second, third = (n.id for n in broken.nodes)
-    where, restore = damage_step(kernel, broken.id, first)
-
-    run_worker_until(kernel, lambda: (get_job(first).status is JobStatus.SUCCEEDED
-                                      and kernel.queue.peek_state(first) is None),
-                     "the damaged step's outcome recorded and acked")
+    where, restore = settle_damaged_step(kernel, broken.id, first)
     # the settle that acked it ended the workflow: get() raises at once (it polled RUNNING
     # until its timeout), naming the entry and saying the workflow ended
     assert broken.status == "FAILED"
@@ -282,10 +289,7 @@ def test_retry_of_a_workflow_ended_by_damage_is_refused_at_once_even_restored(
     kernel = workflow_kernel
     broken = chain(echo.s(1), echo.s(), echo.s()).delay()
     first, second, third = (n.id for n in broken.nodes)
-    where, restore = damage_step(kernel, broken.id, first)
-    run_worker_until(kernel, lambda: (get_job(first).status is JobStatus.SUCCEEDED
-                                      and kernel.queue.peek_state(first) is None),
-                     "the damaged step's outcome recorded and acked")
+    where, restore = settle_damaged_step(kernel, broken.id, first)
     with pytest.raises(CorruptWorkflowError, match="ended FAILED") as still:  # still damaged
         broken.retry()
     assert where in str(still.value)
