@@ -50,18 +50,23 @@ __all__ = ["MAX_RECORD_BYTES", "PostgresResultBackend", "distinct_chunks", "dump
 
 log = logging.getLogger("nuvom.postgres")
 
-_UPSERT = """
-INSERT INTO {s}.results AS r
-       (job_id, status, func_name, run, attempts, terminal, updated_at, data)
-SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::int[], %b::bool[],
-                     %b::float8[], %b::text[])
-ON CONFLICT (job_id) DO UPDATE SET
+#: The fence of an insert into ``results AS r``: a stored record is replaced only by a later
+#: run or attempt, or by the same one ending (``supersedes``). One text for the upsert below
+#: and the queue's one-statement settle (:mod:`.settle`), so the two cannot drift apart.
+KEEP_NEWER = """ON CONFLICT (job_id) DO UPDATE SET
     status = EXCLUDED.status, func_name = EXCLUDED.func_name, run = EXCLUDED.run,
     attempts = EXCLUDED.attempts, terminal = EXCLUDED.terminal,
     updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
 WHERE (EXCLUDED.run, EXCLUDED.attempts) > (r.run, r.attempts)
    OR ((EXCLUDED.run, EXCLUDED.attempts) = (r.run, r.attempts)
-       AND (NOT r.terminal OR EXCLUDED.terminal))
+       AND (NOT r.terminal OR EXCLUDED.terminal))"""
+
+_UPSERT = """
+INSERT INTO {s}.results AS r
+       (job_id, status, func_name, run, attempts, terminal, updated_at, data)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::int[], %b::bool[],
+                     %b::float8[], %b::text[])
+""" + KEEP_NEWER + """
 RETURNING job_id
 """
 

@@ -4,7 +4,7 @@ outcomes stored and their leases acked or put back in one transaction.
 When the result backend keeps its records in the same database and schema, a job is then
 never recorded finished but still queued, and the batch costs one round trip (:data:`SETTLE`)
 where it names each job once. Why apart from the lease bookkeeping of :mod:`.leases`: this
-path spans both backends' tables, through the result backend's fence (the same ``WHERE`` as
+path spans both backends' tables, through the result backend's fence (``results.KEEP_NEWER``, as
 ``results._UPSERT``), with statements of its own, bound here by
 :class:`~nuvom_plugins_postgres.queries.Binder`. :class:`QueueSettling` is a base class of
 the queue (a mixin of the same object), so the settler's call goes through no extra hop.
@@ -20,7 +20,13 @@ import psycopg
 from nuvom_kernel.backends import ResultBackend, Settlement
 from nuvom_plugins_postgres.base import QueueBase
 from nuvom_plugins_postgres.queries import Binder
-from nuvom_plugins_postgres.results import PostgresResultBackend, Row, encode_all, store_fenced
+from nuvom_plugins_postgres.results import (
+    KEEP_NEWER,
+    PostgresResultBackend,
+    Row,
+    encode_all,
+    store_fenced,
+)
 
 __all__ = ["QueueSettling", "SettleQueries"]
 
@@ -46,7 +52,7 @@ RETURNING j.state
 
 # settle_many in one statement when the batch names each job once (the usual case): lock the
 # rows whose token still holds, upsert their records through the result backend's fence
-# (the same ``WHERE`` as ``results._UPSERT``), then ack or put back exactly the jobs whose
+# (``results.KEEP_NEWER``, as ``results._UPSERT``), then ack or put back exactly the jobs whose
 # record landed. One round trip instead of five (BEGIN, lock, upsert, ack, COMMIT); the
 # data-modifying CTEs run to completion whether or not the outer query reads them, all in
 # the statement's one transaction, and ``held`` locks before anything is written.
@@ -67,13 +73,7 @@ stored AS (
     SELECT t.job_id, t.status, t.func_name, t.run, t.attempts, t.terminal, t.updated_at,
            t.data
     FROM t JOIN held ON held.id = t.job_id
-    ON CONFLICT (job_id) DO UPDATE SET
-        status = EXCLUDED.status, func_name = EXCLUDED.func_name, run = EXCLUDED.run,
-        attempts = EXCLUDED.attempts, terminal = EXCLUDED.terminal,
-        updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
-    WHERE (EXCLUDED.run, EXCLUDED.attempts) > (r.run, r.attempts)
-       OR ((EXCLUDED.run, EXCLUDED.attempts) = (r.run, r.attempts)
-           AND (NOT r.terminal OR EXCLUDED.terminal))
+""" + KEEP_NEWER + """
     RETURNING r.job_id),
 acked AS (
     DELETE FROM {s}.jobs j USING stored, t
