@@ -106,7 +106,8 @@ def nuvom_plugin_settings() -> dict[str, type]:
     with an error naming the table or variable, the key and the valid keys. One schema
     covers every backend registered under that name (a queue and a result backend sharing
     ``path`` declare it once). A plugin that declares nothing gets its table as written and
-    environment values as strings.
+    environment values as strings; one that registers backends but declares tables under
+    none of their names (nor its own) is warned about, naming it.
 
     Call mode: 1:N (the kernel merges every mapping; two plugins declaring one table name is
     an error naming both).

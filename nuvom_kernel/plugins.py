@@ -59,6 +59,23 @@ PROBED_HOOKS: tuple[str, ...] = (*(hook for hook in CAPABILITIES.values() if hoo
                                  "nuvom_plugin_settings")
 
 
+def _warn_settings_elsewhere(plugin_name: str, tables: set[str], backends: set[str]) -> None:
+    """Warn when a plugin registers backends but declares its settings under none of their
+    names (nor its own): a typo in ``nuvom_plugin_settings`` that nothing else shows, since
+    ``[plugins.<backend>]`` is then read without a schema (a misspelt key there is ignored,
+    an environment value stays a string) and the declared table is claimed, so the
+    unclaimed-table warning is silent too. Only for plugins that register a backend: a
+    plugin of hooks alone has no name its tables must match."""
+    if not tables or not backends or tables & (backends | {plugin_name.lower()}):
+        return
+    names = ", ".join(repr(name) for name in sorted(backends))
+    warn_once(
+        f"plugin {plugin_name!r} declares the settings of "
+        f"{', '.join(f'[plugins.{t}]' for t in sorted(tables))}, but registers its "
+        f"backends as {names}: [plugins.{min(backends)}] is read without its key checks. "
+        f"The plugin's nuvom_plugin_settings should return {{{min(backends)!r}: ...}}.")
+
+
 class NuvomPluginManager(BackendLookup):
     """pluggy's manager plus Nuvom's load order, provenance and actionable errors."""
 
@@ -128,6 +145,8 @@ class NuvomPluginManager(BackendLookup):
         ``nuvom plugin list`` that would show the culprit.
         """
         names: set[str] = set()
+        registers: dict[str, set[str]] = {}  # plugin -> backend names
+        declares: dict[str, set[str]] = {}  # plugin -> settings tables
         for hook_name in PROBED_HOOKS:
             for impl in list(getattr(self.hook, hook_name).get_hookimpls()):
                 if self.get_plugin(impl.plugin_name) is None:  # disabled by an earlier hook
@@ -140,9 +159,15 @@ class NuvomPluginManager(BackendLookup):
                 except Exception as exc:
                     self.disable(impl.plugin_name, hook_name, exc)
                     continue
-                if hook_name != "nuvom_plugin_settings":
-                    names |= {cls.name.lower() for cls in returned or ()
-                              if isinstance(getattr(cls, "name", None), str)}
+                if hook_name == "nuvom_plugin_settings":
+                    declares[impl.plugin_name] = {table.lower() for table in returned or {}}
+                    continue
+                found = {cls.name.lower() for cls in returned or ()
+                         if isinstance(getattr(cls, "name", None), str)}
+                registers.setdefault(impl.plugin_name, set()).update(found)
+                names |= found
+        for plugin_name, tables in declares.items():
+            _warn_settings_elsewhere(plugin_name, tables, registers.get(plugin_name, set()))
         return names
 
     def plugin_settings_schemas(self) -> dict[str, type]:

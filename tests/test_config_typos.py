@@ -165,6 +165,55 @@ def test_claimed_tables_are_not_warned(tmp_path: Path, caplog: pytest.LogCapture
     assert kernel.config.plugin_settings("memory") == {"visibility_timeout_secs": 3.0}
 
 
+DEMO_PLUGIN = """
+import attrs
+from nuvom_kernel import hookimpl
+from nuvom_plugins.memory import MemoryJobQueue
+
+
+class DemoQueue(MemoryJobQueue):
+    name = "demo"
+
+
+@attrs.define
+class DemoSettings:
+    size: int = 1
+
+
+@hookimpl
+def nuvom_register_queue_backends():
+    return [DemoQueue]
+
+
+@hookimpl
+def nuvom_plugin_settings():
+    return {TABLE: DemoSettings}
+"""
+
+
+@pytest.mark.parametrize("table", ["demoo", "Demo"])
+def test_settings_declared_under_another_name_than_the_backends_are_warned(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, table: str) -> None:
+    """A plugin that registers ``demo`` but declares ``[plugins.demoo]`` leaves
+    ``[plugins.demo]`` without key checks, and claims the misspelt table, so the
+    unclaimed-table warning says nothing either: this one names the plugin and the fix."""
+    module = f"demo_plugin_{table.lower()}"  # one per case: a module is imported once
+    (tmp_path / f"{module}.py").write_text(DEMO_PLUGIN.replace("TABLE", repr(table)))
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        f'[plugins]\nqueue_backend = ["{module}"]\n[plugins.demo]\nsise = 2\n')
+    if table == "Demo":  # its own backend's name (tables are case-insensitive): checked
+        with pytest.raises(PluginConfigError, match="'sise' is not a setting of plugin 'demo'"):
+            Kernel(root=tmp_path, environ=MEMORY)
+        return
+    with caplog.at_level(logging.WARNING, logger="nuvom.config"):
+        Kernel(root=tmp_path, environ=MEMORY)  # the misspelt key passes: nothing checks it
+    warnings = [w for w in _warnings(caplog) if module in w]
+    assert warnings == [
+        f"plugin '{module}' declares the settings of [plugins.demoo], but registers its "
+        "backends as 'demo': [plugins.demo] is read without its key checks. The plugin's "
+        "nuvom_plugin_settings should return {'demo': ...}."]
+
+
 def test_the_cli_warns_about_an_unclaimed_table_and_runs(tmp_path: Path) -> None:
     (tmp_path / ".nuvom_plugins.toml").write_text('[plugins.sqllite]\npath = "custom.db"\n')
     done = run_nuvom(["config"], tmp_path, **MEMORY)
