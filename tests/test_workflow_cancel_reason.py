@@ -12,13 +12,14 @@ process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from nuvom_kernel import JobStatus, chain, get_job
 from nuvom_kernel.errors import JobCancelledError
-from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.kernel import Kernel, use_kernel
 from tests.helpers import run_worker_until, write_module
 from tests.test_workflow_corrupt import settle_damaged_step
 
@@ -109,3 +110,37 @@ def test_wf_get_names_a_step_cancelled_after_an_attempt_as_its_record_does(
     assert f"job {first} was cancelled after 1 attempt (the last failed: ValueError: " \
            "first try)" in text, text
     assert text == str(cancelled(first))
+
+
+def test_a_store_failing_while_the_graph_is_read_leaves_the_records_words(
+        make_kernel: Callable[..., Kernel], project: Path) -> None:
+    """The graph is read for what the record does not hold (its workflow, whether damage
+    ended it); a store that fails there must not replace the cancelled step's error with
+    its own, nor lose the record's reason or its workflow. Here the file queue's
+    ``workflows/`` folder is a plain file while the step's record, kept in the result
+    folder, reads."""
+    from tests import test_workflows as wf
+
+    write_module(project, "wf_tasks", wf.TASKS)
+    kernel = make_kernel("file")
+    with use_kernel(kernel):
+        from wf_tasks import boom, echo
+
+        flow = chain(boom.si(), echo.s()).delay()
+        second = flow.nodes[1].id
+        run_worker_until(kernel, lambda: flow.status != "RUNNING", "the workflow to end")
+        folder = kernel.queue.path / "workflows"  # type: ignore[attr-defined]
+        folder.rename(folder.with_name("workflows.away"))
+        folder.write_text("not a folder")
+        try:
+            error = cancelled(second)
+        finally:
+            folder.unlink()
+            folder.with_name("workflows.away").rename(folder)
+        text = str(error)
+        assert "cancelled before it ran: a step it depends on failed" in text, text
+        assert error.error_type == "nuvom.Cancelled"
+        assert "not a folder" not in text and "NotADirectory" not in text, text
+        # the workflow, which the graph would have said, is read from the record's words
+        assert error.workflow == flow.id
+        assert f"`nuvom workflow retry {flow.id}`" in text, text

@@ -161,7 +161,8 @@ def cancelled_error(kernel: Kernel, job: Job) -> JobCancelledError:
     retry``, which cannot run it. The graph is read (once, for a cancelled job only) for
     what the record does not hold: the step's workflow, when the handle was made from the
     id alone, and whether the damage ended it. A graph that does not read now says so
-    itself; a store that does not answer leaves the record's words alone.
+    itself; a store that does not answer leaves the record's words alone (the workflow
+    then taken from them: the record names it).
     """
     workflow, advice, doom = job.headers.get(WF_HEADER), None, None
     if kernel.queue.capabilities.workflows:
@@ -178,7 +179,13 @@ def cancelled_error(kernel: Kernel, job: Job) -> JobCancelledError:
     reason = None
     message = job.error or ""
     if job.error_type in (CANCELLED_ERROR, SKIPPED_ERROR) and message.startswith(NOT_RUN):
-        reason = message.removeprefix(NOT_RUN).removesuffix(f" (workflow {workflow})")
+        # doomed_record's words: "not run: <reason> (workflow <id>)"; the id read here
+        # too, for a handle made from the id alone whose graph did not read
+        reason, named, flow_id = message.removeprefix(NOT_RUN).rpartition(" (workflow ")
+        if named and flow_id.endswith(")"):
+            workflow = workflow or flow_id[:-1]
+        else:
+            reason = message.removeprefix(NOT_RUN)
     return JobCancelledError(job.id, workflow, attempts=job.attempts,
                              error_type=job.error_type, error_message=job.error,
                              reason=reason, advice=advice)
