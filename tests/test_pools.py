@@ -695,7 +695,7 @@ def test_a_child_whose_worker_stopped_listening_exits_without_a_traceback(projec
     """A forced stop closes the pipes of a child still running its job; its reply then met
     a closed pipe and printed a BrokenPipeError traceback on the worker's terminal."""
     from nuvom_kernel.worker.child import read_frame, write_frame
-    from nuvom_kernel.worker.processes import _CHILD_MAIN
+    from nuvom_kernel.worker.child_process import _CHILD_MAIN
 
     write_module(project, "bp_tasks", "import time\nfrom nuvom_kernel import task\n\n\n"
                  "@task\ndef nap():\n    time.sleep(0.3)\n")

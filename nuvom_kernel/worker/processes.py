@@ -16,14 +16,15 @@ replaced by one that has already imported the task modules: capacity does not dr
 A child's death is seen by end of file on its pipes and also by its process state (before
 each job, and at each wake-up while one runs): a process a task left behind can hold the
 pipes open, and end of file alone would then hide the death until that process ends.
+
+Here the pool: which children it keeps, and how a job's outcome is built from a child's
+reply. One child watched from the parent is :mod:`.child_process`; what a child itself runs
+is :mod:`.child`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import select
-import signal
 import subprocess
 import sys
 import threading
@@ -41,30 +42,21 @@ from nuvom_kernel.errors import (
     UnknownTaskError,
 )
 from nuvom_kernel.serialization import from_wire, to_wire
-from nuvom_kernel.worker.child import read_frame, write_frame
+from nuvom_kernel.worker.child_process import Child, ended, format_size
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
     from nuvom_kernel.worker.settle import Running
 
-__all__ = ["ProcessPool", "format_size"]
+__all__ = ["ProcessPool"]
 
 log = logging.getLogger("nuvom.worker")
 
-#: How often a busy child's RSS is read while a memory limit is set.
-MEMORY_POLL_SECS = 0.2
-#: A fresh interpreter that runs :func:`.child.main` (``-c``, like ``-m``, puts the working
-#: directory on ``sys.path``; ``-m`` would import the module twice, once as ``__main__``).
-_CHILD_MAIN = "import sys; from nuvom_kernel.worker.child import main; main(sys.argv[1:])"
 #: How long a new child may take to import the kernel and the task modules.
 START_TIMEOUT_SECS = 60.0
 #: How many children a job may find gone (dead while idle) before one takes it: each is
 #: replaced by a fresh one, and then the job fails instead of looping.
 HANDOFF_TRIES = 3
-
-
-def format_size(size: int) -> str:
-    return f"{size / 2**20:.0f} MB"
 
 
 def _limit(running: Running) -> float | None:
@@ -87,189 +79,6 @@ def _start_clock_now(running: Running) -> None:
         job.deadline += shift
     if running.deadline is not None:
         running.deadline += shift
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _ended(reply: dict[str, Any]) -> str:
-    """How a dead child ended, from :meth:`Child.reap`'s reply."""
-    code = reply.get("exit_code", 0)
-    return (f"killed by signal {-code} ({_signal_name(-code)})" if code < 0
-            else f"its process exited with code {code}")
-
-
-class Child:
-    """One child process and its two pipes."""
-
-    def __init__(self, hello: dict[str, Any]) -> None:
-        req_r, req_w = os.pipe()
-        rep_r, rep_w = os.pipe()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_MAIN, str(req_r), str(rep_w), str(os.getpid())],
-            pass_fds=(req_r, rep_w), close_fds=True)
-        os.close(req_r)
-        os.close(rep_w)
-        self.requests, self.replies = req_w, rep_r
-        self.pid = self.proc.pid
-        self.started = time.monotonic()
-        self.tasks = 0
-        self.ready = False
-        self.busy = False  # inside run(): only its executor thread may close its pipes
-        self._reaped: dict[str, Any] | None = None
-        self._send({**hello})
-
-    def _send(self, data: dict[str, Any]) -> bool:
-        try:
-            write_frame(self.requests, data)
-            return True
-        except OSError:  # it died: the caller learns how from reap()
-            return False
-
-    def wait_ready(self, timeout: float) -> bool:
-        """Wait for the child's hello; ``False`` if it died (or stayed silent) first.
-
-        Checked every second by process state too, not only by end of file: a module that
-        forks at import (without exec) and then kills the child leaves the pipe held open,
-        and the executor would wait the whole ``timeout`` for a child long dead.
-        """
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.replies], [], [], min(left, 1.0))
-            if ready:
-                hello = read_frame(self.replies)
-                self.ready = bool(hello and hello.get("ready"))
-                break
-            if self.exited():
-                break
-        return self.ready
-
-    def rss(self) -> int | None:
-        try:
-            with open(f"/proc/{self.pid}/status", "rb") as status:
-                for line in status:
-                    if line.startswith(b"VmRSS:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            return None
-        return None
-
-    def run(self, request: dict[str, Any], deadline: float | None, grace: float,
-            max_memory: int | None) -> dict[str, Any]:
-        """Run one job; the child's reply, or how it died (``died`` set)."""
-        self.busy = True
-        try:
-            return self._run(request, deadline, grace, max_memory)
-        finally:
-            self.busy = False
-
-    def _run(self, request: dict[str, Any], deadline: float | None, grace: float,
-             max_memory: int | None) -> dict[str, Any]:
-        # An idle child killed between jobs (the OOM killer, kill -9) is found by its
-        # process state, not by EPIPE alone: a process its last task left behind may hold
-        # the request pipe's read end, and the job would then wait in a pipe nobody reads.
-        # One wait4(WNOHANG) per job, no other cost.
-        if self.exited() or not self._send(request):  # the job never reached it:
-            return {**self.reap("it was gone before the job reached it"),  # call() retries
-                    "unsent": True}
-        kill_at: float | None = None
-        reason = ""
-        while True:
-            now = time.monotonic()
-            wait = MEMORY_POLL_SECS if max_memory else 1.0
-            for at in (deadline if kill_at is None else None, kill_at):
-                if at is not None:
-                    wait = min(wait, max(0.0, at - now))
-            ready, _, _ = select.select([self.replies], [], [], wait)
-            if ready:
-                reply = read_frame(self.replies)
-                if reply is None:
-                    return self.reap(reason)
-                self.tasks += 1
-                return reply
-            if self.exited():  # dead, its reply pipe held open by a process it left behind
-                if select.select([self.replies], [], [], 0)[0]:  # it replied, then exited:
-                    continue  # the reply is read, not mistaken for a death
-                return self.reap(reason)
-            now = time.monotonic()
-            if kill_at is not None and now >= kill_at:
-                reason = (f"it did not stop within kill_grace_secs={grace:g} after the soft "
-                          "timeout")
-                self.kill()
-                return self.reap(reason, timed_out=True)
-            if kill_at is None and deadline is not None and now >= deadline:
-                self.signal(signal.SIGUSR1)  # raised in the task: its finally blocks run
-                kill_at = now + grace
-            rss = self.rss() if max_memory else None
-            if max_memory and rss and rss > max_memory:
-                self.kill()
-                return self.reap(f"its RSS ({format_size(rss)}) passed max_memory_per_child "
-                                 f"({format_size(max_memory)})")
-
-    def signal(self, number: int) -> None:
-        if self._reaped is not None:  # its pid may already be another process's
-            return
-        try:
-            os.kill(self.pid, number)
-        except ProcessLookupError:
-            pass
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-
-    def reap(self, reason: str = "", timed_out: bool = False) -> dict[str, Any]:
-        """Wait for the dead child; how it ended, with its resource usage."""
-        ended = self._reaped or self._wait(0) or {"exit_code": -9}  # wait(0): never None
-        self._close_pipes()
-        return {**ended, "died": True, "reason": reason, "timed_out": timed_out}
-
-    def exited(self) -> bool:
-        """Whether the child's process has ended (then reaped, for :meth:`reap`).
-
-        End of file on the reply pipe (EPIPE on the request pipe) is not enough to see a
-        child die: a process that a task left behind and that got the pipe ends (a fork
-        without exec: a multiprocessing ``fork`` child) keeps them open after the child is
-        gone, and the job would read RUNNING, its lease extended, until that process ends.
-        """
-        return self._reaped is not None or self._wait(os.WNOHANG) is not None
-
-    def _wait(self, options: int) -> dict[str, Any] | None:
-        """``wait4`` the child with ``options``: how it ended (kept for :meth:`reap`), or
-        ``None`` while it runs (``WNOHANG``)."""
-        try:
-            pid, status, usage = os.wait4(self.pid, options)
-        except ChildProcessError:  # reaped elsewhere (Popen.wait)
-            code = self.proc.returncode if self.proc.returncode is not None else -9
-            self._reaped = {"exit_code": code}
-        else:
-            if pid == 0:
-                return None
-            code = os.waitstatus_to_exitcode(status)
-            self._reaped = {"exit_code": code, "max_rss_kb": usage.ru_maxrss,
-                            "cpu_secs": round(usage.ru_utime + usage.ru_stime, 6)}
-        self.proc.returncode = code
-        return self._reaped
-
-    def close(self) -> None:
-        """Ask an idle child to exit; it is reaped in the background."""
-        self._send({"exit": True})
-        self._close_pipes()
-        threading.Thread(target=self.proc.wait, name="nuvom-child-reaper", daemon=True).start()
-
-    def _close_pipes(self) -> None:
-        for fd in (self.requests, self.replies):
-            if fd == -1:
-                continue
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.requests = self.replies = -1
-
 
 
 class _ChildNoRetry(ChildTaskError, NoRetry):
@@ -402,7 +211,7 @@ class ProcessPool:
                 raise self._death(running, child, reply)
             log.warning("job=%s task=%s: pool child pid %d was gone before the job reached "
                         "it (%s); a fresh child takes the job", job.id, job.task, child.pid,
-                        _ended(reply))
+                        ended(reply))
         self._maybe_retire(child)
         if "concurrency" in reply:
             self.reported_limits[job.task] = reply["concurrency"]
@@ -466,7 +275,7 @@ class ProcessPool:
 
     def _death(self, running: Running, child: Child, reply: dict[str, Any]) -> BaseException:
         job, code = running.job, reply.get("exit_code", 0)
-        how = _ended(reply)
+        how = ended(reply)
         details = {key: reply.get(key) for key in ("max_rss_kb", "cpu_secs")}
         details.update(signal=-code if code < 0 else None, pid=child.pid)
         exc: BaseException
