@@ -1,5 +1,6 @@
-"""``nuvom workflow inspect|retry``: a workflow's graph with each step's state, attempts and
-timings, and re-running its failed part (an internal plugin, like the job commands)."""
+"""``nuvom workflow inspect|retry|resume``: a workflow's graph with each step's state,
+attempts and timings, re-running its failed part, and moving on one whose steps' outcomes
+never reached its graph (an internal plugin, like the job commands)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.jobs import _kernel
 from nuvom_kernel.cli.output import local_time, print_table, stored_id
 from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.workflow.damage import stranded_error, stranded_steps
 
 __all__ = ["nuvom_register_commands"]
 
@@ -23,7 +25,7 @@ def nuvom_register_commands(cli: click.Group) -> None:
 
 @click.group(name="workflow")
 def workflow_group() -> None:
-    """Inspect and retry workflows (chains, groups, joins)."""
+    """Inspect, retry and resume workflows (chains, groups, joins)."""
 
 
 def _handle(workflow_id: str) -> Any:
@@ -57,8 +59,10 @@ def describe(handle: Any) -> dict[str, Any]:
             "finally": node.id == graph.flow.final,
         })
     flow = graph.flow
+    stranded = stranded_steps(kernel.queue, kernel.results, graph)
     return {"id": flow.id, "status": flow.status, "created_at": flow.created_at,
-            "finished_at": flow.finished_at, "steps": len(nodes), "nodes": nodes}
+            "finished_at": flow.finished_at, "steps": len(nodes), "nodes": nodes,
+            "stuck": str(stranded_error(flow.id, stranded)) if stranded else None}
 
 
 #: Parents a table row names; a join of a big group says how many more (``--json`` has all).
@@ -92,6 +96,8 @@ def inspect_workflow(workflow_id: str, as_json: bool) -> None:
              "error": f"{n['error_type']}: {n['error_message']}" if n["error_type"] else None}
             for n in data["nodes"]]
     print_table(rows, ["id", "task", "state", "attempts", "duration_ms", "parents", "error"])
+    if data["stuck"]:
+        click.echo(data["stuck"], err=True)
 
 
 @workflow_group.command(name="retry")
@@ -112,3 +118,25 @@ def retry_workflow(workflow_id: str, from_node: str | None) -> None:
         return
     click.echo(f"workflow {workflow_id}: re-running {len(reopened)} step(s): "
                + ", ".join(reopened))
+
+
+@workflow_group.command(name="resume")
+@click.argument("workflow_id", callback=stored_id)
+def resume_workflow(workflow_id: str) -> None:
+    """Move WORKFLOW_ID on past steps whose outcomes never reached its graph.
+
+    A step that ended while the workflow's stored graph could not be read (a damaged entry,
+    since restored) had its outcome recorded, but the workflow stayed RUNNING with nothing
+    to move it; this applies each such step's recorded outcome, as its settle would have.
+    """
+    handle = _handle(workflow_id)
+    try:
+        moved = handle.resume()
+    except NuvomError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not moved:
+        click.echo(f"workflow {workflow_id}: nothing to resume (no step's outcome is missing "
+                   "from its graph)")
+        return
+    click.echo(f"workflow {workflow_id}: applied the recorded outcome of {len(moved)} "
+               "step(s): " + ", ".join(moved))

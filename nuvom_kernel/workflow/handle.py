@@ -20,8 +20,8 @@ from nuvom_kernel.errors import (
 from nuvom_kernel.job import Job, not_in_a_task
 from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
-from nuvom_kernel.workflow.damage import ended_by_damage
-from nuvom_kernel.workflow.graph import doomed_record, reset
+from nuvom_kernel.workflow.damage import ended_by_damage, stranded_error, stranded_steps
+from nuvom_kernel.workflow.graph import advance, doomed_record, reset
 from nuvom_kernel.workflow.shape import (
     CANCELLED,
     FAILED,
@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
 __all__ = ["StepFailed", "Workflow", "WorkflowNode", "get_workflow", "resolve_input"]
+
+#: ``wf.get()`` first checks whether a RUNNING workflow is stuck (:func:`stranded_steps`)
+#: after this long, then after twice as long each time, up to the maximum.
+STRANDED_CHECK_SECS = 1.0
+STRANDED_CHECK_MAX_SECS = 60.0
 
 
 @attrs.frozen
@@ -133,17 +138,33 @@ class Workflow:
         :raises CorruptWorkflowError: its stored graph is damaged (the entry named); a
             settle that found it ended the workflow FAILED where it could write its head.
         :raises NuvomError: it ended FAILED because its graph was damaged, and the entry
-            was restored since (its waiting steps were cancelled: submit it again).
+            was restored since (its waiting steps were cancelled: submit it again); or it
+            cannot move on, a step's outcome having never reached its graph
+            (:func:`stranded_steps`: :meth:`resume` mends it).
         :raises TimeoutError: not finished within ``timeout`` seconds.
         """
         if not allow_in_task:
             not_in_a_task(f"workflow {self.id}")
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
+        # Whether it is stuck is checked rarely (the whole graph, a peek per released step)
+        # and ever more rarely, and a step counts only when two checks in a row find it: a
+        # cancel removes a step's message and records it before it moves the graph, so one
+        # check can meet a step that is only being cancelled.
+        check_in, check_at = STRANDED_CHECK_SECS, time.monotonic() + STRANDED_CHECK_SECS
+        seen: set[str] = set()
         while True:
             graph = self._graph(nodes=False)
             if graph.flow.status != RUNNING:
                 break
+            if time.monotonic() >= check_at:
+                stranded = stranded_steps(self._kernel.queue, self._kernel.results,
+                                          self._graph())
+                if seen & {step for step, _ in stranded}:
+                    raise stranded_error(self.id, [s for s in stranded if s[0] in seen])
+                seen = {step for step, _ in stranded}
+                check_in = min(check_in * 2, STRANDED_CHECK_MAX_SECS)
+                check_at = time.monotonic() + check_in
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"workflow {self.id} is still RUNNING after {timeout} s; "
                                    "is a worker running (`nuvom runworker`)?")
@@ -198,6 +219,9 @@ class Workflow:
         kernel = self._kernel
         graph = self._graph()
         if graph.flow.status == RUNNING:
+            stranded = stranded_steps(kernel.queue, kernel.results, graph)
+            if stranded:
+                raise stranded_error(self.id, stranded)
             raise NuvomError(f"workflow {self.id} is still RUNNING; retry it once it ended "
                              f"(see `nuvom workflow inspect {self.id}`)")
         damaged = ended_by_damage(graph)
@@ -243,6 +267,26 @@ class Workflow:
         if doomed:  # re-opened beside a parent that stays failed, cancelled or skipped
             kernel.results.put_many([doomed_record(node) for node in doomed])
         return reopened
+
+
+    def resume(self) -> list[str]:
+        """Move on a RUNNING workflow whose steps' outcomes never reached its graph
+        (:func:`stranded_steps`: settled while its head could not be read, then restored),
+        applying each one's recorded outcome as its settle would have. Returns their ids;
+        none for a workflow that is not stuck so.
+
+        Safe beside running workers: a step's outcome moves the graph once (a step no
+        longer RELEASED is left alone), so a settle racing this one releases nothing twice.
+        """
+        kernel = self._kernel
+        stranded = stranded_steps(kernel.queue, kernel.results, self._graph())
+        if not stranded:
+            return []
+        doomed = kernel.queue.workflow_transaction(lambda txn: advance(txn, stranded),
+                                                   [self.id])
+        if doomed:
+            kernel.results.put_many([doomed_record(node) for node in doomed])
+        return [step for step, _ in stranded]
 
 
 def get_workflow(workflow_id: str) -> Workflow:
