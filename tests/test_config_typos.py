@@ -204,6 +204,12 @@ def test_settings_declared_under_another_name_than_the_backends_are_warned(
     if table == "Demo":  # its own backend's name (tables are case-insensitive): checked
         with pytest.raises(PluginConfigError, match="'sise' is not a setting of plugin 'demo'"):
             Kernel(root=tmp_path, environ=MEMORY)
+        (tmp_path / ".nuvom_plugins.toml").write_text(
+            f'[plugins]\nqueue_backend = ["{module}"]\n[plugins.demo]\nsize = 2\n')
+        with caplog.at_level(logging.WARNING, logger="nuvom.config"):
+            kernel = Kernel(root=tmp_path, environ=MEMORY)
+        assert kernel.config.plugin_settings("demo") == {"size": 2}
+        assert _warnings(caplog) == []
         return
     with caplog.at_level(logging.WARNING, logger="nuvom.config"):
         Kernel(root=tmp_path, environ=MEMORY)  # the misspelt key passes: nothing checks it

@@ -13,7 +13,7 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.jobs import _kernel
 from nuvom_kernel.cli.output import local_time, print_table, stored_id
 from nuvom_kernel.errors import NuvomError
-from nuvom_kernel.workflow.damage import stranded_error, stranded_steps
+from nuvom_kernel.workflow.stranded import stranded_error, stranded_steps
 
 __all__ = ["nuvom_register_commands"]
 
@@ -59,10 +59,10 @@ def describe(handle: Any) -> dict[str, Any]:
             "finally": node.id == graph.flow.final,
         })
     flow = graph.flow
-    stranded = stranded_steps(kernel.queue, kernel.results, graph)
+    stranded = stranded_steps(kernel.queue, kernel.results, kernel.serializer, graph)
     return {"id": flow.id, "status": flow.status, "created_at": flow.created_at,
             "finished_at": flow.finished_at, "steps": len(nodes), "nodes": nodes,
-            "stuck": str(stranded_error(flow.id, stranded)) if stranded else None}
+            "stranded": str(stranded_error(flow.id, stranded)) if stranded else None}
 
 
 #: Parents a table row names; a join of a big group says how many more (``--json`` has all).
@@ -96,8 +96,8 @@ def inspect_workflow(workflow_id: str, as_json: bool) -> None:
              "error": f"{n['error_type']}: {n['error_message']}" if n["error_type"] else None}
             for n in data["nodes"]]
     print_table(rows, ["id", "task", "state", "attempts", "duration_ms", "parents", "error"])
-    if data["stuck"]:
-        click.echo(data["stuck"], err=True)
+    if data["stranded"]:
+        click.echo(data["stranded"], err=True)
 
 
 @workflow_group.command(name="retry")
@@ -123,11 +123,12 @@ def retry_workflow(workflow_id: str, from_node: str | None) -> None:
 @workflow_group.command(name="resume")
 @click.argument("workflow_id", callback=stored_id)
 def resume_workflow(workflow_id: str) -> None:
-    """Move WORKFLOW_ID on past steps whose outcomes never reached its graph.
+    """Move WORKFLOW_ID on past its stranded steps (outcomes that never reached its graph).
 
     A step that ended while the workflow's stored graph could not be read (a damaged entry,
     since restored) had its outcome recorded, but the workflow stayed RUNNING with nothing
     to move it; this applies each such step's recorded outcome, as its settle would have.
+    Safe beside running workers.
     """
     handle = _handle(workflow_id)
     try:
@@ -135,8 +136,7 @@ def resume_workflow(workflow_id: str) -> None:
     except NuvomError as exc:
         raise click.ClickException(str(exc)) from exc
     if not moved:
-        click.echo(f"workflow {workflow_id}: nothing to resume (no step's outcome is missing "
-                   "from its graph)")
+        click.echo(f"workflow {workflow_id}: nothing to resume (no stranded step)")
         return
     click.echo(f"workflow {workflow_id}: applied the recorded outcome of {len(moved)} "
                "step(s): " + ", ".join(moved))

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from nuvom_kernel.errors import CorruptWorkflowError, NuvomError
-from nuvom_kernel.models import TERMINAL_STATES, JobStatus
+from nuvom_kernel.models import JobStatus
 from nuvom_kernel.workflow.shape import (
     CANCELLED,
     DOOM_DAMAGED,
@@ -29,11 +29,7 @@ from nuvom_kernel.workflow.shape import (
     WorkflowGraph,
 )
 
-if TYPE_CHECKING:
-    from nuvom_kernel.backends import QueueBackend, ResultBackend
-
-__all__ = ["EndsDamaged", "advance_past_damage", "damaged_advice", "ended_by_damage",
-           "stranded_error", "stranded_steps"]
+__all__ = ["EndsDamaged", "advance_past_damage", "damaged_advice", "ended_by_damage"]
 
 log = logging.getLogger("nuvom.worker")
 
@@ -157,50 +153,3 @@ def damaged_advice(workflow_id: str) -> str:
     wording for ``wf.get()``, ``nuvom workflow retry`` and ``Job.get()``."""
     return (f"no retry can finish workflow {workflow_id}, ended this way (`nuvom workflow "
             "retry` refuses it): submit the workflow again to run it")
-
-
-def stranded_steps(queue: QueueBackend, results: ResultBackend, graph: WorkflowGraph
-                   ) -> list[tuple[str, JobStatus]]:
-    """The steps of ``graph`` (read whole) whose outcome was settled while their workflow's
-    head could not be read, with that outcome: the workflow stays RUNNING once the entry is
-    restored, and nothing would ever move it on (``wf.get()`` waited out its timeout).
-
-    Such a step is RELEASED in the graph though its message is gone (acked) and its record
-    final. No healthy settle leaves that: one without ``settle_many`` moves the graph
-    before it acks, one with it does both in one transaction. The graph is read again after
-    the queue and the records, and a step kept only if still RELEASED, so a settle that
-    ran meanwhile (it moved the graph, then acked) is not taken for one. A cancel does
-    leave it, for the moment between recording the step CANCELLED and moving the graph:
-    one call can return a step only being cancelled (applying its outcome then is what
-    the cancel does next, and is harmless), so a reader that raises on it looks twice.
-    """
-    flow_id = graph.flow.id
-    if graph.flow.status != RUNNING:
-        return []
-    found = []
-    for node in graph.nodes:
-        if node.state != RELEASED or queue.peek_state(node.id) is not None:
-            continue
-        record = results.get(node.id)
-        if record is not None and record.status in TERMINAL_STATES:
-            found.append((node.id, record.status))
-    if not found:
-        return []
-    again = queue.read_workflow(flow_id)
-    if again is None or again.flow.status != RUNNING:
-        return []
-    still = {node.id for node in again.nodes if node.state == RELEASED}
-    return [(step, status) for step, status in found if step in still]
-
-
-def stranded_error(workflow_id: str, stranded: Sequence[tuple[str, JobStatus]]) -> NuvomError:
-    """What ``wf.get()``, ``nuvom workflow retry`` and ``inspect`` say of a workflow with
-    :func:`stranded_steps`: why it cannot move on, and the command that moves it."""
-    step, status = stranded[0]
-    more = f" (and {len(stranded) - 1} more)" if len(stranded) > 1 else ""
-    return NuvomError(
-        f"workflow {workflow_id} is RUNNING but cannot move on: step {step}{more} ended "
-        f"{status.value}, but its outcome never reached the workflow's stored graph (it was "
-        "settled while the graph could not be read, or a cancel stopped half-way). `nuvom "
-        f"workflow resume {workflow_id}` applies the recorded outcome, and the workflow "
-        "continues from there")

@@ -20,8 +20,8 @@ from nuvom_kernel.errors import (
 from nuvom_kernel.job import Job, not_in_a_task
 from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
-from nuvom_kernel.workflow.damage import ended_by_damage, stranded_error, stranded_steps
-from nuvom_kernel.workflow.graph import advance, doomed_record, reset
+from nuvom_kernel.workflow.damage import ended_by_damage
+from nuvom_kernel.workflow.graph import doomed_record, reset
 from nuvom_kernel.workflow.shape import (
     CANCELLED,
     FAILED,
@@ -35,16 +35,12 @@ from nuvom_kernel.workflow.shape import (
     WorkflowGraph,
 )
 from nuvom_kernel.workflow.steps import cancelled_error
+from nuvom_kernel.workflow.stranded import StrandedWatch, resume, stranded_error, stranded_steps
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
 __all__ = ["StepFailed", "Workflow", "WorkflowNode", "get_workflow", "resolve_input"]
-
-#: ``wf.get()`` first checks whether a RUNNING workflow is stuck (:func:`stranded_steps`)
-#: after this long, then after twice as long each time, up to the maximum.
-STRANDED_CHECK_SECS = 1.0
-STRANDED_CHECK_MAX_SECS = 60.0
 
 
 @attrs.frozen
@@ -139,35 +135,24 @@ class Workflow:
             settle that found it ended the workflow FAILED where it could write its head.
         :raises NuvomError: it ended FAILED because its graph was damaged, and the entry
             was restored since (its waiting steps were cancelled: submit it again); or it
-            cannot move on, a step's outcome having never reached its graph
-            (:func:`stranded_steps`: :meth:`resume` mends it).
+            cannot move on, a step of it stranded for a minute
+            (:mod:`~nuvom_kernel.workflow.stranded`: :meth:`resume` moves it on).
         :raises TimeoutError: not finished within ``timeout`` seconds.
         """
         if not allow_in_task:
             not_in_a_task(f"workflow {self.id}")
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
-        # Whether it is stuck is checked rarely (the whole graph, a peek per released step)
-        # and ever more rarely, and a step counts only when two checks in a row find it: a
-        # cancel removes a step's message and records it before it moves the graph, so one
-        # check can meet a step that is only being cancelled.
-        check_in, check_at = STRANDED_CHECK_SECS, time.monotonic() + STRANDED_CHECK_SECS
-        seen: set[str] = set()
+        kernel = self._kernel
+        watch = StrandedWatch(kernel.queue, kernel.results, kernel.serializer, self.id)
         while True:
             graph = self._graph(nodes=False)
             if graph.flow.status != RUNNING:
                 break
-            if time.monotonic() >= check_at:
-                stranded = stranded_steps(self._kernel.queue, self._kernel.results,
-                                          self._graph())
-                if seen & {step for step, _ in stranded}:
-                    raise stranded_error(self.id, [s for s in stranded if s[0] in seen])
-                seen = {step for step, _ in stranded}
-                check_in = min(check_in * 2, STRANDED_CHECK_MAX_SECS)
-                check_at = time.monotonic() + check_in
+            watch.check(graph, self._graph)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"workflow {self.id} is still RUNNING after {timeout} s; "
-                                   "is a worker running (`nuvom runworker`)?")
+                                   "is a worker running (`nuvom runworker`)?" + watch.hint())
             time.sleep(interval if deadline is None
                        else max(0.0, min(interval, deadline - time.monotonic())))
             interval = min(interval * 2, poll_secs)
@@ -196,7 +181,6 @@ class Workflow:
                 raise cancelled_error(self._kernel, self._kernel.refresh_job(job))
         raise NuvomError(f"workflow {self.id} ended {status} with no failed step recorded")
 
-
     def _record_gone(self, status: str, step: str, what: str) -> UnknownJobError:
         """Why: the workflow's graph outlived its steps' records (each expires by its own
         end), and ``get()`` raised "failed: None: None", or a step's input error."""
@@ -219,7 +203,7 @@ class Workflow:
         kernel = self._kernel
         graph = self._graph()
         if graph.flow.status == RUNNING:
-            stranded = stranded_steps(kernel.queue, kernel.results, graph)
+            stranded = stranded_steps(kernel.queue, kernel.results, kernel.serializer, graph)
             if stranded:
                 raise stranded_error(self.id, stranded)
             raise NuvomError(f"workflow {self.id} is still RUNNING; retry it once it ended "
@@ -270,23 +254,13 @@ class Workflow:
 
 
     def resume(self) -> list[str]:
-        """Move on a RUNNING workflow whose steps' outcomes never reached its graph
-        (:func:`stranded_steps`: settled while its head could not be read, then restored),
+        """Move on a RUNNING workflow past its stranded steps (a step whose outcome is
+        recorded but never reached the graph: :mod:`~nuvom_kernel.workflow.stranded`),
         applying each one's recorded outcome as its settle would have. Returns their ids;
-        none for a workflow that is not stuck so.
-
-        Safe beside running workers: a step's outcome moves the graph once (a step no
-        longer RELEASED is left alone), so a settle racing this one releases nothing twice.
+        none for a workflow with no stranded step. Safe beside running workers.
         """
         kernel = self._kernel
-        stranded = stranded_steps(kernel.queue, kernel.results, self._graph())
-        if not stranded:
-            return []
-        doomed = kernel.queue.workflow_transaction(lambda txn: advance(txn, stranded),
-                                                   [self.id])
-        if doomed:
-            kernel.results.put_many([doomed_record(node) for node in doomed])
-        return [step for step, _ in stranded]
+        return resume(kernel.queue, kernel.results, kernel.serializer, self._graph())
 
 
 def get_workflow(workflow_id: str) -> Workflow:

@@ -6,7 +6,7 @@ released once); and a step cancelled before it ran ends its node too."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from nuvom_kernel.models import TERMINAL_STATES, JobStatus, Settlement
@@ -15,7 +15,7 @@ from nuvom_kernel.workflow.graph import advance, doomed_record
 if TYPE_CHECKING:
     from nuvom_kernel.backends import QueueBackend, ResultBackend
 
-__all__ = ["advance_steps", "cancelled_step", "final_steps"]
+__all__ = ["advance_steps", "cancelled_step", "final_steps", "never_pushed"]
 
 log = logging.getLogger("nuvom.worker")
 
@@ -32,12 +32,8 @@ def advance_steps(queue: QueueBackend, results: ResultBackend,
     failed: the caller then leaves the leases to expire, so the steps run and advance
     again."""
     try:
-        def unseen(ids: list[str]) -> list[str]:  # never pushed: not queued, not recorded
-            return [i for i in ids
-                    if queue.peek_state(i) is None and results.get(i) is None]
-
         queue.advance_workflows([(s.lease, s.record.status, s.workflow or "") for s in steps],
-                                unseen, lambda doomed: results.put_many(
+                                never_pushed(queue, results), lambda doomed: results.put_many(
                                     [doomed_record(node) for node in doomed]))
     except Exception as exc:
         log.error("queue backend %r failed to advance %d workflow step(s) (%r); not acked, "
@@ -45,6 +41,15 @@ def advance_steps(queue: QueueBackend, results: ResultBackend,
                   exc)
         return False
     return True
+
+
+def never_pushed(queue: QueueBackend, results: ResultBackend
+                 ) -> Callable[[list[str]], list[str]]:
+    """:func:`advance`'s ``unseen``: of these released step ids, those never pushed
+    (neither queued nor recorded), which a crash between saving a graph and pushing its
+    released steps left behind, where a store does those apart."""
+    return lambda ids: [i for i in ids
+                        if queue.peek_state(i) is None and results.get(i) is None]
 
 
 def cancelled_step(queue: QueueBackend, results: ResultBackend, job_id: str) -> None:

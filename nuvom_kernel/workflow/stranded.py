@@ -1,0 +1,192 @@
+"""Stranded steps: a workflow step whose outcome is recorded but never reached its graph,
+so its workflow reads RUNNING with nothing left to move it on; and moving it on.
+
+A step is stranded when its node is RELEASED, its message is gone (acked) and the record
+of its current run is terminal. No healthy settle leaves that: one without
+``settle_many`` moves the graph before it acks, one with it does both in one transaction.
+What does: a settle that met its workflow's head unreadable (a damaged entry, restored
+since: :mod:`.damage` settles the step and cannot end the workflow), a message that did
+not decode (failed without the workflow its envelope named), and a cancel that stopped
+after recording the step CANCELLED. ``wf.get()`` waited out its timeout on such a
+workflow, ``nuvom workflow retry`` refused it as RUNNING; now ``get()`` raises, ``retry``
+and ``inspect`` say so, and ``nuvom workflow resume`` (:func:`resume`) applies each
+stranded step's recorded outcome as its settle would have.
+
+One moment looks stranded and is not: a cancel records the step CANCELLED, then moves the
+graph, and may wait for the store's write lock in between (SQLite's ``busy_timeout_secs``).
+Applying the outcome then is what the cancel does next, so :func:`resume` is harmless
+there; a reader that raises on it (:class:`StrandedWatch`) waits out a grace first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.models import TERMINAL_STATES, JobStatus, Message
+from nuvom_kernel.workflow.graph import advance, doomed_record
+from nuvom_kernel.workflow.settle import never_pushed
+from nuvom_kernel.workflow.shape import (
+    NODE_FINAL,
+    RELEASED,
+    RUNNING,
+    GraphTxn,
+    Node,
+    WorkflowGraph,
+)
+
+if TYPE_CHECKING:
+    from nuvom_kernel.backends import QueueBackend, ResultBackend
+    from nuvom_kernel.serialization import Serializer
+
+__all__ = ["StrandedWatch", "resume", "stranded_error", "stranded_steps"]
+
+Stranded = list[tuple[str, JobStatus]]
+
+#: ``wf.get()`` looks for stranded steps this long after it starts waiting, then ever more
+#: rarely (doubling, up to the maximum) while no step ends: a look reads the whole graph
+#: and peeks at each released step.
+CHECK_SECS = 1.0
+CHECK_MAX_SECS = 60.0
+#: How long a step must stay stranded before ``wf.get()`` raises on it: longer than a
+#: cancel may wait for a write lock between recording the step and moving the graph.
+GRACE_SECS = 60.0
+
+
+def stranded_steps(queue: QueueBackend, results: ResultBackend, serializer: Serializer,
+                   graph: WorkflowGraph) -> Stranded:
+    """The stranded steps of ``graph`` (read whole, before this call), each with its
+    recorded outcome.
+
+    Confirmed in one workflow transaction after the queue and the records were read: the
+    node still RELEASED (a settle that ran meanwhile moved the graph, then acked), and the
+    record of the run its stored message would run (after ``nuvom workflow retry``, a step
+    keeps its last run's terminal record until the new run settles).
+    """
+    if graph.flow.status != RUNNING:
+        return []
+    records = {}
+    for node in graph.nodes:
+        if node.state != RELEASED or queue.peek_state(node.id) is not None:
+            continue
+        record = results.get(node.id)
+        if record is not None and record.status in TERMINAL_STATES:
+            records[node.id] = record
+    if not records:
+        return []
+
+    def confirm(txn: GraphTxn) -> Stranded:
+        flow = txn.flows([graph.flow.id]).get(graph.flow.id)
+        if flow is None or flow.status != RUNNING:
+            return []
+        nodes = txn.nodes(list(records))
+        still = [i for i in records if i in nodes and nodes[i].state == RELEASED]
+        bodies = txn.bodies(still)
+        return [(i, records[i].status) for i in still
+                if records[i].run >= _run(i, bodies.get(i), serializer)]
+
+    return queue.workflow_transaction(confirm, [graph.flow.id])
+
+
+def _run(job_id: str, body: bytes | None, serializer: Serializer) -> int:
+    """The run a step's stored message would run; 0 where it does not say (a body that
+    does not decode is one way a step is stranded)."""
+    if body is None:
+        return 0
+    try:
+        return Envelope.from_message(Message(id=job_id, body=body), serializer).run
+    except Exception:
+        return 0
+
+
+def stranded_error(workflow_id: str, stranded: Sequence[tuple[str, JobStatus]]) -> NuvomError:
+    """Why the workflow cannot move on, and the command that moves it: one wording for
+    ``wf.get()``, ``nuvom workflow retry`` and ``nuvom workflow inspect``."""
+    step, status = stranded[0]
+    more = f" (and {len(stranded) - 1} more)" if len(stranded) > 1 else ""
+    return NuvomError(
+        f"workflow {workflow_id} is RUNNING but cannot move on: step {step}{more} ended "
+        f"{status.value}, but its outcome never reached the workflow's stored graph (it was "
+        "settled while the graph could not be read, its message did not decode, or a cancel "
+        f"stopped half-way). `nuvom workflow resume {workflow_id}` applies the recorded "
+        "outcome, and the workflow continues from there")
+
+
+def resume(queue: QueueBackend, results: ResultBackend, serializer: Serializer,
+           graph: WorkflowGraph) -> list[str]:
+    """Apply the recorded outcome of each stranded step of ``graph`` (read whole), as its
+    settle would have; the ids it moved.
+
+    A step's outcome moves the graph once (:func:`advance` leaves a node that is no longer
+    RELEASED alone), so a settle or cancel racing this one releases nothing twice. A store
+    whose release is not atomic with the graph (the file backend saves, then pushes) can
+    leave a released step unpushed if the process dies in between; a settle mends that by
+    running again, which this has no lease to do, so this also hands every terminal step
+    with a RELEASED child to ``advance``'s ``unseen`` pass, which pushes the ones neither
+    queued nor recorded: running it again finishes what a crash left.
+    """
+    if graph.flow.status != RUNNING:
+        return []
+    stranded = stranded_steps(queue, results, serializer, graph)
+    released = {n.id for n in graph.nodes if n.state == RELEASED}
+    # the status of a node already terminal is not read: only its children are looked at
+    parents = [(n.id, JobStatus.SUCCEEDED) for n in graph.nodes
+               if n.state in NODE_FINAL and released.intersection(n.children)]
+
+    def apply(txn: GraphTxn) -> tuple[list[str], list[Node]]:
+        nodes = txn.nodes([step for step, _ in stranded])
+        moved = [step for step, _ in stranded
+                 if step in nodes and nodes[step].state == RELEASED]
+        return moved, advance(txn, [*stranded, *parents], never_pushed(queue, results))
+
+    moved, doomed = queue.workflow_transaction(apply, [graph.flow.id])
+    if doomed:
+        results.put_many([doomed_record(node) for node in doomed])
+    return moved
+
+
+class StrandedWatch:
+    """``wf.get()``'s look for stranded steps while it waits: rare and cheap while steps
+    end (a look is made only when the head's count of open steps has not moved since the
+    last one), and a step raises only once it has stayed stranded :data:`GRACE_SECS`."""
+
+    def __init__(self, queue: QueueBackend, results: ResultBackend, serializer: Serializer,
+                 workflow_id: str) -> None:
+        self._look: Callable[[WorkflowGraph], Stranded] = (
+            lambda graph: stranded_steps(queue, results, serializer, graph))
+        self._id = workflow_id
+        self._every = CHECK_SECS
+        self._next = time.monotonic() + CHECK_SECS
+        self._open: int | None = None
+        self._since: dict[str, float] = {}
+
+    def check(self, head: WorkflowGraph, read: Callable[[], WorkflowGraph]) -> None:
+        """Look if it is time, given the head just polled; ``read`` reads the whole graph.
+
+        :raises NuvomError: a step has stayed stranded for the grace (:func:`stranded_error`).
+        """
+        now = time.monotonic()
+        if now < self._next:
+            return
+        if head.flow.open != self._open:  # a step ended: look again once none does
+            self._open, self._since, self._every = head.flow.open, {}, CHECK_SECS
+        else:
+            found = self._look(read())
+            self._since = {step: self._since.get(step, now) for step, _ in found}
+            due = [(s, status) for s, status in found if now - self._since[s] >= GRACE_SECS]
+            if due:
+                raise stranded_error(self._id, due)
+            self._every = min(self._every * 2, CHECK_MAX_SECS)
+        self._next = now + self._every
+
+    def hint(self) -> str:
+        """For a ``get()`` that timed out while a step looked stranded, within the grace."""
+        if not self._since:
+            return ""
+        step, since = min(self._since.items(), key=lambda item: item[1])
+        return (f" Step {step}'s outcome has not reached the workflow's graph for "
+                f"{time.monotonic() - since:.0f} s: if it stays so, `nuvom workflow resume "
+                f"{self._id}` applies it.")
