@@ -22,7 +22,10 @@ def main() -> int:
     os.chdir(project)
     sys.path.insert(0, str(project))
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
-    worker = subprocess.Popen(["nuvom", "runworker", "--workers", "2"], cwd=project, env=env)
+    # `python -m nuvom_kernel` is the `nuvom` command, found without the virtualenv's bin/
+    # on PATH (a demo run as `.venv/bin/python demo.py` failed to start its worker)
+    worker = subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", "--workers",
+                               "2"], cwd=project, env=env)
     try:
         from tasks import add
 
