@@ -143,8 +143,7 @@ class Outcomes:
                               attempts=lease.deliveries, token=lease.token, history=history,
                               result=None, started_at=now, finished_at=now, updated_at=now,
                               worker=self.origin)
-        return Settlement(lease, record, workflow=None if envelope is None
-                          else envelope.headers.get(WF_HEADER))  # a dead step ends its node
+        return Settlement(lease, record, workflow=self._workflow_of(lease, envelope))
 
     @staticmethod
     def _from_message(lease: Lease, envelope: Envelope | None) -> JobRecord:
@@ -161,6 +160,24 @@ class Outcomes:
         return JobRecord(job_id=lease.id, task=lease.message.task or "<undecodable>",
                          status=JobStatus.FAILED, queue=lease.message.queue,
                          created_at=lease.message.created_at)
+
+    def _workflow_of(self, lease: Lease, envelope: Envelope | None) -> str | None:
+        """The workflow of a step failed without running, so its node ends with it: its
+        envelope's header, or, for a body that does not decode, the graph's node of its id.
+        Without the second, such a step was acked with its graph never moved (a stranded
+        step: its workflow RUNNING, its dependents waiting, until ``nuvom workflow
+        resume``). Looked up only for an undecodable message, which is rare."""
+        if envelope is not None:
+            return envelope.headers.get(WF_HEADER)
+        queue = self.kernel.queue
+        if not queue.capabilities.workflows:
+            return None
+        try:
+            node = queue.workflow_step(lease.id)
+        except Exception as exc:  # the step still fails; `nuvom workflow resume` mends it
+            log.warning("job=%s: could not look up its workflow step (%r)", lease.id, exc)
+            return None
+        return None if node is None else node.workflow
 
     def _decoded(self, lease: Lease) -> Envelope | None:
         try:

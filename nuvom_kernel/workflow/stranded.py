@@ -6,11 +6,11 @@ of its current run is terminal. No healthy settle leaves that: one without
 ``settle_many`` moves the graph before it acks, one with it does both in one transaction.
 What does: a settle that met its workflow's head unreadable (a damaged entry, restored
 since: :mod:`.damage` settles the step and cannot end the workflow), a message that did
-not decode (failed without the workflow its envelope named), and a cancel that stopped
-after recording the step CANCELLED. ``wf.get()`` waited out its timeout on such a
-workflow, ``nuvom workflow retry`` refused it as RUNNING; now ``get()`` raises, ``retry``
-and ``inspect`` say so, and ``nuvom workflow resume`` (:func:`resume`) applies each
-stranded step's recorded outcome as its settle would have.
+not decode whose node could not be looked up either (the store failing then), and a
+cancel that stopped after recording the step CANCELLED. ``wf.get()`` waited out its
+timeout on such a workflow, ``nuvom workflow retry`` refused it as RUNNING; now ``get()``
+raises, ``retry`` and ``inspect`` say so, and ``nuvom workflow resume`` (:func:`resume`)
+applies each stranded step's recorded outcome as its settle would have.
 
 One moment looks stranded and is not: a cancel records the step CANCELLED, then moves the
 graph, and may wait for the store's write lock in between (SQLite's ``busy_timeout_secs``).
@@ -93,7 +93,7 @@ def stranded_steps(queue: QueueBackend, results: ResultBackend, serializer: Seri
 
 def _run(job_id: str, body: bytes | None, serializer: Serializer) -> int:
     """The run a step's stored message would run; 0 where it does not say (a body that
-    does not decode is one way a step is stranded)."""
+    does not decode fails its step without running it)."""
     if body is None:
         return 0
     try:
@@ -110,9 +110,9 @@ def stranded_error(workflow_id: str, stranded: Sequence[tuple[str, JobStatus]]) 
     return NuvomError(
         f"workflow {workflow_id} is RUNNING but cannot move on: step {step}{more} ended "
         f"{status.value}, but its outcome never reached the workflow's stored graph (it was "
-        "settled while the graph could not be read, its message did not decode, or a cancel "
-        f"stopped half-way). `nuvom workflow resume {workflow_id}` applies the recorded "
-        "outcome, and the workflow continues from there")
+        "settled while the graph could not be read, or a cancel stopped half-way). `nuvom "
+        f"workflow resume {workflow_id}` applies the recorded outcome, and the workflow "
+        "continues from there")
 
 
 def resume(queue: QueueBackend, results: ResultBackend, serializer: Serializer,
