@@ -46,8 +46,10 @@ def test_it_starts_during_an_outage_serves_503_and_recovers(project: Path) -> No
                           NUVOM_PLUGINS__REDIS__URL=url)
     server: subprocess.Popen[bytes] | None = None
     try:
-        start = "".join(dashboard.lines)
-        assert "warning: the job store cannot be read now" in start
+        # the warning follows the banner (stderr, after stdout's line): read until it came
+        start = wait_until(lambda: "warning: the job store cannot be read now" in
+                           (text := "".join(dashboard.lines)) and text,
+                           30, "the dashboard's warning that the store is down")
         assert f"cannot reach Redis at {url} while connecting" in start
         for page in ("", "jobs", "queued", "workers"):
             status, html = _get(dashboard.url + page)
