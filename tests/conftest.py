@@ -95,20 +95,33 @@ def kernel(request: pytest.FixtureRequest, make_kernel: Callable[..., Kernel]
         yield k
 
 
+def _workflow_kernel(backend: str, project: Path, make_kernel: Callable[..., Kernel]
+                     ) -> Iterator[Kernel]:
+    from tests import test_workflows as wf
+    from tests.helpers import write_module
+
+    if backend != "memory" and backend not in wf.BACKENDS:
+        pytest.skip(f"the {backend} backend is not installed")
+    write_module(project, "wf_tasks", wf.TASKS)
+    k = make_kernel(backend)
+    with use_kernel(k):
+        yield k
+
+
 @pytest.fixture(params=["memory", "sqlite", "file"])
 def workflow_kernel(request: pytest.FixtureRequest, project: Path,
                     make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
     """A kernel on each backend that runs workflows, with the workflow tests' tasks
     (``wf_tasks``) in the project, installed as this process's kernel."""
-    from tests import test_workflows as wf
-    from tests.helpers import write_module
+    yield from _workflow_kernel(request.param, project, make_kernel)
 
-    if request.param != "memory" and request.param not in wf.BACKENDS:
-        pytest.skip(f"the {request.param} backend is not installed")
-    write_module(project, "wf_tasks", wf.TASKS)
-    k = make_kernel(request.param)
-    with use_kernel(k):
-        yield k
+
+@pytest.fixture(params=["sqlite", "file"])
+def stored_workflow_kernel(request: pytest.FixtureRequest, project: Path,
+                           make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
+    """:func:`workflow_kernel` on the backends whose store is a file, which a test edits
+    from outside as a hand edit or a disk fault would."""
+    yield from _workflow_kernel(request.param, project, make_kernel)
 
 
 @pytest.fixture(autouse=True)

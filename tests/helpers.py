@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -197,3 +198,20 @@ def fake_distribution(site: Path, plugin: str, source: str, version: str = "0.1"
     (info / "entry_points.txt").write_text(f"[nuvom]\n{plugin} = {module}\n")
     sys.modules.pop(module, None)
     return site
+
+
+def edit_sqlite_cell(path: Path, table: str, column: str, row_id: str, value: object
+                     ) -> Callable[[], None]:
+    """Set one cell of the row ``id = row_id`` as a hand edit or a disk fault would (another
+    connection, outside the backend); how to put it back as it was."""
+    def write(cell: object) -> None:
+        db = sqlite3.connect(path)
+        with db:
+            db.execute(f"UPDATE {table} SET {column} = ? WHERE id = ?", (cell, row_id))
+        db.close()
+
+    db = sqlite3.connect(path)
+    saved = db.execute(f"SELECT {column} FROM {table} WHERE id = ?", (row_id,)).fetchone()[0]
+    db.close()
+    write(value)
+    return lambda: write(saved)

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -24,7 +23,7 @@ import pytest
 
 from nuvom_kernel import JobStatus, chain, get_job, group
 from nuvom_kernel.errors import CorruptWorkflowError, JobCancelledError, NuvomError
-from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.workflow.docstore import checked_doc
 from nuvom_kernel.workflow.graph import (
     CANCELLED,
@@ -36,17 +35,12 @@ from nuvom_kernel.workflow.graph import (
     stored_node,
 )
 from nuvom_kernel.workflow.handle import Workflow
-from tests import test_workflows as wf
-from tests.helpers import run_nuvom, run_worker_until, write_module
+from tests.helpers import edit_sqlite_cell, run_nuvom, run_worker_until
 
 
-@pytest.fixture(params=wf.BACKENDS)
-def kernel(request: pytest.FixtureRequest, project: Path,
-           make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
-    write_module(project, "wf_tasks", wf.TASKS)
-    k = make_kernel(request.param)
-    with use_kernel(k):
-        yield k
+@pytest.fixture
+def kernel(stored_workflow_kernel: Kernel) -> Kernel:
+    return stored_workflow_kernel
 
 
 def corrupt(kernel: Kernel, flow_id: str, step_id: str) -> str:
@@ -140,21 +134,8 @@ def damage_step(kernel: Kernel, flow_id: str, step_id: str) -> tuple[str, Callab
     workflow's head readable; where it is, and how to put the entry back as it was."""
     queue: Any = kernel.queue
     if queue.name == "sqlite":
-        path = kernel.data_dir / "nuvom.db"
-
-        def write(children: str) -> None:
-            db = sqlite3.connect(path)
-            with db:
-                db.execute("UPDATE nuvom_wf_nodes SET children = ? WHERE id = ?",
-                           (children, step_id))
-            db.close()
-
-        db = sqlite3.connect(path)
-        saved = db.execute("SELECT children FROM nuvom_wf_nodes WHERE id = ?",
-                           (step_id,)).fetchone()[0]
-        db.close()
-        write("{bad")
-        return "nuvom_wf_nodes", lambda: write(saved)
+        return "nuvom_wf_nodes", edit_sqlite_cell(kernel.data_dir / "nuvom.db",
+                                                  "nuvom_wf_nodes", "children", step_id, "{bad")
     if queue.name == "memory":  # the store is this process's dict of documents (a commit
         # stores a new one: look it up at each edit)
         def put(children: object) -> None:

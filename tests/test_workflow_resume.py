@@ -14,7 +14,7 @@ as another process.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,37 +26,26 @@ from nuvom_kernel.workflow import stranded
 from nuvom_kernel.workflow.graph import CANCELLED, RELEASED, WAITING
 from nuvom_kernel.workflow.handle import Workflow
 from tests import test_workflows as wf
-from tests.helpers import run_nuvom, run_worker_until, wait_until, write_module
+from tests.helpers import (
+    edit_sqlite_cell,
+    run_nuvom,
+    run_worker_until,
+    wait_until,
+    write_module,
+)
 
 
-@pytest.fixture(params=wf.BACKENDS)
-def kernel(request: pytest.FixtureRequest, project: Path,
-           make_kernel: Callable[..., Kernel]) -> Iterator[Kernel]:
-    write_module(project, "wf_tasks", wf.TASKS)
-    k = make_kernel(request.param)
-    with use_kernel(k):
-        yield k
+@pytest.fixture
+def kernel(stored_workflow_kernel: Kernel) -> Kernel:
+    return stored_workflow_kernel
 
 
 def damage_head(kernel: Kernel, flow_id: str) -> Callable[[], None]:
     """Make the workflow's head unreadable as a disk fault would (the SQLite row's count,
     the file backend's whole document); how to put it back."""
-    if kernel.queue.name == "sqlite":
-        path = kernel.data_dir / "nuvom.db"
-
-        def write(count: object) -> None:
-            db = sqlite3.connect(path)
-            with db:
-                db.execute("UPDATE nuvom_workflows SET open = ? WHERE id = ?",
-                           (count, flow_id))
-            db.close()
-
-        db = sqlite3.connect(path)
-        saved = db.execute("SELECT open FROM nuvom_workflows WHERE id = ?",
-                           (flow_id,)).fetchone()[0]
-        db.close()
-        write("three")  # its count of open steps, not a number
-        return lambda: write(saved)
+    if kernel.queue.name == "sqlite":  # its count of open steps, not a number
+        return edit_sqlite_cell(kernel.data_dir / "nuvom.db", "nuvom_workflows", "open",
+                                flow_id, "three")
     doc = kernel.data_dir / "queue" / "workflows" / f"{flow_id}.json"
     saved = doc.read_bytes()
     doc.write_text('{"truncated": ')

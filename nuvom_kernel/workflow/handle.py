@@ -252,7 +252,6 @@ class Workflow:
             kernel.results.put_many([doomed_record(node) for node in doomed])
         return reopened
 
-
     def resume(self) -> list[str]:
         """Move on a RUNNING workflow past its stranded steps (a step whose outcome is
         recorded but never reached the graph: :mod:`~nuvom_kernel.workflow.stranded`),
