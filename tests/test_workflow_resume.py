@@ -263,3 +263,21 @@ def test_a_step_whose_message_does_not_decode_fails_its_workflow(
         with pytest.raises(JobFailedError, match="the message body cannot be decoded"):
             flow.get(timeout=5)
         assert Workflow(flow.id, kernel).resume() == []
+
+
+def test_resume_of_a_graph_still_damaged_fails_naming_the_entry(kernel: Kernel) -> None:
+    """Nothing to apply while a step's entry does not read: the command fails with the
+    error that names it, and changes nothing."""
+    from wf_tasks import echo
+
+    from tests.test_workflow_corrupt import damage_step
+
+    flow = chain(echo.s(1), echo.s()).delay()
+    first = flow.nodes[0].id
+    where, restore = damage_step(kernel, flow.id, first)
+    code, out, err = cli(kernel, "resume", flow.id)
+    assert code != 0 and "applied" not in out, (out, err)
+    assert "corrupt" in err and where in err and "Traceback" not in err, err
+    restore()
+    assert Workflow(flow.id, kernel).resume() == []
+    assert kernel.queue.peek_state(first) is JobStatus.QUEUED
