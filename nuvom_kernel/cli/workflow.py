@@ -130,11 +130,7 @@ def resume_workflow(workflow_id: str) -> None:
     to move it; this applies each such step's recorded outcome, as its settle would have.
     Safe beside running workers.
     """
-    handle = _handle(workflow_id)
-    try:
-        moved = handle.resume()
-    except NuvomError as exc:
-        raise click.ClickException(str(exc)) from exc
+    moved = _handle(workflow_id).resume()  # a NuvomError: `nuvom`'s one "Error:" line
     if not moved:
         click.echo(f"workflow {workflow_id}: nothing to resume (no stranded step)")
         return
