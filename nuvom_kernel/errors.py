@@ -92,12 +92,15 @@ class UnknownTaskError(NuvomError):
 
     ``import_failed`` tells the two cases apart: a module that cannot be imported fails the
     job at once, while a module that imports but lacks the task may be a rolling deploy
-    (this worker is older than the producer) and the job may be handed back.
+    (this worker is older than the producer) and the job may be handed back. ``tried``
+    says what was tried (``"importing 'tasks' failed: ..."``), empty when no module was
+    known: a command that is not a worker words its own advice around it.
     """
 
-    def __init__(self, message: str, *, import_failed: bool = True) -> None:
+    def __init__(self, message: str, *, import_failed: bool = True, tried: str = "") -> None:
         super().__init__(message)
         self.import_failed = import_failed
+        self.tried = tried
 
 
 class CorruptWorkflowError(NuvomError):

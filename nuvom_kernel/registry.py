@@ -127,8 +127,8 @@ class TaskRegistry:
             try:
                 self.import_module(candidate)
             except TaskRegistrationError as exc:  # another module's task has this name
-                raise UnknownTaskError(f"task {name!r} of module {candidate!r} cannot run "
-                                       f"in this worker: {exc}", import_failed=True) from exc
+                what = f"task {name!r} of module {candidate!r} cannot run in this worker: {exc}"
+                raise UnknownTaskError(what, import_failed=True, tried=what) from exc
             # SystemExit too: a module calling sys.exit() at import is a broken task module
             # like one raising ImportError, and must fail the job naming it, not leave the
             # job recorded as a bare "SystemExit: 2". KeyboardInterrupt still stops us.
@@ -152,7 +152,7 @@ class TaskRegistry:
             f"unknown task {name!r} ({detail}). Run the worker from the project directory "
             f"(cwd: {Path.cwd()}, on sys.path: {'' in sys.path or str(Path.cwd()) in sys.path})"
             f" and run `nuvom discover tasks` to refresh .nuvom/manifest.json.",
-            import_failed=import_failed or not tried,
+            import_failed=import_failed or not tried, tried="; ".join(tried),
         )
 
     def known(self, name: str, module: str | None = None) -> Any | None:

@@ -87,6 +87,24 @@ def test_bad_arguments_an_unknown_task_and_no_outcome_in_time_are_said_clearly(
         assert kernel.queue.stats().delayed == 1
 
 
+def test_a_task_whose_module_fails_to_import_is_said_with_the_import_error(
+        project: Path) -> None:
+    """The manifest named the task's module, whose import failed (a missing dependency):
+    the error said "no entry of manifest.json defines it" and sent the user back to
+    ``nuvom discover tasks``, which had just succeeded, hiding the import error."""
+    write_module(project, "enq_broken", "import enq_not_installed\n" + TASKS.replace(
+        "def enq_send", "def enq_sendb").replace("def enq_boom", "def enq_boomb"))
+    assert run_nuvom(["discover", "tasks"], project).returncode == 0
+    done = run_nuvom(["enqueue", "enq_sendb", "--args", '["x"]'], project)
+    assert done.returncode == 1, done.stderr
+    assert ("task 'enq_sendb' cannot be loaded: importing 'enq_broken' failed: "
+            "ModuleNotFoundError(\"No module named 'enq_not_installed'\")") in done.stderr
+    assert "manifest.json defines it" not in done.stderr
+    assert "Traceback" not in done.stderr
+    with use_kernel(Kernel(root=project)) as kernel:
+        assert kernel.queue.qsize() == 0
+
+
 def test_an_existing_job_id_and_a_result_with_non_string_keys_are_said_as_they_are(
         project: Path) -> None:
     """A second ``--job-id order-42`` said "enqueued" and ``--wait`` printed the first job's

@@ -69,6 +69,11 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     try:
         task = kernel.registry.resolve(task_name)
     except UnknownTaskError as exc:
+        if exc.tried:  # the manifest names its module, which failed: that is the news
+            raise click.ClickException(
+                f"task {task_name!r} cannot be loaded: {exc.tried}. Fix that module (`python "
+                "-c 'import <module>'` in the project folder shows the whole traceback), or "
+                "run `nuvom discover tasks` if the task moved") from exc
         raise click.ClickException(
             f"unknown task {task_name!r}: no imported module and no entry of "
             f"{kernel.data_dir / 'manifest.json'} defines it. Run `nuvom discover tasks` in "
