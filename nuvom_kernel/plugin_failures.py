@@ -26,9 +26,10 @@ from nuvom_kernel.config import (
     warn_once,
 )
 from nuvom_kernel.errors import PluginLoadError
-from nuvom_kernel.plugin_sources import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS, normalized
+from nuvom_kernel.plugin_sources import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS
 
-__all__ = ["KNOWN_PROVIDERS", "PluginFailures", "inherit_failures"]
+__all__ = ["KNOWN_PLUGINS", "KNOWN_PROVIDERS", "PluginFailures", "inherit_failures",
+           "install_hint"]
 
 log = logging.getLogger("nuvom.plugins")
 
@@ -41,6 +42,23 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "redis": "nuvom-plugins-redis",
     "postgres": "nuvom-plugins-postgres",
 }
+
+#: The plugin (entry point) of that distribution that registers each of them: disabling
+#: ``file`` leaves the ``ast`` discoverer, which is plugin ``discovery``'s.
+KNOWN_PLUGINS: dict[str, str] = {"ast": "discovery"}
+
+
+def install_hint(name: str) -> str:
+    """How to install the plugin providing the backend ``name``, as a sentence without its
+    full stop. Ours first from a clone's folder: they are not on the public index, where a
+    look-alike name could be anyone's (the README says so), so for a name we do not know
+    no package is guessed at all."""
+    dist = KNOWN_PROVIDERS.get(name)
+    if dist is None:
+        return ("Install the plugin that provides it (its documentation names the "
+                "distribution)")
+    return (f"Install the plugin that provides it: from a clone of Nuvom, `pip install "
+            f"./{dist.replace('-', '_')}` (the distribution {dist})")
 
 #: Plugins this process's worker disabled -> why (:func:`inherit_failures`); empty but in a
 #: process-pool child.
@@ -197,16 +215,13 @@ class PluginFailures(pluggy.PluginManager):
             ) from exc
 
     def disabled_providers(self, name: str) -> list[str]:
-        """Disabled, installed plugins that would provide the backend ``name``: the one of
-        that name, else those of the distribution known to provide it (the plugin is not
-        imported to find out: disabling it means never loading it)."""
-        installed = {plugin: dist for plugin, dist in self.entry_points.items()
-                     if plugin in self.disabled}
-        if name in installed:
-            return [name]
-        known = KNOWN_PROVIDERS.get(name)
-        return sorted(plugin for plugin, dist in installed.items()
-                      if known is not None and normalized(dist) == known)
+        """The disabled, installed plugin that would provide the backend ``name`` (a list of
+        none or one): the one of that name, or the one known to (:data:`KNOWN_PLUGINS`).
+        The plugin is not imported to find out: disabling it means never loading it. Not
+        every disabled plugin of the distribution: disabling ``file`` named it as the
+        provider of the ``ast`` discoverer, which removing it did not bring back."""
+        plugin = KNOWN_PLUGINS.get(name, name)
+        return [plugin] if plugin in self.disabled and plugin in self.entry_points else []
 
     def disabled_note(self, name: str) -> str | None:
         """What disables the provider(s) of the backend ``name``, or ``None`` if none is

@@ -15,9 +15,9 @@ from typing import Any
 
 import attrs
 
-from nuvom_kernel.config import CAPABILITIES, DISABLE_VAR, PLUGINS_FILE, warn_once
+from nuvom_kernel.config import CAPABILITIES, DISABLE_VAR, PLUGINS_FILE, did_you_mean, warn_once
 from nuvom_kernel.errors import BackendNotFoundError, DuplicateBackendError, PluginLoadError
-from nuvom_kernel.plugin_failures import KNOWN_PROVIDERS, PluginFailures
+from nuvom_kernel.plugin_failures import KNOWN_PROVIDERS, PluginFailures, install_hint
 
 __all__ = ["BackendLookup", "PluginInfo"]
 
@@ -119,15 +119,15 @@ class BackendLookup(PluginFailures):
         if name in self.failures:  # the plugin of that name failed to load
             raise BackendNotFoundError(f"the {what} {name!r} is not available: "
                                        f"{self.failures[name]}.")
-        dist = KNOWN_PROVIDERS.get(name, f"nuvom-plugins-{name}")
-        # ours are installed from a clone of the repository (README): its folder too
-        clone = (f" (from a clone of Nuvom: `pip install ./{dist.replace('-', '_')}`)"
-                 if name in KNOWN_PROVIDERS else "")
+        typo = did_you_mean(name, set(classes) | set(KNOWN_PROVIDERS), repr)
+        if typo and name not in KNOWN_PROVIDERS:  # 'sqllite': no package to install
+            raise BackendNotFoundError(
+                f"no installed plugin provides the {what} {name!r}{typo}. Installed: "
+                f"{installed}. Choose one with {choose}.{self.loading_notes()}")
         raise BackendNotFoundError(
             f"no installed plugin provides the {what} {name!r}. Installed: {installed}. "
-            f"Install the plugin that provides it, e.g. `pip install {dist}`{clone}, or "
-            f"choose an installed one with {choose}.{self.loading_notes()}"
-        )
+            f"{install_hint(name)}, or choose an installed one with {choose}."
+            f"{self.loading_notes()}")
 
     def plugin_infos(self) -> list[PluginInfo]:
         """Every plugin, loaded or failed (``failure`` says why), for ``nuvom plugin list``;

@@ -64,8 +64,8 @@ def _croniter() -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ScheduleError(
             "cron schedules need the 'croniter' package (and 'tzdata' where the system has "
-            "no zone database): pip install croniter tzdata — or pip install nuvom-plugins, "
-            "which brings both") from exc
+            "no zone database): pip install croniter tzdata — or, from a clone of "
+            "Nuvom, pip install ./nuvom_plugins, which brings both") from exc
     return croniter
 
 

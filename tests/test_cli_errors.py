@@ -611,6 +611,40 @@ def test_a_disabled_discoverer_is_reported_disabled(tmp_path: Path) -> None:
     assert "pip install" not in done.stderr
 
 
+def test_disabling_another_plugin_of_the_distribution_is_not_blamed_for_the_discoverer(
+        tmp_path: Path) -> None:
+    """With ``file`` disabled and autoload off, the error named plugin ``file`` as the
+    provider of the ``ast`` discoverer (it matched the distribution, not the plugin) and
+    dropped the note that autoload is off, the real cause."""
+    pytest.importorskip("nuvom_plugins")
+    done = run_nuvom(["discover", "tasks"], tmp_path, NUVOM_DISABLE_PLUGINS="file",
+                     NUVOM_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "provided by a disabled plugin" not in done.stderr
+    assert "no task discoverer is loaded" in done.stderr
+    assert "from a clone of Nuvom, `pip install ./nuvom_plugins`" in done.stderr
+    assert "NUVOM_DISABLE_PLUGIN_AUTOLOAD is set" in done.stderr
+
+
+def test_a_misspelt_backend_name_is_answered_with_the_installed_name_not_a_package(
+        tmp_path: Path) -> None:
+    """``sqllite`` was answered with ``pip install nuvom-plugins-sqllite``: a package
+    nobody publishes, or worse, one a stranger could."""
+    kernel = Kernel(root=tmp_path, environ={**MEMORY, "NUVOM_QUEUE_BACKEND": "memroy"})
+    with pytest.raises(BackendNotFoundError) as info:
+        _ = kernel.queue
+    text = str(info.value)
+    assert "the queue backend 'memroy' (did you mean 'memory'?)" in text, text
+    assert "pip install" not in text and "NUVOM_QUEUE_BACKEND=<name>" in text
+
+    unknown = Kernel(root=tmp_path, environ={**MEMORY, "NUVOM_QUEUE_BACKEND": "kafka"})
+    with pytest.raises(BackendNotFoundError) as info:
+        _ = unknown.queue
+    assert "did you mean" not in str(info.value)
+    assert "its documentation names the distribution" in str(info.value)
+    assert "nuvom-plugins-kafka" not in str(info.value)
+
+
 def test_a_disabled_name_no_plugin_has_is_warned_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -37,7 +37,7 @@ def test_plugins_appear_and_disappear_with_their_distribution(tmp_path: Path):
     assert "nuvom, version" in version.stdout
     status = run([str(nuvom), "status"], project, check=False)
     assert status.returncode == 1
-    assert "pip install nuvom-plugins-sqlite" in status.stderr
+    assert "pip install ./nuvom_plugins_sqlite" in status.stderr
     assert json.loads(run([str(nuvom), "plugin", "list", "--json"], project).stdout) == []
 
     run([*pip, str(ROOT / "nuvom_plugins")], project)
@@ -47,7 +47,7 @@ def test_plugins_appear_and_disappear_with_their_distribution(tmp_path: Path):
     assert memory["provides"] == {"queue_backend": ["memory"], "result_backend": ["memory"]}
     assert memory["source"] == "entry point"
     ok = run([str(nuvom), "status"], project, check=False)
-    assert "pip install nuvom-plugins-sqlite" in ok.stderr  # still the default backend
+    assert "pip install ./nuvom_plugins_sqlite" in ok.stderr  # still the default backend
     env_status = subprocess.run([str(nuvom), "status", "--json"], cwd=project,
                                 capture_output=True, text=True, timeout=120,
                                 env={"PATH": "/usr/bin:/bin", "HOME": str(project),

@@ -94,7 +94,7 @@ def test_unknown_backend_lists_installed_and_pip_hint(proj: Path,
         _ = kernel.queue
     text = str(info.value)
     assert "'redis'" in text and "memory" in text
-    assert "pip install nuvom-plugins-redis" in text
+    assert "from a clone of Nuvom, `pip install ./nuvom_plugins_redis`" in text
 
 
 def test_typo_hook_fails_check_pending_naming_it(proj: Path):

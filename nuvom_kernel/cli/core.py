@@ -94,8 +94,8 @@ def plugin_list(as_json: bool, show_all: bool) -> None:
     if not rows:
         notes = kernel.pm.loading_notes().strip()  # autoload off, disabled plugins
         click.echo("No plugins loaded." + (f" {notes}" if notes else
-                   " Install the built-in backends with: pip install nuvom-plugins "
-                   "nuvom-plugins-sqlite (from a clone: pip install -r requirements-dev.txt)"))
+                   " Install the built-in backends from a clone of Nuvom: pip install "
+                   "./nuvom_plugins ./nuvom_plugins_sqlite"))
         return
     table = [{**r, "provides": "FAILED (disabled: see below)" if r["failure"] else
               "; ".join(f"{k}: {', '.join(v)}" for k, v in r["provides"].items())

@@ -25,6 +25,7 @@ from nuvom_kernel.discovery import (
     read_manifest,
     write_manifest,
 )
+from nuvom_kernel.plugin_failures import install_hint
 
 __all__ = ["nuvom_register_commands"]
 
@@ -102,11 +103,9 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
         disabled = kernel.pm.disabled_note("ast")
         raise click.ClickException(
             f"no task discoverer is enabled: the 'ast' discoverer is provided by a disabled "
-            f"plugin: {disabled}. Remove it from there to use it." if disabled else
-            "no task discoverer is installed. Install the built-in one with "
-            "`pip install nuvom-plugins`, from a clone of Nuvom `pip install ./nuvom_plugins` "
-            "(it provides the 'ast' discoverer)."
-            f"{kernel.pm.loading_notes()}")
+             f"plugin: {disabled}. Remove it from there to use it." if disabled else
+             f"no task discoverer is loaded. {install_hint('ast')}."
+             f"{kernel.pm.loading_notes()}")
     previous = _read_previous(data_dir)
     old_states = previous.get("state") or {}
     started = time.perf_counter()
