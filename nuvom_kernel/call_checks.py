@@ -15,10 +15,13 @@ import numbers
 from datetime import datetime
 from typing import Any
 
+from nuvom_kernel.config import did_you_mean
+from nuvom_kernel.models import Backoff
 from nuvom_kernel.values import MAX_ETA, MAX_SECONDS, is_text
 
-__all__ = ["MAX_JOB_ID", "PRIORITY_MAX", "PRIORITY_MIN", "check_delay", "check_eta",
-           "check_id", "check_option_types", "check_priority", "check_queue"]
+__all__ = ["MAX_JOB_ID", "PRIORITY_MAX", "PRIORITY_MIN", "check_backoff", "check_delay",
+           "check_eta", "check_id", "check_option_names", "check_option_types",
+           "check_priority", "check_queue"]
 
 
 #: The longest job id of your own. Why a limit: an id is a key in every backend's index, and
@@ -37,6 +40,28 @@ PRIORITY_MIN, PRIORITY_MAX = -2**31, 2**31 - 1
 _FLAGS = ("jitter", "store_result", "unique")
 _DURATIONS = {"retry_delay_secs": True, "timeout_secs": True, "unique_for": True,
               "expires_secs": True, "backoff_max_secs": False}  # option -> None allowed
+
+
+def check_option_names(options: dict[str, Any], known: tuple[str, ...]) -> None:
+    """Refuse an option ``@task`` does not take, with the closest it does. Why: ``retry=3``
+    failed in ``TaskOptions.__init__`` with a ``TypeError`` that named no option of
+    ``@task`` and no fix."""
+    for option in options:
+        if option not in known:
+            raise TypeError(f"@task() has no option {option!r}"
+                            f"{did_you_mean(option, known, lambda k: f'{k}=')}; it takes: "
+                            f"name, {', '.join(sorted(known))}")
+
+
+def check_backoff(value: Any) -> Backoff:
+    """``value`` as a :class:`Backoff`, or an error naming the option and its values
+    (Enum's own said ``'exp' is not a valid Backoff``)."""
+    try:
+        return Backoff(value)
+    except ValueError:
+        raise ValueError(f"@task(backoff=...) takes "
+                         f"{' or '.join(repr(b.value) for b in Backoff)}, got {value!r}"
+                         ) from None
 
 
 def check_option_types(options: dict[str, Any]) -> None:

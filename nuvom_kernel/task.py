@@ -9,7 +9,7 @@ import inspect
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
@@ -19,9 +19,11 @@ from nuvom_kernel.arguments import Arguments
 from nuvom_kernel.call_checks import PRIORITY_MAX as PRIORITY_MAX  # the PostgreSQL plugin's
 from nuvom_kernel.call_checks import PRIORITY_MIN as PRIORITY_MIN  # import path
 from nuvom_kernel.call_checks import (
+    check_backoff,
     check_delay,
     check_eta,
     check_id,
+    check_option_names,
     check_option_types,
     check_priority,
     check_queue,
@@ -268,6 +270,8 @@ class Task(Generic[P, R]):
 
 
 _SCHEDULE_OPTIONS = ("schedule", *POLICIES)
+#: What ``@task(...)`` takes besides ``name`` and the schedule's options.
+_OPTION_NAMES = tuple(f.name for f in attrs.fields(TaskOptions))
 
 
 @contextlib.contextmanager
@@ -315,6 +319,28 @@ def task(
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
+def checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``@task``'s options without the schedule's, checked by name and type and in
+    :class:`TaskOptions`' types. ``nuvom discover tasks`` runs it on the literals it
+    records, to warn about an option that importing the module would refuse.
+
+    :raises TypeError: an option ``@task`` does not take.
+    :raises ValueError: a value of the wrong type or out of range.
+    """
+    check_option_names(options, (*_OPTION_NAMES, *_SCHEDULE_OPTIONS))
+    out = {k: v for k, v in options.items() if k not in _SCHEDULE_OPTIONS}
+    if out.get("unique_for") is not None:
+        out.setdefault("unique", True)
+    if "backoff" in out:
+        out["backoff"] = check_backoff(out["backoff"])
+    if "tags" in out:
+        out["tags"] = tuple(out["tags"])
+    if "priority" in out:  # the same bounds as apply_async(priority=), said alike
+        out["priority"] = check_priority(out["priority"])
+    check_option_types(out)
+    return out
+
+
 def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
          **options: Any) -> Any:
     """Register ``fn`` as a task; works as ``@task`` and as ``@task(...)``.
@@ -344,16 +370,8 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
       late, a cache refresh a newer one replaced. Only its first start is checked: a job
       that started once (its worker died) runs again as at-least-once delivery says.
     """
-    schedule = {k: options.pop(k) for k in _SCHEDULE_OPTIONS if k in options}
-    if options.get("unique_for") is not None:
-        options.setdefault("unique", True)
-    if "backoff" in options:
-        options["backoff"] = Backoff(options["backoff"])
-    if "tags" in options:
-        options["tags"] = tuple(options["tags"])
-    if "priority" in options:  # the same bounds as apply_async(priority=), said alike
-        options["priority"] = check_priority(options["priority"])
-    check_option_types(options)
+    schedule = {k: options[k] for k in _SCHEDULE_OPTIONS if k in options}
+    options = checked_options(options)
 
     def wrap(func: Callable[..., Any]) -> Task[Any, Any]:
         if isinstance(func, Task):

@@ -114,6 +114,7 @@ def test_bad_concurrency_and_unique_for_are_refused(bad):
     ("queue", 123, "@task(queue=...): a queue name is a non-empty string"),
     ("queue", "a,b", "holds a comma"),
     ("queue", "caf\udce9", "holds a NUL or a lone surrogate"),
+    ("backoff", "exp", "@task(backoff=...) takes 'fixed' or 'exponential'"),
 ])
 def test_an_option_of_the_wrong_type_is_refused_by_name(option, value, says):
     """retries="2" failed with a bare "'<' not supported"; unique="yes", retries=True and a
@@ -121,6 +122,20 @@ def test_an_option_of_the_wrong_type_is_refused_by_name(option, value, says):
     with pytest.raises(ValueError) as info:
         task(**{option: value})(lambda: None)
     assert says in str(info.value) and repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize(("option", "says"), [
+    ("retry", "@task() has no option 'retry' (did you mean retries=?); it takes: name, "),
+    ("timeout", "(did you mean timeout_secs=?)"),
+    ("bogus", "@task() has no option 'bogus'; it takes: "),
+])
+def test_an_option_task_does_not_take_is_refused_with_the_closest_it_does(option, says):
+    """``retry=3`` failed inside ``TaskOptions.__init__`` with a TypeError naming a class
+    the user never wrote and no option of ``@task``."""
+    with pytest.raises(TypeError) as info:
+        task(**{option: 3})(lambda: None)
+    assert says in str(info.value)
+    assert "TaskOptions" not in str(info.value) and "retry_delay_secs" in str(info.value)
 
 
 def test_a_stale_run_pushed_beside_the_next_runs_record_runs_as_that_run(kernel, monkeypatch):

@@ -375,6 +375,32 @@ def test_invalid_schedule_literals_warn_naming_file_task_and_problem(tmp_path: P
     assert sorted(by_name(report)) == sorted([*expected, "fine"])  # the tasks are recorded
 
 
+def test_options_import_would_refuse_are_warned_about_naming_task_and_problem(
+        tmp_path: Path) -> None:
+    """``@task(retry=3)`` and ``backoff="exp"`` were recorded with no word, and the first
+    ``.delay()`` or worker import then failed."""
+    write(tmp_path, {"t.py": """
+        from nuvom_kernel import task
+
+        @task(retry=3)
+        def typo(): ...
+
+        @task(backoff="exp", retries=2)
+        def bad_backoff(): ...
+
+        @task(retries=2, backoff="exponential", description="d", tags=["a"], queue="q")
+        def fine(): ...
+    """})
+    report, _ = run(tmp_path)
+    assert sorted(by_name(report)) == ["bad_backoff", "fine", "typo"]  # still recorded
+    typo, backoff = report.warnings
+    assert typo.startswith("t.py:4: task 'typo': @task() has no option 'retry' (did you "
+                           "mean retries=?)"), typo
+    assert backoff.startswith("t.py:7: task 'bad_backoff': @task(backoff=...) takes "
+                              "'fixed' or 'exponential', got 'exp'"), backoff
+    assert "Importing the module raises this error" in backoff
+
+
 def test_files_cached_before_schedules_were_checked_are_examined_again(tmp_path: Path
                                                                         ) -> None:
     write(tmp_path, {"t.py": INVALID_SCHEDULES})

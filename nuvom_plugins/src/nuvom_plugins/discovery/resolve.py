@@ -21,7 +21,9 @@ from typing import Any
 
 import attrs
 
+from nuvom_kernel.models import TaskOptions
 from nuvom_kernel.schedules import ScheduleError, every, from_manifest
+from nuvom_kernel.task import checked_options
 
 __all__ = ["DEFAULT_DECORATORS", "ModuleScan", "scan_module"]
 
@@ -143,6 +145,16 @@ def _schedule_problem(task: str, options: dict[str, Any]) -> str | None:
     return None
 
 
+def _options_problem(options: dict[str, Any]) -> str | None:
+    """What ``@task`` would refuse in a task's recorded options (a misspelt ``retry=3``, a
+    ``backoff="exp"``), checked as the decorator checks them, or ``None``."""
+    try:
+        TaskOptions(**checked_options(options))
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 class _Scanner:
     def __init__(self, decorators: frozenset[str]) -> None:
         self.decorators = decorators
@@ -204,6 +216,11 @@ class _Scanner:
             self.warn(deco.lineno, f"{problem.rstrip('.')}. Workers will not fire this "
                                    "schedule (and importing the module raises this error): "
                                    "fix it and run `nuvom discover tasks` again")
+        problem = _options_problem(options)
+        if problem is not None:  # recorded too, as above: importing the module says it
+            self.warn(deco.lineno, f"task {task_name!r}: {problem.rstrip('.')}. Importing "
+                                   "the module raises this error: fix it and run `nuvom "
+                                   "discover tasks` again")
         self.result.tasks.append(FoundTask(
             name=task_name,
             func_name=node.name, line=node.lineno, options=options,
