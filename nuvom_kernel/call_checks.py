@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +43,7 @@ _DURATIONS = {"retry_delay_secs": True, "timeout_secs": True, "unique_for": True
               "expires_secs": True, "backoff_max_secs": False}  # option -> None allowed
 
 
-def check_option_names(options: dict[str, Any], known: tuple[str, ...]) -> None:
+def check_option_names(options: Mapping[str, Any], known: tuple[str, ...]) -> None:
     """Refuse an option ``@task`` does not take, with the closest it does. Why: ``retry=3``
     failed in ``TaskOptions.__init__`` with a ``TypeError`` that named no option of
     ``@task`` and no fix."""

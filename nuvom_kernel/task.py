@@ -289,6 +289,28 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``@task``'s options without the schedule's, checked by name and type and in
+    :class:`TaskOptions`' types. ``nuvom discover tasks`` runs it on the literals it
+    records, to warn about an option that importing the module would refuse.
+
+    :raises TypeError: an option ``@task`` does not take.
+    :raises ValueError: a value of the wrong type or out of range.
+    """
+    check_option_names(options, (*_OPTION_NAMES, *_SCHEDULE_OPTIONS))
+    out = {k: v for k, v in options.items() if k not in _SCHEDULE_OPTIONS}
+    if out.get("unique_for") is not None:
+        out.setdefault("unique", True)
+    if "backoff" in out:
+        out["backoff"] = check_backoff(out["backoff"])
+    if "tags" in out:
+        out["tags"] = tuple(out["tags"])
+    if "priority" in out:  # the same bounds as apply_async(priority=), said alike
+        out["priority"] = check_priority(out["priority"])
+    check_option_types(out)
+    return out
+
+
 @overload
 def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 
@@ -317,28 +339,6 @@ def task(
     unique_for: float | None = None,
     expires_secs: float | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
-
-
-def checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``@task``'s options without the schedule's, checked by name and type and in
-    :class:`TaskOptions`' types. ``nuvom discover tasks`` runs it on the literals it
-    records, to warn about an option that importing the module would refuse.
-
-    :raises TypeError: an option ``@task`` does not take.
-    :raises ValueError: a value of the wrong type or out of range.
-    """
-    check_option_names(options, (*_OPTION_NAMES, *_SCHEDULE_OPTIONS))
-    out = {k: v for k, v in options.items() if k not in _SCHEDULE_OPTIONS}
-    if out.get("unique_for") is not None:
-        out.setdefault("unique", True)
-    if "backoff" in out:
-        out["backoff"] = check_backoff(out["backoff"])
-    if "tags" in out:
-        out["tags"] = tuple(out["tags"])
-    if "priority" in out:  # the same bounds as apply_async(priority=), said alike
-        out["priority"] = check_priority(out["priority"])
-    check_option_types(out)
-    return out
 
 
 def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
