@@ -130,6 +130,26 @@ def test_valid_urls_still_pass(namespace: str) -> None:
         queue.close()
 
 
+def test_a_unix_socket_url_serves_jobs(tmp_path: Path) -> None:
+    """``unix:///path?db=N`` is a documented ``url``, and every one failed to build: the
+    plugin passed ``socket_keepalive``, which redis-py's unix connection refuses, and the
+    error blamed the user's settings."""
+    sock = tmp_path / "r.sock"
+    srv = RedisServer(tmp_path, "127.0.0.1", "--unixsocket", str(sock)).start()
+    try:
+        queue = _queue(f"unix://{sock}?db=3")
+        message = make_message()
+        assert queue.push([message]) == [True]
+        [lease] = queue.claim(1)
+        assert lease.message.id == message.id
+        queue.ack(lease)
+        assert queue.qsize() == 0
+        assert srv.client(db=3).dbsize() > 0, "the jobs went over the socket, to db 3"
+        queue.close()
+    finally:
+        srv.stop()
+
+
 @pytest.fixture
 def locked_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A password (to check it stays masked) and 2 databases (to ask for one past them)."""

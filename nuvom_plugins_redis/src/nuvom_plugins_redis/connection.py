@@ -113,10 +113,11 @@ class Store:
         common: dict[str, Any] = {
             "socket_connect_timeout": settings.socket_connect_timeout_secs,
             "health_check_interval": settings.health_check_interval_secs,
-            "socket_keepalive": True,
             "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 4),
             "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         }
+        if not settings.url.lower().startswith("unix:"):  # TCP only: redis-py's unix
+            common["socket_keepalive"] = True  # connection refuses the argument
         self.client = redis.Redis.from_url(
             settings.url, socket_timeout=settings.socket_timeout_secs, **common)
         self.blocking = redis.Redis.from_url(
