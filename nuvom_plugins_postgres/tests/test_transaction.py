@@ -3,12 +3,14 @@ commits. Real server, real kernel, a real ``task.delay()``."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import psycopg
 import pytest
 from pg_support import DSN
+from psycopg.conninfo import make_conninfo
 
 import nuvom_plugins_postgres
 from nuvom_kernel import task
@@ -64,3 +66,29 @@ def test_transaction_needs_a_psycopg_connection() -> None:
     with pytest.raises(TypeError, match="psycopg 3 Connection"):
         with nuvom_plugins_postgres.transaction(object()):  # type: ignore[arg-type]
             pass
+
+
+def test_a_connection_to_another_database_is_refused_naming_both(kernel: Kernel) -> None:
+    """The README says the connection must be on the queue's database, and nothing checked
+    it: a push there failed as a missing ``nuvom.jobs`` blamed on storage, or, where that
+    database had Nuvom's schema too, committed a job no worker of this queue ever ran."""
+    other = f"nuvom_other_{os.getpid()}"
+    with psycopg.connect(DSN, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {other}")
+        admin.execute(f"CREATE DATABASE {other}")
+    try:
+        with psycopg.connect(make_conninfo(DSN, dbname=other)) as conn:
+            with pytest.raises(nuvom_plugins_postgres.WrongDatabaseError) as info, \
+                    nuvom_plugins_postgres.transaction(conn):
+                send_receipt.delay(3)
+            text = str(info.value)
+            assert f"conn is on database {other!r}, but the queue is on " in text, text
+            assert f"dbname={kernel.queue._store.database}" in text, text  # type: ignore[attr-defined]
+            assert "[plugins.postgres] dsn" in text
+            with pytest.raises(nuvom_plugins_postgres.WrongDatabaseError), \
+                    nuvom_plugins_postgres.transaction(conn):
+                send_receipt.map([(4,), (5,)])  # .map()'s path checks it as well
+    finally:
+        with psycopg.connect(DSN, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {other} WITH (FORCE)")
+    assert kernel.queue.qsize() == 0

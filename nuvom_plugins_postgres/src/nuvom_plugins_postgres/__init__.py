@@ -13,7 +13,7 @@ from nuvom_plugins_postgres.results import PostgresResultBackend
 from nuvom_plugins_postgres.schema import SCHEMA_VERSION, SchemaOwnerError, SchemaVersionError
 from nuvom_plugins_postgres.settings import PostgresSettings
 from nuvom_plugins_postgres.store import PostgresUnavailableError
-from nuvom_plugins_postgres.txn import transaction
+from nuvom_plugins_postgres.txn import WrongDatabaseError, transaction
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "PostgresUnavailableError",
     "SchemaOwnerError",
     "SchemaVersionError",
+    "WrongDatabaseError",
     "__version__",
     "transaction",
 ]

@@ -31,7 +31,7 @@ from nuvom_plugins_postgres.base import QueueBase
 from nuvom_plugins_postgres.queries import REF_TOLERANCE
 from nuvom_plugins_postgres.results import storable
 from nuvom_plugins_postgres.store import unreachable
-from nuvom_plugins_postgres.txn import current_connection
+from nuvom_plugins_postgres.txn import check_same_database, current_connection
 
 __all__ = ["AVAILABLE_AT_MAX", "Pushing"]
 
@@ -163,6 +163,7 @@ class Pushing(QueueBase):
         clock, ref = self._clock()
         try:
             if conn is not None:
+                check_same_database(conn, self._store.identity, self._store.server)
                 uniform, params = _push_params(messages, clock, ref)
                 query = self._q.push_uniform if uniform else self._q.push
                 summaries = [conn.execute(query, params).fetchone()]
@@ -280,6 +281,7 @@ class Pushing(QueueBase):
         conn = current_connection()
         try:
             if conn is not None:
+                check_same_database(conn, self._store.identity, self._store.server)
                 rows = conn.execute(self._q.push_one, params).fetchall()
             else:
                 rows = self._store.rows(self._q.push_one, params)

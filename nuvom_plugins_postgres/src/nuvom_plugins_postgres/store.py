@@ -114,9 +114,13 @@ class Store:
                 self.created = migrate(conn, self.schema, namespace) is None
                 before = time.time()
                 row = conn.execute("SELECT current_database(), "  # always one row
-                                   "extract(epoch FROM clock_timestamp())::float8").fetchone()
+                                   "extract(epoch FROM clock_timestamp())::float8, "
+                                   "pg_postmaster_start_time()::text").fetchone()
                 after = time.time()
                 self.database = str(row[0] if row else "")
+                #: This database's :data:`~nuvom_plugins_postgres.txn.IDENTITY_SQL` row: a
+                #: caller's connection (``transaction(conn)``) must give the same.
+                self.identity = (self.database, str(row[2] if row else ""))
                 #: The server's clock minus this process's (seconds), as a push last used
                 #: it (``PostgresQueue.push``): first estimated here, by the same query.
                 self.clock_skew: float | None = (None if row is None
