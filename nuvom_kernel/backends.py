@@ -24,6 +24,7 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
+from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import (
     JobStatus,
     Lease,
@@ -289,6 +290,14 @@ class QueueBackend(Backend, WorkflowStore):
             return []
         stored = self.push(messages)
         self.notify()
+        if type(stored) is not list or len(stored) != len(messages):  # a plugin's bug:
+            # said here, naming it, not as a TypeError in the caller's `stored[0]`
+            raise NuvomError(
+                f"queue backend {self.name!r} ({type(self).__module__}."
+                f"{type(self).__qualname__}) returned {stored!r:.80} from push() of "
+                f"{len(messages)} message(s); push must return a list of one bool per "
+                "message (True: stored, False: its id was queued already). The messages "
+                "may have been stored. `nuvom plugin test` checks a backend against this.")
         return stored
 
     def notify(self) -> None:
