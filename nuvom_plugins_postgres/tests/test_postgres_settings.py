@@ -29,8 +29,9 @@ def test_defaults() -> None:
     ("xmin_warn_secs", "soon"),
 ])
 def test_bad_values_name_the_key(key: str, value: object) -> None:
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match=key) as info:
         PostgresSettings.parse({key: value}, CONTEXT)
+    assert f"NUVOM_PLUGINS__POSTGRES__{key.upper()}" in str(info.value)
 
 
 def test_environment_variables_reach_the_queue(tmp_path: Path, schema: str) -> None:

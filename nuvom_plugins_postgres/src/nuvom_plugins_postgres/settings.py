@@ -23,7 +23,7 @@ import psycopg.conninfo
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError
-from nuvom_kernel.plugin_settings import schema_of
+from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
 from nuvom_kernel.values import RESULT_TTL_SECS, Converted, Retention, Seconds, whole
 
 __all__ = ["PostgresSettings", "connect_kwargs", "masked_dsn", "schema_name"]
@@ -88,13 +88,16 @@ class PostgresSettings:
         try:
             psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"[plugins.postgres] dsn={masked_dsn(dsn)!r} is not a valid "
-                              f"libpq connection string or URL: {exc}") from None
+            raise ConfigError(f"[plugins.postgres] dsn={masked_dsn(dsn)!r} "
+                              f"({plugin_env_var('postgres', 'dsn')}) is not a valid libpq "
+                              f"connection string or URL ('postgresql://user@host:5432/db' "
+                              f"or 'host=... dbname=...'): {exc}") from None
         schema = schema_name(values.pop("schema", "") or "nuvom", context.namespace)
         ratio = values.get("dead_tuple_warn_ratio", 0.2)
         if not 0 < ratio <= 1:
-            raise ConfigError(f"[plugins.postgres] dead_tuple_warn_ratio={ratio!r} is invalid: "
-                              "it must be a number > 0 and <= 1.")
+            raise ConfigError(f"[plugins.postgres] dead_tuple_warn_ratio={ratio!r} "
+                              f"({plugin_env_var('postgres', 'dead_tuple_warn_ratio')}) is "
+                              "invalid: it must be a number > 0 and <= 1.")
         values.setdefault("visibility_timeout_secs", context.visibility_timeout_secs)
         return cls(dsn=dsn, schema=schema, **values)
 

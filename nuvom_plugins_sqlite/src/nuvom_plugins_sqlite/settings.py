@@ -16,7 +16,7 @@ import attrs
 
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import ConfigError
-from nuvom_kernel.plugin_settings import schema_of
+from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
 from nuvom_kernel.values import RESULT_TTL_SECS, Retention, Seconds
 
 __all__ = ["SQLiteSettings"]
@@ -65,8 +65,9 @@ class SQLiteSettings:
         sync = values.get("synchronous", "NORMAL").strip().upper()
         if sync not in _SYNCHRONOUS:
             raise ConfigError(
-                f"[plugins.sqlite] synchronous={settings['synchronous']!r} is invalid: "
-                f"use NORMAL (default) or FULL."
+                f"[plugins.sqlite] synchronous={settings['synchronous']!r} "
+                f"({plugin_env_var('sqlite', 'synchronous')}) is invalid: use NORMAL "
+                f"(default) or FULL."
             )
         results = values.get("results_path")
         return cls(path=path, results_path=_absolute(results) if results else path,
