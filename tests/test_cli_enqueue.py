@@ -51,6 +51,8 @@ def test_a_job_enqueued_by_name_runs_with_the_tasks_options_and_wait_prints_it(
         failed = run_nuvom(["enqueue", "enq_boom", "--wait", "60"], project)
         assert failed.returncode == 1, failed.stderr
         assert "ValueError" in failed.stderr and "enq_boom went off" in failed.stderr
+        failed_id = failed.stdout.split()[2]
+        assert failed.stderr.count(failed_id) == 1, failed.stderr  # "job X: job X failed"
     finally:
         out = stop_worker(worker)
     assert worker.returncode == 0, out

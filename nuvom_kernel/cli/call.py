@@ -101,7 +101,7 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
                    f"(`nuvom inspect job {job.id}` shows it later)", err=True)
         raise SystemExit(2) from None
     except (JobFailedError, JobCancelledError) as exc:
-        click.echo(f"job {job.id}: {exc}", err=True)
+        click.echo(str(exc), err=True)  # it names the job (`job <id> failed: ...`)
         raise SystemExit(1) from None
     click.echo(json.dumps(_jsonable(result)))
 
