@@ -645,6 +645,18 @@ def test_a_misspelt_backend_name_is_answered_with_the_installed_name_not_a_packa
     assert "nuvom-plugins-kafka" not in str(info.value)
 
 
+def test_a_missing_command_of_our_plugins_names_the_plugin(tmp_path: Path) -> None:
+    """``nuvom dashboard`` without its plugin said only "No such command 'dashboard'"."""
+    pytest.importorskip("nuvom_plugins_dashboard")
+    done = run_nuvom(["dashboard"], tmp_path, NUVOM_DISABLE_PLUGINS="dashboard")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert ("No such command 'dashboard'. It comes with the plugin 'dashboard' "
+            "(nuvom-plugins-dashboard), which is disabled by "
+            "NUVOM_DISABLE_PLUGINS=dashboard.") in done.stderr, done.stderr
+    other = run_nuvom(["nosuch"], tmp_path)
+    assert other.returncode == 2 and "It comes with" not in other.stderr
+
+
 def test_a_disabled_name_no_plugin_has_is_warned_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:

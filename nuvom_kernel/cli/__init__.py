@@ -33,7 +33,8 @@ def make_cli(kernel: object) -> click.Group:
         own bug: there is nothing to run without it).
     """
 
-    @click.group(name="nuvom", context_settings={"help_option_names": ["-h", "--help"]})
+    @click.group(name="nuvom", cls=_Root,
+                 context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, message=VERSION_LINE)
     def cli() -> None:
         """Nuvom: a plugin-first background task queue."""
@@ -55,6 +56,33 @@ def make_cli(kernel: object) -> click.Group:
                 group.commands.update(commands)
             pm.disable(impl.plugin_name, "nuvom_register_commands", exc)
     return cli
+
+
+#: Commands of Nuvom's own plugin distributions -> (plugin, distribution): named when the
+#: command is missing, since click's "No such command 'dashboard'" says nothing of a plugin.
+PLUGIN_COMMANDS = {"dashboard": ("dashboard", "nuvom-plugins-dashboard")}
+
+
+class _Root(click.Group):
+    """The root group: a missing command that a plugin of ours provides says which, and
+    whether it is disabled or not installed."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            name = args[0] if args else ""
+            if name not in PLUGIN_COMMANDS:
+                raise
+            plugin, dist = PLUGIN_COMMANDS[name]
+            pm = ctx.obj.pm if ctx.obj is not None else None
+            why = pm.disabled.get(plugin) if pm is not None else None
+            raise click.UsageError(
+                f"{exc.message} It comes with the plugin {plugin!r} ({dist}), which is "
+                + (f"disabled by {why}." if why else
+                   f"not installed: from a clone of Nuvom, pip install "
+                   f"./{dist.replace('-', '_')}."), ctx) from None
 
 
 def _command_tables(root: click.Group) -> list[tuple[click.Group, dict[str, click.Command]]]:
