@@ -26,6 +26,11 @@ _EXPORTS = {
     "NuvomError": "errors",
     "Retry": "errors",
     "UnknownJobError": "errors",
+    "ChildKilledError": "errors",
+    "JobExpiredError": "errors",
+    "JobTimeoutError": "errors",
+    "SerializationError": "errors",
+    "UnknownTaskError": "errors",
     "Kernel": "kernel",
     "get_job": "kernel",
     "get_kernel": "kernel",
@@ -46,17 +51,22 @@ _EXPORTS = {
 
 __all__ = [
     "SPI_VERSION",
+    "ChildKilledError",
     "Job",
     "JobCancelledError",
+    "JobExpiredError",
     "JobFailedError",
     "JobStatus",
+    "JobTimeoutError",
     "Kernel",
     "NoRetry",
     "NuvomError",
     "Retry",
+    "SerializationError",
     "StepFailed",
     "Task",
     "UnknownJobError",
+    "UnknownTaskError",
     "Worker",
     "Workflow",
     "__version__",
@@ -91,12 +101,17 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from nuvom_kernel.backends import SPI_VERSION
     from nuvom_kernel.errors import (
+        ChildKilledError,
         JobCancelledError,
+        JobExpiredError,
         JobFailedError,
+        JobTimeoutError,
         NoRetry,
         NuvomError,
         Retry,
+        SerializationError,
         UnknownJobError,
+        UnknownTaskError,
     )
     from nuvom_kernel.job import Job
     from nuvom_kernel.kernel import Kernel, get_job, get_kernel, set_kernel, use_kernel
