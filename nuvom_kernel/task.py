@@ -120,10 +120,12 @@ class Task(Generic[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Enqueue one job for ``fn(*args, **kwargs)`` and return its handle (for a
         ``unique`` task: the equal unfinished job's, if there is one)."""
+        kernel = self._kernel()  # first: a process's first call loads the plugins, which
+        # its job's created_at must not count as time spent waiting in the queue
         call = self._call(args, kwargs, self.options, fresh=True)
         if self.options.unique:
-            return enqueue_unique(self._kernel(), *call, self._params)
-        return enqueue_one(self._kernel(), *call)
+            return enqueue_unique(kernel, *call, self._params)
+        return enqueue_one(kernel, *call)
 
     def s(self, *args: Any, **kwargs: Any) -> Step:
         """A workflow step calling this task with the previous step's result first, then
@@ -211,8 +213,9 @@ class Task(Generic[P, R]):
                                    check_queue(queue, "apply_async(queue=...)"),
                                    priority=options.priority if priority is None
                                    else check_priority(priority))
+        kernel = self._kernel()  # a first call loads the plugins: an eta counts from after,
+        # and the job's created_at (its wait) too
         call = self._call(tuple(args), dict(kwargs or {}), options, check_id(job_id))
-        kernel = self._kernel()  # a first call loads the plugins: an eta counts from after
         if at is not None:
             delay_secs = max(0.0, at - time.time())
         if options.unique and job_id is None:

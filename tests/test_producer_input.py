@@ -8,6 +8,8 @@ naming the module.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import TaskOptions
 from nuvom_kernel.registry import TaskRegistry
 from nuvom_kernel.values import MAX_SECONDS
-from tests.helpers import drain, wait_until, write_module
+from tests.helpers import drain, user_env, wait_until, write_module
 
 
 def _tasks(project: Path) -> tuple[Any, Any]:
@@ -606,3 +608,34 @@ def test_a_decorator_that_supplies_an_argument_is_checked_as_the_worker_calls_it
     assert sig_save.delay(5).args == (5,)
     assert [j.args for j in sig_save.map([(6,), (7,)])] == [(6,), (7,)]
     assert kernel.queue.qsize() == 3
+
+
+def test_a_jobs_created_at_does_not_count_the_first_calls_plugin_loading(project: Path):
+    """A process's first ``.delay()`` loads the plugins (0.3-1 s with the Redis plugin's
+    imports) after its job was stamped: the job's wait (``nuvom_job_wait_seconds``, the
+    dashboard) counted the producer's start-up. A plugin module that takes 1 s to import
+    stands for it; ``apply_async`` is checked in a second process."""
+    write_module(project, "slow_plugin", """
+import time
+
+from nuvom_kernel import hookimpl
+
+time.sleep(1.0)  # a plugin whose imports are slow
+
+
+@hookimpl
+def nuvom_configure(config):
+    pass
+""")
+    write_module(project, "stamped", "from nuvom_kernel import task\n\n\n"
+                                     "@task\ndef stamped(x):\n    return x\n")
+    (project / ".nuvom_plugins.toml").write_text('[plugins]\nhooks = ["slow_plugin"]\n')
+    for call in ("stamped.delay(1)", "stamped.apply_async((1,))"):
+        script = ("import sys, time\nsys.path.insert(0, '')\nfrom stamped import stamped\n"
+                  f"before = time.time()\njob = {call}\nprint(job.created_at - before)\n")
+        done = subprocess.run([sys.executable, "-c", script], cwd=project, text=True,
+                              capture_output=True, timeout=60,
+                              env=user_env(NUVOM_QUEUE_BACKEND="memory",
+                                           NUVOM_RESULT_BACKEND="memory"))
+        assert done.returncode == 0, done.stderr
+        assert float(done.stdout) >= 1.0, (call, done.stdout)
