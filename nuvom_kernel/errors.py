@@ -120,8 +120,12 @@ class CorruptWorkflowError(NuvomError):
     def __init__(self, workflow_id: str, where: str, detail: str, *,
                  status: str | None = None) -> None:
         if status is None:
-            outcome = ("so it cannot move on: its steps waiting for others stay waiting. "
-                       "Restore that entry, or submit the workflow again")
+            # (a reader's find, or a settle that could not write the head: a later settle
+            # may still end it FAILED, so "stay waiting" would not always be true)
+            outcome = ("so it cannot move on: its steps waiting for others do not run "
+                       "while the entry is damaged (the next of its steps to end ends the "
+                       "workflow FAILED if its head still reads). Restore that entry, or "
+                       "submit the workflow again")
         else:
             outcome = (f"so it ended {status}: its steps that were waiting for others will not "
                        "run (each reads CANCELLED). Restore that entry to read the graph again; "
