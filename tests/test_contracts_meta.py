@@ -200,6 +200,10 @@ def test_fake_fails_exactly_the_tests_it_breaks(outcomes: dict[str, dict[str, st
 #: single-call tests cannot see (the monitor only calls ``extend_many``, the settler
 #: ``ack_many``).
 NAMED_PROMISES = {
+    "ContextIgnoringQueue": ("test_unacked_lease_becomes_visible_after_visibility_timeout",
+                             ["the backend was built with context.visibility_timeout_secs=",
+                              "but its visibility_timeout_secs is 30.0",
+                              "Fix: from_settings passes"]),
     "NoopExtendManyQueue": ("test_extend_many_keeps_every_lease_alive",
                             ["extend_many must push every lease's expiry", "Fix:"]),
     "UnfencedExtendManyQueue": ("test_extend_many_is_fenced_per_lease",

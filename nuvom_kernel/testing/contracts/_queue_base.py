@@ -71,6 +71,14 @@ class QueueContractBase:
         def build(**context_changes: Any) -> QueueBackend:
             backend = make_queue_backend(attrs.evolve(backend_context, **context_changes))
             built.append(backend)
+            wanted = context_changes.get("visibility_timeout_secs")
+            if wanted is not None and backend.visibility_timeout_secs != wanted:
+                # said at once: the lease tests would only time out, naming no cause
+                raise AssertionError(
+                    f"the backend was built with context.visibility_timeout_secs={wanted}, "
+                    f"but its visibility_timeout_secs is {backend.visibility_timeout_secs}. "
+                    "Fix: from_settings passes context.visibility_timeout_secs to "
+                    "super().__init__ (docs/writing_plugins.md)")
             return backend
 
         yield build

@@ -24,6 +24,7 @@ from nuvom_kernel.testing.fakes.discoverers import (
 )
 from nuvom_kernel.testing.fakes.queues import (
     CancelAnythingQueue,
+    ContextIgnoringQueue,
     CountingReleaseQueue,
     DeafQueue,
     EagerStepsQueue,
@@ -71,6 +72,7 @@ __all__ = [
     "AliasingResults",
     "AppendingHeartbeatResults",
     "CancelAnythingQueue",
+    "ContextIgnoringQueue",
     "CountingReleaseQueue",
     "DeafQueue",
     "EagerStepsQueue",

@@ -14,13 +14,13 @@ from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_kernel.testing.stubs import StubQueue
 
 __all__ = [
-    "EXPECTED_FAILURES", "CancelAnythingQueue", "CountingReleaseQueue", "DeafQueue",
-    "EagerStepsQueue", "ForgetfulRetryQueue", "GreedyBatchQueue", "ImpatientRetryQueue",
-    "LeakyQsizeQueue", "LifoQueue", "NoVisibilityTimeoutQueue", "NonWaitingQueue",
-    "NoopExtendManyQueue", "NoopExtendQueue", "PerClaimLimitQueue", "PriorityLosingPutBackQueue",
-    "RacyClaimQueue", "ReplacingPushQueue", "TextBodyQueue", "TieLosingBrowseQueue",
-    "UnfencedAckManyQueue", "UnfencedExtendManyQueue", "UnfencedQueue", "UnfencedSettleQueue",
-    "UnfencedWorkflowQueue", "VagueStateQueue",
+    "EXPECTED_FAILURES", "CancelAnythingQueue", "ContextIgnoringQueue", "CountingReleaseQueue",
+    "DeafQueue", "EagerStepsQueue", "ForgetfulRetryQueue", "GreedyBatchQueue",
+    "ImpatientRetryQueue", "LeakyQsizeQueue", "LifoQueue", "NoVisibilityTimeoutQueue",
+    "NonWaitingQueue", "NoopExtendManyQueue", "NoopExtendQueue", "PerClaimLimitQueue",
+    "PriorityLosingPutBackQueue", "RacyClaimQueue", "ReplacingPushQueue", "TextBodyQueue",
+    "TieLosingBrowseQueue", "UnfencedAckManyQueue", "UnfencedExtendManyQueue", "UnfencedQueue",
+    "UnfencedSettleQueue", "UnfencedWorkflowQueue", "VagueStateQueue",
 ]
 
 
@@ -53,6 +53,17 @@ class NoVisibilityTimeoutQueue(StubQueue):
                 if entry.token is not None:
                     entry.expires_at = float("inf")
         return super().claim(n, queues)
+
+
+class ContextIgnoringQueue(StubQueue):
+    """Built on its default lease length, not the context's: ``from_settings`` forgot to
+    pass ``context.visibility_timeout_secs`` on (the lease tests only timed out)."""
+
+    name = "fake-context-ignoring"
+
+    @classmethod
+    def from_settings(cls, settings: Any, context: Any) -> ContextIgnoringQueue:
+        return cls()
 
 
 class NoopExtendQueue(StubQueue):
@@ -354,6 +365,11 @@ EXPECTED_FAILURES: dict[str, set[str]] = {
         "test_claim_order_survives_retry_release_and_expiry",
         "test_workflow_advance_by_a_lost_lease_changes_nothing",
         "test_an_expired_lease_stops_counting_and_extend_keeps_one"},
+    "ContextIgnoringQueue": {"test_unacked_lease_becomes_visible_after_visibility_timeout",
+                             "test_stale_lease_is_fenced", "test_extend_keeps_lease_alive",
+                             "test_extend_many_keeps_every_lease_alive",
+                             "test_an_expired_lease_stops_counting_and_extend_keeps_one",
+                             "test_workflow_advance_by_a_lost_lease_changes_nothing"},
     "NoopExtendQueue": {"test_extend_keeps_lease_alive",
                         "test_an_expired_lease_stops_counting_and_extend_keeps_one",
                         "test_retry_counts_failures_release_does_not",
