@@ -103,9 +103,8 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
         disabled = kernel.pm.disabled_note("ast")
         raise click.ClickException(
             f"no task discoverer is enabled: the 'ast' discoverer is provided by a disabled "
-             f"plugin: {disabled}. Remove it from there to use it." if disabled else
-             f"no task discoverer is loaded. {install_hint('ast')}."
-             f"{kernel.pm.loading_notes()}")
+            f"plugin: {disabled}. Remove it from there to use it." if disabled else
+            f"no task discoverer is loaded. {install_hint('ast')}.{kernel.pm.loading_notes()}")
     previous = _read_previous(data_dir)
     old_states = previous.get("state") or {}
     started = time.perf_counter()
