@@ -80,7 +80,7 @@ def test_the_guides_commands_pass_the_contract_and_serve_a_worker(toml_project: 
         out = stop_worker(worker)
     assert worker.returncode == 0, out
     assert "backend=listq" in out
-    assert (toml_project / ".nuvom" / "listq.json").exists()
+    assert (toml_project / ".nuvom" / "my_queues.json").exists()
 
 
 def test_a_target_under_the_wrong_key_is_told_the_right_one(toml_project: Path) -> None:
