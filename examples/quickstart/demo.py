@@ -1,5 +1,6 @@
-"""End to end on the embedded default (SQLite, no server): start `nuvom runworker`, enqueue
-from this process, wait for the results, then stop the worker with SIGINT (a clean drain).
+"""End to end on the embedded default (SQLite, no server): `nuvom discover tasks`, start
+`nuvom runworker`, enqueue from this process, wait for the results, then stop the worker
+with SIGINT (a clean drain).
 
 Run from the repository root:  python examples/quickstart/demo.py
 """
@@ -23,9 +24,12 @@ def main() -> int:
     sys.path.insert(0, str(project))
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
     # `python -m nuvom_kernel` is the `nuvom` command, found without the virtualenv's bin/
-    # on PATH (a demo run as `.venv/bin/python demo.py` failed to start its worker)
-    worker = subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", "--workers",
-                               "2"], cwd=project, env=env)
+    # on PATH (a demo run as `.venv/bin/python demo.py` failed to start its worker).
+    # Discovery first, as in a project: the worker then knows every task's options before
+    # its first job (it says so when there is no manifest).
+    nuvom = [sys.executable, "-m", "nuvom_kernel"]
+    subprocess.run([*nuvom, "discover", "tasks"], cwd=project, env=env, check=True)
+    worker = subprocess.Popen([*nuvom, "runworker", "--workers", "2"], cwd=project, env=env)
     try:
         from tasks import add
 

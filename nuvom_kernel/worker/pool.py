@@ -178,15 +178,21 @@ class Worker(Dispatcher, Timeouts):
             self._prepare_plugins()
             self._open_stores()
             self.kernel.registry.load_manifest(self.kernel.data_dir)
-            if self.processes is not None and not self.kernel.registry.names():
+            if not self.kernel.registry.names():
                 # its children import the task modules, never this process: without a
                 # manifest it knows no schedule, and a limit only once the children ran a
-                # job of the task (a hunt ran 12 at once of a task limited to 2, for good)
-                log.warning("the process pool imports task modules in its children only, so "
-                            "this worker knows schedules from %s alone, and there is none, "
-                            "and a task's concurrency limit only after its first jobs ran: "
-                            "run `nuvom discover tasks` (and again after changing a task's "
-                            "options)", self.kernel.data_dir / "manifest.json")
+                # job of the task (a hunt ran 12 at once of a task limited to 2, for good).
+                # A thread or asyncio pool learns them as it imports each task's module,
+                # after claiming its first jobs: two fresh workers ran 3 jobs at once of a
+                # task limited to 1.
+                log.warning("%s, so this worker knows schedules from %s alone, and there is "
+                            "none, and a task's concurrency limit only after its first jobs "
+                            "were claimed: run `nuvom discover tasks` (and again after "
+                            "changing a task's options)",
+                            "the process pool imports task modules in its children only"
+                            if self.processes is not None else
+                            "no task is imported yet (a task's module is imported when its "
+                            "first job runs)", self.kernel.data_dir / "manifest.json")
             self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         except BaseException:
             self.signals.emit_lifecycle("nuvom_worker_shutdown")
