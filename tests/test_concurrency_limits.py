@@ -19,7 +19,14 @@ from nuvom_kernel.errors import BackendCapabilityError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.limits import concurrency_limits
 from nuvom_kernel.worker import Worker
-from tests.helpers import read_until_started, start_worker, stop_worker, wait_until, write_module
+from tests.helpers import (
+    read_until_started,
+    run_nuvom,
+    start_worker,
+    stop_worker,
+    wait_until,
+    write_module,
+)
 
 
 def test_limit_holds_across_executors_and_a_held_job_costs_nothing(kernel):
@@ -160,21 +167,26 @@ def test_status_shows_running_over_limit_and_waiting(make_kernel):
         "with room left, ready jobs wait for a worker, not on the limit (said by a hunt)"
 
 
-def test_a_process_pool_worker_without_a_manifest_says_it_knows_no_limit(project) -> None:
-    """Its children import the task modules, never the worker: a hunt ran 12 jobs at once
-    of a task limited to 2, and nothing said why."""
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_a_worker_without_a_manifest_says_it_knows_no_limit(project, pool: str) -> None:
+    """A process pool's children import the task modules, never the worker: a hunt ran 12
+    jobs at once of a task limited to 2, and nothing said why. A thread pool learns a limit
+    only as it imports the module, after its first claims: two fresh workers ran 3 at once
+    of a task limited to 1. With a manifest, nothing is said."""
     write_module(project, "pp_limited", "from nuvom_kernel import task\n\n\n"
                  "@task(concurrency=2)\ndef crawl(i):\n    return i\n")
-    worker = start_worker(project, {"NUVOM_QUEUE_BACKEND": "sqlite",
-                                    "NUVOM_RESULT_BACKEND": "sqlite"},
-                          "--pool", "process", "--workers", "1")
-    try:
-        lines = read_until_started(worker)
-    finally:
-        out = stop_worker(worker)
-    said = "\n".join(lines) + out
-    assert "knows schedules from" in said, said
-    assert "run `nuvom discover tasks`" in said
+    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
+    for manifest in (False, True):
+        if manifest:
+            assert run_nuvom(["discover", "tasks"], project).returncode == 0
+        worker = start_worker(project, env, "--pool", pool, "--workers", "1")
+        try:
+            lines = read_until_started(worker)
+        finally:
+            out = stop_worker(worker)
+        said = "\n".join(lines) + out
+        assert ("knows schedules from" in said) is not manifest, (manifest, said)
+        assert ("run `nuvom discover tasks`" in said) is not manifest
 
 
 def test_limits_come_from_the_manifest_then_the_children_then_imports(make_kernel) -> None:
