@@ -22,7 +22,7 @@ from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.testing.contracts import make_message, wait_until
-from nuvom_plugins_postgres import PostgresQueue, PostgresUnavailableError
+from nuvom_plugins_postgres import PostgresQueue, PostgresUnavailableError, transaction
 
 
 @task
@@ -158,6 +158,23 @@ def test_bad_password_says_check_the_password(cluster: Cluster) -> None:
         PostgresQueue.from_settings({"dsn": dsn}, BackendContext(namespace="badpw"))
     text = str(caught.value)
     assert "password" in text and "wrong-pass" not in text and "***" in text
+
+
+def test_a_caller_transaction_after_a_restart_still_enqueues(cluster: Cluster) -> None:
+    """``transaction(conn)`` checks that conn reaches the queue's database; a first version
+    compared the server's start time, read once by the store, so after any restart (an
+    upgrade, a failover) every caller's push was refused as "another server"."""
+    queue = PostgresQueue.from_settings({"dsn": cluster.dsn},
+                                        BackendContext(namespace="txn-restart"))
+    try:
+        for _ in range(2):
+            with psycopg.connect(cluster.dsn) as conn, transaction(conn):
+                queue.enqueue(make_message())
+            cluster.restart()
+        assert queue.qsize() == 2
+    finally:
+        queue.clear()
+        queue.close()
 
 
 @pytest.mark.slow

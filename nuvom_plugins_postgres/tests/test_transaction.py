@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from pg_support import DSN
 from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
 
 import nuvom_plugins_postgres
 from nuvom_kernel import task
@@ -92,3 +93,25 @@ def test_a_connection_to_another_database_is_refused_naming_both(kernel: Kernel)
         with psycopg.connect(DSN, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {other} WITH (FORCE)")
     assert kernel.queue.qsize() == 0
+
+
+@pytest.mark.parametrize("options", ["-c TimeZone=Pacific/Kiritimati", "-c DateStyle=SQL,DMY"])
+def test_the_queues_database_passes_whatever_the_sessions_settings(kernel: Kernel,
+                                                                    options: str) -> None:
+    """The first check compared the server's start time as text, which follows the
+    session's TimeZone and DateStyle: a caller's connection set otherwise (Django sets UTC)
+    was refused as "another server"; a restart would have refused every caller too."""
+    with psycopg.connect(DSN, options=options) as conn:
+        with nuvom_plugins_postgres.transaction(conn):
+            job = send_receipt.delay(8)
+    assert kernel.queue.peek_state(job.id) is JobStatus.QUEUED
+
+
+def test_a_connection_with_dict_rows_can_enqueue(kernel: Kernel) -> None:
+    """A caller's ``row_factory=dict_row`` broke the push's unpacking (``KeyError``)."""
+    with psycopg.connect(DSN, row_factory=dict_row) as conn:
+        with nuvom_plugins_postgres.transaction(conn):
+            one = send_receipt.delay(9)
+            many = send_receipt.map([(10,), (11,)])
+        assert conn.execute("SELECT 1 AS n").fetchone() == {"n": 1}, "its factory kept"
+    assert {kernel.queue.peek_state(j.id) for j in [one, *many]} == {JobStatus.QUEUED}

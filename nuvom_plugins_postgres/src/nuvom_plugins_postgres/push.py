@@ -31,7 +31,7 @@ from nuvom_plugins_postgres.base import QueueBase
 from nuvom_plugins_postgres.queries import REF_TOLERANCE
 from nuvom_plugins_postgres.results import storable
 from nuvom_plugins_postgres.store import unreachable
-from nuvom_plugins_postgres.txn import check_same_database, current_connection
+from nuvom_plugins_postgres.txn import caller_cursor
 
 __all__ = ["AVAILABLE_AT_MAX", "Pushing"]
 
@@ -157,16 +157,15 @@ class Pushing(QueueBase):
             return []
         if len(messages) == 1:
             return [self._push_one(messages[0])]
-        conn = current_connection()
         # This process's clock and the server's estimated from it: the messages' times go as
         # offsets from it (queries.PUSH); a later chunk reads its own (_push_chunks).
         clock, ref = self._clock()
         try:
-            if conn is not None:
-                check_same_database(conn, self._store.identity, self._store.server)
+            caller = caller_cursor(self._store.identity, self._store.server)
+            if caller is not None:
                 uniform, params = _push_params(messages, clock, ref)
                 query = self._q.push_uniform if uniform else self._q.push
-                summaries = [conn.execute(query, params).fetchone()]
+                summaries = [caller.execute(query, params).fetchone()]
                 chunks: list[Sequence[Message]] = [messages]
             elif len(messages) <= self.small_push:
                 chunks, summaries = self._run(lambda c: self._push_chunks(
@@ -278,11 +277,10 @@ class Pushing(QueueBase):
         clock, ref = self._clock()  # see push
         params = [ref, m.id, m.queue, m.priority, clock - float(m.created_at),
                   available - clock, m.task, m.checked_body()]
-        conn = current_connection()
         try:
-            if conn is not None:
-                check_same_database(conn, self._store.identity, self._store.server)
-                rows = conn.execute(self._q.push_one, params).fetchall()
+            caller = caller_cursor(self._store.identity, self._store.server)
+            if caller is not None:
+                rows = caller.execute(self._q.push_one, params).fetchall()
             else:
                 rows = self._store.rows(self._q.push_one, params)
         except (psycopg.OperationalError, PoolTimeout) as exc:

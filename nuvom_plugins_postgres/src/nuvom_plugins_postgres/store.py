@@ -34,6 +34,7 @@ from nuvom_kernel.clock import server_offset
 from nuvom_kernel.errors import EnqueueError
 from nuvom_plugins_postgres.schema import migrate
 from nuvom_plugins_postgres.settings import PostgresSettings, connect_kwargs, masked_dsn
+from nuvom_plugins_postgres.txn import IDENTITY_SQL
 
 __all__ = ["PostgresUnavailableError", "Store", "acquire", "check_idle_connection",
            "mark_temporary", "release", "unreachable"]
@@ -114,13 +115,13 @@ class Store:
                 self.created = migrate(conn, self.schema, namespace) is None
                 before = time.time()
                 row = conn.execute("SELECT current_database(), "  # always one row
-                                   "extract(epoch FROM clock_timestamp())::float8, "
-                                   "pg_postmaster_start_time()::text").fetchone()
+                                   "extract(epoch FROM clock_timestamp())::float8").fetchone()
                 after = time.time()
                 self.database = str(row[0] if row else "")
+                same = conn.execute(IDENTITY_SQL).fetchone()
                 #: This database's :data:`~nuvom_plugins_postgres.txn.IDENTITY_SQL` row: a
                 #: caller's connection (``transaction(conn)``) must give the same.
-                self.identity = (self.database, str(row[2] if row else ""))
+                self.identity = (str(same[0]), str(same[1])) if same else ("", "")
                 #: The server's clock minus this process's (seconds), as a push last used
                 #: it (``PostgresQueue.push``): first estimated here, by the same query.
                 self.clock_skew: float | None = (None if row is None

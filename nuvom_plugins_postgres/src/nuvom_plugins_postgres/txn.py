@@ -26,15 +26,18 @@ from contextvars import ContextVar
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from nuvom_kernel.errors import NuvomError
 
-__all__ = ["IDENTITY_SQL", "WrongDatabaseError", "check_same_database", "current_connection",
-           "transaction"]
+__all__ = ["IDENTITY_SQL", "WrongDatabaseError", "caller_cursor", "transaction"]
 
-#: What tells one database of one server from any other: its name, and when its server
-#: started (a second server with a database of the same name started at another moment).
-IDENTITY_SQL = "SELECT current_database(), pg_postmaster_start_time()::text"
+#: What tells one database of one cluster from any other: its name, and the cluster's system
+#: identifier (made by initdb; kept across restarts and by a promoted physical replica, and
+#: readable by any role). Not the server's start time: it changes at every restart, and its
+#: text follows the session's TimeZone and DateStyle.
+IDENTITY_SQL = ("SELECT current_database(), "
+                "(SELECT system_identifier FROM pg_control_system())::text")
 
 #: Each caller's connection's identity, read once (the connection is not ours to keep).
 _identities: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[str, str]] = (
@@ -65,29 +68,32 @@ def transaction(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[An
         _current.reset(token)
 
 
-def current_connection() -> psycopg.Connection[Any] | None:
-    """The connection of the innermost :func:`transaction` block, if any."""
-    return _current.get()
-
-
-def check_same_database(conn: psycopg.Connection[Any], queue: tuple[str, str],
-                        queue_server: str) -> None:
-    """Refuse to push on ``conn`` unless it reaches the queue's database (``queue``: its
-    :data:`IDENTITY_SQL` row, ``queue_server`` how to name it). Why: on another database
-    the push failed as a missing ``nuvom.jobs`` table blamed on storage, or, where that
-    database had Nuvom's schema too, committed a job no worker of this queue would run.
+def caller_cursor(queue: tuple[str, str], queue_server: str
+                  ) -> psycopg.Cursor[tuple[Any, ...]] | None:
+    """A cursor on the connection of the innermost :func:`transaction` block (``None``
+    outside one), with tuple rows whatever the connection's ``row_factory`` (a caller's
+    ``dict_row`` broke the push's unpacking), once the connection is known to reach the
+    queue's database (``queue``: its :data:`IDENTITY_SQL` row, ``queue_server`` how to name
+    it). Why the check: on another database the push failed as a missing ``nuvom.jobs``
+    table blamed on storage, or, where that database had Nuvom's schema too, committed a
+    job no worker of this queue would run.
 
     :raises WrongDatabaseError: naming both databases and the setting that picks the queue's.
     """
+    conn = _current.get()
+    if conn is None:
+        return None
+    cursor = conn.cursor(row_factory=tuple_row)
     seen = _identities.get(conn)
     if seen is None:
-        row = conn.execute(IDENTITY_SQL).fetchone()
+        row = cursor.execute(IDENTITY_SQL).fetchone()
         seen = (str(row[0]), str(row[1])) if row else ("", "")
         _identities[conn] = seen
     if seen != queue:
         where = (f"database {seen[0]!r}" if seen[1] == queue[1]
-                 else f"database {seen[0]!r} of another server (started {seen[1]})")
+                 else f"database {seen[0]!r} of another PostgreSQL cluster")
         raise WrongDatabaseError(
             f"transaction(conn): conn is on {where}, but the queue is on {queue_server}; a "
             f"job pushed there would never reach this queue's workers. Open conn with the "
             f"queue's dsn ([plugins.postgres] dsn, or NUVOM_PLUGINS__POSTGRES__DSN).")
+    return cursor
