@@ -28,8 +28,8 @@ from nuvom_kernel.config import (
 from nuvom_kernel.errors import PluginLoadError
 from nuvom_kernel.plugin_sources import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS
 
-__all__ = ["KNOWN_PLUGINS", "KNOWN_PROVIDERS", "PluginFailures", "inherit_failures",
-           "install_hint"]
+__all__ = ["KNOWN_PLUGINS", "KNOWN_PROVIDERS", "PluginFailures", "clone_install",
+           "inherit_failures", "install_hint"]
 
 log = logging.getLogger("nuvom.plugins")
 
@@ -48,17 +48,20 @@ KNOWN_PROVIDERS: dict[str, str] = {
 KNOWN_PLUGINS: dict[str, str] = {"ast": "discovery"}
 
 
+def clone_install(dist: str) -> str:
+    """How to install our distribution ``dist``: from a clone's folder, since ours are not
+    on the public index, where a look-alike name could be anyone's (the README says so)."""
+    return f"from a clone of Nuvom, `pip install ./{dist.replace('-', '_')}`"
+
+
 def install_hint(name: str) -> str:
     """How to install the plugin providing the backend ``name``, as a sentence without its
-    full stop. Ours first from a clone's folder: they are not on the public index, where a
-    look-alike name could be anyone's (the README says so), so for a name we do not know
-    no package is guessed at all."""
+    full stop; for a name we do not know no package is guessed at all."""
     dist = KNOWN_PROVIDERS.get(name)
     if dist is None:
         return ("Install the plugin that provides it (its documentation names the "
                 "distribution)")
-    return (f"Install the plugin that provides it: from a clone of Nuvom, `pip install "
-            f"./{dist.replace('-', '_')}` (the distribution {dist})")
+    return f"Install the plugin that provides it: {clone_install(dist)} (the distribution {dist})"
 
 #: Plugins this process's worker disabled -> why (:func:`inherit_failures`); empty but in a
 #: process-pool child.
@@ -232,6 +235,19 @@ class PluginFailures(pluggy.PluginManager):
             return None
         return "; ".join(f"plugin {plugin!r} ({self.entry_points[plugin]}), disabled by "
                          f"{self.disabled[plugin]}" for plugin in plugins)
+
+    def why_not_loaded(self, plugin: str, dist: str) -> str:
+        """Why our plugin ``plugin`` (of the distribution ``dist``) is not loaded, to end a
+        sentence: it failed, is disabled, autoload is off, or it is not installed. Only
+        the last is answered with an install."""
+        if plugin in self.failures:
+            return f"failed to load: {self.failures[plugin]}"
+        if plugin in self.disabled:
+            return f"disabled by {self.disabled[plugin]}: remove it from there to use it"
+        if not self._autoload:
+            return (f"not loaded: {AUTOLOAD_VAR} is set, so no installed distribution's "
+                    "plugin is")
+        return f"not installed: {clone_install(dist)}"
 
     def loading_notes(self) -> str:
         """Why a backend may be missing besides not being installed, for an error: plugins

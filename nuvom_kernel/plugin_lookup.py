@@ -124,10 +124,12 @@ class BackendLookup(PluginFailures):
             raise BackendNotFoundError(
                 f"no installed plugin provides the {what} {name!r}{typo}. Installed: "
                 f"{installed}. Choose one with {choose}.{self.loading_notes()}")
+        choice = f"an installed one with {choose}"
+        advice = (f"{install_hint(name)}, or choose {choice}" if self._autoload
+                  else f"Choose {choice}")  # autoload off: it may be installed (the note)
         raise BackendNotFoundError(
             f"no installed plugin provides the {what} {name!r}. Installed: {installed}. "
-            f"{install_hint(name)}, or choose an installed one with {choose}."
-            f"{self.loading_notes()}")
+            f"{advice}.{self.loading_notes()}")
 
     def plugin_infos(self) -> list[PluginInfo]:
         """Every plugin, loaded or failed (``failure`` says why), for ``nuvom plugin list``;

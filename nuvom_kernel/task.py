@@ -267,9 +267,10 @@ class Task(Generic[P, R]):
                                                       strict=True)]
 
         calls = BuiltOnRead(len(parsed), build)
+        kernel = self._kernel()  # before the first envelope is built: see delay
         if self.options.unique and job_ids is None:  # one dedup check per item
-            return [enqueue_unique(self._kernel(), *call, self._params) for call in calls]
-        return enqueue(self._kernel(), calls, known_ids=job_ids is not None)
+            return [enqueue_unique(kernel, *call, self._params) for call in calls]
+        return enqueue(kernel, calls, known_ids=job_ids is not None)
 
 
 _SCHEDULE_OPTIONS = ("schedule", *POLICIES)

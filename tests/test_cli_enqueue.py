@@ -106,6 +106,14 @@ def test_a_task_whose_module_fails_to_import_is_said_with_the_import_error(
     with use_kernel(Kernel(root=project)) as kernel:
         assert kernel.queue.qsize() == 0
 
+    # the module imports now, but the task was renamed since the manifest was written
+    write_module(project, "enq_broken", TASKS)
+    stale = run_nuvom(["enqueue", "enq_sendb", "--args", '["x"]'], project)
+    assert stale.returncode == 1, stale.stderr
+    assert ("task 'enq_sendb' cannot be loaded: module 'enq_broken' has no task named "
+            "'enq_sendb'. The manifest is older than the code: run `nuvom discover tasks`"
+            ) in stale.stderr, stale.stderr
+
 
 def test_an_existing_job_id_and_a_result_with_non_string_keys_are_said_as_they_are(
         project: Path) -> None:

@@ -614,7 +614,7 @@ def test_a_jobs_created_at_does_not_count_the_first_calls_plugin_loading(project
     """A process's first ``.delay()`` loads the plugins (0.3-1 s with the Redis plugin's
     imports) after its job was stamped: the job's wait (``nuvom_job_wait_seconds``, the
     dashboard) counted the producer's start-up. A plugin module that takes 1 s to import
-    stands for it; ``apply_async`` is checked in a second process."""
+    stands for it; each way to enqueue is checked in a process of its own."""
     write_module(project, "slow_plugin", """
 import time
 
@@ -628,10 +628,12 @@ def nuvom_configure(config):
     pass
 """)
     write_module(project, "stamped", "from nuvom_kernel import task\n\n\n"
-                                     "@task\ndef stamped(x):\n    return x\n")
+                                     "@task\ndef stamped(x):\n    return x\n\n\n"
+                                     "@task(unique=True)\ndef once(x):\n    return x\n")
     (project / ".nuvom_plugins.toml").write_text('[plugins]\nhooks = ["slow_plugin"]\n')
-    for call in ("stamped.delay(1)", "stamped.apply_async((1,))"):
-        script = ("import sys, time\nsys.path.insert(0, '')\nfrom stamped import stamped\n"
+    for call in ("stamped.delay(1)", "stamped.apply_async((1,))", "stamped.map([1])[0]",
+                 "once.map([1])[0]"):
+        script = ("import sys, time\nsys.path.insert(0, '')\nfrom stamped import once, stamped\n"
                   f"before = time.time()\njob = {call}\nprint(job.created_at - before)\n")
         done = subprocess.run([sys.executable, "-c", script], cwd=project, text=True,
                               capture_output=True, timeout=60,

@@ -64,8 +64,8 @@ PLUGIN_COMMANDS = {"dashboard": ("dashboard", "nuvom-plugins-dashboard")}
 
 
 class _Root(click.Group):
-    """The root group: a missing command that a plugin of ours provides says which, and
-    whether it is disabled or not installed."""
+    """The root group: a missing command that a plugin of ours provides says which, and why
+    it is missing (failed, disabled, not loaded, not installed)."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]
                         ) -> tuple[str | None, click.Command | None, list[str]]:
@@ -76,13 +76,9 @@ class _Root(click.Group):
             if name not in PLUGIN_COMMANDS:
                 raise
             plugin, dist = PLUGIN_COMMANDS[name]
-            pm = ctx.obj.pm if ctx.obj is not None else None
-            why = pm.disabled.get(plugin) if pm is not None else None
-            raise click.UsageError(
-                f"{exc.message} It comes with the plugin {plugin!r} ({dist}), which is "
-                + (f"disabled by {why}." if why else
-                   f"not installed: from a clone of Nuvom, pip install "
-                   f"./{dist.replace('-', '_')}."), ctx) from None
+            why = ctx.obj.pm.why_not_loaded(plugin, dist)
+            raise click.UsageError(f"{exc.message} It comes with the plugin {plugin!r} "
+                                   f"({dist}), which is {why}.", ctx) from None
 
 
 def _command_tables(root: click.Group) -> list[tuple[click.Group, dict[str, click.Command]]]:

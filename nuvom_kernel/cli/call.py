@@ -69,11 +69,14 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     try:
         task = kernel.registry.resolve(task_name)
     except UnknownTaskError as exc:
-        if exc.tried:  # the manifest names its module, which failed: that is the news
+        if exc.tried:  # the manifest names its module, which failed or lacks the task
             raise click.ClickException(
-                f"task {task_name!r} cannot be loaded: {exc.tried}. Fix that module (`python "
-                "-c 'import <module>'` in the project folder shows the whole traceback), or "
-                "run `nuvom discover tasks` if the task moved") from exc
+                f"task {task_name!r} cannot be loaded: {exc.tried}. " + (
+                    "Fix that module (importing it in the project folder shows the whole "
+                    "traceback), or run `nuvom discover tasks` if the task moved"
+                    if exc.import_failed else
+                    "The manifest is older than the code: run `nuvom discover tasks`, then "
+                    "`nuvom list tasks` for the names")) from exc
         raise click.ClickException(
             f"unknown task {task_name!r}: no imported module and no entry of "
             f"{kernel.data_dir / 'manifest.json'} defines it. Run `nuvom discover tasks` in "

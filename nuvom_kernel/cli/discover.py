@@ -25,7 +25,7 @@ from nuvom_kernel.discovery import (
     read_manifest,
     write_manifest,
 )
-from nuvom_kernel.plugin_failures import install_hint
+from nuvom_kernel.plugin_failures import KNOWN_PLUGINS, KNOWN_PROVIDERS
 
 __all__ = ["nuvom_register_commands"]
 
@@ -100,11 +100,10 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
     data_dir = Path(kernel.data_dir)
     discoverers = kernel.pm.collect("nuvom_register_discoverers")
     if not discoverers:
-        disabled = kernel.pm.disabled_note("ast")
+        plugin, dist = KNOWN_PLUGINS["ast"], KNOWN_PROVIDERS["ast"]
         raise click.ClickException(
-            f"no task discoverer is enabled: the 'ast' discoverer is provided by a disabled "
-            f"plugin: {disabled}. Remove it from there to use it." if disabled else
-            f"no task discoverer is loaded. {install_hint('ast')}.{kernel.pm.loading_notes()}")
+            f"no task discoverer is loaded: the 'ast' discoverer comes with the plugin "
+            f"{plugin!r} ({dist}), which is {kernel.pm.why_not_loaded(plugin, dist)}.")
     previous = _read_previous(data_dir)
     old_states = previous.get("state") or {}
     started = time.perf_counter()
