@@ -1,0 +1,60 @@
+"""A stop signal handled just before a lifecycle hook began could not interrupt it: the
+chaos suite's hung startup hook, reached only after 20 jobs were served on a loaded
+machine, then held the main thread and the worker never drained on SIGINT. A signal that
+came first now skips the startup hooks (and a second one the shutdown hooks), said in the
+log; the hooks run as before otherwise. Real kernel and worker, a real plugin."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nuvom_kernel import hookimpl
+from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.worker import Worker
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    @hookimpl
+    def nuvom_worker_startup(self, worker: Any) -> None:
+        self.ran.append("startup")
+
+    @hookimpl
+    def nuvom_worker_shutdown(self, worker: Any) -> None:
+        self.ran.append("shutdown")
+
+
+@pytest.fixture
+def recorded(project: Path) -> Any:
+    recorder = _Recorder()
+    kernel = Kernel(root=project, plugins={"lifecycle-recorder": recorder},
+                    environ={"NUVOM_QUEUE_BACKEND": "memory",
+                             "NUVOM_RESULT_BACKEND": "memory"})
+    worker = Worker(kernel, workers=1, scheduler=False)
+    yield recorder, worker
+    kernel.close()
+
+
+@pytest.mark.parametrize(("signals", "expected"), [
+    (0, ["startup", "shutdown"]),
+    (1, ["shutdown"]),  # a drain: its shutdown hooks still run
+    (2, []),  # stop at once
+])
+def test_hooks_signalled_before_they_began_are_not_run(
+        recorded: Any, caplog: pytest.LogCaptureFixture, signals: int,
+        expected: list[str]) -> None:
+    recorder, worker = recorded
+    worker.signals.received = signals
+    with caplog.at_level(logging.ERROR, logger="nuvom.worker"):
+        worker.signals.emit_lifecycle("nuvom_worker_startup")
+        worker.signals.emit_lifecycle("nuvom_worker_shutdown")
+    assert recorder.ran == expected
+    skipped = [r.getMessage() for r in caplog.records if "were not run" in r.getMessage()]
+    assert len(skipped) == 2 - len(expected), skipped
+    assert all("signalled to stop before its plugins'" in m for m in skipped)
