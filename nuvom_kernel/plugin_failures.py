@@ -217,24 +217,19 @@ class PluginFailures(pluggy.PluginManager):
                 f"{hook_name}: {exc!r}. {self.disable_hint(impl.plugin_name, sentence=True)}."
             ) from exc
 
-    def disabled_providers(self, name: str) -> list[str]:
-        """The disabled, installed plugin that would provide the backend ``name`` (a list of
-        none or one): the one of that name, or the one known to (:data:`KNOWN_PLUGINS`).
-        The plugin is not imported to find out: disabling it means never loading it. Not
-        every disabled plugin of the distribution: disabling ``file`` named it as the
-        provider of the ``ast`` discoverer, which removing it did not bring back."""
-        plugin = KNOWN_PLUGINS.get(name, name)
-        return [plugin] if plugin in self.disabled and plugin in self.entry_points else []
-
     def disabled_note(self, name: str) -> str | None:
-        """What disables the provider(s) of the backend ``name``, or ``None`` if none is
-        disabled: ``plugin 'sqlite' (nuvom-plugins-sqlite), disabled by
-        NUVOM_DISABLE_PLUGINS=sqlite``."""
-        plugins = self.disabled_providers(name)
-        if not plugins:
+        """What disables the installed plugin that would provide the backend ``name``, or
+        ``None`` if it is not disabled: ``plugin 'sqlite' (nuvom-plugins-sqlite), disabled
+        by NUVOM_DISABLE_PLUGINS=sqlite``. The plugin is the one of that name, or the one
+        known to provide it (:data:`KNOWN_PLUGINS`), not imported to find out: disabling it
+        means never loading it. Not every disabled plugin of the distribution: disabling
+        ``file`` named it as the provider of the ``ast`` discoverer, which removing it did
+        not bring back."""
+        plugin = KNOWN_PLUGINS.get(name, name)
+        if plugin not in self.disabled or plugin not in self.entry_points:
             return None
-        return "; ".join(f"plugin {plugin!r} ({self.entry_points[plugin]}), disabled by "
-                         f"{self.disabled[plugin]}" for plugin in plugins)
+        return (f"plugin {plugin!r} ({self.entry_points[plugin]}), disabled by "
+                f"{self.disabled[plugin]}")
 
     def why_not_loaded(self, plugin: str, dist: str) -> str:
         """Why our plugin ``plugin`` (of the distribution ``dist``) is not loaded, to end a
