@@ -34,7 +34,7 @@ from nuvom_kernel.clock import server_offset
 from nuvom_kernel.errors import EnqueueError
 from nuvom_plugins_postgres.schema import migrate
 from nuvom_plugins_postgres.settings import PostgresSettings, connect_kwargs, masked_dsn
-from nuvom_plugins_postgres.txn import IDENTITY_SQL
+from nuvom_plugins_postgres.txn import identity_of
 
 __all__ = ["PostgresUnavailableError", "Store", "acquire", "check_idle_connection",
            "mark_temporary", "release", "unreachable"]
@@ -113,19 +113,18 @@ class Store:
             with psycopg.connect(self.dsn, autocommit=True,
                                  **connect_kwargs(f"nuvom-migrate {self.schema}")) as conn:
                 self.created = migrate(conn, self.schema, namespace) is None
-                before = time.time()
-                row = conn.execute("SELECT current_database(), "  # always one row
-                                   "extract(epoch FROM clock_timestamp())::float8").fetchone()
-                after = time.time()
-                self.database = str(row[0] if row else "")
-                same = conn.execute(IDENTITY_SQL).fetchone()
                 #: This database's :data:`~nuvom_plugins_postgres.txn.IDENTITY_SQL` row: a
                 #: caller's connection (``transaction(conn)``) must give the same.
-                self.identity = (str(same[0]), str(same[1])) if same else ("", "")
+                self.identity = identity_of(conn)
+                self.database = self.identity[0]
+                before = time.time()
+                row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8"
+                                   ).fetchone()  # always one row
+                after = time.time()
                 #: The server's clock minus this process's (seconds), as a push last used
-                #: it (``PostgresQueue.push``): first estimated here, by the same query.
+                #: it (``PostgresQueue.push``): first estimated here.
                 self.clock_skew: float | None = (None if row is None
-                                                 else server_offset(row[1], before, after))
+                                                 else server_offset(row[0], before, after))
                 #: The server libpq chose, for :attr:`location` when the DSN is empty.
                 self.server = (f"host={conn.info.host} port={conn.info.port} "
                                f"dbname={self.database} user={conn.info.user}")

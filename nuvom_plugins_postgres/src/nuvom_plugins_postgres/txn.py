@@ -30,7 +30,7 @@ from psycopg.rows import tuple_row
 
 from nuvom_kernel.errors import NuvomError
 
-__all__ = ["IDENTITY_SQL", "WrongDatabaseError", "caller_cursor", "transaction"]
+__all__ = ["IDENTITY_SQL", "WrongDatabaseError", "caller_cursor", "identity_of", "transaction"]
 
 #: What tells one database of one cluster from any other: its name, and the cluster's system
 #: identifier (made by initdb; kept across restarts and by a promoted physical replica, and
@@ -68,6 +68,13 @@ def transaction(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[An
         _current.reset(token)
 
 
+def identity_of(reader: psycopg.Connection[Any] | psycopg.Cursor[Any]) -> tuple[str, str]:
+    """The :data:`IDENTITY_SQL` row of the database ``reader`` reaches, as text (a
+    tuple-row reader: the store's own connection, or a cursor on a caller's)."""
+    row = reader.execute(IDENTITY_SQL).fetchone()
+    return (str(row[0]), str(row[1])) if row else ("", "")
+
+
 def caller_cursor(queue: tuple[str, str], queue_server: str
                   ) -> psycopg.Cursor[tuple[Any, ...]] | None:
     """A cursor on the connection of the innermost :func:`transaction` block (``None``
@@ -86,9 +93,7 @@ def caller_cursor(queue: tuple[str, str], queue_server: str
     cursor = conn.cursor(row_factory=tuple_row)
     seen = _identities.get(conn)
     if seen is None:
-        row = cursor.execute(IDENTITY_SQL).fetchone()
-        seen = (str(row[0]), str(row[1])) if row else ("", "")
-        _identities[conn] = seen
+        seen = _identities[conn] = identity_of(cursor)
     if seen != queue:
         where = (f"database {seen[0]!r}" if seen[1] == queue[1]
                  else f"database {seen[0]!r} of another PostgreSQL cluster")
