@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from nuvom_kernel import config as config_module
 from nuvom_kernel import hookimpl
+from nuvom_kernel.cli import make_cli
 from nuvom_kernel.config import load_config
 from nuvom_kernel.discovery import ManifestError, read_manifest
 from nuvom_kernel.errors import BackendNotFoundError, PluginLoadError
@@ -660,6 +662,11 @@ def test_a_missing_command_of_our_plugins_names_the_plugin(tmp_path: Path) -> No
     assert "not installed" not in off.stderr
     other = run_nuvom(["nosuch"], tmp_path)
     assert other.returncode == 2 and "It comes with" not in other.stderr
+    # embedded (no ctx.obj): the group knows its kernel's plugins; it read ctx.obj.pm
+    kernel = Kernel(root=tmp_path, environ={**MEMORY, "NUVOM_DISABLE_PLUGINS": "dashboard"})
+    embedded = CliRunner().invoke(make_cli(kernel), ["dashboard"])
+    assert embedded.exit_code == 2, embedded.output
+    assert "which is disabled by NUVOM_DISABLE_PLUGINS=dashboard" in embedded.output
 
 
 def test_a_disabled_name_no_plugin_has_is_warned_once(

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -40,6 +40,7 @@ def make_cli(kernel: object) -> click.Group:
         """Nuvom: a plugin-first background task queue."""
 
     pm = kernel.pm  # type: ignore[attr-defined]
+    cli.pm = pm  # says why a plugin's command is missing, whatever ctx.obj is
     # Registration order: the kernel's groups exist before plugins extend them.
     for impl in list(pm.hook.nuvom_register_commands.get_hookimpls()):
         before = _command_tables(cli)
@@ -67,6 +68,8 @@ class _Root(click.Group):
     """The root group: a missing command that a plugin of ours provides says which, and why
     it is missing (failed, disabled, not loaded, not installed)."""
 
+    pm: Any = None  # the kernel's plugin manager, set by make_cli
+
     def resolve_command(self, ctx: click.Context, args: list[str]
                         ) -> tuple[str | None, click.Command | None, list[str]]:
         try:
@@ -76,7 +79,7 @@ class _Root(click.Group):
             if name not in PLUGIN_COMMANDS:
                 raise
             plugin, dist = PLUGIN_COMMANDS[name]
-            why = ctx.obj.pm.why_not_loaded(plugin, dist)
+            why = self.pm.why_not_loaded(plugin, dist)
             raise click.UsageError(f"{exc.message} It comes with the plugin {plugin!r} "
                                    f"({dist}), which is {why}.", ctx) from None
 
