@@ -68,6 +68,7 @@ __all__ = [
     "Settings",
     "load_config",
     "mask_secret",
+    "unknown_variables",
     "warn_once",
 ]
 
@@ -413,16 +414,21 @@ def _check_environment(env: Mapping[str, str]) -> None:
     (:meth:`Config.warn_unclaimed_plugin_settings`); ``NUVOM_TEST_*`` belongs to the test
     suites.
     """
-    known = {field.metadata["env"] for field in attrs.fields(Settings)} | KERNEL_VARIABLES
-    for var in sorted(env):
-        if (not var.startswith("NUVOM_") or var in known
-                or var.upper().startswith(PLUGIN_ENV_PREFIX)
-                or var.startswith(TEST_VARIABLE_PREFIX)):
-            continue
-        hint = plugin_variable_hint(var) or did_you_mean(var.upper(), known)
+    for var, hint in unknown_variables(env).items():
         warn_once(f"environment variable {var} is not a Nuvom setting{hint}, so it is not "
                   f"used. `nuvom config` lists the settings and their variables "
                   f"(docs/configuration.md).")
+
+
+def unknown_variables(env: Mapping[str, str]) -> dict[str, str]:
+    """Each ``NUVOM_*`` name in ``env`` that Nuvom does not read, with a hint (`` (did you
+    mean X?)``, or empty); the pytest plugin refuses these in ``nuvom_environ``."""
+    known = {field.metadata["env"] for field in attrs.fields(Settings)} | KERNEL_VARIABLES
+    return {var: plugin_variable_hint(var) or did_you_mean(var.upper(), known)
+            for var in sorted(env)
+            if var.startswith("NUVOM_") and var not in known
+            and not var.upper().startswith(PLUGIN_ENV_PREFIX)
+            and not var.startswith(TEST_VARIABLE_PREFIX)}
 
 
 def load_config(

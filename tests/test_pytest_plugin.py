@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,10 +66,15 @@ async def async_parent(n: int) -> int:
     return int(double.delay(n).get(timeout=5)) + 1
 
 
+@task(name="pp_tests.slow_retry", retries=1, retry_delay_secs=30)
+def slow_retry() -> None:
+    raise ValueError("fails once, then waits its own 30 s")
+
+
 @pytest.fixture(autouse=True)
 def _register_tasks() -> Iterator[None]:
     """tests/conftest.py empties the registry before each test; put this module's back."""
-    for fn in (add, flaky, parent, total, double, async_parent):
+    for fn in (add, flaky, parent, total, double, async_parent, slow_retry):
         REGISTRY.register(fn.name, fn, force=True)
     yield
 
@@ -96,6 +102,17 @@ def test_eager_runs_inline_and_records(nuvom_eager: EagerMode) -> None:
     assert [j.id for j in nuvom_eager.jobs] == [job.id] + [j.id for j in jobs]
     assert nuvom_eager.calls("pp_tests.add") == nuvom_eager.jobs
     assert nuvom_eager.kernel is not None and nuvom_eager.kernel.queue.qsize() == 0
+
+
+def test_eager_calls_takes_the_task_and_refuses_an_unknown_name(nuvom_eager: EagerMode) -> None:
+    """``calls("add")`` for a task registered as ``pp_tests.add`` was an empty list, so the
+    user's assertion failed as "0 == 1" saying nothing of the names recorded."""
+    job = add.delay(1, 2)
+    assert [j.id for j in nuvom_eager.calls(add)] == [job.id]
+    assert nuvom_eager.calls(total) == []  # registered, not called: no error
+    with pytest.raises(ValueError, match=r"no task is registered as 'add'.*recorded: "
+                                         r"pp_tests\.add\. Pass the task itself"):
+        nuvom_eager.calls("add")
 
 
 def test_eager_retries_inline_and_reports_failure(nuvom_eager: EagerMode) -> None:
@@ -188,9 +205,31 @@ def test_drain_waits_until_the_worker_counted_each_job(tmp_path: Path) -> None:
 
 
 def test_drain_times_out_with_a_reason(nuvom_worker: WorkerHarness) -> None:
-    add.apply_async((1, 1), delay_secs=30)
-    with pytest.raises(TimeoutError, match=r"1 job\(s\) waiting"):
+    """The message names the job and why it waits: a start delay, which the worker keeps,
+    and the eager fixture that skips it."""
+    job = add.apply_async((1, 1), delay_secs=30)
+    with pytest.raises(TimeoutError, match=r"1 job\(s\) waiting") as raised:
         nuvom_worker.drain(timeout=0.2)
+    message = str(raised.value)
+    assert f"job {job.id} (pp_tests.add): starting in " in message
+    assert "start delay" in message and "nuvom_eager" in message
+    assert "retry_delay_secs" not in message
+
+
+def test_drain_timeout_says_a_task_s_own_retry_delay_overrides_the_setting(
+        nuvom_worker: WorkerHarness) -> None:
+    """The fixtures set NUVOM_RETRY_DELAY_SECS=0, which a task's own retry_delay_secs
+    overrides: the message used to send the user to that setting all the same."""
+    job = slow_retry.delay()
+    deadline = time.monotonic() + 10
+    while nuvom_worker.kernel.queue.peek_state(job.id) is not JobStatus.RETRYING:
+        assert time.monotonic() < deadline, "the first attempt never failed"
+        time.sleep(0.01)
+    with pytest.raises(TimeoutError) as raised:
+        nuvom_worker.drain(timeout=0.2)
+    message = str(raised.value)
+    assert f"job {job.id} (pp_tests.slow_retry): retrying in 2" in message  # 29.x s
+    assert "its task's retry_delay_secs" in message and "nuvom_eager" in message
 
 
 class _Observer:
@@ -250,6 +289,24 @@ def test_documented_example_runs(pytester: pytest.Pytester) -> None:
         """))
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_a_misspelt_nuvom_environ_key_fails_the_test(pytester: pytest.Pytester) -> None:
+    """``NUVOM_RETRY_DELAY`` (for ``NUVOM_RETRY_DELAY_SECS``) was only a warning in the
+    captured log: the test passed on the default it meant to change."""
+    pytester.makeconftest(textwrap.dedent("""
+        import pytest
+        pytest_plugins = ["nuvom_kernel.testing.pytest_plugin"]
+
+        @pytest.fixture
+        def nuvom_environ():
+            return {"NUVOM_RETRY_DELAY": "0", "NUVOM_JOB_TIMEOUT_SECS": "2"}
+        """))
+    pytester.makepyfile(test_it="def test_it(nuvom_test_kernel):\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*nuvom_environ returns NUVOM_RETRY_DELAY (did you mean "
+                                 "NUVOM_RETRY_DELAY_SECS?), which is not a Nuvom setting*"])
 
 
 def test_eager_runs_a_workflow_to_its_end(nuvom_eager: EagerMode) -> None:

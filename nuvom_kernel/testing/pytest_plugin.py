@@ -33,9 +33,12 @@ import pytest
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
+from nuvom_kernel.config import unknown_variables
 from nuvom_kernel.job import Job
 from nuvom_kernel.kernel import Kernel, use_kernel
-from nuvom_kernel.models import Message
+from nuvom_kernel.models import JobStatus, Message
+from nuvom_kernel.registry import REGISTRY
+from nuvom_kernel.task import Task
 from nuvom_kernel.testing.stubs import StubQueue, StubResults
 from nuvom_kernel.worker import Worker
 from nuvom_kernel.workflow.graph import WF_HEADER, GraphTxn
@@ -153,6 +156,15 @@ def nuvom_test_kernel(request: pytest.FixtureRequest, tmp_path: Path,
     set up last was current: ``nuvom_eager`` beside ``nuvom_results`` ran nothing, or
     ``nuvom_results`` read the other kernel's store.)
     """
+    unknown = unknown_variables(nuvom_environ)
+    if unknown:  # else only a warning in the captured log, and the test ran on defaults
+        raise pytest.UsageError(
+            "nuvom_environ returns " + "; ".join(f"{var}{hint}" for var, hint in
+                                                  unknown.items())
+            + (", which is not a Nuvom setting" if len(unknown) == 1 else
+               ", which are not Nuvom settings")
+            + ": `nuvom config` lists the settings and their variables "
+            "(docs/configuration.md)")
     eager = "nuvom_eager" in request.fixturenames
     if eager and "nuvom_worker" in request.fixturenames:
         raise pytest.UsageError(
@@ -192,9 +204,22 @@ class EagerMode:
         self.kernel = kernel
         self.jobs: list[Job] = []
 
-    def calls(self, task_name: str) -> list[Job]:
-        """The recorded jobs of one task (by registry name)."""
-        return [job for job in self.jobs if job.task == task_name]
+    def calls(self, task: str | Task[Any, Any]) -> list[Job]:
+        """The recorded jobs of one task: the task itself, or its registered name.
+
+        :raises ValueError: no task is registered under that name. A name missing its
+            ``name=`` prefix (``"add"`` for ``@task(name="billing.add")``) used to give an
+            empty list, so ``assert len(calls("add")) == 1`` failed as "0 == 1" with no word
+            of the names that were recorded.
+        """
+        name = task.name if isinstance(task, Task) else task
+        if REGISTRY.get(name) is None and all(job.task != name for job in self.jobs):
+            recorded = sorted({job.task for job in self.jobs})
+            raise ValueError(
+                f"no task is registered as {name!r}, so it has no calls; "
+                f"recorded: {', '.join(recorded) or 'none'}. Pass the task itself "
+                f"(calls(my_task)) or the name it was registered under (@task(name=...))")
+        return [job for job in self.jobs if job.task == name]
 
     def clear(self) -> None:
         self.jobs.clear()
@@ -220,6 +245,42 @@ def nuvom_eager(nuvom_test_kernel: Kernel) -> EagerMode:
             "request.getfixturevalue?): name it among the test's or a fixture's parameters, "
             "or mark the test with @pytest.mark.usefixtures('nuvom_eager')")
     return mode
+
+
+def _undrained(queue: QueueBackend, shown: int = 5) -> str:
+    """What keeps a drain waiting, job by job: "1 job(s) waiting" sent a user to
+    ``NUVOM_RETRY_DELAY_SECS``, which a task's own ``retry_delay_secs`` overrides, and said
+    nothing of a start delay, which the worker keeps too."""
+    try:
+        jobs = queue.browse(limit=shown + 1)
+    except NotImplementedError:  # a backend that cannot list: the counts must do
+        return (" A task may hang, a retry may wait its retry_delay_secs (the task's own, "
+                "else NUVOM_RETRY_DELAY_SECS), or a job its start delay")
+    now = time.time()
+    lines, retrying, delayed = [], False, False
+    for job in jobs[:shown]:
+        if job.state is JobStatus.RUNNING:
+            what = "running"
+        elif job.state is JobStatus.RETRYING:
+            what, retrying = f"retrying in {max(job.available_at - now, 0.0):.1f} s", True
+        elif job.available_at > now:
+            what, delayed = f"starting in {job.available_at - now:.1f} s", True
+        else:
+            what = "ready"
+        lines.append(f"\n  job {job.id} ({job.task}): {what}")
+    if len(jobs) > shown:
+        lines.append("\n  ...")
+    if retrying:
+        lines.append("\nA retry waits its task's retry_delay_secs, or NUVOM_RETRY_DELAY_SECS "
+                     "(0 under these fixtures) for a task without one: drain with a longer "
+                     "timeout, or test the retries with nuvom_eager, which skips the delays.")
+    if delayed:
+        lines.append("\nA worker keeps a start delay (delay_secs=, eta=) as in production: "
+                     "drain with a longer timeout, or use nuvom_eager, which skips it.")
+    if any(job.state is JobStatus.RUNNING for job in jobs):
+        lines.append("\nA running job's task may hang: give it timeout_secs= (or "
+                     "NUVOM_JOB_TIMEOUT_SECS in nuvom_environ).")
+    return "".join(lines)
 
 
 class WorkerHarness:
@@ -254,8 +315,7 @@ class WorkerHarness:
             if time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"the worker did not drain the queue in {timeout} s: {waiting} job(s) "
-                    f"waiting, {running} running. A task may hang, or a retry delay may be "
-                    "long (set NUVOM_RETRY_DELAY_SECS via the nuvom_environ fixture)")
+                    f"waiting, {running} running.{_undrained(queue)}")
             time.sleep(interval)
             interval = min(interval * 2, 0.05)
 
