@@ -73,7 +73,18 @@ def test_bad_arguments_an_unknown_task_and_no_outcome_in_time_are_said_clearly(
             (["enq_send", "--args", '{"to": 1}'], 2, "must be a JSON array, got dict"),
             (["enq_send", "--args", "[1,"], 2, "not JSON"),
             (["enq_send", "--kwargs", "[1]"], 2, "must be a JSON object, got list"),
-            (["enq_nothing"], 1, "unknown task 'enq_nothing'")]:
+            (["enq_nothing"], 1, "unknown task 'enq_nothing'"),
+            # the options as options (exit 2), not in apply_async's words
+            (["enq_send", "--args", '["x"]', "--delay", "-5"], 2,
+             "Invalid value for '--delay': '-5' must be a finite number of seconds >= 0"),
+            (["enq_send", "--args", '["x"]', "--queue", "a,b"], 2,
+             "Invalid value for '--queue': the queue name 'a,b' holds a comma"),
+            (["enq_send", "--args", '["x"]', "--job-id", ""], 2,
+             "Invalid value for '--job-id': must be a non-empty string"),
+            (["enq_send", "--args", '["x"]', "--priority", "99999999999"], 2,
+             "Invalid value for '--priority': 99999999999 is not in the range"),
+            (["enq_send", "--args", '["x"]', "--wait", "nan"], 2,
+             "Invalid value for '--wait': 'nan' must be a finite number")]:
         done = run_nuvom(["enqueue", *args], project)
         assert done.returncode == code, (args, done.stdout, done.stderr)
         assert message in done.stderr, (args, done.stderr)

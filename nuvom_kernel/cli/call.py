@@ -16,6 +16,8 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
+from nuvom_kernel.call_checks import PRIORITY_MAX, PRIORITY_MIN, check_id, check_queue
+from nuvom_kernel.cli.output import Seconds
 from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError, UnknownTaskError
 from nuvom_kernel.models import JobStatus
 
@@ -41,19 +43,37 @@ def _json(value: str | None, option: str, kind: type) -> Any:
     return parsed
 
 
+def _queue(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--queue`` checked as ``apply_async`` checks it, refused as the option's error (its
+    words named ``apply_async(queue=...)``, and the exit status was 1, not click's 2)."""
+    try:
+        return None if value is None else check_queue(value, "--queue")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--queue: ")) from None
+
+
+def _job_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``--job-id`` checked as ``apply_async`` checks it, refused as the option's error."""
+    try:
+        return check_id(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("job_id ")) from None
+
+
 @click.command(name="enqueue")
 @click.argument("task_name", metavar="TASK")
 @click.option("--args", "args_json", metavar="JSON", default=None,
               help="Positional arguments as a JSON array, e.g. '[2, 3]'.")
 @click.option("--kwargs", "kwargs_json", metavar="JSON", default=None,
               help="Keyword arguments as a JSON object, e.g. '{\"y\": 3}'.")
-@click.option("--queue", default=None, help="Another queue than the task's own.")
-@click.option("--priority", type=int, default=None, help="Higher runs first.")
-@click.option("--delay", "delay_secs", type=float, default=0.0, show_default=True,
-              help="Seconds before the job may start.")
-@click.option("--job-id", default=None,
+@click.option("--queue", default=None, callback=_queue, help="Another queue than the task's own.")
+@click.option("--priority", type=click.IntRange(PRIORITY_MIN, PRIORITY_MAX), default=None,
+              help="Higher runs first.")
+@click.option("--delay", "delay_secs", type=Seconds(zero_ok=True), default=0.0,
+              show_default=True, help="Seconds before the job may start.")
+@click.option("--job-id", default=None, callback=_job_id,
               help="An id of your own: enqueuing an id that exists creates nothing.")
-@click.option("--wait", "wait_secs", type=click.FloatRange(min=0), default=None,
+@click.option("--wait", "wait_secs", type=Seconds(zero_ok=True), default=None,
               help="Wait this many seconds for the outcome and print the result as JSON "
                    "(exit 1 if the job failed or was cancelled, 2 if none came in time).")
 def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | None,

@@ -13,9 +13,9 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.call_checks import check_queue
-from nuvom_kernel.cli.output import print_table
+from nuvom_kernel.cli.output import Seconds, print_table
 from nuvom_kernel.config import Settings
-from nuvom_kernel.values import parse_size, seconds
+from nuvom_kernel.values import parse_size
 
 log = logging.getLogger("nuvom.worker")
 
@@ -119,23 +119,6 @@ class _Size(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.
             self.fail(f"{value!r} {exc}", param, ctx)
 
 
-class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5 only
-    """Seconds, checked as the settings check them: click's FloatRange let ``nan`` and
-    ``inf`` through (the first signal then waited "up to nan s")."""
-
-    name = "seconds"
-
-    def __init__(self, *, zero_ok: bool) -> None:
-        self.parse = seconds(zero_ok=zero_ok)
-
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> float | None:
-        try:
-            return self.parse(value)
-        except ValueError as exc:
-            self.fail(f"{value!r} {exc}", param, ctx)
-
-
 @click.command()
 @click.option("--workers", "-w", type=click.IntRange(min=1), default=None,
               help="Jobs at once: threads, children or asyncio tasks (NUVOM_MAX_WORKERS).")
@@ -147,7 +130,7 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR",
                                                 "CRITICAL"], case_sensitive=False),
               default=None)
-@click.option("--grace-period", type=_Seconds(zero_ok=True), default=None,
+@click.option("--grace-period", type=Seconds(zero_ok=True), default=None,
               help="Seconds the first SIGINT/SIGTERM waits for running jobs.")
 @click.option("--pool", type=click.Choice(["thread", "process", "asyncio"]), default=None,
               help="What runs the functions (default: NUVOM_POOL, thread).")
@@ -155,7 +138,7 @@ class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click
               help="Process pool: replace a child after N jobs.")
 @click.option("--max-memory-per-child", type=_Size(), default=None, metavar="SIZE",
               help="Process pool: RSS limit per child, e.g. 512MB or 2GB (bare number: MB).")
-@click.option("--max-child-age", type=_Seconds(zero_ok=False), default=None,
+@click.option("--max-child-age", type=Seconds(zero_ok=False), default=None,
               metavar="SECS", help="Process pool: replace a child once it is this old.")
 @click.option("--no-scheduler", is_flag=True,
               help="Do not fire task schedules from this worker (others still do).")

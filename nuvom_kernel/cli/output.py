@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from nuvom_kernel.values import seconds
+
 
 def printable(value: Any) -> str:
     """``str(value)`` that any terminal encoding can print: a job's data may hold a lone
@@ -80,3 +82,20 @@ def local_time(epoch: float | None) -> str | None:
         return dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
     except (OverflowError, ValueError, OSError):
         return repr(epoch)
+
+
+class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.5 only
+    """Seconds, checked as the settings check them: click's FloatRange let ``nan`` and
+    ``inf`` through (the first signal then waited "up to nan s")."""
+
+    name = "seconds"
+
+    def __init__(self, *, zero_ok: bool) -> None:
+        self.parse = seconds(zero_ok=zero_ok)
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float | None:
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            self.fail(f"{value!r} {exc}", param, ctx)
