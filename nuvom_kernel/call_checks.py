@@ -39,8 +39,11 @@ PRIORITY_MIN, PRIORITY_MAX = -2**31, 2**31 - 1
 
 #: ``@task`` options by the kind of value they take (``None`` allowed where it is listed).
 _FLAGS = ("jitter", "store_result", "unique")
-_DURATIONS = {"retry_delay_secs": True, "timeout_secs": True, "unique_for": True,
-              "expires_secs": True, "backoff_max_secs": False}  # option -> None allowed
+#: option -> (None allowed, 0 allowed): one message with the range each one takes (a -1 was
+#: told "from 0" and then a 0 "must be > 0").
+_DURATIONS = {"retry_delay_secs": (True, True), "timeout_secs": (True, False),
+              "unique_for": (True, False), "expires_secs": (True, False),
+              "backoff_max_secs": (False, True)}
 
 
 def check_option_names(options: Mapping[str, Any], known: tuple[str, ...]) -> None:
@@ -65,30 +68,37 @@ def check_backoff(value: Any) -> Backoff:
                          ) from None
 
 
-def check_option_types(options: dict[str, Any]) -> None:
-    """Refuse an option of the wrong type by name, at decoration. Why: ``retries="2"``
-    failed with a bare ``'<' not supported``, and ``unique="yes"``, ``retries=True`` or a
+def check_option_types(options: dict[str, Any], what: str = "@task") -> None:
+    """Refuse an option of the wrong type or range by name, at decoration (``what`` is
+    where it was given: ``apply_async`` passes its own name). Why: ``retries="2"`` failed
+    with a bare ``'<' not supported``, and ``unique="yes"``, ``retries=True`` or a
     ``unique_for`` of 30,000 years were accepted as something else than meant.
-    (TaskOptions checks ranges only: it also decodes what older producers sent.)"""
+    (TaskOptions checks ranges too: it also decodes what older producers sent.)"""
     for flag in _FLAGS:
         if flag in options and not isinstance(options[flag], bool):
-            raise ValueError(f"@task({flag}=...) takes True or False, got {options[flag]!r}")
-    if "retries" in options:
-        retries = options["retries"]
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"@task(retries=...) takes a whole number >= 0 (extra attempts "
-                             f"after a failure), got {retries!r}")
-    for name, none_ok in _DURATIONS.items():
+            raise ValueError(f"{what}({flag}=...) takes True or False, got {options[flag]!r}")
+    for name, least in (("retries", 0), ("concurrency", 1)):
+        value = options.get(name)
+        if name in options and not (name == "concurrency" and value is None) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ValueError(
+                f"{what}({name}=...) takes a whole number >= {least} "
+                + ("(extra attempts after a failure)" if name == "retries" else
+                   "(jobs of the task at once, across all workers) or None")
+                + f", got {value!r}")
+    for name, (none_ok, zero_ok) in _DURATIONS.items():
         value = options.get(name)
         if name not in options or (value is None and none_ok):
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or not 0 <= value <= MAX_SECONDS:  # NaN compares false: refused too
-            raise ValueError(f"@task({name}=...) takes a number of seconds from 0 to "
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                0 <= value <= MAX_SECONDS if zero_ok else 0 < value <= MAX_SECONDS):
+            # (NaN compares false: refused too)
+            raise ValueError(f"{what}({name}=...) takes a number of seconds "
+                             f"{'from 0 to' if zero_ok else 'above 0 and at most'} "
                              f"{MAX_SECONDS} (366 days){' or None' if none_ok else ''}, got "
                              f"{value!r}")
     if "queue" in options:
-        check_queue(options["queue"], "@task(queue=...)")
+        check_queue(options["queue"], f"{what}(queue=...)")
 
 
 def check_queue(queue: Any, what: str) -> str:

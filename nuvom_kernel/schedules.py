@@ -69,9 +69,34 @@ def _croniter() -> Any:
     return croniter
 
 
+#: Each cron field's name and values, for saying which one is wrong.
+_CRON_FIELDS = (("minute", "0-59"), ("hour", "0-23"), ("day-of-month", "1-31"),
+                ("month", "1-12 or JAN-DEC"), ("day-of-week", "0-6 or SUN-SAT"))
+
+
+def _bad_field(fields: Sequence[str]) -> str:
+    """Which field of a five-field expression croniter refuses, and what it takes: its own
+    words ("[61 * * * *] is not acceptable, out of range") name no field, and ours said
+    "five fields" to an expression that has five."""
+    croniter = _croniter()
+    for i, (name, values) in enumerate(_CRON_FIELDS):
+        alone = ["*"] * 5
+        alone[i] = fields[i]
+        if not croniter.is_valid(" ".join(alone)):
+            return (f"its {name} field {fields[i]!r} is not valid ({name} takes {values}, "
+                    "with * , - and /N steps of at least 1)")
+    return ("its fields are valid alone but not together (fields: minute hour day-of-month "
+            "month day-of-week)")
+
+
 def _zone(tz: str) -> Any:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    if not isinstance(tz, str):  # a ZoneInfo or timezone.utc: zoneinfo's TypeError named
+        key = getattr(tz, "key", None)  # neither the task nor what tz= takes
+        raise ScheduleError(f"tz= takes an IANA zone name as a string, got {tz!r}"
+                            + (f": pass tz={key!r}" if isinstance(key, str) else
+                               ", e.g. tz='Europe/Paris' or tz='UTC'"))
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -115,8 +140,7 @@ class Cron:
                                 f"day-of-month month day-of-week).{seconds}")
         croniter = _croniter()
         if not croniter.is_valid(self.expr):
-            raise ScheduleError(f"invalid cron expression {self.expr!r} (five fields: "
-                                "minute hour day-of-month month day-of-week)")
+            raise ScheduleError(f"invalid cron expression {self.expr!r}: {_bad_field(fields)}")
         from croniter import CroniterBadDateError
 
         try:
@@ -225,7 +249,7 @@ class Every:
 def cron(expr: str, tz: str = "UTC", args: Sequence[Any] = (),
          kwargs: Mapping[str, Any] | None = None) -> Cron:
     """A cron schedule: ``expr`` is read as wall time in ``tz`` (an IANA zone name)."""
-    return Cron(expr, tz, tuple(args), dict(kwargs or {}))
+    return Cron(expr, tz, *_arguments("cron", args, kwargs))
 
 
 def every(*, seconds: float = 0, minutes: float = 0, hours: float = 0,
@@ -236,7 +260,20 @@ def every(*, seconds: float = 0, minutes: float = 0, hours: float = 0,
             # "5" would fail as "can only concatenate str", naming neither every() nor unit
             raise ScheduleError(f"every({unit}=...) takes a number, got {amount!r}; "
                                 f"write every({unit}={_number_hint(amount)})")
-    return Every(seconds + 60 * minutes + 3600 * hours, tuple(args), dict(kwargs or {}))
+    return Every(seconds + 60 * minutes + 3600 * hours, *_arguments("every", args, kwargs))
+
+
+def _arguments(what: str, args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A schedule's call arguments, refused by name when they are not a sequence and a
+    mapping: ``kwargs=[1]`` failed as "cannot convert dictionary update sequence", and
+    ``args="ab"`` would have called the task with ``"a", "b"``."""
+    if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+        raise ScheduleError(f"{what}(args=...) takes a list or tuple of the task's "
+                            f"positional arguments, got {args!r}; e.g. args=[1, 'x']")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ScheduleError(f"{what}(kwargs=...) takes a dict of the task's keyword "
+                            f"arguments, got {kwargs!r}; e.g. kwargs={{'to': 'ops'}}")
+    return tuple(args), dict(kwargs or {})
 
 
 def _number_hint(value: Any) -> str:

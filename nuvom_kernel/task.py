@@ -200,7 +200,7 @@ class Task(Generic[P, R]):
             at = check_eta(eta)
         options = self.options
         if expires_secs is not None:
-            check_option_types({"expires_secs": expires_secs})
+            check_option_types({"expires_secs": expires_secs}, "apply_async")
             options = attrs.evolve(options, expires_secs=expires_secs)
         wait = delay_secs if at is None else at - time.time()
         if options.expires_secs is not None and wait >= options.expires_secs:
@@ -304,7 +304,10 @@ def checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
     check_option_names(options, (*_OPTION_NAMES, *_SCHEDULE_OPTIONS))
     out = {k: v for k, v in options.items() if k not in _SCHEDULE_OPTIONS}
     if out.get("unique_for") is not None:
-        out.setdefault("unique", True)
+        if out.get("unique", True) is False:  # setdefault kept it: unique_for did nothing
+            raise ValueError(f"unique_for={out['unique_for']!r} makes the task unique, but "
+                             "unique=False says it is not: drop one of the two")
+        out["unique"] = True
     if "backoff" in out:
         out["backoff"] = check_backoff(out["backoff"])
     if "tags" in out:

@@ -80,12 +80,17 @@ def test_expires_secs_is_checked_where_it_is_given(project: Path) -> None:
 
     with pytest.raises(ValueError, match="expires_secs"):
         task(expires_secs="60")(lambda: None)
-    with pytest.raises(ValueError, match="expires_secs must be a finite number > 0"):
-        task(name="zero", expires_secs=0)(len)
+    # one range in both messages: -1 was told "from 0", then 0 "must be > 0"
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=r"@task\(expires_secs=...\) takes a number of "
+                                             r"seconds above 0 and at most"):
+            task(name="zero", expires_secs=bad)(len)
     with use_kernel(Kernel(root=project, environ={})):
         with pytest.raises(ValueError, match="would expire before it may start"):
             stale.apply_async(("x",), delay_secs=5)
         with pytest.raises(ValueError, match="would expire before it may start"):
             stale.apply_async(("x",), delay_secs=30, expires_secs=10)
+        with pytest.raises(ValueError, match=r"^apply_async\(expires_secs=...\) takes"):
+            stale.apply_async(("x",), expires_secs=-3)
         job = stale.apply_async(("x",), delay_secs=5, expires_secs=10)
         assert job.options.expires_secs == 10

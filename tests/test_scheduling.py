@@ -8,6 +8,7 @@ import logging
 import re
 from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
@@ -297,6 +298,42 @@ def test_cron_needs_exactly_five_fields_and_says_so(expr):
     assert "five (minute hour day-of-month month day-of-week)" in text or "five fields" in text
     if len(expr.split()) > 5:
         assert "Seconds are not supported" in text and "every(seconds=...)" in text
+
+
+def _noop() -> None:
+    """A task body for decoration checks."""
+
+
+@pytest.mark.parametrize(("expr", "problem"), [
+    ("61 * * * *", "its minute field '61' is not valid (minute takes 0-59"),
+    ("0 25 * * *", "its hour field '25' is not valid (hour takes 0-23"),
+    ("* * 32 * *", "its day-of-month field '32' is not valid (day-of-month takes 1-31"),
+    ("* * * 13 *", "its month field '13' is not valid (month takes 1-12 or JAN-DEC"),
+    ("* * * * FOO", "its day-of-week field 'FOO' is not valid (day-of-week takes 0-6"),
+    ("*/0 * * * *", "its minute field '*/0' is not valid"),
+])
+def test_a_cron_field_out_of_range_is_named(expr, problem):
+    """croniter names no field, and the message said "five fields" to an expression that
+    has five."""
+    with pytest.raises(ScheduleError) as info:
+        task(name=f"bad_field_{expr.split()[0]}", schedule=expr)(_noop)
+    assert problem in str(info.value) and "five fields" not in str(info.value)
+
+
+@pytest.mark.parametrize(("call", "problem"), [
+    (lambda: cron("* * * * *", tz=ZoneInfo("Europe/Paris")),
+     "tz= takes an IANA zone name as a string, got zoneinfo.ZoneInfo(key='Europe/Paris'): "
+     "pass tz='Europe/Paris'"),
+    (lambda: cron("* * * * *", tz=timezone.utc), "tz= takes an IANA zone name as a string"),
+    (lambda: cron("* * * * *", kwargs=[1]), "cron(kwargs=...) takes a dict"),
+    (lambda: every(seconds=5, args="ab"), "every(args=...) takes a list or tuple"),
+])
+def test_a_wrong_type_of_zone_or_arguments_is_a_schedule_error(call, problem):
+    """A ZoneInfo for tz= failed inside zoneinfo with a TypeError naming neither the task
+    nor what tz= takes; kwargs=[1] as "cannot convert dictionary update sequence"."""
+    with pytest.raises(ScheduleError) as info:
+        task(name="wrong_type", schedule=call())(_noop)
+    assert problem in str(info.value)
 
 
 @pytest.mark.parametrize(("call", "problem"), [

@@ -89,15 +89,29 @@ def test_eta_delays_the_job_and_a_naive_eta_is_refused(kernel):
     assert [lease.id for lease in kernel.queue.claim(5)] == [soon.id]
 
 
-@pytest.mark.parametrize("bad", [0, -3, 1.5, "2"])
+@pytest.mark.parametrize("bad", [0, -3, 1.5, "2", True])
 def test_bad_concurrency_and_unique_for_are_refused(bad):
-    with pytest.raises(ValueError, match="concurrency"):
+    with pytest.raises(ValueError, match=r"@task\(concurrency=...\) takes a whole number "
+                                         r">= 1 \(jobs of the task at once"):
         @task(concurrency=bad)
         def f() -> None: ...
-    if not isinstance(bad, str) and bad <= 0:
-        with pytest.raises(ValueError, match="unique_for"):
+    if not isinstance(bad, str | bool) and bad <= 0:
+        with pytest.raises(ValueError, match=r"@task\(unique_for=...\) takes a number of "
+                                             r"seconds above 0"):
             @task(unique_for=bad)
             def g() -> None: ...
+
+
+def test_unique_false_beside_unique_for_is_refused():
+    """``unique_for`` implies ``unique=True``, but an explicit ``unique=False`` won: the
+    window was accepted and did nothing (two equal calls, two jobs)."""
+    with pytest.raises(ValueError, match=r"unique_for=60 makes the task unique, but "
+                                         r"unique=False says it is not"):
+        @task(unique=False, unique_for=60)
+        def g() -> None: ...
+    @task(unique=True, unique_for=60)
+    def h() -> None: ...
+    assert h.options.unique and h.options.unique_for == 60
 
 
 @pytest.mark.parametrize(("option", "value", "says"), [
@@ -107,7 +121,7 @@ def test_bad_concurrency_and_unique_for_are_refused(bad):
     ("store_result", 1, "@task(store_result=...) takes True or False"),
     ("unique_for", "10", "@task(unique_for=...) takes a number of seconds"),
     ("unique_for", True, "@task(unique_for=...) takes a number of seconds"),
-    ("unique_for", 10**12, "from 0 to 31622400 (366 days)"),
+    ("unique_for", 10**12, "above 0 and at most 31622400 (366 days)"),
     ("timeout_secs", "5", "@task(timeout_secs=...) takes a number of seconds"),
     ("backoff_max_secs", None, "@task(backoff_max_secs=...) takes a number of seconds"),
     ("queue", "", "@task(queue=...): a queue name is a non-empty string"),
