@@ -595,5 +595,29 @@ def test_unknown_task_is_handed_back_to_a_newer_worker(sqlite: Cluster):
     assert get_job(job_id).result == "added later"
 
 
+@pytest.mark.slow
+def test_unknown_task_goes_to_a_newer_worker_running_beside_the_old_one(sqlite: Cluster):
+    """A rolling deploy: old and new workers serve the queue at once. The old worker handed
+    a job back for exactly 1 s, the time its idle claim loop took to start again with an
+    immediate claim, so it took the job back the moment it was due, every time, and the
+    job failed when its grace ran out while the newer worker (polling every 0.1 s) never
+    saw it."""
+    write_module(sqlite.project, "rolling_tasks", DEPLOY_OLD)
+    from rolling_tasks import present
+
+    old = sqlite.worker("--workers", "1", NUVOM_UNKNOWN_TASK_GRACE_SECS="20")
+    assert present.delay().get(timeout=10) == "present"  # the old module is imported
+    write_module(sqlite.project, "rolling_tasks", DEPLOY_NEW)
+    from rolling_tasks import added_later
+
+    new = sqlite.worker("--workers", "1")
+    assert present.delay().get(timeout=10) == "present"
+    sqlite.wait(lambda: new.logged(" started: "), "the newer worker to start")
+    jobs = [added_later.delay() for _ in range(4)]
+    sqlite.wait(lambda: all(sqlite.status(job.id) is JobStatus.SUCCEEDED for job in jobs),
+                "the newer worker to run every job the old one handed back", timeout=8)
+    assert old.stop() == 0 and new.stop() == 0
+
+
 def test_spi_version_is_1():
     assert nuvom_kernel.SPI_VERSION == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 import threading
 import time
 import traceback
@@ -45,8 +46,18 @@ __all__ = ["HookInterrupted", "JobRunner", "bind_job", "current_job"]
 
 log = logging.getLogger("nuvom.worker")
 
-#: How long a job a newer release enqueued waits before a worker looks at it again.
+#: How long (at most; see :func:`_jittered`) a job a newer release enqueued waits before a
+#: worker looks at it again.
 NEWER_RELEASE_SECS = 10.0
+
+
+def _jittered(secs: float) -> float:
+    """30-90 % of ``secs``, for a job put back for another worker. A worker's idle claim
+    loop starts again every ``poll_timeout_secs`` (1 s) with an immediate claim, so a
+    delay of whole seconds lined up with it: the worker that put the job back took it again
+    the moment it was due, every time, and a newer worker (its claims 0.1 s apart) never
+    got it; a job of a task the old worker lacked failed when its grace ran out."""
+    return secs * random.uniform(0.3, 0.9)
 
 
 class JobRunner:
@@ -313,7 +324,7 @@ class JobRunner:
         once a minute.
         """
         self.settler.safely("leave it for a newer worker", lease, self.settler.queue.release,
-                            lease, delay_secs=NEWER_RELEASE_SECS)
+                            lease, delay_secs=_jittered(NEWER_RELEASE_SECS))
         now = time.monotonic()
         self._newer_seen += 1
         if now >= self._newer_warned_at + 60.0:
@@ -332,7 +343,7 @@ class JobRunner:
         self.running.pop(running.job.id, None)
         queue = self.settler.queue
         if self.settler.safely("hand it back", running.lease, queue.release, running.lease,
-                               delay_secs=min(1.0, left)):
+                               delay_secs=_jittered(min(1.0, left))):
             log.warning("job=%s: this worker has no task %r (an older deploy?); handed back "
                         "for another worker (%.0f s of unknown_task_grace_secs left)",
                         running.job.id, running.job.task, left)
