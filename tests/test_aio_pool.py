@@ -136,6 +136,8 @@ def test_a_sync_task_past_its_timeout_gets_a_new_thread(sqlite, gate):
     with started(kernel, workers=1) as worker:
         wait_until(lambda: status(timed_out) is JobStatus.FAILED, what="the timeout")
         assert history_kind(timed_out) == "timeout"
+        # not "(it was cancelled)": a thread cannot be, and this one runs on
+        assert "its thread could not be stopped" in (get_job(timed_out.id).error or "")
         after = quick.delay()
         wait_until(lambda: status(after) is JobStatus.SUCCEEDED, timeout=10,
                    what="the sync task behind the stuck one to run")
@@ -469,4 +471,20 @@ def test_a_timed_out_coroutine_is_said_to_exceed_its_timeout_not_what_was_left()
     job = Job(id="j1", task="t", options=TaskOptions(timeout_secs=0.2))
     job.deadline = time.monotonic() + 0.05  # started a while ago: 0.05 s of 0.2 left
     with pytest.raises(JobTimeoutError, match=r"exceeded its timeout of 0\.2 s"):
+        asyncio.run(bounded(asyncio.sleep(5), job))
+
+
+def test_a_timeout_from_the_setting_is_said_as_the_setting(tmp_path: Path) -> None:
+    """``NUVOM_JOB_TIMEOUT_SECS=1`` was reported as "timeout of 0.996 s" (the time left
+    when the coroutine started): only a task's own timeout_secs was said whole."""
+    from nuvom_kernel.errors import JobTimeoutError
+    from nuvom_kernel.worker.aio import bounded
+
+    environ = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory",
+               "NUVOM_JOB_TIMEOUT_SECS": "0.2"}
+    kernel = Kernel(root=tmp_path, environ=environ)
+    job = Job(id="j1", task="t", kernel=kernel)
+    job.deadline = time.monotonic() + 0.05
+    with pytest.raises(JobTimeoutError, match=r"exceeded its timeout of 0\.2 s "
+                                              r"\(it was cancelled\)"):
         asyncio.run(bounded(asyncio.sleep(5), job))

@@ -61,13 +61,18 @@ CLAIM_LAG_SECS = 0.5
 _QUEUED, _RUNNING, _ABANDONED, _FINISHED, _GIVEN_UP = range(5)
 
 
-async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
-    """Await ``awaitable`` until the job's deadline; :class:`JobTimeoutError` if it passed."""
+async def bounded(awaitable: Awaitable[Any], job: Job,
+                  detail: str = "(it was cancelled)") -> Any:
+    """Await ``awaitable`` until the job's deadline; :class:`JobTimeoutError` if it passed,
+    saying ``detail`` of what became of the task."""
     remaining = job.time_remaining()
     if remaining is None:
         return await awaitable
-    limit = job.options.timeout_secs or remaining  # said as the thread pool says it: "1 s",
-    # not the 0.999 s left when the coroutine started
+    # Said as the thread pool says it: "1 s", not the 0.999 s left when the coroutine
+    # started, for a limit of the task's own or NUVOM_JOB_TIMEOUT_SECS alike.
+    limit = job.options.timeout_secs or (
+        job._kernel.settings.job_timeout_secs if job._kernel is not None else None
+    ) or remaining
     if sys.version_info >= (3, 11):
         scope = asyncio.timeout(remaining)
         try:
@@ -75,7 +80,7 @@ async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
                 return await awaitable
         except TimeoutError:
             if scope.expired():
-                raise JobTimeoutError.of(job, limit, "(it was cancelled)") from None
+                raise JobTimeoutError.of(job, limit, detail) from None
             raise
     future = asyncio.ensure_future(awaitable)  # 3.10: wait, then cancel what is left
     done, _ = await asyncio.wait({future}, timeout=remaining)
@@ -83,7 +88,7 @@ async def bounded(awaitable: Awaitable[Any], job: Job) -> Any:
         return future.result()
     future.cancel()
     await asyncio.wait({future})
-    raise JobTimeoutError.of(job, limit, "(it was cancelled)")
+    raise JobTimeoutError.of(job, limit, detail)
 
 
 def run_on_thread_loop(coroutine: Coroutine[Any, Any, Any], job: Job) -> Any:
@@ -323,7 +328,9 @@ class AsyncPool:
             item.done.cancel()  # nobody awaits its outcome now
             raise
         try:
-            return await bounded(item.done, job)
+            # a thread cannot be cancelled: it runs on, abandoned (see _abandon)
+            return await bounded(item.done, job, "(its thread could not be stopped and is "
+                                                 "abandoned: its result will be ignored)")
         except JobTimeoutError:
             self._abandon(item)
             raise
