@@ -57,4 +57,21 @@ def test_hooks_signalled_before_they_began_are_not_run(
     assert recorder.ran == expected
     skipped = [r.getMessage() for r in caplog.records if "were not run" in r.getMessage()]
     assert len(skipped) == 2 - len(expected), skipped
-    assert all("signalled to stop before its plugins'" in m for m in skipped)
+    assert all("signalled to stop before its plugins'" in m and "lifecycle-recorder" in m
+               for m in skipped)
+
+
+def test_no_hook_skipped_is_not_said(project: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Every forced stop logged an ERROR about shutdown hooks that were not run, with no
+    plugin implementing one."""
+    from nuvom_kernel.testing.pytest_plugin import build_test_kernel
+
+    kernel = build_test_kernel(project)  # no installed plugin: none has a shutdown hook
+    try:
+        worker = Worker(kernel, workers=1, scheduler=False)
+        worker.signals.received = 2
+        with caplog.at_level(logging.ERROR, logger="nuvom.worker"):
+            worker.signals.emit_lifecycle("nuvom_worker_shutdown")
+        assert not [r for r in caplog.records if "were not run" in r.getMessage()]
+    finally:
+        kernel.close()

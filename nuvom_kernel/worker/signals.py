@@ -91,8 +91,12 @@ class StopSignals:
         try:
             self._in_lifecycle_hook = main
             if self.received > (hook_name == "nuvom_worker_shutdown"):
-                log.error("the worker was signalled to stop before its plugins' %s hooks "
-                          "began; they were not run", hook_name)
+                skipped = [self.worker.kernel.pm.get_name(impl.plugin) for impl in
+                           events.observers(self.worker.kernel.pm, hook_name)]
+                if skipped:  # (every forced stop said so, with no such hook installed)
+                    log.error("the worker was signalled to stop before its plugins' %s "
+                              "hooks began; they were not run (plugins: %s)", hook_name,
+                              ", ".join(map(str, skipped)))
                 return
             events.emit(self.worker.kernel.pm, hook_name, worker=self.worker)
         except HookInterrupted:
