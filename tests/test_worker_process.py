@@ -100,6 +100,36 @@ def test_second_signal_stops_at_once_and_returns_the_lease(env, project: Path):
     assert get_job(job.id).status is JobStatus.QUEUED
 
 
+def test_a_forced_stop_of_the_process_pool_says_no_child_replaces_the_killed_one(
+        project: Path) -> None:
+    """It logged "a fresh child takes its place" as the worker exited."""
+    environ = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
+               "NUVOM_LOG_LEVEL": "INFO"}
+    write_module(project, "proc_tasks", TASKS)
+    with use_kernel(Kernel(root=project, environ=environ)):
+        from proc_tasks import slow
+
+        slow.delay("long", 60)
+        proc = start_worker(project, environ, "--workers", "1", "--pool", "process")
+        lines: list[str] = []
+        pump = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+        pump.start()
+        try:
+            wait_until(lambda: "long" in started(project), timeout=60, what="job running")
+            proc.send_signal(signal.SIGINT)
+            wait_until(lambda: "finishing running jobs" in "".join(lines),
+                       what="the first signal's drain")
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+            pump.join(timeout=10)
+        finally:
+            proc.kill()
+        out = "".join(lines)
+        assert proc.returncode == 1, out
+        assert "killed by signal 9 (SIGKILL); the worker is stopping" in out, out
+        assert "a fresh child takes its place" not in out, out
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -284,9 +284,10 @@ class ProcessPool:
         else:
             exc = ChildKilledError(how + (f": {reply['reason']}" if reply["reason"] else ""))
         exc.details = details  # type: ignore[union-attr]
-        log.warning("job=%s task=%s: pool child pid %d %s%s; a fresh child takes its place",
-                    job.id, job.task, child.pid, how,
-                    f" ({reply['reason']})" if reply["reason"] else "")
+        log.warning("job=%s task=%s: pool child pid %d %s%s; %s", job.id, job.task,
+                    child.pid, how, f" ({reply['reason']})" if reply["reason"] else "",
+                    "the worker is stopping" if self.stopping.is_set() else
+                    "a fresh child takes its place")
         return exc
 
     def stop(self, force: bool, timeout: float = 5.0) -> None:
