@@ -101,6 +101,15 @@ def test_bad_env_setting_stops_every_command(tmp_path: Path, var: str, value: st
     assert "Valid keys" in done.stderr and valid in done.stderr
 
 
+def test_config_refuses_a_bad_synchronous_as_every_command_does(tmp_path: Path) -> None:
+    """``nuvom config`` showed ``OFF`` and exited 0: only opening the store checked it."""
+    for command in (["config"], ["status"]):
+        done = run_nuvom(command, tmp_path, NUVOM_PLUGINS__SQLITE__SYNCHRONOUS="OFF")
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert ("NUVOM_PLUGINS__SQLITE__SYNCHRONOUS: synchronous='OFF' is invalid: it must "
+                "be NORMAL (default) or FULL") in done.stderr, (command, done.stderr)
+
+
 def test_unknown_key_in_the_file_names_the_table(tmp_path: Path) -> None:
     (tmp_path / ".nuvom_plugins.toml").write_text('[plugins.sqlite]\nbusy_timeout = 5\n')
     done = run_nuvom(["config"], tmp_path)

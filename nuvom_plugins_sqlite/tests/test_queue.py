@@ -432,7 +432,7 @@ def test_from_settings_uses_context_and_validates(tmp_path: Path) -> None:
         SQLiteJobQueue.from_settings({"synchronous": "OFF"}, ctx)
     # the variable too: it may be where the value came from, not the file's table
     assert ("[plugins.sqlite] synchronous='OFF' (NUVOM_PLUGINS__SQLITE__SYNCHRONOUS) is "
-            "invalid: use NORMAL (default) or FULL") in str(info.value)
+            "invalid: it must be NORMAL (default) or FULL") in str(info.value)
     with pytest.raises(ConfigError, match=r"'pth' is not a setting of plugin 'sqlite'"):
         SQLiteJobQueue.from_settings({"pth": "x.db"}, ctx)
     with pytest.raises(ConfigError, match="busy_timeout_secs"):

@@ -10,18 +10,30 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
 
 from nuvom_kernel.backends import BackendContext
-from nuvom_kernel.errors import ConfigError
-from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
-from nuvom_kernel.values import RESULT_TTL_SECS, Retention, Seconds
+from nuvom_kernel.plugin_settings import schema_of
+from nuvom_kernel.values import RESULT_TTL_SECS, Converted, Retention, Seconds
 
 __all__ = ["SQLiteSettings"]
 
 _SYNCHRONOUS = ("NORMAL", "FULL")
+
+
+def _synchronous(value: Any) -> str:
+    """``NORMAL`` or ``FULL``, in any case, checked when the settings load (so ``nuvom
+    config`` refuses ``OFF`` too, where only the first command that opened the store did)."""
+    sync = str(value).strip().upper()
+    if sync not in _SYNCHRONOUS:
+        raise ValueError("must be NORMAL (default) or FULL")
+    return sync
+
+
+#: The ``synchronous`` key's type: its check runs at load, in the kernel's words.
+Synchronous = Annotated[str, Converted(_synchronous)]
 
 
 @attrs.frozen
@@ -51,7 +63,7 @@ class SQLiteSettings:
 
     path: Path
     results_path: Path | None = None
-    synchronous: str = "NORMAL"
+    synchronous: Synchronous = "NORMAL"
     busy_timeout_secs: Seconds = 30.0
     visibility_timeout_secs: Seconds = 30.0
     result_ttl_secs: Retention = RESULT_TTL_SECS
@@ -62,13 +74,7 @@ class SQLiteSettings:
         kernel's checks of the declared types, :meth:`PluginSchema.check`)."""
         values = schema_of("sqlite", cls).check(settings)
         path = _absolute(values.get("path") or Path(context.data_dir) / "nuvom.db")
-        sync = values.get("synchronous", "NORMAL").strip().upper()
-        if sync not in _SYNCHRONOUS:
-            raise ConfigError(
-                f"[plugins.sqlite] synchronous={settings['synchronous']!r} "
-                f"({plugin_env_var('sqlite', 'synchronous')}) is invalid: use NORMAL "
-                f"(default) or FULL."
-            )
+        sync = values.get("synchronous", "NORMAL")
         results = values.get("results_path")
         return cls(path=path, results_path=_absolute(results) if results else path,
                    synchronous=sync, busy_timeout_secs=values.get("busy_timeout_secs", 30.0),
