@@ -174,7 +174,8 @@ def _commands(group: click.Group, ctx: click.Context) -> list[tuple[click.Contex
 def cli_page(kernel: Kernel) -> str:
     """The CLI reference: every command's ``--help``, as the installed plugins build it."""
     root = make_cli(kernel)
-    ctx = click.Context(root, info_name="nuvom")
+    # the group's own settings (``-h`` beside ``--help``), as ``nuvom`` itself runs it
+    ctx = root.make_context("nuvom", [], resilient_parsing=True)
     lines = [
         "# CLI reference",
         "",

@@ -65,7 +65,10 @@ def test_cli_reference_has_every_command_with_its_options(kernel: Kernel) -> Non
     assert {"nuvom runworker", "nuvom plugin list", "nuvom status"} <= commands
     for command in commands:
         assert f"## `{command}`" in page
-    assert "--workers" in page.split("## `nuvom runworker`", 1)[1].split("\n## ", 1)[0]
+    runworker = page.split("## `nuvom runworker`", 1)[1].split("\n## ", 1)[0]
+    assert "--workers" in runworker
+    # the page says `nuvom COMMAND --help` prints the same text: -h too, as nuvom has it
+    assert "-h, --help" in runworker and "-h, --help" in page.split("\n## ", 1)[0]
 
 
 def test_links_become_site_pages_or_repository_paths() -> None:
