@@ -630,6 +630,14 @@ def test_a_job_known_only_by_id_is_described_cancelled_and_run_again(make_kernel
         assert _described_elsewhere(project, job.id) == [
             "SUCCEEDED", "again", "t_again", "(2,)", "{'y': 3}", "2", "5",
             repr(finished.created_at), finished.trace_id, "2"]
+        # the table says which run its attempts and created_at are (only JSON said it)
+        shown = run_nuvom(["inspect", "job", job.id], project, **SQLITE)
+        assert "           run: 2\n" in shown.stdout, shown.stdout
+        first = again.delay(1)
+        [lease] = kernel.queue.claim(1)
+        assert Worker(kernel).run_one(lease) and first.get(timeout=10) == 1
+        assert " run: " not in run_nuvom(["inspect", "job", first.id], project,
+                                         **SQLITE).stdout
 
 
 def test_cancel_of_a_job_whose_worker_died_cancels_it(make_kernel, project: Path):

@@ -77,7 +77,10 @@ def inspect_job(job_id: str, fmt: str) -> None:
         raise click.ClickException(_unknown(job_id))
     if record is not None:  # the values as get() returns them, not their wire form
         data.update(args=list(job.args), kwargs=job.kwargs, result=job.result)
-    for key in ("job_id", "task", "status", "queue", "workflow", "attempts", "max_retries",
+    if (data.get("run") or 1) == 1:  # said once a job ran again (`nuvom retry job`): the
+        data.pop("run", None)  # attempts and created_at are then that run's, not the first's
+    for key in ("job_id", "task", "status", "run", "queue", "workflow", "attempts",
+                "max_retries",
                 "args", "kwargs", "result", "error_type", "error_message", "worker",
                 "trace_id"):
         if key in data and data[key] not in (None, [], {}):
