@@ -422,6 +422,11 @@ def test_inspect_and_retry_rerun_the_failed_part_keeping_succeeded_results(clust
     assert bad.returncode != 0 and "is not a step" in bad.stderr
     unknown = run_nuvom(["workflow", "inspect", "nope"], cluster.project, **cluster.environ)
     assert unknown.returncode != 0 and "unknown workflow id" in unknown.stderr
+    # a step's id, as `list jobs` and `inspect job` show it: said unknown before
+    step = run_nuvom(["workflow", "inspect", failed["id"]], cluster.project, **cluster.environ)
+    assert step.returncode != 0
+    assert (f"{failed['id']!r} is a step of workflow {wf.id}, not a workflow id: `nuvom "
+            f"workflow inspect {wf.id}` shows it") in step.stderr, step.stderr
 
 
 def test_inspect_of_a_join_after_a_big_group_stays_one_short_row_per_step(

@@ -31,10 +31,21 @@ def workflow_group() -> None:
 def _handle(workflow_id: str) -> Any:
     from nuvom_kernel.workflow.handle import Workflow
 
-    handle = Workflow(workflow_id, _kernel())
+    kernel = _kernel()
+    handle = Workflow(workflow_id, kernel)
     try:
         handle._graph(nodes=False)
     except NuvomError as exc:
+        step = None
+        try:  # a step's id is what `nuvom list jobs` and `inspect job` show
+            step = kernel.queue.workflow_step(workflow_id)
+        except Exception:  # the unknown id is the error to report
+            pass
+        if step is not None:
+            raise click.ClickException(
+                f"{workflow_id!r} is a step of workflow {step.workflow}, not a workflow id: "
+                f"`nuvom workflow inspect {step.workflow}` shows it, and `nuvom workflow "
+                f"retry {step.workflow} --from {workflow_id}` re-runs from it") from exc
         raise click.ClickException(str(exc)) from exc
     return handle
 
