@@ -52,6 +52,9 @@ def test_purging_with_an_age_past_the_epoch_purges_everything_finished(project: 
     done = run_nuvom(["purge", "results", "--older-than", "999999999999d"], project)
     assert done.returncode == 0, done.stderr  # was an OSError traceback (Value too large)
     assert "finished before 1970-01-01" in done.stdout
+    bad = run_nuvom(["purge", "results", "--older-than", "7"], project)
+    assert bad.returncode == 2  # named as the option, as click names every other one
+    assert "Invalid value for '--older-than': '7' is not an age" in bad.stderr, bad.stderr
 
 
 def test_inspect_shows_a_lone_surrogate_escaped_on_a_utf8_terminal(project: Path) -> None:

@@ -317,7 +317,9 @@ def _limits(kernel: Any) -> dict[str, dict[str, int]]:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_age(text: str) -> float:
+def parse_age(_ctx: click.Context | None, _param: click.Parameter | None, text: str) -> float:
+    """``--older-than``'s age in seconds, refused as that option's error (a bare
+    ``Invalid value:`` named no option)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
     if not match:
         raise click.BadParameter(f"{text!r} is not an age; use a number and a unit "
@@ -331,13 +333,13 @@ def purge_group() -> None:
 
 
 @purge_group.command(name="results")
-@click.option("--older-than", "older_than", required=True,
+@click.option("--older-than", "older_than", required=True, callback=parse_age,
               help="Age such as 7d, 12h, 30m: finished records older than this are deleted.")
-def purge_results(older_than: str) -> None:
+def purge_results(older_than: float) -> None:
     """Delete finished job records (SUCCEEDED, FAILED, CANCELLED) older than an age, and
     the workflows that ended before it."""
     # an age past the epoch (999999999999d) means every finished record, not an OSError
-    cutoff = max(0.0, time.time() - parse_age(older_than))
+    cutoff = max(0.0, time.time() - older_than)
     removed = _kernel().results.purge(cutoff)
     click.echo(f"purged {removed} job record(s) finished before {local_time(cutoff)}")
     flows = _kernel().queue.purge_workflows(cutoff)  # their steps' records went just above
