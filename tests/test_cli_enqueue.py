@@ -23,6 +23,11 @@ def enq_send(to, subject="hi"):
 @task
 def enq_boom():
     raise ValueError("enq_boom went off")
+
+
+@task(unique=True)
+def enq_refresh(x, y=0):
+    return x
 """
 
 
@@ -154,3 +159,21 @@ def enq_pairs():
     assert again.returncode == 0, again.stderr
     assert again.stdout.startswith("job order-42 (enq_send) exists already, SUCCEEDED: "
                                    "nothing was enqueued"), again.stdout
+
+
+def test_an_equal_call_of_a_unique_task_says_nothing_was_enqueued(project: Path) -> None:
+    """It printed "enqueued job ..." for the job an equal call had enqueued already."""
+    _project(project)
+    first = run_nuvom(["enqueue", "enq_refresh", "--args", "[7]"], project)
+    assert first.returncode == 0 and first.stdout.startswith("enqueued job unique."), first
+    job_id = first.stdout.split()[2]
+    for how in (["--args", "[7]"], ["--kwargs", '{"x": 7}']):
+        again = run_nuvom(["enqueue", "enq_refresh", *how], project)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith(f"job {job_id} (enq_refresh) exists already, QUEUED: "
+                                       "an equal call of this unique task is not finished, "
+                                       "so nothing was enqueued"), again.stdout
+    other = run_nuvom(["enqueue", "enq_refresh", "--args", "[8]"], project)
+    assert other.stdout.startswith("enqueued job unique.") and job_id not in other.stdout
+    with use_kernel(Kernel(root=project)) as kernel:
+        assert kernel.queue.qsize() == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -105,6 +106,7 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
 
     try:
         before = None if job_id is None else get_job(job_id).status
+        called_at = time.time()
         job = task.apply_async(args, kwargs, delay_secs=delay_secs, queue=queue,
                                priority=priority, job_id=job_id)
     except (NuvomError, TypeError, ValueError) as exc:
@@ -113,6 +115,13 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
         click.echo(f"job {job.id} ({job.task}) exists already, {before.value}: nothing was "
                    "enqueued (a job id names one job for its life; `nuvom retry job` runs a "
                    "finished one again)")
+    elif job_id is None and task.options.unique and _older(job.id, called_at):
+        # the equal call's job stands for this one: "enqueued" said a job was added
+        click.echo(f"job {job.id} ({job.task}) exists already, {job.refresh().status.value}: "
+                   "an equal call of this unique task is "
+                   + ("not finished" if task.options.unique_for is None else
+                      "not finished, or finished within its unique_for")
+                   + ", so nothing was enqueued")
     else:
         click.echo(f"enqueued job {job.id} ({job.task}) on queue {job.queue!r}")
     if wait_secs is None:
@@ -127,6 +136,16 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
         click.echo(str(exc), err=True)  # it names the job (`job <id> failed: ...`)
         raise SystemExit(1) from None
     click.echo(json.dumps(_jsonable(result)))
+
+
+def _older(job_id: str, called_at: float) -> bool:
+    """Whether ``job_id``'s current run was enqueued before ``called_at``: a unique task's
+    call that found an equal job returns that job's handle (as stored: read again), while
+    a call that enqueued stamped its own run after ``called_at``."""
+    from nuvom_kernel.kernel import get_job
+
+    created = get_job(job_id).created_at
+    return created is not None and created < called_at
 
 
 def _jsonable(value: Any) -> Any:
