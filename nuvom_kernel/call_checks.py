@@ -170,5 +170,7 @@ def check_id(job_id: str | None) -> str | None:
         raise ValueError(f"job_id must be at most {MAX_JOB_ID} characters of UTF-8 text "
                          f"without a NUL (\\x00), got {job_id[:40]!r}"
                          f"{'...' if len(job_id) > 40 else ''} ({len(job_id)} characters); "
-                         "use a shorter key, or a hash of it")
+                         + ("use a shorter key, or a hash of it" if len(job_id) > MAX_JOB_ID
+                            else "leave out the NUL or lone surrogate, or use a hash of "
+                                 "the key"))
     return job_id

@@ -243,9 +243,11 @@ def parse_size(value: Any) -> int | None:
 
 
 def backend_name(value: Any) -> str:
+    """A registered name (a backend's, or the serializer's), as the plugins declare it."""
     text = str(value).strip().lower()
     if not text:
-        raise ValueError("must be a non-empty backend name")
+        raise ValueError("must be a non-empty name of an installed plugin's backend or "
+                         "serializer (`nuvom plugin list` shows them)")
     return text
 
 

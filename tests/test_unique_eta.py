@@ -66,8 +66,11 @@ def test_a_job_id_no_backend_can_key_is_refused_before_anything_is_stored(kernel
     @task
     def keyed() -> None: ...
 
-    with pytest.raises(ValueError, match="job_id must be at most 255 characters of UTF-8"):
+    with pytest.raises(ValueError, match="job_id must be at most 255 characters of UTF-8"
+                       ) as info:
         keyed.apply_async(job_id=job_id)
+    # a 7-character id with a NUL was told to use a shorter key
+    assert ("use a shorter key" in str(info.value)) is (len(job_id) > 255)
     with pytest.raises(ValueError, match="job_id must be at most 255 characters of UTF-8"):
         keyed.map([()], job_ids=[job_id])
     assert kernel.queue.qsize() == 0

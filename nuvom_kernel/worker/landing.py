@@ -381,7 +381,8 @@ class Landing:
         if not ok:
             log.warning("job=%s task=%s attempt=%d lost its lease before its outcome (%s) was "
                         "recorded (the worker was paused or stalled past the visibility "
-                        "timeout, or the store failed); the worker that holds it now decides",
+                        "timeout, or the store failed); it runs again where it is claimed next "
+                        "(the job's current lease holder, if any, records its outcome)",
                         record.job_id, record.task, record.attempts, record.status)
         elif not log.isEnabledFor(logging.INFO):
             return
