@@ -177,3 +177,26 @@ def test_an_equal_call_of_a_unique_task_says_nothing_was_enqueued(project: Path)
     assert other.stdout.startswith("enqueued job unique.") and job_id not in other.stdout
     with use_kernel(Kernel(root=project)) as kernel:
         assert kernel.queue.qsize() == 2
+
+
+def test_a_queue_no_live_worker_serves_is_noted(project: Path) -> None:
+    """A misspelt or unserved queue was taken silently, and `--wait` timed out with no hint
+    why; with no worker running nothing is said (one may start later)."""
+    _project(project)
+    quiet = run_nuvom(["enqueue", "enq_send", "--args", '["a"]', "--queue", "nosuch"],
+                      project)
+    assert quiet.returncode == 0 and "note:" not in quiet.stderr, quiet.stderr
+    worker = start_worker(project, {}, "--workers", "1", "--queue", "mail")
+    try:
+        seen = read_until_started(worker)
+        assert any(" started: " in line for line in seen), "".join(seen)
+        served = run_nuvom(["enqueue", "enq_send", "--args", '["b"]'], project)  # its "mail"
+        assert served.returncode == 0 and "note:" not in served.stderr, served.stderr
+        unserved = run_nuvom(["enqueue", "enq_send", "--args", '["c"]', "--queue", "mial"],
+                             project)
+        assert unserved.returncode == 0, unserved.stderr
+        assert ("note: no live worker serves queue 'mial' (they serve: mail); the job waits "
+                "for one that does (nuvom runworker --queue mial)") in unserved.stderr
+    finally:
+        out = stop_worker(worker)
+    assert worker.returncode == 0, out

@@ -124,6 +124,7 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
                    + ", so nothing was enqueued")
     else:
         click.echo(f"enqueued job {job.id} ({job.task}) on queue {job.queue!r}")
+        _say_if_unserved(kernel, job.queue)
     if wait_secs is None:
         return
     try:
@@ -136,6 +137,22 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
         click.echo(str(exc), err=True)  # it names the job (`job <id> failed: ...`)
         raise SystemExit(1) from None
     click.echo(json.dumps(_jsonable(result)))
+
+
+def _say_if_unserved(kernel: Any, queue: str) -> None:
+    """A note when live workers run and none serves ``queue``: a misspelt ``--queue`` (or a
+    task's) was taken silently, and ``--wait`` then timed out with no hint why. Nothing is
+    said where the result backend keeps no heartbeats, or no worker runs (it may start
+    later)."""
+    if not type(kernel.results).capabilities.heartbeats:
+        return
+    workers = kernel.results.live_workers()
+    if not workers or any(not w.queues or queue in w.queues for w in workers):
+        return
+    served = sorted({q for w in workers for q in w.queues})
+    click.echo(f"note: no live worker serves queue {queue!r} (they serve: "
+               f"{', '.join(served)}); the job waits for one that does (nuvom runworker "
+               f"--queue {queue})", err=True)
 
 
 def _older(job_id: str, called_at: float) -> bool:
