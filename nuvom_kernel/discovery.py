@@ -25,6 +25,7 @@ __all__ = [
     "DiscoveryReport",
     "ManifestError",
     "TaskRef",
+    "changed_since",
     "read_manifest",
     "write_manifest",
 ]
@@ -142,6 +143,27 @@ def read_manifest(data_dir: Path) -> dict[str, Any] | None:
     if problem is not None:
         raise ManifestError(path, problem)
     return cast("dict[str, Any]", data)
+
+
+def changed_since(data_dir: Path, root: Path) -> list[str]:
+    """The manifest's task files (relative to ``root``) modified after it was written, for a
+    worker to say at start that it may be stale: a ``schedule=`` added to a task after
+    discovery never fired, and nothing said why. A file that is gone, a manifest that cannot
+    be read (said elsewhere), or one written from another ``--root`` yields nothing."""
+    try:
+        written = manifest_path(data_dir).stat().st_mtime
+        manifest = read_manifest(data_dir)
+    except (OSError, ValueError):
+        return []
+    changed = []
+    for name in sorted({t["file"] for t in (manifest or {}).get("tasks", [])
+                        if isinstance(t.get("file"), str)}):
+        try:
+            if (root / name).stat().st_mtime > written:
+                changed.append(name)
+        except OSError:
+            continue
+    return changed
 
 
 def _manifest_problem(data: Any) -> str | None:

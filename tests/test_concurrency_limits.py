@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import threading
 import time
@@ -187,6 +188,22 @@ def test_a_worker_without_a_manifest_says_it_knows_no_limit(project, pool: str) 
         said = "\n".join(lines) + out
         assert ("knows schedules from" in said) is not manifest, (manifest, said)
         assert ("run `nuvom discover tasks`" in said) is not manifest
+        assert "changed after" not in said, said
+
+    # the module edited after discovery (a limit changed, a schedule added): said at start
+    write_module(project, "pp_limited", "from nuvom_kernel import task\n\n\n"
+                 "@task(concurrency=1)\ndef crawl(i):\n    return i\n")
+    written = (project / ".nuvom" / "manifest.json").stat().st_mtime
+    os.utime(project / "pp_limited.py", (written + 1, written + 1))
+    worker = start_worker(project, env, "--pool", pool, "--workers", "1")
+    try:
+        lines = read_until_started(worker)
+    finally:
+        out = stop_worker(worker)
+    said = "\n".join(lines) + out
+    assert ("1 task file(s) changed after " in said and "(pp_limited.py): a schedule=, a "
+            "concurrency= or a task added there is unknown to this worker until `nuvom "
+            "discover tasks` runs again") in said, said
 
 
 def test_limits_come_from_the_manifest_then_the_children_then_imports(make_kernel) -> None:

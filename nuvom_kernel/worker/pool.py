@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from nuvom_kernel.discovery import changed_since
 from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import WorkerPrepareError
 from nuvom_kernel.limits import apply_limits
@@ -178,6 +179,13 @@ class Worker(Dispatcher, Timeouts):
             self._prepare_plugins()
             self._open_stores()
             self.kernel.registry.load_manifest(self.kernel.data_dir)
+            changed = changed_since(self.kernel.data_dir, self.kernel.config.root)
+            if changed:
+                log.warning("%d task file(s) changed after %s was written (%s%s): a "
+                            "schedule=, a concurrency= or a task added there is unknown to "
+                            "this worker until `nuvom discover tasks` runs again",
+                            len(changed), self.kernel.data_dir / "manifest.json",
+                            ", ".join(changed[:5]), ", ..." if len(changed) > 5 else "")
             if not self.kernel.registry.names():
                 # its children import the task modules, never this process: without a
                 # manifest it knows no schedule, and a limit only once the children ran a
