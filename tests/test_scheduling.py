@@ -284,6 +284,29 @@ def test_schedule_cli_lists_and_fires_from_the_manifest(project):
     assert "cleanup" in unknown.stderr
 
 
+def test_schedule_list_names_a_schedule_known_only_by_its_stored_state(project):
+    """A schedule discovery cannot read fires in a worker that imported its module, while
+    `nuvom schedule list` said "No schedules" and nothing else."""
+    from nuvom_kernel.models import ScheduleState
+    from tests.helpers import run_nuvom
+
+    kernel = Kernel(root=project, environ={})
+    try:
+        assert kernel.results.advance_schedule(None, ScheduleState("varsched", last_tick=1.0))
+    finally:
+        kernel.close()
+    listed = run_nuvom(["schedule", "list"], project)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("No schedules.")
+    assert ("The store also holds the state of schedule(s) varsched, which neither the "
+            "manifest nor an imported task declares") in listed.stdout, listed.stdout
+    write_module(project, "nightly", "from nuvom_kernel import task\n"
+                 "@task(schedule='0 3 * * *')\ndef varsched(): ...\n")
+    assert run_nuvom(["discover", "tasks"], project).returncode == 0
+    listed = run_nuvom(["schedule", "list"], project)
+    assert "varsched" in listed.stdout and "The store also holds" not in listed.stdout
+
+
 # --- a schedule that cannot work never stops the others -----------------------------------
 
 

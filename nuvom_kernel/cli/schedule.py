@@ -42,18 +42,33 @@ def schedule_list(as_json: bool) -> None:
 
     if "" not in sys.path:  # the project directory holds the task modules
         sys.path.insert(0, "")
-    rows = schedule_rows(_kernel())
+    kernel = _kernel()
+    rows = schedule_rows(kernel)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
         click.echo("No schedules. Give a task schedule=cron(...) or every(...) and run "
                    "`nuvom discover tasks` so workers and this command find it.")
-        return
-    # The ERROR column only when a schedule raised: the usual table stays as documented.
-    print_table(rows, ["name", "task", "schedule", "tz", "next_run", "last_run",
-                       "last_status", "missed", "skipped",
-                       *(["error"] if any(row.get("error") for row in rows) else [])])
+    else:  # the ERROR column only when a schedule raised: the usual table as documented
+        print_table(rows, ["name", "task", "schedule", "tz", "next_run", "last_run",
+                           "last_status", "missed", "skipped",
+                           *(["error"] if any(row.get("error") for row in rows) else [])])
+    unlisted = _stored_only(kernel, {row["name"] for row in rows})
+    if unlisted:
+        click.echo(f"\nThe store also holds the state of schedule(s) {', '.join(unlisted)}, "
+                   "which neither the manifest nor an imported task declares: a schedule "
+                   "discovery cannot read (written with variables), which fires only in a "
+                   "worker that imported its module, or one removed since. Write it with "
+                   "literals and run `nuvom discover tasks` to list it here.")
+
+
+def _stored_only(kernel: Any, listed: set[str]) -> list[str]:
+    """Schedules with stored state but no declaration this process found: "No schedules"
+    was printed while such a schedule fired (a worker had imported its module)."""
+    if not type(kernel.results).capabilities.schedules:
+        return []
+    return sorted(set(kernel.results.schedule_states()) - listed)
 
 
 @schedule_group.command(name="run")
