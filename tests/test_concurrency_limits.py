@@ -21,11 +21,10 @@ from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.limits import concurrency_limits
 from nuvom_kernel.worker import Worker
 from tests.helpers import (
-    read_until_started,
     run_nuvom,
     start_worker,
-    stop_worker,
     wait_until,
+    worker_starts_and_stops,
     write_module,
 )
 
@@ -180,12 +179,7 @@ def test_a_worker_without_a_manifest_says_it_knows_no_limit(project, pool: str) 
     for manifest in (False, True):
         if manifest:
             assert run_nuvom(["discover", "tasks"], project).returncode == 0
-        worker = start_worker(project, env, "--pool", pool, "--workers", "1")
-        try:
-            lines = read_until_started(worker)
-        finally:
-            out = stop_worker(worker)
-        said = "\n".join(lines) + out
+        said = worker_starts_and_stops(project, env, "--pool", pool, "--workers", "1")
         assert ("knows schedules from" in said) is not manifest, (manifest, said)
         assert ("run `nuvom discover tasks`" in said) is not manifest
         assert "changed after" not in said, said
@@ -195,12 +189,7 @@ def test_a_worker_without_a_manifest_says_it_knows_no_limit(project, pool: str) 
                  "@task(concurrency=1)\ndef crawl(i):\n    return i\n")
     written = (project / ".nuvom" / "manifest.json").stat().st_mtime
     os.utime(project / "pp_limited.py", (written + 1, written + 1))
-    worker = start_worker(project, env, "--pool", pool, "--workers", "1")
-    try:
-        lines = read_until_started(worker)
-    finally:
-        out = stop_worker(worker)
-    said = "\n".join(lines) + out
+    said = worker_starts_and_stops(project, env, "--pool", pool, "--workers", "1")
     assert ("1 task file(s) changed after " in said and "(pp_limited.py): a schedule=, a "
             "concurrency= or a task added there is unknown to this worker until `nuvom "
             "discover tasks` runs again") in said, said
