@@ -58,9 +58,17 @@ class Arguments:
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
+            problem = str(exc)
+            params = self._signature.parameters
+            unknown = [key for key in kwargs if key not in params]
+            if unknown and "unexpected keyword" not in problem and not any(
+                    p.kind is p.VAR_KEYWORD for p in params.values()):
+                # bind() names its first problem only: "missing 'y'" for {"z": 3}, when the
+                # caller misspelt y as z
+                problem += f"; and it has no parameter {', '.join(map(repr, unknown))}"
             bare = self._signature.replace(  # the names, not annotations quoted as strings
                 parameters=[p.replace(annotation=p.empty)
                             for p in self._signature.parameters.values()],
                 return_annotation=inspect.Signature.empty)
-            raise TypeError(f"task {task!r} cannot take these arguments: {exc}. Its "
+            raise TypeError(f"task {task!r} cannot take these arguments: {problem}. Its "
                             f"signature is {task}{bare}; {outcome}") from None

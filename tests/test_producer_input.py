@@ -554,6 +554,9 @@ def test_arguments_that_do_not_fit_the_function_are_refused_and_nothing_is_store
             (lambda: sig_add.delay(1, 2, 3), "too many positional arguments"),
             (lambda: sig_add.delay(1, x=1), "multiple values for argument 'x'"),
             (lambda: sig_add.delay(1, scal=2), "got an unexpected keyword argument 'scal'"),
+            # bind() says its first problem only: the misspelt name was never mentioned
+            (lambda: sig_add.delay(z=1), "missing a required argument: 'x'; and it has no "
+                                         "parameter 'z'"),
             (lambda: sig_add.apply_async((1, 2, 3), delay_secs=5),
              "too many positional arguments"),
             (lambda: sig_add.map([(1,), (1, 2), (1, 2, 3)]), "too many positional arguments"),
