@@ -9,6 +9,7 @@ hundreds of awaiting jobs at once on one loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -170,7 +171,7 @@ class Worker:
 
     def __init__(self, project: Path, environ: dict[str, str], *args: str) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
-        full.update(environ)
+        full.update(environ, PYTHONFAULTHANDLER="1")  # a worker that hangs: see stop()
         self.log = project / f"worker-{len(list(project.glob('worker-*.log')))}.log"
         self._out = self.log.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "nuvom_kernel", "runworker", *args],
@@ -199,6 +200,13 @@ class Worker:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            # Where it hangs, from its threads' stacks (faulthandler prints them on SIGABRT).
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+            raise AssertionError(f"the worker did not stop within 30 s of {signals}; its "
+                                 f"log:\n{self.output()[-12000:]}") from None
         finally:
             self.proc.kill()
             self._out.close()
