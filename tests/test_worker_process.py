@@ -255,6 +255,46 @@ print("still here")
     assert done.returncode == 0 and "still here" in done.stdout, done.stdout + done.stderr
 
 
+def test_a_second_signal_inside_the_first_ones_stop_does_not_hang_the_worker(tmp_path: Path):
+    """Python runs a signal handler in the main thread between any two bytecodes, so a
+    second signal right after the first (a double ``kill -INT``, as a test's teardown sent)
+    can run inside the first one's handler. The handler stopped the worker itself: a second
+    signal landing in the first one's ``Event.set()`` waited on a lock its own thread held,
+    and the worker hung for good (once in CI). Here the second signal is sent from inside
+    that critical section, where it would otherwise land by chance."""
+    import subprocess
+    import sys
+
+    script = """
+import os, signal, sys, threading
+from pathlib import Path
+from nuvom_kernel import Worker
+from nuvom_kernel.testing.pytest_plugin import build_test_kernel
+
+class SignalledInside(threading.Event):
+    sent = False
+
+    def set(self):
+        with self._cond:  # as Event.set: its lock held
+            if not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+                print("second signal sent", flush=True)
+            self._flag = True
+            self._cond.notify_all()
+
+worker = Worker(build_test_kernel(Path(sys.argv[1])), workers=1, poll_timeout_secs=0.05)
+worker._stopping = SignalledInside()
+threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+print("exit", worker.run(), flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    out = done.stdout + done.stderr
+    assert "second signal sent" in out and "exit 0" in out, out
+    assert "received SIGINT again: stopping now" in out, out
+
+
 @pytest.mark.skipif("sqlite" not in PERSISTENT_BACKENDS, reason="needs the SQLite plugin")
 def test_runworker_on_a_store_a_newer_plugin_wrote_exits_at_once_saying_so(project: Path):
     """A host left behind in a rolling upgrade (or rolled back): the SQLite store is opened

@@ -29,32 +29,66 @@ FORCED_EXIT_SECS = 10.0
 
 
 class StopSignals:
-    """The worker's SIGINT/SIGTERM handler and its lifecycle-hook emitter."""
+    """The worker's SIGINT/SIGTERM handler and its lifecycle-hook emitter.
+
+    The handler only counts the signal and wakes a thread of its own, which stops the worker:
+    Python runs a handler in the main thread between any two bytecodes, inside whatever the
+    main thread was doing, and inside the handler itself when a second signal follows the
+    first at once (``kill -INT`` twice, a supervisor and a terminal both signalling). A
+    handler that stopped the worker itself set the stop events, and an event's lock is not
+    reentrant: a second signal landing in the first one's ``Event.set()`` waited for a lock
+    its own thread held, and the worker hung for good, before the exit timer of the second
+    signal was armed (seen once in CI, a double SIGINT to an idle process-pool worker). The
+    thread takes the signals in order, one at a time, and waits for a lock like any thread.
+    """
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.received = 0
         self._in_lifecycle_hook = False  # the main thread is inside startup/shutdown hooks
         self._exit_timer: threading.Timer | None = None
+        self._wake: int | None = None  # the write end of the pipe the thread reads
+        self._acted = 0
 
     def install(self) -> None:
+        read, self._wake = os.pipe()
+        os.set_blocking(self._wake, False)
+        threading.Thread(target=self._watch, args=(read,), name="nuvom-signals",
+                         daemon=True).start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.handle)
 
     def handle(self, signum: int, frame: Any) -> None:
+        """The installed handler: takes no lock (see the class). Called directly (a program
+        or test that stops the worker as a signal would), it acts at once."""
         self.received += 1
+        if self._wake is None:
+            self._act(signum)
+        else:
+            try:
+                os.write(self._wake, bytes([signum]))
+            except OSError:  # the pipe is full of signals not acted on yet: enough of them
+                pass
+        if self._in_lifecycle_hook and threading.current_thread() is threading.main_thread():
+            raise HookInterrupted
+
+    def _watch(self, read: int) -> None:
+        while data := os.read(read, 64):
+            for signum in data:
+                self._act(signum)
+
+    def _act(self, signum: int) -> None:
+        self._acted += 1
         name = signal.Signals(signum).name
-        if self.received == 1:
+        if self._acted == 1:
             log.warning("received %s: finishing running jobs (up to %g s); signal again to "
                         "stop at once", name, self.worker.grace_period_secs)
             self.worker.stop(graceful=True)
-        else:
-            log.warning("received %s again: stopping now", name)
-            self.worker.stop(graceful=False)
-            if self.received == 2:
-                self._exit_anyway()
-        if self._in_lifecycle_hook and threading.current_thread() is threading.main_thread():
-            raise HookInterrupted
+            return
+        log.warning("received %s again: stopping now", name)
+        if self._acted == 2:
+            self._exit_anyway()  # first: a stop that hangs must not keep it from being armed
+        self.worker.stop(graceful=False)
 
     def _exit_anyway(self) -> None:
         """End the process :data:`FORCED_EXIT_SECS` after the second signal if the stop has
