@@ -24,9 +24,11 @@ __all__ = [
     "Discoverer",
     "DiscoveryReport",
     "ManifestError",
+    "Scan",
     "TaskRef",
     "changed_since",
     "read_manifest",
+    "recorded_scan",
     "write_manifest",
 ]
 
@@ -145,16 +147,52 @@ def read_manifest(data_dir: Path) -> dict[str, Any] | None:
     return cast("dict[str, Any]", data)
 
 
+@attrs.frozen
+class Scan:
+    """Where a discovery run looked: what ``nuvom discover tasks --root --include --exclude``
+    was given, kept in the manifest (``scan``) for a worker that discovers again at start."""
+
+    root: Path
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def to_dict(self, project: Path) -> dict[str, Any]:
+        """The root relative to ``project`` where it is inside it (a project moved or
+        mounted elsewhere keeps its manifest valid), else absolute."""
+        try:
+            root = self.root.resolve().relative_to(project.resolve()).as_posix()
+        except ValueError:
+            root = str(self.root.resolve())
+        return {"root": root, "include": list(self.include), "exclude": list(self.exclude)}
+
+
+def recorded_scan(manifest: Mapping[str, Any], project: Path) -> Scan | None:
+    """How ``manifest`` was discovered (its root, made absolute against ``project``, and the
+    ``--include``/``--exclude`` globs), so that it can be discovered again alike; ``None``
+    for a manifest that does not say (written before it was recorded, or by hand)."""
+    scan = manifest.get("scan")
+    if not isinstance(scan, dict) or not isinstance(scan.get("root"), str):
+        return None
+    globs = [scan.get(key) or [] for key in ("include", "exclude")]
+    if not all(isinstance(g, list) and all(isinstance(x, str) for x in g) for g in globs):
+        return None
+    return Scan(project / scan["root"], tuple(globs[0]), tuple(globs[1]))
+
+
 def changed_since(data_dir: Path, root: Path) -> list[str]:
-    """The manifest's task files (relative to ``root``) modified after it was written, for a
-    worker to say at start that it may be stale: a ``schedule=`` added to a task after
-    discovery never fired, and nothing said why. A file that is gone, a manifest that cannot
-    be read (said elsewhere), or one written from another ``--root`` yields nothing."""
+    """The manifest's task files modified after it was written, for a worker to discover
+    again or say at start that it may be stale: a ``schedule=`` added to a task after
+    discovery never fired, and nothing said why. Files are relative to the root the manifest
+    records (:func:`recorded_scan`), else to ``root`` (the project). A file that is gone, a
+    manifest that cannot be read (said elsewhere), or one written from another ``--root``
+    without a record of it yields nothing."""
     try:
         written = manifest_path(data_dir).stat().st_mtime
         manifest = read_manifest(data_dir)
     except (OSError, ValueError):
         return []
+    scan = recorded_scan(manifest or {}, root)
+    root = scan.root if scan is not None else root
     changed = []
     for name in sorted({t["file"] for t in (manifest or {}).get("tasks", [])
                         if isinstance(t.get("file"), str)}):
@@ -210,16 +248,22 @@ def _json_type(value: Any) -> str:
 
 
 def write_manifest(
-    data_dir: Path, tasks: Iterable[TaskRef], state: Mapping[str, Any] | None = None
+    data_dir: Path, tasks: Iterable[TaskRef], state: Mapping[str, Any] | None = None,
+    scan: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the manifest atomically (temp file in the same directory, fsync, rename)."""
+    """Write the manifest atomically (temp file in the same directory, fsync, rename).
+
+    :param scan: :meth:`Scan.to_dict` of the run that found ``tasks``, if any.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     path = manifest_path(data_dir)
-    payload = {
+    payload: dict[str, Any] = {
         "version": MANIFEST_VERSION,
         "tasks": [t.to_dict() for t in sorted(tasks, key=lambda t: (t.name, t.module))],
         "state": dict(state or {}),
     }
+    if scan is not None:
+        payload["scan"] = dict(scan)
     # Not mkstemp: its files are 0600, and a worker running as another user (discovery
     # run by a build step as root, say) could not read the manifest. This one gets the
     # umask's mode, like the store beside it.

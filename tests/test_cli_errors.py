@@ -326,13 +326,22 @@ def test_the_registry_ignores_a_malformed_manifest_with_a_warning(
     assert registry.modules() == []
 
 
-def test_a_worker_starts_without_a_malformed_manifest(tmp_path: Path) -> None:
-    """``nuvom runworker`` died at start with a raw KeyError: it warns and runs."""
+@pytest.mark.parametrize("discoverer", [True, False])
+def test_a_worker_starts_without_a_malformed_manifest(tmp_path: Path, discoverer: bool) -> None:
+    """``nuvom runworker`` died at start with a raw KeyError: it says so and discovers again
+    (writing a valid manifest), or, without a discoverer, warns and runs."""
     (tmp_path / ".nuvom").mkdir()
     (tmp_path / ".nuvom" / "manifest.json").write_text('{"tasks": [{"name": "x"}]}')
-    out = worker_starts_and_stops(tmp_path, MEMORY, "--workers", "1")
-    assert "ignoring manifest" in out and "manifest.json is not a valid Nuvom manifest" in out
-    assert "Traceback" not in out
+    (tmp_path / "jobs.py").write_text("from nuvom_kernel import task\n@task\ndef a(): pass\n")
+    env = MEMORY if discoverer else {**MEMORY, "NUVOM_DISABLE_PLUGINS": "discovery"}
+    out = worker_starts_and_stops(tmp_path, env, "--workers", "1")
+    assert "manifest.json is not a valid Nuvom manifest" in out and "Traceback" not in out
+    if discoverer:
+        assert "the manifest is unusable" in out and ": discovered 1 task(s)" in out, out
+        manifest = read_manifest(tmp_path / ".nuvom")
+        assert manifest is not None and [t["name"] for t in manifest["tasks"]] == ["a"]
+    else:
+        assert "ignoring manifest" in out, out
 
 
 @pytest.mark.parametrize("content", ['{"tasks": [1]}', "not json"])

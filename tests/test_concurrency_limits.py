@@ -21,8 +21,8 @@ from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.limits import concurrency_limits
 from nuvom_kernel.worker import Worker
 from tests.helpers import (
-    run_nuvom,
     start_worker,
+    stop_worker,
     wait_until,
     worker_starts_and_stops,
     write_module,
@@ -168,31 +168,82 @@ def test_status_shows_running_over_limit_and_waiting(make_kernel):
 
 
 @pytest.mark.parametrize("pool", ["process", "thread"])
-def test_a_worker_without_a_manifest_says_it_knows_no_limit(project, pool: str) -> None:
+def test_a_worker_discovers_where_the_manifest_is_missing_or_stale(project, pool: str) -> None:
     """A process pool's children import the task modules, never the worker: a hunt ran 12
-    jobs at once of a task limited to 2, and nothing said why. A thread pool learns a limit
-    only as it imports the module, after its first claims: two fresh workers ran 3 at once
-    of a task limited to 1. With a manifest, nothing is said."""
+    jobs at once of a task limited to 2. A thread pool learns a limit only as it imports the
+    module, after its first claims: two fresh workers ran 3 at once of a task limited to 1.
+    A warning said to run `nuvom discover tasks`; the worker now does what it says, where the
+    manifest is missing or older than a task file it names, and says nothing otherwise."""
     write_module(project, "pp_limited", "from nuvom_kernel import task\n\n\n"
                  "@task(concurrency=2)\ndef crawl(i):\n    return i\n")
     env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
-    for manifest in (False, True):
-        if manifest:
-            assert run_nuvom(["discover", "tasks"], project).returncode == 0
-        said = worker_starts_and_stops(project, env, "--pool", pool, "--workers", "1")
-        assert ("knows schedules from" in said) is not manifest, (manifest, said)
-        assert ("run `nuvom discover tasks`" in said) is not manifest
-        assert "changed after" not in said, said
+    manifest = project / ".nuvom" / "manifest.json"
 
-    # the module edited after discovery (a limit changed, a schedule added): said at start
+    def options() -> dict[str, object]:
+        return json.loads(manifest.read_text())["tasks"][0]["options"]
+
+    said = worker_starts_and_stops(project, env, "--pool", pool, "--workers", "1")
+    assert "no manifest at " in said and ": discovered 1 task(s) under " in said, said
+    assert "knows schedules from" not in said and "concurrency limits: crawl=2" in said, said
+    assert options() == {"concurrency": 2}
+    said = worker_starts_and_stops(project, env, "--pool", pool, "--workers", "1")
+    assert "discovered" not in said and "changed after" not in said, said
+
+    # the module edited after discovery (a limit changed, a schedule added)
     write_module(project, "pp_limited", "from nuvom_kernel import task\n\n\n"
                  "@task(concurrency=1)\ndef crawl(i):\n    return i\n")
-    written = (project / ".nuvom" / "manifest.json").stat().st_mtime
+    written = manifest.stat().st_mtime
     os.utime(project / "pp_limited.py", (written + 1, written + 1))
+    said = worker_starts_and_stops(project, env, "--pool", pool, "--workers", "1")
+    assert "1 task file(s) changed after " in said and "(pp_limited.py): discovered 1 " \
+        "task(s)" in said and "concurrency limits: crawl=1" in said, said
+    assert options() == {"concurrency": 1}
+
+    # a manifest that does not say how it was discovered (an older one, or written by hand):
+    # its --include/--exclude are unknown, so it is only said to be stale
+    data = json.loads(manifest.read_text())
+    del data["scan"]
+    manifest.write_text(json.dumps(data))
+    os.utime(project / "pp_limited.py", (time.time() + 5, time.time() + 5))
     said = worker_starts_and_stops(project, env, "--pool", pool, "--workers", "1")
     assert ("1 task file(s) changed after " in said and "(pp_limited.py): a schedule=, a "
             "concurrency= or a task added there is unknown to this worker until `nuvom "
-            "discover tasks` runs again") in said, said
+            "discover tasks` runs again") in said and "discovered" not in said, said
+
+    # without a discoverer, a worker without a manifest says what it does not know
+    manifest.unlink()
+    said = worker_starts_and_stops(project, {**env, "NUVOM_DISABLE_PLUGINS": "discovery"},
+                                   "--pool", pool, "--workers", "1")
+    assert "knows schedules from" in said and "and there is none" in said, said
+    assert "run `nuvom discover tasks` where it finds your tasks" in said, said
+
+
+def test_a_fresh_worker_holds_a_limit_from_its_first_claim(project) -> None:
+    """Three jobs of a task limited to 1 queued before the first worker ever started, with
+    no manifest: the worker claimed all three at once (it learns a limit as it imports the
+    task's module, after the claim) and ran them side by side."""
+    write_module(project, "fresh_once", PP_ONCE.replace("once.log", "fresh.log"))
+    environ = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
+               "NUVOM_LOG_LEVEL": "INFO"}
+    from fresh_once import once
+
+    with use_kernel(Kernel(root=project, environ=environ)) as kernel:
+        jobs = once.map(range(3))
+        worker = start_worker(project, environ, "--workers", "3", "--no-scheduler")
+        try:
+            wait_until(lambda: all(kernel.refresh_job(j).status is JobStatus.SUCCEEDED
+                                   for j in jobs), timeout=60, what="the limited jobs")
+        finally:
+            stop_worker(worker)
+        kernel.close()
+    spans: dict[str, dict[str, float]] = {}
+    for line in (project / "fresh.log").read_text().splitlines():
+        kind, when, i = line.split()
+        spans.setdefault(i, {})[kind] = float(when)
+    ordered = sorted((s["start"], s["end"]) for s in spans.values())
+    assert len(ordered) == 3
+    assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(ordered)), \
+        f"jobs of a task limited to 1 ran at once: {ordered}"
 
 
 def test_limits_come_from_the_manifest_then_the_children_then_imports(make_kernel) -> None:
@@ -230,14 +281,14 @@ def once(i):
 
 
 def test_a_process_pool_worker_learns_a_limit_from_its_children(project) -> None:
-    """Without a manifest the worker, which imports no task module, learns a task's limit
-    from the children that ran its first job: before, it never did, and ran a task limited
-    to 1 three at a time for good."""
+    """Without a manifest (and no discoverer to write one at start) the worker, which
+    imports no task module, learns a task's limit from the children that ran its first job:
+    before, it never did, and ran a task limited to 1 three at a time for good."""
     write_module(project, "pp_once", PP_ONCE)
     environ = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
                "NUVOM_LOG_LEVEL": "INFO"}
-    worker = start_worker(project, environ, "--pool", "process", "--workers", "3",
-                          "--no-scheduler")
+    worker = start_worker(project, {**environ, "NUVOM_DISABLE_PLUGINS": "discovery"},
+                          "--pool", "process", "--workers", "3", "--no-scheduler")
     said: list[str] = []
     pump = threading.Thread(target=lambda: said.extend(worker.stdout or ()), daemon=True)
     pump.start()

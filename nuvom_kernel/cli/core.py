@@ -164,7 +164,7 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
             config, settings=attrs.evolve(config.settings, **overrides),
             sources={**config.sources, **dict.fromkeys(overrides, "command line")})
     worker = Worker(kernel, workers=workers, queues=queues or None, batch_size=batch_size,
-                    grace_period_secs=grace_period, scheduler=not no_scheduler)
+                    grace_period_secs=grace_period, scheduler=not no_scheduler, discover=True)
     code = worker.run()
     _end_within(EXIT_SECS, code)
     sys.exit(code)

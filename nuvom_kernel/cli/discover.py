@@ -10,7 +10,6 @@ at a glance whether the worker will find the task they just wrote.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import print_table, subgroup
 from nuvom_kernel.discovery import (
     ManifestError,
-    TaskRef,
+    Scan,
     manifest_path,
     read_manifest,
     write_manifest,
 )
+from nuvom_kernel.discovery_run import run_discoverers
 from nuvom_kernel.plugin_failures import KNOWN_PLUGINS, KNOWN_PROVIDERS
 
 __all__ = ["nuvom_register_commands"]
@@ -105,47 +105,19 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
             f"no task discoverer is loaded: the 'ast' discoverer comes with the plugin "
             f"{plugin!r} ({dist}), which is {kernel.pm.why_not_loaded(plugin, dist)}.")
     previous = _read_previous(data_dir)
-    old_states = previous.get("state") or {}
-    started = time.perf_counter()
-    tasks: dict[str, TaskRef] = {}
-    states: dict[str, Any] = {}
-    errors: list[str] = []
-    warnings: list[str] = []
-    scanned = parsed = 0
-    found_by: dict[str, str] = {}  # task name -> the discoverer that found it first
-    failed: list[str] = []
-    for name, (cls, provider) in sorted(discoverers.items()):
-        try:
-            report, state = cls().discover(root, include=include, exclude=exclude,
-                                           state=old_states.get(name))
-        except Exception as exc:
-            errors.append(f"discoverer {name!r} (plugin {provider!r}) failed: {exc!r}")
-            failed.append(f"the discoverer {name!r}")
-            continue
-        states[name] = state
-        errors += report.errors
-        warnings += report.warnings
-        scanned, parsed = max(scanned, report.files_scanned), parsed + report.files_parsed
-        for ref in report.tasks:
-            first = tasks.setdefault(ref.name, ref)
-            first_by = found_by.setdefault(ref.name, name)
-            # A discoverer reports its own duplicates (the scanner: "also defined at");
-            # only a clash between two discoverers is this merge's to report.
-            if first is not ref and first_by != name and \
-                    (first.module, first.func_name) != (ref.module, ref.func_name):
-                warnings.append(f"{ref.file}:{ref.line}: task {ref.name!r} found by "
-                                f"{name!r} is already at {first.file}:{first.line} (found "
-                                f"by {first_by!r}); the first one is kept")
-    elapsed = time.perf_counter() - started
-    if failed:  # a manifest without that discoverer's tasks would drop them all
+    scan = Scan(root, include, exclude)
+    run = run_discoverers(discoverers, scan, previous.get("state") or {})
+    tasks, errors, warnings = run.tasks, run.errors, run.warnings
+    if run.failed:  # a manifest without that discoverer's tasks would drop them all
         for line in errors:
             click.echo(f"error: {line}", err=True)
         raise click.ClickException(
             f"the manifest {manifest_path(data_dir)} was not written (the previous one is "
-            f"kept): {', '.join(failed)} failed. Fix the cause named above and run "
+            f"kept): {', '.join(run.failed)} failed. Fix the cause named above and run "
             f"`nuvom discover tasks` again.")
     try:
-        path = write_manifest(data_dir, tasks.values(), states)
+        path = write_manifest(data_dir, tasks.values(), run.states,
+                              scan.to_dict(kernel.config.root))
     except OSError as exc:
         raise click.ClickException(
             f"cannot write the manifest {manifest_path(data_dir)}: "
@@ -173,8 +145,8 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
         click.echo("No changes to tasks.")
     counts = {c: sum(r["change"] == c for r in rows) for c in ("added", "removed", "changed")}
     click.echo(f"{len(tasks)} task(s): {counts['added']} added, {counts['removed']} removed, "
-               f"{counts['changed']} changed. Scanned {scanned} file(s), parsed {parsed}, "
-               f"in {elapsed:.2f}s. Manifest: {path}")
+               f"{counts['changed']} changed. Scanned {run.files_scanned} file(s), parsed "
+               f"{run.files_parsed}, in {run.secs:.2f}s. Manifest: {path}")
     for line in warnings:
         click.echo(f"warning: {line}", err=True)
     for line in errors:

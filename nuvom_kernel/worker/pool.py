@@ -35,7 +35,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from nuvom_kernel.discovery import changed_since
+from nuvom_kernel.discovery import changed_since, manifest_path
+from nuvom_kernel.discovery_run import discover_before_start
 from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import WorkerPrepareError
 from nuvom_kernel.limits import apply_limits
@@ -99,6 +100,7 @@ class Worker(Dispatcher, Timeouts):
         pool: str | None = None,
         scheduler: bool = True,
         prefetch: int | None = None,
+        discover: bool = False,
     ) -> None:
         settings = kernel.settings
         self.kernel = kernel
@@ -110,6 +112,9 @@ class Worker(Dispatcher, Timeouts):
         self.max_abandoned = (self.workers if settings.max_abandoned_threads is None
                               else settings.max_abandoned_threads)
         self.poll_timeout_secs = poll_timeout_secs
+        #: discover the project's tasks at start where the manifest is missing or stale
+        #: (``nuvom runworker``: :func:`~nuvom_kernel.discovery_run.discover_before_start`)
+        self.discover = discover
         self.queue = kernel.queue
         self.serializer = kernel.serializer
         self.visibility = self.queue.visibility_timeout_secs
@@ -178,6 +183,8 @@ class Worker(Dispatcher, Timeouts):
         try:
             self._prepare_plugins()
             self._open_stores()
+            if self.discover:
+                discover_before_start(self.kernel)
             self.kernel.registry.load_manifest(self.kernel.data_dir)
             changed = changed_since(self.kernel.data_dir, self.kernel.config.root)
             if changed:
@@ -193,14 +200,16 @@ class Worker(Dispatcher, Timeouts):
                 # A thread or asyncio pool learns them as it imports each task's module,
                 # after claiming its first jobs: two fresh workers ran 3 jobs at once of a
                 # task limited to 1.
-                log.warning("%s, so this worker knows schedules from %s alone, and there is "
-                            "none, and a task's concurrency limit only after its first jobs "
-                            "were claimed: run `nuvom discover tasks` (and again after "
-                            "changing a task's options)",
+                manifest = manifest_path(self.kernel.data_dir)
+                log.warning("%s, so this worker knows schedules from %s alone, %s, and a "
+                            "task's concurrency limit only after its first jobs were "
+                            "claimed: run `nuvom discover tasks` where it finds your tasks "
+                            "(--root, --include; and again after changing a task's options)",
                             "the process pool imports task modules in its children only"
                             if self.processes is not None else
                             "no task is imported yet (a task's module is imported when its "
-                            "first job runs)", self.kernel.data_dir / "manifest.json")
+                            "first job runs)", manifest,
+                            "which lists no task" if manifest.exists() else "and there is none")
             self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         except BaseException:
             self.signals.emit_lifecycle("nuvom_worker_shutdown")
