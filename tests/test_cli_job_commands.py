@@ -105,6 +105,27 @@ def test_history_offers_only_the_states_a_record_can_be_in(project: Path) -> Non
     assert "'running' is not one of" in done.stderr, done.stderr
 
 
+def test_history_of_a_misspelt_task_says_which_names_are_in_use(project: Path) -> None:
+    """`--task` takes a task's registered name exactly; a misspelt one matched nothing,
+    silently, as a task that never ran does."""
+    write_module(project, "cli_tasks", TASKS)
+    from cli_tasks import echo
+
+    kernel = Kernel(root=project)
+    with use_kernel(kernel):
+        job = echo.delay(1)
+        run_worker_until(kernel, lambda: job.refresh().status is JobStatus.SUCCEEDED,
+                         "the job to finish")
+    kernel.close()
+    done = run_nuvom(["history", "recent", "--task", "ecoh"], project)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "No job records match. No task named 'ecoh' is in the manifest or the newest records "
+        "(did you mean 'echo'?); --task takes a task's registered name."), done.stdout
+    done = run_nuvom(["history", "recent", "--task", "echo", "--status", "failed"], project)
+    assert done.stdout.strip() == "No job records match.", done.stdout
+
+
 def test_an_id_with_undecodable_bytes_is_refused_not_a_traceback(project: Path) -> None:
     """``nuvom inspect job $'ab\\xffcd'``: Python reads the byte as a lone surrogate, which
     no store can be asked for; SQLite, the file backend and Redis ended in a
