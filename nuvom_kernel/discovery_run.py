@@ -16,6 +16,7 @@ manifest.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 __all__ = ["DiscoveryRun", "discover_before_start", "run_discoverers"]
 
 log = logging.getLogger("nuvom.worker")
+
+#: How long a starting worker waits for its discovery before it starts without it.
+WAIT_SECS = 10.0
 
 
 @attrs.define
@@ -95,12 +99,40 @@ def discover_before_start(kernel: Kernel) -> None:
     """Discover the project's tasks and write the manifest when there is none (or it cannot
     be used) or a task file it names changed after it was written; otherwise do nothing.
 
+    Waited for up to :data:`WAIT_SECS`: a worker started outside its project (in a home
+    folder) would otherwise scan all of it before it starts. Past that the worker starts
+    knowing what it knew, and the scan goes on beside it; the manifest it writes is read by
+    the running worker (its schedules and limits) within seconds.
+
     Never raises: a worker that cannot discover starts as before, and says what it does not
     know (the worker's own warnings). Left alone: a manifest that does not record how it was
     discovered (written before that was recorded: its ``--include``/``--exclude`` are
     unknown, and a scan without them could add tasks they left out), and a project without
     a discoverer installed.
     """
+    try:
+        planned = _plan(kernel)
+    except Exception as exc:  # a discoverer plugin's registration, a file system error
+        log.warning("could not check the task manifest at start (%r); the worker starts "
+                    "without discovering", exc)
+        return
+    if planned is None:
+        return
+    thread = threading.Thread(target=_discover, args=(kernel, *planned),
+                              name="nuvom-discovery", daemon=True)
+    thread.start()
+    thread.join(WAIT_SECS)
+    if thread.is_alive():
+        log.warning("%s, and discovering the tasks under %s takes more than %g s: the worker "
+                    "starts now and reads the manifest once it is written. A worker started "
+                    "outside its project folder? Start it where your tasks are, or run "
+                    "`nuvom discover tasks` there once", planned[1], planned[0].root,
+                    WAIT_SECS)
+
+
+def _plan(kernel: Kernel) -> tuple[Scan, str, dict[str, Any], dict[str, Any]] | None:
+    """What to scan, why (for the log), the discoverers' previous state and the
+    discoverers; ``None`` where nothing is to be done."""
     data_dir = Path(kernel.data_dir)
     project = Path(kernel.config.root).absolute()
     try:
@@ -114,27 +146,33 @@ def discover_before_start(kernel: Kernel) -> None:
         recorded = recorded_scan(manifest, project)
         changed = changed_since(data_dir, project)
         if recorded is None or not changed:
-            return
+            return None
         scan = recorded
         why = (f"{len(changed)} task file(s) changed after {manifest_path(data_dir)} was "
                f"written ({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})")
     discoverers = kernel.pm.collect("nuvom_register_discoverers")
     if not discoverers or not scan.root.is_dir():
-        return
-    run = run_discoverers(discoverers, scan, (manifest or {}).get("state") or {})
-    for line in run.warnings + run.errors:
-        log.warning("task discovery: %s", line)
-    if run.failed:
-        log.warning("%s, and discovery failed (%s): the worker starts without it; run "
-                    "`nuvom discover tasks` to see why", why, ", ".join(run.failed))
-        return
+        return None
+    return scan, why, (manifest or {}).get("state") or {}, discoverers
+
+
+def _discover(kernel: Kernel, scan: Scan, why: str, old_states: dict[str, Any],
+              discoverers: dict[str, tuple[type[Discoverer], str]]) -> None:
+    data_dir = Path(kernel.data_dir)
     try:
+        run = run_discoverers(discoverers, scan, old_states)
+        for line in run.warnings + run.errors:
+            log.warning("task discovery: %s", line)
+        if run.failed:
+            log.warning("%s, and discovery failed (%s): the worker starts without it; run "
+                        "`nuvom discover tasks` to see why", why, ", ".join(run.failed))
+            return
         path = write_manifest(data_dir, run.tasks.values(), run.states,
-                              scan.to_dict(project))
-    except OSError as exc:
-        log.warning("%s; discovered %d task(s) but could not write %s (%s): the worker "
-                    "starts without them", why, len(run.tasks), manifest_path(data_dir),
-                    exc.strerror or exc)
+                              scan.to_dict(Path(kernel.config.root).absolute()))
+    except Exception as exc:  # a full disk, a data folder not writable
+        log.warning("%s; could not discover the tasks or write %s (%s): the worker starts "
+                    "without them", why, manifest_path(data_dir),
+                    getattr(exc, "strerror", None) or repr(exc))
         return
     log.info("%s: discovered %d task(s) under %s in %.2f s (%d file(s), %d parsed) and wrote "
              "%s", why, len(run.tasks), scan.root, run.secs, run.files_scanned,
