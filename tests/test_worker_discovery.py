@@ -4,12 +4,21 @@ wait does not hold up the start, and what it finds still reaches the running wor
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from pathlib import Path
 
+import pytest
+
 from nuvom_kernel import discovery_run
-from tests.helpers import read_until_started, start_worker, wait_until
+from tests.helpers import (
+    read_until_started,
+    run_nuvom,
+    start_worker,
+    wait_until,
+    worker_starts_and_stops,
+)
 
 SLOW_DISCOVERER = """
 import time
@@ -67,3 +76,30 @@ def test_a_slow_discovery_lets_the_worker_start_and_writes_the_manifest_later(
     assert [t["name"] for t in json.loads(manifest.read_text())["tasks"]] == ["crawl"]
     assert "no manifest at " in out and ": discovered 1 task(s) under " in out, out
     assert worker.returncode == 0, out
+
+
+def test_a_manifest_discovered_from_another_root_is_rescanned_with_it(project: Path) -> None:
+    """`nuvom discover tasks --root src --exclude legacy`: the stale check read the task
+    files relative to the project, found none, and never said the manifest was stale; a
+    rescan must keep the same root and globs (the excluded task stays out)."""
+    pytest.importorskip("nuvom_plugins")  # the 'ast' discoverer
+    (project / "src" / "legacy").mkdir(parents=True)
+    (project / "src" / "jobs.py").write_text(
+        "from nuvom_kernel import task\n\n\n@task(concurrency=2)\ndef crawl(i):\n    return i\n")
+    (project / "src" / "legacy" / "old.py").write_text(
+        "from nuvom_kernel import task\n\n\n@task\ndef old():\n    return 1\n")
+    done = run_nuvom(["discover", "tasks", "--root", "src", "--exclude", "legacy"], project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = project / ".nuvom" / "manifest.json"
+    assert json.loads(manifest.read_text())["scan"] == {
+        "root": "src", "include": [], "exclude": ["legacy"]}
+    (project / "src" / "jobs.py").write_text(
+        "from nuvom_kernel import task\n\n\n@task(concurrency=1)\ndef crawl(i):\n    return i\n")
+    written = manifest.stat().st_mtime
+    os.utime(project / "src" / "jobs.py", (written + 1, written + 1))
+    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
+    said = worker_starts_and_stops(project, env, "--workers", "1")
+    assert "1 task file(s) changed after " in said and "(jobs.py): discovered 1 task(s) " \
+        f"under {project / 'src'}" in said, said
+    tasks = json.loads(manifest.read_text())["tasks"]
+    assert [(t["name"], t["options"]) for t in tasks] == [("crawl", {"concurrency": 1})]
