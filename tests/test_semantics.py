@@ -23,6 +23,7 @@ import attrs
 import pytest
 
 import nuvom_kernel
+from benchmarks.chaos.freeze import freeze_outside_writes
 from nuvom_kernel import JobStatus, get_job
 from nuvom_kernel.kernel import Kernel, use_kernel
 from tests.helpers import PERSISTENT_BACKENDS, wait_until, write_module
@@ -288,7 +289,9 @@ def test_worker_paused_past_its_lease_cannot_overwrite_the_takeover(sqlite: Clus
     job = fenced.delay()
     first = sqlite.worker("--workers", "1", **fast)
     sqlite.wait(lambda: sqlite.files("marks") == ["started-1"], "attempt 1 to start")
-    first.signal(signal.SIGSTOP)
+    # not inside a write (a lease extension): SQLite's write lock would be held by a frozen
+    # process, and no worker could take the job over
+    freeze_outside_writes(first.proc.pid, sqlite.kernel.queue.location)
     second = sqlite.worker("--workers", "1", **fast)
     sqlite.wait(lambda: sqlite.status(job.id) is JobStatus.SUCCEEDED,
                 "the second worker to take the job over", timeout=15)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nuvom_kernel.models import JobStatus
 
+from ..freeze import freeze_outside_writes
 from ..outcome import Outcome, Sizes, wait_for
 from ..project import brief, pid_of, project_for, stop_all
 
@@ -27,7 +28,8 @@ def scenario_paused(base: Path, backend: str, sizes: Sizes) -> Outcome:
         log = project.log
         wait_for(lambda: job_id in log.refresh().in_flight(frozen.pid), 60,
                  "the first worker to start the job")
-        frozen.signal(signal.SIGSTOP)
+        store = project.kernel().queue.location if backend == "sqlite" else None
+        freeze_outside_writes(frozen.pid, store)
         try:
             taker = project.start_worker(1)
             project.wait_succeeded(1, 60, "the job taken over and finished by a second worker")
