@@ -40,7 +40,8 @@ def test_cancelling_an_unknown_id_says_it_is_unknown(project: Path) -> None:
     assert "unknown job id 'no-such-job': no backend has seen it" in done.stderr, done.stderr
 
 
-def test_purging_with_an_age_past_the_epoch_purges_everything_finished(project: Path) -> None:
+def _one_finished_job(project: Path) -> None:
+    """One ``echo`` job run to its end by an in-process worker, its record stored."""
     write_module(project, "cli_tasks", TASKS)
     from cli_tasks import echo
 
@@ -49,6 +50,11 @@ def test_purging_with_an_age_past_the_epoch_purges_everything_finished(project: 
         job = echo.delay(1)
         run_worker_until(kernel, lambda: job.refresh().status is JobStatus.SUCCEEDED,
                          "the job to finish")
+    kernel.close()
+
+
+def test_purging_with_an_age_past_the_epoch_purges_everything_finished(project: Path) -> None:
+    _one_finished_job(project)
     done = run_nuvom(["purge", "results", "--older-than", "999999999999d"], project)
     assert done.returncode == 0, done.stderr  # was an OSError traceback (Value too large)
     assert "finished before 1970-01-01" in done.stdout
@@ -108,15 +114,7 @@ def test_history_offers_only_the_states_a_record_can_be_in(project: Path) -> Non
 def test_history_of_a_misspelt_task_says_which_names_are_in_use(project: Path) -> None:
     """`--task` takes a task's registered name exactly; a misspelt one matched nothing,
     silently, as a task that never ran does."""
-    write_module(project, "cli_tasks", TASKS)
-    from cli_tasks import echo
-
-    kernel = Kernel(root=project)
-    with use_kernel(kernel):
-        job = echo.delay(1)
-        run_worker_until(kernel, lambda: job.refresh().status is JobStatus.SUCCEEDED,
-                         "the job to finish")
-    kernel.close()
+    _one_finished_job(project)
     done = run_nuvom(["history", "recent", "--task", "ecoh"], project)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
