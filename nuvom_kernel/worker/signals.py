@@ -75,7 +75,11 @@ class StopSignals:
     def _watch(self, read: int) -> None:
         while data := os.read(read, 64):
             for signum in data:
-                self._act(signum)
+                try:
+                    self._act(signum)
+                except Exception:  # (a store's wake-up that failed): the next signal acts
+                    log.exception("stopping the worker on %s failed",
+                                  signal.Signals(signum).name)
 
     def _act(self, signum: int) -> None:
         self._acted += 1
