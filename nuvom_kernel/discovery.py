@@ -29,6 +29,7 @@ __all__ = [
     "changed_since",
     "read_manifest",
     "recorded_scan",
+    "usable_manifest",
     "write_manifest",
 ]
 
@@ -145,6 +146,14 @@ def read_manifest(data_dir: Path) -> dict[str, Any] | None:
     if problem is not None:
         raise ManifestError(path, problem)
     return cast("dict[str, Any]", data)
+
+
+def usable_manifest(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds a manifest that can be read (its tasks may be none)."""
+    try:
+        return read_manifest(data_dir) is not None
+    except ValueError:
+        return False
 
 
 @attrs.frozen

@@ -7,15 +7,16 @@ of a task before the task's first job runs is what the manifest says. Without a 
 first start, a fresh checkout) or with one older than the code, a ``concurrency=`` limit
 was unknown while the worker claimed its first jobs (a thread pool ran 3 jobs at once of a
 task limited to 1), and a ``schedule=`` never fired; a warning said to run ``nuvom discover
-tasks``, and a worker started by a process manager logs where nobody reads. The scan is what
-``nuvom discover tasks`` does (static, nothing imported; incremental, so a rerun re-parses
-only changed files), with the root and globs the manifest records, and it writes the same
-manifest.
+tasks``, and a worker started by a process manager logs where nobody reads. The worker runs
+that command (static, nothing imported; incremental, so a rerun re-parses only changed
+files), with the root and globs the manifest records.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -32,7 +33,6 @@ from nuvom_kernel.discovery import (
     manifest_path,
     read_manifest,
     recorded_scan,
-    write_manifest,
 )
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ __all__ = ["DiscoveryRun", "discover_before_start", "run_discoverers"]
 
 log = logging.getLogger("nuvom.worker")
 
-#: How long a starting worker waits for its discovery before it starts without it.
+#: How long a starting worker waits for its discovery before it stops it and starts.
 WAIT_SECS = 10.0
 
 
@@ -95,14 +95,17 @@ def run_discoverers(discoverers: Mapping[str, tuple[type[Discoverer], str]], sca
     return run
 
 
-def discover_before_start(kernel: Kernel) -> None:
+def discover_before_start(kernel: Kernel, stopping: threading.Event | None = None) -> bool:
     """Discover the project's tasks and write the manifest when there is none (or it cannot
     be used) or a task file it names changed after it was written; otherwise do nothing.
+    Returns whether the manifest was written.
 
-    Waited for up to :data:`WAIT_SECS`: a worker started outside its project (in a home
-    folder) would otherwise scan all of it before it starts. Past that the worker starts
-    knowing what it knew, and the scan goes on beside it; the manifest it writes is read by
-    the running worker (its schedules and limits) within seconds.
+    The scan is ``nuvom discover tasks`` run as a child process, with the root and globs
+    the manifest records: it can be killed. It is waited for up to :data:`WAIT_SECS` (and
+    not past a stop signal): a worker started outside its project (a home folder, ``/`` in
+    a container) would scan all of it, in the worker's own process, and then act on every
+    task found there (fire the schedules of other projects' tasks). Past that the scan is
+    stopped, and the worker starts as it would without it, saying why.
 
     Never raises: a worker that cannot discover starts as before, and says what it does not
     know (the worker's own warnings). Left alone: a manifest that does not record how it was
@@ -115,24 +118,56 @@ def discover_before_start(kernel: Kernel) -> None:
     except Exception as exc:  # a discoverer plugin's registration, a file system error
         log.warning("could not check the task manifest at start (%r); the worker starts "
                     "without discovering", exc)
-        return
+        return False
     if planned is None:
-        return
-    thread = threading.Thread(target=_discover, args=(kernel, *planned),
-                              name="nuvom-discovery", daemon=True)
-    thread.start()
-    thread.join(WAIT_SECS)
-    if thread.is_alive():
-        log.warning("%s, and discovering the tasks under %s takes more than %g s: the worker "
-                    "starts now and reads the manifest once it is written. A worker started "
-                    "outside its project folder? Start it where your tasks are, or run "
-                    "`nuvom discover tasks` there once", planned[1], planned[0].root,
-                    WAIT_SECS)
+        return False
+    scan, why = planned
+    command = [sys.executable, "-m", "nuvom_kernel", "discover", "tasks", "--root",
+               str(scan.root), *[f"--include={g}" for g in scan.include],
+               *[f"--exclude={g}" for g in scan.exclude]]
+    started = time.monotonic()
+    try:
+        child = subprocess.Popen(command, cwd=Path(kernel.config.root).absolute(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 errors="replace")
+    except OSError as exc:
+        log.warning("%s, and the task discovery could not start (%s)", why, exc)
+        return False
+    while True:
+        try:
+            _, err = child.communicate(timeout=0.05)
+            break
+        except subprocess.TimeoutExpired:
+            late = time.monotonic() - started > WAIT_SECS
+            if late or (stopping is not None and stopping.is_set()):
+                child.kill()
+                child.communicate()
+                if late:
+                    log.warning("%s, and discovering the tasks under %s took more than %g "
+                                "s: stopped, the worker starts without it. A worker started "
+                                "outside its project folder? Start it where your tasks are, "
+                                "or run `nuvom discover tasks` there once", why, scan.root,
+                                WAIT_SECS)
+                return False
+    for line in err.splitlines():
+        if line.strip():
+            log.warning("task discovery: %s", line.removeprefix("warning: "))
+    path = manifest_path(Path(kernel.data_dir))
+    try:
+        found = len((read_manifest(Path(kernel.data_dir)) or {})["tasks"])
+    except (ValueError, KeyError):
+        found = -1
+    if child.returncode not in (0, 1) or found < 0:  # 1: written, with files it skipped
+        log.warning("%s, and the task discovery failed (exit status %s): the worker starts "
+                    "without it", why, child.returncode)
+        return False
+    log.info("%s: discovered %d task(s) under %s in %.2f s and wrote %s", why, found,
+             scan.root, time.monotonic() - started, path)
+    return True
 
 
-def _plan(kernel: Kernel) -> tuple[Scan, str, dict[str, Any], dict[str, Any]] | None:
-    """What to scan, why (for the log), the discoverers' previous state and the
-    discoverers; ``None`` where nothing is to be done."""
+def _plan(kernel: Kernel) -> tuple[Scan, str] | None:
+    """What to scan and why (for the log); ``None`` where nothing is to be done."""
     data_dir = Path(kernel.data_dir)
     project = Path(kernel.config.root).absolute()
     try:
@@ -150,30 +185,6 @@ def _plan(kernel: Kernel) -> tuple[Scan, str, dict[str, Any], dict[str, Any]] | 
         scan = recorded
         why = (f"{len(changed)} task file(s) changed after {manifest_path(data_dir)} was "
                f"written ({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})")
-    discoverers = kernel.pm.collect("nuvom_register_discoverers")
-    if not discoverers or not scan.root.is_dir():
+    if not kernel.pm.collect("nuvom_register_discoverers") or not scan.root.is_dir():
         return None
-    return scan, why, (manifest or {}).get("state") or {}, discoverers
-
-
-def _discover(kernel: Kernel, scan: Scan, why: str, old_states: dict[str, Any],
-              discoverers: dict[str, tuple[type[Discoverer], str]]) -> None:
-    data_dir = Path(kernel.data_dir)
-    try:
-        run = run_discoverers(discoverers, scan, old_states)
-        for line in run.warnings + run.errors:
-            log.warning("task discovery: %s", line)
-        if run.failed:
-            log.warning("%s, and discovery failed (%s): the worker starts without it; run "
-                        "`nuvom discover tasks` to see why", why, ", ".join(run.failed))
-            return
-        path = write_manifest(data_dir, run.tasks.values(), run.states,
-                              scan.to_dict(Path(kernel.config.root).absolute()))
-    except Exception as exc:  # a full disk, a data folder not writable
-        log.warning("%s; could not discover the tasks or write %s (%s): the worker starts "
-                    "without them", why, manifest_path(data_dir),
-                    getattr(exc, "strerror", None) or repr(exc))
-        return
-    log.info("%s: discovered %d task(s) under %s in %.2f s (%d file(s), %d parsed) and wrote "
-             "%s", why, len(run.tasks), scan.root, run.secs, run.files_scanned,
-             run.files_parsed, path)
+    return scan, why

@@ -174,6 +174,7 @@ def test_a_worker_discovers_where_the_manifest_is_missing_or_stale(project, pool
     module, after its first claims: two fresh workers ran 3 at once of a task limited to 1.
     A warning said to run `nuvom discover tasks`; the worker now does what it says, where the
     manifest is missing or older than a task file it names, and says nothing otherwise."""
+    pytest.importorskip("nuvom_plugins")  # the 'ast' discoverer
     write_module(project, "pp_limited", "from nuvom_kernel import task\n\n\n"
                  "@task(concurrency=2)\ndef crawl(i):\n    return i\n")
     env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
@@ -222,6 +223,7 @@ def test_a_fresh_worker_holds_a_limit_from_its_first_claim(project) -> None:
     """Three jobs of a task limited to 1 queued before the first worker ever started, with
     no manifest: the worker claimed all three at once (it learns a limit as it imports the
     task's module, after the claim) and ran them side by side."""
+    pytest.importorskip("nuvom_plugins")  # the 'ast' discoverer
     write_module(project, "fresh_once", PP_ONCE.replace("once.log", "fresh.log"))
     environ = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
                "NUVOM_LOG_LEVEL": "INFO"}

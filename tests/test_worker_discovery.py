@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,26 +15,25 @@ from tests.helpers import (
     read_until_started,
     run_nuvom,
     start_worker,
+    stop_worker,
     wait_until,
     worker_starts_and_stops,
 )
 
 SLOW_DISCOVERER = """
-import time
+import os, pathlib, time
 from nuvom_kernel import hookimpl
 from nuvom_kernel.discovery import Discoverer, DiscoveryReport, TaskRef
 
 
 class Slow(Discoverer):
-    # as a scan of a home folder would be, until the test says "go"
+    # as a scan of a home folder would be: it never ends by itself
     name = "slow"
 
     def discover(self, root, *, include=(), exclude=(), state=None):
-        while not (root / "go").exists():
+        pathlib.Path("scanning.pid").write_text(str(os.getpid()))
+        while True:
             time.sleep(0.05)
-        ref = TaskRef(name="crawl", module="jobs", file="jobs.py", line=4,
-                      options={"concurrency": 1})
-        return DiscoveryReport(tasks=[ref], files_scanned=1, files_parsed=1), {}
 
 
 @hookimpl
@@ -44,37 +42,36 @@ def nuvom_register_discoverers():
 """
 
 
-def test_a_slow_discovery_lets_the_worker_start_and_writes_the_manifest_later(
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_discovery_that_outlasts_its_wait_is_stopped_and_the_worker_starts(
         project: Path) -> None:
-    """A worker started outside its project (a home folder) scanned all of it before it
-    started; it waits WAIT_SECS, then starts and lets the scan finish beside it."""
+    """A worker started outside its project (a home folder, ``/`` in a container) scanned
+    all of it before it started, then acted on every task found there (the schedules of
+    other projects). Past WAIT_SECS the scan is stopped and the worker starts without it."""
     (project / "slow_discoverer.py").write_text(SLOW_DISCOVERER)
     (project / ".nuvom_plugins.toml").write_text('[plugins]\ndiscoverer = ["slow_discoverer"]\n')
     env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
            "NUVOM_DISABLE_PLUGINS": "discovery", "NUVOM_LOG_LEVEL": "INFO"}
-    manifest = project / ".nuvom" / "manifest.json"
     worker = start_worker(project, env, "--workers", "1")
-    later: list[str] = []
     try:
         seen = "".join(read_until_started(worker, timeout=discovery_run.WAIT_SECS + 50))
         assert " started: " in seen, seen
-        assert (f"discovering the tasks under {project} takes more than "
-                f"{discovery_run.WAIT_SECS:g} s: the worker starts now") in seen, seen
-        assert not manifest.exists() and "concurrency limits" not in seen
-        pump = threading.Thread(target=lambda: later.extend(worker.stdout or ()), daemon=True)
-        pump.start()
-        (project / "go").touch()
-        wait_until(lambda: any("concurrency limits: crawl=1" in line for line in list(later)),
-                   timeout=30, what="the running worker to apply the late manifest's limit")
+        assert (f"discovering the tasks under {project} took more than "
+                f"{discovery_run.WAIT_SECS:g} s: stopped, the worker starts without it") \
+            in seen, seen
+        scanner = int((project / "scanning.pid").read_text())
+        assert not _alive(scanner), "the scan goes on beside the worker"
+        assert not (project / ".nuvom" / "manifest.json").exists()
     finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            worker.wait(timeout=30)
-        finally:
-            worker.kill()
-    out = "".join(later)
-    assert [t["name"] for t in json.loads(manifest.read_text())["tasks"]] == ["crawl"]
-    assert "no manifest at " in out and ": discovered 1 task(s) under " in out, out
+        out = stop_worker(worker)
     assert worker.returncode == 0, out
 
 
@@ -103,3 +100,22 @@ def test_a_manifest_discovered_from_another_root_is_rescanned_with_it(project: P
         f"under {project / 'src'}" in said, said
     tasks = json.loads(manifest.read_text())["tasks"]
     assert [(t["name"], t["options"]) for t in tasks] == [("crawl", {"concurrency": 1})]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_stop_signal_during_the_discovery_stops_it_at_once(project: Path) -> None:
+    """The worker waited out the whole scan wait (10 s) after a Ctrl-C, then started its
+    pool, and only then drained: a supervisor's stop timeout may be shorter."""
+    (project / "slow_discoverer.py").write_text(SLOW_DISCOVERER)
+    (project / ".nuvom_plugins.toml").write_text('[plugins]\ndiscoverer = ["slow_discoverer"]\n')
+    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
+           "NUVOM_DISABLE_PLUGINS": "discovery", "NUVOM_LOG_LEVEL": "INFO"}
+    worker = start_worker(project, env, "--workers", "1")
+    try:
+        wait_until((project / "scanning.pid").exists, timeout=30, what="the scan to begin")
+        worker.send_signal(signal.SIGINT)
+        out, _ = worker.communicate(timeout=discovery_run.WAIT_SECS - 3)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, out
+    assert not _alive(int((project / "scanning.pid").read_text())), out

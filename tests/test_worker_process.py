@@ -295,6 +295,46 @@ print("exit", worker.run(), flush=True)
     assert "received SIGINT again: stopping now" in out, out
 
 
+def test_a_process_forked_from_the_worker_takes_its_signals_as_python_would(tmp_path: Path):
+    """A task's ``multiprocessing`` pool (fork) inherits the worker's handler: a SIGTERM to
+    it (``systemctl stop`` signals the whole cgroup, Ctrl-C the whole process group) was
+    caught there, so ``Pool.terminate()`` hung, and once the handler wrote to the worker's
+    pipe it counted in the worker too: a forced stop where a drain was asked for."""
+    import subprocess
+    import sys
+
+    script = """
+import os, signal, sys, time
+from pathlib import Path
+from nuvom_kernel import Worker
+from nuvom_kernel.testing.pytest_plugin import build_test_kernel
+
+worker = Worker(build_test_kernel(Path(sys.argv[1])), workers=1)
+worker.signals.install()
+ready, said = os.pipe()
+child = os.fork()
+if child == 0:
+    os.write(said, b"r")  # past the interpreter's after-fork reset of pending signals
+    while True:
+        signal.pause()
+assert os.read(ready, 1) == b"r"
+os.kill(child, signal.SIGTERM)
+deadline = time.monotonic() + 20
+while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+    time.sleep(0.01)
+if done[0] == 0:
+    os.kill(child, signal.SIGKILL)
+    print("the child ignored SIGTERM", flush=True)
+else:
+    print("child", os.waitstatus_to_exitcode(done[1]), flush=True)
+print("worker", worker.signals.received, worker._stopping.is_set(), flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    out = done.stdout + done.stderr
+    assert f"child {-signal.SIGTERM}" in out and "worker 0 False" in out, out
+
+
 @pytest.mark.skipif("sqlite" not in PERSISTENT_BACKENDS, reason="needs the SQLite plugin")
 def test_runworker_on_a_store_a_newer_plugin_wrote_exits_at_once_saying_so(project: Path):
     """A host left behind in a rolling upgrade (or rolled back): the SQLite store is opened

@@ -5,8 +5,8 @@ claim, a lease extension, a heartbeat: a busy worker with a 1 s lease writes eve
 a second) holds the database's write lock for as long as it is frozen. Every other worker
 then waits on it (and gives up after ``busy_timeout_secs``), so a take-over cannot happen,
 whatever the fencing does: what the scenarios that freeze a worker test. So the freeze is
-made while the harness holds the write lock itself; the other backends take no lock a
-frozen process could hold against the others.
+made while the harness holds the write lock itself. SQLite is where this matters most:
+every claim there needs its one write lock; other backends are frozen plainly.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from nuvom_kernel.discovery import changed_since, manifest_path
+from nuvom_kernel.discovery import changed_since, manifest_path, usable_manifest
 from nuvom_kernel.discovery_run import discover_before_start
 from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import WorkerPrepareError
@@ -183,10 +183,11 @@ class Worker(Dispatcher, Timeouts):
         try:
             self._prepare_plugins()
             self._open_stores()
-            if self.discover:
-                discover_before_start(self.kernel)
+            # (just written: a file dated in the future would still read as changed)
+            written = self.discover and discover_before_start(self.kernel, self._stopping)
             self.kernel.registry.load_manifest(self.kernel.data_dir)
-            changed = changed_since(self.kernel.data_dir, self.kernel.config.root)
+            changed = [] if written else changed_since(self.kernel.data_dir,
+                                                       self.kernel.config.root)
             if changed:
                 log.warning("%d task file(s) changed after %s was written (%s%s): a "
                             "schedule=, a concurrency= or a task added there is unknown to "
@@ -209,7 +210,8 @@ class Worker(Dispatcher, Timeouts):
                             if self.processes is not None else
                             "no task is imported yet (a task's module is imported when its "
                             "first job runs)", manifest,
-                            "which lists no task" if manifest.exists() else "and there is none")
+                            "which lists no task" if usable_manifest(self.kernel.data_dir) else
+                            "and there is none")
             self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         except BaseException:
             self.signals.emit_lifecycle("nuvom_worker_shutdown")

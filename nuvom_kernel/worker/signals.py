@@ -49,8 +49,12 @@ class StopSignals:
         self._exit_timer: threading.Timer | None = None
         self._wake: int | None = None  # the write end of the pipe the thread reads
         self._acted = 0
+        self._pid = os.getpid()
+        self._finished = False  # the stop is over (disarm): a late signal arms no timer
+        self._timer_lock = threading.Lock()  # (never taken in the handler)
 
     def install(self) -> None:
+        self._pid = os.getpid()
         read, self._wake = os.pipe()
         os.set_blocking(self._wake, False)
         threading.Thread(target=self._watch, args=(read,), name="nuvom-signals",
@@ -60,7 +64,18 @@ class StopSignals:
 
     def handle(self, signum: int, frame: Any) -> None:
         """The installed handler: takes no lock (see the class). Called directly (a program
-        or test that stops the worker as a signal would), it acts at once."""
+        or test that stops the worker as a signal would), it acts at once.
+
+        In a process forked from the worker (a task's ``multiprocessing`` pool, an
+        ``os.fork()``), which inherits this handler and the pipe, the signal gets Python's
+        default handling instead: written to the pipe it reached the worker, and a Ctrl-C
+        (to the whole process group) or a ``systemctl stop`` (to the whole cgroup) counted
+        twice there, a forced stop where a drain was asked for."""
+        if os.getpid() != self._pid:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                          else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
         self.received += 1
         if self._wake is None:
             self._act(signum)
@@ -91,7 +106,9 @@ class StopSignals:
             return
         log.warning("received %s again: stopping now", name)
         if self._acted == 2:
-            self._exit_anyway()  # first: a stop that hangs must not keep it from being armed
+            with self._timer_lock:
+                if not self._finished:  # first: a stop that hangs must not keep it unarmed
+                    self._exit_anyway()
         self.worker.stop(graceful=False)
 
     def _exit_anyway(self) -> None:
@@ -114,8 +131,10 @@ class StopSignals:
     def disarm(self) -> None:
         """The stop finished: the process goes on (an embedding program, atexit cleanup)
         and exits with the worker's status, not the timer's."""
-        if self._exit_timer is not None:
-            self._exit_timer.cancel()
+        with self._timer_lock:
+            self._finished = True
+            if self._exit_timer is not None:
+                self._exit_timer.cancel()
 
     def emit_lifecycle(self, hook_name: str) -> None:
         """Emit a worker lifecycle hook, which a signal may interrupt (see :meth:`handle`).
