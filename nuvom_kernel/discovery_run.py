@@ -149,8 +149,10 @@ def discover_before_start(kernel: Kernel, stopping: threading.Event | None = Non
                                 "or run `nuvom discover tasks` there once", why, scan.root,
                                 WAIT_SECS)
                 return False
+    # what the command says of the scan (files skipped, duplicates), not its process's own
+    # log lines: a plugin that fails to load there is said by the worker already
     for line in err.splitlines():
-        if line.strip():
+        if line.startswith(("warning: ", "error: ")):
             log.warning("task discovery: %s", line.removeprefix("warning: "))
     path = manifest_path(Path(kernel.data_dir))
     try:
@@ -158,8 +160,9 @@ def discover_before_start(kernel: Kernel, stopping: threading.Event | None = Non
     except (ValueError, KeyError):
         found = -1
     if child.returncode not in (0, 1) or found < 0:  # 1: written, with files it skipped
-        log.warning("%s, and the task discovery failed (exit status %s): the worker starts "
-                    "without it", why, child.returncode)
+        last = [line for line in err.splitlines() if line.strip()][-1:]
+        log.warning("%s, and the task discovery failed (exit status %s%s): the worker starts "
+                    "without it", why, child.returncode, f": {last[0]}" if last else "")
         return False
     log.info("%s: discovered %d task(s) under %s in %.2f s and wrote %s", why, found,
              scan.root, time.monotonic() - started, path)
