@@ -215,3 +215,12 @@ def edit_sqlite_cell(path: Path, table: str, column: str, row_id: str, value: ob
     db.close()
     write(value)
     return lambda: write(saved)
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not reaped yet, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

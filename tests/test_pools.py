@@ -23,7 +23,7 @@ import pytest
 
 from nuvom_kernel import JobFailedError, JobStatus, get_job
 from nuvom_kernel.kernel import Kernel, use_kernel
-from tests.helpers import wait_until, write_module
+from tests.helpers import alive, wait_until, write_module
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -213,16 +213,8 @@ class Worker:
 
     def assert_no_orphans(self) -> None:
         """Every child this test saw is gone (not even a zombie left unreaped by us)."""
-        wait_until(lambda: not [p for p in self.seen if _alive(p)], timeout=10,
+        wait_until(lambda: not [p for p in self.seen if alive(p)], timeout=10,
                    what=f"children {sorted(self.seen)} to exit")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -277,7 +269,7 @@ def test_a_job_that_ignores_the_soft_timeout_is_killed(start, name: str):
     assert entry["finished_at"] - entry["started_at"] < 1 + 1 + 5  # timeout + grace + slack
     replacement = pool_tasks.pid.delay().get(timeout=60)
     assert replacement != first, "the killed child was not replaced"
-    assert not _alive(first)
+    assert not alive(first)
     worker.children()
 
 
@@ -343,7 +335,7 @@ def test_an_idle_child_killed_with_a_process_it_left_behind_is_replaced(
     first = leave_and_return.delay(how).get(timeout=60)
     worker.children()
     os.kill(first, signal.SIGKILL)  # as the OOM killer does, between jobs
-    wait_until(lambda: not _alive(first), timeout=10, what="the child to die")
+    wait_until(lambda: not alive(first), timeout=10, what="the child to die")
     job = pid.delay()
     wait_until(lambda: job.refresh().status in (JobStatus.SUCCEEDED, JobStatus.FAILED),
                timeout=15, what="the next job to end, not to wait on a dead child")

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from nuvom_kernel import discovery_run
 from tests.helpers import (
+    alive,
     read_until_started,
     run_nuvom,
     start_worker,
@@ -42,12 +44,13 @@ def nuvom_register_discoverers():
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+def _start_with_a_slow_discoverer(project: Path) -> subprocess.Popen[str]:
+    """``nuvom runworker`` in ``project``, whose only discoverer never ends its scan."""
+    (project / "slow_discoverer.py").write_text(SLOW_DISCOVERER)
+    (project / ".nuvom_plugins.toml").write_text('[plugins]\ndiscoverer = ["slow_discoverer"]\n')
+    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
+           "NUVOM_DISABLE_PLUGINS": "discovery", "NUVOM_LOG_LEVEL": "INFO"}
+    return start_worker(project, env, "--workers", "1")
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
@@ -56,11 +59,7 @@ def test_a_discovery_that_outlasts_its_wait_is_stopped_and_the_worker_starts(
     """A worker started outside its project (a home folder, ``/`` in a container) scanned
     all of it before it started, then acted on every task found there (the schedules of
     other projects). Past WAIT_SECS the scan is stopped and the worker starts without it."""
-    (project / "slow_discoverer.py").write_text(SLOW_DISCOVERER)
-    (project / ".nuvom_plugins.toml").write_text('[plugins]\ndiscoverer = ["slow_discoverer"]\n')
-    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
-           "NUVOM_DISABLE_PLUGINS": "discovery", "NUVOM_LOG_LEVEL": "INFO"}
-    worker = start_worker(project, env, "--workers", "1")
+    worker = _start_with_a_slow_discoverer(project)
     try:
         seen = "".join(read_until_started(worker, timeout=discovery_run.WAIT_SECS + 50))
         assert " started: " in seen, seen
@@ -68,7 +67,7 @@ def test_a_discovery_that_outlasts_its_wait_is_stopped_and_the_worker_starts(
                 f"{discovery_run.WAIT_SECS:g} s: stopped, the worker starts without it") \
             in seen, seen
         scanner = int((project / "scanning.pid").read_text())
-        assert not _alive(scanner), "the scan goes on beside the worker"
+        assert not alive(scanner), "the scan goes on beside the worker"
         assert not (project / ".nuvom" / "manifest.json").exists()
     finally:
         out = stop_worker(worker)
@@ -106,11 +105,7 @@ def test_a_manifest_discovered_from_another_root_is_rescanned_with_it(project: P
 def test_a_stop_signal_during_the_discovery_stops_it_at_once(project: Path) -> None:
     """The worker waited out the whole scan wait (10 s) after a Ctrl-C, then started its
     pool, and only then drained: a supervisor's stop timeout may be shorter."""
-    (project / "slow_discoverer.py").write_text(SLOW_DISCOVERER)
-    (project / ".nuvom_plugins.toml").write_text('[plugins]\ndiscoverer = ["slow_discoverer"]\n')
-    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite",
-           "NUVOM_DISABLE_PLUGINS": "discovery", "NUVOM_LOG_LEVEL": "INFO"}
-    worker = start_worker(project, env, "--workers", "1")
+    worker = _start_with_a_slow_discoverer(project)
     try:
         wait_until((project / "scanning.pid").exists, timeout=30, what="the scan to begin")
         worker.send_signal(signal.SIGINT)
@@ -118,4 +113,4 @@ def test_a_stop_signal_during_the_discovery_stops_it_at_once(project: Path) -> N
     finally:
         worker.kill()
     assert worker.returncode == 0, out
-    assert not _alive(int((project / "scanning.pid").read_text())), out
+    assert not alive(int((project / "scanning.pid").read_text())), out
