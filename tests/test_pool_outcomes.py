@@ -29,8 +29,8 @@ from nuvom_kernel import JobFailedError, JobStatus, get_job
 from nuvom_kernel.errors import error_text
 from nuvom_kernel.job import Job
 from nuvom_kernel.kernel import Kernel, use_kernel
-from tests.helpers import wait_until, write_module
-from tests.test_pools import Worker, _alive, _in_manifest
+from tests.helpers import alive, wait_until, write_module
+from tests.test_pools import Worker, _in_manifest
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -252,14 +252,14 @@ def test_a_result_that_cannot_be_encoded_fails_once_and_the_child_lives(start, p
 
 
 def _exited(pid: int) -> bool:
-    """Every thread of ``pid`` has exited, so its pipes are closed. ``_alive`` reads only
+    """Every thread of ``pid`` has exited, so its pipes are closed. ``alive`` reads only
     the main thread, which turns zombie while the child's other threads (its watch on the
     parent) still hold the pipes open: a job sent then was taken in, and charged."""
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return True
-    return threads == [str(pid)] and not _alive(pid)
+    return threads == [str(pid)] and not alive(pid)
 
 def test_a_child_killed_while_idle_costs_the_next_job_nothing(start) -> None:
     from outcome_tasks import pid  # type: ignore[import-not-found]
