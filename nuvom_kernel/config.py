@@ -197,9 +197,10 @@ class Settings:
                               "working directory.")
     namespace: str = _setting(
         "", "NUVOM_NAMESPACE", lambda value: values.to_str(value).strip(),
-        "Prefix of every key, table or schema a server backend (Redis, PostgreSQL) creates, "
-        "so apps or test runs sharing one server never see each other's jobs (PostgreSQL "
-        "refuses a second namespace that folds to the same schema name); empty: none.")
+        "Added to the name of every key or schema a server backend creates (Redis: "
+        "`<key_prefix>:<namespace>:…`; PostgreSQL: schema `<schema>_<namespace>`), so apps or "
+        "test runs sharing one server never see each other's jobs (PostgreSQL refuses a "
+        "second namespace that folds to the same schema name); empty: none.")
     serializer: str = _setting("json", "NUVOM_SERIALIZER", values.backend_name,
                                "Codec for job payloads (a serializer plugin name).")
     log_level: str = _setting("INFO", "NUVOM_LOG_LEVEL", values.log_level,
@@ -248,7 +249,10 @@ class Config:
         merged = {key: (value, plugin_env_var(name, key), table)
                   for key, value in self.plugins.settings.get(name, {}).items()}
         for key, (var, value) in self.plugins.env.get(name, {}).items():
-            merged[key] = (value, var, f"env {var}")
+            if value.strip():
+                merged[key] = (value, var, f"env {var}")
+            else:  # empty: the plugin's default, as for the core settings
+                merged.pop(key, None)
         return merged
 
     def plugin_setting_sources(self, name: str) -> dict[str, str]:
@@ -267,6 +271,10 @@ class Config:
         :raises PluginConfigError: a key or value its schema refuses.
         """
         schema = self.schemas.get(name.lower())
+        if schema is not None:  # an empty variable of a key that does not exist is a typo
+            for key, (var, value) in self.plugins.env.get(name.lower(), {}).items():
+                if not value.strip() and key not in schema.fields:
+                    schema.convert(key, value, f"env {var}")
         return {key: value if schema is None else schema.convert(key, value, where)
                 for key, (value, _, where) in self._raw_plugin_settings(name).items()}
 
@@ -324,8 +332,10 @@ class Config:
                     rows.append(PluginSetting(name, key, mask_secret(key, typed[key]), var,
                                               source))
                 else:
-                    rows.append(PluginSetting(name, key, None, plugin_env_var(name, key),
-                                              "default"))
+                    var = plugin_env_var(name, key)
+                    empty = key in self.plugins.env.get(name, {})
+                    rows.append(PluginSetting(name, key, None, var, "default (env empty)"
+                                              if empty else "default"))
         return rows
 
 
@@ -468,6 +478,9 @@ def load_config(
     for field in attrs.fields(Settings):
         parse = field.metadata["parse"]
         var = field.metadata["env"]
+        if var in env and not env[var].strip():  # (an unfilled ${VAR} in a compose file)
+            sources[field.name] = "default (env empty)"
+            continue
         if var in env:
             raw, where = env[var], f"env {var}"
         elif field.name in file_settings:
