@@ -113,6 +113,10 @@ def test_the_guides_result_backend_passes_its_contract(tmp_path: Path) -> None:
     tested = run_nuvom(["plugin", "test", target], src, timeout=300)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "\nPASSED: " in tested.stdout and ", 0 failed, 0 skipped" in tested.stdout
+    (src / ".nuvom_plugins.toml").write_text(
+        f'[settings]\nresult_backend = "jsondir"\n\n[plugins]\nresult_backend = ["{target}"]\n')
+    status = run_nuvom(["status"], src)  # the guide's code says where its records are
+    assert f"result store: {src / '.nuvom' / 'jsondir'}\n" in status.stdout, status.stdout
 
 
 BROKEN_FILTER = '''
