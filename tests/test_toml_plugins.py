@@ -160,6 +160,10 @@ def test_a_backend_missing_a_required_method_names_its_plugin(toml_project: Path
         [sys.executable, "-c", "from tasks import add; add.delay(1, 2)"], cwd=toml_project,
         env=user_env(), capture_output=True, text=True, timeout=60)
     assert f"PluginLoadError: {expected}" in producer.stderr, producer.stderr
+    tested = run_nuvom(["plugin", "test", "listq"], toml_project, timeout=120)
+    assert tested.returncode == 1, tested.stdout + tested.stderr
+    assert "ListqQueue does not implement: claim" in tested.stdout, tested.stdout
+    assert "Contracts" not in tested.stdout, "each contract test failed on building the class"
 
 
 def test_cancel_on_a_backend_without_it_says_so(toml_project: Path) -> None:
