@@ -365,6 +365,7 @@ def _parse_plugins(path: Path, table: Any) -> PluginsTable:
     targets: dict[str, tuple[str, ...]] = {}
     settings: dict[str, dict[str, Any]] = {}
     disable: tuple[str, ...] = ()
+    spelt: dict[str, str] = {}  # plugin name -> its table's name as written
     for key, value in table.items():
         if isinstance(value, dict):
             # Plugin names are case-insensitive (backend names and the variables are), so
@@ -372,10 +373,11 @@ def _parse_plugins(path: Path, table: Any) -> PluginsTable:
             name = key.lower()
             if name in settings:
                 raise PluginConfigError(
-                    f"{path}: [plugins.{key}] and another [plugins.<name>] table differing "
-                    f"only in case both set plugin {name!r}'s settings (plugin names are "
-                    f"case-insensitive); merge them into one [plugins.{name}] table.")
+                    f"{path}: [plugins.{spelt[name]}] and [plugins.{key}] both set plugin "
+                    f"{name!r}'s settings (plugin names are case-insensitive); merge them "
+                    f"into one [plugins.{name}] table.")
             settings[name] = value
+            spelt[name] = key
             continue
         values = (value,) if isinstance(value, str) else value
         if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
@@ -467,10 +469,11 @@ def load_config(
     file_settings = data.get("settings", {})
     if not isinstance(file_settings, dict):
         raise PluginConfigError(f"{path}: [settings] must be a table")
-    unknown = set(file_settings) - set(Settings.field_names())
+    unknown = sorted(set(file_settings) - set(Settings.field_names()))
     if unknown:
         raise PluginConfigError(
-            f"{path}: [settings] has unknown key(s) {', '.join(sorted(unknown))}; "
+            f"{path}: [settings] has unknown key(s) {', '.join(unknown)}"
+            f"{did_you_mean(unknown[0], Settings.field_names())}; "
             f"known: {', '.join(Settings.field_names())}"
         )
     values: dict[str, Any] = {}

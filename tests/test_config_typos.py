@@ -109,7 +109,17 @@ def test_a_case_insensitive_table_reaches_the_backend(tmp_path: Path) -> None:
 def test_two_tables_differing_only_in_case_are_refused(tmp_path: Path) -> None:
     (tmp_path / ".nuvom_plugins.toml").write_text(
         '[plugins.sqlite]\npath = "a.db"\n[plugins.SQLite]\nsynchronous = "FULL"\n')
-    with pytest.raises(PluginConfigError, match=r"both set plugin 'sqlite'.*merge them"):
+    with pytest.raises(PluginConfigError, match=r"\[plugins.sqlite\] and \[plugins.SQLite\] "
+                       r"both set plugin 'sqlite'.*merge them"):
+        load_config(tmp_path, environ={})
+
+
+def test_a_misspelt_settings_key_gets_the_closest(tmp_path: Path) -> None:
+    """``[setting]`` and ``NUVOM_MAX_WORKER`` got a did-you-mean; a ``[settings]`` key did
+    not."""
+    (tmp_path / ".nuvom_plugins.toml").write_text("[settings]\nmax_worker = 2\n")
+    with pytest.raises(PluginConfigError, match=r"unknown key\(s\) max_worker \(did you mean "
+                       r"max_workers\?\); known: queue_backend"):
         load_config(tmp_path, environ={})
 
 

@@ -278,6 +278,7 @@ def test_schedule_cli_lists_and_fires_from_the_manifest(project):
     kernel = Kernel(root=project, environ={})
     (lease,) = kernel.queue.claim(5)
     assert lease.message.task == "cleanup"
+    assert "cleanup" not in kernel.results.schedule_states(), "a run by hand is no tick"
     kernel.close()
     unknown = run_nuvom(["schedule", "run", "nope"], project)
     assert unknown.returncode != 0 and "no schedule named 'nope'" in unknown.stderr
