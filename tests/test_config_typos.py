@@ -293,8 +293,8 @@ def test_known_variables_are_not_warned(tmp_path: Path, caplog: pytest.LogCaptur
 def test_the_cli_warns_about_an_unknown_variable(tmp_path: Path) -> None:
     done = run_nuvom(["config"], tmp_path, NUVOM_MAX_WORKER="8")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.count("environment variable NUVOM_MAX_WORKER is not a Nuvom setting "
-                             "(did you mean NUVOM_MAX_WORKERS?)") == 1
+    assert done.stderr.count("warning: environment variable NUVOM_MAX_WORKER is not a Nuvom "
+                             "setting (did you mean NUVOM_MAX_WORKERS?)") == 1, done.stderr
     assert re.search(r"^max_workers +4 ", done.stdout, re.M)
 
 

@@ -102,6 +102,13 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
 
 
+class _LevelPrefix(logging.Formatter):
+    """``warning: <message>``, as the CLI's own warnings read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
 def _fail(exc: NuvomError) -> NoReturn:
     """Print ``exc`` as one ``Error:`` line and exit: status 2 for a configuration error
     (like a usage error: the input is wrong, fix it and rerun), 1 for anything else."""
@@ -125,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     make_importable(Path.cwd())  # the project folder: toml targets and tasks import from it
+    # What loading says before logging is set up (a misspelt variable, a plugin that failed
+    # to load) reads as discover's lines do; it printed as a bare line without a level.
+    early = logging.StreamHandler()
+    early.setFormatter(_LevelPrefix())
+    logging.getLogger("nuvom").addHandler(early)
     try:
         kernel = get_kernel()
     except NuvomError as exc:
@@ -132,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             click.echo(VERSION_LINE)
             sys.exit(0)
         _fail(exc)
+    finally:
+        logging.getLogger("nuvom").removeHandler(early)
     _setup_logging(kernel.settings.log_level)
     try:
         cli = make_cli(kernel)
