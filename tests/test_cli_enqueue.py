@@ -200,3 +200,24 @@ def test_a_queue_no_live_worker_serves_is_noted(project: Path) -> None:
     finally:
         out = stop_worker(worker)
     assert worker.returncode == 0, out
+
+
+def test_the_memory_backend_is_refused_where_the_job_would_end_with_the_command(
+        project: Path) -> None:
+    """`nuvom enqueue` with the memory queue said "enqueued", the job ended with the process,
+    and `--wait` said `nuvom inspect job` would show it later; a worker on it started
+    without a word about serving only its own process."""
+    _project(project)
+    memory = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory"}
+    done = run_nuvom(["enqueue", "enq_send", "--args", '["x"]', "--wait", "1"], project,
+                     **memory)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "queue backend 'memory' keeps its jobs in this process only, so the job would " \
+           "end with this command" in done.stderr and "enqueued" not in done.stdout
+    worker = start_worker(project, memory, "--workers", "1")
+    try:
+        seen = "".join(read_until_started(worker))
+    finally:
+        stop_worker(worker)
+    assert "queue backend 'memory' keeps its jobs in this process only: this worker runs " \
+           "what its own tasks and schedules enqueue" in seen, seen

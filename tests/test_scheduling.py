@@ -280,6 +280,10 @@ def test_schedule_cli_lists_and_fires_from_the_manifest(project):
     assert lease.message.task == "cleanup"
     assert "cleanup" not in kernel.results.schedule_states(), "a run by hand is no tick"
     kernel.close()
+    in_memory = run_nuvom(["schedule", "run", "cleanup"], project,
+                          NUVOM_QUEUE_BACKEND="memory", NUVOM_RESULT_BACKEND="memory")
+    assert in_memory.returncode == 1 and "so the run would end with this command" in \
+        in_memory.stderr, in_memory.stdout + in_memory.stderr
     unknown = run_nuvom(["schedule", "run", "nope"], project)
     assert unknown.returncode != 0 and "no schedule named 'nope'" in unknown.stderr
     assert "cleanup" in unknown.stderr

@@ -354,7 +354,7 @@ def test_runworker_on_a_store_a_newer_plugin_wrote_exits_at_once_saying_so(proje
     assert done.returncode == 2, done.stdout + done.stderr
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and "schema version 999" in lines[0], lines
-    assert "pip install -U nuvom-plugins-sqlite" in lines[0]
+    assert "`pip install -U ./nuvom_plugins_sqlite`" in lines[0]
 
 
 OFFLOADING = """

@@ -47,7 +47,7 @@ def test_newer_schema_is_refused_with_upgrade_advice(db_path: Path) -> None:
         fresh.qsize()
     assert isinstance(info.value, ConfigError)
     text = str(info.value)
-    assert str(db_path) in text and "pip install -U nuvom-plugins-sqlite" in text
+    assert str(db_path) in text and "`pip install -U ./nuvom_plugins_sqlite`" in text
     assert f"version {SCHEMA_VERSION + 1}" in text
 
 

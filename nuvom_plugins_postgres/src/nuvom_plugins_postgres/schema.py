@@ -177,7 +177,8 @@ def _check(version: int | None, schema: str) -> None:
         raise SchemaVersionError(
             f"PostgreSQL schema {schema!r} is at version {version}, newer than this "
             f"nuvom-plugins-postgres understands ({SCHEMA_VERSION}): upgrade the plugin "
-            "(pip install -U nuvom-plugins-postgres) on this machine, or point "
+            "on this machine (from a newer clone of Nuvom: `pip install -U "
+            "./nuvom_plugins_postgres`), or point "
             "[plugins.postgres] schema at another schema.")
 
 

@@ -226,8 +226,8 @@ def _check_not_newer(version: int, path: Path | str) -> None:
         raise SchemaVersionError(
             f"{path}: the database has schema version {version}, but this "
             f"nuvom-plugins-sqlite understands versions up to {SCHEMA_VERSION}. A newer "
-            f"release wrote it; upgrade with `pip install -U nuvom-plugins-sqlite` (or point "
-            f"[plugins.sqlite] path at another file)."
+            f"release wrote it; upgrade the plugin (from a newer clone of Nuvom: `pip install -U "
+            f"./nuvom_plugins_sqlite`), or point [plugins.sqlite] path at another file."
         )
 
 
