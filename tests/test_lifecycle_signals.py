@@ -51,7 +51,7 @@ def test_hooks_signalled_before_they_began_are_not_run(
         expected: list[str]) -> None:
     recorder, worker = recorded
     worker.signals.received = signals
-    with caplog.at_level(logging.ERROR, logger="nuvom.worker"):
+    with caplog.at_level(logging.WARNING, logger="nuvom.worker"):
         worker.signals.emit_lifecycle("nuvom_worker_startup")
         worker.signals.emit_lifecycle("nuvom_worker_shutdown")
     assert recorder.ran == expected
@@ -62,7 +62,7 @@ def test_hooks_signalled_before_they_began_are_not_run(
 
 
 def test_no_hook_skipped_is_not_said(project: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Every forced stop logged an ERROR about shutdown hooks that were not run, with no
+    """Every forced stop logged about shutdown hooks that were not run, with no
     plugin implementing one."""
     from nuvom_kernel.testing.pytest_plugin import build_test_kernel
 
@@ -70,7 +70,7 @@ def test_no_hook_skipped_is_not_said(project: Path, caplog: pytest.LogCaptureFix
     try:
         worker = Worker(kernel, workers=1, scheduler=False)
         worker.signals.received = 2
-        with caplog.at_level(logging.ERROR, logger="nuvom.worker"):
+        with caplog.at_level(logging.WARNING, logger="nuvom.worker"):
             worker.signals.emit_lifecycle("nuvom_worker_shutdown")
         assert not [r for r in caplog.records if "were not run" in r.getMessage()]
     finally:

@@ -151,9 +151,11 @@ class StopSignals:
                 skipped = [self.worker.kernel.pm.get_name(impl.plugin) for impl in
                            events.observers(self.worker.kernel.pm, hook_name)]
                 if skipped:  # (every forced stop said so, with no such hook installed)
-                    log.error("the worker was signalled to stop before its plugins' %s "
-                              "hooks began; they were not run (plugins: %s)", hook_name,
-                              ", ".join(map(str, skipped)))
+                    # a WARNING: a forced stop skips the shutdown hooks by design, and an
+                    # ERROR at each one (the installed prometheus plugin's) cried wolf
+                    log.warning("the worker was signalled to stop before its plugins' %s "
+                                "hooks began; they were not run (plugins: %s)", hook_name,
+                                ", ".join(map(str, skipped)))
                 return
             events.emit(self.worker.kernel.pm, hook_name, worker=self.worker)
         except HookInterrupted:
