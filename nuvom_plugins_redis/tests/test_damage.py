@@ -197,3 +197,31 @@ def test_the_jobs_beside_a_damaged_one_run_even_if_quarantining_it_fails(
         assert queue.claim(5) == [] and "field p" in queue.stats().quarantined[0]
     finally:
         client.close()
+
+
+def test_the_readmes_repair_of_a_quarantined_job_runs_it_again(queue: RedisJobQueue) -> None:
+    """The README's recipe, step by step: without ``SADD …:queues`` (the quarantine emptied
+    the queue, so its name left that set) the repaired job read QUEUED and was never
+    claimed."""
+    bad = make_message(queue="default")
+    assert queue.push([bad]) == [True]
+    prefix = queue.store.prefix
+    client = redis.Redis.from_url(URL)
+    try:
+        client.hset(f"{prefix}j:{bad.id}", "p", b"high")
+        assert queue.claim(5) == []
+        [n] = client.zrange(f"{prefix}quarantine", 0, -1)
+        kept = f"{prefix}quarantine:{n.decode()}"
+        client.hset(kept, "p", 0)  # repair the field
+        client.rename(kept, f"{prefix}j:{bad.id}")
+        client.hdel(f"{prefix}j:{bad.id}", "k", "u", "xi", "xq", "xw", "xt")
+        client.hset(f"{prefix}j:{bad.id}", "s", "r")
+        rank = client.hget(f"{prefix}j:{bad.id}", "r")
+        client.zadd(f"{prefix}q:default:ready", {rank: -0})
+        client.sadd(f"{prefix}queues", "default")
+        client.zrem(f"{prefix}quarantine", n)
+        [lease] = queue.claim(5)
+        assert lease.id == bad.id and lease.message.body == bad.body
+        assert queue.ack(lease) is True and queue.stats().quarantined == []
+    finally:
+        client.close()
