@@ -27,6 +27,7 @@ __all__ = [
     "Scan",
     "TaskRef",
     "changed_since",
+    "import_roots",
     "read_manifest",
     "recorded_scan",
     "usable_manifest",
@@ -186,6 +187,27 @@ def recorded_scan(manifest: Mapping[str, Any], project: Path) -> Scan | None:
     if not all(isinstance(g, list) and all(isinstance(x, str) for x in g) for g in globs):
         return None
     return Scan(project / scan["root"], tuple(globs[0]), tuple(globs[1]))
+
+
+def import_roots(manifest: Mapping[str, Any], project: Path) -> list[Path]:
+    """The folders the manifest's modules are imported from, absolute: each task's file
+    (relative to the recorded scan root) without its module's path (``src/shop/tasks.py``
+    as ``shop.tasks`` -> ``src``). An entry whose file does not end in its module's path
+    (written by hand) gives none."""
+    scan = recorded_scan(manifest, project)
+    base = scan.root if scan is not None else project
+    roots: dict[Path, None] = {}
+    for entry in manifest.get("tasks", []):
+        file, module = entry.get("file"), entry.get("module")
+        if not isinstance(file, str) or not isinstance(module, str):
+            continue
+        parts = list(Path(file).with_suffix("").parts)
+        if parts[-1:] == ["__init__"]:
+            parts.pop()
+        names = module.split(".")
+        if len(parts) >= len(names) and parts[len(parts) - len(names):] == names:
+            roots[(base / Path(*parts[:len(parts) - len(names)])).absolute()] = None
+    return list(roots)
 
 
 def changed_since(data_dir: Path, root: Path) -> list[str]:

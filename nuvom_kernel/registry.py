@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from nuvom_kernel.discovery import read_manifest
+from nuvom_kernel.discovery import import_roots, read_manifest
 from nuvom_kernel.errors import TaskRegistrationError, UnknownTaskError
 
 __all__ = ["REGISTRY", "TaskRegistry"]
@@ -83,8 +83,14 @@ class TaskRegistry:
             self._modules.clear()
             self._found.clear()
 
-    def load_manifest(self, data_dir: Path) -> int:
-        """Remember where each task of the manifest lives; imports nothing. Returns count."""
+    def load_manifest(self, data_dir: Path, project: Path | None = None) -> int:
+        """Remember where each task of the manifest lives; imports nothing. Returns count.
+
+        With ``project`` (the folder discovery ran in), the folders its modules import from
+        go on ``sys.path`` too, after what is there: discovery names ``src/shop/tasks.py``
+        ``shop.tasks``, and a worker of a src-layout project not installed into its
+        environment could not import what its own manifest named (``No module named
+        'shop'``). An installed copy still comes first."""
         try:
             manifest = read_manifest(data_dir)
         except ValueError as exc:
@@ -95,6 +101,11 @@ class TaskRegistry:
         with self._lock:
             for entry in manifest.get("tasks", []):
                 self._modules[entry["name"]] = entry["module"]
+        if project is not None:
+            cwd = Path.cwd().absolute() if "" in sys.path else None  # "" is the cwd
+            for root in import_roots(manifest, Path(project).absolute()):
+                if str(root) not in sys.path and root != cwd and root.is_dir():
+                    sys.path.append(str(root))
         return len(manifest.get("tasks", []))
 
     def resolve(self, name: str, module: str | None = None) -> Any:

@@ -114,3 +114,25 @@ def test_a_stop_signal_during_the_discovery_stops_it_at_once(project: Path) -> N
         worker.kill()
     assert worker.returncode == 0, out
     assert not alive(int((project / "scanning.pid").read_text())), out
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_a_src_layout_project_runs_the_tasks_its_manifest_names(project: Path, pool: str
+                                                                ) -> None:
+    """Discovery names ``src/shop/jobs.py`` ``shop.jobs`` (src/ is the import root), but a
+    project not installed into its environment could not import that: `nuvom enqueue`
+    failed with ``No module named 'shop'``, and the worker failed the job saying to run it
+    from the project folder, where it ran."""
+    (project / "src" / "shop").mkdir(parents=True)
+    (project / "src" / "shop" / "jobs.py").write_text(
+        "from nuvom_kernel import task\n\n\n@task\ndef src_double(x):\n    return 2 * x\n")
+    worker = start_worker(project, {}, "--workers", "1", "--pool", pool)
+    try:
+        seen = "".join(read_until_started(worker))
+        assert " started: " in seen, seen
+        done = run_nuvom(["enqueue", "src_double", "--args", "[21]", "--wait", "60"], project)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.splitlines()[-1] == "42"
+    finally:
+        out = stop_worker(worker)
+    assert worker.returncode == 0, out

@@ -87,7 +87,7 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     refuse_in_process_queue(kernel, "the job")
     if "" not in sys.path:  # the project directory holds the task modules
         sys.path.insert(0, "")
-    kernel.registry.load_manifest(kernel.data_dir)
+    kernel.registry.load_manifest(kernel.data_dir, kernel.config.root)
     try:
         task = kernel.registry.resolve(task_name)
     except UnknownTaskError as exc:

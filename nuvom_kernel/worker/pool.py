@@ -185,7 +185,7 @@ class Worker(Dispatcher, Timeouts):
             self._open_stores()
             # (just written: a file dated in the future would still read as changed)
             written = self.discover and discover_before_start(self.kernel, self._stopping)
-            self.kernel.registry.load_manifest(self.kernel.data_dir)
+            self.kernel.registry.load_manifest(self.kernel.data_dir, self.kernel.config.root)
             changed = [] if written else changed_since(self.kernel.data_dir,
                                                        self.kernel.config.root)
             if changed:
