@@ -111,6 +111,12 @@ def warn_once(message: str) -> None:
     log.warning("%s", message)
 
 
+def warned(message: str) -> bool:
+    """Whether this process said ``message`` with :func:`warn_once`."""
+    with _warned_lock:
+        return message in _warned
+
+
 def did_you_mean(word: str, known: Collection[str], shown: Callable[[str], str] = str) -> str:
     """`` (did you mean X?)`` for the known name closest to ``word``, or nothing."""
     close = difflib.get_close_matches(word, sorted(known), n=1)
@@ -249,10 +255,8 @@ class Config:
         merged = {key: (value, plugin_env_var(name, key), table)
                   for key, value in self.plugins.settings.get(name, {}).items()}
         for key, (var, value) in self.plugins.env.get(name, {}).items():
-            if value.strip():
+            if value.strip():  # empty is unset, as for the core settings
                 merged[key] = (value, var, f"env {var}")
-            else:  # empty: the plugin's default, as for the core settings
-                merged.pop(key, None)
         return merged
 
     def plugin_setting_sources(self, name: str) -> dict[str, str]:
@@ -472,8 +476,8 @@ def load_config(
     unknown = sorted(set(file_settings) - set(Settings.field_names()))
     if unknown:
         raise PluginConfigError(
-            f"{path}: [settings] has unknown key(s) {', '.join(unknown)}"
-            f"{did_you_mean(unknown[0], Settings.field_names())}; "
+            f"{path}: [settings] has unknown key(s) "
+            f"{', '.join(k + did_you_mean(k, Settings.field_names()) for k in unknown)}; "
             f"known: {', '.join(Settings.field_names())}"
         )
     values: dict[str, Any] = {}
@@ -481,15 +485,12 @@ def load_config(
     for field in attrs.fields(Settings):
         parse = field.metadata["parse"]
         var = field.metadata["env"]
-        if var in env and not env[var].strip():  # (an unfilled ${VAR} in a compose file)
-            sources[field.name] = "default (env empty)"
-            continue
-        if var in env:
+        if var in env and env[var].strip():  # empty is unset (an unfilled ${VAR})
             raw, where = env[var], f"env {var}"
         elif field.name in file_settings:
             raw, where = file_settings[field.name], f"{path.name} [settings]"
         else:
-            sources[field.name] = "default"
+            sources[field.name] = "default (env empty)" if var in env else "default"
             continue
         try:
             values[field.name] = parse(raw)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from nuvom_kernel.config import warned
 from nuvom_kernel.discovery import (
     Discoverer,
     Scan,
@@ -149,10 +150,13 @@ def discover_before_start(kernel: Kernel, stopping: threading.Event | None = Non
                                 "or run `nuvom discover tasks` there once", why, scan.root,
                                 WAIT_SECS)
                 return False
-    # what the command says of the scan (files skipped, duplicates), not its process's own
-    # log lines: a plugin that fails to load there is said by the worker already
+    # what the command says of the scan (files skipped, duplicates), not what its loading
+    # says as this process's did (a plugin that fails to load, a misspelt variable): the
+    # worker said that already
+    said = set(kernel.pm.failures.values())
     for line in err.splitlines():
-        if line.startswith(("warning: ", "error: ")):
+        level, _, text = line.partition(": ")
+        if level in ("warning", "error") and text not in said and not warned(text):
             log.warning("task discovery: %s", line.removeprefix("warning: "))
     path = manifest_path(Path(kernel.data_dir))
     try:

@@ -117,9 +117,9 @@ def test_two_tables_differing_only_in_case_are_refused(tmp_path: Path) -> None:
 def test_a_misspelt_settings_key_gets_the_closest(tmp_path: Path) -> None:
     """``[setting]`` and ``NUVOM_MAX_WORKER`` got a did-you-mean; a ``[settings]`` key did
     not."""
-    (tmp_path / ".nuvom_plugins.toml").write_text("[settings]\nmax_worker = 2\n")
-    with pytest.raises(PluginConfigError, match=r"unknown key\(s\) max_worker \(did you mean "
-                       r"max_workers\?\); known: queue_backend"):
+    (tmp_path / ".nuvom_plugins.toml").write_text("[settings]\nmax_worker = 2\naaa = 1\n")
+    with pytest.raises(PluginConfigError, match=r"unknown key\(s\) aaa, max_worker \(did you "
+                       r"mean max_workers\?\); known: queue_backend"):
         load_config(tmp_path, environ={})
 
 

@@ -199,22 +199,24 @@ def test_environment_strings_are_converted_and_override_the_file(tmp_path: Path)
                                               "tls": False, "timeout_secs": 0.5}
 
 
-def test_an_empty_variable_means_the_default_even_over_the_file(tmp_path: Path) -> None:
+def test_an_empty_variable_counts_as_unset(tmp_path: Path) -> None:
     """``NUVOM_PLUGINS__SQLITE__PATH=`` (an unfilled ``${VAR}``) was refused as an empty
-    path where the docs say an empty key means the default; a key that exists nowhere is
-    still a typo, empty or not."""
+    path where the docs say an empty key means the default: the file's value applies, else
+    the default. A key that exists nowhere is still a typo, empty or not."""
     (tmp_path / ".nuvom_plugins.toml").write_text(
         '[settings]\nmax_workers = 8\n[plugins.demo]\nurl = "redis://file"\npool_size = 2\n')
     config = load_config(tmp_path, environ={
         "NUVOM_PLUGINS__DEMO__POOL_SIZE": "", "NUVOM_PLUGINS__DEMO__TIMEOUT_SECS": " ",
-        "NUVOM_MAX_WORKERS": ""})
+        "NUVOM_MAX_WORKERS": "", "NUVOM_BATCH_SIZE": ""})
     config.declare_plugin_settings({"demo": _AttrsSchema})
-    assert config.plugin_settings("demo") == {"url": "redis://file"}
-    assert config.settings.max_workers == 4 and config.sources["max_workers"] == \
+    assert config.plugin_settings("demo") == {"url": "redis://file", "pool_size": 2}
+    assert config.settings.max_workers == 8 and config.sources["max_workers"].endswith(
+        "[settings]")
+    assert config.settings.batch_size == 32 and config.sources["batch_size"] == \
         "default (env empty)"
     rows = {row.key: row.source for row in config.plugin_setting_rows() if row.plugin == "demo"}
-    assert rows["pool_size"] == rows["timeout_secs"] == "default (env empty)", rows
-    assert rows["tls"] == "default", rows
+    assert rows["timeout_secs"] == "default (env empty)", rows
+    assert rows["pool_size"].endswith("[plugins.demo]") and rows["tls"] == "default", rows
     typo = load_config(tmp_path, environ={"NUVOM_PLUGINS__DEMO__POOL_SIZ": ""})
     with pytest.raises(PluginConfigError, match="'pool_siz' is not a setting of plugin 'demo'"):
         typo.declare_plugin_settings({"demo": _AttrsSchema})

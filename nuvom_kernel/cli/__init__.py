@@ -133,24 +133,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     make_importable(Path.cwd())  # the project folder: toml targets and tasks import from it
     # What loading says before logging is set up (a misspelt variable, a plugin that failed
-    # to load) reads as discover's lines do; it printed as a bare line without a level.
-    early = logging.StreamHandler()
-    early.setFormatter(_LevelPrefix())
-    logging.getLogger("nuvom").addHandler(early)
+    # to load or to add its commands) reads as discover's lines do; it printed as a bare
+    # line without a level. Not where a program calling main() has set up logging.
+    early = None if logging.getLogger().handlers else logging.StreamHandler()
+    if early is not None:
+        early.setFormatter(_LevelPrefix())
+        logging.getLogger("nuvom").addHandler(early)
     try:
-        kernel = get_kernel()
-    except NuvomError as exc:
-        if args[:1] == ["--version"]:
-            click.echo(VERSION_LINE)
-            sys.exit(0)
-        _fail(exc)
+        try:
+            kernel = get_kernel()
+        except NuvomError as exc:
+            if args[:1] == ["--version"]:
+                click.echo(VERSION_LINE)
+                sys.exit(0)
+            _fail(exc)
+        try:
+            cli = make_cli(kernel)
+        except NuvomError as exc:
+            _fail(exc)
     finally:
-        logging.getLogger("nuvom").removeHandler(early)
+        if early is not None:
+            logging.getLogger("nuvom").removeHandler(early)
     _setup_logging(kernel.settings.log_level)
-    try:
-        cli = make_cli(kernel)
-    except NuvomError as exc:
-        _fail(exc)
     # Standalone mode: click exits with each command's status (``ctx.exit(1)``,
     # ``Exit(1)``), usage errors with 2, and prints ClickExceptions. Not standalone, it
     # returned the status instead, which was dropped: `discover tasks` exited 0 on errors.

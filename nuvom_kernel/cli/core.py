@@ -38,7 +38,7 @@ def config_cmd(as_json: bool) -> None:
 
     Plugin settings follow: every key set in a [plugins.<name>] table or a
     NUVOM_PLUGINS__<NAME>__<KEY> variable, and every key a plugin declares (source
-    "default" when unset or set empty). Passwords in URLs and DSNs are shown as ***.
+    "default" when unset). Passwords in URLs and DSNs are shown as ***.
     """
     config = _kernel().config
     rows = []
