@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,6 +134,30 @@ def test_a_src_layout_project_runs_the_tasks_its_manifest_names(project: Path, p
         done = run_nuvom(["enqueue", "src_double", "--args", "[21]", "--wait", "60"], project)
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.splitlines()[-1] == "42"
+    finally:
+        out = stop_worker(worker)
+    assert worker.returncode == 0, out
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_an_installed_copy_of_a_src_layout_project_comes_first(project: Path, pool: str,
+                                                                tmp_path_factory: Any) -> None:
+    """The import root goes after the environment's entries, in the process pool's children
+    too: they had put it first, and ran other code than the thread pool did."""
+    source = ("import pathlib\nfrom nuvom_kernel import task\n\n\n@task\n"
+              "def src_where():\n    return str(pathlib.Path(__file__).parent.parent)\n")
+    for root in (project / "src", installed := tmp_path_factory.mktemp("site")):
+        (root / "shop").mkdir(parents=True)
+        (root / "shop" / "jobs.py").write_text(source)
+    worker = start_worker(project, {"PYTHONPATH": str(installed)}, "--workers", "1",
+                          "--pool", pool)
+    try:
+        seen = "".join(read_until_started(worker))
+        assert " started: " in seen, seen
+        done = run_nuvom(["enqueue", "src_where", "--wait", "60"], project,
+                         PYTHONPATH=str(installed))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout.splitlines()[-1]) == str(installed)
     finally:
         out = stop_worker(worker)
     assert worker.returncode == 0, out

@@ -289,9 +289,10 @@ def main(argv: list[str]) -> None:
     hello = read_frame(requests)
     if hello is None:
         return
-    for entry in reversed(hello.get("sys_path", [])):
-        if entry not in sys.path:
-            sys.path.insert(0, entry)
+    # The parent's path, in its order, then what only this process has: inserting each
+    # missing entry first put an import root the parent had appended (a src layout's)
+    # ahead of the installed packages, so children imported other code than the parent.
+    sys.path[:] = list(dict.fromkeys([*hello.get("sys_path", []), *sys.path]))
     if hello.get("failed_plugins"):  # before any kernel of this process loads them
         from nuvom_kernel.plugin_failures import inherit_failures
 
