@@ -42,6 +42,10 @@ class Capabilities:
     #: stores workflow graphs (:meth:`QueueBackend.workflow_transaction`) and advances them
     #: when a step settles
     workflows: bool = False
+    #: the store lives in the process that built it (memory): nothing another process
+    #: writes reaches it and nothing outlives the process, so the CLI refuses to enqueue
+    #: into it (the job would end with the command) and ``nuvom runworker`` warns
+    in_process: bool = False
 
     def as_list(self) -> list[str]:
         return [f.name for f in attrs.fields(type(self)) if getattr(self, f.name)]

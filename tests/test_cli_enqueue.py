@@ -214,6 +214,15 @@ def test_the_memory_backend_is_refused_where_the_job_would_end_with_the_command(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "queue backend 'memory' keeps its jobs in this process only, so the job would " \
            "end with this command" in done.stderr and "enqueued" not in done.stdout
+    retried = run_nuvom(["retry", "job", "01a24ee459b02f84a74b6c7c3d44becc"], project, **memory)
+    assert retried.returncode == 1 and "so its next run would end with this command" in \
+        retried.stderr, retried.stdout + retried.stderr
+    waited = run_nuvom(["enqueue", "enq_send", "--args", '["x"]', "--wait", "1"], project,
+                       NUVOM_RESULT_BACKEND="memory")
+    assert waited.returncode == 1 and "result backend 'memory' keeps its records in this " \
+        "process only, so --wait would never see" in waited.stderr, waited.stderr
+    with use_kernel(Kernel(root=project)) as kernel:
+        assert kernel.queue.qsize() == 0, "refused before anything was enqueued"
     worker = start_worker(project, memory, "--workers", "1")
     try:
         seen = "".join(read_until_started(worker))
@@ -221,3 +230,4 @@ def test_the_memory_backend_is_refused_where_the_job_would_end_with_the_command(
         stop_worker(worker)
     assert "queue backend 'memory' keeps its jobs in this process only: this worker runs " \
            "what its own tasks and schedules enqueue" in seen, seen
+    assert "result backend 'memory' keeps its records in this process only" in seen, seen

@@ -18,7 +18,7 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.call_checks import PRIORITY_MAX, PRIORITY_MIN, check_id, check_queue
-from nuvom_kernel.cli.output import Seconds, refuse_in_process_queue
+from nuvom_kernel.cli.output import Seconds, refuse_in_process
 from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError, UnknownTaskError
 from nuvom_kernel.models import JobStatus
 
@@ -84,7 +84,7 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     with the task's own options, and print its id."""
     kernel = click.get_current_context().find_root().obj
     args, kwargs = _json(args_json, "--args", list), _json(kwargs_json, "--kwargs", dict)
-    refuse_in_process_queue(kernel, "the job")
+    refuse_in_process(kernel, "the job", waits=wait_secs is not None)
     if "" not in sys.path:  # the project directory holds the task modules
         sys.path.insert(0, "")
     kernel.registry.load_manifest(kernel.data_dir, kernel.config.root)

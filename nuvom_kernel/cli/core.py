@@ -13,7 +13,7 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.call_checks import check_queue
-from nuvom_kernel.cli.output import Seconds, in_process_only, print_table
+from nuvom_kernel.cli.output import Seconds, print_table
 from nuvom_kernel.config import Settings
 from nuvom_kernel.values import parse_size
 
@@ -163,11 +163,16 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
         kernel.config = attrs.evolve(
             config, settings=attrs.evolve(config.settings, **overrides),
             sources={**config.sources, **dict.fromkeys(overrides, "command line")})
-    if in_process_only(kernel.queue):
+    if kernel.queue.capabilities.in_process:
         log.warning("queue backend %r keeps its jobs in this process only: this worker runs "
                     "what its own tasks and schedules enqueue, never a job that another "
                     "process (a .delay(), nuvom enqueue) sends; select sqlite (the default), "
                     "file, redis or postgres for that", kernel.queue.name)
+    if kernel.results.capabilities.in_process:
+        log.warning("result backend %r keeps its records in this process only: no other "
+                    "process (a .get(), nuvom inspect job, nuvom status) sees the outcomes "
+                    "this worker records; select sqlite (the default), file, redis or "
+                    "postgres for that", kernel.results.name)
     worker = Worker(kernel, workers=workers, queues=queues or None, batch_size=batch_size,
                     grace_period_secs=grace_period, scheduler=not no_scheduler, discover=True)
     code = worker.run()

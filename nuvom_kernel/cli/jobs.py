@@ -15,7 +15,13 @@ import attrs
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.output import local_time, print_table, printable, stored_id
+from nuvom_kernel.cli.output import (
+    local_time,
+    print_table,
+    printable,
+    refuse_in_process,
+    stored_id,
+)
 from nuvom_kernel.cli.retry_failed import retry_failed
 from nuvom_kernel.config import did_you_mean
 from nuvom_kernel.discovery import read_manifest
@@ -165,6 +171,7 @@ def retry_job(job_id: str) -> None:
     attempts start over). A workflow step is refused: run alone, the steps depending on it
     would never run; `nuvom workflow retry` runs it inside its workflow."""
     kernel = _kernel()
+    refuse_in_process(kernel, "its next run")
     try:
         job = rerun(kernel, job_id)
     except NuvomError as exc:

@@ -101,21 +101,21 @@ class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click 
             self.fail(f"{value!r} {exc}", param, ctx)
 
 
-def in_process_only(queue: Any) -> bool:
-    """Whether ``queue`` keeps its jobs in this process only (memory): nothing another
-    process enqueues reaches it, and nothing it holds outlives the process."""
-    capabilities = type(queue).capabilities
-    return not capabilities.persistent and not capabilities.multiprocess_safe
-
-
-def refuse_in_process_queue(kernel: Any, what: str) -> None:
-    """Refuse to enqueue ``what`` into a queue that ends with this command. Why: with the
-    memory backend selected, `nuvom enqueue` said "enqueued", the job vanished with the
+def refuse_in_process(kernel: Any, what: str, *, waits: bool = False) -> None:
+    """Refuse to enqueue ``what`` into a queue that ends with this command (capability
+    ``in_process``: memory), or to wait for an outcome (``waits``) where the records do.
+    Why: with the memory queue, `nuvom enqueue` said "enqueued", the job vanished with the
     process, and ``--wait`` added that `nuvom inspect job` would show it later."""
-    if in_process_only(kernel.queue):
+    shared = ("select a backend that processes share: sqlite (the default), file, redis or "
+              "postgres")
+    if kernel.queue.capabilities.in_process:
         raise click.ClickException(
             f"queue backend {kernel.queue.name!r} keeps its jobs in this process only, so "
             f"{what} would end with this command, unseen by any worker. Enqueue from the "
-            "program that runs the worker (tests, a single-process app), or select a backend "
-            "that processes share: sqlite (the default), file, redis or postgres "
+            f"program that runs the worker (tests, a single-process app), or {shared} "
             "(NUVOM_QUEUE_BACKEND, [settings] queue_backend).")
+    if waits and kernel.results.capabilities.in_process:
+        raise click.ClickException(
+            f"result backend {kernel.results.name!r} keeps its records in this process only, "
+            "so --wait would never see the worker's outcome: leave --wait out, or "
+            f"{shared} (NUVOM_RESULT_BACKEND, [settings] result_backend).")

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import click
 
-from nuvom_kernel.cli.output import print_table, printable
+from nuvom_kernel.cli.output import print_table, printable, refuse_in_process
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobRecord, JobStatus
@@ -81,6 +81,8 @@ def retry_failed(task: str | None, limit: int | None, dry_run: bool) -> None:
     from nuvom_kernel.workflow.steps import workflow_of
 
     kernel = click.get_current_context().find_root().obj
+    if not dry_run:
+        refuse_in_process(kernel, "their next runs")
     tally = _Tally()
     for record in failed_records(kernel.results, task):
         if limit is not None and len(tally.chosen) >= limit:

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.output import print_table, refuse_in_process_queue
+from nuvom_kernel.cli.output import print_table, refuse_in_process
 from nuvom_kernel.errors import NuvomError
 
 
@@ -79,7 +79,7 @@ def schedule_run(name: str) -> None:
 
     if "" not in sys.path:
         sys.path.insert(0, "")
-    refuse_in_process_queue(_kernel(), "the run")
+    refuse_in_process(_kernel(), "the run")
     try:
         job = Scheduler(_kernel()).fire_now(name)
     except NuvomError as exc:

@@ -77,7 +77,7 @@ class MemoryJobQueue(QueueBackend):
 
     name = "memory"
     capabilities = Capabilities(priorities=True, delayed=True, blocking_dequeue=True,
-                                concurrency=True, workflows=True)
+                                concurrency=True, workflows=True, in_process=True)
 
     def __init__(self, *, visibility_timeout_secs: float = 30.0) -> None:
         super().__init__(visibility_timeout_secs=visibility_timeout_secs)

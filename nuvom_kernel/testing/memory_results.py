@@ -109,7 +109,7 @@ class MemoryResultBackend(ResultBackend):
     """A dict of records under a lock; records are copied in and out, never shared."""
 
     name = "memory"
-    capabilities = Capabilities(heartbeats=True, schedules=True)
+    capabilities = Capabilities(heartbeats=True, schedules=True, in_process=True)
 
     def __init__(self) -> None:
         super().__init__()
