@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from nuvom_kernel.config import did_you_mean
+from nuvom_kernel.hints import did_you_mean
 from nuvom_kernel.models import Backoff
 from nuvom_kernel.values import MAX_ETA, MAX_SECONDS, is_text
 

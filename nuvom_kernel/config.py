@@ -25,12 +25,10 @@ backend as ``5.0`` and a typo in a key fails at startup instead of being ignored
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import os
 import sys
-import threading
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ import attrs
 
 from nuvom_kernel import values
 from nuvom_kernel.errors import ConfigError, PluginConfigError
+from nuvom_kernel.hints import did_you_mean, warn_once
 from nuvom_kernel.plugin_settings import (
     PLUGIN_ENV_PREFIX,
     PluginSchema,
@@ -69,7 +68,6 @@ __all__ = [
     "load_config",
     "mask_secret",
     "unknown_variables",
-    "warn_once",
 ]
 
 log = logging.getLogger("nuvom.config")
@@ -92,36 +90,6 @@ KERNEL_VARIABLES: frozenset[str] = frozenset({DISABLE_VAR, AUTOLOAD_VAR})
 #: ``NUVOM_TEST_*`` variables configure Nuvom's own test suites and benchmarks (the server
 #: URLs they use), never Nuvom itself: not warned about.
 TEST_VARIABLE_PREFIX = "NUVOM_TEST_"
-
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
-
-def warn_once(message: str) -> None:
-    """Log ``message`` as a warning of ``nuvom.config`` once per process.
-
-    Why once: configuration is read by every kernel a process builds (a producer's first
-    ``.delay()``, each CLI command, each test's kernel), and a typo must be said, not
-    repeated for every job.
-    """
-    with _warned_lock:
-        if message in _warned:
-            return
-        _warned.add(message)
-    log.warning("%s", message)
-
-
-def warned(message: str) -> bool:
-    """Whether this process said ``message`` with :func:`warn_once`."""
-    with _warned_lock:
-        return message in _warned
-
-
-def did_you_mean(word: str, known: Collection[str], shown: Callable[[str], str] = str) -> str:
-    """`` (did you mean X?)`` for the known name closest to ``word``, or nothing."""
-    close = difflib.get_close_matches(word, sorted(known), n=1)
-    return f" (did you mean {shown(close[0])}?)" if close else ""
-
 
 #: ``[plugins]`` keys that name a capability, and the registration hook a target listed under
 #: that key must implement (``None``: any hook will do).

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from nuvom_kernel.config import warned
 from nuvom_kernel.discovery import (
     Discoverer,
     Scan,
@@ -35,6 +34,7 @@ from nuvom_kernel.discovery import (
     read_manifest,
     recorded_scan,
 )
+from nuvom_kernel.hints import warned
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel

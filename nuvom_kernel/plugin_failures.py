@@ -22,10 +22,9 @@ from nuvom_kernel.config import (
     DISABLE_VAR,
     PLUGINS_FILE,
     Config,
-    did_you_mean,
-    warn_once,
 )
 from nuvom_kernel.errors import PluginLoadError
+from nuvom_kernel.hints import did_you_mean, warn_once
 from nuvom_kernel.plugin_sources import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS
 
 __all__ = ["KNOWN_PLUGINS", "KNOWN_PROVIDERS", "PluginFailures", "clone_install",

@@ -15,8 +15,9 @@ from typing import Any
 
 import attrs
 
-from nuvom_kernel.config import CAPABILITIES, DISABLE_VAR, PLUGINS_FILE, did_you_mean, warn_once
+from nuvom_kernel.config import CAPABILITIES, DISABLE_VAR, PLUGINS_FILE
 from nuvom_kernel.errors import BackendNotFoundError, DuplicateBackendError, PluginLoadError
+from nuvom_kernel.hints import did_you_mean, warn_once
 from nuvom_kernel.plugin_failures import KNOWN_PROVIDERS, PluginFailures, install_hint
 
 __all__ = ["BackendLookup", "PluginInfo"]

@@ -35,8 +35,9 @@ from typing import Any, cast
 import pluggy
 
 from nuvom_kernel import hookspecs
-from nuvom_kernel.config import AUTOLOAD_VAR, CAPABILITIES, DISABLE_VAR, Config, warn_once
+from nuvom_kernel.config import AUTOLOAD_VAR, CAPABILITIES, DISABLE_VAR, Config
 from nuvom_kernel.errors import PluginConfigError, PluginLoadError
+from nuvom_kernel.hints import warn_once
 from nuvom_kernel.plugin_lookup import BackendLookup, PluginInfo
 from nuvom_kernel.plugin_settings import PluginSchema
 from nuvom_kernel.plugin_sources import (

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from nuvom_kernel import config as config_module
-from nuvom_kernel import hookimpl
+from nuvom_kernel import hints, hookimpl
 from nuvom_kernel.cli import make_cli
 from nuvom_kernel.config import load_config
 from nuvom_kernel.discovery import ManifestError, read_manifest
@@ -85,7 +84,7 @@ def nuvom_register_queue_backends():
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Configuration warnings are said once per process; each test starts afresh."""
-    monkeypatch.setattr(config_module, "_warned", set())
+    monkeypatch.setattr(hints, "_warned", set())
 
 
 def _site(tmp_path: Path, plugin: str, source: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from nuvom_kernel import config as config_module
+from nuvom_kernel import hints
 from nuvom_kernel.config import (
     KERNEL_VARIABLES,
     TEST_VARIABLE_PREFIX,
@@ -35,7 +35,7 @@ MEMORY = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory"}
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Configuration warnings are said once per process; each test starts afresh."""
-    monkeypatch.setattr(config_module, "_warned", set())
+    monkeypatch.setattr(hints, "_warned", set())
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -127,9 +127,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     configuration error (``ConfigError``, whether loading or a command found it), which
     says what to fix; 1 for any other Nuvom error.
     """
+    from nuvom_kernel.cli import output
     from nuvom_kernel.kernel import get_kernel
     from nuvom_kernel.plugins import make_importable
 
+    output.STANDALONE = True  # this process ends with the command
     args = list(sys.argv[1:] if argv is None else argv)
     make_importable(Path.cwd())  # the project folder: toml targets and tasks import from it
     # What loading says before logging is set up (a misspelt variable, a plugin that failed

@@ -23,10 +23,10 @@ from nuvom_kernel.cli.output import (
     stored_id,
 )
 from nuvom_kernel.cli.retry_failed import retry_failed
-from nuvom_kernel.config import did_you_mean
 from nuvom_kernel.discovery import read_manifest
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.hints import did_you_mean
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 
 

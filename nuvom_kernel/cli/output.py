@@ -101,11 +101,19 @@ class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click 
             self.fail(f"{value!r} {exc}", param, ctx)
 
 
+#: Whether this process is the ``nuvom`` command (:func:`nuvom_kernel.cli.main` sets it), so
+#: an in-process store ends with the command. A program or test running the commands in its
+#: own process (click's ``CliRunner``) shares its store with them.
+STANDALONE = False
+
+
 def refuse_in_process(kernel: Any, what: str, *, waits: bool = False) -> None:
     """Refuse to enqueue ``what`` into a queue that ends with this command (capability
     ``in_process``: memory), or to wait for an outcome (``waits``) where the records do.
     Why: with the memory queue, `nuvom enqueue` said "enqueued", the job vanished with the
     process, and ``--wait`` added that `nuvom inspect job` would show it later."""
+    if not STANDALONE:
+        return
     shared = ("select a backend that processes share: sqlite (the default), file, redis or "
               "postgres")
     if kernel.queue.capabilities.in_process:

@@ -48,10 +48,11 @@ def test_a_port_out_of_range_in_the_file_names_the_variable_too(project: Path) -
 
 
 def test_a_blank_host_is_a_config_error_too(project: Path) -> None:
-    done = _nuvom(project, {"NUVOM_PLUGINS__PROMETHEUS__HOST": " ",
-                            VAR: "0"}, "runworker")
+    """In the file: a blank variable counts as unset (docs/configuration.md)."""
+    (project / ".nuvom_plugins.toml").write_text('[plugins.prometheus]\nhost = " "\n')
+    done = _nuvom(project, {VAR: "0"}, "runworker")
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "env NUVOM_PLUGINS__PROMETHEUS__HOST: host=' ' is invalid" in done.stderr
+    assert "[plugins.prometheus]: host=' ' is invalid" in done.stderr
 
 
 @pytest.mark.parametrize(("value", "port"), [(0, 0), (1, 1), (65535, 65535), ("", None),

@@ -1,0 +1,46 @@
+"""How Nuvom speaks of a name it does not know: with the closest known one, and, where the
+same configuration is read by every kernel a process builds, once per process.
+
+A module of its own: the configuration, the plugin manager, the call checks and the CLI all
+say such things, and the configuration module keeps to the settings themselves.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import threading
+from collections.abc import Callable, Collection
+
+__all__ = ["did_you_mean", "warn_once", "warned"]
+
+log = logging.getLogger("nuvom.config")
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(message: str) -> None:
+    """Log ``message`` as a warning of ``nuvom.config`` once per process.
+
+    Why once: configuration is read by every kernel a process builds (a producer's first
+    ``.delay()``, each CLI command, each test's kernel), and a typo must be said, not
+    repeated for every job.
+    """
+    with _warned_lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    log.warning("%s", message)
+
+
+def warned(message: str) -> bool:
+    """Whether this process said ``message`` with :func:`warn_once`."""
+    with _warned_lock:
+        return message in _warned
+
+
+def did_you_mean(word: str, known: Collection[str], shown: Callable[[str], str] = str) -> str:
+    """`` (did you mean X?)`` for the known name closest to ``word``, or nothing."""
+    close = difflib.get_close_matches(word, sorted(known), n=1)
+    return f" (did you mean {shown(close[0])}?)" if close else ""
