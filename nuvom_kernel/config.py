@@ -68,6 +68,7 @@ __all__ = [
     "load_config",
     "mask_secret",
     "unknown_variables",
+    "warn_once",  # (now in hints: still importable from here)
 ]
 
 log = logging.getLogger("nuvom.config")
