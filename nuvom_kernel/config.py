@@ -246,8 +246,8 @@ class Config:
         schema = self.schemas.get(name.lower())
         if schema is not None:  # an empty variable of a key that does not exist is a typo
             for key, (var, value) in self.plugins.env.get(name.lower(), {}).items():
-                if not value.strip() and key not in schema.fields:
-                    schema.convert(key, value, f"env {var}")
+                if not value.strip():
+                    schema.check_key(key, f"env {var}")
         return {key: value if schema is None else schema.convert(key, value, where)
                 for key, (value, _, where) in self._raw_plugin_settings(name).items()}
 

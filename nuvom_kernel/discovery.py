@@ -27,6 +27,7 @@ __all__ = [
     "Scan",
     "TaskRef",
     "changed_since",
+    "files_root",
     "import_roots",
     "read_manifest",
     "recorded_scan",
@@ -189,13 +190,19 @@ def recorded_scan(manifest: Mapping[str, Any], project: Path) -> Scan | None:
     return Scan(project / scan["root"], tuple(globs[0]), tuple(globs[1]))
 
 
+def files_root(manifest: Mapping[str, Any], project: Path) -> Path:
+    """The folder the manifest's task files are relative to: the root it records it was
+    discovered from, else ``project``."""
+    scan = recorded_scan(manifest, project)
+    return scan.root if scan is not None else project
+
+
 def import_roots(manifest: Mapping[str, Any], project: Path) -> list[Path]:
     """The folders the manifest's modules are imported from, absolute: each task's file
     (relative to the recorded scan root) without its module's path (``src/shop/tasks.py``
     as ``shop.tasks`` -> ``src``). An entry whose file does not end in its module's path
     (written by hand) gives none."""
-    scan = recorded_scan(manifest, project)
-    base = scan.root if scan is not None else project
+    base = files_root(manifest, project)
     roots: dict[Path, None] = {}
     for entry in manifest.get("tasks", []):
         file, module = entry.get("file"), entry.get("module")
@@ -222,8 +229,7 @@ def changed_since(data_dir: Path, root: Path) -> list[str]:
         manifest = read_manifest(data_dir)
     except (OSError, ValueError):
         return []
-    scan = recorded_scan(manifest or {}, root)
-    root = scan.root if scan is not None else root
+    root = files_root(manifest or {}, root)
     changed = []
     for name in sorted({t["file"] for t in (manifest or {}).get("tasks", [])
                         if isinstance(t.get("file"), str)}):

@@ -80,6 +80,17 @@ class PluginSchema:
             fields[field] = convert
         return cls(name=name, source=source, fields=fields)
 
+    def check_key(self, key: str, where: str) -> None:
+        """:raises PluginConfigError: ``key`` is not declared (``where``: its table or
+        variable), naming the valid keys."""
+        if key not in self.fields:
+            raise PluginConfigError(
+                f"{where}: {key!r} is not a setting of plugin {self.name!r}. Valid keys: "
+                f"{self._valid()}.")
+
+    def _valid(self) -> str:
+        return ", ".join(sorted(self.fields)) or "none (this plugin takes no settings)"
+
     def convert(self, key: str, value: Any, where: str, *, said: str = "") -> Any:
         """``value`` as the declared type of ``key``.
 
@@ -87,17 +98,13 @@ class PluginSchema:
         :param said: how the message names the value (default ``<where>: <key>=<value>``).
         :raises PluginConfigError: an unknown key or a value of the wrong type.
         """
-        valid = ", ".join(sorted(self.fields)) or "none (this plugin takes no settings)"
-        if key not in self.fields:
-            raise PluginConfigError(
-                f"{where}: {key!r} is not a setting of plugin {self.name!r}. Valid keys: "
-                f"{valid}.")
+        self.check_key(key, where)
         try:
             return self.fields[key](value)
         except ValueError as exc:
             raise PluginConfigError(
                 f"{said or f'{where}: {key}={value!r}'} is invalid: it {exc}. Valid keys of "
-                f"[plugins.{self.name}]: {valid}.") from None
+                f"[plugins.{self.name}]: {self._valid()}.") from None
 
     def check(self, settings: Mapping[str, Any]) -> dict[str, Any]:
         """A whole table converted as the kernel converts it at load (``None``: the

@@ -35,11 +35,10 @@ def write_lock_free(database: str) -> bool:
     """Whether a writer could begin on ``database`` now (nobody holds its write lock)."""
     conn = sqlite3.connect(database, timeout=0, isolation_level=None)
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        if not _begin(conn):
+            return False
         conn.execute("ROLLBACK")
         return True
-    except sqlite3.OperationalError:  # "database is locked"
-        return False
     finally:
         conn.close()
 
