@@ -217,6 +217,9 @@ def test_the_memory_backend_is_refused_where_the_job_would_end_with_the_command(
     retried = run_nuvom(["retry", "job", "01a24ee459b02f84a74b6c7c3d44becc"], project, **memory)
     assert retried.returncode == 1 and "so its next run would end with this command" in \
         retried.stderr, retried.stdout + retried.stderr
+    all_failed = run_nuvom(["retry", "failed"], project, **memory)
+    assert all_failed.returncode == 1 and "so their next runs would end with this command" \
+        in all_failed.stderr, all_failed.stdout + all_failed.stderr
     waited = run_nuvom(["enqueue", "enq_send", "--args", '["x"]', "--wait", "1"], project,
                        NUVOM_RESULT_BACKEND="memory")
     assert waited.returncode == 1 and "result backend 'memory' keeps its records in this " \
