@@ -281,3 +281,84 @@ def test_resume_of_a_graph_still_damaged_fails_naming_the_entry(kernel: Kernel) 
     restore()
     assert Workflow(flow.id, kernel).resume() == []
     assert kernel.queue.peek_state(first) is JobStatus.QUEUED
+
+
+def quarantine_on_claim(kernel: Kernel, job_id: str) -> None:
+    """Damage ``job_id``'s queued message as a disk fault or a careless tool would, so that
+    the claim that reaches it quarantines it instead of handing it out."""
+    if kernel.queue.name == "sqlite":
+        db = sqlite3.connect(kernel.data_dir / "nuvom.db")
+        db.execute("PRAGMA ignore_check_constraints = ON")
+        with db:
+            assert db.execute("UPDATE nuvom_queue SET priority = 'high' WHERE id = ?",
+                              (job_id,)).rowcount == 1
+        db.close()
+        return
+    ready = kernel.queue.path / "ready"  # type: ignore[attr-defined]
+    [entry] = [p for p in ready.iterdir() if f".{job_id}." in p.name]
+    data = entry.read_bytes()
+    entry.write_bytes(data[:-3] + b"XYZ")  # its checksum no longer matches
+
+
+def test_a_step_quarantined_by_its_queue_is_told_not_waited_for(
+        kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step's message damaged in the store is quarantined by the claim that reaches it, so
+    no worker settles it: its workflow stayed RUNNING, and ``wf.get()`` without a timeout
+    waited forever. It now raises once the step has stayed so for the grace, naming the
+    step, where to look and how to end the workflow; ``inspect`` names it at once."""
+    from wf_tasks import echo
+
+    monkeypatch.setattr(stranded, "CHECK_SECS", 0.1)
+    flow = chain(echo.s(1), echo.s()).delay()
+    first, second = (n.id for n in flow.nodes)
+    quarantine_on_claim(kernel, first)
+    run_worker_until(kernel, lambda: kernel.queue.stats().quarantined,
+                     "the damaged step quarantined")
+    assert kernel.queue.peek_state(first) is None and kernel.results.get(first) is None
+    assert flow.status == "RUNNING"
+
+    with pytest.raises(TimeoutError) as timed_out:  # within the grace: what it saw
+        flow.get(timeout=2)
+    assert f"Step {first} has been released for" in str(timed_out.value), timed_out.value
+    monkeypatch.setattr(stranded, "GRACE_SECS", 0.0)
+    with pytest.raises(NuvomError) as found:
+        flow.get(timeout=30)
+    text = str(found.value)
+    assert f"step {first} was released to its queue, but its message is in no queue" in text
+    assert "`nuvom status` lists quarantined entries" in text, text
+    assert f"`nuvom cancel job {first}` ends the workflow CANCELLED" in text, text
+    code, out, err = cli(kernel, "inspect", flow.id)
+    assert code == 0 and first in out and f"step {first} was released" in err, (out, err)
+    assert "resume" not in err, err  # it has no outcome to apply
+
+    done = run_nuvom(["cancel", "job", first], kernel.config.root, timeout=60,
+                     NUVOM_QUEUE_BACKEND=kernel.queue.name,
+                     NUVOM_RESULT_BACKEND=kernel.results.name)
+    assert done.returncode == 0, done.stderr
+    assert flow.status == "CANCELLED"
+    assert get_job(second).status is JobStatus.CANCELLED
+
+
+def test_a_quarantined_step_put_back_runs_its_workflow_on(
+        make_kernel: Callable[..., Kernel], project: Path) -> None:
+    """What workflows.md tells for a lost step: put the quarantined entry back, as the
+    SQLite README says, and the workflow runs on (the step's id is its node's)."""
+    write_module(project, "wf_tasks", wf.TASKS)
+    kernel = make_kernel("sqlite")
+    with use_kernel(kernel):
+        from wf_tasks import echo
+
+        flow = chain(echo.s(1), echo.s()).delay()
+        first = flow.nodes[0].id
+        quarantine_on_claim(kernel, first)
+        run_worker_until(kernel, lambda: kernel.queue.stats().quarantined,
+                         "the damaged step quarantined")
+        db = sqlite3.connect(kernel.data_dir / "nuvom.db")
+        with db:  # the priority repaired, the rest as found
+            db.execute("INSERT INTO nuvom_queue (id, queue, priority, created_at, "
+                       "available_at, body, task) SELECT id, queue, 0, created_at, "
+                       "available_at, body, task FROM nuvom_quarantine WHERE id = ?", (first,))
+            db.execute("DELETE FROM nuvom_quarantine WHERE id = ?", (first,))
+        db.close()
+        run_worker_until(kernel, lambda: flow.status != "RUNNING", "the workflow to end")
+        assert flow.get(timeout=5) == 1

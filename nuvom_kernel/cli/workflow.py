@@ -13,7 +13,7 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.jobs import _kernel
 from nuvom_kernel.cli.output import local_time, print_table, stored_id
 from nuvom_kernel.errors import NuvomError
-from nuvom_kernel.workflow.stranded import stranded_error, stranded_steps
+from nuvom_kernel.workflow.stranded import look, lost_error, stranded_error
 
 __all__ = ["nuvom_register_commands"]
 
@@ -70,10 +70,12 @@ def describe(handle: Any) -> dict[str, Any]:
             "finally": node.id == graph.flow.final,
         })
     flow = graph.flow
-    stranded = stranded_steps(kernel.queue, kernel.results, kernel.serializer, graph)
+    found = look(kernel.queue, kernel.results, kernel.serializer, graph)
     return {"id": flow.id, "status": flow.status, "created_at": flow.created_at,
             "finished_at": flow.finished_at, "steps": len(nodes), "nodes": nodes,
-            "stranded": str(stranded_error(flow.id, stranded)) if stranded else None}
+            "stranded": (str(stranded_error(flow.id, found.stranded)) if found.stranded
+                         else None),
+            "lost": str(lost_error(flow.id, found.lost)) if found.lost else None}
 
 
 #: Parents a table row names; a join of a big group says how many more (``--json`` has all).
@@ -107,8 +109,9 @@ def inspect_workflow(workflow_id: str, as_json: bool) -> None:
              "error": f"{n['error_type']}: {n['error_message']}" if n["error_type"] else None}
             for n in data["nodes"]]
     print_table(rows, ["id", "task", "state", "attempts", "duration_ms", "parents", "error"])
-    if data["stranded"]:
-        click.echo(data["stranded"], err=True)
+    for problem in (data["stranded"], data["lost"]):
+        if problem:
+            click.echo(problem, err=True)
 
 
 @workflow_group.command(name="retry")

@@ -327,10 +327,11 @@ def cancel_waiting(txn: GraphTxn, job_id: str,
     transaction, so a parent settling at the same moment either released it first (then
     this changes nothing: cancel its message in the queue instead) or finds it cancelled.
 
-    :param lost: for a cancel repeated after one that removed the step's message and stored
-        its CANCELLED record but failed before its graph moved (the workflow would stay
-        RUNNING forever): whether the queue no longer holds this RELEASED step. If so, it
-        is cancelled here, as that cancel would have.
+    :param lost: for a RELEASED step whose message the queue no longer holds, and whose
+        workflow would stay RUNNING forever: a cancel repeated after one that removed the
+        message and stored its CANCELLED record but failed before its graph moved, or a
+        step whose message the queue quarantined. Whether the queue still does not hold
+        it; if so, it is cancelled here, as a cancel of its message would have.
     """
     session = _Session(txn)
     found = session.nodes([job_id])
@@ -347,8 +348,9 @@ def cancel_waiting(txn: GraphTxn, job_id: str,
             session.finish(node, CANCELLED)
         return CancelOutcome(was, True, body, session.commit())
     if node.state == RELEASED and lost is not None and lost(job_id):
+        body = txn.bodies([job_id]).get(job_id)
         session.finish(node, CANCELLED)
-        return CancelOutcome(was, True, None, session.commit())
+        return CancelOutcome(was, True, body, session.commit())
     return CancelOutcome(was)
 
 

@@ -21,7 +21,7 @@ from nuvom_kernel.errors import (
     SerializationError,
     error_text,
 )
-from nuvom_kernel.models import JobRecord, JobStatus, Message, TaskOptions
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message, TaskOptions
 from nuvom_kernel.workflow.damage import damaged_advice
 from nuvom_kernel.workflow.graph import NOT_RUN, cancel_waiting, doomed_record
 from nuvom_kernel.workflow.shape import (
@@ -100,7 +100,10 @@ def cancel_step(kernel: Kernel, job: Job, stored: JobRecord | None) -> bool | No
     dependents'. A RELEASED step that its own CANCELLED record says was cancelled, which the
     queue no longer holds: a cancel that failed (or died) after removing its message and
     storing that record, before its graph moved; repeating the cancel finishes it, instead
-    of leaving the workflow RUNNING forever.
+    of leaving the workflow RUNNING forever. A RELEASED step with no outcome recorded, which
+    the queue does not hold (it quarantined the step's damaged message, so no worker will
+    settle it): cancelled the same way, with its CANCELLED record, so that its workflow
+    ends instead of waiting for it forever.
 
     Returns ``True`` if it cancelled the step now, ``None`` if a parent released it
     meanwhile (it is a queued job now: cancel it in the queue), ``False`` if there is
@@ -109,18 +112,20 @@ def cancel_step(kernel: Kernel, job: Job, stored: JobRecord | None) -> bool | No
     node = _node(kernel, job)  # a plain read: a job that is no step costs no lock
     if node is None or node.state in NODE_FINAL:
         return False
-    half_done = stored is not None and stored.status is JobStatus.CANCELLED
-    if node.state == RELEASED and not half_done:
-        return None  # queued (or running): the queue's cancel decides
     queue = kernel.queue
+    half_done = stored is not None and stored.status is JobStatus.CANCELLED
+    lost = (node.state == RELEASED and (stored is None or stored.status not in TERMINAL_STATES)
+            and queue.peek_state(job.id) is None)
+    if node.state == RELEASED and not (half_done or lost):
+        return None  # queued (or running): the queue's cancel decides
     outcome = queue.workflow_transaction(
         lambda txn: cancel_waiting(txn, job.id, (lambda i: queue.peek_state(i) is None)
-                                   if half_done else None), [node.workflow])
+                                   if half_done or lost else None), [node.workflow])
     if outcome.found is None or not outcome.done:
         released = outcome.found is not None and outcome.found.state == RELEASED
         return None if released and not half_done else False
     records = [doomed_record(n) for n in outcome.doomed]
-    if outcome.found.state == WAITING:
+    if outcome.found.state == WAITING or lost:
         records.insert(0, _cancelled_record(kernel, outcome.found, outcome.body))
     if records:
         kernel.results.put_many(records)
