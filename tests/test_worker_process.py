@@ -397,3 +397,53 @@ def test_a_timed_out_to_thread_call_does_not_keep_the_process_alive(project: Pat
     assert proc.returncode == 0, out
     assert elapsed < EXIT_SECS + 10, (elapsed, out)
     assert "waiting for threads that tasks started" in out
+
+
+def test_a_program_that_ran_a_worker_gets_its_signals_back(tmp_path: Path) -> None:
+    """``Worker.run()`` in a program that goes on afterwards (a test suite, a service with a
+    worker phase): the worker's SIGINT handler stayed installed, so the program's own
+    Ctrl-C only counted towards a worker already gone, and each run left its signal thread
+    and pipe behind. Two runs in one process, a signal after each."""
+    import subprocess
+    import sys
+
+    script = """
+import os, signal, sys, threading
+from pathlib import Path
+from nuvom_kernel import Worker
+from nuvom_kernel.testing.pytest_plugin import build_test_kernel
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+mine = lambda signum, frame: print("the program's handler", flush=True)
+signal.signal(signal.SIGTERM, mine)
+before = fds()
+for run in (1, 2):
+    worker = Worker(build_test_kernel(Path(sys.argv[1]) / str(run)), workers=1,
+                    poll_timeout_secs=0.05)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    print("exit", worker.run(), flush=True)
+    print("handlers", signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+          signal.getsignal(signal.SIGTERM) is mine, flush=True)
+    print("threads", sum(t.name == "nuvom-signals" for t in threading.enumerate()), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # the program's own handler answers
+print("fds", fds() - before, flush=True)
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    threading.Event().wait(10)  # a handler runs at once: KeyboardInterrupt ends the wait
+    print("no KeyboardInterrupt", flush=True)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert out.count("exit 0") == 2, out + done.stderr
+    assert out.count("handlers True True") == 2, out
+    assert out.count("threads 0") == 2, out
+    assert out.count("the program's handler") == 2, out
+    assert "KeyboardInterrupt" in out, out
+    fds = int(out.split("fds ")[1].split()[0])
+    assert fds == 0, out  # no pipe left per run

@@ -302,11 +302,15 @@ class Worker(Dispatcher, Timeouts):
         process is frozen meanwhile: :func:`frozen_heap`)."""
         if install_signals:
             self.signals.install()
-        with frozen_heap():
-            self.start()
-            while not self._stopping.wait(0.5):
-                pass
-            return self.join()
+        try:
+            with frozen_heap():
+                self.start()
+                while not self._stopping.wait(0.5):
+                    pass
+                return self.join()
+        finally:
+            if install_signals:
+                self.signals.uninstall()
 
     def join(self) -> int:
         """Finish a stop: return unstarted leases, wait for running jobs, settle what

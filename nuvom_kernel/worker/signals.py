@@ -52,15 +52,35 @@ class StopSignals:
         self._pid = os.getpid()
         self._finished = False  # the stop is over (disarm): a late signal arms no timer
         self._timer_lock = threading.Lock()  # (never taken in the handler)
+        self._thread: threading.Thread | None = None
+        self._previous: dict[int, Any] = {}  # the handlers install() replaced
 
     def install(self) -> None:
         self._pid = os.getpid()
         read, self._wake = os.pipe()
         os.set_blocking(self._wake, False)
-        threading.Thread(target=self._watch, args=(read,), name="nuvom-signals",
-                         daemon=True).start()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.handle)
+        self._thread = threading.Thread(target=self._watch, args=(read,),
+                                        name="nuvom-signals", daemon=True)
+        self._thread.start()
+        self._previous = {sig: signal.signal(sig, self.handle)
+                          for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def uninstall(self) -> None:
+        """Put back the handlers found at :meth:`install`, and end the thread and its pipe.
+
+        Why: a program that runs a worker for a while and goes on (a test suite, a service
+        with a worker phase) kept this handler after ``Worker.run()`` returned, so its own
+        Ctrl-C only counted towards a worker already gone, and every run left a thread
+        and two file descriptors behind."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous = {}
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            os.close(wake)  # the thread reads the end of the pipe, closes it and returns
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
 
     def handle(self, signum: int, frame: Any) -> None:
         """The installed handler: takes no lock (see the class). Called directly (a program
@@ -88,13 +108,16 @@ class StopSignals:
             raise HookInterrupted
 
     def _watch(self, read: int) -> None:
-        while data := os.read(read, 64):
-            for signum in data:
-                try:
-                    self._act(signum)
-                except Exception:  # (a store's wake-up that failed): the next signal acts
-                    log.exception("stopping the worker on %s failed",
-                                  signal.Signals(signum).name)
+        try:
+            while data := os.read(read, 64):
+                for signum in data:
+                    try:
+                        self._act(signum)
+                    except Exception:  # (a store's wake-up that failed): the next one acts
+                        log.exception("stopping the worker on %s failed",
+                                      signal.Signals(signum).name)
+        finally:
+            os.close(read)
 
     def _act(self, signum: int) -> None:
         self._acted += 1
