@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,9 @@ class TaskRegistry:
             return registered
         tried: list[str] = []
         import_failed = False
+        changed = ""  # a module's file edited after this process imported it
         for candidate in dict.fromkeys(m for m in (module, self._modules.get(name)) if m):
+            loaded = candidate in sys.modules  # imported before: the import changes nothing
             try:
                 self.import_module(candidate)
             except TaskRegistrationError as exc:  # another module's task has this name
@@ -158,13 +161,17 @@ class TaskRegistry:
                 return fn
             tried.append(f"module {candidate!r} has no task named {name!r}"
                          + (f" (the task of that name is {owner!r}'s)" if fn else ""))
+            if loaded:
+                changed = changed or _changed_since_start(candidate)
         detail = "; ".join(tried) or "no manifest entry and no module recorded in the job"
-        raise UnknownTaskError(
-            f"unknown task {name!r} ({detail}). Run the worker from the project directory "
-            f"(cwd: {Path.cwd()}, on sys.path: {'' in sys.path or str(Path.cwd()) in sys.path})"
-            f" and run `nuvom discover tasks` to refresh .nuvom/manifest.json.",
-            import_failed=import_failed or not tried, tried="; ".join(tried),
-        )
+        advice = (f"{changed} changed after this process started, and a running worker "
+                  "does not import a module again: restart the worker to run the new code."
+                  if changed else
+                  f"Run the worker from the project directory (cwd: {Path.cwd()}, on "
+                  f"sys.path: {'' in sys.path or str(Path.cwd()) in sys.path}) and run "
+                  "`nuvom discover tasks` to refresh .nuvom/manifest.json.")
+        raise UnknownTaskError(f"unknown task {name!r} ({detail}). {advice}",
+                               import_failed=import_failed or not tried, tried="; ".join(tried))
 
     def known(self, name: str, module: str | None = None) -> Any | None:
         """:meth:`resolve`'s answer if it needs no import (``None`` otherwise): the asyncio
@@ -192,6 +199,21 @@ class TaskRegistry:
                             getattr(fn, "module", None) not in sys.modules:
                         del self._tasks[name]
             raise
+
+
+#: About when this process started (the registry is imported before any task module).
+_STARTED = time.time()
+
+
+def _changed_since_start(module: str) -> str:
+    """The file of ``module``, imported already, if it was written after this process
+    started: a task added to it while a worker ran is unknown to that worker until it is
+    restarted, and "run `nuvom discover tasks`" sent the user the wrong way."""
+    path = getattr(sys.modules.get(module), "__file__", None)
+    try:
+        return path if path and os.stat(path).st_mtime > _STARTED else ""
+    except OSError:
+        return ""
 
 
 def _same_file(fn: Any, module: str) -> bool:

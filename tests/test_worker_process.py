@@ -447,3 +447,49 @@ except KeyboardInterrupt:
     assert "KeyboardInterrupt" in out, out
     fds = int(out.split("fds ")[1].split()[0])
     assert fds == 0, out  # no pipe left per run
+
+
+ADD = """
+from nuvom_kernel import task
+
+
+@task(store_result=True)
+def add(x, y):
+    return x + y
+"""
+
+MUL = """
+
+@task(store_result=True)
+def mul(x, y):
+    return x * y
+"""
+
+
+def test_a_task_added_while_the_worker_runs_says_to_restart_it(project: Path) -> None:
+    """A worker imports a task module at its first job and never again. A task added to
+    that module afterwards failed with "run `nuvom discover tasks`", which the user had
+    done, and which changes nothing: only a restart loads the new code. The error now
+    says so, naming the file."""
+    from tests.helpers import run_nuvom, stop_worker
+
+    (project / "tasks.py").write_text(ADD)
+    assert run_nuvom(["discover", "tasks"], project).returncode == 0
+    worker = start_worker(project, {}, "--workers", "1")
+    try:
+        done = run_nuvom(["enqueue", "add", "--args", "[1, 2]", "--wait", "30"],
+                         project)
+        assert done.returncode == 0 and "3" in done.stdout, done.stdout + done.stderr
+        with (project / "tasks.py").open("a") as tasks:  # the module imported: now edited
+            tasks.write(MUL)
+        assert run_nuvom(["discover", "tasks"], project).returncode == 0
+        done = run_nuvom(["enqueue", "mul", "--args", "[2, 3]", "--wait", "30"],
+                         project)
+    finally:
+        out = stop_worker(worker)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text + out
+    assert "module 'tasks' has no task named 'mul'" in text, text
+    assert f"{project / 'tasks.py'} changed after this process started" in text, text
+    assert "restart the worker to run the new code" in text, text
+    assert "nuvom discover tasks" not in text, text
