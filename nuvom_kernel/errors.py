@@ -266,8 +266,8 @@ class JobCancelledError(JobFailedError):
             hint = (f"it is a step of workflow {workflow}: run it again with the steps "
                     f"depending on it with `nuvom workflow retry {workflow}`")
         else:
-            hint = ("re-enqueue it with `nuvom retry job ID` to run it; a workflow step "
-                    "with `nuvom workflow retry WORKFLOW_ID`")
+            hint = (f"re-enqueue it with `nuvom retry job {job_id}` to run it; a workflow "
+                    "step with `nuvom workflow retry WORKFLOW_ID`")
         when = "before it ran"
         if attempts > 0:
             when = f"after {attempts} attempt{'s' if attempts != 1 else ''}" + (

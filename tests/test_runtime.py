@@ -582,6 +582,8 @@ def test_get_of_a_job_cancelled_while_retrying_says_it_ran(make_kernel, project:
     assert "cancelled after 1 attempt (the last failed: RuntimeError: nope)" in \
         str(info.value), str(info.value)
     assert info.value.error_type == "RuntimeError"
+    # the command to run it again names it (it said `nuvom retry job ID`)
+    assert f"`nuvom retry job {job.id}`" in str(info.value), str(info.value)
 
 
 SQLITE = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
