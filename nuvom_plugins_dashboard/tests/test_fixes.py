@@ -230,6 +230,37 @@ def test_a_failed_workflow_step_offers_its_workflow_retry_not_retry(
     assert "<form method=\"post\"" not in confirm and command in confirm
 
 
+def test_bulk_retry_counts_only_what_it_will_retry(
+        project: Any, kernel: Kernel, client: TestClient) -> None:
+    """A failed workflow step was counted by the bulk retry's confirmation ("Retry all 2
+    job(s)"), then refused by the retry ("1 done, 1 refused"): it is left out, and said so."""
+    from nuvom_kernel import chain
+
+    (project / "fixes_wf_bulk.py").write_text(  # names no other test imports
+        WORKFLOW.replace("def step", "def bulk_step"))
+    from fixes_wf_bulk import bulk_step as step
+
+    workflow = chain(step.s(1), step.s()).delay()
+    first = workflow.nodes[0].id
+    assert kernel.queue.ack(kernel.queue.claim(1)[0])  # a worker ran the first step …
+    kernel.results.put_many([record(first, task=step.name),  # … and it failed, as did
+                             record("plain", task=step.name)])  # a job of no workflow
+    if views.job_detail(kernel, first).workflow is None:
+        pytest.skip("this queue backend keeps no workflow graphs")
+    confirm = client.get("/bulk/retry?status=failed").text
+    assert "Retry 1 job(s)" in confirm and "all 1" in confirm, confirm
+    assert "Left out: 1 workflow step(s) listed" in confirm, confirm
+    assert f"<code>{first}</code></a> of workflow <code>{workflow.id}</code>" in confirm
+    done = client.post("/bulk/retry", data=form_of(confirm))
+    flash = re.search(r'<p class="flash" role="status">([^<]*)</p>',
+                      client.get(done.headers["location"]).text)
+    assert flash and flash.group(1) == "bulk retry: 1 job(s) done", flash
+    assert kernel.queue.peek_state("plain") is JobStatus.QUEUED
+
+    only_steps = client.get(f"/bulk/retry?status=failed&task={step.name}").text
+    assert "No other job is listed" in only_steps and "Left out: 1" in only_steps
+
+
 def test_a_long_value_is_shortened_with_a_way_to_see_it_all(kernel: Kernel,
                                                             client: TestClient) -> None:
     """A 200,000-character argument made a 420 KB page."""

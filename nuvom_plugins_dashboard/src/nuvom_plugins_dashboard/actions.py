@@ -29,7 +29,7 @@ from nuvom_kernel.models import JobStatus
 from nuvom_plugins_dashboard.views import BadRequest, JobFilter, list_jobs
 
 __all__ = ["ACTIONS", "BULK_LIMIT", "BulkReport", "act", "bulk", "check_bulk_filter",
-           "decode_confirmed", "encode_confirmed", "matching", "parse_run"]
+           "decode_confirmed", "encode_confirmed", "matching", "parse_run", "without_steps"]
 
 #: Jobs one bulk confirmation acts on at most.
 BULK_LIMIT = 1000
@@ -147,6 +147,26 @@ def matching(kernel: Any, flt: JobFilter, limit: int = BULK_LIMIT
             break
         cursor = page.next_cursor
     return found[:limit], len(found) > limit
+
+
+def without_steps(kernel: Any, action: str, jobs: list[tuple[str, int]]
+                  ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """``jobs`` less the workflow steps a bulk ``action`` would refuse, and those steps
+    (id, workflow). Why: a retry refuses a step (run alone, its workflow would never move
+    on), and the confirmation counted them anyway ("retry 2 jobs", then "1 done, 1
+    refused"). One graph lookup per listed job, for a retry on a store with workflows."""
+    if action != "retry" or not kernel.queue.capabilities.workflows:
+        return jobs, []
+    from nuvom_kernel.workflow.steps import workflow_of
+
+    kept, steps = [], []
+    for job_id, run in jobs:
+        workflow = workflow_of(kernel, job_id)
+        if workflow is None:
+            kept.append((job_id, run))
+        else:
+            steps.append((job_id, workflow))
+    return kept, steps
 
 
 def encode_confirmed(jobs: list[tuple[str, int]]) -> str:

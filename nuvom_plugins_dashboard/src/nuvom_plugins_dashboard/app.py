@@ -333,8 +333,9 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
             flt = views.JobFilter.from_params(request.query_params)
             actions.check_bulk_filter(action, flt)
             found, more = await run_in_threadpool(actions.matching, kernel, flt)
+            found, steps = await run_in_threadpool(actions.without_steps, kernel, action, found)
             return render(request, "confirm.html", action=action, detail=None, filter=flt,
-                          matching=(len(found), more), confirmed=found,
+                          matching=(len(found), more), confirmed=found, steps=steps,
                           confirmed_field=actions.encode_confirmed(found))
         form = await request.form()
         fields = {k: str(v) for k, v in form.items()}
