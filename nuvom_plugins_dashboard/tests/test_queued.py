@@ -142,6 +142,7 @@ def test_pages_follow_the_next_link_without_gaps_or_repeats(kernel: Kernel,
     ("/queued?limit=0", "limit=&#39;0&#39; is not a page size"),
     ("/queued?limit=ten", "limit=&#39;ten&#39; is not a page size"),
     ("/queued?after=nonsense", "malformed page cursor"),
+    ("/queued?after=nan%7Cx", "malformed page cursor"),
     ("/queued?queue=a%00", "queue holds a NUL character"),
     ("/queued?after=1%7C%00", "after holds a NUL character"),
 ])
