@@ -119,6 +119,7 @@ def test_a_workflow_document_of_the_wrong_shape_is_named(data: object, problem: 
     (["w"], "its head is ['w']"),
     ({"id": "w", "colour": "red"}, "unexpected keyword"),
     ({"id": "w", "status": 3}, "its head: status 3"),
+    ({"id": "w", "status": "BOGUS"}, "status 'BOGUS' is none of ['CANCELLED', 'FAILED', "),
     ({"id": "w", "open": "2"}, "open '2'"),
 ])
 def test_a_stored_workflow_head_that_does_not_decode_is_named(data: object, problem: str):

@@ -362,3 +362,31 @@ def test_a_quarantined_step_put_back_runs_its_workflow_on(
         db.close()
         run_worker_until(kernel, lambda: flow.status != "RUNNING", "the workflow to end")
         assert flow.get(timeout=5) == 1
+
+
+def test_a_head_whose_status_is_no_status_is_damage_not_a_state(
+        make_kernel: Callable[..., Kernel], project: Path) -> None:
+    """A head row whose status was edited to a word no workflow has was read as given: the
+    workflow was 'BOGUS' to every reader, its steps ran and settled, and nothing ever ended
+    it; put back to RUNNING, nothing could move it (no step stranded, retry refused it as
+    RUNNING). It is damage now: reads name it, and once restored, resume moves it on."""
+    from nuvom_kernel.errors import CorruptWorkflowError
+
+    write_module(project, "wf_tasks", wf.TASKS)
+    kernel = make_kernel("sqlite")
+    with use_kernel(kernel):
+        from wf_tasks import echo
+
+        flow = chain(echo.s(1), echo.s()).delay()
+        first = flow.nodes[0].id
+        restore = edit_sqlite_cell(kernel.data_dir / "nuvom.db", "nuvom_workflows", "status",
+                                   flow.id, "BOGUS")
+        with pytest.raises(CorruptWorkflowError, match="status 'BOGUS' is none of"):
+            flow.get(timeout=5)
+        run_worker_until(kernel, lambda: (get_job(first).status is JobStatus.SUCCEEDED
+                                          and kernel.queue.peek_state(first) is None),
+                         "the first step's outcome recorded and acked")
+        restore()
+        assert Workflow(flow.id, kernel).resume() == [first]
+        run_worker_until(kernel, lambda: flow.status != "RUNNING", "the workflow to end")
+        assert flow.get(timeout=5) == 1

@@ -31,6 +31,7 @@ NODE_FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, SKIPPED})
 POLICIES = ("fail", "continue", "skip")
 _NODE_STATES = NODE_FINAL | {WAITING, RELEASED}
 RUNNING = "RUNNING"  # a workflow's status until every node is final
+_FLOW_STATES = frozenset({RUNNING, SUCCEEDED, FAILED, CANCELLED})
 #: The error_type of the CANCELLED record of a node that never runs: skipped, or cancelled
 #: by its graph (:func:`~nuvom_kernel.workflow.graph.doomed_record`).
 SKIPPED_ERROR, CANCELLED_ERROR = "nuvom.Skipped", "nuvom.Cancelled"
@@ -143,6 +144,10 @@ def stored_flow(data: Any, workflow: str, where: str) -> Flow:
     if not isinstance(flow.status, str) or type(flow.open) is not int:
         raise CorruptWorkflowError(workflow, where, f"its head: status {flow.status!r}, "
                                    f"open {flow.open!r}")
+    if flow.status not in _FLOW_STATES:  # read as given, it was RUNNING to no one: its
+        # steps ran, and nothing ended it, retried it or raised
+        raise CorruptWorkflowError(workflow, where, f"its head: status {flow.status!r} is "
+                                   f"none of {sorted(_FLOW_STATES)}")
     return flow
 
 
