@@ -35,6 +35,7 @@ from nuvom_kernel.workflow.graph import (
     stored_node,
 )
 from nuvom_kernel.workflow.handle import Workflow
+from nuvom_kernel.workflow.shape import WAITING
 from tests.helpers import edit_sqlite_cell, run_nuvom, run_worker_until
 
 
@@ -298,3 +299,29 @@ def test_retry_of_a_workflow_ended_by_damage_is_refused_at_once_even_restored(
         assert "re-running" not in shown.stdout
     assert broken.status == "FAILED"
     assert get_job(third).status is JobStatus.CANCELLED
+
+
+def test_a_waiting_step_damaged_then_restored_reads_cancelled_not_queued(
+        workflow_kernel: Kernel) -> None:
+    """The waiting step whose entry was damaged is the one step the settle that found it
+    cannot cancel. Put back by hand, it was WAITING in a workflow that had ended: it read
+    QUEUED, and its ``get()`` waited out its timeout asking whether a worker ran. It reads
+    CANCELLED, and its ``get()`` says at once that only submitting the workflow again runs
+    it."""
+    from wf_tasks import echo
+
+    kernel = workflow_kernel
+    broken = chain(echo.s(1), echo.s(), echo.s()).delay()
+    _, second, third = (n.id for n in broken.nodes)
+    _, restore = damage_step(kernel, broken.id, second)
+    run_worker_until(kernel, lambda: broken.status != "RUNNING",
+                     "the first step's settle to end the workflow")
+    restore()
+    assert {n.id: n.state for n in broken.nodes}[second] == WAITING
+    assert get_job(second).status is JobStatus.CANCELLED
+    with pytest.raises(JobCancelledError) as cancelled:
+        get_job(second).get(timeout=30)
+    assert f"no retry can finish workflow {broken.id}" in str(cancelled.value), cancelled.value
+    assert get_job(third).status is JobStatus.CANCELLED
+    with pytest.raises(NuvomError, match="found damaged while it ran"):
+        broken.retry()

@@ -24,6 +24,7 @@ from nuvom_kernel.workflow.shape import (
     FAILED,
     RELEASED,
     RUNNING,
+    WAITING,
     GraphTxn,
     Node,
     WorkflowGraph,
@@ -133,7 +134,8 @@ def ended_by_damage(graph: WorkflowGraph) -> NuvomError | None:
     flow = graph.flow
     if flow.status == RUNNING:
         return None
-    cancelled = [n.id for n in graph.nodes if n.doom == DOOM_DAMAGED]
+    # (a step WAITING in an ended workflow: damaged when that settle cancelled the others)
+    cancelled = [n.id for n in graph.nodes if n.doom == DOOM_DAMAGED or n.state == WAITING]
     stuck = [n.id for n in graph.nodes if n.state == RELEASED]
     if not (cancelled or stuck):
         return None
@@ -141,7 +143,7 @@ def ended_by_damage(graph: WorkflowGraph) -> NuvomError | None:
             "move it on"] if stuck else []
     if cancelled:
         what.append(f"its {len(cancelled)} step(s) still waiting then (first {cancelled[0]}) "
-                    "were cancelled")
+                    "were cancelled, or will never run")
     return NuvomError(
         f"workflow {flow.id} ended {flow.status} because its stored graph was found damaged "
         f"while it ran: {'; '.join(what)}. The graph reads again now, but "

@@ -30,6 +30,7 @@ from nuvom_kernel.workflow.shape import (
     DOOM_DAMAGED,
     NODE_FINAL,
     RELEASED,
+    RUNNING,
     SKIPPED,
     SKIPPED_ERROR,
     WAITING,
@@ -53,13 +54,23 @@ def _node(kernel: Kernel, job: Job) -> Node | None:
     return node
 
 
+def _ended(kernel: Kernel, node: Node) -> bool:
+    """Whether ``node``'s workflow has ended (its head read; a rare path: a step neither
+    queued nor recorded)."""
+    graph = kernel.queue.read_workflow(node.workflow, nodes=False)
+    return graph is not None and graph.flow.status != RUNNING
+
+
 def unqueued_step(kernel: Kernel, job: Job) -> tuple[JobStatus, JobRecord | None]:
     """The status of ``job``, which the queue did not hold and the results did not record
     when :meth:`~nuvom_kernel.kernel.Kernel.refresh_job` read them, and its record if one
     landed since.
 
     QUEUED for a step WAITING for its parents: it was enqueued with its workflow, and runs
-    (or is cancelled) when they end. A step released or ended since the first reads is read
+    (or is cancelled) when they end. CANCELLED if its workflow ended all the same: only a
+    damaged graph does that (the step's entry unreadable when the settle that found it
+    cancelled the others, restored since), and the step will never run; it read QUEUED, and
+    ``get()`` waited out every timeout. A step released or ended since the first reads is read
     again, in the same order (the queue, then the results: a worker stores the record
     before it acks, and the graph moves before the ack too). A cancelled or skipped step
     without a record is CANCELLED (the graph committed, the record write did not happen: a
@@ -72,7 +83,7 @@ def unqueued_step(kernel: Kernel, job: Job) -> tuple[JobStatus, JobRecord | None
     if node is None:
         return JobStatus.UNKNOWN, None
     if node.state == WAITING:
-        return JobStatus.QUEUED, None
+        return (JobStatus.CANCELLED if _ended(kernel, node) else JobStatus.QUEUED), None
     if node.state == RELEASED:
         status = kernel.queue.peek_state(job.id)
         if status is not None:
@@ -179,6 +190,8 @@ def cancelled_error(kernel: Kernel, job: Job) -> JobCancelledError:
             node = None  # true, and this error must carry them, not the store's
         if node is not None:
             workflow, doom = node.workflow, node.doom
+            if node.state == WAITING:  # never cancelled: its workflow ended by damage
+                doom = DOOM_DAMAGED
     if doom == DOOM_DAMAGED and workflow is not None:
         advice = damaged_advice(workflow)
     reason = None
