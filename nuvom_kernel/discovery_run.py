@@ -142,7 +142,9 @@ def discover_before_start(kernel: Kernel, stopping: threading.Event | None = Non
             late = time.monotonic() - started > WAIT_SECS
             if late or (stopping is not None and stopping.is_set()):
                 child.kill()
-                child.communicate()
+                _, err = child.communicate()
+                if child.returncode in (0, 1):  # it ended before the kill: its manifest
+                    break  # stands (it was said to be stopped, and used silently next time)
                 if late:
                     log.warning("%s, and discovering the tasks under %s took more than %g "
                                 "s: stopped, the worker starts without it. A worker started "
