@@ -7,7 +7,6 @@ pages the same way; they live apart from the SPI classes only to keep each modul
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -136,10 +135,9 @@ def parse_cursor(cursor: str, *, made_by: str = "page_cursor()") -> tuple[float,
     """
     head, sep, job_id = cursor.partition("|")
     try:
-        when = float(head)
-        if not sep or not math.isfinite(when):  # nan, inf: no record's time, and each
-            raise ValueError  # store compared them its own way (an empty page, page 1)
-        return when, job_id
+        if not sep:
+            raise ValueError
+        return float(head), job_id
     except ValueError:
         raise ValueError(f"malformed page cursor {cursor!r}: expected '<time>|<job_id>' "
                          f"as returned by {made_by}") from None

@@ -99,9 +99,8 @@ def test_the_queue_filter_pages_within_a_bounded_scan(kernel: Kernel) -> None:
 @pytest.mark.parametrize("url, says", [
     ("/jobs?status=bogus", "status=&#39;bogus&#39; is not a job state; use one of queued"),
     ("/jobs?after=nonsense", "malformed page cursor"),
-    # no record's time: SQLite gave an empty page, PostgreSQL page 1
+    # nan orders against no time: SQLite gave an empty page, PostgreSQL page 1
     ("/jobs?after=nan%7Cx", "malformed page cursor"),
-    ("/jobs?after=1e400%7Cx", "malformed page cursor"),
     ("/bulk/retry?status=succeeded", "bulk retry acts on the jobs of one filter with "
                                      "status=failed or status=cancelled"),
 ])

@@ -19,12 +19,11 @@ from typing import Any
 import attrs
 from starlette.datastructures import ImmutableMultiDict
 
-from nuvom_kernel.backends import parse_cursor
 from nuvom_kernel.cli.output import relative as cli_relative
 from nuvom_kernel.cli.queued import STATES
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob
-from nuvom_plugins_dashboard.views import BadRequest, _no_nul
+from nuvom_plugins_dashboard.views import BadRequest, _no_nul, checked_cursor
 
 __all__ = ["MAX_LIMIT", "PAGE_SIZE", "REFRESH_STEPS", "STATES", "WAITING", "QueuedFilter",
            "QueuedPage", "list_queued", "refresh_secs", "relative"]
@@ -127,11 +126,7 @@ def list_queued(queue: Any, flt: QueuedFilter, after: str | None = None) -> Queu
     :raises BadRequest: ``after`` is not a cursor this page made.
     """
     if after is not None:
-        _no_nul("after", after)
-        try:
-            parse_cursor(after, made_by=_CURSOR)
-        except ValueError as exc:
-            raise BadRequest(f"after: {exc}; follow the page links instead") from None
+        checked_cursor(after, made_by=_CURSOR)
     started = time.monotonic()
     try:
         found = list(queue.browse(list(flt.queues) or None, states=flt.states or None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import pprint
 import time
 from collections.abc import Mapping
@@ -118,6 +119,23 @@ def _no_nul(name: str, value: str | None) -> str | None:
     return value
 
 
+def checked_cursor(after: str, made_by: str = "page_cursor()") -> None:
+    """Refuse a page cursor no page link makes: malformed, a NUL, or a time of ``nan``,
+    which orders against no time, so each store answered it its own way (an empty page on
+    SQLite, page 1 on PostgreSQL).
+
+    :raises BadRequest: saying what is wrong with it.
+    """
+    _no_nul("after", after)
+    try:
+        when, _ = parse_cursor(after, made_by=made_by)
+    except ValueError as exc:
+        raise BadRequest(f"after: {exc}; follow the page links instead") from None
+    if math.isnan(when):
+        raise BadRequest(f"after: malformed page cursor {after!r}: its time is nan; follow "
+                         "the page links instead")
+
+
 def impossible_job_id(job_id: str) -> bool:
     """Whether no job can have this id (the kernel refuses a NUL in one), so the page
     answers 404 without asking a backend that would refuse the query."""
@@ -189,11 +207,7 @@ def list_jobs(results: Any, flt: JobFilter, after: str | None = None,
     :raises BadRequest: ``after`` is not a cursor this dashboard made.
     """
     if after is not None:
-        _no_nul("after", after)
-        try:
-            parse_cursor(after)
-        except ValueError as exc:
-            raise BadRequest(f"after: {exc}; follow the page links instead") from None
+        checked_cursor(after)
     status, task = flt.status, flt.task
     if flt.queue is None:  # the backend filters everything: one indexed query
         page = results.query(status=status, task=task, limit=limit + 1, after=after)
