@@ -175,6 +175,31 @@ def _qual(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def registered_problem(plugin_name: str, hook_name: str, returned: Any) -> str | None:
+    """What is wrong with what ``plugin_name``'s registration hook returned, or ``None``
+    for a list of classes each with a non-empty string ``name``.
+
+    Why checked when plugins load (where the plugin can be disabled and named): ``return
+    MyQueue`` (the class, not a list of it) stopped every command, ``nuvom plugin list``
+    and ``nuvom plugin test`` included, with ``TypeError: 'ABCMeta' object is not
+    iterable``; a name in the list, or a class named ``""``, stopped every command that
+    loaded backends, those selecting another backend too.
+    """
+    if returned is None:
+        return None
+    where = f"plugin {plugin_name!r}: {hook_name}"
+    if not isinstance(returned, list | tuple):
+        return (f"{where} returned {returned!r}, not a list of classes: return "
+                f"[{getattr(returned, '__name__', 'TheClass')}]")
+    for item in returned:
+        if not isinstance(item, type):
+            return (f"{where} returned {item!r} in its list, which is not a class: list the "
+                    "classes themselves, not their names or instances")
+        if (problem := _bad_name(plugin_name, item, hook_name)) is not None:
+            return problem
+    return None
+
+
 def _bad_name(plugin_name: str, cls: Any, hook_name: str) -> str | None:
     """What is wrong with the ``name`` of ``cls``, registered by ``plugin_name`` through
     ``hook_name``, or ``None`` when it is a non-empty string (what configuration selects it by).

@@ -38,7 +38,7 @@ from nuvom_kernel import hookspecs
 from nuvom_kernel.config import AUTOLOAD_VAR, CAPABILITIES, DISABLE_VAR, Config
 from nuvom_kernel.errors import PluginConfigError, PluginLoadError
 from nuvom_kernel.hints import warn_once
-from nuvom_kernel.plugin_lookup import BackendLookup, PluginInfo
+from nuvom_kernel.plugin_lookup import BackendLookup, PluginInfo, registered_problem
 from nuvom_kernel.plugin_settings import PluginSchema
 from nuvom_kernel.plugin_sources import (
     DEFAULT_PLUGINS,
@@ -162,6 +162,10 @@ class NuvomPluginManager(BackendLookup):
                     continue
                 if hook_name == "nuvom_plugin_settings":
                     declares[impl.plugin_name] = {table.lower() for table in returned or {}}
+                    continue
+                problem = registered_problem(impl.plugin_name, hook_name, returned)
+                if problem is not None:  # what collect() would refuse, stopping every
+                    self._failed(impl.plugin_name, problem.rstrip("."))  # command
                     continue
                 found = {cls.name.lower() for cls in returned or ()
                          if isinstance(getattr(cls, "name", None), str)}
@@ -332,3 +336,4 @@ class NuvomPluginManager(BackendLookup):
                         f"implementation of {caller.name} itself, so it would wrap nothing; "
                         f"mark it with a plain @hookimpl (only nuvom_worker_prepare honours "
                         f"hook wrappers)"))
+

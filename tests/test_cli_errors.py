@@ -475,6 +475,50 @@ def test_loading_disables_a_plugin_whose_hook_raises(tmp_path: Path,
     assert info.failure == pm.failures["breg"] and info.distribution == "nuvom-plugins-breg"
 
 
+RETURNS_THE_CLASS = '''
+from nuvom_kernel import hookimpl
+from nuvom_plugins.memory import MemoryJobQueue
+
+
+class BareQueue(MemoryJobQueue):
+    name = "bare"
+
+
+class NamelessQueue(MemoryJobQueue):
+    name = ""
+
+
+@hookimpl
+def nuvom_register_queue_backends():
+    return {shape}
+'''
+
+
+@pytest.mark.parametrize(("shape", "says"), [
+    ("BareQueue", "plugin 'bshape': nuvom_register_queue_backends returned <class "
+                  "'nuvom_fake_bshape.BareQueue'>, not a list of classes: return [BareQueue]"),
+    ("['BareQueue']", "plugin 'bshape': nuvom_register_queue_backends returned 'BareQueue' "
+                      "in its list, which is not a class"),
+    ("[NamelessQueue]", "plugin 'bshape': <class 'nuvom_fake_bshape.NamelessQueue'> from "
+                        "nuvom_register_queue_backends has an empty 'name' class attribute"),
+])
+def test_a_registration_hook_returning_the_wrong_shape_disables_its_plugin(
+        tmp_path: Path, shape: str, says: str) -> None:
+    """``return BareQueue`` (not a list) stopped every command, ``nuvom plugin list`` and
+    ``nuvom plugin test`` included, with ``TypeError: 'ABCMeta' object is not iterable``
+    naming no plugin; a name in the list, or a class named ``""``, stopped every command
+    that loaded backends. Now the plugin is disabled, named, with what it returned."""
+    pytest.importorskip("nuvom_plugins")
+    site = _site(tmp_path, "bshape", RETURNS_THE_CLASS.format(shape=shape))
+    for command in (["plugin", "list"], ["status"]):
+        done = run_nuvom(command, tmp_path, PYTHONPATH=site, **MEMORY)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        assert says in done.stderr, done.stderr
+        assert "It is disabled for this process: fix or upgrade it, or disable it with " \
+               "NUVOM_DISABLE_PLUGINS=bshape" in done.stderr, done.stderr
+
+
 class _RaisesLate:
     """Registered after loading (an embedder's ``pm.register``), so never probed."""
 
