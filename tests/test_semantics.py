@@ -409,7 +409,8 @@ def test_crash_loop_fails_after_max_deliveries(sqlite: Cluster):
                 "the crash-looping job to be FAILED", timeout=15)
     assert len(sqlite.files("deliveries")) == 2, "it ran a third time"
     failed = get_job(job.id)
-    assert "deliver" in (failed.error or "")
+    assert "delivered 2 times without an outcome" in (failed.error or ""), failed.error
+    assert "(NUVOM_MAX_DELIVERIES or [settings] max_deliveries, now 2)" in (failed.error or "")
     # Never recorded before it failed: its record comes from the message, so it still
     # says what the task was (it read retries=0 and no arguments).
     assert failed.options.retries == 3

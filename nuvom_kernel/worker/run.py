@@ -115,9 +115,11 @@ class JobRunner:
         without_outcome = lease.deliveries - 1 - message.failures
         if without_outcome >= settings.max_deliveries:
             error = NuvomError(
-                f"job was delivered {without_outcome} times without an outcome (a worker "
-                f"crashed or was killed each time, e.g. out of memory); raise "
-                f"NUVOM_MAX_DELIVERIES (now {settings.max_deliveries}) to allow more")
+                f"job was delivered {without_outcome} times without an outcome (each time "
+                f"a worker crashed or was killed, e.g. out of memory, or stopped and gave "
+                f"it up still running after its grace period); raise max_deliveries "
+                f"(NUVOM_MAX_DELIVERIES or [settings] max_deliveries, now "
+                f"{settings.max_deliveries}) to allow more")
             self.settler.submit(self.settler.without_envelope(lease, error, "dead"))
             return None
         try:
