@@ -33,13 +33,14 @@ from nuvom_kernel.discovery import (
     manifest_path,
     read_manifest,
     recorded_scan,
+    usable_manifest,
 )
-from nuvom_kernel.hints import warned
+from nuvom_kernel.hints import parent_project, warned
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
 
-__all__ = ["DiscoveryRun", "discover_before_start", "run_discoverers"]
+__all__ = ["DiscoveryRun", "discover_before_start", "load_at_start", "run_discoverers"]
 
 log = logging.getLogger("nuvom.worker")
 
@@ -197,3 +198,38 @@ def _plan(kernel: Kernel) -> tuple[Scan, str] | None:
     if not kernel.pm.collect("nuvom_register_discoverers") or not scan.root.is_dir():
         return None
     return scan, why
+
+
+def load_at_start(kernel: Kernel, written: bool, process_pool: bool) -> None:
+    """Load the manifest into the starting worker's registry, and say what the worker does
+    not know: tasks in files changed since it was written (``written``: it was just
+    written), or any task at all."""
+    data_dir, root = Path(kernel.data_dir), Path(kernel.config.root)
+    kernel.registry.load_manifest(data_dir, root)
+    # (just written: a file dated in the future would still read as changed)
+    changed = [] if written else changed_since(data_dir, root)
+    if changed:
+        log.warning("%d task file(s) changed after %s was written (%s%s): a schedule=, a "
+                    "concurrency= or a task added there is unknown to this worker until "
+                    "`nuvom discover tasks` runs again", len(changed), manifest_path(data_dir),
+                    ", ".join(changed[:5]), ", ..." if len(changed) > 5 else "")
+    if kernel.registry.names():
+        return
+    # A process pool's children import the task modules, never this process: without a
+    # manifest it knows no schedule, and a limit only once the children ran a job of the
+    # task (a hunt ran 12 at once of a task limited to 2, for good). A thread or asyncio
+    # pool learns them as it imports each task's module, after claiming its first jobs:
+    # two fresh workers ran 3 jobs at once of a task limited to 1.
+    above = parent_project(root)
+    log.warning("%s, so this worker knows schedules from %s alone, %s, and a task's "
+                "concurrency limit only after its first jobs were claimed: run `nuvom "
+                "discover tasks` where it finds your tasks (--root, --include; and again "
+                "after changing a task's options)%s",
+                "the process pool imports task modules in its children only" if process_pool
+                else "no task is imported yet (a task's module is imported when its first "
+                "job runs)", manifest_path(data_dir),
+                "which lists no task" if usable_manifest(data_dir) else "and there is none",
+                "" if above is None else
+                f". A folder above this one, {above}, holds a Nuvom project: each folder has "
+                f"its own store (.nuvom/), so a worker started here serves none of its jobs; "
+                f"start it there (cd {above})")

@@ -11,8 +11,9 @@ import difflib
 import logging
 import threading
 from collections.abc import Callable, Collection
+from pathlib import Path
 
-__all__ = ["did_you_mean", "warn_once", "warned"]
+__all__ = ["did_you_mean", "parent_project", "warn_once", "warned"]
 
 log = logging.getLogger("nuvom.config")
 
@@ -44,3 +45,17 @@ def did_you_mean(word: str, known: Collection[str], shown: Callable[[str], str] 
     """`` (did you mean X?)`` for the known name closest to ``word``, or nothing."""
     close = difflib.get_close_matches(word, sorted(known), n=1)
     return f" (did you mean {shown(close[0])}?)" if close else ""
+
+
+def parent_project(folder: Path) -> Path | None:
+    """The nearest folder above ``folder`` that holds a Nuvom project (a
+    ``.nuvom_plugins.toml``, or a ``.nuvom/manifest.json`` discovery wrote), if any.
+
+    Why: each folder has its own store (``.nuvom/``), so a worker started in a project's
+    subfolder served a new, empty one, while the producers used the project's; it said to
+    run `nuvom discover tasks`, which made things no better."""
+    for above in list(folder.absolute().parents)[:10]:
+        if (above / ".nuvom_plugins.toml").is_file() or \
+                (above / ".nuvom" / "manifest.json").is_file():
+            return above
+    return None

@@ -266,9 +266,9 @@ class Kernel:
     def _put_cancelled(self, job: Job, envelope: Envelope | None,
                        stored: JobRecord | None) -> bool:
         now = time.time()
-        if stored is not None:
+        if stored is not None and (envelope is None or stored.run >= envelope.run):
             record = stored
-        elif envelope is not None:
+        elif envelope is not None:  # (a record of an earlier run is not this run's)
             record = envelope.record(JobStatus.CANCELLED)
         else:  # a body that does not decode, or a backend that cannot peek: the handle's
             record = JobRecord(job_id=job.id, task=job.task, status=JobStatus.CANCELLED,

@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ class TaskRegistry:
         #: (name, the job's module) -> the task found elsewhere: a task moved since its
         #: jobs were enqueued, or enqueued by a script the worker knows by another name
         self._found: dict[tuple[str, str | None], Any] = {}
+        self._read_at: dict[str, float | None] = {}  # module -> its file's mtime at import
 
     def register(self, name: str, fn: Any, *, force: bool = False, silent: bool = False
                  ) -> None:
@@ -83,6 +83,7 @@ class TaskRegistry:
             self._tasks.clear()
             self._modules.clear()
             self._found.clear()
+            self._read_at.clear()
 
     def load_manifest(self, data_dir: Path, project: Path | None = None) -> int:
         """Remember where each task of the manifest lives; imports nothing. Returns count.
@@ -162,7 +163,7 @@ class TaskRegistry:
             tried.append(f"module {candidate!r} has no task named {name!r}"
                          + (f" (the task of that name is {owner!r}'s)" if fn else ""))
             if loaded:
-                changed = changed or _changed_since_start(candidate)
+                changed = changed or self._changed_since_import(candidate)
         detail = "; ".join(tried) or "no manifest entry and no module recorded in the job"
         advice = (f"{changed} changed after this process started, and a running worker "
                   "does not import a module again: restart the worker to run the new code."
@@ -181,6 +182,15 @@ class TaskRegistry:
             return fn
         return self._found.get((name, module))
 
+    def _changed_since_import(self, module: str) -> str:
+        """The file of ``module`` if it was written after this registry imported it: a
+        task added to it while a worker ran is unknown to that worker until it restarts,
+        and "run `nuvom discover tasks`" sent the user the wrong way."""
+        read_at, now = self._read_at.get(module), _mtime(module)
+        if read_at is None or now is None or now <= read_at:
+            return ""
+        return str(getattr(sys.modules[module], "__file__", module))
+
     def import_module(self, module: str) -> None:
         """Import ``module``; if it raises, forget the tasks it registered before it did.
 
@@ -190,8 +200,11 @@ class TaskRegistry:
         all). A module that failed is not in ``sys.modules``; its tasks must not be here.
         """
         before = dict(self._tasks)
+        fresh = module not in sys.modules
         try:
             importlib.import_module(module)
+            if fresh:  # the file as this process read it
+                self._read_at[module] = _mtime(module)
         except BaseException:
             with self._lock:  # (and a task module it imported that failed with it)
                 for name, fn in list(self._tasks.items()):
@@ -201,19 +214,12 @@ class TaskRegistry:
             raise
 
 
-#: About when this process started (the registry is imported before any task module).
-_STARTED = time.time()
-
-
-def _changed_since_start(module: str) -> str:
-    """The file of ``module``, imported already, if it was written after this process
-    started: a task added to it while a worker ran is unknown to that worker until it is
-    restarted, and "run `nuvom discover tasks`" sent the user the wrong way."""
+def _mtime(module: str) -> float | None:
     path = getattr(sys.modules.get(module), "__file__", None)
     try:
-        return path if path and os.stat(path).st_mtime > _STARTED else ""
+        return os.stat(path).st_mtime if path else None
     except OSError:
-        return ""
+        return None
 
 
 def _same_file(fn: Any, module: str) -> bool:

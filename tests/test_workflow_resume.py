@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from nuvom_kernel import JobStatus, Worker, chain, get_job
-from nuvom_kernel.errors import JobFailedError, NuvomError
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.workflow import stranded
 from nuvom_kernel.workflow.graph import CANCELLED, RELEASED, WAITING
@@ -321,12 +322,13 @@ def test_a_step_quarantined_by_its_queue_is_told_not_waited_for(
         flow.get(timeout=2)
     assert f"Step {first} has been released for" in str(timed_out.value), timed_out.value
     monkeypatch.setattr(stranded, "GRACE_SECS", 0.0)
+    monkeypatch.setattr(stranded, "LOST_GRACE_LEASES", 0)
     with pytest.raises(NuvomError) as found:
         flow.get(timeout=30)
     text = str(found.value)
     assert f"step {first} was released to its queue, but its message is in no queue" in text
     assert "`nuvom status` lists quarantined entries" in text, text
-    assert f"`nuvom cancel job {first}` ends the workflow CANCELLED" in text, text
+    assert f"`nuvom cancel job {first}` cancels it and the steps depending on it" in text
     code, out, err = cli(kernel, "inspect", flow.id)
     assert code == 0 and first in out and f"step {first} was released" in err, (out, err)
     assert "resume" not in err, err  # it has no outcome to apply
@@ -336,6 +338,7 @@ def test_a_step_quarantined_by_its_queue_is_told_not_waited_for(
                      NUVOM_RESULT_BACKEND=kernel.results.name)
     assert done.returncode == 0, done.stderr
     assert flow.status == "CANCELLED"
+    assert get_job(first).status is JobStatus.CANCELLED  # its own record, from its message
     assert get_job(second).status is JobStatus.CANCELLED
 
 
@@ -390,3 +393,72 @@ def test_a_head_whose_status_is_no_status_is_damage_not_a_state(
         assert Workflow(flow.id, kernel).resume() == [first]
         run_worker_until(kernel, lambda: flow.status != "RUNNING", "the workflow to end")
         assert flow.get(timeout=5) == 1
+
+
+def test_a_lost_step_with_a_record_of_its_run_is_cancelled_over_it(kernel: Kernel) -> None:
+    """A step that failed an attempt (RETRYING, attempt 1) and whose retry's message was
+    then lost: its CANCELLED record was built from the message (attempt 0), which the
+    results refuse under the stored attempt, so the cancel said done, the workflow ended,
+    and the step read RETRYING for ever."""
+    from wf_tasks import echo
+
+    flow = chain(echo.s(1), echo.s()).delay()
+    first = flow.nodes[0].id
+    [lease] = kernel.queue.claim(1)
+    envelope = Envelope.from_message(lease.message, kernel.serializer)
+    assert kernel.results.put(envelope.record(JobStatus.RETRYING, attempts=1))
+    assert kernel.queue.ack(lease)  # the retry's message gone, as a quarantine leaves it
+    assert get_job(first).cancel() is True
+    assert flow.status == "CANCELLED"
+    record = kernel.results.get(first)
+    assert record is not None and (record.status, record.attempts) == (JobStatus.CANCELLED, 1)
+
+
+def test_a_lost_step_released_again_by_a_retry_can_be_cancelled(
+        kernel: Kernel, project: Path) -> None:
+    """After ``retry``, a re-opened step keeps its last run's terminal record: its new
+    run's message lost, ``inspect`` and ``get()`` called it lost and said to cancel it, and
+    the cancel refused (its record was terminal), leaving the workflow RUNNING."""
+    from wf_tasks import echo
+
+    write_module(project, "held_tasks", HELD)
+    from held_tasks import held
+
+    flow = chain(echo.s(1), held.s()).delay()
+    first, second = (n.id for n in flow.nodes)
+    run_worker_until(kernel, lambda: flow.status == "SUCCEEDED", "the first run to end")
+    Workflow(flow.id, kernel).retry(from_node=first)
+    worker = Worker(kernel, workers=1, scheduler=False, poll_timeout_secs=0.05,
+                    queues=["default"])  # runs the first step again, not the held one
+    worker.start()
+    try:
+        wait_until(lambda: kernel.queue.peek_state(second) is not None,
+                   10, "the held step released by its parent's new run")
+    finally:
+        worker.stop()
+        worker.join()
+    [lease] = kernel.queue.claim(1, queues=["held"])
+    assert lease.id == second and kernel.queue.ack(lease)  # its new run's message gone
+    graph = Workflow(flow.id, kernel)._graph()
+    assert stranded.look(kernel.queue, kernel.results, kernel.serializer, graph).lost == \
+        [second]
+    assert get_job(second).cancel() is True
+    assert flow.status == "CANCELLED"
+    record = kernel.results.get(second)
+    assert record is not None and (record.status, record.run) == (JobStatus.CANCELLED, 2)
+
+
+def test_a_re_opened_step_waiting_for_its_parents_is_not_called_damaged(
+        kernel: Kernel) -> None:
+    """``get()`` on a step re-opened by ``retry`` (waiting, its last run's CANCELLED record
+    kept) said what it says after a damaged graph ended a workflow: submit it again."""
+    from wf_tasks import boom, echo
+
+    flow = chain(boom.si(), echo.s(), echo.s()).delay()
+    second = flow.nodes[1].id
+    run_worker_until(kernel, lambda: flow.status == "FAILED", "the workflow to fail")
+    Workflow(flow.id, kernel).retry()
+    with pytest.raises(JobCancelledError) as cancelled:
+        get_job(second).get(timeout=1)
+    assert "no retry can finish" not in str(cancelled.value), cancelled.value
+    assert f"nuvom workflow retry {flow.id}" in str(cancelled.value), cancelled.value

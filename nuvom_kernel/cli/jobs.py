@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -26,7 +27,7 @@ from nuvom_kernel.cli.retry_failed import retry_failed
 from nuvom_kernel.discovery import read_manifest
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
-from nuvom_kernel.hints import did_you_mean
+from nuvom_kernel.hints import did_you_mean, parent_project
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 
 
@@ -281,9 +282,12 @@ def status(as_json: bool) -> None:
         click.echo(f"warning: {line}")
     if not (data["states"] or stats.queues or stats.quarantined or data["waiting_steps"]
             or workers):
+        above = parent_project(Path(kernel.config.root))
         click.echo("note: these stores hold no jobs, records or live workers. If you "
                    "expected some, this is probably not your workers' store: run nuvom from "
-                   "the project folder (where .nuvom_plugins.toml is), or check "
+                   "the project folder (where .nuvom_plugins.toml is"
+                   + ("" if above is None else f": {above}, a folder above this one, holds "
+                      "a Nuvom project") + "), or check "
                    "NUVOM_DATA_DIR, NUVOM_NAMESPACE and the backend settings (`nuvom config`)")
     if not heartbeats:
         click.echo(f"workers: unknown (result backend {kernel.results.name!r} keeps no "

@@ -35,8 +35,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from nuvom_kernel.discovery import changed_since, manifest_path, usable_manifest
-from nuvom_kernel.discovery_run import discover_before_start
+from nuvom_kernel.discovery_run import discover_before_start, load_at_start
 from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import WorkerPrepareError
 from nuvom_kernel.limits import apply_limits
@@ -183,35 +182,8 @@ class Worker(Dispatcher, Timeouts):
         try:
             self._prepare_plugins()
             self._open_stores()
-            # (just written: a file dated in the future would still read as changed)
             written = self.discover and discover_before_start(self.kernel, self._stopping)
-            self.kernel.registry.load_manifest(self.kernel.data_dir, self.kernel.config.root)
-            changed = [] if written else changed_since(self.kernel.data_dir,
-                                                       self.kernel.config.root)
-            if changed:
-                log.warning("%d task file(s) changed after %s was written (%s%s): a "
-                            "schedule=, a concurrency= or a task added there is unknown to "
-                            "this worker until `nuvom discover tasks` runs again",
-                            len(changed), self.kernel.data_dir / "manifest.json",
-                            ", ".join(changed[:5]), ", ..." if len(changed) > 5 else "")
-            if not self.kernel.registry.names():
-                # its children import the task modules, never this process: without a
-                # manifest it knows no schedule, and a limit only once the children ran a
-                # job of the task (a hunt ran 12 at once of a task limited to 2, for good).
-                # A thread or asyncio pool learns them as it imports each task's module,
-                # after claiming its first jobs: two fresh workers ran 3 jobs at once of a
-                # task limited to 1.
-                manifest = manifest_path(self.kernel.data_dir)
-                log.warning("%s, so this worker knows schedules from %s alone, %s, and a "
-                            "task's concurrency limit only after its first jobs were "
-                            "claimed: run `nuvom discover tasks` where it finds your tasks "
-                            "(--root, --include; and again after changing a task's options)",
-                            "the process pool imports task modules in its children only"
-                            if self.processes is not None else
-                            "no task is imported yet (a task's module is imported when its "
-                            "first job runs)", manifest,
-                            "which lists no task" if usable_manifest(self.kernel.data_dir) else
-                            "and there is none")
+            load_at_start(self.kernel, written, self.processes is not None)
             self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         except BaseException:
             self.signals.emit_lifecycle("nuvom_worker_shutdown")

@@ -144,7 +144,8 @@ class Workflow:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
         kernel = self._kernel
-        watch = StrandedWatch(kernel.queue, kernel.results, kernel.serializer, self.id)
+        watch = StrandedWatch(kernel.queue, kernel.results, kernel.serializer, self.id,
+                              kernel.settings.visibility_timeout_secs)
         while True:
             graph = self._graph(nodes=False)
             if graph.flow.status != RUNNING:

@@ -23,7 +23,7 @@ from nuvom_kernel.errors import (
 )
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message, TaskOptions
 from nuvom_kernel.workflow.damage import damaged_advice
-from nuvom_kernel.workflow.graph import NOT_RUN, cancel_waiting, doomed_record
+from nuvom_kernel.workflow.graph import NOT_RUN, CancelOutcome, cancel_waiting, doomed_record
 from nuvom_kernel.workflow.shape import (
     CANCELLED,
     CANCELLED_ERROR,
@@ -35,12 +35,14 @@ from nuvom_kernel.workflow.shape import (
     SKIPPED_ERROR,
     WAITING,
     WF_HEADER,
+    GraphTxn,
     Node,
 )
 
 if TYPE_CHECKING:
     from nuvom_kernel.job import Job
     from nuvom_kernel.kernel import Kernel
+    from nuvom_kernel.serialization import Serializer
 
 __all__ = ["cancel_step", "cancelled_error", "unqueued_step", "workflow_of"]
 
@@ -125,22 +127,53 @@ def cancel_step(kernel: Kernel, job: Job, stored: JobRecord | None) -> bool | No
         return False
     queue = kernel.queue
     half_done = stored is not None and stored.status is JobStatus.CANCELLED
-    lost = (node.state == RELEASED and (stored is None or stored.status not in TERMINAL_STATES)
-            and queue.peek_state(job.id) is None)
-    if node.state == RELEASED and not (half_done or lost):
+
+    def gone(step: str) -> bool:
+        return queue.peek_state(step) is None
+
+    maybe_lost = node.state == RELEASED and not half_done and gone(job.id)
+    if node.state == RELEASED and not (half_done or maybe_lost):
         return None  # queued (or running): the queue's cancel decides
-    outcome = queue.workflow_transaction(
-        lambda txn: cancel_waiting(txn, job.id, (lambda i: queue.peek_state(i) is None)
-                                   if half_done or lost else None), [node.workflow])
+    lost = False
+
+    def cancel(txn: GraphTxn) -> CancelOutcome:
+        nonlocal lost
+        if maybe_lost:  # no outcome of the run its stored message would run: lost
+            lost = stored is None or stored.status not in TERMINAL_STATES or stored.run < \
+                stored_run(job.id, txn.bodies([job.id]).get(job.id), kernel.serializer)
+        return cancel_waiting(txn, job.id, gone if half_done or lost else None)
+
+    outcome = queue.workflow_transaction(cancel, [node.workflow])
     if outcome.found is None or not outcome.done:
         released = outcome.found is not None and outcome.found.state == RELEASED
         return None if released and not half_done else False
     records = [doomed_record(n) for n in outcome.doomed]
-    if outcome.found.state == WAITING or lost:
+    if outcome.found.state == WAITING:
         records.insert(0, _cancelled_record(kernel, outcome.found, outcome.body))
     if records:
         kernel.results.put_many(records)
+    if lost:  # over the record it has (a retry's, of this run), fenced like any cancel's
+        kernel._record_cancelled(job, _envelope(kernel, job.id, outcome.body))
     return True
+
+
+def _envelope(kernel: Kernel, job_id: str, body: bytes | None) -> Envelope | None:
+    try:
+        return None if body is None else Envelope.from_message(Message(id=job_id, body=body),
+                                                               kernel.serializer)
+    except SerializationError:
+        return None
+
+
+def stored_run(job_id: str, body: bytes | None, serializer: Serializer) -> int:
+    """The run a step's stored message would run; 0 where it does not say (a body that
+    does not decode fails its step without running it)."""
+    if body is None:
+        return 0
+    try:
+        return Envelope.from_message(Message(id=job_id, body=body), serializer).run
+    except Exception:
+        return 0
 
 
 def _cancelled_record(kernel: Kernel, node: Node, body: bytes | None) -> JobRecord:
@@ -190,8 +223,8 @@ def cancelled_error(kernel: Kernel, job: Job) -> JobCancelledError:
             node = None  # true, and this error must carry them, not the store's
         if node is not None:
             workflow, doom = node.workflow, node.doom
-            if node.state == WAITING:  # never cancelled: its workflow ended by damage
-                doom = DOOM_DAMAGED
+            if node.state == WAITING and _ended(kernel, node):  # never cancelled: its
+                doom = DOOM_DAMAGED  # workflow ended by damage (a re-opened step waits)
     if doom == DOOM_DAMAGED and workflow is not None:
         advice = damaged_advice(workflow)
     reason = None

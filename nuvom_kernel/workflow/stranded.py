@@ -32,9 +32,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import NuvomError
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 from nuvom_kernel.workflow.graph import advance, doomed_record
 from nuvom_kernel.workflow.settle import never_pushed
 from nuvom_kernel.workflow.shape import (
@@ -45,6 +44,7 @@ from nuvom_kernel.workflow.shape import (
     Node,
     WorkflowGraph,
 )
+from nuvom_kernel.workflow.steps import stored_run
 
 if TYPE_CHECKING:
     from nuvom_kernel.backends import QueueBackend, ResultBackend
@@ -71,6 +71,8 @@ CHECK_MAX_SECS = 60.0
 #: How long a step must stay stranded before ``wf.get()`` raises on it: longer than a
 #: cancel may wait for a write lock between recording the step and moving the graph.
 GRACE_SECS = 60.0
+#: How many visibility timeouts a step must stay lost before ``wf.get()`` raises on it.
+LOST_GRACE_LEASES = 2
 
 
 def stranded_steps(queue: QueueBackend, results: ResultBackend, serializer: Serializer,
@@ -104,27 +106,17 @@ def look(queue: QueueBackend, results: ResultBackend, serializer: Serializer,
         if flow is None or flow.status != RUNNING:
             return Look([], [])
         nodes = txn.nodes(list(records))
-        still = [i for i in records if i in nodes and nodes[i].state == RELEASED]
+        still = [i for i in records if i in nodes and nodes[i].state == RELEASED
+                 and queue.peek_state(i) is None]  # (a push or a cancel went on meanwhile)
         ended = {i: r for i in still
                  if (r := records[i]) is not None and r.status in TERMINAL_STATES}
         bodies = txn.bodies(list(ended))
         stranded = [(i, r.status) for i, r in ended.items()
-                    if r.run >= _run(i, bodies.get(i), serializer)]
+                    if r.run >= stored_run(i, bodies.get(i), serializer)]
         done = {i for i, _ in stranded}
         return Look(stranded, [i for i in still if i not in done])
 
     return queue.workflow_transaction(confirm, [graph.flow.id])
-
-
-def _run(job_id: str, body: bytes | None, serializer: Serializer) -> int:
-    """The run a step's stored message would run; 0 where it does not say (a body that
-    does not decode fails its step without running it)."""
-    if body is None:
-        return 0
-    try:
-        return Envelope.from_message(Message(id=job_id, body=body), serializer).run
-    except Exception:
-        return 0
 
 
 def stranded_error(workflow_id: str, stranded: Sequence[tuple[str, JobStatus]]) -> NuvomError:
@@ -151,7 +143,8 @@ def lost_error(workflow_id: str, lost: Sequence[str]) -> NuvomError:
         "recorded, so no worker will run it. A queue backend quarantines a message it cannot "
         "read (`nuvom status` lists quarantined entries; the backend's README says how to put "
         "one back, and the workflow then runs on); or it was removed from the store by hand. "
-        f"`nuvom cancel job {step}` ends the workflow CANCELLED instead")
+        f"`nuvom cancel job {step}` cancels it and the steps depending on it instead, "
+        "which ends the workflow")
 
 
 def resume(queue: QueueBackend, results: ResultBackend, serializer: Serializer,
@@ -193,7 +186,7 @@ class StrandedWatch:
     the last one), and a step raises only once it has stayed so :data:`GRACE_SECS`."""
 
     def __init__(self, queue: QueueBackend, results: ResultBackend, serializer: Serializer,
-                 workflow_id: str) -> None:
+                 workflow_id: str, lease_secs: float = 0.0) -> None:
         self._look: Callable[[WorkflowGraph], Look] = (
             lambda graph: look(queue, results, serializer, graph))
         self._id = workflow_id
@@ -202,6 +195,9 @@ class StrandedWatch:
         self._open: int | None = None
         self._since: dict[str, float] = {}
         self._lost: set[str] = set()
+        # A step saved RELEASED whose push a crash cut off looks lost until its parent's
+        # next delivery pushes it (its lease, ``lease_secs``, expired): wait that out too.
+        self._lost_grace = max(GRACE_SECS, LOST_GRACE_LEASES * lease_secs)
 
     def check(self, head: WorkflowGraph, read: Callable[[], WorkflowGraph]) -> None:
         """Look if it is time, given the head just polled; ``read`` reads the whole graph.
@@ -224,7 +220,8 @@ class StrandedWatch:
                         if now - self._since[step] >= GRACE_SECS]
             if stranded:
                 raise stranded_error(self._id, stranded)
-            lost = [step for step in found.lost if now - self._since[step] >= GRACE_SECS]
+            lost = [step for step in found.lost
+                    if now - self._since[step] >= self._lost_grace]
             if lost:
                 raise lost_error(self._id, lost)
             self._every = min(self._every * 2, CHECK_MAX_SECS)
