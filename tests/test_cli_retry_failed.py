@@ -23,6 +23,7 @@ from tests.helpers import (
     start_worker,
     stop_worker,
     wait_until,
+    worker_starts_and_stops,
     write_module,
 )
 
@@ -255,6 +256,17 @@ def test_status_from_the_wrong_folder_shows_the_store_it_opened(project: Path) -
     assert f"store (queue and results): {project / '.nuovm' / 'nuvom.db'}\n" in wrong.stdout
     assert "note: these stores hold no jobs, records or live workers" in wrong.stdout
     assert "NUVOM_DATA_DIR" in wrong.stdout
+
+    sub = project / "app"  # a subfolder: a store of its own, and the project named
+    sub.mkdir()
+    (project / ".nuvom_plugins.toml").touch()
+    below = run_nuvom(["status"], sub, **env)
+    assert below.returncode == 0, below.stderr
+    assert f"{project}, a folder above this one, holds a Nuvom project" in below.stdout, \
+        below.stdout
+    out = worker_starts_and_stops(sub, {**env, "NUVOM_LOG_LEVEL": "INFO"}, "--workers", "1")
+    assert f"A folder above this one, {project}, holds a Nuvom project" in out, out
+    assert f"start it there (cd {project})" in out, out
 
     apart = run_nuvom(["status", "--json"], project, **env,
                       NUVOM_PLUGINS__SQLITE__RESULTS_PATH="records/r.db")
