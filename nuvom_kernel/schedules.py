@@ -199,7 +199,7 @@ def _instant(wall: datetime, zone: Any) -> float:
 
 @attrs.frozen
 class Every:
-    """``every(seconds=…, minutes=…, hours=…)``: ticks at multiples of the interval since
+    """``every(seconds=…, minutes=…, hours=…, days=…)``: ticks at multiples of the interval since
     the Unix epoch, so every host derives the same tick times."""
 
     interval: float
@@ -252,15 +252,17 @@ def cron(expr: str, tz: str = "UTC", args: Sequence[Any] = (),
     return Cron(expr, tz, *_arguments("cron", args, kwargs))
 
 
-def every(*, seconds: float = 0, minutes: float = 0, hours: float = 0,
+def every(*, seconds: float = 0, minutes: float = 0, hours: float = 0, days: float = 0,
           args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None) -> Every:
     """An interval schedule aligned to the Unix epoch (multiples of the interval, UTC)."""
-    for unit, amount in (("seconds", seconds), ("minutes", minutes), ("hours", hours)):
+    for unit, amount in (("seconds", seconds), ("minutes", minutes), ("hours", hours),
+                         ("days", days)):
         if isinstance(amount, bool) or not isinstance(amount, int | float):
             # "5" would fail as "can only concatenate str", naming neither every() nor unit
             raise ScheduleError(f"every({unit}=...) takes a number, got {amount!r}; "
                                 f"write every({unit}={_number_hint(amount)})")
-    return Every(seconds + 60 * minutes + 3600 * hours, *_arguments("every", args, kwargs))
+    return Every(seconds + 60 * minutes + 3600 * hours + 86400 * days,
+                 *_arguments("every", args, kwargs))
 
 
 def _arguments(what: str, args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -369,6 +369,7 @@ def test_a_wrong_type_of_zone_or_arguments_is_a_schedule_error(call, problem):
                                  "write every(seconds=5)"),
     (lambda: every(minutes=None), "every(minutes=...) takes a number, got None"),
     (lambda: every(hours=True), "every(hours=...) takes a number, got True"),
+    (lambda: every(days="1"), "every(days=...) takes a number, got '1'; write every(days=1)"),
 ])
 def test_every_refuses_a_non_number_naming_its_argument(call, problem):
     """every(seconds="5") failed with "can only concatenate str", naming nothing."""
@@ -667,3 +668,9 @@ def test_a_state_read_that_waits_is_not_blamed_on_this_clock(make_kernel, caplog
     with caplog.at_level(logging.INFO, logger="nuvom.scheduler"):
         blocked.run_pending()
     assert "ahead of this worker's clock" not in caplog.text, caplog.text
+
+
+def test_every_takes_days() -> None:
+    """``every(days=1)`` failed with "unexpected keyword argument 'days'"."""
+    assert every(days=1).interval == 86_400
+    assert every(days=1, hours=12).interval == 129_600

@@ -281,6 +281,9 @@ def test_schedules_are_recorded_so_workers_need_not_import(tmp_path: Path) -> No
         @task(schedule="*/5 * * * *")
         def five(): ...
 
+        @task(schedule=every(days=1, hours=1))
+        def daily(): ...
+
         @task(schedule=cron("0 9 * * *", tz=ZONE))
         def dynamic(): ...
 
@@ -298,6 +301,8 @@ def test_schedules_are_recorded_so_workers_need_not_import(tmp_path: Path) -> No
     assert dict(tasks["poll"].options) == {
         "overlap": "skip", "concurrency": 2,
         "schedule": {"every": 90.0, "args": [], "kwargs": {}}}
+    assert dict(tasks["daily"].options) == {  # days: read statically as import reads it
+        "schedule": {"every": 90_000, "args": [], "kwargs": {}}}
     assert dict(tasks["five"].options) == {"schedule": "*/5 * * * *"}
     assert dict(tasks["dynamic"].options) == {}
     assert any("'dynamic'" in w and "schedule=" in w for w in report.warnings)

@@ -96,7 +96,7 @@ def _literal(node: ast.expr) -> tuple[bool, Any]:
         return False, None
 
 
-_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600}
+_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 
 
 def _schedule_call(call: ast.Call, bindings: _Bindings) -> dict[str, Any] | None:
