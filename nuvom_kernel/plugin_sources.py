@@ -14,6 +14,7 @@ import importlib.metadata
 import inspect
 import re
 import sys
+import traceback
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,20 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 ESSENTIAL_PLUGINS: frozenset[str] = frozenset({"nuvom_kernel.builtin", "nuvom_kernel.cli.core"})
 
 
+def missing_module(exc: BaseException, module: str) -> bool:
+    """Whether ``exc`` says ``module`` itself (or a package above it) is not there, rather
+    than that its code failed, or imported something missing, while it ran."""
+    name = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    return bool(name) and (module == name or module.startswith(f"{name}."))
+
+
+def raised_at(exc: BaseException) -> str:
+    """`` (raised at file:line)`` of the innermost frame of ``exc``'s traceback: "failed
+    to import: RuntimeError('boom')" named no file, and ``-v`` showed no more."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
 def import_target(target: str, where: str, root: Path) -> Any:
     """The plugin a ``.nuvom_plugins.toml`` target names (``module`` or ``module:attr``),
     ready to register (:func:`as_plugin`).
@@ -53,6 +68,12 @@ def import_target(target: str, where: str, root: Path) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:
+        if not missing_module(exc, module_name):  # found: its code failed as it ran
+            raise PluginConfigError(
+                f"{where}: target {target!r} failed while it was imported: "
+                f"{exc!r}{raised_at(exc)}. Fix that error in its code (or install what it "
+                "imports)."
+            ) from exc
         raise PluginConfigError(
             f"{where}: target {target!r} cannot be imported: {exc!r}. Check the module "
             f"path: it is imported from the project folder {root} (the folder "

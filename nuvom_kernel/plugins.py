@@ -46,7 +46,9 @@ from nuvom_kernel.plugin_sources import (
     disabled_plugins,
     import_target,
     make_importable,
+    missing_module,
     nuvom_entry_points,
+    raised_at,
 )
 
 __all__ = ["DEFAULT_PLUGINS", "ESSENTIAL_PLUGINS", "PROBED_HOOKS", "NuvomPluginManager",
@@ -216,10 +218,14 @@ class NuvomPluginManager(BackendLookup):
             try:
                 plugin = ep.load()
             except Exception as exc:  # one broken install must not stop the others
+                module = ep.value.partition(":")[0].strip()
+                advice = ("Reinstall it" if missing_module(exc, module) else
+                          "Fix that error in its code (or install what it imports), "
+                          "upgrade it")
                 message = (
                     f"plugin {ep.name!r} (entry point {ep.value!r} of distribution "
-                    f"{dist.metadata['name']}) failed to import: {exc!r}. Reinstall it, "
-                    f"or disable it with {DISABLE_VAR}={ep.name}"
+                    f"{dist.metadata['name']}) failed to import: {exc!r}{raised_at(exc)}. "
+                    f"{advice}, or disable it with {DISABLE_VAR}={ep.name}"
                 )
                 log.error("%s", message)
                 self.failures[ep.name] = message

@@ -748,6 +748,19 @@ def test_the_disabled_typo_warning_reaches_the_cli(tmp_path: Path) -> None:
     assert done.stderr.count("NUVOM_DISABLE_PLUGINS=fakqe names plugin 'fakqe'") == 1
 
 
+def test_a_plugin_that_raises_at_import_is_named_where_it_raised(tmp_path: Path) -> None:
+    """"failed to import: RuntimeError('boom at import'). Reinstall it": no file, no line
+    (``-v`` showed no more), and reinstalling does not fix a bug in the plugin's code."""
+    site = _site(tmp_path, "bimp", "X = 1\nraise RuntimeError('boom at import')\n")
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert done.returncode == 0, done.stderr
+    assert "plugin 'bimp' (entry point 'nuvom_fake_bimp' of distribution nuvom-plugins-bimp) " \
+           "failed to import: RuntimeError('boom at import') (raised at " \
+           f"{Path(site) / 'nuvom_fake_bimp.py'}:2). Fix that error in its code (or install " \
+           "what it imports), upgrade it, or disable it with NUVOM_DISABLE_PLUGINS=bimp" \
+           in done.stderr, done.stderr
+
+
 def test_a_disabled_toml_target_is_not_imported(tmp_path: Path) -> None:
     """Disabling a .nuvom_plugins.toml target (as a failed plugin's hint says) skips it:
     it was imported and then refused as "does not implement" its capability."""
@@ -755,7 +768,11 @@ def test_a_disabled_toml_target_is_not_imported(tmp_path: Path) -> None:
     (tmp_path / ".nuvom_plugins.toml").write_text(
         '[plugins]\nqueue_backend = ["broken_target:Queue"]\n')
     refused = run_nuvom(["config"], tmp_path, **MEMORY)
-    assert refused.returncode == 2 and "cannot be imported" in refused.stderr
+    assert refused.returncode == 2, refused.stderr
+    # found, and failed as it ran: not "check the module path"
+    assert "target 'broken_target:Queue' failed while it was imported: ImportError('no such " \
+           f"dependency') (raised at {tmp_path / 'broken_target.py'}:1). Fix that error in " \
+           "its code" in refused.stderr, refused.stderr
     done = run_nuvom(["config"], tmp_path, NUVOM_DISABLE_PLUGINS="broken_target:Queue",
                      **MEMORY)
     assert done.returncode == 0, done.stderr
