@@ -136,6 +136,9 @@ class NuvomPluginManager(BackendLookup):
         claimed = installed | set(self.entry_points) | set(self.disabled) | {
             name for name, plugin in self.list_name_plugin() if plugin is not None
         } | set(self.failures)
+        if not self._autoload:  # installed but not loaded: their tables are not typos
+            # ("no installed plugin is named 'sqlite'" with sqlite installed)
+            claimed |= {ep.name for _, ep in nuvom_entry_points()}
         config.warn_unclaimed_plugin_settings({name.lower() for name in claimed},
                                               sorted(installed))
 

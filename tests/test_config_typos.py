@@ -242,6 +242,19 @@ def test_the_cli_warns_about_an_unclaimed_table_and_runs(tmp_path: Path) -> None
         in variable.stderr
 
 
+
+def test_a_table_of_an_installed_plugin_is_no_typo_with_autoload_off(tmp_path: Path) -> None:
+    """With autoload off, installed plugins are not loaded: ``[plugins.sqlite]`` was said
+    to name no installed plugin, with sqlite installed. A misspelt table still is."""
+    pytest.importorskip("nuvom_plugins_sqlite")
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[plugins.sqlite]\npath = "custom.db"\n\n[plugins.sqllite]\npath = "x.db"\n')
+    done = run_nuvom(["config"], tmp_path, NUVOM_DISABLE_PLUGIN_AUTOLOAD="1", **MEMORY)
+    assert done.returncode == 0, done.stderr
+    assert "no installed plugin is named 'sqlite'" not in done.stderr, done.stderr
+    assert "[plugins.sqllite]: no installed plugin is named 'sqllite'" in done.stderr
+
+
 # --- NUVOM_* variables that are no setting: a warning ---------------------------------------
 
 
