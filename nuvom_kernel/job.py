@@ -251,7 +251,8 @@ class StoreStall:
 def still_waiting(job: Job[Any], timeout: float | None) -> TimeoutError:
     """What ``get()`` and ``get_async()`` raise when ``timeout`` passed: the job's state and
     the usual cause of a job that never starts."""
-    hint = ("; is a worker running (`nuvom runworker`) on the same backend?"
-            if job.status is JobStatus.QUEUED else "")
+    # (the queue too: a worker started with --queue serves only the queues it names)
+    hint = (f"; is a worker running (`nuvom runworker`) on the same backend, serving queue "
+            f"{job.options.queue!r}?" if job.status is JobStatus.QUEUED else "")
     return TimeoutError(f"job {job.id} ({job.task}) is still {job.status} after {timeout} s"
                         f"{hint}")

@@ -135,9 +135,11 @@ class Cron:
             seconds = (" Seconds are not supported (croniter would read a sixth field as "
                        "seconds): for runs more often than once a minute use "
                        "every(seconds=...)." if len(fields) > 5 else "")
+            named = (" It is none of the named ones: " + ", ".join(sorted(_CRON_MACROS)) + "."
+                     if len(fields) == 1 and fields[0].startswith("@") else "")
             raise ScheduleError(f"invalid cron expression {self.expr!r}: it has {len(fields)} "
                                 "field(s), a cron expression has five (minute hour "
-                                f"day-of-month month day-of-week).{seconds}")
+                                f"day-of-month month day-of-week).{seconds}{named}")
         croniter = _croniter()
         if not croniter.is_valid(self.expr):
             raise ScheduleError(f"invalid cron expression {self.expr!r}: {_bad_field(fields)}")

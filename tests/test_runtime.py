@@ -688,7 +688,8 @@ def test_cancel_of_a_held_or_cancelled_job_says_which(make_kernel, project: Path
             job.get(timeout=0.05)
         assert "is still RUNNING after 0.05 s" in str(waited.value)
         assert "is a worker running" not in str(waited.value)
-        with pytest.raises(TimeoutError, match="is a worker running"):
+        with pytest.raises(TimeoutError, match=r"is a worker running .* serving queue "
+                                                r"'default'"):
             other.get(timeout=0.05)  # QUEUED: the hint is for it
         assert run_nuvom(["cancel", "job", other.id], project, **SQLITE).returncode == 0
         again = run_nuvom(["cancel", "job", other.id], project, **SQLITE)

@@ -176,6 +176,7 @@ def ticking():
     ({"schedule": "0 0 31 2 *"}, "'0 0 31 2 *' never fires"),  # February 31
     ({"schedule": cron("0 0 31 4 *")}, "April 31"),
     ({"schedule": "0 */5 * * * *"}, "Seconds are not supported"),  # Quartz: seconds first
+    ({"schedule": "@every_minute"}, "It is none of the named ones: @annually, @daily"),
     ({"schedule": "* * * * *", "overlap": "queue"}, "overlap='queue'"),
     ({"schedule": "* * * * *", "catch_up": "some"}, "catch_up='some'"),
     ({"schedule": 5}, "schedule= takes"),
