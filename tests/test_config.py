@@ -82,6 +82,23 @@ def test_invalid_toml_exits_2_from_cli(tmp_path: Path):
     assert ".nuvom_plugins.toml" in proc.stderr and "line 1" in proc.stderr
 
 
+@pytest.mark.parametrize(("entered", "shown"), [("512", "512MB"), ("2GB", "2048MB"),
+                                                ("1000000", "1000000MB")])
+def test_config_shows_the_memory_limit_in_the_unit_it_is_entered_in(
+        tmp_path: Path, entered: str, shown: str):
+    """``--max-memory-per-child 512`` (MB) showed as 536870912, bytes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUVOM_")}
+    proc = subprocess.run([sys.executable, "-m", "nuvom_kernel", "config"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60,
+                          env={**env, "NUVOM_MAX_MEMORY_PER_CHILD": entered,
+                               "NUVOM_QUEUE_BACKEND": "memory",
+                               "NUVOM_RESULT_BACKEND": "memory"})
+    assert proc.returncode == 0, proc.stderr
+    [row] = [line.split() for line in proc.stdout.splitlines()
+             if line.startswith("max_memory_per_child ")]
+    assert row[1] == shown, row
+
+
 def test_unknown_settings_key_and_plugins_key(tmp_path: Path):
     (tmp_path / ".nuvom_plugins.toml").write_text("[settings]\nmax_worker = 3\n")
     with pytest.raises(PluginConfigError, match="max_worker"):

@@ -54,10 +54,20 @@ def config_cmd(as_json: bool) -> None:
                                "settings": rows, "plugins": plugin_rows}, indent=2))
         return
     click.echo(f"config file: {config.path or '(none: .nuvom_plugins.toml not found)'}")
-    print_table(rows, ["setting", "value", "env", "source"])
+    print_table([{**row, "value": _as_entered(row["setting"], row["value"])} for row in rows],
+                ["setting", "value", "env", "source"])
     if plugin_rows:
         click.echo("\nplugin settings ([plugins.<name>] tables, NUVOM_PLUGINS__<NAME>__<KEY>):")
         print_table(plugin_rows, ["plugin", "key", "value", "env", "source"])
+
+
+def _as_entered(setting: str, value: str | None) -> str | None:
+    """The memory limit in the unit it is entered in (``512MB``, a bare number being MB):
+    the table showed ``536870912``, bytes, for ``--max-memory-per-child 512``."""
+    if setting != "max_memory_per_child" or value is None:
+        return value
+    size = int(value)
+    return f"{size // 2**20}MB" if size % 2**20 == 0 else f"{size} bytes"
 
 
 @click.group(name="plugin")
