@@ -156,6 +156,21 @@ def held(x):
 """
 
 
+def retry_until_released(kernel: Kernel, flow_id: str, first: str, held: str) -> None:
+    """``retry --from first``, then a worker on the default queue only, until ``first``'s
+    new run released the ``held`` step (which no worker of these tests runs)."""
+    Workflow(flow_id, kernel).retry(from_node=first)
+    worker = Worker(kernel, workers=1, scheduler=False, poll_timeout_secs=0.05,
+                    queues=["default"])  # runs the first step again, not the held one
+    worker.start()
+    try:
+        wait_until(lambda: kernel.queue.peek_state(held) is not None,
+                   10, "the held step released by its parent's new run")
+    finally:
+        worker.stop()
+        worker.join()
+
+
 def test_a_step_released_again_by_a_retry_is_not_taken_for_its_last_run(
         kernel: Kernel, project: Path) -> None:
     """After ``retry``, a re-opened step keeps its last run's terminal record until its new
@@ -171,16 +186,7 @@ def test_a_step_released_again_by_a_retry_is_not_taken_for_its_last_run(
     first, second, third = (n.id for n in flow.nodes)
     run_worker_until(kernel, lambda: flow.status == "SUCCEEDED", "the first run to end")
     assert get_job(second).status is JobStatus.SUCCEEDED
-    Workflow(flow.id, kernel).retry(from_node=first)
-    worker = Worker(kernel, workers=1, scheduler=False, poll_timeout_secs=0.05,
-                    queues=["default"])  # runs the first step again, not the held one
-    worker.start()
-    try:
-        wait_until(lambda: kernel.queue.peek_state(second) is not None,
-                   10, "the held step released by its parent's new run")
-    finally:
-        worker.stop()
-        worker.join()
+    retry_until_released(kernel, flow.id, first, second)
     assert kernel.queue.cancel(second)  # a cancel's first half: the message removed
     assert get_job(second).status is JobStatus.SUCCEEDED  # its last run's record
     assert Workflow(flow.id, kernel).resume() == []
@@ -427,16 +433,7 @@ def test_a_lost_step_released_again_by_a_retry_can_be_cancelled(
     flow = chain(echo.s(1), held.s()).delay()
     first, second = (n.id for n in flow.nodes)
     run_worker_until(kernel, lambda: flow.status == "SUCCEEDED", "the first run to end")
-    Workflow(flow.id, kernel).retry(from_node=first)
-    worker = Worker(kernel, workers=1, scheduler=False, poll_timeout_secs=0.05,
-                    queues=["default"])  # runs the first step again, not the held one
-    worker.start()
-    try:
-        wait_until(lambda: kernel.queue.peek_state(second) is not None,
-                   10, "the held step released by its parent's new run")
-    finally:
-        worker.stop()
-        worker.join()
+    retry_until_released(kernel, flow.id, first, second)
     [lease] = kernel.queue.claim(1, queues=["held"])
     assert lease.id == second and kernel.queue.ack(lease)  # its new run's message gone
     graph = Workflow(flow.id, kernel)._graph()
