@@ -345,4 +345,3 @@ class NuvomPluginManager(BackendLookup):
                         f"implementation of {caller.name} itself, so it would wrap nothing; "
                         f"mark it with a plain @hookimpl (only nuvom_worker_prepare honours "
                         f"hook wrappers)"))
-

@@ -136,7 +136,7 @@ class TaskRegistry:
             return registered
         tried: list[str] = []
         import_failed = False
-        changed = ""  # a module's file edited after this process imported it
+        changed = ""  # a module's file, edited after this process imported it
         for candidate in dict.fromkeys(m for m in (module, self._modules.get(name)) if m):
             loaded = candidate in sys.modules  # imported before: the import changes nothing
             try:
@@ -165,7 +165,7 @@ class TaskRegistry:
             if loaded:
                 changed = changed or self._changed_since_import(candidate)
         detail = "; ".join(tried) or "no manifest entry and no module recorded in the job"
-        advice = (f"{changed} changed after this process started, and a running worker "
+        advice = (f"{changed} changed after this process imported it, and a running worker "
                   "does not import a module again: restart the worker to run the new code."
                   if changed else
                   f"Run the worker from the project directory (cwd: {Path.cwd()}, on "

@@ -490,6 +490,6 @@ def test_a_task_added_while_the_worker_runs_says_to_restart_it(project: Path) ->
     text = done.stdout + done.stderr
     assert done.returncode != 0, text + out
     assert "module 'tasks' has no task named 'mul'" in text, text
-    assert f"{project / 'tasks.py'} changed after this process started" in text, text
+    assert f"{project / 'tasks.py'} changed after this process imported it" in text, text
     assert "restart the worker to run the new code" in text, text
     assert "nuvom discover tasks" not in text, text

@@ -57,8 +57,8 @@ def _node(kernel: Kernel, job: Job) -> Node | None:
 
 
 def _ended(kernel: Kernel, node: Node) -> bool:
-    """Whether ``node``'s workflow has ended (its head read; a rare path: a step neither
-    queued nor recorded)."""
+    """Whether ``node``'s workflow has ended: its head read, at each poll of a waiting
+    step's ``get()``, as ``wf.get()`` reads it at each of its polls."""
     graph = kernel.queue.read_workflow(node.workflow, nodes=False)
     return graph is not None and graph.flow.status != RUNNING
 
