@@ -19,7 +19,9 @@ class HookInterrupted(BaseException):
     """Raised by the worker's signal handler to pull the main thread out of a hung lifecycle
     hook: the one exception an observer's isolation lets through (with a ``KeyboardInterrupt``
     on the main thread, a user's Ctrl-C), and the one BaseException a task's call lets
-    through."""
+    through. ``plugin``: the plugin whose hook it interrupted, once known."""
+
+    plugin: str | None = None
 
 
 def _isolated(impl: Any, hook_name: str, exc: BaseException) -> None:
@@ -31,9 +33,11 @@ def _isolated(impl: Any, hook_name: str, exc: BaseException) -> None:
     thread, the settler or the event loop that called it, silently, and the worker went on
     looking healthy with nothing left to run its jobs.
     """
-    if isinstance(exc, HookInterrupted) or (
-            isinstance(exc, KeyboardInterrupt)
-            and threading.current_thread() is threading.main_thread()):
+    if isinstance(exc, HookInterrupted):
+        exc.plugin = impl.plugin_name  # for the worker's log line: which hook hung
+        raise exc
+    if isinstance(exc, KeyboardInterrupt) and \
+            threading.current_thread() is threading.main_thread():
         raise exc
     repeats = _repeats(impl, hook_name, exc)
     if repeats is None:

@@ -77,3 +77,32 @@ def test_no_hook_skipped_is_not_said(project: Path, caplog: pytest.LogCaptureFix
         assert not [r for r in caplog.records if "were not run" in r.getMessage()]
     finally:
         kernel.close()
+
+
+class _Hangs:
+    """A startup hook that a stop signal reaches while it runs (as if it hung there)."""
+
+    @hookimpl
+    def nuvom_worker_startup(self, worker: Any) -> None:
+        import signal
+
+        worker.signals.handle(signal.SIGTERM, None)  # what the signal does, mid-hook
+        raise AssertionError("the signal did not interrupt the hook")
+
+
+def test_an_interrupted_lifecycle_hook_names_its_plugin(
+        project: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """plugin_hooks.md promises a hook's failure is isolated and named: the interrupted one
+    was "a plugin's nuvom_worker_startup hook"."""
+    kernel = Kernel(root=project, plugins={"hangs-at-start": _Hangs()},
+                    environ={"NUVOM_QUEUE_BACKEND": "memory",
+                             "NUVOM_RESULT_BACKEND": "memory"})
+    try:
+        worker = Worker(kernel, workers=1, scheduler=False)
+        with caplog.at_level(logging.ERROR, logger="nuvom.worker"):
+            worker.signals.emit_lifecycle("nuvom_worker_startup")
+        said = [r.getMessage() for r in caplog.records if "interrupted" in r.getMessage()]
+        assert said == ["the nuvom_worker_startup hook of plugin 'hangs-at-start' was still "
+                        "running when the worker was signalled; it was interrupted"], said
+    finally:
+        kernel.close()

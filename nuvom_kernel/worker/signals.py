@@ -181,9 +181,10 @@ class StopSignals:
                                 ", ".join(map(str, skipped)))
                 return
             events.emit(self.worker.kernel.pm, hook_name, worker=self.worker)
-        except HookInterrupted:
-            log.error("a plugin's %s hook was still running when the worker was signalled; "
-                      "it was interrupted", hook_name)
+        except HookInterrupted as exc:
+            log.error("the %s hook of %s was still running when the worker was signalled; "
+                      "it was interrupted", hook_name,
+                      "a plugin" if exc.plugin is None else f"plugin {exc.plugin!r}")
         finally:
             if main:
                 self._in_lifecycle_hook = False
