@@ -327,8 +327,9 @@ class Worker(Dispatcher, Timeouts):
         self.expiry.stop()
         self.signals.emit_lifecycle("nuvom_worker_shutdown")
         self.signals.disarm()
-        log.info("worker %s stopped: %d jobs processed (%d failed)%s%s", self.origin,
-                 self.processed, self.failed, "" if clean else ", running jobs abandoned",
+        log.info("worker %s stopped: %d job%s processed (%d failed)%s%s", self.origin,
+                 self.processed, "" if self.processed == 1 else "s", self.failed,
+                 "" if clean else ", running jobs abandoned",
                  "" if recorded else ", outcomes not recorded (those jobs will run again)")
         return 0 if clean and recorded and not self._broken else 1
 
