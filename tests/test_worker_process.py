@@ -493,3 +493,16 @@ def test_a_task_added_while_the_worker_runs_says_to_restart_it(project: Path) ->
     assert f"{project / 'tasks.py'} changed after this process imported it" in text, text
     assert "restart the worker to run the new code" in text, text
     assert "nuvom discover tasks" not in text, text
+
+
+def test_a_misspelt_queue_of_runworker_is_told(project: Path) -> None:
+    """``nuvom runworker --queue defualt`` served a queue no job goes to, without a word,
+    while the jobs waited in ``default``. A name close to none known is left alone."""
+    from tests.helpers import worker_starts_and_stops
+
+    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
+    out = worker_starts_and_stops(project, env, "--workers", "1", "--queue", "defualt",
+                                  "--queue", "reports")
+    assert "--queue 'defualt': no task of the manifest routes jobs to it and no job waits " \
+           "in it (did you mean 'default'?); this worker serves it all the same" in out, out
+    assert "--queue 'reports'" not in out, out

@@ -165,6 +165,7 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
         sys.path.insert(0, "")
     kernel = _kernel()
     queues = _queue_names(queues)
+    _warn_unknown_queues(kernel, queues)
     flags = {"pool": pool, "max_tasks_per_child": max_tasks_per_child,
              "max_memory_per_child": max_memory_per_child, "max_child_age_secs": max_child_age}
     overrides = {key: value for key, value in flags.items() if value is not None}
@@ -202,6 +203,30 @@ def _queue_names(values: tuple[str, ...]) -> tuple[str, ...]:
             raise click.BadParameter(str(exc).removeprefix("--queue: "),
                                      param_hint="--queue") from None
     return names
+
+
+def _warn_unknown_queues(kernel: Any, queues: tuple[str, ...]) -> None:
+    """Warn about a ``--queue`` name close to a known one (``defualt``): no task of the
+    manifest routes to it and no job waits in it, so a worker serving it sat idle without a
+    word while the jobs waited in the queue meant. Names with no close known one are
+    left alone: a queue only producers outside this project use is no typo."""
+    from nuvom_kernel.discovery import read_manifest
+    from nuvom_kernel.hints import did_you_mean
+
+    try:
+        manifest = read_manifest(kernel.data_dir) or {}
+    except ValueError:
+        manifest = {}
+    known = {"default"} | {str(entry.get("options", {}).get("queue", "default"))
+                           for entry in manifest.get("tasks", [])}
+    unknown = [name for name in queues if name not in known]
+    if unknown:  # (the queue store is asked only then)
+        known |= set(kernel.queue.stats().queues) - {"*"}
+    for name in unknown:
+        hint = did_you_mean(name, known, repr)
+        if hint:
+            log.warning("--queue %r: no task of the manifest routes jobs to it and no job "
+                        "waits in it%s; this worker serves it all the same", name, hint)
 
 
 #: How long the process may take to end once its worker stopped.
