@@ -13,7 +13,7 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.call_checks import check_queue
-from nuvom_kernel.cli.output import Seconds, print_table
+from nuvom_kernel.cli.output import Seconds, print_table, queue_typo
 from nuvom_kernel.config import Settings
 from nuvom_kernel.values import parse_size
 
@@ -206,25 +206,11 @@ def _queue_names(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _warn_unknown_queues(kernel: Any, queues: tuple[str, ...]) -> None:
-    """Warn about a ``--queue`` name close to a known one (``defualt``): no task of the
-    manifest routes to it and no job waits in it, so a worker serving it sat idle without a
-    word while the jobs waited in the queue meant. Names with no close known one are
-    left alone: a queue only producers outside this project use is no typo."""
-    from nuvom_kernel.discovery import read_manifest
-    from nuvom_kernel.hints import did_you_mean
-
-    try:
-        manifest = read_manifest(kernel.data_dir) or {}
-    except ValueError:
-        manifest = {}
-    known = {"default"} | {str(entry.get("options", {}).get("queue", "default"))
-                           for entry in manifest.get("tasks", [])}
-    unknown = [name for name in queues if name not in known]
-    if unknown:  # (the queue store is asked only then)
-        known |= set(kernel.queue.stats().queues) - {"*"}
-    for name in unknown:
-        hint = did_you_mean(name, known, repr)
-        if hint:
+    """Warn about a ``--queue`` name close to a known one (``defualt``): a worker serving it
+    sat idle without a word while the jobs waited in the queue meant. Names with no close
+    known one are left alone: a queue only producers outside this project use is no typo."""
+    for name in queues:
+        if hint := queue_typo(kernel, name):
             log.warning("--queue %r: no task of the manifest routes jobs to it and no job "
                         "waits in it%s; this worker serves it all the same", name, hint)
 

@@ -127,3 +127,22 @@ def refuse_in_process(kernel: Any, what: str, *, waits: bool = False) -> None:
             f"result backend {kernel.results.name!r} keeps its records in this process only, "
             "so --wait would never see the worker's outcome: leave --wait out, or "
             f"{shared} (NUVOM_RESULT_BACKEND, [settings] result_backend).")
+
+
+def queue_typo(kernel: Any, name: str) -> str:
+    """`` (did you mean 'default'?)`` for a queue ``name`` that no task of the manifest
+    routes to and no job waits in, but is close to one that is; else nothing. Why: a
+    misspelt ``--queue`` (``defualt``) was served, or purged, without a word."""
+    from nuvom_kernel.discovery import read_manifest
+    from nuvom_kernel.hints import did_you_mean
+
+    try:
+        manifest = read_manifest(kernel.data_dir) or {}
+    except ValueError:
+        manifest = {}
+    known = {"default"} | {str(entry.get("options", {}).get("queue", "default"))
+                           for entry in manifest.get("tasks", [])}
+    if name in known:
+        return ""
+    known |= set(kernel.queue.stats().queues) - {"*"}  # (the store asked only now)
+    return "" if name in known else did_you_mean(name, known, repr)

@@ -23,7 +23,14 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.jobs import _kernel
-from nuvom_kernel.cli.output import local_time, print_table, printable, relative, subgroup
+from nuvom_kernel.cli.output import (
+    local_time,
+    print_table,
+    printable,
+    queue_typo,
+    relative,
+    subgroup,
+)
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob
@@ -178,6 +185,10 @@ def purge_queue(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
             missed += 1
     running = len(_browse(kernel, queues, [JobStatus.RUNNING], None, PAGE_SIZE))
     click.echo(f"cancelled {cancelled} waiting job(s) of queue(s) {shown}")
+    for name in queues if not cancelled else ():
+        if hint := queue_typo(kernel, name):
+            click.echo(f"note: no task of the manifest routes jobs to queue {name!r} and no "
+                       f"job waits in it{hint}")
     if missed:
         click.echo(f"{missed} job(s) were claimed by a worker before they could be "
                    "cancelled: they run")
