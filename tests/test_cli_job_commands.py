@@ -4,6 +4,7 @@ an age past the epoch, and job data a UTF-8 terminal cannot print as it is."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from nuvom_kernel import JobStatus
@@ -101,6 +102,26 @@ def test_inspect_shows_values_as_get_returns_them_and_json_keeps_the_wire_form(
     assert "__nuvom__" not in done.stdout
     done = run_nuvom(["inspect", "job", job.id, "--format", "json"], project)
     assert '"__nuvom__"' in done.stdout, "JSON output is the stored (JSON-native) form"
+
+
+def test_inspect_shows_a_waiting_job_from_its_message(project: Path) -> None:
+    """A job never run has no record: inspect showed its id, task, status and queue, not
+    its arguments, priority or when it is due, which its message holds."""
+    write_module(project, "cli_tasks", TASKS)
+    from cli_tasks import echo
+
+    kernel = Kernel(root=project)
+    with use_kernel(kernel):
+        job = echo.apply_async(args=({"b": b"\xff"},), priority=7, delay_secs=600)
+    done = run_nuvom(["inspect", "job", job.id], project)
+    assert done.returncode == 0, done.stderr
+    for line in ("status: QUEUED", "priority: 7", "args: [{'b': b'\\xff'}]", "created_at: ",
+                 "due_at: "):
+        assert line in done.stdout, done.stdout
+    shown = json.loads(run_nuvom(["inspect", "job", job.id, "--format", "json"],
+                                 project).stdout)
+    assert shown["priority"] == 7 and shown["due_at"] > shown["created_at"], shown
+    kernel.close()
 
 
 def test_history_offers_only_the_states_a_record_can_be_in(project: Path) -> None:

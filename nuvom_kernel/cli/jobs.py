@@ -68,15 +68,21 @@ def inspect_job(job_id: str, fmt: str) -> None:
     kernel = _kernel()
     record = kernel.results.get(job_id)
     job = get_job(job_id)
-    if record is None:  # queued, a workflow step waiting for its parents, or unknown
-        data: dict[str, Any] = {"job_id": job_id, "status": job.status.value}
+    message, envelope = kernel._queued(job_id) if record is None else (None, None)
+    if envelope is not None:  # waiting or leased, never recorded: what its message says
+        data: dict[str, Any] = envelope.record(job.status).to_dict()  # (it showed 4 fields)
+        data.update(priority=message.priority if message is not None else None,
+                    due_at=message.available_at if message is not None
+                    and message.available_at > time.time() else None)
+    elif record is None:  # a workflow step waiting for its parents, or unknown
+        data = {"job_id": job_id, "status": job.status.value}
         if job.task:
             data.update(task=job.task, queue=job.queue)
-        if job.headers.get("wf"):
-            data["workflow"] = job.headers["wf"]
     else:
         data = record.to_dict()
-        data["status"] = job.status.value
+    data["status"] = job.status.value
+    if record is None and job.headers.get("wf"):
+        data["workflow"] = job.headers["wf"]
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, default=str))
         if job.status is JobStatus.UNKNOWN:
@@ -84,17 +90,17 @@ def inspect_job(job_id: str, fmt: str) -> None:
         return
     if job.status is JobStatus.UNKNOWN:
         raise click.ClickException(_unknown(job_id))
-    if record is not None:  # the values as get() returns them, not their wire form
-        data.update(args=list(job.args), kwargs=job.kwargs, result=job.result)
+    if record is not None or envelope is not None:  # the values as get() returns them,
+        data.update(args=list(job.args), kwargs=job.kwargs, result=job.result)  # not wire
     if (data.get("run") or 1) == 1:  # said once a job ran again (`nuvom retry job`): the
         data.pop("run", None)  # attempts and created_at are then that run's, not the first's
-    for key in ("job_id", "task", "status", "run", "queue", "workflow", "attempts",
-                "max_retries",
+    for key in ("job_id", "task", "status", "run", "queue", "priority", "workflow",
+                "attempts", "max_retries",
                 "args", "kwargs", "result", "error_type", "error_message", "worker",
                 "trace_id"):
         if key in data and data[key] not in (None, [], {}):
             click.echo(f"{key:>14}: {printable(data[key])}")
-    for key in ("created_at", "started_at", "finished_at"):
+    for key in ("created_at", "due_at", "started_at", "finished_at"):
         if data.get(key) is not None:
             click.echo(f"{key:>14}: {local_time(data[key])}")
     if record is not None and _duration(record):
