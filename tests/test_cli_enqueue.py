@@ -79,6 +79,9 @@ def test_bad_arguments_an_unknown_task_and_no_outcome_in_time_are_said_clearly(
             (["enq_send", "--args", "[1,"], 2, "not JSON"),
             (["enq_send", "--kwargs", "[1]"], 2, "must be a JSON object, got list"),
             (["enq_nothing"], 1, "unknown task 'enq_nothing'"),
+            (["enq_sned"], 1, "unknown task 'enq_sned' (did you mean 'enq_send'?)"),
+            (["enq_mod.enq_send"], 1, "unknown task 'enq_mod.enq_send' (did you mean "
+                                      "'enq_send'?)"),  # Celery's module.task name
             # the options as options (exit 2), not in apply_async's words
             (["enq_send", "--args", '["x"]', "--delay", "-5"], 2,
              "Invalid value for '--delay': '-5' must be a finite number of seconds >= 0"),

@@ -99,8 +99,13 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
                     if exc.import_failed else
                     "The manifest is older than the code: run `nuvom discover tasks`, then "
                     "`nuvom list tasks` for the names")) from exc
+        from nuvom_kernel.hints import did_you_mean
+
+        # (a Celery-style `module.task` name is matched by its last part too)
+        close = did_you_mean(task_name.rpartition(".")[2], kernel.registry.names(), repr) \
+            or did_you_mean(task_name, kernel.registry.names(), repr)
         raise click.ClickException(
-            f"unknown task {task_name!r}: no imported module and no entry of "
+            f"unknown task {task_name!r}{close}: no imported module and no entry of "
             f"{kernel.data_dir / 'manifest.json'} defines it. Run `nuvom discover tasks` in "
             "the project folder, then `nuvom list tasks` for the names") from exc
     from nuvom_kernel.kernel import get_job  # as the other job commands: not at import
