@@ -136,8 +136,11 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     try:
         result = job.get(timeout=wait_secs)
     except TimeoutError:
+        idle = job.status is JobStatus.QUEUED and _no_worker(kernel)
         click.echo(f"job {job.id} has no outcome after {wait_secs:g} s "
-                   f"(`nuvom inspect job {job.id}` shows it later)", err=True)
+                   f"(`nuvom inspect job {job.id}` shows it later)"
+                   + ("; no live worker runs on this store: start one with `nuvom runworker`"
+                      if idle else ""), err=True)
         raise SystemExit(2) from None
     except (JobFailedError, JobCancelledError) as exc:
         click.echo(str(exc), err=True)  # it names the job (`job <id> failed: ...`)
@@ -159,6 +162,14 @@ def _say_if_unserved(kernel: Any, queue: str) -> None:
     click.echo(f"note: no live worker serves queue {queue!r} (they serve: "
                f"{', '.join(served)}); the job waits for one that does (nuvom runworker "
                f"--queue {queue})", err=True)
+
+
+def _no_worker(kernel: Any) -> bool:
+    """Whether the result backend knows no live worker (it keeps heartbeats): a job still
+    QUEUED at the end of ``--wait`` then has no one to run it, and the message said only
+    that it had no outcome."""
+    return bool(type(kernel.results).capabilities.heartbeats) and \
+        not kernel.results.live_workers()
 
 
 def _older(job_id: str, called_at: float) -> bool:
