@@ -264,6 +264,10 @@ def test_status_from_the_wrong_folder_shows_the_store_it_opened(project: Path) -
     assert below.returncode == 0, below.stderr
     assert f"{project}, a folder above this one, holds a Nuvom project" in below.stdout, \
         below.stdout
+    lost = run_nuvom(["inspect", "job", "j-1"], sub, **env)
+    assert lost.returncode == 1, lost.stderr
+    assert f"{project}, a folder above it, holds a Nuvom project: run it there" \
+        in lost.stderr, lost.stderr
     out = worker_starts_and_stops(sub, {**env, "NUVOM_LOG_LEVEL": "INFO"}, "--workers", "1")
     assert f"A folder above this one, {project}, holds a Nuvom project" in out, out
     assert f"start it there (cd {project})" in out, out

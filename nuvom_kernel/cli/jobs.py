@@ -43,8 +43,13 @@ def _kernel() -> Any:
 
 
 def _unknown(job_id: str) -> str:
+    """Why ``job_id`` is not known here, and, run below a project's folder, where it may be:
+    each folder has its own store, and the message spoke only of quarantine."""
+    above = parent_project(Path(_kernel().config.root))
     return (f"unknown job id {job_id!r}: no backend has seen it (or its message was "
-            "quarantined as damaged: see `nuvom status`)")
+            "quarantined as damaged: see `nuvom status`)"
+            + ("" if above is None else f". This command opened the store of this folder; "
+               f"{above}, a folder above it, holds a Nuvom project: run it there"))
 
 
 def _duration(record: JobRecord) -> str | None:
