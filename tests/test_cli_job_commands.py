@@ -164,3 +164,14 @@ def test_an_id_with_undecodable_bytes_is_refused_not_a_traceback(project: Path) 
         with use_kernel(kernel):
             assert get_job(bad).status is JobStatus.UNKNOWN
             assert kernel.cancel(Job(id=bad, task="")) is False
+
+
+def test_a_job_command_without_job_says_where_the_id_goes(project: Path) -> None:
+    """``nuvom cancel <id>`` (Celery's and RQ's shape) said "No such command '<id>'"."""
+    for group in ("inspect", "cancel", "retry"):
+        done = run_nuvom([group, "abc123"], project)
+        assert done.returncode == 2, done.stderr
+        assert f"No such command 'abc123'. To {group} a job by its id: nuvom {group} job " \
+               "abc123" in done.stderr, done.stderr
+    done = run_nuvom(["retry", "faild"], project)  # a subcommand's typo
+    assert "No such command 'faild'. (did you mean 'failed'?)" in done.stderr, done.stderr

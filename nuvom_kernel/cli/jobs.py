@@ -17,6 +17,7 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.cli.output import (
+    JobGroup,
     local_time,
     print_table,
     printable,
@@ -58,7 +59,7 @@ def _duration(record: JobRecord) -> str | None:
     return f"{(record.finished_at - record.started_at) * 1000:.1f} ms"
 
 
-@click.group(name="inspect")
+@click.group(name="inspect", cls=JobGroup)
 def inspect_group() -> None:
     """Show one job in detail."""
 
@@ -168,7 +169,7 @@ def _unknown_task(task: str) -> str:
             f"{did_you_mean(task, known, repr)}; --task takes a task's registered name.")
 
 
-@click.group(name="retry")
+@click.group(name="retry", cls=JobGroup)
 def retry_group() -> None:
     """Run failed jobs again."""
 
@@ -192,7 +193,7 @@ def retry_job(job_id: str) -> None:
                f"(run {job.run})")
 
 
-@click.group(name="cancel")
+@click.group(name="cancel", cls=JobGroup)
 def cancel_group() -> None:
     """Cancel jobs that have not started."""
 

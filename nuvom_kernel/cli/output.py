@@ -52,6 +52,24 @@ def stored_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+class JobGroup(click.Group):
+    """A group whose ``job`` command takes an id: ``nuvom cancel <id>`` (Celery's and RQ's
+    shape) was "No such command '<id>'", with no word of ``job``."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            if not args or "job" not in self.commands or args[0].startswith("-"):
+                raise
+            from nuvom_kernel.hints import did_you_mean
+
+            hint = did_you_mean(args[0], self.commands, repr).strip() or (
+                f"To {self.name} a job by its id: nuvom {self.name} job {args[0]}")
+            raise click.UsageError(f"{exc.message} {hint}", ctx) from None
+
+
 def subgroup(cli: click.Group, name: str, help_text: str) -> click.Group:
     """The root's subgroup ``name``, created if no plugin made it yet (others may extend)."""
     existing = cli.commands.get(name)
