@@ -7,8 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import attrs
+import pytest
 
+from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.models import Message
 from nuvom_plugins.file.plugin import FileSettings
 from nuvom_plugins.file.queue import _QUEUE_KEYS, RESULT_KEYS
 
@@ -37,3 +40,39 @@ def test_memory_queue_takes_its_lease_length_from_the_environment(tmp_path: Path
         "NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory",
         "NUVOM_PLUGINS__MEMORY__VISIBILITY_TIMEOUT_SECS": "2.5"})
     assert kernel.queue.visibility_timeout_secs == 2.5
+
+
+@pytest.mark.parametrize(("plugin", "key", "value"), [
+    ("file", "visibility_timeout_secs", "1e13"), ("file", "relist_interval_secs", "-5"),
+    ("memory", "visibility_timeout_secs", "1e13")])
+def test_durations_are_bounded_as_the_kernels_are(tmp_path: Path, plugin: str, key: str,
+                                                  value: str) -> None:
+    """A lease of 1e13 s was taken (the kernel's setting and SQLite's refuse it): a crashed
+    worker's jobs would never have been recovered."""
+    with pytest.raises(PluginConfigError, match="at most 31622400 seconds"):
+        Kernel(root=tmp_path, environ={
+            "NUVOM_QUEUE_BACKEND": plugin, "NUVOM_RESULT_BACKEND": plugin,
+            f"NUVOM_PLUGINS__{plugin.upper()}__{key.upper()}": value})
+
+
+def test_a_task_that_changes_directory_moves_no_file_store(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A relative ``path`` was read against the current folder at every call: a task that
+    called ``os.chdir`` broke the worker's claims and acks, and sent records elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    kernel = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "file", "NUVOM_RESULT_BACKEND": "file",
+        "NUVOM_PLUGINS__FILE__PATH": "q", "NUVOM_PLUGINS__FILE__RESULTS_PATH": "r"})
+    try:
+        assert kernel.queue and kernel.results  # built as a worker builds them, at start
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        kernel.queue.enqueue(Message(id="j1", body=b"{}"))
+        [lease] = kernel.queue.claim(1)
+        assert kernel.queue.ack(lease)
+        assert (tmp_path / "q" / "ready").is_dir() and not (elsewhere / "q").exists()
+        assert kernel.results.location == str(tmp_path / "r")
+    finally:
+        kernel.close()

@@ -168,7 +168,7 @@ class FileJobQueue(QueueInspection):
         relist_interval_secs: float = 2.0,
     ) -> None:
         super().__init__(visibility_timeout_secs=visibility_timeout_secs)
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # a task that changes directory moves nothing
         self.fsync = fsync
         self.relist_interval_secs = relist_interval_secs
         try:

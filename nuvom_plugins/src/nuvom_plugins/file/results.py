@@ -134,7 +134,7 @@ class FileResultBackend(RecordIndex):
         self.result_ttl_secs = result_ttl_secs
         if segment_max_bytes < 1024:
             raise ValueError(f"segment_max_bytes must be >= 1024, got {segment_max_bytes}")
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # a task that changes directory moves nothing
         try:  # only what is missing is written: reading needs no write access
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_fd = open_lock(self.path / ".lock")

@@ -6,6 +6,7 @@ import attrs
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
+from nuvom_kernel.values import Seconds
 from nuvom_plugins.memory import MemoryJobQueue, MemoryResultBackend
 
 
@@ -16,7 +17,7 @@ class MemorySettings:
     :param visibility_timeout_secs: the queue's lease length; default the kernel's setting.
     """
 
-    visibility_timeout_secs: float = 30.0
+    visibility_timeout_secs: Seconds = 30.0  # (finite, at most 366 days)
 
 
 @hookimpl
