@@ -411,7 +411,11 @@ class Envelope:
             newer = type(version) is int and version > ENVELOPE_VERSION
             raise (EnvelopeVersionError if newer else SerializationError)(
                 f"job {message.id}: envelope version {version!r} is not supported by this "
-                f"worker (expects {ENVELOPE_VERSION}); upgrade nuvom on the worker")
+                f"worker (expects {ENVELOPE_VERSION}); " + (
+                    "upgrade nuvom on the worker" if newer else
+                    # an older (or no) version: upgrading the worker, as it said, cannot help
+                    "an older release than this one, or no release, wrote it: enqueue the "
+                    "job again from a producer of this release"))
         try:
             args, kwargs, opts = data["args"], data["kwargs"], data["opts"]
             if not (isinstance(args, list) and isinstance(kwargs, dict)

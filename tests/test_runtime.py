@@ -880,6 +880,26 @@ def test_a_job_a_newer_release_enqueued_waits_for_a_newer_worker(
     assert "envelope version 2 is not supported by this worker (expects 1)" in caplog.text
 
 
+@pytest.mark.parametrize("version", [0, None, "1"])
+def test_an_older_or_no_envelope_version_is_not_told_to_upgrade_the_worker(version: object):
+    """"upgrade nuvom on the worker" was said of a message an older release (or none)
+    wrote: the worker is the newer side, and upgrading it cannot help."""
+    import json
+
+    from nuvom_kernel.envelope import Envelope, EnvelopeVersionError
+    from nuvom_kernel.errors import SerializationError
+    from nuvom_kernel.models import Message
+    from nuvom_kernel.serialization import JsonSerializer
+
+    body = json.dumps({"v": version, "id": "old", "task": "t", "args": [], "kwargs": {},
+                       "opts": {}}).encode()
+    with pytest.raises(SerializationError) as info:
+        Envelope.from_message(Message(id="old", body=body), JsonSerializer())
+    assert not isinstance(info.value, EnvelopeVersionError), "left for a newer worker"
+    assert "upgrade nuvom" not in str(info.value), info.value
+    assert "enqueue the job again from a producer of this release" in str(info.value)
+
+
 def test_a_timed_out_jobs_thread_is_not_kept_once_it_returns(make_kernel, project: Path):
     """Each timed-out job's executor is given up and replaced; the pool kept every
     replaced Thread in its list for good, so a worker with steady timeouts grew by ~2 KB

@@ -185,3 +185,32 @@ def test_a_database_under_a_file_says_the_file_is_in_the_way(tmp_path: Path) -> 
     text = str(refused.value)
     assert f"{tmp_path / 'afile'} is a file, not a folder" in text, text
     assert "writable" not in text, text
+
+
+@posix
+def test_a_database_on_a_read_only_mount_is_told_to_mount_it_read_write(
+        tmp_path: Path) -> None:
+    """A read-only file system was told to chmod g+w and run as the owner, which no
+    permission mends."""
+    import subprocess
+
+    _as_root()
+    source, mounted = tmp_path / "data", tmp_path / "ro"
+    source.mkdir()
+    mounted.mkdir()
+    _make_db(source / "q.db")
+    done = subprocess.run(["mount", "--bind", str(source), str(mounted)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(mounted)], check=True)
+        queue = SQLiteJobQueue(mounted / "q.db")
+        with pytest.raises(SQLiteUnavailableError) as info:
+            queue.enqueue(msg("b"))
+        queue.close()
+        text = str(info.value)
+        assert "is on a read-only file system" in text, text
+        assert "Mount it read-write" in text and "chmod g+w" not in text, text
+    finally:
+        subprocess.run(["umount", str(mounted)], check=False)

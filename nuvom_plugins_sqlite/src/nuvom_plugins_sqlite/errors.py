@@ -142,16 +142,18 @@ def _not_writable(path: Path, problem: str) -> SQLiteUnavailableError:
     """The error for a database this process may not write (``problem``: why, from
     :func:`.access.unwritable`), said before SQLite creates a ``-wal``/``-shm`` another
     user needs."""
+    fix = ("Mount it read-write (or point the path elsewhere): no permission lets a "
+           "read-only file system be written. " if "read-only file system" in problem else
+           "Run nuvom as the user that owns the "
+           "database, or let every user of it write it: one shared group, chmod g+w "
+           "on the folder, the database and its -wal/-shm (nuvom creates them "
+           "group-writable under umask 002); chown a -wal/-shm left by another user "
+           "to the database's owner rather than deleting it (a -wal holds committed "
+           "jobs). ")
     return SQLiteUnavailableError(
         f"the 'sqlite' backend's database {path} is not writable: {problem}; "
         "every enqueue, claim and result would fail (SQLite opens such a file "
-        "read-only, without an error). Run nuvom as the user that owns the "
-        "database, or let every user of it write it: one shared group, chmod g+w "
-        "on the folder, the database and its -wal/-shm (nuvom creates them "
-        "group-writable under umask 002); chown a -wal/-shm left by another user "
-        "to the database's owner rather than deleting it (a -wal holds committed "
-        "jobs). "
-        f"{_PLACED}")
+        f"read-only, without an error). {fix}{_PLACED}")
 
 
 def _damaged(path: Path, exc: sqlite3.DatabaseError) -> SQLiteUnavailableError:
