@@ -90,9 +90,12 @@ def test_a_batch_refused_for_lack_of_space_leaves_nothing_and_frees_its_space(
     before = free_bytes(tmpfs)
     batch = [Message(id="kept", body=b"again"),  # queued already: not this push's marker
              *(Message(id=f"m{i}", body=bytes([i]) * 8192) for i in range(200))]  # > 1 MiB
-    with pytest.raises(OSError) as refused:
-        queue.push(batch)
-    assert refused.value.errno == errno.ENOSPC
+    with pytest.raises(FileStoreUnavailableError) as refused:  # the folder named, not a
+        queue.push(batch)  # raw OSError the kernel could only blame on .nuvom in general
+    assert isinstance(refused.value.__cause__, OSError)
+    assert refused.value.__cause__.errno == errno.ENOSPC
+    assert f"folder {queue.path}" in str(refused.value), refused.value
+    assert "No space left on device (ENOSPC)" in str(refused.value), refused.value
     assert markers(queue) == ["kept"], "the refused push left markers behind"
     assert os.stat(queue.path / "ids" / "kept").st_nlink == 2, "another push's marker went"
     assert os.listdir(queue.path / "staging") == [] and os.listdir(queue.path / "batches") == []

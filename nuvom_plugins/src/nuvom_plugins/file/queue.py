@@ -233,6 +233,7 @@ class FileJobQueue(QueueInspection):
 
     # --- push ---------------------------------------------------------------------------
 
+    @writes("queue", "enqueuing writes each job's file there")
     def push(self, messages: Sequence[Message]) -> list[bool]:
         """Store the messages whose ids are not queued yet (see the module docs), all or
         none: one message is one rename; a batch is written into a private staging
