@@ -21,7 +21,12 @@ import pytest
 
 from nuvom_kernel import JobStatus, Worker, chain, get_job
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError
+from nuvom_kernel.errors import (
+    EnqueueError,
+    JobCancelledError,
+    JobFailedError,
+    NuvomError,
+)
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.workflow import stranded
 from nuvom_kernel.workflow.graph import CANCELLED, RELEASED, WAITING
@@ -231,8 +236,9 @@ def test_a_resume_cut_short_before_its_push_is_finished_by_the_next(
         ready.rename(ready.with_name("ready.away"))
         ready.write_text("not a folder")  # the push fails, after the graph was saved
         try:
-            with pytest.raises(OSError):
+            with pytest.raises(EnqueueError) as refused:  # the file queue's own error
                 Workflow(flow.id, kernel).resume()
+            assert isinstance(refused.value.__cause__, OSError)
         finally:
             ready.unlink()
             ready.with_name("ready.away").rename(ready)

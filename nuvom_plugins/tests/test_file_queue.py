@@ -16,6 +16,7 @@ from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.models import JobStatus, Message
 from nuvom_kernel.testing.contracts._support import wait_until
 from nuvom_plugins.file import FileJobQueue, plugin
+from nuvom_plugins.file.errors import FileStoreUnavailableError
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> object:
@@ -326,8 +327,9 @@ def test_batch_that_failed_before_its_commit_stays_invisible(
         return real(message)
 
     monkeypatch.setattr(layout_module, "encode_message", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(FileStoreUnavailableError) as refused:  # naming the folder
         queue.enqueue_many([msg(f"m{i}") for i in range(5)])
+    assert isinstance(refused.value.__cause__, OSError)
     assert queue.qsize() == 0 and queue.claim(10) == []
     assert os.listdir(queue.path / "staging") == []  # cleaned up on the way out
 
