@@ -240,3 +240,29 @@ def test_the_memory_backend_is_refused_where_the_job_would_end_with_the_command(
     assert "queue backend 'memory' keeps its jobs in this process only: this worker runs " \
            "what its own tasks and schedules enqueue" in seen, seen
     assert "result backend 'memory' keeps its records in this process only" in seen, seen
+
+
+def test_an_id_held_by_a_quarantined_message_is_not_said_enqueued(project: Path) -> None:
+    """The file queue keeps a quarantined file's id taken while the file is there when its
+    name did not parse: ``nuvom enqueue --job-id`` of that id stored nothing and said
+    "enqueued job <id> ()", exit 0."""
+    from tests.helpers import run_worker_until
+
+    _project(project)
+    env = {"NUVOM_QUEUE_BACKEND": "file", "NUVOM_RESULT_BACKEND": "file"}
+    kernel = Kernel(root=project, environ=env)
+    with use_kernel(kernel):
+        from enq_tasks import enq_boom
+
+        enq_boom.apply_async(job_id="held-1")
+        ready = kernel.queue.path / "ready"  # type: ignore[attr-defined]
+        [entry] = list(ready.iterdir())
+        entry.rename(ready / "no-name-of-a-message")  # a name that does not parse
+        run_worker_until(kernel, lambda: kernel.queue.stats().quarantined,
+                         "the file quarantined")
+    kernel.close()
+    done = run_nuvom(["enqueue", "enq_boom", "--job-id", "held-1"], project, **env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "enqueued" not in done.stdout, done.stdout
+    assert "job id 'held-1' is taken in the queue backend, but no job of it can be read" \
+        in done.stderr, done.stderr

@@ -121,6 +121,13 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
         click.echo(f"job {job.id} ({job.task}) exists already, {before.value}: nothing was "
                    "enqueued (a job id names one job for its life; `nuvom retry job` runs a "
                    "finished one again)")
+    elif job_id is not None and job.refresh().status is JobStatus.UNKNOWN:
+        # the push stored nothing (the id is taken), and no job of it can be read: it said
+        # "enqueued job <id> ()", exit 0
+        raise click.ClickException(
+            f"job id {job_id!r} is taken in the queue backend, but no job of it can be read, "
+            "so nothing was enqueued: a quarantined message may hold the id (`nuvom status` "
+            "lists quarantined entries; the backend's README says how to free it)")
     elif job_id is None and task.options.unique and _older(job.id, called_at):
         # the equal call's job stands for this one: "enqueued" said a job was added
         click.echo(f"job {job.id} ({job.task}) exists already, {job.refresh().status.value}: "
