@@ -220,7 +220,7 @@ def load_at_start(kernel: Kernel, written: bool, process_pool: bool) -> None:
     # task (a hunt ran 12 at once of a task limited to 2, for good). A thread or asyncio
     # pool learns them as it imports each task's module, after claiming its first jobs:
     # two fresh workers ran 3 jobs at once of a task limited to 1.
-    above = parent_project(root)
+    above = parent_project(root, data_dir, kernel.config.path is not None)
     log.warning("%s, so this worker knows schedules from %s alone, %s, and a task's "
                 "concurrency limit only after its first jobs were claimed: run `nuvom "
                 "discover tasks` where it finds your tasks (--root, --include; and again "

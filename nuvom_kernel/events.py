@@ -34,7 +34,8 @@ def _isolated(impl: Any, hook_name: str, exc: BaseException) -> None:
     looking healthy with nothing left to run its jobs.
     """
     if isinstance(exc, HookInterrupted):
-        exc.plugin = impl.plugin_name  # for the worker's log line: which hook hung
+        if exc.plugin is None:  # the innermost hook: the one that hung (for the log)
+            exc.plugin = impl.plugin_name
         raise exc
     if isinstance(exc, KeyboardInterrupt) and \
             threading.current_thread() is threading.main_thread():

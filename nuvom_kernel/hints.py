@@ -8,6 +8,7 @@ say such things, and the configuration module keeps to the settings themselves.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import threading
 from collections.abc import Callable, Collection
@@ -47,15 +48,27 @@ def did_you_mean(word: str, known: Collection[str], shown: Callable[[str], str] 
     return f" (did you mean {shown(close[0])}?)" if close else ""
 
 
-def parent_project(folder: Path) -> Path | None:
+def parent_project(folder: Path, data_dir: Path, configured: bool) -> Path | None:
     """The nearest folder above ``folder`` that holds a Nuvom project (a
-    ``.nuvom_plugins.toml``, or a ``.nuvom/manifest.json`` discovery wrote), if any.
+    ``.nuvom_plugins.toml``, or a ``.nuvom/manifest.json`` discovery wrote), where
+    ``folder`` is none of its own: no configuration file (``configured``) and no manifest
+    in ``data_dir`` that lists a task.
 
     Why: each folder has its own store (``.nuvom/``), so a worker started in a project's
     subfolder served a new, empty one, while the producers used the project's; it said to
-    run `nuvom discover tasks`, which made things no better."""
+    run `nuvom discover tasks`, which made things no better. A project of its own below
+    another one is no mistake."""
+    if configured or _lists_tasks(data_dir / "manifest.json"):
+        return None
     for above in list(folder.absolute().parents)[:10]:
         if (above / ".nuvom_plugins.toml").is_file() or \
                 (above / ".nuvom" / "manifest.json").is_file():
             return above
     return None
+
+
+def _lists_tasks(manifest: Path) -> bool:
+    try:
+        return bool(json.loads(manifest.read_text(encoding="utf-8")).get("tasks"))
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
+import os
 import re
 import sys
 import traceback
@@ -50,10 +51,21 @@ def missing_module(exc: BaseException, module: str) -> bool:
     return bool(name) and (module == name or module.startswith(f"{name}."))
 
 
+#: Frames that are never where a plugin's import went wrong: the import machinery's and
+#: Nuvom's own (a plugin calling ``@task`` wrongly is at its own line, one frame out).
+_NOT_THE_PLUGIN = ("<frozen ", os.path.join(Path(importlib.__file__).parent, ""),
+                   os.path.join(Path(__file__).parent, ""))
+
+
 def raised_at(exc: BaseException) -> str:
-    """`` (raised at file:line)`` of the innermost frame of ``exc``'s traceback: "failed
-    to import: RuntimeError('boom')" named no file, and ``-v`` showed no more."""
-    frames = traceback.extract_tb(exc.__traceback__)
+    """`` (raised at file:line)``: the plugin's own line that raised (a ``SyntaxError``'s
+    file and line), or nothing where the traceback holds none of its lines (a module not
+    installed, an entry point naming what its module lacks). Why: "failed to import:
+    RuntimeError('boom')" named no file, and ``-v`` showed no more."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (raised at {exc.filename}:{exc.lineno})"
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if not frame.filename.startswith(_NOT_THE_PLUGIN)]
     return f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 

@@ -117,7 +117,7 @@ class NuvomPluginManager(BackendLookup):
         self._autoload = not env.get(AUTOLOAD_VAR)
         if self._autoload:
             self._load_entry_points()
-        elif self.disabled:
+        else:  # known, not loaded: a disabled one is named, its settings table no typo
             self.entry_points = {ep.name: dist.metadata["name"]
                                  for dist, ep in nuvom_entry_points()}
         if config.plugins.targets:
@@ -136,9 +136,6 @@ class NuvomPluginManager(BackendLookup):
         claimed = installed | set(self.entry_points) | set(self.disabled) | {
             name for name, plugin in self.list_name_plugin() if plugin is not None
         } | set(self.failures)
-        if not self._autoload:  # installed but not loaded: their tables are not typos
-            # ("no installed plugin is named 'sqlite'" with sqlite installed)
-            claimed |= {ep.name for _, ep in nuvom_entry_points()}
         config.warn_unclaimed_plugin_settings({name.lower() for name in claimed},
                                               sorted(installed))
 
@@ -221,13 +218,13 @@ class NuvomPluginManager(BackendLookup):
             try:
                 plugin = ep.load()
             except Exception as exc:  # one broken install must not stop the others
-                module = ep.value.partition(":")[0].strip()
-                advice = ("Reinstall it" if missing_module(exc, module) else
-                          "Fix that error in its code (or install what it imports), "
-                          "upgrade it")
+                where = raised_at(exc)  # none: not installed, or the entry point is stale
+                broken = where and not missing_module(exc, ep.value.partition(":")[0].strip())
+                advice = ("Fix that error in its code (or install what it imports), upgrade "
+                          "it" if broken else "Reinstall it")
                 message = (
                     f"plugin {ep.name!r} (entry point {ep.value!r} of distribution "
-                    f"{dist.metadata['name']}) failed to import: {exc!r}{raised_at(exc)}. "
+                    f"{dist.metadata['name']}) failed to import: {exc!r}{where}. "
                     f"{advice}, or disable it with {DISABLE_VAR}={ep.name}"
                 )
                 log.error("%s", message)

@@ -761,6 +761,23 @@ def test_a_plugin_that_raises_at_import_is_named_where_it_raised(tmp_path: Path)
            in done.stderr, done.stderr
 
 
+def test_a_plugin_import_error_names_the_plugins_line_or_none(tmp_path: Path) -> None:
+    """A SyntaxError was said "raised at <frozen importlib._bootstrap>:241", and an entry
+    point naming what its module lacks (a rename) was told to fix its code, at a line of
+    importlib: the plugin's own line, or none and "Reinstall it"."""
+    site = _site(tmp_path, "bsyn", "def broken(:\n    pass\n")
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert f"(raised at {Path(site) / 'nuvom_fake_bsyn.py'}:1). Fix that error in its " \
+           "code" in done.stderr, done.stderr
+    assert "<frozen" not in done.stderr, done.stderr
+    stale = _site(tmp_path / "two", "bstale", "X = 1\n")
+    info = next(Path(stale).glob("*.dist-info"))
+    (info / "entry_points.txt").write_text("[nuvom]\nbstale = nuvom_fake_bstale:Renamed\n")
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=stale, **MEMORY)
+    assert "failed to import: AttributeError(" in done.stderr, done.stderr
+    assert "raised at" not in done.stderr and "Reinstall it" in done.stderr, done.stderr
+
+
 def test_a_disabled_toml_target_is_not_imported(tmp_path: Path) -> None:
     """Disabling a .nuvom_plugins.toml target (as a failed plugin's hint says) skips it:
     it was imported and then refused as "does not implement" its capability."""

@@ -264,6 +264,11 @@ def test_status_from_the_wrong_folder_shows_the_store_it_opened(project: Path) -
     assert below.returncode == 0, below.stderr
     assert f"{project}, a folder above this one, holds a Nuvom project" in below.stdout, \
         below.stdout
+    own = project / "own"  # a project of its own below another: no mistake, no hint
+    own.mkdir()
+    (own / ".nuvom_plugins.toml").touch()
+    mine = run_nuvom(["inspect", "job", "j-1"], own, **env)
+    assert mine.returncode == 1 and "a folder above" not in mine.stderr, mine.stderr
     lost = run_nuvom(["inspect", "job", "j-1"], sub, **env)
     assert lost.returncode == 1, lost.stderr
     assert f"{project}, a folder above it, holds a Nuvom project: run it there" \

@@ -121,7 +121,7 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
         click.echo(f"job {job.id} ({job.task}) exists already, {before.value}: nothing was "
                    "enqueued (a job id names one job for its life; `nuvom retry job` runs a "
                    "finished one again)")
-    elif job_id is not None and job.refresh().status is JobStatus.UNKNOWN:
+    elif job_id is not None and kernel.state_of(job)[0] is JobStatus.UNKNOWN:
         # the push stored nothing (the id is taken), and no job of it can be read: it said
         # "enqueued job <id> ()", exit 0
         raise click.ClickException(
@@ -143,7 +143,8 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     try:
         result = job.get(timeout=wait_secs)
     except TimeoutError:
-        idle = job.status is JobStatus.QUEUED and _no_worker(kernel)
+        # no one to run it, where the result backend knows (it said only "no outcome")
+        idle = job.status is JobStatus.QUEUED and _live_workers(kernel) == []
         click.echo(f"job {job.id} has no outcome after {wait_secs:g} s "
                    f"(`nuvom inspect job {job.id}` shows it later)"
                    + ("; no live worker runs on this store: start one with `nuvom runworker`"
@@ -155,28 +156,25 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     click.echo(json.dumps(_jsonable(result)))
 
 
+def _live_workers(kernel: Any) -> list[Any] | None:
+    """The live workers, or ``None`` where the result backend keeps no heartbeats."""
+    if not type(kernel.results).capabilities.heartbeats:
+        return None
+    return list(kernel.results.live_workers())
+
+
 def _say_if_unserved(kernel: Any, queue: str) -> None:
     """A note when live workers run and none serves ``queue``: a misspelt ``--queue`` (or a
     task's) was taken silently, and ``--wait`` then timed out with no hint why. Nothing is
     said where the result backend keeps no heartbeats, or no worker runs (it may start
     later)."""
-    if not type(kernel.results).capabilities.heartbeats:
-        return
-    workers = kernel.results.live_workers()
+    workers = _live_workers(kernel)
     if not workers or any(not w.queues or queue in w.queues for w in workers):
         return
     served = sorted({q for w in workers for q in w.queues})
     click.echo(f"note: no live worker serves queue {queue!r} (they serve: "
                f"{', '.join(served)}); the job waits for one that does (nuvom runworker "
                f"--queue {queue})", err=True)
-
-
-def _no_worker(kernel: Any) -> bool:
-    """Whether the result backend knows no live worker (it keeps heartbeats): a job still
-    QUEUED at the end of ``--wait`` then has no one to run it, and the message said only
-    that it had no outcome."""
-    return bool(type(kernel.results).capabilities.heartbeats) and \
-        not kernel.results.live_workers()
 
 
 def _older(job_id: str, called_at: float) -> bool:

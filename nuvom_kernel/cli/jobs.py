@@ -46,7 +46,9 @@ def _kernel() -> Any:
 def _unknown(job_id: str) -> str:
     """Why ``job_id`` is not known here, and, run below a project's folder, where it may be:
     each folder has its own store, and the message spoke only of quarantine."""
-    above = parent_project(Path(_kernel().config.root))
+    kernel = _kernel()
+    above = parent_project(Path(kernel.config.root), Path(kernel.data_dir),
+                           kernel.config.path is not None)
     return (f"unknown job id {job_id!r}: no backend has seen it (or its message was "
             "quarantined as damaged: see `nuvom status`)"
             + ("" if above is None else f". This command opened the store of this folder; "
@@ -294,7 +296,8 @@ def status(as_json: bool) -> None:
         click.echo(f"warning: {line}")
     if not (data["states"] or stats.queues or stats.quarantined or data["waiting_steps"]
             or workers):
-        above = parent_project(Path(kernel.config.root))
+        above = parent_project(Path(kernel.config.root), Path(kernel.data_dir),
+                               kernel.config.path is not None)
         click.echo("note: these stores hold no jobs, records or live workers. If you "
                    "expected some, this is probably not your workers' store: run nuvom from "
                    "the project folder (where .nuvom_plugins.toml is"

@@ -162,5 +162,8 @@ def queue_typo(kernel: Any, name: str) -> str:
                            for entry in manifest.get("tasks", [])}
     if name in known:
         return ""
-    known |= set(kernel.queue.stats().queues) - {"*"}  # (the store asked only now)
+    try:
+        known |= set(kernel.queue.stats().queues) - {"*"}  # (the store asked only now)
+    except Exception:  # a hint must never stop the command: the store speaks for itself
+        return ""
     return "" if name in known else did_you_mean(name, known, repr)

@@ -43,7 +43,7 @@ def test_memory_queue_takes_its_lease_length_from_the_environment(tmp_path: Path
 
 
 @pytest.mark.parametrize(("plugin", "key", "value"), [
-    ("file", "visibility_timeout_secs", "1e13"), ("file", "relist_interval_secs", "-5"),
+    ("file", "visibility_timeout_secs", "1e13"), ("file", "relist_interval_secs", "1e13"),
     ("memory", "visibility_timeout_secs", "1e13")])
 def test_durations_are_bounded_as_the_kernels_are(tmp_path: Path, plugin: str, key: str,
                                                   value: str) -> None:
@@ -74,5 +74,15 @@ def test_a_task_that_changes_directory_moves_no_file_store(tmp_path: Path,
         assert kernel.queue.ack(lease)
         assert (tmp_path / "q" / "ready").is_dir() and not (elsewhere / "q").exists()
         assert kernel.results.location == str(tmp_path / "r")
+    finally:
+        kernel.close()
+
+
+def test_a_relist_interval_of_zero_still_means_every_poll(tmp_path: Path) -> None:
+    kernel = Kernel(root=tmp_path, environ={
+        "NUVOM_QUEUE_BACKEND": "file", "NUVOM_RESULT_BACKEND": "file",
+        "NUVOM_PLUGINS__FILE__RELIST_INTERVAL_SECS": "0"})
+    try:
+        assert kernel.queue.relist_interval_secs == 0  # type: ignore[attr-defined]
     finally:
         kernel.close()

@@ -9,7 +9,7 @@ import attrs
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.backends import QueueBackend, ResultBackend
-from nuvom_kernel.values import RESULT_TTL_SECS, Retention, Seconds
+from nuvom_kernel.values import RESULT_TTL_SECS, Retention, Seconds, SecondsOrZero
 from nuvom_plugins.file.queue import FileJobQueue
 from nuvom_plugins.file.results import FileResultBackend
 
@@ -35,8 +35,8 @@ class FileSettings:
     path: Path | None = None
     queue_path: Path | None = None
     fsync: bool = True
-    relist_interval_secs: Seconds = 2.0  # (finite, at most 366 days, as every duration:
-    visibility_timeout_secs: Seconds = 30.0  # a lease of 1e13 s never expired)
+    relist_interval_secs: SecondsOrZero = 2.0  # (finite, at most 366 days, as every
+    visibility_timeout_secs: Seconds = 30.0  # duration: a lease of 1e13 s never expired)
     results_path: Path | None = None
     segment_max_bytes: int = 64 * 1024 * 1024
     results_fsync: bool = False
