@@ -8,7 +8,6 @@ say such things, and the configuration module keeps to the settings themselves.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import threading
 from collections.abc import Callable, Collection
@@ -58,17 +57,16 @@ def parent_project(folder: Path, data_dir: Path, configured: bool) -> Path | Non
     subfolder served a new, empty one, while the producers used the project's; it said to
     run `nuvom discover tasks`, which made things no better. A project of its own below
     another one is no mistake."""
-    if configured or _lists_tasks(data_dir / "manifest.json"):
-        return None
+    from nuvom_kernel.discovery import read_manifest  # (hints is imported by config)
+
+    try:
+        if configured or (read_manifest(data_dir) or {}).get("tasks"):
+            return None
+    except ValueError:  # an unusable manifest lists no task
+        pass
     for above in list(folder.absolute().parents)[:10]:
         if (above / ".nuvom_plugins.toml").is_file() or \
                 (above / ".nuvom" / "manifest.json").is_file():
             return above
     return None
 
-
-def _lists_tasks(manifest: Path) -> bool:
-    try:
-        return bool(json.loads(manifest.read_text(encoding="utf-8")).get("tasks"))
-    except (OSError, ValueError, AttributeError):
-        return False

@@ -506,3 +506,23 @@ def test_a_misspelt_queue_of_runworker_is_told(project: Path) -> None:
     assert "--queue 'defualt': no task of the manifest routes jobs to it and no job waits " \
            "in it (did you mean 'default'?); this worker serves it all the same" in out, out
     assert "--queue 'reports'" not in out, out
+
+
+def test_the_queue_typo_hint_reads_a_manifest_entry_without_options(project: Path) -> None:
+    """A manifest entry may carry ``"options": null`` (the manifest check allows it); the
+    hint read it as a mapping, and ``runworker --queue`` stopped with an AttributeError."""
+    import json
+
+    from nuvom_kernel.cli.output import queue_typo
+
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "memory",
+                                           "NUVOM_RESULT_BACKEND": "memory"})
+    try:
+        kernel.data_dir.mkdir(parents=True, exist_ok=True)
+        (kernel.data_dir / "manifest.json").write_text(json.dumps({"tasks": [
+            {"name": "t", "module": "m", "options": None},
+            {"name": "u", "module": "m", "options": {"queue": "reports"}}]}))
+        assert queue_typo(kernel, "defualt") == " (did you mean 'default'?)"
+        assert queue_typo(kernel, "report") == " (did you mean 'reports'?)"
+    finally:
+        kernel.close()

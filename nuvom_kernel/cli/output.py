@@ -158,8 +158,8 @@ def queue_typo(kernel: Any, name: str) -> str:
         manifest = read_manifest(kernel.data_dir) or {}
     except ValueError:
         manifest = {}
-    known = {"default"} | {str(entry.get("options", {}).get("queue", "default"))
-                           for entry in manifest.get("tasks", [])}
+    known = {"default"} | {str((entry.get("options") or {}).get("queue", "default"))
+                           for entry in manifest.get("tasks", [])}  # (options may be null)
     if name in known:
         return ""
     try:
