@@ -153,14 +153,16 @@ def cancel_step(kernel: Kernel, job: Job, stored: JobRecord | None) -> bool | No
     if records:
         kernel.results.put_many(records)
     if lost:  # over the record it has (a retry's, of this run), fenced like any cancel's
-        kernel._record_cancelled(job, _envelope(kernel, job.id, outcome.body))
+        kernel._record_cancelled(job, _envelope(kernel.serializer, job.id, outcome.body))
     return True
 
 
-def _envelope(kernel: Kernel, job_id: str, body: bytes | None) -> Envelope | None:
+def _envelope(serializer: Serializer, job_id: str, body: bytes | None) -> Envelope | None:
+    """A step's stored message decoded; ``None`` for none, or one that does not decode
+    (its worker would fail it)."""
     try:
         return None if body is None else Envelope.from_message(Message(id=job_id, body=body),
-                                                               kernel.serializer)
+                                                               serializer)
     except SerializationError:
         return None
 
@@ -168,24 +170,16 @@ def _envelope(kernel: Kernel, job_id: str, body: bytes | None) -> Envelope | Non
 def stored_run(job_id: str, body: bytes | None, serializer: Serializer) -> int:
     """The run a step's stored message would run; 0 where it does not say (a body that
     does not decode fails its step without running it)."""
-    if body is None:
-        return 0
-    try:
-        return Envelope.from_message(Message(id=job_id, body=body), serializer).run
-    except Exception:
-        return 0
+    envelope = _envelope(serializer, job_id, body)
+    return 0 if envelope is None else envelope.run
 
 
 def _cancelled_record(kernel: Kernel, node: Node, body: bytes | None) -> JobRecord:
     now = time.time()
-    record: JobRecord | None = None
-    if body is not None:
-        try:
-            record = Envelope.from_message(Message(id=node.id, body=body),
-                                           kernel.serializer).record(JobStatus.CANCELLED)
-        except SerializationError:  # its worker would have failed it; say what we know
-            record = None
-    if record is None:
+    envelope = _envelope(kernel.serializer, node.id, body)
+    if envelope is not None:
+        record = envelope.record(JobStatus.CANCELLED)
+    else:  # none stored, or its worker would have failed it: say what we know
         record = JobRecord(job_id=node.id, task=node.task, status=JobStatus.CANCELLED,
                            queue=node.queue, created_at=now)
     record.finished_at = record.updated_at = now
