@@ -30,7 +30,7 @@ try:  # POSIX only: names in messages; Windows has no owners to name
 except ImportError:  # pragma: no cover - Windows
     grp = pwd = None  # type: ignore[assignment]
 
-__all__ = ["WAL_SUFFIXES", "create_shared", "path_too_long", "unwritable"]
+__all__ = ["READ_ONLY_FS", "WAL_SUFFIXES", "create_shared", "path_too_long", "unwritable"]
 
 #: The files SQLite keeps next to a database in WAL mode.
 WAL_SUFFIXES = ("-wal", "-shm")
@@ -90,6 +90,11 @@ def _read_only_fs(path: Path) -> bool:
         return False
 
 
+#: How :func:`unwritable` says a file system is mounted read-only (the fix differs: no
+#: permission mends it).
+READ_ONLY_FS = "is on a read-only file system"
+
+
 def unwritable(path: Path) -> str | None:
     """Why this process cannot use the database ``path`` in WAL mode, or ``None``.
 
@@ -109,7 +114,7 @@ def unwritable(path: Path) -> str | None:
         if _can_write(file):
             continue
         if _read_only_fs(file):
-            return f"{file} is on a read-only file system"
+            return f"{file} {READ_ONLY_FS}"
         what = ("it" if file == real else
                 f"its {file.name[len(real.name):]} file {file} (which SQLite creates with the "
                 "database's mode, as whoever opens the database first)")
@@ -118,7 +123,7 @@ def unwritable(path: Path) -> str | None:
         return f"its folder {folder} (where {path} points) does not exist"
     if missing and not _can_write(folder, os.W_OK | os.X_OK):
         if _read_only_fs(folder):
-            return f"its folder {folder} is on a read-only file system"
+            return f"its folder {folder} {READ_ONLY_FS}"
         return (f"its folder {folder}, where SQLite creates the database and its -wal and "
                 f"-shm files, is {_owner(folder.stat())}, and {_me()}, which may not create "
                 "files in it")

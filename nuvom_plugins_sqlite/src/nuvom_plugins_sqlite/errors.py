@@ -22,7 +22,7 @@ import sqlite3
 from pathlib import Path
 
 from nuvom_kernel.errors import EnqueueError, NuvomError, SerializationError, too_large
-from nuvom_plugins_sqlite.access import SQLITE_MAX_PATHNAME, path_too_long
+from nuvom_plugins_sqlite.access import READ_ONLY_FS, SQLITE_MAX_PATHNAME, path_too_long
 
 __all__ = ["DatabaseBusyError", "DatabaseFullError", "SQLiteUnavailableError"]
 
@@ -143,7 +143,7 @@ def _not_writable(path: Path, problem: str) -> SQLiteUnavailableError:
     :func:`.access.unwritable`), said before SQLite creates a ``-wal``/``-shm`` another
     user needs."""
     fix = ("Mount it read-write (or point the path elsewhere): no permission lets a "
-           "read-only file system be written. " if "read-only file system" in problem else
+           "read-only file system be written. " if READ_ONLY_FS in problem else
            "Run nuvom as the user that owns the "
            "database, or let every user of it write it: one shared group, chmod g+w "
            "on the folder, the database and its -wal/-shm (nuvom creates them "
