@@ -16,16 +16,22 @@ from nuvom_plugins.file.plugin import FileSettings
 from nuvom_plugins.file.queue import _QUEUE_KEYS, RESULT_KEYS
 
 
+def kernel_on(root: Path, plugin: str, **settings: str) -> Kernel:
+    """A kernel on ``plugin``'s two backends, its ``[plugins.<plugin>]`` keys set by
+    ``NUVOM_PLUGINS__<PLUGIN>__<KEY>`` variables."""
+    return Kernel(root=root, environ={
+        "NUVOM_QUEUE_BACKEND": plugin, "NUVOM_RESULT_BACKEND": plugin,
+        **{f"NUVOM_PLUGINS__{plugin.upper()}__{key.upper()}": value
+           for key, value in settings.items()}})
+
+
 def test_file_schema_is_the_union_of_both_backends_keys() -> None:
     assert {f.name for f in attrs.fields(FileSettings)} == _QUEUE_KEYS | RESULT_KEYS
 
 
 def test_environment_reaches_the_file_backends_typed(tmp_path: Path) -> None:
-    kernel = Kernel(root=tmp_path, environ={
-        "NUVOM_QUEUE_BACKEND": "file", "NUVOM_RESULT_BACKEND": "file",
-        "NUVOM_PLUGINS__FILE__FSYNC": "false", "NUVOM_PLUGINS__FILE__RESULTS_FSYNC": "no",
-        "NUVOM_PLUGINS__FILE__PATH": str(tmp_path / "q"),
-        "NUVOM_PLUGINS__FILE__SEGMENT_MAX_BYTES": "4096"})
+    kernel = kernel_on(tmp_path, "file", fsync="false", results_fsync="no",
+                       path=str(tmp_path / "q"), segment_max_bytes="4096")
     try:
         assert kernel.queue.fsync is False  # type: ignore[attr-defined]
         assert kernel.queue.path == tmp_path / "q"  # type: ignore[attr-defined]
@@ -36,9 +42,7 @@ def test_environment_reaches_the_file_backends_typed(tmp_path: Path) -> None:
 
 
 def test_memory_queue_takes_its_lease_length_from_the_environment(tmp_path: Path) -> None:
-    kernel = Kernel(root=tmp_path, environ={
-        "NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory",
-        "NUVOM_PLUGINS__MEMORY__VISIBILITY_TIMEOUT_SECS": "2.5"})
+    kernel = kernel_on(tmp_path, "memory", visibility_timeout_secs="2.5")
     assert kernel.queue.visibility_timeout_secs == 2.5
 
 
@@ -50,9 +54,7 @@ def test_durations_are_bounded_as_the_kernels_are(tmp_path: Path, plugin: str, k
     """A lease of 1e13 s was taken (the kernel's setting and SQLite's refuse it): a crashed
     worker's jobs would never have been recovered."""
     with pytest.raises(PluginConfigError, match="at most 31622400 seconds"):
-        Kernel(root=tmp_path, environ={
-            "NUVOM_QUEUE_BACKEND": plugin, "NUVOM_RESULT_BACKEND": plugin,
-            f"NUVOM_PLUGINS__{plugin.upper()}__{key.upper()}": value})
+        kernel_on(tmp_path, plugin, **{key: value})
 
 
 def test_a_task_that_changes_directory_moves_no_file_store(tmp_path: Path,
@@ -61,9 +63,7 @@ def test_a_task_that_changes_directory_moves_no_file_store(tmp_path: Path,
     """A relative ``path`` was read against the current folder at every call: a task that
     called ``os.chdir`` broke the worker's claims and acks, and sent records elsewhere."""
     monkeypatch.chdir(tmp_path)
-    kernel = Kernel(root=tmp_path, environ={
-        "NUVOM_QUEUE_BACKEND": "file", "NUVOM_RESULT_BACKEND": "file",
-        "NUVOM_PLUGINS__FILE__PATH": "q", "NUVOM_PLUGINS__FILE__RESULTS_PATH": "r"})
+    kernel = kernel_on(tmp_path, "file", path="q", results_path="r")
     try:
         assert kernel.queue and kernel.results  # built as a worker builds them, at start
         elsewhere = tmp_path / "elsewhere"
@@ -79,9 +79,7 @@ def test_a_task_that_changes_directory_moves_no_file_store(tmp_path: Path,
 
 
 def test_a_relist_interval_of_zero_still_means_every_poll(tmp_path: Path) -> None:
-    kernel = Kernel(root=tmp_path, environ={
-        "NUVOM_QUEUE_BACKEND": "file", "NUVOM_RESULT_BACKEND": "file",
-        "NUVOM_PLUGINS__FILE__RELIST_INTERVAL_SECS": "0"})
+    kernel = kernel_on(tmp_path, "file", relist_interval_secs="0")
     try:
         assert kernel.queue.relist_interval_secs == 0  # type: ignore[attr-defined]
     finally:
