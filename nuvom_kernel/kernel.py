@@ -294,11 +294,13 @@ class Kernel:
         except SerializationError:
             return message, None
 
-    def _handle(self, job_id: str) -> Job:
+    def _handle(self, job_id: str,
+                queued: tuple[Message | None, Envelope | None] | None = None) -> Job:
         """A handle on ``job_id`` made from its message while it is queued (task, arguments,
         options; only the message's routing fields if its body does not decode), else from
-        the id alone; :meth:`refresh_job` adds what its record says."""
-        message, envelope = self._queued(job_id)
+        the id alone; :meth:`refresh_job` adds what its record says. ``queued``: what
+        :meth:`_queued` answered already, for a caller that needs it too."""
+        message, envelope = self._queued(job_id) if queued is None else queued
         try:
             job = None if envelope is None else envelope.job()
         except SerializationError:  # arguments that do not decode: its worker fails it

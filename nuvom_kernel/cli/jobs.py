@@ -71,12 +71,12 @@ def inspect_group() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 def inspect_job(job_id: str, fmt: str) -> None:
     """Everything known about JOB_ID: state, result or error, attempts and their history."""
-    from nuvom_kernel.kernel import get_job
 
     kernel = _kernel()
     record = kernel.results.get(job_id)
-    job = get_job(job_id)
-    message, envelope = kernel._queued(job_id) if record is None else (None, None)
+    queued = kernel._queued(job_id) if record is None else None  # (read once, for both)
+    job = kernel.refresh_job(kernel._handle(job_id, queued))
+    message, envelope = queued or (None, None)
     if envelope is not None:  # waiting or leased, never recorded: what its message says
         data: dict[str, Any] = envelope.record(job.status).to_dict()  # (it showed 4 fields)
         data.update(priority=message.priority if message is not None else None,
