@@ -64,17 +64,47 @@ __all__ = [
     "ResultBackend",
     "Settlement",
     "WorkerInfo",
+    "check_pop_args",
     "decode_schedule_state",
     "newer_first",
     "oldest_first",
     "page_cursor",
     "parse_cursor",
+    "queue_names",
     "queued_state",
     "read_schedule_state",
     "report_unreadable",
     "stored_text",
     "supersedes",
 ]
+
+
+def queue_names(queues: str | Sequence[str] | None) -> Sequence[str] | None:
+    """``queues`` as a backend filters by it: one name given as a string is that queue.
+
+    Why: a ``str`` is a ``Sequence[str]`` of its letters, so ``qsize("emails")`` counted
+    the one-letter queues ``e``, ``m``, … (0, on SQLite and the file queue) and, where a
+    name was tested with ``in``, matched every queue whose name is part of it: the memory
+    queue's ``clear("emails")`` deleted queue ``mail``'s jobs too. Every ``queues``
+    parameter of the queue SPI goes through it, conveniences and primitives alike (but
+    ``claim``, which the kernel calls with a tuple: :meth:`QueueBackend.pop_batch` does it
+    there)."""
+    return (queues,) if isinstance(queues, str) else queues
+
+
+def check_pop_args(n: Any, timeout: Any) -> None:
+    """Refuse what :meth:`QueueBackend.pop_batch` cannot read, in its words: a ``"2"`` was
+    a ``TypeError`` from a comparison, ``2.5`` an ``IntegrityError`` from SQLite's claim,
+    and a ``nan`` timeout, never past its deadline, waited forever on an empty queue. For
+    a backend that overrides ``pop_batch``, called where the argument types are not the
+    usual ``int`` and ``float`` (one type test each, on the worker's claim path)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"pop_batch: n is how many messages to lease, a whole number; "
+                        f"got {n!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or timeout != timeout:
+        raise ValueError(f"pop_batch/dequeue: timeout is how many seconds to wait for a "
+                         f"message, a number (0: don't wait); got {timeout!r}")
 
 
 class QueueBackend(Backend, WorkflowStore):
@@ -176,7 +206,9 @@ class QueueBackend(Backend, WorkflowStore):
 
     @abc.abstractmethod
     def qsize(self, queues: Sequence[str] | None = None) -> int:
-        """Messages waiting (ready or delayed; an expired lease is waiting, a live one not)."""
+        """Messages waiting (ready or delayed; an expired lease is waiting, a live one not).
+        ``queues`` (here, in :meth:`clear` and in :meth:`browse`) may be one name as a
+        string: pass it through :func:`queue_names`."""
 
     @abc.abstractmethod
     def clear(self, queues: Sequence[str] | None = None) -> int:
@@ -315,8 +347,11 @@ class QueueBackend(Backend, WorkflowStore):
         ``poll_interval_max``) and returns early when this process pushes, so an idle worker
         costs almost no CPU while in-process pickup stays immediate.
         """
+        if type(n) is not int or type(timeout) not in (float, int) or timeout != timeout:
+            check_pop_args(n, timeout)
         if n <= 0:
             return []
+        queues = queue_names(queues)
         deadline = time.monotonic() + max(timeout, 0.0)
         interval = self.poll_interval_min
         while True:

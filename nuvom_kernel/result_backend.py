@@ -178,7 +178,8 @@ class ResultBackend(Backend):
         record = self.get(job_id) or JobRecord(job_id=job_id, task=task,
                                                status=JobStatus.SUCCEEDED)
         record.status = JobStatus.SUCCEEDED
-        record.result = result
+        record.result = result  # and no error left from an earlier failure beside it
+        record.error_type = record.error_message = record.traceback = None
         record.finished_at = record.updated_at = time.time()
         return self.put(record)
 
@@ -196,6 +197,7 @@ class ResultBackend(Backend):
                                                status=JobStatus.FAILED)
         record.status = JobStatus.FAILED
         record.error_type, record.error_message, record.traceback = error_type, message, traceback
+        record.result = None  # a failed job has no result (a success's would linger)
         record.finished_at = record.updated_at = time.time()
         return self.put(record)
 
@@ -205,6 +207,9 @@ class ResultBackend(Backend):
         return record.result if record and record.status is JobStatus.SUCCEEDED else None
 
     def get_error(self, job_id: str) -> dict[str, Any] | None:
+        """The error of a failed attempt as ``{"type", "message", "traceback"}``: kept on a
+        job that failed, and on one retrying after a failure (its last error), else
+        ``None``."""
         record = self.get(job_id)
         if record is None or record.error_type is None:
             return None
@@ -212,6 +217,9 @@ class ResultBackend(Backend):
                 "traceback": record.traceback}
 
     def get_full(self, job_id: str) -> dict[str, Any] | None:
+        """The whole record as a plain dict (:meth:`JobRecord.to_dict
+        <nuvom_kernel.models.JobRecord.to_dict>`: status, times, attempts, result or error,
+        history), for tools that print or ship it; ``None`` for an id never recorded."""
         record = self.get(job_id)
         return record.to_dict() if record else None
 
@@ -223,10 +231,24 @@ class ResultBackend(Backend):
         limit: int = 50,
         after: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Records as dicts, newest first; page on with ``after=page_cursor(last)``."""
-        wanted = JobStatus(status) if status is not None else None
+        """Records as dicts, newest first; page on with ``after=page_cursor(last)``.
+        ``status`` is a :class:`JobStatus` or its name in any case (``"failed"``)."""
+        wanted = None if status is None else _status(status)
         records = self.query(status=wanted, task=task, limit=limit, after=after)
         return [r.to_dict() for r in records]
+
+
+def _status(status: JobStatus | str) -> JobStatus:
+    """``status`` as a :class:`JobStatus`, a name in any case taken (``"failed"``: the CLI
+    takes that too); anything else refused with the names that are."""
+    if isinstance(status, JobStatus):
+        return status
+    try:
+        return JobStatus(str(status).upper())
+    except ValueError:
+        raise ValueError(f"status {status!r} is not a job status; use one of "
+                         f"{', '.join(s.value for s in JobStatus if s is not JobStatus.UNKNOWN)}"
+                         ) from None
 
 
 # --- schedule state read from a store -------------------------------------------------------

@@ -51,6 +51,19 @@ def test_set_error(results: StubResults) -> None:
     assert got is not None and got.status is JobStatus.FAILED
 
 
+def test_an_outcome_replaces_the_other_kind(results: StubResults) -> None:
+    """A success set over a failure keeps no error beside it (``get_error`` read the old
+    one, and ``get_full`` said SUCCEEDED with an ``error_type``), and the other way."""
+    results.set_error("r2", "ValueError", "bad", "tb")
+    assert results.set_result("r2", 5) is True
+    assert results.get_error("r2") is None and results.get_result("r2") == 5
+    full = results.get_full("r2")
+    assert full is not None and (full["status"], full["error_type"]) == ("SUCCEEDED", None)
+    results.set_error("r2", "KeyError", "gone")
+    assert results.get_result("r2") is None
+    assert results.get("r2").result is None  # type: ignore[union-attr]
+
+
 def test_unknown_ids_are_none_everywhere(results: StubResults) -> None:
     assert results.get_result("never-seen") is None
     assert results.get_error("never-seen") is None
@@ -83,6 +96,31 @@ def test_list_jobs_filters_and_pages(results: StubResults) -> None:
     assert [r["job_id"] for r in first] == [r.job_id for r in reversed(records)][:6]
     rest = results.list_jobs(limit=6, after=page_cursor(first[-1]))
     assert [r["job_id"] for r in rest] == [r.job_id for r in reversed(records)][6:]
+
+
+def test_list_jobs_takes_a_status_in_any_case(results: StubResults) -> None:
+    record = make_record(status=JobStatus.FAILED)
+    results.put(record)
+    assert [r["job_id"] for r in results.list_jobs(status="failed")] == [record.job_id]
+    with pytest.raises(ValueError, match=r"status 'broken' is not a job status; use one of "
+                                         r"QUEUED, RUNNING, RETRYING, SUCCEEDED, FAILED, "
+                                         r"CANCELLED$"):
+        results.list_jobs(status="broken")
+
+
+def test_pop_batch_refuses_what_it_cannot_read() -> None:
+    """A ``nan`` timeout waited forever on an empty queue; ``"2"`` and ``2.5`` failed
+    deep in a comparison or a backend's claim."""
+    queue = StubQueue()
+    for n in ("2", 2.5, True):
+        with pytest.raises(TypeError, match=r"pop_batch: n is how many messages to lease"):
+            queue.pop_batch(n)  # type: ignore[arg-type]
+    for timeout in (float("nan"), "1", None):
+        with pytest.raises(ValueError, match=r"timeout is how many seconds to wait"):
+            queue.pop_batch(1, timeout)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"got nan"):
+        queue.dequeue(timeout=float("nan"))
+    assert queue.dequeue(timeout=None) is None and queue.pop_batch(1, 0) == []
 
 
 def test_counts_default_pages_through_every_status(results: StubResults) -> None:

@@ -34,6 +34,7 @@ from nuvom_kernel.backends import (
     QueueStats,
     ResultBackend,
     oldest_first,
+    queue_names,
     queued_state,
 )
 from nuvom_kernel.models import JobStatus, Lease, Message, Settlement
@@ -148,6 +149,8 @@ class MemoryJobQueue(QueueBackend):
     # --- primitives -------------------------------------------------------------------------
 
     def push(self, messages: Sequence[Message]) -> list[bool]:
+        for msg in messages:  # refused as the stored backends refuse it, before any is kept
+            msg.checked_body()
         stored = []
         with self._lock:
             for msg in messages:
@@ -254,6 +257,7 @@ class MemoryJobQueue(QueueBackend):
     def browse(self, queues: Sequence[str] | None = None, *,
                states: Collection[JobStatus] | None = None, after: str | None = None,
                limit: int = 100) -> list[QueuedJob]:
+        queues = queue_names(queues)
         now = time.time()
         with self._lock:
             jobs = [_queued(e, now) for e in self._entries.values()
@@ -261,6 +265,7 @@ class MemoryJobQueue(QueueBackend):
         return oldest_first(jobs, states, after, limit)
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
+        queues = queue_names(queues)
         now = time.time()
         with self._lock:
             return sum(1 for e in self._entries.values()
@@ -268,6 +273,7 @@ class MemoryJobQueue(QueueBackend):
                        and (queues is None or e.message.queue in queues))
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
+        queues = queue_names(queues)
         with self._lock:
             doomed = [i for i, e in self._entries.items()
                       if queues is None or e.message.queue in queues]

@@ -28,6 +28,7 @@ from nuvom_kernel.backends import (
     read_schedule_state,
     stored_text,
 )
+from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, ScheduleState, supersedes
 from nuvom_kernel.serialization import PLAIN_TYPES
 
@@ -47,13 +48,18 @@ def _copy(record: JobRecord) -> JobRecord:
     of a drain on this backend (``benchmarks/overhead.py --profile``); the fields read by
     one ``attrgetter`` and passed positionally cost a third less than by name (3.6 → 2.1 µs).
 
-    :raises TypeError: a value JSON cannot hold, as ``json.dumps`` would.
+    :raises SerializationError: a value JSON cannot hold, as the stored backends raise it.
     """
     values = list(_FIELDS(record))
-    for i in _CONTAINERS:
-        value = values[i]
-        if type(value) not in PLAIN_TYPES:  # (a result of None: no call)
-            values[i] = _clone(value)
+    try:
+        for i in _CONTAINERS:
+            value = values[i]
+            if type(value) not in PLAIN_TYPES:  # (a result of None: no call)
+                values[i] = _clone(value)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise SerializationError(
+            f"record of job {record.job_id} is not JSON-native ({exc}); store results in "
+            "wire form (nuvom_kernel.serialization.to_wire)") from None
     return JobRecord(*values)
 
 

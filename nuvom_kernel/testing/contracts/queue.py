@@ -187,6 +187,19 @@ class QueueBackendContract(QueueLeaseTests, QueueRetryTests, QueueStateTests,
         assert queue_backend.push([again]) == [True], \
             "once acked, the id is free for the next run of the job"
 
+    def test_push_refuses_a_malformed_message_storing_none(self, queue_backend: QueueBackend
+                                                           ) -> None:
+        """What ``Message.checked_body`` refuses fails the whole push, naming the message,
+        before anything is stored: an empty id had read as "queued already" (``False``) on
+        one backend and been stored on another."""
+        good = make_message()
+        for bad, error in ((attrs.evolve(good, id=""), ValueError),
+                           (attrs.evolve(good, id=None), ValueError),
+                           (attrs.evolve(good, body="text"), TypeError)):
+            with pytest.raises(error):
+                queue_backend.push([make_message(), bad])
+        assert queue_backend.qsize() == 0, "a refused push stores none of its messages"
+
     # --- waiting --------------------------------------------------------------------------
 
     def test_dequeue_without_timeout_returns_at_once(self, queue_backend: QueueBackend) -> None:

@@ -56,6 +56,26 @@ class QueueStateTests(QueueContractBase):
         assert queue_backend.ack(lease)
         assert queue_backend.qsize(["b"]) == 1
 
+    def test_a_queue_named_by_a_string_is_that_queue(self, queue_backend: QueueBackend
+                                                     ) -> None:
+        """``qsize("emails")`` is ``qsize(["emails"])`` (see ``queue_names``): a string
+        read as a list of its letters counted nothing, and a name tested with ``in`` also
+        matched ``mail``, whose jobs ``clear("emails")`` then deleted."""
+        queue_backend.enqueue_many([make_message(queue="emails") for _ in range(2)]
+                                   + [make_message(queue=q) for q in ("mail", "e", "s")])
+        assert queue_backend.qsize("emails") == 2, "a string names one queue"
+        try:
+            listed = queue_backend.browse("emails")
+        except NotImplementedError:
+            pass
+        else:
+            assert {m.queue for m in listed} == {"emails"} and len(listed) == 2
+        leases = queue_backend.pop_batch(5, queues="emails")
+        assert sorted(lease.message.queue for lease in leases) == ["emails", "emails"]
+        assert queue_backend.clear("mail") == 1
+        assert queue_backend.clear("emails") == 2, "clear counts leased messages too"
+        assert queue_backend.qsize() == 2, "only queues 'e' and 's' are left"
+
     def test_peek_reads_a_message_without_claiming_it(self, queue_backend: QueueBackend
                                                       ) -> None:
         """``peek`` (optional) returns what a claim would, waiting, leased or retried, and

@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from nuvom_kernel.backends import queue_names
 from nuvom_kernel.models import JobStatus, Lease, Message
 from nuvom_kernel.testing.stubs import StubQueue
 
@@ -219,6 +220,7 @@ class LeakyQsizeQueue(StubQueue):
     name = "fake-leaky-qsize"
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
+        queues = queue_names(queues)
         with self._lock:
             return sum(1 for e in self._entries.values()
                        if queues is None or e.message.queue in queues)
@@ -230,8 +232,8 @@ class TextBodyQueue(StubQueue):
     name = "fake-text-body"
 
     def push(self, messages: Sequence[Message]) -> list[bool]:
-        return super().push([attrs.evolve(m, body=m.body.decode("utf-8", "replace").encode())
-                             for m in messages])
+        return super().push([attrs.evolve(m, body=m.checked_body().decode("utf-8", "replace")
+                                          .encode()) for m in messages])
 
 
 class ReplacingPushQueue(StubQueue):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from nuvom_kernel.backends import QueueCounts, QueueStats
+from nuvom_kernel.backends import QueueCounts, QueueStats, queue_names
 from nuvom_kernel.models import JobStatus, Message
 from nuvom_kernel.views import QueuedJob
 from nuvom_plugins_postgres.browse import page_statement, queued_job
@@ -59,6 +59,7 @@ class QueueInspection(TableHygiene):
         tick recovers it, a due retry QUEUED before a tick promotes it).
 
         Why no index serves it: see :mod:`nuvom_plugins_postgres.browse`."""
+        queues = queue_names(queues)
         found = page_statement(self._q, queues, states, after, limit)
         if found is None:
             return []
@@ -67,6 +68,7 @@ class QueueInspection(TableHygiene):
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         """Rows not under a live lease: ready, delayed, and expired leases alike."""
+        queues = queue_names(queues)
         if queues is not None and not queues:
             return 0
         query, params = ((self._q.qsize_all, []) if queues is None
@@ -74,6 +76,7 @@ class QueueInspection(TableHygiene):
         return int(self._store.row(query, params)[0])  # type: ignore[index]
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
+        queues = queue_names(queues)
         if queues is not None and not queues:
             return 0
         query, params = ((self._q.clear_all, []) if queues is None

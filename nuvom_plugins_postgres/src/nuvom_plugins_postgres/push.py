@@ -107,6 +107,7 @@ def _push_params(messages: Sequence[Message], clock: float, ref: float | None
     :raises EnqueueError: a message PostgreSQL cannot store (see :func:`_unstorable`).
     """
     n = len(messages)
+    bodies = [m.checked_body() for m in messages]  # first: it names a message of no id
     queues = [m.queue for m in messages]
     priorities = [m.priority for m in messages]
     available = [float(m.available_at) for m in messages]
@@ -116,7 +117,6 @@ def _push_params(messages: Sequence[Message], clock: float, ref: float | None
     if refused is not None:
         raise refused
     ages = [clock - float(m.created_at) for m in messages]
-    bodies = [m.checked_body() for m in messages]
     if queues.count(queues[0]) == n and priorities.count(priorities[0]) == n \
             and available.count(available[0]) == n and tasks.count(tasks[0]) == n:
         return True, [ref, ids, ages, bodies, queues[0], priorities[0],
@@ -268,6 +268,7 @@ class Pushing(QueueBase):
             cursors = [execute(start) for start in starts]
         return chunks, [cur.fetchone() for cur in cursors]
     def _push_one(self, m: Message) -> bool:
+        body = m.checked_body()  # first: it names a message of no id
         available = float(m.available_at)
         if not (PRIORITY_MIN <= m.priority <= PRIORITY_MAX and available <= AVAILABLE_AT_MAX
                 and storable(m.id) and storable(m.queue) and storable(m.task)):
@@ -276,7 +277,7 @@ class Pushing(QueueBase):
                 raise refused
         clock, ref = self._clock()  # see push
         params = [ref, m.id, m.queue, m.priority, clock - float(m.created_at),
-                  available - clock, m.task, m.checked_body()]
+                  available - clock, m.task, body]
         try:
             caller = caller_cursor(self._store.identity, self._store.server)
             if caller is not None:

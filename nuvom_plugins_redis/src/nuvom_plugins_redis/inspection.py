@@ -16,7 +16,7 @@ import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from nuvom_kernel.backends import QueueBackend, QueueCounts, QueueStats
+from nuvom_kernel.backends import QueueBackend, QueueCounts, QueueStats, queue_names
 from nuvom_kernel.models import JobStatus, Message
 from nuvom_kernel.views import QueuedJob
 from nuvom_plugins_redis import limit_scripts
@@ -66,11 +66,13 @@ class QueueInspection(QueueBackend):
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
         """Waiting messages: ready, delayed, and expired leases (not yet claimed again)."""
+        queues = queue_names(queues)
         return sum(c.ready + c.delayed for c in self._counts(queues).values())
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
         """Delete every message of the queues, leased ones included (the contract: a
         cleared lease is gone, and its holder's ack reports it lost)."""
+        queues = queue_names(queues)
         removed = 0
         for queue in self._queue_names(queues):
             while True:
@@ -94,6 +96,7 @@ class QueueInspection(QueueBackend):
                limit: int = 100) -> list[QueuedJob]:
         """One page in one read-only script: nothing promoted, claimed or written; states as
         ``peek_state`` reads them, by the server's clock. See :mod:`.browse`."""
+        queues = queue_names(queues)
         return read_page(self, queues, states, after, limit)
 
     def task_counts(self, tasks: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -36,6 +36,8 @@ from nuvom_kernel.backends import (
     BackendContext,
     Capabilities,
     ResultBackend,
+    check_pop_args,
+    queue_names,
 )
 from nuvom_kernel.clock import relearned_offset
 from nuvom_kernel.models import Lease, Message, Settlement
@@ -315,8 +317,11 @@ class RedisJobQueue(QueueInspection):
                   ) -> list[Lease]:
         """Claim up to ``n``; when none is ready, block on the wake-up marker (never past
         the next due time, ``block_secs`` or the deadline) and claim again."""
+        if type(n) is not int or type(timeout) not in (float, int) or timeout != timeout:
+            check_pop_args(n, timeout)
         if n <= 0:
             return []
+        queues = queue_names(queues)
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
             leases = self.claim(n, queues)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 
-from nuvom_kernel.backends import QueueCounts, QueueStats
+from nuvom_kernel.backends import QueueCounts, QueueStats, queue_names
 from nuvom_kernel.models import JobStatus, Message
 from nuvom_kernel.views import QueuedJob
 from nuvom_plugins_sqlite import quarantine
@@ -36,12 +36,14 @@ class QueueInspection(QueueBase):
 
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
+        queues = queue_names(queues)
         where, names = _queue_filter(queues)
         sql = ("SELECT count(*) FROM nuvom_queue "
                "WHERE (visible_at IS NULL OR token IS NULL OR visible_at <= ?)" + where)
         return int(self._db.conn().execute(sql, (time.time(), *names)).fetchone()[0])
 
     def clear(self, queues: Sequence[str] | None = None) -> int:
+        queues = queue_names(queues)
         where, names = _queue_filter(queues)
         sql = "DELETE FROM nuvom_queue WHERE 1" + where
         return int(self._db.write(lambda conn: conn.execute(sql, names).rowcount,
@@ -79,6 +81,7 @@ class QueueInspection(QueueBase):
         """One read statement, no write lock: see :mod:`.browse` (states as ``peek_state``
         reads them; rows that break the schema are skipped, left to a claim to
         quarantine)."""
+        queues = queue_names(queues)
         return browse_page(self._db.conn(), queues, states, after, limit, time.time())
 
     def peek(self, job_id: str) -> Message | None:

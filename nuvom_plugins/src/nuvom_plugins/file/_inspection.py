@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from nuvom_kernel.backends import QueueStats
+from nuvom_kernel.backends import QueueStats, queue_names
 from nuvom_kernel.models import JobStatus, Message
 from nuvom_kernel.views import QueuedJob
 from nuvom_plugins.file import _browse
@@ -82,6 +82,7 @@ class QueueInspection(LeaseOperations):
             self._fs.drain_committed()
 
     def qsize(self, queues: Sequence[str] | None = None) -> int:
+        queues = queue_names(queues)
         now = time.time()
         self._settle(now)
         expired = sum(1 for _, parsed in self._fs.matching("leased", queues)
@@ -95,12 +96,14 @@ class QueueInspection(LeaseOperations):
         """From one listing of each directory, filtered by name; only the page's files are
         opened, for their header line (:mod:`nuvom_plugins.file._browse`). Nothing moves:
         committed batches are finished first, as every look does."""
+        queues = queue_names(queues)
         now = time.time()
         self._settle(now)
         return _browse.browse(self._fs, queues, states, after, limit, now)
 
     @writes("queue", "clearing the queue removes its files there")
     def clear(self, queues: Sequence[str] | None = None) -> int:
+        queues = queue_names(queues)
         removed = 0
         freed = []
         for kind in ("ready", "delayed", "leased"):

@@ -240,6 +240,8 @@ class FileJobQueue(QueueInspection):
         directory and committed by renaming that directory into ``batches/``, after which
         its files are moved into place by the pusher (or, if it died, by the next claim).
         ``failures`` starts at 0 whatever the message says."""
+        for message in messages:  # an empty id read as "queued already"; none is written
+            message.checked_body()
         return self._fs.publish(messages) if messages else []
 
     def quarantined(self) -> list[str]:
