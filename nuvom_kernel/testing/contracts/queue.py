@@ -193,9 +193,11 @@ class QueueBackendContract(QueueLeaseTests, QueueRetryTests, QueueStateTests,
         before anything is stored: an empty id had read as "queued already" (``False``) on
         one backend and been stored on another."""
         good = make_message()
+        no_id: Any = None  # (what the types allow no caller to pass: a plugin may get it)
+        text: Any = "text"
         for bad, error in ((attrs.evolve(good, id=""), ValueError),
-                           (attrs.evolve(good, id=None), ValueError),
-                           (attrs.evolve(good, body="text"), TypeError)):
+                           (attrs.evolve(good, id=no_id), ValueError),
+                           (attrs.evolve(good, body=text), TypeError)):
             with pytest.raises(error):
                 queue_backend.push([make_message(), bad])
         assert queue_backend.qsize() == 0, "a refused push stores none of its messages"
