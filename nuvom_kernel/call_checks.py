@@ -99,6 +99,14 @@ def check_option_types(options: dict[str, Any], what: str = "@task") -> None:
                              f"{value!r}")
     if "queue" in options:
         check_queue(options["queue"], f"{what}(queue=...)")
+    description = options.get("description")
+    if description is not None and not isinstance(description, str):
+        raise ValueError(f"{what}(description=...) takes text (shown by `nuvom list tasks`) "
+                         f"or None, got {description!r}")
+    tags = options.get("tags", ())
+    if not isinstance(tags, tuple) or not all(isinstance(tag, str) for tag in tags):
+        raise ValueError(f"{what}(tags=...) takes a list of strings, e.g. tags=[\"email\"], "
+                         f"got {tags!r}")
 
 
 def check_queue(queue: Any, what: str) -> str:

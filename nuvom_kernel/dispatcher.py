@@ -203,10 +203,25 @@ def _encoded(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,
     env, error = failed
     raise SerializationError(
         f"job {env.id} ({env.task}) cannot be encoded by the {serializer.name!r} "
-        f"serializer: {type(error).__name__}: {error}. Check its arguments (an integer of "
+        f"serializer{_culprit(env, serializer)}: {type(error).__name__}: {error}. Check its "
+        f"arguments (an integer of "
         f"more than 4,300 digits, or a value nested hundreds of levels deep, is refused "
         f"here) and any headers set by enqueue observers, which must be JSON-native") \
         from error
+
+
+def _culprit(env: Envelope, serializer: Serializer) -> str:
+    """`` in <argument>`` for the first argument that fails to encode alone, else ``""``:
+    what the argument checks at ``.delay()`` cannot see (an int of 5,000 digits is an int)
+    is named as they name it. Only on the error path: each argument encoded once more."""
+    named = [*((f"argument #{i}", v) for i, v in enumerate(env.args)),
+             *((f"argument {k!r}", v) for k, v in env.kwargs.items())]
+    for label, value in named:
+        try:
+            serializer.dumps(value)
+        except Exception:
+            return f" in {label}"
+    return ""
 
 
 def _messages(calls: Sequence[tuple[Envelope, Job]], serializer: Serializer,

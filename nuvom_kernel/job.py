@@ -7,6 +7,7 @@ instead of finding one).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from datetime import datetime
@@ -69,6 +70,7 @@ class Job(Generic[R]):
 
     @property
     def queue(self) -> str:
+        """The named queue the job waits in (its task's, or ``apply_async(queue=...)``)."""
         return self.options.queue
 
     @property
@@ -79,6 +81,7 @@ class Job(Generic[R]):
 
     @property
     def priority(self) -> int:
+        """Higher runs first (its task's, or ``apply_async(priority=...)``)."""
         return self.options.priority
 
     def time_remaining(self) -> float | None:
@@ -159,6 +162,7 @@ class Job(Generic[R]):
         :raises nuvom_kernel.NuvomError: called inside a task (see :meth:`_not_in_task`)
             unless ``allow_in_task``.
         """
+        check_wait(timeout, poll_secs)
         if not allow_in_task:
             self._not_in_task()
         return self._bound().wait_for(self, timeout=timeout, poll_secs=poll_secs)
@@ -185,6 +189,7 @@ class Job(Generic[R]):
         task unless ``allow_in_task``, as :meth:`get` is."""
         import asyncio
 
+        check_wait(timeout, poll_secs)
         if not allow_in_task:
             self._not_in_task()
         kernel = self._bound()
@@ -246,6 +251,20 @@ class StoreStall:
             self.warned = True
             log.warning("job %s: its state cannot be read now (%s); still waiting%s", job.id,
                         exc, "" if timeout is None else f" until the timeout ({timeout} s)")
+
+
+def check_wait(timeout: Any, poll_secs: Any) -> None:
+    """Refuse a wait ``get()`` cannot keep: a ``nan`` timeout, never past, waited for the
+    outcome however long it took; ``"1"`` failed adding it to the clock; ``-1`` timed out
+    at once saying the job was "still QUEUED after -1 s"."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
+            timeout, int | float) or not timeout >= 0):
+        raise ValueError(f"get(timeout=...) takes a number of seconds >= 0, or None to wait "
+                         f"as long as the job takes; got {timeout!r}")
+    if isinstance(poll_secs, bool) or not isinstance(poll_secs, int | float) \
+            or not 0 < poll_secs < math.inf:
+        raise ValueError(f"get(poll_secs=...) takes a number of seconds > 0 (how often the "
+                         f"store is asked); got {poll_secs!r}")
 
 
 def still_waiting(job: Job[Any], timeout: float | None) -> TimeoutError:

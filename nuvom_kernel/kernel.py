@@ -393,6 +393,9 @@ def _fill(job: Job, record: JobRecord) -> None:
     job.attempts = record.attempts
     job.run = record.run
     job.history = list(record.history)
+    # one entry per failed attempt: read 0 on every handle, however often the job failed
+    job.failures = sum(1 for h in job.history
+                       if isinstance(h, dict) and h.get("run", 1) == record.run)
     job.result = from_wire(record.result) if record.status is JobStatus.SUCCEEDED else None
     job.error_type, job.error, job.traceback = (record.error_type, record.error_message,
                                                 record.traceback)
@@ -432,6 +435,13 @@ def use_kernel(kernel: Kernel) -> Iterator[Kernel]:
 
 def get_job(job_id: str) -> Job:
     """The current state of any job by id, from any process; ``status`` is UNKNOWN for an id
-    no backend has seen."""
+    no backend has seen.
+
+    :raises TypeError: ``job_id`` is not a string (a ``None`` or a number failed deep in a
+        backend's lookup).
+    """
+    if not isinstance(job_id, str):
+        raise TypeError(f"get_job() takes a job id, a string (a handle's .id, or what "
+                        f"`nuvom list jobs` shows), got {type(job_id).__name__} {job_id!r:.80}")
     kernel = get_kernel()
     return kernel.refresh_job(kernel._handle(job_id))

@@ -310,8 +310,10 @@ def checked_options(options: Mapping[str, Any]) -> dict[str, Any]:
         out["unique"] = True
     if "backoff" in out:
         out["backoff"] = check_backoff(out["backoff"])
-    if "tags" in out:
-        out["tags"] = tuple(out["tags"])
+    tags = out.get("tags")
+    if tags is not None and not isinstance(tags, str | bytes):  # a str is refused (below),
+        with contextlib.suppress(TypeError):  # not split into its letters
+            out["tags"] = tuple(tags)
     if "priority" in out:  # the same bounds as apply_async(priority=), said alike
         out["priority"] = check_priority(out["priority"])
     check_option_types(out)
@@ -377,6 +379,11 @@ def task(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
       late, a cache refresh a newer one replaced. Only its first start is checked: a job
       that started once (its worker died) runs again as at-least-once delivery says.
     """
+    if name is not None and (not isinstance(name, str) or not name):
+        # a number failed its first .delay() as if an argument were wrong; "" fell back
+        # to the function's name
+        raise ValueError(f"@task(name=...) takes a non-empty string (the name jobs and "
+                         f"`nuvom enqueue` call the task by), got {name!r}")
     schedule = {k: options[k] for k in _SCHEDULE_OPTIONS if k in options}
     options = checked_options(options)
 

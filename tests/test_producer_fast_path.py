@@ -558,6 +558,13 @@ def test_a_job_an_observer_made_unencodable_fails_the_batch_naming_it(
                                                      r"'json' serializer: TypeError") as bad:
             echo.delay(3)  # .delay() takes the same path
         assert str(bad.value).startswith(f"job {observer.broken[-1]} (echo)")
+        # an argument the checks at .delay() pass (an int) but the encoder refuses is named
+        with pytest.raises(SerializationError, match=r"\(echo\) cannot be encoded by the "
+                                                     r"'json' serializer in argument #0: "
+                                                     r"ValueError: Exceeds the limit"):
+            echo.delay(10**5000)
+        with pytest.raises(SerializationError, match=r"serializer in argument 'x': "):
+            echo.delay(x=10**5000)
     assert kernel.queue.qsize() == 0
 
 

@@ -77,6 +77,27 @@ def test_a_queued_job_id_enqueued_again_gives_the_queued_jobs_handle(kernel: Ker
     assert kernel.queue.qsize() == 2
 
 
+def test_a_lookup_or_a_wait_it_cannot_read_is_refused_naming_it(kernel: Kernel,
+                                                                 project: Path):
+    """``get_job(None)`` failed deep in a backend's lookup; ``get(timeout=nan)`` waited
+    as long as the job took, ``"1"`` failed adding it to the clock, and ``-1`` said the job
+    was "still QUEUED after -1 s"."""
+    echo, _ = _tasks(project)
+    for bad in (None, 5, b"id"):
+        with pytest.raises(TypeError, match=r"get_job\(\) takes a job id, a string"):
+            get_job(bad)  # type: ignore[arg-type]
+    job = echo.delay()
+    for timeout in (math.nan, "1", -1, True):
+        with pytest.raises(ValueError, match=r"get\(timeout=\.\.\.\) takes a number of "
+                                             r"seconds >= 0, or None"):
+            job.get(timeout=timeout)
+    with pytest.raises(ValueError, match=r"get\(poll_secs=\.\.\.\) takes a number of "
+                                         r"seconds > 0 .*got 0"):
+        job.get(timeout=1, poll_secs=0)
+    with pytest.raises(TimeoutError, match="still QUEUED after 0 s"):  # 0 is allowed
+        job.get(timeout=0)
+
+
 def test_a_running_job_id_enqueued_again_gives_the_running_jobs_handle(kernel: Kernel,
                                                                       project: Path):
     echo, _ = _tasks(project)

@@ -175,6 +175,7 @@ def test_final_failure_keeps_traceback_and_history(kernel: Kernel, worker, proje
     fetched = get_job(job.id)
     assert fetched.status is JobStatus.FAILED and fetched.attempts == 2
     assert [h["attempt"] for h in fetched.history] == [1, 2]
+    assert fetched.failures == job.failures == 2, "a handle read 0 failures, however many"
 
 
 def test_timeout_is_recorded_and_slot_is_replaced(kernel: Kernel, worker, project: Path):

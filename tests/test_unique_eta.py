@@ -132,6 +132,13 @@ def test_unique_false_beside_unique_for_is_refused():
     ("queue", "a,b", "holds a comma"),
     ("queue", "caf\udce9", "holds a NUL or a lone surrogate"),
     ("backoff", "exp", "@task(backoff=...) takes 'fixed' or 'exponential'"),
+    # a str was split into its letters, a number failed inside the decorator, a name that
+    # was not text was accepted and failed each .delay() blaming the arguments
+    ("tags", "email", '@task(tags=...) takes a list of strings, e.g. tags=["email"]'),
+    ("tags", 5, "@task(tags=...) takes a list of strings"),
+    ("description", 5, "@task(description=...) takes text"),
+    ("name", 5, "@task(name=...) takes a non-empty string"),
+    ("name", "", "@task(name=...) takes a non-empty string"),
 ])
 def test_an_option_of_the_wrong_type_is_refused_by_name(option, value, says):
     """retries="2" failed with a bare "'<' not supported"; unique="yes", retries=True and a

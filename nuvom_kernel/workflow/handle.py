@@ -17,7 +17,7 @@ from nuvom_kernel.errors import (
     SerializationError,
     UnknownJobError,
 )
-from nuvom_kernel.job import Job, not_in_a_task
+from nuvom_kernel.job import Job, check_wait, not_in_a_task
 from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
 from nuvom_kernel.workflow.damage import ended_by_damage
@@ -139,6 +139,7 @@ class Workflow:
             (:mod:`~nuvom_kernel.workflow.stranded`: :meth:`resume` moves it on).
         :raises TimeoutError: not finished within ``timeout`` seconds.
         """
+        check_wait(timeout, poll_secs)
         if not allow_in_task:
             not_in_a_task(f"workflow {self.id}")
         deadline = None if timeout is None else time.monotonic() + timeout

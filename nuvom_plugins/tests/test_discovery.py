@@ -406,6 +406,27 @@ def test_options_import_would_refuse_are_warned_about_naming_task_and_problem(
     assert "Importing the module raises this error" in backoff
 
 
+def test_a_name_or_tags_import_would_refuse_are_warned_about(tmp_path: Path) -> None:
+    """``name=5`` was recorded under the function's name with no word, ``tags="email"``
+    as its letters."""
+    write(tmp_path, {"t.py": """
+        from nuvom_kernel import task
+
+        @task(name=5)
+        def numbered(): ...
+
+        @task(tags="email")
+        def tagged(): ...
+    """})
+    report, _ = run(tmp_path)
+    assert sorted(by_name(report)) == ["numbered", "tagged"]  # still recorded
+    name, tags = report.warnings
+    assert name.startswith("t.py:4: task 'numbered': @task(name=...) takes a non-empty "
+                           "string, got 5. Importing the module raises this error"), name
+    assert tags.startswith("t.py:7: task 'tagged': @task(tags=...) takes a list of "
+                           "strings"), tags
+
+
 def test_files_cached_before_schedules_were_checked_are_examined_again(tmp_path: Path
                                                                         ) -> None:
     write(tmp_path, {"t.py": INVALID_SCHEDULES})

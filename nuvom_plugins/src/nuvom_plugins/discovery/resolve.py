@@ -209,6 +209,10 @@ class _Scanner:
             description = doc.strip().splitlines()[0].strip() if doc and doc.strip() else None
         name = options.pop("name", None)  # the registry name, not an option
         task_name = name if isinstance(name, str) and name else node.name
+        if name is not None and task_name is node.name:  # as @task refuses it
+            self.warn(deco.lineno, f"task {node.name!r}: @task(name=...) takes a non-empty "
+                                   f"string, got {name!r}. Importing the module raises this "
+                                   "error: fix it and run `nuvom discover tasks` again")
         problem = (_schedule_problem(task_name, options)
                    if options.get("schedule") is not None else None)
         if problem is not None:
