@@ -30,7 +30,13 @@ def test_retry_asks_then_queues_the_next_run_and_reports_it(kernel: Kernel,
     confirm = client.get("/actions/retry/j1")
     assert confirm.status_code == 200 and "Retry job" in confirm.text
     assert kernel.queue.peek_state("j1") is None  # asking changed nothing
-    done = client.post("/actions/retry/j1", data={"csrf": csrf_of(confirm.text)})
+    form = form_of(confirm.text)
+    assert form["run"] == "1", "the retry form names the run it confirms"
+    without_run = client.post("/actions/retry/j1", data={"csrf": form["csrf"]})
+    assert without_run.status_code == 400 and "names no run" in without_run.text, \
+        "a retry posted without its run skipped the double-submit check"
+    assert kernel.queue.peek_state("j1") is None
+    done = client.post("/actions/retry/j1", data=form)
     assert done.status_code == 303 and done.headers["location"] == "/jobs/j1"
     assert kernel.queue.peek_state("j1") is JobStatus.QUEUED
     stored = kernel.results.get("j1")
@@ -38,9 +44,11 @@ def test_retry_asks_then_queues_the_next_run_and_reports_it(kernel: Kernel,
     page = client.get("/jobs/j1").text
     assert _flash(page) == "job j1 (tasks.boom) queued again on &#39;default&#39; (run 2)"
     assert "nuvom_flash" not in client.cookies  # reported once
-    again = client.post("/actions/retry/j1", data={"csrf": csrf_of(confirm.text)})
-    assert "only FAILED or CANCELLED jobs can be run again" in _flash(
+    again = client.post("/actions/retry/j1", data=form)
+    assert "is at run 2 (QUEUED) now, not run 1 that was confirmed" in _flash(
         client.get(again.headers["location"]).text)
+    unknown = client.get("/actions/retry/never-seen")
+    assert unknown.status_code == 404, "nothing to confirm for an id no backend knows"
 
 
 def test_cancel_removes_a_waiting_job_and_records_it(kernel: Kernel,
@@ -52,6 +60,9 @@ def test_cancel_removes_a_waiting_job_and_records_it(kernel: Kernel,
     stored = kernel.results.get("w1")
     assert stored is not None and stored.status is JobStatus.CANCELLED
     assert _flash(client.get("/jobs/w1").text) == "job w1 cancelled"
+    stale = client.post("/actions/cancel/w1", data={"csrf": csrf_of(confirm.text)})
+    assert _flash(client.get(stale.headers["location"]).text) == \
+        "not cancelled: job w1 was cancelled already", "it never started, as said before"
 
 
 def test_a_post_without_the_csrf_token_or_from_another_origin_changes_nothing(
@@ -65,7 +76,7 @@ def test_a_post_without_the_csrf_token_or_from_another_origin_changes_nothing(
         assert kernel.queue.peek_state("j1") is None
     fresh = TestClient(client.app, base_url=str(client.base_url),  # another browser: no cookie
                        follow_redirects=False)
-    assert fresh.post("/actions/retry/j1", data={"csrf": token}).status_code == 403
+    assert fresh.post("/actions/retry/j1", data={"csrf": token, "run": "1"}).status_code == 403
     assert "CSRF" in fresh.post("/bulk/retry", data={"status": "failed"}).text
     assert kernel.queue.peek_state("j1") is None
 
@@ -119,7 +130,7 @@ def test_read_only_shows_no_action_and_refuses_them(kernel: Kernel,
     token = client.cookies.get("nuvom_csrf")
     for url in ("/actions/retry/j1", "/bulk/retry?status=failed"):
         assert client.get(url).status_code == 403
-    assert client.post("/actions/retry/j1", data={"csrf": token}).status_code == 403
+    assert client.post("/actions/retry/j1", data={"csrf": token, "run": "1"}).status_code == 403
     assert kernel.queue.peek_state("j1") is None
 
 
@@ -161,7 +172,7 @@ def test_an_id_ending_in_an_action_name_gets_its_own_page_and_its_own_actions(
     assert "<code>invoice-7/retry</code>" in confirm and "<code>invoice-7</code>" not in confirm
     form = re.search(r'<form method="post" action="([^"]+)">', confirm)
     assert form
-    done = client.post(form.group(1), data={"csrf": csrf_of(confirm)})
+    done = client.post(form.group(1), data={"csrf": csrf_of(confirm), "run": "1"})
     assert done.status_code == 303 and done.headers["location"] == link.group(1)
     assert kernel.queue.peek_state("invoice-7/retry") is JobStatus.QUEUED
     assert kernel.queue.peek_state("invoice-7") is None, "the other job was not touched"
@@ -178,10 +189,10 @@ def test_a_link_of_the_old_form_leads_to_the_action_of_the_job_it_named(
     old = client.get("/jobs/a%2Fb/retry")
     assert old.status_code == 308 and old.headers["location"] == "/actions/retry/a%2Fb"
     token = csrf_of(client.get(old.headers["location"]).text)
-    posted = client.post("/jobs/a%2Fb/retry", data={"csrf": token})
+    posted = client.post("/jobs/a%2Fb/retry", data={"csrf": token, "run": "1"})
     assert posted.status_code == 308 and posted.headers["location"] == "/actions/retry/a%2Fb"
     assert kernel.queue.peek_state("a/b") is None, "a redirect acts on nothing"
-    done = client.post(posted.headers["location"], data={"csrf": token})
+    done = client.post(posted.headers["location"], data={"csrf": token, "run": "1"})
     assert done.status_code == 303 and done.headers["location"] == "/jobs/a%2Fb"
     assert kernel.queue.peek_state("a/b") is JobStatus.QUEUED
     assert client.post("/jobs/a%2Fb", data={"csrf": token}).status_code == 405

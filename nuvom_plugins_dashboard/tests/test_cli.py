@@ -48,6 +48,27 @@ def test_it_serves_the_overview_on_loopback_by_default(project: Path) -> None:
     assert dashboard.proc.returncode == 0, out
 
 
+def test_a_sqlite_store_that_cannot_open_is_warned_about_at_start(project: Path) -> None:
+    """observability.md promises the start line's warning. SQLite opens its file at the
+    first read, so it was built without a word and only the pages answered 503; a store
+    lost while serving (its folder replaced by a file) answered a bare 500."""
+    (project / "notadir").write_text("")
+    dashboard = Dashboard(project, NUVOM_DATA_DIR=str(project / "notadir"))
+    try:
+        from dash_procs import wait_until
+
+        said = f"{project / 'notadir'} is a file, not a folder"
+        start = wait_until(lambda: "warning: the job store cannot be read now" in
+                           (text := "".join(dashboard.lines)) and text,
+                           30, "the dashboard's warning that the store cannot be read")
+        assert said in start, start
+        status, html = _get(dashboard.url + "jobs")
+        assert status == 503 and said in html, (status, html)
+    finally:
+        out = dashboard.stop()
+    assert dashboard.proc.returncode == 0, out
+
+
 def test_another_address_without_a_token_refuses_to_start_and_says_why(project: Path
                                                                        ) -> None:
     result = _run(project, "dashboard", "--host", "0.0.0.0", "--port", "0")
@@ -126,7 +147,7 @@ def test_a_form_rendered_before_a_restart_still_works_after_it(project: Path) ->
             first.stop()
         second = Dashboard(project)
         try:
-            form = urllib.parse.urlencode({"csrf": token}).encode()
+            form = urllib.parse.urlencode({"csrf": token, "run": "1"}).encode()
             request = urllib.request.Request(second.url + "actions/retry/j1", data=form,
                                              headers={"Cookie": cookie})
             with urllib.request.urlopen(request, timeout=10) as done:  # 303 to the job

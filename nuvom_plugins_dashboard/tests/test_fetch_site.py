@@ -23,12 +23,12 @@ def test_a_post_from_another_site_or_port_is_refused_with_a_matching_csrf_token(
     kernel.results.put(record("j1"))
     token = csrf_of(client.get("/actions/retry/j1").text)
     for site in ("same-site", "cross-site", "none"):
-        response = client.post("/actions/retry/j1", data={"csrf": token},
+        response = client.post("/actions/retry/j1", data={"csrf": token, "run": "1"},
                                headers={"Origin": "null", "Sec-Fetch-Site": site})
         assert response.status_code == 403, response.text
         assert f"Sec-Fetch-Site: {site!r}" in response.text
         assert kernel.queue.peek_state("j1") is None
-    done = client.post("/actions/retry/j1", data={"csrf": token},
+    done = client.post("/actions/retry/j1", data={"csrf": token, "run": "1"},
                        headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"})
     assert done.status_code == 303, done.text
     assert kernel.queue.peek_state("j1") is JobStatus.QUEUED

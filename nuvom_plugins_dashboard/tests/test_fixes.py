@@ -123,7 +123,7 @@ def test_the_token_cookie_is_lax_so_links_from_other_sites_work_and_posts_stay_g
         assert client.post("/actions/retry/j1", data=data,
                            headers=headers).status_code == 403
     assert kernel.queue.peek_state("j1") is None
-    assert client.post("/actions/retry/j1", data={"csrf": token}).status_code == 303
+    assert client.post("/actions/retry/j1", data={"csrf": token, "run": "1"}).status_code == 303
 
 
 def test_every_page_shows_times_in_utc_labelled(kernel: Kernel, client: TestClient) -> None:

@@ -45,7 +45,7 @@ def test_any_other_host_is_refused_before_it_reads_or_acts(
     # The whole attack: a CSRF form and cookie (the rebinding page would have fetched them
     # the same way), posted with the page's own Host and a matching Origin.
     token = csrf_of(client.get("/actions/retry/pay-1").text)
-    posted = client.post("/actions/retry/pay-1", data={"csrf": token},
+    posted = client.post("/actions/retry/pay-1", data={"csrf": token, "run": "1"},
                          headers={"Host": host, "Origin": f"http://{host}"})
     assert posted.status_code == 421
     assert kernel.queue.peek_state("pay-1") is None, "the job was not retried"
@@ -60,7 +60,7 @@ def test_allowed_hosts_admits_the_names_a_reverse_proxy_forwards(
     assert client.get("/jobs/pay-1", headers={"Host": "evil.example.com"}).status_code == 421
     proxied = {"Host": "dash.example.com", "Origin": "https://dash.example.com"}
     token = csrf_of(client.get("/actions/retry/pay-1", headers=proxied).text)
-    done = client.post("/actions/retry/pay-1", data={"csrf": token}, headers=proxied)
+    done = client.post("/actions/retry/pay-1", data={"csrf": token, "run": "1"}, headers=proxied)
     assert done.status_code == 303
     # one comma-separated string, as in [plugins.dashboard] allowed_hosts
     one = make_client(allowed_hosts="dash.example.com, ops.example.com")

@@ -72,7 +72,7 @@ def test_every_link_asset_form_and_redirect_stays_under_the_mount(kernel: Kernel
         confirm = client.get(f"{PREFIX}/actions/retry/a%2Fb").text
         form = re.search(r'<form method="post" action="([^"]+)">', confirm)
         assert form and form.group(1) == f"{PREFIX}/actions/retry/a%2Fb"
-        done = client.post(form.group(1), data={"csrf": csrf_of(confirm)})
+        done = client.post(form.group(1), data={"csrf": csrf_of(confirm), "run": "1"})
         assert done.status_code == 303 and done.headers["location"] == f"{PREFIX}/jobs/a%2Fb"
         assert "queued again" in client.get(done.headers["location"]).text
         assert kernel.queue.peek_state("a/b") is JobStatus.QUEUED

@@ -143,6 +143,28 @@ def test_a_job_waiting_for_its_first_run_and_an_unknown_one(kernel: Kernel,
     assert missing.status_code == 404 and "No backend knows this job id" in missing.text
 
 
+def test_a_job_not_run_yet_shows_what_its_message_says(kernel: Kernel,
+                                                       client: TestClient) -> None:
+    """A delayed job's page showed its state and a sentence: no task, queue, priority,
+    due time or arguments, which ``nuvom inspect job`` shows for the same id."""
+    from nuvom_kernel.envelope import Envelope
+    from nuvom_kernel.models import TaskOptions
+
+    envelope = Envelope.for_call("billing.charge", "billing",
+                                 TaskOptions(queue="pay", priority=5), ("cust-42",),
+                                 {"cents": 999})
+    due = time.time() + 3600
+    kernel.queue.enqueue(envelope.to_message(kernel.serializer, due))
+    html = client.get(f"/jobs/{envelope.id}").text
+    assert "QUEUED" in html and "Waiting in its queue" in html
+    fields = dict(re.findall(r"<dt>([^<]+)</dt><dd>(.*?)</dd>", html, re.S))
+    assert fields["task"].startswith("billing.charge") and fields["queue"] == "pay"
+    assert fields["priority"] == "5" and fields["due"] == views.format_time(due)
+    assert fields["attempts"].startswith("0 ")
+    assert "args = [&#39;cust-42&#39;]" in html and "&#39;cents&#39;: 999" in html
+    assert "<h2>Result</h2>" not in html
+
+
 def test_pages_send_security_headers(client: TestClient) -> None:
     headers = client.get("/jobs").headers
     assert "script-src 'self'" in headers["content-security-policy"]

@@ -187,6 +187,33 @@ def test_a_database_under_a_file_says_the_file_is_in_the_way(tmp_path: Path) -> 
     assert "writable" not in text, text
 
 
+def test_a_database_gone_after_it_opened_is_named_on_the_next_connection(
+        tmp_path: Path) -> None:
+    """A thread's first connection after the folder was replaced by a file raised a bare
+    ``sqlite3.OperationalError: unable to open database file``: the dashboard's 500, a
+    worker's traceback naming no file."""
+    import threading
+
+    queue = SQLiteJobQueue(tmp_path / "data" / "nuvom.db")
+    assert queue.qsize() == 0
+    (tmp_path / "data").rename(tmp_path / "moved")
+    (tmp_path / "data").write_text("")
+    raised: list[BaseException] = []
+
+    def other_thread() -> None:  # a connection of its own: opened now
+        try:
+            queue.qsize()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert len(raised) == 1 and isinstance(raised[0], SQLiteUnavailableError), raised
+    assert f"{tmp_path / 'data'} is a file, not a folder" in str(raised[0])
+    queue.close()
+
+
 @posix
 def test_a_database_on_a_read_only_mount_is_told_to_mount_it_read_write(
         tmp_path: Path) -> None:

@@ -41,12 +41,19 @@ ACTIONS: dict[str, tuple[JobStatus, ...]] = {
 }
 
 
-def parse_run(value: str | None) -> int | None:
+def parse_run(value: str | None, *, required: bool = False) -> int | None:
     """The ``run`` of a form (the run the confirmation page showed); ``None`` if absent.
 
-    :raises BadRequest: not a run number.
+    :param required: a retry's form always names its run (a job that can be retried has a
+        record); one posted without it skipped the double-submit check, and each post
+        queued the job again.
+    :raises BadRequest: not a run number, or absent where ``required``.
     """
     if value is None or value == "":
+        if required:
+            raise BadRequest("the retry form names no run (the run its confirmation page "
+                             "showed); submit the confirmation page's form as it was "
+                             "rendered")
         return None
     try:
         run = int(value)
@@ -96,6 +103,8 @@ def act(kernel: Any, action: str, job_id: str, expected_run: int | None = None
         job = kernel.refresh_job(Job(id=job_id, task="", kernel=kernel))
         if kernel.cancel(job):
             return True, f"job {job_id} cancelled"
+        if job.status is JobStatus.CANCELLED:  # (not "has started": it never ran)
+            return False, f"not cancelled: job {job_id} was cancelled already"
         return False, (f"not cancelled: job {job_id} is {job.status.value}; only a job that "
                        "has not started can be cancelled")
     raise BadRequest(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")

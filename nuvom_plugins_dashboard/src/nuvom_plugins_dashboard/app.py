@@ -318,10 +318,13 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
                                      "character (\\x00)", status_code=404)
         if request.method == "GET":
             detail = await run_in_threadpool(views.job_detail, kernel, job_id)
+            if detail.status is JobStatus.UNKNOWN:  # as its page: nothing to confirm
+                return render(request, "job.html", detail=detail, full=False,
+                              status_code=404)
             return render(request, "confirm.html", action=action, detail=detail, filter=None,
                           matching=None)
         form = await request.form()
-        run = actions.parse_run(str(form.get("run") or ""))
+        run = actions.parse_run(str(form.get("run") or ""), required=action == "retry")
         _ok, sentence = await run_in_threadpool(actions.act, kernel, action, job_id, run)
         return done(request, job_url("", job_id), sentence)
 

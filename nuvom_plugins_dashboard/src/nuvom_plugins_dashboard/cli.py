@@ -60,19 +60,29 @@ def _kernel() -> Any:
     return click.get_current_context().find_root().obj
 
 
+#: The job id :func:`store_problem` reads: one no job has.
+_PROBE_ID = "nuvom-dashboard-start-probe"
+
+
 def store_problem(kernel: Any) -> str | None:
     """Why the queue or result backend cannot be built now (the store is down, refuses the
     password), in the words its 503 pages use; ``None`` when both are built.
 
     Building them here, not on the first request, keeps a start line that says the store is
-    unreachable, and finds a wrong setting before the port is served.
+    unreachable, and finds a wrong setting before the port is served. Each is read once
+    too (an id no job has): a store that opens its file at the first read (SQLite) was
+    built without a word, and its first page answered 503.
 
     :raises NuvomError: one of :data:`FATAL`.
     """
     found: list[str] = []
     for backend in ("queue", "results"):
         try:
-            getattr(kernel, backend)
+            built = getattr(kernel, backend)
+            if backend == "queue":
+                built.peek_state(_PROBE_ID)
+            else:
+                built.get(_PROBE_ID)
         except FATAL:
             raise
         except NuvomError as exc:

@@ -20,8 +20,10 @@ from typing import Any
 import attrs
 
 from nuvom_kernel.backends import page_cursor, parse_cursor
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.job import Job
-from nuvom_kernel.models import JobRecord, JobStatus
+from nuvom_kernel.models import JobRecord, JobStatus, Message
 from nuvom_kernel.serialization import from_wire
 
 __all__ = ["CLIP_CHARS", "RECORD_STATES", "BadRequest", "JobDetail", "JobFilter", "JobPage",
@@ -290,6 +292,22 @@ class JobDetail:
     record: JobRecord | None
     #: The workflow this job is a step of (its graph still stored), else ``None``.
     workflow: str | None = None
+    #: Without a record: its message while the queue holds it (priority, due time) and
+    #: what its body says as a record would (task, queue, arguments), as ``nuvom inspect
+    #: job`` shows them; the page showed only the state.
+    message: Message | None = None
+    queued: JobRecord | None = None
+
+    @property
+    def due_at(self) -> float | None:
+        """When its queued message is due, ``None`` if it is due now (or not queued)."""
+        at = self.message.available_at if self.message is not None else 0.0
+        return at if at > time.time() else None
+
+    @property
+    def shown(self) -> JobRecord | None:
+        """The record, else what the queued message says."""
+        return self.record if self.record is not None else self.queued
 
     @property
     def finished(self) -> bool:
@@ -333,7 +351,7 @@ class JobDetail:
         ``error_message``) cut to :data:`CLIP_CHARS` unless ``full``; and how many
         characters were left out."""
         if field in ("traceback", "error_message"):
-            text = printable(str(getattr(self.record, field, None) or ""))
+            text = printable(str(getattr(self.shown, field, None) or ""))
         else:
             text = self.pretty(field)
         return clip(text, None if full else CLIP_CHARS)
@@ -347,7 +365,8 @@ class JobDetail:
         could not be sent). A value that does not decode (stored by a newer release, or
         by hand) is shown in its stored JSON, saying so; so is one over
         :data:`PRETTY_CHARS`."""
-        value = getattr(self.record, field) if self.record is not None else None
+        shown = self.shown
+        value = getattr(shown, field) if shown is not None else None
         stored = json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
         if len(stored) > PRETTY_CHARS:  # formatting it would cost seconds, to be clipped
             return printable(stored)
@@ -369,7 +388,26 @@ def job_detail(kernel: Any, job_id: str) -> JobDetail:
         from nuvom_kernel.workflow.steps import workflow_of
 
         workflow = workflow_of(kernel, job_id)
-    return JobDetail(job_id=job_id, status=status, record=record, workflow=workflow)
+    message, queued = _queued(kernel, job_id) if record is None \
+        and status is not JobStatus.UNKNOWN else (None, None)
+    return JobDetail(job_id=job_id, status=status, record=record, workflow=workflow,
+                     message=message, queued=queued)
+
+
+def _queued(kernel: Any, job_id: str) -> tuple[Message | None, JobRecord | None]:
+    """The job's message (``peek``, optional: ``None`` without it) and its body as a
+    record in ``status`` (``None`` if it does not decode: its worker will fail it)."""
+    try:
+        message = kernel.queue.peek(job_id)
+    except NotImplementedError:
+        return None, None
+    if message is None:
+        return None, None
+    try:
+        envelope = Envelope.from_message(message, kernel.serializer)
+    except SerializationError:
+        return message, None
+    return message, envelope.record(JobStatus.QUEUED, attempts=0)
 
 
 def schedules(kernel: Any) -> list[dict[str, Any]]:

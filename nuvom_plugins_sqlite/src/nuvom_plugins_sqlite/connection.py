@@ -138,14 +138,23 @@ class Database:
         return conn
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._mode[1] / 1000,
-            isolation_level=None,  # autocommit: we issue BEGIN IMMEDIATE ourselves
-            check_same_thread=False,  # only close() touches another thread's connection
-            cached_statements=256,
-        )
-        conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+        """A new connection. A file that cannot be opened any more (its folder moved or
+        replaced by a file since this process opened it) is :func:`_unopenable`'s error,
+        as at the first open: raw, it was the dashboard's bare 500 and a worker's
+        "unable to open database file" naming no file."""
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._mode[1] / 1000,
+                isolation_level=None,  # autocommit: we issue BEGIN IMMEDIATE ourselves
+                check_same_thread=False,  # only close() touches another thread's connection
+                cached_statements=256,
+            )
+            conn.execute(f"PRAGMA synchronous = {self.settings.synchronous}")
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                raise
+            raise _unopenable(self.path, exc) from exc
         conn.execute("PRAGMA temp_store = MEMORY")  # statement journals (see above)
         conn.execute(f"PRAGMA wal_autocheckpoint = "
                      f"{autocheckpoint_pages(self.settings.synchronous)}")  # see .writer
