@@ -191,12 +191,58 @@ def registered_problem(plugin_name: str, hook_name: str, returned: Any) -> str |
     if not isinstance(returned, list | tuple):
         return (f"{where} returned {returned!r}, not a list of classes: return "
                 f"[{getattr(returned, '__name__', 'TheClass')}]")
+    base = _registered_base(hook_name)
     for item in returned:
         if not isinstance(item, type):
             return (f"{where} returned {item!r} in its list, which is not a class: list the "
                     "classes themselves, not their names or instances")
+        if base is not None and not issubclass(item, base):
+            # it was listed as a backend, then failed at its first use with an
+            # AttributeError blamed on the store ("check its storage")
+            return (f"{where} returned {item!r}, which is not a {base.__module__}."
+                    f"{base.__qualname__} subclass: {hook_name} lists "
+                    f"{base.__qualname__} subclasses only")
         if (problem := _bad_name(plugin_name, item, hook_name)) is not None:
             return problem
+    return None
+
+
+def settings_problem(plugin_name: str, returned: Any) -> str | None:
+    """What is wrong with what ``plugin_name``'s ``nuvom_plugin_settings`` returned, or
+    ``None`` for ``None`` or a dict of table name -> class. Why: ``return [MySettings]``,
+    ``return MySettings`` or an instance in the dict each stopped with Python's own words
+    (``cannot convert dictionary update sequence element #0``, ``no attribute
+    '__qualname__'``), not what to return."""
+    if returned is None:
+        return None
+    fix = 'return {"<table name>": TheSettingsClass}, e.g. {"myqueue": MyQueueSettings}'
+    where = f"plugin {plugin_name!r}: nuvom_plugin_settings"
+    if not isinstance(returned, dict):
+        return f"{where} returned {returned!r:.80}, not a dict of table name -> class: {fix}"
+    for table, schema in returned.items():
+        if not isinstance(table, str) or not table:
+            return f"{where} returned the table name {table!r}, not a non-empty string: {fix}"
+        if not isinstance(schema, type):
+            return (f"{where} returned {schema!r:.80} for table {table!r}, not a class (the "
+                    f"class itself, not an instance): {fix}")
+    return None
+
+
+def _registered_base(hook_name: str) -> type | None:
+    """The class a registration hook's classes must subclass (imported here: the modules
+    that define them import this one's)."""
+    if hook_name == "nuvom_register_queue_backends":
+        from nuvom_kernel.backends import QueueBackend
+        return QueueBackend
+    if hook_name == "nuvom_register_result_backends":
+        from nuvom_kernel.result_backend import ResultBackend
+        return ResultBackend
+    if hook_name == "nuvom_register_discoverers":
+        from nuvom_kernel.discovery import Discoverer
+        return Discoverer
+    if hook_name == "nuvom_register_serializers":
+        from nuvom_kernel.serialization import Serializer
+        return Serializer
     return None
 
 

@@ -38,7 +38,12 @@ from nuvom_kernel import hookspecs
 from nuvom_kernel.config import AUTOLOAD_VAR, CAPABILITIES, DISABLE_VAR, Config
 from nuvom_kernel.errors import PluginConfigError, PluginLoadError
 from nuvom_kernel.hints import warn_once
-from nuvom_kernel.plugin_lookup import BackendLookup, PluginInfo, registered_problem
+from nuvom_kernel.plugin_lookup import (
+    BackendLookup,
+    PluginInfo,
+    registered_problem,
+    settings_problem,
+)
 from nuvom_kernel.plugin_settings import PluginSchema
 from nuvom_kernel.plugin_sources import (
     DEFAULT_PLUGINS,
@@ -156,12 +161,21 @@ class NuvomPluginManager(BackendLookup):
                     continue
                 try:
                     returned = impl.function()
-                    if hook_name == "nuvom_plugin_settings":  # a schema the kernel cannot
-                        for table, source in dict(returned or {}).items():  # read stopped
-                            PluginSchema.from_class(table.lower(), source)  # every command
                 except Exception as exc:
                     self.disable(impl.plugin_name, hook_name, exc)
                     continue
+                if hook_name == "nuvom_plugin_settings":  # a schema the kernel cannot read
+                    problem = settings_problem(impl.plugin_name, returned)  # stopped every
+                    if problem is None:  # command
+                        try:
+                            for table, source in returned.items():
+                                PluginSchema.from_class(table.lower(), source)
+                        except Exception as exc:
+                            self.disable(impl.plugin_name, hook_name, exc)
+                            continue
+                    else:
+                        self._failed(impl.plugin_name, problem)
+                        continue
                 if hook_name == "nuvom_plugin_settings":
                     declares[impl.plugin_name] = {table.lower() for table in returned or {}}
                     continue

@@ -477,11 +477,15 @@ def test_loading_disables_a_plugin_whose_hook_raises(tmp_path: Path,
 
 RETURNS_THE_CLASS = '''
 from nuvom_kernel import hookimpl
-from nuvom_plugins.memory import MemoryJobQueue
+from nuvom_plugins.memory import MemoryJobQueue, MemoryResultBackend
 
 
 class BareQueue(MemoryJobQueue):
     name = "bare"
+
+
+class WrongKind(MemoryResultBackend):
+    name = "wrongkind"
 
 
 class NamelessQueue(MemoryJobQueue):
@@ -501,6 +505,11 @@ def nuvom_register_queue_backends():
                       "in its list, which is not a class"),
     ("[NamelessQueue]", "plugin 'bshape': <class 'nuvom_fake_bshape.NamelessQueue'> from "
                         "nuvom_register_queue_backends has an empty 'name' class attribute"),
+    # a result backend listed as a queue: listed by `plugin list`, then an AttributeError
+    # blamed on the store at its first use
+    ("[BareQueue, WrongKind]", "plugin 'bshape': nuvom_register_queue_backends returned "
+                               "<class 'nuvom_fake_bshape.WrongKind'>, which is not a "
+                               "nuvom_kernel.backends.QueueBackend subclass"),
 ])
 def test_a_registration_hook_returning_the_wrong_shape_disables_its_plugin(
         tmp_path: Path, shape: str, says: str) -> None:
@@ -517,6 +526,51 @@ def test_a_registration_hook_returning_the_wrong_shape_disables_its_plugin(
         assert says in done.stderr, done.stderr
         assert "It is disabled for this process: fix or upgrade it, or disable it with " \
                "NUVOM_DISABLE_PLUGINS=bshape" in done.stderr, done.stderr
+
+
+SETTINGS_SHAPE = '''
+import attrs
+from nuvom_kernel import hookimpl
+from nuvom_plugins.memory import MemoryJobQueue
+
+
+@attrs.define
+class BsetSettings:
+    depth: int = 1
+
+
+class BsetQueue(MemoryJobQueue):
+    name = "bset"
+
+
+@hookimpl
+def nuvom_register_queue_backends():
+    return [BsetQueue]
+
+
+@hookimpl
+def nuvom_plugin_settings():
+    return {shape}
+'''
+
+
+@pytest.mark.parametrize(("shape", "says"), [
+    ("[BsetSettings]", "returned [<class 'nuvom_fake_bset.BsetSettings'>], not a dict of "
+                       "table name -> class: return {\"<table name>\": TheSettingsClass}"),
+    ("BsetSettings", "returned <class 'nuvom_fake_bset.BsetSettings'>, not a dict of table "
+                     "name -> class"),
+    ('{"bset": BsetSettings()}', "returned BsetSettings(depth=1) for table 'bset', not a "
+                                 "class (the class itself, not an instance)"),
+])
+def test_a_settings_hook_returning_the_wrong_shape_says_what_to_return(
+        tmp_path: Path, shape: str, says: str) -> None:
+    """Each stopped with Python's own words (``cannot convert dictionary update sequence
+    element #0``, ``no attribute '__qualname__'``), naming no fix."""
+    pytest.importorskip("nuvom_plugins")
+    site = _site(tmp_path, "bset", SETTINGS_SHAPE.format(shape=shape))
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert f"plugin 'bset': nuvom_plugin_settings {says}" in done.stderr, done.stderr
 
 
 class _RaisesLate:

@@ -35,7 +35,7 @@ def test_a_lost_lease_is_said_once_and_not_extended_again(
         job = Job(id=envelope.id, task="lost_lease_job")
         running = Running(job, lease, envelope, threading.current_thread(), time.time(),
                           time.monotonic(), None, extended_at=float("-inf"))
-        monitor = LeaseMonitor(ours, {job.id: running}, lambda _: None, threading.Lock())
+        monitor = LeaseMonitor(ours, {job.id: running}, lambda _: None, set())
         with caplog.at_level(logging.WARNING, logger="nuvom.worker"):
             for _ in range(3):
                 running.extended_at = float("-inf")  # due for extension at every round

@@ -75,7 +75,7 @@ class Landing:
     queue: QueueBackend
     results: ResultBackend
     on_settled: Callable[[Settlement, bool], None]
-    lease_lock: threading.Lock
+    settling: set[str]
     storing: threading.Event
     _give_up: threading.Event
     unrecorded: int
@@ -109,8 +109,8 @@ class Landing:
         that finished meanwhile, and each of those jobs ran again once its lease expired
         (1 to 4 of 300 in a drain across a 2 s Redis restart). The leases are still this
         worker's, so the same batch may simply be settled later: fencing refuses it if
-        they were lost meanwhile. The lease lock is not held between tries, so the lease
-        monitor goes on extending them.
+        they were lost meanwhile. The lease monitor goes on extending their leases
+        meanwhile (last of all, as :attr:`settling` while a try runs).
         """
         try:
             return self._land_holding(batch, patiently)
@@ -123,7 +123,9 @@ class Landing:
         deadline: float | None = None
         lost: list[Settlement] = []  # leases found lost while trying: never landed
         while True:
-            with self.lease_lock:
+            ids = [item.lease.id for item in batch]
+            self.settling.update(ids)  # (see Settler.settling)
+            try:
                 again = False
                 try:
                     settled, landed = self._land(batch)
@@ -151,6 +153,8 @@ class Landing:
                     for item, ok in zip(settled, landed, strict=True):
                         self.on_settled(item, ok)  # forgotten before the monitor looks again
                     return settled, landed
+            finally:
+                self.settling.difference_update(ids)
             time.sleep(pause)
 
     def _hold(self, batch: Sequence[Settlement]
@@ -240,7 +244,7 @@ class Landing:
         add: it is acked, and the newer run's record stands. A lease lost to another
         worker, or a refusal within one run, is left as before. One queue call asks for all
         the refused leases at once: a worker that stalled past its leases may find a whole
-        batch refused, and the lease monitor waits while this runs.
+        batch refused.
         """
         refused = [i for i, ok in enumerate(landed) if not ok and not batch[i].workflow]
         if not refused:

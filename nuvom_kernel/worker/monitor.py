@@ -2,8 +2,9 @@
 
 Why a thread of its own: leases are extended by time, not by progress, so a job stuck in a
 long call (or a finished job waiting for its batch to settle) keeps its lease; and a
-deadline is noticed even while every executor is busy. All due leases are extended in one
-``extend_many`` call (one round trip, one commit on SQLite). A round that fails is logged and
+deadline is noticed even while every executor is busy, or the settler waits on its store.
+All due leases are extended in one ``extend_many`` call (one round trip, one commit on
+SQLite). A round that fails is logged and
 retried: the monitor never stops, or leases would expire under running jobs. It also gives
 back leases claimed ahead that waited too long for an executor (:meth:`.Slots.overdue`), so a
 job is never held back by a worker whose threads all got stuck in long jobs (or, in the
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import attrs
 
@@ -34,17 +35,18 @@ class LeaseMonitor:
 
     :param on_deadline: called (on the monitor thread, so it must not block) for a job
         whose deadline passed and whose outcome is not decided yet.
-    :param lease_lock: held while extending; the settler holds it while it acks.
+    :param settling: the settler's ids of the jobs it stores and acks now: extended last
+        (see :meth:`_keep_running`).
     :param give_back: the pool's hand-off and what gives one of its leases back: overdue
         leases claimed ahead go there.
     """
 
     def __init__(self, queue: QueueBackend, running: dict[str, Running],
-                 on_deadline: Callable[[Running], None], lease_lock: threading.Lock,
+                 on_deadline: Callable[[Running], None], settling: Collection[str],
                  give_back: tuple[Slots, Callable[[Lease], None]] | None = None) -> None:
         self.queue = queue
         self.give_back = give_back
-        self.lease_lock = lease_lock  # shared with the settler: never extend during an ack
+        self.settling = settling
         self.running = running
         self.on_deadline = on_deadline
         self.visibility = queue.visibility_timeout_secs
@@ -105,36 +107,48 @@ class LeaseMonitor:
                     wake = min(wake, running.deadline)
             if now - running.extended_at >= extend_every and not running.lease_lost:
                 due.append(running)
-        if due:
-            expiry = time.time() + self.visibility  # taken before the call: an underestimate
-            try:
-                with self.lease_lock:
-                    due = [r for r in due if r.lease.id in self.running]  # not settled since
-                    held = self.queue.extend_many([r.lease for r in due], self.visibility)
-            except Exception as exc:  # retried next round, well before the leases expire
-                # said at once, then once a minute: a disk full for an hour logged it twice
-                # a second
-                self._failed_rounds += 1
-                if now - self._failure_logged_at >= 60.0:
-                    self._failure_logged_at = now
-                    log.error("queue backend %r failed to extend %d lease(s) (%r; %d failed "
-                              "round(s) in a row); retrying every 0.5 s", self.queue.name,
-                              len(due), exc, self._failed_rounds)
+        # A batch the settler stores now is extended last, in a call of its own: its
+        # settle may hold its rows while it waits on the store (PostgreSQL), and the
+        # other leases must not wait behind them. It is extended all the same: a settle
+        # waiting on a locked table had not locked its rows yet, and its jobs' leases
+        # lapsed and were claimed and run again (one job three times) while it waited.
+        settling, still = self.settling, self.running
+        due = [r for r in due if r.lease.id in still]
+        for group in ([r for r in due if r.lease.id not in settling],
+                      [r for r in due if r.lease.id in settling]):
+            if group and not self._extend(group, now):
                 return min(wake, now + 0.5)
-            if self._failed_rounds:
-                log.warning("queue backend %r extends leases again, after %d failed "
-                            "round(s)", self.queue.name, self._failed_rounds)
-                self._failed_rounds, self._failure_logged_at = 0, float("-inf")
-            for running, ok in zip(due, held, strict=True):
-                running.extended_at = now
-                if ok:
-                    running.lease = attrs.evolve(running.lease, expires_at=expiry)
-                else:  # said once: it was said every round (each second) until the job ended
-                    running.lease_lost = True
-                    if not running.decided:  # a decided job's settle reports its own loss
-                        log.warning("job=%s lost its lease while running (another worker "
-                                    "may run it now)", running.job.id)
         return wake
+
+    def _extend(self, due: list[Running], now: float) -> bool:
+        """Extend ``due``'s leases; ``False`` if the queue failed the call (said)."""
+        expiry = time.time() + self.visibility  # taken before the call: an underestimate
+        try:
+            held = self.queue.extend_many([r.lease for r in due], self.visibility)
+        except Exception as exc:  # retried next round, well before the leases expire
+            # said at once, then once a minute: a disk full for an hour logged it twice
+            # a second
+            self._failed_rounds += 1
+            if now - self._failure_logged_at >= 60.0:
+                self._failure_logged_at = now
+                log.error("queue backend %r failed to extend %d lease(s) (%r; %d failed "
+                          "round(s) in a row); retrying every 0.5 s", self.queue.name,
+                          len(due), exc, self._failed_rounds)
+            return False
+        if self._failed_rounds:
+            log.warning("queue backend %r extends leases again, after %d failed "
+                        "round(s)", self.queue.name, self._failed_rounds)
+            self._failed_rounds, self._failure_logged_at = 0, float("-inf")
+        for running, ok in zip(due, held, strict=True):
+            running.extended_at = now
+            if ok:
+                running.lease = attrs.evolve(running.lease, expires_at=expiry)
+            else:  # said once: it was said every round (each second) until the job ended
+                running.lease_lost = True
+                if not running.decided:  # a decided job's settle reports its own loss
+                    log.warning("job=%s lost its lease while running (another worker "
+                                "may run it now)", running.job.id)
+        return True
 
     def _give_back_overdue(self) -> float:
         """Release the leases claimed ahead that waited too long; when the next one will."""

@@ -150,7 +150,7 @@ class Worker(Dispatcher, Timeouts):
                            ahead_ok=self.pool != "asyncio")
         self._cv = self.slots.cv
         self.monitor = LeaseMonitor(self.queue, self._running, self._time_out,
-                                    self.settler.lease_lock, (self.slots, self._put_back))
+                                    self.settler.settling, (self.slots, self._put_back))
         self.runner = JobRunner(kernel, self.settler, self._running, self.monitor,
                                 self._slot_back)
         self.processes: ProcessPool | None = None

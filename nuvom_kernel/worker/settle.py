@@ -115,10 +115,16 @@ class Settler(Landing, Outcomes):
         self.origin = origin
         self.on_settled = on_settled
         self.outcomes_soon = outcomes_soon
-        #: Held while a batch is stored and acked, and by the monitor while it extends
-        #: leases: an extension racing an ack of the same lease (a rename racing a delete,
-        #: on the file backend) could otherwise undo the ack and run a finished job again.
-        self.lease_lock = threading.Lock()
+        #: The job ids of the batch being stored and acked now: the lease monitor extends
+        #: their leases last, in a call of their own (see ``LeaseMonitor._keep_running``).
+        #: Why not a lock the two share, as before: a settle held up by its store (a table
+        #: lock on PostgreSQL's results, a record of hundreds of MB) stopped every
+        #: extension of the worker, and its jobs' leases lapsed: run again by other
+        #: workers, or by this one, while still running or waiting to be recorded here.
+        #: An extension racing an ack of the same lease is the queue's to order (the file
+        #: queue's lease operations take one lock; the others are single statements), and
+        #: the contract suite checks that it is.
+        self.settling: set[str] = set()
         self._inbox: stdqueue.SimpleQueue[Settlement | None] = stdqueue.SimpleQueue()
         self._thread: threading.Thread | None = None
         #: Outcomes go to the thread: set once it started, until stop() or its end (a flag,

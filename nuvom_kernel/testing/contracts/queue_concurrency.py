@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from nuvom_kernel.backends import BackendContext, QueueBackend
-from nuvom_kernel.models import Message
+from nuvom_kernel.models import Lease, Message
 from nuvom_kernel.testing.contracts._queue_base import QueueContractBase, QueueFactory
 from nuvom_kernel.testing.contracts._support import make_message, requires, wait_until
 
@@ -42,6 +42,36 @@ class QueueConcurrencyTests(QueueContractBase):
         for thread in threads:
             thread.join(self.patience_secs)
         assert queue_backend.qsize() == per_thread * len(batches)
+
+    def test_an_extension_racing_the_ack_of_its_lease_never_undoes_it(
+            self, queue_backend: QueueBackend) -> None:
+        """A worker extends its leases on one thread (the lease monitor) while it acks on
+        another (the settler), with no lock between them: the two calls on one lease must
+        each see the other whole. The file queue's rename of an extension racing the
+        unlink of an ack made the ack report the lease lost and left the message to run
+        again."""
+        rounds = 60
+        queue_backend.enqueue_many([make_message() for _ in range(rounds)])
+        for _ in range(rounds):
+            [lease] = queue_backend.claim(1)
+            stop = threading.Event()
+
+            def extend_until_stopped(lease: Lease, stop: threading.Event) -> None:
+                while not stop.is_set():
+                    queue_backend.extend(lease, 30.0)
+
+            extender = threading.Thread(target=extend_until_stopped, args=(lease, stop))
+            extender.start()
+            try:
+                acked = queue_backend.ack(lease)
+            finally:
+                stop.set()
+                extender.join(self.patience_secs)
+            assert acked is True, "an ack of a lease only this worker holds was refused " \
+                "while the lease was being extended"
+            assert queue_backend.peek_state(lease.id) is None, \
+                "an extension racing the ack put the acked message back"
+        assert queue_backend.qsize() == 0
 
     def test_concurrent_consumers_threads_never_share_a_message(
         self, queue_backend: QueueBackend

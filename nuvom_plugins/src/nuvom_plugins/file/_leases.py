@@ -38,6 +38,12 @@ class LeaseOperations(QueueBackend):
     _leased_marker: Path
     _held: dict[str, str]  # token -> current lease file name (this instance)
     _held_lock: threading.Lock
+    #: Held by each lease operation (ack, extend, release, retry) of this instance. Why:
+    #: the lease monitor extends leases on its thread while the settler acks on its own,
+    #: and an extension's rename racing an ack's unlink of the same file could undo the ack
+    #: (the ack unlinked the old name, the rename had made a new one: the finished job ran
+    #: again). Another process never holds the same lease: the lock is this process's.
+    _lease_ops: threading.RLock
 
     def holds(self, lease: Lease) -> bool:
         """The lease file still exists under this lease's token."""
@@ -81,30 +87,32 @@ class LeaseOperations(QueueBackend):
         return parse(name, "leased") if name else None
 
     def ack(self, lease: Lease) -> bool:
-        name = self._move_lease(lease, None)
-        self._forget(lease.token)
-        parsed = parse(name, "leased") if name else None
-        if parsed is not None:
-            self._fs.free_ids([parsed.id])
-        return name is not None
+        with self._lease_ops:
+            name = self._move_lease(lease, None)
+            self._forget(lease.token)
+            parsed = parse(name, "leased") if name else None
+            if parsed is not None:
+                self._fs.free_ids([parsed.id])
+            return name is not None
 
     def extend(self, lease: Lease, secs: float) -> bool:
         """Rename the lease file to its new expiry. ``secs <= 0`` expires it now and bumps
         ``.leased-marker``, so the next claim of any instance recovers it (until then its
         holder may still ack it; inspection already counts it as waiting)."""
-        parsed = self._parsed_lease(lease)
-        if parsed is None:
-            return False
-        now = time.time()
-        new = f"{us(now + secs):017d}.{parsed.token}.{parsed.ready()}"
-        if self._move_lease(lease, self._dirs["leased"] / new) is None:
-            return False
-        with self._held_lock:
-            self._held[lease.token] = new
-        if secs <= 0:
-            bump(self._leased_marker)
-            self.notify()
-        return True
+        with self._lease_ops:
+            parsed = self._parsed_lease(lease)
+            if parsed is None:
+                return False
+            now = time.time()
+            new = f"{us(now + secs):017d}.{parsed.token}.{parsed.ready()}"
+            if self._move_lease(lease, self._dirs["leased"] / new) is None:
+                return False
+            with self._held_lock:
+                self._held[lease.token] = new
+            if secs <= 0:
+                bump(self._leased_marker)
+                self.notify()
+            return True
 
     def _put_back(self, lease: Lease, parsed: Name, delay_secs: float, available_at: float,
                   *, deliveries: int, failures: int) -> bool:
@@ -144,26 +152,28 @@ class LeaseOperations(QueueBackend):
     def release(self, lease: Lease, *, delay_secs: float = 0.0) -> bool:
         """Back to ``ready/`` (or ``delayed/``) with the claim's delivery taken back; a delay
         moves ``available_at`` (the file is rewritten, see :meth:`_rewritten`)."""
-        available_at = time.time() + delay_secs
-        if delay_secs > 0:
-            parsed = self._rewritten(lease, available_at, lease.message.body)
-        else:
-            parsed = self._parsed_lease(lease)
-        if parsed is None:
-            return False
-        return self._put_back(lease, parsed, delay_secs, available_at,
-                              deliveries=max(parsed.deliveries - 1, 0),
-                              failures=parsed.failures)
+        with self._lease_ops:
+            available_at = time.time() + delay_secs
+            if delay_secs > 0:
+                parsed = self._rewritten(lease, available_at, lease.message.body)
+            else:
+                parsed = self._parsed_lease(lease)
+            if parsed is None:
+                return False
+            return self._put_back(lease, parsed, delay_secs, available_at,
+                                  deliveries=max(parsed.deliveries - 1, 0),
+                                  failures=parsed.failures)
 
     def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
         """Move the message back (to ``delayed/`` if ``delay_secs > 0``) with one more
         failure in its name, due ``delay_secs`` from now: its file is rewritten with that
         ``available_at`` (and ``body`` if given), fenced (see :meth:`_rewritten`)."""
-        available_at = time.time() + max(delay_secs, 0.0)
-        parsed = self._rewritten(lease, available_at,
-                                 lease.message.body if body is None else body)
-        if parsed is None:
-            return False
-        return self._put_back(lease, parsed, delay_secs, available_at,
-                              deliveries=parsed.deliveries, failures=parsed.failures + 1)
+        with self._lease_ops:
+            available_at = time.time() + max(delay_secs, 0.0)
+            parsed = self._rewritten(lease, available_at,
+                                     lease.message.body if body is None else body)
+            if parsed is None:
+                return False
+            return self._put_back(lease, parsed, delay_secs, available_at,
+                                  deliveries=parsed.deliveries, failures=parsed.failures + 1)
 

@@ -182,6 +182,7 @@ class FileJobQueue(QueueInspection):
         self._lock = threading.RLock()  # caches and the lease-scan clock
         self._held: dict[str, str] = {}  # token -> current lease file name (this instance)
         self._held_lock = threading.Lock()
+        self._lease_ops = threading.RLock()  # see LeaseOperations._lease_ops
         self._next_lease_scan = 0.0
         self._clock_steps = StepWatch()
         self.limits: dict[str, int] = {}  # task -> most live leases (set_concurrency_limits)
