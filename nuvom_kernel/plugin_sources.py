@@ -9,10 +9,13 @@ says precisely what is wrong with them.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import os
+import pkgutil
 import re
 import sys
 import traceback
@@ -55,6 +58,33 @@ def missing_module(exc: BaseException, module: str) -> bool:
 #: Nuvom's own (a plugin calling ``@task`` wrongly is at its own line, one frame out).
 _NOT_THE_PLUGIN = ("<frozen ", os.path.join(Path(importlib.__file__).parent, ""),
                    os.path.join(Path(__file__).parent, ""))
+
+
+def entry_point_typo(value: str, exc: BaseException) -> str | None:
+    """The advice for an entry point whose value names a module (or attribute) its own
+    installed package lacks, or ``None`` when the package itself is missing. Why:
+    "Reinstall it" kept the typo (``nuvom_plugins_x.plugn``), which only the distribution's
+    ``pyproject.toml`` can fix."""
+    module, _, attr = (part.strip() for part in value.partition(":"))
+    if isinstance(exc, AttributeError) and attr:
+        return (f"its module {module} has no {attr!r}: fix the entry point's value in the "
+                "distribution's pyproject.toml ([project.entry-points.nuvom]), then reinstall "
+                "it")
+    parent, _, leaf = module.rpartition(".")
+    if not parent or not missing_module(exc, module):
+        return None
+    try:
+        spec = importlib.util.find_spec(parent)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    siblings = [m.name for m in pkgutil.iter_modules(spec.submodule_search_locations)]
+    close = difflib.get_close_matches(leaf, siblings, n=1)
+    return (f"its package {parent} is installed but has no module {leaf!r}"
+            + (f" (did you mean {parent}.{close[0]}?)" if close else "")
+            + ": fix the entry point's value in the distribution's pyproject.toml "
+            "([project.entry-points.nuvom]), then reinstall it")
 
 
 def raised_at(exc: BaseException) -> str:

@@ -49,6 +49,7 @@ from nuvom_kernel.plugin_sources import (
     DEFAULT_PLUGINS,
     ESSENTIAL_PLUGINS,
     disabled_plugins,
+    entry_point_typo,
     import_target,
     make_importable,
     missing_module,
@@ -234,8 +235,10 @@ class NuvomPluginManager(BackendLookup):
             except Exception as exc:  # one broken install must not stop the others
                 where = raised_at(exc)  # none: not installed, or the entry point is stale
                 broken = where and not missing_module(exc, ep.value.partition(":")[0].strip())
+                typo = None if broken else entry_point_typo(ep.value, exc)
                 advice = ("Fix that error in its code (or install what it imports), upgrade "
-                          "it" if broken else "Reinstall it")
+                          "it" if broken else
+                          f"The entry point is wrong: {typo}" if typo else "Reinstall it")
                 message = (
                     f"plugin {ep.name!r} (entry point {ep.value!r} of distribution "
                     f"{dist.metadata['name']}) failed to import: {exc!r}{where}. "

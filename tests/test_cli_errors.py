@@ -829,7 +829,31 @@ def test_a_plugin_import_error_names_the_plugins_line_or_none(tmp_path: Path) ->
     (info / "entry_points.txt").write_text("[nuvom]\nbstale = nuvom_fake_bstale:Renamed\n")
     done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=stale, **MEMORY)
     assert "failed to import: AttributeError(" in done.stderr, done.stderr
-    assert "raised at" not in done.stderr and "Reinstall it" in done.stderr, done.stderr
+    assert "raised at" not in done.stderr, done.stderr
+    assert "The entry point is wrong: its module nuvom_fake_bstale has no 'Renamed': fix " \
+           "the entry point's value in the distribution's pyproject.toml " \
+           "([project.entry-points.nuvom]), then reinstall it" in done.stderr, done.stderr
+
+
+def test_an_entry_point_naming_a_module_its_package_lacks_says_to_fix_it(tmp_path: Path
+                                                                        ) -> None:
+    """``nuvom_plugins_x.plugn`` (a typo) was told "Reinstall it", which keeps the typo."""
+    site = _site(tmp_path, "btypo", "X = 1\n")
+    package = Path(site) / "nuvom_pkg_btypo"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "plugin.py").write_text("X = 1\n")
+    info = next(Path(site).glob("*.dist-info"))
+    (info / "entry_points.txt").write_text("[nuvom]\nbtypo = nuvom_pkg_btypo.plugn\n")
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert "The entry point is wrong: its package nuvom_pkg_btypo is installed but has no " \
+           "module 'plugn' (did you mean nuvom_pkg_btypo.plugin?): fix the entry point's " \
+           "value" in done.stderr, done.stderr
+    gone = _site(tmp_path / "two", "bgone", "X = 1\n")
+    (Path(gone) / "nuvom_fake_bgone.py").unlink()  # the whole module missing: reinstall
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=gone, **MEMORY)
+    assert "Reinstall it, or disable it with NUVOM_DISABLE_PLUGINS=bgone" in done.stderr, \
+        done.stderr
 
 
 def test_a_disabled_toml_target_is_not_imported(tmp_path: Path) -> None:

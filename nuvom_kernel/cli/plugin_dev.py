@@ -266,6 +266,7 @@ def render_scaffold(name: str, kind: str, dest: Path) -> list[Path]:
         "package": package,
         "dist": _distribution(name),
         "class_name": camel + ("Queue" if kind == "queue" else "Results"),
+        "capability": "queue_backend" if kind == "queue" else "result_backend",
         "settings_class": f"{camel}Settings",
         "env_name": name.upper(),
         "kernel_version": __version__,

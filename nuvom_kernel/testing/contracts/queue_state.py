@@ -29,7 +29,8 @@ class QueueStateTests(QueueContractBase):
         queue_backend.enqueue(message)
         lease = self._claim_one(queue_backend)
         assert queue_backend.peek_state(message.id) is JobStatus.RUNNING
-        assert queue_backend.qsize() == 0
+        assert queue_backend.qsize() == 0, "a live lease is not waiting: qsize must not " \
+            "count it"
         assert queue_backend.extend(lease, 0) is True
         assert queue_backend.peek_state(message.id) is JobStatus.QUEUED, \
             "a lease past its expiry is a waiting job (QUEUED), not a running one: with no " \
