@@ -87,6 +87,30 @@ def entry_point_typo(value: str, exc: BaseException) -> str | None:
             "([project.entry-points.nuvom]), then reinstall it")
 
 
+def plugin_behind(plugins: Any, exc: BaseException) -> tuple[str, str] | None:
+    """``(plugin name, "file:line in function")`` of the innermost frame of ``exc``'s
+    traceback that lies in a registered plugin's own folder, or ``None``. Why: a backend
+    method raising a plain ``OSError`` (a ``path`` naming a folder) ended ``nuvom status``
+    and ``runworker`` in a traceback that named no plugin, though ``.delay()`` named it."""
+    roots: list[tuple[str, str]] = []  # (plugin, its package's folder or its lone file)
+    for name, plugin in plugins.list_name_plugin():
+        module = plugin if isinstance(plugin, types.ModuleType) else \
+            sys.modules.get(type(plugin).__module__)
+        package = sys.modules.get(getattr(module, "__package__", None) or "")
+        if package is not None and getattr(package, "__path__", None):
+            found = [os.path.join(path, "") for path in package.__path__]
+        else:  # a module of its own (never its folder: site-packages holds everything)
+            found = [getattr(module, "__file__", None) or ""]
+        roots += [(name, root) for root in found
+                  if root and not root.startswith(_NOT_THE_PLUGIN)]
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        for name, root in roots:
+            if frame.filename == root or (root.endswith(os.sep)
+                                          and frame.filename.startswith(root)):
+                return name, f"{frame.filename}:{frame.lineno} in {frame.name}"
+    return None
+
+
 def raised_at(exc: BaseException) -> str:
     """`` (raised at file:line)``: the plugin's own line that raised (a ``SyntaxError``'s
     file and line), or nothing where the traceback holds none of its lines (a module not

@@ -252,8 +252,12 @@ class Task(Generic[P, R]):
             for item, job_id in zip(items, ids, strict=True)]
         options, name, module = self.options, self.name, self.module
         check = self._arguments.check
-        for args, kwargs, _ in parsed:  # a call that cannot run enqueues nothing either
-            check(name, args, kwargs)
+        try:
+            for args, kwargs, _ in parsed:  # a call that cannot run enqueues nothing either
+                check(name, args, kwargs)
+        except TypeError as exc:
+            raise _as_one_argument(exc, items, parsed, lambda a, k: check(name, a, k)
+                                   ) from None
         # Every argument converted now, so a bad one enqueues nothing; the envelopes and
         # handles are built a run at a time as they are read.
         wired = wire_calls(name, parsed, self._params)
@@ -271,6 +275,26 @@ class Task(Generic[P, R]):
         if self.options.unique and job_ids is None:  # one dedup check per item
             return [enqueue_unique(kernel, *call, self._params) for call in calls]
         return enqueue(kernel, calls, known_ids=job_ids is not None)
+
+
+def _as_one_argument(exc: TypeError, items: list[Any],
+                     parsed: list[tuple[tuple[Any, ...], dict[str, Any], str | None]],
+                     check: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> TypeError:
+    """``exc``, saying why when the call that failed was a list: ``map([[1, 2]])`` said
+    "missing a required argument: 'y'", and the list being one argument was left to guess.
+    Only on the error path: the first failing call is found again."""
+    failed = None
+    for i, (args, kwargs, _) in enumerate(parsed):
+        try:
+            check(args, kwargs)
+        except TypeError:
+            failed = i
+            break
+    if failed is None or type(items[failed]) is not list or len(items[failed]) < 2:
+        return exc
+    return TypeError(f"{exc} (map() passes a list as one argument, so item #{failed} is "
+                     f"one call with the list {items[failed]!r:.60}; write each call's "
+                     f"arguments as a tuple: {tuple(items[failed])!r:.60})")
 
 
 _SCHEDULE_OPTIONS = ("schedule", *POLICIES)

@@ -573,6 +573,36 @@ def test_a_settings_hook_returning_the_wrong_shape_says_what_to_return(
     assert f"plugin 'bset': nuvom_plugin_settings {says}" in done.stderr, done.stderr
 
 
+RAISES_IN_STATS = '''
+from nuvom_kernel import hookimpl
+from nuvom_plugins.memory import MemoryJobQueue
+
+
+class BstatQueue(MemoryJobQueue):
+    name = "bstat"
+
+    def stats(self):
+        open("/")  # a `path` naming a folder
+'''
+
+
+def test_a_plugins_own_error_in_a_command_names_the_plugin(tmp_path: Path) -> None:
+    """``nuvom status`` over a backend whose method raised a plain ``OSError`` ended in a
+    traceback naming no plugin (``.delay()`` named it)."""
+    pytest.importorskip("nuvom_plugins")
+    source = RAISES_IN_STATS + "\n\n@hookimpl\ndef nuvom_register_queue_backends():\n" \
+        "    return [BstatQueue]\n"
+    site = _site(tmp_path, "bstat", source)
+    done = run_nuvom(["status"], tmp_path, PYTHONPATH=site, **{**MEMORY,
+                     "NUVOM_QUEUE_BACKEND": "bstat"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    module = Path(site) / "nuvom_fake_bstat.py"
+    assert f"Error: plugin 'bstat' raised IsADirectoryError: [Errno 21] Is a directory: '/' " \
+           f"(at {module}:10 in stats). Check its settings ([plugins.bstat] in " \
+           ".nuvom_plugins.toml, or NUVOM_PLUGINS__BSTAT__<KEY>)" in done.stderr, done.stderr
+    assert "Traceback" in done.stderr, "the traceback is kept, before the line"
+
+
 class _RaisesLate:
     """Registered after loading (an embedder's ``pm.register``), so never probed."""
 

@@ -98,6 +98,24 @@ def test_a_lookup_or_a_wait_it_cannot_read_is_refused_naming_it(kernel: Kernel,
         job.get(timeout=0)
 
 
+def test_a_map_item_given_as_a_list_is_said_to_be_one_argument(kernel: Kernel,
+                                                                project: Path) -> None:
+    """``map([[1, 2]])`` said only "missing a required argument: 'y'"."""
+    write_module(project, "t_maplist", "from nuvom_kernel import task\n\n\n@task\n"
+                                       "def add(x, y):\n    return x + y\n")
+    from t_maplist import add  # type: ignore[import-not-found]
+
+    with pytest.raises(TypeError, match=r"missing a required argument: 'y'.*\(map\(\) "
+                                        r"passes a list as one argument, so item #1 is one "
+                                        r"call with the list \[3, 4\]; write each call's "
+                                        r"arguments as a tuple: \(3, 4\)\)"):
+        add.map([(1, 2), [3, 4]])
+    with pytest.raises(TypeError) as plain:  # a tuple's mistake gets no list advice
+        add.map([(1, 2, 3)])
+    assert "passes a list" not in str(plain.value)
+    assert kernel.queue.qsize() == 0
+
+
 def test_a_running_job_id_enqueued_again_gives_the_running_jobs_handle(kernel: Kernel,
                                                                       project: Path):
     echo, _ = _tasks(project)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -165,3 +166,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         cli.main(args=args, prog_name="nuvom", obj=kernel, standalone_mode=True)
     except NuvomError as exc:
         _fail(exc)
+    except Exception as exc:  # a plugin's own error: its traceback, then who raised it
+        from nuvom_kernel.plugin_sources import plugin_behind
+
+        behind = plugin_behind(kernel.pm, exc)
+        if behind is None:
+            raise
+        name, where = behind
+        traceback.print_exc()
+        click.echo(f"Error: plugin {name!r} raised {type(exc).__name__}: {exc} (at {where}). "
+                   f"Check its settings ([plugins.{name}] in .nuvom_plugins.toml, or "
+                   f"NUVOM_PLUGINS__{name.upper()}__<KEY>), or report it to its authors; "
+                   f"`nuvom plugin list` shows which distribution it comes from.", err=True)
+        sys.exit(1)

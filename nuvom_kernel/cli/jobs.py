@@ -230,8 +230,8 @@ def cancel_job(job_id: str) -> None:
                 "hold only what they run")
         finished = ": it has finished" if job.status in TERMINAL_STATES else ""
         raise click.ClickException(
-            f"job {job_id} is {job.status.value}{finished}; only a job that has not started "
-            "can be cancelled")
+            f"job {job_id} is {job.status.value}{finished}; only a job waiting to run "
+            "(QUEUED, or RETRYING: waiting for its next attempt) can be cancelled")
     click.echo(f"cancelled job {job_id}")
 
 

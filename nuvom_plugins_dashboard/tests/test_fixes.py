@@ -198,7 +198,8 @@ def test_a_job_page_offers_only_what_will_be_accepted(
     assert "Cancel…" not in page
     confirm = client.get("/actions/cancel/run-1").text
     assert "<form method=\"post\"" not in confirm
-    assert "only a job that has not started can be cancelled" in confirm
+    assert "only a job waiting to run (queued, or waiting for its next attempt) can be " \
+           "cancelled" in confirm
 
 
 WORKFLOW = '''

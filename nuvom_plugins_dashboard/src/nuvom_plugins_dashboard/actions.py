@@ -105,8 +105,9 @@ def act(kernel: Any, action: str, job_id: str, expected_run: int | None = None
             return True, f"job {job_id} cancelled"
         if job.status is JobStatus.CANCELLED:  # (not "has started": it never ran)
             return False, f"not cancelled: job {job_id} was cancelled already"
-        return False, (f"not cancelled: job {job_id} is {job.status.value}; only a job that "
-                       "has not started can be cancelled")
+        return False, (f"not cancelled: job {job_id} is {job.status.value}; only a job "
+                       "waiting to run (QUEUED, or RETRYING: waiting for its next attempt) "
+                       "can be cancelled")
     raise BadRequest(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
 
 
