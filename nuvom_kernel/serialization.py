@@ -83,7 +83,8 @@ def to_wire(value: Any, path: str = "value") -> Any:
         return {TAG: [tag, encode(value)]}
     raise SerializationError(
         f"{path} has type {kind.__module__}.{kind.__qualname__}, which Nuvom cannot encode "
-        "as job data. Pass plain data (str, int, float, bool, None, list, dict, tuple, set, "
+        f"as job data. {'Return' if 'return value' in path else 'Pass'} plain data (str, "
+        "int, float, bool, None, list, dict, tuple, set, "
         "datetime, date, time, timedelta, UUID, Decimal, bytes) — for example an id instead "
         "of the object — or register a serializer plugin."
     )

@@ -66,6 +66,12 @@ def infinite():
 
 
 @task
+def an_object():
+    _ran("an_object")
+    return object()
+
+
+@task
 def measure(text):
     _ran("measure")
     return len(text)
@@ -152,6 +158,9 @@ def test_a_result_past_sqlites_length_limit_fails_alone_and_runs_once(
 @pytest.mark.parametrize(("name", "error"), [
     ("holds_itself", "nested too deeply to encode"),
     ("infinite", "is inf, which JSON cannot carry"),
+    # said to "Pass plain data", as of an argument
+    ("an_object", "an_object() return value has type builtins.object, which Nuvom cannot "
+                  "encode as job data. Return plain data"),
 ])
 def test_a_result_to_wire_refuses_fails_its_job_once(sqlite_kernel: Kernel, project: Path,
                                                      name: str, error: str) -> None:
