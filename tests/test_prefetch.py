@@ -9,6 +9,7 @@ here by the same rule: when it waits, and that what arrives meanwhile joins the 
 
 from __future__ import annotations
 
+import logging
 import queue as stdqueue
 import threading
 import time
@@ -408,6 +409,40 @@ def test_a_store_still_failing_keeps_the_leases_until_they_are_lost(
     assert landed == [[False, False]]
     assert "trying again" in caplog.text and "could not be recorded" in caplog.text
     assert settler.storing.is_set(), "claims may go on once the batch is given up"
+
+
+def test_a_stop_while_the_store_never_answers_names_the_jobs(
+        make_kernel: Callable[..., Kernel], caplog: pytest.LogCaptureFixture):
+    """A host cut off from its store: the settler's call did not return, and the worker
+    stopped saying only "outcomes not recorded", naming no job (workers.md says each is
+    named)."""
+    kernel = make_kernel("memory", "sqlite")
+    batch = settlements_of(kernel, 2)
+    answer = threading.Event()
+    put_many = kernel.results.put_many
+
+    def unanswered(records: Sequence[JobRecord]) -> list[bool]:
+        answer.wait(30)  # a store call that does not return (until the test ends it)
+        return put_many(records)
+
+    kernel.results.put_many = unanswered  # type: ignore[method-assign]
+    settler = Settler(kernel, kernel.queue, kernel.results, "test:1",
+                      lambda settlement, landed: None)
+    settler.start()
+    try:
+        settler.submit(batch[0])
+        wait_until(lambda: batch[0].lease.id in settler.settling, timeout=10,
+                   what="the settle to reach the store")
+        settler.submit(batch[1])  # waits behind it
+        with caplog.at_level(logging.ERROR, logger="nuvom.worker"):
+            assert settler.stop(0.1) is False
+        named = [r.getMessage() for r in caplog.records
+                 if "could not be recorded before the worker stopped" in r.getMessage()]
+        assert len(named) == 1, caplog.text
+        assert f"job={batch[0].lease.id}" in named[0] and f"job={batch[1].lease.id}" in \
+            named[0], named[0]
+    finally:
+        answer.set()
 
 
 def test_outcomes_are_kept_while_the_queue_cannot_extend_their_leases_either(

@@ -165,6 +165,8 @@ class Settler(Landing, Outcomes):
             if thread.is_alive():  # still retrying a batch: its next pause ends the tries
                 self._give_up.set()
                 thread.join(max(RETRY_PAUSES) + 5.0)
+            if thread.is_alive():  # a store call that does not return (a host cut off)
+                self._name_stuck()
             self._settle_late()
         return self.unrecorded == before and not (thread is not None and thread.is_alive())
 
@@ -182,6 +184,23 @@ class Settler(Landing, Outcomes):
         """Outcomes submitted and not yet taken into a batch (about: read without a lock);
         0 once the thread ended (what it left is settled by its callers, not awaited)."""
         return self._inbox.qsize() if self._threaded else 0
+
+    def _name_stuck(self) -> None:
+        """Log the jobs whose outcomes the stuck thread holds (its batch, and what waits
+        behind it): the worker exits without them. Why: the stop said "outcomes not
+        recorded" and named no job, though the docs say each is named. Counted as
+        unrecorded; the store may still take the batch if its call returns in time."""
+        stuck = sorted(self.settling)
+        waiting: list[Settlement] = []
+        self._take_waiting(waiting)
+        self.unrecorded += len(stuck) + len(waiting)
+        if stuck or waiting:
+            log.error("%d job outcome(s) could not be recorded before the worker stopped: "
+                      "the store did not answer; they run again after the visibility timeout "
+                      "(unless the store still takes the one being written): %s",
+                      len(stuck) + len(waiting),
+                      " ".join(f"job={job_id}" for job_id in
+                               [*stuck, *(item.lease.id for item in waiting)]))
 
     def _settle_late(self) -> None:
         """Settle what waits in the inbox once the thread has ended (else it still will):
