@@ -132,7 +132,7 @@ class LeaseMonitor:
             if now - self._failure_logged_at >= 60.0:
                 self._failure_logged_at = now
                 log.error("queue backend %r failed to extend %d lease(s) (%r; %d failed "
-                          "round(s) in a row); retrying every 0.5 s", self.queue.name,
+                          "round(s) in a row); retrying 0.5 s after each failed round", self.queue.name,
                           len(due), exc, self._failed_rounds)
             return False
         if self._failed_rounds:
