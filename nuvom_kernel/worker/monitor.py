@@ -132,8 +132,8 @@ class LeaseMonitor:
             if now - self._failure_logged_at >= 60.0:
                 self._failure_logged_at = now
                 log.error("queue backend %r failed to extend %d lease(s) (%r; %d failed "
-                          "round(s) in a row); retrying 0.5 s after each failed round", self.queue.name,
-                          len(due), exc, self._failed_rounds)
+                          "round(s) in a row); retrying 0.5 s after each failed round",
+                          self.queue.name, len(due), exc, self._failed_rounds)
             return False
         if self._failed_rounds:
             log.warning("queue backend %r extends leases again, after %d failed "
