@@ -19,6 +19,7 @@ one import path for plugins.
 from __future__ import annotations
 
 import abc
+import numbers
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -98,13 +99,15 @@ def check_pop_args(n: Any, timeout: Any) -> None:
     and a ``nan`` timeout, never past its deadline, waited forever on an empty queue. For
     a backend that overrides ``pop_batch``, called where the argument types are not the
     usual ``int`` and ``float`` (one type test each, on the worker's claim path)."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):  # (numpy's ints too)
         raise TypeError(f"pop_batch: n is how many messages to lease, a whole number; "
                         f"got {n!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
-            or timeout != timeout:
-        raise ValueError(f"pop_batch/dequeue: timeout is how many seconds to wait for a "
-                         f"message, a number (0: don't wait); got {timeout!r}")
+    what = ("pop_batch/dequeue: timeout is how many seconds to wait for a message, a "
+            f"number (0: don't wait); got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(what)
+    if timeout != timeout:
+        raise ValueError(what)
 
 
 class QueueBackend(Backend, WorkflowStore):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import time
 from collections.abc import Coroutine
 from datetime import datetime
@@ -257,14 +258,19 @@ def check_wait(timeout: Any, poll_secs: Any) -> None:
     """Refuse a wait ``get()`` cannot keep: a ``nan`` timeout, never past, waited for the
     outcome however long it took; ``"1"`` failed adding it to the clock; ``-1`` timed out
     at once saying the job was "still QUEUED after -1 s"."""
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(
-            timeout, int | float) or not timeout >= 0):
-        raise ValueError(f"get(timeout=...) takes a number of seconds >= 0, or None to wait "
-                         f"as long as the job takes; got {timeout!r}")
-    if isinstance(poll_secs, bool) or not isinstance(poll_secs, int | float) \
-            or not 0 < poll_secs < math.inf:
-        raise ValueError(f"get(poll_secs=...) takes a number of seconds > 0 (how often the "
-                         f"store is asked); got {poll_secs!r}")
+    for name, value, fits, what in (
+            ("timeout", timeout, timeout is None or (_real(timeout) and timeout >= 0),
+             "a number of seconds >= 0, or None to wait as long as the job takes"),
+            ("poll_secs", poll_secs, _real(poll_secs) and 0 < poll_secs < math.inf,
+             "a number of seconds > 0 (how often the store is asked)")):
+        if not fits:
+            raise (ValueError if _real(value) else TypeError)(
+                f"get({name}=...) takes {what}; got {value!r}")
+
+
+def _real(value: Any) -> bool:
+    """A number of seconds: numpy's included, ``True`` not."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def still_waiting(job: Job[Any], timeout: float | None) -> TimeoutError:

@@ -393,9 +393,10 @@ def _fill(job: Job, record: JobRecord) -> None:
     job.attempts = record.attempts
     job.run = record.run
     job.history = list(record.history)
-    # one entry per failed attempt: read 0 on every handle, however often the job failed
-    job.failures = sum(1 for h in job.history
-                       if isinstance(h, dict) and h.get("run", 1) == record.run)
+    # the failed attempts of this run (one entry each, but an outcome that could not be
+    # stored adds one to its attempt's): read 0 on every handle, however often it failed
+    job.failures = len({h.get("attempt") for h in job.history
+                        if isinstance(h, dict) and h.get("run", 1) == record.run})
     job.result = from_wire(record.result) if record.status is JobStatus.SUCCEEDED else None
     job.error_type, job.error, job.traceback = (record.error_type, record.error_message,
                                                 record.traceback)

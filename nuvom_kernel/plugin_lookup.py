@@ -11,6 +11,7 @@ here. Everything it says about a failed or disabled plugin comes from
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -217,7 +218,7 @@ def settings_problem(plugin_name: str, returned: Any) -> str | None:
         return None
     fix = 'return {"<table name>": TheSettingsClass}, e.g. {"myqueue": MyQueueSettings}'
     where = f"plugin {plugin_name!r}: nuvom_plugin_settings"
-    if not isinstance(returned, dict):
+    if not isinstance(returned, Mapping):
         return f"{where} returned {returned!r:.80}, not a dict of table name -> class: {fix}"
     for table, schema in returned.items():
         if not isinstance(table, str) or not table:

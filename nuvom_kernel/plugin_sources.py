@@ -97,9 +97,11 @@ def plugin_behind(plugins: Any, exc: BaseException) -> tuple[str, str] | None:
         module = plugin if isinstance(plugin, types.ModuleType) else \
             sys.modules.get(type(plugin).__module__)
         package = sys.modules.get(getattr(module, "__package__", None) or "")
-        if package is not None and getattr(package, "__path__", None):
+        local = getattr(plugins, "sources", {}).get(name, ("",))[0] == PLUGINS_FILE
+        if package is not None and getattr(package, "__path__", None) and not local:
             found = [os.path.join(path, "") for path in package.__path__]
-        else:  # a module of its own (never its folder: site-packages holds everything)
+        else:  # a module of its own (never its folder: site-packages holds everything),
+            # or a .nuvom_plugins.toml target: its package is the user's project
             found = [getattr(module, "__file__", None) or ""]
         roots += [(name, root) for root in found
                   if root and not root.startswith(_NOT_THE_PLUGIN)]

@@ -9,6 +9,7 @@ backend (the kernel's in-memory reference) stands in for any backend here.
 
 from __future__ import annotations
 
+import numbers
 import time
 
 import pytest
@@ -108,6 +109,32 @@ def test_list_jobs_takes_a_status_in_any_case(results: StubResults) -> None:
         results.list_jobs(status="broken")
 
 
+class _Int64:
+    """An integer that is no ``int``, as numpy's ``int64`` is not."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+    def __int__(self) -> int:
+        return self.value
+
+    def __le__(self, other: int) -> bool:
+        return self.value <= other
+
+    def __gt__(self, other: int) -> bool:
+        return self.value > other
+
+
+numbers.Integral.register(_Int64)
+
+
+class _Float(float):
+    """A float subclass, as numpy's ``float64`` is."""
+
+
 def test_pop_batch_refuses_what_it_cannot_read() -> None:
     """A ``nan`` timeout waited forever on an empty queue; ``"2"`` and ``2.5`` failed
     deep in a comparison or a backend's claim."""
@@ -115,12 +142,13 @@ def test_pop_batch_refuses_what_it_cannot_read() -> None:
     for n in ("2", 2.5, True):
         with pytest.raises(TypeError, match=r"pop_batch: n is how many messages to lease"):
             queue.pop_batch(n)  # type: ignore[arg-type]
-    for timeout in (float("nan"), "1", None):
-        with pytest.raises(ValueError, match=r"timeout is how many seconds to wait"):
+    for timeout, error in ((float("nan"), ValueError), ("1", TypeError), (None, TypeError)):
+        with pytest.raises(error, match=r"timeout is how many seconds to wait"):
             queue.pop_batch(1, timeout)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"got nan"):
         queue.dequeue(timeout=float("nan"))
     assert queue.dequeue(timeout=None) is None and queue.pop_batch(1, 0) == []
+    assert queue.pop_batch(_Int64(1), _Float(0.0)) == []  # numbers of other types (numpy's)
 
 
 def test_counts_default_pages_through_every_status(results: StubResults) -> None:

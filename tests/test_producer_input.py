@@ -87,9 +87,10 @@ def test_a_lookup_or_a_wait_it_cannot_read_is_refused_naming_it(kernel: Kernel,
         with pytest.raises(TypeError, match=r"get_job\(\) takes a job id, a string"):
             get_job(bad)  # type: ignore[arg-type]
     job = echo.delay()
-    for timeout in (math.nan, "1", -1, True):
-        with pytest.raises(ValueError, match=r"get\(timeout=\.\.\.\) takes a number of "
-                                             r"seconds >= 0, or None"):
+    for timeout, error in ((math.nan, ValueError), ("1", TypeError), (-1, ValueError),
+                           (True, TypeError)):
+        with pytest.raises(error, match=r"get\(timeout=\.\.\.\) takes a number of "
+                                        r"seconds >= 0, or None"):
             job.get(timeout=timeout)
     with pytest.raises(ValueError, match=r"get\(poll_secs=\.\.\.\) takes a number of "
                                          r"seconds > 0 .*got 0"):

@@ -149,8 +149,10 @@ class MemoryJobQueue(QueueBackend):
     # --- primitives -------------------------------------------------------------------------
 
     def push(self, messages: Sequence[Message]) -> list[bool]:
-        for msg in messages:  # refused as the stored backends refuse it, before any is kept
-            msg.checked_body()
+        # refused as the stored backends refuse it, before any is kept; a bytearray body
+        # kept as bytes (the caller's object could change after the push)
+        messages = [msg if type(msg.body) is bytes else attrs.evolve(msg, body=body)
+                    for msg, body in ((m, m.checked_body()) for m in messages)]
         stored = []
         with self._lock:
             for msg in messages:

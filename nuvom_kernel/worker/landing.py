@@ -110,7 +110,7 @@ class Landing:
         (1 to 4 of 300 in a drain across a 2 s Redis restart). The leases are still this
         worker's, so the same batch may simply be settled later: fencing refuses it if
         they were lost meanwhile. The lease monitor goes on extending their leases
-        meanwhile (last of all, as :attr:`settling` while a try runs).
+        meanwhile (while a try runs, once it is slow: see :attr:`settling`).
         """
         try:
             return self._land_holding(batch, patiently)

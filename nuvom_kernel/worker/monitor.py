@@ -35,8 +35,8 @@ class LeaseMonitor:
 
     :param on_deadline: called (on the monitor thread, so it must not block) for a job
         whose deadline passed and whose outcome is not decided yet.
-    :param settling: the settler's ids of the jobs it stores and acks now: extended last
-        (see :meth:`_keep_running`).
+    :param settling: the settler's ids of the jobs it stores and acks now: extended only
+        once their settle is slow, aside (see :meth:`_keep_running`).
     :param give_back: the pool's hand-off and what gives one of its leases back: overdue
         leases claimed ahead go there.
     """
@@ -55,6 +55,7 @@ class LeaseMonitor:
         self._thread: threading.Thread | None = None
         self._failed_rounds = 0  # extension rounds failed in a row
         self._failure_logged_at = float("-inf")
+        self._aside: threading.Thread | None = None  # extending a slow settle's batch
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="nuvom-monitor", daemon=True)
@@ -107,17 +108,24 @@ class LeaseMonitor:
                     wake = min(wake, running.deadline)
             if now - running.extended_at >= extend_every and not running.lease_lost:
                 due.append(running)
-        # A batch the settler stores now is extended last, in a call of its own: its
-        # settle may hold its rows while it waits on the store (PostgreSQL), and the
-        # other leases must not wait behind them. It is extended all the same: a settle
-        # waiting on a locked table had not locked its rows yet, and its jobs' leases
-        # lapsed and were claimed and run again (one job three times) while it waited.
         settling, still = self.settling, self.running
         due = [r for r in due if r.lease.id in still]
-        for group in ([r for r in due if r.lease.id not in settling],
-                      [r for r in due if r.lease.id in settling]):
-            if group and not self._extend(group, now):
-                return min(wake, now + 0.5)
+        mine = [r for r in due if r.lease.id not in settling]
+        if mine and not self._extend(mine, now):
+            return min(wake, now + 0.5)
+        # The batch the settler is storing: extended once its settle has taken half a
+        # lease, on a thread of its own. Why at all: a settle waiting on a locked table
+        # let its jobs' leases lapse, and they were claimed and run again (one job three
+        # times). Why aside: such a settle may hold the jobs' rows (PostgreSQL), and an
+        # extension waiting on them here stopped every other lease's extension, every
+        # deadline and every give-back; why only then: in a settle of milliseconds the
+        # two would lock the same rows in two orders (a deadlock, rarely).
+        late = time.time() + self.visibility / 2
+        slow = [r for r in due if r.lease.id in settling and r.lease.expires_at < late]
+        if slow and (self._aside is None or not self._aside.is_alive()):
+            self._aside = threading.Thread(target=self._extend_settling, args=(slow, now),
+                                           name="nuvom-monitor-settling", daemon=True)
+            self._aside.start()
         return wake
 
     def _extend(self, due: list[Running], now: float) -> bool:
@@ -139,6 +147,25 @@ class LeaseMonitor:
             log.warning("queue backend %r extends leases again, after %d failed "
                         "round(s)", self.queue.name, self._failed_rounds)
             self._failed_rounds, self._failure_logged_at = 0, float("-inf")
+        self._extended(due, held, now, expiry)
+        return True
+
+    def _extend_settling(self, due: list[Running], now: float) -> None:
+        """:meth:`_extend` of a batch being settled, on its own thread: a failure is said
+        (a store that fails it fails the settle too, which says more) and tried again at
+        the next round."""
+        expiry = time.time() + self.visibility
+        try:
+            held = self.queue.extend_many([r.lease for r in due], self.visibility)
+        except Exception as exc:
+            log.warning("queue backend %r failed to extend the leases of %d job(s) whose "
+                        "outcomes are being stored (%r); tried again in the next round",
+                        self.queue.name, len(due), exc)
+            return
+        self._extended(due, held, now, expiry)
+
+    @staticmethod
+    def _extended(due: list[Running], held: list[bool], now: float, expiry: float) -> None:
         for running, ok in zip(due, held, strict=True):
             running.extended_at = now
             if ok:
@@ -148,7 +175,6 @@ class LeaseMonitor:
                 if not running.decided:  # a decided job's settle reports its own loss
                     log.warning("job=%s lost its lease while running (another worker "
                                 "may run it now)", running.job.id)
-        return True
 
     def _give_back_overdue(self) -> float:
         """Release the leases claimed ahead that waited too long; when the next one will."""

@@ -116,7 +116,7 @@ class Settler(Landing, Outcomes):
         self.on_settled = on_settled
         self.outcomes_soon = outcomes_soon
         #: The job ids of the batch being stored and acked now: the lease monitor extends
-        #: their leases last, in a call of their own (see ``LeaseMonitor._keep_running``).
+        #: their leases only once the settle is slow, aside (``LeaseMonitor._keep_running``).
         #: Why not a lock the two share, as before: a settle held up by its store (a table
         #: lock on PostgreSQL's results, a record of hundreds of MB) stopped every
         #: extension of the worker, and its jobs' leases lapsed: run again by other

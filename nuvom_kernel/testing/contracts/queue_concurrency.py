@@ -56,17 +56,24 @@ class QueueConcurrencyTests(QueueContractBase):
             [lease] = queue_backend.claim(1)
             stop = threading.Event()
 
-            def extend_until_stopped(lease: Lease, stop: threading.Event) -> None:
-                while not stop.is_set():
-                    queue_backend.extend(lease, 30.0)
+            def extend_until_stopped(lease: Lease, stop: threading.Event,
+                                     raised: list[Exception]) -> None:
+                try:
+                    while not stop.is_set():
+                        queue_backend.extend(lease, 30.0)
+                except Exception as exc:  # said by the test, not lost with the thread
+                    raised.append(exc)
 
-            extender = threading.Thread(target=extend_until_stopped, args=(lease, stop))
+            raised: list[Exception] = []
+            extender = threading.Thread(target=extend_until_stopped,
+                                        args=(lease, stop, raised), daemon=True)
             extender.start()
             try:
                 acked = queue_backend.ack(lease)
             finally:
                 stop.set()
                 extender.join(self.patience_secs)
+            assert not raised, f"extend raised while an ack of its lease ran: {raised[0]!r}"
             assert acked is True, "an ack of a lease only this worker holds was refused " \
                 "while the lease was being extended"
             assert queue_backend.peek_state(lease.id) is None, \

@@ -85,7 +85,7 @@ def store_problem(kernel: Any) -> str | None:
                 built.get(_PROBE_ID)
         except FATAL:
             raise
-        except NuvomError as exc:
+        except Exception as exc:  # a plugin's own error too: its pages say the same
             text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
             said = f"{type(exc).__name__}: {text or 'no message'}"
             if said not in found:  # one store behind both backends: say it once

@@ -46,9 +46,12 @@ class LeaseOperations(QueueBackend):
     _lease_ops: threading.RLock
 
     def holds(self, lease: Lease) -> bool:
-        """The lease file still exists under this lease's token."""
-        name = self._lease_name(lease)
-        return name is not None and (self._dirs["leased"] / name).exists()
+        """The lease file still exists under this lease's token (under the lease lock: an
+        extension renaming it between the name's lookup and the look at the file read as
+        a lost lease, and a settled workflow step did not move its workflow on)."""
+        with self._lease_ops:
+            name = self._lease_name(lease)
+            return name is not None and (self._dirs["leased"] / name).exists()
 
     def _lease_name(self, lease: Lease) -> str | None:
         with self._held_lock:
