@@ -225,6 +225,46 @@ def test_second_signal_stops_even_when_the_store_stops_answering(project: Path):
     assert elapsed < FORCED_EXIT_SECS + 5, (elapsed, out)
 
 
+@pytest.mark.skipif("sqlite" not in PERSISTENT_BACKENDS, reason="needs the SQLite plugin")
+def test_the_grace_period_running_out_stops_even_when_the_store_stops_answering(
+        project: Path):
+    """One signal, a grace period that runs out, a store that does not answer: the stop
+    took 22 s past a 3 s grace (the exit timer was armed by a second signal only), though
+    workers.md says the grace running out stops the worker at once."""
+    from nuvom_kernel.worker.signals import FORCED_EXIT_SECS
+
+    write_module(project, "hang_plugin", HANGING)
+    write_module(project, "proc_tasks", TASKS)
+    (project / ".nuvom_plugins.toml").write_text(
+        '[plugins]\nqueue_backend = ["hang_plugin:HangingQueue"]\n'
+        'result_backend = ["hang_plugin:HangingResults"]\n')
+    environ = {"NUVOM_QUEUE_BACKEND": "hanging", "NUVOM_RESULT_BACKEND": "hanging",
+               "NUVOM_LOG_LEVEL": "INFO"}
+    kernel = Kernel(root=project, environ=environ)
+    with use_kernel(kernel):
+        from proc_tasks import slow
+
+        slow.delay("a", 60)
+    kernel.close()
+    grace = 1.0
+    proc = start_worker(project, environ, "--workers", "1", "--grace-period", str(grace))
+    lines: list[str] = []
+    pump = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    pump.start()
+    try:
+        wait_until(lambda: len(started(project)) == 1, timeout=30, what="the job running")
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        proc.wait(timeout=grace + FORCED_EXIT_SECS + 30)
+        elapsed = time.monotonic() - t0
+        pump.join(10)
+    finally:
+        proc.kill()
+    out = "".join(lines)
+    assert proc.returncode == 1, out
+    assert elapsed < grace + FORCED_EXIT_SECS + 5, (elapsed, out)
+
+
 def test_a_finished_forced_stop_does_not_end_the_program_later(tmp_path: Path):
     """The exit timer of the second signal was never cancelled: a program that embeds a
     worker and goes on after its stop was killed (status 1) FORCED_EXIT_SECS later."""

@@ -296,6 +296,8 @@ class Worker(Dispatcher, Timeouts):
             self._forced.wait(min(0.05, remaining))
             self._release_unstarted()
         clean = not self._unfinished()
+        if not clean and not self._forced.is_set():  # the grace period ran out: a stop
+            self.signals.arm_exit("the grace period ran out")  # as bounded as a forced one
         abandoned = []
         for running in self._unfinished():  # grace expired or forced
             if not running.decide():

@@ -128,22 +128,29 @@ class StopSignals:
             self.worker.stop(graceful=True)
             return
         log.warning("received %s again: stopping now", name)
-        if self._acted == 2:
-            with self._timer_lock:
-                if not self._finished:  # first: a stop that hangs must not keep it unarmed
-                    self._exit_anyway()
+        if self._acted == 2:  # armed first: a stop that hangs must not keep it unarmed
+            self.arm_exit("the second signal")
         self.worker.stop(graceful=False)
 
-    def _exit_anyway(self) -> None:
-        """End the process :data:`FORCED_EXIT_SECS` after the second signal if the stop has
-        not: each step of a stop that talks to a store (settling what finished, leaving
-        the worker list) waits out that store's timeouts when it does not answer, and "stop
-        at once" must not mean minutes. The leases of what did not settle expire, and
-        those jobs run again, as after any crash."""
+    def arm_exit(self, after: str) -> None:
+        """Arm :meth:`_exit_anyway` (once, while these handlers are installed: never in a
+        program that embeds the worker without them). ``after``: what made the stop one
+        that does not wait, the second signal or the grace period running out (a host
+        cut off from its store stopped 22 s after its 3 s grace)."""
+        with self._timer_lock:
+            if not self._finished and self._exit_timer is None and self._wake is not None:
+                self._exit_anyway(after)
+
+    def _exit_anyway(self, after: str) -> None:
+        """End the process :data:`FORCED_EXIT_SECS` after a forced stop began if it has
+        not ended: each step of a stop that talks to a store (settling what finished,
+        leaving the worker list) waits out that store's timeouts when it does not answer,
+        and "stop at once" must not mean minutes. The leases of what did not settle
+        expire, and those jobs run again, as after any crash."""
         def exit_now() -> None:
-            log.error("the worker had not stopped %g s after the second signal (a store that "
-                      "does not answer?); exiting now, unsettled jobs run again when their "
-                      "leases expire", FORCED_EXIT_SECS)
+            log.error("the worker had not stopped %g s after %s (a store that does not "
+                      "answer?); exiting now, unsettled jobs run again when their leases "
+                      "expire", FORCED_EXIT_SECS, after)
             logging.shutdown()
             os._exit(1)
 
