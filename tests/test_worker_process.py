@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -181,14 +182,10 @@ class HangingResults(SQLiteResultBackend):
 """
 
 
-@pytest.mark.skipif("sqlite" not in PERSISTENT_BACKENDS, reason="needs the SQLite plugin")
-def test_second_signal_stops_even_when_the_store_stops_answering(project: Path):
-    """A host cut off from its Redis or PostgreSQL handed each running job's lease back in
-    a call of its own that waited out the backend's timeouts: minutes, against "stops at
-    once". The give-back is one bounded call now, and the process ends at the latest
-    FORCED_EXIT_SECS after the second signal whatever still waits."""
-    from nuvom_kernel.worker.signals import FORCED_EXIT_SECS
-
+def _hanging_worker(project: Path, jobs: int, grace: float
+                    ) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """A ``runworker`` over :data:`HANGING` running ``jobs`` minute-long jobs: the process,
+    the lines it prints (read by the thread) and that thread."""
     write_module(project, "hang_plugin", HANGING)
     write_module(project, "proc_tasks", TASKS)
     (project / ".nuvom_plugins.toml").write_text(
@@ -200,15 +197,28 @@ def test_second_signal_stops_even_when_the_store_stops_answering(project: Path):
     with use_kernel(kernel):
         from proc_tasks import slow
 
-        slow.delay("a", 60)
-        slow.delay("b", 60)
+        for name in "abcdefgh"[:jobs]:
+            slow.delay(name, 60)
     kernel.close()
-    proc = start_worker(project, environ, "--workers", "2", "--grace-period", "60")
+    proc = start_worker(project, environ, "--workers", str(jobs), "--grace-period",
+                        str(grace))
     lines: list[str] = []
     pump = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
     pump.start()
+    wait_until(lambda: len(started(project)) == jobs, timeout=30, what="the jobs running")
+    return proc, lines, pump
+
+
+@pytest.mark.skipif("sqlite" not in PERSISTENT_BACKENDS, reason="needs the SQLite plugin")
+def test_second_signal_stops_even_when_the_store_stops_answering(project: Path):
+    """A host cut off from its Redis or PostgreSQL handed each running job's lease back in
+    a call of its own that waited out the backend's timeouts: minutes, against "stops at
+    once". The give-back is one bounded call now, and the process ends at the latest
+    FORCED_EXIT_SECS after the second signal whatever still waits."""
+    from nuvom_kernel.worker.signals import FORCED_EXIT_SECS
+
+    proc, lines, pump = _hanging_worker(project, 2, 60)
     try:
-        wait_until(lambda: len(started(project)) == 2, timeout=30, what="2 jobs running")
         proc.send_signal(signal.SIGTERM)
         wait_until(lambda: any("finishing running jobs" in line for line in lines),
                    timeout=10, what="the first signal's drain")  # two at once may merge
@@ -233,26 +243,9 @@ def test_the_grace_period_running_out_stops_even_when_the_store_stops_answering(
     workers.md says the grace running out stops the worker at once."""
     from nuvom_kernel.worker.signals import FORCED_EXIT_SECS
 
-    write_module(project, "hang_plugin", HANGING)
-    write_module(project, "proc_tasks", TASKS)
-    (project / ".nuvom_plugins.toml").write_text(
-        '[plugins]\nqueue_backend = ["hang_plugin:HangingQueue"]\n'
-        'result_backend = ["hang_plugin:HangingResults"]\n')
-    environ = {"NUVOM_QUEUE_BACKEND": "hanging", "NUVOM_RESULT_BACKEND": "hanging",
-               "NUVOM_LOG_LEVEL": "INFO"}
-    kernel = Kernel(root=project, environ=environ)
-    with use_kernel(kernel):
-        from proc_tasks import slow
-
-        slow.delay("a", 60)
-    kernel.close()
     grace = 1.0
-    proc = start_worker(project, environ, "--workers", "1", "--grace-period", str(grace))
-    lines: list[str] = []
-    pump = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
-    pump.start()
+    proc, lines, pump = _hanging_worker(project, 1, grace)
     try:
-        wait_until(lambda: len(started(project)) == 1, timeout=30, what="the job running")
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         proc.wait(timeout=grace + FORCED_EXIT_SECS + 30)
