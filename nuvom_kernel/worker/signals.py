@@ -133,12 +133,14 @@ class StopSignals:
         self.worker.stop(graceful=False)
 
     def arm_exit(self, after: str) -> None:
-        """Arm :meth:`_exit_anyway` (once, while these handlers are installed: never in a
-        program that embeds the worker without them). ``after``: what made the stop one
-        that does not wait, the second signal or the grace period running out (a host
-        cut off from its store stopped 22 s after its 3 s grace)."""
+        """Arm :meth:`_exit_anyway` once, for a stop a signal asked for while these
+        handlers are installed (never for a program that stopped its worker itself).
+        ``after``: what made the stop one that does not wait, the second signal or the
+        grace period running out (a host cut off from its store stopped 22 s after its
+        3 s grace)."""
         with self._timer_lock:
-            if not self._finished and self._exit_timer is None and self._wake is not None:
+            if not self._finished and self._exit_timer is None and self._wake is not None \
+                    and self._acted:
                 self._exit_anyway(after)
 
     def _exit_anyway(self, after: str) -> None:
