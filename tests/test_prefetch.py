@@ -445,6 +445,28 @@ def test_a_stop_while_the_store_never_answers_names_the_jobs(
         answer.set()
 
 
+def test_an_outcome_of_a_job_cancelled_meanwhile_is_not_said_to_run_again(
+        make_kernel: Callable[..., Kernel], caplog: pytest.LogCaptureFixture):
+    """A worker cut off past its lease, the job cancelled meanwhile: its late outcome was
+    refused with "it runs again where it is claimed next", though the cancel had removed
+    its message and it never runs again."""
+    from nuvom_kernel.job import Job
+
+    kernel = make_kernel("memory", "memory")
+    [item, other] = settlements_of(kernel, 2)
+    for lease in (item.lease, other.lease):
+        assert kernel.queue.extend(lease, 0)  # the leases lapsed
+    assert kernel.cancel(kernel.refresh_job(Job(id=item.lease.id, task="", kernel=kernel)))
+    assert kernel.queue.claim(2)[0].id == other.lease.id  # another worker took the other
+    settler = Settler(kernel, kernel.queue, kernel.results, "test:1",
+                      lambda settlement, landed: None)
+    with caplog.at_level(logging.WARNING, logger="nuvom.worker"):
+        assert settler.settle([item, other]) == [False, False]
+    said = {r.getMessage().split()[0]: r.getMessage() for r in caplog.records}
+    assert "the queue no longer holds it (it was cancelled" in said[f"job={item.lease.id}"]
+    assert "it runs again where it is claimed next" in said[f"job={other.lease.id}"]
+
+
 def test_outcomes_are_kept_while_the_queue_cannot_extend_their_leases_either(
         make_kernel: Callable[..., Kernel]):
     """Both stores down past the leases' expiry (the records live apart from the queue):

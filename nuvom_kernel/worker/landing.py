@@ -380,14 +380,27 @@ class Landing:
                       "the job run again", lease.id, self.queue.name, what, exc)
             return None
 
+    def _what_next(self, job_id: str) -> str:
+        """What becomes of a job whose outcome was refused, by where the queue has it now:
+        "it runs again" was said too of a job an operator had cancelled meanwhile, whose
+        message is gone (one question to the queue, on this rare path only)."""
+        try:
+            gone = self.queue.peek_state(job_id) is None
+        except Exception:  # (the store that failed the settle may fail this too)
+            gone = False
+        if gone:
+            return ("the queue no longer holds it (it was cancelled, or another worker "
+                    "finished it meanwhile), so it does not run again")
+        return ("it runs again where it is claimed next (the job's current lease holder, if "
+                "any, records its outcome)")
+
     def _log(self, item: Settlement, ok: bool) -> None:
         record = item.record
         if not ok:
             log.warning("job=%s task=%s attempt=%d lost its lease before its outcome (%s) was "
                         "recorded (the worker was paused or stalled past the visibility "
-                        "timeout, or the store failed); it runs again where it is claimed next "
-                        "(the job's current lease holder, if any, records its outcome)",
-                        record.job_id, record.task, record.attempts, record.status)
+                        "timeout, or the store failed); %s", record.job_id, record.task,
+                        record.attempts, record.status, self._what_next(record.job_id))
         elif not log.isEnabledFor(logging.INFO):
             return
         elif record.status is JobStatus.SUCCEEDED:
