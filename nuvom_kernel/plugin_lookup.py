@@ -16,12 +16,24 @@ from typing import Any
 
 import attrs
 
+from nuvom_kernel.backends import QueueBackend, ResultBackend
 from nuvom_kernel.config import CAPABILITIES, DISABLE_VAR, PLUGINS_FILE
+from nuvom_kernel.discovery import Discoverer
 from nuvom_kernel.errors import BackendNotFoundError, DuplicateBackendError, PluginLoadError
 from nuvom_kernel.hints import did_you_mean, warn_once
 from nuvom_kernel.plugin_failures import KNOWN_PROVIDERS, PluginFailures, install_hint
+from nuvom_kernel.serialization import Serializer
 
-__all__ = ["BackendLookup", "PluginInfo"]
+__all__ = ["REGISTERED_BASES", "BackendLookup", "PluginInfo"]
+
+#: Registration hook -> the class every class it returns subclasses (checked at load, and
+#: by ``nuvom plugin test``).
+REGISTERED_BASES: dict[str, type] = {
+    "nuvom_register_queue_backends": QueueBackend,
+    "nuvom_register_result_backends": ResultBackend,
+    "nuvom_register_discoverers": Discoverer,
+    "nuvom_register_serializers": Serializer,
+}
 
 
 @attrs.frozen
@@ -192,7 +204,7 @@ def registered_problem(plugin_name: str, hook_name: str, returned: Any) -> str |
     if not isinstance(returned, list | tuple):
         return (f"{where} returned {returned!r}, not a list of classes: return "
                 f"[{getattr(returned, '__name__', 'TheClass')}]")
-    base = _registered_base(hook_name)
+    base = REGISTERED_BASES.get(hook_name)
     for item in returned:
         if not isinstance(item, type):
             return (f"{where} returned {item!r} in its list, which is not a class: list the "
@@ -226,24 +238,6 @@ def settings_problem(plugin_name: str, returned: Any) -> str | None:
         if not isinstance(schema, type):
             return (f"{where} returned {schema!r:.80} for table {table!r}, not a class (the "
                     f"class itself, not an instance): {fix}")
-    return None
-
-
-def _registered_base(hook_name: str) -> type | None:
-    """The class a registration hook's classes must subclass (imported here: the modules
-    that define them import this one's)."""
-    if hook_name == "nuvom_register_queue_backends":
-        from nuvom_kernel.backends import QueueBackend
-        return QueueBackend
-    if hook_name == "nuvom_register_result_backends":
-        from nuvom_kernel.result_backend import ResultBackend
-        return ResultBackend
-    if hook_name == "nuvom_register_discoverers":
-        from nuvom_kernel.discovery import Discoverer
-        return Discoverer
-    if hook_name == "nuvom_register_serializers":
-        from nuvom_kernel.serialization import Serializer
-        return Serializer
     return None
 
 

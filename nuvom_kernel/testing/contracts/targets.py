@@ -25,20 +25,19 @@ import attrs
 import pluggy
 
 from nuvom_kernel import hookspecs
-from nuvom_kernel.backends import QueueBackend, ResultBackend
 from nuvom_kernel.config import CAPABILITIES, Config
-from nuvom_kernel.discovery import Discoverer
 from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.plugin_lookup import REGISTERED_BASES
 from nuvom_kernel.plugins import NuvomPluginManager
 
 __all__ = ["KINDS", "Check", "Target", "TargetError", "resolve"]
 
-#: kind -> (registration hook, base class)
+#: kind -> (registration hook, base class: the one the kernel checks at load)
 KINDS: dict[str, tuple[str, type[Any]]] = {
-    "queue": ("nuvom_register_queue_backends", QueueBackend),
-    "result": ("nuvom_register_result_backends", ResultBackend),
-    "discoverer": ("nuvom_register_discoverers", Discoverer),
-}
+    kind: (hook, REGISTERED_BASES[hook]) for kind, hook in (
+        ("queue", "nuvom_register_queue_backends"),
+        ("result", "nuvom_register_result_backends"),
+        ("discoverer", "nuvom_register_discoverers"))}
 _SPECS = {name for name in dir(hookspecs) if name.startswith("nuvom_")}
 
 
