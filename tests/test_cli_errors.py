@@ -561,6 +561,7 @@ def nuvom_plugin_settings():
                      "name -> class"),
     ('{"bset": BsetSettings()}', "returned BsetSettings(depth=1) for table 'bset', not a "
                                  "class (the class itself, not an instance)"),
+    ("{5: BsetSettings}", "returned the table name 5, not a non-empty string"),
 ])
 def test_a_settings_hook_returning_the_wrong_shape_says_what_to_return(
         tmp_path: Path, shape: str, says: str) -> None:
