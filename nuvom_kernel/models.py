@@ -240,9 +240,19 @@ def supersedes(new: JobRecord, old: JobRecord | None) -> bool:
     attempt, a terminal record is never replaced by a non-terminal one (a RETRYING written
     late must not undo a SUCCEEDED). Every backend applies this rule atomically with its
     write (under its lock, in its transaction, in its script).
+
+    A CANCELLED record is final for its run: only a later run (``nuvom retry job``) or
+    another CANCELLED replaces it. A worker cut off past its lease still finishes its
+    attempt, and the job may be cancelled while it sits in its queue again; where the
+    queue and the records are separate stores, nothing else stops that late outcome from
+    being stored over the operator's cancel (a higher attempt of the same run, or the same
+    attempt ending), and the job, never acked, read SUCCEEDED though it was cancelled.
     """
     if old is None:
         return True
+    if (old.status is JobStatus.CANCELLED and new.run == old.run
+            and new.status is not JobStatus.CANCELLED):
+        return False
     if (new.run, new.attempts) != (old.run, old.attempts):
         return (new.run, new.attempts) > (old.run, old.attempts)
     return not (old.status in TERMINAL_STATES and new.status not in TERMINAL_STATES)

@@ -164,6 +164,27 @@ class ResultBackendContract(HeartbeatContract):
         assert got is not None and (got.run, got.attempts, got.status) == \
             (2, 1, JobStatus.SUCCEEDED)
 
+    def test_a_cancel_is_final_for_its_run(self, result_backend: ResultBackend) -> None:
+        # A worker cut off past its lease finishes its attempt late; an operator may have
+        # cancelled the job meanwhile, while it was waiting in its queue again.
+        cancelled = make_record(status=JobStatus.CANCELLED, attempts=1, result=None)
+        assert result_backend.put(cancelled) is True
+        for late in (attrs.evolve(cancelled, status=JobStatus.SUCCEEDED, attempts=2),
+                     attrs.evolve(cancelled, status=JobStatus.FAILED),
+                     attrs.evolve(cancelled, status=JobStatus.RETRYING, attempts=2)):
+            assert result_backend.put_many([late]) == [False], \
+                f"a late {late.status.value} (attempt {late.attempts}) must not replace " \
+                "the CANCELLED record of its run"
+            got = result_backend.get(cancelled.job_id)
+            assert got is not None and got.status is JobStatus.CANCELLED
+        assert result_backend.put(attrs.evolve(cancelled, updated_at=cancelled.updated_at + 1)), \
+            "cancelling again is not refused"
+        rerun = attrs.evolve(cancelled, status=JobStatus.QUEUED, run=cancelled.run + 1,
+                             attempts=0)
+        assert result_backend.put(rerun) is True, "a new run (`nuvom retry job`) replaces it"
+        got = result_backend.get(cancelled.job_id)
+        assert got is not None and (got.run, got.status) == (rerun.run, JobStatus.QUEUED)
+
     def test_records_are_copies(self, result_backend: ResultBackend) -> None:
         record = make_record()
         result_backend.put(record)

@@ -53,6 +53,7 @@ from nuvom_kernel.testing.fakes.queues import (
 from nuvom_kernel.testing.fakes.results import (
     AliasingResults,
     AppendingHeartbeatResults,
+    CancelUndoneResults,
     ImmortalWorkersResults,
     LastWriterWinsResults,
     NoTaskFilterResults,
@@ -72,6 +73,7 @@ __all__ = [
     "AliasingResults",
     "AppendingHeartbeatResults",
     "CancelAnythingQueue",
+    "CancelUndoneResults",
     "ContextIgnoringQueue",
     "CountingReleaseQueue",
     "DeafQueue",

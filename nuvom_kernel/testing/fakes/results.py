@@ -13,9 +13,9 @@ from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_kernel.testing.stubs import StubResults
 
 __all__ = [
-    "EXPECTED_FAILURES", "AliasingResults", "AppendingHeartbeatResults", "ImmortalWorkersResults",
-    "LastWriterWinsResults", "NoTaskFilterResults", "OldestFirstResults", "PendingUnknownResults",
-    "PurgeEverythingResults",
+    "EXPECTED_FAILURES", "AliasingResults", "AppendingHeartbeatResults", "CancelUndoneResults",
+    "ImmortalWorkersResults", "LastWriterWinsResults", "NoTaskFilterResults",
+    "OldestFirstResults", "PendingUnknownResults", "PurgeEverythingResults",
 ]
 
 
@@ -39,6 +39,23 @@ class LastWriterWinsResults(StubResults):
     def put(self, record: JobRecord) -> bool:
         with self._lock:
             self._records.pop(record.job_id, None)
+        return super().put(record)
+
+
+class CancelUndoneResults(StubResults):
+    """Fences by run and attempt only: a late outcome of a cancelled job's attempt replaces
+    its CANCELLED record, and the operator's cancel reads as undone."""
+
+    name = "fake-cancel-undone"
+
+    def put(self, record: JobRecord) -> bool:
+        with self._lock:
+            old = self._records.get(record.job_id)
+            if old is not None and old.status is JobStatus.CANCELLED:
+                if (record.run, record.attempts) < (old.run, old.attempts):
+                    return False
+                self._records[record.job_id] = attrs.evolve(record)
+                return True
         return super().put(record)
 
 
@@ -115,11 +132,14 @@ class AppendingHeartbeatResults(StubResults):
 
 #: Result fake class name -> the contract tests it must fail (and no others).
 EXPECTED_FAILURES: dict[str, set[str]] = {
-    "LastWriterWinsResults": {"test_put_is_fenced_by_run_and_attempt"},
+    "LastWriterWinsResults": {"test_put_is_fenced_by_run_and_attempt",
+                              "test_a_cancel_is_final_for_its_run"},
+    "CancelUndoneResults": {"test_a_cancel_is_final_for_its_run"},
     "OldestFirstResults": {"test_query_newest_updated_first_and_keyset_paging"},
     "NoTaskFilterResults": {"test_query_filters"},
     "PurgeEverythingResults": {"test_purge_removes_only_old_terminal_records"},
-    "AliasingResults": {"test_records_are_copies", "test_put_is_fenced_by_run_and_attempt"},
+    "AliasingResults": {"test_records_are_copies", "test_put_is_fenced_by_run_and_attempt",
+                        "test_a_cancel_is_final_for_its_run"},
     "PendingUnknownResults": {"test_unknown_ids",
                               "test_purge_removes_only_old_terminal_records"},
     "ImmortalWorkersResults": {"test_a_worker_that_stops_heartbeating_drops_out"},

@@ -51,15 +51,18 @@ __all__ = ["MAX_RECORD_BYTES", "PostgresResultBackend", "distinct_chunks", "dump
 log = logging.getLogger("nuvom.postgres")
 
 #: The fence of an insert into ``results AS r``: a stored record is replaced only by a later
-#: run or attempt, or by the same one ending (``supersedes``). One text for the upsert below
+#: run or attempt, or by the same one ending, and a CANCELLED one only by a later run
+#: (``supersedes``). One text for the upsert below
 #: and the queue's one-statement settle (:mod:`.settle`), so the two cannot drift apart.
 KEEP_NEWER = """ON CONFLICT (job_id) DO UPDATE SET
     status = EXCLUDED.status, func_name = EXCLUDED.func_name, run = EXCLUDED.run,
     attempts = EXCLUDED.attempts, terminal = EXCLUDED.terminal,
     updated_at = EXCLUDED.updated_at, data = EXCLUDED.data
-WHERE (EXCLUDED.run, EXCLUDED.attempts) > (r.run, r.attempts)
-   OR ((EXCLUDED.run, EXCLUDED.attempts) = (r.run, r.attempts)
-       AND (NOT r.terminal OR EXCLUDED.terminal))"""
+WHERE ((EXCLUDED.run, EXCLUDED.attempts) > (r.run, r.attempts)
+       OR ((EXCLUDED.run, EXCLUDED.attempts) = (r.run, r.attempts)
+           AND (NOT r.terminal OR EXCLUDED.terminal)))
+  AND NOT (r.status = 'CANCELLED' AND EXCLUDED.run = r.run
+           AND EXCLUDED.status <> 'CANCELLED')"""
 
 _UPSERT = """
 INSERT INTO {s}.results AS r

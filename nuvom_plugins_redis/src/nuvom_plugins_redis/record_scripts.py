@@ -37,6 +37,8 @@ local function put_record(R, ttl, id, run, att, st, fn, u, data)
     elseif TERMINAL[old[3]] and not TERMINAL[st] then
       return 0
     end
+    -- a cancel is final for its run: only a later run replaces it
+    if old[3] == 'CANCELLED' and run == orun and st ~= 'CANCELLED' then return 0 end
     redis.call('ZREM', R .. 'ri:s:' .. old[3], id)
     redis.call('ZREM', R .. 'ri:t:' .. old[4], id)
   end

@@ -61,7 +61,9 @@ def fence_sql(run: str, attempts: str, status: str, old: str = "nuvom_results") 
     supersedes the stored row ``old`` (:func:`~nuvom_kernel.models.supersedes`, in SQL)."""
     new_key, old_key = f"({run}, {attempts})", f"({old}.run, {old}.attempts)"
     return (f"({new_key} > {old_key} OR ({new_key} = {old_key} AND NOT "
-            f"({old}.status IN {_TERMINAL_SQL} AND {status} NOT IN {_TERMINAL_SQL})))")
+            f"({old}.status IN {_TERMINAL_SQL} AND {status} NOT IN {_TERMINAL_SQL}))) "
+            f"AND NOT ({old}.status = 'CANCELLED' AND {run} = {old}.run "
+            f"AND {status} <> 'CANCELLED')")
 
 
 # An upsert keeps the row (and its place in the table) when a job's record is rewritten, and
