@@ -95,6 +95,10 @@ def test_a_lookup_or_a_wait_it_cannot_read_is_refused_naming_it(kernel: Kernel,
     with pytest.raises(ValueError, match=r"get\(poll_secs=\.\.\.\) takes a number of "
                                          r"seconds > 0 .*got 0"):
         job.get(timeout=1, poll_secs=0)
+    for poll in ("0.1", None):  # not a number at all: a TypeError, not a ValueError
+        with pytest.raises(TypeError, match=r"get\(poll_secs=\.\.\.\) takes a number of "
+                                            r"seconds > 0 .*got " + repr(poll)):
+            job.get(timeout=1, poll_secs=poll)  # type: ignore[arg-type]
     with pytest.raises(TimeoutError, match="still QUEUED after 0 s"):  # 0 is allowed
         job.get(timeout=0)
 
