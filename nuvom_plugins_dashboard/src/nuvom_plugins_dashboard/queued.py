@@ -34,7 +34,9 @@ PAGE_SIZE = 50
 MAX_LIMIT = 500
 #: The states of a job no worker holds: what the overview's ready and delayed counts link to.
 WAITING = ("queued", "retrying")
-_CURSOR = "this page's next link"
+#: What a refused cursor's page is told: the link that carries cursors, where it starts.
+_LINK = "this page's 'newer »' link"
+_START = "the oldest job"
 #: The intervals a live ``/queued`` refreshes at (seconds), the page's usual one first.
 REFRESH_STEPS = (5, 10, 20, 30, 60)
 #: A refresh waits this many times as long as the last listing took.
@@ -126,7 +128,7 @@ def list_queued(queue: Any, flt: QueuedFilter, after: str | None = None) -> Queu
     :raises BadRequest: ``after`` is not a cursor this page made.
     """
     if after is not None:
-        checked_cursor(after, made_by=_CURSOR)
+        checked_cursor(after, _LINK, _START)
     started = time.monotonic()
     try:
         found = list(queue.browse(list(flt.queues) or None, states=flt.states or None,
@@ -139,7 +141,8 @@ def list_queued(queue: Any, flt: QueuedFilter, after: str | None = None) -> Queu
     except ValueError as exc:
         if after is None:
             raise
-        raise BadRequest(f"after: {exc}; follow the page links instead") from None
+        raise BadRequest(f"after: {exc}; follow {_LINK}, or drop after= to start at "
+                         f"{_START}") from None
     took = time.monotonic() - started
     more = len(found) > flt.limit
     found = found[:flt.limit]

@@ -13,13 +13,14 @@ import hashlib
 import json
 import math
 import pprint
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from nuvom_kernel.backends import page_cursor, parse_cursor
+from nuvom_kernel.backends import page_cursor
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.job import Job
@@ -121,21 +122,37 @@ def _no_nul(name: str, value: str | None) -> str | None:
     return value
 
 
-def checked_cursor(after: str, made_by: str = "page_cursor()") -> None:
-    """Refuse a page cursor no page link makes: malformed, a NUL, or a time of ``nan``,
-    which orders against no time, so each store answered it its own way (an empty page on
-    SQLite, page 1 on PostgreSQL).
+#: A cursor's time as :func:`~nuvom_kernel.views.page_cursor` writes it (``repr`` of a
+#: float): plain decimal digits. ``float()`` also reads ``inf``, ``nan``, ``5_0`` and
+#: `` 5``, which no page link holds.
+_CURSOR_TIME = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
-    :raises BadRequest: saying what is wrong with it.
+
+def checked_cursor(after: str, link: str = "the page's 'older »' link",
+                   start: str = "the newest job") -> None:
+    """Refuse a page cursor no page link makes: no ``|``, a NUL, or a time that is not a
+    finite number written as ``repr`` writes one.
+
+    Why strict: a time the store can order against but no record holds made a wrong page
+    with no word of it — ``inf|x`` (after every time) showed the first page of ``/jobs`` as
+    if it were a later one and an empty ``/queued``, and ``nan`` orders against no time, so
+    each store answered it its own way (an empty page on SQLite, page 1 on PostgreSQL).
+
+    :param link: the page's link that carries its cursors, named in the refusal.
+    :param start: where the page starts without ``after``, named in the refusal.
+    :raises BadRequest: saying what is wrong with it and how to page instead.
     """
     _no_nul("after", after)
-    try:
-        when, _ = parse_cursor(after, made_by=made_by)
-    except ValueError as exc:
-        raise BadRequest(f"after: {exc}; follow the page links instead") from None
-    if math.isnan(when):
-        raise BadRequest(f"after: malformed page cursor {after!r}: its time is nan; follow "
-                         "the page links instead")
+    head, sep, _ = after.partition("|")
+    if not sep:
+        why = "it has no '|' between a time and a job id"
+    elif not _CURSOR_TIME.fullmatch(head) or not math.isfinite(float(head)):  # 1e999: inf
+        why = f"its time {head!r} is not a finite number in digits (such as 1712345678.25)"
+    else:
+        return
+    raise BadRequest(f"after: malformed page cursor {after!r}: {why}. A cursor is "
+                     f"'<time>|<job id>' as {link} writes it: follow that link, or drop "
+                     f"after= to start at {start}")
 
 
 def impossible_job_id(job_id: str) -> bool:
