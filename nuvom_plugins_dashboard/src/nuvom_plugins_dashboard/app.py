@@ -1,11 +1,12 @@
 """The dashboard's web app (Starlette + Jinja2, htmx served from this package).
 
 Stable URLs, so an alert can link to them: ``/`` overview, ``/jobs`` (query ``status``,
-``task``, ``queue``, and ``after`` for the next page), ``/jobs/<id>``, ``/queued`` (what is
-in the queues now: query ``queue`` and ``state``, repeatable, ``limit``, ``after``),
-``/workers``. Actions are a confirmation page (GET ``/actions/<action>/<id>``) and a POST
-there carrying the CSRF token; the POST reports what it did on the page it redirects to.
-Templates autoescape everything: arguments, results and errors are data, never markup.
+``task``, ``queue``, ``since`` or ``minutes``, and ``after`` for the next page),
+``/jobs/<id>``, ``/queued`` (what is in the queues now: query ``queue`` and ``state``,
+repeatable, ``limit``, ``after``), ``/workers``. Actions are a confirmation page (GET
+``/actions/<action>/<id>``) and a POST there carrying the CSRF token; the POST reports what
+it did on the page it redirects to. Templates autoescape everything: arguments, results and
+errors are data, never markup.
 
 Why actions have a prefix of their own: the server decodes ``%2F`` before routing, so
 ``/jobs/<id>/retry`` could not tell job ``invoice-7``'s retry from the page of job
@@ -265,8 +266,10 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         next_url = None
         if page.next_cursor is not None:
             next_url = f"{base}/jobs?" + urlencode({**flt.params(), "after": page.next_cursor})
+        every_time = {k: v for k, v in flt.params().items() if k != "since"}
         return render(request, "jobs.html", page=page, filter=flt, next_url=next_url,
                       first_url=f"{base}/jobs?" + urlencode(flt.params()) if after else None,
+                      clear_url=f"{base}/jobs?" + urlencode(every_time),
                       statuses=views.RECORD_STATES,
                       bulk_actions=[a for a, states in actions.ACTIONS.items()
                                     if flt.status in states])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import math
 import pprint
@@ -122,10 +123,10 @@ def _no_nul(name: str, value: str | None) -> str | None:
     return value
 
 
-#: A cursor's time as :func:`~nuvom_kernel.views.page_cursor` writes it (``repr`` of a
-#: float): plain decimal digits. ``float()`` also reads ``inf``, ``nan``, ``5_0`` and
-#: `` 5``, which no page link holds.
-_CURSOR_TIME = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+#: A number as a page link writes one (a cursor's time, ``since``: ``repr`` of a float):
+#: plain decimal digits. ``float()`` also reads ``inf``, ``nan``, ``5_0`` and `` 5``,
+#: which no page link holds.
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
 def checked_cursor(after: str, link: str = "the page's 'older »' link",
@@ -146,13 +147,42 @@ def checked_cursor(after: str, link: str = "the page's 'older »' link",
     head, sep, _ = after.partition("|")
     if not sep:
         why = "it has no '|' between a time and a job id"
-    elif not _CURSOR_TIME.fullmatch(head) or not math.isfinite(float(head)):  # 1e999: inf
+    elif not _NUMBER.fullmatch(head) or not math.isfinite(float(head)):  # 1e999: inf
         why = f"its time {head!r} is not a finite number in digits (such as 1712345678.25)"
     else:
         return
     raise BadRequest(f"after: malformed page cursor {after!r}: {why}. A cursor is "
                      f"'<time>|<job id>' as {link} writes it: follow that link, or drop "
                      f"after= to start at {start}")
+
+
+def _finite(value: str) -> float | None:
+    """``value`` as a number if it is a finite one written in digits, else ``None``."""
+    number = float(value) if _NUMBER.fullmatch(value) else math.nan
+    return number if math.isfinite(number) else None
+
+
+def _since(params: Mapping[str, str]) -> float | None:
+    """The window of ``/jobs``: ``since`` (an epoch, what the page's own links carry) or
+    ``minutes`` (the last N minutes, from now: what the overview's counts link to, so
+    its section reads the same on every refresh and is not swapped for a moved epoch).
+
+    :raises BadRequest: either one not a number, ``minutes`` not positive, or both given.
+    """
+    since, minutes = params.get("since") or None, params.get("minutes") or None
+    if since is not None and minutes is not None:
+        raise BadRequest("give since (an epoch) or minutes (the last N minutes), not both")
+    if since is not None:
+        if (epoch := _finite(since)) is None:
+            raise BadRequest(f"since={since!r} is not a time; use an epoch in seconds, such "
+                             "as 1712345678.25, or drop since= to list every time")
+        return epoch
+    if minutes is None:
+        return None
+    if (span := _finite(minutes)) is None or span <= 0:
+        raise BadRequest(f"minutes={minutes!r} is not a number of minutes; use a positive "
+                         "number, such as 5, or drop minutes= to list every time")
+    return time.time() - span * 60
 
 
 def impossible_job_id(job_id: str) -> bool:
@@ -181,30 +211,40 @@ def _status(value: str | None) -> JobStatus | None:
 
 @attrs.frozen
 class JobFilter:
-    """The filters of ``/jobs`` (query ``status``, ``task``, ``queue``); bulk actions act on
-    exactly the jobs a filter lists."""
+    """The filters of ``/jobs`` (query ``status``, ``task``, ``queue``, and ``since`` or
+    ``minutes``: records updated since then); bulk actions act on exactly the jobs a filter
+    lists."""
 
     status: JobStatus | None = None
     task: str | None = None
     queue: str | None = None
+    since: float | None = None  # an epoch: only records updated at or after it
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> JobFilter:
-        """:raises BadRequest: an unknown status, a NUL in a name."""
+        """:raises BadRequest: an unknown status, a NUL in a name, a bad window."""
         return cls(status=_status(params.get("status")),
                    task=_no_nul("task", params.get("task") or None),
-                   queue=_no_nul("queue", params.get("queue") or None))
+                   queue=_no_nul("queue", params.get("queue") or None),
+                   since=_since(params))
 
     def params(self) -> dict[str, str]:
-        """The query parameters that reproduce this filter (for links and forms)."""
+        """The query parameters that reproduce this filter (for links and forms): a window
+        as ``since``, its epoch, so every page of it and its bulk actions keep one window."""
         found = {"status": self.status.value.lower() if self.status else None,
-                 "task": self.task, "queue": self.queue}
+                 "task": self.task, "queue": self.queue,
+                 "since": None if self.since is None else repr(self.since)}
         return {k: v for k, v in found.items() if v}
+
+    def in_window(self, record: JobRecord) -> bool:
+        """Whether ``record`` was updated at or after ``since`` (as ``counts_since``)."""
+        return self.since is None or record.updated_at >= self.since
 
     def matches(self, record: JobRecord) -> bool:
         return ((self.status is None or record.status is self.status)
                 and (self.task is None or record.task == self.task)
-                and (self.queue is None or record.queue == self.queue))
+                and (self.queue is None or record.queue == self.queue)
+                and self.in_window(record))
 
 
 @attrs.frozen
@@ -221,7 +261,9 @@ class JobPage:
 
 def list_jobs(results: Any, flt: JobFilter, after: str | None = None,
               limit: int = PAGE_SIZE, budget: int = QUEUE_SCAN_BUDGET) -> JobPage:
-    """Newest first, after the cursor ``after``.
+    """Newest first, after the cursor ``after``. The result SPI has no time filter, so a
+    window (``flt.since``) ends the listing at the first record older than it: the query
+    is newest first by ``updated_at``, so every later one is older too.
 
     :raises BadRequest: ``after`` is not a cursor this dashboard made.
     """
@@ -230,6 +272,7 @@ def list_jobs(results: Any, flt: JobFilter, after: str | None = None,
     status, task = flt.status, flt.task
     if flt.queue is None:  # the backend filters everything: one indexed query
         page = results.query(status=status, task=task, limit=limit + 1, after=after)
+        page = list(itertools.takewhile(flt.in_window, page))
         more = len(page) > limit
         page = page[:limit]
         return JobPage(page, page_cursor(page[-1]) if more else None, len(page))
@@ -241,6 +284,8 @@ def list_jobs(results: Any, flt: JobFilter, after: str | None = None,
         want = min(chunk, budget - scanned)
         page = results.query(status=status, task=task, limit=want, after=cursor)
         for record in page:
+            if not flt.in_window(record):  # and so is every later one
+                return JobPage(found, None, scanned)
             scanned += 1
             if flt.matches(record):
                 found.append(record)
