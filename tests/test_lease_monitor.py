@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 from nuvom_kernel.envelope import Envelope
@@ -47,3 +48,45 @@ def test_a_lost_lease_is_said_once_and_not_extended_again(
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_failed_extension_of_a_slow_settle_is_said_and_tried_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The batch being settled is extended on a thread of its own once its settle takes
+    half a lease; a queue that fails that extension is said (on that thread, which ends),
+    and the next round tries again."""
+    queue = SQLiteJobQueue(tmp_path / "q.db", visibility_timeout_secs=3)
+    envelope = Envelope.for_call("slow_settle_job", None, TaskOptions(), (), {})
+    queue.push([Message(id=envelope.id, body=b"{}", task="slow_settle_job")])
+    [lease] = queue.claim(1)
+    job = Job(id=envelope.id, task="slow_settle_job")
+    running = Running(job, lease, envelope, threading.current_thread(), time.time(),
+                      time.monotonic(), None, extended_at=float("-inf"))
+    monitor = LeaseMonitor(queue, {job.id: running}, lambda _: None, {job.id})
+    running.lease = attrs.evolve(lease, expires_at=time.time() + 1)  # half a lease taken
+    queue.close()  # the store fails every call from now on: its file is not a database
+    db = tmp_path / "q.db"
+    for path in tmp_path.glob("q.db*"):
+        path.rename(path.with_name("kept-" + path.name))
+    db.write_bytes(b"not a database " * 512)
+    with caplog.at_level(logging.WARNING, logger="nuvom.worker"):
+        monitor.tick()
+        aside = monitor._aside
+        assert aside is not None
+        aside.join(10)
+        assert not aside.is_alive()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("failed to extend the leases of 1 job(s) whose outcomes are being stored" in m
+               and "tried again in the next round" in m for m in said), said
+    assert not running.lease_lost, "a failed call is not a lost lease"
+    db.unlink()
+    for path in tmp_path.glob("kept-q.db*"):
+        path.rename(path.with_name(path.name.removeprefix("kept-")))
+    with caplog.at_level(logging.WARNING, logger="nuvom.worker"):
+        running.extended_at = float("-inf")
+        monitor.tick()
+        aside = monitor._aside
+        assert aside is not None
+        aside.join(10)
+        assert running.lease.expires_at > time.time() + 2, "the next round extended it"
+    queue.close()

@@ -79,6 +79,7 @@ class Landing:
     storing: threading.Event
     _give_up: threading.Event
     unrecorded: int
+    _tally: threading.Lock
     # ... and its outcome building (:class:`~nuvom_kernel.worker.outcomes.Outcomes`)
     _stored: Callable[[str], JobRecord | None]
     _unstorable: Callable[[Settlement, Exception, bool], Settlement]
@@ -365,7 +366,8 @@ class Landing:
         return [i for i in range(len(batch)) if i not in lost]
 
     def _unrecorded(self, batch: Sequence[Settlement], exc: Exception) -> None:
-        self.unrecorded += len(batch)
+        with self._tally:
+            self.unrecorded += len(batch)
         log.error("%d job outcome(s) could not be recorded (%r); not acked, they will run "
                   "again after the visibility timeout: %s", len(batch), exc,
                   " ".join(f"job={item.lease.id}" for item in batch))

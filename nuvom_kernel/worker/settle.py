@@ -138,8 +138,11 @@ class Settler(Landing, Outcomes):
         self.storing.set()
         #: Set by :meth:`stop` when the thread outlived its time: stop trying the batch.
         self._give_up = threading.Event()
-        #: Outcomes given up unrecorded so far (their jobs run again).
+        #: Outcomes given up unrecorded so far (their jobs run again), counted under
+        #: ``_tally``: inline settles (a job ending as the worker stops) run on several
+        #: threads at once, and ``+=`` is not atomic between them.
         self.unrecorded = 0
+        self._tally = threading.Lock()
 
     # --- the thread -------------------------------------------------------------------------
 
@@ -193,7 +196,8 @@ class Settler(Landing, Outcomes):
         stuck = sorted(self.settling)
         waiting: list[Settlement] = []
         self._take_waiting(waiting)
-        self.unrecorded += len(stuck) + len(waiting)
+        with self._tally:
+            self.unrecorded += len(stuck) + len(waiting)
         if stuck or waiting:
             log.error("%d job outcome(s) could not be recorded before the worker stopped: "
                       "the store did not answer; they run again after the visibility timeout "
