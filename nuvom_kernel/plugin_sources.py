@@ -95,7 +95,7 @@ def plugin_behind(plugins: Any, exc: BaseException) -> tuple[str, str] | None:
     roots: list[tuple[str, str]] = []  # (plugin, its package's folder or its lone file)
     for name, plugin in plugins.list_name_plugin():
         module = plugin if isinstance(plugin, types.ModuleType) else \
-            sys.modules.get(type(plugin).__module__)
+            sys.modules.get(getattr(plugin, "__module__", None) or type(plugin).__module__)
         package = sys.modules.get(getattr(module, "__package__", None) or "")
         local = getattr(plugins, "sources", {}).get(name, ("",))[0] == PLUGINS_FILE
         if package is not None and getattr(package, "__path__", None) and not local:
@@ -223,7 +223,9 @@ def as_plugin(obj: Any, target: str) -> Any:
             def register() -> list[type]:
                 return [obj]
 
-            return types.SimpleNamespace(**{hook: hookimpl(register)})
+            # its class's module: where plugin_behind looks for the plugin's own lines
+            return types.SimpleNamespace(**{hook: hookimpl(register)},
+                                         __module__=obj.__module__)
         if has_hookimpls(obj):
             try:
                 return obj()

@@ -604,6 +604,22 @@ def test_a_plugins_own_error_in_a_command_names_the_plugin(tmp_path: Path) -> No
     assert "Traceback" in done.stderr, "the traceback is kept, before the line"
 
 
+def test_a_project_plugins_own_error_in_a_command_names_the_plugin(tmp_path: Path) -> None:
+    """The same for a plugin listed in ``.nuvom_plugins.toml``: its module is the project's
+    own file, so its line is found by that file, not by a package's folder (which would be
+    the user's whole project)."""
+    pytest.importorskip("nuvom_plugins")
+    (tmp_path / "my_stats.py").write_text(RAISES_IN_STATS)
+    (tmp_path / ".nuvom_plugins.toml").write_text(
+        '[settings]\nqueue_backend = "bstat"\nresult_backend = "memory"\n\n'
+        '[plugins]\nqueue_backend = ["my_stats:BstatQueue"]\n')
+    done = run_nuvom(["status"], tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"Error: plugin 'my_stats:BstatQueue' raised IsADirectoryError: [Errno 21] Is a " \
+           f"directory: '/' (at {tmp_path / 'my_stats.py'}:10 in stats)" in done.stderr, \
+        done.stderr
+
+
 class _RaisesLate:
     """Registered after loading (an embedder's ``pm.register``), so never probed."""
 
