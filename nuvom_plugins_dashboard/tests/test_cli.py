@@ -69,6 +69,29 @@ def test_a_sqlite_store_that_cannot_open_is_warned_about_at_start(project: Path)
     assert dashboard.proc.returncode == 0, out
 
 
+def test_a_plugins_own_error_at_start_is_warned_about(project: Path) -> None:
+    """A plugin's backend whose read raises its own error (not a store error of the
+    kernel's) is said on the start line as the store's, in the words its pages use."""
+    (project / "my_raising.py").write_text(
+        "from nuvom_plugins.memory import MemoryJobQueue\n\n\n"
+        "class RaisingQueue(MemoryJobQueue):\n    name = \"raising\"\n\n"
+        "    def peek_state(self, job_id):\n        raise RuntimeError(\"socket closed\")\n")
+    (project / ".nuvom_plugins.toml").write_text(
+        '[settings]\nqueue_backend = "raising"\n\n'
+        '[plugins]\nqueue_backend = ["my_raising:RaisingQueue"]\n')
+    dashboard = Dashboard(project, NUVOM_QUEUE_BACKEND="raising")
+    try:
+        from dash_procs import wait_until
+
+        start = wait_until(lambda: "warning: the job store cannot be read now" in
+                           (text := "".join(dashboard.lines)) and text,
+                           30, "the dashboard's warning that the store cannot be read")
+        assert "RuntimeError: socket closed" in start, start
+    finally:
+        out = dashboard.stop()
+    assert dashboard.proc.returncode == 0, out
+
+
 def test_another_address_without_a_token_refuses_to_start_and_says_why(project: Path
                                                                        ) -> None:
     result = _run(project, "dashboard", "--host", "0.0.0.0", "--port", "0")
