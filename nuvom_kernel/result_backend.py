@@ -174,7 +174,8 @@ class ResultBackend(Backend):
 
     def set_result(self, job_id: str, result: Any, *, task: str = "") -> bool:
         """Record success of the stored run and attempt; ``result`` must already be in
-        wire-safe form."""
+        wire-safe form. ``False`` (nothing stored) over a CANCELLED record: a cancel is
+        final for its run (:func:`~nuvom_kernel.models.supersedes`)."""
         record = self.get(job_id) or JobRecord(job_id=job_id, task=task,
                                                status=JobStatus.SUCCEEDED)
         record.status = JobStatus.SUCCEEDED
@@ -192,7 +193,8 @@ class ResultBackend(Backend):
         *,
         task: str = "",
     ) -> bool:
-        """Record failure of the stored run and attempt."""
+        """Record failure of the stored run and attempt (``False`` over a CANCELLED
+        record, as :meth:`set_result`)."""
         record = self.get(job_id) or JobRecord(job_id=job_id, task=task,
                                                status=JobStatus.FAILED)
         record.status = JobStatus.FAILED

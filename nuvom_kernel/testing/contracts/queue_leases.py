@@ -242,3 +242,32 @@ class QueueLeaseTests(QueueContractBase):
                              "a settled retry never came back")[0]
         assert (retried.id, retried.message.body, retried.message.failures) == \
             (again.id, b"v2", 1)
+
+    def test_settle_many_lands_only_records_the_fence_takes(
+            self, queue_backend: QueueBackend, settle_results: Any) -> None:
+        # A held lease whose job's record its store keeps over the outcome (here: the
+        # CANCELLED record of the same run, as when a cancelled unique job's id is pushed
+        # again): nothing of that settlement lands, the rest of the batch does.
+        if settle_results is None:
+            pytest.skip("settle_many is optional; override settle_results to check it")
+        kept, done = make_message(), make_message()
+        queue_backend.enqueue_many([kept, done])
+        leases = {le.id: le for le in queue_backend.claim(2)}
+        cancelled = make_record(kept.id, status=JobStatus.CANCELLED, attempts=0)
+        assert settle_results.put(cancelled)
+        outcome = queue_backend.settle_many([
+            Settlement(leases[kept.id], make_record(kept.id, status=JobStatus.SUCCEEDED,
+                                                    attempts=leases[kept.id].deliveries,
+                                                    token=leases[kept.id].token)),
+            Settlement(leases[done.id], make_record(done.id, status=JobStatus.SUCCEEDED,
+                                                    attempts=leases[done.id].deliveries,
+                                                    token=leases[done.id].token)),
+        ], settle_results)
+        assert outcome == [False, True], \
+            "settle_many must say a settlement whose record the fence refused did not land"
+        got = settle_results.get(kept.id)
+        assert got is not None and got.status is JobStatus.CANCELLED, \
+            "the refused record must not be stored"
+        assert queue_backend.peek_state(kept.id) is JobStatus.RUNNING, \
+            "a settlement whose record was refused must not be acked (its outcome is lost)"
+        assert queue_backend.peek_state(done.id) is None

@@ -172,7 +172,8 @@ class ResultBackendContract(HeartbeatContract):
         for late in (attrs.evolve(cancelled, status=JobStatus.SUCCEEDED, attempts=2),
                      attrs.evolve(cancelled, status=JobStatus.FAILED),
                      attrs.evolve(cancelled, status=JobStatus.RETRYING, attempts=2)):
-            assert result_backend.put_many([late]) == [False], \
+            other = make_record(status=JobStatus.SUCCEEDED)  # a batch, not a lone record
+            assert result_backend.put_many([late, other]) == [False, True], \
                 f"a late {late.status.value} (attempt {late.attempts}) must not replace " \
                 "the CANCELLED record of its run"
             got = result_backend.get(cancelled.job_id)

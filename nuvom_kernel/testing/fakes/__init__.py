@@ -49,6 +49,7 @@ from nuvom_kernel.testing.fakes.queues import (
     UnfencedSettleQueue,
     UnfencedWorkflowQueue,
     VagueStateQueue,
+    WriteBlindSettleQueue,
 )
 from nuvom_kernel.testing.fakes.results import (
     AliasingResults,
@@ -109,4 +110,5 @@ __all__ = [
     "UnfencedSettleQueue",
     "UnfencedWorkflowQueue",
     "VagueStateQueue",
+    "WriteBlindSettleQueue",
 ]

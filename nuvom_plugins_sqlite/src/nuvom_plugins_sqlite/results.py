@@ -60,10 +60,11 @@ def fence_sql(run: str, attempts: str, status: str, old: str = "nuvom_results") 
     """SQL true when a record with these ``run``, ``attempts`` and ``status`` expressions
     supersedes the stored row ``old`` (:func:`~nuvom_kernel.models.supersedes`, in SQL)."""
     new_key, old_key = f"({run}, {attempts})", f"({old}.run, {old}.attempts)"
-    return (f"({new_key} > {old_key} OR ({new_key} = {old_key} AND NOT "
+    # parenthesized whole: callers negate it (``NOT`` binds tighter than ``AND``)
+    return (f"(({new_key} > {old_key} OR ({new_key} = {old_key} AND NOT "
             f"({old}.status IN {_TERMINAL_SQL} AND {status} NOT IN {_TERMINAL_SQL}))) "
             f"AND NOT ({old}.status = 'CANCELLED' AND {run} = {old}.run "
-            f"AND {status} <> 'CANCELLED')")
+            f"AND {status} <> 'CANCELLED'))")
 
 
 # An upsert keeps the row (and its place in the table) when a job's record is rewritten, and
