@@ -55,7 +55,7 @@ def test_a_failed_extension_of_a_slow_settle_is_said_and_tried_again(
     """The batch being settled is extended on a thread of its own once its settle takes
     half a lease; a queue that fails that extension is said (on that thread, which ends),
     and the next round tries again."""
-    queue = SQLiteJobQueue(tmp_path / "q.db", visibility_timeout_secs=3)
+    queue = SQLiteJobQueue(tmp_path / "q.db", visibility_timeout_secs=30)
     envelope = Envelope.for_call("slow_settle_job", None, TaskOptions(), (), {})
     queue.push([Message(id=envelope.id, body=b"{}", task="slow_settle_job")])
     [lease] = queue.claim(1)
@@ -63,7 +63,7 @@ def test_a_failed_extension_of_a_slow_settle_is_said_and_tried_again(
     running = Running(job, lease, envelope, threading.current_thread(), time.time(),
                       time.monotonic(), None, extended_at=float("-inf"))
     monitor = LeaseMonitor(queue, {job.id: running}, lambda _: None, {job.id})
-    running.lease = attrs.evolve(lease, expires_at=time.time() + 1)  # half a lease taken
+    running.lease = attrs.evolve(lease, expires_at=time.time() + 5)  # half a lease taken
     queue.close()  # the store fails every call from now on: its file is not a database
     db = tmp_path / "q.db"
     for path in tmp_path.glob("q.db*"):
@@ -88,5 +88,5 @@ def test_a_failed_extension_of_a_slow_settle_is_said_and_tried_again(
         aside = monitor._aside
         assert aside is not None
         aside.join(10)
-        assert running.lease.expires_at > time.time() + 2, "the next round extended it"
+        assert running.lease.expires_at > time.time() + 20, "the next round extended it"
     queue.close()

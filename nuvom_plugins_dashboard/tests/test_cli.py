@@ -87,6 +87,8 @@ def test_a_plugins_own_error_at_start_is_warned_about(project: Path) -> None:
                            (text := "".join(dashboard.lines)) and text,
                            30, "the dashboard's warning that the store cannot be read")
         assert "RuntimeError: socket closed" in start, start
+        status, _ = _get(dashboard.url)  # serving: a stop now is not one during start-up
+        assert status in (200, 503), status
     finally:
         out = dashboard.stop()
     assert dashboard.proc.returncode == 0, out

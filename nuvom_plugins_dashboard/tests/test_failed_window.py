@@ -72,15 +72,16 @@ def test_the_overviews_failed_counts_open_the_failed_jobs_of_their_window(
     assert idle.headers.get("hx-reswap") == "none"
 
 
+@pytest.mark.parametrize("inside", [120, 100])  # 100: two full pages and no third
 @pytest.mark.parametrize("query", ["status=failed", "status=failed&queue=emails"])
 def test_a_window_pages_within_itself_and_ends_at_its_edge(
-        kernel: Kernel, client: TestClient, query: str) -> None:
+        kernel: Kernel, client: TestClient, query: str, inside: int) -> None:
     """The next link carries the window as ``since`` (an epoch), so a later page does not
     slide with the clock; the listing stops at the first record older than the window
     (the query is newest first), without an empty page after the last."""
     now = time.time()
     kernel.results.put_many(
-        [record(f"in-{i:03d}", queue="emails", updated_at=now - 1 - i) for i in range(120)]
+        [record(f"in-{i:03d}", queue="emails", updated_at=now - 1 - i) for i in range(inside)]
         + [record(f"old-{i:03d}", queue="emails", updated_at=now - 900 - i)
            for i in range(80)])
     seen, url, pages = [], f"/jobs?{query}&minutes=5", 0
@@ -89,7 +90,7 @@ def test_a_window_pages_within_itself_and_ends_at_its_edge(
         seen += _ids(html)
         url, pages = _href(html, r'<a rel="next" href="([^"]+)"'), pages + 1
         assert url is None or ("since=" in url and "minutes=" not in url), url
-    assert seen == [f"in-{i:03d}" for i in range(120)] and pages == 3
+    assert seen == [f"in-{i:03d}" for i in range(inside)] and pages == -(-inside // 50)
 
 
 def test_a_bulk_action_from_a_window_acts_on_that_window_only(
@@ -122,3 +123,15 @@ def test_a_bad_window_is_a_400_saying_what_works(client: TestClient, query: str,
     response = client.get(f"/jobs?{query}")
     assert response.status_code == 400
     assert says in htmllib.unescape(response.text)
+
+
+def test_a_window_longer_than_time_lists_everything_and_its_links_work(
+        kernel: Kernel, client: TestClient) -> None:
+    """``minutes=1e308`` made ``since`` minus infinity: its page answered, and its own
+    links (``since=-inf``) were refused."""
+    kernel.results.put_many([record(f"j{i}", updated_at=time.time() - i) for i in range(60)])
+    jobs = client.get("/jobs?status=failed&minutes=1e308")
+    assert jobs.status_code == 200
+    older = _href(jobs.text, r'<a rel="next" href="([^"]+)">older')
+    assert older and "since=0.0" in older, older
+    assert client.get(older).status_code == 200

@@ -168,9 +168,9 @@ def dashboard(host: str, port: int, token: str | None, read_only: bool, log_leve
         click.echo("warning: the job store cannot be read now; until it can, every page "
                    "answers 503 saying why, and open pages recover with the store by "
                    f"themselves: {problem}", err=True)
-    config = uvicorn.Config(app, log_level=log_level, lifespan="off")
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
+    try:  # (Ctrl+C right after the start line, before uvicorn serves, stops it cleanly too)
+        uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off")
+                       ).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it shut down on: a clean stop
         pass
     click.echo("nuvom dashboard stopped")

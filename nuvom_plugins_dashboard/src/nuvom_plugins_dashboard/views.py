@@ -182,7 +182,7 @@ def _since(params: Mapping[str, str]) -> float | None:
     if (span := _finite(minutes)) is None or span <= 0:
         raise BadRequest(f"minutes={minutes!r} is not a number of minutes; use a positive "
                          "number, such as 5, or drop minutes= to list every time")
-    return time.time() - span * 60
+    return max(0.0, time.time() - span * 60)  # (1e308 minutes: since the epoch, not -inf)
 
 
 def impossible_job_id(job_id: str) -> bool:
@@ -289,8 +289,8 @@ def list_jobs(results: Any, flt: JobFilter, after: str | None = None,
             scanned += 1
             if flt.matches(record):
                 found.append(record)
-                if len(found) == limit:
-                    return JobPage(found, page_cursor(record), scanned)
+                if len(found) > limit:  # one more than shown: a next page is not empty
+                    return JobPage(found[:limit], page_cursor(found[limit - 1]), scanned)
         if len(page) < want:  # no older records
             return JobPage(found, None, scanned)
         cursor = page_cursor(page[-1])
