@@ -99,6 +99,7 @@ def test_a_field_that_does_not_parse_quarantines_that_job_only(
     (["b"], "missing field b (body)"),
     (["t", "c"], "missing field c (created_at)"),  # the first the claim needs
     (["p"], "missing field p (priority)"),
+    (["q"], "missing field q (queue)"),  # was leased, and its settle failed for good
 ])
 def test_a_hash_missing_a_field_is_quarantined_not_called_gone(
         queue: RedisJobQueue, fields: list[str], why: str,
@@ -118,6 +119,31 @@ def test_a_hash_missing_a_field_is_quarantined_not_called_gone(
         lines = queue.stats().quarantined
         assert len(lines) == 1 and why in lines[0], lines
         assert queue.peek_state(bad.id) is None and queue.qsize() == 0
+    finally:
+        client.close()
+
+
+def test_a_lease_whose_hash_lost_its_queue_is_refused_then_quarantined(
+        queue: RedisJobQueue) -> None:
+    """Every script acting on a lease finds its queue by the hash's ``q``: without it each
+    ack, retry and extension failed with a Lua error, and a worker tried its settle again
+    for good, claiming nothing meanwhile. Now the lease reads as lost, and once it expires
+    the claim quarantines the message."""
+    bad = make_message(queue="default")
+    assert queue.push([bad]) == [True]
+    [lease] = queue.claim(1)
+    client = redis.Redis.from_url(URL)
+    try:
+        client.hdel(f"{queue.store.prefix}j:{bad.id}", "q")
+        assert queue.extend_many([lease], 30) == [False]
+        assert queue.ack_many([lease]) == [False]
+        assert queue.retry(lease, delay_secs=0) is False
+        client.zadd(f"{queue.store.prefix}q:default:leased", {bad.id: 0})  # it expired
+        good = make_message(queue="default")
+        assert queue.push([good]) == [True]
+        assert [le.id for le in queue.claim(5)] == [good.id]
+        lines = queue.stats().quarantined
+        assert len(lines) == 1 and "missing field q (queue)" in lines[0], lines
     finally:
         client.close()
 

@@ -68,12 +68,13 @@ local function unhold_all(qs, n)
     end
   end
 end
--- why a hash (HMGET b p c a t f d) cannot be claimed
+-- why a hash (HMGET b p c a t f d u q) cannot be claimed
 local function unfit(h)
   local names = {'b (body)', 'p (priority)', 'c (created_at)', 'a (available_at)', 't (task)'}
   for i = 1, 5 do
     if not h[i] then return bad_field(names[i]) end
   end
+  if not h[9] then return bad_field('q (queue)') end
   return bad_field('d (deliveries)', h[7])
 end
 -- lease the messages picks names ({id, queue} each, in claim order, out of ready already),
@@ -90,9 +91,11 @@ local function lease_picks(picks, qs, now, vis, sec, usec, out, room)
   for i = 1, #picks do
     local id, q = picks[i][1], picks[i][2]
     local jk = P .. 'j:' .. id
-    local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f', 'd', 'u')
+    -- q too: the lease's ack, retry and extension find its queue by it (a hash without
+    -- one was leased, and every settle of it failed, the worker retrying it for good)
+    local h = redis.call('HMGET', jk, 'b', 'p', 'c', 'a', 't', 'f', 'd', 'u', 'q')
     local deliveries = tonumber(h[7] or '0')
-    if not (h[1] and h[2] and h[3] and h[4] and h[5] and deliveries) then
+    if not (h[1] and h[2] and h[3] and h[4] and h[5] and h[9] and deliveries) then
       if redis.call('EXISTS', jk) == 0 then
         -- a ready entry whose message is gone (deleted by hand, evicted): nothing to run;
         -- dropped and counted, so it never wedges the queue

@@ -151,9 +151,11 @@ end
 """
 
 _FENCED = r"""
+-- (a hash that lost its q is not held: every script acting on a lease finds its queue by
+-- q, and failed on it; the lease expires and the next claim quarantines the message)
 local function held(id, token)
   local h = redis.call('HMGET', P .. 'j:' .. id, 'q', 's', 'r', 'k', 'u')
-  if h[4] and h[4] == token then return h end
+  if h[1] and h[4] and h[4] == token then return h end
   return nil
 end
 """
