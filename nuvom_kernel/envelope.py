@@ -421,6 +421,11 @@ class Envelope:
             if not (isinstance(args, list) and isinstance(kwargs, dict)
                     and isinstance(opts, dict)):
                 raise TypeError("args must be a list, kwargs and opts objects")
+            if data["id"] != message.id:  # (a row copied by hand to enqueue a job again)
+                raise ValueError(
+                    f"its body is that of job {data['id']!r}, which would run (and be "
+                    f"recorded) again under that id; enqueue a job anew instead "
+                    f"(`nuvom retry job {data['id']}`, or `.delay()`)")
             get = data.get
             headers = get("headers")
             # positional (the fields' order): decoded once per job on the worker

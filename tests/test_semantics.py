@@ -379,6 +379,29 @@ def test_poison_message_fails_and_the_worker_goes_on(cluster: Cluster, poison: s
     assert cluster.kernel.queue.peek_state(poison_id) is None, "still in the queue"
 
 
+def test_a_message_copied_under_another_id_fails_and_its_job_runs_once(cluster: Cluster):
+    """A queue entry copied by hand under a new id (to enqueue a job again) carries the
+    original's body: the worker ran the original's job twice, recorded it under the
+    original's id, and the copy read UNKNOWN."""
+    from sem_tasks import echo
+
+    job = echo.delay("once")
+    queue = cluster.kernel.queue
+    [lease] = queue.claim(1)
+    assert queue.release(lease)
+    copy_id = uuid.uuid4().hex
+    queue.enqueue(attrs.evolve(lease.message, id=copy_id))
+    cluster.worker("--workers", "1")
+    cluster.wait(lambda: cluster.status(copy_id) is JobStatus.FAILED,
+                 "the copied message to be FAILED")
+    copy = get_job(copy_id)
+    assert f"its body is that of job {job.id!r}" in (copy.error or ""), copy.error
+    assert job.get(timeout=10) == "once"
+    original = get_job(job.id)
+    assert (original.status, original.attempts, len(original.history)) == \
+        (JobStatus.SUCCEEDED, 1, 0), "the original ran once"
+
+
 # --- 5. retries and crash re-deliveries are separate counters -----------------------------
 
 def test_retries_beyond_max_deliveries_succeed(cluster: Cluster):
