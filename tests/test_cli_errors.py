@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,14 @@ from nuvom_kernel.errors import BackendNotFoundError, PluginLoadError
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.registry import TaskRegistry
-from tests.helpers import NUVOM, fake_distribution, run_nuvom, user_env, worker_starts_and_stops
+from tests.helpers import (
+    NUVOM,
+    fake_distribution,
+    run_nuvom,
+    user_env,
+    wait_until,
+    worker_starts_and_stops,
+)
 
 MEMORY = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory"}
 
@@ -618,6 +626,28 @@ def test_a_project_plugins_own_error_in_a_command_names_the_plugin(tmp_path: Pat
     assert f"Error: plugin 'my_stats:BstatQueue' raised IsADirectoryError: [Errno 21] Is a " \
            f"directory: '/' (at {tmp_path / 'my_stats.py'}:10 in stats)" in done.stderr, \
         done.stderr
+
+
+def test_ctrl_c_while_plugins_load_ends_in_one_line(tmp_path: Path) -> None:
+    """Ctrl-C in the second or so ``nuvom runworker`` spends importing every installed
+    plugin ended in a ``KeyboardInterrupt`` traceback."""
+    (tmp_path / "slow_loading.py").write_text(
+        "import pathlib, time\nfrom nuvom_kernel import hookimpl\n"
+        "pathlib.Path('loading').touch()\ntime.sleep(60)\n\n\n"
+        "@hookimpl\ndef nuvom_register_queue_backends():\n    return []\n")
+    (tmp_path / ".nuvom_plugins.toml").write_text('[plugins]\nhooks = ["slow_loading"]\n')
+    proc = subprocess.Popen([str(NUVOM), "runworker"], cwd=tmp_path, env=user_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (tmp_path / "loading").exists() or proc.poll() is not None, 30,
+                   "the plugin to start loading")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "Aborted! (interrupted while loading plugins, before the command ran)" in err, err
+    assert "Traceback" not in err, err
 
 
 class _RaisesLate:

@@ -294,7 +294,7 @@ def test_children_that_keep_dying_before_a_job_reaches_them_fail_it(start, proje
     job = pid.delay()
     error = _failed(job)
     assert error.error_type == "nuvom_kernel.errors.ChildKilledError"
-    assert ("its process exited with code 7: 3 pool children in a row were gone before the "
+    assert ("exited with code 7: 3 pool children in a row were gone before the "
             "job reached them") in (error.error_message or ""), error.error_message
     assert get_job(job.id).attempts == 1
     assert worker.output().count("was gone before the job reached it") == 2

@@ -14,7 +14,13 @@ import pytest
 
 from nuvom_kernel import JobStatus, get_job
 from nuvom_kernel.kernel import Kernel, use_kernel
-from tests.helpers import PERSISTENT_BACKENDS, start_worker, wait_until, write_module
+from tests.helpers import (
+    PERSISTENT_BACKENDS,
+    read_until_started,
+    start_worker,
+    wait_until,
+    write_module,
+)
 
 pytestmark = pytest.mark.skipif(not PERSISTENT_BACKENDS, reason="no persistent backend installed")
 
@@ -559,3 +565,26 @@ def test_the_queue_typo_hint_reads_a_manifest_entry_without_options(project: Pat
         assert queue_typo(kernel, "report") == " (did you mean 'reports'?)"
     finally:
         kernel.close()
+
+
+def test_a_signal_just_after_the_stop_leaves_its_exit_status(env, project: Path):
+    """A second SIGINT 20-100 ms after the "stopped" line killed the process by SIGINT
+    (status -2, no word) where the stop had decided 0: the worker's handlers were gone
+    before the process exited."""
+    worker = start_worker(project, env, "--workers", "1")
+    try:
+        assert " started: " in "".join(read_until_started(worker))
+        worker.send_signal(signal.SIGINT)
+        assert worker.stdout is not None
+        for line in worker.stdout:  # up to the "stopped" line, then until it exits
+            if " stopped: " in line:
+                deadline = time.monotonic() + 30
+                while worker.poll() is None and time.monotonic() < deadline:
+                    worker.send_signal(signal.SIGINT)
+                    worker.send_signal(signal.SIGTERM)
+                    time.sleep(0.001)  # (a pace, not a wait for anything)
+                break
+        out, _ = worker.communicate(timeout=30)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, out

@@ -154,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             cli = make_cli(kernel)
         except NuvomError as exc:
             _fail(exc)
+    except KeyboardInterrupt:  # Ctrl-C while plugins load: as click's own "Aborted!" does
+        click.echo("Aborted! (interrupted while loading plugins, before the command ran)",
+                   err=True)
+        sys.exit(1)
     finally:
         if early is not None:
             logging.getLogger("nuvom").removeHandler(early)

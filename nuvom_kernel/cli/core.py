@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 from typing import Any
@@ -186,6 +187,12 @@ def runworker(workers: int | None, queues: tuple[str, ...], batch_size: int | No
                     "postgres for that", kernel.results.name)
     worker = Worker(kernel, workers=workers, queues=queues or None, batch_size=batch_size,
                     grace_period_secs=grace_period, scheduler=not no_scheduler, discover=True)
+    # What the worker's handlers give back when run() returns: a signal after the stop
+    # changes nothing, its status stands (a second Ctrl-C just after "stopped" killed the
+    # process by SIGINT, -2, where the stop had decided 0). Set just before run(), whose
+    # first step installs the worker's own handlers.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     code = worker.run()
     _end_within(EXIT_SECS, code)
     sys.exit(code)

@@ -43,7 +43,7 @@ def ended(reply: dict[str, Any]) -> str:
     """How a dead child ended, from :meth:`Child.reap`'s reply."""
     code = reply.get("exit_code", 0)
     return (f"killed by signal {-code} ({_signal_name(-code)})" if code < 0
-            else f"its process exited with code {code}")
+            else f"exited with code {code}")  # (after "pool child pid N")
 
 
 class Child:

@@ -56,14 +56,16 @@ class StopSignals:
         self._previous: dict[int, Any] = {}  # the handlers install() replaced
 
     def install(self) -> None:
+        """The handlers first, then the thread that acts on them (the pipe keeps what
+        arrives meanwhile): ``nuvom runworker`` ignores both signals until here."""
         self._pid = os.getpid()
         read, self._wake = os.pipe()
         os.set_blocking(self._wake, False)
+        self._previous = {sig: signal.signal(sig, self.handle)
+                          for sig in (signal.SIGINT, signal.SIGTERM)}
         self._thread = threading.Thread(target=self._watch, args=(read,),
                                         name="nuvom-signals", daemon=True)
         self._thread.start()
-        self._previous = {sig: signal.signal(sig, self.handle)
-                          for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def uninstall(self) -> None:
         """Put back the handlers found at :meth:`install`, and end the thread and its pipe.
