@@ -65,6 +65,7 @@ class Kernel:
         self._lock = threading.Lock()
         self._queue: QueueBackend | None = None
         self._results: ResultBackend | None = None
+        self._results_named = False  # check_result_backend found its plugin
         self._serializer: Serializer | None = None
 
     @property
@@ -153,6 +154,20 @@ class Kernel:
                     self._results = self._build("nuvom_register_result_backends",
                                                 self.settings.result_backend, "result backend")
         return self._results
+
+    def check_result_backend(self) -> None:
+        """Refuse a result backend name no installed, enabled plugin provides, before the
+        first enqueue (a lookup once; nothing is built, so a producer never waits on a
+        store it does not use). Why: with a misspelt or missing one, ``.delay()`` queued
+        jobs that no worker could start to run (a worker builds it first), and only a
+        ``get()`` said why.
+
+        :raises BackendNotFoundError: naming the installed ones, as a worker would.
+        """
+        if not self._results_named:
+            self.pm.lookup("nuvom_register_result_backends", self.settings.result_backend,
+                           "result backend")
+            self._results_named = True
 
     @property
     def serializer(self) -> Serializer:

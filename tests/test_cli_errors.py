@@ -34,6 +34,7 @@ from tests.helpers import (
     user_env,
     wait_until,
     worker_starts_and_stops,
+    write_module,
 )
 
 MEMORY = {"NUVOM_QUEUE_BACKEND": "memory", "NUVOM_RESULT_BACKEND": "memory"}
@@ -785,6 +786,27 @@ def test_a_disabled_backend_is_reported_disabled_not_missing(
         _ = by_file.queue
     assert (f"disabled by [plugins] disable in {tmp_path / '.nuvom_plugins.toml'}"
             in str(info.value))
+
+
+def test_an_enqueue_with_a_result_backend_no_plugin_provides_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``.delay()`` queued the job though no worker could start with that result backend
+    (a worker builds it first); only a ``get()`` said why."""
+    from nuvom_kernel.kernel import use_kernel
+
+    write_module(tmp_path, "t_noresults", "from nuvom_kernel import task\n\n\n@task\n"
+                                          "def add(x, y):\n    return x + y\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kernel = Kernel(root=tmp_path, environ={"NUVOM_QUEUE_BACKEND": "sqlite",
+                                            "NUVOM_RESULT_BACKEND": "postgress"})
+    with use_kernel(kernel):
+        from t_noresults import add  # type: ignore[import-not-found]
+
+        for enqueue in (lambda: add.delay(1, 2), lambda: add.map([(1, 2), (3, 4)])):
+            with pytest.raises(BackendNotFoundError, match="result backend 'postgress'"):
+                enqueue()
+        assert kernel.queue.qsize() == 0, "nothing is queued"
+    kernel.close()
 
 
 def test_a_disabled_discoverer_is_reported_disabled(tmp_path: Path) -> None:
