@@ -96,6 +96,15 @@ class PluginFailures(pluggy.PluginManager):
         #: when autoloading, or when names are disabled: to tell a typo from a plugin).
         self.entry_points: dict[str, str] = {}
         self._autoload = True
+        #: the value of NUVOM_DISABLE_PLUGIN_AUTOLOAD that turned autoloading off, if one did
+        self._autoload_value = ""
+
+    def autoload_off(self) -> str:
+        """Why installed plugins are not loaded, with the value that did it: ``=0`` and
+        ``=false`` turn autoloading off too (pytest's rule: any non-empty value), and the
+        messages said only "is set" beside "Installed: none"."""
+        return (f"{AUTOLOAD_VAR}={self._autoload_value!r} is set (any non-empty value, 0 and "
+                f"false too, turns autoloading off: unset it to load installed plugins)")
 
     def _block_inherited(self) -> None:
         """Block the plugins :func:`inherit_failures` named, keeping the worker's message."""
@@ -192,7 +201,7 @@ class PluginFailures(pluggy.PluginManager):
             if name in known:
                 continue
             unloaded = "" if self._autoload else (
-                f" ({AUTOLOAD_VAR} is set: only internal plugins and {PLUGINS_FILE} targets "
+                f" ({self.autoload_off()}; only internal plugins and {PLUGINS_FILE} targets "
                 "load)")
             warn_once(
                 f"{by} names plugin {name!r}, but no installed plugin is called that"
@@ -239,8 +248,7 @@ class PluginFailures(pluggy.PluginManager):
         if plugin in self.disabled:
             return f"disabled by {self.disabled[plugin]}: remove it from there to use it"
         if not self._autoload:
-            return (f"not loaded: {AUTOLOAD_VAR} is set, so no installed distribution's "
-                    "plugin is")
+            return f"not loaded: {self.autoload_off()}"
         return f"not installed: {clone_install(dist)}"
 
     def loading_notes(self) -> str:
@@ -251,6 +259,6 @@ class PluginFailures(pluggy.PluginManager):
             notes.append(" Note: disabled plugins: " + "; ".join(
                 f"{name!r} (by {by})" for name, by in sorted(self.disabled.items())) + ".")
         if not self._autoload:
-            notes.append(f" Note: {AUTOLOAD_VAR} is set, so no installed distribution's "
-                         "plugin is loaded.")
+            notes.append(f" Note: no installed distribution's plugin is loaded: "
+                         f"{self.autoload_off()}.")
         return "".join(notes)

@@ -142,7 +142,8 @@ class BackendLookup(PluginFailures):
         advice = (f"{install_hint(name)}, or choose {choice}" if self._autoload
                   else f"Choose {choice}")  # autoload off: it may be installed (the note)
         raise BackendNotFoundError(
-            f"no installed plugin provides the {what} {name!r}. Installed: {installed}. "
+            f"no {'installed' if self._autoload else 'loaded'} plugin provides the {what} "
+            f"{name!r}. {'Installed' if self._autoload else 'Loaded'}: {installed}. "
             f"{advice}.{self.loading_notes()}")
 
     def plugin_infos(self) -> list[PluginInfo]:

@@ -120,7 +120,8 @@ class NuvomPluginManager(BackendLookup):
             if not self.is_blocked(module_name):
                 self._register(importlib.import_module(module_name), module_name,
                                ("internal", "nuvom", None))
-        self._autoload = not env.get(AUTOLOAD_VAR)
+        self._autoload_value = env.get(AUTOLOAD_VAR) or ""
+        self._autoload = not self._autoload_value
         if self._autoload:
             self._load_entry_points()
         else:  # known, not loaded: a disabled one is named, its settings table no typo

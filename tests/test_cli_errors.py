@@ -828,10 +828,10 @@ def test_disabling_another_plugin_of_the_distribution_is_not_blamed_for_the_disc
     done = run_nuvom(["discover", "tasks"], tmp_path, NUVOM_DISABLE_PLUGINS="file",
                      NUVOM_DISABLE_PLUGIN_AUTOLOAD="1")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "disabled" not in done.stderr and "pip install" not in done.stderr, \
+    assert "disabled by" not in done.stderr and "pip install" not in done.stderr, \
         "it is installed, and plugin file is not its provider"
     assert ("the 'ast' discoverer comes with the plugin 'discovery' (nuvom-plugins), which "
-            "is not loaded: NUVOM_DISABLE_PLUGIN_AUTOLOAD is set") in done.stderr
+            "is not loaded: NUVOM_DISABLE_PLUGIN_AUTOLOAD='1' is set") in done.stderr
 
 
 def test_a_misspelt_backend_name_is_answered_with_the_installed_name_not_a_package(
@@ -862,8 +862,8 @@ def test_a_missing_command_of_our_plugins_names_the_plugin(tmp_path: Path) -> No
             "(nuvom-plugins-dashboard), which is disabled by "
             "NUVOM_DISABLE_PLUGINS=dashboard: remove it") in done.stderr, done.stderr
     off = run_nuvom(["dashboard"], tmp_path, NUVOM_DISABLE_PLUGIN_AUTOLOAD="1")
-    assert ("(nuvom-plugins-dashboard), which is not loaded: NUVOM_DISABLE_PLUGIN_AUTOLOAD "
-            "is set") in off.stderr, "installed, not loaded: no install to advise"
+    assert ("(nuvom-plugins-dashboard), which is not loaded: NUVOM_DISABLE_PLUGIN_AUTOLOAD"
+            "='1' is set") in off.stderr, "installed, not loaded: no install to advise"
     assert "not installed" not in off.stderr
     other = run_nuvom(["nosuch"], tmp_path)
     assert other.returncode == 2 and "It comes with" not in other.stderr
@@ -1037,8 +1037,23 @@ def test_plugin_list_with_autoload_off_says_why_nothing_is_listed(tmp_path: Path
     installed, only not loaded."""
     done = run_nuvom(["plugin", "list"], tmp_path, NUVOM_DISABLE_PLUGIN_AUTOLOAD="1")
     assert done.returncode == 0, done.stderr
-    assert "No plugins loaded. Note: NUVOM_DISABLE_PLUGIN_AUTOLOAD is set" in done.stdout
+    assert "No plugins loaded. Note: no installed distribution's plugin is loaded: " \
+           "NUVOM_DISABLE_PLUGIN_AUTOLOAD='1' is set" in done.stdout, done.stdout
     assert "pip install" not in done.stdout
+
+
+def test_autoload_turned_off_by_0_says_so_not_that_nothing_is_installed(
+        tmp_path: Path) -> None:
+    """``NUVOM_DISABLE_PLUGIN_AUTOLOAD=0`` turns autoloading off (any non-empty value, as
+    pytest's variable), and the error said "no installed plugin provides the queue backend
+    'sqlite'. Installed: none", about a plugin that was installed."""
+    done = run_nuvom(["status"], tmp_path, NUVOM_DISABLE_PLUGIN_AUTOLOAD="0")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no loaded plugin provides the queue backend 'sqlite'. Loaded: " in done.stderr, \
+        done.stderr
+    assert "no installed plugin" not in done.stderr
+    assert ("NUVOM_DISABLE_PLUGIN_AUTOLOAD='0' is set (any non-empty value, 0 and false too, "
+            "turns autoloading off: unset it to load installed plugins)") in done.stderr
 
 
 def test_runworker_queue_names_split_at_commas_and_are_checked(tmp_path: Path) -> None:
