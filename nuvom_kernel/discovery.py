@@ -38,6 +38,10 @@ __all__ = [
 MANIFEST_VERSION = 1
 
 
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(names)
+
+
 @attrs.frozen
 class TaskRef:
     """One task found in source: where it is and the options literally given to ``@task``.
@@ -47,6 +51,9 @@ class TaskRef:
     :param file: the source file relative to the project root, POSIX separators.
     :param line: the line of the ``def``.
     :param options: keyword options written literally in the decorator.
+    :param unread: the names of options given in the decorator that are not literals, so
+        ``options`` lacks them: ``nuvom list tasks`` shows them unknown, not as defaults
+        (``retries=RETRIES`` read 0 where 3 runs).
     """
 
     name: str
@@ -57,6 +64,7 @@ class TaskRef:
     options: Mapping[str, Any] = attrs.field(factory=dict)
     description: str | None = None
     is_async: bool = False
+    unread: tuple[str, ...] = attrs.field(default=(), converter=_names)
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)

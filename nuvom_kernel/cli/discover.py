@@ -155,6 +155,15 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
         raise click.exceptions.Exit(1)
 
 
+def _option(task: dict[str, Any], name: str, default: Any) -> Any:
+    """An option of a manifest entry as ``list tasks`` shows it: ``"?"`` for one written
+    as no literal (``retries=RETRIES``), which only importing the module tells; it showed
+    the default (0 retries where 3 run)."""
+    if name in (task.get("unread") or ()):
+        return "?"
+    return (task.get("options") or {}).get(name, default)
+
+
 @click.command(name="tasks")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_tasks(as_json: bool) -> None:
@@ -169,12 +178,13 @@ def list_tasks(as_json: bool) -> None:
             f"no manifest at {manifest_path(data_dir)}; run `nuvom discover tasks` first")
     rows = []
     for task in manifest.get("tasks", []):
-        options = task.get("options") or {}
         rows.append({
             "name": task.get("name"), "module": task.get("module"),
-            "location": _location(task), "retries": options.get("retries", 0),
-            "timeout": options.get("timeout_secs"), "async": bool(task.get("is_async")),
+            "location": _location(task), "retries": _option(task, "retries", 0),
+            "timeout": _option(task, "timeout_secs", None),
+            "async": bool(task.get("is_async")),
             "description": task.get("description"),
+            "unread": list(task.get("unread") or ()),  # (--json: options shown as "?")
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))

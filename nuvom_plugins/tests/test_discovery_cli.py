@@ -104,3 +104,21 @@ def test_list_tasks_table_and_json(project: Path) -> None:
     assert {r["name"]: r["description"] for r in rows} == {
         "resize": "Make a thumbnail.", "send_email": "Send one email."}
     assert [r["async"] for r in rows] == [True, False]
+
+
+def test_list_tasks_shows_an_option_given_as_no_literal_as_unknown(project: Path) -> None:
+    """``@task(retries=RETRIES)`` listed 0 retries where 3 run: the manifest leaves out
+    what it cannot read, and the listing showed the default in its place."""
+    (project / "app" / "more.py").write_text(
+        "from nuvom_kernel import task\n\nRETRIES, LIMIT = 3, 60\n\n\n"
+        "@task(retries=RETRIES, timeout_secs=LIMIT, queue='slow')\n"
+        "def crunch():\n    pass\n")
+    invoke(project, "discover", "tasks")
+    code, out, _ = invoke(project, "list", "tasks")
+    assert code == 0
+    assert any(line.split()[:5] == ["crunch", "app.more", "app/more.py:7", "?", "?"]
+               for line in out.splitlines()), out
+    code, out, _ = invoke(project, "list", "tasks", "--json")
+    [row] = [r for r in json.loads(out) if r["name"] == "crunch"]
+    assert (row["retries"], row["timeout"], row["unread"]) == \
+        ("?", "?", ["retries", "timeout_secs"])

@@ -44,6 +44,7 @@ class FoundTask:
     options: dict[str, Any]
     description: str | None
     is_async: bool
+    unread: tuple[str, ...] = ()  # options given, but not as literals (warned about)
 
 
 @attrs.define
@@ -200,9 +201,10 @@ class _Scanner:
         return None
 
     def record(self, node: ast.FunctionDef | ast.AsyncFunctionDef, deco: ast.expr) -> None:
-        options = self.read_options(node.name, deco) if isinstance(deco, ast.Call) else {}
-        if options is None:
+        read = self.read_options(node.name, deco) if isinstance(deco, ast.Call) else ({}, [])
+        if read is None:
             return
+        options, unread = read
         doc = ast.get_docstring(node)
         description = options.get("description")
         if not isinstance(description, str):
@@ -228,10 +230,13 @@ class _Scanner:
         self.result.tasks.append(FoundTask(
             name=task_name,
             func_name=node.name, line=node.lineno, options=options,
-            description=description, is_async=isinstance(node, ast.AsyncFunctionDef)))
+            description=description, is_async=isinstance(node, ast.AsyncFunctionDef),
+            unread=tuple(unread)))
 
-    def read_options(self, func: str, deco: ast.Call) -> dict[str, Any] | None:
-        """The decorator's options the manifest can record; each one it cannot is warned
+    def read_options(self, func: str, deco: ast.Call
+                     ) -> tuple[dict[str, Any], list[str]] | None:
+        """The decorator's options the manifest can record, and the names of those it cannot
+        (not literals); each one it cannot is warned
         about (workers would apply it only after importing the module, so the manifest would
         be silently wrong until then). ``None``, with a warning, when the task's name is not
         a literal: recorded under the function's name instead, the manifest would point
@@ -246,6 +251,7 @@ class _Scanner:
                                    "literal: name=\"...\"")
             return None
         options: dict[str, Any] = {}
+        unread: list[str] = []
         for kw in deco.keywords:
             if kw.arg is None:
                 self.warn(deco.lineno, f"task {func!r}: **options in the decorator "
@@ -256,6 +262,7 @@ class _Scanner:
             elif (literal := _literal(kw.value))[0]:
                 options[kw.arg] = literal[1]
             else:
+                unread.append(kw.arg)
                 self.warn(deco.lineno, f"task {func!r}: {kw.arg}= is not a literal, so the "
                                        "manifest leaves it out and workers apply it only once "
                                        "they import the module. Write it as a literal "
@@ -263,7 +270,7 @@ class _Scanner:
         if deco.args:
             self.warn(deco.lineno, f"task {func!r}: positional decorator arguments "
                                    f"are ignored; pass options by keyword")
-        return options
+        return options, unread
 
     def record_schedule(self, task: str, line: int, value: ast.expr,
                         options: dict[str, Any]) -> None:

@@ -64,8 +64,9 @@ IGNORE_FILE = ".nuvomignore"
 #: files cached by version 1 are examined again. 3: a schedule held in a variable, a
 #: non-number ``every()`` argument and an infinite ``catch_up_window_secs`` are warned about.
 #: 4: non-literal options are warned about, a task with a non-literal name is left out, and a
-#: fallback ``task`` bound in ``except ImportError`` no longer hides Nuvom's.
-_STATE_VERSION = 4
+#: fallback ``task`` bound in ``except ImportError`` no longer hides Nuvom's. 5: each task
+#: records the options it was given as no literal (``unread``).
+_STATE_VERSION = 5
 #: What setuptools' ``build`` command leaves in ``build/``: ``lib``, ``lib.<platform>``,
 #: ``bdist.<platform>``, ``temp.<platform>``, ``scripts-<version>``.
 _BUILD_TREES = ("lib.", "bdist.", "temp.", "scripts-")
@@ -360,7 +361,7 @@ def examine(rel: str, data: bytes, decorators: frozenset[str], parse_all: bool
     module = module_name(rel)
     tasks = [TaskRef(name=t.name, module=module, file=rel, line=t.line, func_name=t.func_name,
                      options=t.options, description=t.description,
-                     is_async=t.is_async).to_dict() for t in scan.tasks]
+                     is_async=t.is_async, unread=t.unread).to_dict() for t in scan.tasks]
     warnings = [f"{rel}:{w}" for w in scan.warnings]
     if not tasks and not warnings:
         return digest, True
