@@ -147,6 +147,17 @@ async def cancels_itself():
 def sync_thread():
     return threading.current_thread().name
 
+@task(timeout_secs=30)
+def stops_what_it_started():
+    import multiprocessing, subprocess
+    sleeper = subprocess.Popen(["sleep", "100"])
+    sleeper.terminate()
+    forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(100,))
+    forked.start()
+    forked.terminate()
+    forked.join(10)
+    return [sleeper.wait(10), forked.exitcode]
+
 @task
 async def blocks_loop(secs):
     time.sleep(secs)  # no await: the loop is stuck
@@ -232,6 +243,38 @@ def start(project: Path, env: dict[str, str]) -> Iterator[object]:
         if worker.proc.poll() is None:
             worker.stop(signal.SIGINT, signal.SIGINT)
         worker.assert_no_orphans()
+
+
+def test_a_process_a_task_starts_can_be_terminated(start, project: Path):
+    """The pool's children ignored SIGTERM (``SIG_IGN``), and every process a task started
+    inherited it: its ``terminate()`` did nothing, a ``multiprocessing`` pool's exit hung,
+    and such processes outlived the worker."""
+    from pool_tasks import stops_what_it_started
+
+    start("--pool", "process", "--workers", "1")
+    assert stops_what_it_started.delay().get(timeout=60) == [-signal.SIGTERM, -signal.SIGTERM]
+
+
+def test_a_job_stopped_before_any_child_was_ready_goes_back_unrun(start, project: Path):
+    """Children that cannot start (a task module that crashes the interpreter when it is
+    imported): a job waiting for one was recorded FAILED when the worker stopped, though it
+    never ran (with retries, an attempt spent)."""
+    from pool_tasks import pid
+
+    from nuvom_kernel.kernel import get_kernel
+
+    (project / "crashes_at_import.py").write_text(
+        "import ctypes\nfrom nuvom_kernel import task\n\n\n@task\ndef never():\n"
+        "    pass\n\n\nctypes.string_at(0)\n")
+    job = pid.delay()
+    worker = start("--pool", "process", "--workers", "1")
+    wait_until(lambda: "died while starting" in worker.output(), timeout=30,
+               what="a child to die while starting")
+    assert worker.stop(signal.SIGTERM) == 0, worker.output()[-4000:]
+    assert get_job(job.id).status is JobStatus.QUEUED, worker.output()[-4000:]
+    [lease] = get_kernel().queue.claim(1)
+    assert (lease.id, lease.deliveries) == (job.id, 1), "its give-back took its delivery back"
+    assert "given back to its queue" in worker.output()
 
 
 def failed(job: object) -> JobFailedError:

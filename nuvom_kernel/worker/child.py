@@ -270,6 +270,40 @@ def _configure(root: str) -> None:
         print(f"nuvom child {os.getpid()}: cannot load the plugins: {exc!r}", file=sys.stderr)
 
 
+def _unheard(signum: int, frame: Any) -> None:
+    """SIGINT and SIGTERM reach a child too (Ctrl-C to the process group, ``systemctl
+    stop`` to the cgroup); its worker decides when it ends, so they do nothing here."""
+
+
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _held() -> None:  # (blocked across the fork: one sent at once is kept, not lost)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+
+
+def _released() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+
+
+def _heard_again() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _released()
+
+
+def _deaf_to_stops() -> None:
+    """Catch SIGINT and SIGTERM with :func:`_unheard`, never ignore them (``SIG_IGN``):
+    an ignored signal stays ignored across ``exec`` and ``fork``, so every process a task
+    started (``subprocess.Popen``, a ``multiprocessing`` pool) ignored SIGTERM too. Its
+    ``terminate()`` did nothing, a pool's ``__exit__`` hung, and such processes outlived
+    the worker. A handler is reset by ``exec``, and a fork hears them again at once."""
+    for signum in _STOPS:
+        signal.signal(signum, _unheard)
+        signal.siginterrupt(signum, False)  # a task's system calls restart, as ignored
+    os.register_at_fork(before=_held, after_in_parent=_released, after_in_child=_heard_again)
+
+
 def main(argv: list[str]) -> None:
     global PARENT_PID
     requests, replies, parent = int(argv[0]), int(argv[1]), int(argv[2])
@@ -282,8 +316,7 @@ def main(argv: list[str]) -> None:
     PARENT_PID = parent
     in_a_pool()
     _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _deaf_to_stops()
     child = _Child(requests, replies)
     signal.signal(signal.SIGUSR1, child.on_soft_timeout)
     hello = read_frame(requests)

@@ -39,6 +39,11 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+class NoChildYet(Exception):
+    """The worker stopped while the job waited for a pool child to start: the job never
+    ran, so it goes back to its queue (recorded FAILED, or a retry spent, before)."""
+
+
 def ended(reply: dict[str, Any]) -> str:
     """How a dead child ended, from :meth:`Child.reap`'s reply."""
     code = reply.get("exit_code", 0)

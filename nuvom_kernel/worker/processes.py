@@ -42,7 +42,7 @@ from nuvom_kernel.errors import (
     UnknownTaskError,
 )
 from nuvom_kernel.serialization import from_wire, to_wire
-from nuvom_kernel.worker.child_process import Child, ended, format_size
+from nuvom_kernel.worker.child_process import Child, NoChildYet, ended, format_size
 
 if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
@@ -225,7 +225,7 @@ class ProcessPool:
         if child is None:
             child = self._local.child = self._take()
             if child is None:
-                raise ChildKilledError("the worker stopped before a child process was ready")
+                raise NoChildYet("the worker stopped before a child process was ready")
         return child
 
     def _maybe_retire(self, child: Child) -> None:

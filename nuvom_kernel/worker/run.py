@@ -31,6 +31,7 @@ from nuvom_kernel.events import HookInterrupted
 from nuvom_kernel.job import Job
 from nuvom_kernel.models import JobStatus, Lease
 from nuvom_kernel.worker.aio import run_on_thread_loop
+from nuvom_kernel.worker.child_process import NoChildYet
 from nuvom_kernel.worker.current import bind_job, current_job, in_a_pool
 from nuvom_kernel.worker.monitor import LeaseMonitor
 from nuvom_kernel.worker.settle import Running, Settler
@@ -252,6 +253,8 @@ class JobRunner:
     def _failed(self, running: Running, exc: BaseException) -> None:
         if isinstance(exc, UnknownTaskError) and self._hand_back(running, exc):
             return
+        if isinstance(exc, NoChildYet) and self._give_back_unrun(running):
+            return
         # The child's own traceback for an error the process pool rebuilt from its reply;
         # for anything else, where it was raised. (A task's exception with a
         # ``remote_traceback`` of its own, a JobFailedError of another job it waited for
@@ -334,6 +337,18 @@ class JobRunner:
                         "job(s) seen in the last minute): upgrade this worker", exc,
                         self._newer_seen)
             self._newer_warned_at, self._newer_seen = now, 0
+
+    def _give_back_unrun(self, running: Running) -> bool:
+        """Put back a job that never reached a process-pool child (the worker stopped while
+        the child started); ``True`` if given back. The release takes its delivery back."""
+        if not running.decide():
+            return False
+        self.running.pop(running.job.id, None)
+        queue = self.settler.queue
+        if self.settler.safely("give it back", running.lease, queue.release, running.lease):
+            log.info("job=%s task=%s: the worker stopped before a pool child was ready to "
+                     "run it; given back to its queue", running.job.id, running.job.task)
+        return True
 
     def _hand_back(self, running: Running, exc: UnknownTaskError) -> bool:
         """During a rolling deploy, give a job whose task this (older) worker lacks back to
