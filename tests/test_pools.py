@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from nuvom_kernel import JobFailedError, JobStatus, get_job
-from nuvom_kernel.kernel import Kernel, use_kernel
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.kernel import Kernel, get_kernel, use_kernel
+from nuvom_kernel.models import TaskOptions
 from tests.helpers import alive, wait_until, write_module
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
@@ -256,18 +258,17 @@ def test_a_process_a_task_starts_can_be_terminated(start, project: Path):
 
 
 def test_a_job_stopped_before_any_child_was_ready_goes_back_unrun(start, project: Path):
-    """Children that cannot start (a task module that crashes the interpreter when it is
-    imported): a job waiting for one was recorded FAILED when the worker stopped, though it
-    never ran (with retries, an attempt spent)."""
+    """Children that cannot start (here: Python dies starting any ``python -c``, which is
+    how a child starts): a job waiting for one was recorded FAILED when the worker stopped,
+    though it never ran (with retries, an attempt spent)."""
     from pool_tasks import pid
 
-    from nuvom_kernel.kernel import get_kernel
-
-    (project / "crashes_at_import.py").write_text(
-        "import ctypes\nfrom nuvom_kernel import task\n\n\n@task\ndef never():\n"
-        "    pass\n\n\nctypes.string_at(0)\n")
+    site = project / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif '-c' in sys.orig_argv:\n    os._exit(3)\n")
     job = pid.delay()
-    worker = start("--pool", "process", "--workers", "1")
+    worker = start("--pool", "process", "--workers", "1", PYTHONPATH=str(site))
     wait_until(lambda: "died while starting" in worker.output(), timeout=30,
                what="a child to die while starting")
     assert worker.stop(signal.SIGTERM) == 0, worker.output()[-4000:]
@@ -275,6 +276,28 @@ def test_a_job_stopped_before_any_child_was_ready_goes_back_unrun(start, project
     [lease] = get_kernel().queue.claim(1)
     assert (lease.id, lease.deliveries) == (job.id, 1), "its give-back took its delivery back"
     assert "given back to its queue" in worker.output()
+
+
+def test_a_task_module_that_kills_its_child_at_import_stops_no_other_task(
+        start, project: Path):
+    """Children import every task module at start: one that kills the interpreter when
+    imported (a broken C extension) killed every child while starting, and no job of any
+    task ran again (they stayed RUNNING, their leases extended)."""
+    from pool_tasks import pid
+
+    (project / "crashes_at_import.py").write_text(
+        "import ctypes\nfrom nuvom_kernel import task\n\n\n@task\ndef never():\n"
+        "    pass\n\n\nctypes.string_at(0)\n")
+    worker = start("--pool", "process", "--workers", "1")
+    assert isinstance(pid.delay().get(timeout=60), int)
+    assert "died importing task module 'crashes_at_import' (exit code -11" in \
+        worker.output()
+    # a job of its task (sent by name: importing the module here would kill this process)
+    kernel = get_kernel()
+    envelope = Envelope.for_call("never", "crashes_at_import", TaskOptions(), (), {})
+    kernel.queue.enqueue(envelope.to_message(kernel.serializer))
+    assert "killed by signal 11" in str(failed(get_job(envelope.id)))
+    assert isinstance(pid.delay().get(timeout=60), int), "and the others still run"
 
 
 def failed(job: object) -> JobFailedError:

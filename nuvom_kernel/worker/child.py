@@ -334,7 +334,8 @@ def main(argv: list[str]) -> None:
         _configure(hello["root"])
     REGISTRY.load_manifest(Path(hello["data_dir"]))
     for module in hello.get("preload", []):
-        try:
+        try:  # said first: if importing it kills this process, the worker knows which
+            write_frame(child.replies, {"importing": module})
             REGISTRY.import_module(module)
         except BaseException as exc:  # its jobs fail with the import error (a module
             # calling sys.exit() or raising any BaseException at import included); the

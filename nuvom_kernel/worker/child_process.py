@@ -67,6 +67,9 @@ class Child:
         self.started = time.monotonic()
         self.tasks = 0
         self.ready = False
+        #: the module the child was importing when it last said (``None``: none, or done):
+        #: one that kills the child at import is named, and preloaded no more
+        self.importing: str | None = None
         self.busy = False  # inside run(): only its executor thread may close its pipes
         self._reaped: dict[str, Any] | None = None
         self._send({**hello})
@@ -90,6 +93,9 @@ class Child:
             ready, _, _ = select.select([self.replies], [], [], min(left, 1.0))
             if ready:
                 hello = read_frame(self.replies)
+                if hello and "importing" in hello:  # preloading: one frame per module
+                    self.importing = hello["importing"]
+                    continue
                 self.ready = bool(hello and hello.get("ready"))
                 break
             if self.exited():

@@ -168,12 +168,27 @@ class ProcessPool:
                 self._start_failures = 0
                 return child
             exit_code = child.reap("it died while starting").get("exit_code")
+            culprit = child.importing
             with self._lock:
                 self._children.discard(child)
-                self._start_failures += 1
-                backoff = min(0.5 * 2 ** (self._start_failures - 1), 30.0)
-            log.error("a pool child (pid %d) died while starting (exit code %s; its stderr "
-                      "says why); starting another in %.1f s", child.pid, exit_code, backoff)
+                first = culprit is not None and culprit in self.hello.get("preload", ())
+                if first:
+                    self.hello = {**self.hello, "preload": [
+                        m for m in self.hello["preload"] if m != culprit]}
+                if culprit is not None:  # (a spare started with it dies too: no backoff)
+                    backoff = 0.0
+                else:
+                    self._start_failures += 1
+                    backoff = min(0.5 * 2 ** (self._start_failures - 1), 30.0)
+            if first:
+                log.error("a pool child (pid %d) died importing task module %r (exit code "
+                          "%s; its stderr says why): children no longer import it at start, "
+                          "so the other tasks' jobs run, and each job of its tasks fails "
+                          "when it kills its child", child.pid, culprit, exit_code)
+            elif culprit is None:
+                log.error("a pool child (pid %d) died while starting (exit code %s; its "
+                          "stderr says why); starting another in %.1f s", child.pid,
+                          exit_code, backoff)
             if self.stopping.wait(backoff):
                 return None
 
