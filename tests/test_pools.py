@@ -446,6 +446,19 @@ def test_a_child_over_its_memory_limit_is_killed_while_it_runs(start):
     assert isinstance(pid.delay().get(timeout=60), int)
 
 
+def test_a_memory_limit_below_a_fresh_childs_is_said(start):
+    """A limit under what a child holds before running anything (~26 MB) killed every job
+    of more than a moment and replaced the child after each, without a word at start."""
+    from pool_tasks import pid
+
+    worker = start("--pool", "process", "--workers", "1", "--max-memory-per-child", "5MB")
+    pid.delay().get(timeout=60)
+    said = re.search(r"max_memory_per_child \(5 MB\) is below what a fresh pool child "
+                     r"holds before running anything \((\d+) MB\)", worker.output())
+    assert said and int(said.group(1)) > 5, worker.output()[-3000:]
+    assert worker.output().count("is below what a fresh pool child holds") == 1
+
+
 def test_a_task_module_that_fails_to_import_in_the_child_fails_only_its_job(start, project):
     from pool_tasks import pid
 

@@ -105,6 +105,7 @@ class ProcessPool:
         self.grace = settings.kill_grace_secs
         self.max_tasks = settings.max_tasks_per_child
         self.max_memory = settings.max_memory_per_child
+        self._limit_checked = False  # _check_memory_limit said its piece (or had none)
         self.max_age = settings.max_child_age_secs
         self.stopping = stopping
         self.kernel = kernel
@@ -166,6 +167,7 @@ class ProcessPool:
                     self._spares.append(self._spawn())  # keep one warm
             if child.wait_ready(START_TIMEOUT_SECS):
                 self._start_failures = 0
+                self._check_memory_limit(child)
                 return child
             exit_code = child.reap("it died while starting").get("exit_code")
             culprit = child.importing
@@ -191,6 +193,21 @@ class ProcessPool:
                           exit_code, backoff)
             if self.stopping.wait(backoff):
                 return None
+
+    def _check_memory_limit(self, child: Child) -> None:
+        """Say once if a child that has run nothing yet is already over
+        ``max_memory_per_child``: every job of over ~0.2 s was then killed for its memory,
+        and every other one replaced its child, without a word at start."""
+        if self.max_memory is None or self._limit_checked:
+            return
+        self._limit_checked = True
+        if (rss := child.rss() or 0) > self.max_memory:
+            log.warning("max_memory_per_child (%s) is below what a fresh pool child holds "
+                        "before running anything (%s): every job that runs more than a "
+                        "moment will be killed for it, and every child replaced after one "
+                        "job. Set it well above %s (--max-memory-per-child, "
+                        "NUVOM_MAX_MEMORY_PER_CHILD)", format_size(self.max_memory),
+                        format_size(rss), format_size(rss))
 
     def call(self, running: Running) -> Any:
         """Run the job in this thread's child; its value, or the exception to record.
