@@ -176,3 +176,23 @@ def test_a_heartbeat_from_a_clock_ahead_reads_just_now_not_a_negative_age() -> N
     assert _beat(-177.0, 5.0) == "just now (its clock is 177 s ahead of this one)"
     assert _beat(15.9, 5.0) == "15.9 s ago"  # three beats missed: not the clock's fault
     assert _beat(123.6, 5.0) == "within 15 s (its clock is at least 109 s behind this one)"
+
+
+def test_status_shows_the_tasks_stuck_past_their_timeout(project: Path) -> None:
+    """A worker whose every slot a stuck task held ran nothing and read ``0/2``, as an
+    idle, healthy worker does; only ``--json``'s reports said otherwise."""
+    from nuvom_kernel.views import WorkerInfo
+
+    environ = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
+    kernel = Kernel(root=project, environ=environ)
+    now = time.time()
+    for wid, stuck in (("host:1:stuck", 4), ("host:2:fine", 0)):
+        kernel.results.heartbeat(WorkerInfo(
+            id=wid, host="host", pid=1, pool="thread", slots=2, busy_slots=0, queues=[],
+            started_at=now, heartbeat_at=now, version="t", heartbeat_secs=5.0,
+            reports={"abandoned_threads": stuck}), 60)
+    kernel.close()
+    done = run_nuvom(["status"], project, **environ)
+    rows = {line.split()[0]: line for line in done.stdout.splitlines() if "host:" in line}
+    assert "0/2 (4 stuck)" in rows["host:1:stuck"], done.stdout
+    assert "0/2" in rows["host:2:fine"] and "stuck" not in rows["host:2:fine"]

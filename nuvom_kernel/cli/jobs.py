@@ -30,6 +30,7 @@ from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.hints import did_you_mean, parent_project
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_kernel.views import WorkerInfo
 
 
 @hookimpl
@@ -313,11 +314,18 @@ def status(as_json: bool) -> None:
         return
     now = time.time()
     print_table([{"worker": w.id, "queues": ",".join(w.queues) or "*",
-                  "busy": f"{w.busy_slots}/{w.slots}", "pool": w.pool, "version": w.version,
+                  "busy": _busy(w), "pool": w.pool, "version": w.version,
                   "up": f"{max(0.0, now - w.started_at):.0f} s",
                   "last beat": _beat(now - w.heartbeat_at, w.heartbeat_secs)}
                  for w in workers],
                 ["worker", "queues", "busy", "pool", "version", "up", "last beat"])
+
+
+def _busy(worker: WorkerInfo) -> str:
+    """``busy/slots``, and the tasks stuck past their timeout if any: a worker whose slots
+    were all held by them read ``0/2``, an idle healthy worker, while it ran nothing."""
+    stuck = int(worker.reports.get("abandoned_threads") or 0)
+    return f"{worker.busy_slots}/{worker.slots}" + (f" ({stuck} stuck)" if stuck else "")
 
 
 def _beat(age: float, heartbeat_secs: float) -> str:
