@@ -79,7 +79,7 @@ def _available_at(delay_secs: float) -> float:
 def check_capabilities(kernel: Kernel, options: TaskOptions, delay_secs: float) -> None:
     """Refuse, before anything is enqueued, what the queue backend declared it cannot do
     (and a result backend no plugin provides)."""
-    kernel.check_result_backend()
+    kernel.before_first_enqueue()
     queue = kernel.queue
     caps = queue.capabilities
     name = queue.name

@@ -65,7 +65,7 @@ class Kernel:
         self._lock = threading.Lock()
         self._queue: QueueBackend | None = None
         self._results: ResultBackend | None = None
-        self._results_named = False  # check_result_backend found its plugin
+        self._enqueued = False  # before_first_enqueue ran
         self._serializer: Serializer | None = None
 
     @property
@@ -155,19 +155,35 @@ class Kernel:
                                                 self.settings.result_backend, "result backend")
         return self._results
 
-    def check_result_backend(self) -> None:
-        """Refuse a result backend name no installed, enabled plugin provides, before the
-        first enqueue (a lookup once; nothing is built, so a producer never waits on a
-        store it does not use). Why: with a misspelt or missing one, ``.delay()`` queued
-        jobs that no worker could start to run (a worker builds it first), and only a
-        ``get()`` said why.
+    def before_first_enqueue(self) -> None:
+        """What a producer is told once, at its first enqueue (nothing per job after it).
+
+        * A result backend name no installed, enabled plugin provides is refused (a
+          lookup; nothing is built, so a producer never waits on a store it does not
+          use): ``.delay()`` queued jobs that no worker could start to run (a worker
+          builds it first), and only a ``get()`` said why.
+        * A program run in a subfolder of a project (a ``scripts/`` folder, a cron job
+          in ``$HOME``) with no project of its own there is warned: the working directory
+          decides which ``.nuvom_plugins.toml`` is read and where the store is, so its
+          jobs went to a new store of that folder, and no worker ever saw them.
 
         :raises BackendNotFoundError: naming the installed ones, as a worker would.
         """
-        if not self._results_named:
-            self.pm.lookup("nuvom_register_result_backends", self.settings.result_backend,
-                           "result backend")
-            self._results_named = True
+        if self._enqueued:
+            return
+        self.pm.lookup("nuvom_register_result_backends", self.settings.result_backend,
+                       "result backend")
+        self._enqueued = True
+        from nuvom_kernel.hints import parent_project
+
+        above = parent_project(Path(self.config.root), Path(self.data_dir),
+                               self.config.path is not None)
+        if above is not None:
+            log.warning("enqueuing into the store of %s (no .nuvom_plugins.toml here), but "
+                        "%s, a folder above, holds a Nuvom project: if its workers are to "
+                        "run these jobs, run this program from there (the working directory "
+                        "decides which .nuvom_plugins.toml is read and where the store is)",
+                        self.config.root, above)
 
     @property
     def serializer(self) -> Serializer:

@@ -688,3 +688,29 @@ def nuvom_configure(config):
                                            NUVOM_RESULT_BACKEND="memory"))
         assert done.returncode == 0, done.stderr
         assert float(done.stdout) >= 1.0, (call, done.stdout)
+
+
+def test_a_program_run_in_a_projects_subfolder_is_warned_where_its_jobs_go(
+        tmp_path: Path) -> None:
+    """A script run from ``scripts/`` (or a cron job from ``$HOME``) read no
+    ``.nuvom_plugins.toml`` and enqueued into a new store of its own folder without a word:
+    the project's workers never saw its jobs."""
+    (tmp_path / ".nuvom_plugins.toml").write_text('[settings]\nqueue_backend = "sqlite"\n')
+    (tmp_path / "tasks.py").write_text(
+        "from nuvom_kernel import task\n\n\n@task\ndef add(x, y):\n    return x + y\n")
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "enq.py").write_text(
+        "import pathlib, sys\nsys.path.insert(0, str(pathlib.Path(__file__).parent.parent))"
+        "\nfrom tasks import add\n"
+        "add.delay(1, 2)\nadd.delay(3, 4)\nprint('sent')\n")
+    done = subprocess.run([sys.executable, "enq.py"], cwd=scripts, env=user_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout == "sent\n", done.stderr
+    said = (f"enqueuing into the store of {scripts} (no .nuvom_plugins.toml here), but "
+            f"{tmp_path}, a folder above, holds a Nuvom project")
+    assert done.stderr.count(said) == 1, done.stderr
+    at_home = subprocess.run([sys.executable, "scripts/enq.py"], cwd=tmp_path,
+                             env=user_env(), capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert at_home.returncode == 0 and "a folder above" not in at_home.stderr, at_home.stderr
