@@ -174,10 +174,17 @@ class Kernel:
         self.pm.lookup("nuvom_register_result_backends", self.settings.result_backend,
                        "result backend")
         self._enqueued = True
+        sources = self.config.sources
+        if any(not sources.get(key, "default").startswith("default")
+               for key in ("data_dir", "queue_backend")):
+            return  # chosen on purpose (NUVOM_DATA_DIR, a server's backend): no hint
         from nuvom_kernel.hints import parent_project
 
-        above = parent_project(Path(self.config.root), Path(self.data_dir),
-                               self.config.path is not None)
+        try:  # only a hint: a folder above that cannot be read is none
+            above = parent_project(Path(self.config.root), Path(self.data_dir),
+                                   self.config.path is not None)
+        except OSError:
+            above = None
         if above is not None:
             log.warning("enqueuing into the store of %s (no .nuvom_plugins.toml here), but "
                         "%s, a folder above, holds a Nuvom project: if its workers are to "

@@ -136,9 +136,10 @@ class BackendLookup(PluginFailures):
         typo = did_you_mean(name, set(classes) | set(KNOWN_PROVIDERS), repr)
         if typo and name not in KNOWN_PROVIDERS:  # 'sqllite': no package to install
             raise BackendNotFoundError(
-                f"no installed plugin provides the {what} {name!r}{typo}. Installed: "
+                f"no {'installed' if self._autoload else 'loaded'} plugin provides the "
+                f"{what} {name!r}{typo}. {'Installed' if self._autoload else 'Loaded'}: "
                 f"{installed}. Choose one with {choose}.{self.loading_notes()}")
-        choice = f"an installed one with {choose}"
+        choice = f"an {'installed' if self._autoload else 'loaded'} one with {choose}"
         advice = (f"{install_hint(name)}, or choose {choice}" if self._autoload
                   else f"Choose {choice}")  # autoload off: it may be installed (the note)
         raise BackendNotFoundError(

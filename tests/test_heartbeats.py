@@ -186,7 +186,7 @@ def test_status_shows_the_tasks_stuck_past_their_timeout(project: Path) -> None:
     environ = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
     kernel = Kernel(root=project, environ=environ)
     now = time.time()
-    for wid, stuck in (("host:1:stuck", 4), ("host:2:fine", 0)):
+    for wid, stuck in (("host:1:stuck", 4), ("host:2:fine", 0), ("host:3:odd", "many")):
         kernel.results.heartbeat(WorkerInfo(
             id=wid, host="host", pid=1, pool="thread", slots=2, busy_slots=0, queues=[],
             started_at=now, heartbeat_at=now, version="t", heartbeat_secs=5.0,
@@ -196,3 +196,4 @@ def test_status_shows_the_tasks_stuck_past_their_timeout(project: Path) -> None:
     rows = {line.split()[0]: line for line in done.stdout.splitlines() if "host:" in line}
     assert "0/2 (4 stuck)" in rows["host:1:stuck"], done.stdout
     assert "0/2" in rows["host:2:fine"] and "stuck" not in rows["host:2:fine"]
+    assert "stuck" not in rows["host:3:odd"], "a report it cannot read is left out"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -801,3 +802,38 @@ def test_a_child_whose_worker_stopped_listening_exits_without_a_traceback(projec
         child.kill()
     assert child.returncode == 0
     assert "Traceback" not in err, err
+
+
+def test_a_child_not_ready_in_time_is_killed_not_waited_for_nor_blamed_on_its_import(
+        project: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A child still importing after the start timeout was reaped alive: ``wait4`` held
+    its executor (and the job it had taken) for good, and when the stop killed the child,
+    the module was blamed for killing it and preloaded no more."""
+    import threading
+
+    from nuvom_kernel.worker import processes
+
+    monkeypatch.setattr(processes, "START_TIMEOUT_SECS", 1.0)
+    write_module(project, "hangs_at_import", "import os, time\n"
+                 "from nuvom_kernel.worker import child\n"
+                 "if child.PARENT_PID:\n    time.sleep(60)\n")
+    _in_manifest(project, "hang", "hangs_at_import")
+    kernel = get_kernel()
+    kernel.registry.load_manifest(kernel.data_dir)
+    stop = threading.Event()
+    pool = processes.ProcessPool(kernel, 1, stop)
+    pool.hello = pool._make_hello()
+    taken: list[object] = []
+    taker = threading.Thread(target=lambda: taken.append(pool._take()), daemon=True)
+    with caplog.at_level(logging.ERROR, logger="nuvom.worker"):
+        taker.start()
+        wait_until(lambda: "was not ready 1 s after it started" in caplog.text, timeout=30,
+                   what="the silent child to be given up")
+        stop.set()
+        taker.join(30)
+        assert not taker.is_alive() and taken == [None]
+        pool.stop(force=True)
+    assert "it was importing task module 'hangs_at_import'" in caplog.text
+    assert "died importing" not in caplog.text, "the worker killed it, not its import"
+    assert pool.hello["preload"] == ["hangs_at_import"]

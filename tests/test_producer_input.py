@@ -714,3 +714,8 @@ def test_a_program_run_in_a_projects_subfolder_is_warned_where_its_jobs_go(
                              env=user_env(), capture_output=True, text=True, timeout=60,
                              check=False)
     assert at_home.returncode == 0 and "a folder above" not in at_home.stderr, at_home.stderr
+    chosen = subprocess.run([sys.executable, "enq.py"], cwd=scripts, timeout=60, check=False,
+                            env=user_env(NUVOM_DATA_DIR=str(tmp_path / ".nuvom")),
+                            capture_output=True, text=True)
+    assert chosen.returncode == 0 and "a folder above" not in chosen.stderr, \
+        "a store chosen on purpose (NUVOM_DATA_DIR) is no mistake to warn about"

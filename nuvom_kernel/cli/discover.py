@@ -159,7 +159,8 @@ def _option(task: dict[str, Any], name: str, default: Any) -> Any:
     """An option of a manifest entry as ``list tasks`` shows it: ``"?"`` for one written
     as no literal (``retries=RETRIES``), which only importing the module tells; it showed
     the default (0 retries where 3 run)."""
-    if name in (task.get("unread") or ()):
+    unread = task.get("unread")
+    if isinstance(unread, list) and name in unread:  # (a hand-edited value: ignored)
         return "?"
     return (task.get("options") or {}).get(name, default)
 
@@ -184,7 +185,8 @@ def list_tasks(as_json: bool) -> None:
             "timeout": _option(task, "timeout_secs", None),
             "async": bool(task.get("is_async")),
             "description": task.get("description"),
-            "unread": list(task.get("unread") or ()),  # (--json: options shown as "?")
+            "unread": [n for n in task.get("unread") or () if isinstance(n, str)]
+            if isinstance(task.get("unread"), list) else [],  # (--json: shown as "?")
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -324,7 +324,8 @@ def status(as_json: bool) -> None:
 def _busy(worker: WorkerInfo) -> str:
     """``busy/slots``, and the tasks stuck past their timeout if any: a worker whose slots
     were all held by them read ``0/2``, an idle healthy worker, while it ran nothing."""
-    stuck = int(worker.reports.get("abandoned_threads") or 0)
+    stuck = worker.reports.get("abandoned_threads")
+    stuck = int(stuck) if isinstance(stuck, int | float) and stuck > 0 else 0
     return f"{worker.busy_slots}/{worker.slots}" + (f" ({stuck} stuck)" if stuck else "")
 
 

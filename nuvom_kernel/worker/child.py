@@ -276,19 +276,23 @@ def _unheard(signum: int, frame: Any) -> None:
 
 
 _STOPS = {signal.SIGINT, signal.SIGTERM}
+_FORKING = threading.local()  # the forking thread's signal mask, kept across the fork
 
 
 def _held() -> None:  # (blocked across the fork: one sent at once is kept, not lost)
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    _FORKING.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
 
 
-def _released() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+def _released() -> None:  # the mask the forking thread had, whatever it blocked itself
+    signal.pthread_sigmask(signal.SIG_SETMASK, getattr(_FORKING, "mask", set()))
 
 
 def _heard_again() -> None:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """In a process a task forked: Python's own handling, unless the task set its own."""
+    for signum, default in ((signal.SIGINT, signal.default_int_handler),
+                            (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(signum) is _unheard:
+            signal.signal(signum, default)
     _released()
 
 

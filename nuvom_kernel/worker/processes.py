@@ -169,8 +169,12 @@ class ProcessPool:
                 self._start_failures = 0
                 self._check_memory_limit(child)
                 return child
+            silent = not child.exited()  # alive, not ready in time (an import of minutes)
+            if silent:
+                child.kill()  # reap() would wait for it for good, holding this executor
             exit_code = child.reap("it died while starting").get("exit_code")
-            culprit = child.importing
+            # the module it was importing killed it, unless this worker did (or is stopping)
+            culprit = None if silent or self.stopping.is_set() else child.importing
             with self._lock:
                 self._children.discard(child)
                 first = culprit is not None and culprit in self.hello.get("preload", ())
@@ -187,6 +191,11 @@ class ProcessPool:
                           "%s; its stderr says why): children no longer import it at start, "
                           "so the other tasks' jobs run, and each job of its tasks fails "
                           "when it kills its child", child.pid, culprit, exit_code)
+            elif silent:
+                log.error("a pool child (pid %d) was not ready %g s after it started (an "
+                          "import that hangs?%s): killed; starting another in %.1f s",
+                          child.pid, START_TIMEOUT_SECS, "" if child.importing is None else
+                          f" it was importing task module {child.importing!r}", backoff)
             elif culprit is None:
                 log.error("a pool child (pid %d) died while starting (exit code %s; its "
                           "stderr says why); starting another in %.1f s", child.pid,

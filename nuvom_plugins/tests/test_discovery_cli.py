@@ -122,3 +122,10 @@ def test_list_tasks_shows_an_option_given_as_no_literal_as_unknown(project: Path
     [row] = [r for r in json.loads(out) if r["name"] == "crunch"]
     assert (row["retries"], row["timeout"], row["unread"]) == \
         ("?", "?", ["retries", "timeout_secs"])
+    manifest = project / ".nuvom" / "manifest.json"  # edited by hand: "unread" is no list
+    data = json.loads(manifest.read_text())
+    for task in data["tasks"]:
+        task["unread"] = 5
+    manifest.write_text(json.dumps(data))
+    code, out, err = invoke(project, "list", "tasks")
+    assert code == 0 and "crunch" in out, out + err
