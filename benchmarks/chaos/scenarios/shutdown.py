@@ -33,6 +33,10 @@ def scenario_graceful(base: Path, backend: str, sizes: Sizes) -> Outcome:
             wait_for(lambda v=victim, f=floor: log.refresh().ended >= f
                      and len(log.in_flight(v.pid)) >= 2, 60,
                      f"worker {victim.name} busy past {floor} jobs")
+            # The next victim starts now, while this one drains: a process-pool worker
+            # takes seconds to start its children on a loaded machine, and the worker that
+            # keeps serving had drained every job before the last victim ran one (CI).
+            successor = project.start_worker(4, "--grace-period", str(grace))
             victim.signal(signal.SIGINT)
             running = log.refresh().in_flight(victim.pid)
             t0 = time.monotonic()
@@ -43,7 +47,7 @@ def scenario_graceful(base: Path, backend: str, sizes: Sizes) -> Outcome:
             out.check("finishing running jobs" in victim.output(),
                       "the first SIGINT was not logged as a drain")
             finishing.update(dict.fromkeys(running, victim.pid))
-            victim = project.start_worker(4, "--grace-period", str(grace))
+            victim = successor
         # 30 s < the 60 s visibility timeout: a lease the drain failed to return would
         # leave its job invisible past this deadline.
         project.wait_succeeded(n, 30, f"{n} jobs SUCCEEDED before any lease could expire")
