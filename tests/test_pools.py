@@ -814,7 +814,7 @@ def test_a_child_not_ready_in_time_is_killed_not_waited_for_nor_blamed_on_its_im
 
     from nuvom_kernel.worker import processes
 
-    monkeypatch.setattr(processes, "START_TIMEOUT_SECS", 1.0)
+    monkeypatch.setattr(processes, "START_TIMEOUT_SECS", 3.0)  # (its import: 60 s)
     write_module(project, "hangs_at_import", "import os, time\n"
                  "from nuvom_kernel.worker import child\n"
                  "if child.PARENT_PID:\n    time.sleep(60)\n")
@@ -828,7 +828,7 @@ def test_a_child_not_ready_in_time_is_killed_not_waited_for_nor_blamed_on_its_im
     taker = threading.Thread(target=lambda: taken.append(pool._take()), daemon=True)
     with caplog.at_level(logging.ERROR, logger="nuvom.worker"):
         taker.start()
-        wait_until(lambda: "was not ready 1 s after it started" in caplog.text, timeout=30,
+        wait_until(lambda: "was not ready 3 s after it started" in caplog.text, timeout=30,
                    what="the silent child to be given up")
         stop.set()
         taker.join(30)
@@ -836,4 +836,4 @@ def test_a_child_not_ready_in_time_is_killed_not_waited_for_nor_blamed_on_its_im
         pool.stop(force=True)
     assert "it was importing task module 'hangs_at_import'" in caplog.text
     assert "died importing" not in caplog.text, "the worker killed it, not its import"
-    assert pool.hello["preload"] == ["hangs_at_import"]
+    assert "hangs_at_import" in pool.hello["preload"], "still imported by later children"
