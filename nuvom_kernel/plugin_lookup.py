@@ -134,18 +134,19 @@ class BackendLookup(PluginFailures):
             raise BackendNotFoundError(f"the {what} {name!r} is not available: "
                                        f"{self.failures[name]}.")
         typo = did_you_mean(name, set(classes) | set(KNOWN_PROVIDERS), repr)
+        # autoload off: installed plugins are not loaded, so a missing one may be installed
+        known = "installed" if self._autoload else "loaded"
         if typo and name not in KNOWN_PROVIDERS:  # 'sqllite': no package to install
             raise BackendNotFoundError(
-                f"no {'installed' if self._autoload else 'loaded'} plugin provides the "
-                f"{what} {name!r}{typo}. {'Installed' if self._autoload else 'Loaded'}: "
-                f"{installed}. Choose one with {choose}.{self.loading_notes()}")
-        choice = f"an {'installed' if self._autoload else 'loaded'} one with {choose}"
+                f"no {known} plugin provides the {what} {name!r}{typo}. "
+                f"{known.capitalize()}: {installed}. Choose one with {choose}."
+                f"{self.loading_notes()}")
+        choice = f"an {known} one with {choose}"
         advice = (f"{install_hint(name)}, or choose {choice}" if self._autoload
-                  else f"Choose {choice}")  # autoload off: it may be installed (the note)
+                  else f"Choose {choice}")  # (the note says why it may be installed)
         raise BackendNotFoundError(
-            f"no {'installed' if self._autoload else 'loaded'} plugin provides the {what} "
-            f"{name!r}. {'Installed' if self._autoload else 'Loaded'}: {installed}. "
-            f"{advice}.{self.loading_notes()}")
+            f"no {known} plugin provides the {what} {name!r}. {known.capitalize()}: "
+            f"{installed}. {advice}.{self.loading_notes()}")
 
     def plugin_infos(self) -> list[PluginInfo]:
         """Every plugin, loaded or failed (``failure`` says why), for ``nuvom plugin list``;

@@ -155,14 +155,18 @@ def discover_tasks(root: Path | None, include: tuple[str, ...],
         raise click.exceptions.Exit(1)
 
 
-def _option(task: dict[str, Any], name: str, default: Any) -> Any:
-    """An option of a manifest entry as ``list tasks`` shows it: ``"?"`` for one written
-    as no literal (``retries=RETRIES``), which only importing the module tells; it showed
-    the default (0 retries where 3 run)."""
+def _unread(task: dict[str, Any]) -> list[str]:
+    """The options a manifest entry records as written as no literal (``retries=RETRIES``),
+    which only importing the module tells; a hand-edited value that is no list of names
+    is ignored."""
     unread = task.get("unread")
-    if isinstance(unread, list) and name in unread:  # (a hand-edited value: ignored)
-        return "?"
-    return (task.get("options") or {}).get(name, default)
+    return [n for n in unread if isinstance(n, str)] if isinstance(unread, list) else []
+
+
+def _option(task: dict[str, Any], unread: list[str], name: str, default: Any) -> Any:
+    """An option of a manifest entry as ``list tasks`` shows it: ``"?"`` for an unread one
+    (it showed the default: 0 retries where 3 run)."""
+    return "?" if name in unread else (task.get("options") or {}).get(name, default)
 
 
 @click.command(name="tasks")
@@ -179,14 +183,14 @@ def list_tasks(as_json: bool) -> None:
             f"no manifest at {manifest_path(data_dir)}; run `nuvom discover tasks` first")
     rows = []
     for task in manifest.get("tasks", []):
+        unread = _unread(task)
         rows.append({
             "name": task.get("name"), "module": task.get("module"),
-            "location": _location(task), "retries": _option(task, "retries", 0),
-            "timeout": _option(task, "timeout_secs", None),
+            "location": _location(task), "retries": _option(task, unread, "retries", 0),
+            "timeout": _option(task, unread, "timeout_secs", None),
             "async": bool(task.get("is_async")),
             "description": task.get("description"),
-            "unread": [n for n in task.get("unread") or () if isinstance(n, str)]
-            if isinstance(task.get("unread"), list) else [],  # (--json: shown as "?")
+            "unread": unread,  # (--json: those shown as "?")
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
