@@ -147,7 +147,7 @@ def checked_cursor(after: str, link: str = "the page's 'older »' link",
     head, sep, _ = after.partition("|")
     if not sep:
         why = "it has no '|' between a time and a job id"
-    elif not _NUMBER.fullmatch(head) or not math.isfinite(float(head)):  # 1e999: inf
+    elif _finite(head) is None:  # (1e999 reads as inf: no finite number either)
         why = f"its time {head!r} is not a finite number in digits (such as 1712345678.25)"
     else:
         return
