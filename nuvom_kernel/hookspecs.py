@@ -155,7 +155,12 @@ def nuvom_after_enqueue(job: Job) -> None:
 def nuvom_before_execute(job: Job) -> None:
     """In the worker thread, right before the task function runs.
 
-    Call mode: 1:N observer. ``job.attempts`` is already the number of this attempt.
+    Call mode: 1:N observer. ``job.attempts`` is already the number of this attempt. In
+    the process pool it is called in the worker once a child is ready for the job (the
+    task runs in the child). Each call is followed by ``nuvom_after_execute`` or
+    ``nuvom_on_execute_error`` for the same job, except when a job of a task this worker
+    lacks is handed back during a rolling deploy (``unknown_task_grace_secs``) after a
+    process-pool child found it missing.
 
     :param job: the job about to run.
 

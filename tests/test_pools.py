@@ -258,12 +258,37 @@ def test_a_process_a_task_starts_can_be_terminated(start, project: Path):
     assert stops_what_it_started.delay().get(timeout=60) == [-signal.SIGTERM, -signal.SIGTERM]
 
 
+EXECUTE_HOOKS_PLUGIN = """
+import pathlib
+from nuvom_kernel import hookimpl
+
+def _note(job, what):
+    with open(pathlib.Path.cwd() / "execute-hooks.log", "a") as log:
+        log.write(f"{what} {job.id}\\n")
+
+@hookimpl
+def nuvom_before_execute(job):
+    _note(job, "before")
+
+@hookimpl
+def nuvom_after_execute(job, result):
+    _note(job, "after")
+
+@hookimpl
+def nuvom_on_execute_error(job, error):
+    _note(job, "error")
+"""
+
+
 def test_a_job_stopped_before_any_child_was_ready_goes_back_unrun(start, project: Path):
     """Children that cannot start (here: Python dies starting any ``python -c``, which is
     how a child starts): a job waiting for one was recorded FAILED when the worker stopped,
-    though it never ran (with retries, an attempt spent)."""
+    though it never ran (with retries, an attempt spent). Nor does it begin for observers:
+    ``nuvom_before_execute`` without a closing hook left an OpenTelemetry span open."""
     from pool_tasks import pid
 
+    (project / "execute_hooks.py").write_text(EXECUTE_HOOKS_PLUGIN)
+    (project / ".nuvom_plugins.toml").write_text('[plugins]\nhooks = ["execute_hooks"]\n')
     site = project / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
@@ -277,6 +302,13 @@ def test_a_job_stopped_before_any_child_was_ready_goes_back_unrun(start, project
     [lease] = get_kernel().queue.claim(1)
     assert (lease.id, lease.deliveries) == (job.id, 1), "its give-back took its delivery back"
     assert "given back to its queue" in worker.output()
+    hooks = project / "execute-hooks.log"
+    assert not hooks.exists(), hooks.read_text()
+    get_kernel().queue.release(lease)
+    start("--pool", "process", "--workers", "1")  # children that start: it runs now
+    wait_until(lambda: get_job(job.id).status is JobStatus.SUCCEEDED, timeout=60,
+               what="the job to run once a child could start")
+    assert hooks.read_text() == f"before {job.id}\nafter {job.id}\n"
 
 
 def test_a_task_module_that_kills_its_child_at_import_stops_no_other_task(

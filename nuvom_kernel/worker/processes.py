@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel.envelope import options_to_wire
@@ -218,8 +219,13 @@ class ProcessPool:
                         "NUVOM_MAX_MEMORY_PER_CHILD)", format_size(self.max_memory),
                         format_size(rss), format_size(rss))
 
-    def call(self, running: Running) -> Any:
+    def call(self, running: Running, starting: Callable[[], None]) -> Any:
         """Run the job in this thread's child; its value, or the exception to record.
+
+        ``starting`` (``nuvom_before_execute``) is called once a child is ready for the
+        job: called before, a job given back because the worker stopped while its child
+        started (:class:`NoChildYet`) had begun for observers and never ended (an
+        OpenTelemetry span left open).
 
         A child found gone when the job is sent (killed while idle: the OOM killer, a
         ``kill -9``) never saw the job, so the job is not charged for it: it goes to a
@@ -233,6 +239,7 @@ class ProcessPool:
             child = self._own()
             if tries == 1:
                 _start_clock_now(running)
+                starting()
             request = {"id": job.id, "task": job.task, "module": job.module, "args": args,
                        "kwargs": kwargs, "attempts": job.attempts, "run": job.run,
                        "headers": job.headers, "store_result": job.options.store_result,

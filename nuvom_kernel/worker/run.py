@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel import events
@@ -186,8 +187,8 @@ class JobRunner:
     def _call(self, running: Running) -> Any:
         job = running.job
         if self.processes is not None:  # the child resolves and imports the task
-            events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
-            return self.processes.call(running)
+            return self.processes.call(running, partial(
+                events.emit, self.kernel.pm, "nuvom_before_execute", job=job))
         func = self.resolve(job)
         events.emit(self.kernel.pm, "nuvom_before_execute", job=job)
         if self._is_coroutine(func):
