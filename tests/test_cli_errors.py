@@ -791,7 +791,8 @@ def test_a_disabled_backend_is_reported_disabled_not_missing(
 def test_an_enqueue_with_a_result_backend_no_plugin_provides_is_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``.delay()`` queued the job though no worker could start with that result backend
-    (a worker builds it first); only a ``get()`` said why."""
+    (a worker builds it first); only a ``get()`` said why. A workflow's steps as well."""
+    from nuvom_kernel import chain
     from nuvom_kernel.kernel import use_kernel
 
     write_module(tmp_path, "t_noresults", "from nuvom_kernel import task\n\n\n@task\n"
@@ -802,7 +803,8 @@ def test_an_enqueue_with_a_result_backend_no_plugin_provides_is_refused(
     with use_kernel(kernel):
         from t_noresults import add  # type: ignore[import-not-found]
 
-        for enqueue in (lambda: add.delay(1, 2), lambda: add.map([(1, 2), (3, 4)])):
+        for enqueue in (lambda: add.delay(1, 2), lambda: add.map([(1, 2), (3, 4)]),
+                        lambda: chain(add.s(1, 2), add.s(3)).delay()):
             with pytest.raises(BackendNotFoundError, match="result backend 'postgress'"):
                 enqueue()
         assert kernel.queue.qsize() == 0, "nothing is queued"

@@ -719,3 +719,11 @@ def test_a_program_run_in_a_projects_subfolder_is_warned_where_its_jobs_go(
                             capture_output=True, text=True)
     assert chosen.returncode == 0 and "a folder above" not in chosen.stderr, \
         "a store chosen on purpose (NUVOM_DATA_DIR) is no mistake to warn about"
+    (scripts / "flow.py").write_text(
+        "import pathlib, sys\nsys.path.insert(0, str(pathlib.Path(__file__).parent.parent))"
+        "\nfrom nuvom_kernel import chain\nfrom tasks import add\n"
+        "chain(add.s(1, 2), add.s(3)).delay()\nprint('sent')\n")
+    flow = subprocess.run([sys.executable, "flow.py"], cwd=scripts, env=user_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert flow.returncode == 0 and flow.stdout == "sent\n", flow.stderr
+    assert flow.stderr.count(said) == 1, "a workflow's steps go to that store too"

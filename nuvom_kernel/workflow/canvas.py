@@ -209,6 +209,7 @@ class _Builder:
 
 def submit(kernel: Kernel, canvas: Canvas) -> Workflow:
     """Check the backend, build the graph and store it in one call."""
+    kernel.before_first_enqueue()  # as .delay(): its steps are enqueued now
     queue = kernel.queue
     if not queue.capabilities.workflows:
         raise BackendCapabilityError(
