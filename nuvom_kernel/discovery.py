@@ -226,27 +226,37 @@ def import_roots(manifest: Mapping[str, Any], project: Path) -> list[Path]:
 
 
 def changed_since(data_dir: Path, root: Path) -> list[str]:
-    """The manifest's task files modified after it was written, for a worker to discover
-    again or say at start that it may be stale: a ``schedule=`` added to a task after
-    discovery never fired, and nothing said why. Files are relative to the root the manifest
-    records (:func:`recorded_scan`), else to ``root`` (the project). A file that is gone, a
-    manifest that cannot be read (said elsewhere), or one written from another ``--root``
-    without a record of it yields nothing."""
+    """The manifest's task files modified after it was written, or removed, for a worker
+    to discover again or say at start that it may be stale: a ``schedule=`` added to a
+    task after discovery never fired, and nothing said why. Files are relative to the root
+    the manifest records (:func:`recorded_scan`), else to ``root`` (the project).
+
+    A removed file counts where another file the manifest names is there (the sources
+    are deployed beside it): a deleted task module's schedule kept firing jobs that failed
+    as unknown tasks, and each process-pool child said it could not import it. Where none
+    is there (a manifest shipped without its sources, or written from another ``--root``
+    without a record of it), and for a manifest that cannot be read (said elsewhere),
+    nothing counts."""
     try:
         written = manifest_path(data_dir).stat().st_mtime
         manifest = read_manifest(data_dir)
     except (OSError, ValueError):
         return []
     root = files_root(manifest or {}, root)
-    changed = []
+    changed, gone, present = [], [], False
     for name in sorted({t["file"] for t in (manifest or {}).get("tasks", [])
                         if isinstance(t.get("file"), str)}):
         try:
-            if (root / name).stat().st_mtime > written:
-                changed.append(name)
+            modified = (root / name).stat().st_mtime
+        except FileNotFoundError:
+            gone.append(name)
+            continue
         except OSError:
             continue
-    return changed
+        present = True
+        if modified > written:
+            changed.append(name)
+    return sorted(changed + gone) if present else changed
 
 
 def _manifest_problem(data: Any) -> str | None:

@@ -196,7 +196,7 @@ def test_a_worker_discovers_where_the_manifest_is_missing_or_stale(project, pool
     written = manifest.stat().st_mtime
     os.utime(project / "pp_limited.py", (written + 1, written + 1))
     said = worker_starts_and_stops(project, env, "--pool", pool, "--workers", "1")
-    assert "1 task file(s) changed after " in said and "(pp_limited.py): discovered 1 " \
+    assert "1 task file(s) changed or removed after " in said and "(pp_limited.py): discovered 1 " \
         "task(s)" in said and "concurrency limits: crawl=1" in said, said
     assert options() == {"concurrency": 1}
 
@@ -207,9 +207,10 @@ def test_a_worker_discovers_where_the_manifest_is_missing_or_stale(project, pool
     manifest.write_text(json.dumps(data))
     os.utime(project / "pp_limited.py", (time.time() + 5, time.time() + 5))
     said = worker_starts_and_stops(project, env, "--pool", pool, "--workers", "1")
-    assert ("1 task file(s) changed after " in said and "(pp_limited.py): a schedule=, a "
-            "concurrency= or a task added there is unknown to this worker until `nuvom "
-            "discover tasks` runs again") in said and "discovered" not in said, said
+    assert ("1 task file(s) changed or removed after " in said and "(pp_limited.py): a "
+            "schedule=, a concurrency= or a task added there is unknown to this worker, and "
+            "one removed still known, until `nuvom discover tasks` runs again") in said \
+        and "discovered" not in said, said
 
     # without a discoverer, a worker without a manifest says what it does not know
     manifest.unlink()

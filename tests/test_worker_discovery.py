@@ -96,8 +96,8 @@ def test_a_manifest_discovered_from_another_root_is_rescanned_with_it(project: P
     os.utime(project / "src" / "jobs.py", (written + 1, written + 1))
     env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
     said = worker_starts_and_stops(project, env, "--workers", "1")
-    assert "1 task file(s) changed after " in said and "(jobs.py): discovered 1 task(s) " \
-        f"under {project / 'src'}" in said, said
+    assert "1 task file(s) changed or removed after " in said and "(jobs.py): discovered 1 " \
+        f"task(s) under {project / 'src'}" in said, said
     tasks = json.loads(manifest.read_text())["tasks"]
     assert [(t["name"], t["options"]) for t in tasks] == [("crawl", {"concurrency": 1})]
 
@@ -161,3 +161,33 @@ def test_an_installed_copy_of_a_src_layout_project_comes_first(project: Path, po
     finally:
         out = stop_worker(worker)
     assert worker.returncode == 0, out
+
+
+def test_a_removed_task_file_is_discovered_away_where_the_sources_are(project: Path) -> None:
+    """A deleted task module stayed in the manifest: its schedule kept firing jobs that
+    failed as unknown tasks, and every process-pool child said it could not import it.
+    A manifest shipped without any of its sources is left as it is."""
+    pytest.importorskip("nuvom_plugins")  # the 'ast' discoverer
+    (project / "jobs.py").write_text(
+        "from nuvom_kernel import task\n\n\n@task\ndef crawl(i):\n    return i\n")
+    (project / "reports.py").write_text(
+        "from nuvom_kernel import every, task\n\n\n"
+        "@task(schedule=every(minutes=5))\ndef nightly():\n    return 1\n")
+    done = run_nuvom(["discover", "tasks"], project)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = project / ".nuvom" / "manifest.json"
+    shipped = manifest.read_text()
+    assert sorted(t["name"] for t in json.loads(shipped)["tasks"]) == ["crawl", "nightly"]
+    (project / "reports.py").unlink()
+    env = {"NUVOM_QUEUE_BACKEND": "sqlite", "NUVOM_RESULT_BACKEND": "sqlite"}
+    said = worker_starts_and_stops(project, env, "--pool", "process", "--workers", "1")
+    assert "1 task file(s) changed or removed after " in said and "(reports.py): " \
+        "discovered 1 task(s)" in said, said
+    assert "cannot import" not in said, said
+    assert [t["name"] for t in json.loads(manifest.read_text())["tasks"]] == ["crawl"]
+
+    manifest.write_text(shipped)
+    (project / "jobs.py").unlink()
+    said = worker_starts_and_stops(project, env, "--workers", "1")
+    assert "discovered" not in said and "removed" not in said, said
+    assert manifest.read_text() == shipped

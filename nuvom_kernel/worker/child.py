@@ -340,6 +340,9 @@ def main(argv: list[str]) -> None:
     for module in hello.get("preload", []):
         try:  # said first: if importing it kills this process, the worker knows which
             write_frame(child.replies, {"importing": module})
+        except OSError:  # the worker stopped listening (it stops): nothing to serve, and
+            return  # no module to blame (each child said "cannot import" a sound one)
+        try:
             REGISTRY.import_module(module)
         except BaseException as exc:  # its jobs fail with the import error (a module
             # calling sys.exit() or raising any BaseException at import included); the
