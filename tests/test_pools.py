@@ -311,6 +311,39 @@ def test_a_job_stopped_before_any_child_was_ready_goes_back_unrun(start, project
     assert hooks.read_text() == f"before {job.id}\nafter {job.id}\n"
 
 
+SLOW_START = """
+import os, pathlib, time
+from nuvom_kernel import task
+
+pathlib.Path(f"importing.{os.getpid()}").write_text("")
+time.sleep(3)  # a child imports its task modules for seconds
+
+@task
+def ran_after_stop():
+    pathlib.Path("ran").write_text("")
+"""
+
+
+def test_a_job_whose_child_was_ready_only_after_a_stop_goes_back_unrun(start, project: Path):
+    """The docs: at a stop, leased jobs that have not started go back at once. A job whose
+    executor waited for its child to finish starting was run all the same when the child
+    became ready after the first SIGINT (and killed part-way by a short grace period)."""
+    write_module(project, "slow_start", SLOW_START)
+    from slow_start import ran_after_stop  # (the test's import sleeps too)
+
+    job = ran_after_stop.delay()
+    worker = start("--pool", "process", "--workers", "1")
+    ours = project / f"importing.{os.getpid()}"
+    wait_until(lambda: set(project.glob("importing.*")) - {ours}
+               and get_kernel().queue.qsize() == 0,
+               timeout=30, what="the job claimed while its child starts")
+    assert worker.stop(signal.SIGINT) == 0, worker.output()[-4000:]
+    assert not (project / "ran").exists(), "it ran after the stop"
+    assert get_job(job.id).status is JobStatus.QUEUED, worker.output()[-4000:]
+    [lease] = get_kernel().queue.claim(1)
+    assert (lease.id, lease.deliveries) == (job.id, 1), "its give-back took its delivery back"
+
+
 def test_a_task_module_that_kills_its_child_at_import_stops_no_other_task(
         start, project: Path):
     """Children import every task module at start: one that kills the interpreter when

@@ -268,11 +268,16 @@ class ProcessPool:
         raise self._error(running, reply)
 
     def _own(self) -> Child:
-        """The calling executor's child, taken now if it has none."""
+        """The calling executor's child, taken now if it has none.
+
+        A job that waited for its child to start (seconds of task-module imports) while
+        the worker was told to stop goes back unrun (:class:`NoChildYet`), as a job not
+        yet started does at a stop: it was run when the child became ready, after the
+        first SIGINT, and a short grace period killed it part-way."""
         child: Child | None = getattr(self._local, "child", None)
         if child is None:
             child = self._local.child = self._take()
-            if child is None:
+            if child is None or self.stopping.is_set():
                 raise NoChildYet("the worker stopped before a child process was ready")
         return child
 
