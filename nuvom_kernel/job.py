@@ -203,7 +203,7 @@ class Job(Generic[R]):
                                                stall=stall)
             except TimeoutError:
                 if left is not None and left <= 0:
-                    raise still_waiting(self, timeout) from None
+                    raise still_waiting(self, timeout, kernel) from None
             except EnqueueError as exc:
                 if left is not None and left <= 0:
                     raise
@@ -273,11 +273,44 @@ def _real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def still_waiting(job: Job[Any], timeout: float | None) -> TimeoutError:
+def still_waiting(job: Job[Any], timeout: float | None, kernel: Any) -> TimeoutError:
     """What ``get()`` and ``get_async()`` raise when ``timeout`` passed: the job's state and
-    the usual cause of a job that never starts."""
-    # (the queue too: a worker started with --queue serves only the queues it names)
-    hint = (f"; is a worker running (`nuvom runworker`) on the same backend, serving queue "
-            f"{job.options.queue!r}?" if job.status is JobStatus.QUEUED else "")
+    the usual cause of a job that never starts, named from the live workers' heartbeats.
+
+    Why: a program run from another folder (a web app started by systemd elsewhere)
+    enqueues into that folder's new store, and the message asked "is a worker running?"
+    while one plainly ran, on the project's store. It names the store now, and what its
+    live workers serve."""
+    if job.status is not JobStatus.QUEUED:
+        hint = ""
+    else:
+        hint = queued_hint(job.options.queue, kernel) or (
+            "; is a worker running (`nuvom runworker`) on the same backend, serving queue "
+            f"{job.options.queue!r}?")
     return TimeoutError(f"job {job.id} ({job.task}) is still {job.status} after {timeout} s"
                         f"{hint}")
+
+
+def queued_hint(queue: str, kernel: Any) -> str | None:
+    """Why a QUEUED job may not start, from the store's live workers; ``None`` where the
+    result backend keeps no heartbeats (or cannot be read: a hint is never an error)."""
+    try:
+        if not type(kernel.results).capabilities.heartbeats:
+            return None
+        workers = list(kernel.results.live_workers())
+    except Exception:
+        return None
+    store = kernel.queue.location or f"queue backend {kernel.queue.name!r}"
+    if not workers:
+        return (f"; no live worker runs on this store ({store}): start one with `nuvom "
+                "runworker` where it uses the same store (the same folder and NUVOM_* "
+                "settings: the working directory decides where the store is)")
+    serving = [w for w in workers if not w.queues or queue in w.queues]
+    if not serving:
+        served = sorted({q for w in workers for q in w.queues})
+        return (f"; the live workers on this store ({store}) serve queue(s) "
+                f"{', '.join(served)}, not {queue!r}: start one with `nuvom runworker "
+                f"--queue {queue}`")
+    return (f"; {len(serving)} live worker(s) on this store ({store}) serve queue "
+            f"{queue!r}: busy with other jobs, or this one waits for its delay, a "
+            "concurrency limit or a retry (`nuvom status`, `nuvom inspect job`)")

@@ -395,7 +395,7 @@ class Kernel:
                     "quarantined (`nuvom status` lists those). Check the id and that this "
                     "process uses the same backends and data directory as the producer.")
             if deadline is not None and time.monotonic() >= deadline:
-                raise still_waiting(job, timeout)
+                raise still_waiting(job, timeout, self)
             wait = interval if deadline is None else min(interval, deadline - time.monotonic())
             time.sleep(max(wait, 0.0))
             interval = min(interval * 2, poll_secs)

@@ -105,8 +105,8 @@ def test_bad_arguments_an_unknown_task_and_no_outcome_in_time_are_said_clearly(
     assert late.returncode == 2, late.stderr
     assert "has no outcome after 0.5 s" in late.stderr
     # no worker runs: said (it said only that the job had no outcome)
-    assert "no live worker runs on this store: start one with `nuvom runworker`" \
-        in late.stderr, late.stderr
+    assert f"no live worker runs on this store ({project / '.nuvom' / 'nuvom.db'}): start " \
+        "one with `nuvom runworker`" in late.stderr, late.stderr
     with use_kernel(Kernel(root=project)) as kernel:
         assert kernel.queue.stats().delayed == 1
 

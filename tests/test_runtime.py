@@ -13,12 +13,14 @@ import time
 import uuid
 from pathlib import Path
 
+import attrs
 import pytest
 
 from nuvom_kernel import JobFailedError, JobStatus, Worker, current_job, get_job, hookimpl, task
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import Message
+from nuvom_kernel.views import WorkerInfo
 from tests.helpers import (
     E2E_BACKENDS,
     run_nuvom,
@@ -689,9 +691,27 @@ def test_cancel_of_a_held_or_cancelled_job_says_which(make_kernel, project: Path
             job.get(timeout=0.05)
         assert "is still RUNNING after 0.05 s" in str(waited.value)
         assert "is a worker running" not in str(waited.value)
-        with pytest.raises(TimeoutError, match=r"is a worker running .* serving queue "
-                                                r"'default'"):
-            other.get(timeout=0.05)  # QUEUED: the hint is for it
+        store = project / ".nuvom" / "nuvom.db"
+        with pytest.raises(TimeoutError) as waited:
+            other.get(timeout=0.05)  # QUEUED: the hint is for it, naming the store
+        assert f"is still QUEUED after 0.05 s; no live worker runs on this store ({store}): " \
+            "start one with `nuvom runworker` where it uses the same store" \
+            in str(waited.value)
+        # a live worker on the store (its heartbeat): it asked "is a worker running?"
+        beat = WorkerInfo(id="h:1:a", host="h", pid=1, queues=["emails"],
+                          heartbeat_at=time.time())
+        kernel.results.heartbeat(beat, 60)
+        with pytest.raises(TimeoutError) as waited:
+            other.get(timeout=0.05)
+        assert f"the live workers on this store ({store}) serve queue(s) emails, not " \
+            "'default': start one with `nuvom runworker --queue default`" \
+            in str(waited.value)
+        kernel.results.heartbeat(attrs.evolve(beat, queues=[]), 60)
+        with pytest.raises(TimeoutError) as waited:
+            other.get(timeout=0.05)
+        assert f"1 live worker(s) on this store ({store}) serve queue 'default': busy " \
+            "with other jobs" in str(waited.value)
+        kernel.results.forget_worker(beat.id)
         assert run_nuvom(["cancel", "job", other.id], project, **SQLITE).returncode == 0
         again = run_nuvom(["cancel", "job", other.id], project, **SQLITE)
         assert again.returncode == 1

@@ -20,6 +20,7 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.call_checks import PRIORITY_MAX, PRIORITY_MIN, check_id, check_queue
 from nuvom_kernel.cli.output import Seconds, refuse_in_process
 from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError, UnknownTaskError
+from nuvom_kernel.job import queued_hint
 from nuvom_kernel.models import JobStatus
 
 
@@ -143,12 +144,10 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     try:
         result = job.get(timeout=wait_secs)
     except TimeoutError:
-        # no one to run it, where the result backend knows (it said only "no outcome")
-        idle = job.status is JobStatus.QUEUED and _live_workers(kernel) == []
+        # why, where the result backend knows its live workers (it said only "no outcome")
+        hint = queued_hint(job.queue, kernel) if job.status is JobStatus.QUEUED else None
         click.echo(f"job {job.id} has no outcome after {wait_secs:g} s "
-                   f"(`nuvom inspect job {job.id}` shows it later)"
-                   + ("; no live worker runs on this store: start one with `nuvom runworker`"
-                      if idle else ""), err=True)
+                   f"(`nuvom inspect job {job.id}` shows it later){hint or ''}", err=True)
         raise SystemExit(2) from None
     except (JobFailedError, JobCancelledError) as exc:
         click.echo(str(exc), err=True)  # it names the job (`job <id> failed: ...`)
