@@ -132,6 +132,25 @@ def test_history_offers_only_the_states_a_record_can_be_in(project: Path) -> Non
     assert "'running' is not one of" in done.stderr, done.stderr
 
 
+def test_history_of_queued_jobs_points_to_the_queue(project: Path) -> None:
+    """A job enqueued has no record until it first runs: `--status queued` said "No job
+    records match." while jobs waited, as if the queue were empty."""
+    write_module(project, "t_waits", "from nuvom_kernel import task\n\n\n"
+                 "@task\ndef waits():\n    return 1\n")
+    with use_kernel(Kernel(root=project)) as kernel:
+        from t_waits import waits  # type: ignore[import-not-found]
+
+        job = waits.delay()
+    done = run_nuvom(["history", "recent", "--status", "queued"], project)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "No job records match. A job waiting for its first run has no record yet: `nuvom "
+        "list jobs --state queued` lists the queue."), done.stdout
+    listed = run_nuvom(["list", "jobs", "--state", "queued"], project)
+    assert job.id in listed.stdout, listed.stdout + listed.stderr
+    kernel.close()
+
+
 def test_history_of_a_misspelt_task_says_which_names_are_in_use(project: Path) -> None:
     """`--task` takes a task's registered name exactly; a misspelt one matched nothing,
     silently, as a task that never ran does."""

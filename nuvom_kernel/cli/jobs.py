@@ -133,7 +133,8 @@ def history_group() -> None:
                                              # a running job's record says its last state
                                              if s not in (JobStatus.UNKNOWN, JobStatus.RUNNING)],
                                             case_sensitive=False), default=None,
-              help="Only records in this state (running jobs: `nuvom list jobs`).")
+              help="Only records in this state (running jobs, and queued ones that never "
+                   "ran: `nuvom list jobs`).")
 @click.option("--task", default=None, help="Only jobs of this task name.")
 @click.option("--json", "as_json", is_flag=True)
 def history_recent(limit: int, status: str | None, task: str | None, as_json: bool) -> None:
@@ -144,7 +145,12 @@ def history_recent(limit: int, status: str | None, task: str | None, as_json: bo
         click.echo(json.dumps([r.to_dict() for r in records], indent=2, default=str))
         return
     if not records:
-        click.echo("No job records match." + (_unknown_task(task) if task else ""))
+        # a job enqueued has no record until it first runs (only a retry's or a re-run's
+        # reads QUEUED): "none match" while jobs waited read as an empty queue
+        queued = (" A job waiting for its first run has no record yet: `nuvom list jobs "
+                  "--state queued` lists the queue."
+                  if status and status.upper() == "QUEUED" else "")
+        click.echo("No job records match." + (_unknown_task(task) if task else "") + queued)
         return
     print_table([{"job_id": r.job_id, "task": r.task, "status": r.status.value,
                   "attempts": r.attempts, "duration": _duration(r),
