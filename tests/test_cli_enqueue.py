@@ -203,6 +203,9 @@ def test_a_queue_no_live_worker_serves_is_noted(project: Path) -> None:
         assert unserved.returncode == 0, unserved.stderr
         assert ("note: no live worker serves queue 'mial' (they serve: mail); the job waits "
                 "for one that does (nuvom runworker --queue mial)") in unserved.stderr
+        # the name looks misspelt too (it was taken without a word, with no worker or any)
+        assert ("note: no task of the manifest routes jobs to queue 'mial' and no job waited "
+                "in it (did you mean 'mail'?)") in unserved.stderr, unserved.stderr
     finally:
         out = stop_worker(worker)
     assert worker.returncode == 0, out

@@ -158,10 +158,15 @@ def test_purge_queue_cancels_every_waiting_job_and_leaves_held_ones(backend: str
     assert kernel.queue.ack(lease) is True, "the held job was not touched"
     assert {j.refresh().status for j in kept} == {JobStatus.QUEUED}
     # a misspelt queue: nothing to cancel, said with the queue meant (it said "cancelled 0")
-    typo = run_nuvom(["purge", "queue", "pq-bb", "--yes"], project, **env)
-    assert typo.returncode == 0, typo.stderr
-    assert "note: no task of the manifest routes jobs to queue 'pq-bb' and no job waits in " \
-           "it (did you mean 'pq-b'?)" in typo.stdout, typo.stdout
+    # (and in a dry run, and a list: each said 0 jobs, as of a queue emptied)
+    note = ("note: no task of the manifest routes jobs to queue 'pq-bb' and no job waits in "
+            "it (did you mean 'pq-b'?)")
+    for args in (["purge", "queue", "pq-bb", "--yes"], ["purge", "queue", "pq-bb",
+                                                        "--dry-run"],
+                 ["list", "jobs", "--queue", "pq-bb"]):
+        typo = run_nuvom(args, project, **env)
+        assert typo.returncode == 0, typo.stderr
+        assert note in typo.stdout, (args, typo.stdout)
     kernel.close()
 
 

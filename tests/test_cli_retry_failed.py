@@ -174,6 +174,10 @@ def test_task_and_limit_choose_the_newest_failures_of_one_task(project: Path) ->
     none = run_nuvom(["retry", "failed", "--task", "rf_no_such_task"], project, **env)
     assert none.returncode == 0, none.stderr
     assert "No FAILED jobs of task 'rf_no_such_task': nothing to re-run" in none.stdout
+    typo = run_nuvom(["retry", "failed", "--task", "rf_always_fail"], project, **env)
+    assert typo.returncode == 0, typo.stderr
+    assert "No task named 'rf_always_fail' is in the manifest or the newest records (did " \
+           "you mean 'rf_always_fails'?)" in typo.stdout, typo.stdout
     kernel.close()
 
 

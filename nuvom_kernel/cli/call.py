@@ -18,7 +18,7 @@ import click
 
 from nuvom_kernel import hookimpl
 from nuvom_kernel.call_checks import PRIORITY_MAX, PRIORITY_MIN, check_id, check_queue
-from nuvom_kernel.cli.output import Seconds, refuse_in_process
+from nuvom_kernel.cli.output import Seconds, queue_typo, refuse_in_process
 from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError, UnknownTaskError
 from nuvom_kernel.job import queued_hint
 from nuvom_kernel.models import JobStatus
@@ -111,6 +111,9 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
             "the project folder, then `nuvom list tasks` for the names") from exc
     from nuvom_kernel.kernel import get_job  # as the other job commands: not at import
 
+    # before the push, which makes the queue one a job waits in: `--queue defualt` was
+    # taken without a word while the workers served 'default'
+    typo = queue_typo(kernel, queue) if queue is not None else ""
     try:
         before = None if job_id is None else get_job(job_id).status
         called_at = time.time()
@@ -138,6 +141,9 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
                    + ", so nothing was enqueued")
     else:
         click.echo(f"enqueued job {job.id} ({job.task}) on queue {job.queue!r}")
+        if typo:
+            click.echo(f"note: no task of the manifest routes jobs to queue {job.queue!r} "
+                       f"and no job waited in it{typo}", err=True)
         _say_if_unserved(kernel, job.queue)
     if wait_secs is None:
         return

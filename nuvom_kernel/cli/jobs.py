@@ -23,12 +23,12 @@ from nuvom_kernel.cli.output import (
     printable,
     refuse_in_process,
     stored_id,
+    task_typo,
 )
 from nuvom_kernel.cli.retry_failed import retry_failed
-from nuvom_kernel.discovery import read_manifest
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
-from nuvom_kernel.hints import did_you_mean, parent_project
+from nuvom_kernel.hints import parent_project
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
 from nuvom_kernel.views import WorkerInfo
 
@@ -150,32 +150,14 @@ def history_recent(limit: int, status: str | None, task: str | None, as_json: bo
         queued = (" A job waiting for its first run has no record yet: `nuvom list jobs "
                   "--state queued` lists the queue."
                   if status and status.upper() == "QUEUED" else "")
-        click.echo("No job records match." + (_unknown_task(task) if task else "") + queued)
+        click.echo("No job records match." + (task_typo(_kernel(), task) if task else "")
+                   + queued)
         return
     print_table([{"job_id": r.job_id, "task": r.task, "status": r.status.value,
                   "attempts": r.attempts, "duration": _duration(r),
                   "updated": local_time(r.updated_at), "error": r.error_type}
                  for r in records],
                 ["job_id", "task", "status", "attempts", "duration", "updated", "error"])
-
-
-#: How many of the newest records a hint for ``--task`` reads for the task names in use.
-HINT_RECORDS = 500
-
-
-def _unknown_task(task: str) -> str:
-    """A hint where ``--task`` names no task the manifest or the newest records know: it
-    takes a task's registered name, exactly (a misspelt one matched nothing, silently)."""
-    kernel = _kernel()
-    known = {r.task for r in kernel.results.query(limit=HINT_RECORDS)}
-    try:
-        known.update(t["name"] for t in (read_manifest(kernel.data_dir) or {}).get("tasks", []))
-    except ValueError:
-        pass  # an unusable manifest: the records alone
-    if task in known or not known:
-        return ""
-    return (f" No task named {task!r} is in the manifest or the newest records"
-            f"{did_you_mean(task, known, repr)}; --task takes a task's registered name.")
 
 
 @click.group(name="retry", cls=JobGroup)

@@ -167,3 +167,24 @@ def queue_typo(kernel: Any, name: str) -> str:
     except Exception:  # a hint must never stop the command: the store speaks for itself
         return ""
     return "" if name in known else did_you_mean(name, known, repr)
+
+
+#: How many of the newest records a hint for ``--task`` reads for the task names in use.
+HINT_RECORDS = 500
+
+
+def task_typo(kernel: Any, task: str) -> str:
+    """A hint where ``--task`` names no task the manifest or the newest records know: it
+    takes a task's registered name, exactly (a misspelt one matched nothing, silently)."""
+    from nuvom_kernel.discovery import read_manifest
+    from nuvom_kernel.hints import did_you_mean
+
+    known = {r.task for r in kernel.results.query(limit=HINT_RECORDS)}
+    try:
+        known.update(t["name"] for t in (read_manifest(kernel.data_dir) or {}).get("tasks", []))
+    except ValueError:
+        pass  # an unusable manifest: the records alone
+    if task in known or not known:
+        return ""
+    return (f" No task named {task!r} is in the manifest or the newest records"
+            f"{did_you_mean(task, known, repr)}; --task takes a task's registered name.")

@@ -108,6 +108,7 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
         where = f" in queue(s) {', '.join(map(repr, queues))}" if queues else ""
         click.echo(f"No jobs{where}{' after that cursor' if after else ''} "
                    f"(`nuvom history recent` lists finished ones).")
+        _note_typos(kernel, () if after else queues)
         return
     now = time.time()
     print_table([{"job_id": j.id, "task": j.task, "queue": j.queue, "state": j.state.value,
@@ -121,6 +122,15 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
     if more is not None:  # quoted for the shell: a job id may hold ' or $ or a space
         click.echo(printable(f"more: nuvom list jobs --after {shlex.quote(more)} (with the "
                              "same --queue and --state)"))
+
+
+def _note_typos(kernel: Any, queues: Sequence[str]) -> None:
+    """A note for each of ``queues`` (where none matched a job) that looks misspelt: a
+    queue no task routes to and no job waits in, close to one that is (``defualt``)."""
+    for name in queues:
+        if hint := queue_typo(kernel, name):
+            click.echo(f"note: no task of the manifest routes jobs to queue {name!r} and no "
+                       f"job waits in it{hint}")
 
 
 def _finite(data: dict[str, Any]) -> dict[str, Any]:
@@ -171,6 +181,7 @@ def purge_queue(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
                         ["task", "jobs"])
         click.echo(f"dry run: would cancel {sum(tasks.values())} waiting job(s) of queue(s) "
                    f"{shown}; nothing was changed")
+        _note_typos(kernel, () if tasks else queues)
         return
     if not yes:
         click.confirm(f"Cancel every waiting job of queue(s) {shown} (about "
@@ -185,10 +196,7 @@ def purge_queue(names: tuple[str, ...], dry_run: bool, yes: bool) -> None:
             missed += 1
     running = len(_browse(kernel, queues, [JobStatus.RUNNING], None, PAGE_SIZE))
     click.echo(f"cancelled {cancelled} waiting job(s) of queue(s) {shown}")
-    for name in queues if not cancelled else ():
-        if hint := queue_typo(kernel, name):
-            click.echo(f"note: no task of the manifest routes jobs to queue {name!r} and no "
-                       f"job waits in it{hint}")
+    _note_typos(kernel, () if cancelled else queues)
     if missed:
         click.echo(f"{missed} job(s) were claimed by a worker before they could be "
                    "cancelled: they run")

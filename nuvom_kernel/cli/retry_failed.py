@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 import click
 
-from nuvom_kernel.cli.output import print_table, printable, refuse_in_process
+from nuvom_kernel.cli.output import print_table, printable, refuse_in_process, task_typo
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobRecord, JobStatus
@@ -94,7 +94,7 @@ def retry_failed(task: str | None, limit: int | None, dry_run: bool) -> None:
         tally.chosen.append(record)
         if not dry_run:
             _rerun_one(kernel, record, tally)
-    _report(tally, task, dry_run)
+    _report(kernel, tally, task, dry_run)
     if tally.refused:
         raise SystemExit(1)
 
@@ -112,12 +112,13 @@ def _rerun_one(kernel: Any, record: JobRecord, tally: _Tally) -> None:
         tally.rerun += 1
 
 
-def _report(tally: _Tally, task: str | None, dry_run: bool) -> None:
+def _report(kernel: Any, tally: _Tally, task: str | None, dry_run: bool) -> None:
     of_task = f" of task {task!r}" if task else ""
     if not tally.chosen and not tally.steps:
         hint = (" (task names as `nuvom history recent --status failed` shows them)"
                 if task else "")
-        click.echo(f"No FAILED jobs{of_task}: nothing to re-run{hint}.")
+        click.echo(f"No FAILED jobs{of_task}: nothing to re-run{hint}."
+                   + (task_typo(kernel, task) if task else ""))
         return
     if dry_run:
         if tally.chosen:
