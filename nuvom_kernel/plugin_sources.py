@@ -135,12 +135,15 @@ def import_target(target: str, where: str, root: Path) -> Any:
     module_name, _, attr = target.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        if not missing_module(exc, module_name):  # found: its code failed as it ran
+    except (Exception, SystemExit) as exc:  # sys.exit() at import ended every command
+        # with its status and not a word
+        if isinstance(exc, SystemExit) or not missing_module(exc, module_name):
+            what = (f"called sys.exit({exc.code!r}) while it was imported"
+                    if isinstance(exc, SystemExit) else
+                    f"failed while it was imported: {exc!r}{raised_at(exc)}")
             raise PluginConfigError(
-                f"{where}: target {target!r} failed while it was imported: "
-                f"{exc!r}{raised_at(exc)}. Fix that error in its code (or install what it "
-                "imports)."
+                f"{where}: target {target!r} {what}. Fix that error in its code (or install "
+                "what it imports)."
             ) from exc
         raise PluginConfigError(
             f"{where}: target {target!r} cannot be imported: {exc!r}. Check the module "
@@ -154,7 +157,7 @@ def import_target(target: str, where: str, root: Path) -> Any:
                 f"{part!r}."
             )
         obj = getattr(obj, part)
-    plugin = as_plugin(obj, target)
+    plugin = as_plugin(obj, target, where)
     if plugin is None:
         raise PluginConfigError(
             f"{where}: target {target!r} holds no Nuvom hook implementation. Mark "
@@ -211,7 +214,7 @@ def normalized(distribution: str) -> str:
     return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
-def as_plugin(obj: Any, target: str) -> Any:
+def as_plugin(obj: Any, target: str, where: str) -> Any:
     """What to register for a toml target: a module or object with hookimpls as is, a class
     with hookimpls instantiated, and a bare backend class wrapped in a registration plugin."""
     if inspect.isclass(obj):
@@ -229,10 +232,14 @@ def as_plugin(obj: Any, target: str) -> Any:
         if has_hookimpls(obj):
             try:
                 return obj()
-            except TypeError as exc:
+            except Exception as exc:  # its __init__'s own error too (a bare traceback)
+                at = raised_at(exc)
                 raise PluginConfigError(
-                    f"target {target!r} is a class that cannot be built without arguments: "
-                    f"{exc}"
+                    f"{where}: target {target!r} is a class "
+                    + (f"that cannot be built without arguments: {exc}"
+                       if isinstance(exc, TypeError) and not at else
+                       f"whose __init__ raised {exc!r}{at}")
+                    + ". Fix its __init__, or point at a module or an instance."
                 ) from exc
         return None
     return obj if has_hookimpls(obj) else None

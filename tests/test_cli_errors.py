@@ -974,6 +974,38 @@ def test_a_disabled_toml_target_is_not_imported(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def test_a_toml_target_that_exits_or_cannot_be_built_is_named(tmp_path: Path) -> None:
+    """A target module calling ``sys.exit(3)`` at import ended every command with status 3
+    and not a word; a plugin class whose ``__init__`` raised printed a bare traceback that
+    named neither the plugin nor the toml key (only a TypeError was caught)."""
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "breaks_in_init.py").write_text(
+        "from nuvom_kernel import hookimpl\n\n\nclass Hooks:\n    def __init__(self):\n"
+        "        raise RuntimeError('boom in init')\n\n    @hookimpl\n"
+        "    def nuvom_after_enqueue(self, job):\n        pass\n")
+    toml = tmp_path / ".nuvom_plugins.toml"
+    for target, said in (
+            ("exits_at_import", "target 'exits_at_import' called sys.exit(3) while it was "
+                                "imported. Fix that error in its code"),
+            ("breaks_in_init:Hooks", "target 'breaks_in_init:Hooks' is a class whose "
+             "__init__ raised RuntimeError('boom in init') (raised at "
+             f"{tmp_path / 'breaks_in_init.py'}:6). Fix its __init__")):
+        toml.write_text(f'[plugins]\nhooks = ["{target}"]\n')
+        for command in (["status"], ["plugin", "test", target]):
+            done = run_nuvom(command, tmp_path, **MEMORY)
+            assert done.returncode == 2, (command, done.returncode, done.stderr)
+            assert f"{toml} [plugins] hooks: {said}" in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr, done.stderr
+    toml.unlink()  # `nuvom plugin test` of a target the project does not load
+    done = run_nuvom(["plugin", "test", "breaks_in_init:Hooks"], tmp_path, **MEMORY)
+    assert done.returncode == 1 and "Traceback" not in done.stdout + done.stderr, done
+    assert "plugin class built  FAIL    building it without arguments raised " \
+           "RuntimeError('boom in init')" in done.stdout, done.stdout
+    done = run_nuvom(["plugin", "test", "exits_at_import"], tmp_path, **MEMORY)
+    assert done.returncode == 2, done.stderr
+    assert "cannot import 'exits_at_import': SystemExit(3)" in done.stderr, done.stderr
+
+
 # --- duplicate tasks in discovery (fault 9) -------------------------------------------------
 
 TASK_A = "from nuvom_kernel import task\n\n\n@task\ndef a():\n    pass\n"

@@ -199,7 +199,7 @@ def _from_target(target: str, config: Config) -> tuple[list[Target], list[Check]
         obj: Any = importlib.import_module(module_name)
         for part in filter(None, attr.split(".")):
             obj = getattr(obj, part)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import: said, not obeyed
         raise TargetError(f"cannot import {target!r}: {exc!r}. Check the module path and run "
                           "from the directory that holds it.") from exc
     if inspect.isclass(obj):
@@ -213,8 +213,15 @@ def _from_target(target: str, config: Config) -> tuple[list[Target], list[Check]
     # A plugin object: validate it in a manager of its own, as the kernel would load it.
     pm = NuvomPluginManager()
     checks = [_check_hook_names(target, obj)]
+    if inspect.isclass(obj):  # built as the kernel builds it: its __init__ may raise
+        try:
+            obj = obj()
+        except Exception as exc:
+            checks.append(Check(target, "plugin class built", False,
+                                f"building it without arguments raised {exc!r}"))
+            return [], checks
     try:
-        pm.register(obj() if inspect.isclass(obj) else obj, name=target)
+        pm.register(obj, name=target)
         pm.check_pending()
     except (ValueError, TypeError, pluggy.PluginValidationError) as exc:
         checks.append(Check(target, "pluggy validation", False, str(exc)))
