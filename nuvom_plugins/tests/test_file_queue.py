@@ -226,6 +226,25 @@ def test_corrupt_entries_are_quarantined_not_dropped(queue: FileJobQueue,
     assert "quarantined" in caplog.text
 
 
+def test_a_directory_in_place_of_a_message_is_quarantined(queue: FileJobQueue) -> None:
+    """A directory where a message file was (made by hand): its ``IsADirectoryError``
+    escaped each claim that reached it, after the rename had leased it, so it was
+    recovered and claimed again for good, and every browse of the queue failed."""
+    queue.enqueue_many([msg("good"), msg("made-a-dir"), msg("later", available_at=1e12)])
+    for kind, job_id in (("ready", "made-a-dir"), ("delayed", "later")):
+        [victim] = [n for n in os.listdir(queue.path / kind) if job_id in n]
+        (queue.path / kind / victim).unlink()
+        (queue.path / kind / victim).mkdir()
+    assert [job.id for job in queue.browse()] == ["good"]
+    assert queue.peek("made-a-dir") is None
+    assert [lease.id for lease in queue.claim(10)] == ["good"]
+    [line] = queue.stats().quarantined
+    assert "made-a-dir" in line and line.endswith(": a directory, not a message file")
+    assert queue.claim(10) == []
+    [held] = os.listdir(queue.path / "leased")
+    assert ".good." in held, "nothing left leased but the good job"
+
+
 def test_peek_reads_a_corrupt_file_as_absent_and_keeps_it(queue: FileJobQueue) -> None:
     """``peek`` never hands out a file that does not decode, nor moves it: the next claim
     quarantines it, saying why."""

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob, parse_cursor
-from nuvom_plugins.file._fs import CorruptEntry, decode_message, encode_name, read_header
+from nuvom_plugins.file._fs import CorruptEntry, encode_name, read_header, read_message
 from nuvom_plugins.file._layout import Layout
 from nuvom_plugins.file._names import US, Name, listdir, parse, us
 
@@ -159,6 +159,6 @@ def _legacy_task(path: Path) -> str | None:
     """A header written before ``task`` existed: the task its body names, as a claim reads
     it (only such old files pay for the body); ``None`` if gone or damaged."""
     try:
-        return decode_message(path.read_bytes()).task
+        return read_message(path).task
     except (FileNotFoundError, CorruptEntry):
         return None

@@ -34,6 +34,7 @@ __all__ = [
     "open_lock",
     "probe_writable",
     "read_header",
+    "read_message",
     "read_queue_name",
     "write_new_file",
 ]
@@ -108,7 +109,7 @@ def read_header(path: Path) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as f:
             line = f.readline(_MAX_HEADER)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         return None
     if not line.startswith(_MAGIC) or not line.endswith(b"\n"):
         return None
@@ -148,6 +149,18 @@ def encode_message(message: Message) -> bytes:
     }
     return _MAGIC + json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + \
         message.body
+
+
+def read_message(path: Path) -> Message:
+    """:func:`decode_message` of the file at ``path``. Something else in its place (a
+    directory made by hand) is a :class:`CorruptEntry` to quarantine: its
+    ``IsADirectoryError`` escaped every claim that reached it, which left it leased, then
+    recovered and claimed again for good, and it stopped `nuvom list jobs`."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError as exc:
+        raise CorruptEntry("a directory, not a message file") from exc
+    return decode_message(data)
 
 
 def decode_message(data: bytes) -> Message:

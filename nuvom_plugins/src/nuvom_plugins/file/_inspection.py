@@ -27,10 +27,10 @@ from nuvom_kernel.views import QueuedJob
 from nuvom_plugins.file import _browse
 from nuvom_plugins.file._fs import (
     CorruptEntry,
-    decode_message,
     decode_name,
     encode_name,
     hashed,
+    read_message,
     read_queue_name,
 )
 from nuvom_plugins.file._leases import LeaseOperations
@@ -171,7 +171,7 @@ class QueueInspection(LeaseOperations):
             for kind, name in places:
                 parsed = parse(name, kind)
                 try:
-                    message = decode_message((self._dirs[kind] / name).read_bytes())
+                    message = read_message(self._dirs[kind] / name)
                 except FileNotFoundError:
                     continue
                 except CorruptEntry:
@@ -304,7 +304,7 @@ class QueueInspection(LeaseOperations):
             if best is not None and created >= best:
                 break
             try:
-                available = decode_message((self._dirs[kind] / name).read_bytes()).available_at
+                available = read_message(self._dirs[kind] / name).available_at
             except FileNotFoundError:
                 continue  # claimed, acked or moved since the listing: not waiting here
             except CorruptEntry:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from nuvom_plugins.file._fs import CorruptEntry, decode_message, encode_name
+from nuvom_plugins.file._fs import CorruptEntry, encode_name, read_message
 from nuvom_plugins.file._names import listdir, parse, us
 
 __all__ = ["Slots"]
@@ -38,7 +38,7 @@ class Slots:
         task = self._tasks.get(path.name)
         if task is None:
             try:
-                task = decode_message(path.read_bytes()).task
+                task = read_message(path).task
             except (OSError, CorruptEntry):
                 return None  # gone (claimed elsewhere) or corrupt: the plain claim copes
             if len(self._tasks) > 100_000:

@@ -101,9 +101,9 @@ from nuvom_kernel.models import Lease, Message
 from nuvom_kernel.workflow.graph import GraphTxn, Node
 from nuvom_plugins.file._fs import (
     CorruptEntry,
-    decode_message,
     decode_name,
     encode_name,
+    read_message,
 )
 from nuvom_plugins.file._inspection import QueueInspection
 from nuvom_plugins.file._layout import Layout
@@ -329,7 +329,7 @@ class FileJobQueue(QueueInspection):
     def _open_lease(self, target: Path, parsed: Name, token: str,
                     expires_at: float) -> Lease | None:
         try:
-            message = decode_message(target.read_bytes())
+            message = read_message(target)
             if encode_name(message.id) != parsed.id or \
                     encode_name(message.queue) != parsed.queue:
                 raise CorruptEntry("file name does not match its header (renamed by hand?)")
