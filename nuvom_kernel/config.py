@@ -82,6 +82,13 @@ TABLES: dict[str, str] = {
     "plugins": "plugin targets, disable, and [plugins.<name>] per-plugin settings",
 }
 
+#: The most jobs one worker runs at once, and leases in one claim or ahead of its free
+#: slots: far above any host's useful concurrency, and below what makes a typo (a digit too
+#: many) start threads until the host refuses them.
+MAX_WORKERS = 10_000
+MAX_BATCH_SIZE = 10_000
+MAX_PREFETCH = 100_000
+
 #: Plugin names never to load (adds to ``[plugins] disable``); read by the plugin manager.
 DISABLE_VAR = "NUVOM_DISABLE_PLUGINS"
 #: When set (non-empty), installed distributions' entry points are not loaded.
@@ -115,11 +122,11 @@ class Settings:
                                   "Name of the queue backend plugin to use.")
     result_backend: str = _setting("sqlite", "NUVOM_RESULT_BACKEND", values.backend_name,
                                    "Name of the result backend plugin to use.")
-    max_workers: int = _setting(4, "NUVOM_MAX_WORKERS", values.whole(1),
+    max_workers: int = _setting(4, "NUVOM_MAX_WORKERS", values.whole(1, maximum=MAX_WORKERS),
                                 "Worker threads in `nuvom runworker`.")
-    batch_size: int = _setting(32, "NUVOM_BATCH_SIZE", values.whole(1),
+    batch_size: int = _setting(32, "NUVOM_BATCH_SIZE", values.whole(1, maximum=MAX_BATCH_SIZE),
                                "Most jobs leased in one `pop_batch`.")
-    prefetch: int = _setting(64, "NUVOM_PREFETCH", values.whole(0),
+    prefetch: int = _setting(64, "NUVOM_PREFETCH", values.whole(0, maximum=MAX_PREFETCH),
                              "Most jobs a worker claims ahead of its free threads, while jobs "
                              "are short (0: claim only for free threads).")
     job_timeout_secs: float | None = _setting(

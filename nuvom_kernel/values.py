@@ -122,9 +122,13 @@ def converter(hint: Any) -> Callable[[Any], Any] | None:
 
 # --- the core settings' converters (:class:`nuvom_kernel.config.Settings`) ---------------
 
-def whole(minimum: int, *, none_ok: bool = False) -> Callable[[Any], int | None]:
-    """A whole number ``>= minimum`` (or empty, for the default, with ``none_ok``)."""
-    accepted = f"must be a whole number >= {minimum} (e.g. 4)"
+def whole(minimum: int, *, maximum: int | None = None,
+          none_ok: bool = False) -> Callable[[Any], int | None]:
+    """A whole number ``>= minimum`` and ``<= maximum`` (or empty, for the default, with
+    ``none_ok``). Why a maximum: ``NUVOM_MAX_WORKERS=99999999999999999999`` started
+    threads until the host refused, logging an error for each, and no signal stopped it."""
+    accepted = (f"must be a whole number >= {minimum} (e.g. 4)" if maximum is None else
+                f"must be a whole number from {minimum} to {maximum} (e.g. 4)")
     accepted += ", or empty for the default" if none_ok else ""
 
     def parse(value: Any) -> int | None:
@@ -134,7 +138,7 @@ def whole(minimum: int, *, none_ok: bool = False) -> Callable[[Any], int | None]
             number = to_int(value)
         except ValueError:
             raise ValueError(accepted) from None
-        if number < minimum:
+        if number < minimum or (maximum is not None and number > maximum):
             raise ValueError(accepted)
         return number
 

@@ -38,8 +38,13 @@ def test_file_then_env_precedence_and_provenance(tmp_path: Path):
 
 @pytest.mark.parametrize(("var", "value", "expected"), [
     ("NUVOM_MAX_WORKERS", "abc", "NUVOM_MAX_WORKERS='abc' is invalid: max_workers must be a "
-                                 "whole number >= 1"),
+                                 "whole number from 1 to 10000"),
+    # a digit too many started threads until the host refused, an error logged for each
+    ("NUVOM_MAX_WORKERS", "99999999999999999999", "max_workers must be a whole number from "
+                                                  "1 to 10000"),
     ("NUVOM_BATCH_SIZE", "0", "NUVOM_BATCH_SIZE='0'"),
+    ("NUVOM_BATCH_SIZE", "100000000", "batch_size must be a whole number from 1 to 10000"),
+    ("NUVOM_PREFETCH", "100001", "prefetch must be a whole number from 0 to 100000"),
     ("NUVOM_JOB_TIMEOUT_SECS", "soon", "number of seconds"),
     ("NUVOM_RETRY_DELAY_SECS", "-1", "number of seconds >= 0"),
     ("NUVOM_VISIBILITY_TIMEOUT_SECS", "0", "number of seconds > 0"),

@@ -15,7 +15,7 @@ import click
 from nuvom_kernel import hookimpl
 from nuvom_kernel.call_checks import check_queue
 from nuvom_kernel.cli.output import Seconds, print_table, queue_typo
-from nuvom_kernel.config import Settings
+from nuvom_kernel.config import MAX_BATCH_SIZE, MAX_WORKERS, Settings
 from nuvom_kernel.values import parse_size
 
 log = logging.getLogger("nuvom.worker")
@@ -131,12 +131,13 @@ class _Size(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.
 
 
 @click.command()
-@click.option("--workers", "-w", type=click.IntRange(min=1), default=None,
+@click.option("--workers", "-w", type=click.IntRange(min=1, max=MAX_WORKERS), default=None,
               help="Jobs at once: threads, children or asyncio tasks (NUVOM_MAX_WORKERS).")
 @click.option("--queue", "-q", "queues", multiple=True,
               help="Serve only this named queue (repeatable, or comma-separated: "
                    "--queue a,b; default: all).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+@click.option("--batch-size", type=click.IntRange(min=1, max=MAX_BATCH_SIZE),
+              default=None,
               help="Most jobs leased at once (default: NUVOM_BATCH_SIZE).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR",
                                                 "CRITICAL"], case_sensitive=False),

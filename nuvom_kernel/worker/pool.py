@@ -201,8 +201,9 @@ class Worker(Dispatcher, Timeouts):
             with self._cv:
                 self.slots.free = self.workers
         else:
-            for _ in range(self.workers):
-                self._spawn_executor()
+            for started in range(self.workers):
+                if not self._spawn_executor(self.workers - started):
+                    break
         dispatcher = threading.Thread(target=self._dispatch_loop, name="nuvom-dispatcher",
                                       daemon=True)
         dispatcher.start()
@@ -392,17 +393,25 @@ class Worker(Dispatcher, Timeouts):
 
     # --- executors ----------------------------------------------------------------------
 
-    def _spawn_executor(self) -> None:
+    def _spawn_executor(self, left: int = 1) -> bool:
+        """Start an executor thread; ``False`` if the host refused it. ``left``: the
+        threads still to start (at start, all of them are owed then, and said once: a
+        worker of more threads than the host allows logged one error per thread)."""
         thread = threading.Thread(target=self._executor_loop, name="nuvom-executor",
                                   daemon=True)
         try:
             thread.start()
-        except RuntimeError as exc:  # "can't start new thread": keep the slot owed
+        except RuntimeError as exc:  # "can't start new thread": keep the slots owed
             with self._cv:
-                self._owed += 1
-            log.error("could not start an executor thread (%s); running with one fewer "
-                      "until an abandoned thread returns", exc)
-            return
+                self._owed += left
+            if left > 1:
+                log.error("could start only %d of %d executor threads (%s): running with "
+                          "%d; lower --workers (NUVOM_MAX_WORKERS) to what this host allows",
+                          self.workers - left, self.workers, exc, self.workers - left)
+            else:
+                log.error("could not start an executor thread (%s); running with one fewer "
+                          "until an abandoned thread returns", exc)
+            return False
         # Without the ended ones: a thread given up in a timed-out job ends when its task
         # returns, and a timeout-heavy worker kept each Thread (~2 KB) for good (+13-16 MB
         # an hour in a soak with 1.5 timeouts a second). A new list, not an edit in place:
@@ -410,6 +419,7 @@ class Worker(Dispatcher, Timeouts):
         with self._cv:
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         self.slots.freed()
+        return True
 
     def _executor_loop(self) -> None:
         in_a_pool()

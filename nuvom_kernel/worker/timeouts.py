@@ -51,7 +51,7 @@ class Timeouts:
     #: return (see _settle_timed_out); a stop settles what is left
     _timed_out: dict[Running, JobTimeoutError]
     _timed_out_lock: threading.Lock
-    _spawn_executor: Callable[[], None]
+    _spawn_executor: Callable[[], bool]
 
     def _time_out(self, running: Running) -> None:
         """Called by the monitor for a job past its deadline: abandon its thread, keep the
