@@ -224,10 +224,19 @@ class JobRecord:
         if "task" not in values and "func_name" in data:  # stored before the field's rename
             values["task"] = data["func_name"]
         values["status"] = JobStatus(values["status"])
+        for name in _RECORD_TIMES:  # a hand-edited row ('yesterday') failed every reader
+            value = values.get(name)  # later, with a TypeError, in arithmetic
+            if value is not None and (type(value) is bool or not isinstance(value, int | float)):
+                raise ValueError(f"{name} is {value!r}, not a time (epoch seconds)")
+        for name in _RECORD_COUNTS:
+            if name in values and type(values[name]) is not int:
+                raise ValueError(f"{name} is {values[name]!r}, not a whole number")
         return cls(**values)
 
 
 _RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in attrs.fields(JobRecord))
+_RECORD_TIMES = ("created_at", "started_at", "finished_at", "updated_at")
+_RECORD_COUNTS = ("attempts", "max_retries", "run")
 
 
 def supersedes(new: JobRecord, old: JobRecord | None) -> bool:

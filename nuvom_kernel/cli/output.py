@@ -98,7 +98,7 @@ def local_time(epoch: float | None) -> str | None:
         return None
     try:
         return dt.datetime.fromtimestamp(epoch).isoformat(sep=" ", timespec="seconds")
-    except (OverflowError, ValueError, OSError):
+    except (OverflowError, ValueError, OSError, TypeError):  # (a string, hand-written)
         return repr(epoch)
 
 

@@ -147,6 +147,20 @@ def test_unreadable_row_is_skipped_in_lists_and_named_on_get(
     assert [r.job_id for r in results.query()] == ["good"]
     with pytest.raises(SerializationError, match="job bad: stored args"):
         results.get("bad")
+    # columns of the wrong type, written by hand: every reader failed later with a
+    # TypeError (`nuvom inspect job`, `history recent` subtracting started_at)
+    for column, value, said in (("started_at", "'yesterday'", "started_at is 'yesterday', "
+                                 "not a time"), ("attempts", "'two'", "attempts is 'two', "
+                                                 "not a whole number")):
+        results.put(record("odd"))
+        conn.execute(f"UPDATE nuvom_results SET {column} = {value} WHERE job_id = 'odd'")
+        conn.commit()
+        assert [r.job_id for r in results.query()] == ["good"]
+        with pytest.raises(SerializationError, match=f"job odd: stored record is invalid "
+                                                     f"\\({said}"):
+            results.get("odd")
+        conn.execute("DELETE FROM nuvom_results WHERE job_id = 'odd'")
+        conn.commit()
 
 
 def test_from_settings_shares_the_queue_file(tmp_path: Path) -> None:
