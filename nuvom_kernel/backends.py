@@ -117,7 +117,8 @@ class QueueBackend(Backend, WorkflowStore):
     :meth:`release`, :meth:`extend`, :meth:`peek_state`, :meth:`qsize`, :meth:`clear`.
     Optional (the kernel works without them, more slowly or with a feature refused):
     :meth:`ack_many`, :meth:`extend_many`, :meth:`settle_many`, :meth:`cancel`,
-    :meth:`peek`, :meth:`browse`, :meth:`stats`, :meth:`wait_for_messages`. A backend that
+    :meth:`peek`, :meth:`browse`, :meth:`stats`, :meth:`copy_to_quarantine`,
+    :meth:`wait_for_messages`. A backend that
     cannot block on new work gets adaptive polling from :meth:`wait_for_messages` for free;
     one that can (a condition, BLPOP, LISTEN) overrides it and declares
     ``blocking_dequeue``. One that stores workflow graphs overrides the calls of
@@ -261,6 +262,18 @@ class QueueBackend(Backend, WorkflowStore):
         A message under a live lease is not touched: its worker decides its outcome. Atomic
         against a claim; after it, the expired lease's ``ack`` and ``extend`` are refused."""
         raise NotImplementedError(f"queue backend {self.name!r} cannot cancel jobs")
+
+    def copy_to_quarantine(self, lease: Lease, reason: str) -> bool:
+        """Keep a copy of the leased message as stored (its body byte for byte) in this
+        backend's quarantine, listed by :meth:`stats` in ``quarantined`` with ``reason``;
+        ``True`` if copied, ``False`` (and no change) if ``lease.token`` no longer holds it.
+        The lease and the message are left as they are.
+
+        Optional. The kernel calls it for a message whose body it cannot decode (written by
+        hand or by another tool), before it records the job FAILED and acks it as any
+        failure: without it the record says why, but the bytes are gone with the ack.
+        """
+        raise NotImplementedError(f"queue backend {self.name!r} keeps no quarantine")
 
     def peek(self, job_id: str) -> Message | None:
         """The message ``job_id`` as stored now (waiting, delayed or leased), without claiming

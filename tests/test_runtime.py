@@ -6,6 +6,7 @@ import datetime as dt
 import decimal
 import inspect
 import logging
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -370,6 +371,20 @@ def test_bad_payload_unknown_task_and_import_error_fail_only_that_job(
         wait_until(lambda j=job_id: get_job(j).status is JobStatus.FAILED, what=job_id)
     assert "not valid JSON" in (get_job("garbage1").error or "")
     assert "malformed envelope" in (get_job("garbage2").error or "")
+    # the bytes as stored are kept aside, not dropped with the failure's ack (where the
+    # queue backend keeps a quarantine: not PostgreSQL's)
+    kept = "the message as stored is kept in the queue backend's quarantine"
+    quarantined = kernel.queue.stats().quarantined
+    if kernel.queue.name == "postgres":
+        assert kept not in (get_job("garbage1").error or "") and quarantined == []
+    else:
+        for job_id in ("garbage1", "garbage2"):
+            assert kept in (get_job(job_id).error or ""), get_job(job_id).error
+            assert [line for line in quarantined if job_id in line], quarantined
+    if kernel.queue.name == "sqlite":
+        [(body,)] = sqlite3.connect(kernel.data_dir / "nuvom.db").execute(
+            "SELECT body FROM nuvom_quarantine WHERE id = 'garbage1'").fetchall()
+        assert body == b"\x80not json"
     unknown = get_job(env.id)
     assert unknown.error_type.endswith("UnknownTaskError")
     assert "no_such_task" in unknown.error and "nuvom discover tasks" in unknown.error

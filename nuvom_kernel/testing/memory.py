@@ -91,6 +91,8 @@ class MemoryJobQueue(QueueBackend):
         self._delayed: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
         self._leased: dict[str, _Entry] = {}
+        #: copies of messages whose bodies did not decode, with why (copy_to_quarantine)
+        self._quarantine: list[tuple[Message, str]] = []
 
     @property
     def location(self) -> str | None:
@@ -381,6 +383,14 @@ class MemoryJobQueue(QueueBackend):
             self._delete(job_id)
             return True
 
+    def copy_to_quarantine(self, lease: Lease, reason: str) -> bool:
+        with self._lock:
+            entry = self._held(lease)
+            if entry is None:
+                return False
+            self._quarantine.append((entry.message, reason))
+            return True
+
     def stats(self) -> QueueStats:
         """Counts per queue; a ready message's age runs from when it became due,
         ``max(created_at, available_at)`` (its enqueue, or the end of its delay or retry
@@ -400,4 +410,6 @@ class MemoryJobQueue(QueueBackend):
                     # max(0, ...): a due time ahead of this clock is no wait yet
                     age = max(0.0, now - max(msg.created_at, msg.available_at))
                     counts.oldest_ready_age_secs = max(counts.oldest_ready_age_secs or 0.0, age)
+            stats.quarantined = [f"job {msg.id!r} (queue {msg.queue!r}): {why}"
+                                 for msg, why in self._quarantine]
         return stats

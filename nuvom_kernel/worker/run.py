@@ -133,7 +133,7 @@ class JobRunner:
             self._leave_for_newer(lease, exc)
             return None
         except SerializationError as exc:
-            self.settler.submit(self.settler.without_envelope(lease, exc, "undecodable"))
+            self._undecodable(lease, exc)
             return None
         job.attempts = lease.deliveries
         job.failures = max(message.failures, envelope.legacy_failures)
@@ -319,6 +319,30 @@ class JobRunner:
         running.decide()
         self.settler.submit(self.settler.failure(running, exc, "", kind="expired"))
         log.info("job=%s: %s", job.id, exc)
+
+    def _undecodable(self, lease: Lease, exc: SerializationError) -> None:
+        """Fail a job whose message does not decode, its stored bytes first copied to the
+        queue backend's quarantine where it keeps one (``nuvom status`` lists it). Why: the
+        failure's ack deleted the only copy of what was stored (a body edited by hand or
+        written by another tool), where a damaged entry is to be quarantined, not dropped.
+        A copy the store fails to make leaves the lease to expire: the next delivery tries
+        again (and the delivery limit ends it, as a job that never settles)."""
+        queue = self.settler.queue
+        try:
+            copied = queue.copy_to_quarantine(lease, f"its body cannot be decoded: {exc}")
+        except NotImplementedError:  # optional: the record alone says why
+            copied = None
+        except Exception as failed:
+            log.error("job=%s: its message does not decode (%s), and queue backend %r failed "
+                      "to copy it to quarantine (%r); its lease will expire and the copy be "
+                      "tried again", lease.id, exc, queue.name, failed)
+            return
+        if copied is False:  # the lease was lost: its new holder decides
+            return
+        error = exc if copied is None else SerializationError(
+            f"{exc}; the message as stored is kept in the queue backend's quarantine "
+            "(`nuvom status` lists it)")
+        self.settler.submit(self.settler.without_envelope(lease, error, "undecodable"))
 
     def _leave_for_newer(self, lease: Lease, exc: EnvelopeVersionError) -> None:
         """Put back, for :data:`NEWER_RELEASE_SECS`, a job a newer release enqueued.

@@ -1,6 +1,7 @@
 """Queue contract tests of taking messages out other than by an ack: ``clear`` (an
-operator's purge, leased messages included) and ``cancel`` (one waiting job, never one a
-worker holds)."""
+operator's purge, leased messages included), ``cancel`` (one waiting job, never one a
+worker holds), and the copy kept aside of a message whose body does not decode
+(``copy_to_quarantine``)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,24 @@ class QueueRemovalTests(QueueContractBase):
         current = self._claim_one(queue_backend)
         assert queue_backend.cancel(again.id) is False, "a lease not expired is its worker's"
         assert queue_backend.ack(current) is True
+
+    def test_copy_to_quarantine_keeps_the_message_past_its_ack(self, queue_backend: QueueBackend
+                                                               ) -> None:
+        """A body the kernel cannot decode (edited by hand) is copied aside before its job
+        is recorded FAILED and acked: without the copy, the ack lost its bytes for good."""
+        message = make_message(body=b"\xff not an envelope \x00")
+        queue_backend.enqueue(message)
+        lease = self._claim_one(queue_backend)
+        try:
+            copied = queue_backend.copy_to_quarantine(lease, "its body is not an envelope")
+        except NotImplementedError:
+            pytest.skip("copy_to_quarantine is not implemented (optional)")
+        assert copied is True, "a held lease's message is copied"
+        [line] = queue_backend.stats().quarantined
+        assert message.id in line and "its body is not an envelope" in line, line
+        assert queue_backend.ack(lease) is True, "the lease is left as it was"
+        assert len(queue_backend.stats().quarantined) == 1, "the copy outlives the ack"
+        assert queue_backend.copy_to_quarantine(lease, "again") is False, \
+            "a lease that no longer holds its message copies nothing"
+        assert len(queue_backend.stats().quarantined) == 1
+        self._nothing_claimable(queue_backend, "the copy is not a message to claim")

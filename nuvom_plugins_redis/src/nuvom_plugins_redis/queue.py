@@ -80,7 +80,7 @@ class RedisJobQueue(QueueInspection):
         self.store = store
         self.settings = store.settings
         self._scripts = {name: store.script(getattr(scripts, name)) for name in (
-            "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "QUARANTINE")}
+            "PUSH", "CLAIM", "ACK", "REQUEUE", "EXTEND", "QUARANTINE", "COPY_TO_QUARANTINE")}
         self._scripts.update({name: store.script(getattr(admin_scripts, name)) for name in (
             "CANCEL", "CLEAR", "REAP", "STATS", "PEEK")})
         self._scripts["SETTLE"] = store.script(record_scripts.SETTLE)
@@ -259,6 +259,10 @@ class RedisJobQueue(QueueInspection):
         args = [lease.id, lease.token, repr(max(float(delay_secs), 0.0)), "0", b"",
                 "release"]
         return bool(self._run("REQUEUE", args, "releasing a job"))
+
+    def copy_to_quarantine(self, lease: Lease, reason: str) -> bool:
+        return bool(self._run("COPY_TO_QUARANTINE", [lease.id, lease.token, reason],
+                              "copying a job to quarantine"))
 
     def extend(self, lease: Lease, secs: float) -> bool:
         return self.extend_many([lease], secs)[0]

@@ -364,3 +364,22 @@ end
 forget_empty()
 return moved
 """
+
+
+#: ARGV: P, id, token, why: a copy of the message's hash, if that token still holds it,
+#: listed in P quarantine as QUARANTINE lists a moved one; the lease and the message are
+#: left as they are (the kernel acks it after recording the job FAILED). Returns 1 if
+#: copied. HGETALL, not COPY: COPY needs Redis 6.2.
+COPY_TO_QUARANTINE = "#!lua\n" + _COMMON + _FENCED + r"""
+local now = clock()
+local id = ARGV[2]
+local h = held(id, ARGV[3])
+if not h then return 0 end
+local n = redis.call('INCR', P .. 'seq')
+local xk = P .. 'quarantine:' .. n
+local fields = redis.call('HGETALL', P .. 'j:' .. id)
+redis.call('HSET', xk, unpack(fields))
+redis.call('HSET', xk, 'xi', id, 'xq', h[1], 'xw', ARGV[4], 'xt', f17(now))
+redis.call('ZADD', P .. 'quarantine', now, n)
+return 1
+"""

@@ -1,5 +1,6 @@
 """Lease bookkeeping of :class:`~nuvom_plugins_sqlite.queue.SQLiteJobQueue`: ack, retry,
-release and extend, each matched by the lease's ``id`` *and* ``token``.
+release, extend and the copy to quarantine, each matched by the lease's ``id`` *and*
+``token``.
 
 Why apart from the claim: a claim picks rows and hands out tokens; everything here only
 changes a row a claim leased, fenced by its token, so a worker whose lease expired and was
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from nuvom_kernel.models import Lease
 from nuvom_plugins_sqlite.base import QueueBase
+from nuvom_plugins_sqlite.quarantine import COPY_LEASED_SQL
 
 if TYPE_CHECKING:
     from nuvom_plugins_sqlite.connection import Database
@@ -69,6 +71,12 @@ class LeaseOperations(QueueBase):
         """One statement (one commit) for a batch of acks: the worker settles finished jobs
         in batches, so this is the drain rate's hot path."""
         return self._fenced_many("DELETE FROM nuvom_queue", (), leases)
+
+    def copy_to_quarantine(self, lease: Lease, reason: str) -> bool:
+        """The leased row as stored, copied into ``nuvom_quarantine`` (what a claim does
+        with a row that breaks the schema's checks, less the delete: the kernel acks it
+        once it has recorded the job FAILED)."""
+        return self._fenced_lease(COPY_LEASED_SQL, (reason, time.time()), lease)
 
     def retry(self, lease: Lease, *, delay_secs: float, body: bytes | None = None) -> bool:
         at = time.time() + max(delay_secs, 0.0)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["INVALID_ROW_SQL", "describe", "move", "problem", "sweep"]
+__all__ = ["COPY_LEASED_SQL", "INVALID_ROW_SQL", "describe", "move", "problem", "sweep"]
 
 #: SQL predicate true for a queue row that violates the schema's type checks.
 INVALID_ROW_SQL = """NOT (
@@ -59,16 +59,20 @@ def problem(values: dict[str, Any]) -> str | None:
     return None
 
 
+#: A copy of the queue row keyed ``id = ?`` in the quarantine table, with the reason and the
+#: time bound first.
+_COPY = ("INSERT INTO nuvom_quarantine (id, queue, priority, created_at, available_at, "
+         "deliveries, body, task, failures, reason, quarantined_at) SELECT id, queue, "
+         "priority, created_at, available_at, deliveries, body, task, failures, ?, ? "
+         "FROM nuvom_queue WHERE id = ?")
+#: :data:`_COPY` of a leased row, matched by its lease's token too (``copy_to_quarantine``).
+COPY_LEASED_SQL = _COPY + " AND token = ?"
+
+
 def move(conn: sqlite3.Connection, job_id: Any, reason: str) -> None:
     """Move the queue row keyed ``job_id`` into the quarantine table; call inside a write
     transaction. (The id is the row's key even when it has the wrong type.)"""
-    conn.execute(
-        "INSERT INTO nuvom_quarantine (id, queue, priority, created_at, available_at, "
-        "deliveries, body, task, failures, reason, quarantined_at) SELECT id, queue, "
-        "priority, created_at, available_at, deliveries, body, task, failures, ?, ? "
-        "FROM nuvom_queue WHERE id = ?",
-        (reason, time.time(), job_id),
-    )
+    conn.execute(_COPY, (reason, time.time(), job_id))
     conn.execute("DELETE FROM nuvom_queue WHERE id = ?", (job_id,))
 
 

@@ -406,6 +406,18 @@ class Layout:
             with contextlib.suppress(FileNotFoundError):  # a live marker: no pusher moves it
                 if os.path.samestat(os.stat(marker), os.stat(target)):
                     marker.unlink()
+        self._say_why(source, target, reason)
+
+    def keep_copy(self, source: Path, reason: str) -> None:
+        """A hard link of ``source`` in ``quarantine/`` (its bytes as stored, nothing
+        written twice), said as :meth:`quarantine` says it; ``source`` stays where it is.
+
+        :raises FileNotFoundError: ``source`` is gone."""
+        target = self.dirs["quarantine"] / f"{us(time.time())}-{source.name}"
+        os.link(source, target)
+        self._say_why(source, target, reason)
+
+    def _say_why(self, source: Path, target: Path, reason: str) -> None:
         tmp = write_new_file(self.dirs["quarantine"], reason.encode("utf-8") + b"\n",
                              fsync=False)
         os.replace(tmp, target.with_name(target.name + ".reason"))

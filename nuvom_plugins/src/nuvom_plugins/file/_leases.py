@@ -98,6 +98,20 @@ class LeaseOperations(QueueBackend):
                 self._fs.free_ids([parsed.id])
             return name is not None
 
+    def copy_to_quarantine(self, lease: Lease, reason: str) -> bool:
+        """The lease file, hard-linked into ``quarantine/`` with its reason: the ack that
+        follows unlinks the lease file, and the bytes stay."""
+        with self._lease_ops:
+            name = self._lease_name(lease)
+            if name is None:
+                return False
+            try:
+                self._fs.keep_copy(self._dirs["leased"] / name, reason)
+            except FileNotFoundError:
+                self._forget(lease.token)
+                return False
+            return True
+
     def extend(self, lease: Lease, secs: float) -> bool:
         """Rename the lease file to its new expiry. ``secs <= 0`` expires it now and bumps
         ``.leased-marker``, so the next claim of any instance recovers it (until then its
