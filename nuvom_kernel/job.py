@@ -300,7 +300,11 @@ def queued_hint(queue: str, kernel: Any) -> str | None:
         workers = list(kernel.results.live_workers())
     except Exception:
         return None
+    # the heartbeats are the result store's: named too where it is not the queue's
     store = kernel.queue.location or f"queue backend {kernel.queue.name!r}"
+    beats = kernel.results.location or f"result backend {kernel.results.name!r}"
+    if beats != store:
+        store = f"{store}, its heartbeats read from {beats}"
     if not workers:
         return (f"; no live worker runs on this store ({store}): start one with `nuvom "
                 "runworker` where it uses the same store (the same folder and NUVOM_* "

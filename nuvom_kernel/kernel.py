@@ -355,7 +355,8 @@ class Kernel:
         """Poll the backends until ``job`` is finished; its value (``None`` for a task with
         ``store_result=False``). A store that stops answering after it answered is waited
         for (:class:`~nuvom_kernel.job.StoreStall`; ``stall``: that of a caller polling in
-        steps, ``get_async``).
+        steps, ``get_async``, which raises its own timeout: it gets a bare
+        ``TimeoutError``, without the hint that reads the live workers from the store).
 
         :raises JobCancelledError: it was cancelled before it ended.
         :raises JobFailedError: it ended FAILED.
@@ -366,6 +367,7 @@ class Kernel:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = 0.002
+        given_stall = stall is not None
         stall = StoreStall() if stall is None else stall
         while True:
             try:
@@ -395,7 +397,7 @@ class Kernel:
                     "quarantined (`nuvom status` lists those). Check the id and that this "
                     "process uses the same backends and data directory as the producer.")
             if deadline is not None and time.monotonic() >= deadline:
-                raise still_waiting(job, timeout, self)
+                raise TimeoutError if given_stall else still_waiting(job, timeout, self)
             wait = interval if deadline is None else min(interval, deadline - time.monotonic())
             time.sleep(max(wait, 0.0))
             interval = min(interval * 2, poll_secs)

@@ -411,7 +411,8 @@ def test_an_eta_counts_from_when_the_job_is_stored_and_may_be_the_last_second(
     assert message is not None and message.available_at <= last.timestamp()
 
 
-def test_get_async_times_out_with_get_s_words(kernel: Kernel, project: Path) -> None:
+def test_get_async_times_out_with_get_s_words(kernel: Kernel, project: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """``get_async`` said only "had no outcome within 0.2 s", without the job's state and
     the hint that ``get()`` gives."""
     import asyncio
@@ -422,10 +423,18 @@ def test_get_async_times_out_with_get_s_words(kernel: Kernel, project: Path) -> 
         job.get(timeout=0.2)
     said = str(waited.value)
     assert f"is still QUEUED after 0.2 s; no live worker runs on this store " \
-           f"({kernel.queue.location})" in said or "is a worker running" in said, said
+           f"({kernel.queue.location}" in said, said
+    beats = kernel.results.location  # the store the heartbeats were read from, named
+    assert (f", its heartbeats read from {beats})" in said) is (beats != kernel.queue.location)
+    # the hint reads the live workers once, at the end: not at each of the polls
+    reads = []
+    live_workers = kernel.results.live_workers
+    monkeypatch.setattr(kernel.results, "live_workers",
+                        lambda: reads.append(1) or live_workers())
     with pytest.raises(TimeoutError) as waited:
-        asyncio.run(job.get_async(timeout=0.2))
+        asyncio.run(job.get_async(timeout=0.2, poll_secs=0.01))
     assert str(waited.value) == said
+    assert len(reads) == 1, f"{len(reads)} reads of the live workers in one wait"
 
 
 def test_a_task_in_a_symlinked_script_is_recorded_under_the_scripts_name(tmp_path: Path):

@@ -179,7 +179,10 @@ def task_typo(kernel: Any, task: str) -> str:
     from nuvom_kernel.discovery import read_manifest
     from nuvom_kernel.hints import did_you_mean
 
-    known = {r.task for r in kernel.results.query(limit=HINT_RECORDS)}
+    try:
+        known = {r.task for r in kernel.results.query(limit=HINT_RECORDS)}
+    except Exception:  # a hint must never stop the command: the store speaks for itself
+        return ""
     try:
         known.update(t["name"] for t in (read_manifest(kernel.data_dir) or {}).get("tasks", []))
     except ValueError:

@@ -232,14 +232,15 @@ class ProcessPool:
         fresh child, up to :data:`HANDOFF_TRIES` children, then fails saying so.
         """
         job = running.job
-        args = to_wire(list(job.args), "arguments")
-        kwargs = to_wire(job.kwargs, "arguments")
-        opts = options_to_wire(job.options)  # current_job() in the child: the job's own
         for tries in range(1, HANDOFF_TRIES + 1):
-            child = self._own()
+            child = self._own(first=tries == 1)
             if tries == 1:
                 _start_clock_now(running)
-                starting()
+                starting()  # (before the arguments are encoded: a failure to encode them
+                # is this attempt's error, after its before-execute observers saw it begin)
+                args = to_wire(list(job.args), "arguments")
+                kwargs = to_wire(job.kwargs, "arguments")
+                opts = options_to_wire(job.options)  # current_job() in the child
             request = {"id": job.id, "task": job.task, "module": job.module, "args": args,
                        "kwargs": kwargs, "attempts": job.attempts, "run": job.run,
                        "headers": job.headers, "store_result": job.options.store_result,
@@ -267,17 +268,19 @@ class ProcessPool:
             return from_wire(reply["result"])
         raise self._error(running, reply)
 
-    def _own(self) -> Child:
+    def _own(self, first: bool = True) -> Child:
         """The calling executor's child, taken now if it has none.
 
-        A job that waited for its child to start (seconds of task-module imports) while
-        the worker was told to stop goes back unrun (:class:`NoChildYet`), as a job not
-        yet started does at a stop: it was run when the child became ready, after the
-        first SIGINT, and a short grace period killed it part-way."""
+        A job's ``first`` child waited for (seconds of task-module imports) while the
+        worker was told to stop: the job goes back unrun (:class:`NoChildYet`), as a job
+        not yet started does at a stop; it was run when the child became ready, after the
+        first SIGINT, and a short grace period killed it part-way. Not for a later child
+        (the first was found gone as the job was sent): the job has begun for its
+        observers, and goes on to a fresh child as before."""
         child: Child | None = getattr(self._local, "child", None)
         if child is None:
             child = self._local.child = self._take()
-            if child is None or self.stopping.is_set():
+            if child is None or (first and self.stopping.is_set()):
                 raise NoChildYet("the worker stopped before a child process was ready")
         return child
 

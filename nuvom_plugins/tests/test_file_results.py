@@ -114,6 +114,27 @@ def test_non_json_record_is_refused_with_a_clear_error(backend: FileResultBacken
     assert backend.get("fine") is not None
 
 
+def test_a_record_edited_to_a_wrong_type_is_skipped_in_lists_and_named_on_get(
+        tmp_path: Path) -> None:
+    """A hand edit (``"started_at": "yesterday"``): every list (`nuvom history recent`)
+    and read failed with a bare ``ValueError`` the CLI blamed on the plugin's settings."""
+    path = tmp_path / "r"
+    FileResultBackend(path).put_many([rec("good"), rec("odd")])
+    [segment] = segments(path)
+    lines = segment.read_text().splitlines()
+    edited = [json.loads(line) for line in lines]
+    for line in edited:
+        if line["id"] == "odd":
+            line["rec"]["started_at"] = "yesterday"
+    segment.write_text("".join(json.dumps(line, separators=(",", ":")) + "\n"
+                               for line in edited))
+    backend = FileResultBackend(path)
+    assert [r.job_id for r in backend.query()] == ["good"]
+    with pytest.raises(SerializationError, match="job odd: stored record is invalid "
+                                                 "\\(started_at is 'yesterday'"):
+        backend.get("odd")
+
+
 def test_torn_last_line_is_skipped_and_reported(tmp_path: Path) -> None:
     path = tmp_path / "r"
     writer = FileResultBackend(path)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from nuvom_kernel.backends import ResultBackend
+from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.models import JobRecord
 
 __all__ = ["RecordIndex"]
@@ -198,7 +199,11 @@ class RecordIndex(ResultBackend):
                 return None
             rec = self._read(loc)
             if rec is not None:
-                return JobRecord.from_dict(rec)
+                try:
+                    return JobRecord.from_dict(rec)
+                except (TypeError, ValueError, KeyError) as exc:  # a hand-edited line
+                    raise SerializationError(
+                        f"job {job_id}: stored record is invalid ({exc})") from exc
             if attempt == 0:  # our view predates a compaction we could not follow: rebuild
                 self._reset()
         return None

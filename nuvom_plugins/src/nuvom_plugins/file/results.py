@@ -340,7 +340,12 @@ class FileResultBackend(RecordIndex):
                     and (task is None or loc.task == task)]
             # newer_first reads only updated_at and job_id, which index entries carry.
             page = newer_first(rows, after, limit)  # type: ignore[arg-type]
-            records = [self._load(loc.job_id, caught_up=True) for loc in page]
+            records = []
+            for loc in page:
+                try:
+                    records.append(self._load(loc.job_id, caught_up=True))
+                except SerializationError as exc:  # one bad line must not hide the rest
+                    log.warning("%s: skipping unreadable job record: %s", self.path, exc)
         return [r for r in records if r is not None]
 
     @writes("results", "purging records writes tombstones there")
