@@ -17,7 +17,7 @@ from typing import Annotated, Any
 __all__ = ["MAX_RETENTION_SECS", "Converted", "Retention", "Seconds", "SecondsOrZero",
            "backend_name", "choice", "converter",
            "is_text", "log_level", "optional", "parse_size", "seconds", "to_bool", "to_float",
-           "to_int", "to_path", "to_str", "whole"]
+           "to_int", "to_path", "to_str", "whole", "whole_argument"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -121,6 +121,17 @@ def converter(hint: Any) -> Callable[[Any], Any] | None:
 
 
 # --- the core settings' converters (:class:`nuvom_kernel.config.Settings`) ---------------
+
+def whole_argument(call: str, value: Any, minimum: int, maximum: int) -> int | None:
+    """An API argument checked as :func:`whole` checks the setting it overrides (``None``
+    stays ``None``: the setting's value)."""
+    if value is None:
+        return None
+    try:
+        return whole(minimum, maximum=maximum)(value)
+    except ValueError as exc:
+        raise ValueError(f"{call} {exc}; got {value!r}") from None
+
 
 def whole(minimum: int, *, maximum: int | None = None,
           none_ok: bool = False) -> Callable[[Any], int | None]:

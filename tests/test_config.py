@@ -161,3 +161,27 @@ def test_task_durations_must_be_finite(options: dict[str, float]) -> None:
     name = next(iter(options))
     with pytest.raises(ValueError, match=f"{name} must be a finite number|{name} must be > 0"):
         TaskOptions(**options)
+
+
+@pytest.mark.parametrize(("argument", "value", "said"), [
+    ("workers", 99_999, "Worker(workers=...) must be a whole number from 1 to 10000"),
+    ("workers", 0, "Worker(workers=...) must be a whole number from 1 to 10000"),
+    ("batch_size", 10**9, "Worker(batch_size=...) must be a whole number from 1 to 10000"),
+    ("prefetch", -1, "Worker(prefetch=...) must be a whole number from 0 to 100000"),
+])
+def test_a_workers_arguments_are_bounded_as_its_settings(tmp_path: Path, argument: str,
+                                                         value: int, said: str) -> None:
+    """The settings refuse a worker of 10^20 threads; ``Worker(workers=...)`` took it (and
+    ``workers=-1`` started none), as the CLI's bounds were the settings' alone."""
+    from nuvom_kernel import Worker
+    from nuvom_kernel.kernel import Kernel
+
+    kernel = Kernel(root=tmp_path, environ={"NUVOM_QUEUE_BACKEND": "memory",
+                                            "NUVOM_RESULT_BACKEND": "memory"})
+    try:
+        with pytest.raises(ValueError) as info:
+            Worker(kernel, **{argument: value})
+        assert str(info.value) == f"{said} (e.g. 4); got {value!r}"
+        assert Worker(kernel, workers=3, prefetch=0).workers == 3
+    finally:
+        kernel.close()

@@ -35,12 +35,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from nuvom_kernel.config import MAX_BATCH_SIZE, MAX_PREFETCH, MAX_WORKERS
 from nuvom_kernel.discovery_run import discover_before_start, load_at_start
 from nuvom_kernel.envelope import origin
 from nuvom_kernel.errors import WorkerPrepareError
 from nuvom_kernel.limits import apply_limits
 from nuvom_kernel.models import JobStatus, Lease, Settlement
 from nuvom_kernel.scheduler import Scheduler
+from nuvom_kernel.values import whole_argument
 from nuvom_kernel.worker.aio import AsyncPool
 from nuvom_kernel.worker.current import in_a_pool
 from nuvom_kernel.worker.dispatch import Dispatcher
@@ -103,9 +105,12 @@ class Worker(Dispatcher, Timeouts):
     ) -> None:
         settings = kernel.settings
         self.kernel = kernel
-        self.workers = workers or settings.max_workers
+        self.workers = whole_argument("Worker(workers=...)", workers, 1,
+                                      MAX_WORKERS) or settings.max_workers
         self.queues = list(queues) if queues else None
-        self.batch_size = batch_size or settings.batch_size
+        self.batch_size = whole_argument("Worker(batch_size=...)", batch_size, 1,
+                                         MAX_BATCH_SIZE) or settings.batch_size
+        prefetch = whole_argument("Worker(prefetch=...)", prefetch, 0, MAX_PREFETCH)
         self.grace_period_secs = (settings.grace_period_secs if grace_period_secs is None
                                   else grace_period_secs)
         self.max_abandoned = (self.workers if settings.max_abandoned_threads is None

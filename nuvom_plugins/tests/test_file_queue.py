@@ -243,6 +243,16 @@ def test_a_directory_in_place_of_a_message_is_quarantined(queue: FileJobQueue) -
     assert queue.claim(10) == []
     [held] = os.listdir(queue.path / "leased")
     assert ".good." in held, "nothing left leased but the good job"
+    # cancel and clear met it too: EISDIR read as "the folder is not writable"
+    assert queue.cancel("later") is True
+    queue.enqueue(msg("cleared"))
+    [victim] = [n for n in os.listdir(queue.path / "ready") if "cleared" in n]
+    (queue.path / "ready" / victim).unlink()
+    (queue.path / "ready" / victim).mkdir()
+    assert queue.clear() == 2  # the good job's lease, and the directory
+    quarantined = queue.stats().quarantined
+    assert len(quarantined) == 3, quarantined
+    assert all(line.endswith(": a directory, not a message file") for line in quarantined)
 
 
 def test_peek_reads_a_corrupt_file_as_absent_and_keeps_it(queue: FileJobQueue) -> None:

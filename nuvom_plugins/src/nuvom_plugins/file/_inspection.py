@@ -109,7 +109,7 @@ class QueueInspection(LeaseOperations):
         for kind in ("ready", "delayed", "leased"):
             for name, parsed in self._fs.matching(kind, queues):
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._dirs[kind] / name)
+                    self._fs.remove(self._dirs[kind] / name)
                     removed += 1
                     freed.append(parsed.id)
         self._fs.free_ids(freed, wait=True)
@@ -198,7 +198,7 @@ class QueueInspection(LeaseOperations):
                     and parsed.id == wanted and parsed.when_us <= us(now)]
                 for kind, name in found:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self._dirs[kind] / name)
+                        self._fs.remove(self._dirs[kind] / name)
                         removed = True
             if removed:
                 self._fs.free_ids([wanted], wait=True)

@@ -408,6 +408,16 @@ class Layout:
                     marker.unlink()
         self._say_why(source, target, reason)
 
+    def remove(self, path: Path) -> None:
+        """Unlink message file ``path``; a directory in its place (made by hand) is
+        quarantined instead (an unlink's ``EISDIR`` read as an unwritable folder).
+
+        :raises FileNotFoundError: ``path`` is gone."""
+        try:
+            os.unlink(path)
+        except IsADirectoryError:
+            self.quarantine(path, "a directory, not a message file")
+
     def keep_copy(self, source: Path, reason: str) -> None:
         """A hard link of ``source`` in ``quarantine/`` (its bytes as stored, nothing
         written twice), said as :meth:`quarantine` says it; ``source`` stays where it is.
