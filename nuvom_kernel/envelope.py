@@ -120,27 +120,33 @@ def wire_calls(task: str, calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]
         known) and its task.
     """
     out = []
-    for args, kwargs, job_id in calls:
-        wire_args = list(args)
-        try:
-            for i, value in enumerate(wire_args):
-                if type(value) not in _NATIVE:  # the common case costs one type check
-                    label = (f"argument {param_names[i]!r}" if i < len(param_names)
-                             else f"argument #{i}")
-                    wire_args[i] = to_wire(value, f"{task}(): {label}")
-            wire_kwargs = {k: v if type(v) in _NATIVE else
-                           to_wire(v, f"{task}(): argument {k!r}")
-                           for k, v in kwargs.items()} if kwargs else {}
-        except RecursionError:  # a bare RecursionError named no argument
-            raise SerializationError(
-                f"{task}(): an argument is nested too deeply to encode (hundreds of levels "
-                "of lists, dicts or tuples); pass it flatter, or as text") from None
-        for name in wire_kwargs:
-            if type(name) is not str:
+    n = 0
+    try:
+        for n, (args, kwargs, job_id) in enumerate(calls):  # noqa: B007 (n: the except's)
+            wire_args = list(args)
+            try:
+                for i, value in enumerate(wire_args):
+                    if type(value) not in _NATIVE:  # the common case costs one type check
+                        label = (f"argument {param_names[i]!r}" if i < len(param_names)
+                                 else f"argument #{i}")
+                        wire_args[i] = to_wire(value, f"{task}(): {label}")
+                wire_kwargs = {k: v if type(v) in _NATIVE else
+                               to_wire(v, f"{task}(): argument {k!r}")
+                               for k, v in kwargs.items()} if kwargs else {}
+            except RecursionError:  # a bare RecursionError named no argument
                 raise SerializationError(
-                    f"{task}(): keyword argument names must be strings, got {name!r}; pass "
-                    "a dict of name -> value (or a tuple of positional arguments)")
-        out.append((wire_args, wire_kwargs, job_id))
+                    f"{task}(): an argument is nested too deeply to encode (hundreds of "
+                    "levels of lists, dicts or tuples); pass it flatter, or as text") from None
+            for name in wire_kwargs:
+                if type(name) is not str:
+                    raise SerializationError(
+                        f"{task}(): keyword argument names must be strings, got {name!r}; "
+                        "pass a dict of name -> value (or a tuple of positional arguments)")
+            out.append((wire_args, wire_kwargs, job_id))
+    except SerializationError as exc:  # which of a .map()'s 1,000 items: it did not say
+        if len(calls) == 1:
+            raise
+        raise SerializationError(f"item #{n} of {len(calls)}: {exc}") from None
     return out
 
 

@@ -26,6 +26,14 @@ from nuvom_kernel.serialization import Serializer
 
 __all__ = ["REGISTERED_BASES", "BackendLookup", "PluginInfo"]
 
+_BACKENDS = frozenset({"memory", "file", "sqlite", "redis", "postgres"})
+#: Registration hook -> the names of :data:`KNOWN_PROVIDERS` it registers.
+_OURS_BY_HOOK: dict[str, frozenset[str]] = {
+    "nuvom_register_queue_backends": _BACKENDS,
+    "nuvom_register_result_backends": _BACKENDS,
+    "nuvom_register_discoverers": frozenset({"ast"}),
+}
+
 #: Registration hook -> the class every class it returns subclasses (checked at load, and
 #: by ``nuvom plugin test``).
 REGISTERED_BASES: dict[str, type] = {
@@ -133,16 +141,21 @@ class BackendLookup(PluginFailures):
         if name in self.failures:  # the plugin of that name failed to load
             raise BackendNotFoundError(f"the {what} {name!r} is not available: "
                                        f"{self.failures[name]}.")
-        typo = did_you_mean(name, set(classes) | set(KNOWN_PROVIDERS), repr)
+        # the names of our distributions this hook can provide: 'pickle', a serializer
+        # no plugin has, was asked "did you mean 'file'?" (a backend), and 'redis' was told
+        # to install the Redis plugin
+        ours = {n for n in KNOWN_PROVIDERS if n in _OURS_BY_HOOK.get(hook_name, ())}
+        typo = did_you_mean(name, set(classes) | ours, repr)
         # autoload off: installed plugins are not loaded, so a missing one may be installed
         known = "installed" if self._autoload else "loaded"
-        if typo and name not in KNOWN_PROVIDERS:  # 'sqllite': no package to install
+        if typo and name not in ours:  # 'sqllite': no package to install
             raise BackendNotFoundError(
                 f"no {known} plugin provides the {what} {name!r}{typo}. "
                 f"{known.capitalize()}: {installed}. Choose one with {choose}."
                 f"{self.loading_notes()}")
         choice = f"an {known} one with {choose}"
-        advice = (f"{install_hint(name)}, or choose {choice}" if self._autoload
+        advice = (f"{install_hint(name if name in ours else '')}, or choose {choice}"
+                  if self._autoload
                   else f"Choose {choice}")  # (the note says why it may be installed)
         raise BackendNotFoundError(
             f"no {known} plugin provides the {what} {name!r}. {known.capitalize()}: "

@@ -280,9 +280,9 @@ class Task(Generic[P, R]):
 def _as_one_argument(exc: TypeError, items: list[Any],
                      parsed: list[tuple[tuple[Any, ...], dict[str, Any], str | None]],
                      check: Callable[[tuple[Any, ...], dict[str, Any]], None]) -> TypeError:
-    """``exc``, saying why when the call that failed was a list: ``map([[1, 2]])`` said
-    "missing a required argument: 'y'", and the list being one argument was left to guess.
-    Only on the error path: the first failing call is found again."""
+    """``exc``, saying which item failed, and why when it was a list: ``map([[1, 2]])``
+    said "missing a required argument: 'y'", and the list being one argument was left to
+    guess. Only on the error path: the first failing call is found again."""
     failed = None
     for i, (args, kwargs, _) in enumerate(parsed):
         try:
@@ -290,8 +290,10 @@ def _as_one_argument(exc: TypeError, items: list[Any],
         except TypeError:
             failed = i
             break
-    if failed is None or type(items[failed]) is not list or len(items[failed]) < 2:
+    if failed is None or len(items) == 1:
         return exc
+    if type(items[failed]) is not list or len(items[failed]) < 2:  # which item: it did not
+        return TypeError(f"item #{failed} of {len(items)}: {exc}")  # say, of 1,000
     return TypeError(f"{exc} (map() passes a list as one argument, so item #{failed} is "
                      f"one call with the list {items[failed]!r:.60}; write each call's "
                      f"arguments as a tuple: {tuple(items[failed])!r:.60})")

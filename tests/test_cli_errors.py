@@ -854,6 +854,17 @@ def test_a_misspelt_backend_name_is_answered_with_the_installed_name_not_a_packa
     assert "its documentation names the distribution" in str(info.value)
     assert "nuvom-plugins-kafka" not in str(info.value)
 
+    # a serializer is none of our backends: 'pickle' was asked "did you mean 'file'?", and
+    # 'redis' told to install the Redis plugin
+    for name in ("pickle", "redis"):
+        other = Kernel(root=tmp_path, environ={**MEMORY, "NUVOM_SERIALIZER": name})
+        with pytest.raises(BackendNotFoundError) as info:
+            _ = other.serializer
+        text = str(info.value)
+        assert f"no installed plugin provides the serializer {name!r}. Installed: json" \
+            in text, text
+        assert "did you mean" not in text and "nuvom-plugins-redis" not in text, text
+
 
 def test_a_missing_command_of_our_plugins_names_the_plugin(tmp_path: Path) -> None:
     """``nuvom dashboard`` without its plugin said only "No such command 'dashboard'"."""

@@ -21,7 +21,7 @@ from nuvom_kernel import JobStatus, every, get_job, task
 from nuvom_kernel.cli import make_cli
 from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.envelope import Envelope
-from nuvom_kernel.errors import NuvomError, UnknownTaskError
+from nuvom_kernel.errors import NuvomError, SerializationError, UnknownTaskError
 from nuvom_kernel.job import Job
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import TaskOptions
@@ -105,7 +105,8 @@ def test_a_lookup_or_a_wait_it_cannot_read_is_refused_naming_it(kernel: Kernel,
 
 def test_a_map_item_given_as_a_list_is_said_to_be_one_argument(kernel: Kernel,
                                                                 project: Path) -> None:
-    """``map([[1, 2]])`` said only "missing a required argument: 'y'"."""
+    """``map([[1, 2]])`` said only "missing a required argument: 'y'", and a bad item of
+    many was not named."""
     write_module(project, "t_maplist", "from nuvom_kernel import task\n\n\n@task\n"
                                        "def add(x, y):\n    return x + y\n")
     from t_maplist import add  # type: ignore[import-not-found]
@@ -118,6 +119,13 @@ def test_a_map_item_given_as_a_list_is_said_to_be_one_argument(kernel: Kernel,
     with pytest.raises(TypeError) as plain:  # a tuple's mistake gets no list advice
         add.map([(1, 2, 3)])
     assert "passes a list" not in str(plain.value)
+    # which of many items is wrong: it was not said, for a mistake or a value not data
+    with pytest.raises(TypeError, match=r"^item #998 of 1000: task 'add' cannot take these "
+                                        r"arguments: missing a required argument: 'y'"):
+        add.map([(1, 2)] * 998 + [(3,), (1, 2)])
+    with pytest.raises(SerializationError, match=r"^item #536 of 1000: add\(\): argument "
+                                                 r"'x' has type builtins.object"):
+        add.map([(1, 2)] * 536 + [(object(), 2)] + [(1, 2)] * 463)
     assert kernel.queue.qsize() == 0
 
 
