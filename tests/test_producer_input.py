@@ -722,13 +722,17 @@ def test_a_program_run_in_a_projects_subfolder_is_warned_where_its_jobs_go(
         "from nuvom_kernel import task\n\n\n@task\ndef add(x, y):\n    return x + y\n")
     scripts = tmp_path / "scripts"
     scripts.mkdir()
-    (scripts / "enq.py").write_text(
-        "import pathlib, sys\nsys.path.insert(0, str(pathlib.Path(__file__).parent.parent))"
-        "\nfrom tasks import add\n"
-        "add.delay(1, 2)\nadd.delay(3, 4)\nprint('sent')\n")
-    done = subprocess.run([sys.executable, "enq.py"], cwd=scripts, env=user_env(),
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0 and done.stdout == "sent\n", done.stderr
+
+    def run_script(name: str, code: str) -> subprocess.CompletedProcess[str]:
+        (scripts / name).write_text(
+            "import pathlib, sys\nsys.path.insert(0, str(pathlib.Path(__file__).parent.parent))"
+            f"\nfrom nuvom_kernel import chain\nfrom tasks import add\n{code}\nprint('sent')\n")
+        done = subprocess.run([sys.executable, name], cwd=scripts, env=user_env(),
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0 and done.stdout == "sent\n", done.stderr
+        return done
+
+    done = run_script("enq.py", "add.delay(1, 2)\nadd.delay(3, 4)")
     said = (f"enqueuing into the store of {scripts} (no .nuvom_plugins.toml here), but "
             f"{tmp_path}, a folder above, holds a Nuvom project")
     assert done.stderr.count(said) == 1, done.stderr
@@ -741,11 +745,5 @@ def test_a_program_run_in_a_projects_subfolder_is_warned_where_its_jobs_go(
                             capture_output=True, text=True)
     assert chosen.returncode == 0 and "a folder above" not in chosen.stderr, \
         "a store chosen on purpose (NUVOM_DATA_DIR) is no mistake to warn about"
-    (scripts / "flow.py").write_text(
-        "import pathlib, sys\nsys.path.insert(0, str(pathlib.Path(__file__).parent.parent))"
-        "\nfrom nuvom_kernel import chain\nfrom tasks import add\n"
-        "chain(add.s(1, 2), add.s(3)).delay()\nprint('sent')\n")
-    flow = subprocess.run([sys.executable, "flow.py"], cwd=scripts, env=user_env(),
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert flow.returncode == 0 and flow.stdout == "sent\n", flow.stderr
+    flow = run_script("flow.py", "chain(add.s(1, 2), add.s(3)).delay()")
     assert flow.stderr.count(said) == 1, "a workflow's steps go to that store too"
