@@ -305,6 +305,9 @@ def queued_hint(queue: str, kernel: Any) -> str | None:
     beats = kernel.results.location or f"result backend {kernel.results.name!r}"
     if beats != store:
         store = f"{store}, its heartbeats read from {beats}"
+    if not workers and type(kernel.queue).capabilities.in_process:  # no other process
+        return (f"; no worker runs on this store ({store}): start one in this process "
+                "(`nuvom_kernel.Worker`, or the `nuvom_worker` test fixture)")
     if not workers:
         return (f"; no live worker runs on this store ({store}): start one with `nuvom "
                 "runworker` where it uses the same store (the same folder and NUVOM_* "
