@@ -341,7 +341,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _parse_plugins(path: Path, table: Any) -> PluginsTable:
     if not isinstance(table, dict):
-        raise PluginConfigError(f"{path}: [plugins] must be a table")
+        raise PluginConfigError(f"{path}: [plugins] must be a table, got {table!r}: write "
+                                "`[plugins]` on a line of its own, its keys below it "
+                                "(docs/configuration.md)")
     targets: dict[str, tuple[str, ...]] = {}
     settings: dict[str, dict[str, Any]] = {}
     disable: tuple[str, ...] = ()
@@ -359,6 +361,13 @@ def _parse_plugins(path: Path, table: Any) -> PluginsTable:
             settings[name] = value
             spelt[name] = key
             continue
+        if key != "disable" and key not in CAPABILITIES:  # (before its value's type:
+            # `sqlite = 5`, meant as a setting, was told "must be a list of strings")
+            raise PluginConfigError(
+                f"{path}: [plugins] has unknown key {key!r}. Known capability keys: "
+                f"{', '.join(sorted(CAPABILITIES))}; also 'disable' (a list of plugin names) "
+                f"and [plugins.<name>] tables for per-plugin settings."
+            )
         values = (value,) if isinstance(value, str) else value
         if not isinstance(values, list | tuple) or not all(isinstance(v, str) for v in values):
             raise PluginConfigError(
@@ -367,14 +376,8 @@ def _parse_plugins(path: Path, table: Any) -> PluginsTable:
             )
         if key == "disable":
             disable = tuple(values)
-        elif key in CAPABILITIES:
-            targets[key] = tuple(values)
         else:
-            raise PluginConfigError(
-                f"{path}: [plugins] has unknown key {key!r}. Known capability keys: "
-                f"{', '.join(sorted(CAPABILITIES))}; also 'disable' (a list of plugin names) "
-                f"and [plugins.<name>] tables for per-plugin settings."
-            )
+            targets[key] = tuple(values)
     return PluginsTable(targets=targets, disable=disable, settings=settings)
 
 
@@ -448,7 +451,9 @@ def load_config(
     _check_environment(env)
     file_settings = data.get("settings", {})
     if not isinstance(file_settings, dict):
-        raise PluginConfigError(f"{path}: [settings] must be a table")
+        raise PluginConfigError(f"{path}: [settings] must be a table, got "
+                                f"{file_settings!r}: write `[settings]` on a line of its "
+                                "own, its keys below it (docs/configuration.md)")
     unknown = sorted(set(file_settings) - set(Settings.field_names()))
     if unknown:
         raise PluginConfigError(

@@ -185,3 +185,20 @@ def test_a_workers_arguments_are_bounded_as_its_settings(tmp_path: Path, argumen
         assert Worker(kernel, workers=3, prefetch=0).workers == 3
     finally:
         kernel.close()
+
+
+@pytest.mark.parametrize(("toml", "said"), [
+    # a setting of plugin sqlite written as a key: "must be a list of strings" sent the
+    # user the wrong way
+    ("[plugins]\nsqlite = 5\n", "[plugins] has unknown key 'sqlite'. Known capability keys"),
+    ("settings = 5\n", "[settings] must be a table, got 5: write `[settings]` on a line of "
+                       "its own"),
+    ('plugins = "x"\n', "[plugins] must be a table, got 'x': write `[plugins]` on a line of "
+                        "its own"),
+])
+def test_a_toml_table_written_as_a_value_is_told_how_to_write_it(tmp_path: Path, toml: str,
+                                                                   said: str) -> None:
+    (tmp_path / ".nuvom_plugins.toml").write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, environ={})
+    assert said in str(info.value)
