@@ -89,6 +89,21 @@ def test_nuvomignore_negations_follow_git(tmp_path: Path, ignore: str, dropped: 
     assert sorted(state["files"]) == sorted(set(FILES) - set(dropped))
 
 
+def test_a_pattern_that_is_no_glob_is_named_and_only_it_is_left_out(tmp_path: Path
+                                                                   ) -> None:
+    """``[z-a].py`` (a range backwards): the scan failed with pathspec's regex error, naming
+    neither the pattern nor ``.nuvomignore``, and from ``--exclude`` likewise."""
+    write(tmp_path, {rel: "x = 1\n" for rel in FILES})
+    write(tmp_path, {".nuvomignore": "[z-a].py\nvendor/\n"})
+    report, state = AstDiscoverer().discover(tmp_path)
+    assert sorted(state["files"]) == sorted(f for f in FILES if not f.startswith("vendor/"))
+    assert report.errors == [".nuvomignore pattern '[z-a].py' is no valid glob (bad character "
+                             "range z-a at position 10); fix or remove it; it is left out"]
+    with pytest.raises(ValueError, match=r"^--exclude/--include pattern '\[z-a\].py' is no "
+                                         r"valid glob"):
+        AstDiscoverer().discover(tmp_path, exclude=["[z-a].py"])
+
+
 def test_a_fifo_named_py_is_skipped_rather_than_read_forever(tmp_path: Path) -> None:
     if not hasattr(os, "mkfifo"):
         pytest.skip("no FIFOs on this platform")

@@ -35,6 +35,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterator, Sequence
@@ -72,9 +73,26 @@ _STATE_VERSION = 5
 _BUILD_TREES = ("lib.", "bdist.", "temp.", "scripts-")
 
 
-def _spec(lines: Sequence[str]) -> pathspec.PathSpec[Any] | None:
-    lines = [line for line in lines if line.strip()]
-    return pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+def _spec(lines: Sequence[str], source: str = "--exclude/--include",
+          errors: list[str] | None = None) -> pathspec.PathSpec[Any] | None:
+    """The patterns of ``lines`` (from ``source``). A pattern that is no valid glob
+    (``[z-a].py``: pathspec's regex error named neither it nor its file, and the whole
+    discovery failed on it) raises a ``ValueError`` naming both, or, given ``errors``, is
+    said there and left out (the file's other patterns still apply)."""
+    good = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            pathspec.GitIgnoreSpec.from_lines([line])
+        except re.error as exc:
+            said = f"{source} pattern {line!r} is no valid glob ({exc}); fix or remove it"
+            if errors is None:
+                raise ValueError(said) from None
+            errors.append(f"{said}; it is left out")
+            continue
+        good.append(line)
+    return pathspec.GitIgnoreSpec.from_lines(good) if good else None
 
 
 def _not_project_code(parent: str, name: str) -> bool:
@@ -252,7 +270,8 @@ class AstDiscoverer(Discoverer):
     def _ignore_spec(self, root: Path, report: DiscoveryReport) -> pathspec.PathSpec[Any] | None:
         path = root / IGNORE_FILE
         try:
-            return _spec(path.read_text(encoding="utf-8").splitlines())
+            return _spec(path.read_text(encoding="utf-8").splitlines(), IGNORE_FILE,
+                         report.errors)
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
