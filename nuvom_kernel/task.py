@@ -290,10 +290,11 @@ def _as_one_argument(exc: TypeError, items: list[Any],
         except TypeError:
             failed = i
             break
-    if failed is None or len(items) == 1:
+    if failed is None:
         return exc
     if type(items[failed]) is not list or len(items[failed]) < 2:  # which item: it did not
-        return TypeError(f"item #{failed} of {len(items)}: {exc}")  # say, of 1,000
+        return exc if len(items) == 1 else TypeError(  # say, of 1,000
+            f"item #{failed} of {len(items)}: {exc}")
     return TypeError(f"{exc} (map() passes a list as one argument, so item #{failed} is "
                      f"one call with the list {items[failed]!r:.60}; write each call's "
                      f"arguments as a tuple: {tuple(items[failed])!r:.60})")

@@ -116,6 +116,9 @@ def test_a_map_item_given_as_a_list_is_said_to_be_one_argument(kernel: Kernel,
                                         r"call with the list \[3, 4\]; write each call's "
                                         r"arguments as a tuple: \(3, 4\)\)"):
         add.map([(1, 2), [3, 4]])
+    with pytest.raises(TypeError, match=r"\(map\(\) passes a list as one argument, so item "
+                                        r"#0 is one call with the list \[3, 4\]"):
+        add.map([[3, 4]])  # a batch of one too
     with pytest.raises(TypeError) as plain:  # a tuple's mistake gets no list advice
         add.map([(1, 2, 3)])
     assert "passes a list" not in str(plain.value)

@@ -392,6 +392,33 @@ def test_bad_payload_unknown_task_and_import_error_fail_only_that_job(
     assert good.delay().get(timeout=10) == 1  # the worker is still serving
 
 
+def test_a_copy_to_quarantine_that_fails_is_said_and_the_job_still_fails(
+        make_kernel, monkeypatch: pytest.MonkeyPatch):
+    """A store that cannot take the copy (a full disk) left the lease to expire, and the
+    job came back until the delivery limit failed it as one whose workers crashed."""
+    kernel = make_kernel("sqlite")
+
+    def full_disk(lease: object, reason: str) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kernel.queue, "copy_to_quarantine", full_disk)
+    with use_kernel(kernel):
+        kernel.queue.enqueue(Message(id="garbage3", body=b"\x80not json"))
+        w = Worker(kernel, workers=1, poll_timeout_secs=0.2)
+        w.start()
+        try:
+            wait_until(lambda: get_job("garbage3").status is JobStatus.FAILED,
+                       what="garbage3")
+        finally:
+            w.stop()
+            w.join()
+        record = get_job("garbage3")
+    assert record.attempts == 1, "settled at its first delivery"
+    assert "not valid JSON" in (record.error or "")
+    assert "copying the message as stored to the queue backend's quarantine failed too " \
+           "(OSError(28, 'No space left on device')): it is not kept" in (record.error or "")
+
+
 def _job_of(kernel: Kernel, task_name: str, module: str, *args: object) -> str:
     """Enqueue a job as a producer that imported ``module`` would (not imported here)."""
     from nuvom_kernel.envelope import Envelope

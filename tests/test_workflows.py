@@ -462,9 +462,12 @@ def test_purge_removes_ended_workflows_and_a_purged_input_fails_its_step(cluster
     with pytest.raises(NuvomError, match="unknown workflow id"):
         get_workflow(ended.id)
     cluster.open_gate("purge")
-    with pytest.raises(JobFailedError, match="no longer stored"):
+    with pytest.raises(JobFailedError, match="no longer stored") as failed:
         running.get(timeout=20)
     assert [n.state for n in running.nodes] == ["SUCCEEDED", "SUCCEEDED", "FAILED"]
+    # its message was sound: not copied to quarantine as a body that does not decode
+    assert "quarantine" not in str(failed.value)
+    assert cluster.kernel.queue.stats().quarantined == []
 
 
 # --- refusal ---------------------------------------------------------------------------------

@@ -127,14 +127,18 @@ class JobRunner:
         try:
             envelope = Envelope.from_message(message, self.serializer)
             job = envelope.job(JobStatus.RUNNING)
-            if WF_HEADER in job.headers:  # a workflow step: its parents' results first
-                resolve_input(self.kernel, job)
         except EnvelopeVersionError as exc:
             self._leave_for_newer(lease, exc)
             return None
         except SerializationError as exc:
             self._undecodable(lease, exc)
             return None
+        if WF_HEADER in job.headers:  # a workflow step: its parents' results first
+            try:  # (a sound message: a parent's result purged or unreadable)
+                resolve_input(self.kernel, job)
+            except SerializationError as exc:
+                self.settler.submit(self.settler.without_envelope(lease, exc, "undecodable"))
+                return None
         job.attempts = lease.deliveries
         job.failures = max(message.failures, envelope.legacy_failures)
         job._kernel = self.kernel
@@ -325,23 +329,24 @@ class JobRunner:
         queue backend's quarantine where it keeps one (``nuvom status`` lists it). Why: the
         failure's ack deleted the only copy of what was stored (a body edited by hand or
         written by another tool), where a damaged entry is to be quarantined, not dropped.
-        A copy the store fails to make leaves the lease to expire: the next delivery tries
-        again (and the delivery limit ends it, as a job that never settles)."""
+        A copy the store fails to make is said in the record, which is settled all the same:
+        left to expire, the lease came back until the delivery limit failed the job as one
+        whose workers crashed, its bytes dropped then anyway."""
         queue = self.settler.queue
+        kept = ("; the message as stored is kept in the queue backend's quarantine (`nuvom "
+                "status` lists it)")
         try:
             copied = queue.copy_to_quarantine(lease, f"its body cannot be decoded: {exc}")
         except NotImplementedError:  # optional: the record alone says why
-            copied = None
+            copied, kept = None, ""
         except Exception as failed:
+            copied, kept = None, (f"; copying the message as stored to the queue backend's "
+                                  f"quarantine failed too ({failed!r}): it is not kept")
             log.error("job=%s: its message does not decode (%s), and queue backend %r failed "
-                      "to copy it to quarantine (%r); its lease will expire and the copy be "
-                      "tried again", lease.id, exc, queue.name, failed)
-            return
+                      "to copy it to quarantine (%r)", lease.id, exc, queue.name, failed)
         if copied is False:  # the lease was lost: its new holder decides
             return
-        error = exc if copied is None else SerializationError(
-            f"{exc}; the message as stored is kept in the queue backend's quarantine "
-            "(`nuvom status` lists it)")
+        error = SerializationError(f"{exc}{kept}") if kept else exc
         self.settler.submit(self.settler.without_envelope(lease, error, "undecodable"))
 
     def _leave_for_newer(self, lease: Lease, exc: EnvelopeVersionError) -> None:

@@ -251,3 +251,24 @@ def test_the_readmes_repair_of_a_quarantined_job_runs_it_again(queue: RedisJobQu
         assert queue.ack(lease) is True and queue.stats().quarantined == []
     finally:
         client.close()
+
+
+def test_a_copy_to_quarantine_of_a_hash_of_thousands_of_fields_is_whole(
+        queue: RedisJobQueue) -> None:
+    """A message hash grown by hand or by another tool: one ``HSET`` of ``unpack()`` of all
+    its fields overflowed Lua's stack ("too many results to unpack") past ~8,000 values,
+    and the copy failed."""
+    client = redis.Redis.from_url(URL)
+    try:
+        message = make_message(body=b"\xff not an envelope")
+        queue.enqueue(message)
+        [lease] = queue.claim(1)
+        prefix = queue.store.prefix
+        client.hset(f"{prefix}j:{message.id}", mapping={f"extra{i}": i for i in range(5000)})
+        assert queue.copy_to_quarantine(lease, "its body is not an envelope") is True
+        [key] = _quarantined_keys(client, prefix)
+        kept = client.hgetall(key)
+        assert kept[b"extra4999"] == b"4999" and kept[b"xi"] == message.id.encode()
+        assert queue.ack(lease) is True
+    finally:
+        client.close()

@@ -95,6 +95,9 @@ class QueueRemovalTests(QueueContractBase):
         assert message.id in line and "its body is not an envelope" in line, line
         assert queue_backend.ack(lease) is True, "the lease is left as it was"
         assert len(queue_backend.stats().quarantined) == 1, "the copy outlives the ack"
+        assert queue_backend.enqueue(make_message(message.id)) is True, \
+            "the copy does not keep the job's id taken: it can be pushed again"
+        self._claim_one(queue_backend)
         assert queue_backend.copy_to_quarantine(lease, "again") is False, \
             "a lease that no longer holds its message copies nothing"
         assert len(queue_backend.stats().quarantined) == 1

@@ -378,7 +378,9 @@ if not h then return 0 end
 local n = redis.call('INCR', P .. 'seq')
 local xk = P .. 'quarantine:' .. n
 local fields = redis.call('HGETALL', P .. 'j:' .. id)
-redis.call('HSET', xk, unpack(fields))
+for i = 1, #fields, 1000 do  -- unpack() of more than ~8000 values overflows Lua's stack
+  redis.call('HSET', xk, unpack(fields, i, math.min(i + 999, #fields)))
+end
 redis.call('HSET', xk, 'xi', id, 'xq', h[1], 'xw', ARGV[4], 'xt', f17(now))
 redis.call('ZADD', P .. 'quarantine', now, n)
 return 1

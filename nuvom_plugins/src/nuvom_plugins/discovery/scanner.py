@@ -85,7 +85,7 @@ def _spec(lines: Sequence[str], source: str = "--exclude/--include",
             continue
         try:
             pathspec.GitIgnoreSpec.from_lines([line])
-        except re.error as exc:
+        except (re.error, ValueError) as exc:  # (pathspec's own errors are ValueErrors)
             said = f"{source} pattern {line!r} is no valid glob ({exc}); fix or remove it"
             if errors is None:
                 raise ValueError(said) from None

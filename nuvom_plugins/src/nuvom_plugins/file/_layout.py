@@ -419,12 +419,16 @@ class Layout:
             self.quarantine(path, "a directory, not a message file")
 
     def keep_copy(self, source: Path, reason: str) -> None:
-        """A hard link of ``source`` in ``quarantine/`` (its bytes as stored, nothing
-        written twice), said as :meth:`quarantine` says it; ``source`` stays where it is.
+        """A copy of ``source``'s bytes in ``quarantine/``, said as :meth:`quarantine` says
+        it; ``source`` stays where it is. A copy, not a hard link: the id marker in
+        ``ids/`` is a link of the message file, and an id reads as taken while that file has
+        another link, so a link kept the job's id taken for good (a push of it stored
+        nothing).
 
         :raises FileNotFoundError: ``source`` is gone."""
+        data = source.read_bytes()
         target = self.dirs["quarantine"] / f"{us(time.time())}-{source.name}"
-        os.link(source, target)
+        os.replace(write_new_file(self.dirs["quarantine"], data, fsync=False), target)
         self._say_why(source, target, reason)
 
     def _say_why(self, source: Path, target: Path, reason: str) -> None:

@@ -99,8 +99,8 @@ class LeaseOperations(QueueBackend):
             return name is not None
 
     def copy_to_quarantine(self, lease: Lease, reason: str) -> bool:
-        """The lease file, hard-linked into ``quarantine/`` with its reason: the ack that
-        follows unlinks the lease file, and the bytes stay."""
+        """The lease file's bytes, copied into ``quarantine/`` with its reason: the ack
+        that follows unlinks the lease file, and the copy stays."""
         with self._lease_ops:
             name = self._lease_name(lease)
             if name is None:
