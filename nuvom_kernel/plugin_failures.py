@@ -27,8 +27,8 @@ from nuvom_kernel.errors import PluginLoadError
 from nuvom_kernel.hints import did_you_mean, warn_once
 from nuvom_kernel.plugin_sources import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS
 
-__all__ = ["KNOWN_PLUGINS", "KNOWN_PROVIDERS", "PluginFailures", "clone_install",
-           "inherit_failures", "install_hint"]
+__all__ = ["KNOWN_DISCOVERERS", "KNOWN_PLUGINS", "KNOWN_PROVIDERS", "PluginFailures",
+           "clone_install", "inherit_failures", "install_hint"]
 
 log = logging.getLogger("nuvom.plugins")
 
@@ -41,6 +41,10 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "redis": "nuvom-plugins-redis",
     "postgres": "nuvom-plugins-postgres",
 }
+
+#: The names of :data:`KNOWN_PROVIDERS` that are discoverers; each other one is both a queue
+#: and a result backend.
+KNOWN_DISCOVERERS: frozenset[str] = frozenset({"ast"})
 
 #: The plugin (entry point) of that distribution that registers each of them: disabling
 #: ``file`` leaves the ``ast`` discoverer, which is plugin ``discovery``'s.

@@ -21,17 +21,22 @@ from nuvom_kernel.config import CAPABILITIES, DISABLE_VAR, PLUGINS_FILE
 from nuvom_kernel.discovery import Discoverer
 from nuvom_kernel.errors import BackendNotFoundError, DuplicateBackendError, PluginLoadError
 from nuvom_kernel.hints import did_you_mean, warn_once
-from nuvom_kernel.plugin_failures import KNOWN_PROVIDERS, PluginFailures, install_hint
+from nuvom_kernel.plugin_failures import (
+    KNOWN_DISCOVERERS,
+    KNOWN_PROVIDERS,
+    PluginFailures,
+    install_hint,
+)
 from nuvom_kernel.serialization import Serializer
 
 __all__ = ["REGISTERED_BASES", "BackendLookup", "PluginInfo"]
 
-_BACKENDS = frozenset({"memory", "file", "sqlite", "redis", "postgres"})
+_BACKENDS = frozenset(KNOWN_PROVIDERS) - KNOWN_DISCOVERERS
 #: Registration hook -> the names of :data:`KNOWN_PROVIDERS` it registers.
 _OURS_BY_HOOK: dict[str, frozenset[str]] = {
     "nuvom_register_queue_backends": _BACKENDS,
     "nuvom_register_result_backends": _BACKENDS,
-    "nuvom_register_discoverers": frozenset({"ast"}),
+    "nuvom_register_discoverers": KNOWN_DISCOVERERS,
 }
 
 #: Registration hook -> the class every class it returns subclasses (checked at load, and
@@ -144,7 +149,7 @@ class BackendLookup(PluginFailures):
         # the names of our distributions this hook can provide: 'pickle', a serializer
         # no plugin has, was asked "did you mean 'file'?" (a backend), and 'redis' was told
         # to install the Redis plugin
-        ours = {n for n in KNOWN_PROVIDERS if n in _OURS_BY_HOOK.get(hook_name, ())}
+        ours = _OURS_BY_HOOK.get(hook_name, frozenset())
         typo = did_you_mean(name, set(classes) | ours, repr)
         # autoload off: installed plugins are not loaded, so a missing one may be installed
         known = "installed" if self._autoload else "loaded"
