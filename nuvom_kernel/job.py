@@ -291,14 +291,27 @@ def still_waiting(job: Job[Any], timeout: float | None, kernel: Any) -> TimeoutE
                         f"{hint}")
 
 
+def live_workers(kernel: Any) -> list[Any] | None:
+    """The live workers, or ``None`` where the result backend keeps no heartbeats."""
+    if not type(kernel.results).capabilities.heartbeats:
+        return None
+    return list(kernel.results.live_workers())
+
+
+def serving(workers: list[Any], queue: str) -> list[Any]:
+    """Those of ``workers`` that serve ``queue`` (one started without ``--queue`` serves
+    every queue)."""
+    return [w for w in workers if not w.queues or queue in w.queues]
+
+
 def queued_hint(queue: str, kernel: Any) -> str | None:
     """Why a QUEUED job may not start, from the store's live workers; ``None`` where the
     result backend keeps no heartbeats (or cannot be read: a hint is never an error)."""
     try:
-        if not type(kernel.results).capabilities.heartbeats:
-            return None
-        workers = list(kernel.results.live_workers())
+        workers = live_workers(kernel)
     except Exception:
+        return None
+    if workers is None:
         return None
     # the heartbeats are the result store's: named too where it is not the queue's
     store = kernel.queue.location or f"queue backend {kernel.queue.name!r}"
@@ -312,12 +325,12 @@ def queued_hint(queue: str, kernel: Any) -> str | None:
         return (f"; no live worker runs on this store ({store}): start one with `nuvom "
                 "runworker` where it uses the same store (the same folder and NUVOM_* "
                 "settings: the working directory decides where the store is)")
-    serving = [w for w in workers if not w.queues or queue in w.queues]
-    if not serving:
+    served_by = serving(workers, queue)
+    if not served_by:
         served = sorted({q for w in workers for q in w.queues})
         return (f"; the live workers on this store ({store}) serve queue(s) "
                 f"{', '.join(served)}, not {queue!r}: start one with `nuvom runworker "
                 f"--queue {queue}`")
-    return (f"; {len(serving)} live worker(s) on this store ({store}) serve queue "
+    return (f"; {len(served_by)} live worker(s) on this store ({store}) serve queue "
             f"{queue!r}: busy with other jobs, or this one waits for its delay, a "
             "concurrency limit or a retry (`nuvom status`, `nuvom inspect job`)")

@@ -20,7 +20,7 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.call_checks import PRIORITY_MAX, PRIORITY_MIN, check_id, check_queue
 from nuvom_kernel.cli.output import Seconds, queue_typo, refuse_in_process
 from nuvom_kernel.errors import JobCancelledError, JobFailedError, NuvomError, UnknownTaskError
-from nuvom_kernel.job import queued_hint
+from nuvom_kernel.job import live_workers, queued_hint, serving
 from nuvom_kernel.models import JobStatus
 
 
@@ -161,20 +161,13 @@ def enqueue_command(task_name: str, args_json: str | None, kwargs_json: str | No
     click.echo(json.dumps(_jsonable(result)))
 
 
-def _live_workers(kernel: Any) -> list[Any] | None:
-    """The live workers, or ``None`` where the result backend keeps no heartbeats."""
-    if not type(kernel.results).capabilities.heartbeats:
-        return None
-    return list(kernel.results.live_workers())
-
-
 def _say_if_unserved(kernel: Any, queue: str) -> None:
     """A note when live workers run and none serves ``queue``: a misspelt ``--queue`` (or a
     task's) was taken silently, and ``--wait`` then timed out with no hint why. Nothing is
     said where the result backend keeps no heartbeats, or no worker runs (it may start
     later)."""
-    workers = _live_workers(kernel)
-    if not workers or any(not w.queues or queue in w.queues for w in workers):
+    workers = live_workers(kernel)
+    if not workers or serving(workers, queue):
         return
     served = sorted({q for w in workers for q in w.queues})
     click.echo(f"note: no live worker serves queue {queue!r} (they serve: "
