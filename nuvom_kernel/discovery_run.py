@@ -193,12 +193,16 @@ def _plan(kernel: Kernel) -> tuple[Scan, str] | None:
         if recorded is None or not changed:
             return None
         scan = recorded
-        why = (f"{len(changed)} task file(s) changed or removed after "
-               f"{manifest_path(data_dir)} was written "
-               f"({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})")
+        why = _stale(changed, data_dir)
     if not kernel.pm.collect("nuvom_register_discoverers") or not scan.root.is_dir():
         return None
     return scan, why
+
+
+def _stale(changed: list[str], data_dir: Path) -> str:
+    """The task files of :func:`changed_since`, as the start-up log names them."""
+    return (f"{len(changed)} task file(s) changed or removed after {manifest_path(data_dir)} "
+            f"was written ({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})")
 
 
 def load_at_start(kernel: Kernel, written: bool, process_pool: bool) -> None:
@@ -210,11 +214,9 @@ def load_at_start(kernel: Kernel, written: bool, process_pool: bool) -> None:
     # (just written: a file dated in the future would still read as changed)
     changed = [] if written else changed_since(data_dir, root)
     if changed:
-        log.warning("%d task file(s) changed or removed after %s was written (%s%s): a "
-                    "schedule=, a concurrency= or a task added there is unknown to this "
-                    "worker, and one removed still known, until `nuvom discover tasks` runs "
-                    "again", len(changed), manifest_path(data_dir),
-                    ", ".join(changed[:5]), ", ..." if len(changed) > 5 else "")
+        log.warning("%s: a schedule=, a concurrency= or a task added there is unknown to "
+                    "this worker, and one removed still known, until `nuvom discover tasks` "
+                    "runs again", _stale(changed, data_dir))
     if kernel.registry.names():
         return
     # A process pool's children import the task modules, never this process: without a
