@@ -115,6 +115,7 @@ def _corrupt_sqlite(project: Project, victim: str) -> Corruption:
                                " WHERE id = ?", (victim,)).rowcount
         if changed == 1:
             done.failed.append(victim)  # a well-typed row whose payload no longer decodes
+            done.quarantined += 1  # a copy of it, by the worker
         result_columns = [row[1] for row in conn.execute("PRAGMA table_info(nuvom_results)")]
         record = JobRecord(job_id="corrupt-record", task="chaos_work",
                            status=JobStatus.FAILED).to_dict()
@@ -196,10 +197,11 @@ def _drop_postgres_schemas() -> None:
 
 def _corrupt_postgres(project: Project, victim: str) -> Corruption:
     """What a hand edit or another tool can do to the tables: a real job's body cut in
-    half, a row inserted with a text body, a torn result record. The rows SQLite must
-    quarantine (mistyped columns) and rows in impossible states are tried too: the
-    server's types and the ``jobs_state_valid`` check refuse them, so PostgreSQL never
-    quarantines; any the server took would be expected in quarantine, failing the run."""
+    half, a row inserted with a text body, a torn result record: the two bodies do not
+    decode, so the worker copies each to the quarantine before it fails the job. The rows
+    SQLite must quarantine (mistyped columns) and rows in impossible states are tried too:
+    the server's types and the ``jobs_state_valid`` check refuse them; any the server took
+    would be expected in quarantine too, failing the run."""
     import psycopg
     from psycopg import sql
 
@@ -215,10 +217,12 @@ def _corrupt_postgres(project: Project, victim: str) -> Corruption:
             "WHERE id = %s AND state = 0").format(jobs), (victim,)).rowcount
         if changed == 1:
             done.failed.append(victim)  # a well-typed row whose payload no longer decodes
+            done.quarantined += 1  # a copy of it, by the worker
         conn.execute(sql.SQL("INSERT INTO {} " + columns.format(extra="") +
                              " VALUES ('corrupt-text-body', 'default', 0, 0, %s, %s, "
                              "'chaos_work', 'a text body')").format(jobs), (now, now))
         done.failed.append("corrupt-text-body")
+        done.quarantined += 1
         refused = 0
         for k, (what, state, priority, created, extra, extra_value) in enumerate((
                 ("priority 'high'", 0, "high", now, "", None),
@@ -246,7 +250,7 @@ def _corrupt_postgres(project: Project, victim: str) -> Corruption:
             (record.job_id, now, '{"job_id": "corrupt-record", "history": [{"attempt": 1, '))
     done.notes.append(f"1 truncated payload, 1 text-body row, 1 torn result record; {refused} "
                       "of 5 mistyped or impossible rows refused by the schema (nothing to "
-                      "quarantine)")
+                      "move aside: the bodies are copied)")
     return done
 
 

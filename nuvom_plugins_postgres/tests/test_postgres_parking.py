@@ -197,7 +197,7 @@ def _explain_candidates(queue: PostgresQueue, admin: psycopg.Connection[tuple[ob
 def test_a_v5_schema_holding_rows_is_migrated_and_parks(
         admin: psycopg.Connection[tuple[object, ...]], schema: str,
         settings: dict[str, object], context: BackendContext) -> None:
-    assert SCHEMA_VERSION == 6
+    assert SCHEMA_VERSION == 7
     schema_at_version(admin, schema, 5)
     now = time.time()
     insert = sql.SQL(
@@ -215,7 +215,7 @@ def test_a_v5_schema_holding_rows_is_migrated_and_parks(
     try:
         version = admin.execute(sql.SQL("SELECT max(version) FROM {}.version").format(
             sql.Identifier(schema))).fetchone()
-        assert version is not None and version[0] == 6
+        assert version is not None and version[0] == 7
         index = admin.execute(
             "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'jobs_held'",
             (schema,)).fetchone()

@@ -48,7 +48,7 @@ def test_a_v1_schema_with_jobs_is_migrated_and_keeps_them(
     try:
         found = conn.execute(sql.SQL("SELECT max(version) FROM {}.version").format(
             sql.Identifier(schema))).fetchone()
-        assert found is not None and found[0] == SCHEMA_VERSION == 6
+        assert found is not None and found[0] == SCHEMA_VERSION == 7
         assert queue.qsize() == 1 and [le.id for le in queue.claim(5)] == ["old"]
     finally:
         queue.close()

@@ -43,3 +43,22 @@ def test_a_promoted_put_back_waits_from_its_due_time(
     [again] = queue.claim(1)
     assert put_back_at + DELAY - 1 <= again.message.available_at <= time.time() + 1, \
         "the message comes back with the put-back's due time as its available_at"
+
+
+def test_quarantined_copies_are_listed_oldest_first_then_counted(
+        queue: PostgresQueue) -> None:
+    """``nuvom status`` shows the first 100 copies, then how many more the table holds,
+    each line naming the row to read (``<schema>.quarantine.seq=N``)."""
+    messages = [make_message(f"kept-{i:03d}") for i in range(102)]
+    queue.enqueue_many(messages)
+    leases = []
+    while len(leases) < len(messages):
+        leases += queue.claim(50)
+    for lease in sorted(leases, key=lambda le: le.id):
+        assert queue.copy_to_quarantine(lease, f"reason of {lease.id}") is True
+    lines = queue.stats().quarantined
+    assert len(lines) == 101
+    assert "'kept-000'" in lines[0] and "reason of kept-000" in lines[0]
+    assert f"{queue.schema}.quarantine.seq=" in lines[0]
+    assert "'kept-099'" in lines[99]
+    assert lines[100] == f"... and 2 more rows in {queue.schema}.quarantine"

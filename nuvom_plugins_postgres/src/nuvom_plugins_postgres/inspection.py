@@ -6,13 +6,15 @@ Why apart from push, claim and the lease bookkeeping: none of this is on a job's
 through a worker. Each call is one statement, each read a plain ``SELECT`` (no lock, no
 write), and every state is read on the server's clock by the expressions of
 :mod:`.queries` (``_STATE``, ``_LIVE_LEASE``), so ``peek_state``, ``browse`` and ``stats``
-cannot disagree about a job. ``stats`` adds the table-health warnings of :mod:`.hygiene`.
+cannot disagree about a job. ``stats`` adds the quarantined copies and the table-health
+warnings of :mod:`.hygiene`.
 
 :class:`QueueInspection` is a base class of the queue (a mixin of the same object).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Sequence
 
 from nuvom_kernel.backends import QueueCounts, QueueStats, queue_names
@@ -109,5 +111,20 @@ class QueueInspection(TableHygiene):
             stats.queues[queue] = QueueCounts(
                 ready=ready, delayed=delayed, running=running,
                 oldest_ready_age_secs=None if age is None else max(0.0, age))
+        stats.quarantined = self._quarantined()
         stats.warnings = self.hygiene_warnings()
         return stats
+
+    def _quarantined(self, limit: int = 100) -> list[str]:
+        """One line per copy in the quarantine (``copy_to_quarantine``), oldest first, for
+        ``nuvom status``; past ``limit``, one line with how many more."""
+        rows = self._store.rows(self._q.quarantined, (limit + 1,))
+        lines = []
+        for seq, job_id, queue, reason, at in rows[:limit]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+            lines.append(f"job {job_id!r} (queue {queue!r}) quarantined {when}: {reason}; "
+                         f"the row is kept as {self.schema}.quarantine.seq={seq}")
+        if len(rows) > limit:
+            [(total,)] = self._store.rows(self._q.quarantine_size)
+            lines.append(f"... and {total - limit} more rows in {self.schema}.quarantine")
+        return lines

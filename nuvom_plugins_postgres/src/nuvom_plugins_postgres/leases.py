@@ -35,6 +35,13 @@ class LeaseOperations(QueueBase):
         gone = {(r[0], r[1]) for r in self._store.rows(self._q.ack_many, params)}
         return [(le.id, le.token) in gone for le in leases]  # by token: see ACK_MANY
 
+    def copy_to_quarantine(self, lease: Lease, reason: str) -> bool:
+        """The leased row as stored, copied into ``<schema>.quarantine`` (schema v7). A
+        repeat after a lost reply (the store retries a statement whose connection dropped)
+        may keep a second copy: harmless, and better than none."""
+        return self._store.changed(self._q.copy_to_quarantine,
+                                   (reason, lease.id, lease.token)) == 1
+
     def _put_back(self, query: Any, lease: Lease, delay_secs: float,
                   body: bytes | None = None) -> bool:
         params = {"id": lease.id, "token": lease.token, "delay": max(float(delay_secs), 0.0),

@@ -235,6 +235,21 @@ DELETE FROM {s}.jobs j USING unnest(%b::text[], %b::text[]) AS t(id, token)
 WHERE j.id = t.id AND j.token = t.token AND {lease} RETURNING j.id, j.token
 """
 
+# A copy of a leased row, as stored, into the quarantine (``copy_to_quarantine``), fenced
+# by the lease's token like an ack. Committed durably (no ``{lease}``): it is rare, and the
+# copy is what outlives the ack that follows.
+COPY_TO_QUARANTINE = """
+INSERT INTO {s}.quarantine (id, queue, priority, created_at, available_at, task, failures,
+                            deliveries, body, reason)
+SELECT id, queue, priority, created_at, available_at, task, failures, deliveries, body, %s
+FROM {s}.jobs WHERE id = %s AND token = %s
+"""
+# One line's worth per quarantined copy, oldest first, one more than shown (for "and N more").
+QUARANTINED = """
+SELECT seq, id, queue, reason, extract(epoch FROM quarantined_at)::float8
+FROM {s}.quarantine ORDER BY seq LIMIT %s
+"""
+
 # Retry and release: back to ready (no delay) or scheduled, the lease cleared.
 # ``available_at`` moves to when the message is due again (a retry: now, or the end of its
 # delay; a release only with a delay), as on the other backends: ``due_at`` is cleared when
@@ -425,6 +440,8 @@ class Queries:
                                     "AND queue = ANY(%(queues)b::text[])")
         self.any_held = bind(ANY_HELD)
         self.ack, self.ack_many = bind(ACK), bind(ACK_MANY)
+        self.copy_to_quarantine, self.quarantined = bind(COPY_TO_QUARANTINE), bind(QUARANTINED)
+        self.quarantine_size = bind("SELECT count(*) FROM {s}.quarantine")
         self.retry = bind(RETRY, notifying=True)
         self.release = bind(RELEASE, notifying=True)
         self.extend, self.extend_many = bind(EXTEND), bind(EXTEND_MANY)

@@ -128,8 +128,31 @@ CREATE INDEX IF NOT EXISTS jobs_held ON {s}.jobs (task, queue, priority DESC, cr
     WHERE state = 3;
 """
 
+# v7: copies of messages whose bodies the kernel could not decode (a hand edit, another tool),
+# kept as stored, byte for byte, with why (``copy_to_quarantine``). Why a table: the types
+# and the state check refuse a malformed row, but a well-typed one can still carry a body
+# that is no envelope; the worker fails that job and acks it, and without a copy its bytes
+# went with the ack. Keyed by its own ``seq`` (a job's id may be pushed again, and copied
+# again); no index on the id: only ``nuvom status`` reads it, oldest first.
+_V7 = """
+CREATE TABLE {s}.quarantine (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text COLLATE "C" NOT NULL,
+    queue text NOT NULL,
+    priority integer NOT NULL,
+    created_at double precision NOT NULL,
+    available_at double precision NOT NULL,
+    task text NOT NULL,
+    failures integer NOT NULL,
+    deliveries integer NOT NULL,
+    body bytea NOT NULL,
+    reason text NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
 #: One entry per version; a new version appends its DDL here and never edits an old one.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
