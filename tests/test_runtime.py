@@ -429,6 +429,45 @@ def test_a_copy_to_quarantine_that_fails_is_said_and_the_job_still_fails(
            "(OSError(28, 'No space left on device')): it is not kept" in (record.error or "")
 
 
+def test_an_undecodable_message_whose_lease_was_lost_is_left_to_its_new_holder(
+        make_kernel, monkeypatch: pytest.MonkeyPatch, project: Path):
+    """The copy finds the lease gone (it expired, another worker claimed the message):
+    this worker must neither record the job FAILED nor ack it, or it would settle a job
+    another worker now holds."""
+    kernel = make_kernel("sqlite")
+    write_module(project, "t_after", (
+        "from nuvom_kernel import task\n"
+        "@task\n"
+        "def after():\n"
+        "    return 2\n"))
+    from t_after import after
+
+    real_copy = kernel.queue.copy_to_quarantine
+    taken: list[object] = []
+
+    def lose_then_copy(lease, reason: str) -> bool:
+        assert kernel.queue.extend(lease, 0) is True  # expired, as a stalled worker's
+        taken.extend(kernel.queue.claim(1))  # and claimed by another worker
+        return real_copy(lease, reason)
+
+    monkeypatch.setattr(kernel.queue, "copy_to_quarantine", lose_then_copy)
+    with use_kernel(kernel):
+        kernel.queue.enqueue(Message(id="garbage4", body=b"\x80not json"))
+        w = Worker(kernel, workers=1, poll_timeout_secs=0.2)
+        w.start()
+        try:
+            wait_until(lambda: bool(taken), what="the copy attempted")
+            # settled in order after anything the worker submitted before it
+            assert after.delay().get(timeout=10) == 2
+        finally:
+            w.stop()
+            w.join()
+        assert get_job("garbage4").status is JobStatus.RUNNING, "no record: its holder's"
+        [lease] = taken
+        assert kernel.queue.ack(lease) is True, "the new holder's lease still holds it"
+    assert kernel.queue.stats().quarantined == [], "nothing copied with the lost lease"
+
+
 def _job_of(kernel: Kernel, task_name: str, module: str, *args: object) -> str:
     """Enqueue a job as a producer that imported ``module`` would (not imported here)."""
     from nuvom_kernel.envelope import Envelope
