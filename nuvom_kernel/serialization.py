@@ -127,6 +127,10 @@ class Serializer:
         raise NotImplementedError
 
 
+def _not_a_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (Nuvom writes no NaN or Infinity)")
+
+
 class JsonSerializer(Serializer):
     """The default: compact UTF-8 JSON of already wire-safe data."""
 
@@ -138,11 +142,15 @@ class JsonSerializer(Serializer):
     def dumps(self, data: dict[str, Any]) -> bytes:
         return self._encode(data).encode()
 
+    # NaN and ±Infinity are refused as the encoder refuses them: no body Nuvom wrote holds
+    # one, and one that does (a hand edit, another tool's json.dumps) would run a task with
+    # an argument no producer could have sent. Called only where the text holds one.
+    _decoder = json.JSONDecoder(parse_constant=_not_a_constant)
     # json's C scanner, called directly: json.loads reaches it through two Python calls and
     # two regular expressions (whitespace around the document, which our bodies never have):
     # ~8,000 instructions per job of a drain (benchmarks/instructions.py, Python 3.11).
     _scan: Callable[[str, int], tuple[Any, int]] = staticmethod(
-        json.JSONDecoder().scan_once)  # type: ignore[attr-defined]
+        _decoder.scan_once)  # type: ignore[attr-defined]
 
     def loads(self, payload: bytes) -> dict[str, Any]:
         try:  # str, not bytes: json.loads would sniff the encoding of bytes on every call
@@ -151,8 +159,8 @@ class JsonSerializer(Serializer):
                 data, end = self._scan(text, 0)
             except StopIteration:  # not a value at 0 (leading whitespace, or not JSON)
                 end = -1
-            if end != len(text):  # json.loads decides (whitespace) or says what is wrong
-                data = json.loads(text)
+            if end != len(text):  # the whole decoder decides (whitespace) or says why not
+                data = self._decoder.decode(text)
         except (UnicodeDecodeError, ValueError) as exc:
             raise SerializationError(f"payload is not valid JSON: {exc}") from exc
         if not isinstance(data, dict):

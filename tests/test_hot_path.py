@@ -270,3 +270,19 @@ def test_a_body_with_whitespace_around_it_still_decodes() -> None:
     assert JsonSerializer().loads(b' \n{"a": [1, {"b": null}]}\t ') == {"a": [1, {"b": None}]}
     assert JsonSerializer().loads('{"a":1}') == {"a": 1}
     assert JsonSerializer().loads(bytearray(b'{"a":1}')) == {"a": 1}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("body", [b'{"args":[NaN]}', b'{"a":{"b":Infinity}}',
+                                  b' {"a":-Infinity}'])
+def test_a_body_holding_nan_or_infinity_is_refused_as_the_encoder_refuses_it(
+        body: bytes) -> None:
+    """No producer can send NaN (the encoder refuses it), so a body holding one was written
+    by hand or by another tool's ``json.dumps``: its job is failed as undecodable (and its
+    message copied to quarantine), not run with an argument no producer could send."""
+    from nuvom_kernel.errors import SerializationError
+    from nuvom_kernel.serialization import JsonSerializer
+
+    with pytest.raises(SerializationError, match="is not JSON"):
+        JsonSerializer().loads(body)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        JsonSerializer().dumps({"args": [float("nan")]})
