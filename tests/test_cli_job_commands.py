@@ -64,6 +64,21 @@ def test_purging_with_an_age_past_the_epoch_purges_everything_finished(project: 
     assert "Invalid value for '--older-than': '7' is not an age" in bad.stderr, bad.stderr
 
 
+def test_a_purge_dry_run_counts_what_it_would_delete_and_deletes_nothing(
+        project: Path) -> None:
+    """`purge results` asks nothing (cron runs it): an operator tries an age first."""
+    _one_finished_job(project)
+    recent = run_nuvom(["purge", "results", "--older-than", "1d", "--dry-run"], project)
+    assert recent.returncode == 0, recent.stderr
+    assert "dry run: would purge 0 job record(s) finished before " in recent.stdout
+    old = run_nuvom(["purge", "results", "--older-than", "0s", "--dry-run"], project)
+    assert old.returncode == 0, old.stderr
+    assert "SUCCEEDED" in old.stdout and "dry run: would purge 1 job record(s)" in old.stdout
+    assert "nothing was changed" in old.stdout
+    done = run_nuvom(["purge", "results", "--older-than", "0s"], project)
+    assert "purged 1 job record(s)" in done.stdout, done.stdout
+
+
 def test_inspect_shows_a_lone_surrogate_escaped_on_a_utf8_terminal(project: Path) -> None:
     """A value with a lone surrogate (a file name decoded with surrogateescape) is stored
     as given; a UTF-8 stdout refused to print it and `inspect job` ended in a traceback."""

@@ -376,14 +376,39 @@ def purge_group() -> None:
     """Delete old records, or the jobs waiting in a queue."""
 
 
+def _purge_preview(cutoff: float) -> None:
+    """What ``purge results`` would delete before ``cutoff``: every finished record less
+    those updated since (two counts the backends answer from their indexes; no result
+    backend counts "older than" directly)."""
+    results = _kernel().results
+    total = {s: n for s, n in results.counts().items() if JobStatus(s) in TERMINAL_STATES}
+    for per_status in results.counts_since(cutoff).values():
+        for status, n in per_status.items():
+            if status in total:
+                total[status] -= n
+    old = {s: n for s, n in sorted(total.items()) if n > 0}
+    if old:
+        print_table([{"status": s, "records": n} for s, n in old.items()], ["status", "records"])
+    click.echo(f"dry run: would purge {sum(old.values())} job record(s) finished before "
+               f"{local_time(cutoff)}, and the workflows that ended before it; nothing was "
+               "changed")
+
+
 @purge_group.command(name="results")
 @click.option("--older-than", "older_than", required=True, callback=parse_age,
               help="Age such as 7d, 12h, 30m: finished records older than this are deleted.")
-def purge_results(older_than: float) -> None:
+@click.option("--dry-run", is_flag=True,
+              help="Count the finished records that would be deleted, per status; change "
+                   "nothing.")
+def purge_results(older_than: float, dry_run: bool) -> None:
     """Delete finished job records (SUCCEEDED, FAILED, CANCELLED) older than an age, and
-    the workflows that ended before it."""
+    the workflows that ended before it. Asks nothing (it is what cron runs): try an age
+    with --dry-run first."""
     # an age past the epoch (999999999999d) means every finished record, not an OSError
     cutoff = max(0.0, time.time() - older_than)
+    if dry_run:
+        _purge_preview(cutoff)
+        return
     removed = _kernel().results.purge(cutoff)
     click.echo(f"purged {removed} job record(s) finished before {local_time(cutoff)}")
     flows = _kernel().queue.purge_workflows(cutoff)  # their steps' records went just above
