@@ -19,13 +19,14 @@ import pluggy
 
 from nuvom_kernel.config import (
     AUTOLOAD_VAR,
+    CAPABILITIES,
     DISABLE_VAR,
     PLUGINS_FILE,
     Config,
 )
-from nuvom_kernel.errors import PluginLoadError
+from nuvom_kernel.errors import PluginConfigError, PluginLoadError
 from nuvom_kernel.hints import did_you_mean, warn_once
-from nuvom_kernel.plugin_sources import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS
+from nuvom_kernel.plugin_sources import DEFAULT_PLUGINS, ESSENTIAL_PLUGINS, plugin_behind
 
 __all__ = ["KNOWN_DISCOVERERS", "KNOWN_PLUGINS", "KNOWN_PROVIDERS", "PluginFailures",
            "clone_install", "inherit_failures", "install_hint"]
@@ -94,6 +95,9 @@ class PluginFailures(pluggy.PluginManager):
         self.sources: dict[str, tuple[str, str | None, str | None]] = {}
         #: plugin name -> why it is disabled for this process (it failed).
         self.failures: dict[str, str] = {}
+        #: (registration hook, class name) -> the failed plugin that registered it, so the
+        #: lookup of a backend names its plugin's failure, not a missing install.
+        self.failed_provides: dict[tuple[str, str], str] = {}
         #: disabled plugin name -> what disabled it (the variable, the toml setting, both).
         self.disabled: dict[str, str] = {}
         #: every entry point of the ``nuvom`` group -> its distribution, loaded or not (read
@@ -124,7 +128,8 @@ class PluginFailures(pluggy.PluginManager):
         that shows it included); one listed in ``.nuvom_plugins.toml`` or internal stops
         loading.
 
-        :raises PluginLoadError: naming the plugin, the unknown hook and the fix.
+        :raises PluginLoadError: naming the plugin, the unknown hook and the fix
+            (``PluginConfigError`` for a ``.nuvom_plugins.toml`` target: exit status 2).
         """
         while True:
             try:
@@ -140,7 +145,10 @@ class PluginFailures(pluggy.PluginManager):
                 message = (f"plugin {name!r}{self.provenance(name)} does not match the hook "
                            f"specs: {exc.args[0]}{hint}. Check the hook name for typos "
                            "against docs/plugin_hooks.md (every hook starts with 'nuvom_')")
-                if self.sources.get(name, ("internal",))[0] != "entry point":
+                source = self.sources.get(name, ("internal",))[0]
+                if source == PLUGINS_FILE:  # a configuration error, as its other ones are
+                    raise PluginConfigError(f"{message} (listed in {PLUGINS_FILE}).") from exc
+                if source != "entry point":
                     raise PluginLoadError(f"{message}.") from exc
                 self._failed(name, message)
 
@@ -158,7 +166,26 @@ class PluginFailures(pluggy.PluginManager):
         if exc is not None:
             log.debug("plugin %s failed", name, exc_info=exc)
         self.failures[name] = message
+        self._remember_provides(name)
         self.unregister(name=name)
+
+    def _remember_provides(self, name: str) -> None:
+        """Keep the class names the registered plugin ``name`` provides, as it is disabled
+        (one whose ``nuvom_configure`` raised had registered its backends): asking for one
+        was answered "no installed plugin provides it ... install the plugin", though the
+        plugin was installed and had failed."""
+        plugin = self.get_plugin(name)
+        for hook_name in filter(None, CAPABILITIES.values()):
+            register = getattr(plugin, hook_name, None)
+            if plugin is None or not callable(register):
+                continue
+            try:
+                classes = list(register() or ())
+            except Exception:  # said already, or will be where it is called
+                continue
+            for cls in classes:
+                if isinstance(getattr(cls, "name", None), str):
+                    self.failed_provides.setdefault((hook_name, cls.name), name)
 
     def disable(self, name: str, hook_name: str, exc: Exception) -> None:
         """Disable plugin ``name`` for this process because its ``hook_name`` raised ``exc``,
@@ -167,8 +194,10 @@ class PluginFailures(pluggy.PluginManager):
 
         :raises PluginLoadError: for an essential internal plugin.
         """
+        behind = plugin_behind(self, exc)  # its own line: the error may be a library's
+        at = f" (raised at {behind[1]})" if behind and behind[0] == name else ""
         self._failed(name, f"plugin {name!r}{self.provenance(name)} failed in {hook_name}: "
-                           f"{exc!r}", exc)
+                           f"{exc!r}{at}", exc)
 
     def provenance(self, name: str) -> str:
         """`` (distribution D 1.0)`` for an installed plugin, else nothing."""

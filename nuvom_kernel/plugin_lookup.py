@@ -146,6 +146,10 @@ class BackendLookup(PluginFailures):
         if name in self.failures:  # the plugin of that name failed to load
             raise BackendNotFoundError(f"the {what} {name!r} is not available: "
                                        f"{self.failures[name]}.")
+        failed = self.failed_provides.get((hook_name, name))
+        if failed in self.failures:  # registered by a plugin disabled since (it raised)
+            raise BackendNotFoundError(f"the {what} {name!r} is provided by plugin "
+                                       f"{failed!r}, which failed: {self.failures[failed]}.")
         # the names of our distributions this hook can provide: 'pickle', a serializer
         # no plugin has, was asked "did you mean 'file'?" (a backend), and 'redis' was told
         # to install the Redis plugin

@@ -113,16 +113,29 @@ def plugin_behind(plugins: Any, exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
-def raised_at(exc: BaseException) -> str:
+def raised_at(exc: BaseException, module: str | None = None) -> str:
     """`` (raised at file:line)``: the plugin's own line that raised (a ``SyntaxError``'s
     file and line), or nothing where the traceback holds none of its lines (a module not
     installed, an entry point naming what its module lacks). Why: "failed to import:
-    RuntimeError('boom')" named no file, and ``-v`` showed no more."""
+    RuntimeError('boom')" named no file, and ``-v`` showed no more.
+
+    With ``module`` (the plugin's module, by its import name), the line is the last one in
+    that module's top-level package, and the innermost frame follows where it differs:
+    ``json.loads`` raising at import was blamed on ``json/decoder.py:353``, not on the
+    plugin's line that called it."""
     if isinstance(exc, SyntaxError) and exc.filename:
         return f" (raised at {exc.filename}:{exc.lineno})"
-    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
-              if not frame.filename.startswith(_NOT_THE_PLUGIN)]
-    return f" (raised at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    frames = [(frame.f_code.co_filename, line, str(frame.f_globals.get("__name__", "")))
+              for frame, line in traceback.walk_tb(exc.__traceback__)
+              if not frame.f_code.co_filename.startswith(_NOT_THE_PLUGIN)]
+    if not frames:
+        return ""
+    file, line, _ = frames[-1]
+    top = (module or "").partition(".")[0]
+    own = [f for f in frames if top and (f[2] == top or f[2].startswith(top + "."))]
+    if own and own[-1] != frames[-1]:
+        return f" (raised at {own[-1][0]}:{own[-1][1]}, in {file}:{line})"
+    return f" (raised at {file}:{line})"
 
 
 def import_target(target: str, where: str, root: Path) -> Any:
@@ -140,7 +153,7 @@ def import_target(target: str, where: str, root: Path) -> Any:
         if isinstance(exc, SystemExit) or not missing_module(exc, module_name):
             what = (f"called sys.exit({exc.code!r}) while it was imported"
                     if isinstance(exc, SystemExit) else
-                    f"failed while it was imported: {exc!r}{raised_at(exc)}")
+                    f"failed while it was imported: {exc!r}{raised_at(exc, module_name)}")
             raise PluginConfigError(
                 f"{where}: target {target!r} {what}. Fix that error in its code (or install "
                 "what it imports)."
@@ -233,7 +246,7 @@ def as_plugin(obj: Any, target: str, where: str) -> Any:
             try:
                 return obj()
             except Exception as exc:  # its __init__'s own error too (a bare traceback)
-                at = raised_at(exc)
+                at = raised_at(exc, obj.__module__)
                 raise PluginConfigError(
                     f"{where}: target {target!r} is a class "
                     + (f"that cannot be built without arguments: {exc}"

@@ -234,8 +234,9 @@ class NuvomPluginManager(BackendLookup):
             try:
                 plugin = ep.load()
             except Exception as exc:  # one broken install must not stop the others
-                where = raised_at(exc)  # none: not installed, or the entry point is stale
-                broken = where and not missing_module(exc, ep.value.partition(":")[0].strip())
+                module = ep.value.partition(":")[0].strip()
+                where = raised_at(exc, module)  # none: not installed, or a stale entry point
+                broken = where and not missing_module(exc, module)
                 typo = None if broken else entry_point_typo(ep.value, exc)
                 advice = ("Fix that error in its code (or install what it imports), upgrade "
                           "it" if broken else

@@ -453,8 +453,10 @@ def test_a_raising_command_hook_disables_only_its_plugin(tmp_path: Path) -> None
     commands (those added before it raised too) missing, every other command working."""
     site = _site(tmp_path, "bcmd", RAISES_IN_COMMANDS)
     failure = ("plugin 'bcmd' (distribution nuvom-plugins-bcmd 0.1) failed in "
-               "nuvom_register_commands: RuntimeError('boom in commands'). It is disabled for "
-               "this process: fix or upgrade it, or disable it with NUVOM_DISABLE_PLUGINS=bcmd")
+               "nuvom_register_commands: RuntimeError('boom in commands') (raised at "
+               f"{Path(site) / 'nuvom_fake_bcmd.py'}:15 in nuvom_register_commands). It is "
+               "disabled for this process: fix or upgrade it, or disable it with "
+               "NUVOM_DISABLE_PLUGINS=bcmd")
     done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr.count(f"error: {failure}") == 1, done.stderr  # once, as loading says
@@ -684,8 +686,10 @@ def test_a_plugin_whose_configure_raises_is_disabled_and_named(
     pm.load(load_config(tmp_path, environ={}), environ={"NUVOM_DISABLE_PLUGIN_AUTOLOAD": "1"})
     with caplog.at_level(logging.ERROR, logger="nuvom.plugins"):
         pm.register(_ConfigureRaises(), name="cfgboom")
-    failure = ("plugin 'cfgboom' failed in nuvom_configure: RuntimeError('configure boom'). "
-               "It is disabled for this process: ")
+    line = _ConfigureRaises.nuvom_configure.__code__.co_firstlineno + 2  # its raise
+    failure = ("plugin 'cfgboom' failed in nuvom_configure: RuntimeError('configure boom') "
+               f"(raised at {__file__}:{line} in nuvom_configure). It is disabled for this "
+               "process: ")
     assert pm.failures["cfgboom"].startswith(failure), pm.failures
     assert "NUVOM_DISABLE_PLUGINS=cfgboom" in pm.failures["cfgboom"]
     assert caplog.text.count(failure) == 1, caplog.text
@@ -925,6 +929,44 @@ def test_a_plugin_that_raises_at_import_is_named_where_it_raised(tmp_path: Path)
            f"{Path(site) / 'nuvom_fake_bimp.py'}:2). Fix that error in its code (or install " \
            "what it imports), upgrade it, or disable it with NUVOM_DISABLE_PLUGINS=bimp" \
            in done.stderr, done.stderr
+
+
+def test_an_error_a_library_raises_at_import_names_the_plugins_line_too(tmp_path: Path
+                                                                      ) -> None:
+    """``json.loads("{not json")`` at a plugin's import was said "raised at
+    .../json/decoder.py:353": the library's line, not the plugin's that called it."""
+    code = "import json\n\nSETTINGS = json.loads('{not json')\n"
+    site = _site(tmp_path, "bjson", code)
+    done = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, **MEMORY)
+    assert done.returncode == 0, done.stderr
+    assert f"(raised at {Path(site) / 'nuvom_fake_bjson.py'}:3, in " in done.stderr, \
+        done.stderr
+    assert "decoder.py:" in done.stderr.split("nuvom_fake_bjson.py:3, in ")[1], done.stderr
+    (tmp_path / "json_target.py").write_text(code)
+    (tmp_path / ".nuvom_plugins.toml").write_text('[plugins]\nhooks = ["json_target"]\n')
+    refused = run_nuvom(["config"], tmp_path, **MEMORY)
+    assert refused.returncode == 2, refused.stderr
+    assert f"(raised at {tmp_path / 'json_target.py'}:3, in " in refused.stderr, \
+        refused.stderr
+
+
+def test_a_backend_whose_plugin_failed_in_a_hook_is_said_so_with_the_line(tmp_path: Path
+                                                                         ) -> None:
+    """A plugin whose ``nuvom_configure`` raised had registered backend 'fakeq'; asking for
+    it said "no installed plugin provides the queue backend 'fakeq' ... install the plugin",
+    and the failure named no line of the plugin's."""
+    code = FAKEQ + ("\n\n@hookimpl\ndef nuvom_configure(config):\n"
+                    "    raise RuntimeError('boom in configure')\n")
+    site = _site(tmp_path, "brokenconf", code)
+    done = run_nuvom(["status"], tmp_path, PYTHONPATH=site, NUVOM_QUEUE_BACKEND="fakeq",
+                     NUVOM_RESULT_BACKEND="memory")
+    assert done.returncode != 0
+    assert "the queue backend 'fakeq' is provided by plugin 'brokenconf', which failed: " \
+           "plugin 'brokenconf' (distribution nuvom-plugins-brokenconf 0.1) failed in " \
+           "nuvom_configure: RuntimeError('boom in configure') (raised at " \
+           f"{Path(site) / 'nuvom_fake_brokenconf.py'}:17 in nuvom_configure)" \
+           in done.stderr, done.stderr
+    assert "no installed plugin provides" not in done.stderr, done.stderr
 
 
 def test_a_plugin_import_error_names_the_plugins_line_or_none(tmp_path: Path) -> None:

@@ -227,6 +227,17 @@ def test_set_values_go_through_the_declared_settings_schema(
     assert not seen.exists(), "nothing runs with a refused setting"
 
 
+def test_set_visibility_timeout_is_refused_the_suite_sets_it(tmp_path: Path) -> None:
+    """`--set visibility_timeout_secs=60` overrode the suite's short leases, and the lease
+    tests failed, telling the author to fix a from_settings that did right."""
+    done = nuvom(["plugin", "test", "memory", "--set", "visibility_timeout_secs=60"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr == (
+        "Error: --set visibility_timeout_secs: the contract suite sets the visibility timeout "
+        "itself (its lease tests build backends with leases of a fraction of a second, "
+        "through BackendContext.visibility_timeout_secs); drop this setting\n")
+
+
 def test_a_plugin_disabled_while_loading_fails_the_check_that_broke(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A registration hook that raised was reported under the check "import", sending its

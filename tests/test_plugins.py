@@ -220,6 +220,21 @@ def test_an_installed_plugin_that_does_not_match_the_specs_is_disabled_not_fatal
     assert tested.returncode == 1 and said in tested.stdout, tested.stdout + tested.stderr
 
 
+def test_a_toml_target_with_a_misspelt_hook_is_a_configuration_error(tmp_path: Path
+                                                                    ) -> None:
+    """It exited 1, where every other fault of a .nuvom_plugins.toml entry exits 2 (a
+    configuration error, docs/configuration.md)."""
+    from tests.helpers import run_nuvom
+
+    (tmp_path / "typo_hooks.py").write_text(TYPO_HOOK)
+    (tmp_path / ".nuvom_plugins.toml").write_text('[plugins]\nhooks = ["typo_hooks"]\n')
+    done = run_nuvom(["status"], tmp_path, NUVOM_QUEUE_BACKEND="memory",
+                     NUVOM_RESULT_BACKEND="memory")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "(did you mean 'nuvom_before_execute'?)" in done.stderr, done.stderr
+    assert "(listed in .nuvom_plugins.toml)." in done.stderr, done.stderr
+
+
 CLASHING_PAIR = """
 from nuvom_kernel import hookimpl
 from nuvom_kernel.testing.stubs import StubQueue
