@@ -211,6 +211,21 @@ class JobRecord:
     run: int = 1
     token: str | None = None
 
+    @property
+    def run_secs(self) -> float | None:
+        """How long its last attempt ran; ``None`` if none did. Why not ``finished_at -
+        started_at`` alone: a job cancelled while it waited out a retry delay keeps its
+        attempt's ``started_at`` and finishes at the cancel, and read as having run until
+        then; its history's last attempt says how long that one ran."""
+        if self.status is JobStatus.CANCELLED:
+            last = self.history[-1] if self.history else {}
+            start, end = last.get("started_at"), last.get("finished_at")
+        else:
+            start, end = self.started_at, self.finished_at
+        if not isinstance(start, int | float) or not isinstance(end, int | float):
+            return None
+        return float(end) - float(start)
+
     def to_dict(self) -> dict[str, Any]:
         """A shallow dict (nested lists and dicts are shared, not copied): backends encode it
         at once, and a recursive ``attrs.asdict`` per job was a visible share of the drain."""

@@ -79,6 +79,44 @@ def test_a_purge_dry_run_counts_what_it_would_delete_and_deletes_nothing(
     assert "purged 1 job record(s)" in done.stdout, done.stdout
 
 
+FLAKY = """
+from nuvom_kernel import task
+
+
+@task(retries=1, retry_delay_secs=3600)
+def flaky():
+    raise ValueError("not yet")
+"""
+
+
+def test_a_job_cancelled_in_its_retry_delay_shows_how_long_its_attempt_ran(
+        project: Path) -> None:
+    """It showed the time from its attempt's start to the cancel (8,016 ms for an attempt
+    of 4 ms): ``finished_at`` is the cancel's time."""
+    write_module(project, "cli_flaky", FLAKY)
+    from cli_flaky import flaky
+
+    kernel = Kernel(root=project)
+    with use_kernel(kernel):
+        job = flaky.delay()
+        run_worker_until(kernel, lambda: job.refresh().status is JobStatus.RETRYING,
+                         "the first attempt to fail")
+    kernel.close()
+    assert run_nuvom(["cancel", "job", job.id], project).returncode == 0
+    shown = run_nuvom(["inspect", "job", job.id, "--format", "json"], project)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    [attempt] = data["history"]
+    ran = f"{(attempt['finished_at'] - attempt['started_at']) * 1000:.1f} ms"
+    until_cancel = f"{(data['finished_at'] - data['started_at']) * 1000:.1f} ms"
+    assert ran != until_cancel, "the cancel came later than the attempt's end"
+    assert data["status"] == "CANCELLED", data
+    table = run_nuvom(["inspect", "job", job.id], project)
+    assert f"      duration: {ran}\n" in table.stdout, table.stdout
+    history = run_nuvom(["history", "recent"], project)
+    assert ran in history.stdout and until_cancel not in history.stdout, history.stdout
+
+
 def test_inspect_shows_a_lone_surrogate_escaped_on_a_utf8_terminal(project: Path) -> None:
     """A value with a lone surrogate (a file name decoded with surrogateescape) is stored
     as given; a UTF-8 stdout refused to print it and `inspect job` ended in a traceback."""

@@ -57,9 +57,8 @@ def _unknown(job_id: str) -> str:
 
 
 def _duration(record: JobRecord) -> str | None:
-    if record.started_at is None or record.finished_at is None:
-        return None
-    return f"{(record.finished_at - record.started_at) * 1000:.1f} ms"
+    secs = record.run_secs
+    return None if secs is None else f"{secs * 1000:.1f} ms"
 
 
 @click.group(name="inspect", cls=JobGroup)

@@ -65,7 +65,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from nuvom_kernel.errors import NuvomError
-from nuvom_kernel.models import JobStatus
+from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_plugins_dashboard import actions, queued, views
 from nuvom_plugins_dashboard.security import CSRF_FIELD, Guard
 from nuvom_plugins_dashboard.settings import parse_allowed_hosts
@@ -100,6 +100,12 @@ def _age(secs: float | None) -> str:
 
 def _duration(start: float | None, end: float | None) -> str:
     return "-" if start is None or end is None else f"{(end - start) * 1000:.1f} ms"
+
+
+def _ran(record: JobRecord) -> str:
+    """How long a job's last attempt ran (``JobRecord.run_secs``: not until its cancel)."""
+    secs = record.run_secs
+    return "-" if secs is None else f"{secs * 1000:.1f} ms"
 
 
 def _printable(value: Any) -> Any:
@@ -201,7 +207,7 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
     templates = Jinja2Templates(env=env)
     flash_key = secrets.token_bytes(32)  # signs the reports of actions (module docstring)
     env.filters.update(when=views.format_time, age=_age)
-    env.globals.update(duration=_duration, read_only=read_only, csrf_field=CSRF_FIELD,
+    env.globals.update(duration=_duration, ran=_ran, read_only=read_only, csrf_field=CSRF_FIELD,
                        refresh_secs=REFRESH_SECS, windows=views.WINDOWS,
                        seen_header=SEEN_HEADER, clip_chars=views.CLIP_CHARS,
                        job_url=jinja2.pass_context(lambda ctx, job_id: job_url(
