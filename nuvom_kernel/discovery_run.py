@@ -152,6 +152,9 @@ def discover_before_start(kernel: Kernel, stopping: threading.Event | None = Non
                                 "outside its project folder? Start it where your tasks are, "
                                 "or run `nuvom discover tasks` there once", why, scan.root,
                                 WAIT_SECS)
+                else:  # said: nothing else tells why no manifest was written
+                    log.warning("%s, and the task discovery under %s was stopped by the stop "
+                                "signal: the worker stops without it", why, scan.root)
                 return False
     # what the command says of the scan (files skipped, duplicates), not what its loading
     # says as this process's did (a plugin that fails to load, a misspelt variable): the
@@ -205,12 +208,15 @@ def _stale(changed: list[str], data_dir: Path) -> str:
             f"was written ({', '.join(changed[:5])}{', ...' if len(changed) > 5 else ''})")
 
 
-def load_at_start(kernel: Kernel, written: bool, process_pool: bool) -> None:
+def load_at_start(kernel: Kernel, written: bool, process_pool: bool, quiet: bool = False
+                  ) -> None:
     """Load the manifest into the starting worker's registry, and say what the worker does
     not know: tasks in files changed since it was written (``written``: it was just
-    written), or any task at all."""
+    written), or any task at all; ``quiet``: say nothing (the worker is stopping)."""
     data_dir, root = Path(kernel.data_dir), Path(kernel.config.root)
     kernel.registry.load_manifest(data_dir, root)
+    if quiet:
+        return
     # (just written: a file dated in the future would still read as changed)
     changed = [] if written else changed_since(data_dir, root)
     if changed:

@@ -115,6 +115,10 @@ def test_a_stop_signal_during_the_discovery_stops_it_at_once(project: Path) -> N
         worker.kill()
     assert worker.returncode == 0, out
     assert not alive(int((project / "scanning.pid").read_text())), out
+    # said so, and not told to run the discovery the operator just stopped
+    assert f"and the task discovery under {project} was stopped by the stop signal: the " \
+           "worker stops without it" in out, out
+    assert "run `nuvom discover tasks`" not in out, out
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])

@@ -188,7 +188,10 @@ class Worker(Dispatcher, Timeouts):
             self._prepare_plugins()
             self._open_stores()
             written = self.discover and discover_before_start(self.kernel, self._stopping)
-            load_at_start(self.kernel, written, self.processes is not None)
+            # a stop during the scan ends it unwritten: "run `nuvom discover tasks`" would
+            # tell the operator to run what they just stopped
+            load_at_start(self.kernel, written, self.processes is not None,
+                          quiet=self._stopping.is_set())
             self.scheduler._limits = apply_limits(self.kernel)  # before the first claim
         except BaseException:
             self.signals.emit_lifecycle("nuvom_worker_shutdown")
