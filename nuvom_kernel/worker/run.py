@@ -322,7 +322,7 @@ class JobRunner:
             "(its expiry counts from then)")
         running.decide()
         self.settler.submit(self.settler.failure(running, exc, "", kind="expired"))
-        log.info("job=%s: %s", job.id, exc)
+        # (not logged here too: the settled attempt's status line carries the message)
 
     def _undecodable(self, lease: Lease, exc: SerializationError) -> None:
         """Fail a job whose message does not decode, its stored bytes first copied to the
