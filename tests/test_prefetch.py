@@ -155,6 +155,38 @@ def test_jobs_claimed_ahead_go_back_when_every_thread_is_stuck(kernel: Kernel):
     assert all(j.attempts == 1 for j in shorts)
 
 
+def test_a_job_given_back_is_not_claimed_again_by_the_claim_waiting_meanwhile(
+        kernel: Kernel):
+    """The dispatcher waits for work with the room it had (16 ahead at a short pace); the
+    give-back left none ahead, but that waiting claim took the job at once, and it waited
+    its second again before it was given back once more (a tick ran 2 s late)."""
+    go_on, ran, long_job, short_job = long_and_short_tasks()
+    stuck = long_job.delay()
+    worker = Worker(kernel, workers=1, prefetch=16, scheduler=False, poll_timeout_secs=5.0)
+    worker.slots.pace = 0.001  # as after a run of 1 ms jobs: claim 16 ahead
+    worker.start()
+    try:
+        wait_until(lambda: stuck.refresh().status is JobStatus.RUNNING and worker.busy_slots,
+                   timeout=20, what="the long job to start")
+        short = short_job.delay(1)
+        wait_until(lambda: len(worker.slots.waiting) == 1, timeout=20,
+                   what="the short job claimed ahead of the long one")
+        wait_until(lambda: (worker.slots.pace or 0) >= 1.0, timeout=20,
+                   what="the short job given back")
+        deadline = time.monotonic() + 2.5  # past the next give-back round, if it was taken
+        while time.monotonic() < deadline:
+            assert kernel.queue.peek_state(short.id) is JobStatus.QUEUED, \
+                "claimed again by the worker that just gave it back"
+            time.sleep(0.02)
+        go_on.set()
+        assert short.get(timeout=20) == 1
+    finally:
+        go_on.set()
+        worker.stop()
+        worker.join()
+    assert ran == [1]
+
+
 def test_a_stop_releases_the_jobs_claimed_ahead_unrun(kernel: Kernel):
     go_on, ran, long_job, short_job = long_and_short_tasks()
     long_job.delay()

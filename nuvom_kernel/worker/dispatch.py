@@ -117,7 +117,11 @@ class Dispatcher:
                 # Not retried: each claim would take jobs nobody can run, and each comes
                 # back after its visibility timeout one delivery nearer max_deliveries.
                 raise self._not_leases(leases)
-            self.slots.claimed(leases, wanted)
+            extra = self.slots.claimed(leases, wanted)
+            if extra:  # no room for them now: for another worker, not to wait here
+                for lease in leases[-extra:]:
+                    self._put_back(lease)
+                leases = leases[:-extra]
             now = time.monotonic()
             for lease in leases:
                 if self._stopping.is_set():

@@ -78,11 +78,16 @@ class Slots:
         ahead = self.ahead()
         return self.free + ahead >= max(1, ahead // 2)
 
-    def claimed(self, leases: list[Lease], wanted: int = 0) -> None:
-        """``leases`` were claimed of ``wanted``: all of more than one is a backlog."""
+    def claimed(self, leases: list[Lease], wanted: int = 0) -> int:
+        """``leases`` were claimed of ``wanted``: all of more than one is a backlog. Returns
+        how many of them (the last) to give back at once: those beyond the room there is
+        now. Why: a claim waits for work with the room it was asked for, and a give-back of
+        overdue leases (or a long job) meanwhile leaves none ahead; it took the job just
+        given back, which waited its second again to be given back once more."""
         with self.cv:
             self.free -= len(leases)
             self.backlog = len(leases) == wanted > 1
+            return min(len(leases), max(0, -(self.free + self.ahead())))
 
     def hand_over(self, lease: Lease, claimed_at: float) -> None:
         self.waiting[lease.id, lease.token] = (lease, claimed_at)
