@@ -44,7 +44,10 @@ def test_a_job_enqueued_by_name_runs_with_the_tasks_options_and_wait_prints_it(
     worker = start_worker(project, {}, "--workers", "1")
     try:
         seen = read_until_started(worker)
-        assert any(" started: " in line for line in seen), "".join(seen)
+        # where its store is, said as it starts (a path setting creates one silently)
+        store = project / ".nuvom" / "nuvom.db"
+        assert any(f" started: thread pool of 1, queues=*, backend=sqlite ({store})" in line
+                   for line in seen), "".join(seen)
         done = run_nuvom(["enqueue", "enq_send", "--args", '["ops@example.com"]',
                           "--kwargs", '{"subject": "resend"}', "--wait", "60"], project)
         assert done.returncode == 0, done.stderr

@@ -220,8 +220,10 @@ class Worker(Dispatcher, Timeouts):
         self.heartbeat.start()
         self.expiry.start()
         self.signals.emit_lifecycle("nuvom_worker_startup")
-        log.info("worker %s started: %s pool of %d, queues=%s, backend=%s", self.origin,
-                 self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name)
+        # where the store is: a path in a setting creates it on first use, silently
+        log.info("worker %s started: %s pool of %d, queues=%s, backend=%s (%s)", self.origin,
+                 self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name,
+                 self.queue.location or "its location unsaid")
 
     def _open_stores(self) -> None:
         """Read from both stores once before any thread starts (an id no job has: an
