@@ -202,8 +202,8 @@ def nuvom_on_execute_error(job: Job, error: BaseException) -> None:
 @hookspec
 def nuvom_on_retry(job: Job, error: BaseException, delay_secs: float) -> None:
     """After a failed attempt, once its retry is handed to the worker's settler (which
-    stores it in a batch: it may not be stored yet; ``nuvom_after_settle`` with
-    ``status="retried"`` follows once it is).
+    stores it in a batch: it may not be stored yet; ``nuvom_after_settle`` follows once it
+    is, its status ``retried`` or ``timed_out``, ``landed`` false if the lease was lost).
 
     Call mode: 1:N observer.
 

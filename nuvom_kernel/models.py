@@ -218,7 +218,9 @@ class JobRecord:
         attempt's ``started_at`` and finishes at the cancel, and read as having run until
         then; its history's last attempt says how long that one ran."""
         if self.status is JobStatus.CANCELLED:
-            last = self.history[-1] if self.history else {}
+            last = self.history[-1] if isinstance(self.history, list) and self.history else {}
+            if not isinstance(last, dict):  # a hand-edited record
+                return None
             start, end = last.get("started_at"), last.get("finished_at")
         else:
             start, end = self.started_at, self.finished_at

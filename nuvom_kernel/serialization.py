@@ -131,6 +131,16 @@ def _not_a_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (Nuvom writes no NaN or Infinity)")
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, refused where it overflows a float
+    (``1e999`` is infinity, as the ``Infinity`` token is). A Python call per such number
+    (~0.1 µs); integers, which most arguments are, do not come here."""
+    value = float(text)
+    if value - value:  # inf - inf is NaN, truthy; a finite value gives 0.0
+        raise ValueError(f"{text} is out of range for a float (Nuvom writes no Infinity)")
+    return value
+
+
 class JsonSerializer(Serializer):
     """The default: compact UTF-8 JSON of already wire-safe data."""
 
@@ -142,10 +152,11 @@ class JsonSerializer(Serializer):
     def dumps(self, data: dict[str, Any]) -> bytes:
         return self._encode(data).encode()
 
-    # NaN and ±Infinity are refused as the encoder refuses them: no body Nuvom wrote holds
-    # one, and one that does (a hand edit, another tool's json.dumps) would run a task with
-    # an argument no producer could have sent. Called only where the text holds one.
-    _decoder = json.JSONDecoder(parse_constant=_not_a_constant)
+    # NaN and ±Infinity (written so, or as 1e999) are refused as the encoder refuses them:
+    # no body Nuvom wrote holds one, and one that does (a hand edit, another tool's
+    # json.dumps) would run a task with an argument no producer could have sent, whose
+    # retry could then not be encoded.
+    _decoder = json.JSONDecoder(parse_constant=_not_a_constant, parse_float=_finite)
     # json's C scanner, called directly: json.loads reaches it through two Python calls and
     # two regular expressions (whitespace around the document, which our bodies never have):
     # ~8,000 instructions per job of a drain (benchmarks/instructions.py, Python 3.11).

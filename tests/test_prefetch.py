@@ -156,7 +156,7 @@ def test_jobs_claimed_ahead_go_back_when_every_thread_is_stuck(kernel: Kernel):
 
 
 def test_a_job_given_back_is_not_claimed_again_by_the_claim_waiting_meanwhile(
-        kernel: Kernel):
+        kernel: Kernel, caplog: pytest.LogCaptureFixture):
     """The dispatcher waits for work with the room it had (16 ahead at a short pace); the
     give-back left none ahead, but that waiting claim took the job at once, and it waited
     its second again before it was given back once more (a tick ran 2 s late)."""
@@ -164,27 +164,40 @@ def test_a_job_given_back_is_not_claimed_again_by_the_claim_waiting_meanwhile(
     stuck = long_job.delay()
     worker = Worker(kernel, workers=1, prefetch=16, scheduler=False, poll_timeout_secs=5.0)
     worker.slots.pace = 0.001  # as after a run of 1 ms jobs: claim 16 ahead
-    worker.start()
-    try:
-        wait_until(lambda: stuck.refresh().status is JobStatus.RUNNING and worker.busy_slots,
-                   timeout=20, what="the long job to start")
-        short = short_job.delay(1)
-        wait_until(lambda: len(worker.slots.waiting) == 1, timeout=20,
-                   what="the short job claimed ahead of the long one")
-        wait_until(lambda: (worker.slots.pace or 0) >= 1.0, timeout=20,
-                   what="the short job given back")
-        deadline = time.monotonic() + 2.5  # past the next give-back round, if it was taken
-        while time.monotonic() < deadline:
-            assert kernel.queue.peek_state(short.id) is JobStatus.QUEUED, \
-                "claimed again by the worker that just gave it back"
-            time.sleep(0.02)
-        go_on.set()
-        assert short.get(timeout=20) == 1
-    finally:
-        go_on.set()
-        worker.stop()
-        worker.join()
+    gave_back = "gave back 1 claimed job(s) that waited over"
+    with caplog.at_level(logging.INFO, logger="nuvom.worker"):
+        worker.start()
+        try:
+            wait_until(lambda: stuck.refresh().status is JobStatus.RUNNING
+                       and worker.busy_slots, timeout=20, what="the long job to start")
+            short = short_job.delay(1)
+            wait_until(lambda: gave_back in caplog.text, timeout=20,
+                       what="the short job claimed ahead, then given back")
+            # past the next give-back round: a job held again would wait in the hand-off
+            deadline = time.monotonic() + 2.5
+            while time.monotonic() < deadline:
+                assert not worker.slots.waiting, "held again by the worker that gave it back"
+                time.sleep(0.01)
+            go_on.set()
+            assert short.get(timeout=20) == 1
+        finally:
+            go_on.set()
+            worker.stop()
+            worker.join()
+    assert caplog.text.count(gave_back) == 1, caplog.text
     assert ran == [1]
+
+
+def test_a_claim_keeps_what_it_got_when_the_pace_only_slowed_meanwhile():
+    """A job slower than the pace ending during a claim shrinks the window by a few; the
+    claim's leases run within milliseconds, and releasing them cost a write and a claim
+    each (7.8 % of a file-backend drain's claims, lognormal 10 ms jobs)."""
+    slots = slots_at(0.010)  # 4 threads, 20 ahead: capped at 16
+    wanted = slots.wait_for_room(threading.Event())
+    slots.pace = 0.030  # a slow job's end moved the pace during the claim: 6 ahead now
+    assert slots.claimed([object()] * wanted, wanted) == 0  # type: ignore[list-item]
+    slots.pace = 10.0  # a give-back (overdue) leaves nothing ahead: the extra go back
+    assert slots.claimed([object()] * 2, 2) == 2  # type: ignore[list-item]
 
 
 def test_a_stop_releases_the_jobs_claimed_ahead_unrun(kernel: Kernel):

@@ -378,9 +378,12 @@ def purge_group() -> None:
 def _purge_preview(cutoff: float) -> None:
     """What ``purge results`` would delete before ``cutoff``: every finished record less
     those updated since (two counts the backends answer from their indexes; no result
-    backend counts "older than" directly)."""
+    backend counts "older than" directly). On this machine's clock, and two reads: an
+    estimate where a backend's purge reads the server's clock (PostgreSQL) or records
+    finish meanwhile."""
     results = _kernel().results
-    total = {s: n for s, n in results.counts().items() if JobStatus(s) in TERMINAL_STATES}
+    finished = {status.value for status in TERMINAL_STATES}
+    total = {s: n for s, n in results.counts().items() if s in finished}
     for per_status in results.counts_since(cutoff).values():
         for status, n in per_status.items():
             if status in total:
@@ -397,8 +400,8 @@ def _purge_preview(cutoff: float) -> None:
 @click.option("--older-than", "older_than", required=True, callback=parse_age,
               help="Age such as 7d, 12h, 30m: finished records older than this are deleted.")
 @click.option("--dry-run", is_flag=True,
-              help="Count the finished records that would be deleted, per status; change "
-                   "nothing.")
+              help="Count the finished records that would be deleted, per status (on this "
+                   "machine's clock); change nothing.")
 def purge_results(older_than: float, dry_run: bool) -> None:
     """Delete finished job records (SUCCEEDED, FAILED, CANCELLED) older than an age, and
     the workflows that ended before it. Asks nothing (it is what cron runs): try an age

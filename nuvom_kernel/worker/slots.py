@@ -80,14 +80,19 @@ class Slots:
 
     def claimed(self, leases: list[Lease], wanted: int = 0) -> int:
         """``leases`` were claimed of ``wanted``: all of more than one is a backlog. Returns
-        how many of them (the last) to give back at once: those beyond the room there is
-        now. Why: a claim waits for work with the room it was asked for, and a give-back of
-        overdue leases (or a long job) meanwhile leaves none ahead; it took the job just
-        given back, which waited its second again to be given back once more."""
+        how many of them (the last) to give back at once: those beyond the idle slots
+        where nothing may be claimed ahead now. Why: a claim waits for work with the room
+        it was asked for, and a give-back of overdue leases meanwhile (or the asyncio pool's
+        ``withhold``) leaves none; it took the job just given back, which waited its second
+        again to be given back once more. Not where some may still be claimed ahead: the
+        pace moves with every job that ends during a claim, and a slower one shrinking the
+        window by a few is no reason to release what runs within milliseconds."""
         with self.cv:
             self.free -= len(leases)
             self.backlog = len(leases) == wanted > 1
-            return min(len(leases), max(0, -(self.free + self.ahead())))
+            if self.free >= 0 or self.ahead():
+                return 0
+            return min(len(leases), -self.free)
 
     def hand_over(self, lease: Lease, claimed_at: float) -> None:
         self.waiting[lease.id, lease.token] = (lease, claimed_at)
