@@ -175,9 +175,11 @@ class PluginFailures(pluggy.PluginManager):
         was answered "no installed plugin provides it ... install the plugin", though the
         plugin was installed and had failed."""
         plugin = self.get_plugin(name)
+        if plugin is None:  # it never registered (its import failed)
+            return
         for hook_name in filter(None, CAPABILITIES.values()):
             register = getattr(plugin, hook_name, None)
-            if plugin is None or not callable(register):
+            if not callable(register):
                 continue
             try:
                 classes = list(register() or ())
