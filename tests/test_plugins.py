@@ -98,7 +98,7 @@ def test_unknown_backend_lists_installed_and_pip_hint(proj: Path,
 
 
 def test_typo_hook_fails_check_pending_naming_it(proj: Path):
-    with pytest.raises(PluginLoadError) as info:
+    with pytest.raises(PluginConfigError) as info:  # listed in .nuvom_plugins.toml: exit 2
         manager(proj, "[plugins]\nhooks = ['local_plugins:Typo']\n")
     assert "nuvom_befor_execute" in str(info.value)
     assert "local_plugins:Typo" in str(info.value)

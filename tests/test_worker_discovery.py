@@ -193,5 +193,5 @@ def test_a_removed_task_file_is_discovered_away_where_the_sources_are(project: P
     manifest.write_text(shipped)
     (project / "jobs.py").unlink()
     said = worker_starts_and_stops(project, env, "--workers", "1")
-    assert "discovered" not in said and "removed" not in said, said
+    assert "changed or removed after" not in said and ": discovered " not in said, said
     assert manifest.read_text() == shipped
