@@ -117,6 +117,24 @@ def test_a_job_cancelled_in_its_retry_delay_shows_how_long_its_attempt_ran(
     assert ran in history.stdout and until_cancel not in history.stdout, history.stdout
 
 
+def test_run_secs_reads_a_cancelled_jobs_last_attempt_and_survives_a_hand_edit() -> None:
+    """A hand-edited history (a string where an attempt was) made `history recent` and the
+    dashboard's job list fail on ``.get`` of a non-dict."""
+    from nuvom_kernel.models import JobRecord
+
+    def cancelled(history: object) -> JobRecord:
+        return JobRecord(job_id="j", task="t", status=JobStatus.CANCELLED, started_at=10.0,
+                         finished_at=500.0, history=history)  # type: ignore[arg-type]
+
+    assert cancelled([{"started_at": 10.0, "finished_at": 10.25}]).run_secs == 0.25
+    assert cancelled(["not an attempt"]).run_secs is None
+    assert cancelled("torn").run_secs is None
+    assert cancelled([]).run_secs is None  # cancelled before it ever ran
+    done = JobRecord(job_id="j", task="t", status=JobStatus.SUCCEEDED, started_at=10.0,
+                     finished_at=12.0)
+    assert done.run_secs == 2.0
+
+
 def test_inspect_shows_a_lone_surrogate_escaped_on_a_utf8_terminal(project: Path) -> None:
     """A value with a lone surrogate (a file name decoded with surrogateescape) is stored
     as given; a UTF-8 stdout refused to print it and `inspect job` ended in a traceback."""
