@@ -247,6 +247,7 @@ class NuvomPluginManager(BackendLookup):
                     f"{advice}, or disable it with {DISABLE_VAR}={ep.name}"
                 )
                 log.error("%s", message)
+                log.debug("plugin %r failed to import", ep.name, exc_info=exc)
                 self.failures[ep.name] = message
                 # kept for `nuvom plugin list`, which lists it as failed
                 self.sources[ep.name] = ("entry point", dist.metadata["name"], dist.version)

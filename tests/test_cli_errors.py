@@ -942,6 +942,11 @@ def test_an_error_a_library_raises_at_import_names_the_plugins_line_too(tmp_path
     assert f"(raised at {Path(site) / 'nuvom_fake_bjson.py'}:3, in " in done.stderr, \
         done.stderr
     assert "decoder.py:" in done.stderr.split("nuvom_fake_bjson.py:3, in ")[1], done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    debug = run_nuvom(["plugin", "list"], tmp_path, PYTHONPATH=site, NUVOM_LOG_LEVEL="DEBUG",
+                      **MEMORY)  # its whole traceback, as DEBUG promises
+    assert "debug: plugin 'bjson' failed to import\nTraceback" in debug.stderr, debug.stderr
+    assert f'File "{Path(site) / "nuvom_fake_bjson.py"}", line 3' in debug.stderr
     (tmp_path / "json_target.py").write_text(code)
     (tmp_path / ".nuvom_plugins.toml").write_text('[plugins]\nhooks = ["json_target"]\n')
     refused = run_nuvom(["config"], tmp_path, **MEMORY)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -139,9 +140,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     # to load or to add its commands) reads as discover's lines do; it printed as a bare
     # line without a level. Not where a program calling main() has set up logging.
     early = None if logging.getLogger().handlers else logging.StreamHandler()
+    nuvom_log = logging.getLogger("nuvom")
     if early is not None:
         early.setFormatter(_LevelPrefix())
-        logging.getLogger("nuvom").addHandler(early)
+        nuvom_log.addHandler(early)
+        # NUVOM_LOG_LEVEL=DEBUG shows loading's tracebacks too (a plugin that failed to
+        # import): the settings that would say so are read by the loading itself
+        if os.environ.get("NUVOM_LOG_LEVEL", "").strip().upper() == "DEBUG":
+            nuvom_log.setLevel(logging.DEBUG)
     try:
         try:
             kernel = get_kernel()
@@ -160,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(1)
     finally:
         if early is not None:
-            logging.getLogger("nuvom").removeHandler(early)
+            nuvom_log.removeHandler(early)
+            nuvom_log.setLevel(logging.NOTSET)
     _setup_logging(kernel.settings.log_level)
     # Standalone mode: click exits with each command's status (``ctx.exit(1)``,
     # ``Exit(1)``), usage errors with 2, and prints ClickExceptions. Not standalone, it
