@@ -1062,3 +1062,20 @@ def test_a_job_that_returns_past_its_deadline_is_timed_out(make_kernel, project:
         outcomes = [(j.status, j.error_type) for j in jobs]
         assert outcomes == [(JobStatus.FAILED, "nuvom_kernel.errors.JobTimeoutError")] * 6, \
             outcomes
+
+
+def test_the_started_line_names_both_stores_where_they_differ(
+        project: Path, caplog: pytest.LogCaptureFixture):
+    """A path in a setting creates its store on first use, silently: the worker says where
+    its queue is and, where they differ, where its results go."""
+    kernel = Kernel(root=project, environ={"NUVOM_QUEUE_BACKEND": "sqlite",
+                                           "NUVOM_RESULT_BACKEND": "file"})
+    with caplog.at_level(logging.INFO, logger="nuvom.worker"):
+        w = Worker(kernel, workers=1, scheduler=False)
+        w.start()
+        w.stop()
+        assert w.join() == 0
+    [line] = [r.getMessage() for r in caplog.records if " started: " in r.getMessage()]
+    assert line.endswith(f"backend=sqlite ({kernel.queue.location}; results=file "
+                         f"({kernel.results.location}))"), line
+    assert str(project) in str(kernel.queue.location) and kernel.results.location

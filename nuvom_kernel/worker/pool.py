@@ -220,10 +220,14 @@ class Worker(Dispatcher, Timeouts):
         self.heartbeat.start()
         self.expiry.start()
         self.signals.emit_lifecycle("nuvom_worker_startup")
-        # where the store is: a path in a setting creates it on first use, silently
+        # where the stores are: a path in a setting creates one on first use, silently
+        results = self.kernel.results
+        where = self.queue.location or "its location unsaid"
+        if (results.name, results.location) != (self.queue.name, self.queue.location):
+            where += f"; results={results.name} ({results.location or 'location unsaid'})"
         log.info("worker %s started: %s pool of %d, queues=%s, backend=%s (%s)", self.origin,
                  self.pool, self.workers, ",".join(self.queues or ["*"]), self.queue.name,
-                 self.queue.location or "its location unsaid")
+                 where)
 
     def _open_stores(self) -> None:
         """Read from both stores once before any thread starts (an id no job has: an
