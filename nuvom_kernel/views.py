@@ -7,6 +7,7 @@ pages the same way; they live apart from the SPI classes only to keep each modul
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ import attrs
 from nuvom_kernel.models import JobRecord, JobStatus
 
 __all__ = ["QueueCounts", "QueueStats", "QueuedJob", "WorkerInfo", "newer_first",
-           "oldest_first", "page_cursor", "parse_cursor", "queued_state"]
+           "oldest_first", "page_cursor", "parse_cursor", "quarantine_line", "queued_state"]
 
 
 @attrs.define
@@ -36,6 +37,14 @@ class QueueCounts:
     delayed: int = 0
     running: int = 0
     oldest_ready_age_secs: float | None = None
+
+
+def quarantine_line(job_id: str, queue: str, at: float, reason: str, kept_as: str) -> str:
+    """One ``QueueStats.quarantined`` line, worded alike by every backend so that an
+    operator reads one shape whatever the store: which job, when (this machine's local
+    time), why, and ``kept_as``: where the copy is kept to be read back."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return f"job {job_id!r} (queue {queue!r}) quarantined {when}: {reason}; {kept_as}"
 
 
 @attrs.define

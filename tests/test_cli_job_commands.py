@@ -5,6 +5,7 @@ an age past the epoch, and job data a UTF-8 terminal cannot print as it is."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from nuvom_kernel import JobStatus
@@ -193,6 +194,28 @@ def test_inspect_shows_a_waiting_job_from_its_message(project: Path) -> None:
                                  project).stdout)
     assert shown["priority"] == 7 and shown["due_at"] > shown["created_at"], shown
     kernel.close()
+
+
+def test_inspect_says_a_waiting_job_s_body_does_not_decode(project: Path) -> None:
+    """A body damaged in the store showed the job as QUEUED and nothing else, though the
+    worker that claims it will fail it."""
+    write_module(project, "cli_tasks", TASKS)
+    from cli_tasks import echo
+
+    kernel = Kernel(root=project)
+    with use_kernel(kernel):
+        job = echo.delay(1)
+    kernel.close()
+    with sqlite3.connect(project / ".nuvom" / "nuvom.db") as db:
+        assert db.execute("UPDATE nuvom_queue SET body = x'7b6e6f' WHERE id = ?",
+                          (job.id,)).rowcount == 1
+    done = run_nuvom(["inspect", "job", job.id], project)
+    assert done.returncode == 0, done.stderr
+    assert "status: QUEUED" in done.stdout, done.stdout
+    assert "damaged: the message body cannot be decoded (" in done.stdout, done.stdout
+    shown = json.loads(run_nuvom(["inspect", "job", job.id, "--format", "json"],
+                                 project).stdout)
+    assert "quarantine" in shown["damaged"], shown
 
 
 def test_history_offers_only_the_states_a_record_can_be_in(project: Path) -> None:

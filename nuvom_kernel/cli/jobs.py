@@ -27,9 +27,10 @@ from nuvom_kernel.cli.output import (
 )
 from nuvom_kernel.cli.retry_failed import retry_failed
 from nuvom_kernel.dispatcher import rerun
-from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.errors import NuvomError, SerializationError
 from nuvom_kernel.hints import parent_project
-from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus
+from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message
 from nuvom_kernel.views import WorkerInfo
 
 
@@ -86,6 +87,8 @@ def inspect_job(job_id: str, fmt: str) -> None:
         data = {"job_id": job_id, "status": job.status.value}
         if job.task:
             data.update(task=job.task, queue=job.queue)
+        if message is not None:  # held, but its body does not decode
+            data["damaged"] = _damage(kernel, message)
     else:
         data = record.to_dict()
     data["status"] = job.status.value
@@ -103,7 +106,7 @@ def inspect_job(job_id: str, fmt: str) -> None:
     if (data.get("run") or 1) == 1:  # said once a job ran again (`nuvom retry job`): the
         data.pop("run", None)  # attempts and created_at are then that run's, not the first's
     for key in ("job_id", "task", "status", "run", "queue", "priority", "workflow",
-                "attempts", "max_retries",
+                "damaged", "attempts", "max_retries",
                 "args", "kwargs", "result", "error_type", "error_message", "worker",
                 "trace_id"):
         if key in data and data[key] not in (None, [], {}):
@@ -119,6 +122,19 @@ def inspect_job(job_id: str, fmt: str) -> None:
                              f"{entry.get('error_message')}"))
     if data.get("traceback"):
         click.echo("\n" + printable(data["traceback"].rstrip()))
+
+
+def _damage(kernel: Any, message: Message) -> str:
+    """Why the waiting ``message``'s body does not decode, and what will become of it: the
+    operator looking at a job that will fail should learn so before a worker claims it."""
+    try:
+        Envelope.from_message(message, kernel.serializer)
+    except SerializationError as exc:
+        why = str(exc).removeprefix(f"job {message.id}: ")
+    else:  # decodes now: rewritten since it was read
+        why = "the message body did not decode when read"
+    return (f"{why}; the worker that claims it will fail the job and keep the message in "
+            "the queue's quarantine (`nuvom status`)")
 
 
 @click.group(name="history")

@@ -23,6 +23,21 @@ def test_defaults() -> None:
             parsed.dead_tuple_warn_min, parsed.xmin_warn_secs) == (False, 0.2, 10_000, 300.0)
 
 
+@pytest.mark.parametrize("dsn", ["postgresql://app:se@cret@db.example/app",
+                                 "postgres://app:se/cret@db.example/app"])
+def test_an_unencoded_at_or_slash_in_the_password_is_refused_unshown(dsn: str) -> None:
+    """libpq would split the URL inside the password and print its tail as the host."""
+    with pytest.raises(ConfigError, match="%40") as info:
+        PostgresSettings.parse({"dsn": dsn}, CONTEXT)
+    assert "cret" not in str(info.value)
+
+
+def test_an_encoded_password_and_query_parameters_pass() -> None:
+    for dsn in ("postgresql://app:se%40cret@db.example/app",
+                "postgresql:///app?host=/run/postgresql&user=app"):
+        assert PostgresSettings.parse({"dsn": dsn}, CONTEXT).dsn == dsn
+
+
 @pytest.mark.parametrize(("key", "value"), [
     ("sync_lease_commits", "maybe"), ("dead_tuple_warn_ratio", 0), ("dead_tuple_warn_ratio", 1.5),
     ("dead_tuple_warn_min", -1), ("dead_tuple_warn_min", 2.5), ("xmin_warn_secs", 0),

@@ -14,12 +14,11 @@ warnings of :mod:`.hygiene`.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Sequence
 
 from nuvom_kernel.backends import QueueCounts, QueueStats, queue_names
 from nuvom_kernel.models import JobStatus, Message
-from nuvom_kernel.views import QueuedJob
+from nuvom_kernel.views import QueuedJob, quarantine_line
 from nuvom_plugins_postgres.browse import page_statement, queued_job
 from nuvom_plugins_postgres.hygiene import TableHygiene
 from nuvom_plugins_postgres.results import storable
@@ -121,9 +120,8 @@ class QueueInspection(TableHygiene):
         rows = self._store.rows(self._q.quarantined, (limit + 1,))
         lines = []
         for seq, job_id, queue, reason, at in rows[:limit]:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-            lines.append(f"job {job_id!r} (queue {queue!r}) quarantined {when}: {reason}; "
-                         f"the row is kept as {self.schema}.quarantine.seq={seq}")
+            lines.append(quarantine_line(job_id, queue, at, reason,
+                                         f"the row is kept as {self.schema}.quarantine.seq={seq}"))
         if len(rows) > limit:
             [(total,)] = self._store.rows(self._q.quarantine_size)
             lines.append(f"... and {total - limit} more rows in {self.schema}.quarantine")

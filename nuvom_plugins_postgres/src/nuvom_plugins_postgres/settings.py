@@ -92,6 +92,7 @@ class PostgresSettings:
                               f"({plugin_env_var('postgres', 'dsn')}) is not a valid libpq "
                               f"connection string or URL ('postgresql://user@host:5432/db' "
                               f"or 'host=... dbname=...'): {exc}") from None
+        _check_uri_user_info(dsn)
         schema = schema_name(values.pop("schema", "") or "nuvom", context.namespace)
         ratio = values.get("dead_tuple_warn_ratio", 0.2)
         if not 0 < ratio <= 1:
@@ -100,6 +101,29 @@ class PostgresSettings:
                               "invalid: it must be a number > 0 and <= 1.")
         values.setdefault("visibility_timeout_secs", context.visibility_timeout_secs)
         return cls(dsn=dsn, schema=schema, **values)
+
+
+def _check_uri_user_info(dsn: str) -> None:
+    """Refuse a URL whose user or password holds an unencoded ``@`` or ``/``.
+
+    Why before connecting: libpq splits such a URL at the wrong place and reports the rest
+    as a host or port it cannot resolve, so its error would print the password's tail; the
+    password is also wrong for the server. Percent-encoding is the fix the user needs.
+    """
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or scheme.lower() not in ("postgres", "postgresql"):
+        return
+    before_query = rest.partition("?")[0]
+    authority, slash, path = before_query.partition("/")
+    slashed = bool(slash) and "@" in path and "@" not in authority
+    if authority.count("@") > 1 or slashed:
+        shown = f"{scheme}://***" if slashed else masked_dsn(dsn)  # no '@': nothing to mask by
+        raise ConfigError(
+            f"[plugins.postgres] dsn={shown!r} "
+            f"({plugin_env_var('postgres', 'dsn')}) has an '@' or '/' in its user or "
+            "password that is not percent-encoded, so the host cannot be told apart; "
+            "write '@' as %40, '/' as %2F and ':' in the user as %3A, e.g. "
+            "'postgresql://app:p%40ss@db.example:5432/app'.")
 
 
 def schema_name(base: str, namespace: str = "") -> str:

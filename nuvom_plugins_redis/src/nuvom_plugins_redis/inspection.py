@@ -12,13 +12,12 @@ command, so it is read together. :class:`QueueInspection` is a base class of
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from nuvom_kernel.backends import QueueBackend, QueueCounts, QueueStats, queue_names
 from nuvom_kernel.models import JobStatus, Message
-from nuvom_kernel.views import QueuedJob
+from nuvom_kernel.views import QueuedJob, quarantine_line
 from nuvom_plugins_redis import limit_scripts
 from nuvom_plugins_redis.browse import read_page
 from nuvom_plugins_redis.connection import Store
@@ -176,9 +175,8 @@ class QueueInspection(QueueBackend):
             if job_id is None:
                 gone.append(n)
                 continue
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-            lines.append(f"job {_text(job_id)!r} (queue {_text(queue)!r}) quarantined {when}: "
-                         f"{_text(why)}; its hash is kept as {key}:{n.decode()}")
+            lines.append(quarantine_line(_text(job_id), _text(queue), at, _text(why),
+                                         f"its hash is kept as {key}:{n.decode()}"))
         if gone:
             self.store.call(lambda: client.zrem(key, *gone), "pruning quarantined jobs")
         if len(rows) > limit:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from nuvom_kernel.views import quarantine_line
+
 __all__ = ["COPY_LEASED_SQL", "INVALID_ROW_SQL", "describe", "move", "problem", "sweep"]
 
 #: SQL predicate true for a queue row that violates the schema's type checks.
@@ -97,11 +99,8 @@ def describe(conn: sqlite3.Connection, limit: int = 100) -> list[str]:
     ).fetchall()
     lines = []
     for seq, job_id, queue, reason, at in rows[:limit]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-        lines.append(
-            f"job {job_id!r} (queue {queue!r}) quarantined {when}: {reason}; the row is kept "
-            f"as nuvom_quarantine.seq={seq}"
-        )
+        lines.append(quarantine_line(job_id, queue, at, reason,
+                                     f"the row is kept as nuvom_quarantine.seq={seq}"))
     if len(rows) > limit:
         total = conn.execute("SELECT count(*) FROM nuvom_quarantine").fetchone()[0]
         lines.append(f"... and {total - limit} more rows in nuvom_quarantine")
