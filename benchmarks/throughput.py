@@ -145,6 +145,12 @@ class NuvomSystem(System):
             f'[settings]\nqueue_backend = "{self.backend}"\n'
             f'result_backend = "{self.backend}"\nmax_workers = 2\nlog_level = "WARNING"\n\n'
             f'[plugins.{self.backend}]\n{self.plugin_settings()}')
+        # As a user would before starting a worker: its manifest then lists the tasks (the
+        # worker warned that it knew none until the first job imported their module).
+        subprocess.run([sys.executable, "-c", _NUVOM_CLI, "discover", "tasks", "--root",
+                        str(ROOT), "--include", "benchmarks/bench_tasks.py"],
+                       cwd=workdir, env=_env(self.bench_env), check=True,
+                       stdout=subprocess.DEVNULL)
         from benchmarks import bench_tasks
         from nuvom_kernel.kernel import Kernel, set_kernel
 
