@@ -15,8 +15,9 @@ import attrs
 
 from nuvom_kernel.models import JobRecord, JobStatus
 
-__all__ = ["QueueCounts", "QueueStats", "QueuedJob", "WorkerInfo", "newer_first",
-           "oldest_first", "page_cursor", "parse_cursor", "quarantine_line", "queued_state"]
+__all__ = ["RUNNING_LISTED", "QueueCounts", "QueueStats", "QueuedJob", "WorkerInfo", "holders",
+           "newer_first", "oldest_first", "page_cursor", "parse_cursor", "quarantine_line",
+           "queued_state"]
 
 
 @attrs.define
@@ -86,6 +87,16 @@ class QueueStats:
         return max(ages) if ages else None
 
 
+#: Most jobs a heartbeat lists in ``WorkerInfo.running`` (an asyncio pool may run
+#: thousands: the heartbeat stays small, and the longest-running are the ones asked about).
+RUNNING_LISTED = 100
+
+
+def holders(workers: Sequence[WorkerInfo]) -> dict[str, WorkerInfo]:
+    """The live worker running each job its heartbeat lists (``WorkerInfo.running``)."""
+    return {job_id: worker for worker in workers for job_id in worker.running}
+
+
 @attrs.define
 class WorkerInfo:
     """What a worker says about itself in each heartbeat: ``nuvom status`` lists it under
@@ -102,6 +113,9 @@ class WorkerInfo:
         timed-out jobs) and ``heartbeat_lag_secs`` (how late this heartbeat woke: a
         starved interpreter or a stalled host shows here first), and with the asyncio pool
         ``loop_lag_secs`` (how long its event loop went without answering, lately).
+    :param running: the jobs it runs now, job id to start (epoch seconds, its clock), the
+        longest-running :data:`RUNNING_LISTED` (``busy_slots`` counts them all): which
+        worker holds a job, for ``nuvom list jobs`` and ``inspect job``, as of a heartbeat.
     """
 
     id: str
@@ -116,6 +130,7 @@ class WorkerInfo:
     heartbeat_at: float = 0.0
     heartbeat_secs: float = 5.0
     reports: dict[str, Any] = attrs.field(factory=dict)
+    running: dict[str, float] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -117,6 +117,53 @@ def test_heartbeat_reports_busy_slots(make_kernel, project: Path) -> None:
     assert kernel.results.live_workers() == []
 
 
+HOLDS = """
+import os
+import time
+from nuvom_kernel import task
+
+@task(retries=1, retry_delay_secs=0)
+def hold(flag):
+    if not os.path.exists(flag + ".failed"):
+        open(flag + ".failed", "w").close()
+        raise RuntimeError("the first attempt fails, so the job has a record")
+    deadline = time.monotonic() + 30
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return 1
+"""
+
+
+def test_list_and_inspect_name_the_worker_running_a_job(project: Path) -> None:
+    """Which worker holds a RUNNING job was not shown (a lease does not say), and `inspect
+    job` showed the worker of the record's earlier attempt as if it ran this one."""
+    write_module(project, "hold_tasks", HOLDS)
+    env = {"NUVOM_HEARTBEAT_SECS": str(BEAT)}
+    flag = project / "release"
+    with use_kernel(Kernel(root=project, environ=env)):
+        from hold_tasks import hold  # type: ignore[import-not-found]
+
+        job = hold.delay(str(flag))
+    worker = start_worker(project, env, "--workers", "2")
+    try:
+        def named() -> object:
+            jobs = json.loads(run_nuvom(["list", "jobs", "--json"], project, **env).stdout)
+            return jobs["jobs"] and jobs["jobs"][0]["worker"]
+
+        holder = wait_until(named, timeout=30, what="`list jobs` to name the job's worker")
+        (info,) = status_workers(project, env)
+        assert holder == info["id"] and list(info["running"]) == [job.id], info
+        done = run_nuvom(["inspect", "job", job.id, "--format", "json"], project, **env)
+        shown = json.loads(done.stdout)
+        assert (shown["status"], shown["worker"]) == ("RUNNING", info["id"]), shown
+        assert shown["attempts"] == 1 and shown["started_at"] == info["running"][job.id]
+        assert info["id"] in run_nuvom(["list", "jobs"], project, **env).stdout
+    finally:
+        flag.touch()
+        out = stop_worker(worker)
+    assert worker.returncode == 0, out
+
+
 def test_status_says_when_the_result_backend_keeps_no_heartbeats(project: Path) -> None:
     (project / "nohb.py").write_text(
         "from nuvom_kernel import hookimpl\n"

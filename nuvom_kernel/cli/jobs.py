@@ -30,8 +30,9 @@ from nuvom_kernel.dispatcher import rerun
 from nuvom_kernel.envelope import Envelope
 from nuvom_kernel.errors import NuvomError, SerializationError
 from nuvom_kernel.hints import parent_project
+from nuvom_kernel.job import live_workers
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message
-from nuvom_kernel.views import WorkerInfo
+from nuvom_kernel.views import WorkerInfo, holders
 
 
 @hookimpl
@@ -55,6 +56,12 @@ def _unknown(job_id: str) -> str:
             "quarantined as damaged: see `nuvom status`)"
             + ("" if above is None else f". This command opened the store of this folder; "
                f"{above}, a folder above it, holds a Nuvom project: run it there"))
+
+
+def running_on(kernel: Any) -> dict[str, WorkerInfo]:
+    """The live worker running each job, as of its last heartbeat (empty where the result
+    backend keeps none): a lease does not say who holds it."""
+    return holders(live_workers(kernel) or [])
 
 
 def _duration(record: JobRecord) -> str | None:
@@ -92,6 +99,11 @@ def inspect_job(job_id: str, fmt: str) -> None:
     else:
         data = record.to_dict()
     data["status"] = job.status.value
+    if job.status is JobStatus.RUNNING:  # the record's worker ran an earlier attempt
+        holder = running_on(kernel).get(job_id)
+        data["worker"] = None if holder is None else holder.id
+        if holder is not None:
+            data["started_at"] = holder.running[job_id]
     if record is None and job.headers.get("wf"):
         data["workflow"] = job.headers["wf"]
     if fmt == "json":

@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.jobs import _kernel
+from nuvom_kernel.cli.jobs import _kernel, running_on
 from nuvom_kernel.cli.output import (
     local_time,
     print_table,
@@ -100,9 +100,12 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
     page = _browse(kernel, list(queues) or None, wanted, after, limit + 1, typed=True)
     more = page[limit - 1].cursor if len(page) > limit else None
     page = page[:limit]
+    held = (running_on(kernel) if any(j.state is JobStatus.RUNNING for j in page) else {})
+    workers = {j.id: held[j.id].id for j in page
+               if j.state is JobStatus.RUNNING and j.id in held}
     if as_json:
-        click.echo(json.dumps({"jobs": [_finite(j.to_dict()) for j in page], "next": more},
-                              indent=2))
+        click.echo(json.dumps({"jobs": [_finite({**j.to_dict(), "worker": workers.get(j.id)})
+                                        for j in page], "next": more}, indent=2))
         return
     if not page:
         where = f" in queue(s) {', '.join(map(repr, queues))}" if queues else ""
@@ -116,9 +119,10 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
                   "created": local_time(j.created_at),
                   "due": relative(j.available_at, now) if j.available_at > now else None,
                   "failures": j.failures, "deliveries": j.deliveries,
-                  "lease": relative(j.lease_expires_at, now)} for j in page],
+                  "lease": relative(j.lease_expires_at, now), "worker": workers.get(j.id)}
+                 for j in page],
                 ["job_id", "task", "queue", "state", "priority", "created", "due",
-                 "failures", "deliveries", "lease"])
+                 "failures", "deliveries", "lease", "worker"])
     if more is not None:  # quoted for the shell: a job id may hold ' or $ or a space
         click.echo(printable(f"more: nuvom list jobs --after {shlex.quote(more)} (with the "
                              "same --queue and --state)"))

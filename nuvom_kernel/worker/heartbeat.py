@@ -20,7 +20,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from nuvom_kernel import __version__
-from nuvom_kernel.views import WorkerInfo
+from nuvom_kernel.views import RUNNING_LISTED, WorkerInfo
 
 if TYPE_CHECKING:
     from nuvom_kernel.worker.pool import Worker
@@ -53,12 +53,14 @@ class Heartbeat:
                                      "heartbeat_lag_secs": round(self.lag_secs, 6)}
         if worker.aio is not None:  # the asyncio pool's watchdog: a loop blocked by a task
             reports["loop_lag_secs"] = round(worker.aio.lag_secs, 6)
+        running = sorted((r.started_at, r.job.id) for r in worker._unfinished())
         return WorkerInfo(
             id=self.id, host=socket.gethostname(), pid=os.getpid(), pool=worker.pool,
             slots=worker.workers, busy_slots=worker.busy_slots,
             queues=list(worker.queues or []), started_at=self.started_at,
             version=__version__, heartbeat_at=time.time(), heartbeat_secs=self.interval,
-            reports=reports)
+            reports=reports,
+            running={job_id: round(at, 3) for at, job_id in running[:RUNNING_LISTED]})
 
     def start(self) -> None:
         if not type(self.results).capabilities.heartbeats:

@@ -29,6 +29,7 @@ def make_worker_info(worker_id: str | None = None, **fields: Any) -> WorkerInfo:
         "queues": ["default", "emails"], "started_at": time.time() - 60,
         "version": "0.1.0", "heartbeat_at": time.time(), "heartbeat_secs": 5.0,
         "reports": {"abandoned_threads": 1, "heartbeat_lag_secs": 0.002},
+        "running": {"job-1": time.time() - 2, "job-2": time.time() - 1},
     }
     values.update(fields)
     return WorkerInfo(**values)
