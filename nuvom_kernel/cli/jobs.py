@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from nuvom_kernel.errors import NuvomError, SerializationError
 from nuvom_kernel.hints import parent_project
 from nuvom_kernel.job import live_workers
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message
-from nuvom_kernel.views import WorkerInfo, holders
+from nuvom_kernel.views import QueuedJob, WorkerInfo, holders
 
 
 @hookimpl
@@ -62,6 +63,14 @@ def running_on(kernel: Any) -> dict[str, WorkerInfo]:
     """The live worker running each job, as of its last heartbeat (empty where the result
     backend keeps none): a lease does not say who holds it."""
     return holders(live_workers(kernel) or [])
+
+
+def workers_of(kernel: Any, jobs: Sequence[QueuedJob]) -> dict[str, str]:
+    """The id of the live worker running each RUNNING job of ``jobs`` (``nuvom list jobs``,
+    the dashboard's ``/queued``); heartbeats are read only for a page that has one."""
+    running = [j.id for j in jobs if j.state is JobStatus.RUNNING]
+    held = running_on(kernel) if running else {}
+    return {job_id: held[job_id].id for job_id in running if job_id in held}
 
 
 def _duration(record: JobRecord) -> str | None:

@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.jobs import _kernel, running_on
+from nuvom_kernel.cli.jobs import _kernel, workers_of
 from nuvom_kernel.cli.output import (
     local_time,
     print_table,
@@ -100,9 +100,7 @@ def list_jobs(queues: tuple[str, ...], states: tuple[str, ...], limit: int,
     page = _browse(kernel, list(queues) or None, wanted, after, limit + 1, typed=True)
     more = page[limit - 1].cursor if len(page) > limit else None
     page = page[:limit]
-    held = (running_on(kernel) if any(j.state is JobStatus.RUNNING for j in page) else {})
-    workers = {j.id: held[j.id].id for j in page
-               if j.state is JobStatus.RUNNING and j.id in held}
+    workers = workers_of(kernel, page)
     if as_json:
         click.echo(json.dumps({"jobs": [_finite({**j.to_dict(), "worker": workers.get(j.id)})
                                         for j in page], "next": more}, indent=2))

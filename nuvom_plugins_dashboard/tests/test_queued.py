@@ -27,6 +27,7 @@ from nuvom_kernel.errors import EnqueueError
 from nuvom_kernel.kernel import Kernel
 from nuvom_kernel.models import Message
 from nuvom_kernel.testing.stubs import StubQueue
+from nuvom_kernel.views import WorkerInfo
 from nuvom_plugins_dashboard import create_app, queued
 
 PAYLOAD = "<script>alert('x')</script>"
@@ -37,7 +38,7 @@ def _rows(page: str) -> list[dict[str, str]]:
     body = re.search(r'<section id="queued".*?<tbody>(.*?)</tbody>', page, re.S)
     assert body, "the page has no list of queued jobs"
     names = ["id", "task", "queue", "state", "priority", "created", "due", "failures",
-             "deliveries", "lease"]
+             "deliveries", "lease", "worker"]
     rows = []
     for row in re.findall(r"<tr>(.*?)</tr>", body.group(1), re.S):
         cells = [htmllib.unescape(re.sub(r"<[^>]+>", "", c)).strip()
@@ -90,6 +91,18 @@ def test_a_queue_is_listed_oldest_first_with_each_jobs_state(kernel: Kernel,
     assert 'href="/jobs?queue=emails"' in response.text, "and the queue's records are linked"
     every = _rows(client.get("/queued").text)
     assert [r["id"] for r in every] == ["e0", "r0", "e1", "e2", "e3"]
+
+
+def test_a_running_job_names_its_worker_from_the_heartbeats(kernel: Kernel,
+                                                             client: TestClient) -> None:
+    _fill(kernel)
+    now = time.time()
+    kernel.results.heartbeat(WorkerInfo(id="web-1:42:ab12cd", host="web-1", pid=42,
+                                        slots=2, busy_slots=1, heartbeat_at=now,
+                                        running={"e0": now - 3}), 60)
+    rows = {r["id"]: r for r in _rows(client.get("/queued?queue=emails").text)}
+    assert rows["e0"]["worker"] == "web-1:42:ab12cd", rows["e0"]
+    assert {rows[i]["worker"] for i in ("e1", "e2", "e3")} == {"-"}
 
 
 def test_the_state_filter_and_the_overview_links_to_it(kernel: Kernel,

@@ -64,6 +64,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from nuvom_kernel.cli.jobs import workers_of
 from nuvom_kernel.errors import NuvomError
 from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_plugins_dashboard import actions, queued, views
@@ -284,12 +285,14 @@ def create_app(kernel: Any, *, token: str | None = None, read_only: bool = False
         flt = queued.QueuedFilter.from_params(request.query_params)
         after = request.query_params.get("after") or None
         page = queued.list_queued(kernel.queue, flt, after=after)
+        workers = workers_of(kernel, page.jobs)
         base, params = _base(request), flt.params()
 
         def url(query: list[tuple[str, str]]) -> str:
             return f"{base}/queued" + (f"?{urlencode(query)}" if query else "")
 
         return live(request, "queued.html", "_queued.html", listing=page, filter=flt,
+                    workers=workers,
                     refresh_secs=queued.refresh_secs(page.took_secs),
                     after=after, states=list(queued.STATES), queue_backend=kernel.queue.name,
                     self_url=url([*params, ("after", after)] if after else params),
