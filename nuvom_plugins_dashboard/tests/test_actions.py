@@ -134,6 +134,14 @@ def test_read_only_shows_no_action_and_refuses_them(kernel: Kernel,
     assert kernel.queue.peek_state("j1") is None
 
 
+def other_client_with(make_client: Callable[..., TestClient], cookie: str,
+                      token: str = "s3cret") -> TestClient:
+    """A new browser holding only ``cookie`` as its token cookie."""
+    client = make_client(token=token)
+    client.cookies.set("nuvom_dashboard_token", cookie)
+    return client
+
+
 def test_a_token_is_required_once_then_kept_in_a_cookie(kernel: Kernel,
                                                         make_client: Callable[..., TestClient]
                                                         ) -> None:
@@ -145,6 +153,13 @@ def test_a_token_is_required_once_then_kept_in_a_cookie(kernel: Kernel,
     link = client.get("/jobs?status=failed&token=s3cret")
     assert link.status_code == 303 and link.headers["location"] == "/jobs?status=failed"
     assert client.get("/jobs").status_code == 200  # the cookie carries it from now on
+    kept = client.cookies["nuvom_dashboard_token"]
+    assert "s3cret" not in kept, "the browser keeps a value derived from the token, not it"
+    assert other_client_with(make_client, kept).get("/").status_code == 200
+    assert make_client(token="s3cret").get(
+        "/", headers={"Authorization": f"Bearer {kept}"}).status_code == 401, \
+        "the cookie's value does not work as the token"
+    assert other_client_with(make_client, kept, token="changed").get("/").status_code == 401
     other = make_client(token="s3cret")
     assert other.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert other.get("/", headers={"Authorization": "Bearer nope"}).status_code == 401

@@ -3,7 +3,14 @@
 Why a token off loopback: the dashboard retries and cancels jobs and shows their arguments
 and results; bound to 127.0.0.1 only this machine's users reach it, anywhere else it must
 not answer a stranger. The token is given once (``?token=…`` or ``Authorization: Bearer``)
-and kept in an HttpOnly, SameSite=Lax cookie, so later links carry no secret.
+and a value derived from it is kept in an HttpOnly, SameSite=Lax cookie, so later links
+carry no secret.
+
+Why derived, not the token: the token is also what scripts send as ``Authorization:
+Bearer`` and what the configuration holds, and a browser's cookie store is read by more than
+the dashboard (profiles synced, exported, inspected). The cookie holds an HMAC of a fixed
+label under the token: it signs this browser in, but neither reveals the token nor works as
+one, and it stops working once the token is changed.
 
 Why Lax, not Strict: the dashboard's URLs are meant to be linked from alerts, chat and
 mail, and a Strict cookie is not sent on a navigation that starts on another site, so such
@@ -109,6 +116,9 @@ class Guard:
         self.app = app
         self.token = token
         self.allowed_hosts = frozenset(allowed_hosts)
+        #: The token cookie's value (see the module's docstring).
+        self._session = None if token is None else hmac.new(
+            token.encode(), b"nuvom-dashboard-session", "sha256").hexdigest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -171,7 +181,8 @@ class Guard:
             return self._token_link(request, given)
         auth = request.headers.get("authorization", "")
         bearer = auth[7:] if auth.lower().startswith("bearer ") else None
-        if _same(bearer, self.token) or _same(request.cookies.get(TOKEN_COOKIE), self.token):
+        if _same(bearer, self.token) or _same(request.cookies.get(TOKEN_COOKIE),
+                                              self._session):
             return None
         query = request.url.query  # kept: the hint is the link that was followed, signed in
         return PlainTextResponse(
@@ -188,7 +199,7 @@ class Guard:
         rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
         target = raw_path(request) + (f"?{urlencode(rest)}" if rest else "")
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="lax",
+        response.set_cookie(TOKEN_COOKIE, self._session, httponly=True, samesite="lax",
                             secure=request.url.scheme == "https")
         return response
 
