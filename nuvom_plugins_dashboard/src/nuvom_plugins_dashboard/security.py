@@ -117,7 +117,7 @@ class Guard:
         self.token = token
         self.allowed_hosts = frozenset(allowed_hosts)
         #: The token cookie's value (see the module's docstring).
-        self._session = None if token is None else hmac.new(
+        self._session = "" if token is None else hmac.new(
             token.encode(), b"nuvom-dashboard-session", "sha256").hexdigest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
