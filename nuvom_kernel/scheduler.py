@@ -126,6 +126,11 @@ class Scheduler:
         self._checked = False
         self._manifest_key: tuple[int, int] | None = None
         self._manifest_schedules: dict[str, Schedule] = {}
+        #: The manifest's tasks whose schedule it states (one, or none): its word is final
+        #: for them once the file changed while this process ran (see :meth:`schedules`).
+        self._manifest_says: set[str] = set()
+        self._manifest_read = False
+        self._manifest_changed = False
         #: (schedule name, error) already logged: a pass runs every second, and a schedule
         #: that keeps failing the same way is logged once, not every second.
         self._logged: set[tuple[str, str]] = set()
@@ -135,13 +140,23 @@ class Scheduler:
     # --- which schedules ----------------------------------------------------------------
 
     def schedules(self) -> dict[str, Schedule]:
-        """Schedules of the manifest, overridden by those of imported tasks."""
-        found = dict(self._from_manifest())
+        """Schedules of the manifest, overridden by those of imported tasks — until the
+        manifest changes while this process runs.
+
+        Why the imported task's first: discovery cannot read every schedule (an interval
+        held in a variable), and a worker's start-up discovery leaves the two alike. Why
+        the manifest's once it changed: that is `nuvom discover tasks` run after a
+        schedule was edited, and a thread worker never imports a module again, so the
+        imported task holds the old schedule; it kept firing while `nuvom schedule list`
+        showed the new one. A schedule the manifest could not read stays the task's."""
+        manifest = self._from_manifest()
+        found = dict(manifest)
         registry = self.kernel.registry
         for name in registry.names():
             schedule = getattr(registry.get(name), "schedule", None)
-            if schedule is not None:
-                found[name] = schedule
+            if schedule is None or (self._manifest_changed and name in self._manifest_says):
+                continue
+            found[name] = schedule
         return found
 
     def _from_manifest(self) -> dict[str, Schedule]:
@@ -153,9 +168,14 @@ class Scheduler:
             key: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
         except OSError:
             key = None
-        if key == self._manifest_key:
+        if self._manifest_read and key == self._manifest_key:
             return self._manifest_schedules
+        if self._manifest_read and not self._manifest_changed:
+            self._manifest_changed = True
+            log.info("the manifest changed (%s): its schedules replace those of the tasks "
+                     "this worker imported", path)
         found: dict[str, Schedule] = {}
+        says: set[str] = set()
         try:
             manifest = read_manifest(self.kernel.data_dir) or {}
         except ValueError as exc:
@@ -163,6 +183,8 @@ class Scheduler:
             manifest = {}
         for entry in manifest.get("tasks", []):
             opts: Mapping[str, Any] = entry.get("options") or {}
+            if "schedule" not in (entry.get("unread") or ()):
+                says.add(entry.get("name"))
             if opts.get("schedule") is None:
                 continue
             try:
@@ -175,6 +197,7 @@ class Scheduler:
             except Exception as exc:
                 log.warning("manifest schedule of task %r ignored: %s", entry.get("name"), exc)
         self._manifest_key, self._manifest_schedules = key, found
+        self._manifest_says, self._manifest_read = says, True
         return found
 
     def check(self, schedules: dict[str, Schedule]) -> None:

@@ -16,7 +16,7 @@ import pytest
 from nuvom_kernel import cron, every, task
 from nuvom_kernel.backends import Capabilities
 from nuvom_kernel.errors import BackendCapabilityError, TaskRegistrationError
-from nuvom_kernel.kernel import Kernel
+from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.scheduler import MAX_SLEEP_SECS, Scheduler
 from nuvom_kernel.schedules import Cron, Every, ScheduleError, schedule_job_id
 from nuvom_kernel.testing.memory import MemoryResultBackend
@@ -311,6 +311,48 @@ def test_schedule_list_names_a_schedule_known_only_by_its_stored_state(project):
     assert run_nuvom(["discover", "tasks"], project).returncode == 0
     listed = run_nuvom(["schedule", "list"], project)
     assert "varsched" in listed.stdout and "The store also holds" not in listed.stdout
+
+
+BEATS = """
+from nuvom_kernel import task, every
+
+EVERY = every(seconds=60)
+
+@task(schedule=every(seconds={secs}, args=({tag!r},)))
+def beat(tag): ...
+
+@task(schedule=EVERY)  # discovery cannot read it: only the imported task says
+def hidden(): ...
+
+@task({dropped})
+def dropped(): ...
+"""
+
+
+def test_a_schedule_changed_in_the_manifest_replaces_the_imported_one(project):
+    """A thread worker never imports a module again: after `nuvom discover tasks` read an
+    edited schedule, the worker kept firing the imported one every 3 s with its old
+    arguments, while `nuvom schedule list` showed the new one."""
+    from tests.helpers import run_nuvom
+
+    write_module(project, "beats", BEATS.format(secs=3, tag="a",
+                                               dropped="schedule=every(seconds=5)"))
+    assert run_nuvom(["discover", "tasks"], project).returncode == 0
+    kernel = Kernel(root=project, environ={})
+    with use_kernel(kernel):
+        import beats  # type: ignore[import-not-found]  # noqa: F401
+    scheduler = Scheduler(kernel)
+    first = scheduler.schedules()
+    assert (first["beat"].trigger.interval, first["beat"].trigger.args) == (3, ("a",))
+    assert set(first) == {"beat", "hidden", "dropped"}
+
+    write_module(project, "beats", BEATS.format(secs=2, tag="b", dropped=""))
+    assert run_nuvom(["discover", "tasks"], project).returncode == 0
+    now = scheduler.schedules()
+    assert (now["beat"].trigger.interval, now["beat"].trigger.args) == (2, ("b",)), now["beat"]
+    assert now["hidden"] is first["hidden"], "a schedule discovery cannot read stays"
+    assert "dropped" not in now, "a schedule removed from the source stops"
+    kernel.close()
 
 
 # --- a schedule that cannot work never stops the others -----------------------------------

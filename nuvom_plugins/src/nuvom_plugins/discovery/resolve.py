@@ -258,7 +258,8 @@ class _Scanner:
                                        f"cannot be read statically; they are ignored "
                                        f"in the manifest")
             elif kw.arg == "schedule":
-                self.record_schedule(func, deco.lineno, kw.value, options)
+                if not self.record_schedule(func, deco.lineno, kw.value, options):
+                    unread.append("schedule")
             elif (literal := _literal(kw.value))[0]:
                 options[kw.arg] = literal[1]
             else:
@@ -273,9 +274,11 @@ class _Scanner:
         return options, unread
 
     def record_schedule(self, task: str, line: int, value: ast.expr,
-                        options: dict[str, Any]) -> None:
+                        options: dict[str, Any]) -> bool:
         """A literal schedule goes into ``options``; anything else is warned about, a
-        schedule held in a variable included: workers learn it only by importing."""
+        schedule held in a variable included: workers learn it only by importing. Whether
+        the manifest says what the schedule is (``False``: listed as unread, so a worker
+        keeps the imported task's; an invalid one is said, and refused on import too)."""
         try:
             spec = (_schedule_call(value, self.bindings) if isinstance(value, ast.Call)
                     else None)
@@ -283,18 +286,19 @@ class _Scanner:
             self.warn(line, f"task {task!r}: {exc}. Workers will not fire this schedule "
                             "(and importing the module raises this error): fix it and run "
                             "`nuvom discover tasks` again")
-            return
+            return True
         if spec is None and not isinstance(value, ast.Call):
             ok, literal = _literal(value)  # a cron string, or a mistake checked below
             if ok:
                 options["schedule"] = literal
-                return
+                return True
         if spec is None:
             self.warn(line, f"task {task!r}: schedule= is not a cron(...)/every(...) call "
                             "with literal arguments; workers find it only once the module "
                             "is imported")
-            return
+            return False
         options["schedule"] = spec
+        return True
 
     def warn(self, line: int, message: str) -> None:
         self.result.warnings.append(f"{line}: {message}")
