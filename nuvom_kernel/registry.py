@@ -137,6 +137,7 @@ class TaskRegistry:
         tried: list[str] = []
         import_failed = False
         changed = ""  # a module's file, edited after this process imported it
+        broken = ""  # a module found, but raising as it is imported: its code's fault
         for candidate in dict.fromkeys(m for m in (module, self._modules.get(name)) if m):
             loaded = candidate in sys.modules  # imported before: the import changes nothing
             try:
@@ -152,6 +153,9 @@ class TaskRegistry:
                         if isinstance(exc, SystemExit) else f"failed: {exc!r}")
                 tried.append(f"importing {candidate!r} {what}")
                 import_failed = True
+                if not (isinstance(exc, ModuleNotFoundError) and exc.name is not None
+                        and (candidate + ".").startswith(exc.name + ".")):
+                    broken = broken or candidate
                 continue
             fn = self._tasks.get(name)
             owner = getattr(fn, "module", candidate)
@@ -168,6 +172,9 @@ class TaskRegistry:
         advice = (f"{changed} changed after this process imported it, and a running worker "
                   "does not import a module again: restart the worker to run the new code."
                   if changed else
+                  f"Fix the error module {broken!r} raises as it is imported, then restart "
+                  "the worker (`nuvom retry failed` runs the jobs it failed again)."
+                  if broken else
                   f"Run the worker from the project directory (cwd: {Path.cwd()}, on "
                   f"sys.path: {'' in sys.path or str(Path.cwd()) in sys.path}) and run "
                   "`nuvom discover tasks` to refresh .nuvom/manifest.json.")

@@ -258,6 +258,28 @@ def test_a_module_calling_sys_exit_at_import_is_an_unknown_task_naming_it(projec
     assert caught.value.import_failed
 
 
+@pytest.mark.parametrize("source", [
+    "def broken(:\n",  # a syntax error: the cwd was right
+    "import no_such_dependency_xyz\n",  # the module's own import fails
+])
+def test_a_module_that_raises_at_import_is_blamed_not_the_cwd(project: Path,
+                                                              source: str) -> None:
+    """A typo in a task module said "Run the worker from the project directory", where it
+    ran; the fix was in the module."""
+    write_module(project, "t_raises", source)
+    with pytest.raises(UnknownTaskError) as caught:
+        TaskRegistry().resolve("whatever", "t_raises")
+    text = str(caught.value)
+    assert "Fix the error module 't_raises' raises as it is imported" in text, text
+    assert "project directory" not in text
+
+
+def test_a_module_that_is_not_there_still_points_at_the_cwd(project: Path) -> None:
+    with pytest.raises(UnknownTaskError) as caught:
+        TaskRegistry().resolve("whatever", "pkg_absent.tasks")
+    assert "Run the worker from the project directory" in str(caught.value)
+
+
 def test_a_job_whose_module_calls_sys_exit_fails_naming_the_module(kernel: Kernel,
                                                                   project: Path):
     write_module(project, "t_exits", "import sys\nsys.exit(2)\n")

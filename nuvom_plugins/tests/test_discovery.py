@@ -451,6 +451,25 @@ def test_syntax_error_is_reported_with_file_and_line(tmp_path: Path) -> None:
     assert report.errors[0].startswith("pkg/broken.py:4: syntax error")
 
 
+def test_a_file_that_stops_parsing_keeps_the_tasks_it_had(tmp_path: Path) -> None:
+    """A typo saved in a task module, then a worker's start-up discovery, wrote a manifest
+    without the module's tasks: their schedules stopped and their names were unknown."""
+    source = "from nuvom_kernel import task\n@task(retries=2)\ndef b(): ...\n"
+    write(tmp_path, {"pkg/mod.py": source})
+    _, state = run(tmp_path)
+    write(tmp_path, {"pkg/mod.py": source + "def broken(:\n"})
+    report, state = run(tmp_path, state=state)
+    assert [(t.name, t.options) for t in report.tasks] == [("b", {"retries": 2})]
+    assert report.errors == ["pkg/mod.py:4: syntax error: invalid syntax; file skipped"]
+    assert any("its task(s) b are kept" in w for w in report.warnings), report.warnings
+    report, state = run(tmp_path, state=state)  # a warm run: nothing parsed, same answer
+    assert report.files_parsed == 0 and [t.name for t in report.tasks] == ["b"]
+    assert len(report.errors) == 1
+    write(tmp_path, {"pkg/mod.py": "x = 1\n"})  # fixed, without the task: it goes
+    report, _ = run(tmp_path, state=state)
+    assert report.tasks == [] and report.errors == [] and report.warnings == []
+
+
 def test_ignore_rules_and_default_skips(tmp_path: Path) -> None:
     one = "from nuvom_kernel import task\n@task\ndef {}(): ...\n"
     write(tmp_path, {

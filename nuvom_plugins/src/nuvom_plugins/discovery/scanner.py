@@ -223,7 +223,7 @@ class AstDiscoverer(Discoverer):
             if _hash_of(files[rel]) != digest:
                 changed[rel] = data if len(changed) < self.parallel_min_files else None
         for rel, entry, parsed in self._examine_all(root, changed):
-            files[rel] = entry
+            files[rel] = _kept(rel, entry, previous.get(rel))
             report.files_parsed += parsed
         # Names are given here, not cached per file: editing pyproject.toml renames modules
         # whose own bytes did not change.
@@ -369,10 +369,10 @@ def examine(rel: str, data: bytes, decorators: frozenset[str], parse_all: bool
     try:
         tree = ast.parse(data, filename=rel)
     except SyntaxError as exc:
-        return {"hash": digest, "tasks": [], "warnings": [], "errors": [
+        return {"hash": digest, "tasks": [], "warnings": [], "unparsed": True, "errors": [
             f"{rel}:{exc.lineno or 0}: syntax error: {exc.msg}; file skipped"]}, True
     except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as exc:
-        return {"hash": digest, "tasks": [], "warnings": [],
+        return {"hash": digest, "tasks": [], "warnings": [], "unparsed": True,
                 "errors": [f"{rel}:0: cannot parse: {exc}; file skipped"]}, True
     if not relevant:  # parsed for its syntax errors only: it cannot hold a task
         return digest, True
@@ -385,6 +385,25 @@ def examine(rel: str, data: bytes, decorators: frozenset[str], parse_all: bool
     if not tasks and not warnings:
         return digest, True
     return {"hash": digest, "tasks": tasks, "warnings": warnings, "errors": []}, True
+
+
+def _kept(rel: str, entry: Any, before: Any) -> Any:
+    """``entry``, but for a file that no longer parses, with the tasks the last scan that
+    parsed it found.
+
+    Why: a typo saved in a task module, then a worker's start-up discovery, wrote a
+    manifest without that module's tasks, so their schedules stopped and `nuvom enqueue`
+    called them unknown, while the module's jobs waited. The file's error is still
+    reported (the command exits 1), and its jobs fail on import until it is fixed."""
+    if not (isinstance(entry, dict) and entry.get("unparsed") and isinstance(before, dict)
+            and before.get("tasks")):
+        return entry
+    tasks = before["tasks"]
+    names = ", ".join(str(t.get("name")) for t in tasks)
+    return {**entry, "tasks": tasks, "warnings": [
+        f"{rel}: its task(s) {names} are kept as the last scan that parsed it found them "
+        "(known and scheduled, but their jobs fail until the module imports); fix the file "
+        "and run `nuvom discover tasks` again"]}
 
 
 def examine_path(root: str, rel: str, args: tuple[frozenset[str], bool]
