@@ -144,3 +144,31 @@ def test_a_store_failing_while_the_graph_is_read_leaves_the_records_words(
         # the workflow, which the graph would have said, is read from the record's words
         assert error.workflow == flow.id
         assert f"`nuvom workflow retry {flow.id}`" in text, text
+
+
+def test_the_step_to_rerun_from_is_found_up_through_doomed_parents() -> None:
+    """`workflow retry --from D`, where C was cancelled because B failed, names B: C
+    re-opened would be cancelled again too."""
+    from nuvom_kernel.workflow.graph import blocked_by
+    from nuvom_kernel.workflow.shape import (
+        CANCELLED,
+        DOOM_FAILED,
+        FAILED,
+        SUCCEEDED,
+        Flow,
+        Node,
+        WorkflowGraph,
+    )
+
+    def node(name: str, state: str, child: str | None, **extra: object) -> Node:
+        return Node(id=name, workflow="wf", task="t", state=state,
+                    children=[child] if child else [], **extra)  # type: ignore[arg-type]
+
+    graph = WorkflowGraph(Flow(id="wf"), None, [
+        node("a", SUCCEEDED, "b"), node("b", FAILED, "c"),
+        node("c", CANCELLED, "d", doom=DOOM_FAILED), node("d", CANCELLED, None,
+                                                           doom=DOOM_FAILED)])
+    assert [blocked_by(graph, n) for n in "abcd"] == [None, None, graph.nodes[1],
+                                                       graph.nodes[1]]
+    graph.nodes[1].policy = "continue"  # its children run with its failure
+    assert blocked_by(graph, "c") is None

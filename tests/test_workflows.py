@@ -403,6 +403,14 @@ def test_inspect_and_retry_rerun_the_failed_part_keeping_succeeded_results(clust
     assert "needs_fix" in table.stdout and "FAILED" in table.stdout
     assert failed["id"] in table.stdout, "the table's ids must be ones `retry --from` takes"
 
+    cancelled = graph["nodes"][2]  # re-opened alone, it was cancelled again at once, while
+    # the command said it re-ran it (and `nuvom retry job` of it suggested just that)
+    refused = run_nuvom(["workflow", "retry", wf.id, "--from", cancelled["id"]],
+                        cluster.project, **cluster.environ)
+    assert refused.returncode != 0
+    assert (f"it waits on step {failed['id']}, which stays FAILED" in refused.stderr and
+            f"--from {failed['id']}`" in refused.stderr), refused.stderr
+
     (cluster.project / "fixed").write_text("")
     done = run_nuvom(["workflow", "retry", wf.id], cluster.project, **cluster.environ)
     assert done.returncode == 0, done.stderr

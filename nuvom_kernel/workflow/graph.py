@@ -59,8 +59,8 @@ __all__ = ["CANCELLED", "CANCELLED_ERROR", "DOOM_CANCELLED", "DOOM_DAMAGED", "DO
            "DOOM_SKIPPED", "FAILED", "INPUT_HEADER", "NODE_FINAL", "NOT_RUN", "POLICIES",
            "RELEASED", "RUNNING", "SKIPPED", "SKIPPED_ERROR", "SUCCEEDED", "WAITING",
            "WF_HEADER", "CancelOutcome", "EndsDamaged", "Flow", "GraphTxn", "Node",
-           "WorkflowGraph", "advance", "cancel_waiting", "create", "doomed_record", "reset",
-           "stored_flow", "stored_node"]
+           "WorkflowGraph", "advance", "blocked_by", "cancel_waiting", "create",
+           "doomed_record", "reset", "stored_flow", "stored_node"]
 
 _DOOM_RANK = {None: 0, DOOM_SKIPPED: 1, DOOM_CANCELLED: 2, DOOM_FAILED: 3, DOOM_DAMAGED: 3}
 #: How the record of a node that never runs begins (:func:`doomed_record`): its reason
@@ -154,6 +154,21 @@ def _effect(node: Node, state: str, doomed: bool) -> str | None:
     if state == SKIPPED:
         return DOOM_SKIPPED
     return None
+
+
+def blocked_by(graph: WorkflowGraph, node_id: str) -> Node | None:
+    """The step that keeps ``node_id`` from running if it is re-opened alone, or ``None``:
+    a parent staying as it ended dooms it again at once (:func:`reset`), so ``workflow
+    retry --from`` it re-ran nothing and said it re-ran it. Followed up through parents
+    doomed in turn, to the step that failed or was cancelled by hand: the one to re-run
+    from."""
+    found, current = None, node_id
+    while (parent := next((n for n in graph.nodes if current in n.children and
+                           _effect(n, n.state, n.doom is not None) is not None), None)):
+        found, current = parent, parent.id
+        if parent.doom is None:  # it failed, or was cancelled by hand
+            break
+    return found
 
 
 def _worse(doom: str | None, effect: str | None) -> str | None:

@@ -21,7 +21,7 @@ from nuvom_kernel.job import Job, check_wait, not_in_a_task
 from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
 from nuvom_kernel.workflow.damage import ended_by_damage
-from nuvom_kernel.workflow.graph import doomed_record, reset
+from nuvom_kernel.workflow.graph import blocked_by, doomed_record, reset
 from nuvom_kernel.workflow.shape import (
     CANCELLED,
     FAILED,
@@ -216,6 +216,14 @@ class Workflow:
         if from_node is not None and from_node not in {n.id for n in graph.nodes}:
             raise NuvomError(f"{from_node!r} is not a step of workflow {self.id}; the steps "
                              f"are listed by `nuvom workflow inspect {self.id}`")
+        blocker = None if from_node is None else blocked_by(graph, from_node)
+        if blocker is not None:
+            raise NuvomError(
+                f"step {from_node} of workflow {self.id} would not run: it waits on step "
+                f"{blocker.id}, which stays {blocker.state} (re-opened alone, the step is "
+                f"cancelled or skipped again at once). Re-run from that step: `nuvom "
+                f"workflow retry {self.id} --from {blocker.id}`, or `nuvom workflow retry "
+                f"{self.id}` for every failed, cancelled and skipped step")
         busy = [n.id for n in graph.nodes if kernel.queue.peek_state(n.id) is not None]
         if busy:
             raise NuvomError(f"step {busy[0]} of workflow {self.id} is still in the queue (its "
