@@ -217,6 +217,8 @@ class Kernel:
         status, record = self.state_of(job)
         if record is not None:
             _apply_record(job, record)
+        else:  # purged, or never stored: an outcome read earlier is not the stores' now
+            job.result = job.error_type = job.error = job.traceback = None
         job.status = status
         return job
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,11 +50,13 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str
 
 
 def run_worker_until(kernel: Kernel, done: Callable[[], object], what: str,
-                     workers: int = 1, timeout: float = 20.0) -> None:
+                     workers: int = 1, timeout: float = 20.0,
+                     queues: Sequence[str] | None = None) -> None:
     """Start a worker pool in this process, wait until ``done()``, then stop it (drained)."""
     from nuvom_kernel import Worker
 
-    worker = Worker(kernel, workers=workers, scheduler=False, poll_timeout_secs=0.05)
+    worker = Worker(kernel, workers=workers, scheduler=False, poll_timeout_secs=0.05,
+                    queues=queues)
     worker.start()
     try:
         wait_until(done, timeout, what)

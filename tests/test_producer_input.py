@@ -774,3 +774,18 @@ def test_a_program_run_in_a_projects_subfolder_is_warned_where_its_jobs_go(
         "a store chosen on purpose (NUVOM_DATA_DIR) is no mistake to warn about"
     flow = run_script("flow.py", "chain(add.s(1, 2), add.s(3)).delay()")
     assert flow.stderr.count(said) == 1, "a workflow's steps go to that store too"
+
+
+def test_calling_a_canvas_says_to_delay_it() -> None:
+    """Celery submits `chain(...)()`; here it said only "'Chain' object is not callable"."""
+    from nuvom_kernel import chain, group
+
+    @task
+    def one(x: int = 1) -> int:
+        return x
+
+    for canvas, kind in ((chain(one.s(), one.s()), "chain"), (group(one.s()), "group"),
+                         (one.s(), "step")):
+        with pytest.raises(TypeError, match=f"a {kind} is not called: submit it with "
+                                            r"\.delay\(\)"):
+            canvas()

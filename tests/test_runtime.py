@@ -17,7 +17,16 @@ from pathlib import Path
 import attrs
 import pytest
 
-from nuvom_kernel import JobFailedError, JobStatus, Worker, current_job, get_job, hookimpl, task
+from nuvom_kernel import (
+    JobFailedError,
+    JobStatus,
+    Worker,
+    chain,
+    current_job,
+    get_job,
+    hookimpl,
+    task,
+)
 from nuvom_kernel.errors import SerializationError
 from nuvom_kernel.kernel import Kernel, use_kernel
 from nuvom_kernel.models import Message
@@ -68,6 +77,26 @@ def test_delay_get_roundtrip_with_typed_arguments(kernel: Kernel, worker, projec
     assert kwargs == {"flag": True}
     assert get_job(job.id).status is JobStatus.SUCCEEDED
     assert get_job(job.id).attempts == 1
+
+
+def test_refresh_after_the_record_was_purged_keeps_no_old_outcome(kernel: Kernel, worker,
+                                                                 project: Path):
+    """The record's TTL passed: `refresh()` read UNKNOWN and kept the old `result`."""
+    write_module(project, "t_purged", "from nuvom_kernel import task\n\n\n"
+                 "@task\ndef two():\n    return 2\n\n\n"
+                 "@task\ndef boom():\n    raise ValueError('no')\n")
+    from t_purged import boom, two  # type: ignore[import-not-found]
+
+    worker()
+    done, failed = two.delay(), boom.delay()
+    assert done.get(timeout=15) == 2
+    with pytest.raises(JobFailedError):
+        failed.get(timeout=15)
+    assert failed.error_type is not None
+    assert kernel.results.purge(time.time() + 60) == 2
+    for job in (done.refresh(), failed.refresh()):
+        assert job.status is JobStatus.UNKNOWN
+        assert (job.result, job.error_type, job.error, job.traceback) == (None,) * 4, job
 
 
 def test_plain_call_runs_inline_and_keeps_metadata(project: Path):
@@ -802,6 +831,35 @@ def test_cancel_of_a_held_or_cancelled_job_says_which(make_kernel, project: Path
         again = run_nuvom(["cancel", "job", other.id], project, **SQLITE)
         assert again.returncode == 1
         assert again.stderr.strip() == f"Error: job {other.id} is already CANCELLED", again
+
+
+def test_a_workflow_that_times_out_names_its_waiting_step_and_the_workers(
+        make_kernel, project: Path):
+    """`wf.get(timeout=)` asked "is a worker running?" beside a worker serving other
+    queues, where `Job.get()` named the queue to start one for."""
+    write_module(project, "t_wf_hint", "from nuvom_kernel import task\n\n\n"
+                 "@task\ndef first():\n    return 1\n\n\n"
+                 "@task(queue='emails')\ndef send(x):\n    return x\n")
+    kernel = make_kernel("sqlite")
+    with use_kernel(kernel):
+        from t_wf_hint import first, send  # type: ignore[import-not-found]
+
+        wf = chain(first.s(), send.s()).delay()
+        kernel.results.heartbeat(WorkerInfo(id="h:1:a", host="h", pid=1, queues=["default"],
+                                            heartbeat_at=time.time()), 60)
+        with pytest.raises(TimeoutError) as waited:
+            wf.get(timeout=0.05)
+        text = str(waited.value)
+        step = wf.nodes[0].id
+        assert f"step {step} (first) waits in queue 'default'; 1 live worker(s)" in text, text
+        run_worker_until(kernel, lambda: get_job(step).status is JobStatus.SUCCEEDED,
+                         "the first step", queues=["default"])
+        with pytest.raises(TimeoutError) as waited:
+            wf.get(timeout=0.05)
+        text = str(waited.value)
+        assert "(send) waits in queue 'emails'; the live workers on this store" in text, text
+        assert "start one with `nuvom runworker --queue emails`" in text
+        assert "is a worker running" not in text
 
 
 def test_a_queued_job_whose_body_does_not_decode_is_still_looked_up_and_cancelled(

@@ -49,6 +49,12 @@ class _Canvas:
             raise ValueError("this chain already has a finally_ step; give it one step")
         return attrs.evolve(base, cleanup=step)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Workflow:
+        """Refused, saying what to write: Celery submits ``chain(...)()`` and ``add.s(1)()``;
+        here it said only "'Chain' object is not callable"."""
+        raise TypeError(f"a {type(self).__name__.lower()} is not called: submit it with "
+                        ".delay() (Celery's chain(...)() shorthand is not supported)")
+
     def delay(self) -> Workflow:
         """Store the whole graph in one backend call and return its handle."""
         from nuvom_kernel.kernel import get_kernel

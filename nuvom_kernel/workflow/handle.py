@@ -17,7 +17,7 @@ from nuvom_kernel.errors import (
     SerializationError,
     UnknownJobError,
 )
-from nuvom_kernel.job import Job, check_wait, not_in_a_task
+from nuvom_kernel.job import Job, check_wait, not_in_a_task, queued_hint
 from nuvom_kernel.models import JobRecord, JobStatus, Message, StepFailed
 from nuvom_kernel.serialization import from_wire
 from nuvom_kernel.workflow.damage import ended_by_damage
@@ -27,6 +27,7 @@ from nuvom_kernel.workflow.shape import (
     FAILED,
     INPUT_HEADER,
     NODE_FINAL,
+    RELEASED,
     RUNNING,
     SKIPPED_ERROR,
     SUCCEEDED,
@@ -153,8 +154,8 @@ class Workflow:
                 break
             watch.check(graph, self._graph)
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"workflow {self.id} is still RUNNING after {timeout} s; "
-                                   "is a worker running (`nuvom runworker`)?" + watch.hint())
+                raise TimeoutError(f"workflow {self.id} is still RUNNING after {timeout} s"
+                                   f"{self._waiting_hint()}{watch.hint()}")
             time.sleep(interval if deadline is None
                        else max(0.0, min(interval, deadline - time.monotonic())))
             interval = min(interval * 2, poll_secs)
@@ -190,6 +191,20 @@ class Workflow:
             f"workflow {self.id} ended {status}, but the record of step {step} is no longer "
             f"stored, so {what} is not known: it was purged (`nuvom purge results`) or it "
             "expired (the result backend's result_ttl_secs counts from each step's end)")
+
+    def _waiting_hint(self) -> str:
+        """Why the workflow may not move, from a released step that no worker holds: the
+        live workers named as ``Job.get()`` names them (it asked "is a worker running?"
+        beside a worker serving other queues)."""
+        kernel = self._kernel
+        for node in self._graph().nodes:
+            if node.state == RELEASED and \
+                    kernel.queue.peek_state(node.id) is JobStatus.QUEUED:
+                hint = queued_hint(node.queue, kernel)
+                return (f"; step {node.id} ({node.task}) waits in queue {node.queue!r}"
+                        + (hint or "; is a worker running (`nuvom runworker`) on the same "
+                           f"backend, serving queue {node.queue!r}?"))
+        return ""
 
     def retry(self, from_node: str | None = None) -> list[str]:
         """Run the failed, cancelled and skipped steps again (or ``from_node`` and every
