@@ -126,11 +126,10 @@ class Scheduler:
         self._checked = False
         self._manifest_key: tuple[int, int] | None = None
         self._manifest_schedules: dict[str, Schedule] = {}
-        #: The manifest's tasks whose schedule it states (one, or none): its word is final
-        #: for them once the file changed while this process ran (see :meth:`schedules`).
-        self._manifest_says: set[str] = set()
-        self._manifest_read = False
-        self._manifest_changed = False
+        #: Each manifest task's schedule as first read, and the tasks whose schedule the
+        #: manifest changed since (see :meth:`schedules`).
+        self._first_specs: dict[str, Any] | None = None
+        self._edited: set[str] = set()
         #: (schedule name, error) already logged: a pass runs every second, and a schedule
         #: that keeps failing the same way is logged once, not every second.
         self._logged: set[tuple[str, str]] = set()
@@ -140,23 +139,28 @@ class Scheduler:
     # --- which schedules ----------------------------------------------------------------
 
     def schedules(self) -> dict[str, Schedule]:
-        """Schedules of the manifest, overridden by those of imported tasks — until the
-        manifest changes while this process runs.
+        """Schedules of the manifest, overridden by those of imported tasks — but for a
+        schedule the manifest changed while this process ran.
 
         Why the imported task's first: discovery cannot read every schedule (an interval
-        held in a variable), and a worker's start-up discovery leaves the two alike. Why
-        the manifest's once it changed: that is `nuvom discover tasks` run after a
-        schedule was edited, and a thread worker never imports a module again, so the
-        imported task holds the old schedule; it kept firing while `nuvom schedule list`
-        showed the new one. A schedule the manifest could not read stays the task's."""
+        held in a variable) or option (``queue=QUEUE``), and a worker's start-up discovery
+        leaves the two alike. Why the manifest's trigger and policies once it changed
+        them: that is `nuvom discover tasks` run after a schedule was edited, and a thread
+        worker never imports a module again, so its task holds the old schedule; it kept
+        firing while `nuvom schedule list` showed the new one. The task's options stay the
+        imported ones (a changed task runs its old code and options), and a schedule the
+        manifest cannot read is never changed by it."""
         manifest = self._from_manifest()
         found = dict(manifest)
         registry = self.kernel.registry
         for name in registry.names():
-            schedule = getattr(registry.get(name), "schedule", None)
-            if schedule is None or (self._manifest_changed and name in self._manifest_says):
-                continue
-            found[name] = schedule
+            imported = getattr(registry.get(name), "schedule", None)
+            if name not in self._edited:
+                if imported is not None:
+                    found[name] = imported
+            elif name in manifest and imported is not None:
+                found[name] = attrs.evolve(manifest[name], options=imported.options,
+                                           module=imported.module)
         return found
 
     def _from_manifest(self) -> dict[str, Schedule]:
@@ -168,14 +172,10 @@ class Scheduler:
             key: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
         except OSError:
             key = None
-        if self._manifest_read and key == self._manifest_key:
+        if self._first_specs is not None and key == self._manifest_key:
             return self._manifest_schedules
-        if self._manifest_read and not self._manifest_changed:
-            self._manifest_changed = True
-            log.info("the manifest changed (%s): its schedules replace those of the tasks "
-                     "this worker imported", path)
         found: dict[str, Schedule] = {}
-        says: set[str] = set()
+        specs: dict[str, Any] = {}  # task -> its schedule and policies, or None: unread
         try:
             manifest = read_manifest(self.kernel.data_dir) or {}
         except ValueError as exc:
@@ -183,8 +183,10 @@ class Scheduler:
             manifest = {}
         for entry in manifest.get("tasks", []):
             opts: Mapping[str, Any] = entry.get("options") or {}
-            if "schedule" not in (entry.get("unread") or ()):
-                says.add(entry.get("name"))
+            unread = entry.get("unread") or ()
+            specs[entry.get("name")] = (
+                None if "schedule" in unread or "**" in unread else
+                repr([opts.get(k) for k in ("schedule", *POLICIES)]))
             if opts.get("schedule") is None:
                 continue
             try:
@@ -196,8 +198,17 @@ class Scheduler:
                                                     if k != "schedule" and k not in POLICIES}))
             except Exception as exc:
                 log.warning("manifest schedule of task %r ignored: %s", entry.get("name"), exc)
+        if self._first_specs is None:
+            self._first_specs = specs
+        else:
+            first = self._first_specs
+            edited = {name for name in {*first, *specs} if specs.get(name, "") is not None
+                      and specs.get(name, "") != first.get(name, "")}
+            if edited - self._edited:
+                log.info("the manifest (%s) changed the schedule of task(s) %s: fired as it "
+                         "says from now on", path, ", ".join(sorted(edited - self._edited)))
+            self._edited = edited
         self._manifest_key, self._manifest_schedules = key, found
-        self._manifest_says, self._manifest_read = says, True
         return found
 
     def check(self, schedules: dict[str, Schedule]) -> None:

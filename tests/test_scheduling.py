@@ -317,22 +317,31 @@ BEATS = """
 from nuvom_kernel import task, every
 
 EVERY = every(seconds=60)
+QUEUE = "emails"
+COMMON = {{"schedule": every(seconds=90)}}
 
-@task(schedule=every(seconds={secs}, args=({tag!r},)))
+@task(schedule=every(seconds={secs}, args=({tag!r},)), queue=QUEUE)
 def beat(tag): ...
 
 @task(schedule=EVERY)  # discovery cannot read it: only the imported task says
 def hidden(): ...
 
+@task(**COMMON)  # nor this one
+def starred(): ...
+
 @task({dropped})
 def dropped(): ...
+
+@task(schedule=every(seconds=45), queue=QUEUE)
+def steady(): ...
 """
 
 
 def test_a_schedule_changed_in_the_manifest_replaces_the_imported_one(project):
     """A thread worker never imports a module again: after `nuvom discover tasks` read an
     edited schedule, the worker kept firing the imported one every 3 s with its old
-    arguments, while `nuvom schedule list` showed the new one."""
+    arguments, while `nuvom schedule list` showed the new one. What the manifest cannot
+    say (a queue held in a variable, a schedule in **options) stays the imported task's."""
     from tests.helpers import run_nuvom
 
     write_module(project, "beats", BEATS.format(secs=3, tag="a",
@@ -344,13 +353,16 @@ def test_a_schedule_changed_in_the_manifest_replaces_the_imported_one(project):
     scheduler = Scheduler(kernel)
     first = scheduler.schedules()
     assert (first["beat"].trigger.interval, first["beat"].trigger.args) == (3, ("a",))
-    assert set(first) == {"beat", "hidden", "dropped"}
+    assert set(first) == {"beat", "hidden", "starred", "dropped", "steady"}
 
     write_module(project, "beats", BEATS.format(secs=2, tag="b", dropped=""))
     assert run_nuvom(["discover", "tasks"], project).returncode == 0
     now = scheduler.schedules()
     assert (now["beat"].trigger.interval, now["beat"].trigger.args) == (2, ("b",)), now["beat"]
-    assert now["hidden"] is first["hidden"], "a schedule discovery cannot read stays"
+    assert now["beat"].options.queue == "emails", "the imported task's options stay"
+    for name in ("hidden", "starred", "steady"):
+        assert now[name] is first[name], f"{name}: the manifest did not change it"
+    assert now["steady"].options.queue == "emails"
     assert "dropped" not in now, "a schedule removed from the source stops"
     kernel.close()
 

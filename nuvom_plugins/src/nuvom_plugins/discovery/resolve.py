@@ -253,7 +253,8 @@ class _Scanner:
         options: dict[str, Any] = {}
         unread: list[str] = []
         for kw in deco.keywords:
-            if kw.arg is None:
+            if kw.arg is None:  # any option may hide there, a schedule too
+                unread.append("**")
                 self.warn(deco.lineno, f"task {func!r}: **options in the decorator "
                                        f"cannot be read statically; they are ignored "
                                        f"in the manifest")

@@ -66,8 +66,10 @@ IGNORE_FILE = ".nuvomignore"
 #: non-number ``every()`` argument and an infinite ``catch_up_window_secs`` are warned about.
 #: 4: non-literal options are warned about, a task with a non-literal name is left out, and a
 #: fallback ``task`` bound in ``except ImportError`` no longer hides Nuvom's. 5: each task
-#: records the options it was given as no literal (``unread``).
-_STATE_VERSION = 5
+#: records the options it was given as no literal (``unread``). 6: a schedule discovery
+#: cannot read, and ``**options``, are listed in ``unread`` too (a worker keeps the imported
+#: task's schedule for them when the manifest changes).
+_STATE_VERSION = 6
 #: What setuptools' ``build`` command leaves in ``build/``: ``lib``, ``lib.<platform>``,
 #: ``bdist.<platform>``, ``temp.<platform>``, ``scripts-<version>``.
 _BUILD_TREES = ("lib.", "bdist.", "temp.", "scripts-")
