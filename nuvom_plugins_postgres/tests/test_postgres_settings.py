@@ -24,12 +24,23 @@ def test_defaults() -> None:
 
 
 @pytest.mark.parametrize("dsn", ["postgresql://app:se@cret@db.example/app",
-                                 "postgres://app:se/cret@db.example/app"])
+                                 "postgres://app:se/cret@db.example/app",
+                                 "postgresql://app:p@s/cret@db.example/app"])
 def test_an_unencoded_at_or_slash_in_the_password_is_refused_unshown(dsn: str) -> None:
-    """libpq would split the URL inside the password and print its tail as the host."""
+    """libpq would split the URL inside the password and print its tail as the host (or
+    take it for the database: the last one connected to host 's' with password 'p')."""
     with pytest.raises(ConfigError, match="%40") as info:
         PostgresSettings.parse({"dsn": dsn}, CONTEXT)
     assert "cret" not in str(info.value)
+
+
+@pytest.mark.parametrize("dsn", ["postgresql://app:50%cret@db/app",
+                                 "postgresql://app:cret@[::1/app"])
+def test_libpq_s_complaint_about_a_url_is_shown_without_its_password(dsn: str) -> None:
+    """It quoted the bad token, the password whole, or the whole URL."""
+    with pytest.raises(ConfigError, match="not a valid libpq") as info:
+        PostgresSettings.parse({"dsn": dsn}, CONTEXT)
+    assert "cret" not in str(info.value), info.value
 
 
 def test_an_encoded_password_and_query_parameters_pass() -> None:

@@ -85,14 +85,15 @@ class PostgresSettings:
         plugin's own)."""
         values = schema_of("postgres", cls).check(settings)
         dsn = values.pop("dsn", "")
+        _check_uri_user_info(dsn)
         try:
             psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"[plugins.postgres] dsn={masked_dsn(dsn)!r} "
-                              f"({plugin_env_var('postgres', 'dsn')}) is not a valid libpq "
-                              f"connection string or URL ('postgresql://user@host:5432/db' "
-                              f"or 'host=... dbname=...'): {exc}") from None
-        _check_uri_user_info(dsn)
+            why = " ".join(str(exc).split())
+            raise _bad_dsn(dsn, "is not a valid libpq connection string or URL "
+                                "('postgresql://user@host:5432/db' or 'host=... dbname=...'): "
+                                + (why if "://" not in dsn else _without_secrets(why, dsn))
+                           ) from None
         schema = schema_name(values.pop("schema", "") or "nuvom", context.namespace)
         ratio = values.get("dead_tuple_warn_ratio", 0.2)
         if not 0 < ratio <= 1:
@@ -103,27 +104,41 @@ class PostgresSettings:
         return cls(dsn=dsn, schema=schema, **values)
 
 
+def _bad_dsn(dsn: str, why: str, shown: str | None = None) -> ConfigError:
+    return ConfigError(f"[plugins.postgres] dsn={shown or masked_dsn(dsn)!r} "
+                       f"({plugin_env_var('postgres', 'dsn')}) {why}")
+
+
+def _without_secrets(text: str, dsn: str) -> str:
+    """``text`` (libpq's complaint about a URL, which quotes it) with the URL's user part
+    masked: ``invalid percent-encoded token: "50%off"`` was the password whole."""
+    authority = dsn.partition("://")[2].partition("/")[0].partition("?")[0]
+    user_info = authority.rpartition("@")[0]
+    for secret in (user_info, user_info.partition(":")[2]):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
 def _check_uri_user_info(dsn: str) -> None:
     """Refuse a URL whose user or password holds an unencoded ``@`` or ``/``.
 
-    Why before connecting: libpq splits such a URL at the wrong place and reports the rest
-    as a host or port it cannot resolve, so its error would print the password's tail; the
-    password is also wrong for the server. Percent-encoding is the fix the user needs.
+    Why before connecting: libpq splits such a URL at the wrong place and takes the rest
+    for a host, a port or a database name, which its errors (and our masking, reading the
+    same split) then print: the password's tail. The password is also wrong for the
+    server. Percent-encoding is the fix the user needs. A database name with an ``@`` is
+    refused too: it cannot be told from a password holding a ``/``.
     """
     scheme, sep, rest = dsn.partition("://")
     if not sep or scheme.lower() not in ("postgres", "postgresql"):
         return
-    before_query = rest.partition("?")[0]
-    authority, slash, path = before_query.partition("/")
-    slashed = bool(slash) and "@" in path and "@" not in authority
-    if authority.count("@") > 1 or slashed:
-        shown = f"{scheme}://***" if slashed else masked_dsn(dsn)  # no '@': nothing to mask by
-        raise ConfigError(
-            f"[plugins.postgres] dsn={shown!r} "
-            f"({plugin_env_var('postgres', 'dsn')}) has an '@' or '/' in its user or "
-            "password that is not percent-encoded, so the host cannot be told apart; "
-            "write '@' as %40, '/' as %2F and ':' in the user as %3A, e.g. "
-            "'postgresql://app:p%40ss@db.example:5432/app'.")
+    authority, _, path = rest.partition("?")[0].partition("/")
+    if authority.count("@") > 1 or "@" in path:
+        raise _bad_dsn(dsn, "has an '@' or '/' in its user or password that is not "
+                            "percent-encoded, so the host cannot be told apart; write '@' as "
+                            "%40, '/' as %2F and ':' in the user as %3A, e.g. "
+                            "'postgresql://app:p%40ss@db.example:5432/app'.",
+                       shown=f"{scheme}://***")
 
 
 def schema_name(base: str, namespace: str = "") -> str:
