@@ -360,16 +360,19 @@ def rerun(kernel: Kernel, job_id: str) -> Job:
         raise NuvomError(f"unknown job id {job_id!r}: it holds a NUL or undecodable bytes, "
                          "which no job id does; check the id")
     if kernel.queue.capabilities.workflows:
-        from nuvom_kernel.workflow.steps import workflow_of
+        from nuvom_kernel.workflow.steps import rerun_from, workflow_of
 
         workflow = workflow_of(kernel, job_id)
         if workflow is not None:
+            start = rerun_from(kernel, workflow, job_id)
             raise NuvomError(
                 f"job {job_id} is a step of workflow {workflow}: run on its own, it would "
                 "leave its workflow as it is and the steps depending on it would never run. "
                 f"Run it again inside its workflow: `nuvom workflow retry {workflow} --from "
-                f"{job_id}` (or `nuvom workflow retry {workflow}` for every failed, "
-                "cancelled and skipped step)")
+                f"{start}`" + ("" if start == job_id else
+                               f" (step {start}, which it waits on, ended as it did)")
+                + f" (or `nuvom workflow retry {workflow}` for every failed, cancelled and "
+                "skipped step)")
     record = kernel.results.get(job_id)
     if record is None:
         # No record yet is not unknown: a job that has not run (or not finished a first

@@ -10,7 +10,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import datetime
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Generic, overload
@@ -19,6 +19,7 @@ import attrs
 
 from nuvom_kernel.errors import EnqueueError, NuvomError
 from nuvom_kernel.models import JobStatus, TaskOptions
+from nuvom_kernel.views import QueuedJob, WorkerInfo, holders
 from nuvom_kernel.worker.current import holds_a_slot
 
 log = logging.getLogger("nuvom")
@@ -296,6 +297,24 @@ def live_workers(kernel: Any) -> list[Any] | None:
     if not type(kernel.results).capabilities.heartbeats:
         return None
     return list(kernel.results.live_workers())
+
+
+def running_on(kernel: Any) -> dict[str, WorkerInfo]:
+    """The live worker running each job, as of its last heartbeat: a lease does not say who
+    holds it. Empty where the result backend keeps no heartbeats or cannot be read now: a
+    listing of the queue must not fail because the result store does."""
+    try:
+        return holders(live_workers(kernel) or [])
+    except Exception:
+        return {}
+
+
+def workers_of(kernel: Any, jobs: Sequence[QueuedJob]) -> dict[str, str]:
+    """The id of the live worker running each RUNNING job of ``jobs`` (``nuvom list jobs``,
+    the dashboard's ``/queued``); heartbeats are read only for a page that has one."""
+    running = [j.id for j in jobs if j.state is JobStatus.RUNNING]
+    held = running_on(kernel) if running else {}
+    return {job_id: held[job_id].id for job_id in running if job_id in held}
 
 
 def serving(workers: list[Any], queue: str) -> list[Any]:

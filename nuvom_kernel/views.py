@@ -41,9 +41,10 @@ class QueueCounts:
 
 
 def quarantine_line(job_id: str, queue: str, at: float, reason: str, kept_as: str) -> str:
-    """One ``QueueStats.quarantined`` line, worded alike by every backend so that an
-    operator reads one shape whatever the store: which job, when (this machine's local
-    time), why, and ``kept_as``: where the copy is kept to be read back."""
+    """One ``QueueStats.quarantined`` line of a backend that keeps its quarantine in a table
+    or keys (SQLite, Redis, PostgreSQL), worded alike so that an operator reads one shape
+    whatever the store: which job, when (this machine's local time), why, and ``kept_as``:
+    where the copy is kept to be read back."""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
     return f"job {job_id!r} (queue {queue!r}) quarantined {when}: {reason}; {kept_as}"
 
@@ -93,8 +94,15 @@ RUNNING_LISTED = 100
 
 
 def holders(workers: Sequence[WorkerInfo]) -> dict[str, WorkerInfo]:
-    """The live worker running each job its heartbeat lists (``WorkerInfo.running``)."""
-    return {job_id: worker for worker in workers for job_id in worker.running}
+    """The live worker running each job its heartbeat lists (``WorkerInfo.running``); of
+    two listing one job (a lease that expired under a stuck attempt, and its new holder),
+    the one that started it last."""
+    found: dict[str, WorkerInfo] = {}
+    for worker in workers:
+        for job_id, started in worker.running.items():
+            if job_id not in found or started > found[job_id].running[job_id]:
+                found[job_id] = worker
+    return found
 
 
 @attrs.define

@@ -204,18 +204,46 @@ def test_inspect_says_a_waiting_job_s_body_does_not_decode(project: Path) -> Non
 
     kernel = Kernel(root=project)
     with use_kernel(kernel):
-        job = echo.delay(1)
+        job, newer = echo.delay(1), echo.delay(2)
     kernel.close()
     with sqlite3.connect(project / ".nuvom" / "nuvom.db") as db:
         assert db.execute("UPDATE nuvom_queue SET body = x'7b6e6f' WHERE id = ?",
                           (job.id,)).rowcount == 1
+        assert db.execute("UPDATE nuvom_queue SET body = CAST('{\"v\": 99}' AS BLOB) "
+                          "WHERE id = ?", (newer.id,)).rowcount == 1
     done = run_nuvom(["inspect", "job", job.id], project)
     assert done.returncode == 0, done.stderr
     assert "status: QUEUED" in done.stdout, done.stdout
     assert "damaged: the message body cannot be decoded (" in done.stdout, done.stdout
     shown = json.loads(run_nuvom(["inspect", "job", job.id, "--format", "json"],
                                  project).stdout)
-    assert "quarantine" in shown["damaged"], shown
+    assert "payload is not valid JSON" in shown["damaged"], shown
+    later = run_nuvom(["inspect", "job", newer.id], project).stdout
+    assert "leaves it in the queue for a worker of a newer release" in later, later
+
+
+def test_inspect_of_a_running_job_shows_no_earlier_attempt_as_this_one(project: Path) -> None:
+    """A job running again after a failed attempt showed that attempt's worker, start, end
+    and duration as if they were this one's, where no heartbeat named its worker (yet)."""
+    from nuvom_kernel.models import JobRecord
+
+    write_module(project, "cli_tasks", TASKS)
+    from cli_tasks import echo
+
+    kernel = Kernel(root=project)
+    with use_kernel(kernel):
+        job = echo.delay(1)
+    kernel.results.put(JobRecord(job_id=job.id, task="echo", status=JobStatus.RETRYING,
+                                 attempts=1, started_at=100.0, finished_at=101.0,
+                                 worker="old-host:1"))
+    [_] = kernel.queue.claim(1)  # this attempt: a worker holds it
+    kernel.close()
+    shown = json.loads(run_nuvom(["inspect", "job", job.id, "--format", "json"],
+                                 project).stdout)
+    assert shown["status"] == "RUNNING" and shown["attempts"] == 1, shown
+    assert (shown["worker"], shown["started_at"], shown["finished_at"]) == (None,) * 3, shown
+    table = run_nuvom(["inspect", "job", job.id], project).stdout
+    assert "old-host" not in table and "duration" not in table, table
 
 
 def test_history_offers_only_the_states_a_record_can_be_in(project: Path) -> None:

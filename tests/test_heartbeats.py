@@ -244,3 +244,15 @@ def test_status_shows_the_tasks_stuck_past_their_timeout(project: Path) -> None:
     assert "0/2 (4 stuck)" in rows["host:1:stuck"], done.stdout
     assert "0/2" in rows["host:2:fine"] and "stuck" not in rows["host:2:fine"]
     assert "stuck" not in rows["host:3:odd"], "a report it cannot read is left out"
+
+
+def test_of_two_workers_listing_a_job_the_later_start_holds_it() -> None:
+    """A lease that expired under a stuck attempt: its old worker still lists the job, and
+    so does its new holder; whichever heartbeat came last was named."""
+    from nuvom_kernel.views import WorkerInfo, holders
+
+    old = WorkerInfo(id="a:1:x", host="a", pid=1, running={"j": 100.0, "k": 5.0})
+    new = WorkerInfo(id="b:2:y", host="b", pid=2, running={"j": 200.0})
+    for order in ([old, new], [new, old]):
+        found = holders(order)
+        assert (found["j"].id, found["k"].id) == ("b:2:y", "a:1:x")

@@ -410,6 +410,10 @@ def test_inspect_and_retry_rerun_the_failed_part_keeping_succeeded_results(clust
     assert refused.returncode != 0
     assert (f"it waits on step {failed['id']}, which stays FAILED" in refused.stderr and
             f"--from {failed['id']}`" in refused.stderr), refused.stderr
+    advice = run_nuvom(["retry", "job", cancelled["id"]], cluster.project, **cluster.environ)
+    assert advice.returncode != 0  # it suggested `--from` the cancelled step itself
+    assert f"`nuvom workflow retry {wf.id} --from {failed['id']}` (step {failed['id']}, " \
+        "which it waits on, ended as it did)" in advice.stderr, advice.stderr
 
     (cluster.project / "fixed").write_text("")
     done = run_nuvom(["workflow", "retry", wf.id], cluster.project, **cluster.environ)

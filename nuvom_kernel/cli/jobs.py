@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import attrs
 import click
 
 from nuvom_kernel import hookimpl
+from nuvom_kernel.backends import QueueBackend
 from nuvom_kernel.cli.output import (
     JobGroup,
     local_time,
@@ -28,12 +28,12 @@ from nuvom_kernel.cli.output import (
 )
 from nuvom_kernel.cli.retry_failed import retry_failed
 from nuvom_kernel.dispatcher import rerun
-from nuvom_kernel.envelope import Envelope
+from nuvom_kernel.envelope import Envelope, EnvelopeVersionError
 from nuvom_kernel.errors import NuvomError, SerializationError
 from nuvom_kernel.hints import parent_project
-from nuvom_kernel.job import live_workers
+from nuvom_kernel.job import running_on
 from nuvom_kernel.models import TERMINAL_STATES, JobRecord, JobStatus, Message
-from nuvom_kernel.views import QueuedJob, WorkerInfo, holders
+from nuvom_kernel.views import WorkerInfo
 
 
 @hookimpl
@@ -57,20 +57,6 @@ def _unknown(job_id: str) -> str:
             "quarantined as damaged: see `nuvom status`)"
             + ("" if above is None else f". This command opened the store of this folder; "
                f"{above}, a folder above it, holds a Nuvom project: run it there"))
-
-
-def running_on(kernel: Any) -> dict[str, WorkerInfo]:
-    """The live worker running each job, as of its last heartbeat (empty where the result
-    backend keeps none): a lease does not say who holds it."""
-    return holders(live_workers(kernel) or [])
-
-
-def workers_of(kernel: Any, jobs: Sequence[QueuedJob]) -> dict[str, str]:
-    """The id of the live worker running each RUNNING job of ``jobs`` (``nuvom list jobs``,
-    the dashboard's ``/queued``); heartbeats are read only for a page that has one."""
-    running = [j.id for j in jobs if j.state is JobStatus.RUNNING]
-    held = running_on(kernel) if running else {}
-    return {job_id: held[job_id].id for job_id in running if job_id in held}
 
 
 def _duration(record: JobRecord) -> str | None:
@@ -108,11 +94,10 @@ def inspect_job(job_id: str, fmt: str) -> None:
     else:
         data = record.to_dict()
     data["status"] = job.status.value
-    if job.status is JobStatus.RUNNING:  # the record's worker ran an earlier attempt
-        holder = running_on(kernel).get(job_id)
-        data["worker"] = None if holder is None else holder.id
-        if holder is not None:
-            data["started_at"] = holder.running[job_id]
+    if job.status is JobStatus.RUNNING:  # a record is an earlier attempt's: its worker,
+        holder = running_on(kernel).get(job_id)  # start and end are not this one's
+        data.update(worker=None if holder is None else holder.id, finished_at=None,
+                    started_at=None if holder is None else holder.running[job_id])
     if record is None and job.headers.get("wf"):
         data["workflow"] = job.headers["wf"]
     if fmt == "json":
@@ -135,7 +120,7 @@ def inspect_job(job_id: str, fmt: str) -> None:
     for key in ("created_at", "due_at", "started_at", "finished_at"):
         if data.get(key) is not None:
             click.echo(f"{key:>14}: {local_time(data[key])}")
-    if record is not None and _duration(record):
+    if record is not None and job.status is not JobStatus.RUNNING and _duration(record):
         click.echo(f"{'duration':>14}: {_duration(record)}")
     for entry in data.get("history") or []:
         click.echo(printable(f"{'attempt ' + str(entry.get('attempt')):>14}: "
@@ -150,12 +135,18 @@ def _damage(kernel: Any, message: Message) -> str:
     operator looking at a job that will fail should learn so before a worker claims it."""
     try:
         Envelope.from_message(message, kernel.serializer)
+    except EnvelopeVersionError as exc:
+        return (f"{str(exc).removeprefix(f'job {message.id}: ')}; a worker of this release "
+                "leaves it in the queue for a worker of a newer release")
     except SerializationError as exc:
         why = str(exc).removeprefix(f"job {message.id}: ")
     else:  # decodes now: rewritten since it was read
         why = "the message body did not decode when read"
-    return (f"{why}; the worker that claims it will fail the job and keep the message in "
-            "the queue's quarantine (`nuvom status`)")
+    keeps = type(kernel.queue).copy_to_quarantine is not QueueBackend.copy_to_quarantine
+    return (f"{why}; the worker that claims it will fail the job" +
+            (" and keep the message in the queue's quarantine (`nuvom status`)" if keeps else
+             f" (queue backend {kernel.queue.name!r} keeps no quarantine: its record will "
+             "say why)"))
 
 
 @click.group(name="history")

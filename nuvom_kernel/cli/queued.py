@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from nuvom_kernel import hookimpl
-from nuvom_kernel.cli.jobs import _kernel, workers_of
+from nuvom_kernel.cli.jobs import _kernel
 from nuvom_kernel.cli.output import (
     local_time,
     print_table,
@@ -31,7 +31,7 @@ from nuvom_kernel.cli.output import (
     relative,
     subgroup,
 )
-from nuvom_kernel.job import Job
+from nuvom_kernel.job import Job, workers_of
 from nuvom_kernel.models import JobStatus
 from nuvom_kernel.views import QueuedJob
 

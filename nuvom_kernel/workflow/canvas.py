@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, NoReturn, Union
 
 import attrs
 
@@ -49,7 +49,7 @@ class _Canvas:
             raise ValueError("this chain already has a finally_ step; give it one step")
         return attrs.evolve(base, cleanup=step)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Workflow:
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         """Refused, saying what to write: Celery submits ``chain(...)()`` and ``add.s(1)()``;
         here it said only "'Chain' object is not callable"."""
         raise TypeError(f"a {type(self).__name__.lower()} is not called: submit it with "

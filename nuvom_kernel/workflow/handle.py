@@ -195,16 +195,18 @@ class Workflow:
     def _waiting_hint(self) -> str:
         """Why the workflow may not move, from a released step that no worker holds: the
         live workers named as ``Job.get()`` names them (it asked "is a worker running?"
-        beside a worker serving other queues)."""
+        beside a worker serving other queues). A hint, never an error: the timeout is."""
         kernel = self._kernel
-        for node in self._graph().nodes:
-            if node.state == RELEASED and \
-                    kernel.queue.peek_state(node.id) is JobStatus.QUEUED:
-                hint = queued_hint(node.queue, kernel)
-                return (f"; step {node.id} ({node.task}) waits in queue {node.queue!r}"
-                        + (hint or "; is a worker running (`nuvom runworker`) on the same "
-                           f"backend, serving queue {node.queue!r}?"))
-        return ""
+        try:
+            waiting = next((n for n in self._graph().nodes if n.state == RELEASED and
+                            kernel.queue.peek_state(n.id) is JobStatus.QUEUED), None)
+        except Exception:
+            return ""
+        if waiting is None:  # its steps run, or wait for their retry delays
+            return ""
+        return (f"; step {waiting.id} ({waiting.task}) waits in queue {waiting.queue!r}"
+                + (queued_hint(waiting.queue, kernel) or "; is a worker running (`nuvom "
+                   f"runworker`) on the same backend, serving queue {waiting.queue!r}?"))
 
     def retry(self, from_node: str | None = None) -> list[str]:
         """Run the failed, cancelled and skipped steps again (or ``from_node`` and every

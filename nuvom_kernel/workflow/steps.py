@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from nuvom_kernel.kernel import Kernel
     from nuvom_kernel.serialization import Serializer
 
-__all__ = ["cancel_step", "cancelled_error", "unqueued_step", "workflow_of"]
+__all__ = ["cancel_step", "cancelled_error", "rerun_from", "unqueued_step", "workflow_of"]
 
 
 def _node(kernel: Kernel, job: Job) -> Node | None:
@@ -192,6 +192,20 @@ def workflow_of(kernel: Kernel, job_id: str) -> str | None:
         return None
     node = kernel.queue.workflow_step(job_id)
     return None if node is None else node.workflow
+
+
+def rerun_from(kernel: Kernel, workflow: str, job_id: str) -> str:
+    """The step to re-run ``workflow`` from for ``job_id`` to run again: itself, or the
+    step that keeps it from running (:func:`~.graph.blocked_by`: `--from` itself is then
+    refused). Itself where the graph cannot be read: the advice is a hint."""
+    from nuvom_kernel.workflow.graph import blocked_by
+
+    try:
+        graph = kernel.queue.read_workflow(workflow, nodes=True)
+    except Exception:
+        return job_id
+    blocker = None if graph is None else blocked_by(graph, job_id)
+    return job_id if blocker is None else blocker.id
 
 
 def cancelled_error(kernel: Kernel, job: Job) -> JobCancelledError:

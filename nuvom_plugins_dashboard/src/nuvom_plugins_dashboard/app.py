@@ -64,8 +64,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from nuvom_kernel.cli.jobs import workers_of
 from nuvom_kernel.errors import NuvomError
+from nuvom_kernel.job import workers_of
 from nuvom_kernel.models import JobRecord, JobStatus
 from nuvom_plugins_dashboard import actions, queued, views
 from nuvom_plugins_dashboard.security import CSRF_FIELD, Guard
