@@ -969,6 +969,44 @@ def test_cancel_racing_a_settled_retry_records_cancelled(kernel, monkeypatch):
     assert get_job(job.id).status is JobStatus.CANCELLED
 
 
+def test_a_settle_whose_reply_was_lost_counts_as_landed(make_kernel, project: Path,
+                                                        caplog: pytest.LogCaptureFixture):
+    """The store ran a settle and its reply was lost (a Redis that froze, then woke): the
+    next try was refused for the lease the first had acked, and the worker logged "lost its
+    lease before its outcome (SUCCEEDED) was recorded" for a job it had finished, counted
+    as a lease lost (`nuvom_leases_lost_total`), not as done."""
+    from nuvom_kernel.envelope import Envelope
+    from nuvom_kernel.models import Settlement
+
+    kernel = make_kernel("sqlite")
+    with use_kernel(kernel):
+        @task
+        def done() -> str:
+            return "ok"
+
+        job = done.delay()
+        (lease,) = kernel.queue.claim(1)
+        record = Envelope.from_message(lease.message, kernel.serializer).record(
+            JobStatus.SUCCEEDED, attempts=lease.deliveries, token=lease.token, result="ok",
+            finished_at=time.time(), updated_at=time.time())
+        real = kernel.queue.settle_many
+        calls: list[int] = []
+
+        def reply_lost(batch, results):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            landed = real(batch, results)
+            if len(calls) == 1:
+                raise TimeoutError("Timeout reading from the store")  # after it ran
+            return landed
+
+        kernel.queue.settle_many = reply_lost  # type: ignore[method-assign]
+        worker = Worker(kernel, workers=1)
+        assert worker.settler.settle([Settlement(lease, record)], patiently=True) == [True]
+        assert len(calls) == 2
+        assert "lost its lease" not in caplog.text
+        assert get_job(job.id).result == "ok"
+
+
 @pytest.mark.skipif(not {"sqlite", "file"} <= set(E2E_BACKENDS), reason="needs sqlite and file")
 def test_a_lapsed_lease_stores_no_outcome_when_the_records_live_apart(tmp_path: Path):
     """Queue and results in different stores (no settle_many): a worker cut off past its

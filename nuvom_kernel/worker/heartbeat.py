@@ -25,12 +25,14 @@ from nuvom_kernel.views import RUNNING_LISTED, WorkerInfo
 if TYPE_CHECKING:
     from nuvom_kernel.worker.pool import Worker
 
-__all__ = ["MISSED_HEARTBEATS", "Heartbeat"]
+__all__ = ["FORGET_SECS", "MISSED_HEARTBEATS", "Heartbeat"]
 
 log = logging.getLogger("nuvom.worker")
 
 #: A worker is listed until it has missed this many heartbeats.
 MISSED_HEARTBEATS = 3
+#: How long a stopping worker waits for its entry's removal.
+FORGET_SECS = 2.0
 
 
 class Heartbeat:
@@ -72,11 +74,24 @@ class Heartbeat:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop beating and remove this worker from the list at once."""
+        """Stop beating and remove this worker from the list at once — waiting at most
+        :data:`FORGET_SECS` for the store: a store that stopped answering held the worker's
+        exit for a socket timeout more (an orchestrator's grace period counts it), where
+        the entry expires on its own anyway."""
         self._stopped.set()
         if self._thread is None:
             return
         self._thread.join(timeout)
+        forget = threading.Thread(target=self._forget, name="nuvom-forget-worker",
+                                  daemon=True)
+        forget.start()
+        forget.join(FORGET_SECS)
+        if forget.is_alive():
+            log.warning("could not remove worker %s from the result backend within %g s; "
+                        "it drops out after %d missed heartbeats", self.id, FORGET_SECS,
+                        MISSED_HEARTBEATS)
+
+    def _forget(self) -> None:
         try:
             self.results.forget_worker(self.id)
         except Exception as exc:  # it expires on its own after three intervals

@@ -130,6 +130,8 @@ class Landing:
                 again = False
                 try:
                     settled, landed = self._land(batch)
+                    if deadline is not None and not all(landed):  # after a failed try
+                        landed = self._landed_before(settled, landed)
                 except _NotStored as exc:
                     self.storing.clear()
                     if deadline is None:  # the first lease to expire, less a margin
@@ -157,6 +159,21 @@ class Landing:
             finally:
                 self.settling.difference_update(ids)
             time.sleep(pause)
+
+    def _landed_before(self, batch: Sequence[Settlement], landed: list[bool]) -> list[bool]:
+        """``landed``, with ``True`` for each refused settlement whose record is stored as
+        this worker sent it (its lease's token, attempt and status): a try that timed out
+        had landed (the store ran it, its reply was lost), and the next try, refused for
+        the lease that try acked, was logged as a lease lost and not counted as done."""
+        out = list(landed)
+        for i, (item, ok) in enumerate(zip(batch, landed, strict=True)):
+            if ok:
+                continue
+            stored, record = self._stored(item.record.job_id), item.record
+            out[i] = stored is not None and (stored.token, stored.attempts, stored.run,
+                                             stored.status) == (record.token, record.attempts,
+                                                                record.run, record.status)
+        return out
 
     def _hold(self, batch: Sequence[Settlement]
               ) -> tuple[list[Settlement], list[Settlement], float]:

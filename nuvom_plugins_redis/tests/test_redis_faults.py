@@ -244,3 +244,28 @@ def test_a_server_that_loses_jobs_is_warned_about_by_workers_not_producers(
     finally:
         kernel.close()
     assert caplog.text.count(f"Redis at {server.url} has no persistence") == 1, caplog.text
+
+
+def test_a_server_that_stops_answering_costs_one_socket_timeout(server: RedisServer) -> None:
+    """A frozen server (SIGSTOP: connections are accepted, nothing answers) held a push
+    ~30 socket timeouts: redis-py retried a reply that did not come 4 times, inside a
+    health-check PING retried the same way. A dropped connection is still retried."""
+    import time
+
+    queue = _queue(server.url, socket_timeout_secs=0.5, socket_connect_timeout_secs=0.5,
+                   health_check_interval_secs=0)
+    queue.enqueue(make_message("before"))
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailableError, match="Timeout reading"):
+            queue.enqueue(make_message("frozen"))
+        took = time.monotonic() - started
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert took < 2.0, f"a push to a frozen server took {took:.1f} s at a 0.5 s timeout"
+    server.client().client_kill_filter(_type="normal", skipme=True)  # every connection cut
+    queue.enqueue(make_message("after"))  # reconnected and retried, not raised
+    # ("frozen" may be held too: sent before the timeout, run once the server woke)
+    assert queue.peek("before") is not None and queue.peek("after") is not None

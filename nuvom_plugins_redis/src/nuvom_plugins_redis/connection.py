@@ -113,8 +113,14 @@ class Store:
         common: dict[str, Any] = {
             "socket_connect_timeout": settings.socket_connect_timeout_secs,
             "health_check_interval": settings.health_check_interval_secs,
-            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 4),
-            "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+            # A dropped connection (a server restart, a proxy's idle cut) is retried at
+            # once; a reply that did not come within the socket timeout is not: redis-py
+            # retried it 4 times, nested in the health check's PING and retried again, so
+            # a server that stopped answering (a partition, a frozen host) held `.delay()`
+            # and `nuvom status` ~30 socket timeouts, and a worker's drain for minutes.
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 4,
+                           supported_errors=(redis.ConnectionError,)),
+            "retry_on_error": [redis.ConnectionError],
         }
         if not settings.url.lower().startswith("unix:"):  # TCP only: redis-py's unix
             common["socket_keepalive"] = True  # connection refuses the argument
