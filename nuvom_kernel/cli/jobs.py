@@ -135,13 +135,14 @@ def _damage(kernel: Any, message: Message) -> str:
     operator looking at a job that will fail should learn so before a worker claims it."""
     try:
         Envelope.from_message(message, kernel.serializer)
-    except EnvelopeVersionError as exc:
-        return (f"{str(exc).removeprefix(f'job {message.id}: ')}; a worker of this release "
-                "leaves it in the queue for a worker of a newer release")
     except SerializationError as exc:
         why = str(exc).removeprefix(f"job {message.id}: ")
-    else:  # decodes now: rewritten since it was read
-        why = "the message body did not decode when read"
+        if isinstance(exc, EnvelopeVersionError):
+            return (f"{why}; a worker of this release leaves it in the queue for a worker "
+                    "of a newer release")
+    else:
+        return ("its message did not decode when read, and does now (rewritten meanwhile): "
+                "run this command again")
     keeps = type(kernel.queue).copy_to_quarantine is not QueueBackend.copy_to_quarantine
     return (f"{why}; the worker that claims it will fail the job" +
             (" and keep the message in the queue's quarantine (`nuvom status`)" if keeps else
