@@ -24,8 +24,17 @@ import attrs
 from nuvom_kernel.errors import PluginConfigError
 from nuvom_kernel.values import converter
 
-__all__ = ["PLUGIN_ENV_PREFIX", "PluginSchema", "PluginSetting", "mask_secret",
-           "plugin_env", "plugin_env_var", "plugin_variable_hint", "schema_of"]
+__all__ = [
+    "PLUGIN_ENV_PREFIX",
+    "PluginSchema",
+    "PluginSetting",
+    "mask_secret",
+    "plugin_env",
+    "plugin_env_var",
+    "plugin_variable_hint",
+    "schema_of",
+    "scrub_secret",
+]
 
 #: ``NUVOM_PLUGINS__<NAME>__<KEY>`` overrides ``[plugins.<name>] <key>``.
 PLUGIN_ENV_PREFIX = "NUVOM_PLUGINS__"
@@ -157,16 +166,43 @@ def mask_secret(key: str, value: Any) -> Any:
     if "://" not in text:  # a key=value DSN
         return _DSN_PASSWORD.sub(r"\1***", text)
     text = _QUERY_PASSWORD.sub(r"\1***", text)
+    scheme, _, rest = text.partition("://")
+    user = _user_part(text)
+    if ":" in user and any(c in user for c in "/?#"):  # a password a parser splits
+        return f"{scheme}://{user.partition(':')[0]}:***@{rest[len(user) + 1:]}"
     try:
         parts = urlsplit(text)
         password = parts.password
     except ValueError:
-        return f"{text.partition('://')[0]}://***"
+        return f"{scheme}://***"
     if password is None:
         return text
     user, _, host = parts.netloc.rpartition("@")
     username = user.partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{username}:***@{host}"))
+
+
+def _user_part(url: str) -> str:
+    """The ``user:password`` of ``url`` found by text alone, up to its last ``@``: a
+    password holding ``#``, ``?`` or ``/`` is read by a URL parser as a fragment, a query
+    or a path, whose text it then printed whole (libpq and redis-py accept ``#`` and
+    ``?``). ``""`` when there is none, or the URL has no authority (``postgresql:///db?
+    user=a@b``)."""
+    rest = url.partition("://")[2]
+    user = rest.rpartition("@")[0]
+    return "" if user.startswith("/") else user
+
+
+def scrub_secret(text: str, url: str) -> str:
+    """``text`` (an error a client library raised about ``url``, which may quote the URL,
+    its host part or a token of it) with the URL's user part and password masked, also
+    the pieces a parser cut the password into (``SeCr`` of ``SeCr#tPW``)."""
+    user = _user_part(url)
+    password = user.partition(":")[2]
+    pieces = {user, password, *(p for p in re.split(r"[/?#@:]", password) if len(p) >= 3)}
+    for piece in sorted(filter(None, pieces), key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text
 
 
 @attrs.frozen

@@ -189,6 +189,13 @@ class Scheduler:
                 repr([opts.get(k) for k in ("schedule", *POLICIES)]))
             if opts.get("schedule") is None:
                 continue
+            if hidden := [u for u in unread if u not in ("schedule", "**", *POLICIES)]:
+                log.warning("schedule of task %r: its %s= is not a literal, so a worker "
+                            "that has not imported the task's module sends its ticks with "
+                            "the default%s; write it as a literal", entry.get("name"),
+                            "=, ".join(hidden), " (to queue 'default', where a worker serving "
+                            "only the task's queue never runs them)" if "queue" in hidden
+                            else "")
             try:
                 # Built as @task(schedule=...) builds it: a spec that is neither a cron string
                 # nor a cron/every dict (schedule=30) is refused with the same message.
@@ -205,8 +212,8 @@ class Scheduler:
             edited = {name for name in {*first, *specs} if specs.get(name, "") is not None
                       and specs.get(name, "") != first.get(name, "")}
             if edited - self._edited:
-                log.info("the manifest (%s) changed the schedule of task(s) %s: fired as it "
-                         "says from now on", path, ", ".join(sorted(edited - self._edited)))
+                log.info("the manifest (%s) changed the schedule of task(s) %s: this worker "
+                         "follows it from now on", path, ", ".join(sorted(edited - self._edited)))
             self._edited = edited
         self._manifest_key, self._manifest_schedules = key, found
         return found

@@ -23,7 +23,7 @@ from nuvom_kernel import hookimpl
 from nuvom_kernel.config import PluginSchema, load_config, mask_secret
 from nuvom_kernel.errors import PluginConfigError, PluginLoadError
 from nuvom_kernel.kernel import Kernel
-from nuvom_kernel.plugin_settings import schema_of
+from nuvom_kernel.plugin_settings import schema_of, scrub_secret
 from nuvom_kernel.plugins import NuvomPluginManager
 from nuvom_kernel.values import Converted, Seconds, SecondsOrZero, whole
 from tests.helpers import run_nuvom, user_env
@@ -160,9 +160,25 @@ def test_config_masks_passwords_of_undeclared_plugins(tmp_path: Path) -> None:
     ("dsn", r"host=h password='a\'S3cret' dbname=x", "host=h password=*** dbname=x"),
     # a URL that does not parse was shown whole
     ("url", "redis://:p[ss@host:6379/0", "redis://***"),
+    # a '#', '?' or '/' in the password: read as a fragment, a query or a path, and shown
+    # whole (libpq and redis-py accept '#' and '?'), by config, status and the worker
+    ("dsn", "postgresql://pg:SeCr#tPW@127.0.0.1/db", "postgresql://pg:***@127.0.0.1/db"),
+    ("dsn", "postgresql://pg:SeCr?tPW@127.0.0.1/db", "postgresql://pg:***@127.0.0.1/db"),
+    ("dsn", "postgres://pg:SeCr/tPW@h/db", "postgres://pg:***@h/db"),
+    ("url", "redis://:SeCr#tPW@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+    ("dsn", "postgresql:///db?host=/tmp&user=a@b", "postgresql:///db?host=/tmp&user=a@b"),
 ])
 def test_mask_secret(key: str, value: str, masked: str) -> None:
     assert mask_secret(key, value) == masked
+
+
+def test_scrub_secret_takes_the_password_and_its_pieces_out_of_a_message() -> None:
+    """redis-py's complaint about ``redis://:SeCr#tPW@...`` quoted 'SeCr' as a port."""
+    url = "redis://:SeCr#tPW@127.0.0.1:6379/0"
+    assert scrub_secret("Port could not be cast to integer value as 'SeCr'", url) == \
+        "Port could not be cast to integer value as '***'"
+    assert scrub_secret(f"bad URL {url!r}", url) == "bad URL 'redis://***@127.0.0.1:6379/0'"
+    assert scrub_secret("nothing secret here", "redis://h:6379/0") == "nothing secret here"
 
 
 # --- the schema, in process -----------------------------------------------------------------

@@ -367,6 +367,22 @@ def test_a_schedule_changed_in_the_manifest_replaces_the_imported_one(project):
     kernel.close()
 
 
+def test_a_schedule_whose_queue_is_no_literal_is_warned_about(project, caplog):
+    """Its ticks went to queue 'default' from a worker that had not imported the module
+    (one serving only the task's queue never imports it), silently."""
+    from tests.helpers import run_nuvom
+
+    write_module(project, "qbeats", "from nuvom_kernel import task, every\nQ = 'emails'\n"
+                 "@task(schedule=every(seconds=30), queue=Q)\ndef qtick(): ...\n")
+    assert run_nuvom(["discover", "tasks"], project).returncode == 0
+    kernel = Kernel(root=project, environ={})
+    with caplog.at_level(logging.WARNING, logger="nuvom.scheduler"):
+        assert Scheduler(kernel).schedules()["qtick"].options.queue == "default"
+    assert "schedule of task 'qtick': its queue= is not a literal" in caplog.text
+    assert "to queue 'default'" in caplog.text
+    kernel.close()
+
+
 # --- a schedule that cannot work never stops the others -----------------------------------
 
 

@@ -53,7 +53,7 @@ class _Canvas:
         """Refused, saying what to write: Celery submits ``chain(...)()`` and ``add.s(1)()``;
         here it said only "'Chain' object is not callable"."""
         raise TypeError(f"a {type(self).__name__.lower()} is not called: submit it with "
-                        ".delay() (Celery's chain(...)() shorthand is not supported)")
+                        ".delay() (calling it, Celery's shorthand, is not supported)")
 
     def delay(self) -> Workflow:
         """Store the whole graph in one backend call and return its handle."""

@@ -23,7 +23,7 @@ import psycopg.conninfo
 from nuvom_kernel.backends import BackendContext
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError
-from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
+from nuvom_kernel.plugin_settings import plugin_env_var, schema_of, scrub_secret
 from nuvom_kernel.values import RESULT_TTL_SECS, Converted, Retention, Seconds, whole
 
 __all__ = ["PostgresSettings", "connect_kwargs", "masked_dsn", "schema_name"]
@@ -92,7 +92,7 @@ class PostgresSettings:
             why = " ".join(str(exc).split())
             raise _bad_dsn(dsn, "is not a valid libpq connection string or URL "
                                 "('postgresql://user@host:5432/db' or 'host=... dbname=...'): "
-                                + (why if "://" not in dsn else _without_secrets(why, dsn))
+                                + (why if "://" not in dsn else scrub_secret(why, dsn))
                            ) from None
         schema = schema_name(values.pop("schema", "") or "nuvom", context.namespace)
         ratio = values.get("dead_tuple_warn_ratio", 0.2)
@@ -107,17 +107,6 @@ class PostgresSettings:
 def _bad_dsn(dsn: str, why: str, shown: str | None = None) -> ConfigError:
     return ConfigError(f"[plugins.postgres] dsn={shown or masked_dsn(dsn)!r} "
                        f"({plugin_env_var('postgres', 'dsn')}) {why}")
-
-
-def _without_secrets(text: str, dsn: str) -> str:
-    """``text`` (libpq's complaint about a URL, which quotes it) with the URL's user part
-    masked: ``invalid percent-encoded token: "50%off"`` was the password whole."""
-    authority = dsn.partition("://")[2].partition("/")[0].partition("?")[0]
-    user_info = authority.rpartition("@")[0]
-    for secret in (user_info, user_info.partition(":")[2]):
-        if secret:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _check_uri_user_info(dsn: str) -> None:

@@ -18,7 +18,7 @@ import redis
 
 from nuvom_kernel.config import mask_secret
 from nuvom_kernel.errors import ConfigError
-from nuvom_kernel.plugin_settings import plugin_env_var, schema_of
+from nuvom_kernel.plugin_settings import plugin_env_var, schema_of, scrub_secret
 from nuvom_kernel.values import RESULT_TTL_SECS, Converted, Retention, Seconds, seconds
 
 __all__ = ["RESERVED_SEGMENTS", "RedisSettings", "check_namespace"]
@@ -141,7 +141,7 @@ def _check_url(url: str) -> None:
     number, which it silently reads as another database (``/abc`` as 0, ``/0/1`` as 1)."""
     def invalid(problem: str) -> ConfigError:
         return ConfigError(f"{_URL_SETTING} = {_masked_url(url)!r} is invalid: "
-                           f"{_scrub(problem, url)}. Use {_URL_EXAMPLE}.")
+                           f"{scrub_secret(problem, url)}. Use {_URL_EXAMPLE}.")
 
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise invalid("it must start with redis://, rediss:// or unix://")
@@ -161,26 +161,5 @@ def _check_url(url: str) -> None:
 
 
 def _masked_url(url: str) -> str:
-    """``url`` with its password masked, also when it is too malformed for
-    :func:`mask_secret` to find the password (it then returns the text unchanged)."""
-    masked = str(mask_secret("url", url))
-    userinfo = _userinfo(url)
-    if masked == url and ":" in userinfo:
-        masked = url.replace(userinfo + "@", userinfo.partition(":")[0] + ":***@", 1)
-    return masked
-
-
-def _scrub(text: str, url: str) -> str:
-    """``text`` (an error redis-py or ``urllib`` raised about ``url``, which may quote the
-    URL's host part) without the URL's password."""
-    userinfo = _userinfo(url)
-    if ":" in userinfo and userinfo in text:
-        text = text.replace(userinfo, userinfo.partition(":")[0] + ":***")
-    return text
-
-
-def _userinfo(url: str) -> str:
-    """The ``user:password`` part of ``url``, found by text alone (no parsing to fail)."""
-    rest = url.partition("://")[2]
-    netloc = re.split("[/?#]", rest, maxsplit=1)[0]
-    return netloc.rpartition("@")[0]
+    """``url`` with its password masked (the kernel's :func:`mask_secret`)."""
+    return str(mask_secret("url", url))
