@@ -89,11 +89,9 @@ class PostgresSettings:
         try:
             psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
-            why = " ".join(str(exc).split())
             raise _bad_dsn(dsn, "is not a valid libpq connection string or URL "
                                 "('postgresql://user@host:5432/db' or 'host=... dbname=...'): "
-                                + (why if "://" not in dsn else scrub_secret(why, dsn))
-                           ) from None
+                                + scrub_secret(" ".join(str(exc).split()), dsn)) from None
         schema = schema_name(values.pop("schema", "") or "nuvom", context.namespace)
         ratio = values.get("dead_tuple_warn_ratio", 0.2)
         if not 0 < ratio <= 1:

@@ -51,7 +51,6 @@ from nuvom_plugins_redis.errors import (
 from nuvom_plugins_redis.settings import (
     _URL_SETTING,
     RedisSettings,
-    _masked_url,
     check_namespace,
 )
 
@@ -278,7 +277,7 @@ class Store:
         """The server (its password masked) and the prefix of every key this store writes,
         as ``nuvom status`` shows it: ``redis://host:6379/0 keys nuvom:*``. The prefix
         holds the namespace, so a mistyped one shows as a prefix no worker uses."""
-        return f"{_masked_url(self.url)} keys {self.prefix}*"
+        return f"{self.masked_url} keys {self.prefix}*"
 
     @functools.cached_property
     def identity(self) -> tuple[Any, ...]:

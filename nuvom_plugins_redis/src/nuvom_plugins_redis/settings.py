@@ -140,7 +140,7 @@ def _check_url(url: str) -> None:
     One mistake redis-py lets through is refused too: a database part that is not a
     number, which it silently reads as another database (``/abc`` as 0, ``/0/1`` as 1)."""
     def invalid(problem: str) -> ConfigError:
-        return ConfigError(f"{_URL_SETTING} = {_masked_url(url)!r} is invalid: "
+        return ConfigError(f"{_URL_SETTING} = {mask_secret('url', url)!r} is invalid: "
                            f"{scrub_secret(problem, url)}. Use {_URL_EXAMPLE}.")
 
     if not url.startswith(("redis://", "rediss://", "unix://")):
@@ -158,8 +158,3 @@ def _check_url(url: str) -> None:
         if part and not re.fullmatch("[0-9]+", part):
             raise invalid(f"the database part /{part} is not a non-negative integer "
                           "(redis-py would silently use another database)")
-
-
-def _masked_url(url: str) -> str:
-    """``url`` with its password masked (the kernel's :func:`mask_secret`)."""
-    return str(mask_secret("url", url))
